@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "descriptor.h"
+
+#include <cstring>
+
+namespace trainmover::transfer::detail {
+namespace {
+
+class Writer {
+ public:
+  explicit Writer(std::vector<uint8_t>* out) : out_(out) {}
+  template <typename T>
+  void Put(T v) {
+    for (size_t i = 0; i < sizeof(T); ++i) out_->push_back(static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * i)));
+  }
+  void Bytes(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    out_->insert(out_->end(), b, b + n);
+  }
+
+ private:
+  std::vector<uint8_t>* out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+  template <typename T>
+  bool Get(T* v) {
+    if (in_.size() - pos_ < sizeof(T)) return false;
+    uint64_t x = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) x |= static_cast<uint64_t>(in_[pos_ + i]) << (8 * i);
+    pos_ += sizeof(T);
+    *v = static_cast<T>(x);
+    return true;
+  }
+  bool Bytes(size_t n, std::vector<uint8_t>* out) {
+    if (in_.size() - pos_ < n) return false;
+    out->assign(in_.begin() + pos_, in_.begin() + pos_ + n);
+    pos_ += n;
+    return true;
+  }
+  bool Done() const { return pos_ == in_.size(); }
+
+ private:
+  std::span<const uint8_t> in_;
+  size_t pos_ = 0;
+};
+
+Status Bad(const std::string& what) { return Status(Code::kBadDescriptor, "descriptor: " + what); }
+
+}  // namespace
+
+Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out) {
+  if (data.regions.size() > kMaxRegions) return Status(Code::kInvalidArgument, "too many regions");
+  out->clear();
+  Writer w(out);
+  w.Put<uint32_t>(kDescriptorMagic);
+  w.Put<uint16_t>(kDescriptorVersion);
+  w.Put<uint16_t>(0);
+  w.Put<uint32_t>(static_cast<uint32_t>(data.worker_address.size()));
+  w.Bytes(data.worker_address.data(), data.worker_address.size());
+  w.Put<uint64_t>(data.control.address);
+  w.Put<uint64_t>(data.control.size);
+  w.Put<uint32_t>(static_cast<uint32_t>(data.control.rkey.size()));
+  w.Bytes(data.control.rkey.data(), data.control.rkey.size());
+  w.Put<uint32_t>(static_cast<uint32_t>(data.regions.size()));
+  for (const RemoteRegion& r : data.regions) {
+    if (r.name.empty() || r.name.size() > 255) return Status(Code::kInvalidArgument, "bad region name length");
+    w.Put<uint8_t>(static_cast<uint8_t>(r.name.size()));
+    w.Bytes(r.name.data(), r.name.size());
+    w.Put<uint64_t>(r.address);
+    w.Put<uint64_t>(r.size);
+    w.Put<uint8_t>(r.memory_type);
+    w.Put<uint32_t>(static_cast<uint32_t>(r.rkey.size()));
+    w.Bytes(r.rkey.data(), r.rkey.size());
+  }
+  if (out->size() > kMaxDescriptorBytes) {
+    return Status(Code::kInvalidArgument, "descriptor of " + std::to_string(out->size()) + " bytes exceeds the limit");
+  }
+  return Status::Ok();
+}
+
+Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
+  if (blob.size() > kMaxDescriptorBytes) return Bad("larger than the limit");
+  Reader r(blob);
+  uint32_t magic = 0, len = 0, count = 0;
+  uint16_t version = 0, reserved = 0;
+  if (!r.Get(&magic) || magic != kDescriptorMagic) return Bad("bad magic");
+  if (!r.Get(&version) || version != kDescriptorVersion) return Bad("unsupported version " + std::to_string(version));
+  if (!r.Get(&reserved)) return Bad("truncated header");
+  if (!r.Get(&len) || len == 0 || !r.Bytes(len, &out->worker_address)) return Bad("bad worker address");
+  if (!r.Get(&out->control.address) || !r.Get(&out->control.size) || !r.Get(&len) ||
+      !r.Bytes(len, &out->control.rkey)) {
+    return Bad("truncated control block");
+  }
+  if (!r.Get(&count) || count > kMaxRegions) return Bad("bad region count");
+  if (out->control.size != 8 * (kControlHeaderWords + count)) return Bad("control block size disagrees with count");
+  out->regions.assign(count, {});
+  for (RemoteRegion& reg : out->regions) {
+    uint8_t name_len = 0;
+    std::vector<uint8_t> name;
+    if (!r.Get(&name_len) || name_len == 0 || !r.Bytes(name_len, &name)) return Bad("bad region name");
+    reg.name.assign(name.begin(), name.end());
+    if (!r.Get(&reg.address) || !r.Get(&reg.size) || !r.Get(&reg.memory_type) || !r.Get(&len) ||
+        !r.Bytes(len, &reg.rkey)) {
+      return Bad("truncated region '" + reg.name + "'");
+    }
+    if (reg.memory_type > static_cast<uint8_t>(MemoryType::kCuda)) return Bad("bad memory type");
+    if (reg.size > 0 && reg.rkey.empty()) return Bad("region '" + reg.name + "' has no rkey");
+  }
+  if (!r.Done()) return Bad("trailing bytes");
+  return Status::Ok();
+}
+
+}  // namespace trainmover::transfer::detail

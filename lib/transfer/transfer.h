@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// transfer.h: the state hand-off between a leaver and a joiner over UCX one-sided RMA.
+//
+// At a migration the leaver runs a StateServer: it maps its registered state regions for UCX (Expose),
+// hands a descriptor (its worker address and, per region, name, remote address, size and packed rkey)
+// to the joiner through the coordinator, and at the switch point computes the regions' checksums (Seal)
+// while the joiner reads. The joiner runs a StateClient: Fetch reads every region ONE-SIDED with
+// ucp_get_nbx in parallel chunks (many requests outstanding) into its own regions of the same names and
+// sizes, fetches the leaver's checksums from a small control block the server exposes alongside the
+// regions, hashes what it received and compares. The leaver's CPU does nothing per byte: on one host UCX
+// reads its memory with cma (process_vm_readv); across hosts UCX 1.13's tcp transport has no get, and
+// UCP emulates get in software over active messages, answered by the server's progress thread (see
+// docs/transfer.md for the measurements behind this choice).
+//
+// Errors are values (Status), never exceptions, never exit/abort. Nothing here waits without a bound:
+// every blocking call takes or inherits a timeout, and the client endpoint uses UCX's peer error
+// handling, so a leaver that dies mid-transfer gives an error, not a hang.
+//
+// CUDA device memory: a Region may be device memory (MemoryType::kCuda, or kAuto to let UCX detect it).
+// The mapping passes the memory type to ucp_mem_map; checksums of device memory copy it to host in
+// chunks through libcudart, which is loaded lazily with dlopen the first time it is needed (this
+// library never links against CUDA). Without a usable libcudart, device regions fail with kUnsupported.
+//
+// Thread safety: a StateServer or StateClient is driven by one thread at a time (its methods are not
+// reentrant); distinct objects are independent. Server-side UCX progress runs on the server's own
+// thread. Checksum functions are thread-safe.
+#ifndef TRAINMOVER_LIB_TRANSFER_TRANSFER_H_
+#define TRAINMOVER_LIB_TRANSFER_TRANSFER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace trainmover::transfer {
+
+// Outcome of an operation. kOk carries no message; every other code carries one that names what failed.
+enum class Code : int {
+  kOk = 0,
+  kInvalidArgument,   // bad region (null pointer with size > 0, empty or duplicate name), bad option
+  kMismatch,          // local regions differ from the leaver's: a missing/extra name or a size difference
+  kChecksumMismatch,  // data arrived but its checksum differs from the leaver's
+  kPeerFailure,       // the peer process died or its endpoint failed (UCX reported an error)
+  kTimeout,           // the operation did not finish within the caller's timeout
+  kUnsupported,       // e.g. a CUDA region without a usable libcudart
+  kBadDescriptor,     // the descriptor blob is truncated, corrupt or of another version
+  kState,             // method called in the wrong state (Expose twice, Seal before Expose, ...)
+  kUcx,               // another UCX failure (context, worker, mapping)
+};
+
+const char* CodeName(Code code);
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;
+  Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
+  static Status Ok() { return Status(); }
+  bool ok() const { return code_ == Code::kOk; }
+  Code code() const { return code_; }
+  const std::string& message() const { return message_; }
+  // "kName: message", or "ok".
+  std::string ToString() const;
+
+ private:
+  Code code_ = Code::kOk;
+  std::string message_;
+};
+
+enum class MemoryType : uint8_t {
+  kHost = 0,  // ordinary host memory
+  kCuda = 1,  // CUDA device memory (cudaMalloc); needs UCX built with CUDA support
+  kAuto = 2,  // let UCX detect the type when mapping (ucp_mem_query reports what it found)
+};
+
+// A region of state. The memory is owned by the caller and must stay valid (and, on the server,
+// unchanged between Seal and the client's completion) until the StateServer is closed or Fetch returns.
+struct Region {
+  std::string name;      // 1..255 bytes, unique within a set of regions
+  void* ptr = nullptr;   // may be null only when size == 0
+  size_t size = 0;
+  MemoryType type = MemoryType::kHost;
+};
+
+// The 64-bit checksum of a region. Defined on the bytes alone (independent of chunking and threads):
+// the region is cut into kChecksumBlock-byte blocks, each block hashed with a 4-lane multiply-rotate
+// hash, and the block hashes folded in order together with the total size. Detects any single-bit
+// change with certainty at the block level and random corruption with probability 1 - 2^-64.
+inline constexpr size_t kChecksumBlock = size_t{1} << 20;
+uint64_t Checksum(const void* data, size_t size, int threads = 1);
+// Hash of one block (size <= kChecksumBlock); Checksum folds these. Exposed for tests and streaming use.
+uint64_t BlockHash(const void* data, size_t size);
+uint64_t FoldBlockHashes(std::span<const uint64_t> block_hashes, size_t total_size);
+// Checksum of a region of either memory type (device memory is staged through host in chunks).
+Status RegionChecksum(const Region& region, int threads, uint64_t* out);
+
+struct ServerOptions {
+  // UCX transports (UCX_TLS syntax, e.g. "tcp" or "cma,tcp"); empty: UCX's default from the environment.
+  std::string transports;
+  // Threads hashing in Seal; 0: min(4, hardware threads).
+  int hash_threads = 0;
+  // On hosts with Yama ptrace_scope=1, a joiner that is not our descendant may not read our memory with
+  // cma (process_vm_readv). true: allow any process of the same user to (prctl PR_SET_PTRACER_ANY) for
+  // the life of the process. Off by default: it is a security decision for the caller.
+  bool allow_any_ptracer = false;
+};
+
+// The leaver's side. Create, Expose once, hand Descriptor() to the joiner, Seal at the switch point,
+// WaitClientDone (optional), Close. A progress thread serves the joiner's requests between Expose and
+// Close (it sleeps on the worker's event fd when idle, so it costs nothing while nothing happens).
+class StateServer {
+ public:
+  static Status Create(const ServerOptions& options, std::unique_ptr<StateServer>* out);
+  ~StateServer();  // Close()s if still open
+  StateServer(const StateServer&) = delete;
+  StateServer& operator=(const StateServer&) = delete;
+
+  // Maps the regions for remote access and packs their rkeys. Regions are copied (the memory is not).
+  // Blocking, fast (registration only). Once per server.
+  Status Expose(const std::vector<Region>& regions);
+
+  // The blob to send to the joiner (bounded: kMaxDescriptorBytes). Empty before Expose.
+  const std::vector<uint8_t>& Descriptor() const;
+
+  // Hashes every region (in parallel) and publishes the checksums to the control block the client polls.
+  // Call at the switch point, when the regions no longer change; the client may already be reading.
+  // Blocking for the time of the hash. Returns the checksums in Expose's order.
+  Status Seal(std::vector<uint64_t>* checksums = nullptr);
+  // Checksums computed by Seal (empty before).
+  const std::vector<uint64_t>& Checksums() const;
+
+  // Waits until the client reports that it finished (ok or failed) or timeout_ms elapses.
+  // *client_ok tells whether the client verified every checksum.
+  Status WaitClientDone(int timeout_ms, bool* client_ok = nullptr);
+
+  // Stops the progress thread, unmaps the regions, releases UCX. Idempotent.
+  void Close();
+
+  struct Impl;
+
+ private:
+  explicit StateServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+inline constexpr size_t kMaxDescriptorBytes = size_t{1} << 20;
+inline constexpr size_t kMaxRegions = 65536;
+
+struct FetchOptions {
+  size_t chunk_bytes = size_t{4} << 20;  // bytes per ucp_get_nbx request (>= 1)
+  int max_outstanding = 16;              // requests in flight at once (>= 1)
+  int timeout_ms = 60000;                // whole Fetch, including the wait for the leaver's checksums
+  int hash_threads = 0;                  // 0: min(4, hardware threads)
+  bool verify = true;                    // false: skip checksums (benchmarks of the raw read only)
+  // Use these checksums instead of polling the leaver's control block (e.g. sent by the coordinator).
+  std::vector<uint64_t> expected_checksums;
+  // Called on the Fetch thread after completions, at most once per completed chunk, never concurrently.
+  std::function<void(uint64_t bytes_done, uint64_t bytes_total)> progress;
+};
+
+struct FetchResult {
+  uint64_t bytes = 0;
+  double seconds = 0;        // the data reads, from the first request to the last completion
+  double gbps = 0;           // bytes / seconds / 1e9
+  double verify_seconds = 0; // waiting for the leaver's checksums + hashing locally
+  std::vector<uint64_t> checksums;  // the client's, in the order of the local regions passed to Fetch
+  bool verified = false;            // every checksum compared equal
+};
+
+struct ClientOptions {
+  std::string transports;  // as ServerOptions::transports
+};
+
+// The joiner's side. One client may Fetch several times (from the same or different servers).
+class StateClient {
+ public:
+  static Status Create(const ClientOptions& options, std::unique_ptr<StateClient>* out);
+  ~StateClient();
+  StateClient(const StateClient&) = delete;
+  StateClient& operator=(const StateClient&) = delete;
+
+  // Reads every region of the descriptor into the local region of the same name (names and sizes must
+  // match exactly, as sets; order may differ), then verifies checksums (unless options.verify is false),
+  // then tells the server it is done. Blocks until done, failed, or options.timeout_ms elapsed.
+  // On failure the local regions hold unspecified bytes.
+  Status Fetch(std::span<const uint8_t> descriptor, const std::vector<Region>& local, const FetchOptions& options,
+               FetchResult* result);
+
+  struct Impl;
+
+ private:
+  explicit StateClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace trainmover::transfer
+
+#endif  // TRAINMOVER_LIB_TRANSFER_TRANSFER_H_
