@@ -1,0 +1,338 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kv_store.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+namespace tm_tools {
+namespace {
+
+bool ReadFull(int fd, void* buf, size_t n) {
+  auto* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool WriteFull(int fd, const void* buf, size_t n) {
+  const auto* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+void PutU32(char* p, uint32_t v) {
+  v = htonl(v);
+  memcpy(p, &v, 4);
+}
+uint32_t GetU32(const char* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return ntohl(v);
+}
+std::string EncodeI64(int64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((static_cast<uint64_t>(v) >> (56 - 8 * i)) & 0xff);
+  return s;
+}
+int64_t DecodeI64(const std::string& s) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(s[i]);
+  return static_cast<int64_t>(v);
+}
+bool ParseDecimal(const std::string& s, int64_t* v) {
+  if (s.empty()) {
+    *v = 0;
+    return true;
+  }
+  size_t i = (s[0] == '-') ? 1 : 0;
+  if (i == s.size() || s.size() - i > 18) return false;
+  int64_t r = 0;
+  for (; i < s.size(); ++i) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    r = r * 10 + (s[i] - '0');
+  }
+  *v = (s[0] == '-') ? -r : r;
+  return true;
+}
+
+}  // namespace
+
+const char* KvStatusName(KvStatus s) {
+  switch (s) {
+    case KvStatus::kOk: return "ok";
+    case KvStatus::kTimeout: return "timeout";
+    case KvStatus::kBadRequest: return "bad request";
+    case KvStatus::kTooLarge: return "too large";
+    case KvStatus::kFull: return "store full";
+    case KvStatus::kNotANumber: return "not a number";
+    case KvStatus::kIoError: return "i/o error";
+  }
+  return "unknown";
+}
+
+bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port) {
+  size_t colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) return false;
+  int64_t p = 0;
+  if (!ParseDecimal(s.substr(colon + 1), &p) || p <= 0 || p > 65535) return false;
+  *host = s.substr(0, colon);
+  *port = static_cast<uint16_t>(p);
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Server
+
+KvServer::~KvServer() { Stop(); }
+
+bool KvServer::Start(const std::string& host, uint16_t port, std::string* err) {
+  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) {
+    *err = std::string("socket: ") + strerror(errno);
+    return false;
+  }
+  int one = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+    *err = "not an IPv4 address: " + host;
+    return false;
+  }
+  if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(listen_fd_, 128) != 0) {
+    *err = std::string("bind/listen: ") + strerror(errno);
+    close(listen_fd_);
+    listen_fd_ = -1;
+    return false;
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+  port_ = ntohs(addr.sin_port);
+  acceptor_ = std::thread([this] { AcceptLoop(); });
+  return true;
+}
+
+void KvServer::Stop() {
+  if (listen_fd_ < 0) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (int fd : conn_fds_) shutdown(fd, SHUT_RDWR);
+  }
+  cv_.notify_all();
+  shutdown(listen_fd_, SHUT_RDWR);
+  if (acceptor_.joinable()) acceptor_.join();
+  for (auto& t : conn_threads_) t.join();
+  conn_threads_.clear();
+  close(listen_fd_);
+  listen_fd_ = -1;
+}
+
+void KvServer::AcceptLoop() {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;  // shut down (or a fatal error): stop accepting
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || conn_fds_.size() >= kKvMaxConnections) {
+      close(fd);
+      if (stopping_) return;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    conn_fds_.push_back(fd);
+    conn_threads_.emplace_back([this, fd] { Serve(fd); });
+  }
+}
+
+void KvServer::Serve(int fd) {
+  for (;;) {
+    char hdr[kKvHeaderBytes];
+    if (!ReadFull(fd, hdr, sizeof(hdr))) break;
+    auto op = static_cast<KvOp>(static_cast<uint8_t>(hdr[0]));
+    uint32_t key_len = GetU32(hdr + 4), val_len = GetU32(hdr + 8);
+    std::string out;
+    KvStatus st;
+    bool keep = true;
+    if (key_len == 0 || key_len > kKvMaxKey || val_len > kKvMaxValue) {
+      // Do not read an unbounded body: answer and drop the connection.
+      st = (key_len == 0) ? KvStatus::kBadRequest : KvStatus::kTooLarge;
+      keep = false;
+    } else {
+      std::string key(key_len, '\0'), val(val_len, '\0');
+      if (!ReadFull(fd, key.data(), key_len) || !ReadFull(fd, val.data(), val_len)) break;
+      st = Handle(op, key, val, &out);
+    }
+    char rh[8] = {static_cast<char>(st), 0, 0, 0};
+    PutU32(rh + 4, static_cast<uint32_t>(out.size()));
+    if (!WriteFull(fd, rh, sizeof(rh)) || !WriteFull(fd, out.data(), out.size()) || !keep) break;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& f : conn_fds_) {
+    if (f == fd) {
+      f = conn_fds_.back();
+      conn_fds_.pop_back();
+      break;
+    }
+  }
+  close(fd);
+}
+
+KvStatus KvServer::Handle(KvOp op, const std::string& key, const std::string& val, std::string* out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  switch (op) {
+    case KvOp::kSet: {
+      if (data_.size() >= kKvMaxKeys && data_.find(key) == data_.end()) return KvStatus::kFull;
+      data_[key] = val;
+      cv_.notify_all();
+      return KvStatus::kOk;
+    }
+    case KvOp::kGet: {
+      if (val.size() != 4) return KvStatus::kBadRequest;
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(GetU32(val.data()));
+      while (!stopping_) {
+        auto it = data_.find(key);
+        if (it != data_.end()) {
+          *out = it->second;
+          return KvStatus::kOk;
+        }
+        if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && data_.find(key) == data_.end()) {
+          return KvStatus::kTimeout;
+        }
+      }
+      return KvStatus::kTimeout;
+    }
+    case KvOp::kAdd: {
+      if (val.size() != 8) return KvStatus::kBadRequest;
+      auto it = data_.find(key);
+      if (it == data_.end() && data_.size() >= kKvMaxKeys) return KvStatus::kFull;
+      int64_t cur = 0;
+      if (it != data_.end() && !ParseDecimal(it->second, &cur)) return KvStatus::kNotANumber;
+      cur += DecodeI64(val);
+      data_[key] = std::to_string(cur);
+      cv_.notify_all();
+      *out = EncodeI64(cur);
+      return KvStatus::kOk;
+    }
+  }
+  return KvStatus::kBadRequest;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Client
+
+KvClient::~KvClient() { Close(); }
+
+void KvClient::Close() {
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+}
+
+bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string* err) {
+  std::string host;
+  uint16_t port = 0;
+  if (!ParseHostPort(host_port, &host, &port)) {
+    *err = "malformed host:port '" + host_port + "'";
+    return false;
+  }
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0) {
+    *err = "cannot resolve '" + host + "': " + gai_strerror(rc);
+    return false;
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ >= 0 && connect(fd_, res->ai_addr, res->ai_addrlen) == 0) break;
+    int e = errno;
+    Close();
+    if (std::chrono::steady_clock::now() >= deadline) {
+      freeaddrinfo(res);
+      *err = "cannot connect to " + host_port + ": " + strerror(e);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  freeaddrinfo(res);
+  int one = 1;
+  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return true;
+}
+
+KvStatus KvClient::Request(uint8_t op, const std::string& key, const std::string& val, std::string* out) {
+  if (fd_ < 0) return KvStatus::kIoError;
+  char hdr[kKvHeaderBytes] = {static_cast<char>(op), 0, 0, 0};
+  PutU32(hdr + 4, static_cast<uint32_t>(key.size()));
+  PutU32(hdr + 8, static_cast<uint32_t>(val.size()));
+  // The server may answer a too-large request before reading its body; ignore a failed body write then.
+  bool sent = WriteFull(fd_, hdr, sizeof(hdr));
+  if (sent && key.size() <= kKvMaxKey && val.size() <= kKvMaxValue) {
+    sent = WriteFull(fd_, key.data(), key.size()) && WriteFull(fd_, val.data(), val.size());
+  }
+  char rh[8];
+  if (!sent || !ReadFull(fd_, rh, sizeof(rh))) {
+    Close();
+    return KvStatus::kIoError;
+  }
+  uint32_t len = GetU32(rh + 4);
+  if (len > kKvMaxValue) {
+    Close();
+    return KvStatus::kIoError;
+  }
+  std::string body(len, '\0');
+  if (!ReadFull(fd_, body.data(), len)) {
+    Close();
+    return KvStatus::kIoError;
+  }
+  if (out) *out = std::move(body);
+  return static_cast<KvStatus>(static_cast<uint8_t>(rh[0]));
+}
+
+KvStatus KvClient::Set(const std::string& key, const std::string& value) {
+  return Request(static_cast<uint8_t>(KvOp::kSet), key, value, nullptr);
+}
+
+KvStatus KvClient::Get(const std::string& key, uint32_t timeout_ms, std::string* value) {
+  std::string t(4, '\0');
+  PutU32(t.data(), timeout_ms);
+  return Request(static_cast<uint8_t>(KvOp::kGet), key, t, value);
+}
+
+KvStatus KvClient::Add(const std::string& key, int64_t delta, int64_t* result) {
+  std::string out;
+  KvStatus st = Request(static_cast<uint8_t>(KvOp::kAdd), key, EncodeI64(delta), &out);
+  if (st == KvStatus::kOk) {
+    if (out.size() != 8) return KvStatus::kIoError;
+    if (result) *result = DecodeI64(out);
+  }
+  return st;
+}
+
+}  // namespace tm_tools

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+// kv_store.h: the key-value rendezvous store that tmrun serves and ranks use (TMRUN_STORE=host:port).
+//
+// Protocol (all integers big-endian; documented for people in docs/tmrun.md):
+//   request  = op:u8 pad:u8[3] key_len:u32 val_len:u32 key[key_len] val[val_len]
+//   response = status:u8 pad:u8[3] val_len:u32 val[val_len]
+//   SET (1): stores val under key (replacing any value). Response: OK, empty.
+//   GET (2): val is timeout_ms:u32. Waits until key exists or the timeout passes. Response: OK + value, or
+//            TIMEOUT, empty.
+//   ADD (3): val is delta:i64. Treats the value (decimal ASCII, absent = 0) as a counter, adds delta, stores
+//            it back as decimal ASCII. Response: OK + new value as i64 (8 bytes).
+// Bounds: key 1..kKvMaxKey bytes, value 0..kKvMaxValue bytes, at most kKvMaxKeys keys and kKvMaxConnections
+// connections. A request outside the bounds is answered with an error status and the connection closed.
+#ifndef TOOLS_COMMON_KV_STORE_H_
+#define TOOLS_COMMON_KV_STORE_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tm_tools {
+
+inline constexpr uint32_t kKvMaxKey = 256;
+inline constexpr uint32_t kKvMaxValue = 1u << 20;
+inline constexpr size_t kKvMaxKeys = 16384;
+inline constexpr size_t kKvMaxConnections = 1024;
+inline constexpr size_t kKvHeaderBytes = 12;
+
+enum class KvOp : uint8_t { kSet = 1, kGet = 2, kAdd = 3 };
+
+enum class KvStatus : uint8_t {
+  kOk = 0,
+  kTimeout = 1,     // GET: the key did not appear in time
+  kBadRequest = 2,  // unknown op, empty key, malformed value
+  kTooLarge = 3,    // key or value over the bounds
+  kFull = 4,        // the store holds kKvMaxKeys keys already
+  kNotANumber = 5,  // ADD on a value that is not a decimal integer
+  kIoError = 6,     // client side only: connection failed or closed
+};
+
+const char* KvStatusName(KvStatus s);
+
+// Splits "host:port". Returns false on a malformed string.
+bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port);
+
+// KvServer: serves the store on a TCP port from its own threads (one acceptor, one per connection).
+// Start/Stop from one thread; the store itself is thread-safe.
+class KvServer {
+ public:
+  KvServer() = default;
+  ~KvServer();
+  KvServer(const KvServer&) = delete;
+  KvServer& operator=(const KvServer&) = delete;
+
+  // Binds host:port (port 0 = any free port) and starts serving. Returns false (and sets *err) on failure.
+  bool Start(const std::string& host, uint16_t port, std::string* err);
+  // The bound port (valid after Start).
+  uint16_t port() const { return port_; }
+  // Closes the listening socket and every connection, wakes blocked GETs, joins the threads. Idempotent.
+  void Stop();
+
+ private:
+  void AcceptLoop();
+  void Serve(int fd);
+  KvStatus Handle(KvOp op, const std::string& key, const std::string& val, std::string* out);
+
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::string, std::string> data_;
+  std::vector<int> conn_fds_;
+  std::vector<std::thread> conn_threads_;
+};
+
+// KvClient: one blocking connection to a store. Not thread-safe (one user at a time).
+class KvClient {
+ public:
+  KvClient() = default;
+  ~KvClient();
+  KvClient(const KvClient&) = delete;
+  KvClient& operator=(const KvClient&) = delete;
+
+  // Connects to host:port, retrying until timeout_ms passes. Returns false (and sets *err) on failure.
+  bool Connect(const std::string& host_port, int timeout_ms, std::string* err);
+  KvStatus Set(const std::string& key, const std::string& value);
+  // Blocks until the key exists (OK, *value filled) or timeout_ms passes (kTimeout).
+  KvStatus Get(const std::string& key, uint32_t timeout_ms, std::string* value);
+  KvStatus Add(const std::string& key, int64_t delta, int64_t* result);
+  // Sends one raw request (for tests of the bounds). The key and value are sent as given.
+  KvStatus Request(uint8_t op, const std::string& key, const std::string& val, std::string* out);
+  void Close();
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace tm_tools
+
+#endif  // TOOLS_COMMON_KV_STORE_H_

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "options.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+
+extern char** environ;
+
+namespace tmrun {
+namespace {
+
+using Setter = std::function<bool(Config*, const std::string&)>;
+
+struct Option {
+  const char* name;     // long form
+  const char* alias;    // short form or nullptr
+  const char* metavar;  // nullptr: a flag without a value
+  const char* help;
+  Setter set;
+};
+
+bool ToInt(const std::string& s, int lo, int* out) {
+  char* end = nullptr;
+  errno = 0;
+  long v = strtol(s.c_str(), &end, 10);
+  if (s.empty() || *end || errno || v < lo || v > 1000000) return false;
+  *out = static_cast<int>(v);
+  return true;
+}
+
+const std::vector<Option>& Table() {
+  static const std::vector<Option> table = {
+      {"--nproc", "-n", "N", "number of ranks (the job's world size with --join)",
+       [](Config* c, const std::string& v) { return ToInt(v, 1, &c->nproc); }},
+      {"--no-prefix", nullptr, nullptr, "do not prefix rank output with '[r] '",
+       [](Config* c, const std::string&) { return c->no_prefix = true; }},
+      {"--output-dir", nullptr, "DIR", "write each rank's stdout and stderr to DIR/rank-<r>.log",
+       [](Config* c, const std::string& v) { return !(c->output_dir = v).empty(); }},
+      {"--grace-ms", nullptr, "MS", "delay between SIGTERM and SIGKILL when stopping ranks (default 5000)",
+       [](Config* c, const std::string& v) { return ToInt(v, 0, &c->grace_ms); }},
+      {"--join", nullptr, nullptr, "start one joiner for rank --replace of the job at --store",
+       [](Config* c, const std::string&) { return c->join = true; }},
+      {"--replace", nullptr, "R", "the rank a joiner takes over (with --join)",
+       [](Config* c, const std::string& v) { return ToInt(v, 0, &c->replace); }},
+      {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; printed by tmrun at start)",
+       [](Config* c, const std::string& v) { return !(c->store = v).empty(); }},
+  };
+  return table;
+}
+
+void Usage(FILE* out) {
+  fprintf(out,
+          "usage: tmrun -n N [options] [--] command [args...]\n"
+          "       tmrun --join --replace R --store HOST:PORT -n N [options] [--] command [args...]\n"
+          "options:\n");
+  for (const Option& o : Table()) {
+    std::string lhs = std::string(o.alias ? std::string(o.alias) + ", " : "") + o.name;
+    if (o.metavar) lhs += std::string(" ") + o.metavar;
+    fprintf(out, "  %-26s %s\n", lhs.c_str(), o.help);
+  }
+  fprintf(out, "  %-26s %s\n", "-h, --help", "this text");
+}
+
+}  // namespace
+
+int ParseArgs(int argc, char** argv, Config* cfg) {
+  int i = 1;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--") {
+      ++i;
+      break;
+    }
+    if (a == "-h" || a == "--help") {
+      Usage(stdout);
+      return 0;
+    }
+    if (a.empty() || a[0] != '-') break;  // the command starts here
+    std::string value;
+    bool inline_value = false;
+    if (size_t eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      inline_value = true;
+    }
+    const Option* opt = nullptr;
+    for (const Option& o : Table()) {
+      if (a == o.name || (o.alias && a == o.alias)) opt = &o;
+    }
+    if (!opt) {
+      fprintf(stderr, "tmrun: unknown option '%s'\n", argv[i]);
+      Usage(stderr);
+      return 2;
+    }
+    if (opt->metavar && !inline_value) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "tmrun: %s needs a value\n", opt->name);
+        return 2;
+      }
+      value = argv[++i];
+    } else if (!opt->metavar && inline_value) {
+      fprintf(stderr, "tmrun: %s takes no value\n", opt->name);
+      return 2;
+    }
+    if (!opt->set(cfg, value)) {
+      fprintf(stderr, "tmrun: bad value '%s' for %s\n", value.c_str(), opt->name);
+      return 2;
+    }
+  }
+  for (; i < argc; ++i) cfg->command.emplace_back(argv[i]);
+  const char* problem = nullptr;
+  if (cfg->nproc <= 0) problem = "-n N is required";
+  else if (cfg->command.empty()) problem = "no command given";
+  else if (cfg->join && (cfg->replace < 0 || cfg->store.empty())) problem = "--join needs --replace R and --store";
+  else if (cfg->join && cfg->replace >= cfg->nproc) problem = "--replace R must be below -n";
+  else if (!cfg->join && (cfg->replace >= 0 || !cfg->store.empty())) problem = "--replace/--store need --join";
+  if (problem) {
+    fprintf(stderr, "tmrun: %s\n", problem);
+    Usage(stderr);
+    return 2;
+  }
+  return -1;
+}
+
+std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank) {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const char* eq = strchr(*e, '=');
+    if (eq) env[std::string(*e, static_cast<size_t>(eq - *e))] = eq + 1;
+  }
+  env["RANK"] = std::to_string(rank);
+  env["WORLD_SIZE"] = std::to_string(cfg.nproc);
+  env["LOCAL_RANK"] = std::to_string(rank);
+  env["LOCAL_WORLD_SIZE"] = std::to_string(cfg.nproc);
+  env["MASTER_ADDR"] = job.master_addr;
+  env["MASTER_PORT"] = std::to_string(job.master_port);
+  env["TMRUN_STORE"] = job.store_host + ":" + std::to_string(job.store_port);
+  if (cfg.join) {
+    env["TRAINMOVER_ROLE"] = "joiner";
+    env["TRAINMOVER_REPLACE"] = std::to_string(cfg.replace);
+  }
+  std::vector<std::string> out;
+  for (const auto& [k, v] : env) out.push_back(k + "=" + v);
+  return out;
+}
+
+}  // namespace tmrun

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+// options.h: tmrun's command line (one table) and the environment of a rank (one function).
+// To add an option (e.g. --coordinator host:port), add a field to Config, a row to the table in options.cc,
+// and, if ranks must see it, a line in ChildEnv.
+#ifndef TOOLS_TMRUN_OPTIONS_H_
+#define TOOLS_TMRUN_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tmrun {
+
+struct Config {
+  int nproc = 0;                   // -n: world size (ranks started, or the job's size with --join)
+  bool no_prefix = false;          // --no-prefix: ranks write straight to tmrun's stdout/stderr
+  std::string output_dir;          // --output-dir: rank-<r>.log per rank instead of tmrun's output
+  int grace_ms = 5000;             // --grace-ms: SIGTERM -> SIGKILL delay when stopping ranks
+  bool join = false;               // --join: start one joiner for an existing job
+  int replace = -1;                // --replace R: the rank the joiner takes over
+  std::string store;               // --store host:port: the job's store (with --join)
+  std::vector<std::string> command;
+};
+
+// What a rank's environment is made from, besides the Config.
+struct JobInfo {
+  std::string store_host;
+  uint16_t store_port = 0;
+  std::string master_addr;
+  uint16_t master_port = 0;
+};
+
+// Parses argv. Returns -1 to go on, else the exit code to end with (0 after --help; 2 on error, usage printed).
+int ParseArgs(int argc, char** argv, Config* cfg);
+
+// The full environment of rank `rank`: tmrun's own environment with the launcher variables set
+// (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TMRUN_STORE, and for a joiner
+// TRAINMOVER_ROLE=joiner TRAINMOVER_REPLACE=<rank>), as "NAME=value" strings.
+std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank);
+
+}  // namespace tmrun
+
+#endif  // TOOLS_TMRUN_OPTIONS_H_
