@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: Apache-2.0
+// Unit tests of the tmrun key-value store: protocol, blocking GET, timeouts, bounds.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "common/kv_store.h"
+
+using namespace tm_tools;
+
+namespace {
+struct Fixture {
+  KvServer server;
+  std::string addr;
+  Fixture() {
+    std::string err;
+    REQUIRE(server.Start("127.0.0.1", 0, &err));
+    REQUIRE(server.port() != 0);
+    addr = "127.0.0.1:" + std::to_string(server.port());
+  }
+  void Connect(KvClient* c) {
+    std::string err;
+    REQUIRE(c->Connect(addr, 2000, &err));
+  }
+};
+}  // namespace
+
+TEST_CASE("ParseHostPort") {
+  std::string h;
+  uint16_t p = 0;
+  CHECK(ParseHostPort("127.0.0.1:80", &h, &p));
+  CHECK(h == "127.0.0.1");
+  CHECK(p == 80);
+  CHECK_FALSE(ParseHostPort("127.0.0.1", &h, &p));
+  CHECK_FALSE(ParseHostPort(":80", &h, &p));
+  CHECK_FALSE(ParseHostPort("h:0", &h, &p));
+  CHECK_FALSE(ParseHostPort("h:65536", &h, &p));
+  CHECK_FALSE(ParseHostPort("h:8x", &h, &p));
+}
+
+TEST_CASE_FIXTURE(Fixture, "SET then GET, binary values, overwrite") {
+  KvClient c;
+  Connect(&c);
+  std::string bin("a\0b\xff", 4), v;
+  CHECK(c.Set("k", bin) == KvStatus::kOk);
+  CHECK(c.Get("k", 0, &v) == KvStatus::kOk);
+  CHECK(v == bin);
+  CHECK(c.Set("k", "") == KvStatus::kOk);
+  CHECK(c.Get("k", 0, &v) == KvStatus::kOk);
+  CHECK(v.empty());
+}
+
+TEST_CASE_FIXTURE(Fixture, "GET of a missing key times out") {
+  KvClient c;
+  Connect(&c);
+  std::string v = "untouched";
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(c.Get("missing", 100, &v) == KvStatus::kTimeout);
+  CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(100));
+  // The connection is still usable afterwards.
+  CHECK(c.Set("x", "1") == KvStatus::kOk);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a blocked GET is woken by a SET from another client") {
+  KvClient waiter, setter;
+  Connect(&waiter);
+  Connect(&setter);
+  std::string v;
+  KvStatus st = KvStatus::kIoError;
+  std::thread t([&] { st = waiter.Get("id", 10000, &v); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(setter.Set("id", "hello") == KvStatus::kOk);
+  t.join();
+  CHECK(st == KvStatus::kOk);
+  CHECK(v == "hello");
+}
+
+TEST_CASE_FIXTURE(Fixture, "ADD counts, and refuses non-numbers") {
+  KvClient c;
+  Connect(&c);
+  int64_t r = 0;
+  CHECK(c.Add("n", 5, &r) == KvStatus::kOk);
+  CHECK(r == 5);
+  CHECK(c.Add("n", -7, &r) == KvStatus::kOk);
+  CHECK(r == -2);
+  std::string v;
+  CHECK(c.Get("n", 0, &v) == KvStatus::kOk);
+  CHECK(v == "-2");
+  CHECK(c.Set("s", "abc") == KvStatus::kOk);
+  CHECK(c.Add("s", 1, &r) == KvStatus::kNotANumber);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ADD from many threads is atomic") {
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 8; ++i) {
+    ts.emplace_back([&] {
+      KvClient c;
+      std::string err;
+      REQUIRE(c.Connect(addr, 2000, &err));
+      for (int j = 0; j < 50; ++j) REQUIRE(c.Add("ctr", 1, nullptr) == KvStatus::kOk);
+    });
+  }
+  for (auto& t : ts) t.join();
+  KvClient c;
+  Connect(&c);
+  int64_t r = 0;
+  CHECK(c.Add("ctr", 0, &r) == KvStatus::kOk);
+  CHECK(r == 400);
+}
+
+TEST_CASE_FIXTURE(Fixture, "bounds: key and value sizes, malformed requests") {
+  KvClient c;
+  Connect(&c);
+  std::string v;
+  CHECK(c.Set(std::string(kKvMaxKey, 'k'), "ok") == KvStatus::kOk);
+  CHECK(c.Set("big", std::string(kKvMaxValue, 'v')) == KvStatus::kOk);
+  CHECK(c.Get("big", 0, &v) == KvStatus::kOk);
+  CHECK(v.size() == kKvMaxValue);
+  // Over the bounds: an error status, then the server drops the connection.
+  CHECK(c.Set(std::string(kKvMaxKey + 1, 'k'), "x") == KvStatus::kTooLarge);
+  CHECK(c.Set("x", "1") == KvStatus::kIoError);
+  KvClient d;
+  Connect(&d);
+  CHECK(d.Set("big2", std::string(kKvMaxValue + 1, 'v')) == KvStatus::kTooLarge);
+  KvClient e;
+  Connect(&e);
+  CHECK(e.Set("", "x") == KvStatus::kBadRequest);
+  KvClient f;
+  Connect(&f);
+  CHECK(f.Request(99, "k", "", &v) == KvStatus::kBadRequest);  // unknown op
+  CHECK(f.Request(2, "k", "123", &v) == KvStatus::kBadRequest);  // GET without a 4-byte timeout
+  CHECK(f.Request(3, "k", "1", &v) == KvStatus::kBadRequest);    // ADD without an 8-byte delta
+  CHECK(f.Set("still", "alive") == KvStatus::kOk);
+}
+
+TEST_CASE_FIXTURE(Fixture, "bounds: the number of keys") {
+  KvClient c;
+  Connect(&c);
+  for (size_t i = 0; i < kKvMaxKeys; ++i) REQUIRE(c.Set("k" + std::to_string(i), "") == KvStatus::kOk);
+  CHECK(c.Set("one-more", "") == KvStatus::kFull);
+  CHECK(c.Add("one-more", 1, nullptr) == KvStatus::kFull);
+  CHECK(c.Set("k0", "replacing is fine") == KvStatus::kOk);
+}
+
+TEST_CASE("Stop wakes a blocked GET") {
+  KvServer s;
+  std::string err;
+  REQUIRE(s.Start("127.0.0.1", 0, &err));
+  KvClient c;
+  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000, &err));
+  KvStatus st = KvStatus::kOk;
+  std::thread t([&] {
+    std::string v;
+    st = c.Get("never", 60000, &v);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto t0 = std::chrono::steady_clock::now();
+  s.Stop();
+  t.join();
+  CHECK(st != KvStatus::kOk);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+}
+
+TEST_CASE("Connect to a closed port fails after the timeout") {
+  KvServer s;
+  std::string err;
+  REQUIRE(s.Start("127.0.0.1", 0, &err));
+  std::string addr = "127.0.0.1:" + std::to_string(s.port());
+  s.Stop();
+  KvClient c;
+  CHECK_FALSE(c.Connect(addr, 100, &err));
+  CHECK(err.find("cannot connect") != std::string::npos);
+}
