@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "agent.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+
+#include "conn.h"
+#include "ctl_log.h"
+
+extern char** environ;
+
+namespace trainmover::control {
+
+Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int32_t replace) {
+  Register r;
+  RandomBytes(&r.instance, sizeof(r.instance));
+  r.role = role;
+  char host[256] = "";
+  gethostname(host, sizeof(host) - 1);
+  r.host = host;
+  r.pid = static_cast<uint32_t>(getpid());
+  r.rank = rank;
+  r.world = world;
+  r.replace = replace;
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  for (size_t i = 0; i < all.size() && r.cmdline.size() < kMaxList;) {
+    size_t z = all.find('\0', i);
+    if (z == std::string::npos) z = all.size();
+    r.cmdline.push_back(all.substr(i, std::min(z - i, kMaxString)));
+    i = z + 1;
+  }
+  char cwd[4096];
+  if (getcwd(cwd, sizeof(cwd))) r.cwd = cwd;
+  for (char** e = environ; e && *e && r.env.size() < kMaxList; ++e) {
+    if (std::strlen(*e) <= kMaxString) r.env.emplace_back(*e);
+  }
+  // Keep REGISTER well inside one frame whatever the environment holds.
+  size_t total = 0;
+  for (size_t i = 0; i < r.env.size(); ++i) {
+    total += r.env[i].size() + 4;
+    if (total > kMaxPayload / 2) {
+      r.env.resize(i);
+      break;
+    }
+  }
+  return r;
+}
+
+struct Agent::Slot {
+  std::atomic<uint64_t> seq{0};
+  int64_t step = 0;
+  uint64_t time_ns = 0;
+};
+
+struct Agent::Essential {
+  enum Kind { kCreated, kDestroyed, kRegions, kRankWorld, kEvent } kind;
+  CommCreated created;
+  uint64_t key = 0;
+  std::vector<Region> regions;
+  int32_t rank = -1, world = -1;
+  Event event;
+  Essential* next = nullptr;
+};
+
+Agent::Agent(Options opt) : opt_(std::move(opt)) {
+  size_t n = 2;
+  while (n < opt_.ring_slots) n <<= 1;
+  ring_ = std::make_unique<Slot[]>(n);
+  for (size_t i = 0; i < n; ++i) ring_[i].seq.store(i, std::memory_order_relaxed);
+  mask_ = n - 1;
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+Agent::~Agent() {
+  Stop(false);
+  Essential* e = essentials_.exchange(nullptr);
+  while (e) {
+    Essential* n = e->next;
+    delete e;
+    e = n;
+  }
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void Agent::Start() {
+  if (thread_.joinable()) return;
+  stop_.store(false);
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Agent::Stop(bool bye) {
+  if (!thread_.joinable()) return;
+  bye_.store(bye);
+  stop_.store(true);
+  Wake();
+  thread_.join();
+}
+
+void Agent::Wake() {
+  uint64_t one = 1;
+  ssize_t w = write(wake_fd_, &one, sizeof(one));
+  (void)w;
+}
+
+void Agent::PushEssential(Essential* e) {
+  e->next = essentials_.load(std::memory_order_relaxed);
+  while (!essentials_.compare_exchange_weak(e->next, e, std::memory_order_release, std::memory_order_relaxed)) {
+  }
+  Wake();
+}
+
+void Agent::ReportCommCreated(const CommCreated& c) {
+  auto* e = new Essential{Essential::kCreated};
+  e->created = c;
+  PushEssential(e);
+}
+
+void Agent::ReportCommDestroyed(uint64_t comm_key) {
+  auto* e = new Essential{Essential::kDestroyed};
+  e->key = comm_key;
+  PushEssential(e);
+}
+
+void Agent::ReportRegions(std::vector<Region> regions) {
+  auto* e = new Essential{Essential::kRegions};
+  e->regions = std::move(regions);
+  PushEssential(e);
+}
+
+void Agent::ReportRankWorld(int32_t rank, int32_t world) {
+  auto* e = new Essential{Essential::kRankWorld};
+  e->rank = rank;
+  e->world = world;
+  PushEssential(e);
+}
+
+void Agent::SendEvent(Event ev) {
+  auto* e = new Essential{Essential::kEvent};
+  e->event = std::move(ev);
+  PushEssential(e);
+}
+
+void Agent::ReportSafePoint(int64_t step) {
+  // The latest step is always kept, whatever happens to the ring.
+  int64_t prev = latest_step_.load(std::memory_order_relaxed);
+  while (step > prev && !latest_step_.compare_exchange_weak(prev, step, std::memory_order_relaxed)) {
+  }
+  uint64_t pos = head_.load(std::memory_order_relaxed);
+  Slot* s;
+  for (;;) {
+    s = &ring_[pos & mask_];
+    uint64_t seq = s->seq.load(std::memory_order_acquire);
+    auto dif = static_cast<int64_t>(seq - pos);
+    if (dif == 0) {
+      if (head_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
+    } else if (dif < 0) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);  // full: drop, the step is coalesced above
+      return;
+    } else {
+      pos = head_.load(std::memory_order_relaxed);
+    }
+  }
+  s->step = step;
+  s->time_ns = NowRealtimeNs();
+  s->seq.store(pos + 1, std::memory_order_release);
+}
+
+void Agent::Loop() {
+  // Everything below is owned by this thread.
+  std::map<uint64_t, CommCreated> comms;  // live communicators, replayed on every connection
+  std::vector<Region> regions;
+  bool have_regions = false;
+  Register self = opt_.self;
+  std::unique_ptr<Connection> conn;
+  bool registered = false;  // REGISTER and the replay were sent on this connection
+  bool warned = false;      // one WARN per outage
+  uint64_t backoff_ms = 100;
+  uint64_t next_attempt = 0;
+  uint64_t hb_interval_ns = 1000000000ull;
+  uint64_t next_hb = 0;
+  int64_t sent_step = -1;
+
+  auto send = [&](MsgType t, const std::vector<uint8_t>& p) {
+    if (conn && registered) conn->Send(t, p);
+  };
+  auto lose = [&](const std::string& why) {
+    if (!warned) {
+      CTL_WARN("agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
+               opt_.coordinator.c_str(), why.c_str());
+      warned = true;
+    } else {
+      CTL_INFO("agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
+    }
+    conn.reset();
+    registered = false;
+    connected_.store(false);
+    next_attempt = NowMonotonicNs() + backoff_ms * 1000000ull;
+    backoff_ms = std::min<uint64_t>(backoff_ms * 2, 2000);
+  };
+
+  while (!stop_.load()) {
+    uint64_t now = NowMonotonicNs();
+    if (!conn && now >= next_attempt) {
+      std::string err;
+      int fd = ConnectTcp(opt_.coordinator, 1000, &err);
+      if (fd < 0) {
+        lose(err);
+      } else {
+        conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
+        conn->StartHello(kClientAgent);
+      }
+    }
+    if (conn && conn->authenticated() && !registered) {
+      registered = true;
+      conn->SendMsg(MsgType::kRegister, self);
+      for (const auto& [key, c] : comms) conn->SendMsg(MsgType::kCommCreated, c);
+      if (have_regions) conn->SendMsg(MsgType::kRegions, Regions{regions});
+      int64_t step = latest_step_.load();
+      if (step >= 0) conn->SendMsg(MsgType::kSafePoint, SafePoint{step, NowRealtimeNs()});
+      sent_step = step;
+      next_hb = now;
+    }
+
+    // Essential reports, oldest first.
+    Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
+    Essential* rev = nullptr;
+    while (list) {
+      Essential* n = list->next;
+      list->next = rev;
+      rev = list;
+      list = n;
+    }
+    while (rev) {
+      Essential* e = rev;
+      rev = rev->next;
+      switch (e->kind) {
+        case Essential::kCreated:
+          comms[e->created.comm_key] = e->created;
+          send(MsgType::kCommCreated, EncodePayload(e->created));
+          break;
+        case Essential::kDestroyed:
+          comms.erase(e->key);
+          send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
+          break;
+        case Essential::kRegions:
+          regions = std::move(e->regions);
+          have_regions = true;
+          send(MsgType::kRegions, EncodePayload(Regions{regions}));
+          break;
+        case Essential::kRankWorld:
+          self.rank = e->rank;
+          self.world = e->world;
+          break;
+        case Essential::kEvent:
+          if (conn && registered) {
+            conn->SendMsg(MsgType::kEvent, e->event);
+          } else {
+            CTL_WARN("agent: event %u of migration %" PRIu64 " not sent: coordinator unreachable", e->event.kind,
+                     e->event.migration);
+          }
+          break;
+      }
+      delete e;
+    }
+
+    // Safe points from the ring.
+    for (;;) {
+      Slot& s = ring_[tail_ & mask_];
+      if (s.seq.load(std::memory_order_acquire) != tail_ + 1) break;
+      SafePoint sp{s.step, s.time_ns};
+      s.seq.store(tail_ + mask_ + 1, std::memory_order_release);
+      ++tail_;
+      if (sp.step > sent_step) {
+        send(MsgType::kSafePoint, EncodePayload(sp));
+        if (registered) sent_step = sp.step;
+      }
+    }
+    int64_t latest = latest_step_.load();
+    if (registered && latest > sent_step) {  // dropped from the ring: the coalesced step still goes
+      send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
+      sent_step = latest;
+    }
+
+    if (conn && registered && now >= next_hb) {
+      send(MsgType::kHeartbeat, EncodePayload(Heartbeat{latest, NowRealtimeNs(), dropped_.load()}));
+      next_hb = now + hb_interval_ns;
+    }
+
+    if (conn && !conn->Flush()) {
+      lose(conn->error());
+      continue;
+    }
+
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {conn ? conn->fd() : -1, 0, 0}};
+    if (conn) fds[1].events = static_cast<short>(POLLIN | (conn->WantsWrite() ? POLLOUT : 0));
+    int timeout = 50;
+    if (!conn) timeout = static_cast<int>(std::min<uint64_t>(50, (next_attempt > now ? next_attempt - now : 0) / 1000000 + 1));
+    poll(fds, conn ? 2 : 1, timeout);
+    if (fds[0].revents) {
+      uint64_t v;
+      ssize_t r = read(wake_fd_, &v, sizeof(v));
+      (void)r;
+    }
+    if (conn && fds[1].revents) {
+      bool open = conn->ReadSome();
+      Frame f;
+      while (conn->Next(&f)) {
+        switch (static_cast<MsgType>(f.type)) {
+          case MsgType::kRegisterAck: {
+            RegisterAck a;
+            if (DecodePayload(f.payload, &a)) {
+              process_id_.store(a.process_id);
+              hb_interval_ns = static_cast<uint64_t>(a.heartbeat_interval_ms) * 1000000ull;
+              connections_.fetch_add(1);
+              connected_.store(true);
+              if (warned) CTL_WARN("agent: reconnected to coordinator %s", opt_.coordinator.c_str());
+              CTL_INFO("agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(),
+                       a.process_id);
+              warned = false;
+              backoff_ms = 100;
+            }
+            break;
+          }
+          case MsgType::kCommand: {
+            Command c;
+            if (DecodePayload(f.payload, &c)) {
+              if (handler_) handler_(c);
+            } else {
+              CTL_WARN("agent: malformed COMMAND ignored");
+            }
+            break;
+          }
+          default:
+            CTL_WARN("agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
+        }
+      }
+      if (conn->failed() || !open) lose(conn->error());
+    }
+  }
+
+  if (conn && registered && bye_.load()) {
+    conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
+    uint64_t deadline = NowMonotonicNs() + 500000000ull;
+    while (conn->WantsWrite() && NowMonotonicNs() < deadline) {
+      if (!conn->Flush()) break;
+      pollfd p{conn->fd(), POLLOUT, 0};
+      poll(&p, 1, 50);
+    }
+  }
+  connected_.store(false);
+}
+
+}  // namespace trainmover::control

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+// agent.h: the coordinator's agent inside a training process. libtrainmover owns one when
+// TRAINMOVER_COORDINATOR is set.
+//
+// A background thread connects to trainmoverd, registers the process, reports communicators, safe
+// points and regions, sends heartbeats, and receives commands (handed to the installed handler).
+//
+// It never blocks the application. The report calls below are lock-free and never wait:
+//  - SafePoint goes into a bounded MPSC ring; when the ring is full the report is dropped and counted,
+//    but the latest step is always kept (an atomic), so the coordinator never falls behind for long.
+//  - Essential reports (communicator created/destroyed, regions, engine events) go on a lock-free
+//    list and are never dropped; they are rare (communicator creation is not a hot path).
+// When the coordinator is unreachable or goes away, training goes on: the agent logs one WARN line,
+// reconnects with backoff (100 ms doubling to 2 s), and on every (re)connection re-registers the
+// process and replays what it knows (live communicators, latest step, regions), so a restarted
+// coordinator rebuilds its view without disturbing training.
+#ifndef TRAINMOVER_LIB_CONTROL_AGENT_H_
+#define TRAINMOVER_LIB_CONTROL_AGENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "messages.h"
+
+namespace trainmover::control {
+
+// This process as REGISTER describes it: host, pid, /proc/self/cmdline, cwd and the environment
+// (bounded by kMaxList entries of kMaxString bytes). `instance` is random.
+Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int32_t replace);
+
+class Agent {
+ public:
+  struct Options {
+    std::string coordinator;  // host:port
+    std::string token;
+    Register self;            // from DescribeSelf
+    size_t ring_slots = 1024; // safe-point ring capacity (rounded up to a power of two)
+  };
+  // Called on the agent thread for every COMMAND from the coordinator. Must not block for long.
+  using CommandHandler = std::function<void(const Command&)>;
+
+  explicit Agent(Options opt);
+  ~Agent();  // Stop(false)
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Install before Start().
+  void SetCommandHandler(CommandHandler h) { handler_ = std::move(h); }
+  // Starts the thread. Returns at once; connecting happens in the background.
+  void Start();
+  // Stops the thread. With bye, first tells the coordinator this process is exiting (bounded wait).
+  void Stop(bool bye = false);
+
+  // --- reports: any thread, lock-free, never block ---
+  void ReportCommCreated(const CommCreated& c);
+  void ReportCommDestroyed(uint64_t comm_key);
+  void ReportSafePoint(int64_t step);
+  void ReportRegions(std::vector<Region> regions);  // the whole table
+  void ReportRankWorld(int32_t rank, int32_t world);  // fills REGISTER's rank/world when learnt later
+  void SendEvent(Event e);                          // a migration-engine report, never dropped
+
+  // --- observation (any thread) ---
+  bool connected() const { return connected_.load(); }
+  uint64_t dropped() const { return dropped_.load(); }
+  uint64_t connections() const { return connections_.load(); }  // successful (re)registrations
+  uint64_t process_id() const { return process_id_.load(); }
+  int64_t latest_step() const { return latest_step_.load(); }
+
+ private:
+  struct Essential;
+  struct Slot;
+  void PushEssential(Essential* e);
+  void Wake();
+  void Loop();
+
+  Options opt_;
+  CommandHandler handler_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> bye_{false};
+  int wake_fd_ = -1;
+  // Safe-point ring (bounded MPSC, Vyukov-style sequence numbers).
+  std::unique_ptr<Slot[]> ring_;
+  size_t mask_ = 0;
+  std::atomic<uint64_t> head_{0};  // next slot producers claim
+  uint64_t tail_ = 0;              // next slot the agent thread reads
+  std::atomic<Essential*> essentials_{nullptr};  // Treiber stack, newest first
+  std::atomic<int64_t> latest_step_{-1};
+  std::atomic<uint64_t> dropped_{0};
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> connections_{0};
+  std::atomic<uint64_t> process_id_{0};
+};
+
+}  // namespace trainmover::control
+
+#endif  // TRAINMOVER_LIB_CONTROL_AGENT_H_

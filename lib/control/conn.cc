@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace trainmover::control {
+
+Connection::Connection(int fd, Side side, std::string token) : fd_(fd), side_(side), token_(std::move(token)) {
+  int fl = fcntl(fd_, F_GETFL, 0);
+  if (fl >= 0) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+  int one = 1;
+  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+Connection::~Connection() {
+  if (fd_ >= 0) close(fd_);
+}
+
+void Connection::StartHello(const std::string& kind) {
+  Hello h;
+  RandomBytes(my_nonce_.data(), my_nonce_.size());
+  h.nonce = my_nonce_;
+  h.client_kind = kind;
+  auto f = EncodeFrame(static_cast<uint16_t>(MsgType::kHello), 0, EncodePayload(h), token_);
+  out_.insert(out_.end(), f.begin(), f.end());
+  hello_sent_ = true;
+}
+
+bool Connection::ReadSome() {
+  uint8_t buf[65536];
+  for (;;) {
+    // Never hold more than one maximal frame plus one read: ParseFrame refuses larger frames early.
+    if (in_.size() > kMaxFrame + sizeof(buf)) return true;
+    ssize_t n = read(fd_, buf, sizeof(buf));
+    if (n > 0) {
+      in_.insert(in_.end(), buf, buf + n);
+      continue;
+    }
+    if (n == 0) {
+      if (error_.empty()) error_ = "connection closed by peer";
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    error_ = std::string("read: ") + std::strerror(errno);
+    return false;
+  }
+}
+
+void Connection::Fail(RejectCode code, const std::string& why) {
+  failed_ = true;
+  if (error_.empty()) error_ = why;
+  in_.clear();
+  if (side_ == Side::kServer) SendReject(code, why);
+  closing_ = true;
+}
+
+void Connection::SendReject(RejectCode code, const std::string& reason) {
+  Reject r;
+  r.code = static_cast<uint16_t>(code);
+  r.reason = reason;
+  auto f = EncodeFrame(static_cast<uint16_t>(MsgType::kReject), 0, EncodePayload(r), std::string_view());
+  out_.insert(out_.end(), f.begin(), f.end());
+  closing_ = true;
+}
+
+bool Connection::HandleHandshake(const Frame& f) {
+  if (side_ == Side::kServer) {
+    Hello h;
+    if (f.type != static_cast<uint16_t>(MsgType::kHello) || f.seq != 0) {
+      Fail(RejectCode::kAuth, "authentication required: the first message must be HELLO");
+      return false;
+    }
+    if (!DecodePayload(f.payload, &h)) {
+      Fail(RejectCode::kProtocol, "malformed HELLO");
+      return false;
+    }
+    if (h.min_version > kProtocolVersion || h.max_version < kProtocolVersion) {
+      Fail(RejectCode::kVersion, "unsupported protocol version");
+      return false;
+    }
+    if (h.client_kind != kClientAgent && h.client_kind != kClientTool) {
+      Fail(RejectCode::kProtocol, "unknown client kind");
+      return false;
+    }
+    client_kind_ = h.client_kind;
+    HelloAck a;
+    RandomBytes(my_nonce_.data(), my_nonce_.size());
+    a.nonce = my_nonce_;
+    a.coordinator_epoch = server_epoch;
+    auto out = EncodeFrame(static_cast<uint16_t>(MsgType::kHelloAck), 0, EncodePayload(a), token_);
+    out_.insert(out_.end(), out.begin(), out.end());
+    session_key_ = DeriveSessionKey(token_, h.nonce, my_nonce_);
+    authenticated_ = true;
+    return true;
+  }
+  HelloAck a;
+  if (f.type != static_cast<uint16_t>(MsgType::kHelloAck) || f.seq != 0 || !DecodePayload(f.payload, &a) ||
+      a.version != kProtocolVersion) {
+    Fail(RejectCode::kProtocol, "unexpected answer to HELLO");
+    return false;
+  }
+  peer_epoch_ = a.coordinator_epoch;
+  session_key_ = DeriveSessionKey(token_, my_nonce_, a.nonce);
+  authenticated_ = true;
+  return true;
+}
+
+bool Connection::Next(Frame* out) {
+  while (!failed_ && !rejected_ && !in_.empty()) {
+    // REJECT frames are keyed with the empty key; every other frame with the current key.
+    std::string_view key = CurrentKey();
+    if (in_.size() >= kHeaderBytes && DecodeHeader(in_.data()).type == static_cast<uint16_t>(MsgType::kReject)) {
+      key = std::string_view();
+    }
+    Frame f;
+    size_t used = 0;
+    FrameStatus st = ParseFrame(in_.data(), in_.size(), key, &f, &used);
+    if (st == FrameStatus::kNeedMore) return false;
+    if (st != FrameStatus::kOk) {
+      RejectCode code = st == FrameStatus::kBadMac      ? RejectCode::kAuth
+                        : st == FrameStatus::kTooLarge  ? RejectCode::kTooLarge
+                        : st == FrameStatus::kBadVersion ? RejectCode::kVersion
+                                                         : RejectCode::kProtocol;
+      Fail(code, FrameStatusName(st));
+      return false;
+    }
+    in_.erase(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(used));
+    if (f.type == static_cast<uint16_t>(MsgType::kReject)) {
+      Reject r;
+      rejected_ = true;
+      failed_ = true;
+      error_ = DecodePayload(f.payload, &r) ? "rejected by peer: " + r.reason : "rejected by peer";
+      return false;
+    }
+    if (!authenticated_) {
+      if (side_ == Side::kClient && !hello_sent_) {
+        Fail(RejectCode::kProtocol, "message before HELLO");
+        return false;
+      }
+      if (!HandleHandshake(f)) return false;
+      continue;
+    }
+    if (f.seq != recv_seq_) {
+      Fail(RejectCode::kOrder, "out-of-order or replayed frame (seq " + std::to_string(f.seq) + ", expected " +
+                                   std::to_string(recv_seq_) + ")");
+      return false;
+    }
+    ++recv_seq_;
+    *out = std::move(f);
+    return true;
+  }
+  return false;
+}
+
+bool Connection::Send(MsgType type, const std::vector<uint8_t>& payload) {
+  if (!authenticated_ || closing_ || payload.size() > kMaxPayload || queued_bytes() > kMaxQueued) return false;
+  auto f = EncodeFrame(static_cast<uint16_t>(type), send_seq_++, payload, session_key_);
+  if (out_off_ > 0 && out_off_ == out_.size()) {
+    out_.clear();
+    out_off_ = 0;
+  }
+  out_.insert(out_.end(), f.begin(), f.end());
+  return true;
+}
+
+bool Connection::Flush() {
+  while (out_off_ < out_.size()) {
+    ssize_t n = send(fd_, out_.data() + out_off_, out_.size() - out_off_, MSG_NOSIGNAL);
+    if (n > 0) {
+      out_off_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (error_.empty()) error_ = std::string("write: ") + std::strerror(errno);
+    return false;
+  }
+  out_.clear();
+  out_off_ = 0;
+  return true;
+}
+
+bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port, std::string* err) {
+  size_t c = s.rfind(':');
+  if (c == std::string::npos || c == 0 || c + 1 >= s.size()) {
+    *err = "expected host:port, got '" + s + "'";
+    return false;
+  }
+  std::string h = s.substr(0, c);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  char* end = nullptr;
+  unsigned long p = std::strtoul(s.c_str() + c + 1, &end, 10);
+  if (*end != '\0' || p > 65535) {
+    *err = "bad port in '" + s + "'";
+    return false;
+  }
+  *host = h;
+  *port = static_cast<uint16_t>(p);
+  return true;
+}
+
+static addrinfo* Resolve(const std::string& host, uint16_t port, bool passive, std::string* err) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* res = nullptr;
+  std::string ps = std::to_string(port);
+  int rc = getaddrinfo(host.c_str(), ps.c_str(), &hints, &res);
+  if (rc != 0) {
+    *err = "cannot resolve '" + host + "': " + gai_strerror(rc);
+    return nullptr;
+  }
+  return res;
+}
+
+int ListenTcp(const std::string& hostport, std::string* bound, std::string* err) {
+  std::string host;
+  uint16_t port = 0;
+  if (!ParseHostPort(hostport, &host, &port, err)) return -1;
+  addrinfo* res = Resolve(host, port, true, err);
+  if (!res) return -1;
+  int fd = -1;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) break;
+    *err = std::string("bind/listen ") + hostport + ": " + std::strerror(errno);
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) return -1;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  char ip[INET6_ADDRSTRLEN] = "?";
+  uint16_t p = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+    p = ntohs(in->sin_port);
+    *bound = std::string(ip) + ":" + std::to_string(p);
+  } else {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+    p = ntohs(in6->sin6_port);
+    *bound = "[" + std::string(ip) + "]:" + std::to_string(p);
+  }
+  int fl = fcntl(fd, F_GETFL, 0);
+  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  return fd;
+}
+
+int ConnectTcp(const std::string& hostport, int timeout_ms, std::string* err) {
+  std::string host;
+  uint16_t port = 0;
+  if (!ParseHostPort(hostport, &host, &port, err)) return -1;
+  addrinfo* res = Resolve(host, port, false, err);
+  if (!res) return -1;
+  int fd = -1;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+    if (fd < 0) continue;
+    int rc = connect(fd, a->ai_addr, a->ai_addrlen);
+    if (rc != 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      rc = poll(&p, 1, timeout_ms) == 1 ? 0 : -1;
+      int so = 0;
+      socklen_t sl = sizeof(so);
+      if (rc == 0 && (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) != 0 || so != 0)) {
+        errno = so ? so : errno;
+        rc = -1;
+      } else if (rc != 0) {
+        errno = ETIMEDOUT;
+      }
+    }
+    if (rc == 0) break;
+    *err = "connect " + hostport + ": " + std::strerror(errno);
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  return fd;
+}
+
+uint64_t NowRealtimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+uint64_t NowMonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace trainmover::control

@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+// conn.h: one authenticated control connection over a non-blocking TCP socket, for either side, plus
+// the few socket helpers the tools need. Used by the coordinator (server side, from its poll loop), the
+// agent (client side, from its thread) and tmctl (client side, blocking through Client in client.h).
+//
+// Handshake (docs/protocol.md): the client sends HELLO (seq 0, MAC keyed with the token); the server
+// checks it and answers HELLO_ACK (seq 0, MAC keyed with the token); both then key every frame with
+// DeriveSessionKey(token, client nonce, server nonce) and number frames 1, 2, 3, ... in each direction.
+// A frame with a bad MAC, an unexpected sequence number, another version, an oversized length or a
+// foreign magic ends the connection with a REJECT. REJECT frames are keyed with the empty key so that a
+// peer without the token can read why; they carry nothing but a code and a reason.
+//
+// Thread-compatible: one thread drives one Connection.
+#ifndef TRAINMOVER_LIB_CONTROL_CONN_H_
+#define TRAINMOVER_LIB_CONTROL_CONN_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "messages.h"
+#include "wire.h"
+
+namespace trainmover::control {
+
+class Connection {
+ public:
+  enum class Side { kClient, kServer };
+  // Takes ownership of fd (made non-blocking here).
+  Connection(int fd, Side side, std::string token);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  int fd() const { return fd_; }
+  bool authenticated() const { return authenticated_; }
+  bool closing() const { return closing_; }          // a REJECT/BYE is queued; close once flushed
+  const std::string& error() const { return error_; } // why the connection failed or was rejected
+  const std::string& client_kind() const { return client_kind_; }  // server side, after HELLO
+  uint64_t peer_epoch() const { return peer_epoch_; }               // client side, after HELLO_ACK
+
+  // Client side: queue HELLO. `kind` is kClientAgent or kClientTool.
+  void StartHello(const std::string& kind);
+
+  // Reads what the socket has. False when the peer closed or the socket failed (see error()).
+  bool ReadSome();
+
+  // Next application message from what was read. Handshake frames are handled inside. Returns false
+  // when no complete message is buffered. On a protocol violation sets failed() (a REJECT is queued on
+  // the server side, and closing() is set) and returns false.
+  bool Next(Frame* out);
+  bool failed() const { return failed_; }
+  // True when the peer sent a REJECT (its reason is in error()).
+  bool rejected() const { return rejected_; }
+
+  // Queue an application message (after the handshake). False when the output buffer is over its bound.
+  bool Send(MsgType type, const std::vector<uint8_t>& payload);
+  template <typename M>
+  bool SendMsg(MsgType type, const M& m) {
+    return Send(type, EncodePayload(m));
+  }
+  // Queue a REJECT and mark closing.
+  void SendReject(RejectCode code, const std::string& reason);
+
+  // Writes what it can. False on a socket error.
+  bool Flush();
+  bool WantsWrite() const { return out_off_ < out_.size(); }
+  size_t queued_bytes() const { return out_.size() - out_off_; }
+
+  static constexpr size_t kMaxQueued = 16u << 20;
+
+ private:
+  void Fail(RejectCode code, const std::string& why);
+  bool HandleHandshake(const Frame& f);
+  std::string_view CurrentKey() const { return authenticated_ ? std::string_view(session_key_) : token_; }
+
+  int fd_;
+  Side side_;
+  std::string token_;
+  std::string session_key_;
+  bool authenticated_ = false;
+  bool hello_sent_ = false;
+  bool closing_ = false;
+  bool failed_ = false;
+  bool rejected_ = false;
+  std::string error_;
+  std::string client_kind_;
+  uint64_t peer_epoch_ = 0;
+  Nonce my_nonce_{};
+  uint64_t send_seq_ = 1;
+  uint64_t recv_seq_ = 1;
+  std::vector<uint8_t> in_;
+  std::vector<uint8_t> out_;
+  size_t out_off_ = 0;
+
+ public:
+  // Server side: the epoch sent in HELLO_ACK.
+  uint64_t server_epoch = 0;
+};
+
+// "host:port" -> parts. False with a message on a malformed address.
+bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port, std::string* err);
+// A listening TCP socket on host:port (port 0: any). Returns fd or -1 (err set). *bound: "host:port".
+int ListenTcp(const std::string& hostport, std::string* bound, std::string* err);
+// A blocking connect with a timeout. Returns fd or -1 (err set).
+int ConnectTcp(const std::string& hostport, int timeout_ms, std::string* err);
+// CLOCK_REALTIME / CLOCK_MONOTONIC in ns.
+uint64_t NowRealtimeNs();
+uint64_t NowMonotonicNs();
+
+}  // namespace trainmover::control
+
+#endif  // TRAINMOVER_LIB_CONTROL_CONN_H_

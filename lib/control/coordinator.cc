@@ -1,0 +1,806 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "coordinator.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "ctl_log.h"
+
+namespace trainmover::control {
+
+namespace {
+
+// Histogram bucket bounds, in seconds.
+constexpr double kBuckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+constexpr size_t kNumBuckets = sizeof(kBuckets) / sizeof(kBuckets[0]);
+constexpr size_t kMaxHttpRequest = 8192;
+constexpr size_t kMaxPeers = 4096;
+
+std::string JsonEscape(const std::string& s) {
+  std::string o;
+  o.reserve(s.size() + 2);
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\r': o += "\\r"; break;
+      case '\t': o += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char b[8];
+          snprintf(b, sizeof(b), "\\u%04x", c);
+          o += b;
+        } else {
+          o += static_cast<char>(c);
+        }
+    }
+  }
+  return o;
+}
+
+std::string Q(const std::string& s) { return "\"" + JsonEscape(s) + "\""; }
+
+std::string Hex(uint64_t v) {
+  char b[24];
+  snprintf(b, sizeof(b), "0x%016" PRIx64, v);
+  return b;
+}
+
+}  // namespace
+
+const char* ProcStateName(ProcState s) {
+  switch (s) {
+    case ProcState::kAlive: return "alive";
+    case ProcState::kLost: return "lost";
+    case ProcState::kExited: return "exited";
+  }
+  return "?";
+}
+
+const char* MigStateName(MigState s) {
+  switch (s) {
+    case MigState::kRequested: return "requested";
+    case MigState::kSpawning: return "spawning";
+    case MigState::kSandbox: return "sandbox";
+    case MigState::kReady: return "ready";
+    case MigState::kBuilding: return "building";
+    case MigState::kAgreeing: return "agreeing";
+    case MigState::kSwitching: return "switching";
+    case MigState::kDone: return "done";
+    case MigState::kCancelled: return "cancelled";
+    case MigState::kFailed: return "failed";
+    case MigState::kRefused: return "refused";
+  }
+  return "?";
+}
+
+bool MigTerminal(MigState s) {
+  return s == MigState::kDone || s == MigState::kCancelled || s == MigState::kFailed || s == MigState::kRefused;
+}
+
+struct Coordinator::Peer {
+  std::unique_ptr<Connection> conn;
+  uint64_t process = 0;  // agent connections, after REGISTER
+  std::string addr;
+};
+
+Coordinator::Coordinator(Options opt) : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {}
+
+Coordinator::~Coordinator() {
+  peers_.clear();
+  for (auto& [fd, h] : http_) close(fd);
+  if (listen_fd_ >= 0) close(listen_fd_);
+  if (metrics_fd_ >= 0) close(metrics_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+int Coordinator::heartbeat_interval_ms() const { return std::max(20, opt_.heartbeat_timeout_ms / 4); }
+
+bool Coordinator::Start(std::string* err) {
+  if (opt_.token.empty()) {
+    *err = "no token: set TRAINMOVER_TOKEN or pass --token-file (every control message is authenticated)";
+    return false;
+  }
+  if (opt_.heartbeat_timeout_ms <= 0) {
+    *err = "heartbeat timeout must be positive";
+    return false;
+  }
+  listen_fd_ = ListenTcp(opt_.listen, &address_, err);
+  if (listen_fd_ < 0) return false;
+  if (!opt_.metrics_listen.empty()) {
+    metrics_fd_ = ListenTcp(opt_.metrics_listen, &metrics_address_, err);
+    if (metrics_fd_ < 0) return false;
+  }
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  RandomBytes(&epoch_, sizeof(epoch_));
+  start_ns_ = NowRealtimeNs();
+  return true;
+}
+
+void Coordinator::Stop() {
+  stop_.store(true);
+  if (wake_fd_ >= 0) {
+    uint64_t one = 1;
+    ssize_t w = write(wake_fd_, &one, sizeof(one));
+    (void)w;
+  }
+}
+
+void Coordinator::Run() {
+  std::vector<pollfd> fds;
+  while (!stop_.load()) {
+    fds.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    fds.push_back({listen_fd_, POLLIN, 0});
+    if (metrics_fd_ >= 0) fds.push_back({metrics_fd_, POLLIN, 0});
+    for (auto& [fd, p] : peers_) fds.push_back({fd, static_cast<short>(POLLIN | (p->conn->WantsWrite() ? POLLOUT : 0)), 0});
+    for (auto& [fd, h] : http_) fds.push_back({fd, static_cast<short>(h.out.empty() ? POLLIN : POLLOUT), 0});
+    int timeout = std::min(100, heartbeat_interval_ms());
+    int n = poll(fds.data(), fds.size(), timeout);
+    if (n < 0 && errno != EINTR) {
+      CTL_WARN("coordinator: poll failed: %s", std::strerror(errno));
+      break;
+    }
+    for (const pollfd& pf : fds) {
+      if (!pf.revents) continue;
+      if (pf.fd == wake_fd_) {
+        uint64_t v;
+        ssize_t r = read(wake_fd_, &v, sizeof(v));
+        (void)r;
+      } else if (pf.fd == listen_fd_) {
+        Accept();
+      } else if (pf.fd == metrics_fd_) {
+        AcceptMetrics();
+      } else if (auto it = peers_.find(pf.fd); it != peers_.end()) {
+        HandlePeer(*it->second, pf.revents);
+      } else if (auto ht = http_.find(pf.fd); ht != http_.end()) {
+        HttpPeer& h = ht->second;
+        bool done = false;
+        if (h.out.empty()) {
+          char buf[2048];
+          ssize_t r = read(h.fd, buf, sizeof(buf));
+          if (r <= 0 && !(r < 0 && (errno == EAGAIN || errno == EINTR))) {
+            done = true;
+          } else if (r > 0) {
+            h.in.append(buf, static_cast<size_t>(r));
+            if (h.in.find("\r\n\r\n") != std::string::npos || h.in.find("\n\n") != std::string::npos) {
+              std::string body, status = "200 OK";
+              if (h.in.rfind("GET /metrics", 0) == 0) {
+                body = MetricsText();
+              } else {
+                status = "404 Not Found";
+                body = "not found: try /metrics\n";
+              }
+              h.out = "HTTP/1.0 " + status + "\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: " +
+                      std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+            } else if (h.in.size() > kMaxHttpRequest) {
+              done = true;
+            }
+          }
+        } else {
+          ssize_t w = send(h.fd, h.out.data() + h.out_off, h.out.size() - h.out_off, MSG_NOSIGNAL);
+          if (w > 0) h.out_off += static_cast<size_t>(w);
+          if ((w < 0 && errno != EAGAIN && errno != EINTR) || h.out_off == h.out.size()) done = true;
+        }
+        if (done) {
+          close(h.fd);
+          http_.erase(ht);
+        }
+      }
+    }
+    // Slow HTTP clients do not hold a slot forever.
+    uint64_t now = NowMonotonicNs();
+    for (auto it = http_.begin(); it != http_.end();) {
+      if (now - it->second.opened_ns > 5000000000ull) {
+        close(it->first);
+        it = http_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    CheckHeartbeats();
+  }
+}
+
+void Coordinator::Accept() {
+  for (;;) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    if (peers_.size() >= kMaxPeers) {
+      CTL_WARN("coordinator: too many connections (%zu), refusing one", peers_.size());
+      close(fd);
+      continue;
+    }
+    auto p = std::make_unique<Peer>();
+    p->conn = std::make_unique<Connection>(fd, Connection::Side::kServer, opt_.token);
+    p->conn->server_epoch = epoch_;
+    peers_[fd] = std::move(p);
+  }
+}
+
+void Coordinator::AcceptMetrics() {
+  for (;;) {
+    int fd = accept4(metrics_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    if (http_.size() >= 64) {
+      close(fd);
+      continue;
+    }
+    HttpPeer h;
+    h.fd = fd;
+    h.opened_ns = NowMonotonicNs();
+    http_[fd] = std::move(h);
+  }
+}
+
+void Coordinator::ClosePeer(int fd, const std::string& why) {
+  auto it = peers_.find(fd);
+  if (it == peers_.end()) return;
+  uint64_t proc = it->second->process;
+  if (proc) {
+    ProcessRec* pr = FindProcess(proc);
+    if (pr && pr->conn_fd == fd) {
+      pr->conn_fd = -1;
+      if (pr->state == ProcState::kAlive) MarkLost(*pr, why);
+    }
+  }
+  peers_.erase(it);  // closes the socket
+}
+
+void Coordinator::HandlePeer(Peer& p, short revents) {
+  int fd = p.conn->fd();
+  Connection& c = *p.conn;
+  bool open = true;
+  if (revents & (POLLIN | POLLHUP | POLLERR)) open = c.ReadSome();
+  Frame f;
+  while (!c.failed() && c.Next(&f)) HandleMessage(p, f);
+  if (c.failed()) {
+    ++rejected_;
+    CTL_WARN("coordinator: rejected connection %s: %s", p.process ? ("of process " + std::to_string(p.process)).c_str() : "(unregistered)",
+             c.error().c_str());
+  }
+  if (!c.Flush()) open = false;
+  if (!open || (c.closing() && !c.WantsWrite())) {
+    std::string why = c.error().empty() ? "connection closed" : c.error();
+    if (c.closing() && c.WantsWrite()) {
+      // Best effort: a rejected peer that does not read does not hold the coordinator.
+    }
+    ClosePeer(fd, why);
+  }
+}
+
+void Coordinator::HandleMessage(Peer& p, const Frame& f) {
+  Connection& c = *p.conn;
+  auto type = static_cast<MsgType>(f.type);
+  bool agent = c.client_kind() == kClientAgent;
+  auto bad = [&](const char* what) {
+    CTL_WARN("coordinator: malformed %s from %s, closing", what, agent ? "agent" : "tool");
+    c.SendReject(RejectCode::kProtocol, std::string("malformed ") + what);
+    ++rejected_;
+  };
+  if (type == MsgType::kBye) {
+    if (ProcessRec* pr = FindProcess(p.process)) {
+      pr->state = ProcState::kExited;
+      pr->conn_fd = -1;
+      p.process = 0;
+      CTL_INFO("coordinator: process %" PRIu64 " (rank %d) exited", pr->id, pr->info.rank);
+    }
+    c.SendReject(RejectCode::kProtocol, "bye");
+    return;
+  }
+  if (agent) {
+    if (type == MsgType::kRegister) {
+      Register r;
+      if (!DecodePayload(f.payload, &r)) return bad("REGISTER");
+      OnRegister(p, r);
+      return;
+    }
+    ProcessRec* pr = FindProcess(p.process);
+    if (!pr) {
+      CTL_WARN("coordinator: %s before REGISTER, closing", MsgTypeName(f.type));
+      c.SendReject(RejectCode::kOrder, "REGISTER first");
+      ++rejected_;
+      return;
+    }
+    switch (type) {
+      case MsgType::kHeartbeat: {
+        Heartbeat h;
+        if (!DecodePayload(f.payload, &h)) return bad("HEARTBEAT");
+        pr->last_heartbeat_ns = NowMonotonicNs();
+        pr->missed_counted = 0;
+        pr->dropped = h.dropped;
+        if (h.step > pr->step) pr->step = h.step;
+        if (pr->state == ProcState::kLost) {
+          pr->state = ProcState::kAlive;
+          CTL_INFO("coordinator: process %" PRIu64 " is back", pr->id);
+        }
+        return;
+      }
+      case MsgType::kCommCreated: {
+        CommCreated m;
+        if (!DecodePayload(f.payload, &m)) return bad("COMM_CREATED");
+        OnCommCreated(*pr, m);
+        return;
+      }
+      case MsgType::kCommDestroyed: {
+        CommDestroyed m;
+        if (!DecodePayload(f.payload, &m)) return bad("COMM_DESTROYED");
+        OnCommDestroyed(*pr, m.comm_key);
+        return;
+      }
+      case MsgType::kSafePoint: {
+        SafePoint m;
+        if (!DecodePayload(f.payload, &m)) return bad("SAFEPOINT");
+        if (m.step >= pr->step) {
+          pr->step = m.step;
+          pr->step_time_ns = m.time_ns;
+        }
+        ++pr->safepoints;
+        return;
+      }
+      case MsgType::kRegions: {
+        Regions m;
+        if (!DecodePayload(f.payload, &m)) return bad("REGIONS");
+        pr->regions = std::move(m.regions);
+        return;
+      }
+      case MsgType::kEvent: {
+        Event e;
+        if (!DecodePayload(f.payload, &e)) return bad("EVENT");
+        if (engine_) engine_->OnEvent(*this, pr->id, e);
+        return;
+      }
+      default:
+        CTL_WARN("coordinator: unexpected %s from an agent, closing", MsgTypeName(f.type));
+        c.SendReject(RejectCode::kProtocol, "unexpected message");
+        ++rejected_;
+        return;
+    }
+  }
+  // Tool connections.
+  switch (type) {
+    case MsgType::kStatusReq: {
+      StatusReq q;
+      if (!DecodePayload(f.payload, &q)) return bad("STATUS_REQ");
+      JsonReply r;
+      r.json = StatusJson();
+      c.SendMsg(MsgType::kStatusReply, r);
+      return;
+    }
+    case MsgType::kMigrateReq: {
+      MigrateReq q;
+      if (!DecodePayload(f.payload, &q)) return bad("MIGRATE_REQ");
+      c.SendMsg(MsgType::kMigrateReply, OnMigrate(q));
+      return;
+    }
+    case MsgType::kCancelReq: {
+      CancelReq q;
+      if (!DecodePayload(f.payload, &q)) return bad("CANCEL_REQ");
+      c.SendMsg(MsgType::kCancelReply, OnCancel(q));
+      return;
+    }
+    case MsgType::kTimelineReq: {
+      TimelineReq q;
+      if (!DecodePayload(f.payload, &q)) return bad("TIMELINE_REQ");
+      JsonReply r;
+      Migration* m = FindMigration(q.id);
+      if (!m) {
+        r.ok = 0;
+        r.json = q.id ? "no migration with id " + std::to_string(q.id) : "no migration yet";
+      } else {
+        r.json = TimelineJson(*m);
+      }
+      c.SendMsg(MsgType::kTimelineReply, r);
+      return;
+    }
+    default:
+      CTL_WARN("coordinator: unexpected %s from a tool, closing", MsgTypeName(f.type));
+      c.SendReject(RejectCode::kProtocol, "unexpected message");
+      ++rejected_;
+      return;
+  }
+}
+
+void Coordinator::OnRegister(Peer& p, const Register& r) {
+  ProcessRec* pr = nullptr;
+  for (auto& [id, rec] : procs_) {
+    if (rec.info.instance == r.instance && rec.info.pid == r.pid && rec.info.host == r.host) pr = &rec;
+  }
+  if (pr && pr->conn_fd >= 0 && pr->conn_fd != p.conn->fd()) ClosePeer(pr->conn_fd, "replaced by a new connection");
+  bool again = pr != nullptr;
+  if (!pr) {
+    uint64_t id = next_proc_++;
+    pr = &procs_[id];
+    pr->id = id;
+  }
+  pr->info = r;
+  pr->state = ProcState::kAlive;
+  pr->lost_reason.clear();
+  pr->conn_fd = p.conn->fd();
+  pr->last_heartbeat_ns = NowMonotonicNs();
+  pr->missed_counted = 0;
+  p.process = pr->id;
+  RegisterAck a;
+  a.process_id = pr->id;
+  a.heartbeat_interval_ms = static_cast<uint32_t>(heartbeat_interval_ms());
+  p.conn->SendMsg(MsgType::kRegisterAck, a);
+  CTL_INFO("coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d", again ? "re-registered" : "registered",
+           pr->id, r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
+}
+
+void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
+  CommRec& cr = comms_[c.comm_key];
+  if (cr.members.empty()) {
+    cr.key = c.comm_key;
+    cr.nranks = c.nranks;
+    cr.lineage = c.lineage;
+  } else if (cr.nranks != c.nranks) {
+    CTL_WARN("coordinator: process %" PRIu64 " reports comm %s with %d ranks, others %d", pr.id,
+             Hex(c.comm_key).c_str(), c.nranks, cr.nranks);
+  }
+  auto old = cr.members.find(c.rank);
+  if (old != cr.members.end() && old->second != pr.id) {
+    // A rank now held by another process (a reconnect with a new instance, or a joiner after a switch).
+    if (ProcessRec* prev = FindProcess(old->second)) {
+      prev->comms.erase(std::remove(prev->comms.begin(), prev->comms.end(), c.comm_key), prev->comms.end());
+    }
+  }
+  cr.members[c.rank] = pr.id;
+  if (std::find(pr.comms.begin(), pr.comms.end(), c.comm_key) == pr.comms.end()) pr.comms.push_back(c.comm_key);
+  if (pr.info.rank < 0 && c.lineage.index == 0) {
+    pr.info.rank = c.rank;
+    pr.info.world = c.nranks;
+  }
+}
+
+void Coordinator::OnCommDestroyed(ProcessRec& pr, uint64_t key) {
+  auto it = comms_.find(key);
+  pr.comms.erase(std::remove(pr.comms.begin(), pr.comms.end(), key), pr.comms.end());
+  if (it == comms_.end()) return;
+  for (auto m = it->second.members.begin(); m != it->second.members.end();) {
+    m = m->second == pr.id ? it->second.members.erase(m) : std::next(m);
+  }
+  if (it->second.members.empty()) comms_.erase(it);
+}
+
+void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {
+  pr.state = ProcState::kLost;
+  pr.lost_reason = why;
+  CTL_WARN("coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(), pr.info.pid,
+           pr.info.rank, why.c_str());
+  if (engine_) engine_->OnProcessLost(*this, pr.id);
+}
+
+void Coordinator::CheckHeartbeats() {
+  uint64_t now = NowMonotonicNs();
+  uint64_t interval = static_cast<uint64_t>(heartbeat_interval_ms()) * 1000000ull;
+  uint64_t timeout = static_cast<uint64_t>(opt_.heartbeat_timeout_ms) * 1000000ull;
+  for (auto& [id, pr] : procs_) {
+    if (pr.state != ProcState::kAlive) continue;
+    uint64_t age = now - pr.last_heartbeat_ns;
+    // A heartbeat is "missed" for every full interval beyond the first without one.
+    uint64_t missed = age > interval ? age / interval - 1 : 0;
+    if (missed > pr.missed_counted) {
+      heartbeats_missed_ += missed - pr.missed_counted;
+      pr.missed_counted = missed;
+    }
+    if (age > timeout) {
+      MarkLost(pr, "no heartbeat for " + std::to_string(age / 1000000) + " ms");
+      if (pr.conn_fd >= 0) {
+        int fd = pr.conn_fd;
+        pr.conn_fd = -1;
+        peers_.erase(fd);  // a stuck peer's connection goes too; it re-registers if it comes back
+      }
+    }
+  }
+}
+
+MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
+  MigrateReply r;
+  Migration m;
+  m.id = next_mig_++;
+  m.rank = q.rank;
+  m.host = q.host;
+  m.spawn = q.spawn != 0;
+  m.created_ns = NowRealtimeNs();
+  ProcessRec* leaver = FindProcessByRank(q.rank);
+  std::string refuse;
+  for (auto& [id, other] : migs_) {
+    if (!MigTerminal(other.state)) refuse = "migration " + std::to_string(id) + " is still " + MigStateName(other.state);
+  }
+  if (refuse.empty() && !leaver) refuse = "no alive worker holds rank " + std::to_string(q.rank) + " (see tmctl status)";
+  if (refuse.empty() && leaver->step < 0) {
+    refuse = "rank " + std::to_string(q.rank) + " never called tmSafePoint: it cannot be migrated";
+  }
+  if (leaver) m.leaver = leaver->id;
+  Migration& rec = migs_[m.id] = std::move(m);
+  r.id = rec.id;
+  if (!refuse.empty()) {
+    SetMigState(rec, MigState::kRefused, refuse);
+    r.accepted = 0;
+    r.state = MigStateName(rec.state);
+    r.message = "migration " + std::to_string(rec.id) + " refused: " + refuse;
+    return r;
+  }
+  BeginPhase(rec, 0, "requested");
+  if (engine_) {
+    engine_->OnRequest(*this, rec);
+    r.accepted = !MigTerminal(rec.state);
+    r.message = r.accepted ? "migration " + std::to_string(rec.id) + " started" : rec.reason;
+  } else {
+    EndPhase(rec, 0, "requested");
+    SetMigState(rec, MigState::kFailed, "not implemented yet: the migration engine (issue 5) is not built in");
+    r.accepted = 0;
+    r.message = "migration " + std::to_string(rec.id) + " recorded but not run: " + rec.reason;
+  }
+  r.state = MigStateName(rec.state);
+  return r;
+}
+
+CancelReply Coordinator::OnCancel(const CancelReq& q) {
+  CancelReply r;
+  Migration* m = nullptr;
+  if (q.id) {
+    m = FindMigration(q.id);
+  } else {
+    for (auto& [id, mg] : migs_) {
+      if (!MigTerminal(mg.state)) m = &mg;
+    }
+  }
+  if (!m) {
+    r.message = q.id ? "no migration with id " + std::to_string(q.id) : "no active migration to cancel";
+    return r;
+  }
+  if (MigTerminal(m->state)) {
+    r.message = "migration " + std::to_string(m->id) + " already " + MigStateName(m->state);
+    return r;
+  }
+  if (m->state == MigState::kSwitching) {
+    r.message = "migration " + std::to_string(m->id) + " is switching: too late to cancel";
+    return r;
+  }
+  if (engine_) engine_->OnCancel(*this, *m);
+  if (!MigTerminal(m->state)) SetMigState(*m, MigState::kCancelled, "cancelled by the operator");
+  r.ok = 1;
+  r.message = "migration " + std::to_string(m->id) + " cancelled";
+  return r;
+}
+
+void Coordinator::Observe(std::vector<uint64_t>& buckets, double& sum, uint64_t& count, double v) const {
+  buckets.resize(kNumBuckets, 0);
+  for (size_t i = 0; i < kNumBuckets; ++i) {
+    if (v <= kBuckets[i]) ++buckets[i];
+  }
+  sum += v;
+  ++count;
+}
+
+void Coordinator::SetMigState(Migration& m, MigState s, const std::string& reason) {
+  if (MigTerminal(m.state)) return;  // terminal states are final
+  CTL_INFO("coordinator: migration %" PRIu64 ": %s -> %s%s%s", m.id, MigStateName(m.state), MigStateName(s),
+           reason.empty() ? "" : ": ", reason.c_str());
+  m.state = s;
+  if (!reason.empty()) m.reason = reason;
+  if (MigTerminal(s)) {
+    m.ended_ns = NowRealtimeNs();
+    for (PhaseSpan& p : m.phases) {
+      if (!p.end_ns) p.end_ns = m.ended_ns;
+    }
+    ++mig_outcomes_[MigStateName(s)];
+    if (s == MigState::kDone) Observe(downtime_buckets_, downtime_sum_, downtime_count_, m.downtime_ns / 1e9);
+  }
+}
+
+void Coordinator::BeginPhase(Migration& m, uint64_t process, const std::string& phase) {
+  PhaseSpan p;
+  p.process = process;
+  p.phase = phase;
+  p.start_ns = NowRealtimeNs();
+  m.phases.push_back(std::move(p));
+}
+
+void Coordinator::EndPhase(Migration& m, uint64_t process, const std::string& phase) {
+  for (auto it = m.phases.rbegin(); it != m.phases.rend(); ++it) {
+    if (it->process == process && it->phase == phase && !it->end_ns) {
+      it->end_ns = NowRealtimeNs();
+      PhaseHist& h = phase_hist_[phase];
+      Observe(h.buckets, h.sum, h.count, (it->end_ns - it->start_ns) / 1e9);
+      return;
+    }
+  }
+}
+
+bool Coordinator::SendCommand(uint64_t process, const Command& cmd) {
+  ProcessRec* pr = FindProcess(process);
+  if (!pr || pr->conn_fd < 0) return false;
+  auto it = peers_.find(pr->conn_fd);
+  if (it == peers_.end()) return false;
+  return it->second->conn->SendMsg(MsgType::kCommand, cmd);
+}
+
+ProcessRec* Coordinator::FindProcess(uint64_t id) {
+  auto it = procs_.find(id);
+  return it == procs_.end() ? nullptr : &it->second;
+}
+
+ProcessRec* Coordinator::FindProcessByRank(int32_t rank) {
+  for (auto& [id, pr] : procs_) {
+    if (pr.state == ProcState::kAlive && pr.info.role == "worker" && pr.info.rank == rank) return &pr;
+  }
+  return nullptr;
+}
+
+Migration* Coordinator::FindMigration(uint64_t id) {
+  if (migs_.empty()) return nullptr;
+  if (id == 0) return &migs_.rbegin()->second;
+  auto it = migs_.find(id);
+  return it == migs_.end() ? nullptr : &it->second;
+}
+
+std::string Coordinator::StatusJson() const {
+  uint64_t now_mono = NowMonotonicNs();
+  uint64_t now = NowRealtimeNs();
+  std::string o = "{\"coordinator\":{\"address\":" + Q(address_) + ",\"epoch\":" + Q(Hex(epoch_)) +
+                  ",\"uptime_ms\":" + std::to_string((now - start_ns_) / 1000000) +
+                  ",\"heartbeat_timeout_ms\":" + std::to_string(opt_.heartbeat_timeout_ms) + "},\"processes\":[";
+  bool first = true;
+  for (const auto& [id, pr] : procs_) {
+    if (!first) o += ",";
+    first = false;
+    o += "{\"id\":" + std::to_string(id) + ",\"host\":" + Q(pr.info.host) + ",\"pid\":" + std::to_string(pr.info.pid) +
+         ",\"role\":" + Q(pr.info.role) + ",\"state\":" + Q(ProcStateName(pr.state)) +
+         ",\"rank\":" + std::to_string(pr.info.rank) + ",\"world\":" + std::to_string(pr.info.world) +
+         ",\"step\":" + std::to_string(pr.step) + ",\"safepoints\":" + std::to_string(pr.safepoints) +
+         ",\"heartbeat_age_ms\":" + std::to_string((now_mono - pr.last_heartbeat_ns) / 1000000) +
+         ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size());
+    if (pr.info.replace >= 0) o += ",\"replace\":" + std::to_string(pr.info.replace);
+    if (!pr.lost_reason.empty() && pr.state == ProcState::kLost) o += ",\"lost_reason\":" + Q(pr.lost_reason);
+    o += ",\"regions\":[";
+    for (size_t i = 0; i < pr.regions.size(); ++i) {
+      o += (i ? ",{\"name\":" : "{\"name\":") + Q(pr.regions[i].name) +
+           ",\"bytes\":" + std::to_string(pr.regions[i].bytes) + "}";
+    }
+    o += "]}";
+  }
+  o += "],\"communicators\":[";
+  first = true;
+  for (const auto& [key, cr] : comms_) {
+    if (!first) o += ",";
+    first = false;
+    o += "{\"key\":" + Q(Hex(key)) + ",\"nranks\":" + std::to_string(cr.nranks) +
+         ",\"kind\":" + Q(LineageKindName(cr.lineage.kind)) + ",\"index\":" + std::to_string(cr.lineage.index) +
+         ",\"complete\":" + (static_cast<int32_t>(cr.members.size()) == cr.nranks ? "true" : "false") +
+         ",\"members\":[";
+    bool f2 = true;
+    for (const auto& [rank, pid] : cr.members) {
+      auto it = procs_.find(pid);
+      if (!f2) o += ",";
+      f2 = false;
+      o += "{\"rank\":" + std::to_string(rank) + ",\"process\":" + std::to_string(pid);
+      if (it != procs_.end()) {
+        o += ",\"host\":" + Q(it->second.info.host) + ",\"pid\":" + std::to_string(it->second.info.pid) +
+             ",\"state\":" + Q(ProcStateName(it->second.state));
+      }
+      o += "}";
+    }
+    o += "]}";
+  }
+  o += "],\"migrations\":[";
+  first = true;
+  for (const auto& [id, m] : migs_) {
+    if (!first) o += ",";
+    first = false;
+    o += "{\"id\":" + std::to_string(id) + ",\"rank\":" + std::to_string(m.rank) + ",\"host\":" + Q(m.host) +
+         ",\"spawn\":" + (m.spawn ? "true" : "false") + ",\"state\":" + Q(MigStateName(m.state)) +
+         ",\"reason\":" + Q(m.reason) + ",\"leaver\":" + std::to_string(m.leaver) +
+         ",\"joiner\":" + std::to_string(m.joiner) + ",\"switch_step\":" + std::to_string(m.switch_step) +
+         ",\"bytes_total\":" + std::to_string(m.bytes_total) + ",\"bytes_done\":" + std::to_string(m.bytes_done) +
+         ",\"downtime_ms\":" + std::to_string(m.downtime_ns / 1e6) +
+         ",\"elapsed_ms\":" + std::to_string(((m.ended_ns ? m.ended_ns : now) - m.created_ns) / 1000000) +
+         ",\"phases\":[";
+    for (size_t i = 0; i < m.phases.size(); ++i) {
+      const PhaseSpan& p = m.phases[i];
+      o += (i ? ",{" : "{") + std::string("\"process\":") + std::to_string(p.process) + ",\"phase\":" + Q(p.phase) +
+           ",\"start_ms\":" + std::to_string((p.start_ns - m.created_ns) / 1e6) +
+           ",\"end_ms\":" + (p.end_ns ? std::to_string((p.end_ns - m.created_ns) / 1e6) : "null") + "}";
+    }
+    o += "]}";
+  }
+  o += "]}";
+  return o;
+}
+
+std::string Coordinator::TimelineJson(const Migration& m) const {
+  // Chrome trace event format: one complete ("X") event per phase span, one process row per process.
+  std::string o = "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"migration\":" + std::to_string(m.id) +
+                  ",\"state\":" + Q(MigStateName(m.state)) + ",\"reason\":" + Q(m.reason) + "},\"traceEvents\":[";
+  std::vector<uint64_t> seen;
+  bool first = true;
+  uint64_t now = NowRealtimeNs();
+  for (const PhaseSpan& p : m.phases) {
+    if (std::find(seen.begin(), seen.end(), p.process) == seen.end()) {
+      seen.push_back(p.process);
+      std::string name = "coordinator";
+      if (p.process) {
+        auto it = procs_.find(p.process);
+        name = it == procs_.end() ? "process " + std::to_string(p.process)
+                                  : "rank " + std::to_string(it->second.info.rank) + " " + it->second.info.role +
+                                        " " + it->second.info.host + ":" + std::to_string(it->second.info.pid);
+      }
+      if (!first) o += ",";
+      first = false;
+      o += "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":" + std::to_string(p.process) +
+           ",\"tid\":0,\"args\":{\"name\":" + Q(name) + "}}";
+    }
+    uint64_t end = p.end_ns ? p.end_ns : now;
+    char ts[64];
+    snprintf(ts, sizeof(ts), "%.3f,\"dur\":%.3f", (p.start_ns - m.created_ns) / 1e3, (end - p.start_ns) / 1e3);
+    o += ",{\"name\":" + Q(p.phase) + ",\"cat\":\"migration\",\"ph\":\"X\",\"pid\":" + std::to_string(p.process) +
+         ",\"tid\":0,\"ts\":" + ts + "}";
+  }
+  o += "]}";
+  return o;
+}
+
+std::string Coordinator::MetricsText() const {
+  std::string o;
+  o += "# HELP trainmover_processes Processes known to the coordinator, by role and state.\n";
+  o += "# TYPE trainmover_processes gauge\n";
+  std::map<std::pair<std::string, std::string>, int> by;
+  for (const char* role : {"worker", "joiner", "standby"}) {
+    for (ProcState s : {ProcState::kAlive, ProcState::kLost, ProcState::kExited}) by[{role, ProcStateName(s)}] = 0;
+  }
+  for (const auto& [id, pr] : procs_) ++by[{pr.info.role, ProcStateName(pr.state)}];
+  for (const auto& [k, v] : by) {
+    o += "trainmover_processes{role=\"" + k.first + "\",state=\"" + k.second + "\"} " + std::to_string(v) + "\n";
+  }
+  o += "# HELP trainmover_communicators Virtual communicators known to the coordinator.\n";
+  o += "# TYPE trainmover_communicators gauge\ntrainmover_communicators " + std::to_string(comms_.size()) + "\n";
+  o += "# HELP trainmover_heartbeats_missed_total Heartbeat intervals that passed without a heartbeat.\n";
+  o += "# TYPE trainmover_heartbeats_missed_total counter\ntrainmover_heartbeats_missed_total " +
+       std::to_string(heartbeats_missed_) + "\n";
+  o += "# HELP trainmover_rejected_total Connections or messages rejected (auth, malformed, order, size).\n";
+  o += "# TYPE trainmover_rejected_total counter\ntrainmover_rejected_total " + std::to_string(rejected_) + "\n";
+  o += "# HELP trainmover_migrations_total Migrations by outcome.\n# TYPE trainmover_migrations_total counter\n";
+  for (const char* s : {"done", "cancelled", "failed", "refused"}) {
+    auto it = mig_outcomes_.find(s);
+    o += "trainmover_migrations_total{outcome=\"" + std::string(s) + "\"} " +
+         std::to_string(it == mig_outcomes_.end() ? 0 : it->second) + "\n";
+  }
+  auto hist = [&](const std::string& name, const std::string& labels, const std::vector<uint64_t>& b, double sum,
+                  uint64_t count) {
+    std::string sep = labels.empty() ? "" : ",";
+    for (size_t i = 0; i < kNumBuckets; ++i) {
+      char le[32];
+      snprintf(le, sizeof(le), "%g", kBuckets[i]);
+      o += name + "_bucket{" + labels + sep + "le=\"" + le + "\"} " + std::to_string(i < b.size() ? b[i] : 0) + "\n";
+    }
+    char s[64];
+    snprintf(s, sizeof(s), "%.6f", sum);
+    o += name + "_bucket{" + labels + sep + "le=\"+Inf\"} " + std::to_string(count) + "\n";
+    o += name + "_sum" + (labels.empty() ? "" : "{" + labels + "}") + " " + s + "\n";
+    o += name + "_count" + (labels.empty() ? "" : "{" + labels + "}") + " " + std::to_string(count) + "\n";
+  };
+  o += "# HELP trainmover_migration_downtime_seconds Downtime the stayers saw, per completed migration.\n";
+  o += "# TYPE trainmover_migration_downtime_seconds histogram\n";
+  hist("trainmover_migration_downtime_seconds", "", downtime_buckets_, downtime_sum_, downtime_count_);
+  o += "# HELP trainmover_migration_phase_seconds Duration of migration phases, per phase and process.\n";
+  o += "# TYPE trainmover_migration_phase_seconds histogram\n";
+  for (const auto& [phase, h] : phase_hist_) {
+    hist("trainmover_migration_phase_seconds", "phase=\"" + phase + "\"", h.buckets, h.sum, h.count);
+  }
+  return o;
+}
+
+}  // namespace trainmover::control

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+// coordinator.h: trainmoverd's engine, as a class so that tools/trainmoverd, tmrun (embedded) and the
+// tests run the same code.
+//
+// The coordinator holds the job's view (docs/protocol.md, "The coordinator's model"): processes, the
+// virtual communicators they reported (one entry per comm_key with every member), safe-point progress,
+// standbys, and migrations with a state machine and a timeline of phases per process. It is a single
+// thread running a poll loop over non-blocking sockets: a slow or hostile peer can never stall it, and
+// nothing in the model needs a lock. Only Stop() may be called from another thread.
+#ifndef TRAINMOVER_LIB_CONTROL_COORDINATOR_H_
+#define TRAINMOVER_LIB_CONTROL_COORDINATOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conn.h"
+#include "messages.h"
+
+namespace trainmover::control {
+
+// Process states. alive: connected and heartbeating. lost: connection closed or no heartbeat within the
+// timeout (it comes back to alive if the same process reconnects). exited: said BYE (a leaver that
+// handed off, or a process that finished).
+enum class ProcState { kAlive, kLost, kExited };
+const char* ProcStateName(ProcState s);
+
+struct ProcessRec {
+  uint64_t id = 0;
+  Register info;                 // as registered (role, host, pid, rank, world, cmdline, cwd, env)
+  ProcState state = ProcState::kAlive;
+  std::string lost_reason;
+  int conn_fd = -1;              // -1 when not connected
+  uint64_t last_heartbeat_ns = 0;  // monotonic
+  uint64_t missed_counted = 0;   // heartbeat intervals already counted as missed since the last heartbeat
+  int64_t step = -1;             // latest safe-point step
+  uint64_t step_time_ns = 0;     // sender clock of that step
+  uint64_t safepoints = 0;       // SAFEPOINT messages received
+  uint64_t dropped = 0;          // reports the agent dropped (ring full)
+  std::vector<Region> regions;
+  std::vector<uint64_t> comms;   // comm_keys it is a member of
+};
+
+struct CommMember {
+  uint64_t process = 0;
+  int32_t rank = 0;
+};
+struct CommRec {
+  uint64_t key = 0;
+  int32_t nranks = 0;
+  Lineage lineage;  // as reported by the first member
+  std::map<int32_t, uint64_t> members;  // rank -> process id
+};
+
+// Migration state machine (issue 5 drives it; docs/protocol.md has the diagram):
+//   requested -> spawning -> sandbox -> ready -> building -> agreeing -> switching -> done
+//   any non-terminal state -> cancelled (tmctl cancel) | failed (a process lost, a mismatch, an error)
+//   requested -> refused (validation failed: unknown rank, no safe points, another migration active)
+enum class MigState { kRequested, kSpawning, kSandbox, kReady, kBuilding, kAgreeing, kSwitching, kDone, kCancelled,
+                      kFailed, kRefused };
+const char* MigStateName(MigState s);
+bool MigTerminal(MigState s);
+
+struct PhaseSpan {
+  uint64_t process = 0;  // 0: the coordinator itself
+  std::string phase;
+  uint64_t start_ns = 0;  // realtime
+  uint64_t end_ns = 0;    // 0 while running
+};
+
+struct Migration {
+  uint64_t id = 0;
+  int32_t rank = -1;
+  std::string host;
+  bool spawn = false;
+  uint64_t leaver = 0;   // process ids, 0 until known
+  uint64_t joiner = 0;
+  MigState state = MigState::kRequested;
+  std::string reason;    // why it failed/was refused/cancelled
+  uint64_t created_ns = 0;
+  uint64_t ended_ns = 0;
+  int64_t switch_step = -1;
+  uint64_t bytes_total = 0;  // state to transfer
+  uint64_t bytes_done = 0;   // transferred so far (progress bar of tmctl watch)
+  uint64_t downtime_ns = 0;
+  std::vector<PhaseSpan> phases;
+};
+
+class Coordinator;
+
+// The migration engine (issue 5) plugs in here. Without one, requests are recorded and failed with
+// "not implemented yet". All calls come from the coordinator's thread.
+class MigrationEngine {
+ public:
+  virtual ~MigrationEngine() = default;
+  // A validated request was recorded in state requested. Drive it with Coordinator's mutators.
+  virtual void OnRequest(Coordinator& c, Migration& m) = 0;
+  virtual void OnCancel(Coordinator& c, Migration& m) = 0;
+  virtual void OnEvent(Coordinator& c, uint64_t process, const Event& e) = 0;
+  virtual void OnProcessLost(Coordinator& c, uint64_t process) = 0;
+};
+
+class Coordinator {
+ public:
+  struct Options {
+    std::string listen = "127.0.0.1:0";
+    std::string metrics_listen;  // empty: no metrics endpoint
+    std::string token;           // required, non-empty
+    int heartbeat_timeout_ms = 10000;
+  };
+  explicit Coordinator(Options opt);
+  ~Coordinator();
+
+  // Binds the sockets. False with a message (bad address, port in use, empty token).
+  bool Start(std::string* err);
+  const std::string& address() const { return address_; }          // host:port actually bound
+  const std::string& metrics_address() const { return metrics_address_; }
+  // The heartbeat interval agents are told to use (a quarter of the timeout, at least 20 ms).
+  int heartbeat_interval_ms() const;
+
+  // Runs the loop until Stop(). Blocking; call from one thread.
+  void Run();
+  // Thread-safe, async-signal-safe: makes Run() return soon.
+  void Stop();
+
+  // --- for the migration engine (coordinator thread only) ---
+  void SetEngine(MigrationEngine* e) { engine_ = e; }
+  bool SendCommand(uint64_t process, const Command& c);
+  void SetMigState(Migration& m, MigState s, const std::string& reason = "");
+  void BeginPhase(Migration& m, uint64_t process, const std::string& phase);
+  void EndPhase(Migration& m, uint64_t process, const std::string& phase);
+  ProcessRec* FindProcess(uint64_t id);
+  ProcessRec* FindProcessByRank(int32_t rank);  // an alive worker with that rank
+  const std::map<uint64_t, CommRec>& comms() const { return comms_; }
+  Migration* FindMigration(uint64_t id);        // 0: the latest
+
+  // Documents (also what tmctl receives).
+  std::string StatusJson() const;
+  std::string TimelineJson(const Migration& m) const;
+  std::string MetricsText() const;
+
+ private:
+  struct Peer;
+  void Accept();
+  void AcceptMetrics();
+  void HandlePeer(Peer& p, short revents);
+  void HandleMessage(Peer& p, const Frame& f);
+  void ClosePeer(int fd, const std::string& why);
+  void CheckHeartbeats();
+  void MarkLost(ProcessRec& pr, const std::string& why);
+  void OnRegister(Peer& p, const Register& r);
+  void OnCommCreated(ProcessRec& pr, const CommCreated& c);
+  void OnCommDestroyed(ProcessRec& pr, uint64_t key);
+  MigrateReply OnMigrate(const MigrateReq& r);
+  CancelReply OnCancel(const CancelReq& r);
+  void Observe(std::vector<uint64_t>& buckets, double& sum, uint64_t& count, double v) const;
+
+  Options opt_;
+  std::string address_, metrics_address_;
+  int listen_fd_ = -1, metrics_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd
+  std::atomic<bool> stop_{false};
+  uint64_t epoch_ = 0;
+  uint64_t start_ns_ = 0;
+  std::map<int, std::unique_ptr<Peer>> peers_;  // by fd
+  struct HttpPeer {
+    int fd = -1;
+    std::string in, out;
+    size_t out_off = 0;
+    uint64_t opened_ns = 0;
+  };
+  std::map<int, HttpPeer> http_;
+  std::map<uint64_t, ProcessRec> procs_;
+  std::map<uint64_t, CommRec> comms_;
+  std::map<uint64_t, Migration> migs_;
+  uint64_t next_proc_ = 1, next_mig_ = 1;
+  MigrationEngine* engine_ = nullptr;
+  // Metrics.
+  uint64_t heartbeats_missed_ = 0;
+  uint64_t rejected_ = 0;
+  std::map<std::string, uint64_t> mig_outcomes_;
+  std::vector<uint64_t> downtime_buckets_;
+  double downtime_sum_ = 0;
+  uint64_t downtime_count_ = 0;
+  struct PhaseHist {
+    std::vector<uint64_t> buckets;
+    double sum = 0;
+    uint64_t count = 0;
+  };
+  std::map<std::string, PhaseHist> phase_hist_;
+};
+
+}  // namespace trainmover::control
+
+#endif  // TRAINMOVER_LIB_CONTROL_COORDINATOR_H_

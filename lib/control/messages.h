@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: Apache-2.0
+// messages.h: every message of the control protocol and its binary encoding (docs/protocol.md).
+//
+// Each message is a plain struct with Encode (appends the payload) and Decode (parses a whole payload;
+// false on any bound violation, truncation or trailing bytes). Decoding never allocates more than the
+// input can justify (see Reader::Count). Structs are values; no thread-safety concerns.
+#ifndef TRAINMOVER_LIB_CONTROL_MESSAGES_H_
+#define TRAINMOVER_LIB_CONTROL_MESSAGES_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "wire.h"
+
+namespace trainmover::control {
+
+enum class MsgType : uint16_t {
+  kHello = 1,         // client -> D, MAC with the token, seq 0
+  kHelloAck = 2,      // D -> client, MAC with the token, seq 0
+  kReject = 3,        // either way, then close; carries only a reason
+  kRegister = 4,      // agent -> D
+  kRegisterAck = 5,   // D -> agent
+  kHeartbeat = 6,     // agent -> D
+  kCommCreated = 7,   // agent -> D
+  kCommDestroyed = 8, // agent -> D
+  kSafePoint = 9,     // agent -> D
+  kRegions = 10,      // agent -> D (the whole table, replaces the previous one)
+  kStatusReq = 11,    // tmctl -> D
+  kStatusReply = 12,  // D -> tmctl
+  kMigrateReq = 13,   // tmctl -> D
+  kMigrateReply = 14, // D -> tmctl
+  kCancelReq = 15,    // tmctl -> D
+  kCancelReply = 16,  // D -> tmctl
+  kTimelineReq = 17,  // tmctl -> D
+  kTimelineReply = 18,// D -> tmctl
+  kCommand = 19,      // D -> agent (migration engine commands)
+  kEvent = 20,        // agent -> D (migration engine reports)
+  kBye = 21,          // either way: orderly close
+};
+const char* MsgTypeName(uint16_t type);
+
+// Who opened a connection (HELLO.client_kind).
+inline constexpr char kClientAgent[] = "agent";
+inline constexpr char kClientTool[] = "tmctl";
+
+struct Hello {
+  uint16_t min_version = kProtocolVersion;
+  uint16_t max_version = kProtocolVersion;
+  Nonce nonce{};
+  std::string client_kind;  // kClientAgent or kClientTool
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct HelloAck {
+  uint16_t version = kProtocolVersion;
+  Nonce nonce{};
+  uint64_t coordinator_epoch = 0;  // random per coordinator start: a change tells an agent D restarted
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+enum class RejectCode : uint16_t { kAuth = 1, kProtocol = 2, kVersion = 3, kTooLarge = 4, kOrder = 5, kBusy = 6 };
+struct Reject {
+  uint16_t code = 0;
+  std::string reason;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+// What a process is: enough for the coordinator to show it and to respawn a joiner with its command.
+struct Register {
+  uint64_t instance = 0;   // random per process; a reconnecting agent sends the same value
+  std::string role;        // worker, joiner, standby
+  std::string host;
+  uint32_t pid = 0;
+  int32_t rank = -1;       // -1 until known (the first communicator tells)
+  int32_t world = -1;
+  int32_t replace = -1;    // TRAINMOVER_REPLACE of a joiner, else -1
+  uint16_t agent_version = kProtocolVersion;
+  std::vector<std::string> cmdline;
+  std::string cwd;
+  std::vector<std::string> env;  // KEY=VALUE, at most kMaxList entries of at most kMaxString bytes
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct RegisterAck {
+  uint64_t process_id = 0;  // the coordinator's id for this process (stable across reconnects)
+  uint32_t heartbeat_interval_ms = 1000;  // how often the agent must send HEARTBEAT
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct Heartbeat {
+  int64_t step = -1;         // latest safe-point step, -1 before the first
+  uint64_t time_ns = 0;      // sender's CLOCK_REALTIME
+  uint64_t dropped = 0;      // non-essential reports dropped so far (ring full)
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+// How a virtual communicator was made (docs/architecture.md, "Identity of a communicator").
+enum class LineageKind : uint8_t { kInitRank = 1, kInitRankConfig = 2, kInitScalable = 3, kInitAll = 4, kSplit = 5,
+                                   kShrink = 6 };
+const char* LineageKindName(uint8_t kind);
+struct Lineage {
+  uint8_t kind = 0;
+  uint32_t index = 0;         // creation order in the process
+  uint64_t parent_key = 0;    // split/shrink
+  int32_t color = 0;          // split
+  int32_t key = 0;            // split
+  std::vector<int32_t> excluded;  // shrink
+  uint64_t id_hash = 0;       // hash of the unique id(s): a cross-check only
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+  bool operator==(const Lineage&) const = default;
+};
+
+struct CommCreated {
+  uint64_t comm_key = 0;
+  Lineage lineage;
+  int32_t rank = 0;
+  int32_t nranks = 0;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct CommDestroyed {
+  uint64_t comm_key = 0;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct SafePoint {
+  int64_t step = 0;
+  uint64_t time_ns = 0;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct Region {
+  std::string name;
+  uint64_t bytes = 0;
+  bool operator==(const Region&) const = default;
+};
+struct Regions {
+  std::vector<Region> regions;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct StatusReq {
+  void Encode(Writer&) const {}
+  bool Decode(Reader& r) { return r.AtEnd(); }
+};
+
+// Replies that carry a JSON document produced by the coordinator (bounded by the frame, kMaxPayload).
+struct JsonReply {
+  uint8_t ok = 1;
+  std::string json;  // when !ok: a message for people
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct MigrateReq {
+  int32_t rank = -1;
+  std::string host;   // target host; empty: any
+  uint8_t spawn = 0;  // start the joiner from the leaver's command line
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct MigrateReply {
+  uint64_t id = 0;    // 0 when refused before being recorded
+  uint8_t accepted = 0;
+  std::string state;  // migration state name
+  std::string message;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct CancelReq {
+  uint64_t id = 0;  // 0: the active migration
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct CancelReply {
+  uint8_t ok = 0;
+  std::string message;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+struct TimelineReq {
+  uint64_t id = 0;  // 0: the latest migration
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+// Commands and events of the migration engine: a kind, the migration they belong to, and a body that
+// the engine encodes with Writer (at most kMaxPayload - 16 bytes). The control layer routes them only.
+struct Command {
+  uint16_t kind = 0;
+  uint64_t migration = 0;
+  std::vector<uint8_t> body;
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+using Event = Command;
+
+struct Bye {
+  std::string reason;
+  void Encode(Writer& w) const { w.Str(reason); }
+  bool Decode(Reader& r) {
+    reason = r.Str();
+    return r.AtEnd();
+  }
+};
+
+// Encodes a message into a payload.
+template <typename M>
+std::vector<uint8_t> EncodePayload(const M& m) {
+  Writer w;
+  m.Encode(w);
+  return w.Take();
+}
+
+// Decodes a whole payload into a message; false on any error (including trailing bytes).
+template <typename M>
+bool DecodePayload(const std::vector<uint8_t>& p, M* m) {
+  Reader r(p.data(), p.size());
+  return m->Decode(r);
+}
+
+}  // namespace trainmover::control
+
+#endif  // TRAINMOVER_LIB_CONTROL_MESSAGES_H_

@@ -1,0 +1,350 @@
+// SPDX-License-Identifier: Apache-2.0
+// tmctl: the operator's command line for a TrainMover job (docs/operator.md).
+//
+//   tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND
+//     status [--json]                         processes, communicators, progress, migrations
+//     migrate --rank R [--host H] [--spawn]   request a planned migration of rank R
+//     cancel [ID]                             cancel a migration (default: the active one)
+//     watch [ID]                              follow a migration's phases until it ends
+//     timeline [ID] --out FILE                a migration's phases as Chrome trace JSON
+//     env                                     every TRAINMOVER_* parameter
+//
+// Exit status: 0 done, 1 the request failed (unreachable, rejected, refused), 2 usage error.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client.h"
+#include "json.h"
+
+using trainmover::control::CancelReply;
+using trainmover::control::CancelReq;
+using trainmover::control::Client;
+using trainmover::control::JsonReply;
+using trainmover::control::MigrateReply;
+using trainmover::control::MigrateReq;
+using trainmover::control::MsgType;
+using trainmover::control::StatusReq;
+using trainmover::control::TimelineReq;
+using tmctl::Json;
+
+namespace {
+
+constexpr int kTimeoutMs = 5000;
+
+const char kUsage[] =
+    "usage: tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND [ARGS]\n"
+    "commands:\n"
+    "  status [--json]                        processes, communicators, steps, migrations\n"
+    "  migrate --rank R [--host H] [--spawn]  migrate rank R (to host H; --spawn starts the joiner)\n"
+    "  cancel [ID]                            cancel migration ID (default: the active one)\n"
+    "  watch [ID]                             follow a migration until it ends\n"
+    "  timeline [ID] --out FILE               write a migration's phases as Chrome trace JSON\n"
+    "  env                                    list every TRAINMOVER_* parameter\n"
+    "The coordinator comes from --coordinator or TRAINMOVER_COORDINATOR, the token from --token,\n"
+    "--token-file or TRAINMOVER_TOKEN (tmrun prints both when it starts an embedded coordinator).\n";
+
+int Usage(const std::string& msg) {
+  std::fprintf(stderr, "tmctl: %s\n%s", msg.c_str(), kUsage);
+  return 2;
+}
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "tmctl: %s\n", msg.c_str());
+  return 1;
+}
+
+struct Ctx {
+  std::string coordinator;
+  std::string token;
+};
+
+bool Open(const Ctx& ctx, Client* c, std::string* err) {
+  if (!c->Connect(ctx.coordinator, ctx.token, trainmover::control::kClientTool, kTimeoutMs, err)) {
+    *err = "coordinator " + ctx.coordinator + ": " + *err;
+    return false;
+  }
+  return true;
+}
+
+bool FetchStatus(const Ctx& ctx, Client* c, Json* out, std::string* raw, std::string* err) {
+  JsonReply r;
+  if (!c->Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, kTimeoutMs, err)) return false;
+  if (!r.ok) {
+    *err = r.json;
+    return false;
+  }
+  if (raw) *raw = r.json;
+  if (!tmctl::ParseJson(r.json, out)) {
+    *err = "the coordinator sent a status document tmctl cannot parse";
+    return false;
+  }
+  (void)ctx;
+  return true;
+}
+
+std::string Bytes(double b) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024 && i < 4) {
+    b /= 1024;
+    ++i;
+  }
+  char s[32];
+  std::snprintf(s, sizeof(s), i ? "%.1f %s" : "%.0f %s", b, u[i]);
+  return s;
+}
+
+void PrintStatus(const Json& st) {
+  const Json& c = st["coordinator"];
+  std::printf("coordinator %s  up %.1f s  heartbeat timeout %lld ms\n\n", c["address"].Str().c_str(),
+              c["uptime_ms"].Num() / 1000, c["heartbeat_timeout_ms"].Int());
+  std::printf("%-4s %-20s %-8s %-8s %-7s %-6s %-10s %-6s %-8s %s\n", "ID", "HOST", "PID", "ROLE", "STATE", "RANK",
+              "STEP", "COMMS", "HB AGE", "REGIONS");
+  for (const Json& p : st["processes"].arr) {
+    double total = 0;
+    for (const Json& r : p["regions"].arr) total += r["bytes"].Num();
+    std::string rank = std::to_string(p["rank"].Int()) + "/" + std::to_string(p["world"].Int());
+    if (p["rank"].Int() < 0) rank = "-";
+    std::string regions = p["regions"].arr.empty()
+                              ? "-"
+                              : std::to_string(p["regions"].arr.size()) + " (" + Bytes(total) + ")";
+    std::printf("%-4lld %-20s %-8lld %-8s %-7s %-6s %-10lld %-6lld %-8s %s", p["id"].Int(), p["host"].Str().c_str(),
+                p["pid"].Int(), p["role"].Str().c_str(), p["state"].Str().c_str(), rank.c_str(), p["step"].Int(),
+                p["comms"].Int(), (std::to_string(p["heartbeat_age_ms"].Int()) + "ms").c_str(), regions.c_str());
+    if (p["state"].Str() == "lost") std::printf("  (%s)", p["lost_reason"].Str().c_str());
+    std::printf("\n");
+  }
+  std::printf("\n%-20s %-18s %-7s %-9s %s\n", "COMMUNICATOR", "KIND", "NRANKS", "COMPLETE", "MEMBERS (rank:process)");
+  for (const Json& cm : st["communicators"].arr) {
+    std::string members;
+    for (const Json& m : cm["members"].arr) {
+      if (!members.empty()) members += " ";
+      members += std::to_string(m["rank"].Int()) + ":" + std::to_string(m["process"].Int());
+      if (m["state"].Str() != "alive") members += "(" + m["state"].Str() + ")";
+    }
+    std::printf("%-20s %-18s %-7lld %-9s %s\n", cm["key"].Str().c_str(),
+                (cm["kind"].Str() + "#" + std::to_string(cm["index"].Int())).c_str(), cm["nranks"].Int(),
+                cm["complete"].Bool() ? "yes" : "no", members.c_str());
+  }
+  if (!st["migrations"].arr.empty()) {
+    std::printf("\n%-4s %-6s %-10s %-10s %s\n", "MIG", "RANK", "STATE", "ELAPSED", "REASON");
+    for (const Json& m : st["migrations"].arr) {
+      char el[32];
+      std::snprintf(el, sizeof(el), "%.1fs", m["elapsed_ms"].Num() / 1000);
+      std::printf("%-4lld %-6lld %-10s %-10s %s\n", m["id"].Int(), m["rank"].Int(), m["state"].Str().c_str(), el,
+                  m["reason"].Str().c_str());
+    }
+  }
+}
+
+const Json* FindMigration(const Json& st, long long id) {
+  const Json* found = nullptr;
+  for (const Json& m : st["migrations"].arr) {
+    if (id == 0 || m["id"].Int() == id) found = &m;
+  }
+  return found;
+}
+
+bool Terminal(const std::string& s) { return s == "done" || s == "cancelled" || s == "failed" || s == "refused"; }
+
+int Watch(const Ctx& ctx, long long id) {
+  Client c;
+  std::string err;
+  if (!Open(ctx, &c, &err)) return Fail(err);
+  bool tty = isatty(1);
+  size_t printed_phases = 0;
+  std::string last_state;
+  for (;;) {
+    Json st;
+    if (!FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
+    const Json* m = FindMigration(st, id);
+    if (!m) return Fail(id ? "no migration with id " + std::to_string(id) : "no migration yet (tmctl migrate --rank R)");
+    id = (*m)["id"].Int();
+    std::string state = (*m)["state"].Str();
+    const auto& phases = (*m)["phases"].arr;
+    for (; printed_phases < phases.size(); ++printed_phases) {
+      const Json& p = phases[printed_phases];
+      std::printf("%s[%8.1f ms] process %-3lld %s\n", tty ? "\r\033[K" : "", p["start_ms"].Num(), p["process"].Int(),
+                  p["phase"].Str().c_str());
+    }
+    if (state != last_state) {
+      std::printf("%smigration %lld (rank %lld): %s\n", tty ? "\r\033[K" : "", id, (*m)["rank"].Int(), state.c_str());
+      last_state = state;
+    }
+    double total = (*m)["bytes_total"].Num(), done = (*m)["bytes_done"].Num();
+    if (total > 0) {
+      int width = 40, fill = static_cast<int>(std::lround(width * std::min(1.0, done / total)));
+      std::printf("%sstate transfer [%s%s] %5.1f%% %s / %s%s", tty ? "\r\033[K" : "", std::string(fill, '#').c_str(),
+                  std::string(width - fill, '.').c_str(), 100 * done / total, Bytes(done).c_str(),
+                  Bytes(total).c_str(), tty ? "" : "\n");
+    }
+    std::fflush(stdout);
+    if (Terminal(state)) {
+      std::printf("%smigration %lld %s after %.1f s%s%s\n", tty ? "\r\033[K" : "", id, state.c_str(),
+                  (*m)["elapsed_ms"].Num() / 1000, (*m)["reason"].Str().empty() ? "" : ": ",
+                  (*m)["reason"].Str().c_str());
+      if (state == "done") std::printf("downtime %.1f ms\n", (*m)["downtime_ms"].Num());
+      return state == "done" ? 0 : 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+struct EnvVar {
+  const char* name;
+  const char* def;
+  const char* help;
+};
+
+// The parameters the control plane and the shim read (shared/design.md, section 8).
+const EnvVar kEnv[] = {
+    {"TRAINMOVER_NCCL_LIBRARY", "", "path of the real NCCL library to forward to"},
+    {"TRAINMOVER_COORDINATOR", "", "host:port of trainmoverd; unset: plain pass-through"},
+    {"TRAINMOVER_TOKEN", "", "shared secret authenticating every control message"},
+    {"TRAINMOVER_ROLE", "worker", "worker, joiner, standby"},
+    {"TRAINMOVER_REPLACE", "", "rank a joiner takes over"},
+    {"TRAINMOVER_SHADOW_ITERS", "", "safe points a joiner runs in the sandbox before READY"},
+    {"TRAINMOVER_DEBUG", "WARN", "log level: WARN, INFO, TRACE"},
+    {"TRAINMOVER_DEBUG_SUBSYS", "", "log subsystems"},
+    {"TRAINMOVER_DEBUG_FILE", "", "log file (%h host, %p pid)"},
+};
+
+int Env() {
+  std::printf("%-26s %-10s %-24s %s\n", "PARAMETER", "DEFAULT", "VALUE", "MEANING");
+  for (const EnvVar& e : kEnv) {
+    const char* v = std::getenv(e.name);
+    std::string shown = v ? v : "(unset)";
+    if (v && std::strcmp(e.name, "TRAINMOVER_TOKEN") == 0) shown = "(set, hidden)";
+    std::printf("%-26s %-10s %-24s %s\n", e.name, e.def[0] ? e.def : "-", shown.c_str(), e.help);
+  }
+  return 0;
+}
+
+bool ParseId(const std::string& s, long long* id) {
+  char* end = nullptr;
+  *id = std::strtoll(s.c_str(), &end, 10);
+  return !s.empty() && *end == '\0' && *id > 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Ctx ctx;
+  if (const char* c = std::getenv("TRAINMOVER_COORDINATOR")) ctx.coordinator = c;
+  if (const char* t = std::getenv("TRAINMOVER_TOKEN")) ctx.token = t;
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; ++i) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::printf("%s", kUsage);
+      return 0;
+    }
+    if (i + 1 >= argc) return Usage(a + " needs a value");
+    if (a == "--coordinator") {
+      ctx.coordinator = argv[++i];
+    } else if (a == "--token") {
+      ctx.token = argv[++i];
+    } else if (a == "--token-file") {
+      std::ifstream f(argv[++i], std::ios::binary);
+      if (!f) return Usage(std::string("cannot read token file '") + argv[i] + "'");
+      ctx.token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      while (!ctx.token.empty() && (ctx.token.back() == '\n' || ctx.token.back() == '\r')) ctx.token.pop_back();
+    } else {
+      return Usage("unknown option '" + a + "'");
+    }
+  }
+  if (i >= argc) return Usage("no command given");
+  std::string cmd = argv[i++];
+  std::vector<std::string> args(argv + i, argv + argc);
+  if (cmd == "env") return args.empty() ? Env() : Usage("env takes no arguments");
+  if (cmd != "status" && cmd != "migrate" && cmd != "cancel" && cmd != "watch" && cmd != "timeline") {
+    return Usage("unknown command '" + cmd + "'");
+  }
+
+  // Parse the command's arguments before connecting, so usage errors need no coordinator.
+  bool json = false, spawn = false;
+  long long id = 0, rank = -1;
+  std::string host, out;
+  for (size_t k = 0; k < args.size(); ++k) {
+    const std::string& a = args[k];
+    if (cmd == "status" && a == "--json") {
+      json = true;
+    } else if (cmd == "migrate" && a == "--rank" && k + 1 < args.size()) {
+      char* end = nullptr;
+      rank = std::strtoll(args[++k].c_str(), &end, 10);
+      if (*end || rank < 0) return Usage("--rank needs a rank number >= 0");
+    } else if (cmd == "migrate" && a == "--host" && k + 1 < args.size()) {
+      host = args[++k];
+    } else if (cmd == "migrate" && a == "--spawn") {
+      spawn = true;
+    } else if (cmd == "timeline" && a == "--out" && k + 1 < args.size()) {
+      out = args[++k];
+    } else if ((cmd == "cancel" || cmd == "watch" || cmd == "timeline") && id == 0 && a[0] != '-') {
+      if (!ParseId(a, &id)) return Usage("'" + a + "' is not a migration id (see tmctl status)");
+    } else {
+      return Usage("unexpected argument '" + a + "' for " + cmd);
+    }
+  }
+  if (cmd == "migrate" && rank < 0) return Usage("migrate needs --rank R (tmctl status lists the ranks)");
+  if (cmd == "timeline" && out.empty()) return Usage("timeline needs --out FILE");
+  if (ctx.coordinator.empty()) {
+    return Usage("no coordinator: pass --coordinator host:port or set TRAINMOVER_COORDINATOR");
+  }
+  if (ctx.token.empty()) return Usage("no token: pass --token/--token-file or set TRAINMOVER_TOKEN");
+
+  if (cmd == "watch") return Watch(ctx, id);
+  Client c;
+  std::string err;
+  if (!Open(ctx, &c, &err)) return Fail(err);
+  if (cmd == "status") {
+    Json st;
+    std::string raw;
+    if (!FetchStatus(ctx, &c, &st, &raw, &err)) return Fail(err);
+    if (json) {
+      std::printf("%s\n", raw.c_str());
+    } else {
+      PrintStatus(st);
+    }
+    return 0;
+  }
+  if (cmd == "migrate") {
+    MigrateReq q;
+    q.rank = static_cast<int32_t>(rank);
+    q.host = host;
+    q.spawn = spawn;
+    MigrateReply r;
+    if (!c.Call(MsgType::kMigrateReq, q, MsgType::kMigrateReply, &r, kTimeoutMs, &err)) return Fail(err);
+    std::printf("%s (state %s)\n", r.message.c_str(), r.state.c_str());
+    if (r.accepted) std::printf("follow it with: tmctl watch %llu\n", static_cast<unsigned long long>(r.id));
+    return r.accepted ? 0 : 1;
+  }
+  if (cmd == "cancel") {
+    CancelReply r;
+    if (!c.Call(MsgType::kCancelReq, CancelReq{static_cast<uint64_t>(id)}, MsgType::kCancelReply, &r, kTimeoutMs,
+                &err)) {
+      return Fail(err);
+    }
+    std::printf("%s\n", r.message.c_str());
+    return r.ok ? 0 : 1;
+  }
+  // timeline
+  JsonReply r;
+  if (!c.Call(MsgType::kTimelineReq, TimelineReq{static_cast<uint64_t>(id)}, MsgType::kTimelineReply, &r, kTimeoutMs,
+              &err)) {
+    return Fail(err);
+  }
+  if (!r.ok) return Fail(r.json);
+  std::ofstream f(out, std::ios::binary | std::ios::trunc);
+  if (!f || !(f << r.json << "\n")) return Fail("cannot write '" + out + "'");
+  std::printf("wrote %s (open it in chrome://tracing or https://ui.perfetto.dev)\n", out.c_str());
+  return 0;
+}
