@@ -1,0 +1,726 @@
+// SPDX-License-Identifier: Apache-2.0
+// Environment, logging, errors, bootstrap (rendezvous through the unique id), liveness and UCX transport.
+#include "hn_core.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+namespace hn {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Environment
+namespace {
+
+std::mutex g_err_mu;
+std::string g_last_error;
+std::atomic<int> g_debug_level{-1};  // -1: not read yet
+
+ncclResult_t ParseInt(const char* name, int64_t min, int64_t* out) {
+  const char* v = getenv(name);
+  if (!v) return ncclSuccess;
+  char* end = nullptr;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  if (errno || end == v || *end != '\0' || x < min) {
+    return Fail(ncclInvalidArgument, "%s=\"%s\" is not an integer >= %lld", name, v, static_cast<long long>(min));
+  }
+  *out = x;
+  return ncclSuccess;
+}
+
+int ParseDebug(const char* v, bool* ok) {
+  *ok = true;
+  if (!v || !*v) return 0;
+  std::string s(v);
+  for (auto& ch : s) ch = static_cast<char>(toupper(ch));
+  if (s == "NONE") return 0;
+  if (s == "VERSION" || s == "WARN") return kWarn;
+  if (s == "INFO") return kInfo;
+  if (s == "TRACE") return kTrace;
+  *ok = false;
+  return 0;
+}
+
+int DebugLevel() {
+  int l = g_debug_level.load(std::memory_order_relaxed);
+  if (l >= 0) return l;
+  bool ok;
+  l = ParseDebug(getenv("HOSTNCCL_DEBUG"), &ok);
+  g_debug_level.store(l);
+  return l;
+}
+
+}  // namespace
+
+ncclResult_t LoadEnv(Env* env) {
+  bool ok;
+  const char* dbg = getenv("HOSTNCCL_DEBUG");
+  env->debug_level = ParseDebug(dbg, &ok);
+  if (!ok) return Fail(ncclInvalidArgument, "HOSTNCCL_DEBUG=\"%s\" is not one of NONE, WARN, INFO, TRACE", dbg);
+  HN_CHECK(ParseInt("HOSTNCCL_TIMEOUT_MS", 1, &env->timeout_ms));
+  HN_CHECK(ParseInt("HOSTNCCL_INIT_DELAY_MS", 0, &env->init_delay_ms));
+  env->ifaddr = 0;
+  if (const char* a = getenv("HOSTNCCL_SOCKET_IFADDR")) {
+    in_addr in{};
+    if (inet_pton(AF_INET, a, &in) != 1) {
+      return Fail(ncclInvalidArgument, "HOSTNCCL_SOCKET_IFADDR=\"%s\" is not an IPv4 address", a);
+    }
+    env->ifaddr = in.s_addr;
+  }
+  return ncclSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Logging and errors
+void Log(int level, int rank, const char* fmt, ...) {
+  if (DebugLevel() < level) return;
+  static const char* kNames[] = {"", "WARN", "INFO", "TRACE"};
+  char host[64] = "?";
+  gethostname(host, sizeof(host) - 1);
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s:%d:%ld [%d] HOSTNCCL %s %s\n", host, static_cast<int>(getpid()),
+          static_cast<long>(syscall(SYS_gettid)), rank, kNames[level], msg);
+}
+
+ncclResult_t Fail(ncclResult_t code, const char* fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  {
+    std::lock_guard<std::mutex> lk(g_err_mu);
+    g_last_error = msg;
+  }
+  Log(kWarn, -1, "%s", msg);
+  return code;
+}
+
+const char* LastError() {
+  // The string lives until the next error, like NCCL's static buffer.
+  static thread_local std::string copy;
+  std::lock_guard<std::mutex> lk(g_err_mu);
+  copy = g_last_error;
+  return copy.c_str();
+}
+
+void ResetDebug() { g_debug_level.store(-1); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Registry of live communicators
+namespace {
+std::mutex g_comms_mu;
+std::set<Comm*>* g_comms = nullptr;  // created on first use, never at load time
+}  // namespace
+
+void RegisterComm(Comm* c, bool add) {
+  std::lock_guard<std::mutex> lk(g_comms_mu);
+  if (!g_comms) g_comms = new std::set<Comm*>();
+  if (add) g_comms->insert(c);
+  else g_comms->erase(c);
+}
+
+ncclResult_t CheckComm(ncclComm_t comm, const char* opname) {
+  if (!comm) return Fail(ncclInvalidArgument, "%s : comm argument is NULL", opname);
+  Comm* c = AsComm(comm);
+  {
+    std::lock_guard<std::mutex> lk(g_comms_mu);
+    if (!g_comms || !g_comms->count(c)) {
+      return Fail(ncclInvalidArgument, "%s : invalid or destroyed communicator %p", opname, static_cast<void*>(c));
+    }
+  }
+  if (c->magic != kCommMagic) return Fail(ncclInvalidArgument, "Error: corrupted comm object detected");
+  return ncclSuccess;
+}
+
+Comm* AsComm(ncclComm_t comm) { return reinterpret_cast<Comm*>(comm); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Sockets
+namespace {
+
+constexpr uint64_t kIdMagic = 0x31444943434e4e48ull;  // "HNNCCID1"
+constexpr uint64_t kHelloMagic = 0x4f4c4c4548434e48ull;
+
+struct IdLayout {
+  uint64_t magic;
+  uint32_t addr;  // IPv4, network order
+  uint16_t port;  // network order
+  uint16_t pad;
+  uint64_t nonce;
+};
+static_assert(sizeof(IdLayout) <= NCCL_UNIQUE_ID_BYTES);
+
+uint32_t DefaultRouteAddr() {
+  std::ifstream route("/proc/net/route");
+  std::string line, ifname;
+  std::getline(route, line);
+  while (std::getline(route, line)) {
+    std::istringstream ss(line);
+    std::string name, dest;
+    ss >> name >> dest;
+    if (dest == "00000000") {
+      ifname = name;
+      break;
+    }
+  }
+  uint32_t result = htonl(INADDR_LOOPBACK);
+  if (ifname.empty()) return result;
+  ifaddrs* ifs = nullptr;
+  if (getifaddrs(&ifs) != 0) return result;
+  for (ifaddrs* i = ifs; i; i = i->ifa_next) {
+    if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && ifname == i->ifa_name) {
+      result = reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr.s_addr;
+      break;
+    }
+  }
+  freeifaddrs(ifs);
+  return result;
+}
+
+uint32_t AdvertiseAddr(const Env& env) { return env.ifaddr ? env.ifaddr : DefaultRouteAddr(); }
+
+// Listening socket on all interfaces, port chosen by the kernel.
+ncclResult_t Listen(int backlog, int* fd_out, uint16_t* port_out) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Fail(ncclSystemError, "socket: %s", strerror(errno));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_ANY);
+  sa.sin_port = 0;
+  socklen_t len = sizeof(sa);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || listen(fd, backlog) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    close(fd);
+    return Fail(ncclSystemError, "bind/listen: %s", strerror(errno));
+  }
+  *fd_out = fd;
+  *port_out = sa.sin_port;
+  return ncclSuccess;
+}
+
+// Waits for fd to be readable (or writable) until deadline_ms; false on timeout or error.
+bool WaitFd(int fd, short events, int64_t deadline_ms, const std::atomic<bool>* abort_flag) {
+  for (;;) {
+    if (abort_flag && abort_flag->load()) return false;
+    int64_t left = deadline_ms - NowMs();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 100)));
+    if (r > 0) return true;
+    if (r < 0 && errno != EINTR) return false;
+  }
+}
+
+bool SendAll(int fd, const void* buf, size_t len) {
+  const char* p = static_cast<const char*>(buf);
+  while (len) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+bool RecvAll(int fd, void* buf, size_t len, int64_t deadline_ms, const std::atomic<bool>* abort_flag) {
+  char* p = static_cast<char*>(buf);
+  while (len) {
+    if (!WaitFd(fd, POLLIN, deadline_ms, abort_flag)) return false;
+    ssize_t n = recv(fd, p, len, 0);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+ncclResult_t Connect(uint32_t addr, uint16_t port, int64_t deadline_ms, const std::atomic<bool>* abort_flag,
+                     int* fd_out) {
+  for (;;) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Fail(ncclSystemError, "socket: %s", strerror(errno));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = addr;
+    sa.sin_port = port;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      *fd_out = fd;
+      return ncclSuccess;
+    }
+    int err = errno;
+    close(fd);
+    if ((abort_flag && abort_flag->load()) || NowMs() >= deadline_ms) {
+      char a[INET_ADDRSTRLEN];
+      inet_ntop(AF_INET, &addr, a, sizeof(a));
+      return Fail(ncclRemoteError, "bootstrap: cannot connect to %s:%d: %s", a, ntohs(port), strerror(err));
+    }
+    usleep(20000);
+  }
+}
+
+// What each rank tells the rendezvous, and what the rendezvous sends back for every rank.
+struct Hello {
+  uint64_t magic, nonce;
+  int32_t nranks, rank;
+  uint32_t live_addr;
+  uint16_t live_port, pad;
+  uint32_t addr_len;
+};
+
+struct RankInfo {
+  uint32_t live_addr = 0;
+  uint16_t live_port = 0;
+  std::vector<char> ucx_addr;
+};
+
+// The rendezvous thread started by ncclGetUniqueId: collects every rank's Hello, answers all of them with the
+// full table, and exits. It gives up (closing every connection, which the ranks see) when no rank has shown up
+// for timeout_ms.
+void Rendezvous(int listen_fd, uint64_t nonce, int64_t timeout_ms) {
+  std::vector<int> fds;
+  std::vector<RankInfo> infos;
+  std::vector<int> fd_of_rank;
+  int nranks = -1, joined = 0;
+  int64_t deadline = NowMs() + timeout_ms;
+  bool failed = false;
+  while (!failed && (nranks < 0 || joined < nranks)) {
+    if (!WaitFd(listen_fd, POLLIN, deadline, nullptr)) {
+      Log(kWarn, -1, "bootstrap: rendezvous gave up after %lld ms with %d of %d ranks",
+          static_cast<long long>(timeout_ms), joined, nranks);
+      failed = true;
+      break;
+    }
+    int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    fds.push_back(fd);
+    Hello h{};
+    if (!RecvAll(fd, &h, sizeof(h), NowMs() + timeout_ms, nullptr) || h.magic != kHelloMagic || h.nonce != nonce ||
+        h.addr_len > (1u << 20)) {
+      Log(kWarn, -1, "bootstrap: rendezvous got a bad hello; ignoring it");
+      continue;
+    }
+    if (nranks < 0) {
+      nranks = h.nranks;
+      infos.resize(nranks);
+      fd_of_rank.assign(nranks, -1);
+    }
+    if (h.nranks != nranks || h.rank < 0 || h.rank >= nranks || fd_of_rank[h.rank] >= 0) {
+      Log(kWarn, -1, "bootstrap: rank %d/%d does not fit this id (nranks %d, or rank given twice)", h.rank, h.nranks,
+          nranks);
+      failed = true;
+      break;
+    }
+    RankInfo& ri = infos[h.rank];
+    ri.live_addr = h.live_addr;
+    ri.live_port = h.live_port;
+    ri.ucx_addr.resize(h.addr_len);
+    if (!RecvAll(fd, ri.ucx_addr.data(), h.addr_len, NowMs() + timeout_ms, nullptr)) {
+      failed = true;
+      break;
+    }
+    fd_of_rank[h.rank] = fd;
+    ++joined;
+    deadline = NowMs() + timeout_ms;
+  }
+  if (!failed) {
+    std::vector<char> table;
+    for (const RankInfo& ri : infos) {
+      uint32_t len = static_cast<uint32_t>(ri.ucx_addr.size());
+      const char* p = reinterpret_cast<const char*>(&ri.live_addr);
+      table.insert(table.end(), p, p + 4);
+      p = reinterpret_cast<const char*>(&ri.live_port);
+      table.insert(table.end(), p, p + 2);
+      p = reinterpret_cast<const char*>(&len);
+      table.insert(table.end(), p, p + 4);
+      table.insert(table.end(), ri.ucx_addr.begin(), ri.ucx_addr.end());
+    }
+    uint64_t size = table.size();
+    for (int fd : fd_of_rank) {
+      if (!SendAll(fd, &size, sizeof(size)) || !SendAll(fd, table.data(), table.size())) {
+        Log(kWarn, -1, "bootstrap: rendezvous could not answer a rank");
+      }
+    }
+  }
+  for (int fd : fds) close(fd);
+  close(listen_fd);
+}
+
+// One UCX context per process, created on first use.
+std::mutex g_ctx_mu;
+ucp_context_h g_ctx = nullptr;
+
+ncclResult_t Context(ucp_context_h* out) {
+  std::lock_guard<std::mutex> lk(g_ctx_mu);
+  if (!g_ctx) {
+    ucp_config_t* cfg = nullptr;
+    if (ucp_config_read(nullptr, nullptr, &cfg) != UCS_OK) return Fail(ncclSystemError, "UCX: config read failed");
+    ucp_params_t p{};
+    p.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+    p.features = UCP_FEATURE_TAG;
+    p.mt_workers_shared = 1;
+    ucs_status_t st = ucp_init(&p, cfg, &g_ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) {
+      g_ctx = nullptr;
+      return Fail(ncclSystemError, "UCX: ucp_init failed: %s", ucs_status_string(st));
+    }
+  }
+  *out = g_ctx;
+  return ncclSuccess;
+}
+
+void EpErrorHandler(void* arg, ucp_ep_h, ucs_status_t status) {
+  // arg encodes (comm, peer); the liveness socket is the authority, this only records the failure early.
+  (void)arg;
+  (void)status;
+}
+
+}  // namespace
+
+ncclResult_t CreateUniqueId(ncclUniqueId* id, int64_t timeout_ms) {
+  Env env;
+  HN_CHECK(LoadEnv(&env));
+  if (timeout_ms <= 0) timeout_ms = env.timeout_ms;
+  int fd;
+  uint16_t port;
+  HN_CHECK(Listen(1024, &fd, &port));
+  IdLayout l{};
+  l.magic = kIdMagic;
+  l.addr = AdvertiseAddr(env);
+  l.port = port;
+  std::random_device rd;
+  l.nonce = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(NowMs());
+  memset(id, 0, sizeof(*id));
+  memcpy(id->internal, &l, sizeof(l));
+  try {
+    std::thread(Rendezvous, fd, l.nonce, timeout_ms).detach();
+  } catch (...) {
+    close(fd);
+    return Fail(ncclSystemError, "ncclGetUniqueId: cannot start the rendezvous thread");
+  }
+  char a[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &l.addr, a, sizeof(a));
+  Log(kInfo, -1, "Bootstrap : rendezvous listening, advertised as %s:%d", a, ntohs(port));
+  return ncclSuccess;
+}
+
+ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
+  IdLayout l;
+  memcpy(&l, id.internal, sizeof(l));
+  if (l.magic != kIdMagic) return Fail(ncclInvalidArgument, "ncclUniqueId was not made by ncclGetUniqueId");
+  const int n = c->nranks, me = c->rank;
+  const int64_t deadline = NowMs() + c->env.timeout_ms;
+  c->eps.assign(n, nullptr);
+  c->live_fd.assign(n, -1);
+  c->peer_state.assign(n, 0);
+  c->peer_gone_ms.assign(n, 0);
+  c->send_seq.assign(n, 0);
+  c->recv_seq.assign(n, 0);
+
+  ucp_context_h ctx = nullptr;
+  HN_CHECK(Context(&ctx));
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+  ucs_status_t st = ucp_worker_create(ctx, &wp, &c->worker);
+  if (st != UCS_OK) return Fail(ncclSystemError, "UCX: worker create failed: %s", ucs_status_string(st));
+  ucp_address_t* addr = nullptr;
+  size_t addr_len = 0;
+  st = ucp_worker_get_address(c->worker, &addr, &addr_len);
+  if (st != UCS_OK) return Fail(ncclSystemError, "UCX: worker address failed: %s", ucs_status_string(st));
+
+  int live_listen = -1;
+  uint16_t live_port = 0;
+  ncclResult_t res = Listen(n + 8, &live_listen, &live_port);
+  if (res != ncclSuccess) {
+    ucp_worker_release_address(c->worker, addr);
+    return res;
+  }
+  int fd = -1;
+  std::vector<char> table;
+  res = Connect(l.addr, l.port, deadline, &c->abort_flag, &fd);
+  if (res == ncclSuccess) {
+    Hello h{kHelloMagic, l.nonce, n, me, AdvertiseAddr(c->env), live_port, 0, static_cast<uint32_t>(addr_len)};
+    uint64_t size = 0;
+    if (!SendAll(fd, &h, sizeof(h)) || !SendAll(fd, addr, addr_len) ||
+        !RecvAll(fd, &size, sizeof(size), deadline, &c->abort_flag) || size > (1ull << 30)) {
+      res = Fail(ncclRemoteError, "bootstrap: rank %d/%d: rendezvous failed or timed out (HOSTNCCL_TIMEOUT_MS=%lld)",
+                 me, n, static_cast<long long>(c->env.timeout_ms));
+    } else {
+      table.resize(size);
+      if (!RecvAll(fd, table.data(), size, deadline, &c->abort_flag)) {
+        res = Fail(ncclRemoteError, "bootstrap: rank %d/%d: rendezvous table truncated", me, n);
+      }
+    }
+    close(fd);
+  }
+  ucp_worker_release_address(c->worker, addr);
+  if (res != ncclSuccess) {
+    close(live_listen);
+    return res;
+  }
+  // Parse the table, connect UCX endpoints.
+  std::vector<RankInfo> infos(n);
+  size_t off = 0;
+  for (int r = 0; r < n; ++r) {
+    uint32_t len;
+    memcpy(&infos[r].live_addr, &table[off], 4);
+    memcpy(&infos[r].live_port, &table[off + 4], 2);
+    memcpy(&len, &table[off + 6], 4);
+    off += 10;
+    infos[r].ucx_addr.assign(table.begin() + static_cast<long>(off), table.begin() + static_cast<long>(off + len));
+    off += len;
+  }
+  for (int r = 0; r < n && res == ncclSuccess; ++r) {
+    if (r == me) continue;
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep.address = reinterpret_cast<const ucp_address_t*>(infos[r].ucx_addr.data());
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_handler.cb = EpErrorHandler;
+    ep.err_handler.arg = c;
+    st = ucp_ep_create(c->worker, &ep, &c->eps[r]);
+    if (st != UCS_OK) res = Fail(ncclSystemError, "UCX: endpoint to rank %d failed: %s", r, ucs_status_string(st));
+  }
+  // Liveness mesh: connect to every higher rank, accept every lower one (each connector sends its rank).
+  for (int r = me + 1; r < n && res == ncclSuccess; ++r) {
+    res = Connect(infos[r].live_addr, infos[r].live_port, deadline, &c->abort_flag, &c->live_fd[r]);
+    int32_t my = me;
+    if (res == ncclSuccess && !SendAll(c->live_fd[r], &my, sizeof(my))) {
+      res = Fail(ncclRemoteError, "bootstrap: liveness connection to rank %d failed", r);
+    }
+  }
+  for (int k = 0; k < me && res == ncclSuccess; ++k) {
+    if (!WaitFd(live_listen, POLLIN, deadline, &c->abort_flag)) {
+      res = Fail(ncclRemoteError, "bootstrap: rank %d/%d: peers did not connect within %lld ms", me, n,
+                 static_cast<long long>(c->env.timeout_ms));
+      break;
+    }
+    int afd = accept4(live_listen, nullptr, nullptr, SOCK_CLOEXEC);
+    int32_t who = -1;
+    if (afd < 0 || !RecvAll(afd, &who, sizeof(who), deadline, &c->abort_flag) || who < 0 || who >= me ||
+        c->live_fd[who] >= 0) {
+      if (afd >= 0) close(afd);
+      res = Fail(ncclRemoteError, "bootstrap: bad liveness connection");
+      break;
+    }
+    c->live_fd[who] = afd;
+  }
+  close(live_listen);
+  if (res != ncclSuccess) return res;
+  if (c->env.init_delay_ms > 0) usleep(static_cast<useconds_t>(c->env.init_delay_ms * 1000));
+  Log(kInfo, me, "comm %p rank %d nranks %d - Init COMPLETE", static_cast<void*>(c), me, n);
+  return ncclSuccess;
+}
+
+void Teardown(Comm* c, bool graceful) {
+  const int n = static_cast<int>(c->live_fd.size());
+  for (int r = 0; r < n; ++r) {
+    if (c->live_fd[r] >= 0 && graceful) {
+      char bye = 'B';
+      (void)!send(c->live_fd[r], &bye, 1, MSG_NOSIGNAL);
+    }
+  }
+  if (c->worker) {
+    std::vector<void*> closing;
+    for (auto& ep : c->eps) {
+      if (!ep) continue;
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+      p.flags = graceful ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
+      void* r = ucp_ep_close_nbx(ep, &p);
+      if (UCS_PTR_IS_PTR(r)) closing.push_back(r);
+      ep = nullptr;
+    }
+    // Bounded: a departed peer may never answer a flush.
+    int64_t deadline = NowMs() + (graceful ? 1000 : 200);
+    for (void* r : closing) {
+      while (ucp_request_check_status(r) == UCS_INPROGRESS && NowMs() < deadline) ucp_worker_progress(c->worker);
+      ucp_request_free(r);
+    }
+    ucp_worker_destroy(c->worker);
+    c->worker = nullptr;
+  }
+  for (int r = 0; r < n; ++r) {
+    if (c->live_fd[r] >= 0) close(c->live_fd[r]);
+    c->live_fd[r] = -1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Transport
+ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len, std::vector<Pending>* out) {
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
+  p.datatype = ucp_dt_make_contig(1);
+  void* r = ucp_tag_send_nbx(c->eps[peer], buf, len, tag, &p);
+  if (UCS_PTR_IS_ERR(r)) {
+    return Fail(ncclRemoteError, "rank %d: send to rank %d failed: %s", c->rank, peer,
+                ucs_status_string(UCS_PTR_STATUS(r)));
+  }
+  out->push_back(Pending{r, peer, false, len});
+  return ncclSuccess;
+}
+
+ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out) {
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
+  p.datatype = ucp_dt_make_contig(1);
+  void* r = ucp_tag_recv_nbx(c->worker, buf, len, tag, ~0ull, &p);
+  if (UCS_PTR_IS_ERR(r)) {
+    return Fail(ncclSystemError, "rank %d: receive from rank %d failed: %s", c->rank, peer,
+                ucs_status_string(UCS_PTR_STATUS(r)));
+  }
+  out->push_back(Pending{r, peer, true, len});
+  return ncclSuccess;
+}
+
+namespace {
+
+// Reads the liveness sockets: a bye byte marks a peer departed, EOF without one marks it dead.
+void PollLiveness(Comm* c) {
+  std::vector<pollfd> pf;
+  std::vector<int> who;
+  for (int r = 0; r < c->nranks; ++r) {
+    if (c->live_fd[r] >= 0 && c->peer_state[r] != 2) {
+      pf.push_back(pollfd{c->live_fd[r], POLLIN, 0});
+      who.push_back(r);
+    }
+  }
+  if (pf.empty() || poll(pf.data(), pf.size(), 0) <= 0) return;
+  for (size_t i = 0; i < pf.size(); ++i) {
+    if (!pf[i].revents) continue;
+    int r = who[i];
+    char buf[16];
+    ssize_t k = recv(pf[i].fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (k > 0) {
+      if (c->peer_state[r] == 0) {
+        c->peer_state[r] = 1;
+        c->peer_gone_ms[r] = NowMs();
+      }
+    } else if (k == 0 || (errno != EAGAIN && errno != EINTR)) {
+      if (c->peer_state[r] != 1) {
+        c->peer_state[r] = 2;
+        c->peer_gone_ms[r] = NowMs();
+        Log(kWarn, c->rank, "rank %d: peer rank %d closed its liveness connection (process died or aborted)",
+            c->rank, r);
+      } else {
+        close(c->live_fd[r]);
+        c->live_fd[r] = -1;
+      }
+    }
+  }
+}
+
+void CancelAll(Comm* c, std::vector<Pending>* reqs) {
+  for (Pending& p : *reqs) {
+    if (!p.req) continue;
+    if (ucp_request_check_status(p.req) == UCS_INPROGRESS) ucp_request_cancel(c->worker, p.req);
+    ucp_request_free(p.req);
+    p.req = nullptr;
+  }
+  reqs->clear();
+}
+
+}  // namespace
+
+ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
+  constexpr int64_t kGraceMs = 300;  // messages a peer sent before leaving may still be in flight
+  int64_t last_progress = NowMs();
+  int idle = 0;
+  size_t done = 0;
+  for (Pending& p : *reqs) if (!p.req) ++done;
+  for (unsigned iter = 0;; ++iter) {
+    unsigned events = ucp_worker_progress(c->worker);
+    bool progressed = events > 0;
+    for (Pending& p : *reqs) {
+      if (!p.req) continue;
+      ucs_status_t st = ucp_request_check_status(p.req);
+      if (st == UCS_INPROGRESS) continue;
+      if (st == UCS_OK && p.is_recv) {
+        ucp_tag_recv_info_t info{};
+        ucp_tag_recv_request_test(p.req, &info);
+        if (info.length != p.expect) st = UCS_ERR_MESSAGE_TRUNCATED;
+      }
+      ucp_request_free(p.req);
+      p.req = nullptr;
+      ++done;
+      progressed = true;
+      if (st != UCS_OK) {
+        CancelAll(c, reqs);
+        c->async_error = ncclRemoteError;
+        return Fail(st == UCS_ERR_MESSAGE_TRUNCATED ? ncclInvalidUsage : ncclRemoteError,
+                    "rank %d: transfer with rank %d failed: %s (mismatched counts between ranks?)", c->rank, p.peer,
+                    ucs_status_string(st));
+      }
+    }
+    if (done == reqs->size()) {
+      reqs->clear();
+      return ncclSuccess;
+    }
+    int64_t now = NowMs();
+    if (progressed) {
+      last_progress = now;
+      idle = 0;
+    }
+    if (c->abort_flag.load()) {
+      CancelAll(c, reqs);
+      return Fail(ncclInvalidUsage, "rank %d: communicator aborted while an operation was waiting", c->rank);
+    }
+    if ((iter & 63) == 0) {
+      PollLiveness(c);
+      for (const Pending& p : *reqs) {
+        if (!p.req) continue;
+        for (int r = 0; r < c->nranks; ++r) {
+          if (only_peers && r != p.peer) continue;
+          if (c->peer_state[r] == 0 || now - c->peer_gone_ms[r] < kGraceMs) continue;
+          CancelAll(c, reqs);
+          c->async_error = ncclRemoteError;
+          return Fail(ncclRemoteError, "rank %d: peer rank %d %s while an operation was waiting on it", c->rank, r,
+                      c->peer_state[r] == 2 ? "died or aborted" : "destroyed its communicator");
+        }
+      }
+    }
+    if (now - last_progress > c->env.timeout_ms) {
+      CancelAll(c, reqs);
+      c->async_error = ncclRemoteError;
+      return Fail(ncclRemoteError, "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS); peer unreachable",
+                  c->rank, static_cast<long long>(c->env.timeout_ms));
+    }
+    if (!progressed && ++idle > 200) usleep(idle > 2000 ? 200 : 20);
+  }
+}
+
+}  // namespace hn

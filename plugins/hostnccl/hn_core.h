@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+// hostnccl internals: environment, logging, errors, the communicator, bootstrap and transport.
+#pragma once
+
+#include <nccl.h>
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstdarg>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hn_types.h"
+
+namespace hn {
+
+// ---- environment (typed, validated; read when a call needs it so tests can change it) ----
+struct Env {
+  int debug_level = 0;          // HOSTNCCL_DEBUG: 0 none, 1 WARN, 2 INFO, 3 TRACE
+  int64_t timeout_ms = 300000;  // HOSTNCCL_TIMEOUT_MS
+  int64_t init_delay_ms = 0;    // HOSTNCCL_INIT_DELAY_MS
+  uint32_t ifaddr = 0;          // HOSTNCCL_SOCKET_IFADDR (network order); 0 = default route's interface
+};
+[[nodiscard]] ncclResult_t LoadEnv(Env* env);
+
+// ---- logging and the last error ----
+enum LogLevel { kWarn = 1, kInfo = 2, kTrace = 3 };
+void Log(int level, int rank, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+// Records msg as the last error (ncclGetLastError), logs it at WARN and returns code.
+ncclResult_t Fail(ncclResult_t code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+const char* LastError();
+void ResetDebug();
+
+#define HN_CHECK(call)                           \
+  do {                                           \
+    ncclResult_t hn_res_ = (call);               \
+    if (hn_res_ != ncclSuccess) return hn_res_;  \
+  } while (0)
+
+// ---- the communicator ----
+constexpr uint64_t kCommMagic = 0x686f73746e63636cull;  // "hostnccl"
+
+struct UserRedOp {
+  bool used = false;
+  ncclDataType_t type = ncclFloat32;
+  RedOpFull full;
+};
+
+struct Comm {
+  uint64_t magic = kCommMagic;
+  int rank = 0, nranks = 0, cuda_dev = 0;
+  Env env;
+  ucp_worker_h worker = nullptr;
+  std::vector<ucp_ep_h> eps;             // per peer (self: nullptr)
+  std::vector<int> live_fd;              // liveness TCP socket per peer (self: -1)
+  std::vector<uint8_t> peer_state;       // 0 alive, 1 departed (said bye), 2 dead (EOF without bye)
+  std::vector<int64_t> peer_gone_ms;     // when the peer was seen leaving
+  std::atomic<bool> abort_flag{false};
+  std::atomic<int> async_error{ncclSuccess};
+  bool finalized = false, revoked = false, destroyed = false;
+  uint64_t coll_seq = 0, child_count = 0;
+  std::vector<uint64_t> send_seq, recv_seq;
+  std::vector<UserRedOp> redops;
+  std::mutex op_mu;                      // held while an operation, teardown or init runs on the comm
+  std::thread init_thread;
+  std::mutex init_mu;
+};
+
+// Live communicators, so a destroyed or foreign pointer is refused without being read.
+[[nodiscard]] ncclResult_t CheckComm(ncclComm_t comm, const char* opname);
+Comm* AsComm(ncclComm_t comm);
+void RegisterComm(Comm* c, bool add);
+
+// Bootstrap: rendezvous through the unique id, UCX wire-up, liveness mesh. Fills comm (rank/nranks set).
+[[nodiscard]] ncclResult_t CreateUniqueId(ncclUniqueId* id, int64_t timeout_ms);
+[[nodiscard]] ncclResult_t Bootstrap(Comm* comm, const ncclUniqueId& id);
+void Teardown(Comm* comm, bool graceful);
+
+// Transport: UCX tagged messages. Tags: [kind:2][src rank:22][seq:40].
+enum TagKind : uint64_t { kTagColl = 0, kTagP2p = 1, kTagCtrl = 2 };
+inline uint64_t MakeTag(TagKind kind, int src, uint64_t seq) {
+  return (static_cast<uint64_t>(kind) << 62) | (static_cast<uint64_t>(src & 0x3fffff) << 40) |
+         (seq & 0xffffffffffull);
+}
+struct Pending {
+  void* req = nullptr;  // UCX request, nullptr when already complete
+  int peer = -1;
+  bool is_recv = false;
+  size_t expect = 0;
+};
+[[nodiscard]] ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len,
+                                    std::vector<Pending>* out);
+[[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len,
+                                    std::vector<Pending>* out);
+// Progresses until every request completes; fails on abort, a dead or departed peer, or no progress for
+// the timeout. When only_peers is true, only the peers of the requests count (used across a failed parent).
+[[nodiscard]] ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers = false);
+
+int64_t NowMs();
+
+}  // namespace hn
