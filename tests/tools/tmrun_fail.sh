@@ -27,7 +27,8 @@ rc=$?
 [ "$rc" = 137 ] || { echo "FAIL: rank killed by SIGKILL gave tmrun status $rc, expected 137"; fail=1; }
 
 # A rank that ignores SIGTERM is killed after the grace period.
-"$TMRUN" -n 2 --grace-ms 300 -- bash -c 'if [ $RANK = 0 ]; then exit 5; fi; trap "" TERM; sleep 60 & wait' \
+"$TMRUN" -n 2 --grace-ms 300 -- bash -c \
+  "if [ \$RANK = 0 ]; then while [ ! -e $tmp/armed ]; do sleep 0.02; done; exit 5; fi; trap '' TERM; touch $tmp/armed; sleep 60 & wait"  \
   > "$tmp/out3" 2>&1
 rc=$?
 [ "$rc" = 5 ] || { echo "FAIL: status $rc, expected 5"; fail=1; }
