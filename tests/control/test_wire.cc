@@ -1,0 +1,377 @@
+// SPDX-License-Identifier: Apache-2.0
+// Unit tests of the control protocol: codec round trips, bounds, framing, HMAC, the handshake, and
+// rejection of replayed, out-of-order, forged, foreign and oversized frames.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+
+#include "conn.h"
+#include "messages.h"
+#include "wire.h"
+
+using namespace trainmover::control;
+
+namespace {
+
+template <typename M>
+M RoundTrip(const M& in) {
+  M out;
+  auto p = EncodePayload(in);
+  REQUIRE(DecodePayload(p, &out));
+  return out;
+}
+
+// A connected pair of Connections (client, server) over a socketpair, handshake done.
+struct Pair {
+  std::unique_ptr<Connection> client, server;
+  explicit Pair(const std::string& ctoken = "tok", const std::string& stoken = "tok") {
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    client = std::make_unique<Connection>(sv[0], Connection::Side::kClient, ctoken);
+    server = std::make_unique<Connection>(sv[1], Connection::Side::kServer, stoken);
+    client->StartHello(kClientAgent);
+    Pump();
+  }
+  // Moves bytes both ways a few times; returns the application frames the server got.
+  std::vector<Frame> Pump() {
+    std::vector<Frame> got;
+    for (int i = 0; i < 4; ++i) {
+      client->Flush();
+      server->ReadSome();
+      Frame f;
+      while (server->Next(&f)) got.push_back(f);
+      server->Flush();
+      client->ReadSome();
+      while (client->Next(&f)) {
+      }
+    }
+    return got;
+  }
+  // Writes raw bytes from the client's socket.
+  void Raw(const std::vector<uint8_t>& b) { REQUIRE(write(client->fd(), b.data(), b.size()) == (ssize_t)b.size()); }
+};
+
+}  // namespace
+
+TEST_CASE("writer/reader: integers, strings, lists round-trip; truncation latches failure") {
+  Writer w;
+  w.U8(7);
+  w.U16(0xbeef);
+  w.U32(0xdeadbeef);
+  w.U64(0x0123456789abcdefull);
+  w.I64(-5);
+  w.F64(0.25);
+  w.Str("hello");
+  w.StrList({"a", "", "ccc"});
+  auto d = w.data();
+  Reader r(d.data(), d.size());
+  CHECK(r.U8() == 7);
+  CHECK(r.U16() == 0xbeef);
+  CHECK(r.U32() == 0xdeadbeef);
+  CHECK(r.U64() == 0x0123456789abcdefull);
+  CHECK(r.I64() == -5);
+  CHECK(r.F64() == 0.25);
+  CHECK(r.Str() == "hello");
+  CHECK(r.StrList() == std::vector<std::string>{"a", "", "ccc"});
+  CHECK(r.AtEnd());
+  for (size_t cut = 0; cut < d.size(); ++cut) {
+    Reader t(d.data(), cut);
+    t.U8(), t.U16(), t.U32(), t.U64(), t.I64(), t.F64(), t.Str(), t.StrList();
+    CHECK_FALSE(t.ok());
+  }
+}
+
+TEST_CASE("reader bounds: long strings, huge counts and lists are refused without allocating") {
+  Writer w;
+  w.U32(kMaxString + 1);
+  std::string big(kMaxString + 1, 'x');
+  w.Bytes(big.data(), big.size());
+  Reader r(w.data().data(), w.data().size());
+  CHECK(r.Str().empty());
+  CHECK_FALSE(r.ok());
+
+  Writer c;
+  c.U32(0xffffffffu);  // a list count far beyond the input
+  Reader rc(c.data().data(), c.data().size());
+  CHECK(rc.StrList().empty());
+  CHECK_FALSE(rc.ok());
+
+  Writer l;
+  l.U32(kMaxList + 1);
+  for (size_t i = 0; i < kMaxList + 1; ++i) l.Str("");
+  Reader rl(l.data().data(), l.data().size());
+  rl.StrList();
+  CHECK_FALSE(rl.ok());
+}
+
+TEST_CASE("every message round-trips") {
+  Register reg;
+  reg.instance = 42;
+  reg.role = "joiner";
+  reg.host = "h1";
+  reg.pid = 1234;
+  reg.rank = 3;
+  reg.world = 8;
+  reg.replace = 3;
+  reg.cmdline = {"tm-train", "--steps", "10"};
+  reg.cwd = "/tmp";
+  reg.env = {"A=1", "TRAINMOVER_ROLE=joiner"};
+  Register r2 = RoundTrip(reg);
+  CHECK(r2.instance == 42);
+  CHECK(r2.role == "joiner");
+  CHECK(r2.host == "h1");
+  CHECK(r2.pid == 1234);
+  CHECK(r2.rank == 3);
+  CHECK(r2.world == 8);
+  CHECK(r2.replace == 3);
+  CHECK(r2.cmdline == reg.cmdline);
+  CHECK(r2.cwd == "/tmp");
+  CHECK(r2.env == reg.env);
+
+  CommCreated cc;
+  cc.comm_key = 0xabcdef;
+  cc.lineage.kind = static_cast<uint8_t>(LineageKind::kShrink);
+  cc.lineage.index = 2;
+  cc.lineage.parent_key = 99;
+  cc.lineage.color = -1;
+  cc.lineage.key = 5;
+  cc.lineage.excluded = {1, 4};
+  cc.lineage.id_hash = 77;
+  cc.rank = 1;
+  cc.nranks = 6;
+  CommCreated c2 = RoundTrip(cc);
+  CHECK(c2.comm_key == cc.comm_key);
+  CHECK(c2.lineage == cc.lineage);
+  CHECK(c2.rank == 1);
+  CHECK(c2.nranks == 6);
+
+  Regions rg{{{"weights", 1024}, {"adam_m", 2048}}};
+  CHECK(RoundTrip(rg).regions == rg.regions);
+  CHECK(RoundTrip(Heartbeat{17, 5, 2}).step == 17);
+  CHECK(RoundTrip(SafePoint{-1, 9}).time_ns == 9);
+  CHECK(RoundTrip(CommDestroyed{5}).comm_key == 5);
+  MigrateReq mq{2, "nodeB", 1};
+  MigrateReq mq2 = RoundTrip(mq);
+  CHECK(mq2.rank == 2);
+  CHECK(mq2.host == "nodeB");
+  CHECK(mq2.spawn == 1);
+  MigrateReply mr{7, 1, "requested", "ok"};
+  CHECK(RoundTrip(mr).message == "ok");
+  CHECK(RoundTrip(CancelReq{3}).id == 3);
+  CHECK(RoundTrip(CancelReply{1, "x"}).message == "x");
+  CHECK(RoundTrip(TimelineReq{4}).id == 4);
+  JsonReply jr{1, std::string(10000, 'j')};  // longer than kMaxString: bounded by the frame instead
+  CHECK(RoundTrip(jr).json.size() == 10000);
+  Command cmd{3, 9, {1, 2, 3}};
+  Command cmd2 = RoundTrip(cmd);
+  CHECK(cmd2.kind == 3);
+  CHECK(cmd2.migration == 9);
+  CHECK(cmd2.body == cmd.body);
+  Hello h;
+  h.client_kind = kClientTool;
+  h.nonce[0] = 9;
+  CHECK(RoundTrip(h).nonce[0] == 9);
+  RegisterAck ra{5, 250};
+  CHECK(RoundTrip(ra).heartbeat_interval_ms == 250);
+}
+
+TEST_CASE("decoders refuse trailing bytes, bad enums and impossible values") {
+  auto p = EncodePayload(CommDestroyed{1});
+  p.push_back(0);
+  CommDestroyed d;
+  CHECK_FALSE(DecodePayload(p, &d));
+
+  Register reg;
+  reg.role = "superuser";
+  Register r2;
+  CHECK_FALSE(DecodePayload(EncodePayload(reg), &r2));
+
+  CommCreated cc;
+  cc.lineage.kind = 1;
+  cc.rank = 4;
+  cc.nranks = 4;  // rank out of range
+  CommCreated c2;
+  CHECK_FALSE(DecodePayload(EncodePayload(cc), &c2));
+  cc.rank = 0;
+  cc.lineage.kind = 77;  // unknown lineage kind
+  CHECK_FALSE(DecodePayload(EncodePayload(cc), &c2));
+}
+
+TEST_CASE("HMAC-SHA256 matches RFC 4231 test case 2") {
+  const char* data = "what do ya want for nothing?";
+  Mac m = ComputeMac("Jefe", reinterpret_cast<const uint8_t*>(data), std::strlen(data));
+  const uint8_t expect[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24,
+                              0x26, 0x08, 0x95, 0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27,
+                              0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
+  CHECK(std::memcmp(m.data(), expect, 32) == 0);
+  // Split input gives the same MAC as the concatenation.
+  Mac s = ComputeMac("Jefe", reinterpret_cast<const uint8_t*>(data), 10,
+                     reinterpret_cast<const uint8_t*>(data) + 10, std::strlen(data) - 10);
+  CHECK(MacEqual(m.data(), s.data()));
+}
+
+TEST_CASE("frames: parse, partial input, every corrupted byte is caught") {
+  std::vector<uint8_t> payload = {1, 2, 3, 4, 5};
+  auto f = EncodeFrame(9, 77, payload, "key");
+  CHECK(f.size() == kHeaderBytes + payload.size() + kMacBytes);
+  Frame out;
+  size_t used = 0;
+  REQUIRE(ParseFrame(f.data(), f.size(), "key", &out, &used) == FrameStatus::kOk);
+  CHECK(used == f.size());
+  CHECK(out.type == 9);
+  CHECK(out.seq == 77);
+  CHECK(out.payload == payload);
+  for (size_t n = 1; n < f.size(); ++n) CHECK(ParseFrame(f.data(), n, "key", &out, &used) == FrameStatus::kNeedMore);
+  CHECK(ParseFrame(f.data(), f.size(), "other", &out, &used) == FrameStatus::kBadMac);
+  int caught = 0;
+  for (size_t i = 0; i < f.size(); ++i) {
+    auto g = f;
+    g[i] ^= 0x40;
+    if (ParseFrame(g.data(), g.size(), "key", &out, &used) != FrameStatus::kOk) ++caught;
+  }
+  CHECK(caught == static_cast<int>(f.size()));
+}
+
+TEST_CASE("frames: foreign magic, other version, oversized length are refused from the header alone") {
+  std::vector<uint8_t> junk = {'G', 'E', 'T', ' '};
+  Frame out;
+  size_t used;
+  CHECK(ParseFrame(junk.data(), junk.size(), "k", &out, &used) == FrameStatus::kBadMagic);
+  CHECK(ParseFrame(junk.data(), 1, "k", &out, &used) == FrameStatus::kBadMagic);
+  uint8_t h[kHeaderBytes];
+  FrameHeader hd;
+  hd.version = 99;
+  EncodeHeader(hd, h);
+  CHECK(ParseFrame(h, sizeof(h), "k", &out, &used) == FrameStatus::kBadVersion);
+  hd.version = kProtocolVersion;
+  hd.length = kMaxPayload + 1;
+  EncodeHeader(hd, h);
+  CHECK(ParseFrame(h, sizeof(h), "k", &out, &used) == FrameStatus::kTooLarge);
+}
+
+TEST_CASE("session keys differ per connection; the token alone does not key session frames") {
+  Nonce a{}, b{}, c{};
+  a[0] = 1;
+  b[0] = 2;
+  c[0] = 3;
+  CHECK(DeriveSessionKey("t", a, b) != DeriveSessionKey("t", a, c));
+  CHECK(DeriveSessionKey("t", a, b) != DeriveSessionKey("u", a, b));
+  CHECK(DeriveSessionKey("t", a, b).size() == 32);
+}
+
+TEST_CASE("handshake authenticates both sides, then messages flow in order") {
+  Pair p;
+  REQUIRE(p.client->authenticated());
+  REQUIRE(p.server->authenticated());
+  CHECK(p.server->client_kind() == kClientAgent);
+  for (int i = 0; i < 3; ++i) CHECK(p.client->SendMsg(MsgType::kSafePoint, SafePoint{i, 0}));
+  auto got = p.Pump();
+  REQUIRE(got.size() == 3);
+  for (int i = 0; i < 3; ++i) {
+    SafePoint sp;
+    CHECK(got[i].type == static_cast<uint16_t>(MsgType::kSafePoint));
+    CHECK(got[i].seq == static_cast<uint64_t>(i + 1));
+    REQUIRE(DecodePayload(got[i].payload, &sp));
+    CHECK(sp.step == i);
+  }
+  CHECK_FALSE(p.server->failed());
+}
+
+TEST_CASE("wrong token: the server answers only a REJECT and authenticates nothing") {
+  Pair p("wrong", "tok");
+  CHECK_FALSE(p.server->authenticated());
+  CHECK(p.server->failed());
+  CHECK(p.client->rejected());
+  CHECK(p.client->error().find("authentication failed") != std::string::npos);
+}
+
+TEST_CASE("a message before HELLO is rejected") {
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  Connection server(sv[1], Connection::Side::kServer, "tok");
+  auto f = EncodeFrame(static_cast<uint16_t>(MsgType::kStatusReq), 0, {}, "tok");
+  REQUIRE(write(sv[0], f.data(), f.size()) == (ssize_t)f.size());
+  server.ReadSome();
+  Frame out;
+  CHECK_FALSE(server.Next(&out));
+  CHECK(server.failed());
+  CHECK_FALSE(server.authenticated());
+  close(sv[0]);
+}
+
+TEST_CASE("a frame MACed with the token instead of the session key is rejected after the handshake") {
+  Pair p;
+  p.Raw(EncodeFrame(static_cast<uint16_t>(MsgType::kStatusReq), 1, {}, "tok"));
+  p.Pump();
+  CHECK(p.server->failed());
+  CHECK(p.server->error().find("authentication") != std::string::npos);
+}
+
+TEST_CASE("a replayed frame (same sequence number) is rejected") {
+  Pair p;
+  REQUIRE(p.client->SendMsg(MsgType::kHeartbeat, Heartbeat{}));
+  // Capture the bytes the client would send, deliver them twice.
+  std::vector<uint8_t> wire(4096);
+  p.client->Flush();
+  ssize_t n = read(p.server->fd(), wire.data(), wire.size());
+  REQUIRE(n > 0);
+  wire.resize(static_cast<size_t>(n));
+  REQUIRE(write(p.client->fd(), wire.data(), wire.size()) == n);
+  REQUIRE(write(p.client->fd(), wire.data(), wire.size()) == n);
+  p.server->ReadSome();
+  Frame f;
+  CHECK(p.server->Next(&f));  // the original
+  CHECK_FALSE(p.server->Next(&f));
+  CHECK(p.server->failed());
+  CHECK(p.server->error().find("out-of-order or replayed") != std::string::npos);
+}
+
+TEST_CASE("an out-of-order frame (a skipped sequence number) is rejected") {
+  Pair p;
+  REQUIRE(p.client->SendMsg(MsgType::kHeartbeat, Heartbeat{}));
+  REQUIRE(p.client->SendMsg(MsgType::kHeartbeat, Heartbeat{}));
+  p.client->Flush();
+  std::vector<uint8_t> wire(4096);
+  ssize_t n = read(p.server->fd(), wire.data(), wire.size());
+  REQUIRE(n > 0);
+  size_t one = static_cast<size_t>(n) / 2;
+  // Deliver the second frame only.
+  REQUIRE(write(p.client->fd(), wire.data() + one, one) == (ssize_t)one);
+  p.server->ReadSome();
+  Frame f;
+  CHECK_FALSE(p.server->Next(&f));
+  CHECK(p.server->failed());
+}
+
+TEST_CASE("a frame from another session (replayed across connections) is rejected") {
+  Pair a, b;
+  REQUIRE(a.client->SendMsg(MsgType::kHeartbeat, Heartbeat{}));
+  a.client->Flush();
+  std::vector<uint8_t> wire(4096);
+  ssize_t n = read(a.server->fd(), wire.data(), wire.size());
+  REQUIRE(n > 0);
+  REQUIRE(write(b.client->fd(), wire.data(), static_cast<size_t>(n)) == n);
+  b.server->ReadSome();
+  Frame f;
+  CHECK_FALSE(b.server->Next(&f));
+  CHECK(b.server->failed());
+}
+
+TEST_CASE("an oversized frame is rejected after its header, without buffering the payload") {
+  Pair p;
+  uint8_t h[kHeaderBytes];
+  FrameHeader hd;
+  hd.type = static_cast<uint16_t>(MsgType::kRegions);
+  hd.seq = 1;
+  hd.length = 64u << 20;
+  EncodeHeader(hd, h);
+  p.Raw(std::vector<uint8_t>(h, h + sizeof(h)));
+  p.Pump();
+  CHECK(p.server->failed());
+  CHECK(p.server->error() == "frame too large");
+  CHECK(p.client->rejected());
+}
