@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+// Two processes: a forked leaver runs a StateServer, the parent fetches as the joiner. Round trips of
+// one region and many (sizes 0, 1, odd, 64 MiB) compared bit for bit, a corruption after sealing, and the
+// leaver killed in the middle of a transfer (an error within the timeout, never a hang). Each case
+// forks before it creates any UCX object in the parent. TRANSFER_TEST_TLS selects UCX transports
+// (e.g. "tcp" to exercise the cross-host path, where UCP emulates get over active messages).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include "test_pattern.h"
+#include "transfer.h"
+
+namespace tt = trainmover::transfer;
+using transfer_test::Fill;
+using transfer_test::SeedOf;
+
+namespace {
+
+std::string Transports() {
+  const char* t = std::getenv("TRANSFER_TEST_TLS");
+  return t ? t : "";
+}
+
+bool WriteAll(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = write(fd, c, n);
+    if (w <= 0) return false;
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+bool ReadAll(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t r = read(fd, c, n);
+    if (r <= 0) return false;
+    c += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+enum class Mode { kNormal, kCorruptAfterSeal, kNeverSeal };
+
+struct Spec {
+  std::string name;
+  size_t size;
+};
+
+// The leaver: fills its regions, exposes them, seals (unless told not to), sends the descriptor, waits
+// for the client. Exit status: 0 as expected, 1 otherwise. Never returns.
+[[noreturn]] void Leaver(const std::vector<Spec>& specs, Mode mode, int fd) {
+  std::vector<std::vector<unsigned char>> bufs(specs.size());
+  std::vector<tt::Region> regions;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    bufs[i].resize(specs[i].size);
+    Fill(&bufs[i], SeedOf(specs[i].name));
+    regions.push_back({specs[i].name, bufs[i].data(), bufs[i].size()});
+  }
+  std::unique_ptr<tt::StateServer> server;
+  tt::ServerOptions so;
+  so.transports = Transports();
+  if (!tt::StateServer::Create(so, &server).ok() || !server->Expose(regions).ok()) _exit(1);
+  if (mode != Mode::kNeverSeal && !server->Seal().ok()) _exit(1);
+  if (mode == Mode::kCorruptAfterSeal) {
+    for (auto& b : bufs) {
+      if (!b.empty()) {
+        b[b.size() / 2] ^= 0x10;
+        break;
+      }
+    }
+  }
+  const auto& d = server->Descriptor();
+  uint64_t n = d.size();
+  if (!WriteAll(fd, &n, sizeof(n)) || !WriteAll(fd, d.data(), d.size())) _exit(1);
+  if (mode == Mode::kNeverSeal) {
+    for (;;) pause();
+  }
+  bool client_ok = false;
+  if (!server->WaitClientDone(50000, &client_ok).ok()) _exit(1);
+  server->Close();
+  _exit(client_ok == (mode == Mode::kNormal) ? 0 : 1);
+}
+
+struct Child {
+  pid_t pid = -1;
+  std::vector<uint8_t> descriptor;
+};
+
+Child StartLeaver(const std::vector<Spec>& specs, Mode mode) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  Child c;
+  c.pid = fork();
+  REQUIRE(c.pid >= 0);
+  if (c.pid == 0) {
+    close(fds[0]);
+    Leaver(specs, mode, fds[1]);
+  }
+  close(fds[1]);
+  uint64_t n = 0;
+  REQUIRE(ReadAll(fds[0], &n, sizeof(n)));
+  REQUIRE(n <= tt::kMaxDescriptorBytes);
+  c.descriptor.resize(n);
+  REQUIRE(ReadAll(fds[0], c.descriptor.data(), n));
+  close(fds[0]);
+  return c;
+}
+
+int WaitExit(pid_t pid) {
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::unique_ptr<tt::StateClient> MakeClient() {
+  std::unique_ptr<tt::StateClient> client;
+  tt::ClientOptions co;
+  co.transports = Transports();
+  tt::Status s = tt::StateClient::Create(co, &client);
+  REQUIRE_MESSAGE(s.ok(), s.ToString());
+  return client;
+}
+
+void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
+  Child c = StartLeaver(specs, Mode::kNormal);
+  auto client = MakeClient();
+  std::vector<std::vector<unsigned char>> dst(specs.size());
+  std::vector<tt::Region> local;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    dst[i].assign(specs[i].size, 0xA5);
+    local.push_back({specs[i].name, dst[i].data(), dst[i].size()});
+  }
+  tt::FetchOptions o;
+  o.chunk_bytes = chunk;
+  o.max_outstanding = outstanding;
+  o.timeout_ms = 30000;
+  tt::FetchResult r;
+  tt::Status s = client->Fetch(c.descriptor, local, o, &r);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(r.verified);
+  size_t wrong = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<unsigned char> expect(specs[i].size);
+    Fill(&expect, SeedOf(specs[i].name));
+    wrong += expect != dst[i];
+  }
+  CHECK(wrong == 0);
+  CHECK(WaitExit(c.pid) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("one region of 64 MiB, 1 MiB chunks, 16 outstanding") { RoundTrip({{"state", 64u << 20}}, 1 << 20, 16); }
+
+TEST_CASE("many regions of sizes 0, 1, odd and large, odd chunk size") {
+  std::vector<Spec> specs;
+  const size_t sizes[] = {0, 1, 3, 8, 4095, 65537, 999999, 3u << 20, 0, 17};
+  for (size_t i = 0; i < std::size(sizes); ++i) specs.push_back({"param." + std::to_string(i), sizes[i]});
+  RoundTrip(specs, 100003, 7);
+}
+
+TEST_CASE("a single region of size 0 and one request at a time") { RoundTrip({{"nothing", 0}}, 1, 1); }
+
+TEST_CASE("corruption after the leaver hashed is detected and reported to the leaver") {
+  std::vector<Spec> specs = {{"a", 1000}, {"b", 2u << 20}};
+  Child c = StartLeaver(specs, Mode::kCorruptAfterSeal);
+  auto client = MakeClient();
+  std::vector<unsigned char> a(1000), b(2u << 20);
+  tt::FetchResult r;
+  tt::Status s = client->Fetch(c.descriptor, {{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}, {}, &r);
+  CHECK(s.code() == tt::Code::kChecksumMismatch);
+  CHECK(s.message().find("'a'") != std::string::npos);
+  CHECK_FALSE(r.verified);
+  CHECK(WaitExit(c.pid) == 0);  // the leaver heard "failed"
+}
+
+TEST_CASE("size mismatch with a live leaver is refused") {
+  Child c = StartLeaver({{"a", 4096}}, Mode::kNeverSeal);
+  auto client = MakeClient();
+  std::vector<unsigned char> a(4097);
+  tt::FetchResult r;
+  CHECK(client->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, {}, &r).code() == tt::Code::kMismatch);
+  CHECK(client->Fetch(c.descriptor, {{"A", a.data(), 4096}}, {}, &r).code() == tt::Code::kMismatch);
+  kill(c.pid, SIGKILL);
+  CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+}
+
+TEST_CASE("the leaver killed in the middle of a transfer gives an error, not a hang") {
+  const size_t size = 256u << 20;
+  Child c = StartLeaver({{"big", size}}, Mode::kNeverSeal);
+  auto client = MakeClient();
+  std::vector<unsigned char> dst(size);
+  tt::FetchOptions o;
+  o.chunk_bytes = 64 << 10;
+  o.max_outstanding = 1;
+  o.timeout_ms = 20000;
+  bool killed = false;
+  o.progress = [&](uint64_t done, uint64_t) {
+    if (!killed && done >= size / 8) {
+      kill(c.pid, SIGKILL);
+      killed = true;
+    }
+  };
+  tt::FetchResult r;
+  auto t0 = std::chrono::steady_clock::now();
+  tt::Status s = client->Fetch(c.descriptor, {{"big", dst.data(), size}}, o, &r);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(killed);
+  CHECK_FALSE(s.ok());
+  CHECK((s.code() == tt::Code::kPeerFailure || s.code() == tt::Code::kTimeout));
+  MESSAGE("after kill: " << s.ToString() << " in " << secs << " s");
+  CHECK(secs < 25);
+  CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+}

@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: Apache-2.0
+// Units of lib/transfer: the checksum, the descriptor codec, argument checks, and a server/client round
+// trip inside one process (two UCX contexts, threads).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <thread>
+
+#include "descriptor.h"
+#include "test_pattern.h"
+#include "transfer.h"
+
+namespace tt = trainmover::transfer;
+using transfer_test::Fill;
+
+TEST_CASE("checksum is defined by the bytes, not by threads or block boundaries") {
+  std::vector<unsigned char> buf(3 * tt::kChecksumBlock + 12345);
+  Fill(&buf, 7);
+  uint64_t one = tt::Checksum(buf.data(), buf.size(), 1);
+  CHECK(tt::Checksum(buf.data(), buf.size(), 2) == one);
+  CHECK(tt::Checksum(buf.data(), buf.size(), 4) == one);
+  // Manual folding of block hashes gives the same.
+  std::vector<uint64_t> blocks;
+  for (size_t off = 0; off < buf.size(); off += tt::kChecksumBlock) {
+    blocks.push_back(tt::BlockHash(buf.data() + off, std::min(tt::kChecksumBlock, buf.size() - off)));
+  }
+  CHECK(tt::FoldBlockHashes(blocks, buf.size()) == one);
+}
+
+TEST_CASE("checksum changes with any single bit, with length, and with order") {
+  std::vector<unsigned char> buf(4096 + 7);
+  Fill(&buf, 3);
+  uint64_t base = tt::Checksum(buf.data(), buf.size());
+  int same = 0;
+  for (size_t bit = 0; bit < buf.size() * 8; bit += 13) {
+    buf[bit / 8] ^= static_cast<unsigned char>(1u << (bit % 8));
+    same += tt::Checksum(buf.data(), buf.size()) == base;
+    buf[bit / 8] ^= static_cast<unsigned char>(1u << (bit % 8));
+  }
+  CHECK(same == 0);
+  CHECK(tt::Checksum(buf.data(), buf.size() - 1) != base);
+  std::vector<unsigned char> zeros1(1), zeros2(2);
+  CHECK(tt::Checksum(zeros1.data(), 1) != tt::Checksum(zeros2.data(), 2));
+  CHECK(tt::Checksum(nullptr, 0) == tt::Checksum(nullptr, 0));
+  // Swapping two blocks changes the checksum.
+  std::vector<unsigned char> big(2 * tt::kChecksumBlock);
+  Fill(&big, 11);
+  uint64_t a = tt::Checksum(big.data(), big.size());
+  std::swap_ranges(big.begin(), big.begin() + tt::kChecksumBlock, big.begin() + tt::kChecksumBlock);
+  CHECK(tt::Checksum(big.data(), big.size()) != a);
+}
+
+TEST_CASE("descriptor round trip and rejection of damaged blobs") {
+  tt::detail::DescriptorData d;
+  d.worker_address = {1, 2, 3, 4, 5};
+  d.control.address = 0x1000;
+  d.control.size = 8 * (tt::detail::kControlHeaderWords + 2);
+  d.control.rkey = {9, 9};
+  d.regions.push_back({"weights", 0x2000, 100, 0, {7, 7, 7}});
+  d.regions.push_back({"empty", 0, 0, 0, {}});
+  std::vector<uint8_t> blob;
+  REQUIRE(tt::detail::EncodeDescriptor(d, &blob).ok());
+  tt::detail::DescriptorData back;
+  REQUIRE(tt::detail::DecodeDescriptor(blob, &back).ok());
+  CHECK(back.worker_address == d.worker_address);
+  REQUIRE(back.regions.size() == 2);
+  CHECK(back.regions[0].name == "weights");
+  CHECK(back.regions[0].address == 0x2000);
+  CHECK(back.regions[0].size == 100);
+  CHECK(back.regions[0].rkey == d.regions[0].rkey);
+  CHECK(back.regions[1].size == 0);
+  // Every truncation is refused, and so are trailing bytes and a bad magic.
+  for (size_t n = 0; n < blob.size(); ++n) {
+    tt::detail::DescriptorData x;
+    CHECK(tt::detail::DecodeDescriptor(std::span(blob.data(), n), &x).code() == tt::Code::kBadDescriptor);
+  }
+  auto longer = blob;
+  longer.push_back(0);
+  tt::detail::DescriptorData x;
+  CHECK(tt::detail::DecodeDescriptor(longer, &x).code() == tt::Code::kBadDescriptor);
+  auto bad = blob;
+  bad[0] ^= 1;
+  CHECK(tt::detail::DecodeDescriptor(bad, &x).code() == tt::Code::kBadDescriptor);
+}
+
+TEST_CASE("bad regions and options are refused") {
+  std::unique_ptr<tt::StateServer> server;
+  REQUIRE(tt::StateServer::Create({}, &server).ok());
+  int v = 0;
+  CHECK(server->Expose({{"", &v, 4}}).code() == tt::Code::kInvalidArgument);
+  CHECK(server->Expose({{"a", nullptr, 4}}).code() == tt::Code::kInvalidArgument);
+  CHECK(server->Expose({{"a", &v, 4}, {"a", &v, 4}}).code() == tt::Code::kInvalidArgument);
+  CHECK(server->Seal().code() == tt::Code::kState);
+  REQUIRE(server->Expose({{"a", &v, 4}}).ok());
+  CHECK(server->Expose({{"a", &v, 4}}).code() == tt::Code::kState);
+  std::unique_ptr<tt::StateClient> client;
+  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  tt::FetchResult r;
+  tt::FetchOptions o;
+  o.chunk_bytes = 0;
+  CHECK(client->Fetch(server->Descriptor(), {{"a", &v, 4}}, o, &r).code() == tt::Code::kInvalidArgument);
+  std::vector<uint8_t> junk = {1, 2, 3};
+  CHECK(client->Fetch(junk, {{"a", &v, 4}}, {}, &r).code() == tt::Code::kBadDescriptor);
+}
+
+TEST_CASE("round trip between two contexts in one process, chunked, bit-exact, verified") {
+  const std::vector<size_t> sizes = {0, 1, 7, 4096, 1000003, 5 * tt::kChecksumBlock + 3};
+  std::vector<std::vector<unsigned char>> src(sizes.size()), dst(sizes.size());
+  std::vector<tt::Region> exposed, local;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    src[i].resize(sizes[i]);
+    dst[i].assign(sizes[i], 0xEE);
+    Fill(&src[i], i + 1);
+    std::string name = "r" + std::to_string(i);
+    exposed.push_back({name, src[i].data(), sizes[i]});
+    local.insert(local.begin(), {name, dst[i].data(), sizes[i]});  // reverse order: matched by name
+  }
+  std::unique_ptr<tt::StateServer> server;
+  REQUIRE(tt::StateServer::Create({}, &server).ok());
+  REQUIRE(server->Expose(exposed).ok());
+  std::vector<uint64_t> sums;
+  REQUIRE(server->Seal(&sums).ok());
+  REQUIRE(sums.size() == sizes.size());
+  std::unique_ptr<tt::StateClient> client;
+  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  tt::FetchOptions o;
+  o.chunk_bytes = 65536 + 3;  // odd chunk size: chunks straddle checksum blocks
+  o.max_outstanding = 8;
+  uint64_t last = 0, calls = 0;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    CHECK(done > last);
+    CHECK(done <= total);
+    last = done;
+    ++calls;
+  };
+  tt::FetchResult r;
+  tt::Status s = client->Fetch(server->Descriptor(), local, o, &r);
+  REQUIRE_MESSAGE(s.ok(), s.ToString());
+  CHECK(r.verified);
+  uint64_t total = 0;
+  for (size_t n : sizes) total += n;
+  CHECK(r.bytes == total);
+  CHECK(last == total);
+  CHECK(calls > 1);
+  for (size_t i = 0; i < sizes.size(); ++i) CHECK(src[i] == dst[i]);
+  bool client_ok = false;
+  REQUIRE(server->WaitClientDone(5000, &client_ok).ok());
+  CHECK(client_ok);
+  // The checksums the client reports are in its own (reversed) order.
+  for (size_t i = 0; i < sizes.size(); ++i) CHECK(r.checksums[sizes.size() - 1 - i] == sums[i]);
+}
+
+TEST_CASE("name and size mismatches are refused before any read") {
+  std::vector<unsigned char> a(100), b(200);
+  std::unique_ptr<tt::StateServer> server;
+  REQUIRE(tt::StateServer::Create({}, &server).ok());
+  REQUIRE(server->Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}).ok());
+  std::unique_ptr<tt::StateClient> client;
+  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  tt::FetchResult r;
+  std::vector<unsigned char> x(100), y(200), z(201);
+  tt::Status s = client->Fetch(server->Descriptor(), {{"a", x.data(), 100}, {"b", z.data(), 201}}, {}, &r);
+  CHECK(s.code() == tt::Code::kMismatch);
+  CHECK(s.message().find("'b'") != std::string::npos);
+  s = client->Fetch(server->Descriptor(), {{"a", x.data(), 100}}, {}, &r);
+  CHECK(s.code() == tt::Code::kMismatch);
+  s = client->Fetch(server->Descriptor(), {{"a", x.data(), 100}, {"c", y.data(), 200}}, {}, &r);
+  CHECK(s.code() == tt::Code::kMismatch);
+  s = client->Fetch(server->Descriptor(), {{"a", x.data(), 100}, {"b", y.data(), 200}, {"c", y.data(), 1}}, {}, &r);
+  CHECK(s.code() == tt::Code::kMismatch);
+}
+
+TEST_CASE("an unsealed server makes the fetch time out instead of hanging; expected checksums override") {
+  std::vector<unsigned char> a(12345), x(12345);
+  Fill(&a, 5);
+  std::unique_ptr<tt::StateServer> server;
+  REQUIRE(tt::StateServer::Create({}, &server).ok());
+  REQUIRE(server->Expose({{"a", a.data(), a.size()}}).ok());
+  std::unique_ptr<tt::StateClient> client;
+  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  tt::FetchOptions o;
+  o.timeout_ms = 300;
+  tt::FetchResult r;
+  CHECK(client->Fetch(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &r).code() == tt::Code::kTimeout);
+  o.expected_checksums = {tt::Checksum(a.data(), a.size())};
+  tt::Status s = client->Fetch(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &r);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(a == x);
+  o.expected_checksums = {42};
+  CHECK(client->Fetch(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &r).code() == tt::Code::kChecksumMismatch);
+}
