@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <thread>
@@ -251,6 +252,11 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t resumed_from = f.resume ? step : -1;
+  if (f.checkpoint_at >= 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(f.checkpoint_dir, ec);
+    if (ec) Die("cannot create --checkpoint-dir %s: %s", f.checkpoint_dir.c_str(), ec.message().c_str());
+  }
 
   const auto t_comm = std::chrono::steady_clock::now();
   ncclUniqueId id = ExchangeUniqueId(rank, world, f);
