@@ -276,9 +276,7 @@ int main(int argc, char** argv) {
   if (!f.timeline.empty()) timeline.Open(f.timeline, rank);
   const tm_train::AdamConfig adam;
   const float inv_world = 1.0f / static_cast<float>(world);
-  float* d_loss = nullptr;
-  float loss_buf[1];
-  d_loss = loss_buf;
+  float loss_sum = 0.0f;
 
   for (;;) {
     step = tmSafePoint(step);
@@ -298,12 +296,12 @@ int main(int argc, char** argv) {
     for (float& g : grad) g *= inv_world;
     tm_train::AdamStep(adam, step, np, grad.data(), params.data(), adam_m.data(), adam_v.data());
     tm_train::UpdateExtraState(f.seed, step, extra.data(), extra.size());
-    loss_buf[0] = loss;
-    NCCLCHECK(ncclAllReduce(d_loss, d_loss, 1, ncclFloat, ncclSum, g_comm, nullptr));
+    loss_sum = loss;
+    NCCLCHECK(ncclAllReduce(&loss_sum, &loss_sum, 1, ncclFloat, ncclSum, g_comm, nullptr));
     if (f.step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.step_ms));
     ++step;
     if (f.log_every > 0 && (step % f.log_every == 0 || step == f.steps)) {
-      printf("[rank %d] step %" PRId64 " loss %.9g\n", rank, step, static_cast<double>(loss_buf[0] * inv_world));
+      printf("[rank %d] step %" PRId64 " loss %.9g\n", rank, step, static_cast<double>(loss_sum * inv_world));
     }
   }
 
