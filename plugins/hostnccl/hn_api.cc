@@ -402,8 +402,8 @@ ncclResult_t ResolveOp(Comm* c, ncclRedOp_t op, ncclDataType_t type, const char*
 }
 
 // NCCL's ArgsCheck, plus the buffers (NULL with a non-zero count is an invalid argument).
-ncclResult_t Enqueue(Kind kind, const char* opname, const void* send, void* recv, size_t count, ncclDataType_t type,
-                     ncclRedOp_t op, bool has_op, int root, ncclComm_t comm) {
+ncclResult_t EnqueueChecked(Kind kind, const char* opname, const void* send, void* recv, size_t count,
+                            ncclDataType_t type, ncclRedOp_t op, bool has_op, int root, ncclComm_t comm) {
   HN_CHECK(CheckComm(comm, opname));
   Comm* c = AsComm(comm);
   HN_CHECK(EnsureReady(c));
@@ -436,8 +436,14 @@ ncclResult_t Enqueue(Kind kind, const char* opname, const void* send, void* recv
     if (need_send && !send) return Fail(ncclInvalidArgument, "%s : sendbuff argument is NULL", opname);
     if (need_recv && !recv) return Fail(ncclInvalidArgument, "%s : recvbuff argument is NULL", opname);
   }
-  ncclResult_t r = Submit(t);
-  if (r != ncclSuccess && g_group.depth > 0) g_group.error = r;
+  return Submit(t);
+}
+
+// Inside a group, an error also fails the ncclGroupEnd that closes it (as in NCCL).
+ncclResult_t Enqueue(Kind kind, const char* opname, const void* send, void* recv, size_t count, ncclDataType_t type,
+                     ncclRedOp_t op, bool has_op, int root, ncclComm_t comm) {
+  ncclResult_t r = EnqueueChecked(kind, opname, send, recv, count, type, op, has_op, root, comm);
+  if (r != ncclSuccess && g_group.depth > 0 && g_group.error == ncclSuccess) g_group.error = r;
   return r;
 }
 

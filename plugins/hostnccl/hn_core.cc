@@ -502,8 +502,7 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     infos[r].ucx_addr.assign(table.begin() + static_cast<long>(off), table.begin() + static_cast<long>(off + len));
     off += len;
   }
-  for (int r = 0; r < n && res == ncclSuccess; ++r) {
-    if (r == me) continue;
+  for (int r = 0; r < n && res == ncclSuccess; ++r) {  // self included: a rank may send to itself
     ucp_ep_params_t ep{};
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                     UCP_EP_PARAM_FIELD_ERR_HANDLER;
