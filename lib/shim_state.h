@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: Apache-2.0
+// shim_state.h: the shim's internal state, for the agent (lib/control users) and for migration.
+//
+// What lives here:
+//   - VComm: the virtual communicator behind every ncclComm_t the application holds, with its lineage,
+//     comm_key, the current real communicator (atomic), a slot for the next one, the operation counter and
+//     a ring of recent operation signatures, and the objects tied to it (PreMulSum ops, registrations,
+//     windows) with what is needed to re-create them on a new real communicator.
+//   - The safe-point record and its hook (where migration blocks the application), registered regions,
+//     the process role and configuration.
+//
+// Lifetime: VComm, RegHandle and WinHandle objects are pooled and never returned to the allocator, so a
+// pointer obtained here (or a stale application handle) always points at readable memory; `magic` says
+// whether the object is live. A VComm is live from its creation call until ncclCommDestroy/Abort.
+//
+// Threads: the application's threads run the hot path (reads of `real`, writes of `seq`/`ring`). The
+// functions below that change which real objects a VComm uses (InstallRealComm, SwitchToNext, ...) must
+// be called while the application cannot be issuing operations on that VComm: in practice, while its
+// thread is held in the safe-point hook. Everything else here is thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "nccl_api.h"
+
+namespace trainmover::shim {
+
+struct VComm;
+
+// ---------------------------------------------------------------------------------------------------
+// Lineage and identity
+
+enum class CommKind : uint8_t { kInitRank, kInitRankConfig, kInitRankScalable, kInitAll, kSplit, kShrink };
+const char* CommKindName(CommKind k);
+
+struct Lineage {
+  CommKind kind = CommKind::kInitRank;
+  uint64_t index = 0;       // creation index in this process: 0, 1, 2, ... over every creation path
+  int nranks = 0;           // logical size and rank (as the real communicator reports, or as emulated)
+  int rank = 0;
+  // Config copy (InitRankConfig/Scalable/Split/Shrink with a non-null config). Only config->size bytes
+  // were read; the rest is NCCL_CONFIG_INITIALIZER. String members are copied into the std::strings.
+  bool has_config = false;
+  ncclConfig_t config{};
+  std::string net_name, comm_name;
+  // Split / Shrink
+  uint64_t parent_index = 0;  // the parent's creation index
+  uint64_t parent_key = 0;    // the parent's comm_key
+  uint64_t child_index = 0;   // this was the child_index-th Split/Shrink made from the parent (from 0)
+  int color = 0, key = 0;     // Split
+  std::vector<int> excluded;  // Shrink, as given
+  int shrink_flags = 0;
+  // InitAll
+  int ndev = 0, device = -1;  // devlist[i] (or i when devlist is null)
+  // Hash of the unique id (InitRank/Config) or of all nId ids (Scalable): a cross-check, not the key.
+  uint64_t id_hash = 0;
+};
+
+// comm_key (docs/architecture.md "Identity of a communicator"), computed identically by every member:
+//   InitRank/InitRankConfig: H("id", id bytes)            InitRankScalable: H("ids", all ids)
+//   Split:  H("split", parent key, child index, color)     Shrink: H("shrink", parent key, child index, excluded)
+//   InitAll: H("all", pid, creation index)
+// H is 64-bit FNV-1a over the tag and the little-endian bytes of each field, then a final avalanche mix.
+uint64_t CommKeyOf(const Lineage& l, const void* ids, size_t ids_bytes);
+
+// ---------------------------------------------------------------------------------------------------
+// Objects tied to a VComm
+
+// Signature of one operation, kept in a ring per VComm (the basis of switch points and sandbox tapes).
+enum class OpKind : uint8_t {
+  kAllReduce, kReduce, kBroadcast, kBcast, kAllGather, kReduceScatter, kAlltoAll, kGather, kScatter, kSend, kRecv
+};
+const char* OpKindName(OpKind k);
+struct OpSig {
+  uint64_t seq;      // 1-based sequence number of this operation on its VComm
+  uint64_t count;
+  int32_t op;        // the application's ncclRedOp_t (virtual for PreMulSum), -1 when not a reduction
+  int32_t peer;      // root or peer, -1 when none
+  OpKind kind;
+  uint8_t datatype;  // ncclDataType_t
+};
+
+// A PreMulSum op. The application sees kVirtualOpBase + slot index.
+constexpr int kVirtualOpBase = 0x40000000;
+constexpr int kMaxOpsPerComm = 1024;
+struct RedOpSlot {
+  std::atomic<int> live{0};       // 1 while the application may use it
+  int real = -1;                  // the real op on the current real comm (-1: none, sandboxed)
+  int next = -1;                  // the real op on the next real comm (RebindObjects)
+  ncclDataType_t datatype = ncclFloat32;
+  ncclScalarResidence_t residence = ncclScalarHostImmediate;
+  void* scalar_ptr = nullptr;     // as given (must stay valid for a device-resident scalar)
+  uint8_t scalar[8] = {};         // host-immediate value, copied at creation
+};
+
+// A buffer registration (ncclCommRegister) or window (ncclCommWindowRegister). The application's handle
+// is the address of this object.
+struct RegHandle {
+  static constexpr uint64_t kMagic = 0x544d524547484e31ull;  // "TMREGHN1"
+  uint64_t magic = 0;
+  VComm* vcomm = nullptr;
+  void* buff = nullptr;
+  size_t size = 0;
+  void* real = nullptr;   // real handle (null when sandboxed)
+  void* next = nullptr;   // on the next real comm
+};
+struct WinHandle {
+  static constexpr uint64_t kMagic = 0x544d57494e484e31ull;  // "TMWINHN1"
+  uint64_t magic = 0;
+  VComm* vcomm = nullptr;
+  void* buff = nullptr;
+  size_t size = 0;
+  int flags = 0;
+  ncclWindow_t real = nullptr;
+  ncclWindow_t next = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The virtual communicator
+
+constexpr size_t kOpRing = 64;  // power of two
+
+struct VComm {
+  static constexpr uint64_t kMagic = 0x544d56434f4d4d31ull;  // "TMVCOMM1"
+  static constexpr uint64_t kDead = 0x544d56434f4d4d30ull;   // destroyed
+  uint64_t magic = 0;
+  std::atomic<ncclComm_t> real{nullptr};  // null: no real communicator (sandboxed)
+  std::atomic<ncclComm_t> next{nullptr};  // replacement being built (migration)
+  uint64_t comm_key = 0;
+  Lineage lineage;
+  // Hot path (written by the thread issuing operations on this VComm, NCCL allows one at a time).
+  std::atomic<uint64_t> seq{0};           // operations issued so far (relaxed)
+  OpSig ring[kOpRing];                    // ring[(seq-1) % kOpRing] is the latest
+  std::atomic<RedOpSlot*> ops{nullptr};   // kMaxOpsPerComm slots, allocated on the first PreMulSum
+  // Slow path, under mu.
+  std::mutex mu;
+  uint64_t children = 0;                  // Split/Shrink made from this VComm
+  std::vector<RegHandle*> regs;
+  std::vector<WinHandle*> wins;
+};
+
+// Hot-path handle check: the VComm behind an application handle, or null when `comm` is not a live
+// shim handle (null, foreign or destroyed), in which case the caller forwards the raw value.
+inline VComm* AsVComm(ncclComm_t comm) {
+  auto* v = reinterpret_cast<VComm*>(comm);
+  return (v && v->magic == VComm::kMagic) ? v : nullptr;
+}
+inline ncclComm_t AsHandle(VComm* v) { return reinterpret_cast<ncclComm_t>(v); }
+
+// ---------------------------------------------------------------------------------------------------
+// Enumeration and the migration switch
+
+// Every live VComm, in creation order. Pointers stay valid (pooled), check `magic` before use later.
+std::vector<VComm*> LiveVComms();
+
+struct VCommInfo {
+  VComm* vcomm;
+  uint64_t comm_key;
+  Lineage lineage;
+  ncclComm_t real;
+  uint64_t seq;
+};
+std::vector<VCommInfo> SnapshotVComms();
+
+// The latest operations of `v`, oldest first (at most kOpRing). Consistent only while no operation is
+// being issued on `v` (e.g. at a safe point).
+std::vector<OpSig> RecentOps(const VComm* v);
+
+bool IsSandboxed(const VComm* v);
+// Sets the real communicator `v` uses from the next operation on and returns the previous one (which the
+// caller now owns: destroy or abort it). nullptr puts `v` in the sandbox (operations emulated locally).
+ncclComm_t InstallRealComm(VComm* v, ncclComm_t real);
+// Migration: stage `next` (built in the background), re-create v's PreMulSum ops, registrations and
+// windows on it (RebindObjects), then SwitchToNext at the switch point (returns the old real comm; its
+// objects are forgotten: destroying the old comm frees them). AbortNext undoes the staging and returns
+// the staged comm (the caller aborts it).
+void SetNextComm(VComm* v, ncclComm_t next);
+ncclResult_t RebindObjects(VComm* v);
+ncclComm_t SwitchToNext(VComm* v);
+ncclComm_t AbortNext(VComm* v);
+
+// Called after a VComm is created (created=true) and before one is destroyed (false), outside every
+// shim lock, on the application's thread. One observer (the agent); set before the first NCCL call.
+using VCommObserver = void (*)(void* ctx, VComm* v, bool created);
+void SetVCommObserver(VCommObserver fn, void* ctx);
+
+// ---------------------------------------------------------------------------------------------------
+// Safe points, regions, role
+
+struct SafePointRecord {
+  int64_t step = -1;     // the step passed to the latest tmSafePoint (-1: never called)
+  uint64_t time_ns = 0;  // its steady-clock time
+  uint64_t count = 0;    // tmSafePoint calls so far
+};
+// The mutex that tmShimSafePoint holds while it records a step (never held across the hook).
+std::mutex& SafePointMutex();
+SafePointRecord GetSafePoint();                    // takes the mutex
+SafePointRecord GetSafePointLocked();              // caller holds SafePointMutex()
+
+// Called by tmShimSafePoint after recording `step`, without locks held, on the application thread.
+// Returns the step the application continues from (normally `step`). May block (migration switch).
+using SafePointHook = int64_t (*)(void* ctx, int64_t step);
+void SetSafePointHook(SafePointHook fn, void* ctx);
+
+struct Region {
+  std::string name;
+  void* ptr;
+  size_t bytes;
+};
+std::vector<Region> Regions();  // sorted by name
+
+const Config& ProcessConfig();  // parsed once (see config.h)
+inline Role ProcessRole() { return ProcessConfig().role; }
+
+// Whether new root communicators (InitRank*, InitAll) are created without a real communicator and
+// GetUniqueId returns a locally generated id. Starts true for the joiner and standby roles; migration
+// clears it when the joiner switches in. Split/Shrink follow their parent (sandboxed iff the parent is).
+bool ProcessSandboxed();
+void SetProcessSandboxed(bool sandboxed);
+
+// Optional hook for the agent: when defined (strongly) by the library that provides it, the shim calls
+// it once after a successful initialisation when TRAINMOVER_COORDINATOR is set. It must not block.
+extern "C" void tmAgentStart(const Config* config) __attribute__((weak));
+
+}  // namespace trainmover::shim

@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: Apache-2.0
+// The registry of VComms and the state API (shim_state.h), and the exported tmShim* entry points that
+// include/trainmover/trainmover.h resolves at run time.
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "binding.h"
+#include "log.h"
+#include "shim_state.h"
+#include "state_internal.h"
+
+namespace trainmover::shim {
+
+namespace {
+
+std::mutex g_reg_mu;                 // the VComm list and creation counter
+std::vector<VComm*> g_live;          // creation order
+uint64_t g_next_index = 0;
+VCommObserver g_observer = nullptr;
+void* g_observer_ctx = nullptr;
+std::atomic<int> g_process_sandboxed{-1};  // -1: from the role
+
+std::mutex g_pool_mu;
+std::vector<RegHandle*> g_free_regs;
+std::vector<WinHandle*> g_free_wins;
+
+std::mutex g_sp_mu;
+SafePointRecord g_sp;
+SafePointHook g_sp_hook = nullptr;
+void* g_sp_hook_ctx = nullptr;
+std::map<std::string, Region> g_regions;
+
+// 64-bit FNV-1a, then the splitmix64 finaliser.
+struct Hasher {
+  uint64_t h = 0xcbf29ce484222325ull;
+  void Bytes(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  }
+  void U64(uint64_t v) { Bytes(&v, 8); }
+  void Str(const char* s) { Bytes(s, strlen(s) + 1); }
+  uint64_t Done() const {
+    uint64_t z = h;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+};
+
+uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+}  // namespace
+
+const char* CommKindName(CommKind k) {
+  switch (k) {
+    case CommKind::kInitRank: return "InitRank";
+    case CommKind::kInitRankConfig: return "InitRankConfig";
+    case CommKind::kInitRankScalable: return "InitRankScalable";
+    case CommKind::kInitAll: return "InitAll";
+    case CommKind::kSplit: return "Split";
+    case CommKind::kShrink: return "Shrink";
+  }
+  return "?";
+}
+
+const char* OpKindName(OpKind k) {
+  static const char* kNames[] = {"AllReduce", "Reduce",  "Broadcast", "Bcast", "AllGather", "ReduceScatter",
+                                 "AlltoAll",  "Gather",  "Scatter",   "Send",  "Recv"};
+  return kNames[static_cast<int>(k)];
+}
+
+uint64_t HashBytes(const void* p, size_t n) {
+  Hasher h;
+  h.Bytes(p, n);
+  return h.Done();
+}
+
+uint64_t CommKeyOf(const Lineage& l, const void* ids, size_t ids_bytes) {
+  Hasher h;
+  switch (l.kind) {
+    case CommKind::kInitRank:
+    case CommKind::kInitRankConfig:
+      h.Str("id");
+      h.Bytes(ids, ids_bytes);
+      break;
+    case CommKind::kInitRankScalable:
+      h.Str("ids");
+      h.Bytes(ids, ids_bytes);
+      break;
+    case CommKind::kSplit:
+      h.Str("split");
+      h.U64(l.parent_key);
+      h.U64(l.child_index);
+      h.U64(static_cast<uint64_t>(static_cast<int64_t>(l.color)));
+      break;
+    case CommKind::kShrink:
+      h.Str("shrink");
+      h.U64(l.parent_key);
+      h.U64(l.child_index);
+      for (int r : l.excluded) h.U64(static_cast<uint64_t>(static_cast<int64_t>(r)));
+      break;
+    case CommKind::kInitAll:
+      h.Str("all");
+      h.U64(static_cast<uint64_t>(getpid()));
+      h.U64(l.index);
+      break;
+  }
+  return h.Done();
+}
+
+// ---- registry (state_internal.h)
+
+VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids_bytes) {
+  auto* v = new VComm();  // never freed: stale handles must stay readable (see shim_state.h)
+  v->real.store(real, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(g_reg_mu);
+    lineage.index = g_next_index++;
+    v->lineage = std::move(lineage);
+    v->comm_key = CommKeyOf(v->lineage, ids, ids_bytes);
+    v->magic = VComm::kMagic;
+    g_live.push_back(v);
+  }
+  LogSetRank(v->lineage.rank);
+  TM_INFO(kLogComm, "vcomm %p #%llu %s nranks %d rank %d key %016llx real %p%s", static_cast<void*>(v),
+          (unsigned long long)v->lineage.index, CommKindName(v->lineage.kind), v->lineage.nranks, v->lineage.rank,
+          (unsigned long long)v->comm_key, static_cast<void*>(real), real ? "" : " (sandboxed)");
+  if (g_observer) g_observer(g_observer_ctx, v, true);
+  return v;
+}
+
+void RetireVComm(VComm* v) {
+  if (g_observer) g_observer(g_observer_ctx, v, false);
+  std::vector<RegHandle*> regs;
+  std::vector<WinHandle*> wins;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    regs.swap(v->regs);
+    wins.swap(v->wins);
+    if (RedOpSlot* slots = v->ops.load(std::memory_order_acquire)) {
+      for (int i = 0; i < kMaxOpsPerComm; ++i) slots[i].live.store(0, std::memory_order_relaxed);
+    }
+  }
+  for (RegHandle* r : regs) ReleaseReg(r);
+  for (WinHandle* w : wins) ReleaseWin(w);
+  std::lock_guard<std::mutex> lock(g_reg_mu);
+  v->magic = VComm::kDead;
+  g_live.erase(std::remove(g_live.begin(), g_live.end(), v), g_live.end());
+  TM_INFO(kLogComm, "vcomm %p #%llu destroyed", static_cast<void*>(v), (unsigned long long)v->lineage.index);
+}
+
+RegHandle* AcquireReg() {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  if (g_free_regs.empty()) return new RegHandle();
+  RegHandle* r = g_free_regs.back();
+  g_free_regs.pop_back();
+  return r;
+}
+void ReleaseReg(RegHandle* r) {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  *r = RegHandle();
+  g_free_regs.push_back(r);
+}
+WinHandle* AcquireWin() {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  if (g_free_wins.empty()) return new WinHandle();
+  WinHandle* w = g_free_wins.back();
+  g_free_wins.pop_back();
+  return w;
+}
+void ReleaseWin(WinHandle* w) {
+  std::lock_guard<std::mutex> lock(g_pool_mu);
+  *w = WinHandle();
+  g_free_wins.push_back(w);
+}
+
+// ---- shim_state.h
+
+std::vector<VComm*> LiveVComms() {
+  std::lock_guard<std::mutex> lock(g_reg_mu);
+  return g_live;
+}
+
+std::vector<VCommInfo> SnapshotVComms() {
+  std::vector<VCommInfo> out;
+  for (VComm* v : LiveVComms()) {
+    std::lock_guard<std::mutex> lock(v->mu);
+    out.push_back({v, v->comm_key, v->lineage, v->real.load(std::memory_order_acquire),
+                   v->seq.load(std::memory_order_relaxed)});
+  }
+  return out;
+}
+
+std::vector<OpSig> RecentOps(const VComm* v) {
+  uint64_t seq = v->seq.load(std::memory_order_acquire);
+  uint64_t n = std::min<uint64_t>(seq, kOpRing);
+  std::vector<OpSig> out;
+  for (uint64_t s = seq - n + 1; s <= seq; ++s) out.push_back(v->ring[(s - 1) & (kOpRing - 1)]);
+  return out;
+}
+
+bool IsSandboxed(const VComm* v) { return v->real.load(std::memory_order_acquire) == nullptr; }
+
+ncclComm_t InstallRealComm(VComm* v, ncclComm_t real) {
+  ncclComm_t old = v->real.exchange(real, std::memory_order_acq_rel);
+  TM_INFO(kLogComm, "vcomm %p #%llu real comm %p -> %p", static_cast<void*>(v), (unsigned long long)v->lineage.index,
+          static_cast<void*>(old), static_cast<void*>(real));
+  return old;
+}
+
+void SetNextComm(VComm* v, ncclComm_t next) { v->next.store(next, std::memory_order_release); }
+
+ncclResult_t RebindObjects(VComm* v) {
+  ncclComm_t next = v->next.load(std::memory_order_acquire);
+  if (!next) return ncclInvalidUsage;
+  std::lock_guard<std::mutex> lock(v->mu);
+  if (RedOpSlot* slots = v->ops.load(std::memory_order_acquire)) {
+    for (int i = 0; i < kMaxOpsPerComm; ++i) {
+      RedOpSlot& s = slots[i];
+      if (!s.live.load(std::memory_order_relaxed)) continue;
+      ncclRedOp_t op;
+      void* scalar = s.residence == ncclScalarHostImmediate ? static_cast<void*>(s.scalar) : s.scalar_ptr;
+      ncclResult_t r = g_real.RedOpCreatePreMulSum(&op, scalar, s.datatype, s.residence, next);
+      if (r != ncclSuccess) return r;
+      s.next = op;
+    }
+  }
+  for (RegHandle* r : v->regs) {
+    ncclResult_t res = g_real.CommRegister(next, r->buff, r->size, &r->next);
+    if (res != ncclSuccess) return res;
+  }
+  for (WinHandle* w : v->wins) {
+    ncclResult_t res = g_real.CommWindowRegister(next, w->buff, w->size, &w->next, w->flags);
+    if (res != ncclSuccess) return res;
+  }
+  return ncclSuccess;
+}
+
+ncclComm_t SwitchToNext(VComm* v) {
+  std::lock_guard<std::mutex> lock(v->mu);
+  if (RedOpSlot* slots = v->ops.load(std::memory_order_acquire)) {
+    for (int i = 0; i < kMaxOpsPerComm; ++i) {
+      if (slots[i].live.load(std::memory_order_relaxed)) {
+        slots[i].real = slots[i].next;
+        slots[i].next = -1;
+      }
+    }
+  }
+  for (RegHandle* r : v->regs) {
+    r->real = r->next;
+    r->next = nullptr;
+  }
+  for (WinHandle* w : v->wins) {
+    w->real = w->next;
+    w->next = nullptr;
+  }
+  ncclComm_t next = v->next.exchange(nullptr, std::memory_order_acq_rel);
+  return InstallRealComm(v, next);
+}
+
+ncclComm_t AbortNext(VComm* v) {
+  std::lock_guard<std::mutex> lock(v->mu);
+  if (RedOpSlot* slots = v->ops.load(std::memory_order_acquire)) {
+    for (int i = 0; i < kMaxOpsPerComm; ++i) slots[i].next = -1;
+  }
+  for (RegHandle* r : v->regs) r->next = nullptr;
+  for (WinHandle* w : v->wins) w->next = nullptr;
+  return v->next.exchange(nullptr, std::memory_order_acq_rel);
+}
+
+void SetVCommObserver(VCommObserver fn, void* ctx) {
+  g_observer_ctx = ctx;
+  g_observer = fn;
+}
+
+std::mutex& SafePointMutex() { return g_sp_mu; }
+SafePointRecord GetSafePointLocked() { return g_sp; }
+SafePointRecord GetSafePoint() {
+  std::lock_guard<std::mutex> lock(g_sp_mu);
+  return g_sp;
+}
+void SetSafePointHook(SafePointHook fn, void* ctx) {
+  std::lock_guard<std::mutex> lock(g_sp_mu);
+  g_sp_hook = fn;
+  g_sp_hook_ctx = ctx;
+}
+
+std::vector<Region> Regions() {
+  std::lock_guard<std::mutex> lock(g_sp_mu);
+  std::vector<Region> out;
+  for (const auto& kv : g_regions) out.push_back(kv.second);
+  return out;
+}
+
+const Config& ProcessConfig() { return ConfigGet().config; }
+
+bool ProcessSandboxed() {
+  int s = g_process_sandboxed.load(std::memory_order_acquire);
+  if (s < 0) {
+    Role r = ProcessRole();
+    s = (r == Role::kJoiner || r == Role::kStandby) ? 1 : 0;
+    int expected = -1;
+    if (!g_process_sandboxed.compare_exchange_strong(expected, s)) s = expected;
+  }
+  return s == 1;
+}
+void SetProcessSandboxed(bool sandboxed) { g_process_sandboxed.store(sandboxed ? 1 : 0, std::memory_order_release); }
+
+// ---- the tm* exports
+
+int64_t SafePointImpl(int64_t step) {
+  SafePointHook hook;
+  void* ctx;
+  {
+    std::lock_guard<std::mutex> lock(g_sp_mu);
+    g_sp.step = step;
+    g_sp.time_ns = NowNs();
+    g_sp.count++;
+    hook = g_sp_hook;
+    ctx = g_sp_hook_ctx;
+  }
+  TM_TRACE(kLogState, "safe point step %lld", (long long)step);
+  return hook ? hook(ctx, step) : step;
+}
+
+}  // namespace trainmover::shim
+
+extern "C" {
+
+__attribute__((visibility("default"))) int64_t tmShimSafePoint(int64_t step) { return trainmover::shim::SafePointImpl(step); }
+
+__attribute__((visibility("default"))) int tmShimRegister(const char* name, void* ptr, size_t bytes) {
+  if (!name || !name[0] || !ptr || bytes == 0 || strlen(name) > 63) return 1;  // tmInvalidArgument
+  std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
+  if (trainmover::shim::g_regions.count(name)) return 2;  // tmAlreadyRegistered
+  trainmover::shim::g_regions[name] = trainmover::shim::Region{name, ptr, bytes};
+  TM_INFO(trainmover::shim::kLogState, "registered region %s %p %zu bytes", name, ptr, bytes);
+  return 0;
+}
+
+__attribute__((visibility("default"))) int tmShimUnregister(const char* name) {
+  if (!name || !name[0]) return 1;
+  std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
+  if (trainmover::shim::g_regions.erase(name) == 0) return 3;  // tmNotRegistered
+  TM_INFO(trainmover::shim::kLogState, "unregistered region %s", name);
+  return 0;
+}
+
+}  // extern "C"
