@@ -171,6 +171,7 @@ void DropPending(Comm* c, std::vector<Pending>* reqs) {
     ucp_request_free(p.req);
   }
   reqs->clear();
+  for (int i = 0; i < 16; ++i) ucp_worker_progress(c->worker);  // lets the cancelled requests complete
 }
 
 // Reduce-scatter step shared by AllReduce and ReduceScatter: rank c reduces chunk c of every rank's input in

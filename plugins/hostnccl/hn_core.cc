@@ -651,6 +651,7 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
     p.req = nullptr;
   }
   reqs->clear();
+  for (int i = 0; i < 16; ++i) ucp_worker_progress(c->worker);  // lets the cancelled requests complete
 }
 
 }  // namespace
