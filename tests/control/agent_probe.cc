@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: Apache-2.0
+// agent_probe: a stand-in for a training process that runs the control agent only (no NCCL), for the
+// coordinator tests: it registers, reports one communicator and a region, then a safe point every
+// --step-ms until killed (or --steps N are done, then it says BYE).
+//   agent_probe COORDINATOR RANK WORLD COMM_KEY [--steps N] [--step-ms M]      token: TRAINMOVER_TOKEN
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "agent.h"
+
+using namespace trainmover::control;
+
+int main(int argc, char** argv) {
+  if (argc < 5) {
+    std::fprintf(stderr, "usage: agent_probe COORDINATOR RANK WORLD COMM_KEY [--steps N] [--step-ms M]\n");
+    return 2;
+  }
+  int rank = std::atoi(argv[2]), world = std::atoi(argv[3]);
+  uint64_t key = std::strtoull(argv[4], nullptr, 0);
+  long steps = -1, step_ms = 20;
+  for (int i = 5; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--steps") steps = std::atol(argv[i + 1]);
+    if (a == "--step-ms") step_ms = std::atol(argv[i + 1]);
+  }
+  const char* tok = std::getenv("TRAINMOVER_TOKEN");
+  Agent::Options o;
+  o.coordinator = argv[1];
+  o.token = tok ? tok : "";
+  o.self = DescribeSelf("worker", rank, world, -1);
+  Agent agent(o);
+  agent.Start();
+  CommCreated c;
+  c.comm_key = key;
+  c.lineage.kind = static_cast<uint8_t>(LineageKind::kInitRank);
+  c.rank = rank;
+  c.nranks = world;
+  agent.ReportCommCreated(c);
+  agent.ReportRegions({{"weights", 4096}});
+  for (long s = 0; steps < 0 || s < steps; ++s) {
+    agent.ReportSafePoint(s);
+    std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
+  }
+  agent.Stop(true);
+  return 0;
+}

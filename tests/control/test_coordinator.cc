@@ -1,0 +1,491 @@
+// SPDX-License-Identifier: Apache-2.0
+// The coordinator with real sockets: agents register and report, tmctl-style clients query, hostile
+// clients are rejected without effect, lost processes are detected, and a restarted coordinator
+// rebuilds its view from the agents. The coordinator runs on a thread of this process; agent_probe
+// processes stand in for training processes where a process must die.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "agent.h"
+#include "client.h"
+#include "coordinator.h"
+#include "json.h"
+
+extern char** environ;
+using namespace trainmover::control;
+using tmctl::Json;
+
+namespace {
+
+std::string g_probe;  // path of agent_probe (argv[1])
+const char kToken[] = "test-token-0123456789";
+
+struct Coord {
+  std::unique_ptr<Coordinator> c;
+  std::thread t;
+  explicit Coord(int hb_timeout_ms = 600, const std::string& listen = "127.0.0.1:0") {
+    Coordinator::Options o;
+    o.listen = listen;
+    o.metrics_listen = "127.0.0.1:0";
+    o.token = kToken;
+    o.heartbeat_timeout_ms = hb_timeout_ms;
+    c = std::make_unique<Coordinator>(o);
+    std::string err;
+    REQUIRE_MESSAGE(c->Start(&err), err);
+    t = std::thread([this] { c->Run(); });
+  }
+  ~Coord() { Halt(); }
+  void Halt() {
+    if (!t.joinable()) return;
+    c->Stop();
+    t.join();
+    c.reset();
+  }
+  std::string addr() const { return c->address(); }
+};
+
+Json Status(const std::string& addr) {
+  Client cl;
+  std::string err;
+  REQUIRE_MESSAGE(cl.Connect(addr, kToken, kClientTool, 5000, &err), err);
+  JsonReply r;
+  REQUIRE_MESSAGE(cl.Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, 5000, &err), err);
+  Json j;
+  REQUIRE(tmctl::ParseJson(r.json, &j));
+  return j;
+}
+
+// Polls `pred` on the status document until it holds (or 20 s: a generous bound, not a timing claim).
+Json WaitStatus(const std::string& addr, const std::function<bool(const Json&)>& pred) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  Json j;
+  do {
+    j = Status(addr);
+    if (pred(j)) return j;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return j;
+}
+
+int CountState(const Json& st, const std::string& state) {
+  int n = 0;
+  for (const Json& p : st["processes"].arr) n += p["state"].Str() == state;
+  return n;
+}
+
+pid_t Spawn(const std::string& addr, int rank, int world, const char* key) {
+  std::string r = std::to_string(rank), w = std::to_string(world);
+  const char* argv[] = {g_probe.c_str(), addr.c_str(), r.c_str(), w.c_str(), key, nullptr};
+  pid_t pid = -1;
+  setenv("TRAINMOVER_TOKEN", kToken, 1);
+  REQUIRE(posix_spawn(&pid, g_probe.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
+  return pid;
+}
+
+void Reap(pid_t pid) {
+  kill(pid, SIGKILL);
+  int st;
+  waitpid(pid, &st, 0);
+}
+
+// Raw bytes to the coordinator on a fresh connection; returns what came back before it closed.
+std::string RawExchange(const std::string& addr, const std::vector<uint8_t>& bytes) {
+  std::string err;
+  int fd = ConnectTcp(addr, 2000, &err);
+  REQUIRE(fd >= 0);
+  fcntl(fd, F_SETFL, 0);  // blocking, with a receive timeout
+  REQUIRE(write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  std::string got;
+  char buf[4096];
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) got.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return got;
+}
+
+// Decodes a REJECT frame from raw bytes ("" if none).
+std::string RejectReason(const std::string& got) {
+  Frame f;
+  size_t used;
+  if (ParseFrame(reinterpret_cast<const uint8_t*>(got.data()), got.size(), "", &f, &used) != FrameStatus::kOk ||
+      f.type != static_cast<uint16_t>(MsgType::kReject)) {
+    return "";
+  }
+  Reject r;
+  return DecodePayload(f.payload, &r) ? r.reason : "";
+}
+
+std::string HttpGet(const std::string& addr, const std::string& path) {
+  std::string err;
+  int fd = ConnectTcp(addr, 2000, &err);
+  REQUIRE(fd >= 0);
+  fcntl(fd, F_SETFL, 0);
+  std::string req = "GET " + path + " HTTP/1.0\r\n\r\n";
+  REQUIRE(write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size()));
+  std::string got;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) got.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return got;
+}
+
+std::unique_ptr<Agent> MakeAgent(const std::string& addr, int rank, int world, const std::string& token = kToken) {
+  Agent::Options o;
+  o.coordinator = addr;
+  o.token = token;
+  o.self = DescribeSelf("worker", rank, world, -1);
+  auto a = std::make_unique<Agent>(o);
+  return a;
+}
+
+CommCreated Comm(uint64_t key, int rank, int n, uint32_t index = 0) {
+  CommCreated c;
+  c.comm_key = key;
+  c.lineage.kind = static_cast<uint8_t>(LineageKind::kInitRank);
+  c.lineage.index = index;
+  c.rank = rank;
+  c.nranks = n;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("four agents: one entry per communicator with every member, advancing steps, regions") {
+  Coord co;
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int r = 0; r < 4; ++r) {
+    agents.push_back(MakeAgent(co.addr(), r, 4));
+    agents.back()->ReportCommCreated(Comm(0x1111, r, 4, 0));
+    agents.back()->ReportCommCreated(Comm(0x2000 + r / 2, r % 2, 2, 1));  // two pairs
+    agents.back()->ReportRegions({{"weights", 1000u + r}});
+    agents.back()->Start();
+  }
+  for (int s = 0; s < 5; ++s) {
+    for (auto& a : agents) a->ReportSafePoint(s);
+  }
+  Json st = WaitStatus(co.addr(), [](const Json& j) {
+    if (j["processes"].arr.size() != 4 || j["communicators"].arr.size() != 3) return false;
+    for (const Json& p : j["processes"].arr) {
+      if (p["step"].Int() != 4) return false;
+    }
+    return true;
+  });
+  REQUIRE(st["processes"].arr.size() == 4);
+  CHECK(CountState(st, "alive") == 4);
+  REQUIRE(st["communicators"].arr.size() == 3);
+  for (const Json& c : st["communicators"].arr) {
+    CHECK(c["complete"].Bool());
+    CHECK(c["members"].arr.size() == static_cast<size_t>(c["nranks"].Int()));
+  }
+  for (const Json& p : st["processes"].arr) {
+    CHECK(p["step"].Int() == 4);
+    CHECK(p["comms"].Int() == 2);
+    REQUIRE(p["regions"].arr.size() == 1);
+    CHECK(p["regions"].arr[0]["bytes"].Int() == 1000 + p["rank"].Int());
+  }
+  // Steps keep advancing.
+  for (auto& a : agents) a->ReportSafePoint(9);
+  st = WaitStatus(co.addr(), [](const Json& j) {
+    for (const Json& p : j["processes"].arr) {
+      if (p["step"].Int() != 9) return false;
+    }
+    return true;
+  });
+  for (const Json& p : st["processes"].arr) CHECK(p["step"].Int() == 9);
+  // A destroyed communicator leaves the view.
+  for (int r = 0; r < 4; ++r) agents[r]->ReportCommDestroyed(0x2000 + r / 2);
+  st = WaitStatus(co.addr(), [](const Json& j) { return j["communicators"].arr.size() == 1; });
+  CHECK(st["communicators"].arr.size() == 1);
+  for (auto& a : agents) CHECK(a->connected());
+  // Metrics count them.
+  std::string m = HttpGet(co.c->metrics_address(), "/metrics");
+  CHECK(m.find("HTTP/1.0 200 OK") == 0);
+  CHECK(m.find("trainmover_processes{role=\"worker\",state=\"alive\"} 4\n") != std::string::npos);
+  CHECK(m.find("trainmover_communicators 1\n") != std::string::npos);
+  CHECK(HttpGet(co.c->metrics_address(), "/other").find("404") != std::string::npos);
+}
+
+TEST_CASE("wrong token: rejected, nothing revealed, nothing changed") {
+  Coord co;
+  auto good = MakeAgent(co.addr(), 0, 1);
+  good->ReportCommCreated(Comm(0x77, 0, 1));
+  good->Start();
+  WaitStatus(co.addr(), [](const Json& j) { return j["communicators"].arr.size() == 1; });
+
+  Client cl;
+  std::string err;
+  CHECK_FALSE(cl.Connect(co.addr(), "not-the-token", kClientTool, 5000, &err));
+  CHECK(err.find("authentication failed") != std::string::npos);
+
+  // A bad agent cannot register nor report.
+  auto bad = MakeAgent(co.addr(), 5, 8, "not-the-token");
+  bad->ReportCommCreated(Comm(0x99, 5, 8));
+  bad->Start();
+  // A raw HELLO with a forged MAC gets only a REJECT.
+  Hello h;
+  h.client_kind = kClientTool;
+  auto frame = EncodeFrame(static_cast<uint16_t>(MsgType::kHello), 0, EncodePayload(h), "guess");
+  std::string got = RawExchange(co.addr(), frame);
+  CHECK(RejectReason(got).find("authentication failed") != std::string::npos);
+  Frame f;
+  size_t used = 0;
+  REQUIRE(ParseFrame(reinterpret_cast<const uint8_t*>(got.data()), got.size(), "", &f, &used) == FrameStatus::kOk);
+  CHECK(used == got.size());  // the REJECT is all that came back
+  // A STATUS request without a handshake gets only a REJECT, not the status.
+  got = RawExchange(co.addr(), EncodeFrame(static_cast<uint16_t>(MsgType::kStatusReq), 0, {}, kToken));
+  CHECK(RejectReason(got).find("authentication required") != std::string::npos);
+  CHECK(got.find("processes") == std::string::npos);
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Json st = Status(co.addr());
+  CHECK(st["processes"].arr.size() == 1);
+  CHECK(st["communicators"].arr.size() == 1);
+  CHECK_FALSE(bad->connected());
+  bad->Stop();
+}
+
+TEST_CASE("malformed, oversized, foreign and stalled input: rejected, and the coordinator still serves") {
+  Coord co;
+  // Foreign protocol.
+  std::string got = RawExchange(co.addr(), std::vector<uint8_t>{'G', 'E', 'T', ' ', '/', '\r', '\n', '\r', '\n'});
+  CHECK(RejectReason(got).find("bad magic") != std::string::npos);
+  // Oversized frame header: refused from the header, nothing more read.
+  uint8_t h[kHeaderBytes];
+  FrameHeader hd;
+  hd.type = static_cast<uint16_t>(MsgType::kHello);
+  hd.length = 512u << 20;
+  EncodeHeader(hd, h);
+  got = RawExchange(co.addr(), std::vector<uint8_t>(h, h + sizeof(h)));
+  CHECK(RejectReason(got) == "frame too large");
+  // Another protocol version.
+  hd.length = 0;
+  hd.version = 7;
+  EncodeHeader(hd, h);
+  got = RawExchange(co.addr(), std::vector<uint8_t>(h, h + sizeof(h)));
+  CHECK(RejectReason(got) == "unsupported protocol version");
+  // A HELLO whose payload is garbage (but correctly MACed).
+  got = RawExchange(co.addr(),
+                    EncodeFrame(static_cast<uint16_t>(MsgType::kHello), 0, std::vector<uint8_t>{1, 2, 3}, kToken));
+  CHECK(RejectReason(got) == "malformed HELLO");
+  // Authenticated, then a malformed REGISTER.
+  {
+    Client cl;
+    std::string err;
+    REQUIRE(cl.Connect(co.addr(), kToken, kClientAgent, 5000, &err));
+    REQUIRE(cl.Send(MsgType::kRegister, std::vector<uint8_t>(100, 0xff), 5000, &err));
+    Frame f;
+    CHECK_FALSE(cl.Receive(&f, 5000, &err));
+    CHECK(err.find("malformed REGISTER") != std::string::npos);
+  }
+  // Authenticated agent reporting before REGISTER.
+  {
+    Client cl;
+    std::string err;
+    REQUIRE(cl.Connect(co.addr(), kToken, kClientAgent, 5000, &err));
+    REQUIRE(cl.Send(MsgType::kSafePoint, EncodePayload(SafePoint{1, 1}), 5000, &err));
+    Frame f;
+    CHECK_FALSE(cl.Receive(&f, 5000, &err));
+    CHECK(err.find("REGISTER first") != std::string::npos);
+  }
+  // A tool sending an agent message.
+  {
+    Client cl;
+    std::string err;
+    REQUIRE(cl.Connect(co.addr(), kToken, kClientTool, 5000, &err));
+    REQUIRE(cl.Send(MsgType::kHeartbeat, EncodePayload(Heartbeat{}), 5000, &err));
+    Frame f;
+    CHECK_FALSE(cl.Receive(&f, 5000, &err));
+    CHECK(err.find("unexpected message") != std::string::npos);
+  }
+  // A peer that sends half a header and stalls does not hold anyone up.
+  std::string err;
+  int stalled = ConnectTcp(co.addr(), 2000, &err);
+  REQUIRE(stalled >= 0);
+  REQUIRE(write(stalled, "TCMP", 4) == 4);
+  Json st = Status(co.addr());
+  CHECK(st["processes"].arr.empty());
+  auto a = MakeAgent(co.addr(), 0, 1);
+  a->Start();
+  st = WaitStatus(co.addr(), [](const Json& j) { return j["processes"].arr.size() == 1; });
+  CHECK(CountState(st, "alive") == 1);
+  close(stalled);
+  std::string m = HttpGet(co.c->metrics_address(), "/metrics");
+  CHECK(m.find("trainmover_rejected_total 0\n") == std::string::npos);
+}
+
+TEST_CASE("a killed process is marked lost (connection closed); a stopped one by heartbeat timeout") {
+  Coord co(600);
+  pid_t killed = Spawn(co.addr(), 0, 2, "0x5");
+  pid_t stopped = Spawn(co.addr(), 1, 2, "0x5");
+  Json st = WaitStatus(co.addr(), [](const Json& j) {
+    return CountState(j, "alive") == 2 && j["communicators"].arr.size() == 1 &&
+           j["communicators"].arr[0]["complete"].Bool();
+  });
+  REQUIRE(CountState(st, "alive") == 2);
+  Reap(killed);
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
+  REQUIRE(CountState(st, "lost") == 1);
+  for (const Json& p : st["processes"].arr) {
+    if (p["state"].Str() == "lost") {
+      CHECK(p["pid"].Int() == killed);
+      CHECK(p["lost_reason"].Str().find("closed") != std::string::npos);
+    }
+  }
+  kill(stopped, SIGSTOP);  // the socket stays open: only the missing heartbeats tell
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 2; });
+  REQUIRE(CountState(st, "lost") == 2);
+  for (const Json& p : st["processes"].arr) {
+    if (p["pid"].Int() == stopped) CHECK(p["lost_reason"].Str().find("no heartbeat") != std::string::npos);
+  }
+  std::string m = HttpGet(co.c->metrics_address(), "/metrics");
+  CHECK(m.find("trainmover_processes{role=\"worker\",state=\"lost\"} 2\n") != std::string::npos);
+  CHECK(m.find("trainmover_heartbeats_missed_total 0\n") == std::string::npos);
+  // It comes back when it resumes: reconnects and re-registers as the same process.
+  kill(stopped, SIGCONT);
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  CHECK(CountState(st, "alive") == 1);
+  CHECK(st["processes"].arr.size() == 2);
+  Reap(stopped);
+}
+
+TEST_CASE("a restarted coordinator rebuilds its view from the agents") {
+  auto co = std::make_unique<Coord>(2000);
+  std::string addr = co->addr();
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int r = 0; r < 3; ++r) {
+    agents.push_back(MakeAgent(addr, r, 3));
+    agents.back()->ReportCommCreated(Comm(0xabc, r, 3));
+    agents.back()->ReportRegions({{"w", 8}});
+    agents.back()->ReportSafePoint(10);
+    agents.back()->Start();
+  }
+  WaitStatus(addr, [](const Json& j) { return CountState(j, "alive") == 3; });
+  co->Halt();
+  // While it is gone, training goes on: reports are accepted and never block.
+  for (int s = 11; s <= 20; ++s) {
+    for (auto& a : agents) a->ReportSafePoint(s);
+  }
+  co.reset();
+  co = std::make_unique<Coord>(2000, addr);  // same address, fresh state
+  Json st = WaitStatus(addr, [](const Json& j) {
+    if (CountState(j, "alive") != 3 || j["communicators"].arr.size() != 1) return false;
+    for (const Json& p : j["processes"].arr) {
+      if (p["step"].Int() != 20) return false;
+    }
+    return true;
+  });
+  REQUIRE(CountState(st, "alive") == 3);
+  REQUIRE(st["communicators"].arr.size() == 1);
+  CHECK(st["communicators"].arr[0]["complete"].Bool());
+  for (const Json& p : st["processes"].arr) {
+    CHECK(p["step"].Int() == 20);
+    CHECK(p["regions"].arr.size() == 1);
+  }
+  for (auto& a : agents) CHECK(a->connections() >= 2);
+}
+
+TEST_CASE("agent: a full ring drops safe points and counts them, the latest step still arrives") {
+  Coord co;
+  Agent::Options o;
+  o.coordinator = co.addr();
+  o.token = kToken;
+  o.self = DescribeSelf("worker", 0, 1, -1);
+  o.ring_slots = 8;
+  Agent a(o);
+  for (int s = 0; s < 100; ++s) a.ReportSafePoint(s);  // not started: nothing drains the ring
+  CHECK(a.dropped() == 92);
+  CHECK(a.latest_step() == 99);
+  a.Start();
+  Json st = WaitStatus(co.addr(), [](const Json& j) {
+    return j["processes"].arr.size() == 1 && j["processes"].arr[0]["step"].Int() == 99 &&
+           j["processes"].arr[0]["dropped_reports"].Int() == 92;
+  });
+  REQUIRE(st["processes"].arr.size() == 1);
+  CHECK(st["processes"].arr[0]["step"].Int() == 99);
+  CHECK(st["processes"].arr[0]["dropped_reports"].Int() == 92);
+}
+
+TEST_CASE("migrate/cancel/timeline: validated, recorded, answered clearly until the engine exists") {
+  Coord co;
+  auto a = MakeAgent(co.addr(), 0, 2);
+  a->ReportCommCreated(Comm(0x42, 0, 2));
+  a->Start();
+  auto b = MakeAgent(co.addr(), 1, 2);
+  b->ReportCommCreated(Comm(0x42, 1, 2));
+  b->ReportSafePoint(3);
+  b->Start();
+  WaitStatus(co.addr(), [](const Json& j) {
+    if (CountState(j, "alive") != 2) return false;
+    for (const Json& p : j["processes"].arr) {
+      if (p["rank"].Int() == 1 && p["step"].Int() != 3) return false;
+    }
+    return true;
+  });
+  Client cl;
+  std::string err;
+  REQUIRE(cl.Connect(co.addr(), kToken, kClientTool, 5000, &err));
+  MigrateReply r;
+  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{7, "", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  CHECK_FALSE(r.accepted);
+  CHECK(r.state == "refused");
+  CHECK(r.message.find("no alive worker holds rank 7") != std::string::npos);
+  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{0, "", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  CHECK(r.state == "refused");
+  CHECK(r.message.find("never called tmSafePoint") != std::string::npos);
+  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{1, "hostB", 1}, MsgType::kMigrateReply, &r, 5000, &err));
+  CHECK_FALSE(r.accepted);
+  CHECK(r.id == 3);
+  CHECK(r.state == "failed");
+  CHECK(r.message.find("not implemented yet") != std::string::npos);
+  CancelReply c;
+  REQUIRE(cl.Call(MsgType::kCancelReq, CancelReq{0}, MsgType::kCancelReply, &c, 5000, &err));
+  CHECK_FALSE(c.ok);
+  CHECK(c.message == "no active migration to cancel");
+  REQUIRE(cl.Call(MsgType::kCancelReq, CancelReq{3}, MsgType::kCancelReply, &c, 5000, &err));
+  CHECK(c.message == "migration 3 already failed");
+  JsonReply t;
+  REQUIRE(cl.Call(MsgType::kTimelineReq, TimelineReq{0}, MsgType::kTimelineReply, &t, 5000, &err));
+  REQUIRE(t.ok);
+  Json tj;
+  REQUIRE(tmctl::ParseJson(t.json, &tj));
+  CHECK(tj["otherData"]["migration"].Int() == 3);
+  bool phase = false;
+  for (const Json& e : tj["traceEvents"].arr) phase |= e["ph"].Str() == "X" && e["name"].Str() == "requested";
+  CHECK(phase);
+  REQUIRE(cl.Call(MsgType::kTimelineReq, TimelineReq{99}, MsgType::kTimelineReply, &t, 5000, &err));
+  CHECK_FALSE(t.ok);
+  Json st = Status(co.addr());
+  REQUIRE(st["migrations"].arr.size() == 3);
+  CHECK(st["migrations"].arr[2]["host"].Str() == "hostB");
+  std::string m = HttpGet(co.c->metrics_address(), "/metrics");
+  CHECK(m.find("trainmover_migrations_total{outcome=\"refused\"} 2\n") != std::string::npos);
+  CHECK(m.find("trainmover_migrations_total{outcome=\"failed\"} 1\n") != std::string::npos);
+  CHECK(m.find("trainmover_migration_phase_seconds_count{phase=\"requested\"} 1\n") != std::string::npos);
+}
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: test_control_coordinator AGENT_PROBE [doctest options]\n");
+    return 2;
+  }
+  g_probe = argv[1];
+  doctest::Context ctx;
+  ctx.applyCommandLine(argc - 1, argv + 1);
+  return ctx.run();
+}
