@@ -130,7 +130,7 @@ TEST_CASE_FIXTURE(Fixture, "bounds: key and value sizes, malformed requests") {
   CHECK(e.Set("", "x") == KvStatus::kBadRequest);
   KvClient f;
   Connect(&f);
-  CHECK(f.Request(99, "k", "", &v) == KvStatus::kBadRequest);  // unknown op
+  CHECK(f.Request(99, "k", "", &v) == KvStatus::kBadRequest);    // unknown op
   CHECK(f.Request(2, "k", "123", &v) == KvStatus::kBadRequest);  // GET without a 4-byte timeout
   CHECK(f.Request(3, "k", "1", &v) == KvStatus::kBadRequest);    // ADD without an 8-byte delta
   CHECK(f.Set("still", "alive") == KvStatus::kOk);
@@ -173,4 +173,17 @@ TEST_CASE("Connect to a closed port fails after the timeout") {
   KvClient c;
   CHECK_FALSE(c.Connect(addr, 100, &err));
   CHECK(err.find("cannot connect") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "closed connections are reaped: more than the connection bound, one after another") {
+  for (size_t i = 0; i < kKvMaxConnections + 100; ++i) {
+    KvClient c;
+    Connect(&c);
+    REQUIRE(c.Add("conns", 1, nullptr) == KvStatus::kOk);
+  }
+  KvClient c;
+  Connect(&c);
+  int64_t n = 0;
+  CHECK(c.Add("conns", 0, &n) == KvStatus::kOk);
+  CHECK(n == static_cast<int64_t>(kKvMaxConnections + 100));
 }

@@ -79,13 +79,20 @@ bool ParseDecimal(const std::string& s, int64_t* v) {
 
 const char* KvStatusName(KvStatus s) {
   switch (s) {
-    case KvStatus::kOk: return "ok";
-    case KvStatus::kTimeout: return "timeout";
-    case KvStatus::kBadRequest: return "bad request";
-    case KvStatus::kTooLarge: return "too large";
-    case KvStatus::kFull: return "store full";
-    case KvStatus::kNotANumber: return "not a number";
-    case KvStatus::kIoError: return "i/o error";
+    case KvStatus::kOk:
+      return "ok";
+    case KvStatus::kTimeout:
+      return "timeout";
+    case KvStatus::kBadRequest:
+      return "bad request";
+    case KvStatus::kTooLarge:
+      return "too large";
+    case KvStatus::kFull:
+      return "store full";
+    case KvStatus::kNotANumber:
+      return "not a number";
+    case KvStatus::kIoError:
+      return "i/o error";
   }
   return "unknown";
 }
@@ -138,13 +145,15 @@ void KvServer::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    for (int fd : conn_fds_) shutdown(fd, SHUT_RDWR);
+    for (Conn& c : conns_) {
+      if (!c.done) shutdown(c.fd, SHUT_RDWR);
+    }
   }
   cv_.notify_all();
   shutdown(listen_fd_, SHUT_RDWR);
   if (acceptor_.joinable()) acceptor_.join();
-  for (auto& t : conn_threads_) t.join();
-  conn_threads_.clear();
+  for (Conn& c : conns_) c.thread.join();  // the acceptor is gone: nobody else touches conns_
+  conns_.clear();
   close(listen_fd_);
   listen_fd_ = -1;
 }
@@ -156,20 +165,29 @@ void KvServer::AcceptLoop() {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;  // shut down (or a fatal error): stop accepting
     }
+    std::list<Conn> finished;
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ || conn_fds_.size() >= kKvMaxConnections) {
+    for (auto it = conns_.begin(); it != conns_.end();) {
+      auto next = std::next(it);
+      if (it->done) finished.splice(finished.end(), conns_, it);
+      it = next;
+    }
+    for (Conn& c : finished) c.thread.join();  // already returned from Serve: joins at once
+    if (stopping_ || conns_.size() >= kKvMaxConnections) {
       close(fd);
       if (stopping_) return;
       continue;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    conn_fds_.push_back(fd);
-    conn_threads_.emplace_back([this, fd] { Serve(fd); });
+    Conn& c = conns_.emplace_back();
+    c.fd = fd;
+    c.thread = std::thread([this, conn = &c] { Serve(conn); });
   }
 }
 
-void KvServer::Serve(int fd) {
+void KvServer::Serve(Conn* conn) {
+  const int fd = conn->fd;
   for (;;) {
     char hdr[kKvHeaderBytes];
     if (!ReadFull(fd, hdr, sizeof(hdr))) break;
@@ -192,14 +210,8 @@ void KvServer::Serve(int fd) {
     if (!WriteFull(fd, rh, sizeof(rh)) || !WriteFull(fd, out.data(), out.size()) || !keep) break;
   }
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& f : conn_fds_) {
-    if (f == fd) {
-      f = conn_fds_.back();
-      conn_fds_.pop_back();
-      break;
-    }
-  }
   close(fd);
+  conn->done = true;
 }
 
 KvStatus KvServer::Handle(KvOp op, const std::string& key, const std::string& val, std::string* out) {

@@ -16,6 +16,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -64,8 +65,14 @@ class KvServer {
   void Stop();
 
  private:
+  struct Conn {
+    int fd = -1;
+    bool done = false;  // Serve returned; the thread can be joined
+    std::thread thread;
+  };
+
   void AcceptLoop();
-  void Serve(int fd);
+  void Serve(Conn* conn);
   KvStatus Handle(KvOp op, const std::string& key, const std::string& val, std::string* out);
 
   int listen_fd_ = -1;
@@ -75,8 +82,7 @@ class KvServer {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::map<std::string, std::string> data_;
-  std::vector<int> conn_fds_;
-  std::vector<std::thread> conn_threads_;
+  std::list<Conn> conns_;  // guarded by mu_; finished ones are joined by the acceptor
 };
 
 // KvClient: one blocking connection to a store. Not thread-safe (one user at a time).

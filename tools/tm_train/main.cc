@@ -5,8 +5,8 @@
 #include <nccl.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -18,9 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include "common/kv_store.h"
 #include "model.h"
 #include "state.h"
-#include "common/kv_store.h"
 #include "trainmover/trainmover.h"
 
 namespace {
@@ -62,7 +62,7 @@ ncclComm_t g_comm = nullptr;
     ncclResult_t res_ = (call);                                                                               \
     if (res_ != ncclSuccess) {                                                                                \
       Die("%s failed at %s:%d: %s (%d); last error: %s", #call, __FILE__, __LINE__, ncclGetErrorString(res_), \
-          static_cast<int>(res_), ncclGetLastError(g_comm));                                                 \
+          static_cast<int>(res_), ncclGetLastError(g_comm));                                                  \
     }                                                                                                         \
   } while (0)
 
@@ -70,8 +70,8 @@ int64_t ParseInt(const std::string& flag, const std::string& v, int64_t lo) {
   char* end = nullptr;
   errno = 0;
   long long x = strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno != 0 || x < lo) Die("%s: expected an integer >= %" PRId64 ", got '%s'",
-                                                             flag.c_str(), lo, v.c_str());
+  if (v.empty() || *end != '\0' || errno != 0 || x < lo)
+    Die("%s: expected an integer >= %" PRId64 ", got '%s'", flag.c_str(), lo, v.c_str());
   return x;
 }
 
@@ -141,7 +141,8 @@ Flags ParseFlags(int argc, char** argv) {
     }
     o->set(v);
   }
-  if ((f.resume || f.checkpoint_at >= 0) && f.checkpoint_dir.empty()) Die("--checkpoint-at/--resume need --checkpoint-dir");
+  if ((f.resume || f.checkpoint_at >= 0) && f.checkpoint_dir.empty())
+    Die("--checkpoint-at/--resume need --checkpoint-dir");
   if (f.exit_after_checkpoint && f.checkpoint_at < 0) Die("--exit-after-checkpoint needs --checkpoint-at");
   return f;
 }
@@ -167,9 +168,9 @@ class Timeline {
   }
   void Mark(int rank, int64_t step, const char* role) {
     if (fd_ < 0) return;
-    int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
+    int64_t ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     char line[160];
     int n = snprintf(line, sizeof(line), "{\"rank\":%d,\"step\":%" PRId64 ",\"t_ns\":%" PRId64 ",\"role\":\"%s\"}\n",
                      rank, step, ns, role);

@@ -96,9 +96,9 @@ float ForwardBackward(const Dims& d, const float* p, const float* x, const float
   float* gw2 = gb1 + H;
   float* gb2 = gw2 + H * O;
   std::memset(g, 0, sizeof(float) * static_cast<size_t>(d.NumParams()));
-  float* h = scratch;           // [B][H] activations
-  float* dh = h + B * H;        // [B][H] gradient wrt pre-activation
-  float* dy = dh + B * H;       // [B][O]
+  float* h = scratch;      // [B][H] activations
+  float* dh = h + B * H;   // [B][H] gradient wrt pre-activation
+  float* dy = dh + B * H;  // [B][O]
   const float inv = 1.0f / static_cast<float>(B * O);
   float loss = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -140,7 +140,8 @@ float ForwardBackward(const Dims& d, const float* p, const float* x, const float
 }
 
 float LearningRate(const AdamConfig& cfg, int64_t step) {
-  if (cfg.warmup > 0 && step < cfg.warmup) return cfg.lr * static_cast<float>(step + 1) / static_cast<float>(cfg.warmup);
+  if (cfg.warmup > 0 && step < cfg.warmup)
+    return cfg.lr * static_cast<float>(step + 1) / static_cast<float>(cfg.warmup);
   return cfg.lr;
 }
 

@@ -53,7 +53,9 @@ class HashedWriter {
     return true;
   }
   template <typename T>
-  bool Val(const T& v) { return Put(&v, sizeof(v)); }
+  bool Val(const T& v) {
+    return Put(&v, sizeof(v));
+  }
 
  private:
   int fd_;
@@ -77,7 +79,9 @@ class HashedReader {
     return true;
   }
   template <typename T>
-  bool Val(T* v) { return Get(v, sizeof(*v)); }
+  bool Val(T* v) {
+    return Get(v, sizeof(*v));
+  }
 
  private:
   int fd_;
@@ -160,8 +164,8 @@ bool LoadCheckpoint(const std::string& path, const CheckpointMeta& meta, const s
     return fail("written by a different run (seed " + std::to_string(m.seed) + ", params " + std::to_string(m.params) +
                 ", rank " + std::to_string(rank) + "/" + std::to_string(world) + ")");
   }
-  if (nreg != regions.size()) return fail("has " + std::to_string(nreg) + " regions, expected " +
-                                          std::to_string(regions.size()));
+  if (nreg != regions.size())
+    return fail("has " + std::to_string(nreg) + " regions, expected " + std::to_string(regions.size()));
   for (const Region& reg : regions) {
     uint32_t len = 0;
     uint64_t bytes = 0;

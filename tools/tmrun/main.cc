@@ -37,8 +37,8 @@ void OnSignal(int signo) {
 
 // Where one output stream of a rank goes when tmrun relays it: complete lines, prefixed.
 struct Stream {
-  int fd = -1;   // read end of the pipe, -1 once at EOF
-  int out = 1;   // tmrun's fd it is relayed to
+  int fd = -1;  // read end of the pipe, -1 once at EOF
+  int out = 1;  // tmrun's fd it is relayed to
   std::string partial;
 };
 
@@ -240,7 +240,8 @@ int main(int argc, char** argv) {
     job.master_port = FreePort();
     tm_tools::KvClient kv;
     const std::string self = "127.0.0.1:" + std::to_string(store.port());
-    if (!kv.Connect(self, 5000, &err) || kv.Set("tmrun/world_size", std::to_string(cfg.nproc)) != tm_tools::KvStatus::kOk ||
+    if (!kv.Connect(self, 5000, &err) ||
+        kv.Set("tmrun/world_size", std::to_string(cfg.nproc)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_port", std::to_string(job.master_port)) != tm_tools::KvStatus::kOk) {
       fprintf(stderr, "tmrun: cannot initialise the store\n");
@@ -324,8 +325,10 @@ int main(int argc, char** argv) {
         if (signo == SIGCHLD) continue;
         fprintf(stderr, "tmrun: got %s; forwarding to the ranks\n", strsignal(signo));
         if (exit_code == 0) exit_code = 128 + signo;
-        if (stopping) SignalAll(ranks, signo == SIGINT ? SIGKILL : signo);  // a second Ctrl-C kills
-        else stop_all(signo);
+        if (stopping)
+          SignalAll(ranks, signo == SIGINT ? SIGKILL : signo);  // a second Ctrl-C kills
+        else
+          stop_all(signo);
       }
       for (;;) {
         int status = 0;

@@ -113,11 +113,16 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
   }
   for (; i < argc; ++i) cfg->command.emplace_back(argv[i]);
   const char* problem = nullptr;
-  if (cfg->nproc <= 0) problem = "-n N is required";
-  else if (cfg->command.empty()) problem = "no command given";
-  else if (cfg->join && (cfg->replace < 0 || cfg->store.empty())) problem = "--join needs --replace R and --store";
-  else if (cfg->join && cfg->replace >= cfg->nproc) problem = "--replace R must be below -n";
-  else if (!cfg->join && (cfg->replace >= 0 || !cfg->store.empty())) problem = "--replace/--store need --join";
+  if (cfg->nproc <= 0)
+    problem = "-n N is required";
+  else if (cfg->command.empty())
+    problem = "no command given";
+  else if (cfg->join && (cfg->replace < 0 || cfg->store.empty()))
+    problem = "--join needs --replace R and --store";
+  else if (cfg->join && cfg->replace >= cfg->nproc)
+    problem = "--replace R must be below -n";
+  else if (!cfg->join && (cfg->replace >= 0 || !cfg->store.empty()))
+    problem = "--replace/--store need --join";
   if (problem) {
     fprintf(stderr, "tmrun: %s\n", problem);
     Usage(stderr);

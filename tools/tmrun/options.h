@@ -12,13 +12,13 @@
 namespace tmrun {
 
 struct Config {
-  int nproc = 0;                   // -n: world size (ranks started, or the job's size with --join)
-  bool no_prefix = false;          // --no-prefix: ranks write straight to tmrun's stdout/stderr
-  std::string output_dir;          // --output-dir: rank-<r>.log per rank instead of tmrun's output
-  int grace_ms = 5000;             // --grace-ms: SIGTERM -> SIGKILL delay when stopping ranks
-  bool join = false;               // --join: start one joiner for an existing job
-  int replace = -1;                // --replace R: the rank the joiner takes over
-  std::string store;               // --store host:port: the job's store (with --join)
+  int nproc = 0;           // -n: world size (ranks started, or the job's size with --join)
+  bool no_prefix = false;  // --no-prefix: ranks write straight to tmrun's stdout/stderr
+  std::string output_dir;  // --output-dir: rank-<r>.log per rank instead of tmrun's output
+  int grace_ms = 5000;     // --grace-ms: SIGTERM -> SIGKILL delay when stopping ranks
+  bool join = false;       // --join: start one joiner for an existing job
+  int replace = -1;        // --replace R: the rank the joiner takes over
+  std::string store;       // --store host:port: the job's store (with --join)
   std::vector<std::string> command;
 };
 
