@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The exported (defined, dynamic) symbols of libtrainmover.so, its drop-in copy, the real libnccl.so.2 and
+# the other libnccl.so.2 builds must be the same set (tm* excepted for the shim, which must export
+# exactly tmShimSafePoint, tmShimRegister, tmShimUnregister besides).
+# usage: test_symbols.sh SHIM DROPIN REAL [OTHER...]; exits 77 when REAL is absent.
+set -u
+SHIM=$1 DROPIN=$2 REAL=$3; shift 3
+if [ ! -f "$REAL" ]; then echo "SKIP: real NCCL library $REAL not present"; exit 77; fi
+syms() { nm -D --defined-only "$1" | awk '{print $3}' | sed 's/@.*//' | sort -u; }
+want=$(syms "$REAL")
+echo "real library: $(wc -l <<<"$want") symbols"
+fail=0
+for lib in "$SHIM" "$DROPIN" "$@"; do
+  got=$(syms "$lib")
+  tms=$(grep '^tm' <<<"$got" | tr '\n' ' ')
+  case "$lib" in
+    "$SHIM"|"$DROPIN")
+      if [ "$tms" != "tmShimRegister tmShimSafePoint tmShimUnregister " ]; then
+        echo "FAIL $lib: tm* exports are '$tms'"; fail=1
+      fi
+      got=$(grep -v '^tm' <<<"$got");;
+  esac
+  if d=$(diff <(echo "$want") <(echo "$got")); then
+    echo "ok   $lib"
+  else
+    echo "FAIL $lib differs from $REAL (< missing, > extra):"; echo "$d"; fail=1
+  fi
+done
+exit $fail
