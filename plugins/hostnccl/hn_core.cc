@@ -553,22 +553,28 @@ void Teardown(Comm* c, bool graceful) {
     }
   }
   if (c->worker) {
+    // Graceful: make every send of ours complete at its destination, then drop the endpoints without a
+    // close handshake (a peer that already left would never answer one). Bounded either way.
+    auto wait = [c](void* r, int64_t deadline) {
+      if (!UCS_PTR_IS_PTR(r)) return;
+      while (ucp_request_check_status(r) == UCS_INPROGRESS && NowMs() < deadline) ucp_worker_progress(c->worker);
+      ucp_request_free(r);
+    };
+    if (graceful) {
+      ucp_request_param_t p{};
+      wait(ucp_worker_flush_nbx(c->worker, &p), NowMs() + 1000);
+    }
     std::vector<void*> closing;
     for (auto& ep : c->eps) {
       if (!ep) continue;
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-      p.flags = graceful ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
-      void* r = ucp_ep_close_nbx(ep, &p);
-      if (UCS_PTR_IS_PTR(r)) closing.push_back(r);
+      p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+      closing.push_back(ucp_ep_close_nbx(ep, &p));
       ep = nullptr;
     }
-    // Bounded: a departed peer may never answer a flush.
-    int64_t deadline = NowMs() + (graceful ? 1000 : 200);
-    for (void* r : closing) {
-      while (ucp_request_check_status(r) == UCS_INPROGRESS && NowMs() < deadline) ucp_worker_progress(c->worker);
-      ucp_request_free(r);
-    }
+    int64_t deadline = NowMs() + 200;
+    for (void* r : closing) wait(r, deadline);
     ucp_worker_destroy(c->worker);
     c->worker = nullptr;
   }
