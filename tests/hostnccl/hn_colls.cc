@@ -168,6 +168,21 @@ int Body(int rank, int n, const ncclUniqueId& id) {
     HT_NCCL(ncclRedOpDestroy(premul_host, comm));
     HT_NCCL(ncclRedOpDestroy(premul_dev, comm));
   }
+  // Large counts (not a multiple of n) for the bandwidth-path collectives, in a few types.
+  for (ncclDataType_t t : {ncclFloat32, ncclBfloat16, ncclInt64}) {
+    const size_t count = (1u << 18) + 3, es = ht::Size(t);
+    std::vector<char> sb(count * es), rb(count * es), gb(count * n * es);
+    for (size_t i = 0; i < count; ++i) ht::Put(t, sb.data(), i, Input(kSum, rank, n, i));
+    HT_NCCL(ncclAllReduce(sb.data(), rb.data(), count, t, ncclSum, comm, nullptr));
+    int bad = 0;
+    for (size_t i = 0; i < count; ++i) bad += ht::Get(t, rb.data(), i) != Expected(kSum, n, i, t);
+    HT_EXPECT(bad == 0, "large AllReduce %s: %d wrong", ht::TypeName(t), bad);
+    HT_NCCL(ncclAllGather(sb.data(), gb.data(), count, t, comm, nullptr));
+    bad = 0;
+    for (int r = 0; r < n; ++r)
+      for (size_t i = 0; i < count; ++i) bad += ht::Get(t, gb.data(), r * count + i) != Input(kSum, r, n, i);
+    HT_EXPECT(bad == 0, "large AllGather %s: %d wrong", ht::TypeName(t), bad);
+  }
   HT_NCCL(ncclCommDestroy(comm));
   if (rank == 0) printf("nranks %d: %ld reduction checks, %d failures\n", n, checked, failures);
   return failures;
