@@ -302,6 +302,7 @@ void StateServer::Close() {
 // Client
 
 struct StateClient::Impl {
+  ClientOptions options;
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
 };
@@ -316,6 +317,7 @@ StateClient::~StateClient() {
 
 Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateClient>* out) {
   auto impl = std::make_unique<Impl>();
+  impl->options = options;
   Status s = MakeContext(options.transports, /*wakeup=*/false, &impl->context);
   if (!s.ok()) return s;
   s = MakeWorker(impl->context, &impl->worker);
@@ -332,7 +334,8 @@ namespace {
 // One Fetch: the endpoint, the rkeys, the requests in flight. Every wait is bounded by `deadline`.
 class Session {
  public:
-  Session(ucp_worker_h worker, Clock::time_point deadline) : worker_(worker), deadline_(deadline) {}
+  Session(ucp_worker_h worker, bool peer_errors, Clock::time_point deadline)
+      : worker_(worker), peer_errors_(peer_errors), deadline_(deadline) {}
   ~Session() { Teardown(); }
 
   Status Connect(const detail::DescriptorData& d) {
@@ -340,7 +343,7 @@ class Session {
     params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                         UCP_EP_PARAM_FIELD_ERR_HANDLER;
     params.address = reinterpret_cast<const ucp_address_t*>(d.worker_address.data());
-    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    params.err_mode = peer_errors_ ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
     params.err_handler.cb = [](void* arg, ucp_ep_h, ucs_status_t status) {
       static_cast<Session*>(arg)->ep_status_ = status;
     };
@@ -506,6 +509,7 @@ class Session {
   }
 
   ucp_worker_h worker_;
+  bool peer_errors_;
   Clock::time_point deadline_;
   ucp_ep_h ep_ = nullptr;
   ucs_status_t ep_status_ = UCS_OK;
@@ -558,7 +562,8 @@ Status StateClient::Fetch(std::span<const uint8_t> descriptor, const std::vector
   uint64_t total = 0;
   for (const Region& r : local) total += r.size;
   auto start = Clock::now();
-  Session session(impl_->worker, start + std::chrono::milliseconds(options.timeout_ms));
+  Session session(impl_->worker, impl_->options.peer_error_handling,
+                  start + std::chrono::milliseconds(options.timeout_ms));
   s = session.Connect(d);
   if (!s.ok()) return s;
 

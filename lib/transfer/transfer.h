@@ -172,6 +172,12 @@ struct FetchResult {
 
 struct ClientOptions {
   std::string transports;  // as ServerOptions::transports
+  // UCP_ERR_HANDLING_MODE_PEER on the endpoint (default): a dead or unreachable leaver is an error. UCX
+  // 1.13 then needs transports with peer-failure support for every lane, which on one host excludes the
+  // shared-memory transports (sysv, posix) and leaves tcp (get emulated over active messages). false:
+  // UCX may use shared memory (several times faster on one host, see docs/transfer.md), but a transport
+  // failure is fatal to the process inside UCX; only for benchmarks and trusted single-host use.
+  bool peer_error_handling = true;
 };
 
 // The joiner's side. One client may Fetch several times (from the same or different servers).
