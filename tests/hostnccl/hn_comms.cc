@@ -55,6 +55,22 @@ int Body(int rank, int n, const ncclUniqueId& id) {
       HT_NCCL(ncclCommDestroy(sub));
     }
   }
+  // Non-blocking split: ncclInProgress on the child, then its async error turns to success.
+  {
+    ncclConfig_t nb = NCCL_CONFIG_INITIALIZER;
+    nb.blocking = 0;
+    ncclComm_t sub = nullptr;
+    ncclResult_t sr = ncclCommSplit(comm, 0, rank, &sub, &nb);
+    HT_EXPECT(sr == ncclInProgress || sr == ncclSuccess, "non-blocking split returned %d", sr);
+    ncclResult_t st = ncclInProgress;
+    for (int i = 0; i < 60000 && st == ncclInProgress; ++i) {
+      HT_NCCL(ncclCommGetAsyncError(sub, &st));
+      if (st == ncclInProgress) usleep(1000);
+    }
+    HT_EXPECT(st == ncclSuccess, "non-blocking split state %d", st);
+    failures += SumCheck(sub, n, "non-blocking split");
+    HT_NCCL(ncclCommDestroy(sub));
+  }
   // Shrink (default flag): rank 0 leaves; the others build a communicator without it.
   if (rank != 0) {
     int ex[] = {0};
@@ -88,6 +104,7 @@ int Body(int rank, int n, const ncclUniqueId& id) {
 // InitRankScalable with two ids (both made by the parent).
 int ScalableBody(int rank, int n, const ncclUniqueId& id) {
   int failures = 0;
+  setenv("HOSTNCCL_INIT_DELAY_MS", "50", 1);  // the init-cost knob applies to every init path
   ncclUniqueId ids[2] = {id, id};
   ncclComm_t comm;
   HT_NCCL(ncclCommInitRankScalable(&comm, n, rank, 2, ids, nullptr));
