@@ -86,6 +86,8 @@ void InitParams(const Dims& d, uint64_t seed, float* p) {
 size_t ScratchFloats(const Dims& d) { return static_cast<size_t>(d.batch * (d.hidden * 2 + d.out)); }
 
 float ForwardBackward(const Dims& d, const float* p, const float* x, const float* y, float* g, float* scratch) {
+  // Layouts are [in][hidden] and [hidden][out] so that the inner loops run over contiguous memory with one
+  // independent accumulator per element: they vectorise without reassociating any sum (bit-exact).
   const int64_t I = d.in, H = d.hidden, O = d.out, B = d.batch;
   const float* w1 = p;
   const float* b1 = w1 + I * H;
@@ -104,17 +106,24 @@ float ForwardBackward(const Dims& d, const float* p, const float* x, const float
   for (int64_t b = 0; b < B; ++b) {
     const float* xb = x + b * I;
     float* hb = h + b * H;
+    for (int64_t j = 0; j < H; ++j) hb[j] = b1[j];
+    for (int64_t i = 0; i < I; ++i) {
+      const float xi = xb[i];
+      const float* row = w1 + i * H;
+      for (int64_t j = 0; j < H; ++j) hb[j] += row[j] * xi;
+    }
+    for (int64_t j = 0; j < H; ++j) hb[j] = std::tanh(hb[j]);
+    float* dyb = dy + b * O;
+    for (int64_t k = 0; k < O; ++k) dyb[k] = b2[k];
     for (int64_t j = 0; j < H; ++j) {
-      float s = b1[j];
-      for (int64_t i = 0; i < I; ++i) s += w1[j * I + i] * xb[i];
-      hb[j] = std::tanh(s);
+      const float hj = hb[j];
+      const float* row = w2 + j * O;
+      for (int64_t k = 0; k < O; ++k) dyb[k] += row[k] * hj;
     }
     for (int64_t k = 0; k < O; ++k) {
-      float s = b2[k];
-      for (int64_t j = 0; j < H; ++j) s += w2[k * H + j] * hb[j];
-      float e = s - y[b * O + k];
+      const float e = dyb[k] - y[b * O + k];
       loss += e * e;
-      dy[b * O + k] = 2.0f * e * inv;
+      dyb[k] = 2.0f * e * inv;
     }
   }
   for (int64_t b = 0; b < B; ++b) {
@@ -122,18 +131,22 @@ float ForwardBackward(const Dims& d, const float* p, const float* x, const float
     const float* hb = h + b * H;
     float* dhb = dh + b * H;
     const float* dyb = dy + b * O;
-    for (int64_t k = 0; k < O; ++k) {
-      gb2[k] += dyb[k];
-      for (int64_t j = 0; j < H; ++j) gw2[k * H + j] += dyb[k] * hb[j];
-    }
+    for (int64_t k = 0; k < O; ++k) gb2[k] += dyb[k];
     for (int64_t j = 0; j < H; ++j) {
+      const float* row = w2 + j * O;
+      float* grow = gw2 + j * O;
       float s = 0;
-      for (int64_t k = 0; k < O; ++k) s += w2[k * H + j] * dyb[k];
+      for (int64_t k = 0; k < O; ++k) {
+        grow[k] += dyb[k] * hb[j];
+        s += row[k] * dyb[k];
+      }
       dhb[j] = s * (1.0f - hb[j] * hb[j]);
     }
-    for (int64_t j = 0; j < H; ++j) {
-      gb1[j] += dhb[j];
-      for (int64_t i = 0; i < I; ++i) gw1[j * I + i] += dhb[j] * xb[i];
+    for (int64_t j = 0; j < H; ++j) gb1[j] += dhb[j];
+    for (int64_t i = 0; i < I; ++i) {
+      const float xi = xb[i];
+      float* grow = gw1 + i * H;
+      for (int64_t j = 0; j < H; ++j) grow[j] += dhb[j] * xi;
     }
   }
   return loss * inv;

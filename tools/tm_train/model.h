@@ -21,7 +21,7 @@ uint64_t Hash(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t i);
 // A float in [-1, 1) from 24 high bits of h (exact in float).
 float UnitFloat(uint64_t h);
 
-// The MLP: in -> hidden (tanh) -> out, weights in one flat buffer: W1[hidden][in], b1[hidden], W2[out][hidden],
+// The MLP: in -> hidden (tanh) -> out, weights in one flat buffer: W1[in][hidden], b1[hidden], W2[hidden][out],
 // b2[out].
 struct Dims {
   int64_t in = 0, hidden = 0, out = 0, batch = 0;
