@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Runs the benchmarks of perf/ (./run bench [name] [--quick] [bench args...]).
+#   perf/run_all.sh <builddir> [transfer|hostnccl|all] [--quick] [args passed to the benchmark]
+# Each benchmark prints its table and writes JSON (and CSV where it has one) to perf/results/.
+# Ratios are against ucx_perftest run in the same invocation on the same machine (these machines are noisy).
+set -euo pipefail
+BUILD=${1:?usage: run_all.sh <builddir> [transfer|hostnccl|all] [--quick] [args]}
+shift
+NAME=all
+if [ $# -gt 0 ] && [[ $1 != -* ]]; then NAME=$1; shift; fi
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=$HERE/results
+mkdir -p "$OUT"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+command -v ucx_perftest >/dev/null || echo "run_all: ucx_perftest not found (apt-get install ucx-utils); ratios will be n/a" >&2
+
+run_one() {
+  local name=$1 exe=$2
+  shift 2
+  if [ ! -x "$exe" ]; then
+    echo "run_all: $name: $exe not built (missing dependency?)" >&2
+    return 1
+  fi
+  echo "== $name ($(date -u +%H:%M:%SZ), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg))"
+  "$exe" "$@" | tee "$OUT/$name-$STAMP.txt"
+}
+
+rc=0
+case $NAME in
+  transfer|all)
+    run_one transfer_bench "$BUILD/perf/transfer_bench" --json "$OUT/transfer_bench-$STAMP.json" \
+      --csv "$OUT/transfer_bench-$STAMP.csv" "$@" || rc=1 ;;&
+  hostnccl|all)
+    run_one hostnccl_bench "$BUILD/perf/hostnccl_bench" --op all --json "$OUT/hostnccl_bench-$STAMP.json" "$@" \
+      || rc=1 ;;
+  transfer) ;;
+  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, all)" >&2; exit 2 ;;
+esac
+echo "results in $OUT (*-$STAMP.*)"
+exit $rc
