@@ -183,17 +183,17 @@ ncclResult_t ReduceScatterPhase(Comm* c, const Task& t, const Chunks& ch, size_t
   auto off = [&](int r) { return fixed_chunks ? stride_elems * r : ch.Off(r); };
   auto len = [&](int r) { return fixed_chunks ? stride_elems : ch.Len(r); };
   const size_t mylen = len(me);
-  std::vector<char> tmp(mylen * es * n);
+  std::unique_ptr<char[]> tmp(new char[mylen * es * n + 1]);  // not zero-filled: every byte is received
   std::vector<Pending> reqs;
   for (int r = 0; r < n; ++r) {
     if (r == me) continue;
     HN_CHECK(PostSend(c, r, CollTag(c, me, 0), static_cast<const char*>(t.send) + off(r) * es, len(r) * es, &reqs));
-    HN_CHECK(PostRecv(c, r, CollTag(c, r, 0), tmp.data() + mylen * es * r, mylen * es, &reqs));
+    HN_CHECK(PostRecv(c, r, CollTag(c, r, 0), tmp.get() + mylen * es * r, mylen * es, &reqs));
   }
   HN_CHECK(WaitAll(c, &reqs));
   std::vector<const void*> in(n);
   for (int r = 0; r < n; ++r) {
-    in[r] = r == me ? static_cast<const char*>(t.send) + off(me) * es : tmp.data() + mylen * es * r;
+    in[r] = r == me ? static_cast<const char*>(t.send) + off(me) * es : tmp.get() + mylen * es * r;
   }
   ReduceInOrder(t.type, t.op, in.data(), n, out, mylen);
   return ncclSuccess;
@@ -225,13 +225,13 @@ ncclResult_t RunColl(Comm* c, const Task& t) {
         HN_CHECK(PostSend(c, t.root, CollTag(c, me, 0), send, t.count * es, &reqs));
         break;
       }
-      std::vector<char> tmp(t.count * es * n);
+      std::unique_ptr<char[]> tmp(new char[t.count * es * n + 1]);
       for (int r = 0; r < n; ++r) {
-        if (r != me) HN_CHECK(PostRecv(c, r, CollTag(c, r, 0), tmp.data() + t.count * es * r, t.count * es, &reqs));
+        if (r != me) HN_CHECK(PostRecv(c, r, CollTag(c, r, 0), tmp.get() + t.count * es * r, t.count * es, &reqs));
       }
       HN_CHECK(WaitAll(c, &reqs));
       std::vector<const void*> in(n);
-      for (int r = 0; r < n; ++r) in[r] = r == me ? static_cast<const void*>(send) : tmp.data() + t.count * es * r;
+      for (int r = 0; r < n; ++r) in[r] = r == me ? static_cast<const void*>(send) : tmp.get() + t.count * es * r;
       ReduceInOrder(t.type, t.op, in.data(), n, recv, t.count);
       break;
     }

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -400,12 +401,6 @@ ncclResult_t Context(ucp_context_h* out) {
   return ncclSuccess;
 }
 
-void EpErrorHandler(void* arg, ucp_ep_h, ucs_status_t status) {
-  // arg encodes (comm, peer); the liveness socket is the authority, this only records the failure early.
-  (void)arg;
-  (void)status;
-}
-
 }  // namespace
 
 ncclResult_t CreateUniqueId(ncclUniqueId* id, int64_t timeout_ms) {
@@ -504,12 +499,10 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   }
   for (int r = 0; r < n && res == ncclSuccess; ++r) {  // self included: a rank may send to itself
     ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    // No UCX peer-failure mode: in UCX 1.13 it excludes the shared-memory transports. Peer failure is
+    // detected by the liveness sockets instead.
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
     ep.address = reinterpret_cast<const ucp_address_t*>(infos[r].ucx_addr.data());
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = EpErrorHandler;
-    ep.err_handler.arg = c;
     st = ucp_ep_create(c->worker, &ep, &c->eps[r]);
     if (st != UCS_OK) res = Fail(ncclSystemError, "UCX: endpoint to rank %d failed: %s", r, ucs_status_string(st));
   }
@@ -725,7 +718,11 @@ ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
       return Fail(ncclRemoteError, "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS); peer unreachable",
                   c->rank, static_cast<long long>(c->env.timeout_ms));
     }
-    if (!progressed && ++idle > 200) usleep(idle > 2000 ? 200 : 20);
+    // Oversubscribed hosts (more ranks than cores) need the peer to run: yield early, sleep only when long idle.
+    if (!progressed && ++idle > 64) {
+      if (idle > 50000) usleep(100);
+      else sched_yield();
+    }
   }
 }
 
