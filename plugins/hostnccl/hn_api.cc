@@ -437,6 +437,9 @@ ncclResult_t EnqueueChecked(Kind kind, const char* opname, const void* send, voi
     if (need_send && !send) return Fail(ncclInvalidArgument, "%s : sendbuff argument is NULL", opname);
     if (need_recv && !recv) return Fail(ncclInvalidArgument, "%s : recvbuff argument is NULL", opname);
   }
+  Log(kTrace, c->rank, "%s: opCount %llx sendbuff %p recvbuff %p count %zu datatype %d op %d root %d comm %p [nranks=%d]",
+      opname, static_cast<unsigned long long>(c->coll_seq), send, static_cast<void*>(recv), count,
+      static_cast<int>(type), static_cast<int>(op), root, static_cast<void*>(c), c->nranks);
   return Submit(t);
 }
 
