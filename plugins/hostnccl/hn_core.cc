@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -381,9 +382,17 @@ void Rendezvous(int listen_fd, uint64_t nonce, int64_t timeout_ms) {
 std::mutex g_ctx_mu;
 ucp_context_h g_ctx = nullptr;
 
+// A child forked after the parent used UCX must not touch the parent's context: it creates its own.
+void ForgetContextInChild() {
+  new (&g_ctx_mu) std::mutex();
+  g_ctx = nullptr;
+}
+
 ncclResult_t Context(ucp_context_h* out) {
   std::lock_guard<std::mutex> lk(g_ctx_mu);
   if (!g_ctx) {
+    static std::once_flag atfork_once;
+    std::call_once(atfork_once, [] { pthread_atfork(nullptr, nullptr, ForgetContextInChild); });
     ucp_config_t* cfg = nullptr;
     if (ucp_config_read(nullptr, nullptr, &cfg) != UCS_OK) return Fail(ncclSystemError, "UCX: config read failed");
     ucp_params_t p{};

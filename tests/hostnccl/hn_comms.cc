@@ -161,6 +161,30 @@ int InitAllBody(int, int, const ncclUniqueId&) {
   return failures;
 }
 
+// A process that used the library forks; the child starts afresh (its own UCX context and communicator).
+int ForkBody(int, int, const ncclUniqueId& id) {
+  int failures = 0;
+  ncclComm_t comm;
+  HT_NCCL(ncclCommInitRank(&comm, 1, id, 0));
+  failures += SumCheck(comm, 1, "before fork");
+  pid_t p = fork();
+  if (p == 0) {
+    int f = 0;
+    ncclUniqueId cid;
+    ncclComm_t cc;
+    if (ncclGetUniqueId(&cid) != ncclSuccess || ncclCommInitRank(&cc, 1, cid, 0) != ncclSuccess) _exit(1);
+    f += SumCheck(cc, 1, "in forked child");
+    f += ncclCommDestroy(cc) != ncclSuccess;
+    _exit(f);
+  }
+  int st = 0;
+  waitpid(p, &st, 0);
+  HT_EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "forked child failed (status %d)", st);
+  failures += SumCheck(comm, 1, "after fork");
+  HT_NCCL(ncclCommDestroy(comm));
+  return failures;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -168,6 +192,7 @@ int main(int argc, char** argv) {
   int f = ht::RunRanks(n, Body, 50);
   f += ht::RunRanks(n, ScalableBody, 50);
   f += ht::RunRanks(1, InitAllBody, 50);
+  f += ht::RunRanks(1, ForkBody, 50);
   printf("%s: %d failures\n", f ? "FAIL" : "PASS", f);
   return f ? 1 : 0;
 }
