@@ -187,6 +187,7 @@ void Agent::Loop() {
   uint64_t hb_interval_ns = 1000000000ull;
   uint64_t next_hb = 0;
   int64_t sent_step = -1;
+  uint64_t next_tick = 0;
 
   auto send = [&](MsgType t, const std::vector<uint8_t>& p) {
     if (conn && registered) conn->Send(t, p);
@@ -227,6 +228,11 @@ void Agent::Loop() {
       if (step >= 0) conn->SendMsg(MsgType::kSafePoint, SafePoint{step, NowRealtimeNs()});
       sent_step = step;
       next_hb = now;
+    }
+
+    if (tick_ && now >= next_tick) {
+      tick_();
+      next_tick = now + static_cast<uint64_t>(tick_period_ms_) * 1000000ull;
     }
 
     // Essential reports, oldest first.

@@ -51,6 +51,11 @@ class Agent {
 
   // Install before Start().
   void SetCommandHandler(CommandHandler h) { handler_ = std::move(h); }
+  // Called on the agent thread about every `period_ms` (e.g. to poll the shim's region table).
+  void SetTick(std::function<void()> fn, int period_ms) {
+    tick_ = std::move(fn);
+    tick_period_ms_ = period_ms;
+  }
   // Starts the thread. Returns at once; connecting happens in the background.
   void Start();
   // Stops the thread. With bye, first tells the coordinator this process is exiting (bounded wait).
@@ -80,6 +85,8 @@ class Agent {
 
   Options opt_;
   CommandHandler handler_;
+  std::function<void()> tick_;
+  int tick_period_ms_ = 200;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> bye_{false};

@@ -132,6 +132,7 @@ void Lineage::Encode(Writer& w) const {
   w.U8(kind);
   w.U32(index);
   w.U64(parent_key);
+  w.U32(child_index);
   w.U32(static_cast<uint32_t>(color));
   w.U32(static_cast<uint32_t>(key));
   w.U32(static_cast<uint32_t>(excluded.size()));
@@ -142,6 +143,7 @@ bool Lineage::Decode(Reader& r) {
   kind = r.U8();
   index = r.U32();
   parent_key = r.U64();
+  child_index = r.U32();
   color = static_cast<int32_t>(r.U32());
   key = static_cast<int32_t>(r.U32());
   uint32_t n = r.Count(kMaxList, 4);

@@ -109,6 +109,7 @@ struct Lineage {
   uint8_t kind = 0;
   uint32_t index = 0;         // creation order in the process
   uint64_t parent_key = 0;    // split/shrink
+  uint32_t child_index = 0;   // split/shrink: the child_index-th split/shrink of the parent
   int32_t color = 0;          // split
   int32_t key = 0;            // split
   std::vector<int32_t> excluded;  // shrink

@@ -137,6 +137,7 @@ TEST_CASE("every message round-trips") {
   cc.lineage.kind = static_cast<uint8_t>(LineageKind::kShrink);
   cc.lineage.index = 2;
   cc.lineage.parent_key = 99;
+  cc.lineage.child_index = 3;
   cc.lineage.color = -1;
   cc.lineage.key = 5;
   cc.lineage.excluded = {1, 4};

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "shim_agent.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ctl_log.h"
+#include "log.h"
+#include "shim_state.h"
+
+namespace trainmover::control {
+
+namespace {
+
+std::atomic<Agent*> g_agent{nullptr};
+
+void LogSink(CtlLevel level, const char* msg) {
+  using shim::LogLevel;
+  LogLevel l = level == CtlLevel::kWarn ? LogLevel::kWarn : level == CtlLevel::kInfo ? LogLevel::kInfo : LogLevel::kTrace;
+  TM_LOG(l, shim::kLogAgent, "%s", msg);
+}
+
+CommCreated Describe(const shim::VComm* v) {
+  CommCreated c;
+  c.comm_key = v->comm_key;
+  const shim::Lineage& l = v->lineage;
+  c.lineage.kind = static_cast<uint8_t>(static_cast<int>(l.kind) + 1);  // shim::CommKind starts at 0
+  c.lineage.index = static_cast<uint32_t>(l.index);
+  c.lineage.parent_key = l.parent_key;
+  c.lineage.child_index = static_cast<uint32_t>(l.child_index);
+  c.lineage.color = l.color;
+  c.lineage.key = l.key;
+  c.lineage.excluded.assign(l.excluded.begin(), l.excluded.end());
+  c.lineage.id_hash = l.id_hash;
+  c.rank = l.rank;
+  c.nranks = l.nranks;
+  return c;
+}
+
+void Observe(void*, shim::VComm* v, bool created) {
+  Agent* a = g_agent.load(std::memory_order_acquire);
+  if (!a) return;
+  if (!created) {
+    a->ReportCommDestroyed(v->comm_key);
+    return;
+  }
+  a->ReportCommCreated(Describe(v));
+  if (v->lineage.index == 0) {  // the process's first communicator names its rank
+    a->ReportRankWorld(v->lineage.rank, v->lineage.nranks);
+    SetCtlLogRank(v->lineage.rank);
+  }
+}
+
+int64_t OnSafePoint(void*, int64_t step) {
+  ShimAgentSafePoint(step);
+  return step;
+}
+
+// Region table polling (agent thread): sent when names or sizes change.
+void PollRegions() {
+  static std::vector<Region> last;  // agent thread only
+  static bool sent = false;
+  std::vector<Region> now;
+  for (const shim::Region& r : shim::Regions()) now.push_back(Region{r.name, r.bytes});
+  if (sent && now == last) return;
+  last = now;
+  sent = true;
+  if (Agent* a = g_agent.load(std::memory_order_acquire)) a->ReportRegions(std::move(now));
+}
+
+void StopAtExit() {
+  if (Agent* a = g_agent.load(std::memory_order_acquire)) a->Stop(/*bye=*/true);
+}
+
+}  // namespace
+
+Agent* ShimAgent() { return g_agent.load(std::memory_order_acquire); }
+
+void ShimAgentSafePoint(int64_t step) {
+  if (Agent* a = g_agent.load(std::memory_order_acquire)) a->ReportSafePoint(step);
+}
+
+}  // namespace trainmover::control
+
+namespace trainmover::shim {
+
+// Strong definition of the shim's weak hook (shim_state.h). Called once, on the initialising thread.
+extern "C" void tmAgentStart(const Config* config) {
+  using namespace trainmover::control;
+  SetCtlLogSink(LogSink);
+  SetCtlLogLevel(CtlLevel::kTrace);  // the shim's logger filters by TRAINMOVER_DEBUG itself
+  if (config->token.empty()) {
+    TM_WARN(kLogAgent, "TRAINMOVER_COORDINATOR is set but TRAINMOVER_TOKEN is not: the coordinator will reject "
+                       "this process; set the job's token (tmrun sets both)");
+  }
+  Agent::Options o;
+  o.coordinator = config->coordinator;
+  o.token = config->token;
+  o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
+  auto* agent = new Agent(o);  // lives until exit
+  agent->SetTick(PollRegions, 200);
+  // Communicators made before the agent existed (none in practice: the agent starts at initialisation).
+  for (const VCommInfo& vi : SnapshotVComms()) {
+    agent->ReportCommCreated(Describe(vi.vcomm));
+  }
+  g_agent.store(agent, std::memory_order_release);
+  SetVCommObserver(Observe, nullptr);
+  SetSafePointHook(OnSafePoint, nullptr);
+  agent->Start();
+  std::atexit(StopAtExit);
+  TM_INFO(kLogAgent, "agent started, coordinator %s", config->coordinator.c_str());
+}
+
+}  // namespace trainmover::shim

@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: Apache-2.0
+// shim_agent.h: the agent inside libtrainmover. Compiled into the shim only (it uses lib/shim_state.h).
+//
+// The shim calls tmAgentStart(config) once, after a successful initialisation, when
+// TRAINMOVER_COORDINATOR is set (lib/binding.cc). tmAgentStart creates the process's Agent, installs the
+// VComm observer (communicator created/destroyed), the safe-point hook (reports the step), a tick that
+// polls the region table, and routes the control layer's log lines into the shim's logger.
+//
+// Migration (issue 5) owns the safe-point hook later: it must call ShimAgentSafePoint(step) from its
+// own hook so progress keeps being reported, and it installs its command handler with ShimAgent().
+#ifndef TRAINMOVER_LIB_CONTROL_SHIM_AGENT_H_
+#define TRAINMOVER_LIB_CONTROL_SHIM_AGENT_H_
+
+#include <cstdint>
+
+#include "agent.h"
+
+namespace trainmover::control {
+
+// The process's agent, or nullptr when TRAINMOVER_COORDINATOR is unset or the shim is not initialised.
+// Thread-safe; the agent lives until the process exits.
+Agent* ShimAgent();
+
+// Reports a safe point to the agent (lock-free; no-op without an agent).
+void ShimAgentSafePoint(int64_t step);
+
+}  // namespace trainmover::control
+
+#endif  // TRAINMOVER_LIB_CONTROL_SHIM_AGENT_H_
