@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: Apache-2.0
+// trainmover-info: prints every TRAINMOVER_* parameter of libtrainmover (lib/config.h), its value in this
+// environment, its default, accepted values and description, like ucc_info. Exits 1 naming the variable
+// when a value is invalid (the shim would fail its first NCCL call with the same message).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "config.h"
+
+using trainmover::shim::ConfigParams;
+using trainmover::shim::ConfigParse;
+using trainmover::shim::Config;
+using trainmover::shim::ParamSpec;
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      std::printf("usage: trainmover-info\n  Prints the TRAINMOVER_* parameters, their values and documentation;\n"
+                  "  exits 1 when a value in the environment is invalid.\n");
+      return 0;
+    }
+  }
+  std::printf("# libtrainmover %s parameters (environment variables)\n#\n", TM_LIB_VERSION);
+  for (const ParamSpec& p : ConfigParams()) {
+    const char* v = getenv(p.name);
+    std::string value = (v && *v) ? std::string(v) : std::string("(unset)");
+    std::printf("%s = %s\n", p.name, value.c_str());
+    std::printf("#   default: %s\n", p.default_value[0] ? p.default_value : "(none)");
+    std::printf("#   accepted: %s\n", p.accepted);
+    std::printf("#   %s\n#\n", p.doc);
+  }
+  Config c;
+  std::string error;
+  if (!ConfigParse([](const char* n) { return static_cast<const char*>(getenv(n)); }, &c, &error)) {
+    std::fprintf(stderr, "trainmover-info: invalid configuration: %s\n", error.c_str());
+    return 1;
+  }
+  std::printf("# configuration valid\n");
+  return 0;
+}
