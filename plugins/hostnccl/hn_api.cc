@@ -552,6 +552,7 @@ ncclResult_t CommInitAll(ncclComm_t* comms, int ndev, const int* devlist) {
 }
 
 ncclResult_t CommFinalize(ncclComm_t comm) {
+  if (!comm) return ncclSuccess;  // as NCCL
   HN_CHECK(CheckComm(comm, "ncclCommFinalize"));
   Comm* c = AsComm(comm);
   HN_CHECK(EnsureReady(c));
@@ -561,7 +562,7 @@ ncclResult_t CommFinalize(ncclComm_t comm) {
 }
 
 ncclResult_t CommDestroy(ncclComm_t comm) {
-  if (!comm) return Fail(ncclInvalidArgument, "ncclCommDestroy : comm argument is NULL");
+  if (!comm) return ncclSuccess;  // as NCCL
   HN_CHECK(CheckComm(comm, "ncclCommDestroy"));
   FreeComm(AsComm(comm), true);
   return ncclSuccess;

@@ -39,6 +39,9 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   int32_t buf[64] = {};
   HT_EXPECT(ncclAllReduce(buf, buf, 1, ncclInt32, ncclSum, nullptr, nullptr) == ncclInvalidArgument, "null comm");
   HT_EXPECT(!last().empty(), "no message for null comm");
+  HT_EXPECT(ncclCommDestroy(nullptr) == ncclSuccess && ncclCommAbort(nullptr) == ncclSuccess &&
+                ncclCommFinalize(nullptr) == ncclSuccess, "NULL destroy/abort/finalize are no-ops in NCCL");
+  HT_EXPECT(ncclCommCount(nullptr, &v) == ncclInvalidArgument, "count on NULL comm");
   ncclComm_t bad = nullptr;
   HT_EXPECT(ncclCommInitRank(&bad, n, id, n) == ncclInvalidArgument, "rank out of range");
   HT_EXPECT(ncclCommInitRank(&bad, 0, id, 0) == ncclInvalidArgument, "nranks 0");
