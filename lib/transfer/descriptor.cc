@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "descriptor.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <fstream>
 
 namespace trainmover::transfer::detail {
 namespace {
@@ -58,6 +62,9 @@ Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out) {
   w.Put<uint32_t>(kDescriptorMagic);
   w.Put<uint16_t>(kDescriptorVersion);
   w.Put<uint16_t>(0);
+  w.Bytes(data.host.boot_id, sizeof(data.host.boot_id));
+  w.Put<uint64_t>(data.host.pid_namespace);
+  w.Put<uint32_t>(data.host.pid);
   w.Put<uint32_t>(static_cast<uint32_t>(data.worker_address.size()));
   w.Bytes(data.worker_address.data(), data.worker_address.size());
   w.Put<uint64_t>(data.control.address);
@@ -81,6 +88,33 @@ Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out) {
   return Status::Ok();
 }
 
+HostIdentity LocalIdentity() {
+  HostIdentity id;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string text;
+  std::getline(f, text);
+  // "xxxxxxxx-xxxx-...": keep the 32 hex digits as 16 bytes; an unreadable file leaves zeros (never same).
+  size_t n = 0;
+  for (size_t i = 0; i + 1 < text.size() && n < 16;) {
+    if (text[i] == '-') {
+      ++i;
+      continue;
+    }
+    id.boot_id[n++] = static_cast<uint8_t>(std::stoi(text.substr(i, 2), nullptr, 16));
+    i += 2;
+  }
+  struct stat st{};
+  if (stat("/proc/self/ns/pid", &st) == 0) id.pid_namespace = st.st_ino;
+  id.pid = static_cast<uint32_t>(getpid());
+  return id;
+}
+
+bool SameHostAndPidNamespace(const HostIdentity& a, const HostIdentity& b) {
+  static const uint8_t kZero[16] = {};
+  return std::memcmp(a.boot_id, kZero, 16) != 0 && std::memcmp(a.boot_id, b.boot_id, 16) == 0 &&
+         a.pid_namespace != 0 && a.pid_namespace == b.pid_namespace && a.pid != 0;
+}
+
 Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
   if (blob.size() > kMaxDescriptorBytes) return Bad("larger than the limit");
   Reader r(blob);
@@ -89,6 +123,11 @@ Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
   if (!r.Get(&magic) || magic != kDescriptorMagic) return Bad("bad magic");
   if (!r.Get(&version) || version != kDescriptorVersion) return Bad("unsupported version " + std::to_string(version));
   if (!r.Get(&reserved)) return Bad("truncated header");
+  std::vector<uint8_t> boot;
+  if (!r.Bytes(sizeof(out->host.boot_id), &boot) || !r.Get(&out->host.pid_namespace) || !r.Get(&out->host.pid)) {
+    return Bad("truncated host identity");
+  }
+  std::memcpy(out->host.boot_id, boot.data(), sizeof(out->host.boot_id));
   if (!r.Get(&len) || len == 0 || !r.Bytes(len, &out->worker_address)) return Bad("bad worker address");
   if (!r.Get(&out->control.address) || !r.Get(&out->control.size) || !r.Get(&len) ||
       !r.Bytes(len, &out->control.rkey)) {

@@ -2,7 +2,9 @@
 // The descriptor blob a StateServer hands to a StateClient (internal; exposed for tests).
 //
 // Layout, little-endian, every length checked on decode:
-//   u32 magic "TMXD", u16 version (1), u16 reserved 0
+//   u32 magic "TMXD", u16 version (2), u16 reserved 0
+//   host identity: 16 bytes kernel boot id, u64 pid-namespace inode, u32 pid (same host and pid namespace
+//   when the first two match; then the joiner may read with process_vm_readv)
 //   u32 worker address length, bytes
 //   control block: u64 address, u64 size, u32 rkey length, rkey bytes
 //   u32 region count, then per region:
@@ -22,7 +24,7 @@
 namespace trainmover::transfer::detail {
 
 inline constexpr uint32_t kDescriptorMagic = 0x44584d54;  // "TMXD"
-inline constexpr uint16_t kDescriptorVersion = 1;
+inline constexpr uint16_t kDescriptorVersion = 2;
 inline constexpr uint64_t kControlMagic = 0x4c5254434d54ULL;  // "TMCTRL"
 inline constexpr size_t kControlHeaderWords = 4;
 inline constexpr size_t kControlSealed = 1, kControlClientDone = 2, kControlCount = 3;
@@ -35,7 +37,17 @@ struct RemoteRegion {
   std::vector<uint8_t> rkey;
 };
 
+struct HostIdentity {
+  uint8_t boot_id[16] = {};
+  uint64_t pid_namespace = 0;
+  uint32_t pid = 0;
+};
+// This process's identity (boot id from /proc/sys/kernel/random/boot_id, pid namespace inode).
+HostIdentity LocalIdentity();
+bool SameHostAndPidNamespace(const HostIdentity& a, const HostIdentity& b);
+
 struct DescriptorData {
+  HostIdentity host;
   std::vector<uint8_t> worker_address;
   RemoteRegion control;  // name unused
   std::vector<RemoteRegion> regions;

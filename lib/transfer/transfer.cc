@@ -4,6 +4,7 @@
 
 #include <poll.h>
 #include <sys/prctl.h>
+#include <sys/uio.h>
 #include <ucp/api/ucp.h>
 
 #include <algorithm>
@@ -93,6 +94,15 @@ const char* CodeName(Code code) {
     case Code::kBadDescriptor: return "bad descriptor";
     case Code::kState: return "wrong state";
     case Code::kUcx: return "UCX error";
+  }
+  return "unknown";
+}
+
+const char* FetchPathName(FetchPath path) {
+  switch (path) {
+    case FetchPath::kAuto: return "auto";
+    case FetchPath::kUcx: return "ucx";
+    case FetchPath::kCma: return "cma";
   }
   return "unknown";
 }
@@ -231,6 +241,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
     if (st != UCS_OK) s = UcxError("ucp_worker_get_address", st);
   }
   if (s.ok()) {
+    d.host = detail::LocalIdentity();
     d.worker_address.assign(reinterpret_cast<uint8_t*>(address), reinterpret_cast<uint8_t*>(address) + address_len);
     ucp_worker_release_address(m.worker, address);
     s = detail::EncodeDescriptor(d, &m.descriptor);
@@ -524,6 +535,176 @@ class Session {
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------------------
+// The same-host path: process_vm_readv. UCX 1.13 never uses cma for ucp_get (cma has only zero-copy
+// operations and UCP's RMA lanes need short/bcopy ones), and with peer error handling it excludes the
+// shared-memory transports, so on one host ucp_get is emulated over tcp active messages. Reading the
+// leaver's memory with the same system call cma uses keeps the transfer one-sided and zero-copy.
+
+namespace {
+
+// Reads len bytes at `remote` in process `pid` into dst; errno-style failure in *err.
+bool CmaRead(pid_t pid, void* dst, uint64_t remote, size_t len, int* err) {
+  while (len > 0) {
+    iovec l{dst, len};
+    iovec r{reinterpret_cast<void*>(remote), len};
+    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (n <= 0) {
+      *err = n < 0 ? errno : EFAULT;
+      return false;
+    }
+    dst = static_cast<char*>(dst) + n;
+    remote += static_cast<uint64_t>(n);
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+bool CmaWrite(pid_t pid, const void* src, uint64_t remote, size_t len, int* err) {
+  iovec l{const_cast<void*>(src), len};
+  iovec r{reinterpret_cast<void*>(remote), len};
+  ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
+  if (n != static_cast<ssize_t>(len)) {
+    *err = n < 0 ? errno : EFAULT;
+    return false;
+  }
+  return true;
+}
+
+Status CmaError(int err, const std::string& what) {
+  if (err == ESRCH) return Status(Code::kPeerFailure, "the leaver process is gone (" + what + ")");
+  if (err == EPERM || err == ENOSYS || err == EACCES) {
+    return Status(Code::kUnsupported, what + ": process_vm_readv not permitted (" + strerror(err) +
+                                          "; ptrace_scope, seccomp or another user)");
+  }
+  return Status(Code::kPeerFailure, what + ": " + strerror(err));
+}
+
+bool CmaEligible(const detail::DescriptorData& d, const std::vector<Region>& local) {
+  if (!detail::SameHostAndPidNamespace(d.host, detail::LocalIdentity())) return false;
+  for (const Region& r : local) {
+    if (r.type != MemoryType::kHost) return false;
+  }
+  for (const detail::RemoteRegion& r : d.regions) {
+    if (r.memory_type != static_cast<uint8_t>(MemoryType::kHost)) return false;
+  }
+  return true;
+}
+
+Status FetchCma(const detail::DescriptorData& d, const std::vector<Region>& local, const std::vector<size_t>& remote_of,
+                const FetchOptions& options, FetchResult* result) {
+  const pid_t pid = static_cast<pid_t>(d.host.pid);
+  auto start = Clock::now();
+  auto deadline = start + std::chrono::milliseconds(options.timeout_ms);
+  uint64_t magic = 0;
+  int err = 0;
+  if (!CmaRead(pid, &magic, d.control.address, sizeof(magic), &err)) return CmaError(err, "probe");
+  if (magic != detail::kControlMagic) return Status(Code::kBadDescriptor, "the control block has no magic");
+
+  struct Task {
+    size_t region;
+    size_t block;
+  };
+  std::vector<Task> tasks;
+  std::vector<std::vector<uint64_t>> blocks(local.size());
+  uint64_t total = 0;
+  for (size_t i = 0; i < local.size(); ++i) {
+    size_t n = (local[i].size + kChecksumBlock - 1) / kChecksumBlock;
+    blocks[i].resize(n);
+    for (size_t b = 0; b < n; ++b) tasks.push_back({i, b});
+    total += local[i].size;
+  }
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> done{0};
+  std::atomic<int> first_err{0};
+  std::atomic<bool> timed_out{false};
+  auto worker = [&] {
+    for (size_t t; first_err.load(std::memory_order_relaxed) == 0 && (t = next.fetch_add(1)) < tasks.size();) {
+      if (Clock::now() >= deadline) {
+        timed_out = true;
+        first_err = ETIMEDOUT;
+        return;
+      }
+      const Region& r = local[tasks[t].region];
+      size_t off = tasks[t].block * kChecksumBlock;
+      size_t len = std::min(kChecksumBlock, r.size - off);
+      char* dst = static_cast<char*>(r.ptr) + off;
+      int e = 0;
+      if (!CmaRead(pid, dst, d.regions[remote_of[tasks[t].region]].address + off, len, &e)) {
+        int expected = 0;
+        first_err.compare_exchange_strong(expected, e);
+        return;
+      }
+      // Hash the block while it is still in cache: verification costs almost nothing extra.
+      if (options.verify) blocks[tasks[t].region][tasks[t].block] = BlockHash(dst, len);
+      done.fetch_add(len, std::memory_order_relaxed);
+    }
+  };
+  int hw = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  int threads = std::min(options.max_outstanding, options.hash_threads > 0 ? options.hash_threads : hw);
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads && !tasks.empty(); ++i) pool.emplace_back(worker);
+  // This thread reports progress while the pool reads.
+  uint64_t reported = 0;
+  for (;;) {
+    bool finished = next.load() >= tasks.size() + pool.size() || first_err.load() != 0;
+    uint64_t now = done.load();
+    if (options.progress && now != reported) {
+      reported = now;
+      options.progress(now, total);
+    }
+    if (finished || tasks.empty()) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  for (auto& t : pool) t.join();
+  if (options.progress && done.load() != reported) options.progress(done.load(), total);
+  if (timed_out) return Status(Code::kTimeout, "the transfer did not finish within the timeout");
+  if (first_err.load() != 0) return CmaError(first_err.load(), "reading a region");
+  auto data_end = Clock::now();
+  result->path = FetchPath::kCma;
+  result->bytes = done.load();
+  result->seconds = std::chrono::duration<double>(data_end - start).count();
+  result->gbps = result->seconds > 0 ? static_cast<double>(result->bytes) / result->seconds / 1e9 : 0;
+  if (!options.verify) return Status::Ok();
+
+  std::vector<uint64_t> expected = options.expected_checksums;
+  if (expected.empty()) {
+    for (uint64_t sealed = 0; sealed != 1;) {
+      if (!CmaRead(pid, &sealed, d.control.address + 8 * detail::kControlSealed, 8, &err)) {
+        return CmaError(err, "waiting for the leaver's checksums");
+      }
+      if (sealed == 1) break;
+      if (Clock::now() >= deadline) return Status(Code::kTimeout, "the leaver did not publish its checksums in time");
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    expected.resize(d.regions.size());
+    if (!expected.empty() &&
+        !CmaRead(pid, expected.data(), d.control.address + 8 * detail::kControlHeaderWords, 8 * expected.size(), &err)) {
+      return CmaError(err, "reading the leaver's checksums");
+    }
+  }
+  Status s;
+  result->checksums.resize(local.size());
+  for (size_t i = 0; i < local.size(); ++i) {
+    result->checksums[i] = FoldBlockHashes(blocks[i], local[i].size);
+    if (s.ok() && result->checksums[i] != expected[remote_of[i]]) {
+      char buf[96];
+      snprintf(buf, sizeof(buf), ": leaver %016llx, joiner %016llx",
+               static_cast<unsigned long long>(expected[remote_of[i]]),
+               static_cast<unsigned long long>(result->checksums[i]));
+      s = Status(Code::kChecksumMismatch, "region '" + local[i].name + "'" + buf);
+    }
+  }
+  result->verify_seconds = std::chrono::duration<double>(Clock::now() - data_end).count();
+  result->verified = s.ok();
+  static const uint64_t kVerified = 1, kFailed = 2;
+  (void)CmaWrite(pid, s.ok() ? &kVerified : &kFailed, d.control.address + 8 * detail::kControlClientDone, 8, &err);
+  return s;
+}
+
+}  // namespace
+
 Status StateClient::Fetch(std::span<const uint8_t> descriptor, const std::vector<Region>& local,
                           const FetchOptions& options, FetchResult* result) {
   *result = FetchResult{};
@@ -559,6 +740,14 @@ Status StateClient::Fetch(std::span<const uint8_t> descriptor, const std::vector
     return Status(Code::kInvalidArgument, "expected_checksums has the wrong count");
   }
 
+  if (options.path == FetchPath::kCma || (options.path == FetchPath::kAuto && CmaEligible(d, local))) {
+    if (options.path == FetchPath::kCma && !CmaEligible(d, local)) {
+      return Status(Code::kUnsupported, "cma path: the leaver is on another host or pid namespace, or memory is not host");
+    }
+    s = FetchCma(d, local, remote_of, options, result);
+    if (options.path == FetchPath::kCma || s.code() != Code::kUnsupported) return s;
+    *result = FetchResult{};  // not permitted here: fall back to UCX
+  }
   uint64_t total = 0;
   for (const Region& r : local) total += r.size;
   auto start = Clock::now();

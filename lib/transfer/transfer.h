@@ -149,9 +149,18 @@ class StateServer {
 inline constexpr size_t kMaxDescriptorBytes = size_t{1} << 20;
 inline constexpr size_t kMaxRegions = 65536;
 
+// How the joiner reads. kAuto: kCma when the leaver is on this host, in this pid namespace, every region is
+// host memory and a probe read is permitted; otherwise kUcx. kCma: process_vm_readv straight from the
+// leaver's memory (one-sided, zero-copy, the kernel does the copy), several threads, each hashing the block
+// it just read; an error if not possible. kUcx: ucp_get_nbx (any host, device memory).
+enum class FetchPath : uint8_t { kAuto = 0, kUcx = 1, kCma = 2 };
+const char* FetchPathName(FetchPath path);
+
 struct FetchOptions {
-  size_t chunk_bytes = size_t{4} << 20;  // bytes per ucp_get_nbx request (>= 1)
-  int max_outstanding = 16;              // requests in flight at once (>= 1)
+  FetchPath path = FetchPath::kAuto;
+  size_t chunk_bytes = size_t{4} << 20;  // bytes per ucp_get_nbx request (>= 1); kCma reads kChecksumBlock
+  int max_outstanding = 16;              // requests in flight at once (>= 1); kCma: threads reading (capped
+                                         // at min(max_outstanding, hash_threads or 4))
   int timeout_ms = 60000;                // whole Fetch, including the wait for the leaver's checksums
   int hash_threads = 0;                  // 0: min(4, hardware threads)
   bool verify = true;                    // false: skip checksums (benchmarks of the raw read only)
@@ -168,6 +177,7 @@ struct FetchResult {
   double verify_seconds = 0; // waiting for the leaver's checksums + hashing locally
   std::vector<uint64_t> checksums;  // the client's, in the order of the local regions passed to Fetch
   bool verified = false;            // every checksum compared equal
+  FetchPath path = FetchPath::kUcx; // the path actually taken (kUcx or kCma)
 };
 
 struct ClientOptions {

@@ -3,7 +3,8 @@
 // one region and many (sizes 0, 1, odd, 64 MiB) compared bit for bit, a corruption after sealing, and the
 // leaver killed in the middle of a transfer (an error within the timeout, never a hang). Each case
 // forks before it creates any UCX object in the parent. TRANSFER_TEST_TLS selects UCX transports
-// (e.g. "tcp" to exercise the cross-host path, where UCP emulates get over active messages).
+// (e.g. "tcp" to exercise the cross-host path, where UCP emulates get over active messages);
+// TRANSFER_TEST_PATH=ucx|cma forces the client's path (default: auto, which is cma on one host).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -26,6 +27,15 @@ namespace {
 std::string Transports() {
   const char* t = std::getenv("TRANSFER_TEST_TLS");
   return t ? t : "";
+}
+
+// TRANSFER_TEST_PATH=ucx|cma forces a path; unset: auto (cma on this host when permitted).
+tt::FetchOptions Opts() {
+  tt::FetchOptions o;
+  const char* p = std::getenv("TRANSFER_TEST_PATH");
+  std::string path = p ? p : "";
+  o.path = path == "ucx" ? tt::FetchPath::kUcx : path == "cma" ? tt::FetchPath::kCma : tt::FetchPath::kAuto;
+  return o;
 }
 
 bool WriteAll(int fd, const void* p, size_t n) {
@@ -141,7 +151,7 @@ void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
     dst[i].assign(specs[i].size, 0xA5);
     local.push_back({specs[i].name, dst[i].data(), dst[i].size()});
   }
-  tt::FetchOptions o;
+  tt::FetchOptions o = Opts();
   o.chunk_bytes = chunk;
   o.max_outstanding = outstanding;
   o.timeout_ms = 30000;
@@ -149,6 +159,8 @@ void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   tt::Status s = client->Fetch(c.descriptor, local, o, &r);
   CHECK_MESSAGE(s.ok(), s.ToString());
   CHECK(r.verified);
+  MESSAGE("path " << std::string(tt::FetchPathName(r.path)) << ", " << r.bytes << " bytes, " << r.gbps << " GB/s");
+  if (o.path != tt::FetchPath::kAuto) CHECK(r.path == o.path);
   size_t wrong = 0;
   for (size_t i = 0; i < specs.size(); ++i) {
     std::vector<unsigned char> expect(specs[i].size);
@@ -178,7 +190,7 @@ TEST_CASE("corruption after the leaver hashed is detected and reported to the le
   auto client = MakeClient();
   std::vector<unsigned char> a(1000), b(2u << 20);
   tt::FetchResult r;
-  tt::Status s = client->Fetch(c.descriptor, {{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}, {}, &r);
+  tt::Status s = client->Fetch(c.descriptor, {{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}, Opts(), &r);
   CHECK(s.code() == tt::Code::kChecksumMismatch);
   CHECK(s.message().find("'a'") != std::string::npos);
   CHECK_FALSE(r.verified);
@@ -190,8 +202,8 @@ TEST_CASE("size mismatch with a live leaver is refused") {
   auto client = MakeClient();
   std::vector<unsigned char> a(4097);
   tt::FetchResult r;
-  CHECK(client->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, {}, &r).code() == tt::Code::kMismatch);
-  CHECK(client->Fetch(c.descriptor, {{"A", a.data(), 4096}}, {}, &r).code() == tt::Code::kMismatch);
+  CHECK(client->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, Opts(), &r).code() == tt::Code::kMismatch);
+  CHECK(client->Fetch(c.descriptor, {{"A", a.data(), 4096}}, Opts(), &r).code() == tt::Code::kMismatch);
   kill(c.pid, SIGKILL);
   CHECK(WaitExit(c.pid) == 128 + SIGKILL);
 }
@@ -201,7 +213,7 @@ TEST_CASE("the leaver killed in the middle of a transfer gives an error, not a h
   Child c = StartLeaver({{"big", size}}, Mode::kNeverSeal);
   auto client = MakeClient();
   std::vector<unsigned char> dst(size);
-  tt::FetchOptions o;
+  tt::FetchOptions o = Opts();
   o.chunk_bytes = 64 << 10;
   o.max_outstanding = 1;
   o.timeout_ms = 20000;
