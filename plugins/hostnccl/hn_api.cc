@@ -682,7 +682,13 @@ void ResetDebugInitInternal() { ResetDebug(); }
 ncclResult_t CommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError) {
   HN_CHECK(CheckComm(comm, "ncclCommGetAsyncError"));
   HN_CHECK(PtrCheck(asyncError, "ncclCommGetAsyncError", "asyncError"));
-  *asyncError = static_cast<ncclResult_t>(AsComm(comm)->async_error.load());
+  Comm* c = AsComm(comm);
+  // Between operations nobody reads the liveness connections: look now, unless an operation is running.
+  if (c->async_error.load() == ncclSuccess) {
+    std::unique_lock<std::mutex> lk(c->op_mu, std::try_to_lock);
+    if (lk.owns_lock()) (void)CheckPeers(c);
+  }
+  *asyncError = static_cast<ncclResult_t>(c->async_error.load());
   return ncclSuccess;
 }
 

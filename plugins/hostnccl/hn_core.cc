@@ -615,6 +615,23 @@ ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, st
 }
 
 namespace {
+void PollLiveness(Comm* c);
+}  // namespace
+
+ncclResult_t CheckPeers(Comm* c) {
+  if (c->live_fd.empty()) return ncclSuccess;
+  PollLiveness(c);
+  for (int r = 0; r < c->nranks; ++r) {
+    if (c->peer_state[r] == 2) {
+      int expected = ncclSuccess;
+      c->async_error.compare_exchange_strong(expected, ncclRemoteError);
+      return ncclRemoteError;
+    }
+  }
+  return ncclSuccess;
+}
+
+namespace {
 
 // Reads the liveness sockets: a bye byte marks a peer departed, EOF without one marks it dead.
 void PollLiveness(Comm* c) {

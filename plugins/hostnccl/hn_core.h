@@ -99,6 +99,9 @@ struct Pending {
 // the timeout. When only_peers is true, only the peers of the requests count (used across a failed parent).
 [[nodiscard]] ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers = false);
 
+// Reads the liveness connections without waiting; a peer that died sets the async error to ncclRemoteError.
+ncclResult_t CheckPeers(Comm* c);
+
 int64_t NowMs();
 
 }  // namespace hn

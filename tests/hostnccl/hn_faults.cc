@@ -38,6 +38,13 @@ int DeadPeerBody(int rank, int n, const ncclUniqueId& id) {
   int32_t x = 1, y = 0;
   HT_NCCL(ncclAllReduce(&x, &y, 1, ncclInt32, ncclSum, comm, nullptr));
   if (rank == n - 1) raise(SIGKILL);  // killed: dies without a word to anyone
+  // Noticed between operations too: ncclCommGetAsyncError turns to ncclRemoteError.
+  ncclResult_t a = ncclSuccess;
+  for (int i = 0; i < 20000 && a == ncclSuccess; ++i) {
+    HT_NCCL(ncclCommGetAsyncError(comm, &a));
+    if (a == ncclSuccess) usleep(1000);
+  }
+  HT_EXPECT(a == ncclRemoteError, "async error after a peer died: %d", a);
   ncclResult_t r = ncclAllReduce(&x, &y, 1, ncclInt32, ncclSum, comm, nullptr);
   HT_EXPECT(r == ncclRemoteError, "allreduce with a dead peer returned %d", r);
   HT_EXPECT(strlen(ncclGetLastError(comm)) > 0, "no last error");
