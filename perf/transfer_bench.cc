@@ -7,7 +7,7 @@
 //
 // Each size: a forked leaver exposes one region of that size and seals it; the parent (joiner) fetches it
 // N times (verify on: the leaver's checksums are polled and the region hashed locally). Reported per size:
-// the read alone (GB/s, best and median of N), the end-to-end time with verification, and the ratio of the
+// the read alone (GB/s, best and median of N; on the cma path the read includes hashing), the end-to-end time with verification, and the ratio of the
 // read to ucx_perftest ucp_get at the same size. GB = 1e9 bytes.
 #include <signal.h>
 #include <sys/wait.h>
@@ -33,6 +33,7 @@ struct Args {
   std::string tls;
   bool peer_errors = true;
   bool perftest = true;
+  tt::FetchPath path = tt::FetchPath::kAuto;
   std::string json, csv;
 };
 
@@ -42,6 +43,7 @@ struct Row {
   double get_gbps = -1, put_gbps = -1;
   bool ok = true;
   std::string error;
+  std::string path;
 };
 
 double Median(std::vector<double> v) {
@@ -103,12 +105,14 @@ Row Measure(const Args& a, size_t size) {
     tt::FetchOptions o;
     o.chunk_bytes = a.chunk;
     o.max_outstanding = a.outstanding;
+    o.path = a.path;
     tt::FetchResult r;
     auto t0 = std::chrono::steady_clock::now();
     s = client->Fetch(desc, {{"state", dst.data(), size}}, o, &r);
     e2e.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     gbps.push_back(r.gbps);
     verify.push_back(r.verify_seconds);
+    row.path = tt::FetchPathName(r.path);
   }
   client.reset();
   close(to_child[1]);
@@ -142,12 +146,16 @@ int main(int argc, char** argv) {
     else if (k == "--outstanding") a.outstanding = std::max(1, std::atoi(val().c_str()));
     else if (k == "--tls") a.tls = val();
     else if (k == "--no-peer-errors") a.peer_errors = false;
+    else if (k == "--path") {
+      std::string p = val();
+      a.path = p == "ucx" ? tt::FetchPath::kUcx : p == "cma" ? tt::FetchPath::kCma : tt::FetchPath::kAuto;
+    }
     else if (k == "--no-perftest") a.perftest = false;
     else if (k == "--json") a.json = val();
     else if (k == "--csv") a.csv = val();
     else {
       fprintf(stderr, "usage: %s [--quick] [--sizes L] [--iters N] [--chunk S] [--outstanding N] [--tls T] "
-                      "[--no-peer-errors] [--no-perftest] [--json F] [--csv F]\n", argv[0]);
+                      "[--path auto|ucx|cma] [--no-peer-errors] [--no-perftest] [--json F] [--csv F]\n", argv[0]);
       return 2;
     }
   }
@@ -157,12 +165,12 @@ int main(int argc, char** argv) {
     a.sizes.push_back(perf::ParseSize(sizes.substr(p, q - p)));
     p = q + 1;
   }
-  printf("# transfer_bench: StateClient::Fetch (one-sided ucp_get, %s chunks, %d outstanding, verify on) vs "
-         "ucx_perftest, UCX_TLS=%s, peer error handling %s, %d iterations\n",
+  printf("# transfer_bench: StateClient::Fetch (path %s, %s chunks, %d outstanding, verify on) vs ucx_perftest, "
+         "UCX_TLS=%s, peer error handling %s, %d iterations\n", tt::FetchPathName(a.path),
          perf::FormatSize(a.chunk).c_str(), a.outstanding, a.tls.empty() ? "(default)" : a.tls.c_str(),
          a.peer_errors ? "on" : "off", a.iters);
-  printf("# %10s %12s %12s %12s %12s %14s %14s %9s\n", "size", "read GB/s", "best GB/s", "verify s", "e2e s",
-         "perftest get", "perftest put", "ratio");
+  printf("# %10s %5s %12s %12s %12s %12s %14s %14s %9s\n", "size", "path", "read GB/s", "best GB/s", "verify s",
+         "e2e s", "perftest get", "perftest put", "ratio");
   std::vector<Row> rows;
   bool failed = false;
   for (size_t size : a.sizes) {
@@ -180,8 +188,8 @@ int main(int argc, char** argv) {
     } else {
       char ratio[16] = "n/a";
       if (row.get_gbps > 0) snprintf(ratio, sizeof(ratio), "%.2f", row.median_gbps / row.get_gbps);
-      printf("  %10s %12.3f %12.3f %12.4f %12.4f %14.3f %14.3f %9s\n", perf::FormatSize(size).c_str(),
-             row.median_gbps, row.best_gbps, row.verify_median_s, row.e2e_median_s, row.get_gbps, row.put_gbps,
+      printf("  %10s %5s %12.3f %12.3f %12.4f %12.4f %14.3f %14.3f %9s\n", perf::FormatSize(size).c_str(),
+             row.path.c_str(), row.median_gbps, row.best_gbps, row.verify_median_s, row.e2e_median_s, row.get_gbps, row.put_gbps,
              ratio);
     }
     fflush(stdout);
@@ -194,7 +202,7 @@ int main(int argc, char** argv) {
       << ",\"peer_error_handling\":" << (a.peer_errors ? "true" : "false") << ",\"rows\":[";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
-      j << (i ? "," : "") << "{\"size\":" << r.size << ",\"ok\":" << (r.ok ? "true" : "false")
+      j << (i ? "," : "") << "{\"size\":" << r.size << ",\"path\":\"" << r.path << "\",\"ok\":" << (r.ok ? "true" : "false")
         << ",\"read_gbps_median\":" << r.median_gbps << ",\"read_gbps_best\":" << r.best_gbps
         << ",\"verify_s\":" << r.verify_median_s << ",\"e2e_s\":" << r.e2e_median_s
         << ",\"perftest_get_gbps\":" << r.get_gbps << ",\"perftest_put_gbps\":" << r.put_gbps
@@ -204,9 +212,9 @@ int main(int argc, char** argv) {
   }
   if (!a.csv.empty()) {
     std::ofstream c(a.csv);
-    c << "size,read_gbps_median,read_gbps_best,verify_s,e2e_s,perftest_get_gbps,perftest_put_gbps,ratio\n";
+    c << "size,path,read_gbps_median,read_gbps_best,verify_s,e2e_s,perftest_get_gbps,perftest_put_gbps,ratio\n";
     for (const Row& r : rows) {
-      c << r.size << "," << r.median_gbps << "," << r.best_gbps << "," << r.verify_median_s << "," << r.e2e_median_s
+      c << r.size << "," << r.path << "," << r.median_gbps << "," << r.best_gbps << "," << r.verify_median_s << "," << r.e2e_median_s
         << "," << r.get_gbps << "," << r.put_gbps << "," << (r.get_gbps > 0 ? r.median_gbps / r.get_gbps : 0) << "\n";
     }
   }
