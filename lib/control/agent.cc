@@ -207,6 +207,68 @@ void Agent::Loop() {
     backoff_ms = std::min<uint64_t>(backoff_ms * 2, 2000);
   };
 
+  auto process_reports = [&] {
+      // Essential reports, oldest first.
+      Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
+      Essential* rev = nullptr;
+      while (list) {
+        Essential* n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+      }
+      while (rev) {
+        Essential* e = rev;
+        rev = rev->next;
+        switch (e->kind) {
+          case Essential::kCreated:
+            comms[e->created.comm_key] = e->created;
+            send(MsgType::kCommCreated, EncodePayload(e->created));
+            break;
+          case Essential::kDestroyed:
+            comms.erase(e->key);
+            send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
+            break;
+          case Essential::kRegions:
+            regions = std::move(e->regions);
+            have_regions = true;
+            send(MsgType::kRegions, EncodePayload(Regions{regions}));
+            break;
+          case Essential::kRankWorld:
+            self.rank = e->rank;
+            self.world = e->world;
+            break;
+          case Essential::kEvent:
+            if (conn && registered) {
+              conn->SendMsg(MsgType::kEvent, e->event);
+            } else {
+              CTL_WARN("agent: event %u of migration %" PRIu64 " not sent: coordinator unreachable", e->event.kind,
+                       e->event.migration);
+            }
+            break;
+        }
+        delete e;
+      }
+
+      // Safe points from the ring.
+      for (;;) {
+        Slot& s = ring_[tail_ & mask_];
+        if (s.seq.load(std::memory_order_acquire) != tail_ + 1) break;
+        SafePoint sp{s.step, s.time_ns};
+        s.seq.store(tail_ + mask_ + 1, std::memory_order_release);
+        ++tail_;
+        if (sp.step > sent_step) {
+          send(MsgType::kSafePoint, EncodePayload(sp));
+          if (registered) sent_step = sp.step;
+        }
+      }
+      int64_t latest = latest_step_.load();
+      if (registered && latest > sent_step) {  // dropped from the ring: the coalesced step still goes
+        send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
+        sent_step = latest;
+      }
+  };
+
   while (!stop_.load()) {
     uint64_t now = NowMonotonicNs();
     if (!conn && now >= next_attempt) {
@@ -235,68 +297,10 @@ void Agent::Loop() {
       next_tick = now + static_cast<uint64_t>(tick_period_ms_) * 1000000ull;
     }
 
-    // Essential reports, oldest first.
-    Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
-    Essential* rev = nullptr;
-    while (list) {
-      Essential* n = list->next;
-      list->next = rev;
-      rev = list;
-      list = n;
-    }
-    while (rev) {
-      Essential* e = rev;
-      rev = rev->next;
-      switch (e->kind) {
-        case Essential::kCreated:
-          comms[e->created.comm_key] = e->created;
-          send(MsgType::kCommCreated, EncodePayload(e->created));
-          break;
-        case Essential::kDestroyed:
-          comms.erase(e->key);
-          send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
-          break;
-        case Essential::kRegions:
-          regions = std::move(e->regions);
-          have_regions = true;
-          send(MsgType::kRegions, EncodePayload(Regions{regions}));
-          break;
-        case Essential::kRankWorld:
-          self.rank = e->rank;
-          self.world = e->world;
-          break;
-        case Essential::kEvent:
-          if (conn && registered) {
-            conn->SendMsg(MsgType::kEvent, e->event);
-          } else {
-            CTL_WARN("agent: event %u of migration %" PRIu64 " not sent: coordinator unreachable", e->event.kind,
-                     e->event.migration);
-          }
-          break;
-      }
-      delete e;
-    }
-
-    // Safe points from the ring.
-    for (;;) {
-      Slot& s = ring_[tail_ & mask_];
-      if (s.seq.load(std::memory_order_acquire) != tail_ + 1) break;
-      SafePoint sp{s.step, s.time_ns};
-      s.seq.store(tail_ + mask_ + 1, std::memory_order_release);
-      ++tail_;
-      if (sp.step > sent_step) {
-        send(MsgType::kSafePoint, EncodePayload(sp));
-        if (registered) sent_step = sp.step;
-      }
-    }
-    int64_t latest = latest_step_.load();
-    if (registered && latest > sent_step) {  // dropped from the ring: the coalesced step still goes
-      send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
-      sent_step = latest;
-    }
+    process_reports();
 
     if (conn && registered && now >= next_hb) {
-      send(MsgType::kHeartbeat, EncodePayload(Heartbeat{latest, NowRealtimeNs(), dropped_.load()}));
+      send(MsgType::kHeartbeat, EncodePayload(Heartbeat{latest_step_.load(), NowRealtimeNs(), dropped_.load()}));
       next_hb = now + hb_interval_ns;
     }
 
@@ -353,6 +357,7 @@ void Agent::Loop() {
   }
 
   if (conn && registered && bye_.load()) {
+    process_reports();  // what the process said last (final steps, destroyed communicators) goes first
     conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
     uint64_t deadline = NowMonotonicNs() + 500000000ull;
     while (conn->WantsWrite() && NowMonotonicNs() < deadline) {
