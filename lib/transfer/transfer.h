@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// transfer.h: the state hand-off between a leaver and a joiner over UCX one-sided RMA.
+// transfer.h: the state hand-off between a leaver and a joiner, one-sided (UCX RMA, or cma on one host).
 //
 // At a migration the leaver runs a StateServer: it maps its registered state regions for UCX (Expose),
 // hands a descriptor (its worker address and, per region, name, remote address, size and packed rkey)
@@ -8,10 +8,11 @@
 // while the joiner reads. The joiner runs a StateClient: Fetch reads every region ONE-SIDED with
 // ucp_get_nbx in parallel chunks (many requests outstanding) into its own regions of the same names and
 // sizes, fetches the leaver's checksums from a small control block the server exposes alongside the
-// regions, hashes what it received and compares. The leaver's CPU does nothing per byte: on one host UCX
-// reads its memory with cma (process_vm_readv); across hosts UCX 1.13's tcp transport has no get, and
-// UCP emulates get in software over active messages, answered by the server's progress thread (see
-// docs/transfer.md for the measurements behind this choice).
+// regions, hashes what it received and compares. The leaver's CPU does nothing per byte. Two paths
+// (FetchPath): on one host the joiner reads the leaver's memory with process_vm_readv (cma), because UCX
+// 1.13 never carries ucp_get over cma and, with peer error handling, not over shared memory either; across
+// hosts (and for device memory) it uses ucp_get_nbx, which UCX emulates over active messages on tcp,
+// answered by the server's progress thread. docs/transfer.md has the measurements behind this choice.
 //
 // Errors are values (Status), never exceptions, never exit/abort. Nothing here waits without a bound:
 // every blocking call takes or inherits a timeout, and the client endpoint uses UCX's peer error
