@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the benchmarks of perf/ (./run bench [name] [--quick] [bench args...]).
-#   perf/run_all.sh <builddir> [transfer|hostnccl|all] [--quick] [args passed to the benchmark]
+#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|all] [--quick] [args passed to the benchmark]
 # Each benchmark prints its table and writes JSON (and CSV where it has one) to perf/results/.
 # Ratios are against ucx_perftest run in the same invocation on the same machine (these machines are noisy).
 set -euo pipefail
-BUILD=${1:?usage: run_all.sh <builddir> [transfer|hostnccl|all] [--quick] [args]}
+BUILD=${1:?usage: run_all.sh <builddir> [transfer|hostnccl|shim|all] [--quick] [args]}
 shift
 NAME=all
 if [ $# -gt 0 ] && [[ $1 != -* ]]; then NAME=$1; shift; fi
@@ -26,6 +26,8 @@ run_one() {
   "$exe" "$@" | tee "$OUT/$name-$STAMP.txt"
 }
 
+QUICK=()
+for arg in "$@"; do [ "$arg" = --quick ] && QUICK=(--quick); done
 rc=0
 case $NAME in
   transfer|all)
@@ -33,9 +35,13 @@ case $NAME in
       --csv "$OUT/transfer_bench-$STAMP.csv" "$@" || rc=1 ;;&
   hostnccl|all)
     run_one hostnccl_bench "$BUILD/perf/hostnccl_bench" --op all --json "$OUT/hostnccl_bench-$STAMP.json" "$@" \
-      || rc=1 ;;
-  transfer) ;;
-  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, all)" >&2; exit 2 ;;
+      || rc=1 ;;&
+  shim|all)
+    # The shim helper's benchmark (its own script); takes only --quick.
+    run_one shim_overhead "$HERE/shim_overhead.sh" "$BUILD" --json "$OUT/shim_overhead-$STAMP.json" \
+      ${QUICK[@]+"${QUICK[@]}"} || rc=1 ;;&
+  transfer|hostnccl|shim|all) ;;
+  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, all)" >&2; exit 2 ;;
 esac
 echo "results in $OUT (*-$STAMP.*)"
 exit $rc
