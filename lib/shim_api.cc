@@ -437,10 +437,12 @@ TM_EXPORT ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclCo
   }
   TM_REQUIRE_REAL(CommSplit);
   ncclComm_t local = kUnsetComm;
-  std::unique_lock<std::mutex> lock(parent->mu);  // Split is collective on the parent: keep child order
+  // NCCL allows one thread at a time per communicator, so the child count needs no lock across the call.
   ncclResult_t r = g_real.CommSplit(preal, color, key, newcomm ? &local : nullptr, config);
-  if (r == ncclSuccess || r == ncclInProgress) l.child_index = parent->children++;
-  lock.unlock();
+  if (r == ncclSuccess || r == ncclInProgress) {
+    std::lock_guard<std::mutex> lock(parent->mu);
+    l.child_index = parent->children++;
+  }
   return FinishCreate(r, newcomm, local, std::move(l), nullptr, 0);
 }
 
@@ -482,11 +484,12 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
   }
   TM_REQUIRE_REAL(CommShrink);
   ncclComm_t local = kUnsetComm;
-  std::unique_lock<std::mutex> lock(parent->mu);
   ncclResult_t r = g_real.CommShrink(preal, excludeRanksList, excludeRanksCount, newcomm ? &local : nullptr, config,
                                      shrinkFlags);
-  if (r == ncclSuccess || r == ncclInProgress) l.child_index = parent->children++;
-  lock.unlock();
+  if (r == ncclSuccess || r == ncclInProgress) {
+    std::lock_guard<std::mutex> lock(parent->mu);
+    l.child_index = parent->children++;
+  }
   return FinishCreate(r, newcomm, local, std::move(l), nullptr, 0);
 }
 
