@@ -328,7 +328,9 @@ void Agent::Loop() {
             RegisterAck a;
             if (DecodePayload(f.payload, &a)) {
               process_id_.store(a.process_id);
-              hb_interval_ns = static_cast<uint64_t>(a.heartbeat_interval_ms) * 1000000ull;
+              uint64_t ms = a.heartbeat_interval_ms;
+              if (opt_.heartbeat_ms > 0 && static_cast<uint64_t>(opt_.heartbeat_ms) < ms) ms = opt_.heartbeat_ms;
+              hb_interval_ns = ms * 1000000ull;
               connections_.fetch_add(1);
               connected_.store(true);
               if (warned) CTL_WARN("agent: reconnected to coordinator %s", opt_.coordinator.c_str());

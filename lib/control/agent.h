@@ -40,6 +40,7 @@ class Agent {
     std::string token;
     Register self;            // from DescribeSelf
     size_t ring_slots = 1024; // safe-point ring capacity (rounded up to a power of two)
+    int heartbeat_ms = 0;     // upper bound of the heartbeat interval (0: the coordinator's choice)
   };
   // Called on the agent thread for every COMMAND from the coordinator. Must not block for long.
   using CommandHandler = std::function<void(const Command&)>;

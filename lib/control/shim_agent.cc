@@ -99,6 +99,7 @@ extern "C" void tmAgentStart(const Config* config) {
   Agent::Options o;
   o.coordinator = config->coordinator;
   o.token = config->token;
+  o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
   o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
   auto* agent = new Agent(o);  // lives until exit
   agent->SetTick(PollRegions, 200);

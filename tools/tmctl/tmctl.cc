@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "client.h"
+#include "config.h"
 #include "json.h"
 
 using trainmover::control::CancelReply;
@@ -199,32 +200,22 @@ int Watch(const Ctx& ctx, long long id) {
   }
 }
 
-struct EnvVar {
-  const char* name;
-  const char* def;
-  const char* help;
-};
-
-// The parameters the control plane and the shim read (shared/design.md, section 8).
-const EnvVar kEnv[] = {
-    {"TRAINMOVER_NCCL_LIBRARY", "", "path of the real NCCL library to forward to"},
-    {"TRAINMOVER_COORDINATOR", "", "host:port of trainmoverd; unset: plain pass-through"},
-    {"TRAINMOVER_TOKEN", "", "shared secret authenticating every control message"},
-    {"TRAINMOVER_ROLE", "worker", "worker, joiner, standby"},
-    {"TRAINMOVER_REPLACE", "", "rank a joiner takes over"},
-    {"TRAINMOVER_SHADOW_ITERS", "", "safe points a joiner runs in the sandbox before READY"},
-    {"TRAINMOVER_DEBUG", "WARN", "log level: WARN, INFO, TRACE"},
-    {"TRAINMOVER_DEBUG_SUBSYS", "", "log subsystems"},
-    {"TRAINMOVER_DEBUG_FILE", "", "log file (%h host, %p pid)"},
-};
-
+// Every TRAINMOVER_* parameter, from the shim's configuration registry (lib/config.h): the same table
+// trainmover-info prints, with the value this environment gives each.
 int Env() {
-  std::printf("%-26s %-10s %-24s %s\n", "PARAMETER", "DEFAULT", "VALUE", "MEANING");
-  for (const EnvVar& e : kEnv) {
-    const char* v = std::getenv(e.name);
-    std::string shown = v ? v : "(unset)";
-    if (v && std::strcmp(e.name, "TRAINMOVER_TOKEN") == 0) shown = "(set, hidden)";
-    std::printf("%-26s %-10s %-24s %s\n", e.name, e.def[0] ? e.def : "-", shown.c_str(), e.help);
+  std::printf("%-26s %-12s %-24s %s\n", "PARAMETER", "DEFAULT", "VALUE", "MEANING (accepted values)");
+  for (const trainmover::shim::ParamSpec& p : trainmover::shim::ConfigParams()) {
+    const char* v = std::getenv(p.name);
+    std::string shown = v && *v ? v : "(unset)";
+    if (v && *v && std::strcmp(p.name, "TRAINMOVER_TOKEN") == 0) shown = "(set, hidden)";
+    std::printf("%-26s %-12s %-24s %s (%s)\n", p.name, p.default_value[0] ? p.default_value : "-", shown.c_str(),
+                p.doc, p.accepted);
+  }
+  trainmover::shim::Config c;
+  std::string err;
+  if (!trainmover::shim::ConfigParse([](const char* n) { return std::getenv(n); }, &c, &err)) {
+    std::fprintf(stderr, "tmctl: %s\n", err.c_str());
+    return 1;
   }
   return 0;
 }

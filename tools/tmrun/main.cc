@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/kv_store.h"
+#include "control.h"
 #include "options.h"
 
 namespace {
@@ -204,6 +205,7 @@ int main(int argc, char** argv) {
 
   tmrun::JobInfo job;
   tm_tools::KvServer store;
+  tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
   std::string err;
   if (cfg.join) {
     // The job's own tmrun published its launch facts in its store.
@@ -229,6 +231,13 @@ int main(int argc, char** argv) {
     }
     job.master_addr = maddr;
     job.master_port = static_cast<uint16_t>(atoi(mport.c_str()));
+    std::string jcoord, jtoken;  // the job's coordinator (empty when it runs without one)
+    kv.Get("tmrun/coordinator", 2000, &jcoord);
+    kv.Get("tmrun/token_file", 2000, &jtoken);
+    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, &err)) {
+      fprintf(stderr, "tmrun: %s\n", err.c_str());
+      return 1;
+    }
   } else {
     if (!store.Start("127.0.0.1", 0, &err)) {
       fprintf(stderr, "tmrun: store: %s\n", err.c_str());
@@ -238,16 +247,28 @@ int main(int argc, char** argv) {
     job.store_port = store.port();
     job.master_addr = "127.0.0.1";
     job.master_port = FreePort();
+    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", &err)) {
+      fprintf(stderr, "tmrun: %s\n", err.c_str());
+      return 1;
+    }
     tm_tools::KvClient kv;
     const std::string self = "127.0.0.1:" + std::to_string(store.port());
     if (!kv.Connect(self, 5000, &err) ||
         kv.Set("tmrun/world_size", std::to_string(cfg.nproc)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||
-        kv.Set("tmrun/master_port", std::to_string(job.master_port)) != tm_tools::KvStatus::kOk) {
+        kv.Set("tmrun/master_port", std::to_string(job.master_port)) != tm_tools::KvStatus::kOk ||
+        kv.Set("tmrun/coordinator", control.address()) != tm_tools::KvStatus::kOk ||
+        kv.Set("tmrun/token_file", control.token_file()) != tm_tools::KvStatus::kOk) {
       fprintf(stderr, "tmrun: cannot initialise the store\n");
       return 1;
     }
     fprintf(stderr, "tmrun: %d ranks, store %s\n", cfg.nproc, self.c_str());
+    if (!control.token_file().empty()) {
+      fprintf(stderr, "tmrun: coordinator %s (tmctl --coordinator %s --token-file %s status)\n",
+              control.address().c_str(), control.address().c_str(), control.token_file().c_str());
+    } else if (!control.address().empty()) {
+      fprintf(stderr, "tmrun: coordinator %s\n", control.address().c_str());
+    }
   }
 
   std::vector<Rank> ranks;

@@ -48,6 +48,10 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string& v) { return ToInt(v, 0, &c->replace); }},
       {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; printed by tmrun at start)",
        [](Config* c, const std::string& v) { return !(c->store = v).empty(); }},
+      {"--coordinator", nullptr, "HOST:PORT", "trainmoverd of the job (default: TRAINMOVER_COORDINATOR, else embedded)",
+       [](Config* c, const std::string& v) { return !(c->coordinator = v).empty(); }},
+      {"--no-coordinator", nullptr, nullptr, "no control plane: the ranks get no TRAINMOVER_COORDINATOR",
+       [](Config* c, const std::string&) { return c->no_coordinator = true; }},
   };
   return table;
 }

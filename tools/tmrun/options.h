@@ -19,6 +19,8 @@ struct Config {
   bool join = false;       // --join: start one joiner for an existing job
   int replace = -1;        // --replace R: the rank the joiner takes over
   std::string store;       // --store host:port: the job's store (with --join)
+  std::string coordinator;  // --coordinator host:port (else TRAINMOVER_COORDINATOR, else an embedded one)
+  bool no_coordinator = false;  // --no-coordinator: plain pass-through ranks
   std::vector<std::string> command;
 };
 

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "control.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <thread>
+
+#include "coordinator.h"
+#include "wire.h"
+
+namespace tmrun {
+
+struct ControlPlane::Embedded {
+  std::unique_ptr<trainmover::control::Coordinator> coord;
+  std::thread thread;
+};
+
+ControlPlane::ControlPlane() = default;
+
+ControlPlane::~ControlPlane() {
+  if (embedded_) {
+    embedded_->coord->Stop();
+    embedded_->thread.join();
+  }
+  if (!token_file_.empty() && !dir_.empty()) {
+    unlink(token_file_.c_str());
+    rmdir(dir_.c_str());
+  }
+}
+
+bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
+                         const std::string& job_token_file, std::string* err) {
+  if (disabled) {
+    unsetenv("TRAINMOVER_COORDINATOR");
+    return true;
+  }
+  const char* env_coord = getenv("TRAINMOVER_COORDINATOR");
+  const char* env_token = getenv("TRAINMOVER_TOKEN");
+  std::string token = env_token ? env_token : "";
+  if (!coordinator.empty() || (env_coord && *env_coord) || !job_coordinator.empty()) {
+    address_ = !coordinator.empty() ? coordinator : (env_coord && *env_coord) ? env_coord : job_coordinator;
+    if (token.empty() && !job_token_file.empty()) {
+      std::ifstream f(job_token_file, std::ios::binary);
+      token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    }
+    if (token.empty()) {
+      *err = "the coordinator " + address_ + " needs the job's token: set TRAINMOVER_TOKEN";
+      return false;
+    }
+    setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
+    setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
+    return true;
+  }
+  // None given: an embedded coordinator with a random token, kept in a private file for tmctl.
+  if (token.empty()) {
+    unsigned char raw[24];
+    if (!trainmover::control::RandomBytes(raw, sizeof(raw))) {
+      *err = "cannot generate a token";
+      return false;
+    }
+    static const char kHex[] = "0123456789abcdef";
+    for (unsigned char c : raw) {
+      token += kHex[c >> 4];
+      token += kHex[c & 15];
+    }
+  }
+  trainmover::control::Coordinator::Options o;
+  o.token = token;
+  embedded_ = std::make_unique<Embedded>();
+  embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
+  if (!embedded_->coord->Start(err)) {
+    embedded_.reset();
+    return false;
+  }
+  address_ = embedded_->coord->address();
+  Embedded* e = embedded_.get();
+  e->thread = std::thread([e] { e->coord->Run(); });
+  char tmpl[] = "/tmp/tmrun-XXXXXX";  // mkdtemp makes it 0700
+  if (mkdtemp(tmpl)) {
+    dir_ = tmpl;
+    token_file_ = dir_ + "/token";
+    int fd = open(token_file_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, token.data(), token.size()) != static_cast<ssize_t>(token.size())) token_file_.clear();
+    if (fd >= 0) close(fd);
+  }
+  setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
+  setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
+  return true;
+}
+
+}  // namespace tmrun

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: Apache-2.0
+// control.h: tmrun's link to the control plane. The ranks get TRAINMOVER_COORDINATOR and
+// TRAINMOVER_TOKEN: the coordinator given with --coordinator (or already in the environment), else one
+// embedded in tmrun (a trainmoverd Coordinator on a thread of tmrun) with a random token.
+#ifndef TRAINMOVER_TOOLS_TMRUN_CONTROL_H_
+#define TRAINMOVER_TOOLS_TMRUN_CONTROL_H_
+
+#include <memory>
+#include <string>
+
+namespace tmrun {
+
+class ControlPlane {
+ public:
+  ControlPlane();
+  ~ControlPlane();  // stops the embedded coordinator, removes the token file
+  // Sets TRAINMOVER_COORDINATOR/TRAINMOVER_TOKEN in tmrun's environment (the ranks inherit it).
+  // `coordinator`: from --coordinator ("" = none given). `job_coordinator`/`job_token_file`: a joiner's
+  // job's values from its store ("" = none). Returns false with a message.
+  bool Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
+             const std::string& job_token_file, std::string* err);
+  const std::string& address() const { return address_; }        // "" when disabled
+  const std::string& token_file() const { return token_file_; }  // "" unless embedded
+
+ private:
+  struct Embedded;
+  std::unique_ptr<Embedded> embedded_;
+  std::string address_, token_file_, dir_;
+};
+
+}  // namespace tmrun
+
+#endif  // TRAINMOVER_TOOLS_TMRUN_CONTROL_H_
