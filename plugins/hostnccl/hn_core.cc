@@ -20,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <future>
+#include <memory>
 #include <random>
 #include <set>
 #include <sstream>
@@ -309,7 +311,8 @@ struct RankInfo {
 // The rendezvous thread started by ncclGetUniqueId: collects every rank's Hello, answers all of them with the
 // full table, and exits. It gives up (closing every connection, which the ranks see) when no rank has shown up
 // for timeout_ms.
-void Rendezvous(int listen_fd, uint64_t nonce, int64_t timeout_ms) {
+void Rendezvous(int listen_fd, uint64_t nonce, int64_t timeout_ms, std::shared_ptr<std::promise<void>> started) {
+  started->set_value();  // from here on the thread sits in poll() until a rank connects
   std::vector<int> fds;
   std::vector<RankInfo> infos;
   std::vector<int> fd_of_rank;
@@ -428,7 +431,12 @@ ncclResult_t CreateUniqueId(ncclUniqueId* id, int64_t timeout_ms) {
   memset(id, 0, sizeof(*id));
   memcpy(id->internal, &l, sizeof(l));
   try {
-    std::thread(Rendezvous, fd, l.nonce, timeout_ms).detach();
+    // Returns once the thread is running, so a caller that forks right after (one process per rank) does
+    // not fork while the new thread is still being set up.
+    auto started = std::make_shared<std::promise<void>>();
+    std::future<void> ready = started->get_future();
+    std::thread(Rendezvous, fd, l.nonce, timeout_ms, started).detach();
+    ready.wait();
   } catch (...) {
     close(fd);
     return Fail(ncclSystemError, "ncclGetUniqueId: cannot start the rendezvous thread");
