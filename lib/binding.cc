@@ -58,16 +58,15 @@ std::string HandlePath(void* handle) {
 
 // Fills g_real from `handle`. Returns false when the library lacks ncclGetVersion (not an NCCL).
 bool LoadTable(void* handle) {
-#define TM_LOOKUP(ret, name, params, args) \
-  g_real.name = reinterpret_cast<ret(*) params>(dlsym(handle, "nccl" #name));
+#define TM_LOOKUP(ret, name, params, args) g_real.name = reinterpret_cast<ret(*) params>(dlsym(handle, "nccl" #name));
   TM_NCCL_API(TM_LOOKUP)
   TM_NCCL_API_NO_PNCCL(TM_LOOKUP)
 #undef TM_LOOKUP
   int missing = 0;
-#define TM_COUNT_MISSING(ret, name, params, args)                                           \
-  if (!g_real.name) {                                                                       \
-    ++missing;                                                                              \
-    TM_INFO(kLogBind, "real library lacks nccl%s; calls to it will fail", #name);           \
+#define TM_COUNT_MISSING(ret, name, params, args)                                 \
+  if (!g_real.name) {                                                             \
+    ++missing;                                                                    \
+    TM_INFO(kLogBind, "real library lacks nccl%s; calls to it will fail", #name); \
   }
   TM_NCCL_API(TM_COUNT_MISSING)
 #undef TM_COUNT_MISSING
@@ -120,7 +119,8 @@ void* SearchPath(const std::string& self, std::string* found) {
     }
   }
   ReadLdSoConf("/etc/ld.so.conf", &dirs, 0);  // what the ld.so cache was built from
-  for (const char* d : {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}) {
+  for (const char* d :
+       {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}) {
     dirs.push_back(d);
   }
   for (const std::string& d : dirs) {
@@ -189,21 +189,26 @@ ncclResult_t Bind(const Config& cfg) {
       }
     }
     if (!h) {
-      SetShimError("TrainMover: no real NCCL library found (not linked, not on the library path); set "
-                   "TRAINMOVER_NCCL_LIBRARY to the path of the real libnccl.so.2");
+      SetShimError(
+          "TrainMover: no real NCCL library found (not linked, not on the library path); set "
+          "TRAINMOVER_NCCL_LIBRARY to the path of the real libnccl.so.2");
       return ncclSystemError;
     }
   }
   if (!LoadTable(h)) {
-    SetShimError("TrainMover: %s (%s) does not export ncclGetVersion; set TRAINMOVER_NCCL_LIBRARY to the real "
-                 "libnccl.so.2", HandlePath(h).c_str(), method.c_str());
+    SetShimError(
+        "TrainMover: %s (%s) does not export ncclGetVersion; set TRAINMOVER_NCCL_LIBRARY to the real "
+        "libnccl.so.2",
+        HandlePath(h).c_str(), method.c_str());
     return ncclSystemError;
   }
   int version = 0;
   ncclResult_t r = g_real.GetVersion(&version);
   if (r != ncclSuccess || version < kMinVersion || version >= kMaxVersion) {
-    SetShimError("TrainMover: %s reports NCCL version %d; this shim needs NCCL 2.x >= 2.28 (set "
-                 "TRAINMOVER_NCCL_LIBRARY to a matching libnccl.so.2)", HandlePath(h).c_str(), version);
+    SetShimError(
+        "TrainMover: %s reports NCCL version %d; this shim needs NCCL 2.x >= 2.28 (set "
+        "TRAINMOVER_NCCL_LIBRARY to a matching libnccl.so.2)",
+        HandlePath(h).c_str(), version);
     return ncclSystemError;
   }
   g_bind.path = HandlePath(h);
@@ -261,7 +266,8 @@ void SetShimError(const char* fmt, ...) {
 
 void ClearShimError() {
   // A failed bind or bad configuration stays the answer for good.
-  if (g_init_state != static_cast<int>(InitState::kFailed)) __atomic_store_n(&g_shim_error_set, false, __ATOMIC_RELEASE);
+  if (g_init_state != static_cast<int>(InitState::kFailed))
+    __atomic_store_n(&g_shim_error_set, false, __ATOMIC_RELEASE);
 }
 
 const char* ShimErrorOrNull() { return __atomic_load_n(&g_shim_error_set, __ATOMIC_ACQUIRE) ? g_shim_error : nullptr; }

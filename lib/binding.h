@@ -24,9 +24,9 @@ enum class InitState : int { kNotYet = 0, kReady = 1, kFailed = 2 };
 extern int g_init_state;  // InitState; written once under call_once, read after EnsureInit
 
 struct BindInfo {
-  std::string path;     // the file bound
-  std::string method;   // "TRAINMOVER_NCCL_LIBRARY", "RTLD_NEXT", "dlopen", "search"
-  int version = 0;      // real ncclGetVersion
+  std::string path;    // the file bound
+  std::string method;  // "TRAINMOVER_NCCL_LIBRARY", "RTLD_NEXT", "dlopen", "search"
+  int version = 0;     // real ncclGetVersion
   void* handle = nullptr;
 };
 const BindInfo& GetBindInfo();

@@ -11,9 +11,12 @@ namespace trainmover::shim {
 
 const char* RoleName(Role r) {
   switch (r) {
-    case Role::kWorker: return "worker";
-    case Role::kJoiner: return "joiner";
-    case Role::kStandby: return "standby";
+    case Role::kWorker:
+      return "worker";
+    case Role::kJoiner:
+      return "joiner";
+    case Role::kStandby:
+      return "standby";
   }
   return "?";
 }
@@ -111,18 +114,26 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
     return true;
   }
   if (name == "TRAINMOVER_ROLE") {
-    if (strcasecmp(v, "worker") == 0) c->role = Role::kWorker;
-    else if (strcasecmp(v, "joiner") == 0) c->role = Role::kJoiner;
-    else if (strcasecmp(v, "standby") == 0) c->role = Role::kStandby;
-    else return false;
+    if (strcasecmp(v, "worker") == 0)
+      c->role = Role::kWorker;
+    else if (strcasecmp(v, "joiner") == 0)
+      c->role = Role::kJoiner;
+    else if (strcasecmp(v, "standby") == 0)
+      c->role = Role::kStandby;
+    else
+      return false;
     return true;
   }
   if (name == "TRAINMOVER_REPLACE") return ParseInt(v, 0, &c->replace);
   if (name == "TRAINMOVER_DEBUG") {
-    if (strcasecmp(v, "WARN") == 0) c->debug = LogLevel::kWarn;
-    else if (strcasecmp(v, "INFO") == 0) c->debug = LogLevel::kInfo;
-    else if (strcasecmp(v, "TRACE") == 0) c->debug = LogLevel::kTrace;
-    else return false;
+    if (strcasecmp(v, "WARN") == 0)
+      c->debug = LogLevel::kWarn;
+    else if (strcasecmp(v, "INFO") == 0)
+      c->debug = LogLevel::kInfo;
+    else if (strcasecmp(v, "TRACE") == 0)
+      c->debug = LogLevel::kTrace;
+    else
+      return false;
     return true;
   }
   if (name == "TRAINMOVER_DEBUG_FILE") {

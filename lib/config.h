@@ -30,10 +30,10 @@ struct Config {
   Role role = Role::kWorker;     // TRAINMOVER_ROLE
   int64_t replace = -1;          // TRAINMOVER_REPLACE (-1 = none)
   LogLevel debug = LogLevel::kWarn;
-  std::string debug_file;        // TRAINMOVER_DEBUG_FILE (pattern, %h %p)
+  std::string debug_file;  // TRAINMOVER_DEBUG_FILE (pattern, %h %p)
   uint32_t debug_subsys = kLogAll & ~kLogColl;
-  int64_t shadow_iters = 1;      // TRAINMOVER_SHADOW_ITERS >= 1
-  int64_t heartbeat_ms = 1000;   // TRAINMOVER_HEARTBEAT_MS >= 1
+  int64_t shadow_iters = 1;     // TRAINMOVER_SHADOW_ITERS >= 1
+  int64_t heartbeat_ms = 1000;  // TRAINMOVER_HEARTBEAT_MS >= 1
 };
 
 enum class ParamType { kString, kPath, kInt, kEnum, kHostPort, kList };

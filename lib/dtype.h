@@ -16,11 +16,24 @@ namespace trainmover::shim {
 
 inline size_t DtypeSize(ncclDataType_t t) {
   switch (t) {
-    case ncclInt8: case ncclUint8: case ncclFloat8e4m3: case ncclFloat8e5m2: return 1;
-    case ncclFloat16: case ncclBfloat16: return 2;
-    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
-    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
-    default: return 0;  // invalid
+    case ncclInt8:
+    case ncclUint8:
+    case ncclFloat8e4m3:
+    case ncclFloat8e5m2:
+      return 1;
+    case ncclFloat16:
+    case ncclBfloat16:
+      return 2;
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32:
+      return 4;
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64:
+      return 8;
+    default:
+      return 0;  // invalid
   }
 }
 
@@ -74,8 +87,10 @@ inline double Decode(const SmallFloat& f, uint32_t bits) {
   const bool neg = (bits >> sign_shift) & 1;
   const uint32_t mag = bits & ((1u << sign_shift) - 1);
   double v;
-  if (f.inf && mag == f.inf) v = INFINITY;
-  else if (mag > f.max_finite) v = NAN;
+  if (f.inf && mag == f.inf)
+    v = INFINITY;
+  else if (mag > f.max_finite)
+    v = NAN;
   else {
     const uint32_t e = mag >> f.mbits, m = mag & ((1u << f.mbits) - 1);
     v = (e == 0) ? std::ldexp(static_cast<double>(m), 1 - f.bias - f.mbits)
@@ -87,24 +102,62 @@ inline double Decode(const SmallFloat& f, uint32_t bits) {
 // Loads element i of a floating-point array as double / stores double rounded once to the type.
 inline double LoadFloat(ncclDataType_t t, const void* p, size_t i) {
   switch (t) {
-    case ncclFloat32: { float v; std::memcpy(&v, static_cast<const char*>(p) + 4 * i, 4); return v; }
-    case ncclFloat64: { double v; std::memcpy(&v, static_cast<const char*>(p) + 8 * i, 8); return v; }
-    case ncclFloat16: { uint16_t b; std::memcpy(&b, static_cast<const char*>(p) + 2 * i, 2); return Decode(kHalf, b); }
-    case ncclBfloat16: { uint16_t b; std::memcpy(&b, static_cast<const char*>(p) + 2 * i, 2); return Decode(kBf16, b); }
-    case ncclFloat8e4m3: return Decode(kE4m3, static_cast<const uint8_t*>(p)[i]);
-    case ncclFloat8e5m2: return Decode(kE5m2, static_cast<const uint8_t*>(p)[i]);
-    default: return 0;
+    case ncclFloat32: {
+      float v;
+      std::memcpy(&v, static_cast<const char*>(p) + 4 * i, 4);
+      return v;
+    }
+    case ncclFloat64: {
+      double v;
+      std::memcpy(&v, static_cast<const char*>(p) + 8 * i, 8);
+      return v;
+    }
+    case ncclFloat16: {
+      uint16_t b;
+      std::memcpy(&b, static_cast<const char*>(p) + 2 * i, 2);
+      return Decode(kHalf, b);
+    }
+    case ncclBfloat16: {
+      uint16_t b;
+      std::memcpy(&b, static_cast<const char*>(p) + 2 * i, 2);
+      return Decode(kBf16, b);
+    }
+    case ncclFloat8e4m3:
+      return Decode(kE4m3, static_cast<const uint8_t*>(p)[i]);
+    case ncclFloat8e5m2:
+      return Decode(kE5m2, static_cast<const uint8_t*>(p)[i]);
+    default:
+      return 0;
   }
 }
 inline void StoreFloat(ncclDataType_t t, void* p, size_t i, double x) {
   switch (t) {
-    case ncclFloat32: { float v = static_cast<float>(x); std::memcpy(static_cast<char*>(p) + 4 * i, &v, 4); return; }
-    case ncclFloat64: std::memcpy(static_cast<char*>(p) + 8 * i, &x, 8); return;
-    case ncclFloat16: { uint16_t b = Encode(kHalf, x); std::memcpy(static_cast<char*>(p) + 2 * i, &b, 2); return; }
-    case ncclBfloat16: { uint16_t b = Encode(kBf16, x); std::memcpy(static_cast<char*>(p) + 2 * i, &b, 2); return; }
-    case ncclFloat8e4m3: static_cast<uint8_t*>(p)[i] = Encode(kE4m3, x); return;
-    case ncclFloat8e5m2: static_cast<uint8_t*>(p)[i] = Encode(kE5m2, x); return;
-    default: return;
+    case ncclFloat32: {
+      float v = static_cast<float>(x);
+      std::memcpy(static_cast<char*>(p) + 4 * i, &v, 4);
+      return;
+    }
+    case ncclFloat64:
+      std::memcpy(static_cast<char*>(p) + 8 * i, &x, 8);
+      return;
+    case ncclFloat16: {
+      uint16_t b = Encode(kHalf, x);
+      std::memcpy(static_cast<char*>(p) + 2 * i, &b, 2);
+      return;
+    }
+    case ncclBfloat16: {
+      uint16_t b = Encode(kBf16, x);
+      std::memcpy(static_cast<char*>(p) + 2 * i, &b, 2);
+      return;
+    }
+    case ncclFloat8e4m3:
+      static_cast<uint8_t*>(p)[i] = Encode(kE4m3, x);
+      return;
+    case ncclFloat8e5m2:
+      static_cast<uint8_t*>(p)[i] = Encode(kE5m2, x);
+      return;
+    default:
+      return;
   }
 }
 

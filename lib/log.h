@@ -40,9 +40,10 @@ void LogPrint(LogLevel level, uint32_t subsys, const char* file, int line, const
 
 }  // namespace trainmover::shim
 
-#define TM_LOG(level, subsys, ...)                                                          \
-  do {                                                                                      \
-    if (::trainmover::shim::LogEnabled(level, subsys)) ::trainmover::shim::LogPrint(level, subsys, __FILE__, __LINE__, __VA_ARGS__); \
+#define TM_LOG(level, subsys, ...)                                                  \
+  do {                                                                              \
+    if (::trainmover::shim::LogEnabled(level, subsys))                              \
+      ::trainmover::shim::LogPrint(level, subsys, __FILE__, __LINE__, __VA_ARGS__); \
   } while (0)
 #define TM_WARN(subsys, ...) TM_LOG(::trainmover::shim::LogLevel::kWarn, subsys, __VA_ARGS__)
 #define TM_INFO(subsys, ...) TM_LOG(::trainmover::shim::LogLevel::kInfo, subsys, __VA_ARGS__)

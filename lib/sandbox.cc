@@ -97,8 +97,10 @@ ncclResult_t Emulate(OpKind kind, const void* send, void* recv, size_t count, nc
       return ncclSuccess;
     case OpKind::kScatter:
       if (!need(recv) || (at_root && !need(send))) return Invalid("null buffer");
-      if (at_root) memmove(recv, static_cast<const char*>(send) + rank * bytes, bytes);
-      else memset(recv, 0, bytes);
+      if (at_root)
+        memmove(recv, static_cast<const char*>(send) + rank * bytes, bytes);
+      else
+        memset(recv, 0, bytes);
       return ncclSuccess;
     case OpKind::kRecv:
       if (!need(recv)) return Invalid("null buffer");

@@ -34,10 +34,14 @@ const ncclComm_t kUnsetComm = reinterpret_cast<ncclComm_t>(~uintptr_t{0});
 
 template <typename R>
 R FailValue(ncclResult_t code) {
-  if constexpr (std::is_same_v<R, ncclResult_t>) return code;
-  else if constexpr (std::is_void_v<R>) return;
-  else if constexpr (std::is_same_v<R, const char*>) return ShimErrorOrNull();
-  else return R{};
+  if constexpr (std::is_same_v<R, ncclResult_t>)
+    return code;
+  else if constexpr (std::is_void_v<R>)
+    return;
+  else if constexpr (std::is_same_v<R, const char*>)
+    return ShimErrorOrNull();
+  else
+    return R{};
 }
 
 inline ncclResult_t Init() { return Ready() ? ncclSuccess : EnsureInit(); }
@@ -89,8 +93,8 @@ ncclResult_t ForwardRaw(const char* name, ncclResult_t (*const* fn)(P...), A... 
   return Noted((*fn)(a...));
 }
 
-#define TM_INIT_OR_RETURN()                                           \
-  do {                                                                \
+#define TM_INIT_OR_RETURN()                                                  \
+  do {                                                                       \
     if (ncclResult_t e_ = Init(); TM_UNLIKELY(e_ != ncclSuccess)) return e_; \
   } while (0)
 #define TM_REQUIRE_REAL(name)                                                      \
@@ -201,17 +205,18 @@ extern "C" {
 // ---------------------------------------------------------------------------------------------------
 // Collectives and point-to-point: the hot path. No lock, no allocation, no system call.
 
-#define TM_COLL_PROLOGUE(Name, kind, count, dt, op, peer, ...)                          \
-  VComm* v = AsVComm(comm);                                                             \
+#define TM_COLL_PROLOGUE(Name, kind, count, dt, op, peer, ...)                               \
+  VComm* v = AsVComm(comm);                                                                  \
   if (TM_UNLIKELY(v == nullptr)) return ForwardRaw("nccl" #Name, &g_real.Name, __VA_ARGS__); \
-  Record(v, kind, count, dt, op, peer);                                                 \
+  Record(v, kind, count, dt, op, peer);                                                      \
   ncclComm_t real = v->real.load(std::memory_order_acquire)
 
 TM_EXPORT ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                                      ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(AllReduce, OpKind::kAllReduce, count, datatype, op, -1, sendbuff, recvbuff, count, datatype, op,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr)) return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1);
+  if (TM_UNLIKELY(real == nullptr))
+    return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1);
   return Noted(g_real.AllReduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), real, stream));
 }
 
@@ -267,8 +272,8 @@ TM_EXPORT ncclResult_t ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t
   return Noted(g_real.AlltoAll(sendbuff, recvbuff, count, datatype, real, stream));
 }
 
-TM_EXPORT ncclResult_t ncclGather(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
-                                  int root, ncclComm_t comm, cudaStream_t stream) {
+TM_EXPORT ncclResult_t ncclGather(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+                                  ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(Gather, OpKind::kGather, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root, comm,
                    stream);
   if (TM_UNLIKELY(real == nullptr))
@@ -285,17 +290,19 @@ TM_EXPORT ncclResult_t ncclScatter(const void* sendbuff, void* recvbuff, size_t 
   return Noted(g_real.Scatter(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
-TM_EXPORT ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer,
-                                ncclComm_t comm, cudaStream_t stream) {
+TM_EXPORT ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
+                                cudaStream_t stream) {
   TM_COLL_PROLOGUE(Send, OpKind::kSend, count, datatype, -1, peer, sendbuff, count, datatype, peer, comm, stream);
-  if (TM_UNLIKELY(real == nullptr)) return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer);
+  if (TM_UNLIKELY(real == nullptr))
+    return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer);
   return Noted(g_real.Send(sendbuff, count, datatype, peer, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
                                 cudaStream_t stream) {
   TM_COLL_PROLOGUE(Recv, OpKind::kRecv, count, datatype, -1, peer, recvbuff, count, datatype, peer, comm, stream);
-  if (TM_UNLIKELY(real == nullptr)) return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer);
+  if (TM_UNLIKELY(real == nullptr))
+    return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer);
   return Noted(g_real.Recv(recvbuff, count, datatype, peer, real, stream));
 }
 
@@ -345,8 +352,7 @@ TM_EXPORT ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, nccl
   l.rank = rank;
   l.id_hash = HashBytes(&commId, sizeof(commId));
   CopyConfig(config, &l);
-  if (ProcessSandboxed())
-    return CreateSandboxed("ncclCommInitRankConfig", comm, std::move(l), &commId, sizeof(commId));
+  if (ProcessSandboxed()) return CreateSandboxed("ncclCommInitRankConfig", comm, std::move(l), &commId, sizeof(commId));
   TM_REQUIRE_REAL(CommInitRankConfig);
   ncclComm_t local = kUnsetComm;
   ncclResult_t r = g_real.CommInitRankConfig(comm ? &local : nullptr, nranks, commId, rank, config);
@@ -457,7 +463,8 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
   l.kind = CommKind::kShrink;
   l.parent_index = parent->lineage.index;
   l.parent_key = parent->comm_key;
-  if (excludeRanksList && excludeRanksCount > 0) l.excluded.assign(excludeRanksList, excludeRanksList + excludeRanksCount);
+  if (excludeRanksList && excludeRanksCount > 0)
+    l.excluded.assign(excludeRanksList, excludeRanksList + excludeRanksCount);
   l.shrink_flags = shrinkFlags;
   l.nranks = -1;
   l.rank = -1;
@@ -484,8 +491,8 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
   }
   TM_REQUIRE_REAL(CommShrink);
   ncclComm_t local = kUnsetComm;
-  ncclResult_t r = g_real.CommShrink(preal, excludeRanksList, excludeRanksCount, newcomm ? &local : nullptr, config,
-                                     shrinkFlags);
+  ncclResult_t r =
+      g_real.CommShrink(preal, excludeRanksList, excludeRanksCount, newcomm ? &local : nullptr, config, shrinkFlags);
   if (r == ncclSuccess || r == ncclInProgress) {
     std::lock_guard<std::mutex> lock(parent->mu);
     l.child_index = parent->children++;
@@ -535,18 +542,18 @@ TM_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyn
 }
 
 // CommCount / CommUserRank / CommCuDevice: in the sandbox, answered from the lineage.
-#define TM_COMM_QUERY(Name, field_expr)                                              \
-  TM_EXPORT ncclResult_t nccl##Name(const ncclComm_t comm, int* out) {               \
-    VComm* v = AsVComm(comm);                                                        \
-    if (!v) return ForwardRaw("nccl" #Name, &g_real.Name, comm, out);                \
-    ncclComm_t real = v->real.load(std::memory_order_acquire);                       \
-    if (!real) {                                                                     \
-      if (!out) return ShimInvalid("nccl" #Name, "output argument is NULL");         \
-      *out = (field_expr);                                                           \
-      return ncclSuccess;                                                            \
-    }                                                                                \
-    TM_REQUIRE_REAL(Name);                                                           \
-    return Noted(g_real.Name(real, out));                                            \
+#define TM_COMM_QUERY(Name, field_expr)                                      \
+  TM_EXPORT ncclResult_t nccl##Name(const ncclComm_t comm, int* out) {       \
+    VComm* v = AsVComm(comm);                                                \
+    if (!v) return ForwardRaw("nccl" #Name, &g_real.Name, comm, out);        \
+    ncclComm_t real = v->real.load(std::memory_order_acquire);               \
+    if (!real) {                                                             \
+      if (!out) return ShimInvalid("nccl" #Name, "output argument is NULL"); \
+      *out = (field_expr);                                                   \
+      return ncclSuccess;                                                    \
+    }                                                                        \
+    TM_REQUIRE_REAL(Name);                                                   \
+    return Noted(g_real.Name(real, out));                                    \
   }
 TM_COMM_QUERY(CommCount, v->lineage.nranks)
 TM_COMM_QUERY(CommUserRank, v->lineage.rank)
@@ -556,15 +563,24 @@ TM_COMM_QUERY(CommCuDevice, v->lineage.device < 0 ? 0 : v->lineage.device)
 TM_EXPORT const char* ncclGetErrorString(ncclResult_t result) {
   if (Init() == ncclSuccess && g_real.GetErrorString) return g_real.GetErrorString(result);
   switch (result) {  // no real library: NCCL's own wording
-    case ncclSuccess: return "no error";
-    case ncclUnhandledCudaError: return "unhandled cuda error (run with NCCL_DEBUG=INFO for details)";
-    case ncclSystemError: return "unhandled system error (run with NCCL_DEBUG=INFO for details)";
-    case ncclInternalError: return "internal error - please report this issue to the NCCL developers";
-    case ncclInvalidArgument: return "invalid argument (run with NCCL_DEBUG=WARN for details)";
-    case ncclInvalidUsage: return "invalid usage (run with NCCL_DEBUG=WARN for details)";
-    case ncclRemoteError: return "remote process exited or there was a network error";
-    case ncclInProgress: return "NCCL operation in progress";
-    default: return "unknown result code";
+    case ncclSuccess:
+      return "no error";
+    case ncclUnhandledCudaError:
+      return "unhandled cuda error (run with NCCL_DEBUG=INFO for details)";
+    case ncclSystemError:
+      return "unhandled system error (run with NCCL_DEBUG=INFO for details)";
+    case ncclInternalError:
+      return "internal error - please report this issue to the NCCL developers";
+    case ncclInvalidArgument:
+      return "invalid argument (run with NCCL_DEBUG=WARN for details)";
+    case ncclInvalidUsage:
+      return "invalid usage (run with NCCL_DEBUG=WARN for details)";
+    case ncclRemoteError:
+      return "remote process exited or there was a network error";
+    case ncclInProgress:
+      return "NCCL operation in progress";
+    default:
+      return "unknown result code";
   }
 }
 
@@ -689,7 +705,8 @@ TM_EXPORT ncclResult_t ncclCommWindowDeregister(ncclComm_t comm, ncclWindow_t wi
 TM_EXPORT ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, ncclDataType_t datatype,
                                                 ncclScalarResidence_t residence, ncclComm_t comm) {
   VComm* v = AsVComm(comm);
-  if (!v) return ForwardRaw("ncclRedOpCreatePreMulSum", &g_real.RedOpCreatePreMulSum, op, scalar, datatype, residence, comm);
+  if (!v)
+    return ForwardRaw("ncclRedOpCreatePreMulSum", &g_real.RedOpCreatePreMulSum, op, scalar, datatype, residence, comm);
   ncclComm_t real = v->real.load(std::memory_order_acquire);
   ncclRedOp_t real_op = ncclSum;
   if (real) {
@@ -793,10 +810,12 @@ TM_EXPORT ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) {
 #define TM_IIF_1(t, f) t
 
 #define TM_SKIP(ret, name, params, args)
-#define TM_GENERIC(ret, name, params, args)                                               \
-  extern "C" TM_EXPORT ret nccl##name params {                                            \
-    auto call_ = [&](auto... a) -> ret { return ::trainmover::shim::Forward("nccl" #name, &::trainmover::shim::g_real.name, a...); }; \
-    return call_ args;                                                                    \
+#define TM_GENERIC(ret, name, params, args)                                                     \
+  extern "C" TM_EXPORT ret nccl##name params {                                                  \
+    auto call_ = [&](auto... a) -> ret {                                                        \
+      return ::trainmover::shim::Forward("nccl" #name, &::trainmover::shim::g_real.name, a...); \
+    };                                                                                          \
+    return call_ args;                                                                          \
   }
 #define TM_STUB(ret, name, params, args) TM_IIF(TM_IS_HAND(name))(TM_SKIP, TM_GENERIC)(ret, name, params, args)
 TM_NCCL_API(TM_STUB)

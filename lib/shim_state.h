@@ -41,8 +41,8 @@ const char* CommKindName(CommKind k);
 
 struct Lineage {
   CommKind kind = CommKind::kInitRank;
-  uint64_t index = 0;       // creation index in this process: 0, 1, 2, ... over every creation path
-  int nranks = 0;           // logical size and rank (as the real communicator reports, or as emulated)
+  uint64_t index = 0;  // creation index in this process: 0, 1, 2, ... over every creation path
+  int nranks = 0;      // logical size and rank (as the real communicator reports, or as emulated)
   int rank = 0;
   // Config copy (InitRankConfig/Scalable/Split/Shrink with a non-null config). Only config->size bytes
   // were read; the rest is NCCL_CONFIG_INITIALIZER. String members are copied into the std::strings.
@@ -74,14 +74,24 @@ uint64_t CommKeyOf(const Lineage& l, const void* ids, size_t ids_bytes);
 
 // Signature of one operation, kept in a ring per VComm (the basis of switch points and sandbox tapes).
 enum class OpKind : uint8_t {
-  kAllReduce, kReduce, kBroadcast, kBcast, kAllGather, kReduceScatter, kAlltoAll, kGather, kScatter, kSend, kRecv
+  kAllReduce,
+  kReduce,
+  kBroadcast,
+  kBcast,
+  kAllGather,
+  kReduceScatter,
+  kAlltoAll,
+  kGather,
+  kScatter,
+  kSend,
+  kRecv
 };
 const char* OpKindName(OpKind k);
 struct OpSig {
-  uint64_t seq;      // 1-based sequence number of this operation on its VComm
+  uint64_t seq;  // 1-based sequence number of this operation on its VComm
   uint64_t count;
-  int32_t op;        // the application's ncclRedOp_t (virtual for PreMulSum), -1 when not a reduction
-  int32_t peer;      // root or peer, -1 when none
+  int32_t op;    // the application's ncclRedOp_t (virtual for PreMulSum), -1 when not a reduction
+  int32_t peer;  // root or peer, -1 when none
   OpKind kind;
   uint8_t datatype;  // ncclDataType_t
 };
@@ -90,13 +100,13 @@ struct OpSig {
 constexpr int kVirtualOpBase = 0x40000000;
 constexpr int kMaxOpsPerComm = 1024;
 struct RedOpSlot {
-  std::atomic<int> live{0};       // 1 while the application may use it
-  int real = -1;                  // the real op on the current real comm (-1: none, sandboxed)
-  int next = -1;                  // the real op on the next real comm (RebindObjects)
+  std::atomic<int> live{0};  // 1 while the application may use it
+  int real = -1;             // the real op on the current real comm (-1: none, sandboxed)
+  int next = -1;             // the real op on the next real comm (RebindObjects)
   ncclDataType_t datatype = ncclFloat32;
   ncclScalarResidence_t residence = ncclScalarHostImmediate;
-  void* scalar_ptr = nullptr;     // as given (must stay valid for a device-resident scalar)
-  uint8_t scalar[8] = {};         // host-immediate value, copied at creation
+  void* scalar_ptr = nullptr;  // as given (must stay valid for a device-resident scalar)
+  uint8_t scalar[8] = {};      // host-immediate value, copied at creation
 };
 
 // A buffer registration (ncclCommRegister) or window (ncclCommWindowRegister). The application's handle
@@ -107,8 +117,8 @@ struct RegHandle {
   VComm* vcomm = nullptr;
   void* buff = nullptr;
   size_t size = 0;
-  void* real = nullptr;   // real handle (null when sandboxed)
-  void* next = nullptr;   // on the next real comm
+  void* real = nullptr;  // real handle (null when sandboxed)
+  void* next = nullptr;  // on the next real comm
 };
 struct WinHandle {
   static constexpr uint64_t kMagic = 0x544d57494e484e31ull;  // "TMWINHN1"
@@ -135,12 +145,12 @@ struct VComm {
   uint64_t comm_key = 0;
   Lineage lineage;
   // Hot path (written by the thread issuing operations on this VComm, NCCL allows one at a time).
-  std::atomic<uint64_t> seq{0};           // operations issued so far (relaxed)
-  OpSig ring[kOpRing];                    // ring[(seq-1) % kOpRing] is the latest
-  std::atomic<RedOpSlot*> ops{nullptr};   // kMaxOpsPerComm slots, allocated on the first PreMulSum
+  std::atomic<uint64_t> seq{0};          // operations issued so far (relaxed)
+  OpSig ring[kOpRing];                   // ring[(seq-1) % kOpRing] is the latest
+  std::atomic<RedOpSlot*> ops{nullptr};  // kMaxOpsPerComm slots, allocated on the first PreMulSum
   // Slow path, under mu.
   std::mutex mu;
-  uint64_t children = 0;                  // Split/Shrink made from this VComm
+  uint64_t children = 0;  // Split/Shrink made from this VComm
   std::vector<RegHandle*> regs;
   std::vector<WinHandle*> wins;
 };
@@ -200,8 +210,8 @@ struct SafePointRecord {
 };
 // The mutex that tmShimSafePoint holds while it records a step (never held across the hook).
 std::mutex& SafePointMutex();
-SafePointRecord GetSafePoint();                    // takes the mutex
-SafePointRecord GetSafePointLocked();              // caller holds SafePointMutex()
+SafePointRecord GetSafePoint();        // takes the mutex
+SafePointRecord GetSafePointLocked();  // caller holds SafePointMutex()
 
 // Called by tmShimSafePoint after recording `step`, without locks held, on the application thread.
 // Returns the step the application continues from (normally `step`). May block (migration switch).

@@ -16,8 +16,8 @@ namespace trainmover::shim {
 
 namespace {
 
-std::mutex g_reg_mu;                 // the VComm list and creation counter
-std::vector<VComm*> g_live;          // creation order
+std::mutex g_reg_mu;         // the VComm list and creation counter
+std::vector<VComm*> g_live;  // creation order
 uint64_t g_next_index = 0;
 VCommObserver g_observer = nullptr;
 void* g_observer_ctx = nullptr;
@@ -60,19 +60,25 @@ uint64_t NowNs() {
 
 const char* CommKindName(CommKind k) {
   switch (k) {
-    case CommKind::kInitRank: return "InitRank";
-    case CommKind::kInitRankConfig: return "InitRankConfig";
-    case CommKind::kInitRankScalable: return "InitRankScalable";
-    case CommKind::kInitAll: return "InitAll";
-    case CommKind::kSplit: return "Split";
-    case CommKind::kShrink: return "Shrink";
+    case CommKind::kInitRank:
+      return "InitRank";
+    case CommKind::kInitRankConfig:
+      return "InitRankConfig";
+    case CommKind::kInitRankScalable:
+      return "InitRankScalable";
+    case CommKind::kInitAll:
+      return "InitAll";
+    case CommKind::kSplit:
+      return "Split";
+    case CommKind::kShrink:
+      return "Shrink";
   }
   return "?";
 }
 
 const char* OpKindName(OpKind k) {
-  static const char* kNames[] = {"AllReduce", "Reduce",  "Broadcast", "Bcast", "AllGather", "ReduceScatter",
-                                 "AlltoAll",  "Gather",  "Scatter",   "Send",  "Recv"};
+  static const char* kNames[] = {"AllReduce", "Reduce", "Broadcast", "Bcast", "AllGather", "ReduceScatter",
+                                 "AlltoAll",  "Gather", "Scatter",   "Send",  "Recv"};
   return kNames[static_cast<int>(k)];
 }
 
@@ -192,8 +198,8 @@ std::vector<VCommInfo> SnapshotVComms() {
   std::vector<VCommInfo> out;
   for (VComm* v : LiveVComms()) {
     std::lock_guard<std::mutex> lock(v->mu);
-    out.push_back({v, v->comm_key, v->lineage, v->real.load(std::memory_order_acquire),
-                   v->seq.load(std::memory_order_relaxed)});
+    out.push_back(
+        {v, v->comm_key, v->lineage, v->real.load(std::memory_order_acquire), v->seq.load(std::memory_order_relaxed)});
   }
   return out;
 }
@@ -334,7 +340,9 @@ int64_t SafePointImpl(int64_t step) {
 
 extern "C" {
 
-__attribute__((visibility("default"))) int64_t tmShimSafePoint(int64_t step) { return trainmover::shim::SafePointImpl(step); }
+__attribute__((visibility("default"))) int64_t tmShimSafePoint(int64_t step) {
+  return trainmover::shim::SafePointImpl(step);
+}
 
 __attribute__((visibility("default"))) int tmShimRegister(const char* name, void* ptr, size_t bytes) {
   if (!name || !name[0] || !ptr || bytes == 0 || strlen(name) > 63) return 1;  // tmInvalidArgument

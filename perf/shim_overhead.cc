@@ -77,17 +77,26 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--shim") shim = next();
-    else if (a == "--dropin") dropin = next();
-    else if (a == "--nullnccl") null_lib = next();
-    else if (a == "--hostnccl") host_lib = next();
-    else if (a == "--rounds") rounds = std::atoi(next().c_str());
-    else if (a == "--batch") batch = std::atoi(next().c_str());
-    else if (a == "--json") json = next();
-    else if (a == "--quick") rounds = 50, batch = 500;
+    if (a == "--shim")
+      shim = next();
+    else if (a == "--dropin")
+      dropin = next();
+    else if (a == "--nullnccl")
+      null_lib = next();
+    else if (a == "--hostnccl")
+      host_lib = next();
+    else if (a == "--rounds")
+      rounds = std::atoi(next().c_str());
+    else if (a == "--batch")
+      batch = std::atoi(next().c_str());
+    else if (a == "--json")
+      json = next();
+    else if (a == "--quick")
+      rounds = 50, batch = 500;
     else {
-      fprintf(stderr, "usage: shim_overhead --shim libtrainmover.so --dropin dropin/libnccl.so.2 --nullnccl PATH "
-                      "[--hostnccl PATH] [--rounds R] [--batch B] [--quick] [--json FILE]\n");
+      fprintf(stderr,
+              "usage: shim_overhead --shim libtrainmover.so --dropin dropin/libnccl.so.2 --nullnccl PATH "
+              "[--hostnccl PATH] [--rounds R] [--batch B] [--quick] [--json FILE]\n");
       return 2;
     }
   }
@@ -130,14 +139,20 @@ int main(int argc, char** argv) {
       s.push_back(b);
       added.push_back(b - a);
     }
-    Row row{p.name, Quantile(d, 0.5), Quantile(d, 0.99), Quantile(s, 0.5), Quantile(s, 0.99), Quantile(added, 0.5),
-            Quantile(added, 0.99), Quantile(s, 0.5) / Quantile(d, 0.5)};
+    Row row{p.name,
+            Quantile(d, 0.5),
+            Quantile(d, 0.99),
+            Quantile(s, 0.5),
+            Quantile(s, 0.99),
+            Quantile(added, 0.5),
+            Quantile(added, 0.99),
+            Quantile(s, 0.5) / Quantile(d, 0.5)};
     rows.push_back(row);
     direct.destroy(direct.comm);
     through.destroy(through.comm);
   }
-  printf("# shim_overhead: 1-element float allreduce, 1-rank communicator; %d rounds x %d calls, interleaved\n",
-         rounds, batch);
+  printf("# shim_overhead: 1-element float allreduce, 1-rank communicator; %d rounds x %d calls, interleaved\n", rounds,
+         batch);
   printf("# ns per call (median / p99 over rounds); added = shim - direct, paired per round; goal: added < 50 ns\n");
   printf("%-10s %12s %12s %12s %12s %12s %12s %8s\n", "backend", "direct_med", "direct_p99", "shim_med", "shim_p99",
          "added_med", "added_p99", "ratio");

@@ -23,8 +23,10 @@ ncclComm_t Make(int nranks, int rank) {
 NullComm* Of(ncclComm_t c) { return reinterpret_cast<NullComm*>(c); }
 template <typename R>
 R Zero() {
-  if constexpr (std::is_same_v<R, ncclResult_t>) return ncclSuccess;
-  else if constexpr (!std::is_void_v<R>) return R{};
+  if constexpr (std::is_same_v<R, ncclResult_t>)
+    return ncclSuccess;
+  else if constexpr (!std::is_void_v<R>)
+    return R{};
 }
 }  // namespace
 

@@ -65,6 +65,7 @@ int main() {
   Show("RedOpDestroy again", ncclRedOpDestroy(op, comm), comm);
   Show("GroupEnd without start", ncclGroupEnd(), comm);
   Show("CommDestroy", ncclCommDestroy(comm), nullptr);
-  for (int e = 0; e <= ncclNumResults; ++e) std::printf("error string %d: %s\n", e, ncclGetErrorString(static_cast<ncclResult_t>(e)));
+  for (int e = 0; e <= ncclNumResults; ++e)
+    std::printf("error string %d: %s\n", e, ncclGetErrorString(static_cast<ncclResult_t>(e)));
   return 0;
 }

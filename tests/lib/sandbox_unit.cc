@@ -46,7 +46,7 @@ std::vector<Case> Cases() {
       {ncclBfloat16, Bytes<uint16_t>({0x3fc0, 0xc000, 0x3e80}), Bytes<uint16_t>({0x4090, 0xc0c0, 0x3f40})},
       {ncclFloat8e4m3, Bytes<uint8_t>({0x3c, 0xc0, 0x28}), Bytes<uint8_t>({0x49, 0xcc, 0x34})},
       {ncclFloat8e5m2, Bytes<uint8_t>({0x3e, 0xc0, 0x34}), Bytes<uint8_t>({0x44, 0xc6, 0x3a})},  // 4.5 -> 4 (even)
-      {ncclInt8, Bytes<int8_t>({100, -3, 7}), Bytes<int8_t>({44, -9, 21})},  // 300 wraps to 44
+      {ncclInt8, Bytes<int8_t>({100, -3, 7}), Bytes<int8_t>({44, -9, 21})},                      // 300 wraps to 44
       {ncclUint8, Bytes<uint8_t>({200, 3, 7}), Bytes<uint8_t>({88, 9, 21})},
       {ncclInt32, Bytes<int32_t>({100, -3, 7}), Bytes<int32_t>({300, -9, 21})},
       {ncclUint32, Bytes<uint32_t>({100, 3, 7}), Bytes<uint32_t>({300, 9, 21})},

@@ -64,11 +64,16 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
   CHECK(c.role == Role::kWorker);
   CHECK(c.shadow_iters == 1);
   CHECK(c.coordinator.empty());
-  REQUIRE(ConfigParse(env({{"TRAINMOVER_ROLE", "joiner"}, {"TRAINMOVER_REPLACE", "3"},
-                           {"TRAINMOVER_COORDINATOR", "127.0.0.1:4000"}, {"TRAINMOVER_DEBUG", "info"},
-                           {"TRAINMOVER_SHADOW_ITERS", "2"}, {"TRAINMOVER_HEARTBEAT_MS", "50"},
-                           {"TRAINMOVER_DEBUG_SUBSYS", "INIT,BIND"}, {"TRAINMOVER_TOKEN", "s3cret"},
-                           {"TRAINMOVER_ROLE", "joiner"}, {"TRAINMOVER_NCCL_LIBRARY", "/x/libnccl.so.2"},
+  REQUIRE(ConfigParse(env({{"TRAINMOVER_ROLE", "joiner"},
+                           {"TRAINMOVER_REPLACE", "3"},
+                           {"TRAINMOVER_COORDINATOR", "127.0.0.1:4000"},
+                           {"TRAINMOVER_DEBUG", "info"},
+                           {"TRAINMOVER_SHADOW_ITERS", "2"},
+                           {"TRAINMOVER_HEARTBEAT_MS", "50"},
+                           {"TRAINMOVER_DEBUG_SUBSYS", "INIT,BIND"},
+                           {"TRAINMOVER_TOKEN", "s3cret"},
+                           {"TRAINMOVER_ROLE", "joiner"},
+                           {"TRAINMOVER_NCCL_LIBRARY", "/x/libnccl.so.2"},
                            {"TRAINMOVER_DEBUG_FILE", "/tmp/tm.%h.%p"}}),
                       &c, &err));
   CHECK(c.role == Role::kJoiner);
@@ -83,15 +88,12 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
     const char* name;
     const char* value;
     const char* accepted;
-  } bad[] = {{"TRAINMOVER_ROLE", "leader", "worker|joiner|standby"},
-             {"TRAINMOVER_SHADOW_ITERS", "0", "integer >= 1"},
-             {"TRAINMOVER_SHADOW_ITERS", "2x", "integer >= 1"},
-             {"TRAINMOVER_REPLACE", "-1", "integer >= 0"},
-             {"TRAINMOVER_COORDINATOR", "localhost", "host:port"},
-             {"TRAINMOVER_COORDINATOR", "h:70000", "host:port"},
-             {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},
-             {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1"},
-             {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"}};
+  } bad[] = {
+      {"TRAINMOVER_ROLE", "leader", "worker|joiner|standby"}, {"TRAINMOVER_SHADOW_ITERS", "0", "integer >= 1"},
+      {"TRAINMOVER_SHADOW_ITERS", "2x", "integer >= 1"},      {"TRAINMOVER_REPLACE", "-1", "integer >= 0"},
+      {"TRAINMOVER_COORDINATOR", "localhost", "host:port"},   {"TRAINMOVER_COORDINATOR", "h:70000", "host:port"},
+      {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},        {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1"},
+      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"}};
   for (const Bad& b : bad) {
     CAPTURE(b.name);
     CAPTURE(b.value);
@@ -111,7 +113,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
 TEST_CASE("dtype: encodings of known values, saturation, and decode/encode round trips") {
   CHECK(Encode(kHalf, 1.0) == 0x3c00);
   CHECK(Encode(kHalf, 65504.0) == 0x7bff);
-  CHECK(Encode(kHalf, 65520.0) == 0x7c00);   // rounds to infinity
+  CHECK(Encode(kHalf, 65520.0) == 0x7c00);  // rounds to infinity
   CHECK(Encode(kHalf, -0.0) == 0x8000);
   CHECK(Encode(kHalf, std::ldexp(1.0, -24)) == 0x0001);  // smallest subnormal
   CHECK(Encode(kBf16, 1.0) == 0x3f80);
@@ -339,7 +341,12 @@ TEST_CASE("migration primitives: stage, rebind objects, switch") {
 // ------------------------------------------------------------------------------------------------
 TEST_CASE("safe points, hook and registered regions") {
   static int hook_calls = 0;
-  SetSafePointHook([](void*, int64_t step) -> int64_t { ++hook_calls; return step == 7 ? 100 : step; }, nullptr);
+  SetSafePointHook(
+      [](void*, int64_t step) -> int64_t {
+        ++hook_calls;
+        return step == 7 ? 100 : step;
+      },
+      nullptr);
   CHECK(tmShimSafePoint(5) == 5);
   CHECK(tmShimSafePoint(7) == 100);
   SafePointRecord sp = GetSafePoint();

@@ -9,16 +9,17 @@
 
 #include "config.h"
 
+using trainmover::shim::Config;
 using trainmover::shim::ConfigParams;
 using trainmover::shim::ConfigParse;
-using trainmover::shim::Config;
 using trainmover::shim::ParamSpec;
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-      std::printf("usage: trainmover-info\n  Prints the TRAINMOVER_* parameters, their values and documentation;\n"
-                  "  exits 1 when a value in the environment is invalid.\n");
+      std::printf(
+          "usage: trainmover-info\n  Prints the TRAINMOVER_* parameters, their values and documentation;\n"
+          "  exits 1 when a value in the environment is invalid.\n");
       return 0;
     }
   }
