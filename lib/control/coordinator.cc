@@ -23,6 +23,7 @@ constexpr double kBuckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 constexpr size_t kNumBuckets = sizeof(kBuckets) / sizeof(kBuckets[0]);
 constexpr size_t kMaxHttpRequest = 8192;
 constexpr size_t kMaxPeers = 4096;
+constexpr uint64_t kHelloDeadlineNs = 10000000000ull;
 
 std::string JsonEscape(const std::string& s) {
   std::string o;
@@ -89,6 +90,7 @@ bool MigTerminal(MigState s) {
 
 struct Coordinator::Peer {
   std::unique_ptr<Connection> conn;
+  uint64_t opened_ns = 0;  // monotonic: a peer that does not authenticate in kHelloDeadlineNs is dropped
   uint64_t process = 0;  // agent connections, after REGISTER
   std::string addr;
 };
@@ -174,7 +176,8 @@ void Coordinator::Run() {
             h.in.append(buf, static_cast<size_t>(r));
             if (h.in.find("\r\n\r\n") != std::string::npos || h.in.find("\n\n") != std::string::npos) {
               std::string body, status = "200 OK";
-              if (h.in.rfind("GET /metrics", 0) == 0) {
+              if (h.in.rfind("GET /metrics ", 0) == 0 || h.in.rfind("GET /metrics\r", 0) == 0 ||
+                  h.in.rfind("GET /metrics?", 0) == 0) {
                 body = MetricsText();
               } else {
                 status = "404 Not Found";
@@ -207,6 +210,16 @@ void Coordinator::Run() {
         ++it;
       }
     }
+    for (auto it = peers_.begin(); it != peers_.end();) {
+      if (!it->second->conn->authenticated() && now - it->second->opened_ns > kHelloDeadlineNs) {
+        CTL_WARN("coordinator: a connection sent no valid HELLO within %llu s, closing",
+                 static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
+        ++rejected_;
+        it = peers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     CheckHeartbeats();
   }
 }
@@ -225,6 +238,7 @@ void Coordinator::Accept() {
     auto p = std::make_unique<Peer>();
     p->conn = std::make_unique<Connection>(fd, Connection::Side::kServer, opt_.token);
     p->conn->server_epoch = epoch_;
+    p->opened_ns = NowMonotonicNs();
     peers_[fd] = std::move(p);
   }
 }
@@ -375,6 +389,10 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       if (!DecodePayload(f.payload, &q)) return bad("STATUS_REQ");
       JsonReply r;
       r.json = StatusJson();
+      if (r.json.size() > kMaxPayload - 16) {
+        r.ok = 0;
+        r.json = "the status document exceeds one frame (" + std::to_string(r.json.size()) + " bytes)";
+      }
       c.SendMsg(MsgType::kStatusReply, r);
       return;
     }
