@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "sandbox.h"
 
+#include <dlfcn.h>
+
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "binding.h"
@@ -111,6 +114,114 @@ ncclResult_t Emulate(OpKind kind, const void* send, void* recv, size_t count, nc
       return ncclSuccess;
   }
   return Invalid("unknown operation");
+}
+
+namespace {
+
+// The CUDA runtime calls the sandbox needs, found only if the application already loaded libcudart
+// (RTLD_NOLOAD): a process without CUDA never loads it because of the shim.
+struct CudaRt {
+  cudaError_t (*pointer_attributes)(cudaPointerAttributes*, const void*) = nullptr;
+  cudaError_t (*memcpy)(void*, const void*, size_t, cudaMemcpyKind) = nullptr;
+  cudaError_t (*stream_synchronize)(cudaStream_t) = nullptr;
+};
+
+const CudaRt* LoadedCuda() {
+  static CudaRt rt;
+  static bool ok = false;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
+      void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+      if (!h) continue;
+      rt.pointer_attributes = reinterpret_cast<decltype(rt.pointer_attributes)>(dlsym(h, "cudaPointerGetAttributes"));
+      rt.memcpy = reinterpret_cast<decltype(rt.memcpy)>(dlsym(h, "cudaMemcpy"));
+      rt.stream_synchronize = reinterpret_cast<decltype(rt.stream_synchronize)>(dlsym(h, "cudaStreamSynchronize"));
+      ok = rt.pointer_attributes && rt.memcpy && rt.stream_synchronize;
+      if (ok) TM_INFO(kLogSandbox, "sandbox: %s loaded, device buffers are staged through host memory", name);
+      break;
+    }
+  });
+  return ok ? &rt : nullptr;
+}
+
+bool IsDevice(const CudaRt* rt, const void* p) {
+  if (!rt || !p) return false;
+  cudaPointerAttributes a{};
+  return rt->pointer_attributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice;
+}
+
+// Bytes of the send and receive buffers of one operation, as NCCL's signatures define them.
+void BufferBytes(OpKind k, size_t count, size_t es, int n, size_t* send, size_t* recv) {
+  const size_t one = count * es, all = one * static_cast<size_t>(n);
+  switch (k) {
+    case OpKind::kAllGather:
+      *send = one, *recv = all;
+      return;
+    case OpKind::kReduceScatter:
+      *send = all, *recv = one;
+      return;
+    case OpKind::kAlltoAll:
+      *send = all, *recv = all;
+      return;
+    case OpKind::kGather:
+      *send = one, *recv = all;
+      return;
+    case OpKind::kScatter:
+      *send = all, *recv = one;
+      return;
+    default:
+      *send = one, *recv = one;
+      return;
+  }
+}
+
+}  // namespace
+
+ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t count, ncclDataType_t t,
+                             const EmuRedOp& op, int root, int rank, int n, cudaStream_t stream) {
+  const CudaRt* rt = LoadedCuda();
+  const bool dsend = IsDevice(rt, send), drecv = IsDevice(rt, recv), dscalar = op.premul && IsDevice(rt, op.scalar);
+  if (!dsend && !drecv && !dscalar) return Emulate(kind, send, recv, count, t, op, root, rank, n);
+  const size_t es = DtypeSize(t);
+  if (es == 0) return Emulate(kind, send, recv, count, t, op, root, rank, n);  // the argument error, no copy
+  size_t sbytes, rbytes;
+  BufferBytes(kind, count, es, n, &sbytes, &rbytes);
+  if (rt->stream_synchronize(stream) != cudaSuccess) {
+    SetShimError("TrainMover sandbox: cudaStreamSynchronize failed");
+    return ncclUnhandledCudaError;
+  }
+  std::vector<char> hsend, hrecv, hscalar;
+  const void* s = send;
+  void* r = recv;
+  EmuRedOp hop = op;
+  bool ok = true;
+  if (dsend) {
+    hsend.resize(sbytes);
+    ok = ok && rt->memcpy(hsend.data(), send, sbytes, cudaMemcpyDefault) == cudaSuccess;
+    s = hsend.data();
+  }
+  if (drecv) {
+    hrecv.resize(rbytes);  // copied in too: operations that leave recvbuff untouched must keep it
+    ok = ok && rt->memcpy(hrecv.data(), recv, rbytes, cudaMemcpyDefault) == cudaSuccess;
+    r = hrecv.data();
+    if (recv == send) s = r;  // in place
+  }
+  if (dscalar) {
+    hscalar.resize(es);
+    ok = ok && rt->memcpy(hscalar.data(), op.scalar, es, cudaMemcpyDefault) == cudaSuccess;
+    hop.scalar = hscalar.data();
+  }
+  if (!ok) {
+    SetShimError("TrainMover sandbox: cudaMemcpy to host failed");
+    return ncclUnhandledCudaError;
+  }
+  ncclResult_t res = Emulate(kind, s, r, count, t, hop, root, rank, n);
+  if (res == ncclSuccess && drecv && rt->memcpy(recv, hrecv.data(), rbytes, cudaMemcpyDefault) != cudaSuccess) {
+    SetShimError("TrainMover sandbox: cudaMemcpy to device failed");
+    return ncclUnhandledCudaError;
+  }
+  return res;
 }
 
 }  // namespace trainmover::shim

@@ -8,7 +8,7 @@
 //   ReduceScatter: this rank's slice of the emulated AllReduce; AllGather: the local chunk in every slot;
 //   Gather: the same at the root; AlltoAll: own chunk kept, the others zero; Broadcast/Bcast/Scatter:
 //   the root's data at the root, zeros elsewhere; Recv: zeros; Send: nothing.
-// Buffers must be host-accessible (hostnccl's memory; a CUDA build would copy through the stream).
+// Emulate() needs host-accessible buffers; EmulateOnStream() stages CUDA device buffers through host memory.
 // Outputs are never left uninitialised and never turn finite inputs into NaN.
 #pragma once
 
@@ -31,5 +31,12 @@ struct EmuRedOp {
 // Returns ncclInvalidArgument (with the shim error set) for a bad datatype, op, root/peer or null buffer.
 ncclResult_t Emulate(OpKind kind, const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                      const EmuRedOp& op, int root_or_peer, int rank, int nranks);
+
+// Emulate() for buffers that may be CUDA device memory. When the CUDA runtime is already loaded in the
+// process and a buffer (or a device-resident PreMulSum scalar) is device memory, the stream is
+// synchronised and the data staged through host memory (blocking: the sandbox is off the critical path).
+// Otherwise it is Emulate().
+ncclResult_t EmulateOnStream(OpKind kind, const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+                             const EmuRedOp& op, int root_or_peer, int rank, int nranks, cudaStream_t stream);
 
 }  // namespace trainmover::shim

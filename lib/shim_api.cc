@@ -183,7 +183,7 @@ inline ncclRedOp_t MapOp(VComm* v, ncclRedOp_t op) {
 }
 
 ncclResult_t EmulateOp(VComm* v, OpKind kind, const void* send, void* recv, size_t count, ncclDataType_t dt,
-                       ncclRedOp_t op, int root) {
+                       ncclRedOp_t op, int root, cudaStream_t stream) {
   EmuRedOp e;
   e.op = op;
   if (RedOpSlot* s = LiveSlot(v, op)) {
@@ -192,7 +192,7 @@ ncclResult_t EmulateOp(VComm* v, OpKind kind, const void* send, void* recv, size
   }
   TM_TRACE(kLogSandbox, "emulating %s count %zu on vcomm #%llu", OpKindName(kind), count,
            (unsigned long long)v->lineage.index);
-  return Emulate(kind, send, recv, count, dt, e, root, v->lineage.rank, v->lineage.nranks);
+  return EmulateOnStream(kind, send, recv, count, dt, e, root, v->lineage.rank, v->lineage.nranks, stream);
 }
 
 }  // namespace
@@ -216,7 +216,7 @@ TM_EXPORT ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_
   TM_COLL_PROLOGUE(AllReduce, OpKind::kAllReduce, count, datatype, op, -1, sendbuff, recvbuff, count, datatype, op,
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1);
+    return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1, stream);
   return Noted(g_real.AllReduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), real, stream));
 }
 
@@ -224,7 +224,8 @@ TM_EXPORT ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t c
                                   ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(Reduce, OpKind::kReduce, count, datatype, op, root, sendbuff, recvbuff, count, datatype, op, root,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr)) return EmulateOp(v, OpKind::kReduce, sendbuff, recvbuff, count, datatype, op, root);
+  if (TM_UNLIKELY(real == nullptr))
+    return EmulateOp(v, OpKind::kReduce, sendbuff, recvbuff, count, datatype, op, root, stream);
   return Noted(g_real.Reduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), root, real, stream));
 }
 
@@ -234,14 +235,15 @@ TM_EXPORT ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, s
   TM_COLL_PROLOGUE(ReduceScatter, OpKind::kReduceScatter, recvcount, datatype, op, -1, sendbuff, recvbuff, recvcount,
                    datatype, op, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kReduceScatter, sendbuff, recvbuff, recvcount, datatype, op, -1);
+    return EmulateOp(v, OpKind::kReduceScatter, sendbuff, recvbuff, recvcount, datatype, op, -1, stream);
   return Noted(g_real.ReduceScatter(sendbuff, recvbuff, recvcount, datatype, MapOp(v, op), real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclBcast(void* buff, size_t count, ncclDataType_t datatype, int root, ncclComm_t comm,
                                  cudaStream_t stream) {
   TM_COLL_PROLOGUE(Bcast, OpKind::kBcast, count, datatype, -1, root, buff, count, datatype, root, comm, stream);
-  if (TM_UNLIKELY(real == nullptr)) return EmulateOp(v, OpKind::kBcast, buff, buff, count, datatype, ncclSum, root);
+  if (TM_UNLIKELY(real == nullptr))
+    return EmulateOp(v, OpKind::kBcast, buff, buff, count, datatype, ncclSum, root, stream);
   return Noted(g_real.Bcast(buff, count, datatype, root, real, stream));
 }
 
@@ -250,7 +252,7 @@ TM_EXPORT ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_
   TM_COLL_PROLOGUE(Broadcast, OpKind::kBroadcast, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root,
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kBroadcast, sendbuff, recvbuff, count, datatype, ncclSum, root);
+    return EmulateOp(v, OpKind::kBroadcast, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
   return Noted(g_real.Broadcast(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
@@ -259,7 +261,7 @@ TM_EXPORT ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_
   TM_COLL_PROLOGUE(AllGather, OpKind::kAllGather, sendcount, datatype, -1, -1, sendbuff, recvbuff, sendcount, datatype,
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kAllGather, sendbuff, recvbuff, sendcount, datatype, ncclSum, -1);
+    return EmulateOp(v, OpKind::kAllGather, sendbuff, recvbuff, sendcount, datatype, ncclSum, -1, stream);
   return Noted(g_real.AllGather(sendbuff, recvbuff, sendcount, datatype, real, stream));
 }
 
@@ -268,7 +270,7 @@ TM_EXPORT ncclResult_t ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t
   TM_COLL_PROLOGUE(AlltoAll, OpKind::kAlltoAll, count, datatype, -1, -1, sendbuff, recvbuff, count, datatype, comm,
                    stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kAlltoAll, sendbuff, recvbuff, count, datatype, ncclSum, -1);
+    return EmulateOp(v, OpKind::kAlltoAll, sendbuff, recvbuff, count, datatype, ncclSum, -1, stream);
   return Noted(g_real.AlltoAll(sendbuff, recvbuff, count, datatype, real, stream));
 }
 
@@ -277,7 +279,7 @@ TM_EXPORT ncclResult_t ncclGather(const void* sendbuff, void* recvbuff, size_t c
   TM_COLL_PROLOGUE(Gather, OpKind::kGather, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root, comm,
                    stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kGather, sendbuff, recvbuff, count, datatype, ncclSum, root);
+    return EmulateOp(v, OpKind::kGather, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
   return Noted(g_real.Gather(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
@@ -286,7 +288,7 @@ TM_EXPORT ncclResult_t ncclScatter(const void* sendbuff, void* recvbuff, size_t 
   TM_COLL_PROLOGUE(Scatter, OpKind::kScatter, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root,
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kScatter, sendbuff, recvbuff, count, datatype, ncclSum, root);
+    return EmulateOp(v, OpKind::kScatter, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
   return Noted(g_real.Scatter(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
@@ -294,7 +296,7 @@ TM_EXPORT ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType
                                 cudaStream_t stream) {
   TM_COLL_PROLOGUE(Send, OpKind::kSend, count, datatype, -1, peer, sendbuff, count, datatype, peer, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer);
+    return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer, stream);
   return Noted(g_real.Send(sendbuff, count, datatype, peer, real, stream));
 }
 
@@ -302,7 +304,7 @@ TM_EXPORT ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t dat
                                 cudaStream_t stream) {
   TM_COLL_PROLOGUE(Recv, OpKind::kRecv, count, datatype, -1, peer, recvbuff, count, datatype, peer, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer);
+    return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer, stream);
   return Noted(g_real.Recv(recvbuff, count, datatype, peer, real, stream));
 }
 
