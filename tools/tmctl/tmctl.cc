@@ -12,6 +12,7 @@
 // Exit status: 0 done, 1 the request failed (unreachable, rejected, refused), 2 usage error.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -110,7 +111,14 @@ void PrintStatus(const Json& st) {
               c["uptime_ms"].Num() / 1000, c["heartbeat_timeout_ms"].Int());
   std::printf("%-4s %-20s %-8s %-8s %-7s %-6s %-10s %-6s %-8s %s\n", "ID", "HOST", "PID", "ROLE", "STATE", "RANK",
               "STEP", "COMMS", "HB AGE", "REGIONS");
-  for (const Json& p : st["processes"].arr) {
+  std::vector<const Json*> procs;  // by rank, unranked last, then by id
+  for (const Json& p : st["processes"].arr) procs.push_back(&p);
+  std::stable_sort(procs.begin(), procs.end(), [](const Json* a, const Json* b) {
+    auto key = [](const Json* p) { return p->operator[]("rank").Int() < 0 ? (1ll << 40) : p->operator[]("rank").Int(); };
+    return key(a) < key(b);
+  });
+  for (const Json* pp : procs) {
+    const Json& p = *pp;
     double total = 0;
     for (const Json& r : p["regions"].arr) total += r["bytes"].Num();
     std::string rank = std::to_string(p["rank"].Int()) + "/" + std::to_string(p["world"].Int());
