@@ -8,7 +8,8 @@
 //                  [--quick] [--no-perftest] [--tls T] [--json FILE]
 //
 // Columns as nccl-tests: size (bytes, the total buffer as nccl-tests counts it), count (elements), type,
-// redop, root, then out-of-place and in-place time (us, the slowest rank's average), algbw = size/time and
+// redop, root, then out-of-place and in-place time (us, the slowest rank's average over the timed loop,
+// which starts and ends with a one-element allreduce as a barrier), algbw = size/time and
 // busbw = algbw * factor (allreduce 2(n-1)/n; allgather, reducescatter, alltoall (n-1)/n; others 1), and
 // #wrong (elements not bit-identical to the exact expected value, summed over ranks). Inputs are small
 // integers in float so every sum is exact. GB = 1e9 bytes.
@@ -104,6 +105,11 @@ void Issue(Op op, ncclComm_t comm, int rank, int n, const float* send, float* re
   }
 }
 
+void Barrier(ncclComm_t comm) {
+  float x = 0, y = 0;
+  NCCL_OK(ncclAllReduce(&x, &y, 1, ncclFloat32, ncclSum, comm, nullptr));
+}
+
 float Expected(Op op, int rank, int n, size_t j, const Sizes& s) {
   float tri = static_cast<float>(n * (n + 1) / 2);
   switch (op) {
@@ -156,8 +162,12 @@ Result RunSize(Op op, ncclComm_t comm, int rank, int n, size_t bytes, const Args
     }
     prepare();
     for (int i = 0; i < a.warmup; ++i) Issue(op, comm, rank, n, sbuf, rbuf, s);
+    // Start together and stop when every rank is done: a rooted operation can return on the root before
+    // the others have received (eager sends), so the timed loop ends with a one-element barrier.
+    Barrier(comm);
     auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < a.iters; ++i) Issue(op, comm, rank, n, sbuf, rbuf, s);
+    Barrier(comm);
     double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / a.iters;
     res.time_us[inplace] = us;
     // Check once more from fresh inputs (repeated reductions in place would compound).

@@ -177,7 +177,7 @@ int main(int argc, char** argv) {
     Row row = Measure(a, size);
     if (a.perftest && row.ok) {
       std::string err;
-      int iters = static_cast<int>(std::clamp<size_t>((size_t{4} << 30) / size, 5, 1000));
+      int iters = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / size, 3, 1000));
       row.get_gbps = perf::UcxPerftest("ucp_get", size, iters, a.tls, "", &err);
       row.put_gbps = perf::UcxPerftest("ucp_put_bw", size, iters, a.tls, "", &err);
       if (row.get_gbps < 0) fprintf(stderr, "transfer_bench: %s\n", err.c_str());
