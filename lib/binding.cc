@@ -27,7 +27,11 @@ bool g_shim_error_set = false;
 
 namespace {
 
-BindInfo g_bind;
+// Function-local statics and plain arrays only: nothing runs at load time.
+BindInfo& BindState() {
+  static BindInfo* info = new BindInfo();  // never destroyed: calls may come from threads during exit
+  return *info;
+}
 char g_shim_error[1024];
 std::mutex g_error_mu;
 
@@ -211,11 +215,11 @@ ncclResult_t Bind(const Config& cfg) {
         HandlePath(h).c_str(), version);
     return ncclSystemError;
   }
-  g_bind.path = HandlePath(h);
-  g_bind.method = method;
-  g_bind.version = version;
-  g_bind.handle = h;
-  TM_INFO(kLogBind, "bound %s (found by %s), NCCL version %d", g_bind.path.c_str(), method.c_str(), version);
+  BindState().path = HandlePath(h);
+  BindState().method = method;
+  BindState().version = version;
+  BindState().handle = h;
+  TM_INFO(kLogBind, "bound %s (found by %s), NCCL version %d", BindState().path.c_str(), method.c_str(), version);
   return ncclSuccess;
 }
 
@@ -223,7 +227,7 @@ ncclResult_t g_init_result = ncclSuccess;
 
 }  // namespace
 
-const BindInfo& GetBindInfo() { return g_bind; }
+const BindInfo& GetBindInfo() { return BindState(); }
 
 ncclResult_t EnsureInit() {
   static std::once_flag once;

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 
 namespace trainmover::shim {
@@ -24,7 +25,8 @@ const char* RoleName(Role r) {
 namespace {
 
 // The table. Keep in sync with Config and with Apply() below (a test checks every row parses).
-const std::vector<ParamSpec> kParams = {
+// A constant-initialised array: nothing runs at load time.
+constexpr ParamSpec kParams[] = {
     {"TRAINMOVER_NCCL_LIBRARY", ParamType::kPath, "", "path of an existing file",
      "The real NCCL library to forward to. Unset: the next libnccl in the process (RTLD_NEXT), else "
      "dlopen(\"libnccl.so.2\") skipping the shim itself."},
@@ -148,7 +150,10 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
 
 }  // namespace
 
-const std::vector<ParamSpec>& ConfigParams() { return kParams; }
+const std::vector<ParamSpec>& ConfigParams() {
+  static const std::vector<ParamSpec> params(std::begin(kParams), std::end(kParams));
+  return params;
+}
 
 bool ConfigParse(const EnvFn& getenv_fn, Config* out, std::string* error) {
   Config c;

@@ -16,22 +16,35 @@ namespace trainmover::shim {
 
 namespace {
 
-std::mutex g_reg_mu;         // the VComm list and creation counter
-std::vector<VComm*> g_live;  // creation order
+std::mutex g_reg_mu;  // the VComm list and creation counter
+// Containers are allocated on first use and never destroyed: nothing runs at load or exit time.
+std::vector<VComm*>& Live() {  // creation order
+  static auto* v = new std::vector<VComm*>();
+  return *v;
+}
 uint64_t g_next_index = 0;
 VCommObserver g_observer = nullptr;
 void* g_observer_ctx = nullptr;
 std::atomic<int> g_process_sandboxed{-1};  // -1: from the role
 
 std::mutex g_pool_mu;
-std::vector<RegHandle*> g_free_regs;
-std::vector<WinHandle*> g_free_wins;
+std::vector<RegHandle*>& FreeRegs() {
+  static auto* v = new std::vector<RegHandle*>();
+  return *v;
+}
+std::vector<WinHandle*>& FreeWins() {
+  static auto* v = new std::vector<WinHandle*>();
+  return *v;
+}
 
 std::mutex g_sp_mu;
 SafePointRecord g_sp;
 SafePointHook g_sp_hook = nullptr;
 void* g_sp_hook_ctx = nullptr;
-std::map<std::string, Region> g_regions;
+std::map<std::string, Region>& RegionMap() {
+  static auto* m = new std::map<std::string, Region>();
+  return *m;
+}
 
 // 64-bit FNV-1a, then the splitmix64 finaliser.
 struct Hasher {
@@ -132,7 +145,7 @@ VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids
     v->lineage = std::move(lineage);
     v->comm_key = CommKeyOf(v->lineage, ids, ids_bytes);
     v->magic = VComm::kMagic;
-    g_live.push_back(v);
+    Live().push_back(v);
   }
   LogSetRank(v->lineage.rank);
   TM_INFO(kLogComm, "vcomm %p #%llu %s nranks %d rank %d key %016llx real %p%s", static_cast<void*>(v),
@@ -158,40 +171,40 @@ void RetireVComm(VComm* v) {
   for (WinHandle* w : wins) ReleaseWin(w);
   std::lock_guard<std::mutex> lock(g_reg_mu);
   v->magic = VComm::kDead;
-  g_live.erase(std::remove(g_live.begin(), g_live.end(), v), g_live.end());
+  Live().erase(std::remove(Live().begin(), Live().end(), v), Live().end());
   TM_INFO(kLogComm, "vcomm %p #%llu destroyed", static_cast<void*>(v), (unsigned long long)v->lineage.index);
 }
 
 RegHandle* AcquireReg() {
   std::lock_guard<std::mutex> lock(g_pool_mu);
-  if (g_free_regs.empty()) return new RegHandle();
-  RegHandle* r = g_free_regs.back();
-  g_free_regs.pop_back();
+  if (FreeRegs().empty()) return new RegHandle();
+  RegHandle* r = FreeRegs().back();
+  FreeRegs().pop_back();
   return r;
 }
 void ReleaseReg(RegHandle* r) {
   std::lock_guard<std::mutex> lock(g_pool_mu);
   *r = RegHandle();
-  g_free_regs.push_back(r);
+  FreeRegs().push_back(r);
 }
 WinHandle* AcquireWin() {
   std::lock_guard<std::mutex> lock(g_pool_mu);
-  if (g_free_wins.empty()) return new WinHandle();
-  WinHandle* w = g_free_wins.back();
-  g_free_wins.pop_back();
+  if (FreeWins().empty()) return new WinHandle();
+  WinHandle* w = FreeWins().back();
+  FreeWins().pop_back();
   return w;
 }
 void ReleaseWin(WinHandle* w) {
   std::lock_guard<std::mutex> lock(g_pool_mu);
   *w = WinHandle();
-  g_free_wins.push_back(w);
+  FreeWins().push_back(w);
 }
 
 // ---- shim_state.h
 
 std::vector<VComm*> LiveVComms() {
   std::lock_guard<std::mutex> lock(g_reg_mu);
-  return g_live;
+  return Live();
 }
 
 std::vector<VCommInfo> SnapshotVComms() {
@@ -301,7 +314,7 @@ void SetSafePointHook(SafePointHook fn, void* ctx) {
 std::vector<Region> Regions() {
   std::lock_guard<std::mutex> lock(g_sp_mu);
   std::vector<Region> out;
-  for (const auto& kv : g_regions) out.push_back(kv.second);
+  for (const auto& kv : RegionMap()) out.push_back(kv.second);
   return out;
 }
 
@@ -347,8 +360,8 @@ __attribute__((visibility("default"))) int64_t tmShimSafePoint(int64_t step) {
 __attribute__((visibility("default"))) int tmShimRegister(const char* name, void* ptr, size_t bytes) {
   if (!name || !name[0] || !ptr || bytes == 0 || strlen(name) > 63) return 1;  // tmInvalidArgument
   std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
-  if (trainmover::shim::g_regions.count(name)) return 2;  // tmAlreadyRegistered
-  trainmover::shim::g_regions[name] = trainmover::shim::Region{name, ptr, bytes};
+  if (trainmover::shim::RegionMap().count(name)) return 2;  // tmAlreadyRegistered
+  trainmover::shim::RegionMap()[name] = trainmover::shim::Region{name, ptr, bytes};
   TM_INFO(trainmover::shim::kLogState, "registered region %s %p %zu bytes", name, ptr, bytes);
   return 0;
 }
@@ -356,7 +369,7 @@ __attribute__((visibility("default"))) int tmShimRegister(const char* name, void
 __attribute__((visibility("default"))) int tmShimUnregister(const char* name) {
   if (!name || !name[0]) return 1;
   std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
-  if (trainmover::shim::g_regions.erase(name) == 0) return 3;  // tmNotRegistered
+  if (trainmover::shim::RegionMap().erase(name) == 0) return 3;  // tmNotRegistered
   TM_INFO(trainmover::shim::kLogState, "unregistered region %s", name);
   return 0;
 }
