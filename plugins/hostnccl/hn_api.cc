@@ -62,8 +62,7 @@ ncclResult_t ParseConfig(const ncclConfig_t* config, const char* opname, bool* b
   memcpy(&size, config, sizeof(size));
   memcpy(&local, config, std::min(size, sizeof(ncclConfig_t)));
   if (local.magic != kConfigMagic) {
-    return Fail(ncclInvalidArgument, "%s : ncclConfig_t argument not initialized via NCCL_CONFIG_INITIALIZER",
-                opname);
+    return Fail(ncclInvalidArgument, "%s : ncclConfig_t argument not initialized via NCCL_CONFIG_INITIALIZER", opname);
   }
   if (local.version >= NCCL_VERSION(2, 14, 0) && size >= offsetof(ncclConfig_t, blocking) + sizeof(int) &&
       local.blocking != NCCL_CONFIG_UNDEF_INT) {
@@ -135,8 +134,18 @@ void FreeComm(Comm* c, bool graceful) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Operations
-enum class Kind { kAllReduce, kBroadcast, kReduce, kAllGather, kReduceScatter, kAlltoAll, kGather, kScatter, kSend,
-                  kRecv };
+enum class Kind {
+  kAllReduce,
+  kBroadcast,
+  kReduce,
+  kAllGather,
+  kReduceScatter,
+  kAlltoAll,
+  kGather,
+  kScatter,
+  kSend,
+  kRecv
+};
 
 struct Task {
   Comm* c;
@@ -330,8 +339,10 @@ ncclResult_t RunTasks(Comm* c, const std::vector<Task>& tasks) {
     c->coll_seq++;
     (void)op;
   }
-  if (res == ncclSuccess) res = WaitAll(c, &p2p);
-  else DropPending(c, &p2p);
+  if (res == ncclSuccess)
+    res = WaitAll(c, &p2p);
+  else
+    DropPending(c, &p2p);
   return res;
 }
 
@@ -368,26 +379,52 @@ ncclResult_t Submit(const Task& t) {
 
 ncclResult_t ResolveOp(Comm* c, ncclRedOp_t op, ncclDataType_t type, const char* opname, RedOpFull* out) {
   switch (op) {
-    case ncclSum: out->kind = RedKind::kSum; return ncclSuccess;
-    case ncclProd: out->kind = RedKind::kProd; return ncclSuccess;
-    case ncclMax: out->kind = RedKind::kMax; return ncclSuccess;
-    case ncclMin: out->kind = RedKind::kMin; return ncclSuccess;
+    case ncclSum:
+      out->kind = RedKind::kSum;
+      return ncclSuccess;
+    case ncclProd:
+      out->kind = RedKind::kProd;
+      return ncclSuccess;
+    case ncclMax:
+      out->kind = RedKind::kMax;
+      return ncclSuccess;
+    case ncclMin:
+      out->kind = RedKind::kMin;
+      return ncclSuccess;
     case ncclAvg: {
       const float inv = static_cast<float>(1.0 / c->nranks);
       out->kind = RedKind::kPreMulSum;
       out->scalar = 0;
       switch (type) {
-        case ncclFloat32: memcpy(&out->scalar, &inv, 4); break;
-        case ncclFloat64: { double d = 1.0 / c->nranks; memcpy(&out->scalar, &d, 8); break; }
-        case ncclFloat16: out->scalar = FloatToHalf(inv); break;
-        case ncclBfloat16: out->scalar = FloatToBf16(inv); break;
-        case ncclFloat8e4m3: out->scalar = FloatToE4m3(inv); break;
-        case ncclFloat8e5m2: out->scalar = FloatToE5m2(inv); break;
-        default: out->kind = RedKind::kSumPostDiv; out->divisor = c->nranks; break;
+        case ncclFloat32:
+          memcpy(&out->scalar, &inv, 4);
+          break;
+        case ncclFloat64: {
+          double d = 1.0 / c->nranks;
+          memcpy(&out->scalar, &d, 8);
+          break;
+        }
+        case ncclFloat16:
+          out->scalar = FloatToHalf(inv);
+          break;
+        case ncclBfloat16:
+          out->scalar = FloatToBf16(inv);
+          break;
+        case ncclFloat8e4m3:
+          out->scalar = FloatToE4m3(inv);
+          break;
+        case ncclFloat8e5m2:
+          out->scalar = FloatToE5m2(inv);
+          break;
+        default:
+          out->kind = RedKind::kSumPostDiv;
+          out->divisor = c->nranks;
+          break;
       }
       return ncclSuccess;
     }
-    default: break;
+    default:
+      break;
   }
   int ix = static_cast<int>(op) - static_cast<int>(ncclNumOps);
   if (static_cast<int>(op) < 0 || ix >= static_cast<int>(c->redops.size()) || !c->redops[ix].used) {
@@ -427,19 +464,32 @@ ncclResult_t EnqueueChecked(Kind kind, const char* opname, const void* send, voi
     const bool is_root = c->rank == root;
     bool need_send = true, need_recv = true;
     switch (kind) {
-      case Kind::kBroadcast: need_send = is_root; break;
-      case Kind::kReduce: case Kind::kGather: need_recv = is_root; break;
-      case Kind::kScatter: need_send = is_root; break;
-      case Kind::kSend: need_recv = false; break;
-      case Kind::kRecv: need_send = false; break;
-      default: break;
+      case Kind::kBroadcast:
+        need_send = is_root;
+        break;
+      case Kind::kReduce:
+      case Kind::kGather:
+        need_recv = is_root;
+        break;
+      case Kind::kScatter:
+        need_send = is_root;
+        break;
+      case Kind::kSend:
+        need_recv = false;
+        break;
+      case Kind::kRecv:
+        need_send = false;
+        break;
+      default:
+        break;
     }
     if (need_send && !send) return Fail(ncclInvalidArgument, "%s : sendbuff argument is NULL", opname);
     if (need_recv && !recv) return Fail(ncclInvalidArgument, "%s : recvbuff argument is NULL", opname);
   }
-  Log(kTrace, c->rank, "%s: opCount %llx sendbuff %p recvbuff %p count %zu datatype %d op %d root %d comm %p [nranks=%d]",
-      opname, static_cast<unsigned long long>(c->coll_seq), send, static_cast<void*>(recv), count,
-      static_cast<int>(type), static_cast<int>(op), root, static_cast<void*>(c), c->nranks);
+  Log(kTrace, c->rank,
+      "%s: opCount %llx sendbuff %p recvbuff %p count %zu datatype %d op %d root %d comm %p [nranks=%d]", opname,
+      static_cast<unsigned long long>(c->coll_seq), send, static_cast<void*>(recv), count, static_cast<int>(type),
+      static_cast<int>(op), root, static_cast<void*>(c), c->nranks);
   return Submit(t);
 }
 
@@ -526,7 +576,8 @@ ncclResult_t CommInitAll(ncclComm_t* comms, int ndev, const int* devlist) {
   if (devlist) {
     for (int i = 0; i < ndev; ++i) {
       for (int j = 0; j < i; ++j) {
-        if (devlist[i] == devlist[j]) return Fail(ncclInvalidUsage, "ncclCommInitAll : duplicate device %d", devlist[i]);
+        if (devlist[i] == devlist[j])
+          return Fail(ncclInvalidUsage, "ncclCommInitAll : duplicate device %d", devlist[i]);
       }
     }
   }
@@ -535,9 +586,8 @@ ncclResult_t CommInitAll(ncclComm_t* comms, int ndev, const int* devlist) {
   std::vector<ncclResult_t> res(ndev, ncclSuccess);
   std::vector<std::thread> th;
   for (int i = 0; i < ndev; ++i) {
-    th.emplace_back([&, i] {
-      res[i] = InitComm(&comms[i], ndev, id, i, true, devlist ? devlist[i] : i, "ncclCommInitAll");
-    });
+    th.emplace_back(
+        [&, i] { res[i] = InitComm(&comms[i], ndev, id, i, true, devlist ? devlist[i] : i, "ncclCommInitAll"); });
   }
   for (auto& t : th) t.join();
   for (int i = 0; i < ndev; ++i) {
@@ -584,7 +634,8 @@ ncclResult_t CommRevoke(ncclComm_t comm, int revokeFlags) {
     return Fail(ncclInvalidArgument, "ncclCommRevoke : revokeFlags %d must be NCCL_REVOKE_DEFAULT", revokeFlags);
   }
   Comm* c = AsComm(comm);
-  if (c->finalized || c->revoked) return Fail(ncclInvalidArgument, "ncclCommRevoke : comm already finalized or revoked");
+  if (c->finalized || c->revoked)
+    return Fail(ncclInvalidArgument, "ncclCommRevoke : comm already finalized or revoked");
   c->abort_flag = true;  // stop an operation in flight on another thread
   {
     std::lock_guard<std::mutex> lk(c->init_mu);
@@ -604,7 +655,8 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   HN_CHECK(EnsureReady(c));
   bool blocking;
   HN_CHECK(ParseConfig(config, "ncclCommSplit", &blocking));
-  if (color < 0 && color != NCCL_SPLIT_NOCOLOR) return Fail(ncclInvalidArgument, "ncclCommSplit : invalid color %d", color);
+  if (color < 0 && color != NCCL_SPLIT_NOCOLOR)
+    return Fail(ncclInvalidArgument, "ncclCommSplit : invalid color %d", color);
   *newcomm = nullptr;
   const int n = c->nranks;
   std::vector<int32_t> mine{color, key}, all(2 * n);
@@ -620,8 +672,8 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   int newrank = static_cast<int>(std::find(members.begin(), members.end(), c->rank) - members.begin());
   ncclUniqueId id;
   HN_CHECK(DistributeId(c, members, child, &id));
-  ncclResult_t r = InitComm(newcomm, static_cast<int>(members.size()), id, newrank, blocking, c->cuda_dev,
-                            "ncclCommSplit");
+  ncclResult_t r =
+      InitComm(newcomm, static_cast<int>(members.size()), id, newrank, blocking, c->cuda_dev, "ncclCommSplit");
   return r;
 }
 
@@ -662,15 +714,24 @@ ncclResult_t CommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* ne
 
 const char* GetErrorString(ncclResult_t result) {
   switch (result) {
-    case ncclSuccess: return "no error";
-    case ncclUnhandledCudaError: return "unhandled cuda error (run with HOSTNCCL_DEBUG=INFO for details)";
-    case ncclSystemError: return "unhandled system error (run with HOSTNCCL_DEBUG=INFO for details)";
-    case ncclInternalError: return "internal error - please report this issue to the hostnccl developers";
-    case ncclInvalidArgument: return "invalid argument (run with HOSTNCCL_DEBUG=WARN for details)";
-    case ncclInvalidUsage: return "invalid usage (run with HOSTNCCL_DEBUG=WARN for details)";
-    case ncclRemoteError: return "remote process exited or there was a network error";
-    case ncclInProgress: return "NCCL operation in progress";
-    default: return "unknown result code";
+    case ncclSuccess:
+      return "no error";
+    case ncclUnhandledCudaError:
+      return "unhandled cuda error (run with HOSTNCCL_DEBUG=INFO for details)";
+    case ncclSystemError:
+      return "unhandled system error (run with HOSTNCCL_DEBUG=INFO for details)";
+    case ncclInternalError:
+      return "internal error - please report this issue to the hostnccl developers";
+    case ncclInvalidArgument:
+      return "invalid argument (run with HOSTNCCL_DEBUG=WARN for details)";
+    case ncclInvalidUsage:
+      return "invalid usage (run with HOSTNCCL_DEBUG=WARN for details)";
+    case ncclRemoteError:
+      return "remote process exited or there was a network error";
+    case ncclInProgress:
+      return "NCCL operation in progress";
+    default:
+      return "unknown result code";
   }
 }
 
@@ -779,8 +840,10 @@ ncclResult_t RedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, ncclDataType_t 
   u.type = datatype;
   u.full = RedOpFull{};
   u.full.kind = RedKind::kPreMulSum;
-  if (residence == ncclScalarHostImmediate) memcpy(&u.full.scalar, scalar, TypeSize(datatype));
-  else u.full.scalar_ptr = scalar;  // "device" residence: dereferenced when the operation runs
+  if (residence == ncclScalarHostImmediate)
+    memcpy(&u.full.scalar, scalar, TypeSize(datatype));
+  else
+    u.full.scalar_ptr = scalar;  // "device" residence: dereferenced when the operation runs
   *op = static_cast<ncclRedOp_t>(static_cast<int>(ncclNumOps) + static_cast<int>(ix));
   return ncclSuccess;
 }
@@ -830,8 +893,7 @@ ncclResult_t AlltoAll(const void* s, void* r, size_t count, ncclDataType_t t, nc
 ncclResult_t Gather(const void* s, void* r, size_t count, ncclDataType_t t, int root, ncclComm_t comm, cudaStream_t) {
   return Enqueue(Kind::kGather, "Gather", s, r, count, t, ncclSum, false, root, comm);
 }
-ncclResult_t Scatter(const void* s, void* r, size_t count, ncclDataType_t t, int root, ncclComm_t comm,
-                     cudaStream_t) {
+ncclResult_t Scatter(const void* s, void* r, size_t count, ncclDataType_t t, int root, ncclComm_t comm, cudaStream_t) {
   return Enqueue(Kind::kScatter, "Scatter", s, r, count, t, ncclSum, false, root, comm);
 }
 ncclResult_t Send(const void* s, size_t count, ncclDataType_t t, int peer, ncclComm_t comm, cudaStream_t) {

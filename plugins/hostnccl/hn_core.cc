@@ -146,8 +146,10 @@ std::set<Comm*>* g_comms = nullptr;  // created on first use, never at load time
 void RegisterComm(Comm* c, bool add) {
   std::lock_guard<std::mutex> lk(g_comms_mu);
   if (!g_comms) g_comms = new std::set<Comm*>();
-  if (add) g_comms->insert(c);
-  else g_comms->erase(c);
+  if (add)
+    g_comms->insert(c);
+  else
+    g_comms->erase(c);
 }
 
 ncclResult_t CheckComm(ncclComm_t comm, const char* opname) {
@@ -666,8 +668,8 @@ void PollLiveness(Comm* c) {
       if (c->peer_state[r] != 1) {
         c->peer_state[r] = 2;
         c->peer_gone_ms[r] = NowMs();
-        Log(kWarn, c->rank, "rank %d: peer rank %d closed its liveness connection (process died or aborted)",
-            c->rank, r);
+        Log(kWarn, c->rank, "rank %d: peer rank %d closed its liveness connection (process died or aborted)", c->rank,
+            r);
       } else {
         close(c->live_fd[r]);
         c->live_fd[r] = -1;
@@ -694,7 +696,8 @@ ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
   int64_t last_progress = NowMs();
   int idle = 0;
   size_t done = 0;
-  for (Pending& p : *reqs) if (!p.req) ++done;
+  for (Pending& p : *reqs)
+    if (!p.req) ++done;
   for (unsigned iter = 0;; ++iter) {
     unsigned events = ucp_worker_progress(c->worker);
     bool progressed = events > 0;
@@ -749,13 +752,15 @@ ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
     if (now - last_progress > c->env.timeout_ms) {
       CancelAll(c, reqs);
       c->async_error = ncclRemoteError;
-      return Fail(ncclRemoteError, "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS); peer unreachable",
-                  c->rank, static_cast<long long>(c->env.timeout_ms));
+      return Fail(ncclRemoteError, "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS); peer unreachable", c->rank,
+                  static_cast<long long>(c->env.timeout_ms));
     }
     // Oversubscribed hosts (more ranks than cores) need the peer to run: yield early, sleep only when long idle.
     if (!progressed && ++idle > 64) {
-      if (idle > 50000) usleep(100);
-      else sched_yield();
+      if (idle > 50000)
+        usleep(100);
+      else
+        sched_yield();
     }
   }
 }

@@ -34,10 +34,10 @@ ncclResult_t Fail(ncclResult_t code, const char* fmt, ...) __attribute__((format
 const char* LastError();
 void ResetDebug();
 
-#define HN_CHECK(call)                           \
-  do {                                           \
-    ncclResult_t hn_res_ = (call);               \
-    if (hn_res_ != ncclSuccess) return hn_res_;  \
+#define HN_CHECK(call)                          \
+  do {                                          \
+    ncclResult_t hn_res_ = (call);              \
+    if (hn_res_ != ncclSuccess) return hn_res_; \
   } while (0)
 
 // ---- the communicator ----
@@ -54,17 +54,17 @@ struct Comm {
   int rank = 0, nranks = 0, cuda_dev = 0;
   Env env;
   ucp_worker_h worker = nullptr;
-  std::vector<ucp_ep_h> eps;             // per peer, self included
-  std::vector<int> live_fd;              // liveness TCP socket per peer (self: -1)
-  std::vector<uint8_t> peer_state;       // 0 alive, 1 departed (said bye), 2 dead (EOF without bye)
-  std::vector<int64_t> peer_gone_ms;     // when the peer was seen leaving
+  std::vector<ucp_ep_h> eps;          // per peer, self included
+  std::vector<int> live_fd;           // liveness TCP socket per peer (self: -1)
+  std::vector<uint8_t> peer_state;    // 0 alive, 1 departed (said bye), 2 dead (EOF without bye)
+  std::vector<int64_t> peer_gone_ms;  // when the peer was seen leaving
   std::atomic<bool> abort_flag{false};
   std::atomic<int> async_error{ncclSuccess};
   bool finalized = false, revoked = false, destroyed = false;
   uint64_t coll_seq = 0, child_count = 0;
   std::vector<uint64_t> send_seq, recv_seq;
   std::vector<UserRedOp> redops;
-  std::mutex op_mu;                      // held while an operation, teardown or init runs on the comm
+  std::mutex op_mu;  // held while an operation, teardown or init runs on the comm
   std::thread init_thread;
   std::mutex init_mu;
 };
@@ -82,8 +82,7 @@ void Teardown(Comm* comm, bool graceful);
 // Transport: UCX tagged messages. Tags: [kind:2][src rank:22][seq:40].
 enum TagKind : uint64_t { kTagColl = 0, kTagP2p = 1, kTagCtrl = 2 };
 inline uint64_t MakeTag(TagKind kind, int src, uint64_t seq) {
-  return (static_cast<uint64_t>(kind) << 62) | (static_cast<uint64_t>(src & 0x3fffff) << 40) |
-         (seq & 0xffffffffffull);
+  return (static_cast<uint64_t>(kind) << 62) | (static_cast<uint64_t>(src & 0x3fffff) << 40) | (seq & 0xffffffffffull);
 }
 struct Pending {
   void* req = nullptr;  // UCX request, nullptr when already complete
@@ -93,8 +92,7 @@ struct Pending {
 };
 [[nodiscard]] ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len,
                                     std::vector<Pending>* out);
-[[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len,
-                                    std::vector<Pending>* out);
+[[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out);
 // Progresses until every request completes; fails on abort, a dead or departed peer, or no progress for
 // the timeout. When only_peers is true, only the peers of the requests count (used across a failed parent).
 [[nodiscard]] ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers = false);

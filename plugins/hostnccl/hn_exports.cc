@@ -4,9 +4,9 @@
 #include "hn_api.h"
 
 #define HN_EXPORT extern "C" __attribute__((visibility("default")))
-#define HN_DEFINE(ret, name, params, args) \
-  HN_EXPORT ret nccl##name params;         \
-  HN_EXPORT ret pnccl##name params;        \
+#define HN_DEFINE(ret, name, params, args)             \
+  HN_EXPORT ret nccl##name params;                     \
+  HN_EXPORT ret pnccl##name params;                    \
   ret nccl##name params { return hn::api::name args; } \
   ret pnccl##name params { return hn::api::name args; }
 #define HN_DEFINE_NO_PNCCL(ret, name, params, args) \

@@ -43,8 +43,10 @@ inline float DecodeSmall(uint32_t code, int mbits, int bias) {
 inline float HalfToFloat(uint16_t h) {
   uint32_t sign = h >> 15, mag = h & 0x7fff;
   float v;
-  if ((mag >> 10) == 0x1f) v = (mag & 0x3ff) ? NAN : INFINITY;
-  else v = DecodeSmall(mag, 10, 15);
+  if ((mag >> 10) == 0x1f)
+    v = (mag & 0x3ff) ? NAN : INFINITY;
+  else
+    v = DecodeSmall(mag, 10, 15);
   return sign ? -v : v;
 }
 inline uint16_t FloatToHalf(float f) {
@@ -86,11 +88,24 @@ inline uint8_t FloatToE5m2(float f) {
 
 inline size_t TypeSize(ncclDataType_t t) {
   switch (t) {
-    case ncclInt8: case ncclUint8: case ncclFloat8e4m3: case ncclFloat8e5m2: return 1;
-    case ncclFloat16: case ncclBfloat16: return 2;
-    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
-    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
-    default: return 0;
+    case ncclInt8:
+    case ncclUint8:
+    case ncclFloat8e4m3:
+    case ncclFloat8e5m2:
+      return 1;
+    case ncclFloat16:
+    case ncclBfloat16:
+      return 2;
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32:
+      return 4;
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -98,13 +113,12 @@ inline size_t TypeSize(ncclDataType_t t) {
 enum class RedKind { kSum, kProd, kMax, kMin, kPreMulSum, kSumPostDiv };
 struct RedOpFull {
   RedKind kind = RedKind::kSum;
-  uint64_t scalar = 0;              // immediate scalar bits (datatype's own encoding)
-  const void* scalar_ptr = nullptr; // device-residence scalar: read when the operation executes
-  int divisor = 1;                  // kSumPostDiv
+  uint64_t scalar = 0;               // immediate scalar bits (datatype's own encoding)
+  const void* scalar_ptr = nullptr;  // device-residence scalar: read when the operation executes
+  int divisor = 1;                   // kSumPostDiv
 };
 
 // Reduces inputs[0..n-1] (in that order) elementwise into out: acc = pre(in0); acc = op(acc, pre(in_r)).
-void ReduceInOrder(ncclDataType_t type, const RedOpFull& op, const void* const* inputs, int n, void* out,
-                   size_t count);
+void ReduceInOrder(ncclDataType_t type, const RedOpFull& op, const void* const* inputs, int n, void* out, size_t count);
 
 }  // namespace hn

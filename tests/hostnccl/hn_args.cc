@@ -16,7 +16,8 @@ HT_DECLARE_DEV(int, TeamRankToWorld, (ncclComm_t comm, ncclTeam_t team, int rank
 HT_DECLARE_DEV(int, TeamRankToLsa, (ncclComm_t comm, ncclTeam_t team, int rank), (comm, team, rank))
 HT_DECLARE_DEV(int, LLA2ACalcSlots, (int maxElts, int maxEltSize), (maxElts, maxEltSize))
 HT_DECLARE_DEV(ncclResult_t, LsaBarrierCreateRequirement,
-               (ncclTeam_t team, int nBarriers, ncclLsaBarrierHandle_t* outHandle, ncclDevResourceRequirements_t* outReq),
+               (ncclTeam_t team, int nBarriers, ncclLsaBarrierHandle_t* outHandle,
+                ncclDevResourceRequirements_t* outReq),
                (team, nBarriers, outHandle, outReq))
 HT_DECLARE_DEV(ncclResult_t, DevCommCreate,
                (ncclComm_t comm, ncclDevCommRequirements_t const* reqs, ncclDevComm_t* outDevComm),
@@ -40,7 +41,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   HT_EXPECT(ncclAllReduce(buf, buf, 1, ncclInt32, ncclSum, nullptr, nullptr) == ncclInvalidArgument, "null comm");
   HT_EXPECT(!last().empty(), "no message for null comm");
   HT_EXPECT(ncclCommDestroy(nullptr) == ncclSuccess && ncclCommAbort(nullptr) == ncclSuccess &&
-                ncclCommFinalize(nullptr) == ncclSuccess, "NULL destroy/abort/finalize are no-ops in NCCL");
+                ncclCommFinalize(nullptr) == ncclSuccess,
+            "NULL destroy/abort/finalize are no-ops in NCCL");
   HT_EXPECT(ncclCommCount(nullptr, &v) == ncclInvalidArgument, "count on NULL comm");
   ncclComm_t bad = nullptr;
   HT_EXPECT(ncclCommInitRank(&bad, n, id, n) == ncclInvalidArgument, "rank out of range");
@@ -58,9 +60,11 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   HT_EXPECT(ncclSend(buf, 1, ncclInt32, n, comm, nullptr) == ncclInvalidArgument, "bad peer");
   HT_EXPECT(ncclRecv(buf, 1, ncclInt32, -1, comm, nullptr) == ncclInvalidArgument, "bad peer");
   HT_EXPECT(ncclAllReduce(buf, buf, 1, static_cast<ncclDataType_t>(ncclNumTypes), ncclSum, comm, nullptr) ==
-                ncclInvalidArgument, "bad datatype");
+                ncclInvalidArgument,
+            "bad datatype");
   HT_EXPECT(ncclAllReduce(buf, buf, 1, ncclInt32, static_cast<ncclRedOp_t>(ncclNumOps + 7), comm, nullptr) ==
-                ncclInvalidArgument, "unknown op");
+                ncclInvalidArgument,
+            "unknown op");
   HT_EXPECT(ncclAllReduce(nullptr, buf, 4, ncclInt32, ncclSum, comm, nullptr) == ncclInvalidArgument, "null send");
   HT_EXPECT(ncclAllGather(buf, nullptr, 4, ncclInt32, comm, nullptr) == ncclInvalidArgument, "null recv");
   HT_NCCL(ncclAllReduce(nullptr, nullptr, 0, ncclInt32, ncclSum, comm, nullptr));  // count 0: nothing to touch
@@ -103,15 +107,18 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   HT_EXPECT(lsah.nBarriers == 4 && req.bufferSize == (3 * 4 + 4 * 1) * 4, "lsa barrier requirement %zu",
             req.bufferSize);
   HT_EXPECT(ncclDevCommCreate(comm, reinterpret_cast<ncclDevCommRequirements_t*>(&req),
-                              reinterpret_cast<ncclDevComm_t*>(&lsah)) == ncclInvalidUsage, "DevCommCreate");
+                              reinterpret_cast<ncclDevComm_t*>(&lsah)) == ncclInvalidUsage,
+            "DevCommCreate");
 
   HT_NCCL(ncclCommDestroy(comm));
   HT_EXPECT(ncclCommCount(comm, &cnt) == ncclInvalidArgument, "use after destroy");
   HT_EXPECT(ncclAllReduce(buf, buf, 1, ncclInt32, ncclSum, comm, nullptr) == ncclInvalidArgument, "use after destroy");
 
   // Environment: a present but invalid value fails the call and names the variable.
-  const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"}, {"HOSTNCCL_INIT_DELAY_MS", "-3"},
-                           {"HOSTNCCL_DEBUG", "LOUD"}, {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"}};
+  const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"},
+                           {"HOSTNCCL_INIT_DELAY_MS", "-3"},
+                           {"HOSTNCCL_DEBUG", "LOUD"},
+                           {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"}};
   for (auto& kv : vars) {
     setenv(kv[0], kv[1], 1);
     ncclUniqueId id2;

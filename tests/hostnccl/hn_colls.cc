@@ -7,9 +7,9 @@
 
 namespace {
 
-constexpr ncclDataType_t kTypes[] = {ncclInt8,    ncclUint8,   ncclInt32,    ncclUint32,    ncclInt64,  ncclUint64,
-                                     ncclFloat16, ncclFloat32, ncclFloat64, ncclBfloat16, ncclFloat8e4m3,
-                                     ncclFloat8e5m2};
+constexpr ncclDataType_t kTypes[] = {ncclInt8,    ncclUint8,    ncclInt32,      ncclUint32,
+                                     ncclInt64,   ncclUint64,   ncclFloat16,    ncclFloat32,
+                                     ncclFloat64, ncclBfloat16, ncclFloat8e4m3, ncclFloat8e5m2};
 const size_t kCounts[] = {0, 1, 7, 4099};
 enum Op { kSum, kProd, kMax, kMin, kAvg, kPreMulHost, kPreMulDev, kNumOps };
 const char* kOpNames[] = {"sum", "prod", "max", "min", "avg", "premulsum-host", "premulsum-device"};
@@ -17,9 +17,13 @@ const char* kOpNames[] = {"sum", "prod", "max", "min", "avg", "premulsum-host", 
 // Input of rank r at element i for a reduction op; chosen so all results are exact.
 double Input(Op op, int r, int n, size_t i) {
   switch (op) {
-    case kProd: return (static_cast<size_t>(r) == i % n) ? 2 : 1;
-    case kMax: case kMin: return static_cast<double>((r * 3 + i) % 7);
-    default: return static_cast<double>((r + i) % 2);  // sums of 0/1: at most 8, exact in every type
+    case kProd:
+      return (static_cast<size_t>(r) == i % n) ? 2 : 1;
+    case kMax:
+    case kMin:
+      return static_cast<double>((r * 3 + i) % 7);
+    default:
+      return static_cast<double>((r + i) % 2);  // sums of 0/1: at most 8, exact in every type
   }
 }
 
@@ -28,10 +32,18 @@ double Expected(Op op, int n, size_t i, ncclDataType_t t) {
   for (int r = 1; r < n; ++r) {
     double x = Input(op, r, n, i);
     switch (op) {
-      case kProd: acc *= x; break;
-      case kMax: acc = std::max(acc, x); break;
-      case kMin: acc = std::min(acc, x); break;
-      default: acc += x; break;
+      case kProd:
+        acc *= x;
+        break;
+      case kMax:
+        acc = std::max(acc, x);
+        break;
+      case kMin:
+        acc = std::min(acc, x);
+        break;
+      default:
+        acc += x;
+        break;
     }
   }
   if (op == kPreMulHost || op == kPreMulDev) acc *= 2;
@@ -63,8 +75,13 @@ int Body(int rank, int n, const ncclUniqueId& id) {
         for (int o = 0; o < kNumOps; ++o) {
           Op op = static_cast<Op>(o);
           if (op == kAvg && !AvgExact(n, t)) continue;
-          ncclRedOp_t nop = op == kSum ? ncclSum : op == kProd ? ncclProd : op == kMax ? ncclMax
-                          : op == kMin ? ncclMin : op == kAvg ? ncclAvg : op == kPreMulHost ? premul_host : premul_dev;
+          ncclRedOp_t nop = op == kSum          ? ncclSum
+                            : op == kProd       ? ncclProd
+                            : op == kMax        ? ncclMax
+                            : op == kMin        ? ncclMin
+                            : op == kAvg        ? ncclAvg
+                            : op == kPreMulHost ? premul_host
+                                                : premul_dev;
           // AllReduce
           {
             std::vector<char> sb(count * es + 1), rb(count * es + 1);
@@ -73,8 +90,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
             HT_NCCL(ncclAllReduce(sb.data(), out, count, t, nop, comm, nullptr));
             int bad = 0;
             for (size_t i = 0; i < count; ++i) bad += ht::Get(t, out, i) != Expected(op, n, i, t);
-            HT_EXPECT(bad == 0, "AllReduce %s %s count %zu inplace %d: %d wrong", ht::TypeName(t), kOpNames[o],
-                      count, inplace, bad);
+            HT_EXPECT(bad == 0, "AllReduce %s %s count %zu inplace %d: %d wrong", ht::TypeName(t), kOpNames[o], count,
+                      inplace, bad);
             ++checked;
           }
           // Reduce to root count % n
@@ -109,7 +126,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
         auto val = [&](int r, size_t i) { return static_cast<double>((r * 5 + i) % 8); };
         {  // AllGather
           std::vector<char> sb(count * es + 1), rb(count * n * es + 1);
-          for (size_t i = 0; i < count; ++i) ht::Put(t, inplace ? rb.data() + rank * count * es : sb.data(), i, val(rank, i));
+          for (size_t i = 0; i < count; ++i)
+            ht::Put(t, inplace ? rb.data() + rank * count * es : sb.data(), i, val(rank, i));
           const void* in = inplace ? rb.data() + rank * count * es : sb.data();
           HT_NCCL(ncclAllGather(in, rb.data(), count, t, comm, nullptr));
           int bad = 0;

@@ -14,7 +14,7 @@ TEST_CASE("half: rounding to nearest even, overflow, subnormals") {
   CHECK(FloatToHalf(-2.0f) == 0xc000);
   CHECK(FloatToHalf(65504.0f) == 0x7bff);
   CHECK(FloatToHalf(65519.0f) == 0x7bff);
-  CHECK(FloatToHalf(65520.0f) == 0x7c00);  // rounds to infinity
+  CHECK(FloatToHalf(65520.0f) == 0x7c00);                          // rounds to infinity
   CHECK(FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie -> even
   CHECK(FloatToHalf(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie -> even (up)
   CHECK(FloatToHalf(std::ldexp(1.0f, -24)) == 0x0001);

@@ -19,24 +19,24 @@
 #include <thread>
 #include <vector>
 
-#define HT_EXPECT(cond, ...)                                           \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
+#define HT_EXPECT(cond, ...)                                                                 \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
       fprintf(stderr, "[pid %d] %s:%d: expected %s: ", getpid(), __FILE__, __LINE__, #cond); \
-      fprintf(stderr, __VA_ARGS__);                                    \
-      fprintf(stderr, "\n");                                           \
-      ++failures;                                                      \
-    }                                                                  \
+      fprintf(stderr, __VA_ARGS__);                                                          \
+      fprintf(stderr, "\n");                                                                 \
+      ++failures;                                                                            \
+    }                                                                                        \
   } while (0)
 
-#define HT_NCCL(call)                                                                             \
-  do {                                                                                            \
-    ncclResult_t ht_r_ = (call);                                                                  \
-    if (ht_r_ != ncclSuccess) {                                                                   \
-      fprintf(stderr, "[pid %d] %s:%d: %s -> %s (%s)\n", getpid(), __FILE__, __LINE__, #call,       \
-              ncclGetErrorString(ht_r_), ncclGetLastError(nullptr));                              \
-      return failures + 1;                                                                        \
-    }                                                                                             \
+#define HT_NCCL(call)                                                                         \
+  do {                                                                                        \
+    ncclResult_t ht_r_ = (call);                                                              \
+    if (ht_r_ != ncclSuccess) {                                                               \
+      fprintf(stderr, "[pid %d] %s:%d: %s -> %s (%s)\n", getpid(), __FILE__, __LINE__, #call, \
+              ncclGetErrorString(ht_r_), ncclGetLastError(nullptr));                          \
+      return failures + 1;                                                                    \
+    }                                                                                         \
   } while (0)
 
 namespace ht {
@@ -75,8 +75,10 @@ inline int RunRanks(int nranks, const Body& body, int timeout_s = 50, uint64_t k
       if (waitpid(pids[i], &st, WNOHANG) == pids[i]) {
         done[i] = true;
         --left;
-        if (WIFEXITED(st)) failures += WEXITSTATUS(st);
-        else if (WTERMSIG(st) == SIGKILL && ((killed_ok >> i) & 1)) continue;
+        if (WIFEXITED(st))
+          failures += WEXITSTATUS(st);
+        else if (WTERMSIG(st) == SIGKILL && ((killed_ok >> i) & 1))
+          continue;
         else {
           fprintf(stderr, "rank %zu died with signal %d\n", i, WTERMSIG(st));
           ++failures;
@@ -99,10 +101,20 @@ inline int RunRanks(int nranks, const Body& body, int timeout_s = 50, uint64_t k
 // ---- exact values in every NCCL type (the test's own encoder; values must be exactly representable) ----
 inline size_t Size(ncclDataType_t t) {
   switch (t) {
-    case ncclInt8: case ncclUint8: case ncclFloat8e4m3: case ncclFloat8e5m2: return 1;
-    case ncclFloat16: case ncclBfloat16: return 2;
-    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
-    default: return 8;
+    case ncclInt8:
+    case ncclUint8:
+    case ncclFloat8e4m3:
+    case ncclFloat8e5m2:
+      return 1;
+    case ncclFloat16:
+    case ncclBfloat16:
+      return 2;
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32:
+      return 4;
+    default:
+      return 8;
   }
 }
 
@@ -126,51 +138,148 @@ inline uint32_t EncodeSmall(double v, int ebits, int mbits, int bias) {
 inline double DecodeSmall(uint32_t b, int ebits, int mbits, int bias) {
   bool neg = (b >> (ebits + mbits)) & 1;
   uint32_t e = (b >> mbits) & ((1u << ebits) - 1), m = b & ((1u << mbits) - 1);
-  double v = e == 0 ? std::ldexp(m, 1 - bias - mbits) : std::ldexp((1u << mbits) | m, static_cast<int>(e) - bias - mbits);
+  double v =
+      e == 0 ? std::ldexp(m, 1 - bias - mbits) : std::ldexp((1u << mbits) | m, static_cast<int>(e) - bias - mbits);
   return neg ? -v : v;
 }
 
 inline void Put(ncclDataType_t t, void* buf, size_t i, double v) {
   char* p = static_cast<char*>(buf) + i * Size(t);
   switch (t) {
-    case ncclInt8: { int8_t x = static_cast<int8_t>(v); memcpy(p, &x, 1); break; }
-    case ncclUint8: { uint8_t x = static_cast<uint8_t>(v); memcpy(p, &x, 1); break; }
-    case ncclInt32: { int32_t x = static_cast<int32_t>(v); memcpy(p, &x, 4); break; }
-    case ncclUint32: { uint32_t x = static_cast<uint32_t>(v); memcpy(p, &x, 4); break; }
-    case ncclInt64: { int64_t x = static_cast<int64_t>(v); memcpy(p, &x, 8); break; }
-    case ncclUint64: { uint64_t x = static_cast<uint64_t>(v); memcpy(p, &x, 8); break; }
-    case ncclFloat32: { float x = static_cast<float>(v); memcpy(p, &x, 4); break; }
-    case ncclFloat64: memcpy(p, &v, 8); break;
-    case ncclFloat16: { uint16_t x = static_cast<uint16_t>(EncodeSmall(v, 5, 10, 15)); memcpy(p, &x, 2); break; }
-    case ncclBfloat16: { uint16_t x = static_cast<uint16_t>(EncodeSmall(v, 8, 7, 127)); memcpy(p, &x, 2); break; }
-    case ncclFloat8e4m3: { uint8_t x = static_cast<uint8_t>(EncodeSmall(v, 4, 3, 7)); memcpy(p, &x, 1); break; }
-    case ncclFloat8e5m2: { uint8_t x = static_cast<uint8_t>(EncodeSmall(v, 5, 2, 15)); memcpy(p, &x, 1); break; }
-    default: break;
+    case ncclInt8: {
+      int8_t x = static_cast<int8_t>(v);
+      memcpy(p, &x, 1);
+      break;
+    }
+    case ncclUint8: {
+      uint8_t x = static_cast<uint8_t>(v);
+      memcpy(p, &x, 1);
+      break;
+    }
+    case ncclInt32: {
+      int32_t x = static_cast<int32_t>(v);
+      memcpy(p, &x, 4);
+      break;
+    }
+    case ncclUint32: {
+      uint32_t x = static_cast<uint32_t>(v);
+      memcpy(p, &x, 4);
+      break;
+    }
+    case ncclInt64: {
+      int64_t x = static_cast<int64_t>(v);
+      memcpy(p, &x, 8);
+      break;
+    }
+    case ncclUint64: {
+      uint64_t x = static_cast<uint64_t>(v);
+      memcpy(p, &x, 8);
+      break;
+    }
+    case ncclFloat32: {
+      float x = static_cast<float>(v);
+      memcpy(p, &x, 4);
+      break;
+    }
+    case ncclFloat64:
+      memcpy(p, &v, 8);
+      break;
+    case ncclFloat16: {
+      uint16_t x = static_cast<uint16_t>(EncodeSmall(v, 5, 10, 15));
+      memcpy(p, &x, 2);
+      break;
+    }
+    case ncclBfloat16: {
+      uint16_t x = static_cast<uint16_t>(EncodeSmall(v, 8, 7, 127));
+      memcpy(p, &x, 2);
+      break;
+    }
+    case ncclFloat8e4m3: {
+      uint8_t x = static_cast<uint8_t>(EncodeSmall(v, 4, 3, 7));
+      memcpy(p, &x, 1);
+      break;
+    }
+    case ncclFloat8e5m2: {
+      uint8_t x = static_cast<uint8_t>(EncodeSmall(v, 5, 2, 15));
+      memcpy(p, &x, 1);
+      break;
+    }
+    default:
+      break;
   }
 }
 
 inline double Get(ncclDataType_t t, const void* buf, size_t i) {
   const char* p = static_cast<const char*>(buf) + i * Size(t);
   switch (t) {
-    case ncclInt8: { int8_t x; memcpy(&x, p, 1); return x; }
-    case ncclUint8: { uint8_t x; memcpy(&x, p, 1); return x; }
-    case ncclInt32: { int32_t x; memcpy(&x, p, 4); return x; }
-    case ncclUint32: { uint32_t x; memcpy(&x, p, 4); return x; }
-    case ncclInt64: { int64_t x; memcpy(&x, p, 8); return static_cast<double>(x); }
-    case ncclUint64: { uint64_t x; memcpy(&x, p, 8); return static_cast<double>(x); }
-    case ncclFloat32: { float x; memcpy(&x, p, 4); return x; }
-    case ncclFloat64: { double x; memcpy(&x, p, 8); return x; }
-    case ncclFloat16: { uint16_t x; memcpy(&x, p, 2); return DecodeSmall(x, 5, 10, 15); }
-    case ncclBfloat16: { uint16_t x; memcpy(&x, p, 2); return DecodeSmall(x, 8, 7, 127); }
-    case ncclFloat8e4m3: { uint8_t x; memcpy(&x, p, 1); return DecodeSmall(x, 4, 3, 7); }
-    case ncclFloat8e5m2: { uint8_t x; memcpy(&x, p, 1); return DecodeSmall(x, 5, 2, 15); }
-    default: return NAN;
+    case ncclInt8: {
+      int8_t x;
+      memcpy(&x, p, 1);
+      return x;
+    }
+    case ncclUint8: {
+      uint8_t x;
+      memcpy(&x, p, 1);
+      return x;
+    }
+    case ncclInt32: {
+      int32_t x;
+      memcpy(&x, p, 4);
+      return x;
+    }
+    case ncclUint32: {
+      uint32_t x;
+      memcpy(&x, p, 4);
+      return x;
+    }
+    case ncclInt64: {
+      int64_t x;
+      memcpy(&x, p, 8);
+      return static_cast<double>(x);
+    }
+    case ncclUint64: {
+      uint64_t x;
+      memcpy(&x, p, 8);
+      return static_cast<double>(x);
+    }
+    case ncclFloat32: {
+      float x;
+      memcpy(&x, p, 4);
+      return x;
+    }
+    case ncclFloat64: {
+      double x;
+      memcpy(&x, p, 8);
+      return x;
+    }
+    case ncclFloat16: {
+      uint16_t x;
+      memcpy(&x, p, 2);
+      return DecodeSmall(x, 5, 10, 15);
+    }
+    case ncclBfloat16: {
+      uint16_t x;
+      memcpy(&x, p, 2);
+      return DecodeSmall(x, 8, 7, 127);
+    }
+    case ncclFloat8e4m3: {
+      uint8_t x;
+      memcpy(&x, p, 1);
+      return DecodeSmall(x, 4, 3, 7);
+    }
+    case ncclFloat8e5m2: {
+      uint8_t x;
+      memcpy(&x, p, 1);
+      return DecodeSmall(x, 5, 2, 15);
+    }
+    default:
+      return NAN;
   }
 }
 
 inline const char* TypeName(ncclDataType_t t) {
-  static const char* n[] = {"int8", "uint8", "int32", "uint32", "int64", "uint64", "half", "float", "double",
-                            "bfloat16", "e4m3", "e5m2"};
+  static const char* n[] = {"int8", "uint8", "int32",  "uint32",   "int64", "uint64",
+                            "half", "float", "double", "bfloat16", "e4m3",  "e5m2"};
   return (t >= 0 && t < 12) ? n[t] : "?";
 }
 
