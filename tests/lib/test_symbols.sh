@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # The exported (defined, dynamic) symbols of libtrainmover.so, its drop-in copy, the real libnccl.so.2 and
 # the other libnccl.so.2 builds must be the same set (tm* excepted for the shim, which must export
-# exactly tmShimSafePoint, tmShimRegister, tmShimUnregister besides).
+# exactly tmShimSafePoint, tmShimRegister, tmShimUnregister besides); and the shim has no global constructors.
 # usage: test_symbols.sh SHIM DROPIN REAL [OTHER...]; exits 77 when REAL is absent.
 set -u
 SHIM=$1 DROPIN=$2 REAL=$3; shift 3
@@ -25,6 +25,15 @@ for lib in "$SHIM" "$DROPIN" "$@"; do
     echo "ok   $lib"
   else
     echo "FAIL $lib differs from $REAL (< missing, > extra):"; echo "$d"; fail=1
+  fi
+done
+# Nothing runs at load time: no global constructors in the shim (house style; the shim initialises lazily).
+for lib in "$SHIM" "$DROPIN"; do
+  ctors=$(nm "$lib" 2>/dev/null | grep -c '_GLOBAL__sub_I' || true)
+  if [ "$ctors" != 0 ]; then
+    echo "FAIL $lib has $ctors global constructor(s):"; nm -C "$lib" | grep '_GLOBAL__sub_I'; fail=1
+  else
+    echo "ok   $lib: no global constructors"
   fi
 done
 exit $fail
