@@ -22,6 +22,16 @@ compare() {  # name, command...
   fi
 }
 compare "tm-train 1 rank" "$TRAIN" --steps 30 --log-every 0
+# A 1-rank job in the joiner sandbox: every collective is emulated locally, and with n = 1 the emulation
+# is exact, so the digest must equal the real run's.
+plain=$(LD_LIBRARY_PATH="$HN" "$TRAIN" --steps 30 --log-every 0 2>&1 | digests)
+sandbox=$(LD_LIBRARY_PATH="$HN" LD_PRELOAD="$SHIM" TRAINMOVER_ROLE=joiner TRAINMOVER_DEBUG=INFO \
+          "$TRAIN" --steps 30 --log-every 0 2>&1)
+if [ -n "$plain" ] && [ "$plain" == "$(digests <<<"$sandbox")" ] && grep -q "(sandboxed)" <<<"$sandbox"; then
+  echo "ok   tm-train 1 rank in the joiner sandbox: digest identical"
+else
+  echo "FAIL sandbox run:"; echo "$sandbox" | tail -5; fail=1
+fi
 if [ -n "$TMRUN" ]; then
   compare "tm-train 3 ranks (tmrun)" "$TMRUN" -n 3 -- "$TRAIN" --steps 30 --log-every 0
 fi
