@@ -93,11 +93,16 @@ Agent::~Agent() {
 void Agent::Start() {
   if (thread_.joinable()) return;
   stop_.store(false);
+  owner_pid_ = getpid();
   thread_ = std::thread([this] { Loop(); });
 }
 
 void Agent::Stop(bool bye) {
-  if (!thread_.joinable()) return;
+  if (!thread_.joinable() || getpid() != owner_pid_) return;
+  if (std::this_thread::get_id() == thread_.get_id()) {
+    stop_.store(true);  // the loop ends when the current handler returns; nobody joins it
+    return;
+  }
   bye_.store(bye);
   stop_.store(true);
   Wake();

@@ -60,6 +60,8 @@ class Agent {
   // Starts the thread. Returns at once; connecting happens in the background.
   void Start();
   // Stops the thread. With bye, first tells the coordinator this process is exiting (bounded wait).
+  // A no-op when called on the agent thread itself (e.g. exit() from a command handler) or in a forked
+  // child (which has no agent thread).
   void Stop(bool bye = false);
 
   // --- reports: any thread, lock-free, never block ---
@@ -89,6 +91,7 @@ class Agent {
   std::function<void()> tick_;
   int tick_period_ms_ = 200;
   std::thread thread_;
+  int owner_pid_ = 0;  // the process that started the thread
   std::atomic<bool> stop_{false};
   std::atomic<bool> bye_{false};
   int wake_fd_ = -1;

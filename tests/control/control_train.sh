@@ -102,6 +102,11 @@ got=$(digest "$tmp/run.log")
 echo "reference $ref with-restart $got"
 [ "$got" = "$ref" ] || fail "digests differ"
 check 'all(p["state"]=="exited" for p in s["processes"])' || fail "finished processes are not shown as exited"
+# One WARN line per rank for the outage (then one when reconnected), nothing more.
+for r in 0 1 2 3; do
+  n=$(grep -c "^\[$r\] .*TRAINMOVER WARN agent: coordinator .* unreachable" "$tmp/run.log")
+  [ "$n" = 1 ] || fail "rank $r logged $n 'unreachable' lines, expected 1"
+done
 
 # 6. A killed worker is marked lost.
 TRAINMOVER_COORDINATOR=$ADDR "$TMRUN" -n 2 --grace-ms 60000 -- env LD_PRELOAD="$SHIM" "$TMTRAIN" --steps 100000 \

@@ -78,7 +78,7 @@ echo "migrate/watch/timeline/cancel: ok"
 
 if [ -z "$TMRUN" ] || [ ! -x "$TMRUN" ]; then echo "tmrun not built: embedded coordinator not checked"; echo PASS; exit 0; fi
 unset TRAINMOVER_COORDINATOR TRAINMOVER_TOKEN
-"$TMRUN" -n 2 -- sh -c "echo coord=\${TRAINMOVER_COORDINATOR:-none} tok=\${#TRAINMOVER_TOKEN}; exec '$PROBE' \"\$TRAINMOVER_COORDINATOR\" \$RANK 2 0x99 --steps 400 --step-ms 10" \
+"$TMRUN" -n 2 -- sh -c "echo coord=\${TRAINMOVER_COORDINATOR:-none} tok=\${#TRAINMOVER_TOKEN}; exec '$PROBE' \"\$TRAINMOVER_COORDINATOR\" \$RANK 2 0x99 --steps 3000 --step-ms 10" \
   > "$tmp/tmrun.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 100); do grep -q "tmrun: coordinator" "$tmp/tmrun.log" && break; sleep 0.05; done
@@ -96,6 +96,11 @@ sys.exit(0 if len([p for p in s['processes'] if p['state']=='alive'])==2 and s['
 done
 [ $ok = 1 ] || fail "the embedded coordinator does not show the 2 ranks"
 grep -q "coord=$EA tok=48" "$tmp/tmrun.log" || fail "ranks did not get the coordinator and a token"
+# A joiner started with tmrun --join finds the job's coordinator and token through the job's store.
+S=$(sed -n 's/^tmrun: 2 ranks, store \([^ ]*\)$/\1/p' "$tmp/tmrun.log")
+out=$("$TMRUN" --join --replace 1 --store "$S" -n 2 -- sh -c \
+  'echo jcoord=$TRAINMOVER_COORDINATOR jtok=$TRAINMOVER_TOKEN role=$TRAINMOVER_ROLE' 2>&1) || fail "join: $out"
+echo "$out" | grep -q "jcoord=$EA jtok=$(cat "$TF") role=joiner" || fail "the joiner did not get the job's coordinator: $out"
 out=$("$TMRUN" -n 1 --no-coordinator -- sh -c 'echo coord=${TRAINMOVER_COORDINATOR:-none}' 2>&1)
 echo "$out" | grep -q "coord=none" || fail "--no-coordinator: $out"
 echo "$out" | grep -q "tmrun: coordinator" && fail "--no-coordinator still started one"
