@@ -58,6 +58,7 @@ ncclResult_t ParseConfig(const ncclConfig_t* config, const char* opname, bool* b
   *blocking = true;
   if (!config) return ncclSuccess;
   ncclConfig_t local = NCCL_CONFIG_INITIALIZER;
+  local.magic = 0;  // a struct too small to hold the magic is not initialised
   size_t size;
   memcpy(&size, config, sizeof(size));
   memcpy(&local, config, std::min(size, sizeof(ncclConfig_t)));
@@ -921,19 +922,30 @@ ncclResult_t GroupEnd() {
 }
 
 ncclResult_t GroupSimulateEnd(ncclSimInfo_t* simInfo) {
-  HN_CHECK(PtrCheck(simInfo, "ncclGroupSimulateEnd", "simInfo"));
-  if (simInfo->magic != kSimInfoMagic) {
-    return Fail(ncclInvalidArgument, "ncclGroupSimulateEnd : simInfo not initialized via NCCL_SIM_INFO_INITIALIZER");
+  // As NCCL's ncclGroupEndInternal(simInfo): NULL is a plain ncclGroupEnd; otherwise the outermost level
+  // checks the group error and the struct, estimates the time and ends the group without running it.
+  if (g_group.depth == 0) return Fail(ncclInvalidUsage, "ncclGroupEnd: not in a group call.");
+  if (!simInfo) return GroupEnd();
+  if (--g_group.depth > 0) return ncclSuccess;
+  ncclResult_t err = g_group.error;
+  g_group.error = ncclSuccess;
+  std::vector<Task> tasks;
+  tasks.swap(g_group.tasks);
+  if (err != ncclSuccess) return err;
+  ncclSimInfo_t local = NCCL_SIM_INFO_INITIALIZER;
+  local.magic = 0;  // a struct too small to hold the magic is not initialised
+  size_t size;
+  memcpy(&size, &simInfo->size, sizeof(size));
+  size = std::min(size, sizeof(ncclSimInfo_t));
+  memcpy(&local, simInfo, size);
+  if (local.magic != kSimInfoMagic) {
+    return Fail(ncclInvalidArgument, "ncclSimInfo_t argument not initialized via NCCL_SIM_INFO_INITIALIZER");
   }
-  if (g_group.depth == 0) return Fail(ncclInvalidUsage, "ncclGroupSimulateEnd: not in a group call.");
-  // Estimates the group's time at 1 GB/s of data moved per rank and ends the group without running it.
+  // Estimate: the bytes each rank moves, at 1 GB/s, in microseconds.
   double bytes = 0;
-  for (const Task& t : g_group.tasks) bytes += static_cast<double>(t.count * TypeSize(t.type));
-  if (--g_group.depth == 0) {
-    g_group.tasks.clear();
-    g_group.error = ncclSuccess;
-  }
-  simInfo->estimatedTime = static_cast<float>(bytes / 1e3);  // microseconds at 1 GB/s
+  for (const Task& t : tasks) bytes += static_cast<double>(t.count * TypeSize(t.type));
+  local.estimatedTime = static_cast<float>(bytes / 1e3);
+  memcpy(simInfo, &local, size);
   return ncclSuccess;
 }
 

@@ -98,7 +98,11 @@ int Body(int rank, int n, const ncclUniqueId& id) {
     ncclSimInfo_t bad{};
     HT_NCCL(ncclGroupStart());
     HT_EXPECT(ncclGroupSimulateEnd(&bad) == ncclInvalidArgument, "uninitialised simInfo");
-    HT_NCCL(ncclGroupEnd());
+    HT_EXPECT(ncclGroupSimulateEnd(&sim) == ncclInvalidUsage, "simulate end outside a group");
+    HT_NCCL(ncclGroupStart());  // NULL: a plain ncclGroupEnd
+    HT_NCCL(ncclAllReduce(a.data(), a.data(), count, ncclFloat32, ncclSum, comm, nullptr));
+    HT_NCCL(ncclGroupSimulateEnd(nullptr));
+    HT_EXPECT(a[0] == static_cast<float>(n), "GroupSimulateEnd(NULL) ran the group: a0 %f", a[0]);
   }
   // The communicator still works after all that.
   {
