@@ -24,8 +24,8 @@ export HOSTNCCL_TIMEOUT_MS=20000 UCX_WARN_UNUSED_ENV_VARS=n
 calls_json=$("$BUILD/perf/shim_overhead" --shim "$SHIM" --dropin "$DROPIN" --nullnccl "$NULL" --hostnccl "$HN" \
              $([ $QUICK = 1 ] && echo --quick) | tee /dev/stderr | tail -1)
 
-STEPS=$([ $QUICK = 1 ] && echo 100 || echo 400)
-REPS=$([ $QUICK = 1 ] && echo 3 || echo 7)
+STEPS=$([ $QUICK = 1 ] && echo 100 || echo 2000)
+REPS=$([ $QUICK = 1 ] && echo 3 || echo 5)
 train_json=""
 run_train() {  # name, preload(0/1), command... -> prints wall seconds
   local pre=$2; shift 2
