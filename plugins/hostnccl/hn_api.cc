@@ -99,6 +99,7 @@ ncclResult_t InitComm(ncclComm_t* out, int nranks, const ncclUniqueId& id, int r
   c->nranks = nranks;
   c->cuda_dev = cuda_dev;
   c->env = env;
+  c->blocking = blocking;
   RegisterComm(c, true);
   *out = reinterpret_cast<ncclComm_t>(c);
   if (!blocking) {
@@ -656,6 +657,7 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   HN_CHECK(EnsureReady(c));
   bool blocking;
   HN_CHECK(ParseConfig(config, "ncclCommSplit", &blocking));
+  if (!config) blocking = c->blocking;  // the child inherits the parent's configuration
   if (color < 0 && color != NCCL_SPLIT_NOCOLOR)
     return Fail(ncclInvalidArgument, "ncclCommSplit : invalid color %d", color);
   *newcomm = nullptr;
@@ -694,6 +696,7 @@ ncclResult_t CommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* ne
   }
   bool blocking;
   HN_CHECK(ParseConfig(config, "ncclCommShrink", &blocking));
+  if (!config) blocking = c->blocking;  // the child inherits the parent's configuration
   std::vector<int> ex(exclude, exclude + count);
   std::sort(ex.begin(), ex.end());
   for (int r : ex) {

@@ -60,6 +60,7 @@ struct Comm {
   std::vector<int64_t> peer_gone_ms;  // when the peer was seen leaving
   std::atomic<bool> abort_flag{false};
   std::atomic<int> async_error{ncclSuccess};
+  bool blocking = true;  // config.blocking; children made without a config inherit it
   bool finalized = false, revoked = false, destroyed = false;
   uint64_t coll_seq = 0, child_count = 0;
   std::vector<uint64_t> send_seq, recv_seq;

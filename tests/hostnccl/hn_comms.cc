@@ -17,6 +17,19 @@ int SumCheck(ncclComm_t comm, int expect_n, const char* what) {
   return failures;
 }
 
+// A call on a non-blocking communicator may return ncclInProgress; the async error then turns to success.
+int WaitReady(ncclResult_t r, ncclComm_t comm, const char* what) {
+  int failures = 0;
+  HT_EXPECT(r == ncclSuccess || r == ncclInProgress, "%s returned %d", what, r);
+  ncclResult_t st = ncclInProgress;
+  for (int i = 0; comm && i < 60000 && st == ncclInProgress; ++i) {
+    HT_NCCL(ncclCommGetAsyncError(comm, &st));
+    if (st == ncclInProgress) usleep(1000);
+  }
+  HT_EXPECT(!comm || st == ncclSuccess, "%s: async state %d", what, st);
+  return failures;
+}
+
 int Body(int rank, int n, const ncclUniqueId& id) {
   int failures = 0;
   // Non-blocking init: ncclInProgress, then poll ncclCommGetAsyncError.
@@ -40,7 +53,9 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   {
     int color = rank == n - 1 ? NCCL_SPLIT_NOCOLOR : rank % 2;
     ncclComm_t sub = reinterpret_cast<ncclComm_t>(0x1);
-    HT_NCCL(ncclCommSplit(comm, color, n - rank, &sub, nullptr));
+    // No config: the child inherits the parent's (non-blocking) configuration.
+    ncclResult_t sr = ncclCommSplit(comm, color, n - rank, &sub, nullptr);
+    failures += WaitReady(sr, sub, "split");
     if (color == NCCL_SPLIT_NOCOLOR) {
       HT_EXPECT(sub == nullptr, "NOCOLOR rank got a communicator");
     } else {
@@ -75,7 +90,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   if (rank != 0) {
     int ex[] = {0};
     ncclComm_t sh = nullptr;
-    HT_NCCL(ncclCommShrink(comm, ex, 1, &sh, nullptr, NCCL_SHRINK_DEFAULT));
+    ncclResult_t sr = ncclCommShrink(comm, ex, 1, &sh, nullptr, NCCL_SHRINK_DEFAULT);
+    failures += WaitReady(sr, sh, "shrink");
     int srank = -1;
     HT_NCCL(ncclCommUserRank(sh, &srank));
     HT_EXPECT(srank == rank - 1, "shrink rank %d", srank);
