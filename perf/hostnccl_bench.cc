@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
     double tag = -1;
     if (a.perftest) {
       std::string err;
-      int iters = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 10, 2000));
+      int iters = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 10, 100000));
       tag = perf::UcxPerftest("tag_bw", bytes, iters, a.tls, "", &err);
       if (tag < 0) fprintf(stderr, "hostnccl_bench: %s\n", err.c_str());
     }

@@ -618,7 +618,9 @@ Status FetchCma(const detail::DescriptorData& d, const std::vector<Region>& loca
   std::atomic<uint64_t> done{0};
   std::atomic<int> first_err{0};
   std::atomic<bool> timed_out{false};
-  auto worker = [&] {
+  // `report` is true on the Fetch thread only: it calls the progress callback after each of its blocks.
+  uint64_t reported = 0;
+  auto worker = [&](bool report) {
     for (size_t t; first_err.load(std::memory_order_relaxed) == 0 && (t = next.fetch_add(1)) < tasks.size();) {
       if (Clock::now() >= deadline) {
         timed_out = true;
@@ -637,26 +639,19 @@ Status FetchCma(const detail::DescriptorData& d, const std::vector<Region>& loca
       }
       // Hash the block while it is still in cache: verification costs almost nothing extra.
       if (options.verify) blocks[tasks[t].region][tasks[t].block] = BlockHash(dst, len);
-      done.fetch_add(len, std::memory_order_relaxed);
+      uint64_t now = done.fetch_add(len, std::memory_order_relaxed) + len;
+      if (report && options.progress && now > reported) {
+        reported = now;
+        options.progress(now, total);
+      }
     }
   };
   int hw = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
   int threads = std::min(options.max_outstanding, options.hash_threads > 0 ? options.hash_threads : hw);
   threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
   std::vector<std::thread> pool;
-  for (int i = 0; i < threads && !tasks.empty(); ++i) pool.emplace_back(worker);
-  // This thread reports progress while the pool reads.
-  uint64_t reported = 0;
-  for (;;) {
-    bool finished = next.load() >= tasks.size() + pool.size() || first_err.load() != 0;
-    uint64_t now = done.load();
-    if (options.progress && now != reported) {
-      reported = now;
-      options.progress(now, total);
-    }
-    if (finished || tasks.empty()) break;
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
-  }
+  for (int i = 1; i < threads; ++i) pool.emplace_back(worker, false);
+  worker(true);  // this thread reads too, and reports progress
   for (auto& t : pool) t.join();
   if (options.progress && done.load() != reported) options.progress(done.load(), total);
   if (timed_out) return Status(Code::kTimeout, "the transfer did not finish within the timeout");
