@@ -9,6 +9,7 @@
 
 #include "json.h"
 #include "messages.h"
+#include "migration_msgs.h"
 #include "wire.h"
 
 using namespace trainmover::control;
@@ -44,6 +45,17 @@ void DecodeAll(const std::vector<uint8_t>& p) {
   Try<TimelineReq>(p);
   Try<Command>(p);
   Try<Bye>(p);
+  Try<mig::Step>(p);
+  Try<mig::Reason>(p);
+  Try<mig::KeyList>(p);
+  Try<mig::Ready>(p);
+  Try<mig::Ids>(p);
+  Try<mig::Build>(p);
+  Try<mig::Built>(p);
+  Try<mig::Blob>(p);
+  Try<mig::Progress>(p);
+  Try<mig::Switched>(p);
+  Try<mig::Phase>(p);
 }
 
 }  // namespace

@@ -376,3 +376,59 @@ TEST_CASE("an oversized frame is rejected after its header, without buffering th
   CHECK(p.server->error() == "frame too large");
   CHECK(p.client->rejected());
 }
+
+#include "migration_msgs.h"
+
+TEST_CASE("migration command and event bodies round-trip and refuse bad values") {
+  using namespace trainmover::control::mig;
+  Ready rd;
+  rd.comms.push_back(CommCreated{});
+  rd.comms[0].comm_key = 5;
+  rd.comms[0].lineage.kind = 5;
+  rd.comms[0].lineage.excluded = {2};
+  rd.comms[0].rank = 1;
+  rd.comms[0].nranks = 3;
+  rd.regions = {{"w", 64}};
+  rd.step = 12;
+  Ready rd2 = RoundTrip(rd);
+  REQUIRE(rd2.comms.size() == 1);
+  CHECK(rd2.comms[0].lineage == rd.comms[0].lineage);
+  CHECK(rd2.comms[0].rank == 1);
+  CHECK(rd2.regions == rd.regions);
+  CHECK(rd2.step == 12);
+
+  Build b;
+  b.entries.resize(2);
+  b.entries[0].comm_key = 1;
+  b.entries[0].id[127] = 0xaa;
+  b.entries[0].nranks = 4;
+  b.entries[0].rank = 3;
+  b.entries[1].nranks = 1;
+  CHECK(RoundTrip(b).entries == b.entries);
+  b.entries[1].rank = 1;  // out of range
+  Build bad;
+  CHECK_FALSE(DecodePayload(EncodePayload(b), &bad));
+
+  Ids ids;
+  ids.ids.resize(1);
+  ids.ids[0].comm_key = 9;
+  ids.ids[0].id[0] = 1;
+  CHECK(RoundTrip(ids).ids == ids.ids);
+  CHECK(RoundTrip(KeyList{{1, 2, 3}}).keys == std::vector<uint64_t>{1, 2, 3});
+  CHECK(RoundTrip(Built{7, 1, "ok"}).comm_key == 7);
+  CHECK(RoundTrip(Blob{{1, 2, 3}}).bytes.size() == 3);
+  CHECK(RoundTrip(Progress{5, 10}).done == 5);
+  Progress over;
+  CHECK_FALSE(DecodePayload(EncodePayload(Progress{11, 10}), &over));
+  CHECK(RoundTrip(Switched{4, 100, 50}).stall_ns == 100);
+  CHECK(RoundTrip(Phase{"build", 1, 2}).name == "build");
+  CHECK(RoundTrip(Step{42}).step == 42);
+  CHECK(RoundTrip(Reason{"why"}).text == "why");
+  Command c = Make(static_cast<uint16_t>(Cmd::kPropose), 3, Step{77});
+  Command c2 = RoundTrip(c);
+  Step s;
+  REQUIRE(DecodePayload(c2.body, &s));
+  CHECK(s.step == 77);
+  CHECK(std::string(CmdName(c2.kind)) == "PROPOSE");
+  CHECK(std::string(EvName(static_cast<uint16_t>(Ev::kSwitched))) == "SWITCHED");
+}
