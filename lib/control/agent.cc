@@ -213,65 +213,65 @@ void Agent::Loop() {
   };
 
   auto process_reports = [&] {
-      // Essential reports, oldest first.
-      Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
-      Essential* rev = nullptr;
-      while (list) {
-        Essential* n = list->next;
-        list->next = rev;
-        rev = list;
-        list = n;
+    // Essential reports, oldest first.
+    Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
+    Essential* rev = nullptr;
+    while (list) {
+      Essential* n = list->next;
+      list->next = rev;
+      rev = list;
+      list = n;
+    }
+    while (rev) {
+      Essential* e = rev;
+      rev = rev->next;
+      switch (e->kind) {
+        case Essential::kCreated:
+          comms[e->created.comm_key] = e->created;
+          send(MsgType::kCommCreated, EncodePayload(e->created));
+          break;
+        case Essential::kDestroyed:
+          comms.erase(e->key);
+          send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
+          break;
+        case Essential::kRegions:
+          regions = std::move(e->regions);
+          have_regions = true;
+          send(MsgType::kRegions, EncodePayload(Regions{regions}));
+          break;
+        case Essential::kRankWorld:
+          self.rank = e->rank;
+          self.world = e->world;
+          break;
+        case Essential::kEvent:
+          if (conn && registered) {
+            conn->SendMsg(MsgType::kEvent, e->event);
+          } else {
+            CTL_WARN("agent: event %u of migration %" PRIu64 " not sent: coordinator unreachable", e->event.kind,
+                     e->event.migration);
+          }
+          break;
       }
-      while (rev) {
-        Essential* e = rev;
-        rev = rev->next;
-        switch (e->kind) {
-          case Essential::kCreated:
-            comms[e->created.comm_key] = e->created;
-            send(MsgType::kCommCreated, EncodePayload(e->created));
-            break;
-          case Essential::kDestroyed:
-            comms.erase(e->key);
-            send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
-            break;
-          case Essential::kRegions:
-            regions = std::move(e->regions);
-            have_regions = true;
-            send(MsgType::kRegions, EncodePayload(Regions{regions}));
-            break;
-          case Essential::kRankWorld:
-            self.rank = e->rank;
-            self.world = e->world;
-            break;
-          case Essential::kEvent:
-            if (conn && registered) {
-              conn->SendMsg(MsgType::kEvent, e->event);
-            } else {
-              CTL_WARN("agent: event %u of migration %" PRIu64 " not sent: coordinator unreachable", e->event.kind,
-                       e->event.migration);
-            }
-            break;
-        }
-        delete e;
-      }
+      delete e;
+    }
 
-      // Safe points from the ring.
-      for (;;) {
-        Slot& s = ring_[tail_ & mask_];
-        if (s.seq.load(std::memory_order_acquire) != tail_ + 1) break;
-        SafePoint sp{s.step, s.time_ns};
-        s.seq.store(tail_ + mask_ + 1, std::memory_order_release);
-        ++tail_;
-        if (sp.step > sent_step) {
-          send(MsgType::kSafePoint, EncodePayload(sp));
-          if (registered) sent_step = sp.step;
-        }
+    // Safe points from the ring.
+    for (;;) {
+      Slot& s = ring_[tail_ & mask_];
+      if (s.seq.load(std::memory_order_acquire) != tail_ + 1) break;
+      SafePoint sp{s.step, s.time_ns};
+      s.seq.store(tail_ + mask_ + 1, std::memory_order_release);
+      ++tail_;
+      if (sp.step > sent_step) {
+        send(MsgType::kSafePoint, EncodePayload(sp));
+        if (registered) sent_step = sp.step;
       }
-      int64_t latest = latest_step_.load();
-      if (registered && latest > sent_step) {  // dropped from the ring: the coalesced step still goes
-        send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
-        sent_step = latest;
-      }
+    }
+    int64_t latest = latest_step_.load();
+    if (registered && latest > sent_step) {  // dropped from the ring: the coalesced step still goes
+      send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
+      sent_step = latest;
+    }
   };
 
   while (!stop_.load()) {
@@ -317,7 +317,8 @@ void Agent::Loop() {
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {conn ? conn->fd() : -1, 0, 0}};
     if (conn) fds[1].events = static_cast<short>(POLLIN | (conn->WantsWrite() ? POLLOUT : 0));
     int timeout = 50;
-    if (!conn) timeout = static_cast<int>(std::min<uint64_t>(50, (next_attempt > now ? next_attempt - now : 0) / 1000000 + 1));
+    if (!conn)
+      timeout = static_cast<int>(std::min<uint64_t>(50, (next_attempt > now ? next_attempt - now : 0) / 1000000 + 1));
     poll(fds, conn ? 2 : 1, timeout);
     if (fds[0].revents) {
       uint64_t v;

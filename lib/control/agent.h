@@ -38,9 +38,9 @@ class Agent {
   struct Options {
     std::string coordinator;  // host:port
     std::string token;
-    Register self;            // from DescribeSelf
-    size_t ring_slots = 1024; // safe-point ring capacity (rounded up to a power of two)
-    int heartbeat_ms = 0;     // upper bound of the heartbeat interval (0: the coordinator's choice)
+    Register self;             // from DescribeSelf
+    size_t ring_slots = 1024;  // safe-point ring capacity (rounded up to a power of two)
+    int heartbeat_ms = 0;      // upper bound of the heartbeat interval (0: the coordinator's choice)
   };
   // Called on the agent thread for every COMMAND from the coordinator. Must not block for long.
   using CommandHandler = std::function<void(const Command&)>;
@@ -68,9 +68,9 @@ class Agent {
   void ReportCommCreated(const CommCreated& c);
   void ReportCommDestroyed(uint64_t comm_key);
   void ReportSafePoint(int64_t step);
-  void ReportRegions(std::vector<Region> regions);  // the whole table
+  void ReportRegions(std::vector<Region> regions);    // the whole table
   void ReportRankWorld(int32_t rank, int32_t world);  // fills REGISTER's rank/world when learnt later
-  void SendEvent(Event e);                          // a migration-engine report, never dropped
+  void SendEvent(Event e);                            // a migration-engine report, never dropped
 
   // --- observation (any thread) ---
   bool connected() const { return connected_.load(); }
@@ -98,8 +98,8 @@ class Agent {
   // Safe-point ring (bounded MPSC, Vyukov-style sequence numbers).
   std::unique_ptr<Slot[]> ring_;
   size_t mask_ = 0;
-  std::atomic<uint64_t> head_{0};  // next slot producers claim
-  uint64_t tail_ = 0;              // next slot the agent thread reads
+  std::atomic<uint64_t> head_{0};                // next slot producers claim
+  uint64_t tail_ = 0;                            // next slot the agent thread reads
   std::atomic<Essential*> essentials_{nullptr};  // Treiber stack, newest first
   std::atomic<int64_t> latest_step_{-1};
   std::atomic<uint64_t> dropped_{0};

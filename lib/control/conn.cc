@@ -129,8 +129,8 @@ bool Connection::Next(Frame* out) {
     FrameStatus st = ParseFrame(in_.data(), in_.size(), key, &f, &used);
     if (st == FrameStatus::kNeedMore) return false;
     if (st != FrameStatus::kOk) {
-      RejectCode code = st == FrameStatus::kBadMac      ? RejectCode::kAuth
-                        : st == FrameStatus::kTooLarge  ? RejectCode::kTooLarge
+      RejectCode code = st == FrameStatus::kBadMac       ? RejectCode::kAuth
+                        : st == FrameStatus::kTooLarge   ? RejectCode::kTooLarge
                         : st == FrameStatus::kBadVersion ? RejectCode::kVersion
                                                          : RejectCode::kProtocol;
       Fail(code, FrameStatusName(st));

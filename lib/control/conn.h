@@ -34,10 +34,10 @@ class Connection {
 
   int fd() const { return fd_; }
   bool authenticated() const { return authenticated_; }
-  bool closing() const { return closing_; }          // a REJECT/BYE is queued; close once flushed
-  const std::string& error() const { return error_; } // why the connection failed or was rejected
+  bool closing() const { return closing_; }                        // a REJECT/BYE is queued; close once flushed
+  const std::string& error() const { return error_; }              // why the connection failed or was rejected
   const std::string& client_kind() const { return client_kind_; }  // server side, after HELLO
-  uint64_t peer_epoch() const { return peer_epoch_; }               // client side, after HELLO_ACK
+  uint64_t peer_epoch() const { return peer_epoch_; }              // client side, after HELLO_ACK
 
   // Client side: queue HELLO. `kind` is kClientAgent or kClientTool.
   void StartHello(const std::string& kind);

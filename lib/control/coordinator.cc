@@ -30,11 +30,21 @@ std::string JsonEscape(const std::string& s) {
   o.reserve(s.size() + 2);
   for (unsigned char c : s) {
     switch (c) {
-      case '"': o += "\\\""; break;
-      case '\\': o += "\\\\"; break;
-      case '\n': o += "\\n"; break;
-      case '\r': o += "\\r"; break;
-      case '\t': o += "\\t"; break;
+      case '"':
+        o += "\\\"";
+        break;
+      case '\\':
+        o += "\\\\";
+        break;
+      case '\n':
+        o += "\\n";
+        break;
+      case '\r':
+        o += "\\r";
+        break;
+      case '\t':
+        o += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char b[8];
@@ -60,26 +70,40 @@ std::string Hex(uint64_t v) {
 
 const char* ProcStateName(ProcState s) {
   switch (s) {
-    case ProcState::kAlive: return "alive";
-    case ProcState::kLost: return "lost";
-    case ProcState::kExited: return "exited";
+    case ProcState::kAlive:
+      return "alive";
+    case ProcState::kLost:
+      return "lost";
+    case ProcState::kExited:
+      return "exited";
   }
   return "?";
 }
 
 const char* MigStateName(MigState s) {
   switch (s) {
-    case MigState::kRequested: return "requested";
-    case MigState::kSpawning: return "spawning";
-    case MigState::kSandbox: return "sandbox";
-    case MigState::kReady: return "ready";
-    case MigState::kBuilding: return "building";
-    case MigState::kAgreeing: return "agreeing";
-    case MigState::kSwitching: return "switching";
-    case MigState::kDone: return "done";
-    case MigState::kCancelled: return "cancelled";
-    case MigState::kFailed: return "failed";
-    case MigState::kRefused: return "refused";
+    case MigState::kRequested:
+      return "requested";
+    case MigState::kSpawning:
+      return "spawning";
+    case MigState::kSandbox:
+      return "sandbox";
+    case MigState::kReady:
+      return "ready";
+    case MigState::kBuilding:
+      return "building";
+    case MigState::kAgreeing:
+      return "agreeing";
+    case MigState::kSwitching:
+      return "switching";
+    case MigState::kDone:
+      return "done";
+    case MigState::kCancelled:
+      return "cancelled";
+    case MigState::kFailed:
+      return "failed";
+    case MigState::kRefused:
+      return "refused";
   }
   return "?";
 }
@@ -91,7 +115,7 @@ bool MigTerminal(MigState s) {
 struct Coordinator::Peer {
   std::unique_ptr<Connection> conn;
   uint64_t opened_ns = 0;  // monotonic: a peer that does not authenticate in kHelloDeadlineNs is dropped
-  uint64_t process = 0;  // agent connections, after REGISTER
+  uint64_t process = 0;    // agent connections, after REGISTER
   std::string addr;
 };
 
@@ -144,7 +168,8 @@ void Coordinator::Run() {
     fds.push_back({wake_fd_, POLLIN, 0});
     fds.push_back({listen_fd_, POLLIN, 0});
     if (metrics_fd_ >= 0) fds.push_back({metrics_fd_, POLLIN, 0});
-    for (auto& [fd, p] : peers_) fds.push_back({fd, static_cast<short>(POLLIN | (p->conn->WantsWrite() ? POLLOUT : 0)), 0});
+    for (auto& [fd, p] : peers_)
+      fds.push_back({fd, static_cast<short>(POLLIN | (p->conn->WantsWrite() ? POLLOUT : 0)), 0});
     for (auto& [fd, h] : http_) fds.push_back({fd, static_cast<short>(h.out.empty() ? POLLIN : POLLOUT), 0});
     int timeout = std::min(100, heartbeat_interval_ms());
     int n = poll(fds.data(), fds.size(), timeout);
@@ -183,8 +208,9 @@ void Coordinator::Run() {
                 status = "404 Not Found";
                 body = "not found: try /metrics\n";
               }
-              h.out = "HTTP/1.0 " + status + "\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: " +
-                      std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+              h.out = "HTTP/1.0 " + status +
+                      "\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: " + std::to_string(body.size()) +
+                      "\r\nConnection: close\r\n\r\n" + body;
             } else if (h.in.size() > kMaxHttpRequest) {
               done = true;
             }
@@ -281,8 +307,8 @@ void Coordinator::HandlePeer(Peer& p, short revents) {
   while (!c.failed() && c.Next(&f)) HandleMessage(p, f);
   if (c.failed()) {
     ++rejected_;
-    CTL_WARN("coordinator: rejected connection %s: %s", p.process ? ("of process " + std::to_string(p.process)).c_str() : "(unregistered)",
-             c.error().c_str());
+    CTL_WARN("coordinator: rejected connection %s: %s",
+             p.process ? ("of process " + std::to_string(p.process)).c_str() : "(unregistered)", c.error().c_str());
   }
   if (!c.Flush()) open = false;
   if (!open || (c.closing() && !c.WantsWrite())) {
@@ -453,8 +479,8 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   a.process_id = pr->id;
   a.heartbeat_interval_ms = static_cast<uint32_t>(heartbeat_interval_ms());
   p.conn->SendMsg(MsgType::kRegisterAck, a);
-  CTL_INFO("coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d", again ? "re-registered" : "registered",
-           pr->id, r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
+  CTL_INFO("coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d", again ? "re-registered" : "registered", pr->id,
+           r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
 }
 
 void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
@@ -535,9 +561,11 @@ MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
   ProcessRec* leaver = FindProcessByRank(q.rank);
   std::string refuse;
   for (auto& [id, other] : migs_) {
-    if (!MigTerminal(other.state)) refuse = "migration " + std::to_string(id) + " is still " + MigStateName(other.state);
+    if (!MigTerminal(other.state))
+      refuse = "migration " + std::to_string(id) + " is still " + MigStateName(other.state);
   }
-  if (refuse.empty() && !leaver) refuse = "no alive worker holds rank " + std::to_string(q.rank) + " (see tmctl status)";
+  if (refuse.empty() && !leaver)
+    refuse = "no alive worker holds rank " + std::to_string(q.rank) + " (see tmctl status)";
   if (refuse.empty() && leaver->step < 0) {
     refuse = "rank " + std::to_string(q.rank) + " never called tmSafePoint: it cannot be migrated";
   }
@@ -753,8 +781,8 @@ std::string Coordinator::TimelineJson(const Migration& m) const {
       if (p.process) {
         auto it = procs_.find(p.process);
         name = it == procs_.end() ? "process " + std::to_string(p.process)
-                                  : "rank " + std::to_string(it->second.info.rank) + " " + it->second.info.role +
-                                        " " + it->second.info.host + ":" + std::to_string(it->second.info.pid);
+                                  : "rank " + std::to_string(it->second.info.rank) + " " + it->second.info.role + " " +
+                                        it->second.info.host + ":" + std::to_string(it->second.info.pid);
       }
       if (!first) o += ",";
       first = false;

@@ -30,18 +30,18 @@ const char* ProcStateName(ProcState s);
 
 struct ProcessRec {
   uint64_t id = 0;
-  Register info;                 // as registered (role, host, pid, rank, world, cmdline, cwd, env)
+  Register info;  // as registered (role, host, pid, rank, world, cmdline, cwd, env)
   ProcState state = ProcState::kAlive;
   std::string lost_reason;
-  int conn_fd = -1;              // -1 when not connected
+  int conn_fd = -1;                // -1 when not connected
   uint64_t last_heartbeat_ns = 0;  // monotonic
-  uint64_t missed_counted = 0;   // heartbeat intervals already counted as missed since the last heartbeat
-  int64_t step = -1;             // latest safe-point step
-  uint64_t step_time_ns = 0;     // sender clock of that step
-  uint64_t safepoints = 0;       // SAFEPOINT messages received
-  uint64_t dropped = 0;          // reports the agent dropped (ring full)
+  uint64_t missed_counted = 0;     // heartbeat intervals already counted as missed since the last heartbeat
+  int64_t step = -1;               // latest safe-point step
+  uint64_t step_time_ns = 0;       // sender clock of that step
+  uint64_t safepoints = 0;         // SAFEPOINT messages received
+  uint64_t dropped = 0;            // reports the agent dropped (ring full)
   std::vector<Region> regions;
-  std::vector<uint64_t> comms;   // comm_keys it is a member of
+  std::vector<uint64_t> comms;  // comm_keys it is a member of
 };
 
 struct CommMember {
@@ -51,7 +51,7 @@ struct CommMember {
 struct CommRec {
   uint64_t key = 0;
   int32_t nranks = 0;
-  Lineage lineage;  // as reported by the first member
+  Lineage lineage;                      // as reported by the first member
   std::map<int32_t, uint64_t> members;  // rank -> process id
 };
 
@@ -59,8 +59,19 @@ struct CommRec {
 //   requested -> spawning -> sandbox -> ready -> building -> agreeing -> switching -> done
 //   any non-terminal state -> cancelled (tmctl cancel) | failed (a process lost, a mismatch, an error)
 //   requested -> refused (validation failed: unknown rank, no safe points, another migration active)
-enum class MigState { kRequested, kSpawning, kSandbox, kReady, kBuilding, kAgreeing, kSwitching, kDone, kCancelled,
-                      kFailed, kRefused };
+enum class MigState {
+  kRequested,
+  kSpawning,
+  kSandbox,
+  kReady,
+  kBuilding,
+  kAgreeing,
+  kSwitching,
+  kDone,
+  kCancelled,
+  kFailed,
+  kRefused
+};
 const char* MigStateName(MigState s);
 bool MigTerminal(MigState s);
 
@@ -76,10 +87,10 @@ struct Migration {
   int32_t rank = -1;
   std::string host;
   bool spawn = false;
-  uint64_t leaver = 0;   // process ids, 0 until known
+  uint64_t leaver = 0;  // process ids, 0 until known
   uint64_t joiner = 0;
   MigState state = MigState::kRequested;
-  std::string reason;    // why it failed/was refused/cancelled
+  std::string reason;  // why it failed/was refused/cancelled
   uint64_t created_ns = 0;
   uint64_t ended_ns = 0;
   int64_t switch_step = -1;
@@ -116,7 +127,7 @@ class Coordinator {
 
   // Binds the sockets. False with a message (bad address, port in use, empty token).
   bool Start(std::string* err);
-  const std::string& address() const { return address_; }          // host:port actually bound
+  const std::string& address() const { return address_; }  // host:port actually bound
   const std::string& metrics_address() const { return metrics_address_; }
   // The heartbeat interval agents are told to use (a quarter of the timeout, at least 20 ms).
   int heartbeat_interval_ms() const;
@@ -135,7 +146,7 @@ class Coordinator {
   ProcessRec* FindProcess(uint64_t id);
   ProcessRec* FindProcessByRank(int32_t rank);  // an alive worker with that rank
   const std::map<uint64_t, CommRec>& comms() const { return comms_; }
-  Migration* FindMigration(uint64_t id);        // 0: the latest
+  Migration* FindMigration(uint64_t id);  // 0: the latest
 
   // Documents (also what tmctl receives).
   std::string StatusJson() const;

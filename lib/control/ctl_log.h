@@ -25,8 +25,8 @@ void CtlLogPrint(CtlLevel level, const char* fmt, ...) __attribute__((format(pri
 
 }  // namespace trainmover::control
 
-#define TM_CTL_LOG(level, ...)                                                                              \
-  do {                                                                                                      \
+#define TM_CTL_LOG(level, ...)                                                                               \
+  do {                                                                                                       \
     if (::trainmover::control::CtlLogEnabled(level)) ::trainmover::control::CtlLogPrint(level, __VA_ARGS__); \
   } while (0)
 #define CTL_WARN(...) TM_CTL_LOG(::trainmover::control::CtlLevel::kWarn, __VA_ARGS__)

@@ -5,39 +5,66 @@ namespace trainmover::control {
 
 const char* MsgTypeName(uint16_t type) {
   switch (static_cast<MsgType>(type)) {
-    case MsgType::kHello: return "HELLO";
-    case MsgType::kHelloAck: return "HELLO_ACK";
-    case MsgType::kReject: return "REJECT";
-    case MsgType::kRegister: return "REGISTER";
-    case MsgType::kRegisterAck: return "REGISTER_ACK";
-    case MsgType::kHeartbeat: return "HEARTBEAT";
-    case MsgType::kCommCreated: return "COMM_CREATED";
-    case MsgType::kCommDestroyed: return "COMM_DESTROYED";
-    case MsgType::kSafePoint: return "SAFEPOINT";
-    case MsgType::kRegions: return "REGIONS";
-    case MsgType::kStatusReq: return "STATUS_REQ";
-    case MsgType::kStatusReply: return "STATUS_REPLY";
-    case MsgType::kMigrateReq: return "MIGRATE_REQ";
-    case MsgType::kMigrateReply: return "MIGRATE_REPLY";
-    case MsgType::kCancelReq: return "CANCEL_REQ";
-    case MsgType::kCancelReply: return "CANCEL_REPLY";
-    case MsgType::kTimelineReq: return "TIMELINE_REQ";
-    case MsgType::kTimelineReply: return "TIMELINE_REPLY";
-    case MsgType::kCommand: return "COMMAND";
-    case MsgType::kEvent: return "EVENT";
-    case MsgType::kBye: return "BYE";
+    case MsgType::kHello:
+      return "HELLO";
+    case MsgType::kHelloAck:
+      return "HELLO_ACK";
+    case MsgType::kReject:
+      return "REJECT";
+    case MsgType::kRegister:
+      return "REGISTER";
+    case MsgType::kRegisterAck:
+      return "REGISTER_ACK";
+    case MsgType::kHeartbeat:
+      return "HEARTBEAT";
+    case MsgType::kCommCreated:
+      return "COMM_CREATED";
+    case MsgType::kCommDestroyed:
+      return "COMM_DESTROYED";
+    case MsgType::kSafePoint:
+      return "SAFEPOINT";
+    case MsgType::kRegions:
+      return "REGIONS";
+    case MsgType::kStatusReq:
+      return "STATUS_REQ";
+    case MsgType::kStatusReply:
+      return "STATUS_REPLY";
+    case MsgType::kMigrateReq:
+      return "MIGRATE_REQ";
+    case MsgType::kMigrateReply:
+      return "MIGRATE_REPLY";
+    case MsgType::kCancelReq:
+      return "CANCEL_REQ";
+    case MsgType::kCancelReply:
+      return "CANCEL_REPLY";
+    case MsgType::kTimelineReq:
+      return "TIMELINE_REQ";
+    case MsgType::kTimelineReply:
+      return "TIMELINE_REPLY";
+    case MsgType::kCommand:
+      return "COMMAND";
+    case MsgType::kEvent:
+      return "EVENT";
+    case MsgType::kBye:
+      return "BYE";
   }
   return "UNKNOWN";
 }
 
 const char* LineageKindName(uint8_t kind) {
   switch (static_cast<LineageKind>(kind)) {
-    case LineageKind::kInitRank: return "InitRank";
-    case LineageKind::kInitRankConfig: return "InitRankConfig";
-    case LineageKind::kInitScalable: return "InitRankScalable";
-    case LineageKind::kInitAll: return "InitAll";
-    case LineageKind::kSplit: return "Split";
-    case LineageKind::kShrink: return "Shrink";
+    case LineageKind::kInitRank:
+      return "InitRank";
+    case LineageKind::kInitRankConfig:
+      return "InitRankConfig";
+    case LineageKind::kInitScalable:
+      return "InitRankScalable";
+    case LineageKind::kInitAll:
+      return "InitAll";
+    case LineageKind::kSplit:
+      return "Split";
+    case LineageKind::kShrink:
+      return "Shrink";
   }
   return "unknown";
 }

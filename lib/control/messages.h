@@ -16,27 +16,27 @@
 namespace trainmover::control {
 
 enum class MsgType : uint16_t {
-  kHello = 1,         // client -> D, MAC with the token, seq 0
-  kHelloAck = 2,      // D -> client, MAC with the token, seq 0
-  kReject = 3,        // either way, then close; carries only a reason
-  kRegister = 4,      // agent -> D
-  kRegisterAck = 5,   // D -> agent
-  kHeartbeat = 6,     // agent -> D
-  kCommCreated = 7,   // agent -> D
-  kCommDestroyed = 8, // agent -> D
-  kSafePoint = 9,     // agent -> D
-  kRegions = 10,      // agent -> D (the whole table, replaces the previous one)
-  kStatusReq = 11,    // tmctl -> D
-  kStatusReply = 12,  // D -> tmctl
-  kMigrateReq = 13,   // tmctl -> D
-  kMigrateReply = 14, // D -> tmctl
-  kCancelReq = 15,    // tmctl -> D
-  kCancelReply = 16,  // D -> tmctl
-  kTimelineReq = 17,  // tmctl -> D
-  kTimelineReply = 18,// D -> tmctl
-  kCommand = 19,      // D -> agent (migration engine commands)
-  kEvent = 20,        // agent -> D (migration engine reports)
-  kBye = 21,          // either way: orderly close
+  kHello = 1,           // client -> D, MAC with the token, seq 0
+  kHelloAck = 2,        // D -> client, MAC with the token, seq 0
+  kReject = 3,          // either way, then close; carries only a reason
+  kRegister = 4,        // agent -> D
+  kRegisterAck = 5,     // D -> agent
+  kHeartbeat = 6,       // agent -> D
+  kCommCreated = 7,     // agent -> D
+  kCommDestroyed = 8,   // agent -> D
+  kSafePoint = 9,       // agent -> D
+  kRegions = 10,        // agent -> D (the whole table, replaces the previous one)
+  kStatusReq = 11,      // tmctl -> D
+  kStatusReply = 12,    // D -> tmctl
+  kMigrateReq = 13,     // tmctl -> D
+  kMigrateReply = 14,   // D -> tmctl
+  kCancelReq = 15,      // tmctl -> D
+  kCancelReply = 16,    // D -> tmctl
+  kTimelineReq = 17,    // tmctl -> D
+  kTimelineReply = 18,  // D -> tmctl
+  kCommand = 19,        // D -> agent (migration engine commands)
+  kEvent = 20,          // agent -> D (migration engine reports)
+  kBye = 21,            // either way: orderly close
 };
 const char* MsgTypeName(uint16_t type);
 
@@ -71,13 +71,13 @@ struct Reject {
 
 // What a process is: enough for the coordinator to show it and to respawn a joiner with its command.
 struct Register {
-  uint64_t instance = 0;   // random per process; a reconnecting agent sends the same value
-  std::string role;        // worker, joiner, standby
+  uint64_t instance = 0;  // random per process; a reconnecting agent sends the same value
+  std::string role;       // worker, joiner, standby
   std::string host;
   uint32_t pid = 0;
-  int32_t rank = -1;       // -1 until known (the first communicator tells)
+  int32_t rank = -1;  // -1 until known (the first communicator tells)
   int32_t world = -1;
-  int32_t replace = -1;    // TRAINMOVER_REPLACE of a joiner, else -1
+  int32_t replace = -1;  // TRAINMOVER_REPLACE of a joiner, else -1
   uint16_t agent_version = kProtocolVersion;
   std::vector<std::string> cmdline;
   std::string cwd;
@@ -87,33 +87,39 @@ struct Register {
 };
 
 struct RegisterAck {
-  uint64_t process_id = 0;  // the coordinator's id for this process (stable across reconnects)
+  uint64_t process_id = 0;                // the coordinator's id for this process (stable across reconnects)
   uint32_t heartbeat_interval_ms = 1000;  // how often the agent must send HEARTBEAT
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };
 
 struct Heartbeat {
-  int64_t step = -1;         // latest safe-point step, -1 before the first
-  uint64_t time_ns = 0;      // sender's CLOCK_REALTIME
-  uint64_t dropped = 0;      // non-essential reports dropped so far (ring full)
+  int64_t step = -1;     // latest safe-point step, -1 before the first
+  uint64_t time_ns = 0;  // sender's CLOCK_REALTIME
+  uint64_t dropped = 0;  // non-essential reports dropped so far (ring full)
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };
 
 // How a virtual communicator was made (docs/architecture.md, "Identity of a communicator").
-enum class LineageKind : uint8_t { kInitRank = 1, kInitRankConfig = 2, kInitScalable = 3, kInitAll = 4, kSplit = 5,
-                                   kShrink = 6 };
+enum class LineageKind : uint8_t {
+  kInitRank = 1,
+  kInitRankConfig = 2,
+  kInitScalable = 3,
+  kInitAll = 4,
+  kSplit = 5,
+  kShrink = 6
+};
 const char* LineageKindName(uint8_t kind);
 struct Lineage {
   uint8_t kind = 0;
-  uint32_t index = 0;         // creation order in the process
-  uint64_t parent_key = 0;    // split/shrink
-  uint32_t child_index = 0;   // split/shrink: the child_index-th split/shrink of the parent
-  int32_t color = 0;          // split
-  int32_t key = 0;            // split
+  uint32_t index = 0;             // creation order in the process
+  uint64_t parent_key = 0;        // split/shrink
+  uint32_t child_index = 0;       // split/shrink: the child_index-th split/shrink of the parent
+  int32_t color = 0;              // split
+  int32_t key = 0;                // split
   std::vector<int32_t> excluded;  // shrink
-  uint64_t id_hash = 0;       // hash of the unique id(s): a cross-check only
+  uint64_t id_hash = 0;           // hash of the unique id(s): a cross-check only
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
   bool operator==(const Lineage&) const = default;
@@ -174,7 +180,7 @@ struct MigrateReq {
 };
 
 struct MigrateReply {
-  uint64_t id = 0;    // 0 when refused before being recorded
+  uint64_t id = 0;  // 0 when refused before being recorded
   uint8_t accepted = 0;
   std::string state;  // migration state name
   std::string message;

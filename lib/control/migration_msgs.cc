@@ -5,32 +5,52 @@ namespace trainmover::control::mig {
 
 const char* CmdName(uint16_t kind) {
   switch (static_cast<Cmd>(kind)) {
-    case Cmd::kMakeIds: return "MAKE_IDS";
-    case Cmd::kBuild: return "BUILD";
-    case Cmd::kExpose: return "EXPOSE";
-    case Cmd::kFetchFrom: return "FETCH_FROM";
-    case Cmd::kPropose: return "PROPOSE";
-    case Cmd::kCommit: return "COMMIT";
-    case Cmd::kSwitch: return "SWITCH";
-    case Cmd::kAbort: return "ABORT";
+    case Cmd::kMakeIds:
+      return "MAKE_IDS";
+    case Cmd::kBuild:
+      return "BUILD";
+    case Cmd::kExpose:
+      return "EXPOSE";
+    case Cmd::kFetchFrom:
+      return "FETCH_FROM";
+    case Cmd::kPropose:
+      return "PROPOSE";
+    case Cmd::kCommit:
+      return "COMMIT";
+    case Cmd::kSwitch:
+      return "SWITCH";
+    case Cmd::kAbort:
+      return "ABORT";
   }
   return "UNKNOWN";
 }
 
 const char* EvName(uint16_t kind) {
   switch (static_cast<Ev>(kind)) {
-    case Ev::kReady: return "READY";
-    case Ev::kIds: return "IDS";
-    case Ev::kBuilt: return "BUILT";
-    case Ev::kExposed: return "EXPOSED";
-    case Ev::kAccept: return "ACCEPT";
-    case Ev::kPassed: return "PASSED";
-    case Ev::kAtStep: return "AT_STEP";
-    case Ev::kProgress: return "PROGRESS";
-    case Ev::kVerified: return "VERIFIED";
-    case Ev::kSwitched: return "SWITCHED";
-    case Ev::kFailed: return "FAILED";
-    case Ev::kPhase: return "PHASE";
+    case Ev::kReady:
+      return "READY";
+    case Ev::kIds:
+      return "IDS";
+    case Ev::kBuilt:
+      return "BUILT";
+    case Ev::kExposed:
+      return "EXPOSED";
+    case Ev::kAccept:
+      return "ACCEPT";
+    case Ev::kPassed:
+      return "PASSED";
+    case Ev::kAtStep:
+      return "AT_STEP";
+    case Ev::kProgress:
+      return "PROGRESS";
+    case Ev::kVerified:
+      return "VERIFIED";
+    case Ev::kSwitched:
+      return "SWITCHED";
+    case Ev::kFailed:
+      return "FAILED";
+    case Ev::kPhase:
+      return "PHASE";
   }
   return "UNKNOWN";
 }

@@ -58,8 +58,8 @@ enum class Ev : uint16_t {
 const char* CmdName(uint16_t kind);
 const char* EvName(uint16_t kind);
 
-inline constexpr size_t kUniqueIdBytes = 128;       // sizeof(ncclUniqueId)
-inline constexpr size_t kMaxBlob = kMaxPayload - 64; // a transfer descriptor must fit one frame
+inline constexpr size_t kUniqueIdBytes = 128;         // sizeof(ncclUniqueId)
+inline constexpr size_t kMaxBlob = kMaxPayload - 64;  // a transfer descriptor must fit one frame
 
 struct Step {
   int64_t step = 0;
@@ -140,8 +140,8 @@ struct Progress {
 
 struct Switched {
   int64_t step = 0;
-  uint64_t stall_ns = 0;         // extra wait at S compared with a normal step
-  uint64_t median_step_ns = 0;   // its median step time before S
+  uint64_t stall_ns = 0;        // extra wait at S compared with a normal step
+  uint64_t median_step_ns = 0;  // its median step time before S
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };

@@ -19,7 +19,9 @@ std::atomic<Agent*> g_agent{nullptr};
 
 void LogSink(CtlLevel level, const char* msg) {
   using shim::LogLevel;
-  LogLevel l = level == CtlLevel::kWarn ? LogLevel::kWarn : level == CtlLevel::kInfo ? LogLevel::kInfo : LogLevel::kTrace;
+  LogLevel l = level == CtlLevel::kWarn   ? LogLevel::kWarn
+               : level == CtlLevel::kInfo ? LogLevel::kInfo
+                                          : LogLevel::kTrace;
   TM_LOG(l, shim::kLogAgent, "%s", msg);
 }
 
@@ -93,8 +95,9 @@ extern "C" void tmAgentStart(const Config* config) {
   SetCtlLogSink(LogSink);
   SetCtlLogLevel(CtlLevel::kTrace);  // the shim's logger filters by TRAINMOVER_DEBUG itself
   if (config->token.empty()) {
-    TM_WARN(kLogAgent, "TRAINMOVER_COORDINATOR is set but TRAINMOVER_TOKEN is not: the coordinator will reject "
-                       "this process; set the job's token (tmrun sets both)");
+    TM_WARN(kLogAgent,
+            "TRAINMOVER_COORDINATOR is set but TRAINMOVER_TOKEN is not: the coordinator will reject "
+            "this process; set the job's token (tmrun sets both)");
   }
   Agent::Options o;
   o.coordinator = config->coordinator;

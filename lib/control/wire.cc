@@ -163,12 +163,18 @@ std::vector<uint8_t> EncodeFrame(uint16_t type, uint64_t seq, const std::vector<
 
 const char* FrameStatusName(FrameStatus s) {
   switch (s) {
-    case FrameStatus::kNeedMore: return "incomplete";
-    case FrameStatus::kOk: return "ok";
-    case FrameStatus::kBadMagic: return "bad magic (not a trainmover control frame)";
-    case FrameStatus::kBadVersion: return "unsupported protocol version";
-    case FrameStatus::kTooLarge: return "frame too large";
-    case FrameStatus::kBadMac: return "authentication failed (bad HMAC)";
+    case FrameStatus::kNeedMore:
+      return "incomplete";
+    case FrameStatus::kOk:
+      return "ok";
+    case FrameStatus::kBadMagic:
+      return "bad magic (not a trainmover control frame)";
+    case FrameStatus::kBadVersion:
+      return "unsupported protocol version";
+    case FrameStatus::kTooLarge:
+      return "frame too large";
+    case FrameStatus::kBadMac:
+      return "authentication failed (bad HMAC)";
   }
   return "?";
 }

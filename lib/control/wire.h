@@ -20,12 +20,12 @@ inline constexpr uint16_t kProtocolVersion = 1;
 inline constexpr uint32_t kMagic = 0x504d4354;  // "TCMP" little-endian: 'T','C','M','P'
 
 // Bounds. Every size read from the wire is checked against one of these before anything is allocated.
-inline constexpr size_t kHeaderBytes = 20;         // magic u32, version u16, type u16, seq u64, length u32
-inline constexpr size_t kMacBytes = 32;            // HMAC-SHA256 after the payload
-inline constexpr size_t kMaxPayload = 1u << 20;    // 1 MiB payload per frame
+inline constexpr size_t kHeaderBytes = 20;       // magic u32, version u16, type u16, seq u64, length u32
+inline constexpr size_t kMacBytes = 32;          // HMAC-SHA256 after the payload
+inline constexpr size_t kMaxPayload = 1u << 20;  // 1 MiB payload per frame
 inline constexpr size_t kMaxFrame = kHeaderBytes + kMaxPayload + kMacBytes;
-inline constexpr size_t kMaxString = 4096;         // any one string
-inline constexpr size_t kMaxList = 4096;           // any one list (argv, env, regions, members, ...)
+inline constexpr size_t kMaxString = 4096;  // any one string
+inline constexpr size_t kMaxList = 4096;    // any one list (argv, env, regions, members, ...)
 inline constexpr size_t kNonceBytes = 16;
 
 using Mac = std::array<uint8_t, kMacBytes>;

@@ -210,8 +210,8 @@ TEST_CASE("HMAC-SHA256 matches RFC 4231 test case 2") {
                               0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
   CHECK(std::memcmp(m.data(), expect, 32) == 0);
   // Split input gives the same MAC as the concatenation.
-  Mac s = ComputeMac("Jefe", reinterpret_cast<const uint8_t*>(data), 10,
-                     reinterpret_cast<const uint8_t*>(data) + 10, std::strlen(data) - 10);
+  Mac s = ComputeMac("Jefe", reinterpret_cast<const uint8_t*>(data), 10, reinterpret_cast<const uint8_t*>(data) + 10,
+                     std::strlen(data) - 10);
   CHECK(MacEqual(m.data(), s.data()));
 }
 

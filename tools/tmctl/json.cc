@@ -30,11 +30,21 @@ struct Parser {
         if (i >= s.size()) return false;
         char e = s[i++];
         switch (e) {
-          case 'n': *out += '\n'; break;
-          case 't': *out += '\t'; break;
-          case 'r': *out += '\r'; break;
-          case 'b': *out += '\b'; break;
-          case 'f': *out += '\f'; break;
+          case 'n':
+            *out += '\n';
+            break;
+          case 't':
+            *out += '\t';
+            break;
+          case 'r':
+            *out += '\r';
+            break;
+          case 'b':
+            *out += '\b';
+            break;
+          case 'f':
+            *out += '\f';
+            break;
           case 'u': {
             if (i + 4 > s.size()) return false;
             long v = std::strtol(s.substr(i, 4).c_str(), nullptr, 16);
@@ -42,7 +52,8 @@ struct Parser {
             i += 4;
             break;
           }
-          default: *out += e;
+          default:
+            *out += e;
         }
       } else {
         *out += c;

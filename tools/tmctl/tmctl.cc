@@ -27,6 +27,7 @@
 #include "config.h"
 #include "json.h"
 
+using tmctl::Json;
 using trainmover::control::CancelReply;
 using trainmover::control::CancelReq;
 using trainmover::control::Client;
@@ -36,7 +37,6 @@ using trainmover::control::MigrateReq;
 using trainmover::control::MsgType;
 using trainmover::control::StatusReq;
 using trainmover::control::TimelineReq;
-using tmctl::Json;
 
 namespace {
 
@@ -114,7 +114,9 @@ void PrintStatus(const Json& st) {
   std::vector<const Json*> procs;  // by rank, unranked last, then by id
   for (const Json& p : st["processes"].arr) procs.push_back(&p);
   std::stable_sort(procs.begin(), procs.end(), [](const Json* a, const Json* b) {
-    auto key = [](const Json* p) { return p->operator[]("rank").Int() < 0 ? (1ll << 40) : p->operator[]("rank").Int(); };
+    auto key = [](const Json* p) {
+      return p->operator[]("rank").Int() < 0 ? (1ll << 40) : p->operator[]("rank").Int();
+    };
     return key(a) < key(b);
   });
   for (const Json* pp : procs) {
@@ -123,9 +125,8 @@ void PrintStatus(const Json& st) {
     for (const Json& r : p["regions"].arr) total += r["bytes"].Num();
     std::string rank = std::to_string(p["rank"].Int()) + "/" + std::to_string(p["world"].Int());
     if (p["rank"].Int() < 0) rank = "-";
-    std::string regions = p["regions"].arr.empty()
-                              ? "-"
-                              : std::to_string(p["regions"].arr.size()) + " (" + Bytes(total) + ")";
+    std::string regions =
+        p["regions"].arr.empty() ? "-" : std::to_string(p["regions"].arr.size()) + " (" + Bytes(total) + ")";
     std::printf("%-4lld %-20s %-8lld %-8s %-7s %-6s %-10lld %-6lld %-8s %s", p["id"].Int(), p["host"].Str().c_str(),
                 p["pid"].Int(), p["role"].Str().c_str(), p["state"].Str().c_str(), rank.c_str(), p["step"].Int(),
                 p["comms"].Int(), (std::to_string(p["heartbeat_age_ms"].Int()) + "ms").c_str(), regions.c_str());
@@ -176,7 +177,8 @@ int Watch(const Ctx& ctx, long long id) {
     Json st;
     if (!FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
     const Json* m = FindMigration(st, id);
-    if (!m) return Fail(id ? "no migration with id " + std::to_string(id) : "no migration yet (tmctl migrate --rank R)");
+    if (!m)
+      return Fail(id ? "no migration with id " + std::to_string(id) : "no migration yet (tmctl migrate --rank R)");
     id = (*m)["id"].Int();
     std::string state = (*m)["state"].Str();
     const auto& phases = (*m)["phases"].arr;
@@ -193,8 +195,8 @@ int Watch(const Ctx& ctx, long long id) {
     if (total > 0) {
       int width = 40, fill = static_cast<int>(std::lround(width * std::min(1.0, done / total)));
       std::printf("%sstate transfer [%s%s] %5.1f%% %s / %s%s", tty ? "\r\033[K" : "", std::string(fill, '#').c_str(),
-                  std::string(width - fill, '.').c_str(), 100 * done / total, Bytes(done).c_str(),
-                  Bytes(total).c_str(), tty ? "" : "\n");
+                  std::string(width - fill, '.').c_str(), 100 * done / total, Bytes(done).c_str(), Bytes(total).c_str(),
+                  tty ? "" : "\n");
     }
     std::fflush(stdout);
     if (Terminal(state)) {
@@ -216,8 +218,8 @@ int Env() {
     const char* v = std::getenv(p.name);
     std::string shown = v && *v ? v : "(unset)";
     if (v && *v && std::strcmp(p.name, "TRAINMOVER_TOKEN") == 0) shown = "(set, hidden)";
-    std::printf("%-26s %-12s %-24s %s (%s)\n", p.name, p.default_value[0] ? p.default_value : "-", shown.c_str(),
-                p.doc, p.accepted);
+    std::printf("%-26s %-12s %-24s %s (%s)\n", p.name, p.default_value[0] ? p.default_value : "-", shown.c_str(), p.doc,
+                p.accepted);
   }
   trainmover::shim::Config c;
   std::string err;
