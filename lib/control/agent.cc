@@ -198,7 +198,11 @@ void Agent::Loop() {
     if (conn && registered) conn->Send(t, p);
   };
   auto lose = [&](const std::string& why) {
-    if (!warned) {
+    if (!warned && why.rfind("rejected by peer", 0) == 0) {
+      CTL_WARN("agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
+               opt_.coordinator.c_str(), why.c_str());
+      warned = true;
+    } else if (!warned) {
       CTL_WARN("agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
                opt_.coordinator.c_str(), why.c_str());
       warned = true;

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "coordinator.h"
+#include "ctl_log.h"
 
 namespace {
 
@@ -83,6 +84,8 @@ int main(int argc, char** argv) {
   }
   if (opt.token.empty()) return Usage("no token: set TRAINMOVER_TOKEN or pass --token-file FILE");
 
+  // A daemon logs what happens to the job (registrations, losses, migrations) unless told otherwise.
+  if (!std::getenv("TRAINMOVER_DEBUG")) trainmover::control::SetCtlLogLevel(trainmover::control::CtlLevel::kInfo);
   trainmover::control::Coordinator coord(opt);
   std::string err;
   if (!coord.Start(&err)) {
