@@ -44,11 +44,14 @@ struct Args {
 
 double BusFactor(Op op, int n) {
   switch (op) {
-    case Op::kAllReduce: return 2.0 * (n - 1) / n;
+    case Op::kAllReduce:
+      return 2.0 * (n - 1) / n;
     case Op::kAllGather:
     case Op::kReduceScatter:
-    case Op::kAlltoAll: return static_cast<double>(n - 1) / n;
-    default: return 1.0;
+    case Op::kAlltoAll:
+      return static_cast<double>(n - 1) / n;
+    default:
+      return 1.0;
   }
 }
 
@@ -63,10 +66,14 @@ struct Sizes {
 Sizes CountsFor(Op op, size_t bytes, int n) {
   size_t count = bytes / sizeof(float);
   switch (op) {
-    case Op::kAllGather: return {count / n, (count / n) * n};
-    case Op::kReduceScatter: return {(count / n) * n, count / n};
-    case Op::kAlltoAll: return {(count / n) * n, (count / n) * n};
-    default: return {count, count};
+    case Op::kAllGather:
+      return {count / n, (count / n) * n};
+    case Op::kReduceScatter:
+      return {(count / n) * n, count / n};
+    case Op::kAlltoAll:
+      return {(count / n) * n, (count / n) * n};
+    default:
+      return {count, count};
   }
 }
 
@@ -75,26 +82,36 @@ struct Result {
   uint64_t wrong[2] = {0, 0};
 };
 
-#define NCCL_OK(call)                                                                                 \
-  do {                                                                                                \
-    ncclResult_t r_ = (call);                                                                         \
-    if (r_ != ncclSuccess) {                                                                          \
-      fprintf(stderr, "hostnccl_bench: %s failed: %s (%s)\n", #call, ncclGetErrorString(r_),          \
-              ncclGetLastError(nullptr));                                                             \
-      _exit(3);                                                                                       \
-    }                                                                                                 \
+#define NCCL_OK(call)                                                                        \
+  do {                                                                                       \
+    ncclResult_t r_ = (call);                                                                \
+    if (r_ != ncclSuccess) {                                                                 \
+      fprintf(stderr, "hostnccl_bench: %s failed: %s (%s)\n", #call, ncclGetErrorString(r_), \
+              ncclGetLastError(nullptr));                                                    \
+      _exit(3);                                                                              \
+    }                                                                                        \
   } while (0)
 
 void Issue(Op op, ncclComm_t comm, int rank, int n, const float* send, float* recv, const Sizes& s) {
   switch (op) {
-    case Op::kAllReduce: NCCL_OK(ncclAllReduce(send, recv, s.send_count, ncclFloat32, ncclSum, comm, nullptr)); break;
-    case Op::kAllGather: NCCL_OK(ncclAllGather(send, recv, s.send_count, ncclFloat32, comm, nullptr)); break;
+    case Op::kAllReduce:
+      NCCL_OK(ncclAllReduce(send, recv, s.send_count, ncclFloat32, ncclSum, comm, nullptr));
+      break;
+    case Op::kAllGather:
+      NCCL_OK(ncclAllGather(send, recv, s.send_count, ncclFloat32, comm, nullptr));
+      break;
     case Op::kReduceScatter:
       NCCL_OK(ncclReduceScatter(send, recv, s.recv_count, ncclFloat32, ncclSum, comm, nullptr));
       break;
-    case Op::kBroadcast: NCCL_OK(ncclBroadcast(send, recv, s.send_count, ncclFloat32, 0, comm, nullptr)); break;
-    case Op::kReduce: NCCL_OK(ncclReduce(send, recv, s.send_count, ncclFloat32, ncclSum, 0, comm, nullptr)); break;
-    case Op::kAlltoAll: NCCL_OK(ncclAlltoAll(send, recv, s.send_count / n, ncclFloat32, comm, nullptr)); break;
+    case Op::kBroadcast:
+      NCCL_OK(ncclBroadcast(send, recv, s.send_count, ncclFloat32, 0, comm, nullptr));
+      break;
+    case Op::kReduce:
+      NCCL_OK(ncclReduce(send, recv, s.send_count, ncclFloat32, ncclSum, 0, comm, nullptr));
+      break;
+    case Op::kAlltoAll:
+      NCCL_OK(ncclAlltoAll(send, recv, s.send_count / n, ncclFloat32, comm, nullptr));
+      break;
     case Op::kSendRecv: {
       NCCL_OK(ncclGroupStart());
       NCCL_OK(ncclSend(send, s.send_count, ncclFloat32, (rank + 1) % n, comm, nullptr));
@@ -113,17 +130,23 @@ void Barrier(ncclComm_t comm) {
 float Expected(Op op, int rank, int n, size_t j, const Sizes& s) {
   float tri = static_cast<float>(n * (n + 1) / 2);
   switch (op) {
-    case Op::kAllReduce: return tri * static_cast<float>(j % 7 + 1);
-    case Op::kReduce: return rank == 0 ? tri * static_cast<float>(j % 7 + 1) : NAN;  // NAN: not checked
-    case Op::kAllGather: return In(static_cast<int>(j / s.send_count), j % s.send_count);
-    case Op::kReduceScatter: return tri * static_cast<float>((rank * s.recv_count + j) % 7 + 1);
-    case Op::kBroadcast: return In(0, j);
+    case Op::kAllReduce:
+      return tri * static_cast<float>(j % 7 + 1);
+    case Op::kReduce:
+      return rank == 0 ? tri * static_cast<float>(j % 7 + 1) : NAN;  // NAN: not checked
+    case Op::kAllGather:
+      return In(static_cast<int>(j / s.send_count), j % s.send_count);
+    case Op::kReduceScatter:
+      return tri * static_cast<float>((rank * s.recv_count + j) % 7 + 1);
+    case Op::kBroadcast:
+      return In(0, j);
     case Op::kAlltoAll: {
       size_t per = s.send_count / n;
       int src = static_cast<int>(j / per);
       return In(src, rank * per + j % per);
     }
-    case Op::kSendRecv: return In((rank + n - 1) % n, j);
+    case Op::kSendRecv:
+      return In((rank + n - 1) % n, j);
   }
   return 0;
 }
@@ -226,26 +249,44 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : "0"; };
-    if (k == "-n" || k == "--nranks") a.nranks = std::atoi(val().c_str());
-    else if (k == "-b") a.min_bytes = perf::ParseSize(val());
-    else if (k == "-e") a.max_bytes = perf::ParseSize(val());
-    else if (k == "-f") a.factor = std::max(2, std::atoi(val().c_str()));
-    else if (k == "--iters") a.iters = std::max(1, std::atoi(val().c_str()));
-    else if (k == "--warmup") a.warmup = std::max(0, std::atoi(val().c_str()));
-    else if (k == "--quick") { a.min_bytes = 1 << 10; a.max_bytes = size_t{4} << 20; a.factor = 16; a.iters = 5; }
-    else if (k == "--no-perftest") a.perftest = false;
-    else if (k == "--tls") a.tls = val();
-    else if (k == "--json") a.json = val();
+    if (k == "-n" || k == "--nranks")
+      a.nranks = std::atoi(val().c_str());
+    else if (k == "-b")
+      a.min_bytes = perf::ParseSize(val());
+    else if (k == "-e")
+      a.max_bytes = perf::ParseSize(val());
+    else if (k == "-f")
+      a.factor = std::max(2, std::atoi(val().c_str()));
+    else if (k == "--iters")
+      a.iters = std::max(1, std::atoi(val().c_str()));
+    else if (k == "--warmup")
+      a.warmup = std::max(0, std::atoi(val().c_str()));
+    else if (k == "--quick") {
+      a.min_bytes = 1 << 10;
+      a.max_bytes = size_t{4} << 20;
+      a.factor = 16;
+      a.iters = 5;
+    } else if (k == "--no-perftest")
+      a.perftest = false;
+    else if (k == "--tls")
+      a.tls = val();
+    else if (k == "--json")
+      a.json = val();
     else if (k == "--op") {
       std::string o = val();
       a.ops.clear();
       for (int j = 0; j < 7; ++j) {
         if (o == "all" || o == kOpNames[j]) a.ops.push_back(static_cast<Op>(j));
       }
-      if (a.ops.empty()) { fprintf(stderr, "unknown op %s\n", o.c_str()); return 2; }
+      if (a.ops.empty()) {
+        fprintf(stderr, "unknown op %s\n", o.c_str());
+        return 2;
+      }
     } else {
-      fprintf(stderr, "usage: %s [-n ranks] [-b min] [-e max] [-f factor] [--iters N] [--warmup N] [--op NAME|all] "
-                      "[--quick] [--no-perftest] [--tls T] [--json FILE]\n", argv[0]);
+      fprintf(stderr,
+              "usage: %s [-n ranks] [-b min] [-e max] [-f factor] [--iters N] [--warmup N] [--op NAME|all] "
+              "[--quick] [--no-perftest] [--tls T] [--json FILE]\n",
+              argv[0]);
       return 2;
     }
   }

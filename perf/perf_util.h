@@ -30,10 +30,14 @@ inline size_t ParseSize(const std::string& s) {
 
 inline std::string FormatSize(size_t n) {
   char buf[32];
-  if (n >= (size_t{1} << 30) && n % (size_t{1} << 30) == 0) snprintf(buf, sizeof(buf), "%zuG", n >> 30);
-  else if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0) snprintf(buf, sizeof(buf), "%zuM", n >> 20);
-  else if (n >= 1024 && n % 1024 == 0) snprintf(buf, sizeof(buf), "%zuK", n >> 10);
-  else snprintf(buf, sizeof(buf), "%zu", n);
+  if (n >= (size_t{1} << 30) && n % (size_t{1} << 30) == 0)
+    snprintf(buf, sizeof(buf), "%zuG", n >> 30);
+  else if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0)
+    snprintf(buf, sizeof(buf), "%zuM", n >> 20);
+  else if (n >= 1024 && n % 1024 == 0)
+    snprintf(buf, sizeof(buf), "%zuK", n >> 10);
+  else
+    snprintf(buf, sizeof(buf), "%zu", n);
   return buf;
 }
 
@@ -64,8 +68,8 @@ inline double UcxPerftest(const std::string& test, size_t size, int iters, const
     return -1;
   }
   std::string env = tls.empty() ? "" : "UCX_TLS=" + tls + " ";
-  std::string common = " -t " + test + " -s " + std::to_string(size) + " -n " + std::to_string(iters) +
-                       " -w " + std::to_string(std::max(1, iters / 10)) + " -p " + std::to_string(port) + " -f " + extra;
+  std::string common = " -t " + test + " -s " + std::to_string(size) + " -n " + std::to_string(iters) + " -w " +
+                       std::to_string(std::max(1, iters / 10)) + " -p " + std::to_string(port) + " -f " + extra;
   std::string server = env + "timeout 120 ucx_perftest -p " + std::to_string(port) + " >/dev/null 2>&1 &";
   if (std::system(server.c_str()) != 0) {
     *error = "cannot start ucx_perftest server";

@@ -7,8 +7,8 @@
 //
 // Each size: a forked leaver exposes one region of that size and seals it; the parent (joiner) fetches it
 // N times (verify on: the leaver's checksums are polled and the region hashed locally). Reported per size:
-// the read alone (GB/s, best and median of N; on the cma path the read includes hashing), the end-to-end time with verification, and the ratio of the
-// read to ucx_perftest ucp_get at the same size. GB = 1e9 bytes.
+// the read alone (GB/s, best and median of N; on the cma path the read includes hashing), the end-to-end time with
+// verification, and the ratio of the read to ucx_perftest ucp_get at the same size. GB = 1e9 bytes.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -99,7 +99,8 @@ Row Measure(const Args& a, size_t size) {
   tt::ClientOptions co;
   co.transports = a.tls;
   co.peer_error_handling = a.peer_errors;
-  tt::Status s = desc.empty() ? tt::Status(tt::Code::kPeerFailure, "no descriptor") : tt::StateClient::Create(co, &client);
+  tt::Status s =
+      desc.empty() ? tt::Status(tt::Code::kPeerFailure, "no descriptor") : tt::StateClient::Create(co, &client);
   std::vector<double> gbps, e2e, verify;
   for (int i = 0; i < a.iters && s.ok(); ++i) {
     tt::FetchOptions o;
@@ -139,23 +140,35 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (k == "--quick") { sizes = "1M,16M,64M"; a.iters = 3; }
-    else if (k == "--sizes") sizes = val();
-    else if (k == "--iters") a.iters = std::max(1, std::atoi(val().c_str()));
-    else if (k == "--chunk") a.chunk = perf::ParseSize(val());
-    else if (k == "--outstanding") a.outstanding = std::max(1, std::atoi(val().c_str()));
-    else if (k == "--tls") a.tls = val();
-    else if (k == "--no-peer-errors") a.peer_errors = false;
+    if (k == "--quick") {
+      sizes = "1M,16M,64M";
+      a.iters = 3;
+    } else if (k == "--sizes")
+      sizes = val();
+    else if (k == "--iters")
+      a.iters = std::max(1, std::atoi(val().c_str()));
+    else if (k == "--chunk")
+      a.chunk = perf::ParseSize(val());
+    else if (k == "--outstanding")
+      a.outstanding = std::max(1, std::atoi(val().c_str()));
+    else if (k == "--tls")
+      a.tls = val();
+    else if (k == "--no-peer-errors")
+      a.peer_errors = false;
     else if (k == "--path") {
       std::string p = val();
       a.path = p == "ucx" ? tt::FetchPath::kUcx : p == "cma" ? tt::FetchPath::kCma : tt::FetchPath::kAuto;
-    }
-    else if (k == "--no-perftest") a.perftest = false;
-    else if (k == "--json") a.json = val();
-    else if (k == "--csv") a.csv = val();
+    } else if (k == "--no-perftest")
+      a.perftest = false;
+    else if (k == "--json")
+      a.json = val();
+    else if (k == "--csv")
+      a.csv = val();
     else {
-      fprintf(stderr, "usage: %s [--quick] [--sizes L] [--iters N] [--chunk S] [--outstanding N] [--tls T] "
-                      "[--path auto|ucx|cma] [--no-peer-errors] [--no-perftest] [--json F] [--csv F]\n", argv[0]);
+      fprintf(stderr,
+              "usage: %s [--quick] [--sizes L] [--iters N] [--chunk S] [--outstanding N] [--tls T] "
+              "[--path auto|ucx|cma] [--no-peer-errors] [--no-perftest] [--json F] [--csv F]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -165,10 +178,11 @@ int main(int argc, char** argv) {
     a.sizes.push_back(perf::ParseSize(sizes.substr(p, q - p)));
     p = q + 1;
   }
-  printf("# transfer_bench: StateClient::Fetch (path %s, %s chunks, %d outstanding, verify on) vs ucx_perftest, "
-         "UCX_TLS=%s, peer error handling %s, %d iterations\n", tt::FetchPathName(a.path),
-         perf::FormatSize(a.chunk).c_str(), a.outstanding, a.tls.empty() ? "(default)" : a.tls.c_str(),
-         a.peer_errors ? "on" : "off", a.iters);
+  printf(
+      "# transfer_bench: StateClient::Fetch (path %s, %s chunks, %d outstanding, verify on) vs ucx_perftest, "
+      "UCX_TLS=%s, peer error handling %s, %d iterations\n",
+      tt::FetchPathName(a.path), perf::FormatSize(a.chunk).c_str(), a.outstanding,
+      a.tls.empty() ? "(default)" : a.tls.c_str(), a.peer_errors ? "on" : "off", a.iters);
   printf("# %10s %5s %12s %12s %12s %12s %14s %14s %9s\n", "size", "path", "read GB/s", "best GB/s", "verify s",
          "e2e s", "perftest get", "perftest put", "ratio");
   std::vector<Row> rows;
@@ -189,8 +203,8 @@ int main(int argc, char** argv) {
       char ratio[16] = "n/a";
       if (row.get_gbps > 0) snprintf(ratio, sizeof(ratio), "%.2f", row.median_gbps / row.get_gbps);
       printf("  %10s %5s %12.3f %12.3f %12.4f %12.4f %14.3f %14.3f %9s\n", perf::FormatSize(size).c_str(),
-             row.path.c_str(), row.median_gbps, row.best_gbps, row.verify_median_s, row.e2e_median_s, row.get_gbps, row.put_gbps,
-             ratio);
+             row.path.c_str(), row.median_gbps, row.best_gbps, row.verify_median_s, row.e2e_median_s, row.get_gbps,
+             row.put_gbps, ratio);
     }
     fflush(stdout);
     rows.push_back(row);
@@ -202,10 +216,11 @@ int main(int argc, char** argv) {
       << ",\"peer_error_handling\":" << (a.peer_errors ? "true" : "false") << ",\"rows\":[";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
-      j << (i ? "," : "") << "{\"size\":" << r.size << ",\"path\":\"" << r.path << "\",\"ok\":" << (r.ok ? "true" : "false")
-        << ",\"read_gbps_median\":" << r.median_gbps << ",\"read_gbps_best\":" << r.best_gbps
-        << ",\"verify_s\":" << r.verify_median_s << ",\"e2e_s\":" << r.e2e_median_s
-        << ",\"perftest_get_gbps\":" << r.get_gbps << ",\"perftest_put_gbps\":" << r.put_gbps
+      j << (i ? "," : "") << "{\"size\":" << r.size << ",\"path\":\"" << r.path
+        << "\",\"ok\":" << (r.ok ? "true" : "false") << ",\"read_gbps_median\":" << r.median_gbps
+        << ",\"read_gbps_best\":" << r.best_gbps << ",\"verify_s\":" << r.verify_median_s
+        << ",\"e2e_s\":" << r.e2e_median_s << ",\"perftest_get_gbps\":" << r.get_gbps
+        << ",\"perftest_put_gbps\":" << r.put_gbps
         << ",\"ratio_to_get\":" << (r.get_gbps > 0 ? r.median_gbps / r.get_gbps : 0) << "}";
     }
     j << "]}\n";
@@ -214,8 +229,9 @@ int main(int argc, char** argv) {
     std::ofstream c(a.csv);
     c << "size,path,read_gbps_median,read_gbps_best,verify_s,e2e_s,perftest_get_gbps,perftest_put_gbps,ratio\n";
     for (const Row& r : rows) {
-      c << r.size << "," << r.path << "," << r.median_gbps << "," << r.best_gbps << "," << r.verify_median_s << "," << r.e2e_median_s
-        << "," << r.get_gbps << "," << r.put_gbps << "," << (r.get_gbps > 0 ? r.median_gbps / r.get_gbps : 0) << "\n";
+      c << r.size << "," << r.path << "," << r.median_gbps << "," << r.best_gbps << "," << r.verify_median_s << ","
+        << r.e2e_median_s << "," << r.get_gbps << "," << r.put_gbps << ","
+        << (r.get_gbps > 0 ? r.median_gbps / r.get_gbps : 0) << "\n";
     }
   }
   return failed ? 1 : 0;

@@ -103,7 +103,7 @@ HostIdentity LocalIdentity() {
     id.boot_id[n++] = static_cast<uint8_t>(std::stoi(text.substr(i, 2), nullptr, 16));
     i += 2;
   }
-  struct stat st{};
+  struct stat st {};
   if (stat("/proc/self/ns/pid", &st) == 0) id.pid_namespace = st.st_ino;
   id.pid = static_cast<uint32_t>(getpid());
   return id;
@@ -111,8 +111,8 @@ HostIdentity LocalIdentity() {
 
 bool SameHostAndPidNamespace(const HostIdentity& a, const HostIdentity& b) {
   static const uint8_t kZero[16] = {};
-  return std::memcmp(a.boot_id, kZero, 16) != 0 && std::memcmp(a.boot_id, b.boot_id, 16) == 0 &&
-         a.pid_namespace != 0 && a.pid_namespace == b.pid_namespace && a.pid != 0;
+  return std::memcmp(a.boot_id, kZero, 16) != 0 && std::memcmp(a.boot_id, b.boot_id, 16) == 0 && a.pid_namespace != 0 &&
+         a.pid_namespace == b.pid_namespace && a.pid != 0;
 }
 
 Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {

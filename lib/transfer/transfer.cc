@@ -74,9 +74,7 @@ Status ValidateRegions(const std::vector<Region>& regions) {
   return Status::Ok();
 }
 
-ucs_memory_type_t UcsType(MemoryType t) {
-  return t == MemoryType::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
-}
+ucs_memory_type_t UcsType(MemoryType t) { return t == MemoryType::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST; }
 
 uint64_t AtomicLoad(uint64_t* p) { return std::atomic_ref<uint64_t>(*p).load(std::memory_order_acquire); }
 
@@ -84,25 +82,38 @@ uint64_t AtomicLoad(uint64_t* p) { return std::atomic_ref<uint64_t>(*p).load(std
 
 const char* CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "ok";
-    case Code::kInvalidArgument: return "invalid argument";
-    case Code::kMismatch: return "region mismatch";
-    case Code::kChecksumMismatch: return "checksum mismatch";
-    case Code::kPeerFailure: return "peer failure";
-    case Code::kTimeout: return "timeout";
-    case Code::kUnsupported: return "unsupported";
-    case Code::kBadDescriptor: return "bad descriptor";
-    case Code::kState: return "wrong state";
-    case Code::kUcx: return "UCX error";
+    case Code::kOk:
+      return "ok";
+    case Code::kInvalidArgument:
+      return "invalid argument";
+    case Code::kMismatch:
+      return "region mismatch";
+    case Code::kChecksumMismatch:
+      return "checksum mismatch";
+    case Code::kPeerFailure:
+      return "peer failure";
+    case Code::kTimeout:
+      return "timeout";
+    case Code::kUnsupported:
+      return "unsupported";
+    case Code::kBadDescriptor:
+      return "bad descriptor";
+    case Code::kState:
+      return "wrong state";
+    case Code::kUcx:
+      return "UCX error";
   }
   return "unknown";
 }
 
 const char* FetchPathName(FetchPath path) {
   switch (path) {
-    case FetchPath::kAuto: return "auto";
-    case FetchPath::kUcx: return "ucx";
-    case FetchPath::kCma: return "cma";
+    case FetchPath::kAuto:
+      return "auto";
+    case FetchPath::kUcx:
+      return "ucx";
+    case FetchPath::kCma:
+      return "cma";
   }
   return "unknown";
 }
@@ -117,8 +128,8 @@ struct StateServer::Impl {
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
   std::vector<Region> regions;
-  std::vector<ucp_mem_h> memhs;        // one per region (null for empty regions)
-  std::vector<uint64_t> control;       // the control block (host memory, mapped)
+  std::vector<ucp_mem_h> memhs;   // one per region (null for empty regions)
+  std::vector<uint64_t> control;  // the control block (host memory, mapped)
   ucp_mem_h control_memh = nullptr;
   std::vector<uint8_t> descriptor;
   std::vector<uint64_t> checksums;
@@ -182,9 +193,8 @@ Status MapRegion(ucp_context_h context, void* ptr, size_t size, MemoryType type,
   attr.field_mask = UCP_MEM_ATTR_FIELD_MEM_TYPE;
   *found = type;
   if (ucp_mem_query(*memh, &attr) == UCS_OK) {
-    *found = attr.mem_type == UCS_MEMORY_TYPE_CUDA || attr.mem_type == UCS_MEMORY_TYPE_CUDA_MANAGED
-                 ? MemoryType::kCuda
-                 : MemoryType::kHost;
+    *found = attr.mem_type == UCS_MEMORY_TYPE_CUDA || attr.mem_type == UCS_MEMORY_TYPE_CUDA_MANAGED ? MemoryType::kCuda
+                                                                                                    : MemoryType::kHost;
   }
   if (*found == MemoryType::kAuto) *found = MemoryType::kHost;
   void* buf = nullptr;
@@ -351,8 +361,8 @@ class Session {
 
   Status Connect(const detail::DescriptorData& d) {
     ucp_ep_params_t params{};
-    params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    params.field_mask =
+        UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
     params.address = reinterpret_cast<const ucp_address_t*>(d.worker_address.data());
     params.err_mode = peer_errors_ ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
     params.err_handler.cb = [](void* arg, ucp_ep_h, ucs_status_t status) {
@@ -362,7 +372,8 @@ class Session {
     ucs_status_t st = ucp_ep_create(worker_, &params, &ep_);
     if (st != UCS_OK) {
       ep_ = nullptr;
-      return Status(Code::kPeerFailure, std::string("cannot reach the leaver (ucp_ep_create): ") + ucs_status_string(st));
+      return Status(Code::kPeerFailure,
+                    std::string("cannot reach the leaver (ucp_ep_create): ") + ucs_status_string(st));
     }
     control_rkey_ = Unpack(d.control.rkey, &st);
     if (control_rkey_ == nullptr) return UcxError("ucp_ep_rkey_unpack(control)", st);
@@ -500,7 +511,8 @@ class Session {
 
   Status Wait(ucs_status_ptr_t r, const char* what) {
     if (r == nullptr) return Status::Ok();
-    if (UCS_PTR_IS_ERR(r)) return Status(Code::kPeerFailure, std::string(what) + ": " + ucs_status_string(UCS_PTR_STATUS(r)));
+    if (UCS_PTR_IS_ERR(r))
+      return Status(Code::kPeerFailure, std::string(what) + ": " + ucs_status_string(UCS_PTR_STATUS(r)));
     ucs_status_t st;
     while ((st = ucp_request_check_status(r)) == UCS_INPROGRESS) {
       ucp_worker_progress(worker_);
@@ -674,8 +686,8 @@ Status FetchCma(const detail::DescriptorData& d, const std::vector<Region>& loca
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     expected.resize(d.regions.size());
-    if (!expected.empty() &&
-        !CmaRead(pid, expected.data(), d.control.address + 8 * detail::kControlHeaderWords, 8 * expected.size(), &err)) {
+    if (!expected.empty() && !CmaRead(pid, expected.data(), d.control.address + 8 * detail::kControlHeaderWords,
+                                      8 * expected.size(), &err)) {
       return CmaError(err, "reading the leaver's checksums");
     }
   }
@@ -737,7 +749,8 @@ Status StateClient::Fetch(std::span<const uint8_t> descriptor, const std::vector
 
   if (options.path == FetchPath::kCma || (options.path == FetchPath::kAuto && CmaEligible(d, local))) {
     if (options.path == FetchPath::kCma && !CmaEligible(d, local)) {
-      return Status(Code::kUnsupported, "cma path: the leaver is on another host or pid namespace, or memory is not host");
+      return Status(Code::kUnsupported,
+                    "cma path: the leaver is on another host or pid namespace, or memory is not host");
     }
     s = FetchCma(d, local, remote_of, options, result);
     if (options.path == FetchPath::kCma || s.code() != Code::kUnsupported) return s;

@@ -80,8 +80,8 @@ enum class MemoryType : uint8_t {
 // A region of state. The memory is owned by the caller and must stay valid (and, on the server,
 // unchanged between Seal and the client's completion) until the StateServer is closed or Fetch returns.
 struct Region {
-  std::string name;      // 1..255 bytes, unique within a set of regions
-  void* ptr = nullptr;   // may be null only when size == 0
+  std::string name;     // 1..255 bytes, unique within a set of regions
+  void* ptr = nullptr;  // may be null only when size == 0
   size_t size = 0;
   MemoryType type = MemoryType::kHost;
 };
@@ -173,12 +173,12 @@ struct FetchOptions {
 
 struct FetchResult {
   uint64_t bytes = 0;
-  double seconds = 0;        // the data reads, from the first request to the last completion
-  double gbps = 0;           // bytes / seconds / 1e9
-  double verify_seconds = 0; // waiting for the leaver's checksums + hashing locally
-  std::vector<uint64_t> checksums;  // the client's, in the order of the local regions passed to Fetch
-  bool verified = false;            // every checksum compared equal
-  FetchPath path = FetchPath::kUcx; // the path actually taken (kUcx or kCma)
+  double seconds = 0;                // the data reads, from the first request to the last completion
+  double gbps = 0;                   // bytes / seconds / 1e9
+  double verify_seconds = 0;         // waiting for the leaver's checksums + hashing locally
+  std::vector<uint64_t> checksums;   // the client's, in the order of the local regions passed to Fetch
+  bool verified = false;             // every checksum compared equal
+  FetchPath path = FetchPath::kUcx;  // the path actually taken (kUcx or kCma)
 };
 
 struct ClientOptions {
