@@ -235,3 +235,20 @@ TEST_CASE("the leaver killed in the middle of a transfer gives an error, not a h
   CHECK(secs < 25);
   CHECK(WaitExit(c.pid) == 128 + SIGKILL);
 }
+
+TEST_CASE("a leaver that is already gone gives an error, not a hang") {
+  Child c = StartLeaver({{"a", 1u << 20}}, Mode::kNeverSeal);
+  kill(c.pid, SIGKILL);
+  CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+  auto client = MakeClient();
+  std::vector<unsigned char> a(1u << 20);
+  tt::FetchOptions o = Opts();
+  o.timeout_ms = 10000;
+  tt::FetchResult r;
+  auto t0 = std::chrono::steady_clock::now();
+  tt::Status s = client->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, o, &r);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE("dead leaver: " << s.ToString() << " in " << secs << " s");
+  CHECK((s.code() == tt::Code::kPeerFailure || s.code() == tt::Code::kTimeout));
+  CHECK(secs < 15);
+}
