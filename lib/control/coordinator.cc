@@ -119,7 +119,10 @@ struct Coordinator::Peer {
   std::string addr;
 };
 
-Coordinator::Coordinator(Options opt) : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {}
+Coordinator::Coordinator(Options opt)
+    : opt_(std::move(opt)), default_engine_(MakeMigrationEngine()), downtime_buckets_(kNumBuckets, 0) {
+  engine_ = default_engine_.get();
+}
 
 Coordinator::~Coordinator() {
   peers_.clear();
@@ -335,6 +338,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       pr->conn_fd = -1;
       p.process = 0;
       CTL_INFO("coordinator: process %" PRIu64 " (rank %d) exited", pr->id, pr->info.rank);
+      if (engine_) engine_->OnProcessLost(*this, pr->id);  // the engine tells exited from lost by state
     }
     c.SendReject(RejectCode::kProtocol, "bye");
     return;
@@ -501,6 +505,7 @@ void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
     }
   }
   cr.members[c.rank] = pr.id;
+  pr.comm_info[c.comm_key] = c;
   if (std::find(pr.comms.begin(), pr.comms.end(), c.comm_key) == pr.comms.end()) pr.comms.push_back(c.comm_key);
   if (pr.info.rank < 0 && c.lineage.index == 0) {
     pr.info.rank = c.rank;
@@ -511,6 +516,7 @@ void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
 void Coordinator::OnCommDestroyed(ProcessRec& pr, uint64_t key) {
   auto it = comms_.find(key);
   pr.comms.erase(std::remove(pr.comms.begin(), pr.comms.end(), key), pr.comms.end());
+  pr.comm_info.erase(key);
   if (it == comms_.end()) return;
   for (auto m = it->second.members.begin(); m != it->second.members.end();) {
     m = m->second == pr.id ? it->second.members.erase(m) : std::next(m);
@@ -584,6 +590,7 @@ MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
     engine_->OnRequest(*this, rec);
     r.accepted = !MigTerminal(rec.state);
     r.message = r.accepted ? "migration " + std::to_string(rec.id) + " started" : rec.reason;
+    if (!rec.joiner_log.empty()) r.message += "; joiner output: " + rec.joiner_log;
   } else {
     EndPhase(rec, 0, "requested");
     SetMigState(rec, MigState::kFailed, "not implemented yet: the migration engine (issue 5) is not built in");

@@ -42,6 +42,7 @@ struct ProcessRec {
   uint64_t dropped = 0;            // reports the agent dropped (ring full)
   std::vector<Region> regions;
   std::vector<uint64_t> comms;  // comm_keys it is a member of
+  std::map<uint64_t, CommCreated> comm_info;  // its own report of each (lineage as seen by this process)
 };
 
 struct CommMember {
@@ -97,6 +98,7 @@ struct Migration {
   uint64_t bytes_total = 0;  // state to transfer
   uint64_t bytes_done = 0;   // transferred so far (progress bar of tmctl watch)
   uint64_t downtime_ns = 0;
+  std::string joiner_log;  // --spawn: where the joiner's output goes
   std::vector<PhaseSpan> phases;
 };
 
@@ -113,6 +115,9 @@ class MigrationEngine {
   virtual void OnEvent(Coordinator& c, uint64_t process, const Event& e) = 0;
   virtual void OnProcessLost(Coordinator& c, uint64_t process) = 0;
 };
+
+// The built-in engine (lib/control/migration_engine.cc); every Coordinator starts with one.
+std::unique_ptr<MigrationEngine> MakeMigrationEngine();
 
 class Coordinator {
  public:
@@ -189,6 +194,7 @@ class Coordinator {
   std::map<uint64_t, Migration> migs_;
   uint64_t next_proc_ = 1, next_mig_ = 1;
   MigrationEngine* engine_ = nullptr;
+  std::unique_ptr<MigrationEngine> default_engine_;  // lib/control/migration_engine.h
   // Metrics.
   uint64_t heartbeats_missed_ = 0;
   uint64_t rejected_ = 0;

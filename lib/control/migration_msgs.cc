@@ -21,6 +21,8 @@ const char* CmdName(uint16_t kind) {
       return "SWITCH";
     case Cmd::kAbort:
       return "ABORT";
+    case Cmd::kMap:
+      return "MAP";
   }
   return "UNKNOWN";
 }

@@ -34,12 +34,13 @@ namespace trainmover::control::mig {
 enum class Cmd : uint16_t {
   kMakeIds = 1,    // J: make a fresh real unique id for each listed comm_key (body: KeyList)
   kBuild = 2,      // members: build the replacement real communicators (body: Build)
-  kExpose = 3,     // L: register the regions for one-sided reads (body: empty)
+  kExpose = 3,     // L: register the regions for one-sided reads (body: Reason = where the state goes, for the log)
   kFetchFrom = 4,  // J: read L's regions at the switch (body: Blob = L's transfer descriptor)
   kPropose = 5,    // all: may the switch be at step S? (body: Step)
   kCommit = 6,     // all: the switch is at S (body: Step)
   kSwitch = 7,     // all: point VComms at the replacements; J leaves the sandbox; L exits (body: Step)
   kAbort = 8,      // all: drop replacements, continue on the old communicators (body: Reason)
+  kMap = 9,        // J: the leaver's comm_key of each of its VComms (body: KeyList of pairs joiner key, leaver key)
 };
 enum class Ev : uint16_t {
   kReady = 1,      // J: sandbox done (body: Ready)

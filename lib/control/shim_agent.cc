@@ -9,6 +9,7 @@
 
 #include "ctl_log.h"
 #include "log.h"
+#include "migration.h"
 #include "shim_state.h"
 
 namespace trainmover::control {
@@ -25,7 +26,9 @@ void LogSink(CtlLevel level, const char* msg) {
   TM_LOG(l, shim::kLogAgent, "%s", msg);
 }
 
-CommCreated Describe(const shim::VComm* v) {
+}  // namespace
+
+CommCreated DescribeVComm(const shim::VComm* v) {
   CommCreated c;
   c.comm_key = v->comm_key;
   const shim::Lineage& l = v->lineage;
@@ -42,6 +45,8 @@ CommCreated Describe(const shim::VComm* v) {
   return c;
 }
 
+namespace {
+
 void Observe(void*, shim::VComm* v, bool created) {
   Agent* a = g_agent.load(std::memory_order_acquire);
   if (!a) return;
@@ -49,7 +54,7 @@ void Observe(void*, shim::VComm* v, bool created) {
     a->ReportCommDestroyed(v->comm_key);
     return;
   }
-  a->ReportCommCreated(Describe(v));
+  a->ReportCommCreated(DescribeVComm(v));
   if (v->lineage.index == 0) {  // the process's first communicator names its rank
     a->ReportRankWorld(v->lineage.rank, v->lineage.nranks);
     SetCtlLogRank(v->lineage.rank);
@@ -108,11 +113,12 @@ extern "C" void tmAgentStart(const Config* config) {
   agent->SetTick(PollRegions, 200);
   // Communicators made before the agent existed (none in practice: the agent starts at initialisation).
   for (const VCommInfo& vi : SnapshotVComms()) {
-    agent->ReportCommCreated(Describe(vi.vcomm));
+    agent->ReportCommCreated(DescribeVComm(vi.vcomm));
   }
   g_agent.store(agent, std::memory_order_release);
   SetVCommObserver(Observe, nullptr);
   SetSafePointHook(OnSafePoint, nullptr);
+  trainmover::migration::InstallMigration(agent);  // replaces the hook (and still reports every step)
   agent->Start();
   std::atexit(StopAtExit);
   TM_INFO(kLogAgent, "agent started, coordinator %s", config->coordinator.c_str());

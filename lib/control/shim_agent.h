@@ -15,7 +15,14 @@
 
 #include "agent.h"
 
+namespace trainmover::shim {
+struct VComm;
+}
+
 namespace trainmover::control {
+
+// The COMM_CREATED report of a VComm (its current comm_key, lineage, rank, nranks).
+CommCreated DescribeVComm(const shim::VComm* v);
 
 // The process's agent, or nullptr when TRAINMOVER_COORDINATOR is unset or the shim is not initialised.
 // Thread-safe; the agent lives until the process exits.

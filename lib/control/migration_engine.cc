@@ -1,0 +1,443 @@
+// SPDX-License-Identifier: Apache-2.0
+// The coordinator's migration engine: docs/migration.md describes the protocol it drives.
+#include "migration_engine.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstring>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ctl_log.h"
+#include "migration_msgs.h"
+
+extern char** environ;
+
+namespace trainmover::control {
+
+namespace {
+
+struct Ctx {
+  std::vector<uint64_t> keys;      // the leaver's communicators, in its creation order
+  std::set<uint64_t> stayers;      // other members of those communicators
+  std::map<uint64_t, uint64_t> j2l;  // joiner comm_key -> leaver comm_key
+  size_t built_expected = 0, built_ok = 0;
+  bool exposed = false;
+  std::vector<uint8_t> descriptor;
+  int64_t proposal = -1, margin = 2, max_seen = -1;
+  bool round_passed = false;
+  std::set<uint64_t> accepted, at_step, switched;
+  bool fetch_sent = false, verified = false, switch_sent = false;
+  uint64_t max_stall = 0;
+  std::string verify_msg;
+  pid_t child = 0;
+};
+
+std::string LineageText(const CommCreated& c) {
+  std::string s = std::string(LineageKindName(c.lineage.kind)) + " #" + std::to_string(c.lineage.index) + " rank " +
+                  std::to_string(c.rank) + "/" + std::to_string(c.nranks);
+  if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kSplit)) {
+    s += " color " + std::to_string(c.lineage.color) + " key " + std::to_string(c.lineage.key);
+  }
+  return s;
+}
+
+class Engine : public MigrationEngine {
+ public:
+  void OnRequest(Coordinator& c, Migration& m) override {
+    ProcessRec* l = c.FindProcess(m.leaver);
+    Ctx& x = ctx_[m.id];
+    std::vector<std::pair<uint32_t, uint64_t>> order;
+    for (const auto& [key, info] : l->comm_info) order.push_back({info.lineage.index, key});
+    std::sort(order.begin(), order.end());
+    for (auto& [idx, key] : order) {
+      x.keys.push_back(key);
+      auto it = c.comms().find(key);
+      if (it == c.comms().end()) continue;
+      for (auto& [rank, proc] : it->second.members) {
+        if (proc != m.leaver) x.stayers.insert(proc);
+      }
+    }
+    EndPhase(c, m, 0, "requested");
+    if (x.keys.empty()) {
+      c.SetMigState(m, MigState::kRefused, "rank " + std::to_string(m.rank) + " is in no communicator");
+      return;
+    }
+    if (m.spawn) {
+      c.SetMigState(m, MigState::kSpawning);
+      std::string err = Spawn(c, m, *l, &x);
+      if (!err.empty()) {
+        c.SetMigState(m, MigState::kFailed, "cannot spawn the joiner: " + err);
+        return;
+      }
+    }
+    c.SetMigState(m, MigState::kSandbox);
+    c.BeginPhase(m, 0, "sandbox");
+  }
+
+  void OnCancel(Coordinator& c, Migration& m) override { Abort(c, m, "cancelled by the operator", false); }
+
+  void OnProcessLost(Coordinator& c, uint64_t p) override {
+    Reap();
+    Migration* m = Active(c);
+    if (!m) return;
+    Ctx& x = ctx_[m->id];
+    ProcessRec* pr = c.FindProcess(p);
+    bool exited = pr && pr->state == ProcState::kExited;
+    std::string who = "process " + std::to_string(p) + (pr ? " (rank " + std::to_string(pr->info.rank) + ")" : "");
+    bool joiner_candidate =
+        pr && pr->info.role == "joiner" && pr->info.replace == m->rank && (m->joiner == 0 || m->joiner == p);
+    bool involved = p == m->leaver || p == m->joiner || x.stayers.count(p) || joiner_candidate;
+    if (!involved) return;
+    if (!x.switch_sent) {
+      Abort(c, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
+      return;
+    }
+    if (p == m->leaver) return;  // its BYE after the hand-off
+    if (exited && x.stayers.count(p)) {
+      x.switched.insert(p);  // finished right at S: nothing more to measure
+      MaybeDone(c, *m);
+      return;
+    }
+    CTL_WARN("coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
+  }
+
+  void OnEvent(Coordinator& c, uint64_t p, const Event& e) override {
+    Reap();
+    ProcessRec* pr = c.FindProcess(p);
+    if (!pr) return;
+    if (e.kind == static_cast<uint16_t>(mig::Ev::kReady)) return OnReady(c, *pr, e);
+    Migration* m = c.FindMigration(e.migration);
+    if (!m || e.migration == 0 || MigTerminal(m->state)) return;  // late events of an ended migration
+    Ctx& x = ctx_[m->id];
+    switch (static_cast<mig::Ev>(e.kind)) {
+      case mig::Ev::kIds: {
+        mig::Ids ids;
+        if (!DecodePayload(e.body, &ids)) return Abort(c, *m, "malformed IDS", true);
+        std::map<uint64_t, mig::Build> per;
+        for (const mig::IdEntry& ie : ids.ids) {
+          auto it = c.comms().find(ie.comm_key);
+          if (it == c.comms().end()) return Abort(c, *m, "a communicator of the leaver disappeared", true);
+          for (auto& [rank, proc] : it->second.members) {
+            uint64_t to = proc == m->leaver ? m->joiner : proc;
+            per[to].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
+            ++x.built_expected;
+          }
+        }
+        for (auto& [proc, b] : per) {
+          c.SendCommand(proc, mig::Make(static_cast<uint16_t>(mig::Cmd::kBuild), m->id, b));
+          c.BeginPhase(*m, proc, "build (coordinator view)");
+        }
+        return;
+      }
+      case mig::Ev::kBuilt: {
+        mig::Built b;
+        if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed BUILT", true);
+        if (!b.ok) return Abort(c, *m, "building a replacement communicator failed: " + b.message, true);
+        if (++x.built_ok == x.built_expected) {
+          for (uint64_t q : Members(*m, x)) c.EndPhase(*m, q, "build (coordinator view)");
+        }
+        return MaybePropose(c, *m);
+      }
+      case mig::Ev::kExposed: {
+        mig::Blob b;
+        if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed EXPOSED", true);
+        x.descriptor = std::move(b.bytes);
+        x.exposed = true;
+        m->bytes_total = 0;
+        for (const Region& r : pr->regions) m->bytes_total += r.bytes;
+        return MaybePropose(c, *m);
+      }
+      case mig::Ev::kAccept: {
+        mig::Step s;
+        if (!DecodePayload(e.body, &s) || s.step != x.proposal || m->state != MigState::kAgreeing) return;
+        x.accepted.insert(p);
+        if (x.accepted.size() == x.stayers.size() + 1) {
+          m->switch_step = x.proposal;
+          c.SetMigState(*m, MigState::kSwitching);
+          c.EndPhase(*m, 0, "agree");
+          c.BeginPhase(*m, 0, "switch");
+          for (uint64_t q : Participants(*m, x)) {
+            c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kCommit), m->id, mig::Step{x.proposal}));
+          }
+        }
+        return;
+      }
+      case mig::Ev::kPassed: {
+        mig::Step s;
+        if (!DecodePayload(e.body, &s) || m->state != MigState::kAgreeing) return;
+        x.max_seen = std::max(x.max_seen, s.step);
+        if (!x.round_passed) {
+          x.round_passed = true;
+          x.margin *= 2;
+          Propose(c, *m);
+        }
+        return;
+      }
+      case mig::Ev::kAtStep: {
+        mig::Step s;
+        if (!DecodePayload(e.body, &s) || s.step != m->switch_step) return;
+        x.at_step.insert(p);
+        if (p == m->leaver && !x.fetch_sent) {
+          x.fetch_sent = true;
+          c.SendCommand(m->joiner,
+                        mig::Make(static_cast<uint16_t>(mig::Cmd::kFetchFrom), m->id, mig::Blob{x.descriptor}));
+        }
+        return MaybeSwitch(c, *m);
+      }
+      case mig::Ev::kProgress: {
+        mig::Progress pg;
+        if (DecodePayload(e.body, &pg)) m->bytes_done = pg.done;
+        return;
+      }
+      case mig::Ev::kVerified: {
+        mig::Built b;
+        if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed VERIFIED", true);
+        if (!b.ok) return Abort(c, *m, "state transfer failed: " + b.message, true);
+        x.verified = true;
+        x.verify_msg = b.message;
+        m->bytes_done = m->bytes_total;
+        return MaybeSwitch(c, *m);
+      }
+      case mig::Ev::kSwitched: {
+        mig::Switched s;
+        if (!DecodePayload(e.body, &s)) return;
+        if (p != m->joiner) x.max_stall = std::max(x.max_stall, s.stall_ns);
+        x.switched.insert(p);
+        return MaybeDone(c, *m);
+      }
+      case mig::Ev::kFailed: {
+        mig::Reason r;
+        DecodePayload(e.body, &r);
+        if (!x.switch_sent) Abort(c, *m, "rank " + std::to_string(pr->info.rank) + ": " + r.text, true);
+        return;
+      }
+      case mig::Ev::kPhase: {
+        mig::Phase ph;
+        if (DecodePayload(e.body, &ph)) m->phases.push_back(PhaseSpan{p, ph.name, ph.start_ns, ph.end_ns});
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+ private:
+  Migration* Active(Coordinator& c) {
+    for (auto it = ctx_.rbegin(); it != ctx_.rend(); ++it) {
+      Migration* m = c.FindMigration(it->first);
+      if (m && !MigTerminal(m->state)) return m;
+    }
+    return nullptr;
+  }
+
+  void Reap() {
+    for (auto& [id, x] : ctx_) {
+      if (x.child > 0 && waitpid(x.child, nullptr, WNOHANG) == x.child) x.child = 0;
+    }
+  }
+
+  static void EndPhase(Coordinator& c, Migration& m, uint64_t p, const std::string& name) {
+    for (const PhaseSpan& s : m.phases) {
+      if (s.process == p && s.phase == name && s.end_ns == 0) return c.EndPhase(m, p, name);
+    }
+  }
+
+  // Stayers and the leaver: the processes that agree on S and wait there.
+  static std::vector<uint64_t> Participants(const Migration& m, const Ctx& x) {
+    std::vector<uint64_t> v(x.stayers.begin(), x.stayers.end());
+    v.push_back(m.leaver);
+    return v;
+  }
+  static std::vector<uint64_t> Members(const Migration& m, const Ctx& x) {
+    std::vector<uint64_t> v(x.stayers.begin(), x.stayers.end());
+    if (m.joiner) v.push_back(m.joiner);
+    return v;
+  }
+
+  std::string Spawn(Coordinator& c, Migration& m, const ProcessRec& l, Ctx* x) {
+    (void)c;
+    if (l.info.cmdline.empty()) return "the leaver reported no command line";
+    std::string dir = l.info.cwd.empty() ? "." : l.info.cwd;
+    std::string log = dir + "/joiner-" + std::to_string(m.rank) + ".log";
+    struct stat st;
+    if (stat(log.c_str(), &st) == 0) log = dir + "/joiner-" + std::to_string(m.rank) + "-m" + std::to_string(m.id) + ".log";
+    std::vector<std::string> env;
+    for (const std::string& kv : l.info.env) {
+      if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
+      env.push_back(kv);
+    }
+    env.push_back("TRAINMOVER_ROLE=joiner");
+    env.push_back("TRAINMOVER_REPLACE=" + std::to_string(m.rank));
+    std::vector<char*> argv, envp;
+    for (const std::string& a : l.info.cmdline) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    for (std::string& kv : env) envp.push_back(kv.data());
+    envp.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addchdir_np(&fa, dir.c_str());
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    pid_t pid = 0;
+    int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) return std::string(argv[0]) + ": " + strerror(rc);
+    x->child = pid;
+    m.joiner_log = log;
+    CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pid, m.rank,
+             log.c_str());
+    return "";
+  }
+
+  void OnReady(Coordinator& c, ProcessRec& j, const Event& e) {
+    mig::Ready r;
+    Migration* m = Active(c);
+    auto refuse_joiner = [&](const std::string& why) {
+      c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m ? m->id : 0, mig::Reason{why}));
+    };
+    if (!DecodePayload(e.body, &r)) return refuse_joiner("malformed READY");
+    if (!m || m->rank != j.info.replace || m->joiner != 0 ||
+        (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
+      CTL_WARN("coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
+               j.id, j.info.replace);
+      return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
+    }
+    Ctx& x = ctx_[m->id];
+    ProcessRec* l = c.FindProcess(m->leaver);
+    EndPhase(c, *m, 0, "sandbox");
+    // Lineage: the i-th communicator of each, in creation order.
+    std::vector<const CommCreated*> lc;
+    for (uint64_t k : x.keys) lc.push_back(&l->comm_info.at(k));
+    std::string diff;
+    std::map<uint64_t, uint64_t> j2l;
+    if (r.comms.size() != lc.size()) {
+      diff = "the joiner has " + std::to_string(r.comms.size()) + " communicator(s), the leaver " +
+             std::to_string(lc.size());
+    }
+    for (size_t i = 0; diff.empty() && i < lc.size(); ++i) {
+      const CommCreated &a = r.comms[i], &b = *lc[i];
+      const Lineage &la = a.lineage, &lb = b.lineage;
+      bool parent_ok = la.parent_key == 0 ? lb.parent_key == 0
+                                          : j2l.count(la.parent_key) && j2l[la.parent_key] == lb.parent_key;
+      if (la.kind != lb.kind || a.nranks != b.nranks || a.rank != b.rank || la.color != lb.color || la.key != lb.key ||
+          la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
+        diff = "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
+      }
+      j2l[a.comm_key] = b.comm_key;
+    }
+    if (diff.empty()) {
+      std::map<std::string, uint64_t> lr, jr;
+      for (const Region& g : l->regions) lr[g.name] = g.bytes;
+      for (const Region& g : r.regions) jr[g.name] = g.bytes;
+      for (auto& [name, bytes] : lr) {
+        if (!diff.empty()) break;
+        if (!jr.count(name)) diff = "state region '" + name + "' is registered by the leaver, not by the joiner";
+        else if (jr[name] != bytes)
+          diff = "state region '" + name + "': " + std::to_string(jr[name]) + " bytes in the joiner, " +
+                 std::to_string(bytes) + " in the leaver";
+      }
+      for (auto& [name, bytes] : jr) {
+        if (diff.empty() && !lr.count(name))
+          diff = "state region '" + name + "' is registered by the joiner, not by the leaver";
+      }
+    }
+    if (!diff.empty()) {
+      std::string why = "the joiner does not match the leaver: " + diff;
+      refuse_joiner(why);
+      c.SetMigState(*m, MigState::kRefused, why);
+      return;
+    }
+    m->joiner = j.id;
+    x.j2l = j2l;
+    c.SetMigState(*m, MigState::kReady);
+    c.SetMigState(*m, MigState::kBuilding);
+    c.BeginPhase(*m, 0, "build");
+    mig::KeyList pairs, keys;
+    for (auto& [jk, lk] : j2l) pairs.keys.insert(pairs.keys.end(), {jk, lk});
+    keys.keys = x.keys;
+    c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m->id, pairs));
+    c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m->id, keys));
+    std::string where = "host " + j.info.host + " pid " + std::to_string(j.info.pid);
+    c.SendCommand(m->leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kExpose), m->id, mig::Reason{where}));
+  }
+
+  void MaybePropose(Coordinator& c, Migration& m) {
+    Ctx& x = ctx_[m.id];
+    if (m.state != MigState::kBuilding || !x.exposed || x.built_ok < x.built_expected || x.built_expected == 0) return;
+    EndPhase(c, m, 0, "build");
+    c.SetMigState(m, MigState::kAgreeing);
+    c.BeginPhase(m, 0, "agree");
+    Propose(c, m);
+  }
+
+  void Propose(Coordinator& c, Migration& m) {
+    Ctx& x = ctx_[m.id];
+    int64_t top = x.max_seen;
+    for (uint64_t q : Participants(m, x)) {
+      if (ProcessRec* pr = c.FindProcess(q)) top = std::max(top, pr->step);
+    }
+    x.proposal = std::max(top, x.proposal) + x.margin;
+    x.accepted.clear();
+    x.round_passed = false;
+    for (uint64_t q : Participants(m, x)) {
+      c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kPropose), m.id, mig::Step{x.proposal}));
+    }
+  }
+
+  void MaybeSwitch(Coordinator& c, Migration& m) {
+    Ctx& x = ctx_[m.id];
+    if (x.switch_sent || !x.verified || x.at_step.size() < x.stayers.size() + 1) return;
+    x.switch_sent = true;
+    for (uint64_t q : Members(m, x)) {
+      c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
+    }
+    c.SendCommand(m.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
+    MaybeDone(c, m);
+  }
+
+  void MaybeDone(Coordinator& c, Migration& m) {
+    Ctx& x = ctx_[m.id];
+    if (!x.switch_sent) return;
+    for (uint64_t q : Members(m, x)) {
+      if (!x.switched.count(q)) return;
+    }
+    m.downtime_ns = x.max_stall;
+    EndPhase(c, m, 0, "switch");
+    if (ProcessRec* j = c.FindProcess(m.joiner)) {
+      j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
+      j->info.replace = -1;
+    }
+    c.SetMigState(m, MigState::kDone);
+    CTL_INFO("coordinator: migration %" PRIu64 " done at step %" PRId64 ": %s; downtime %.1f ms", m.id, m.switch_step,
+             x.verify_msg.c_str(), m.downtime_ns / 1e6);
+  }
+
+  void Abort(Coordinator& c, Migration& m, const std::string& why, bool fail) {
+    Ctx& x = ctx_[m.id];
+    std::vector<uint64_t> to = Participants(m, x);
+    if (m.joiner) to.push_back(m.joiner);
+    for (uint64_t q : to) c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m.id, mig::Reason{why}));
+    for (const PhaseSpan& s : std::vector<PhaseSpan>(m.phases)) {
+      if (s.end_ns == 0) c.EndPhase(m, s.process, s.phase);
+    }
+    if (fail) c.SetMigState(m, MigState::kFailed, why);
+  }
+
+  std::map<uint64_t, Ctx> ctx_;
+};
+
+}  // namespace
+
+std::unique_ptr<MigrationEngine> MakeMigrationEngine() { return std::make_unique<Engine>(); }
+
+}  // namespace trainmover::control

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+// migration.h: the process side of a live migration (docs/migration.md): the joiner's sandbox exit, the
+// leaver's state server and exit, every member's background build of replacement communicators, the
+// switch-point agreement and the switch itself.
+//
+// InstallMigration is called once by the agent glue (lib/control/shim_agent.cc) before the agent starts.
+// It installs the agent's command handler and the shim's safe-point hook (which keeps reporting steps
+// through ShimAgentSafePoint). Commands arrive on the agent thread and never block it for long: the
+// communicator builds and the state fetch run on a background thread; everything that changes which real
+// communicator a VComm uses runs on the application thread while it is held in tmSafePoint.
+#ifndef TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
+#define TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
+
+#include "agent.h"
+
+namespace trainmover::migration {
+
+// Installs the command handler on `agent` (before agent->Start()) and the safe-point hook. Once.
+void InstallMigration(control::Agent* agent);
+
+}  // namespace trainmover::migration
+
+#endif  // TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
