@@ -134,7 +134,6 @@ class Engine : public MigrationEngine {
         }
         for (auto& [proc, b] : per) {
           c.SendCommand(proc, mig::Make(static_cast<uint16_t>(mig::Cmd::kBuild), m->id, b));
-          c.BeginPhase(*m, proc, "build (coordinator view)");
         }
         return;
       }
@@ -142,9 +141,7 @@ class Engine : public MigrationEngine {
         mig::Built b;
         if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed BUILT", true);
         if (!b.ok) return Abort(c, *m, "building a replacement communicator failed: " + b.message, true);
-        if (++x.built_ok == x.built_expected) {
-          for (uint64_t q : Members(*m, x)) c.EndPhase(*m, q, "build (coordinator view)");
-        }
+        ++x.built_ok;
         return MaybePropose(c, *m);
       }
       case mig::Ev::kExposed: {

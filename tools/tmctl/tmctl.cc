@@ -19,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -210,6 +211,43 @@ int Watch(const Ctx& ctx, long long id) {
   }
 }
 
+// The report of a finished migration: each phase's duration per process, the state moved and its
+// throughput (over the joiner's transfer phase), the switch step and the downtime.
+int Report(const Ctx& ctx, long long id) {
+  Client c;
+  std::string err;
+  Json st;
+  if (!Open(ctx, &c, &err) || !FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
+  const Json* m = FindMigration(st, id);
+  if (!m) return Fail("no migration with id " + std::to_string(id));
+  std::map<long long, std::string> who;
+  for (const Json& p : st["processes"].arr) {
+    who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " " + p["role"].Str() + " pid " +
+                         std::to_string(p["pid"].Int());
+  }
+  for (const Json& p : st["processes"].arr) {
+    if (p["id"].Int() == (*m)["leaver"].Int()) who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " leaver pid " + std::to_string(p["pid"].Int());
+    if (p["id"].Int() == (*m)["joiner"].Int()) who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " joiner pid " + std::to_string(p["pid"].Int());
+  }
+  std::printf("report of migration %lld (rank %lld): %s\n", id, (*m)["rank"].Int(), (*m)["state"].Str().c_str());
+  std::printf("  %-32s %-22s %10s %10s\n", "PROCESS", "PHASE", "START ms", "DURATION ms");
+  double transfer_ms = 0;
+  for (const Json& p : (*m)["phases"].arr) {
+    long long pid = p["process"].Int();
+    std::string name = pid == 0 ? "coordinator" : (who.count(pid) ? who[pid] : "process " + std::to_string(pid));
+    double start = p["start_ms"].Num(), end = p["end_ms"].Num(), dur = end > 0 ? end - start : 0;
+    if (p["phase"].Str() == "transfer") transfer_ms = std::max(transfer_ms, dur);
+    std::printf("  %-32s %-22s %10.1f %10.1f\n", name.c_str(), p["phase"].Str().c_str(), start, dur);
+  }
+  double bytes = (*m)["bytes_done"].Num();
+  std::printf("  state moved: %s in %.1f ms (%.2f GB/s)\n", Bytes(bytes).c_str(), transfer_ms,
+              transfer_ms > 0 ? bytes / (transfer_ms * 1e6) : 0.0);
+  std::printf("  switch step: %lld\n  downtime: %.1f ms (longest extra stall of a stayer between safe points S and S+1 "
+              "over its median step time)\n",
+              (*m)["switch_step"].Int(), (*m)["downtime_ms"].Num());
+  return (*m)["state"].Str() == "done" ? 0 : 1;
+}
+
 // Every TRAINMOVER_* parameter, from the shim's configuration registry (lib/config.h): the same table
 // trainmover-info prints, with the value this environment gives each.
 int Env() {
@@ -325,8 +363,11 @@ int main(int argc, char** argv) {
     MigrateReply r;
     if (!c.Call(MsgType::kMigrateReq, q, MsgType::kMigrateReply, &r, kTimeoutMs, &err)) return Fail(err);
     std::printf("%s (state %s)\n", r.message.c_str(), r.state.c_str());
-    if (r.accepted) std::printf("follow it with: tmctl watch %llu\n", static_cast<unsigned long long>(r.id));
-    return r.accepted ? 0 : 1;
+    if (!r.accepted) return 1;
+    std::fflush(stdout);
+    int rc = Watch(ctx, static_cast<long long>(r.id));
+    int rr = Report(ctx, static_cast<long long>(r.id));
+    return rc ? rc : rr;
   }
   if (cmd == "cancel") {
     CancelReply r;
