@@ -193,6 +193,7 @@ void Agent::Loop() {
   uint64_t next_hb = 0;
   int64_t sent_step = -1;
   uint64_t next_tick = 0;
+  std::vector<Event> held_events;  // engine events made while not registered: sent once registered
 
   auto send = [&](MsgType t, const std::vector<uint8_t>& p) {
     if (conn && registered) conn->Send(t, p);
@@ -251,8 +252,9 @@ void Agent::Loop() {
           if (conn && registered) {
             conn->SendMsg(MsgType::kEvent, e->event);
           } else {
-            CTL_WARN("agent: event %u of migration %" PRIu64 " not sent: coordinator unreachable", e->event.kind,
-                     e->event.migration);
+            CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable",
+                     e->event.kind, e->event.migration);
+            if (held_events.size() < 1024) held_events.push_back(std::move(e->event));
           }
           break;
       }
@@ -298,6 +300,8 @@ void Agent::Loop() {
       int64_t step = latest_step_.load();
       if (step >= 0) conn->SendMsg(MsgType::kSafePoint, SafePoint{step, NowRealtimeNs()});
       sent_step = step;
+      for (const Event& ev : held_events) conn->SendMsg(MsgType::kEvent, ev);
+      held_events.clear();
       next_hb = now;
     }
 

@@ -177,6 +177,12 @@ int ExitCodeOf(int status) {
   return 1;
 }
 
+// Whether this process has a child that has not been reaped (without reaping it).
+bool OtherChildrenAlive() {
+  siginfo_t info{};
+  return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0;
+}
+
 void SignalAll(std::vector<Rank>& ranks, int signo) {
   for (Rank& r : ranks) {
     if (r.running) kill(-r.pid, signo);
@@ -303,7 +309,10 @@ int main(int argc, char** argv) {
       any_running |= r.running;
       for (const Stream& s : r.streams) any_stream |= s.fd >= 0;
     }
-    if (!any_running && !any_stream) break;
+    // Joiners that the embedded coordinator spawned (tmctl migrate --spawn) are children too: once they hold
+    // ranks, the job is not over until they exit (unless the job is being stopped).
+    const bool joiners = !stopping && OtherChildrenAlive();
+    if (!any_running && !any_stream && !joiners) break;
 
     std::vector<pollfd> pfds = {{g_sig_pipe[0], POLLIN, 0}};
     std::vector<std::pair<Rank*, Stream*>> owners = {{nullptr, nullptr}};
@@ -320,12 +329,12 @@ int main(int argc, char** argv) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(kill_at - Clock::now()).count();
       timeout = static_cast<int>(std::max<int64_t>(0, left));
     } else if (!any_running) {
-      timeout = 2000;  // ranks are gone; a descendant still holding the pipe gets this long to finish
+      timeout = joiners ? 100 : 2000;  // ranks are gone; a descendant still holding the pipe gets 2 s to finish
     }
     int n = poll(pfds.data(), pfds.size(), timeout);
     if (n < 0 && errno != EINTR) break;
     if (n == 0) {
-      if (!any_running) break;
+      if (!any_running && !joiners) break;
       if (stopping) {
         fprintf(stderr, "tmrun: ranks still running %d ms after SIGTERM; sending SIGKILL\n", cfg.grace_ms);
         SignalAll(ranks, SIGKILL);

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Live-migration scenarios of tm-train under the shim (tmrun with its embedded coordinator, hostnccl).
+
+usage: mig_test.py TMRUN TMCTL TMTRAIN SHIM HOSTNCCL SCENARIO
+
+Every scenario runs tm-train on N ranks, migrates ranks with `tmctl migrate --rank R --spawn` when the job
+reaches the given steps (or makes one fail in a given way), and checks the final digest of every rank, the
+joiner's replacing the leaver's, against an uninterrupted run's: bit for bit. Exit 0 pass, 1 fail, 77 skip.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL = (os.path.abspath(a) for a in sys.argv[1:6])
+SCENARIO = sys.argv[6]
+WORK = tempfile.mkdtemp(prefix="mig-test-")
+TIMEOUT = 50
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    for name in sorted(os.listdir(WORK)):
+        if name.endswith(".log"):
+            with open(os.path.join(WORK, name), errors="replace") as f:
+                tail = f.readlines()[-15:]
+            print(f"--- {name}\n{''.join(tail)}")
+    sys.exit(1)
+
+
+def train_cmd(params, steps, step_ms):
+    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", TMTRAIN, "--steps", str(steps),
+            "--params", str(params), "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)]
+
+
+def digests(path):
+    out = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"^(?:\[(\d+)\] )?final-state sha256:([0-9a-f]+)$", line.strip())
+            if m:
+                out[int(m.group(1)) if m.group(1) else None] = m.group(2)
+    return out
+
+
+REF = {}
+
+
+def reference(ranks, params, steps):
+    key = (ranks, params, steps)
+    if key not in REF:
+        log = os.path.join(WORK, f"ref-{ranks}.log")
+        with open(log, "w") as f:
+            rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + train_cmd(params, steps, 0),
+                                stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
+        d = digests(log)
+        if rc != 0 or len(set(d.values())) != 1 or len(d) != ranks:
+            fail(f"reference run on {ranks} ranks: rc {rc}, digests {d}")
+        REF[key] = next(iter(d.values()))
+    return REF[key]
+
+
+class Job:
+    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None):
+        self.name, self.ranks, self.params, self.steps = name, ranks, params, steps
+        self.log = os.path.join(WORK, f"{name}.log")
+        self.f = open(self.log, "w")
+        self.p = subprocess.Popen([TMRUN, "-n", str(ranks), "--"] + train_cmd(params, steps, step_ms), stdout=self.f,
+                                  stderr=subprocess.STDOUT, cwd=WORK, env=dict(os.environ, **(env or {})),
+                                  start_new_session=True)
+        deadline = time.monotonic() + 20
+        self.addr = None
+        while time.monotonic() < deadline and not self.addr:
+            with open(self.log, errors="replace") as f:
+                m = re.search(r"tmrun: coordinator (\S+) \(tmctl --coordinator \S+ --token-file (\S+)", f.read())
+            if m:
+                self.addr, self.token_file = m.group(1), m.group(2)
+                with open(self.log, errors="replace") as f:
+                    self.store = re.search(r"store (\S+)", f.read()).group(1)
+            time.sleep(0.05)
+        if not self.addr:
+            self.kill()
+            fail(f"{name}: tmrun printed no coordinator address")
+
+    def ctl(self, *args, timeout=TIMEOUT):
+        r = subprocess.run([TMCTL, "--coordinator", self.addr, "--token-file", self.token_file] + list(args),
+                           capture_output=True, text=True, timeout=timeout)
+        return r.returncode, r.stdout + r.stderr
+
+    def status(self):
+        rc, out = self.ctl("status", "--json")
+        if rc != 0:
+            fail(f"{self.name}: tmctl status: {out}")
+        return json.loads(out)
+
+    def wait_step(self, k):
+        """Waits until every alive worker is past step k."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            s = self.status()
+            if s:
+                ws = [p for p in s["processes"] if p["state"] == "alive" and p["role"] == "worker"]
+                if len(ws) == self.ranks and min(p["step"] for p in ws) >= k:
+                    return
+            if self.p.poll() is not None:
+                fail(f"{self.name}: the job ended before step {k}")
+            time.sleep(0.05)
+        fail(f"{self.name}: step {k} not reached")
+
+    def migrate(self, rank, spawn=True, expect="done"):
+        args = ["migrate", "--rank", str(rank)] + (["--spawn"] if spawn else [])
+        rc, out = self.ctl(*args)
+        with open(os.path.join(WORK, f"tmctl-{self.name}.log"), "a") as f:
+            f.write(out)
+        s = self.status()
+        mig = [m for m in s["migrations"] if m["rank"] == rank][-1]
+        if mig["state"] != expect:
+            fail(f"{self.name}: migration of rank {rank} ended {mig['state']} ({mig['reason']}), expected {expect}")
+        if expect == "done" and ("downtime" not in out or "state moved" not in out):
+            fail(f"{self.name}: tmctl migrate printed no report:\n{out}")
+        print(f"{self.name}: rank {rank} {mig['state']} at step {mig['switch_step']} {mig['reason']}")
+        return mig, out
+
+    def finish(self, expect_rc=0):
+        try:
+            rc = self.p.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            fail(f"{self.name}: the job did not finish (hang?)")
+        self.f.close()
+        if expect_rc is not None and rc != expect_rc:
+            fail(f"{self.name}: tmrun exited {rc}")
+        return rc
+
+    def kill(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def check_digests(self, migrated):
+        """Every rank's digest equals the reference: the joiner's (latest joiner log of the rank) for migrated."""
+        want = reference(self.ranks, self.params, self.steps)
+        got = {r: d for r, d in digests(self.log).items() if r is not None and r not in migrated}
+        for r in migrated:
+            logs = sorted((f for f in os.listdir(WORK) if re.match(rf"joiner-{r}(-m\d+)?\.log$", f)),
+                          key=lambda f: os.path.getmtime(os.path.join(WORK, f)))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and r not in got:
+                d = digests(os.path.join(WORK, logs[-1])) if logs else {}
+                if None in d:
+                    got[r] = d[None]
+                time.sleep(0.05)
+        if sorted(got) != list(range(self.ranks)) or set(got.values()) != {want}:
+            fail(f"{self.name}: digests {got}, uninterrupted run {want}")
+        print(f"{self.name}: all {self.ranks} digests equal the uninterrupted run's ({want[:16]}...)")
+
+
+def clear_joiner_logs():
+    for f in os.listdir(WORK):
+        if f.startswith("joiner-"):
+            os.unlink(os.path.join(WORK, f))
+
+
+def run_plan(name, ranks, plan, steps=240):
+    """plan: list of (step, [ranks]) migrated in turn."""
+    clear_joiner_logs()
+    job = Job(name, ranks, steps=steps)
+    migrated = set()
+    try:
+        for k, rs in plan:
+            job.wait_step(k)
+            for r in rs:
+                job.migrate(r)
+                migrated.add(r)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests(migrated)
+
+
+def scenario_basic():
+    for ranks in (2, 3, 4, 8):
+        last = ranks - 1
+        run_plan(f"n{ranks}", ranks, [(5, [0]), (60, [ranks // 2]), (180, [last])])
+
+
+def scenario_twice():
+    run_plan("twice", 4, [(10, [2]), (40, [2]), (80, [2])])
+
+
+def scenario_pair():
+    run_plan("pair", 2, [(10, [0, 1])])
+
+
+def scenario_mismatch():
+    clear_joiner_logs()
+    job = Job("mismatch", 3, step_ms=25)
+    try:
+        job.wait_step(10)
+        # tmctl migrate without --spawn waits for a joiner the operator starts: one with another model size.
+        ctl = subprocess.Popen([TMCTL, "--coordinator", job.addr, "--token-file", job.token_file, "migrate", "--rank",
+                                "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)
+        env = dict(os.environ, RANK="1", WORLD_SIZE="3", TRAINMOVER_ROLE="joiner", TRAINMOVER_REPLACE="1",
+                   TRAINMOVER_DEBUG="INFO", TRAINMOVER_COORDINATOR=job.addr, TRAINMOVER_TOKEN=open(job.token_file).read().strip())
+        env["TMRUN_STORE"] = job.store
+        jl = open(os.path.join(WORK, "joiner-bad.log"), "w")
+        joiner = subprocess.Popen(train_cmd(5000, job.steps, 0), env=env, stdout=jl, stderr=subprocess.STDOUT)
+        out, _ = ctl.communicate(timeout=TIMEOUT)
+        jrc = joiner.wait(timeout=TIMEOUT)
+        if "refused" not in out or "state region '" not in out:
+            fail(f"mismatch: tmctl did not report a refusal naming the region: {out}")
+        if jrc == 0:
+            fail("mismatch: the refused joiner exited 0")
+        print(f"mismatch: refused: {out.strip().splitlines()[-1]}")
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests(set())
+
+
+SCENARIOS = {"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
+
+if __name__ == "__main__":
+    for path in (TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL):
+        if not path or not os.path.exists(path):
+            print(f"SKIP: {path or 'a tool'} not built")
+            sys.exit(77)
+    SCENARIOS[SCENARIO]()
+    print("PASS")
