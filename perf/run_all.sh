@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the benchmarks of perf/ (./run bench [name] [--quick] [bench args...]).
-#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|all] [--quick] [args passed to the benchmark]
+#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|all] [--quick] [args passed to the benchmark]
 # Each benchmark prints its table and writes JSON (and CSV where it has one) to perf/results/.
 # Ratios are against ucx_perftest run in the same invocation on the same machine (these machines are noisy).
 set -euo pipefail
-BUILD=${1:?usage: run_all.sh <builddir> [transfer|hostnccl|shim|all] [--quick] [args]}
+BUILD=${1:?usage: run_all.sh <builddir> [transfer|hostnccl|shim|migration|all] [--quick] [args]}
 shift
 NAME=all
 if [ $# -gt 0 ] && [[ $1 != -* ]]; then NAME=$1; shift; fi
@@ -40,8 +40,13 @@ case $NAME in
     # The shim helper's benchmark (its own script); takes only --quick.
     run_one shim_overhead "$HERE/shim_overhead.sh" "$BUILD" --json "$OUT/shim_overhead-$STAMP.json" \
       ${QUICK[@]+"${QUICK[@]}"} || rc=1 ;;&
+  migration)
+    # Live migration vs cold restart (perf/migration_bench.py; CSV, JSON and SVG in perf/results). Not in `all`:
+    # the full sweep takes minutes. Takes --quick, --no-perftest and its own options.
+    run_one migration_bench "$HERE/migration_bench.py" --build "$BUILD" --out-dir "$OUT" --stamp "$STAMP" "$@" \
+      || rc=1 ;;
   transfer|hostnccl|shim|all) ;;
-  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, all)" >&2; exit 2 ;;
+  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, all)" >&2; exit 2 ;;
 esac
 echo "results in $OUT (*-$STAMP.*)"
 exit $rc

@@ -1,0 +1,481 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""migration_bench: downtime of a live migration and of a cold restart, against ranks and state size.
+
+  migration_bench.py --build DIR [--quick] [--out-dir D] [--ranks 2,4,8,16] [--ranks-state-mb 1]
+                     [--sizes-mb 1,16,128,1024] [--costs zero,paper] [--cost-scale F] [--init-ms 1800]
+                     [--comm-init-ms 1090] [--step-ms 2] [--at 30] [--iters 3] [--no-perftest] [--keep]
+
+Each point is one `tm-harness all` (tools/harness/tm-harness, docs/demo.md): the uninterrupted reference run,
+the cold restart (checkpoint at K, stop all, start all with --resume) and the live migration of rank 1
+(tmctl migrate --spawn), both measured the same way from the ranks' timelines, both ending with the reference's
+digest on every rank. Two sweeps: the number of ranks at a small state, and the state size (tm-train
+--extra-state-mb) at 2 ranks; each point runs with zero emulated costs and with costs shaped like the paper's
+restart breakdown (framework warm-up = tm-train --init-ms, NCCL init = HOSTNCCL_INIT_DELAY_MS; checkpoint load
+is real I/O), side by side. The state-transfer throughput comes from perf/transfer_bench (StateClient::Fetch vs
+ucx_perftest in the same invocation), run once at the sweep's state sizes.
+
+Writes <out>/migration_bench-<stamp>.{csv,json,svg} and prints a table and the goals with measured values.
+Asserts no speed: exit 0 when every run completed with bit-identical digests, 1 when one failed, 2 usage, 77
+when live migration is unavailable in this build (the reason is printed).
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+EXIT_SKIP = 77
+MIB = 1 << 20
+
+
+def ilist(s):
+    return [int(x) for x in s.split(",") if x]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="migration_bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--build", required=True, help="meson build directory")
+    ap.add_argument("--quick", action="store_true",
+                    help="few points (2 ranks, 1 MiB; paper-shaped costs scaled by 1/4): a smoke run under a minute")
+    ap.add_argument("--out-dir", help="where the CSV/JSON/SVG go (default: perf/results next to this script)")
+    ap.add_argument("--stamp", help="file name stamp (default: UTC time)")
+    ap.add_argument("--ranks", type=ilist, help="ranks sweep (default 2,4,8,16; quick 2)")
+    ap.add_argument("--ranks-state-mb", type=int, default=1, help="extra state of the ranks sweep, MiB (default 1)")
+    ap.add_argument("--sizes-mb", type=ilist, help="state sweep at 2 ranks, MiB (default 1,16,128,1024; quick 1)")
+    ap.add_argument("--costs", default="zero,paper", help="cost profiles: zero, paper (default both)")
+    ap.add_argument("--init-ms", type=int, default=1800, help="paper profile: framework warm-up (tm-train --init-ms)")
+    ap.add_argument("--comm-init-ms", type=int, default=1090,
+                    help="paper profile: communicator setup (HOSTNCCL_INIT_DELAY_MS)")
+    ap.add_argument("--cost-scale", type=float, help="multiply the paper profile's costs (default 1; quick 0.25)")
+    ap.add_argument("--step-ms", type=int, default=2, help="emulated compute per step (paces the job)")
+    ap.add_argument("--at", type=int, default=30, help="step K of the checkpoint / of the migration request")
+    ap.add_argument("--params", type=int, default=20000, help="tm-train --params")
+    ap.add_argument("--iters", type=int, default=3, help="transfer_bench iterations per size")
+    ap.add_argument("--no-perftest", action="store_true", help="transfer_bench without ucx_perftest")
+    ap.add_argument("--timeout-s", type=int, default=180, help="limit of each harness run")
+    ap.add_argument("--keep", action="store_true", help="keep every harness work directory")
+    a = ap.parse_args(argv)
+    a.ranks = a.ranks or ([2] if a.quick else [2, 4, 8, 16])
+    a.sizes_mb = a.sizes_mb or ([1] if a.quick else [1, 16, 128, 1024])
+    a.cost_scale = a.cost_scale if a.cost_scale is not None else (0.25 if a.quick else 1.0)
+    a.costs = [c for c in a.costs.split(",") if c]
+    if any(c not in ("zero", "paper") for c in a.costs) or not a.costs:
+        ap.error("--costs takes zero and/or paper")
+    if min(a.ranks) < 2 or min(a.sizes_mb + [a.ranks_state_mb]) < 0:
+        ap.error("need ranks >= 2 and sizes >= 0")
+    return a
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def costs_of(a, profile):
+    if profile == "zero":
+        return 0, 0
+    return round(a.init_ms * a.cost_scale), round(a.comm_init_ms * a.cost_scale)
+
+
+def steps_for(a, ranks, mb, init_ms, comm_ms, factor=1.0):
+    """Enough steps that the job still trains when the migration ends: the joiner's start-up (the emulated costs,
+    allocating and filling its state), the background rebuild and the transfer all happen while the job runs. The
+    step time is estimated (about 0.75 ms per rank on 2 shared cores, plus --step-ms); a run that ends too early is
+    retried once with twice the steps."""
+    tail_ms = 1500 + 1.3 * (init_ms + comm_ms) + 12 * mb + 150 * ranks
+    step_est = a.step_ms + 0.75 * ranks
+    return a.at + 10 + int(factor * tail_ms / step_est)
+
+
+def run_harness(a, work, ranks, mb, profile):
+    init_ms, comm_ms = costs_of(a, profile)
+    harness = os.path.join(a.build, "tools/harness/tm-harness")
+    last = None
+    for attempt, factor in enumerate((1.0, 2.0)):
+        wd = os.path.join(work, f"{profile}-n{ranks}-{mb}M-{attempt}")
+        # tmctl migrate --spawn writes the joiner's log to its working directory; the harness looks for it in
+        # <work>/live, so that is where it runs.
+        os.makedirs(os.path.join(wd, "live"), exist_ok=True)
+        steps = steps_for(a, ranks, mb, init_ms, comm_ms, factor)
+        cmd = [sys.executable, harness, "all", "--build", a.build, "--json", "--work-dir", wd, "--ranks", str(ranks),
+               "--steps", str(steps), "--params", str(a.params), "--at", str(a.at), "--step-ms", str(a.step_ms),
+               "--extra-state-mb", str(mb), "--init-ms", str(init_ms), "--comm-init-ms", str(comm_ms),
+               "--migrate-rank", "1", "--timeout-s", str(a.timeout_s)]
+        r = subprocess.run(cmd, cwd=os.path.join(wd, "live"), capture_output=True, text=True)
+        try:
+            out = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            out = {"error": f"tm-harness exited {r.returncode} without JSON: {r.stderr.strip()[-400:]}"}
+        out["_rc"], out["_cmd"], out["_work"], out["_steps"] = r.returncode, cmd, wd, steps
+        last = out
+        lv = out.get("live") or {}
+        unavailable = lv.get("available") is False and not lv.get("reason", "").startswith("failed:")
+        if r.returncode == 0 or unavailable:
+            if not a.keep:
+                shutil.rmtree(wd, ignore_errors=True)
+            return out
+        log(f"  run failed (attempt {attempt + 1}, {steps} steps): {out.get('error', '?').splitlines()[0][:200]}")
+    return last
+
+
+def phase_ms(phases, name):
+    """The longest duration of phase `name` over the processes of a migration's record (ms), or None."""
+    d = [p["end_ms"] - p["start_ms"] for p in phases if p.get("phase") == name and p.get("end_ms") is not None]
+    return max(d) if d else None
+
+
+def row_of(a, out, profile, ranks, mb):
+    init_ms, comm_ms = costs_of(a, profile)
+    lv, cold = out.get("live") or {}, out.get("cold_restart") or {}
+    mig = (lv.get("migrations") or [{}])[0]
+    transfer_ms = phase_ms(mig.get("phases", []), "transfer")
+    state = mig.get("bytes")
+    if state is None and cold.get("checkpoint_bytes"):
+        state = cold["checkpoint_bytes"] // ranks  # the files hold a little framing besides the state
+    row = {
+        "costs": profile, "init_ms": init_ms, "comm_init_ms": comm_ms, "ranks": ranks, "extra_state_mb": mb,
+        "state_bytes": state, "steps": out.get("_steps"),
+        "median_step_ms": mig.get("median_step_ms", cold.get("median_step_ms")),
+        "live_downtime_ms": out.get("downtime_ms"), "live_gap_ms": mig.get("gap_ms"),
+        "coordinator_downtime_ms": mig.get("coordinator_downtime_ms"), "migration_ms": mig.get("elapsed_ms"),
+        "transfer_ms": transfer_ms, "hold_ms": phase_ms(mig.get("phases", []), "hold at S"),
+        "migration_transfer_gbps": (state / (transfer_ms * 1e6)) if state and transfer_ms else None,
+        "cold_restart_ms": out.get("cold_restart_ms"),
+        "cold_save_and_stop_ms": (cold.get("phases_ms") or {}).get("save_and_stop"),
+        "cold_restart_to_k_ms": (cold.get("phases_ms") or {}).get("restart_to_step_k"),
+        "ratio": out.get("ratio"), "bit_identical": out.get("bit_identical"),
+        "live_available": lv.get("available"), "error": out.get("error") or (lv.get("reason") if lv else None),
+    }
+    return row
+
+
+def transfer_rows(a, sizes_bytes, work):
+    """perf/transfer_bench at the given sizes: {size: row} (read GB/s of StateClient::Fetch, ucx_perftest get)."""
+    exe = os.path.join(a.build, "perf/transfer_bench")
+    if not os.access(exe, os.X_OK):
+        log(f"transfer_bench not built ({exe}): no bandwidth reference")
+        return {}
+    jf = os.path.join(work, "transfer.json")
+    cmd = [exe, "--sizes", ",".join(f"{s // MIB}M" for s in sizes_bytes), "--iters", str(a.iters), "--json", jf]
+    if a.no_perftest:
+        cmd.append("--no-perftest")
+    log("== transfer: " + " ".join(cmd[1:-2]))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stdout.write(r.stdout)
+    if r.returncode != 0 or not os.path.exists(jf):
+        log(f"transfer_bench exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    try:
+        with open(jf) as f:
+            return {x["size"]: x for x in json.load(f)["rows"] if x.get("ok")}
+    except (OSError, json.JSONDecodeError, KeyError):
+        return {}
+
+
+def nearest(rows, size):
+    if not rows or not size:
+        return None
+    return rows[min(rows, key=lambda s: abs(math.log(s) - math.log(size)))]
+
+
+def gbps(x):
+    return x if x and x > 0 else None
+
+
+def fmt(v, spec=".1f", none="-"):
+    if v is None:
+        return none
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    return format(v, spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Goals
+
+
+def goals(rows, xfer, sweep_ranks, sweep_state):
+    """The issue's four goals, each with its measured values and whether it is met (None: not measured)."""
+    out = []
+    paper = [r for r in rows if r["costs"] == "paper" and r["ratio"]]
+    if paper:
+        worst = min(paper, key=lambda r: r["ratio"])
+        out.append(("cold restart / live downtime >= 16x (paper-shaped costs)", worst["ratio"] >= 16,
+                    "min {:.1f}x ({} ranks, {} MiB: cold {:.0f} ms / live {:.1f} ms); all: {}".format(
+                        worst["ratio"], worst["ranks"], worst["extra_state_mb"], worst["cold_restart_ms"],
+                        worst["live_downtime_ms"], ", ".join(f"{r['ratio']:.0f}x" for r in paper))))
+    else:
+        out.append(("cold restart / live downtime >= 16x (paper-shaped costs)", None, "no paper-cost point measured"))
+    excess = [r for r in rows if r.get("excess_ms") is not None]
+    if excess:
+        worst = max(excess, key=lambda r: r["excess_ms"])
+        out.append(("live downtime <= state size / transfer bandwidth + 50 ms", worst["excess_ms"] <= 50,
+                    "worst {} ranks {} MiB {}: downtime {:.1f} ms vs {:.1f} ms predicted ({} B at {:.2f} GB/s), "
+                    "excess {:+.1f} ms".format(worst["ranks"], worst["extra_state_mb"], worst["costs"],
+                                               worst["live_downtime_ms"], worst["predicted_ms"], worst["state_bytes"],
+                                               worst["fetch_gbps"], worst["excess_ms"])))
+    else:
+        out.append(("live downtime <= state size / transfer bandwidth + 50 ms", None, "no bandwidth measured"))
+    flat = []
+    for prof in sorted({r["costs"] for r in sweep_ranks}):
+        pts = sorted((r["ranks"], r["live_downtime_ms"]) for r in sweep_ranks
+                     if r["costs"] == prof and r["live_downtime_ms"] is not None)
+        if len(pts) >= 2:
+            vals = [v for _, v in pts]
+            flat.append((prof, max(vals) - min(vals), pts))
+    if flat:
+        spread = max(f[1] for f in flat)
+        out.append(("live downtime flat in the number of ranks (spread <= 50 ms)", spread <= 50, "; ".join(
+            "{}: {} (spread {:.1f} ms)".format(p, " ".join(f"{n}r {v:.1f}" for n, v in pts), s) for p, s, pts in flat)))
+    else:
+        out.append(("live downtime flat in the number of ranks (spread <= 50 ms)", None, "fewer than 2 rank counts"))
+    ratios = [(s, x["read_gbps_median"], x["perftest_get_gbps"]) for s, x in sorted(xfer.items())
+              if gbps(x.get("perftest_get_gbps"))]
+    if ratios:
+        worst = min(r[1] / r[2] for r in ratios)
+        out.append(("state transfer >= 80% of ucx_perftest ucp_get", worst >= 0.8, "; ".join(
+            f"{s // MIB} MiB {f:.2f}/{p:.2f} GB/s = {f / p:.0%}" for s, f, p in ratios)))
+    else:
+        out.append(("state transfer >= 80% of ucx_perftest ucp_get", None, "ucx_perftest not run"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plot: an SVG written by hand (no dependency). Three panels, log axes.
+
+
+class Panel:
+    def __init__(self, x0, y0, w, h, title, xlabel, ylabel, xs, ys, xlog=True, ylog=True):
+        self.x0, self.y0, self.w, self.h = x0, y0, w, h
+        self.title, self.xlabel, self.ylabel, self.xlog, self.ylog = title, xlabel, ylabel, xlog, ylog
+        self.xmin, self.xmax = self._range(xs, xlog, decades=False)
+        self.ymin, self.ymax = self._range(ys, ylog)
+
+    @staticmethod
+    def _range(vals, log_scale, decades=True):
+        vals = [v for v in vals if v is not None and (v > 0 or not log_scale)]
+        if not vals:
+            return (1, 10)
+        lo, hi = min(vals), max(vals)
+        if log_scale and not decades:  # a margin of a factor 1.4 each side
+            return (lo / 1.4, hi * 1.4)
+        if log_scale:
+            lo, hi = 10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi))
+            return (lo, hi if hi > lo else lo * 10)
+        return (0, hi * 1.1 if hi > 0 else 1)
+
+    def _t(self, v, lo, hi, log_scale):
+        if log_scale:
+            return (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+        return (v - lo) / (hi - lo)
+
+    def px(self, x):
+        return self.x0 + self.w * self._t(x, self.xmin, self.xmax, self.xlog)
+
+    def py(self, y):
+        return self.y0 + self.h * (1 - self._t(y, self.ymin, self.ymax, self.ylog))
+
+    def frame(self, xticks):
+        s = [f'<rect x="{self.x0}" y="{self.y0}" width="{self.w}" height="{self.h}" fill="none" stroke="#333"/>',
+             f'<text x="{self.x0 + self.w / 2}" y="{self.y0 - 10}" text-anchor="middle" font-weight="bold">'
+             f'{self.title}</text>',
+             f'<text x="{self.x0 + self.w / 2}" y="{self.y0 + self.h + 36}" text-anchor="middle">{self.xlabel}</text>',
+             f'<text transform="translate({self.x0 - 52},{self.y0 + self.h / 2}) rotate(-90)" text-anchor="middle">'
+             f'{self.ylabel}</text>']
+        for x, label in xticks:
+            if self.xmin <= x <= self.xmax:
+                X = self.px(x)
+                s.append(f'<line x1="{X:.1f}" y1="{self.y0}" x2="{X:.1f}" y2="{self.y0 + self.h}" stroke="#ddd"/>')
+                s.append(f'<text x="{X:.1f}" y="{self.y0 + self.h + 16}" text-anchor="middle">{label}</text>')
+        if self.ylog:
+            d = self.ymin
+            while d <= self.ymax * 1.0001:
+                Y = self.py(d)
+                s.append(f'<line x1="{self.x0}" y1="{Y:.1f}" x2="{self.x0 + self.w}" y2="{Y:.1f}" stroke="#ddd"/>')
+                s.append(f'<text x="{self.x0 - 6}" y="{Y + 4:.1f}" text-anchor="end">{d:g}</text>')
+                d *= 10
+        else:
+            for i in range(6):
+                v = self.ymin + (self.ymax - self.ymin) * i / 5
+                Y = self.py(v)
+                s.append(f'<line x1="{self.x0}" y1="{Y:.1f}" x2="{self.x0 + self.w}" y2="{Y:.1f}" stroke="#ddd"/>')
+                s.append(f'<text x="{self.x0 - 6}" y="{Y + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+        return s
+
+    def series(self, pts, color, dash=None, marker=True):
+        pts = [(x, y) for x, y in pts if x and y is not None and (y > 0 or not self.ylog)]
+        if not pts:
+            return []
+        style = f' stroke-dasharray="{dash}"' if dash else ""
+        path = " ".join(f"{self.px(x):.1f},{self.py(y):.1f}" for x, y in sorted(pts))
+        s = [f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{style}/>']
+        if marker:
+            s += [f'<circle cx="{self.px(x):.1f}" cy="{self.py(y):.1f}" r="3.5" fill="{color}"/>' for x, y in pts]
+        return s
+
+
+def legend(x, y, items):
+    s = []
+    for i, (label, color, dash) in enumerate(items):
+        Y = y + 16 * i
+        style = f' stroke-dasharray="{dash}"' if dash else ""
+        s.append(f'<line x1="{x}" y1="{Y}" x2="{x + 22}" y2="{Y}" stroke="{color}" stroke-width="2"{style}/>')
+        s.append(f'<text x="{x + 28}" y="{Y + 4}">{label}</text>')
+    return s
+
+
+COLORS = {("live", "zero"): "#1f77b4", ("live", "paper"): "#2ca02c", ("cold", "zero"): "#ff7f0e",
+          ("cold", "paper"): "#d62728"}
+
+
+def svg(rows, sweep_ranks, sweep_state, xfer, title):
+    W, H = 1320, 540
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{W}" height="{H}" fill="white"/>',
+         f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{title}</text>']
+    ys = [r[k] for r in rows for k in ("live_downtime_ms", "cold_restart_ms")]
+    profiles = sorted({r["costs"] for r in rows}, reverse=True)
+    # Panel 1: downtime vs ranks.
+    p1 = Panel(80, 60, 320, 330, "downtime vs ranks", f"ranks ({sweep_ranks[0]['extra_state_mb'] if sweep_ranks else '?'}"
+               " MiB extra state)", "downtime (ms)", [r["ranks"] for r in sweep_ranks], ys)
+    s += p1.frame([(n, str(n)) for n in sorted({r["ranks"] for r in sweep_ranks})])
+    # Panel 2: downtime vs state size, with size / bandwidth + 50 ms.
+    p2 = Panel(500, 60, 320, 330, "downtime vs state size (2 ranks)", "state moved per rank (MiB)", "downtime (ms)",
+               [r["state_bytes"] / MIB for r in sweep_state if r["state_bytes"]], ys)
+    s += p2.frame([(m, f"{m:g}") for m in (0.1, 1, 10, 100, 1000, 10000)])
+    items = []
+    for prof in profiles:
+        for kind, key in (("live", "live_downtime_ms"), ("cold", "cold_restart_ms")):
+            c = COLORS[(kind, prof)]
+            dash = None if kind == "live" else "6,3"
+            s += p1.series([(r["ranks"], r[key]) for r in sweep_ranks if r["costs"] == prof], c, dash)
+            s += p2.series([(r["state_bytes"] / MIB, r[key]) for r in sweep_state if r["costs"] == prof and
+                            r["state_bytes"]], c, dash)
+            items.append((f"{kind} ({prof} costs)", c, dash))
+    pred = sorted({(r["state_bytes"] / MIB, r["predicted_ms"] + 50) for r in sweep_state if r.get("predicted_ms")})
+    s += p2.series(pred, "#777", "2,3", marker=False)
+    items.append(("size / transfer bw + 50 ms", "#777", "2,3"))
+    s += legend(90, 460, items[:3]) + legend(330, 460, items[3:])
+    # Panel 3: transfer throughput vs size.
+    tx = [(x["size"] / MIB, x["read_gbps_median"], gbps(x.get("perftest_get_gbps"))) for x in
+          (xfer[k] for k in sorted(xfer))]
+    mig = [(r["state_bytes"] / MIB, r["migration_transfer_gbps"]) for r in sweep_state
+           if r.get("migration_transfer_gbps") and r["costs"] == profiles[0]]
+    p3 = Panel(920, 60, 320, 330, "state transfer throughput", "size (MiB)", "GB/s",
+               [t[0] for t in tx] + [m[0] for m in mig], [t[1] for t in tx] + [t[2] for t in tx] +
+               [m[1] for m in mig], ylog=True)
+    s += p3.frame([(m, f"{m:g}") for m in (0.1, 1, 10, 100, 1000, 10000)])
+    s += p3.series([(t[0], t[2]) for t in tx], "#9467bd")
+    s += p3.series([(t[0], t[2] * 0.8 if t[2] else None) for t in tx], "#9467bd", "2,3", marker=False)
+    s += p3.series([(t[0], t[1]) for t in tx], "#1f77b4")
+    s += p3.series(mig, "#2ca02c", "6,3")
+    s += legend(930, 460, [("transfer_bench Fetch (read)", "#1f77b4", None), ("ucx_perftest ucp_get", "#9467bd", None),
+                           ("80% of ucx_perftest", "#9467bd", "2,3"), ("in migration (bytes / transfer phase)",
+                                                                      "#2ca02c", "6,3")])
+    s.append("</svg>")
+    return "\n".join(s) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+CSV_COLS = ["costs", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
+            "live_downtime_ms", "live_gap_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "hold_ms",
+            "migration_transfer_gbps", "cold_restart_ms", "cold_save_and_stop_ms", "cold_restart_to_k_ms", "ratio",
+            "fetch_gbps", "perftest_get_gbps", "predicted_ms", "excess_ms", "bit_identical", "live_available"]
+
+
+def main(argv):
+    a = parse_args(argv)
+    a.build = os.path.abspath(a.build)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out_dir = os.path.abspath(a.out_dir or os.path.join(here, "results"))
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = a.stamp or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if not os.path.exists(os.path.join(a.build, "tools/harness/tm-harness")):
+        print(f"migration_bench: {a.build}/tools/harness/tm-harness not found (not a configured build?)",
+              file=sys.stderr)
+        return 2
+    work = tempfile.mkdtemp(prefix="migration_bench.")
+    # The sweep: the ranks at a small state, then the state sizes at 2 ranks (the shared point once).
+    points = [(n, a.ranks_state_mb) for n in a.ranks]
+    points += [(2, mb) for mb in a.sizes_mb if (2, mb) not in points]
+    init_ms, comm_ms = costs_of(a, "paper")
+    log(f"# migration_bench: {len(points)} points x costs {','.join(a.costs)} (paper-shaped: warm-up {init_ms} ms, "
+        f"comm setup {comm_ms} ms{', scaled by %g' % a.cost_scale if a.cost_scale != 1 else ''}); step K={a.at}, "
+        f"--step-ms {a.step_ms}, {a.params} params; {os.cpu_count()} cpus, load "
+        f"{' '.join(open('/proc/loadavg').read().split()[:3])}")
+
+    xfer = transfer_rows(a, sorted({mb * MIB for _, mb in points if mb > 0}), work)
+    rows, rc, skip_reason = [], 0, None
+    for ranks, mb in points:
+        for prof in a.costs:
+            log(f"== {ranks} ranks, {mb} MiB extra state, {prof} costs")
+            out = run_harness(a, work, ranks, mb, prof)
+            row = row_of(a, out, prof, ranks, mb)
+            lv = out.get("live") or {}
+            if lv.get("available") is False and not lv.get("reason", "").startswith("failed:"):
+                skip_reason = lv.get("reason")
+            elif out["_rc"] != 0:
+                rc = 1
+                log(f"  FAILED: {row['error']} (logs in {out['_work']})")
+            ref = nearest(xfer, row["state_bytes"])
+            if ref:
+                row["fetch_gbps"] = ref["read_gbps_median"]
+                row["perftest_get_gbps"] = gbps(ref.get("perftest_get_gbps"))
+                if row["state_bytes"] and ref["read_gbps_median"] > 0:
+                    row["predicted_ms"] = row["state_bytes"] / (ref["read_gbps_median"] * 1e6)
+                    if row["live_downtime_ms"] is not None:
+                        row["excess_ms"] = row["live_downtime_ms"] - row["predicted_ms"]
+            log(f"  live {fmt(row['live_downtime_ms'])} ms, cold {fmt(row['cold_restart_ms'])} ms, ratio "
+                f"{fmt(row['ratio'])}x, state {row['state_bytes']} B, transfer {fmt(row['transfer_ms'])} ms, "
+                f"bit-identical {fmt(row['bit_identical'])}")
+            rows.append(row)
+
+    sweep_ranks = [r for r in rows if r["extra_state_mb"] == a.ranks_state_mb and r["ranks"] in a.ranks]
+    sweep_state = [r for r in rows if r["ranks"] == 2 and r["extra_state_mb"] in a.sizes_mb]
+    base = os.path.join(out_dir, f"migration_bench-{stamp}")
+    with open(base + ".csv", "w") as f:
+        f.write(",".join(CSV_COLS) + "\n")
+        for r in rows:
+            f.write(",".join("" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
+                             for c in CSV_COLS) + "\n")
+    g = goals(rows, xfer, sweep_ranks, sweep_state)
+    with open(base + ".json", "w") as f:
+        json.dump({"bench": "migration_bench", "stamp": stamp, "quick": a.quick, "cost_scale": a.cost_scale,
+                   "paper_costs": {"init_ms": init_ms, "comm_init_ms": comm_ms}, "step_ms": a.step_ms, "at": a.at,
+                   "params": a.params, "rows": rows, "transfer": list(xfer.values()),
+                   "goals": [{"goal": n, "met": m, "measured": v} for n, m, v in g]}, f, indent=1)
+    with open(base + ".svg", "w") as f:
+        f.write(svg(rows, sweep_ranks, sweep_state, xfer,
+                    f"TrainMover: live migration vs cold restart ({stamp}; paper-shaped costs {init_ms}+{comm_ms} ms)"))
+
+    log("")
+    log(f"# {'costs':>5} {'ranks':>5} {'state MiB':>9} {'live ms':>9} {'cold ms':>9} {'ratio':>7} {'xfer ms':>8} "
+        f"{'size/bw ms':>10} {'step ms':>8} {'bit-id':>6}")
+    for r in rows:
+        log(f"  {r['costs']:>5} {r['ranks']:>5} {fmt(r['state_bytes'] / MIB if r['state_bytes'] else None, '.2f'):>9} "
+            f"{fmt(r['live_downtime_ms']):>9} {fmt(r['cold_restart_ms']):>9} {fmt(r['ratio']):>7} "
+            f"{fmt(r['transfer_ms']):>8} {fmt(r.get('predicted_ms')):>10} {fmt(r['median_step_ms'], '.2f'):>8} "
+            f"{fmt(r['bit_identical']):>6}")
+    log("")
+    log("goals (measured on this machine; not asserted):")
+    for name, met, val in g:
+        log(f"  [{'met' if met else 'n/a' if met is None else 'NOT met'}] {name}: {val}")
+    log(f"results: {base}.csv .json .svg")
+    if a.keep or rc != 0:
+        log(f"work directories kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    if rc == 0 and skip_reason:
+        log(f"SKIP: live migration unavailable: {skip_reason}")
+        return EXIT_SKIP
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
