@@ -250,6 +250,7 @@ void Coordinator::Run() {
       }
     }
     CheckHeartbeats();
+    if (engine_) engine_->OnTick(*this);
   }
 }
 

@@ -113,7 +113,9 @@ class MigrationEngine {
   virtual void OnRequest(Coordinator& c, Migration& m) = 0;
   virtual void OnCancel(Coordinator& c, Migration& m) = 0;
   virtual void OnEvent(Coordinator& c, uint64_t process, const Event& e) = 0;
-  virtual void OnProcessLost(Coordinator& c, uint64_t process) = 0;
+  virtual void OnProcessLost(Coordinator& c, uint64_t process) = 0;  // also on BYE (state exited)
+  // About every 100 ms (timeouts, spawned children).
+  virtual void OnTick(Coordinator&) {}
 };
 
 // The built-in engine (lib/control/migration_engine.cc); every Coordinator starts with one.
@@ -150,6 +152,7 @@ class Coordinator {
   void EndPhase(Migration& m, uint64_t process, const std::string& phase);
   ProcessRec* FindProcess(uint64_t id);
   ProcessRec* FindProcessByRank(int32_t rank);  // an alive worker with that rank
+  const std::map<uint64_t, ProcessRec>& processes() const { return procs_; }
   const std::map<uint64_t, CommRec>& comms() const { return comms_; }
   Migration* FindMigration(uint64_t id);  // 0: the latest
 

@@ -3,6 +3,7 @@
 #include "migration_engine.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -108,6 +109,23 @@ class Engine : public MigrationEngine {
       return;
     }
     CTL_WARN("coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
+  }
+
+  void OnTick(Coordinator& c) override {
+    Migration* m = Active(c);
+    if (!m || m->joiner != 0) return Reap();
+    Ctx& x = ctx_[m->id];
+    if (x.child <= 0) return;
+    int st = 0;
+    if (waitpid(x.child, &st, WNOHANG) == x.child) {
+      x.child = 0;
+      return Abort(c, *m, "the spawned joiner exited (" + std::string(WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st)) : "killed by signal " + std::to_string(WTERMSIG(st))) + ") before it was ready; see " + m->joiner_log, true);
+    }
+    for (const auto& [id, pr] : c.processes()) {
+      if (pr.info.pid == static_cast<uint32_t>(x.child) && pr.info.role != "joiner") {
+        return Abort(c, *m, "the spawned process registered as a " + pr.info.role + ", not as a joiner: is the shim (libtrainmover) in its environment?", true);
+      }
+    }
   }
 
   void OnEvent(Coordinator& c, uint64_t p, const Event& e) override {
@@ -424,6 +442,7 @@ class Engine : public MigrationEngine {
     std::vector<uint64_t> to = Participants(m, x);
     if (m.joiner) to.push_back(m.joiner);
     for (uint64_t q : to) c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m.id, mig::Reason{why}));
+    if (x.child > 0 && m.joiner == 0) kill(x.child, SIGTERM);  // spawned, but never became this migration's joiner
     for (const PhaseSpan& s : std::vector<PhaseSpan>(m.phases)) {
       if (s.end_ns == 0) c.EndPhase(m, s.process, s.phase);
     }
