@@ -49,6 +49,9 @@ constexpr ParamSpec kParams[] = {
      "Safe points a joiner runs in the sandbox before it reports READY."},
     {"TRAINMOVER_HEARTBEAT_MS", ParamType::kInt, "1000", "integer >= 1",
      "Interval of the agent's heartbeat to the coordinator, in milliseconds."},
+    {"TRAINMOVER_FAULT", ParamType::kEnum, "", "corrupt-transfer",
+     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration "
+     "must abort and training continue)."},
 };
 
 bool ParseInt(const char* v, int64_t min, int64_t* out) {
@@ -145,6 +148,11 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
   if (name == "TRAINMOVER_DEBUG_SUBSYS") return ParseSubsys(v, &c->debug_subsys);
   if (name == "TRAINMOVER_SHADOW_ITERS") return ParseInt(v, 1, &c->shadow_iters);
   if (name == "TRAINMOVER_HEARTBEAT_MS") return ParseInt(v, 1, &c->heartbeat_ms);
+  if (name == "TRAINMOVER_FAULT") {
+    if (std::string(v) != "corrupt-transfer") return false;
+    c->fault = v;
+    return true;
+  }
   return false;  // a row without an Apply branch: caught by the unit test
 }
 

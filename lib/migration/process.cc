@@ -88,10 +88,7 @@ State& S() {
   return *s;
 }
 
-bool FaultIs(const char* name) {
-  const char* f = getenv("TRAINMOVER_FAULT");
-  return f && std::strcmp(f, name) == 0;
-}
+bool FaultIs(const char* name) { return shim::ProcessConfig().fault == name; }
 
 void Send(uint16_t kind, uint64_t id, std::vector<uint8_t> body) {
   Command c;

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Live-migration scenarios of tm-train under the shim (tmrun with its embedded coordinator, hostnccl).
 
-usage: mig_test.py TMRUN TMCTL TMTRAIN SHIM HOSTNCCL SCENARIO
+usage: mig_test.py TMRUN TMCTL TMTRAIN SHIM HOSTNCCL TRAINMOVERD SCENARIO
 
 Every scenario runs tm-train on N ranks, migrates ranks with `tmctl migrate --rank R --spawn` when the job
 reaches the given steps (or makes one fail in a given way), and checks the final digest of every rank, the
@@ -17,8 +17,8 @@ import sys
 import tempfile
 import time
 
-TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL = (os.path.abspath(a) for a in sys.argv[1:6])
-SCENARIO = sys.argv[6]
+TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a in sys.argv[1:7])
+SCENARIO = sys.argv[7]
 WORK = tempfile.mkdtemp(prefix="mig-test-")
 TIMEOUT = 50
 
@@ -66,15 +66,26 @@ def reference(ranks, params, steps):
 
 
 class Job:
-    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None):
+    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False):
         self.name, self.ranks, self.params, self.steps = name, ranks, params, steps
         self.log = os.path.join(WORK, f"{name}.log")
         self.f = open(self.log, "w")
-        self.p = subprocess.Popen([TMRUN, "-n", str(ranks), "--"] + train_cmd(params, steps, step_ms), stdout=self.f,
-                                  stderr=subprocess.STDOUT, cwd=WORK, env=dict(os.environ, **(env or {})),
-                                  start_new_session=True)
+        env = dict(os.environ, **(env or {}))
+        self.addr, self.daemon, opts = None, None, []
+        if daemon:  # a trainmoverd of our own (it can be killed without killing the job)
+            token = f"mig-test-{os.getpid()}"
+            self.token_file = os.path.join(WORK, "token")
+            with open(self.token_file, "w") as f:
+                f.write(token)
+            dout = open(os.path.join(WORK, f"{name}-trainmoverd.log"), "w")
+            self.daemon = subprocess.Popen([TRAINMOVERD, "--listen", "127.0.0.1:0"], env=dict(env, TRAINMOVER_TOKEN=token),
+                                           stdout=subprocess.PIPE, stderr=dout, text=True)
+            self.addr = self.daemon.stdout.readline().strip()
+            env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
+            opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
+        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + opts + ["--"] + train_cmd(params, steps, step_ms),
+                                  stdout=self.f, stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
         deadline = time.monotonic() + 20
-        self.addr = None
         while time.monotonic() < deadline and not self.addr:
             with open(self.log, errors="replace") as f:
                 m = re.search(r"tmrun: coordinator (\S+) \(tmctl --coordinator \S+ --token-file (\S+)", f.read())
@@ -142,6 +153,26 @@ class Job:
             os.killpg(self.p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.kill()
+
+    def start_migrate(self, rank):
+        return subprocess.Popen([TMCTL, "--coordinator", self.addr, "--token-file", self.token_file, "migrate",
+                                 "--rank", str(rank), "--spawn"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    def wait_state(self, states):
+        """Waits until the latest migration is in one of `states` with its joiner known; returns the record and
+        the pids of its leaver and joiner."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            s = self.status()
+            if s["migrations"] and s["migrations"][-1]["state"] in states and s["migrations"][-1]["joiner"]:
+                m = s["migrations"][-1]
+                pids = {p["id"]: p["pid"] for p in s["processes"]}
+                return m, pids[m["leaver"]], pids[m["joiner"]]
+            time.sleep(0.02)
+        fail(f"{self.name}: no migration reached {states}")
 
     def check_digests(self, migrated):
         """Every rank's digest equals the reference: the joiner's (latest joiner log of the rank) for migrated."""
@@ -225,10 +256,91 @@ def scenario_mismatch():
     job.check_digests(set())
 
 
-SCENARIOS = {"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
+def pid_gone(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie child of ours counts as gone
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+SLOW_BUILD = {"HOSTNCCL_INIT_DELAY_MS": "700"}  # a wide phase-1 window to strike in
+
+
+def abort_case(name, what, env=None, daemon=False, rank=1, expect_reason=""):
+    """Starts a migration of `rank`, strikes during phase 1 (what: joiner, leaver, coordinator, none), and checks
+    that the migration failed, its joiner exited, and (except when the leaver dies) training finished with the
+    uninterrupted digests."""
+    clear_joiner_logs()
+    job = Job(name, 4, steps=300, step_ms=10, env=env, daemon=daemon)
+    try:
+        job.wait_step(10)
+        ctl = job.start_migrate(rank)
+        joiner = None
+        if what != "none":
+            _, leaver, joiner = job.wait_state(("building",))
+            if what == "joiner":
+                os.kill(joiner, signal.SIGKILL)
+            elif what == "leaver":
+                os.kill(leaver, signal.SIGKILL)
+            elif what == "coordinator":
+                job.daemon.kill()
+        out, _ = ctl.communicate(timeout=TIMEOUT)
+        if what == "leaver":  # tmrun stops the job when a rank dies (and its embedded coordinator with it)
+            if "failed" not in out and "connection closed" not in out:
+                fail(f"{name}: tmctl migrate said: {out}")
+        elif what != "coordinator":
+            s = job.status()
+            m = s["migrations"][-1]
+            if m["state"] != "failed" or expect_reason not in m["reason"]:
+                fail(f"{name}: migration {m['state']} ({m['reason']}), expected failed with '{expect_reason}'")
+            print(f"{name}: migration failed as expected: {m['reason']}")
+            joiner = joiner or {p["id"]: p["pid"] for p in s["processes"]}.get(m["joiner"])
+        if joiner and not pid_gone(joiner, 15):
+            fail(f"{name}: the joiner (pid {joiner}) did not exit")
+        rc = job.finish(expect_rc=None)
+    finally:
+        job.kill()
+    if what == "leaver":
+        if rc == 0:
+            fail(f"{name}: the job ended 0 although a rank was killed")
+        print(f"{name}: the stayers failed with an error (tmrun exit {rc}), no hang")
+        return
+    if rc != 0:
+        fail(f"{name}: tmrun exited {rc}")
+    job.check_digests(set())
+
+
+def scenario_abort_joiner():
+    abort_case("abort-joiner", "joiner", env=SLOW_BUILD, expect_reason="before the switch")
+
+
+def scenario_abort_leaver():
+    abort_case("abort-leaver", "leaver", env=SLOW_BUILD, expect_reason="before the switch")
+
+
+def scenario_abort_coordinator():
+    abort_case("abort-coordinator", "coordinator", env=SLOW_BUILD, daemon=True)
+
+
+def scenario_abort_transfer():
+    abort_case("abort-transfer", "none", env={"TRAINMOVER_FAULT": "corrupt-transfer"}, rank=2,
+               expect_reason="state transfer failed")
+
+
+SCENARIOS = {"abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+             "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
-    for path in (TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL):
+    for path in (TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD):
         if not path or not os.path.exists(path):
             print(f"SKIP: {path or 'a tool'} not built")
             sys.exit(77)
