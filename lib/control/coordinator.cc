@@ -576,6 +576,18 @@ MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
   if (refuse.empty() && leaver->step < 0) {
     refuse = "rank " + std::to_string(q.rank) + " never called tmSafePoint: it cannot be migrated";
   }
+  m.ranks = {q.rank};
+  for (int32_t more : q.more_ranks) {
+    if (!refuse.empty()) break;
+    ProcessRec* l = FindProcessByRank(more);
+    if (std::find(m.ranks.begin(), m.ranks.end(), more) != m.ranks.end())
+      refuse = "rank " + std::to_string(more) + " is named twice";
+    else if (!l)
+      refuse = "no alive worker holds rank " + std::to_string(more) + " (see tmctl status)";
+    else if (l->step < 0)
+      refuse = "rank " + std::to_string(more) + " never called tmSafePoint: it cannot be migrated";
+    m.ranks.push_back(more);
+  }
   if (leaver) m.leaver = leaver->id;
   Migration& rec = migs_[m.id] = std::move(m);
   r.id = rec.id;
@@ -755,7 +767,10 @@ std::string Coordinator::StatusJson() const {
   for (const auto& [id, m] : migs_) {
     if (!first) o += ",";
     first = false;
-    o += "{\"id\":" + std::to_string(id) + ",\"rank\":" + std::to_string(m.rank) + ",\"host\":" + Q(m.host) +
+    std::string ranks;
+    for (int32_t x : m.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(x);
+    o += "{\"id\":" + std::to_string(id) + ",\"rank\":" + std::to_string(m.rank) + ",\"ranks\":[" + ranks + "]" +
+         ",\"host\":" + Q(m.host) +
          ",\"spawn\":" + (m.spawn ? "true" : "false") + ",\"state\":" + Q(MigStateName(m.state)) +
          ",\"reason\":" + Q(m.reason) + ",\"leaver\":" + std::to_string(m.leaver) +
          ",\"joiner\":" + std::to_string(m.joiner) + ",\"switch_step\":" + std::to_string(m.switch_step) +

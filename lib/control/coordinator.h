@@ -86,6 +86,7 @@ struct PhaseSpan {
 struct Migration {
   uint64_t id = 0;
   int32_t rank = -1;
+  std::vector<int32_t> ranks;  // every rank moved by this migration (rank first)
   std::string host;
   bool spawn = false;
   uint64_t leaver = 0;  // process ids, 0 until known

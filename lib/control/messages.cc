@@ -248,11 +248,20 @@ void MigrateReq::Encode(Writer& w) const {
   w.U32(static_cast<uint32_t>(rank));
   w.Str(host);
   w.U8(spawn);
+  if (more_ranks.empty()) return;
+  w.U32(static_cast<uint32_t>(more_ranks.size()));
+  for (int32_t x : more_ranks) w.U32(static_cast<uint32_t>(x));
 }
 bool MigrateReq::Decode(Reader& r) {
   rank = static_cast<int32_t>(r.U32());
   host = r.Str(256);
   spawn = r.U8();
+  more_ranks.clear();
+  if (!r.AtEnd()) {
+    uint32_t n = r.U32();
+    if (n == 0 || n > 4096) return false;  // absent when empty: the encoding stays canonical
+    for (uint32_t i = 0; i < n && r.ok(); ++i) more_ranks.push_back(static_cast<int32_t>(r.U32()));
+  }
   return r.AtEnd() && spawn <= 1;
 }
 

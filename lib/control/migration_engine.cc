@@ -26,20 +26,38 @@ namespace trainmover::control {
 
 namespace {
 
-struct Ctx {
-  std::vector<uint64_t> keys;      // the leaver's communicators, in its creation order
-  std::set<uint64_t> stayers;      // other members of those communicators
+// One rank moved: its leaver and joiner.
+struct Pair {
+  int32_t rank = -1;
+  uint64_t leaver = 0, joiner = 0;
+  std::vector<uint64_t> keys;        // the leaver's communicators, in its creation order
   std::map<uint64_t, uint64_t> j2l;  // joiner comm_key -> leaver comm_key
-  size_t built_expected = 0, built_ok = 0;
-  bool exposed = false;
+  bool ready = false, exposed = false, fetch_sent = false, verified = false;
   std::vector<uint8_t> descriptor;
+  std::string verify_msg;
+  pid_t child = 0;  // --spawn
+  std::string log;
+};
+
+struct Ctx {
+  std::vector<Pair> pairs;
+  std::vector<uint64_t> keys;  // every communicator containing a leaver (first seen order)
+  std::set<uint64_t> stayers;  // other members of those communicators
+  size_t built_expected = 0, built_ok = 0;
   int64_t proposal = -1, margin = 2, max_seen = -1;
   bool round_passed = false;
   std::set<uint64_t> accepted, at_step, switched;
-  bool fetch_sent = false, verified = false, switch_sent = false;
+  bool switch_sent = false;
   uint64_t max_stall = 0;
-  std::string verify_msg;
-  pid_t child = 0;
+  Pair* ByLeaver(uint64_t p) {
+    for (Pair& x : pairs) if (x.leaver == p) return &x;
+    return nullptr;
+  }
+  Pair* ByJoiner(uint64_t p) {
+    for (Pair& x : pairs) if (x.joiner == p && p) return &x;
+    return nullptr;
+  }
+  bool IsLeaver(uint64_t p) { return ByLeaver(p) != nullptr; }
 };
 
 std::string LineageText(const CommCreated& c) {
@@ -54,30 +72,44 @@ std::string LineageText(const CommCreated& c) {
 class Engine : public MigrationEngine {
  public:
   void OnRequest(Coordinator& c, Migration& m) override {
-    ProcessRec* l = c.FindProcess(m.leaver);
     Ctx& x = ctx_[m.id];
-    std::vector<std::pair<uint32_t, uint64_t>> order;
-    for (const auto& [key, info] : l->comm_info) order.push_back({info.lineage.index, key});
-    std::sort(order.begin(), order.end());
-    for (auto& [idx, key] : order) {
-      x.keys.push_back(key);
+    if (m.ranks.empty()) m.ranks = {m.rank};
+    for (int32_t r : m.ranks) {
+      Pair pr;
+      pr.rank = r;
+      pr.leaver = c.FindProcessByRank(r)->id;
+      x.pairs.push_back(pr);
+    }
+    for (Pair& pr : x.pairs) {
+      ProcessRec* l = c.FindProcess(pr.leaver);
+      std::vector<std::pair<uint32_t, uint64_t>> order;
+      for (const auto& [key, info] : l->comm_info) order.push_back({info.lineage.index, key});
+      std::sort(order.begin(), order.end());
+      for (auto& [idx, key] : order) {
+        pr.keys.push_back(key);
+        if (std::find(x.keys.begin(), x.keys.end(), key) == x.keys.end()) x.keys.push_back(key);
+      }
+    }
+    for (uint64_t key : x.keys) {
       auto it = c.comms().find(key);
       if (it == c.comms().end()) continue;
       for (auto& [rank, proc] : it->second.members) {
-        if (proc != m.leaver) x.stayers.insert(proc);
+        if (!x.IsLeaver(proc)) x.stayers.insert(proc);
       }
     }
     EndPhase(c, m, 0, "requested");
-    if (x.keys.empty()) {
-      c.SetMigState(m, MigState::kRefused, "rank " + std::to_string(m.rank) + " is in no communicator");
-      return;
+    for (Pair& pr : x.pairs) {
+      if (pr.keys.empty()) {
+        c.SetMigState(m, MigState::kRefused, "rank " + std::to_string(pr.rank) + " is in no communicator");
+        return;
+      }
     }
     if (m.spawn) {
       c.SetMigState(m, MigState::kSpawning);
-      std::string err = Spawn(c, m, *l, &x);
-      if (!err.empty()) {
-        c.SetMigState(m, MigState::kFailed, "cannot spawn the joiner: " + err);
-        return;
+      for (Pair& pr : x.pairs) {
+        std::string err = Spawn(m, *c.FindProcess(pr.leaver), &pr);
+        if (!err.empty()) return Abort(c, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
+        m.joiner_log += (m.joiner_log.empty() ? "" : ", ") + pr.log;
       }
     }
     c.SetMigState(m, MigState::kSandbox);
@@ -94,15 +126,17 @@ class Engine : public MigrationEngine {
     ProcessRec* pr = c.FindProcess(p);
     bool exited = pr && pr->state == ProcState::kExited;
     std::string who = "process " + std::to_string(p) + (pr ? " (rank " + std::to_string(pr->info.rank) + ")" : "");
-    bool joiner_candidate =
-        pr && pr->info.role == "joiner" && pr->info.replace == m->rank && (m->joiner == 0 || m->joiner == p);
-    bool involved = p == m->leaver || p == m->joiner || x.stayers.count(p) || joiner_candidate;
+    bool joiner_candidate = false;
+    for (const Pair& q : x.pairs) {
+      joiner_candidate |= pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
+    }
+    bool involved = x.IsLeaver(p) || x.ByJoiner(p) || x.stayers.count(p) || joiner_candidate;
     if (!involved) return;
     if (!x.switch_sent) {
       Abort(c, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
       return;
     }
-    if (p == m->leaver) return;  // its BYE after the hand-off
+    if (x.IsLeaver(p)) return;  // its BYE after the hand-off
     if (exited && x.stayers.count(p)) {
       x.switched.insert(p);  // finished right at S: nothing more to measure
       MaybeDone(c, *m);
@@ -112,18 +146,25 @@ class Engine : public MigrationEngine {
   }
 
   void OnTick(Coordinator& c) override {
+    Reap();
     Migration* m = Active(c);
-    if (!m || m->joiner != 0) return Reap();
+    if (!m) return;
     Ctx& x = ctx_[m->id];
-    if (x.child <= 0) return;
-    int st = 0;
-    if (waitpid(x.child, &st, WNOHANG) == x.child) {
-      x.child = 0;
-      return Abort(c, *m, "the spawned joiner exited (" + std::string(WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st)) : "killed by signal " + std::to_string(WTERMSIG(st))) + ") before it was ready; see " + m->joiner_log, true);
-    }
-    for (const auto& [id, pr] : c.processes()) {
-      if (pr.info.pid == static_cast<uint32_t>(x.child) && pr.info.role != "joiner") {
-        return Abort(c, *m, "the spawned process registered as a " + pr.info.role + ", not as a joiner: is the shim (libtrainmover) in its environment?", true);
+    for (Pair& pr : x.pairs) {
+      if (pr.child <= 0 || pr.joiner != 0) continue;
+      int st = 0;
+      if (waitpid(pr.child, &st, WNOHANG) == pr.child) {
+        pr.child = 0;
+        std::string how = WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st))
+                                        : "signal " + std::to_string(WTERMSIG(st));
+        return Abort(c, *m, "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how +
+                                ") before it was ready; see " + pr.log, true);
+      }
+      for (const auto& [id, p] : c.processes()) {
+        if (p.info.pid == static_cast<uint32_t>(pr.child) && p.info.role != "joiner") {
+          return Abort(c, *m, "the spawned process registered as a " + p.info.role +
+                                  ", not as a joiner: is the shim (libtrainmover) in its environment?", true);
+        }
       }
     }
   }
@@ -145,7 +186,8 @@ class Engine : public MigrationEngine {
           auto it = c.comms().find(ie.comm_key);
           if (it == c.comms().end()) return Abort(c, *m, "a communicator of the leaver disappeared", true);
           for (auto& [rank, proc] : it->second.members) {
-            uint64_t to = proc == m->leaver ? m->joiner : proc;
+            Pair* lp = x.ByLeaver(proc);
+            uint64_t to = lp ? lp->joiner : proc;
             per[to].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
             ++x.built_expected;
           }
@@ -165,9 +207,10 @@ class Engine : public MigrationEngine {
       case mig::Ev::kExposed: {
         mig::Blob b;
         if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed EXPOSED", true);
-        x.descriptor = std::move(b.bytes);
-        x.exposed = true;
-        m->bytes_total = 0;
+        Pair* lp = x.ByLeaver(p);
+        if (!lp) return;
+        lp->descriptor = std::move(b.bytes);
+        lp->exposed = true;
         for (const Region& r : pr->regions) m->bytes_total += r.bytes;
         return MaybePropose(c, *m);
       }
@@ -175,7 +218,7 @@ class Engine : public MigrationEngine {
         mig::Step s;
         if (!DecodePayload(e.body, &s) || s.step != x.proposal || m->state != MigState::kAgreeing) return;
         x.accepted.insert(p);
-        if (x.accepted.size() == x.stayers.size() + 1) {
+        if (x.accepted.size() == x.stayers.size() + x.pairs.size()) {
           m->switch_step = x.proposal;
           c.SetMigState(*m, MigState::kSwitching);
           c.EndPhase(*m, 0, "agree");
@@ -201,31 +244,39 @@ class Engine : public MigrationEngine {
         mig::Step s;
         if (!DecodePayload(e.body, &s) || s.step != m->switch_step) return;
         x.at_step.insert(p);
-        if (p == m->leaver && !x.fetch_sent) {
-          x.fetch_sent = true;
-          c.SendCommand(m->joiner,
-                        mig::Make(static_cast<uint16_t>(mig::Cmd::kFetchFrom), m->id, mig::Blob{x.descriptor}));
+        if (Pair* lp = x.ByLeaver(p); lp && !lp->fetch_sent) {
+          lp->fetch_sent = true;
+          c.SendCommand(lp->joiner,
+                        mig::Make(static_cast<uint16_t>(mig::Cmd::kFetchFrom), m->id, mig::Blob{lp->descriptor}));
         }
         return MaybeSwitch(c, *m);
       }
       case mig::Ev::kProgress: {
         mig::Progress pg;
-        if (DecodePayload(e.body, &pg)) m->bytes_done = pg.done;
+        if (DecodePayload(e.body, &pg) && x.pairs.size() == 1) m->bytes_done = pg.done;
         return;
       }
       case mig::Ev::kVerified: {
         mig::Built b;
         if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed VERIFIED", true);
         if (!b.ok) return Abort(c, *m, "state transfer failed: " + b.message, true);
-        x.verified = true;
-        x.verify_msg = b.message;
-        m->bytes_done = m->bytes_total;
+        Pair* jp = x.ByJoiner(p);
+        if (!jp) return;
+        jp->verified = true;
+        jp->verify_msg = b.message;
+        m->bytes_done = 0;
+        for (const Pair& q : x.pairs) {
+          if (!q.verified) continue;
+          if (ProcessRec* l = c.FindProcess(q.leaver)) {
+            for (const Region& r : l->regions) m->bytes_done += r.bytes;
+          }
+        }
         return MaybeSwitch(c, *m);
       }
       case mig::Ev::kSwitched: {
         mig::Switched s;
         if (!DecodePayload(e.body, &s)) return;
-        if (p != m->joiner) x.max_stall = std::max(x.max_stall, s.stall_ns);
+        if (!x.ByJoiner(p)) x.max_stall = std::max(x.max_stall, s.stall_ns);
         x.switched.insert(p);
         return MaybeDone(c, *m);
       }
@@ -256,7 +307,9 @@ class Engine : public MigrationEngine {
 
   void Reap() {
     for (auto& [id, x] : ctx_) {
-      if (x.child > 0 && waitpid(x.child, nullptr, WNOHANG) == x.child) x.child = 0;
+      for (Pair& p : x.pairs) {
+        if (p.child > 0 && p.joiner != 0 && waitpid(p.child, nullptr, WNOHANG) == p.child) p.child = 0;
+      }
     }
   }
 
@@ -267,31 +320,33 @@ class Engine : public MigrationEngine {
   }
 
   // Stayers and the leaver: the processes that agree on S and wait there.
-  static std::vector<uint64_t> Participants(const Migration& m, const Ctx& x) {
+  static std::vector<uint64_t> Participants(const Migration&, const Ctx& x) {
     std::vector<uint64_t> v(x.stayers.begin(), x.stayers.end());
-    v.push_back(m.leaver);
+    for (const Pair& p : x.pairs) v.push_back(p.leaver);
     return v;
   }
-  static std::vector<uint64_t> Members(const Migration& m, const Ctx& x) {
+  static std::vector<uint64_t> Members(const Migration&, const Ctx& x) {
     std::vector<uint64_t> v(x.stayers.begin(), x.stayers.end());
-    if (m.joiner) v.push_back(m.joiner);
+    for (const Pair& p : x.pairs) {
+      if (p.joiner) v.push_back(p.joiner);
+    }
     return v;
   }
 
-  std::string Spawn(Coordinator& c, Migration& m, const ProcessRec& l, Ctx* x) {
-    (void)c;
+  std::string Spawn(const Migration& m, const ProcessRec& l, Pair* x) {
+    const int32_t rank = x->rank;
     if (l.info.cmdline.empty()) return "the leaver reported no command line";
     std::string dir = l.info.cwd.empty() ? "." : l.info.cwd;
-    std::string log = dir + "/joiner-" + std::to_string(m.rank) + ".log";
+    std::string log = dir + "/joiner-" + std::to_string(rank) + ".log";
     struct stat st;
-    if (stat(log.c_str(), &st) == 0) log = dir + "/joiner-" + std::to_string(m.rank) + "-m" + std::to_string(m.id) + ".log";
+    if (stat(log.c_str(), &st) == 0) log = dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
     std::vector<std::string> env;
     for (const std::string& kv : l.info.env) {
       if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
       env.push_back(kv);
     }
     env.push_back("TRAINMOVER_ROLE=joiner");
-    env.push_back("TRAINMOVER_REPLACE=" + std::to_string(m.rank));
+    env.push_back("TRAINMOVER_REPLACE=" + std::to_string(rank));
     std::vector<char*> argv, envp;
     for (const std::string& a : l.info.cmdline) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -308,8 +363,8 @@ class Engine : public MigrationEngine {
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0) return std::string(argv[0]) + ": " + strerror(rc);
     x->child = pid;
-    m.joiner_log = log;
-    CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pid, m.rank,
+    x->log = log;
+    CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pid, rank,
              log.c_str());
     return "";
   }
@@ -321,18 +376,23 @@ class Engine : public MigrationEngine {
       c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m ? m->id : 0, mig::Reason{why}));
     };
     if (!DecodePayload(e.body, &r)) return refuse_joiner("malformed READY");
-    if (!m || m->rank != j.info.replace || m->joiner != 0 ||
-        (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
+    Pair* pp = nullptr;
+    if (m) {
+      for (Pair& q : ctx_[m->id].pairs) {
+        if (q.rank == j.info.replace && q.joiner == 0) pp = &q;
+      }
+    }
+    if (!m || !pp || (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
       CTL_WARN("coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
                j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
     }
     Ctx& x = ctx_[m->id];
-    ProcessRec* l = c.FindProcess(m->leaver);
-    EndPhase(c, *m, 0, "sandbox");
+    Pair& pair = *pp;
+    ProcessRec* l = c.FindProcess(pair.leaver);
     // Lineage: the i-th communicator of each, in creation order.
     std::vector<const CommCreated*> lc;
-    for (uint64_t k : x.keys) lc.push_back(&l->comm_info.at(k));
+    for (uint64_t k : pair.keys) lc.push_back(&l->comm_info.at(k));
     std::string diff;
     std::map<uint64_t, uint64_t> j2l;
     if (r.comms.size() != lc.size()) {
@@ -367,28 +427,43 @@ class Engine : public MigrationEngine {
       }
     }
     if (!diff.empty()) {
-      std::string why = "the joiner does not match the leaver: " + diff;
+      std::string why = "the joiner of rank " + std::to_string(pair.rank) + " does not match the leaver: " + diff;
       refuse_joiner(why);
+      Abort(c, *m, why, false);
       c.SetMigState(*m, MigState::kRefused, why);
       return;
     }
-    m->joiner = j.id;
-    x.j2l = j2l;
+    pair.joiner = j.id;
+    pair.j2l = j2l;
+    pair.ready = true;
+    if (pair.rank == m->rank) m->joiner = j.id;
+    for (const Pair& q : x.pairs) {
+      if (!q.ready) return;  // wait for every joiner
+    }
+    EndPhase(c, *m, 0, "sandbox");
     c.SetMigState(*m, MigState::kReady);
     c.SetMigState(*m, MigState::kBuilding);
     c.BeginPhase(*m, 0, "build");
-    mig::KeyList pairs, keys;
-    for (auto& [jk, lk] : j2l) pairs.keys.insert(pairs.keys.end(), {jk, lk});
+    for (const Pair& q : x.pairs) {
+      mig::KeyList map;
+      for (auto& [jk, lk] : q.j2l) map.keys.insert(map.keys.end(), {jk, lk});
+      c.SendCommand(q.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m->id, map));
+      ProcessRec* jr = c.FindProcess(q.joiner);
+      std::string where = "host " + (jr ? jr->info.host : "?") + " pid " + (jr ? std::to_string(jr->info.pid) : "?");
+      c.SendCommand(q.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kExpose), m->id, mig::Reason{where}));
+    }
+    // One joiner makes every fresh id: the bootstrap roots live in processes that stay.
+    mig::KeyList keys;
     keys.keys = x.keys;
-    c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m->id, pairs));
-    c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m->id, keys));
-    std::string where = "host " + j.info.host + " pid " + std::to_string(j.info.pid);
-    c.SendCommand(m->leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kExpose), m->id, mig::Reason{where}));
+    c.SendCommand(x.pairs.front().joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m->id, keys));
   }
 
   void MaybePropose(Coordinator& c, Migration& m) {
     Ctx& x = ctx_[m.id];
-    if (m.state != MigState::kBuilding || !x.exposed || x.built_ok < x.built_expected || x.built_expected == 0) return;
+    for (const Pair& p : x.pairs) {
+      if (!p.exposed) return;
+    }
+    if (m.state != MigState::kBuilding || x.built_ok < x.built_expected || x.built_expected == 0) return;
     EndPhase(c, m, 0, "build");
     c.SetMigState(m, MigState::kAgreeing);
     c.BeginPhase(m, 0, "agree");
@@ -411,12 +486,17 @@ class Engine : public MigrationEngine {
 
   void MaybeSwitch(Coordinator& c, Migration& m) {
     Ctx& x = ctx_[m.id];
-    if (x.switch_sent || !x.verified || x.at_step.size() < x.stayers.size() + 1) return;
+    for (const Pair& p : x.pairs) {
+      if (!p.verified) return;
+    }
+    if (x.switch_sent || x.at_step.size() < x.stayers.size() + x.pairs.size()) return;
     x.switch_sent = true;
     for (uint64_t q : Members(m, x)) {
       c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
     }
-    c.SendCommand(m.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
+    for (const Pair& p : x.pairs) {
+      c.SendCommand(p.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
+    }
     MaybeDone(c, m);
   }
 
@@ -428,21 +508,26 @@ class Engine : public MigrationEngine {
     }
     m.downtime_ns = x.max_stall;
     EndPhase(c, m, 0, "switch");
-    if (ProcessRec* j = c.FindProcess(m.joiner)) {
-      j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
-      j->info.replace = -1;
+    for (const Pair& p : x.pairs) {
+      if (ProcessRec* j = c.FindProcess(p.joiner)) {
+        j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
+        j->info.replace = -1;
+      }
+      CTL_INFO("coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }
     c.SetMigState(m, MigState::kDone);
-    CTL_INFO("coordinator: migration %" PRIu64 " done at step %" PRId64 ": %s; downtime %.1f ms", m.id, m.switch_step,
-             x.verify_msg.c_str(), m.downtime_ns / 1e6);
+    CTL_INFO("coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
+             m.downtime_ns / 1e6);
   }
 
   void Abort(Coordinator& c, Migration& m, const std::string& why, bool fail) {
     Ctx& x = ctx_[m.id];
     std::vector<uint64_t> to = Participants(m, x);
-    if (m.joiner) to.push_back(m.joiner);
+    for (const Pair& p : x.pairs) {
+      if (p.joiner) to.push_back(p.joiner);
+      if (p.child > 0 && p.joiner == 0) kill(p.child, SIGTERM);  // spawned, but never became this migration's joiner
+    }
     for (uint64_t q : to) c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m.id, mig::Reason{why}));
-    if (x.child > 0 && m.joiner == 0) kill(x.child, SIGTERM);  // spawned, but never became this migration's joiner
     for (const PhaseSpan& s : std::vector<PhaseSpan>(m.phases)) {
       if (s.end_ns == 0) c.EndPhase(m, s.process, s.phase);
     }

@@ -160,6 +160,9 @@ TEST_CASE("every message round-trips") {
   CHECK(mq2.rank == 2);
   CHECK(mq2.host == "nodeB");
   CHECK(mq2.spawn == 1);
+  CHECK(mq2.more_ranks.empty());
+  MigrateReq mq3{0, "", 1, {3, 5}};
+  CHECK(RoundTrip(mq3).more_ranks == std::vector<int32_t>{3, 5});
   MigrateReply mr{7, 1, "requested", "ok"};
   CHECK(RoundTrip(mr).message == "ok");
   CHECK(RoundTrip(CancelReq{3}).id == 3);

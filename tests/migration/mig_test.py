@@ -124,7 +124,9 @@ class Job:
         fail(f"{self.name}: step {k} not reached")
 
     def migrate(self, rank, spawn=True, expect="done"):
-        args = ["migrate", "--rank", str(rank)] + (["--spawn"] if spawn else [])
+        ranks = rank if isinstance(rank, list) else [rank]
+        rank = ranks[0]
+        args = ["migrate"] + [a for r in ranks for a in ("--rank", str(r))] + (["--spawn"] if spawn else [])
         rc, out = self.ctl(*args)
         with open(os.path.join(WORK, f"tmctl-{self.name}.log"), "a") as f:
             f.write(out)
@@ -206,9 +208,9 @@ def run_plan(name, ranks, plan, steps=240):
     try:
         for k, rs in plan:
             job.wait_step(k)
-            for r in rs:
+            for r in rs:  # an int: one migration; a list: one migration moving all of them
                 job.migrate(r)
-                migrated.add(r)
+                migrated.update(r if isinstance(r, list) else [r])
         job.finish()
     finally:
         job.kill()
@@ -226,7 +228,13 @@ def scenario_twice():
 
 
 def scenario_pair():
-    run_plan("pair", 2, [(10, [0, 1])])
+    run_plan("pair", 2, [(10, [0, 1])])  # every rank of a communicator of 2, in turn
+
+
+def scenario_several():
+    # several ranks in one request: rank 0 and the last; then both ranks of a pair at once; then 3 of 4
+    run_plan("several4", 4, [(10, [[0, 3]]), (80, [[1, 2, 3]])])
+    run_plan("several2", 2, [(10, [[0, 1]])])
 
 
 def scenario_mismatch():
@@ -336,7 +344,7 @@ def scenario_abort_transfer():
                expect_reason="state transfer failed")
 
 
-SCENARIOS = {"abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 //
 //   tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND
 //     status [--json]                         processes, communicators, progress, migrations
-//     migrate --rank R [--host H] [--spawn]   request a planned migration of rank R
+//     migrate --rank R [--rank R2 ...] [--host H] [--spawn]   request a planned migration of rank(s) R
 //     cancel [ID]                             cancel a migration (default: the active one)
 //     watch [ID]                              follow a migration's phases until it ends
 //     timeline [ID] --out FILE                a migration's phases as Chrome trace JSON
@@ -47,7 +47,8 @@ const char kUsage[] =
     "usage: tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND [ARGS]\n"
     "commands:\n"
     "  status [--json]                        processes, communicators, steps, migrations\n"
-    "  migrate --rank R [--host H] [--spawn]  migrate rank R (to host H; --spawn starts the joiner)\n"
+    "  migrate --rank R [--host H] [--spawn]  migrate rank R (to host H; --spawn starts the joiner);\n"
+    "                                         repeat --rank to move several ranks in one migration\n"
     "  cancel [ID]                            cancel migration ID (default: the active one)\n"
     "  watch [ID]                             follow a migration until it ends\n"
     "  timeline [ID] --out FILE               write a migration's phases as Chrome trace JSON\n"
@@ -312,6 +313,7 @@ int main(int argc, char** argv) {
   // Parse the command's arguments before connecting, so usage errors need no coordinator.
   bool json = false, spawn = false;
   long long id = 0, rank = -1;
+  std::vector<int32_t> more_ranks;  // --rank given again
   std::string host, out;
   for (size_t k = 0; k < args.size(); ++k) {
     const std::string& a = args[k];
@@ -319,8 +321,13 @@ int main(int argc, char** argv) {
       json = true;
     } else if (cmd == "migrate" && a == "--rank" && k + 1 < args.size()) {
       char* end = nullptr;
-      rank = std::strtoll(args[++k].c_str(), &end, 10);
-      if (*end || rank < 0) return Usage("--rank needs a rank number >= 0");
+      long long r = std::strtoll(args[++k].c_str(), &end, 10);
+      if (*end || r < 0) return Usage("--rank needs a rank number >= 0");
+      if (rank < 0) {
+        rank = r;
+      } else {
+        more_ranks.push_back(static_cast<int32_t>(r));
+      }
     } else if (cmd == "migrate" && a == "--host" && k + 1 < args.size()) {
       host = args[++k];
     } else if (cmd == "migrate" && a == "--spawn") {
@@ -358,6 +365,7 @@ int main(int argc, char** argv) {
   if (cmd == "migrate") {
     MigrateReq q;
     q.rank = static_cast<int32_t>(rank);
+    q.more_ranks = more_ranks;
     q.host = host;
     q.spawn = spawn;
     MigrateReply r;
