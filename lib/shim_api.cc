@@ -209,6 +209,7 @@ extern "C" {
   VComm* v = AsVComm(comm);                                                                  \
   if (TM_UNLIKELY(v == nullptr)) return ForwardRaw("nccl" #Name, &g_real.Name, __VA_ARGS__); \
   Record(v, kind, count, dt, op, peer);                                                      \
+  NoteCapture(v, stream);                                                                    \
   ncclComm_t real = v->real.load(std::memory_order_acquire)
 
 TM_EXPORT ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,

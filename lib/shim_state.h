@@ -148,6 +148,7 @@ struct VComm {
   std::atomic<uint64_t> seq{0};          // operations issued so far (relaxed)
   OpSig ring[kOpRing];                   // ring[(seq-1) % kOpRing] is the latest
   std::atomic<RedOpSlot*> ops{nullptr};  // kMaxOpsPerComm slots, allocated on the first PreMulSum
+  std::atomic<bool> captured{false};     // an operation was issued on a stream under CUDA graph capture
   // Slow path, under mu.
   std::mutex mu;
   uint64_t children = 0;  // Split/Shrink made from this VComm
@@ -183,6 +184,13 @@ std::vector<VCommInfo> SnapshotVComms();
 std::vector<OpSig> RecentOps(const VComm* v);
 
 bool IsSandboxed(const VComm* v);
+
+// CUDA graph capture (migration refuses a captured communicator: the graph holds its real communicator).
+// Marks `v` captured when `stream` is being captured. Only when the application loaded libcudart (found
+// with RTLD_NOLOAD once; the shim never loads it); otherwise a no-op. Hot path: one call into the runtime.
+void NoteCapture(VComm* v, cudaStream_t stream);
+// How many VComms were marked captured so far (cheap: the agent polls it at safe points).
+uint64_t CapturedCount();
 // Sets the real communicator `v` uses from the next operation on and returns the previous one (which the
 // caller now owns: destroy or abort it). nullptr puts `v` in the sandbox (operations emulated locally).
 ncclComm_t InstallRealComm(VComm* v, ncclComm_t real);

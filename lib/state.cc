@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The registry of VComms and the state API (shim_state.h), and the exported tmShim* entry points that
 // include/trainmover/trainmover.h resolves at run time.
+#include <dlfcn.h>
 #include <time.h>
 
 #include <algorithm>
@@ -347,6 +348,35 @@ int64_t SafePointImpl(int64_t step) {
   }
   TM_TRACE(kLogState, "safe point step %lld", (long long)step);
   return hook ? hook(ctx, step) : step;
+}
+
+namespace {
+std::atomic<uint64_t> g_captured{0};
+using IsCapturingFn = int (*)(cudaStream_t, int*);  // cudaStreamIsCapturing(stream, cudaStreamCaptureStatus*)
+IsCapturingFn CaptureQuery() {
+  static IsCapturingFn fn = [] {
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
+      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
+        return reinterpret_cast<IsCapturingFn>(dlsym(h, "cudaStreamIsCapturing"));
+      }
+    }
+    return static_cast<IsCapturingFn>(nullptr);
+  }();
+  return fn;
+}
+}  // namespace
+
+uint64_t CapturedCount() { return g_captured.load(std::memory_order_relaxed); }
+
+void NoteCapture(VComm* v, cudaStream_t stream) {
+  IsCapturingFn fn = CaptureQuery();
+  if (!fn || v->captured.load(std::memory_order_relaxed)) return;
+  int status = 0;  // cudaStreamCaptureStatusNone
+  if (fn(stream, &status) == 0 && status != 0 && !v->captured.exchange(true)) {
+    g_captured.fetch_add(1, std::memory_order_relaxed);
+    TM_INFO(kLogComm, "vcomm #%llu: operation issued under CUDA graph capture; it cannot be migrated",
+            static_cast<unsigned long long>(v->lineage.index));
+  }
 }
 
 }  // namespace trainmover::shim

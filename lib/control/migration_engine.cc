@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <set>
@@ -98,6 +99,16 @@ class Engine : public MigrationEngine {
       }
     }
     EndPhase(c, m, 0, "requested");
+    for (uint64_t key : x.keys) {
+      if (captured_.count(key)) {
+        char hex[24];
+        std::snprintf(hex, sizeof(hex), "%016" PRIx64, key);
+        c.SetMigState(m, MigState::kRefused, std::string("communicator ") + hex +
+                                                 " was captured into a CUDA graph: the graph holds its real "
+                                                 "communicator, which a migration would replace");
+        return;
+      }
+    }
     for (Pair& pr : x.pairs) {
       if (pr.keys.empty()) {
         c.SetMigState(m, MigState::kRefused, "rank " + std::to_string(pr.rank) + " is in no communicator");
@@ -174,6 +185,11 @@ class Engine : public MigrationEngine {
     ProcessRec* pr = c.FindProcess(p);
     if (!pr) return;
     if (e.kind == static_cast<uint16_t>(mig::Ev::kReady)) return OnReady(c, *pr, e);
+    if (e.kind == static_cast<uint16_t>(mig::Ev::kCaptured)) {
+      mig::KeyList kl;
+      if (DecodePayload(e.body, &kl)) captured_.insert(kl.keys.begin(), kl.keys.end());
+      return;
+    }
     Migration* m = c.FindMigration(e.migration);
     if (!m || e.migration == 0 || MigTerminal(m->state)) return;  // late events of an ended migration
     Ctx& x = ctx_[m->id];
@@ -535,6 +551,7 @@ class Engine : public MigrationEngine {
   }
 
   std::map<uint64_t, Ctx> ctx_;
+  std::set<uint64_t> captured_;  // comm_keys some member reported captured into a CUDA graph
 };
 
 }  // namespace

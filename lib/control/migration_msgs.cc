@@ -53,6 +53,8 @@ const char* EvName(uint16_t kind) {
       return "FAILED";
     case Ev::kPhase:
       return "PHASE";
+    case Ev::kCaptured:
+      return "CAPTURED";
   }
   return "UNKNOWN";
 }

@@ -55,6 +55,7 @@ enum class Ev : uint16_t {
   kSwitched = 10,  // member: switched; the stall it saw at S (body: Switched)
   kFailed = 11,    // anyone: the migration cannot go on here (body: Reason)
   kPhase = 12,     // anyone: a phase span for the timeline (body: Phase)
+  kCaptured = 13,  // anyone, unprompted (migration 0): these comm_keys were captured into a CUDA graph (KeyList)
 };
 const char* CmdName(uint16_t kind);
 const char* EvName(uint16_t kind);

@@ -81,6 +81,7 @@ struct State {
   bool measure_pending = false;   // SWITCHED is due at the first safe point after the switch
   uint64_t switch_entry_ns = 0;
   uint64_t switch_entry_real = 0;
+  uint64_t captured_sent = 0;  // CapturedCount() already reported
 };
 
 State& S() {
@@ -474,6 +475,18 @@ int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   return at;
 }
 
+// Tells the coordinator which communicators were captured into a CUDA graph (mu held): it refuses to
+// migrate their members.
+void ReportCaptured() {
+  State& s = S();
+  s.captured_sent = shim::CapturedCount();
+  mig::KeyList kl;
+  for (shim::VComm* v : shim::LiveVComms()) {
+    if (v->magic == shim::VComm::kMagic && v->captured.load()) kl.keys.push_back(v->comm_key);
+  }
+  SendEv(mig::Ev::kCaptured, 0, kl);
+}
+
 // The hook: reports the step, then holds the application where the migration needs it.
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
@@ -493,6 +506,7 @@ int64_t Hook(void*, int64_t step) {
     SendEv(mig::Ev::kSwitched, s.mig, mig::Switched{s.switch_step, interval > median ? interval - median : 0, median});
   }
   s.last_entry_ns = entry;
+  if (shim::CapturedCount() != s.captured_sent) ReportCaptured();
   if (s.exit_pending) JoinerExit(lk);
   if (shim::ProcessRole() == shim::Role::kJoiner && shim::ProcessSandboxed()) {
     s.last_disturbed = true;

@@ -19,6 +19,7 @@ import time
 
 TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a in sys.argv[1:7])
 SCENARIO = sys.argv[7]
+FAKE_CUDART = os.path.abspath(sys.argv[8]) if len(sys.argv) > 8 else ""
 WORK = tempfile.mkdtemp(prefix="mig-test-")
 TIMEOUT = 50
 
@@ -33,8 +34,8 @@ def fail(msg):
     sys.exit(1)
 
 
-def train_cmd(params, steps, step_ms):
-    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", TMTRAIN, "--steps", str(steps),
+def train_cmd(params, steps, step_ms, preload=""):
+    return ["env", f"LD_PRELOAD={preload + ':' if preload else ''}{SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", TMTRAIN, "--steps", str(steps),
             "--params", str(params), "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)]
 
 
@@ -66,7 +67,7 @@ def reference(ranks, params, steps):
 
 
 class Job:
-    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False):
+    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False, preload=""):
         self.name, self.ranks, self.params, self.steps = name, ranks, params, steps
         self.log = os.path.join(WORK, f"{name}.log")
         self.f = open(self.log, "w")
@@ -83,7 +84,7 @@ class Job:
             self.addr = self.daemon.stdout.readline().strip()
             env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
             opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
-        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + opts + ["--"] + train_cmd(params, steps, step_ms),
+        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + opts + ["--"] + train_cmd(params, steps, step_ms, preload),
                                   stdout=self.f, stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not self.addr:
@@ -344,7 +345,25 @@ def scenario_abort_transfer():
                expect_reason="state transfer failed")
 
 
-SCENARIOS = {"several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+def scenario_captured():
+    if not FAKE_CUDART or not os.path.exists(FAKE_CUDART):
+        print("SKIP: the fake libcudart was not built")
+        sys.exit(77)
+    job = Job("captured", 3, step_ms=10, env={"TM_FAKE_CAPTURE": "1"}, preload=FAKE_CUDART)
+    try:
+        job.wait_step(10)
+        mig, out = job.migrate(1, expect="refused")
+        if "CUDA graph" not in mig["reason"]:
+            fail(f"captured: refused for another reason: {mig['reason']}")
+        if any(f.startswith("joiner-") for f in os.listdir(WORK)):
+            fail("captured: a joiner was spawned for a migration refused up front")
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests(set())
+
+
+SCENARIOS = {"captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
