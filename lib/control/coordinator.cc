@@ -793,7 +793,9 @@ std::string Coordinator::StatusJson() const {
 std::string Coordinator::TimelineJson(const Migration& m) const {
   // Chrome trace event format: one complete ("X") event per phase span, one process row per process.
   std::string o = "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"migration\":" + std::to_string(m.id) +
-                  ",\"state\":" + Q(MigStateName(m.state)) + ",\"reason\":" + Q(m.reason) + "},\"traceEvents\":[";
+                  ",\"state\":" + Q(MigStateName(m.state)) + ",\"reason\":" + Q(m.reason) +
+                  ",\"switch_step\":" + std::to_string(m.switch_step) + ",\"bytes\":" + std::to_string(m.bytes_done) +
+                  ",\"downtime_ms\":" + std::to_string(m.downtime_ns / 1e6) + "},\"traceEvents\":[";
   std::vector<uint64_t> seen;
   bool first = true;
   uint64_t now = NowRealtimeNs();

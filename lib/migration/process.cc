@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The process side of a live migration. docs/migration.md describes the protocol; this file is the
 // state machine of one process (joiner, leaver or stayer) driven by the coordinator's commands.
+#include <dlfcn.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -208,9 +209,23 @@ void BuildJob(uint64_t id, uint64_t gen, mig::Build b) {
   SendPhase(id, "build", t0, RealNs());
 }
 
+// Device or host memory: asked of the CUDA runtime only when the application loaded it (RTLD_NOLOAD).
+transfer::MemoryType TypeOf(const void* p) {
+  using Fn = cudaError_t (*)(cudaPointerAttributes*, const void*);
+  static Fn fn = [] {
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
+      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) return reinterpret_cast<Fn>(dlsym(h, "cudaPointerGetAttributes"));
+    }
+    return static_cast<Fn>(nullptr);
+  }();
+  cudaPointerAttributes a{};
+  if (fn && p && fn(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice) return transfer::MemoryType::kCuda;
+  return transfer::MemoryType::kHost;
+}
+
 std::vector<transfer::Region> LocalRegions() {
   std::vector<transfer::Region> out;
-  for (const shim::Region& r : shim::Regions()) out.push_back(transfer::Region{r.name, r.ptr, r.bytes, transfer::MemoryType::kHost});
+  for (const shim::Region& r : shim::Regions()) out.push_back(transfer::Region{r.name, r.ptr, r.bytes, TypeOf(r.ptr)});
   return out;
 }
 

@@ -201,10 +201,10 @@ def clear_joiner_logs():
             os.unlink(os.path.join(WORK, f))
 
 
-def run_plan(name, ranks, plan, steps=240):
-    """plan: list of (step, [ranks]) migrated in turn."""
+def run_plan(name, ranks, plan, steps=300):
+    """plan: list of (step, [ranks]) migrated in turn. 8 ms steps leave the last migration ~0.8 s of training."""
     clear_joiner_logs()
-    job = Job(name, ranks, steps=steps)
+    job = Job(name, ranks, steps=steps, step_ms=8)
     migrated = set()
     try:
         for k, rs in plan:
@@ -221,7 +221,7 @@ def run_plan(name, ranks, plan, steps=240):
 def scenario_basic():
     for ranks in (2, 3, 4, 8):
         last = ranks - 1
-        run_plan(f"n{ranks}", ranks, [(5, [0]), (60, [ranks // 2]), (180, [last])])
+        run_plan(f"n{ranks}", ranks, [(5, [0]), (60, [ranks // 2]), (200, [last])])
 
 
 def scenario_twice():

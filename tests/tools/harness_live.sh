@@ -9,7 +9,7 @@ command -v python3 > /dev/null || { echo "SKIP: no python3"; exit 77; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 "$HARNESS" live --build "$BUILD" --ranks 2 --steps 1500 --params 4000 --seed 5 --at 30 --migrate-rank 1 \
-  --init-ms 200 --comm-init-ms 100 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
+  --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?
 cat "$tmp/err"
 if [ $rc = 3 ]; then
