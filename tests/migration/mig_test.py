@@ -228,6 +228,20 @@ def scenario_twice():
     run_plan("twice", 4, [(10, [2]), (40, [2]), (80, [2])])
 
 
+def scenario_fast():
+    # sub-millisecond iterations (no emulated compute): the switch agreement still converges
+    clear_joiner_logs()
+    job = Job("fast", 4, params=500, steps=15000, step_ms=0)
+    try:
+        job.wait_step(100)
+        job.migrate(2)
+        job.migrate([0, 3])
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({0, 2, 3})
+
+
 def scenario_pair():
     run_plan("pair", 2, [(10, [0, 1])])  # every rank of a communicator of 2, in turn
 
@@ -363,7 +377,7 @@ def scenario_captured():
     job.check_digests(set())
 
 
-SCENARIOS = {"captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
