@@ -146,7 +146,9 @@ def row_of(a, out, profile, ranks, mb):
         "median_step_ms": mig.get("median_step_ms", cold.get("median_step_ms")),
         "live_downtime_ms": out.get("downtime_ms"), "live_gap_ms": mig.get("gap_ms"),
         "coordinator_downtime_ms": mig.get("coordinator_downtime_ms"), "migration_ms": mig.get("elapsed_ms"),
-        "transfer_ms": transfer_ms, "hold_ms": phase_ms(mig.get("phases", []), "hold at S"),
+        "transfer_ms": transfer_ms, "seal_ms": phase_ms(mig.get("phases", []), "seal"),
+        "hold_ms": phase_ms(mig.get("phases", []), "hold at S"),
+        "switch_step_ms": phase_ms(mig.get("phases", []), "switch step"),
         "migration_transfer_gbps": (state / (transfer_ms * 1e6)) if state and transfer_ms else None,
         "cold_restart_ms": out.get("cold_restart_ms"),
         "cold_save_and_stop_ms": (cold.get("phases_ms") or {}).get("save_and_stop"),
@@ -388,10 +390,10 @@ def svg(rows, sweep_ranks, sweep_state, xfer, title):
 
 
 CSV_COLS = ["costs", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
-            "live_downtime_ms", "live_gap_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "hold_ms",
-            "migration_transfer_gbps", "cold_restart_ms", "cold_save_and_stop_ms", "cold_restart_to_k_ms", "ratio",
-            "fetch_gbps", "perftest_get_gbps", "predicted_ms", "excess_ms", "bit_identical", "live_available",
-            "live_samples_ms", "cold_samples_ms"]
+            "live_downtime_ms", "live_gap_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "seal_ms",
+            "hold_ms", "switch_step_ms", "migration_transfer_gbps", "cold_restart_ms", "cold_save_and_stop_ms",
+            "cold_restart_to_k_ms", "ratio", "fetch_gbps", "perftest_get_gbps", "predicted_ms", "excess_ms",
+            "bit_identical", "live_available", "live_samples_ms", "cold_samples_ms"]
 
 
 def main(argv):
@@ -451,7 +453,7 @@ def main(argv):
                         row["excess_ms"] = row["live_downtime_ms"] - row["predicted_ms"]
             rows.append(row)
 
-    sweep_ranks = [r for r in rows if r["extra_state_mb"] == a.ranks_state_mb and r["ranks"] in a.ranks]
+    sweep_ranks = [r for r in rows if r["extra_state_mb"] == a.ranks_state_mb]
     sweep_state = [r for r in rows if r["ranks"] == 2 and r["extra_state_mb"] in a.sizes_mb]
     base = os.path.join(out_dir, f"migration_bench-{stamp}")
     with open(base + ".csv", "w") as f:
