@@ -252,8 +252,8 @@ void Agent::Loop() {
           if (conn && registered) {
             conn->SendMsg(MsgType::kEvent, e->event);
           } else {
-            CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable",
-                     e->event.kind, e->event.migration);
+            CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
+                     e->event.migration);
             if (held_events.size() < 1024) held_events.push_back(std::move(e->event));
           }
           break;

@@ -770,12 +770,11 @@ std::string Coordinator::StatusJson() const {
     std::string ranks;
     for (int32_t x : m.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(x);
     o += "{\"id\":" + std::to_string(id) + ",\"rank\":" + std::to_string(m.rank) + ",\"ranks\":[" + ranks + "]" +
-         ",\"host\":" + Q(m.host) +
-         ",\"spawn\":" + (m.spawn ? "true" : "false") + ",\"state\":" + Q(MigStateName(m.state)) +
-         ",\"reason\":" + Q(m.reason) + ",\"leaver\":" + std::to_string(m.leaver) +
-         ",\"joiner\":" + std::to_string(m.joiner) + ",\"switch_step\":" + std::to_string(m.switch_step) +
-         ",\"bytes_total\":" + std::to_string(m.bytes_total) + ",\"bytes_done\":" + std::to_string(m.bytes_done) +
-         ",\"downtime_ms\":" + std::to_string(m.downtime_ns / 1e6) +
+         ",\"host\":" + Q(m.host) + ",\"spawn\":" + (m.spawn ? "true" : "false") +
+         ",\"state\":" + Q(MigStateName(m.state)) + ",\"reason\":" + Q(m.reason) +
+         ",\"leaver\":" + std::to_string(m.leaver) + ",\"joiner\":" + std::to_string(m.joiner) +
+         ",\"switch_step\":" + std::to_string(m.switch_step) + ",\"bytes_total\":" + std::to_string(m.bytes_total) +
+         ",\"bytes_done\":" + std::to_string(m.bytes_done) + ",\"downtime_ms\":" + std::to_string(m.downtime_ns / 1e6) +
          ",\"elapsed_ms\":" + std::to_string(((m.ended_ns ? m.ended_ns : now) - m.created_ns) / 1000000) +
          ",\"phases\":[";
     for (size_t i = 0; i < m.phases.size(); ++i) {

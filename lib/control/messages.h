@@ -173,8 +173,8 @@ struct JsonReply {
 
 struct MigrateReq {
   int32_t rank = -1;
-  std::string host;   // target host; empty: any
-  uint8_t spawn = 0;  // start the joiner from the leaver's command line
+  std::string host;                 // target host; empty: any
+  uint8_t spawn = 0;                // start the joiner from the leaver's command line
   std::vector<int32_t> more_ranks;  // further ranks moved in the same migration (optional trailing list)
   void Encode(Writer& w) const;
   bool Decode(Reader& r);

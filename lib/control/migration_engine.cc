@@ -51,11 +51,13 @@ struct Ctx {
   bool switch_sent = false;
   uint64_t max_stall = 0;
   Pair* ByLeaver(uint64_t p) {
-    for (Pair& x : pairs) if (x.leaver == p) return &x;
+    for (Pair& x : pairs)
+      if (x.leaver == p) return &x;
     return nullptr;
   }
   Pair* ByJoiner(uint64_t p) {
-    for (Pair& x : pairs) if (x.joiner == p && p) return &x;
+    for (Pair& x : pairs)
+      if (x.joiner == p && p) return &x;
     return nullptr;
   }
   bool IsLeaver(uint64_t p) { return ByLeaver(p) != nullptr; }
@@ -103,9 +105,10 @@ class Engine : public MigrationEngine {
       if (captured_.count(key)) {
         char hex[24];
         std::snprintf(hex, sizeof(hex), "%016" PRIx64, key);
-        c.SetMigState(m, MigState::kRefused, std::string("communicator ") + hex +
-                                                 " was captured into a CUDA graph: the graph holds its real "
-                                                 "communicator, which a migration would replace");
+        c.SetMigState(m, MigState::kRefused,
+                      std::string("communicator ") + hex +
+                          " was captured into a CUDA graph: the graph holds its real "
+                          "communicator, which a migration would replace");
         return;
       }
     }
@@ -119,7 +122,8 @@ class Engine : public MigrationEngine {
       c.SetMigState(m, MigState::kSpawning);
       for (Pair& pr : x.pairs) {
         std::string err = Spawn(m, *c.FindProcess(pr.leaver), &pr);
-        if (!err.empty()) return Abort(c, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
+        if (!err.empty())
+          return Abort(c, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
         m.joiner_log += (m.joiner_log.empty() ? "" : ", ") + pr.log;
       }
     }
@@ -139,7 +143,8 @@ class Engine : public MigrationEngine {
     std::string who = "process " + std::to_string(p) + (pr ? " (rank " + std::to_string(pr->info.rank) + ")" : "");
     bool joiner_candidate = false;
     for (const Pair& q : x.pairs) {
-      joiner_candidate |= pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
+      joiner_candidate |=
+          pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
     }
     bool involved = x.IsLeaver(p) || x.ByJoiner(p) || x.stayers.count(p) || joiner_candidate;
     if (!involved) return;
@@ -166,15 +171,19 @@ class Engine : public MigrationEngine {
       int st = 0;
       if (waitpid(pr.child, &st, WNOHANG) == pr.child) {
         pr.child = 0;
-        std::string how = WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st))
-                                        : "signal " + std::to_string(WTERMSIG(st));
-        return Abort(c, *m, "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how +
-                                ") before it was ready; see " + pr.log, true);
+        std::string how =
+            WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st)) : "signal " + std::to_string(WTERMSIG(st));
+        return Abort(c, *m,
+                     "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how +
+                         ") before it was ready; see " + pr.log,
+                     true);
       }
       for (const auto& [id, p] : c.processes()) {
         if (p.info.pid == static_cast<uint32_t>(pr.child) && p.info.role != "joiner") {
-          return Abort(c, *m, "the spawned process registered as a " + p.info.role +
-                                  ", not as a joiner: is the shim (libtrainmover) in its environment?", true);
+          return Abort(c, *m,
+                       "the spawned process registered as a " + p.info.role +
+                           ", not as a joiner: is the shim (libtrainmover) in its environment?",
+                       true);
         }
       }
     }
@@ -355,7 +364,8 @@ class Engine : public MigrationEngine {
     std::string dir = l.info.cwd.empty() ? "." : l.info.cwd;
     std::string log = dir + "/joiner-" + std::to_string(rank) + ".log";
     struct stat st;
-    if (stat(log.c_str(), &st) == 0) log = dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
+    if (stat(log.c_str(), &st) == 0)
+      log = dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
     std::vector<std::string> env;
     for (const std::string& kv : l.info.env) {
       if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
@@ -418,8 +428,8 @@ class Engine : public MigrationEngine {
     for (size_t i = 0; diff.empty() && i < lc.size(); ++i) {
       const CommCreated &a = r.comms[i], &b = *lc[i];
       const Lineage &la = a.lineage, &lb = b.lineage;
-      bool parent_ok = la.parent_key == 0 ? lb.parent_key == 0
-                                          : j2l.count(la.parent_key) && j2l[la.parent_key] == lb.parent_key;
+      bool parent_ok =
+          la.parent_key == 0 ? lb.parent_key == 0 : j2l.count(la.parent_key) && j2l[la.parent_key] == lb.parent_key;
       if (la.kind != lb.kind || a.nranks != b.nranks || a.rank != b.rank || la.color != lb.color || la.key != lb.key ||
           la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
         diff = "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
@@ -432,7 +442,8 @@ class Engine : public MigrationEngine {
       for (const Region& g : r.regions) jr[g.name] = g.bytes;
       for (auto& [name, bytes] : lr) {
         if (!diff.empty()) break;
-        if (!jr.count(name)) diff = "state region '" + name + "' is registered by the leaver, not by the joiner";
+        if (!jr.count(name))
+          diff = "state region '" + name + "' is registered by the leaver, not by the joiner";
         else if (jr[name] != bytes)
           diff = "state region '" + name + "': " + std::to_string(jr[name]) + " bytes in the joiner, " +
                  std::to_string(bytes) + " in the leaver";

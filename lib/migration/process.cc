@@ -53,10 +53,10 @@ struct Staged {
 struct State {
   std::mutex mu;
   std::condition_variable cv;
-  Agent* agent = nullptr;     // set once at install
-  uint64_t mig = 0;           // the migration being served (0: none)
-  uint64_t gen = 0;           // bumped by every abort: background jobs of an older generation stop
-  bool active = false;        // some migration command arrived and the migration is not over
+  Agent* agent = nullptr;  // set once at install
+  uint64_t mig = 0;        // the migration being served (0: none)
+  uint64_t gen = 0;        // bumped by every abort: background jobs of an older generation stop
+  bool active = false;     // some migration command arrived and the migration is not over
   // Joiner.
   int64_t sandbox_safepoints = 0;
   bool ready_sent = false;
@@ -194,7 +194,8 @@ void BuildJob(uint64_t id, uint64_t gen, mig::Build b) {
     if (s.gen != gen || r != ncclSuccess) {
       if (c) shim::g_real.CommAbort(c);
       if (s.gen != gen) return;
-      fail(std::string("ncclCommInitRankConfig: ") + (shim::g_real.GetErrorString ? shim::g_real.GetErrorString(r) : "error"));
+      fail(std::string("ncclCommInitRankConfig: ") +
+           (shim::g_real.GetErrorString ? shim::g_real.GetErrorString(r) : "error"));
       continue;
     }
     shim::SetNextComm(v, c);
@@ -214,7 +215,8 @@ transfer::MemoryType TypeOf(const void* p) {
   using Fn = cudaError_t (*)(cudaPointerAttributes*, const void*);
   static Fn fn = [] {
     for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
-      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) return reinterpret_cast<Fn>(dlsym(h, "cudaPointerGetAttributes"));
+      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD))
+        return reinterpret_cast<Fn>(dlsym(h, "cudaPointerGetAttributes"));
     }
     return static_cast<Fn>(nullptr);
   }();

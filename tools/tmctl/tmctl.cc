@@ -223,12 +223,14 @@ int Report(const Ctx& ctx, long long id) {
   if (!m) return Fail("no migration with id " + std::to_string(id));
   std::map<long long, std::string> who;
   for (const Json& p : st["processes"].arr) {
-    who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " " + p["role"].Str() + " pid " +
-                         std::to_string(p["pid"].Int());
+    who[p["id"].Int()] =
+        "rank " + std::to_string(p["rank"].Int()) + " " + p["role"].Str() + " pid " + std::to_string(p["pid"].Int());
   }
   for (const Json& p : st["processes"].arr) {
-    if (p["id"].Int() == (*m)["leaver"].Int()) who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " leaver pid " + std::to_string(p["pid"].Int());
-    if (p["id"].Int() == (*m)["joiner"].Int()) who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " joiner pid " + std::to_string(p["pid"].Int());
+    if (p["id"].Int() == (*m)["leaver"].Int())
+      who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " leaver pid " + std::to_string(p["pid"].Int());
+    if (p["id"].Int() == (*m)["joiner"].Int())
+      who[p["id"].Int()] = "rank " + std::to_string(p["rank"].Int()) + " joiner pid " + std::to_string(p["pid"].Int());
   }
   std::printf("report of migration %lld (rank %lld): %s\n", id, (*m)["rank"].Int(), (*m)["state"].Str().c_str());
   std::printf("  %-32s %-22s %10s %10s\n", "PROCESS", "PHASE", "START ms", "DURATION ms");
@@ -243,9 +245,10 @@ int Report(const Ctx& ctx, long long id) {
   double bytes = (*m)["bytes_done"].Num();
   std::printf("  state moved: %s in %.1f ms (%.2f GB/s)\n", Bytes(bytes).c_str(), transfer_ms,
               transfer_ms > 0 ? bytes / (transfer_ms * 1e6) : 0.0);
-  std::printf("  switch step: %lld\n  downtime: %.1f ms (longest extra stall of a stayer between safe points S and S+1 "
-              "over its median step time)\n",
-              (*m)["switch_step"].Int(), (*m)["downtime_ms"].Num());
+  std::printf(
+      "  switch step: %lld\n  downtime: %.1f ms (longest extra stall of a stayer between safe points S and S+1 "
+      "over its median step time)\n",
+      (*m)["switch_step"].Int(), (*m)["downtime_ms"].Num());
   return (*m)["state"].Str() == "done" ? 0 : 1;
 }
 
