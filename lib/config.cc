@@ -49,9 +49,10 @@ constexpr ParamSpec kParams[] = {
      "Safe points a joiner runs in the sandbox before it reports READY."},
     {"TRAINMOVER_HEARTBEAT_MS", ParamType::kInt, "1000", "integer >= 1",
      "Interval of the agent's heartbeat to the coordinator, in milliseconds."},
-    {"TRAINMOVER_FAULT", ParamType::kEnum, "", "corrupt-transfer",
+    {"TRAINMOVER_FAULT", ParamType::kEnum, "", "corrupt-transfer|pass-first-proposal",
      "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration "
-     "must abort and training continue)."},
+     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "
+     "with PASSED (the coordinator must propose again and release the ranks held at the first one)."},
 };
 
 bool ParseInt(const char* v, int64_t min, int64_t* out) {
@@ -149,7 +150,7 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
   if (name == "TRAINMOVER_SHADOW_ITERS") return ParseInt(v, 1, &c->shadow_iters);
   if (name == "TRAINMOVER_HEARTBEAT_MS") return ParseInt(v, 1, &c->heartbeat_ms);
   if (name == "TRAINMOVER_FAULT") {
-    if (std::string(v) != "corrupt-transfer") return false;
+    if (std::string(v) != "corrupt-transfer" && std::string(v) != "pass-first-proposal") return false;
     c->fault = v;
     return true;
   }

@@ -245,6 +245,7 @@ class Engine : public MigrationEngine {
         x.accepted.insert(p);
         if (x.accepted.size() == x.stayers.size() + x.pairs.size()) {
           m->switch_step = x.proposal;
+          EndPhase(c, *m, 0, "propose step " + std::to_string(x.proposal));
           c.SetMigState(*m, MigState::kSwitching);
           c.EndPhase(*m, 0, "agree");
           c.BeginPhase(*m, 0, "switch");
@@ -503,9 +504,13 @@ class Engine : public MigrationEngine {
     for (uint64_t q : Participants(m, x)) {
       if (ProcessRec* pr = c.FindProcess(q)) top = std::max(top, pr->step);
     }
+    if (x.proposal >= 0) EndPhase(c, m, 0, "propose step " + std::to_string(x.proposal));
     x.proposal = std::max(top, x.proposal) + x.margin;
+    c.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
     x.accepted.clear();
     x.round_passed = false;
+    CTL_INFO("coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
+             x.proposal, x.margin);
     for (uint64_t q : Participants(m, x)) {
       c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kPropose), m.id, mig::Step{x.proposal}));
     }

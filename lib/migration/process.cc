@@ -83,6 +83,7 @@ struct State {
   uint64_t switch_entry_ns = 0;
   uint64_t switch_entry_real = 0;
   uint64_t captured_sent = 0;  // CapturedCount() already reported
+  bool fault_passed = false;   // TRAINMOVER_FAULT=pass-first-proposal used
 };
 
 State& S() {
@@ -372,7 +373,13 @@ void OnCommand(const Command& c) {
       std::lock_guard<std::mutex> lk(s.mu);
       s.mig = id;
       s.active = true;
-      if (now < st.step) {
+      bool fault_pass = false;
+      if (FaultIs("pass-first-proposal") && !s.fault_passed) {  // test knob: rank 0 refuses the first S once
+        std::vector<shim::VCommInfo> vs = shim::SnapshotVComms();
+        fault_pass = !vs.empty() && vs.front().lineage.rank == 0;
+        s.fault_passed = true;
+      }
+      if (now < st.step && !fault_pass) {
         s.proposed = st.step;
         s.committed = -1;
         SendEv(mig::Ev::kAccept, id, st);

@@ -242,6 +242,24 @@ def scenario_fast():
     job.check_digests({0, 2, 3})
 
 
+def scenario_repropose():
+    # rank 0 answers the first proposal PASSED (test knob): D proposes again, the ranks held at the first
+    # proposal are released, and everyone switches at the second
+    clear_joiner_logs()
+    job = Job("repropose", 3, step_ms=5, env={"TRAINMOVER_FAULT": "pass-first-proposal"})
+    try:
+        job.wait_step(10)
+        _, out = job.migrate(1)
+        rounds = re.findall(r"propose step (\d+)", out)
+        if len(set(rounds)) < 2:
+            fail(f"repropose: expected at least two proposals, the report shows {sorted(set(rounds))}")
+        print(f"repropose: proposals at steps {sorted(set(rounds), key=int)}")
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({1})
+
+
 def scenario_pair():
     run_plan("pair", 2, [(10, [0, 1])])  # every rank of a communicator of 2, in turn
 
@@ -377,7 +395,7 @@ def scenario_captured():
     job.check_digests(set())
 
 
-SCENARIOS = {"fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
