@@ -141,6 +141,14 @@ ncclResult_t FinishCreate(ncclResult_t r, ncclComm_t* app, ncclComm_t local, Lin
     *app = nullptr;
     return Noted(r);
   }
+  if (r == ncclSuccess && (l.nranks < 0 || l.rank < 0) && g_real.CommCount && g_real.CommUserRank) {
+    // Before CreateVComm, whose observer (the agent) reports the size and rank.
+    int n = -1, k = -1;
+    if (g_real.CommCount(local, &n) == ncclSuccess && g_real.CommUserRank(local, &k) == ncclSuccess) {
+      l.nranks = n;
+      l.rank = k;
+    }
+  }
   VComm* v = CreateVComm(local, std::move(l), ids, ids_bytes);
   if (r == ncclSuccess && (v->lineage.nranks < 0 || v->lineage.rank < 0)) ResolveSize(v, local);
   *app = AsHandle(v);

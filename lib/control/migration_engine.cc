@@ -431,8 +431,11 @@ class Engine : public MigrationEngine {
       const Lineage &la = a.lineage, &lb = b.lineage;
       bool parent_ok =
           la.parent_key == 0 ? lb.parent_key == 0 : j2l.count(la.parent_key) && j2l[la.parent_key] == lb.parent_key;
-      if (la.kind != lb.kind || a.nranks != b.nranks || a.rank != b.rank || la.color != lb.color || la.key != lb.key ||
-          la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
+      // A sandboxed Split child does not know its real size (the sandbox splits as if every rank chose this
+      // rank's color): its nranks/rank are not compared; the replacement gets the leaver's.
+      const bool sized = la.kind != static_cast<uint8_t>(LineageKind::kSplit);
+      if (la.kind != lb.kind || (sized && (a.nranks != b.nranks || a.rank != b.rank)) || la.color != lb.color ||
+          la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
         diff = "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
       }
       j2l[a.comm_key] = b.comm_key;

@@ -50,11 +50,14 @@ namespace {
 void Observe(void*, shim::VComm* v, bool created) {
   Agent* a = g_agent.load(std::memory_order_acquire);
   if (!a) return;
+  // A joiner's sandboxed communicators are not the job's: they are described in READY and reported (with the
+  // leaver's keys) when the joiner switches in, so they never displace the leaver in the coordinator's view.
+  const bool sandboxed_joiner = shim::ProcessRole() == shim::Role::kJoiner && shim::ProcessSandboxed();
   if (!created) {
-    a->ReportCommDestroyed(v->comm_key);
+    if (!sandboxed_joiner) a->ReportCommDestroyed(v->comm_key);
     return;
   }
-  a->ReportCommCreated(DescribeVComm(v));
+  if (!sandboxed_joiner) a->ReportCommCreated(DescribeVComm(v));
   if (v->lineage.index == 0) {  // the process's first communicator names its rank
     a->ReportRankWorld(v->lineage.rank, v->lineage.nranks);
     SetCtlLogRank(v->lineage.rank);

@@ -47,6 +47,7 @@ uint64_t RealNs() {
 struct Staged {
   shim::VComm* v;
   ncclComm_t next;
+  int nranks, rank;  // of the replacement (a joiner's sandboxed Split child had guessed them)
 };
 
 // The whole process-side state, under `mu` unless noted.
@@ -201,7 +202,7 @@ void BuildJob(uint64_t id, uint64_t gen, mig::Build b) {
     }
     shim::SetNextComm(v, c);
     ncclResult_t rr = shim::RebindObjects(v);
-    s.staged.push_back(Staged{v, c});
+    s.staged.push_back(Staged{v, c, e.nranks, e.rank});
     if (rr != ncclSuccess) {
       fail("re-creating PreMulSum ops/registrations on the replacement failed");
       continue;
@@ -480,13 +481,17 @@ int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   }
   if (s.exit_pending) JoinerExit(lk);
   // Switch in: the state is already in our regions (verified); real communicators replace the emulated ones.
-  for (const Staged& st : s.staged) shim::SwitchToNext(st.v);
+  for (const Staged& st : s.staged) {
+    shim::SwitchToNext(st.v);
+    std::lock_guard<std::mutex> vl(st.v->mu);
+    st.v->lineage.nranks = st.nranks;
+    st.v->lineage.rank = st.rank;
+  }
   s.staged.clear();
   shim::SetProcessSandboxed(false);
   for (auto& [v, key] : s.rekey) {
     if (v->magic != shim::VComm::kMagic) continue;
-    if (s.agent) s.agent->ReportCommDestroyed(v->comm_key);
-    v->comm_key = key;
+    v->comm_key = key;  // its sandboxed key was never reported (shim_agent.cc)
     if (s.agent) s.agent->ReportCommCreated(control::DescribeVComm(v));
   }
   s.rekey.clear();

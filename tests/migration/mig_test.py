@@ -20,6 +20,7 @@ import time
 TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a in sys.argv[1:7])
 SCENARIO = sys.argv[7]
 FAKE_CUDART = os.path.abspath(sys.argv[8]) if len(sys.argv) > 8 else ""
+SPLIT_APP = os.path.abspath(sys.argv[9]) if len(sys.argv) > 9 else ""
 WORK = tempfile.mkdtemp(prefix="mig-test-")
 TIMEOUT = 50
 
@@ -52,12 +53,17 @@ def digests(path):
 REF = {}
 
 
+def split_cmd(steps, step_ms):
+    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", SPLIT_APP, str(steps), str(step_ms)]
+
+
 def reference(ranks, params, steps):
     key = (ranks, params, steps)
     if key not in REF:
-        log = os.path.join(WORK, f"ref-{ranks}.log")
+        log = os.path.join(WORK, f"ref-{ranks}-{params}.log")
+        cmd = split_cmd(steps, 0) if params == "split" else train_cmd(params, steps, 0)
         with open(log, "w") as f:
-            rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + train_cmd(params, steps, 0),
+            rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + cmd,
                                 stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
         d = digests(log)
         if rc != 0 or len(set(d.values())) != 1 or len(d) != ranks:
@@ -84,7 +90,8 @@ class Job:
             self.addr = self.daemon.stdout.readline().strip()
             env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
             opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
-        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + opts + ["--"] + train_cmd(params, steps, step_ms, preload),
+        cmd = split_cmd(steps, step_ms) if params == "split" else train_cmd(params, steps, step_ms, preload)
+        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + opts + ["--"] + cmd,
                                   stdout=self.f, stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not self.addr:
@@ -260,6 +267,23 @@ def scenario_repropose():
     job.check_digests({1})
 
 
+def scenario_split():
+    if not SPLIT_APP or not os.path.exists(SPLIT_APP):
+        print("SKIP: split_app was not built")
+        sys.exit(77)
+    clear_joiner_logs()
+    job = Job("split", 4, params="split", steps=300, step_ms=8)
+    try:
+        job.wait_step(10)
+        job.migrate(1)  # in the world and in the odd half; the even half is not touched
+        job.wait_step(100)
+        job.migrate([0, 3])
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({0, 1, 3})
+
+
 def scenario_pair():
     run_plan("pair", 2, [(10, [0, 1])])  # every rank of a communicator of 2, in turn
 
@@ -395,7 +419,7 @@ def scenario_captured():
     job.check_digests(set())
 
 
-SCENARIOS = {"repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
