@@ -141,7 +141,7 @@ def row_of(a, out, profile, ranks, mb):
         "costs": profile, "init_ms": init_ms, "comm_init_ms": comm_ms, "ranks": ranks, "extra_state_mb": mb,
         "state_bytes": state, "steps": out.get("_steps"),
         "median_step_ms": mig.get("median_step_ms", cold.get("median_step_ms")),
-        "live_downtime_ms": out.get("downtime_ms"), "live_gap_ms": mig.get("gap_ms"),
+        "live_downtime_ms": out.get("downtime_ms"), "live_window_ms": mig.get("window_ms"),
         "coordinator_downtime_ms": mig.get("coordinator_downtime_ms"), "migration_ms": mig.get("elapsed_ms"),
         "transfer_ms": transfer_ms, "seal_ms": phase_ms(mig.get("phases", []), "seal"),
         "hold_ms": phase_ms(mig.get("phases", []), "hold at S"),
@@ -392,7 +392,7 @@ def svg(rows, sweep_ranks, sweep_state, xfer, title):
 
 
 CSV_COLS = ["costs", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
-            "live_downtime_ms", "live_gap_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "seal_ms",
+            "live_downtime_ms", "live_window_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "seal_ms",
             "hold_ms", "switch_step_ms", "migration_transfer_gbps", "cold_restart_ms", "cold_save_and_stop_ms",
             "cold_restart_to_k_ms", "ratio", "fetch_gbps", "perftest_get_gbps", "predicted_ms", "excess_ms",
             "bit_identical", "live_available", "live_samples_ms", "cold_samples_ms"]

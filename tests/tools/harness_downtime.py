@@ -32,11 +32,11 @@ for r in range(2):
     cold += steady(r, range(0, 6), 0, 10 * MS)
     cold += steady(r, range(5, 10), 50 * MS + 3000 * MS + r * MS, 10 * MS)
 m = h.downtime(cold, 5, 2)
-# Rank 1's gap 5 -> 6: (50 + 3000 + 1 + 10) - 50 ms = 3011 ms; median step 10 ms.
-check("cold gap", m["gap_ms"], 3011.0)
+# Rank 1's window 4 -> 7: (50 + 3000 + 1 + 20) - 40 ms = 3031 ms; median step 10 ms; 3031 - 3 x 10 = 3001.
+check("cold window", m["window_ms"], 3031.0)
 check("cold median", m["median_step_ms"], 10.0)
 check("cold downtime", m["downtime_ms"], 3001.0)
-check("cold rank/step", (m["gap_rank"], m["gap_from_step"]), (1, 5))
+check("cold rank/steps", (m["window_rank"], m["window_steps"]), (1, [4, 7]))
 
 # Live migration of rank 1 at switch step 6: rank 0 waits 40 ms in step 6 -> 7; the leaver marks 0..6; the
 # joiner shadows steps 3..6 early (ignored) and marks 7..9 from then on.
@@ -48,18 +48,26 @@ live += steady(1, range(0, 7), 0, 10 * MS)
 live += steady(1, range(3, 7), 1 * MS, 1 * MS, role="joiner")
 live += steady(1, range(7, 10), 115 * MS, 10 * MS, role="joiner")
 m = h.downtime(live, 6, 2)
-check("live gap", m["gap_ms"], 55.0)  # rank 1: 60 -> 115 ms
+check("live window", m["window_ms"], 75.0)  # rank 1: step 5 at 50 ms -> step 8 at 125 ms
 check("live median", m["median_step_ms"], 10.0)
 check("live downtime", m["downtime_ms"], 45.0)
-check("live rank", m["gap_rank"], 1)
+check("live rank", m["window_rank"], 1)
+
+# A stall split across both sides of K (held 15 ms inside safe point K, then 20 ms in the first operation after
+# it) counts whole: 35 ms, where the longest single gap would show only 20.
+split = steady(0, range(0, 6), 0, 10 * MS) + [{"rank": 0, "step": 6, "t_ns": 75 * MS, "role": "worker"},
+                                              {"rank": 0, "step": 7, "t_ns": 105 * MS, "role": "worker"}]
+split += steady(0, range(8, 12), 115 * MS, 10 * MS)
+m = h.downtime(split, 6, 1)
+check("split stall downtime", m["downtime_ms"], 35.0)
 marks = h.first_marks(live)
 check("shadow marks ignored", marks[1][5], 50 * MS)
 
 try:
     h.downtime(steady(0, range(0, 5), 0, MS), 5, 1)
-    fails.append("a timeline without steps 5 and 6 was accepted")
+    fails.append("a timeline without steps 4 and 7 was accepted")
 except h.HarnessError as e:
-    check("missing marks message", "no safe points" in str(e), True)
+    check("missing marks message", "no safe point" in str(e), True)
 
 for f in fails:
     print("FAIL:", f)
