@@ -76,6 +76,7 @@ struct State {
   bool leaver = false;
   std::string destination;  // "host H pid P" of the joiner
   std::unique_ptr<transfer::StateServer> server;
+  bool sealing = false;  // the application thread is in server->Seal() without mu: an abort must not free it
   // Stall measurement (application thread only, but kept here for simplicity).
   std::vector<uint64_t> step_ns;  // recent undisturbed step intervals
   uint64_t last_entry_ns = 0;     // monotonic time tmSafePoint was entered last
@@ -131,7 +132,7 @@ void AbortLocked(const std::string& why) {
   s.proposed = s.committed = -1;
   s.at_sent = false;
   s.switch_go = false;
-  if (s.server) {
+  if (s.server && !s.sealing) {  // while sealing, the hook closes it when Seal returns
     s.server->Close();
     s.server.reset();
   }
@@ -338,6 +339,10 @@ void OnCommand(const Command& c) {
       if (!Decode(c, &where)) return;
       uint64_t t0 = RealNs();
       std::lock_guard<std::mutex> lk(s.mu);
+      if (s.sealing) {  // an aborted migration's Seal still reads the old server (Hook frees it)
+        SendEv(mig::Ev::kFailed, id, mig::Reason{"the previous migration's seal is still running"});
+        return;
+      }
       s.mig = id;
       s.active = true;
       s.leaver = true;
@@ -550,15 +555,27 @@ int64_t Hook(void*, int64_t step) {
   for (;;) {
     if (s.committed >= 0 && step == s.committed && !s.at_sent) {
       s.at_sent = true;
+      // AT_STEP first: the memory is frozen from here on, so the joiner may start reading at once (D sends
+      // it FETCH_FROM on this event) while we hash; it compares when both hashes are ready (the sealed flag
+      // of the control block), so the seal is off the critical path unless it is slower than the read.
+      SendEv(mig::Ev::kAtStep, id, mig::Step{step});
       if (s.leaver && s.server) {
+        transfer::StateServer* server = s.server.get();
+        const uint64_t gen = s.gen;
+        s.sealing = true;
         lk.unlock();
         uint64_t t0 = RealNs();
-        transfer::Status st = s.server->Seal();
+        transfer::Status st = server->Seal();
         lk.lock();
+        s.sealing = false;
         SendPhase(id, "seal", t0, RealNs());
-        if (!st.ok()) SendEv(mig::Ev::kFailed, id, mig::Reason{"leaver cannot checksum its state: " + st.ToString()});
+        if (s.gen != gen) {  // aborted meanwhile (AbortLocked left the server to us)
+          s.server->Close();
+          s.server.reset();
+        } else if (!st.ok()) {
+          SendEv(mig::Ev::kFailed, id, mig::Reason{"leaver cannot checksum its state: " + st.ToString()});
+        }
       }
-      SendEv(mig::Ev::kAtStep, id, mig::Step{step});
     }
     if (s.committed >= 0 && step > s.committed) {
       SendEv(mig::Ev::kFailed, id, mig::Reason{"process passed the committed switch step"});

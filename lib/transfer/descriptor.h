@@ -28,6 +28,7 @@ inline constexpr uint16_t kDescriptorVersion = 2;
 inline constexpr uint64_t kControlMagic = 0x4c5254434d54ULL;  // "TMCTRL"
 inline constexpr size_t kControlHeaderWords = 4;
 inline constexpr size_t kControlSealed = 1, kControlClientDone = 2, kControlCount = 3;
+inline constexpr uint64_t kSealFailed = 2;  // value of the sealed word when Seal failed (1: sealed)
 
 struct RemoteRegion {
   std::string name;

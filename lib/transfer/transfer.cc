@@ -76,6 +76,8 @@ Status ValidateRegions(const std::vector<Region>& regions) {
 
 ucs_memory_type_t UcsType(MemoryType t) { return t == MemoryType::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST; }
 
+Status SealFailed() { return Status(Code::kPeerFailure, "the leaver could not checksum its regions (Seal failed)"); }
+
 uint64_t AtomicLoad(uint64_t* p) { return std::atomic_ref<uint64_t>(*p).load(std::memory_order_acquire); }
 
 }  // namespace
@@ -277,7 +279,10 @@ Status StateServer::Seal(std::vector<uint64_t>* checksums) {
   Impl& m = *impl_;
   if (m.descriptor.empty() || m.closed) return Status(Code::kState, "Seal before Expose or after Close");
   Status s = detail::ChecksumRegions(m.regions, m.options.hash_threads, &m.checksums);
-  if (!s.ok()) return s;
+  if (!s.ok()) {  // tell a client already reading not to wait for checksums that will never come
+    std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(detail::kSealFailed, std::memory_order_release);
+    return s;
+  }
   for (size_t i = 0; i < m.checksums.size(); ++i) m.control[detail::kControlHeaderWords + i] = m.checksums[i];
   // The client reads the flag, then (after that read completed) the checksums: release ordering suffices.
   std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(1, std::memory_order_release);
@@ -682,6 +687,7 @@ Status FetchCma(const detail::DescriptorData& d, const std::vector<Region>& loca
         return CmaError(err, "waiting for the leaver's checksums");
       }
       if (sealed == 1) break;
+      if (sealed == detail::kSealFailed) return SealFailed();
       if (Clock::now() >= deadline) return Status(Code::kTimeout, "the leaver did not publish its checksums in time");
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
@@ -812,6 +818,8 @@ Status StateClient::Fetch(std::span<const uint8_t> descriptor, const std::vector
         s = session.GetSync(&sealed, sizeof(sealed), d.control.address + 8 * detail::kControlSealed,
                             session.control_rkey());
         if (!s.ok() || sealed == 1) break;
+        if (sealed == detail::kSealFailed) s = SealFailed();
+        if (!s.ok()) break;
         std::this_thread::sleep_for(std::chrono::microseconds(200));
         s = session.Check();
       }

@@ -4,6 +4,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "descriptor.h"
@@ -188,4 +190,48 @@ TEST_CASE("an unsealed server makes the fetch time out instead of hanging; expec
   CHECK(a == x);
   o.expected_checksums = {42};
   CHECK(client->Fetch(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &r).code() == tt::Code::kChecksumMismatch);
+}
+
+// The migration's order at the switch point: the joiner starts reading before the leaver seals (hashes), and
+// compares once both hashes are ready. Waits for the client's progress callback to report every byte read
+// before sealing, so the overlap is certain, not timed. A change between the read and the seal (which a
+// frozen leaver never makes) must still be caught: the leaver's hash covers what it holds at Seal.
+TEST_CASE("the fetch may start before Seal: it reads, then waits for the checksums; mismatch still detected") {
+  for (bool corrupt : {false, true}) {
+    CAPTURE(corrupt);
+    std::vector<unsigned char> a(3 * tt::kChecksumBlock + 17), x(a.size(), 0);
+    Fill(&a, 9);
+    std::unique_ptr<tt::StateServer> server;
+    REQUIRE(tt::StateServer::Create({}, &server).ok());
+    REQUIRE(server->Expose({{"a", a.data(), a.size()}}).ok());
+    std::unique_ptr<tt::StateClient> client;
+    REQUIRE(tt::StateClient::Create({}, &client).ok());
+    std::atomic<bool> read_all{false};
+    tt::FetchOptions o;
+    o.timeout_ms = 20000;
+    o.progress = [&](uint64_t done, uint64_t total) {
+      if (done == total) read_all = true;
+    };
+    tt::FetchResult r;
+    tt::Status s;
+    std::thread joiner([&] { s = client->Fetch(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &r); });
+    while (!read_all) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (corrupt) a[tt::kChecksumBlock + 5] ^= 0x10;
+    std::vector<uint64_t> sums;
+    REQUIRE(server->Seal(&sums).ok());
+    joiner.join();
+    bool client_ok = !corrupt;
+    REQUIRE(server->WaitClientDone(5000, &client_ok).ok());
+    if (corrupt) {
+      CHECK(s.code() == tt::Code::kChecksumMismatch);
+      CHECK_FALSE(r.verified);
+      CHECK_FALSE(client_ok);
+    } else {
+      CHECK_MESSAGE(s.ok(), s.ToString());
+      CHECK(r.verified);
+      CHECK(client_ok);
+      CHECK(a == x);
+      CHECK(r.checksums == sums);
+    }
+  }
 }
