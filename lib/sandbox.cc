@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "binding.h"
-#include "dtype.h"
 #include "log.h"
+#include "nccl_dtype.h"
 
 namespace trainmover::shim {
 namespace {
@@ -18,17 +18,18 @@ namespace {
 void ReduceElements(const void* in, void* out, size_t count, ncclDataType_t t, const EmuRedOp& op, int n) {
   const bool scales = op.premul || op.op == ncclSum;
   if (!scales) {  // avg, max, min, prod of n equal values = the value
-    if (in != out) memmove(out, in, count * DtypeSize(t));
+    if (in != out) memmove(out, in, count * common::DtypeSize(t));
     return;
   }
-  if (DtypeIsFloat(t)) {
-    const double s = op.premul ? LoadFloat(t, op.scalar, 0) : 1.0;
+  if (common::DtypeIsFloat(t)) {
+    const double s = op.premul ? common::LoadFloat(t, op.scalar, 0) : 1.0;
     for (size_t i = 0; i < count; ++i) {
-      StoreFloat(t, out, i, s * static_cast<double>(n) * LoadFloat(t, in, i));
+      common::StoreFloat(t, out, i, s * static_cast<double>(n) * common::LoadFloat(t, in, i));
     }
   } else {
-    const uint64_t s = op.premul ? LoadInt(t, op.scalar, 0) : 1;
-    for (size_t i = 0; i < count; ++i) StoreInt(t, out, i, s * static_cast<uint64_t>(n) * LoadInt(t, in, i));
+    const uint64_t s = op.premul ? common::LoadInt(t, op.scalar, 0) : 1;
+    for (size_t i = 0; i < count; ++i)
+      common::StoreInt(t, out, i, s * static_cast<uint64_t>(n) * common::LoadInt(t, in, i));
   }
 }
 
@@ -42,7 +43,7 @@ ncclResult_t Invalid(const char* what) {
 
 ncclResult_t Emulate(OpKind kind, const void* send, void* recv, size_t count, ncclDataType_t t, const EmuRedOp& op,
                      int root, int rank, int n) {
-  const size_t es = DtypeSize(t);
+  const size_t es = common::DtypeSize(t);
   if (es == 0) return Invalid("invalid datatype");
   const bool reduces = kind == OpKind::kAllReduce || kind == OpKind::kReduce || kind == OpKind::kReduceScatter;
   if (reduces && !op.premul && (op.op < ncclSum || op.op > ncclAvg)) return Invalid("invalid reduction operation");
@@ -183,7 +184,7 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t c
   const CudaRt* rt = LoadedCuda();
   const bool dsend = IsDevice(rt, send), drecv = IsDevice(rt, recv), dscalar = op.premul && IsDevice(rt, op.scalar);
   if (!dsend && !drecv && !dscalar) return Emulate(kind, send, recv, count, t, op, root, rank, n);
-  const size_t es = DtypeSize(t);
+  const size_t es = common::DtypeSize(t);
   if (es == 0) return Emulate(kind, send, recv, count, t, op, root, rank, n);  // the argument error, no copy
   size_t sbytes, rbytes;
   BufferBytes(kind, count, es, n, &sbytes, &rbytes);

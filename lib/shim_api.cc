@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "binding.h"
-#include "dtype.h"
 #include "log.h"
+#include "nccl_dtype.h"
 #include "sandbox.h"
 #include "shim_state.h"
 #include "state_internal.h"
@@ -726,7 +726,8 @@ TM_EXPORT ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, n
     if (r != ncclSuccess || !op) return Noted(r);
   } else {
     if (!op || !scalar) return ShimInvalid("ncclRedOpCreatePreMulSum", "op or scalar argument is NULL");
-    if (DtypeSize(datatype) == 0) return ShimInvalid("ncclRedOpCreatePreMulSum", "invalid datatype");
+    if (trainmover::common::DtypeSize(datatype) == 0)
+      return ShimInvalid("ncclRedOpCreatePreMulSum", "invalid datatype");
   }
   std::lock_guard<std::mutex> lock(v->mu);
   RedOpSlot* slots = v->ops.load(std::memory_order_acquire);
@@ -748,7 +749,7 @@ TM_EXPORT ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, n
   s.residence = residence;
   s.scalar_ptr = scalar;
   memset(s.scalar, 0, sizeof(s.scalar));
-  if (residence == ncclScalarHostImmediate && scalar) memcpy(s.scalar, scalar, DtypeSize(datatype));
+  if (residence == ncclScalarHostImmediate && scalar) memcpy(s.scalar, scalar, trainmover::common::DtypeSize(datatype));
   s.live.store(1, std::memory_order_release);
   *op = static_cast<ncclRedOp_t>(kVirtualOpBase + idx);
   return ncclSuccess;

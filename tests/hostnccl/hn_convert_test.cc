@@ -6,56 +6,83 @@
 #include <cmath>
 
 #include "hn_types.h"
+#include "nccl_dtype.h"
 
 using namespace hn;
+using trainmover::common::Decode;
+using trainmover::common::Encode;
+using trainmover::common::kBf16;
+using trainmover::common::kE4m3;
+using trainmover::common::kE5m2;
+using trainmover::common::kHalf;
 
+// Known values of common/nccl_dtype.h's conversions (hostnccl and the shim share them); its round trips over
+// every code are in tests/lib/shim_unit.
 TEST_CASE("half: rounding to nearest even, overflow, subnormals") {
-  CHECK(FloatToHalf(1.0f) == 0x3c00);
-  CHECK(FloatToHalf(-2.0f) == 0xc000);
-  CHECK(FloatToHalf(65504.0f) == 0x7bff);
-  CHECK(FloatToHalf(65519.0f) == 0x7bff);
-  CHECK(FloatToHalf(65520.0f) == 0x7c00);                          // rounds to infinity
-  CHECK(FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie -> even
-  CHECK(FloatToHalf(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie -> even (up)
-  CHECK(FloatToHalf(std::ldexp(1.0f, -24)) == 0x0001);
-  CHECK(FloatToHalf(std::ldexp(1.0f, -25)) == 0x0000);
-  CHECK(FloatToHalf(3 * std::ldexp(1.0f, -25)) == 0x0002);
-  CHECK(FloatToHalf(INFINITY) == 0x7c00);
-  CHECK(std::isnan(HalfToFloat(FloatToHalf(NAN))));
-  for (uint32_t h = 0; h < 0x10000; ++h) {
-    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN
-    REQUIRE(FloatToHalf(HalfToFloat(static_cast<uint16_t>(h))) == h);
-  }
+  CHECK(Encode(kHalf, 1.0f) == 0x3c00);
+  CHECK(Encode(kHalf, -2.0f) == 0xc000);
+  CHECK(Encode(kHalf, -0.0) == 0x8000);
+  CHECK(Encode(kHalf, 65504.0f) == 0x7bff);
+  CHECK(Encode(kHalf, 65519.0f) == 0x7bff);
+  CHECK(Encode(kHalf, 65520.0f) == 0x7c00);                          // rounds to infinity
+  CHECK(Encode(kHalf, 1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie -> even
+  CHECK(Encode(kHalf, 1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie -> even (up)
+  CHECK(Encode(kHalf, std::ldexp(1.0f, -24)) == 0x0001);             // smallest subnormal
+  CHECK(Encode(kHalf, std::ldexp(1.0f, -25)) == 0x0000);
+  CHECK(Encode(kHalf, 3 * std::ldexp(1.0f, -25)) == 0x0002);
+  CHECK(Encode(kHalf, INFINITY) == 0x7c00);
+  CHECK(Encode(kHalf, -INFINITY) == 0xfc00);
+  CHECK(Encode(kHalf, NAN) == 0x7e00);
+  CHECK(std::isnan(Decode(kHalf, 0x7e00)));
+  CHECK(Decode(kHalf, 0xfc00) == -INFINITY);
 }
 
-TEST_CASE("bfloat16: rounding to nearest even") {
-  CHECK(FloatToBf16(1.0f) == 0x3f80);
-  CHECK(FloatToBf16(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);
-  CHECK(FloatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3f82);
-  for (uint32_t b = 0; b < 0x10000; ++b) {
-    if ((b & 0x7f80) == 0x7f80 && (b & 0x7f)) continue;
-    REQUIRE(FloatToBf16(Bf16ToFloat(static_cast<uint16_t>(b))) == b);
-  }
+TEST_CASE("bfloat16: rounding to nearest even, overflow") {
+  CHECK(Encode(kBf16, 1.0f) == 0x3f80);
+  CHECK(Encode(kBf16, 1.0f + std::ldexp(1.0f, -8)) == 0x3f80);
+  CHECK(Encode(kBf16, 1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3f82);
+  CHECK(Encode(kBf16, 3.0e38) == 0x7f62);
+  CHECK(Encode(kBf16, 3.4e38f) == 0x7f80);  // past the largest finite 0x7f7f: infinity
+  CHECK(Encode(kBf16, NAN) == 0x7fc0);
+  CHECK(Decode(kBf16, 0x7f80) == INFINITY);
 }
 
 TEST_CASE("fp8: saturation to the largest finite value, NaN, subnormals") {
-  CHECK(FloatToE4m3(1.0f) == 0x38);
-  CHECK(FloatToE4m3(448.0f) == 0x7e);
-  CHECK(FloatToE4m3(480.0f) == 0x7e);
-  CHECK(FloatToE4m3(1e9f) == 0x7e);
-  CHECK(FloatToE4m3(INFINITY) == 0x7e);
-  CHECK(FloatToE4m3(-INFINITY) == 0xfe);
-  CHECK(FloatToE4m3(NAN) == 0x7f);
-  CHECK(FloatToE4m3(std::ldexp(1.0f, -9)) == 0x01);
-  CHECK(FloatToE4m3(std::ldexp(1.0f, -10)) == 0x00);
-  CHECK(FloatToE4m3(17.0f) == FloatToE4m3(16.0f));  // tie -> even
-  CHECK(FloatToE5m2(1.0f) == 0x3c);
-  CHECK(FloatToE5m2(57344.0f) == 0x7b);
-  CHECK(FloatToE5m2(1e9f) == 0x7b);
-  CHECK(FloatToE5m2(INFINITY) == 0x7b);
-  for (uint32_t b = 0; b < 0x100; ++b) {
-    if ((b & 0x7f) != 0x7f) REQUIRE(FloatToE4m3(E4m3ToFloat(static_cast<uint8_t>(b))) == b);
-    if ((b & 0x7c) != 0x7c) REQUIRE(FloatToE5m2(E5m2ToFloat(static_cast<uint8_t>(b))) == b);
+  CHECK(Encode(kE4m3, 1.0f) == 0x38);
+  CHECK(Encode(kE4m3, 448.0f) == 0x7e);
+  CHECK(Encode(kE4m3, 480.0f) == 0x7e);
+  CHECK(Encode(kE4m3, 1e9f) == 0x7e);  // saturates, never NaN
+  CHECK(Encode(kE4m3, -1.0e6) == 0xfe);
+  CHECK(Encode(kE4m3, INFINITY) == 0x7e);
+  CHECK(Encode(kE4m3, -INFINITY) == 0xfe);
+  CHECK(Encode(kE4m3, NAN) == 0x7f);
+  CHECK(std::isnan(Decode(kE4m3, 0x7f)));
+  CHECK(Encode(kE4m3, std::ldexp(1.0f, -9)) == 0x01);
+  CHECK(Encode(kE4m3, std::ldexp(1.0f, -10)) == 0x00);
+  CHECK(Encode(kE4m3, 17.0f) == Encode(kE4m3, 16.0f));  // tie -> even
+  CHECK(Encode(kE5m2, 1.0f) == 0x3c);
+  CHECK(Encode(kE5m2, 57344.0f) == 0x7b);
+  CHECK(Encode(kE5m2, 1e9f) == 0x7b);
+  CHECK(Encode(kE5m2, INFINITY) == 0x7b);
+  CHECK(Encode(kE5m2, NAN) == 0x7f);
+  CHECK(Decode(kE5m2, 0x7c) == INFINITY);
+}
+
+TEST_CASE("hostnccl's float names are the shared conversions") {
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const uint16_t h = static_cast<uint16_t>(b);
+    if (!std::isnan(Decode(kHalf, h))) REQUIRE(HalfToFloat(h) == Decode(kHalf, h));
+    if (!std::isnan(Decode(kBf16, h))) REQUIRE(Bf16ToFloat(h) == Decode(kBf16, h));
+    const float f = HalfToFloat(h);  // every half value, as a float input
+    REQUIRE(FloatToHalf(f) == Encode(kHalf, f));
+    REQUIRE(FloatToBf16(f) == Encode(kBf16, f));
+    REQUIRE(FloatToE4m3(f) == Encode(kE4m3, f));
+    REQUIRE(FloatToE5m2(f) == Encode(kE5m2, f));
+    if (b < 0x100) {
+      const uint8_t e = static_cast<uint8_t>(b);
+      if (!std::isnan(Decode(kE4m3, e))) REQUIRE(E4m3ToFloat(e) == Decode(kE4m3, e));
+      if (!std::isnan(Decode(kE5m2, e))) REQUIRE(E5m2ToFloat(e) == Decode(kE5m2, e));
+    }
   }
 }
 

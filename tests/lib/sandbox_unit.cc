@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#include "dtype.h"
+#include "nccl_dtype.h"
 #include "shim_state.h"
 
 using namespace trainmover::shim;
@@ -99,7 +99,7 @@ TEST_CASE("sandbox: AllReduce/Reduce/ReduceScatter for every datatype and op, ex
   Sandboxed s(3, 1);
   for (const Case& c : Cases()) {
     CAPTURE(c.t);
-    const size_t es = DtypeSize(c.t);
+    const size_t es = trainmover::common::DtypeSize(c.t);
     std::vector<uint8_t> out(c.in.size(), 0xab);
     REQUIRE(ncclAllReduce(c.in.data(), out.data(), 3, c.t, ncclSum, s.comm, nullptr) == ncclSuccess);
     CHECK(out == c.sum3);

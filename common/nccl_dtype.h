@@ -1,19 +1,32 @@
 // SPDX-License-Identifier: Apache-2.0
-// Element types of NCCL: size, and conversion of the floating-point ones to and from double.
-// half (IEEE binary16), bfloat16, fp8 e4m3 and e5m2 are stored as raw bits. Encoding rounds once, to
-// nearest even. Overflow: half/bfloat16 give infinity (IEEE); fp8 saturates to the largest finite value
-// (as NCCL's __NV_SATFINITE conversions do), so emulated results never become NaN from finite inputs.
+// NCCL's element types (ncclDataType_t): their size, and the one conversion of the floating-point ones to and
+// from double. Shared by the shim (lib/, its sandbox emulation) and hostnccl (plugins/hostnccl, its reductions);
+// header-only, no state, every function is pure and thread-safe.
+//
+// half (IEEE binary16), bfloat16, fp8 e4m3 and fp8 e5m2 are stored as raw bits (uint16_t / uint8_t).
+// - Encode rounds once, to nearest, ties to even, from a double (a float argument converts exactly, so
+//   encoding a float rounds exactly as a direct float conversion would).
+// - Overflow (a finite value that rounds past the largest finite code) and infinities:
+//     half, bfloat16: infinity (IEEE);
+//     e4m3, e5m2:     the largest finite value of the sign (448, 57344), as NCCL's __NV_SATFINITE
+//                     conversions do, so results never turn into NaN or infinity from finite inputs.
+// - NaN encodes as one quiet code per format whatever the sign and payload of the input:
+//     half 0x7e00, bfloat16 0x7fc0, e4m3 0x7f (its only NaN magnitude), e5m2 0x7f.
+// - Decode is exact (every code is a double); e4m3 has no infinity (0x7f/0xff are NaN), e5m2 is the top byte
+//   of a half (0x7c infinity, 0x7d..0x7f NaN).
 #pragma once
 
 #include <nccl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
-namespace trainmover::shim {
+namespace trainmover::common {
 
+// Bytes per element of t; 0 for an invalid type.
 inline size_t DtypeSize(ncclDataType_t t) {
   switch (t) {
     case ncclInt8:
@@ -42,19 +55,20 @@ inline bool DtypeIsFloat(ncclDataType_t t) {
          t == ncclFloat8e5m2;
 }
 
-// A binary floating-point format with `mbits` stored mantissa bits and exponent bias `bias`.
+// A binary floating-point format of `bits` bits with `mbits` stored mantissa bits and exponent bias `bias`.
 struct SmallFloat {
   int bits, mbits, bias;
   uint32_t max_finite;  // largest finite magnitude code
   uint32_t inf;         // infinity magnitude code, 0 when the format has none
-  uint32_t nan;         // a quiet NaN code
+  uint32_t nan;         // the quiet NaN code Encode gives
   bool saturate;        // overflow (and infinity) encode as max_finite
 };
 inline constexpr SmallFloat kHalf{16, 10, 15, 0x7bff, 0x7c00, 0x7e00, false};
 inline constexpr SmallFloat kBf16{16, 7, 127, 0x7f7f, 0x7f80, 0x7fc0, false};
 inline constexpr SmallFloat kE4m3{8, 3, 7, 0x7e, 0, 0x7f, true};
-inline constexpr SmallFloat kE5m2{8, 2, 15, 0x7b, 0x7c, 0x7e, true};
+inline constexpr SmallFloat kE5m2{8, 2, 15, 0x7b, 0x7c, 0x7f, true};
 
+// x rounded once to format f (see the top of this file); the code is in the low f.bits bits.
 inline uint32_t Encode(const SmallFloat& f, double x) {
   const int sign_shift = f.bits - 1;
   const uint32_t sign = std::signbit(x) ? (1u << sign_shift) : 0u;
@@ -82,6 +96,7 @@ inline uint32_t Encode(const SmallFloat& f, double x) {
   return sign | code;
 }
 
+// The exact value of code `bits` of format f (NaN codes give NaN).
 inline double Decode(const SmallFloat& f, uint32_t bits) {
   const int sign_shift = f.bits - 1;
   const bool neg = (bits >> sign_shift) & 1;
@@ -99,65 +114,53 @@ inline double Decode(const SmallFloat& f, uint32_t bits) {
   return neg ? -v : v;
 }
 
-// Loads element i of a floating-point array as double / stores double rounded once to the type.
-inline double LoadFloat(ncclDataType_t t, const void* p, size_t i) {
+// The small format of a 1- or 2-byte floating-point type, nullptr for the others.
+inline const SmallFloat* SmallFormat(ncclDataType_t t) {
   switch (t) {
-    case ncclFloat32: {
-      float v;
-      std::memcpy(&v, static_cast<const char*>(p) + 4 * i, 4);
-      return v;
-    }
-    case ncclFloat64: {
-      double v;
-      std::memcpy(&v, static_cast<const char*>(p) + 8 * i, 8);
-      return v;
-    }
-    case ncclFloat16: {
-      uint16_t b;
-      std::memcpy(&b, static_cast<const char*>(p) + 2 * i, 2);
-      return Decode(kHalf, b);
-    }
-    case ncclBfloat16: {
-      uint16_t b;
-      std::memcpy(&b, static_cast<const char*>(p) + 2 * i, 2);
-      return Decode(kBf16, b);
-    }
+    case ncclFloat16:
+      return &kHalf;
+    case ncclBfloat16:
+      return &kBf16;
     case ncclFloat8e4m3:
-      return Decode(kE4m3, static_cast<const uint8_t*>(p)[i]);
+      return &kE4m3;
     case ncclFloat8e5m2:
-      return Decode(kE5m2, static_cast<const uint8_t*>(p)[i]);
+      return &kE5m2;
     default:
-      return 0;
+      return nullptr;
   }
 }
+
+// Loads element i of a floating-point array of type t as double (exact); 0 for a non-float type.
+inline double LoadFloat(ncclDataType_t t, const void* p, size_t i) {
+  const char* at = static_cast<const char*>(p) + DtypeSize(t) * i;
+  if (t == ncclFloat32) {
+    float v;
+    std::memcpy(&v, at, 4);
+    return v;
+  }
+  if (t == ncclFloat64) {
+    double v;
+    std::memcpy(&v, at, 8);
+    return v;
+  }
+  const SmallFloat* f = SmallFormat(t);
+  if (!f) return 0;
+  uint32_t b = 0;
+  std::memcpy(&b, at, DtypeSize(t));  // little-endian
+  return Decode(*f, b);
+}
+
+// Stores x rounded once to type t as element i of a floating-point array; nothing for a non-float type.
 inline void StoreFloat(ncclDataType_t t, void* p, size_t i, double x) {
-  switch (t) {
-    case ncclFloat32: {
-      float v = static_cast<float>(x);
-      std::memcpy(static_cast<char*>(p) + 4 * i, &v, 4);
-      return;
-    }
-    case ncclFloat64:
-      std::memcpy(static_cast<char*>(p) + 8 * i, &x, 8);
-      return;
-    case ncclFloat16: {
-      uint16_t b = Encode(kHalf, x);
-      std::memcpy(static_cast<char*>(p) + 2 * i, &b, 2);
-      return;
-    }
-    case ncclBfloat16: {
-      uint16_t b = Encode(kBf16, x);
-      std::memcpy(static_cast<char*>(p) + 2 * i, &b, 2);
-      return;
-    }
-    case ncclFloat8e4m3:
-      static_cast<uint8_t*>(p)[i] = Encode(kE4m3, x);
-      return;
-    case ncclFloat8e5m2:
-      static_cast<uint8_t*>(p)[i] = Encode(kE5m2, x);
-      return;
-    default:
-      return;
+  char* at = static_cast<char*>(p) + DtypeSize(t) * i;
+  if (t == ncclFloat32) {
+    const float v = static_cast<float>(x);
+    std::memcpy(at, &v, 4);
+  } else if (t == ncclFloat64) {
+    std::memcpy(at, &x, 8);
+  } else if (const SmallFloat* f = SmallFormat(t)) {
+    const uint32_t b = Encode(*f, x);
+    std::memcpy(at, &b, DtypeSize(t));  // little-endian
   }
 }
 
@@ -172,4 +175,4 @@ inline void StoreInt(ncclDataType_t t, void* p, size_t i, uint64_t v) {
   std::memcpy(static_cast<char*>(p) + DtypeSize(t) * i, &v, DtypeSize(t));
 }
 
-}  // namespace trainmover::shim
+}  // namespace trainmover::common
