@@ -9,12 +9,7 @@
 #include "nccl_dtype.h"
 
 using namespace hn;
-using trainmover::common::Decode;
-using trainmover::common::Encode;
-using trainmover::common::kBf16;
-using trainmover::common::kE4m3;
-using trainmover::common::kE5m2;
-using trainmover::common::kHalf;
+using namespace trainmover::common;
 
 // Known values of common/nccl_dtype.h's conversions (hostnccl and the shim share them); its round trips over
 // every code are in tests/lib/shim_unit.
