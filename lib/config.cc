@@ -49,6 +49,10 @@ constexpr ParamSpec kParams[] = {
      "Safe points a joiner runs in the sandbox before it reports READY."},
     {"TRAINMOVER_HEARTBEAT_MS", ParamType::kInt, "1000", "integer >= 1",
      "Interval of the agent's heartbeat to the coordinator, in milliseconds."},
+    {"TRAINMOVER_SEAL_OVERLAP", ParamType::kEnum, "auto", "auto|on|off",
+     "Leaver at the switch point: on = report AT_STEP first and checksum the state while the joiner already "
+     "reads it; off = checksum first; auto = on unless the joiner is on this host and it has under 8 CPUs "
+     "(both sides hashing at once then slow each other down, docs/migration.md)."},
     {"TRAINMOVER_FAULT", ParamType::kEnum, "", "corrupt-transfer|pass-first-proposal",
      "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration "
      "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "
@@ -149,6 +153,12 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
   if (name == "TRAINMOVER_DEBUG_SUBSYS") return ParseSubsys(v, &c->debug_subsys);
   if (name == "TRAINMOVER_SHADOW_ITERS") return ParseInt(v, 1, &c->shadow_iters);
   if (name == "TRAINMOVER_HEARTBEAT_MS") return ParseInt(v, 1, &c->heartbeat_ms);
+  if (name == "TRAINMOVER_SEAL_OVERLAP") {
+    const std::string t(v);
+    if (t != "auto" && t != "on" && t != "off") return false;
+    c->seal_overlap = t;
+    return true;
+  }
   if (name == "TRAINMOVER_FAULT") {
     if (std::string(v) != "corrupt-transfer" && std::string(v) != "pass-first-proposal") return false;
     c->fault = v;

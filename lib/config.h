@@ -34,6 +34,7 @@ struct Config {
   uint32_t debug_subsys = kLogAll & ~kLogColl;
   int64_t shadow_iters = 1;     // TRAINMOVER_SHADOW_ITERS >= 1
   int64_t heartbeat_ms = 1000;  // TRAINMOVER_HEARTBEAT_MS >= 1
+  std::string seal_overlap = "auto";  // TRAINMOVER_SEAL_OVERLAP: auto|on|off
   std::string fault;            // TRAINMOVER_FAULT (test knob: corrupt-transfer|pass-first-proposal; "" = none)
 };
 

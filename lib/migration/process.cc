@@ -95,6 +95,19 @@ State& S() {
 
 bool FaultIs(const char* name) { return shim::ProcessConfig().fault == name; }
 
+// TRAINMOVER_SEAL_OVERLAP: whether the leaver hashes its state while the joiner reads it (see Hook). auto: yes
+// unless the joiner (`destination` is "host H pid P") runs on this host and the host has under 8 CPUs, where
+// the two sides' hash threads (up to 4 each) would share the cores: measured on 2 cores, overlapping made the
+// switch slower than sealing first (docs/benchmarks.md, "Seal overlapped with the transfer").
+bool SealOverlaps(const std::string& destination) {
+  const std::string& mode = shim::ProcessConfig().seal_overlap;
+  if (mode == "on" || mode == "off") return mode == "on";
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  const bool same_host = destination.rfind("host " + std::string(host) + " ", 0) == 0;
+  return !same_host || std::thread::hardware_concurrency() >= 8;
+}
+
 void Send(uint16_t kind, uint64_t id, std::vector<uint8_t> body) {
   Command c;
   c.kind = kind;
@@ -555,10 +568,12 @@ int64_t Hook(void*, int64_t step) {
   for (;;) {
     if (s.committed >= 0 && step == s.committed && !s.at_sent) {
       s.at_sent = true;
-      // AT_STEP first: the memory is frozen from here on, so the joiner may start reading at once (D sends
-      // it FETCH_FROM on this event) while we hash; it compares when both hashes are ready (the sealed flag
-      // of the control block), so the seal is off the critical path unless it is slower than the read.
-      SendEv(mig::Ev::kAtStep, id, mig::Step{step});
+      // Overlapped (SealOverlaps): AT_STEP first. The memory is frozen from here on, so the joiner may start
+      // reading at once (D sends it FETCH_FROM on this event) while we hash; it compares when both hashes are
+      // ready (the sealed flag of the control block), so the seal leaves the critical path unless it is
+      // slower than the read. Otherwise: seal, then AT_STEP (both sides would compete for too few CPUs).
+      const bool overlap = s.leaver && s.server && SealOverlaps(s.destination);
+      if (overlap || !s.leaver || !s.server) SendEv(mig::Ev::kAtStep, id, mig::Step{step});
       if (s.leaver && s.server) {
         transfer::StateServer* server = s.server.get();
         const uint64_t gen = s.gen;
@@ -575,6 +590,7 @@ int64_t Hook(void*, int64_t step) {
         } else if (!st.ok()) {
           SendEv(mig::Ev::kFailed, id, mig::Reason{"leaver cannot checksum its state: " + st.ToString()});
         }
+        if (!overlap && s.gen == gen) SendEv(mig::Ev::kAtStep, id, mig::Step{step});
       }
     }
     if (s.committed >= 0 && step > s.committed) {

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -294,6 +295,34 @@ def scenario_several():
     run_plan("several2", 2, [(10, [[0, 1]])])
 
 
+def scenario_host():
+    """tmctl migrate --host H: every rank on host H in one migration (here every process shares the hostname)."""
+    clear_joiner_logs()
+    host = socket.gethostname()
+    job = Job("host", 2, steps=300, step_ms=8)
+    try:
+        job.wait_step(10)
+        rc, out = job.ctl("migrate", "--host", "no-such-host.invalid", "--spawn")
+        if rc != 1 or "no alive worker" not in out:
+            fail(f"host: an unknown host was not refused (rc {rc}): {out}")
+        rc, out = job.ctl("migrate", "--host", host, "--rank", "0")
+        if rc != 2:
+            fail(f"host: --host with --rank was not a usage error (rc {rc})")
+        rc, out = job.ctl("migrate", "--host", host, "--spawn")
+        with open(os.path.join(WORK, "tmctl-host.log"), "w") as f:
+            f.write(out)
+        if rc != 0 or f"host {host}: ranks 0 1" not in out or "downtime" not in out:
+            fail(f"host: tmctl migrate --host {host} (rc {rc}):\n{out}")
+        migs = job.status()["migrations"]
+        if len(migs) != 1 or migs[0]["state"] != "done":
+            fail(f"host: expected one migration done, got {migs}")
+        print(f"host: ranks 0 and 1 moved in one migration (switch step {migs[0]['switch_step']})")
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({0, 1})
+
+
 def scenario_mismatch():
     clear_joiner_logs()
     job = Job("mismatch", 3, step_ms=25)
@@ -399,6 +428,41 @@ def scenario_abort_coordinator():
 def scenario_abort_transfer():
     abort_case("abort-transfer", "none", env={"TRAINMOVER_FAULT": "corrupt-transfer"}, rank=2,
                expect_reason="state transfer failed")
+    # The same with the leaver hashing while the joiner reads (the joiner may fail before the leaver's Seal ends).
+    abort_case("abort-transfer-overlap", "none", env={"TRAINMOVER_FAULT": "corrupt-transfer",
+                                                      "TRAINMOVER_SEAL_OVERLAP": "on"}, rank=2,
+               expect_reason="state transfer failed")
+
+
+def scenario_seal_overlap():
+    """TRAINMOVER_SEAL_OVERLAP=on|off: the leaver seals while the joiner reads, or first; both bit-identical. With
+    on, the leaver's AT_STEP precedes its seal, so the joiner's transfer starts before the seal ends (checked in the
+    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on FETCH_FROM)."""
+    for mode in ("on", "off"):
+        clear_joiner_logs()
+        job = Job(f"seal-{mode}", 2, steps=300, step_ms=8, env={"TRAINMOVER_SEAL_OVERLAP": mode})
+        try:
+            job.wait_step(10)
+            mig, _ = job.migrate(1)
+            s = job.status()
+            rc, out = job.ctl("timeline", str(mig["id"]), "--out", os.path.join(WORK, f"seal-{mode}.json"))
+            if rc != 0:
+                fail(f"seal-{mode}: tmctl timeline: {out}")
+            with open(os.path.join(WORK, f"seal-{mode}.json")) as f:
+                ev = json.load(f)
+            ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+            span = {e.get("name"): e for e in ev if e.get("ph") == "X"}
+            if "seal" not in span or "transfer" not in span:
+                fail(f"seal-{mode}: no seal/transfer span in the timeline: {sorted(span)}")
+            seal_end = span["seal"]["ts"] + span["seal"]["dur"]
+            xfer_start = span["transfer"]["ts"]
+            if mode == "off" and xfer_start < seal_end:
+                fail(f"seal-off: the transfer began {seal_end - xfer_start} us before the seal ended")
+            print(f"seal-{mode}: transfer starts {xfer_start - seal_end:+.0f} us after the seal ends")
+            job.finish()
+        finally:
+            job.kill()
+        job.check_digests({1})
 
 
 def scenario_captured():
@@ -419,7 +483,7 @@ def scenario_captured():
     job.check_digests(set())
 
 
-SCENARIOS = {"split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 //
 //   tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND
 //     status [--json]                         processes, communicators, progress, migrations
-//     migrate --rank R [--rank R2 ...] [--host H] [--spawn]   request a planned migration of rank(s) R
+//     migrate --rank R [--rank R2 ...] [--to H] [--spawn]     request a planned migration of rank(s) R
+//     migrate --host H [--to H2] [--spawn]                     every rank whose process runs on host H
 //     cancel [ID]                             cancel a migration (default: the active one)
 //     watch [ID]                              follow a migration's phases until it ends
 //     timeline [ID] --out FILE                a migration's phases as Chrome trace JSON
@@ -47,8 +48,9 @@ const char kUsage[] =
     "usage: tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND [ARGS]\n"
     "commands:\n"
     "  status [--json]                        processes, communicators, steps, migrations\n"
-    "  migrate --rank R [--host H] [--spawn]  migrate rank R (to host H; --spawn starts the joiner);\n"
+    "  migrate --rank R [--to H] [--spawn]    migrate rank R (to host H; --spawn starts the joiner);\n"
     "                                         repeat --rank to move several ranks in one migration\n"
+    "  migrate --host H [--to H2] [--spawn]   migrate every rank whose process runs on host H, in one migration\n"
     "  cancel [ID]                            cancel migration ID (default: the active one)\n"
     "  watch [ID]                             follow a migration until it ends\n"
     "  timeline [ID] --out FILE               write a migration's phases as Chrome trace JSON\n"
@@ -317,7 +319,7 @@ int main(int argc, char** argv) {
   bool json = false, spawn = false;
   long long id = 0, rank = -1;
   std::vector<int32_t> more_ranks;  // --rank given again
-  std::string host, out;
+  std::string host, from_host, out;  // host: --to (the target); from_host: --host (the ranks to move)
   for (size_t k = 0; k < args.size(); ++k) {
     const std::string& a = args[k];
     if (cmd == "status" && a == "--json") {
@@ -331,8 +333,11 @@ int main(int argc, char** argv) {
       } else {
         more_ranks.push_back(static_cast<int32_t>(r));
       }
-    } else if (cmd == "migrate" && a == "--host" && k + 1 < args.size()) {
+    } else if (cmd == "migrate" && a == "--to" && k + 1 < args.size()) {
       host = args[++k];
+    } else if (cmd == "migrate" && a == "--host" && k + 1 < args.size()) {
+      from_host = args[++k];
+      if (from_host.empty()) return Usage("--host needs a host name (tmctl status lists them)");
     } else if (cmd == "migrate" && a == "--spawn") {
       spawn = true;
     } else if (cmd == "timeline" && a == "--out" && k + 1 < args.size()) {
@@ -343,7 +348,10 @@ int main(int argc, char** argv) {
       return Usage("unexpected argument '" + a + "' for " + cmd);
     }
   }
-  if (cmd == "migrate" && rank < 0) return Usage("migrate needs --rank R (tmctl status lists the ranks)");
+  if (cmd == "migrate" && rank < 0 && from_host.empty()) {
+    return Usage("migrate needs --rank R or --host H (tmctl status lists the ranks and hosts)");
+  }
+  if (cmd == "migrate" && rank >= 0 && !from_host.empty()) return Usage("migrate takes --rank or --host, not both");
   if (cmd == "timeline" && out.empty()) return Usage("timeline needs --out FILE");
   if (ctx.coordinator.empty()) {
     return Usage("no coordinator: pass --coordinator host:port or set TRAINMOVER_COORDINATOR");
@@ -366,6 +374,24 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "migrate") {
+    if (!from_host.empty()) {  // every alive worker on that host, lowest rank first
+      Json st;
+      if (!FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
+      std::vector<int32_t> ranks;
+      for (const Json& p : st["processes"].arr) {
+        if (p["host"].Str() == from_host && p["role"].Str() == "worker" && p["state"].Str() == "alive" &&
+            p["rank"].Int() >= 0) {
+          ranks.push_back(static_cast<int32_t>(p["rank"].Int()));
+        }
+      }
+      if (ranks.empty()) return Fail("no alive worker runs on host '" + from_host + "' (tmctl status lists the hosts)");
+      std::sort(ranks.begin(), ranks.end());
+      rank = ranks[0];
+      more_ranks.assign(ranks.begin() + 1, ranks.end());
+      std::printf("host %s: ranks", from_host.c_str());
+      for (int32_t r : ranks) std::printf(" %d", r);
+      std::printf("\n");
+    }
     MigrateReq q;
     q.rank = static_cast<int32_t>(rank);
     q.more_ranks = more_ranks;
