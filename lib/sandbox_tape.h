@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+// sandbox_tape.h: the sandbox tape (issue 5 item 1; docs/migration.md "The tape").
+//
+// Ownership: a Tape owns copies of every entry's bytes. Thread safety: building (Add, Decode) is single-
+// threaded; const use (Match, Encode) from several threads at once is safe. Nothing here blocks or logs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nccl_api.h"
+#include "shim_state.h"
+
+namespace trainmover::shim {
+
+// The tape (issue 5 item 1; docs/migration.md "The tape"): one real iteration recorded by the leaver, between
+// two consecutive safe points, replayed in the joiner's sandbox. Each entry is one operation on one VComm,
+// named by the VComm's creation index (lineage; the coordinator has checked that the joiner's i-th
+// communicator is the leaver's i-th) and its position in the iteration on that VComm (0, 1, ...), with its
+// signature and, unless the tape's byte cap was reached, its output bytes (recvbuff after the call).
+
+struct TapeSig {
+  OpKind kind = OpKind::kAllReduce;
+  uint8_t datatype = 0;  // ncclDataType_t
+  int32_t op = -1;       // the application's ncclRedOp_t, -1 when not a reduction
+  int32_t peer = -1;     // root or peer, -1 when none
+  uint64_t count = 0;    // per-rank count, as NCCL's signature takes it
+  bool operator==(const TapeSig&) const = default;
+};
+std::string TapeSigText(const TapeSig& s);  // "AllReduce count 4 dtype 7 op 0 peer -1"
+
+struct TapeEntry {
+  uint64_t comm_index = 0;  // Lineage::index of the VComm
+  uint32_t position = 0;    // the position-th operation of the iteration on that VComm
+  TapeSig sig;
+  bool has_output = false;      // false: signature only (over the cap); the joiner emulates
+  std::vector<uint8_t> output;  // recvbuff after the call (RecvBytes of the signature)
+};
+
+// Bytes of recvbuff (the tape's output) for an operation of this signature on nranks ranks; 0 for Send.
+size_t TapeOutputBytes(const TapeSig& s, int nranks);
+
+// An immutable set of entries with lookup by (comm_index, position). Not thread-safe to build; const use
+// from several threads is safe.
+class Tape {
+ public:
+  // Adds an entry; a second entry at the same (comm_index, position) replaces the first.
+  void Add(TapeEntry e);
+  size_t size() const { return entries_.size(); }
+  uint64_t output_bytes() const;
+  // The output of the operation at (comm_index, position) when the tape holds one whose signature equals
+  // `sig` exactly and whose output has `bytes` bytes; otherwise nullptr and *why says what differed
+  // ("no entry", "signature ...", "signature only", "size").
+  const std::vector<uint8_t>* Match(uint64_t comm_index, uint32_t position, const TapeSig& sig, size_t bytes,
+                                    std::string* why) const;
+  // A self-describing little-endian blob (magic, version, entries), and its strict inverse: a truncated or
+  // damaged blob, or one holding more than max_bytes of outputs, is refused (false, *this unchanged).
+  std::vector<uint8_t> Encode() const;
+  bool Decode(const std::vector<uint8_t>& blob, uint64_t max_bytes);
+
+ private:
+  std::vector<TapeEntry> entries_;  // sorted by (comm_index, position)
+};
+
+}  // namespace trainmover::shim

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: Apache-2.0
+// The sandbox tape (lib/sandbox.h): matching by (communicator, position) and exact signature, the fallbacks
+// (no entry, another signature, signature only, another size), and the blob codec refusing damage.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "sandbox_tape.h"
+
+namespace ts = trainmover::shim;
+
+namespace {
+
+ts::TapeSig Sig(ts::OpKind k, uint64_t count, int op = 0, int peer = -1) {
+  ts::TapeSig s;
+  s.kind = k;
+  s.datatype = ncclFloat32;
+  s.op = op;
+  s.peer = peer;
+  s.count = count;
+  return s;
+}
+
+ts::TapeEntry Entry(uint64_t ci, uint32_t pos, ts::TapeSig sig, int nranks, uint8_t fill, bool output = true) {
+  ts::TapeEntry e;
+  e.comm_index = ci;
+  e.position = pos;
+  e.sig = sig;
+  e.has_output = output;
+  if (output) e.output.assign(ts::TapeOutputBytes(sig, nranks), fill);
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("tape: output sizes follow NCCL's signatures") {
+  CHECK(ts::TapeOutputBytes(Sig(ts::OpKind::kAllReduce, 10), 4) == 40);
+  CHECK(ts::TapeOutputBytes(Sig(ts::OpKind::kAllGather, 10), 4) == 160);
+  CHECK(ts::TapeOutputBytes(Sig(ts::OpKind::kReduceScatter, 10), 4) == 40);
+  CHECK(ts::TapeOutputBytes(Sig(ts::OpKind::kAlltoAll, 10), 4) == 160);
+  CHECK(ts::TapeOutputBytes(Sig(ts::OpKind::kSend, 10, -1, 1), 4) == 0);
+  CHECK(ts::TapeOutputBytes(Sig(ts::OpKind::kRecv, 10, -1, 1), 4) == 40);
+}
+
+TEST_CASE("tape: exact match serves the recorded bytes; any difference falls back with a reason") {
+  ts::Tape t;
+  t.Add(Entry(0, 0, Sig(ts::OpKind::kAllReduce, 8), 2, 0x11));
+  t.Add(Entry(0, 1, Sig(ts::OpKind::kAllGather, 4), 2, 0x22));
+  t.Add(Entry(3, 0, Sig(ts::OpKind::kBroadcast, 16, -1, 1), 2, 0x33));
+  t.Add(Entry(3, 1, Sig(ts::OpKind::kAllReduce, 1 << 20), 2, 0, /*output=*/false));
+  CHECK(t.size() == 4);
+  CHECK(t.output_bytes() == 32 + 32 + 64);
+  std::string why;
+  const std::vector<uint8_t>* out = t.Match(0, 1, Sig(ts::OpKind::kAllGather, 4), 32, &why);
+  REQUIRE(out != nullptr);
+  CHECK(*out == std::vector<uint8_t>(32, 0x22));
+  CHECK(t.Match(3, 0, Sig(ts::OpKind::kBroadcast, 16, -1, 1), 64, &why) != nullptr);
+  // Fallbacks.
+  CHECK(t.Match(1, 0, Sig(ts::OpKind::kAllReduce, 8), 32, &why) == nullptr);  // another communicator
+  CHECK(why == "no entry");
+  CHECK(t.Match(0, 2, Sig(ts::OpKind::kAllReduce, 8), 32, &why) == nullptr);  // past the iteration's ops
+  CHECK(why == "no entry");
+  CHECK(t.Match(0, 0, Sig(ts::OpKind::kAllReduce, 9), 36, &why) == nullptr);  // count
+  CHECK(why.find("signature differs") == 0);
+  CHECK(t.Match(0, 0, Sig(ts::OpKind::kAllReduce, 8, /*op=*/1), 32, &why) == nullptr);  // op
+  CHECK(t.Match(0, 0, Sig(ts::OpKind::kReduce, 8), 32, &why) == nullptr);                // kind
+  ts::TapeSig dt = Sig(ts::OpKind::kAllReduce, 8);
+  dt.datatype = ncclInt32;
+  CHECK(t.Match(0, 0, dt, 32, &why) == nullptr);  // datatype of the same size
+  CHECK(t.Match(3, 0, Sig(ts::OpKind::kBroadcast, 16, -1, 0), 64, &why) == nullptr);  // root
+  CHECK(t.Match(0, 0, Sig(ts::OpKind::kAllReduce, 8), 64, &why) == nullptr);  // size (other nranks)
+  CHECK(why.find("output size differs") == 0);
+  CHECK(t.Match(3, 1, Sig(ts::OpKind::kAllReduce, 1 << 20), 4 << 20, &why) == nullptr);  // over the cap
+  CHECK(why.find("signature only") == 0);
+  // A second entry at the same place replaces the first.
+  t.Add(Entry(0, 0, Sig(ts::OpKind::kAllReduce, 8), 2, 0x44));
+  CHECK(t.size() == 4);
+  REQUIRE(t.Match(0, 0, Sig(ts::OpKind::kAllReduce, 8), 32, &why) != nullptr);
+  CHECK((*t.Match(0, 0, Sig(ts::OpKind::kAllReduce, 8), 32, &why))[0] == 0x44);
+}
+
+TEST_CASE("tape: the blob round-trips; every truncation, damage and an over-cap blob are refused") {
+  ts::Tape t;
+  t.Add(Entry(2, 0, Sig(ts::OpKind::kAllReduce, 5), 3, 0x5a));
+  t.Add(Entry(2, 1, Sig(ts::OpKind::kRecv, 7, -1, 2), 3, 0xa5));
+  t.Add(Entry(7, 0, Sig(ts::OpKind::kAllGather, 1000), 3, 0, false));
+  std::vector<uint8_t> blob = t.Encode();
+  ts::Tape u;
+  REQUIRE(u.Decode(blob, 1 << 20));
+  CHECK(u.Encode() == blob);
+  std::string why;
+  REQUIRE(u.Match(2, 1, Sig(ts::OpKind::kRecv, 7, -1, 2), 28, &why) != nullptr);
+  CHECK((*u.Match(2, 1, Sig(ts::OpKind::kRecv, 7, -1, 2), 28, &why))[27] == 0xa5);
+  for (size_t n = 0; n < blob.size(); ++n) {
+    ts::Tape v;
+    CHECK_FALSE(v.Decode(std::vector<uint8_t>(blob.begin(), blob.begin() + static_cast<ptrdiff_t>(n)), 1 << 20));
+  }
+  std::vector<uint8_t> longer = blob;
+  longer.push_back(0);
+  CHECK_FALSE(u.Decode(longer, 1 << 20));
+  std::vector<uint8_t> bad = blob;
+  bad[0] ^= 1;
+  CHECK_FALSE(u.Decode(bad, 1 << 20));
+  CHECK(u.output_bytes() == 20 + 28);
+  CHECK_FALSE(u.Decode(blob, 47));  // the outputs exceed the cap
+  CHECK(u.Decode(blob, 48));
+}
