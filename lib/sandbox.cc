@@ -225,4 +225,14 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t c
   return res;
 }
 
+bool CopyToBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  const CudaRt* rt = LoadedCuda();
+  if (!IsDevice(rt, dst)) {
+    std::memcpy(dst, src, bytes);
+    return true;
+  }
+  return rt->stream_synchronize(stream) == cudaSuccess &&
+         rt->memcpy(dst, src, bytes, cudaMemcpyDefault) == cudaSuccess;
+}
+
 }  // namespace trainmover::shim

@@ -39,4 +39,8 @@ ncclResult_t Emulate(OpKind kind, const void* sendbuff, void* recvbuff, size_t c
 ncclResult_t EmulateOnStream(OpKind kind, const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                              const EmuRedOp& op, int root_or_peer, int rank, int nranks, cudaStream_t stream);
 
+// Copies `bytes` host bytes into `dst`, which may be CUDA device memory (then the stream is synchronised and
+// cudaMemcpy used, when the application loaded libcudart). Returns false when a CUDA call failed.
+bool CopyToBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
 }  // namespace trainmover::shim

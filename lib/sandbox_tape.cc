@@ -2,8 +2,13 @@
 #include "sandbox_tape.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+
+#include "log.h"
+#include "sandbox.h"
 
 namespace trainmover::shim {
 namespace {
@@ -171,5 +176,78 @@ bool Tape::Decode(const std::vector<uint8_t>& blob, uint64_t max_bytes) {
   *this = std::move(t);
   return true;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Replay
+
+namespace {
+struct TapeSlot {
+  std::mutex mu;
+  std::shared_ptr<const Tape> tape;  // under mu
+};
+TapeSlot& Slot() {  // built on first use, never destroyed (no work in global constructors or at exit)
+  static TapeSlot* slot = new TapeSlot();
+  return *slot;
+}
+std::atomic<bool> g_tape_on{false};
+std::atomic<uint64_t> g_served{0}, g_fallbacks{0};
+std::atomic<bool> g_logged{false};
+}  // namespace
+
+void InstallTape(std::shared_ptr<const Tape> tape) {
+  std::lock_guard<std::mutex> lk(Slot().mu);
+  g_tape_on = tape != nullptr;
+  Slot().tape = std::move(tape);
+  g_logged = false;
+}
+
+void TapeIterationBegin() {
+  for (VComm* v : LiveVComms()) v->tape_base = v->seq.load(std::memory_order_relaxed);
+}
+
+bool TapeServe(VComm* v, void* recv, cudaStream_t stream) {
+  if (!g_tape_on.load(std::memory_order_acquire)) return false;
+  std::shared_ptr<const Tape> tape;
+  {
+    std::lock_guard<std::mutex> lk(Slot().mu);
+    tape = Slot().tape;
+  }
+  if (!tape) return false;
+  const uint64_t seq = v->seq.load(std::memory_order_relaxed);
+  const OpSig& e = v->ring[(seq - 1) & (kOpRing - 1)];
+  TapeSig sig;
+  sig.kind = e.kind;
+  sig.datatype = e.datatype;
+  sig.op = e.op;
+  sig.peer = e.peer;
+  sig.count = e.count;
+  const size_t bytes = TapeOutputBytes(sig, v->lineage.nranks);
+  const uint64_t pos = seq - 1 - v->tape_base;
+  std::string why;
+  const std::vector<uint8_t>* out =
+      pos > UINT32_MAX ? nullptr : tape->Match(v->lineage.index, static_cast<uint32_t>(pos), sig, bytes, &why);
+  if (out == nullptr && pos > UINT32_MAX) why = "position out of range";
+  if (out != nullptr && bytes > 0 && recv == nullptr) {
+    out = nullptr;
+    why = "null recvbuff";
+  }
+  if (out != nullptr && bytes > 0 && !CopyToBuffer(recv, out->data(), bytes, stream)) {
+    out = nullptr;
+    why = "copying the tape's bytes into recvbuff failed";
+  }
+  if (out == nullptr) {
+    g_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    if (!g_logged.exchange(true)) {
+      TM_INFO(kLogSandbox, "sandbox: tape: comm #%llu op %llu of the iteration (%s): %s; emulated locally",
+              static_cast<unsigned long long>(v->lineage.index), static_cast<unsigned long long>(pos),
+              TapeSigText(sig).c_str(), why.c_str());
+    }
+    return false;
+  }
+  g_served.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+TapeCounters TapeCount() { return TapeCounters{g_served.load(), g_fallbacks.load()}; }
 
 }  // namespace trainmover::shim

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -63,5 +64,26 @@ class Tape {
  private:
   std::vector<TapeEntry> entries_;  // sorted by (comm_index, position)
 };
+
+// ---------------------------------------------------------------------------------------------------
+// Replay in the joiner's sandbox. The agent installs the tape it received; the application thread marks each
+// iteration's start at its safe points; the emulation path of every sandboxed operation asks TapeServe first.
+
+// Installs (or with null, removes) the tape. Thread-safe; the tape stays alive while any operation uses it.
+void InstallTape(std::shared_ptr<const Tape> tape);
+// Called at a safe point by the application thread: operations issued from now on are positions 0, 1, ... of
+// the iteration on their VComm.
+void TapeIterationBegin();
+// The sandbox's emulation path, with `v`'s ring already holding this operation's signature: when the tape has
+// an entry at (v's creation index, position in the iteration) with exactly this signature and output size,
+// copies its bytes into recvbuff (device memory staged through host) and returns true. Otherwise false: the
+// caller emulates; the first fallback with an installed tape is logged at INFO with its reason.
+bool TapeServe(VComm* v, void* recvbuff, cudaStream_t stream);
+// Operations served from the tape since the process started / since the last reset, and fallbacks.
+struct TapeCounters {
+  uint64_t served = 0;
+  uint64_t fallbacks = 0;
+};
+TapeCounters TapeCount();
 
 }  // namespace trainmover::shim

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "nccl_dtype.h"
 #include "sandbox.h"
+#include "sandbox_tape.h"
 #include "shim_state.h"
 #include "state_internal.h"
 
@@ -198,6 +199,7 @@ ncclResult_t EmulateOp(VComm* v, OpKind kind, const void* send, void* recv, size
     e.premul = true;
     e.scalar = s->residence == ncclScalarHostImmediate ? static_cast<const void*>(s->scalar) : s->scalar_ptr;
   }
+  if (TapeServe(v, recv, stream)) return ncclSuccess;  // the leaver's recorded output (sandbox_tape.h)
   TM_TRACE(kLogSandbox, "emulating %s count %zu on vcomm #%llu", OpKindName(kind), count,
            (unsigned long long)v->lineage.index);
   return EmulateOnStream(kind, send, recv, count, dt, e, root, v->lineage.rank, v->lineage.nranks, stream);

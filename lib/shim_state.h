@@ -149,6 +149,9 @@ struct VComm {
   OpSig ring[kOpRing];                   // ring[(seq-1) % kOpRing] is the latest
   std::atomic<RedOpSlot*> ops{nullptr};  // kMaxOpsPerComm slots, allocated on the first PreMulSum
   std::atomic<bool> captured{false};     // an operation was issued on a stream under CUDA graph capture
+  // Sandbox tape replay: seq at the start of the current iteration (set at each safe point by the application
+  // thread, read by it in the sandbox's emulation path only).
+  uint64_t tape_base = 0;
   // Slow path, under mu.
   std::mutex mu;
   uint64_t children = 0;  // Split/Shrink made from this VComm

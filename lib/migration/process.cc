@@ -21,6 +21,7 @@
 #include "log.h"
 #include "migration.h"
 #include "migration_msgs.h"
+#include "sandbox_tape.h"
 #include "shim_agent.h"
 #include "shim_state.h"
 #include "transfer.h"
@@ -473,6 +474,7 @@ bool Disconnected() { return S().agent && !S().agent->connected(); }
 // The joiner: shadow iterations in the sandbox, READY, then wait for SWITCH (returns S) or exit.
 int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   State& s = S();
+  shim::TapeIterationBegin();  // operations from here on are positions 0, 1, ... of the next sandbox iteration
   if (++s.sandbox_safepoints <= shim::ProcessConfig().shadow_iters) return step;
   if (!s.ready_sent) {
     s.ready_sent = true;
@@ -481,8 +483,10 @@ int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
     for (const shim::Region& rg : shim::Regions()) r.regions.push_back(control::Region{rg.name, rg.bytes});
     r.step = step;
     SendEv(mig::Ev::kReady, 0, r);
-    TM_INFO(shim::kLogAgent, "joiner: %lld shadow iteration(s) done, READY sent",
-            static_cast<long long>(shim::ProcessConfig().shadow_iters));
+    const shim::TapeCounters tc = shim::TapeCount();
+    TM_INFO(shim::kLogAgent, "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
+            "emulated after a tape mismatch", static_cast<long long>(shim::ProcessConfig().shadow_iters),
+            static_cast<unsigned long long>(tc.served), static_cast<unsigned long long>(tc.fallbacks));
   }
   uint64_t lost_since = 0;
   while (!s.switch_go && !s.exit_pending) {

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // The sandbox tape (lib/sandbox.h): matching by (communicator, position) and exact signature, the fallbacks
-// (no entry, another signature, signature only, another size), and the blob codec refusing damage.
+// (no entry, another signature, signature only, another size), the blob codec refusing damage, and replay in a
+// sandboxed communicator of this process (the shim is linked into the test: its ncclX are the shim's).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "sandbox_tape.h"
+#include "shim_state.h"
 
 namespace ts = trainmover::shim;
 
@@ -106,4 +109,67 @@ TEST_CASE("tape: the blob round-trips; every truncation, damage and an over-cap 
   CHECK(u.output_bytes() == 20 + 28);
   CHECK_FALSE(u.Decode(blob, 47));  // the outputs exceed the cap
   CHECK(u.Decode(blob, 48));
+}
+
+TEST_CASE("tape: a sandboxed iteration takes matching outputs from the tape, the rest from emulation") {
+  using ts::OpKind;
+  ts::SetProcessSandboxed(true);
+  ncclUniqueId id;
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  ncclComm_t comm = nullptr;
+  REQUIRE(ncclCommInitRank(&comm, 2, id, 1) == ncclSuccess);
+  ts::SetProcessSandboxed(false);
+  uint64_t index = 0;
+  for (ts::VComm* v : ts::LiveVComms()) {
+    if (reinterpret_cast<ncclComm_t>(v) == comm) index = v->lineage.index;
+  }
+  // The leaver's iteration: AllReduce(4 floats, sum) -> 7s; AllGather(2 floats) -> 1..4; Recv(3 floats) from 0.
+  auto tape = std::make_shared<ts::Tape>();
+  auto put = [&](uint32_t pos, ts::TapeSig sig, std::vector<float> out) {
+    ts::TapeEntry e;
+    e.comm_index = index;
+    e.position = pos;
+    e.sig = sig;
+    e.has_output = true;
+    e.output.resize(out.size() * 4);
+    std::memcpy(e.output.data(), out.data(), e.output.size());
+    tape->Add(std::move(e));
+  };
+  put(0, Sig(OpKind::kAllReduce, 4, ncclSum), {7, 7, 7, 7});
+  put(1, Sig(OpKind::kAllGather, 2, -1), {1, 2, 3, 4});
+  put(2, Sig(OpKind::kRecv, 3, -1, 0), {5, 6, 7});
+  ts::InstallTape(tape);
+  const ts::TapeCounters before = ts::TapeCount();
+  std::vector<float> in = {1, 2, 3, 4}, out(4, 0), gath(4, 0), rv(3, -1);
+  for (int iter = 0; iter < 2; ++iter) {
+    CAPTURE(iter);
+    ts::TapeIterationBegin();  // what the joiner's safe point does
+    REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
+    CHECK(out == std::vector<float>({7, 7, 7, 7}));  // the tape's, not 2*x
+    REQUIRE(ncclAllGather(in.data(), gath.data(), 2, ncclFloat32, comm, nullptr) == ncclSuccess);
+    CHECK(gath == std::vector<float>({1, 2, 3, 4}));
+    REQUIRE(ncclRecv(rv.data(), 3, ncclFloat32, 0, comm, nullptr) == ncclSuccess);
+    CHECK(rv == std::vector<float>({5, 6, 7}));
+    // Past the tape's ops: emulated (sum of 2 equal contributions).
+    REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
+    CHECK(out == std::vector<float>({2, 4, 6, 8}));
+  }
+  ts::TapeCounters after = ts::TapeCount();
+  CHECK(after.served - before.served == 6);
+  CHECK(after.fallbacks - before.fallbacks == 2);
+  // A different signature at a recorded position (max instead of sum): emulated, and the later ops keep their
+  // positions, so they are still served.
+  ts::TapeIterationBegin();
+  REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclMax, comm, nullptr) == ncclSuccess);
+  CHECK(out == in);
+  REQUIRE(ncclAllGather(in.data(), gath.data(), 2, ncclFloat32, comm, nullptr) == ncclSuccess);
+  CHECK(gath == std::vector<float>({1, 2, 3, 4}));
+  CHECK(ts::TapeCount().served - after.served == 1);
+  CHECK(ts::TapeCount().fallbacks - after.fallbacks == 1);
+  // Without a tape: plain emulation.
+  ts::InstallTape(nullptr);
+  ts::TapeIterationBegin();
+  REQUIRE(ncclAllGather(in.data(), gath.data(), 2, ncclFloat32, comm, nullptr) == ncclSuccess);
+  CHECK(gath == std::vector<float>({1, 2, 1, 2}));
+  CHECK(ncclCommDestroy(comm) == ncclSuccess);
 }
