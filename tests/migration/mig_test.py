@@ -74,7 +74,8 @@ def reference(ranks, params, steps):
 
 
 class Job:
-    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False, preload=""):
+    def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False, preload="",
+                 tmrun_opts=(), ignore_term=False):
         self.name, self.ranks, self.params, self.steps = name, ranks, params, steps
         self.log = os.path.join(WORK, f"{name}.log")
         self.f = open(self.log, "w")
@@ -92,7 +93,9 @@ class Job:
             env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
             opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
         cmd = split_cmd(steps, step_ms) if params == "split" else train_cmd(params, steps, step_ms, preload)
-        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + opts + ["--"] + cmd,
+        if ignore_term:  # the ranks ignore tmrun's SIGTERM (inherited SIG_IGN), so they live to see their own errors
+            cmd = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh"] + cmd
+        self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + list(tmrun_opts) + opts + ["--"] + cmd,
                                   stdout=self.f, stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not self.addr:
@@ -369,12 +372,15 @@ def pid_gone(pid, seconds):
 SLOW_BUILD = {"HOSTNCCL_INIT_DELAY_MS": "700"}  # a wide phase-1 window to strike in
 
 
-def abort_case(name, what, env=None, daemon=False, rank=1, expect_reason=""):
+def abort_case(name, what, env=None, daemon=False, rank=1, expect_reason="", stayers_see_error=False):
     """Starts a migration of `rank`, strikes during phase 1 (what: joiner, leaver, coordinator, none), and checks
     that the migration failed, its joiner exited, and (except when the leaver dies) training finished with the
     uninterrupted digests."""
     clear_joiner_logs()
-    job = Job(name, 4, steps=300, step_ms=10, env=env, daemon=daemon)
+    # stayers_see_error: tmrun waits 60 s after its SIGTERM, which the ranks ignore, so a stayer that ends does so
+    # because its own collective failed.
+    job = Job(name, 4, steps=300, step_ms=10, env=env, daemon=daemon,
+              tmrun_opts=("--grace-ms", "60000") if stayers_see_error else (), ignore_term=stayers_see_error)
     try:
         job.wait_step(10)
         ctl = job.start_migrate(rank)
@@ -407,6 +413,13 @@ def abort_case(name, what, env=None, daemon=False, rank=1, expect_reason=""):
         if rc == 0:
             fail(f"{name}: the job ended 0 although a rank was killed")
         print(f"{name}: the stayers failed with an error (tmrun exit {rc}), no hang")
+        if stayers_see_error:
+            with open(job.log, errors="replace") as f:
+                errs = re.findall(r"\[rank (\d+)\] tm-train: error: (nccl\w+)\(.*failed at .*?: (.*?) \(\d+\)", f.read())
+            if not errs or str(rank) in {r for r, _, _ in errs}:
+                fail(f"{name}: no stayer reported a failed collective (errors: {errs}); see {job.log}")
+            r, call, what_err = errs[0]
+            print(f"{name}: stayer rank {r}: {call} failed: {what_err}")
         return
     if rc != 0:
         fail(f"{name}: tmrun exited {rc}")
@@ -419,6 +432,8 @@ def scenario_abort_joiner():
 
 def scenario_abort_leaver():
     abort_case("abort-leaver", "leaver", env=SLOW_BUILD, expect_reason="before the switch")
+    # The same with the ranks ignoring tmrun's SIGTERM: a stayer itself sees the collective error.
+    abort_case("abort-leaver-stayer", "leaver", env=SLOW_BUILD, stayers_see_error=True)
 
 
 def scenario_abort_coordinator():
