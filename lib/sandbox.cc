@@ -225,6 +225,16 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t c
   return res;
 }
 
+bool CopyFromBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  const CudaRt* rt = LoadedCuda();
+  if (!IsDevice(rt, src)) {
+    std::memcpy(dst, src, bytes);
+    return true;
+  }
+  return rt->stream_synchronize(stream) == cudaSuccess &&
+         rt->memcpy(dst, src, bytes, cudaMemcpyDefault) == cudaSuccess;
+}
+
 bool CopyToBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
   const CudaRt* rt = LoadedCuda();
   if (!IsDevice(rt, dst)) {

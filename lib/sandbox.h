@@ -42,5 +42,8 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* sendbuff, void* recvbuff, 
 // Copies `bytes` host bytes into `dst`, which may be CUDA device memory (then the stream is synchronised and
 // cudaMemcpy used, when the application loaded libcudart). Returns false when a CUDA call failed.
 bool CopyToBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+// The reverse: `bytes` of `src` (host or device memory, the stream synchronised first for device memory) into
+// host memory `dst`.
+bool CopyFromBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream);
 
 }  // namespace trainmover::shim

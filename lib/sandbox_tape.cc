@@ -178,6 +178,103 @@ bool Tape::Decode(const std::vector<uint8_t>& blob, uint64_t max_bytes) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Recording
+
+std::atomic<bool> g_tape_recording{false};
+
+namespace {
+
+struct Pending {  // an operation inside a group: its output is copied at the outermost ncclGroupEnd
+  size_t entry;   // index in Recorder::entries
+  void* recv;
+  size_t bytes;
+  cudaStream_t stream;
+};
+
+struct Recorder {
+  std::mutex mu;
+  std::vector<TapeEntry> entries;  // under mu
+  uint64_t max_bytes = 0, bytes = 0;
+};
+Recorder& Rec() {
+  static Recorder* r = new Recorder();
+  return *r;
+}
+thread_local int t_group_depth = 0;
+thread_local std::vector<Pending>* t_pending = nullptr;  // allocated on first grouped op, never freed
+
+// Copies one output into entry i (mu held), or leaves it signature-only.
+void FillOutput(Recorder& r, size_t i, const void* recv, size_t bytes, cudaStream_t stream) {
+  TapeEntry& e = r.entries[i];
+  if (recv == nullptr || r.bytes + bytes > r.max_bytes) return;
+  e.output.resize(bytes);
+  if (bytes > 0 && !CopyFromBuffer(e.output.data(), recv, bytes, stream)) {
+    e.output.clear();
+    return;
+  }
+  e.has_output = true;
+  r.bytes += bytes;
+}
+
+}  // namespace
+
+void TapeRecordBegin(uint64_t max_bytes) {
+  Recorder& r = Rec();
+  {
+    std::lock_guard<std::mutex> lk(r.mu);
+    r.entries.clear();
+    r.bytes = 0;
+    r.max_bytes = max_bytes;
+  }
+  for (VComm* v : LiveVComms()) v->tape_base = v->seq.load(std::memory_order_relaxed);
+  g_tape_recording.store(true, std::memory_order_release);
+}
+
+std::shared_ptr<Tape> TapeRecordEnd() {
+  if (!g_tape_recording.exchange(false)) return nullptr;
+  Recorder& r = Rec();
+  std::lock_guard<std::mutex> lk(r.mu);
+  auto tape = std::make_shared<Tape>();
+  for (TapeEntry& e : r.entries) tape->Add(std::move(e));
+  r.entries.clear();
+  if (t_pending) t_pending->clear();
+  return tape;
+}
+
+void TapeRecordOp(VComm* v, void* recv, cudaStream_t stream) {
+  const uint64_t seq = v->seq.load(std::memory_order_relaxed);
+  if (seq <= v->tape_base || seq - 1 - v->tape_base > UINT32_MAX) return;  // issued before the arming
+  const OpSig& o = v->ring[(seq - 1) & (kOpRing - 1)];
+  TapeEntry e;
+  e.comm_index = v->lineage.index;
+  e.position = static_cast<uint32_t>(seq - 1 - v->tape_base);
+  e.sig = TapeSig{o.kind, o.datatype, o.op, o.peer, o.count};
+  const size_t bytes = TapeOutputBytes(e.sig, v->lineage.nranks);
+  Recorder& r = Rec();
+  std::lock_guard<std::mutex> lk(r.mu);
+  r.entries.push_back(std::move(e));
+  if (t_group_depth > 0) {
+    if (!t_pending) t_pending = new std::vector<Pending>();
+    t_pending->push_back(Pending{r.entries.size() - 1, recv, bytes, stream});
+  } else {
+    FillOutput(r, r.entries.size() - 1, recv, bytes, stream);
+  }
+}
+
+void TapeGroupStart() { ++t_group_depth; }
+
+void TapeGroupEnd(bool ran) {
+  if (t_group_depth > 0) --t_group_depth;
+  if (t_group_depth > 0 || !t_pending || t_pending->empty()) return;
+  Recorder& r = Rec();
+  std::lock_guard<std::mutex> lk(r.mu);
+  for (const Pending& p : *t_pending) {
+    if (ran && p.entry < r.entries.size()) FillOutput(r, p.entry, p.recv, p.bytes, p.stream);
+  }
+  t_pending->clear();
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Replay
 
 namespace {

@@ -5,6 +5,7 @@
 // threaded; const use (Match, Encode) from several threads at once is safe. Nothing here blocks or logs.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -64,6 +65,24 @@ class Tape {
  private:
   std::vector<TapeEntry> entries_;  // sorted by (comm_index, position)
 };
+
+// ---------------------------------------------------------------------------------------------------
+// Recording on the leaver: armed for one iteration, between two consecutive safe points of the application
+// thread. Every successful real operation then adds its ring signature and (within max_bytes in all) its
+// output; an operation inside a group gets its output at the outermost ncclGroupEnd (before that it does not
+// exist); outputs over the cap, of a null recvbuff, or of a group ended without running are signature-only.
+// Device buffers are copied after a stream synchronisation (cudaMemcpy through the sandbox's staged path), so
+// the results are unchanged; only the recorded iteration is slowed.
+
+extern std::atomic<bool> g_tape_recording;
+inline bool TapeRecording() { return g_tape_recording.load(std::memory_order_relaxed); }
+// Application thread at a safe point: operations from now on are positions 0, 1, ... (per VComm), recorded.
+void TapeRecordBegin(uint64_t max_bytes);
+// Application thread at the next safe point: stops recording; the tape (null when not armed).
+std::shared_ptr<Tape> TapeRecordEnd();
+void TapeRecordOp(VComm* v, void* recvbuff, cudaStream_t stream);  // hot path, armed only
+void TapeGroupStart();                                             // per-thread group depth
+void TapeGroupEnd(bool ran);
 
 // ---------------------------------------------------------------------------------------------------
 // Replay in the joiner's sandbox. The agent installs the tape it received; the application thread marks each

@@ -222,13 +222,20 @@ extern "C" {
   NoteCapture(v, stream);                                                                    \
   ncclComm_t real = v->real.load(std::memory_order_acquire)
 
+// The real call's result; when the leaver records the sandbox tape (one iteration, sandbox_tape.h), the output
+// too. Not armed: one predictable branch on a relaxed atomic load.
+#define TM_COLL_RETURN(recv, call)                                                       \
+  ncclResult_t res_ = Noted(call);                                                       \
+  if (TM_UNLIKELY(TapeRecording()) && res_ == ncclSuccess) TapeRecordOp(v, recv, stream); \
+  return res_
+
 TM_EXPORT ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                                      ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(AllReduce, OpKind::kAllReduce, count, datatype, op, -1, sendbuff, recvbuff, count, datatype, op,
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1, stream);
-  return Noted(g_real.AllReduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.AllReduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
@@ -237,7 +244,7 @@ TM_EXPORT ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t c
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kReduce, sendbuff, recvbuff, count, datatype, op, root, stream);
-  return Noted(g_real.Reduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), root, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.Reduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), root, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
@@ -247,7 +254,7 @@ TM_EXPORT ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, s
                    datatype, op, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kReduceScatter, sendbuff, recvbuff, recvcount, datatype, op, -1, stream);
-  return Noted(g_real.ReduceScatter(sendbuff, recvbuff, recvcount, datatype, MapOp(v, op), real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.ReduceScatter(sendbuff, recvbuff, recvcount, datatype, MapOp(v, op), real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclBcast(void* buff, size_t count, ncclDataType_t datatype, int root, ncclComm_t comm,
@@ -255,7 +262,7 @@ TM_EXPORT ncclResult_t ncclBcast(void* buff, size_t count, ncclDataType_t dataty
   TM_COLL_PROLOGUE(Bcast, OpKind::kBcast, count, datatype, -1, root, buff, count, datatype, root, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kBcast, buff, buff, count, datatype, ncclSum, root, stream);
-  return Noted(g_real.Bcast(buff, count, datatype, root, real, stream));
+  TM_COLL_RETURN(buff, g_real.Bcast(buff, count, datatype, root, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
@@ -264,7 +271,7 @@ TM_EXPORT ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kBroadcast, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
-  return Noted(g_real.Broadcast(sendbuff, recvbuff, count, datatype, root, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.Broadcast(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
@@ -273,7 +280,7 @@ TM_EXPORT ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kAllGather, sendbuff, recvbuff, sendcount, datatype, ncclSum, -1, stream);
-  return Noted(g_real.AllGather(sendbuff, recvbuff, sendcount, datatype, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.AllGather(sendbuff, recvbuff, sendcount, datatype, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
@@ -282,7 +289,7 @@ TM_EXPORT ncclResult_t ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t
                    stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kAlltoAll, sendbuff, recvbuff, count, datatype, ncclSum, -1, stream);
-  return Noted(g_real.AlltoAll(sendbuff, recvbuff, count, datatype, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.AlltoAll(sendbuff, recvbuff, count, datatype, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclGather(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
@@ -291,7 +298,7 @@ TM_EXPORT ncclResult_t ncclGather(const void* sendbuff, void* recvbuff, size_t c
                    stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kGather, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
-  return Noted(g_real.Gather(sendbuff, recvbuff, count, datatype, root, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.Gather(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclScatter(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
@@ -300,7 +307,7 @@ TM_EXPORT ncclResult_t ncclScatter(const void* sendbuff, void* recvbuff, size_t 
                    comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kScatter, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
-  return Noted(g_real.Scatter(sendbuff, recvbuff, count, datatype, root, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.Scatter(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
@@ -308,7 +315,7 @@ TM_EXPORT ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType
   TM_COLL_PROLOGUE(Send, OpKind::kSend, count, datatype, -1, peer, sendbuff, count, datatype, peer, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer, stream);
-  return Noted(g_real.Send(sendbuff, count, datatype, peer, real, stream));
+  TM_COLL_RETURN(nullptr, g_real.Send(sendbuff, count, datatype, peer, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
@@ -316,7 +323,7 @@ TM_EXPORT ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t dat
   TM_COLL_PROLOGUE(Recv, OpKind::kRecv, count, datatype, -1, peer, recvbuff, count, datatype, peer, comm, stream);
   if (TM_UNLIKELY(real == nullptr))
     return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer, stream);
-  return Noted(g_real.Recv(recvbuff, count, datatype, peer, real, stream));
+  TM_COLL_RETURN(recvbuff, g_real.Recv(recvbuff, count, datatype, peer, real, stream));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -773,6 +780,26 @@ TM_EXPORT ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) {
   return ncclSuccess;
 }
 
+// Groups: forwarded as the generated stubs do; the depth is counted per thread for the tape recorder (outputs
+// of grouped operations exist only after the outermost ncclGroupEnd).
+TM_EXPORT ncclResult_t ncclGroupStart() {
+  ncclResult_t r = Forward("ncclGroupStart", &g_real.GroupStart);
+  if (r == ncclSuccess) TapeGroupStart();
+  return r;
+}
+
+TM_EXPORT ncclResult_t ncclGroupEnd() {
+  ncclResult_t r = Forward("ncclGroupEnd", &g_real.GroupEnd);
+  TapeGroupEnd(r == ncclSuccess);
+  return r;
+}
+
+TM_EXPORT ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
+  ncclResult_t r = Forward("ncclGroupSimulateEnd", &g_real.GroupSimulateEnd, simInfo);
+  TapeGroupEnd(r == ncclSuccess && simInfo == nullptr);  // with simInfo the group is ended without running
+  return r;
+}
+
 }  // extern "C"
 
 // ---------------------------------------------------------------------------------------------------
@@ -813,6 +840,9 @@ TM_EXPORT ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) {
 #define TM_HAND_CommWindowDeregister TM_PROBE
 #define TM_HAND_RedOpCreatePreMulSum TM_PROBE
 #define TM_HAND_RedOpDestroy TM_PROBE
+#define TM_HAND_GroupStart TM_PROBE
+#define TM_HAND_GroupEnd TM_PROBE
+#define TM_HAND_GroupSimulateEnd TM_PROBE
 
 #define TM_CHECK_N(x, n, ...) n
 #define TM_CHECK(...) TM_CHECK_N(__VA_ARGS__, 0, )

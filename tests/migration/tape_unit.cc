@@ -5,6 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -171,5 +172,73 @@ TEST_CASE("tape: a sandboxed iteration takes matching outputs from the tape, the
   ts::TapeIterationBegin();
   REQUIRE(ncclAllGather(in.data(), gath.data(), 2, ncclFloat32, comm, nullptr) == ncclSuccess);
   CHECK(gath == std::vector<float>({1, 2, 1, 2}));
+  CHECK(ncclCommDestroy(comm) == ncclSuccess);
+}
+
+TEST_CASE("tape: recording one iteration: positions, outputs, the cap, groups, then replay of what was recorded") {
+  using ts::OpKind;
+  ts::SetProcessSandboxed(true);
+  ncclUniqueId id;
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  ncclComm_t comm = nullptr;
+  REQUIRE(ncclCommInitRank(&comm, 2, id, 0) == ncclSuccess);
+  ts::SetProcessSandboxed(false);
+  ts::VComm* v = reinterpret_cast<ts::VComm*>(comm);
+  std::vector<float> in = {1, 2, 3, 4}, out(4, 0), big(64, 0);
+  // Before arming: nothing recorded, and TapeRecordEnd says so.
+  REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
+  CHECK_FALSE(ts::TapeRecording());
+  CHECK(ts::TapeRecordEnd() == nullptr);
+  ts::TapeRecordBegin(/*max_bytes=*/40);
+  CHECK(ts::TapeRecording());
+  // Each call below stands for a real operation: the hot path calls TapeRecordOp after it returned.
+  REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
+  out = {9, 9, 9, 9};  // "the real result"
+  ts::TapeRecordOp(v, out.data(), nullptr);
+  REQUIRE(ncclAllGather(in.data(), big.data(), 32, ncclFloat32, comm, nullptr) == ncclSuccess);
+  ts::TapeRecordOp(v, big.data(), nullptr);  // 256 bytes: over the cap, signature only
+  ts::TapeGroupStart();
+  REQUIRE(ncclRecv(out.data(), 4, ncclFloat32, 1, comm, nullptr) == ncclSuccess);
+  ts::TapeRecordOp(v, out.data(), nullptr);
+  out = {5, 6, 7, 8};  // what the group produces at its end
+  ts::TapeGroupEnd(true);
+  std::shared_ptr<ts::Tape> tape = ts::TapeRecordEnd();
+  CHECK_FALSE(ts::TapeRecording());
+  REQUIRE(tape != nullptr);
+  CHECK(tape->size() == 3);
+  CHECK(tape->output_bytes() == 32);
+  std::string why;
+  const uint64_t ci = v->lineage.index;
+  const std::vector<uint8_t>* e0 = tape->Match(ci, 0, Sig(OpKind::kAllReduce, 4, ncclSum), 16, &why);
+  REQUIRE(e0 != nullptr);
+  CHECK(std::memcmp(e0->data(), std::vector<float>({9, 9, 9, 9}).data(), 16) == 0);
+  CHECK(tape->Match(ci, 1, Sig(OpKind::kAllGather, 32, -1), 256, &why) == nullptr);
+  CHECK(why.find("signature only") == 0);
+  const std::vector<uint8_t>* e2 = tape->Match(ci, 2, Sig(OpKind::kRecv, 4, -1, 1), 16, &why);
+  REQUIRE(e2 != nullptr);
+  CHECK(std::memcmp(e2->data(), std::vector<float>({5, 6, 7, 8}).data(), 16) == 0);
+  // Shipped (encoded, decoded) and replayed in a sandboxed iteration.
+  auto shipped = std::make_shared<ts::Tape>();
+  REQUIRE(shipped->Decode(tape->Encode(), 64 << 20));
+  ts::InstallTape(shipped);
+  ts::TapeIterationBegin();
+  std::vector<float> o(4, 0);
+  REQUIRE(ncclAllReduce(in.data(), o.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
+  CHECK(o == std::vector<float>({9, 9, 9, 9}));
+  REQUIRE(ncclAllGather(in.data(), big.data(), 32, ncclFloat32, comm, nullptr) == ncclSuccess);  // emulated
+  CHECK(big[32] == 1);
+  REQUIRE(ncclRecv(o.data(), 4, ncclFloat32, 1, comm, nullptr) == ncclSuccess);
+  CHECK(o == std::vector<float>({5, 6, 7, 8}));
+  ts::InstallTape(nullptr);
+  // A group ended without running leaves its operations signature-only.
+  ts::TapeRecordBegin(1 << 20);
+  ts::TapeGroupStart();
+  REQUIRE(ncclRecv(out.data(), 4, ncclFloat32, 1, comm, nullptr) == ncclSuccess);
+  ts::TapeRecordOp(v, out.data(), nullptr);
+  ts::TapeGroupEnd(false);
+  tape = ts::TapeRecordEnd();
+  REQUIRE(tape != nullptr);
+  CHECK(tape->size() == 1);
+  CHECK(tape->output_bytes() == 0);
   CHECK(ncclCommDestroy(comm) == ncclSuccess);
 }
