@@ -49,6 +49,9 @@ constexpr ParamSpec kParams[] = {
      "Safe points a joiner runs in the sandbox before it reports READY."},
     {"TRAINMOVER_HEARTBEAT_MS", ParamType::kInt, "1000", "integer >= 1",
      "Interval of the agent's heartbeat to the coordinator, in milliseconds."},
+    {"TRAINMOVER_TAPE_MAX_BYTES", ParamType::kInt, "67108864", "integer >= 0",
+     "Leaver: bytes of operation outputs its sandbox tape may hold (one iteration recorded for the joiner); "
+     "operations beyond it are recorded by signature only and emulated by the joiner. 0: signatures only."},
     {"TRAINMOVER_SEAL_OVERLAP", ParamType::kEnum, "auto", "auto|on|off",
      "Leaver at the switch point: on = report AT_STEP first and checksum the state while the joiner already "
      "reads it; off = checksum first; auto = on unless the joiner is on this host and it has under 8 CPUs "
@@ -153,6 +156,7 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
   if (name == "TRAINMOVER_DEBUG_SUBSYS") return ParseSubsys(v, &c->debug_subsys);
   if (name == "TRAINMOVER_SHADOW_ITERS") return ParseInt(v, 1, &c->shadow_iters);
   if (name == "TRAINMOVER_HEARTBEAT_MS") return ParseInt(v, 1, &c->heartbeat_ms);
+  if (name == "TRAINMOVER_TAPE_MAX_BYTES") return ParseInt(v, 0, &c->tape_max_bytes);
   if (name == "TRAINMOVER_SEAL_OVERLAP") {
     const std::string t(v);
     if (t != "auto" && t != "on" && t != "off") return false;

@@ -34,6 +34,7 @@ struct Config {
   uint32_t debug_subsys = kLogAll & ~kLogColl;
   int64_t shadow_iters = 1;     // TRAINMOVER_SHADOW_ITERS >= 1
   int64_t heartbeat_ms = 1000;  // TRAINMOVER_HEARTBEAT_MS >= 1
+  int64_t tape_max_bytes = int64_t{64} << 20;  // TRAINMOVER_TAPE_MAX_BYTES >= 0
   std::string seal_overlap = "auto";  // TRAINMOVER_SEAL_OVERLAP: auto|on|off
   std::string fault;            // TRAINMOVER_FAULT (test knob: corrupt-transfer|pass-first-proposal; "" = none)
 };

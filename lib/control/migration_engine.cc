@@ -38,7 +38,11 @@ struct Pair {
   std::string verify_msg;
   pid_t child = 0;  // --spawn
   std::string log;
+  std::vector<uint8_t> tape;  // the leaver's sandbox tape (EVENT TAPE chunks), forwarded to the joiner
+  bool tape_done = false, tape_sent = false;
 };
+
+constexpr size_t kMaxTapeRelay = size_t{1} << 30;  // D keeps at most this much tape per rank
 
 struct Ctx {
   std::vector<Pair> pairs;
@@ -129,6 +133,30 @@ class Engine : public MigrationEngine {
     }
     c.SetMigState(m, MigState::kSandbox);
     c.BeginPhase(m, 0, "sandbox");
+    for (Pair& pr : x.pairs) {  // the joiner's shadow iteration replays the leaver's next one (docs/migration.md)
+      c.SendCommand(pr.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kRecordTape), m.id, mig::Step{0}));
+    }
+  }
+
+  // Sends a complete tape to the pair's joiner once it has registered (a process of role joiner replacing the
+  // pair's rank; the matched one when READY already named it), in chunks of one frame, then an empty chunk.
+  void MaybeSendTape(Coordinator& c, Migration& m, Pair& pr) {
+    if (!pr.tape_done || pr.tape_sent) return;
+    for (const auto& [id, p] : c.processes()) {
+      if (p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != pr.rank) continue;
+      if (pr.joiner != 0 && pr.joiner != id) continue;
+      for (size_t at = 0; at < pr.tape.size(); at += mig::kMaxBlob) {
+        const size_t n = std::min(mig::kMaxBlob, pr.tape.size() - at);
+        mig::Blob chunk{std::vector<uint8_t>(pr.tape.begin() + static_cast<ptrdiff_t>(at),
+                                             pr.tape.begin() + static_cast<ptrdiff_t>(at + n))};
+        c.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), m.id, chunk));
+      }
+      c.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), m.id, mig::Blob{}));
+      pr.tape_sent = true;
+      pr.tape.clear();
+      pr.tape.shrink_to_fit();
+      return;
+    }
   }
 
   void OnCancel(Coordinator& c, Migration& m) override { Abort(c, m, "cancelled by the operator", false); }
@@ -166,6 +194,7 @@ class Engine : public MigrationEngine {
     Migration* m = Active(c);
     if (!m) return;
     Ctx& x = ctx_[m->id];
+    for (Pair& pr : x.pairs) MaybeSendTape(c, *m, pr);
     for (Pair& pr : x.pairs) {
       if (pr.child <= 0 || pr.joiner != 0) continue;
       int st = 0;
@@ -203,6 +232,24 @@ class Engine : public MigrationEngine {
     if (!m || e.migration == 0 || MigTerminal(m->state)) return;  // late events of an ended migration
     Ctx& x = ctx_[m->id];
     switch (static_cast<mig::Ev>(e.kind)) {
+      case mig::Ev::kTape: {
+        mig::Blob b;
+        Pair* lp = x.ByLeaver(p);
+        if (!lp || lp->tape_done || !DecodePayload(e.body, &b)) return;
+        if (b.bytes.empty()) {
+          lp->tape_done = true;
+          return MaybeSendTape(c, *m, *lp);
+        }
+        if (lp->tape.size() + b.bytes.size() > kMaxTapeRelay) {  // a bound on D's memory: the joiner emulates
+          lp->tape.clear();
+          lp->tape_done = lp->tape_sent = true;
+          CTL_WARN("coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", m->id,
+                   lp->rank, kMaxTapeRelay);
+          return;
+        }
+        lp->tape.insert(lp->tape.end(), b.bytes.begin(), b.bytes.end());
+        return;
+      }
       case mig::Ev::kIds: {
         mig::Ids ids;
         if (!DecodePayload(e.body, &ids)) return Abort(c, *m, "malformed IDS", true);

@@ -23,6 +23,10 @@ const char* CmdName(uint16_t kind) {
       return "ABORT";
     case Cmd::kMap:
       return "MAP";
+    case Cmd::kRecordTape:
+      return "RECORD_TAPE";
+    case Cmd::kTape:
+      return "TAPE";
   }
   return "UNKNOWN";
 }
@@ -55,6 +59,8 @@ const char* EvName(uint16_t kind) {
       return "PHASE";
     case Ev::kCaptured:
       return "CAPTURED";
+    case Ev::kTape:
+      return "TAPE";
   }
   return "UNKNOWN";
 }

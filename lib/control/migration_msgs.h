@@ -18,6 +18,8 @@
 //   D COMMAND SWITCH -> all                each EVENT SWITCHED(stall)   L exits (BYE)
 //   any failure before SWITCH: D COMMAND ABORT(reason) -> all; anyone may send EVENT FAILED(reason)
 //   any process may send EVENT PHASE(name, start, end) for the timeline.
+//   At the request D COMMAND RECORD_TAPE -> L; L EVENT TAPE(chunk)... EVENT TAPE(empty) after its next iteration;
+//   D COMMAND TAPE(chunk)... TAPE(empty) -> J as soon as both the tape and J's registration are there.
 #ifndef TRAINMOVER_LIB_CONTROL_MIGRATION_MSGS_H_
 #define TRAINMOVER_LIB_CONTROL_MIGRATION_MSGS_H_
 
@@ -41,6 +43,8 @@ enum class Cmd : uint16_t {
   kSwitch = 7,     // all: point VComms at the replacements; J leaves the sandbox; L exits (body: Step)
   kAbort = 8,      // all: drop replacements, continue on the old communicators (body: Reason)
   kMap = 9,        // J: the leaver's comm_key of each of its VComms (body: KeyList of pairs joiner key, leaver key)
+  kRecordTape = 10,  // L: record the sandbox tape of your next iteration and send it as EVENT TAPE (body: Step, 0)
+  kTape = 11,        // J: one chunk of the leaver's tape, in order; an empty chunk ends it (body: Blob)
 };
 enum class Ev : uint16_t {
   kReady = 1,      // J: sandbox done (body: Ready)
@@ -56,6 +60,7 @@ enum class Ev : uint16_t {
   kFailed = 11,    // anyone: the migration cannot go on here (body: Reason)
   kPhase = 12,     // anyone: a phase span for the timeline (body: Phase)
   kCaptured = 13,  // anyone, unprompted (migration 0): these comm_keys were captured into a CUDA graph (KeyList)
+  kTape = 14,      // L: one chunk of its tape (lib/sandbox_tape.h blob), in order; an empty chunk ends it (Blob)
 };
 const char* CmdName(uint16_t kind);
 const char* EvName(uint16_t kind);

@@ -62,6 +62,12 @@ struct State {
   // Joiner.
   int64_t sandbox_safepoints = 0;
   bool ready_sent = false;
+  // Sandbox tape. Leaver: 1 = RECORD_TAPE received (arm at the next safe point), 2 = recording this iteration.
+  int tape_state = 0;
+  uint64_t tape_mig = 0;
+  // Joiner: the chunks received so far; tape_ready once installed (or found unusable).
+  std::vector<uint8_t> tape_buf;
+  bool tape_ready = false;
   bool exit_pending = false;  // the joiner must exit at its next safe point (the migration ended without it)
   std::string exit_reason;
   std::map<uint64_t, shim::VComm*> by_leaver_key;  // joiner: leaver comm_key -> own VComm
@@ -95,6 +101,8 @@ State& S() {
 }
 
 bool FaultIs(const char* name) { return shim::ProcessConfig().fault == name; }
+
+constexpr int kTapeWaitMs = 3000;  // the joiner's wait for the leaver's tape at its first sandboxed safe point
 
 // TRAINMOVER_SEAL_OVERLAP: whether the leaver hashes its state while the joiner reads it (see Hook). auto: yes
 // unless the joiner (`destination` is "host H pid P") runs on this host and the host has under 8 CPUs, where
@@ -431,6 +439,39 @@ void OnCommand(const Command& c) {
       s.cv.notify_all();
       return;
     }
+    case mig::Cmd::kRecordTape: {
+      std::lock_guard<std::mutex> lk(s.mu);
+      if (s.tape_state == 0) s.tape_state = 1;
+      s.tape_mig = id;
+      return;
+    }
+    case mig::Cmd::kTape: {
+      mig::Blob b;
+      if (!Decode(c, &b)) return;
+      std::lock_guard<std::mutex> lk(s.mu);
+      if (s.tape_ready) return;
+      const uint64_t cap = static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes);
+      if (!b.bytes.empty()) {
+        if (s.tape_buf.size() + b.bytes.size() <= cap + (uint64_t{64} << 20)) {  // outputs + signatures
+          s.tape_buf.insert(s.tape_buf.end(), b.bytes.begin(), b.bytes.end());
+        }
+        return;
+      }
+      auto tape = std::make_shared<shim::Tape>();
+      if (tape->Decode(s.tape_buf, cap)) {
+        TM_INFO(shim::kLogSandbox, "sandbox: tape of the leaver's iteration installed: %zu operations, %llu bytes",
+                tape->size(), static_cast<unsigned long long>(tape->output_bytes()));
+        shim::InstallTape(std::move(tape));
+      } else {
+        TM_INFO(shim::kLogSandbox, "sandbox: the leaver's tape (%zu bytes) is damaged or over the cap; emulating",
+                s.tape_buf.size());
+      }
+      s.tape_buf.clear();
+      s.tape_buf.shrink_to_fit();
+      s.tape_ready = true;
+      s.cv.notify_all();
+      return;
+    }
     case mig::Cmd::kAbort: {
       mig::Reason r;
       if (!Decode(c, &r)) return;
@@ -474,6 +515,11 @@ bool Disconnected() { return S().agent && !S().agent->connected(); }
 // The joiner: shadow iterations in the sandbox, READY, then wait for SWITCH (returns S) or exit.
 int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   State& s = S();
+  if (s.sandbox_safepoints == 0 && s.agent) {  // connected or still connecting
+    // The first safe point: what ran before it was start-up. Wait (bounded) for the leaver's tape, so the
+    // shadow iteration that follows replays it; without one in time the sandbox emulates.
+    s.cv.wait_for(lk, std::chrono::milliseconds(kTapeWaitMs), [&] { return s.tape_ready; });
+  }
   shim::TapeIterationBegin();  // operations from here on are positions 0, 1, ... of the next sandbox iteration
   if (++s.sandbox_safepoints <= shim::ProcessConfig().shadow_iters) return step;
   if (!s.ready_sent) {
@@ -538,6 +584,31 @@ void ReportCaptured() {
   SendEv(mig::Ev::kCaptured, 0, kl);
 }
 
+// Leaver, at a safe point (mu held): arms the tape recorder for the iteration that starts here, or, one safe
+// point later, stops it and sends the tape to D in chunks of one frame, then an empty chunk.
+void TapeSafePoint() {
+  State& s = S();
+  if (s.tape_state == 1) {
+    shim::TapeRecordBegin(static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes));
+    s.tape_state = 2;
+    return;
+  }
+  s.tape_state = 0;
+  std::shared_ptr<shim::Tape> tape = shim::TapeRecordEnd();
+  if (!tape) return;
+  std::vector<uint8_t> blob = tape->Encode();
+  for (size_t at = 0; at < blob.size(); at += mig::kMaxBlob) {
+    const size_t n = std::min(mig::kMaxBlob, blob.size() - at);
+    SendEv(mig::Ev::kTape, s.tape_mig,
+           mig::Blob{std::vector<uint8_t>(blob.begin() + static_cast<ptrdiff_t>(at),
+                                          blob.begin() + static_cast<ptrdiff_t>(at + n))});
+  }
+  SendEv(mig::Ev::kTape, s.tape_mig, mig::Blob{});
+  TM_INFO(shim::kLogAgent, "migration %llu: sandbox tape recorded: %zu operations, %llu output bytes",
+          static_cast<unsigned long long>(s.tape_mig), tape->size(),
+          static_cast<unsigned long long>(tape->output_bytes()));
+}
+
 // The hook: reports the step, then holds the application where the migration needs it.
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
@@ -558,6 +629,7 @@ int64_t Hook(void*, int64_t step) {
   }
   s.last_entry_ns = entry;
   if (shim::CapturedCount() != s.captured_sent) ReportCaptured();
+  if (s.tape_state != 0) TapeSafePoint();
   if (s.exit_pending) JoinerExit(lk);
   if (shim::ProcessRole() == shim::Role::kJoiner && shim::ProcessSandboxed()) {
     s.last_disturbed = true;

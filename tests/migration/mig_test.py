@@ -298,6 +298,32 @@ def scenario_several():
     run_plan("several2", 2, [(10, [[0, 1]])])
 
 
+def scenario_tape():
+    """The leaver records one real iteration (signatures and outputs); the joiner's shadow iteration replays it:
+    the joiner reports N > 0 operations served from the tape, and every digest is still bit-identical."""
+    clear_joiner_logs()
+    env = {"TRAINMOVER_DEBUG": "INFO", "TRAINMOVER_DEBUG_SUBSYS": "AGENT,SANDBOX"}
+    job = Job("tape", 3, steps=300, step_ms=8, env=env)
+    try:
+        job.wait_step(10)
+        job.migrate(1)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({1})
+    with open(job.log, errors="replace") as f:
+        rec = re.search(r"sandbox tape recorded: (\d+) operations, (\d+) output bytes", f.read())
+    with open(os.path.join(WORK, "joiner-1.log"), errors="replace") as f:
+        text = f.read()
+    served = re.search(r"(\d+) ops served from the tape, (\d+) emulated after a tape mismatch", text)
+    if not rec or int(rec.group(1)) == 0:
+        fail(f"tape: the leaver recorded no tape ({rec and rec.group(0)})")
+    if not served or int(served.group(1)) == 0:
+        fail(f"tape: the joiner served no operation from the tape ({served and served.group(0)}); see joiner-1.log")
+    print(f"tape: leaver recorded {rec.group(1)} ops ({rec.group(2)} bytes); joiner served {served.group(1)} "
+          f"from the tape, {served.group(2)} emulated after a mismatch")
+
+
 def scenario_host():
     """tmctl migrate --host H: every rank on host H in one migration (here every process shares the hostname)."""
     clear_joiner_logs()
@@ -498,7 +524,7 @@ def scenario_captured():
     job.check_digests(set())
 
 
-SCENARIOS = {"seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
