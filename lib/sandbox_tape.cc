@@ -8,35 +8,10 @@
 #include <mutex>
 
 #include "log.h"
+#include "nccl_dtype.h"
 #include "sandbox.h"
 
 namespace trainmover::shim {
-namespace {
-
-size_t ElementBytes(uint8_t datatype) {
-  switch (static_cast<ncclDataType_t>(datatype)) {
-    case ncclInt8:
-    case ncclUint8:
-    case ncclFloat8e4m3:
-    case ncclFloat8e5m2:
-      return 1;
-    case ncclFloat16:
-    case ncclBfloat16:
-      return 2;
-    case ncclInt32:
-    case ncclUint32:
-    case ncclFloat32:
-      return 4;
-    case ncclInt64:
-    case ncclUint64:
-    case ncclFloat64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
-}  // namespace
 
 std::string TapeSigText(const TapeSig& s) {
   char buf[128];
@@ -47,7 +22,7 @@ std::string TapeSigText(const TapeSig& s) {
 
 size_t TapeOutputBytes(const TapeSig& s, int nranks) {
   if (s.kind == OpKind::kSend) return 0;
-  const size_t one = s.count * ElementBytes(s.datatype);
+  const size_t one = s.count * common::DtypeSize(static_cast<ncclDataType_t>(s.datatype));
   switch (s.kind) {  // recvbuff as NCCL's signatures define it
     case OpKind::kAllGather:
     case OpKind::kAlltoAll:
