@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "binding.h"
+#include "conn.h"
 #include "log.h"
 #include "migration.h"
 #include "migration_msgs.h"
@@ -34,16 +35,8 @@ using control::Agent;
 using control::Command;
 namespace mig = control::mig;
 
-uint64_t MonoNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-uint64_t RealNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
+using control::NowMonotonicNs;
+using control::NowRealtimeNs;
 
 struct Staged {
   shim::VComm* v;
@@ -181,7 +174,7 @@ shim::VComm* FindLocal(uint64_t key) {
 // blocking init could not deadlock), with the real non-blocking ncclCommInitRankConfig.
 void BuildJob(uint64_t id, uint64_t gen, mig::Build b) {
   State& s = S();
-  uint64_t t0 = RealNs();
+  uint64_t t0 = NowRealtimeNs();
   for (const mig::BuildEntry& e : b.entries) {
     shim::VComm* v;
     {
@@ -232,7 +225,7 @@ void BuildJob(uint64_t id, uint64_t gen, mig::Build b) {
     }
     SendEv(mig::Ev::kBuilt, id, mig::Built{e.comm_key, 1, ""});
   }
-  SendPhase(id, "build", t0, RealNs());
+  SendPhase(id, "build", t0, NowRealtimeNs());
 }
 
 // Device or host memory: asked of the CUDA runtime only when the application loaded it (RTLD_NOLOAD).
@@ -258,7 +251,7 @@ std::vector<transfer::Region> LocalRegions() {
 
 // Background (joiner): reads the leaver's regions one-sided into ours and verifies the checksums.
 void FetchJob(uint64_t id, uint64_t gen, std::vector<uint8_t> descriptor) {
-  uint64_t t0 = RealNs();
+  uint64_t t0 = NowRealtimeNs();
   std::unique_ptr<transfer::StateClient> client;
   transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &client);
   transfer::FetchResult res;
@@ -267,7 +260,7 @@ void FetchJob(uint64_t id, uint64_t gen, std::vector<uint8_t> descriptor) {
     transfer::FetchOptions o;
     uint64_t last_sent = 0;
     o.progress = [&](uint64_t done, uint64_t total) {
-      uint64_t now = MonoNs();
+      uint64_t now = NowMonotonicNs();
       if (done == total || now - last_sent > 20000000ull) {
         last_sent = now;
         SendEv(mig::Ev::kProgress, id, mig::Progress{done, total});
@@ -281,7 +274,7 @@ void FetchJob(uint64_t id, uint64_t gen, std::vector<uint8_t> descriptor) {
     std::lock_guard<std::mutex> lk(S().mu);
     if (S().gen != gen) return;
   }
-  SendPhase(id, "transfer", t0, RealNs());
+  SendPhase(id, "transfer", t0, NowRealtimeNs());
   char msg[200];
   if (st.ok()) {
     std::snprintf(msg, sizeof(msg), "%llu bytes in %.3f s (%.2f GB/s) over %s, checksums verified",
@@ -359,7 +352,7 @@ void OnCommand(const Command& c) {
     case mig::Cmd::kExpose: {
       mig::Reason where;
       if (!Decode(c, &where)) return;
-      uint64_t t0 = RealNs();
+      uint64_t t0 = NowRealtimeNs();
       std::lock_guard<std::mutex> lk(s.mu);
       if (s.sealing) {  // an aborted migration's Seal still reads the old server (Hook frees it)
         SendEv(mig::Ev::kFailed, id, mig::Reason{"the previous migration's seal is still running"});
@@ -379,7 +372,7 @@ void OnCommand(const Command& c) {
         return;
       }
       SendEv(mig::Ev::kExposed, id, mig::Blob{s.server->Descriptor()});
-      SendPhase(id, "expose", t0, RealNs());
+      SendPhase(id, "expose", t0, NowRealtimeNs());
       return;
     }
     case mig::Cmd::kFetchFrom: {
@@ -538,8 +531,8 @@ int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   while (!s.switch_go && !s.exit_pending) {
     s.cv.wait_for(lk, std::chrono::milliseconds(50));
     if (Disconnected()) {
-      if (!lost_since) lost_since = MonoNs();
-      if (MonoNs() - lost_since > 3000000000ull) {
+      if (!lost_since) lost_since = NowMonotonicNs();
+      if (NowMonotonicNs() - lost_since > 3000000000ull) {
         s.exit_pending = true;
         s.exit_reason = "lost the coordinator";
       }
@@ -613,7 +606,7 @@ void TapeSafePoint() {
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
   State& s = S();
-  const uint64_t entry = MonoNs();
+  const uint64_t entry = NowMonotonicNs();
   std::unique_lock<std::mutex> lk(s.mu);
   if (s.last_entry_ns && !s.last_disturbed) {
     s.step_ns.push_back(entry - s.last_entry_ns);
@@ -624,7 +617,7 @@ int64_t Hook(void*, int64_t step) {
     s.measure_pending = false;
     s.last_disturbed = true;
     uint64_t interval = entry - s.switch_entry_ns, median = Median(s.step_ns);
-    SendPhase(s.mig, "switch step", s.switch_entry_real, RealNs());
+    SendPhase(s.mig, "switch step", s.switch_entry_real, NowRealtimeNs());
     SendEv(mig::Ev::kSwitched, s.mig, mig::Switched{s.switch_step, interval > median ? interval - median : 0, median});
   }
   s.last_entry_ns = entry;
@@ -639,7 +632,7 @@ int64_t Hook(void*, int64_t step) {
   if (s.proposed < 0 || step < s.proposed) return step;
   // Held: at (or past) a proposed switch point.
   s.last_disturbed = true;
-  const uint64_t hold_real = RealNs();
+  const uint64_t hold_real = NowRealtimeNs();
   const uint64_t id = s.mig;
   for (;;) {
     if (s.committed >= 0 && step == s.committed && !s.at_sent) {
@@ -655,11 +648,11 @@ int64_t Hook(void*, int64_t step) {
         const uint64_t gen = s.gen;
         s.sealing = true;
         lk.unlock();
-        uint64_t t0 = RealNs();
+        uint64_t t0 = NowRealtimeNs();
         transfer::Status st = server->Seal();
         lk.lock();
         s.sealing = false;
-        SendPhase(id, "seal", t0, RealNs());
+        SendPhase(id, "seal", t0, NowRealtimeNs());
         if (s.gen != gen) {  // aborted meanwhile (AbortLocked left the server to us)
           s.server->Close();
           s.server.reset();
@@ -683,7 +676,7 @@ int64_t Hook(void*, int64_t step) {
   s.proposed = s.committed = -1;
   s.at_sent = false;
   s.active = false;
-  SendPhase(id, "hold at S", hold_real, RealNs());
+  SendPhase(id, "hold at S", hold_real, NowRealtimeNs());
   if (s.leaver) {
     std::string where = s.destination;
     if (s.server) s.server->Close();
