@@ -19,7 +19,7 @@
 #include <memory>
 
 #include "perf_util.h"
-#include "transfer.h"
+#include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
 

@@ -120,9 +120,7 @@ struct Coordinator::Peer {
 };
 
 Coordinator::Coordinator(Options opt)
-    : opt_(std::move(opt)), default_engine_(MakeMigrationEngine()), downtime_buckets_(kNumBuckets, 0) {
-  engine_ = default_engine_.get();
-}
+    : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {}
 
 Coordinator::~Coordinator() {
   peers_.clear();

@@ -105,8 +105,8 @@ struct Migration {
 
 class Coordinator;
 
-// The migration engine (issue 5) plugs in here. Without one, requests are recorded and failed with
-// "not implemented yet". All calls come from the coordinator's thread.
+// The migration engine plugs in here (lib/migration/engine.h makes the built-in one); the program that
+// owns the Coordinator installs it. All calls come from the coordinator's thread.
 class MigrationEngine {
  public:
   virtual ~MigrationEngine() = default;
@@ -118,9 +118,6 @@ class MigrationEngine {
   // About every 100 ms (timeouts, spawned children).
   virtual void OnTick(Coordinator&) {}
 };
-
-// The built-in engine (lib/control/migration_engine.cc); every Coordinator starts with one.
-std::unique_ptr<MigrationEngine> MakeMigrationEngine();
 
 class Coordinator {
  public:
@@ -146,7 +143,7 @@ class Coordinator {
   void Stop();
 
   // --- for the migration engine (coordinator thread only) ---
-  void SetEngine(MigrationEngine* e) { engine_ = e; }
+  void SetEngine(std::unique_ptr<MigrationEngine> e) { engine_ = std::move(e); }
   bool SendCommand(uint64_t process, const Command& c);
   void SetMigState(Migration& m, MigState s, const std::string& reason = "");
   void BeginPhase(Migration& m, uint64_t process, const std::string& phase);
@@ -197,8 +194,7 @@ class Coordinator {
   std::map<uint64_t, CommRec> comms_;
   std::map<uint64_t, Migration> migs_;
   uint64_t next_proc_ = 1, next_mig_ = 1;
-  MigrationEngine* engine_ = nullptr;
-  std::unique_ptr<MigrationEngine> default_engine_;  // lib/control/migration_engine.h
+  std::unique_ptr<MigrationEngine> engine_;
   // Metrics.
   uint64_t heartbeats_missed_ = 0;
   uint64_t rejected_ = 0;

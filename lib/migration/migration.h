@@ -3,7 +3,7 @@
 // leaver's state server and exit, every member's background build of replacement communicators, the
 // switch-point agreement and the switch itself.
 //
-// InstallMigration is called once by the agent glue (lib/control/shim_agent.cc) before the agent starts.
+// InstallMigration is called once by the agent glue (lib/migration/shim_agent.cc) before the agent starts.
 // It installs the agent's command handler and the shim's safe-point hook (which keeps reporting steps
 // through ShimAgentSafePoint). Commands arrive on the agent thread and never block it for long: the
 // communicator builds and the state fetch run on a background thread; everything that changes which real
@@ -11,7 +11,7 @@
 #ifndef TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
 #define TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
 
-#include "agent.h"
+#include "control/agent.h"
 
 namespace trainmover::migration {
 

@@ -17,15 +17,15 @@
 #include <thread>
 #include <vector>
 
-#include "binding.h"
-#include "conn.h"
-#include "log.h"
+#include "core/binding.h"
+#include "control/conn.h"
+#include "base/log.h"
 #include "migration.h"
-#include "migration_msgs.h"
-#include "sandbox_tape.h"
+#include "msgs.h"
+#include "sandbox/tape.h"
 #include "shim_agent.h"
-#include "shim_state.h"
-#include "transfer.h"
+#include "core/shim_state.h"
+#include "transfer/transfer.h"
 
 namespace trainmover::migration {
 

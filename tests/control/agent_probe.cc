@@ -10,7 +10,7 @@
 #include <string>
 #include <thread>
 
-#include "agent.h"
+#include "control/agent.h"
 
 using namespace trainmover::control;
 

@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "json.h"
-#include "messages.h"
-#include "migration_msgs.h"
-#include "wire.h"
+#include "control/messages.h"
+#include "migration/msgs.h"
+#include "control/wire.h"
 
 using namespace trainmover::control;
 

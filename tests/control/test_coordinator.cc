@@ -18,9 +18,10 @@
 #include <string>
 #include <thread>
 
-#include "agent.h"
-#include "client.h"
-#include "coordinator.h"
+#include "control/agent.h"
+#include "control/client.h"
+#include "control/coordinator.h"
+#include "migration/engine.h"
 #include "json.h"
 
 extern char** environ;
@@ -42,6 +43,7 @@ struct Coord {
     o.token = kToken;
     o.heartbeat_timeout_ms = hb_timeout_ms;
     c = std::make_unique<Coordinator>(o);
+    c->SetEngine(MakeMigrationEngine());
     std::string err;
     REQUIRE_MESSAGE(c->Start(&err), err);
     t = std::thread([this] { c->Run(); });

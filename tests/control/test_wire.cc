@@ -9,9 +9,9 @@
 #include <cstring>
 #include <memory>
 
-#include "conn.h"
-#include "messages.h"
-#include "wire.h"
+#include "control/conn.h"
+#include "control/messages.h"
+#include "control/wire.h"
 
 using namespace trainmover::control;
 
@@ -380,7 +380,7 @@ TEST_CASE("an oversized frame is rejected after its header, without buffering th
   CHECK(p.client->rejected());
 }
 
-#include "migration_msgs.h"
+#include "migration/msgs.h"
 
 TEST_CASE("migration command and event bodies round-trip and refuse bad values") {
   using namespace trainmover::control::mig;

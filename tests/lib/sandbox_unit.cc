@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "nccl_dtype.h"
-#include "shim_state.h"
+#include "core/shim_state.h"
 
 using namespace trainmover::shim;
 

@@ -11,11 +11,11 @@
 #include <thread>
 #include <vector>
 
-#include "binding.h"
-#include "config.h"
+#include "core/binding.h"
+#include "base/config.h"
 #include "nccl_dtype.h"
-#include "sandbox.h"
-#include "shim_state.h"
+#include "sandbox/sandbox.h"
+#include "core/shim_state.h"
 
 using namespace trainmover::shim;
 

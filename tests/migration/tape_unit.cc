@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The sandbox tape (lib/sandbox.h): matching by (communicator, position) and exact signature, the fallbacks
+// The sandbox tape (lib/sandbox/sandbox.h): matching by (communicator, position) and exact signature, the fallbacks
 // (no entry, another signature, signature only, another size), the blob codec refusing damage, and replay in a
 // sandboxed communicator of this process (the shim is linked into the test: its ncclX are the shim's).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "sandbox_tape.h"
-#include "shim_state.h"
+#include "sandbox/tape.h"
+#include "core/shim_state.h"
 
 namespace ts = trainmover::shim;
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "test_pattern.h"
-#include "transfer.h"
+#include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
 

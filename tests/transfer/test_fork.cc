@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "test_pattern.h"
-#include "transfer.h"
+#include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
 using transfer_test::Fill;

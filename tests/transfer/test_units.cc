@@ -8,9 +8,9 @@
 #include <chrono>
 #include <thread>
 
-#include "descriptor.h"
+#include "transfer/descriptor.h"
 #include "test_pattern.h"
-#include "transfer.h"
+#include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
 using transfer_test::Fill;

@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "test_pattern.h"
-#include "transfer.h"
+#include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
 

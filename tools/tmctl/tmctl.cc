@@ -25,8 +25,8 @@
 #include <thread>
 #include <vector>
 
-#include "client.h"
-#include "config.h"
+#include "control/client.h"
+#include "base/config.h"
 #include "json.h"
 
 using tmctl::Json;
@@ -254,7 +254,7 @@ int Report(const Ctx& ctx, long long id) {
   return (*m)["state"].Str() == "done" ? 0 : 1;
 }
 
-// Every TRAINMOVER_* parameter, from the shim's configuration registry (lib/config.h): the same table
+// Every TRAINMOVER_* parameter, from the shim's configuration registry (lib/base/config.h): the same table
 // trainmover-info prints, with the value this environment gives each.
 int Env() {
   std::printf("%-26s %-12s %-24s %s\n", "PARAMETER", "DEFAULT", "VALUE", "MEANING (accepted values)");

@@ -11,8 +11,9 @@
 #include <iterator>
 #include <thread>
 
-#include "coordinator.h"
-#include "wire.h"
+#include "control/coordinator.h"
+#include "migration/engine.h"
+#include "control/wire.h"
 
 namespace tmrun {
 
@@ -74,6 +75,7 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   o.token = token;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
+  embedded_->coord->SetEngine(trainmover::control::MakeMigrationEngine());
   if (!embedded_->coord->Start(err)) {
     embedded_.reset();
     return false;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// trainmover-info: prints every TRAINMOVER_* parameter of libtrainmover (lib/config.h), its value in this
+// trainmover-info: prints every TRAINMOVER_* parameter of libtrainmover (lib/base/config.h), its value in this
 // environment, its default, accepted values and description, like ucc_info. Exits 1 naming the variable
 // when a value is invalid (the shim would fail its first NCCL call with the same message).
 #include <cstdio>
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <string>
 
-#include "config.h"
+#include "base/config.h"
 
 using trainmover::shim::Config;
 using trainmover::shim::ConfigParams;

@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "config.h"
+#include "base/config.h"
 #include "nccl_api.h"
 
 namespace trainmover::shim {

@@ -7,8 +7,8 @@
 #include <mutex>
 #include <vector>
 
-#include "binding.h"
-#include "log.h"
+#include "core/binding.h"
+#include "base/log.h"
 #include "nccl_dtype.h"
 
 namespace trainmover::shim {

@@ -9,7 +9,7 @@
 #include <map>
 
 #include "binding.h"
-#include "log.h"
+#include "base/log.h"
 #include "shim_state.h"
 #include "state_internal.h"
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// shim_agent.h: the agent inside libtrainmover. Compiled into the shim only (it uses lib/shim_state.h).
+// shim_agent.h: the agent inside libtrainmover. Compiled into the shim only (it uses lib/core/shim_state.h).
 //
 // The shim calls tmAgentStart(config) once, after a successful initialisation, when
-// TRAINMOVER_COORDINATOR is set (lib/binding.cc). tmAgentStart creates the process's Agent, installs the
+// TRAINMOVER_COORDINATOR is set (lib/core/binding.cc). tmAgentStart creates the process's Agent, installs the
 // VComm observer (communicator created/destroyed), the safe-point hook (reports the step), a tick that
 // polls the region table, and routes the control layer's log lines into the shim's logger.
 //
@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "agent.h"
+#include "control/agent.h"
 
 namespace trainmover::shim {
 struct VComm;

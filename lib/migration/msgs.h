@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "messages.h"
-#include "wire.h"
+#include "control/messages.h"
+#include "control/wire.h"
 
 namespace trainmover::control::mig {
 
@@ -60,7 +60,7 @@ enum class Ev : uint16_t {
   kFailed = 11,    // anyone: the migration cannot go on here (body: Reason)
   kPhase = 12,     // anyone: a phase span for the timeline (body: Phase)
   kCaptured = 13,  // anyone, unprompted (migration 0): these comm_keys were captured into a CUDA graph (KeyList)
-  kTape = 14,      // L: one chunk of its tape (lib/sandbox_tape.h blob), in order; an empty chunk ends it (Blob)
+  kTape = 14,      // L: one chunk of its tape (lib/sandbox/tape.h blob), in order; an empty chunk ends it (Blob)
 };
 const char* CmdName(uint16_t kind);
 const char* EvName(uint16_t kind);

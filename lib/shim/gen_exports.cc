@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Prints the linker version script of libtrainmover: every NCCL function of lib/nccl_api.h (ncclX and,
+// Prints the linker version script of libtrainmover: every NCCL function of common/nccl_api.h (ncclX and,
 // where the real library has it, pncclX) and the tm* entry points; everything else local.
 #include <cstdio>
 

@@ -15,8 +15,8 @@
 #include <mutex>
 #include <vector>
 
-#include "config.h"
-#include "log.h"
+#include "base/config.h"
+#include "base/log.h"
 #include "shim_state.h"
 
 namespace trainmover::shim {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The coordinator's migration engine: docs/migration.md describes the protocol it drives.
-#include "migration_engine.h"
+#include "engine.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "ctl_log.h"
-#include "migration_msgs.h"
+#include "control/ctl_log.h"
+#include "msgs.h"
 
 extern char** environ;
 

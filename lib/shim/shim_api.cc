@@ -13,13 +13,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "binding.h"
-#include "log.h"
+#include "core/binding.h"
+#include "base/log.h"
 #include "nccl_dtype.h"
-#include "sandbox.h"
-#include "sandbox_tape.h"
-#include "shim_state.h"
-#include "state_internal.h"
+#include "sandbox/sandbox.h"
+#include "sandbox/tape.h"
+#include "core/shim_state.h"
+#include "core/state_internal.h"
 
 #define TM_EXPORT __attribute__((visibility("default")))
 #define TM_LIKELY(x) __builtin_expect(!!(x), 1)

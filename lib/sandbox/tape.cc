@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "sandbox_tape.h"
+#include "tape.h"
 
 #include <algorithm>
 #include <atomic>
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "log.h"
+#include "base/log.h"
 #include "nccl_dtype.h"
 #include "sandbox.h"
 

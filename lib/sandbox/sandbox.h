@@ -15,7 +15,7 @@
 #include <cstddef>
 
 #include "nccl_api.h"
-#include "shim_state.h"
+#include "core/shim_state.h"
 
 namespace trainmover::shim {
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "nccl_api.h"
-#include "shim_state.h"
+#include "core/shim_state.h"
 
 namespace trainmover::shim {
 

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "ctl_log.h"
-#include "log.h"
+#include "control/ctl_log.h"
+#include "base/log.h"
 #include "migration.h"
-#include "shim_state.h"
+#include "core/shim_state.h"
 
 namespace trainmover::control {
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "migration_msgs.h"
+#include "msgs.h"
 
 namespace trainmover::control::mig {
 
