@@ -10,8 +10,8 @@ command -v clang++ >/dev/null || { echo "SKIP: clang++ not installed (apt-get in
 mkdir -p "$out/corpus"
 bin=$out/fuzz_control_parser
 if ! clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$src/lib/control" -I"$src/tools/tmctl" \
-    "$src/tests/control/fuzz_parser.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" "$src/lib/control/migration_msgs.cc" \
+    -I"$src/lib" -I"$src/tools/tmctl" \
+    "$src/tests/control/fuzz_parser.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" "$src/lib/migration/msgs.cc" \
     "$src/tools/tmctl/json.cc" -lcrypto -o "$bin" 2>"$out/build.log"; then
   if grep -q "fuzzer" "$out/build.log" && grep -qi "no such file\|cannot find" "$out/build.log"; then
     echo "SKIP: libFuzzer runtime missing (apt-get install libclang-rt-14-dev)"; cat "$out/build.log"; exit 77
