@@ -248,7 +248,7 @@ void Coordinator::Run() {
       }
     }
     CheckHeartbeats();
-    if (engine_) engine_->OnTick(*this);
+    for (auto& e : engines_) e->OnTick(*this);
   }
 }
 
@@ -337,7 +337,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       pr->conn_fd = -1;
       p.process = 0;
       CTL_INFO("coordinator: process %" PRIu64 " (rank %d) exited", pr->id, pr->info.rank);
-      if (engine_) engine_->OnProcessLost(*this, pr->id);  // the engine tells exited from lost by state
+      for (auto& e : engines_) e->OnProcessLost(*this, pr->id);  // the engine tells exited from lost by state
     }
     c.SendReject(RejectCode::kProtocol, "bye");
     return;
@@ -401,7 +401,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       case MsgType::kEvent: {
         Event e;
         if (!DecodePayload(f.payload, &e)) return bad("EVENT");
-        if (engine_) engine_->OnEvent(*this, pr->id, e);
+        for (auto& en : engines_) en->OnEvent(*this, pr->id, e);
         return;
       }
       default:
@@ -528,7 +528,7 @@ void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {
   pr.lost_reason = why;
   CTL_WARN("coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(), pr.info.pid,
            pr.info.rank, why.c_str());
-  if (engine_) engine_->OnProcessLost(*this, pr.id);
+  for (auto& e : engines_) e->OnProcessLost(*this, pr.id);
 }
 
 void Coordinator::CheckHeartbeats() {
@@ -555,40 +555,43 @@ void Coordinator::CheckHeartbeats() {
   }
 }
 
+void Coordinator::AddEngine(std::unique_ptr<Engine> e) {
+  for (auto& have : engines_) {
+    if (std::string(have->kind()) == e->kind()) {
+      have = std::move(e);
+      return;
+    }
+  }
+  engines_.push_back(std::move(e));
+}
+
+Engine* Coordinator::EngineOf(const std::string& kind) const {
+  for (const auto& e : engines_) {
+    if (kind == e->kind()) return e.get();
+  }
+  return nullptr;
+}
+
+// Records the request, then lets the engine of its kind validate and drive it; the reply says what became of
+// it. The rules of what may be migrated are the engine's (Engine::Validate).
 MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
   MigrateReply r;
   Migration m;
   m.id = next_mig_++;
+  m.kind = kKindMigrate;
   m.rank = q.rank;
   m.host = q.host;
   m.spawn = q.spawn != 0;
   m.created_ns = NowRealtimeNs();
-  ProcessRec* leaver = FindProcessByRank(q.rank);
-  std::string refuse;
-  for (auto& [id, other] : migs_) {
-    if (!MigTerminal(other.state))
-      refuse = "migration " + std::to_string(id) + " is still " + MigStateName(other.state);
-  }
-  if (refuse.empty() && !leaver)
-    refuse = "no alive worker holds rank " + std::to_string(q.rank) + " (see tmctl status)";
-  if (refuse.empty() && leaver->step < 0) {
-    refuse = "rank " + std::to_string(q.rank) + " never called tmSafePoint: it cannot be migrated";
-  }
   m.ranks = {q.rank};
-  for (int32_t more : q.more_ranks) {
-    if (!refuse.empty()) break;
-    ProcessRec* l = FindProcessByRank(more);
-    if (std::find(m.ranks.begin(), m.ranks.end(), more) != m.ranks.end())
-      refuse = "rank " + std::to_string(more) + " is named twice";
-    else if (!l)
-      refuse = "no alive worker holds rank " + std::to_string(more) + " (see tmctl status)";
-    else if (l->step < 0)
-      refuse = "rank " + std::to_string(more) + " never called tmSafePoint: it cannot be migrated";
-    m.ranks.push_back(more);
-  }
-  if (leaver) m.leaver = leaver->id;
+  m.ranks.insert(m.ranks.end(), q.more_ranks.begin(), q.more_ranks.end());
+  if (ProcessRec* leaver = FindProcessByRank(q.rank)) m.leaver = leaver->id;
   Migration& rec = migs_[m.id] = std::move(m);
   r.id = rec.id;
+  Engine* engine = EngineOf(rec.kind);
+  std::string refuse = engine ? engine->Validate(*this, rec)
+                              : "this coordinator has no engine for requests of kind '" + rec.kind +
+                                    "' (its owner installs one with Coordinator::AddEngine)";
   if (!refuse.empty()) {
     SetMigState(rec, MigState::kRefused, refuse);
     r.accepted = 0;
@@ -597,17 +600,10 @@ MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
     return r;
   }
   BeginPhase(rec, 0, "requested");
-  if (engine_) {
-    engine_->OnRequest(*this, rec);
-    r.accepted = !MigTerminal(rec.state);
-    r.message = r.accepted ? "migration " + std::to_string(rec.id) + " started" : rec.reason;
-    if (!rec.joiner_log.empty()) r.message += "; joiner output: " + rec.joiner_log;
-  } else {
-    EndPhase(rec, 0, "requested");
-    SetMigState(rec, MigState::kFailed, "not implemented yet: the migration engine (issue 5) is not built in");
-    r.accepted = 0;
-    r.message = "migration " + std::to_string(rec.id) + " recorded but not run: " + rec.reason;
-  }
+  engine->OnRequest(*this, rec);
+  r.accepted = !MigTerminal(rec.state);
+  r.message = r.accepted ? "migration " + std::to_string(rec.id) + " started" : rec.reason;
+  if (!rec.joiner_log.empty()) r.message += "; joiner output: " + rec.joiner_log;
   r.state = MigStateName(rec.state);
   return r;
 }
@@ -634,7 +630,7 @@ CancelReply Coordinator::OnCancel(const CancelReq& q) {
     r.message = "migration " + std::to_string(m->id) + " is switching: too late to cancel";
     return r;
   }
-  if (engine_) engine_->OnCancel(*this, *m);
+  if (Engine* e = EngineOf(m->kind)) e->OnCancel(*this, *m);
   if (!MigTerminal(m->state)) SetMigState(*m, MigState::kCancelled, "cancelled by the operator");
   r.ok = 1;
   r.message = "migration " + std::to_string(m->id) + " cancelled";

@@ -83,8 +83,12 @@ struct PhaseSpan {
   uint64_t end_ns = 0;    // 0 while running
 };
 
+// The request kind of MIGRATE_REQ (Engine::kind of the planned-migration engine).
+inline constexpr char kKindMigrate[] = "migrate";
+
 struct Migration {
   uint64_t id = 0;
+  std::string kind = kKindMigrate;  // the engine that drives it (Engine::kind)
   int32_t rank = -1;
   std::vector<int32_t> ranks;  // every rank moved by this migration (rank first)
   std::string host;
@@ -103,23 +107,53 @@ struct Migration {
   std::vector<PhaseSpan> phases;
 };
 
-class Coordinator;
-
-// The migration engine plugs in here (lib/migration/engine.h makes the built-in one); the program that
-// owns the Coordinator installs it. All calls come from the coordinator's thread.
-class MigrationEngine {
+// What an engine may see and do in the coordinator (Coordinator implements it; the engines' unit tests
+// implement a fake). Coordinator thread only, like every engine call. Pointers and references returned
+// stay valid until the engine call that received this host returns.
+class EngineHost {
  public:
-  virtual ~MigrationEngine() = default;
-  // A validated request was recorded in state requested. Drive it with Coordinator's mutators.
-  virtual void OnRequest(Coordinator& c, Migration& m) = 0;
-  virtual void OnCancel(Coordinator& c, Migration& m) = 0;
-  virtual void OnEvent(Coordinator& c, uint64_t process, const Event& e) = 0;
-  virtual void OnProcessLost(Coordinator& c, uint64_t process) = 0;  // also on BYE (state exited)
-  // About every 100 ms (timeouts, spawned children).
-  virtual void OnTick(Coordinator&) {}
+  virtual ~EngineHost() = default;
+  // Queues a COMMAND to a connected process; false when it is not connected (the engine learns of the loss
+  // through OnProcessLost).
+  virtual bool SendCommand(uint64_t process, const Command& c) = 0;
+  // Moves `m` to `s` (terminal states are final: later calls are ignored); closes open phases at the end.
+  virtual void SetMigState(Migration& m, MigState s, const std::string& reason = "") = 0;
+  // A span of the migration's timeline (process 0: the coordinator itself).
+  virtual void BeginPhase(Migration& m, uint64_t process, const std::string& phase) = 0;
+  virtual void EndPhase(Migration& m, uint64_t process, const std::string& phase) = 0;
+  virtual ProcessRec* FindProcess(uint64_t id) = 0;
+  virtual ProcessRec* FindProcessByRank(int32_t rank) = 0;  // an alive worker with that rank
+  virtual const std::map<uint64_t, ProcessRec>& processes() const = 0;
+  virtual const std::map<uint64_t, CommRec>& comms() const = 0;
+  virtual Migration* FindMigration(uint64_t id) = 0;  // 0: the latest
+  virtual const std::map<uint64_t, Migration>& migrations() const = 0;
 };
 
-class Coordinator {
+// An engine drives one kind of request (planned migration: lib/migration/engine.h; failure recovery next).
+// The program that owns the Coordinator installs its engines (AddEngine); the coordinator routes each
+// request to the engine of its kind, refuses a kind no engine handles, and tells every engine of every
+// event, lost process and tick (each ignores what is not its own). All calls come from the coordinator's
+// thread.
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // The request kind it handles ("migrate": tmctl migrate).
+  virtual const char* kind() const = 0;
+  // Checks a new request against the engine's own rules (ranks exist and reached a safe point, nothing else
+  // in flight, ...). Empty: acceptable; otherwise the reason it is refused. Nothing may be changed here.
+  virtual std::string Validate(EngineHost& h, const Migration& m) = 0;
+  // A validated request was recorded in state requested (with its "requested" phase open): drive it.
+  virtual void OnRequest(EngineHost& h, Migration& m) = 0;
+  // The operator cancels `m` (never once it is switching); the coordinator marks it cancelled afterwards
+  // unless the engine ended it.
+  virtual void OnCancel(EngineHost& h, Migration& m) = 0;
+  virtual void OnEvent(EngineHost& h, uint64_t process, const Event& e) = 0;
+  virtual void OnProcessLost(EngineHost& h, uint64_t process) = 0;  // also on BYE (state exited)
+  // About every 100 ms (timeouts, spawned children).
+  virtual void OnTick(EngineHost&) {}
+};
+
+class Coordinator final : public EngineHost {
  public:
   struct Options {
     std::string listen = "127.0.0.1:0";
@@ -142,17 +176,20 @@ class Coordinator {
   // Thread-safe, async-signal-safe: makes Run() return soon.
   void Stop();
 
-  // --- for the migration engine (coordinator thread only) ---
-  void SetEngine(std::unique_ptr<MigrationEngine> e) { engine_ = std::move(e); }
-  bool SendCommand(uint64_t process, const Command& c);
-  void SetMigState(Migration& m, MigState s, const std::string& reason = "");
-  void BeginPhase(Migration& m, uint64_t process, const std::string& phase);
-  void EndPhase(Migration& m, uint64_t process, const std::string& phase);
-  ProcessRec* FindProcess(uint64_t id);
-  ProcessRec* FindProcessByRank(int32_t rank);  // an alive worker with that rank
-  const std::map<uint64_t, ProcessRec>& processes() const { return procs_; }
-  const std::map<uint64_t, CommRec>& comms() const { return comms_; }
-  Migration* FindMigration(uint64_t id);  // 0: the latest
+  // Installs an engine (before Run()). One per kind: a second engine of the same kind replaces the first.
+  void AddEngine(std::unique_ptr<Engine> e);
+
+  // --- EngineHost (coordinator thread only) ---
+  bool SendCommand(uint64_t process, const Command& c) override;
+  void SetMigState(Migration& m, MigState s, const std::string& reason = "") override;
+  void BeginPhase(Migration& m, uint64_t process, const std::string& phase) override;
+  void EndPhase(Migration& m, uint64_t process, const std::string& phase) override;
+  ProcessRec* FindProcess(uint64_t id) override;
+  ProcessRec* FindProcessByRank(int32_t rank) override;
+  const std::map<uint64_t, ProcessRec>& processes() const override { return procs_; }
+  const std::map<uint64_t, CommRec>& comms() const override { return comms_; }
+  Migration* FindMigration(uint64_t id) override;
+  const std::map<uint64_t, Migration>& migrations() const override { return migs_; }
 
   // Documents (also what tmctl receives).
   std::string StatusJson() const;
@@ -194,7 +231,8 @@ class Coordinator {
   std::map<uint64_t, CommRec> comms_;
   std::map<uint64_t, Migration> migs_;
   uint64_t next_proc_ = 1, next_mig_ = 1;
-  std::unique_ptr<MigrationEngine> engine_;
+  std::vector<std::unique_ptr<Engine>> engines_;
+  Engine* EngineOf(const std::string& kind) const;  // nullptr: none installed
   // Metrics.
   uint64_t heartbeats_missed_ = 0;
   uint64_t rejected_ = 0;

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// The coordinator's migration engine: docs/migration.md describes the protocol it drives.
+// The coordinator's migration engine: docs/migration.md describes the protocol it drives. One MoveCtx per
+// migration, one handler per event; the migration's own state is the coordinator's MigState, each moved
+// rank's progress a PairStage, the tape relay a TapeRelay.
 #include "engine.h"
 
 #include <fcntl.h>
@@ -27,33 +29,51 @@ namespace trainmover::control {
 
 namespace {
 
+constexpr size_t kMaxTapeRelay = size_t{1} << 30;  // D keeps at most this much tape per rank
+
+// Where one moved rank stands; every pair passes through these in order.
+enum class PairStage {
+  kAwaitingJoiner,  // sandbox: no joiner's READY matched the leaver yet
+  kMatched,         // the joiner matched; MAP and EXPOSE sent once every pair matched
+  kExposed,         // the leaver's transfer descriptor is here
+  kFetching,        // the leaver reached S: FETCH_FROM sent to the joiner
+  kVerified,        // the joiner read the state and the checksums matched
+};
+
+// The relay of the leaver's sandbox tape to its joiner.
+enum class TapeRelay {
+  kCollecting,  // chunks arriving from the leaver
+  kComplete,    // the empty chunk arrived: forwarded as soon as the joiner registered
+  kForwarded,   // sent to the joiner
+  kDropped,     // over kMaxTapeRelay: not forwarded, the joiner emulates
+};
+
 // One rank moved: its leaver and joiner.
 struct Pair {
   int32_t rank = -1;
   uint64_t leaver = 0, joiner = 0;
+  PairStage stage = PairStage::kAwaitingJoiner;
   std::vector<uint64_t> keys;        // the leaver's communicators, in its creation order
   std::map<uint64_t, uint64_t> j2l;  // joiner comm_key -> leaver comm_key
-  bool ready = false, exposed = false, fetch_sent = false, verified = false;
   std::vector<uint8_t> descriptor;
   std::string verify_msg;
-  pid_t child = 0;  // --spawn
+  pid_t child = 0;  // --spawn, until reaped
   std::string log;
-  std::vector<uint8_t> tape;  // the leaver's sandbox tape (EVENT TAPE chunks), forwarded to the joiner
-  bool tape_done = false, tape_sent = false;
+  TapeRelay tape_relay = TapeRelay::kCollecting;
+  std::vector<uint8_t> tape;
 };
 
-constexpr size_t kMaxTapeRelay = size_t{1} << 30;  // D keeps at most this much tape per rank
-
-struct Ctx {
+// One migration, from the request to its end.
+struct MoveCtx {
   std::vector<Pair> pairs;
   std::vector<uint64_t> keys;  // every communicator containing a leaver (first seen order)
   std::set<uint64_t> stayers;  // other members of those communicators
   size_t built_expected = 0, built_ok = 0;
-  int64_t proposal = -1, margin = 2, max_seen = -1;
-  bool round_passed = false;
+  int64_t proposal = -1, margin = 2, max_seen = -1;  // the switch agreement
   std::set<uint64_t> accepted, at_step, switched;
   bool switch_sent = false;
   uint64_t max_stall = 0;
+
   Pair* ByLeaver(uint64_t p) {
     for (Pair& x : pairs)
       if (x.leaver == p) return &x;
@@ -64,8 +84,29 @@ struct Ctx {
       if (x.joiner == p && p) return &x;
     return nullptr;
   }
-  bool IsLeaver(uint64_t p) { return ByLeaver(p) != nullptr; }
+  bool AllAtLeast(PairStage s) const {
+    return std::all_of(pairs.begin(), pairs.end(), [s](const Pair& p) { return p.stage >= s; });
+  }
+  // Stayers and leavers: the processes that agree on S and wait there.
+  std::vector<uint64_t> Participants() const {
+    std::vector<uint64_t> v(stayers.begin(), stayers.end());
+    for (const Pair& p : pairs) v.push_back(p.leaver);
+    return v;
+  }
+  // Stayers and joiners: the processes that switch and report SWITCHED.
+  std::vector<uint64_t> Members() const {
+    std::vector<uint64_t> v(stayers.begin(), stayers.end());
+    for (const Pair& p : pairs) {
+      if (p.joiner) v.push_back(p.joiner);
+    }
+    return v;
+  }
 };
+
+template <typename B>
+Command Cmd(mig::Cmd kind, uint64_t migration, const B& body) {
+  return mig::Make(static_cast<uint16_t>(kind), migration, body);
+}
 
 std::string LineageText(const CommCreated& c) {
   std::string s = std::string(LineageKindName(c.lineage.kind)) + " #" + std::to_string(c.lineage.index) + " rank " +
@@ -76,19 +117,230 @@ std::string LineageText(const CommCreated& c) {
   return s;
 }
 
-class Engine : public MigrationEngine {
+// The joiner's communicators against the leaver's, the i-th with the i-th: the first difference, or empty
+// (then *j2l maps each joiner comm_key to the leaver's).
+std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::vector<const CommCreated*>& leaver,
+                            std::map<uint64_t, uint64_t>* j2l) {
+  if (joiner.size() != leaver.size()) {
+    return "the joiner has " + std::to_string(joiner.size()) + " communicator(s), the leaver " +
+           std::to_string(leaver.size());
+  }
+  for (size_t i = 0; i < leaver.size(); ++i) {
+    const CommCreated &a = joiner[i], &b = *leaver[i];
+    const Lineage &la = a.lineage, &lb = b.lineage;
+    bool parent_ok =
+        la.parent_key == 0 ? lb.parent_key == 0 : j2l->count(la.parent_key) && (*j2l)[la.parent_key] == lb.parent_key;
+    // A sandboxed Split child does not know its real size (the sandbox splits as if every rank chose this
+    // rank's color): its nranks/rank are not compared; the replacement gets the leaver's.
+    const bool sized = la.kind != static_cast<uint8_t>(LineageKind::kSplit);
+    if (la.kind != lb.kind || (sized && (a.nranks != b.nranks || a.rank != b.rank)) || la.color != lb.color ||
+        la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
+      return "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
+    }
+    (*j2l)[a.comm_key] = b.comm_key;
+  }
+  return "";
+}
+
+// The state tables by name and size: the first difference, or empty.
+std::string CompareRegions(const std::vector<Region>& leaver, const std::vector<Region>& joiner) {
+  std::map<std::string, uint64_t> lr, jr;
+  for (const Region& g : leaver) lr[g.name] = g.bytes;
+  for (const Region& g : joiner) jr[g.name] = g.bytes;
+  for (auto& [name, bytes] : lr) {
+    if (!jr.count(name)) return "state region '" + name + "' is registered by the leaver, not by the joiner";
+    if (jr[name] != bytes)
+      return "state region '" + name + "': " + std::to_string(jr[name]) + " bytes in the joiner, " +
+             std::to_string(bytes) + " in the leaver";
+  }
+  for (auto& [name, bytes] : jr) {
+    if (!lr.count(name)) return "state region '" + name + "' is registered by the joiner, not by the leaver";
+  }
+  return "";
+}
+
+// The leaver's command line, cwd and environment, as a joiner of `rank` (docs/migration.md, step 2).
+JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t rank) {
+  JoinerLauncher::Spec s;
+  s.argv = l.info.cmdline;
+  s.dir = l.info.cwd.empty() ? "." : l.info.cwd;
+  s.log = s.dir + "/joiner-" + std::to_string(rank) + ".log";
+  s.log_if_exists = s.dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
+  for (const std::string& kv : l.info.env) {
+    if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
+    s.env.push_back(kv);
+  }
+  s.env.push_back("TRAINMOVER_ROLE=joiner");
+  s.env.push_back("TRAINMOVER_REPLACE=" + std::to_string(rank));
+  return s;
+}
+
+class ProcessLauncher final : public JoinerLauncher {
  public:
-  void OnRequest(Coordinator& c, Migration& m) override {
-    Ctx& x = ctx_[m.id];
+  pid_t Start(const Spec& s, std::string* log, std::string* err) override {
+    struct stat st;
+    *log = stat(s.log.c_str(), &st) == 0 ? s.log_if_exists : s.log;
+    std::vector<std::string> env = s.env;
+    std::vector<char*> argv, envp;
+    for (const std::string& a : s.argv) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    for (std::string& kv : env) envp.push_back(kv.data());
+    envp.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addchdir_np(&fa, s.dir.c_str());
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, log->c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    pid_t pid = 0;
+    int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+      *err = std::string(argv[0]) + ": " + strerror(rc);
+      return 0;
+    }
+    return pid;
+  }
+  bool Exited(pid_t pid, std::string* how) override {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) != pid) return false;
+    *how = WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st)) : "signal " + std::to_string(WTERMSIG(st));
+    return true;
+  }
+  void Stop(pid_t pid) override { kill(pid, SIGTERM); }
+};
+
+// What every event handler works on.
+struct On {
+  EngineHost& h;
+  Migration& m;
+  MoveCtx& x;
+  ProcessRec& from;
+  const Event& e;
+};
+
+class MigrationEngine final : public Engine {
+ public:
+  explicit MigrationEngine(std::unique_ptr<JoinerLauncher> l) : launcher_(std::move(l)) {}
+
+  const char* kind() const override { return kKindMigrate; }
+
+  std::string Validate(EngineHost& h, const Migration& m) override {
+    for (const auto& [id, other] : h.migrations()) {
+      if (id != m.id && !MigTerminal(other.state))
+        return "migration " + std::to_string(id) + " is still " + MigStateName(other.state);
+    }
+    std::vector<int32_t> ranks = m.ranks.empty() ? std::vector<int32_t>{m.rank} : m.ranks;
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      const std::string r = std::to_string(ranks[i]);
+      ProcessRec* l = h.FindProcessByRank(ranks[i]);
+      if (std::find(ranks.begin(), ranks.begin() + static_cast<ptrdiff_t>(i), ranks[i]) != ranks.begin() + i)
+        return "rank " + r + " is named twice";
+      if (!l) return "no alive worker holds rank " + r + " (see tmctl status)";
+      if (l->step < 0) return "rank " + r + " never called tmSafePoint: it cannot be migrated";
+    }
+    MoveCtx x = Plan(h, m);
+    for (uint64_t key : x.keys) {
+      if (captured_.count(key)) {
+        char hex[24];
+        std::snprintf(hex, sizeof(hex), "%016" PRIx64, key);
+        return std::string("communicator ") + hex +
+               " was captured into a CUDA graph: the graph holds its real communicator, which a migration would "
+               "replace";
+      }
+    }
+    for (const Pair& pr : x.pairs) {
+      if (pr.keys.empty()) return "rank " + std::to_string(pr.rank) + " is in no communicator";
+    }
+    return "";
+  }
+
+  void OnRequest(EngineHost& h, Migration& m) override {
     if (m.ranks.empty()) m.ranks = {m.rank};
-    for (int32_t r : m.ranks) {
+    MoveCtx& x = ctx_[m.id] = Plan(h, m);
+    EndOpenPhase(h, m, 0, "requested");
+    if (m.spawn && !SpawnJoiners(h, m, x)) return;
+    h.SetMigState(m, MigState::kSandbox);
+    h.BeginPhase(m, 0, "sandbox");
+    for (Pair& pr : x.pairs) {  // the joiner's shadow iteration replays the leaver's next one (docs/migration.md)
+      h.SendCommand(pr.leaver, Cmd(mig::Cmd::kRecordTape, m.id, mig::Step{0}));
+    }
+  }
+
+  void OnCancel(EngineHost& h, Migration& m) override { Abort(h, m, "cancelled by the operator", false); }
+
+  void OnProcessLost(EngineHost& h, uint64_t p) override {
+    Reap();
+    Migration* m = Active(h);
+    if (!m) return;
+    MoveCtx& x = ctx_[m->id];
+    ProcessRec* pr = h.FindProcess(p);
+    bool exited = pr && pr->state == ProcState::kExited;
+    std::string who = "process " + std::to_string(p) + (pr ? " (rank " + std::to_string(pr->info.rank) + ")" : "");
+    bool joiner_candidate = false;
+    for (const Pair& q : x.pairs) {
+      joiner_candidate |=
+          pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
+    }
+    if (!x.ByLeaver(p) && !x.ByJoiner(p) && !x.stayers.count(p) && !joiner_candidate) return;
+    if (!x.switch_sent) return Abort(h, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
+    if (x.ByLeaver(p)) return;  // its BYE after the hand-off
+    if (exited && x.stayers.count(p)) {
+      x.switched.insert(p);  // finished right at S: nothing more to measure
+      return MaybeDone(h, *m, x);
+    }
+    CTL_WARN("coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
+  }
+
+  void OnTick(EngineHost& h) override {
+    Reap();
+    Migration* m = Active(h);
+    if (!m) return;
+    MoveCtx& x = ctx_[m->id];
+    for (Pair& pr : x.pairs) MaybeSendTape(h, *m, pr);
+    for (Pair& pr : x.pairs) {
+      if (pr.child > 0 && pr.joiner == 0 && !CheckSpawned(h, *m, pr)) return;
+    }
+  }
+
+  void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
+    Reap();
+    ProcessRec* from = h.FindProcess(p);
+    if (!from) return;
+    if (e.kind == static_cast<uint16_t>(mig::Ev::kReady)) return OnReady(h, *from, e);
+    if (e.kind == static_cast<uint16_t>(mig::Ev::kCaptured)) return OnCaptured(e);
+    Migration* m = h.FindMigration(e.migration);
+    if (!m || e.migration == 0 || MigTerminal(m->state) || !ctx_.count(m->id)) return;  // ended, or not ours
+    On on{h, *m, ctx_[m->id], *from, e};
+    switch (static_cast<mig::Ev>(e.kind)) {
+      case mig::Ev::kTape: return OnTape(on);
+      case mig::Ev::kIds: return OnIds(on);
+      case mig::Ev::kBuilt: return OnBuilt(on);
+      case mig::Ev::kExposed: return OnExposed(on);
+      case mig::Ev::kAccept: return OnAccept(on);
+      case mig::Ev::kPassed: return OnPassed(on);
+      case mig::Ev::kAtStep: return OnAtStep(on);
+      case mig::Ev::kProgress: return OnProgress(on);
+      case mig::Ev::kVerified: return OnVerified(on);
+      case mig::Ev::kSwitched: return OnSwitched(on);
+      case mig::Ev::kFailed: return OnFailed(on);
+      case mig::Ev::kPhase: return OnPhase(on);
+      default: return;
+    }
+  }
+
+ private:
+  // Pairs, communicators and stayers of a request (its ranks were validated).
+  static MoveCtx Plan(EngineHost& h, const Migration& m) {
+    MoveCtx x;
+    for (int32_t r : m.ranks.empty() ? std::vector<int32_t>{m.rank} : m.ranks) {
       Pair pr;
       pr.rank = r;
-      pr.leaver = c.FindProcessByRank(r)->id;
+      pr.leaver = h.FindProcessByRank(r)->id;
       x.pairs.push_back(pr);
     }
     for (Pair& pr : x.pairs) {
-      ProcessRec* l = c.FindProcess(pr.leaver);
+      ProcessRec* l = h.FindProcess(pr.leaver);
       std::vector<std::pair<uint32_t, uint64_t>> order;
       for (const auto& [key, info] : l->comm_info) order.push_back({info.lineage.index, key});
       std::sort(order.begin(), order.end());
@@ -98,530 +350,380 @@ class Engine : public MigrationEngine {
       }
     }
     for (uint64_t key : x.keys) {
-      auto it = c.comms().find(key);
-      if (it == c.comms().end()) continue;
+      auto it = h.comms().find(key);
+      if (it == h.comms().end()) continue;
       for (auto& [rank, proc] : it->second.members) {
-        if (!x.IsLeaver(proc)) x.stayers.insert(proc);
+        if (!x.ByLeaver(proc)) x.stayers.insert(proc);
       }
     }
-    EndPhase(c, m, 0, "requested");
-    for (uint64_t key : x.keys) {
-      if (captured_.count(key)) {
-        char hex[24];
-        std::snprintf(hex, sizeof(hex), "%016" PRIx64, key);
-        c.SetMigState(m, MigState::kRefused,
-                      std::string("communicator ") + hex +
-                          " was captured into a CUDA graph: the graph holds its real "
-                          "communicator, which a migration would replace");
-        return;
-      }
-    }
+    return x;
+  }
+
+  // --spawn: one joiner per pair. False when the migration failed.
+  bool SpawnJoiners(EngineHost& h, Migration& m, MoveCtx& x) {
+    h.SetMigState(m, MigState::kSpawning);
     for (Pair& pr : x.pairs) {
-      if (pr.keys.empty()) {
-        c.SetMigState(m, MigState::kRefused, "rank " + std::to_string(pr.rank) + " is in no communicator");
-        return;
+      const ProcessRec& l = *h.FindProcess(pr.leaver);
+      std::string err;
+      if (l.info.cmdline.empty()) {
+        err = "the leaver reported no command line";
+      } else {
+        pr.child = launcher_->Start(JoinerSpec(m, l, pr.rank), &pr.log, &err);
+      }
+      if (pr.child <= 0) {
+        Abort(h, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
+        return false;
+      }
+      CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pr.child,
+               pr.rank, pr.log.c_str());
+      m.joiner_log += (m.joiner_log.empty() ? "" : ", ") + pr.log;
+    }
+    return true;
+  }
+
+  // A spawned child that has not become the pair's joiner yet: false (and the migration failed) when it exited
+  // or registered with another role.
+  bool CheckSpawned(EngineHost& h, Migration& m, Pair& pr) {
+    std::string how;
+    if (launcher_->Exited(pr.child, &how)) {
+      pr.child = 0;
+      Abort(h, m,
+            "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how + ") before it was ready; see " +
+                pr.log,
+            true);
+      return false;
+    }
+    for (const auto& [id, p] : h.processes()) {
+      if (p.info.pid == static_cast<uint32_t>(pr.child) && p.info.role != "joiner") {
+        Abort(h, m,
+              "the spawned process registered as a " + p.info.role +
+                  ", not as a joiner: is the shim (libtrainmover) in its environment?",
+              true);
+        return false;
       }
     }
-    if (m.spawn) {
-      c.SetMigState(m, MigState::kSpawning);
-      for (Pair& pr : x.pairs) {
-        std::string err = Spawn(m, *c.FindProcess(pr.leaver), &pr);
-        if (!err.empty())
-          return Abort(c, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
-        m.joiner_log += (m.joiner_log.empty() ? "" : ", ") + pr.log;
-      }
-    }
-    c.SetMigState(m, MigState::kSandbox);
-    c.BeginPhase(m, 0, "sandbox");
-    for (Pair& pr : x.pairs) {  // the joiner's shadow iteration replays the leaver's next one (docs/migration.md)
-      c.SendCommand(pr.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kRecordTape), m.id, mig::Step{0}));
-    }
+    return true;
   }
 
   // Sends a complete tape to the pair's joiner once it has registered (a process of role joiner replacing the
   // pair's rank; the matched one when READY already named it), in chunks of one frame, then an empty chunk.
-  void MaybeSendTape(Coordinator& c, Migration& m, Pair& pr) {
-    if (!pr.tape_done || pr.tape_sent) return;
-    for (const auto& [id, p] : c.processes()) {
+  void MaybeSendTape(EngineHost& h, Migration& m, Pair& pr) {
+    if (pr.tape_relay != TapeRelay::kComplete) return;
+    for (const auto& [id, p] : h.processes()) {
       if (p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != pr.rank) continue;
       if (pr.joiner != 0 && pr.joiner != id) continue;
       for (size_t at = 0; at < pr.tape.size(); at += mig::kMaxBlob) {
         const size_t n = std::min(mig::kMaxBlob, pr.tape.size() - at);
         mig::Blob chunk{std::vector<uint8_t>(pr.tape.begin() + static_cast<ptrdiff_t>(at),
                                              pr.tape.begin() + static_cast<ptrdiff_t>(at + n))};
-        c.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), m.id, chunk));
+        h.SendCommand(id, Cmd(mig::Cmd::kTape, m.id, chunk));
       }
-      c.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), m.id, mig::Blob{}));
-      pr.tape_sent = true;
+      h.SendCommand(id, Cmd(mig::Cmd::kTape, m.id, mig::Blob{}));
+      pr.tape_relay = TapeRelay::kForwarded;
       pr.tape.clear();
       pr.tape.shrink_to_fit();
       return;
     }
   }
 
-  void OnCancel(Coordinator& c, Migration& m) override { Abort(c, m, "cancelled by the operator", false); }
-
-  void OnProcessLost(Coordinator& c, uint64_t p) override {
-    Reap();
-    Migration* m = Active(c);
-    if (!m) return;
-    Ctx& x = ctx_[m->id];
-    ProcessRec* pr = c.FindProcess(p);
-    bool exited = pr && pr->state == ProcState::kExited;
-    std::string who = "process " + std::to_string(p) + (pr ? " (rank " + std::to_string(pr->info.rank) + ")" : "");
-    bool joiner_candidate = false;
-    for (const Pair& q : x.pairs) {
-      joiner_candidate |=
-          pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
-    }
-    bool involved = x.IsLeaver(p) || x.ByJoiner(p) || x.stayers.count(p) || joiner_candidate;
-    if (!involved) return;
-    if (!x.switch_sent) {
-      Abort(c, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
-      return;
-    }
-    if (x.IsLeaver(p)) return;  // its BYE after the hand-off
-    if (exited && x.stayers.count(p)) {
-      x.switched.insert(p);  // finished right at S: nothing more to measure
-      MaybeDone(c, *m);
-      return;
-    }
-    CTL_WARN("coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
+  void OnCaptured(const Event& e) {
+    mig::KeyList kl;
+    if (DecodePayload(e.body, &kl)) captured_.insert(kl.keys.begin(), kl.keys.end());
   }
 
-  void OnTick(Coordinator& c) override {
-    Reap();
-    Migration* m = Active(c);
-    if (!m) return;
-    Ctx& x = ctx_[m->id];
-    for (Pair& pr : x.pairs) MaybeSendTape(c, *m, pr);
-    for (Pair& pr : x.pairs) {
-      if (pr.child <= 0 || pr.joiner != 0) continue;
-      int st = 0;
-      if (waitpid(pr.child, &st, WNOHANG) == pr.child) {
-        pr.child = 0;
-        std::string how =
-            WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st)) : "signal " + std::to_string(WTERMSIG(st));
-        return Abort(c, *m,
-                     "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how +
-                         ") before it was ready; see " + pr.log,
-                     true);
-      }
-      for (const auto& [id, p] : c.processes()) {
-        if (p.info.pid == static_cast<uint32_t>(pr.child) && p.info.role != "joiner") {
-          return Abort(c, *m,
-                       "the spawned process registered as a " + p.info.role +
-                           ", not as a joiner: is the shim (libtrainmover) in its environment?",
-                       true);
-        }
-      }
-    }
-  }
-
-  void OnEvent(Coordinator& c, uint64_t p, const Event& e) override {
-    Reap();
-    ProcessRec* pr = c.FindProcess(p);
-    if (!pr) return;
-    if (e.kind == static_cast<uint16_t>(mig::Ev::kReady)) return OnReady(c, *pr, e);
-    if (e.kind == static_cast<uint16_t>(mig::Ev::kCaptured)) {
-      mig::KeyList kl;
-      if (DecodePayload(e.body, &kl)) captured_.insert(kl.keys.begin(), kl.keys.end());
-      return;
-    }
-    Migration* m = c.FindMigration(e.migration);
-    if (!m || e.migration == 0 || MigTerminal(m->state)) return;  // late events of an ended migration
-    Ctx& x = ctx_[m->id];
-    switch (static_cast<mig::Ev>(e.kind)) {
-      case mig::Ev::kTape: {
-        mig::Blob b;
-        Pair* lp = x.ByLeaver(p);
-        if (!lp || lp->tape_done || !DecodePayload(e.body, &b)) return;
-        if (b.bytes.empty()) {
-          lp->tape_done = true;
-          return MaybeSendTape(c, *m, *lp);
-        }
-        if (lp->tape.size() + b.bytes.size() > kMaxTapeRelay) {  // a bound on D's memory: the joiner emulates
-          lp->tape.clear();
-          lp->tape_done = lp->tape_sent = true;
-          CTL_WARN("coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", m->id,
-                   lp->rank, kMaxTapeRelay);
-          return;
-        }
-        lp->tape.insert(lp->tape.end(), b.bytes.begin(), b.bytes.end());
-        return;
-      }
-      case mig::Ev::kIds: {
-        mig::Ids ids;
-        if (!DecodePayload(e.body, &ids)) return Abort(c, *m, "malformed IDS", true);
-        std::map<uint64_t, mig::Build> per;
-        for (const mig::IdEntry& ie : ids.ids) {
-          auto it = c.comms().find(ie.comm_key);
-          if (it == c.comms().end()) return Abort(c, *m, "a communicator of the leaver disappeared", true);
-          for (auto& [rank, proc] : it->second.members) {
-            Pair* lp = x.ByLeaver(proc);
-            uint64_t to = lp ? lp->joiner : proc;
-            per[to].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
-            ++x.built_expected;
-          }
-        }
-        for (auto& [proc, b] : per) {
-          c.SendCommand(proc, mig::Make(static_cast<uint16_t>(mig::Cmd::kBuild), m->id, b));
-        }
-        return;
-      }
-      case mig::Ev::kBuilt: {
-        mig::Built b;
-        if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed BUILT", true);
-        if (!b.ok) return Abort(c, *m, "building a replacement communicator failed: " + b.message, true);
-        ++x.built_ok;
-        return MaybePropose(c, *m);
-      }
-      case mig::Ev::kExposed: {
-        mig::Blob b;
-        if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed EXPOSED", true);
-        Pair* lp = x.ByLeaver(p);
-        if (!lp) return;
-        lp->descriptor = std::move(b.bytes);
-        lp->exposed = true;
-        for (const Region& r : pr->regions) m->bytes_total += r.bytes;
-        return MaybePropose(c, *m);
-      }
-      case mig::Ev::kAccept: {
-        mig::Step s;
-        if (!DecodePayload(e.body, &s) || s.step != x.proposal || m->state != MigState::kAgreeing) return;
-        x.accepted.insert(p);
-        if (x.accepted.size() == x.stayers.size() + x.pairs.size()) {
-          m->switch_step = x.proposal;
-          EndPhase(c, *m, 0, "propose step " + std::to_string(x.proposal));
-          c.SetMigState(*m, MigState::kSwitching);
-          c.EndPhase(*m, 0, "agree");
-          c.BeginPhase(*m, 0, "switch");
-          for (uint64_t q : Participants(*m, x)) {
-            c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kCommit), m->id, mig::Step{x.proposal}));
-          }
-        }
-        return;
-      }
-      case mig::Ev::kPassed: {
-        mig::Step s;
-        if (!DecodePayload(e.body, &s) || m->state != MigState::kAgreeing) return;
-        x.max_seen = std::max(x.max_seen, s.step);
-        if (!x.round_passed) {
-          x.round_passed = true;
-          x.margin *= 2;
-          Propose(c, *m);
-        }
-        return;
-      }
-      case mig::Ev::kAtStep: {
-        mig::Step s;
-        if (!DecodePayload(e.body, &s) || s.step != m->switch_step) return;
-        x.at_step.insert(p);
-        if (Pair* lp = x.ByLeaver(p); lp && !lp->fetch_sent) {
-          lp->fetch_sent = true;
-          c.SendCommand(lp->joiner,
-                        mig::Make(static_cast<uint16_t>(mig::Cmd::kFetchFrom), m->id, mig::Blob{lp->descriptor}));
-        }
-        return MaybeSwitch(c, *m);
-      }
-      case mig::Ev::kProgress: {
-        mig::Progress pg;
-        if (DecodePayload(e.body, &pg) && x.pairs.size() == 1) m->bytes_done = pg.done;
-        return;
-      }
-      case mig::Ev::kVerified: {
-        mig::Built b;
-        if (!DecodePayload(e.body, &b)) return Abort(c, *m, "malformed VERIFIED", true);
-        if (!b.ok) return Abort(c, *m, "state transfer failed: " + b.message, true);
-        Pair* jp = x.ByJoiner(p);
-        if (!jp) return;
-        jp->verified = true;
-        jp->verify_msg = b.message;
-        m->bytes_done = 0;
-        for (const Pair& q : x.pairs) {
-          if (!q.verified) continue;
-          if (ProcessRec* l = c.FindProcess(q.leaver)) {
-            for (const Region& r : l->regions) m->bytes_done += r.bytes;
-          }
-        }
-        return MaybeSwitch(c, *m);
-      }
-      case mig::Ev::kSwitched: {
-        mig::Switched s;
-        if (!DecodePayload(e.body, &s)) return;
-        if (!x.ByJoiner(p)) x.max_stall = std::max(x.max_stall, s.stall_ns);
-        x.switched.insert(p);
-        return MaybeDone(c, *m);
-      }
-      case mig::Ev::kFailed: {
-        mig::Reason r;
-        DecodePayload(e.body, &r);
-        if (!x.switch_sent) Abort(c, *m, "rank " + std::to_string(pr->info.rank) + ": " + r.text, true);
-        return;
-      }
-      case mig::Ev::kPhase: {
-        mig::Phase ph;
-        if (DecodePayload(e.body, &ph)) m->phases.push_back(PhaseSpan{p, ph.name, ph.start_ns, ph.end_ns});
-        return;
-      }
-      default:
-        return;
-    }
-  }
-
- private:
-  Migration* Active(Coordinator& c) {
-    for (auto it = ctx_.rbegin(); it != ctx_.rend(); ++it) {
-      Migration* m = c.FindMigration(it->first);
-      if (m && !MigTerminal(m->state)) return m;
-    }
-    return nullptr;
-  }
-
-  void Reap() {
-    for (auto& [id, x] : ctx_) {
-      for (Pair& p : x.pairs) {
-        if (p.child > 0 && p.joiner != 0 && waitpid(p.child, nullptr, WNOHANG) == p.child) p.child = 0;
-      }
-    }
-  }
-
-  static void EndPhase(Coordinator& c, Migration& m, uint64_t p, const std::string& name) {
-    for (const PhaseSpan& s : m.phases) {
-      if (s.process == p && s.phase == name && s.end_ns == 0) return c.EndPhase(m, p, name);
-    }
-  }
-
-  // Stayers and the leaver: the processes that agree on S and wait there.
-  static std::vector<uint64_t> Participants(const Migration&, const Ctx& x) {
-    std::vector<uint64_t> v(x.stayers.begin(), x.stayers.end());
-    for (const Pair& p : x.pairs) v.push_back(p.leaver);
-    return v;
-  }
-  static std::vector<uint64_t> Members(const Migration&, const Ctx& x) {
-    std::vector<uint64_t> v(x.stayers.begin(), x.stayers.end());
-    for (const Pair& p : x.pairs) {
-      if (p.joiner) v.push_back(p.joiner);
-    }
-    return v;
-  }
-
-  std::string Spawn(const Migration& m, const ProcessRec& l, Pair* x) {
-    const int32_t rank = x->rank;
-    if (l.info.cmdline.empty()) return "the leaver reported no command line";
-    std::string dir = l.info.cwd.empty() ? "." : l.info.cwd;
-    std::string log = dir + "/joiner-" + std::to_string(rank) + ".log";
-    struct stat st;
-    if (stat(log.c_str(), &st) == 0)
-      log = dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
-    std::vector<std::string> env;
-    for (const std::string& kv : l.info.env) {
-      if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
-      env.push_back(kv);
-    }
-    env.push_back("TRAINMOVER_ROLE=joiner");
-    env.push_back("TRAINMOVER_REPLACE=" + std::to_string(rank));
-    std::vector<char*> argv, envp;
-    for (const std::string& a : l.info.cmdline) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    for (std::string& kv : env) envp.push_back(kv.data());
-    envp.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addchdir_np(&fa, dir.c_str());
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid = 0;
-    int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return std::string(argv[0]) + ": " + strerror(rc);
-    x->child = pid;
-    x->log = log;
-    CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pid, rank,
-             log.c_str());
-    return "";
-  }
-
-  void OnReady(Coordinator& c, ProcessRec& j, const Event& e) {
+  // The joiner's READY: matched against its leaver; when every pair matched, phase 1 starts.
+  void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
     mig::Ready r;
-    Migration* m = Active(c);
+    Migration* m = Active(h);
     auto refuse_joiner = [&](const std::string& why) {
-      c.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m ? m->id : 0, mig::Reason{why}));
+      h.SendCommand(j.id, Cmd(mig::Cmd::kAbort, m ? m->id : 0, mig::Reason{why}));
     };
     if (!DecodePayload(e.body, &r)) return refuse_joiner("malformed READY");
-    Pair* pp = nullptr;
+    Pair* pair = nullptr;
     if (m) {
       for (Pair& q : ctx_[m->id].pairs) {
-        if (q.rank == j.info.replace && q.joiner == 0) pp = &q;
+        if (q.rank == j.info.replace && q.stage == PairStage::kAwaitingJoiner) pair = &q;
       }
     }
-    if (!m || !pp || (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
+    if (!m || !pair || (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
       CTL_WARN("coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
                j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
     }
-    Ctx& x = ctx_[m->id];
-    Pair& pair = *pp;
-    ProcessRec* l = c.FindProcess(pair.leaver);
-    // Lineage: the i-th communicator of each, in creation order.
+    ProcessRec* l = h.FindProcess(pair->leaver);
     std::vector<const CommCreated*> lc;
-    for (uint64_t k : pair.keys) lc.push_back(&l->comm_info.at(k));
-    std::string diff;
+    for (uint64_t k : pair->keys) lc.push_back(&l->comm_info.at(k));
     std::map<uint64_t, uint64_t> j2l;
-    if (r.comms.size() != lc.size()) {
-      diff = "the joiner has " + std::to_string(r.comms.size()) + " communicator(s), the leaver " +
-             std::to_string(lc.size());
-    }
-    for (size_t i = 0; diff.empty() && i < lc.size(); ++i) {
-      const CommCreated &a = r.comms[i], &b = *lc[i];
-      const Lineage &la = a.lineage, &lb = b.lineage;
-      bool parent_ok =
-          la.parent_key == 0 ? lb.parent_key == 0 : j2l.count(la.parent_key) && j2l[la.parent_key] == lb.parent_key;
-      // A sandboxed Split child does not know its real size (the sandbox splits as if every rank chose this
-      // rank's color): its nranks/rank are not compared; the replacement gets the leaver's.
-      const bool sized = la.kind != static_cast<uint8_t>(LineageKind::kSplit);
-      if (la.kind != lb.kind || (sized && (a.nranks != b.nranks || a.rank != b.rank)) || la.color != lb.color ||
-          la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
-        diff = "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
-      }
-      j2l[a.comm_key] = b.comm_key;
-    }
-    if (diff.empty()) {
-      std::map<std::string, uint64_t> lr, jr;
-      for (const Region& g : l->regions) lr[g.name] = g.bytes;
-      for (const Region& g : r.regions) jr[g.name] = g.bytes;
-      for (auto& [name, bytes] : lr) {
-        if (!diff.empty()) break;
-        if (!jr.count(name))
-          diff = "state region '" + name + "' is registered by the leaver, not by the joiner";
-        else if (jr[name] != bytes)
-          diff = "state region '" + name + "': " + std::to_string(jr[name]) + " bytes in the joiner, " +
-                 std::to_string(bytes) + " in the leaver";
-      }
-      for (auto& [name, bytes] : jr) {
-        if (diff.empty() && !lr.count(name))
-          diff = "state region '" + name + "' is registered by the joiner, not by the leaver";
-      }
-    }
+    std::string diff = CompareLineages(r.comms, lc, &j2l);
+    if (diff.empty()) diff = CompareRegions(l->regions, r.regions);
     if (!diff.empty()) {
-      std::string why = "the joiner of rank " + std::to_string(pair.rank) + " does not match the leaver: " + diff;
+      std::string why = "the joiner of rank " + std::to_string(pair->rank) + " does not match the leaver: " + diff;
       refuse_joiner(why);
-      Abort(c, *m, why, false);
-      c.SetMigState(*m, MigState::kRefused, why);
+      Abort(h, *m, why, false);
+      h.SetMigState(*m, MigState::kRefused, why);
       return;
     }
-    pair.joiner = j.id;
-    pair.j2l = j2l;
-    pair.ready = true;
-    if (pair.rank == m->rank) m->joiner = j.id;
-    for (const Pair& q : x.pairs) {
-      if (!q.ready) return;  // wait for every joiner
-    }
-    EndPhase(c, *m, 0, "sandbox");
-    c.SetMigState(*m, MigState::kReady);
-    c.SetMigState(*m, MigState::kBuilding);
-    c.BeginPhase(*m, 0, "build");
+    pair->joiner = j.id;
+    pair->j2l = std::move(j2l);
+    pair->stage = PairStage::kMatched;
+    if (pair->rank == m->rank) m->joiner = j.id;
+    if (ctx_[m->id].AllAtLeast(PairStage::kMatched)) StartBuilding(h, *m, ctx_[m->id]);
+  }
+
+  // Phase 1: MAP to each joiner, EXPOSE to each leaver, MAKE_IDS to one joiner.
+  void StartBuilding(EngineHost& h, Migration& m, MoveCtx& x) {
+    EndOpenPhase(h, m, 0, "sandbox");
+    h.SetMigState(m, MigState::kReady);
+    h.SetMigState(m, MigState::kBuilding);
+    h.BeginPhase(m, 0, "build");
     for (const Pair& q : x.pairs) {
       mig::KeyList map;
       for (auto& [jk, lk] : q.j2l) map.keys.insert(map.keys.end(), {jk, lk});
-      c.SendCommand(q.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m->id, map));
-      ProcessRec* jr = c.FindProcess(q.joiner);
+      h.SendCommand(q.joiner, Cmd(mig::Cmd::kMap, m.id, map));
+      ProcessRec* jr = h.FindProcess(q.joiner);
       std::string where = "host " + (jr ? jr->info.host : "?") + " pid " + (jr ? std::to_string(jr->info.pid) : "?");
-      c.SendCommand(q.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kExpose), m->id, mig::Reason{where}));
+      h.SendCommand(q.leaver, Cmd(mig::Cmd::kExpose, m.id, mig::Reason{where}));
     }
     // One joiner makes every fresh id: the bootstrap roots live in processes that stay.
-    mig::KeyList keys;
-    keys.keys = x.keys;
-    c.SendCommand(x.pairs.front().joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m->id, keys));
+    h.SendCommand(x.pairs.front().joiner, Cmd(mig::Cmd::kMakeIds, m.id, mig::KeyList{x.keys}));
   }
 
-  void MaybePropose(Coordinator& c, Migration& m) {
-    Ctx& x = ctx_[m.id];
-    for (const Pair& p : x.pairs) {
-      if (!p.exposed) return;
+  void OnTape(const On& o) {
+    mig::Blob b;
+    Pair* lp = o.x.ByLeaver(o.from.id);
+    if (!lp || lp->tape_relay != TapeRelay::kCollecting || !DecodePayload(o.e.body, &b)) return;
+    if (b.bytes.empty()) {
+      lp->tape_relay = TapeRelay::kComplete;
+      return MaybeSendTape(o.h, o.m, *lp);
     }
+    if (lp->tape.size() + b.bytes.size() > kMaxTapeRelay) {  // a bound on D's memory: the joiner emulates
+      lp->tape.clear();
+      lp->tape_relay = TapeRelay::kDropped;
+      CTL_WARN("coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", o.m.id,
+               lp->rank, kMaxTapeRelay);
+      return;
+    }
+    lp->tape.insert(lp->tape.end(), b.bytes.begin(), b.bytes.end());
+  }
+
+  // The fresh ids: BUILD to every member of each communicator (a leaver's place goes to its joiner).
+  void OnIds(const On& o) {
+    mig::Ids ids;
+    if (!DecodePayload(o.e.body, &ids)) return Abort(o.h, o.m, "malformed IDS", true);
+    std::map<uint64_t, mig::Build> per;
+    for (const mig::IdEntry& ie : ids.ids) {
+      auto it = o.h.comms().find(ie.comm_key);
+      if (it == o.h.comms().end()) return Abort(o.h, o.m, "a communicator of the leaver disappeared", true);
+      for (auto& [rank, proc] : it->second.members) {
+        Pair* lp = o.x.ByLeaver(proc);
+        per[lp ? lp->joiner : proc].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
+        ++o.x.built_expected;
+      }
+    }
+    for (auto& [proc, b] : per) o.h.SendCommand(proc, Cmd(mig::Cmd::kBuild, o.m.id, b));
+  }
+
+  void OnBuilt(const On& o) {
+    mig::Built b;
+    if (!DecodePayload(o.e.body, &b)) return Abort(o.h, o.m, "malformed BUILT", true);
+    if (!b.ok) return Abort(o.h, o.m, "building a replacement communicator failed: " + b.message, true);
+    ++o.x.built_ok;
+    MaybePropose(o.h, o.m, o.x);
+  }
+
+  void OnExposed(const On& o) {
+    mig::Blob b;
+    if (!DecodePayload(o.e.body, &b)) return Abort(o.h, o.m, "malformed EXPOSED", true);
+    Pair* lp = o.x.ByLeaver(o.from.id);
+    if (!lp) return;
+    lp->descriptor = std::move(b.bytes);
+    lp->stage = PairStage::kExposed;
+    for (const Region& r : o.from.regions) o.m.bytes_total += r.bytes;
+    MaybePropose(o.h, o.m, o.x);
+  }
+
+  // Every participant accepted the proposal: COMMIT, the migration is switching.
+  void OnAccept(const On& o) {
+    mig::Step s;
+    if (!DecodePayload(o.e.body, &s) || s.step != o.x.proposal || o.m.state != MigState::kAgreeing) return;
+    o.x.accepted.insert(o.from.id);
+    if (o.x.accepted.size() < o.x.stayers.size() + o.x.pairs.size()) return;
+    o.m.switch_step = o.x.proposal;
+    EndOpenPhase(o.h, o.m, 0, "propose step " + std::to_string(o.x.proposal));
+    o.h.SetMigState(o.m, MigState::kSwitching);
+    o.h.EndPhase(o.m, 0, "agree");
+    o.h.BeginPhase(o.m, 0, "switch");
+    for (uint64_t q : o.x.Participants()) o.h.SendCommand(q, Cmd(mig::Cmd::kCommit, o.m.id, mig::Step{o.x.proposal}));
+  }
+
+  // A participant is past the proposal: propose again with a doubled margin. A PASSED does not say which
+  // proposal it answers, so each one re-proposes; the processes held at an older proposal are released.
+  void OnPassed(const On& o) {
+    mig::Step s;
+    if (!DecodePayload(o.e.body, &s) || o.m.state != MigState::kAgreeing) return;
+    o.x.max_seen = std::max(o.x.max_seen, s.step);
+    o.x.margin *= 2;
+    Propose(o.h, o.m, o.x);
+  }
+
+  // A participant waits at S; a leaver's AT_STEP lets its joiner start reading.
+  void OnAtStep(const On& o) {
+    mig::Step s;
+    if (!DecodePayload(o.e.body, &s) || s.step != o.m.switch_step) return;
+    o.x.at_step.insert(o.from.id);
+    if (Pair* lp = o.x.ByLeaver(o.from.id); lp && lp->stage == PairStage::kExposed) {
+      lp->stage = PairStage::kFetching;
+      o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kFetchFrom, o.m.id, mig::Blob{lp->descriptor}));
+    }
+    MaybeSwitch(o.h, o.m, o.x);
+  }
+
+  void OnProgress(const On& o) {
+    mig::Progress pg;
+    if (DecodePayload(o.e.body, &pg) && o.x.pairs.size() == 1) o.m.bytes_done = pg.done;
+  }
+
+  void OnVerified(const On& o) {
+    mig::Built b;
+    if (!DecodePayload(o.e.body, &b)) return Abort(o.h, o.m, "malformed VERIFIED", true);
+    if (!b.ok) return Abort(o.h, o.m, "state transfer failed: " + b.message, true);
+    Pair* jp = o.x.ByJoiner(o.from.id);
+    if (!jp) return;
+    jp->stage = PairStage::kVerified;
+    jp->verify_msg = b.message;
+    o.m.bytes_done = 0;
+    for (const Pair& q : o.x.pairs) {
+      if (q.stage != PairStage::kVerified) continue;
+      if (ProcessRec* l = o.h.FindProcess(q.leaver)) {
+        for (const Region& r : l->regions) o.m.bytes_done += r.bytes;
+      }
+    }
+    MaybeSwitch(o.h, o.m, o.x);
+  }
+
+  void OnSwitched(const On& o) {
+    mig::Switched s;
+    if (!DecodePayload(o.e.body, &s)) return;
+    if (!o.x.ByJoiner(o.from.id)) o.x.max_stall = std::max(o.x.max_stall, s.stall_ns);
+    o.x.switched.insert(o.from.id);
+    MaybeDone(o.h, o.m, o.x);
+  }
+
+  void OnFailed(const On& o) {
+    mig::Reason r;
+    DecodePayload(o.e.body, &r);
+    if (!o.x.switch_sent) Abort(o.h, o.m, "rank " + std::to_string(o.from.info.rank) + ": " + r.text, true);
+  }
+
+  void OnPhase(const On& o) {
+    mig::Phase ph;
+    if (DecodePayload(o.e.body, &ph)) o.m.phases.push_back(PhaseSpan{o.from.id, ph.name, ph.start_ns, ph.end_ns});
+  }
+
+  // Phase 1 is over when every replacement is built and every leaver exposed its state: agree on S.
+  void MaybePropose(EngineHost& h, Migration& m, MoveCtx& x) {
+    if (!x.AllAtLeast(PairStage::kExposed)) return;
     if (m.state != MigState::kBuilding || x.built_ok < x.built_expected || x.built_expected == 0) return;
-    EndPhase(c, m, 0, "build");
-    c.SetMigState(m, MigState::kAgreeing);
-    c.BeginPhase(m, 0, "agree");
-    Propose(c, m);
+    EndOpenPhase(h, m, 0, "build");
+    h.SetMigState(m, MigState::kAgreeing);
+    h.BeginPhase(m, 0, "agree");
+    Propose(h, m, x);
   }
 
-  void Propose(Coordinator& c, Migration& m) {
-    Ctx& x = ctx_[m.id];
+  void Propose(EngineHost& h, Migration& m, MoveCtx& x) {
     int64_t top = x.max_seen;
-    for (uint64_t q : Participants(m, x)) {
-      if (ProcessRec* pr = c.FindProcess(q)) top = std::max(top, pr->step);
+    for (uint64_t q : x.Participants()) {
+      if (ProcessRec* pr = h.FindProcess(q)) top = std::max(top, pr->step);
     }
-    if (x.proposal >= 0) EndPhase(c, m, 0, "propose step " + std::to_string(x.proposal));
+    if (x.proposal >= 0) EndOpenPhase(h, m, 0, "propose step " + std::to_string(x.proposal));
     x.proposal = std::max(top, x.proposal) + x.margin;
-    c.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
+    h.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
     x.accepted.clear();
-    x.round_passed = false;
     CTL_INFO("coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
              x.proposal, x.margin);
-    for (uint64_t q : Participants(m, x)) {
-      c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kPropose), m.id, mig::Step{x.proposal}));
-    }
+    for (uint64_t q : x.Participants()) h.SendCommand(q, Cmd(mig::Cmd::kPropose, m.id, mig::Step{x.proposal}));
   }
 
-  void MaybeSwitch(Coordinator& c, Migration& m) {
-    Ctx& x = ctx_[m.id];
-    for (const Pair& p : x.pairs) {
-      if (!p.verified) return;
-    }
+  // SWITCH once every joiner verified and every participant waits at S (no old-communicator operation is
+  // pending anywhere).
+  void MaybeSwitch(EngineHost& h, Migration& m, MoveCtx& x) {
+    if (!x.AllAtLeast(PairStage::kVerified)) return;
     if (x.switch_sent || x.at_step.size() < x.stayers.size() + x.pairs.size()) return;
     x.switch_sent = true;
-    for (uint64_t q : Members(m, x)) {
-      c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
-    }
-    for (const Pair& p : x.pairs) {
-      c.SendCommand(p.leaver, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), m.id, mig::Step{m.switch_step}));
-    }
-    MaybeDone(c, m);
+    for (uint64_t q : x.Members()) h.SendCommand(q, Cmd(mig::Cmd::kSwitch, m.id, mig::Step{m.switch_step}));
+    for (const Pair& p : x.pairs) h.SendCommand(p.leaver, Cmd(mig::Cmd::kSwitch, m.id, mig::Step{m.switch_step}));
+    MaybeDone(h, m, x);
   }
 
-  void MaybeDone(Coordinator& c, Migration& m) {
-    Ctx& x = ctx_[m.id];
+  void MaybeDone(EngineHost& h, Migration& m, MoveCtx& x) {
     if (!x.switch_sent) return;
-    for (uint64_t q : Members(m, x)) {
+    for (uint64_t q : x.Members()) {
       if (!x.switched.count(q)) return;
     }
     m.downtime_ns = x.max_stall;
-    EndPhase(c, m, 0, "switch");
+    EndOpenPhase(h, m, 0, "switch");
     for (const Pair& p : x.pairs) {
-      if (ProcessRec* j = c.FindProcess(p.joiner)) {
+      if (ProcessRec* j = h.FindProcess(p.joiner)) {
         j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
         j->info.replace = -1;
       }
       CTL_INFO("coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }
-    c.SetMigState(m, MigState::kDone);
+    h.SetMigState(m, MigState::kDone);
     CTL_INFO("coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
              m.downtime_ns / 1e6);
   }
 
-  void Abort(Coordinator& c, Migration& m, const std::string& why, bool fail) {
-    Ctx& x = ctx_[m.id];
-    std::vector<uint64_t> to = Participants(m, x);
+  // ABORT to every process involved; spawned children that never became joiners are stopped.
+  void Abort(EngineHost& h, Migration& m, const std::string& why, bool fail) {
+    MoveCtx& x = ctx_[m.id];
+    std::vector<uint64_t> to = x.Participants();
     for (const Pair& p : x.pairs) {
       if (p.joiner) to.push_back(p.joiner);
-      if (p.child > 0 && p.joiner == 0) kill(p.child, SIGTERM);  // spawned, but never became this migration's joiner
+      if (p.child > 0 && p.joiner == 0) launcher_->Stop(p.child);
     }
-    for (uint64_t q : to) c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), m.id, mig::Reason{why}));
+    for (uint64_t q : to) h.SendCommand(q, Cmd(mig::Cmd::kAbort, m.id, mig::Reason{why}));
     for (const PhaseSpan& s : std::vector<PhaseSpan>(m.phases)) {
-      if (s.end_ns == 0) c.EndPhase(m, s.process, s.phase);
+      if (s.end_ns == 0) h.EndPhase(m, s.process, s.phase);
     }
-    if (fail) c.SetMigState(m, MigState::kFailed, why);
+    if (fail) h.SetMigState(m, MigState::kFailed, why);
   }
 
-  std::map<uint64_t, Ctx> ctx_;
+  Migration* Active(EngineHost& h) {
+    for (auto it = ctx_.rbegin(); it != ctx_.rend(); ++it) {
+      Migration* m = h.FindMigration(it->first);
+      if (m && !MigTerminal(m->state)) return m;
+    }
+    return nullptr;
+  }
+
+  // Spawned joiners that became joiners are reaped here once they exit.
+  void Reap() {
+    for (auto& [id, x] : ctx_) {
+      for (Pair& p : x.pairs) {
+        std::string how;
+        if (p.child > 0 && p.joiner != 0 && launcher_->Exited(p.child, &how)) p.child = 0;
+      }
+    }
+  }
+
+  static void EndOpenPhase(EngineHost& h, Migration& m, uint64_t p, const std::string& name) {
+    for (const PhaseSpan& s : m.phases) {
+      if (s.process == p && s.phase == name && s.end_ns == 0) return h.EndPhase(m, p, name);
+    }
+  }
+
+  std::unique_ptr<JoinerLauncher> launcher_;
+  std::map<uint64_t, MoveCtx> ctx_;
   std::set<uint64_t> captured_;  // comm_keys some member reported captured into a CUDA graph
 };
 
 }  // namespace
 
-std::unique_ptr<MigrationEngine> MakeMigrationEngine() { return std::make_unique<Engine>(); }
+std::unique_ptr<JoinerLauncher> MakeProcessLauncher() { return std::make_unique<ProcessLauncher>(); }
+
+std::unique_ptr<Engine> MakeMigrationEngine(std::unique_ptr<JoinerLauncher> launcher) {
+  return std::make_unique<MigrationEngine>(launcher ? std::move(launcher) : MakeProcessLauncher());
+}
 
 }  // namespace trainmover::control

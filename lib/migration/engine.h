@@ -1,24 +1,50 @@
 // SPDX-License-Identifier: Apache-2.0
 // engine.h: the coordinator's side of a live migration (docs/migration.md). The program that owns a
-// Coordinator installs one (trainmoverd, tmrun's embedded coordinator); it drives each migration's state
-// machine from the events the agents send (lib/migration/msgs.h) and keeps its timeline. Coordinator
-// thread only.
+// Coordinator installs one (trainmoverd, tmrun's embedded coordinator) with Coordinator::AddEngine; it
+// validates MIGRATE requests, drives each migration's state machine from the events the agents send
+// (lib/migration/msgs.h) and keeps its timeline. Coordinator thread only.
 //
-// --spawn starts the joiner with posix_spawn from the coordinator's process, with the leaver's command
+// --spawn starts the joiner from the coordinator's process (JoinerLauncher), with the leaver's command
 // line, working directory and environment plus TRAINMOVER_ROLE=joiner and TRAINMOVER_REPLACE=R; its
 // stdout and stderr go to <leaver cwd>/joiner-<R>.log (joiner-<R>-m<id>.log when that exists), which the
 // MIGRATE reply names. The child is reaped by the coordinator's process (tmrun reaps every child).
 #ifndef TRAINMOVER_LIB_MIGRATION_ENGINE_H_
 #define TRAINMOVER_LIB_MIGRATION_ENGINE_H_
 
+#include <sys/types.h>
+
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "control/coordinator.h"
 
 namespace trainmover::control {
 
-// The planned-migration engine, to hand to Coordinator::SetEngine before Run().
-std::unique_ptr<MigrationEngine> MakeMigrationEngine();
+// What --spawn needs of the operating system, so that the engine's unit tests can run without processes.
+// Coordinator thread only.
+class JoinerLauncher {
+ public:
+  struct Spec {
+    std::vector<std::string> argv, env;
+    std::string dir;                 // working directory
+    std::string log, log_if_exists;  // stdout+stderr go to `log`, or to `log_if_exists` when `log` exists
+  };
+  virtual ~JoinerLauncher() = default;
+  // Starts the joiner: its pid and the log it writes to, or 0 with *err.
+  virtual pid_t Start(const Spec& s, std::string* log, std::string* err) = 0;
+  // Whether `pid` has exited (it is reaped then); *how says "status N" or "signal N".
+  virtual bool Exited(pid_t pid, std::string* how) = 0;
+  // Asks a child that never became a joiner to stop (SIGTERM).
+  virtual void Stop(pid_t pid) = 0;
+};
+
+// posix_spawn, waitpid(WNOHANG), kill.
+std::unique_ptr<JoinerLauncher> MakeProcessLauncher();
+
+// The planned-migration engine (kind "migrate"), to hand to Coordinator::AddEngine before Run(). Without a
+// launcher it uses MakeProcessLauncher().
+std::unique_ptr<Engine> MakeMigrationEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr);
 
 }  // namespace trainmover::control
 

@@ -43,7 +43,7 @@ struct Coord {
     o.token = kToken;
     o.heartbeat_timeout_ms = hb_timeout_ms;
     c = std::make_unique<Coordinator>(o);
-    c->SetEngine(MakeMigrationEngine());
+    c->AddEngine(MakeMigrationEngine());
     std::string err;
     REQUIRE_MESSAGE(c->Start(&err), err);
     t = std::thread([this] { c->Run(); });

@@ -75,7 +75,7 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   o.token = token;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
-  embedded_->coord->SetEngine(trainmover::control::MakeMigrationEngine());
+  embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine());
   if (!embedded_->coord->Start(err)) {
     embedded_.reset();
     return false;

@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
   // A daemon logs what happens to the job (registrations, losses, migrations) unless told otherwise.
   if (!std::getenv("TRAINMOVER_DEBUG")) trainmover::control::SetCtlLogLevel(trainmover::control::CtlLevel::kInfo);
   trainmover::control::Coordinator coord(opt);
-  coord.SetEngine(trainmover::control::MakeMigrationEngine());
+  coord.AddEngine(trainmover::control::MakeMigrationEngine());
   std::string err;
   if (!coord.Start(&err)) {
     std::fprintf(stderr, "trainmoverd: %s\n", err.c_str());
