@@ -1,0 +1,642 @@
+// SPDX-License-Identifier: Apache-2.0
+// The coordinator's migration engine (lib/migration/engine.cc) against a fake coordinator and a fake
+// launcher: every transition of a migration, aborts included, with the exact commands each step sends and
+// the state it leaves. No processes, no sockets.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "control/coordinator.h"
+#include "migration/engine.h"
+#include "migration/msgs.h"
+
+using namespace trainmover::control;
+
+namespace {
+
+// A command as the fake saw it: "to:NAME".
+struct Sent {
+  uint64_t to;
+  Command c;
+};
+
+// What the coordinator would do, in memory: phases stamped with a counter, states recorded in order.
+class FakeHost final : public EngineHost {
+ public:
+  std::map<uint64_t, ProcessRec> procs;
+  std::map<uint64_t, CommRec> comm_recs;
+  std::map<uint64_t, Migration> migs;
+  std::vector<Sent> sent;
+  std::vector<MigState> states;  // every transition, in order
+  uint64_t clock = 1;
+
+  bool SendCommand(uint64_t process, const Command& c) override {
+    auto it = procs.find(process);
+    if (it == procs.end() || it->second.state != ProcState::kAlive) return false;
+    sent.push_back(Sent{process, c});
+    return true;
+  }
+  void SetMigState(Migration& m, MigState s, const std::string& reason) override {
+    if (MigTerminal(m.state)) return;
+    m.state = s;
+    if (!reason.empty()) m.reason = reason;
+    states.push_back(s);
+    if (MigTerminal(s)) {
+      for (PhaseSpan& p : m.phases) {
+        if (!p.end_ns) p.end_ns = clock;
+      }
+    }
+  }
+  void BeginPhase(Migration& m, uint64_t process, const std::string& phase) override {
+    m.phases.push_back(PhaseSpan{process, phase, clock++, 0});
+  }
+  void EndPhase(Migration& m, uint64_t process, const std::string& phase) override {
+    for (auto it = m.phases.rbegin(); it != m.phases.rend(); ++it) {
+      if (it->process == process && it->phase == phase && !it->end_ns) {
+        it->end_ns = clock++;
+        return;
+      }
+    }
+  }
+  ProcessRec* FindProcess(uint64_t id) override {
+    auto it = procs.find(id);
+    return it == procs.end() ? nullptr : &it->second;
+  }
+  ProcessRec* FindProcessByRank(int32_t rank) override {
+    for (auto& [id, p] : procs) {
+      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank == rank) return &p;
+    }
+    return nullptr;
+  }
+  const std::map<uint64_t, ProcessRec>& processes() const override { return procs; }
+  const std::map<uint64_t, CommRec>& comms() const override { return comm_recs; }
+  Migration* FindMigration(uint64_t id) override {
+    if (migs.empty()) return nullptr;
+    if (id == 0) return &migs.rbegin()->second;
+    auto it = migs.find(id);
+    return it == migs.end() ? nullptr : &it->second;
+  }
+  const std::map<uint64_t, Migration>& migrations() const override { return migs; }
+
+  // The commands sent since the last call, as "to:NAME", and forgets them.
+  std::vector<std::string> Take() {
+    std::vector<std::string> v;
+    for (const Sent& s : sent) v.push_back(std::to_string(s.to) + ":" + mig::CmdName(s.c.kind));
+    sent.clear();
+    return v;
+  }
+  bool PhaseOpen(const Migration& m, const std::string& name) const {
+    for (const PhaseSpan& p : m.phases) {
+      if (p.process == 0 && p.phase == name && !p.end_ns) return true;
+    }
+    return false;
+  }
+};
+
+// Children the engine "spawned": pids from 500 on.
+class FakeLauncher final : public JoinerLauncher {
+ public:
+  struct State {
+    std::vector<Spec> started;
+    std::set<pid_t> exited, stopped;
+    bool fail = false;
+  };
+  explicit FakeLauncher(State* s) : s_(s) {}
+  pid_t Start(const Spec& spec, std::string* log, std::string* err) override {
+    if (s_->fail) {
+      *err = "no such program";
+      return 0;
+    }
+    s_->started.push_back(spec);
+    *log = spec.log;
+    return static_cast<pid_t>(499 + s_->started.size());
+  }
+  bool Exited(pid_t pid, std::string* how) override {
+    if (!s_->exited.count(pid)) return false;
+    *how = "status 3";
+    return true;
+  }
+  void Stop(pid_t pid) override { s_->stopped.insert(pid); }
+
+ private:
+  State* s_;
+};
+
+constexpr uint64_t kWorld = 0xA0;  // every rank's communicator
+
+// A job: `n` workers (process id = rank + 1) in one communicator, each at step 10 with one 64-byte region.
+struct Job {
+  FakeHost h;
+  FakeLauncher::State launched;
+  std::unique_ptr<Engine> e = MakeMigrationEngine(std::make_unique<FakeLauncher>(&launched));
+  uint64_t next_mig = 1;
+
+  explicit Job(int n) {
+    CommRec c;
+    c.key = kWorld;
+    c.nranks = n;
+    c.lineage.kind = static_cast<uint8_t>(LineageKind::kInitRank);
+    for (int r = 0; r < n; ++r) {
+      ProcessRec p = Proc(static_cast<uint64_t>(r) + 1, "worker", r, -1);
+      p.comms = {kWorld};
+      p.comm_info[kWorld] = Comm(kWorld, r, n);
+      h.procs[p.id] = p;
+      c.members[r] = p.id;
+    }
+    h.comm_recs[kWorld] = c;
+  }
+  static ProcessRec Proc(uint64_t id, const std::string& role, int32_t rank, int32_t replace) {
+    ProcessRec p;
+    p.id = id;
+    p.info.role = role;
+    p.info.rank = rank;
+    p.info.replace = replace;
+    p.info.host = "h";
+    p.info.pid = static_cast<uint32_t>(1000 + id);
+    p.info.cmdline = {"train", "--steps", "9"};
+    p.info.cwd = "/job";
+    p.info.env = {"A=1", "TRAINMOVER_ROLE=worker"};
+    p.step = 10;
+    p.regions = {Region{"w", 64}};
+    return p;
+  }
+  static CommCreated Comm(uint64_t key, int32_t rank, int32_t nranks) {
+    CommCreated c;
+    c.comm_key = key;
+    c.lineage.kind = static_cast<uint8_t>(LineageKind::kInitRank);
+    c.rank = rank;
+    c.nranks = nranks;
+    return c;
+  }
+
+  // What Coordinator::OnMigrate does: record, validate, open "requested", hand over.
+  Migration& Request(std::vector<int32_t> ranks, bool spawn = false) {
+    Migration m;
+    m.id = next_mig++;
+    m.rank = ranks.front();
+    m.ranks = ranks;
+    m.spawn = spawn;
+    Migration& rec = h.migs[m.id] = m;
+    std::string refuse = e->Validate(h, rec);
+    if (!refuse.empty()) {
+      h.SetMigState(rec, MigState::kRefused, refuse);
+      return rec;
+    }
+    h.BeginPhase(rec, 0, "requested");
+    e->OnRequest(h, rec);
+    return rec;
+  }
+  // A joiner for `rank` registers (process id 100 + rank).
+  uint64_t AddJoiner(int32_t rank) {
+    ProcessRec p = Proc(100 + static_cast<uint64_t>(rank), "joiner", -1, rank);
+    h.procs[p.id] = p;
+    return p.id;
+  }
+  template <typename B>
+  void Send(uint64_t from, mig::Ev kind, uint64_t migration, const B& body) {
+    Event ev;
+    ev.kind = static_cast<uint16_t>(kind);
+    ev.migration = migration;
+    ev.body = EncodePayload(body);
+    e->OnEvent(h, from, ev);
+  }
+  // The joiner's READY as it would be for a rank of this job (same communicator, same region).
+  void Ready(uint64_t joiner, int32_t rank, std::vector<Region> regions = {Region{"w", 64}}) {
+    mig::Ready r;
+    r.comms = {Comm(0xB0 + static_cast<uint64_t>(rank), rank, h.comm_recs[kWorld].nranks)};
+    r.regions = std::move(regions);
+    r.step = 3;
+    Send(joiner, mig::Ev::kReady, 0, r);
+  }
+  void Lose(uint64_t p, ProcState how = ProcState::kLost) {
+    h.procs[p].state = how;
+    e->OnProcessLost(h, p);
+  }
+
+  // Drives migration `m` of `rank` (leaver rank+1, joiner 100+rank) up to a state; each stage's exact
+  // commands are checked by its own test case.
+  void ToBuilding(Migration&, int32_t rank) {
+    Ready(AddJoiner(rank), rank);
+    h.Take();
+  }
+  void ToAgreeing(Migration& m, int32_t rank) {
+    ToBuilding(m, rank);
+    mig::Ids ids;
+    ids.ids.push_back(mig::IdEntry{kWorld, {}});
+    Send(100 + static_cast<uint64_t>(rank), mig::Ev::kIds, m.id, ids);
+    for (auto& [r, p] : h.comm_recs[kWorld].members) {
+      uint64_t who = p == static_cast<uint64_t>(rank) + 1 ? 100 + static_cast<uint64_t>(rank) : p;
+      Send(who, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+    }
+    Send(static_cast<uint64_t>(rank) + 1, mig::Ev::kExposed, m.id, mig::Blob{{1, 2, 3}});
+    h.Take();
+  }
+  void ToSwitching(Migration& m, int32_t rank) {
+    ToAgreeing(m, rank);
+    for (auto& [r, p] : h.comm_recs[kWorld].members) Send(p, mig::Ev::kAccept, m.id, mig::Step{12});
+    h.Take();
+  }
+};
+
+std::vector<std::string> V(std::initializer_list<const char*> l) { return std::vector<std::string>(l.begin(), l.end()); }
+
+}  // namespace
+
+TEST_CASE("validate: refusals before anything is touched") {
+  Job j(3);
+  SUBCASE("unknown rank") {
+    Migration& m = j.Request({7});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason == "no alive worker holds rank 7 (see tmctl status)");
+  }
+  SUBCASE("never reached a safe point") {
+    j.h.procs[2].step = -1;
+    CHECK(j.Request({1}).reason == "rank 1 never called tmSafePoint: it cannot be migrated");
+  }
+  SUBCASE("a rank named twice") { CHECK(j.Request({1, 2, 1}).reason == "rank 1 is named twice"); }
+  SUBCASE("another migration active") {
+    j.Request({1});
+    j.h.Take();
+    Migration& m = j.Request({2});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason == "migration 1 is still sandbox");
+  }
+  SUBCASE("in no communicator") {
+    j.h.procs[2].comm_info.clear();
+    CHECK(j.Request({1}).reason == "rank 1 is in no communicator");
+  }
+  SUBCASE("a communicator captured into a CUDA graph") {
+    j.Send(3, mig::Ev::kCaptured, 0, mig::KeyList{{kWorld}});
+    Migration& m = j.Request({1});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason.find("00000000000000a0 was captured into a CUDA graph") != std::string::npos);
+  }
+  CHECK(j.h.Take().empty());
+  CHECK(j.launched.started.empty());
+}
+
+TEST_CASE("request: sandbox, the leaver records its tape") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  CHECK(m.state == MigState::kSandbox);
+  CHECK(j.h.states == std::vector<MigState>{MigState::kSandbox});
+  CHECK(j.h.Take() == V({"2:RECORD_TAPE"}));
+  CHECK_FALSE(j.h.PhaseOpen(m, "requested"));
+  CHECK(j.h.PhaseOpen(m, "sandbox"));
+}
+
+TEST_CASE("spawn: the joiner gets the leaver's command, cwd and environment") {
+  Job j(2);
+  Migration& m = j.Request({1}, /*spawn=*/true);
+  CHECK(j.h.states == std::vector<MigState>{MigState::kSpawning, MigState::kSandbox});
+  REQUIRE(j.launched.started.size() == 1);
+  const JoinerLauncher::Spec& s = j.launched.started[0];
+  CHECK(s.argv == std::vector<std::string>{"train", "--steps", "9"});
+  CHECK(s.dir == "/job");
+  CHECK(s.env == std::vector<std::string>{"A=1", "TRAINMOVER_ROLE=joiner", "TRAINMOVER_REPLACE=1"});
+  CHECK(s.log == "/job/joiner-1.log");
+  CHECK(s.log_if_exists == "/job/joiner-1-m1.log");
+  CHECK(m.joiner_log == "/job/joiner-1.log");
+  SUBCASE("the child exits before it is ready: failed") {
+    j.h.Take();
+    j.launched.exited.insert(500);
+    j.e->OnTick(j.h);
+    CHECK(m.state == MigState::kFailed);
+    CHECK(m.reason == "the spawned joiner of rank 1 exited (status 3) before it was ready; see /job/joiner-1.log");
+    CHECK(j.h.Take() == V({"1:ABORT", "2:ABORT"}));
+  }
+  SUBCASE("the child registers as a worker: failed, the child stopped") {
+    j.h.Take();
+    ProcessRec p = Job::Proc(50, "worker", 5, -1);
+    p.info.pid = 500;
+    j.h.procs[50] = p;
+    j.e->OnTick(j.h);
+    CHECK(m.state == MigState::kFailed);
+    CHECK(m.reason.find("registered as a worker, not as a joiner") != std::string::npos);
+    CHECK(j.launched.stopped == std::set<pid_t>{500});
+  }
+}
+
+TEST_CASE("spawn fails: failed at once") {
+  Job j(2);
+  j.launched.fail = true;
+  Migration& m = j.Request({0}, true);
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == "cannot spawn the joiner of rank 0: no such program");
+  CHECK(j.h.Take() == V({"2:ABORT", "1:ABORT"}));
+}
+
+TEST_CASE("ready: a matching joiner starts phase 1 (MAP, EXPOSE, MAKE_IDS)") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.h.Take();
+  uint64_t jid = j.AddJoiner(1);
+  j.Ready(jid, 1);
+  CHECK(m.state == MigState::kBuilding);
+  CHECK(m.joiner == jid);
+  CHECK(j.h.states == std::vector<MigState>{MigState::kSandbox, MigState::kReady, MigState::kBuilding});
+  CHECK(j.h.Take() == V({"101:MAP", "2:EXPOSE", "101:MAKE_IDS"}));
+  CHECK_FALSE(j.h.PhaseOpen(m, "sandbox"));
+  CHECK(j.h.PhaseOpen(m, "build"));
+}
+
+TEST_CASE("ready: mismatch refused, the joiner told to exit") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.h.Take();
+  uint64_t jid = j.AddJoiner(1);
+  SUBCASE("state table") {
+    j.Ready(jid, 1, {Region{"w", 32}});
+    CHECK(m.reason ==
+          "the joiner of rank 1 does not match the leaver: state region 'w': 32 bytes in the joiner, 64 in the leaver");
+  }
+  SUBCASE("communicators") {
+    mig::Ready r;
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.reason == "the joiner of rank 1 does not match the leaver: the joiner has 0 communicator(s), the leaver 1");
+  }
+  CHECK(m.state == MigState::kRefused);
+  CHECK(j.h.Take() == V({"101:ABORT", "1:ABORT", "3:ABORT", "2:ABORT"}));
+}
+
+TEST_CASE("ready: an unexpected joiner is told to exit, the migration untouched") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.h.Take();
+  j.Ready(j.AddJoiner(2), 2);
+  CHECK(j.h.Take() == V({"102:ABORT"}));
+  CHECK(m.state == MigState::kSandbox);
+}
+
+TEST_CASE("ids: BUILD to every member, the leaver's place to the joiner") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToBuilding(m, 1);
+  mig::Ids ids;
+  ids.ids.push_back(mig::IdEntry{kWorld, {}});
+  j.Send(101, mig::Ev::kIds, m.id, ids);
+  REQUIRE(j.h.sent.size() == 3);
+  mig::Build b;
+  REQUIRE(DecodePayload(j.h.sent[2].c.body, &b));
+  CHECK(j.h.sent[2].to == 101);
+  CHECK(b.entries.size() == 1);
+  CHECK(b.entries[0].rank == 1);
+  CHECK(b.entries[0].nranks == 3);
+  CHECK(j.h.Take() == V({"1:BUILD", "3:BUILD", "101:BUILD"}));
+  SUBCASE("a communicator disappeared: failed") {
+    ids.ids[0].comm_key = 0xDEAD;
+    j.Send(101, mig::Ev::kIds, m.id, ids);
+    CHECK(m.state == MigState::kFailed);
+    CHECK(m.reason == "a communicator of the leaver disappeared");
+  }
+}
+
+TEST_CASE("built and exposed: agreement starts with a proposal of max step + 2") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToBuilding(m, 1);
+  mig::Ids ids;
+  ids.ids.push_back(mig::IdEntry{kWorld, {}});
+  j.Send(101, mig::Ev::kIds, m.id, ids);
+  j.h.Take();
+  for (uint64_t p : {1, 3, 101}) j.Send(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+  CHECK(m.state == MigState::kBuilding);  // the leaver has not exposed yet
+  CHECK(j.h.Take().empty());
+  j.Send(2, mig::Ev::kExposed, m.id, mig::Blob{{9}});
+  CHECK(m.state == MigState::kAgreeing);
+  CHECK(m.bytes_total == 64);
+  REQUIRE(j.h.sent.size() == 3);
+  mig::Step s;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &s));
+  CHECK(s.step == 12);  // the largest step (10) + margin 2
+  CHECK(j.h.Take() == V({"1:PROPOSE", "3:PROPOSE", "2:PROPOSE"}));
+  CHECK(j.h.PhaseOpen(m, "propose step 12"));
+}
+
+TEST_CASE("built(false): failed, ABORT to everyone") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToBuilding(m, 1);
+  j.Send(3, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 0, "init failed"});
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == "building a replacement communicator failed: init failed");
+  CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+}
+
+TEST_CASE("agreement: PASSED re-proposes with a doubled margin; all ACCEPT commits") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToAgreeing(m, 1);
+  j.Send(1, mig::Ev::kAccept, m.id, mig::Step{12});
+  j.Send(3, mig::Ev::kPassed, m.id, mig::Step{15});
+  CHECK(j.h.Take() == V({"1:PROPOSE", "3:PROPOSE", "2:PROPOSE"}));
+  CHECK_FALSE(j.h.PhaseOpen(m, "propose step 12"));
+  CHECK(j.h.PhaseOpen(m, "propose step 19"));  // max(15, 12) + 4
+  j.Send(1, mig::Ev::kAccept, m.id, mig::Step{12});  // an answer to the old proposal: ignored
+  for (uint64_t p : {1, 2}) j.Send(p, mig::Ev::kAccept, m.id, mig::Step{19});
+  CHECK(m.state == MigState::kAgreeing);
+  j.Send(3, mig::Ev::kAccept, m.id, mig::Step{19});
+  CHECK(m.state == MigState::kSwitching);
+  CHECK(m.switch_step == 19);
+  CHECK(j.h.Take() == V({"1:COMMIT", "3:COMMIT", "2:COMMIT"}));
+  CHECK(j.h.PhaseOpen(m, "switch"));
+  CHECK_FALSE(j.h.PhaseOpen(m, "agree"));
+}
+
+TEST_CASE("switch: FETCH_FROM on the leaver's AT_STEP, SWITCH once verified and all at S, done when switched") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  REQUIRE(m.switch_step == 12);
+  j.Send(2, mig::Ev::kAtStep, m.id, mig::Step{12});
+  REQUIRE(j.h.sent.size() == 1);
+  mig::Blob d;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &d));
+  CHECK(d.bytes == std::vector<uint8_t>{1, 2, 3});
+  CHECK(j.h.Take() == V({"101:FETCH_FROM"}));
+  j.Send(1, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(101, mig::Ev::kProgress, m.id, mig::Progress{32, 64});
+  CHECK(m.bytes_done == 32);
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, "64 bytes"});
+  CHECK(m.bytes_done == 64);
+  CHECK(j.h.Take().empty());  // rank 2 is not at S yet
+  j.Send(3, mig::Ev::kAtStep, m.id, mig::Step{12});
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "101:SWITCH", "2:SWITCH"}));
+  SUBCASE("a FAILED after the switch is ignored") {
+    j.Send(1, mig::Ev::kFailed, m.id, mig::Reason{"late"});
+    CHECK(m.state == MigState::kSwitching);
+  }
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 5000000, 1000});
+  j.Lose(2, ProcState::kExited);  // the leaver's BYE
+  CHECK(m.state == MigState::kSwitching);
+  j.Send(3, mig::Ev::kSwitched, m.id, mig::Switched{12, 7000000, 1000});
+  CHECK(m.state == MigState::kDone);
+  CHECK(m.downtime_ns == 7000000);
+  CHECK(j.h.procs[101].info.role == "worker");
+  CHECK(j.h.procs[101].info.replace == -1);
+  CHECK_FALSE(j.h.PhaseOpen(m, "switch"));
+}
+
+TEST_CASE("switch: a stayer that exits at S counts as switched") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  j.Lose(3, ProcState::kExited);
+  CHECK(m.state == MigState::kDone);
+}
+
+TEST_CASE("verified(false): checksum failure fails the migration") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  j.Send(2, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.h.Take();
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 0, "checksum mismatch in 'w'"});
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == "state transfer failed: checksum mismatch in 'w'");
+  CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+  CHECK(m.phases.back().end_ns != 0);
+}
+
+TEST_CASE("a process lost before the switch fails the migration, in every state") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  std::string who;
+  uint64_t lost = 0;
+  SUBCASE("joiner candidate in the sandbox") {
+    lost = j.AddJoiner(1);
+    who = "process 101 (rank -1) was lost before the switch";
+  }
+  SUBCASE("joiner while building") {
+    j.ToBuilding(m, 1);
+    lost = 101;
+    who = "process 101 (rank -1) was lost before the switch";
+  }
+  SUBCASE("leaver while agreeing") {
+    j.ToAgreeing(m, 1);
+    lost = 2;
+    who = "process 2 (rank 1) was lost before the switch";
+  }
+  SUBCASE("stayer while switching") {
+    j.ToSwitching(m, 1);
+    lost = 3;
+    who = "process 3 (rank 2) was lost before the switch";
+  }
+  j.h.Take();
+  j.Lose(lost);
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == who);
+  std::vector<std::string> sent = j.h.Take();
+  CHECK(std::find(sent.begin(), sent.end(), std::to_string(lost) + ":ABORT") == sent.end());  // gone: not sent
+  CHECK(sent.size() >= 2);
+}
+
+TEST_CASE("a process of another job lost: nothing happens") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.h.procs[70] = Job::Proc(70, "worker", 9, -1);
+  j.h.Take();
+  j.Lose(70);
+  CHECK(m.state == MigState::kSandbox);
+  CHECK(j.h.Take().empty());
+}
+
+TEST_CASE("cancel in each state before switching: ABORT to everyone involved") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  std::vector<std::string> expect = V({"1:ABORT", "3:ABORT", "2:ABORT"});
+  SUBCASE("sandbox") {}
+  SUBCASE("building") {
+    j.ToBuilding(m, 1);
+    expect.push_back("101:ABORT");
+  }
+  SUBCASE("agreeing") {
+    j.ToAgreeing(m, 1);
+    expect.push_back("101:ABORT");
+  }
+  j.h.Take();
+  j.e->OnCancel(j.h, m);
+  CHECK(j.h.Take() == expect);
+  CHECK_FALSE(MigTerminal(m.state));  // the coordinator marks it cancelled
+  for (const PhaseSpan& p : m.phases) CHECK(p.end_ns != 0);
+}
+
+TEST_CASE("FAILED from a process before the switch fails the migration") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToAgreeing(m, 1);
+  j.Send(3, mig::Ev::kFailed, m.id, mig::Reason{"COMMIT of a step this process did not accept"});
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == "rank 2: COMMIT of a step this process did not accept");
+}
+
+TEST_CASE("tape relay: chunks collected from the leaver, forwarded once a joiner registered") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.h.Take();
+  j.Send(2, mig::Ev::kTape, m.id, mig::Blob{{1, 2}});
+  j.Send(2, mig::Ev::kTape, m.id, mig::Blob{{3}});
+  j.Send(3, mig::Ev::kTape, m.id, mig::Blob{{7}});  // not a leaver: ignored
+  j.Send(2, mig::Ev::kTape, m.id, mig::Blob{});
+  CHECK(j.h.Take().empty());  // no joiner yet
+  j.AddJoiner(1);
+  j.e->OnTick(j.h);
+  REQUIRE(j.h.sent.size() == 2);
+  mig::Blob b;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &b));
+  CHECK(b.bytes == std::vector<uint8_t>{1, 2, 3});
+  REQUIRE(DecodePayload(j.h.sent[1].c.body, &b));
+  CHECK(b.bytes.empty());
+  CHECK(j.h.Take() == V({"101:TAPE", "101:TAPE"}));
+  j.e->OnTick(j.h);
+  j.Send(2, mig::Ev::kTape, m.id, mig::Blob{});
+  CHECK(j.h.Take().empty());  // forwarded once
+}
+
+TEST_CASE("tape relay: the joiner already registered gets it on the empty chunk") {
+  Job j(2);
+  Migration& m = j.Request({0});
+  j.AddJoiner(0);
+  j.h.Take();
+  j.Send(1, mig::Ev::kTape, m.id, mig::Blob{{5}});
+  j.Send(1, mig::Ev::kTape, m.id, mig::Blob{});
+  CHECK(j.h.Take() == V({"100:TAPE", "100:TAPE"}));
+}
+
+TEST_CASE("several ranks: one joiner makes every id, SWITCH waits for every VERIFIED") {
+  Job j(4);
+  Migration& m = j.Request({0, 3});
+  CHECK(j.h.Take() == V({"1:RECORD_TAPE", "4:RECORD_TAPE"}));
+  j.Ready(j.AddJoiner(3), 3);
+  CHECK(m.state == MigState::kSandbox);  // rank 0's joiner is still missing
+  CHECK(j.h.Take().empty());
+  j.Ready(j.AddJoiner(0), 0);
+  CHECK(m.state == MigState::kBuilding);
+  CHECK(m.joiner == 100);
+  CHECK(j.h.Take() == V({"100:MAP", "1:EXPOSE", "103:MAP", "4:EXPOSE", "100:MAKE_IDS"}));
+}
+
+TEST_CASE("late events of an ended migration are ignored") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToAgreeing(m, 1);
+  j.e->OnCancel(j.h, m);
+  j.h.SetMigState(m, MigState::kCancelled, "cancelled by the operator");
+  j.h.Take();
+  j.Send(1, mig::Ev::kAccept, m.id, mig::Step{12});
+  j.Send(3, mig::Ev::kFailed, m.id, mig::Reason{"x"});
+  CHECK(m.state == MigState::kCancelled);
+  CHECK(j.h.Take().empty());
+  Migration& next = j.Request({2});  // a new migration is accepted again
+  CHECK(next.state == MigState::kSandbox);
+}
