@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: Apache-2.0
+// The process-side machine's world inside the shim (process.h): the agent, the VComms and the real NCCL, the
+// UCX state transfer, the sandbox tape; and InstallMigration, which wires the machine to the agent and to the
+// safe-point hook.
+#include <dlfcn.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/log.h"
+#include "control/conn.h"
+#include "core/binding.h"
+#include "core/shim_state.h"
+#include "migration.h"
+#include "process.h"
+#include "sandbox/tape.h"
+#include "shim_agent.h"
+#include "transfer/transfer.h"
+
+namespace trainmover::migration {
+
+namespace {
+
+// Device or host memory: asked of the CUDA runtime only when the application loaded it (RTLD_NOLOAD).
+transfer::MemoryType TypeOf(const void* p) {
+  using Fn = cudaError_t (*)(cudaPointerAttributes*, const void*);
+  static Fn fn = [] {
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
+      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD))
+        return reinterpret_cast<Fn>(dlsym(h, "cudaPointerGetAttributes"));
+    }
+    return static_cast<Fn>(nullptr);
+  }();
+  cudaPointerAttributes a{};
+  if (fn && p && fn(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice) return transfer::MemoryType::kCuda;
+  return transfer::MemoryType::kHost;
+}
+
+std::vector<transfer::Region> LocalRegions() {
+  std::vector<transfer::Region> out;
+  for (const shim::Region& r : shim::Regions()) out.push_back(transfer::Region{r.name, r.ptr, r.bytes, TypeOf(r.ptr)});
+  return out;
+}
+
+shim::VComm* VC(CommRef v) { return static_cast<shim::VComm*>(v); }
+
+class ServerSource final : public StateSource {
+ public:
+  explicit ServerSource(std::unique_ptr<transfer::StateServer> s) : s_(std::move(s)) {}
+  const std::vector<uint8_t>& Descriptor() const override { return s_->Descriptor(); }
+  std::string Seal() override {
+    transfer::Status st = s_->Seal();
+    return st.ok() ? "" : st.ToString();
+  }
+  void Close() override { s_->Close(); }
+
+ private:
+  std::unique_ptr<transfer::StateServer> s_;
+};
+
+class ShimWorld final : public World {
+ public:
+  explicit ShimWorld(control::Agent* a) : agent_(a) {}
+
+  void SendEvent(control::Event e) override {
+    if (agent_) agent_->SendEvent(std::move(e));
+  }
+  bool HasAgent() const override { return agent_ != nullptr; }
+  bool Connected() const override { return agent_ && agent_->connected(); }
+
+  void Exit(int code, const std::string& line) override {
+    char host[256] = "?";
+    gethostname(host, sizeof(host) - 1);
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s:%d:%d [%d] TRAINMOVER INFO %s\n", host, getpid(), static_cast<int>(gettid()),
+                 FirstCommRank(), line.c_str());
+    std::fflush(stderr);
+    if (agent_) agent_->Stop(/*bye=*/true);
+    _exit(code);
+  }
+
+  bool IsJoiner() const override { return shim::ProcessRole() == shim::Role::kJoiner; }
+  bool Sandboxed() const override { return shim::ProcessSandboxed(); }
+  void LeaveSandbox() override { shim::SetProcessSandboxed(false); }
+  std::string Fault() const override { return shim::ProcessConfig().fault; }
+  int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
+  uint64_t TapeMaxBytes() const override { return static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes); }
+
+  // auto: overlap unless the joiner (`destination` is "host H pid P") runs on this host and the host has under
+  // 8 CPUs, where the two sides' hash threads (up to 4 each) would share the cores: measured on 2 cores,
+  // overlapping made the switch slower than sealing first (docs/benchmarks.md, "Seal overlapped with the
+  // transfer").
+  bool SealOverlaps(const std::string& destination) const override {
+    const std::string& mode = shim::ProcessConfig().seal_overlap;
+    if (mode == "on" || mode == "off") return mode == "on";
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    const bool same_host = destination.rfind("host " + std::string(host) + " ", 0) == 0;
+    return !same_host || std::thread::hardware_concurrency() >= 8;
+  }
+  uint64_t MonotonicNs() const override { return control::NowMonotonicNs(); }
+  uint64_t RealtimeNs() const override { return control::NowRealtimeNs(); }
+  void Wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, uint64_t ms) override {
+    cv.wait_for(lk, std::chrono::milliseconds(ms));
+  }
+  std::unique_lock<std::mutex> LockSafePoint(int64_t* step) override {
+    std::unique_lock<std::mutex> lk(shim::SafePointMutex());
+    *step = shim::GetSafePointLocked().step;
+    return lk;
+  }
+  std::thread StartThread(const char*, std::function<void()> fn) override { return std::thread(std::move(fn)); }
+
+  std::vector<CommRef> CommsWithKey(uint64_t key) override {
+    std::vector<CommRef> out;
+    for (shim::VComm* v : shim::LiveVComms()) {
+      if (v->magic == shim::VComm::kMagic && v->comm_key == key) out.push_back(v);
+    }
+    return out;
+  }
+  int32_t FirstCommRank() override {
+    std::vector<shim::VCommInfo> vs = shim::SnapshotVComms();
+    return vs.empty() ? -1 : vs.front().lineage.rank;
+  }
+  std::vector<control::CommCreated> DescribeComms() override {
+    std::vector<control::CommCreated> out;
+    for (const shim::VCommInfo& vi : shim::SnapshotVComms()) out.push_back(control::DescribeVComm(vi.vcomm));
+    return out;
+  }
+  std::vector<control::Region> RegionTable() override {
+    std::vector<control::Region> out;
+    for (const shim::Region& rg : shim::Regions()) out.push_back(control::Region{rg.name, rg.bytes});
+    return out;
+  }
+  uint64_t CapturedCount() override { return shim::CapturedCount(); }
+  std::vector<uint64_t> CapturedKeys() override {
+    std::vector<uint64_t> keys;
+    for (shim::VComm* v : shim::LiveVComms()) {
+      if (v->magic == shim::VComm::kMagic && v->captured.load()) keys.push_back(v->comm_key);
+    }
+    return keys;
+  }
+  bool NewUniqueId(std::array<uint8_t, mig::kUniqueIdBytes>* id) override {
+    ncclUniqueId uid;
+    if (shim::g_real.GetUniqueId(&uid) != ncclSuccess) return false;
+    std::memcpy(id->data(), uid.internal, id->size());
+    return true;
+  }
+
+  // The real non-blocking ncclCommInitRankConfig with the VComm's config, polled until done or stopped.
+  BuildOutcome BuildReplacement(CommRef ref, const mig::BuildEntry& e, const std::function<bool()>& stop) override {
+    shim::VComm* v = VC(ref);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    if (v->lineage.has_config) {
+      cfg = v->lineage.config;
+      cfg.netName = v->lineage.net_name.empty() ? nullptr : v->lineage.net_name.c_str();
+      cfg.commName = v->lineage.comm_name.empty() ? nullptr : v->lineage.comm_name.c_str();
+    }
+    cfg.blocking = 0;
+    ncclUniqueId uid;
+    std::memcpy(uid.internal, e.id.data(), sizeof(uid.internal));
+    ncclComm_t c = nullptr;
+    ncclResult_t r = shim::g_real.CommInitRankConfig(&c, e.nranks, uid, e.rank, &cfg);
+    BuildOutcome out;
+    while (r == ncclInProgress) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (stop()) {
+        out.kind = BuildOutcome::Kind::kStopped;
+        out.comm = c;
+        return out;
+      }
+      ncclResult_t async = ncclSuccess;
+      if (shim::g_real.CommGetAsyncError(c, &async) != ncclSuccess) async = ncclInternalError;
+      r = async;
+    }
+    out.comm = c;
+    if (r == ncclSuccess) {
+      out.kind = BuildOutcome::Kind::kBuilt;
+    } else {
+      out.error = std::string("ncclCommInitRankConfig: ") +
+                  (shim::g_real.GetErrorString ? shim::g_real.GetErrorString(r) : "error");
+    }
+    return out;
+  }
+  void FreeComm(void* comm) override { shim::g_real.CommAbort(static_cast<ncclComm_t>(comm)); }
+  bool Stage(CommRef v, void* comm) override {
+    shim::SetNextComm(VC(v), static_cast<ncclComm_t>(comm));
+    return shim::RebindObjects(VC(v)) == ncclSuccess;
+  }
+  void DropStaged(CommRef v) override {
+    ncclComm_t n = shim::AbortNext(VC(v));
+    if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
+  }
+  void SwitchStayer(CommRef v) override {
+    ncclComm_t old = shim::SwitchToNext(VC(v));
+    if (old) shim::g_real.CommDestroy(old);
+  }
+  void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
+    shim::VComm* v = VC(ref);
+    shim::SwitchToNext(v);
+    std::lock_guard<std::mutex> vl(v->mu);
+    v->lineage.nranks = nranks;
+    v->lineage.rank = rank;
+  }
+  void Rekey(CommRef ref, uint64_t key) override {
+    shim::VComm* v = VC(ref);
+    if (v->magic != shim::VComm::kMagic) return;
+    v->comm_key = key;  // its sandboxed key was never reported (shim_agent.cc)
+    if (agent_) agent_->ReportCommCreated(control::DescribeVComm(v));
+  }
+
+  std::unique_ptr<StateSource> Expose(std::string* error) override {
+    std::unique_ptr<transfer::StateServer> server;
+    transfer::Status st = transfer::StateServer::Create(transfer::ServerOptions{}, &server);
+    if (st.ok()) st = server->Expose(LocalRegions());
+    if (st.ok() && server->Descriptor().size() > mig::kMaxBlob) {
+      st = transfer::Status(transfer::Code::kInvalidArgument, "the transfer descriptor exceeds one control frame");
+    }
+    if (!st.ok()) {
+      *error = st.ToString();
+      if (server) server->Close();
+      return nullptr;
+    }
+    return std::make_unique<ServerSource>(std::move(server));
+  }
+  std::string Fetch(const std::vector<uint8_t>& descriptor, bool corrupt,
+                    const std::function<void(uint64_t, uint64_t)>& progress, std::string* summary) override {
+    std::unique_ptr<transfer::StateClient> client;
+    transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &client);
+    transfer::FetchResult res;
+    if (st.ok()) {
+      std::vector<transfer::Region> local = LocalRegions();
+      transfer::FetchOptions o;
+      o.progress = progress;
+      if (corrupt) o.expected_checksums.assign(local.size(), 0x5eed5eed5eed5eedull);
+      st = client->Fetch(descriptor, local, o, &res);
+    }
+    if (!st.ok()) {
+      TM_WARN(shim::kLogAgent, "migration: state transfer failed: %s", st.ToString().c_str());
+      return st.ToString();
+    }
+    char msg[200];
+    std::snprintf(msg, sizeof(msg), "%llu bytes in %.3f s (%.2f GB/s) over %s, checksums verified",
+                  static_cast<unsigned long long>(res.bytes), res.seconds, res.gbps, transfer::FetchPathName(res.path));
+    TM_INFO(shim::kLogAgent, "migration: state read: %s", msg);
+    *summary = msg;
+    return "";
+  }
+
+  void TapeRecordBegin() override { shim::TapeRecordBegin(TapeMaxBytes()); }
+  bool TapeRecordEnd(uint64_t migration, std::vector<uint8_t>* blob) override {
+    std::shared_ptr<shim::Tape> tape = shim::TapeRecordEnd();
+    if (!tape) return false;
+    *blob = tape->Encode();
+    TM_INFO(shim::kLogAgent, "migration %llu: sandbox tape recorded: %zu operations, %llu output bytes",
+            static_cast<unsigned long long>(migration), tape->size(),
+            static_cast<unsigned long long>(tape->output_bytes()));
+    return true;
+  }
+  void InstallTape(const std::vector<uint8_t>& blob) override {
+    auto tape = std::make_shared<shim::Tape>();
+    if (tape->Decode(blob, TapeMaxBytes())) {
+      TM_INFO(shim::kLogSandbox, "sandbox: tape of the leaver's iteration installed: %zu operations, %llu bytes",
+              tape->size(), static_cast<unsigned long long>(tape->output_bytes()));
+      shim::InstallTape(std::move(tape));
+    } else {
+      TM_INFO(shim::kLogSandbox, "sandbox: the leaver's tape (%zu bytes) is damaged or over the cap; emulating",
+              blob.size());
+    }
+  }
+  void TapeIterationBegin() override { shim::TapeIterationBegin(); }
+  void LogReady() override {
+    const shim::TapeCounters tc = shim::TapeCount();
+    TM_INFO(shim::kLogAgent, "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
+            "emulated after a tape mismatch", static_cast<long long>(shim::ProcessConfig().shadow_iters),
+            static_cast<unsigned long long>(tc.served), static_cast<unsigned long long>(tc.fallbacks));
+  }
+
+ private:
+  control::Agent* agent_;
+};
+
+ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit
+
+// The hook: reports the step, then lets the machine hold the application where the migration needs it.
+int64_t Hook(void*, int64_t step) {
+  control::ShimAgentSafePoint(step);
+  return g_machine->OnSafePoint(step);
+}
+
+}  // namespace
+
+void InstallMigration(control::Agent* agent) {
+  g_machine = new ProcessMachine(*new ShimWorld(agent));
+  agent->SetCommandHandler([](const control::Command& c) { g_machine->OnCommand(c); });
+  shim::SetSafePointHook(Hook, nullptr);
+}
+
+}  // namespace trainmover::migration

@@ -1,0 +1,660 @@
+// SPDX-License-Identifier: Apache-2.0
+// The process side of a migration (lib/migration/process.h) against a fake world: every command and every
+// safe-point transition of the joiner, the leaver and a stayer, aborts included, with the exact events each
+// step sends and the state it leaves. No processes, no sockets, no NCCL; background jobs run when the test
+// says, and a wait in the machine runs the next scripted coordinator command instead of sleeping.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "migration/msgs.h"
+#include "migration/process.h"
+
+using namespace trainmover;
+using namespace trainmover::migration;
+using M = ProcessMachine;
+
+namespace {
+
+struct Exited {
+  int code;
+  std::string line;
+};
+
+class FakeSource final : public StateSource {
+ public:
+  FakeSource(std::vector<std::string>* log, std::string* seal_error, std::function<void()>* during_seal)
+      : log_(log), seal_error_(seal_error), during_seal_(during_seal) {}
+  const std::vector<uint8_t>& Descriptor() const override { return d_; }
+  std::string Seal() override {
+    log_->push_back("seal");
+    if (*during_seal_) (*during_seal_)();
+    return *seal_error_;
+  }
+  void Close() override { log_->push_back("close"); }
+
+ private:
+  std::vector<uint8_t> d_{7, 7};
+  std::vector<std::string>* log_;
+  std::string* seal_error_;
+  std::function<void()>* during_seal_;
+};
+
+CommRef Ref(uint64_t key) { return reinterpret_cast<CommRef>(static_cast<uintptr_t>(key)); }
+
+// The world in memory. `log` records what the machine did to it, `events` what it sent to the coordinator.
+class FakeWorld final : public World {
+ public:
+  std::vector<control::Event> events;
+  std::vector<std::string> log;
+  std::deque<std::function<void()>> script;  // run one per Wait, in order
+  std::vector<std::function<void()>> jobs;
+  bool connected = true, joiner = false, sandboxed = false, overlap = true, ids_ok = true, rebind_ok = true;
+  std::string fault, seal_error, expose_error, fetch_error;
+  std::function<void()> during_seal, during_build;
+  std::map<uint64_t, BuildOutcome> build;  // by comm_key; default: built
+  std::vector<uint64_t> keys = {0xA};      // live VComms (CommRef = the key)
+  int32_t first_rank = 1;
+  int64_t sp_step = -1;
+  uint64_t mono = 1000000000ull, captured = 0;
+  std::vector<uint8_t> recorded;  // what TapeRecordEnd returns (empty: nothing recorded)
+  int idle_waits = 0;
+  std::mutex sp_mu;
+
+  void SendEvent(control::Event e) override { events.push_back(std::move(e)); }
+  bool HasAgent() const override { return true; }
+  bool Connected() const override { return connected; }
+  void Exit(int code, const std::string& line) override { throw Exited{code, line}; }
+  bool IsJoiner() const override { return joiner; }
+  bool Sandboxed() const override { return sandboxed; }
+  void LeaveSandbox() override {
+    sandboxed = false;
+    log.push_back("leave sandbox");
+  }
+  std::string Fault() const override { return fault; }
+  int64_t ShadowIters() const override { return 1; }
+  uint64_t TapeMaxBytes() const override { return 1 << 20; }
+  bool SealOverlaps(const std::string&) const override { return overlap; }
+  uint64_t MonotonicNs() const override { return mono; }
+  uint64_t RealtimeNs() const override { return mono; }
+  void Wait(std::unique_lock<std::mutex>& lk, std::condition_variable&, uint64_t ms) override {
+    lk.unlock();
+    if (!script.empty()) {
+      auto f = std::move(script.front());
+      script.pop_front();
+      f();
+    } else {
+      mono += ms * 1000000ull;
+      if (++idle_waits > 10000) throw std::runtime_error("the machine waits forever");
+    }
+    lk.lock();
+  }
+  std::unique_lock<std::mutex> LockSafePoint(int64_t* step) override {
+    *step = sp_step;
+    return std::unique_lock<std::mutex>(sp_mu);
+  }
+  std::thread StartThread(const char* name, std::function<void()> fn) override {
+    log.push_back(std::string("start ") + name);
+    jobs.push_back(std::move(fn));
+    return std::thread();
+  }
+  std::vector<CommRef> CommsWithKey(uint64_t key) override {
+    std::vector<CommRef> v;
+    for (uint64_t k : keys)
+      if (k == key) v.push_back(Ref(k));
+    return v;
+  }
+  int32_t FirstCommRank() override { return first_rank; }
+  std::vector<control::CommCreated> DescribeComms() override {
+    control::CommCreated c;
+    c.comm_key = 0xA;
+    return {c};
+  }
+  std::vector<control::Region> RegionTable() override { return {control::Region{"w", 64}}; }
+  uint64_t CapturedCount() override { return captured; }
+  std::vector<uint64_t> CapturedKeys() override { return {0xA}; }
+  bool NewUniqueId(std::array<uint8_t, mig::kUniqueIdBytes>* id) override {
+    id->fill(0x11);
+    return ids_ok;
+  }
+  BuildOutcome BuildReplacement(CommRef v, const mig::BuildEntry& e, const std::function<bool()>& stop) override {
+    log.push_back("init " + std::to_string(reinterpret_cast<uintptr_t>(v)));
+    if (during_build) during_build();
+    if (stop()) return BuildOutcome{BuildOutcome::Kind::kStopped, reinterpret_cast<void*>(0x100), ""};
+    auto it = build.find(e.comm_key);
+    if (it != build.end()) return it->second;
+    return BuildOutcome{BuildOutcome::Kind::kBuilt, reinterpret_cast<void*>(0x100 + e.comm_key), ""};
+  }
+  void FreeComm(void* c) override { log.push_back("free " + std::to_string(reinterpret_cast<uintptr_t>(c))); }
+  bool Stage(CommRef v, void*) override {
+    log.push_back("stage " + std::to_string(reinterpret_cast<uintptr_t>(v)));
+    return rebind_ok;
+  }
+  void DropStaged(CommRef v) override { log.push_back("drop " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
+  void SwitchStayer(CommRef v) override {
+    log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v)));
+  }
+  void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) override {
+    log.push_back("switch in " + std::to_string(reinterpret_cast<uintptr_t>(v)) + " " + std::to_string(rank) + "/" +
+                  std::to_string(nranks));
+  }
+  void Rekey(CommRef v, uint64_t key) override {
+    log.push_back("rekey " + std::to_string(reinterpret_cast<uintptr_t>(v)) + " " + std::to_string(key));
+  }
+  std::unique_ptr<StateSource> Expose(std::string* error) override {
+    if (!expose_error.empty()) {
+      *error = expose_error;
+      return nullptr;
+    }
+    log.push_back("expose");
+    return std::make_unique<FakeSource>(&log, &seal_error, &during_seal);
+  }
+  std::string Fetch(const std::vector<uint8_t>& d, bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
+                    std::string* summary) override {
+    log.push_back("fetch " + std::to_string(d.size()) + (corrupt ? " corrupt" : ""));
+    progress(32, 64);
+    progress(64, 64);
+    *summary = "64 bytes";
+    return fetch_error;
+  }
+  void TapeRecordBegin() override { log.push_back("record"); }
+  bool TapeRecordEnd(uint64_t, std::vector<uint8_t>* blob) override {
+    log.push_back("record end");
+    *blob = recorded;
+    return !recorded.empty();
+  }
+  void InstallTape(const std::vector<uint8_t>& blob) override {
+    log.push_back("install " + std::to_string(blob.size()));
+  }
+  void TapeIterationBegin() override {}
+  void LogReady() override {}
+
+  // The events sent since the last call ("NAME", phases as "PHASE name"), forgotten afterwards.
+  std::vector<std::string> Take() {
+    std::vector<std::string> v;
+    for (const control::Event& e : events) {
+      std::string s = mig::EvName(e.kind);
+      if (e.kind == static_cast<uint16_t>(mig::Ev::kPhase)) {
+        mig::Phase p;
+        REQUIRE(control::DecodePayload(e.body, &p));
+        s += " " + p.name;
+      }
+      v.push_back(s);
+    }
+    events.clear();
+    return v;
+  }
+  std::vector<std::string> TakeLog() {
+    std::vector<std::string> v = std::move(log);
+    log.clear();
+    return v;
+  }
+  template <typename B>
+  B Body(size_t i) {
+    B b;
+    REQUIRE(i < events.size());
+    REQUIRE(control::DecodePayload(events[i].body, &b));
+    return b;
+  }
+  void RunJobs() {
+    std::vector<std::function<void()>> j = std::move(jobs);
+    jobs.clear();
+    for (auto& f : j) f();
+  }
+};
+
+struct Proc {
+  FakeWorld w;
+  ProcessMachine m{w};
+
+  template <typename B>
+  void Cmd(mig::Cmd kind, const B& body, uint64_t id = 5) {
+    m.OnCommand(mig::Make(static_cast<uint16_t>(kind), id, body));
+  }
+  template <typename B>
+  std::function<void()> Later(mig::Cmd kind, const B& body, uint64_t id = 5) {
+    return [this, kind, body, id] { Cmd(kind, body, id); };
+  }
+  // tmSafePoint(step): the shim recorded the step, then calls the hook.
+  int64_t SafePoint(int64_t step) {
+    w.sp_step = step;
+    w.mono += 10000000ull;  // 10 ms a step
+    return m.OnSafePoint(step);
+  }
+  // A stayer with a replacement staged for comm 0xA.
+  void Staged() {
+    mig::Build b;
+    b.entries.push_back(mig::BuildEntry{0xA, {}, 3, 1});
+    Cmd(mig::Cmd::kBuild, b);
+    w.RunJobs();
+    w.Take();
+    w.TakeLog();
+  }
+  // ... which accepted and committed S = 12.
+  void Committed(int64_t s = 12) {
+    Staged();
+    w.sp_step = 10;
+    Cmd(mig::Cmd::kPropose, mig::Step{s});
+    Cmd(mig::Cmd::kCommit, mig::Step{s});
+    w.Take();
+  }
+  // A leaver: exposed, committed at 12.
+  void LeaverCommitted() {
+    Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    w.sp_step = 10;
+    Cmd(mig::Cmd::kPropose, mig::Step{12});
+    Cmd(mig::Cmd::kCommit, mig::Step{12});
+    w.Take();
+    w.TakeLog();
+  }
+};
+
+using V = std::vector<std::string>;
+
+}  // namespace
+
+TEST_CASE("build: replacements staged in order, BUILT each, then the build phase") {
+  Proc p;
+  p.w.keys = {0xA, 0xB};
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 3, 1}, mig::BuildEntry{0xB, {}, 2, 0}};
+  p.Cmd(mig::Cmd::kBuild, b);
+  CHECK(p.m.active());
+  CHECK(p.m.migration() == 5);
+  CHECK(p.w.TakeLog() == V{"start tm-build"});
+  CHECK(p.w.events.empty());  // built in the background
+  p.w.RunJobs();
+  CHECK(p.w.TakeLog() == V{"init 10", "stage 10", "init 11", "stage 11"});
+  CHECK(p.w.Body<mig::Built>(0).ok == 1);
+  CHECK(p.w.Take() == V{"BUILT", "BUILT", "PHASE build"});
+  CHECK(p.m.staged() == 2);
+  p.m.ReapJobs();
+}
+
+TEST_CASE("build failures: unknown key, init error, rebind error") {
+  Proc p;
+  mig::Build b;
+  SUBCASE("no such communicator") {
+    b.entries = {mig::BuildEntry{0xC, {}, 3, 1}};
+    p.Cmd(mig::Cmd::kBuild, b);
+    p.w.RunJobs();
+    CHECK(p.w.Body<mig::Built>(0).message == "no live communicator with that key here");
+    CHECK(p.m.staged() == 0);
+  }
+  SUBCASE("init fails: the half-made communicator is freed") {
+    p.w.build[0xA] = BuildOutcome{BuildOutcome::Kind::kFailed, reinterpret_cast<void*>(0x42), "ncclCommInitRankConfig: x"};
+    b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};
+    p.Cmd(mig::Cmd::kBuild, b);
+    p.w.RunJobs();
+    CHECK(p.w.Body<mig::Built>(0).message == "ncclCommInitRankConfig: x");
+    CHECK(p.w.TakeLog() == V{"start tm-build", "init 10", "free 66"});
+    CHECK(p.m.staged() == 0);
+  }
+  SUBCASE("objects cannot be re-created: staged (an abort drops it), BUILT(false)") {
+    p.w.rebind_ok = false;
+    b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};
+    p.Cmd(mig::Cmd::kBuild, b);
+    p.w.RunJobs();
+    CHECK(p.w.Body<mig::Built>(0).message == "re-creating PreMulSum ops/registrations on the replacement failed");
+    CHECK(p.m.staged() == 1);
+  }
+  CHECK(p.w.Body<mig::Built>(0).ok == 0);
+  CHECK(p.w.Take() == V{"BUILT", "PHASE build"});
+}
+
+TEST_CASE("build stopped by an abort: nothing staged, nothing reported, the replacement freed") {
+  Proc p;
+  p.w.during_build = [&] { p.Cmd(mig::Cmd::kAbort, mig::Reason{"cancelled"}); };
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};
+  p.Cmd(mig::Cmd::kBuild, b);
+  p.w.RunJobs();
+  CHECK(p.w.events.empty());
+  CHECK(p.w.TakeLog() == V{"start tm-build", "init 10", "free 256"});
+  CHECK(p.m.staged() == 0);
+  CHECK(p.m.generation() == 1);
+}
+
+TEST_CASE("map and make ids (joiner)") {
+  Proc p;
+  p.w.keys = {0xB0};
+  p.Cmd(mig::Cmd::kMap, mig::KeyList{{0xB0, 0xA}});
+  CHECK(p.m.active());
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};  // the leaver's key finds the joiner's VComm 0xB0
+  p.Cmd(mig::Cmd::kBuild, b);
+  p.w.RunJobs();
+  CHECK(p.w.TakeLog() == V{"start tm-build", "init 176", "stage 176"});
+  p.w.Take();
+  p.Cmd(mig::Cmd::kMakeIds, mig::KeyList{{0xA, 0xB}});
+  mig::Ids ids = p.w.Body<mig::Ids>(0);
+  REQUIRE(ids.ids.size() == 2);
+  CHECK(ids.ids[1].comm_key == 0xB);
+  CHECK(ids.ids[1].id[0] == 0x11);
+  CHECK(p.w.Take() == V{"IDS"});
+  p.w.ids_ok = false;
+  p.Cmd(mig::Cmd::kMakeIds, mig::KeyList{{0xA}});
+  CHECK(p.w.Body<mig::Reason>(0).text == "ncclGetUniqueId failed in the joiner");
+  CHECK(p.w.Take() == V{"FAILED"});
+}
+
+TEST_CASE("expose (leaver): EXPOSED with the descriptor, or FAILED") {
+  Proc p;
+  SUBCASE("exposed") {
+    p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    CHECK(p.w.Body<mig::Blob>(0).bytes == std::vector<uint8_t>{7, 7});
+    CHECK(p.w.Take() == V{"EXPOSED", "PHASE expose"});
+    CHECK(p.m.exposure() == M::Exposure::kExposed);
+  }
+  SUBCASE("cannot") {
+    p.w.expose_error = "no UCX";
+    p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    CHECK(p.w.Body<mig::Reason>(0).text == "leaver cannot expose its state: no UCX");
+    CHECK(p.w.Take() == V{"FAILED"});
+    CHECK(p.m.exposure() == M::Exposure::kNone);
+  }
+}
+
+TEST_CASE("propose: ACCEPT below S, PASSED at or past it; the fault knob passes once on rank 0") {
+  Proc p;
+  p.w.sp_step = 10;
+  p.Cmd(mig::Cmd::kPropose, mig::Step{12});
+  CHECK(p.w.Take() == V{"ACCEPT"});
+  CHECK(p.m.agreement() == M::Agreement::kProposed);
+  CHECK(p.m.agreed_step() == 12);
+  p.w.sp_step = 12;
+  p.Cmd(mig::Cmd::kPropose, mig::Step{12});
+  CHECK(p.w.Body<mig::Step>(0).step == 12);
+  CHECK(p.w.Take() == V{"PASSED"});
+  CHECK(p.m.agreement() == M::Agreement::kNone);
+  Proc q;
+  q.w.fault = "pass-first-proposal";
+  q.w.first_rank = 0;
+  q.w.sp_step = 1;
+  q.Cmd(mig::Cmd::kPropose, mig::Step{12});
+  q.Cmd(mig::Cmd::kPropose, mig::Step{16});
+  CHECK(q.w.Take() == V{"PASSED", "ACCEPT"});
+}
+
+TEST_CASE("commit: of the accepted step, else FAILED") {
+  Proc p;
+  p.w.sp_step = 10;
+  p.Cmd(mig::Cmd::kPropose, mig::Step{12});
+  p.w.Take();
+  p.Cmd(mig::Cmd::kCommit, mig::Step{14});
+  CHECK(p.w.Body<mig::Reason>(0).text == "COMMIT of a step this process did not accept");
+  CHECK(p.w.Take() == V{"FAILED"});
+  CHECK(p.m.agreement() == M::Agreement::kProposed);
+  p.Cmd(mig::Cmd::kCommit, mig::Step{12});
+  CHECK(p.w.Take().empty());
+  CHECK(p.m.agreement() == M::Agreement::kCommitted);
+}
+
+TEST_CASE("stayer: held at S, AT_STEP, SWITCH; SWITCHED with its stall at S+1") {
+  Proc p;
+  for (int64_t s = 5; s < 10; ++s) CHECK(p.SafePoint(s) == s);  // undisturbed steps of 10 ms
+  p.Committed();
+  CHECK(p.SafePoint(11) == 11);  // below S: not held
+  p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
+  CHECK(p.SafePoint(12) == 12);
+  CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S"});
+  CHECK(p.w.TakeLog() == V{"switch 10"});
+  CHECK(p.m.agreement() == M::Agreement::kNone);
+  CHECK(p.m.staged() == 0);
+  CHECK_FALSE(p.m.active());
+  p.w.mono += 40000000ull;  // the switch step took 50 ms
+  CHECK(p.SafePoint(13) == 13);
+  mig::Switched sw = p.w.Body<mig::Switched>(1);
+  CHECK(sw.step == 12);
+  CHECK(sw.median_step_ns == 10000000ull);
+  CHECK(sw.stall_ns == 40000000ull);
+  CHECK(p.w.Take() == V{"PHASE switch step", "SWITCHED"});
+  CHECK(p.SafePoint(14) == 14);
+  CHECK(p.w.Take().empty());
+}
+
+TEST_CASE("stayer: a new proposal releases a process held at the old one") {
+  Proc p;
+  p.Staged();
+  p.w.sp_step = 10;
+  p.Cmd(mig::Cmd::kPropose, mig::Step{12});
+  p.w.Take();
+  p.w.script.push_back(p.Later(mig::Cmd::kPropose, mig::Step{20}));
+  CHECK(p.SafePoint(12) == 12);  // held at 12 (accepted, not committed), released by S = 20
+  CHECK(p.w.Take() == V{"ACCEPT"});  // the shim's step (12) is below the new S
+  CHECK(p.m.agreed_step() == 20);
+}
+
+TEST_CASE("stayer: past the committed step fails and aborts") {
+  Proc p;
+  p.Committed();
+  CHECK(p.SafePoint(14) == 14);
+  CHECK(p.w.Body<mig::Reason>(0).text == "process passed the committed switch step");
+  CHECK(p.w.Take() == V{"FAILED"});
+  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.m.agreement() == M::Agreement::kNone);
+  CHECK_FALSE(p.m.active());
+}
+
+TEST_CASE("stayer: ABORT while held releases it on the old communicators") {
+  Proc p;
+  p.Committed();
+  p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"joiner lost"}));
+  CHECK(p.SafePoint(12) == 12);
+  CHECK(p.w.Take() == V{"AT_STEP"});
+  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.m.generation() == 1);
+  CHECK_FALSE(p.m.exit_pending());  // a stayer goes on
+}
+
+TEST_CASE("coordinator lost: held or at the next safe point, the replacements are dropped") {
+  Proc p;
+  SUBCASE("at a safe point") {
+    p.Staged();
+    p.w.connected = false;
+    CHECK(p.SafePoint(3) == 3);
+  }
+  SUBCASE("while held at S") {
+    p.Committed();
+    p.w.script.push_back([&] { p.w.connected = false; });
+    CHECK(p.SafePoint(12) == 12);
+    CHECK(p.w.Take() == V{"AT_STEP"});
+  }
+  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.m.staged() == 0);
+  CHECK_FALSE(p.m.active());
+}
+
+TEST_CASE("leaver: AT_STEP then seal (overlapped), SWITCH, exit 0 with where it went") {
+  Proc p;
+  p.LeaverCommitted();
+  p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
+  try {
+    p.SafePoint(12);
+    FAIL("the leaver returned from its switch step");
+  } catch (const Exited& e) {
+    CHECK(e.code == 0);
+    CHECK(e.line == "rank migrated at step 12 to host h pid 5; this process exits");
+  }
+  CHECK(p.w.Take() == V{"AT_STEP", "PHASE seal", "PHASE hold at S"});
+  CHECK(p.w.TakeLog() == V{"seal", "close"});
+}
+
+TEST_CASE("leaver: not overlapped, the seal comes before AT_STEP; a failed seal reports FAILED") {
+  Proc p;
+  p.w.overlap = false;
+  p.LeaverCommitted();
+  SUBCASE("sealed") {}
+  SUBCASE("seal fails") { p.w.seal_error = "no libcudart"; }
+  p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"x"}));
+  CHECK(p.SafePoint(12) == 12);
+  if (p.w.seal_error.empty()) {
+    CHECK(p.w.Take() == V{"PHASE seal", "AT_STEP"});
+  } else {
+    CHECK(p.w.Body<mig::Reason>(1).text == "leaver cannot checksum its state: no libcudart");
+    CHECK(p.w.Take() == V{"PHASE seal", "FAILED", "AT_STEP"});
+  }
+  CHECK(p.w.TakeLog() == V{"seal", "close"});  // closed by the abort
+  CHECK(p.m.exposure() == M::Exposure::kNone);
+}
+
+TEST_CASE("leaver: ABORT during the seal leaves the server to the application thread; EXPOSE meanwhile refused") {
+  Proc p;
+  p.w.overlap = false;
+  p.LeaverCommitted();
+  p.w.during_seal = [&] {
+    p.Cmd(mig::Cmd::kAbort, mig::Reason{"checksum mismatch"});
+    CHECK(p.m.exposure() == M::Exposure::kSealing);
+    p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 6"}, 6);
+  };
+  CHECK(p.SafePoint(12) == 12);
+  CHECK(p.w.Body<mig::Reason>(0).text == "the previous migration's seal is still running");
+  CHECK(p.w.Take() == V{"FAILED", "PHASE seal"});  // no AT_STEP: aborted
+  CHECK(p.w.TakeLog() == V{"seal", "close"});
+  CHECK(p.m.exposure() == M::Exposure::kNone);
+}
+
+TEST_CASE("leaver: the tape of one iteration, recorded and sent in chunks") {
+  Proc p;
+  p.Cmd(mig::Cmd::kRecordTape, mig::Step{0}, 9);
+  CHECK(p.m.tape_out() == M::TapeOut::kRequested);
+  p.SafePoint(3);
+  CHECK(p.m.tape_out() == M::TapeOut::kRecording);
+  CHECK(p.w.TakeLog() == V{"record"});
+  p.w.recorded.assign(mig::kMaxBlob + 10, 1);
+  p.SafePoint(4);
+  CHECK(p.m.tape_out() == M::TapeOut::kIdle);
+  CHECK(p.w.TakeLog() == V{"record end"});
+  CHECK(p.w.Body<mig::Blob>(1).bytes.size() == 10);
+  CHECK(p.w.events[0].migration == 9);
+  CHECK(p.w.Take() == V{"TAPE", "TAPE", "TAPE"});
+  p.Cmd(mig::Cmd::kRecordTape, mig::Step{0});
+  p.SafePoint(5);
+  p.w.recorded.clear();  // nothing recorded (e.g. the recorder was busy): nothing sent
+  p.SafePoint(6);
+  CHECK(p.w.Take().empty());
+}
+
+TEST_CASE("joiner: waits for the tape at its first safe point, shadow iteration, READY, SWITCH: switched in") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.w.keys = {0xB0};
+  p.Cmd(mig::Cmd::kMap, mig::KeyList{{0xB0, 0xA}});
+  p.w.script.push_back(p.Later(mig::Cmd::kTape, mig::Blob{{1, 2}}));
+  p.w.script.push_back(p.Later(mig::Cmd::kTape, mig::Blob{}));
+  CHECK(p.SafePoint(0) == 0);
+  CHECK(p.m.tape_in() == M::TapeIn::kInstalled);
+  CHECK(p.m.sandbox() == M::Sandbox::kShadow);
+  CHECK(p.w.TakeLog() == V{"install 2"});
+  CHECK(p.w.Take().empty());
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 4, 2}};
+  p.w.script.push_back([&] {
+    p.Cmd(mig::Cmd::kBuild, b);
+    p.w.RunJobs();
+  });
+  p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
+  CHECK(p.SafePoint(1) == 12);  // the joiner continues from S
+  CHECK(p.m.sandbox() == M::Sandbox::kReadySent);
+  CHECK(p.w.Take() == V{"READY", "BUILT", "PHASE build", "SWITCHED"});
+  CHECK(p.w.TakeLog() ==
+        V{"start tm-build", "init 176", "stage 176", "switch in 176 2/4", "leave sandbox", "rekey 176 10"});
+  CHECK_FALSE(p.m.active());
+  CHECK(p.m.agreement() == M::Agreement::kNone);
+}
+
+TEST_CASE("joiner: no tape within 3 s: the sandbox emulates") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  const uint64_t t0 = p.w.mono;
+  CHECK(p.SafePoint(0) == 0);
+  CHECK(p.w.mono - t0 >= 3000000000ull);
+  CHECK(p.m.tape_in() == M::TapeIn::kReceiving);
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});  // too late: installed for nothing, no harm
+  CHECK(p.m.tape_in() == M::TapeIn::kInstalled);
+}
+
+TEST_CASE("joiner: ABORT or a lost coordinator while held after READY: exit 1 with the reason") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});
+  p.SafePoint(0);
+  std::string why;
+  SUBCASE("aborted") {
+    p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"cancelled by the operator"}));
+    why = "cancelled by the operator";  // not active here yet: the coordinator's reason as is
+  }
+  SUBCASE("coordinator lost for 3 s") {
+    p.w.connected = false;
+    why = "lost the coordinator";
+  }
+  SUBCASE("refused at READY (no migration active here yet)") {
+    p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"does not match"}, 0));
+    why = "does not match";
+  }
+  try {
+    p.SafePoint(1);
+    FAIL("the joiner returned");
+  } catch (const Exited& e) {
+    CHECK(e.code == 1);
+    CHECK(e.line == "joiner exits: the migration did not complete (" + why + ")");
+  }
+  CHECK(p.w.Take() == V{"READY"});
+}
+
+TEST_CASE("fetch (joiner): PROGRESS, the transfer phase, VERIFIED; nothing after an abort") {
+  Proc p;
+  p.Cmd(mig::Cmd::kFetchFrom, mig::Blob{{1, 2, 3}});
+  SUBCASE("verified") {
+    p.w.RunJobs();
+    CHECK(p.w.Body<mig::Built>(3).ok == 1);
+    CHECK(p.w.Body<mig::Built>(3).message == "64 bytes");
+    CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS", "PHASE transfer", "VERIFIED"});
+  }
+  SUBCASE("checksums differ") {
+    p.w.fault = "corrupt-transfer";
+    p.w.fetch_error = "checksum mismatch";
+    p.w.RunJobs();
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "fetch 3 corrupt"});
+    CHECK(p.w.Body<mig::Built>(3).ok == 0);
+    CHECK(p.w.Body<mig::Built>(3).message == "checksum mismatch");
+    CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS", "PHASE transfer", "VERIFIED"});
+  }
+  SUBCASE("aborted meanwhile") {
+    p.Staged();  // something to abort
+    p.Cmd(mig::Cmd::kFetchFrom, mig::Blob{{1}});
+    p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
+    p.w.RunJobs();
+    CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS"});
+  }
+}
+
+TEST_CASE("captured communicators are reported once per change") {
+  Proc p;
+  p.SafePoint(1);
+  CHECK(p.w.Take().empty());
+  p.w.captured = 2;
+  p.SafePoint(2);
+  CHECK(p.w.Body<mig::KeyList>(0).keys == std::vector<uint64_t>{0xA});
+  CHECK(p.w.Take() == V{"CAPTURED"});
+  p.SafePoint(3);
+  CHECK(p.w.Take().empty());
+}
+
+TEST_CASE("malformed and unknown commands are ignored") {
+  Proc p;
+  control::Command c;
+  c.kind = static_cast<uint16_t>(mig::Cmd::kPropose);
+  c.body = {1};
+  p.m.OnCommand(c);
+  c.kind = 99;
+  p.m.OnCommand(c);
+  CHECK(p.w.events.empty());
+  CHECK_FALSE(p.m.active());
+}
