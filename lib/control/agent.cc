@@ -178,12 +178,12 @@ void Agent::ReportSafePoint(int64_t step) {
   s->seq.store(pos + 1, std::memory_order_release);
 }
 
-void Agent::Loop() {
-  // Everything below is owned by this thread.
+// Everything the agent thread keeps between iterations of Loop.
+struct Agent::Session {
   std::map<uint64_t, CommCreated> comms;  // live communicators, replayed on every connection
   std::vector<Region> regions;
   bool have_regions = false;
-  Register self = opt_.self;
+  Register self;
   std::unique_ptr<Connection> conn;
   bool registered = false;  // REGISTER and the replay were sent on this connection
   bool warned = false;      // one WARN per outage
@@ -195,194 +195,215 @@ void Agent::Loop() {
   uint64_t next_tick = 0;
   std::vector<Event> held_events;  // engine events made while not registered: sent once registered
 
-  auto send = [&](MsgType t, const std::vector<uint8_t>& p) {
-    if (conn && registered) conn->Send(t, p);
-  };
-  auto lose = [&](const std::string& why) {
-    if (!warned && why.rfind("rejected by peer", 0) == 0) {
-      CTL_WARN("agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
-               opt_.coordinator.c_str(), why.c_str());
-      warned = true;
-    } else if (!warned) {
-      CTL_WARN("agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
-               opt_.coordinator.c_str(), why.c_str());
-      warned = true;
-    } else {
-      CTL_INFO("agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
-    }
-    conn.reset();
-    registered = false;
-    connected_.store(false);
-    next_attempt = NowMonotonicNs() + backoff_ms * 1000000ull;
-    backoff_ms = std::min<uint64_t>(backoff_ms * 2, 2000);
-  };
+  bool ready() const { return conn && registered; }
+  void Send(MsgType t, const std::vector<uint8_t>& p) {
+    if (ready()) conn->Send(t, p);
+  }
+};
 
-  auto process_reports = [&] {
-    // Essential reports, oldest first.
-    Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
-    Essential* rev = nullptr;
-    while (list) {
-      Essential* n = list->next;
-      list->next = rev;
-      rev = list;
-      list = n;
-    }
-    while (rev) {
-      Essential* e = rev;
-      rev = rev->next;
-      switch (e->kind) {
-        case Essential::kCreated:
-          comms[e->created.comm_key] = e->created;
-          send(MsgType::kCommCreated, EncodePayload(e->created));
-          break;
-        case Essential::kDestroyed:
-          comms.erase(e->key);
-          send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
-          break;
-        case Essential::kRegions:
-          regions = std::move(e->regions);
-          have_regions = true;
-          send(MsgType::kRegions, EncodePayload(Regions{regions}));
-          break;
-        case Essential::kRankWorld:
-          self.rank = e->rank;
-          self.world = e->world;
-          break;
-        case Essential::kEvent:
-          if (conn && registered) {
-            conn->SendMsg(MsgType::kEvent, e->event);
-          } else {
-            CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
-                     e->event.migration);
-            if (held_events.size() < 1024) held_events.push_back(std::move(e->event));
-          }
-          break;
-      }
-      delete e;
-    }
-
-    // Safe points from the ring.
-    for (;;) {
-      Slot& s = ring_[tail_ & mask_];
-      if (s.seq.load(std::memory_order_acquire) != tail_ + 1) break;
-      SafePoint sp{s.step, s.time_ns};
-      s.seq.store(tail_ + mask_ + 1, std::memory_order_release);
-      ++tail_;
-      if (sp.step > sent_step) {
-        send(MsgType::kSafePoint, EncodePayload(sp));
-        if (registered) sent_step = sp.step;
-      }
-    }
-    int64_t latest = latest_step_.load();
-    if (registered && latest > sent_step) {  // dropped from the ring: the coalesced step still goes
-      send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
-      sent_step = latest;
-    }
-  };
-
+void Agent::Loop() {
+  Session s;
+  s.self = opt_.self;
   while (!stop_.load()) {
-    uint64_t now = NowMonotonicNs();
-    if (!conn && now >= next_attempt) {
-      std::string err;
-      int fd = ConnectTcp(opt_.coordinator, 1000, &err);
-      if (fd < 0) {
-        lose(err);
-      } else {
-        conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
-        conn->StartHello(kClientAgent);
-      }
-    }
-    if (conn && conn->authenticated() && !registered) {
-      registered = true;
-      conn->SendMsg(MsgType::kRegister, self);
-      for (const auto& [key, c] : comms) conn->SendMsg(MsgType::kCommCreated, c);
-      if (have_regions) conn->SendMsg(MsgType::kRegions, Regions{regions});
-      int64_t step = latest_step_.load();
-      if (step >= 0) conn->SendMsg(MsgType::kSafePoint, SafePoint{step, NowRealtimeNs()});
-      sent_step = step;
-      for (const Event& ev : held_events) conn->SendMsg(MsgType::kEvent, ev);
-      held_events.clear();
-      next_hb = now;
-    }
-
-    if (tick_ && now >= next_tick) {
+    const uint64_t now = NowMonotonicNs();
+    if (!s.conn && now >= s.next_attempt) Connect(s);
+    if (s.conn && s.conn->authenticated() && !s.registered) RegisterAndReplay(s);
+    if (tick_ && now >= s.next_tick) {
       tick_();
-      next_tick = now + static_cast<uint64_t>(tick_period_ms_) * 1000000ull;
+      s.next_tick = now + static_cast<uint64_t>(tick_period_ms_) * 1000000ull;
     }
-
-    process_reports();
-
-    if (conn && registered && now >= next_hb) {
-      send(MsgType::kHeartbeat, EncodePayload(Heartbeat{latest_step_.load(), NowRealtimeNs(), dropped_.load()}));
-      next_hb = now + hb_interval_ns;
-    }
-
-    if (conn && !conn->Flush()) {
-      lose(conn->error());
+    DrainEssentials(s);
+    DrainSafePoints(s);
+    if (s.ready() && now >= s.next_hb) SendHeartbeat(s);
+    if (s.conn && !s.conn->Flush()) {
+      Lose(s, s.conn->error());
       continue;
     }
-
-    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {conn ? conn->fd() : -1, 0, 0}};
-    if (conn) fds[1].events = static_cast<short>(POLLIN | (conn->WantsWrite() ? POLLOUT : 0));
-    int timeout = 50;
-    if (!conn)
-      timeout = static_cast<int>(std::min<uint64_t>(50, (next_attempt > now ? next_attempt - now : 0) / 1000000 + 1));
-    poll(fds, conn ? 2 : 1, timeout);
-    if (fds[0].revents) {
-      uint64_t v;
-      ssize_t r = read(wake_fd_, &v, sizeof(v));
-      (void)r;
-    }
-    if (conn && fds[1].revents) {
-      bool open = conn->ReadSome();
-      Frame f;
-      while (conn->Next(&f)) {
-        switch (static_cast<MsgType>(f.type)) {
-          case MsgType::kRegisterAck: {
-            RegisterAck a;
-            if (DecodePayload(f.payload, &a)) {
-              process_id_.store(a.process_id);
-              uint64_t ms = a.heartbeat_interval_ms;
-              if (opt_.heartbeat_ms > 0 && static_cast<uint64_t>(opt_.heartbeat_ms) < ms) ms = opt_.heartbeat_ms;
-              hb_interval_ns = ms * 1000000ull;
-              connections_.fetch_add(1);
-              connected_.store(true);
-              if (warned) CTL_WARN("agent: reconnected to coordinator %s", opt_.coordinator.c_str());
-              CTL_INFO("agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(),
-                       a.process_id);
-              warned = false;
-              backoff_ms = 100;
-            }
-            break;
-          }
-          case MsgType::kCommand: {
-            Command c;
-            if (DecodePayload(f.payload, &c)) {
-              if (handler_) handler_(c);
-            } else {
-              CTL_WARN("agent: malformed COMMAND ignored");
-            }
-            break;
-          }
-          default:
-            CTL_WARN("agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
-        }
-      }
-      if (conn->failed() || !open) lose(conn->error());
-    }
+    PollOnce(s);
   }
-
-  if (conn && registered && bye_.load()) {
-    process_reports();  // what the process said last (final steps, destroyed communicators) goes first
-    conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
-    uint64_t deadline = NowMonotonicNs() + 500000000ull;
-    while (conn->WantsWrite() && NowMonotonicNs() < deadline) {
-      if (!conn->Flush()) break;
-      pollfd p{conn->fd(), POLLOUT, 0};
-      poll(&p, 1, 50);
-    }
-  }
+  if (s.ready() && bye_.load()) SayBye(s);
   connected_.store(false);
+}
+
+void Agent::Connect(Session& s) {
+  std::string err;
+  int fd = ConnectTcp(opt_.coordinator, 1000, &err);
+  if (fd < 0) return Lose(s, err);
+  s.conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
+  s.conn->StartHello(kClientAgent);
+}
+
+// On every connection: REGISTER, then what the coordinator must know (docs/protocol.md, "The coordinator's
+// model": a restarted coordinator rebuilds its view from this replay).
+void Agent::RegisterAndReplay(Session& s) {
+  s.registered = true;
+  s.conn->SendMsg(MsgType::kRegister, s.self);
+  for (const auto& [key, c] : s.comms) s.conn->SendMsg(MsgType::kCommCreated, c);
+  if (s.have_regions) s.conn->SendMsg(MsgType::kRegions, Regions{s.regions});
+  int64_t step = latest_step_.load();
+  if (step >= 0) s.conn->SendMsg(MsgType::kSafePoint, SafePoint{step, NowRealtimeNs()});
+  s.sent_step = step;
+  for (const Event& ev : s.held_events) s.conn->SendMsg(MsgType::kEvent, ev);
+  s.held_events.clear();
+  s.next_hb = NowMonotonicNs();
+}
+
+// The connection is gone (or never came): one WARN per outage, reconnect with backoff.
+void Agent::Lose(Session& s, const std::string& why) {
+  if (!s.warned && why.rfind("rejected by peer", 0) == 0) {
+    CTL_WARN("agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
+             opt_.coordinator.c_str(), why.c_str());
+    s.warned = true;
+  } else if (!s.warned) {
+    CTL_WARN("agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
+             opt_.coordinator.c_str(), why.c_str());
+    s.warned = true;
+  } else {
+    CTL_INFO("agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
+  }
+  s.conn.reset();
+  s.registered = false;
+  connected_.store(false);
+  s.next_attempt = NowMonotonicNs() + s.backoff_ms * 1000000ull;
+  s.backoff_ms = std::min<uint64_t>(s.backoff_ms * 2, 2000);
+}
+
+// Essential reports, oldest first: kept for the replay and sent when connected.
+void Agent::DrainEssentials(Session& s) {
+  Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
+  Essential* rev = nullptr;
+  while (list) {
+    Essential* n = list->next;
+    list->next = rev;
+    rev = list;
+    list = n;
+  }
+  while (rev) {
+    Essential* e = rev;
+    rev = rev->next;
+    switch (e->kind) {
+      case Essential::kCreated:
+        s.comms[e->created.comm_key] = e->created;
+        s.Send(MsgType::kCommCreated, EncodePayload(e->created));
+        break;
+      case Essential::kDestroyed:
+        s.comms.erase(e->key);
+        s.Send(MsgType::kCommDestroyed, EncodePayload(CommDestroyed{e->key}));
+        break;
+      case Essential::kRegions:
+        s.regions = std::move(e->regions);
+        s.have_regions = true;
+        s.Send(MsgType::kRegions, EncodePayload(Regions{s.regions}));
+        break;
+      case Essential::kRankWorld:
+        s.self.rank = e->rank;
+        s.self.world = e->world;
+        break;
+      case Essential::kEvent:
+        if (s.ready()) {
+          s.conn->SendMsg(MsgType::kEvent, e->event);
+        } else {
+          CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
+                   e->event.migration);
+          if (s.held_events.size() < 1024) s.held_events.push_back(std::move(e->event));
+        }
+        break;
+    }
+    delete e;
+  }
+}
+
+// Safe points from the ring, then the coalesced latest step if the ring dropped some.
+void Agent::DrainSafePoints(Session& s) {
+  for (;;) {
+    Slot& slot = ring_[tail_ & mask_];
+    if (slot.seq.load(std::memory_order_acquire) != tail_ + 1) break;
+    SafePoint sp{slot.step, slot.time_ns};
+    slot.seq.store(tail_ + mask_ + 1, std::memory_order_release);
+    ++tail_;
+    if (sp.step > s.sent_step) {
+      s.Send(MsgType::kSafePoint, EncodePayload(sp));
+      if (s.registered) s.sent_step = sp.step;
+    }
+  }
+  int64_t latest = latest_step_.load();
+  if (s.registered && latest > s.sent_step) {
+    s.Send(MsgType::kSafePoint, EncodePayload(SafePoint{latest, NowRealtimeNs()}));
+    s.sent_step = latest;
+  }
+}
+
+void Agent::SendHeartbeat(Session& s) {
+  s.Send(MsgType::kHeartbeat, EncodePayload(Heartbeat{latest_step_.load(), NowRealtimeNs(), dropped_.load()}));
+  s.next_hb = NowMonotonicNs() + s.hb_interval_ns;
+}
+
+// Waits (at most 50 ms, less while a reconnect is due) for the wake eventfd or the connection, then handles
+// what arrived.
+void Agent::PollOnce(Session& s) {
+  const uint64_t now = NowMonotonicNs();
+  pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {s.conn ? s.conn->fd() : -1, 0, 0}};
+  if (s.conn) fds[1].events = static_cast<short>(POLLIN | (s.conn->WantsWrite() ? POLLOUT : 0));
+  int timeout = 50;
+  if (!s.conn) {
+    timeout = static_cast<int>(std::min<uint64_t>(50, (s.next_attempt > now ? s.next_attempt - now : 0) / 1000000 + 1));
+  }
+  poll(fds, s.conn ? 2 : 1, timeout);
+  if (fds[0].revents) {
+    uint64_t v;
+    ssize_t r = read(wake_fd_, &v, sizeof(v));
+    (void)r;
+  }
+  if (!s.conn || !fds[1].revents) return;
+  bool open = s.conn->ReadSome();
+  Frame f;
+  while (s.conn->Next(&f)) OnFrame(s, f);
+  if (s.conn->failed() || !open) Lose(s, s.conn->error());
+}
+
+void Agent::OnFrame(Session& s, const Frame& f) {
+  switch (static_cast<MsgType>(f.type)) {
+    case MsgType::kRegisterAck: {
+      RegisterAck a;
+      if (!DecodePayload(f.payload, &a)) return;
+      process_id_.store(a.process_id);
+      uint64_t ms = a.heartbeat_interval_ms;
+      if (opt_.heartbeat_ms > 0 && static_cast<uint64_t>(opt_.heartbeat_ms) < ms) ms = opt_.heartbeat_ms;
+      s.hb_interval_ns = ms * 1000000ull;
+      connections_.fetch_add(1);
+      connected_.store(true);
+      if (s.warned) CTL_WARN("agent: reconnected to coordinator %s", opt_.coordinator.c_str());
+      CTL_INFO("agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(), a.process_id);
+      s.warned = false;
+      s.backoff_ms = 100;
+      return;
+    }
+    case MsgType::kCommand: {
+      Command c;
+      if (!DecodePayload(f.payload, &c)) {
+        CTL_WARN("agent: malformed COMMAND ignored");
+      } else if (handler_) {
+        handler_(c);
+      }
+      return;
+    }
+    default:
+      CTL_WARN("agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
+  }
+}
+
+// What the process said last (final steps, destroyed communicators) goes first, then BYE, flushed for at
+// most 500 ms.
+void Agent::SayBye(Session& s) {
+  DrainEssentials(s);
+  DrainSafePoints(s);
+  s.conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
+  uint64_t deadline = NowMonotonicNs() + 500000000ull;
+  while (s.conn->WantsWrite() && NowMonotonicNs() < deadline) {
+    if (!s.conn->Flush()) break;
+    pollfd p{s.conn->fd(), POLLOUT, 0};
+    poll(&p, 1, 50);
+  }
 }
 
 }  // namespace trainmover::control

@@ -82,9 +82,20 @@ class Agent {
  private:
   struct Essential;
   struct Slot;
+  struct Session;  // the agent thread's own state (agent.cc)
   void PushEssential(Essential* e);
   void Wake();
   void Loop();
+  // Pieces of Loop, agent thread only.
+  void Connect(Session& s);
+  void RegisterAndReplay(Session& s);
+  void Lose(Session& s, const std::string& why);
+  void DrainEssentials(Session& s);
+  void DrainSafePoints(Session& s);
+  void SendHeartbeat(Session& s);
+  void PollOnce(Session& s);
+  void OnFrame(Session& s, const Frame& f);
+  void SayBye(Session& s);
 
   Options opt_;
   CommandHandler handler_;

@@ -313,19 +313,32 @@ class MigrationEngine final : public Engine {
     if (!m || e.migration == 0 || MigTerminal(m->state) || !ctx_.count(m->id)) return;  // ended, or not ours
     On on{h, *m, ctx_[m->id], *from, e};
     switch (static_cast<mig::Ev>(e.kind)) {
-      case mig::Ev::kTape: return OnTape(on);
-      case mig::Ev::kIds: return OnIds(on);
-      case mig::Ev::kBuilt: return OnBuilt(on);
-      case mig::Ev::kExposed: return OnExposed(on);
-      case mig::Ev::kAccept: return OnAccept(on);
-      case mig::Ev::kPassed: return OnPassed(on);
-      case mig::Ev::kAtStep: return OnAtStep(on);
-      case mig::Ev::kProgress: return OnProgress(on);
-      case mig::Ev::kVerified: return OnVerified(on);
-      case mig::Ev::kSwitched: return OnSwitched(on);
-      case mig::Ev::kFailed: return OnFailed(on);
-      case mig::Ev::kPhase: return OnPhase(on);
-      default: return;
+      case mig::Ev::kTape:
+        return OnTape(on);
+      case mig::Ev::kIds:
+        return OnIds(on);
+      case mig::Ev::kBuilt:
+        return OnBuilt(on);
+      case mig::Ev::kExposed:
+        return OnExposed(on);
+      case mig::Ev::kAccept:
+        return OnAccept(on);
+      case mig::Ev::kPassed:
+        return OnPassed(on);
+      case mig::Ev::kAtStep:
+        return OnAtStep(on);
+      case mig::Ev::kProgress:
+        return OnProgress(on);
+      case mig::Ev::kVerified:
+        return OnVerified(on);
+      case mig::Ev::kSwitched:
+        return OnSwitched(on);
+      case mig::Ev::kFailed:
+        return OnFailed(on);
+      case mig::Ev::kPhase:
+        return OnPhase(on);
+      default:
+        return;
     }
   }
 
@@ -388,8 +401,8 @@ class MigrationEngine final : public Engine {
     if (launcher_->Exited(pr.child, &how)) {
       pr.child = 0;
       Abort(h, m,
-            "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how + ") before it was ready; see " +
-                pr.log,
+            "the spawned joiner of rank " + std::to_string(pr.rank) + " exited (" + how +
+                ") before it was ready; see " + pr.log,
             true);
       return false;
     }

@@ -5,9 +5,11 @@
 //
 // InstallMigration is called once by the agent glue (lib/migration/shim_agent.cc) before the agent starts.
 // It installs the agent's command handler and the shim's safe-point hook (which keeps reporting steps
-// through ShimAgentSafePoint). Commands arrive on the agent thread and never block it for long: the
-// communicator builds and the state fetch run on a background thread; everything that changes which real
-// communicator a VComm uses runs on the application thread while it is held in tmSafePoint.
+// through ShimAgentSafePoint), both driving the process-side state machine (process.h) in the shim's world
+// (shim_world.cc). Commands arrive on the agent thread and never block it for long: the communicator builds
+// and the state fetch run on background threads (tm-build, tm-fetch) that the machine owns and joins;
+// everything that changes which real communicator a VComm uses runs on the application thread while it is
+// held in tmSafePoint.
 #ifndef TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
 #define TRAINMOVER_LIB_MIGRATION_MIGRATION_H_
 

@@ -47,12 +47,8 @@ void ProcessMachine::SendPhase(uint64_t id, const std::string& name, uint64_t st
   Send(mig::Ev::kPhase, id, mig::Phase{name, start_real, w_.RealtimeNs()});
 }
 
-int64_t ProcessMachine::Proposed() const {
-  return member_.agreement >= Agreement::kProposed ? member_.step : -1;
-}
-int64_t ProcessMachine::Committed() const {
-  return member_.agreement >= Agreement::kCommitted ? member_.step : -1;
-}
+int64_t ProcessMachine::Proposed() const { return member_.agreement >= Agreement::kProposed ? member_.step : -1; }
+int64_t ProcessMachine::Committed() const { return member_.agreement >= Agreement::kCommitted ? member_.step : -1; }
 bool ProcessMachine::Disconnected() const { return w_.HasAgent() && !w_.Connected(); }
 
 // ---- commands (agent thread)
@@ -63,17 +59,28 @@ void ProcessMachine::OnCommand(const control::Command& c) {
     if (Decode(c, &body)) fn(std::move(body));
   };
   switch (static_cast<mig::Cmd>(c.kind)) {
-    case mig::Cmd::kMap: return with(mig::KeyList{}, [&](mig::KeyList b) { OnMap(id, b); });
-    case mig::Cmd::kMakeIds: return with(mig::KeyList{}, [&](mig::KeyList b) { OnMakeIds(id, b); });
-    case mig::Cmd::kBuild: return with(mig::Build{}, [&](mig::Build b) { OnBuild(id, std::move(b)); });
-    case mig::Cmd::kExpose: return with(mig::Reason{}, [&](mig::Reason b) { OnExpose(id, b); });
-    case mig::Cmd::kFetchFrom: return with(mig::Blob{}, [&](mig::Blob b) { OnFetchFrom(id, std::move(b)); });
-    case mig::Cmd::kPropose: return with(mig::Step{}, [&](mig::Step b) { OnPropose(id, b); });
-    case mig::Cmd::kCommit: return with(mig::Step{}, [&](mig::Step b) { OnCommit(id, b); });
-    case mig::Cmd::kSwitch: return with(mig::Step{}, [&](mig::Step b) { OnSwitch(b); });
-    case mig::Cmd::kRecordTape: return OnRecordTape(id);
-    case mig::Cmd::kTape: return with(mig::Blob{}, [&](mig::Blob b) { OnTape(b); });
-    case mig::Cmd::kAbort: return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(b); });
+    case mig::Cmd::kMap:
+      return with(mig::KeyList{}, [&](mig::KeyList b) { OnMap(id, b); });
+    case mig::Cmd::kMakeIds:
+      return with(mig::KeyList{}, [&](mig::KeyList b) { OnMakeIds(id, b); });
+    case mig::Cmd::kBuild:
+      return with(mig::Build{}, [&](mig::Build b) { OnBuild(id, std::move(b)); });
+    case mig::Cmd::kExpose:
+      return with(mig::Reason{}, [&](mig::Reason b) { OnExpose(id, b); });
+    case mig::Cmd::kFetchFrom:
+      return with(mig::Blob{}, [&](mig::Blob b) { OnFetchFrom(id, std::move(b)); });
+    case mig::Cmd::kPropose:
+      return with(mig::Step{}, [&](mig::Step b) { OnPropose(id, b); });
+    case mig::Cmd::kCommit:
+      return with(mig::Step{}, [&](mig::Step b) { OnCommit(id, b); });
+    case mig::Cmd::kSwitch:
+      return with(mig::Step{}, [&](mig::Step b) { OnSwitch(b); });
+    case mig::Cmd::kRecordTape:
+      return OnRecordTape(id);
+    case mig::Cmd::kTape:
+      return with(mig::Blob{}, [&](mig::Blob b) { OnTape(b); });
+    case mig::Cmd::kAbort:
+      return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(b); });
   }
   TM_WARN(shim::kLogAgent, "migration: unknown command %u ignored", c.kind);
 }
@@ -413,8 +420,7 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
 // the shadow iteration that follows replays it; without one in time the sandbox emulates.
 void ProcessMachine::WaitForTape(std::unique_lock<std::mutex>& lk) {
   const uint64_t deadline = w_.MonotonicNs() + uint64_t{kTapeWaitMs} * 1000000ull;
-  for (uint64_t now = w_.MonotonicNs(); joiner_.tape != TapeIn::kInstalled && now < deadline;
-       now = w_.MonotonicNs()) {
+  for (uint64_t now = w_.MonotonicNs(); joiner_.tape != TapeIn::kInstalled && now < deadline; now = w_.MonotonicNs()) {
     w_.Wait(lk, cv_, (deadline - now + 999999) / 1000000);
   }
 }
@@ -513,8 +519,7 @@ void ProcessMachine::ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step)
 
 // SWITCH at S: the leaver exits; a stayer points its VComms at the replacements and destroys the old ones,
 // and reports its stall at the next safe point.
-int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t step, uint64_t entry,
-                                   uint64_t hold_real) {
+int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t step, uint64_t entry, uint64_t hold_real) {
   const int64_t switch_step = member_.step;
   member_.agreement = Agreement::kNone;
   member_.step = -1;
@@ -545,10 +550,10 @@ void ProcessMachine::JoinerExit(std::unique_lock<std::mutex>& lk) {
 
 // ---- snapshots for the tests
 
-#define TM_SNAPSHOT(type, name, expr)          \
-  type ProcessMachine::name() const {          \
-    std::lock_guard<std::mutex> lk(mu_);       \
-    return expr;                               \
+#define TM_SNAPSHOT(type, name, expr)    \
+  type ProcessMachine::name() const {    \
+    std::lock_guard<std::mutex> lk(mu_); \
+    return expr;                         \
   }
 TM_SNAPSHOT(uint64_t, migration, mig_)
 TM_SNAPSHOT(bool, active, active_)

@@ -89,11 +89,11 @@ class World {
   virtual std::thread StartThread(const char* name, std::function<void()> fn) = 0;
 
   // --- communicators (VComms and the real NCCL)
-  virtual std::vector<CommRef> CommsWithKey(uint64_t key) = 0;  // live VComms with that comm_key
-  virtual int32_t FirstCommRank() = 0;                          // rank in the first VComm, -1 without one
+  virtual std::vector<CommRef> CommsWithKey(uint64_t key) = 0;    // live VComms with that comm_key
+  virtual int32_t FirstCommRank() = 0;                            // rank in the first VComm, -1 without one
   virtual std::vector<control::CommCreated> DescribeComms() = 0;  // every VComm, creation order
   virtual std::vector<control::Region> RegionTable() = 0;
-  virtual uint64_t CapturedCount() = 0;            // operations captured into CUDA graphs so far
+  virtual uint64_t CapturedCount() = 0;              // operations captured into CUDA graphs so far
   virtual std::vector<uint64_t> CapturedKeys() = 0;  // comm_keys of VComms with captured operations
   virtual bool NewUniqueId(std::array<uint8_t, mig::kUniqueIdBytes>* id) = 0;
   // Background thread, machine mutex not held: builds the replacement of `v` with the real non-blocking init,
@@ -103,7 +103,7 @@ class World {
   // Stages `comm` as the replacement of `v` and re-creates its objects there; false if that failed (staged
   // anyway, dropped by an abort).
   virtual bool Stage(CommRef v, void* comm) = 0;
-  virtual void DropStaged(CommRef v) = 0;  // unstage and abort the replacement
+  virtual void DropStaged(CommRef v) = 0;    // unstage and abort the replacement
   virtual void SwitchStayer(CommRef v) = 0;  // to the replacement; the old real communicator is destroyed
   // The joiner's VComm to its replacement, which has `nranks` and `rank`.
   virtual void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) = 0;
@@ -223,7 +223,7 @@ class ProcessMachine {
   size_t staged() const;
   bool exit_pending() const;
 
-  static constexpr int kTapeWaitMs = 3000;                 // the joiner's wait for the tape at its first safe point
+  static constexpr int kTapeWaitMs = 3000;  // the joiner's wait for the tape at its first safe point
   static constexpr uint64_t kLostCoordinatorNs = 3000000000ull;  // a held joiner without D exits after this
 
  private:
@@ -268,9 +268,9 @@ class ProcessMachine {
   World& w_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t mig_ = 0;     // the migration being served (0: none)
-  uint64_t gen_ = 0;     // bumped by every abort: background jobs of an older generation stop
-  bool active_ = false;  // some migration command arrived and the migration is not over
+  uint64_t mig_ = 0;            // the migration being served (0: none)
+  uint64_t gen_ = 0;            // bumped by every abort: background jobs of an older generation stop
+  bool active_ = false;         // some migration command arrived and the migration is not over
   uint64_t captured_sent_ = 0;  // CapturedCount() already reported
   Joiner joiner_;
   Leaver leaver_;

@@ -278,9 +278,11 @@ class ShimWorld final : public World {
   void TapeIterationBegin() override { shim::TapeIterationBegin(); }
   void LogReady() override {
     const shim::TapeCounters tc = shim::TapeCount();
-    TM_INFO(shim::kLogAgent, "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
-            "emulated after a tape mismatch", static_cast<long long>(shim::ProcessConfig().shadow_iters),
-            static_cast<unsigned long long>(tc.served), static_cast<unsigned long long>(tc.fallbacks));
+    TM_INFO(shim::kLogAgent,
+            "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
+            "emulated after a tape mismatch",
+            static_cast<long long>(shim::ProcessConfig().shadow_iters), static_cast<unsigned long long>(tc.served),
+            static_cast<unsigned long long>(tc.fallbacks));
   }
 
  private:

@@ -243,7 +243,9 @@ struct Job {
   }
 };
 
-std::vector<std::string> V(std::initializer_list<const char*> l) { return std::vector<std::string>(l.begin(), l.end()); }
+std::vector<std::string> V(std::initializer_list<const char*> l) {
+  return std::vector<std::string>(l.begin(), l.end());
+}
 
 }  // namespace
 
@@ -436,7 +438,7 @@ TEST_CASE("agreement: PASSED re-proposes with a doubled margin; all ACCEPT commi
   j.Send(3, mig::Ev::kPassed, m.id, mig::Step{15});
   CHECK(j.h.Take() == V({"1:PROPOSE", "3:PROPOSE", "2:PROPOSE"}));
   CHECK_FALSE(j.h.PhaseOpen(m, "propose step 12"));
-  CHECK(j.h.PhaseOpen(m, "propose step 19"));  // max(15, 12) + 4
+  CHECK(j.h.PhaseOpen(m, "propose step 19"));        // max(15, 12) + 4
   j.Send(1, mig::Ev::kAccept, m.id, mig::Step{12});  // an answer to the old proposal: ignored
   for (uint64_t p : {1, 2}) j.Send(p, mig::Ev::kAccept, m.id, mig::Step{19});
   CHECK(m.state == MigState::kAgreeing);

@@ -137,9 +137,7 @@ class FakeWorld final : public World {
     return rebind_ok;
   }
   void DropStaged(CommRef v) override { log.push_back("drop " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
-  void SwitchStayer(CommRef v) override {
-    log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v)));
-  }
+  void SwitchStayer(CommRef v) override { log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
   void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) override {
     log.push_back("switch in " + std::to_string(reinterpret_cast<uintptr_t>(v)) + " " + std::to_string(rank) + "/" +
                   std::to_string(nranks));
@@ -155,8 +153,8 @@ class FakeWorld final : public World {
     log.push_back("expose");
     return std::make_unique<FakeSource>(&log, &seal_error, &during_seal);
   }
-  std::string Fetch(const std::vector<uint8_t>& d, bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
-                    std::string* summary) override {
+  std::string Fetch(const std::vector<uint8_t>& d, bool corrupt,
+                    const std::function<void(uint64_t, uint64_t)>& progress, std::string* summary) override {
     log.push_back("fetch " + std::to_string(d.size()) + (corrupt ? " corrupt" : ""));
     progress(32, 64);
     progress(64, 64);
@@ -288,7 +286,8 @@ TEST_CASE("build failures: unknown key, init error, rebind error") {
     CHECK(p.m.staged() == 0);
   }
   SUBCASE("init fails: the half-made communicator is freed") {
-    p.w.build[0xA] = BuildOutcome{BuildOutcome::Kind::kFailed, reinterpret_cast<void*>(0x42), "ncclCommInitRankConfig: x"};
+    p.w.build[0xA] =
+        BuildOutcome{BuildOutcome::Kind::kFailed, reinterpret_cast<void*>(0x42), "ncclCommInitRankConfig: x"};
     b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};
     p.Cmd(mig::Cmd::kBuild, b);
     p.w.RunJobs();
@@ -426,7 +425,7 @@ TEST_CASE("stayer: a new proposal releases a process held at the old one") {
   p.Cmd(mig::Cmd::kPropose, mig::Step{12});
   p.w.Take();
   p.w.script.push_back(p.Later(mig::Cmd::kPropose, mig::Step{20}));
-  CHECK(p.SafePoint(12) == 12);  // held at 12 (accepted, not committed), released by S = 20
+  CHECK(p.SafePoint(12) == 12);      // held at 12 (accepted, not committed), released by S = 20
   CHECK(p.w.Take() == V{"ACCEPT"});  // the shim's step (12) is below the new S
   CHECK(p.m.agreed_step() == 20);
 }
