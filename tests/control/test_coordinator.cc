@@ -21,8 +21,8 @@
 #include "control/agent.h"
 #include "control/client.h"
 #include "control/coordinator.h"
-#include "migration/engine.h"
 #include "json.h"
+#include "migration/engine.h"
 
 extern char** environ;
 using namespace trainmover::control;
@@ -36,14 +36,14 @@ const char kToken[] = "test-token-0123456789";
 struct Coord {
   std::unique_ptr<Coordinator> c;
   std::thread t;
-  explicit Coord(int hb_timeout_ms = 600, const std::string& listen = "127.0.0.1:0") {
+  explicit Coord(int hb_timeout_ms = 600, const std::string& listen = "127.0.0.1:0", bool engine = true) {
     Coordinator::Options o;
     o.listen = listen;
     o.metrics_listen = "127.0.0.1:0";
     o.token = kToken;
     o.heartbeat_timeout_ms = hb_timeout_ms;
     c = std::make_unique<Coordinator>(o);
-    c->AddEngine(MakeMigrationEngine());
+    if (engine) c->AddEngine(MakeMigrationEngine());
     std::string err;
     REQUIRE_MESSAGE(c->Start(&err), err);
     t = std::thread([this] { c->Run(); });
@@ -481,6 +481,20 @@ TEST_CASE("migrate/cancel/timeline: validated, recorded, answered clearly until 
   CHECK(m.find("trainmover_migrations_total{outcome=\"refused\"} 2\n") != std::string::npos);
   CHECK(m.find("trainmover_migrations_total{outcome=\"cancelled\"} 1\n") != std::string::npos);
   CHECK(m.find("trainmover_migration_phase_seconds_count{phase=\"requested\"} 1\n") != std::string::npos);
+}
+
+TEST_CASE("migrate: without an engine of its kind, a request is refused and says why") {
+  Coord co(600, "127.0.0.1:0", /*engine=*/false);
+  Client cl;
+  std::string err;
+  REQUIRE(cl.Connect(co.addr(), kToken, kClientTool, 5000, &err));
+  MigrateReply r;
+  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{0, "", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  CHECK_FALSE(r.accepted);
+  CHECK(r.state == "refused");
+  CHECK(r.message ==
+        "migration 1 refused: this coordinator has no engine for requests of kind 'migrate' (its owner installs one "
+        "with Coordinator::AddEngine)");
 }
 
 int main(int argc, char** argv) {
