@@ -3,6 +3,7 @@
 // UCX state transfer, the sandbox tape; and InstallMigration, which wires the machine to the agent and to the
 // safe-point hook.
 #include <dlfcn.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -116,7 +117,12 @@ class ShimWorld final : public World {
     *step = shim::GetSafePointLocked().step;
     return lk;
   }
-  std::thread StartThread(const char*, std::function<void()> fn) override { return std::thread(std::move(fn)); }
+  std::thread StartThread(const char* name, std::function<void()> fn) override {
+    return std::thread([name, fn = std::move(fn)] {
+      pthread_setname_np(pthread_self(), name);  // tm-build, tm-fetch: named in top, gdb and perf
+      fn();
+    });
+  }
 
   std::vector<CommRef> CommsWithKey(uint64_t key) override {
     std::vector<CommRef> out;
