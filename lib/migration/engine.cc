@@ -166,6 +166,7 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
   s.dir = l.info.cwd.empty() ? "." : l.info.cwd;
   s.log = s.dir + "/joiner-" + std::to_string(rank) + ".log";
   s.log_if_exists = s.dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
+  s.host = m.host;
   for (const std::string& kv : l.info.env) {
     if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
     s.env.push_back(kv);

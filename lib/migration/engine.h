@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "control/coordinator.h"
+#include "control/node.h"
 
 namespace trainmover::control {
 
@@ -29,6 +30,7 @@ class JoinerLauncher {
     std::vector<std::string> argv, env;
     std::string dir;                 // working directory
     std::string log, log_if_exists;  // stdout+stderr go to `log`, or to `log_if_exists` when `log` exists
+    std::string host;                // where: the migration's target host (tmctl migrate --to), "" = any
   };
   virtual ~JoinerLauncher() = default;
   // Starts the joiner: its pid and the log it writes to, or 0 with *err.
@@ -39,8 +41,13 @@ class JoinerLauncher {
   virtual void Stop(pid_t pid) = 0;
 };
 
-// posix_spawn, waitpid(WNOHANG), kill.
+// posix_spawn, waitpid(WNOHANG), kill: on the coordinator's host.
 std::unique_ptr<JoinerLauncher> MakeProcessLauncher();
+
+// Through node agents: a joiner whose Spec names a host with a node agent is started there by it
+// (docs/operator.md, "Node agents"); one for the coordinator's own host (or for no host in particular)
+// with `local`; one for another host without a node agent is refused, naming the host.
+std::unique_ptr<JoinerLauncher> MakeNodeLauncher(node::Directory* nodes, std::unique_ptr<JoinerLauncher> local);
 
 // The planned-migration engine (kind "migrate"), to hand to Coordinator::AddEngine before Run(). Without a
 // launcher it uses MakeProcessLauncher().

@@ -75,7 +75,14 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   o.token = token;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
-  embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine());
+  {
+    // Node agents (tmrun --node) start joiners on the migration's target host; the directory sees their events.
+    auto nodes = std::make_unique<trainmover::control::node::Directory>();
+    auto* directory = nodes.get();
+    embedded_->coord->AddEngine(std::move(nodes));
+    embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine(
+        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
+  }
   if (!embedded_->coord->Start(err)) {
     embedded_.reset();
     return false;

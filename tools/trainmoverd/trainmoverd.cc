@@ -88,7 +88,14 @@ int main(int argc, char** argv) {
   // A daemon logs what happens to the job (registrations, losses, migrations) unless told otherwise.
   if (!std::getenv("TRAINMOVER_DEBUG")) trainmover::control::SetCtlLogLevel(trainmover::control::CtlLevel::kInfo);
   trainmover::control::Coordinator coord(opt);
-  coord.AddEngine(trainmover::control::MakeMigrationEngine());
+  {
+    // Node agents (tmrun --node) start joiners on the migration's target host; the directory sees their events.
+    auto nodes = std::make_unique<trainmover::control::node::Directory>();
+    auto* directory = nodes.get();
+    coord.AddEngine(std::move(nodes));
+    coord.AddEngine(trainmover::control::MakeMigrationEngine(
+        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
+  }
   std::string err;
   if (!coord.Start(&err)) {
     std::fprintf(stderr, "trainmoverd: %s\n", err.c_str());

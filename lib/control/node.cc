@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "node.h"
+
+namespace trainmover::control::node {
+
+void Spawn::Encode(Writer& w) const {
+  w.U64(id);
+  w.StrList(argv);
+  w.StrList(env);
+  w.Str(dir);
+  w.Str(log);
+}
+
+bool Spawn::Decode(Reader& r) {
+  id = r.U64();
+  argv = r.StrList();
+  env = r.StrList();
+  dir = r.Str();
+  log = r.Str();
+  return r.AtEnd() && !argv.empty() && !argv[0].empty();
+}
+
+void Child::Encode(Writer& w) const {
+  w.U64(id);
+  w.U32(static_cast<uint32_t>(pid));
+  w.Str(how);
+}
+
+bool Child::Decode(Reader& r) {
+  id = r.U64();
+  pid = static_cast<int32_t>(r.U32());
+  how = r.Str(256);
+  return r.AtEnd();
+}
+
+namespace {
+template <typename T>
+std::vector<uint8_t> Body(const T& m) {
+  Writer w;
+  m.Encode(w);
+  return w.Take();
+}
+}  // namespace
+
+Command MakeSpawn(const Spawn& s) { return Command{static_cast<uint16_t>(Cmd::kSpawn), 0, Body(s)}; }
+
+Command MakeStop(uint64_t id) { return Command{static_cast<uint16_t>(Cmd::kStop), 0, Body(Child{id, 0, ""})}; }
+
+Event MakeChildEvent(Ev kind, const Child& c) { return Event{static_cast<uint16_t>(kind), 0, Body(c)}; }
+
+void Directory::OnEvent(EngineHost& h, uint64_t process, const Event& e) {
+  host_ = &h;
+  if (e.kind != static_cast<uint16_t>(Ev::kSpawned) && e.kind != static_cast<uint16_t>(Ev::kExited)) return;
+  node::Child c;
+  Reader r(e.body.data(), e.body.size());
+  if (!c.Decode(r)) return;
+  auto it = children_.find(c.id);
+  if (it == children_.end() || it->second.agent != process) return;  // not one this agent was asked for
+  it->second.pid = c.pid;
+  if (e.kind == static_cast<uint16_t>(Ev::kExited) || c.pid == 0) {
+    it->second.ended = true;
+    it->second.how = c.how;
+  }
+}
+
+void Directory::OnProcessLost(EngineHost& h, uint64_t process) {
+  host_ = &h;
+  for (auto& [id, c] : children_) {
+    if (c.agent == process && !c.ended) {
+      c.ended = true;
+      c.how = "its node agent was lost";
+    }
+  }
+}
+
+uint64_t Directory::AgentOn(const std::string& host) const {
+  if (!host_) return 0;
+  for (const auto& [id, p] : host_->processes()) {
+    if (p.info.role == kRole && p.info.host == host && p.state == ProcState::kAlive) return id;
+  }
+  return 0;
+}
+
+uint64_t Directory::Start(const std::string& host, Spawn s, std::string* err) {
+  const uint64_t agent = AgentOn(host);
+  if (agent == 0) {
+    *err = "no node agent on host " + host + " (start `tmrun --node --master ADDR:PORT` there)";
+    return 0;
+  }
+  s.id = next_id_++;
+  Command c = MakeSpawn(s);
+  if (c.body.size() > kMaxPayload - 64 || !host_->SendCommand(agent, c)) {
+    *err = c.body.size() > kMaxPayload - 64 ? "the command line and environment do not fit one frame"
+                                              : "the node agent on host " + host + " is not connected";
+    return 0;
+  }
+  children_[s.id] = Child{agent, 0, false, ""};
+  return s.id;
+}
+
+bool Directory::Exited(uint64_t id, std::string* how) {
+  auto it = children_.find(id);
+  if (it == children_.end()) return true;
+  if (!it->second.ended) return false;
+  *how = it->second.how;
+  children_.erase(it);
+  return true;
+}
+
+void Directory::Stop(uint64_t id) {
+  auto it = children_.find(id);
+  if (it != children_.end() && !it->second.ended && host_) host_->SendCommand(it->second.agent, MakeStop(id));
+}
+
+}  // namespace trainmover::control::node
