@@ -12,8 +12,8 @@
 #include <thread>
 
 #include "control/coordinator.h"
-#include "migration/engine.h"
 #include "control/wire.h"
+#include "migration/engine.h"
 
 namespace tmrun {
 
@@ -36,7 +36,7 @@ ControlPlane::~ControlPlane() {
 }
 
 bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
-                         const std::string& job_token_file, std::string* err) {
+                         const std::string& job_token_file, const std::string& listen_host, std::string* err) {
   if (disabled) {
     unsetenv("TRAINMOVER_COORDINATOR");
     return true;
@@ -58,6 +58,11 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
     setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
     return true;
   }
+  // Node K > 0 or a joiner of a job whose node 0 runs no coordinator: none here either.
+  if (listen_host.empty()) {
+    unsetenv("TRAINMOVER_COORDINATOR");
+    return true;
+  }
   // None given: an embedded coordinator with a random token, kept in a private file for tmctl.
   if (token.empty()) {
     unsigned char raw[24];
@@ -72,6 +77,7 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
     }
   }
   trainmover::control::Coordinator::Options o;
+  o.listen = listen_host + ":0";
   o.token = token;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
