@@ -249,6 +249,9 @@ void Coordinator::Run() {
     }
     CheckHeartbeats();
     if (engine_) engine_->OnTick(*this);
+    int alive = 0;
+    for (const auto& [id, pr] : procs_) alive += pr.state == ProcState::kAlive;
+    alive_processes_.store(alive, std::memory_order_relaxed);
   }
 }
 

@@ -10,6 +10,9 @@ Scenarios (each compares every rank's final digest with an uninterrupted single-
   launch    2 hosts x 2 ranks, `tmrun --nnodes 2 --node-rank K --master ADDR:PORT` on each
   migrate   the same job; rank 1 moves from host 1 to host 3, whose joiner is started there by the operator
             with `tmrun --join --replace 1 --master ADDR:PORT`; the state crosses the network
+  host      the same job; every rank of host 1 (0 and 1) moves to host 3 in one `tmctl migrate --host host1`
+  cut       the same job; host 3 (the joiner's) is cut off (its link down) while the migration builds: the
+            migration is abandoned, training goes on undisturbed
 Needs root and iproute2 (ip netns); exits 77 with the reason otherwise.
 """
 import os
@@ -30,6 +33,7 @@ TAG = f"tm{os.getpid() % 100000}"
 NET = f"10.{(os.getpid() // 250) % 200 + 20}.{os.getpid() % 250}"
 HOSTS = [f"{TAG}h{i}" for i in (1, 2, 3)]
 HUB = f"{TAG}hub"
+OPERATOR = 1  # tmctl runs on host 2: it stays connected when host 3 is cut off
 
 
 def skip(why):
@@ -157,8 +161,8 @@ def finish(nodes):
 
 
 def tmctl(coord, *args, timeout=TIMEOUT):
-    r = subprocess.run(["ip", "netns", "exec", HOSTS[2], TMCTL, "--coordinator", coord] + list(args),
-                       capture_output=True, text=True, env=host_env(2), timeout=timeout)
+    r = subprocess.run(["ip", "netns", "exec", HOSTS[OPERATOR], TMCTL, "--coordinator", coord] + list(args),
+                       capture_output=True, text=True, env=host_env(OPERATOR), timeout=timeout)
     return r.returncode, r.stdout + r.stderr
 
 
@@ -200,21 +204,28 @@ def scenario_launch():
     check(got, want)
 
 
-def scenario_migrate():
-    steps = 400
-    want = reference(4, steps)
-    nodes, master, coord = start_job(steps, 10)
-    wait_step(coord, 40)
-    mig = subprocess.Popen(["ip", "netns", "exec", HOSTS[2], TMCTL, "--coordinator", coord, "migrate", "--rank", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=host_env(2))
+def migrate(coord, master, target_args, ranks, steps, step_ms, cut=False):
+    """Requests the migration from host 3, starts one joiner per rank there, and returns the record."""
+    mig = subprocess.Popen(["ip", "netns", "exec", HOSTS[OPERATOR], TMCTL, "--coordinator", coord, "migrate"] +
+                           target_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=host_env(OPERATOR))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         ms = status(coord)["migrations"]
-        if ms and ms[-1]["rank"] == 1:
+        if ms and ms[-1]["rank"] == ranks[0]:
             break
         time.sleep(0.05)
-    joiner = in_host(2, [TMRUN, "--join", "--replace", "1", "--master", master, "--"] + train_cmd(steps, 10),
-                     "joiner.log")
+    joiners = [in_host(2, [TMRUN, "--join", "--replace", str(r), "--master", master, "--"] + train_cmd(steps, step_ms),
+                       f"joiner-{r}.log") for r in ranks]
+    if cut:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:  # as soon as host 3's joiner has registered for the migration
+            m = status(coord)["migrations"][-1]
+            if m["joiner"] or m["state"] in ("done", "failed", "cancelled", "refused"):
+                break
+            time.sleep(0.01)
+        ip("-n", HOSTS[2], "link", "set", f"{TAG}v2", "down")
+        print(f"cut: host3's link down with the migration {status(coord)['migrations'][-1]['state']}")
     try:
         out, _ = mig.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -222,27 +233,54 @@ def scenario_migrate():
         fail("tmctl migrate did not return")
     with open(os.path.join(WORK, "tmctl.log"), "w") as f:
         f.write(out)
-    m = status(coord)["migrations"][-1]
+    return status(coord)["migrations"][-1], joiners, out
+
+
+def scenario_migrate(ranks=(1,), target_args=("--rank", "1"), steps=400, step_ms=10):
+    want = reference(4, steps)
+    nodes, master, coord = start_job(steps, step_ms)
+    wait_step(coord, 40)
+    m, joiners, out = migrate(coord, master, list(target_args), list(ranks), steps, step_ms)
     if m["state"] != "done":
         fail(f"migration ended {m['state']}: {m['reason']}")
-    procs = {p["id"]: p for p in status(coord)["processes"]}
-    if procs[m["joiner"]]["host"] != "host3":
-        fail(f"the joiner runs on {procs[m['joiner']]['host']}, expected host3")
-    print(f"migrate: rank 1 moved host1 -> host3 at step {m['switch_step']}; tmctl: {out.strip().splitlines()[-1]}")
+    procs = status(coord)["processes"]
+    hosts = {p["rank"]: p["host"] for p in procs if p["state"] == "alive"}
+    if any(hosts.get(r) != "host3" for r in ranks):
+        fail(f"ranks {list(ranks)} should now run on host3: {hosts}")
+    print(f"{SCENARIO}: ranks {list(ranks)} moved to host3 at step {m['switch_step']}; "
+          f"tmctl: {out.strip().splitlines()[-1].strip()}")
+    finish(nodes + joiners)
+    got = {r: d for k in (0, 1) for r, d in digests(os.path.join(WORK, f"node{k}.log")).items() if r not in ranks}
+    for r in ranks:
+        got.update(digests(os.path.join(WORK, f"joiner-{r}.log")))
+    check(got, want)
+
+
+def scenario_host():
+    scenario_migrate(ranks=(0, 1), target_args=("--host", "host1"))
+
+
+def scenario_cut():
+    steps, step_ms = 1200, 10
+    want = reference(4, steps)
+    nodes, master, coord = start_job(steps, step_ms)
+    wait_step(coord, 40)
+    t0 = time.monotonic()
+    m, joiners, out = migrate(coord, master, ["--rank", "1"], [1], steps, step_ms, cut=True)
+    if m["state"] not in ("failed", "cancelled"):
+        fail(f"the migration to a cut-off host ended {m['state']}, expected it abandoned")
+    print(f"cut: migration {m['state']} after {time.monotonic() - t0:.1f} s: {m['reason']}")
     finish(nodes)
-    try:
-        joiner.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        fail("the joiner did not finish")
-    got = {r: d for k in (0, 1) for r, d in digests(os.path.join(WORK, f"node{k}.log")).items() if r != 1}
-    got.update(digests(os.path.join(WORK, "joiner.log")))
+    got = {}
+    for k in (0, 1):
+        got.update(digests(os.path.join(WORK, f"node{k}.log")))
     check(got, want)
 
 
 def main():
     make_hosts()
     try:
-        {"launch": scenario_launch, "migrate": scenario_migrate}[SCENARIO]()
+        {"launch": scenario_launch, "migrate": scenario_migrate, "host": scenario_host, "cut": scenario_cut}[SCENARIO]()
     finally:
         for p in STARTED:
             try:

@@ -35,6 +35,8 @@ ControlPlane::~ControlPlane() {
   }
 }
 
+int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->alive_processes() : 0; }
+
 bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
                          const std::string& job_token_file, const std::string& listen_host, std::string* err) {
   if (disabled) {

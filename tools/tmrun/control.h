@@ -22,6 +22,8 @@ class ControlPlane {
              const std::string& job_token_file, const std::string& listen_host, std::string* err);
   const std::string& address() const { return address_; }        // "" when disabled
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
+  // Processes of the job alive at the embedded coordinator (0 when none is embedded here).
+  int JobProcesses() const;
 
  private:
   struct Embedded;

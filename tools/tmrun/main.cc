@@ -368,8 +368,9 @@ int main(int argc, char** argv) {
       for (const Stream& s : r.streams) any_stream |= s.fd >= 0;
     }
     // Joiners that the embedded coordinator spawned (tmctl migrate --spawn) are children too: once they hold
-    // ranks, the job is not over until they exit (unless the job is being stopped).
-    const bool joiners = !stopping && OtherChildrenAlive();
+    // ranks, the job is not over until they exit (unless the job is being stopped). So are ranks that moved
+    // to another host: while the embedded coordinator sees processes of the job, node 0 keeps serving it.
+    const bool joiners = !stopping && (OtherChildrenAlive() || control.JobProcesses() > 0);
     if (!any_running && !any_stream && !joiners) break;
 
     std::vector<pollfd> pfds = {{g_sig_pipe[0], POLLIN, 0}};
