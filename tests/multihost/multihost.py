@@ -215,13 +215,16 @@ def migrate(coord, master, target_args, ranks, steps, step_ms, cut=False):
         if ms and ms[-1]["rank"] == ranks[0]:
             break
         time.sleep(0.05)
-    joiners = [in_host(2, [TMRUN, "--join", "--replace", str(r), "--master", master, "--"] + train_cmd(steps, step_ms),
-                       f"joiner-{r}.log") for r in ranks]
+    # To cut host 3 off while the replacement communicators are being built, the joiner's builds take 3 s
+    # (hostnccl's emulated set-up cost, on the joiner only).
+    slow = ["env", "HOSTNCCL_INIT_DELAY_MS=3000"] if cut else []
+    joiners = [in_host(2, slow + [TMRUN, "--join", "--replace", str(r), "--master", master, "--"] +
+                       train_cmd(steps, step_ms), f"joiner-{r}.log") for r in ranks]
     if cut:
         deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:  # as soon as host 3's joiner has registered for the migration
+        while time.monotonic() < deadline:
             m = status(coord)["migrations"][-1]
-            if m["joiner"] or m["state"] in ("done", "failed", "cancelled", "refused"):
+            if m["state"] in ("building", "done", "failed", "cancelled", "refused"):
                 break
             time.sleep(0.01)
         ip("-n", HOSTS[2], "link", "set", f"{TAG}v2", "down")
