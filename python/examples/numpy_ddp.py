@@ -112,12 +112,12 @@ def unique_id(lib, rank, world):
     kv, key = Store(store), "numpy-ddp/nccl-unique-id"
     if rank == 0:  # a joiner replacing rank 0 makes its own (sandboxed) id; the job has read the real one long ago
         check(lib, "ncclGetUniqueId", lib.ncclGetUniqueId(ctypes.byref(uid)))
-        kv.set(key, bytes(uid.internal.raw))
+        kv.set(key, ctypes.string_at(ctypes.addressof(uid), 128))  # all 128 bytes, NULs included
     else:
         v = kv.get(key)
         if len(v) != 128:
             die(f"store: unique id of {len(v)} bytes")
-        ctypes.memmove(uid.internal, v, 128)
+        ctypes.memmove(ctypes.addressof(uid), v, 128)
     return uid
 
 

@@ -108,6 +108,8 @@ def address_of(obj):
     mv = memoryview(obj)
     if mv.readonly or not mv.c_contiguous:
         raise ValueError("a read-only or non-contiguous buffer")
+    if mv.nbytes == 0:
+        return 0, 0
     return ctypes.addressof(ctypes.c_char.from_buffer(mv)), mv.nbytes
 
 
