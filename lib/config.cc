@@ -51,7 +51,7 @@ constexpr ParamSpec kParams[] = {
      "Safe points a joiner runs in the sandbox before it reports READY."},
     {"TRAINMOVER_HEARTBEAT_MS", ParamType::kInt, "1000", "integer >= 1",
      "Upper bound of the agent's heartbeat interval, in milliseconds: it heartbeats every min(this, the "
-     "coordinator's interval, max(20, heartbeat timeout / 4))."},
+     "interval the coordinator gives, max(20, its heartbeat timeout / 4))."},
     {"TRAINMOVER_TAPE_MAX_BYTES", ParamType::kInt, "67108864", "integer >= 0",
      "Leaver: bytes of operation outputs its sandbox tape may hold (one iteration recorded for the joiner); "
      "operations beyond it are recorded by signature only and emulated by the joiner. 0: signatures only."},
