@@ -27,7 +27,10 @@ import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread per rank: no oversubscription
-import numpy as np  # noqa: E402
+try:
+    import numpy as np  # noqa: E402
+except ImportError:
+    sys.exit(f"numpy_ddp: {sys.executable} has no NumPy (Debian: apt-get install python3-numpy, then /usr/bin/python3)")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import trainmover as tm  # noqa: E402
