@@ -47,6 +47,26 @@ def common(under_shim):
     tm.register("b", b)
     check(tm.address_of(b) == (ctypes.addressof(b), 64), "address_of(ctypes array)")
     check(tm.address_of((1234, 8)) == (1234, 8), "address_of((address, bytes))")
+    # Objects shaped like a PyTorch tensor and like a NumPy array (neither library is needed here).
+    buf = (ctypes.c_double * 8)()
+
+    class FakeTensor:
+        def __init__(self, contiguous=True):
+            self.contiguous = contiguous
+        def data_ptr(self): return ctypes.addressof(buf)
+        def element_size(self): return 8
+        def numel(self): return 8
+        def is_contiguous(self): return self.contiguous
+
+    class FakeArray:
+        __array_interface__ = {"data": (ctypes.addressof(buf), False), "shape": (2, 4), "typestr": "<f8",
+                               "strides": None, "version": 3}
+
+    check(tm.address_of(FakeTensor()) == (ctypes.addressof(buf), 64), "address_of(tensor-like)")
+    check(tm.address_of(FakeArray()) == (ctypes.addressof(buf), 64), "address_of(array-like)")
+    expect_error(lambda: tm.address_of(FakeTensor(False)), None, "non-contiguous tensor")
+    tm.register("t", FakeTensor())
+    tm.unregister("t")
     expect_error(lambda: tm.register("", a), tm.INVALID_ARGUMENT, "empty name")
     expect_error(lambda: tm.register("x" * 64, a), tm.INVALID_ARGUMENT, "64-byte name")
     expect_error(lambda: tm.register("z", bytearray()), tm.INVALID_ARGUMENT, "empty buffer")
