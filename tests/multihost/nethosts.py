@@ -69,14 +69,24 @@ class Cluster:
         return self
 
     def shape(self, rate, delay):
-        """Every host's NIC sends at `rate` (tc syntax, e.g. 10gbit) with `delay` (e.g. 50us) one way."""
+        """Every host's NIC sends at `rate` (tc syntax, e.g. 10gbit) with `delay` (e.g. 50us) one way: netem
+        where the kernel has it, else tbf for the rate alone. Returns what was applied, for the report."""
         if not shutil.which("tc"):
             raise Unavailable("tc (iproute2) not found")
+        applied = None
         for i, h in enumerate(self.hosts):
-            r = subprocess.run(["ip", "netns", "exec", h, "tc", "qdisc", "replace", "dev", self.dev(i), "root", "netem",
-                                "delay", delay, "rate", rate, "limit", "100000"], capture_output=True, text=True)
+            tc = ["ip", "netns", "exec", h, "tc", "qdisc", "replace", "dev", self.dev(i), "root"]
+            r = subprocess.run(tc + ["netem", "delay", delay, "rate", rate, "limit", "100000"], capture_output=True,
+                               text=True)
+            if r.returncode == 0:
+                applied = f"{rate} {delay} (netem)"
+                continue
+            r = subprocess.run(tc + ["tbf", "rate", rate, "burst", "4mb", "latency", "10ms"], capture_output=True,
+                               text=True)
             if r.returncode != 0:
-                raise Unavailable(f"tc netem: {r.stderr.strip()}")
+                raise Unavailable(f"tc: neither netem nor tbf: {r.stderr.strip()}")
+            applied = f"{rate}, no delay (tbf; this kernel has no netem)"
+        return applied
 
     def cut(self, i):
         self.ip("-n", self.hosts[i], "link", "set", self.dev(i), "down")
