@@ -20,6 +20,7 @@ parameters and both Adam moments, in that order) like tm-train.
 import argparse
 import ctypes
 import hashlib
+import hmac
 import os
 import socket
 import struct
@@ -71,11 +72,21 @@ def die(msg):
 
 
 class Store:
-    """Client of tmrun's key-value store (docs/tmrun.md): SET and GET, big-endian framing."""
+    """Client of tmrun's key-value store (docs/tmrun.md): the token handshake, SET and GET, big-endian framing."""
 
-    def __init__(self, addr):
+    def __init__(self, addr, token):
         host, port = addr.rsplit(":", 1)
         self.s = socket.create_connection((host, int(port)), timeout=150)
+        key = token.encode()
+        hello = self._read(4 + 32)
+        if hello[:4] != b"TMKV":
+            die(f"store {addr}: not a tmrun store")
+        server_nonce, client_nonce = hello[4:], os.urandom(32)
+        proof = hmac.new(key, b"tmkv-client" + server_nonce + client_nonce, hashlib.sha256).digest()
+        self.s.sendall(client_nonce + proof)
+        want = hmac.new(key, b"tmkv-server" + client_nonce + server_nonce, hashlib.sha256).digest()
+        if not hmac.compare_digest(self._read(32), want):
+            die(f"store {addr}: the store did not prove the token")
 
     def _call(self, op, key, val):
         k = key.encode()
@@ -112,7 +123,8 @@ def unique_id(lib, rank, world):
             die(f"WORLD_SIZE={world} needs TMRUN_STORE=host:port (start the ranks with tmrun)")
         check(lib, "ncclGetUniqueId", lib.ncclGetUniqueId(ctypes.byref(uid)))
         return uid
-    kv, key = Store(store), "numpy-ddp/nccl-unique-id"
+    token = os.environ.get("TMRUN_STORE_TOKEN") or os.environ.get("TRAINMOVER_TOKEN") or ""
+    kv, key = Store(store, token), "numpy-ddp/nccl-unique-id"
     if rank == 0:  # a joiner replacing rank 0 makes its own (sandboxed) id; the job has read the real one long ago
         check(lib, "ncclGetUniqueId", lib.ncclGetUniqueId(ctypes.byref(uid)))
         kv.set(key, ctypes.string_at(ctypes.addressof(uid), 128))  # all 128 bytes, NULs included

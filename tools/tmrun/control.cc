@@ -37,6 +37,18 @@ ControlPlane::~ControlPlane() {
 
 int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->alive_processes() : 0; }
 
+std::string NewJobToken() {
+  unsigned char raw[24];
+  if (!trainmover::control::RandomBytes(raw, sizeof(raw))) return "";
+  static const char kHex[] = "0123456789abcdef";
+  std::string token;
+  for (unsigned char c : raw) {
+    token += kHex[c >> 4];
+    token += kHex[c & 15];
+  }
+  return token;
+}
+
 bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
                          const std::string& job_token_file, const std::string& listen_host, std::string* err) {
   if (disabled) {
@@ -65,18 +77,11 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
     unsetenv("TRAINMOVER_COORDINATOR");
     return true;
   }
-  // None given: an embedded coordinator with a random token, kept in a private file for tmctl.
+  // None given: an embedded coordinator with the job's token (tmrun made one when none was given), kept in a
+  // private file for tmctl.
   if (token.empty()) {
-    unsigned char raw[24];
-    if (!trainmover::control::RandomBytes(raw, sizeof(raw))) {
-      *err = "cannot generate a token";
-      return false;
-    }
-    static const char kHex[] = "0123456789abcdef";
-    for (unsigned char c : raw) {
-      token += kHex[c >> 4];
-      token += kHex[c & 15];
-    }
+    *err = "no token for the embedded coordinator";
+    return false;
   }
   trainmover::control::Coordinator::Options o;
   o.listen = listen_host + ":0";

@@ -10,6 +10,9 @@
 
 namespace tmrun {
 
+// A random token for a job (48 hex digits); "" when the system has no randomness to give.
+std::string NewJobToken();
+
 class ControlPlane {
  public:
   ControlPlane();

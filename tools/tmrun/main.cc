@@ -17,6 +17,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -202,7 +204,11 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
   tm_tools::KvClient kv;
   std::string err, world, per_node, maddr, mport;
   const auto deadline = Clock::now() + std::chrono::milliseconds(kJoinJobTimeoutMs);
-  while (!kv.Connect(addr, 2000, &err)) {
+  while (!kv.Connect(addr, 2000, job->token, &err)) {
+    if (err.find("refused the token") != std::string::npos) {
+      fprintf(stderr, "tmrun: %s\n", err.c_str());
+      return 1;
+    }
     if (Clock::now() > deadline) {
       fprintf(stderr, "tmrun: no store at %s after %d s: %s\n", addr.c_str(), kJoinJobTimeoutMs / 1000, err.c_str());
       return 1;
@@ -267,6 +273,34 @@ int main(int argc, char** argv) {
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
   std::string err;
   const bool serves = !cfg.join && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
+  // The job's token authenticates the store and the coordinator. Node 0 takes TRAINMOVER_TOKEN or makes one;
+  // every other node and a joiner must be given it (--token-file, TRAINMOVER_TOKEN or TMRUN_STORE_TOKEN).
+  if (!cfg.token_file.empty()) {
+    std::ifstream f(cfg.token_file, std::ios::binary);
+    if (!f) {
+      fprintf(stderr, "tmrun: cannot read --token-file %s\n", cfg.token_file.c_str());
+      return 2;
+    }
+    job.token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    while (!job.token.empty() && (job.token.back() == '\n' || job.token.back() == '\r')) job.token.pop_back();
+  } else {
+    job.token = tm_tools::StoreTokenFromEnv();
+  }
+  if (job.token.empty() && serves && cfg.nnodes > 1) {
+    fprintf(stderr,
+            "tmrun: --nnodes > 1 needs the job's token, the same on every node: set TRAINMOVER_TOKEN or "
+            "pass --token-file FILE\n");
+    return 2;
+  }
+  if (job.token.empty() && serves) job.token = tmrun::NewJobToken();
+  if (job.token.size() < tm_tools::kKvMinTokenBytes) {
+    fprintf(stderr,
+            "tmrun: the job's token %s: set TRAINMOVER_TOKEN (at least %zu characters) or pass --token-file "
+            "FILE (node 0 prints its token file)\n",
+            job.token.empty() ? "is needed" : "is too short", tm_tools::kKvMinTokenBytes);
+    return 2;
+  }
+  setenv("TRAINMOVER_TOKEN", job.token.c_str(), 1);
   if (!serves) {
     // A joiner, or node K > 0: the job's node 0 publishes its launch facts in its store.
     const std::string& addr = cfg.join ? cfg.store : cfg.master;
@@ -289,14 +323,7 @@ int main(int argc, char** argv) {
       fprintf(stderr, "tmrun: malformed --master '%s'\n", cfg.master.c_str());
       return 2;
     }
-    if (cfg.nnodes > 1 && !cfg.no_coordinator && cfg.coordinator.empty() &&
-        !*(getenv("TRAINMOVER_TOKEN") ? getenv("TRAINMOVER_TOKEN") : "")) {
-      fprintf(stderr,
-              "tmrun: --nnodes > 1 needs the job's token in TRAINMOVER_TOKEN on every node (or "
-              "--no-coordinator)\n");
-      return 2;
-    }
-    if (!store.Start(listen_host, listen_port, &err)) {
+    if (!store.Start(listen_host, listen_port, job.token, &err)) {
       fprintf(stderr, "tmrun: store: %s\n", err.c_str());
       return 1;
     }
@@ -312,7 +339,7 @@ int main(int argc, char** argv) {
     }
     tm_tools::KvClient kv;
     const std::string self = listen_host + ":" + std::to_string(store.port());
-    if (!kv.Connect(self, 5000, &err) ||
+    if (!kv.Connect(self, 5000, job.token, &err) ||
         kv.Set("tmrun/world_size", std::to_string(job.world)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/nproc_per_node", std::to_string(job.nproc_per_node)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||

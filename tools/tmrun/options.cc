@@ -54,6 +54,8 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string& v) { return ToInt(v, 0, &c->replace); }},
       {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; same as --master)",
        [](Config* c, const std::string& v) { return !(c->store = v).empty(); }},
+      {"--token-file", nullptr, "FILE", "the job's token (nodes K > 0, --join; default: TRAINMOVER_TOKEN)",
+       [](Config* c, const std::string& v) { return !(c->token_file = v).empty(); }},
       {"--coordinator", nullptr, "HOST:PORT", "trainmoverd of the job (default: TRAINMOVER_COORDINATOR, else embedded)",
        [](Config* c, const std::string& v) { return !(c->coordinator = v).empty(); }},
       {"--no-coordinator", nullptr, nullptr, "no control plane: the ranks get no TRAINMOVER_COORDINATOR",
@@ -163,6 +165,7 @@ std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int ran
   env["MASTER_ADDR"] = job.master_addr;
   env["MASTER_PORT"] = std::to_string(job.master_port);
   env["TMRUN_STORE"] = job.store_host + ":" + std::to_string(job.store_port);
+  env["TMRUN_STORE_TOKEN"] = job.token;
   if (cfg.join) {
     env["TRAINMOVER_ROLE"] = "joiner";
     env["TRAINMOVER_REPLACE"] = std::to_string(cfg.replace);
