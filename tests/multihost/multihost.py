@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 
-import nethosts
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "harness"))
+import nethosts  # noqa: E402
 
 TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL = (os.path.abspath(a) for a in sys.argv[1:6])
 SCENARIO = sys.argv[6]

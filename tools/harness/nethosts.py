@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Several "hosts" on one machine, and a TrainMover job across them (tests/multihost, perf/multihost_bench.py).
+"""Several "hosts" on one machine, and a TrainMover job across them (tests/multihost, perf/multihost_bench.py, tools/demo_hosts.py).
 
 Each host is a network namespace with its own address on one /24 and its own TRAINMOVER_HOST; a bridge in a
 namespace of its own joins them, so the machine's own network is never touched. A host can be shaped with
