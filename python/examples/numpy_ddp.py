@@ -8,7 +8,7 @@ result is deterministic and bit-identical on every rank, so a live migration can
 
 Host memory only: run it on hostnccl (the NCCL API on CPU), directly or under libtrainmover:
 
-    tmrun -n 3 -- env LD_PRELOAD=build/lib/libtrainmover.so \\
+    tmrun -n 3 -- env LD_PRELOAD=build/lib/shim/libtrainmover.so \\
         TRAINMOVER_NCCL_LIBRARY=build/plugins/hostnccl/libnccl.so.2 PYTHONPATH=python \\
         /usr/bin/python3 python/examples/numpy_ddp.py --steps 300 --step-ms 8
 
