@@ -7,6 +7,7 @@
 # ratio, and whether every rank's final digest equals the uninterrupted run's.
 #
 # Usage: tools/demo.sh <builddir> [--json] [--ranks N] [--steps N] [--params N] [--at K] [--migrate-rank R]
+#        tools/demo.sh <builddir> --hosts [--json]   the move to another host (tools/demo_hosts.py; root)
 # --json prints one JSON object (downtime_ms, cold_restart_ms, ratio, bit_identical, ...) on stdout.
 # Exit status: 0 when every run finished with the reference's digests (live migration being unavailable is
 # reported, not an error); non-zero on a real error.
@@ -14,6 +15,9 @@ set -euo pipefail
 BUILD=${1:?usage: tools/demo.sh <builddir> [--json] [--ranks N] [--steps N] [--params N] [--at K] [--migrate-rank R]}
 shift
 HARNESS=$(dirname "$0")/harness/tm-harness
+for a in "$@"; do
+  [ "$a" = --hosts ] && exec python3 "$(dirname "$0")/demo_hosts.py" "$BUILD" "${@/--hosts/}"
+done
 JSON=() RANKS=4 STEPS=800 PARAMS=20000 AT=100 MIGRATE=1
 while [ $# -gt 0 ]; do
   case "$1" in

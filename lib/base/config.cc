@@ -3,8 +3,10 @@
 
 #include <strings.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <mutex>
 
@@ -36,9 +38,15 @@ constexpr ParamSpec kParams[] = {
      "Shared secret that authenticates every control message (HMAC key)."},
     {"TRAINMOVER_ROLE", ParamType::kEnum, "worker", "worker|joiner|standby",
      "worker: a normal rank. joiner: replaces a rank; starts in the sandbox (no real communicators, "
-     "collectives emulated locally). standby: a joiner without an assignment yet."},
+     "collectives emulated locally). standby: starts in the sandbox like a joiner; nothing assigns it a rank yet "
+     "(planned), so it is only listed by the coordinator."},
     {"TRAINMOVER_REPLACE", ParamType::kInt, "", "integer >= 0",
-     "The rank a joiner takes over (else the coordinator assigns one)."},
+     "The rank a joiner takes over. Required for a joiner: a joiner without it is told to exit (no migration "
+     "waits for it)."},
+    {"TRAINMOVER_HOST", ParamType::kString, "", "a name of 1..255 characters without blanks",
+     "The name this process's host is known by in the job (tmctl status, tmctl migrate --host, the choice "
+     "between the same-host state path and the network). Unset: the kernel's host name. Set it where several "
+     "hosts share one kernel (network namespaces, containers)."},
     {"TRAINMOVER_DEBUG", ParamType::kEnum, "WARN", "WARN|INFO|TRACE",
      "Log level (case-insensitive). Lines look like NCCL's: host:pid:tid [rank] TRAINMOVER LEVEL msg."},
     {"TRAINMOVER_DEBUG_FILE", ParamType::kString, "", "file name pattern (%h host, %p pid)",
@@ -48,7 +56,8 @@ constexpr ParamSpec kParams[] = {
     {"TRAINMOVER_SHADOW_ITERS", ParamType::kInt, "1", "integer >= 1",
      "Safe points a joiner runs in the sandbox before it reports READY."},
     {"TRAINMOVER_HEARTBEAT_MS", ParamType::kInt, "1000", "integer >= 1",
-     "Interval of the agent's heartbeat to the coordinator, in milliseconds."},
+     "Upper bound of the agent's heartbeat interval, in milliseconds: it heartbeats every min(this, the "
+     "interval the coordinator gives, max(20, its heartbeat timeout / 4))."},
     {"TRAINMOVER_TAPE_MAX_BYTES", ParamType::kInt, "67108864", "integer >= 0",
      "Leaver: bytes of operation outputs its sandbox tape may hold (one iteration recorded for the joiner); "
      "operations beyond it are recorded by signature only and emulated by the joiner. 0: signatures only."},
@@ -121,6 +130,14 @@ bool Apply(const ParamSpec& p, const char* v, Config* c) {
   if (name == "TRAINMOVER_COORDINATOR") {
     c->coordinator = v;
     return ParseHostPort(v, &c->coordinator_host, &c->coordinator_port);
+  }
+  if (name == "TRAINMOVER_HOST") {
+    const size_t n = strlen(v);
+    if (n == 0 || n > 255) return false;
+    for (size_t i = 0; i < n; ++i) {
+      if (isspace(static_cast<unsigned char>(v[i])) || !isprint(static_cast<unsigned char>(v[i]))) return false;
+    }
+    return true;  // read by base::HostName() (lib/base/host.h), which the tools share
   }
   if (name == "TRAINMOVER_TOKEN") {
     c->token = v;

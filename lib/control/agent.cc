@@ -11,6 +11,7 @@
 #include <iterator>
 #include <map>
 
+#include "base/host.h"
 #include "conn.h"
 #include "ctl_log.h"
 
@@ -22,9 +23,7 @@ Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int3
   Register r;
   RandomBytes(&r.instance, sizeof(r.instance));
   r.role = role;
-  char host[256] = "";
-  gethostname(host, sizeof(host) - 1);
-  r.host = host;
+  r.host = base::HostName();
   r.pid = static_cast<uint32_t>(getpid());
   r.rank = rank;
   r.world = world;

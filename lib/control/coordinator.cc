@@ -249,6 +249,9 @@ void Coordinator::Run() {
     }
     CheckHeartbeats();
     for (auto& e : engines_) e->OnTick(*this);
+    int alive = 0;
+    for (const auto& [id, pr] : procs_) alive += pr.state == ProcState::kAlive;
+    alive_processes_.store(alive, std::memory_order_relaxed);
   }
 }
 

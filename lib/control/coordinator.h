@@ -175,6 +175,10 @@ class Coordinator final : public EngineHost {
   void Run();
   // Thread-safe, async-signal-safe: makes Run() return soon.
   void Stop();
+  // Thread-safe: processes connected and alive as of the loop's last turn (every 100 ms at most). tmrun's
+  // node 0 keeps its embedded coordinator (and the store) up while this is not 0, even after its own ranks
+  // moved to another host.
+  int alive_processes() const { return alive_processes_.load(std::memory_order_relaxed); }
 
   // Installs an engine (before Run()). One per kind: a second engine of the same kind replaces the first.
   void AddEngine(std::unique_ptr<Engine> e);
@@ -217,6 +221,7 @@ class Coordinator final : public EngineHost {
   int listen_fd_ = -1, metrics_fd_ = -1;
   int wake_fd_ = -1;  // eventfd
   std::atomic<bool> stop_{false};
+  std::atomic<int> alive_processes_{0};
   uint64_t epoch_ = 0;
   uint64_t start_ns_ = 0;
   std::map<int, std::unique_ptr<Peer>> peers_;  // by fd

@@ -278,13 +278,29 @@ ncclResult_t Connect(uint32_t addr, uint16_t port, int64_t deadline_ms, const st
     sa.sin_family = AF_INET;
     sa.sin_addr.s_addr = addr;
     sa.sin_port = port;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0) {
+    // Non-blocking, so that a peer whose host is cut off (SYNs unanswered: a blocking connect would wait for
+    // the kernel's retries, minutes) costs no more than the deadline, and an abort ends the wait at once.
+    int err = 0;
+    const int flags = fcntl(fd, F_GETFL, 0);
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+      err = errno;
+      if (err == EINPROGRESS) {
+        socklen_t len = sizeof(err);
+        if (!WaitFd(fd, POLLOUT, deadline_ms, abort_flag)) {
+          err = ETIMEDOUT;
+        } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+          err = errno;
+        }
+      }
+    }
+    if (err == 0) {
+      fcntl(fd, F_SETFL, flags);
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       *fd_out = fd;
       return ncclSuccess;
     }
-    int err = errno;
     close(fd);
     if ((abort_flag && abort_flag->load()) || NowMs() >= deadline_ms) {
       char a[INET_ADDRSTRLEN];

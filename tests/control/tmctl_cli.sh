@@ -96,9 +96,9 @@ sys.exit(0 if len([p for p in s['processes'] if p['state']=='alive'])==2 and s['
 done
 [ $ok = 1 ] || fail "the embedded coordinator does not show the 2 ranks"
 grep -q "coord=$EA tok=48" "$tmp/tmrun.log" || fail "ranks did not get the coordinator and a token"
-# A joiner started with tmrun --join finds the job's coordinator and token through the job's store.
+# A joiner started with tmrun --join (given the job's token file) finds the job's coordinator through its store.
 S=$(sed -n 's/^tmrun: 2 ranks, store \([^ ]*\)$/\1/p' "$tmp/tmrun.log")
-out=$("$TMRUN" --join --replace 1 --store "$S" -n 2 -- sh -c \
+out=$("$TMRUN" --join --replace 1 --store "$S" --token-file "$TF" -n 2 -- sh -c \
   'echo jcoord=$TRAINMOVER_COORDINATOR jtok=$TRAINMOVER_TOKEN role=$TRAINMOVER_ROLE' 2>&1) || fail "join: $out"
 echo "$out" | grep -q "jcoord=$EA jtok=$(cat "$TF") role=joiner" || fail "the joiner did not get the job's coordinator: $out"
 out=$("$TMRUN" -n 1 --no-coordinator -- sh -c 'echo coord=${TRAINMOVER_COORDINATOR:-none}' 2>&1)

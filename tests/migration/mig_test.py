@@ -23,6 +23,10 @@ SCENARIO = sys.argv[7]
 FAKE_CUDART = os.path.abspath(sys.argv[8]) if len(sys.argv) > 8 else ""
 SPLIT_APP = os.path.abspath(sys.argv[9]) if len(sys.argv) > 9 else ""
 WORK = tempfile.mkdtemp(prefix="mig-test-")
+# Scenario "numpy": the ranks are python/examples/numpy_ddp.py (NumPy over the NCCL API through ctypes, with the
+# trainmover Python module) run by TM_PYTHON (an interpreter with NumPy) instead of tm-train.
+PYTHON = os.environ.get("TM_PYTHON", "")
+NUMPY_EXAMPLE = os.path.abspath(os.environ["TM_NUMPY_EXAMPLE"]) if os.environ.get("TM_NUMPY_EXAMPLE") else ""
 TIMEOUT = 50
 
 
@@ -36,7 +40,16 @@ def fail(msg):
     sys.exit(1)
 
 
+def numpy_cmd(params, steps, step_ms, shim=True):
+    pythonpath = os.path.dirname(os.path.dirname(NUMPY_EXAMPLE))  # python/: the trainmover module
+    return (["env"] + ([f"LD_PRELOAD={SHIM}"] if shim else []) +
+            [f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", f"PYTHONPATH={pythonpath}", PYTHON, NUMPY_EXAMPLE,
+             "--steps", str(steps), "--params", str(params), "--seed", "7", "--step-ms", str(step_ms)])
+
+
 def train_cmd(params, steps, step_ms, preload=""):
+    if SCENARIO == "numpy":
+        return numpy_cmd(params, steps, step_ms)
     return ["env", f"LD_PRELOAD={preload + ':' if preload else ''}{SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", TMTRAIN, "--steps", str(steps),
             "--params", str(params), "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)]
 
@@ -524,7 +537,31 @@ def scenario_captured():
     job.check_digests(set())
 
 
-SCENARIOS = {"tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+def scenario_numpy():
+    """The NumPy example through the Python module: rank 1 early, rank 0 (which published the unique id), then
+    ranks 1 and 2 in one migration; every digest equals the uninterrupted run's, which equals a run without the
+    shim at all (the module is a no-op there)."""
+    if not PYTHON or not NUMPY_EXAMPLE:
+        print("SKIP: TM_PYTHON and TM_NUMPY_EXAMPLE not set")
+        sys.exit(77)
+    if subprocess.run([PYTHON, "-c", "import numpy"], capture_output=True).returncode != 0:
+        print(f"SKIP: {PYTHON} has no numpy (Debian: apt-get install python3-numpy)")
+        sys.exit(77)
+    steps = 600
+    log = os.path.join(WORK, "numpy-noshim.log")
+    with open(log, "w") as f:
+        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--"] + numpy_cmd(3000, steps, 0, shim=False),
+                            stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
+    plain = digests(log)
+    if rc != 0 or len(plain) != 3 or len(set(plain.values())) != 1:
+        fail(f"numpy without the shim: rc {rc}, digests {plain}")
+    if next(iter(plain.values())) != reference(3, 3000, steps):
+        fail(f"numpy: without the shim {plain}, under the shim {reference(3, 3000, steps)}")
+    print("numpy: the same digest without the shim and under it")
+    run_plan("numpy", 3, [(10, [1]), (100, [0]), (200, [[1, 2]])], steps=steps)
+
+
+SCENARIOS = {"numpy": scenario_numpy, "tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Unit tests of the tmrun key-value store: protocol, blocking GET, timeouts, bounds.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <climits>
+#include <cstdint>
 #include <string>
 #include <thread>
 
@@ -12,18 +17,20 @@
 using namespace tm_tools;
 
 namespace {
+const std::string kToken = "kv-test-token-0123456789";
+
 struct Fixture {
   KvServer server;
   std::string addr;
   Fixture() {
     std::string err;
-    REQUIRE(server.Start("127.0.0.1", 0, &err));
+    REQUIRE(server.Start("127.0.0.1", 0, kToken, &err));
     REQUIRE(server.port() != 0);
     addr = "127.0.0.1:" + std::to_string(server.port());
   }
   void Connect(KvClient* c) {
     std::string err;
-    REQUIRE(c->Connect(addr, 2000, &err));
+    REQUIRE(c->Connect(addr, 2000, kToken, &err));
   }
 };
 }  // namespace
@@ -99,7 +106,7 @@ TEST_CASE_FIXTURE(Fixture, "ADD from many threads is atomic") {
     ts.emplace_back([&] {
       KvClient c;
       std::string err;
-      REQUIRE(c.Connect(addr, 2000, &err));
+      REQUIRE(c.Connect(addr, 2000, kToken, &err));
       for (int j = 0; j < 50; ++j) REQUIRE(c.Add("ctr", 1, nullptr) == KvStatus::kOk);
     });
   }
@@ -148,9 +155,9 @@ TEST_CASE_FIXTURE(Fixture, "bounds: the number of keys") {
 TEST_CASE("Stop wakes a blocked GET") {
   KvServer s;
   std::string err;
-  REQUIRE(s.Start("127.0.0.1", 0, &err));
+  REQUIRE(s.Start("127.0.0.1", 0, kToken, &err));
   KvClient c;
-  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000, &err));
+  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000, kToken, &err));
   KvStatus st = KvStatus::kOk;
   std::thread t([&] {
     std::string v;
@@ -167,11 +174,11 @@ TEST_CASE("Stop wakes a blocked GET") {
 TEST_CASE("Connect to a closed port fails after the timeout") {
   KvServer s;
   std::string err;
-  REQUIRE(s.Start("127.0.0.1", 0, &err));
+  REQUIRE(s.Start("127.0.0.1", 0, kToken, &err));
   std::string addr = "127.0.0.1:" + std::to_string(s.port());
   s.Stop();
   KvClient c;
-  CHECK_FALSE(c.Connect(addr, 100, &err));
+  CHECK_FALSE(c.Connect(addr, 100, kToken, &err));
   CHECK(err.find("cannot connect") != std::string::npos);
 }
 
@@ -186,4 +193,57 @@ TEST_CASE_FIXTURE(Fixture, "closed connections are reaped: more than the connect
   int64_t n = 0;
   CHECK(c.Add("conns", 0, &n) == KvStatus::kOk);
   CHECK(n == static_cast<int64_t>(kKvMaxConnections + 100));
+}
+
+TEST_CASE_FIXTURE(Fixture, "a wrong token is refused, a right one served") {
+  KvClient bad;
+  std::string err;
+  CHECK_FALSE(bad.Connect(addr, 2000, "not-the-token-0123456789", &err));
+  CHECK(err.find("refused the token") != std::string::npos);
+  CHECK(bad.Set("k", "v") == KvStatus::kIoError);
+  CHECK_FALSE(bad.Connect(addr, 2000, "short", &err));  // below kKvMinTokenBytes: not even tried
+  KvClient good;
+  Connect(&good);
+  CHECK(good.Set("k", "v") == KvStatus::kOk);
+}
+
+TEST_CASE("the server refuses to start without a token of the minimum length") {
+  KvServer s;
+  std::string err;
+  CHECK_FALSE(s.Start("127.0.0.1", 0, "short", &err));
+  CHECK(err.find("token") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a client that never authenticates is dropped after the deadline") {
+  // A raw TCP connection that reads the hello and then says nothing.
+  std::string host;
+  uint16_t port = 0;
+  REQUIRE(ParseHostPort(addr, &host, &port));
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
+  char buf[64];
+  const auto t0 = std::chrono::steady_clock::now();
+  ssize_t total = 0, r;
+  while ((r = read(fd, buf, sizeof(buf))) > 0) total += r;  // hello + nonce, then EOF when dropped
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  close(fd);
+  CHECK(total == 4 + static_cast<ssize_t>(kKvNonceBytes));
+  CHECK(waited >= std::chrono::milliseconds(kKvAuthTimeoutMs - 500));
+  CHECK(waited < std::chrono::milliseconds(kKvAuthTimeoutMs + 5000));
+}
+
+TEST_CASE_FIXTURE(Fixture, "ADD past the int64 range is refused, the value kept") {
+  KvClient c;
+  Connect(&c);
+  int64_t v = 0;
+  REQUIRE(c.Add("big", 999999999999999999, &v) == KvStatus::kOk);
+  CHECK(c.Add("big", 1, &v) == KvStatus::kOverflow);
+  CHECK(c.Add("big", INT64_MAX, &v) == KvStatus::kOverflow);
+  std::string s;
+  REQUIRE(c.Get("big", 0, &s) == KvStatus::kOk);
+  CHECK(s == "999999999999999999");
 }

@@ -2,23 +2,41 @@
 #include "kv_store.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 namespace tm_tools {
 namespace {
 
-bool ReadFull(int fd, void* buf, size_t n) {
+using Clock = std::chrono::steady_clock;
+
+// Reads n bytes, waiting at most until `deadline` (Clock::time_point::max(): no deadline).
+bool ReadFull(int fd, void* buf, size_t n, Clock::time_point deadline = Clock::time_point::max()) {
   auto* p = static_cast<char*>(buf);
   while (n > 0) {
+    if (deadline != Clock::time_point::max()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return false;
+      pollfd pf{fd, POLLIN, 0};
+      int pr = poll(&pf, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
+      if (pr < 0 && errno != EINTR) return false;
+      if (pr <= 0) continue;
+    }
     ssize_t r = read(fd, p, n);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
@@ -59,6 +77,30 @@ int64_t DecodeI64(const std::string& s) {
   for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(s[i]);
   return static_cast<int64_t>(v);
 }
+Clock::time_point After(int ms) { return Clock::now() + std::chrono::milliseconds(ms); }
+
+// HMAC-SHA256(token, label || a || b).
+std::string Mac(const std::string& token, const char* label, const std::string& a, const std::string& b) {
+  std::string msg = std::string(label) + a + b;
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), token.data(), static_cast<int>(token.size()), reinterpret_cast<const unsigned char*>(msg.data()),
+       msg.size(), out, &len);
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+bool SameMac(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && a.size() == kKvMacBytes && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string Nonce() {
+  std::string n(kKvNonceBytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(n.data()), static_cast<int>(n.size())) != 1) n.clear();
+  return n;
+}
+
+constexpr char kHello[4] = {'T', 'M', 'K', 'V'};
+
 bool ParseDecimal(const std::string& s, int64_t* v) {
   if (s.empty()) {
     *v = 0;
@@ -93,6 +135,8 @@ const char* KvStatusName(KvStatus s) {
       return "not a number";
     case KvStatus::kIoError:
       return "i/o error";
+    case KvStatus::kOverflow:
+      return "overflow";
   }
   return "unknown";
 }
@@ -107,12 +151,25 @@ bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port) {
   return true;
 }
 
+std::string StoreTokenFromEnv() {
+  for (const char* name : {"TMRUN_STORE_TOKEN", "TRAINMOVER_TOKEN"}) {
+    const char* v = std::getenv(name);
+    if (v && *v) return v;
+  }
+  return "";
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Server
 
 KvServer::~KvServer() { Stop(); }
 
-bool KvServer::Start(const std::string& host, uint16_t port, std::string* err) {
+bool KvServer::Start(const std::string& host, uint16_t port, const std::string& token, std::string* err) {
+  if (token.size() < kKvMinTokenBytes) {
+    *err = "the store's token must have at least " + std::to_string(kKvMinTokenBytes) + " characters";
+    return false;
+  }
+  token_ = token;
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) {
     *err = std::string("socket: ") + strerror(errno);
@@ -188,7 +245,20 @@ void KvServer::AcceptLoop() {
 
 void KvServer::Serve(Conn* conn) {
   const int fd = conn->fd;
-  for (;;) {
+  // The handshake: "TMKV" + server nonce; the client answers its nonce and its proof; the server its own.
+  const std::string server_nonce = Nonce();
+  std::string client_nonce(kKvNonceBytes, '\0'), proof(kKvMacBytes, '\0');
+  const auto auth_deadline = After(kKvAuthTimeoutMs);
+  bool authed = !server_nonce.empty() && WriteFull(fd, kHello, sizeof(kHello)) &&
+                WriteFull(fd, server_nonce.data(), server_nonce.size()) &&
+                ReadFull(fd, client_nonce.data(), client_nonce.size(), auth_deadline) &&
+                ReadFull(fd, proof.data(), proof.size(), auth_deadline) &&
+                SameMac(proof, Mac(token_, "tmkv-client", server_nonce, client_nonce));
+  if (authed) {
+    const std::string mine = Mac(token_, "tmkv-server", client_nonce, server_nonce);
+    authed = WriteFull(fd, mine.data(), mine.size());
+  }
+  for (; authed;) {
     char hdr[kKvHeaderBytes];
     if (!ReadFull(fd, hdr, sizeof(hdr))) break;
     auto op = static_cast<KvOp>(static_cast<uint8_t>(hdr[0]));
@@ -202,7 +272,10 @@ void KvServer::Serve(Conn* conn) {
       keep = false;
     } else {
       std::string key(key_len, '\0'), val(val_len, '\0');
-      if (!ReadFull(fd, key.data(), key_len) || !ReadFull(fd, val.data(), val_len)) break;
+      const auto body_deadline = After(kKvBodyTimeoutMs);
+      if (!ReadFull(fd, key.data(), key_len, body_deadline) || !ReadFull(fd, val.data(), val_len, body_deadline)) {
+        break;
+      }
       st = Handle(op, key, val, &out);
     }
     char rh[8] = {static_cast<char>(st), 0, 0, 0};
@@ -244,7 +317,9 @@ KvStatus KvServer::Handle(KvOp op, const std::string& key, const std::string& va
       if (it == data_.end() && data_.size() >= kKvMaxKeys) return KvStatus::kFull;
       int64_t cur = 0;
       if (it != data_.end() && !ParseDecimal(it->second, &cur)) return KvStatus::kNotANumber;
-      cur += DecodeI64(val);
+      if (__builtin_add_overflow(cur, DecodeI64(val), &cur) || cur > 999999999999999999 || cur < -999999999999999999) {
+        return KvStatus::kOverflow;  // beyond what ParseDecimal reads back (18 digits)
+      }
       data_[key] = std::to_string(cur);
       cv_.notify_all();
       *out = EncodeI64(cur);
@@ -264,11 +339,16 @@ void KvClient::Close() {
   fd_ = -1;
 }
 
-bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string* err) {
+bool KvClient::Connect(const std::string& host_port, int timeout_ms, const std::string& token, std::string* err) {
   std::string host;
   uint16_t port = 0;
   if (!ParseHostPort(host_port, &host, &port)) {
     *err = "malformed host:port '" + host_port + "'";
+    return false;
+  }
+  if (token.size() < kKvMinTokenBytes) {
+    *err = "no token for the store " + host_port + " (TMRUN_STORE_TOKEN or TRAINMOVER_TOKEN, at least " +
+           std::to_string(kKvMinTokenBytes) + " characters)";
     return false;
   }
   addrinfo hints{}, *res = nullptr;
@@ -279,13 +359,29 @@ bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string
     *err = "cannot resolve '" + host + "': " + gai_strerror(rc);
     return false;
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  const auto deadline = After(timeout_ms);
   for (;;) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ >= 0 && connect(fd_, res->ai_addr, res->ai_addrlen) == 0) break;
-    int e = errno;
+    // Non-blocking connect bounded by the deadline: a store behind a cut link must not hold us for minutes.
+    int e = 0;
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd_ < 0) {
+      e = errno;
+    } else if (connect(fd_, res->ai_addr, res->ai_addrlen) != 0) {
+      e = errno;
+      if (e == EINPROGRESS) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        pollfd pf{fd_, POLLOUT, 0};
+        socklen_t len = sizeof(e);
+        if (poll(&pf, 1, static_cast<int>(std::max<int64_t>(left, 1))) != 1) {
+          e = ETIMEDOUT;
+        } else if (getsockopt(fd_, SOL_SOCKET, SO_ERROR, &e, &len) != 0) {
+          e = errno;
+        }
+      }
+    }
+    if (e == 0) break;
     Close();
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (Clock::now() >= deadline) {
       freeaddrinfo(res);
       *err = "cannot connect to " + host_port + ": " + strerror(e);
       return false;
@@ -293,8 +389,26 @@ bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   freeaddrinfo(res);
+  fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL, 0) & ~O_NONBLOCK);
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  char hello[sizeof(kHello)];
+  std::string server_nonce(kKvNonceBytes, '\0'), server_proof(kKvMacBytes, '\0');
+  const std::string client_nonce = Nonce();
+  const auto auth_deadline = After(kKvAuthTimeoutMs);
+  bool ok = ReadFull(fd_, hello, sizeof(hello), auth_deadline) && memcmp(hello, kHello, sizeof(kHello)) == 0 &&
+            ReadFull(fd_, server_nonce.data(), server_nonce.size(), auth_deadline) && !client_nonce.empty();
+  if (ok) {
+    const std::string proof = Mac(token, "tmkv-client", server_nonce, client_nonce);
+    ok = WriteFull(fd_, client_nonce.data(), client_nonce.size()) && WriteFull(fd_, proof.data(), proof.size()) &&
+         ReadFull(fd_, server_proof.data(), server_proof.size(), auth_deadline) &&
+         SameMac(server_proof, Mac(token, "tmkv-server", client_nonce, server_nonce));
+  }
+  if (!ok) {
+    Close();
+    *err = "the store at " + host_port + " refused the token (or is not a tmrun store)";
+    return false;
+  }
   return true;
 }
 
@@ -309,7 +423,11 @@ KvStatus KvClient::Request(uint8_t op, const std::string& key, const std::string
     sent = WriteFull(fd_, key.data(), key.size()) && WriteFull(fd_, val.data(), val.size());
   }
   char rh[8];
-  if (!sent || !ReadFull(fd_, rh, sizeof(rh))) {
+  int wait_ms = kKvReplySlackMs;
+  if (op == static_cast<uint8_t>(KvOp::kGet) && val.size() == 4)
+    wait_ms += static_cast<int>(std::min<uint32_t>(GetU32(val.data()), 86400000u));
+  const auto deadline = After(wait_ms);
+  if (!sent || !ReadFull(fd_, rh, sizeof(rh), deadline)) {
     Close();
     return KvStatus::kIoError;
   }
@@ -319,7 +437,7 @@ KvStatus KvClient::Request(uint8_t op, const std::string& key, const std::string
     return KvStatus::kIoError;
   }
   std::string body(len, '\0');
-  if (!ReadFull(fd_, body.data(), len)) {
+  if (!ReadFull(fd_, body.data(), len, deadline)) {
     Close();
     return KvStatus::kIoError;
   }

@@ -30,6 +30,17 @@ inline constexpr uint32_t kKvMaxValue = 1u << 20;
 inline constexpr size_t kKvMaxKeys = 16384;
 inline constexpr size_t kKvMaxConnections = 1024;
 inline constexpr size_t kKvHeaderBytes = 12;
+// Authentication (docs/tmrun.md, "The key-value store protocol"): every connection proves the job's token
+// with HMAC-SHA256 over both sides' nonces before its first request, within kKvAuthTimeoutMs.
+inline constexpr size_t kKvNonceBytes = 32;
+inline constexpr size_t kKvMacBytes = 32;
+inline constexpr size_t kKvMinTokenBytes = 16;
+inline constexpr int kKvAuthTimeoutMs = 5000;
+// A request's key and value must follow its header within this (a slow or stalled sender cannot hold a
+// connection's thread in the middle of a request); an idle connection between requests is fine.
+inline constexpr int kKvBodyTimeoutMs = 10000;
+// Client: how long a reply may take beyond a GET's own timeout (a frozen store never hangs a client).
+inline constexpr int kKvReplySlackMs = 30000;
 
 enum class KvOp : uint8_t { kSet = 1, kGet = 2, kAdd = 3 };
 
@@ -40,7 +51,8 @@ enum class KvStatus : uint8_t {
   kTooLarge = 3,    // key or value over the bounds
   kFull = 4,        // the store holds kKvMaxKeys keys already
   kNotANumber = 5,  // ADD on a value that is not a decimal integer
-  kIoError = 6,     // client side only: connection failed or closed
+  kIoError = 6,     // client side only: connection failed, closed, timed out or not authenticated
+  kOverflow = 7,    // ADD would leave the int64 range
 };
 
 const char* KvStatusName(KvStatus s);
@@ -48,8 +60,12 @@ const char* KvStatusName(KvStatus s);
 // Splits "host:port". Returns false on a malformed string.
 bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port);
 
+// The store's token for a rank or a tool: TMRUN_STORE_TOKEN (tmrun sets it for every rank), else
+// TRAINMOVER_TOKEN. Empty when neither is set.
+std::string StoreTokenFromEnv();
+
 // KvServer: serves the store on a TCP port from its own threads (one acceptor, one per connection).
-// Start/Stop from one thread; the store itself is thread-safe.
+// Start/Stop from one thread; the store itself is thread-safe. Only clients that know the token are served.
 class KvServer {
  public:
   KvServer() = default;
@@ -57,8 +73,9 @@ class KvServer {
   KvServer(const KvServer&) = delete;
   KvServer& operator=(const KvServer&) = delete;
 
-  // Binds host:port (port 0 = any free port) and starts serving. Returns false (and sets *err) on failure.
-  bool Start(const std::string& host, uint16_t port, std::string* err);
+  // Binds host:port (port 0 = any free port) and starts serving clients that prove `token` (at least
+  // kKvMinTokenBytes). Returns false (and sets *err) on failure.
+  bool Start(const std::string& host, uint16_t port, const std::string& token, std::string* err);
   // The bound port (valid after Start).
   uint16_t port() const { return port_; }
   // Closes the listening socket and every connection, wakes blocked GETs, joins the threads. Idempotent.
@@ -77,6 +94,7 @@ class KvServer {
 
   int listen_fd_ = -1;
   uint16_t port_ = 0;
+  std::string token_;
   std::thread acceptor_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -93,8 +111,9 @@ class KvClient {
   KvClient(const KvClient&) = delete;
   KvClient& operator=(const KvClient&) = delete;
 
-  // Connects to host:port, retrying until timeout_ms passes. Returns false (and sets *err) on failure.
-  bool Connect(const std::string& host_port, int timeout_ms, std::string* err);
+  // Connects to host:port, retrying until timeout_ms passes, and authenticates with the job's token (both
+  // sides prove it). Returns false (and sets *err) on failure; a wrong token is not retried.
+  bool Connect(const std::string& host_port, int timeout_ms, const std::string& token, std::string* err);
   KvStatus Set(const std::string& key, const std::string& value);
   // Blocks until the key exists (OK, *value filled) or timeout_ms passes (kTimeout).
   KvStatus Get(const std::string& key, uint32_t timeout_ms, std::string* value);

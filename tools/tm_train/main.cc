@@ -191,7 +191,7 @@ ncclUniqueId ExchangeUniqueId(int rank, int world, const Flags& f) {
   }
   tm_tools::KvClient kv;
   std::string err;
-  if (!kv.Connect(store, 30000, &err)) Die("store: %s", err.c_str());
+  if (!kv.Connect(store, 30000, tm_tools::StoreTokenFromEnv(), &err)) Die("store: %s", err.c_str());
   const std::string key = "tm-train/nccl-unique-id";
   if (rank == 0) {
     NCCLCHECK(ncclGetUniqueId(&id));

@@ -12,8 +12,8 @@
 #include <thread>
 
 #include "control/coordinator.h"
-#include "migration/engine.h"
 #include "control/wire.h"
+#include "migration/engine.h"
 
 namespace tmrun {
 
@@ -35,8 +35,22 @@ ControlPlane::~ControlPlane() {
   }
 }
 
+int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->alive_processes() : 0; }
+
+std::string NewJobToken() {
+  unsigned char raw[24];
+  if (!trainmover::control::RandomBytes(raw, sizeof(raw))) return "";
+  static const char kHex[] = "0123456789abcdef";
+  std::string token;
+  for (unsigned char c : raw) {
+    token += kHex[c >> 4];
+    token += kHex[c & 15];
+  }
+  return token;
+}
+
 bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
-                         const std::string& job_token_file, std::string* err) {
+                         const std::string& job_token_file, const std::string& listen_host, std::string* err) {
   if (disabled) {
     unsetenv("TRAINMOVER_COORDINATOR");
     return true;
@@ -58,20 +72,19 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
     setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
     return true;
   }
-  // None given: an embedded coordinator with a random token, kept in a private file for tmctl.
+  // Node K > 0 or a joiner of a job whose node 0 runs no coordinator: none here either.
+  if (listen_host.empty()) {
+    unsetenv("TRAINMOVER_COORDINATOR");
+    return true;
+  }
+  // None given: an embedded coordinator with the job's token (tmrun made one when none was given), kept in a
+  // private file for tmctl.
   if (token.empty()) {
-    unsigned char raw[24];
-    if (!trainmover::control::RandomBytes(raw, sizeof(raw))) {
-      *err = "cannot generate a token";
-      return false;
-    }
-    static const char kHex[] = "0123456789abcdef";
-    for (unsigned char c : raw) {
-      token += kHex[c >> 4];
-      token += kHex[c & 15];
-    }
+    *err = "no token for the embedded coordinator";
+    return false;
   }
   trainmover::control::Coordinator::Options o;
+  o.listen = listen_host + ":0";
   o.token = token;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);

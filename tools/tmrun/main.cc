@@ -15,8 +15,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/kv_store.h"
@@ -85,11 +89,12 @@ void Relay(Stream* s, const std::string& prefix) {
 }
 
 // A free TCP port for MASTER_PORT (for frameworks that run their own rendezvous there).
-uint16_t FreePort() {
+// A port that is free on `host` now (for MASTER_PORT: frameworks run their own rendezvous there).
+uint16_t FreePort(const std::string& host) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) a.sin_addr.s_addr = htonl(INADDR_ANY);
   socklen_t len = sizeof(a);
   uint16_t port = 0;
   if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
@@ -189,6 +194,60 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
   }
 }
 
+// How long a node K > 0 or a joiner waits for node 0's store to answer and publish the job (node 0 may
+// start later than the others, as with torchrun).
+constexpr int kJoinJobTimeoutMs = 120000;
+
+// Reads the job's layout from node 0's store at `addr` into `job`; checks -n against it. 0, or an exit code.
+int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* job, std::string* coordinator,
+            std::string* token_file) {
+  tm_tools::KvClient kv;
+  std::string err, world, per_node, maddr, mport;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(kJoinJobTimeoutMs);
+  while (!kv.Connect(addr, 2000, job->token, &err)) {
+    if (err.find("refused the token") != std::string::npos) {
+      fprintf(stderr, "tmrun: %s\n", err.c_str());
+      return 1;
+    }
+    if (Clock::now() > deadline) {
+      fprintf(stderr, "tmrun: no store at %s after %d s: %s\n", addr.c_str(), kJoinJobTimeoutMs / 1000, err.c_str());
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (kv.Get("tmrun/world_size", kJoinJobTimeoutMs, &world) != tm_tools::KvStatus::kOk ||
+      kv.Get("tmrun/nproc_per_node", 10000, &per_node) != tm_tools::KvStatus::kOk ||
+      kv.Get("tmrun/master_addr", 10000, &maddr) != tm_tools::KvStatus::kOk ||
+      kv.Get("tmrun/master_port", 10000, &mport) != tm_tools::KvStatus::kOk) {
+    fprintf(stderr, "tmrun: %s is not a tmrun store (no tmrun/world_size)\n", addr.c_str());
+    return 1;
+  }
+  job->world = atoi(world.c_str());
+  job->nproc_per_node = atoi(per_node.c_str());
+  if (job->world <= 0 || job->nproc_per_node <= 0) {
+    fprintf(stderr, "tmrun: the store at %s holds no valid job layout\n", addr.c_str());
+    return 1;
+  }
+  if (cfg.join && cfg.nproc > 0 && cfg.nproc != job->world) {
+    fprintf(stderr, "tmrun: -n %d but the job at %s has %d ranks\n", cfg.nproc, addr.c_str(), job->world);
+    return 2;
+  }
+  if (cfg.join && cfg.replace >= job->world) {
+    fprintf(stderr, "tmrun: --replace %d but the job at %s has %d ranks\n", cfg.replace, addr.c_str(), job->world);
+    return 2;
+  }
+  if (!cfg.join && cfg.nproc * cfg.nnodes != job->world) {
+    fprintf(stderr, "tmrun: --nnodes %d x -n %d but node 0 of the job at %s started %d ranks in all\n", cfg.nnodes,
+            cfg.nproc, addr.c_str(), job->world);
+    return 2;
+  }
+  job->master_addr = maddr;
+  job->master_port = static_cast<uint16_t>(atoi(mport.c_str()));
+  kv.Get("tmrun/coordinator", 2000, coordinator);  // empty when the job runs without one
+  kv.Get("tmrun/token_file", 2000, token_file);    // only readable on node 0's machine
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -213,54 +272,76 @@ int main(int argc, char** argv) {
   tm_tools::KvServer store;
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
   std::string err;
-  if (cfg.join) {
-    // The job's own tmrun published its launch facts in its store.
-    if (!tm_tools::ParseHostPort(cfg.store, &job.store_host, &job.store_port)) {
-      fprintf(stderr, "tmrun: malformed --store '%s'\n", cfg.store.c_str());
+  const bool serves = !cfg.join && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
+  // The job's token authenticates the store and the coordinator. Node 0 takes TRAINMOVER_TOKEN or makes one;
+  // every other node and a joiner must be given it (--token-file, TRAINMOVER_TOKEN or TMRUN_STORE_TOKEN).
+  if (!cfg.token_file.empty()) {
+    std::ifstream f(cfg.token_file, std::ios::binary);
+    if (!f) {
+      fprintf(stderr, "tmrun: cannot read --token-file %s\n", cfg.token_file.c_str());
       return 2;
     }
-    tm_tools::KvClient kv;
-    std::string world, maddr, mport;
-    if (!kv.Connect(cfg.store, 10000, &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
-      return 1;
-    }
-    if (kv.Get("tmrun/world_size", 10000, &world) != tm_tools::KvStatus::kOk ||
-        kv.Get("tmrun/master_addr", 10000, &maddr) != tm_tools::KvStatus::kOk ||
-        kv.Get("tmrun/master_port", 10000, &mport) != tm_tools::KvStatus::kOk) {
-      fprintf(stderr, "tmrun: %s is not a tmrun store (no tmrun/world_size)\n", cfg.store.c_str());
-      return 1;
-    }
-    if (world != std::to_string(cfg.nproc)) {
-      fprintf(stderr, "tmrun: -n %d but the job at %s has %s ranks\n", cfg.nproc, cfg.store.c_str(), world.c_str());
-      return 2;
-    }
-    job.master_addr = maddr;
-    job.master_port = static_cast<uint16_t>(atoi(mport.c_str()));
-    std::string jcoord, jtoken;  // the job's coordinator (empty when it runs without one)
-    kv.Get("tmrun/coordinator", 2000, &jcoord);
-    kv.Get("tmrun/token_file", 2000, &jtoken);
-    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
-      return 1;
-    }
+    job.token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    while (!job.token.empty() && (job.token.back() == '\n' || job.token.back() == '\r')) job.token.pop_back();
   } else {
-    if (!store.Start("127.0.0.1", 0, &err)) {
+    job.token = tm_tools::StoreTokenFromEnv();
+  }
+  if (job.token.empty() && serves && cfg.nnodes > 1) {
+    fprintf(stderr,
+            "tmrun: --nnodes > 1 needs the job's token, the same on every node: set TRAINMOVER_TOKEN or "
+            "pass --token-file FILE\n");
+    return 2;
+  }
+  if (job.token.empty() && serves) job.token = tmrun::NewJobToken();
+  if (job.token.size() < tm_tools::kKvMinTokenBytes) {
+    fprintf(stderr,
+            "tmrun: the job's token %s: set TRAINMOVER_TOKEN (at least %zu characters) or pass --token-file "
+            "FILE (node 0 prints its token file)\n",
+            job.token.empty() ? "is needed" : "is too short", tm_tools::kKvMinTokenBytes);
+    return 2;
+  }
+  setenv("TRAINMOVER_TOKEN", job.token.c_str(), 1);
+  if (!serves) {
+    // A joiner, or node K > 0: the job's node 0 publishes its launch facts in its store.
+    const std::string& addr = cfg.join ? cfg.store : cfg.master;
+    if (!tm_tools::ParseHostPort(addr, &job.store_host, &job.store_port)) {
+      fprintf(stderr, "tmrun: malformed store address '%s'\n", addr.c_str());
+      return 2;
+    }
+    std::string jcoord, jtoken;
+    if (int rc = ReadJob(cfg, addr, &job, &jcoord, &jtoken); rc != 0) return rc;
+    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, "", &err)) {
+      fprintf(stderr, "tmrun: %s\n", err.c_str());
+      return 1;
+    }
+    if (!cfg.join)
+      fprintf(stderr, "tmrun: node %d of %d, %d ranks, store %s\n", cfg.node_rank, cfg.nnodes, cfg.nproc, addr.c_str());
+  } else {
+    std::string listen_host = "127.0.0.1";
+    uint16_t listen_port = 0;
+    if (!cfg.master.empty() && !tm_tools::ParseHostPort(cfg.master, &listen_host, &listen_port)) {
+      fprintf(stderr, "tmrun: malformed --master '%s'\n", cfg.master.c_str());
+      return 2;
+    }
+    if (!store.Start(listen_host, listen_port, job.token, &err)) {
       fprintf(stderr, "tmrun: store: %s\n", err.c_str());
       return 1;
     }
-    job.store_host = "127.0.0.1";
+    job.world = cfg.nproc * cfg.nnodes;
+    job.nproc_per_node = cfg.nproc;
+    job.store_host = listen_host;
     job.store_port = store.port();
-    job.master_addr = "127.0.0.1";
-    job.master_port = FreePort();
-    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", &err)) {
+    job.master_addr = listen_host;
+    job.master_port = FreePort(listen_host);
+    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host, &err)) {
       fprintf(stderr, "tmrun: %s\n", err.c_str());
       return 1;
     }
     tm_tools::KvClient kv;
-    const std::string self = "127.0.0.1:" + std::to_string(store.port());
-    if (!kv.Connect(self, 5000, &err) ||
-        kv.Set("tmrun/world_size", std::to_string(cfg.nproc)) != tm_tools::KvStatus::kOk ||
+    const std::string self = listen_host + ":" + std::to_string(store.port());
+    if (!kv.Connect(self, 5000, job.token, &err) ||
+        kv.Set("tmrun/world_size", std::to_string(job.world)) != tm_tools::KvStatus::kOk ||
+        kv.Set("tmrun/nproc_per_node", std::to_string(job.nproc_per_node)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_port", std::to_string(job.master_port)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/coordinator", control.address()) != tm_tools::KvStatus::kOk ||
@@ -268,7 +349,11 @@ int main(int argc, char** argv) {
       fprintf(stderr, "tmrun: cannot initialise the store\n");
       return 1;
     }
-    fprintf(stderr, "tmrun: %d ranks, store %s\n", cfg.nproc, self.c_str());
+    if (cfg.nnodes > 1) {
+      fprintf(stderr, "tmrun: node 0 of %d, %d ranks, store %s\n", cfg.nnodes, cfg.nproc, self.c_str());
+    } else {
+      fprintf(stderr, "tmrun: %d ranks, store %s\n", cfg.nproc, self.c_str());
+    }
     if (!control.token_file().empty()) {
       fprintf(stderr, "tmrun: coordinator %s (tmctl --coordinator %s --token-file %s status)\n",
               control.address().c_str(), control.address().c_str(), control.token_file().c_str());
@@ -283,7 +368,7 @@ int main(int argc, char** argv) {
     ranks.back().rank = cfg.replace;
   } else {
     ranks.resize(static_cast<size_t>(cfg.nproc));
-    for (int r = 0; r < cfg.nproc; ++r) ranks[static_cast<size_t>(r)].rank = r;
+    for (int r = 0; r < cfg.nproc; ++r) ranks[static_cast<size_t>(r)].rank = cfg.node_rank * cfg.nproc + r;
   }
 
   int exit_code = 0;
@@ -310,8 +395,9 @@ int main(int argc, char** argv) {
       for (const Stream& s : r.streams) any_stream |= s.fd >= 0;
     }
     // Joiners that the embedded coordinator spawned (tmctl migrate --spawn) are children too: once they hold
-    // ranks, the job is not over until they exit (unless the job is being stopped).
-    const bool joiners = !stopping && OtherChildrenAlive();
+    // ranks, the job is not over until they exit (unless the job is being stopped). So are ranks that moved
+    // to another host: while the embedded coordinator sees processes of the job, node 0 keeps serving it.
+    const bool joiners = !stopping && (OtherChildrenAlive() || control.JobProcesses() > 0);
     if (!any_running && !any_stream && !joiners) break;
 
     std::vector<pollfd> pfds = {{g_sig_pipe[0], POLLIN, 0}};

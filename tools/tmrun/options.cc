@@ -34,8 +34,14 @@ bool ToInt(const std::string& s, int lo, int* out) {
 
 const std::vector<Option>& Table() {
   static const std::vector<Option> table = {
-      {"--nproc", "-n", "N", "number of ranks (the job's world size with --join)",
+      {"--nproc", "-n", "N", "ranks on this node (with --join: optional, checked against the job's world size)",
        [](Config* c, const std::string& v) { return ToInt(v, 1, &c->nproc); }},
+      {"--nnodes", nullptr, "N", "nodes in the job, one tmrun each (default 1)",
+       [](Config* c, const std::string& v) { return ToInt(v, 1, &c->nnodes); }},
+      {"--node-rank", nullptr, "K", "this node's index, 0..N-1 (default 0); node 0 serves the store",
+       [](Config* c, const std::string& v) { return ToInt(v, 0, &c->node_rank); }},
+      {"--master", nullptr, "ADDR:PORT", "node 0's address: the store listens there, the coordinator on ADDR",
+       [](Config* c, const std::string& v) { return !(c->master = v).empty(); }},
       {"--no-prefix", nullptr, nullptr, "do not prefix rank output with '[r] '",
        [](Config* c, const std::string&) { return c->no_prefix = true; }},
       {"--output-dir", nullptr, "DIR", "write each rank's stdout and stderr to DIR/rank-<r>.log",
@@ -46,8 +52,10 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string&) { return c->join = true; }},
       {"--replace", nullptr, "R", "the rank a joiner takes over (with --join)",
        [](Config* c, const std::string& v) { return ToInt(v, 0, &c->replace); }},
-      {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; printed by tmrun at start)",
+      {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; same as --master)",
        [](Config* c, const std::string& v) { return !(c->store = v).empty(); }},
+      {"--token-file", nullptr, "FILE", "the job's token (nodes K > 0, --join; default: TRAINMOVER_TOKEN)",
+       [](Config* c, const std::string& v) { return !(c->token_file = v).empty(); }},
       {"--coordinator", nullptr, "HOST:PORT", "trainmoverd of the job (default: TRAINMOVER_COORDINATOR, else embedded)",
        [](Config* c, const std::string& v) { return !(c->coordinator = v).empty(); }},
       {"--no-coordinator", nullptr, nullptr, "no control plane: the ranks get no TRAINMOVER_COORDINATOR",
@@ -59,7 +67,8 @@ const std::vector<Option>& Table() {
 void Usage(FILE* out) {
   fprintf(out,
           "usage: tmrun -n N [options] [--] command [args...]\n"
-          "       tmrun --join --replace R --store HOST:PORT -n N [options] [--] command [args...]\n"
+          "       tmrun --nnodes N --node-rank K --master ADDR:PORT -n P [options] [--] command [args...]\n"
+          "       tmrun --join --replace R --master ADDR:PORT [options] [--] command [args...]\n"
           "options:\n");
   for (const Option& o : Table()) {
     std::string lhs = std::string(o.alias ? std::string(o.alias) + ", " : "") + o.name;
@@ -117,16 +126,23 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
   }
   for (; i < argc; ++i) cfg->command.emplace_back(argv[i]);
   const char* problem = nullptr;
-  if (cfg->nproc <= 0)
+  if (cfg->join && cfg->store.empty()) cfg->store = cfg->master;
+  if (cfg->nproc <= 0 && !cfg->join)
     problem = "-n N is required";
   else if (cfg->command.empty())
     problem = "no command given";
   else if (cfg->join && (cfg->replace < 0 || cfg->store.empty()))
-    problem = "--join needs --replace R and --store";
-  else if (cfg->join && cfg->replace >= cfg->nproc)
-    problem = "--replace R must be below -n";
+    problem = "--join needs --replace R and --master (or --store)";
+  else if (cfg->join && cfg->nproc > 0 && cfg->replace >= cfg->nproc * cfg->nnodes)
+    problem = "--replace R must be below the job's world size";
   else if (!cfg->join && (cfg->replace >= 0 || !cfg->store.empty()))
     problem = "--replace/--store need --join";
+  else if (cfg->join && (cfg->nnodes != 1 || cfg->node_rank != 0))
+    problem = "--join takes no --nnodes/--node-rank (it reads the job's layout from the store)";
+  else if (cfg->node_rank >= cfg->nnodes)
+    problem = "--node-rank K must be below --nnodes";
+  else if (cfg->nnodes > 1 && cfg->master.empty())
+    problem = "--nnodes > 1 needs --master ADDR:PORT (node 0's address)";
   if (problem) {
     fprintf(stderr, "tmrun: %s\n", problem);
     Usage(stderr);
@@ -142,12 +158,14 @@ std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int ran
     if (eq) env[std::string(*e, static_cast<size_t>(eq - *e))] = eq + 1;
   }
   env["RANK"] = std::to_string(rank);
-  env["WORLD_SIZE"] = std::to_string(cfg.nproc);
-  env["LOCAL_RANK"] = std::to_string(rank);
-  env["LOCAL_WORLD_SIZE"] = std::to_string(cfg.nproc);
+  env["WORLD_SIZE"] = std::to_string(job.world);
+  env["LOCAL_RANK"] = std::to_string(rank % job.nproc_per_node);
+  env["LOCAL_WORLD_SIZE"] = std::to_string(job.nproc_per_node);
+  env["GROUP_RANK"] = std::to_string(rank / job.nproc_per_node);
   env["MASTER_ADDR"] = job.master_addr;
   env["MASTER_PORT"] = std::to_string(job.master_port);
   env["TMRUN_STORE"] = job.store_host + ":" + std::to_string(job.store_port);
+  env["TMRUN_STORE_TOKEN"] = job.token;
   if (cfg.join) {
     env["TRAINMOVER_ROLE"] = "joiner";
     env["TRAINMOVER_REPLACE"] = std::to_string(cfg.replace);

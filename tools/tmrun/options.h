@@ -12,32 +12,40 @@
 namespace tmrun {
 
 struct Config {
-  int nproc = 0;           // -n: world size (ranks started, or the job's size with --join)
-  bool no_prefix = false;  // --no-prefix: ranks write straight to tmrun's stdout/stderr
-  std::string output_dir;  // --output-dir: rank-<r>.log per rank instead of tmrun's output
-  int grace_ms = 5000;     // --grace-ms: SIGTERM -> SIGKILL delay when stopping ranks
-  bool join = false;       // --join: start one joiner for an existing job
-  int replace = -1;        // --replace R: the rank the joiner takes over
-  std::string store;       // --store host:port: the job's store (with --join)
-  std::string coordinator;  // --coordinator host:port (else TRAINMOVER_COORDINATOR, else an embedded one)
+  int nproc = 0;                // -n: ranks on this node (with --join: optional, the job's world size)
+  int nnodes = 1;               // --nnodes: nodes of the job, each running one tmrun with -n ranks
+  int node_rank = 0;            // --node-rank: this node's index; global rank = node_rank * nproc + local rank
+  std::string master;           // --master ADDR:PORT: node 0 serves the store there (and the coordinator on ADDR)
+  bool no_prefix = false;       // --no-prefix: ranks write straight to tmrun's stdout/stderr
+  std::string output_dir;       // --output-dir: rank-<r>.log per rank instead of tmrun's output
+  int grace_ms = 5000;          // --grace-ms: SIGTERM -> SIGKILL delay when stopping ranks
+  bool join = false;            // --join: start one joiner for an existing job
+  int replace = -1;             // --replace R: the rank the joiner takes over
+  std::string store;            // --store host:port: the job's store (with --join; --master is the same)
+  std::string token_file;       // --token-file: the job's token (nodes K > 0 and joiners; else TRAINMOVER_TOKEN)
+  std::string coordinator;      // --coordinator host:port (else TRAINMOVER_COORDINATOR, else an embedded one)
   bool no_coordinator = false;  // --no-coordinator: plain pass-through ranks
   std::vector<std::string> command;
 };
 
 // What a rank's environment is made from, besides the Config.
 struct JobInfo {
+  int world = 0;           // every rank of every node
+  int nproc_per_node = 0;  // ranks per node (LOCAL_WORLD_SIZE)
   std::string store_host;
   uint16_t store_port = 0;
   std::string master_addr;
   uint16_t master_port = 0;
+  std::string token;  // the job's token: the store's and the coordinator's (TMRUN_STORE_TOKEN)
 };
 
 // Parses argv. Returns -1 to go on, else the exit code to end with (0 after --help; 2 on error, usage printed).
 int ParseArgs(int argc, char** argv, Config* cfg);
 
-// The full environment of rank `rank`: tmrun's own environment with the launcher variables set
-// (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TMRUN_STORE, and for a joiner
-// TRAINMOVER_ROLE=joiner TRAINMOVER_REPLACE=<rank>), as "NAME=value" strings.
+// The full environment of global rank `rank`: tmrun's own environment with the launcher variables set
+// (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT, TMRUN_STORE, and
+// for a joiner TRAINMOVER_ROLE=joiner TRAINMOVER_REPLACE=<rank>), as "NAME=value" strings. A joiner gets
+// the variables rank `rank` got on its own node.
 std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank);
 
 }  // namespace tmrun

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""A job across hosts, on one machine (nethosts.py: network namespaces on a bridge, one "host" each).
+
+usage: multihost.py TMRUN TMCTL TMTRAIN SHIM HOSTNCCL SCENARIO
+
+Scenarios (each compares every rank's final digest with an uninterrupted single-host run's, bit for bit):
+  launch    2 hosts x 2 ranks, `tmrun --nnodes 2 --node-rank K --master ADDR:PORT` on each
+  migrate   the same job; rank 1 moves from host 1 to host 3, whose joiner is started there by the operator
+            with `tmrun --join --replace 1 --master ADDR:PORT`; the state crosses the network
+  host      the same job; every rank of host 1 (0 and 1) moves to host 3 in one `tmctl migrate --host host1`
+  cut       the same job; host 3 (the joiner's) is cut off (its link down) while the replacement communicators
+            are being built: the migration is abandoned, training goes on undisturbed
+Needs root and iproute2 (ip netns); exits 77 with the reason otherwise.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "harness"))
+import nethosts  # noqa: E402
+
+TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL = (os.path.abspath(a) for a in sys.argv[1:6])
+SCENARIO = sys.argv[6]
+WORK = tempfile.mkdtemp(prefix="multihost-")
+C = nethosts.Cluster(dict(tmrun=TMRUN, tmctl=TMCTL, tm_train=TMTRAIN, shim=SHIM, hostnccl=HOSTNCCL), WORK)
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    for name in sorted(os.listdir(WORK)):
+        if name.endswith(".log"):
+            with open(os.path.join(WORK, name), errors="replace") as f:
+                print(f"--- {name}\n{''.join(f.readlines()[-20:])}")
+    sys.exit(1)
+
+
+def reference(ranks, steps):
+    log = os.path.join(WORK, "reference.log")
+    with open(log, "w") as f:
+        rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + C.train_cmd(steps, 0), stdout=f,
+                            stderr=subprocess.STDOUT, timeout=nethosts.TIMEOUT).returncode
+    d = nethosts.digests(log)
+    if rc != 0 or len(d) != ranks or len(set(d.values())) != 1:
+        fail(f"uninterrupted run: rc {rc}, digests {d}")
+    return next(iter(d.values()))
+
+
+def finish(procs):
+    for p in procs:
+        try:
+            if p.wait(timeout=nethosts.TIMEOUT) != 0:
+                fail(f"{' '.join(p.args[3:6])} exited {p.returncode}")
+        except subprocess.TimeoutExpired:
+            fail("a node did not finish (hang?)")
+
+
+def check(got, want, ranks=4):
+    if sorted(got) != list(range(ranks)) or set(got.values()) != {want}:
+        fail(f"digests {got}, uninterrupted run {want}")
+    print(f"{SCENARIO}: all {ranks} digests equal the uninterrupted run's ({want[:16]}...)")
+
+
+def node_digests(skip=()):
+    return {r: d for k in (0, 1) for r, d in nethosts.digests(os.path.join(WORK, f"node{k}.log")).items()
+            if r not in skip}
+
+
+def scenario_launch():
+    want = reference(4, 120)
+    nodes = C.start_job(120, 2)
+    hosts = {p["rank"]: p["host"] for p in C.wait_step(1)}
+    if hosts != {0: "host1", 1: "host1", 2: "host2", 3: "host2"}:
+        fail(f"ranks on hosts {hosts}, expected ranks 0-1 on host1 and 2-3 on host2")
+    finish(nodes)
+    check(node_digests(), want)
+
+
+def scenario_migrate(ranks=(1,), target_args=("--rank", "1"), steps=400, step_ms=10):
+    want = reference(4, steps)
+    nodes = C.start_job(steps, step_ms)
+    C.wait_step(40)
+    m, joiners, out = C.migrate(target_args, ranks, C.train_cmd(steps, step_ms))
+    if m["state"] != "done":
+        fail(f"migration ended {m['state']}: {m['reason']}")
+    hosts = {p["rank"]: p["host"] for p in C.status()["processes"] if p["state"] == "alive"}
+    if any(hosts.get(r) != "host3" for r in ranks):
+        fail(f"ranks {list(ranks)} should now run on host3: {hosts}")
+    print(f"{SCENARIO}: ranks {list(ranks)} moved to host3 at step {m['switch_step']}; "
+          f"tmctl: {out.strip().splitlines()[-1].strip()}")
+    finish(nodes + joiners)
+    got = node_digests(skip=ranks)
+    for r in ranks:
+        got.update(nethosts.digests(os.path.join(WORK, f"joiner-{r}.log")))
+    check(got, want)
+
+
+def scenario_host():
+    scenario_migrate(ranks=(0, 1), target_args=("--host", "host1"))
+
+
+def scenario_cut():
+    steps, step_ms = 1200, 10
+    want = reference(4, steps)
+    nodes = C.start_job(steps, step_ms)
+    C.wait_step(40)
+
+    def cut_while_building(c):
+        deadline = time.monotonic() + nethosts.TIMEOUT
+        while time.monotonic() < deadline:
+            if c.status()["migrations"][-1]["state"] in ("building", "done", "failed", "cancelled", "refused"):
+                break
+            time.sleep(0.01)
+        c.cut(2)
+        print(f"cut: host3's link down with the migration {c.status()['migrations'][-1]['state']}")
+
+    t0 = time.monotonic()
+    # The joiner's builds take 3 s (hostnccl's emulated set-up cost, on the joiner only), so that host 3 is cut
+    # off while they run.
+    m, _, _ = C.migrate(["--rank", "1"], [1], C.train_cmd(steps, step_ms), joiner_env={"HOSTNCCL_INIT_DELAY_MS": "3000"},
+                        on_requested=cut_while_building)
+    if m["state"] not in ("failed", "cancelled"):
+        fail(f"the migration to a cut-off host ended {m['state']}, expected it abandoned")
+    print(f"cut: migration {m['state']} after {time.monotonic() - t0:.1f} s: {m['reason']}")
+    finish(nodes)
+    check(node_digests(), want)
+
+
+def main():
+    try:
+        C.make()
+    except nethosts.Unavailable as e:
+        print(f"SKIP: {e}")
+        return 77
+    try:
+        {"launch": scenario_launch, "migrate": scenario_migrate, "host": scenario_host, "cut": scenario_cut}[SCENARIO]()
+    except RuntimeError as e:
+        fail(str(e))
+    finally:
+        C.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
