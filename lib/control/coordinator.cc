@@ -250,7 +250,7 @@ void Coordinator::Run() {
     CheckHeartbeats();
     for (auto& e : engines_) e->OnTick(*this);
     int alive = 0;
-    for (const auto& [id, pr] : procs_) alive += pr.state == ProcState::kAlive;
+    for (const auto& [id, pr] : procs_) alive += pr.state == ProcState::kAlive && pr.info.role != "node";
     alive_processes_.store(alive, std::memory_order_relaxed);
   }
 }
@@ -825,7 +825,7 @@ std::string Coordinator::MetricsText() const {
   o += "# HELP trainmover_processes Processes known to the coordinator, by role and state.\n";
   o += "# TYPE trainmover_processes gauge\n";
   std::map<std::pair<std::string, std::string>, int> by;
-  for (const char* role : {"worker", "joiner", "standby"}) {
+  for (const char* role : {"worker", "joiner", "standby", "node"}) {
     for (ProcState s : {ProcState::kAlive, ProcState::kLost, ProcState::kExited}) by[{role, ProcStateName(s)}] = 0;
   }
   for (const auto& [id, pr] : procs_) ++by[{pr.info.role, ProcStateName(pr.state)}];

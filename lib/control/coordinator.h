@@ -175,7 +175,7 @@ class Coordinator final : public EngineHost {
   void Run();
   // Thread-safe, async-signal-safe: makes Run() return soon.
   void Stop();
-  // Thread-safe: processes connected and alive as of the loop's last turn (every 100 ms at most). tmrun's
+  // Thread-safe: processes of the job (node agents aside) connected and alive as of the loop's last turn (every 100 ms at most). tmrun's
   // node 0 keeps its embedded coordinator (and the store) up while this is not 0, even after its own ranks
   // moved to another host.
   int alive_processes() const { return alive_processes_.load(std::memory_order_relaxed); }

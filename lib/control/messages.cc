@@ -130,7 +130,7 @@ bool Register::Decode(Reader& r) {
   cmdline = r.StrList();
   cwd = r.Str();
   env = r.StrList();
-  return r.AtEnd() && (role == "worker" || role == "joiner" || role == "standby");
+  return r.AtEnd() && (role == "worker" || role == "joiner" || role == "standby" || role == "node");
 }
 
 void RegisterAck::Encode(Writer& w) const {

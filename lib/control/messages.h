@@ -72,7 +72,7 @@ struct Reject {
 // What a process is: enough for the coordinator to show it and to respawn a joiner with its command.
 struct Register {
   uint64_t instance = 0;  // random per process; a reconnecting agent sends the same value
-  std::string role;       // worker, joiner, standby
+  std::string role;       // worker, joiner, standby, node (a node agent: tmrun --node, lib/control/node.h)
   std::string host;
   uint32_t pid = 0;
   int32_t rank = -1;  // -1 until known (the first communicator tells)

@@ -91,7 +91,7 @@ uint64_t Directory::Start(const std::string& host, Spawn s, std::string* err) {
   Command c = MakeSpawn(s);
   if (c.body.size() > kMaxPayload - 64 || !host_->SendCommand(agent, c)) {
     *err = c.body.size() > kMaxPayload - 64 ? "the command line and environment do not fit one frame"
-                                              : "the node agent on host " + host + " is not connected";
+                                            : "the node agent on host " + host + " is not connected";
     return 0;
   }
   children_[s.id] = Child{agent, 0, false, ""};

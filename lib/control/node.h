@@ -10,10 +10,9 @@
 #define TRAINMOVER_LIB_CONTROL_NODE_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
-
-#include <map>
 
 #include "coordinator.h"
 #include "messages.h"
@@ -38,11 +37,11 @@ inline constexpr const char* kHostLocalEnv[] = {"TRAINMOVER_HOST", "HOSTNCCL_SOC
                                                 "UCX_NET_DEVICES", "CUDA_VISIBLE_DEVICES"};
 
 struct Spawn {
-  uint64_t id = 0;                 // the coordinator's name for the process
-  std::vector<std::string> argv;   // argv[0] is looked up in PATH
-  std::vector<std::string> env;    // NAME=value, the whole environment
-  std::string dir;                 // working directory
-  std::string log;                 // stdout and stderr go there (created or appended), relative to dir
+  uint64_t id = 0;                // the coordinator's name for the process
+  std::vector<std::string> argv;  // argv[0] is looked up in PATH
+  std::vector<std::string> env;   // NAME=value, the whole environment
+  std::string dir;                // working directory
+  std::string log;                // stdout and stderr go there (created or appended), relative to dir
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };

@@ -32,7 +32,8 @@ class NodeLauncher final : public JoinerLauncher {
   }
 
   bool Exited(pid_t pid, std::string* how) override {
-    return pid >= kRemoteBase ? nodes_->Exited(static_cast<uint64_t>(pid - kRemoteBase), how) : local_->Exited(pid, how);
+    return pid >= kRemoteBase ? nodes_->Exited(static_cast<uint64_t>(pid - kRemoteBase), how)
+                              : local_->Exited(pid, how);
   }
 
   void Stop(pid_t pid) override {

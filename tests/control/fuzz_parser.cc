@@ -9,6 +9,7 @@
 
 #include "json.h"
 #include "control/messages.h"
+#include "control/node.h"
 #include "migration/msgs.h"
 #include "control/wire.h"
 
@@ -56,6 +57,8 @@ void DecodeAll(const std::vector<uint8_t>& p) {
   Try<mig::Progress>(p);
   Try<mig::Switched>(p);
   Try<mig::Phase>(p);
+  Try<node::Spawn>(p);
+  Try<node::Child>(p);
 }
 
 }  // namespace

@@ -11,7 +11,7 @@ mkdir -p "$out/corpus"
 bin=$out/fuzz_control_parser
 if ! clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$src/lib" -I"$src/tools/tmctl" \
-    "$src/tests/control/fuzz_parser.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" "$src/lib/migration/msgs.cc" \
+    "$src/tests/control/fuzz_parser.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" "$src/lib/control/node.cc" "$src/lib/migration/msgs.cc" \
     "$src/tools/tmctl/json.cc" -lcrypto -o "$bin" 2>"$out/build.log"; then
   if grep -q "fuzzer" "$out/build.log" && grep -qi "no such file\|cannot find" "$out/build.log"; then
     echo "SKIP: libFuzzer runtime missing (apt-get install libclang-rt-14-dev)"; cat "$out/build.log"; exit 77

@@ -11,9 +11,14 @@ Scenarios (each compares every rank's final digest with an uninterrupted single-
   host      the same job; every rank of host 1 (0 and 1) moves to host 3 in one `tmctl migrate --host host1`
   cut       the same job; host 3 (the joiner's) is cut off (its link down) while the replacement communicators
             are being built: the migration is abandoned, training goes on undisturbed
+  node      the same job with a node agent on host 3 (`tmrun --node --master ADDR:PORT`): `tmctl migrate --rank 1
+            --to host3 --spawn` starts the joiner there through it; then `tmctl migrate --host host2 --to host3
+            --spawn` moves both ranks of host 2; `tmctl status` lists the hosts and their agents; a migration
+            --to a host without a node agent is refused
 Needs root and iproute2 (ip netns); exits 77 with the reason otherwise.
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -128,6 +133,49 @@ def scenario_cut():
     check(node_digests(), want)
 
 
+def scenario_node():
+    steps, step_ms = 900, 10
+    want = reference(4, steps)
+    nodes = C.start_job(steps, step_ms)
+    agent = C.spawn(2, [TMRUN, "--node", "--master", C.master], "node-agent.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(p["role"] == "node" and p["state"] == "alive"
+                                                  for p in C.status()["processes"]):
+        time.sleep(0.1)
+    rc, out = C.tmctl("status")
+    hosts = out[out.index("\nHOST ") + 1:].split("\n\n")[0] if "\nHOST " in out else ""
+    if not re.search(r"^host3\s+pid \d+\s+-$", hosts, re.M) or not re.search(r"^host1\s+-\s+0 1$", hosts, re.M):
+        fail(f"tmctl status does not list the hosts, host3's node agent and host1's ranks:\n{out}")
+    print("node: tmctl status:\n" + hosts)
+    C.wait_step(40)
+    rc, out = C.tmctl("migrate", "--rank", "2", "--to", "host9", "--spawn")
+    m = C.status()["migrations"][-1]
+    if m["state"] != "failed" or "no node agent on host host9" not in m["reason"]:
+        fail(f"a migration to a host without a node agent ended {m['state']} ({m['reason']})")
+    print(f"node: --to host9 (no node agent) {m['state']}: {m['reason']}")
+    for target, ranks in ((["--rank", "1"], [1]), (["--host", "host2"], [2, 3])):
+        rc, out = C.tmctl("migrate", *target, "--to", "host3", "--spawn")
+        m = C.status()["migrations"][-1]
+        if m["state"] != "done":
+            fail(f"migrate {target} --to host3 --spawn ended {m['state']}: {m['reason']}\n{out}")
+        hosts = {p["rank"]: p["host"] for p in C.status()["processes"] if p["state"] == "alive" and p["rank"] >= 0}
+        if any(hosts.get(r) != "host3" for r in ranks):
+            fail(f"ranks {ranks} should now run on host3: {hosts}")
+        print(f"node: {' '.join(target)} --to host3 --spawn: done at step {m['switch_step']}, "
+              f"downtime {m['downtime_ms']:.1f} ms; ranks on {hosts}")
+    finish(nodes)
+    deadline = time.monotonic() + nethosts.TIMEOUT
+    got = node_digests(skip=(1, 2, 3))
+    while time.monotonic() < deadline and len(got) < 4:  # the joiners' logs, written by the node agent's children
+        for r in (1, 2, 3):
+            f = os.path.join(WORK, f"joiner-{r}.log")
+            if os.path.exists(f):
+                got.update({r: d for _, d in nethosts.digests_plain(f).items()})
+        time.sleep(0.2)
+    agent.terminate()
+    check(got, want)
+
+
 def main():
     try:
         C.make()
@@ -135,7 +183,8 @@ def main():
         print(f"SKIP: {e}")
         return 77
     try:
-        {"launch": scenario_launch, "migrate": scenario_migrate, "host": scenario_host, "cut": scenario_cut}[SCENARIO]()
+        {"launch": scenario_launch, "migrate": scenario_migrate, "host": scenario_host, "cut": scenario_cut,
+         "node": scenario_node}[SCENARIO]()
     except RuntimeError as e:
         fail(str(e))
     finally:

@@ -192,6 +192,17 @@ class Cluster:
         return self.status()["migrations"][-1], joiners, out
 
 
+def digests_plain(path):
+    """{None: sha256} from a single process's log ('final-state sha256:...' without a rank prefix)."""
+    out = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"^final-state sha256:([0-9a-f]+)$", line.strip())
+            if m:
+                out[None] = m.group(1)
+    return out
+
+
 def digests(path):
     """{rank: sha256} from a tmrun log with '[r] final-state sha256:...' lines."""
     out = {}

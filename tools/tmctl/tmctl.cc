@@ -25,8 +25,8 @@
 #include <thread>
 #include <vector>
 
-#include "control/client.h"
 #include "base/config.h"
+#include "control/client.h"
 #include "json.h"
 
 using tmctl::Json;
@@ -136,6 +136,23 @@ void PrintStatus(const Json& st) {
                 p["comms"].Int(), (std::to_string(p["heartbeat_age_ms"].Int()) + "ms").c_str(), regions.c_str());
     if (p["state"].Str() == "lost") std::printf("  (%s)", p["lost_reason"].Str().c_str());
     std::printf("\n");
+  }
+  // Hosts: the node agent of each (tmrun --node, which starts joiners there) and the ranks running on it.
+  std::map<std::string, std::pair<std::string, std::string>> hosts;  // host -> (node agent, ranks)
+  for (const Json* pp : procs) {
+    const Json& p = *pp;
+    if (p["state"].Str() != "alive") continue;
+    auto& [agent, ranks] = hosts[p["host"].Str()];
+    if (p["role"].Str() == "node") {
+      agent = "pid " + std::to_string(p["pid"].Int());
+    } else if (p["rank"].Int() >= 0) {
+      ranks += (ranks.empty() ? "" : " ") + std::to_string(p["rank"].Int());
+    }
+  }
+  std::printf("\n%-20s %-14s %s\n", "HOST", "NODE AGENT", "RANKS");
+  for (const auto& [host, v] : hosts) {
+    std::printf("%-20s %-14s %s\n", host.c_str(), v.first.empty() ? "-" : v.first.c_str(),
+                v.second.empty() ? "-" : v.second.c_str());
   }
   std::printf("\n%-20s %-18s %-7s %-9s %s\n", "COMMUNICATOR", "KIND", "NRANKS", "COMPLETE", "MEMBERS (rank:process)");
   for (const Json& cm : st["communicators"].arr) {
@@ -318,7 +335,7 @@ int main(int argc, char** argv) {
   // Parse the command's arguments before connecting, so usage errors need no coordinator.
   bool json = false, spawn = false;
   long long id = 0, rank = -1;
-  std::vector<int32_t> more_ranks;  // --rank given again
+  std::vector<int32_t> more_ranks;   // --rank given again
   std::string host, from_host, out;  // host: --to (the target); from_host: --host (the ranks to move)
   for (size_t k = 0; k < args.size(); ++k) {
     const std::string& a = args[k];

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -19,12 +20,17 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/host.h"
 #include "common/kv_store.h"
 #include "control.h"
+#include "control/agent.h"
+#include "control/node.h"
 #include "options.h"
 
 namespace {
@@ -194,6 +200,49 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
   }
 }
 
+// Starts a node agent's process: the requested environment with this host's own values of the host-local
+// variables (node.h), in its own session, output appended to its log. Its pid, or 0 with *why.
+pid_t SpawnForNode(const trainmover::control::node::Spawn& s, std::string* why) {
+  namespace node = trainmover::control::node;
+  std::vector<std::string> env;
+  for (const std::string& kv : s.env) {
+    bool local = false;
+    for (const char* name : node::kHostLocalEnv) local |= kv.rfind(std::string(name) + "=", 0) == 0;
+    if (!local) env.push_back(kv);
+  }
+  for (const char* name : node::kHostLocalEnv) {
+    if (const char* v = getenv(name)) env.push_back(std::string(name) + "=" + v);
+  }
+  struct stat st;
+  const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  std::string log = s.log;
+  if (!dir_ok && !log.empty()) log = log.substr(log.rfind('/') + 1);  // the leaver's folder is not here
+  std::vector<char*> argv, envp;
+  for (const std::string& a : s.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (std::string& kv : env) envp.push_back(kv.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (dir_ok) posix_spawn_file_actions_addchdir_np(&fa, s.dir.c_str());
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, log.empty() ? "/dev/null" : log.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                   0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
+  pid_t pid = 0;
+  int rc = posix_spawnp(&pid, argv[0], &fa, &attr, argv.data(), envp.data());
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) {
+    *why = std::string(argv[0]) + ": " + strerror(rc);
+    return 0;
+  }
+  return pid;
+}
+
 // How long a node K > 0 or a joiner waits for node 0's store to answer and publish the job (node 0 may
 // start later than the others, as with torchrun).
 constexpr int kJoinJobTimeoutMs = 120000;
@@ -236,7 +285,7 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
     fprintf(stderr, "tmrun: --replace %d but the job at %s has %d ranks\n", cfg.replace, addr.c_str(), job->world);
     return 2;
   }
-  if (!cfg.join && cfg.nproc * cfg.nnodes != job->world) {
+  if (!cfg.join && !cfg.node && cfg.nproc * cfg.nnodes != job->world) {
     fprintf(stderr, "tmrun: --nnodes %d x -n %d but node 0 of the job at %s started %d ranks in all\n", cfg.nnodes,
             cfg.nproc, addr.c_str(), job->world);
     return 2;
@@ -245,6 +294,76 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
   job->master_port = static_cast<uint16_t>(atoi(mport.c_str()));
   kv.Get("tmrun/coordinator", 2000, coordinator);  // empty when the job runs without one
   kv.Get("tmrun/token_file", 2000, token_file);    // only readable on node 0's machine
+  return 0;
+}
+
+// --node: a node agent (docs/operator.md, "Node agents"). It registers this host with the job's coordinator
+// as a process of role "node" and starts what the coordinator asks for here (a joiner for a migration to
+// this host), each in its own session with its output in a log file, and reports when each ends. It runs
+// until SIGINT or SIGTERM; what it started keeps running after it (they are the job's processes).
+int RunNodeAgent(const tmrun::JobInfo& job, const std::string& coordinator) {
+  namespace node = trainmover::control::node;
+  if (coordinator.empty()) {
+    fprintf(stderr, "tmrun: --node: the job runs without a coordinator; nothing could ask this node anything\n");
+    return 2;
+  }
+  trainmover::control::Agent::Options o;
+  o.coordinator = coordinator;
+  o.token = job.token;
+  o.self = trainmover::control::DescribeSelf(node::kRole, -1, job.world, -1);
+  trainmover::control::Agent agent(o);
+  std::mutex mu;
+  std::map<pid_t, uint64_t> children;  // pid -> the coordinator's id
+  agent.SetCommandHandler([&](const trainmover::control::Command& c) {
+    trainmover::control::Reader r(c.body.data(), c.body.size());
+    if (c.kind == static_cast<uint16_t>(node::Cmd::kSpawn)) {
+      node::Spawn s;
+      if (!s.Decode(r)) return;
+      node::Child done{s.id, 0, ""};
+      done.pid = SpawnForNode(s, &done.how);
+      if (done.pid > 0) {
+        std::lock_guard<std::mutex> lock(mu);
+        children[done.pid] = s.id;
+      }
+      fprintf(stderr, "tmrun: node: %s %s (id %llu)%s%s\n", done.pid > 0 ? "started" : "could not start",
+              s.argv[0].c_str(), static_cast<unsigned long long>(s.id), done.pid > 0 ? ", pid " : ": ",
+              done.pid > 0 ? std::to_string(done.pid).c_str() : done.how.c_str());
+      agent.SendEvent(node::MakeChildEvent(node::Ev::kSpawned, done));
+    } else if (c.kind == static_cast<uint16_t>(node::Cmd::kStop)) {
+      node::Child who;
+      if (!who.Decode(r)) return;
+      std::lock_guard<std::mutex> lock(mu);
+      for (const auto& [pid, id] : children) {
+        if (id == who.id) kill(-pid, SIGTERM);
+      }
+    }
+  });
+  agent.Start();
+  fprintf(stderr, "tmrun: node agent for host %s, coordinator %s\n", trainmover::base::HostName().c_str(),
+          coordinator.c_str());
+  for (;;) {
+    pollfd p{g_sig_pipe[0], POLLIN, 0};
+    if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+    char sigs[64];
+    ssize_t k = (p.revents & POLLIN) ? read(g_sig_pipe[0], sigs, sizeof(sigs)) : 0;
+    bool stop = false;
+    for (ssize_t j = 0; j < k; ++j) stop |= sigs[j] == SIGINT || sigs[j] == SIGTERM;
+    for (;;) {
+      int status = 0;
+      pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) break;
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = children.find(pid);
+      if (it == children.end()) continue;
+      node::Child ended{it->second, pid, Describe(status)};
+      fprintf(stderr, "tmrun: node: pid %d (id %llu) %s\n", pid, static_cast<unsigned long long>(ended.id),
+              ended.how.c_str());
+      agent.SendEvent(node::MakeChildEvent(node::Ev::kExited, ended));
+      children.erase(it);
+    }
+    if (stop) break;
+  }
+  agent.Stop(/*bye=*/true);
   return 0;
 }
 
@@ -272,7 +391,7 @@ int main(int argc, char** argv) {
   tm_tools::KvServer store;
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
   std::string err;
-  const bool serves = !cfg.join && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
+  const bool serves = !cfg.join && !cfg.node && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
   // The job's token authenticates the store and the coordinator. Node 0 takes TRAINMOVER_TOKEN or makes one;
   // every other node and a joiner must be given it (--token-file, TRAINMOVER_TOKEN or TMRUN_STORE_TOKEN).
   if (!cfg.token_file.empty()) {
@@ -303,13 +422,14 @@ int main(int argc, char** argv) {
   setenv("TRAINMOVER_TOKEN", job.token.c_str(), 1);
   if (!serves) {
     // A joiner, or node K > 0: the job's node 0 publishes its launch facts in its store.
-    const std::string& addr = cfg.join ? cfg.store : cfg.master;
+    const std::string& addr = cfg.join ? cfg.store : cfg.master;  // --node: --master too
     if (!tm_tools::ParseHostPort(addr, &job.store_host, &job.store_port)) {
       fprintf(stderr, "tmrun: malformed store address '%s'\n", addr.c_str());
       return 2;
     }
     std::string jcoord, jtoken;
     if (int rc = ReadJob(cfg, addr, &job, &jcoord, &jtoken); rc != 0) return rc;
+    if (cfg.node) return RunNodeAgent(job, cfg.coordinator.empty() ? jcoord : cfg.coordinator);
     if (!control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, "", &err)) {
       fprintf(stderr, "tmrun: %s\n", err.c_str());
       return 1;

@@ -48,6 +48,8 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string& v) { return !(c->output_dir = v).empty(); }},
       {"--grace-ms", nullptr, "MS", "delay between SIGTERM and SIGKILL when stopping ranks (default 5000)",
        [](Config* c, const std::string& v) { return ToInt(v, 0, &c->grace_ms); }},
+      {"--node", nullptr, nullptr, "a node agent: start processes on this host when the job's coordinator asks",
+       [](Config* c, const std::string&) { return c->node = true; }},
       {"--join", nullptr, nullptr, "start one joiner for rank --replace of the job at --store",
        [](Config* c, const std::string&) { return c->join = true; }},
       {"--replace", nullptr, "R", "the rank a joiner takes over (with --join)",
@@ -69,6 +71,7 @@ void Usage(FILE* out) {
           "usage: tmrun -n N [options] [--] command [args...]\n"
           "       tmrun --nnodes N --node-rank K --master ADDR:PORT -n P [options] [--] command [args...]\n"
           "       tmrun --join --replace R --master ADDR:PORT [options] [--] command [args...]\n"
+          "       tmrun --node --master ADDR:PORT [--token-file FILE]\n"
           "options:\n");
   for (const Option& o : Table()) {
     std::string lhs = std::string(o.alias ? std::string(o.alias) + ", " : "") + o.name;
@@ -127,7 +130,11 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
   for (; i < argc; ++i) cfg->command.emplace_back(argv[i]);
   const char* problem = nullptr;
   if (cfg->join && cfg->store.empty()) cfg->store = cfg->master;
-  if (cfg->nproc <= 0 && !cfg->join)
+  if (cfg->node && (cfg->master.empty() || !cfg->command.empty() || cfg->nproc > 0 || cfg->join))
+    problem = "--node takes --master ADDR:PORT, no -n, no --join and no command";
+  else if (cfg->node)
+    problem = nullptr;
+  else if (cfg->nproc <= 0 && !cfg->join)
     problem = "-n N is required";
   else if (cfg->command.empty())
     problem = "no command given";

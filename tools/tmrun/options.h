@@ -20,6 +20,7 @@ struct Config {
   std::string output_dir;       // --output-dir: rank-<r>.log per rank instead of tmrun's output
   int grace_ms = 5000;          // --grace-ms: SIGTERM -> SIGKILL delay when stopping ranks
   bool join = false;            // --join: start one joiner for an existing job
+  bool node = false;            // --node: a node agent for the job at --master (no ranks of its own)
   int replace = -1;             // --replace R: the rank the joiner takes over
   std::string store;            // --store host:port: the job's store (with --join; --master is the same)
   std::string token_file;       // --token-file: the job's token (nodes K > 0 and joiners; else TRAINMOVER_TOKEN)
