@@ -504,17 +504,28 @@ ncclResult_t Enqueue(Kind kind, const char* opname, const void* send, void* recv
 }
 
 // Each member of a new child communicator gets the child's unique id from the child's rank 0 (the leader),
-// over the parent's transport. Only the leader and the member need to be alive.
-ncclResult_t DistributeId(Comm* parent, const std::vector<int>& members, uint64_t child, ncclUniqueId* id) {
+// over the parent's transport. Only the leader and the member need to be alive. The tag counts the ids sent
+// from the leader to that member (as point-to-point does), not the parent's children: ranks excluded from a
+// shrink take no part in it, so a count of children would differ between ranks afterwards, and the next
+// split's id would then never match.
+ncclResult_t DistributeId(Comm* parent, const std::vector<int>& members, ncclUniqueId* id) {
   const int leader = members[0];
   std::vector<Pending> reqs;
-  const uint64_t tag = MakeTag(kTagCtrl, leader, child);
   std::lock_guard<std::mutex> lk(parent->op_mu);
   if (parent->rank == leader) {
     HN_CHECK(CreateUniqueId(id, 0));
-    for (size_t i = 1; i < members.size(); ++i) HN_CHECK(PostSend(parent, members[i], tag, id, sizeof(*id), &reqs));
+    for (size_t i = 1; i < members.size(); ++i) {
+      const int m = members[i];
+      ncclResult_t r = PostSend(parent, m, MakeTag(kTagCtrl, leader, parent->ctrl_send_seq[m]++), id, sizeof(*id),
+                                &reqs);
+      if (r != ncclSuccess) {
+        CancelPending(parent, &reqs);
+        return r;
+      }
+    }
   } else {
-    HN_CHECK(PostRecv(parent, leader, tag, id, sizeof(*id), &reqs));
+    HN_CHECK(PostRecv(parent, leader, MakeTag(kTagCtrl, leader, parent->ctrl_recv_seq[leader]++), id, sizeof(*id),
+                      &reqs));
   }
   return WaitAll(parent, &reqs, /*only_peers=*/true);
 }
@@ -665,7 +676,6 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   std::vector<int32_t> mine{color, key}, all(2 * n);
   Task t{c, Kind::kAllGather, mine.data(), all.data(), 2, ncclInt32, RedOpFull{}, 0};
   HN_CHECK(RunTasks(c, {t}));
-  const uint64_t child = c->child_count++;
   if (color == NCCL_SPLIT_NOCOLOR) return ncclSuccess;
   std::vector<int> members;
   for (int r = 0; r < n; ++r) {
@@ -674,7 +684,7 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return all[2 * a + 1] < all[2 * b + 1]; });
   int newrank = static_cast<int>(std::find(members.begin(), members.end(), c->rank) - members.begin());
   ncclUniqueId id;
-  HN_CHECK(DistributeId(c, members, child, &id));
+  HN_CHECK(DistributeId(c, members, &id));
   ncclResult_t r =
       InitComm(newcomm, static_cast<int>(members.size()), id, newrank, blocking, c->cuda_dev, "ncclCommSplit");
   return r;
@@ -709,10 +719,9 @@ ncclResult_t CommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* ne
   for (int r = 0; r < c->nranks; ++r) {
     if (!std::binary_search(ex.begin(), ex.end(), r)) members.push_back(r);
   }
-  const uint64_t child = c->child_count++;
   int newrank = static_cast<int>(std::find(members.begin(), members.end(), c->rank) - members.begin());
   ncclUniqueId id;
-  HN_CHECK(DistributeId(c, members, child, &id));
+  HN_CHECK(DistributeId(c, members, &id));
   return InitComm(newcomm, static_cast<int>(members.size()), id, newrank, blocking, c->cuda_dev, "ncclCommShrink");
 }
 

@@ -461,6 +461,8 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   c->peer_gone_ms.assign(n, 0);
   c->send_seq.assign(n, 0);
   c->recv_seq.assign(n, 0);
+  c->ctrl_send_seq.assign(n, 0);
+  c->ctrl_recv_seq.assign(n, 0);
 
   ucp_context_h ctx = nullptr;
   HN_CHECK(Context(&ctx));
@@ -525,7 +527,14 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     st = ucp_ep_create(c->worker, &ep, &c->eps[r]);
     if (st != UCS_OK) res = Fail(ncclSystemError, "UCX: endpoint to rank %d failed: %s", r, ucs_status_string(st));
   }
-  // Liveness mesh: connect to every higher rank, accept every lower one (each connector sends its rank).
+  // Liveness mesh, which is also the end-of-init barrier. Every rank connects to every higher rank and sends
+  // its rank, accepts every lower rank and answers with an ack byte, then waits for the acks of the higher
+  // ranks. Both the hello and the ack are sent only after the sender has created all its UCX endpoints, so
+  // when Bootstrap returns every peer holds its endpoints to this rank's worker. Without the ack, a rank that
+  // accepts nobody (rank 0) could return, destroy the communicator and with it its worker's shared-memory
+  // segment while a slower peer was still about to attach it in ucp_ep_create ("shmat: Invalid argument").
+  // The acks are read before any operation runs, so the only byte a peer sends later is its bye.
+  constexpr char kAck = 'A';
   for (int r = me + 1; r < n && res == ncclSuccess; ++r) {
     res = Connect(infos[r].live_addr, infos[r].live_port, deadline, &c->abort_flag, &c->live_fd[r]);
     int32_t my = me;
@@ -542,12 +551,19 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     int afd = accept4(live_listen, nullptr, nullptr, SOCK_CLOEXEC);
     int32_t who = -1;
     if (afd < 0 || !RecvAll(afd, &who, sizeof(who), deadline, &c->abort_flag) || who < 0 || who >= me ||
-        c->live_fd[who] >= 0) {
+        c->live_fd[who] >= 0 || !SendAll(afd, &kAck, 1)) {
       if (afd >= 0) close(afd);
       res = Fail(ncclRemoteError, "bootstrap: bad liveness connection");
       break;
     }
     c->live_fd[who] = afd;
+  }
+  for (int r = me + 1; r < n && res == ncclSuccess; ++r) {
+    char ack = 0;
+    if (!RecvAll(c->live_fd[r], &ack, 1, deadline, &c->abort_flag) || ack != kAck) {
+      res = Fail(ncclRemoteError, "bootstrap: rank %d/%d: rank %d did not complete its init within %lld ms", me, n, r,
+                 static_cast<long long>(c->env.timeout_ms));
+    }
   }
   close(live_listen);
   if (res != ncclSuccess) return res;
@@ -690,6 +706,8 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
 }
 
 }  // namespace
+
+void CancelPending(Comm* c, std::vector<Pending>* reqs) { CancelAll(c, reqs); }
 
 ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
   constexpr int64_t kGraceMs = 300;  // messages a peer sent before leaving may still be in flight

@@ -62,8 +62,9 @@ struct Comm {
   std::atomic<int> async_error{ncclSuccess};
   bool blocking = true;  // config.blocking; children made without a config inherit it
   bool finalized = false, revoked = false, destroyed = false;
-  uint64_t coll_seq = 0, child_count = 0;
-  std::vector<uint64_t> send_seq, recv_seq;
+  uint64_t coll_seq = 0;
+  std::vector<uint64_t> send_seq, recv_seq;            // point-to-point messages per peer
+  std::vector<uint64_t> ctrl_send_seq, ctrl_recv_seq;  // child ids sent to / received from each peer
   std::vector<UserRedOp> redops;
   std::mutex op_mu;  // held while an operation, teardown or init runs on the comm
   std::thread init_thread;
@@ -97,6 +98,8 @@ struct Pending {
 // Progresses until every request completes; fails on abort, a dead or departed peer, or no progress for
 // the timeout. When only_peers is true, only the peers of the requests count (used across a failed parent).
 [[nodiscard]] ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers = false);
+// Cancels and frees every request of reqs (after a failure), and empties it.
+void CancelPending(Comm* c, std::vector<Pending>* reqs);
 
 // Reads the liveness connections without waiting; a peer that died sets the async error to ncclRemoteError.
 ncclResult_t CheckPeers(Comm* c);
