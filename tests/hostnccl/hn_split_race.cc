@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Regression test for a race between communicator teardown and a following split: after a parity split
 // (color = rank % 2) has been used and destroyed, a split in which rank 0 opts out (NCCL_SPLIT_NOCOLOR) and a
-// shrink that excludes rank 0 must succeed with correct results, every time. The whole sequence is repeated
-// many times in one set of processes, with rank 0 racing ahead into the next iteration (it takes no part in
-// the second split and the shrink) so that teardown and bootstrap of different communicators overlap.
+// shrink that excludes rank 0 must succeed with correct results, every time, also when the new communicator is
+// destroyed right after it was made. The whole sequence is repeated many times in one set of processes, with
+// rank 0 racing ahead into the next iteration (it takes no part in the second split and the shrink) so that
+// teardown and bootstrap of different communicators overlap.
 //   usage: hn_split_race NRANKS ITERATIONS   (NRANKS >= 3)
 #include "hn_harness.h"
 
@@ -43,39 +44,34 @@ int Body(int rank, int n, const ncclUniqueId& id, int iterations) {
     if (!par) break;
     failures += Check(par, (n + 1 - rank % 2) / 2, it, "parity split");
     HT_NCCL(ncclCommDestroy(par));
-    // 2. Rank 0 opts out; the others form one communicator (keys reversed on odd iterations) and destroy it at
-    //    once: its rank 0 used to return from init, and tear down its worker's shared-memory segment, before
-    //    its peer had attached it. Then the same split again, used.
-    const int color = rank == 0 ? NCCL_SPLIT_NOCOLOR : 7;
-    const int key = it % 2 ? n - rank : rank;
-    for (int use = 0; use < 2; ++use) {
-      ncclComm_t rest = reinterpret_cast<ncclComm_t>(0x1);
-      HT_NCCL(ncclCommSplit(world, color, key, &rest, nullptr));
-      if (rank == 0) {
-        HT_EXPECT(rest == nullptr, "iteration %d: NOCOLOR rank got a communicator", it);
-        continue;
-      }
-      HT_EXPECT(rest != nullptr, "iteration %d: split without rank 0 gave no communicator", it);
-      if (!rest) break;
-      if (use) {
-        int srank = -1;
-        HT_NCCL(ncclCommUserRank(rest, &srank));
-        const int want = it % 2 ? n - 1 - rank : rank - 1;
-        HT_EXPECT(srank == want, "iteration %d: split rank %d expected %d", it, srank, want);
-        failures += Check(rest, n - 1, it, "split without rank 0");
-      }
-      HT_NCCL(ncclCommDestroy(rest));
+    // 2. Rank 0 opts out; the others form one communicator (keys reversed on odd iterations). On even
+    //    iterations they destroy it at once: its rank 0 used to return from init, and tear down its worker's
+    //    shared-memory segment, before its peer had attached it. On odd iterations it is used.
+    const bool use = it % 2 == 1;
+    ncclComm_t rest = reinterpret_cast<ncclComm_t>(0x1);
+    HT_NCCL(ncclCommSplit(world, rank == 0 ? NCCL_SPLIT_NOCOLOR : 7, use ? n - rank : rank, &rest, nullptr));
+    if (rank == 0) {
+      HT_EXPECT(rest == nullptr, "iteration %d: NOCOLOR rank got a communicator", it);
+      continue;  // rank 0 races ahead into the next parity split
     }
-    if (rank != 0) {
-      // 3. Shrink without rank 0 (rank 0 takes no part, as NCCL requires of excluded ranks).
-      int ex[] = {0};
-      ncclComm_t sh = nullptr;
-      HT_NCCL(ncclCommShrink(world, ex, 1, &sh, nullptr, NCCL_SHRINK_DEFAULT));
-      HT_EXPECT(sh != nullptr, "iteration %d: shrink gave no communicator", it);
-      if (!sh) break;
-      failures += Check(sh, n - 1, it, "shrink");
-      HT_NCCL(ncclCommDestroy(sh));
+    HT_EXPECT(rest != nullptr, "iteration %d: split without rank 0 gave no communicator", it);
+    if (!rest) break;
+    if (use) {
+      int srank = -1;
+      HT_NCCL(ncclCommUserRank(rest, &srank));
+      HT_EXPECT(srank == n - 1 - rank, "iteration %d: split rank %d expected %d", it, srank, n - 1 - rank);
+      failures += Check(rest, n - 1, it, "split without rank 0");
     }
+    HT_NCCL(ncclCommDestroy(rest));
+    // 3. Shrink without rank 0 (rank 0 takes no part, as NCCL requires of excluded ranks): used when the split
+    //    was not, destroyed at once when it was.
+    int ex[] = {0};
+    ncclComm_t sh = nullptr;
+    HT_NCCL(ncclCommShrink(world, ex, 1, &sh, nullptr, NCCL_SHRINK_DEFAULT));
+    HT_EXPECT(sh != nullptr, "iteration %d: shrink gave no communicator", it);
+    if (!sh) break;
+    if (!use) failures += Check(sh, n - 1, it, "shrink");
+    HT_NCCL(ncclCommDestroy(sh));
   }
   // Everyone is still in step on the parent.
   failures += Check(world, n, iterations, "world");
