@@ -60,8 +60,8 @@ ncclResult_t PipelinedReduce(Comm* c, const void* send, void* out, void* all, co
   for (int p = 0; p < n; ++p) {
     if (p == me) continue;
     rs_done[p].assign(nseg(p), 0);
-    expected += nseg(p) + my_nseg;                        // RS sends to p, RS receives from p
-    if (allgather) expected += nseg(p) + my_nseg;         // AG receives from p, AG sends to p
+    expected += nseg(p) + my_nseg;                 // RS sends to p, RS receives from p
+    if (allgather) expected += nseg(p) + my_nseg;  // AG receives from p, AG sends to p
   }
   std::vector<int> got(depth, 0);  // receives completed per slot
   size_t rs_posted = 0, next_reduce = 0, completed = 0;
@@ -79,8 +79,8 @@ ncclResult_t PipelinedReduce(Comm* c, const void* send, void* out, void* all, co
         res = PostSend(c, p, CollTag(c, me, 0, s), in + (blocks[p].off + s * seg) * es, seg_len(p, s) * es, &reqs,
                        ReqId(kRsSend, p, s));
       }
-      while (res == ncclSuccess && allgather && ag_posted[p] < nseg(p) &&
-             ag_inflight[p] < static_cast<size_t>(depth) && (!guard || ag_posted[p] < rs_prefix[p])) {
+      while (res == ncclSuccess && allgather && ag_posted[p] < nseg(p) && ag_inflight[p] < static_cast<size_t>(depth) &&
+             (!guard || ag_posted[p] < rs_prefix[p])) {
         const size_t s = ag_posted[p]++;
         ++ag_inflight[p];
         res = PostRecv(c, p, CollTag(c, p, 1, s), allp + (blocks[p].off + s * seg) * es, seg_len(p, s) * es, &reqs,
@@ -90,7 +90,8 @@ ncclResult_t PipelinedReduce(Comm* c, const void* send, void* out, void* all, co
     while (res == ncclSuccess && rs_posted < my_nseg && rs_posted < next_reduce + depth) {
       const size_t s = rs_posted++;
       for (int p = 0; p < n && res == ncclSuccess; ++p) {
-        if (p != me) res = PostRecv(c, p, CollTag(c, p, 0, s), slot(s, p), seg_len(me, s) * es, &reqs, ReqId(kRsRecv, p, s));
+        if (p != me)
+          res = PostRecv(c, p, CollTag(c, p, 0, s), slot(s, p), seg_len(me, s) * es, &reqs, ReqId(kRsRecv, p, s));
       }
     }
     if (res != ncclSuccess) break;

@@ -17,8 +17,8 @@ constexpr int kPipelineDepth = 4;
 // is safe: UCX matches messages of one sender in order, and far fewer than 4096 segments of one stream are ever
 // posted at once.
 inline uint64_t CollTag(const Comm* c, int src, int phase, uint64_t seg = 0) {
-  return MakeTag(kTagColl, src, ((c->coll_seq & 0x3ffffffull) << 14) | (static_cast<uint64_t>(phase & 3) << 12) |
-                                    (seg & 0xfffull));
+  return MakeTag(kTagColl, src,
+                 ((c->coll_seq & 0x3ffffffull) << 14) | (static_cast<uint64_t>(phase & 3) << 12) | (seg & 0xfffull));
 }
 
 // One rank's block, in elements.

@@ -493,16 +493,16 @@ ncclResult_t DistributeId(Comm* parent, const std::vector<int>& members, ncclUni
     HN_CHECK(CreateUniqueId(id, 0));
     for (size_t i = 1; i < members.size(); ++i) {
       const int m = members[i];
-      ncclResult_t r = PostSend(parent, m, MakeTag(kTagCtrl, leader, parent->ctrl_send_seq[m]++), id, sizeof(*id),
-                                &reqs);
+      ncclResult_t r =
+          PostSend(parent, m, MakeTag(kTagCtrl, leader, parent->ctrl_send_seq[m]++), id, sizeof(*id), &reqs);
       if (r != ncclSuccess) {
         CancelPending(parent, &reqs);
         return r;
       }
     }
   } else {
-    HN_CHECK(PostRecv(parent, leader, MakeTag(kTagCtrl, leader, parent->ctrl_recv_seq[leader]++), id, sizeof(*id),
-                      &reqs));
+    HN_CHECK(
+        PostRecv(parent, leader, MakeTag(kTagCtrl, leader, parent->ctrl_recv_seq[leader]++), id, sizeof(*id), &reqs));
   }
   return WaitAll(parent, &reqs, /*only_peers=*/true);
 }

@@ -646,8 +646,7 @@ ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t l
   return ncclSuccess;
 }
 
-ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out,
-                      uint64_t id) {
+ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out, uint64_t id) {
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
   p.datatype = ucp_dt_make_contig(1);
@@ -816,7 +815,9 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
 
 }  // namespace
 
-ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) { return Wait(c, reqs, only_peers, nullptr); }
+ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
+  return Wait(c, reqs, only_peers, nullptr);
+}
 
 void CancelPending(Comm* c, std::vector<Pending>* reqs) { CancelAll(c, reqs); }
 

@@ -20,10 +20,10 @@ namespace hn {
 
 // ---- environment (typed, validated; read when a call needs it so tests can change it) ----
 struct Env {
-  int debug_level = 0;          // HOSTNCCL_DEBUG: 0 none, 1 WARN, 2 INFO, 3 TRACE
-  int64_t timeout_ms = 300000;  // HOSTNCCL_TIMEOUT_MS
-  int64_t init_delay_ms = 0;    // HOSTNCCL_INIT_DELAY_MS
-  uint32_t ifaddr = 0;          // HOSTNCCL_SOCKET_IFADDR (network order); 0 = default route's interface
+  int debug_level = 0;            // HOSTNCCL_DEBUG: 0 none, 1 WARN, 2 INFO, 3 TRACE
+  int64_t timeout_ms = 300000;    // HOSTNCCL_TIMEOUT_MS
+  int64_t init_delay_ms = 0;      // HOSTNCCL_INIT_DELAY_MS
+  uint32_t ifaddr = 0;            // HOSTNCCL_SOCKET_IFADDR (network order); 0 = default route's interface
   int64_t chunk_bytes = 1 << 20;  // HOSTNCCL_CHUNK_BYTES: pipeline segment size of the collectives
   int algo = 0;                   // HOSTNCCL_ALGO: kAlgoAuto, kAlgoRing, kAlgoDirect (AllGather, Broadcast)
 };

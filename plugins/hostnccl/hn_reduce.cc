@@ -53,21 +53,26 @@ void ReduceInt(const RedOpFull& op, T scalar, const void* const* in, int n, void
   auto id = [](T a) { return a; };
   switch (op.kind) {
     case RedKind::kSum:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return O::Sum(a, b); }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return O::Sum(a, b); }, id);
     case RedKind::kSumPostDiv: {
       const T d = static_cast<T>(op.divisor);
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return O::Sum(a, b); },
-                           [d](T a) { return static_cast<T>(a / d); });
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return O::Sum(a, b); }, [d](T a) { return static_cast<T>(a / d); });
     }
     case RedKind::kPreMulSum:
-      return TileReduce<T>(in, n, out, count, [scalar](T a) { return O::Prod(a, scalar); },
-                           [scalar](T a, T b) { return O::Sum(a, O::Prod(b, scalar)); }, id);
+      return TileReduce<T>(
+          in, n, out, count, [scalar](T a) { return O::Prod(a, scalar); },
+          [scalar](T a, T b) { return O::Sum(a, O::Prod(b, scalar)); }, id);
     case RedKind::kProd:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return O::Prod(a, b); }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return O::Prod(a, b); }, id);
     case RedKind::kMax:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return std::max(a, b); }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return std::max(a, b); }, id);
     case RedKind::kMin:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return std::min(a, b); }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return std::min(a, b); }, id);
   }
 }
 
@@ -78,16 +83,20 @@ void ReduceFloat(const RedOpFull& op, T scalar, const void* const* in, int n, vo
   switch (op.kind) {
     case RedKind::kSum:
     case RedKind::kSumPostDiv:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return a + b; }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return a + b; }, id);
     case RedKind::kPreMulSum:
-      return TileReduce<T>(in, n, out, count, [scalar](T a) { return a * scalar; },
-                           [scalar](T a, T b) { return a + b * scalar; }, id);
+      return TileReduce<T>(
+          in, n, out, count, [scalar](T a) { return a * scalar; }, [scalar](T a, T b) { return a + b * scalar; }, id);
     case RedKind::kProd:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return a * b; }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return a * b; }, id);
     case RedKind::kMax:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return std::fmax(a, b); }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return std::fmax(a, b); }, id);
     case RedKind::kMin:
-      return TileReduce<T>(in, n, out, count, id, [](T a, T b) { return std::fmin(a, b); }, id);
+      return TileReduce<T>(
+          in, n, out, count, id, [](T a, T b) { return std::fmin(a, b); }, id);
   }
 }
 

@@ -115,14 +115,10 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   HT_EXPECT(ncclAllReduce(buf, buf, 1, ncclInt32, ncclSum, comm, nullptr) == ncclInvalidArgument, "use after destroy");
 
   // Environment: a present but invalid value fails the call and names the variable.
-  const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"},
-                           {"HOSTNCCL_INIT_DELAY_MS", "-3"},
-                           {"HOSTNCCL_DEBUG", "LOUD"},
-                           {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"},
-                           {"HOSTNCCL_CHUNK_BYTES", "4095"},
-                           {"HOSTNCCL_CHUNK_BYTES", "2147483648"},
-                           {"HOSTNCCL_CHUNK_BYTES", "1M"},
-                           {"HOSTNCCL_ALGO", "tree"}};
+  const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"},  {"HOSTNCCL_INIT_DELAY_MS", "-3"},
+                           {"HOSTNCCL_DEBUG", "LOUD"},       {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"},
+                           {"HOSTNCCL_CHUNK_BYTES", "4095"}, {"HOSTNCCL_CHUNK_BYTES", "2147483648"},
+                           {"HOSTNCCL_CHUNK_BYTES", "1M"},   {"HOSTNCCL_ALGO", "tree"}};
   for (auto& kv : vars) {
     setenv(kv[0], kv[1], 1);
     ncclUniqueId id2;

@@ -89,8 +89,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  int f = ht::RunRanks(n, [iterations](int r, int nr, const ncclUniqueId& id) { return Body(r, nr, id, iterations); },
-                       55);
+  int f = ht::RunRanks(
+      n, [iterations](int r, int nr, const ncclUniqueId& id) { return Body(r, nr, id, iterations); }, 55);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   printf("%s: %d ranks, %d iterations, %d failures, %.1f s\n", f ? "FAIL" : "PASS", n, iterations, f, s);
   return f ? 1 : 0;
