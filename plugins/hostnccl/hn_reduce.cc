@@ -17,34 +17,32 @@ struct IntOps {
   static T Prod(T a, T b) { return static_cast<T>(static_cast<U>(static_cast<U>(a) * static_cast<U>(b))); }
 };
 
-// The element-wise kernel behind the integer and native float reductions. It works tile by tile: a tile of
-// the accumulator lives in a local array, starts as pre(in[0]) and takes one input after the other, in rank
-// order; then it is written out. Every element therefore sees exactly acc = pre(x0); acc = step(acc, x_r) for
-// r = 1..n-1 (the documented order, bit for bit), while the inner loops run over contiguous elements with the
-// operation fixed at compile time, so the compiler vectorises them. All inputs of a tile are read before its
-// output is written, so out may be any one of the inputs (in place).
-constexpr size_t kTile = 1024;
-
-// One tile of m elements (m is a compile-time constant for full tiles, so the loops need no scalar epilogue and
-// are vectorised at -O2 too).
-template <typename T, typename Pre, typename Step, typename Post>
-inline void Tile(const void* const* in, int n, T* out, size_t base, size_t m, T* acc, Pre pre, Step step, Post post) {
+// The element-wise kernel behind the integer and native float reductions. It works on tiles of one cache line
+// of elements: the tile's accumulator starts as pre(in[0]), takes one input after the other in rank order,
+// and is then written out. Every element therefore sees exactly acc = pre(x0); acc = step(acc, x_r) for
+// r = 1..n-1 (the documented order, bit for bit). The tile is a compile-time size, so the compiler keeps the
+// accumulator in vector registers and vectorises the loops (-O2 included); each input is read once and the
+// output written once, with no copy through a buffer. All inputs of a tile are read before its output is
+// written, so out may be any one of the inputs (in place).
+template <typename T, size_t kM, typename Pre, typename Step, typename Post>
+inline void Tile(const void* const* in, int n, T* out, size_t base, Pre pre, Step step, Post post) {
+  T acc[kM];
   const T* x0 = static_cast<const T*>(in[0]) + base;
-  for (size_t j = 0; j < m; ++j) acc[j] = pre(x0[j]);
+  for (size_t j = 0; j < kM; ++j) acc[j] = pre(x0[j]);
   for (int r = 1; r < n; ++r) {
     const T* x = static_cast<const T*>(in[r]) + base;
-    for (size_t j = 0; j < m; ++j) acc[j] = step(acc[j], x[j]);
+    for (size_t j = 0; j < kM; ++j) acc[j] = step(acc[j], x[j]);
   }
-  for (size_t j = 0; j < m; ++j) out[base + j] = post(acc[j]);
+  for (size_t j = 0; j < kM; ++j) out[base + j] = post(acc[j]);
 }
 
 template <typename T, typename Pre, typename Step, typename Post>
 void TileReduce(const void* const* in, int n, void* outv, size_t count, Pre pre, Step step, Post post) {
+  constexpr size_t kM = 64 / sizeof(T);
   T* out = static_cast<T*>(outv);
-  alignas(64) T acc[kTile];
   size_t base = 0;
-  for (; base + kTile <= count; base += kTile) Tile(in, n, out, base, kTile, acc, pre, step, post);
-  if (base < count) Tile(in, n, out, base, count - base, acc, pre, step, post);
+  for (; base + kM <= count; base += kM) Tile<T, kM>(in, n, out, base, pre, step, post);
+  for (; base < count; ++base) Tile<T, 1>(in, n, out, base, pre, step, post);
 }
 
 template <typename T>
