@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 
+#include "hn_algo.h"
 #include "hn_core.h"
 
 // Layouts of the opaque types the API hands out (nccl.h and nccl_device/ declare them without a body).
@@ -173,8 +174,6 @@ struct Chunks {
   size_t Len(int c) const { return base + (static_cast<size_t>(c) < rem ? 1 : 0); }
 };
 
-uint64_t CollTag(Comm* c, int src, int phase) { return MakeTag(kTagColl, src, c->coll_seq * 4 + phase); }
-
 void DropPending(Comm* c, std::vector<Pending>* reqs) {
   for (Pending& p : *reqs) {
     if (!p.req) continue;
@@ -185,29 +184,14 @@ void DropPending(Comm* c, std::vector<Pending>* reqs) {
   for (int i = 0; i < 16; ++i) ucp_worker_progress(c->worker);  // lets the cancelled requests complete
 }
 
-// Reduce-scatter step shared by AllReduce and ReduceScatter: rank c reduces chunk c of every rank's input in
-// rank order 0..n-1 and writes it to out.
-ncclResult_t ReduceScatterPhase(Comm* c, const Task& t, const Chunks& ch, size_t stride_elems, bool fixed_chunks,
-                                void* out) {
-  const int n = c->nranks, me = c->rank;
-  const size_t es = TypeSize(t.type);
-  auto off = [&](int r) { return fixed_chunks ? stride_elems * r : ch.Off(r); };
-  auto len = [&](int r) { return fixed_chunks ? stride_elems : ch.Len(r); };
-  const size_t mylen = len(me);
-  std::unique_ptr<char[]> tmp(new char[mylen * es * n + 1]);  // not zero-filled: every byte is received
-  std::vector<Pending> reqs;
-  for (int r = 0; r < n; ++r) {
-    if (r == me) continue;
-    HN_CHECK(PostSend(c, r, CollTag(c, me, 0), static_cast<const char*>(t.send) + off(r) * es, len(r) * es, &reqs));
-    HN_CHECK(PostRecv(c, r, CollTag(c, r, 0), tmp.get() + mylen * es * r, mylen * es, &reqs));
-  }
-  HN_CHECK(WaitAll(c, &reqs));
-  std::vector<const void*> in(n);
-  for (int r = 0; r < n; ++r) {
-    in[r] = r == me ? static_cast<const char*>(t.send) + off(me) * es : tmp.get() + mylen * es * r;
-  }
-  ReduceInOrder(t.type, t.op, in.data(), n, out, mylen);
-  return ncclSuccess;
+// AllGather and Broadcast: ring and chain across hosts, where every rank's link is the limit and a direct
+// scheme would make the sender's link carry n-1 copies; direct within one host, where each receiver copies
+// straight out of the sender's memory (UCX's CMA rendezvous) and n-1 receivers copy in parallel, while a ring
+// would add n-1 hops that each need the forwarding process to be scheduled. HOSTNCCL_ALGO overrides.
+bool UseRing(const Comm* c) {
+  if (c->env.algo == kAlgoRing) return true;
+  if (c->env.algo == kAlgoDirect) return false;
+  return !c->one_host;
 }
 
 ncclResult_t RunColl(Comm* c, const Task& t) {
@@ -218,35 +202,27 @@ ncclResult_t RunColl(Comm* c, const Task& t) {
   std::vector<Pending> reqs;
   ncclResult_t res = ncclSuccess;
   switch (t.kind) {
+    // The reductions, AllGather and Broadcast are pipelined (hn_algo.h); the others are direct.
     case Kind::kAllReduce: {
+      // Block r (count/n elements, the first count%n one longer) is reduced by rank r.
       Chunks ch{t.count / n, t.count % n};
-      HN_CHECK(ReduceScatterPhase(c, t, ch, 0, false, recv + ch.Off(me) * es));
-      for (int r = 0; r < n; ++r) {
-        if (r == me) continue;
-        HN_CHECK(PostSend(c, r, CollTag(c, me, 1), recv + ch.Off(me) * es, ch.Len(me) * es, &reqs));
-        HN_CHECK(PostRecv(c, r, CollTag(c, r, 1), recv + ch.Off(r) * es, ch.Len(r) * es, &reqs));
-      }
-      break;
+      std::vector<Block> blocks(n);
+      for (int r = 0; r < n; ++r) blocks[r] = Block{ch.Off(r), ch.Len(r)};
+      return PipelinedReduce(c, send, recv + ch.Off(me) * es, recv, blocks, t.type, t.op, true);
     }
-    case Kind::kReduceScatter:
-      HN_CHECK(ReduceScatterPhase(c, t, Chunks{0, 0}, t.count, true, recv));
-      break;
+    case Kind::kReduceScatter: {
+      std::vector<Block> blocks(n);
+      for (int r = 0; r < n; ++r) blocks[r] = Block{t.count * r, t.count};
+      return PipelinedReduce(c, send, recv, recv, blocks, t.type, t.op, false);
+    }
     case Kind::kReduce: {
-      if (me != t.root) {
-        HN_CHECK(PostSend(c, t.root, CollTag(c, me, 0), send, t.count * es, &reqs));
-        break;
-      }
-      std::unique_ptr<char[]> tmp(new char[t.count * es * n + 1]);
-      for (int r = 0; r < n; ++r) {
-        if (r != me) HN_CHECK(PostRecv(c, r, CollTag(c, r, 0), tmp.get() + t.count * es * r, t.count * es, &reqs));
-      }
-      HN_CHECK(WaitAll(c, &reqs));
-      std::vector<const void*> in(n);
-      for (int r = 0; r < n; ++r) in[r] = r == me ? static_cast<const void*>(send) : tmp.get() + t.count * es * r;
-      ReduceInOrder(t.type, t.op, in.data(), n, recv, t.count);
-      break;
+      // The root's block is the whole buffer; the others own nothing.
+      std::vector<Block> blocks(n);
+      blocks[t.root] = Block{0, t.count};
+      return PipelinedReduce(c, send, recv, recv, blocks, t.type, t.op, false);
     }
     case Kind::kBroadcast:
+      if (UseRing(c)) return ChainBroadcast(c, send, recv, t.count * es, t.root);
       if (me == t.root) {
         for (int r = 0; r < n; ++r) {
           if (r != me) HN_CHECK(PostSend(c, r, CollTag(c, me, 0), send, t.count * es, &reqs));
@@ -258,6 +234,7 @@ ncclResult_t RunColl(Comm* c, const Task& t) {
       break;
     case Kind::kAllGather: {
       const size_t bytes = t.count * es;
+      if (UseRing(c)) return RingAllGather(c, send, recv, bytes);
       for (int r = 0; r < n; ++r) {
         if (r == me) continue;
         HN_CHECK(PostSend(c, r, CollTag(c, me, 0), send, bytes, &reqs));
@@ -504,17 +481,28 @@ ncclResult_t Enqueue(Kind kind, const char* opname, const void* send, void* recv
 }
 
 // Each member of a new child communicator gets the child's unique id from the child's rank 0 (the leader),
-// over the parent's transport. Only the leader and the member need to be alive.
-ncclResult_t DistributeId(Comm* parent, const std::vector<int>& members, uint64_t child, ncclUniqueId* id) {
+// over the parent's transport. Only the leader and the member need to be alive. The tag counts the ids sent
+// from the leader to that member (as point-to-point does), not the parent's children: ranks excluded from a
+// shrink take no part in it, so a count of children would differ between ranks afterwards, and the next
+// split's id would then never match.
+ncclResult_t DistributeId(Comm* parent, const std::vector<int>& members, ncclUniqueId* id) {
   const int leader = members[0];
   std::vector<Pending> reqs;
-  const uint64_t tag = MakeTag(kTagCtrl, leader, child);
   std::lock_guard<std::mutex> lk(parent->op_mu);
   if (parent->rank == leader) {
     HN_CHECK(CreateUniqueId(id, 0));
-    for (size_t i = 1; i < members.size(); ++i) HN_CHECK(PostSend(parent, members[i], tag, id, sizeof(*id), &reqs));
+    for (size_t i = 1; i < members.size(); ++i) {
+      const int m = members[i];
+      ncclResult_t r =
+          PostSend(parent, m, MakeTag(kTagCtrl, leader, parent->ctrl_send_seq[m]++), id, sizeof(*id), &reqs);
+      if (r != ncclSuccess) {
+        CancelPending(parent, &reqs);
+        return r;
+      }
+    }
   } else {
-    HN_CHECK(PostRecv(parent, leader, tag, id, sizeof(*id), &reqs));
+    HN_CHECK(
+        PostRecv(parent, leader, MakeTag(kTagCtrl, leader, parent->ctrl_recv_seq[leader]++), id, sizeof(*id), &reqs));
   }
   return WaitAll(parent, &reqs, /*only_peers=*/true);
 }
@@ -665,7 +653,6 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   std::vector<int32_t> mine{color, key}, all(2 * n);
   Task t{c, Kind::kAllGather, mine.data(), all.data(), 2, ncclInt32, RedOpFull{}, 0};
   HN_CHECK(RunTasks(c, {t}));
-  const uint64_t child = c->child_count++;
   if (color == NCCL_SPLIT_NOCOLOR) return ncclSuccess;
   std::vector<int> members;
   for (int r = 0; r < n; ++r) {
@@ -674,7 +661,7 @@ ncclResult_t CommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
   std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return all[2 * a + 1] < all[2 * b + 1]; });
   int newrank = static_cast<int>(std::find(members.begin(), members.end(), c->rank) - members.begin());
   ncclUniqueId id;
-  HN_CHECK(DistributeId(c, members, child, &id));
+  HN_CHECK(DistributeId(c, members, &id));
   ncclResult_t r =
       InitComm(newcomm, static_cast<int>(members.size()), id, newrank, blocking, c->cuda_dev, "ncclCommSplit");
   return r;
@@ -709,10 +696,9 @@ ncclResult_t CommShrink(ncclComm_t comm, int* exclude, int count, ncclComm_t* ne
   for (int r = 0; r < c->nranks; ++r) {
     if (!std::binary_search(ex.begin(), ex.end(), r)) members.push_back(r);
   }
-  const uint64_t child = c->child_count++;
   int newrank = static_cast<int>(std::find(members.begin(), members.end(), c->rank) - members.begin());
   ncclUniqueId id;
-  HN_CHECK(DistributeId(c, members, child, &id));
+  HN_CHECK(DistributeId(c, members, &id));
   return InitComm(newcomm, static_cast<int>(members.size()), id, newrank, blocking, c->cuda_dev, "ncclCommShrink");
 }
 

@@ -85,6 +85,22 @@ ncclResult_t LoadEnv(Env* env) {
   if (!ok) return Fail(ncclInvalidArgument, "HOSTNCCL_DEBUG=\"%s\" is not one of NONE, WARN, INFO, TRACE", dbg);
   HN_CHECK(ParseInt("HOSTNCCL_TIMEOUT_MS", 1, &env->timeout_ms));
   HN_CHECK(ParseInt("HOSTNCCL_INIT_DELAY_MS", 0, &env->init_delay_ms));
+  HN_CHECK(ParseInt("HOSTNCCL_CHUNK_BYTES", kMinChunkBytes, &env->chunk_bytes));
+  if (env->chunk_bytes > kMaxChunkBytes) {
+    return Fail(ncclInvalidArgument, "HOSTNCCL_CHUNK_BYTES=\"%s\" is larger than %lld", getenv("HOSTNCCL_CHUNK_BYTES"),
+                static_cast<long long>(kMaxChunkBytes));
+  }
+  env->algo = kAlgoAuto;
+  if (const char* a = getenv("HOSTNCCL_ALGO")) {
+    std::string v(a);
+    for (auto& ch : v) ch = static_cast<char>(tolower(ch));
+    if (v == "ring")
+      env->algo = kAlgoRing;
+    else if (v == "direct")
+      env->algo = kAlgoDirect;
+    else if (v != "auto" && !v.empty())
+      return Fail(ncclInvalidArgument, "HOSTNCCL_ALGO=\"%s\" is not one of auto, ring, direct", a);
+  }
   env->ifaddr = 0;
   if (const char* a = getenv("HOSTNCCL_SOCKET_IFADDR")) {
     in_addr in{};
@@ -477,6 +493,8 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   c->peer_gone_ms.assign(n, 0);
   c->send_seq.assign(n, 0);
   c->recv_seq.assign(n, 0);
+  c->ctrl_send_seq.assign(n, 0);
+  c->ctrl_recv_seq.assign(n, 0);
 
   ucp_context_h ctx = nullptr;
   HN_CHECK(Context(&ctx));
@@ -532,6 +550,8 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     infos[r].ucx_addr.assign(table.begin() + static_cast<long>(off), table.begin() + static_cast<long>(off + len));
     off += len;
   }
+  c->one_host = true;
+  for (int r = 0; r < n; ++r) c->one_host = c->one_host && infos[r].live_addr == infos[0].live_addr;
   for (int r = 0; r < n && res == ncclSuccess; ++r) {  // self included: a rank may send to itself
     ucp_ep_params_t ep{};
     // No UCX peer-failure mode: in UCX 1.13 it excludes the shared-memory transports. Peer failure is
@@ -541,7 +561,14 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     st = ucp_ep_create(c->worker, &ep, &c->eps[r]);
     if (st != UCS_OK) res = Fail(ncclSystemError, "UCX: endpoint to rank %d failed: %s", r, ucs_status_string(st));
   }
-  // Liveness mesh: connect to every higher rank, accept every lower one (each connector sends its rank).
+  // Liveness mesh, which is also the end-of-init barrier. Every rank connects to every higher rank and sends
+  // its rank, accepts every lower rank and answers with an ack byte, then waits for the acks of the higher
+  // ranks. Both the hello and the ack are sent only after the sender has created all its UCX endpoints, so
+  // when Bootstrap returns every peer holds its endpoints to this rank's worker. Without the ack, a rank that
+  // accepts nobody (rank 0) could return, destroy the communicator and with it its worker's shared-memory
+  // segment while a slower peer was still about to attach it in ucp_ep_create ("shmat: Invalid argument").
+  // The acks are read before any operation runs, so the only byte a peer sends later is its bye.
+  constexpr char kAck = 'A';
   for (int r = me + 1; r < n && res == ncclSuccess; ++r) {
     res = Connect(infos[r].live_addr, infos[r].live_port, deadline, &c->abort_flag, &c->live_fd[r]);
     int32_t my = me;
@@ -558,12 +585,19 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     int afd = accept4(live_listen, nullptr, nullptr, SOCK_CLOEXEC);
     int32_t who = -1;
     if (afd < 0 || !RecvAll(afd, &who, sizeof(who), deadline, &c->abort_flag) || who < 0 || who >= me ||
-        c->live_fd[who] >= 0) {
+        c->live_fd[who] >= 0 || !SendAll(afd, &kAck, 1)) {
       if (afd >= 0) close(afd);
       res = Fail(ncclRemoteError, "bootstrap: bad liveness connection");
       break;
     }
     c->live_fd[who] = afd;
+  }
+  for (int r = me + 1; r < n && res == ncclSuccess; ++r) {
+    char ack = 0;
+    if (!RecvAll(c->live_fd[r], &ack, 1, deadline, &c->abort_flag) || ack != kAck) {
+      res = Fail(ncclRemoteError, "bootstrap: rank %d/%d: rank %d did not complete its init within %lld ms", me, n, r,
+                 static_cast<long long>(c->env.timeout_ms));
+    }
   }
   close(live_listen);
   if (res != ncclSuccess) return res;
@@ -614,7 +648,8 @@ void Teardown(Comm* c, bool graceful) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Transport
-ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len, std::vector<Pending>* out) {
+ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len, std::vector<Pending>* out,
+                      uint64_t id) {
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
   p.datatype = ucp_dt_make_contig(1);
@@ -623,11 +658,11 @@ ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t l
     return Fail(ncclRemoteError, "rank %d: send to rank %d failed: %s", c->rank, peer,
                 ucs_status_string(UCS_PTR_STATUS(r)));
   }
-  out->push_back(Pending{r, peer, false, len});
+  out->push_back(Pending{r, peer, false, len, id});
   return ncclSuccess;
 }
 
-ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out) {
+ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out, uint64_t id) {
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
   p.datatype = ucp_dt_make_contig(1);
@@ -636,7 +671,7 @@ ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, st
     return Fail(ncclSystemError, "rank %d: receive from rank %d failed: %s", c->rank, peer,
                 ucs_status_string(UCS_PTR_STATUS(r)));
   }
-  out->push_back(Pending{r, peer, true, len});
+  out->push_back(Pending{r, peer, true, len, id});
   return ncclSuccess;
 }
 
@@ -705,9 +740,10 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
   for (int i = 0; i < 16; ++i) ucp_worker_progress(c->worker);  // lets the cancelled requests complete
 }
 
-}  // namespace
-
-ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
+// The one wait loop: progresses the worker until every request of reqs completed (some == nullptr) or, when
+// some is given, until at least one did (their ids are appended to *some and they are removed from reqs).
+// Fails on a transfer error, abort, a dead or departed peer, or no progress for the timeout.
+ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vector<uint64_t>* some) {
   constexpr int64_t kGraceMs = 300;  // messages a peer sent before leaving may still be in flight
   int64_t last_progress = NowMs();
   int idle = 0;
@@ -737,6 +773,18 @@ ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
                     "rank %d: transfer with rank %d failed: %s (mismatched counts between ranks?)", c->rank, p.peer,
                     ucs_status_string(st));
       }
+    }
+    if (some && done > 0) {
+      // Hand back what completed, keep the rest (order of the remaining requests does not matter).
+      size_t w = 0;
+      for (size_t i = 0; i < reqs->size(); ++i) {
+        if ((*reqs)[i].req)
+          (*reqs)[w++] = (*reqs)[i];
+        else
+          some->push_back((*reqs)[i].id);
+      }
+      reqs->resize(w);
+      return ncclSuccess;
     }
     if (done == reqs->size()) {
       reqs->clear();
@@ -779,6 +827,19 @@ ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
         sched_yield();
     }
   }
+}
+
+}  // namespace
+
+ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers) {
+  return Wait(c, reqs, only_peers, nullptr);
+}
+
+void CancelPending(Comm* c, std::vector<Pending>* reqs) { CancelAll(c, reqs); }
+
+ncclResult_t WaitSome(Comm* c, std::vector<Pending>* reqs, std::vector<uint64_t>* completed) {
+  if (reqs->empty()) return Fail(ncclInternalError, "rank %d: waiting on no request (pipeline stalled)", c->rank);
+  return Wait(c, reqs, false, completed);
 }
 
 }  // namespace hn

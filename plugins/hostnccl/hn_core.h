@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdarg>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -19,11 +20,15 @@ namespace hn {
 
 // ---- environment (typed, validated; read when a call needs it so tests can change it) ----
 struct Env {
-  int debug_level = 0;          // HOSTNCCL_DEBUG: 0 none, 1 WARN, 2 INFO, 3 TRACE
-  int64_t timeout_ms = 300000;  // HOSTNCCL_TIMEOUT_MS
-  int64_t init_delay_ms = 0;    // HOSTNCCL_INIT_DELAY_MS
-  uint32_t ifaddr = 0;          // HOSTNCCL_SOCKET_IFADDR (network order); 0 = default route's interface
+  int debug_level = 0;            // HOSTNCCL_DEBUG: 0 none, 1 WARN, 2 INFO, 3 TRACE
+  int64_t timeout_ms = 300000;    // HOSTNCCL_TIMEOUT_MS
+  int64_t init_delay_ms = 0;      // HOSTNCCL_INIT_DELAY_MS
+  uint32_t ifaddr = 0;            // HOSTNCCL_SOCKET_IFADDR (network order); 0 = default route's interface
+  int64_t chunk_bytes = 1 << 20;  // HOSTNCCL_CHUNK_BYTES: pipeline segment size of the collectives
+  int algo = 0;                   // HOSTNCCL_ALGO: kAlgoAuto, kAlgoRing, kAlgoDirect (AllGather, Broadcast)
 };
+enum AlgoChoice { kAlgoAuto = 0, kAlgoRing = 1, kAlgoDirect = 2 };
+constexpr int64_t kMinChunkBytes = 4096, kMaxChunkBytes = int64_t{1} << 30;
 [[nodiscard]] ncclResult_t LoadEnv(Env* env);
 
 // ---- logging and the last error ----
@@ -61,10 +66,14 @@ struct Comm {
   std::atomic<bool> abort_flag{false};
   std::atomic<int> async_error{ncclSuccess};
   bool blocking = true;  // config.blocking; children made without a config inherit it
+  bool one_host = true;  // every rank advertised the same address (set by Bootstrap)
   bool finalized = false, revoked = false, destroyed = false;
-  uint64_t coll_seq = 0, child_count = 0;
-  std::vector<uint64_t> send_seq, recv_seq;
+  uint64_t coll_seq = 0;
+  std::vector<uint64_t> send_seq, recv_seq;            // point-to-point messages per peer
+  std::vector<uint64_t> ctrl_send_seq, ctrl_recv_seq;  // child ids sent to / received from each peer
   std::vector<UserRedOp> redops;
+  std::unique_ptr<char[]> scratch;  // receive slots of the pipelined reductions, kept between operations
+  size_t scratch_bytes = 0;
   std::mutex op_mu;  // held while an operation, teardown or init runs on the comm
   std::thread init_thread;
   std::mutex init_mu;
@@ -90,13 +99,20 @@ struct Pending {
   int peer = -1;
   bool is_recv = false;
   size_t expect = 0;
+  uint64_t id = 0;  // the caller's name for the request, handed back by WaitSome
 };
 [[nodiscard]] ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len,
-                                    std::vector<Pending>* out);
-[[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out);
+                                    std::vector<Pending>* out, uint64_t id = 0);
+[[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out,
+                                    uint64_t id = 0);
 // Progresses until every request completes; fails on abort, a dead or departed peer, or no progress for
 // the timeout. When only_peers is true, only the peers of the requests count (used across a failed parent).
 [[nodiscard]] ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers = false);
+// Progresses until at least one request of reqs completes; appends the ids of those that did to *completed and
+// removes them from reqs. Fails as WaitAll (all of reqs cancelled). reqs must not be empty.
+[[nodiscard]] ncclResult_t WaitSome(Comm* c, std::vector<Pending>* reqs, std::vector<uint64_t>* completed);
+// Cancels and frees every request of reqs (after a failure), and empties it.
+void CancelPending(Comm* c, std::vector<Pending>* reqs);
 
 // Reads the liveness connections without waiting; a peer that died sets the async error to ncclRemoteError.
 ncclResult_t CheckPeers(Comm* c);

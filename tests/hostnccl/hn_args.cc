@@ -115,10 +115,10 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   HT_EXPECT(ncclAllReduce(buf, buf, 1, ncclInt32, ncclSum, comm, nullptr) == ncclInvalidArgument, "use after destroy");
 
   // Environment: a present but invalid value fails the call and names the variable.
-  const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"},
-                           {"HOSTNCCL_INIT_DELAY_MS", "-3"},
-                           {"HOSTNCCL_DEBUG", "LOUD"},
-                           {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"}};
+  const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"},  {"HOSTNCCL_INIT_DELAY_MS", "-3"},
+                           {"HOSTNCCL_DEBUG", "LOUD"},       {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"},
+                           {"HOSTNCCL_CHUNK_BYTES", "4095"}, {"HOSTNCCL_CHUNK_BYTES", "2147483648"},
+                           {"HOSTNCCL_CHUNK_BYTES", "1M"},   {"HOSTNCCL_ALGO", "tree"}};
   for (auto& kv : vars) {
     setenv(kv[0], kv[1], 1);
     ncclUniqueId id2;
@@ -126,6 +126,32 @@ int Body(int rank, int n, const ncclUniqueId& id) {
     HT_EXPECT(r == ncclInvalidArgument, "%s=%s gave %d", kv[0], kv[1], r);
     HT_EXPECT(last().find(kv[0]) != std::string::npos, "message does not name %s: %s", kv[0], last().c_str());
     unsetenv(kv[0]);
+  }
+  // ... and communicator init, before it contacts anyone (a fresh id of this process).
+  for (auto& kv : {vars[4], vars[7]}) {
+    ncclUniqueId id3;
+    HT_NCCL(ncclGetUniqueId(&id3));
+    setenv(kv[0], kv[1], 1);
+    ncclComm_t c3 = nullptr;
+    ncclResult_t r = ncclCommInitRank(&c3, 1, id3, 0);
+    HT_EXPECT(r == ncclInvalidArgument && c3 == nullptr, "init with %s=%s gave %d", kv[0], kv[1], r);
+    HT_EXPECT(last().find(kv[0]) != std::string::npos, "message does not name %s: %s", kv[0], last().c_str());
+    unsetenv(kv[0]);
+  }
+  // Valid values are taken: the smallest chunk, and each algorithm name (case-insensitive).
+  for (const char* algo : {"ring", "DIRECT", "auto"}) {
+    setenv("HOSTNCCL_CHUNK_BYTES", "4096", 1);
+    setenv("HOSTNCCL_ALGO", algo, 1);
+    ncclUniqueId id4;
+    HT_NCCL(ncclGetUniqueId(&id4));
+    ncclComm_t c4 = nullptr;
+    HT_NCCL(ncclCommInitRank(&c4, 1, id4, 0));
+    std::vector<int32_t> v(5000, 3), w(5000, 0);
+    HT_NCCL(ncclAllReduce(v.data(), w.data(), v.size(), ncclInt32, ncclSum, c4, nullptr));
+    HT_EXPECT(w[0] == 3 && w[4999] == 3, "single-rank allreduce with HOSTNCCL_ALGO=%s", algo);
+    HT_NCCL(ncclCommDestroy(c4));
+    unsetenv("HOSTNCCL_CHUNK_BYTES");
+    unsetenv("HOSTNCCL_ALGO");
   }
   return failures;
 }

@@ -2,7 +2,10 @@
 // Every collective x datatype x reduction x count (0, 1, odd, large) x in/out of place on N processes,
 // checked exactly: inputs are chosen so every result is exactly representable in every type (as nccl-tests
 // does), and mismatches are counted.
-//   usage: hn_colls NRANKS
+//   usage: hn_colls NRANKS [CHUNK_BYTES [ALGO]]
+// CHUNK_BYTES and ALGO set HOSTNCCL_CHUNK_BYTES and HOSTNCCL_ALGO: a small chunk makes every count above a few
+// thousand bytes a multi-segment pipeline (segment boundaries inside blocks, partial last segments), and
+// ALGO=ring runs AllGather and Broadcast around the ring even on one host.
 #include "hn_harness.h"
 
 namespace {
@@ -186,20 +189,49 @@ int Body(int rank, int n, const ncclUniqueId& id) {
     HT_NCCL(ncclRedOpDestroy(premul_host, comm));
     HT_NCCL(ncclRedOpDestroy(premul_dev, comm));
   }
-  // Large counts (not a multiple of n) for the bandwidth-path collectives, in a few types.
-  for (ncclDataType_t t : {ncclFloat32, ncclBfloat16, ncclInt64}) {
-    const size_t count = (1u << 18) + 3, es = ht::Size(t);
-    std::vector<char> sb(count * es), rb(count * es), gb(count * n * es);
-    for (size_t i = 0; i < count; ++i) ht::Put(t, sb.data(), i, Input(kSum, rank, n, i));
-    HT_NCCL(ncclAllReduce(sb.data(), rb.data(), count, t, ncclSum, comm, nullptr));
-    int bad = 0;
-    for (size_t i = 0; i < count; ++i) bad += ht::Get(t, rb.data(), i) != Expected(kSum, n, i, t);
-    HT_EXPECT(bad == 0, "large AllReduce %s: %d wrong", ht::TypeName(t), bad);
-    HT_NCCL(ncclAllGather(sb.data(), gb.data(), count, t, comm, nullptr));
-    bad = 0;
-    for (int r = 0; r < n; ++r)
-      for (size_t i = 0; i < count; ++i) bad += ht::Get(t, gb.data(), r * count + i) != Input(kSum, r, n, i);
-    HT_EXPECT(bad == 0, "large AllGather %s: %d wrong", ht::TypeName(t), bad);
+  // Large counts (not a multiple of n) for the bandwidth-path collectives, in a few types, in and out of place.
+  for (ncclDataType_t t : {ncclFloat32, ncclBfloat16, ncclInt64, ncclUint8}) {
+    const size_t count = (t == ncclFloat32 ? 1u << 18 : 1u << 15) + 3, es = ht::Size(t);
+    for (int inplace = 0; inplace < 2; ++inplace) {
+      std::vector<char> sb(count * n * es), rb(count * n * es);
+      // AllReduce
+      for (size_t i = 0; i < count; ++i) ht::Put(t, sb.data(), i, Input(kSum, rank, n, i));
+      void* out = inplace ? sb.data() : rb.data();
+      HT_NCCL(ncclAllReduce(sb.data(), out, count, t, ncclSum, comm, nullptr));
+      int bad = 0;
+      for (size_t i = 0; i < count; ++i) bad += ht::Get(t, out, i) != Expected(kSum, n, i, t);
+      HT_EXPECT(bad == 0, "large AllReduce %s inplace %d: %d wrong", ht::TypeName(t), inplace, bad);
+      // ReduceScatter of n * count elements (max: a different order-insensitive op through the same path)
+      for (size_t i = 0; i < count * n; ++i) ht::Put(t, sb.data(), i, Input(kMax, rank, n, i));
+      out = inplace ? sb.data() + rank * count * es : rb.data();
+      HT_NCCL(ncclReduceScatter(sb.data(), out, count, t, ncclMax, comm, nullptr));
+      bad = 0;
+      for (size_t i = 0; i < count; ++i) bad += ht::Get(t, out, i) != Expected(kMax, n, rank * count + i, t);
+      HT_EXPECT(bad == 0, "large ReduceScatter %s inplace %d: %d wrong", ht::TypeName(t), inplace, bad);
+      // Reduce to the last rank
+      for (size_t i = 0; i < count; ++i) ht::Put(t, sb.data(), i, Input(kSum, rank, n, i));
+      out = inplace ? sb.data() : rb.data();
+      HT_NCCL(ncclReduce(sb.data(), out, count, t, ncclSum, n - 1, comm, nullptr));
+      bad = 0;
+      for (size_t i = 0; rank == n - 1 && i < count; ++i) bad += ht::Get(t, out, i) != Expected(kSum, n, i, t);
+      HT_EXPECT(bad == 0, "large Reduce %s inplace %d: %d wrong", ht::TypeName(t), inplace, bad);
+      // AllGather
+      void* in = inplace ? rb.data() + rank * count * es : sb.data();
+      for (size_t i = 0; i < count; ++i) ht::Put(t, in, i, Input(kSum, rank, n, i) + rank);
+      HT_NCCL(ncclAllGather(in, rb.data(), count, t, comm, nullptr));
+      bad = 0;
+      for (int r = 0; r < n; ++r)
+        for (size_t i = 0; i < count; ++i) bad += ht::Get(t, rb.data(), r * count + i) != Input(kSum, r, n, i) + r;
+      HT_EXPECT(bad == 0, "large AllGather %s inplace %d: %d wrong", ht::TypeName(t), inplace, bad);
+      // Broadcast from rank 1 % n
+      const int root = 1 % n;
+      for (size_t i = 0; i < count; ++i) ht::Put(t, sb.data(), i, rank == root ? static_cast<double>(i % 5) : 7);
+      out = inplace ? sb.data() : rb.data();
+      HT_NCCL(ncclBroadcast(sb.data(), out, count, t, root, comm, nullptr));
+      bad = 0;
+      for (size_t i = 0; i < count; ++i) bad += ht::Get(t, out, i) != static_cast<double>(i % 5);
+      HT_EXPECT(bad == 0, "large Broadcast %s inplace %d: %d wrong", ht::TypeName(t), inplace, bad);
+    }
   }
   HT_NCCL(ncclCommDestroy(comm));
   if (rank == 0) printf("nranks %d: %ld reduction checks, %d failures\n", n, checked, failures);
@@ -210,6 +242,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
 
 int main(int argc, char** argv) {
   int n = argc > 1 ? atoi(argv[1]) : 2;
+  if (argc > 2) setenv("HOSTNCCL_CHUNK_BYTES", argv[2], 1);
+  if (argc > 3) setenv("HOSTNCCL_ALGO", argv[3], 1);
   int f = ht::RunRanks(n, Body, 55);
   printf("%s: %d failures\n", f ? "FAIL" : "PASS", f);
   return f ? 1 : 0;

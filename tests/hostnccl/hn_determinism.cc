@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Determinism: float sums of non-exact inputs give the same bits on every rank, on every run, through
 // AllReduce, Reduce and ReduceScatter alike, and equal the sum taken in rank order 0..n-1 (the documented
-// algorithm), whatever the timing (one run is perturbed with random delays).
+// algorithm), whatever the timing (one run is perturbed with random delays), whatever the pipeline segment
+// size and algorithm (HOSTNCCL_CHUNK_BYTES, HOSTNCCL_ALGO), and whichever process holds a rank: a split with
+// reversed keys puts every rank in another process, and ncclCommInitAll puts all ranks in one process.
 //   usage: hn_determinism NRANKS
 #include <random>
 
@@ -55,6 +57,27 @@ int Body(int rank, int n, const ncclUniqueId& id, bool jitter) {
   HT_NCCL(ncclAllGather(&h, all.data(), 1, ncclUint64, comm, nullptr));
   for (int r = 0; r < n; ++r) HT_EXPECT(all[r] == h, "rank %d result hash differs", r);
   if (rank == 0 && write(g_pipe[1], &h, sizeof(h)) != sizeof(h)) ++failures;
+  // Other placement, other segmentation: child rank k is held by the process of parent rank n-1-k, takes rank
+  // k's inputs, and runs with 4 KiB segments (every block is many segments) and the ring.
+  setenv("HOSTNCCL_CHUNK_BYTES", "4096", 1);
+  setenv("HOSTNCCL_ALGO", "ring", 1);
+  ncclComm_t rev = nullptr;
+  HT_NCCL(ncclCommSplit(comm, 0, n - 1 - rank, &rev, nullptr));
+  int rr = -1;
+  HT_NCCL(ncclCommUserRank(rev, &rr));
+  HT_EXPECT(rr == n - 1 - rank, "reversed split rank %d", rr);
+  for (size_t i = 0; i < kCount; ++i) in[i] = Input(rr, i);
+  std::vector<float> ar2(kCount), red2(kCount), rs2(kCount), ag2(kCount);
+  HT_NCCL(ncclAllReduce(in.data(), ar2.data(), kCount, ncclFloat32, ncclSum, rev, nullptr));
+  HT_NCCL(ncclReduce(in.data(), red2.data(), kCount, ncclFloat32, ncclSum, n - 1, rev, nullptr));
+  HT_NCCL(ncclReduceScatter(in.data(), rs2.data(), chunk, ncclFloat32, ncclSum, rev, nullptr));
+  HT_NCCL(ncclAllGather(rs2.data(), ag2.data(), chunk, ncclFloat32, rev, nullptr));
+  HT_EXPECT(Hash(ar2.data(), kCount * 4) == h, "allreduce bits differ with another placement and segment size");
+  if (rr == n - 1) HT_EXPECT(memcmp(red2.data(), ar.data(), kCount * 4) == 0, "reduce differs (other placement)");
+  HT_EXPECT(memcmp(ag2.data(), ar.data(), chunk * n * 4) == 0, "reducescatter+allgather differ (other placement)");
+  HT_NCCL(ncclCommDestroy(rev));
+  unsetenv("HOSTNCCL_CHUNK_BYTES");
+  unsetenv("HOSTNCCL_ALGO");
   HT_NCCL(ncclCommDestroy(comm));
   return failures;
 }
@@ -70,6 +93,31 @@ int main(int argc, char** argv) {
     if (run == 1) setenv("HOSTNCCL_SOCKET_IFADDR", "127.0.0.1", 1);  // an explicit advertised address
     f += ht::RunRanks(n, [run](int r, int nr, const ncclUniqueId& id) { return Body(r, nr, id, run == 1); });
     if (read(g_pipe[0], &h[run], sizeof(h[run])) != sizeof(h[run])) ++f;
+  }
+  // All ranks in this one process (ncclCommInitAll, one thread per rank in a group): the same bits again.
+  {
+    std::vector<ncclComm_t> comms(n);
+    std::vector<std::vector<float>> in(n, std::vector<float>(kCount)), out(n, std::vector<float>(kCount));
+    if (ncclCommInitAll(comms.data(), n, nullptr) != ncclSuccess) {
+      fprintf(stderr, "ncclCommInitAll failed: %s\n", ncclGetLastError(nullptr));
+      ++f;
+    } else {
+      for (int r = 0; r < n; ++r)
+        for (size_t i = 0; i < kCount; ++i) in[r][i] = Input(r, i);
+      ncclGroupStart();
+      for (int r = 0; r < n; ++r) ncclAllReduce(in[r].data(), out[r].data(), kCount, ncclFloat32, ncclSum, comms[r], 0);
+      if (ncclGroupEnd() != ncclSuccess) {
+        fprintf(stderr, "InitAll allreduce failed: %s\n", ncclGetLastError(nullptr));
+        ++f;
+      }
+      for (int r = 0; r < n; ++r) {
+        if (Hash(out[r].data(), kCount * 4) != h[0]) {
+          fprintf(stderr, "InitAll rank %d: allreduce bits differ from the one-process-per-rank run\n", r);
+          ++f;
+        }
+        ncclCommDestroy(comms[r]);
+      }
+    }
   }
   if (h[0] != h[1]) {
     fprintf(stderr, "run hashes differ: %016llx %016llx\n", static_cast<unsigned long long>(h[0]),
