@@ -11,12 +11,25 @@
 #include <iterator>
 #include <map>
 
+#include "base/log.h"
+#include "base/thread.h"
 #include "conn.h"
-#include "ctl_log.h"
 
 extern char** environ;
 
 namespace trainmover::control {
+
+namespace {
+// The agent's timing. Reconnection backs off exponentially so a job of thousands of ranks does not hammer a
+// restarting coordinator; the heartbeat interval is the coordinator's (REGISTER_ACK) once registered.
+constexpr uint64_t kNsPerMs = 1000000ull;
+constexpr int kConnectTimeoutMs = 1000;             // one TCP connect attempt
+constexpr uint64_t kReconnectFirstBackoffMs = 100;  // wait after the first failed attempt
+constexpr uint64_t kReconnectMaxBackoffMs = 2000;   // doubling stops here
+constexpr uint64_t kHeartbeatBeforeAckMs = 1000;    // until REGISTER_ACK says otherwise
+constexpr int kPollSliceMs = 50;                    // longest sleep of the loop (stop and ticks are checked)
+constexpr uint64_t kByeFlushMs = 500;               // at exit, how long BYE may take to leave
+}  // namespace
 
 Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int32_t replace) {
   Register r;
@@ -94,7 +107,7 @@ void Agent::Start() {
   if (thread_.joinable()) return;
   stop_.store(false);
   owner_pid_ = getpid();
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = base::StartThread("tm-agent", [this] { Loop(); });
 }
 
 void Agent::Stop(bool bye) {
@@ -187,9 +200,9 @@ void Agent::Loop() {
   std::unique_ptr<Connection> conn;
   bool registered = false;  // REGISTER and the replay were sent on this connection
   bool warned = false;      // one WARN per outage
-  uint64_t backoff_ms = 100;
+  uint64_t backoff_ms = kReconnectFirstBackoffMs;
   uint64_t next_attempt = 0;
-  uint64_t hb_interval_ns = 1000000000ull;
+  uint64_t hb_interval_ns = kHeartbeatBeforeAckMs * kNsPerMs;
   uint64_t next_hb = 0;
   int64_t sent_step = -1;
   uint64_t next_tick = 0;
@@ -200,21 +213,22 @@ void Agent::Loop() {
   };
   auto lose = [&](const std::string& why) {
     if (!warned && why.rfind("rejected by peer", 0) == 0) {
-      CTL_WARN("agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
-               opt_.coordinator.c_str(), why.c_str());
+      TM_WARN(kLogControl,
+              "agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
+              opt_.coordinator.c_str(), why.c_str());
       warned = true;
     } else if (!warned) {
-      CTL_WARN("agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
-               opt_.coordinator.c_str(), why.c_str());
+      TM_WARN(kLogControl, "agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
+              opt_.coordinator.c_str(), why.c_str());
       warned = true;
     } else {
-      CTL_INFO("agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
+      TM_INFO(kLogControl, "agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
     }
     conn.reset();
     registered = false;
     connected_.store(false);
-    next_attempt = NowMonotonicNs() + backoff_ms * 1000000ull;
-    backoff_ms = std::min<uint64_t>(backoff_ms * 2, 2000);
+    next_attempt = NowMonotonicNs() + backoff_ms * kNsPerMs;
+    backoff_ms = std::min<uint64_t>(backoff_ms * 2, kReconnectMaxBackoffMs);
   };
 
   auto process_reports = [&] {
@@ -252,8 +266,8 @@ void Agent::Loop() {
           if (conn && registered) {
             conn->SendMsg(MsgType::kEvent, e->event);
           } else {
-            CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
-                     e->event.migration);
+            TM_INFO(kLogControl, "agent: event %u of migration %" PRIu64 " held until the coordinator is reachable",
+                    e->event.kind, e->event.migration);
             if (held_events.size() < 1024) held_events.push_back(std::move(e->event));
           }
           break;
@@ -283,10 +297,10 @@ void Agent::Loop() {
   while (!stop_.load()) {
     uint64_t now = NowMonotonicNs();
     if (!conn && now >= next_attempt) {
-      std::string err;
-      int fd = ConnectTcp(opt_.coordinator, 1000, &err);
-      if (fd < 0) {
-        lose(err);
+      int fd = -1;
+      base::Status st = ConnectTcp(opt_.coordinator, kConnectTimeoutMs, &fd);
+      if (!st.ok()) {
+        lose(st.message());
       } else {
         conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
         conn->StartHello(kClientAgent);
@@ -307,7 +321,7 @@ void Agent::Loop() {
 
     if (tick_ && now >= next_tick) {
       tick_();
-      next_tick = now + static_cast<uint64_t>(tick_period_ms_) * 1000000ull;
+      next_tick = now + static_cast<uint64_t>(tick_period_ms_) * kNsPerMs;
     }
 
     process_reports();
@@ -324,9 +338,10 @@ void Agent::Loop() {
 
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {conn ? conn->fd() : -1, 0, 0}};
     if (conn) fds[1].events = static_cast<short>(POLLIN | (conn->WantsWrite() ? POLLOUT : 0));
-    int timeout = 50;
+    int timeout = kPollSliceMs;
     if (!conn)
-      timeout = static_cast<int>(std::min<uint64_t>(50, (next_attempt > now ? next_attempt - now : 0) / 1000000 + 1));
+      timeout = static_cast<int>(
+          std::min<uint64_t>(kPollSliceMs, (next_attempt > now ? next_attempt - now : 0) / kNsPerMs + 1));
     poll(fds, conn ? 2 : 1, timeout);
     if (fds[0].revents) {
       uint64_t v;
@@ -344,14 +359,14 @@ void Agent::Loop() {
               process_id_.store(a.process_id);
               uint64_t ms = a.heartbeat_interval_ms;
               if (opt_.heartbeat_ms > 0 && static_cast<uint64_t>(opt_.heartbeat_ms) < ms) ms = opt_.heartbeat_ms;
-              hb_interval_ns = ms * 1000000ull;
+              hb_interval_ns = ms * kNsPerMs;
               connections_.fetch_add(1);
               connected_.store(true);
-              if (warned) CTL_WARN("agent: reconnected to coordinator %s", opt_.coordinator.c_str());
-              CTL_INFO("agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(),
-                       a.process_id);
+              if (warned) TM_WARN(kLogControl, "agent: reconnected to coordinator %s", opt_.coordinator.c_str());
+              TM_INFO(kLogControl, "agent: registered with coordinator %s as process %" PRIu64,
+                      opt_.coordinator.c_str(), a.process_id);
               warned = false;
-              backoff_ms = 100;
+              backoff_ms = kReconnectFirstBackoffMs;
             }
             break;
           }
@@ -360,12 +375,12 @@ void Agent::Loop() {
             if (DecodePayload(f.payload, &c)) {
               if (handler_) handler_(c);
             } else {
-              CTL_WARN("agent: malformed COMMAND ignored");
+              TM_WARN(kLogControl, "agent: malformed COMMAND ignored");
             }
             break;
           }
           default:
-            CTL_WARN("agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
+            TM_WARN(kLogControl, "agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
         }
       }
       if (conn->failed() || !open) lose(conn->error());
@@ -375,11 +390,11 @@ void Agent::Loop() {
   if (conn && registered && bye_.load()) {
     process_reports();  // what the process said last (final steps, destroyed communicators) goes first
     conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
-    uint64_t deadline = NowMonotonicNs() + 500000000ull;
+    uint64_t deadline = NowMonotonicNs() + kByeFlushMs * kNsPerMs;
     while (conn->WantsWrite() && NowMonotonicNs() < deadline) {
       if (!conn->Flush()) break;
       pollfd p{conn->fd(), POLLOUT, 0};
-      poll(&p, 1, 50);
+      poll(&p, 1, kPollSliceMs);
     }
   }
   connected_.store(false);

@@ -28,19 +28,6 @@ struct Fixture {
 };
 }  // namespace
 
-TEST_CASE("ParseHostPort") {
-  std::string h;
-  uint16_t p = 0;
-  CHECK(ParseHostPort("127.0.0.1:80", &h, &p));
-  CHECK(h == "127.0.0.1");
-  CHECK(p == 80);
-  CHECK_FALSE(ParseHostPort("127.0.0.1", &h, &p));
-  CHECK_FALSE(ParseHostPort(":80", &h, &p));
-  CHECK_FALSE(ParseHostPort("h:0", &h, &p));
-  CHECK_FALSE(ParseHostPort("h:65536", &h, &p));
-  CHECK_FALSE(ParseHostPort("h:8x", &h, &p));
-}
-
 TEST_CASE_FIXTURE(Fixture, "SET then GET, binary values, overwrite") {
   KvClient c;
   Connect(&c);

@@ -13,6 +13,9 @@
 #include <chrono>
 #include <cstring>
 
+#include "base/hostport.h"
+#include "base/thread.h"
+
 namespace tm_tools {
 namespace {
 
@@ -97,16 +100,6 @@ const char* KvStatusName(KvStatus s) {
   return "unknown";
 }
 
-bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port) {
-  size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) return false;
-  int64_t p = 0;
-  if (!ParseDecimal(s.substr(colon + 1), &p) || p <= 0 || p > 65535) return false;
-  *host = s.substr(0, colon);
-  *port = static_cast<uint16_t>(p);
-  return true;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Server
 
@@ -136,7 +129,7 @@ bool KvServer::Start(const std::string& host, uint16_t port, std::string* err) {
   socklen_t len = sizeof(addr);
   getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
   port_ = ntohs(addr.sin_port);
-  acceptor_ = std::thread([this] { AcceptLoop(); });
+  acceptor_ = trainmover::base::StartThread("tm-kv-accept", [this] { AcceptLoop(); });
   return true;
 }
 
@@ -182,7 +175,7 @@ void KvServer::AcceptLoop() {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     Conn& c = conns_.emplace_back();
     c.fd = fd;
-    c.thread = std::thread([this, conn = &c] { Serve(conn); });
+    c.thread = trainmover::base::StartThread("tm-kv-serve", [this, conn = &c] { Serve(conn); });
   }
 }
 
@@ -267,7 +260,7 @@ void KvClient::Close() {
 bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string* err) {
   std::string host;
   uint16_t port = 0;
-  if (!ParseHostPort(host_port, &host, &port)) {
+  if (!trainmover::base::ParseHostPort(host_port, &host, &port).ok() || port == 0) {
     *err = "malformed host:port '" + host_port + "'";
     return false;
   }

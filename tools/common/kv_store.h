@@ -45,9 +45,6 @@ enum class KvStatus : uint8_t {
 
 const char* KvStatusName(KvStatus s);
 
-// Splits "host:port". Returns false on a malformed string.
-bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port);
-
 // KvServer: serves the store on a TCP port from its own threads (one acceptor, one per connection).
 // Start/Stop from one thread; the store itself is thread-safe.
 class KvServer {

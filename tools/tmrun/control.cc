@@ -11,9 +11,10 @@
 #include <iterator>
 #include <thread>
 
+#include "base/thread.h"
 #include "control/coordinator.h"
-#include "migration/engine.h"
 #include "control/wire.h"
+#include "migration/engine.h"
 
 namespace tmrun {
 
@@ -76,13 +77,14 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
   embedded_->coord->SetEngine(trainmover::control::MakeMigrationEngine());
-  if (!embedded_->coord->Start(err)) {
+  if (trainmover::base::Status st = embedded_->coord->Start(); !st.ok()) {
+    *err = st.message();
     embedded_.reset();
     return false;
   }
   address_ = embedded_->coord->address();
   Embedded* e = embedded_.get();
-  e->thread = std::thread([e] { e->coord->Run(); });
+  e->thread = trainmover::base::StartThread("tm-coord", [e] { e->coord->Run(); });
   char tmpl[] = "/tmp/tmrun-XXXXXX";  // mkdtemp makes it 0700
   if (mkdtemp(tmpl)) {
     dir_ = tmpl;

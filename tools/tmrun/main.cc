@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "base/config.h"
+#include "base/hostport.h"
 #include "common/kv_store.h"
 #include "control.h"
 #include "options.h"
@@ -194,6 +196,8 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
 int main(int argc, char** argv) {
   tmrun::Config cfg;
   if (int rc = tmrun::ParseArgs(argc, argv, &cfg); rc >= 0) return rc;
+  // The embedded coordinator logs as TRAINMOVER_DEBUG says; an invalid value is the ranks' to report.
+  (void)trainmover::shim::LogConfigureFromEnv(trainmover::base::LogLevel::kWarn);
 
   if (!cfg.output_dir.empty() && mkdir(cfg.output_dir.c_str(), 0755) != 0 && errno != EEXIST) {
     fprintf(stderr, "tmrun: cannot create %s: %s\n", cfg.output_dir.c_str(), strerror(errno));
@@ -215,8 +219,10 @@ int main(int argc, char** argv) {
   std::string err;
   if (cfg.join) {
     // The job's own tmrun published its launch facts in its store.
-    if (!tm_tools::ParseHostPort(cfg.store, &job.store_host, &job.store_port)) {
-      fprintf(stderr, "tmrun: malformed --store '%s'\n", cfg.store.c_str());
+    if (trainmover::base::Status st = trainmover::base::ParseHostPort(cfg.store, &job.store_host, &job.store_port);
+        !st.ok() || job.store_port == 0) {
+      fprintf(stderr, "tmrun: malformed --store '%s': %s\n", cfg.store.c_str(),
+              st.ok() ? "port 0" : st.message().c_str());
       return 2;
     }
     tm_tools::KvClient kv;
