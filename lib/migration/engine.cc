@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "control/ctl_log.h"
+#include "base/log.h"
 #include "msgs.h"
 
 extern char** environ;
@@ -186,7 +186,7 @@ class Engine : public MigrationEngine {
       MaybeDone(c, *m);
       return;
     }
-    CTL_WARN("coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
+    TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
   }
 
   void OnTick(Coordinator& c) override {
@@ -243,7 +243,7 @@ class Engine : public MigrationEngine {
         if (lp->tape.size() + b.bytes.size() > kMaxTapeRelay) {  // a bound on D's memory: the joiner emulates
           lp->tape.clear();
           lp->tape_done = lp->tape_sent = true;
-          CTL_WARN("coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", m->id,
+          TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", m->id,
                    lp->rank, kMaxTapeRelay);
           return;
         }
@@ -438,7 +438,7 @@ class Engine : public MigrationEngine {
     if (rc != 0) return std::string(argv[0]) + ": " + strerror(rc);
     x->child = pid;
     x->log = log;
-    CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pid, rank,
+    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pid, rank,
              log.c_str());
     return "";
   }
@@ -457,7 +457,7 @@ class Engine : public MigrationEngine {
       }
     }
     if (!m || !pp || (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
-      CTL_WARN("coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
+      TM_WARN(kLogMigration, "coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
                j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
     }
@@ -559,7 +559,7 @@ class Engine : public MigrationEngine {
     c.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
     x.accepted.clear();
     x.round_passed = false;
-    CTL_INFO("coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
+    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
              x.proposal, x.margin);
     for (uint64_t q : Participants(m, x)) {
       c.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kPropose), m.id, mig::Step{x.proposal}));
@@ -595,10 +595,10 @@ class Engine : public MigrationEngine {
         j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
         j->info.replace = -1;
       }
-      CTL_INFO("coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
+      TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }
     c.SetMigState(m, MigState::kDone);
-    CTL_INFO("coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
+    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
              m.downtime_ns / 1e6);
   }
 

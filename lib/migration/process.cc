@@ -19,7 +19,9 @@
 
 #include "core/binding.h"
 #include "control/conn.h"
+#include "base/cudart.h"
 #include "base/log.h"
+#include "base/thread.h"
 #include "migration.h"
 #include "msgs.h"
 #include "sandbox/tape.h"
@@ -136,7 +138,7 @@ uint64_t Median(std::vector<uint64_t> v) {
 void AbortLocked(const std::string& why) {
   State& s = S();
   if (!s.active && s.staged.empty()) return;
-  TM_WARN(shim::kLogAgent, "migration %llu aborted here: %s; training continues on the current communicators",
+  TM_WARN(kLogMigration, "migration %llu aborted here: %s; training continues on the current communicators",
           static_cast<unsigned long long>(s.mig), why.c_str());
   ++s.gen;
   for (const Staged& st : s.staged) {
@@ -230,17 +232,8 @@ void BuildJob(uint64_t id, uint64_t gen, mig::Build b) {
 
 // Device or host memory: asked of the CUDA runtime only when the application loaded it (RTLD_NOLOAD).
 transfer::MemoryType TypeOf(const void* p) {
-  using Fn = cudaError_t (*)(cudaPointerAttributes*, const void*);
-  static Fn fn = [] {
-    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
-      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD))
-        return reinterpret_cast<Fn>(dlsym(h, "cudaPointerGetAttributes"));
-    }
-    return static_cast<Fn>(nullptr);
-  }();
-  cudaPointerAttributes a{};
-  if (fn && p && fn(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice) return transfer::MemoryType::kCuda;
-  return transfer::MemoryType::kHost;
+  return base::IsDevicePointer(base::CudartIfLoaded(), p) ? transfer::MemoryType::kCuda
+                                                         : transfer::MemoryType::kHost;
 }
 
 std::vector<transfer::Region> LocalRegions() {
@@ -279,10 +272,10 @@ void FetchJob(uint64_t id, uint64_t gen, std::vector<uint8_t> descriptor) {
   if (st.ok()) {
     std::snprintf(msg, sizeof(msg), "%llu bytes in %.3f s (%.2f GB/s) over %s, checksums verified",
                   static_cast<unsigned long long>(res.bytes), res.seconds, res.gbps, transfer::FetchPathName(res.path));
-    TM_INFO(shim::kLogAgent, "migration %llu: state read: %s", static_cast<unsigned long long>(id), msg);
+    TM_INFO(kLogMigration, "migration %llu: state read: %s", static_cast<unsigned long long>(id), msg);
     SendEv(mig::Ev::kVerified, id, mig::Built{0, 1, msg});
   } else {
-    TM_WARN(shim::kLogAgent, "migration %llu: state transfer failed: %s", static_cast<unsigned long long>(id),
+    TM_WARN(kLogMigration, "migration %llu: state transfer failed: %s", static_cast<unsigned long long>(id),
             st.ToString().c_str());
     SendEv(mig::Ev::kVerified, id, mig::Built{0, 0, st.ToString()});
   }
@@ -291,7 +284,7 @@ void FetchJob(uint64_t id, uint64_t gen, std::vector<uint8_t> descriptor) {
 template <typename B>
 bool Decode(const Command& c, B* b) {
   if (control::DecodePayload(c.body, b)) return true;
-  TM_WARN(shim::kLogAgent, "migration: malformed %s body, ignored", mig::CmdName(c.kind));
+  TM_WARN(kLogMigration, "migration: malformed %s body, ignored", mig::CmdName(c.kind));
   return false;
 }
 
@@ -346,7 +339,7 @@ void OnCommand(const Command& c) {
         s.active = true;
         gen = s.gen;
       }
-      std::thread(BuildJob, id, gen, std::move(b)).detach();
+      base::StartThread("tm-build", BuildJob, id, gen, std::move(b)).detach();
       return;
     }
     case mig::Cmd::kExpose: {
@@ -383,7 +376,7 @@ void OnCommand(const Command& c) {
         std::lock_guard<std::mutex> lk(s.mu);
         gen = s.gen;
       }
-      std::thread(FetchJob, id, gen, std::move(b.bytes)).detach();
+      base::StartThread("tm-fetch", FetchJob, id, gen, std::move(b.bytes)).detach();
       return;
     }
     case mig::Cmd::kPropose: {
@@ -452,11 +445,11 @@ void OnCommand(const Command& c) {
       }
       auto tape = std::make_shared<shim::Tape>();
       if (tape->Decode(s.tape_buf, cap)) {
-        TM_INFO(shim::kLogSandbox, "sandbox: tape of the leaver's iteration installed: %zu operations, %llu bytes",
+        TM_INFO(kLogSandbox, "sandbox: tape of the leaver's iteration installed: %zu operations, %llu bytes",
                 tape->size(), static_cast<unsigned long long>(tape->output_bytes()));
         shim::InstallTape(std::move(tape));
       } else {
-        TM_INFO(shim::kLogSandbox, "sandbox: the leaver's tape (%zu bytes) is damaged or over the cap; emulating",
+        TM_INFO(kLogSandbox, "sandbox: the leaver's tape (%zu bytes) is damaged or over the cap; emulating",
                 s.tape_buf.size());
       }
       s.tape_buf.clear();
@@ -477,7 +470,7 @@ void OnCommand(const Command& c) {
       return;
     }
   }
-  TM_WARN(shim::kLogAgent, "migration: unknown command %u ignored", c.kind);
+  TM_WARN(kLogMigration, "migration: unknown command %u ignored", c.kind);
 }
 
 void LeaveProcess(int code, const char* fmt, const std::string& a, const std::string& b) {
@@ -523,7 +516,7 @@ int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
     r.step = step;
     SendEv(mig::Ev::kReady, 0, r);
     const shim::TapeCounters tc = shim::TapeCount();
-    TM_INFO(shim::kLogAgent, "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
+    TM_INFO(kLogMigration, "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
             "emulated after a tape mismatch", static_cast<long long>(shim::ProcessConfig().shadow_iters),
             static_cast<unsigned long long>(tc.served), static_cast<unsigned long long>(tc.fallbacks));
   }
@@ -560,7 +553,7 @@ int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   s.active = false;
   int64_t at = s.switch_step;
   SendEv(mig::Ev::kSwitched, s.mig, mig::Switched{at, 0, 0});
-  TM_INFO(shim::kLogAgent, "joiner: switched in at step %lld", static_cast<long long>(at));
+  TM_INFO(kLogMigration, "joiner: switched in at step %lld", static_cast<long long>(at));
   s.switch_go = false;
   return at;
 }
@@ -597,7 +590,7 @@ void TapeSafePoint() {
                                           blob.begin() + static_cast<ptrdiff_t>(at + n))});
   }
   SendEv(mig::Ev::kTape, s.tape_mig, mig::Blob{});
-  TM_INFO(shim::kLogAgent, "migration %llu: sandbox tape recorded: %zu operations, %llu output bytes",
+  TM_INFO(kLogMigration, "migration %llu: sandbox tape recorded: %zu operations, %llu output bytes",
           static_cast<unsigned long long>(s.tape_mig), tape->size(),
           static_cast<unsigned long long>(tape->output_bytes()));
 }
