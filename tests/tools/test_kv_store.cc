@@ -16,15 +16,11 @@ struct Fixture {
   KvServer server;
   std::string addr;
   Fixture() {
-    std::string err;
-    REQUIRE(server.Start("127.0.0.1", 0, &err));
+    REQUIRE(server.Start("127.0.0.1", 0).ok());
     REQUIRE(server.port() != 0);
     addr = "127.0.0.1:" + std::to_string(server.port());
   }
-  void Connect(KvClient* c) {
-    std::string err;
-    REQUIRE(c->Connect(addr, 2000, &err));
-  }
+  void Connect(KvClient* c) { REQUIRE(c->Connect(addr, 2000).ok()); }
 };
 }  // namespace
 
@@ -86,7 +82,7 @@ TEST_CASE_FIXTURE(Fixture, "ADD from many threads is atomic") {
     ts.emplace_back([&] {
       KvClient c;
       std::string err;
-      REQUIRE(c.Connect(addr, 2000, &err));
+      REQUIRE(c.Connect(addr, 2000).ok());
       for (int j = 0; j < 50; ++j) REQUIRE(c.Add("ctr", 1, nullptr) == KvStatus::kOk);
     });
   }
@@ -135,9 +131,9 @@ TEST_CASE_FIXTURE(Fixture, "bounds: the number of keys") {
 TEST_CASE("Stop wakes a blocked GET") {
   KvServer s;
   std::string err;
-  REQUIRE(s.Start("127.0.0.1", 0, &err));
+  REQUIRE(s.Start("127.0.0.1", 0).ok());
   KvClient c;
-  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000, &err));
+  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000).ok());
   KvStatus st = KvStatus::kOk;
   std::thread t([&] {
     std::string v;
@@ -154,12 +150,13 @@ TEST_CASE("Stop wakes a blocked GET") {
 TEST_CASE("Connect to a closed port fails after the timeout") {
   KvServer s;
   std::string err;
-  REQUIRE(s.Start("127.0.0.1", 0, &err));
+  REQUIRE(s.Start("127.0.0.1", 0).ok());
   std::string addr = "127.0.0.1:" + std::to_string(s.port());
   s.Stop();
   KvClient c;
-  CHECK_FALSE(c.Connect(addr, 100, &err));
-  CHECK(err.find("cannot connect") != std::string::npos);
+  const trainmover::base::Status st = c.Connect(addr, 100);
+  CHECK_FALSE(st.ok());
+  CHECK(st.message().find("cannot connect") != std::string::npos);
 }
 
 TEST_CASE_FIXTURE(Fixture, "closed connections are reaped: more than the connection bound, one after another") {

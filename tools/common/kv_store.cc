@@ -17,6 +17,8 @@
 #include "base/thread.h"
 
 namespace tm_tools {
+
+using trainmover::base::Status;
 namespace {
 
 bool ReadFull(int fd, void* buf, size_t n) {
@@ -105,11 +107,10 @@ const char* KvStatusName(KvStatus s) {
 
 KvServer::~KvServer() { Stop(); }
 
-bool KvServer::Start(const std::string& host, uint16_t port, std::string* err) {
+Status KvServer::Start(const std::string& host, uint16_t port) {
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) {
-    *err = std::string("socket: ") + strerror(errno);
-    return false;
+    return Status::Error(std::string("socket: ") + strerror(errno));
   }
   int one = 1;
   setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -117,20 +118,19 @@ bool KvServer::Start(const std::string& host, uint16_t port, std::string* err) {
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
-    *err = "not an IPv4 address: " + host;
-    return false;
+    return Status::Error("not an IPv4 address: " + host);
   }
   if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(listen_fd_, 128) != 0) {
-    *err = std::string("bind/listen: ") + strerror(errno);
+    Status st = Status::Error(std::string("bind/listen: ") + strerror(errno));
     close(listen_fd_);
     listen_fd_ = -1;
-    return false;
+    return st;
   }
   socklen_t len = sizeof(addr);
   getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
   port_ = ntohs(addr.sin_port);
   acceptor_ = trainmover::base::StartThread("tm-kv-accept", [this] { AcceptLoop(); });
-  return true;
+  return Status::Ok();
 }
 
 void KvServer::Stop() {
@@ -257,20 +257,17 @@ void KvClient::Close() {
   fd_ = -1;
 }
 
-bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string* err) {
+Status KvClient::Connect(const std::string& host_port, int timeout_ms) {
   std::string host;
   uint16_t port = 0;
-  if (!trainmover::base::ParseHostPort(host_port, &host, &port).ok() || port == 0) {
-    *err = "malformed host:port '" + host_port + "'";
-    return false;
-  }
+  TM_CHECK(trainmover::base::ParseHostPort(host_port, &host, &port));
+  if (port == 0) return Status::Error("port 0 in '" + host_port + "': nothing listens there");
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_INET;
   hints.ai_socktype = SOCK_STREAM;
   int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
   if (rc != 0) {
-    *err = "cannot resolve '" + host + "': " + gai_strerror(rc);
-    return false;
+    return Status::Error("cannot resolve '" + host + "': " + gai_strerror(rc));
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
@@ -280,15 +277,14 @@ bool KvClient::Connect(const std::string& host_port, int timeout_ms, std::string
     Close();
     if (std::chrono::steady_clock::now() >= deadline) {
       freeaddrinfo(res);
-      *err = "cannot connect to " + host_port + ": " + strerror(e);
-      return false;
+      return Status::Error("cannot connect to " + host_port + ": " + strerror(e));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   freeaddrinfo(res);
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  return true;
+  return Status::Ok();
 }
 
 KvStatus KvClient::Request(uint8_t op, const std::string& key, const std::string& val, std::string* out) {

@@ -23,6 +23,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/status.h"
+
 namespace tm_tools {
 
 inline constexpr uint32_t kKvMaxKey = 256;
@@ -54,8 +56,8 @@ class KvServer {
   KvServer(const KvServer&) = delete;
   KvServer& operator=(const KvServer&) = delete;
 
-  // Binds host:port (port 0 = any free port) and starts serving. Returns false (and sets *err) on failure.
-  bool Start(const std::string& host, uint16_t port, std::string* err);
+  // Binds host:port (port 0 = any free port) and starts serving.
+  trainmover::base::Status Start(const std::string& host, uint16_t port);
   // The bound port (valid after Start).
   uint16_t port() const { return port_; }
   // Closes the listening socket and every connection, wakes blocked GETs, joins the threads. Idempotent.
@@ -90,8 +92,8 @@ class KvClient {
   KvClient(const KvClient&) = delete;
   KvClient& operator=(const KvClient&) = delete;
 
-  // Connects to host:port, retrying until timeout_ms passes. Returns false (and sets *err) on failure.
-  bool Connect(const std::string& host_port, int timeout_ms, std::string* err);
+  // Connects to host:port, retrying until timeout_ms passes.
+  trainmover::base::Status Connect(const std::string& host_port, int timeout_ms);
   KvStatus Set(const std::string& key, const std::string& value);
   // Blocks until the key exists (OK, *value filled) or timeout_ms passes (kTimeout).
   KvStatus Get(const std::string& key, uint32_t timeout_ms, std::string* value);

@@ -18,6 +18,8 @@
 
 namespace tmrun {
 
+using trainmover::base::Status;
+
 struct ControlPlane::Embedded {
   std::unique_ptr<trainmover::control::Coordinator> coord;
   std::thread thread;
@@ -36,11 +38,11 @@ ControlPlane::~ControlPlane() {
   }
 }
 
-bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
-                         const std::string& job_token_file, std::string* err) {
+Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
+                           const std::string& job_token_file) {
   if (disabled) {
     unsetenv("TRAINMOVER_COORDINATOR");
-    return true;
+    return Status::Ok();
   }
   const char* env_coord = getenv("TRAINMOVER_COORDINATOR");
   const char* env_token = getenv("TRAINMOVER_TOKEN");
@@ -52,19 +54,17 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
       token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
     }
     if (token.empty()) {
-      *err = "the coordinator " + address_ + " needs the job's token: set TRAINMOVER_TOKEN";
-      return false;
+      return Status::Error("the coordinator " + address_ + " needs the job's token: set TRAINMOVER_TOKEN");
     }
     setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
     setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
-    return true;
+    return Status::Ok();
   }
   // None given: an embedded coordinator with a random token, kept in a private file for tmctl.
   if (token.empty()) {
     unsigned char raw[24];
     if (!trainmover::control::RandomBytes(raw, sizeof(raw))) {
-      *err = "cannot generate a token";
-      return false;
+      return Status::Error("cannot generate a token");
     }
     static const char kHex[] = "0123456789abcdef";
     for (unsigned char c : raw) {
@@ -77,10 +77,9 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
   embedded_->coord->SetEngine(trainmover::control::MakeMigrationEngine());
-  if (trainmover::base::Status st = embedded_->coord->Start(); !st.ok()) {
-    *err = st.message();
+  if (Status st = embedded_->coord->Start(); !st.ok()) {
     embedded_.reset();
-    return false;
+    return st;
   }
   address_ = embedded_->coord->address();
   Embedded* e = embedded_.get();
@@ -95,7 +94,7 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   }
   setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
   setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
-  return true;
+  return Status::Ok();
 }
 
 }  // namespace tmrun

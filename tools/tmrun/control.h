@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "base/status.h"
+
 namespace tmrun {
 
 class ControlPlane {
@@ -16,9 +18,9 @@ class ControlPlane {
   ~ControlPlane();  // stops the embedded coordinator, removes the token file
   // Sets TRAINMOVER_COORDINATOR/TRAINMOVER_TOKEN in tmrun's environment (the ranks inherit it).
   // `coordinator`: from --coordinator ("" = none given). `job_coordinator`/`job_token_file`: a joiner's
-  // job's values from its store ("" = none). Returns false with a message.
-  bool Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
-             const std::string& job_token_file, std::string* err);
+  // job's values from its store ("" = none).
+  trainmover::base::Status Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
+                                 const std::string& job_token_file);
   const std::string& address() const { return address_; }        // "" when disabled
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
 

@@ -27,6 +27,11 @@
 
 namespace {
 
+// A joining tmrun waits this long for the job's store (to answer, then for each launch fact in it); the job's
+// own tmrun connects to the store it has just started.
+constexpr int kJobStoreTimeoutMs = 10000;
+constexpr int kOwnStoreConnectTimeoutMs = 5000;
+
 using Clock = std::chrono::steady_clock;
 
 int g_sig_pipe[2] = {-1, -1};
@@ -216,7 +221,6 @@ int main(int argc, char** argv) {
   tmrun::JobInfo job;
   tm_tools::KvServer store;
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
-  std::string err;
   if (cfg.join) {
     // The job's own tmrun published its launch facts in its store.
     if (trainmover::base::Status st = trainmover::base::ParseHostPort(cfg.store, &job.store_host, &job.store_port);
@@ -227,13 +231,13 @@ int main(int argc, char** argv) {
     }
     tm_tools::KvClient kv;
     std::string world, maddr, mport;
-    if (!kv.Connect(cfg.store, 10000, &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
+    if (trainmover::base::Status st = kv.Connect(cfg.store, kJobStoreTimeoutMs); !st.ok()) {
+      fprintf(stderr, "tmrun: %s\n", st.message().c_str());
       return 1;
     }
-    if (kv.Get("tmrun/world_size", 10000, &world) != tm_tools::KvStatus::kOk ||
-        kv.Get("tmrun/master_addr", 10000, &maddr) != tm_tools::KvStatus::kOk ||
-        kv.Get("tmrun/master_port", 10000, &mport) != tm_tools::KvStatus::kOk) {
+    if (kv.Get("tmrun/world_size", kJobStoreTimeoutMs, &world) != tm_tools::KvStatus::kOk ||
+        kv.Get("tmrun/master_addr", kJobStoreTimeoutMs, &maddr) != tm_tools::KvStatus::kOk ||
+        kv.Get("tmrun/master_port", kJobStoreTimeoutMs, &mport) != tm_tools::KvStatus::kOk) {
       fprintf(stderr, "tmrun: %s is not a tmrun store (no tmrun/world_size)\n", cfg.store.c_str());
       return 1;
     }
@@ -246,26 +250,26 @@ int main(int argc, char** argv) {
     std::string jcoord, jtoken;  // the job's coordinator (empty when it runs without one)
     kv.Get("tmrun/coordinator", 2000, &jcoord);
     kv.Get("tmrun/token_file", 2000, &jtoken);
-    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
+    if (trainmover::base::Status st = control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken); !st.ok()) {
+      fprintf(stderr, "tmrun: %s\n", st.message().c_str());
       return 1;
     }
   } else {
-    if (!store.Start("127.0.0.1", 0, &err)) {
-      fprintf(stderr, "tmrun: store: %s\n", err.c_str());
+    if (trainmover::base::Status st = store.Start("127.0.0.1", 0); !st.ok()) {
+      fprintf(stderr, "tmrun: store: %s\n", st.message().c_str());
       return 1;
     }
     job.store_host = "127.0.0.1";
     job.store_port = store.port();
     job.master_addr = "127.0.0.1";
     job.master_port = FreePort();
-    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
+    if (trainmover::base::Status st = control.Setup(cfg.coordinator, cfg.no_coordinator, "", ""); !st.ok()) {
+      fprintf(stderr, "tmrun: %s\n", st.message().c_str());
       return 1;
     }
     tm_tools::KvClient kv;
     const std::string self = "127.0.0.1:" + std::to_string(store.port());
-    if (!kv.Connect(self, 5000, &err) ||
+    if (!kv.Connect(self, kOwnStoreConnectTimeoutMs).ok() ||
         kv.Set("tmrun/world_size", std::to_string(cfg.nproc)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_port", std::to_string(job.master_port)) != tm_tools::KvStatus::kOk ||
