@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-SHIM=$BUILD/lib/libtrainmover.so DROPIN=$BUILD/lib/dropin/libnccl.so.2
+SHIM=$BUILD/lib/shim/libtrainmover.so DROPIN=$BUILD/lib/shim/dropin/libnccl.so.2
 NULL=$BUILD/plugins/nullnccl/libnccl.so.2 HN=$BUILD/plugins/hostnccl/libnccl.so.2
 TRAIN=$BUILD/tools/tm_train/tm-train TMRUN=$BUILD/tools/tmrun/tmrun
 export HOSTNCCL_TIMEOUT_MS=20000 UCX_WARN_UNUSED_ENV_VARS=n
