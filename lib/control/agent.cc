@@ -13,11 +13,24 @@
 
 #include "base/host.h"
 #include "conn.h"
-#include "ctl_log.h"
+#include "base/log.h"
+#include "base/thread.h"
 
 extern char** environ;
 
 namespace trainmover::control {
+
+namespace {
+// The agent's timing. Reconnection backs off exponentially so a job of thousands of ranks does not hammer a
+// restarting coordinator; the heartbeat interval is the coordinator's (REGISTER_ACK) once registered.
+constexpr uint64_t kNsPerMs = 1000000ull;
+constexpr int kConnectTimeoutMs = 1000;             // one TCP connect attempt
+constexpr uint64_t kReconnectFirstBackoffMs = 100;  // wait after the first failed attempt
+constexpr uint64_t kReconnectMaxBackoffMs = 2000;   // doubling stops here
+constexpr uint64_t kHeartbeatBeforeAckMs = 1000;    // until REGISTER_ACK says otherwise
+constexpr uint64_t kPollSliceMs = 50;               // longest sleep of the loop (stop and ticks are checked)
+constexpr uint64_t kByeFlushMs = 500;               // at exit, how long BYE may take to leave
+}  // namespace
 
 Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int32_t replace) {
   Register r;
@@ -93,7 +106,7 @@ void Agent::Start() {
   if (thread_.joinable()) return;
   stop_.store(false);
   owner_pid_ = getpid();
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = base::StartThread("tm-agent", [this] { Loop(); });
 }
 
 void Agent::Stop(bool bye) {
@@ -186,9 +199,9 @@ struct Agent::Session {
   std::unique_ptr<Connection> conn;
   bool registered = false;  // REGISTER and the replay were sent on this connection
   bool warned = false;      // one WARN per outage
-  uint64_t backoff_ms = 100;
+  uint64_t backoff_ms = kReconnectFirstBackoffMs;
   uint64_t next_attempt = 0;
-  uint64_t hb_interval_ns = 1000000000ull;
+  uint64_t hb_interval_ns = kHeartbeatBeforeAckMs * kNsPerMs;
   uint64_t next_hb = 0;
   int64_t sent_step = -1;
   uint64_t next_tick = 0;
@@ -209,7 +222,7 @@ void Agent::Loop() {
     if (s.conn && s.conn->authenticated() && !s.registered) RegisterAndReplay(s);
     if (tick_ && now >= s.next_tick) {
       tick_();
-      s.next_tick = now + static_cast<uint64_t>(tick_period_ms_) * 1000000ull;
+      s.next_tick = now + static_cast<uint64_t>(tick_period_ms_) * kNsPerMs;
     }
     DrainEssentials(s);
     DrainSafePoints(s);
@@ -225,9 +238,9 @@ void Agent::Loop() {
 }
 
 void Agent::Connect(Session& s) {
-  std::string err;
-  int fd = ConnectTcp(opt_.coordinator, 1000, &err);
-  if (fd < 0) return Lose(s, err);
+  int fd = -1;
+  base::Status st = ConnectTcp(opt_.coordinator, kConnectTimeoutMs, &fd);
+  if (!st.ok()) return Lose(s, st.message());
   s.conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
   s.conn->StartHello(kClientAgent);
 }
@@ -250,21 +263,21 @@ void Agent::RegisterAndReplay(Session& s) {
 // The connection is gone (or never came): one WARN per outage, reconnect with backoff.
 void Agent::Lose(Session& s, const std::string& why) {
   if (!s.warned && why.rfind("rejected by peer", 0) == 0) {
-    CTL_WARN("agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
+    TM_WARN(kLogControl, "agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
              opt_.coordinator.c_str(), why.c_str());
     s.warned = true;
   } else if (!s.warned) {
-    CTL_WARN("agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
+    TM_WARN(kLogControl, "agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
              opt_.coordinator.c_str(), why.c_str());
     s.warned = true;
   } else {
-    CTL_INFO("agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
+    TM_INFO(kLogControl, "agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
   }
   s.conn.reset();
   s.registered = false;
   connected_.store(false);
-  s.next_attempt = NowMonotonicNs() + s.backoff_ms * 1000000ull;
-  s.backoff_ms = std::min<uint64_t>(s.backoff_ms * 2, 2000);
+  s.next_attempt = NowMonotonicNs() + s.backoff_ms * kNsPerMs;
+  s.backoff_ms = std::min<uint64_t>(s.backoff_ms * 2, kReconnectMaxBackoffMs);
 }
 
 // Essential reports, oldest first: kept for the replay and sent when connected.
@@ -302,7 +315,7 @@ void Agent::DrainEssentials(Session& s) {
         if (s.ready()) {
           s.conn->SendMsg(MsgType::kEvent, e->event);
         } else {
-          CTL_INFO("agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
+          TM_INFO(kLogControl, "agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
                    e->event.migration);
           if (s.held_events.size() < 1024) s.held_events.push_back(std::move(e->event));
         }
@@ -345,7 +358,7 @@ void Agent::PollOnce(Session& s) {
   if (s.conn) fds[1].events = static_cast<short>(POLLIN | (s.conn->WantsWrite() ? POLLOUT : 0));
   int timeout = 50;
   if (!s.conn) {
-    timeout = static_cast<int>(std::min<uint64_t>(50, (s.next_attempt > now ? s.next_attempt - now : 0) / 1000000 + 1));
+    timeout = static_cast<int>(std::min<uint64_t>(kPollSliceMs, (s.next_attempt > now ? s.next_attempt - now : 0) / kNsPerMs + 1));
   }
   poll(fds, s.conn ? 2 : 1, timeout);
   if (fds[0].revents) {
@@ -368,26 +381,26 @@ void Agent::OnFrame(Session& s, const Frame& f) {
       process_id_.store(a.process_id);
       uint64_t ms = a.heartbeat_interval_ms;
       if (opt_.heartbeat_ms > 0 && static_cast<uint64_t>(opt_.heartbeat_ms) < ms) ms = opt_.heartbeat_ms;
-      s.hb_interval_ns = ms * 1000000ull;
+      s.hb_interval_ns = ms * kNsPerMs;
       connections_.fetch_add(1);
       connected_.store(true);
-      if (s.warned) CTL_WARN("agent: reconnected to coordinator %s", opt_.coordinator.c_str());
-      CTL_INFO("agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(), a.process_id);
+      if (s.warned) TM_WARN(kLogControl, "agent: reconnected to coordinator %s", opt_.coordinator.c_str());
+      TM_INFO(kLogControl, "agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(), a.process_id);
       s.warned = false;
-      s.backoff_ms = 100;
+      s.backoff_ms = kReconnectFirstBackoffMs;
       return;
     }
     case MsgType::kCommand: {
       Command c;
       if (!DecodePayload(f.payload, &c)) {
-        CTL_WARN("agent: malformed COMMAND ignored");
+        TM_WARN(kLogControl, "agent: malformed COMMAND ignored");
       } else if (handler_) {
         handler_(c);
       }
       return;
     }
     default:
-      CTL_WARN("agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
+      TM_WARN(kLogControl, "agent: unexpected %s from the coordinator ignored", MsgTypeName(f.type));
   }
 }
 
@@ -397,7 +410,7 @@ void Agent::SayBye(Session& s) {
   DrainEssentials(s);
   DrainSafePoints(s);
   s.conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
-  uint64_t deadline = NowMonotonicNs() + 500000000ull;
+  uint64_t deadline = NowMonotonicNs() + kByeFlushMs * kNsPerMs;
   while (s.conn->WantsWrite() && NowMonotonicNs() < deadline) {
     if (!s.conn->Flush()) break;
     pollfd p{s.conn->fd(), POLLOUT, 0};

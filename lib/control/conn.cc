@@ -14,7 +14,11 @@
 #include <cerrno>
 #include <cstring>
 
+#include "base/hostport.h"
+
 namespace trainmover::control {
+
+using base::Status;
 
 Connection::Connection(int fd, Side side, std::string token) : fd_(fd), side_(side), token_(std::move(token)) {
   int fl = fcntl(fd_, F_GETFL, 0);
@@ -192,59 +196,37 @@ bool Connection::Flush() {
   return true;
 }
 
-bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port, std::string* err) {
-  size_t c = s.rfind(':');
-  if (c == std::string::npos || c == 0 || c + 1 >= s.size()) {
-    *err = "expected host:port, got '" + s + "'";
-    return false;
-  }
-  std::string h = s.substr(0, c);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  char* end = nullptr;
-  unsigned long p = std::strtoul(s.c_str() + c + 1, &end, 10);
-  if (*end != '\0' || p > 65535) {
-    *err = "bad port in '" + s + "'";
-    return false;
-  }
-  *host = h;
-  *port = static_cast<uint16_t>(p);
-  return true;
-}
-
-static addrinfo* Resolve(const std::string& host, uint16_t port, bool passive, std::string* err) {
+static Status Resolve(const std::string& host, uint16_t port, bool passive, addrinfo** res) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = passive ? AI_PASSIVE : 0;
-  addrinfo* res = nullptr;
   std::string ps = std::to_string(port);
-  int rc = getaddrinfo(host.c_str(), ps.c_str(), &hints, &res);
-  if (rc != 0) {
-    *err = "cannot resolve '" + host + "': " + gai_strerror(rc);
-    return nullptr;
-  }
-  return res;
+  int rc = getaddrinfo(host.c_str(), ps.c_str(), &hints, res);
+  if (rc != 0) return Status::Error("cannot resolve '" + host + "': " + gai_strerror(rc));
+  return Status::Ok();
 }
 
-int ListenTcp(const std::string& hostport, std::string* bound, std::string* err) {
+Status ListenTcp(const std::string& hostport, int* out_fd, std::string* bound) {
   std::string host;
   uint16_t port = 0;
-  if (!ParseHostPort(hostport, &host, &port, err)) return -1;
-  addrinfo* res = Resolve(host, port, true, err);
-  if (!res) return -1;
+  TM_CHECK(base::ParseHostPort(hostport, &host, &port));
+  addrinfo* res = nullptr;
+  TM_CHECK(Resolve(host, port, true, &res));
   int fd = -1;
+  Status st;
   for (addrinfo* a = res; a; a = a->ai_next) {
     fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) continue;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) break;
-    *err = std::string("bind/listen ") + hostport + ": " + std::strerror(errno);
+    st = Status::Error(std::string("bind/listen ") + hostport + ": " + std::strerror(errno));
     close(fd);
     fd = -1;
   }
   freeaddrinfo(res);
-  if (fd < 0) return -1;
+  if (fd < 0) return st.ok() ? Status::Error("no usable address for " + hostport) : st;
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
   getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
@@ -263,16 +245,18 @@ int ListenTcp(const std::string& hostport, std::string* bound, std::string* err)
   }
   int fl = fcntl(fd, F_GETFL, 0);
   fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-  return fd;
+  *out_fd = fd;
+  return Status::Ok();
 }
 
-int ConnectTcp(const std::string& hostport, int timeout_ms, std::string* err) {
+Status ConnectTcp(const std::string& hostport, int timeout_ms, int* out_fd) {
   std::string host;
   uint16_t port = 0;
-  if (!ParseHostPort(hostport, &host, &port, err)) return -1;
-  addrinfo* res = Resolve(host, port, false, err);
-  if (!res) return -1;
+  TM_CHECK(base::ParseHostPort(hostport, &host, &port));
+  addrinfo* res = nullptr;
+  TM_CHECK(Resolve(host, port, false, &res));
   int fd = -1;
+  Status st;
   for (addrinfo* a = res; a; a = a->ai_next) {
     fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
     if (fd < 0) continue;
@@ -290,12 +274,14 @@ int ConnectTcp(const std::string& hostport, int timeout_ms, std::string* err) {
       }
     }
     if (rc == 0) break;
-    *err = "connect " + hostport + ": " + std::strerror(errno);
+    st = Status::Error("connect " + hostport + ": " + std::strerror(errno));
     close(fd);
     fd = -1;
   }
   freeaddrinfo(res);
-  return fd;
+  if (fd < 0) return st.ok() ? Status::Error("no usable address for " + hostport) : st;
+  *out_fd = fd;
+  return Status::Ok();
 }
 
 uint64_t NowRealtimeNs() {

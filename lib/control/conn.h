@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
 #include "messages.h"
 #include "wire.h"
 
@@ -98,12 +99,10 @@ class Connection {
   uint64_t server_epoch = 0;
 };
 
-// "host:port" -> parts. False with a message on a malformed address.
-bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port, std::string* err);
-// A listening TCP socket on host:port (port 0: any). Returns fd or -1 (err set). *bound: "host:port".
-int ListenTcp(const std::string& hostport, std::string* bound, std::string* err);
-// A blocking connect with a timeout. Returns fd or -1 (err set).
-int ConnectTcp(const std::string& hostport, int timeout_ms, std::string* err);
+// A listening, non-blocking TCP socket on host:port (port 0: any) in *fd; *bound: the address it got.
+base::Status ListenTcp(const std::string& hostport, int* fd, std::string* bound);
+// A connect with a timeout; *fd is the connected, non-blocking socket.
+base::Status ConnectTcp(const std::string& hostport, int timeout_ms, int* fd);
 // CLOCK_REALTIME / CLOCK_MONOTONIC in ns.
 uint64_t NowRealtimeNs();
 uint64_t NowMonotonicNs();

@@ -12,7 +12,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "ctl_log.h"
+#include "base/log.h"
 
 namespace trainmover::control {
 
@@ -132,25 +132,18 @@ Coordinator::~Coordinator() {
 
 int Coordinator::heartbeat_interval_ms() const { return std::max(20, opt_.heartbeat_timeout_ms / 4); }
 
-bool Coordinator::Start(std::string* err) {
+base::Status Coordinator::Start() {
   if (opt_.token.empty()) {
-    *err = "no token: set TRAINMOVER_TOKEN or pass --token-file (every control message is authenticated)";
-    return false;
+    return base::Status::Error(
+        "no token: set TRAINMOVER_TOKEN or pass --token-file (every control message is authenticated)");
   }
-  if (opt_.heartbeat_timeout_ms <= 0) {
-    *err = "heartbeat timeout must be positive";
-    return false;
-  }
-  listen_fd_ = ListenTcp(opt_.listen, &address_, err);
-  if (listen_fd_ < 0) return false;
-  if (!opt_.metrics_listen.empty()) {
-    metrics_fd_ = ListenTcp(opt_.metrics_listen, &metrics_address_, err);
-    if (metrics_fd_ < 0) return false;
-  }
+  if (opt_.heartbeat_timeout_ms <= 0) return base::Status::Error("heartbeat timeout must be positive");
+  TM_CHECK(ListenTcp(opt_.listen, &listen_fd_, &address_));
+  if (!opt_.metrics_listen.empty()) TM_CHECK(ListenTcp(opt_.metrics_listen, &metrics_fd_, &metrics_address_));
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   RandomBytes(&epoch_, sizeof(epoch_));
   start_ns_ = NowRealtimeNs();
-  return true;
+  return base::Status::Ok();
 }
 
 void Coordinator::Stop() {
@@ -175,7 +168,7 @@ void Coordinator::Run() {
     int timeout = std::min(100, heartbeat_interval_ms());
     int n = poll(fds.data(), fds.size(), timeout);
     if (n < 0 && errno != EINTR) {
-      CTL_WARN("coordinator: poll failed: %s", std::strerror(errno));
+      TM_WARN(kLogControl, "coordinator: poll failed: %s", std::strerror(errno));
       break;
     }
     for (const pollfd& pf : fds) {
@@ -239,7 +232,7 @@ void Coordinator::Run() {
     }
     for (auto it = peers_.begin(); it != peers_.end();) {
       if (!it->second->conn->authenticated() && now - it->second->opened_ns > kHelloDeadlineNs) {
-        CTL_WARN("coordinator: a connection sent no valid HELLO within %llu s, closing",
+        TM_WARN(kLogControl, "coordinator: a connection sent no valid HELLO within %llu s, closing",
                  static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
         ++rejected_;
         it = peers_.erase(it);
@@ -262,7 +255,7 @@ void Coordinator::Accept() {
     int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
     if (peers_.size() >= kMaxPeers) {
-      CTL_WARN("coordinator: too many connections (%zu), refusing one", peers_.size());
+      TM_WARN(kLogControl, "coordinator: too many connections (%zu), refusing one", peers_.size());
       close(fd);
       continue;
     }
@@ -312,7 +305,7 @@ void Coordinator::HandlePeer(Peer& p, short revents) {
   while (!c.failed() && c.Next(&f)) HandleMessage(p, f);
   if (c.failed()) {
     ++rejected_;
-    CTL_WARN("coordinator: rejected connection %s: %s",
+    TM_WARN(kLogControl, "coordinator: rejected connection %s: %s",
              p.process ? ("of process " + std::to_string(p.process)).c_str() : "(unregistered)", c.error().c_str());
   }
   if (!c.Flush()) open = false;
@@ -330,7 +323,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
   auto type = static_cast<MsgType>(f.type);
   bool agent = c.client_kind() == kClientAgent;
   auto bad = [&](const char* what) {
-    CTL_WARN("coordinator: malformed %s from %s, closing", what, agent ? "agent" : "tool");
+    TM_WARN(kLogControl, "coordinator: malformed %s from %s, closing", what, agent ? "agent" : "tool");
     c.SendReject(RejectCode::kProtocol, std::string("malformed ") + what);
     ++rejected_;
   };
@@ -339,7 +332,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       pr->state = ProcState::kExited;
       pr->conn_fd = -1;
       p.process = 0;
-      CTL_INFO("coordinator: process %" PRIu64 " (rank %d) exited", pr->id, pr->info.rank);
+      TM_INFO(kLogControl, "coordinator: process %" PRIu64 " (rank %d) exited", pr->id, pr->info.rank);
       for (auto& e : engines_) e->OnProcessLost(*this, pr->id);  // the engine tells exited from lost by state
     }
     c.SendReject(RejectCode::kProtocol, "bye");
@@ -354,7 +347,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
     }
     ProcessRec* pr = FindProcess(p.process);
     if (!pr) {
-      CTL_WARN("coordinator: %s before REGISTER, closing", MsgTypeName(f.type));
+      TM_WARN(kLogControl, "coordinator: %s before REGISTER, closing", MsgTypeName(f.type));
       c.SendReject(RejectCode::kOrder, "REGISTER first");
       ++rejected_;
       return;
@@ -369,7 +362,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         if (h.step > pr->step) pr->step = h.step;
         if (pr->state == ProcState::kLost) {
           pr->state = ProcState::kAlive;
-          CTL_INFO("coordinator: process %" PRIu64 " is back", pr->id);
+          TM_INFO(kLogControl, "coordinator: process %" PRIu64 " is back", pr->id);
         }
         return;
       }
@@ -408,7 +401,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         return;
       }
       default:
-        CTL_WARN("coordinator: unexpected %s from an agent, closing", MsgTypeName(f.type));
+        TM_WARN(kLogControl, "coordinator: unexpected %s from an agent, closing", MsgTypeName(f.type));
         c.SendReject(RejectCode::kProtocol, "unexpected message");
         ++rejected_;
         return;
@@ -455,7 +448,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       return;
     }
     default:
-      CTL_WARN("coordinator: unexpected %s from a tool, closing", MsgTypeName(f.type));
+      TM_WARN(kLogControl, "coordinator: unexpected %s from a tool, closing", MsgTypeName(f.type));
       c.SendReject(RejectCode::kProtocol, "unexpected message");
       ++rejected_;
       return;
@@ -485,7 +478,7 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   a.process_id = pr->id;
   a.heartbeat_interval_ms = static_cast<uint32_t>(heartbeat_interval_ms());
   p.conn->SendMsg(MsgType::kRegisterAck, a);
-  CTL_INFO("coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d", again ? "re-registered" : "registered", pr->id,
+  TM_INFO(kLogControl, "coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d", again ? "re-registered" : "registered", pr->id,
            r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
 }
 
@@ -496,7 +489,7 @@ void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
     cr.nranks = c.nranks;
     cr.lineage = c.lineage;
   } else if (cr.nranks != c.nranks) {
-    CTL_WARN("coordinator: process %" PRIu64 " reports comm %s with %d ranks, others %d", pr.id,
+    TM_WARN(kLogControl, "coordinator: process %" PRIu64 " reports comm %s with %d ranks, others %d", pr.id,
              Hex(c.comm_key).c_str(), c.nranks, cr.nranks);
   }
   auto old = cr.members.find(c.rank);
@@ -529,7 +522,7 @@ void Coordinator::OnCommDestroyed(ProcessRec& pr, uint64_t key) {
 void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {
   pr.state = ProcState::kLost;
   pr.lost_reason = why;
-  CTL_WARN("coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(), pr.info.pid,
+  TM_WARN(kLogControl, "coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(), pr.info.pid,
            pr.info.rank, why.c_str());
   for (auto& e : engines_) e->OnProcessLost(*this, pr.id);
 }
@@ -651,7 +644,7 @@ void Coordinator::Observe(std::vector<uint64_t>& buckets, double& sum, uint64_t&
 
 void Coordinator::SetMigState(Migration& m, MigState s, const std::string& reason) {
   if (MigTerminal(m.state)) return;  // terminal states are final
-  CTL_INFO("coordinator: migration %" PRIu64 ": %s -> %s%s%s", m.id, MigStateName(m.state), MigStateName(s),
+  TM_INFO(kLogControl, "coordinator: migration %" PRIu64 ": %s -> %s%s%s", m.id, MigStateName(m.state), MigStateName(s),
            reason.empty() ? "" : ": ", reason.c_str());
   m.state = s;
   if (!reason.empty()) m.reason = reason;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
 #include "conn.h"
 #include "messages.h"
 
@@ -164,8 +165,8 @@ class Coordinator final : public EngineHost {
   explicit Coordinator(Options opt);
   ~Coordinator();
 
-  // Binds the sockets. False with a message (bad address, port in use, empty token).
-  bool Start(std::string* err);
+  // Binds the sockets. An error names what is wrong (bad address, port in use, empty token).
+  base::Status Start();
   const std::string& address() const { return address_; }  // host:port actually bound
   const std::string& metrics_address() const { return metrics_address_; }
   // The heartbeat interval agents are told to use (a quarter of the timeout, at least 20 ms).

@@ -18,6 +18,7 @@
 #include "base/config.h"
 #include "base/log.h"
 #include "shim_state.h"
+#include "tm_build_config.h"  // TM_VERSION
 
 namespace trainmover::shim {
 
@@ -233,14 +234,14 @@ ncclResult_t EnsureInit() {
   static std::once_flag once;
   std::call_once(once, [] {
     const ConfigResult& cr = ConfigGet();
-    LogConfigure(cr.config.debug, cr.config.debug_subsys, cr.config.debug_file.c_str());
+    base::LogConfigure(cr.config.debug, cr.config.debug_subsys, cr.config.debug_file.c_str());
     if (!cr.error.empty()) {
       // Debug settings may be the invalid ones: the warning is printed at WARN whatever they say.
       SetShimError("TrainMover: %s", cr.error.c_str());
       TM_WARN(kLogInit, "%s", cr.error.c_str());
       g_init_result = ncclInvalidArgument;
     } else {
-      TM_INFO(kLogInit, "libtrainmover %s, role %s%s%s", "0.1.0", RoleName(cr.config.role),
+      TM_INFO(kLogInit, "libtrainmover %s, role %s%s%s", TM_VERSION, RoleName(cr.config.role),
               cr.config.coordinator.empty() ? "" : ", coordinator ", cr.config.coordinator.c_str());
       g_init_result = Bind(cr.config);
       if (g_init_result != ncclSuccess) TM_WARN(kLogBind, "%s", ShimErrorOrNull());

@@ -1,17 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 // The registry of VComms and the state API (shim_state.h), and the exported tmShim* entry points that
 // include/trainmover/trainmover.h resolves at run time.
-#include <dlfcn.h>
 #include <time.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 
-#include "binding.h"
+#include "base/cudart.h"
 #include "base/log.h"
+#include "binding.h"
 #include "shim_state.h"
 #include "state_internal.h"
+#include "trainmover/trainmover.h"  // tmResult_t, the values tmShimRegister returns
 
 namespace trainmover::shim {
 
@@ -148,7 +149,7 @@ VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids
     v->magic = VComm::kMagic;
     Live().push_back(v);
   }
-  LogSetRank(v->lineage.rank);
+  base::LogSetRank(v->lineage.rank);
   TM_INFO(kLogComm, "vcomm %p #%llu %s nranks %d rank %d key %016llx real %p%s", static_cast<void*>(v),
           (unsigned long long)v->lineage.index, CommKindName(v->lineage.kind), v->lineage.nranks, v->lineage.rank,
           (unsigned long long)v->comm_key, static_cast<void*>(real), real ? "" : " (sandboxed)");
@@ -352,27 +353,16 @@ int64_t SafePointImpl(int64_t step) {
 
 namespace {
 std::atomic<uint64_t> g_captured{0};
-using IsCapturingFn = int (*)(cudaStream_t, int*);  // cudaStreamIsCapturing(stream, cudaStreamCaptureStatus*)
-IsCapturingFn CaptureQuery() {
-  static IsCapturingFn fn = [] {
-    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
-      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
-        return reinterpret_cast<IsCapturingFn>(dlsym(h, "cudaStreamIsCapturing"));
-      }
-    }
-    return static_cast<IsCapturingFn>(nullptr);
-  }();
-  return fn;
-}
 }  // namespace
 
 uint64_t CapturedCount() { return g_captured.load(std::memory_order_relaxed); }
 
 void NoteCapture(VComm* v, cudaStream_t stream) {
-  IsCapturingFn fn = CaptureQuery();
-  if (!fn || v->captured.load(std::memory_order_relaxed)) return;
-  int status = 0;  // cudaStreamCaptureStatusNone
-  if (fn(stream, &status) == 0 && status != 0 && !v->captured.exchange(true)) {
+  const base::Cudart* rt = base::CudartIfLoaded();
+  if (!rt || !rt->cudaStreamIsCapturing || v->captured.load(std::memory_order_relaxed)) return;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (rt->cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone &&
+      !v->captured.exchange(true)) {
     g_captured.fetch_add(1, std::memory_order_relaxed);
     TM_INFO(kLogComm, "vcomm #%llu: operation issued under CUDA graph capture; it cannot be migrated",
             static_cast<unsigned long long>(v->lineage.index));
@@ -388,20 +378,20 @@ __attribute__((visibility("default"))) int64_t tmShimSafePoint(int64_t step) {
 }
 
 __attribute__((visibility("default"))) int tmShimRegister(const char* name, void* ptr, size_t bytes) {
-  if (!name || !name[0] || !ptr || bytes == 0 || strlen(name) > 63) return 1;  // tmInvalidArgument
+  if (!name || !name[0] || !ptr || bytes == 0 || strlen(name) > 63) return tmInvalidArgument;
   std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
-  if (trainmover::shim::RegionMap().count(name)) return 2;  // tmAlreadyRegistered
+  if (trainmover::shim::RegionMap().count(name)) return tmAlreadyRegistered;
   trainmover::shim::RegionMap()[name] = trainmover::shim::Region{name, ptr, bytes};
-  TM_INFO(trainmover::shim::kLogState, "registered region %s %p %zu bytes", name, ptr, bytes);
-  return 0;
+  TM_INFO(kLogState, "registered region %s %p %zu bytes", name, ptr, bytes);
+  return tmSuccess;
 }
 
 __attribute__((visibility("default"))) int tmShimUnregister(const char* name) {
-  if (!name || !name[0]) return 1;
+  if (!name || !name[0]) return tmInvalidArgument;
   std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
-  if (trainmover::shim::RegionMap().erase(name) == 0) return 3;  // tmNotRegistered
-  TM_INFO(trainmover::shim::kLogState, "unregistered region %s", name);
-  return 0;
+  if (trainmover::shim::RegionMap().erase(name) == 0) return tmNotRegistered;
+  TM_INFO(kLogState, "unregistered region %s", name);
+  return tmSuccess;
 }
 
 }  // extern "C"

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "control/ctl_log.h"
+#include "base/log.h"
 #include "msgs.h"
 
 extern char** environ;
@@ -290,7 +290,7 @@ class MigrationEngine final : public Engine {
       x.switched.insert(p);  // finished right at S: nothing more to measure
       return MaybeDone(h, *m, x);
     }
-    CTL_WARN("coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
+    TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
   }
 
   void OnTick(EngineHost& h) override {
@@ -388,7 +388,7 @@ class MigrationEngine final : public Engine {
         Abort(h, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
         return false;
       }
-      CTL_INFO("coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pr.child,
+      TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pr.child,
                pr.rank, pr.log.c_str());
       m.joiner_log += (m.joiner_log.empty() ? "" : ", ") + pr.log;
     }
@@ -460,7 +460,7 @@ class MigrationEngine final : public Engine {
       }
     }
     if (!m || !pair || (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
-      CTL_WARN("coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
+      TM_WARN(kLogMigration, "coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
                j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
     }
@@ -513,7 +513,7 @@ class MigrationEngine final : public Engine {
     if (lp->tape.size() + b.bytes.size() > kMaxTapeRelay) {  // a bound on D's memory: the joiner emulates
       lp->tape.clear();
       lp->tape_relay = TapeRelay::kDropped;
-      CTL_WARN("coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", o.m.id,
+      TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", o.m.id,
                lp->rank, kMaxTapeRelay);
       return;
     }
@@ -653,7 +653,7 @@ class MigrationEngine final : public Engine {
     x.proposal = std::max(top, x.proposal) + x.margin;
     h.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
     x.accepted.clear();
-    CTL_INFO("coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
+    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
              x.proposal, x.margin);
     for (uint64_t q : x.Participants()) h.SendCommand(q, Cmd(mig::Cmd::kPropose, m.id, mig::Step{x.proposal}));
   }
@@ -681,10 +681,10 @@ class MigrationEngine final : public Engine {
         j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
         j->info.replace = -1;
       }
-      CTL_INFO("coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
+      TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }
     h.SetMigState(m, MigState::kDone);
-    CTL_INFO("coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
+    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
              m.downtime_ns / 1e6);
   }
 

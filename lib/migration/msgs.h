@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// migration_msgs.h: the bodies of COMMAND (coordinator -> agent) and EVENT (agent -> coordinator) for
+// msgs.h: the bodies of COMMAND (coordinator -> agent) and EVENT (agent -> coordinator) for
 // the migration protocol of docs/architecture.md ("Migration protocol") and docs/protocol.md.
 //
-// The control layer routes Command/Event frames without looking inside; the migration engine (issue 5)
+// The control layer routes Command/Event frames without looking inside; the migration engine (engine.cc)
 // encodes and decodes their bodies with these structs. Every body has the same bounds as any message
 // (kMaxString, kMaxList, one frame) and the same rule: Decode consumes the whole body or fails.
 //

@@ -21,7 +21,7 @@ uint64_t Median(std::vector<uint64_t> v) {
 template <typename B>
 bool Decode(const control::Command& c, B* b) {
   if (control::DecodePayload(c.body, b)) return true;
-  TM_WARN(shim::kLogAgent, "migration: malformed %s body, ignored", mig::CmdName(c.kind));
+  TM_WARN(kLogMigration, "migration: malformed %s body, ignored", mig::CmdName(c.kind));
   return false;
 }
 
@@ -82,7 +82,7 @@ void ProcessMachine::OnCommand(const control::Command& c) {
     case mig::Cmd::kAbort:
       return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(b); });
   }
-  TM_WARN(shim::kLogAgent, "migration: unknown command %u ignored", c.kind);
+  TM_WARN(kLogMigration, "migration: unknown command %u ignored", c.kind);
 }
 
 // Joiner: which of its VComms replaces which of the leaver's (pairs of joiner key, leaver key).
@@ -225,7 +225,7 @@ void ProcessMachine::OnAbort(const mig::Reason& r) {
 // the leaver's server closed. A joiner must exit afterwards. Never touches the current real comms.
 void ProcessMachine::AbortLocked(const std::string& why) {
   if (!active_ && member_.staged.empty()) return;
-  TM_WARN(shim::kLogAgent, "migration %llu aborted here: %s; training continues on the current communicators",
+  TM_WARN(kLogMigration, "migration %llu aborted here: %s; training continues on the current communicators",
           static_cast<unsigned long long>(mig_), why.c_str());
   ++gen_;
   for (const Staged& st : member_.staged) w_.DropStaged(st.v);
@@ -463,7 +463,7 @@ int64_t ProcessMachine::SwitchJoinerIn() {
   active_ = false;
   const int64_t at = member_.step;
   Send(mig::Ev::kSwitched, mig_, mig::Switched{at, 0, 0});
-  TM_INFO(shim::kLogAgent, "joiner: switched in at step %lld", static_cast<long long>(at));
+  TM_INFO(kLogMigration, "joiner: switched in at step %lld", static_cast<long long>(at));
   member_.agreement = Agreement::kNone;
   member_.step = -1;
   return at;

@@ -7,24 +7,15 @@
 #include <string>
 #include <vector>
 
-#include "control/ctl_log.h"
 #include "base/log.h"
-#include "migration.h"
 #include "core/shim_state.h"
+#include "migration.h"
 
 namespace trainmover::control {
 
 namespace {
 
 std::atomic<Agent*> g_agent{nullptr};
-
-void LogSink(CtlLevel level, const char* msg) {
-  using shim::LogLevel;
-  LogLevel l = level == CtlLevel::kWarn   ? LogLevel::kWarn
-               : level == CtlLevel::kInfo ? LogLevel::kInfo
-                                          : LogLevel::kTrace;
-  TM_LOG(l, shim::kLogAgent, "%s", msg);
-}
 
 }  // namespace
 
@@ -60,7 +51,6 @@ void Observe(void*, shim::VComm* v, bool created) {
   if (!sandboxed_joiner) a->ReportCommCreated(DescribeVComm(v));
   if (v->lineage.index == 0) {  // the process's first communicator names its rank
     a->ReportRankWorld(v->lineage.rank, v->lineage.nranks);
-    SetCtlLogRank(v->lineage.rank);
   }
 }
 
@@ -100,10 +90,8 @@ namespace trainmover::shim {
 // Strong definition of the shim's weak hook (shim_state.h). Called once, on the initialising thread.
 extern "C" void tmAgentStart(const Config* config) {
   using namespace trainmover::control;
-  SetCtlLogSink(LogSink);
-  SetCtlLogLevel(CtlLevel::kTrace);  // the shim's logger filters by TRAINMOVER_DEBUG itself
   if (config->token.empty()) {
-    TM_WARN(kLogAgent,
+    TM_WARN(kLogControl,
             "TRAINMOVER_COORDINATOR is set but TRAINMOVER_TOKEN is not: the coordinator will reject "
             "this process; set the job's token (tmrun sets both)");
   }
@@ -124,7 +112,7 @@ extern "C" void tmAgentStart(const Config* config) {
   trainmover::migration::InstallMigration(agent);  // replaces the hook (and still reports every step)
   agent->Start();
   std::atexit(StopAtExit);
-  TM_INFO(kLogAgent, "agent started, coordinator %s", config->coordinator.c_str());
+  TM_INFO(kLogControl, "agent started, coordinator %s", config->coordinator.c_str());
 }
 
 }  // namespace trainmover::shim

@@ -3,11 +3,11 @@
 //
 // The shim calls tmAgentStart(config) once, after a successful initialisation, when
 // TRAINMOVER_COORDINATOR is set (lib/core/binding.cc). tmAgentStart creates the process's Agent, installs the
-// VComm observer (communicator created/destroyed), the safe-point hook (reports the step), a tick that
-// polls the region table, and routes the control layer's log lines into the shim's logger.
+// VComm observer (communicator created/destroyed), the safe-point hook (reports the step) and a tick that
+// polls the region table. The control layer logs through the same logger (base/log.h).
 //
-// Migration (issue 5) owns the safe-point hook later: it must call ShimAgentSafePoint(step) from its
-// own hook so progress keeps being reported, and it installs its command handler with ShimAgent().
+// Migration (process.cc) then owns the safe-point hook: it calls ShimAgentSafePoint(step) from its own hook
+// so progress keeps being reported, and it installs its command handler with ShimAgent().
 #ifndef TRAINMOVER_LIB_CONTROL_SHIM_AGENT_H_
 #define TRAINMOVER_LIB_CONTROL_SHIM_AGENT_H_
 

@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/cudart.h"
+#include "base/thread.h"
 #include "base/log.h"
 #include "control/conn.h"
 #include "core/binding.h"
@@ -32,17 +34,7 @@ namespace {
 
 // Device or host memory: asked of the CUDA runtime only when the application loaded it (RTLD_NOLOAD).
 transfer::MemoryType TypeOf(const void* p) {
-  using Fn = cudaError_t (*)(cudaPointerAttributes*, const void*);
-  static Fn fn = [] {
-    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
-      if (void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD))
-        return reinterpret_cast<Fn>(dlsym(h, "cudaPointerGetAttributes"));
-    }
-    return static_cast<Fn>(nullptr);
-  }();
-  cudaPointerAttributes a{};
-  if (fn && p && fn(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice) return transfer::MemoryType::kCuda;
-  return transfer::MemoryType::kHost;
+  return base::IsDevicePointer(base::CudartIfLoaded(), p) ? transfer::MemoryType::kCuda : transfer::MemoryType::kHost;
 }
 
 std::vector<transfer::Region> LocalRegions() {
@@ -118,10 +110,7 @@ class ShimWorld final : public World {
     return lk;
   }
   std::thread StartThread(const char* name, std::function<void()> fn) override {
-    return std::thread([name, fn = std::move(fn)] {
-      pthread_setname_np(pthread_self(), name);  // tm-build, tm-fetch: named in top, gdb and perf
-      fn();
-    });
+    return base::StartThread(name, std::move(fn));  // tm-build, tm-fetch: named in top, gdb and perf
   }
 
   std::vector<CommRef> CommsWithKey(uint64_t key) override {
@@ -249,13 +238,13 @@ class ShimWorld final : public World {
       st = client->Fetch(descriptor, local, o, &res);
     }
     if (!st.ok()) {
-      TM_WARN(shim::kLogAgent, "migration: state transfer failed: %s", st.ToString().c_str());
+      TM_WARN(kLogMigration, "migration: state transfer failed: %s", st.ToString().c_str());
       return st.ToString();
     }
     char msg[200];
     std::snprintf(msg, sizeof(msg), "%llu bytes in %.3f s (%.2f GB/s) over %s, checksums verified",
                   static_cast<unsigned long long>(res.bytes), res.seconds, res.gbps, transfer::FetchPathName(res.path));
-    TM_INFO(shim::kLogAgent, "migration: state read: %s", msg);
+    TM_INFO(kLogMigration, "migration: state read: %s", msg);
     *summary = msg;
     return "";
   }
@@ -265,7 +254,7 @@ class ShimWorld final : public World {
     std::shared_ptr<shim::Tape> tape = shim::TapeRecordEnd();
     if (!tape) return false;
     *blob = tape->Encode();
-    TM_INFO(shim::kLogAgent, "migration %llu: sandbox tape recorded: %zu operations, %llu output bytes",
+    TM_INFO(kLogMigration, "migration %llu: sandbox tape recorded: %zu operations, %llu output bytes",
             static_cast<unsigned long long>(migration), tape->size(),
             static_cast<unsigned long long>(tape->output_bytes()));
     return true;
@@ -273,18 +262,18 @@ class ShimWorld final : public World {
   void InstallTape(const std::vector<uint8_t>& blob) override {
     auto tape = std::make_shared<shim::Tape>();
     if (tape->Decode(blob, TapeMaxBytes())) {
-      TM_INFO(shim::kLogSandbox, "sandbox: tape of the leaver's iteration installed: %zu operations, %llu bytes",
+      TM_INFO(kLogSandbox, "sandbox: tape of the leaver's iteration installed: %zu operations, %llu bytes",
               tape->size(), static_cast<unsigned long long>(tape->output_bytes()));
       shim::InstallTape(std::move(tape));
     } else {
-      TM_INFO(shim::kLogSandbox, "sandbox: the leaver's tape (%zu bytes) is damaged or over the cap; emulating",
+      TM_INFO(kLogSandbox, "sandbox: the leaver's tape (%zu bytes) is damaged or over the cap; emulating",
               blob.size());
     }
   }
   void TapeIterationBegin() override { shim::TapeIterationBegin(); }
   void LogReady() override {
     const shim::TapeCounters tc = shim::TapeCount();
-    TM_INFO(shim::kLogAgent,
+    TM_INFO(kLogMigration,
             "joiner: %lld shadow iteration(s) done, READY sent; %llu ops served from the tape, %llu "
             "emulated after a tape mismatch",
             static_cast<long long>(shim::ProcessConfig().shadow_iters), static_cast<unsigned long long>(tc.served),

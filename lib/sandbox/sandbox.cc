@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "sandbox.h"
 
-#include <dlfcn.h>
-
 #include <cstring>
 #include <mutex>
 #include <vector>
 
-#include "core/binding.h"
+#include "base/cudart.h"
 #include "base/log.h"
+#include "core/binding.h"
 #include "nccl_dtype.h"
 
 namespace trainmover::shim {
@@ -119,38 +118,22 @@ ncclResult_t Emulate(OpKind kind, const void* send, void* recv, size_t count, nc
 
 namespace {
 
-// The CUDA runtime calls the sandbox needs, found only if the application already loaded libcudart
-// (RTLD_NOLOAD): a process without CUDA never loads it because of the shim.
-struct CudaRt {
-  cudaError_t (*pointer_attributes)(cudaPointerAttributes*, const void*) = nullptr;
-  cudaError_t (*memcpy)(void*, const void*, size_t, cudaMemcpyKind) = nullptr;
-  cudaError_t (*stream_synchronize)(cudaStream_t) = nullptr;
-};
+using base::Cudart;
 
-const CudaRt* LoadedCuda() {
-  static CudaRt rt;
-  static bool ok = false;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
-      void* h = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-      if (!h) continue;
-      rt.pointer_attributes = reinterpret_cast<decltype(rt.pointer_attributes)>(dlsym(h, "cudaPointerGetAttributes"));
-      rt.memcpy = reinterpret_cast<decltype(rt.memcpy)>(dlsym(h, "cudaMemcpy"));
-      rt.stream_synchronize = reinterpret_cast<decltype(rt.stream_synchronize)>(dlsym(h, "cudaStreamSynchronize"));
-      ok = rt.pointer_attributes && rt.memcpy && rt.stream_synchronize;
-      if (ok) TM_INFO(kLogSandbox, "sandbox: %s loaded, device buffers are staged through host memory", name);
-      break;
-    }
-  });
-  return ok ? &rt : nullptr;
+// The CUDA runtime, when the application loaded one with the calls the sandbox needs (base/cudart.h: never
+// loaded because of the shim).
+const Cudart* LoadedCuda() {
+  static const Cudart* rt = [] {
+    const Cudart* r = base::CudartIfLoaded();
+    if (!r || !r->cudaPointerGetAttributes || !r->cudaMemcpy || !r->cudaStreamSynchronize)
+      return (const Cudart*)nullptr;
+    TM_INFO(kLogSandbox, "sandbox: %s loaded, device buffers are staged through host memory", r->soname);
+    return r;
+  }();
+  return rt;
 }
 
-bool IsDevice(const CudaRt* rt, const void* p) {
-  if (!rt || !p) return false;
-  cudaPointerAttributes a{};
-  return rt->pointer_attributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice;
-}
+bool IsDevice(const Cudart* rt, const void* p) { return base::IsDevicePointer(rt, p); }
 
 // Bytes of the send and receive buffers of one operation, as NCCL's signatures define them.
 void BufferBytes(OpKind k, size_t count, size_t es, int n, size_t* send, size_t* recv) {
@@ -181,14 +164,14 @@ void BufferBytes(OpKind k, size_t count, size_t es, int n, size_t* send, size_t*
 
 ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t count, ncclDataType_t t,
                              const EmuRedOp& op, int root, int rank, int n, cudaStream_t stream) {
-  const CudaRt* rt = LoadedCuda();
+  const Cudart* rt = LoadedCuda();
   const bool dsend = IsDevice(rt, send), drecv = IsDevice(rt, recv), dscalar = op.premul && IsDevice(rt, op.scalar);
   if (!dsend && !drecv && !dscalar) return Emulate(kind, send, recv, count, t, op, root, rank, n);
   const size_t es = common::DtypeSize(t);
   if (es == 0) return Emulate(kind, send, recv, count, t, op, root, rank, n);  // the argument error, no copy
   size_t sbytes, rbytes;
   BufferBytes(kind, count, es, n, &sbytes, &rbytes);
-  if (rt->stream_synchronize(stream) != cudaSuccess) {
+  if (rt->cudaStreamSynchronize(stream) != cudaSuccess) {
     SetShimError("TrainMover sandbox: cudaStreamSynchronize failed");
     return ncclUnhandledCudaError;
   }
@@ -199,18 +182,18 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t c
   bool ok = true;
   if (dsend) {
     hsend.resize(sbytes);
-    ok = ok && rt->memcpy(hsend.data(), send, sbytes, cudaMemcpyDefault) == cudaSuccess;
+    ok = ok && rt->cudaMemcpy(hsend.data(), send, sbytes, cudaMemcpyDefault) == cudaSuccess;
     s = hsend.data();
   }
   if (drecv) {
     hrecv.resize(rbytes);  // copied in too: operations that leave recvbuff untouched must keep it
-    ok = ok && rt->memcpy(hrecv.data(), recv, rbytes, cudaMemcpyDefault) == cudaSuccess;
+    ok = ok && rt->cudaMemcpy(hrecv.data(), recv, rbytes, cudaMemcpyDefault) == cudaSuccess;
     r = hrecv.data();
     if (recv == send) s = r;  // in place
   }
   if (dscalar) {
     hscalar.resize(es);
-    ok = ok && rt->memcpy(hscalar.data(), op.scalar, es, cudaMemcpyDefault) == cudaSuccess;
+    ok = ok && rt->cudaMemcpy(hscalar.data(), op.scalar, es, cudaMemcpyDefault) == cudaSuccess;
     hop.scalar = hscalar.data();
   }
   if (!ok) {
@@ -218,7 +201,7 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t c
     return ncclUnhandledCudaError;
   }
   ncclResult_t res = Emulate(kind, s, r, count, t, hop, root, rank, n);
-  if (res == ncclSuccess && drecv && rt->memcpy(recv, hrecv.data(), rbytes, cudaMemcpyDefault) != cudaSuccess) {
+  if (res == ncclSuccess && drecv && rt->cudaMemcpy(recv, hrecv.data(), rbytes, cudaMemcpyDefault) != cudaSuccess) {
     SetShimError("TrainMover sandbox: cudaMemcpy to device failed");
     return ncclUnhandledCudaError;
   }
@@ -226,23 +209,23 @@ ncclResult_t EmulateOnStream(OpKind kind, const void* send, void* recv, size_t c
 }
 
 bool CopyFromBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
-  const CudaRt* rt = LoadedCuda();
+  const Cudart* rt = LoadedCuda();
   if (!IsDevice(rt, src)) {
     std::memcpy(dst, src, bytes);
     return true;
   }
-  return rt->stream_synchronize(stream) == cudaSuccess &&
-         rt->memcpy(dst, src, bytes, cudaMemcpyDefault) == cudaSuccess;
+  return rt->cudaStreamSynchronize(stream) == cudaSuccess &&
+         rt->cudaMemcpy(dst, src, bytes, cudaMemcpyDefault) == cudaSuccess;
 }
 
 bool CopyToBuffer(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
-  const CudaRt* rt = LoadedCuda();
+  const Cudart* rt = LoadedCuda();
   if (!IsDevice(rt, dst)) {
     std::memcpy(dst, src, bytes);
     return true;
   }
-  return rt->stream_synchronize(stream) == cudaSuccess &&
-         rt->memcpy(dst, src, bytes, cudaMemcpyDefault) == cudaSuccess;
+  return rt->cudaStreamSynchronize(stream) == cudaSuccess &&
+         rt->cudaMemcpy(dst, src, bytes, cudaMemcpyDefault) == cudaSuccess;
 }
 
 }  // namespace trainmover::shim

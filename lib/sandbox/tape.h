@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// sandbox_tape.h: the sandbox tape (issue 5 item 1; docs/migration.md "The tape").
+// tape.h: the sandbox tape (docs/migration.md "The tape").
 //
 // Ownership: a Tape owns copies of every entry's bytes. Thread safety: building (Add, Decode) is single-
 // threaded; const use (Match, Encode) from several threads at once is safe. Nothing here blocks or logs.
@@ -12,12 +12,12 @@
 #include <string>
 #include <vector>
 
-#include "nccl_api.h"
 #include "core/shim_state.h"
+#include "nccl_api.h"
 
 namespace trainmover::shim {
 
-// The tape (issue 5 item 1; docs/migration.md "The tape"): one real iteration recorded by the leaver, between
+// The tape (docs/migration.md "The tape"): one real iteration recorded by the leaver, between
 // two consecutive safe points, replayed in the joiner's sandbox. Each entry is one operation on one VComm,
 // named by the VComm's creation index (lineage; the coordinator has checked that the joiner's i-th
 // communicator is the leaver's i-th) and its position in the iteration on that VComm (0, 1, ...), with its

@@ -13,13 +13,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "core/binding.h"
 #include "base/log.h"
+#include "core/binding.h"
+#include "core/shim_state.h"
+#include "core/state_internal.h"
 #include "nccl_dtype.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/tape.h"
-#include "core/shim_state.h"
-#include "core/state_internal.h"
 
 #define TM_EXPORT __attribute__((visibility("default")))
 #define TM_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -224,8 +224,8 @@ extern "C" {
 
 // The real call's result; when the leaver records the sandbox tape (one iteration, sandbox_tape.h), the output
 // too. Not armed: one predictable branch on a relaxed atomic load.
-#define TM_COLL_RETURN(recv, call)                                                       \
-  ncclResult_t res_ = Noted(call);                                                       \
+#define TM_COLL_RETURN(recv, call)                                                        \
+  ncclResult_t res_ = Noted(call);                                                        \
   if (TM_UNLIKELY(TapeRecording()) && res_ == ncclSuccess) TapeRecordOp(v, recv, stream); \
   return res_
 
@@ -844,9 +844,9 @@ TM_EXPORT ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
 #define TM_HAND_GroupEnd TM_PROBE
 #define TM_HAND_GroupSimulateEnd TM_PROBE
 
-#define TM_CHECK_N(x, n, ...) n
-#define TM_CHECK(...) TM_CHECK_N(__VA_ARGS__, 0, )
-#define TM_IS_HAND(name) TM_CHECK(TM_HAND_##name)
+#define TM_PROBE_ARG2(x, n, ...) n
+#define TM_PROBE_TEST(...) TM_PROBE_ARG2(__VA_ARGS__, 0, )
+#define TM_IS_HAND(name) TM_PROBE_TEST(TM_HAND_##name)
 #define TM_CAT(a, b) TM_CAT_I(a, b)
 #define TM_CAT_I(a, b) a##b
 #define TM_IIF(c) TM_CAT(TM_IIF_, c)

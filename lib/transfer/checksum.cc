@@ -11,7 +11,8 @@
 #include <thread>
 #include <vector>
 
-#include "cuda_loader.h"
+#include "base/cudart.h"
+#include "base/thread.h"
 #include "transfer.h"
 
 namespace trainmover::transfer {
@@ -84,12 +85,13 @@ Status ChecksumRegions(const std::vector<Region>& regions, int threads, std::vec
     for (size_t b = 0; b < n; ++b) tasks.push_back({r, b});
     if (regions[r].type != MemoryType::kHost && regions[r].size > 0) any_device = true;
   }
-  const CudaRuntime* cuda = nullptr;
+  const base::Cudart* cuda = nullptr;
   if (any_device) {
     // With no CUDA runtime a kAuto region can only be host memory; with one, cudaMemcpyDefault copies
     // from either kind (unified addressing).
-    std::string why;
-    cuda = LoadCudaRuntime(&why);
+    cuda = base::CudartIfLoaded();
+    if (cuda != nullptr && cuda->cudaMemcpy == nullptr) cuda = nullptr;
+    const std::string why = "no libcudart with cudaMemcpy is loaded in this process";
     for (const Region& r : regions) {
       if (r.type == MemoryType::kCuda && r.size > 0 && cuda == nullptr) {
         return Status(Code::kUnsupported, "region '" + r.name + "' is CUDA memory but " + why);
@@ -109,10 +111,10 @@ Status ChecksumRegions(const std::vector<Region>& regions, int threads, std::vec
       const auto* src = static_cast<const unsigned char*>(r.ptr) + off;
       if (cuda != nullptr && r.type != MemoryType::kHost) {
         staging.resize(kChecksumBlock);
-        std::string err;
-        if (!cuda->CopyToHost(staging.data(), src, len, &err)) {
+        if (cudaError_t rc = cuda->cudaMemcpy(staging.data(), src, len, cudaMemcpyDefault); rc != cudaSuccess) {
           std::lock_guard<std::mutex> lock(failure_mu);
-          failure = "region '" + r.name + "': " + err;
+          failure = "region '" + r.name + "': cudaMemcpy failed: " +
+                    (cuda->cudaGetErrorString ? cuda->cudaGetErrorString(rc) : "?") + " (" + std::to_string(rc) + ")";
           failed = true;
           return;
         }
@@ -123,7 +125,7 @@ Status ChecksumRegions(const std::vector<Region>& regions, int threads, std::vec
   };
   int n = std::min<int>(DefaultThreads(threads), static_cast<int>(std::max<size_t>(tasks.size(), 1)));
   std::vector<std::thread> pool;
-  for (int i = 1; i < n; ++i) pool.emplace_back(worker);
+  for (int i = 1; i < n; ++i) pool.push_back(base::StartThread("tm-hash-pool", worker));
   worker();
   for (auto& t : pool) t.join();
   if (failed) return Status(Code::kUnsupported, failure);

@@ -16,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include "base/thread.h"
 #include "descriptor.h"
 
 namespace trainmover::transfer {
@@ -268,7 +269,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
     m.descriptor.clear();
     return s;
   }
-  m.progress = std::thread([&m] { m.ProgressLoop(); });
+  m.progress = base::StartThread("tm-ucx-progress", [&m] { m.ProgressLoop(); });
   return Status::Ok();
 }
 
@@ -667,7 +668,7 @@ Status FetchCma(const detail::DescriptorData& d, const std::vector<Region>& loca
   int threads = std::min(options.max_outstanding, options.hash_threads > 0 ? options.hash_threads : hw);
   threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
   std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back(worker, false);
+  for (int i = 1; i < threads; ++i) pool.push_back(base::StartThread("tm-fetch-pool", worker, false));
   worker(true);  // this thread reads too, and reports progress
   for (auto& t : pool) t.join();
   if (options.progress && done.load() != reported) options.progress(done.load(), total);
@@ -810,7 +811,7 @@ Status StateClient::Fetch(std::span<const uint8_t> descriptor, const std::vector
   if (options.verify) {
     // Hash locally on helper threads while this thread waits for the leaver's checksums.
     Status hash_status;
-    std::thread hasher([&] { hash_status = detail::ChecksumRegions(local, options.hash_threads, &result->checksums); });
+    std::thread hasher = base::StartThread("tm-hash", [&] { hash_status = detail::ChecksumRegions(local, options.hash_threads, &result->checksums); });
     std::vector<uint64_t> expected = options.expected_checksums;
     if (expected.empty()) {
       uint64_t sealed = 0;

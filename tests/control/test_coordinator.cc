@@ -30,6 +30,12 @@ using tmctl::Json;
 
 namespace {
 
+// Status -> (ok, *err): the checks below quote the message.
+bool Ok(const trainmover::base::Status& st, std::string* err) {
+  *err = st.message();
+  return st.ok();
+}
+
 std::string g_probe;  // path of agent_probe (argv[1])
 const char kToken[] = "test-token-0123456789";
 
@@ -45,7 +51,7 @@ struct Coord {
     c = std::make_unique<Coordinator>(o);
     if (engine) c->AddEngine(MakeMigrationEngine());
     std::string err;
-    REQUIRE_MESSAGE(c->Start(&err), err);
+    REQUIRE_MESSAGE(Ok(c->Start(), &err), err);
     t = std::thread([this] { c->Run(); });
   }
   ~Coord() { Halt(); }
@@ -61,9 +67,9 @@ struct Coord {
 Json Status(const std::string& addr) {
   Client cl;
   std::string err;
-  REQUIRE_MESSAGE(cl.Connect(addr, kToken, kClientTool, 5000, &err), err);
+  REQUIRE_MESSAGE(Ok(cl.Connect(addr, kToken, kClientTool, 5000), &err), err);
   JsonReply r;
-  REQUIRE_MESSAGE(cl.Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, 5000, &err), err);
+  REQUIRE_MESSAGE(Ok(cl.Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, 5000), &err), err);
   Json j;
   REQUIRE(tmctl::ParseJson(r.json, &j));
   return j;
@@ -105,8 +111,8 @@ void Reap(pid_t pid) {
 // Raw bytes to the coordinator on a fresh connection; returns what came back before it closed.
 std::string RawExchange(const std::string& addr, const std::vector<uint8_t>& bytes) {
   std::string err;
-  int fd = ConnectTcp(addr, 2000, &err);
-  REQUIRE(fd >= 0);
+  int fd = -1;
+  REQUIRE(ConnectTcp(addr, 2000, &fd).ok());
   fcntl(fd, F_SETFL, 0);  // blocking, with a receive timeout
   REQUIRE(write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
   std::string got;
@@ -133,8 +139,8 @@ std::string RejectReason(const std::string& got) {
 
 std::string HttpGet(const std::string& addr, const std::string& path) {
   std::string err;
-  int fd = ConnectTcp(addr, 2000, &err);
-  REQUIRE(fd >= 0);
+  int fd = -1;
+  REQUIRE(ConnectTcp(addr, 2000, &fd).ok());
   fcntl(fd, F_SETFL, 0);
   std::string req = "GET " + path + " HTTP/1.0\r\n\r\n";
   REQUIRE(write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size()));
@@ -231,7 +237,7 @@ TEST_CASE("wrong token: rejected, nothing revealed, nothing changed") {
 
   Client cl;
   std::string err;
-  CHECK_FALSE(cl.Connect(co.addr(), "not-the-token", kClientTool, 5000, &err));
+  CHECK_FALSE(Ok(cl.Connect(co.addr(), "not-the-token", kClientTool, 5000), &err));
   CHECK(err.find("authentication failed") != std::string::npos);
 
   // A bad agent cannot register nor report.
@@ -288,36 +294,36 @@ TEST_CASE("malformed, oversized, foreign and stalled input: rejected, and the co
   {
     Client cl;
     std::string err;
-    REQUIRE(cl.Connect(co.addr(), kToken, kClientAgent, 5000, &err));
-    REQUIRE(cl.Send(MsgType::kRegister, std::vector<uint8_t>(100, 0xff), 5000, &err));
+    REQUIRE(Ok(cl.Connect(co.addr(), kToken, kClientAgent, 5000), &err));
+    REQUIRE(Ok(cl.Send(MsgType::kRegister, std::vector<uint8_t>(100, 0xff), 5000), &err));
     Frame f;
-    CHECK_FALSE(cl.Receive(&f, 5000, &err));
+    CHECK_FALSE(Ok(cl.Receive(&f, 5000), &err));
     CHECK(err.find("malformed REGISTER") != std::string::npos);
   }
   // Authenticated agent reporting before REGISTER.
   {
     Client cl;
     std::string err;
-    REQUIRE(cl.Connect(co.addr(), kToken, kClientAgent, 5000, &err));
-    REQUIRE(cl.Send(MsgType::kSafePoint, EncodePayload(SafePoint{1, 1}), 5000, &err));
+    REQUIRE(Ok(cl.Connect(co.addr(), kToken, kClientAgent, 5000), &err));
+    REQUIRE(Ok(cl.Send(MsgType::kSafePoint, EncodePayload(SafePoint{1, 1}), 5000), &err));
     Frame f;
-    CHECK_FALSE(cl.Receive(&f, 5000, &err));
+    CHECK_FALSE(Ok(cl.Receive(&f, 5000), &err));
     CHECK(err.find("REGISTER first") != std::string::npos);
   }
   // A tool sending an agent message.
   {
     Client cl;
     std::string err;
-    REQUIRE(cl.Connect(co.addr(), kToken, kClientTool, 5000, &err));
-    REQUIRE(cl.Send(MsgType::kHeartbeat, EncodePayload(Heartbeat{}), 5000, &err));
+    REQUIRE(Ok(cl.Connect(co.addr(), kToken, kClientTool, 5000), &err));
+    REQUIRE(Ok(cl.Send(MsgType::kHeartbeat, EncodePayload(Heartbeat{}), 5000), &err));
     Frame f;
-    CHECK_FALSE(cl.Receive(&f, 5000, &err));
+    CHECK_FALSE(Ok(cl.Receive(&f, 5000), &err));
     CHECK(err.find("unexpected message") != std::string::npos);
   }
   // A peer that sends half a header and stalls does not hold anyone up.
   std::string err;
-  int stalled = ConnectTcp(co.addr(), 2000, &err);
-  REQUIRE(stalled >= 0);
+  int stalled = -1;
+  REQUIRE(ConnectTcp(co.addr(), 2000, &stalled).ok());
   REQUIRE(write(stalled, "TCMP", 4) == 4);
   Json st = Status(co.addr());
   CHECK(st["processes"].arr.empty());
@@ -440,31 +446,31 @@ TEST_CASE("migrate/cancel/timeline: validated, recorded, answered clearly until 
   });
   Client cl;
   std::string err;
-  REQUIRE(cl.Connect(co.addr(), kToken, kClientTool, 5000, &err));
+  REQUIRE(Ok(cl.Connect(co.addr(), kToken, kClientTool, 5000), &err));
   MigrateReply r;
-  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{7, "", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kMigrateReq, MigrateReq{7, "", 0}, MsgType::kMigrateReply, &r, 5000), &err));
   CHECK_FALSE(r.accepted);
   CHECK(r.state == "refused");
   CHECK(r.message.find("no alive worker holds rank 7") != std::string::npos);
-  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{0, "", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kMigrateReq, MigrateReq{0, "", 0}, MsgType::kMigrateReply, &r, 5000), &err));
   CHECK(r.state == "refused");
   CHECK(r.message.find("never called tmSafePoint") != std::string::npos);
   // Accepted by the migration engine (no --spawn: it waits for a joiner), then cancelled by the operator.
-  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{1, "hostB", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kMigrateReq, MigrateReq{1, "hostB", 0}, MsgType::kMigrateReply, &r, 5000), &err));
   CHECK(r.accepted);
   CHECK(r.id == 3);
   CHECK(r.state == "sandbox");
   CancelReply c;
-  REQUIRE(cl.Call(MsgType::kCancelReq, CancelReq{0}, MsgType::kCancelReply, &c, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kCancelReq, CancelReq{0}, MsgType::kCancelReply, &c, 5000), &err));
   CHECK(c.ok);
   CHECK(c.message == "migration 3 cancelled");
-  REQUIRE(cl.Call(MsgType::kCancelReq, CancelReq{0}, MsgType::kCancelReply, &c, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kCancelReq, CancelReq{0}, MsgType::kCancelReply, &c, 5000), &err));
   CHECK_FALSE(c.ok);
   CHECK(c.message == "no active migration to cancel");
-  REQUIRE(cl.Call(MsgType::kCancelReq, CancelReq{3}, MsgType::kCancelReply, &c, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kCancelReq, CancelReq{3}, MsgType::kCancelReply, &c, 5000), &err));
   CHECK(c.message == "migration 3 already cancelled");
   JsonReply t;
-  REQUIRE(cl.Call(MsgType::kTimelineReq, TimelineReq{0}, MsgType::kTimelineReply, &t, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kTimelineReq, TimelineReq{0}, MsgType::kTimelineReply, &t, 5000), &err));
   REQUIRE(t.ok);
   Json tj;
   REQUIRE(tmctl::ParseJson(t.json, &tj));
@@ -472,7 +478,7 @@ TEST_CASE("migrate/cancel/timeline: validated, recorded, answered clearly until 
   bool phase = false;
   for (const Json& e : tj["traceEvents"].arr) phase |= e["ph"].Str() == "X" && e["name"].Str() == "requested";
   CHECK(phase);
-  REQUIRE(cl.Call(MsgType::kTimelineReq, TimelineReq{99}, MsgType::kTimelineReply, &t, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kTimelineReq, TimelineReq{99}, MsgType::kTimelineReply, &t, 5000), &err));
   CHECK_FALSE(t.ok);
   Json st = Status(co.addr());
   REQUIRE(st["migrations"].arr.size() == 3);
@@ -487,9 +493,9 @@ TEST_CASE("migrate: without an engine of its kind, a request is refused and says
   Coord co(600, "127.0.0.1:0", /*engine=*/false);
   Client cl;
   std::string err;
-  REQUIRE(cl.Connect(co.addr(), kToken, kClientTool, 5000, &err));
+  REQUIRE(Ok(cl.Connect(co.addr(), kToken, kClientTool, 5000), &err));
   MigrateReply r;
-  REQUIRE(cl.Call(MsgType::kMigrateReq, MigrateReq{0, "", 0}, MsgType::kMigrateReply, &r, 5000, &err));
+  REQUIRE(Ok(cl.Call(MsgType::kMigrateReq, MigrateReq{0, "", 0}, MsgType::kMigrateReply, &r, 5000), &err));
   CHECK_FALSE(r.accepted);
   CHECK(r.state == "refused");
   CHECK(r.message ==

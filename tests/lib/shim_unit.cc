@@ -11,11 +11,11 @@
 #include <thread>
 #include <vector>
 
-#include "core/binding.h"
 #include "base/config.h"
+#include "core/binding.h"
+#include "core/shim_state.h"
 #include "nccl_dtype.h"
 #include "sandbox/sandbox.h"
-#include "core/shim_state.h"
 
 using namespace trainmover::shim;
 
@@ -59,8 +59,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
     };
   };
   Config c;
-  std::string err;
-  REQUIRE(ConfigParse(env({}), &c, &err));
+  REQUIRE(ConfigParse(env({}), &c).ok());
   CHECK(c.role == Role::kWorker);
   CHECK(c.shadow_iters == 1);
   CHECK(c.coordinator.empty());
@@ -75,7 +74,8 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
                            {"TRAINMOVER_ROLE", "joiner"},
                            {"TRAINMOVER_NCCL_LIBRARY", "/x/libnccl.so.2"},
                            {"TRAINMOVER_DEBUG_FILE", "/tmp/tm.%h.%p"}}),
-                      &c, &err));
+                      &c)
+              .ok());
   CHECK(c.role == Role::kJoiner);
   CHECK(c.replace == 3);
   CHECK(c.coordinator_host == "127.0.0.1");
@@ -83,7 +83,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
   CHECK(c.debug == LogLevel::kInfo);
   CHECK(c.shadow_iters == 2);
   CHECK(c.heartbeat_ms == 50);
-  CHECK(c.debug_subsys == (kLogInit | kLogBind));
+  CHECK(c.debug_subsys == (trainmover::base::kLogInit | trainmover::base::kLogBind));
   struct Bad {
     const char* name;
     const char* value;
@@ -97,7 +97,9 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
   for (const Bad& b : bad) {
     CAPTURE(b.name);
     CAPTURE(b.value);
-    CHECK_FALSE(ConfigParse(env({{b.name, b.value}}), &c, &err));
+    const trainmover::base::Status st = ConfigParse(env({{b.name, b.value}}), &c);
+    CHECK_FALSE(st.ok());
+    const std::string& err = st.message();
     CHECK(err.find(b.name) != std::string::npos);
     CHECK(err.find(b.accepted) != std::string::npos);
   }
@@ -105,7 +107,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
   for (const ParamSpec& p : ConfigParams()) {
     CAPTURE(p.name);
     CHECK(strlen(p.doc) > 10);
-    if (p.default_value[0]) CHECK(ConfigParse(env({{p.name, p.default_value}}), &c, &err));
+    if (p.default_value[0]) CHECK(ConfigParse(env({{p.name, p.default_value}}), &c).ok());
   }
 }
 

@@ -40,7 +40,10 @@ int main(int argc, char** argv) {
   ncclUniqueId id;
   tm_tools::KvClient kv;
   std::string err, v;
-  if (!kv.Connect(std::getenv("TMRUN_STORE") ? std::getenv("TMRUN_STORE") : "", 30000, tm_tools::StoreTokenFromEnv(), &err)) return 1;
+  if (!kv.Connect(std::getenv("TMRUN_STORE") ? std::getenv("TMRUN_STORE") : "", 30000, tm_tools::StoreTokenFromEnv())
+           .ok()) {
+    return 1;
+  }
   if (rank == 0) {
     Check(ncclGetUniqueId(&id), "ncclGetUniqueId");
     if (kv.Set("split-app/id", std::string(id.internal, sizeof(id.internal))) != tm_tools::KvStatus::kOk) return 1;

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Unit tests of the tmrun key-value store: protocol, blocking GET, timeouts, bounds.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
-#include <arpa/inet.h>
 #include <doctest/doctest.h>
+
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "base/hostport.h"
 #include "common/kv_store.h"
 
 using namespace tm_tools;
@@ -23,30 +25,13 @@ struct Fixture {
   KvServer server;
   std::string addr;
   Fixture() {
-    std::string err;
-    REQUIRE(server.Start("127.0.0.1", 0, kToken, &err));
+    REQUIRE(server.Start("127.0.0.1", 0, kToken).ok());
     REQUIRE(server.port() != 0);
     addr = "127.0.0.1:" + std::to_string(server.port());
   }
-  void Connect(KvClient* c) {
-    std::string err;
-    REQUIRE(c->Connect(addr, 2000, kToken, &err));
-  }
+  void Connect(KvClient* c) { REQUIRE(c->Connect(addr, 2000, kToken).ok()); }
 };
 }  // namespace
-
-TEST_CASE("ParseHostPort") {
-  std::string h;
-  uint16_t p = 0;
-  CHECK(ParseHostPort("127.0.0.1:80", &h, &p));
-  CHECK(h == "127.0.0.1");
-  CHECK(p == 80);
-  CHECK_FALSE(ParseHostPort("127.0.0.1", &h, &p));
-  CHECK_FALSE(ParseHostPort(":80", &h, &p));
-  CHECK_FALSE(ParseHostPort("h:0", &h, &p));
-  CHECK_FALSE(ParseHostPort("h:65536", &h, &p));
-  CHECK_FALSE(ParseHostPort("h:8x", &h, &p));
-}
 
 TEST_CASE_FIXTURE(Fixture, "SET then GET, binary values, overwrite") {
   KvClient c;
@@ -106,7 +91,7 @@ TEST_CASE_FIXTURE(Fixture, "ADD from many threads is atomic") {
     ts.emplace_back([&] {
       KvClient c;
       std::string err;
-      REQUIRE(c.Connect(addr, 2000, kToken, &err));
+      REQUIRE(c.Connect(addr, 2000, kToken).ok());
       for (int j = 0; j < 50; ++j) REQUIRE(c.Add("ctr", 1, nullptr) == KvStatus::kOk);
     });
   }
@@ -155,9 +140,9 @@ TEST_CASE_FIXTURE(Fixture, "bounds: the number of keys") {
 TEST_CASE("Stop wakes a blocked GET") {
   KvServer s;
   std::string err;
-  REQUIRE(s.Start("127.0.0.1", 0, kToken, &err));
+  REQUIRE(s.Start("127.0.0.1", 0, kToken).ok());
   KvClient c;
-  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000, kToken, &err));
+  REQUIRE(c.Connect("127.0.0.1:" + std::to_string(s.port()), 2000, kToken).ok());
   KvStatus st = KvStatus::kOk;
   std::thread t([&] {
     std::string v;
@@ -174,12 +159,13 @@ TEST_CASE("Stop wakes a blocked GET") {
 TEST_CASE("Connect to a closed port fails after the timeout") {
   KvServer s;
   std::string err;
-  REQUIRE(s.Start("127.0.0.1", 0, kToken, &err));
+  REQUIRE(s.Start("127.0.0.1", 0, kToken).ok());
   std::string addr = "127.0.0.1:" + std::to_string(s.port());
   s.Stop();
   KvClient c;
-  CHECK_FALSE(c.Connect(addr, 100, kToken, &err));
-  CHECK(err.find("cannot connect") != std::string::npos);
+  const trainmover::base::Status st = c.Connect(addr, 100, kToken);
+  CHECK_FALSE(st.ok());
+  CHECK(st.message().find("cannot connect") != std::string::npos);
 }
 
 TEST_CASE_FIXTURE(Fixture, "closed connections are reaped: more than the connection bound, one after another") {
@@ -197,11 +183,11 @@ TEST_CASE_FIXTURE(Fixture, "closed connections are reaped: more than the connect
 
 TEST_CASE_FIXTURE(Fixture, "a wrong token is refused, a right one served") {
   KvClient bad;
-  std::string err;
-  CHECK_FALSE(bad.Connect(addr, 2000, "not-the-token-0123456789", &err));
-  CHECK(err.find("refused the token") != std::string::npos);
+  const trainmover::base::Status st = bad.Connect(addr, 2000, "not-the-token-0123456789");
+  CHECK_FALSE(st.ok());
+  CHECK(st.message().find("refused the token") != std::string::npos);
   CHECK(bad.Set("k", "v") == KvStatus::kIoError);
-  CHECK_FALSE(bad.Connect(addr, 2000, "short", &err));  // below kKvMinTokenBytes: not even tried
+  CHECK_FALSE(bad.Connect(addr, 2000, "short").ok());  // below kKvMinTokenBytes: not even tried
   KvClient good;
   Connect(&good);
   CHECK(good.Set("k", "v") == KvStatus::kOk);
@@ -209,16 +195,16 @@ TEST_CASE_FIXTURE(Fixture, "a wrong token is refused, a right one served") {
 
 TEST_CASE("the server refuses to start without a token of the minimum length") {
   KvServer s;
-  std::string err;
-  CHECK_FALSE(s.Start("127.0.0.1", 0, "short", &err));
-  CHECK(err.find("token") != std::string::npos);
+  const trainmover::base::Status st = s.Start("127.0.0.1", 0, "short");
+  CHECK_FALSE(st.ok());
+  CHECK(st.message().find("token") != std::string::npos);
 }
 
 TEST_CASE_FIXTURE(Fixture, "a client that never authenticates is dropped after the deadline") {
   // A raw TCP connection that reads the hello and then says nothing.
   std::string host;
   uint16_t port = 0;
-  REQUIRE(ParseHostPort(addr, &host, &port));
+  REQUIRE(trainmover::base::ParseHostPort(addr, &host, &port).ok());
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in sa{};
   sa.sin_family = AF_INET;

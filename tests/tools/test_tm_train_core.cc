@@ -150,23 +150,25 @@ TEST_CASE("Checkpoint round trip, corruption and mismatch") {
   InitExtraState(9, xa.data(), xa.size());
   std::vector<Region> src = {{"params", pa.data(), 400}, {"adam_m", ma.data(), 400}, {"extra", xa.data(), 4800}};
   CheckpointMeta meta{9, 100, 3, 4};
-  REQUIRE(SaveCheckpoint(path, meta, 42, src, &err));
+  REQUIRE(SaveCheckpoint(path, meta, 42, src).ok());
   CHECK(access((path + ".tmp." + std::to_string(getpid())).c_str(), F_OK) != 0);  // renamed away
 
   std::vector<float> pb(100), mb(100);
   std::vector<uint64_t> xb(600);
   std::vector<Region> dst = {{"params", pb.data(), 400}, {"adam_m", mb.data(), 400}, {"extra", xb.data(), 4800}};
   int64_t step = -1;
-  REQUIRE(LoadCheckpoint(path, meta, dst, &step, &err));
+  REQUIRE(LoadCheckpoint(path, meta, dst, &step).ok());
   CHECK(step == 42);
   CHECK(StateDigest(src) == StateDigest(dst));
   CHECK(memcmp(pa.data(), pb.data(), 400) == 0);
 
   CheckpointMeta other = meta;
   other.seed = 10;
-  CHECK_FALSE(LoadCheckpoint(path, other, dst, &step, &err));
+  err = LoadCheckpoint(path, other, dst, &step).message();
+  CHECK_FALSE(err.empty());
   std::vector<Region> wrong = {{"params", pb.data(), 400}, {"adam_v", mb.data(), 400}, {"extra", xb.data(), 4800}};
-  CHECK_FALSE(LoadCheckpoint(path, meta, wrong, &step, &err));
+  err = LoadCheckpoint(path, meta, wrong, &step).message();
+  CHECK_FALSE(err.empty());
   CHECK(err.find("adam_v") != std::string::npos);
 
   {  // flip one byte in the data
@@ -179,7 +181,8 @@ TEST_CASE("Checkpoint round trip, corruption and mismatch") {
     f.seekp(200);
     f.write(&c, 1);
   }
-  CHECK_FALSE(LoadCheckpoint(path, meta, dst, &step, &err));
+  err = LoadCheckpoint(path, meta, dst, &step).message();
+  CHECK_FALSE(err.empty());
   CHECK(err.find("checksum") != std::string::npos);
   unlink(path.c_str());
   rmdir(dir.c_str());

@@ -20,7 +20,12 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "base/hostport.h"
+#include "base/thread.h"
+
 namespace tm_tools {
+
+using trainmover::base::Status;
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -141,16 +146,6 @@ const char* KvStatusName(KvStatus s) {
   return "unknown";
 }
 
-bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port) {
-  size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) return false;
-  int64_t p = 0;
-  if (!ParseDecimal(s.substr(colon + 1), &p) || p <= 0 || p > 65535) return false;
-  *host = s.substr(0, colon);
-  *port = static_cast<uint16_t>(p);
-  return true;
-}
-
 std::string StoreTokenFromEnv() {
   for (const char* name : {"TMRUN_STORE_TOKEN", "TRAINMOVER_TOKEN"}) {
     const char* v = std::getenv(name);
@@ -164,16 +159,14 @@ std::string StoreTokenFromEnv() {
 
 KvServer::~KvServer() { Stop(); }
 
-bool KvServer::Start(const std::string& host, uint16_t port, const std::string& token, std::string* err) {
+Status KvServer::Start(const std::string& host, uint16_t port, const std::string& token) {
   if (token.size() < kKvMinTokenBytes) {
-    *err = "the store's token must have at least " + std::to_string(kKvMinTokenBytes) + " characters";
-    return false;
+    return Status::Error("the store's token must have at least " + std::to_string(kKvMinTokenBytes) + " characters");
   }
   token_ = token;
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) {
-    *err = std::string("socket: ") + strerror(errno);
-    return false;
+    return Status::Error(std::string("socket: ") + strerror(errno));
   }
   int one = 1;
   setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -181,20 +174,19 @@ bool KvServer::Start(const std::string& host, uint16_t port, const std::string& 
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
-    *err = "not an IPv4 address: " + host;
-    return false;
+    return Status::Error("not an IPv4 address: " + host);
   }
   if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(listen_fd_, 128) != 0) {
-    *err = std::string("bind/listen: ") + strerror(errno);
+    Status st = Status::Error(std::string("bind/listen: ") + strerror(errno));
     close(listen_fd_);
     listen_fd_ = -1;
-    return false;
+    return st;
   }
   socklen_t len = sizeof(addr);
   getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
   port_ = ntohs(addr.sin_port);
-  acceptor_ = std::thread([this] { AcceptLoop(); });
-  return true;
+  acceptor_ = trainmover::base::StartThread("tm-kv-accept", [this] { AcceptLoop(); });
+  return Status::Ok();
 }
 
 void KvServer::Stop() {
@@ -239,7 +231,7 @@ void KvServer::AcceptLoop() {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     Conn& c = conns_.emplace_back();
     c.fd = fd;
-    c.thread = std::thread([this, conn = &c] { Serve(conn); });
+    c.thread = trainmover::base::StartThread("tm-kv-serve", [this, conn = &c] { Serve(conn); });
   }
 }
 
@@ -339,25 +331,21 @@ void KvClient::Close() {
   fd_ = -1;
 }
 
-bool KvClient::Connect(const std::string& host_port, int timeout_ms, const std::string& token, std::string* err) {
+Status KvClient::Connect(const std::string& host_port, int timeout_ms, const std::string& token) {
   std::string host;
   uint16_t port = 0;
-  if (!ParseHostPort(host_port, &host, &port)) {
-    *err = "malformed host:port '" + host_port + "'";
-    return false;
-  }
+  TM_CHECK(trainmover::base::ParseHostPort(host_port, &host, &port));
+  if (port == 0) return Status::Error("port 0 in '" + host_port + "': nothing listens there");
   if (token.size() < kKvMinTokenBytes) {
-    *err = "no token for the store " + host_port + " (TMRUN_STORE_TOKEN or TRAINMOVER_TOKEN, at least " +
-           std::to_string(kKvMinTokenBytes) + " characters)";
-    return false;
+    return Status::Error("no token for the store " + host_port + " (TMRUN_STORE_TOKEN or TRAINMOVER_TOKEN, at least " +
+                         std::to_string(kKvMinTokenBytes) + " characters)");
   }
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_INET;
   hints.ai_socktype = SOCK_STREAM;
   int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
   if (rc != 0) {
-    *err = "cannot resolve '" + host + "': " + gai_strerror(rc);
-    return false;
+    return Status::Error("cannot resolve '" + host + "': " + gai_strerror(rc));
   }
   const auto deadline = After(timeout_ms);
   for (;;) {
@@ -383,8 +371,7 @@ bool KvClient::Connect(const std::string& host_port, int timeout_ms, const std::
     Close();
     if (Clock::now() >= deadline) {
       freeaddrinfo(res);
-      *err = "cannot connect to " + host_port + ": " + strerror(e);
-      return false;
+      return Status::Error("cannot connect to " + host_port + ": " + strerror(e));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -406,10 +393,9 @@ bool KvClient::Connect(const std::string& host_port, int timeout_ms, const std::
   }
   if (!ok) {
     Close();
-    *err = "the store at " + host_port + " refused the token (or is not a tmrun store)";
-    return false;
+    return Status::Error("the store at " + host_port + " refused the token (or is not a tmrun store)");
   }
-  return true;
+  return Status::Ok();
 }
 
 KvStatus KvClient::Request(uint8_t op, const std::string& key, const std::string& val, std::string* out) {

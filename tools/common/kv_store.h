@@ -23,6 +23,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/status.h"
+
 namespace tm_tools {
 
 inline constexpr uint32_t kKvMaxKey = 256;
@@ -57,9 +59,6 @@ enum class KvStatus : uint8_t {
 
 const char* KvStatusName(KvStatus s);
 
-// Splits "host:port". Returns false on a malformed string.
-bool ParseHostPort(const std::string& s, std::string* host, uint16_t* port);
-
 // The store's token for a rank or a tool: TMRUN_STORE_TOKEN (tmrun sets it for every rank), else
 // TRAINMOVER_TOKEN. Empty when neither is set.
 std::string StoreTokenFromEnv();
@@ -74,8 +73,8 @@ class KvServer {
   KvServer& operator=(const KvServer&) = delete;
 
   // Binds host:port (port 0 = any free port) and starts serving clients that prove `token` (at least
-  // kKvMinTokenBytes). Returns false (and sets *err) on failure.
-  bool Start(const std::string& host, uint16_t port, const std::string& token, std::string* err);
+  // kKvMinTokenBytes).
+  trainmover::base::Status Start(const std::string& host, uint16_t port, const std::string& token);
   // The bound port (valid after Start).
   uint16_t port() const { return port_; }
   // Closes the listening socket and every connection, wakes blocked GETs, joins the threads. Idempotent.
@@ -112,8 +111,8 @@ class KvClient {
   KvClient& operator=(const KvClient&) = delete;
 
   // Connects to host:port, retrying until timeout_ms passes, and authenticates with the job's token (both
-  // sides prove it). Returns false (and sets *err) on failure; a wrong token is not retried.
-  bool Connect(const std::string& host_port, int timeout_ms, const std::string& token, std::string* err);
+  // sides prove it); a wrong token is not retried.
+  trainmover::base::Status Connect(const std::string& host_port, int timeout_ms, const std::string& token);
   KvStatus Set(const std::string& key, const std::string& value);
   // Blocks until the key exists (OK, *value filled) or timeout_ms passes (kTimeout).
   KvStatus Get(const std::string& key, uint32_t timeout_ms, std::string* value);

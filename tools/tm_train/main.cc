@@ -25,6 +25,9 @@
 
 namespace {
 
+// Ranks start at different times; rank 0 publishes the NCCL id in the store within this bound.
+constexpr int kStoreConnectTimeoutMs = 30000;
+
 struct Flags {
   int64_t steps = 100;
   int64_t params = 10000;
@@ -190,8 +193,9 @@ ncclUniqueId ExchangeUniqueId(int rank, int world, const Flags& f) {
     return id;
   }
   tm_tools::KvClient kv;
-  std::string err;
-  if (!kv.Connect(store, 30000, tm_tools::StoreTokenFromEnv(), &err)) Die("store: %s", err.c_str());
+  if (trainmover::base::Status st = kv.Connect(store, kStoreConnectTimeoutMs, tm_tools::StoreTokenFromEnv()); !st.ok()) {
+    Die("store: %s", st.message().c_str());
+  }
   const std::string key = "tm-train/nccl-unique-id";
   if (rank == 0) {
     NCCLCHECK(ncclGetUniqueId(&id));
@@ -246,10 +250,11 @@ int main(int argc, char** argv) {
 
   const tm_train::CheckpointMeta meta{f.seed, dims.NumParams(), rank, world};
   int64_t step = 0;
-  std::string err;
   if (f.resume) {
-    if (!tm_train::LoadCheckpoint(tm_train::CheckpointPath(f.checkpoint_dir, rank), meta, regions, &step, &err)) {
-      Die("resume: %s", err.c_str());
+    if (trainmover::base::Status st =
+            tm_train::LoadCheckpoint(tm_train::CheckpointPath(f.checkpoint_dir, rank), meta, regions, &step);
+        !st.ok()) {
+      Die("resume: %s", st.message().c_str());
     }
   }
   const int64_t resumed_from = f.resume ? step : -1;
@@ -283,8 +288,10 @@ int main(int argc, char** argv) {
     step = tmSafePoint(step);
     timeline.Mark(rank, step, role);
     if (step == f.checkpoint_at && step != resumed_from) {
-      if (!tm_train::SaveCheckpoint(tm_train::CheckpointPath(f.checkpoint_dir, rank), meta, step, regions, &err)) {
-        Die("checkpoint: %s", err.c_str());
+      if (trainmover::base::Status st =
+              tm_train::SaveCheckpoint(tm_train::CheckpointPath(f.checkpoint_dir, rank), meta, step, regions);
+          !st.ok()) {
+        Die("checkpoint: %s", st.message().c_str());
       }
       printf("[rank %d] checkpoint step %" PRId64 " saved to %s\n", rank, step,
              tm_train::CheckpointPath(f.checkpoint_dir, rank).c_str());

@@ -11,6 +11,8 @@
 #include <memory>
 
 namespace tm_train {
+
+using trainmover::base::Status;
 namespace {
 
 constexpr char kMagic[8] = {'T', 'M', 'C', 'K', 'P', 'T', '0', '1'};
@@ -101,13 +103,12 @@ std::string StateDigest(const std::vector<Region>& regions) {
 
 std::string CheckpointPath(const std::string& dir, int rank) { return dir + "/rank-" + std::to_string(rank) + ".ckpt"; }
 
-bool SaveCheckpoint(const std::string& path, const CheckpointMeta& meta, int64_t step,
-                    const std::vector<Region>& regions, std::string* err) {
+Status SaveCheckpoint(const std::string& path, const CheckpointMeta& meta, int64_t step,
+                      const std::vector<Region>& regions) {
   std::string tmp = path + ".tmp." + std::to_string(getpid());
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    *err = "cannot create " + tmp + ": " + strerror(errno);
-    return false;
+    return Status::Error("cannot create " + tmp + ": " + strerror(errno));
   }
   MdCtx ctx = NewSha256();
   HashedWriter w(fd, ctx.get());
@@ -126,31 +127,29 @@ bool SaveCheckpoint(const std::string& path, const CheckpointMeta& meta, int64_t
   ok = ok && tail.Put(d, n) && fsync(fd) == 0;
   int close_rc = close(fd);
   if (!ok || close_rc != 0) {
-    *err = "cannot write " + tmp + ": " + strerror(errno);
+    Status st = Status::Error("cannot write " + tmp + ": " + strerror(errno));
     unlink(tmp.c_str());
-    return false;
+    return st;
   }
   if (rename(tmp.c_str(), path.c_str()) != 0) {
-    *err = "cannot rename " + tmp + " to " + path + ": " + strerror(errno);
+    Status st = Status::Error("cannot rename " + tmp + " to " + path + ": " + strerror(errno));
     unlink(tmp.c_str());
-    return false;
+    return st;
   }
-  return true;
+  return Status::Ok();
 }
 
-bool LoadCheckpoint(const std::string& path, const CheckpointMeta& meta, const std::vector<Region>& regions,
-                    int64_t* step, std::string* err) {
+Status LoadCheckpoint(const std::string& path, const CheckpointMeta& meta, const std::vector<Region>& regions,
+                      int64_t* step) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    *err = "cannot open " + path + ": " + strerror(errno);
-    return false;
+    return Status::Error("cannot open " + path + ": " + strerror(errno));
   }
   MdCtx ctx = NewSha256();
   HashedReader r(fd, ctx.get());
   auto fail = [&](const std::string& why) {
     close(fd);
-    *err = path + ": " + why;
-    return false;
+    return Status::Error(path + ": " + why);
   };
   char magic[8];
   CheckpointMeta m;
@@ -185,7 +184,7 @@ bool LoadCheckpoint(const std::string& path, const CheckpointMeta& meta, const s
   char extra;
   if (read(fd, &extra, 1) != 0) return fail("trailing bytes");
   close(fd);
-  return true;
+  return Status::Ok();
 }
 
 }  // namespace tm_train

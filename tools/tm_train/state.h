@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
+
 namespace tm_train {
 
 // A region of training state; the memory is owned by the caller.
@@ -30,13 +32,12 @@ struct CheckpointMeta {
 // Writes step + the regions to path atomically (a temporary file in the same directory, fsync, rename).
 // File: "TMCKPT01", seed:u64, params:i64, rank:i32, world:i32, step:i64, nregions:u32, then per region
 // name_len:u32 name bytes:u64 data, then the SHA-256 of everything before it (32 bytes). Host byte order.
-// Returns false and sets *err on failure.
-bool SaveCheckpoint(const std::string& path, const CheckpointMeta& meta, int64_t step,
-                    const std::vector<Region>& regions, std::string* err);
+trainmover::base::Status SaveCheckpoint(const std::string& path, const CheckpointMeta& meta, int64_t step,
+                                        const std::vector<Region>& regions);
 // Reads a checkpoint written by SaveCheckpoint into the regions (same names and sizes, same meta) and sets
-// *step. Verifies the trailing hash. On failure returns false with *err set (regions may be partly written).
-bool LoadCheckpoint(const std::string& path, const CheckpointMeta& meta, const std::vector<Region>& regions,
-                    int64_t* step, std::string* err);
+// *step. Verifies the trailing hash. On failure the regions may be partly written.
+trainmover::base::Status LoadCheckpoint(const std::string& path, const CheckpointMeta& meta,
+                                        const std::vector<Region>& regions, int64_t* step);
 
 // "<dir>/rank-<rank>.ckpt"
 std::string CheckpointPath(const std::string& dir, int rank);

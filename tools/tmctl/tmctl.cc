@@ -30,6 +30,7 @@
 #include "json.h"
 
 using tmctl::Json;
+using trainmover::base::Status;
 using trainmover::control::CancelReply;
 using trainmover::control::CancelReq;
 using trainmover::control::Client;
@@ -73,28 +74,22 @@ struct Ctx {
   std::string token;
 };
 
-bool Open(const Ctx& ctx, Client* c, std::string* err) {
-  if (!c->Connect(ctx.coordinator, ctx.token, trainmover::control::kClientTool, kTimeoutMs, err)) {
-    *err = "coordinator " + ctx.coordinator + ": " + *err;
-    return false;
-  }
-  return true;
+int Fail(const Status& st) { return Fail(st.message()); }
+
+Status Open(const Ctx& ctx, Client* c) {
+  return c->Connect(ctx.coordinator, ctx.token, trainmover::control::kClientTool, kTimeoutMs)
+      .Prefixed("coordinator " + ctx.coordinator);
 }
 
-bool FetchStatus(const Ctx& ctx, Client* c, Json* out, std::string* raw, std::string* err) {
+Status FetchStatus(Client* c, Json* out, std::string* raw) {
   JsonReply r;
-  if (!c->Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, kTimeoutMs, err)) return false;
-  if (!r.ok) {
-    *err = r.json;
-    return false;
-  }
+  TM_CHECK(c->Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, kTimeoutMs));
+  if (!r.ok) return Status::Error(r.json);
   if (raw) *raw = r.json;
   if (!tmctl::ParseJson(r.json, out)) {
-    *err = "the coordinator sent a status document tmctl cannot parse";
-    return false;
+    return Status::Error("the coordinator sent a status document tmctl cannot parse");
   }
-  (void)ctx;
-  return true;
+  return Status::Ok();
 }
 
 std::string Bytes(double b) {
@@ -189,14 +184,13 @@ bool Terminal(const std::string& s) { return s == "done" || s == "cancelled" || 
 
 int Watch(const Ctx& ctx, long long id) {
   Client c;
-  std::string err;
-  if (!Open(ctx, &c, &err)) return Fail(err);
+  if (Status st = Open(ctx, &c); !st.ok()) return Fail(st);
   bool tty = isatty(1);
   size_t printed_phases = 0;
   std::string last_state;
   for (;;) {
     Json st;
-    if (!FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
+    if (Status s = FetchStatus(&c, &st, nullptr); !s.ok()) return Fail(s);
     const Json* m = FindMigration(st, id);
     if (!m)
       return Fail(id ? "no migration with id " + std::to_string(id) : "no migration yet (tmctl migrate --rank R)");
@@ -235,9 +229,9 @@ int Watch(const Ctx& ctx, long long id) {
 // throughput (over the joiner's transfer phase), the switch step and the downtime.
 int Report(const Ctx& ctx, long long id) {
   Client c;
-  std::string err;
   Json st;
-  if (!Open(ctx, &c, &err) || !FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
+  if (Status s = Open(ctx, &c); !s.ok()) return Fail(s);
+  if (Status s = FetchStatus(&c, &st, nullptr); !s.ok()) return Fail(s);
   const Json* m = FindMigration(st, id);
   if (!m) return Fail("no migration with id " + std::to_string(id));
   std::map<long long, std::string> who;
@@ -283,9 +277,8 @@ int Env() {
                 p.accepted);
   }
   trainmover::shim::Config c;
-  std::string err;
-  if (!trainmover::shim::ConfigParse([](const char* n) { return std::getenv(n); }, &c, &err)) {
-    std::fprintf(stderr, "tmctl: %s\n", err.c_str());
+  if (Status st = trainmover::shim::ConfigParse([](const char* n) { return std::getenv(n); }, &c); !st.ok()) {
+    std::fprintf(stderr, "tmctl: %s\n", st.message().c_str());
     return 1;
   }
   return 0;
@@ -300,6 +293,7 @@ bool ParseId(const std::string& s, long long* id) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  (void)trainmover::shim::LogConfigureFromEnv(trainmover::base::LogLevel::kWarn);  // `tmctl env` reports errors
   Ctx ctx;
   if (const char* c = std::getenv("TRAINMOVER_COORDINATOR")) ctx.coordinator = c;
   if (const char* t = std::getenv("TRAINMOVER_TOKEN")) ctx.token = t;
@@ -377,12 +371,11 @@ int main(int argc, char** argv) {
 
   if (cmd == "watch") return Watch(ctx, id);
   Client c;
-  std::string err;
-  if (!Open(ctx, &c, &err)) return Fail(err);
+  if (Status s = Open(ctx, &c); !s.ok()) return Fail(s);
   if (cmd == "status") {
     Json st;
     std::string raw;
-    if (!FetchStatus(ctx, &c, &st, &raw, &err)) return Fail(err);
+    if (Status s = FetchStatus(&c, &st, &raw); !s.ok()) return Fail(s);
     if (json) {
       std::printf("%s\n", raw.c_str());
     } else {
@@ -393,7 +386,7 @@ int main(int argc, char** argv) {
   if (cmd == "migrate") {
     if (!from_host.empty()) {  // every alive worker on that host, lowest rank first
       Json st;
-      if (!FetchStatus(ctx, &c, &st, nullptr, &err)) return Fail(err);
+      if (Status s = FetchStatus(&c, &st, nullptr); !s.ok()) return Fail(s);
       std::vector<int32_t> ranks;
       for (const Json& p : st["processes"].arr) {
         if (p["host"].Str() == from_host && p["role"].Str() == "worker" && p["state"].Str() == "alive" &&
@@ -415,7 +408,7 @@ int main(int argc, char** argv) {
     q.host = host;
     q.spawn = spawn;
     MigrateReply r;
-    if (!c.Call(MsgType::kMigrateReq, q, MsgType::kMigrateReply, &r, kTimeoutMs, &err)) return Fail(err);
+    if (Status s = c.Call(MsgType::kMigrateReq, q, MsgType::kMigrateReply, &r, kTimeoutMs); !s.ok()) return Fail(s);
     std::printf("%s (state %s)\n", r.message.c_str(), r.state.c_str());
     if (!r.accepted) return 1;
     std::fflush(stdout);
@@ -425,18 +418,20 @@ int main(int argc, char** argv) {
   }
   if (cmd == "cancel") {
     CancelReply r;
-    if (!c.Call(MsgType::kCancelReq, CancelReq{static_cast<uint64_t>(id)}, MsgType::kCancelReply, &r, kTimeoutMs,
-                &err)) {
-      return Fail(err);
+    if (Status s =
+            c.Call(MsgType::kCancelReq, CancelReq{static_cast<uint64_t>(id)}, MsgType::kCancelReply, &r, kTimeoutMs);
+        !s.ok()) {
+      return Fail(s);
     }
     std::printf("%s\n", r.message.c_str());
     return r.ok ? 0 : 1;
   }
   // timeline
   JsonReply r;
-  if (!c.Call(MsgType::kTimelineReq, TimelineReq{static_cast<uint64_t>(id)}, MsgType::kTimelineReply, &r, kTimeoutMs,
-              &err)) {
-    return Fail(err);
+  if (Status s = c.Call(MsgType::kTimelineReq, TimelineReq{static_cast<uint64_t>(id)}, MsgType::kTimelineReply, &r,
+                        kTimeoutMs);
+      !s.ok()) {
+    return Fail(s);
   }
   if (!r.ok) return Fail(r.json);
   std::ofstream f(out, std::ios::binary | std::ios::trunc);

@@ -11,11 +11,14 @@
 #include <iterator>
 #include <thread>
 
+#include "base/thread.h"
 #include "control/coordinator.h"
 #include "control/wire.h"
 #include "migration/engine.h"
 
 namespace tmrun {
+
+using trainmover::base::Status;
 
 struct ControlPlane::Embedded {
   std::unique_ptr<trainmover::control::Coordinator> coord;
@@ -49,11 +52,11 @@ std::string NewJobToken() {
   return token;
 }
 
-bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
-                         const std::string& job_token_file, const std::string& listen_host, std::string* err) {
+Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
+                           const std::string& job_token_file, const std::string& listen_host) {
   if (disabled) {
     unsetenv("TRAINMOVER_COORDINATOR");
-    return true;
+    return Status::Ok();
   }
   const char* env_coord = getenv("TRAINMOVER_COORDINATOR");
   const char* env_token = getenv("TRAINMOVER_TOKEN");
@@ -65,23 +68,21 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
       token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
     }
     if (token.empty()) {
-      *err = "the coordinator " + address_ + " needs the job's token: set TRAINMOVER_TOKEN";
-      return false;
+      return Status::Error("the coordinator " + address_ + " needs the job's token: set TRAINMOVER_TOKEN");
     }
     setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
     setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
-    return true;
+    return Status::Ok();
   }
   // Node K > 0 or a joiner of a job whose node 0 runs no coordinator: none here either.
   if (listen_host.empty()) {
     unsetenv("TRAINMOVER_COORDINATOR");
-    return true;
+    return Status::Ok();
   }
   // None given: an embedded coordinator with the job's token (tmrun made one when none was given), kept in a
   // private file for tmctl.
   if (token.empty()) {
-    *err = "no token for the embedded coordinator";
-    return false;
+    return Status::Error("no token for the embedded coordinator");
   }
   trainmover::control::Coordinator::Options o;
   o.listen = listen_host + ":0";
@@ -96,13 +97,13 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
     embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine(
         trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
   }
-  if (!embedded_->coord->Start(err)) {
+  if (Status st = embedded_->coord->Start(); !st.ok()) {
     embedded_.reset();
-    return false;
+    return st;
   }
   address_ = embedded_->coord->address();
   Embedded* e = embedded_.get();
-  e->thread = std::thread([e] { e->coord->Run(); });
+  e->thread = trainmover::base::StartThread("tm-coord", [e] { e->coord->Run(); });
   char tmpl[] = "/tmp/tmrun-XXXXXX";  // mkdtemp makes it 0700
   if (mkdtemp(tmpl)) {
     dir_ = tmpl;
@@ -113,7 +114,7 @@ bool ControlPlane::Setup(const std::string& coordinator, bool disabled, const st
   }
   setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
   setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
-  return true;
+  return Status::Ok();
 }
 
 }  // namespace tmrun

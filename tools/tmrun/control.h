@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "base/status.h"
+
 namespace tmrun {
 
 // A random token for a job (48 hex digits); "" when the system has no randomness to give.
@@ -20,9 +22,9 @@ class ControlPlane {
   // Sets TRAINMOVER_COORDINATOR/TRAINMOVER_TOKEN in tmrun's environment (the ranks inherit it).
   // `coordinator`: from --coordinator ("" = none given). `job_coordinator`/`job_token_file`: a joiner's
   // job's values from its store ("" = none). `listen_host`: where an embedded coordinator listens (node 0's
-  // --master address; "" = none may be embedded here). Returns false with a message.
-  bool Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
-             const std::string& job_token_file, const std::string& listen_host, std::string* err);
+  // --master address; "" = none may be embedded here).
+  trainmover::base::Status Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
+                                 const std::string& job_token_file, const std::string& listen_host);
   const std::string& address() const { return address_; }        // "" when disabled
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
   // Processes of the job alive at the embedded coordinator (0 when none is embedded here).

@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "base/host.h"
+#include "base/config.h"
+#include "base/hostport.h"
 #include "common/kv_store.h"
 #include "control.h"
 #include "control/agent.h"
@@ -34,6 +36,11 @@
 #include "options.h"
 
 namespace {
+
+// A joining tmrun waits this long for the job's store (to answer, then for each launch fact in it); the job's
+// own tmrun connects to the store it has just started.
+constexpr int kJobStoreTimeoutMs = 10000;
+constexpr int kOwnStoreConnectTimeoutMs = 5000;
 
 using Clock = std::chrono::steady_clock;
 
@@ -252,8 +259,13 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
             std::string* token_file) {
   tm_tools::KvClient kv;
   std::string err, world, per_node, maddr, mport;
+  auto connect = [&] {
+    trainmover::base::Status st = kv.Connect(addr, 2000, job->token);
+    err = st.message();
+    return st.ok();
+  };
   const auto deadline = Clock::now() + std::chrono::milliseconds(kJoinJobTimeoutMs);
-  while (!kv.Connect(addr, 2000, job->token, &err)) {
+  while (!connect()) {
     if (err.find("refused the token") != std::string::npos) {
       fprintf(stderr, "tmrun: %s\n", err.c_str());
       return 1;
@@ -372,6 +384,8 @@ int RunNodeAgent(const tmrun::JobInfo& job, const std::string& coordinator) {
 int main(int argc, char** argv) {
   tmrun::Config cfg;
   if (int rc = tmrun::ParseArgs(argc, argv, &cfg); rc >= 0) return rc;
+  // The embedded coordinator logs as TRAINMOVER_DEBUG says; an invalid value is the ranks' to report.
+  (void)trainmover::shim::LogConfigureFromEnv(trainmover::base::LogLevel::kWarn);
 
   if (!cfg.output_dir.empty() && mkdir(cfg.output_dir.c_str(), 0755) != 0 && errno != EEXIST) {
     fprintf(stderr, "tmrun: cannot create %s: %s\n", cfg.output_dir.c_str(), strerror(errno));
@@ -423,15 +437,16 @@ int main(int argc, char** argv) {
   if (!serves) {
     // A joiner, or node K > 0: the job's node 0 publishes its launch facts in its store.
     const std::string& addr = cfg.join ? cfg.store : cfg.master;  // --node: --master too
-    if (!tm_tools::ParseHostPort(addr, &job.store_host, &job.store_port)) {
+    if (!trainmover::base::ParseHostPort(addr, &job.store_host, &job.store_port).ok() || job.store_port == 0) {
       fprintf(stderr, "tmrun: malformed store address '%s'\n", addr.c_str());
       return 2;
     }
     std::string jcoord, jtoken;
     if (int rc = ReadJob(cfg, addr, &job, &jcoord, &jtoken); rc != 0) return rc;
     if (cfg.node) return RunNodeAgent(job, cfg.coordinator.empty() ? jcoord : cfg.coordinator);
-    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, "", &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
+    if (trainmover::base::Status st = control.Setup(cfg.coordinator, cfg.no_coordinator, jcoord, jtoken, "");
+        !st.ok()) {
+      fprintf(stderr, "tmrun: %s\n", st.message().c_str());
       return 1;
     }
     if (!cfg.join)
@@ -439,12 +454,12 @@ int main(int argc, char** argv) {
   } else {
     std::string listen_host = "127.0.0.1";
     uint16_t listen_port = 0;
-    if (!cfg.master.empty() && !tm_tools::ParseHostPort(cfg.master, &listen_host, &listen_port)) {
+    if (!cfg.master.empty() && !trainmover::base::ParseHostPort(cfg.master, &listen_host, &listen_port).ok()) {
       fprintf(stderr, "tmrun: malformed --master '%s'\n", cfg.master.c_str());
       return 2;
     }
-    if (!store.Start(listen_host, listen_port, job.token, &err)) {
-      fprintf(stderr, "tmrun: store: %s\n", err.c_str());
+    if (trainmover::base::Status st = store.Start(listen_host, listen_port, job.token); !st.ok()) {
+      fprintf(stderr, "tmrun: store: %s\n", st.message().c_str());
       return 1;
     }
     job.world = cfg.nproc * cfg.nnodes;
@@ -453,13 +468,14 @@ int main(int argc, char** argv) {
     job.store_port = store.port();
     job.master_addr = listen_host;
     job.master_port = FreePort(listen_host);
-    if (!control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host, &err)) {
-      fprintf(stderr, "tmrun: %s\n", err.c_str());
+    if (trainmover::base::Status st = control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host);
+        !st.ok()) {
+      fprintf(stderr, "tmrun: %s\n", st.message().c_str());
       return 1;
     }
     tm_tools::KvClient kv;
     const std::string self = listen_host + ":" + std::to_string(store.port());
-    if (!kv.Connect(self, 5000, job.token, &err) ||
+    if (!kv.Connect(self, kJobStoreTimeoutMs, job.token).ok() ||
         kv.Set("tmrun/world_size", std::to_string(job.world)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/nproc_per_node", std::to_string(job.nproc_per_node)) != tm_tools::KvStatus::kOk ||
         kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||

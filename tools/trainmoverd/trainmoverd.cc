@@ -16,9 +16,9 @@
 #include <iterator>
 #include <string>
 
+#include "base/config.h"
 #include "control/coordinator.h"
 #include "migration/engine.h"
-#include "control/ctl_log.h"
 
 namespace {
 
@@ -86,7 +86,10 @@ int main(int argc, char** argv) {
   if (opt.token.empty()) return Usage("no token: set TRAINMOVER_TOKEN or pass --token-file FILE");
 
   // A daemon logs what happens to the job (registrations, losses, migrations) unless told otherwise.
-  if (!std::getenv("TRAINMOVER_DEBUG")) trainmover::control::SetCtlLogLevel(trainmover::control::CtlLevel::kInfo);
+  if (trainmover::base::Status st = trainmover::shim::LogConfigureFromEnv(trainmover::base::LogLevel::kInfo);
+      !st.ok()) {
+    return Usage(st.message().c_str());
+  }
   trainmover::control::Coordinator coord(opt);
   {
     // Node agents (tmrun --node) start joiners on the migration's target host; the directory sees their events.
@@ -96,9 +99,8 @@ int main(int argc, char** argv) {
     coord.AddEngine(trainmover::control::MakeMigrationEngine(
         trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
   }
-  std::string err;
-  if (!coord.Start(&err)) {
-    std::fprintf(stderr, "trainmoverd: %s\n", err.c_str());
+  if (trainmover::base::Status st = coord.Start(); !st.ok()) {
+    std::fprintf(stderr, "trainmoverd: %s\n", st.message().c_str());
     return 1;
   }
   std::printf("%s\n", coord.address().c_str());

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: Apache-2.0
+// The one list of TRAINMOVER_* parameters. Everything else is produced from it: the typed fields of Config
+// (config.h), the parser and its error messages (config.cc), trainmover-info's listing and its --markdown
+// table (which is the table in docs/configuration.md; tests/lib/test_config_doc.sh fails when the page is
+// stale) and `tmctl env`.
+//
+// X(NAME, field, Type, Parse, "kind", "default", "accepted", "description")
+//   NAME      the variable is TRAINMOVER_<NAME>
+//   field     the member of Config, of type Type
+//   Parse     bool Parse(const char* value, const char* accepted, Type* out): the value -> the field
+//   kind      the type as the documentation names it
+//   default   as text, parsed by Parse into the field's initial value; "" = unset (strings empty, integers
+//             -1, enums their first value)
+//   accepted  the accepted values in words; ParseInt reads its lower bound from "integer >= N", ParseOneOf
+//             its choices from "a|b|c"
+// Adding a parameter: one row here; then regenerate the doc table (trainmover-info --markdown).
+#pragma once
+
+// clang-format off
+#define TM_PARAMS(X)                                                                                          \
+  X(NCCL_LIBRARY, nccl_library, std::string, ParseText, "path", "", "path of an existing file",            \
+    "The real NCCL library to forward to. Unset: the next libnccl in the process (RTLD_NEXT), else "          \
+    "dlopen(\"libnccl.so.2\") skipping the shim itself (docs/shim.md, Binding).")                             \
+  X(COORDINATOR, coordinator, std::string, ParseCoordinator, "host:port", "", "host:port (port 1..65535), [v6]:port", \
+    "Address of trainmoverd. Unset: plain pass-through, nothing else changes.")                              \
+  X(TOKEN, token, std::string, ParseText, "string", "", "any text",                                          \
+    "Shared secret that authenticates every control message (HMAC key).")                                    \
+  X(ROLE, role, Role, ParseRole, "enum", "worker", "worker|joiner|standby",                                  \
+    "worker: a normal rank. joiner: replaces a rank; starts in the sandbox (no real communicators, "          \
+    "collectives emulated locally). standby: starts in the sandbox like a joiner; nothing assigns it a rank "  \
+    "yet (planned), so it is only listed by the coordinator. Any case.")                                      \
+  X(REPLACE, replace, int64_t, ParseInt, "int", "", "integer >= 0",                                          \
+    "The rank a joiner takes over. Required for a joiner: a joiner without it is told to exit (no migration " \
+    "waits for it).")                                                                                          \
+  X(HOST, host, std::string, ParseHostName, "string", "", "a name of 1..255 characters without blanks",     \
+    "The name this process's host is known by in the job (tmctl status, tmctl migrate --host/--to, node "     \
+    "agents, the choice between the same-host state path and the network). Unset: the kernel's host name. "   \
+    "Set it where several hosts share one kernel (network namespaces, containers).")                         \
+  X(DEBUG, debug, LogLevel, ParseLevel, "enum", "WARN", "WARN|INFO|TRACE",                                   \
+    "Log level (any case). Lines look like NCCL's: host:pid:tid [rank] TRAINMOVER LEVEL msg.")               \
+  X(DEBUG_FILE, debug_file, std::string, ParseText, "pattern", "", "file name pattern (%h host, %p pid)",    \
+    "Write the log to this file instead of stderr.")                                                          \
+  X(DEBUG_SUBSYS, debug_subsys, uint32_t, ParseSubsys, "list", "ALL",                                        \
+    "comma list of INIT,BIND,COMM,COLL,STATE,SANDBOX,CONTROL,MIGRATION,TRANSFER,AGENT,ALL",                  \
+    "Subsystems to log. COLL (one line per operation, TRACE) is only on when named; AGENT is "                \
+    "CONTROL,MIGRATION.")                                                                                     \
+  X(SHADOW_ITERS, shadow_iters, int64_t, ParseInt, "int", "1", "integer >= 1",                               \
+    "Safe points a joiner runs in the sandbox before it reports READY.")                                     \
+  X(HEARTBEAT_MS, heartbeat_ms, int64_t, ParseInt, "int", "1000", "integer >= 1",                            \
+    "Upper bound of the agent's heartbeat interval, in milliseconds: it heartbeats every min(this, the "       \
+    "interval the coordinator gives, max(20, its heartbeat timeout / 4)).")                                   \
+  X(TAPE_MAX_BYTES, tape_max_bytes, int64_t, ParseInt, "int", "67108864", "integer >= 0",                    \
+    "Leaver: bytes of operation outputs its sandbox tape may hold (one iteration recorded for the joiner); "  \
+    "operations beyond it are recorded by signature only and emulated by the joiner. 0: signatures only "     \
+    "(docs/migration.md, The tape).")                                                                         \
+  X(SEAL_OVERLAP, seal_overlap, std::string, ParseOneOf, "enum", "auto", "auto|on|off",                     \
+    "Leaver at the switch point: on = report AT_STEP first and checksum the state while the joiner already "  \
+    "reads it; off = checksum first; auto = on unless the joiner is on this host and it has under 8 CPUs "    \
+    "(both sides hashing at once then slow each other down, docs/migration.md).")                             \
+  X(FAULT, fault, std::string, ParseOneOf, "enum", "", "corrupt-transfer|pass-first-proposal",               \
+    "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
+    "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
+    "with PASSED (the coordinator must propose again and release the ranks held at the first one).")
+// clang-format on
