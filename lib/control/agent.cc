@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cinttypes>
@@ -12,9 +15,9 @@
 #include <map>
 
 #include "base/host.h"
-#include "conn.h"
 #include "base/log.h"
 #include "base/thread.h"
+#include "conn.h"
 
 extern char** environ;
 
@@ -241,6 +244,14 @@ void Agent::Connect(Session& s) {
   int fd = -1;
   base::Status st = ConnectTcp(opt_.coordinator, kConnectTimeoutMs, &fd);
   if (!st.ok()) return Lose(s, st.message());
+  // The local end of this connection is the address the job reaches this host at (base/host.h).
+  sockaddr_in local{};
+  socklen_t len = sizeof(local);
+  char ip[INET_ADDRSTRLEN] = {};
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 && local.sin_family == AF_INET &&
+      inet_ntop(AF_INET, &local.sin_addr, ip, sizeof(ip)) != nullptr) {
+    base::SetHostAddress(ip);
+  }
   s.conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
   s.conn->StartHello(kClientAgent);
 }
@@ -263,12 +274,13 @@ void Agent::RegisterAndReplay(Session& s) {
 // The connection is gone (or never came): one WARN per outage, reconnect with backoff.
 void Agent::Lose(Session& s, const std::string& why) {
   if (!s.warned && why.rfind("rejected by peer", 0) == 0) {
-    TM_WARN(kLogControl, "agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
-             opt_.coordinator.c_str(), why.c_str());
+    TM_WARN(kLogControl,
+            "agent: coordinator %s %s; check TRAINMOVER_TOKEN. Training continues, retrying in the background",
+            opt_.coordinator.c_str(), why.c_str());
     s.warned = true;
   } else if (!s.warned) {
     TM_WARN(kLogControl, "agent: coordinator %s unreachable (%s); training continues, reconnecting in the background",
-             opt_.coordinator.c_str(), why.c_str());
+            opt_.coordinator.c_str(), why.c_str());
     s.warned = true;
   } else {
     TM_INFO(kLogControl, "agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
@@ -315,8 +327,8 @@ void Agent::DrainEssentials(Session& s) {
         if (s.ready()) {
           s.conn->SendMsg(MsgType::kEvent, e->event);
         } else {
-          TM_INFO(kLogControl, "agent: event %u of migration %" PRIu64 " held until the coordinator is reachable", e->event.kind,
-                   e->event.migration);
+          TM_INFO(kLogControl, "agent: event %u of migration %" PRIu64 " held until the coordinator is reachable",
+                  e->event.kind, e->event.migration);
           if (s.held_events.size() < 1024) s.held_events.push_back(std::move(e->event));
         }
         break;
@@ -358,7 +370,8 @@ void Agent::PollOnce(Session& s) {
   if (s.conn) fds[1].events = static_cast<short>(POLLIN | (s.conn->WantsWrite() ? POLLOUT : 0));
   int timeout = 50;
   if (!s.conn) {
-    timeout = static_cast<int>(std::min<uint64_t>(kPollSliceMs, (s.next_attempt > now ? s.next_attempt - now : 0) / kNsPerMs + 1));
+    timeout = static_cast<int>(
+        std::min<uint64_t>(kPollSliceMs, (s.next_attempt > now ? s.next_attempt - now : 0) / kNsPerMs + 1));
   }
   poll(fds, s.conn ? 2 : 1, timeout);
   if (fds[0].revents) {
@@ -385,7 +398,8 @@ void Agent::OnFrame(Session& s, const Frame& f) {
       connections_.fetch_add(1);
       connected_.store(true);
       if (s.warned) TM_WARN(kLogControl, "agent: reconnected to coordinator %s", opt_.coordinator.c_str());
-      TM_INFO(kLogControl, "agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(), a.process_id);
+      TM_INFO(kLogControl, "agent: registered with coordinator %s as process %" PRIu64, opt_.coordinator.c_str(),
+              a.process_id);
       s.warned = false;
       s.backoff_ms = kReconnectFirstBackoffMs;
       return;

@@ -19,7 +19,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done; exit 1; }
-export TRAINMOVER_TOKEN=control-train-$$-$RANDOM
+export TRAINMOVER_TOKEN=control-train-$$-$RANDOM-0123456789
 args=(--steps 400 --params 3000 --seed 5 --extra-state-mb 1 --log-every 0 --step-ms 15)
 digest() { sed -n 's/^\[[0-9]*\] final-state sha256:\([0-9a-f]*\)$/\1/p' "$1" | sort -u; }
 

@@ -44,7 +44,7 @@ echo "$out" | grep -q s3cret && fail "env printed the token"
 TRAINMOVER_ROLE=bogus "$CTL" env > /dev/null 2>&1 && fail "env accepted an invalid TRAINMOVER_ROLE"
 echo "usage and env: ok"
 
-export TRAINMOVER_TOKEN=cli-$$-$RANDOM
+export TRAINMOVER_TOKEN=cli-$$-$RANDOM-0123456789
 "$D" --heartbeat-timeout-ms 2000 > "$tmp/d.out" 2> "$tmp/d.log" &
 pids+=("$!")
 for _ in $(seq 100); do [ -s "$tmp/d.out" ] && break; sleep 0.05; done

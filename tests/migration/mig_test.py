@@ -95,7 +95,7 @@ class Job:
         env = dict(os.environ, **(env or {}))
         self.addr, self.daemon, opts = None, None, []
         if daemon:  # a trainmoverd of our own (it can be killed without killing the job)
-            token = f"mig-test-{os.getpid()}"
+            token = f"mig-test-{os.getpid()}-0123456789"
             self.token_file = os.path.join(WORK, "token")
             with open(self.token_file, "w") as f:
                 f.write(token)

@@ -142,6 +142,7 @@ def scenario_node():
     while time.monotonic() < deadline and not any(p["role"] == "node" and p["state"] == "alive"
                                                   for p in C.status()["processes"]):
         time.sleep(0.1)
+    C.wait_step(1)  # every rank registered with its rank
     rc, out = C.tmctl("status")
     hosts = out[out.index("\nHOST ") + 1:].split("\n\n")[0] if "\nHOST " in out else ""
     if not re.search(r"^host3\s+pid \d+\s+-$", hosts, re.M) or not re.search(r"^host1\s+-\s+0 1$", hosts, re.M):
