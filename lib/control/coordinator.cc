@@ -23,7 +23,8 @@ constexpr double kBuckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 constexpr size_t kNumBuckets = sizeof(kBuckets) / sizeof(kBuckets[0]);
 constexpr size_t kMaxHttpRequest = 8192;
 constexpr size_t kMaxPeers = 4096;
-constexpr uint64_t kHelloDeadlineNs = 10000000000ull;
+constexpr uint64_t kHelloDeadlineNs = 10000000000ull;  // an agent or tool authenticates within 10 s
+constexpr uint64_t kHttpClientDeadlineNs = 5000000000ull;  // a metrics scrape is answered or dropped in 5 s
 
 std::string JsonEscape(const std::string& s) {
   std::string o;
@@ -223,7 +224,7 @@ void Coordinator::Run() {
     // Slow HTTP clients do not hold a slot forever.
     uint64_t now = NowMonotonicNs();
     for (auto it = http_.begin(); it != http_.end();) {
-      if (now - it->second.opened_ns > 5000000000ull) {
+      if (now - it->second.opened_ns > kHttpClientDeadlineNs) {
         close(it->first);
         it = http_.erase(it);
       } else {

@@ -57,7 +57,7 @@ struct CommRec {
   std::map<int32_t, uint64_t> members;  // rank -> process id
 };
 
-// Migration state machine (issue 5 drives it; docs/protocol.md has the diagram):
+// Migration state machine (the migration engine drives it; docs/protocol.md has the diagram):
 //   requested -> spawning -> sandbox -> ready -> building -> agreeing -> switching -> done
 //   any non-terminal state -> cancelled (tmctl cancel) | failed (a process lost, a mismatch, an error)
 //   requested -> refused (validation failed: unknown rank, no safe points, another migration active)

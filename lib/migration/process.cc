@@ -322,7 +322,7 @@ void ProcessMachine::FetchJob(uint64_t id, uint64_t gen, const std::vector<uint8
   uint64_t last_sent = 0;
   auto progress = [&](uint64_t done, uint64_t total) {
     const uint64_t now = w_.MonotonicNs();
-    if (done == total || now - last_sent > 20000000ull) {
+    if (done == total || now - last_sent > kProgressIntervalNs) {
       last_sent = now;
       Send(mig::Ev::kProgress, id, mig::Progress{done, total});
     }

@@ -224,6 +224,8 @@ class ProcessMachine {
   bool exit_pending() const;
 
   static constexpr int kTapeWaitMs = 3000;  // the joiner's wait for the tape at its first safe point
+  // The joiner reports the transfer's progress (tmctl watch's bar) at most this often.
+  static constexpr uint64_t kProgressIntervalNs = 20000000ull;
   static constexpr uint64_t kLostCoordinatorNs = 3000000000ull;  // a held joiner without D exits after this
 
  private:
