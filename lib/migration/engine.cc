@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "base/log.h"
+#include "base/spawn_process.h"
 #include "msgs.h"
 
 extern char** environ;
@@ -181,23 +182,10 @@ class ProcessLauncher final : public JoinerLauncher {
   pid_t Start(const Spec& s, std::string* log, std::string* err) override {
     struct stat st;
     *log = stat(s.log.c_str(), &st) == 0 ? s.log_if_exists : s.log;
-    std::vector<std::string> env = s.env;
-    std::vector<char*> argv, envp;
-    for (const std::string& a : s.argv) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    for (std::string& kv : env) envp.push_back(kv.data());
-    envp.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addchdir_np(&fa, s.dir.c_str());
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, log->c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
     pid_t pid = 0;
-    int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-      *err = std::string(argv[0]) + ": " + strerror(rc);
+    base::Status started = base::SpawnProcess({s.argv, s.env, s.dir, *log, false, false}, &pid);
+    if (!started.ok()) {
+      *err = started.message();
       return 0;
     }
     return pid;
@@ -388,8 +376,8 @@ class MigrationEngine final : public Engine {
         Abort(h, m, "cannot spawn the joiner of rank " + std::to_string(pr.rank) + ": " + err, true);
         return false;
       }
-      TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s", m.id, pr.child,
-               pr.rank, pr.log.c_str());
+      TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": spawned joiner pid %d for rank %d, output in %s",
+              m.id, pr.child, pr.rank, pr.log.c_str());
       m.joiner_log += (m.joiner_log.empty() ? "" : ", ") + pr.log;
     }
     return true;
@@ -460,8 +448,9 @@ class MigrationEngine final : public Engine {
       }
     }
     if (!m || !pair || (m->state != MigState::kSandbox && m->state != MigState::kSpawning)) {
-      TM_WARN(kLogMigration, "coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
-               j.id, j.info.replace);
+      TM_WARN(kLogMigration,
+              "coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
+              j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
     }
     ProcessRec* l = h.FindProcess(pair->leaver);
@@ -513,8 +502,8 @@ class MigrationEngine final : public Engine {
     if (lp->tape.size() + b.bytes.size() > kMaxTapeRelay) {  // a bound on D's memory: the joiner emulates
       lp->tape.clear();
       lp->tape_relay = TapeRelay::kDropped;
-      TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded", o.m.id,
-               lp->rank, kMaxTapeRelay);
+      TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": the tape of rank %d exceeds %zu bytes; not forwarded",
+              o.m.id, lp->rank, kMaxTapeRelay);
       return;
     }
     lp->tape.insert(lp->tape.end(), b.bytes.begin(), b.bytes.end());
@@ -653,8 +642,9 @@ class MigrationEngine final : public Engine {
     x.proposal = std::max(top, x.proposal) + x.margin;
     h.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
     x.accepted.clear();
-    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
-             x.proposal, x.margin);
+    TM_INFO(kLogMigration,
+            "coordinator: migration %" PRIu64 ": proposing the switch at step %" PRId64 " (margin %" PRId64 ")", m.id,
+            x.proposal, x.margin);
     for (uint64_t q : x.Participants()) h.SendCommand(q, Cmd(mig::Cmd::kPropose, m.id, mig::Step{x.proposal}));
   }
 
@@ -684,8 +674,8 @@ class MigrationEngine final : public Engine {
       TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }
     h.SetMigState(m, MigState::kDone);
-    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id, m.switch_step,
-             m.downtime_ns / 1e6);
+    TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id,
+            m.switch_step, m.downtime_ns / 1e6);
   }
 
   // ABORT to every process involved; spawned children that never became joiners are stopped.

@@ -192,23 +192,13 @@ class Cluster:
         return self.status()["migrations"][-1], joiners, out
 
 
-def digests_plain(path):
-    """{None: sha256} from a single process's log ('final-state sha256:...' without a rank prefix)."""
-    out = {}
-    with open(path, errors="replace") as f:
-        for line in f:
-            m = re.match(r"^final-state sha256:([0-9a-f]+)$", line.strip())
-            if m:
-                out[None] = m.group(1)
-    return out
-
-
 def digests(path):
-    """{rank: sha256} from a tmrun log with '[r] final-state sha256:...' lines."""
+    """{rank: sha256} from a log of tmrun ('[r] final-state sha256:...'), or {None: sha256} from a single
+    process's own log (no rank prefix: a joiner a node agent started)."""
     out = {}
     with open(path, errors="replace") as f:
         for line in f:
-            m = re.match(r"^\[(\d+)\] final-state sha256:([0-9a-f]+)$", line.strip())
+            m = re.match(r"^(?:\[(\d+)\] )?final-state sha256:([0-9a-f]+)$", line.strip())
             if m:
-                out[int(m.group(1))] = m.group(2)
+                out[int(m.group(1)) if m.group(1) else None] = m.group(2)
     return out

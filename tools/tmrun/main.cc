@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -26,9 +25,10 @@
 #include <thread>
 #include <vector>
 
-#include "base/host.h"
 #include "base/config.h"
+#include "base/host.h"
 #include "base/hostport.h"
+#include "base/spawn_process.h"
 #include "common/kv_store.h"
 #include "control.h"
 #include "control/agent.h"
@@ -224,27 +224,11 @@ pid_t SpawnForNode(const trainmover::control::node::Spawn& s, std::string* why) 
   const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   std::string log = s.log;
   if (!dir_ok && !log.empty()) log = log.substr(log.rfind('/') + 1);  // the leaver's folder is not here
-  std::vector<char*> argv, envp;
-  for (const std::string& a : s.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (std::string& kv : env) envp.push_back(kv.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  if (dir_ok) posix_spawn_file_actions_addchdir_np(&fa, s.dir.c_str());
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log.empty() ? "/dev/null" : log.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
   pid_t pid = 0;
-  int rc = posix_spawnp(&pid, argv[0], &fa, &attr, argv.data(), envp.data());
-  posix_spawnattr_destroy(&attr);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    *why = std::string(argv[0]) + ": " + strerror(rc);
+  trainmover::base::Status started = trainmover::base::SpawnProcess(
+      {s.argv, env, dir_ok ? s.dir : "", log, /*append=*/true, /*new_session=*/true}, &pid);
+  if (!started.ok()) {
+    *why = started.message();
     return 0;
   }
   return pid;
