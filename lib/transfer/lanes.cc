@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "lanes.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+
+namespace trainmover::transfer::detail {
+
+std::thread StartLaneThread(const char* name, std::function<void()> fn) {
+  std::thread t(std::move(fn));
+  (void)pthread_setname_np(t.native_handle(), name);  // a name longer than 15 bytes is refused, harmlessly
+  return t;
+}
+
+int DefaultLanes(int requested) {
+  if (requested > 0) return requested;
+  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+}
+
+LanePool::LanePool(int helpers, const char* name) {
+  for (int i = 0; i < helpers; ++i) threads_.push_back(StartLaneThread(name, [this, i] { Loop(i + 1); }));
+}
+
+LanePool::~LanePool() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (std::thread& t : threads_) t.join();
+}
+
+void LanePool::Run(const std::function<void(int)>& fn, int n) {
+  n = std::clamp(n, 1, lanes());
+  if (n > 1) {
+    std::lock_guard<std::mutex> lk(mu_);
+    job_ = &fn;
+    job_lanes_ = n;
+    running_ = n - 1;
+    ++generation_;
+  }
+  if (n > 1) wake_.notify_all();
+  fn(0);
+  if (n > 1) {
+    std::unique_lock<std::mutex> lk(mu_);
+    done_.wait(lk, [&] { return running_ == 0; });
+    job_ = nullptr;
+  }
+}
+
+void LanePool::Loop(int lane) {
+  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    wake_.wait(lk, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
+    if (lane >= job_lanes_) continue;  // this job needs fewer lanes
+    const std::function<void(int)>* job = job_;
+    lk.unlock();
+    (*job)(lane);
+    lk.lock();
+    if (--running_ == 0) done_.notify_all();
+  }
+}
+
+}  // namespace trainmover::transfer::detail
