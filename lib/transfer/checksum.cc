@@ -104,9 +104,9 @@ const bool kHasSse42 = false;
 
 }  // namespace
 
-namespace detail {
-
 bool HardwareCrc32c() { return kHasSse42; }
+
+namespace detail {
 
 uint64_t BlockHashPortable(const void* data, size_t size) {
   const auto* p = static_cast<const unsigned char*>(data);

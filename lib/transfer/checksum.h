@@ -16,8 +16,6 @@ class LanePool;
 
 // BlockHash computed without SSE4.2 (table CRC32C); equal to BlockHash by definition (tests compare them).
 uint64_t BlockHashPortable(const void* data, size_t size);
-// Whether BlockHash uses the crc32 instruction on this machine.
-bool HardwareCrc32c();
 
 // Number of checksum blocks of a region of `size` bytes.
 inline size_t BlockCount(uint64_t size) { return static_cast<size_t>((size + kChecksumBlock - 1) / kChecksumBlock); }

@@ -37,27 +37,31 @@ void LanePool::Run(const std::function<void(int)>& fn, int n) {
     std::lock_guard<std::mutex> lk(mu_);
     job_ = &fn;
     job_lanes_ = n;
-    running_ = n - 1;
+    next_lane_ = 1;
+    job_open_ = true;
     ++generation_;
   }
   if (n > 1) wake_.notify_all();
   fn(0);
   if (n > 1) {
     std::unique_lock<std::mutex> lk(mu_);
+    job_open_ = false;  // helpers not yet inside fn stay out
     done_.wait(lk, [&] { return running_ == 0; });
     job_ = nullptr;
   }
 }
 
-void LanePool::Loop(int lane) {
+void LanePool::Loop(int) {
   uint64_t seen = 0;
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
     wake_.wait(lk, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
     seen = generation_;
-    if (lane >= job_lanes_) continue;  // this job needs fewer lanes
+    if (!job_open_ || next_lane_ >= job_lanes_) continue;  // finished without us, or needs fewer lanes
+    const int lane = next_lane_++;
     const std::function<void(int)>* job = job_;
+    ++running_;
     lk.unlock();
     (*job)(lane);
     lk.lock();

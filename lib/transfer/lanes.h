@@ -20,9 +20,12 @@ std::thread StartLaneThread(const char* name, std::function<void()> fn);
 // Default parallelism: `requested` when > 0, else min(4, hardware threads).
 int DefaultLanes(int requested);
 
-// A fixed set of helper threads. Run(fn, n) calls fn(lane) for lane 0..n-1 at once, lane 0 on the calling
-// thread, and returns when every call returned. fn must bound its own time (the callers check their
-// deadlines between blocks); Run adds no wait of its own beyond fn's. The destructor stops and joins.
+// A fixed set of helper threads for work-sharing jobs. Run(fn, n) calls fn(0) on the calling thread and
+// fn(lane) on up to n - 1 helpers, each with its own lane number, and returns when every call returned. A
+// helper that wakes only after fn(0) returned is not given the job: fn must take its work from a shared
+// counter, so that lane 0 alone finishes the job when the helpers are slow to be scheduled (a loaded host),
+// instead of waiting for them. fn must bound its own time (the callers check their deadlines between
+// blocks); Run adds no wait beyond the calls it started. The destructor stops and joins.
 class LanePool {
  public:
   LanePool(int helpers, const char* name);
@@ -40,9 +43,11 @@ class LanePool {
   std::mutex mu_;
   std::condition_variable wake_, done_;
   const std::function<void(int)>* job_ = nullptr;
-  int job_lanes_ = 0;
+  int job_lanes_ = 0;  // lanes the open job may still take (lane numbers 1..job_lanes_ - 1)
+  int next_lane_ = 1;  // the next lane number a waking helper takes
+  bool job_open_ = false;
   uint64_t generation_ = 0;
-  int running_ = 0;
+  int running_ = 0;  // helpers inside fn
   bool stop_ = false;
   std::vector<std::thread> threads_;
 };

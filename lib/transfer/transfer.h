@@ -100,6 +100,8 @@ uint64_t Checksum(const void* data, size_t size, int threads = 1);
 // Hash of one block (size <= kChecksumBlock); Checksum folds these. Exposed for tests and streaming use.
 uint64_t BlockHash(const void* data, size_t size);
 uint64_t FoldBlockHashes(std::span<const uint64_t> block_hashes, size_t total_size);
+// Whether BlockHash runs on the crc32 instruction on this CPU (SSE4.2) rather than the table (same values).
+bool HardwareCrc32c();
 // Checksum of a region of either memory type (device memory is staged through host in chunks).
 Status RegionChecksum(const Region& region, int threads, uint64_t* out);
 
