@@ -150,7 +150,8 @@ Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
   uint16_t version = 0, reserved = 0;
   if (!r.Get(&magic) || magic != kDescriptorMagic) return Bad("bad magic");
   if (!r.Get(&version) || version != kDescriptorVersion) return Bad("unsupported version " + std::to_string(version));
-  if (!r.Get(&reserved)) return Bad("truncated header");
+  // Reserved for flags a later version may define: refused unless zero, so that no bit is silently ignored.
+  if (!r.Get(&reserved) || reserved != 0) return Bad("truncated header or nonzero reserved field");
   std::vector<uint8_t> boot;
   if (!r.Bytes(sizeof(out->host.boot_id), &boot) || !r.Get(&out->host.pid_namespace) || !r.Get(&out->host.pid)) {
     return Bad("truncated host identity");
