@@ -3,7 +3,8 @@
 // run with ucx_perftest's ucp_get (and ucp_put) bandwidth on the same machine, transports and sizes.
 //
 //   transfer_bench [--quick] [--sizes 1M,4M,...] [--iters N] [--chunk 4M] [--outstanding 16] [--lanes N]
-//                  [--tls T] [--path auto|ucx|cma] [--no-peer-errors] [--no-perftest] [--json FILE] [--csv FILE]
+//                  [--tls T] [--path auto|ucx|cma] [--no-peer-errors] [--no-verify] [--no-perftest] [--json FILE]
+//                  [--csv FILE]
 //
 // Each size: a forked leaver exposes one region of that size and seals it; the parent (joiner) N times
 // prepares (StateClient::Prepare: what a migration does before the switch) and reads (PreparedFetch::Read:
@@ -36,6 +37,7 @@ struct Args {
   std::string tls;
   bool peer_errors = true;
   bool perftest = true;
+  bool verify = true;
   tt::FetchPath path = tt::FetchPath::kAuto;
   std::string json, csv;
 };
@@ -115,6 +117,7 @@ Row Measure(const Args& a, size_t size) {
     o.chunk_bytes = a.chunk;
     o.max_outstanding = a.outstanding;
     o.hash_threads = a.lanes;
+    o.verify = a.verify;
     o.path = a.path;
     tt::FetchResult r;
     std::unique_ptr<tt::PreparedFetch> prepared;
@@ -179,7 +182,9 @@ int main(int argc, char** argv) {
     else if (k == "--path") {
       std::string p = val();
       a.path = p == "ucx" ? tt::FetchPath::kUcx : p == "cma" ? tt::FetchPath::kCma : tt::FetchPath::kAuto;
-    } else if (k == "--no-perftest")
+    } else if (k == "--no-verify")
+      a.verify = false;
+    else if (k == "--no-perftest")
       a.perftest = false;
     else if (k == "--json")
       a.json = val();
@@ -188,7 +193,7 @@ int main(int argc, char** argv) {
     else {
       fprintf(stderr,
               "usage: %s [--quick] [--sizes L] [--iters N] [--chunk S] [--outstanding N] [--lanes N] [--tls T] "
-              "[--path auto|ucx|cma] [--no-peer-errors] [--no-perftest] [--json F] [--csv F]\n",
+              "[--path auto|ucx|cma] [--no-peer-errors] [--no-verify] [--no-perftest] [--json F] [--csv F]\n",
               argv[0]);
       return 2;
     }
@@ -201,8 +206,8 @@ int main(int argc, char** argv) {
   }
   printf(
       "# transfer_bench: StateClient::Prepare + PreparedFetch::Read (path %s, %s chunks, %d outstanding, lanes %d, "
-      "verify on) vs ucx_perftest, UCX_TLS=%s, peer error handling %s, %d iterations, hash %s\n",
-      tt::FetchPathName(a.path), perf::FormatSize(a.chunk).c_str(), a.outstanding, a.lanes,
+      "verify %s) vs ucx_perftest, UCX_TLS=%s, peer error handling %s, %d iterations, hash %s\n",
+      tt::FetchPathName(a.path), perf::FormatSize(a.chunk).c_str(), a.outstanding, a.lanes, a.verify ? "on" : "off",
       a.tls.empty() ? "(default)" : a.tls.c_str(), a.peer_errors ? "on" : "off", a.iters,
       tt::HardwareCrc32c() ? "crc32c (sse4.2)" : "crc32c (table)");
   printf("# %10s %5s %10s %10s %10s %10s %10s %10s %13s %13s %7s %7s\n", "size", "path", "data GB/s", "best GB/s",

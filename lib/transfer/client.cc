@@ -186,7 +186,7 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
       return Status(Code::kUnsupported,
                     "cma path: the leaver is on another host or pid namespace, or memory is not host");
     }
-    int lanes = std::min(options.max_outstanding, detail::DefaultLanes(options.hash_threads));
+    int lanes = std::min(options.max_outstanding, detail::DefaultReadLanes(options.hash_threads, plan.total));
     s = detail::OpenCmaReader(&plan, lanes, &impl->reader);
     // kAuto: a kernel that refuses process_vm_readv (ptrace rules, seccomp) sends us to UCX.
     if (!s.ok() && (options.path == FetchPath::kCma || s.code() != Code::kUnsupported)) return s;

@@ -18,6 +18,13 @@ int DefaultLanes(int requested) {
   return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
 }
 
+int DefaultReadLanes(int requested, uint64_t bytes) {
+  if (requested > 0) return requested;
+  uint64_t by_cpus = std::clamp(std::thread::hardware_concurrency() / 4, 1u, 4u);
+  uint64_t by_size = std::max<uint64_t>(bytes / (uint64_t{4} << 20), 1);
+  return static_cast<int>(std::min(by_cpus, by_size));
+}
+
 LanePool::LanePool(int helpers, const char* name) {
   for (int i = 0; i < helpers; ++i) threads_.push_back(StartLaneThread(name, [this, i] { Loop(i + 1); }));
 }

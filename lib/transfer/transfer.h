@@ -169,11 +169,12 @@ struct FetchOptions {
   // Bytes per ucp_get_nbx request (>= 1), at most: a small state is cut finer so that max_outstanding
   // gets are in flight (each at least kChecksumBlock). kCma reads kChecksumBlock at a time.
   size_t chunk_bytes = size_t{4} << 20;
-  int max_outstanding = 16;  // requests in flight at once (>= 1); kCma: lanes reading (capped at
-                             // min(max_outstanding, hash_threads or 4)); fixed at Prepare
+  int max_outstanding = 16;  // requests in flight at once (>= 1); kCma: caps the reader lanes; fixed at Prepare
   int timeout_ms = 60000;    // whole Fetch (Prepare: the connection; Read: the data and the leaver's checksums)
-  int hash_threads = 0;      // 0: min(4, hardware threads)
-  bool verify = true;        // false: skip checksums (benchmarks of the raw read only)
+  // kCma: reader lanes (each reads and hashes its blocks); 0: one per 4 hardware threads (at most 4) and per
+  // 4 MiB of state. UCX path: threads hashing device regions after the data; 0: min(4, hardware threads).
+  int hash_threads = 0;
+  bool verify = true;  // false: skip checksums (benchmarks of the raw read only)
   // Use these checksums instead of polling the leaver's control block (e.g. sent by the coordinator).
   std::vector<uint64_t> expected_checksums;
   // Called on the Fetch thread after completions, at most once per completed chunk, never concurrently.
