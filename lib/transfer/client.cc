@@ -139,13 +139,8 @@ StateClient::~StateClient() {
 Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateClient>* out) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  Status s = detail::MakeContext(options.transports, /*wakeup=*/false, &impl->context);
+  Status s = detail::MakeContextAndWorker(options.transports, /*wakeup=*/false, &impl->context, &impl->worker);
   if (!s.ok()) return s;
-  s = detail::MakeWorker(impl->context, &impl->worker);
-  if (!s.ok()) {
-    ucp_cleanup(impl->context);
-    return s;
-  }
   out->reset(new StateClient(std::move(impl)));
   return Status::Ok();
 }

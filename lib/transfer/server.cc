@@ -74,13 +74,8 @@ Status StateServer::Create(const ServerOptions& options, std::unique_ptr<StateSe
   impl->options = options;
   if (options.hash_threads < 0) return Status(Code::kInvalidArgument, "hash_threads < 0");
   if (options.allow_any_ptracer) (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
-  Status s = detail::MakeContext(options.transports, /*wakeup=*/true, &impl->context);
+  Status s = detail::MakeContextAndWorker(options.transports, /*wakeup=*/true, &impl->context, &impl->worker);
   if (!s.ok()) return s;
-  s = detail::MakeWorker(impl->context, &impl->worker);
-  if (!s.ok()) {
-    ucp_cleanup(impl->context);
-    return s;
-  }
   out->reset(new StateServer(std::move(impl)));
   return Status::Ok();
 }

@@ -9,6 +9,8 @@ Status UcxError(const std::string& what, ucs_status_t st) {
   return Status(Code::kUcx, what + ": " + ucs_status_string(st));
 }
 
+namespace {
+
 Status MakeContext(const std::string& transports, bool wakeup, ucp_context_h* context) {
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
@@ -37,6 +39,19 @@ Status MakeWorker(ucp_context_h context, ucp_worker_h* worker) {
   ucs_status_t st = ucp_worker_create(context, &params, worker);
   if (st != UCS_OK) return UcxError("ucp_worker_create", st);
   return Status::Ok();
+}
+
+}  // namespace
+
+Status MakeContextAndWorker(const std::string& transports, bool wakeup, ucp_context_h* context, ucp_worker_h* worker) {
+  Status s = MakeContext(transports, wakeup, context);
+  if (!s.ok()) return s;
+  s = MakeWorker(*context, worker);
+  if (!s.ok()) {
+    ucp_cleanup(*context);
+    *context = nullptr;
+  }
+  return s;
 }
 
 ucs_memory_type_t UcsType(MemoryType t) { return t == MemoryType::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST; }
