@@ -245,7 +245,8 @@ class PreparedFetch {
   // Reads every region (each checksum block hashed as soon as it landed), then, unless options.verify is
   // false, waits for the leaver's checksums (or takes options.expected_checksums) and compares, then tells
   // the leaver it is done. Uses options.chunk_bytes, timeout_ms, verify, expected_checksums, progress (the
-  // path and lanes were fixed by Prepare). May be called again (reads and verifies everything again).
+  // path and lanes were fixed by Prepare). May be called again (reads and verifies everything again); after a
+  // failure other than kChecksumMismatch, Prepare again.
   Status Read(const FetchOptions& options, FetchResult* result);
 
   FetchPath path() const;  // kUcx or kCma

@@ -66,6 +66,8 @@ class UcxReader : public Reader {
   }
 
   Status ReadAll(const ReadParams& params, BlockSink* sink) override {
+    // Gets of a failed earlier Read still in flight would land in this one's counts.
+    if (outstanding_ > 0) return Status(Code::kState, "an earlier Read failed with reads in flight: Prepare again");
     deadline_ = params.deadline;
     request_status_ = UCS_OK;
     // Enough chunks to keep max_outstanding gets in flight even for a small state, each at least a checksum
