@@ -154,13 +154,27 @@ TEST_CASE("round trip between two contexts in one process, chunked, bit-exact, v
   for (size_t i = 0; i < sizes.size(); ++i) CHECK(r.checksums[sizes.size() - 1 - i] == sums[i]);
 }
 
+namespace {
+
+// A server exposing `regions` and a client, both in this process (the setup most cases share).
+struct Pair {
+  std::unique_ptr<tt::StateServer> server;
+  std::unique_ptr<tt::StateClient> client;
+};
+
+Pair Expose(const std::vector<tt::Region>& regions) {
+  Pair p;
+  REQUIRE(tt::StateServer::Create({}, &p.server).ok());
+  REQUIRE(p.server->Expose(regions).ok());
+  REQUIRE(tt::StateClient::Create({}, &p.client).ok());
+  return p;
+}
+
+}  // namespace
+
 TEST_CASE("name and size mismatches are refused before any read") {
   std::vector<unsigned char> a(100), b(200);
-  std::unique_ptr<tt::StateServer> server;
-  REQUIRE(tt::StateServer::Create({}, &server).ok());
-  REQUIRE(server->Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}).ok());
-  std::unique_ptr<tt::StateClient> client;
-  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  auto [server, client] = Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}});
   tt::FetchResult r;
   std::vector<unsigned char> x(100), y(200), z(201);
   tt::Status s = client->Fetch(server->Descriptor(), {{"a", x.data(), 100}, {"b", z.data(), 201}}, {}, &r);
@@ -338,11 +352,7 @@ TEST_CASE("prepare before the seal, read after it; a prepared fetch reads again;
     std::vector<unsigned char> a(2 * tt::kChecksumBlock + 999), b(77), xa(a.size(), 0), xb(b.size(), 0);
     Fill(&a, 12);
     Fill(&b, 13);
-    std::unique_ptr<tt::StateServer> server;
-    REQUIRE(tt::StateServer::Create({}, &server).ok());
-    REQUIRE(server->Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}).ok());
-    std::unique_ptr<tt::StateClient> client;
-    REQUIRE(tt::StateClient::Create({}, &client).ok());
+    auto [server, client] = Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}});
     tt::FetchOptions o;
     o.path = path;
     o.timeout_ms = 20000;
@@ -383,11 +393,7 @@ TEST_CASE("prepare before the seal, read after it; a prepared fetch reads again;
 
 TEST_CASE("Prepare refuses what Fetch refuses, before connecting") {
   std::vector<unsigned char> a(100), x(101);
-  std::unique_ptr<tt::StateServer> server;
-  REQUIRE(tt::StateServer::Create({}, &server).ok());
-  REQUIRE(server->Expose({{"a", a.data(), a.size()}}).ok());
-  std::unique_ptr<tt::StateClient> client;
-  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  auto [server, client] = Expose({{"a", a.data(), a.size()}});
   std::unique_ptr<tt::PreparedFetch> prepared;
   CHECK(client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, {}, &prepared).code() ==
         tt::Code::kMismatch);
