@@ -149,15 +149,33 @@ std::unique_ptr<tt::StateClient> MakeClient() {
   return client;
 }
 
+// The joiner's regions for `specs`, filled with a byte the leaver never writes everywhere.
+std::vector<tt::Region> JoinerRegions(const std::vector<Spec>& specs, std::vector<std::vector<unsigned char>>* dst) {
+  dst->assign(specs.size(), {});
+  std::vector<tt::Region> local;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    (*dst)[i].assign(specs[i].size, 0xA5);
+    local.push_back({specs[i].name, (*dst)[i].data(), (*dst)[i].size()});
+  }
+  return local;
+}
+
+// Regions whose bytes differ from the leaver's pattern (compared whole, bit for bit).
+size_t WrongRegions(const std::vector<Spec>& specs, const std::vector<std::vector<unsigned char>>& dst) {
+  size_t wrong = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<unsigned char> expect(specs[i].size);
+    Fill(&expect, SeedOf(specs[i].name));
+    wrong += expect != dst[i];
+  }
+  return wrong;
+}
+
 void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   Child c = StartLeaver(specs, Mode::kNormal);
   auto client = MakeClient();
-  std::vector<std::vector<unsigned char>> dst(specs.size());
-  std::vector<tt::Region> local;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    dst[i].assign(specs[i].size, 0xA5);
-    local.push_back({specs[i].name, dst[i].data(), dst[i].size()});
-  }
+  std::vector<std::vector<unsigned char>> dst;
+  std::vector<tt::Region> local = JoinerRegions(specs, &dst);
   tt::FetchOptions o = Opts();
   o.chunk_bytes = chunk;
   o.max_outstanding = outstanding;
@@ -168,13 +186,7 @@ void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   CHECK(r.verified);
   MESSAGE("path " << std::string(tt::FetchPathName(r.path)) << ", " << r.bytes << " bytes, " << r.gbps << " GB/s");
   if (o.path != tt::FetchPath::kAuto) CHECK(r.path == o.path);
-  size_t wrong = 0;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    std::vector<unsigned char> expect(specs[i].size);
-    Fill(&expect, SeedOf(specs[i].name));
-    wrong += expect != dst[i];
-  }
-  CHECK(wrong == 0);
+  CHECK(WrongRegions(specs, dst) == 0);
   CHECK(WaitExit(c.pid) == 0);
 }
 
@@ -273,12 +285,8 @@ TEST_CASE("prepare before the leaver seals, read after; a leaver killed after Pr
     Child c = StartLeaver(specs, Mode::kSealOnRequest);
     close(seal[0]);
     auto client = MakeClient();
-    std::vector<std::vector<unsigned char>> dst(specs.size());
-    std::vector<tt::Region> local;
-    for (size_t i = 0; i < specs.size(); ++i) {
-      dst[i].assign(specs[i].size, 0x5A);
-      local.push_back({specs[i].name, dst[i].data(), dst[i].size()});
-    }
+    std::vector<std::vector<unsigned char>> dst;
+    std::vector<tt::Region> local = JoinerRegions(specs, &dst);
     tt::FetchOptions o = Opts();
     o.timeout_ms = 10000;
     std::unique_ptr<tt::PreparedFetch> prepared;
@@ -304,13 +312,7 @@ TEST_CASE("prepare before the leaver seals, read after; a leaver killed after Pr
     }
     CHECK_MESSAGE(s.ok(), s.ToString());
     CHECK(r.verified);
-    size_t wrong = 0;
-    for (size_t i = 0; i < specs.size(); ++i) {
-      std::vector<unsigned char> expect(specs[i].size);
-      Fill(&expect, SeedOf(specs[i].name));
-      wrong += expect != dst[i];
-    }
-    CHECK(wrong == 0);
+    CHECK(WrongRegions(specs, dst) == 0);
     prepared.reset();
     CHECK(WaitExit(c.pid) == 0);  // the leaver heard "verified"
   }
