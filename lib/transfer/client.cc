@@ -122,15 +122,23 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 // ---------------------------------------------------------------------------------------------------
 // StateClient
 
+// UCX is initialised on the first Prepare that takes the UCX path, not in Create: ucp_init and the worker cost
+// ~20 ms here (every transport is opened), which the same-host path never needs; a migration's joiner that
+// creates its client at the switch would otherwise pay it on the critical path.
 struct StateClient::Impl {
   ClientOptions options;
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
+
+  Status EnsureUcx() {
+    if (worker != nullptr) return Status::Ok();
+    return detail::MakeContextAndWorker(options.transports, /*wakeup=*/false, &context, &worker);
+  }
 };
 
 StateClient::StateClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 StateClient::~StateClient() {
-  if (impl_) {
+  if (impl_ && impl_->worker != nullptr) {
     ucp_worker_destroy(impl_->worker);
     ucp_cleanup(impl_->context);
   }
@@ -139,8 +147,6 @@ StateClient::~StateClient() {
 Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateClient>* out) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  Status s = detail::MakeContextAndWorker(options.transports, /*wakeup=*/false, &impl->context, &impl->worker);
-  if (!s.ok()) return s;
   out->reset(new StateClient(std::move(impl)));
   return Status::Ok();
 }
@@ -187,6 +193,8 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
     if (!s.ok() && (options.path == FetchPath::kCma || s.code() != Code::kUnsupported)) return s;
   }
   if (impl->reader == nullptr) {
+    s = impl_->EnsureUcx();
+    if (!s.ok()) return s;
     s = detail::OpenUcxReader(impl_->context, impl_->worker, impl_->options.peer_error_handling, &plan, deadline,
                               &impl->reader);
     if (!s.ok()) return s;

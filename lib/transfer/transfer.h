@@ -208,6 +208,8 @@ class PreparedFetch;
 // The joiner's side. One client may Fetch several times (from the same or different servers).
 class StateClient {
  public:
+  // Cheap: UCX (context and worker, ~20 ms) is initialised by the first Prepare that takes the UCX path, so a
+  // bad ClientOptions::transports is reported there; the same-host path never initialises it.
   static Status Create(const ClientOptions& options, std::unique_ptr<StateClient>* out);
   ~StateClient();
   StateClient(const StateClient&) = delete;

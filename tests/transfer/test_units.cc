@@ -410,3 +410,28 @@ TEST_CASE("Prepare refuses what Fetch refuses, before connecting") {
   o.expected_checksums = {1, 2};
   CHECK(prepared->Read(o, &r).code() == tt::Code::kInvalidArgument);
 }
+
+TEST_CASE("the client initialises UCX only for the UCX path: bad transports surface at Prepare, not Create") {
+  std::vector<unsigned char> a(1000), x(1000);
+  Fill(&a, 31);
+  auto [server, unused] = Expose({{"a", a.data(), a.size()}});
+  REQUIRE(server->Seal().ok());
+  tt::ClientOptions co;
+  co.transports = "no-such-transport-list,,";
+  std::unique_ptr<tt::StateClient> client;
+  REQUIRE(tt::StateClient::Create(co, &client).ok());
+  std::unique_ptr<tt::PreparedFetch> prepared;
+  tt::FetchOptions o;
+  o.path = tt::FetchPath::kCma;  // needs no UCX: works with any transports
+  tt::Status s = client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &prepared);
+  REQUIRE_MESSAGE(s.ok(), s.ToString());
+  tt::FetchResult r;
+  s = prepared->Read(o, &r);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(a == x);
+  prepared.reset();
+  o.path = tt::FetchPath::kUcx;
+  s = client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &prepared);
+  CHECK_FALSE(s.ok());
+  MESSAGE("UCX path with bad transports: " << s.ToString());
+}
