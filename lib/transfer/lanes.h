@@ -19,10 +19,11 @@ std::thread StartLaneThread(const char* name, std::function<void()> fn);
 
 // Default parallelism: `requested` when > 0, else min(4, hardware threads).
 int DefaultLanes(int requested);
-// Reader lanes for the same-host read of `bytes`: `requested` when > 0; else one lane per 4 hardware threads
-// (at most 4) and per 4 MiB of state. Two lanes of process_vm_readv on the same leaver measured 1.5-2x
-// slower than one on a 2-core host shared with other jobs (they contend for the CPUs and the leaver's page
-// tables); a lane is worth its wake-up only with cores to spare and enough blocks to share.
+// Reader lanes for the same-host read of `bytes`: `requested` when > 0; else one lane per 4 hardware threads (at
+// most 4) and per 4 MiB of state. On the 2-core VM shared with other jobs, two lanes re-reading the same pages ran
+// 1.5-2x slower than one (they compete for the CPUs and the leaver's page tables), and on a first read of the
+// pages (a migration's case, 0.4-0.7 GB/s at 64 MiB here: the guest pays for every first touch) two lanes made no
+// consistent difference; a lane is worth its wake-up only with cores to spare and enough blocks to share.
 int DefaultReadLanes(int requested, uint64_t bytes);
 
 // A fixed set of helper threads for work-sharing jobs. Run(fn, n) calls fn(0) on the calling thread and
