@@ -97,14 +97,19 @@ __attribute__((target("sse4.2"))) uint64_t BlockHashHw(const unsigned char* p, s
   Tail(p, size % 32, lanes);
   return Finish(lanes, size);
 }
-const bool kHasSse42 = __builtin_cpu_supports("sse4.2");
+// Asked once, on first use: a namespace-scope initialiser would be a global constructor, which the shim must
+// not have (tests/lib/test_symbols.sh).
+bool HasSse42() {
+  static const bool has = __builtin_cpu_supports("sse4.2");
+  return has;
+}
 #else
-const bool kHasSse42 = false;
+bool HasSse42() { return false; }
 #endif
 
 }  // namespace
 
-bool HardwareCrc32c() { return kHasSse42; }
+bool HardwareCrc32c() { return HasSse42(); }
 
 namespace detail {
 
@@ -186,7 +191,7 @@ Status ChecksumRegions(const std::vector<Region>& regions, int threads, LanePool
 
 uint64_t BlockHash(const void* data, size_t size) {
 #if defined(__x86_64__)
-  if (kHasSse42) return BlockHashHw(static_cast<const unsigned char*>(data), size);
+  if (HasSse42()) return BlockHashHw(static_cast<const unsigned char*>(data), size);
 #endif
   return detail::BlockHashPortable(data, size);
 }
