@@ -6,6 +6,9 @@
 
 #include <cstring>
 #include <fstream>
+#include <set>
+
+#include "base/host.h"
 
 namespace trainmover::transfer::detail {
 namespace {
@@ -45,6 +48,7 @@ class Reader {
     return true;
   }
   bool Done() const { return pos_ == in_.size(); }
+  size_t Position() const { return pos_; }
 
  private:
   std::span<const uint8_t> in_;
@@ -88,23 +92,59 @@ Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out) {
   return Status::Ok();
 }
 
-HostIdentity LocalIdentity() {
+namespace {
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+HostIdentity ReadIdentity() {
   HostIdentity id;
   std::ifstream f("/proc/sys/kernel/random/boot_id");
   std::string text;
   std::getline(f, text);
-  // "xxxxxxxx-xxxx-...": keep the 32 hex digits as 16 bytes; an unreadable file leaves zeros (never same).
+  // "xxxxxxxx-xxxx-...": keep the 32 hex digits as 16 bytes; an unreadable or malformed file leaves zeros
+  // (never "same host").
   size_t n = 0;
-  for (size_t i = 0; i + 1 < text.size() && n < 16;) {
-    if (text[i] == '-') {
-      ++i;
-      continue;
+  int high = -1;
+  for (char c : text) {
+    if (c == '-') continue;
+    int v = HexDigit(c);
+    if (v < 0 || n == 16) return HostIdentity{};
+    if (high < 0) {
+      high = v;
+    } else {
+      id.boot_id[n++] = static_cast<uint8_t>(high << 4 | v);
+      high = -1;
     }
-    id.boot_id[n++] = static_cast<uint8_t>(std::stoi(text.substr(i, 2), nullptr, 16));
-    i += 2;
   }
+  if (n != 16) return HostIdentity{};
   struct stat st {};
   if (stat("/proc/self/ns/pid", &st) == 0) id.pid_namespace = st.st_ino;
+  // Hosts that share a kernel (network namespaces, containers: TRAINMOVER_HOST tells them apart) are
+  // different hosts for the hand-off: the bytes go over the network as between machines. The host's name
+  // and network namespace are folded into the boot id, so the descriptor's layout stays as it is.
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&h](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+  };
+  const std::string& name = base::HostName();
+  mix(name.data(), name.size());
+  if (stat("/proc/self/ns/net", &st) == 0) mix(&st.st_ino, sizeof(st.st_ino));
+  for (int i = 0; i < 8; ++i) id.boot_id[i] ^= static_cast<uint8_t>(h >> (8 * i));
+  return id;
+}
+
+}  // namespace
+
+HostIdentity LocalIdentity() {
+  // Boot id and namespace do not change in a process's life; a fork keeps them too (only the pid differs), so
+  // the file is read once per process, not on every fetch.
+  static const HostIdentity kCached = ReadIdentity();
+  HostIdentity id = kCached;
   id.pid = static_cast<uint32_t>(getpid());
   return id;
 }
@@ -116,13 +156,15 @@ bool SameHostAndPidNamespace(const HostIdentity& a, const HostIdentity& b) {
 }
 
 Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
+  *out = DescriptorData{};
   if (blob.size() > kMaxDescriptorBytes) return Bad("larger than the limit");
   Reader r(blob);
   uint32_t magic = 0, len = 0, count = 0;
   uint16_t version = 0, reserved = 0;
   if (!r.Get(&magic) || magic != kDescriptorMagic) return Bad("bad magic");
   if (!r.Get(&version) || version != kDescriptorVersion) return Bad("unsupported version " + std::to_string(version));
-  if (!r.Get(&reserved)) return Bad("truncated header");
+  // Reserved for flags a later version may define: refused unless zero, so that no bit is silently ignored.
+  if (!r.Get(&reserved) || reserved != 0) return Bad("truncated header or nonzero reserved field");
   std::vector<uint8_t> boot;
   if (!r.Bytes(sizeof(out->host.boot_id), &boot) || !r.Get(&out->host.pid_namespace) || !r.Get(&out->host.pid)) {
     return Bad("truncated host identity");
@@ -135,6 +177,14 @@ Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
   }
   if (!r.Get(&count) || count > kMaxRegions) return Bad("bad region count");
   if (out->control.size != 8 * (kControlHeaderWords + count)) return Bad("control block size disagrees with count");
+  if (out->control.address == 0 || out->control.address + out->control.size < out->control.address ||
+      out->control.rkey.empty()) {
+    return Bad("bad control block");
+  }
+  // Every region takes at least 23 bytes (name length, one name byte, address, size, type, rkey length): a count
+  // the remaining bytes cannot hold is refused before anything is allocated for it.
+  if (count > (blob.size() - r.Position()) / 23) return Bad("region count exceeds the descriptor's size");
+  std::set<std::string> names;
   out->regions.assign(count, {});
   for (RemoteRegion& reg : out->regions) {
     uint8_t name_len = 0;
@@ -147,8 +197,26 @@ Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
     }
     if (reg.memory_type > static_cast<uint8_t>(MemoryType::kCuda)) return Bad("bad memory type");
     if (reg.size > 0 && reg.rkey.empty()) return Bad("region '" + reg.name + "' has no rkey");
+    // A range that wraps around the address space cannot be a mapping; reads at address + offset would wrap.
+    if (reg.address + reg.size < reg.address) return Bad("region '" + reg.name + "' wraps the address space");
+    // Regions are matched by name: a repeated name would leave one of them unread yet "matched".
+    if (!names.insert(reg.name).second) return Bad("region '" + reg.name + "' appears twice");
   }
   if (!r.Done()) return Bad("trailing bytes");
+  return Status::Ok();
+}
+
+Status ValidateRegions(const std::vector<Region>& regions) {
+  if (regions.size() > kMaxRegions) return Status(Code::kInvalidArgument, "too many regions");
+  std::set<std::string> names;
+  for (const Region& r : regions) {
+    if (r.name.empty() || r.name.size() > 255) {
+      return Status(Code::kInvalidArgument, "region name must be 1..255 bytes: '" + r.name + "'");
+    }
+    if (!names.insert(r.name).second) return Status(Code::kInvalidArgument, "duplicate region name '" + r.name + "'");
+    if (r.ptr == nullptr && r.size > 0) return Status(Code::kInvalidArgument, "region '" + r.name + "' is null");
+    if (r.type > MemoryType::kAuto) return Status(Code::kInvalidArgument, "region '" + r.name + "': bad type");
+  }
   return Status::Ok();
 }
 

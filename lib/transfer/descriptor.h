@@ -2,7 +2,7 @@
 // The descriptor blob a StateServer hands to a StateClient (internal; exposed for tests).
 //
 // Layout, little-endian, every length checked on decode:
-//   u32 magic "TMXD", u16 version (2), u16 reserved 0
+//   u32 magic "TMXD", u16 version (3), u16 reserved 0
 //   host identity: 16 bytes kernel boot id, u64 pid-namespace inode, u32 pid (same host and pid namespace
 //   when the first two match; then the joiner may read with process_vm_readv)
 //   u32 worker address length, bytes
@@ -24,7 +24,9 @@
 namespace trainmover::transfer::detail {
 
 inline constexpr uint32_t kDescriptorMagic = 0x44584d54;  // "TMXD"
-inline constexpr uint16_t kDescriptorVersion = 2;
+// 3: the checksum became CRC32C lanes over 256 KiB blocks; a leaver and a joiner of different versions are
+// refused as a bad descriptor instead of failing later with a checksum mismatch.
+inline constexpr uint16_t kDescriptorVersion = 3;
 inline constexpr uint64_t kControlMagic = 0x4c5254434d54ULL;  // "TMCTRL"
 inline constexpr size_t kControlHeaderWords = 4;
 inline constexpr size_t kControlSealed = 1, kControlClientDone = 2, kControlCount = 3;
@@ -43,7 +45,8 @@ struct HostIdentity {
   uint64_t pid_namespace = 0;
   uint32_t pid = 0;
 };
-// This process's identity (boot id from /proc/sys/kernel/random/boot_id, pid namespace inode).
+// This process's identity (boot id from /proc/sys/kernel/random/boot_id, pid namespace inode). Read from
+// /proc once per process id (a forked child reads its own), not on every fetch.
 HostIdentity LocalIdentity();
 bool SameHostAndPidNamespace(const HostIdentity& a, const HostIdentity& b);
 
@@ -54,11 +57,11 @@ struct DescriptorData {
   std::vector<RemoteRegion> regions;
 };
 
+// The checks every region list gets (names 1..255 bytes and unique, null only when empty, a known type).
+Status ValidateRegions(const std::vector<Region>& regions);
+
 Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out);
 Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out);
-
-// Checksums of many regions at once, blocks shared among threads (checksum.cc).
-Status ChecksumRegions(const std::vector<Region>& regions, int threads, std::vector<uint64_t>* out);
 
 }  // namespace trainmover::transfer::detail
 

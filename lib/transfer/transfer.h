@@ -5,7 +5,8 @@
 // At a migration the leaver runs a StateServer: it maps its registered state regions for UCX (Expose),
 // hands a descriptor (its worker address and, per region, name, remote address, size and packed rkey)
 // to the joiner through the coordinator, and at the switch point computes the regions' checksums (Seal)
-// while the joiner reads. The joiner runs a StateClient: Fetch reads every region ONE-SIDED with
+// while the joiner reads. The joiner runs a StateClient: Prepare connects everything ahead of the switch,
+// then Read (or Fetch, both in one) reads every region ONE-SIDED with
 // ucp_get_nbx in parallel chunks (many requests outstanding) into its own regions of the same names and
 // sizes, fetches the leaver's checksums from a small control block the server exposes alongside the
 // regions, hashes what it received and compares. The leaver's CPU does nothing per byte. Two paths
@@ -86,15 +87,21 @@ struct Region {
   MemoryType type = MemoryType::kHost;
 };
 
-// The 64-bit checksum of a region. Defined on the bytes alone (independent of chunking and threads):
-// the region is cut into kChecksumBlock-byte blocks, each block hashed with a 4-lane multiply-rotate
-// hash, and the block hashes folded in order together with the total size. Detects any single-bit
-// change with certainty at the block level and random corruption with probability 1 - 2^-64.
-inline constexpr size_t kChecksumBlock = size_t{1} << 20;
+// The 64-bit checksum of a region. Defined on the bytes alone (independent of chunking, paths and threads):
+// the region is cut into kChecksumBlock-byte blocks; each block feeds four CRC32C lanes (the four 8-byte
+// words of every 32-byte stripe, one per lane; the crc32 instruction where the CPU has SSE4.2, a table
+// otherwise, same values), the lanes are mixed into 64 bits with the block's length, and the block hashes are
+// folded in order together with the total size. An error burst of up to 32 bits within a lane (in particular
+// any single-bit change) always changes the checksum; random corruption escapes with probability ~2^-64.
+// 256 KiB: small enough that a block a reader lane just copied is still in its L2 cache when it hashes it,
+// and that 1 MiB of state gives four blocks to share among lanes.
+inline constexpr size_t kChecksumBlock = size_t{256} << 10;
 uint64_t Checksum(const void* data, size_t size, int threads = 1);
 // Hash of one block (size <= kChecksumBlock); Checksum folds these. Exposed for tests and streaming use.
 uint64_t BlockHash(const void* data, size_t size);
 uint64_t FoldBlockHashes(std::span<const uint64_t> block_hashes, size_t total_size);
+// Whether BlockHash runs on the crc32 instruction on this CPU (SSE4.2) rather than the table (same values).
+bool HardwareCrc32c();
 // Checksum of a region of either memory type (device memory is staged through host in chunks).
 Status RegionChecksum(const Region& region, int threads, uint64_t* out);
 
@@ -159,12 +166,15 @@ const char* FetchPathName(FetchPath path);
 
 struct FetchOptions {
   FetchPath path = FetchPath::kAuto;
-  size_t chunk_bytes = size_t{4} << 20;  // bytes per ucp_get_nbx request (>= 1); kCma reads kChecksumBlock
-  int max_outstanding = 16;              // requests in flight at once (>= 1); kCma: threads reading (capped
-                                         // at min(max_outstanding, hash_threads or 4))
-  int timeout_ms = 60000;                // whole Fetch, including the wait for the leaver's checksums
-  int hash_threads = 0;                  // 0: min(4, hardware threads)
-  bool verify = true;                    // false: skip checksums (benchmarks of the raw read only)
+  // Bytes per ucp_get_nbx request (>= 1), at most: a small state is cut finer so that max_outstanding
+  // gets are in flight (each at least kChecksumBlock). kCma reads kChecksumBlock at a time.
+  size_t chunk_bytes = size_t{4} << 20;
+  int max_outstanding = 16;  // requests in flight at once (>= 1); kCma: caps the reader lanes; fixed at Prepare
+  int timeout_ms = 60000;    // whole Fetch (Prepare: the connection; Read: the data and the leaver's checksums)
+  // kCma: reader lanes (each reads and hashes its blocks); 0: one per 4 hardware threads (at most 4) and per
+  // 4 MiB of state. UCX path: threads hashing device regions after the data; 0: min(4, hardware threads).
+  int hash_threads = 0;
+  bool verify = true;  // false: skip checksums (benchmarks of the raw read only)
   // Use these checksums instead of polling the leaver's control block (e.g. sent by the coordinator).
   std::vector<uint64_t> expected_checksums;
   // Called on the Fetch thread after completions, at most once per completed chunk, never concurrently.
@@ -175,7 +185,9 @@ struct FetchResult {
   uint64_t bytes = 0;
   double seconds = 0;                // the data reads, from the first request to the last completion
   double gbps = 0;                   // bytes / seconds / 1e9
-  double verify_seconds = 0;         // waiting for the leaver's checksums + hashing locally
+  double verify_seconds = 0;         // after the data: waiting for the leaver's checksums, comparing (hashing
+                                     // overlaps the data; device regions are hashed here)
+  double prepare_seconds = 0;        // Fetch only: the Prepare part (connection, rkeys, registrations, lanes)
   std::vector<uint64_t> checksums;   // the client's, in the order of the local regions passed to Fetch
   bool verified = false;             // every checksum compared equal
   FetchPath path = FetchPath::kUcx;  // the path actually taken (kUcx or kCma)
@@ -191,18 +203,30 @@ struct ClientOptions {
   bool peer_error_handling = true;
 };
 
+class PreparedFetch;
+
 // The joiner's side. One client may Fetch several times (from the same or different servers).
 class StateClient {
  public:
+  // Cheap: UCX (context and worker, ~20 ms) is initialised by the first Prepare that takes the UCX path, so a
+  // bad ClientOptions::transports is reported there; the same-host path never initialises it.
   static Status Create(const ClientOptions& options, std::unique_ptr<StateClient>* out);
   ~StateClient();
   StateClient(const StateClient&) = delete;
   StateClient& operator=(const StateClient&) = delete;
 
-  // Reads every region of the descriptor into the local region of the same name (names and sizes must
-  // match exactly, as sets; order may differ), then verifies checksums (unless options.verify is false),
-  // then tells the server it is done. Blocks until done, failed, or options.timeout_ms elapsed.
-  // On failure the local regions hold unspecified bytes.
+  // Everything but the bytes, meant for the build phase, before the switch: decodes the descriptor, matches
+  // the regions (names and sizes must match exactly, as sets; order may differ), picks the path, and
+  // connects it: cma: a probe read of the leaver's control block and the reader lanes started; UCX: the
+  // endpoint, rkeys unpacked, local host regions mapped, the wire-up completed by one round trip. Uses
+  // options.path, max_outstanding and hash_threads (lanes) and timeout_ms (for the connection). The leaver
+  // need not have sealed. The local regions must keep their addresses until the PreparedFetch is destroyed;
+  // it must not outlive this client, and is driven by one thread at a time.
+  Status Prepare(std::span<const uint8_t> descriptor, const std::vector<Region>& local, const FetchOptions& options,
+                 std::unique_ptr<PreparedFetch>* out);
+
+  // Prepare + Read in one call (result->prepare_seconds tells the Prepare part). On failure the local regions
+  // hold unspecified bytes.
   Status Fetch(std::span<const uint8_t> descriptor, const std::vector<Region>& local, const FetchOptions& options,
                FetchResult* result);
 
@@ -210,6 +234,31 @@ class StateClient {
 
  private:
   explicit StateClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// A connected fetch (StateClient::Prepare). Read moves the bytes at the switch point.
+class PreparedFetch {
+ public:
+  ~PreparedFetch();  // closes the endpoint, unmaps, joins the lanes; bounded (UCX teardown: <= 2 s)
+  PreparedFetch(const PreparedFetch&) = delete;
+  PreparedFetch& operator=(const PreparedFetch&) = delete;
+
+  // Reads every region (each checksum block hashed as soon as it landed), then, unless options.verify is
+  // false, waits for the leaver's checksums (or takes options.expected_checksums) and compares, then tells
+  // the leaver it is done. Uses options.chunk_bytes, timeout_ms, verify, expected_checksums, progress (the
+  // path and lanes were fixed by Prepare). May be called again (reads and verifies everything again); after a
+  // failure other than kChecksumMismatch, Prepare again.
+  Status Read(const FetchOptions& options, FetchResult* result);
+
+  FetchPath path() const;  // kUcx or kCma
+  uint64_t bytes() const;  // total bytes one Read moves
+
+  struct Impl;
+
+ private:
+  friend class StateClient;
+  explicit PreparedFetch(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -60,7 +60,10 @@ bool ReadAll(int fd, void* p, size_t n) {
   return true;
 }
 
-enum class Mode { kNormal, kCorruptAfterSeal, kNeverSeal };
+// kSealOnRequest: the migration's order; the leaver seals only when a byte arrives on g_seal_fd (after the
+// joiner prepared).
+enum class Mode { kNormal, kCorruptAfterSeal, kNeverSeal, kSealOnRequest };
+int g_seal_fd = -1;  // read end, in the leaver, of the pipe that asks it to seal
 
 struct Spec {
   std::string name;
@@ -81,7 +84,7 @@ struct Spec {
   tt::ServerOptions so;
   so.transports = Transports();
   if (!tt::StateServer::Create(so, &server).ok() || !server->Expose(regions).ok()) _exit(1);
-  if (mode != Mode::kNeverSeal && !server->Seal().ok()) _exit(1);
+  if ((mode == Mode::kNormal || mode == Mode::kCorruptAfterSeal) && !server->Seal().ok()) _exit(1);
   if (mode == Mode::kCorruptAfterSeal) {
     for (auto& b : bufs) {
       if (!b.empty()) {
@@ -96,10 +99,14 @@ struct Spec {
   if (mode == Mode::kNeverSeal) {
     for (;;) pause();
   }
+  if (mode == Mode::kSealOnRequest) {
+    char c;
+    if (read(g_seal_fd, &c, 1) != 1 || !server->Seal().ok()) _exit(1);
+  }
   bool client_ok = false;
   if (!server->WaitClientDone(50000, &client_ok).ok()) _exit(1);
   server->Close();
-  _exit(client_ok == (mode == Mode::kNormal) ? 0 : 1);
+  _exit(client_ok == (mode == Mode::kNormal || mode == Mode::kSealOnRequest) ? 0 : 1);
 }
 
 struct Child {
@@ -142,15 +149,33 @@ std::unique_ptr<tt::StateClient> MakeClient() {
   return client;
 }
 
+// The joiner's regions for `specs`, filled with a byte the leaver never writes everywhere.
+std::vector<tt::Region> JoinerRegions(const std::vector<Spec>& specs, std::vector<std::vector<unsigned char>>* dst) {
+  dst->assign(specs.size(), {});
+  std::vector<tt::Region> local;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    (*dst)[i].assign(specs[i].size, 0xA5);
+    local.push_back({specs[i].name, (*dst)[i].data(), (*dst)[i].size()});
+  }
+  return local;
+}
+
+// Regions whose bytes differ from the leaver's pattern (compared whole, bit for bit).
+size_t WrongRegions(const std::vector<Spec>& specs, const std::vector<std::vector<unsigned char>>& dst) {
+  size_t wrong = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<unsigned char> expect(specs[i].size);
+    Fill(&expect, SeedOf(specs[i].name));
+    wrong += expect != dst[i];
+  }
+  return wrong;
+}
+
 void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   Child c = StartLeaver(specs, Mode::kNormal);
   auto client = MakeClient();
-  std::vector<std::vector<unsigned char>> dst(specs.size());
-  std::vector<tt::Region> local;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    dst[i].assign(specs[i].size, 0xA5);
-    local.push_back({specs[i].name, dst[i].data(), dst[i].size()});
-  }
+  std::vector<std::vector<unsigned char>> dst;
+  std::vector<tt::Region> local = JoinerRegions(specs, &dst);
   tt::FetchOptions o = Opts();
   o.chunk_bytes = chunk;
   o.max_outstanding = outstanding;
@@ -161,13 +186,7 @@ void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   CHECK(r.verified);
   MESSAGE("path " << std::string(tt::FetchPathName(r.path)) << ", " << r.bytes << " bytes, " << r.gbps << " GB/s");
   if (o.path != tt::FetchPath::kAuto) CHECK(r.path == o.path);
-  size_t wrong = 0;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    std::vector<unsigned char> expect(specs[i].size);
-    Fill(&expect, SeedOf(specs[i].name));
-    wrong += expect != dst[i];
-  }
-  CHECK(wrong == 0);
+  CHECK(WrongRegions(specs, dst) == 0);
   CHECK(WaitExit(c.pid) == 0);
 }
 
@@ -251,4 +270,50 @@ TEST_CASE("a leaver that is already gone gives an error, not a hang") {
   MESSAGE("dead leaver: " << s.ToString() << " in " << secs << " s");
   CHECK((s.code() == tt::Code::kPeerFailure || s.code() == tt::Code::kTimeout));
   CHECK(secs < 15);
+}
+
+// The migration's order across two processes: the joiner prepares (connection, rkeys, registrations, lanes)
+// while the leaver still runs unsealed, then asks it to seal and reads. Then the same with the leaver killed
+// between Prepare and Read: Read reports the dead peer, within the timeout, instead of hanging.
+TEST_CASE("prepare before the leaver seals, read after; a leaver killed after Prepare fails the Read") {
+  for (bool kill_it : {false, true}) {
+    CAPTURE(kill_it);
+    int seal[2];
+    REQUIRE(pipe(seal) == 0);
+    g_seal_fd = seal[0];
+    const std::vector<Spec> specs = {{"w", (5u << 20) + 11}, {"b", 4096}};
+    Child c = StartLeaver(specs, Mode::kSealOnRequest);
+    close(seal[0]);
+    auto client = MakeClient();
+    std::vector<std::vector<unsigned char>> dst;
+    std::vector<tt::Region> local = JoinerRegions(specs, &dst);
+    tt::FetchOptions o = Opts();
+    o.timeout_ms = 10000;
+    std::unique_ptr<tt::PreparedFetch> prepared;
+    tt::Status s = client->Prepare(c.descriptor, local, o, &prepared);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    if (o.path != tt::FetchPath::kAuto) CHECK(prepared->path() == o.path);
+    if (kill_it) {
+      kill(c.pid, SIGKILL);
+      CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+    } else {
+      REQUIRE(write(seal[1], "s", 1) == 1);
+    }
+    tt::FetchResult r;
+    auto t0 = std::chrono::steady_clock::now();
+    s = prepared->Read(o, &r);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    close(seal[1]);
+    if (kill_it) {
+      MESSAGE("dead after Prepare: " << s.ToString() << " in " << secs << " s");
+      CHECK((s.code() == tt::Code::kPeerFailure || s.code() == tt::Code::kTimeout));
+      CHECK(secs < 12);
+      continue;
+    }
+    CHECK_MESSAGE(s.ok(), s.ToString());
+    CHECK(r.verified);
+    CHECK(WrongRegions(specs, dst) == 0);
+    prepared.reset();
+    CHECK(WaitExit(c.pid) == 0);  // the leaver heard "verified"
+  }
 }

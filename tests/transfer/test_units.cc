@@ -8,8 +8,10 @@
 #include <chrono>
 #include <thread>
 
-#include "transfer/descriptor.h"
 #include "test_pattern.h"
+#include "transfer/checksum.h"
+#include "transfer/descriptor.h"
+#include "transfer/lanes.h"
 #include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
@@ -152,13 +154,27 @@ TEST_CASE("round trip between two contexts in one process, chunked, bit-exact, v
   for (size_t i = 0; i < sizes.size(); ++i) CHECK(r.checksums[sizes.size() - 1 - i] == sums[i]);
 }
 
+namespace {
+
+// A server exposing `regions` and a client, both in this process (the setup most cases share).
+struct Pair {
+  std::unique_ptr<tt::StateServer> server;
+  std::unique_ptr<tt::StateClient> client;
+};
+
+Pair Expose(const std::vector<tt::Region>& regions) {
+  Pair p;
+  REQUIRE(tt::StateServer::Create({}, &p.server).ok());
+  REQUIRE(p.server->Expose(regions).ok());
+  REQUIRE(tt::StateClient::Create({}, &p.client).ok());
+  return p;
+}
+
+}  // namespace
+
 TEST_CASE("name and size mismatches are refused before any read") {
   std::vector<unsigned char> a(100), b(200);
-  std::unique_ptr<tt::StateServer> server;
-  REQUIRE(tt::StateServer::Create({}, &server).ok());
-  REQUIRE(server->Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}}).ok());
-  std::unique_ptr<tt::StateClient> client;
-  REQUIRE(tt::StateClient::Create({}, &client).ok());
+  auto [server, client] = Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}});
   tt::FetchResult r;
   std::vector<unsigned char> x(100), y(200), z(201);
   tt::Status s = client->Fetch(server->Descriptor(), {{"a", x.data(), 100}, {"b", z.data(), 201}}, {}, &r);
@@ -234,4 +250,188 @@ TEST_CASE("the fetch may start before Seal: it reads, then waits for the checksu
       CHECK(r.checksums == sums);
     }
   }
+}
+
+TEST_CASE("the crc32 instruction and the table give the same block hash, at every length and alignment") {
+  std::vector<unsigned char> buf(tt::kChecksumBlock + 64);
+  Fill(&buf, 21);
+  MESSAGE("hardware crc32c: " << tt::HardwareCrc32c());
+  for (size_t len = 0; len <= 200; ++len) {
+    for (size_t align : {0, 1, 3, 8}) {
+      CHECK(tt::BlockHash(buf.data() + align, len) == tt::detail::BlockHashPortable(buf.data() + align, len));
+    }
+  }
+  for (size_t len : {size_t{4095}, size_t{65536}, tt::kChecksumBlock - 1, tt::kChecksumBlock}) {
+    CHECK(tt::BlockHash(buf.data() + 5, len) == tt::detail::BlockHashPortable(buf.data() + 5, len));
+  }
+  // Lanes are not interchangeable: swapping two words of a stripe changes the hash.
+  std::vector<unsigned char> s(64);
+  Fill(&s, 4);
+  uint64_t h = tt::BlockHash(s.data(), s.size());
+  std::swap_ranges(s.begin(), s.begin() + 8, s.begin() + 8);
+  CHECK(tt::BlockHash(s.data(), s.size()) != h);
+}
+
+namespace {
+
+std::vector<uint8_t> Encode(const tt::detail::DescriptorData& d) {
+  std::vector<uint8_t> blob;
+  REQUIRE(tt::detail::EncodeDescriptor(d, &blob).ok());
+  return blob;
+}
+
+tt::detail::DescriptorData TwoRegions() {
+  tt::detail::DescriptorData d;
+  d.worker_address = {1, 2, 3};
+  d.control.address = 0x1000;
+  d.control.size = 8 * (tt::detail::kControlHeaderWords + 2);
+  d.control.rkey = {9};
+  d.regions.push_back({"a", 0x2000, 100, 0, {7}});
+  d.regions.push_back({"b", 0x3000, 100, 0, {7}});
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("the descriptor decoder refuses what the fuzzer's invariants forbid") {
+  tt::detail::DescriptorData x;
+  REQUIRE(tt::detail::DecodeDescriptor(Encode(TwoRegions()), &x).ok());
+  auto d = TwoRegions();
+  d.regions[1].name = "a";  // the encoder does not police names; the decoder must
+  tt::Status s = tt::detail::DecodeDescriptor(Encode(d), &x);
+  CHECK(s.code() == tt::Code::kBadDescriptor);
+  CHECK(s.message().find("twice") != std::string::npos);
+  d = TwoRegions();
+  d.regions[0].address = ~uint64_t{0} - 10;  // + 100 wraps
+  CHECK(tt::detail::DecodeDescriptor(Encode(d), &x).code() == tt::Code::kBadDescriptor);
+  d = TwoRegions();
+  d.control.rkey.clear();
+  CHECK(tt::detail::DecodeDescriptor(Encode(d), &x).code() == tt::Code::kBadDescriptor);
+  // A region count the remaining bytes cannot hold is refused before anything is allocated for it.
+  auto blob = Encode(TwoRegions());
+  size_t count_at = blob.size() - 2 * 24 - 4;  // two regions of 24 bytes each follow the u32 count
+  REQUIRE(blob[count_at] == 2);
+  blob[count_at] = 0xFF;
+  blob[count_at + 1] = 0xFF;
+  s = tt::detail::DecodeDescriptor(blob, &x);
+  CHECK(s.code() == tt::Code::kBadDescriptor);
+  // The reserved header field and the version are checked.
+  blob = Encode(TwoRegions());
+  blob[6] = 1;
+  CHECK(tt::detail::DecodeDescriptor(blob, &x).code() == tt::Code::kBadDescriptor);
+  blob = Encode(TwoRegions());
+  blob[4] = 2;  // version 2 had another checksum
+  CHECK(tt::detail::DecodeDescriptor(blob, &x).code() == tt::Code::kBadDescriptor);
+}
+
+TEST_CASE("lanes: every task runs once, each lane number once per job, jobs one after another") {
+  tt::detail::LanePool pool(3, "test-lane");
+  CHECK(pool.lanes() == 4);
+  for (int job = 0; job < 50; ++job) {
+    std::vector<std::atomic<int>> done(1000);
+    std::vector<std::atomic<int>> lane_seen(4);
+    std::atomic<size_t> next{0};
+    pool.Run(
+        [&](int lane) {
+          lane_seen[lane]++;
+          for (size_t t; (t = next.fetch_add(1)) < done.size();) done[t]++;
+        },
+        job % 5);  // 0 and 1 run on the caller alone; more than lanes() is capped
+    for (auto& d : done) CHECK(d.load() == 1);
+    for (auto& l : lane_seen) CHECK(l.load() <= 1);
+    CHECK(lane_seen[0].load() == 1);
+  }
+}
+
+// The migration's order: Prepare (connection, rkeys, registrations, lanes) in the build phase, before the
+// leaver has sealed; Read at the switch. Read twice (a second Read re-reads and re-verifies), on both paths
+// in one process (cma is eligible: same process, host memory).
+TEST_CASE("prepare before the seal, read after it; a prepared fetch reads again; both paths") {
+  for (tt::FetchPath path : {tt::FetchPath::kUcx, tt::FetchPath::kCma}) {
+    CAPTURE(tt::FetchPathName(path));
+    std::vector<unsigned char> a(2 * tt::kChecksumBlock + 999), b(77), xa(a.size(), 0), xb(b.size(), 0);
+    Fill(&a, 12);
+    Fill(&b, 13);
+    auto [server, client] = Expose({{"a", a.data(), a.size()}, {"b", b.data(), b.size()}});
+    tt::FetchOptions o;
+    o.path = path;
+    o.timeout_ms = 20000;
+    std::unique_ptr<tt::PreparedFetch> prepared;
+    tt::Status s =
+        client->Prepare(server->Descriptor(), {{"b", xb.data(), xb.size()}, {"a", xa.data(), xa.size()}}, o, &prepared);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    CHECK(prepared->path() == path);
+    CHECK(prepared->bytes() == a.size() + b.size());
+    std::vector<uint64_t> sums;
+    REQUIRE(server->Seal(&sums).ok());
+    for (int round = 0; round < 2; ++round) {
+      std::fill(xa.begin(), xa.end(), 0);
+      std::fill(xb.begin(), xb.end(), 0);
+      tt::FetchResult r;
+      s = prepared->Read(o, &r);
+      REQUIRE_MESSAGE(s.ok(), s.ToString());
+      CHECK(r.verified);
+      CHECK(r.path == path);
+      CHECK(r.bytes == a.size() + b.size());
+      CHECK(xa == a);
+      CHECK(xb == b);
+      CHECK(r.checksums == std::vector<uint64_t>{sums[1], sums[0]});
+    }
+    // A byte the leaver changes after sealing (a frozen leaver never does) is caught by the next Read.
+    a[tt::kChecksumBlock + 17] ^= 0x01;
+    tt::FetchResult r;
+    s = prepared->Read(o, &r);
+    CHECK(s.code() == tt::Code::kChecksumMismatch);
+    CHECK(s.message().find("'a'") != std::string::npos);
+    CHECK_FALSE(r.verified);
+    prepared.reset();
+    bool client_ok = true;
+    REQUIRE(server->WaitClientDone(5000, &client_ok).ok());
+    CHECK_FALSE(client_ok);
+  }
+}
+
+TEST_CASE("Prepare refuses what Fetch refuses, before connecting") {
+  std::vector<unsigned char> a(100), x(101);
+  auto [server, client] = Expose({{"a", a.data(), a.size()}});
+  std::unique_ptr<tt::PreparedFetch> prepared;
+  CHECK(client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, {}, &prepared).code() ==
+        tt::Code::kMismatch);
+  CHECK(prepared == nullptr);
+  tt::FetchOptions o;
+  o.max_outstanding = 0;
+  CHECK(client->Prepare(server->Descriptor(), {{"a", x.data(), 100}}, o, &prepared).code() ==
+        tt::Code::kInvalidArgument);
+  std::vector<uint8_t> junk = {1, 2, 3};
+  CHECK(client->Prepare(junk, {{"a", x.data(), 100}}, {}, &prepared).code() == tt::Code::kBadDescriptor);
+  REQUIRE(client->Prepare(server->Descriptor(), {{"a", x.data(), 100}}, {}, &prepared).ok());
+  tt::FetchResult r;
+  o = {};
+  o.expected_checksums = {1, 2};
+  CHECK(prepared->Read(o, &r).code() == tt::Code::kInvalidArgument);
+}
+
+TEST_CASE("the client initialises UCX only for the UCX path: bad transports surface at Prepare, not Create") {
+  std::vector<unsigned char> a(1000), x(1000);
+  Fill(&a, 31);
+  auto [server, unused] = Expose({{"a", a.data(), a.size()}});
+  REQUIRE(server->Seal().ok());
+  tt::ClientOptions co;
+  co.transports = "no-such-transport-list,,";
+  std::unique_ptr<tt::StateClient> client;
+  REQUIRE(tt::StateClient::Create(co, &client).ok());
+  std::unique_ptr<tt::PreparedFetch> prepared;
+  tt::FetchOptions o;
+  o.path = tt::FetchPath::kCma;  // needs no UCX: works with any transports
+  tt::Status s = client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &prepared);
+  REQUIRE_MESSAGE(s.ok(), s.ToString());
+  tt::FetchResult r;
+  s = prepared->Read(o, &r);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(a == x);
+  prepared.reset();
+  o.path = tt::FetchPath::kUcx;
+  s = client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &prepared);
+  CHECK_FALSE(s.ok());
+  MESSAGE("UCX path with bad transports: " << s.ToString());
 }

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: Apache-2.0
+// StateServer: the leaver's side (see transfer.h for the contract, docs/transfer.md for the why).
+// Expose does everything that can happen before the switch: the UCX mappings and packed rkeys, the descriptor,
+// the progress thread that answers UCX gets, and the hash lanes Seal will use. Seal, at the switch point, only
+// hashes (at memory speed, on every lane) and publishes.
+#include <poll.h>
+#include <sys/prctl.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "checksum.h"
+#include "descriptor.h"
+#include "lanes.h"
+#include "transfer.h"
+#include "ucx_util.h"
+
+namespace trainmover::transfer {
+
+using detail::UcxError;
+using Clock = std::chrono::steady_clock;
+
+struct StateServer::Impl {
+  ServerOptions options;
+  ucp_context_h context = nullptr;
+  ucp_worker_h worker = nullptr;
+  std::vector<Region> regions;
+  std::vector<ucp_mem_h> memhs;   // one per region (null for empty regions)
+  std::vector<uint64_t> control;  // the control block (host memory, mapped)
+  ucp_mem_h control_memh = nullptr;
+  std::vector<uint8_t> descriptor;
+  std::vector<uint64_t> checksums;
+  std::unique_ptr<detail::LanePool> hash_lanes;
+  std::thread progress;
+  std::atomic<bool> stop{false};
+  bool closed = false;
+
+  // Serves the joiner's gets (over tcp UCX emulates them with active messages the leaver must answer). Sleeps
+  // on the worker's event fd when idle; ucp_worker_signal (Close) wakes it. Each poll is bounded (100 ms) so
+  // that the stop flag is seen even if a wake-up were lost.
+  void ProgressLoop() {
+    int efd = -1;
+    if (ucp_worker_get_efd(worker, &efd) != UCS_OK) efd = -1;
+    while (!stop.load(std::memory_order_acquire)) {
+      while (ucp_worker_progress(worker) != 0) {
+      }
+      if (efd < 0) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        continue;
+      }
+      ucs_status_t st = ucp_worker_arm(worker);
+      if (st == UCS_ERR_BUSY) continue;  // more events arrived: progress again
+      pollfd pfd{efd, POLLIN, 0};
+      (void)poll(&pfd, 1, 100);
+    }
+  }
+
+  void Unmap() {
+    for (ucp_mem_h h : memhs) {
+      if (h != nullptr) ucp_mem_unmap(context, h);
+    }
+    memhs.clear();
+    if (control_memh != nullptr) ucp_mem_unmap(context, control_memh);
+    control_memh = nullptr;
+  }
+};
+
+StateServer::StateServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+StateServer::~StateServer() { Close(); }
+
+Status StateServer::Create(const ServerOptions& options, std::unique_ptr<StateServer>* out) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  if (options.hash_threads < 0) return Status(Code::kInvalidArgument, "hash_threads < 0");
+  if (options.allow_any_ptracer) (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+  Status s = detail::MakeContextAndWorker(options.transports, /*wakeup=*/true, &impl->context, &impl->worker);
+  if (!s.ok()) return s;
+  out->reset(new StateServer(std::move(impl)));
+  return Status::Ok();
+}
+
+Status StateServer::Expose(const std::vector<Region>& regions) {
+  Impl& m = *impl_;
+  if (m.closed) return Status(Code::kState, "server is closed");
+  if (!m.descriptor.empty()) return Status(Code::kState, "Expose called twice");
+  Status s = detail::ValidateRegions(regions);
+  if (!s.ok()) return s;
+  detail::DescriptorData d;
+  m.control.assign(detail::kControlHeaderWords + regions.size(), 0);
+  m.control[0] = detail::kControlMagic;
+  m.control[detail::kControlCount] = regions.size();
+  MemoryType found;
+  s = detail::MapRegion(m.context, m.control.data(), m.control.size() * 8, MemoryType::kHost, &m.control_memh,
+                        &d.control.rkey, &found);
+  if (!s.ok()) return s;
+  d.control.address = reinterpret_cast<uintptr_t>(m.control.data());
+  d.control.size = m.control.size() * 8;
+  m.regions = regions;
+  m.memhs.assign(regions.size(), nullptr);
+  for (size_t i = 0; i < regions.size() && s.ok(); ++i) {
+    const Region& r = regions[i];
+    detail::RemoteRegion rr;
+    rr.name = r.name;
+    rr.address = reinterpret_cast<uintptr_t>(r.ptr);
+    rr.size = r.size;
+    if (r.size > 0) {
+      s = detail::MapRegion(m.context, r.ptr, r.size, r.type, &m.memhs[i], &rr.rkey, &found);
+      if (!s.ok()) s = Status(s.code(), "region '" + r.name + "': " + s.message());
+      rr.memory_type = static_cast<uint8_t>(found);
+      if (r.type == MemoryType::kAuto) m.regions[i].type = found;
+    }
+    d.regions.push_back(std::move(rr));
+  }
+  ucp_address_t* address = nullptr;
+  size_t address_len = 0;
+  if (s.ok()) {
+    ucs_status_t st = ucp_worker_get_address(m.worker, &address, &address_len);
+    if (st != UCS_OK) s = UcxError("ucp_worker_get_address", st);
+  }
+  if (s.ok()) {
+    d.host = detail::LocalIdentity();
+    d.worker_address.assign(reinterpret_cast<uint8_t*>(address), reinterpret_cast<uint8_t*>(address) + address_len);
+    ucp_worker_release_address(m.worker, address);
+    s = detail::EncodeDescriptor(d, &m.descriptor);
+  }
+  if (!s.ok()) {
+    m.Unmap();
+    m.descriptor.clear();
+    return s;
+  }
+  // The lanes Seal hashes on, started now: at the switch point they only need waking.
+  m.hash_lanes = std::make_unique<detail::LanePool>(detail::DefaultLanes(m.options.hash_threads) - 1, "tm-seal-lane");
+  m.progress = detail::StartLaneThread("tm-xfer-server", [&m] { m.ProgressLoop(); });
+  return Status::Ok();
+}
+
+const std::vector<uint8_t>& StateServer::Descriptor() const { return impl_->descriptor; }
+const std::vector<uint64_t>& StateServer::Checksums() const { return impl_->checksums; }
+
+Status StateServer::Seal(std::vector<uint64_t>* checksums) {
+  Impl& m = *impl_;
+  if (m.descriptor.empty() || m.closed) return Status(Code::kState, "Seal before Expose or after Close");
+  Status s = detail::ChecksumRegions(m.regions, m.options.hash_threads, m.hash_lanes.get(), &m.checksums);
+  if (!s.ok()) {  // tell a client already reading not to wait for checksums that will never come
+    std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(detail::kSealFailed, std::memory_order_release);
+    return s;
+  }
+  for (size_t i = 0; i < m.checksums.size(); ++i) m.control[detail::kControlHeaderWords + i] = m.checksums[i];
+  // The client reads the flag, then (after that read completed) the checksums: release ordering suffices.
+  std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(1, std::memory_order_release);
+  if (checksums != nullptr) *checksums = m.checksums;
+  return Status::Ok();
+}
+
+Status StateServer::WaitClientDone(int timeout_ms, bool* client_ok) {
+  Impl& m = *impl_;
+  if (m.descriptor.empty() || m.closed) return Status(Code::kState, "WaitClientDone before Expose or after Close");
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    uint64_t done = std::atomic_ref<uint64_t>(m.control[detail::kControlClientDone]).load(std::memory_order_acquire);
+    if (done != 0) {
+      if (client_ok != nullptr) *client_ok = done == 1;
+      return Status::Ok();
+    }
+    if (Clock::now() >= deadline) return Status(Code::kTimeout, "the client did not report completion in time");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+void StateServer::Close() {
+  if (!impl_ || impl_->closed) return;
+  Impl& m = *impl_;
+  m.closed = true;
+  if (m.progress.joinable()) {
+    m.stop.store(true, std::memory_order_release);
+    (void)ucp_worker_signal(m.worker);
+    m.progress.join();
+  }
+  m.hash_lanes.reset();
+  m.Unmap();
+  ucp_worker_destroy(m.worker);
+  ucp_cleanup(m.context);
+}
+
+}  // namespace trainmover::transfer
