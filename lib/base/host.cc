@@ -12,8 +12,15 @@
 
 namespace trainmover::base {
 namespace {
-std::mutex g_address_mu;
-std::string g_address;  // guarded by g_address_mu
+// Made on first use (the shim runs no constructor at load time).
+struct Address {
+  std::mutex mu;
+  std::string ip;  // guarded by mu
+};
+Address& TheAddress() {
+  static Address* a = new Address();  // never destroyed: threads may ask while the process exits
+  return *a;
+}
 }  // namespace
 
 const std::string& HostName() {
@@ -28,13 +35,15 @@ const std::string& HostName() {
 }
 
 std::string HostAddress() {
-  std::lock_guard<std::mutex> lock(g_address_mu);
-  return g_address;
+  Address& a = TheAddress();
+  std::lock_guard<std::mutex> lock(a.mu);
+  return a.ip;
 }
 
 void SetHostAddress(const std::string& ip) {
-  std::lock_guard<std::mutex> lock(g_address_mu);
-  g_address = ip;
+  Address& a = TheAddress();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.ip = ip;
 }
 
 std::string InterfaceOf(const std::string& ip) {

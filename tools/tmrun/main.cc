@@ -288,6 +288,7 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
   }
   job->master_addr = maddr;
   job->master_port = static_cast<uint16_t>(atoi(mport.c_str()));
+  if (!cfg.join && !cfg.node) kv.Add("tmrun/nodes_joined", 1, nullptr);  // node 0 serves until every node read this
   kv.Get("tmrun/coordinator", 2000, coordinator);  // empty when the job runs without one
   kv.Get("tmrun/token_file", 2000, token_file);    // only readable on node 0's machine
   return 0;
@@ -584,6 +585,20 @@ int main(int argc, char** argv) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, Describe(status).c_str());
           }
         }
+      }
+    }
+  }
+  // Node 0 keeps the store until every other node has read the job from it (bounded: a node that never came
+  // has failed the job already).
+  if (serves && cfg.nnodes > 1) {
+    tm_tools::KvClient kv;
+    std::string joined;
+    const std::string self = job.store_host + ":" + std::to_string(job.store_port);
+    const auto deadline = Clock::now() + std::chrono::milliseconds(kJoinJobTimeoutMs);
+    if (kv.Connect(self, kJobStoreTimeoutMs, job.token).ok()) {
+      while (Clock::now() < deadline && (kv.Get("tmrun/nodes_joined", 0, &joined) != tm_tools::KvStatus::kOk ||
+                                         atoi(joined.c_str()) < cfg.nnodes - 1)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
     }
   }
