@@ -85,6 +85,7 @@ def scenario_launch():
 
 def scenario_migrate(ranks=(1,), target_args=("--rank", "1"), steps=400, step_ms=10):
     want = reference(4, steps)
+    os.environ.update(TRAINMOVER_DEBUG="INFO", TRAINMOVER_DEBUG_SUBSYS="MIGRATION")  # the joiner says how it read
     nodes = C.start_job(steps, step_ms)
     C.wait_step(40)
     m, joiners, out = C.migrate(target_args, ranks, C.train_cmd(steps, step_ms))
@@ -98,7 +99,13 @@ def scenario_migrate(ranks=(1,), target_args=("--rank", "1"), steps=400, step_ms
     finish(nodes + joiners)
     got = node_digests(skip=ranks)
     for r in ranks:
-        got.update(nethosts.digests(os.path.join(WORK, f"joiner-{r}.log")))
+        log = os.path.join(WORK, f"joiner-{r}.log")
+        got.update(nethosts.digests(log))
+        with open(log, errors="replace") as f:
+            read = re.search(r"state read: .* over (\w+)", f.read())
+        if not read or read.group(1) != "ucx":
+            fail(f"rank {r}'s state crossed hosts {'over ' + read.group(1) if read else 'unreported'}, not over UCX")
+    print(f"{SCENARIO}: the state crossed hosts over UCX")
     check(got, want)
 
 
