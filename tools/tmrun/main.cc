@@ -267,6 +267,8 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
     fprintf(stderr, "tmrun: %s is not a tmrun store (no tmrun/world_size)\n", addr.c_str());
     return 1;
   }
+  // Read, whatever comes of it: node 0 serves the store until every node got this far.
+  if (!cfg.join && !cfg.node) kv.Add("tmrun/nodes_joined", 1, nullptr);
   job->world = atoi(world.c_str());
   job->nproc_per_node = atoi(per_node.c_str());
   if (job->world <= 0 || job->nproc_per_node <= 0) {
@@ -288,7 +290,6 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
   }
   job->master_addr = maddr;
   job->master_port = static_cast<uint16_t>(atoi(mport.c_str()));
-  if (!cfg.join && !cfg.node) kv.Add("tmrun/nodes_joined", 1, nullptr);  // node 0 serves until every node read this
   kv.Get("tmrun/coordinator", 2000, coordinator);  // empty when the job runs without one
   kv.Get("tmrun/token_file", 2000, token_file);    // only readable on node 0's machine
   return 0;
@@ -366,6 +367,90 @@ int RunNodeAgent(const tmrun::JobInfo& job, const std::string& coordinator) {
 
 }  // namespace
 
+// The job's token: node 0 takes it from --token-file or the environment, or makes one; every other node and a
+// joiner must be given it. 0, or an exit code.
+int ResolveToken(const tmrun::Config& cfg, bool serves, tmrun::JobInfo* job) {
+  // The job's token authenticates the store and the coordinator. Node 0 takes TRAINMOVER_TOKEN or makes one;
+  // every other node and a joiner must be given it (--token-file, TRAINMOVER_TOKEN or TMRUN_STORE_TOKEN).
+  if (!cfg.token_file.empty()) {
+    std::ifstream f(cfg.token_file, std::ios::binary);
+    if (!f) {
+      fprintf(stderr, "tmrun: cannot read --token-file %s\n", cfg.token_file.c_str());
+      return 2;
+    }
+    job->token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    while (!job->token.empty() && (job->token.back() == '\n' || job->token.back() == '\r')) job->token.pop_back();
+  } else {
+    job->token = tm_tools::StoreTokenFromEnv();
+  }
+  if (job->token.empty() && serves && cfg.nnodes > 1) {
+    fprintf(stderr,
+            "tmrun: --nnodes > 1 needs the job's token, the same on every node: set TRAINMOVER_TOKEN or "
+            "pass --token-file FILE\n");
+    return 2;
+  }
+  if (job->token.empty() && serves) job->token = tmrun::NewJobToken();
+  if (job->token.size() < tm_tools::kKvMinTokenBytes) {
+    fprintf(stderr,
+            "tmrun: the job's token %s: set TRAINMOVER_TOKEN (at least %zu characters) or pass --token-file "
+            "FILE (node 0 prints its token file)\n",
+            job->token.empty() ? "is needed" : "is too short", tm_tools::kKvMinTokenBytes);
+    return 2;
+  }
+  setenv("TRAINMOVER_TOKEN", job->token.c_str(), 1);
+  return 0;
+}
+
+// Node 0: serves the store on --master (or 127.0.0.1), starts or joins the coordinator, publishes the job's
+// layout. 0, or an exit code.
+int ServeJob(const tmrun::Config& cfg, tmrun::JobInfo* job, tm_tools::KvServer* store, tmrun::ControlPlane* control) {
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 0;
+  if (!cfg.master.empty() && !trainmover::base::ParseHostPort(cfg.master, &listen_host, &listen_port).ok()) {
+    fprintf(stderr, "tmrun: malformed --master '%s'\n", cfg.master.c_str());
+    return 2;
+  }
+  if (trainmover::base::Status st = store->Start(listen_host, listen_port, job->token); !st.ok()) {
+    fprintf(stderr, "tmrun: store: %s\n", st.message().c_str());
+    return 1;
+  }
+  job->world = cfg.nproc * cfg.nnodes;
+  job->nproc_per_node = cfg.nproc;
+  job->store_host = listen_host;
+  job->store_port = store->port();
+  job->master_addr = listen_host;
+  job->master_port = FreePort(listen_host);
+  if (trainmover::base::Status st = control->Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host);
+      !st.ok()) {
+    fprintf(stderr, "tmrun: %s\n", st.message().c_str());
+    return 1;
+  }
+  tm_tools::KvClient kv;
+  const std::string self = listen_host + ":" + std::to_string(store->port());
+  if (!kv.Connect(self, kJobStoreTimeoutMs, job->token).ok() ||
+      kv.Set("tmrun/world_size", std::to_string(job->world)) != tm_tools::KvStatus::kOk ||
+      kv.Set("tmrun/nproc_per_node", std::to_string(job->nproc_per_node)) != tm_tools::KvStatus::kOk ||
+      kv.Set("tmrun/master_addr", job->master_addr) != tm_tools::KvStatus::kOk ||
+      kv.Set("tmrun/master_port", std::to_string(job->master_port)) != tm_tools::KvStatus::kOk ||
+      kv.Set("tmrun/coordinator", control->address()) != tm_tools::KvStatus::kOk ||
+      kv.Set("tmrun/token_file", control->token_file()) != tm_tools::KvStatus::kOk) {
+    fprintf(stderr, "tmrun: cannot initialise the store\n");
+    return 1;
+  }
+  if (cfg.nnodes > 1) {
+    fprintf(stderr, "tmrun: node 0 of %d, %d ranks, store %s\n", cfg.nnodes, cfg.nproc, self.c_str());
+  } else {
+    fprintf(stderr, "tmrun: %d ranks, store %s\n", cfg.nproc, self.c_str());
+  }
+  if (!control->token_file().empty()) {
+    fprintf(stderr, "tmrun: coordinator %s (tmctl --coordinator %s --token-file %s status)\n",
+            control->address().c_str(), control->address().c_str(), control->token_file().c_str());
+  } else if (!control->address().empty()) {
+    fprintf(stderr, "tmrun: coordinator %s\n", control->address().c_str());
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   tmrun::Config cfg;
   if (int rc = tmrun::ParseArgs(argc, argv, &cfg); rc >= 0) return rc;
@@ -389,36 +474,9 @@ int main(int argc, char** argv) {
   tmrun::JobInfo job;
   tm_tools::KvServer store;
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
-  std::string err;
   const bool serves = !cfg.join && !cfg.node && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
-  // The job's token authenticates the store and the coordinator. Node 0 takes TRAINMOVER_TOKEN or makes one;
-  // every other node and a joiner must be given it (--token-file, TRAINMOVER_TOKEN or TMRUN_STORE_TOKEN).
-  if (!cfg.token_file.empty()) {
-    std::ifstream f(cfg.token_file, std::ios::binary);
-    if (!f) {
-      fprintf(stderr, "tmrun: cannot read --token-file %s\n", cfg.token_file.c_str());
-      return 2;
-    }
-    job.token.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-    while (!job.token.empty() && (job.token.back() == '\n' || job.token.back() == '\r')) job.token.pop_back();
-  } else {
-    job.token = tm_tools::StoreTokenFromEnv();
-  }
-  if (job.token.empty() && serves && cfg.nnodes > 1) {
-    fprintf(stderr,
-            "tmrun: --nnodes > 1 needs the job's token, the same on every node: set TRAINMOVER_TOKEN or "
-            "pass --token-file FILE\n");
-    return 2;
-  }
-  if (job.token.empty() && serves) job.token = tmrun::NewJobToken();
-  if (job.token.size() < tm_tools::kKvMinTokenBytes) {
-    fprintf(stderr,
-            "tmrun: the job's token %s: set TRAINMOVER_TOKEN (at least %zu characters) or pass --token-file "
-            "FILE (node 0 prints its token file)\n",
-            job.token.empty() ? "is needed" : "is too short", tm_tools::kKvMinTokenBytes);
-    return 2;
-  }
-  setenv("TRAINMOVER_TOKEN", job.token.c_str(), 1);
+  // The job's token authenticates the store and the coordinator.
+  if (int rc = ResolveToken(cfg, serves, &job); rc != 0) return rc;
   if (!serves) {
     // A joiner, or node K > 0: the job's node 0 publishes its launch facts in its store.
     const std::string& addr = cfg.join ? cfg.store : cfg.master;  // --node: --master too
@@ -436,51 +494,8 @@ int main(int argc, char** argv) {
     }
     if (!cfg.join)
       fprintf(stderr, "tmrun: node %d of %d, %d ranks, store %s\n", cfg.node_rank, cfg.nnodes, cfg.nproc, addr.c_str());
-  } else {
-    std::string listen_host = "127.0.0.1";
-    uint16_t listen_port = 0;
-    if (!cfg.master.empty() && !trainmover::base::ParseHostPort(cfg.master, &listen_host, &listen_port).ok()) {
-      fprintf(stderr, "tmrun: malformed --master '%s'\n", cfg.master.c_str());
-      return 2;
-    }
-    if (trainmover::base::Status st = store.Start(listen_host, listen_port, job.token); !st.ok()) {
-      fprintf(stderr, "tmrun: store: %s\n", st.message().c_str());
-      return 1;
-    }
-    job.world = cfg.nproc * cfg.nnodes;
-    job.nproc_per_node = cfg.nproc;
-    job.store_host = listen_host;
-    job.store_port = store.port();
-    job.master_addr = listen_host;
-    job.master_port = FreePort(listen_host);
-    if (trainmover::base::Status st = control.Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host);
-        !st.ok()) {
-      fprintf(stderr, "tmrun: %s\n", st.message().c_str());
-      return 1;
-    }
-    tm_tools::KvClient kv;
-    const std::string self = listen_host + ":" + std::to_string(store.port());
-    if (!kv.Connect(self, kJobStoreTimeoutMs, job.token).ok() ||
-        kv.Set("tmrun/world_size", std::to_string(job.world)) != tm_tools::KvStatus::kOk ||
-        kv.Set("tmrun/nproc_per_node", std::to_string(job.nproc_per_node)) != tm_tools::KvStatus::kOk ||
-        kv.Set("tmrun/master_addr", job.master_addr) != tm_tools::KvStatus::kOk ||
-        kv.Set("tmrun/master_port", std::to_string(job.master_port)) != tm_tools::KvStatus::kOk ||
-        kv.Set("tmrun/coordinator", control.address()) != tm_tools::KvStatus::kOk ||
-        kv.Set("tmrun/token_file", control.token_file()) != tm_tools::KvStatus::kOk) {
-      fprintf(stderr, "tmrun: cannot initialise the store\n");
-      return 1;
-    }
-    if (cfg.nnodes > 1) {
-      fprintf(stderr, "tmrun: node 0 of %d, %d ranks, store %s\n", cfg.nnodes, cfg.nproc, self.c_str());
-    } else {
-      fprintf(stderr, "tmrun: %d ranks, store %s\n", cfg.nproc, self.c_str());
-    }
-    if (!control.token_file().empty()) {
-      fprintf(stderr, "tmrun: coordinator %s (tmctl --coordinator %s --token-file %s status)\n",
-              control.address().c_str(), control.address().c_str(), control.token_file().c_str());
-    } else if (!control.address().empty()) {
-      fprintf(stderr, "tmrun: coordinator %s\n", control.address().c_str());
-    }
+  } else if (int rc = ServeJob(cfg, &job, &store, &control); rc != 0) {
+    return rc;
   }
 
   std::vector<Rank> ranks;
