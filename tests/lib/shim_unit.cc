@@ -252,7 +252,9 @@ TEST_CASE("config copy never reads past config->size") {
   char* mem = static_cast<char*>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   REQUIRE(mem != MAP_FAILED);
   REQUIRE(mprotect(mem + page, page, PROT_NONE) == 0);
-  const size_t small = offsetof(ncclConfig_t, blocking) + sizeof(int);
+  // Rounded up to the struct's alignment, so the config is aligned (UBSan) and still ends at the page.
+  const size_t small = (offsetof(ncclConfig_t, blocking) + sizeof(int) + alignof(ncclConfig_t) - 1) /
+                       alignof(ncclConfig_t) * alignof(ncclConfig_t);
   auto* cfg = reinterpret_cast<ncclConfig_t*>(mem + page - small);
   ncclConfig_t init = NCCL_CONFIG_INITIALIZER;
   memcpy(cfg, &init, small);
@@ -266,6 +268,7 @@ TEST_CASE("config copy never reads past config->size") {
   const VCommInfo* i = Find(snap, c);
   REQUIRE(i);
   CHECK(i->lineage.config.blocking == 1);
+  REQUIRE(offsetof(ncclConfig_t, minCTAs) >= small);
   CHECK(i->lineage.config.minCTAs == NCCL_CONFIG_UNDEF_INT);  // beyond size: the initializer's value
   CHECK(ncclCommDestroy(c) == ncclSuccess);
   munmap(mem, 2 * page);
