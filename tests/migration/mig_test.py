@@ -18,6 +18,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "harness"))
+from nethosts import digests  # noqa: E402  {rank or None: sha256} of a tmrun log
+
 TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a in sys.argv[1:7])
 SCENARIO = sys.argv[7]
 FAKE_CUDART = os.path.abspath(sys.argv[8]) if len(sys.argv) > 8 else ""
@@ -52,16 +55,6 @@ def train_cmd(params, steps, step_ms, preload=""):
         return numpy_cmd(params, steps, step_ms)
     return ["env", f"LD_PRELOAD={preload + ':' if preload else ''}{SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", TMTRAIN, "--steps", str(steps),
             "--params", str(params), "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)]
-
-
-def digests(path):
-    out = {}
-    with open(path, errors="replace") as f:
-        for line in f:
-            m = re.match(r"^(?:\[(\d+)\] )?final-state sha256:([0-9a-f]+)$", line.strip())
-            if m:
-                out[int(m.group(1)) if m.group(1) else None] = m.group(2)
-    return out
 
 
 REF = {}

@@ -1,24 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Builds the transfer descriptor fuzz target with clang++ -fsanitize=fuzzer (the project compiler is g++) and
-# runs it for a bounded number of inputs. Usage: run_fuzz.sh SOURCE_ROOT BUILD_DIR [RUNS]. Exit 77 when clang or
-# its libFuzzer runtime is absent.
+# The transfer descriptor's fuzz target (fuzz_descriptor.cc), run for a bounded number of inputs through
+# tests/run_libfuzzer.sh. Usage: run_fuzz.sh SOURCE_ROOT BUILD_DIR [RUNS]. Exit 77 when clang or its libFuzzer
+# runtime is absent.
 set -euo pipefail
 src=$1
 out=$2/fuzz
 runs=${3:-20000}
-command -v clang++ >/dev/null || { echo "SKIP: clang++ not installed (apt-get install clang libclang-rt-14-dev)"; exit 77; }
 mkdir -p "$out/corpus"
-bin=$out/fuzz_transfer_descriptor
-if ! clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$src/lib" -I"$src/lib/transfer" \
-    "$src/tests/transfer/fuzz_descriptor.cc" "$src/lib/transfer/descriptor.cc" "$src/lib/transfer/status.cc" "$src/lib/base/host.cc" \
-    -o "$bin" 2>"$out/build.log"; then
-  if grep -q "fuzzer" "$out/build.log" && grep -qi "no such file\|cannot find" "$out/build.log"; then
-    echo "SKIP: libFuzzer runtime missing (apt-get install libclang-rt-14-dev)"; cat "$out/build.log"; exit 77
-  fi
-  cat "$out/build.log"; exit 1
-fi
 # A seed so that the fuzzer starts from a valid descriptor: header, host identity, a 3-byte worker address, the
 # control block of one region (40 bytes, 2-byte rkey), one region "w" of 16 bytes with a 1-byte rkey.
 {
@@ -30,5 +19,6 @@ fi
   printf '\x01\x00\x00\x00'
   printf '\x01w\x00\x20\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00r'
 } > "$out/corpus/seed-one-region"
-"$bin" -runs="$runs" -max_len=4096 -timeout=10 -artifact_prefix="$out/" "$out/corpus" 2>&1 | tail -5
-echo "fuzz: $runs runs without a crash"
+exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_transfer_descriptor "$runs" -- -I"$src/lib" -I"$src/lib/transfer" \
+  "$src/tests/transfer/fuzz_descriptor.cc" "$src/lib/transfer/descriptor.cc" "$src/lib/transfer/status.cc" \
+  "$src/lib/base/host.cc"
