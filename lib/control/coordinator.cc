@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "node.h"
 
 namespace trainmover::control {
 
@@ -23,7 +24,7 @@ constexpr double kBuckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 constexpr size_t kNumBuckets = sizeof(kBuckets) / sizeof(kBuckets[0]);
 constexpr size_t kMaxHttpRequest = 8192;
 constexpr size_t kMaxPeers = 4096;
-constexpr uint64_t kHelloDeadlineNs = 10000000000ull;  // an agent or tool authenticates within 10 s
+constexpr uint64_t kHelloDeadlineNs = 10000000000ull;      // an agent or tool authenticates within 10 s
 constexpr uint64_t kHttpClientDeadlineNs = 5000000000ull;  // a metrics scrape is answered or dropped in 5 s
 
 std::string JsonEscape(const std::string& s) {
@@ -120,8 +121,7 @@ struct Coordinator::Peer {
   std::string addr;
 };
 
-Coordinator::Coordinator(Options opt)
-    : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {}
+Coordinator::Coordinator(Options opt) : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {}
 
 Coordinator::~Coordinator() {
   peers_.clear();
@@ -234,7 +234,7 @@ void Coordinator::Run() {
     for (auto it = peers_.begin(); it != peers_.end();) {
       if (!it->second->conn->authenticated() && now - it->second->opened_ns > kHelloDeadlineNs) {
         TM_WARN(kLogControl, "coordinator: a connection sent no valid HELLO within %llu s, closing",
-                 static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
+                static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
         ++rejected_;
         it = peers_.erase(it);
       } else {
@@ -243,9 +243,6 @@ void Coordinator::Run() {
     }
     CheckHeartbeats();
     for (auto& e : engines_) e->OnTick(*this);
-    int alive = 0;
-    for (const auto& [id, pr] : procs_) alive += pr.state == ProcState::kAlive && pr.info.role != "node";
-    alive_processes_.store(alive, std::memory_order_relaxed);
   }
 }
 
@@ -307,7 +304,7 @@ void Coordinator::HandlePeer(Peer& p, short revents) {
   if (c.failed()) {
     ++rejected_;
     TM_WARN(kLogControl, "coordinator: rejected connection %s: %s",
-             p.process ? ("of process " + std::to_string(p.process)).c_str() : "(unregistered)", c.error().c_str());
+            p.process ? ("of process " + std::to_string(p.process)).c_str() : "(unregistered)", c.error().c_str());
   }
   if (!c.Flush()) open = false;
   if (!open || (c.closing() && !c.WantsWrite())) {
@@ -479,8 +476,8 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   a.process_id = pr->id;
   a.heartbeat_interval_ms = static_cast<uint32_t>(heartbeat_interval_ms());
   p.conn->SendMsg(MsgType::kRegisterAck, a);
-  TM_INFO(kLogControl, "coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d", again ? "re-registered" : "registered", pr->id,
-           r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
+  TM_INFO(kLogControl, "coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d",
+          again ? "re-registered" : "registered", pr->id, r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
 }
 
 void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
@@ -491,7 +488,7 @@ void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
     cr.lineage = c.lineage;
   } else if (cr.nranks != c.nranks) {
     TM_WARN(kLogControl, "coordinator: process %" PRIu64 " reports comm %s with %d ranks, others %d", pr.id,
-             Hex(c.comm_key).c_str(), c.nranks, cr.nranks);
+            Hex(c.comm_key).c_str(), c.nranks, cr.nranks);
   }
   auto old = cr.members.find(c.rank);
   if (old != cr.members.end() && old->second != pr.id) {
@@ -523,8 +520,8 @@ void Coordinator::OnCommDestroyed(ProcessRec& pr, uint64_t key) {
 void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {
   pr.state = ProcState::kLost;
   pr.lost_reason = why;
-  TM_WARN(kLogControl, "coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(), pr.info.pid,
-           pr.info.rank, why.c_str());
+  TM_WARN(kLogControl, "coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(),
+          pr.info.pid, pr.info.rank, why.c_str());
   for (auto& e : engines_) e->OnProcessLost(*this, pr.id);
 }
 
@@ -532,6 +529,7 @@ void Coordinator::CheckHeartbeats() {
   uint64_t now = NowMonotonicNs();
   uint64_t interval = static_cast<uint64_t>(heartbeat_interval_ms()) * 1000000ull;
   uint64_t timeout = static_cast<uint64_t>(opt_.heartbeat_timeout_ms) * 1000000ull;
+  int alive = 0;  // the job's processes still alive after this check (alive_processes(); node agents aside)
   for (auto& [id, pr] : procs_) {
     if (pr.state != ProcState::kAlive) continue;
     uint64_t age = now - pr.last_heartbeat_ns;
@@ -549,7 +547,9 @@ void Coordinator::CheckHeartbeats() {
         peers_.erase(fd);  // a stuck peer's connection goes too; it re-registers if it comes back
       }
     }
+    alive += pr.state == ProcState::kAlive && pr.info.role != node::kRole;
   }
+  alive_processes_.store(alive, std::memory_order_relaxed);
 }
 
 void Coordinator::AddEngine(std::unique_ptr<Engine> e) {
@@ -646,7 +646,7 @@ void Coordinator::Observe(std::vector<uint64_t>& buckets, double& sum, uint64_t&
 void Coordinator::SetMigState(Migration& m, MigState s, const std::string& reason) {
   if (MigTerminal(m.state)) return;  // terminal states are final
   TM_INFO(kLogControl, "coordinator: migration %" PRIu64 ": %s -> %s%s%s", m.id, MigStateName(m.state), MigStateName(s),
-           reason.empty() ? "" : ": ", reason.c_str());
+          reason.empty() ? "" : ": ", reason.c_str());
   m.state = s;
   if (!reason.empty()) m.reason = reason;
   if (MigTerminal(s)) {

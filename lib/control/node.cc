@@ -89,9 +89,12 @@ uint64_t Directory::Start(const std::string& host, Spawn s, std::string* err) {
   }
   s.id = next_id_++;
   Command c = MakeSpawn(s);
-  if (c.body.size() > kMaxPayload - 64 || !host_->SendCommand(agent, c)) {
-    *err = c.body.size() > kMaxPayload - 64 ? "the command line and environment do not fit one frame"
-                                            : "the node agent on host " + host + " is not connected";
+  if (c.body.size() > kMaxPayload - 64) {  // room for the COMMAND's own header
+    *err = "the command line and environment do not fit one frame";
+    return 0;
+  }
+  if (!host_->SendCommand(agent, c)) {
+    *err = "the node agent on host " + host + " is not connected";
     return 0;
   }
   children_[s.id] = Child{agent, 0, false, ""};

@@ -18,16 +18,17 @@ class NodeLauncher final : public JoinerLauncher {
       : nodes_(nodes), local_(std::move(local)) {}
 
   pid_t Start(const Spec& s, std::string* log, std::string* err) override {
-    const bool here = s.host.empty() || s.host == base::HostName();
-    if (here && nodes_->AgentOn(s.host.empty() ? base::HostName() : s.host) == 0) return local_->Start(s, log, err);
+    // No host named: this one. A node agent there starts it; without one, only this host can start it here.
+    const std::string host = s.host.empty() ? base::HostName() : s.host;
+    if (host == base::HostName() && nodes_->AgentOn(host) == 0) return local_->Start(s, log, err);
     node::Spawn sp;
     sp.argv = s.argv;
     sp.env = s.env;
     sp.dir = s.dir;
-    sp.log = s.log;  // on that host; the node agent appends -m<id> itself if the log exists there
-    const uint64_t id = nodes_->Start(s.host.empty() ? base::HostName() : s.host, sp, err);
+    sp.log = s.log;  // on that host
+    const uint64_t id = nodes_->Start(host, sp, err);
     if (id == 0) return 0;
-    *log = s.host + ":" + s.log;
+    *log = host + ":" + s.log;
     return kRemoteBase + static_cast<pid_t>(id);
   }
 
