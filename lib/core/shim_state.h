@@ -206,6 +206,16 @@ ncclResult_t RebindObjects(VComm* v);
 ncclComm_t SwitchToNext(VComm* v);
 ncclComm_t AbortNext(VComm* v);
 
+// Failure recovery (docs/recovery.md). When an operation on `v`'s real communicator `used` fails with `r`, the
+// hot path asks OpFailedButFenced whether recovery fenced `v` meanwhile (its real communicator was withdrawn
+// because a member died): then the operation completes locally (emulated) and returns success. The installed
+// hook (lib/migration/recovery.cc) may wait, bounded, for the coordinator's verdict on a peer failure that the
+// real library saw first. v == nullptr asks about a failed ncclGroupEnd (true when this process is fenced).
+// Any application thread; the hook is set once, before the first operation.
+using OpFailureHook = bool (*)(VComm* v, ncclComm_t used, ncclResult_t r);
+void SetOpFailureHook(OpFailureHook fn);
+bool OpFailedButFenced(VComm* v, ncclComm_t used, ncclResult_t r);
+
 // Called after a VComm is created (created=true) and before one is destroyed (false), outside every
 // shim lock, on the application's thread. One observer (the agent); set before the first NCCL call.
 using VCommObserver = void (*)(void* ctx, VComm* v, bool created);
