@@ -165,7 +165,10 @@ class RecoveryEngine final : public Engine {
     // The replacement runs its shadow iteration without a tape (the dead rank recorded none): an empty one at once
     // saves it the wait for one.
     for (const auto& [id, p] : h.processes()) {
-      if (x.tape_sent || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != x.rank) continue;
+      if (x.tape_sent || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != x.rank ||
+          (x.child > 0 && p.info.pid != static_cast<uint32_t>(x.child))) {
+        continue;
+      }
       x.tape_sent = h.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), x.id, mig::Blob{}));
     }
   }
@@ -338,6 +341,7 @@ class RecoveryEngine final : public Engine {
     RecCtx& x = *ctx_;
     Migration* m = h.FindMigration(x.id);
     if (j.info.role != "joiner" || j.info.replace != x.rank || x.joiner || !m) return;
+    if (x.child > 0 && j.info.pid != static_cast<uint32_t>(x.child)) return;  // e.g. an abandoned migration's joiner
     mig::Ready r;
     ProcessRec* dead = h.FindProcess(x.dead);
     if (!DecodePayload(e.body, &r) || !dead) return Fail(h, "malformed READY from the replacement");

@@ -108,11 +108,10 @@ def scenario_blocked():
 
 
 def scenario_silent():
-    # SIGSTOP only: the host goes silent; the heartbeat timeout detects it (tmrun's coordinator: 10 s by default,
-    # 1.5 s here), a shorter pause first must not evict anyone
-    env = {"TRAINMOVER_HEARTBEAT_TIMEOUT_MS": "1500"}
+    # SIGSTOP only: the process goes silent; the heartbeat timeout detects it (tmrun's coordinator: 10 s by default,
+    # 1.5 s here); a shorter pause first must not evict anyone
     mt.clear_joiner_logs()
-    job = Job("silent", 3, steps=400, step_ms=8, env=env)
+    job = Job("silent", 3, steps=400, step_ms=8, tmrun_opts=["--heartbeat-timeout-ms", "1500"])
     try:
         job.wait_step(20)
         pid = pid_of(job, 2)
@@ -134,24 +133,100 @@ def scenario_silent():
     job.check_digests({2})
 
 
-def scenario_refused():
-    # TRAINMOVER_RECOVERY=off: the job fails as without recovery (tmrun reports the killed rank)
-    job = Job("off", 3, steps=2000, step_ms=8, env={"TRAINMOVER_RECOVERY": "off"})
+def failed_job(name, ranks, strike, env=None, daemon=False, survivors_end_alone=False):
+    """Runs a job that must fail: strike(job) makes it; returns tmrun's exit status and log. With
+    survivors_end_alone the ranks ignore tmrun's SIGTERM (60 s grace), so each survivor ends by itself."""
+    job = Job(name, ranks, steps=3000, step_ms=8, env=env, daemon=daemon, ignore_term=survivors_end_alone,
+              tmrun_opts=("--grace-ms", "60000") if survivors_end_alone else ())
     try:
         job.wait_step(10)
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        strike(job)
         rc = job.finish(expect_rc=None)
     finally:
         job.kill()
     with open(job.log, errors="replace") as f:
         log = f.read()
-    if rc == 0 or "stopping the other ranks" not in log or recoveries(job) if job.p.poll() is None else rc == 0:
-        fail(f"off: tmrun exited {rc}; expected the job to fail")
+    if rc == 0:
+        fail(f"{name}: the job ended 0")
+    return rc, log
+
+
+def scenario_refused():
+    # TRAINMOVER_RECOVERY=off: the job fails as without recovery (tmrun reports the killed rank's status)
+    rc, log = failed_job("off", 3, lambda j: os.kill(pid_of(j, 1), signal.SIGKILL), env={"TRAINMOVER_RECOVERY": "off"})
+    if rc != 128 + signal.SIGKILL or "stopping the other ranks" not in log:
+        fail(f"off: tmrun exited {rc}; expected the job to fail with the killed rank's status")
     print(f"off: the job failed as without recovery (tmrun exit {rc})")
+
+    # A rank and its buddy (the next rank) at once: its snapshot is gone with the buddy; every survivor ends with
+    # the reason by itself.
+    def both(job):
+        a, b = pid_of(job, 1), pid_of(job, 2)
+        os.kill(a, signal.SIGKILL)
+        os.kill(b, signal.SIGKILL)
+    rc, log = failed_job("buddy_lost", 4, both, survivors_end_alone=True)
+    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (rank \d+ failed and cannot be recovered: .*?);", log))
+    if {r for r, _ in said} != {"0", "3"}:
+        fail(f"buddy_lost: survivors' reasons {said}; expected ranks 0 and 3 to end saying why (see {log[-2000:]})")
+    print(f"buddy_lost: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
+
+    # The coordinator lost first: a rank's failure reaches the survivors' program as without TrainMover.
+    def coordinator_then_rank(job):
+        job.daemon.kill()
+        time.sleep(0.5)
+        os.kill(pid_of_ps(job, 1), signal.SIGKILL)
+    rc, log = failed_job("coordinator_lost", 3, coordinator_then_rank, daemon=True, survivors_end_alone=True)
+    errs = set(re.findall(r"\[rank (\d+)\] tm-train: error: (nccl\w+)", log))
+    if not errs or "1" in {r for r, _ in errs}:
+        fail(f"coordinator_lost: no survivor reported the failed collective: {errs}")
+    print(f"coordinator_lost: the job failed (tmrun exit {rc}); survivors saw the error: {sorted(errs)}")
+
+
+def pid_of_ps(job, rank):
+    """The pid of the tm-train process of `rank` (RANK in its environment), without the coordinator."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"tm-train" in cmd.split(b"\0")[0] and f"RANK={rank}".encode() in env and \
+                f"TRAINMOVER_COORDINATOR={job.addr}".encode() in env:
+            return int(pid)
+    fail(f"{job.name}: no tm-train process of rank {rank}")
+
+
+def scenario_during_migration():
+    # A stayer, then the leaver, killed while a planned migration builds: the migration is abandoned, the dead
+    # rank recovered, the digests bit-identical.
+    for victim in ("stayer", "leaver"):
+        name = f"during_migration_{victim}"
+        mt.clear_joiner_logs()
+        job = Job(name, 4, steps=300, step_ms=10, env=mt.SLOW_BUILD)
+        try:
+            job.wait_step(10)
+            ctl = job.start_migrate(1)
+            _, leaver, _ = job.wait_state(("building",))
+            dead = 1 if victim == "leaver" else 2
+            os.kill(leaver if victim == "leaver" else pid_of(job, 2), signal.SIGKILL)
+            ctl.communicate(timeout=mt.TIMEOUT)
+            r = wait_recovered(job, 1)
+            mig = [m for m in job.status()["migrations"] if m.get("kind") == "migrate"][-1]
+            if mig["state"] != "failed":
+                fail(f"{name}: the migration ended {mig['state']}, expected failed")
+            check_report(job, r, dead)
+            job.finish()
+        finally:
+            job.kill()
+        job.check_digests({dead})
 
 
 SCENARIOS = {"kill": scenario_kill, "twice": scenario_twice, "blocked": scenario_blocked, "silent": scenario_silent,
-             "refused": scenario_refused}
+             "refused": scenario_refused, "during_migration": scenario_during_migration}
 
 if __name__ == "__main__":
     for path in (mt.TMRUN, mt.TMCTL, mt.TMTRAIN, mt.SHIM, mt.HOSTNCCL):

@@ -99,6 +99,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
   trainmover::control::Coordinator::Options o;
   o.listen = listen_host + ":0";
   o.token = token;
+  o.heartbeat_timeout_ms = heartbeat_timeout_ms_;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
   {

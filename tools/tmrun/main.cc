@@ -423,6 +423,7 @@ int ServeJob(const tmrun::Config& cfg, tmrun::JobInfo* job, tm_tools::KvServer* 
   job->store_port = store->port();
   job->master_addr = listen_host;
   job->master_port = FreePort(listen_host);
+  control->SetHeartbeatTimeout(cfg.heartbeat_timeout_ms);
   if (trainmover::base::Status st = control->Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host);
       !st.ok()) {
     fprintf(stderr, "tmrun: %s\n", st.message().c_str());

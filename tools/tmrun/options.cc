@@ -60,6 +60,9 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string& v) { return !(c->token_file = v).empty(); }},
       {"--coordinator", nullptr, "HOST:PORT", "trainmoverd of the job (default: TRAINMOVER_COORDINATOR, else embedded)",
        [](Config* c, const std::string& v) { return !(c->coordinator = v).empty(); }},
+      {"--heartbeat-timeout-ms", nullptr, "MS",
+       "the embedded coordinator declares a silent rank failed after MS without a heartbeat (default 10000)",
+       [](Config* c, const std::string& v) { return ToInt(v, 100, &c->heartbeat_timeout_ms); }},
       {"--no-coordinator", nullptr, nullptr, "no control plane: the ranks get no TRAINMOVER_COORDINATOR",
        [](Config* c, const std::string&) { return c->no_coordinator = true; }},
   };
