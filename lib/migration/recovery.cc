@@ -76,7 +76,6 @@ class Recovery {
   Recovery(World& w, ProcessMachine* pm) : w_(w), pm_(pm), queue_(w) {
     const shim::Config& c = shim::ProcessConfig();
     on_ = c.recovery != "off";
-    every_ = c.snapshot_every > 0 ? c.snapshot_every : 1;
   }
 
   void OnCommand(const control::Command& c);
@@ -116,7 +115,7 @@ class Recovery {
   }
 
   // Owner (application thread, mu_ held).
-  void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
+  void TakeSnapshot(int64_t step);
   bool SetUpSlots(const std::vector<shim::Region>& regs);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
@@ -129,7 +128,6 @@ class Recovery {
   World& w_;
   ProcessMachine* pm_;
   bool on_ = true;
-  int64_t every_ = 1;
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -138,8 +136,9 @@ class Recovery {
   std::vector<shim::Region> layout_;  // the regions the slots were made for
   Slot slots_[kSnapshotSlots];
   int next_slot_ = 0;
-  int64_t pending_ = -1;  // the snapshot not yet on every buddy
-  bool ship_warned_ = false, device_warned_ = false;
+  int64_t snap_at_ = -1;         // SNAP_AT: the step of the next snapshot
+  int64_t complete_step_ = -1;   // SNAP_COMPLETE: the newest snapshot complete everywhere (its slot is kept)
+  bool device_warned_ = false;
   // Fence.
   uint64_t epoch_ = 0;  // latest failure epoch fenced here
   bool fenced_ = false;
@@ -173,10 +172,22 @@ void Recovery::OnCommand(const control::Command& c) {
       return queue_.Push([this, m] { ExposeHeld(m); });
     case rec::Cmd::kFence:
       return OnFence(c.migration, m);
-    case rec::Cmd::kSnapShipped: {
+    case rec::Cmd::kSnapAt: {
+      // Under the shim's safe-point mutex, so the answer and the application's next tmSafePoint are ordered (as a
+      // switch proposal): a process already at S cannot know whether it checked for S yet, so it answers MISSED.
+      int64_t now = -1;
+      std::unique_lock<std::mutex> sp = w_.LockSafePoint(&now);
       std::lock_guard<std::mutex> lk(mu_);
-      if (pending_ == m.step) pending_ = -1;
-      cv_.notify_all();
+      if (now < m.step) {
+        snap_at_ = m.step;
+      } else {
+        Send(rec::Ev::kSnapMissed, rec::RecMsg{.step = m.step});
+      }
+      return;
+    }
+    case rec::Cmd::kSnapComplete: {
+      std::lock_guard<std::mutex> lk(mu_);
+      complete_step_ = std::max(complete_step_, m.step);
       return;
     }
     case rec::Cmd::kRollback: {
@@ -244,12 +255,19 @@ int64_t Recovery::OnSafePoint(int64_t step) {
   std::unique_lock<std::mutex> lk(mu_);
   if (!give_up_.empty()) Exit(lk, give_up_);
   if (fenced_) return HoldAndRollBack(lk, step);
-  TakeSnapshot(lk, step);
+  TakeSnapshot(step);
   return step;
 }
 
-void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
-  if (!on_ || step % every_ != 0 || shim::ProcessSandboxed() || !w_.Connected()) return;
+void Recovery::TakeSnapshot(int64_t step) {
+  if (snap_at_ < 0 || step < snap_at_) return;
+  if (step > snap_at_) {  // the program skipped that step: this round cannot complete
+    Send(rec::Ev::kSnapMissed, rec::RecMsg{.step = snap_at_});
+    snap_at_ = -1;
+    return;
+  }
+  snap_at_ = -1;
+  if (!on_ || shim::ProcessSandboxed()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
   for (const shim::Region& r : regs) {
@@ -262,31 +280,20 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
       return;
     }
   }
-  if (pending_ >= 0) {  // the previous snapshot is still on its way: its slot must not be reused yet
-    const uint64_t deadline = w_.MonotonicNs() + uint64_t{kShipWaitMs} * 1000000ull;
-    while (pending_ >= 0 && !fenced_ && w_.MonotonicNs() < deadline) cv_.wait_for(lk, std::chrono::milliseconds(20));
-    if (pending_ >= 0) {
-      if (!ship_warned_) {
-        TM_WARN(kLogMigration, "failure recovery: the snapshot of step %lld is not on its buddy after %d ms; skipping "
-                               "snapshots until it is", static_cast<long long>(pending_), kShipWaitMs);
-      }
-      ship_warned_ = true;
-      return;
-    }
-  }
-  ship_warned_ = false;
   bool same = regs.size() == layout_.size();
   for (size_t i = 0; same && i < regs.size(); ++i) {
     same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
   }
   if (!same && !SetUpSlots(regs)) return;
   layout_ = regs;
-  const int k = next_slot_;
+  // The next slot, but never the one holding the newest complete snapshot (rounds are one at a time, so the other
+  // two are free: the previous round's pulls are over).
+  int k = next_slot_;
+  if (complete_step_ >= 0 && slots_[k].step == complete_step_) k = (k + 1) % kSnapshotSlots;
   next_slot_ = (k + 1) % kSnapshotSlots;
   Slot& s = slots_[k];
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
-  pending_ = step;
   queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
 }
 
@@ -359,7 +366,8 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   withdrawn_.clear();
   fenced_ = false;
   rollback_step_ = -1;
-  pending_ = -1;  // shipments of the old timeline are moot; later snapshots overwrite the newer slots
+  snap_at_ = -1;  // a round of the old timeline is moot
+  complete_step_ = to;
   for (Slot& x : slots_) x.step = x.step > to ? -1 : x.step;
   queue_.Push([this] { exposed_.clear(); });
   rec::RecMsg done;
@@ -381,7 +389,7 @@ void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> ta
   rec::RecMsg m;
   m.step = step;
   m.slot = static_cast<uint32_t>(slot);
-  // Without mu_: the slot's buffers stay as they are until SNAP_SHIPPED, which comes after this.
+  // Without mu_: the slot's buffers stay as they are until a later round, which starts after this one ended.
   for (const std::vector<uint8_t>& b : slots_[slot].bufs) m.words.push_back(transfer::Checksum(b.data(), b.size()));
   m.regions = std::move(table);
   Send(rec::Ev::kSnapTaken, m);

@@ -35,10 +35,8 @@ int64_t RecoverySafePoint(int64_t step);
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
 inline constexpr int kRecoveryHoldMs = 120000;
 inline constexpr int kVerdictWaitMs = 15000;
-// How long a snapshot waits for the previous one to reach its buddies before it is skipped.
-inline constexpr int kShipWaitMs = 10000;
-// Local snapshots each rank keeps, and copies of each rank a buddy keeps: three, so that the step a dead rank's
-// buddy verified last is still held by every survivor (they may be one step ahead of it; docs/recovery.md).
+// Local snapshots each rank keeps, and copies of each rank a buddy keeps: the newest complete one (never
+// overwritten), the round in flight, and one spare for a round that failed (docs/recovery.md).
 inline constexpr int kSnapshotSlots = 3;
 
 }  // namespace trainmover::migration

@@ -29,9 +29,22 @@ struct RankSnaps {
   std::map<uint32_t, std::vector<uint8_t>> slots;    // slot -> descriptor of the owner's slot
   std::map<int64_t, uint32_t> taken;                 // the owner's own snapshots: step -> slot
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
-  int64_t pending = -1;                              // being copied to the buddies
-  std::set<uint64_t> awaiting;                       // buddies that have not answered for `pending`
 };
+
+// A snapshot round: every worker snapshots the same step, every buddy verifies its copy; then it is complete.
+struct Round {
+  int64_t step = -1;           // -1: no round in flight
+  std::set<uint64_t> owners;   // the workers asked (SNAP_AT)
+  std::set<uint64_t> taken;    // their SNAP_TAKEN arrived
+  size_t pulls = 0, answered = 0;  // copies asked of buddies, answers (SNAP_HELD)
+  bool failed = false;
+  uint64_t started_mono = 0;
+};
+
+// Rounds start at most this often (a bound on the coordinator's snapshot traffic: four messages per rank per round)
+// and are given up after kRoundTimeoutNs.
+constexpr uint64_t kMinRoundIntervalNs = 20000000ull;
+constexpr uint64_t kRoundTimeoutNs = 30000000000ull;
 
 // The recovery in progress.
 struct RecCtx {
@@ -94,6 +107,13 @@ class RecoveryEngine final : public Engine {
           return OnHeldExposed(h, m);
         case rec::Ev::kRolledBack:
           return OnRolledBack(h, *from, m);
+        case rec::Ev::kSnapMissed:
+          if (m.step == round_.step && round_.owners.count(p)) {
+            margin_ = std::min<int64_t>(margin_ * 2, 1024);  // the next round starts further ahead
+            round_.failed = true;
+            EndRound(h);
+          }
+          return;
       }
       return;
     }
@@ -127,6 +147,11 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnProcessLost(EngineHost& h, uint64_t p) override {
+    for (auto& [rank, rs] : snaps_) rs.held.erase(p);  // a buddy that is gone holds nothing any more
+    if (round_.step >= 0) {  // the round cannot complete without it (and a recovery may start now)
+      round_.failed = true;
+      EndRound(h);
+    }
     ProcessRec* pr = h.FindProcess(p);
     if (!pr) return;
     if (ctx_ && p == ctx_->joiner && !ctx_->joiner_switched) {
@@ -152,6 +177,11 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnTick(EngineHost& h) override {
+    if (round_.step >= 0 && MonoNs() - round_.started_mono > kRoundTimeoutNs) {
+      round_.failed = true;
+      EndRound(h);
+    }
+    MaybeStartRound(h);
     if (!ctx_) return;
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
@@ -207,42 +237,81 @@ class RecoveryEngine final : public Engine {
     return out;
   }
 
+  // The next round, when none is in flight and no recovery runs: at the first multiple of TRAINMOVER_SNAPSHOT_EVERY
+  // at least `margin_` steps above every worker's latest step (a worker already there answers SNAP_MISSED).
+  void MaybeStartRound(EngineHost& h) {
+    const uint64_t now = MonoNs();
+    if (ctx_ || round_.step >= 0 || now - last_round_mono_ < kMinRoundIntervalNs) return;
+    Round r;
+    int64_t top = -1, every = 1;
+    for (const auto& [id, p] : h.processes()) {
+      if (p.state != ProcState::kAlive || p.info.role != "worker" || p.info.rank < 0 || p.step < 0 ||
+          p.regions.empty() || EnvOf(p, "RECOVERY") == "off") {
+        continue;
+      }
+      r.owners.insert(id);
+      top = std::max(top, p.step);
+      const std::string e = EnvOf(p, "SNAPSHOT_EVERY");
+      if (!e.empty()) every = std::max<int64_t>(1, atoll(e.c_str()));
+    }
+    if (r.owners.empty()) return;
+    r.step = (top + margin_ + every - 1) / every * every;
+    r.started_mono = now;
+    last_round_mono_ = now;
+    round_ = r;
+    for (uint64_t q : r.owners) h.SendCommand(q, rec::MakeRec(rec::Cmd::kSnapAt, 0, rec::RecMsg{.step = r.step}));
+  }
+
   void OnSnapTaken(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
-    if (from.info.rank < 0 || (ctx_ && from.id != ctx_->joiner && !ctx_->survivors.count(from.id))) return;
+    if (m.step != round_.step || !round_.owners.count(from.id) || round_.taken.count(from.id)) return;
     RankSnaps& rs = SnapsOf(from);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
     };
     forget_slot(rs.taken);
     rs.taken[m.step] = m.slot;
-    std::vector<uint64_t> buddies = Buddies(h, from);
-    rs.pending = m.step;
-    rs.awaiting = std::set<uint64_t>(buddies.begin(), buddies.end());
+    round_.taken.insert(from.id);
     auto desc = rs.slots.find(m.slot);
-    if (buddies.empty() || desc == rs.slots.end()) {  // nobody to hold it (one rank), or no descriptor: go on
-      rs.pending = -1;
-      h.SendCommand(from.id, rec::MakeRec(rec::Cmd::kSnapShipped, 0, rec::RecMsg{.step = m.step}));
-      return;
+    if (desc == rs.slots.end()) {
+      round_.failed = true;
+      return MaybeEndRound(h);
     }
     rec::RecMsg pull = m;
     pull.rank = from.info.rank;
     pull.blob = desc->second;
-    for (uint64_t b : buddies) {
+    for (uint64_t b : Buddies(h, from)) {
       forget_slot(rs.held[b]);
+      round_.pulls++;
       h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapPull, 0, pull));
     }
+    MaybeEndRound(h);
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
     auto it = snaps_.find(m.rank);
-    if (it == snaps_.end()) return;
-    RankSnaps& rs = it->second;
-    auto slot = rs.taken.find(m.step);
-    if (m.ok && slot != rs.taken.end()) rs.held[buddy.id][m.step] = slot->second;
-    rs.awaiting.erase(buddy.id);
-    if (rs.pending == m.step && rs.awaiting.empty()) {  // a failed copy too: the owner must not wait for it forever
-      rs.pending = -1;
-      h.SendCommand(rs.owner, rec::MakeRec(rec::Cmd::kSnapShipped, 0, rec::RecMsg{.step = m.step}));
+    if (m.step != round_.step || it == snaps_.end()) return;
+    auto slot = it->second.taken.find(m.step);
+    if (m.ok && slot != it->second.taken.end()) {
+      it->second.held[buddy.id][m.step] = slot->second;
+    } else {
+      round_.failed = true;
+    }
+    round_.answered++;
+    MaybeEndRound(h);
+  }
+
+  void MaybeEndRound(EngineHost& h) {
+    if (round_.taken.size() == round_.owners.size() && round_.answered == round_.pulls) EndRound(h);
+  }
+
+  // A complete round is the newest step every rank can roll back to: each keeps it (SNAP_COMPLETE) until the next.
+  void EndRound(EngineHost& h) {
+    const Round r = round_;
+    round_ = Round{};
+    if (!r.failed) {
+      margin_ = std::max<int64_t>(2, margin_ / 2);
+      for (uint64_t q : r.owners) h.SendCommand(q, rec::MakeRec(rec::Cmd::kSnapComplete, 0, rec::RecMsg{.step = r.step}));
+      MaybeStartRound(h);  // back to back while the interval allows (else the next tick)
     }
   }
 
@@ -304,6 +373,7 @@ class RecoveryEngine final : public Engine {
       kill(static_cast<pid_t>(dead.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
     ctx_ = x;
+    round_ = Round{};  // a round in flight is moot: the survivors hold at their next safe point
     std::string why;
     std::optional<std::pair<int64_t, uint64_t>> pick = PickStep(h, rank, x.survivors, &why);
     if (!pick) return Fail(h, why);
@@ -502,6 +572,9 @@ class RecoveryEngine final : public Engine {
 
   std::unique_ptr<JoinerLauncher> launcher_;
   std::map<int32_t, RankSnaps> snaps_;
+  Round round_;
+  int64_t margin_ = 2;  // steps ahead of the furthest worker a round is placed
+  uint64_t last_round_mono_ = 0;
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
 };

@@ -7,8 +7,10 @@ const char* RecCmdName(uint16_t kind) {
   switch (static_cast<Cmd>(kind)) {
     case Cmd::kSnapPull:
       return "SNAP_PULL";
-    case Cmd::kSnapShipped:
-      return "SNAP_SHIPPED";
+    case Cmd::kSnapComplete:
+      return "SNAP_COMPLETE";
+    case Cmd::kSnapAt:
+      return "SNAP_AT";
     case Cmd::kFence:
       return "FENCE";
     case Cmd::kExposeHeld:
@@ -35,6 +37,8 @@ const char* RecEvName(uint16_t kind) {
       return "HELD_EXPOSED";
     case Ev::kRolledBack:
       return "ROLLED_BACK";
+    case Ev::kSnapMissed:
+      return "SNAP_MISSED";
   }
   return "UNKNOWN";
 }

@@ -7,12 +7,15 @@
 // the others empty. Bounds as for every message (kMaxList entries, kMaxString bytes, one frame); Decode
 // consumes the whole body or fails.
 //
-// Snapshots (steady state, every TRAINMOVER_SNAPSHOT_EVERY-th safe point):
+// Snapshots (steady state: one round at a time, at a step every rank is still below, a multiple of
+// TRAINMOVER_SNAPSHOT_EVERY):
+//   D      COMMAND SNAP_AT(step) -> every worker                       take the next snapshot at that safe point
+//   owner  EVENT SNAP_MISSED(step)                                     already at or past it: the round fails
 //   owner  EVENT SNAP_SLOT(slot, blob = the descriptor of that snapshot slot's StateServer)   once per slot
-//   owner  EVENT SNAP_TAKEN(step, slot, words = checksums)            its copy at `step` is in `slot`
+//   owner  EVENT SNAP_TAKEN(step, slot, words = checksums, regions)   its copy at `step` is in `slot`
 //   D      COMMAND SNAP_PULL(rank, step, slot, words, regions, blob) -> each buddy: read it (one-sided), verify
 //   buddy  EVENT SNAP_HELD(rank, step, ok, text)                      verified copy of `rank` at `step` held
-//   D      COMMAND SNAP_SHIPPED(step) -> owner                         every buddy holds it: next snapshot may go
+//   D      COMMAND SNAP_COMPLETE(step) -> every worker                 complete everywhere: keep that slot
 // Failure of rank F (epoch E):
 //   D      COMMAND FENCE(epoch, rank F, words = comm_keys containing F) -> every survivor
 //   surv.  EVENT HELD(epoch, step)                                    held at its next safe point
@@ -37,11 +40,12 @@ inline constexpr uint16_t kFirstRecoveryKind = 100;
 
 enum class Cmd : uint16_t {
   kSnapPull = 100,     // buddy: read rank's snapshot (rank, step, slot, words = checksums, regions, blob = descriptor)
-  kSnapShipped = 101,  // owner: the snapshot at step is held by every buddy (step)
+  kSnapComplete = 101,  // owner: the snapshot at step is complete everywhere; never overwrite it (step)
   kFence = 102,        // survivor: fence the communicators in words, hold at the next safe point (epoch, rank)
   kExposeHeld = 103,   // buddy: expose the held copy of rank at step for the replacement (rank, step)
   kRollback = 104,     // survivor: restore the snapshot at step, switch, continue from step (epoch, step)
   kGiveUp = 105,       // survivor: recovery is impossible (text); end as the failure would have ended it
+  kSnapAt = 106,       // worker: take the next snapshot at this safe point, or answer SNAP_MISSED (step)
 };
 enum class Ev : uint16_t {
   kSnapSlot = 100,     // owner: slot's descriptor (slot, blob)
@@ -50,6 +54,7 @@ enum class Ev : uint16_t {
   kHeld = 103,         // survivor: held at a safe point (epoch, step)
   kHeldExposed = 104,  // buddy: the held copy is exposed (rank, step, ok, text, blob = descriptor)
   kRolledBack = 105,   // survivor: restored and resumed (epoch, step, words = {stall ns})
+  kSnapMissed = 106,   // worker: SNAP_AT came when it was at or past that step (step)
 };
 const char* RecCmdName(uint16_t kind);
 const char* RecEvName(uint16_t kind);

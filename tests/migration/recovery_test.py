@@ -51,9 +51,9 @@ def check_report(job, r, rank):
     rec = r["recovery"]
     if r["rank"] != rank or rec["rollback_step"] < 0 or rec["lost_steps"] < 0 or not rec["replacement"]:
         fail(f"{job.name}: recovery report {r}")
-    # Snapshots every safe point: at most the steps between two safe points, plus the one in flight.
-    if rec["lost_steps"] > 3:
-        fail(f"{job.name}: {rec['lost_steps']} steps lost, at most 3 expected with TRAINMOVER_SNAPSHOT_EVERY=1")
+    # Snapshot rounds one after the other (docs/recovery.md): with 8 ms steps a round completes within a few steps.
+    if rec["lost_steps"] > 12:
+        fail(f"{job.name}: {rec['lost_steps']} steps lost, at most 12 expected with 8 ms steps")
     print(f"{job.name}: rank {rank} recovered: epoch {rec['epoch']}, detected by '{rec['detected_by']}', rolled back "
           f"to step {rec['rollback_step']} from {rec['failed_at_step']} ({rec['lost_steps']} lost), "
           f"downtime {r['downtime_ms']:.1f} ms, {rec['replacement']}")
