@@ -303,7 +303,6 @@ std::atomic<OpFailureHook> g_op_failure_hook{nullptr};
 void SetOpFailureHook(OpFailureHook fn) { g_op_failure_hook.store(fn, std::memory_order_release); }
 
 bool OpFailedButFenced(VComm* v, ncclComm_t used, ncclResult_t r) {
-  if (v && v->real.load(std::memory_order_acquire) != used) return true;  // withdrawn while the call ran
   OpFailureHook hook = g_op_failure_hook.load(std::memory_order_acquire);
   return hook && hook(v, used, r);
 }

@@ -2,6 +2,7 @@
 // The process side of failure recovery (recovery.h; docs/recovery.md has the protocol and why it is built so).
 #include "recovery.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -144,6 +145,7 @@ class Recovery {
   bool fenced_ = false;
   int32_t failed_rank_ = -1;
   std::vector<ncclComm_t> withdrawn_;  // revoked real communicators, aborted at the rollback
+  std::vector<shim::VComm*> fenced_comms_;  // the VComms they were withdrawn from (until the rollback)
   int64_t rollback_step_ = -1;
   std::string give_up_;
   // Buddy (tm-snapshot thread only).
@@ -223,6 +225,7 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
     for (uint64_t key : m.words) {
       for (shim::VComm* v : shim::LiveVComms()) {
         if (v->magic != shim::VComm::kMagic || v->comm_key != key) continue;
+        fenced_comms_.push_back(v);
         if (ncclComm_t old = shim::InstallRealComm(v, nullptr)) withdrawn.push_back(old);
       }
     }
@@ -241,11 +244,17 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
 // ---- application threads
 
 bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
+  auto fenced = [&] {
+    return v ? std::find(fenced_comms_.begin(), fenced_comms_.end(), v) != fenced_comms_.end() &&
+                   v->real.load(std::memory_order_acquire) != used
+             : fenced_;
+  };
+  std::unique_lock<std::mutex> lk(mu_);
+  if (fenced()) return true;
   if (!on_ || r == ncclInvalidArgument || shim::GetSafePoint().count == 0) return false;  // as without the shim
   const uint64_t deadline = w_.MonotonicNs() + uint64_t{kVerdictWaitMs} * 1000000ull;
-  std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
-    if (v ? v->real.load(std::memory_order_acquire) != used : fenced_) return true;
+    if (fenced()) return true;
     if (!give_up_.empty() || !w_.Connected() || w_.MonotonicNs() >= deadline) return false;
     cv_.wait_for(lk, std::chrono::milliseconds(20));
   }
@@ -298,7 +307,8 @@ void Recovery::TakeSnapshot(int64_t step) {
 }
 
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
-// reads one slot as one set of regions), its descriptor sent once.
+// reads one slot as one set of regions); its descriptor goes with every SNAP_TAKEN of the slot (a coordinator that
+// restarted learns it again).
 bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
   std::vector<control::Region> table = Table(regs);
   for (int k = 0; k < kSnapshotSlots; ++k) {
@@ -308,8 +318,8 @@ bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
     for (const shim::Region& r : regs) s.bufs.emplace_back(r.bytes);
     transfer::Status st = transfer::StateServer::Create(transfer::ServerOptions{}, &s.server);
     if (st.ok()) st = s.server->Expose(Over(table, s.bufs));
-    if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob) {
-      st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds one control frame");
+    if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
+      st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
     }
     if (!st.ok()) {
       TM_WARN(kLogMigration, "failure recovery: cannot expose snapshot slot %d: %s; no snapshots", k,
@@ -317,10 +327,6 @@ bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
       on_ = false;
       return false;
     }
-    rec::RecMsg m;
-    m.slot = static_cast<uint32_t>(k);
-    m.blob = s.server->Descriptor();
-    Send(rec::Ev::kSnapSlot, m);
   }
   next_slot_ = 0;
   return true;
@@ -364,6 +370,7 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   const size_t rebuilt = pm_->SwitchStagedForRecovery();
   for (ncclComm_t c : withdrawn_) (void)shim::g_real.CommAbort(c);
   withdrawn_.clear();
+  fenced_comms_.clear();
   fenced_ = false;
   rollback_step_ = -1;
   snap_at_ = -1;  // a round of the old timeline is moot
@@ -392,6 +399,7 @@ void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> ta
   // Without mu_: the slot's buffers stay as they are until a later round, which starts after this one ended.
   for (const std::vector<uint8_t>& b : slots_[slot].bufs) m.words.push_back(transfer::Checksum(b.data(), b.size()));
   m.regions = std::move(table);
+  m.blob = slots_[slot].server->Descriptor();
   Send(rec::Ev::kSnapTaken, m);
 }
 

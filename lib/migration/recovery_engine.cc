@@ -26,7 +26,6 @@ namespace {
 // One rank's snapshots as the coordinator knows them.
 struct RankSnaps {
   uint64_t owner = 0;                                // the process that holds the rank and sends them
-  std::map<uint32_t, std::vector<uint8_t>> slots;    // slot -> descriptor of the owner's slot
   std::map<int64_t, uint32_t> taken;                 // the owner's own snapshots: step -> slot
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
 };
@@ -95,8 +94,6 @@ class RecoveryEngine final : public Engine {
       rec::RecMsg m;
       if (!DecodePayload(e.body, &m)) return;
       switch (static_cast<rec::Ev>(e.kind)) {
-        case rec::Ev::kSnapSlot:
-          return OnSnapSlot(*from, m);
         case rec::Ev::kSnapTaken:
           return OnSnapTaken(h, *from, m);
         case rec::Ev::kSnapHeld:
@@ -173,6 +170,13 @@ class RecoveryEngine final : public Engine {
               pr->info.rank, pr->lost_reason.c_str());
       return;
     }
+    auto snaps = snaps_.find(pr->info.rank);
+    if (snaps == snaps_.end() || snaps->second.owner != p) {
+      TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); it took no snapshot (no registered state, or a "
+                             "process without the shim's recovery), so it cannot be recovered",
+              pr->info.rank, pr->lost_reason.c_str());
+      return;
+    }
     Start(h, *pr);
   }
 
@@ -210,11 +214,6 @@ class RecoveryEngine final : public Engine {
     RankSnaps& rs = snaps_[p.info.rank];
     if (rs.owner != p.id) rs = RankSnaps{.owner = p.id};  // a new process holds the rank: its own timeline
     return rs;
-  }
-
-  void OnSnapSlot(const ProcessRec& from, const rec::RecMsg& m) {
-    if (from.info.rank < 0) return;
-    SnapsOf(from).slots[m.slot] = m.blob;
   }
 
   // The buddies of `rank`: the next ranks in order, those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
@@ -271,14 +270,8 @@ class RecoveryEngine final : public Engine {
     forget_slot(rs.taken);
     rs.taken[m.step] = m.slot;
     round_.taken.insert(from.id);
-    auto desc = rs.slots.find(m.slot);
-    if (desc == rs.slots.end()) {
-      round_.failed = true;
-      return MaybeEndRound(h);
-    }
-    rec::RecMsg pull = m;
+    rec::RecMsg pull = m;  // with the owner's slot descriptor
     pull.rank = from.info.rank;
-    pull.blob = desc->second;
     for (uint64_t b : Buddies(h, from)) {
       forget_slot(rs.held[b]);
       round_.pulls++;

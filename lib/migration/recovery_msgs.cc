@@ -25,8 +25,6 @@ const char* RecCmdName(uint16_t kind) {
 
 const char* RecEvName(uint16_t kind) {
   switch (static_cast<Ev>(kind)) {
-    case Ev::kSnapSlot:
-      return "SNAP_SLOT";
     case Ev::kSnapTaken:
       return "SNAP_TAKEN";
     case Ev::kSnapHeld:

@@ -11,8 +11,7 @@
 // TRAINMOVER_SNAPSHOT_EVERY):
 //   D      COMMAND SNAP_AT(step) -> every worker                       take the next snapshot at that safe point
 //   owner  EVENT SNAP_MISSED(step)                                     already at or past it: the round fails
-//   owner  EVENT SNAP_SLOT(slot, blob = the descriptor of that snapshot slot's StateServer)   once per slot
-//   owner  EVENT SNAP_TAKEN(step, slot, words = checksums, regions)   its copy at `step` is in `slot`
+//   owner  EVENT SNAP_TAKEN(step, slot, words = checksums, regions, blob = the slot's StateServer descriptor)
 //   D      COMMAND SNAP_PULL(rank, step, slot, words, regions, blob) -> each buddy: read it (one-sided), verify
 //   buddy  EVENT SNAP_HELD(rank, step, ok, text)                      verified copy of `rank` at `step` held
 //   D      COMMAND SNAP_COMPLETE(step) -> every worker                 complete everywhere: keep that slot
@@ -48,8 +47,8 @@ enum class Cmd : uint16_t {
   kSnapAt = 106,       // worker: take the next snapshot at this safe point, or answer SNAP_MISSED (step)
 };
 enum class Ev : uint16_t {
-  kSnapSlot = 100,     // owner: slot's descriptor (slot, blob)
-  kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order)
+  kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,
+                       // blob = the slot's descriptor)
   kSnapHeld = 102,     // buddy: copy of rank at step verified (rank, step, ok, text)
   kHeld = 103,         // survivor: held at a safe point (epoch, step)
   kHeldExposed = 104,  // buddy: the held copy is exposed (rank, step, ok, text, blob = descriptor)
