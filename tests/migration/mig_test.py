@@ -571,7 +571,7 @@ def scenario_numpy():
     steps = 600
     log = os.path.join(WORK, "numpy-noshim.log")
     with open(log, "w") as f:
-        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--"] + numpy_cmd(3000, steps, 0, shim=False),
+        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--no-shim", "--"] + numpy_cmd(3000, steps, 0, shim=False),
                             stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
     plain = digests(log)
     if rc != 0 or len(plain) != 3 or len(set(plain.values())) != 1:
