@@ -585,8 +585,18 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
     w_.Exit(0, "rank migrated at step " + std::to_string(step) + " to " + where + "; this process exits");
   }
   const uint64_t swap_real = w_.RealtimeNs();
-  for (const Staged& st : member_.staged) w_.SwitchStayer(st.v);
+  std::vector<void*> old;
+  for (const Staged& st : member_.staged) {
+    if (void* c = w_.SwitchStayer(st.v)) old.push_back(c);
+  }
   member_.staged.clear();
+  // Destroying the old communicators (tens of ms with hostnccl, more with NCCL) is no part of the switch: a
+  // background job does it while the application runs on the replacements.
+  if (!old.empty()) {
+    StartJob("tm-retire", [this, old] {
+      for (void* c : old) w_.RetireComm(c);
+    });
+  }
   SendPhase(mig_, "swap comms", swap_real);
   meter_.switch_return_real = w_.RealtimeNs();
   meter_.switched = true;

@@ -96,7 +96,7 @@ class World {
   // The shim's safe-point mutex, locked, and the step recorded under it: a PROPOSE answer is ordered with
   // the application's next tmSafePoint.
   virtual std::unique_lock<std::mutex> LockSafePoint(int64_t* step) = 0;
-  // Starts a background job (named tm-build, tm-fetch); the caller joins the thread.
+  // Starts a background job (named tm-build, tm-fetch, tm-retire); the caller joins the thread.
   virtual std::thread StartThread(const char* name, std::function<void()> fn) = 0;
 
   // --- communicators (VComms and the real NCCL)
@@ -115,7 +115,11 @@ class World {
   // anyway, dropped by an abort).
   virtual bool Stage(CommRef v, void* comm) = 0;
   virtual void DropStaged(CommRef v) = 0;    // unstage and abort the replacement
-  virtual void SwitchStayer(CommRef v) = 0;  // to the replacement; the old real communicator is destroyed
+  // To the replacement; returns the old real communicator (null when none), which the caller must retire.
+  virtual void* SwitchStayer(CommRef v) = 0;
+  // Background thread (tm-retire), after a switch: destroys an old real communicator, on which nothing is in
+  // flight; the application meanwhile runs on the replacements.
+  virtual void RetireComm(void* comm) = 0;
   // The joiner's VComm to its replacement, which has `nranks` and `rank`.
   virtual void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) = 0;
   // The joiner's VComm `v` (if still live) takes the leaver's `key` and is reported to the coordinator as one of

@@ -220,10 +220,8 @@ class ShimWorld final : public World {
     ncclComm_t n = shim::AbortNext(VC(v));
     if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
   }
-  void SwitchStayer(CommRef v) override {
-    ncclComm_t old = shim::SwitchToNext(VC(v));
-    if (old) shim::g_real.CommDestroy(old);
-  }
+  void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
+  void RetireComm(void* comm) override { shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm)); }
   void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
     shim::VComm* v = VC(ref);
     shim::SwitchToNext(v);

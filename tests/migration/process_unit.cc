@@ -155,7 +155,11 @@ class FakeWorld final : public World {
     return rebind_ok;
   }
   void DropStaged(CommRef v) override { log.push_back("drop " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
-  void SwitchStayer(CommRef v) override { log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
+  void* SwitchStayer(CommRef v) override {
+    log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v)));
+    return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(v) + 0x1000);
+  }
+  void RetireComm(void* c) override { log.push_back("retire " + std::to_string(reinterpret_cast<uintptr_t>(c))); }
   void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) override {
     log.push_back("switch in " + std::to_string(reinterpret_cast<uintptr_t>(v)) + " " + std::to_string(rank) + "/" +
                   std::to_string(nranks));
@@ -422,7 +426,9 @@ TEST_CASE("stayer: held at S, AT_STEP, SWITCH; SWITCHED with its stall at S+1") 
   p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
   CHECK(p.SafePoint(12) == 12);
   CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S", "PHASE swap comms"});
-  CHECK(p.w.TakeLog() == V{"switch 10"});
+  CHECK(p.w.TakeLog() == V{"switch 10", "start tm-retire"});  // the old communicator is destroyed off the path
+  p.w.RunJobs();
+  CHECK(p.w.TakeLog() == V{"retire 4106"});
   CHECK(p.m.agreement() == M::Agreement::kNone);
   CHECK(p.m.staged() == 0);
   CHECK_FALSE(p.m.active());
