@@ -256,7 +256,9 @@ class ShimWorld final : public World {
     if (st.ok()) {
       const std::vector<transfer::Region> local = LocalRegions();
       sink->regions = local.size();
-      st = sink->client->Prepare(descriptor, local, transfer::FetchOptions{}, &sink->prepared);
+      transfer::FetchOptions o;
+      o.warm = true;  // the leaver's pages read once now, so the read at S finds them warm (docs/transfer.md)
+      st = sink->client->Prepare(descriptor, local, o, &sink->prepared);
     }
     if (!st.ok()) {
       TM_WARN(kLogMigration, "migration: connecting to the leaver's state failed: %s", st.ToString().c_str());
