@@ -115,6 +115,7 @@ std::string LineageText(const CommCreated& c) {
   if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kSplit)) {
     s += " color " + std::to_string(c.lineage.color) + " key " + std::to_string(c.lineage.key);
   }
+  if (!c.blocking) s += " non-blocking";
   return s;
 }
 
@@ -131,11 +132,11 @@ std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::v
     const Lineage &la = a.lineage, &lb = b.lineage;
     bool parent_ok =
         la.parent_key == 0 ? lb.parent_key == 0 : j2l->count(la.parent_key) && (*j2l)[la.parent_key] == lb.parent_key;
-    // A sandboxed Split child does not know its real size (the sandbox splits as if every rank chose this
-    // rank's color): its nranks/rank are not compared; the replacement gets the leaver's.
-    const bool sized = la.kind != static_cast<uint8_t>(LineageKind::kSplit);
-    if (la.kind != lb.kind || (sized && (a.nranks != b.nranks || a.rank != b.rank)) || la.color != lb.color ||
-        la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
+    // Every communicator's size and rank, Split children included: the joiner's sandbox answered from the leaver's
+    // table (REGISTER_ACK), so a difference means the programs differ (or the table never arrived).
+    if (la.kind != lb.kind || a.nranks != b.nranks || a.rank != b.rank || a.blocking != b.blocking ||
+        la.color != lb.color || la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index ||
+        !parent_ok) {
       return "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
     }
     (*j2l)[a.comm_key] = b.comm_key;

@@ -91,11 +91,7 @@ bool Ready::Decode(Reader& r) {
   comms.clear();
   for (uint32_t i = 0; i < n && r.ok(); ++i) {
     CommCreated c;
-    c.comm_key = r.U64();
-    if (!c.lineage.Decode(r)) r.Fail();
-    c.rank = static_cast<int32_t>(r.U32());
-    c.nranks = static_cast<int32_t>(r.U32());
-    if (c.nranks <= 0 || c.rank < 0 || c.rank >= c.nranks) r.Fail();
+    if (!c.DecodeFields(r) || !c.Valid()) r.Fail();
     comms.push_back(std::move(c));
   }
   uint32_t m = r.Count(kMaxList, 12);

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -229,10 +230,24 @@ class ShimWorld final : public World {
     v->lineage.nranks = nranks;
     v->lineage.rank = rank;
   }
+  // The children of `v` (Split/Shrink) name it by key in their lineage: they take the new key too, and one already
+  // reported is reported again, so that the coordinator's table (what a later migration of this rank compares
+  // with) names parents by the keys the job knows.
   void Rekey(CommRef ref, uint64_t key) override {
     shim::VComm* v = VC(ref);
     if (v->magic != shim::VComm::kMagic) return;
+    const uint64_t old = v->comm_key;
     v->comm_key = key;  // its sandboxed key was never reported (shim_agent.cc)
+    rekeyed_.push_back(v);
+    for (shim::VComm* c : shim::LiveVComms()) {
+      if (c->magic != shim::VComm::kMagic || c->lineage.parent_key != old || c == v) continue;
+      {
+        std::lock_guard<std::mutex> lock(c->mu);
+        c->lineage.parent_key = key;
+      }
+      const bool reported = std::find(rekeyed_.begin(), rekeyed_.end(), c) != rekeyed_.end();
+      if (reported && agent_) agent_->ReportCommCreated(control::DescribeVComm(c));
+    }
     if (agent_) agent_->ReportCommCreated(control::DescribeVComm(v));
   }
 
@@ -307,6 +322,7 @@ class ShimWorld final : public World {
 
  private:
   control::Agent* agent_;
+  std::vector<shim::VComm*> rekeyed_;  // VComms that took a leaver's key (application thread, at the switch)
 };
 
 ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit

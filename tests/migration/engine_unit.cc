@@ -367,6 +367,48 @@ TEST_CASE("ready: mismatch refused, the joiner told to exit") {
   CHECK(j.h.Take() == V({"101:ABORT", "1:ABORT", "3:ABORT", "2:ABORT"}));
 }
 
+// The leaver (rank 1 of 4) also holds a split child of 2 ranks (its rank 0 there), made non-blocking.
+TEST_CASE("ready: a split child's size, rank and blocking are compared like every communicator's") {
+  Job j(4);
+  const uint64_t kChild = 0xC1;
+  CommCreated child = Job::Comm(kChild, 0, 2);
+  child.lineage.kind = static_cast<uint8_t>(LineageKind::kSplit);
+  child.lineage.index = 1;
+  child.lineage.parent_key = kWorld;
+  child.lineage.color = 1;
+  child.blocking = 0;
+  j.h.procs[2].comm_info[kChild] = child;
+  j.h.procs[2].comms.push_back(kChild);
+  Migration& m = j.Request({1});
+  j.h.Take();
+  uint64_t jid = j.AddJoiner(1);
+  mig::Ready r;
+  r.comms = {Job::Comm(0xB1, 1, 4), child};
+  r.comms[1].comm_key = 0xD1;
+  r.comms[1].lineage.parent_key = 0xB1;  // the joiner's own world key, mapped to the leaver's
+  r.regions = {Region{"w", 64}};
+  SUBCASE("same: matched") {
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.state == MigState::kBuilding);
+  }
+  SUBCASE("sized as its parent (a sandbox without the leaver's table): refused") {
+    r.comms[1].nranks = 4;
+    r.comms[1].rank = 1;
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason ==
+          "the joiner of rank 1 does not match the leaver: communicator 1: joiner Split #1 rank 1/4 color 1 key 0 "
+          "non-blocking, leaver Split #1 rank 0/2 color 1 key 0 non-blocking");
+  }
+  SUBCASE("blocking where the leaver's is not: refused") {
+    r.comms[1].blocking = 1;
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason.find("joiner Split #1 rank 0/2 color 1 key 0, leaver Split #1 rank 0/2 color 1 key 0 non-blocking") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("ready: an unexpected joiner is told to exit, the migration untouched") {
   Job j(3);
   Migration& m = j.Request({1});
