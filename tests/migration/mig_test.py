@@ -587,7 +587,7 @@ def scenario_abort_transfer():
 def scenario_seal_overlap():
     """TRAINMOVER_SEAL_OVERLAP=on|off: the leaver seals while the joiner reads, or first; both bit-identical. With
     on, the leaver's AT_STEP precedes its seal, so the joiner's transfer starts before the seal ends (checked in the
-    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on FETCH_FROM)."""
+    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on READ)."""
     for mode in ("on", "off"):
         clear_joiner_logs()
         job = Job(f"seal-{mode}", 2, steps=300, step_ms=8, env={"TRAINMOVER_SEAL_OVERLAP": mode})
