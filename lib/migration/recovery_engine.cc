@@ -122,6 +122,11 @@ class RecoveryEngine final : public Engine {
         return OnIds(h, e);
       case mig::Ev::kBuilt:
         return OnBuilt(h, e);
+      case mig::Ev::kPrepared:
+        if (p == ctx_->joiner) {
+          h.SendCommand(p, mig::Make(static_cast<uint16_t>(mig::Cmd::kRead), ctx_->id, mig::Step{ctx_->step}));
+        }
+        return;
       case mig::Ev::kVerified:
         return OnVerified(h, *from, e);
       case mig::Ev::kSwitched:
@@ -464,12 +469,14 @@ class RecoveryEngine final : public Engine {
     MaybeFetch(h);
   }
 
+  // The replacement connects to the buddy's copy (PREPARE), then reads it at once (READ on PREPARED): the copy
+  // does not change, so there is no switch step to wait for.
   void MaybeFetch(EngineHost& h) {
     RecCtx& x = *ctx_;
     if (!x.joiner || x.descriptor.empty() || x.fetch_sent) return;
     x.fetch_sent = true;
     if (Migration* m = h.FindMigration(x.id)) h.BeginPhase(*m, 0, "transfer");
-    h.SendCommand(x.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kFetchFrom), x.id, mig::Blob{x.descriptor}));
+    h.SendCommand(x.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kPrepare), x.id, mig::Blob{x.descriptor}));
   }
 
   void OnVerified(EngineHost& h, const ProcessRec& from, const Event& e) {

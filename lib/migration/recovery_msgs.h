@@ -19,7 +19,7 @@
 //   D      COMMAND FENCE(epoch, rank F, words = comm_keys containing F) -> every survivor
 //   surv.  EVENT HELD(epoch, step)                                    held at its next safe point
 //   D      COMMAND EXPOSE_HELD(rank F, step S) -> F's buddy;  buddy EVENT HELD_EXPOSED(rank, step, blob)
-//   D      the planned-migration commands to the replacement and the members (MAP, MAKE_IDS, BUILD, FETCH_FROM with
+//   D      the planned-migration commands to the replacement and the members (MAP, MAKE_IDS, BUILD, PREPARE+READ of
 //          the buddy's descriptor, SWITCH(S)), then COMMAND ROLLBACK(epoch, step S) -> every survivor
 //   surv.  EVENT ROLLED_BACK(epoch, step S, words = {stall ns})
 //   D      COMMAND GIVE_UP(text) -> every survivor when recovery is impossible (they end with that reason)
