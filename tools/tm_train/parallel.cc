@@ -100,13 +100,17 @@ struct Comms {
   std::vector<NamedComm> Named() const { return {{"world", world}, {"tp", tp}, {"dp", dp}, {"pp", pp}}; }
 };
 
+// The DP group's communicator comes first, as PyTorch's lazy initialisation makes it (a group's NCCL
+// communicator is created at its first collective, here the DP broadcast of the parameters): the first
+// communicator of a process is not the world's, so its rank there is not the process's rank.
 Comms MakeComms(const Grid& g, int rank, int world, IdStore& ids) {
   Comms c;
-  ncclUniqueId id = ids.Get("tm-train/nccl-unique-id", rank == 0);
+  ncclUniqueId id =
+      ids.Get("tm-train/dp/" + std::to_string(g.stage) + "." + std::to_string(g.tp_rank), g.dp_rank == 0);
+  NCCLCHECK(ncclCommInitRank(&c.dp, g.dp, id, g.dp_rank));
+  id = ids.Get("tm-train/nccl-unique-id", rank == 0);
   NCCLCHECK(ncclCommInitRank(&c.world, world, id, rank));
   NCCLCHECK(ncclCommSplit(c.world, g.stage * g.dp + g.dp_rank, g.tp_rank, &c.tp, nullptr));
-  id = ids.Get("tm-train/dp/" + std::to_string(g.stage) + "." + std::to_string(g.tp_rank), g.dp_rank == 0);
-  NCCLCHECK(ncclCommInitRank(&c.dp, g.dp, id, g.dp_rank));
   id = ids.Get("tm-train/pp/" + std::to_string(g.dp_rank) + "." + std::to_string(g.tp_rank), g.stage == 0);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
