@@ -688,6 +688,10 @@ class MigrationEngine final : public Engine {
       if (ProcessRec* j = h.FindProcess(p.joiner)) {
         j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
         j->info.replace = -1;
+        // The leaver's rank and world, not the rank in the joiner's first communicator (a subgroup's in a
+        // program that makes its groups lazily, as PyTorch does).
+        j->info.rank = p.rank;
+        if (const ProcessRec* l = h.FindProcess(p.leaver)) j->info.world = l->info.world;
       }
       TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }

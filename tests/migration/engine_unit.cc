@@ -564,6 +564,7 @@ TEST_CASE("switch: READ on the leaver's AT_STEP, SWITCH once verified and all at
   CHECK(m.downtime_ns == 7000000);
   CHECK(j.h.procs[101].info.role == "worker");
   CHECK(j.h.procs[101].info.replace == -1);
+  CHECK(j.h.procs[101].info.rank == 1);  // the leaver's rank, whatever its first communicator says
   CHECK_FALSE(j.h.PhaseOpen(m, "switch"));
 }
 
