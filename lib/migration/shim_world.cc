@@ -4,6 +4,7 @@
 // safe-point hook.
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -222,7 +223,11 @@ class ShimWorld final : public World {
     if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
   }
   void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
-  void RetireComm(void* comm) override { shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm)); }
+  // On tm-retire, at the lowest priority: the cores go to the application's first steps on the replacements.
+  void RetireComm(void* comm) override {
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);  // this thread only (Linux)
+    shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm));
+  }
   void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
     shim::VComm* v = VC(ref);
     shim::SwitchToNext(v);
