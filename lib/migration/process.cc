@@ -247,6 +247,7 @@ void ProcessMachine::AbortLocked(const std::string& why) {
   TM_WARN(kLogMigration, "migration %llu aborted here: %s; training continues on the current communicators",
           static_cast<unsigned long long>(mig_), why.c_str());
   ++gen_;
+  w_.SetLeaving(false);
   for (const Staged& st : member_.staged) w_.DropStaged(st.v);
   member_.staged.clear();
   member_.agreement = Agreement::kNone;
@@ -551,6 +552,7 @@ void ProcessMachine::ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step)
   const bool overlap = leaver && w_.SealOverlaps(leaver_.destination);
   if (overlap || !leaver) Send(mig::Ev::kAtStep, id, mig::Step{step});
   if (!leaver) return;
+  w_.SetLeaving(true);  // the stayers may destroy our shared communicators from now on
   StateSource* server = leaver_.server.get();
   const uint64_t gen = gen_;
   leaver_.exposure = Exposure::kSealing;

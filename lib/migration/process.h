@@ -84,6 +84,8 @@ class World {
   virtual bool IsJoiner() const = 0;  // TRAINMOVER_ROLE=joiner
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
+  // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.
+  virtual void SetLeaving(bool leaving) = 0;
   virtual std::string Fault() const = 0;  // TRAINMOVER_FAULT (test knob)
   virtual int64_t ShadowIters() const = 0;
   virtual uint64_t TapeMaxBytes() const = 0;

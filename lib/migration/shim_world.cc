@@ -112,6 +112,7 @@ class ShimWorld final : public World {
   bool IsJoiner() const override { return shim::ProcessRole() == shim::Role::kJoiner; }
   bool Sandboxed() const override { return shim::ProcessSandboxed(); }
   void LeaveSandbox() override { shim::SetProcessSandboxed(false); }
+  void SetLeaving(bool leaving) override { shim::SetProcessLeaving(leaving); }
   std::string Fault() const override { return shim::ProcessConfig().fault; }
   int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
   uint64_t TapeMaxBytes() const override { return static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes); }
