@@ -4,7 +4,6 @@
 // safe-point hook.
 #include <dlfcn.h>
 #include <pthread.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -224,11 +223,9 @@ class ShimWorld final : public World {
     if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
   }
   void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
-  // On tm-retire, at the lowest priority: the cores go to the application's first steps on the replacements.
-  void RetireComm(void* comm) override {
-    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);  // this thread only (Linux)
-    shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm));
-  }
+  // On tm-retire, at normal priority: a destroy takes locks the application's operations on the replacements
+  // may need (UCX's context, the CUDA context), and a low-priority holder would make them wait longer.
+  void RetireComm(void* comm) override { shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm)); }
   void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
     shim::VComm* v = VC(ref);
     shim::SwitchToNext(v);
