@@ -25,6 +25,8 @@
 #include "core/shim_state.h"
 #include "migration.h"
 #include "process.h"
+#include "recovery.h"
+#include "recovery_msgs.h"
 #include "sandbox/tape.h"
 #include "shim_agent.h"
 #include "transfer/transfer.h"
@@ -330,17 +332,23 @@ class ShimWorld final : public World {
 
 ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit
 
-// The hook: reports the step, then lets the machine hold the application where the migration needs it.
+// The hook: reports the step, then lets the machine hold the application where the migration needs it, then
+// failure recovery (a snapshot, or the hold and rollback of a fenced process).
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
-  return g_machine->OnSafePoint(step);
+  return RecoverySafePoint(g_machine->OnSafePoint(step));
 }
 
 }  // namespace
 
 void InstallMigration(control::Agent* agent) {
-  g_machine = new ProcessMachine(*new ShimWorld(agent));
-  agent->SetCommandHandler([](const control::Command& c) { g_machine->OnCommand(c); });
+  auto* world = new ShimWorld(agent);
+  g_machine = new ProcessMachine(*world);
+  InstallRecovery(world, g_machine);
+  agent->SetCommandHandler([](const control::Command& c) {
+    if (c.kind >= control::rec::kFirstRecoveryKind) return RecoveryCommand(c);
+    g_machine->OnCommand(c);
+  });
   shim::SetSafePointHook(Hook, nullptr);
 }
 
