@@ -64,7 +64,9 @@ int64_t OnSafePoint(void*, int64_t step) {
 
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
-  static std::vector<Region> last;  // agent thread only
+  // Agent thread only. Never destroyed: the agent thread may still poll while the process runs its static
+  // destructors at exit (a destroyed vector here crashed a rank at its normal end).
+  static std::vector<Region>& last = *new std::vector<Region>();
   static bool sent = false;
   std::vector<Region> now;
   for (const shim::Region& r : shim::Regions()) now.push_back(Region{r.name, r.bytes});
