@@ -61,12 +61,14 @@ int64_t OnSafePoint(void*, int64_t step) {
 
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
-  static std::vector<Region> last;  // agent thread only
+  // Agent thread only. Never destroyed: the agent thread may still tick while exit() runs the destructors of
+  // statics, before the atexit handler that stops it.
+  static auto* last = new std::vector<Region>;
   static bool sent = false;
   std::vector<Region> now;
   for (const shim::Region& r : shim::Regions()) now.push_back(Region{r.name, r.bytes});
-  if (sent && now == last) return;
-  last = now;
+  if (sent && now == *last) return;
+  *last = now;
   sent = true;
   if (Agent* a = g_agent.load(std::memory_order_acquire)) a->ReportRegions(std::move(now));
 }
@@ -99,6 +101,7 @@ extern "C" void tmAgentStart(const Config* config) {
   o.coordinator = config->coordinator;
   o.token = config->token;
   o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
+  o.silence_timeout_ms = static_cast<int>(config->coordinator_timeout_ms);
   o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
   auto* agent = new Agent(o);  // lives until exit
   agent->SetTick(PollRegions, 200);

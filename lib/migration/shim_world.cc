@@ -7,7 +7,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -85,6 +87,7 @@ class ShimWorld final : public World {
   void LeaveSandbox() override { shim::SetProcessSandboxed(false); }
   std::string Fault() const override { return shim::ProcessConfig().fault; }
   int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
+  uint64_t HoldTimeoutMs() const override { return static_cast<uint64_t>(shim::ProcessConfig().hold_timeout_ms); }
   uint64_t TapeMaxBytes() const override { return static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes); }
 
   // auto: overlap unless the joiner (`destination` is "host H pid P") runs on this host and the host has under
@@ -233,6 +236,8 @@ class ShimWorld final : public World {
     if (st.ok()) {
       std::vector<transfer::Region> local = LocalRegions();
       transfer::FetchOptions o;
+      // As long as the coordinator waits for the hand-off (half the hold timeout), never longer.
+      o.timeout_ms = static_cast<int>(std::min<int64_t>(shim::ProcessConfig().hold_timeout_ms / 2, INT32_MAX));
       o.progress = progress;
       if (corrupt) o.expected_checksums.assign(local.size(), 0x5eed5eed5eed5eedull);
       st = client->Fetch(descriptor, local, o, &res);
