@@ -69,8 +69,10 @@
     "Leaver at the switch point: on = report AT_STEP first and checksum the state while the joiner already "  \
     "reads it; off = checksum first; auto = on unless the joiner is on this host and it has under 8 CPUs "    \
     "(both sides hashing at once then slow each other down, docs/migration.md).")                             \
-  X(FAULT, fault, std::string, ParseOneOf, "enum", "", "corrupt-transfer|pass-first-proposal",               \
+  X(FAULT, fault, std::string, ParseOneOf, "enum", "", "corrupt-transfer|pass-first-proposal|slow-transfer", \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
-    "with PASSED (the coordinator must propose again and release the ranks held at the first one).")
+    "with PASSED (the coordinator must propose again and release the ranks held at the first one); "          \
+    "slow-transfer makes a joiner wait 3 s before it reads the state (a wide switching phase for the fault "  \
+    "tests, docs/reliability.md).")
 // clang-format on

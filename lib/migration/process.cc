@@ -4,6 +4,8 @@
 #include "process.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <utility>
 
 #include "base/log.h"
@@ -336,7 +338,8 @@ void ProcessMachine::FetchJob(uint64_t id, uint64_t gen, const std::vector<uint8
       Send(mig::Ev::kProgress, id, mig::Progress{done, total});
     }
   };
-  // Test knob (docs/migration.md): expect checksums no transfer can produce, as a corrupted read would.
+  // Test knobs (docs/migration.md, docs/reliability.md): a slow start; checksums no transfer can produce.
+  if (w_.Fault() == "slow-transfer") std::this_thread::sleep_for(std::chrono::seconds(3));
   std::string summary;
   std::string err = w_.Fetch(descriptor, w_.Fault() == "corrupt-transfer", progress, &summary);
   {
