@@ -57,8 +57,12 @@ class Agent {
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
+  // Called on the agent thread for every REGISTER_ACK (each (re)registration). Must not block.
+  using RegisteredHandler = std::function<void(const RegisterAck&)>;
+
   // Install before Start().
   void SetCommandHandler(CommandHandler h) { handler_ = std::move(h); }
+  void SetRegisteredHandler(RegisteredHandler h) { registered_ = std::move(h); }
   // Called on the agent thread about every `period_ms` (e.g. to poll the shim's region table).
   void SetTick(std::function<void()> fn, int period_ms) {
     tick_ = std::move(fn);
@@ -107,6 +111,7 @@ class Agent {
 
   Options opt_;
   CommandHandler handler_;
+  RegisteredHandler registered_;
   std::function<void()> tick_;
   int tick_period_ms_ = 200;
   std::thread thread_;

@@ -221,6 +221,7 @@ class Coordinator final : public EngineHost {
   void Sweep();  // peers that failed, missed the HELLO deadline, or slow HTTP clients
   void MarkLost(ProcessRec& pr, const std::string& why);
   void OnRegister(Peer& p, const Register& r);
+  void ReplacedTable(int32_t rank, RegisterAck* a);
   void OnCommCreated(ProcessRec& pr, const CommCreated& c);
   void OnCommDestroyed(ProcessRec& pr, uint64_t key);
   MigrateReply OnMigrate(const MigrateReq& r);

@@ -25,6 +25,7 @@ TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a i
 SCENARIO = sys.argv[7]
 FAKE_CUDART = os.path.abspath(sys.argv[8]) if len(sys.argv) > 8 else ""
 SPLIT_APP = os.path.abspath(sys.argv[9]) if len(sys.argv) > 9 else ""
+TP_DP_APP = os.path.abspath(sys.argv[10]) if len(sys.argv) > 10 else ""
 WORK = tempfile.mkdtemp(prefix="mig-test-")
 # Scenario "numpy": the ranks are python/examples/numpy_ddp.py (NumPy over the NCCL API through ctypes, with the
 # trainmover Python module) run by TM_PYTHON (an interpreter with NumPy) instead of tm-train.
@@ -60,15 +61,23 @@ def train_cmd(params, steps, step_ms, preload=""):
 REF = {}
 
 
-def split_cmd(steps, step_ms):
-    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", SPLIT_APP, str(steps), str(step_ms)]
+def split_cmd(steps, step_ms, app="split"):
+    exe = TP_DP_APP if app == "tp_dp" else SPLIT_APP
+    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", exe, str(steps), str(step_ms)]
+
+
+def job_cmd(params, steps, step_ms, preload=""):
+    """tm-train, or one of the test programs when params names it ("split", "tp_dp")."""
+    if params in ("split", "tp_dp"):
+        return split_cmd(steps, step_ms, params)
+    return train_cmd(params, steps, step_ms, preload)
 
 
 def reference(ranks, params, steps):
     key = (ranks, params, steps)
     if key not in REF:
         log = os.path.join(WORK, f"ref-{ranks}-{params}.log")
-        cmd = split_cmd(steps, 0) if params == "split" else train_cmd(params, steps, 0)
+        cmd = job_cmd(params, steps, 0)
         with open(log, "w") as f:
             rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + cmd,
                                 stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
@@ -98,7 +107,7 @@ class Job:
             self.addr = self.daemon.stdout.readline().strip()
             env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
             opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
-        cmd = split_cmd(steps, step_ms) if params == "split" else train_cmd(params, steps, step_ms, preload)
+        cmd = job_cmd(params, steps, step_ms, preload)
         if ignore_term:  # the ranks ignore tmrun's SIGTERM (inherited SIG_IGN), so they live to see their own errors
             cmd = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh"] + cmd
         self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + list(tmrun_opts) + opts + ["--"] + cmd,
@@ -292,6 +301,25 @@ def scenario_split():
     finally:
         job.kill()
     job.check_digests({0, 1, 3})
+
+
+def scenario_tp_dp():
+    # TP 2 x DP 2 made with ncclCommSplit (DP non-blocking): the joiners' sandboxes size every communicator as the
+    # leaver's (the program checks ncclCommCount and sizes its buffers from it); every rank moved in turn, rank 1
+    # twice (its second move compares with a process that was itself a joiner)
+    if not TP_DP_APP or not os.path.exists(TP_DP_APP):
+        print("SKIP: tp_dp_app was not built")
+        sys.exit(77)
+    clear_joiner_logs()
+    job = Job("tp_dp", 4, params="tp_dp", steps=700, step_ms=8)
+    try:
+        for k, r in ((10, 0), (100, 1), (200, 2), (300, 3), (400, 1)):
+            job.wait_step(k)
+            job.migrate(r)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({0, 1, 2, 3})
 
 
 def scenario_pair():
@@ -545,7 +573,7 @@ def scenario_abort_transfer():
 def scenario_seal_overlap():
     """TRAINMOVER_SEAL_OVERLAP=on|off: the leaver seals while the joiner reads, or first; both bit-identical. With
     on, the leaver's AT_STEP precedes its seal, so the joiner's transfer starts before the seal ends (checked in the
-    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on FETCH_FROM)."""
+    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on READ)."""
     for mode in ("on", "off"):
         clear_joiner_logs()
         job = Job(f"seal-{mode}", 2, steps=300, step_ms=8, env={"TRAINMOVER_SEAL_OVERLAP": mode})
@@ -604,7 +632,7 @@ def scenario_numpy():
     steps = 600
     log = os.path.join(WORK, "numpy-noshim.log")
     with open(log, "w") as f:
-        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--"] + numpy_cmd(3000, steps, 0, shim=False),
+        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--no-shim", "--"] + numpy_cmd(3000, steps, 0, shim=False),
                             stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
     plain = digests(log)
     if rc != 0 or len(plain) != 3 or len(set(plain.values())) != 1:
@@ -615,7 +643,7 @@ def scenario_numpy():
     run_plan("numpy", 3, [(10, [1]), (100, [0]), (200, [[1, 2]])], steps=steps)
 
 
-SCENARIOS = {"numpy": scenario_numpy, "tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"tp_dp": scenario_tp_dp, "numpy": scenario_numpy, "tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "faults": scenario_faults, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
