@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -115,10 +116,24 @@ Agent::~Agent() {
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
+namespace {
+std::atomic<Agent*> g_started{nullptr};  // the process's agent, for the fork handler
+}  // namespace
+
+// In a child forked while the agent runs: no agent thread was copied, only its socket; the child closes it so
+// that the parent's death still closes the connection (the child may live on, as data-loader workers do).
+void Agent::CloseInForkedChild() {
+  if (Agent* a = g_started.load()) {
+    const int fd = a->conn_fd_.exchange(-1);
+    if (fd >= 0) close(fd);
+  }
+}
+
 void Agent::Start() {
   if (thread_.joinable()) return;
   stop_.store(false);
   owner_pid_ = getpid();
+  if (g_started.exchange(this) == nullptr) pthread_atfork(nullptr, nullptr, &Agent::CloseInForkedChild);
   thread_ = base::StartThread("tm-agent", [this] { Loop(); });
 }
 
@@ -285,6 +300,7 @@ void Agent::Connect(Session& s) {
     base::SetHostAddress(ip);
   }
   s.conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
+  conn_fd_.store(fd);
   s.conn->StartHello(kClientAgent);
   s.last_heard = NowMonotonicNs();
   s.heard_bytes = 0;
@@ -319,6 +335,7 @@ void Agent::Lose(Session& s, const std::string& why) {
   } else {
     TM_INFO(kLogControl, "agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
   }
+  conn_fd_.store(-1);
   s.conn.reset();
   s.registered = false;
   connected_.store(false);

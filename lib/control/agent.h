@@ -72,7 +72,9 @@ class Agent {
   void Start();
   // Stops the thread. With bye, first tells the coordinator this process is exiting (bounded wait).
   // A no-op when called on the agent thread itself (e.g. exit() from a command handler) or in a forked
-  // child (which has no agent thread).
+  // child (which has no agent thread). A forked child (a data-loader worker) closes its copy of the
+  // connection at once (pthread_atfork), so the coordinator still sees this process's end as the connection
+  // closing.
   void Stop(bool bye = false);
 
   // --- reports: any thread, lock-free, never block ---
@@ -116,6 +118,8 @@ class Agent {
   int tick_period_ms_ = 200;
   std::thread thread_;
   int owner_pid_ = 0;  // the process that started the thread
+  std::atomic<int> conn_fd_{-1};  // the connection's socket, closed in a forked child (pthread_atfork)
+  static void CloseInForkedChild();
   std::atomic<bool> stop_{false};
   std::atomic<bool> bye_{false};
   int wake_fd_ = -1;

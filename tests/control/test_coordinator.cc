@@ -97,9 +97,9 @@ int CountState(const Json& st, const std::string& state) {
   return n;
 }
 
-pid_t Spawn(const std::string& addr, int rank, int world, const char* key) {
+pid_t Spawn(const std::string& addr, int rank, int world, const char* key, const char* extra = nullptr) {
   std::string r = std::to_string(rank), w = std::to_string(world);
-  const char* argv[] = {g_probe.c_str(), addr.c_str(), r.c_str(), w.c_str(), key, nullptr};
+  const char* argv[] = {g_probe.c_str(), addr.c_str(), r.c_str(), w.c_str(), key, extra, nullptr};
   pid_t pid = -1;
   setenv("TRAINMOVER_TOKEN", kToken, 1);
   REQUIRE(posix_spawn(&pid, g_probe.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
@@ -648,6 +648,21 @@ TEST_CASE("REGISTER carries no secret, and a command line it cannot carry exactl
   unsetenv("TM_TEST_LONG");
   unsetenv("MY_SERVICE_API_KEY");
   unsetenv("TM_TEST_PLAIN");
+}
+
+TEST_CASE("a forked child (a data-loader worker) does not keep its parent's control connection open") {
+  Coord co(60000);  // no heartbeat timeout within the test: only the connection closing can tell
+  pid_t parent = Spawn(co.addr(), 0, 1, "0x5", "--fork-child");
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  REQUIRE(CountState(st, "alive") == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the child was forked after registering
+  const auto t0 = std::chrono::steady_clock::now();
+  Reap(parent);
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
+  REQUIRE(CountState(st, "lost") == 1);
+  CHECK(st["processes"].arr[0]["lost_reason"].Str().find("closed") != std::string::npos);
+  // Seen at once, not when the child (alive 10 s, its stdio closed) ends.
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
 }
 
 TEST_CASE("the coordinator refuses a token shorter than 16 characters") {
