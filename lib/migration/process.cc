@@ -515,8 +515,8 @@ void ProcessMachine::SendReady(int64_t step) {
   w_.LogReady();
 }
 
-// Held after READY: until SWITCH, an abort, or 3 s without the coordinator (the hold timeout once a migration
-// is under way here).
+// Held after READY: until SWITCH, an abort, or 3 s without the coordinator (the hold timeout once VERIFIED was
+// sent).
 void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
   uint64_t lost_since = 0;
   while (member_.agreement != Agreement::kSwitch && !joiner_.exit_pending) {
@@ -526,7 +526,9 @@ void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
       continue;
     }
     if (!lost_since) lost_since = w_.MonotonicNs();
-    if (w_.MonotonicNs() - lost_since > (active_ ? w_.HoldTimeoutMs() * 1000000ull : kLostCoordinatorNs)) {
+    // Once VERIFIED left, the coordinator may have sent SWITCH: wait for the outcome as a stayer would.
+    const bool verified = joiner_.intake == Intake::kRead;
+    if (w_.MonotonicNs() - lost_since > (verified ? w_.HoldTimeoutMs() * 1000000ull : kLostCoordinatorNs)) {
       joiner_.exit_pending = true;
       joiner_.exit_reason = "lost the coordinator";
     }

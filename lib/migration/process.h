@@ -258,8 +258,8 @@ class ProcessMachine {
   static constexpr int kTapeWaitMs = 3000;  // the joiner's wait for the tape at its first safe point
   // The joiner reports the transfer's progress (tmctl watch's bar) at most this often.
   static constexpr uint64_t kProgressIntervalNs = 20000000ull;
-  // A held joiner without D exits after this; once a migration is under way (MAP arrived) it waits as long as
-  // a stayer would (HoldTimeoutMs), since the coordinator may have decided to switch while it was cut off.
+  // A held joiner without D exits after this; once it sent VERIFIED it waits as long as a stayer would
+  // (HoldTimeoutMs), since the coordinator may have decided to switch while it was cut off.
   static constexpr uint64_t kLostCoordinatorNs = 3000000000ull;
 
  private:

@@ -156,13 +156,16 @@ std::string HttpGet(const std::string& addr, const std::string& path) {
   return got;
 }
 
-std::unique_ptr<Agent> MakeAgent(const std::string& addr, int rank, int world, const std::string& token = kToken) {
+Agent::Options AgentOptions(const std::string& addr, int rank, int world, const std::string& token = kToken) {
   Agent::Options o;
   o.coordinator = addr;
   o.token = token;
   o.self = DescribeSelf("worker", rank, world, -1);
-  auto a = std::make_unique<Agent>(o);
-  return a;
+  return o;
+}
+
+std::unique_ptr<Agent> MakeAgent(const std::string& addr, int rank, int world, const std::string& token = kToken) {
+  return std::make_unique<Agent>(AgentOptions(addr, rank, world, token));
 }
 
 CommCreated Comm(uint64_t key, int rank, int n, uint32_t index = 0) {
@@ -418,10 +421,7 @@ TEST_CASE("a restarted coordinator rebuilds its view from the agents") {
 
 TEST_CASE("agent: a full ring drops safe points and counts them, the latest step still arrives") {
   Coord co;
-  Agent::Options o;
-  o.coordinator = co.addr();
-  o.token = kToken;
-  o.self = DescribeSelf("worker", 0, 1, -1);
+  Agent::Options o = AgentOptions(co.addr(), 0, 1);
   o.ring_slots = 8;
   Agent a(o);
   for (int s = 0; s < 100; ++s) a.ReportSafePoint(s);  // not started: nothing drains the ring
@@ -542,10 +542,7 @@ struct TestEngine final : Engine {
 TEST_CASE("a frozen coordinator is noticed by its agents within the silence timeout; they come back when it thaws") {
   auto* engine = new TestEngine;
   Coord co(600, "127.0.0.1:0", true, std::unique_ptr<Engine>(engine));  // KEEPALIVE every 150 ms
-  Agent::Options o;
-  o.coordinator = co.addr();
-  o.token = kToken;
-  o.self = DescribeSelf("worker", 0, 1, -1);
+  Agent::Options o = AgentOptions(co.addr(), 0, 1);
   o.silence_timeout_ms = 400;
   Agent a(o);
   a.Start();
