@@ -36,6 +36,7 @@ void Notify(VComm* v, bool created) {
   }
 }
 std::atomic<int> g_process_sandboxed{-1};  // -1: from the role
+std::atomic<bool> g_process_leaving{false};
 
 std::mutex g_pool_mu;
 std::vector<RegHandle*>& FreeRegs() {
@@ -380,6 +381,17 @@ ncclComm_t AbortNext(VComm* v) {
   return v->next.exchange(nullptr, std::memory_order_acq_rel);
 }
 
+namespace {
+std::atomic<OpFailureHook> g_op_failure_hook{nullptr};
+}  // namespace
+
+void SetOpFailureHook(OpFailureHook fn) { g_op_failure_hook.store(fn, std::memory_order_release); }
+
+bool OpFailedButFenced(VComm* v, ncclComm_t used, ncclResult_t r) {
+  OpFailureHook hook = g_op_failure_hook.load(std::memory_order_acquire);
+  return hook && hook(v, used, r);
+}
+
 void SetVCommObserver(VCommObserver fn, void* ctx) {
   g_observer_ctx.store(ctx, std::memory_order_relaxed);
   g_observer.store(fn, std::memory_order_release);
@@ -417,6 +429,8 @@ bool ProcessSandboxed() {
   return s == 1;
 }
 void SetProcessSandboxed(bool sandboxed) { g_process_sandboxed.store(sandboxed ? 1 : 0, std::memory_order_release); }
+bool ProcessLeaving() { return g_process_leaving.load(std::memory_order_acquire); }
+void SetProcessLeaving(bool leaving) { g_process_leaving.store(leaving, std::memory_order_release); }
 
 // ---- the tm* exports
 

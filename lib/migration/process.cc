@@ -257,6 +257,7 @@ void ProcessMachine::AbortLocked(const std::string& why) {
   TM_WARN(kLogMigration, "migration %llu aborted here: %s; training continues on the current communicators",
           static_cast<unsigned long long>(mig_), why.c_str());
   ++gen_;
+  w_.SetLeaving(false);
   for (const Staged& st : member_.staged) w_.DropStaged(st.v);
   member_.staged.clear();
   member_.agreement = Agreement::kNone;
@@ -598,6 +599,7 @@ void ProcessMachine::ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step)
   const bool overlap = leaver && w_.SealOverlaps(leaver_.destination);
   if (overlap || !leaver) Send(mig::Ev::kAtStep, id, mig::Step{step});
   if (!leaver) return;
+  w_.SetLeaving(true);  // the stayers may destroy our shared communicators from now on
   StateSource* server = leaver_.server.get();
   const uint64_t gen = gen_;
   leaver_.exposure = Exposure::kSealing;
@@ -660,6 +662,15 @@ void ProcessMachine::JoinerExit(std::unique_lock<std::mutex>& lk) {
   lk.unlock();
   w_.Exit(1, "joiner exits: the migration did not complete (" + why + ")");
   __builtin_unreachable();  // World::Exit does not return
+}
+
+size_t ProcessMachine::SwitchStagedForRecovery() {
+  std::lock_guard<std::mutex> lk(mu_);
+  const size_t n = member_.staged.size();
+  for (const Staged& st : member_.staged) w_.SwitchStayer(st.v);
+  member_.staged.clear();
+  active_ = false;
+  return n;
 }
 
 // ---- snapshots for the tests

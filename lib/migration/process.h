@@ -84,6 +84,8 @@ class World {
   virtual bool IsJoiner() const = 0;  // TRAINMOVER_ROLE=joiner
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
+  // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.
+  virtual void SetLeaving(bool leaving) = 0;
   virtual std::string Fault() const = 0;  // TRAINMOVER_FAULT (test knob)
   virtual int64_t ShadowIters() const = 0;
   // TRAINMOVER_HOLD_TIMEOUT_MS: the longest a process is held at the switch step without the coordinator's
@@ -160,6 +162,9 @@ class ProcessMachine {
   int64_t OnSafePoint(int64_t step);
   // Joins the background jobs that have finished (tests; OnCommand does it before starting another).
   void ReapJobs();
+  // Failure recovery (recovery.h), application thread held at the rollback: the replacements that the recovery's
+  // BUILD staged become the real communicators (the fenced ones were withdrawn already). Returns how many.
+  size_t SwitchStagedForRecovery();
 
   // --- states, public for the tests
 

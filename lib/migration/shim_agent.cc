@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "base/launcher.h"
 #include "base/log.h"
 #include "core/shim_state.h"
 #include "migration.h"
@@ -121,7 +122,17 @@ extern "C" void tmAgentStart(const Config* config) {
   o.token = config->token;
   o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
   o.silence_timeout_ms = static_cast<int>(config->coordinator_timeout_ms);
-  o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
+  // A worker's identity is its launcher's (torchrun, tmrun: RANK, WORLD_SIZE) when it has one, not the rank in
+  // whichever communicator a framework happens to create first (base/launcher.h). A joiner's rank is the one
+  // it replaces; a standby has none.
+  const base::LauncherIdentity launcher = base::LauncherFromEnv();
+  const bool worker = config->role == Role::kWorker;
+  o.self = DescribeSelf(RoleName(config->role), worker ? launcher.rank : -1, worker ? launcher.world : -1,
+                        static_cast<int32_t>(config->replace));
+  if (worker && launcher.rank >= 0) {
+    TM_INFO(kLogControl, "launcher %s: rank %d of %d (RANK, WORLD_SIZE)", launcher.launcher.c_str(), launcher.rank,
+            launcher.world);
+  }
   auto* agent = new Agent(o);  // lives until exit
   agent->SetTick(PollRegions, 200);
   agent->SetRegisteredHandler(OnRegistered);

@@ -26,6 +26,8 @@
 #include "core/shim_state.h"
 #include "migration.h"
 #include "process.h"
+#include "recovery.h"
+#include "recovery_msgs.h"
 #include "sandbox/tape.h"
 #include "shim_agent.h"
 #include "transfer/transfer.h"
@@ -119,6 +121,7 @@ class ShimWorld final : public World {
   bool IsJoiner() const override { return shim::ProcessRole() == shim::Role::kJoiner; }
   bool Sandboxed() const override { return shim::ProcessSandboxed(); }
   void LeaveSandbox() override { shim::SetProcessSandboxed(false); }
+  void SetLeaving(bool leaving) override { shim::SetProcessLeaving(leaving); }
   std::string Fault() const override { return shim::ProcessConfig().fault; }
   int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
   uint64_t HoldTimeoutMs() const override { return static_cast<uint64_t>(shim::ProcessConfig().hold_timeout_ms); }
@@ -337,17 +340,23 @@ class ShimWorld final : public World {
 
 ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit
 
-// The hook: reports the step, then lets the machine hold the application where the migration needs it.
+// The hook: reports the step, then lets the machine hold the application where the migration needs it, then
+// failure recovery (a snapshot, or the hold and rollback of a fenced process).
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
-  return g_machine->OnSafePoint(step);
+  return RecoverySafePoint(g_machine->OnSafePoint(step));
 }
 
 }  // namespace
 
 void InstallMigration(control::Agent* agent) {
-  g_machine = new ProcessMachine(*new ShimWorld(agent));
-  agent->SetCommandHandler([](const control::Command& c) { g_machine->OnCommand(c); });
+  auto* world = new ShimWorld(agent);
+  g_machine = new ProcessMachine(*world);
+  InstallRecovery(world, g_machine);
+  agent->SetCommandHandler([](const control::Command& c) {
+    if (c.kind >= control::rec::kFirstRecoveryKind) return RecoveryCommand(c);
+    g_machine->OnCommand(c);
+  });
   shim::SetSafePointHook(Hook, nullptr);
 }
 

@@ -74,6 +74,7 @@ class FakeWorld final : public World {
   std::deque<std::function<void()>> script;  // run one per Wait, in order
   std::vector<std::function<void()>> jobs;
   bool connected = true, joiner = false, sandboxed = false, overlap = true, ids_ok = true, rebind_ok = true;
+  bool leaving = false;  // SetLeaving
   std::string fault, seal_error, expose_error, prepare_error, fetch_error;
   std::function<void()> during_seal, during_build;
   std::map<uint64_t, BuildOutcome> build;  // by comm_key; default: built
@@ -95,6 +96,7 @@ class FakeWorld final : public World {
     sandboxed = false;
     log.push_back("leave sandbox");
   }
+  void SetLeaving(bool on) override { leaving = on; }
   std::string Fault() const override { return fault; }
   int64_t ShadowIters() const override { return 1; }
   uint64_t TapeMaxBytes() const override { return 1 << 20; }
@@ -570,6 +572,7 @@ TEST_CASE("leaver: AT_STEP then seal (overlapped), SWITCH, exit 0 with where it 
     CHECK(e.code == 0);
     CHECK(e.line == "rank migrated at step 12 to host h pid 5; this process exits");
   }
+  CHECK(p.w.leaving);  // from S on, its communicators' async errors are the stayers leaving them
   CHECK(p.w.Take() == V{"AT_STEP", "PHASE seal", "PHASE hold at S"});
   CHECK(p.w.TakeLog() == V{"seal", "close"});
 }
@@ -590,6 +593,7 @@ TEST_CASE("leaver: not overlapped, the seal comes before AT_STEP; a failed seal 
   }
   CHECK(p.w.TakeLog() == V{"seal", "close"});  // closed by the abort
   CHECK(p.m.exposure() == M::Exposure::kNone);
+  CHECK_FALSE(p.w.leaving);  // aborted: it trains on, its async errors are real again
 }
 
 TEST_CASE("leaver: ABORT during the seal leaves the server to the application thread; EXPOSE meanwhile refused") {
