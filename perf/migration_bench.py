@@ -317,7 +317,7 @@ def goals(rows, xfer, sweep_ranks, sweep_state, hostnccl):
 def hostnccl_rows(a, work):
     """perf/hostnccl_bench AllReduce at 4..64 MiB on 2 ranks with ucx_perftest tag_bw in the same invocation."""
     exe = os.path.join(a.build, "perf/hostnccl_bench")
-    if a.no_hostnccl or a.no_perftest or not os.access(exe, os.X_OK):
+    if a.quick or a.no_hostnccl or a.no_perftest or not os.access(exe, os.X_OK):  # --quick: the smoke test
         return []
     jf = os.path.join(work, "hostnccl.json")
     cmd = [exe, "-n", "2", "-b", "4M", "-e", "64M", "--op", "allreduce", "--json", jf]

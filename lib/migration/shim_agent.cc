@@ -64,14 +64,14 @@ int64_t OnSafePoint(void*, int64_t step) {
 
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
-  // Agent thread only. Never destroyed: the agent thread may still tick while exit() runs the destructors of
-  // statics, before the atexit handler that stops it.
-  static auto* last = new std::vector<Region>;
+  // Agent thread only. Never destroyed: the agent thread may still poll while the process runs its static
+  // destructors at exit (a destroyed vector here crashed a rank at its normal end).
+  static std::vector<Region>& last = *new std::vector<Region>();
   static bool sent = false;
   std::vector<Region> now;
   for (const shim::Region& r : shim::Regions()) now.push_back(Region{r.name, r.bytes});
-  if (sent && now == *last) return;
-  *last = now;
+  if (sent && now == last) return;
+  last = now;
   sent = true;
   if (Agent* a = g_agent.load(std::memory_order_acquire)) a->ReportRegions(std::move(now));
 }

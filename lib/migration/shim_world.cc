@@ -234,6 +234,8 @@ class ShimWorld final : public World {
     if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
   }
   void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
+  // On tm-retire, at normal priority: a destroy takes locks the application's operations on the replacements
+  // may need (UCX's context, the CUDA context), and a low-priority holder would make them wait longer.
   void RetireComm(void* comm) override { shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm)); }
   void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
     shim::VComm* v = VC(ref);

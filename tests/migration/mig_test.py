@@ -237,10 +237,11 @@ def clear_joiner_logs():
             os.unlink(os.path.join(WORK, f))
 
 
-def run_plan(name, ranks, plan, steps=300):
-    """plan: list of (step, [ranks]) migrated in turn. 8 ms steps leave the last migration ~0.8 s of training."""
+def run_plan(name, ranks, plan, steps=300, **job_kw):
+    """plan: list of (step, [ranks]) migrated in turn. 8 ms steps leave the last migration ~0.8 s of training.
+    job_kw: more of Job's arguments (layout, hosts). Returns the finished job."""
     clear_joiner_logs()
-    job = Job(name, ranks, steps=steps, step_ms=8)
+    job = Job(name, ranks, steps=steps, step_ms=8, **job_kw)
     migrated = set()
     try:
         for k, rs in plan:
@@ -252,6 +253,7 @@ def run_plan(name, ranks, plan, steps=300):
     finally:
         job.kill()
     job.check_digests(migrated)
+    return job
 
 
 def scenario_basic():
@@ -448,17 +450,7 @@ def scenario_3d():
 def scenario_3d_middle():
     """tm-train --tp 2 --pp 4 on 8 ranks: a rank of a middle stage (stage 1: it receives from one neighbour and sends
     to the other in each grouped exchange), then one of the other middle stage (stage 2), one after the other."""
-    clear_joiner_logs()
-    job = Job("3d-middle", 8, steps=500, step_ms=8, layout=TP2_PP4)
-    try:
-        job.wait_step(10)
-        job.migrate(2)
-        job.migrate(5)
-        job.finish()
-    finally:
-        job.kill()
-    job.check_digests({2, 5})
-    check_watchdogs(job)
+    check_watchdogs(run_plan("3d-middle", 8, [(10, [2, 5])], steps=500, layout=TP2_PP4))
 
 
 def free_port():
