@@ -61,6 +61,17 @@ int64_t OnSafePoint(void*, int64_t step) {
   return step;
 }
 
+// A non-blocking communicator completes (and is reported with its size) at the first ncclCommGetAsyncError that
+// says success; a program that never polls one would leave it unreported, so the agent polls those (the call is
+// thread-safe, as NCCL's watchdog use requires).
+void PollIncomplete() {
+  for (shim::VComm* v : shim::LiveVComms()) {
+    if (v->magic != shim::VComm::kMagic || v->complete.load(std::memory_order_acquire) || shim::IsSandboxed(v)) continue;
+    ncclResult_t async = ncclSuccess;
+    (void)ncclCommGetAsyncError(shim::AsHandle(v), &async);
+  }
+}
+
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
   static std::vector<Region> last;  // agent thread only
@@ -120,7 +131,12 @@ extern "C" void tmAgentStart(const Config* config) {
   o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
   o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
   auto* agent = new Agent(o);  // lives until exit
-  agent->SetTick(PollRegions, 200);
+  agent->SetTick(
+      [] {
+        PollRegions();
+        PollIncomplete();
+      },
+      200);
   agent->SetRegisteredHandler(OnRegistered);
   g_agent.store(agent, std::memory_order_release);
   SetVCommObserver(Observe, nullptr);
