@@ -30,15 +30,22 @@ ncclComm_t RealComm() {
   return c;
 }
 
+// A 1-rank communicator made through the shim (a VComm), and its VComm.
+ncclComm_t ShimComm(VComm** v) {
+  ncclUniqueId id;
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  ncclComm_t c = nullptr;
+  REQUIRE(ncclCommInitRank(&c, 1, id, 0) == ncclSuccess);
+  *v = AsVComm(c);
+  REQUIRE(*v != nullptr);
+  return c;
+}
+
 }  // namespace
 
 TEST_CASE("watchdog threads poll through switches under load: no call ever sees a destroyed communicator") {
-  ncclUniqueId id;
-  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
-  ncclComm_t comm = nullptr;
-  REQUIRE(ncclCommInitRank(&comm, 1, id, 0) == ncclSuccess);
-  VComm* v = AsVComm(comm);
-  REQUIRE(v != nullptr);
+  VComm* v = nullptr;
+  ncclComm_t comm = ShimComm(&v);
 
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> polls{0}, bad{0};
@@ -77,11 +84,8 @@ TEST_CASE("watchdog threads poll through switches under load: no call ever sees 
 }
 
 TEST_CASE("a call still inside the old communicator holds the switch; past the deadline it is never freed") {
-  ncclUniqueId id;
-  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
-  ncclComm_t comm = nullptr;
-  REQUIRE(ncclCommInitRank(&comm, 1, id, 0) == ncclSuccess);
-  VComm* v = AsVComm(comm);
+  VComm* v = nullptr;
+  ncclComm_t comm = ShimComm(&v);
   ncclComm_t first = v->real.load();
   std::atomic<bool> release{false}, holding{false};
   std::thread caller([&] {
