@@ -309,6 +309,13 @@ inline Role ProcessRole() { return ProcessConfig().role; }
 bool ProcessSandboxed();
 void SetProcessSandboxed(bool sandboxed);
 
+// Whether this process is a leaver that reached its committed switch step: the stayers are about to destroy
+// the real communicators it shares with them, so from here to its exit ncclCommGetAsyncError answers
+// ncclSuccess on every VComm instead of the peers' departure (a watchdog thread, as PyTorch's, would end the
+// process with an error while it hands its state over). Cleared when the migration aborts. Any thread.
+bool ProcessLeaving();
+void SetProcessLeaving(bool leaving);
+
 // Optional hook for the agent: when defined (strongly) by the library that provides it, the shim calls
 // it once after a successful initialisation when TRAINMOVER_COORDINATOR is set. It must not block.
 extern "C" void tmAgentStart(const Config* config) __attribute__((weak));

@@ -37,6 +37,7 @@ void Notify(VComm* v, bool created) {
   }
 }
 std::atomic<int> g_process_sandboxed{-1};  // -1: from the role
+std::atomic<bool> g_process_leaving{false};
 
 std::mutex g_pool_mu;
 std::vector<RegHandle*>& FreeRegs() {
@@ -438,6 +439,8 @@ bool ProcessSandboxed() {
   return s == 1;
 }
 void SetProcessSandboxed(bool sandboxed) { g_process_sandboxed.store(sandboxed ? 1 : 0, std::memory_order_release); }
+bool ProcessLeaving() { return g_process_leaving.load(std::memory_order_acquire); }
+void SetProcessLeaving(bool leaving) { g_process_leaving.store(leaving, std::memory_order_release); }
 
 // ---- the tm* exports
 

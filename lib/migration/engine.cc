@@ -36,8 +36,9 @@ constexpr size_t kMaxTapeRelay = size_t{1} << 30;  // D keeps at most this much 
 enum class PairStage {
   kAwaitingJoiner,  // sandbox: no joiner's READY matched the leaver yet
   kMatched,         // the joiner matched; MAP and EXPOSE sent once every pair matched
-  kExposed,         // the leaver's transfer descriptor is here
-  kFetching,        // the leaver reached S: FETCH_FROM sent to the joiner
+  kExposed,         // the leaver's transfer descriptor is here, sent on to the joiner in PREPARE
+  kPrepared,        // the joiner is connected to the leaver's state (everything but the bytes done)
+  kReading,         // the leaver reached S: READ sent to the joiner
   kVerified,        // the joiner read the state and the checksums matched
 };
 
@@ -56,7 +57,6 @@ struct Pair {
   PairStage stage = PairStage::kAwaitingJoiner;
   std::vector<uint64_t> keys;        // the leaver's communicators, in its creation order
   std::map<uint64_t, uint64_t> j2l;  // joiner comm_key -> leaver comm_key
-  std::vector<uint8_t> descriptor;
   std::string verify_msg;
   pid_t child = 0;  // --spawn, until reaped
   std::string log;
@@ -333,6 +333,8 @@ class MigrationEngine final : public Engine {
         return OnBuilt(on);
       case mig::Ev::kExposed:
         return OnExposed(on);
+      case mig::Ev::kPrepared:
+        return OnPrepared(on);
       case mig::Ev::kAccept:
         return OnAccept(on);
       case mig::Ev::kPassed:
@@ -562,9 +564,16 @@ class MigrationEngine final : public Engine {
     if (!DecodePayload(o.e.body, &b)) return Abort(o.h, o.m, "malformed EXPOSED", true);
     Pair* lp = o.x.ByLeaver(o.from.id);
     if (!lp) return;
-    lp->descriptor = std::move(b.bytes);
     lp->stage = PairStage::kExposed;
     for (const Region& r : o.from.regions) o.m.bytes_total += r.bytes;
+    o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kPrepare, o.m.id, mig::Blob{std::move(b.bytes)}));
+  }
+
+  // The joiner connected to its leaver's state: at S only the bytes are left.
+  void OnPrepared(const On& o) {
+    Pair* jp = o.x.ByJoiner(o.from.id);
+    if (!jp || jp->stage != PairStage::kExposed) return;
+    jp->stage = PairStage::kPrepared;
     MaybePropose(o.h, o.m, o.x);
   }
 
@@ -597,9 +606,9 @@ class MigrationEngine final : public Engine {
     mig::Step s;
     if (!DecodePayload(o.e.body, &s) || s.step != o.m.switch_step) return;
     o.x.at_step.insert(o.from.id);
-    if (Pair* lp = o.x.ByLeaver(o.from.id); lp && lp->stage == PairStage::kExposed) {
-      lp->stage = PairStage::kFetching;
-      o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kFetchFrom, o.m.id, mig::Blob{lp->descriptor}));
+    if (Pair* lp = o.x.ByLeaver(o.from.id); lp && lp->stage == PairStage::kPrepared) {
+      lp->stage = PairStage::kReading;
+      o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kRead, o.m.id, mig::Step{s.step}));
     }
     MaybeSwitch(o.h, o.m, o.x);
   }
@@ -646,9 +655,10 @@ class MigrationEngine final : public Engine {
     if (DecodePayload(o.e.body, &ph)) o.m.phases.push_back(PhaseSpan{o.from.id, ph.name, ph.start_ns, ph.end_ns});
   }
 
-  // Phase 1 is over when every replacement is built and every leaver exposed its state: agree on S.
+  // Phase 1 is over when every replacement is built and every joiner is connected to its leaver's state: agree
+  // on S.
   void MaybePropose(EngineHost& h, Migration& m, MoveCtx& x) {
-    if (!x.AllAtLeast(PairStage::kExposed)) return;
+    if (!x.AllAtLeast(PairStage::kPrepared)) return;
     if (m.state != MigState::kBuilding || x.built_ok < x.built_expected || x.built_expected == 0) return;
     EndOpenPhase(h, m, 0, "build");
     h.SetMigState(m, MigState::kAgreeing);

@@ -11,8 +11,8 @@ const char* CmdName(uint16_t kind) {
       return "BUILD";
     case Cmd::kExpose:
       return "EXPOSE";
-    case Cmd::kFetchFrom:
-      return "FETCH_FROM";
+    case Cmd::kRead:
+      return "READ";
     case Cmd::kPropose:
       return "PROPOSE";
     case Cmd::kCommit:
@@ -27,6 +27,8 @@ const char* CmdName(uint16_t kind) {
       return "RECORD_TAPE";
     case Cmd::kTape:
       return "TAPE";
+    case Cmd::kPrepare:
+      return "PREPARE";
   }
   return "UNKNOWN";
 }
@@ -61,6 +63,8 @@ const char* EvName(uint16_t kind) {
       return "CAPTURED";
     case Ev::kTape:
       return "TAPE";
+    case Ev::kPrepared:
+      return "PREPARED";
   }
   return "UNKNOWN";
 }

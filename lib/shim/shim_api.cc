@@ -601,13 +601,19 @@ TM_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyn
   if (!v) return ForwardRaw("ncclCommGetAsyncError", &g_real.CommGetAsyncError, comm, asyncError);
   RealUse use(v);
   ncclComm_t real = use.real();
-  if (!real) {
+  if (!real || ProcessLeaving()) {
     if (!asyncError) return ShimInvalid("ncclCommGetAsyncError", "asyncError argument is NULL");
     *asyncError = ncclSuccess;
     return ncclSuccess;
   }
   TM_REQUIRE_REAL(CommGetAsyncError);
   ncclResult_t r = g_real.CommGetAsyncError(real, asyncError);
+  // With a replacement staged, the old communicator is on its way out: the leaver exits at the switch, possibly
+  // before this process's application thread has switched, and its departure is no error of this communicator.
+  if (r == ncclSuccess && asyncError && *asyncError != ncclSuccess && *asyncError != ncclInProgress &&
+      v->next.load(std::memory_order_acquire) != nullptr) {
+    *asyncError = ncclSuccess;
+  }
   if (r == ncclSuccess && asyncError && *asyncError == ncclSuccess && !v->complete.load(std::memory_order_acquire))
     ResolveSize(v, real);
   return Noted(r);
