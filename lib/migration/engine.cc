@@ -109,10 +109,12 @@ Command Cmd(mig::Cmd kind, uint64_t migration, const B& body) {
   return mig::Make(static_cast<uint16_t>(kind), migration, body);
 }
 
+}  // namespace
+
 // Why the process `l` holds several ranks (ncclCommInitAll, or one communicator it is a member of more than once),
 // or empty. Such a process cannot be migrated: its ranks share one address space, one safe point and one state
 // table, so a joiner would have to take all of them at once, from one process that replaces another.
-std::string SeveralRanks(EngineHost& h, const ProcessRec& l) {
+static std::string SeveralRanks(EngineHost& h, const ProcessRec& l) {
   for (const auto& [key, c] : l.comm_info) {
     if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kInitAll)) {
       return "its process holds " + std::to_string(c.nranks) +
@@ -130,7 +132,7 @@ std::string SeveralRanks(EngineHost& h, const ProcessRec& l) {
   return "";
 }
 
-std::string LineageText(const CommCreated& c) {
+static std::string LineageText(const CommCreated& c) {
   std::string s = std::string(LineageKindName(c.lineage.kind)) + " #" + std::to_string(c.lineage.index) + " rank " +
                   std::to_string(c.rank) + "/" + std::to_string(c.nranks);
   if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kSplit)) {
@@ -198,6 +200,8 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
   s.env.push_back("TRAINMOVER_REPLACE=" + std::to_string(rank));
   return s;
 }
+
+namespace {
 
 class ProcessLauncher final : public JoinerLauncher {
  public:
@@ -460,6 +464,9 @@ class MigrationEngine final : public Engine {
 
   // The joiner's READY: matched against its leaver; when every pair matched, phase 1 starts.
   void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
+    for (const auto& [id, other] : h.migrations()) {  // the replacement of a failed rank: the recovery's
+      if (other.kind != kKindMigrate && !MigTerminal(other.state) && other.rank == j.info.replace) return;
+    }
     mig::Ready r;
     Migration* m = Active(h);
     auto refuse_joiner = [&](const std::string& why) {
@@ -703,6 +710,10 @@ class MigrationEngine final : public Engine {
       if (ProcessRec* j = h.FindProcess(p.joiner)) {
         j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
         j->info.replace = -1;
+        // The leaver's rank and world, not the rank in the joiner's first communicator (a subgroup's in a
+        // program that makes its groups lazily, as PyTorch does).
+        j->info.rank = p.rank;
+        if (const ProcessRec* l = h.FindProcess(p.leaver)) j->info.world = l->info.world;
       }
       TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }

@@ -82,6 +82,14 @@ class FakeHost final : public EngineHost {
     return it == migs.end() ? nullptr : &it->second;
   }
   const std::map<uint64_t, Migration>& migrations() const override { return migs; }
+  Migration& NewMigration(const std::string& kind, int32_t rank) override {
+    Migration m;
+    m.id = migs.empty() ? 1 : migs.rbegin()->first + 1;
+    m.kind = kind;
+    m.rank = rank;
+    m.ranks = {rank};
+    return migs[m.id] = m;
+  }
 
   // The commands sent since the last call, as "to:NAME", and forgets them.
   std::vector<std::string> Take() {
@@ -571,6 +579,7 @@ TEST_CASE("switch: READ on the leaver's AT_STEP, SWITCH once verified and all at
   CHECK(m.downtime_ns == 7000000);
   CHECK(j.h.procs[101].info.role == "worker");
   CHECK(j.h.procs[101].info.replace == -1);
+  CHECK(j.h.procs[101].info.rank == 1);  // the leaver's rank, whatever its first communicator says
   CHECK_FALSE(j.h.PhaseOpen(m, "switch"));
 }
 
