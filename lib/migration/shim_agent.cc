@@ -132,6 +132,7 @@ extern "C" void tmAgentStart(const Config* config) {
   o.coordinator = config->coordinator;
   o.token = config->token;
   o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
+  o.silence_timeout_ms = static_cast<int>(config->coordinator_timeout_ms);
   // A worker's identity is its launcher's (torchrun, tmrun: RANK, WORLD_SIZE) when it has one, not the rank in
   // whichever communicator a framework happens to create first (base/launcher.h). A joiner's rank is the one
   // it replaces; a standby has none.
