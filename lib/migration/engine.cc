@@ -118,6 +118,27 @@ Command Cmd(mig::Cmd kind, uint64_t migration, const B& body) {
 
 }  // namespace
 
+// Why the process `l` holds several ranks (ncclCommInitAll, or one communicator it is a member of more than once),
+// or empty. Such a process cannot be migrated: its ranks share one address space, one safe point and one state
+// table, so a joiner would have to take all of them at once, from one process that replaces another.
+static std::string SeveralRanks(EngineHost& h, const ProcessRec& l) {
+  for (const auto& [key, c] : l.comm_info) {
+    if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kInitAll)) {
+      return "its process holds " + std::to_string(c.nranks) +
+             " ranks (ncclCommInitAll); a process with several ranks cannot be migrated";
+    }
+    auto it = h.comms().find(key);
+    if (it == h.comms().end()) continue;
+    int mine = 0;
+    for (const auto& [rank, proc] : it->second.members) mine += proc == l.id;
+    if (mine > 1) {
+      return "its process holds " + std::to_string(mine) +
+             " ranks of one communicator; a process with several ranks cannot be migrated";
+    }
+  }
+  return "";
+}
+
 static std::string LineageText(const CommCreated& c) {
   std::string s = std::string(LineageKindName(c.lineage.kind)) + " #" + std::to_string(c.lineage.index) + " rank " +
                   std::to_string(c.rank) + "/" + std::to_string(c.nranks);
@@ -239,6 +260,7 @@ class MigrationEngine final : public Engine {
         return "rank " + r + " is named twice";
       if (!l) return "no alive worker holds rank " + r + " (see tmctl status)";
       if (l->step < 0) return "rank " + r + " never called tmSafePoint: it cannot be migrated";
+      if (std::string several = SeveralRanks(h, *l); !several.empty()) return "rank " + r + ": " + several;
     }
     MoveCtx x = Plan(h, m);
     for (uint64_t key : x.keys) {

@@ -207,7 +207,7 @@ class ProcessMachine {
 
   struct Staged {
     CommRef v;
-    int32_t nranks, rank;  // of the replacement (a joiner's sandboxed Split child had guessed them)
+    int32_t nranks, rank;  // of the replacement (the leaver's, which a joiner's sandbox already answered)
   };
   struct Joiner {
     Sandbox sandbox = Sandbox::kStartup;

@@ -62,6 +62,17 @@ int64_t OnSafePoint(void*, int64_t step) {
   return step;
 }
 
+// A non-blocking communicator completes (and is reported with its size) at the first ncclCommGetAsyncError that
+// says success; a program that never polls one would leave it unreported, so the agent polls those (the call is
+// thread-safe, as NCCL's watchdog use requires).
+void PollIncomplete() {
+  for (shim::VComm* v : shim::LiveVComms()) {
+    if (v->magic != shim::VComm::kMagic || v->complete.load(std::memory_order_acquire) || shim::IsSandboxed(v)) continue;
+    ncclResult_t async = ncclSuccess;
+    (void)ncclCommGetAsyncError(shim::AsHandle(v), &async);
+  }
+}
+
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
   // Agent thread only. Never destroyed: the agent thread may still poll while the process runs its static
@@ -134,7 +145,12 @@ extern "C" void tmAgentStart(const Config* config) {
             launcher.world);
   }
   auto* agent = new Agent(o);  // lives until exit
-  agent->SetTick(PollRegions, 200);
+  agent->SetTick(
+      [] {
+        PollRegions();
+        PollIncomplete();
+      },
+      200);
   agent->SetRegisteredHandler(OnRegistered);
   g_agent.store(agent, std::memory_order_release);
   SetVCommObserver(Observe, nullptr);

@@ -299,6 +299,27 @@ TEST_CASE("validate: refusals before anything is touched") {
   CHECK(j.launched.started.empty());
 }
 
+TEST_CASE("validate: a process holding several ranks is refused, saying why") {
+  Job j(3);
+  SUBCASE("ncclCommInitAll") {
+    CommCreated all = Job::Comm(0xE0, 0, 2);
+    all.lineage.kind = static_cast<uint8_t>(LineageKind::kInitAll);
+    j.h.procs[2].comm_info[0xE0] = all;
+    Migration& m = j.Request({1});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason ==
+          "rank 1: its process holds 2 ranks (ncclCommInitAll); a process with several ranks cannot be migrated");
+  }
+  SUBCASE("two ranks of one communicator in one process") {
+    j.h.comm_recs[kWorld].members[2] = 2;  // process 2 (rank 1) holds rank 2 too
+    Migration& m = j.Request({1});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason ==
+          "rank 1: its process holds 2 ranks of one communicator; a process with several ranks cannot be migrated");
+  }
+  CHECK(j.h.Take().empty());  // nothing was sent to anyone
+}
+
 TEST_CASE("request: sandbox, the leaver records its tape") {
   Job j(3);
   Migration& m = j.Request({1});

@@ -323,9 +323,9 @@ def scenario_tp_dp():
         print("SKIP: tp_dp_app was not built")
         sys.exit(77)
     clear_joiner_logs()
-    job = Job("tp_dp", 4, params="tp_dp", steps=700, step_ms=8)
+    job = Job("tp_dp", 4, params="tp_dp", steps=1200, step_ms=8)  # the last move starts with >= 6 s of training left
     try:
-        for k, r in ((10, 0), (100, 1), (200, 2), (300, 3), (400, 1)):
+        for k, r in ((10, 0), (80, 1), (160, 2), (240, 3), (320, 1)):
             job.wait_step(k)
             job.migrate(r)
         job.finish()
