@@ -258,6 +258,13 @@ uint64_t CapturedCount();
 // old communicator is then never freed (logged), rather than freed under that call. nullptr puts `v` in the
 // sandbox (operations emulated locally). Any thread but one that holds a RealUse of `v`.
 ncclComm_t InstallRealComm(VComm* v, ncclComm_t real);
+// InstallRealComm in two halves, for a caller that must act on the old communicator while calls may still be
+// inside it (the failure fence revokes a communicator a thread is blocked in, so that the call returns):
+// SwapRealComm installs `real` at once and returns the previous communicator, which calls of the old epoch may
+// still use; DrainOldCalls then waits (kRetireWaitMs at most) until they ended, and returns false (logged) when
+// one is still inside `old`, which must then never be freed. No other swap of `v` may come in between.
+ncclComm_t SwapRealComm(VComm* v, ncclComm_t real);
+bool DrainOldCalls(VComm* v, ncclComm_t old);
 constexpr int kRetireWaitMs = 10000;
 // Migration: stage `next` (built in the background), re-create v's PreMulSum ops, registrations and
 // windows on it (RebindObjects), then SwitchToNext at the switch point (returns the old real comm as

@@ -315,11 +315,15 @@ std::vector<OpSig> RecentOps(const VComm* v) {
 
 bool IsSandboxed(const VComm* v) { return v->real.load(std::memory_order_acquire) == nullptr; }
 
-ncclComm_t InstallRealComm(VComm* v, ncclComm_t real) {
+ncclComm_t SwapRealComm(VComm* v, ncclComm_t real) {
   ncclComm_t old = v->real.exchange(real, std::memory_order_seq_cst);
   // Calls that start now count in the new epoch and load `real`; those of the old epoch may hold `old`.
-  const uint64_t e = v->epoch.fetch_add(1, std::memory_order_seq_cst);
-  std::atomic<uint32_t>& calls = v->calls[e & 1];
+  v->epoch.fetch_add(1, std::memory_order_seq_cst);
+  return old;
+}
+
+bool DrainOldCalls(VComm* v, ncclComm_t old) {
+  std::atomic<uint32_t>& calls = v->calls[(v->epoch.load(std::memory_order_seq_cst) - 1) & 1];
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRetireWaitMs);
   uint32_t spins = 0;
   while (calls.load(std::memory_order_acquire) != 0) {
@@ -328,7 +332,7 @@ ncclComm_t InstallRealComm(VComm* v, ncclComm_t real) {
               "vcomm #%llu: %u call(s) still inside real comm %p after %d ms; it is left allocated rather than freed "
               "under them",
               (unsigned long long)v->lineage.index, calls.load(), static_cast<void*>(old), kRetireWaitMs);
-      return nullptr;
+      return false;
     }
     if (++spins < 64) {
       std::this_thread::yield();
@@ -336,6 +340,12 @@ ncclComm_t InstallRealComm(VComm* v, ncclComm_t real) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
   }
+  return true;
+}
+
+ncclComm_t InstallRealComm(VComm* v, ncclComm_t real) {
+  ncclComm_t old = SwapRealComm(v, real);
+  if (!DrainOldCalls(v, old)) return nullptr;
   TM_INFO(kLogComm, "vcomm %p #%llu real comm %p -> %p", static_cast<void*>(v), (unsigned long long)v->lineage.index,
           static_cast<void*>(old), static_cast<void*>(real));
   return old;

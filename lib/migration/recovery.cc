@@ -213,7 +213,7 @@ void Recovery::OnCommand(const control::Command& c) {
 // one in flight returns (revoked) and completes locally too (OpFailedButFenced). The revoked communicators stay
 // allocated (a thread may still be returning from one) until the rollback aborts them.
 void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
-  std::vector<ncclComm_t> withdrawn;
+  std::vector<std::pair<shim::VComm*, ncclComm_t>> withdrawn;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (m.epoch <= epoch_) return;
@@ -226,14 +226,23 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
       for (shim::VComm* v : shim::LiveVComms()) {
         if (v->magic != shim::VComm::kMagic || v->comm_key != key) continue;
         fenced_comms_.push_back(v);
-        if (ncclComm_t old = shim::InstallRealComm(v, nullptr)) withdrawn.push_back(old);
+        if (ncclComm_t old = shim::SwapRealComm(v, nullptr)) withdrawn.push_back({v, old});
       }
     }
-    withdrawn_.insert(withdrawn_.end(), withdrawn.begin(), withdrawn.end());
     cv_.notify_all();
   }
-  for (ncclComm_t c : withdrawn) {
+  // Revoke first, so that a call blocked inside an old communicator returns; then wait for such calls to end
+  // before the communicator may ever be aborted (one still inside after the deadline keeps it allocated).
+  for (const auto& [v, c] : withdrawn) {
     if (shim::g_real.CommRevoke) (void)shim::g_real.CommRevoke(c, NCCL_REVOKE_DEFAULT);
+  }
+  std::vector<ncclComm_t> drained;
+  for (const auto& [v, c] : withdrawn) {
+    if (shim::DrainOldCalls(v, c)) drained.push_back(c);
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    withdrawn_.insert(withdrawn_.end(), drained.begin(), drained.end());
   }
   TM_WARN(kLogMigration,
           "failure recovery: rank %d failed (epoch %llu); %zu communicator(s) fenced: their operations complete "
