@@ -20,8 +20,11 @@
 #include "base/status.h"
 #include "conn.h"
 #include "messages.h"
+#include "straggler.h"
 
 namespace trainmover::control {
+
+class StragglerMonitor;  // straggler_monitor.h
 
 // Process states. alive: connected and heartbeating. lost: connection closed or no heartbeat within the
 // timeout (it comes back to alive if the same process reconnects). exited: said BYE (a leaver that
@@ -161,6 +164,7 @@ class Coordinator final : public EngineHost {
     std::string metrics_listen;  // empty: no metrics endpoint
     std::string token;           // required, non-empty
     int heartbeat_timeout_ms = 10000;
+    StragglerOptions straggler;  // the detector's parameters and the policy (docs/stragglers.md)
   };
   explicit Coordinator(Options opt);
   ~Coordinator();
@@ -195,6 +199,8 @@ class Coordinator final : public EngineHost {
   const std::map<uint64_t, CommRec>& comms() const override { return comms_; }
   Migration* FindMigration(uint64_t id) override;
   const std::map<uint64_t, Migration>& migrations() const override { return migs_; }
+
+  const StragglerMonitor& stragglers() const { return *stragglers_; }
 
   // Documents (also what tmctl receives).
   std::string StatusJson() const;
@@ -238,6 +244,7 @@ class Coordinator final : public EngineHost {
   std::map<uint64_t, Migration> migs_;
   uint64_t next_proc_ = 1, next_mig_ = 1;
   std::vector<std::unique_ptr<Engine>> engines_;
+  std::unique_ptr<StragglerMonitor> stragglers_;
   Engine* EngineOf(const std::string& kind) const;  // nullptr: none installed
   // Metrics.
   uint64_t heartbeats_missed_ = 0;

@@ -218,6 +218,12 @@ struct SafePointRecord {
   int64_t step = -1;     // the step passed to the latest tmSafePoint (-1: never called)
   uint64_t time_ns = 0;  // its steady-clock time
   uint64_t count = 0;    // tmSafePoint calls so far
+  // Step timing (comm_timing.h), totals since the start over the timed steps: the intervals from the return
+  // of one tmSafePoint to the next call (time held inside the safe point, e.g. by a migration, is not a
+  // step), outside the sandbox. wait_ns is the part of wall_ns spent inside blocking NCCL calls.
+  uint64_t timed_steps = 0;
+  uint64_t wall_ns = 0;
+  uint64_t wait_ns = 0;
 };
 // The mutex that tmShimSafePoint holds while it records a step (never held across the hook).
 std::mutex& SafePointMutex();

@@ -15,6 +15,7 @@
 
 #include "base/log.h"
 #include "core/binding.h"
+#include "core/comm_timing.h"
 #include "core/shim_state.h"
 #include "core/state_internal.h"
 #include "nccl_dtype.h"
@@ -222,10 +223,14 @@ extern "C" {
   NoteCapture(v, stream);                                                                    \
   ncclComm_t real = v->real.load(std::memory_order_acquire)
 
-// The real call's result; when the leaver records the sandbox tape (one iteration, sandbox_tape.h), the output
-// too. Not armed: one predictable branch on a relaxed atomic load.
+// The real call's result, its time inside NCCL counted (comm_timing.h); when the leaver records the sandbox
+// tape (one iteration, sandbox_tape.h), the output too. Not armed: one predictable branch on a relaxed load.
 #define TM_COLL_RETURN(recv, call)                                                        \
-  ncclResult_t res_ = Noted(call);                                                        \
+  ncclResult_t res_;                                                                      \
+  {                                                                                       \
+    CommWaitScope wait_;                                                                  \
+    res_ = Noted(call);                                                                   \
+  }                                                                                       \
   if (TM_UNLIKELY(TapeRecording()) && res_ == ncclSuccess) TapeRecordOp(v, recv, stream); \
   return res_
 
@@ -789,7 +794,11 @@ TM_EXPORT ncclResult_t ncclGroupStart() {
 }
 
 TM_EXPORT ncclResult_t ncclGroupEnd() {
-  ncclResult_t r = Forward("ncclGroupEnd", &g_real.GroupEnd);
+  ncclResult_t r;
+  {
+    CommWaitScope wait;  // grouped operations run here
+    r = Forward("ncclGroupEnd", &g_real.GroupEnd);
+  }
   TapeGroupEnd(r == ncclSuccess);
   return r;
 }

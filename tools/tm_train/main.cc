@@ -20,6 +20,7 @@
 
 #include "common/kv_store.h"
 #include "model.h"
+#include "slowdown.h"
 #include "state.h"
 #include "trainmover/trainmover.h"
 
@@ -42,6 +43,7 @@ struct Flags {
   bool resume = false;
   std::string checkpoint_dir;
   std::string timeline;
+  tm_train::Slowdown::Options slow;  // --slow-rank, --slowdown, --slow-from-step, --step-jitter (slowdown.h)
 };
 
 int g_rank = 0;
@@ -78,6 +80,15 @@ int64_t ParseInt(const std::string& flag, const std::string& v, int64_t lo) {
   return x;
 }
 
+double ParseFactor(const std::string& flag, const std::string& v, double lo) {
+  char* end = nullptr;
+  errno = 0;
+  double x = strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || errno != 0 || !(x >= lo && x <= 1e6))
+    Die("%s: expected a number >= %g, got '%s'", flag.c_str(), lo, v.c_str());
+  return x;
+}
+
 void Usage() {
   printf(
       "usage: tm-train [flags]   (rank from RANK, world from WORLD_SIZE, store from TMRUN_STORE)\n"
@@ -93,7 +104,11 @@ void Usage() {
       "  --exit-after-checkpoint   exit 0 right after saving\n"
       "  --resume                  load the checkpoint in --checkpoint-dir and continue from its step\n"
       "  --timeline FILE           append JSON lines {rank, step, t_ns} at every safe point (%%r = rank)\n"
-      "  --store-timeout-ms MS     how long to wait for the unique id in the store (default 120000)\n");
+      "  --store-timeout-ms MS     how long to wait for the unique id in the store (default 120000)\n"
+      "  --slow-rank R             the process started as rank R's worker (not a joiner) is a straggler\n"
+      "  --slowdown F              ... computing F times as long (e.g. 1.3); SIGUSR1 toggles it in any process\n"
+      "  --slow-from-step S        ... from step S on (default 0)\n"
+      "  --step-jitter MS          every step sleeps a further uniform 0..MS ms (noise; default 0)\n");
 }
 
 Flags ParseFlags(int argc, char** argv) {
@@ -116,6 +131,10 @@ Flags ParseFlags(int argc, char** argv) {
       {"--exit-after-checkpoint", false, [&](const std::string&) { f.exit_after_checkpoint = true; }},
       {"--resume", false, [&](const std::string&) { f.resume = true; }},
       {"--timeline", true, [&](const std::string& v) { f.timeline = v; }},
+      {"--slow-rank", true, [&](const std::string& v) { f.slow.slow_rank = static_cast<int>(ParseInt("--slow-rank", v, 0)); }},
+      {"--slowdown", true, [&](const std::string& v) { f.slow.factor = ParseFactor("--slowdown", v, 1.0); }},
+      {"--slow-from-step", true, [&](const std::string& v) { f.slow.from_step = ParseInt("--slow-from-step", v, 0); }},
+      {"--step-jitter", true, [&](const std::string& v) { f.slow.jitter_ms = ParseFactor("--step-jitter", v, 0.0); }},
       {"--store-timeout-ms", true,
        [&](const std::string& v) { f.store_timeout_ms = ParseInt("--store-timeout-ms", v, 1); }},
   };
@@ -147,6 +166,7 @@ Flags ParseFlags(int argc, char** argv) {
   if ((f.resume || f.checkpoint_at >= 0) && f.checkpoint_dir.empty())
     Die("--checkpoint-at/--resume need --checkpoint-dir");
   if (f.exit_after_checkpoint && f.checkpoint_at < 0) Die("--exit-after-checkpoint needs --checkpoint-at");
+  if ((f.slow.slow_rank >= 0) != (f.slow.factor > 0)) Die("--slow-rank and --slowdown go together");
   return f;
 }
 
@@ -283,6 +303,8 @@ int main(int argc, char** argv) {
   const tm_train::AdamConfig adam;
   const float inv_world = 1.0f / static_cast<float>(world);
   float loss_sum = 0.0f;
+  tm_train::Slowdown slowdown;
+  slowdown.Start(f.slow, rank, strcmp(role, "worker") == 0);
 
   for (;;) {
     step = tmSafePoint(step);
@@ -299,7 +321,9 @@ int main(int argc, char** argv) {
     }
     if (step >= f.steps) break;
     task.Batch(rank, step, x.data(), y.data());
+    slowdown.ComputeBegin();
     float loss = tm_train::ForwardBackward(dims, params.data(), x.data(), y.data(), grad.data(), scratch.data());
+    slowdown.ComputeEnd();
     NCCLCHECK(ncclAllReduce(grad.data(), grad.data(), np, ncclFloat, ncclSum, g_comm, nullptr));
     for (float& g : grad) g *= inv_world;
     tm_train::AdamStep(adam, step, np, grad.data(), params.data(), adam_m.data(), adam_v.data());
@@ -307,6 +331,7 @@ int main(int argc, char** argv) {
     loss_sum = loss;
     NCCLCHECK(ncclAllReduce(&loss_sum, &loss_sum, 1, ncclFloat, ncclSum, g_comm, nullptr));
     if (f.step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.step_ms));
+    slowdown.EndStep(step, f.step_ms);
     ++step;
     if (f.log_every > 0 && (step % f.log_every == 0 || step == f.steps)) {
       printf("[rank %d] step %" PRId64 " loss %.9g\n", rank, step, static_cast<double>(loss_sum * inv_world));
