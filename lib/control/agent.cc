@@ -361,13 +361,14 @@ void Agent::DrainSafePoints(Session& s) {
 void Agent::SendHeartbeat(Session& s) {
   Heartbeat hb{latest_step_.load(), NowRealtimeNs(), dropped_.load(), {}};
   if (step_totals_) {
-    const StepTotals now = step_totals_();
+    const StepTotals now = step_totals_(s.sent_totals.steps);
     const StepTotals& was = s.sent_totals;
     if (now.steps > was.steps && now.wall_ns >= was.wall_ns && now.wait_ns >= was.wait_ns) {
       const uint64_t wall = now.wall_ns - was.wall_ns, wait = now.wait_ns - was.wait_ns;
       hb.window.steps = static_cast<uint32_t>(std::min<uint64_t>(now.steps - was.steps, UINT32_MAX));
       hb.window.wait_ns = wait;
       hb.window.compute_ns = wall > wait ? wall - wait : 0;
+      hb.window.compute_median_ns = now.compute_median_ns;
     }
     s.sent_totals = now;
   }

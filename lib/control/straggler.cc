@@ -82,6 +82,7 @@ std::string StragglerParams::Check() const {
   if (!(clear >= 0 && clear <= threshold)) return "clear must be between 0 and the threshold";
   if (flag_windows < 1 || flag_windows > 1000) return "flag windows must be 1..1000";
   if (clear_windows < 1 || clear_windows > 1000) return "clear windows must be 1..1000";
+  if (warmup_windows < 0 || warmup_windows > 1000) return "warm-up windows must be 0..1000";
   return "";
 }
 
@@ -93,6 +94,11 @@ double Median(std::vector<double>& v) {
 }
 
 namespace {
+
+// A window's compute figure: the median step's compute time (the mean when the sender gave no median).
+double ComputeFigure(const StepWindow& w) {
+  return w.compute_median_ns ? static_cast<double>(w.compute_median_ns) : static_cast<double>(w.compute_ns) / w.steps;
+}
 
 // The median of `sorted` without its element at position `skip` (sorted.size() >= 2), in O(1).
 double MedianWithout(const std::vector<double>& sorted, size_t skip) {
@@ -112,7 +118,7 @@ bool StragglerDetector::Round(const std::vector<RankSample>& samples, uint64_t n
   if (in.size() < 2) return false;
   std::vector<double> compute, wall;
   for (const RankSample* s : in) {
-    compute.push_back(static_cast<double>(s->window.compute_ns) / s->window.steps);
+    compute.push_back(ComputeFigure(s->window));
     wall.push_back(static_cast<double>(s->window.compute_ns + s->window.wait_ns) / s->window.steps);
   }
   job_step_ns_ = Median(wall);
@@ -121,7 +127,7 @@ bool StragglerDetector::Round(const std::vector<RankSample>& samples, uint64_t n
   clean_ = true;
   for (size_t i = 0; i < in.size(); ++i) {
     const RankSample& s = *in[i];
-    const double c = static_cast<double>(s.window.compute_ns) / s.window.steps;
+    const double c = compute[i];
     const size_t pos = static_cast<size_t>(std::lower_bound(sorted.begin(), sorted.end(), c) - sorted.begin());
     const double peers = MedianWithout(sorted, pos);
     StragglerState& st = states_[s.process];
@@ -131,6 +137,7 @@ bool StragglerDetector::Round(const std::vector<RankSample>& samples, uint64_t n
     st.compute_ms = c / 1e6;
     st.wait_ms = static_cast<double>(s.window.wait_ns) / s.window.steps / 1e6;
     if (st.score > p_.threshold) clean_ = false;
+    if (st.rounds <= static_cast<uint64_t>(p_.warmup_windows)) continue;
     if (!st.flagged) {
       st.above = st.score > p_.threshold ? st.above + 1 : 0;
       if (st.above >= p_.flag_windows) {

@@ -3,12 +3,15 @@
 // (docs/stragglers.md). Pure logic: no clock, no I/O, no coordinator; the coordinator's monitor
 // (straggler_monitor.h) feeds it rounds and acts on what it says. Not thread-safe (one owner).
 //
-// A round holds, for each rank that reported since the previous round, its compute time per step over its
-// latest window (time outside NCCL; messages.h StepWindow). A rank's score is how far that is above the
-// median of the *other* ranks' figures in the same round (score 0.3 = 30% above). Comparing with the peers
+// A round holds, for each rank that reported since the previous round, the median of its steps' compute times
+// over its latest window (time outside NCCL; messages.h StepWindow): the median, not the mean, so that a few
+// steps stretched by the operating system (a preemption, a page-cache stall) do not move it, while a rank
+// that is slower on most steps does. A rank's score is how far that is above the median of the *other*
+// ranks' figures in the same round (score 0.3 = 30% above). Comparing with the peers
 // of the same moment is what makes the job slowing down as a whole (a slower phase of the model, a shared
 // file system, a paused coordinator) never flag anyone: the median moves with it.
 //
+// Warm-up: a process's first `warmup_windows` rounds are scored but never count towards a flag.
 // Hysteresis: a rank is flagged after `flag_windows` consecutive rounds with score > threshold, and
 // recovers after `clear_windows` consecutive rounds with score <= clear (clear < threshold). One slow step,
 // or a pause shorter than a window, moves one window and never reaches flag_windows > 1 rounds.
@@ -29,6 +32,8 @@ struct StragglerParams {
   double clear = 0.05;      // recover at or below the median plus this fraction (<= threshold)
   int flag_windows = 3;     // consecutive rounds above threshold to flag (>= 1)
   int clear_windows = 3;    // consecutive rounds at or below clear to recover (>= 1)
+  int warmup_windows = 2;   // a process's first rounds only count towards its peers' medians (start-up, a
+                            // replacement's cold caches and first operations on new communicators)
   // Empty when usable, else what is wrong, naming the field.
   std::string Check() const;
 };
@@ -45,8 +50,8 @@ struct StragglerState {
   int32_t rank = -1;
   bool flagged = false;
   double score = 0;        // latest round: compute per step over the peers' median, minus 1
-  double compute_ms = 0;   // latest window, per step
-  double wait_ms = 0;      // latest window, per step
+  double compute_ms = 0;   // latest window: the median step's compute time
+  double wait_ms = 0;      // latest window: mean wait per step
   int above = 0;           // consecutive rounds above threshold (while not flagged)
   int below = 0;           // consecutive rounds at or below clear (while flagged)
   uint64_t since_ns = 0;   // when it was last flagged or recovered (the caller's clock), 0: never

@@ -102,9 +102,9 @@ extern "C" void tmAgentStart(const Config* config) {
   o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
   auto* agent = new Agent(o);  // lives until exit
   agent->SetTick(PollRegions, 200);
-  agent->SetStepTotals([] {
+  agent->SetStepTotals([](uint64_t after) {
     const SafePointRecord sp = GetSafePoint();
-    return Agent::StepTotals{sp.timed_steps, sp.wall_ns, sp.wait_ns};
+    return Agent::StepTotals{sp.timed_steps, sp.wall_ns, sp.wait_ns, StepComputeMedianNs(after)};
   });
   // Communicators made before the agent existed (none in practice: the agent starts at initialisation).
   for (const VCommInfo& vi : SnapshotVComms()) {
