@@ -124,7 +124,6 @@ bool StragglerDetector::Round(const std::vector<RankSample>& samples, uint64_t n
   job_step_ns_ = Median(wall);
   std::vector<double> sorted = compute;
   std::sort(sorted.begin(), sorted.end());
-  clean_ = true;
   for (size_t i = 0; i < in.size(); ++i) {
     const RankSample& s = *in[i];
     const double c = compute[i];
@@ -136,7 +135,6 @@ bool StragglerDetector::Round(const std::vector<RankSample>& samples, uint64_t n
     st.score = peers > 0 ? c / peers - 1 : 0;
     st.compute_ms = c / 1e6;
     st.wait_ms = static_cast<double>(s.window.wait_ns) / s.window.steps / 1e6;
-    if (st.score > p_.threshold) clean_ = false;
     if (st.rounds <= static_cast<uint64_t>(p_.warmup_windows)) continue;
     if (!st.flagged) {
       st.above = st.score > p_.threshold ? st.above + 1 : 0;

@@ -79,14 +79,11 @@ class StragglerDetector {
   const StragglerParams& params() const { return p_; }
   // The latest round's job step time (median over ranks of wall time per step), in ns; 0 before any round.
   double job_step_ns() const { return job_step_ns_; }
-  // Whether no rank was above threshold in the latest round.
-  bool latest_round_clean() const { return clean_; }
 
  private:
   StragglerParams p_;
   std::map<uint64_t, StragglerState> states_;
   double job_step_ns_ = 0;
-  bool clean_ = true;
 };
 
 enum class StragglerPolicy { kReport, kMigrate };

@@ -14,6 +14,7 @@ namespace trainmover::control {
 namespace {
 
 constexpr size_t kHistoryRounds = 32;  // rounds kept for the baseline step time
+constexpr size_t kBaselineRounds = 5;  // the job's step time before a straggler: the median of these rounds
 
 const char* PolicyName(StragglerPolicy p) { return p == StragglerPolicy::kMigrate ? "migrate" : "report"; }
 
@@ -52,7 +53,10 @@ void StragglerMonitor::OnTick(EngineHost& h, uint64_t now_mono_ns, uint64_t now_
   for (const auto& [id, st] : det_.states()) {
     if (!is_worker(id)) gone.push_back(id);
   }
-  for (uint64_t id : gone) det_.Forget(id);
+  for (uint64_t id : gone) {
+    det_.Forget(id);
+    baseline_.erase(id);
+  }
 
   size_t fresh = 0;
   uint64_t oldest = UINT64_MAX;
@@ -81,12 +85,13 @@ void StragglerMonitor::RunRound(EngineHost& h, const std::vector<uint64_t>& work
   std::vector<StragglerChange> changes;
   if (!det_.Round(samples, now_real_ns, &changes)) return;
   ++rounds_;
-  history_.push_back(RoundRecord{det_.job_step_ns(), det_.latest_round_clean()});
+  history_.push_back(det_.job_step_ns());
   if (history_.size() > kHistoryRounds) history_.pop_front();
   for (const StragglerChange& c : changes) {
     const ProcessRec* pr = h.FindProcess(c.process);
     const std::string who = pr ? pr->info.host + ":" + std::to_string(pr->info.pid) : "?";
     if (c.flagged) {
+      baseline_[c.process] = BaselineStepNs(static_cast<size_t>(opt_.detector.flag_windows));
       TM_WARN(kLogControl,
               "straggler: rank %d (process %" PRIu64 ", %s) flagged: compute %.3f ms/step, %s against its peers' "
               "median for %d windows (threshold %+.0f%%, policy %s)",
@@ -102,12 +107,13 @@ void StragglerMonitor::RunRound(EngineHost& h, const std::vector<uint64_t>& work
   }
 }
 
-double StragglerMonitor::BaselineStepNs() const {
-  std::vector<double> clean;
-  for (const RoundRecord& r : history_) {
-    if (r.clean) clean.push_back(r.job_step_ns);
+// The rounds just before the straggler's streak, not an older figure from a quieter hour of the machine.
+double StragglerMonitor::BaselineStepNs(size_t skip) const {
+  std::vector<double> before;
+  for (size_t i = skip; i < history_.size() && before.size() < kBaselineRounds; ++i) {
+    before.push_back(history_[history_.size() - 1 - i]);
   }
-  return Median(clean);
+  return Median(before);
 }
 
 // migrate policy: at most one action at a time, and none while any migration is in flight (the operator's
@@ -137,7 +143,7 @@ void StragglerMonitor::Act(EngineHost& h, uint64_t now_real_ns) {
   a.process = pick_id;
   a.score = pick->score;
   a.started_ns = now_real_ns;
-  a.baseline_step_ms = BaselineStepNs() / 1e6;
+  a.baseline_step_ms = baseline_.count(pick_id) ? baseline_.at(pick_id) / 1e6 : 0;
   a.slow_step_ms = det_.job_step_ns() / 1e6;
   for (const std::string& host : opt_.spare_hosts) {
     if (!pr || host != pr->info.host) {
@@ -186,7 +192,7 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
   if (rounds_ < a.verify_from_round + need) return;
   std::vector<double> after;  // the job's step time in the rounds after the switch
   for (size_t i = history_.size() - std::min<size_t>(need, history_.size()); i < history_.size(); ++i) {
-    after.push_back(history_[i].job_step_ns);
+    after.push_back(history_[i]);
   }
   a.after_step_ms = Median(after) / 1e6;
   const double ref = a.baseline_step_ms > 0 ? a.baseline_step_ms : a.slow_step_ms;
@@ -222,7 +228,7 @@ std::string StragglerMonitor::Json() const {
                   ",\"cooldown_s\":" + std::to_string(opt_.cooldown_ms / 1000) + ",\"spare_hosts\":[";
   for (size_t i = 0; i < opt_.spare_hosts.size(); ++i) o += (i ? "," : "") + JsonQuote(opt_.spare_hosts[i]);
   o += "],\"rounds\":" + std::to_string(rounds_) + ",\"job_step_ms\":" + JsonNumber(det_.job_step_ns() / 1e6, 4) +
-       ",\"baseline_step_ms\":" + JsonNumber(BaselineStepNs() / 1e6, 4) + ",\"actions\":[";
+       ",\"actions\":[";
   for (size_t i = 0; i < actions_.size(); ++i) {
     const StragglerAction& a = actions_[i];
     o += std::string(i ? "," : "") + "{\"rank\":" + std::to_string(a.rank) + ",\"process\":" +

@@ -67,14 +67,11 @@ class StragglerMonitor {
     StepWindow window;
     uint64_t first_ns = 0;  // monotonic arrival of the first window summed here
   };
-  struct RoundRecord {
-    double job_step_ns;
-    bool clean;
-  };
   void RunRound(EngineHost& h, const std::vector<uint64_t>& workers, uint64_t now_real_ns);
   void Act(EngineHost& h, uint64_t now_real_ns);
   void Follow(EngineHost& h, StragglerAction& a, uint64_t now_real_ns);
-  double BaselineStepNs() const;  // median job step time of the recent clean rounds, 0 when none
+  // The median job step time of the kBaselineRounds rounds before the latest `skip` ones; 0 when none.
+  double BaselineStepNs(size_t skip) const;
 
   StragglerOptions opt_;
   uint64_t round_timeout_ns_;
@@ -82,7 +79,8 @@ class StragglerMonitor {
   StragglerDetector det_;
   std::map<uint64_t, Pending> pending_;
   uint64_t rounds_ = 0;
-  std::deque<RoundRecord> history_;  // the latest rounds, newest last
+  std::deque<double> history_;             // the job's step time in the latest rounds, newest last
+  std::map<uint64_t, double> baseline_;    // process -> the job's step time before its flag's streak
   std::vector<StragglerAction> actions_;
   std::map<int32_t, uint64_t> last_action_ns_;  // rank -> realtime of the latest action on it
 };

@@ -95,10 +95,14 @@ class Job:
         return rc
 
     def stop(self):
-        try:
-            os.killpg(self.p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Ends everything: tmrun stops its ranks (each in its own process group) on SIGTERM, SIGKILL after 10 s;
+        a joiner trainmoverd spawned ends when its peers do."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
         if self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:

@@ -122,8 +122,7 @@ void PrintStragglers(const Json& st) {
   std::printf("policy %s  threshold %+.0f%% for %lld windows, clear at %+.0f%% for %lld windows, cool-down %lld s\n",
               s["policy"].Str().c_str(), s["threshold"].Num() * 100, s["windows"].Int(), s["clear"].Num() * 100,
               s["clear_windows"].Int(), s["cooldown_s"].Int());
-  std::printf("rounds %lld  job step %.3f ms  before stragglers %.3f ms\n\n", s["rounds"].Int(), s["job_step_ms"].Num(),
-              s["baseline_step_ms"].Num());
+  std::printf("rounds %lld  job step %.3f ms\n\n", s["rounds"].Int(), s["job_step_ms"].Num());
   std::printf("%-6s %-4s %-28s %12s %12s %8s %-9s %s\n", "RANK", "ID", "HOST:PID", "COMPUTE ms", "WAIT ms", "SCORE",
               "FLAGGED", "SINCE");
   const long long now_ms = static_cast<long long>(time(nullptr)) * 1000;
