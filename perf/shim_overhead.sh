@@ -47,7 +47,7 @@ if [ -x "$TRAIN" ]; then
   printf "%-10s %14s %14s %8s\n" "ranks" "plain_steps/s" "shim_steps/s" "ratio"
   for ranks in 1 3; do
     if [ $ranks = 1 ]; then cmd=("$TRAIN" --steps "$STEPS" --log-every 0)
-    elif [ -x "$TMRUN" ]; then cmd=("$TMRUN" -n $ranks -- "$TRAIN" --steps "$STEPS" --log-every 0)
+    elif [ -x "$TMRUN" ]; then cmd=("$TMRUN" -n $ranks --no-shim -- "$TRAIN" --steps "$STEPS" --log-every 0)
     else continue; fi
     plain=() shim=()
     for r in $(seq "$REPS"); do

@@ -416,6 +416,7 @@ void Agent::OnFrame(Session& s, const Frame& f) {
               a.process_id);
       s.warned = false;
       s.backoff_ms = kReconnectFirstBackoffMs;
+      if (registered_) registered_(a);
       return;
     }
     case MsgType::kCommand: {

@@ -50,8 +50,12 @@ class Agent {
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
+  // Called on the agent thread for every REGISTER_ACK (each (re)registration). Must not block.
+  using RegisteredHandler = std::function<void(const RegisterAck&)>;
+
   // Install before Start().
   void SetCommandHandler(CommandHandler h) { handler_ = std::move(h); }
+  void SetRegisteredHandler(RegisteredHandler h) { registered_ = std::move(h); }
   // Called on the agent thread about every `period_ms` (e.g. to poll the shim's region table).
   void SetTick(std::function<void()> fn, int period_ms) {
     tick_ = std::move(fn);
@@ -106,6 +110,7 @@ class Agent {
 
   Options opt_;
   CommandHandler handler_;
+  RegisteredHandler registered_;
   std::function<void()> tick_;
   std::function<StepTotals(uint64_t)> step_totals_;
   int tick_period_ms_ = 200;

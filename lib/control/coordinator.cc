@@ -451,12 +451,29 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   RegisterAck a;
   a.process_id = pr->id;
   a.heartbeat_interval_ms = static_cast<uint32_t>(heartbeat_interval_ms());
+  if (r.role == "joiner" && r.replace >= 0) ReplacedTable(r.replace, &a);
   p.conn->SendMsg(MsgType::kRegisterAck, a);
   TM_INFO(kLogControl, "coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d",
           again ? "re-registered" : "registered", pr->id, r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
 }
 
+// The communicators of the process holding `rank`, in its creation order: a joiner's sandbox answers from them.
+void Coordinator::ReplacedTable(int32_t rank, RegisterAck* a) {
+  const ProcessRec* holder = FindProcessByRank(rank);
+  if (!holder) return;
+  a->has_table = 1;
+  for (const auto& [key, c] : holder->comm_info) a->replaced_comms.push_back(c);
+  std::sort(a->replaced_comms.begin(), a->replaced_comms.end(),
+            [](const CommCreated& x, const CommCreated& y) { return x.lineage.index < y.lineage.index; });
+}
+
 void Coordinator::OnCommCreated(ProcessRec& pr, const CommCreated& c) {
+  if (!c.Valid()) {  // refused, the process stays: its other reports are good
+    TM_WARN(kLogControl, "coordinator: process %" PRIu64 " reports comm %s with rank %d of %d ranks; ignored", pr.id,
+            Hex(c.comm_key).c_str(), c.rank, c.nranks);
+    ++rejected_;
+    return;
+  }
   CommRec& cr = comms_[c.comm_key];
   if (cr.members.empty()) {
     cr.key = c.comm_key;

@@ -217,6 +217,7 @@ class Coordinator final : public EngineHost {
   void CheckHeartbeats();
   void MarkLost(ProcessRec& pr, const std::string& why);
   void OnRegister(Peer& p, const Register& r);
+  void ReplacedTable(int32_t rank, RegisterAck* a);
   void OnCommCreated(ProcessRec& pr, const CommCreated& c);
   void OnCommDestroyed(ProcessRec& pr, uint64_t key);
   MigrateReply OnMigrate(const MigrateReq& r);

@@ -136,10 +136,27 @@ bool Register::Decode(Reader& r) {
 void RegisterAck::Encode(Writer& w) const {
   w.U64(process_id);
   w.U32(heartbeat_interval_ms);
+  if (!has_table) return;
+  w.U8(has_table);
+  size_t n = replaced_comms.size() < kMaxList ? replaced_comms.size() : kMaxList;
+  w.U32(static_cast<uint32_t>(n));
+  for (size_t i = 0; i < n; ++i) replaced_comms[i].Encode(w);
 }
 bool RegisterAck::Decode(Reader& r) {
   process_id = r.U64();
   heartbeat_interval_ms = r.U32();
+  has_table = 0;
+  replaced_comms.clear();
+  if (!r.AtEnd()) {
+    has_table = r.U8();
+    uint32_t n = r.Count(kMaxList, 40);
+    for (uint32_t i = 0; i < n && r.ok(); ++i) {
+      CommCreated c;
+      if (!c.DecodeFields(r)) r.Fail();
+      replaced_comms.push_back(std::move(c));
+    }
+    if (has_table != 1) r.Fail();
+  }
   return r.AtEnd() && heartbeat_interval_ms > 0;
 }
 
@@ -199,14 +216,20 @@ void CommCreated::Encode(Writer& w) const {
   lineage.Encode(w);
   w.U32(static_cast<uint32_t>(rank));
   w.U32(static_cast<uint32_t>(nranks));
+  w.U32(static_cast<uint32_t>(device));
+  w.U8(blocking);
 }
-bool CommCreated::Decode(Reader& r) {
+bool CommCreated::DecodeFields(Reader& r) {
   comm_key = r.U64();
   bool lin = lineage.Decode(r);
   rank = static_cast<int32_t>(r.U32());
   nranks = static_cast<int32_t>(r.U32());
-  return lin && r.AtEnd() && nranks > 0 && nranks <= (1 << 20) && rank >= 0 && rank < nranks;
+  device = static_cast<int32_t>(r.U32());
+  blocking = r.U8();
+  return lin && r.ok() && blocking <= 1;
 }
+bool CommCreated::Decode(Reader& r) { return DecodeFields(r) && r.AtEnd(); }
+bool CommCreated::Valid() const { return nranks > 0 && nranks <= (1 << 20) && rank >= 0 && rank < nranks; }
 
 void CommDestroyed::Encode(Writer& w) const { w.U64(comm_key); }
 bool CommDestroyed::Decode(Reader& r) {

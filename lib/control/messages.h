@@ -86,12 +86,8 @@ struct Register {
   bool Decode(Reader& r);
 };
 
-struct RegisterAck {
-  uint64_t process_id = 0;                // the coordinator's id for this process (stable across reconnects)
-  uint32_t heartbeat_interval_ms = 1000;  // how often the agent must send HEARTBEAT
-  void Encode(Writer& w) const;
-  bool Decode(Reader& r);
-};
+struct CommCreated;
+struct RegisterAck;
 
 // How the steps since the previous heartbeat were spent (docs/stragglers.md): `steps` timed steps (safe point
 // to safe point, outside the sandbox), their total time computing (outside NCCL) and waiting (inside blocking
@@ -139,11 +135,30 @@ struct Lineage {
   bool operator==(const Lineage&) const = default;
 };
 
+// A communicator as its member reports it: what the real communicator answers (ncclCommCount, ncclCommUserRank,
+// ncclCommCuDevice) and whether it is blocking (its config, or its parent's for a Split/Shrink without one).
 struct CommCreated {
   uint64_t comm_key = 0;
   Lineage lineage;
   int32_t rank = 0;
   int32_t nranks = 0;
+  int32_t device = -1;   // ncclCommCuDevice; -1: not known
+  uint8_t blocking = 1;  // 0: made non-blocking
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);          // the whole payload; structural checks only (see Valid)
+  bool DecodeFields(Reader& r);    // one inside a longer body
+  bool Valid() const;              // 0 < nranks <= 2^20, 0 <= rank < nranks
+};
+
+// The reply to REGISTER. To a joiner (role joiner, replace R) it carries the communicator table of the process
+// that holds rank R now (its communicators in creation order, as that process reported them): the joiner's
+// sandbox answers every query from it (docs/migration.md, "The sandbox"). has_table 0: not a joiner, or no alive
+// worker holds R.
+struct RegisterAck {
+  uint64_t process_id = 0;                // the coordinator's id for this process (stable across reconnects)
+  uint32_t heartbeat_interval_ms = 1000;  // how often the agent must send HEARTBEAT
+  uint8_t has_table = 0;
+  std::vector<CommCreated> replaced_comms;  // optional trailing part: when has_table
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };

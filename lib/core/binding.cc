@@ -246,9 +246,8 @@ ncclResult_t EnsureInit() {
       g_init_result = Bind(cr.config);
       if (g_init_result != ncclSuccess) TM_WARN(kLogBind, "%s", ShimErrorOrNull());
     }
-    __atomic_store_n(&g_init_state,
-                     static_cast<int>(g_init_result == ncclSuccess ? InitState::kReady : InitState::kFailed),
-                     __ATOMIC_RELEASE);
+    // The agent (and its VComm observer) starts before the shim is marked ready: another thread's NCCL call that
+    // finds the shim ready finds the observer installed, so no communicator goes unreported.
     if (g_init_result == ncclSuccess && !cr.config.coordinator.empty()) {
       if (&tmAgentStart != nullptr) {
         tmAgentStart(&cr.config);
@@ -256,6 +255,9 @@ ncclResult_t EnsureInit() {
         TM_WARN(kLogInit, "TRAINMOVER_COORDINATOR is set but this build has no agent; running as pass-through");
       }
     }
+    __atomic_store_n(&g_init_state,
+                     static_cast<int>(g_init_result == ncclSuccess ? InitState::kReady : InitState::kFailed),
+                     __ATOMIC_RELEASE);
   });
   return g_init_result;
 }

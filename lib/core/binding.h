@@ -36,7 +36,9 @@ const BindInfo& GetBindInfo();
 // the message set as the shim's last error.
 ncclResult_t EnsureInit();
 
-inline bool Ready() { return __builtin_expect(g_init_state == static_cast<int>(InitState::kReady), 1); }
+inline bool Ready() {
+  return __builtin_expect(__atomic_load_n(&g_init_state, __ATOMIC_ACQUIRE) == static_cast<int>(InitState::kReady), 1);
+}
 
 // The last-error text when the shim itself failed a call. ncclGetLastError returns it while set;
 // a call that the real library fails clears it (so the real text shows again).

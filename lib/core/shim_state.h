@@ -60,6 +60,9 @@ struct Lineage {
   int ndev = 0, device = -1;  // devlist[i] (or i when devlist is null)
   // Hash of the unique id (InitRank/Config) or of all nId ids (Scalable): a cross-check, not the key.
   uint64_t id_hash = 0;
+  // Made non-blocking (config.blocking = 0; a Split/Shrink without a config inherits its parent's): its creation
+  // returned ncclInProgress and completes at a later ncclCommGetAsyncError.
+  bool blocking = true;
 };
 
 // comm_key (docs/architecture.md "Identity of a communicator"), computed identically by every member:
@@ -149,6 +152,10 @@ struct VComm {
   OpSig ring[kOpRing];                   // ring[(seq-1) % kOpRing] is the latest
   std::atomic<RedOpSlot*> ops{nullptr};  // kMaxOpsPerComm slots, allocated on the first PreMulSum
   std::atomic<bool> captured{false};     // an operation was issued on a stream under CUDA graph capture
+  // Its creation completed: the lineage's size, rank and device are the real communicator's (or the sandbox's).
+  // A non-blocking creation completes at the first ncclCommGetAsyncError that reports success; the observer is
+  // told of a VComm when it completes, not before.
+  std::atomic<bool> complete{false};
   // Sandbox tape replay: seq at the start of the current iteration (set at each safe point by the application
   // thread, read by it in the sandbox's emulation path only).
   uint64_t tape_base = 0;
@@ -188,6 +195,26 @@ std::vector<OpSig> RecentOps(const VComm* v);
 
 bool IsSandboxed(const VComm* v);
 
+// ---------------------------------------------------------------------------------------------------
+// The joiner's sandbox answers as the leaver's real communicators do (docs/migration.md, "The sandbox")
+
+// One communicator of the rank a joiner replaces, as the coordinator's table has it (reported by the process
+// holding that rank): the source of what a sandboxed communicator answers.
+struct ReplacedComm {
+  uint64_t index = 0;  // creation index in the process holding the rank
+  CommKind kind = CommKind::kInitRank;
+  int nranks = 0, rank = 0;
+  int device = -1;  // ncclCommCuDevice there; -1: unknown
+  bool blocking = true;
+};
+// The agent hands over the table the coordinator sent with REGISTER_ACK (known: it had one; not known: no alive
+// worker holds the rank). Each (re)registration's table replaces the previous one for later creations; one
+// without a table never erases a table already had.
+void SetReplacedComms(std::vector<ReplacedComm> table, bool known);
+// How long a sandboxed creation in a joiner with a coordinator waits for the table (once per process); after
+// that the sandbox falls back to sizing a Split child as its parent (logged), which READY then refuses.
+constexpr int kReplacedCommsWaitMs = 10000;
+
 // CUDA graph capture (migration refuses a captured communicator: the graph holds its real communicator).
 // Marks `v` captured when `stream` is being captured. Only when the application loaded libcudart (found
 // with RTLD_NOLOAD once; the shim never loads it); otherwise a no-op. Hot path: one call into the runtime.
@@ -206,8 +233,10 @@ ncclResult_t RebindObjects(VComm* v);
 ncclComm_t SwitchToNext(VComm* v);
 ncclComm_t AbortNext(VComm* v);
 
-// Called after a VComm is created (created=true) and before one is destroyed (false), outside every
-// shim lock, on the application's thread. One observer (the agent); set before the first NCCL call.
+// Called once a VComm's creation completed (created=true: at once for a blocking creation, at the first successful
+// ncclCommGetAsyncError of a non-blocking one) and before a completed one is destroyed (false), outside every shim
+// lock, on the thread that made the call. One observer (the agent), installed before the shim is marked ready
+// (tmAgentStart runs inside the initialisation), so no creation by any thread is missed; the pointer is atomic.
 using VCommObserver = void (*)(void* ctx, VComm* v, bool created);
 void SetVCommObserver(VCommObserver fn, void* ctx);
 
@@ -254,6 +283,13 @@ inline Role ProcessRole() { return ProcessConfig().role; }
 // clears it when the joiner switches in. Split/Shrink follow their parent (sandboxed iff the parent is).
 bool ProcessSandboxed();
 void SetProcessSandboxed(bool sandboxed);
+
+// Whether this process is a leaver that reached its committed switch step: the stayers are about to destroy
+// the real communicators it shares with them, so from here to its exit ncclCommGetAsyncError answers
+// ncclSuccess on every VComm instead of the peers' departure (a watchdog thread, as PyTorch's, would end the
+// process with an error while it hands its state over). Cleared when the migration aborts. Any thread.
+bool ProcessLeaving();
+void SetProcessLeaving(bool leaving);
 
 // Optional hook for the agent: when defined (strongly) by the library that provides it, the shim calls
 // it once after a successful initialisation when TRAINMOVER_COORDINATOR is set. It must not block.

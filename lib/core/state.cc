@@ -4,6 +4,8 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 
@@ -26,9 +28,16 @@ std::vector<VComm*>& Live() {  // creation order
   return *v;
 }
 uint64_t g_next_index = 0;
-VCommObserver g_observer = nullptr;
-void* g_observer_ctx = nullptr;
+std::atomic<VCommObserver> g_observer{nullptr};  // set once by the agent, read by every creating thread
+std::atomic<void*> g_observer_ctx{nullptr};
+
+void Notify(VComm* v, bool created) {
+  if (VCommObserver fn = g_observer.load(std::memory_order_acquire)) {
+    fn(g_observer_ctx.load(std::memory_order_relaxed), v, created);
+  }
+}
 std::atomic<int> g_process_sandboxed{-1};  // -1: from the role
+std::atomic<bool> g_process_leaving{false};
 
 std::mutex g_pool_mu;
 std::vector<RegHandle*>& FreeRegs() {
@@ -137,14 +146,86 @@ uint64_t CommKeyOf(const Lineage& l, const void* ids, size_t ids_bytes) {
   return h.Done();
 }
 
+// ---- the replaced rank's communicator table (joiner)
+
+namespace {
+
+enum class TableState { kAwaited, kKnown, kNone };
+struct ReplacedTable {
+  std::mutex mu;
+  std::condition_variable cv;
+  TableState state = TableState::kAwaited;
+  std::vector<ReplacedComm> comms;
+};
+ReplacedTable& Replaced() {  // allocated on first use, never destroyed (nothing runs at load or exit time)
+  static auto* t = new ReplacedTable();
+  return *t;
+}
+
+// Before a sandboxed creation: a joiner with a coordinator waits for the table its agent receives at registration
+// (at most kReplacedCommsWaitMs, once per process).
+void AwaitReplacedComms() {
+  if (ProcessRole() != Role::kJoiner || ProcessConfig().coordinator.empty()) return;
+  ReplacedTable& t = Replaced();
+  std::unique_lock<std::mutex> lock(t.mu);
+  if (t.state != TableState::kAwaited) return;
+  if (!t.cv.wait_for(lock, std::chrono::milliseconds(kReplacedCommsWaitMs),
+                     [&t] { return t.state != TableState::kAwaited; })) {
+    t.state = TableState::kNone;
+    TM_WARN(kLogSandbox,
+            "sandbox: no communicator table of rank %d from the coordinator within %d ms; Split children are sized "
+            "as their parent, which the migration will refuse",
+            static_cast<int>(ProcessConfig().replace), kReplacedCommsWaitMs);
+  }
+}
+
+// Under g_reg_mu, once the creation index is known: the leaver's answers for this communicator (the table's mutex
+// is only ever taken inside g_reg_mu, never the other way round).
+void AnswerAsReplaced(Lineage* l) {
+  ReplacedTable& t = Replaced();
+  std::lock_guard<std::mutex> lock(t.mu);
+  if (t.state != TableState::kKnown) return;
+  const ReplacedComm* e = nullptr;
+  for (const ReplacedComm& c : t.comms) {
+    if (c.index == l->index) e = &c;
+  }
+  if (!e || e->kind != l->kind) {
+    TM_INFO(kLogSandbox, "sandbox: communicator #%llu (%s) has no %s in the leaver's table; emulated sizes",
+            static_cast<unsigned long long>(l->index), CommKindName(l->kind), e ? "match" : "entry");
+    return;
+  }
+  if (l->kind == CommKind::kSplit || l->kind == CommKind::kShrink) {  // the others were given their size
+    l->nranks = e->nranks;
+    l->rank = e->rank;
+  }
+  if (l->kind != CommKind::kInitAll && e->device >= 0) l->device = e->device;
+}
+
+}  // namespace
+
+void SetReplacedComms(std::vector<ReplacedComm> table, bool known) {
+  ReplacedTable& t = Replaced();
+  {
+    std::lock_guard<std::mutex> lock(t.mu);
+    if (!known && t.state != TableState::kAwaited) return;  // a reconnection without a table keeps the one we have
+    t.comms = std::move(table);
+    t.state = known ? TableState::kKnown : TableState::kNone;
+    TM_INFO(kLogSandbox, "sandbox: %s", known ? "the replaced rank's communicator table arrived" :
+                                               "the coordinator has no communicator table for the replaced rank");
+  }
+  t.cv.notify_all();
+}
+
 // ---- registry (state_internal.h)
 
-VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids_bytes) {
+VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids_bytes, bool complete) {
+  if (!real) AwaitReplacedComms();
   auto* v = new VComm();  // never freed: stale handles must stay readable (see shim_state.h)
   v->real.store(real, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(g_reg_mu);
     lineage.index = g_next_index++;
+    if (!real) AnswerAsReplaced(&lineage);
     v->lineage = std::move(lineage);
     v->comm_key = CommKeyOf(v->lineage, ids, ids_bytes);
     v->magic = VComm::kMagic;
@@ -154,12 +235,16 @@ VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids
   TM_INFO(kLogComm, "vcomm %p #%llu %s nranks %d rank %d key %016llx real %p%s", static_cast<void*>(v),
           (unsigned long long)v->lineage.index, CommKindName(v->lineage.kind), v->lineage.nranks, v->lineage.rank,
           (unsigned long long)v->comm_key, static_cast<void*>(real), real ? "" : " (sandboxed)");
-  if (g_observer) g_observer(g_observer_ctx, v, true);
+  if (complete) CompleteVComm(v);
   return v;
 }
 
+void CompleteVComm(VComm* v) {
+  if (!v->complete.exchange(true, std::memory_order_acq_rel)) Notify(v, true);
+}
+
 void RetireVComm(VComm* v) {
-  if (g_observer) g_observer(g_observer_ctx, v, false);
+  if (v->complete.load(std::memory_order_acquire)) Notify(v, false);
   std::vector<RegHandle*> regs;
   std::vector<WinHandle*> wins;
   {
@@ -298,8 +383,8 @@ ncclComm_t AbortNext(VComm* v) {
 }
 
 void SetVCommObserver(VCommObserver fn, void* ctx) {
-  g_observer_ctx = ctx;
-  g_observer = fn;
+  g_observer_ctx.store(ctx, std::memory_order_relaxed);
+  g_observer.store(fn, std::memory_order_release);
 }
 
 std::mutex& SafePointMutex() { return g_sp_mu; }
@@ -334,6 +419,8 @@ bool ProcessSandboxed() {
   return s == 1;
 }
 void SetProcessSandboxed(bool sandboxed) { g_process_sandboxed.store(sandboxed ? 1 : 0, std::memory_order_release); }
+bool ProcessLeaving() { return g_process_leaving.load(std::memory_order_acquire); }
+void SetProcessLeaving(bool leaving) { g_process_leaving.store(leaving, std::memory_order_release); }
 
 // ---- the tm* exports
 

@@ -6,8 +6,11 @@
 
 namespace trainmover::shim {
 
-// Makes and publishes a live VComm (assigns lineage.index, computes comm_key, notifies the observer).
-VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids_bytes);
+// Makes and publishes a live VComm (assigns lineage.index, computes comm_key; notifies the observer when
+// `complete`: a non-blocking creation in progress is completed later by CompleteVComm).
+VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids_bytes, bool complete = true);
+// Marks `v` complete (its lineage now holds the real answers) and notifies the observer, once.
+void CompleteVComm(VComm* v);
 // Notifies the observer, releases the VComm's registrations/windows/ops and marks it dead.
 void RetireVComm(VComm* v);
 

@@ -36,8 +36,9 @@ constexpr size_t kMaxTapeRelay = size_t{1} << 30;  // D keeps at most this much 
 enum class PairStage {
   kAwaitingJoiner,  // sandbox: no joiner's READY matched the leaver yet
   kMatched,         // the joiner matched; MAP and EXPOSE sent once every pair matched
-  kExposed,         // the leaver's transfer descriptor is here
-  kFetching,        // the leaver reached S: FETCH_FROM sent to the joiner
+  kExposed,         // the leaver's transfer descriptor is here, sent on to the joiner in PREPARE
+  kPrepared,        // the joiner is connected to the leaver's state (everything but the bytes done)
+  kReading,         // the leaver reached S: READ sent to the joiner
   kVerified,        // the joiner read the state and the checksums matched
 };
 
@@ -56,7 +57,6 @@ struct Pair {
   PairStage stage = PairStage::kAwaitingJoiner;
   std::vector<uint64_t> keys;        // the leaver's communicators, in its creation order
   std::map<uint64_t, uint64_t> j2l;  // joiner comm_key -> leaver comm_key
-  std::vector<uint8_t> descriptor;
   std::string verify_msg;
   pid_t child = 0;  // --spawn, until reaped
   std::string log;
@@ -115,6 +115,7 @@ std::string LineageText(const CommCreated& c) {
   if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kSplit)) {
     s += " color " + std::to_string(c.lineage.color) + " key " + std::to_string(c.lineage.key);
   }
+  if (!c.blocking) s += " non-blocking";
   return s;
 }
 
@@ -131,11 +132,11 @@ std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::v
     const Lineage &la = a.lineage, &lb = b.lineage;
     bool parent_ok =
         la.parent_key == 0 ? lb.parent_key == 0 : j2l->count(la.parent_key) && (*j2l)[la.parent_key] == lb.parent_key;
-    // A sandboxed Split child does not know its real size (the sandbox splits as if every rank chose this
-    // rank's color): its nranks/rank are not compared; the replacement gets the leaver's.
-    const bool sized = la.kind != static_cast<uint8_t>(LineageKind::kSplit);
-    if (la.kind != lb.kind || (sized && (a.nranks != b.nranks || a.rank != b.rank)) || la.color != lb.color ||
-        la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
+    // Every communicator's size and rank, Split children included: the joiner's sandbox answered from the leaver's
+    // table (REGISTER_ACK), so a difference means the programs differ (or the table never arrived).
+    if (la.kind != lb.kind || a.nranks != b.nranks || a.rank != b.rank || a.blocking != b.blocking ||
+        la.color != lb.color || la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index ||
+        !parent_ok) {
       return "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
     }
     (*j2l)[a.comm_key] = b.comm_key;
@@ -310,6 +311,8 @@ class MigrationEngine final : public Engine {
         return OnBuilt(on);
       case mig::Ev::kExposed:
         return OnExposed(on);
+      case mig::Ev::kPrepared:
+        return OnPrepared(on);
       case mig::Ev::kAccept:
         return OnAccept(on);
       case mig::Ev::kPassed:
@@ -539,9 +542,16 @@ class MigrationEngine final : public Engine {
     if (!DecodePayload(o.e.body, &b)) return Abort(o.h, o.m, "malformed EXPOSED", true);
     Pair* lp = o.x.ByLeaver(o.from.id);
     if (!lp) return;
-    lp->descriptor = std::move(b.bytes);
     lp->stage = PairStage::kExposed;
     for (const Region& r : o.from.regions) o.m.bytes_total += r.bytes;
+    o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kPrepare, o.m.id, mig::Blob{std::move(b.bytes)}));
+  }
+
+  // The joiner connected to its leaver's state: at S only the bytes are left.
+  void OnPrepared(const On& o) {
+    Pair* jp = o.x.ByJoiner(o.from.id);
+    if (!jp || jp->stage != PairStage::kExposed) return;
+    jp->stage = PairStage::kPrepared;
     MaybePropose(o.h, o.m, o.x);
   }
 
@@ -574,9 +584,9 @@ class MigrationEngine final : public Engine {
     mig::Step s;
     if (!DecodePayload(o.e.body, &s) || s.step != o.m.switch_step) return;
     o.x.at_step.insert(o.from.id);
-    if (Pair* lp = o.x.ByLeaver(o.from.id); lp && lp->stage == PairStage::kExposed) {
-      lp->stage = PairStage::kFetching;
-      o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kFetchFrom, o.m.id, mig::Blob{lp->descriptor}));
+    if (Pair* lp = o.x.ByLeaver(o.from.id); lp && lp->stage == PairStage::kPrepared) {
+      lp->stage = PairStage::kReading;
+      o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kRead, o.m.id, mig::Step{s.step}));
     }
     MaybeSwitch(o.h, o.m, o.x);
   }
@@ -623,9 +633,10 @@ class MigrationEngine final : public Engine {
     if (DecodePayload(o.e.body, &ph)) o.m.phases.push_back(PhaseSpan{o.from.id, ph.name, ph.start_ns, ph.end_ns});
   }
 
-  // Phase 1 is over when every replacement is built and every leaver exposed its state: agree on S.
+  // Phase 1 is over when every replacement is built and every joiner is connected to its leaver's state: agree
+  // on S.
   void MaybePropose(EngineHost& h, Migration& m, MoveCtx& x) {
-    if (!x.AllAtLeast(PairStage::kExposed)) return;
+    if (!x.AllAtLeast(PairStage::kPrepared)) return;
     if (m.state != MigState::kBuilding || x.built_ok < x.built_expected || x.built_expected == 0) return;
     EndOpenPhase(h, m, 0, "build");
     h.SetMigState(m, MigState::kAgreeing);

@@ -7,7 +7,8 @@
 // It installs the agent's command handler and the shim's safe-point hook (which keeps reporting steps
 // through ShimAgentSafePoint), both driving the process-side state machine (process.h) in the shim's world
 // (shim_world.cc). Commands arrive on the agent thread and never block it for long: the communicator builds
-// and the state fetch run on background threads (tm-build, tm-fetch) that the machine owns and joins;
+// and the state hand-off run on background threads (tm-build, tm-fetch; tm-retire destroys the old
+// communicators after a switch) that the machine owns and joins;
 // everything that changes which real communicator a VComm uses runs on the application thread while it is
 // held in tmSafePoint.
 #ifndef TRAINMOVER_LIB_MIGRATION_MIGRATION_H_

@@ -11,8 +11,8 @@ const char* CmdName(uint16_t kind) {
       return "BUILD";
     case Cmd::kExpose:
       return "EXPOSE";
-    case Cmd::kFetchFrom:
-      return "FETCH_FROM";
+    case Cmd::kRead:
+      return "READ";
     case Cmd::kPropose:
       return "PROPOSE";
     case Cmd::kCommit:
@@ -27,6 +27,8 @@ const char* CmdName(uint16_t kind) {
       return "RECORD_TAPE";
     case Cmd::kTape:
       return "TAPE";
+    case Cmd::kPrepare:
+      return "PREPARE";
   }
   return "UNKNOWN";
 }
@@ -61,6 +63,8 @@ const char* EvName(uint16_t kind) {
       return "CAPTURED";
     case Ev::kTape:
       return "TAPE";
+    case Ev::kPrepared:
+      return "PREPARED";
   }
   return "UNKNOWN";
 }
@@ -87,11 +91,7 @@ bool Ready::Decode(Reader& r) {
   comms.clear();
   for (uint32_t i = 0; i < n && r.ok(); ++i) {
     CommCreated c;
-    c.comm_key = r.U64();
-    if (!c.lineage.Decode(r)) r.Fail();
-    c.rank = static_cast<int32_t>(r.U32());
-    c.nranks = static_cast<int32_t>(r.U32());
-    if (c.nranks <= 0 || c.rank < 0 || c.rank >= c.nranks) r.Fail();
+    if (!c.DecodeFields(r) || !c.Valid()) r.Fail();
     comms.push_back(std::move(c));
   }
   uint32_t m = r.Count(kMaxList, 12);

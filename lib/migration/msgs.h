@@ -11,9 +11,10 @@
 //   D COMMAND BUILD(entries) -> every member of each VComm containing R     members EVENT BUILT(key, ok)
 //     (J first makes the fresh unique ids: COMMAND MAKE_IDS -> EVENT IDS)
 //   D COMMAND EXPOSE -> L                                                   L EVENT EXPOSED(descriptor)
-//   D COMMAND FETCH_FROM(descriptor) -> J
+//   D COMMAND PREPARE(descriptor) -> J     J connects to L's state          J EVENT PREPARED(path)
 //   D COMMAND PROPOSE(S) -> all            each EVENT ACCEPT(S) or EVENT PASSED(step)   (repeat)
 //   D COMMAND COMMIT(S) -> all             each EVENT AT_STEP(S) at tmSafePoint(S)
+//   on L's AT_STEP: D COMMAND READ(S) -> J
 //   J EVENT PROGRESS(bytes) ... J EVENT VERIFIED(ok)
 //   D COMMAND SWITCH -> all                each EVENT SWITCHED(stall)   L exits (BYE)
 //   any failure before SWITCH: D COMMAND ABORT(reason) -> all; anyone may send EVENT FAILED(reason)
@@ -37,7 +38,7 @@ enum class Cmd : uint16_t {
   kMakeIds = 1,    // J: make a fresh real unique id for each listed comm_key (body: KeyList)
   kBuild = 2,      // members: build the replacement real communicators (body: Build)
   kExpose = 3,     // L: register the regions for one-sided reads (body: Reason = where the state goes, for the log)
-  kFetchFrom = 4,  // J: read L's regions at the switch (body: Blob = L's transfer descriptor)
+  kRead = 4,       // J: L is at S: read its regions now, over the prepared connection (body: Step)
   kPropose = 5,    // all: may the switch be at step S? (body: Step)
   kCommit = 6,     // all: the switch is at S (body: Step)
   kSwitch = 7,     // all: point VComms at the replacements; J leaves the sandbox; L exits (body: Step)
@@ -45,6 +46,7 @@ enum class Cmd : uint16_t {
   kMap = 9,        // J: the leaver's comm_key of each of its VComms (body: KeyList of pairs joiner key, leaver key)
   kRecordTape = 10,  // L: record the sandbox tape of your next iteration and send it as EVENT TAPE (body: Step, 0)
   kTape = 11,        // J: one chunk of the leaver's tape, in order; an empty chunk ends it (body: Blob)
+  kPrepare = 12,     // J: connect to L's exposed state, everything but the bytes (body: Blob = L's descriptor)
 };
 enum class Ev : uint16_t {
   kReady = 1,      // J: sandbox done (body: Ready)
@@ -61,6 +63,7 @@ enum class Ev : uint16_t {
   kPhase = 12,     // anyone: a phase span for the timeline (body: Phase)
   kCaptured = 13,  // anyone, unprompted (migration 0): these comm_keys were captured into a CUDA graph (KeyList)
   kTape = 14,      // L: one chunk of its tape (lib/sandbox/tape.h blob), in order; an empty chunk ends it (Blob)
+  kPrepared = 15,  // J: connected to L's state, ready to read at S (body: Reason = the read path, for the log)
 };
 const char* CmdName(uint16_t kind);
 const char* EvName(uint16_t kind);

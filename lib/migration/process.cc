@@ -67,8 +67,10 @@ void ProcessMachine::OnCommand(const control::Command& c) {
       return with(mig::Build{}, [&](mig::Build b) { OnBuild(id, std::move(b)); });
     case mig::Cmd::kExpose:
       return with(mig::Reason{}, [&](mig::Reason b) { OnExpose(id, b); });
-    case mig::Cmd::kFetchFrom:
-      return with(mig::Blob{}, [&](mig::Blob b) { OnFetchFrom(id, std::move(b)); });
+    case mig::Cmd::kPrepare:
+      return with(mig::Blob{}, [&](mig::Blob b) { OnPrepare(id, std::move(b)); });
+    case mig::Cmd::kRead:
+      return with(mig::Step{}, [&](mig::Step) { OnRead(id); });
     case mig::Cmd::kPropose:
       return with(mig::Step{}, [&](mig::Step b) { OnPropose(id, b); });
     case mig::Cmd::kCommit:
@@ -139,13 +141,30 @@ void ProcessMachine::OnExpose(uint64_t id, const mig::Reason& where) {
   SendPhase(id, "expose", t0);
 }
 
-void ProcessMachine::OnFetchFrom(uint64_t id, mig::Blob b) {
+// Joiner, in the build phase: connects to the leaver's exposed state, so that only the bytes are left for S.
+void ProcessMachine::OnPrepare(uint64_t id, mig::Blob b) {
   uint64_t gen;
   {
     std::lock_guard<std::mutex> lk(mu_);
+    if (joiner_.intake != Intake::kNone) {
+      return Send(mig::Ev::kFailed, id, mig::Reason{"PREPARE while the leaver's state is already prepared"});
+    }
+    mig_ = id;
+    active_ = true;
     gen = gen_;
+    joiner_.intake = Intake::kPreparing;
   }
-  StartJob("tm-fetch", [this, id, gen, d = std::move(b.bytes)] { FetchJob(id, gen, d); });
+  StartJob("tm-fetch", [this, id, gen, d = std::move(b.bytes)] { PrepareJob(id, gen, d); });
+}
+
+// Joiner: the leaver is at S, its memory frozen: read it over the prepared connection.
+void ProcessMachine::OnRead(uint64_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (joiner_.intake != Intake::kPrepared || !joiner_.sink) {
+    return Send(mig::Ev::kVerified, id, mig::Built{0, 0, "READ before the leaver's state was prepared"});
+  }
+  joiner_.intake = Intake::kReading;
+  StartJob("tm-fetch", [this, id, gen = gen_, sink = joiner_.sink.get()] { ReadJob(id, gen, sink); });
 }
 
 // May the switch be at S? Answered under the shim's safe-point mutex, so the answer and the application's
@@ -228,6 +247,7 @@ void ProcessMachine::AbortLocked(const std::string& why) {
   TM_WARN(kLogMigration, "migration %llu aborted here: %s; training continues on the current communicators",
           static_cast<unsigned long long>(mig_), why.c_str());
   ++gen_;
+  w_.SetLeaving(false);
   for (const Staged& st : member_.staged) w_.DropStaged(st.v);
   member_.staged.clear();
   member_.agreement = Agreement::kNone;
@@ -236,6 +256,10 @@ void ProcessMachine::AbortLocked(const std::string& why) {
     if (leaver_.server) leaver_.server->Close();
     leaver_.server.reset();
     leaver_.exposure = Exposure::kNone;
+  }
+  if (joiner_.intake != Intake::kReading) {  // while reading, the read job drops the sink when Read returns
+    if (joiner_.sink) DropSink(std::move(joiner_.sink));
+    joiner_.intake = Intake::kNone;
   }
   active_ = false;
   if (w_.IsJoiner()) {
@@ -316,8 +340,31 @@ void ProcessMachine::BuildJob(uint64_t id, uint64_t gen, const mig::Build& b) {
   SendPhase(id, "build", t0);
 }
 
-// Joiner: reads the leaver's regions one-sided into ours and verifies the checksums.
-void ProcessMachine::FetchJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor) {
+void ProcessMachine::DropSink(std::unique_ptr<StateSink> sink) {
+  StartJob("tm-fetch", [s = std::shared_ptr<StateSink>(std::move(sink))]() mutable { s.reset(); });
+}
+
+// Joiner: decodes the leaver's descriptor, matches the regions and connects (docs/transfer.md): a failure here
+// fails the migration before the switch agreement, and the switch pays only for the bytes.
+void ProcessMachine::PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor) {
+  const uint64_t t0 = w_.RealtimeNs();
+  std::string note;
+  std::unique_ptr<StateSink> sink = w_.Prepare(descriptor, &note);
+  const bool ok = sink != nullptr;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (gen_ != gen) return;  // aborted meanwhile: `sink` is destroyed here, after the mutex
+    joiner_.intake = ok ? Intake::kPrepared : Intake::kNone;
+    joiner_.sink = std::move(sink);
+  }
+  SendPhase(id, "prepare", t0);
+  if (!ok) return Send(mig::Ev::kFailed, id, mig::Reason{"joiner cannot connect to the leaver's state: " + note});
+  Send(mig::Ev::kPrepared, id, mig::Reason{note});
+}
+
+// Joiner: reads the leaver's regions one-sided into ours and verifies the checksums; then closes the connection
+// (after VERIFIED left, so off the switch's path).
+void ProcessMachine::ReadJob(uint64_t id, uint64_t gen, StateSink* sink) {
   const uint64_t t0 = w_.RealtimeNs();
   uint64_t last_sent = 0;
   auto progress = [&](uint64_t done, uint64_t total) {
@@ -329,11 +376,16 @@ void ProcessMachine::FetchJob(uint64_t id, uint64_t gen, const std::vector<uint8
   };
   // Test knob (docs/migration.md): expect checksums no transfer can produce, as a corrupted read would.
   std::string summary;
-  std::string err = w_.Fetch(descriptor, w_.Fault() == "corrupt-transfer", progress, &summary);
+  const std::string err = sink->Read(w_.Fault() == "corrupt-transfer", progress, &summary);
+  std::unique_ptr<StateSink> done;
+  bool aborted;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (gen_ != gen) return;
+    done = std::move(joiner_.sink);
+    aborted = gen_ != gen;
+    joiner_.intake = aborted ? Intake::kNone : Intake::kRead;
   }
+  if (aborted) return;
   SendPhase(id, "transfer", t0);
   Send(mig::Ev::kVerified, id, err.empty() ? mig::Built{0, 1, summary} : mig::Built{0, 0, err});
 }
@@ -370,6 +422,7 @@ void ProcessMachine::MeasureStall(uint64_t entry) {
     m.last_disturbed = true;
     const uint64_t interval = entry - m.switch_entry_ns, median = Median(m.step_ns);
     SendPhase(mig_, "switch step", m.switch_entry_real);
+    SendPhase(mig_, "first step", m.switch_return_real);
     Send(mig::Ev::kSwitched, mig_, mig::Switched{m.switch_step, interval > median ? interval - median : 0, median});
   }
   m.last_entry_ns = entry;
@@ -460,6 +513,7 @@ int64_t ProcessMachine::SwitchJoinerIn() {
   for (auto& [v, key] : joiner_.rekey) w_.Rekey(v, key);
   joiner_.rekey.clear();
   joiner_.by_leaver_key.clear();
+  joiner_.intake = Intake::kNone;
   active_ = false;
   const int64_t at = member_.step;
   Send(mig::Ev::kSwitched, mig_, mig::Switched{at, 0, 0});
@@ -498,6 +552,7 @@ void ProcessMachine::ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step)
   const bool overlap = leaver && w_.SealOverlaps(leaver_.destination);
   if (overlap || !leaver) Send(mig::Ev::kAtStep, id, mig::Step{step});
   if (!leaver) return;
+  w_.SetLeaving(true);  // the stayers may destroy our shared communicators from now on
   StateSource* server = leaver_.server.get();
   const uint64_t gen = gen_;
   leaver_.exposure = Exposure::kSealing;
@@ -531,8 +586,21 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
     lk.unlock();
     w_.Exit(0, "rank migrated at step " + std::to_string(step) + " to " + where + "; this process exits");
   }
-  for (const Staged& st : member_.staged) w_.SwitchStayer(st.v);
+  const uint64_t swap_real = w_.RealtimeNs();
+  std::vector<void*> old;
+  for (const Staged& st : member_.staged) {
+    if (void* c = w_.SwitchStayer(st.v)) old.push_back(c);
+  }
   member_.staged.clear();
+  // Destroying the old communicators (tens of ms with hostnccl, more with NCCL) is no part of the switch: a
+  // background job does it while the application runs on the replacements.
+  if (!old.empty()) {
+    StartJob("tm-retire", [this, old] {
+      for (void* c : old) w_.RetireComm(c);
+    });
+  }
+  SendPhase(mig_, "swap comms", swap_real);
+  meter_.switch_return_real = w_.RealtimeNs();
   meter_.switched = true;
   meter_.switch_step = switch_step;
   meter_.switch_entry_ns = entry;
@@ -562,6 +630,7 @@ TM_SNAPSHOT(ProcessMachine::TapeOut, tape_out, leaver_.tape)
 TM_SNAPSHOT(ProcessMachine::Exposure, exposure, leaver_.exposure)
 TM_SNAPSHOT(ProcessMachine::Sandbox, sandbox, joiner_.sandbox)
 TM_SNAPSHOT(ProcessMachine::TapeIn, tape_in, joiner_.tape)
+TM_SNAPSHOT(ProcessMachine::Intake, intake, joiner_.intake)
 TM_SNAPSHOT(ProcessMachine::Agreement, agreement, member_.agreement)
 TM_SNAPSHOT(int64_t, agreed_step, member_.step)
 TM_SNAPSHOT(size_t, staged, member_.staged.size())

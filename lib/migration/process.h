@@ -48,6 +48,17 @@ class StateSource {
   virtual void Close() = 0;
 };
 
+// The joiner's connection to the leaver's exposed state, made in the build phase (a transfer::PreparedFetch in the
+// shim). Destroying it closes the connection (bounded).
+class StateSink {
+ public:
+  virtual ~StateSink() = default;
+  // Reads every region of the leaver into ours and verifies the checksums: "" and *summary, or the error. Slow
+  // (the bytes). `corrupt`: expect checksums no transfer can produce (TRAINMOVER_FAULT=corrupt-transfer).
+  virtual std::string Read(bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
+                           std::string* summary) = 0;
+};
+
 // What a replacement build produced.
 struct BuildOutcome {
   enum class Kind { kBuilt, kFailed, kStopped };
@@ -73,6 +84,8 @@ class World {
   virtual bool IsJoiner() const = 0;  // TRAINMOVER_ROLE=joiner
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
+  // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.
+  virtual void SetLeaving(bool leaving) = 0;
   virtual std::string Fault() const = 0;  // TRAINMOVER_FAULT (test knob)
   virtual int64_t ShadowIters() const = 0;
   virtual uint64_t TapeMaxBytes() const = 0;
@@ -85,7 +98,7 @@ class World {
   // The shim's safe-point mutex, locked, and the step recorded under it: a PROPOSE answer is ordered with
   // the application's next tmSafePoint.
   virtual std::unique_lock<std::mutex> LockSafePoint(int64_t* step) = 0;
-  // Starts a background job (named tm-build, tm-fetch); the caller joins the thread.
+  // Starts a background job (named tm-build, tm-fetch, tm-retire); the caller joins the thread.
   virtual std::thread StartThread(const char* name, std::function<void()> fn) = 0;
 
   // --- communicators (VComms and the real NCCL)
@@ -104,7 +117,11 @@ class World {
   // anyway, dropped by an abort).
   virtual bool Stage(CommRef v, void* comm) = 0;
   virtual void DropStaged(CommRef v) = 0;    // unstage and abort the replacement
-  virtual void SwitchStayer(CommRef v) = 0;  // to the replacement; the old real communicator is destroyed
+  // To the replacement; returns the old real communicator (null when none), which the caller must retire.
+  virtual void* SwitchStayer(CommRef v) = 0;
+  // Background thread (tm-retire), after a switch: destroys an old real communicator, on which nothing is in
+  // flight; the application meanwhile runs on the replacements.
+  virtual void RetireComm(void* comm) = 0;
   // The joiner's VComm to its replacement, which has `nranks` and `rank`.
   virtual void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) = 0;
   // The joiner's VComm `v` (if still live) takes the leaver's `key` and is reported to the coordinator as one of
@@ -114,9 +131,10 @@ class World {
   // --- state transfer
   // The leaver's regions exposed for one-sided reads, or *error.
   virtual std::unique_ptr<StateSource> Expose(std::string* error) = 0;
-  // Background thread: reads the leaver's regions into ours and verifies them. "" and *summary, or the error.
-  virtual std::string Fetch(const std::vector<uint8_t>& descriptor, bool corrupt,
-                            const std::function<void(uint64_t, uint64_t)>& progress, std::string* summary) = 0;
+  // Background thread: everything of the hand-off but the bytes (decode, match the regions, connect, register);
+  // *note says how it will read (for the log). Null and *note = the error on failure. The leaver need not have
+  // reached S.
+  virtual std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, std::string* note) = 0;
 
   // --- the sandbox tape
   virtual void TapeRecordBegin() = 0;
@@ -164,6 +182,14 @@ class ProcessMachine {
   };
   // The joiner's tape.
   enum class TapeIn { kReceiving, kInstalled };
+  // The joiner's connection to the leaver's state.
+  enum class Intake {
+    kNone,       // no PREPARE yet (or dropped by an abort)
+    kPreparing,  // PREPARE arrived: connecting on tm-fetch
+    kPrepared,   // PREPARED sent: the sink waits for READ
+    kReading,    // READ arrived: tm-fetch reads; an abort leaves the sink to it
+    kRead,       // VERIFIED sent
+  };
   // Every member's switch agreement; the step is Member::step.
   enum class Agreement {
     kNone,       // no proposal (or released by PASSED, or aborted)
@@ -186,6 +212,8 @@ class ProcessMachine {
     std::string exit_reason;
     std::map<uint64_t, CommRef> by_leaver_key;  // MAP: leaver comm_key -> own VComm
     std::map<CommRef, uint64_t> rekey;          // own VComm -> leaver comm_key
+    Intake intake = Intake::kNone;
+    std::unique_ptr<StateSink> sink;  // kPrepared, kReading
   };
   struct Leaver {
     TapeOut tape = TapeOut::kIdle;
@@ -208,6 +236,7 @@ class ProcessMachine {
     bool switched = false;          // SWITCHED is due at the first safe point after the switch
     int64_t switch_step = -1;
     uint64_t switch_entry_ns = 0, switch_entry_real = 0;
+    uint64_t switch_return_real = 0;  // tmSafePoint(S) returned: the first step on the replacements begins
   };
 
   // Snapshots for the tests (take the mutex).
@@ -218,6 +247,7 @@ class ProcessMachine {
   Exposure exposure() const;
   Sandbox sandbox() const;
   TapeIn tape_in() const;
+  Intake intake() const;
   Agreement agreement() const;
   int64_t agreed_step() const;
   size_t staged() const;
@@ -234,7 +264,8 @@ class ProcessMachine {
   void OnMakeIds(uint64_t id, const mig::KeyList& kl);
   void OnBuild(uint64_t id, mig::Build b);
   void OnExpose(uint64_t id, const mig::Reason& where);
-  void OnFetchFrom(uint64_t id, mig::Blob b);
+  void OnPrepare(uint64_t id, mig::Blob b);
+  void OnRead(uint64_t id);
   void OnPropose(uint64_t id, const mig::Step& st);
   void OnCommit(uint64_t id, const mig::Step& st);
   void OnSwitch(const mig::Step& st);
@@ -243,7 +274,9 @@ class ProcessMachine {
   void OnAbort(const mig::Reason& r);
   // Background jobs.
   void BuildJob(uint64_t id, uint64_t gen, const mig::Build& b);
-  void FetchJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor);
+  void PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor);
+  void ReadJob(uint64_t id, uint64_t gen, StateSink* sink);
+  void DropSink(std::unique_ptr<StateSink> sink);  // destroyed on a job thread, never under mu_
   void StartJob(const char* name, std::function<void()> fn);
   // Safe point pieces (application thread, mu_ held through `lk`).
   void MeasureStall(uint64_t entry);

@@ -33,6 +33,8 @@ CommCreated DescribeVComm(const shim::VComm* v) {
   c.lineage.id_hash = l.id_hash;
   c.rank = l.rank;
   c.nranks = l.nranks;
+  c.device = l.device;
+  c.blocking = l.blocking ? 1 : 0;
   return c;
 }
 
@@ -71,6 +73,23 @@ void PollRegions() {
   if (Agent* a = g_agent.load(std::memory_order_acquire)) a->ReportRegions(std::move(now));
 }
 
+// REGISTER_ACK: a joiner's sandbox answers from the table of the rank it replaces (the first ack that says).
+void OnRegistered(const RegisterAck& a) {
+  if (shim::ProcessRole() != shim::Role::kJoiner) return;
+  std::vector<shim::ReplacedComm> table;
+  for (const CommCreated& c : a.replaced_comms) {
+    shim::ReplacedComm e;
+    e.index = c.lineage.index;
+    e.kind = static_cast<shim::CommKind>(c.lineage.kind - 1);  // LineageKind starts at 1
+    e.nranks = c.nranks;
+    e.rank = c.rank;
+    e.device = c.device;
+    e.blocking = c.blocking != 0;
+    table.push_back(e);
+  }
+  shim::SetReplacedComms(std::move(table), a.has_table != 0);
+}
+
 void StopAtExit() {
   if (Agent* a = g_agent.load(std::memory_order_acquire)) a->Stop(/*bye=*/true);
 }
@@ -102,14 +121,11 @@ extern "C" void tmAgentStart(const Config* config) {
   o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
   auto* agent = new Agent(o);  // lives until exit
   agent->SetTick(PollRegions, 200);
+  agent->SetRegisteredHandler(OnRegistered);
   agent->SetStepTotals([](uint64_t after) {
     const SafePointRecord sp = GetSafePoint();
     return Agent::StepTotals{sp.timed_steps, sp.wall_ns, sp.wait_ns, StepComputeMedianNs(after)};
   });
-  // Communicators made before the agent existed (none in practice: the agent starts at initialisation).
-  for (const VCommInfo& vi : SnapshotVComms()) {
-    agent->ReportCommCreated(DescribeVComm(vi.vcomm));
-  }
   g_agent.store(agent, std::memory_order_release);
   SetVCommObserver(Observe, nullptr);
   SetSafePointHook(OnSafePoint, nullptr);

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -59,6 +60,33 @@ class ServerSource final : public StateSource {
   std::unique_ptr<transfer::StateServer> s_;
 };
 
+// The joiner's prepared read: the client and what it prepared (destroyed in that order's reverse).
+struct ClientSink final : StateSink {
+  std::unique_ptr<transfer::StateClient> client;
+  std::unique_ptr<transfer::PreparedFetch> prepared;
+  size_t regions = 0;
+
+  ~ClientSink() override { prepared.reset(); }
+  std::string Read(bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
+                   std::string* summary) override {
+    transfer::FetchOptions o;
+    o.progress = progress;
+    if (corrupt) o.expected_checksums.assign(regions, 0x5eed5eed5eed5eedull);
+    transfer::FetchResult res;
+    transfer::Status st = prepared->Read(o, &res);
+    if (!st.ok()) {
+      TM_WARN(kLogMigration, "migration: state transfer failed: %s", st.ToString().c_str());
+      return st.ToString();
+    }
+    char msg[200];
+    std::snprintf(msg, sizeof(msg), "%llu bytes in %.3f s (%.2f GB/s) over %s, checksums verified",
+                  static_cast<unsigned long long>(res.bytes), res.seconds, res.gbps, transfer::FetchPathName(res.path));
+    TM_INFO(kLogMigration, "migration: state read: %s", msg);
+    *summary = msg;
+    return "";
+  }
+};
+
 class ShimWorld final : public World {
  public:
   explicit ShimWorld(control::Agent* a) : agent_(a) {}
@@ -83,6 +111,7 @@ class ShimWorld final : public World {
   bool IsJoiner() const override { return shim::ProcessRole() == shim::Role::kJoiner; }
   bool Sandboxed() const override { return shim::ProcessSandboxed(); }
   void LeaveSandbox() override { shim::SetProcessSandboxed(false); }
+  void SetLeaving(bool leaving) override { shim::SetProcessLeaving(leaving); }
   std::string Fault() const override { return shim::ProcessConfig().fault; }
   int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
   uint64_t TapeMaxBytes() const override { return static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes); }
@@ -193,10 +222,8 @@ class ShimWorld final : public World {
     ncclComm_t n = shim::AbortNext(VC(v));
     if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
   }
-  void SwitchStayer(CommRef v) override {
-    ncclComm_t old = shim::SwitchToNext(VC(v));
-    if (old) shim::g_real.CommDestroy(old);
-  }
+  void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
+  void RetireComm(void* comm) override { shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm)); }
   void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
     shim::VComm* v = VC(ref);
     shim::SwitchToNext(v);
@@ -204,10 +231,24 @@ class ShimWorld final : public World {
     v->lineage.nranks = nranks;
     v->lineage.rank = rank;
   }
+  // The children of `v` (Split/Shrink) name it by key in their lineage: they take the new key too, and one already
+  // reported is reported again, so that the coordinator's table (what a later migration of this rank compares
+  // with) names parents by the keys the job knows.
   void Rekey(CommRef ref, uint64_t key) override {
     shim::VComm* v = VC(ref);
     if (v->magic != shim::VComm::kMagic) return;
+    const uint64_t old = v->comm_key;
     v->comm_key = key;  // its sandboxed key was never reported (shim_agent.cc)
+    rekeyed_.push_back(v);
+    for (shim::VComm* c : shim::LiveVComms()) {
+      if (c->magic != shim::VComm::kMagic || c->lineage.parent_key != old || c == v) continue;
+      {
+        std::lock_guard<std::mutex> lock(c->mu);
+        c->lineage.parent_key = key;
+      }
+      const bool reported = std::find(rekeyed_.begin(), rekeyed_.end(), c) != rekeyed_.end();
+      if (reported && agent_) agent_->ReportCommCreated(control::DescribeVComm(c));
+    }
     if (agent_) agent_->ReportCommCreated(control::DescribeVComm(v));
   }
 
@@ -225,28 +266,28 @@ class ShimWorld final : public World {
     }
     return std::make_unique<ServerSource>(std::move(server));
   }
-  std::string Fetch(const std::vector<uint8_t>& descriptor, bool corrupt,
-                    const std::function<void(uint64_t, uint64_t)>& progress, std::string* summary) override {
-    std::unique_ptr<transfer::StateClient> client;
-    transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &client);
-    transfer::FetchResult res;
+  std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, std::string* note) override {
+    auto sink = std::make_unique<ClientSink>();
+    transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &sink->client);
     if (st.ok()) {
-      std::vector<transfer::Region> local = LocalRegions();
+      const std::vector<transfer::Region> local = LocalRegions();
+      sink->regions = local.size();
       transfer::FetchOptions o;
-      o.progress = progress;
-      if (corrupt) o.expected_checksums.assign(local.size(), 0x5eed5eed5eed5eedull);
-      st = client->Fetch(descriptor, local, o, &res);
+      o.warm = true;  // the leaver's pages read once now, so the read at S finds them warm (docs/transfer.md)
+      st = sink->client->Prepare(descriptor, local, o, &sink->prepared);
     }
     if (!st.ok()) {
-      TM_WARN(kLogMigration, "migration: state transfer failed: %s", st.ToString().c_str());
-      return st.ToString();
+      TM_WARN(kLogMigration, "migration: connecting to the leaver's state failed: %s", st.ToString().c_str());
+      *note = st.ToString();
+      return nullptr;
     }
-    char msg[200];
-    std::snprintf(msg, sizeof(msg), "%llu bytes in %.3f s (%.2f GB/s) over %s, checksums verified",
-                  static_cast<unsigned long long>(res.bytes), res.seconds, res.gbps, transfer::FetchPathName(res.path));
-    TM_INFO(kLogMigration, "migration: state read: %s", msg);
-    *summary = msg;
-    return "";
+    char msg[120];
+    std::snprintf(msg, sizeof(msg), "%llu bytes to read over %s",
+                  static_cast<unsigned long long>(sink->prepared->bytes()),
+                  transfer::FetchPathName(sink->prepared->path()));
+    TM_INFO(kLogMigration, "migration: state prepared: %s", msg);
+    *note = msg;
+    return sink;
   }
 
   void TapeRecordBegin() override { shim::TapeRecordBegin(TapeMaxBytes()); }
@@ -282,6 +323,7 @@ class ShimWorld final : public World {
 
  private:
   control::Agent* agent_;
+  std::vector<shim::VComm*> rekeyed_;  // VComms that took a leaver's key (application thread, at the switch)
 };
 
 ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit

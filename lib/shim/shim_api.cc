@@ -124,15 +124,42 @@ void CopyConfig(const ncclConfig_t* c, Lineage* l) {
   l->config.commName = nullptr;
 }
 
-// Queries the real size and rank of a communicator whose creation has completed.
-void ResolveSize(VComm* v, ncclComm_t real) {
-  int n = -1, r = -1;
-  if (g_real.CommCount && g_real.CommUserRank && g_real.CommCount(real, &n) == ncclSuccess &&
-      g_real.CommUserRank(real, &r) == ncclSuccess) {
-    std::lock_guard<std::mutex> lock(v->mu);
-    v->lineage.nranks = n;
-    v->lineage.rank = r;
+// Whether a communicator made with this lineage's config is blocking (NCCL: config.blocking, default 1; a
+// Split/Shrink without a config inherits `inherited`, its parent's).
+bool BlockingOf(const Lineage& l, bool inherited) {
+  if (!l.has_config || l.config.blocking == NCCL_CONFIG_UNDEF_INT) return l.has_config || inherited;
+  return l.config.blocking != 0;
+}
+
+// Asks a real communicator whose creation has completed what the lineage does not know yet (a Split/Shrink
+// child's size and rank; the device of any but InitAll's). Before CreateVComm: its observer reports them.
+void AskReal(ncclComm_t real, Lineage* l) {
+  int n = -1, k = -1, d = -1;
+  if ((l->nranks < 0 || l->rank < 0) && g_real.CommCount && g_real.CommUserRank &&
+      g_real.CommCount(real, &n) == ncclSuccess && g_real.CommUserRank(real, &k) == ncclSuccess) {
+    l->nranks = n;
+    l->rank = k;
   }
+  if (l->device < 0 && g_real.CommCuDevice && g_real.CommCuDevice(real, &d) == ncclSuccess) l->device = d;
+}
+
+// The same once a non-blocking creation completed (first ncclCommGetAsyncError that reports success).
+void ResolveSize(VComm* v, ncclComm_t real) {
+  Lineage l;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    l.nranks = v->lineage.nranks;
+    l.rank = v->lineage.rank;
+    l.device = v->lineage.device;
+  }
+  AskReal(real, &l);
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    v->lineage.nranks = l.nranks;
+    v->lineage.rank = l.rank;
+    v->lineage.device = l.device;
+  }
+  CompleteVComm(v);  // the agent reports it now, with its size
 }
 
 // After a real creation call: wrap the handle it produced (if any) and give the application the virtual one.
@@ -143,26 +170,23 @@ ncclResult_t FinishCreate(ncclResult_t r, ncclComm_t* app, ncclComm_t local, Lin
     *app = nullptr;
     return Noted(r);
   }
-  if (r == ncclSuccess && (l.nranks < 0 || l.rank < 0) && g_real.CommCount && g_real.CommUserRank) {
-    // Before CreateVComm, whose observer (the agent) reports the size and rank.
-    int n = -1, k = -1;
-    if (g_real.CommCount(local, &n) == ncclSuccess && g_real.CommUserRank(local, &k) == ncclSuccess) {
-      l.nranks = n;
-      l.rank = k;
-    }
-  }
-  VComm* v = CreateVComm(local, std::move(l), ids, ids_bytes);
-  if (r == ncclSuccess && (v->lineage.nranks < 0 || v->lineage.rank < 0)) ResolveSize(v, local);
+  if (r == ncclSuccess) AskReal(local, &l);
+  VComm* v = CreateVComm(local, std::move(l), ids, ids_bytes, r == ncclSuccess);
   *app = AsHandle(v);
   return Noted(r);
 }
+
+// A sandboxed creation answers as the real one would: ncclInProgress when made non-blocking (it has completed by
+// the first ncclCommGetAsyncError, which reports success).
+ncclResult_t Created(const VComm* v) { return v->lineage.blocking ? ncclSuccess : ncclInProgress; }
 
 ncclResult_t CreateSandboxed(const char* fn, ncclComm_t* app, Lineage l, const void* ids, size_t ids_bytes) {
   if (!app) return ShimInvalid(fn, "comm argument is NULL");
   if (l.nranks < 1) return ShimInvalid(fn, "invalid nranks");
   if (l.rank < 0 || l.rank >= l.nranks) return ShimInvalid(fn, "rank out of range");
-  *app = AsHandle(CreateVComm(nullptr, std::move(l), ids, ids_bytes));
-  return ncclSuccess;
+  VComm* v = CreateVComm(nullptr, std::move(l), ids, ids_bytes);
+  *app = AsHandle(v);
+  return Created(v);
 }
 
 // ---- hot path
@@ -377,6 +401,7 @@ TM_EXPORT ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, nccl
   l.rank = rank;
   l.id_hash = HashBytes(&commId, sizeof(commId));
   CopyConfig(config, &l);
+  l.blocking = BlockingOf(l, true);
   if (ProcessSandboxed()) return CreateSandboxed("ncclCommInitRankConfig", comm, std::move(l), &commId, sizeof(commId));
   TM_REQUIRE_REAL(CommInitRankConfig);
   ncclComm_t local = kUnsetComm;
@@ -394,6 +419,7 @@ TM_EXPORT ncclResult_t ncclCommInitRankScalable(ncclComm_t* newcomm, int nranks,
   const size_t ids_bytes = (commIds && nId > 0) ? static_cast<size_t>(nId) * sizeof(ncclUniqueId) : 0;
   l.id_hash = HashBytes(commIds, ids_bytes);
   CopyConfig(config, &l);
+  l.blocking = BlockingOf(l, true);
   if (ProcessSandboxed()) {
     if (ids_bytes == 0) return ShimInvalid("ncclCommInitRankScalable", "no unique ids");
     return CreateSandboxed("ncclCommInitRankScalable", newcomm, std::move(l), commIds, ids_bytes);
@@ -449,22 +475,26 @@ TM_EXPORT ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclCo
   l.nranks = -1;
   l.rank = -1;
   CopyConfig(config, &l);
+  l.blocking = BlockingOf(l, parent->lineage.blocking);
   ncclComm_t preal = parent->real.load(std::memory_order_acquire);
   if (preal == nullptr) {
-    // Sandbox: as if every rank chose this rank's color and key (so the child is the parent's size, same rank).
+    // Sandbox: the child's size and rank come from the replaced rank's table (CreateVComm); without one, as if
+    // every rank chose this rank's color and key (the parent's size, same rank).
     if (!newcomm) return ShimInvalid("ncclCommSplit", "newcomm argument is NULL");
     {
       std::lock_guard<std::mutex> lock(parent->mu);
       l.child_index = parent->children++;
       l.nranks = parent->lineage.nranks;
       l.rank = parent->lineage.rank;
+      l.device = parent->lineage.device;
     }
     if (color == NCCL_SPLIT_NOCOLOR) {
       *newcomm = nullptr;
       return ncclSuccess;
     }
-    *newcomm = AsHandle(CreateVComm(nullptr, std::move(l), nullptr, 0));
-    return ncclSuccess;
+    VComm* v = CreateVComm(nullptr, std::move(l), nullptr, 0);
+    *newcomm = AsHandle(v);
+    return Created(v);
   }
   TM_REQUIRE_REAL(CommSplit);
   ncclComm_t local = kUnsetComm;
@@ -494,6 +524,7 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
   l.nranks = -1;
   l.rank = -1;
   CopyConfig(config, &l);
+  l.blocking = BlockingOf(l, parent->lineage.blocking);
   ncclComm_t preal = parent->real.load(std::memory_order_acquire);
   if (preal == nullptr) {
     if (!newcomm) return ShimInvalid("ncclCommShrink", "newcomm argument is NULL");
@@ -510,9 +541,11 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
       l.child_index = parent->children++;
       l.nranks = n - excluded;
       l.rank = me - below;
+      l.device = parent->lineage.device;
     }
-    *newcomm = AsHandle(CreateVComm(nullptr, std::move(l), nullptr, 0));
-    return ncclSuccess;
+    VComm* v = CreateVComm(nullptr, std::move(l), nullptr, 0);
+    *newcomm = AsHandle(v);
+    return Created(v);
   }
   TM_REQUIRE_REAL(CommShrink);
   ncclComm_t local = kUnsetComm;
@@ -555,14 +588,21 @@ TM_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyn
   VComm* v = AsVComm(comm);
   if (!v) return ForwardRaw("ncclCommGetAsyncError", &g_real.CommGetAsyncError, comm, asyncError);
   ncclComm_t real = v->real.load(std::memory_order_acquire);
-  if (!real) {
+  if (!real || ProcessLeaving()) {
     if (!asyncError) return ShimInvalid("ncclCommGetAsyncError", "asyncError argument is NULL");
     *asyncError = ncclSuccess;
     return ncclSuccess;
   }
   TM_REQUIRE_REAL(CommGetAsyncError);
   ncclResult_t r = g_real.CommGetAsyncError(real, asyncError);
-  if (r == ncclSuccess && asyncError && *asyncError == ncclSuccess && v->lineage.nranks < 0) ResolveSize(v, real);
+  // With a replacement staged, the old communicator is on its way out: the leaver exits at the switch, possibly
+  // before this process's application thread has switched, and its departure is no error of this communicator.
+  if (r == ncclSuccess && asyncError && *asyncError != ncclSuccess && *asyncError != ncclInProgress &&
+      v->next.load(std::memory_order_acquire) != nullptr) {
+    *asyncError = ncclSuccess;
+  }
+  if (r == ncclSuccess && asyncError && *asyncError == ncclSuccess && !v->complete.load(std::memory_order_acquire))
+    ResolveSize(v, real);
   return Noted(r);
 }
 

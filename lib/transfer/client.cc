@@ -209,6 +209,15 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
     s = detail::OpenCmaReader(&plan, lanes, &impl->reader);
     // kAuto: a kernel that refuses process_vm_readv (ptrace rules, seccomp) sends us to UCX.
     if (!s.ok() && (options.path == FetchPath::kCma || s.code() != Code::kUnsupported)) return s;
+    if (s.ok() && options.warm) {
+      impl->sink.Reset(&plan, /*hash=*/false);
+      detail::ReadParams warm;
+      warm.chunk_bytes = options.chunk_bytes;
+      warm.max_outstanding = options.max_outstanding;
+      warm.deadline = deadline;
+      s = impl->reader->ReadAll(warm, &impl->sink);
+      if (!s.ok()) return Status(s.code(), "warm read: " + s.message());
+    }
   }
   if (impl->reader == nullptr) {
     s = impl_->EnsureUcx();

@@ -175,6 +175,11 @@ struct FetchOptions {
   // 4 MiB of state. UCX path: threads hashing device regions after the data; 0: min(4, hardware threads).
   int hash_threads = 0;
   bool verify = true;  // false: skip checksums (benchmarks of the raw read only)
+  // kCma only, used by Prepare: read every byte once there, into the joiner's regions, unhashed (what the leaver
+  // holds then is not what Read will fetch). A page's first read by process_vm_readv costs 10-20x its later
+  // reads on a virtual machine (docs/transfer.md, "Warm read"); this moves that cost from the switch into the
+  // build phase, at the price of one more copy of the state there. The UCX path ignores it.
+  bool warm = false;
   // Use these checksums instead of polling the leaver's control block (e.g. sent by the coordinator).
   std::vector<uint64_t> expected_checksums;
   // Called on the Fetch thread after completions, at most once per completed chunk, never concurrently.

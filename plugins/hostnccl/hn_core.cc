@@ -102,6 +102,12 @@ ncclResult_t LoadEnv(Env* env) {
       return Fail(ncclInvalidArgument, "HOSTNCCL_ALGO=\"%s\" is not one of auto, ring, direct", a);
   }
   env->ifaddr = 0;
+  if (const char* a = getenv("HOSTNCCL_CONNECT")) {
+    if (strcasecmp(a, "eager") != 0 && strcasecmp(a, "lazy") != 0) {
+      return Fail(ncclInvalidArgument, "HOSTNCCL_CONNECT=\"%s\" is not one of eager, lazy", a);
+    }
+    env->eager_connect = strcasecmp(a, "eager") == 0;
+  }
   if (const char* a = getenv("HOSTNCCL_SOCKET_IFADDR")) {
     in_addr in{};
     if (inet_pton(AF_INET, a, &in) != 1) {
@@ -481,6 +487,31 @@ ncclResult_t CreateUniqueId(ncclUniqueId* id, int64_t timeout_ms) {
   return ncclSuccess;
 }
 
+namespace {
+
+// HOSTNCCL_CONNECT=eager (docs/hostnccl.md, "Eager connection"): UCX wires a lane up on its first use (the
+// shared-memory segment attached, the rendezvous protocol's first get), which would otherwise fall on the first
+// operation. One eager-sized and one rendezvous-sized message to every peer and back, under tags of their own:
+// no collective, no counter of the operations moves, so nothing the application does is reordered.
+ncclResult_t ConnectLanes(Comm* c) {
+  constexpr size_t kSmall = 8, kLarge = size_t{256} << 10;  // below and above UCX's rendezvous threshold
+  const int n = c->nranks, me = c->rank;
+  if (n == 1) return ncclSuccess;
+  std::vector<uint8_t> out(kLarge), in(static_cast<size_t>(n) * (kSmall + kLarge));
+  std::vector<Pending> reqs;
+  for (int r = 0; r < n; ++r) {
+    if (r == me) continue;
+    uint8_t* at = &in[static_cast<size_t>(r) * (kSmall + kLarge)];
+    HN_CHECK(PostRecv(c, r, MakeTag(kTagConnect, r, 0), at, kSmall, &reqs));
+    HN_CHECK(PostRecv(c, r, MakeTag(kTagConnect, r, 1), at + kSmall, kLarge, &reqs));
+    HN_CHECK(PostSend(c, r, MakeTag(kTagConnect, me, 0), out.data(), kSmall, &reqs));
+    HN_CHECK(PostSend(c, r, MakeTag(kTagConnect, me, 1), out.data(), kLarge, &reqs));
+  }
+  return WaitAll(c, &reqs);
+}
+
+}  // namespace
+
 ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   IdLayout l;
   memcpy(&l, id.internal, sizeof(l));
@@ -601,6 +632,7 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   }
   close(live_listen);
   if (res != ncclSuccess) return res;
+  if (c->env.eager_connect) HN_CHECK(ConnectLanes(c));
   if (c->env.init_delay_ms > 0) usleep(static_cast<useconds_t>(c->env.init_delay_ms * 1000));
   Log(kInfo, me, "comm %p rank %d nranks %d - Init COMPLETE", static_cast<void*>(c), me, n);
   return ncclSuccess;

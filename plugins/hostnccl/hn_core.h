@@ -26,6 +26,7 @@ struct Env {
   uint32_t ifaddr = 0;            // HOSTNCCL_SOCKET_IFADDR (network order); 0 = default route's interface
   int64_t chunk_bytes = 1 << 20;  // HOSTNCCL_CHUNK_BYTES: pipeline segment size of the collectives
   int algo = 0;                   // HOSTNCCL_ALGO: kAlgoAuto, kAlgoRing, kAlgoDirect (AllGather, Broadcast)
+  bool eager_connect = true;      // HOSTNCCL_CONNECT: eager (connect every lane in init) or lazy
 };
 enum AlgoChoice { kAlgoAuto = 0, kAlgoRing = 1, kAlgoDirect = 2 };
 constexpr int64_t kMinChunkBytes = 4096, kMaxChunkBytes = int64_t{1} << 30;
@@ -90,7 +91,7 @@ void RegisterComm(Comm* c, bool add);
 void Teardown(Comm* comm, bool graceful);
 
 // Transport: UCX tagged messages. Tags: [kind:2][src rank:22][seq:40].
-enum TagKind : uint64_t { kTagColl = 0, kTagP2p = 1, kTagCtrl = 2 };
+enum TagKind : uint64_t { kTagColl = 0, kTagP2p = 1, kTagCtrl = 2, kTagConnect = 3 };
 inline uint64_t MakeTag(TagKind kind, int src, uint64_t seq) {
   return (static_cast<uint64_t>(kind) << 62) | (static_cast<uint64_t>(src & 0x3fffff) << 40) | (seq & 0xffffffffffull);
 }

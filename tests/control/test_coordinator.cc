@@ -514,3 +514,76 @@ int main(int argc, char** argv) {
   ctx.applyCommandLine(argc - 1, argv + 1);
   return ctx.run();
 }
+
+TEST_CASE("a joiner's REGISTER_ACK carries the table of the rank it replaces, in creation order") {
+  Coord co;
+  auto holder = MakeAgent(co.addr(), 1, 2);
+  CommCreated split = Comm(0x51, 0, 1, 1);
+  split.lineage.kind = static_cast<uint8_t>(LineageKind::kSplit);
+  split.device = 1;
+  split.blocking = 0;
+  holder->ReportCommCreated(split);  // reported first, created second: the table is in creation order
+  holder->ReportCommCreated(Comm(0x50, 1, 2, 0));
+  holder->Start();
+  WaitStatus(co.addr(), [](const Json& j) { return j["communicators"].arr.size() == 2; });
+
+  std::mutex mu;
+  std::vector<RegisterAck> acks;
+  auto joiner = [&](int replace) {
+    Agent::Options o;
+    o.coordinator = co.addr();
+    o.token = kToken;
+    o.self = DescribeSelf("joiner", -1, -1, replace);
+    auto a = std::make_unique<Agent>(o);
+    a->SetRegisteredHandler([&](const RegisterAck& ack) {
+      std::lock_guard<std::mutex> lock(mu);
+      acks.push_back(ack);
+    });
+    a->Start();
+    return a;
+  };
+  auto wait_acks = [&](size_t n) {
+    for (int i = 0; i < 500; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (acks.size() >= n) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  };
+  auto j1 = joiner(1);
+  REQUIRE(wait_acks(1));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    CHECK(acks[0].has_table == 1);
+    REQUIRE(acks[0].replaced_comms.size() == 2);
+    CHECK(acks[0].replaced_comms[0].comm_key == 0x50);
+    CHECK(acks[0].replaced_comms[0].nranks == 2);
+    CHECK(acks[0].replaced_comms[1].comm_key == 0x51);
+    CHECK(acks[0].replaced_comms[1].nranks == 1);
+    CHECK(acks[0].replaced_comms[1].device == 1);
+    CHECK(acks[0].replaced_comms[1].blocking == 0);
+  }
+  auto j7 = joiner(7);  // no process holds rank 7: no table
+  REQUIRE(wait_acks(2));
+  std::lock_guard<std::mutex> lock(mu);
+  CHECK(acks[1].has_table == 0);
+  CHECK(acks[1].replaced_comms.empty());
+}
+
+TEST_CASE("a report with an impossible size is ignored; the process stays and its other reports count") {
+  Coord co;
+  auto a = MakeAgent(co.addr(), 0, 2);
+  CommCreated unsized = Comm(0x60, 0, 2, 1);
+  unsized.nranks = -1;  // what a non-blocking Split used to report before its size was known
+  a->ReportCommCreated(unsized);
+  a->ReportCommCreated(Comm(0x61, 0, 2, 0));
+  a->Start();
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return j["communicators"].arr.size() == 1; });
+  REQUIRE(st["communicators"].arr.size() == 1);
+  CHECK(st["communicators"].arr[0]["key"].Str() == "0x0000000000000061");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(a->connected());
+  CHECK(a->connections() == 1);  // never dropped, so never replayed
+}

@@ -144,11 +144,25 @@ TEST_CASE("every message round-trips") {
   cc.lineage.id_hash = 77;
   cc.rank = 1;
   cc.nranks = 6;
+  cc.device = 3;
+  cc.blocking = 0;
   CommCreated c2 = RoundTrip(cc);
   CHECK(c2.comm_key == cc.comm_key);
   CHECK(c2.lineage == cc.lineage);
   CHECK(c2.rank == 1);
   CHECK(c2.nranks == 6);
+  CHECK(c2.device == 3);
+  CHECK(c2.blocking == 0);
+  // A joiner's REGISTER_ACK carries the replaced rank's table; a worker's does not.
+  RegisterAck table_ack{6, 100, 1, {cc, cc}};
+  table_ack.replaced_comms[1].lineage.index = 3;
+  RegisterAck t2 = RoundTrip(table_ack);
+  CHECK(t2.has_table == 1);
+  REQUIRE(t2.replaced_comms.size() == 2);
+  CHECK(t2.replaced_comms[0].device == 3);
+  CHECK(t2.replaced_comms[1].lineage.index == 3);
+  CHECK(RoundTrip(RegisterAck{6, 100, 1, {}}).has_table == 1);  // the rank's holder has no communicator
+  CHECK(RoundTrip(RegisterAck{6, 100}).has_table == 0);
 
   Regions rg{{{"weights", 1024}, {"adam_m", 2048}}};
   CHECK(RoundTrip(rg).regions == rg.regions);
@@ -197,12 +211,24 @@ TEST_CASE("decoders refuse trailing bytes, bad enums and impossible values") {
   CommCreated cc;
   cc.lineage.kind = 1;
   cc.rank = 4;
-  cc.nranks = 4;  // rank out of range
+  cc.nranks = 4;  // rank out of range: well formed, not valid (the coordinator ignores it, keeps the process)
   CommCreated c2;
-  CHECK_FALSE(DecodePayload(EncodePayload(cc), &c2));
+  REQUIRE(DecodePayload(EncodePayload(cc), &c2));
+  CHECK_FALSE(c2.Valid());
   cc.rank = 0;
+  cc.nranks = -1;  // a non-blocking child whose size is not known yet
+  REQUIRE(DecodePayload(EncodePayload(cc), &c2));
+  CHECK_FALSE(c2.Valid());
+  cc.nranks = 4;
+  CHECK(RoundTrip(cc).Valid());
   cc.lineage.kind = 77;  // unknown lineage kind
   CHECK_FALSE(DecodePayload(EncodePayload(cc), &c2));
+  cc.lineage.kind = 1;
+  cc.blocking = 2;  // not a flag
+  CHECK_FALSE(DecodePayload(EncodePayload(cc), &c2));
+  RegisterAck ack{1, 100, 2, {}};  // has_table must be 1 when present
+  RegisterAck a2;
+  CHECK_FALSE(DecodePayload(EncodePayload(ack), &a2));
 }
 
 TEST_CASE("HMAC-SHA256 matches RFC 4231 test case 2") {

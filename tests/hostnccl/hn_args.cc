@@ -118,7 +118,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
   const char* vars[][2] = {{"HOSTNCCL_TIMEOUT_MS", "soon"},  {"HOSTNCCL_INIT_DELAY_MS", "-3"},
                            {"HOSTNCCL_DEBUG", "LOUD"},       {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"},
                            {"HOSTNCCL_CHUNK_BYTES", "4095"}, {"HOSTNCCL_CHUNK_BYTES", "2147483648"},
-                           {"HOSTNCCL_CHUNK_BYTES", "1M"},   {"HOSTNCCL_ALGO", "tree"}};
+                           {"HOSTNCCL_CHUNK_BYTES", "1M"},   {"HOSTNCCL_ALGO", "tree"},
+                           {"HOSTNCCL_CONNECT", "later"}};
   for (auto& kv : vars) {
     setenv(kv[0], kv[1], 1);
     ncclUniqueId id2;

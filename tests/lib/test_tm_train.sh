@@ -33,6 +33,6 @@ else
   echo "FAIL sandbox run:"; echo "$sandbox" | tail -5; fail=1
 fi
 if [ -n "$TMRUN" ]; then
-  compare "tm-train 3 ranks (tmrun)" "$TMRUN" -n 3 -- "$TRAIN" --steps 30 --log-every 0
+  compare "tm-train 3 ranks (tmrun)" "$TMRUN" -n 3 --no-shim -- "$TRAIN" --steps 30 --log-every 0
 fi
 exit $fail

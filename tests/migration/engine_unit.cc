@@ -234,6 +234,7 @@ struct Job {
       Send(who, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
     }
     Send(static_cast<uint64_t>(rank) + 1, mig::Ev::kExposed, m.id, mig::Blob{{1, 2, 3}});
+    Send(100 + static_cast<uint64_t>(rank), mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
     h.Take();
   }
   void ToSwitching(Migration& m, int32_t rank) {
@@ -366,6 +367,48 @@ TEST_CASE("ready: mismatch refused, the joiner told to exit") {
   CHECK(j.h.Take() == V({"101:ABORT", "1:ABORT", "3:ABORT", "2:ABORT"}));
 }
 
+// The leaver (rank 1 of 4) also holds a split child of 2 ranks (its rank 0 there), made non-blocking.
+TEST_CASE("ready: a split child's size, rank and blocking are compared like every communicator's") {
+  Job j(4);
+  const uint64_t kChild = 0xC1;
+  CommCreated child = Job::Comm(kChild, 0, 2);
+  child.lineage.kind = static_cast<uint8_t>(LineageKind::kSplit);
+  child.lineage.index = 1;
+  child.lineage.parent_key = kWorld;
+  child.lineage.color = 1;
+  child.blocking = 0;
+  j.h.procs[2].comm_info[kChild] = child;
+  j.h.procs[2].comms.push_back(kChild);
+  Migration& m = j.Request({1});
+  j.h.Take();
+  uint64_t jid = j.AddJoiner(1);
+  mig::Ready r;
+  r.comms = {Job::Comm(0xB1, 1, 4), child};
+  r.comms[1].comm_key = 0xD1;
+  r.comms[1].lineage.parent_key = 0xB1;  // the joiner's own world key, mapped to the leaver's
+  r.regions = {Region{"w", 64}};
+  SUBCASE("same: matched") {
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.state == MigState::kBuilding);
+  }
+  SUBCASE("sized as its parent (a sandbox without the leaver's table): refused") {
+    r.comms[1].nranks = 4;
+    r.comms[1].rank = 1;
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason ==
+          "the joiner of rank 1 does not match the leaver: communicator 1: joiner Split #1 rank 1/4 color 1 key 0 "
+          "non-blocking, leaver Split #1 rank 0/2 color 1 key 0 non-blocking");
+  }
+  SUBCASE("blocking where the leaver's is not: refused") {
+    r.comms[1].blocking = 1;
+    j.Send(jid, mig::Ev::kReady, 0, r);
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason.find("joiner Split #1 rank 0/2 color 1 key 0, leaver Split #1 rank 0/2 color 1 key 0 non-blocking") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("ready: an unexpected joiner is told to exit, the migration untouched") {
   Job j(3);
   Migration& m = j.Request({1});
@@ -398,7 +441,7 @@ TEST_CASE("ids: BUILD to every member, the leaver's place to the joiner") {
   }
 }
 
-TEST_CASE("built and exposed: agreement starts with a proposal of max step + 2") {
+TEST_CASE("built, exposed and prepared: PREPARE on EXPOSED, agreement starts with a proposal of max step + 2") {
   Job j(3);
   Migration& m = j.Request({1});
   j.ToBuilding(m, 1);
@@ -409,15 +452,36 @@ TEST_CASE("built and exposed: agreement starts with a proposal of max step + 2")
   for (uint64_t p : {1, 3, 101}) j.Send(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
   CHECK(m.state == MigState::kBuilding);  // the leaver has not exposed yet
   CHECK(j.h.Take().empty());
+  j.Send(101, mig::Ev::kPrepared, m.id, mig::Reason{"early"});  // before PREPARE: ignored
   j.Send(2, mig::Ev::kExposed, m.id, mig::Blob{{9}});
-  CHECK(m.state == MigState::kAgreeing);
+  CHECK(m.state == MigState::kBuilding);  // the joiner has not connected yet
   CHECK(m.bytes_total == 64);
+  REQUIRE(j.h.sent.size() == 1);
+  mig::Blob d;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &d));
+  CHECK(d.bytes == std::vector<uint8_t>{9});  // the leaver's descriptor, as it sent it
+  CHECK(j.h.Take() == V({"101:PREPARE"}));
+  j.Send(3, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});  // not a joiner: ignored
+  CHECK(m.state == MigState::kBuilding);
+  j.Send(101, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
+  CHECK(m.state == MigState::kAgreeing);
   REQUIRE(j.h.sent.size() == 3);
   mig::Step s;
   REQUIRE(DecodePayload(j.h.sent[0].c.body, &s));
   CHECK(s.step == 12);  // the largest step (10) + margin 2
   CHECK(j.h.Take() == V({"1:PROPOSE", "3:PROPOSE", "2:PROPOSE"}));
   CHECK(j.h.PhaseOpen(m, "propose step 12"));
+}
+
+TEST_CASE("prepare failed: the joiner's FAILED aborts before the agreement") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToBuilding(m, 1);
+  j.Send(2, mig::Ev::kExposed, m.id, mig::Blob{{9}});
+  j.h.Take();
+  j.Send(101, mig::Ev::kFailed, m.id, mig::Reason{"joiner cannot connect to the leaver's state: x"});
+  CHECK(m.state == MigState::kFailed);
+  CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
 }
 
 TEST_CASE("built(false): failed, ABORT to everyone") {
@@ -450,17 +514,21 @@ TEST_CASE("agreement: PASSED re-proposes with a doubled margin; all ACCEPT commi
   CHECK_FALSE(j.h.PhaseOpen(m, "agree"));
 }
 
-TEST_CASE("switch: FETCH_FROM on the leaver's AT_STEP, SWITCH once verified and all at S, done when switched") {
+TEST_CASE("switch: READ on the leaver's AT_STEP, SWITCH once verified and all at S, done when switched") {
   Job j(3);
   Migration& m = j.Request({1});
   j.ToSwitching(m, 1);
   REQUIRE(m.switch_step == 12);
+  j.Send(1, mig::Ev::kAtStep, m.id, mig::Step{12});
+  CHECK(j.h.Take().empty());  // a stayer at S: nothing to read yet
   j.Send(2, mig::Ev::kAtStep, m.id, mig::Step{12});
   REQUIRE(j.h.sent.size() == 1);
-  mig::Blob d;
-  REQUIRE(DecodePayload(j.h.sent[0].c.body, &d));
-  CHECK(d.bytes == std::vector<uint8_t>{1, 2, 3});
-  CHECK(j.h.Take() == V({"101:FETCH_FROM"}));
+  mig::Step at;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &at));
+  CHECK(at.step == 12);
+  CHECK(j.h.Take() == V({"101:READ"}));
+  j.Send(2, mig::Ev::kAtStep, m.id, mig::Step{12});  // a repeated AT_STEP reads nothing twice
+  CHECK(j.h.Take().empty());
   j.Send(1, mig::Ev::kAtStep, m.id, mig::Step{12});
   j.Send(101, mig::Ev::kProgress, m.id, mig::Progress{32, 64});
   CHECK(m.bytes_done == 32);

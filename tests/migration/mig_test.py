@@ -25,6 +25,7 @@ TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a i
 SCENARIO = sys.argv[7]
 FAKE_CUDART = os.path.abspath(sys.argv[8]) if len(sys.argv) > 8 else ""
 SPLIT_APP = os.path.abspath(sys.argv[9]) if len(sys.argv) > 9 else ""
+TP_DP_APP = os.path.abspath(sys.argv[10]) if len(sys.argv) > 10 else ""
 WORK = tempfile.mkdtemp(prefix="mig-test-")
 # Scenario "numpy": the ranks are python/examples/numpy_ddp.py (NumPy over the NCCL API through ctypes, with the
 # trainmover Python module) run by TM_PYTHON (an interpreter with NumPy) instead of tm-train.
@@ -50,39 +51,53 @@ def numpy_cmd(params, steps, step_ms, shim=True):
              "--steps", str(steps), "--params", str(params), "--seed", "7", "--step-ms", str(step_ms)])
 
 
-def train_cmd(params, steps, step_ms, preload=""):
+def train_cmd(params, steps, step_ms, preload="", layout=()):
+    """layout: tm-train's --tp/--pp flags (the 3D-parallel workload), empty for data parallel."""
     if SCENARIO == "numpy":
         return numpy_cmd(params, steps, step_ms)
     return ["env", f"LD_PRELOAD={preload + ':' if preload else ''}{SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", TMTRAIN, "--steps", str(steps),
-            "--params", str(params), "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)]
+            "--params", str(params), "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)] + list(layout)
 
 
 REF = {}
 
 
-def split_cmd(steps, step_ms):
-    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", SPLIT_APP, str(steps), str(step_ms)]
+def split_cmd(steps, step_ms, app="split"):
+    exe = TP_DP_APP if app == "tp_dp" else SPLIT_APP
+    return ["env", f"LD_PRELOAD={SHIM}", f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", exe, str(steps), str(step_ms)]
 
 
-def reference(ranks, params, steps):
-    key = (ranks, params, steps)
+def job_cmd(params, steps, step_ms, preload="", layout=()):
+    """tm-train (layout: its --tp/--pp flags), or one of the test programs when params names it ("split", "tp_dp")."""
+    if params in ("split", "tp_dp"):
+        return split_cmd(steps, step_ms, params)
+    return train_cmd(params, steps, step_ms, preload, layout)
+
+
+def reference(ranks, params, steps, layout=()):
+    """The uninterrupted run's digest: one for every rank (data parallel), or {rank: digest} with a 3D layout
+    (each rank its own: stages, TP shards and optimizer shards differ). Run once per key and shared."""
+    key = (ranks, params, steps, tuple(layout))
     if key not in REF:
-        log = os.path.join(WORK, f"ref-{ranks}-{params}.log")
-        cmd = split_cmd(steps, 0) if params == "split" else train_cmd(params, steps, 0)
+        log = os.path.join(WORK, f"ref-{ranks}-{params}-{'x'.join(layout[1::2]) or 'dp'}.log")
+        cmd = job_cmd(params, steps, 0, layout=layout)
         with open(log, "w") as f:
             rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + cmd,
                                 stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
         d = digests(log)
-        if rc != 0 or len(set(d.values())) != 1 or len(d) != ranks:
+        distinct = ranks if layout else 1
+        if rc != 0 or len(set(d.values())) != distinct or len(d) != ranks:
             fail(f"reference run on {ranks} ranks: rc {rc}, digests {d}")
-        REF[key] = next(iter(d.values()))
+        REF[key] = d if layout else next(iter(d.values()))
     return REF[key]
 
 
 class Job:
     def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False, preload="",
-                 tmrun_opts=(), ignore_term=False):
-        self.name, self.ranks, self.params, self.steps = name, ranks, params, steps
+                 tmrun_opts=(), ignore_term=False, layout=(), hosts=0):
+        """layout: tm-train --tp/--pp flags; hosts: split the ranks in order over that many TRAINMOVER_HOSTs
+        (node0, node1, ...; a joiner inherits its leaver's)."""
+        self.name, self.ranks, self.params, self.steps, self.layout = name, ranks, params, steps, layout
         self.log = os.path.join(WORK, f"{name}.log")
         self.f = open(self.log, "w")
         env = dict(os.environ, **(env or {}))
@@ -98,7 +113,9 @@ class Job:
             self.addr = self.daemon.stdout.readline().strip()
             env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
             opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
-        cmd = split_cmd(steps, step_ms) if params == "split" else train_cmd(params, steps, step_ms, preload)
+        cmd = job_cmd(params, steps, step_ms, preload, layout)
+        if hosts:
+            cmd = ["sh", "-c", f'TRAINMOVER_HOST=node$((RANK / {ranks // hosts})) exec "$@"', "sh"] + cmd
         if ignore_term:  # the ranks ignore tmrun's SIGTERM (inherited SIG_IGN), so they live to see their own errors
             cmd = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh"] + cmd
         self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + list(tmrun_opts) + opts + ["--"] + cmd,
@@ -196,7 +213,8 @@ class Job:
 
     def check_digests(self, migrated):
         """Every rank's digest equals the reference: the joiner's (latest joiner log of the rank) for migrated."""
-        want = reference(self.ranks, self.params, self.steps)
+        want = reference(self.ranks, self.params, self.steps, self.layout)
+        want = want if isinstance(want, dict) else {r: want for r in range(self.ranks)}
         got = {r: d for r, d in digests(self.log).items() if r is not None and r not in migrated}
         for r in migrated:
             logs = sorted((f for f in os.listdir(WORK) if re.match(rf"joiner-{r}(-m\d+)?\.log$", f)),
@@ -207,9 +225,10 @@ class Job:
                 if None in d:
                     got[r] = d[None]
                 time.sleep(0.05)
-        if sorted(got) != list(range(self.ranks)) or set(got.values()) != {want}:
+        if got != want:
             fail(f"{self.name}: digests {got}, uninterrupted run {want}")
-        print(f"{self.name}: all {self.ranks} digests equal the uninterrupted run's ({want[:16]}...)")
+        print(f"{self.name}: all {self.ranks} digests equal the uninterrupted run's "
+              f"({len(set(want.values()))} distinct, {want[0][:16]}... on rank 0)")
 
 
 def clear_joiner_logs():
@@ -294,6 +313,25 @@ def scenario_split():
     job.check_digests({0, 1, 3})
 
 
+def scenario_tp_dp():
+    # TP 2 x DP 2 made with ncclCommSplit (DP non-blocking): the joiners' sandboxes size every communicator as the
+    # leaver's (the program checks ncclCommCount and sizes its buffers from it); every rank moved in turn, rank 1
+    # twice (its second move compares with a process that was itself a joiner)
+    if not TP_DP_APP or not os.path.exists(TP_DP_APP):
+        print("SKIP: tp_dp_app was not built")
+        sys.exit(77)
+    clear_joiner_logs()
+    job = Job("tp_dp", 4, params="tp_dp", steps=700, step_ms=8)
+    try:
+        for k, r in ((10, 0), (100, 1), (200, 2), (300, 3), (400, 1)):
+            job.wait_step(k)
+            job.migrate(r)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({0, 1, 2, 3})
+
+
 def scenario_pair():
     run_plan("pair", 2, [(10, [0, 1])])  # every rank of a communicator of 2, in turn
 
@@ -356,6 +394,71 @@ def scenario_host():
     finally:
         job.kill()
     job.check_digests({0, 1})
+
+
+TP2_PP2 = ("--tp", "2", "--pp", "2")  # 8 ranks: DP 2; stage 0 = ranks 0-3, stage 1 = ranks 4-7; TP groups {0,1}, {2,3}, ...
+TP2_PP4 = ("--tp", "2", "--pp", "4")  # 8 ranks: DP 1; stages {0,1}, {2,3}, {4,5}, {6,7}
+
+
+def migrate_host(job, host, ranks):
+    """tmctl migrate --host H --spawn: every rank on H in one migration."""
+    rc, out = job.ctl("migrate", "--host", host, "--spawn", timeout=2 * TIMEOUT)
+    with open(os.path.join(WORK, f"tmctl-{job.name}.log"), "a") as f:
+        f.write(out)
+    mig = job.status()["migrations"][-1]
+    want = f"host {host}: ranks {' '.join(map(str, ranks))}"
+    if rc != 0 or want not in out or mig["state"] != "done":
+        fail(f"{job.name}: tmctl migrate --host {host} (rc {rc}, {mig['state']} {mig['reason']}):\n{out}")
+    print(f"{job.name}: host {host} (ranks {ranks}) done at step {mig['switch_step']}")
+
+
+def check_watchdogs(job):
+    """Every rank's watchdog thread (the stayers' and the joiners') polled through the switches and saw no error."""
+    text = open(job.log, errors="replace").read()
+    for f in os.listdir(WORK):
+        if re.match(r"joiner-\d+(-m\d+)?\.log$", f):
+            text += open(os.path.join(WORK, f), errors="replace").read()
+    seen = {int(r) for r in re.findall(r"\[rank (\d+)\] watchdog: [1-9]\d* polling rounds over 4 communicators, no error", text)}
+    if seen != set(range(job.ranks)):
+        fail(f"{job.name}: watchdog reports from ranks {sorted(seen)}, expected all {job.ranks}")
+
+
+def scenario_3d():
+    """tm-train --tp 2 --pp 2 on 8 ranks (TP 2 x PP 2 x DP 2: a Split TP communicator, a non-blocking pipeline one
+    from a fresh id with grouped send/recv, a ZeRO-1 DP one from a fresh id, a watchdog thread), on two hosts
+    (node0: stage 0, node1: stage 1). In one job, one after the other: rank 0 (first stage; it published the world's
+    and its groups' ids), rank 7 (last stage) right after it, both ranks of the TP group {2, 3} in one migration,
+    then every rank of host node1 (tmctl migrate --host). Every rank's digest equals the uninterrupted run's."""
+    clear_joiner_logs()
+    job = Job("3d", 8, steps=700, step_ms=8, layout=TP2_PP2, hosts=2)
+    try:
+        job.wait_step(10)
+        job.migrate(0)
+        job.migrate(7)
+        job.wait_step(max(p["step"] for p in job.status()["processes"] if p["state"] == "alive") + 10)
+        job.migrate([2, 3])
+        migrate_host(job, "node1", [4, 5, 6, 7])
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({0, 2, 3, 4, 5, 6, 7})
+    check_watchdogs(job)
+
+
+def scenario_3d_middle():
+    """tm-train --tp 2 --pp 4 on 8 ranks: a rank of a middle stage (stage 1: it receives from one neighbour and sends
+    to the other in each grouped exchange), then one of the other middle stage (stage 2), one after the other."""
+    clear_joiner_logs()
+    job = Job("3d-middle", 8, steps=500, step_ms=8, layout=TP2_PP4)
+    try:
+        job.wait_step(10)
+        job.migrate(2)
+        job.migrate(5)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({2, 5})
+    check_watchdogs(job)
 
 
 def scenario_mismatch():
@@ -484,7 +587,7 @@ def scenario_abort_transfer():
 def scenario_seal_overlap():
     """TRAINMOVER_SEAL_OVERLAP=on|off: the leaver seals while the joiner reads, or first; both bit-identical. With
     on, the leaver's AT_STEP precedes its seal, so the joiner's transfer starts before the seal ends (checked in the
-    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on FETCH_FROM)."""
+    timeline: the leaver reports its "seal" span after AT_STEP, the joiner's "transfer" span begins on READ)."""
     for mode in ("on", "off"):
         clear_joiner_logs()
         job = Job(f"seal-{mode}", 2, steps=300, step_ms=8, env={"TRAINMOVER_SEAL_OVERLAP": mode})
@@ -543,7 +646,7 @@ def scenario_numpy():
     steps = 600
     log = os.path.join(WORK, "numpy-noshim.log")
     with open(log, "w") as f:
-        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--"] + numpy_cmd(3000, steps, 0, shim=False),
+        rc = subprocess.run([TMRUN, "-n", "3", "--no-coordinator", "--no-shim", "--"] + numpy_cmd(3000, steps, 0, shim=False),
                             stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
     plain = digests(log)
     if rc != 0 or len(plain) != 3 or len(set(plain.values())) != 1:
@@ -554,7 +657,7 @@ def scenario_numpy():
     run_plan("numpy", 3, [(10, [1]), (100, [0]), (200, [[1, 2]])], steps=steps)
 
 
-SCENARIOS = {"numpy": scenario_numpy, "tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
+SCENARIOS = {"3d": scenario_3d, "3d_middle": scenario_3d_middle, "tp_dp": scenario_tp_dp, "numpy": scenario_numpy, "tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
              "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":

@@ -46,6 +46,24 @@ class FakeSource final : public StateSource {
   std::function<void()>* during_seal_;
 };
 
+class FakeSink final : public StateSink {
+ public:
+  FakeSink(std::vector<std::string>* log, std::string* error) : log_(log), error_(error) {}
+  ~FakeSink() override { log_->push_back("close sink"); }
+  std::string Read(bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
+                   std::string* summary) override {
+    log_->push_back(std::string("read") + (corrupt ? " corrupt" : ""));
+    progress(32, 64);
+    progress(64, 64);
+    *summary = "64 bytes";
+    return *error_;
+  }
+
+ private:
+  std::vector<std::string>* log_;
+  std::string* error_;
+};
+
 CommRef Ref(uint64_t key) { return reinterpret_cast<CommRef>(static_cast<uintptr_t>(key)); }
 
 // The world in memory. `log` records what the machine did to it, `events` what it sent to the coordinator.
@@ -56,7 +74,8 @@ class FakeWorld final : public World {
   std::deque<std::function<void()>> script;  // run one per Wait, in order
   std::vector<std::function<void()>> jobs;
   bool connected = true, joiner = false, sandboxed = false, overlap = true, ids_ok = true, rebind_ok = true;
-  std::string fault, seal_error, expose_error, fetch_error;
+  bool leaving = false;  // SetLeaving
+  std::string fault, seal_error, expose_error, prepare_error, fetch_error;
   std::function<void()> during_seal, during_build;
   std::map<uint64_t, BuildOutcome> build;  // by comm_key; default: built
   std::vector<uint64_t> keys = {0xA};      // live VComms (CommRef = the key)
@@ -77,6 +96,7 @@ class FakeWorld final : public World {
     sandboxed = false;
     log.push_back("leave sandbox");
   }
+  void SetLeaving(bool on) override { leaving = on; }
   std::string Fault() const override { return fault; }
   int64_t ShadowIters() const override { return 1; }
   uint64_t TapeMaxBytes() const override { return 1 << 20; }
@@ -137,7 +157,11 @@ class FakeWorld final : public World {
     return rebind_ok;
   }
   void DropStaged(CommRef v) override { log.push_back("drop " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
-  void SwitchStayer(CommRef v) override { log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
+  void* SwitchStayer(CommRef v) override {
+    log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v)));
+    return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(v) + 0x1000);
+  }
+  void RetireComm(void* c) override { log.push_back("retire " + std::to_string(reinterpret_cast<uintptr_t>(c))); }
   void SwitchJoiner(CommRef v, int32_t nranks, int32_t rank) override {
     log.push_back("switch in " + std::to_string(reinterpret_cast<uintptr_t>(v)) + " " + std::to_string(rank) + "/" +
                   std::to_string(nranks));
@@ -153,13 +177,14 @@ class FakeWorld final : public World {
     log.push_back("expose");
     return std::make_unique<FakeSource>(&log, &seal_error, &during_seal);
   }
-  std::string Fetch(const std::vector<uint8_t>& d, bool corrupt,
-                    const std::function<void(uint64_t, uint64_t)>& progress, std::string* summary) override {
-    log.push_back("fetch " + std::to_string(d.size()) + (corrupt ? " corrupt" : ""));
-    progress(32, 64);
-    progress(64, 64);
-    *summary = "64 bytes";
-    return fetch_error;
+  std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& d, std::string* note) override {
+    log.push_back("prepare " + std::to_string(d.size()));
+    if (!prepare_error.empty()) {
+      *note = prepare_error;
+      return nullptr;
+    }
+    *note = "64 bytes to read over cma";
+    return std::make_unique<FakeSink>(&log, &fetch_error);
   }
   void TapeRecordBegin() override { log.push_back("record"); }
   bool TapeRecordEnd(uint64_t, std::vector<uint8_t>* blob) override {
@@ -402,18 +427,24 @@ TEST_CASE("stayer: held at S, AT_STEP, SWITCH; SWITCHED with its stall at S+1") 
   CHECK(p.SafePoint(11) == 11);  // below S: not held
   p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
   CHECK(p.SafePoint(12) == 12);
-  CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S"});
-  CHECK(p.w.TakeLog() == V{"switch 10"});
+  CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S", "PHASE swap comms"});
+  CHECK(p.w.TakeLog() == V{"switch 10", "start tm-retire"});  // the old communicator is destroyed off the path
+  p.w.RunJobs();
+  CHECK(p.w.TakeLog() == V{"retire 4106"});
   CHECK(p.m.agreement() == M::Agreement::kNone);
   CHECK(p.m.staged() == 0);
   CHECK_FALSE(p.m.active());
+  const uint64_t returned = p.w.mono;
   p.w.mono += 40000000ull;  // the switch step took 50 ms
   CHECK(p.SafePoint(13) == 13);
-  mig::Switched sw = p.w.Body<mig::Switched>(1);
+  mig::Switched sw = p.w.Body<mig::Switched>(2);
   CHECK(sw.step == 12);
   CHECK(sw.median_step_ns == 10000000ull);
   CHECK(sw.stall_ns == 40000000ull);
-  CHECK(p.w.Take() == V{"PHASE switch step", "SWITCHED"});
+  mig::Phase first = p.w.Body<mig::Phase>(1);  // from the return at S to the entry at S+1
+  CHECK(first.start_ns == returned);
+  CHECK(first.end_ns == p.w.mono);
+  CHECK(p.w.Take() == V{"PHASE switch step", "PHASE first step", "SWITCHED"});
   CHECK(p.SafePoint(14) == 14);
   CHECK(p.w.Take().empty());
 }
@@ -481,6 +512,7 @@ TEST_CASE("leaver: AT_STEP then seal (overlapped), SWITCH, exit 0 with where it 
     CHECK(e.code == 0);
     CHECK(e.line == "rank migrated at step 12 to host h pid 5; this process exits");
   }
+  CHECK(p.w.leaving);  // from S on, its communicators' async errors are the stayers leaving them
   CHECK(p.w.Take() == V{"AT_STEP", "PHASE seal", "PHASE hold at S"});
   CHECK(p.w.TakeLog() == V{"seal", "close"});
 }
@@ -501,6 +533,7 @@ TEST_CASE("leaver: not overlapped, the seal comes before AT_STEP; a failed seal 
   }
   CHECK(p.w.TakeLog() == V{"seal", "close"});  // closed by the abort
   CHECK(p.m.exposure() == M::Exposure::kNone);
+  CHECK_FALSE(p.w.leaving);  // aborted: it trains on, its async errors are real again
 }
 
 TEST_CASE("leaver: ABORT during the seal leaves the server to the application thread; EXPOSE meanwhile refused") {
@@ -607,31 +640,88 @@ TEST_CASE("joiner: ABORT or a lost coordinator while held after READY: exit 1 wi
   CHECK(p.w.Take() == V{"READY"});
 }
 
-TEST_CASE("fetch (joiner): PROGRESS, the transfer phase, VERIFIED; nothing after an abort") {
+TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure fails the migration") {
   Proc p;
-  p.Cmd(mig::Cmd::kFetchFrom, mig::Blob{{1, 2, 3}});
+  p.Staged();  // something for an abort to drop
+  p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1, 2, 3}});
+  CHECK(p.m.intake() == M::Intake::kPreparing);
+  SUBCASE("prepared") {
+    p.w.RunJobs();
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "prepare 3"});
+    CHECK(p.w.Body<mig::Reason>(1).text == "64 bytes to read over cma");
+    CHECK(p.w.Take() == V{"PHASE prepare", "PREPARED"});
+    CHECK(p.m.intake() == M::Intake::kPrepared);
+    SUBCASE("a second PREPARE is refused") {
+      p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1}});
+      CHECK(p.w.Take() == V{"FAILED"});
+      CHECK(p.m.intake() == M::Intake::kPrepared);
+    }
+    SUBCASE("an abort closes the connection on a job thread") {
+      p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
+      CHECK(p.m.intake() == M::Intake::kNone);
+      CHECK(p.w.TakeLog() == V{"drop 10", "start tm-fetch"});
+      p.w.RunJobs();
+      CHECK(p.w.TakeLog() == V{"close sink"});
+    }
+  }
+  SUBCASE("cannot connect") {
+    p.w.prepare_error = "kPeerFailure: leaver gone";
+    p.w.RunJobs();
+    CHECK(p.w.Body<mig::Reason>(1).text == "joiner cannot connect to the leaver's state: kPeerFailure: leaver gone");
+    CHECK(p.w.Take() == V{"PHASE prepare", "FAILED"});
+    CHECK(p.m.intake() == M::Intake::kNone);
+  }
+  SUBCASE("aborted while connecting: the connection is closed, nothing sent") {
+    p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
+    p.w.RunJobs();
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "prepare 3", "close sink"});
+    CHECK(p.w.Take().empty());
+    CHECK(p.m.intake() == M::Intake::kNone);
+  }
+}
+
+TEST_CASE("read (joiner): PROGRESS, the transfer phase, VERIFIED, the connection closed; nothing after an abort") {
+  Proc p;
+  p.Staged();  // something for an abort to drop
+  p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1, 2, 3}});
+  p.w.RunJobs();
+  p.w.Take();
+  p.w.TakeLog();
+  p.Cmd(mig::Cmd::kRead, mig::Step{12});
+  CHECK(p.m.intake() == M::Intake::kReading);
   SUBCASE("verified") {
     p.w.RunJobs();
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "read", "close sink"});
     CHECK(p.w.Body<mig::Built>(3).ok == 1);
     CHECK(p.w.Body<mig::Built>(3).message == "64 bytes");
     CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS", "PHASE transfer", "VERIFIED"});
+    CHECK(p.m.intake() == M::Intake::kRead);
   }
   SUBCASE("checksums differ") {
     p.w.fault = "corrupt-transfer";
     p.w.fetch_error = "checksum mismatch";
     p.w.RunJobs();
-    CHECK(p.w.TakeLog() == V{"start tm-fetch", "fetch 3 corrupt"});
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "read corrupt", "close sink"});
     CHECK(p.w.Body<mig::Built>(3).ok == 0);
     CHECK(p.w.Body<mig::Built>(3).message == "checksum mismatch");
     CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS", "PHASE transfer", "VERIFIED"});
   }
-  SUBCASE("aborted meanwhile") {
-    p.Staged();  // something to abort
-    p.Cmd(mig::Cmd::kFetchFrom, mig::Blob{{1}});
+  SUBCASE("aborted while reading: the read job keeps the connection and closes it") {
     p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
+    CHECK(p.m.intake() == M::Intake::kReading);
     p.w.RunJobs();
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "read", "close sink"});
     CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS"});
+    CHECK(p.m.intake() == M::Intake::kNone);
   }
+}
+
+TEST_CASE("read before prepare: VERIFIED failed") {
+  Proc p;
+  p.Cmd(mig::Cmd::kRead, mig::Step{12});
+  CHECK(p.w.Body<mig::Built>(0).ok == 0);
+  CHECK(p.w.Body<mig::Built>(0).message == "READ before the leaver's state was prepared");
+  CHECK(p.w.Take() == V{"VERIFIED"});
 }
 
 TEST_CASE("captured communicators are reported once per change") {

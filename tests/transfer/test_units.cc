@@ -391,6 +391,31 @@ TEST_CASE("prepare before the seal, read after it; a prepared fetch reads again;
   }
 }
 
+TEST_CASE("a warm Prepare reads the bytes of that moment; Read later fetches those at the seal, bit-exact") {
+  for (tt::FetchPath path : {tt::FetchPath::kUcx, tt::FetchPath::kCma}) {
+    CAPTURE(tt::FetchPathName(path));
+    std::vector<unsigned char> a(3 * tt::kChecksumBlock + 5), xa(a.size(), 0);
+    Fill(&a, 21);
+    auto [server, client] = Expose({{"a", a.data(), a.size()}});
+    tt::FetchOptions o;
+    o.path = path;
+    o.warm = true;
+    o.timeout_ms = 20000;
+    std::unique_ptr<tt::PreparedFetch> prepared;
+    tt::Status s = client->Prepare(server->Descriptor(), {{"a", xa.data(), xa.size()}}, o, &prepared);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    CHECK(xa == (path == tt::FetchPath::kCma ? a : std::vector<unsigned char>(a.size(), 0)));  // UCX: not warmed
+    Fill(&a, 22);  // the leaver trains on until S
+    std::vector<uint64_t> sums;
+    REQUIRE(server->Seal(&sums).ok());
+    tt::FetchResult r;
+    s = prepared->Read(o, &r);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    CHECK(r.verified);
+    CHECK(xa == a);
+  }
+}
+
 TEST_CASE("Prepare refuses what Fetch refuses, before connecting") {
   std::vector<unsigned char> a(100), x(101);
   auto [server, client] = Expose({{"a", a.data(), a.size()}});

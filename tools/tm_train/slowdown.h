@@ -10,8 +10,8 @@
 //                                                    (factor F, 2 without --slowdown)
 //   --step-jitter MS                                 every step of every rank sleeps a further uniform
 //                                                    0..MS ms (a pure function of rank and step)
-// "Computes F times as long": after each step the process sleeps (F - 1) times what the step computed (the
-// forward/backward pass plus --step-ms). Sleeping, not spinning, so a slow rank does not take CPU from the
+// "Takes F times as long": after each step the process sleeps (F - 1) times what the step took (the iteration,
+// its NCCL calls included, plus --step-ms; a straggler hardly waits in them). Sleeping, not spinning, so a slow rank does not take CPU from the
 // others on a small machine. Nothing here touches the training state: results stay bit-identical.
 #ifndef TOOLS_TM_TRAIN_SLOWDOWN_H_
 #define TOOLS_TM_TRAIN_SLOWDOWN_H_

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "options.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
+
+#include "libraries.h"
 
 extern char** environ;
 
@@ -62,6 +66,12 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string& v) { return !(c->coordinator = v).empty(); }},
       {"--no-coordinator", nullptr, nullptr, "no control plane: the ranks get no TRAINMOVER_COORDINATOR",
        [](Config* c, const std::string&) { return c->no_coordinator = true; }},
+      {"--no-shim", nullptr, nullptr, "do not preload the shim (libtrainmover.so) into the ranks",
+       [](Config* c, const std::string&) { return c->no_shim = true; }},
+      {"--shim", nullptr, "PATH", "the shim to preload (default: the libtrainmover.so of this tmrun's build)",
+       [](Config* c, const std::string& v) { return !(c->shim = v).empty(); }},
+      {"--hostnccl", nullptr, nullptr, "the ranks' NCCL is hostnccl, on host memory (machines without a GPU)",
+       [](Config* c, const std::string&) { return c->hostnccl = true; }},
   };
   return table;
 }
@@ -150,6 +160,22 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
     problem = "--node-rank K must be below --nnodes";
   else if (cfg->nnodes > 1 && cfg->master.empty())
     problem = "--nnodes > 1 needs --master ADDR:PORT (node 0's address)";
+  else if (cfg->no_shim && !cfg->shim.empty())
+    problem = "--shim and --no-shim exclude each other";
+  std::string why;
+  if (!problem && !cfg->shim.empty() && access(cfg->shim.c_str(), R_OK) != 0) {
+    why = "--shim " + cfg->shim + ": " + strerror(errno);
+    problem = why.c_str();
+  }
+  if (!problem && !cfg->node && !cfg->no_shim && cfg->shim.empty() &&
+      (cfg->shim = LocateLibrary(Library::kShim, &why)).empty()) {
+    why = "the shim " + why + " (give --shim PATH, or --no-shim)";
+    problem = why.c_str();
+  }
+  if (!problem && cfg->hostnccl && (cfg->hostnccl_path = LocateLibrary(Library::kHostnccl, &why)).empty()) {
+    why = "--hostnccl: " + why;
+    problem = why.c_str();
+  }
   if (problem) {
     fprintf(stderr, "tmrun: %s\n", problem);
     Usage(stderr);
@@ -173,6 +199,14 @@ std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int ran
   env["MASTER_PORT"] = std::to_string(job.master_port);
   env["TMRUN_STORE"] = job.store_host + ":" + std::to_string(job.store_port);
   env["TMRUN_STORE_TOKEN"] = job.token;
+  // The shim first in LD_PRELOAD (kept once); with --hostnccl the shim forwards to hostnccl, or without the
+  // shim hostnccl itself is preloaded so that the program's NCCL calls bind to it.
+  const std::string preload = cfg.no_shim ? (cfg.hostnccl ? cfg.hostnccl_path : "") : cfg.shim;
+  if (!preload.empty()) {
+    std::string& ld = env["LD_PRELOAD"];
+    if (ld.find(preload) == std::string::npos) ld = ld.empty() ? preload : preload + ":" + ld;
+  }
+  if (cfg.hostnccl && !cfg.no_shim) env["TRAINMOVER_NCCL_LIBRARY"] = cfg.hostnccl_path;
   if (cfg.join) {
     env["TRAINMOVER_ROLE"] = "joiner";
     env["TRAINMOVER_REPLACE"] = std::to_string(cfg.replace);

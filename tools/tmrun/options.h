@@ -26,6 +26,10 @@ struct Config {
   std::string token_file;       // --token-file: the job's token (nodes K > 0 and joiners; else TRAINMOVER_TOKEN)
   std::string coordinator;      // --coordinator host:port (else TRAINMOVER_COORDINATOR, else an embedded one)
   bool no_coordinator = false;  // --no-coordinator: plain pass-through ranks
+  bool no_shim = false;         // --no-shim: the ranks get no LD_PRELOAD of the shim
+  std::string shim;             // --shim PATH: the shim to preload (default: this build's, libraries.h)
+  bool hostnccl = false;        // --hostnccl: the ranks' NCCL is hostnccl (no GPU needed)
+  std::string hostnccl_path;    // where hostnccl is (set by ParseArgs when --hostnccl)
   std::vector<std::string> command;
 };
 
@@ -45,7 +49,9 @@ int ParseArgs(int argc, char** argv, Config* cfg);
 
 // The full environment of global rank `rank`: tmrun's own environment with the launcher variables set
 // (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT, TMRUN_STORE, and
-// for a joiner TRAINMOVER_ROLE=joiner TRAINMOVER_REPLACE=<rank>), as "NAME=value" strings. A joiner gets
+// for a joiner TRAINMOVER_ROLE=joiner TRAINMOVER_REPLACE=<rank>), the shim first in LD_PRELOAD (unless
+// --no-shim) and with --hostnccl TRAINMOVER_NCCL_LIBRARY (or, with --no-shim, hostnccl preloaded), as
+// "NAME=value" strings. A joiner gets
 // the variables rank `rank` got on its own node.
 std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank);
 
