@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 
+import migration_layouts  # noqa: E402  (perf/, next to this script)
+
 EXIT_SKIP = 77
 MIB = 1 << 20
 
@@ -64,8 +66,14 @@ def parse_args(argv):
     ap.add_argument("--timeout-s", type=int, default=180, help="limit of each harness run")
     ap.add_argument("--repeat", type=int, default=1, help="runs per point; the one of median live downtime is kept")
     ap.add_argument("--keep", action="store_true", help="keep every harness work directory")
+    ap.add_argument("--layouts", help="program shapes compared side by side (migration_layouts.py: dp, tp2pp2, "
+                    "tp2pp4; '' = none; default dp,tp2pp2, none with --quick)")
+    ap.add_argument("--layout-ranks", type=int, default=8, help="ranks of the program-shape comparison")
+    ap.add_argument("--layout-migrate", type=int, default=5, help="the rank migrated in the program-shape comparison")
+    ap.add_argument("--layouts-only", action="store_true", help="only the program-shape comparison")
     a = ap.parse_args(argv)
     a.ranks = a.ranks or ([2] if a.quick else [2, 4, 8, 16])
+    a.layouts = a.layouts if a.layouts is not None else ("" if a.quick else "dp,tp2pp2")
     a.sizes_mb = a.sizes_mb or ([1] if a.quick else [1, 16, 128, 1024])
     a.cost_scale = a.cost_scale if a.cost_scale is not None else (0.25 if a.quick else 1.0)
     a.costs = [c for c in a.costs.split(",") if c]
@@ -309,7 +317,7 @@ def goals(rows, xfer, sweep_ranks, sweep_state, hostnccl):
 def hostnccl_rows(a, work):
     """perf/hostnccl_bench AllReduce at 4..64 MiB on 2 ranks with ucx_perftest tag_bw in the same invocation."""
     exe = os.path.join(a.build, "perf/hostnccl_bench")
-    if a.no_hostnccl or a.no_perftest or not os.access(exe, os.X_OK):
+    if a.quick or a.no_hostnccl or a.no_perftest or not os.access(exe, os.X_OK):  # --quick: the smoke test
         return []
     jf = os.path.join(work, "hostnccl.json")
     cmd = [exe, "-n", "2", "-b", "4M", "-e", "64M", "--op", "allreduce", "--json", jf]
@@ -486,14 +494,15 @@ def main(argv):
     # The sweep: the ranks at a small state, then the state sizes at 2 ranks (the shared point once).
     points = [(n, a.ranks_state_mb) for n in a.ranks]
     points += [(2, mb) for mb in a.sizes_mb if (2, mb) not in points]
+    points = [] if a.layouts_only else points
     init_ms, comm_ms = costs_of(a, "paper")
     log(f"# migration_bench: {len(points)} points x costs {','.join(a.costs)} (paper-shaped: warm-up {init_ms} ms, "
         f"comm setup {comm_ms} ms{', scaled by %g' % a.cost_scale if a.cost_scale != 1 else ''}); step K={a.at}, "
         f"--step-ms {a.step_ms}, {a.params} params; {os.cpu_count()} cpus, load "
         f"{' '.join(open('/proc/loadavg').read().split()[:3])}")
 
-    xfer = transfer_rows(a, sorted({mb * MIB for _, mb in points if mb > 0}), work)
-    hostnccl = hostnccl_rows(a, work)
+    xfer = transfer_rows(a, sorted({mb * MIB for _, mb in points if mb > 0}), work) if points else {}
+    hostnccl = hostnccl_rows(a, work) if points else []
     rows, rc, skip_reason = [], 0, None
     for ranks, mb in points:
         for prof in a.costs:
@@ -528,6 +537,8 @@ def main(argv):
                     row["limit_ms"] = row["state_bytes"] / (row["perftest_get_gbps"] * 1e6) + row["median_step_ms"] + 5
             rows.append(row)
 
+    layouts, layouts_ok = migration_layouts.run(a, work, log, fmt)
+    rc = rc if layouts_ok else 1
     sweep_ranks = [r for r in rows if r["extra_state_mb"] == a.ranks_state_mb]
     sweep_state = [r for r in rows if r["ranks"] == 2 and r["extra_state_mb"] in a.sizes_mb]
     base = os.path.join(out_dir, f"migration_bench-{stamp}")
@@ -541,6 +552,7 @@ def main(argv):
         json.dump({"bench": "migration_bench", "stamp": stamp, "quick": a.quick, "cost_scale": a.cost_scale,
                    "paper_costs": {"init_ms": init_ms, "comm_init_ms": comm_ms}, "step_ms": a.step_ms, "at": a.at,
                    "params": a.params, "rows": rows, "transfer": list(xfer.values()), "hostnccl": hostnccl,
+                   "layouts": layouts,
                    "goals": [{"goal": n, "met": m, "measured": v, "short_by": d} for n, m, v, d in g]}, f, indent=1)
     with open(base + ".svg", "w") as f:
         f.write(svg(rows, sweep_ranks, sweep_state, xfer,

@@ -57,6 +57,17 @@
     "Leaver at the switch point: on = report AT_STEP first and checksum the state while the joiner already "  \
     "reads it; off = checksum first; auto = on unless the joiner is on this host and it has under 8 CPUs "    \
     "(both sides hashing at once then slow each other down, docs/migration.md).")                             \
+  X(RECOVERY, recovery, std::string, ParseOneOf, "enum", "on", "on|off",                                   \
+    "Failure recovery (docs/recovery.md): on = with a coordinator, a program that calls tmSafePoint keeps "   \
+    "snapshots of its registered state on a buddy rank, and when a rank dies the survivors roll back to the " \
+    "newest snapshot complete everywhere while a replacement takes the dead rank's place; off = no snapshots, " \
+    "a dead rank fails the job as it would without the shim.")                                                \
+  X(SNAPSHOT_EVERY, snapshot_every, int64_t, ParseInt, "int", "1", "integer >= 1",                          \
+    "Failure recovery: a snapshot of the registered state at every N-th safe point (steps divisible by N); "  \
+    "a recovery loses at most about N steps.")                                                                \
+  X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
+    "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
+    "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
   X(FAULT, fault, std::string, ParseOneOf, "enum", "", "corrupt-transfer|pass-first-proposal",               \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \

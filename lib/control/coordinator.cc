@@ -543,6 +543,9 @@ void Coordinator::CheckHeartbeats() {
     alive += pr.state == ProcState::kAlive && pr.info.role != node::kRole;
   }
   alive_processes_.store(alive, std::memory_order_relaxed);
+  int recovering = 0;
+  for (const auto& [id, m] : migs_) recovering += m.kind == kKindRecover && !MigTerminal(m.state);
+  recovering_.store(recovering, std::memory_order_relaxed);
 }
 
 void Coordinator::AddEngine(std::unique_ptr<Engine> e) {
@@ -598,6 +601,18 @@ MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
   return r;
 }
 
+Migration& Coordinator::NewMigration(const std::string& kind, int32_t rank) {
+  Migration m;
+  m.id = next_mig_++;
+  m.kind = kind;
+  m.rank = rank;
+  m.ranks = {rank};
+  m.created_ns = NowRealtimeNs();
+  Migration& rec = migs_[m.id] = std::move(m);
+  if (kind == kKindRecover) recovering_.fetch_add(1, std::memory_order_relaxed);  // before the loop's next count
+  return rec;
+}
+
 CancelReply Coordinator::OnCancel(const CancelReq& q) {
   CancelReply r;
   Migration* m = nullptr;
@@ -647,8 +662,15 @@ void Coordinator::SetMigState(Migration& m, MigState s, const std::string& reaso
     for (PhaseSpan& p : m.phases) {
       if (!p.end_ns) p.end_ns = m.ended_ns;
     }
-    ++mig_outcomes_[MigStateName(s)];
-    if (s == MigState::kDone) Observe(downtime_buckets_, downtime_sum_, downtime_count_, m.downtime_ns / 1e9);
+    if (m.kind == kKindRecover) {
+      ++recovery_outcomes_[MigStateName(s)];
+      if (s == MigState::kDone) {
+        Observe(recovery_downtime_buckets_, recovery_downtime_sum_, recovery_downtime_count_, m.downtime_ns / 1e9);
+      }
+    } else {
+      ++mig_outcomes_[MigStateName(s)];
+      if (s == MigState::kDone) Observe(downtime_buckets_, downtime_sum_, downtime_count_, m.downtime_ns / 1e9);
+    }
   }
 }
 
@@ -754,14 +776,23 @@ std::string Coordinator::StatusJson() const {
     first = false;
     std::string ranks;
     for (int32_t x : m.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(x);
-    o += "{\"id\":" + std::to_string(id) + ",\"rank\":" + std::to_string(m.rank) + ",\"ranks\":[" + ranks + "]" +
+    o += "{\"id\":" + std::to_string(id) + ",\"kind\":" + Q(m.kind) + ",\"rank\":" + std::to_string(m.rank) +
+         ",\"ranks\":[" + ranks + "]" +
          ",\"host\":" + Q(m.host) + ",\"spawn\":" + (m.spawn ? "true" : "false") +
          ",\"state\":" + Q(MigStateName(m.state)) + ",\"reason\":" + Q(m.reason) +
          ",\"leaver\":" + std::to_string(m.leaver) + ",\"joiner\":" + std::to_string(m.joiner) +
          ",\"switch_step\":" + std::to_string(m.switch_step) + ",\"bytes_total\":" + std::to_string(m.bytes_total) +
          ",\"bytes_done\":" + std::to_string(m.bytes_done) + ",\"downtime_ms\":" + std::to_string(m.downtime_ns / 1e6) +
-         ",\"elapsed_ms\":" + std::to_string(((m.ended_ns ? m.ended_ns : now) - m.created_ns) / 1000000) +
-         ",\"phases\":[";
+         ",\"elapsed_ms\":" + std::to_string(((m.ended_ns ? m.ended_ns : now) - m.created_ns) / 1000000);
+    if (m.kind == kKindRecover) {
+      const RecoveryInfo& r = m.recovery;
+      o += ",\"recovery\":{\"epoch\":" + std::to_string(r.epoch) + ",\"detected_by\":" + Q(r.detected_by) +
+           ",\"detected_ms\":" + std::to_string(r.detected_ns / 1000000) +
+           ",\"failed_at_step\":" + std::to_string(r.failed_at_step) +
+           ",\"rollback_step\":" + std::to_string(r.rollback_step) +
+           ",\"lost_steps\":" + std::to_string(r.lost_steps) + ",\"replacement\":" + Q(r.replacement) + "}";
+    }
+    o += ",\"phases\":[";
     for (size_t i = 0; i < m.phases.size(); ++i) {
       const PhaseSpan& p = m.phases[i];
       o += (i ? ",{" : "{") + std::string("\"process\":") + std::to_string(p.process) + ",\"phase\":" + Q(p.phase) +
@@ -850,6 +881,17 @@ std::string Coordinator::MetricsText() const {
   o += "# HELP trainmover_migration_downtime_seconds Downtime the stayers saw, per completed migration.\n";
   o += "# TYPE trainmover_migration_downtime_seconds histogram\n";
   hist("trainmover_migration_downtime_seconds", "", downtime_buckets_, downtime_sum_, downtime_count_);
+  o += "# HELP trainmover_recoveries_total Failure recoveries by outcome.\n";
+  o += "# TYPE trainmover_recoveries_total counter\n";
+  for (const char* s : {"done", "failed"}) {
+    auto it = recovery_outcomes_.find(s);
+    o += "trainmover_recoveries_total{outcome=\"" + std::string(s) + "\"} " +
+         std::to_string(it == recovery_outcomes_.end() ? 0 : it->second) + "\n";
+  }
+  o += "# HELP trainmover_recovery_downtime_seconds Failure to the last survivor resuming, per completed recovery.\n";
+  o += "# TYPE trainmover_recovery_downtime_seconds histogram\n";
+  hist("trainmover_recovery_downtime_seconds", "", recovery_downtime_buckets_, recovery_downtime_sum_,
+       recovery_downtime_count_);
   o += "# HELP trainmover_migration_phase_seconds Duration of migration phases, per phase and process.\n";
   o += "# TYPE trainmover_migration_phase_seconds histogram\n";
   for (const auto& [phase, h] : phase_hist_) {

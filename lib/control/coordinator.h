@@ -89,6 +89,20 @@ struct PhaseSpan {
 
 // The request kind of MIGRATE_REQ (Engine::kind of the planned-migration engine).
 inline constexpr char kKindMigrate[] = "migrate";
+// The kind of a failure recovery (lib/migration/recovery_engine.h): a record the engine makes itself when a rank
+// fails (EngineHost::NewMigration), shown next to the migrations.
+inline constexpr char kKindRecover[] = "recover";
+
+// What a recovery record adds (docs/recovery.md): rank = the failed rank, joiner = its replacement.
+struct RecoveryInfo {
+  uint64_t epoch = 0;         // the failure's epoch (every declared failure gets the next one)
+  std::string detected_by;    // "connection closed", "no heartbeat for N ms", ...
+  uint64_t detected_ns = 0;   // realtime, when the coordinator declared the failure
+  int64_t failed_at_step = -1;  // the furthest step any survivor had reached
+  int64_t rollback_step = -1;   // the snapshot step everyone continued from
+  int64_t lost_steps = -1;      // failed_at_step - rollback_step
+  std::string replacement;      // "spawned pid P" / "standby process N"
+};
 
 struct Migration {
   uint64_t id = 0;
@@ -109,6 +123,7 @@ struct Migration {
   uint64_t downtime_ns = 0;
   std::string joiner_log;  // --spawn: where the joiner's output goes
   std::vector<PhaseSpan> phases;
+  RecoveryInfo recovery;  // kind "recover" only
 };
 
 // What an engine may see and do in the coordinator (Coordinator implements it; the engines' unit tests
@@ -131,6 +146,8 @@ class EngineHost {
   virtual const std::map<uint64_t, CommRec>& comms() const = 0;
   virtual Migration* FindMigration(uint64_t id) = 0;  // 0: the latest
   virtual const std::map<uint64_t, Migration>& migrations() const = 0;
+  // A record the engine starts itself (a failure recovery), in state requested, of `kind`, for `rank`.
+  virtual Migration& NewMigration(const std::string& kind, int32_t rank) = 0;
 };
 
 // An engine drives one kind of request (planned migration: lib/migration/engine.h; failure recovery next).
@@ -199,6 +216,10 @@ class Coordinator final : public EngineHost {
   const std::map<uint64_t, CommRec>& comms() const override { return comms_; }
   Migration* FindMigration(uint64_t id) override;
   const std::map<uint64_t, Migration>& migrations() const override { return migs_; }
+  Migration& NewMigration(const std::string& kind, int32_t rank) override;
+  // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one
+  // runs: the failed rank's exit is expected).
+  int recovering() const { return recovering_.load(std::memory_order_relaxed); }
 
   const StragglerMonitor& stragglers() const { return *stragglers_; }
 
@@ -230,6 +251,7 @@ class Coordinator final : public EngineHost {
   int wake_fd_ = -1;  // eventfd
   std::atomic<bool> stop_{false};
   std::atomic<int> alive_processes_{0};
+  std::atomic<int> recovering_{0};
   uint64_t epoch_ = 0;
   uint64_t start_ns_ = 0;
   std::map<int, std::unique_ptr<Peer>> peers_;  // by fd
@@ -251,6 +273,10 @@ class Coordinator final : public EngineHost {
   uint64_t heartbeats_missed_ = 0;
   uint64_t rejected_ = 0;
   std::map<std::string, uint64_t> mig_outcomes_;
+  std::map<std::string, uint64_t> recovery_outcomes_;
+  std::vector<uint64_t> recovery_downtime_buckets_;
+  double recovery_downtime_sum_ = 0;
+  uint64_t recovery_downtime_count_ = 0;
   std::vector<uint64_t> downtime_buckets_;
   double downtime_sum_ = 0;
   uint64_t downtime_count_ = 0;

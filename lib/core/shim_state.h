@@ -233,6 +233,17 @@ ncclResult_t RebindObjects(VComm* v);
 ncclComm_t SwitchToNext(VComm* v);
 ncclComm_t AbortNext(VComm* v);
 
+// Failure recovery (docs/recovery.md). When an operation on `v`'s real communicator `used` fails with `r`, the
+// hot path asks OpFailedButFenced whether recovery fenced `v` (withdrew its real communicator because a member
+// died): then the operation completes locally (emulated) and returns success. The installed hook
+// (lib/migration/recovery.cc) may wait, bounded, for the coordinator's verdict on a peer failure that the real
+// library saw first; without a hook (no coordinator) nothing is ever fenced. The application's own
+// ncclCommAbort/Destroy is not a fence. v == nullptr asks about a failed ncclGroupEnd (true when this process is
+// fenced). Any application thread; the hook is set once, before the first operation.
+using OpFailureHook = bool (*)(VComm* v, ncclComm_t used, ncclResult_t r);
+void SetOpFailureHook(OpFailureHook fn);
+bool OpFailedButFenced(VComm* v, ncclComm_t used, ncclResult_t r);
+
 // Called once a VComm's creation completed (created=true: at once for a blocking creation, at the first successful
 // ncclCommGetAsyncError of a non-blocking one) and before a completed one is destroyed (false), outside every shim
 // lock, on the thread that made the call. One observer (the agent), installed before the shim is marked ready

@@ -382,6 +382,17 @@ ncclComm_t AbortNext(VComm* v) {
   return v->next.exchange(nullptr, std::memory_order_acq_rel);
 }
 
+namespace {
+std::atomic<OpFailureHook> g_op_failure_hook{nullptr};
+}  // namespace
+
+void SetOpFailureHook(OpFailureHook fn) { g_op_failure_hook.store(fn, std::memory_order_release); }
+
+bool OpFailedButFenced(VComm* v, ncclComm_t used, ncclResult_t r) {
+  OpFailureHook hook = g_op_failure_hook.load(std::memory_order_acquire);
+  return hook && hook(v, used, r);
+}
+
 void SetVCommObserver(VCommObserver fn, void* ctx) {
   g_observer_ctx.store(ctx, std::memory_order_relaxed);
   g_observer.store(fn, std::memory_order_release);

@@ -109,7 +109,9 @@ Command Cmd(mig::Cmd kind, uint64_t migration, const B& body) {
   return mig::Make(static_cast<uint16_t>(kind), migration, body);
 }
 
-std::string LineageText(const CommCreated& c) {
+}  // namespace
+
+static std::string LineageText(const CommCreated& c) {
   std::string s = std::string(LineageKindName(c.lineage.kind)) + " #" + std::to_string(c.lineage.index) + " rank " +
                   std::to_string(c.rank) + "/" + std::to_string(c.nranks);
   if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kSplit)) {
@@ -177,6 +179,8 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
   s.env.push_back("TRAINMOVER_REPLACE=" + std::to_string(rank));
   return s;
 }
+
+namespace {
 
 class ProcessLauncher final : public JoinerLauncher {
  public:
@@ -438,6 +442,9 @@ class MigrationEngine final : public Engine {
 
   // The joiner's READY: matched against its leaver; when every pair matched, phase 1 starts.
   void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
+    for (const auto& [id, other] : h.migrations()) {  // the replacement of a failed rank: the recovery's
+      if (other.kind != kKindMigrate && !MigTerminal(other.state) && other.rank == j.info.replace) return;
+    }
     mig::Ready r;
     Migration* m = Active(h);
     auto refuse_joiner = [&](const std::string& why) {
@@ -681,6 +688,10 @@ class MigrationEngine final : public Engine {
       if (ProcessRec* j = h.FindProcess(p.joiner)) {
         j->info.role = "worker";  // it holds the rank now (and can be migrated in turn)
         j->info.replace = -1;
+        // The leaver's rank and world, not the rank in the joiner's first communicator (a subgroup's in a
+        // program that makes its groups lazily, as PyTorch does).
+        j->info.rank = p.rank;
+        if (const ProcessRec* l = h.FindProcess(p.leaver)) j->info.world = l->info.world;
       }
       TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }

@@ -13,6 +13,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,17 @@ std::unique_ptr<JoinerLauncher> MakeProcessLauncher();
 // (docs/operator.md, "Node agents"); one for the coordinator's own host (or for no host in particular)
 // with `local`; one for another host without a node agent is refused, naming the host.
 std::unique_ptr<JoinerLauncher> MakeNodeLauncher(node::Directory* nodes, std::unique_ptr<JoinerLauncher> local);
+
+// Matching a joiner with the process it replaces (planned migration and failure recovery alike):
+// the i-th communicator of each in creation order (kind, nranks, rank, split color/key, child index, excluded
+// list, mapped parent); the first difference, or empty (then *j2l maps each joiner comm_key to the other's).
+std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::vector<const CommCreated*>& leaver,
+                            std::map<uint64_t, uint64_t>* j2l);
+// The state tables by name and size: the first difference, or empty.
+std::string CompareRegions(const std::vector<Region>& leaver, const std::vector<Region>& joiner);
+// A joiner of `rank` made from `l`: its command line, cwd and environment plus TRAINMOVER_ROLE=joiner and
+// TRAINMOVER_REPLACE=rank; output to <cwd>/joiner-<rank>.log (joiner-<rank>-m<id>.log when that exists).
+JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t rank);
 
 // The planned-migration engine (kind "migrate"), to hand to Coordinator::AddEngine before Run(). Without a
 // launcher it uses MakeProcessLauncher().

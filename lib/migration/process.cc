@@ -616,6 +616,15 @@ void ProcessMachine::JoinerExit(std::unique_lock<std::mutex>& lk) {
   __builtin_unreachable();  // World::Exit does not return
 }
 
+size_t ProcessMachine::SwitchStagedForRecovery() {
+  std::lock_guard<std::mutex> lk(mu_);
+  const size_t n = member_.staged.size();
+  for (const Staged& st : member_.staged) w_.SwitchStayer(st.v);
+  member_.staged.clear();
+  active_ = false;
+  return n;
+}
+
 // ---- snapshots for the tests
 
 #define TM_SNAPSHOT(type, name, expr)    \

@@ -159,6 +159,9 @@ class ProcessMachine {
   int64_t OnSafePoint(int64_t step);
   // Joins the background jobs that have finished (tests; OnCommand does it before starting another).
   void ReapJobs();
+  // Failure recovery (recovery.h), application thread held at the rollback: the replacements that the recovery's
+  // BUILD staged become the real communicators (the fenced ones were withdrawn already). Returns how many.
+  size_t SwitchStagedForRecovery();
 
   // --- states, public for the tests
 

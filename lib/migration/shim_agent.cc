@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "base/launcher.h"
 #include "base/log.h"
 #include "core/shim_state.h"
 #include "migration.h"
@@ -63,7 +64,9 @@ int64_t OnSafePoint(void*, int64_t step) {
 
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
-  static std::vector<Region> last;  // agent thread only
+  // Agent thread only. Never destroyed: the agent thread may still poll while the process runs its static
+  // destructors at exit (a destroyed vector here crashed a rank at its normal end).
+  static std::vector<Region>& last = *new std::vector<Region>();
   static bool sent = false;
   std::vector<Region> now;
   for (const shim::Region& r : shim::Regions()) now.push_back(Region{r.name, r.bytes});
@@ -118,7 +121,17 @@ extern "C" void tmAgentStart(const Config* config) {
   o.coordinator = config->coordinator;
   o.token = config->token;
   o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
-  o.self = DescribeSelf(RoleName(config->role), -1, -1, static_cast<int32_t>(config->replace));
+  // A worker's identity is its launcher's (torchrun, tmrun: RANK, WORLD_SIZE) when it has one, not the rank in
+  // whichever communicator a framework happens to create first (base/launcher.h). A joiner's rank is the one
+  // it replaces; a standby has none.
+  const base::LauncherIdentity launcher = base::LauncherFromEnv();
+  const bool worker = config->role == Role::kWorker;
+  o.self = DescribeSelf(RoleName(config->role), worker ? launcher.rank : -1, worker ? launcher.world : -1,
+                        static_cast<int32_t>(config->replace));
+  if (worker && launcher.rank >= 0) {
+    TM_INFO(kLogControl, "launcher %s: rank %d of %d (RANK, WORLD_SIZE)", launcher.launcher.c_str(), launcher.rank,
+            launcher.world);
+  }
   auto* agent = new Agent(o);  // lives until exit
   agent->SetTick(PollRegions, 200);
   agent->SetRegisteredHandler(OnRegistered);

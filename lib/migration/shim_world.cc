@@ -25,6 +25,8 @@
 #include "core/shim_state.h"
 #include "migration.h"
 #include "process.h"
+#include "recovery.h"
+#include "recovery_msgs.h"
 #include "sandbox/tape.h"
 #include "shim_agent.h"
 #include "transfer/transfer.h"
@@ -223,6 +225,8 @@ class ShimWorld final : public World {
     if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
   }
   void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
+  // On tm-retire, at normal priority: a destroy takes locks the application's operations on the replacements
+  // may need (UCX's context, the CUDA context), and a low-priority holder would make them wait longer.
   void RetireComm(void* comm) override { shim::g_real.CommDestroy(static_cast<ncclComm_t>(comm)); }
   void SwitchJoiner(CommRef ref, int32_t nranks, int32_t rank) override {
     shim::VComm* v = VC(ref);
@@ -328,17 +332,23 @@ class ShimWorld final : public World {
 
 ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit
 
-// The hook: reports the step, then lets the machine hold the application where the migration needs it.
+// The hook: reports the step, then lets the machine hold the application where the migration needs it, then
+// failure recovery (a snapshot, or the hold and rollback of a fenced process).
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
-  return g_machine->OnSafePoint(step);
+  return RecoverySafePoint(g_machine->OnSafePoint(step));
 }
 
 }  // namespace
 
 void InstallMigration(control::Agent* agent) {
-  g_machine = new ProcessMachine(*new ShimWorld(agent));
-  agent->SetCommandHandler([](const control::Command& c) { g_machine->OnCommand(c); });
+  auto* world = new ShimWorld(agent);
+  g_machine = new ProcessMachine(*world);
+  InstallRecovery(world, g_machine);
+  agent->SetCommandHandler([](const control::Command& c) {
+    if (c.kind >= control::rec::kFirstRecoveryKind) return RecoveryCommand(c);
+    g_machine->OnCommand(c);
+  });
   shim::SetSafePointHook(Hook, nullptr);
 }
 

@@ -248,13 +248,16 @@ extern "C" {
   ncclComm_t real = v->real.load(std::memory_order_acquire)
 
 // The real call's result, its time inside NCCL counted (comm_timing.h); when the leaver records the sandbox
-// tape (one iteration, sandbox_tape.h), the output too. Not armed: one predictable branch on a relaxed load.
+// tape (one iteration, sandbox_tape.h), the output too. Not armed: one predictable branch on a relaxed atomic
+// load. A call that failed because failure recovery fenced the communicator meanwhile (a member died:
+// docs/recovery.md) completes locally instead (`emulate`).
 #define TM_COLL_RETURN(recv, call)                                                        \
   ncclResult_t res_;                                                                      \
   {                                                                                       \
     CommWaitScope wait_;                                                                  \
     res_ = Noted(call);                                                                   \
   }                                                                                       \
+  if (TM_UNLIKELY(res_ != ncclSuccess) && OpFailedButFenced(v, real, res_)) return emulate(); \
   if (TM_UNLIKELY(TapeRecording()) && res_ == ncclSuccess) TapeRecordOp(v, recv, stream); \
   return res_
 
@@ -262,8 +265,8 @@ TM_EXPORT ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_
                                      ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(AllReduce, OpKind::kAllReduce, count, datatype, op, -1, sendbuff, recvbuff, count, datatype, op,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kAllReduce, sendbuff, recvbuff, count, datatype, op, -1, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.AllReduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), real, stream));
 }
 
@@ -271,8 +274,8 @@ TM_EXPORT ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t c
                                   ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(Reduce, OpKind::kReduce, count, datatype, op, root, sendbuff, recvbuff, count, datatype, op, root,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kReduce, sendbuff, recvbuff, count, datatype, op, root, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kReduce, sendbuff, recvbuff, count, datatype, op, root, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.Reduce(sendbuff, recvbuff, count, datatype, MapOp(v, op), root, real, stream));
 }
 
@@ -281,16 +284,16 @@ TM_EXPORT ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, s
                                          cudaStream_t stream) {
   TM_COLL_PROLOGUE(ReduceScatter, OpKind::kReduceScatter, recvcount, datatype, op, -1, sendbuff, recvbuff, recvcount,
                    datatype, op, comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kReduceScatter, sendbuff, recvbuff, recvcount, datatype, op, -1, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kReduceScatter, sendbuff, recvbuff, recvcount, datatype, op, -1, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.ReduceScatter(sendbuff, recvbuff, recvcount, datatype, MapOp(v, op), real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclBcast(void* buff, size_t count, ncclDataType_t datatype, int root, ncclComm_t comm,
                                  cudaStream_t stream) {
   TM_COLL_PROLOGUE(Bcast, OpKind::kBcast, count, datatype, -1, root, buff, count, datatype, root, comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kBcast, buff, buff, count, datatype, ncclSum, root, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kBcast, buff, buff, count, datatype, ncclSum, root, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(buff, g_real.Bcast(buff, count, datatype, root, real, stream));
 }
 
@@ -298,8 +301,8 @@ TM_EXPORT ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_
                                      int root, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(Broadcast, OpKind::kBroadcast, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kBroadcast, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kBroadcast, sendbuff, recvbuff, count, datatype, ncclSum, root, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.Broadcast(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
@@ -307,8 +310,8 @@ TM_EXPORT ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_
                                      ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(AllGather, OpKind::kAllGather, sendcount, datatype, -1, -1, sendbuff, recvbuff, sendcount, datatype,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kAllGather, sendbuff, recvbuff, sendcount, datatype, ncclSum, -1, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kAllGather, sendbuff, recvbuff, sendcount, datatype, ncclSum, -1, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.AllGather(sendbuff, recvbuff, sendcount, datatype, real, stream));
 }
 
@@ -316,8 +319,8 @@ TM_EXPORT ncclResult_t ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t
                                     ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(AlltoAll, OpKind::kAlltoAll, count, datatype, -1, -1, sendbuff, recvbuff, count, datatype, comm,
                    stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kAlltoAll, sendbuff, recvbuff, count, datatype, ncclSum, -1, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kAlltoAll, sendbuff, recvbuff, count, datatype, ncclSum, -1, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.AlltoAll(sendbuff, recvbuff, count, datatype, real, stream));
 }
 
@@ -325,8 +328,8 @@ TM_EXPORT ncclResult_t ncclGather(const void* sendbuff, void* recvbuff, size_t c
                                   ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(Gather, OpKind::kGather, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root, comm,
                    stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kGather, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kGather, sendbuff, recvbuff, count, datatype, ncclSum, root, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.Gather(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
@@ -334,24 +337,24 @@ TM_EXPORT ncclResult_t ncclScatter(const void* sendbuff, void* recvbuff, size_t 
                                    int root, ncclComm_t comm, cudaStream_t stream) {
   TM_COLL_PROLOGUE(Scatter, OpKind::kScatter, count, datatype, -1, root, sendbuff, recvbuff, count, datatype, root,
                    comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kScatter, sendbuff, recvbuff, count, datatype, ncclSum, root, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kScatter, sendbuff, recvbuff, count, datatype, ncclSum, root, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.Scatter(sendbuff, recvbuff, count, datatype, root, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
                                 cudaStream_t stream) {
   TM_COLL_PROLOGUE(Send, OpKind::kSend, count, datatype, -1, peer, sendbuff, count, datatype, peer, comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kSend, sendbuff, nullptr, count, datatype, ncclSum, peer, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(nullptr, g_real.Send(sendbuff, count, datatype, peer, real, stream));
 }
 
 TM_EXPORT ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
                                 cudaStream_t stream) {
   TM_COLL_PROLOGUE(Recv, OpKind::kRecv, count, datatype, -1, peer, recvbuff, count, datatype, peer, comm, stream);
-  if (TM_UNLIKELY(real == nullptr))
-    return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer, stream);
+  auto emulate = [&] { return EmulateOp(v, OpKind::kRecv, nullptr, recvbuff, count, datatype, ncclSum, peer, stream); };
+  if (TM_UNLIKELY(real == nullptr)) return emulate();
   TM_COLL_RETURN(recvbuff, g_real.Recv(recvbuff, count, datatype, peer, real, stream));
 }
 
@@ -597,8 +600,9 @@ TM_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyn
   ncclResult_t r = g_real.CommGetAsyncError(real, asyncError);
   // With a replacement staged, the old communicator is on its way out: the leaver exits at the switch, possibly
   // before this process's application thread has switched, and its departure is no error of this communicator.
+  // Fenced by failure recovery (a member died): the program sees no error either (docs/recovery.md).
   if (r == ncclSuccess && asyncError && *asyncError != ncclSuccess && *asyncError != ncclInProgress &&
-      v->next.load(std::memory_order_acquire) != nullptr) {
+      (v->next.load(std::memory_order_acquire) != nullptr || OpFailedButFenced(v, real, *asyncError))) {
     *asyncError = ncclSuccess;
   }
   if (r == ncclSuccess && asyncError && *asyncError == ncclSuccess && !v->complete.load(std::memory_order_acquire))
@@ -839,6 +843,7 @@ TM_EXPORT ncclResult_t ncclGroupEnd() {
     CommWaitScope wait;  // grouped operations run here
     r = Forward("ncclGroupEnd", &g_real.GroupEnd);
   }
+  if (TM_UNLIKELY(r != ncclSuccess && r != ncclInProgress) && OpFailedButFenced(nullptr, nullptr, r)) r = ncclSuccess;
   TapeGroupEnd(r == ncclSuccess);
   return r;
 }

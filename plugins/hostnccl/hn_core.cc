@@ -649,9 +649,14 @@ void Teardown(Comm* c, bool graceful) {
   if (c->worker) {
     // Graceful: make every send of ours complete at its destination, then drop the endpoints without a
     // close handshake (a peer that already left would never answer one). Bounded either way.
+    // Without spinning: a flush towards a peer that already left waits out its deadline, and a destroy may run
+    // on a background thread next to the application's operations on other communicators (a migration retires
+    // the old ones that way), so an idle pass sleeps instead of taking a core.
     auto wait = [c](void* r, int64_t deadline) {
       if (!UCS_PTR_IS_PTR(r)) return;
-      while (ucp_request_check_status(r) == UCS_INPROGRESS && NowMs() < deadline) ucp_worker_progress(c->worker);
+      while (ucp_request_check_status(r) == UCS_INPROGRESS && NowMs() < deadline) {
+        if (ucp_worker_progress(c->worker) == 0) usleep(200);
+      }
       ucp_request_free(r);
     };
     if (graceful) {

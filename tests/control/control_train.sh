@@ -20,11 +20,11 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/de
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done; exit 1; }
 export TRAINMOVER_TOKEN=control-train-$$-$RANDOM-0123456789
-args=(--steps 400 --params 3000 --seed 5 --extra-state-mb 1 --log-every 0 --step-ms 15)
+args=(--steps 800 --params 3000 --seed 5 --extra-state-mb 1 --log-every 0 --step-ms 15)
 digest() { sed -n 's/^\[[0-9]*\] final-state sha256:\([0-9a-f]*\)$/\1/p' "$1" | sort -u; }
 
 start_d() {  # start trainmoverd on $1 (host:port), sets DPID and ADDR
-  "$D" --listen "$1" --heartbeat-timeout-ms 1500 > "$tmp/d$2.out" 2> "$tmp/d$2.log" &
+  "$D" --listen "$1" --heartbeat-timeout-ms 4000 > "$tmp/d$2.out" 2> "$tmp/d$2.log" &
   DPID=$!
   pids+=("$DPID")
   for _ in $(seq 100); do [ -s "$tmp/d$2.out" ] && break; sleep 0.05; done

@@ -11,6 +11,7 @@
 #include "control/messages.h"
 #include "control/node.h"
 #include "migration/msgs.h"
+#include "migration/recovery_msgs.h"
 #include "control/wire.h"
 
 using namespace trainmover::control;
@@ -57,6 +58,7 @@ void DecodeAll(const std::vector<uint8_t>& p) {
   Try<mig::Progress>(p);
   Try<mig::Switched>(p);
   Try<mig::Phase>(p);
+  Try<rec::RecMsg>(p);
   Try<node::Spawn>(p);
   Try<node::Child>(p);
 }

@@ -13,4 +13,5 @@ printf '\x00TCMP\x01\x00\x06\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00
 printf '\x03{"a":[1,2.5,"x",true,null,{"b":{}}]}' > "$out/corpus/seed-json"
 exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_control_parser "$runs" -- -I"$src/lib" -I"$src/tools/tmctl" \
   "$src/tests/control/fuzz_parser.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" \
-  "$src/lib/control/node.cc" "$src/lib/migration/msgs.cc" "$src/tools/tmctl/json.cc" -lcrypto
+  "$src/lib/control/node.cc" "$src/lib/migration/msgs.cc" "$src/lib/migration/recovery_msgs.cc" \
+  "$src/tools/tmctl/json.cc" -lcrypto

@@ -11,6 +11,7 @@
 #include "base/config.h"
 #include "base/cudart.h"
 #include "base/hostport.h"
+#include "base/launcher.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "base/thread.h"
@@ -117,4 +118,24 @@ TEST_CASE("the parameter table has one row per parameter, every default parses")
   CHECK(c.tape_max_bytes == 67108864);
   CHECK(c.seal_overlap == "auto");
   CHECK(c.debug_subsys == (kLogAll & ~kLogColl));
+}
+
+TEST_CASE("launcher identity: torchrun's RANK and WORLD_SIZE, tmrun's, or nothing; invalid values ignored") {
+  using trainmover::base::LauncherFromEnv;
+  for (const char* v : {"RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "TMRUN_STORE"}) unsetenv(v);
+  CHECK(LauncherFromEnv().rank == -1);
+  setenv("RANK", "5", 1);
+  setenv("WORLD_SIZE", "8", 1);
+  CHECK(LauncherFromEnv().launcher == "env");
+  setenv("TORCHELASTIC_RUN_ID", "job42", 1);
+  auto id = LauncherFromEnv();
+  CHECK(id.rank == 5);
+  CHECK(id.world == 8);
+  CHECK(id.launcher == "torchrun");
+  for (const char* bad : {"8", "-1", "x", ""}) {
+    setenv("RANK", bad, 1);
+    CHECK(LauncherFromEnv().rank == -1);
+    CHECK(LauncherFromEnv().world == -1);
+  }
+  for (const char* v : {"RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"}) unsetenv(v);
 }

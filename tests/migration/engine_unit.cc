@@ -5,6 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <set>
@@ -14,6 +15,8 @@
 #include "control/coordinator.h"
 #include "migration/engine.h"
 #include "migration/msgs.h"
+#include "migration/recovery_engine.h"
+#include "migration/recovery_msgs.h"
 
 using namespace trainmover::control;
 
@@ -82,11 +85,22 @@ class FakeHost final : public EngineHost {
     return it == migs.end() ? nullptr : &it->second;
   }
   const std::map<uint64_t, Migration>& migrations() const override { return migs; }
+  Migration& NewMigration(const std::string& kind, int32_t rank) override {
+    Migration m;
+    m.id = migs.empty() ? 1 : migs.rbegin()->first + 1;
+    m.kind = kind;
+    m.rank = rank;
+    m.ranks = {rank};
+    return migs[m.id] = m;
+  }
 
   // The commands sent since the last call, as "to:NAME", and forgets them.
   std::vector<std::string> Take() {
     std::vector<std::string> v;
-    for (const Sent& s : sent) v.push_back(std::to_string(s.to) + ":" + mig::CmdName(s.c.kind));
+    for (const Sent& s : sent) {
+      v.push_back(std::to_string(s.to) + ":" +
+                  (s.c.kind >= rec::kFirstRecoveryKind ? rec::RecCmdName(s.c.kind) : mig::CmdName(s.c.kind)));
+    }
     sent.clear();
     return v;
   }
@@ -550,6 +564,7 @@ TEST_CASE("switch: READ on the leaver's AT_STEP, SWITCH once verified and all at
   CHECK(m.downtime_ns == 7000000);
   CHECK(j.h.procs[101].info.role == "worker");
   CHECK(j.h.procs[101].info.replace == -1);
+  CHECK(j.h.procs[101].info.rank == 1);  // the leaver's rank, whatever its first communicator says
   CHECK_FALSE(j.h.PhaseOpen(m, "switch"));
 }
 
@@ -709,4 +724,145 @@ TEST_CASE("late events of an ended migration are ignored") {
   CHECK(j.h.Take().empty());
   Migration& next = j.Request({2});  // a new migration is accepted again
   CHECK(next.state == MigState::kSandbox);
+}
+
+// ---- failure recovery (lib/migration/recovery_engine.cc; docs/recovery.md)
+
+namespace {
+
+// A job of `n` workers with the recovery engine; ranks r+1's buddy is rank r+2's process (the next rank).
+struct RecJob : Job {
+  std::unique_ptr<Engine> r = MakeRecoveryEngine(std::make_unique<FakeLauncher>(&launched));
+  explicit RecJob(int n) : Job(n) {}
+  void Rec(uint64_t from, rec::Ev kind, const rec::RecMsg& m, uint64_t id = 0) {
+    Event ev;
+    ev.kind = static_cast<uint16_t>(kind);
+    ev.migration = id;
+    ev.body = EncodePayload(m);
+    r->OnEvent(h, from, ev);
+  }
+  template <typename B>
+  void Mig(uint64_t from, mig::Ev kind, uint64_t id, const B& body) {
+    Event ev;
+    ev.kind = static_cast<uint16_t>(kind);
+    ev.migration = id;
+    ev.body = EncodePayload(body);
+    r->OnEvent(h, from, ev);
+  }
+  int64_t StepOf(const std::string& to_kind) {  // the step of the last such command sent
+    for (auto it = h.sent.rbegin(); it != h.sent.rend(); ++it) {
+      rec::RecMsg m;
+      if (rec::RecCmdName(it->c.kind) == to_kind && DecodePayload(it->c.body, &m)) return m.step;
+    }
+    return -1;
+  }
+  // One complete round: SNAP_AT to all, each takes it, its buddy verifies; returns the step.
+  int64_t Round(int n) {
+    h.sent.clear();
+    r->OnTick(h);
+    const int64_t s = StepOf("SNAP_AT");
+    for (int k = 0; k < n; ++k) {
+      rec::RecMsg t{.step = s, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1, 2}};
+      Rec(static_cast<uint64_t>(k) + 1, rec::Ev::kSnapTaken, t);
+    }
+    for (int k = 0; k < n; ++k) {
+      Rec(static_cast<uint64_t>((k + 1) % n) + 1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = k, .step = s});
+    }
+    return s;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("recovery: a snapshot round: SNAP_AT above every worker, pulls to the next rank, SNAP_COMPLETE") {
+  RecJob j(3);
+  const int64_t s = j.Round(3);
+  CHECK(s >= 12);  // workers at step 10, margin 2
+  std::vector<std::string> sent = j.h.Take();
+  CHECK(std::vector<std::string>(sent.begin(), sent.begin() + 3) ==
+        std::vector<std::string>{"1:SNAP_AT", "2:SNAP_AT", "3:SNAP_AT"});
+  CHECK(std::count(sent.begin(), sent.end(), "2:SNAP_PULL") == 1);  // rank 0's copy goes to rank 1 (process 2)
+  CHECK(std::count(sent.begin(), sent.end(), "1:SNAP_COMPLETE") == 1);
+  CHECK(std::count(sent.begin(), sent.end(), "3:SNAP_COMPLETE") == 1);
+}
+
+TEST_CASE("recovery: a worker past the round's step fails it; the next round starts further ahead") {
+  RecJob j(2);
+  j.r->OnTick(j.h);
+  const int64_t s = j.StepOf("SNAP_AT");
+  j.h.Take();
+  j.Rec(1, rec::Ev::kSnapMissed, rec::RecMsg{.step = s});
+  CHECK(j.h.Take().empty());  // no SNAP_COMPLETE, and the next round waits for the interval
+}
+
+TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacement is built in, all roll back") {
+  RecJob j(3);
+  const int64_t s = j.Round(3);
+  j.h.Take();
+  j.h.procs[2].lost_reason = "connection closed by peer";
+  j.h.procs[2].state = ProcState::kLost;
+  j.r->OnProcessLost(j.h, 2);  // rank 1
+  Migration& m = j.h.migs.rbegin()->second;
+  CHECK(m.kind == kKindRecover);
+  CHECK(m.rank == 1);
+  CHECK(m.recovery.epoch == 1);
+  CHECK(m.recovery.rollback_step == s);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "3:EXPOSE_HELD"});
+  REQUIRE(j.launched.started.size() == 1);
+  CHECK(j.launched.started[0].argv == std::vector<std::string>{"train", "--steps", "9"});
+  // The replacement registers (as the spawned pid), gets an empty tape, is READY and matched.
+  uint64_t jr = j.AddJoiner(1);
+  j.h.procs[jr].info.pid = 500;
+  j.r->OnTick(j.h);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":TAPE"});
+  mig::Ready ready;
+  ready.comms = {Job::Comm(0xB1, 1, 3)};
+  ready.regions = {Region{"w", 64}};
+  j.Mig(jr, mig::Ev::kReady, 0, ready);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":MAP", std::to_string(jr) + ":MAKE_IDS"});
+  j.Mig(jr, mig::Ev::kIds, m.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:BUILD", "3:BUILD", std::to_string(jr) + ":BUILD"});
+  j.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = s, .blob = {9}});
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":PREPARE"});
+  j.Mig(jr, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":READ"});
+  j.Mig(jr, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
+  for (uint64_t p : {uint64_t{1}, uint64_t{3}, jr}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+  CHECK(j.h.Take().empty());  // the survivors are not held yet
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 3}, m.id);
+  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 2}, m.id);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":SWITCH", "1:ROLLBACK", "3:ROLLBACK"});
+  CHECK(m.state == MigState::kSwitching);
+  j.Rec(1, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
+  j.Rec(3, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
+  j.Mig(jr, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
+  CHECK(m.state == MigState::kDone);
+  CHECK(m.recovery.lost_steps == 3);
+  CHECK(j.h.procs[jr].info.role == "worker");
+}
+
+TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fails too") {
+  RecJob a(3);
+  a.r->OnTick(a.h);  // a round asked, never completed
+  rec::RecMsg t{.step = a.StepOf("SNAP_AT"), .slot = 0, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1}};
+  a.Rec(2, rec::Ev::kSnapTaken, t);  // rank 1 took a snapshot: it speaks the protocol
+  a.h.Take();
+  a.h.procs[2].state = ProcState::kLost;
+  a.r->OnProcessLost(a.h, 2);
+  CHECK(a.h.migs.rbegin()->second.state == MigState::kFailed);
+  CHECK(a.h.migs.rbegin()->second.reason.find("no snapshot of rank 1") != std::string::npos);
+  std::vector<std::string> sent = a.h.Take();
+  CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 1);
+  CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
+
+  RecJob b(3);
+  b.Round(3);
+  b.h.procs[2].state = ProcState::kLost;
+  b.r->OnProcessLost(b.h, 2);
+  b.h.Take();
+  b.h.procs[3].state = ProcState::kLost;
+  b.r->OnProcessLost(b.h, 3);  // rank 2, rank 1's buddy, during the recovery
+  CHECK(b.h.migs.rbegin()->second.state == MigState::kFailed);
+  CHECK(b.h.migs.rbegin()->second.reason.find("failed too") != std::string::npos);
+  CHECK(b.launched.stopped.size() == 1);  // the spawned replacement that never became one is stopped
 }

@@ -100,13 +100,17 @@ struct Comms {
   std::vector<NamedComm> Named() const { return {{"world", world}, {"tp", tp}, {"dp", dp}, {"pp", pp}}; }
 };
 
+// The DP group's communicator comes first, as PyTorch's lazy initialisation makes it (a group's NCCL
+// communicator is created at its first collective, here the DP broadcast of the parameters): the first
+// communicator of a process is not the world's, so its rank there is not the process's rank.
 Comms MakeComms(const Grid& g, int rank, int world, IdStore& ids) {
   Comms c;
-  ncclUniqueId id = ids.Get("tm-train/nccl-unique-id", rank == 0);
+  ncclUniqueId id =
+      ids.Get("tm-train/dp/" + std::to_string(g.stage) + "." + std::to_string(g.tp_rank), g.dp_rank == 0);
+  NCCLCHECK(ncclCommInitRank(&c.dp, g.dp, id, g.dp_rank));
+  id = ids.Get("tm-train/nccl-unique-id", rank == 0);
   NCCLCHECK(ncclCommInitRank(&c.world, world, id, rank));
   NCCLCHECK(ncclCommSplit(c.world, g.stage * g.dp + g.dp_rank, g.tp_rank, &c.tp, nullptr));
-  id = ids.Get("tm-train/dp/" + std::to_string(g.stage) + "." + std::to_string(g.tp_rank), g.dp_rank == 0);
-  NCCLCHECK(ncclCommInitRank(&c.dp, g.dp, id, g.dp_rank));
   id = ids.Get("tm-train/pp/" + std::to_string(g.dp_rank) + "." + std::to_string(g.tp_rank), g.stage == 0);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
@@ -170,13 +174,15 @@ int RunParallel3D(const Flags& f, const RankInfo& who, std::chrono::steady_clock
   IdStore ids(world, f);
   Comms c = MakeComms(g, rank, world, ids);
   const double comm_init_ms = MsSince(t_comm);
+  const auto t_bcast = std::chrono::steady_clock::now();
   if (!f.resume) NCCLCHECK(ncclBroadcast(params.data(), params.data(), n, ncclFloat, 0, c.dp, nullptr));
+  const double bcast_ms = MsSince(t_bcast);
   printf("[rank %d] init world=%d role=%s layout=tp%dxpp%dxdp%d stage=%d tp_rank=%d dp_rank=%d params=%zu "
          "dims=%" PRId64 "x%" PRId64 "x%" PRId64 " micro_batches=%" PRId64 " state_bytes=%zu init_emulated_ms=%.1f "
-         "comm_init_ms=%.1f startup_ms=%.1f start_step=%" PRId64 "\n",
+         "comm_init_ms=%.1f bcast_ms=%.1f startup_ms=%.1f start_step=%" PRId64 "\n",
          rank, world, who.role, g.tp, g.pp, g.dp, g.stage, g.tp_rank, g.dp_rank, n, dims.width, dims.hidden,
          dims.width, M, (padded + 2 * shard) * sizeof(float) + sizeof(step_state) + extra_words * sizeof(uint64_t),
-         init_emulated_ms, comm_init_ms, MsSince(t_start), start_step);
+         init_emulated_ms, comm_init_ms, bcast_ms, MsSince(t_start), start_step);
 
   // Per micro-batch: the stage's input, its hidden activations, its output, the gradient arriving from
   // the next stage (or the loss) and the one going back.

@@ -217,6 +217,30 @@ void PrintStatus(const Json& st) {
                   m["reason"].Str().c_str());
     }
   }
+  bool header = false;
+  for (const Json& m : st["migrations"].arr) {  // failure recoveries (docs/recovery.md)
+    if (m["kind"].Str() != "recover") continue;
+    if (!header) {
+      std::printf("\n%-4s %-6s %-6s %-10s %-24s %-9s %-5s %-10s %s\n", "REC", "RANK", "EPOCH", "STATE", "DETECTED BY",
+                  "ROLLBACK", "LOST", "DOWNTIME", "REPLACEMENT");
+      header = true;
+    }
+    const Json& r = m["recovery"];
+    char down[32];
+    std::snprintf(down, sizeof(down), "%.1fms", m["downtime_ms"].Num());
+    std::printf("%-4lld %-6lld %-6lld %-10s %-24.24s %-9lld %-5lld %-10s %s\n", m["id"].Int(), m["rank"].Int(),
+                r["epoch"].Int(), m["state"].Str().c_str(), r["detected_by"].Str().c_str(), r["rollback_step"].Int(),
+                r["lost_steps"].Int(), down, r["replacement"].Str().c_str());
+    for (const Json& ph : m["phases"].arr) {  // the coordinator's phases, from the failure's detection
+      if (ph["process"].Int() != 0) continue;
+      if (ph["end_ms"].type == Json::kNum) {
+        std::printf("     %-18s %8.1f ms .. %8.1f ms\n", ph["phase"].Str().c_str(), ph["start_ms"].Num(),
+                    ph["end_ms"].Num());
+      } else {
+        std::printf("     %-18s %8.1f ms .. (running)\n", ph["phase"].Str().c_str(), ph["start_ms"].Num());
+      }
+    }
+  }
 }
 
 const Json* FindMigration(const Json& st, long long id) {

@@ -9,12 +9,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <chrono>
 #include <thread>
 
 #include "base/thread.h"
 #include "control/coordinator.h"
 #include "control/wire.h"
 #include "migration/engine.h"
+#include "migration/recovery_engine.h"
 
 namespace tmrun {
 
@@ -39,6 +41,16 @@ ControlPlane::~ControlPlane() {
 }
 
 int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->alive_processes() : 0; }
+
+bool ControlPlane::Recovering(int wait_ms) const {
+  if (!embedded_) return false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  while (embedded_->coord->recovering() == 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
 
 std::string NewJobToken() {
   unsigned char raw[24];
@@ -87,6 +99,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
   trainmover::control::Coordinator::Options o;
   o.listen = listen_host + ":0";
   o.token = token;
+  o.heartbeat_timeout_ms = heartbeat_timeout_ms_;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
   {
@@ -96,6 +109,8 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
     embedded_->coord->AddEngine(std::move(nodes));
     embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine(
         trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
+    // After the migration engine: a failure during a planned migration first aborts it, then is recovered.
+    embedded_->coord->AddEngine(trainmover::control::MakeRecoveryEngine());
   }
   if (Status st = embedded_->coord->Start(); !st.ok()) {
     embedded_.reset();

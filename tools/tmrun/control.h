@@ -25,15 +25,22 @@ class ControlPlane {
   // --master address; "" = none may be embedded here).
   trainmover::base::Status Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
                                  const std::string& job_token_file, const std::string& listen_host);
+  // The embedded coordinator's heartbeat timeout (tmrun --heartbeat-timeout-ms); before Setup.
+  void SetHeartbeatTimeout(int ms) { heartbeat_timeout_ms_ = ms; }
   const std::string& address() const { return address_; }        // "" when disabled
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
   // Processes of the job alive at the embedded coordinator (0 when none is embedded here).
   int JobProcesses() const;
+  // Whether the embedded coordinator recovers a failed rank (docs/recovery.md): waits up to `wait_ms` for a
+  // recovery to be running (it declares the failure when the rank's connection closes, which may come just after
+  // tmrun saw the exit). False without an embedded coordinator.
+  bool Recovering(int wait_ms) const;
 
  private:
   struct Embedded;
   std::unique_ptr<Embedded> embedded_;
   std::string address_, token_file_, dir_;
+  int heartbeat_timeout_ms_ = 10000;
 };
 
 }  // namespace tmrun

@@ -41,6 +41,9 @@ namespace {
 // own tmrun connects to the store it has just started.
 constexpr int kJobStoreTimeoutMs = 10000;
 constexpr int kOwnStoreConnectTimeoutMs = 5000;
+// How long a failed rank's exit waits for the embedded coordinator to declare the failure and start recovering it
+// (it sees the rank's connection close within milliseconds); otherwise the job stops as before.
+constexpr int kRecoveryNoticeMs = 2000;
 
 using Clock = std::chrono::steady_clock;
 
@@ -420,6 +423,7 @@ int ServeJob(const tmrun::Config& cfg, tmrun::JobInfo* job, tm_tools::KvServer* 
   job->store_port = store->port();
   job->master_addr = listen_host;
   job->master_port = FreePort(listen_host);
+  control->SetHeartbeatTimeout(cfg.heartbeat_timeout_ms);
   if (trainmover::base::Status st = control->Setup(cfg.coordinator, cfg.no_coordinator, "", "", listen_host);
       !st.ok()) {
     fprintf(stderr, "tmrun: %s\n", st.message().c_str());
@@ -591,7 +595,10 @@ int main(int argc, char** argv) {
           r.running = false;
           r.status = status;
           bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-          if (failed && !stopping) {
+          if (failed && !stopping && control.Recovering(kRecoveryNoticeMs)) {
+            fprintf(stderr, "tmrun: rank %d (pid %d) %s; the coordinator recovers it (tmctl status)\n", r.rank, pid,
+                    Describe(status).c_str());
+          } else if (failed && !stopping) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s; stopping the other ranks\n", r.rank, pid,
                     Describe(status).c_str());
             exit_code = ExitCodeOf(status);

@@ -26,6 +26,7 @@ struct Config {
   std::string token_file;       // --token-file: the job's token (nodes K > 0 and joiners; else TRAINMOVER_TOKEN)
   std::string coordinator;      // --coordinator host:port (else TRAINMOVER_COORDINATOR, else an embedded one)
   bool no_coordinator = false;  // --no-coordinator: plain pass-through ranks
+  int heartbeat_timeout_ms = 10000;  // --heartbeat-timeout-ms: the embedded coordinator's (failure detection)
   bool no_shim = false;         // --no-shim: the ranks get no LD_PRELOAD of the shim
   std::string shim;             // --shim PATH: the shim to preload (default: this build's, libraries.h)
   bool hostnccl = false;        // --hostnccl: the ranks' NCCL is hostnccl (no GPU needed)

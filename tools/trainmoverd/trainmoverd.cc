@@ -19,6 +19,7 @@
 #include "base/config.h"
 #include "control/coordinator.h"
 #include "migration/engine.h"
+#include "migration/recovery_engine.h"
 
 namespace {
 
@@ -106,6 +107,8 @@ int main(int argc, char** argv) {
     coord.AddEngine(std::move(nodes));
     coord.AddEngine(trainmover::control::MakeMigrationEngine(
         trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
+    // After the migration engine: a failure during a planned migration first aborts it, then is recovered.
+    coord.AddEngine(trainmover::control::MakeRecoveryEngine());
   }
   if (trainmover::base::Status st = coord.Start(); !st.ok()) {
     std::fprintf(stderr, "trainmoverd: %s\n", st.message().c_str());

@@ -1,0 +1,506 @@
+// SPDX-License-Identifier: Apache-2.0
+// The process side of failure recovery (recovery.h; docs/recovery.md has the protocol and why it is built so).
+#include "recovery.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/cudart.h"
+#include "base/log.h"
+#include "core/binding.h"
+#include "core/shim_state.h"
+#include "process.h"
+#include "recovery_msgs.h"
+#include "transfer/transfer.h"
+
+namespace trainmover::migration {
+
+namespace {
+
+namespace rec = control::rec;
+
+// Background work in order, on one owned thread started on first use (it lives as long as the process, like the
+// agent it serves).
+class TaskQueue {
+ public:
+  explicit TaskQueue(World& w) : w_(w) {}
+  void Push(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!thread_.joinable()) thread_ = w_.StartThread("tm-snapshot", [this] { Run(); });
+    tasks_.push_back(std::move(fn));
+    cv_.notify_one();
+  }
+
+ private:
+  [[noreturn]] void Run() {
+    for (;;) {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [this] { return !tasks_.empty(); });
+      std::function<void()> fn = std::move(tasks_.front());
+      tasks_.pop_front();
+      lk.unlock();
+      fn();
+    }
+  }
+  World& w_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  std::thread thread_;
+};
+
+std::vector<control::Region> Table(const std::vector<shim::Region>& regs) {
+  std::vector<control::Region> out;
+  for (const shim::Region& r : regs) out.push_back(control::Region{r.name, r.bytes});
+  return out;
+}
+
+// Transfer regions over our own buffers, named as `table`.
+std::vector<transfer::Region> Over(const std::vector<control::Region>& table, std::vector<std::vector<uint8_t>>& bufs) {
+  std::vector<transfer::Region> out;
+  for (size_t i = 0; i < table.size(); ++i) out.push_back(transfer::Region{table[i].name, bufs[i].data(), table[i].bytes});
+  return out;
+}
+
+class Recovery {
+ public:
+  Recovery(World& w, ProcessMachine* pm) : w_(w), pm_(pm), queue_(w) {
+    const shim::Config& c = shim::ProcessConfig();
+    on_ = c.recovery != "off";
+  }
+
+  void OnCommand(const control::Command& c);
+  int64_t OnSafePoint(int64_t step);
+  bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
+
+ private:
+  // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
+  struct Slot {
+    int64_t step = -1;
+    std::vector<std::vector<uint8_t>> bufs;  // one per region of layout_
+    std::unique_ptr<transfer::StateServer> server;
+  };
+  // A buddy's copies of another rank's snapshots, one per slot of that rank (tm-snapshot thread only).
+  struct Copy {
+    int64_t step = -1;  // verified copy of this step, -1 while none (or being read)
+    std::vector<std::vector<uint8_t>> bufs;
+    std::vector<uint8_t> descriptor;  // of the owner's slot the fetch is connected to
+    std::unique_ptr<transfer::PreparedFetch> fetch;
+  };
+  struct Held {
+    std::vector<control::Region> regions;
+    Copy copies[kSnapshotSlots];
+  };
+
+  void Send(rec::Ev kind, const rec::RecMsg& m) {
+    control::Event e;
+    e.kind = static_cast<uint16_t>(kind);
+    e.migration = rec_id_;
+    e.body = control::EncodePayload(m);
+    w_.SendEvent(std::move(e));
+  }
+  [[noreturn]] void Exit(std::unique_lock<std::mutex>& lk, const std::string& why) {
+    lk.unlock();
+    w_.Exit(1, "failure recovery impossible: " + why + "; this process ends");
+    __builtin_unreachable();  // World::Exit does not return
+  }
+
+  // Owner (application thread, mu_ held).
+  void TakeSnapshot(int64_t step);
+  bool SetUpSlots(const std::vector<shim::Region>& regs);
+  int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
+  void OnFence(uint64_t id, const rec::RecMsg& m);
+  // tm-snapshot thread.
+  void SendTaken(int slot, int64_t step, std::vector<control::Region> table);
+  void Pull(const rec::RecMsg& m);
+  void ExposeHeld(const rec::RecMsg& m);
+  transfer::StateClient* Client();
+
+  World& w_;
+  ProcessMachine* pm_;
+  bool on_ = true;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t rec_id_ = 0;  // the recovery record of the latest command
+  // Owner.
+  std::vector<shim::Region> layout_;  // the regions the slots were made for
+  Slot slots_[kSnapshotSlots];
+  int next_slot_ = 0;
+  int64_t snap_at_ = -1;         // SNAP_AT: the step of the next snapshot
+  int64_t complete_step_ = -1;   // SNAP_COMPLETE: the newest snapshot complete everywhere (its slot is kept)
+  bool device_warned_ = false;
+  // Fence.
+  uint64_t epoch_ = 0;  // latest failure epoch fenced here
+  bool fenced_ = false;
+  int32_t failed_rank_ = -1;
+  std::vector<ncclComm_t> withdrawn_;  // revoked real communicators, aborted at the rollback
+  std::vector<shim::VComm*> fenced_comms_;  // the VComms they were withdrawn from (until the rollback)
+  int64_t rollback_step_ = -1;
+  std::string give_up_;
+  // Buddy (tm-snapshot thread only).
+  TaskQueue queue_;
+  std::map<int32_t, Held> held_;
+  std::unique_ptr<transfer::StateClient> client_;
+  std::vector<std::unique_ptr<transfer::StateServer>> exposed_;
+};
+
+// ---- commands (agent thread)
+
+void Recovery::OnCommand(const control::Command& c) {
+  rec::RecMsg m;
+  if (!control::DecodePayload(c.body, &m)) {
+    TM_WARN(kLogMigration, "failure recovery: malformed %s body, ignored", rec::RecCmdName(c.kind));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (c.migration) rec_id_ = c.migration;
+  }
+  switch (static_cast<rec::Cmd>(c.kind)) {
+    case rec::Cmd::kSnapPull:
+      return queue_.Push([this, m] { Pull(m); });
+    case rec::Cmd::kExposeHeld:
+      return queue_.Push([this, m] { ExposeHeld(m); });
+    case rec::Cmd::kFence:
+      return OnFence(c.migration, m);
+    case rec::Cmd::kSnapAt: {
+      // Under the shim's safe-point mutex, so the answer and the application's next tmSafePoint are ordered (as a
+      // switch proposal): a process already at S cannot know whether it checked for S yet, so it answers MISSED.
+      int64_t now = -1;
+      std::unique_lock<std::mutex> sp = w_.LockSafePoint(&now);
+      std::lock_guard<std::mutex> lk(mu_);
+      if (now < m.step) {
+        snap_at_ = m.step;
+      } else {
+        Send(rec::Ev::kSnapMissed, rec::RecMsg{.step = m.step});
+      }
+      return;
+    }
+    case rec::Cmd::kSnapComplete: {
+      std::lock_guard<std::mutex> lk(mu_);
+      complete_step_ = std::max(complete_step_, m.step);
+      return;
+    }
+    case rec::Cmd::kRollback: {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (m.epoch == epoch_ && fenced_) rollback_step_ = m.step;
+      cv_.notify_all();
+      return;
+    }
+    case rec::Cmd::kGiveUp: {
+      std::lock_guard<std::mutex> lk(mu_);
+      give_up_ = m.text.empty() ? "the coordinator gave up" : m.text;
+      TM_WARN(kLogMigration, "failure recovery: %s", give_up_.c_str());
+      cv_.notify_all();
+      return;
+    }
+  }
+  TM_WARN(kLogMigration, "failure recovery: unknown command %u ignored", c.kind);
+}
+
+// The communicators that contain the failed rank lose their real communicator: new operations complete locally,
+// one in flight returns (revoked) and completes locally too (OpFailedButFenced). The revoked communicators stay
+// allocated (a thread may still be returning from one) until the rollback aborts them.
+void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
+  std::vector<ncclComm_t> withdrawn;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (m.epoch <= epoch_) return;
+    epoch_ = m.epoch;
+    rec_id_ = id;
+    fenced_ = true;
+    failed_rank_ = m.rank;
+    rollback_step_ = -1;
+    for (uint64_t key : m.words) {
+      for (shim::VComm* v : shim::LiveVComms()) {
+        if (v->magic != shim::VComm::kMagic || v->comm_key != key) continue;
+        fenced_comms_.push_back(v);
+        if (ncclComm_t old = shim::InstallRealComm(v, nullptr)) withdrawn.push_back(old);
+      }
+    }
+    withdrawn_.insert(withdrawn_.end(), withdrawn.begin(), withdrawn.end());
+    cv_.notify_all();
+  }
+  for (ncclComm_t c : withdrawn) {
+    if (shim::g_real.CommRevoke) (void)shim::g_real.CommRevoke(c, NCCL_REVOKE_DEFAULT);
+  }
+  TM_WARN(kLogMigration,
+          "failure recovery: rank %d failed (epoch %llu); %zu communicator(s) fenced: their operations complete "
+          "locally until the next safe point",
+          m.rank, static_cast<unsigned long long>(m.epoch), withdrawn.size());
+}
+
+// ---- application threads
+
+bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
+  auto fenced = [&] {
+    return v ? std::find(fenced_comms_.begin(), fenced_comms_.end(), v) != fenced_comms_.end() &&
+                   v->real.load(std::memory_order_acquire) != used
+             : fenced_;
+  };
+  std::unique_lock<std::mutex> lk(mu_);
+  if (fenced()) return true;
+  if (!on_ || r == ncclInvalidArgument || shim::GetSafePoint().count == 0) return false;  // as without the shim
+  const uint64_t deadline = w_.MonotonicNs() + uint64_t{kVerdictWaitMs} * 1000000ull;
+  for (;;) {
+    if (fenced()) return true;
+    if (!give_up_.empty() || !w_.Connected() || w_.MonotonicNs() >= deadline) return false;
+    cv_.wait_for(lk, std::chrono::milliseconds(20));
+  }
+}
+
+int64_t Recovery::OnSafePoint(int64_t step) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!give_up_.empty()) Exit(lk, give_up_);
+  if (fenced_) return HoldAndRollBack(lk, step);
+  TakeSnapshot(step);
+  return step;
+}
+
+void Recovery::TakeSnapshot(int64_t step) {
+  if (snap_at_ < 0 || step < snap_at_) return;
+  if (step > snap_at_) {  // the program skipped that step: this round cannot complete
+    Send(rec::Ev::kSnapMissed, rec::RecMsg{.step = snap_at_});
+    snap_at_ = -1;
+    return;
+  }
+  snap_at_ = -1;
+  if (!on_ || shim::ProcessSandboxed()) return;
+  std::vector<shim::Region> regs = shim::Regions();
+  if (regs.empty()) return;
+  for (const shim::Region& r : regs) {
+    if (base::IsDevicePointer(base::CudartIfLoaded(), r.ptr)) {
+      if (!device_warned_) {
+        TM_WARN(kLogMigration, "failure recovery: region %s is device memory; snapshots of device memory are not "
+                               "built yet, so this rank takes none (a failure cannot be recovered)", r.name.c_str());
+      }
+      device_warned_ = true;
+      return;
+    }
+  }
+  bool same = regs.size() == layout_.size();
+  for (size_t i = 0; same && i < regs.size(); ++i) {
+    same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
+  }
+  if (!same && !SetUpSlots(regs)) return;
+  layout_ = regs;
+  // The next slot, but never the one holding the newest complete snapshot (rounds are one at a time, so the other
+  // two are free: the previous round's pulls are over).
+  int k = next_slot_;
+  if (complete_step_ >= 0 && slots_[k].step == complete_step_) k = (k + 1) % kSnapshotSlots;
+  next_slot_ = (k + 1) % kSnapshotSlots;
+  Slot& s = slots_[k];
+  for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
+  s.step = step;
+  queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
+}
+
+// New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
+// reads one slot as one set of regions); its descriptor goes with every SNAP_TAKEN of the slot (a coordinator that
+// restarted learns it again).
+bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
+  std::vector<control::Region> table = Table(regs);
+  for (int k = 0; k < kSnapshotSlots; ++k) {
+    Slot& s = slots_[k];
+    if (s.server) s.server->Close();
+    s = Slot{};
+    for (const shim::Region& r : regs) s.bufs.emplace_back(r.bytes);
+    transfer::Status st = transfer::StateServer::Create(transfer::ServerOptions{}, &s.server);
+    if (st.ok()) st = s.server->Expose(Over(table, s.bufs));
+    if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
+      st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
+    }
+    if (!st.ok()) {
+      TM_WARN(kLogMigration, "failure recovery: cannot expose snapshot slot %d: %s; no snapshots", k,
+              st.ToString().c_str());
+      on_ = false;
+      return false;
+    }
+  }
+  next_slot_ = 0;
+  return true;
+}
+
+// Fenced: held here until the coordinator names the step everyone rolls back to (every replacement communicator
+// staged, the replacement's state verified), a new failure's fence aside.
+int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step) {
+  const uint64_t t0 = w_.MonotonicNs();
+  uint64_t epoch = epoch_, lost_since = 0;
+  rec::RecMsg held;
+  held.epoch = epoch;
+  held.step = step;
+  Send(rec::Ev::kHeld, held);
+  while (rollback_step_ < 0 && give_up_.empty()) {
+    const uint64_t now = w_.MonotonicNs();
+    if (now - t0 > uint64_t{kRecoveryHoldMs} * 1000000ull) Exit(lk, "no rollback within the hold limit");
+    lost_since = w_.Connected() ? 0 : (lost_since ? lost_since : now);
+    if (lost_since && now - lost_since > ProcessMachine::kLostCoordinatorNs) {
+      Exit(lk, "lost the coordinator during the recovery of rank " + std::to_string(failed_rank_));
+    }
+    if (epoch_ != epoch) {  // another failure: its recovery names the step
+      epoch = epoch_;
+      held.epoch = epoch;
+      Send(rec::Ev::kHeld, held);
+    }
+    cv_.wait_for(lk, std::chrono::milliseconds(50));
+  }
+  if (!give_up_.empty()) Exit(lk, give_up_);
+  const int64_t to = rollback_step_;
+  Slot* s = nullptr;
+  for (Slot& x : slots_) s = x.step == to ? &x : s;
+  std::vector<shim::Region> regs = shim::Regions();
+  if (!s || regs.size() != layout_.size()) Exit(lk, "no local snapshot of step " + std::to_string(to));
+  for (size_t i = 0; i < regs.size(); ++i) {
+    if (regs[i].name != layout_[i].name || regs[i].bytes != layout_[i].bytes) {
+      Exit(lk, "region " + regs[i].name + " changed since the snapshot of step " + std::to_string(to));
+    }
+    std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
+  }
+  const size_t rebuilt = pm_->SwitchStagedForRecovery();
+  for (ncclComm_t c : withdrawn_) (void)shim::g_real.CommAbort(c);
+  withdrawn_.clear();
+  fenced_comms_.clear();
+  fenced_ = false;
+  rollback_step_ = -1;
+  snap_at_ = -1;  // a round of the old timeline is moot
+  complete_step_ = to;
+  for (Slot& x : slots_) x.step = x.step > to ? -1 : x.step;
+  queue_.Push([this] { exposed_.clear(); });
+  rec::RecMsg done;
+  done.epoch = epoch;
+  done.step = to;
+  done.words = {w_.MonotonicNs() - t0};
+  Send(rec::Ev::kRolledBack, done);
+  TM_WARN(kLogMigration,
+          "failure recovery: epoch %llu: rolled back from step %lld to the snapshot of step %lld; %zu communicator(s) "
+          "rebuilt with the replacement of rank %d",
+          static_cast<unsigned long long>(epoch), static_cast<long long>(step), static_cast<long long>(to), rebuilt,
+          failed_rank_);
+  return to;
+}
+
+// ---- tm-snapshot thread
+
+void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> table) {
+  rec::RecMsg m;
+  m.step = step;
+  m.slot = static_cast<uint32_t>(slot);
+  // Without mu_: the slot's buffers stay as they are until a later round, which starts after this one ended.
+  for (const std::vector<uint8_t>& b : slots_[slot].bufs) m.words.push_back(transfer::Checksum(b.data(), b.size()));
+  m.regions = std::move(table);
+  m.blob = slots_[slot].server->Descriptor();
+  Send(rec::Ev::kSnapTaken, m);
+}
+
+transfer::StateClient* Recovery::Client() {
+  if (!client_) {
+    transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &client_);
+    if (!st.ok()) TM_WARN(kLogMigration, "failure recovery: no state client: %s", st.ToString().c_str());
+  }
+  return client_.get();
+}
+
+// A buddy reads the owner's snapshot slot one-sided into its copy of that slot and checks it against the
+// owner's checksums.
+void Recovery::Pull(const rec::RecMsg& m) {
+  rec::RecMsg reply;
+  reply.rank = m.rank;
+  reply.step = m.step;
+  auto fail = [&](const std::string& why) {
+    reply.ok = 0;
+    reply.text = why;
+    TM_WARN(kLogMigration, "failure recovery: copy of rank %d's snapshot of step %lld failed: %s", m.rank,
+            static_cast<long long>(m.step), why.c_str());
+    Send(rec::Ev::kSnapHeld, reply);
+  };
+  if (m.slot >= kSnapshotSlots || m.words.size() != m.regions.size()) return fail("malformed SNAP_PULL");
+  Held& h = held_[m.rank];
+  if (h.regions != m.regions) {
+    h = Held{};
+    h.regions = m.regions;
+  }
+  Copy& c = h.copies[m.slot];
+  c.step = -1;
+  if (c.bufs.empty()) {
+    for (const control::Region& r : h.regions) c.bufs.emplace_back(r.bytes);
+  }
+  transfer::FetchOptions o;
+  o.expected_checksums = m.words;
+  if (!c.fetch || c.descriptor != m.blob) {
+    c.fetch.reset();
+    c.descriptor = m.blob;
+    transfer::StateClient* client = Client();
+    if (!client) return fail("no state client");
+    transfer::Status st = client->Prepare(m.blob, Over(h.regions, c.bufs), o, &c.fetch);
+    if (!st.ok()) {
+      c.fetch.reset();
+      return fail(st.ToString());
+    }
+  }
+  transfer::FetchResult res;
+  transfer::Status st = c.fetch->Read(o, &res);
+  if (!st.ok() || !res.verified) {
+    c.fetch.reset();
+    return fail(st.ok() ? "not verified" : st.ToString());
+  }
+  c.step = m.step;
+  TM_TRACE(kLogMigration, "failure recovery: holding rank %d's snapshot of step %lld (%llu bytes, %s)", m.rank,
+           static_cast<long long>(m.step), static_cast<unsigned long long>(res.bytes), transfer::FetchPathName(res.path));
+  Send(rec::Ev::kSnapHeld, reply);
+}
+
+// The dead rank's copy, exposed (and sealed: its checksums published) for its replacement to read.
+void Recovery::ExposeHeld(const rec::RecMsg& m) {
+  rec::RecMsg reply;
+  reply.rank = m.rank;
+  reply.step = m.step;
+  reply.ok = 0;
+  Copy* c = nullptr;
+  auto it = held_.find(m.rank);
+  if (it != held_.end()) {
+    for (Copy& x : it->second.copies) c = x.step == m.step ? &x : c;
+  }
+  std::unique_ptr<transfer::StateServer> server;
+  transfer::Status st(transfer::Code::kState, "no verified copy of that step here");
+  if (c) {
+    st = transfer::StateServer::Create(transfer::ServerOptions{}, &server);
+    if (st.ok()) st = server->Expose(Over(it->second.regions, c->bufs));
+    if (st.ok()) st = server->Seal();
+  }
+  if (st.ok() && server->Descriptor().size() <= control::mig::kMaxBlob) {
+    reply.ok = 1;
+    reply.blob = server->Descriptor();
+    exposed_.push_back(std::move(server));
+  } else {
+    reply.text = st.ok() ? "descriptor too large" : st.ToString();
+  }
+  Send(rec::Ev::kHeldExposed, reply);
+}
+
+Recovery* g_recovery = nullptr;  // never destroyed: used by the agent thread up to _exit
+
+bool OpFailureHook(shim::VComm* v, ncclComm_t used, ncclResult_t r) { return g_recovery->OnOpFailure(v, used, r); }
+
+}  // namespace
+
+void InstallRecovery(World* world, ProcessMachine* machine) {
+  g_recovery = new Recovery(*world, machine);
+  shim::SetOpFailureHook(OpFailureHook);
+}
+
+void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }
+
+int64_t RecoverySafePoint(int64_t step) { return g_recovery->OnSafePoint(step); }
+
+}  // namespace trainmover::migration

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+// recovery.h: the process side of failure recovery (docs/recovery.md): snapshots of the registered state shipped to
+// a buddy, the fence of communicators that contain a dead rank, the hold and rollback at the next safe point, and a
+// buddy's exposure of its copy of the dead rank's state to the replacement. The coordinator's side is
+// recovery_engine.h; the replacement itself is a joiner driven by the planned migration's machine (process.h).
+//
+// Threads: RecoveryCommand runs on the agent thread and never blocks for long (reads, hashes and exposures run
+// on the owned `tm-snapshot` thread, in order); RecoverySafePoint on the application thread inside tmSafePoint
+// (snapshots are copied there, the hold and the rollback happen there); the operation-failure hook on any
+// application thread (it waits, bounded, for the coordinator's verdict).
+#ifndef TRAINMOVER_LIB_MIGRATION_RECOVERY_H_
+#define TRAINMOVER_LIB_MIGRATION_RECOVERY_H_
+
+#include <cstdint>
+
+#include "control/messages.h"
+
+namespace trainmover::migration {
+
+class ProcessMachine;
+class World;
+
+// Once, from InstallMigration (before the agent starts), with the migration machine's world (agent, exit, threads)
+// and the machine itself (its staged replacements switch at the rollback). With TRAINMOVER_RECOVERY=off: no
+// snapshots and no verdict waits, so failures reach the program as without the shim.
+void InstallRecovery(World* world, ProcessMachine* machine);
+// Agent thread: a recovery command (kind >= rec::kFirstRecoveryKind).
+void RecoveryCommand(const control::Command& c);
+// Application thread, after the migration machine's part of the safe point: takes a snapshot, or holds a fenced
+// process until the rollback. Returns the step to continue from. Does not return when recovery is impossible
+// (the process ends with the reason, status 1).
+int64_t RecoverySafePoint(int64_t step);
+
+// How long a fenced process waits at its safe point for the rollback, and how long an operation that failed on a
+// peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
+inline constexpr int kRecoveryHoldMs = 120000;
+inline constexpr int kVerdictWaitMs = 15000;
+// Local snapshots each rank keeps, and copies of each rank a buddy keeps: the newest complete one (never
+// overwritten), the round in flight, and one spare for a round that failed (docs/recovery.md).
+inline constexpr int kSnapshotSlots = 3;
+
+}  // namespace trainmover::migration
+
+#endif  // TRAINMOVER_LIB_MIGRATION_RECOVERY_H_

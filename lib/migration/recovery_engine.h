@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// recovery_engine.h: the coordinator's side of failure recovery (docs/recovery.md). It keeps the book of every
+// rank's snapshots (which steps each rank holds itself, which verified copies its buddies hold), picks the buddies,
+// and when a worker is lost (its connection closed, or no heartbeat within the timeout) it declares the failure
+// with a new epoch, fences the survivors, picks the newest snapshot step complete everywhere, starts a replacement
+// with the dead rank's command line (a joiner, driven with the planned migration's commands), and rolls everyone
+// back to that step once the replacement is built in and holds the dead rank's state. What cannot be recovered is
+// refused with the reason (the survivors end with it). Coordinator thread only.
+#ifndef TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_
+#define TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_
+
+#include <memory>
+
+#include "engine.h"
+
+namespace trainmover::control {
+
+// The failure-recovery engine (kind "recover"), to hand to Coordinator::AddEngine after the migration engine
+// (a failure during a planned migration first aborts the migration, then is recovered). Without a launcher it
+// uses MakeProcessLauncher().
+std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr);
+
+}  // namespace trainmover::control
+
+#endif  // TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "recovery_msgs.h"
+
+namespace trainmover::control::rec {
+
+const char* RecCmdName(uint16_t kind) {
+  switch (static_cast<Cmd>(kind)) {
+    case Cmd::kSnapPull:
+      return "SNAP_PULL";
+    case Cmd::kSnapComplete:
+      return "SNAP_COMPLETE";
+    case Cmd::kSnapAt:
+      return "SNAP_AT";
+    case Cmd::kFence:
+      return "FENCE";
+    case Cmd::kExposeHeld:
+      return "EXPOSE_HELD";
+    case Cmd::kRollback:
+      return "ROLLBACK";
+    case Cmd::kGiveUp:
+      return "GIVE_UP";
+  }
+  return "UNKNOWN";
+}
+
+const char* RecEvName(uint16_t kind) {
+  switch (static_cast<Ev>(kind)) {
+    case Ev::kSnapTaken:
+      return "SNAP_TAKEN";
+    case Ev::kSnapHeld:
+      return "SNAP_HELD";
+    case Ev::kHeld:
+      return "HELD";
+    case Ev::kHeldExposed:
+      return "HELD_EXPOSED";
+    case Ev::kRolledBack:
+      return "ROLLED_BACK";
+    case Ev::kSnapMissed:
+      return "SNAP_MISSED";
+  }
+  return "UNKNOWN";
+}
+
+void RecMsg::Encode(Writer& w) const {
+  w.U64(epoch);
+  w.U32(static_cast<uint32_t>(rank));
+  w.I64(step);
+  w.U32(slot);
+  w.U8(ok);
+  w.Str(text);
+  w.U32(static_cast<uint32_t>(words.size()));
+  for (uint64_t x : words) w.U64(x);
+  w.U32(static_cast<uint32_t>(regions.size()));
+  for (const Region& g : regions) {
+    w.Str(g.name);
+    w.U64(g.bytes);
+  }
+  w.U32(static_cast<uint32_t>(blob.size()));
+  w.Bytes(blob.data(), blob.size());
+}
+
+bool RecMsg::Decode(Reader& r) {
+  epoch = r.U64();
+  rank = static_cast<int32_t>(r.U32());
+  step = r.I64();
+  slot = r.U32();
+  ok = r.U8();
+  text = r.Str();
+  uint32_t n = r.Count(kMaxList, 8);
+  words.resize(n);
+  for (uint32_t i = 0; i < n; ++i) words[i] = r.U64();
+  n = r.Count(kMaxList, 12);
+  regions.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    regions[i].name = r.Str();
+    regions[i].bytes = r.U64();
+  }
+  n = r.Count(kMaxPayload, 1);
+  blob.resize(n);
+  if (n && !r.Bytes(blob.data(), n)) return false;
+  return r.AtEnd();
+}
+
+}  // namespace trainmover::control::rec

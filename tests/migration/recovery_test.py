@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Failure-recovery scenarios of tm-train under the shim (tmrun with its embedded coordinator, hostnccl).
+
+usage: recovery_test.py TMRUN TMCTL TMTRAIN SHIM HOSTNCCL TRAINMOVERD SCENARIO
+
+Every scenario runs tm-train on N ranks, makes ranks fail (SIGKILL, SIGSTOP) at given steps, and checks that the
+job finishes with every rank's final digest (the replacement's for a failed rank) equal to an uninterrupted run's,
+bit for bit, and what the coordinator reports of each recovery. Refusals check that the job fails with the reason
+and never hangs. Exit 0 pass, 1 fail, 77 skip. Helpers (Job, reference, digests) are mig_test.py's.
+"""
+import os
+import re
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mig_test as mt  # noqa: E402  (reads the same arguments)
+from mig_test import Job, fail, WORK  # noqa: E402
+
+
+def recoveries(job):
+    return [m for m in job.status()["migrations"] if m.get("kind") == "recover"]
+
+
+def pid_of(job, rank):
+    for p in job.status()["processes"]:
+        if p["state"] == "alive" and p["role"] == "worker" and p["rank"] == rank:
+            return p["pid"]
+    fail(f"{job.name}: no alive worker holds rank {rank}")
+
+
+def wait_recovered(job, count, expect="done"):
+    """Waits until `count` recoveries ended; the last must have ended `expect`."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        rs = [m for m in recoveries(job) if m["state"] in ("done", "failed")]
+        if len(rs) >= count:
+            r = rs[-1]
+            if r["state"] != expect:
+                fail(f"{job.name}: recovery {r['id']} ended {r['state']} ({r['reason']}), expected {expect}")
+            return r
+        if job.p.poll() is not None:
+            fail(f"{job.name}: the job ended before recovery {count} ended")
+        time.sleep(0.05)
+    fail(f"{job.name}: recovery {count} did not end (hang?)")
+
+
+def check_report(job, r, rank):
+    rec = r["recovery"]
+    if r["rank"] != rank or rec["rollback_step"] < 0 or rec["lost_steps"] < 0 or not rec["replacement"]:
+        fail(f"{job.name}: recovery report {r}")
+    # Snapshot rounds one after the other (docs/recovery.md): with 8 ms steps a round completes within a few steps.
+    if rec["lost_steps"] > 12:
+        fail(f"{job.name}: {rec['lost_steps']} steps lost, at most 12 expected with 8 ms steps")
+    print(f"{job.name}: rank {rank} recovered: epoch {rec['epoch']}, detected by '{rec['detected_by']}', rolled back "
+          f"to step {rec['rollback_step']} from {rec['failed_at_step']} ({rec['lost_steps']} lost), "
+          f"downtime {r['downtime_ms']:.1f} ms, {rec['replacement']}")
+
+
+def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_opts=()):
+    """plan: list of (step, rank): at that step the rank's process gets `sig`; each must be recovered."""
+    mt.clear_joiner_logs()
+    job = Job(name, ranks, steps=steps, step_ms=8, env=env, tmrun_opts=tmrun_opts)
+    failed = set()
+    try:
+        for n, (k, rank) in enumerate(plan, 1):
+            job.wait_step(k)
+            os.kill(pid_of(job, rank), sig)
+            check_report(job, wait_recovered(job, n), rank)
+            failed.add(rank)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests(failed)
+    return job
+
+
+def scenario_kill():
+    # rank 0, a middle rank and the last rank of 4; rank 0 of 2
+    kill_plan("kill0", 4, [(20, 0)])
+    kill_plan("kill_middle", 4, [(20, 2)])
+    kill_plan("kill_last", 4, [(20, 3)])
+    kill_plan("kill_pair", 2, [(20, 0)])
+
+
+def scenario_twice():
+    # two failures in a row: the same rank again (its replacement), then another
+    kill_plan("twice", 4, [(20, 1), (60, 1), (100, 3)])
+
+
+def scenario_blocked():
+    # the others wait in an AllReduce for a rank that is stopped, then killed: they return (fenced) and recover
+    mt.clear_joiner_logs()
+    job = Job("blocked", 3, steps=300, step_ms=8)
+    try:
+        job.wait_step(20)
+        pid = pid_of(job, 1)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)  # the survivors are now blocked in the AllReduce of their next step
+        os.kill(pid, signal.SIGKILL)
+        check_report(job, wait_recovered(job, 1), 1)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({1})
+
+
+def scenario_silent():
+    # SIGSTOP only: the process goes silent; the heartbeat timeout detects it (tmrun's coordinator: 10 s by default,
+    # 1.5 s here); a shorter pause first must not evict anyone
+    mt.clear_joiner_logs()
+    job = Job("silent", 3, steps=400, step_ms=8, tmrun_opts=["--heartbeat-timeout-ms", "1500"])
+    try:
+        job.wait_step(20)
+        pid = pid_of(job, 2)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(1.0)
+        if recoveries(job):
+            fail("silent: a pause shorter than the heartbeat timeout started a recovery")
+        job.wait_step(60)
+        os.kill(pid_of(job, 2), signal.SIGSTOP)
+        r = wait_recovered(job, 1)
+        if not r["recovery"]["detected_by"].startswith("no heartbeat"):
+            fail(f"silent: detected by '{r['recovery']['detected_by']}', expected the heartbeat timeout")
+        check_report(job, r, 2)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({2})
+
+
+def failed_job(name, ranks, strike, env=None, daemon=False, survivors_end_alone=False):
+    """Runs a job that must fail: strike(job) makes it; returns tmrun's exit status and log. With
+    survivors_end_alone the ranks ignore tmrun's SIGTERM (60 s grace), so each survivor ends by itself."""
+    job = Job(name, ranks, steps=3000, step_ms=8, env=env, daemon=daemon, ignore_term=survivors_end_alone,
+              tmrun_opts=("--grace-ms", "60000") if survivors_end_alone else ())
+    try:
+        job.wait_step(10)
+        strike(job)
+        rc = job.finish(expect_rc=None)
+    finally:
+        job.kill()
+    with open(job.log, errors="replace") as f:
+        log = f.read()
+    if rc == 0:
+        fail(f"{name}: the job ended 0")
+    return rc, log
+
+
+def scenario_refused():
+    # TRAINMOVER_RECOVERY=off: the job fails as without recovery (tmrun reports the killed rank's status)
+    rc, log = failed_job("off", 3, lambda j: os.kill(pid_of(j, 1), signal.SIGKILL), env={"TRAINMOVER_RECOVERY": "off"})
+    if rc != 128 + signal.SIGKILL or "stopping the other ranks" not in log:
+        fail(f"off: tmrun exited {rc}; expected the job to fail with the killed rank's status")
+    print(f"off: the job failed as without recovery (tmrun exit {rc})")
+
+    # A rank and its buddy (the next rank) at once: its snapshot is gone with the buddy; every survivor ends with
+    # the reason by itself.
+    def both(job):
+        a, b = pid_of(job, 1), pid_of(job, 2)
+        os.kill(a, signal.SIGKILL)
+        os.kill(b, signal.SIGKILL)
+    rc, log = failed_job("buddy_lost", 4, both, survivors_end_alone=True)
+    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (rank \d+ failed and cannot be recovered: .*?);", log))
+    if {r for r, _ in said} != {"0", "3"}:
+        fail(f"buddy_lost: survivors' reasons {said}; expected ranks 0 and 3 to end saying why (see {log[-2000:]})")
+    print(f"buddy_lost: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
+
+    # The coordinator lost first: a rank's failure reaches the survivors' program as without TrainMover.
+    def coordinator_then_rank(job):
+        job.daemon.kill()
+        time.sleep(0.5)
+        os.kill(pid_of_ps(job, 1), signal.SIGKILL)
+    rc, log = failed_job("coordinator_lost", 3, coordinator_then_rank, daemon=True, survivors_end_alone=True)
+    errs = set(re.findall(r"\[rank (\d+)\] tm-train: error: (nccl\w+)", log))
+    if not errs or "1" in {r for r, _ in errs}:
+        fail(f"coordinator_lost: no survivor reported the failed collective: {errs}")
+    print(f"coordinator_lost: the job failed (tmrun exit {rc}); survivors saw the error: {sorted(errs)}")
+
+
+def pid_of_ps(job, rank):
+    """The pid of the tm-train process of `rank` (RANK in its environment), without the coordinator."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"tm-train" in cmd.split(b"\0")[0] and f"RANK={rank}".encode() in env and \
+                f"TRAINMOVER_COORDINATOR={job.addr}".encode() in env:
+            return int(pid)
+    fail(f"{job.name}: no tm-train process of rank {rank}")
+
+
+def scenario_during_migration():
+    # A stayer, then the leaver, killed while a planned migration builds: the migration is abandoned, the dead
+    # rank recovered, the digests bit-identical.
+    for victim in ("stayer", "leaver"):
+        name = f"during_migration_{victim}"
+        mt.clear_joiner_logs()
+        job = Job(name, 4, steps=300, step_ms=10, env=mt.SLOW_BUILD)
+        try:
+            job.wait_step(10)
+            ctl = job.start_migrate(1)
+            _, leaver, _ = job.wait_state(("building",))
+            dead = 1 if victim == "leaver" else 2
+            os.kill(leaver if victim == "leaver" else pid_of(job, 2), signal.SIGKILL)
+            ctl.communicate(timeout=mt.TIMEOUT)
+            r = wait_recovered(job, 1)
+            mig = [m for m in job.status()["migrations"] if m.get("kind") == "migrate"][-1]
+            if mig["state"] != "failed":
+                fail(f"{name}: the migration ended {mig['state']}, expected failed")
+            check_report(job, r, dead)
+            job.finish()
+        finally:
+            job.kill()
+        job.check_digests({dead})
+
+
+SCENARIOS = {"kill": scenario_kill, "twice": scenario_twice, "blocked": scenario_blocked, "silent": scenario_silent,
+             "refused": scenario_refused, "during_migration": scenario_during_migration}
+
+if __name__ == "__main__":
+    for path in (mt.TMRUN, mt.TMCTL, mt.TMTRAIN, mt.SHIM, mt.HOSTNCCL):
+        if not path or not os.path.exists(path):
+            print(f"SKIP: {path or 'a tool'} not built")
+            sys.exit(77)
+    SCENARIOS[mt.SCENARIO]()
+    print("PASS")
