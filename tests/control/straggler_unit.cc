@@ -272,6 +272,13 @@ class FakeHost final : public EngineHost {
     return it == migs.end() ? nullptr : &it->second;
   }
   const std::map<uint64_t, Migration>& migrations() const override { return migs; }
+  Migration& NewMigration(const std::string& kind, int32_t rank) override {
+    Migration& m = migs[migs.empty() ? 1 : migs.rbegin()->first + 1];
+    m.id = migs.rbegin()->first;
+    m.kind = kind;
+    m.rank = rank;
+    return m;
+  }
 
   void AddWorker(uint64_t id, int32_t rank, const std::string& host = "h0") {
     ProcessRec& p = procs[id];
