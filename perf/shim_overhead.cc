@@ -3,7 +3,9 @@
 // communicator, called directly on a backend and through a shim instance bound to that same backend,
 // interleaved batch by batch in one process (these machines are noisy: only paired differences count).
 //
-// Backends: nullnccl (does nothing: the shim's own cost) and hostnccl (a real host implementation).
+// Backends: nullnccl (does nothing: the shim's own cost) and hostnccl (a real host implementation). With
+// --baseline OLD.so (another build of libtrainmover.so, e.g. before a change), a third row measures that build on
+// nullnccl in the same run, so a change's cost reads as the difference of two rows measured side by side.
 // Each backend gets its own shim instance: libtrainmover.so for the first, the drop-in libnccl.so.2 (the
 // same code, another file, hence separate globals) for the second, each bound with TRAINMOVER_NCCL_LIBRARY.
 //
@@ -72,7 +74,7 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shim, dropin, null_lib, host_lib, json;
+  std::string shim, dropin, null_lib, host_lib, baseline, json;
   int rounds = 300, batch = 2000;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -85,6 +87,8 @@ int main(int argc, char** argv) {
       null_lib = next();
     else if (a == "--hostnccl")
       host_lib = next();
+    else if (a == "--baseline")
+      baseline = next();
     else if (a == "--rounds")
       rounds = std::atoi(next().c_str());
     else if (a == "--batch")
@@ -96,7 +100,7 @@ int main(int argc, char** argv) {
     else {
       fprintf(stderr,
               "usage: shim_overhead --shim libtrainmover.so --dropin dropin/libnccl.so.2 --nullnccl PATH "
-              "[--hostnccl PATH] [--rounds R] [--batch B] [--quick] [--json FILE]\n");
+              "[--hostnccl PATH] [--baseline OLD.so] [--rounds R] [--batch B] [--quick] [--json FILE]\n");
       return 2;
     }
   }
@@ -109,6 +113,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Pair> pairs = {{"nullnccl", null_lib, shim}};
   if (!host_lib.empty()) pairs.push_back({"hostnccl", host_lib, dropin});
+  if (!baseline.empty()) pairs.push_back({"null/base", null_lib, baseline});
   std::vector<Row> rows;
   for (const Pair& p : pairs) {
     void* back = dlopen(p.backend.c_str(), RTLD_NOW | RTLD_LOCAL);

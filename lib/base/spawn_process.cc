@@ -4,13 +4,35 @@
 #include <fcntl.h>
 #include <spawn.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 
+extern char** environ;
+
 namespace trainmover::base {
+
+bool IsSecretEnvName(std::string_view name_or_kv) {
+  std::string name(name_or_kv.substr(0, name_or_kv.find('=')));
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::toupper(c); });
+  for (const char* word : {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY", "API_KEY", "APIKEY",
+                           "ACCESS_KEY"}) {
+    if (name.find(word) != std::string::npos) return true;
+  }
+  return false;
+}
 
 Status SpawnProcess(const SpawnSpec& s, pid_t* pid) {
   if (s.argv.empty() || s.argv[0].empty()) return Status::Error("nothing to start: the command line is empty");
   std::vector<std::string> env = s.env;
+  for (char** e = environ; e && *e; ++e) {
+    const std::string_view kv(*e), name = kv.substr(0, kv.find('='));
+    if (!IsSecretEnvName(name)) continue;
+    const bool set = std::any_of(s.env.begin(), s.env.end(), [&](const std::string& have) {
+      return have.size() > name.size() && have.compare(0, name.size(), name) == 0 && have[name.size()] == '=';
+    });
+    if (!set) env.emplace_back(kv);
+  }
   std::vector<char*> argv, envp;
   for (const std::string& a : s.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "status.h"
@@ -22,8 +23,16 @@ struct SpawnSpec {
   bool new_session = false;       // setsid: the child outlives its starter's session and signals
 };
 
-// Starts the process; *pid is its pid. An error names the program and why.
+// Starts the process; *pid is its pid. An error names the program and why. Secrets never travel in a spec
+// (docs/reliability.md, "Secrets"): every variable of the caller's own environment whose name is a secret's
+// (IsSecretEnvName) and that the spec does not set is added, so the child gets the job's token from whoever
+// starts it.
 Status SpawnProcess(const SpawnSpec& s, pid_t* pid);
+
+// Whether the variable `name_or_kv` ("NAME" or "NAME=value") holds a secret: TRAINMOVER_TOKEN, or a name that
+// contains TOKEN, SECRET, PASSWORD, PASSWD, CREDENTIAL, PRIVATE_KEY, API_KEY, APIKEY or ACCESS_KEY (any case).
+// Such variables are never sent over the network (REGISTER, a node agent's SPAWN).
+bool IsSecretEnvName(std::string_view name_or_kv);
 
 }  // namespace trainmover::base
 

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,10 +13,12 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <deque>
 #include <map>
 
 #include "base/host.h"
 #include "base/log.h"
+#include "base/spawn_process.h"
 #include "base/thread.h"
 #include "conn.h"
 
@@ -33,6 +36,8 @@ constexpr uint64_t kReconnectMaxBackoffMs = 2000;   // doubling stops here
 constexpr uint64_t kHeartbeatBeforeAckMs = 1000;    // until REGISTER_ACK says otherwise
 constexpr uint64_t kPollSliceMs = 50;               // longest sleep of the loop (stop and ticks are checked)
 constexpr uint64_t kByeFlushMs = 500;               // at exit, how long BYE may take to leave
+constexpr uint64_t kSilenceIntervals = 3;           // KEEPALIVE intervals of silence always tolerated
+constexpr size_t kPaceBytes = 4u << 20;             // essential reports wait while this much is queued
 }  // namespace
 
 Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int32_t replace) {
@@ -46,25 +51,31 @@ Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int3
   r.replace = replace;
   std::ifstream f("/proc/self/cmdline", std::ios::binary);
   std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  for (size_t i = 0; i < all.size() && r.cmdline.size() < kMaxList;) {
+  for (size_t i = 0; i < all.size() && r.cmdline.size() <= kMaxList;) {
     size_t z = all.find('\0', i);
     if (z == std::string::npos) z = all.size();
-    r.cmdline.push_back(all.substr(i, std::min(z - i, kMaxString)));
+    r.cmdline.push_back(all.substr(i, std::min(z - i, kMaxString)));  // one over kMaxString-1 refuses below
     i = z + 1;
   }
   char cwd[4096];
   if (getcwd(cwd, sizeof(cwd))) r.cwd = cwd;
-  for (char** e = environ; e && *e && r.env.size() < kMaxList; ++e) {
-    if (std::strlen(*e) <= kMaxString) r.env.emplace_back(*e);
+  for (char** e = environ; e && *e; ++e) {
+    if (!base::IsSecretEnvName(*e)) r.env.emplace_back(*e);  // secrets never leave the process
   }
-  // Keep REGISTER well inside one frame whatever the environment holds.
-  size_t total = 0;
-  for (size_t i = 0; i < r.env.size(); ++i) {
-    total += r.env[i].size() + 4;
-    if (total > kMaxPayload / 2) {
-      r.env.resize(i);
-      break;
-    }
+  // --spawn starts the joiner with exactly this command line and environment, or not at all: what does not fit
+  // one REGISTER (an argument or variable over kMaxString, more than kMaxList, half a frame in all) is not cut,
+  // the whole command line is left out and the coordinator refuses --spawn naming why.
+  size_t total = r.cwd.size();
+  bool fits = !all.empty() && r.env.size() <= kMaxList;
+  for (const std::string& a : r.cmdline) fits &= a.size() < kMaxString, total += a.size() + 4;
+  for (const std::string& kv : r.env) fits &= kv.size() <= kMaxString, total += kv.size() + 4;
+  if (!fits || total > kMaxPayload / 2) {
+    TM_WARN(kLogControl,
+            "agent: the command line and environment (%zu bytes) do not fit one REGISTER; tmctl migrate --spawn "
+            "will be refused for this process (start its joiner yourself)",
+            total);
+    r.cmdline.clear();
+    r.env.clear();
   }
   return r;
 }
@@ -105,10 +116,24 @@ Agent::~Agent() {
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
+namespace {
+std::atomic<Agent*> g_started{nullptr};  // the process's agent, for the fork handler
+}  // namespace
+
+// In a child forked while the agent runs: no agent thread was copied, only its socket; the child closes it so
+// that the parent's death still closes the connection (the child may live on, as data-loader workers do).
+void Agent::CloseInForkedChild() {
+  if (Agent* a = g_started.load()) {
+    const int fd = a->conn_fd_.exchange(-1);
+    if (fd >= 0) close(fd);
+  }
+}
+
 void Agent::Start() {
   if (thread_.joinable()) return;
   stop_.store(false);
   owner_pid_ = getpid();
+  if (g_started.exchange(this) == nullptr) pthread_atfork(nullptr, nullptr, &Agent::CloseInForkedChild);
   thread_ = base::StartThread("tm-agent", [this] { Loop(); });
 }
 
@@ -210,6 +235,10 @@ struct Agent::Session {
   uint64_t next_tick = 0;
   std::vector<Event> held_events;  // engine events made while not registered: sent once registered
   StepTotals sent_totals;          // step timing as of the previous heartbeat
+  std::deque<Essential*> backlog;  // essential reports, oldest first, not yet handled (paced to the connection)
+  uint64_t last_heard = 0;         // monotonic: the last bytes from the coordinator (or the connect)
+  uint64_t heard_bytes = 0;        // conn->received() then
+  uint64_t keepalive_ns = 0;       // the coordinator's heartbeat (and KEEPALIVE) interval, from REGISTER_ACK
 
   bool ready() const { return conn && registered; }
   void Send(MsgType t, const std::vector<uint8_t>& p) {
@@ -231,6 +260,7 @@ void Agent::Loop() {
     DrainEssentials(s);
     DrainSafePoints(s);
     if (s.ready() && now >= s.next_hb) SendHeartbeat(s);
+    if (s.conn && Silent(s)) continue;
     if (s.conn && !s.conn->Flush()) {
       Lose(s, s.conn->error());
       continue;
@@ -239,6 +269,23 @@ void Agent::Loop() {
   }
   if (s.ready() && bye_.load()) SayBye(s);
   connected_.store(false);
+  for (Essential* e : s.backlog) delete e;
+}
+
+// A coordinator that sent nothing (not even KEEPALIVE) for the silence timeout is frozen or cut off: the
+// connection is dropped and re-made, which tells the migration machine too (docs/reliability.md).
+bool Agent::Silent(Session& s) {
+  const uint64_t now = NowMonotonicNs();  // not the loop's: the connection may be younger than that
+  if (s.conn->received() != s.heard_bytes) {
+    s.heard_bytes = s.conn->received();
+    s.last_heard = now;
+    return false;
+  }
+  const uint64_t limit = std::max<uint64_t>(static_cast<uint64_t>(opt_.silence_timeout_ms) * kNsPerMs,
+                                            kSilenceIntervals * s.keepalive_ns);
+  if (now - s.last_heard <= limit) return false;
+  Lose(s, "no word from the coordinator for " + std::to_string((now - s.last_heard) / kNsPerMs) + " ms");
+  return true;
 }
 
 void Agent::Connect(Session& s) {
@@ -254,7 +301,10 @@ void Agent::Connect(Session& s) {
     base::SetHostAddress(ip);
   }
   s.conn = std::make_unique<Connection>(fd, Connection::Side::kClient, opt_.token);
+  conn_fd_.store(fd);
   s.conn->StartHello(kClientAgent);
+  s.last_heard = NowMonotonicNs();
+  s.heard_bytes = 0;
 }
 
 // On every connection: REGISTER, then what the coordinator must know (docs/protocol.md, "The coordinator's
@@ -286,6 +336,7 @@ void Agent::Lose(Session& s, const std::string& why) {
   } else {
     TM_INFO(kLogControl, "agent: reconnect to %s failed: %s", opt_.coordinator.c_str(), why.c_str());
   }
+  conn_fd_.store(-1);
   s.conn.reset();
   s.registered = false;
   connected_.store(false);
@@ -296,16 +347,13 @@ void Agent::Lose(Session& s, const std::string& why) {
 // Essential reports, oldest first: kept for the replay and sent when connected.
 void Agent::DrainEssentials(Session& s) {
   Essential* list = essentials_.exchange(nullptr, std::memory_order_acquire);
-  Essential* rev = nullptr;
-  while (list) {
-    Essential* n = list->next;
-    list->next = rev;
-    rev = list;
-    list = n;
-  }
-  while (rev) {
-    Essential* e = rev;
-    rev = rev->next;
+  const size_t at = s.backlog.size();
+  for (; list; list = list->next) s.backlog.insert(s.backlog.begin() + static_cast<std::ptrdiff_t>(at), list);
+  // Flow control: while the connection has kPaceBytes queued (a large tape on its way), the rest waits here,
+  // in order, instead of growing the connection's buffer past its bound.
+  while (!s.backlog.empty() && !(s.ready() && s.conn->queued_bytes() > kPaceBytes)) {
+    Essential* e = s.backlog.front();
+    s.backlog.pop_front();
     switch (e->kind) {
       case Essential::kCreated:
         s.comms[e->created.comm_key] = e->created;
@@ -409,6 +457,7 @@ void Agent::OnFrame(Session& s, const Frame& f) {
       uint64_t ms = a.heartbeat_interval_ms;
       if (opt_.heartbeat_ms > 0 && static_cast<uint64_t>(opt_.heartbeat_ms) < ms) ms = opt_.heartbeat_ms;
       s.hb_interval_ns = ms * kNsPerMs;
+      s.keepalive_ns = uint64_t{a.heartbeat_interval_ms} * kNsPerMs;
       connections_.fetch_add(1);
       connected_.store(true);
       if (s.warned) TM_WARN(kLogControl, "agent: reconnected to coordinator %s", opt_.coordinator.c_str());
@@ -419,6 +468,8 @@ void Agent::OnFrame(Session& s, const Frame& f) {
       if (registered_) registered_(a);
       return;
     }
+    case MsgType::kKeepalive:
+      return;  // its bytes already counted as word from the coordinator (Silent)
     case MsgType::kCommand: {
       Command c;
       if (!DecodePayload(f.payload, &c)) {

@@ -10,7 +10,8 @@
 //    but the latest step is always kept (an atomic), so the coordinator never falls behind for long.
 //  - Essential reports (communicator created/destroyed, regions, engine events) go on a lock-free
 //    list and are never dropped; they are rare (communicator creation is not a hot path).
-// When the coordinator is unreachable or goes away, training goes on: the agent logs one WARN line,
+// A coordinator that goes silent (frozen, or the link cut without a reset) is treated as gone after
+// Options::silence_timeout_ms. When the coordinator is unreachable or goes away, training goes on: the agent logs one WARN line,
 // reconnects with backoff (100 ms doubling to 2 s), and on every (re)connection re-registers the
 // process and replays what it knows (live communicators, latest step, regions), so a restarted
 // coordinator rebuilds its view without disturbing training.
@@ -29,8 +30,11 @@
 
 namespace trainmover::control {
 
-// This process as REGISTER describes it: host, pid, /proc/self/cmdline, cwd and the environment
-// (bounded by kMaxList entries of kMaxString bytes). `instance` is random.
+// This process as REGISTER describes it: host, pid, /proc/self/cmdline, cwd and the environment without
+// its secrets (base::IsSecretEnvName: the job's token never leaves the process). The command line and
+// environment are exact or absent: when they do not fit one REGISTER (kMaxList entries of kMaxString bytes,
+// half a frame in all) both are left out, with a WARN, and --spawn is refused for this process. `instance`
+// is random.
 Register DescribeSelf(const std::string& role, int32_t rank, int32_t world, int32_t replace);
 
 class Agent {
@@ -41,6 +45,9 @@ class Agent {
     Register self;             // from DescribeSelf
     size_t ring_slots = 1024;  // safe-point ring capacity (rounded up to a power of two)
     int heartbeat_ms = 0;      // upper bound of the heartbeat interval (0: the coordinator's choice)
+    // A connection on which the coordinator sent nothing for this long (it sends KEEPALIVE every heartbeat
+    // interval) is dropped and re-made; at least three of its intervals are always allowed.
+    int silence_timeout_ms = 10000;
   };
   // Called on the agent thread for every COMMAND from the coordinator. Must not block for long.
   using CommandHandler = std::function<void(const Command&)>;
@@ -72,7 +79,9 @@ class Agent {
   void Start();
   // Stops the thread. With bye, first tells the coordinator this process is exiting (bounded wait).
   // A no-op when called on the agent thread itself (e.g. exit() from a command handler) or in a forked
-  // child (which has no agent thread).
+  // child (which has no agent thread). A forked child (a data-loader worker) closes its copy of the
+  // connection at once (pthread_atfork), so the coordinator still sees this process's end as the connection
+  // closing.
   void Stop(bool bye = false);
 
   // --- reports: any thread, lock-free, never block ---
@@ -105,6 +114,7 @@ class Agent {
   void DrainSafePoints(Session& s);
   void SendHeartbeat(Session& s);
   void PollOnce(Session& s);
+  bool Silent(Session& s);  // true when the connection was dropped for silence
   void OnFrame(Session& s, const Frame& f);
   void SayBye(Session& s);
 
@@ -116,6 +126,8 @@ class Agent {
   int tick_period_ms_ = 200;
   std::thread thread_;
   int owner_pid_ = 0;  // the process that started the thread
+  std::atomic<int> conn_fd_{-1};  // the connection's socket, closed in a forked child (pthread_atfork)
+  static void CloseInForkedChild();
   std::atomic<bool> stop_{false};
   std::atomic<bool> bye_{false};
   int wake_fd_ = -1;

@@ -44,10 +44,13 @@ void Connection::StartHello(const std::string& kind) {
 bool Connection::ReadSome() {
   uint8_t buf[65536];
   for (;;) {
-    // Never hold more than one maximal frame plus one read: ParseFrame refuses larger frames early.
-    if (in_.size() > kMaxFrame + sizeof(buf)) return true;
+    // Never hold more than one maximal frame plus one read: ParseFrame refuses larger frames early (and
+    // Next() frames over kMaxPreAuthPayload before the handshake).
+    const size_t frame = authenticated_ ? kMaxFrame : kHeaderBytes + kMaxPreAuthPayload + kMacBytes;
+    if (in_.size() > frame + sizeof(buf)) return true;
     ssize_t n = read(fd_, buf, sizeof(buf));
     if (n > 0) {
+      received_ += static_cast<uint64_t>(n);
       in_.insert(in_.end(), buf, buf + n);
       continue;
     }
@@ -128,6 +131,11 @@ bool Connection::Next(Frame* out) {
     if (in_.size() >= kHeaderBytes && DecodeHeader(in_.data()).type == static_cast<uint16_t>(MsgType::kReject)) {
       key = std::string_view();
     }
+    if (!authenticated_ && in_.size() >= kHeaderBytes && DecodeHeader(in_.data()).length > kMaxPreAuthPayload &&
+        DecodeHeader(in_.data()).magic == kMagic) {
+      Fail(RejectCode::kTooLarge, "frame too large before authentication");
+      return false;
+    }
     Frame f;
     size_t used = 0;
     FrameStatus st = ParseFrame(in_.data(), in_.size(), key, &f, &used);
@@ -169,7 +177,14 @@ bool Connection::Next(Frame* out) {
 }
 
 bool Connection::Send(MsgType type, const std::vector<uint8_t>& payload) {
-  if (!authenticated_ || closing_ || payload.size() > kMaxPayload || queued_bytes() > kMaxQueued) return false;
+  if (!authenticated_ || closing_ || failed_ || payload.size() > kMaxPayload) return false;
+  if (queued_bytes() > kMaxQueued) {
+    failed_ = closing_ = true;
+    error_ = "the peer does not read: " + std::to_string(queued_bytes() >> 20) + " MiB queued";
+    out_.clear();
+    out_off_ = 0;
+    return false;
+  }
   auto f = EncodeFrame(static_cast<uint16_t>(type), send_seq_++, payload, session_key_);
   if (out_off_ > 0 && out_off_ == out_.size()) {
     out_.clear();

@@ -54,7 +54,9 @@ class Connection {
   // True when the peer sent a REJECT (its reason is in error()).
   bool rejected() const { return rejected_; }
 
-  // Queue an application message (after the handshake). False when the output buffer is over its bound.
+  // Queue an application message (after the handshake). Nothing is ever dropped silently: when the peer
+  // does not read and kMaxQueued bytes are already queued, the connection fails instead (failed(), closing(),
+  // error() says why; its owner closes it) and Send returns false, as it does after a failure or a REJECT.
   bool Send(MsgType type, const std::vector<uint8_t>& payload);
   template <typename M>
   bool SendMsg(MsgType type, const M& m) {
@@ -67,8 +69,12 @@ class Connection {
   bool Flush();
   bool WantsWrite() const { return out_off_ < out_.size(); }
   size_t queued_bytes() const { return out_.size() - out_off_; }
+  uint64_t received() const { return received_; }  // bytes read so far (any frame, KEEPALIVE included)
 
   static constexpr size_t kMaxQueued = 16u << 20;
+  // Before the handshake a frame's payload may be at most this (HELLO, HELLO_ACK and REJECT are far
+  // smaller): an unauthenticated peer never makes the coordinator buffer more than this plus one read.
+  static constexpr size_t kMaxPreAuthPayload = 1024;
 
  private:
   void Fail(RejectCode code, const std::string& why);
@@ -90,6 +96,7 @@ class Connection {
   Nonce my_nonce_{};
   uint64_t send_seq_ = 1;
   uint64_t recv_seq_ = 1;
+  uint64_t received_ = 0;
   std::vector<uint8_t> in_;
   std::vector<uint8_t> out_;
   size_t out_off_ = 0;
@@ -103,6 +110,8 @@ class Connection {
 base::Status ListenTcp(const std::string& hostport, int* fd, std::string* bound);
 // A connect with a timeout; *fd is the connected, non-blocking socket.
 base::Status ConnectTcp(const std::string& hostport, int timeout_ms, int* fd);
+// The shortest job token a coordinator accepts (a shared secret shorter than this is guessable).
+inline constexpr size_t kMinTokenBytes = 16;
 // CLOCK_REALTIME / CLOCK_MONOTONIC in ns.
 uint64_t NowRealtimeNs();
 uint64_t NowMonotonicNs();

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "coordinator.h"
 
+#include <netdb.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 
 #include "base/log.h"
 #include "json_out.h"
@@ -28,6 +31,31 @@ constexpr size_t kMaxHttpRequest = 8192;
 constexpr size_t kMaxPeers = 4096;
 constexpr uint64_t kHelloDeadlineNs = 10000000000ull;      // an agent or tool authenticates within 10 s
 constexpr uint64_t kHttpClientDeadlineNs = 5000000000ull;  // a metrics scrape is answered or dropped in 5 s
+constexpr size_t kMaxUnauthenticatedPerAddress = 64;       // connections from one address still without HELLO
+constexpr uint64_t kAcceptRestNs = 100000000ull;           // the listener rests this long after EMFILE/ENFILE
+
+// Runs `fn`; an exception (a bug, or memory exhausted) is logged with `what` and reported as false, so that it
+// never leaves the coordinator's loop (docs/reliability.md).
+template <typename F>
+bool Guarded(const char* what, F&& fn) {
+  try {
+    fn();
+    return true;
+  } catch (const std::exception& e) {
+    TM_WARN(kLogControl, "coordinator: %s failed: %s", what, e.what());
+  } catch (...) {
+    TM_WARN(kLogControl, "coordinator: %s failed: unknown exception", what);
+  }
+  return false;
+}
+
+// Raises this process's open-file limit to its hard limit: every agent holds one connection.
+void RaiseFileLimit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) TM_INFO(kLogControl, "coordinator: cannot raise the open-file limit");
+}
 
 std::string Q(const std::string& s) { return JsonQuote(s); }
 
@@ -111,8 +139,13 @@ base::Status Coordinator::Start() {
     return base::Status::Error(
         "no token: set TRAINMOVER_TOKEN or pass --token-file (every control message is authenticated)");
   }
+  if (opt_.token.size() < kMinTokenBytes) {
+    return base::Status::Error("the job's token must have at least " + std::to_string(kMinTokenBytes) +
+                               " characters (it is the key of every control message)");
+  }
   if (opt_.heartbeat_timeout_ms <= 0) return base::Status::Error("heartbeat timeout must be positive");
   if (std::string e = opt_.straggler.detector.Check(); !e.empty()) return base::Status::Error("straggler " + e);
+  RaiseFileLimit();
   TM_CHECK(ListenTcp(opt_.listen, &listen_fd_, &address_));
   if (!opt_.metrics_listen.empty()) TM_CHECK(ListenTcp(opt_.metrics_listen, &metrics_fd_, &metrics_address_));
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -135,7 +168,7 @@ void Coordinator::Run() {
   while (!stop_.load()) {
     fds.clear();
     fds.push_back({wake_fd_, POLLIN, 0});
-    fds.push_back({listen_fd_, POLLIN, 0});
+    fds.push_back({listen_fd_, static_cast<short>(NowMonotonicNs() >= accept_paused_until_ ? POLLIN : 0), 0});
     if (metrics_fd_ >= 0) fds.push_back({metrics_fd_, POLLIN, 0});
     for (auto& [fd, p] : peers_)
       fds.push_back({fd, static_cast<short>(POLLIN | (p->conn->WantsWrite() ? POLLOUT : 0)), 0});
@@ -195,30 +228,58 @@ void Coordinator::Run() {
         }
       }
     }
-    // Slow HTTP clients do not hold a slot forever.
-    uint64_t now = NowMonotonicNs();
-    for (auto it = http_.begin(); it != http_.end();) {
-      if (now - it->second.opened_ns > kHttpClientDeadlineNs) {
-        close(it->first);
-        it = http_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    for (auto it = peers_.begin(); it != peers_.end();) {
-      if (!it->second->conn->authenticated() && now - it->second->opened_ns > kHelloDeadlineNs) {
-        TM_WARN(kLogControl, "coordinator: a connection sent no valid HELLO within %llu s, closing",
-                static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
-        ++rejected_;
-        it = peers_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    Sweep();
     CheckHeartbeats();
-    for (auto& e : engines_) e->OnTick(*this);
-    stragglers_->OnTick(*this, NowMonotonicNs(), NowRealtimeNs());
+    SendKeepalives();
+    for (auto& e : engines_) Guarded("an engine's tick", [&] { e->OnTick(*this); });
+    Guarded("the straggler monitor's tick", [&] { stragglers_->OnTick(*this, NowMonotonicNs(), NowRealtimeNs()); });
   }
+}
+
+void Coordinator::Sweep() {
+  uint64_t now = NowMonotonicNs();
+  // Slow HTTP clients do not hold a slot forever.
+  for (auto it = http_.begin(); it != http_.end();) {
+    if (now - it->second.opened_ns > kHttpClientDeadlineNs) {
+      close(it->first);
+      it = http_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::vector<std::pair<int, std::string>> close_now;
+  for (auto& [fd, p] : peers_) {
+    Connection& c = *p->conn;
+    if (!c.authenticated() && now - p->opened_ns > kHelloDeadlineNs) {
+      TM_WARN(kLogControl, "coordinator: a connection from %s sent no valid HELLO within %llu s, closing",
+              p->addr.c_str(), static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
+      ++rejected_;
+      close_now.push_back({fd, "no HELLO"});
+    } else if (c.failed() && !c.WantsWrite()) {  // e.g. a Send over the output bound: never a silent drop
+      TM_WARN(kLogControl, "coordinator: closing the connection of process %" PRIu64 ": %s", p->process,
+              c.error().c_str());
+      close_now.push_back({fd, c.error()});
+    }
+  }
+  for (auto& [fd, why] : close_now) ClosePeer(fd, why);
+}
+
+// Every registered agent hears from the coordinator at least once per heartbeat interval, so that it can tell
+// a frozen coordinator or a cut link from a quiet one (Agent::Options::silence_timeout_ms).
+void Coordinator::SendKeepalives() {
+  const uint64_t now = NowMonotonicNs();
+  if (now < next_keepalive_ns_) return;
+  next_keepalive_ns_ = now + static_cast<uint64_t>(heartbeat_interval_ms()) * 1000000ull;
+  for (auto& [fd, p] : peers_) {
+    if (p->process && p->conn->authenticated()) p->conn->Send(MsgType::kKeepalive, {});
+  }
+}
+
+size_t Coordinator::QueuedBytes(uint64_t process) const {
+  auto pr = procs_.find(process);
+  if (pr == procs_.end() || pr->second.conn_fd < 0) return 0;
+  auto it = peers_.find(pr->second.conn_fd);
+  return it == peers_.end() ? 0 : it->second->conn->queued_bytes();
 }
 
 void Coordinator::Accept() {
@@ -226,9 +287,37 @@ void Coordinator::Accept() {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the pending connection stays in the backlog; rest instead of spinning on it.
+        TM_WARN(kLogControl, "coordinator: accept: %s (%zu connections); pausing new connections for %llu ms",
+                std::strerror(errno), peers_.size(), static_cast<unsigned long long>(kAcceptRestNs / 1000000));
+        accept_paused_until_ = NowMonotonicNs() + kAcceptRestNs;
+      }
+      return;
+    }
+    char host[NI_MAXHOST] = "?";
+    getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof(host), nullptr, 0, NI_NUMERICHOST);
+    // One address may hold kMaxUnauthenticatedPerAddress connections that have not said HELLO: beyond that its
+    // oldest one goes, so a flood never locks out a real agent or tmctl from the same host (they authenticate
+    // at once).
+    size_t unauthenticated = 0;
+    int oldest = -1;
+    for (const auto& [pfd, q] : peers_) {
+      if (q->conn->authenticated() || q->addr != host) continue;
+      ++unauthenticated;
+      if (oldest < 0 || q->opened_ns < peers_[oldest]->opened_ns) oldest = pfd;
+    }
+    if (unauthenticated >= kMaxUnauthenticatedPerAddress) {
+      ++rejected_;
+      if (!flood_warned_) TM_WARN(kLogControl, "coordinator: over %zu unauthenticated connections from %s: "
+                                  "closing the oldest ones", kMaxUnauthenticatedPerAddress, host);
+      flood_warned_ = true;
+      ClosePeer(oldest, "unauthenticated flood");
+    }
     if (peers_.size() >= kMaxPeers) {
       TM_WARN(kLogControl, "coordinator: too many connections (%zu), refusing one", peers_.size());
+      ++rejected_;
       close(fd);
       continue;
     }
@@ -236,6 +325,7 @@ void Coordinator::Accept() {
     p->conn = std::make_unique<Connection>(fd, Connection::Side::kServer, opt_.token);
     p->conn->server_epoch = epoch_;
     p->opened_ns = NowMonotonicNs();
+    p->addr = host;
     peers_[fd] = std::move(p);
   }
 }
@@ -275,7 +365,14 @@ void Coordinator::HandlePeer(Peer& p, short revents) {
   bool open = true;
   if (revents & (POLLIN | POLLHUP | POLLERR)) open = c.ReadSome();
   Frame f;
-  while (!c.failed() && c.Next(&f)) HandleMessage(p, f);
+  while (!c.failed() && c.Next(&f)) {
+    // A message that makes the coordinator throw (a bug) costs its sender the connection, never the daemon.
+    if (!Guarded(MsgTypeName(f.type), [&] { HandleMessage(p, f); })) {
+      c.SendReject(RejectCode::kProtocol, "internal error handling " + std::string(MsgTypeName(f.type)));
+      ++rejected_;
+      break;
+    }
+  }
   if (c.failed()) {
     ++rejected_;
     TM_WARN(kLogControl, "coordinator: rejected connection %s: %s",
@@ -455,6 +552,9 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   p.conn->SendMsg(MsgType::kRegisterAck, a);
   TM_INFO(kLogControl, "coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d",
           again ? "re-registered" : "registered", pr->id, r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
+  if (again) {
+    for (auto& e : engines_) Guarded("an engine's returning-process handler", [&] { e->OnProcessBack(*this, pr->id); });
+  }
 }
 
 // The communicators of the process holding `rank`, in its creation order: a joiner's sandbox answers from them.
@@ -515,7 +615,7 @@ void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {
   pr.lost_reason = why;
   TM_WARN(kLogControl, "coordinator: process %" PRIu64 " (%s:%u rank %d) lost: %s", pr.id, pr.info.host.c_str(),
           pr.info.pid, pr.info.rank, why.c_str());
-  for (auto& e : engines_) e->OnProcessLost(*this, pr.id);
+  for (auto& e : engines_) Guarded("an engine's lost-process handler", [&] { e->OnProcessLost(*this, pr.id); });
 }
 
 void Coordinator::CheckHeartbeats() {
@@ -631,8 +731,8 @@ CancelReply Coordinator::OnCancel(const CancelReq& q) {
     r.message = "migration " + std::to_string(m->id) + " already " + MigStateName(m->state);
     return r;
   }
-  if (m->state == MigState::kSwitching) {
-    r.message = "migration " + std::to_string(m->id) + " is switching: too late to cancel";
+  if (m->switch_sent) {
+    r.message = "migration " + std::to_string(m->id) + " sent SWITCH: too late to cancel";
     return r;
   }
   if (Engine* e = EngineOf(m->kind)) e->OnCancel(*this, *m);

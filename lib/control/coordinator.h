@@ -121,6 +121,7 @@ struct Migration {
   uint64_t bytes_total = 0;  // state to transfer
   uint64_t bytes_done = 0;   // transferred so far (progress bar of tmctl watch)
   uint64_t downtime_ns = 0;
+  bool switch_sent = false;  // the commit point: SWITCH went out (cancel is refused from here on)
   std::string joiner_log;  // --spawn: where the joiner's output goes
   std::vector<PhaseSpan> phases;
   RecoveryInfo recovery;  // kind "recover" only
@@ -146,6 +147,9 @@ class EngineHost {
   virtual const std::map<uint64_t, CommRec>& comms() const = 0;
   virtual Migration* FindMigration(uint64_t id) = 0;  // 0: the latest
   virtual const std::map<uint64_t, Migration>& migrations() const = 0;
+  // Bytes queued to a process and not yet written to its socket (bulk senders pace themselves on it: a
+  // connection fails once Connection::kMaxQueued is queued).
+  virtual size_t QueuedBytes(uint64_t /*process*/) const { return 0; }
   // A record the engine starts itself (a failure recovery), in state requested, of `kind`, for `rank`.
   virtual Migration& NewMigration(const std::string& kind, int32_t rank) = 0;
 };
@@ -165,11 +169,14 @@ class Engine {
   virtual std::string Validate(EngineHost& h, const Migration& m) = 0;
   // A validated request was recorded in state requested (with its "requested" phase open): drive it.
   virtual void OnRequest(EngineHost& h, Migration& m) = 0;
-  // The operator cancels `m` (never once it is switching); the coordinator marks it cancelled afterwards
+  // The operator cancels `m` (never once SWITCH was sent: Migration::switch_sent); the coordinator marks it cancelled afterwards
   // unless the engine ended it.
   virtual void OnCancel(EngineHost& h, Migration& m) = 0;
   virtual void OnEvent(EngineHost& h, uint64_t process, const Event& e) = 0;
   virtual void OnProcessLost(EngineHost& h, uint64_t process) = 0;  // also on BYE (state exited)
+  // A known process registered again (it reconnected): tell it what it missed (docs/reliability.md, "The
+  // commit point": an outcome decided while it was away).
+  virtual void OnProcessBack(EngineHost&, uint64_t /*process*/) {}
   // About every 100 ms (timeouts, spawned children).
   virtual void OnTick(EngineHost&) {}
 };
@@ -216,6 +223,7 @@ class Coordinator final : public EngineHost {
   const std::map<uint64_t, CommRec>& comms() const override { return comms_; }
   Migration* FindMigration(uint64_t id) override;
   const std::map<uint64_t, Migration>& migrations() const override { return migs_; }
+  size_t QueuedBytes(uint64_t process) const override;
   Migration& NewMigration(const std::string& kind, int32_t rank) override;
   // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one
   // runs: the failed rank's exit is expected).
@@ -236,6 +244,8 @@ class Coordinator final : public EngineHost {
   void HandleMessage(Peer& p, const Frame& f);
   void ClosePeer(int fd, const std::string& why);
   void CheckHeartbeats();
+  void SendKeepalives();
+  void Sweep();  // peers that failed, missed the HELLO deadline, or slow HTTP clients
   void MarkLost(ProcessRec& pr, const std::string& why);
   void OnRegister(Peer& p, const Register& r);
   void ReplacedTable(int32_t rank, RegisterAck* a);
@@ -249,6 +259,9 @@ class Coordinator final : public EngineHost {
   std::string address_, metrics_address_;
   int listen_fd_ = -1, metrics_fd_ = -1;
   int wake_fd_ = -1;  // eventfd
+  uint64_t accept_paused_until_ = 0;  // monotonic: after EMFILE/ENFILE the listener rests (no busy loop)
+  uint64_t next_keepalive_ns_ = 0;
+  bool flood_warned_ = false;  // one WARN for connection floods per coordinator
   std::atomic<bool> stop_{false};
   std::atomic<int> alive_processes_{0};
   std::atomic<int> recovering_{0};

@@ -47,6 +47,8 @@ const char* MsgTypeName(uint16_t type) {
       return "EVENT";
     case MsgType::kBye:
       return "BYE";
+    case MsgType::kKeepalive:
+      return "KEEPALIVE";
   }
   return "UNKNOWN";
 }

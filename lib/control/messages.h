@@ -37,6 +37,7 @@ enum class MsgType : uint16_t {
   kCommand = 19,        // D -> agent (migration engine commands)
   kEvent = 20,          // agent -> D (migration engine reports)
   kBye = 21,            // either way: orderly close
+  kKeepalive = 22,      // D -> agent, empty: the coordinator is alive (agents time out on silence)
 };
 const char* MsgTypeName(uint16_t type);
 

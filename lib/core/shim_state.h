@@ -143,8 +143,12 @@ struct VComm {
   static constexpr uint64_t kMagic = 0x544d56434f4d4d31ull;  // "TMVCOMM1"
   static constexpr uint64_t kDead = 0x544d56434f4d4d30ull;   // destroyed
   uint64_t magic = 0;
-  std::atomic<ncclComm_t> real{nullptr};  // null: no real communicator (sandboxed)
+  std::atomic<ncclComm_t> real{nullptr};  // null: no real communicator (sandboxed); read through RealUse
   std::atomic<ncclComm_t> next{nullptr};  // replacement being built (migration)
+  // Calls in flight on `real` (RealUse): each counts in calls[epoch & 1] from before it loads `real` until the
+  // real call returned. Replacing `real` bumps the epoch and waits for the old parity to drain (InstallRealComm).
+  std::atomic<uint64_t> epoch{0};
+  std::atomic<uint32_t> calls[2] = {};
   uint64_t comm_key = 0;
   Lineage lineage;
   // Hot path (written by the thread issuing operations on this VComm, NCCL allows one at a time).
@@ -173,6 +177,33 @@ inline VComm* AsVComm(ncclComm_t comm) {
   return (v && v->magic == VComm::kMagic) ? v : nullptr;
 }
 inline ncclComm_t AsHandle(VComm* v) { return reinterpret_cast<ncclComm_t>(v); }
+
+// One call's use of a VComm's real communicator (docs/shim.md, "Threads"): every entry point that calls the real
+// library with `v->real` holds one for the duration of that call, so a switch never frees a communicator a call
+// can still see. Counted before `real` is loaded and re-checked against the epoch (a switch in between makes the
+// call count again, in the new epoch, and load the new communicator). Cost: two uncontended atomic RMWs on the
+// VComm's own cache line.
+class RealUse {
+ public:
+  explicit RealUse(VComm* v) {
+    for (;;) {
+      const uint64_t e = v->epoch.load(std::memory_order_acquire);
+      slot_ = &v->calls[e & 1];
+      slot_->fetch_add(1, std::memory_order_seq_cst);
+      if (v->epoch.load(std::memory_order_seq_cst) == e) break;
+      slot_->fetch_sub(1, std::memory_order_release);
+    }
+    real_ = v->real.load(std::memory_order_acquire);
+  }
+  ~RealUse() { slot_->fetch_sub(1, std::memory_order_release); }
+  RealUse(const RealUse&) = delete;
+  RealUse& operator=(const RealUse&) = delete;
+  ncclComm_t real() const { return real_; }
+
+ private:
+  std::atomic<uint32_t>* slot_;
+  ncclComm_t real_;
+};
 
 // ---------------------------------------------------------------------------------------------------
 // Enumeration and the migration switch
@@ -221,13 +252,17 @@ constexpr int kReplacedCommsWaitMs = 10000;
 void NoteCapture(VComm* v, cudaStream_t stream);
 // How many VComms were marked captured so far (cheap: the agent polls it at safe points).
 uint64_t CapturedCount();
-// Sets the real communicator `v` uses from the next operation on and returns the previous one (which the
-// caller now owns: destroy or abort it). nullptr puts `v` in the sandbox (operations emulated locally).
+// Sets the real communicator `v` uses from the next operation on and returns the previous one once no call can
+// still use it (every RealUse of the old epoch ended; the caller then owns it: destroy or abort it). A call still
+// inside the old communicator after kRetireWaitMs (a thread blocked in a collective) makes it return nullptr: the
+// old communicator is then never freed (logged), rather than freed under that call. nullptr puts `v` in the
+// sandbox (operations emulated locally). Any thread but one that holds a RealUse of `v`.
 ncclComm_t InstallRealComm(VComm* v, ncclComm_t real);
+constexpr int kRetireWaitMs = 10000;
 // Migration: stage `next` (built in the background), re-create v's PreMulSum ops, registrations and
-// windows on it (RebindObjects), then SwitchToNext at the switch point (returns the old real comm; its
-// objects are forgotten: destroying the old comm frees them). AbortNext undoes the staging and returns
-// the staged comm (the caller aborts it).
+// windows on it (RebindObjects), then SwitchToNext at the switch point (returns the old real comm as
+// InstallRealComm does; its objects are forgotten: destroying the old comm frees them). AbortNext undoes the
+// staging and returns the staged comm (the caller aborts it).
 void SetNextComm(VComm* v, ncclComm_t next);
 ncclResult_t RebindObjects(VComm* v);
 ncclComm_t SwitchToNext(VComm* v);

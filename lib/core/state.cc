@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <map>
+#include <thread>
 
 #include "base/cudart.h"
 #include "base/log.h"
@@ -316,7 +317,26 @@ std::vector<OpSig> RecentOps(const VComm* v) {
 bool IsSandboxed(const VComm* v) { return v->real.load(std::memory_order_acquire) == nullptr; }
 
 ncclComm_t InstallRealComm(VComm* v, ncclComm_t real) {
-  ncclComm_t old = v->real.exchange(real, std::memory_order_acq_rel);
+  ncclComm_t old = v->real.exchange(real, std::memory_order_seq_cst);
+  // Calls that start now count in the new epoch and load `real`; those of the old epoch may hold `old`.
+  const uint64_t e = v->epoch.fetch_add(1, std::memory_order_seq_cst);
+  std::atomic<uint32_t>& calls = v->calls[e & 1];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRetireWaitMs);
+  uint32_t spins = 0;
+  while (calls.load(std::memory_order_acquire) != 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      TM_WARN(kLogComm,
+              "vcomm #%llu: %u call(s) still inside real comm %p after %d ms; it is left allocated rather than freed "
+              "under them",
+              (unsigned long long)v->lineage.index, calls.load(), static_cast<void*>(old), kRetireWaitMs);
+      return nullptr;
+    }
+    if (++spins < 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
   TM_INFO(kLogComm, "vcomm %p #%llu real comm %p -> %p", static_cast<void*>(v), (unsigned long long)v->lineage.index,
           static_cast<void*>(old), static_cast<void*>(real));
   return old;
@@ -351,7 +371,7 @@ ncclResult_t RebindObjects(VComm* v) {
 }
 
 ncclComm_t SwitchToNext(VComm* v) {
-  std::lock_guard<std::mutex> lock(v->mu);
+  std::unique_lock<std::mutex> lock(v->mu);
   if (RedOpSlot* slots = v->ops.load(std::memory_order_acquire)) {
     for (int i = 0; i < kMaxOpsPerComm; ++i) {
       if (slots[i].live.load(std::memory_order_relaxed)) {
@@ -369,6 +389,7 @@ ncclComm_t SwitchToNext(VComm* v) {
     w->next = nullptr;
   }
   ncclComm_t next = v->next.exchange(nullptr, std::memory_order_acq_rel);
+  lock.unlock();  // calls in flight may take v->mu (a completing non-blocking creation): drain without it
   return InstallRealComm(v, next);
 }
 

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "base/config.h"
 #include "base/log.h"
 #include "base/spawn_process.h"
 #include "msgs.h"
@@ -31,6 +32,8 @@ namespace trainmover::control {
 namespace {
 
 constexpr size_t kMaxTapeRelay = size_t{1} << 30;  // D keeps at most this much tape per rank
+constexpr size_t kTapePaceBytes = size_t{4} << 20;  // tape chunks wait while this much is queued to the joiner
+constexpr uint64_t kNsPerMs = 1000000ull;
 
 // Where one moved rank stands; every pair passes through these in order.
 enum class PairStage {
@@ -62,6 +65,8 @@ struct Pair {
   std::string log;
   TapeRelay tape_relay = TapeRelay::kCollecting;
   std::vector<uint8_t> tape;
+  uint64_t tape_to = 0;    // the joiner the tape is being forwarded to
+  size_t tape_sent = 0;    // bytes of `tape` forwarded so far (paced to the joiner's connection)
 };
 
 // One migration, from the request to its end.
@@ -74,6 +79,8 @@ struct MoveCtx {
   std::set<uint64_t> accepted, at_step, switched;
   bool switch_sent = false;
   uint64_t max_stall = 0;
+  MigState deadline_state = MigState::kRequested;  // the state the deadline below runs for
+  uint64_t state_since_ns = 0;                     // monotonic: when it was entered (or SWITCH sent)
 
   Pair* ByLeaver(uint64_t p) {
     for (Pair& x : pairs)
@@ -110,6 +117,27 @@ Command Cmd(mig::Cmd kind, uint64_t migration, const B& body) {
 }
 
 }  // namespace
+
+// Why the process `l` holds several ranks (ncclCommInitAll, or one communicator it is a member of more than once),
+// or empty. Such a process cannot be migrated: its ranks share one address space, one safe point and one state
+// table, so a joiner would have to take all of them at once, from one process that replaces another.
+static std::string SeveralRanks(EngineHost& h, const ProcessRec& l) {
+  for (const auto& [key, c] : l.comm_info) {
+    if (c.lineage.kind == static_cast<uint8_t>(LineageKind::kInitAll)) {
+      return "its process holds " + std::to_string(c.nranks) +
+             " ranks (ncclCommInitAll); a process with several ranks cannot be migrated";
+    }
+    auto it = h.comms().find(key);
+    if (it == h.comms().end()) continue;
+    int mine = 0;
+    for (const auto& [rank, proc] : it->second.members) mine += proc == l.id;
+    if (mine > 1) {
+      return "its process holds " + std::to_string(mine) +
+             " ranks of one communicator; a process with several ranks cannot be migrated";
+    }
+  }
+  return "";
+}
 
 static std::string LineageText(const CommCreated& c) {
   std::string s = std::string(LineageKindName(c.lineage.kind)) + " #" + std::to_string(c.lineage.index) + " rank " +
@@ -215,7 +243,7 @@ struct On {
 
 class MigrationEngine final : public Engine {
  public:
-  explicit MigrationEngine(std::unique_ptr<JoinerLauncher> l) : launcher_(std::move(l)) {}
+  MigrationEngine(std::unique_ptr<JoinerLauncher> l, MigrationDeadlines d) : launcher_(std::move(l)), deadlines_(d) {}
 
   const char* kind() const override { return kKindMigrate; }
 
@@ -232,6 +260,7 @@ class MigrationEngine final : public Engine {
         return "rank " + r + " is named twice";
       if (!l) return "no alive worker holds rank " + r + " (see tmctl status)";
       if (l->step < 0) return "rank " + r + " never called tmSafePoint: it cannot be migrated";
+      if (std::string several = SeveralRanks(h, *l); !several.empty()) return "rank " + r + ": " + several;
     }
     MoveCtx x = Plan(h, m);
     for (uint64_t key : x.keys) {
@@ -291,9 +320,28 @@ class MigrationEngine final : public Engine {
     Migration* m = Active(h);
     if (!m) return;
     MoveCtx& x = ctx_[m->id];
+    if (PastDeadline(h, *m, x)) return;
     for (Pair& pr : x.pairs) MaybeSendTape(h, *m, pr);
     for (Pair& pr : x.pairs) {
       if (pr.child > 0 && pr.joiner == 0 && !CheckSpawned(h, *m, pr)) return;
+    }
+  }
+
+  // A process that reconnected learns the outcome decided while it was away (docs/reliability.md, "The
+  // commit point"): SWITCH once SWITCH was sent, ABORT once the migration ended without it.
+  void OnProcessBack(EngineHost& h, uint64_t p) override {
+    for (auto it = ctx_.rbegin(); it != ctx_.rend(); ++it) {
+      Migration* m = h.FindMigration(it->first);
+      MoveCtx& x = it->second;
+      std::vector<uint64_t> involved = x.Participants(), members = x.Members();
+      involved.insert(involved.end(), members.begin(), members.end());
+      if (!m || std::find(involved.begin(), involved.end(), p) == involved.end()) continue;
+      if (x.switch_sent) {
+        h.SendCommand(p, Cmd(mig::Cmd::kSwitch, m->id, mig::Step{m->switch_step}));
+      } else if (MigTerminal(m->state)) {
+        h.SendCommand(p, Cmd(mig::Cmd::kAbort, m->id, mig::Reason{m->reason}));
+      }
+      return;
     }
   }
 
@@ -419,20 +467,24 @@ class MigrationEngine final : public Engine {
   void MaybeSendTape(EngineHost& h, Migration& m, Pair& pr) {
     if (pr.tape_relay != TapeRelay::kComplete) return;
     for (const auto& [id, p] : h.processes()) {
-      if (p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != pr.rank) continue;
-      if (pr.joiner != 0 && pr.joiner != id) continue;
-      for (size_t at = 0; at < pr.tape.size(); at += mig::kMaxBlob) {
-        const size_t n = std::min(mig::kMaxBlob, pr.tape.size() - at);
-        mig::Blob chunk{std::vector<uint8_t>(pr.tape.begin() + static_cast<ptrdiff_t>(at),
-                                             pr.tape.begin() + static_cast<ptrdiff_t>(at + n))};
-        h.SendCommand(id, Cmd(mig::Cmd::kTape, m.id, chunk));
-      }
-      h.SendCommand(id, Cmd(mig::Cmd::kTape, m.id, mig::Blob{}));
-      pr.tape_relay = TapeRelay::kForwarded;
-      pr.tape.clear();
-      pr.tape.shrink_to_fit();
-      return;
+      if (pr.tape_to || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != pr.rank) continue;
+      if (pr.joiner == 0 || pr.joiner == id) pr.tape_to = id;
     }
+    if (!pr.tape_to) return;
+    // Paced: a chunk goes only while little is queued to the joiner (the rest on the next tick), so a large tape
+    // never fills its connection's buffer.
+    while (pr.tape_sent < pr.tape.size() && h.QueuedBytes(pr.tape_to) < kTapePaceBytes) {
+      const size_t n = std::min(mig::kMaxBlob, pr.tape.size() - pr.tape_sent);
+      mig::Blob chunk{std::vector<uint8_t>(pr.tape.begin() + static_cast<ptrdiff_t>(pr.tape_sent),
+                                           pr.tape.begin() + static_cast<ptrdiff_t>(pr.tape_sent + n))};
+      if (!h.SendCommand(pr.tape_to, Cmd(mig::Cmd::kTape, m.id, chunk))) return;
+      pr.tape_sent += n;
+    }
+    if (pr.tape_sent < pr.tape.size()) return;
+    h.SendCommand(pr.tape_to, Cmd(mig::Cmd::kTape, m.id, mig::Blob{}));
+    pr.tape_relay = TapeRelay::kForwarded;
+    pr.tape.clear();
+    pr.tape.shrink_to_fit();
   }
 
   void OnCaptured(const Event& e) {
@@ -465,7 +517,16 @@ class MigrationEngine final : public Engine {
     }
     ProcessRec* l = h.FindProcess(pair->leaver);
     std::vector<const CommCreated*> lc;
-    for (uint64_t k : pair->keys) lc.push_back(&l->comm_info.at(k));
+    for (uint64_t k : pair->keys) {
+      auto it = l ? l->comm_info.find(k) : decltype(l->comm_info.end()){};
+      if (!l || it == l->comm_info.end()) {  // the leaver destroyed one of its communicators since the request
+        const std::string why = "the leaver of rank " + std::to_string(pair->rank) +
+                                " no longer has every communicator it had at the request";
+        refuse_joiner(why);
+        return Abort(h, *m, why, true);
+      }
+      lc.push_back(&it->second);
+    }
     std::map<uint64_t, uint64_t> j2l;
     std::string diff = CompareLineages(r.comms, lc, &j2l);
     if (diff.empty()) diff = CompareRegions(l->regions, r.regions);
@@ -671,7 +732,9 @@ class MigrationEngine final : public Engine {
   void MaybeSwitch(EngineHost& h, Migration& m, MoveCtx& x) {
     if (!x.AllAtLeast(PairStage::kVerified)) return;
     if (x.switch_sent || x.at_step.size() < x.stayers.size() + x.pairs.size()) return;
-    x.switch_sent = true;
+    if (PastDeadline(h, m, x)) return;  // too late: the held processes may be giving up (never a split)
+    x.switch_sent = m.switch_sent = true;
+    x.state_since_ns = NowMonotonicNs();
     for (uint64_t q : x.Members()) h.SendCommand(q, Cmd(mig::Cmd::kSwitch, m.id, mig::Step{m.switch_step}));
     for (const Pair& p : x.pairs) h.SendCommand(p.leaver, Cmd(mig::Cmd::kSwitch, m.id, mig::Step{m.switch_step}));
     MaybeDone(h, m, x);
@@ -715,6 +778,36 @@ class MigrationEngine final : public Engine {
     if (fail) h.SetMigState(m, MigState::kFailed, why);
   }
 
+  // The one deadline check (MigrationDeadlines): true when it ended the migration. The deadline of a state runs
+  // from when this check first saw it; the switch's from COMMIT, then again from SWITCH for the confirmations.
+  bool PastDeadline(EngineHost& h, Migration& m, MoveCtx& x) {
+    const uint64_t now = NowMonotonicNs();
+    if (m.state != x.deadline_state) {
+      x.deadline_state = m.state;
+      x.state_since_ns = now;
+    }
+    const bool switching = m.state == MigState::kSwitching;
+    const uint64_t limit_ms = switching ? deadlines_.switch_ms : deadlines_.phase_ms;
+    if (MigTerminal(m.state) || now - x.state_since_ns <= limit_ms * kNsPerMs) return false;
+    if (!x.switch_sent) {
+      const std::string why = std::string("the ") + MigStateName(m.state) + " phase exceeded its deadline of " +
+                              std::to_string(limit_ms) + " ms (" +
+                              (switching ? "TRAINMOVER_HOLD_TIMEOUT_MS / 2" : "TRAINMOVER_PHASE_TIMEOUT_MS") + ")";
+      TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s; aborting", m.id, why.c_str());
+      Abort(h, m, why, true);
+      return true;
+    }
+    std::string silent;  // switched, but some members never said so
+    for (uint64_t q : x.Members()) {
+      if (!x.switched.count(q)) silent += (silent.empty() ? "" : ", ") + std::to_string(q);
+      x.switched.insert(q);
+    }
+    MaybeDone(h, m, x);
+    m.reason = "SWITCH sent; process(es) " + silent + " never confirmed it within " + std::to_string(limit_ms) + " ms";
+    TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s", m.id, m.reason.c_str());
+    return true;
+  }
+
   Migration* Active(EngineHost& h) {
     for (auto it = ctx_.rbegin(); it != ctx_.rend(); ++it) {
       Migration* m = h.FindMigration(it->first);
@@ -740,6 +833,7 @@ class MigrationEngine final : public Engine {
   }
 
   std::unique_ptr<JoinerLauncher> launcher_;
+  MigrationDeadlines deadlines_;
   std::map<uint64_t, MoveCtx> ctx_;
   std::set<uint64_t> captured_;  // comm_keys some member reported captured into a CUDA graph
 };
@@ -748,8 +842,17 @@ class MigrationEngine final : public Engine {
 
 std::unique_ptr<JoinerLauncher> MakeProcessLauncher() { return std::make_unique<ProcessLauncher>(); }
 
-std::unique_ptr<Engine> MakeMigrationEngine(std::unique_ptr<JoinerLauncher> launcher) {
-  return std::make_unique<MigrationEngine>(launcher ? std::move(launcher) : MakeProcessLauncher());
+MigrationDeadlines DeadlinesFromConfig() {
+  MigrationDeadlines d;
+  const shim::ConfigResult& c = shim::ConfigGet();
+  if (!c.error.empty()) return d;
+  d.phase_ms = static_cast<uint64_t>(c.config.phase_timeout_ms);
+  d.switch_ms = static_cast<uint64_t>(c.config.hold_timeout_ms) / 2;
+  return d;
+}
+
+std::unique_ptr<Engine> MakeMigrationEngine(std::unique_ptr<JoinerLauncher> launcher, MigrationDeadlines deadlines) {
+  return std::make_unique<MigrationEngine>(launcher ? std::move(launcher) : MakeProcessLauncher(), deadlines);
 }
 
 }  // namespace trainmover::control

@@ -61,9 +61,21 @@ std::string CompareRegions(const std::vector<Region>& leaver, const std::vector<
 // TRAINMOVER_REPLACE=rank; output to <cwd>/joiner-<rank>.log (joiner-<rank>-m<id>.log when that exists).
 JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t rank);
 
+// The engine's deadlines (docs/reliability.md): a migration in spawning, sandbox, ready, building or agreeing
+// for longer than `phase_ms`, or switching for longer than `switch_ms` after COMMIT without SWITCH sent, is
+// aborted (training continues on the old communicators); SWITCH is never sent past that point. Members that
+// have not confirmed SWITCHED `switch_ms` after SWITCH are named in the migration's reason, and it is done.
+struct MigrationDeadlines {
+  uint64_t phase_ms = 600000;  // TRAINMOVER_PHASE_TIMEOUT_MS
+  uint64_t switch_ms = 60000;  // TRAINMOVER_HOLD_TIMEOUT_MS / 2
+};
+// From this process's TRAINMOVER_PHASE_TIMEOUT_MS and TRAINMOVER_HOLD_TIMEOUT_MS (defaults when invalid).
+MigrationDeadlines DeadlinesFromConfig();
+
 // The planned-migration engine (kind "migrate"), to hand to Coordinator::AddEngine before Run(). Without a
 // launcher it uses MakeProcessLauncher().
-std::unique_ptr<Engine> MakeMigrationEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr);
+std::unique_ptr<Engine> MakeMigrationEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr,
+                                            MigrationDeadlines deadlines = DeadlinesFromConfig());
 
 }  // namespace trainmover::control
 

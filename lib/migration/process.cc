@@ -4,6 +4,8 @@
 #include "process.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <utility>
 
 #include "base/log.h"
@@ -76,7 +78,7 @@ void ProcessMachine::OnCommand(const control::Command& c) {
     case mig::Cmd::kCommit:
       return with(mig::Step{}, [&](mig::Step b) { OnCommit(id, b); });
     case mig::Cmd::kSwitch:
-      return with(mig::Step{}, [&](mig::Step b) { OnSwitch(b); });
+      return with(mig::Step{}, [&](mig::Step b) { OnSwitch(id, b); });
     case mig::Cmd::kRecordTape:
       return OnRecordTape(id);
     case mig::Cmd::kTape:
@@ -123,22 +125,22 @@ void ProcessMachine::OnBuild(uint64_t id, mig::Build b) {
   StartJob("tm-build", [this, id, gen, b = std::move(b)] { BuildJob(id, gen, b); });
 }
 
-// Leaver: exposes its regions for one-sided reads (refused while an aborted migration's seal still runs).
+// Leaver: exposes its regions for one-sided reads (refused while an aborted migration's seal still runs). UCX
+// start-up and registering every region are slow: they run as a job, so that the agent thread keeps
+// heartbeating and the application never waits for them at a safe point.
 void ProcessMachine::OnExpose(uint64_t id, const mig::Reason& where) {
-  const uint64_t t0 = w_.RealtimeNs();
-  std::lock_guard<std::mutex> lk(mu_);
-  if (leaver_.exposure == Exposure::kSealing) {
-    return Send(mig::Ev::kFailed, id, mig::Reason{"the previous migration's seal is still running"});
+  uint64_t gen;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (leaver_.exposure == Exposure::kSealing) {
+      return Send(mig::Ev::kFailed, id, mig::Reason{"the previous migration's seal is still running"});
+    }
+    mig_ = id;
+    active_ = true;
+    leaver_.destination = where.text;
+    gen = gen_;
   }
-  mig_ = id;
-  active_ = true;
-  leaver_.destination = where.text;
-  std::string err;
-  leaver_.server = w_.Expose(&err);
-  if (!leaver_.server) return Send(mig::Ev::kFailed, id, mig::Reason{"leaver cannot expose its state: " + err});
-  leaver_.exposure = Exposure::kExposed;
-  Send(mig::Ev::kExposed, id, mig::Blob{leaver_.server->Descriptor()});
-  SendPhase(id, "expose", t0);
+  StartJob("tm-expose", [this, id, gen] { ExposeJob(id, gen); });
 }
 
 // Joiner, in the build phase: connects to the leaver's exposed state, so that only the bytes are left for S.
@@ -198,11 +200,19 @@ void ProcessMachine::OnCommit(uint64_t id, const mig::Step& st) {
     return Send(mig::Ev::kFailed, id, mig::Reason{"COMMIT of a step this process did not accept"});
   }
   if (member_.agreement == Agreement::kProposed) member_.agreement = Agreement::kCommitted;
+  member_.committed_ns = w_.MonotonicNs();
   cv_.notify_all();
 }
 
-void ProcessMachine::OnSwitch(const mig::Step& st) {
+void ProcessMachine::OnSwitch(uint64_t id, const mig::Step& st) {
   std::lock_guard<std::mutex> lk(mu_);
+  if (!active_ || id != mig_) {  // abandoned here at the hold deadline, and SWITCH came later (docs/reliability.md)
+    TM_WARN(kLogMigration,
+            "migration %llu: SWITCH arrived after this process abandoned the migration; it stays on its current "
+            "communicators, out of step with the ranks that switched",
+            static_cast<unsigned long long>(id));
+    return;
+  }
   member_.agreement = Agreement::kSwitch;
   member_.step = st.step;
   cv_.notify_all();
@@ -252,6 +262,7 @@ void ProcessMachine::AbortLocked(const std::string& why) {
   member_.staged.clear();
   member_.agreement = Agreement::kNone;
   member_.step = -1;
+  member_.committed_ns = 0;
   if (leaver_.exposure != Exposure::kSealing) {  // while sealing, the safe point closes it when Seal returns
     if (leaver_.server) leaver_.server->Close();
     leaver_.server.reset();
@@ -374,7 +385,8 @@ void ProcessMachine::ReadJob(uint64_t id, uint64_t gen, StateSink* sink) {
       Send(mig::Ev::kProgress, id, mig::Progress{done, total});
     }
   };
-  // Test knob (docs/migration.md): expect checksums no transfer can produce, as a corrupted read would.
+  // Test knobs (docs/migration.md, docs/reliability.md): a slow start; checksums no transfer can produce.
+  if (w_.Fault() == "slow-transfer") std::this_thread::sleep_for(std::chrono::seconds(3));
   std::string summary;
   const std::string err = sink->Read(w_.Fault() == "corrupt-transfer", progress, &summary);
   std::unique_ptr<StateSink> done;
@@ -388,6 +400,23 @@ void ProcessMachine::ReadJob(uint64_t id, uint64_t gen, StateSink* sink) {
   if (aborted) return;
   SendPhase(id, "transfer", t0);
   Send(mig::Ev::kVerified, id, err.empty() ? mig::Built{0, 1, summary} : mig::Built{0, 0, err});
+}
+
+// Leaver: the regions exposed for one-sided reads; EXPOSED carries the descriptor the joiner reads with.
+void ProcessMachine::ExposeJob(uint64_t id, uint64_t gen) {
+  const uint64_t t0 = w_.RealtimeNs();
+  std::string err;
+  std::unique_ptr<StateSource> server = w_.Expose(&err);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (gen_ != gen) {  // aborted meanwhile
+    if (server) server->Close();
+    return;
+  }
+  if (!server) return Send(mig::Ev::kFailed, id, mig::Reason{"leaver cannot expose its state: " + err});
+  leaver_.server = std::move(server);
+  leaver_.exposure = Exposure::kExposed;
+  Send(mig::Ev::kExposed, id, mig::Blob{leaver_.server->Descriptor()});
+  SendPhase(id, "expose", t0);
 }
 
 // ---- the safe point (application thread)
@@ -487,7 +516,8 @@ void ProcessMachine::SendReady(int64_t step) {
   w_.LogReady();
 }
 
-// Held after READY: until SWITCH, an abort, or 3 s without the coordinator.
+// Held after READY: until SWITCH, an abort, or 3 s without the coordinator (the hold timeout once VERIFIED was
+// sent).
 void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
   uint64_t lost_since = 0;
   while (member_.agreement != Agreement::kSwitch && !joiner_.exit_pending) {
@@ -497,7 +527,9 @@ void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
       continue;
     }
     if (!lost_since) lost_since = w_.MonotonicNs();
-    if (w_.MonotonicNs() - lost_since > kLostCoordinatorNs) {
+    // Once VERIFIED left, the coordinator may have sent SWITCH: wait for the outcome as a stayer would.
+    const bool verified = joiner_.intake == Intake::kRead;
+    if (w_.MonotonicNs() - lost_since > (verified ? w_.HoldTimeoutMs() * 1000000ull : kLostCoordinatorNs)) {
       joiner_.exit_pending = true;
       joiner_.exit_reason = "lost the coordinator";
     }
@@ -536,9 +568,24 @@ int64_t ProcessMachine::Hold(std::unique_lock<std::mutex>& lk, int64_t step, uin
     if (member_.agreement == Agreement::kSwitch) break;
     if (Proposed() < 0 || step < Proposed()) return step;  // re-proposed later, or aborted
     w_.Wait(lk, cv_, 50);
-    if (Disconnected()) AbortLocked("lost the coordinator");
+    CheckHold(step, entry);
   }
   return SwitchHere(lk, step, entry, hold_real);
+}
+
+// The hold's deadlines (docs/reliability.md, "The commit point"). Before AT_STEP a lost coordinator releases the
+// process at once: SWITCH needs its AT_STEP, so nobody can have switched. After AT_STEP the outcome is the
+// coordinator's: a lost connection is re-made and the outcome asked for (the coordinator repeats it on
+// re-registration), and only the hold deadline, counted from COMMIT, releases the process. The coordinator
+// never sends SWITCH later than half that deadline after COMMIT.
+void ProcessMachine::CheckHold(int64_t step, uint64_t entry) {
+  if (member_.agreement < Agreement::kAtStep && Disconnected()) return AbortLocked("lost the coordinator");
+  const uint64_t since = std::max(entry, member_.committed_ns), limit_ms = w_.HoldTimeoutMs();
+  if (w_.MonotonicNs() - since < limit_ms * 1000000ull) return;
+  const std::string why = "no decision from the coordinator within " + std::to_string(limit_ms) + " ms at step " +
+                          std::to_string(step) + " (TRAINMOVER_HOLD_TIMEOUT_MS)";
+  Send(mig::Ev::kFailed, mig_, mig::Reason{why});
+  AbortLocked(why);
 }
 
 // At the committed S: AT_STEP, and the leaver seals its state. Overlapped (World::SealOverlaps): AT_STEP first;
@@ -578,6 +625,7 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
   const int64_t switch_step = member_.step;
   member_.agreement = Agreement::kNone;
   member_.step = -1;
+  member_.committed_ns = 0;
   active_ = false;
   SendPhase(mig_, "hold at S", hold_real);
   if (leaver_.exposure != Exposure::kNone) {

@@ -88,6 +88,9 @@ class World {
   virtual void SetLeaving(bool leaving) = 0;
   virtual std::string Fault() const = 0;  // TRAINMOVER_FAULT (test knob)
   virtual int64_t ShadowIters() const = 0;
+  // TRAINMOVER_HOLD_TIMEOUT_MS: the longest a process is held at the switch step without the coordinator's
+  // decision (docs/reliability.md, "The commit point").
+  virtual uint64_t HoldTimeoutMs() const { return 120000; }
   virtual uint64_t TapeMaxBytes() const = 0;
   // TRAINMOVER_SEAL_OVERLAP resolved for a joiner at `destination` ("host H pid P").
   virtual bool SealOverlaps(const std::string& destination) const = 0;
@@ -204,7 +207,7 @@ class ProcessMachine {
 
   struct Staged {
     CommRef v;
-    int32_t nranks, rank;  // of the replacement (a joiner's sandboxed Split child had guessed them)
+    int32_t nranks, rank;  // of the replacement (the leaver's, which a joiner's sandbox already answered)
   };
   struct Joiner {
     Sandbox sandbox = Sandbox::kStartup;
@@ -228,6 +231,7 @@ class ProcessMachine {
   struct Member {
     Agreement agreement = Agreement::kNone;
     int64_t step = -1;  // the proposed / committed / switch step
+    uint64_t committed_ns = 0;  // monotonic time COMMIT arrived (0: none); the hold deadline counts from here
     std::vector<Staged> staged;
     bool fault_passed = false;  // TRAINMOVER_FAULT=pass-first-proposal used
   };
@@ -259,7 +263,9 @@ class ProcessMachine {
   static constexpr int kTapeWaitMs = 3000;  // the joiner's wait for the tape at its first safe point
   // The joiner reports the transfer's progress (tmctl watch's bar) at most this often.
   static constexpr uint64_t kProgressIntervalNs = 20000000ull;
-  static constexpr uint64_t kLostCoordinatorNs = 3000000000ull;  // a held joiner without D exits after this
+  // A held joiner without D exits after this; once it sent VERIFIED it waits as long as a stayer would
+  // (HoldTimeoutMs), since the coordinator may have decided to switch while it was cut off.
+  static constexpr uint64_t kLostCoordinatorNs = 3000000000ull;
 
  private:
   // Commands (agent thread).
@@ -271,12 +277,13 @@ class ProcessMachine {
   void OnRead(uint64_t id);
   void OnPropose(uint64_t id, const mig::Step& st);
   void OnCommit(uint64_t id, const mig::Step& st);
-  void OnSwitch(const mig::Step& st);
+  void OnSwitch(uint64_t id, const mig::Step& st);
   void OnRecordTape(uint64_t id);
   void OnTape(const mig::Blob& b);
   void OnAbort(const mig::Reason& r);
   // Background jobs.
   void BuildJob(uint64_t id, uint64_t gen, const mig::Build& b);
+  void ExposeJob(uint64_t id, uint64_t gen);
   void PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor);
   void ReadJob(uint64_t id, uint64_t gen, StateSink* sink);
   void DropSink(std::unique_ptr<StateSink> sink);  // destroyed on a job thread, never under mu_
@@ -291,6 +298,7 @@ class ProcessMachine {
   void WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk);
   int64_t SwitchJoinerIn();
   int64_t Hold(std::unique_lock<std::mutex>& lk, int64_t step, uint64_t entry);
+  void CheckHold(int64_t step, uint64_t entry);
   void ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step);
   int64_t SwitchHere(std::unique_lock<std::mutex>& lk, int64_t step, uint64_t entry, uint64_t hold_real);
   int64_t Proposed() const;   // the step a process is held at, -1 when none

@@ -62,6 +62,17 @@ int64_t OnSafePoint(void*, int64_t step) {
   return step;
 }
 
+// A non-blocking communicator completes (and is reported with its size) at the first ncclCommGetAsyncError that
+// says success; a program that never polls one would leave it unreported, so the agent polls those (the call is
+// thread-safe, as NCCL's watchdog use requires).
+void PollIncomplete() {
+  for (shim::VComm* v : shim::LiveVComms()) {
+    if (v->magic != shim::VComm::kMagic || v->complete.load(std::memory_order_acquire) || shim::IsSandboxed(v)) continue;
+    ncclResult_t async = ncclSuccess;
+    (void)ncclCommGetAsyncError(shim::AsHandle(v), &async);
+  }
+}
+
 // Region table polling (agent thread): sent when names or sizes change.
 void PollRegions() {
   // Agent thread only. Never destroyed: the agent thread may still poll while the process runs its static
@@ -121,6 +132,7 @@ extern "C" void tmAgentStart(const Config* config) {
   o.coordinator = config->coordinator;
   o.token = config->token;
   o.heartbeat_ms = static_cast<int>(config->heartbeat_ms);
+  o.silence_timeout_ms = static_cast<int>(config->coordinator_timeout_ms);
   // A worker's identity is its launcher's (torchrun, tmrun: RANK, WORLD_SIZE) when it has one, not the rank in
   // whichever communicator a framework happens to create first (base/launcher.h). A joiner's rank is the one
   // it replaces; a standby has none.
@@ -133,7 +145,12 @@ extern "C" void tmAgentStart(const Config* config) {
             launcher.world);
   }
   auto* agent = new Agent(o);  // lives until exit
-  agent->SetTick(PollRegions, 200);
+  agent->SetTick(
+      [] {
+        PollRegions();
+        PollIncomplete();
+      },
+      200);
   agent->SetRegisteredHandler(OnRegistered);
   agent->SetStepTotals([](uint64_t after) {
     const SafePointRecord sp = GetSafePoint();

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -63,6 +64,12 @@ class ServerSource final : public StateSource {
 };
 
 // The joiner's prepared read: the client and what it prepared (destroyed in that order's reverse).
+// The state transfer may take as long as the coordinator waits for the hand-off (half the hold timeout,
+// docs/reliability.md), never longer.
+int HandOffTimeoutMs() {
+  return static_cast<int>(std::min<int64_t>(shim::ProcessConfig().hold_timeout_ms / 2, INT32_MAX));
+}
+
 struct ClientSink final : StateSink {
   std::unique_ptr<transfer::StateClient> client;
   std::unique_ptr<transfer::PreparedFetch> prepared;
@@ -72,6 +79,7 @@ struct ClientSink final : StateSink {
   std::string Read(bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
                    std::string* summary) override {
     transfer::FetchOptions o;
+    o.timeout_ms = HandOffTimeoutMs();
     o.progress = progress;
     if (corrupt) o.expected_checksums.assign(regions, 0x5eed5eed5eed5eedull);
     transfer::FetchResult res;
@@ -116,6 +124,7 @@ class ShimWorld final : public World {
   void SetLeaving(bool leaving) override { shim::SetProcessLeaving(leaving); }
   std::string Fault() const override { return shim::ProcessConfig().fault; }
   int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
+  uint64_t HoldTimeoutMs() const override { return static_cast<uint64_t>(shim::ProcessConfig().hold_timeout_ms); }
   uint64_t TapeMaxBytes() const override { return static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes); }
 
   // auto: overlap unless the joiner (`destination` is "host H pid P") runs on this host and the host has under
@@ -277,6 +286,7 @@ class ShimWorld final : public World {
       const std::vector<transfer::Region> local = LocalRegions();
       sink->regions = local.size();
       transfer::FetchOptions o;
+      o.timeout_ms = HandOffTimeoutMs();
       o.warm = true;  // the leaver's pages read once now, so the read at S finds them warm (docs/transfer.md)
       st = sink->client->Prepare(descriptor, local, o, &sink->prepared);
     }

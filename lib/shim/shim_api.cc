@@ -54,15 +54,19 @@ inline ncclResult_t Noted(ncclResult_t r) {
   return r;
 }
 
+// Generated stubs: the VComm among the arguments (a stub takes at most one communicator), held for the call
+// (RealUse), and every argument mapped to what the real library knows.
 template <typename T>
-inline T MapArg(T a) {
+inline VComm* VCommArg(T) {
+  return nullptr;
+}
+inline VComm* VCommArg(ncclComm_t c) { return AsVComm(c); }
+template <typename T>
+inline T MapArg(const RealUse*, T a) {
   return a;
 }
-inline ncclComm_t MapArg(ncclComm_t c) {
-  VComm* v = AsVComm(c);
-  return v ? v->real.load(std::memory_order_acquire) : c;
-}
-inline ncclWindow_t MapArg(ncclWindow_t w) {
+inline ncclComm_t MapArg(const RealUse* use, ncclComm_t c) { return use ? use->real() : c; }
+inline ncclWindow_t MapArg(const RealUse*, ncclWindow_t w) {
   auto* h = reinterpret_cast<WinHandle*>(w);
   return (h && h->magic == WinHandle::kMagic) ? h->real : w;
 }
@@ -73,18 +77,27 @@ ncclResult_t MissingFunction(const char* name) {
   return ncclInvalidUsage;
 }
 
-// Generated-stub body: initialise, map, forward.
+template <typename R, typename... P, typename... A>
+R CallMapped(R (*const* fn)(P...), const RealUse* use, A... a) {
+  if constexpr (std::is_void_v<R>) {
+    (*fn)(MapArg(use, a)...);
+  } else if constexpr (std::is_same_v<R, ncclResult_t>) {
+    return Noted((*fn)(MapArg(use, a)...));
+  } else {
+    return (*fn)(MapArg(use, a)...);
+  }
+}
+
+// Generated-stub body: initialise, hold the communicator, map, forward.
 template <typename R, typename... P, typename... A>
 R Forward(const char* name, R (*const* fn)(P...), A... a) {
   if (ncclResult_t e = Init(); TM_UNLIKELY(e != ncclSuccess)) return FailValue<R>(e);
   if (TM_UNLIKELY(*fn == nullptr)) return FailValue<R>(MissingFunction(name));
-  if constexpr (std::is_void_v<R>) {
-    (*fn)(MapArg(a)...);
-  } else if constexpr (std::is_same_v<R, ncclResult_t>) {
-    return Noted((*fn)(MapArg(a)...));
-  } else {
-    return (*fn)(MapArg(a)...);
-  }
+  VComm* v = nullptr;
+  ((v = v ? v : VCommArg(a)), ...);
+  if (!v) return CallMapped(fn, nullptr, a...);
+  RealUse use(v);
+  return CallMapped(fn, &use, a...);
 }
 
 // Forwards a call whose handle is not a live VComm, unchanged.
@@ -245,7 +258,8 @@ extern "C" {
   if (TM_UNLIKELY(v == nullptr)) return ForwardRaw("nccl" #Name, &g_real.Name, __VA_ARGS__); \
   Record(v, kind, count, dt, op, peer);                                                      \
   NoteCapture(v, stream);                                                                    \
-  ncclComm_t real = v->real.load(std::memory_order_acquire)
+  RealUse use_(v);                                                                           \
+  ncclComm_t real = use_.real()
 
 // The real call's result, its time inside NCCL counted (comm_timing.h); when the leaver records the sandbox
 // tape (one iteration, sandbox_tape.h), the output too. Not armed: one predictable branch on a relaxed atomic
@@ -479,7 +493,8 @@ TM_EXPORT ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclCo
   l.rank = -1;
   CopyConfig(config, &l);
   l.blocking = BlockingOf(l, parent->lineage.blocking);
-  ncclComm_t preal = parent->real.load(std::memory_order_acquire);
+  RealUse use(parent);
+  ncclComm_t preal = use.real();
   if (preal == nullptr) {
     // Sandbox: the child's size and rank come from the replaced rank's table (CreateVComm); without one, as if
     // every rank chose this rank's color and key (the parent's size, same rank).
@@ -528,7 +543,8 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
   l.rank = -1;
   CopyConfig(config, &l);
   l.blocking = BlockingOf(l, parent->lineage.blocking);
-  ncclComm_t preal = parent->real.load(std::memory_order_acquire);
+  RealUse use(parent);
+  ncclComm_t preal = use.real();
   if (preal == nullptr) {
     if (!newcomm) return ShimInvalid("ncclCommShrink", "newcomm argument is NULL");
     {
@@ -567,7 +583,8 @@ TM_EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList, in
 TM_EXPORT ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   VComm* v = AsVComm(comm);
   if (!v) return ForwardRaw("ncclCommFinalize", &g_real.CommFinalize, comm);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   if (!real) return ncclSuccess;
   TM_REQUIRE_REAL(CommFinalize);
   return Noted(g_real.CommFinalize(real));
@@ -590,7 +607,8 @@ TM_EXPORT ncclResult_t ncclCommAbort(ncclComm_t comm) { return DestroyOrAbort(co
 TM_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError) {
   VComm* v = AsVComm(comm);
   if (!v) return ForwardRaw("ncclCommGetAsyncError", &g_real.CommGetAsyncError, comm, asyncError);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   if (!real || ProcessLeaving()) {
     if (!asyncError) return ShimInvalid("ncclCommGetAsyncError", "asyncError argument is NULL");
     *asyncError = ncclSuccess;
@@ -615,7 +633,8 @@ TM_EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyn
   TM_EXPORT ncclResult_t nccl##Name(const ncclComm_t comm, int* out) {       \
     VComm* v = AsVComm(comm);                                                \
     if (!v) return ForwardRaw("nccl" #Name, &g_real.Name, comm, out);        \
-    ncclComm_t real = v->real.load(std::memory_order_acquire);               \
+    RealUse use(v);                                                          \
+    ncclComm_t real = use.real();                                            \
     if (!real) {                                                             \
       if (!out) return ShimInvalid("nccl" #Name, "output argument is NULL"); \
       *out = (field_expr);                                                   \
@@ -657,7 +676,10 @@ TM_EXPORT const char* ncclGetLastError(ncclComm_t comm) {
   Init();
   if (const char* e = ShimErrorOrNull()) return e;
   if (!g_real.GetLastError) return "";
-  return g_real.GetLastError(MapArg(comm));
+  VComm* v = AsVComm(comm);
+  if (!v) return g_real.GetLastError(comm);
+  RealUse use(v);
+  return g_real.GetLastError(use.real());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -666,7 +688,8 @@ TM_EXPORT const char* ncclGetLastError(ncclComm_t comm) {
 TM_EXPORT ncclResult_t ncclCommRegister(const ncclComm_t comm, void* buff, size_t size, void** handle) {
   VComm* v = AsVComm(comm);
   if (!v) return ForwardRaw("ncclCommRegister", &g_real.CommRegister, comm, buff, size, handle);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   void* const kUnset = reinterpret_cast<void*>(~uintptr_t{0});
   void* local = kUnset;
   ncclResult_t r = ncclSuccess;
@@ -698,10 +721,12 @@ TM_EXPORT ncclResult_t ncclCommRegister(const ncclComm_t comm, void* buff, size_
 
 TM_EXPORT ncclResult_t ncclCommDeregister(const ncclComm_t comm, void* handle) {
   VComm* v = AsVComm(comm);
+  if (!v) return ForwardRaw("ncclCommDeregister", &g_real.CommDeregister, comm, handle);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   auto* h = static_cast<RegHandle*>(handle);
-  const bool ours = v && h && h->magic == RegHandle::kMagic && h->vcomm == v;
-  if (!ours) return ForwardRaw("ncclCommDeregister", &g_real.CommDeregister, v ? MapArg(comm) : comm, handle);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  const bool ours = h && h->magic == RegHandle::kMagic && h->vcomm == v;
+  if (!ours) return ForwardRaw("ncclCommDeregister", &g_real.CommDeregister, real, handle);
   ncclResult_t r = ncclSuccess;
   if (real && h->real) {
     TM_REQUIRE_REAL(CommDeregister);
@@ -720,7 +745,8 @@ TM_EXPORT ncclResult_t ncclCommWindowRegister(ncclComm_t comm, void* buff, size_
                                               int winFlags) {
   VComm* v = AsVComm(comm);
   if (!v) return ForwardRaw("ncclCommWindowRegister", &g_real.CommWindowRegister, comm, buff, size, win, winFlags);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   const ncclWindow_t kUnset = reinterpret_cast<ncclWindow_t>(~uintptr_t{0});
   ncclWindow_t local = kUnset;
   ncclResult_t r = ncclSuccess;
@@ -753,10 +779,12 @@ TM_EXPORT ncclResult_t ncclCommWindowRegister(ncclComm_t comm, void* buff, size_
 
 TM_EXPORT ncclResult_t ncclCommWindowDeregister(ncclComm_t comm, ncclWindow_t win) {
   VComm* v = AsVComm(comm);
+  if (!v) return ForwardRaw("ncclCommWindowDeregister", &g_real.CommWindowDeregister, comm, win);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   auto* h = reinterpret_cast<WinHandle*>(win);
-  const bool ours = v && h && h->magic == WinHandle::kMagic && h->vcomm == v;
-  if (!ours) return ForwardRaw("ncclCommWindowDeregister", &g_real.CommWindowDeregister, v ? MapArg(comm) : comm, win);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  const bool ours = h && h->magic == WinHandle::kMagic && h->vcomm == v;
+  if (!ours) return ForwardRaw("ncclCommWindowDeregister", &g_real.CommWindowDeregister, real, win);
   ncclResult_t r = ncclSuccess;
   if (real && h->real) {
     TM_REQUIRE_REAL(CommWindowDeregister);
@@ -776,7 +804,8 @@ TM_EXPORT ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, n
   VComm* v = AsVComm(comm);
   if (!v)
     return ForwardRaw("ncclRedOpCreatePreMulSum", &g_real.RedOpCreatePreMulSum, op, scalar, datatype, residence, comm);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  RealUse use(v);
+  ncclComm_t real = use.real();
   ncclRedOp_t real_op = ncclSum;
   if (real) {
     TM_REQUIRE_REAL(RedOpCreatePreMulSum);
@@ -815,9 +844,11 @@ TM_EXPORT ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, n
 
 TM_EXPORT ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) {
   VComm* v = AsVComm(comm);
-  RedOpSlot* s = v ? LiveSlot(v, op) : nullptr;
-  if (!s) return ForwardRaw("ncclRedOpDestroy", &g_real.RedOpDestroy, op, v ? MapArg(comm) : comm);
-  ncclComm_t real = v->real.load(std::memory_order_acquire);
+  if (!v) return ForwardRaw("ncclRedOpDestroy", &g_real.RedOpDestroy, op, comm);
+  RealUse use(v);
+  ncclComm_t real = use.real();
+  RedOpSlot* s = LiveSlot(v, op);
+  if (!s) return ForwardRaw("ncclRedOpDestroy", &g_real.RedOpDestroy, op, real);
   if (real && s->real >= 0) {
     TM_REQUIRE_REAL(RedOpDestroy);
     ncclResult_t r = g_real.RedOpDestroy(static_cast<ncclRedOp_t>(s->real), real);

@@ -2,9 +2,12 @@
 // agent_probe: a stand-in for a training process that runs the control agent only (no NCCL), for the
 // coordinator tests: it registers, reports one communicator and a region, then a safe point every
 // --step-ms until killed (or --steps N are done, then it says BYE).
-//   agent_probe COORDINATOR RANK WORLD COMM_KEY [--steps N] [--step-ms M]      token: TRAINMOVER_TOKEN
+//   agent_probe COORDINATOR RANK WORLD COMM_KEY [--steps N] [--step-ms M] [--fork-child]
+// token: TRAINMOVER_TOKEN. --fork-child: once registered, forks a child that sleeps 10 s (a data-loader worker
+// that outlives the process).
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -27,6 +30,8 @@ int main(int argc, char** argv) {
     if (a == "--steps") steps = std::atol(argv[i + 1]);
     if (a == "--step-ms") step_ms = std::atol(argv[i + 1]);
   }
+  bool fork_child = false;
+  for (int i = 5; i < argc; ++i) fork_child |= std::string(argv[i]) == "--fork-child";
   const char* tok = std::getenv("TRAINMOVER_TOKEN");
   Agent::Options o;
   o.coordinator = argv[1];
@@ -41,6 +46,14 @@ int main(int argc, char** argv) {
   c.nranks = world;
   agent.ReportCommCreated(c);
   agent.ReportRegions({{"weights", 4096}});
+  if (fork_child) {
+    while (!agent.connected()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (fork() == 0) {
+      for (int fd = 0; fd < 3; ++fd) close(fd);  // holds nothing of its starter's
+      sleep(10);
+      _exit(0);
+    }
+  }
   for (long s = 0; steps < 0 || s < steps; ++s) {
     agent.ReportSafePoint(s);
     std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));

@@ -12,8 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <thread>
@@ -42,7 +44,8 @@ const char kToken[] = "test-token-0123456789";
 struct Coord {
   std::unique_ptr<Coordinator> c;
   std::thread t;
-  explicit Coord(int hb_timeout_ms = 600, const std::string& listen = "127.0.0.1:0", bool engine = true) {
+  explicit Coord(int hb_timeout_ms = 600, const std::string& listen = "127.0.0.1:0", bool engine = true,
+                 std::unique_ptr<Engine> extra = nullptr) {
     Coordinator::Options o;
     o.listen = listen;
     o.metrics_listen = "127.0.0.1:0";
@@ -50,6 +53,7 @@ struct Coord {
     o.heartbeat_timeout_ms = hb_timeout_ms;
     c = std::make_unique<Coordinator>(o);
     if (engine) c->AddEngine(MakeMigrationEngine());
+    if (extra) c->AddEngine(std::move(extra));
     std::string err;
     REQUIRE_MESSAGE(Ok(c->Start(), &err), err);
     t = std::thread([this] { c->Run(); });
@@ -93,9 +97,9 @@ int CountState(const Json& st, const std::string& state) {
   return n;
 }
 
-pid_t Spawn(const std::string& addr, int rank, int world, const char* key) {
+pid_t Spawn(const std::string& addr, int rank, int world, const char* key, const char* extra = nullptr) {
   std::string r = std::to_string(rank), w = std::to_string(world);
-  const char* argv[] = {g_probe.c_str(), addr.c_str(), r.c_str(), w.c_str(), key, nullptr};
+  const char* argv[] = {g_probe.c_str(), addr.c_str(), r.c_str(), w.c_str(), key, extra, nullptr};
   pid_t pid = -1;
   setenv("TRAINMOVER_TOKEN", kToken, 1);
   REQUIRE(posix_spawn(&pid, g_probe.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
@@ -152,13 +156,16 @@ std::string HttpGet(const std::string& addr, const std::string& path) {
   return got;
 }
 
-std::unique_ptr<Agent> MakeAgent(const std::string& addr, int rank, int world, const std::string& token = kToken) {
+Agent::Options AgentOptions(const std::string& addr, int rank, int world, const std::string& token = kToken) {
   Agent::Options o;
   o.coordinator = addr;
   o.token = token;
   o.self = DescribeSelf("worker", rank, world, -1);
-  auto a = std::make_unique<Agent>(o);
-  return a;
+  return o;
+}
+
+std::unique_ptr<Agent> MakeAgent(const std::string& addr, int rank, int world, const std::string& token = kToken) {
+  return std::make_unique<Agent>(AgentOptions(addr, rank, world, token));
 }
 
 CommCreated Comm(uint64_t key, int rank, int n, uint32_t index = 0) {
@@ -279,7 +286,12 @@ TEST_CASE("malformed, oversized, foreign and stalled input: rejected, and the co
   hd.length = 512u << 20;
   EncodeHeader(hd, h);
   got = RawExchange(co.addr(), std::vector<uint8_t>(h, h + sizeof(h)));
-  CHECK(RejectReason(got) == "frame too large");
+  CHECK(RejectReason(got) == "frame too large before authentication");
+  // Before authentication even a modest frame is too large (HELLO needs a few dozen bytes).
+  hd.length = static_cast<uint32_t>(Connection::kMaxPreAuthPayload + 1);
+  EncodeHeader(hd, h);
+  got = RawExchange(co.addr(), std::vector<uint8_t>(h, h + sizeof(h)));
+  CHECK(RejectReason(got) == "frame too large before authentication");
   // Another protocol version.
   hd.length = 0;
   hd.version = 7;
@@ -409,10 +421,7 @@ TEST_CASE("a restarted coordinator rebuilds its view from the agents") {
 
 TEST_CASE("agent: a full ring drops safe points and counts them, the latest step still arrives") {
   Coord co;
-  Agent::Options o;
-  o.coordinator = co.addr();
-  o.token = kToken;
-  o.self = DescribeSelf("worker", 0, 1, -1);
+  Agent::Options o = AgentOptions(co.addr(), 0, 1);
   o.ring_slots = 8;
   Agent a(o);
   for (int s = 0; s < 100; ++s) a.ReportSafePoint(s);  // not started: nothing drains the ring
@@ -501,6 +510,165 @@ TEST_CASE("migrate: without an engine of its kind, a request is refused and says
   CHECK(r.message ==
         "migration 1 refused: this coordinator has no engine for requests of kind 'migrate' (its owner installs one "
         "with Coordinator::AddEngine)");
+}
+
+// ---- faults and attacks (docs/reliability.md)
+
+// An engine that lets a test freeze the coordinator's loop (as SIGSTOP or a deadlock would), make it throw, or
+// make it send more than a peer reads.
+struct TestEngine final : Engine {
+  std::atomic<int> freeze_ms{0};
+  std::atomic<bool> throw_on_tick{false};
+  const char* kind() const override { return "test"; }
+  std::string Validate(EngineHost&, const Migration&) override { return ""; }
+  void OnRequest(EngineHost&, Migration&) override {}
+  void OnCancel(EngineHost&, Migration&) override {}
+  void OnProcessLost(EngineHost&, uint64_t) override {}
+  void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
+    if (e.kind == 900) throw std::out_of_range("map::at");  // what comm_info.at() once did
+    if (e.kind == 901) {  // 40 MiB of commands to a peer that does not read
+      Command c;
+      c.kind = 7;
+      c.body.assign(1000000, 0x5a);
+      for (int i = 0; i < 40; ++i) h.SendCommand(p, c);
+    }
+  }
+  void OnTick(EngineHost&) override {
+    if (int ms = freeze_ms.exchange(0)) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    if (throw_on_tick.exchange(false)) throw std::runtime_error("a bug in a tick");
+  }
+};
+
+TEST_CASE("a frozen coordinator is noticed by its agents within the silence timeout; they come back when it thaws") {
+  auto* engine = new TestEngine;
+  Coord co(600, "127.0.0.1:0", true, std::unique_ptr<Engine>(engine));  // KEEPALIVE every 150 ms
+  Agent::Options o = AgentOptions(co.addr(), 0, 1);
+  o.silence_timeout_ms = 400;
+  Agent a(o);
+  a.Start();
+  WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  // Quiet but alive: the keepalives keep the agent connected well past its silence timeout.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  CHECK(a.connected());
+  CHECK(a.connections() == 1);
+  engine->freeze_ms = 2500;  // the loop stops: the socket stays open, nothing is sent
+  const auto t0 = std::chrono::steady_clock::now();
+  while (a.connected() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const auto noticed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  CHECK_FALSE(a.connected());
+  CHECK(noticed.count() >= 300);   // never before the timeout (less the last keepalive's age)
+  CHECK(noticed.count() < 1500);   // the deadline: 400 ms of silence (plus the loop's 50 ms poll)
+  Json st = WaitStatus(co.addr(), [&](const Json& j) { return a.connections() == 2 && CountState(j, "alive") == 1; });
+  CHECK(a.connections() == 2);  // re-registered as the same process once the coordinator answered again
+  CHECK(st["processes"].arr.size() == 1);
+}
+
+TEST_CASE("an exception in the coordinator costs the sender its connection, never the daemon") {
+  auto* engine = new TestEngine;
+  Coord co(2000, "127.0.0.1:0", true, std::unique_ptr<Engine>(engine));
+  auto a = MakeAgent(co.addr(), 0, 1);
+  a->Start();
+  WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  Event e;
+  e.kind = 900;
+  a->SendEvent(e);
+  WaitStatus(co.addr(), [&](const Json&) { return a->connections() == 2; });
+  CHECK(a->connections() == 2);  // rejected, reconnected
+  engine->throw_on_tick = true;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  CHECK(CountState(st, "alive") == 1);
+  std::string m = HttpGet(co.c->metrics_address(), "/metrics");
+  CHECK(m.find("trainmover_rejected_total 1\n") != std::string::npos);
+}
+
+TEST_CASE("a peer that does not read: its connection fails and it is lost, nothing is dropped silently") {
+  auto* engine = new TestEngine;
+  Coord co(60000, "127.0.0.1:0", true, std::unique_ptr<Engine>(engine));
+  Client cl;
+  std::string err;
+  REQUIRE(Ok(cl.Connect(co.addr(), kToken, kClientAgent, 5000), &err));
+  Register r = DescribeSelf("worker", 0, 1, -1);
+  REQUIRE(Ok(cl.Send(MsgType::kRegister, EncodePayload(r), 5000), &err));
+  Event e;
+  e.kind = 901;
+  REQUIRE(Ok(cl.Send(MsgType::kEvent, EncodePayload(e), 5000), &err));  // and never reads again
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
+  REQUIRE(CountState(st, "lost") == 1);
+  CHECK(st["processes"].arr[0]["lost_reason"].Str().find("does not read") != std::string::npos);
+}
+
+TEST_CASE("a flood of unauthenticated connections from one address: bounded, the job and tmctl still served") {
+  Coord co(2000);
+  auto a = MakeAgent(co.addr(), 0, 1);
+  a->Start();
+  WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  std::vector<int> fds;
+  for (int i = 0; i < 100; ++i) {
+    int fd = -1;
+    REQUIRE(ConnectTcp(co.addr(), 2000, &fd).ok());
+    fds.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  int closed = 0;
+  for (int fd : fds) {
+    char b;
+    closed += read(fd, &b, 1) == 0;  // non-blocking: 0 = closed by the coordinator, -1/EAGAIN = held
+  }
+  CHECK(closed == 100 - 64);  // the oldest ones went; 64 are held (until their HELLO deadline)
+  const auto t0 = std::chrono::steady_clock::now();
+  Json st = Status(co.addr());  // an authenticated tool is not counted against the flood
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+  CHECK(CountState(st, "alive") == 1);
+  CHECK(a->connected());
+  for (int fd : fds) close(fd);
+}
+
+TEST_CASE("REGISTER carries no secret, and a command line it cannot carry exactly is left out") {
+  setenv("TRAINMOVER_TOKEN", kToken, 1);
+  setenv("MY_SERVICE_API_KEY", "hunter2", 1);
+  setenv("TM_TEST_PLAIN", "visible", 1);
+  Register r = DescribeSelf("worker", 0, 1, -1);
+  std::string all;
+  for (const std::string& kv : r.env) all += kv + "\n";
+  CHECK(all.find(kToken) == std::string::npos);
+  CHECK(all.find("hunter2") == std::string::npos);
+  CHECK(all.find("TM_TEST_PLAIN=visible\n") != std::string::npos);
+  CHECK_FALSE(r.cmdline.empty());
+  // A variable over kMaxString (a long PATH): no truncated copy, the whole description is left out.
+  setenv("TM_TEST_LONG", std::string(kMaxString + 100, 'x').c_str(), 1);
+  r = DescribeSelf("worker", 0, 1, -1);
+  CHECK(r.cmdline.empty());
+  CHECK(r.env.empty());
+  unsetenv("TM_TEST_LONG");
+  unsetenv("MY_SERVICE_API_KEY");
+  unsetenv("TM_TEST_PLAIN");
+}
+
+TEST_CASE("a forked child (a data-loader worker) does not keep its parent's control connection open") {
+  Coord co(60000);  // no heartbeat timeout within the test: only the connection closing can tell
+  pid_t parent = Spawn(co.addr(), 0, 1, "0x5", "--fork-child");
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  REQUIRE(CountState(st, "alive") == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the child was forked after registering
+  const auto t0 = std::chrono::steady_clock::now();
+  Reap(parent);
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
+  REQUIRE(CountState(st, "lost") == 1);
+  CHECK(st["processes"].arr[0]["lost_reason"].Str().find("closed") != std::string::npos);
+  // Seen at once, not when the child (alive 10 s, its stdio closed) ends.
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+}
+
+TEST_CASE("the coordinator refuses a token shorter than 16 characters") {
+  Coordinator::Options o;
+  o.token = "short-token";
+  Coordinator c(o);
+  const trainmover::base::Status st = c.Start();
+  CHECK_FALSE(st.ok());
+  CHECK(st.message().find("at least 16 characters") != std::string::npos);
 }
 
 int main(int argc, char** argv) {

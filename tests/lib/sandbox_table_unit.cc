@@ -19,14 +19,7 @@ using namespace trainmover::shim;
 namespace {
 
 ReplacedComm Entry(uint64_t index, CommKind kind, int nranks, int rank, int device, bool blocking = true) {
-  ReplacedComm e;
-  e.index = index;
-  e.kind = kind;
-  e.nranks = nranks;
-  e.rank = rank;
-  e.device = device;
-  e.blocking = blocking;
-  return e;
+  return ReplacedComm{index, kind, nranks, rank, device, blocking};
 }
 
 struct Answers {

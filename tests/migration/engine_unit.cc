@@ -6,8 +6,10 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
+#include <thread>
 #include <set>
 #include <string>
 #include <vector>
@@ -147,10 +149,10 @@ constexpr uint64_t kWorld = 0xA0;  // every rank's communicator
 struct Job {
   FakeHost h;
   FakeLauncher::State launched;
-  std::unique_ptr<Engine> e = MakeMigrationEngine(std::make_unique<FakeLauncher>(&launched));
+  std::unique_ptr<Engine> e;
   uint64_t next_mig = 1;
 
-  explicit Job(int n) {
+  explicit Job(int n, MigrationDeadlines d = {}) : e(MakeMigrationEngine(std::make_unique<FakeLauncher>(&launched), d)) {
     CommRec c;
     c.key = kWorld;
     c.nranks = n;
@@ -295,6 +297,27 @@ TEST_CASE("validate: refusals before anything is touched") {
   }
   CHECK(j.h.Take().empty());
   CHECK(j.launched.started.empty());
+}
+
+TEST_CASE("validate: a process holding several ranks is refused, saying why") {
+  Job j(3);
+  SUBCASE("ncclCommInitAll") {
+    CommCreated all = Job::Comm(0xE0, 0, 2);
+    all.lineage.kind = static_cast<uint8_t>(LineageKind::kInitAll);
+    j.h.procs[2].comm_info[0xE0] = all;
+    Migration& m = j.Request({1});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason ==
+          "rank 1: its process holds 2 ranks (ncclCommInitAll); a process with several ranks cannot be migrated");
+  }
+  SUBCASE("two ranks of one communicator in one process") {
+    j.h.comm_recs[kWorld].members[2] = 2;  // process 2 (rank 1) holds rank 2 too
+    Migration& m = j.Request({1});
+    CHECK(m.state == MigState::kRefused);
+    CHECK(m.reason ==
+          "rank 1: its process holds 2 ranks of one communicator; a process with several ranks cannot be migrated");
+  }
+  CHECK(j.h.Take().empty());  // nothing was sent to anyone
 }
 
 TEST_CASE("request: sandbox, the leaver records its tape") {
@@ -649,11 +672,114 @@ TEST_CASE("cancel in each state before switching: ABORT to everyone involved") {
     j.ToAgreeing(m, 1);
     expect.push_back("101:ABORT");
   }
+  SUBCASE("switching, held at S, SWITCH not sent yet") {
+    j.ToSwitching(m, 1);
+    for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+    CHECK_FALSE(m.switch_sent);
+    expect.push_back("101:ABORT");
+  }
   j.h.Take();
   j.e->OnCancel(j.h, m);
   CHECK(j.h.Take() == expect);
   CHECK_FALSE(MigTerminal(m.state));  // the coordinator marks it cancelled
   for (const PhaseSpan& p : m.phases) CHECK(p.end_ns != 0);
+}
+
+// docs/reliability.md: every deadline of the engine, and the outcome repeated to a process that comes back.
+TEST_CASE("deadlines: a phase that outlasts its deadline is aborted, training undisturbed") {
+  Job j(3, MigrationDeadlines{60, 60});
+  Migration& m = j.Request({1});
+  std::string phase;
+  SUBCASE("sandbox (no joiner came)") { phase = "sandbox"; }
+  SUBCASE("building") {
+    j.ToBuilding(m, 1);
+    phase = "building";
+  }
+  SUBCASE("agreeing") {
+    j.ToAgreeing(m, 1);
+    phase = "agreeing";
+  }
+  j.h.Take();
+  j.e->OnTick(j.h);  // the deadline runs from here
+  CHECK_FALSE(MigTerminal(m.state));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == "the " + phase + " phase exceeded its deadline of 60 ms (TRAINMOVER_PHASE_TIMEOUT_MS)");
+  std::vector<std::string> sent = j.h.Take();
+  for (const char* who : {"1:ABORT", "2:ABORT", "3:ABORT"}) CHECK(std::count(sent.begin(), sent.end(), who) == 1);
+}
+
+TEST_CASE("deadlines: past half the hold timeout after COMMIT, SWITCH is never sent; the migration is aborted") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  j.e->OnTick(j.h);
+  for (uint64_t p : {1, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  j.h.Take();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.Send(2, mig::Ev::kAtStep, m.id, mig::Step{12});  // the last AT_STEP comes too late (a frozen coordinator)
+  CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+  CHECK(m.state == MigState::kFailed);
+  CHECK_FALSE(m.switch_sent);
+  CHECK(m.reason == "the switching phase exceeded its deadline of 60 ms (TRAINMOVER_HOLD_TIMEOUT_MS / 2)");
+}
+
+TEST_CASE("deadlines: SWITCH sent but not every member confirms: done, naming the silent ones") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  CHECK(m.switch_sent);
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kDone);
+  CHECK(m.reason == "SWITCH sent; process(es) 3 never confirmed it within 60 ms");
+}
+
+TEST_CASE("the commit point: a process that comes back is told the outcome decided while it was away") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  SUBCASE("SWITCH was sent: SWITCH again") {
+    j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+    j.h.Take();
+    j.Lose(3);  // its connection dropped around SWITCH
+    j.h.procs[3].state = ProcState::kAlive;
+    j.e->OnProcessBack(j.h, 3);
+    REQUIRE(j.h.sent.size() == 1);
+    mig::Step s;
+    REQUIRE(DecodePayload(j.h.sent[0].c.body, &s));
+    CHECK(s.step == 12);
+    CHECK(j.h.Take() == V({"3:SWITCH"}));
+  }
+  SUBCASE("lost before SWITCH: aborted, ABORT again") {
+    j.h.Take();
+    j.Lose(3);
+    CHECK(m.state == MigState::kFailed);
+    j.h.Take();
+    j.h.procs[3].state = ProcState::kAlive;
+    j.e->OnProcessBack(j.h, 3);
+    CHECK(j.h.Take() == V({"3:ABORT"}));
+  }
+  j.h.procs[70] = Job::Proc(70, "worker", 9, -1);
+  j.e->OnProcessBack(j.h, 70);  // not part of it: told nothing
+  CHECK(j.h.Take().empty());
+}
+
+TEST_CASE("ready: a leaver that destroyed a communicator since the request fails the migration, no crash") {
+  Job j(3);
+  Migration& m = j.Request({1});
+  j.h.procs[2].comm_info.clear();  // COMM_DESTROYED between the request and READY
+  j.Ready(j.AddJoiner(1), 1);
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason == "the leaver of rank 1 no longer has every communicator it had at the request");
 }
 
 TEST_CASE("FAILED from a process before the switch fails the migration") {

@@ -270,6 +270,7 @@ struct Proc {
   // A leaver: exposed, committed at 12.
   void LeaverCommitted() {
     Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    w.RunJobs();
     w.sp_step = 10;
     Cmd(mig::Cmd::kPropose, mig::Step{12});
     Cmd(mig::Cmd::kCommit, mig::Step{12});
@@ -368,10 +369,13 @@ TEST_CASE("map and make ids (joiner)") {
   CHECK(p.w.Take() == V{"FAILED"});
 }
 
-TEST_CASE("expose (leaver): EXPOSED with the descriptor, or FAILED") {
+TEST_CASE("expose (leaver): a job off the agent thread; EXPOSED with the descriptor, or FAILED") {
   Proc p;
   SUBCASE("exposed") {
     p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    CHECK(p.w.TakeLog() == V{"start tm-expose"});
+    CHECK(p.w.events.empty());  // the agent thread returned before anything was registered
+    p.w.RunJobs();
     CHECK(p.w.Body<mig::Blob>(0).bytes == std::vector<uint8_t>{7, 7});
     CHECK(p.w.Take() == V{"EXPOSED", "PHASE expose"});
     CHECK(p.m.exposure() == M::Exposure::kExposed);
@@ -379,8 +383,17 @@ TEST_CASE("expose (leaver): EXPOSED with the descriptor, or FAILED") {
   SUBCASE("cannot") {
     p.w.expose_error = "no UCX";
     p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    p.w.RunJobs();
     CHECK(p.w.Body<mig::Reason>(0).text == "leaver cannot expose its state: no UCX");
     CHECK(p.w.Take() == V{"FAILED"});
+    CHECK(p.m.exposure() == M::Exposure::kNone);
+  }
+  SUBCASE("aborted while exposing: the server is closed, nothing sent") {
+    p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 5"});
+    p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
+    p.w.RunJobs();
+    CHECK(p.w.events.empty());
+    CHECK(p.w.TakeLog() == V{"start tm-expose", "expose", "close"});
     CHECK(p.m.exposure() == M::Exposure::kNone);
   }
 }
@@ -483,22 +496,69 @@ TEST_CASE("stayer: ABORT while held releases it on the old communicators") {
   CHECK_FALSE(p.m.exit_pending());  // a stayer goes on
 }
 
-TEST_CASE("coordinator lost: held or at the next safe point, the replacements are dropped") {
+TEST_CASE("coordinator lost before AT_STEP: at a safe point or held at a committed S, the replacements are dropped") {
   Proc p;
   SUBCASE("at a safe point") {
     p.Staged();
     p.w.connected = false;
     CHECK(p.SafePoint(3) == 3);
   }
-  SUBCASE("while held at S") {
+  SUBCASE("held at a committed S it has not reached") {
     p.Committed();
-    p.w.script.push_back([&] { p.w.connected = false; });
-    CHECK(p.SafePoint(12) == 12);
-    CHECK(p.w.Take() == V{"AT_STEP"});
+    p.w.connected = false;
+    CHECK(p.SafePoint(11) == 11);
   }
   CHECK(p.w.TakeLog() == V{"drop 10"});
   CHECK(p.m.staged() == 0);
   CHECK_FALSE(p.m.active());
+}
+
+// docs/reliability.md, "The commit point": after AT_STEP the outcome is the coordinator's.
+TEST_CASE("coordinator lost after AT_STEP: the process waits for the outcome, learnt on reconnection") {
+  Proc p;
+  p.Committed();
+  p.w.script.push_back([&] { p.w.connected = false; });
+  for (int i = 0; i < 20; ++i) p.w.script.push_back([] {});  // a second of outage: still held
+  SUBCASE("SWITCH repeated on reconnection: it switches like the others") {
+    p.w.script.push_back([&] {
+      p.w.connected = true;
+      p.Cmd(mig::Cmd::kSwitch, mig::Step{12});
+    });
+    CHECK(p.SafePoint(12) == 12);
+    CHECK(p.w.TakeLog() == V{"switch 10", "start tm-retire"});
+    CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S", "PHASE swap comms"});
+  }
+  SUBCASE("ABORT repeated on reconnection: it continues on the old communicators") {
+    p.w.script.push_back([&] {
+      p.w.connected = true;
+      p.Cmd(mig::Cmd::kAbort, mig::Reason{"process 3 was lost before the switch"});
+    });
+    CHECK(p.SafePoint(12) == 12);
+    CHECK(p.w.TakeLog() == V{"drop 10"});
+    CHECK(p.w.Take() == V{"AT_STEP"});
+  }
+  CHECK_FALSE(p.m.active());
+}
+
+TEST_CASE("hold deadline: no decision within TRAINMOVER_HOLD_TIMEOUT_MS of COMMIT releases the process") {
+  Proc p;
+  p.Committed();
+  const uint64_t committed = p.w.mono;
+  SUBCASE("connected, the coordinator never decides") {}
+  SUBCASE("the coordinator unreachable all along") { p.w.script.push_back([&] { p.w.connected = false; }); }
+  CHECK(p.SafePoint(12) == 12);
+  const uint64_t held = p.w.mono - committed;
+  CHECK(held >= 120000ull * 1000000ull);
+  CHECK(held < 121000ull * 1000000ull);  // released at the deadline, not later
+  CHECK(p.w.Body<mig::Reason>(1).text ==
+        "no decision from the coordinator within 120000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)");
+  CHECK(p.w.Take() == V{"AT_STEP", "FAILED"});
+  CHECK(p.w.TakeLog() == V{"drop 10"});
+  // A SWITCH that comes after that is refused: the process stays on its communicators.
+  p.Cmd(mig::Cmd::kSwitch, mig::Step{12});
+  CHECK(p.SafePoint(13) == 13);
+  CHECK(p.w.TakeLog().empty());
+  CHECK(p.m.agreement() == M::Agreement::kNone);
 }
 
 TEST_CASE("leaver: AT_STEP then seal (overlapped), SWITCH, exit 0 with where it went") {
@@ -543,7 +603,7 @@ TEST_CASE("leaver: ABORT during the seal leaves the server to the application th
   p.w.during_seal = [&] {
     p.Cmd(mig::Cmd::kAbort, mig::Reason{"checksum mismatch"});
     CHECK(p.m.exposure() == M::Exposure::kSealing);
-    p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 6"}, 6);
+    p.Cmd(mig::Cmd::kExpose, mig::Reason{"host h pid 6"}, 6);  // refused at once, no job
   };
   CHECK(p.SafePoint(12) == 12);
   CHECK(p.w.Body<mig::Reason>(0).text == "the previous migration's seal is still running");

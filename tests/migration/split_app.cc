@@ -4,53 +4,25 @@
 // every step two allreduces on the world and one on the child, then a deterministic update. The update
 // only uses world-reduced values, so every rank ends with the same state: prints
 // "final-state sha256:<hex>" like tm-train. Usage (under tmrun): split_app STEPS STEP_MS
-#include <nccl.h>
-#include <openssl/evp.h>
-
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
 #include <thread>
 #include <vector>
 
-#include "common/kv_store.h"
+#include "test_app.h"
 #include "trainmover/trainmover.h"
 
-namespace {
-
-void Check(ncclResult_t r, const char* what) {
-  if (r == ncclSuccess) return;
-  std::fprintf(stderr, "split_app: %s failed: %s\n", what, ncclGetErrorString(r));
-  std::exit(1);
-}
-
-}  // namespace
+using test_app::Check;
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc < 3) return 2;
   const long steps = std::atol(argv[1]), step_ms = std::atol(argv[2]);
-  const int rank = std::atoi(std::getenv("RANK") ? std::getenv("RANK") : "0");
-  const int world = std::atoi(std::getenv("WORLD_SIZE") ? std::getenv("WORLD_SIZE") : "1");
+  const int rank = test_app::EnvInt("RANK", 0), world = test_app::EnvInt("WORLD_SIZE", 1);
   std::vector<float> w(4096), g(w.size()), h(w.size());
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 97) * 0.01f;
   if (tmRegister("w", w.data(), w.size() * sizeof(float)) != tmSuccess) return 1;
 
-  ncclUniqueId id;
-  tm_tools::KvClient kv;
-  std::string err, v;
-  if (!kv.Connect(std::getenv("TMRUN_STORE") ? std::getenv("TMRUN_STORE") : "", 30000, tm_tools::StoreTokenFromEnv())
-           .ok()) {
-    return 1;
-  }
-  if (rank == 0) {
-    Check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    if (kv.Set("split-app/id", std::string(id.internal, sizeof(id.internal))) != tm_tools::KvStatus::kOk) return 1;
-  } else {
-    if (kv.Get("split-app/id", 30000, &v) != tm_tools::KvStatus::kOk || v.size() != sizeof(id.internal)) return 1;
-    std::copy(v.begin(), v.end(), id.internal);
-  }
+  const ncclUniqueId id = test_app::WorldId(rank, "split-app/id");
   ncclComm_t comm, child;
   Check(ncclCommInitRank(&comm, world, id, rank), "ncclCommInitRank");
   Check(ncclCommSplit(comm, rank % 2, rank, &child, nullptr), "ncclCommSplit");
@@ -69,11 +41,6 @@ int main(int argc, char** argv) {
   }
   Check(ncclCommDestroy(child), "destroy child");
   Check(ncclCommDestroy(comm), "destroy world");
-  unsigned char md[32];
-  unsigned int n = 0;
-  EVP_Digest(w.data(), w.size() * sizeof(float), md, &n, EVP_sha256(), nullptr);
-  std::printf("final-state sha256:");
-  for (unsigned i = 0; i < n; ++i) std::printf("%02x", md[i]);
-  std::printf("\n");
+  test_app::PrintDigest(w.data(), w.size() * sizeof(float));
   return 0;
 }

@@ -10,30 +10,23 @@
 // gradient on DP, the update of its slice, an AllGather of the slices on DP, and a grouped Send/Recv ring on the
 // world communicator. The state (shard, momentum slice, ring value) is registered; tmSafePoint every step. At the
 // end every rank's state is gathered over the world and digested, so every rank prints the same
-// "final-state sha256:<hex>" (any rank's state differing changes it). Usage (under tmrun, WORLD_SIZE = TP * DP):
+// "final-state sha256:<hex>" (any rank's state differing changes it). A watchdog thread polls ncclCommGetAsyncError
+// on every communicator all along (as PyTorch's ProcessGroupNCCL does), through every migration's switch; an
+// error it sees ends the program. Usage (under tmrun, WORLD_SIZE = TP * DP):
 //   tp_dp_app STEPS STEP_MS [TP]
-#include <nccl.h>
-#include <openssl/evp.h>
-
+#include <atomic>
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
 #include <thread>
 #include <vector>
 
-#include "common/kv_store.h"
+#include "test_app.h"
 #include "trainmover/trainmover.h"
+
+using test_app::Check;
 
 namespace {
 
 constexpr int kShard = 2048;  // parameters per TP shard
-
-void Check(ncclResult_t r, const char* what) {
-  if (r == ncclSuccess) return;
-  std::fprintf(stderr, "tp_dp_app: %s failed: %s\n", what, ncclGetErrorString(r));
-  std::exit(1);
-}
 
 void Expect(bool ok, const char* what, int got, int want) {
   if (ok) return;
@@ -58,24 +51,10 @@ int main(int argc, char** argv) {
   if (argc < 3) return 2;
   const long steps = std::atol(argv[1]), step_ms = std::atol(argv[2]);
   const int tp = argc > 3 ? std::atoi(argv[3]) : 2;
-  const int rank = std::atoi(std::getenv("RANK") ? std::getenv("RANK") : "0");
-  const int world = std::atoi(std::getenv("WORLD_SIZE") ? std::getenv("WORLD_SIZE") : "1");
+  const int rank = test_app::EnvInt("RANK", 0), world = test_app::EnvInt("WORLD_SIZE", 1);
   if (tp < 1 || world % tp != 0) return 2;
 
-  ncclUniqueId id;
-  tm_tools::KvClient kv;
-  std::string v;
-  if (!kv.Connect(std::getenv("TMRUN_STORE") ? std::getenv("TMRUN_STORE") : "", 30000, tm_tools::StoreTokenFromEnv())
-           .ok()) {
-    return 1;
-  }
-  if (rank == 0) {
-    Check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    if (kv.Set("tp-dp-app/id", std::string(id.internal, sizeof(id.internal))) != tm_tools::KvStatus::kOk) return 1;
-  } else {
-    if (kv.Get("tp-dp-app/id", 30000, &v) != tm_tools::KvStatus::kOk || v.size() != sizeof(id.internal)) return 1;
-    std::copy(v.begin(), v.end(), id.internal);
-  }
+  const ncclUniqueId id = test_app::WorldId(rank, "tp-dp-app/id");
   ncclComm_t comm, tpc, dpc;
   Check(ncclCommInitRank(&comm, world, id, rank), "ncclCommInitRank");
   Check(ncclCommSplit(comm, rank / tp, rank, &tpc, nullptr), "ncclCommSplit tp");
@@ -106,6 +85,19 @@ int main(int argc, char** argv) {
       tmRegister("ring", ring.data(), sizeof(float)) != tmSuccess) {
     return 1;
   }
+  std::atomic<bool> stop{false};
+  std::thread watchdog([&] {
+    while (!stop.load()) {
+      for (ncclComm_t c : {comm, tpc, dpc}) {
+        ncclResult_t async = ncclSuccess;
+        if (ncclCommGetAsyncError(c, &async) != ncclSuccess || async != ncclSuccess) {
+          std::fprintf(stderr, "tp_dp_app: watchdog: communicator error %d\n", static_cast<int>(async));
+          std::_Exit(1);
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
   std::vector<float> act(256), g(static_cast<size_t>(kShard)), gs(static_cast<size_t>(slice)), ws(static_cast<size_t>(slice));
   std::vector<float> out(4), in(4);
   const int next = (rank + 1) % n, prev = (rank + n - 1) % n;
@@ -137,6 +129,8 @@ int main(int argc, char** argv) {
     if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
     ++step;
   }
+  stop = true;
+  watchdog.join();
   // Every rank's state, gathered over the world: the same digest everywhere.
   std::vector<float> mine(w);
   mine.insert(mine.end(), m.begin(), m.end());
@@ -146,11 +140,6 @@ int main(int argc, char** argv) {
   Check(ncclCommDestroy(dpc), "destroy dp");
   Check(ncclCommDestroy(tpc), "destroy tp");
   Check(ncclCommDestroy(comm), "destroy world");
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest(all.data(), all.size() * sizeof(float), md, &len, EVP_sha256(), nullptr);
-  std::printf("final-state sha256:");
-  for (unsigned i = 0; i < len; ++i) std::printf("%02x", md[i]);
-  std::printf("\n");
+  test_app::PrintDigest(all.data(), all.size() * sizeof(float));
   return 0;
 }

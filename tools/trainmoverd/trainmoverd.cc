@@ -93,6 +93,8 @@ int main(int argc, char** argv) {
     opt.token = t;
   }
   if (opt.token.empty()) return Usage("no token: set TRAINMOVER_TOKEN or pass --token-file FILE");
+  // A joiner started with --spawn gets the token from this process's environment: it never travels in REGISTER.
+  setenv("TRAINMOVER_TOKEN", opt.token.c_str(), 1);
 
   // A daemon logs what happens to the job (registrations, losses, migrations) unless told otherwise.
   if (trainmover::base::Status st = trainmover::shim::LogConfigureFromEnv(trainmover::base::LogLevel::kInfo);
