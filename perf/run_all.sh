@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the benchmarks of perf/ (./run bench [name] [--quick] [bench args...]).
-#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|multihost|straggler|all] [--quick] [args passed to the benchmark]
+#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|recovery|multihost|straggler|all] [--quick]
+#                   [args passed to the benchmark]
 # Each benchmark prints its table and writes JSON (and CSV where it has one) to perf/results/.
 # Ratios are against ucx_perftest run in the same invocation on the same machine (these machines are noisy).
 set -euo pipefail
@@ -45,6 +46,11 @@ case $NAME in
     # the full sweep takes minutes. Takes --quick, --no-perftest and its own options.
     run_one migration_bench "$HERE/migration_bench.py" --build "$BUILD" --out-dir "$OUT" --stamp "$STAMP" "$@" \
       || rc=1 ;;
+  recovery)
+    # A failure recovered by a spawned replacement vs a cold restart from a disk checkpoint, at 2 and 4 ranks
+    # (perf/recovery_bench.py over tm-harness failure). Not in `all`.
+    run_one recovery_bench "$HERE/recovery_bench.py" --build "$BUILD" --json "$OUT/recovery_bench-$STAMP.json" \
+      "$@" || rc=1 ;;
   multihost)
     # Migration across network namespaces next to ucx_perftest between them (perf/multihost_bench.py; root).
     run_one multihost_bench "$HERE/multihost_bench.py" --build "$BUILD" --json "$OUT/multihost_bench-$STAMP.json" \
@@ -55,7 +61,7 @@ case $NAME in
     run_one straggler_bench "$HERE/straggler_bench.py" --build "$BUILD" --json "$OUT/straggler_bench-$STAMP.json" \
       "$@" || rc=1 ;;
   transfer|hostnccl|shim|all) ;;
-  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, multihost, straggler, all)" >&2
+  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, recovery, multihost, straggler, all)" >&2
      exit 2 ;;
 esac
 echo "results in $OUT (*-$STAMP.*)"

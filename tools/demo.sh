@@ -40,5 +40,5 @@ command -v python3 > /dev/null || { echo "demo: python3 is needed (tools/harness
 out=1; [ ${#JSON[@]} = 0 ] || out=2
 echo "demo: tm-train, $RANKS ranks, $STEPS steps, $PARAMS parameters, NCCL = hostnccl (CPU) via tmrun;" \
   "interruption at step $AT; emulated costs: --init-ms 1800, HOSTNCCL_INIT_DELAY_MS=1090, --step-ms 5 (compute)" >&$out
-exec python3 "$HARNESS" all --build "$BUILD" --ranks "$RANKS" --steps "$STEPS" --params "$PARAMS" --at "$AT" \
+exec python3 "$HARNESS" demo --build "$BUILD" --ranks "$RANKS" --steps "$STEPS" --params "$PARAMS" --at "$AT" \
   --migrate-rank "$MIGRATE" --kill-rank "$KILL" --init-ms 1800 --comm-init-ms 1090 --step-ms 5 "${JSON[@]}"
