@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the benchmarks of perf/ (./run bench [name] [--quick] [bench args...]).
-#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|recovery|multihost|all] [--quick]
+#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|recovery|multihost|straggler|all] [--quick]
 #                   [args passed to the benchmark]
 # Each benchmark prints its table and writes JSON (and CSV where it has one) to perf/results/.
 # Ratios are against ucx_perftest run in the same invocation on the same machine (these machines are noisy).
@@ -55,8 +55,13 @@ case $NAME in
     # Migration across network namespaces next to ucx_perftest between them (perf/multihost_bench.py; root).
     run_one multihost_bench "$HERE/multihost_bench.py" --build "$BUILD" --json "$OUT/multihost_bench-$STAMP.json" \
       "$@" || rc=1 ;;
+  straggler)
+    # Time to detect, false positives under jitter, steps/s around the policy's migration (perf/straggler_bench.py).
+    # Not in `all`: real runs of about two minutes. Takes --quick.
+    run_one straggler_bench "$HERE/straggler_bench.py" --build "$BUILD" --json "$OUT/straggler_bench-$STAMP.json" \
+      "$@" || rc=1 ;;
   transfer|hostnccl|shim|all) ;;
-  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, recovery, multihost, all)" >&2
+  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, recovery, multihost, straggler, all)" >&2
      exit 2 ;;
 esac
 echo "results in $OUT (*-$STAMP.*)"

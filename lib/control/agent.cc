@@ -234,6 +234,7 @@ struct Agent::Session {
   int64_t sent_step = -1;
   uint64_t next_tick = 0;
   std::vector<Event> held_events;  // engine events made while not registered: sent once registered
+  StepTotals sent_totals;          // step timing as of the previous heartbeat
   std::deque<Essential*> backlog;  // essential reports, oldest first, not yet handled (paced to the connection)
   uint64_t last_heard = 0;         // monotonic: the last bytes from the coordinator (or the connect)
   uint64_t heard_bytes = 0;        // conn->received() then
@@ -406,7 +407,20 @@ void Agent::DrainSafePoints(Session& s) {
 }
 
 void Agent::SendHeartbeat(Session& s) {
-  s.Send(MsgType::kHeartbeat, EncodePayload(Heartbeat{latest_step_.load(), NowRealtimeNs(), dropped_.load()}));
+  Heartbeat hb{latest_step_.load(), NowRealtimeNs(), dropped_.load(), {}};
+  if (step_totals_) {
+    const StepTotals now = step_totals_(s.sent_totals.steps);
+    const StepTotals& was = s.sent_totals;
+    if (now.steps > was.steps && now.wall_ns >= was.wall_ns && now.wait_ns >= was.wait_ns) {
+      const uint64_t wall = now.wall_ns - was.wall_ns, wait = now.wait_ns - was.wait_ns;
+      hb.window.steps = static_cast<uint32_t>(std::min<uint64_t>(now.steps - was.steps, UINT32_MAX));
+      hb.window.wait_ns = wait;
+      hb.window.compute_ns = wall > wait ? wall - wait : 0;
+      hb.window.compute_median_ns = now.compute_median_ns;
+    }
+    s.sent_totals = now;
+  }
+  s.Send(MsgType::kHeartbeat, EncodePayload(hb));
   s.next_hb = NowMonotonicNs() + s.hb_interval_ns;
 }
 

@@ -68,6 +68,13 @@ class Agent {
     tick_ = std::move(fn);
     tick_period_ms_ = period_ms;
   }
+  // The process's step timing so far (docs/stragglers.md): read on the agent thread at every heartbeat, which
+  // carries the difference since the previous heartbeat as its StepWindow. The argument is the step count of
+  // the previous heartbeat: compute_median_ns is the median over the steps after it. Install before Start().
+  struct StepTotals {
+    uint64_t steps = 0, wall_ns = 0, wait_ns = 0, compute_median_ns = 0;
+  };
+  void SetStepTotals(std::function<StepTotals(uint64_t)> fn) { step_totals_ = std::move(fn); }
   // Starts the thread. Returns at once; connecting happens in the background.
   void Start();
   // Stops the thread. With bye, first tells the coordinator this process is exiting (bounded wait).
@@ -115,6 +122,7 @@ class Agent {
   CommandHandler handler_;
   RegisteredHandler registered_;
   std::function<void()> tick_;
+  std::function<StepTotals(uint64_t)> step_totals_;
   int tick_period_ms_ = 200;
   std::thread thread_;
   int owner_pid_ = 0;  // the process that started the thread

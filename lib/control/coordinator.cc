@@ -16,7 +16,9 @@
 #include <exception>
 
 #include "base/log.h"
+#include "json_out.h"
 #include "node.h"
+#include "straggler_monitor.h"
 
 namespace trainmover::control {
 
@@ -55,40 +57,7 @@ void RaiseFileLimit() {
   if (setrlimit(RLIMIT_NOFILE, &rl) != 0) TM_INFO(kLogControl, "coordinator: cannot raise the open-file limit");
 }
 
-std::string JsonEscape(const std::string& s) {
-  std::string o;
-  o.reserve(s.size() + 2);
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        o += "\\\"";
-        break;
-      case '\\':
-        o += "\\\\";
-        break;
-      case '\n':
-        o += "\\n";
-        break;
-      case '\r':
-        o += "\\r";
-        break;
-      case '\t':
-        o += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          char b[8];
-          snprintf(b, sizeof(b), "\\u%04x", c);
-          o += b;
-        } else {
-          o += static_cast<char>(c);
-        }
-    }
-  }
-  return o;
-}
-
-std::string Q(const std::string& s) { return "\"" + JsonEscape(s) + "\""; }
+std::string Q(const std::string& s) { return JsonQuote(s); }
 
 std::string Hex(uint64_t v) {
   char b[24];
@@ -149,7 +118,11 @@ struct Coordinator::Peer {
   std::string addr;
 };
 
-Coordinator::Coordinator(Options opt) : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {}
+Coordinator::Coordinator(Options opt) : opt_(std::move(opt)), downtime_buckets_(kNumBuckets, 0) {
+  // A round waits at most three heartbeat intervals for a silent worker (straggler_monitor.h).
+  stragglers_ = std::make_unique<StragglerMonitor>(opt_.straggler, 3ull * heartbeat_interval_ms(),
+                                                   [this](const MigrateReq& q) { return OnMigrate(q); });
+}
 
 Coordinator::~Coordinator() {
   peers_.clear();
@@ -171,6 +144,7 @@ base::Status Coordinator::Start() {
                                " characters (it is the key of every control message)");
   }
   if (opt_.heartbeat_timeout_ms <= 0) return base::Status::Error("heartbeat timeout must be positive");
+  if (std::string e = opt_.straggler.detector.Check(); !e.empty()) return base::Status::Error("straggler " + e);
   RaiseFileLimit();
   TM_CHECK(ListenTcp(opt_.listen, &listen_fd_, &address_));
   if (!opt_.metrics_listen.empty()) TM_CHECK(ListenTcp(opt_.metrics_listen, &metrics_fd_, &metrics_address_));
@@ -258,6 +232,7 @@ void Coordinator::Run() {
     CheckHeartbeats();
     SendKeepalives();
     for (auto& e : engines_) Guarded("an engine's tick", [&] { e->OnTick(*this); });
+    Guarded("the straggler monitor's tick", [&] { stragglers_->OnTick(*this, NowMonotonicNs(), NowRealtimeNs()); });
   }
 }
 
@@ -455,6 +430,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         pr->missed_counted = 0;
         pr->dropped = h.dropped;
         if (h.step > pr->step) pr->step = h.step;
+        stragglers_->OnWindow(pr->id, h.window, pr->last_heartbeat_ns);
         if (pr->state == ProcState::kLost) {
           pr->state = ProcState::kAlive;
           TM_INFO(kLogControl, "coordinator: process %" PRIu64 " is back", pr->id);
@@ -862,6 +838,7 @@ std::string Coordinator::StatusJson() const {
          ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size());
     if (pr.info.replace >= 0) o += ",\"replace\":" + std::to_string(pr.info.replace);
     if (!pr.lost_reason.empty() && pr.state == ProcState::kLost) o += ",\"lost_reason\":" + Q(pr.lost_reason);
+    o += stragglers_->ProcessJson(id);
     o += ",\"regions\":[";
     for (size_t i = 0; i < pr.regions.size(); ++i) {
       o += (i ? ",{\"name\":" : "{\"name\":") + Q(pr.regions[i].name) +
@@ -924,7 +901,7 @@ std::string Coordinator::StatusJson() const {
     }
     o += "]}";
   }
-  o += "]}";
+  o += "],\"stragglers\":" + stragglers_->Json() + "}";
   return o;
 }
 
@@ -1020,7 +997,7 @@ std::string Coordinator::MetricsText() const {
   for (const auto& [phase, h] : phase_hist_) {
     hist("trainmover_migration_phase_seconds", "phase=\"" + phase + "\"", h.buckets, h.sum, h.count);
   }
-  return o;
+  return o + stragglers_->MetricsText(procs_);
 }
 
 }  // namespace trainmover::control

@@ -20,8 +20,11 @@
 #include "base/status.h"
 #include "conn.h"
 #include "messages.h"
+#include "straggler.h"
 
 namespace trainmover::control {
+
+class StragglerMonitor;  // straggler_monitor.h
 
 // Process states. alive: connected and heartbeating. lost: connection closed or no heartbeat within the
 // timeout (it comes back to alive if the same process reconnects). exited: said BYE (a leaver that
@@ -185,6 +188,7 @@ class Coordinator final : public EngineHost {
     std::string metrics_listen;  // empty: no metrics endpoint
     std::string token;           // required, non-empty
     int heartbeat_timeout_ms = 10000;
+    StragglerOptions straggler;  // the detector's parameters and the policy (docs/stragglers.md)
   };
   explicit Coordinator(Options opt);
   ~Coordinator();
@@ -224,6 +228,8 @@ class Coordinator final : public EngineHost {
   // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one
   // runs: the failed rank's exit is expected).
   int recovering() const { return recovering_.load(std::memory_order_relaxed); }
+
+  const StragglerMonitor& stragglers() const { return *stragglers_; }
 
   // Documents (also what tmctl receives).
   std::string StatusJson() const;
@@ -274,6 +280,7 @@ class Coordinator final : public EngineHost {
   std::map<uint64_t, Migration> migs_;
   uint64_t next_proc_ = 1, next_mig_ = 1;
   std::vector<std::unique_ptr<Engine>> engines_;
+  std::unique_ptr<StragglerMonitor> stragglers_;
   Engine* EngineOf(const std::string& kind) const;  // nullptr: none installed
   // Metrics.
   uint64_t heartbeats_missed_ = 0;

@@ -166,11 +166,24 @@ void Heartbeat::Encode(Writer& w) const {
   w.I64(step);
   w.U64(time_ns);
   w.U64(dropped);
+  if (window.steps == 0) return;
+  w.U32(window.steps);
+  w.U64(window.compute_ns);
+  w.U64(window.wait_ns);
+  w.U64(window.compute_median_ns);
 }
 bool Heartbeat::Decode(Reader& r) {
   step = r.I64();
   time_ns = r.U64();
   dropped = r.U64();
+  window = StepWindow{};
+  if (r.ok() && !r.AtEnd()) {
+    window.steps = r.U32();
+    window.compute_ns = r.U64();
+    window.wait_ns = r.U64();
+    window.compute_median_ns = r.U64();
+    if (window.steps == 0) return false;  // absent when empty: the encoding stays canonical
+  }
   return r.AtEnd();
 }
 

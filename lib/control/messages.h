@@ -90,10 +90,24 @@ struct Register {
 struct CommCreated;
 struct RegisterAck;
 
+// How the steps since the previous heartbeat were spent (docs/stragglers.md): `steps` timed steps (safe point
+// to safe point, outside the sandbox), their total time computing (outside NCCL) and waiting (inside blocking
+// NCCL calls), and the median of the steps' compute times. Sent only when steps > 0.
+struct StepWindow {
+  uint32_t steps = 0;
+  uint64_t compute_ns = 0;
+  uint64_t wait_ns = 0;
+  uint64_t compute_median_ns = 0;
+  bool operator==(const StepWindow&) const = default;
+};
+
 struct Heartbeat {
   int64_t step = -1;     // latest safe-point step, -1 before the first
   uint64_t time_ns = 0;  // sender's CLOCK_REALTIME
   uint64_t dropped = 0;  // non-essential reports dropped so far (ring full)
+  // Optional trailing block (absent when window.steps == 0, so a heartbeat without steps is encoded as
+  // before): the step window since the previous heartbeat.
+  StepWindow window;
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };

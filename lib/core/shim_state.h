@@ -300,10 +300,20 @@ struct SafePointRecord {
   int64_t step = -1;     // the step passed to the latest tmSafePoint (-1: never called)
   uint64_t time_ns = 0;  // its steady-clock time
   uint64_t count = 0;    // tmSafePoint calls so far
+  // Step timing (comm_timing.h), totals since the start over the timed steps: the intervals from the return
+  // of one tmSafePoint to the next call (time held inside the safe point, e.g. by a migration, is not a
+  // step), outside the sandbox. wait_ns is the part of wall_ns spent inside blocking NCCL calls.
+  uint64_t timed_steps = 0;
+  uint64_t wall_ns = 0;
+  uint64_t wait_ns = 0;
 };
 // The mutex that tmShimSafePoint holds while it records a step (never held across the hook).
 std::mutex& SafePointMutex();
 SafePointRecord GetSafePoint();        // takes the mutex
+// The median compute time (wall minus wait) of the timed steps after the first `after` ones, over at most the
+// latest kStepRing of them; 0 when there are none. Takes the mutex. (The agent's window, docs/stragglers.md.)
+constexpr size_t kStepRing = 1024;
+uint64_t StepComputeMedianNs(uint64_t after);
 SafePointRecord GetSafePointLocked();  // caller holds SafePointMutex()
 
 // Called by tmShimSafePoint after recording `step`, without locks held, on the application thread.

@@ -13,6 +13,7 @@
 #include "base/cudart.h"
 #include "base/log.h"
 #include "binding.h"
+#include "comm_timing.h"
 #include "shim_state.h"
 #include "state_internal.h"
 #include "trainmover/trainmover.h"  // tmResult_t, the values tmShimRegister returns
@@ -465,19 +466,67 @@ void SetProcessLeaving(bool leaving) { g_process_leaving.store(leaving, std::mem
 
 // ---- the tm* exports
 
+namespace {
+// Where the current step began: the return of the previous tmSafePoint (under g_sp_mu).
+struct StepStart {
+  bool valid = false;
+  uint64_t ticks = 0, ns = 0, wait_ticks = 0;
+};
+StepStart g_step_start;
+uint64_t g_step_compute[kStepRing];  // compute ns of timed step i at [i % kStepRing] (under g_sp_mu)
+
+StepStart StepClockNow() {
+  return StepStart{true, ReadTicks(), NowNs(), g_comm_wait_ticks.load(std::memory_order_relaxed)};
+}
+
+// Adds the step that ends at `end` to the totals in g_sp (caller holds g_sp_mu). The wait, counted in ticks,
+// becomes nanoseconds by the step's own ratio of nanoseconds to ticks.
+void AccountStep(const StepStart& end) {
+  const StepStart& begin = g_step_start;
+  if (!begin.valid || ProcessSandboxed() || end.ticks <= begin.ticks || end.ns <= begin.ns) return;
+  const uint64_t wall = end.ns - begin.ns;
+  const double ns_per_tick = static_cast<double>(wall) / static_cast<double>(end.ticks - begin.ticks);
+  const auto wait = static_cast<uint64_t>(static_cast<double>(end.wait_ticks - begin.wait_ticks) * ns_per_tick);
+  g_step_compute[g_sp.timed_steps % kStepRing] = wall - std::min(wait, wall);
+  g_sp.timed_steps++;
+  g_sp.wall_ns += wall;
+  g_sp.wait_ns += std::min(wait, wall);
+}
+}  // namespace
+
+uint64_t StepComputeMedianNs(uint64_t after) {
+  std::vector<uint64_t> v;
+  {
+    std::lock_guard<std::mutex> lock(g_sp_mu);
+    const uint64_t end = g_sp.timed_steps;
+    for (uint64_t i = std::max(after, end > kStepRing ? end - kStepRing : 0); i < end; ++i) {
+      v.push_back(g_step_compute[i % kStepRing]);
+    }
+  }
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
+
 int64_t SafePointImpl(int64_t step) {
+  const StepStart end = StepClockNow();
   SafePointHook hook;
   void* ctx;
   {
     std::lock_guard<std::mutex> lock(g_sp_mu);
     g_sp.step = step;
-    g_sp.time_ns = NowNs();
+    g_sp.time_ns = end.ns;
     g_sp.count++;
+    AccountStep(end);
     hook = g_sp_hook;
     ctx = g_sp_hook_ctx;
   }
   TM_TRACE(kLogState, "safe point step %lld", (long long)step);
-  return hook ? hook(ctx, step) : step;
+  const int64_t next = hook ? hook(ctx, step) : step;
+  const StepStart begin = StepClockNow();
+  std::lock_guard<std::mutex> lock(g_sp_mu);
+  g_step_start = begin;
+  return next;
 }
 
 namespace {

@@ -152,6 +152,10 @@ extern "C" void tmAgentStart(const Config* config) {
       },
       200);
   agent->SetRegisteredHandler(OnRegistered);
+  agent->SetStepTotals([](uint64_t after) {
+    const SafePointRecord sp = GetSafePoint();
+    return Agent::StepTotals{sp.timed_steps, sp.wall_ns, sp.wait_ns, StepComputeMedianNs(after)};
+  });
   g_agent.store(agent, std::memory_order_release);
   SetVCommObserver(Observe, nullptr);
   SetSafePointHook(OnSafePoint, nullptr);

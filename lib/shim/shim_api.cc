@@ -15,6 +15,7 @@
 
 #include "base/log.h"
 #include "core/binding.h"
+#include "core/comm_timing.h"
 #include "core/shim_state.h"
 #include "core/state_internal.h"
 #include "nccl_dtype.h"
@@ -260,11 +261,16 @@ extern "C" {
   RealUse use_(v);                                                                           \
   ncclComm_t real = use_.real()
 
-// The real call's result; when the leaver records the sandbox tape (one iteration, sandbox_tape.h), the output
-// too. Not armed: one predictable branch on a relaxed atomic load. A call that failed because failure recovery
-// fenced the communicator meanwhile (a member died: docs/recovery.md) completes locally instead (`emulate`).
+// The real call's result, its time inside NCCL counted (comm_timing.h); when the leaver records the sandbox
+// tape (one iteration, sandbox_tape.h), the output too. Not armed: one predictable branch on a relaxed atomic
+// load. A call that failed because failure recovery fenced the communicator meanwhile (a member died:
+// docs/recovery.md) completes locally instead (`emulate`).
 #define TM_COLL_RETURN(recv, call)                                                        \
-  ncclResult_t res_ = Noted(call);                                                        \
+  ncclResult_t res_;                                                                      \
+  {                                                                                       \
+    CommWaitScope wait_;                                                                  \
+    res_ = Noted(call);                                                                   \
+  }                                                                                       \
   if (TM_UNLIKELY(res_ != ncclSuccess) && OpFailedButFenced(v, real, res_)) return emulate(); \
   if (TM_UNLIKELY(TapeRecording()) && res_ == ncclSuccess) TapeRecordOp(v, recv, stream); \
   return res_
@@ -863,7 +869,11 @@ TM_EXPORT ncclResult_t ncclGroupStart() {
 }
 
 TM_EXPORT ncclResult_t ncclGroupEnd() {
-  ncclResult_t r = Forward("ncclGroupEnd", &g_real.GroupEnd);
+  ncclResult_t r;
+  {
+    CommWaitScope wait;  // grouped operations run here
+    r = Forward("ncclGroupEnd", &g_real.GroupEnd);
+  }
   if (TM_UNLIKELY(r != ncclSuccess && r != ncclInProgress) && OpFailedButFenced(nullptr, nullptr, r)) r = ncclSuccess;
   TapeGroupEnd(r == ncclSuccess);
   return r;

@@ -38,7 +38,7 @@ ALLOWED = {
     "tools/tmctl": ["lib/control", "lib/base", "common"],
     "tools/trainmover_info": ["lib/base", "common"],
     "tools/harness": [],
-    "perf": ["lib/transfer", "lib/base", "common"],
+    "perf": ["lib/control", "lib/transfer", "lib/base", "common"],
 }
 SOURCE_TOPS = ["lib", "common", "include", "plugins", "tools", "perf"]
 SEARCH = ["lib", "common", "include", "tools"]  # the build's include folders, in order

@@ -140,6 +140,8 @@ void TrainLoop(const Flags& f, const RankInfo& who, const CheckpointMeta& meta, 
   Timeline timeline;
   if (!f.timeline.empty()) timeline.Open(f.timeline, who.rank);
   const int64_t resumed_from = f.resume ? step : -1;
+  Slowdown slowdown;
+  slowdown.Start(f.slow, who.rank, std::string(who.role) == "worker");
   for (;;) {
     step = tmSafePoint(step);
     timeline.Mark(who.rank, step, who.role);
@@ -152,8 +154,11 @@ void TrainLoop(const Flags& f, const RankInfo& who, const CheckpointMeta& meta, 
       if (f.exit_after_checkpoint) return;
     }
     if (step >= f.steps) return;
+    slowdown.ComputeBegin();
     const float loss = iteration(step);
+    slowdown.ComputeEnd();
     if (f.step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.step_ms));
+    slowdown.EndStep(step, f.step_ms);
     ++step;
     if (f.log_every > 0 && (step % f.log_every == 0 || step == f.steps)) {
       printf("[rank %d] step %" PRId64 " loss %.9g\n", who.rank, step, static_cast<double>(loss));

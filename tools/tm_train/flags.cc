@@ -21,6 +21,15 @@ int64_t ParseInt(const std::string& flag, const std::string& v, int64_t lo) {
   return x;
 }
 
+double ParseFactor(const std::string& flag, const std::string& v, double lo) {
+  char* end = nullptr;
+  errno = 0;
+  double x = strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || errno != 0 || !(x >= lo && x <= 1e6))
+    Die("%s: expected a number >= %g, got '%s'", flag.c_str(), lo, v.c_str());
+  return x;
+}
+
 void Usage() {
   printf(
       "usage: tm-train [flags]   (rank from RANK, world from WORLD_SIZE, store from TMRUN_STORE)\n"
@@ -40,7 +49,11 @@ void Usage() {
       "  --tp T                    3D-parallel workload: tensor-parallel degree (default 1 there)\n"
       "  --pp P                    3D-parallel workload: pipeline stages (default 1 there); DP = world / (T*P)\n"
       "  --micro-batches M         3D: micro-batches per step through the pipeline (default 2)\n"
-      "  --watchdog-ms MS          3D: the watchdog thread's ncclCommGetAsyncError period (default 20)\n");
+      "  --watchdog-ms MS          3D: the watchdog thread's ncclCommGetAsyncError period (default 20)\n"
+      "  --slow-rank R             the process started as rank R's worker (not a joiner) is a straggler\n"
+      "  --slowdown F              ... taking F times as long per step (e.g. 1.3); SIGUSR1 toggles it in any process\n"
+      "  --slow-from-step S        ... from step S on (default 0)\n"
+      "  --step-jitter MS          every step sleeps a further uniform 0..MS ms (noise; default 0)\n");
 }
 
 }  // namespace
@@ -71,6 +84,10 @@ Flags ParseFlags(int argc, char** argv) {
       {"--pp", true, [&](const std::string& v) { f.pp = ParseInt("--pp", v, 1); }},
       {"--micro-batches", true, [&](const std::string& v) { f.micro_batches = ParseInt("--micro-batches", v, 1); }},
       {"--watchdog-ms", true, [&](const std::string& v) { f.watchdog_ms = ParseInt("--watchdog-ms", v, 1); }},
+      {"--slow-rank", true, [&](const std::string& v) { f.slow.slow_rank = static_cast<int>(ParseInt("--slow-rank", v, 0)); }},
+      {"--slowdown", true, [&](const std::string& v) { f.slow.factor = ParseFactor("--slowdown", v, 1.0); }},
+      {"--slow-from-step", true, [&](const std::string& v) { f.slow.from_step = ParseInt("--slow-from-step", v, 0); }},
+      {"--step-jitter", true, [&](const std::string& v) { f.slow.jitter_ms = ParseFactor("--step-jitter", v, 0.0); }},
   };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i], v;
@@ -100,6 +117,7 @@ Flags ParseFlags(int argc, char** argv) {
   if ((f.resume || f.checkpoint_at >= 0) && f.checkpoint_dir.empty())
     Die("--checkpoint-at/--resume need --checkpoint-dir");
   if (f.exit_after_checkpoint && f.checkpoint_at < 0) Die("--exit-after-checkpoint needs --checkpoint-at");
+  if ((f.slow.slow_rank >= 0) != (f.slow.factor > 0)) Die("--slow-rank and --slowdown go together");
   if (f.Parallel3D()) {
     if (f.tp == 0) f.tp = 1;
     if (f.pp == 0) f.pp = 1;

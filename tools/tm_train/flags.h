@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "slowdown.h"
+
 namespace tm_train {
 
 struct Flags {
@@ -27,6 +29,7 @@ struct Flags {
   int64_t pp = 0;                 // --pp P: pipeline stages (0: not given)
   int64_t micro_batches = 2;      // --micro-batches M: per step and pipeline
   int64_t watchdog_ms = 20;       // --watchdog-ms: the watchdog thread's polling period
+  Slowdown::Options slow;         // --slow-rank, --slowdown, --slow-from-step, --step-jitter (slowdown.h)
   bool Parallel3D() const { return tp > 0 || pp > 0; }
 };
 

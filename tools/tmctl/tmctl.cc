@@ -8,6 +8,7 @@
 //     cancel [ID]                             cancel a migration (default: the active one)
 //     watch [ID]                              follow a migration's phases until it ends
 //     timeline [ID] --out FILE                a migration's phases as Chrome trace JSON
+//     stragglers [--json]                     the straggler detector's view, per rank, and its actions
 //     env                                     every TRAINMOVER_* parameter
 //
 // Exit status: 0 done, 1 the request failed (unreachable, rejected, refused), 2 usage error.
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -55,6 +57,8 @@ const char kUsage[] =
     "  cancel [ID]                            cancel migration ID (default: the active one)\n"
     "  watch [ID]                             follow a migration until it ends\n"
     "  timeline [ID] --out FILE               write a migration's phases as Chrome trace JSON\n"
+    "  stragglers [--json]                    compute and wait per step of every rank, who is flagged as a\n"
+    "                                         straggler, the policy and what it did (docs/stragglers.md)\n"
     "  env                                    list every TRAINMOVER_* parameter\n"
     "The coordinator comes from --coordinator or TRAINMOVER_COORDINATOR, the token from --token,\n"
     "--token-file or TRAINMOVER_TOKEN (tmrun prints both when it starts an embedded coordinator).\n";
@@ -104,12 +108,53 @@ std::string Bytes(double b) {
   return s;
 }
 
+// The STRAGGLER column: "yes +31%" while flagged, the score otherwise, "-" before the first round.
+std::string StragglerCell(const Json& p) {
+  if (p["straggler_score"].type != Json::kNum) return "-";
+  char b[32];
+  std::snprintf(b, sizeof(b), "%s%+.0f%%", p["straggler"].Bool() ? "yes " : "", p["straggler_score"].Num() * 100);
+  return b;
+}
+
+// tmctl stragglers: the detector's parameters, each worker's latest window and the policy's actions.
+void PrintStragglers(const Json& st) {
+  const Json& s = st["stragglers"];
+  std::printf("policy %s  threshold %+.0f%% for %lld windows, clear at %+.0f%% for %lld windows, cool-down %lld s\n",
+              s["policy"].Str().c_str(), s["threshold"].Num() * 100, s["windows"].Int(), s["clear"].Num() * 100,
+              s["clear_windows"].Int(), s["cooldown_s"].Int());
+  std::printf("rounds %lld  job step %.3f ms\n\n", s["rounds"].Int(), s["job_step_ms"].Num());
+  std::printf("%-6s %-4s %-28s %12s %12s %8s %-9s %s\n", "RANK", "ID", "HOST:PID", "COMPUTE ms", "WAIT ms", "SCORE",
+              "FLAGGED", "SINCE");
+  const long long now_ms = static_cast<long long>(time(nullptr)) * 1000;
+  for (const Json& p : st["processes"].arr) {
+    if (p["state"].Str() != "alive" || p["role"].Str() != "worker") continue;
+    std::string since = "-";
+    if (p["straggler_since_ms"].type == Json::kNum) {
+      since = std::to_string((now_ms - p["straggler_since_ms"].Int()) / 1000) + " s ago";
+    }
+    const bool known = p["straggler_score"].type == Json::kNum;
+    std::printf("%-6lld %-4lld %-28s %12.3f %12.3f %7.1f%% %-9s %s\n", p["rank"].Int(), p["id"].Int(),
+                (p["host"].Str() + ":" + std::to_string(p["pid"].Int())).c_str(), p["compute_ms"].Num(),
+                p["wait_ms"].Num(), p["straggler_score"].Num() * 100,
+                !known ? "-" : p["straggler"].Bool() ? "yes" : "no", since.c_str());
+  }
+  if (s["actions"].arr.empty()) return;
+  std::printf("\n%-6s %-10s %-12s %-10s %10s %10s %10s  %s\n", "RANK", "MIGRATION", "TO", "STATE", "BEFORE ms",
+              "SLOW ms", "AFTER ms", "OUTCOME");
+  for (const Json& a : s["actions"].arr) {
+    std::printf("%-6lld %-10lld %-12s %-10s %10.3f %10.3f %10.3f  %s\n", a["rank"].Int(), a["migration"].Int(),
+                a["host"].Str().empty() ? "(local)" : a["host"].Str().c_str(), a["state"].Str().c_str(),
+                a["baseline_step_ms"].Num(), a["slow_step_ms"].Num(), a["after_step_ms"].Num(),
+                a["outcome"].Str().c_str());
+  }
+}
+
 void PrintStatus(const Json& st) {
   const Json& c = st["coordinator"];
   std::printf("coordinator %s  up %.1f s  heartbeat timeout %lld ms\n\n", c["address"].Str().c_str(),
               c["uptime_ms"].Num() / 1000, c["heartbeat_timeout_ms"].Int());
-  std::printf("%-4s %-20s %-8s %-8s %-7s %-6s %-10s %-6s %-8s %s\n", "ID", "HOST", "PID", "ROLE", "STATE", "RANK",
-              "STEP", "COMMS", "HB AGE", "REGIONS");
+  std::printf("%-4s %-20s %-8s %-8s %-7s %-6s %-10s %-6s %-8s %-10s %s\n", "ID", "HOST", "PID", "ROLE", "STATE", "RANK",
+              "STEP", "COMMS", "HB AGE", "STRAGGLER", "REGIONS");
   std::vector<const Json*> procs;  // by rank, unranked last, then by id
   for (const Json& p : st["processes"].arr) procs.push_back(&p);
   std::stable_sort(procs.begin(), procs.end(), [](const Json* a, const Json* b) {
@@ -126,9 +171,11 @@ void PrintStatus(const Json& st) {
     if (p["rank"].Int() < 0) rank = "-";
     std::string regions =
         p["regions"].arr.empty() ? "-" : std::to_string(p["regions"].arr.size()) + " (" + Bytes(total) + ")";
-    std::printf("%-4lld %-20s %-8lld %-8s %-7s %-6s %-10lld %-6lld %-8s %s", p["id"].Int(), p["host"].Str().c_str(),
-                p["pid"].Int(), p["role"].Str().c_str(), p["state"].Str().c_str(), rank.c_str(), p["step"].Int(),
-                p["comms"].Int(), (std::to_string(p["heartbeat_age_ms"].Int()) + "ms").c_str(), regions.c_str());
+    std::printf("%-4lld %-20s %-8lld %-8s %-7s %-6s %-10lld %-6lld %-8s %-10s %s", p["id"].Int(),
+                p["host"].Str().c_str(), p["pid"].Int(), p["role"].Str().c_str(), p["state"].Str().c_str(),
+                rank.c_str(), p["step"].Int(), p["comms"].Int(),
+                (std::to_string(p["heartbeat_age_ms"].Int()) + "ms").c_str(), StragglerCell(p).c_str(),
+                regions.c_str());
     if (p["state"].Str() == "lost") std::printf("  (%s)", p["lost_reason"].Str().c_str());
     std::printf("\n");
   }
@@ -346,7 +393,8 @@ int main(int argc, char** argv) {
   std::string cmd = argv[i++];
   std::vector<std::string> args(argv + i, argv + argc);
   if (cmd == "env") return args.empty() ? Env() : Usage("env takes no arguments");
-  if (cmd != "status" && cmd != "migrate" && cmd != "cancel" && cmd != "watch" && cmd != "timeline") {
+  if (cmd != "status" && cmd != "migrate" && cmd != "cancel" && cmd != "watch" && cmd != "timeline" &&
+      cmd != "stragglers") {
     return Usage("unknown command '" + cmd + "'");
   }
 
@@ -357,7 +405,7 @@ int main(int argc, char** argv) {
   std::string host, from_host, out;  // host: --to (the target); from_host: --host (the ranks to move)
   for (size_t k = 0; k < args.size(); ++k) {
     const std::string& a = args[k];
-    if (cmd == "status" && a == "--json") {
+    if ((cmd == "status" || cmd == "stragglers") && a == "--json") {
       json = true;
     } else if (cmd == "migrate" && a == "--rank" && k + 1 < args.size()) {
       char* end = nullptr;
@@ -396,14 +444,16 @@ int main(int argc, char** argv) {
   if (cmd == "watch") return Watch(ctx, id);
   Client c;
   if (Status s = Open(ctx, &c); !s.ok()) return Fail(s);
-  if (cmd == "status") {
+  if (cmd == "status" || cmd == "stragglers") {
     Json st;
     std::string raw;
     if (Status s = FetchStatus(&c, &st, &raw); !s.ok()) return Fail(s);
     if (json) {
       std::printf("%s\n", raw.c_str());
-    } else {
+    } else if (cmd == "status") {
       PrintStatus(st);
+    } else {
+      PrintStragglers(st);
     }
     return 0;
   }

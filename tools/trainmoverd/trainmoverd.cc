@@ -2,7 +2,7 @@
 // trainmoverd: the coordinator of one TrainMover job (docs/operator.md, docs/protocol.md).
 //
 //   trainmoverd [--listen host:port] [--metrics-listen host:port] [--heartbeat-timeout-ms N]
-//               [--token-file F]
+//               [--token-file F] [--straggler-* ...]
 //
 // Prints the bound control address as the first line of stdout (then the metrics address, when
 // --metrics-listen is given), and serves until SIGINT/SIGTERM.
@@ -37,7 +37,9 @@ int Usage(const char* msg) {
                "  --listen               control address (default 127.0.0.1:0; the bound address is printed first)\n"
                "  --metrics-listen       Prometheus endpoint, GET /metrics (default: none)\n"
                "  --heartbeat-timeout-ms a process silent this long is marked lost (default 10000)\n"
-               "  --token-file           file holding the job's shared secret (else TRAINMOVER_TOKEN)\n");
+               "  --token-file           file holding the job's shared secret (else TRAINMOVER_TOKEN)\n"
+               "%s",
+               trainmover::control::kStragglerFlagsUsage);
   return 2;
 }
 
@@ -72,6 +74,12 @@ int main(int argc, char** argv) {
     } else if (a == "--token-file") {
       if (!(v = value("--token-file"))) return Usage("--token-file needs a path");
       token_file = v;
+    } else if (a.rfind("--straggler-", 0) == 0) {
+      if (!(v = value(a.c_str()))) return Usage((a + " needs a value").c_str());
+      std::string err;
+      int r = trainmover::control::ParseStragglerFlag(a, v, &opt.straggler, &err);
+      if (r < 0) return Usage(err.c_str());
+      if (r == 0) return Usage(("unknown argument '" + a + "'").c_str());
     } else {
       return Usage(("unknown argument '" + a + "'").c_str());
     }
