@@ -58,6 +58,13 @@
     "coordinator's decision abandons the migration and continues on its current communicators; the "        \
     "coordinator never sends SWITCH later than half of it after COMMIT (it aborts instead). Give it at "      \
     "least twice the longest state hand-off (docs/reliability.md).")                                        \
+  X(TRANSFER_MIN_MBPS, transfer_min_mbps, int64_t, ParseInt, "int", "100", "integer >= 1",                 \
+    "The slowest state hand-off to wait for, in MB/s (10^6 bytes): a joiner gives its read of S bytes "       \
+    "TRAINMOVER_TRANSFER_FLOOR_MS + S / this before it fails, and refuses the migration before anyone is "   \
+    "held when that exceeds half of TRAINMOVER_HOLD_TIMEOUT_MS (docs/transfer.md, Timeout).")                \
+  X(TRANSFER_FLOOR_MS, transfer_floor_ms, int64_t, ParseInt, "int", "10000", "integer >= 100",              \
+    "The fixed part of the state hand-off's deadline, in milliseconds (connection, the leaver's checksums, " \
+    "a small state); the part that grows with the state is set by TRAINMOVER_TRANSFER_MIN_MBPS.")           \
   X(PHASE_TIMEOUT_MS, phase_timeout_ms, int64_t, ParseInt, "int", "600000", "integer >= 1000",             \
     "Coordinator: the longest a migration may stay in spawning, sandbox, ready, building or agreeing; "      \
     "past it the migration is aborted and training continues undisturbed (docs/reliability.md).")           \

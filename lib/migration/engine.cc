@@ -612,7 +612,7 @@ class MigrationEngine final : public Engine {
     if (!lp) return;
     lp->stage = PairStage::kExposed;
     for (const Region& r : o.from.regions) o.m.bytes_total += r.bytes;
-    o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kPrepare, o.m.id, mig::Blob{std::move(b.bytes)}));
+    o.h.SendCommand(lp->joiner, Cmd(mig::Cmd::kPrepare, o.m.id, mig::Prepare{std::move(b.bytes), o.from.info.pid}));
   }
 
   // The joiner connected to its leaver's state: at S only the bytes are left.

@@ -169,6 +169,19 @@ bool Blob::Decode(Reader& r) {
   return r.AtEnd();
 }
 
+void Prepare::Encode(Writer& w) const {
+  w.U32(static_cast<uint32_t>(descriptor.size()));
+  w.Bytes(descriptor.data(), descriptor.size());
+  w.U32(leaver_pid);
+}
+bool Prepare::Decode(Reader& r) {
+  uint32_t n = r.Count(kMaxBlob, 1);
+  descriptor.resize(n);
+  if (n) r.Bytes(descriptor.data(), n);
+  leaver_pid = r.U32();
+  return r.AtEnd();
+}
+
 void Progress::Encode(Writer& w) const {
   w.U64(done);
   w.U64(total);

@@ -46,7 +46,7 @@ enum class Cmd : uint16_t {
   kMap = 9,        // J: the leaver's comm_key of each of its VComms (body: KeyList of pairs joiner key, leaver key)
   kRecordTape = 10,  // L: record the sandbox tape of your next iteration and send it as EVENT TAPE (body: Step, 0)
   kTape = 11,        // J: one chunk of the leaver's tape, in order; an empty chunk ends it (body: Blob)
-  kPrepare = 12,     // J: connect to L's exposed state, everything but the bytes (body: Blob = L's descriptor)
+  kPrepare = 12,     // J: connect to L's exposed state, everything but the bytes (body: Prepare)
 };
 enum class Ev : uint16_t {
   kReady = 1,      // J: sandbox done (body: Ready)
@@ -137,6 +137,15 @@ struct Built {
 
 struct Blob {
   std::vector<uint8_t> bytes;  // at most kMaxBlob
+  void Encode(Writer& w) const;
+  bool Decode(Reader& r);
+};
+
+// PREPARE: the leaver's descriptor and the pid it registered with (the joiner refuses a descriptor that names
+// another process: docs/transfer.md, "Security").
+struct Prepare {
+  std::vector<uint8_t> descriptor;  // at most kMaxBlob
+  uint32_t leaver_pid = 0;
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };

@@ -70,7 +70,7 @@ void ProcessMachine::OnCommand(const control::Command& c) {
     case mig::Cmd::kExpose:
       return with(mig::Reason{}, [&](mig::Reason b) { OnExpose(id, b); });
     case mig::Cmd::kPrepare:
-      return with(mig::Blob{}, [&](mig::Blob b) { OnPrepare(id, std::move(b)); });
+      return with(mig::Prepare{}, [&](mig::Prepare b) { OnPrepare(id, std::move(b)); });
     case mig::Cmd::kRead:
       return with(mig::Step{}, [&](mig::Step) { OnRead(id); });
     case mig::Cmd::kPropose:
@@ -144,7 +144,7 @@ void ProcessMachine::OnExpose(uint64_t id, const mig::Reason& where) {
 }
 
 // Joiner, in the build phase: connects to the leaver's exposed state, so that only the bytes are left for S.
-void ProcessMachine::OnPrepare(uint64_t id, mig::Blob b) {
+void ProcessMachine::OnPrepare(uint64_t id, mig::Prepare b) {
   uint64_t gen;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -156,7 +156,7 @@ void ProcessMachine::OnPrepare(uint64_t id, mig::Blob b) {
     gen = gen_;
     joiner_.intake = Intake::kPreparing;
   }
-  StartJob("tm-fetch", [this, id, gen, d = std::move(b.bytes)] { PrepareJob(id, gen, d); });
+  StartJob("tm-fetch", [this, id, gen, pid = b.leaver_pid, d = std::move(b.descriptor)] { PrepareJob(id, gen, d, pid); });
 }
 
 // Joiner: the leaver is at S, its memory frozen: read it over the prepared connection.
@@ -357,10 +357,11 @@ void ProcessMachine::DropSink(std::unique_ptr<StateSink> sink) {
 
 // Joiner: decodes the leaver's descriptor, matches the regions and connects (docs/transfer.md): a failure here
 // fails the migration before the switch agreement, and the switch pays only for the bytes.
-void ProcessMachine::PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor) {
+void ProcessMachine::PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor,
+                                uint32_t leaver_pid) {
   const uint64_t t0 = w_.RealtimeNs();
   std::string note;
-  std::unique_ptr<StateSink> sink = w_.Prepare(descriptor, &note);
+  std::unique_ptr<StateSink> sink = w_.Prepare(descriptor, leaver_pid, &note);
   const bool ok = sink != nullptr;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -406,7 +407,12 @@ void ProcessMachine::ReadJob(uint64_t id, uint64_t gen, StateSink* sink) {
 void ProcessMachine::ExposeJob(uint64_t id, uint64_t gen) {
   const uint64_t t0 = w_.RealtimeNs();
   std::string err;
-  std::unique_ptr<StateSource> server = w_.Expose(&err);
+  std::string destination;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    destination = leaver_.destination;
+  }
+  std::unique_ptr<StateSource> server = w_.Expose(destination, &err);
   std::lock_guard<std::mutex> lk(mu_);
   if (gen_ != gen) {  // aborted meanwhile
     if (server) server->Close();

@@ -132,12 +132,15 @@ class World {
   virtual void Rekey(CommRef v, uint64_t key) = 0;
 
   // --- state transfer
-  // The leaver's regions exposed for one-sided reads, or *error.
-  virtual std::unique_ptr<StateSource> Expose(std::string* error) = 0;
-  // Background thread: everything of the hand-off but the bytes (decode, match the regions, connect, register);
+  // The leaver's regions exposed for one-sided reads (remote-read-only), or *error. `destination` ("host H pid
+  // P") is the joiner: on this host it is named our ptracer, so that its read works under Yama ptrace_scope 1.
+  virtual std::unique_ptr<StateSource> Expose(const std::string& destination, std::string* error) = 0;
+  // Background thread: everything of the hand-off but the bytes (authenticate and decode the descriptor, check
+  // that it names `leaver_pid`, the pid the leaver registered with; match the regions, connect, register);
   // *note says how it will read (for the log). Null and *note = the error on failure. The leaver need not have
   // reached S.
-  virtual std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, std::string* note) = 0;
+  virtual std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, uint32_t leaver_pid,
+                                             std::string* note) = 0;
 
   // --- the sandbox tape
   virtual void TapeRecordBegin() = 0;
@@ -273,7 +276,7 @@ class ProcessMachine {
   void OnMakeIds(uint64_t id, const mig::KeyList& kl);
   void OnBuild(uint64_t id, mig::Build b);
   void OnExpose(uint64_t id, const mig::Reason& where);
-  void OnPrepare(uint64_t id, mig::Blob b);
+  void OnPrepare(uint64_t id, mig::Prepare b);
   void OnRead(uint64_t id);
   void OnPropose(uint64_t id, const mig::Step& st);
   void OnCommit(uint64_t id, const mig::Step& st);
@@ -284,7 +287,7 @@ class ProcessMachine {
   // Background jobs.
   void BuildJob(uint64_t id, uint64_t gen, const mig::Build& b);
   void ExposeJob(uint64_t id, uint64_t gen);
-  void PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor);
+  void PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor, uint32_t leaver_pid);
   void ReadJob(uint64_t id, uint64_t gen, StateSink* sink);
   void DropSink(std::unique_ptr<StateSink> sink);  // destroyed on a job thread, never under mu_
   void StartJob(const char* name, std::function<void()> fn);

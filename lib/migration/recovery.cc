@@ -19,6 +19,7 @@
 #include "base/log.h"
 #include "core/binding.h"
 #include "core/shim_state.h"
+#include "hand_off.h"
 #include "process.h"
 #include "recovery_msgs.h"
 #include "transfer/transfer.h"
@@ -325,7 +326,7 @@ bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
     if (s.server) s.server->Close();
     s = Slot{};
     for (const shim::Region& r : regs) s.bufs.emplace_back(r.bytes);
-    transfer::Status st = transfer::StateServer::Create(transfer::ServerOptions{}, &s.server);
+    transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(""), &s.server);
     if (st.ok()) st = s.server->Expose(Over(table, s.bufs));
     if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
       st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
@@ -414,7 +415,7 @@ void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> ta
 
 transfer::StateClient* Recovery::Client() {
   if (!client_) {
-    transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &client_);
+    transfer::Status st = transfer::StateClient::Create(HandOffClientOptions(), &client_);
     if (!st.ok()) TM_WARN(kLogMigration, "failure recovery: no state client: %s", st.ToString().c_str());
   }
   return client_.get();
@@ -446,6 +447,9 @@ void Recovery::Pull(const rec::RecMsg& m) {
   }
   transfer::FetchOptions o;
   o.expected_checksums = m.words;
+  uint64_t bytes = 0;
+  for (const control::Region& r : h.regions) bytes += r.bytes;
+  o.timeout_ms = HandOffTimeoutMs(bytes);
   if (!c.fetch || c.descriptor != m.blob) {
     c.fetch.reset();
     c.descriptor = m.blob;
@@ -483,7 +487,7 @@ void Recovery::ExposeHeld(const rec::RecMsg& m) {
   std::unique_ptr<transfer::StateServer> server;
   transfer::Status st(transfer::Code::kState, "no verified copy of that step here");
   if (c) {
-    st = transfer::StateServer::Create(transfer::ServerOptions{}, &server);
+    st = transfer::StateServer::Create(HandOffServerOptions(""), &server);
     if (st.ok()) st = server->Expose(Over(it->second.regions, c->bufs));
     if (st.ok()) st = server->Seal();
   }

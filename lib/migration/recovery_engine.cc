@@ -54,6 +54,7 @@ struct RecCtx {
   std::set<uint64_t> survivors, held, rolled;
   pid_t child = 0;
   std::vector<uint8_t> descriptor;       // the buddy's exposure of the dead rank's copy
+  uint32_t buddy_pid = 0;                // the process that exposed it, as it registered
   bool tape_sent = false, fetch_sent = false, verified = false, switch_sent = false, joiner_switched = false;
   size_t built_expected = 0, built_ok = 0;
   uint64_t detected_mono = 0;
@@ -101,7 +102,7 @@ class RecoveryEngine final : public Engine {
         case rec::Ev::kHeld:
           return OnHeld(h, *from, m);
         case rec::Ev::kHeldExposed:
-          return OnHeldExposed(h, m);
+          return OnHeldExposed(h, *from, m);
         case rec::Ev::kRolledBack:
           return OnRolledBack(h, *from, m);
         case rec::Ev::kSnapMissed:
@@ -462,10 +463,11 @@ class RecoveryEngine final : public Engine {
     MaybeRollBack(h);
   }
 
-  void OnHeldExposed(EngineHost& h, const rec::RecMsg& m) {
+  void OnHeldExposed(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
     if (!ctx_ || m.rank != ctx_->rank || m.step != ctx_->step) return;
     if (!m.ok) return Fail(h, "the buddy cannot expose its copy of rank " + std::to_string(m.rank) + ": " + m.text);
     ctx_->descriptor = m.blob;
+    ctx_->buddy_pid = from.info.pid;
     MaybeFetch(h);
   }
 
@@ -476,7 +478,8 @@ class RecoveryEngine final : public Engine {
     if (!x.joiner || x.descriptor.empty() || x.fetch_sent) return;
     x.fetch_sent = true;
     if (Migration* m = h.FindMigration(x.id)) h.BeginPhase(*m, 0, "transfer");
-    h.SendCommand(x.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kPrepare), x.id, mig::Blob{x.descriptor}));
+    h.SendCommand(x.joiner,
+                  mig::Make(static_cast<uint16_t>(mig::Cmd::kPrepare), x.id, mig::Prepare{x.descriptor, x.buddy_pid}));
   }
 
   void OnVerified(EngineHost& h, const ProcessRec& from, const Event& e) {

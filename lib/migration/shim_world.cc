@@ -24,6 +24,7 @@
 #include "control/conn.h"
 #include "core/binding.h"
 #include "core/shim_state.h"
+#include "hand_off.h"
 #include "migration.h"
 #include "process.h"
 #include "recovery.h"
@@ -64,12 +65,6 @@ class ServerSource final : public StateSource {
 };
 
 // The joiner's prepared read: the client and what it prepared (destroyed in that order's reverse).
-// The state transfer may take as long as the coordinator waits for the hand-off (half the hold timeout,
-// docs/reliability.md), never longer.
-int HandOffTimeoutMs() {
-  return static_cast<int>(std::min<int64_t>(shim::ProcessConfig().hold_timeout_ms / 2, INT32_MAX));
-}
-
 struct ClientSink final : StateSink {
   std::unique_ptr<transfer::StateClient> client;
   std::unique_ptr<transfer::PreparedFetch> prepared;
@@ -79,7 +74,7 @@ struct ClientSink final : StateSink {
   std::string Read(bool corrupt, const std::function<void(uint64_t, uint64_t)>& progress,
                    std::string* summary) override {
     transfer::FetchOptions o;
-    o.timeout_ms = HandOffTimeoutMs();
+    o.timeout_ms = HandOffTimeoutMs(prepared->bytes());
     o.progress = progress;
     if (corrupt) o.expected_checksums.assign(regions, 0x5eed5eed5eed5eedull);
     transfer::FetchResult res;
@@ -265,9 +260,9 @@ class ShimWorld final : public World {
     if (agent_) agent_->ReportCommCreated(control::DescribeVComm(v));
   }
 
-  std::unique_ptr<StateSource> Expose(std::string* error) override {
+  std::unique_ptr<StateSource> Expose(const std::string& destination, std::string* error) override {
     std::unique_ptr<transfer::StateServer> server;
-    transfer::Status st = transfer::StateServer::Create(transfer::ServerOptions{}, &server);
+    transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(destination), &server);
     if (st.ok()) st = server->Expose(LocalRegions());
     if (st.ok() && server->Descriptor().size() > mig::kMaxBlob) {
       st = transfer::Status(transfer::Code::kInvalidArgument, "the transfer descriptor exceeds one control frame");
@@ -279,14 +274,24 @@ class ShimWorld final : public World {
     }
     return std::make_unique<ServerSource>(std::move(server));
   }
-  std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, std::string* note) override {
+  std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, uint32_t leaver_pid,
+                                     std::string* note) override {
     auto sink = std::make_unique<ClientSink>();
-    transfer::Status st = transfer::StateClient::Create(transfer::ClientOptions{}, &sink->client);
+    const std::vector<transfer::Region> local = LocalRegions();
+    uint64_t bytes = 0;
+    for (const transfer::Region& r : local) bytes += r.size;
+    // Refused before anyone is held: a hand-off that may outlast the stayers' hold deadline.
+    if (std::string slow = HandOffTooSlow(bytes); !slow.empty()) {
+      TM_WARN(kLogMigration, "migration: refused: %s", slow.c_str());
+      *note = slow;
+      return nullptr;
+    }
+    transfer::Status st = transfer::StateClient::Create(HandOffClientOptions(), &sink->client);
     if (st.ok()) {
-      const std::vector<transfer::Region> local = LocalRegions();
       sink->regions = local.size();
       transfer::FetchOptions o;
-      o.timeout_ms = HandOffTimeoutMs();
+      o.timeout_ms = HandOffTimeoutMs(bytes);
+      o.leaver_pid = leaver_pid;
       o.warm = true;  // the leaver's pages read once now, so the read at S finds them warm (docs/transfer.md)
       st = sink->client->Prepare(descriptor, local, o, &sink->prepared);
     }

@@ -57,8 +57,9 @@ class Tape {
   // ("no entry", "signature ...", "signature only", "size").
   const std::vector<uint8_t>* Match(uint64_t comm_index, uint32_t position, const TapeSig& sig, size_t bytes,
                                     std::string* why) const;
-  // A self-describing little-endian blob (magic, version, entries), and its strict inverse: a truncated or
-  // damaged blob, or one holding more than max_bytes of outputs, is refused (false, *this unchanged).
+  // A self-describing little-endian blob (magic, version, entries in (comm_index, position) order), and its
+  // strict inverse: a truncated or damaged blob, entries out of order or repeated, or one holding more than
+  // max_bytes of outputs, is refused (false, *this unchanged); what decodes re-encodes to the same bytes.
   std::vector<uint8_t> Encode() const;
   bool Decode(const std::vector<uint8_t>& blob, uint64_t max_bytes);
 

@@ -173,6 +173,7 @@ Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateCl
 
 struct PreparedFetch::Impl {
   detail::Plan plan;
+  std::string auth_key;  // the client's, for the control block's MAC
   int hash_threads = 0;
   detail::BlockSink sink;                  // before `reader`: late UCX completions in its teardown land here
   std::unique_ptr<detail::Reader> reader;  // refers to `plan`
@@ -191,12 +192,19 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
   if (!s.ok()) return s;
   auto impl = std::make_unique<PreparedFetch::Impl>();
   detail::Plan& plan = impl->plan;
-  s = detail::DecodeDescriptor(descriptor, &plan.d);
+  s = detail::DecodeDescriptor(descriptor, impl_->options.auth_key, &plan.d);
   if (!s.ok()) return s;
+  // The coordinator knows which process the leaver is: a descriptor that names another one (its pid is what
+  // the same-host path reads from) is refused, even when it is authentic.
+  if (options.leaver_pid != 0 && plan.d.host.pid != options.leaver_pid) {
+    return Status(Code::kBadDescriptor, "descriptor: it names pid " + std::to_string(plan.d.host.pid) +
+                                            ", the leaver is pid " + std::to_string(options.leaver_pid));
+  }
   plan.local = local;
   s = MatchRegions(&plan);
   if (!s.ok()) return s;
   impl->hash_threads = options.hash_threads;
+  impl->auth_key = impl_->options.auth_key;
   PopulateForWrite(plan.local);
   const auto deadline = Clock::now() + std::chrono::milliseconds(options.timeout_ms);
   const bool cma_ok = detail::CmaEligible(plan.d, plan.local);
@@ -268,10 +276,17 @@ Status PreparedFetch::Read(const FetchOptions& options, FetchResult* result) {
       if (Clock::now() >= deadline) return Status(Code::kTimeout, "the leaver did not publish its checksums in time");
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
-    expected.resize(m.plan.d.regions.size());
-    if (!expected.empty()) {
-      s = m.reader->ReadControl(expected.data(), 8 * expected.size(), 8 * detail::kControlHeaderWords, deadline);
-      if (!s.ok()) return Status(s.code(), "reading the leaver's checksums: " + s.message());
+    // The checksums and their MAC in one read; a MAC that does not match means the block was written by
+    // someone other than the leaver (or the keys differ): nothing is compared against such checksums.
+    const size_t n = m.plan.d.regions.size();
+    std::vector<uint64_t> words(n + detail::kControlMacWords);
+    s = m.reader->ReadControl(words.data(), 8 * words.size(), 8 * detail::kControlHeaderWords, deadline);
+    if (!s.ok()) return Status(s.code(), "reading the leaver's checksums: " + s.message());
+    expected.assign(words.begin(), words.begin() + static_cast<ptrdiff_t>(n));
+    uint8_t mac[detail::kMacBytes];
+    detail::ChecksumMac(m.auth_key, m.plan.d.nonce, expected, mac);
+    if (!detail::MacEqual(mac, reinterpret_cast<const uint8_t*>(words.data() + n))) {
+      return Status(Code::kChecksumMismatch, "the leaver's checksum block fails its MAC (written by another party)");
     }
   }
   for (size_t i = 0; i < m.plan.local.size() && s.ok(); ++i) {
@@ -285,10 +300,6 @@ Status PreparedFetch::Read(const FetchOptions& options, FetchResult* result) {
   }
   result->verify_seconds = Seconds(data_end, Clock::now());
   result->verified = s.ok();
-  // Tell the leaver (best effort: the data is verified whether or not it hears it).
-  static const uint64_t kVerified = 1, kFailed = 2;
-  (void)m.reader->WriteControl(s.ok() ? &kVerified : &kFailed, 8, 8 * detail::kControlClientDone,
-                               Clock::now() + std::chrono::seconds(2));
   return s;
 }
 

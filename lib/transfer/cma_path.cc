@@ -38,17 +38,6 @@ bool CmaRead(pid_t pid, void* dst, uint64_t remote, size_t len, int* err) {
   return true;
 }
 
-bool CmaWrite(pid_t pid, const void* src, uint64_t remote, size_t len, int* err) {
-  iovec l{const_cast<void*>(src), len};
-  iovec r{reinterpret_cast<void*>(remote), len};
-  ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
-  if (n != static_cast<ssize_t>(len)) {
-    *err = n < 0 ? errno : EFAULT;
-    return false;
-  }
-  return true;
-}
-
 Status CmaError(int err, const std::string& what) {
   if (err == ESRCH) return Status(Code::kPeerFailure, "the leaver process is gone (" + what + ")");
   if (err == EPERM || err == ENOSYS || err == EACCES) {
@@ -109,12 +98,6 @@ class CmaReader : public Reader {
   Status ReadControl(void* dst, size_t len, uint64_t offset, Clock::time_point) override {
     int err = 0;
     if (!CmaRead(pid_, dst, plan_->d.control.address + offset, len, &err)) return CmaError(err, "the control block");
-    return Status::Ok();
-  }
-
-  Status WriteControl(const void* src, size_t len, uint64_t offset, Clock::time_point) override {
-    int err = 0;
-    if (!CmaWrite(pid_, src, plan_->d.control.address + offset, len, &err)) return CmaError(err, "the control block");
     return Status::Ok();
   }
 

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "descriptor.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,15 +60,40 @@ class Reader {
 
 Status Bad(const std::string& what) { return Status(Code::kBadDescriptor, "descriptor: " + what); }
 
+constexpr char kDescriptorLabel[] = "trainmover transfer descriptor v4";
+constexpr char kChecksumLabel[] = "trainmover transfer checksums v4";
+
+// HMAC-SHA256(key, label || data).
+void Mac(std::string_view key, std::string_view label, std::span<const uint8_t> data, uint8_t (&mac)[kMacBytes]) {
+  std::vector<uint8_t> msg(label.begin(), label.end());
+  msg.insert(msg.end(), data.begin(), data.end());
+  unsigned int len = 0;
+  static const uint8_t kEmpty = 0;
+  HMAC(EVP_sha256(), key.empty() ? static_cast<const void*>(&kEmpty) : key.data(), static_cast<int>(key.size()), msg.data(), msg.size(), mac,
+       &len);
+}
+
 }  // namespace
 
-Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out) {
+bool MacEqual(const uint8_t* a, const uint8_t* b) { return CRYPTO_memcmp(a, b, kMacBytes) == 0; }
+
+void ChecksumMac(std::string_view key, const uint8_t (&nonce)[kNonceBytes], std::span<const uint64_t> checksums,
+                 uint8_t (&mac)[kMacBytes]) {
+  std::vector<uint8_t> data(nonce, nonce + kNonceBytes);
+  Writer w(&data);
+  w.Put<uint64_t>(checksums.size());
+  for (uint64_t c : checksums) w.Put<uint64_t>(c);
+  Mac(key, kChecksumLabel, data, mac);
+}
+
+Status EncodeDescriptor(const DescriptorData& data, std::string_view key, std::vector<uint8_t>* out) {
   if (data.regions.size() > kMaxRegions) return Status(Code::kInvalidArgument, "too many regions");
   out->clear();
   Writer w(out);
   w.Put<uint32_t>(kDescriptorMagic);
   w.Put<uint16_t>(kDescriptorVersion);
   w.Put<uint16_t>(0);
+  w.Bytes(data.nonce, sizeof(data.nonce));
   w.Bytes(data.host.boot_id, sizeof(data.host.boot_id));
   w.Put<uint64_t>(data.host.pid_namespace);
   w.Put<uint32_t>(data.host.pid);
@@ -86,6 +114,9 @@ Status EncodeDescriptor(const DescriptorData& data, std::vector<uint8_t>* out) {
     w.Put<uint32_t>(static_cast<uint32_t>(r.rkey.size()));
     w.Bytes(r.rkey.data(), r.rkey.size());
   }
+  uint8_t mac[kMacBytes];
+  Mac(key, kDescriptorLabel, *out, mac);
+  w.Bytes(mac, sizeof(mac));
   if (out->size() > kMaxDescriptorBytes) {
     return Status(Code::kInvalidArgument, "descriptor of " + std::to_string(out->size()) + " bytes exceeds the limit");
   }
@@ -155,7 +186,20 @@ bool SameHostAndPidNamespace(const HostIdentity& a, const HostIdentity& b) {
          a.pid_namespace == b.pid_namespace && a.pid != 0;
 }
 
-Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
+Status DecodeDescriptor(std::span<const uint8_t> blob, std::string_view key, DescriptorData* out) {
+  *out = DescriptorData{};
+  if (blob.size() > kMaxDescriptorBytes) return Bad("larger than the limit");
+  if (blob.size() < kMacBytes) return Bad("shorter than its MAC");
+  const std::span<const uint8_t> body = blob.first(blob.size() - kMacBytes);
+  uint8_t mac[kMacBytes];
+  Mac(key, kDescriptorLabel, body, mac);
+  // Nothing of an unauthenticated blob is parsed: a forged or altered descriptor (another key, a byte changed
+  // on the way) stops here.
+  if (!MacEqual(mac, blob.data() + body.size())) return Bad("MAC mismatch (changed in transit, or another job's key)");
+  return DecodeDescriptorBody(body, out);
+}
+
+Status DecodeDescriptorBody(std::span<const uint8_t> blob, DescriptorData* out) {
   *out = DescriptorData{};
   if (blob.size() > kMaxDescriptorBytes) return Bad("larger than the limit");
   Reader r(blob);
@@ -165,7 +209,9 @@ Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
   if (!r.Get(&version) || version != kDescriptorVersion) return Bad("unsupported version " + std::to_string(version));
   // Reserved for flags a later version may define: refused unless zero, so that no bit is silently ignored.
   if (!r.Get(&reserved) || reserved != 0) return Bad("truncated header or nonzero reserved field");
-  std::vector<uint8_t> boot;
+  std::vector<uint8_t> nonce, boot;
+  if (!r.Bytes(kNonceBytes, &nonce)) return Bad("truncated nonce");
+  std::memcpy(out->nonce, nonce.data(), kNonceBytes);
   if (!r.Bytes(sizeof(out->host.boot_id), &boot) || !r.Get(&out->host.pid_namespace) || !r.Get(&out->host.pid)) {
     return Bad("truncated host identity");
   }
@@ -176,7 +222,7 @@ Status DecodeDescriptor(std::span<const uint8_t> blob, DescriptorData* out) {
     return Bad("truncated control block");
   }
   if (!r.Get(&count) || count > kMaxRegions) return Bad("bad region count");
-  if (out->control.size != 8 * (kControlHeaderWords + count)) return Bad("control block size disagrees with count");
+  if (out->control.size != ControlBytes(count)) return Bad("control block size disagrees with count");
   if (out->control.address == 0 || out->control.address + out->control.size < out->control.address ||
       out->control.rkey.empty()) {
     return Bad("bad control block");

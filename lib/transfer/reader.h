@@ -66,9 +66,9 @@ class Reader {
   virtual FetchPath path() const = 0;
   // Moves every byte of the plan into the local regions, reporting to `sink`. Bounded by params.deadline.
   virtual Status ReadAll(const ReadParams& params, BlockSink* sink) = 0;
-  // Small blocking accesses to the leaver's control block; `offset` in bytes from its start.
+  // A small blocking read of the leaver's control block; `offset` in bytes from its start. The joiner never
+  // writes into the leaver: the leaver learns the outcome from the coordinator (VERIFIED).
   virtual Status ReadControl(void* dst, size_t len, uint64_t offset, Clock::time_point deadline) = 0;
-  virtual Status WriteControl(const void* src, size_t len, uint64_t offset, Clock::time_point deadline) = 0;
 };
 
 // Same host, same pid namespace, host memory on both sides.

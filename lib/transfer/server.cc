@@ -3,11 +3,13 @@
 // Expose does everything that can happen before the switch: the UCX mappings and packed rkeys, the descriptor,
 // the progress thread that answers UCX gets, and the hash lanes Seal will use. Seal, at the switch point, only
 // hashes (at memory speed, on every lane) and publishes.
+#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/prctl.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "checksum.h"
@@ -34,6 +36,8 @@ struct StateServer::Impl {
   std::unique_ptr<detail::LanePool> hash_lanes;
   std::thread progress;
   std::atomic<bool> stop{false};
+  uint8_t nonce[detail::kNonceBytes] = {};
+  bool ptracer_set = false;  // Create named a ptracer; Close withdraws it
   bool closed = false;
 
   // Serves the joiner's gets (over tcp UCX emulates them with active messages the leaver must answer). Sleeps
@@ -73,7 +77,14 @@ Status StateServer::Create(const ServerOptions& options, std::unique_ptr<StateSe
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   if (options.hash_threads < 0) return Status(Code::kInvalidArgument, "hash_threads < 0");
-  if (options.allow_any_ptracer) (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+  if (options.ptracer_pid != 0) {
+    // Yama ptrace_scope 1: only the named process (and its descendants) may read our memory with
+    // process_vm_readv. Without Yama the call fails with EINVAL and nothing is needed.
+    const unsigned long who = options.ptracer_pid == kAnyPtracer ? static_cast<unsigned long>(PR_SET_PTRACER_ANY)
+                                                                 : static_cast<unsigned long>(options.ptracer_pid);
+    impl->ptracer_set = prctl(PR_SET_PTRACER, who, 0, 0, 0) == 0;
+  }
+  if (RAND_bytes(impl->nonce, sizeof(impl->nonce)) != 1) return Status(Code::kInvalidArgument, "no random bytes");
   Status s = detail::MakeContextAndWorker(options.transports, /*wakeup=*/true, &impl->context, &impl->worker);
   if (!s.ok()) return s;
   out->reset(new StateServer(std::move(impl)));
@@ -87,12 +98,13 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   Status s = detail::ValidateRegions(regions);
   if (!s.ok()) return s;
   detail::DescriptorData d;
-  m.control.assign(detail::kControlHeaderWords + regions.size(), 0);
+  std::memcpy(d.nonce, m.nonce, sizeof(d.nonce));
+  m.control.assign(detail::ControlBytes(regions.size()) / 8, 0);
   m.control[0] = detail::kControlMagic;
   m.control[detail::kControlCount] = regions.size();
   MemoryType found;
-  s = detail::MapRegion(m.context, m.control.data(), m.control.size() * 8, MemoryType::kHost, &m.control_memh,
-                        &d.control.rkey, &found);
+  s = detail::MapRegion(m.context, m.control.data(), m.control.size() * 8, MemoryType::kHost, detail::Access::kRemoteRead,
+                        &m.control_memh, &d.control.rkey, &found);
   if (!s.ok()) return s;
   d.control.address = reinterpret_cast<uintptr_t>(m.control.data());
   d.control.size = m.control.size() * 8;
@@ -105,7 +117,8 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
     rr.address = reinterpret_cast<uintptr_t>(r.ptr);
     rr.size = r.size;
     if (r.size > 0) {
-      s = detail::MapRegion(m.context, r.ptr, r.size, r.type, &m.memhs[i], &rr.rkey, &found);
+      s = detail::MapRegion(m.context, r.ptr, r.size, r.type, detail::Access::kRemoteRead, &m.memhs[i], &rr.rkey,
+                            &found);
       if (!s.ok()) s = Status(s.code(), "region '" + r.name + "': " + s.message());
       rr.memory_type = static_cast<uint8_t>(found);
       if (r.type == MemoryType::kAuto) m.regions[i].type = found;
@@ -122,7 +135,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
     d.host = detail::LocalIdentity();
     d.worker_address.assign(reinterpret_cast<uint8_t*>(address), reinterpret_cast<uint8_t*>(address) + address_len);
     ucp_worker_release_address(m.worker, address);
-    s = detail::EncodeDescriptor(d, &m.descriptor);
+    s = detail::EncodeDescriptor(d, m.options.auth_key, &m.descriptor);
   }
   if (!s.ok()) {
     m.Unmap();
@@ -147,25 +160,13 @@ Status StateServer::Seal(std::vector<uint64_t>* checksums) {
     return s;
   }
   for (size_t i = 0; i < m.checksums.size(); ++i) m.control[detail::kControlHeaderWords + i] = m.checksums[i];
+  uint8_t mac[detail::kMacBytes];
+  detail::ChecksumMac(m.options.auth_key, m.nonce, m.checksums, mac);
+  std::memcpy(&m.control[detail::kControlHeaderWords + m.checksums.size()], mac, sizeof(mac));
   // The client reads the flag, then (after that read completed) the checksums: release ordering suffices.
   std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(1, std::memory_order_release);
   if (checksums != nullptr) *checksums = m.checksums;
   return Status::Ok();
-}
-
-Status StateServer::WaitClientDone(int timeout_ms, bool* client_ok) {
-  Impl& m = *impl_;
-  if (m.descriptor.empty() || m.closed) return Status(Code::kState, "WaitClientDone before Expose or after Close");
-  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
-    uint64_t done = std::atomic_ref<uint64_t>(m.control[detail::kControlClientDone]).load(std::memory_order_acquire);
-    if (done != 0) {
-      if (client_ok != nullptr) *client_ok = done == 1;
-      return Status::Ok();
-    }
-    if (Clock::now() >= deadline) return Status(Code::kTimeout, "the client did not report completion in time");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
 }
 
 void StateServer::Close() {
@@ -179,6 +180,7 @@ void StateServer::Close() {
   }
   m.hash_lanes.reset();
   m.Unmap();
+  if (m.ptracer_set) (void)prctl(PR_SET_PTRACER, 0, 0, 0, 0);
   ucp_worker_destroy(m.worker);
   ucp_cleanup(m.context);
 }

@@ -105,19 +105,27 @@ bool HardwareCrc32c();
 // Checksum of a region of either memory type (device memory is staged through host in chunks).
 Status RegionChecksum(const Region& region, int threads, uint64_t* out);
 
+// ServerOptions::ptracer_pid: any process may read (PR_SET_PTRACER_ANY).
+inline constexpr int64_t kAnyPtracer = -1;
+
 struct ServerOptions {
   // UCX transports (UCX_TLS syntax, e.g. "tcp" or "cma,tcp"); empty: UCX's default from the environment.
   std::string transports;
   // Threads hashing in Seal; 0: min(4, hardware threads).
   int hash_threads = 0;
-  // On hosts with Yama ptrace_scope=1, a joiner that is not our descendant may not read our memory with
-  // cma (process_vm_readv). true: allow any process of the same user to (prctl PR_SET_PTRACER_ANY) for
-  // the life of the process. Off by default: it is a security decision for the caller.
-  bool allow_any_ptracer = false;
+  // The key of the descriptor's MAC and of the control block's checksum MAC (the migration passes the job's
+  // token); the joiner must hold the same (ClientOptions::auth_key). Empty is a key like any other, for tests.
+  std::string auth_key;
+  // Yama ptrace_scope=1 lets a process read another's memory (process_vm_readv, the same-host path) only when
+  // it is an ancestor or the named ptracer. Nonzero: Create names this process as ours (prctl PR_SET_PTRACER:
+  // the joiner's pid, which the coordinator tells the leaver; kAnyPtracer for any process of the same user)
+  // until Close withdraws it. One ptracer per process: a later server's choice replaces an earlier one's.
+  int64_t ptracer_pid = 0;
 };
 
-// The leaver's side. Create, Expose once, hand Descriptor() to the joiner, Seal at the switch point,
-// WaitClientDone (optional), Close. A progress thread serves the joiner's requests between Expose and
+// The leaver's side. Create, Expose once, hand Descriptor() to the joiner, Seal at the switch point, Close.
+// Every mapping is remote-read-only: the joiner never writes into the leaver (it reports its outcome to the
+// coordinator). A progress thread serves the joiner's requests between Expose and
 // Close (it sleeps on the worker's event fd when idle, so it costs nothing while nothing happens).
 class StateServer {
  public:
@@ -133,16 +141,13 @@ class StateServer {
   // The blob to send to the joiner (bounded: kMaxDescriptorBytes). Empty before Expose.
   const std::vector<uint8_t>& Descriptor() const;
 
-  // Hashes every region (in parallel) and publishes the checksums to the control block the client polls.
+  // Hashes every region (in parallel) and publishes the checksums, with their MAC, to the control block the
+  // client polls.
   // Call at the switch point, when the regions no longer change; the client may already be reading.
   // Blocking for the time of the hash. Returns the checksums in Expose's order.
   Status Seal(std::vector<uint64_t>* checksums = nullptr);
   // Checksums computed by Seal (empty before).
   const std::vector<uint64_t>& Checksums() const;
-
-  // Waits until the client reports that it finished (ok or failed) or timeout_ms elapses.
-  // *client_ok tells whether the client verified every checksum.
-  Status WaitClientDone(int timeout_ms, bool* client_ok = nullptr);
 
   // Stops the progress thread, unmaps the regions, releases UCX. Idempotent.
   void Close();
@@ -170,7 +175,12 @@ struct FetchOptions {
   // gets are in flight (each at least kChecksumBlock). kCma reads kChecksumBlock at a time.
   size_t chunk_bytes = size_t{4} << 20;
   int max_outstanding = 16;  // requests in flight at once (>= 1); kCma: caps the reader lanes; fixed at Prepare
-  int timeout_ms = 60000;    // whole Fetch (Prepare: the connection; Read: the data and the leaver's checksums)
+  // Whole Fetch (Prepare: the connection; Read: the data and the leaver's checksums). The migration gives
+  // HandOffTimeoutMs(bytes): a floor plus the state's size at a minimum bandwidth (docs/transfer.md).
+  int timeout_ms = 60000;
+  // Prepare: the pid the leaver registered with the coordinator; a descriptor naming another pid is refused
+  // (kBadDescriptor). 0: not checked (callers that know no pid, e.g. snapshot buddies).
+  uint32_t leaver_pid = 0;
   // kCma: reader lanes (each reads and hashes its blocks); 0: one per 4 hardware threads (at most 4) and per
   // 4 MiB of state. UCX path: threads hashing device regions after the data; 0: min(4, hardware threads).
   int hash_threads = 0;
@@ -200,6 +210,7 @@ struct FetchResult {
 
 struct ClientOptions {
   std::string transports;  // as ServerOptions::transports
+  std::string auth_key;    // as ServerOptions::auth_key: a descriptor or checksum block of another key is refused
   // UCP_ERR_HANDLING_MODE_PEER on the endpoint (default): a dead or unreachable leaver is an error. UCX
   // 1.13 then needs transports with peer-failure support for every lane, which on one host excludes the
   // shared-memory transports (sysv, posix) and leaves tcp (get emulated over active messages). false:
@@ -220,7 +231,8 @@ class StateClient {
   StateClient(const StateClient&) = delete;
   StateClient& operator=(const StateClient&) = delete;
 
-  // Everything but the bytes, meant for the build phase, before the switch: decodes the descriptor, matches
+  // Everything but the bytes, meant for the build phase, before the switch: checks the descriptor's MAC (else
+  // kBadDescriptor) and, when options.leaver_pid is set, its pid; decodes it, matches
   // the regions (names and sizes must match exactly, as sets; order may differ), picks the path, and
   // connects it: cma: a probe read of the leaver's control block and the reader lanes started; UCX: the
   // endpoint, rkeys unpacked, local host regions mapped, the wire-up completed by one round trip. Uses
@@ -250,8 +262,8 @@ class PreparedFetch {
   PreparedFetch& operator=(const PreparedFetch&) = delete;
 
   // Reads every region (each checksum block hashed as soon as it landed), then, unless options.verify is
-  // false, waits for the leaver's checksums (or takes options.expected_checksums) and compares, then tells
-  // the leaver it is done. Uses options.chunk_bytes, timeout_ms, verify, expected_checksums, progress (the
+  // false, waits for the leaver's checksums (or takes options.expected_checksums), checks their MAC (a
+  // failure is kChecksumMismatch) and compares. Uses options.chunk_bytes, timeout_ms, verify, expected_checksums, progress (the
   // path and lanes were fixed by Prepare). May be called again (reads and verifies everything again); after a
   // failure other than kChecksumMismatch, Prepare again.
   Status Read(const FetchOptions& options, FetchResult* result);

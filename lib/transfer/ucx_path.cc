@@ -54,7 +54,7 @@ class UcxReader : public Reader {
     for (size_t i = 0; i < plan_->local.size(); ++i) {
       const Region& r = plan_->local[i];
       if (r.size == 0 || r.type != MemoryType::kHost) continue;  // device memory: UCX registers it per get
-      Status s = MapRegion(context_, r.ptr, r.size, r.type, &memhs_[i], nullptr, nullptr);
+      Status s = MapRegion(context_, r.ptr, r.size, r.type, Access::kLocal, &memhs_[i], nullptr, nullptr);
       if (!s.ok()) return Status(s.code(), "local region '" + r.name + "': " + s.message());
     }
     // One round trip now: UCX connects lazily, so without it the wire-up would happen at the first get.
@@ -110,15 +110,6 @@ class UcxReader : public Reader {
     deadline_ = deadline;
     ucp_request_param_t p{};
     return Wait(ucp_get_nbx(ep_, dst, len, plan_->d.control.address + offset, control_rkey_, &p), "ucp_get_nbx");
-  }
-
-  // Puts and flushes (the leaver sees the word when this returns).
-  Status WriteControl(const void* src, size_t len, uint64_t offset, Clock::time_point deadline) override {
-    deadline_ = deadline;
-    ucp_request_param_t p{};
-    Status s = Wait(ucp_put_nbx(ep_, src, len, plan_->d.control.address + offset, control_rkey_, &p), "ucp_put_nbx");
-    if (!s.ok()) return s;
-    return Wait(ucp_ep_flush_nbx(ep_, &p), "ucp_ep_flush_nbx");
   }
 
  private:

@@ -72,12 +72,14 @@ Status MakeContextAndWorker(const std::string& transports, bool wakeup, ucp_cont
 
 ucs_memory_type_t UcsType(MemoryType t) { return t == MemoryType::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST; }
 
-Status MapRegion(ucp_context_h context, void* ptr, size_t size, MemoryType type, ucp_mem_h* memh,
+Status MapRegion(ucp_context_h context, void* ptr, size_t size, MemoryType type, Access access, ucp_mem_h* memh,
                  std::vector<uint8_t>* rkey, MemoryType* found) {
   ucp_mem_map_params_t params{};
-  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT;
   params.address = ptr;
   params.length = size;
+  params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE |
+                (access == Access::kRemoteRead ? UCP_MEM_MAP_PROT_REMOTE_READ : 0);
   if (type != MemoryType::kAuto) {
     params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
     params.memory_type = UcsType(type);

@@ -22,9 +22,14 @@ Status MakeContextAndWorker(const std::string& transports, bool wakeup, ucp_cont
 
 ucs_memory_type_t UcsType(MemoryType t);
 
-// Maps [ptr, ptr+size). `type` kAuto lets UCX detect; *found (optional) reports what it is. `rkey` (optional)
-// receives the packed remote key.
-Status MapRegion(ucp_context_h context, void* ptr, size_t size, MemoryType type, ucp_mem_h* memh,
+// What a mapping allows. Never remote write: the leaver's regions and control block are read by the joiner,
+// and the joiner's regions are only the local end of its gets.
+enum class Access { kLocal, kRemoteRead };
+
+// Maps [ptr, ptr+size) with `access` (ucp_mem_map's protection flags; transports that register memory with
+// the NIC enforce them, docs/transfer.md says where UCX cannot). `type` kAuto lets UCX detect; *found
+// (optional) reports what it is. `rkey` (optional) receives the packed remote key.
+Status MapRegion(ucp_context_h context, void* ptr, size_t size, MemoryType type, Access access, ucp_mem_h* memh,
                  std::vector<uint8_t>* rkey, MemoryType* found);
 
 }  // namespace trainmover::transfer::detail

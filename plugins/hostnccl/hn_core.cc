@@ -2,6 +2,8 @@
 // Environment, logging, errors, bootstrap (rendezvous through the unique id), liveness and UCX transport.
 #include "hn_core.h"
 
+#include "hn_bootstrap.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -194,7 +196,6 @@ Comm* AsComm(ncclComm_t comm) { return reinterpret_cast<Comm*>(comm); }
 namespace {
 
 constexpr uint64_t kIdMagic = 0x31444943434e4e48ull;  // "HNNCCID1"
-constexpr uint64_t kHelloMagic = 0x4f4c4c4548434e48ull;
 
 struct IdLayout {
   uint64_t magic;
@@ -333,21 +334,6 @@ ncclResult_t Connect(uint32_t addr, uint16_t port, int64_t deadline_ms, const st
   }
 }
 
-// What each rank tells the rendezvous, and what the rendezvous sends back for every rank.
-struct Hello {
-  uint64_t magic, nonce;
-  int32_t nranks, rank;
-  uint32_t live_addr;
-  uint16_t live_port, pad;
-  uint32_t addr_len;
-};
-
-struct RankInfo {
-  uint32_t live_addr = 0;
-  uint16_t live_port = 0;
-  std::vector<char> ucx_addr;
-};
-
 // The rendezvous thread started by ncclGetUniqueId: collects every rank's Hello, answers all of them with the
 // full table, and exits. It gives up (closing every connection, which the ranks see) when no rank has shown up
 // for timeout_ms.
@@ -370,21 +356,23 @@ void Rendezvous(int listen_fd, uint64_t nonce, int64_t timeout_ms, std::shared_p
     if (fd < 0) continue;
     fds.push_back(fd);
     Hello h{};
-    if (!RecvAll(fd, &h, sizeof(h), NowMs() + timeout_ms, nullptr) || h.magic != kHelloMagic || h.nonce != nonce ||
-        h.addr_len > (1u << 20)) {
+    if (!RecvAll(fd, &h, sizeof(h), NowMs() + timeout_ms, nullptr) || h.magic != kHelloMagic || h.nonce != nonce) {
       Log(kWarn, -1, "bootstrap: rendezvous got a bad hello; ignoring it");
       continue;
+    }
+    // A hello for this id that does not fit it (out of bounds, another nranks, a rank given twice) is a broken
+    // job: the rendezvous gives up, and every rank sees it.
+    std::string why = CheckHello(h, nonce, nranks);
+    if (why.empty() && nranks >= 0 && fd_of_rank[h.rank] >= 0) why = "rank " + std::to_string(h.rank) + " given twice";
+    if (!why.empty()) {
+      Log(kWarn, -1, "bootstrap: rank %d/%d does not fit this id: %s", h.rank, h.nranks, why.c_str());
+      failed = true;
+      break;
     }
     if (nranks < 0) {
       nranks = h.nranks;
       infos.resize(nranks);
       fd_of_rank.assign(nranks, -1);
-    }
-    if (h.nranks != nranks || h.rank < 0 || h.rank >= nranks || fd_of_rank[h.rank] >= 0) {
-      Log(kWarn, -1, "bootstrap: rank %d/%d does not fit this id (nranks %d, or rank given twice)", h.rank, h.nranks,
-          nranks);
-      failed = true;
-      break;
     }
     RankInfo& ri = infos[h.rank];
     ri.live_addr = h.live_addr;
@@ -399,17 +387,7 @@ void Rendezvous(int listen_fd, uint64_t nonce, int64_t timeout_ms, std::shared_p
     deadline = NowMs() + timeout_ms;
   }
   if (!failed) {
-    std::vector<char> table;
-    for (const RankInfo& ri : infos) {
-      uint32_t len = static_cast<uint32_t>(ri.ucx_addr.size());
-      const char* p = reinterpret_cast<const char*>(&ri.live_addr);
-      table.insert(table.end(), p, p + 4);
-      p = reinterpret_cast<const char*>(&ri.live_port);
-      table.insert(table.end(), p, p + 2);
-      p = reinterpret_cast<const char*>(&len);
-      table.insert(table.end(), p, p + 4);
-      table.insert(table.end(), ri.ucx_addr.begin(), ri.ucx_addr.end());
-    }
+    const std::vector<char> table = EncodeTable(infos);
     uint64_t size = table.size();
     for (int fd : fd_of_rank) {
       if (!SendAll(fd, &size, sizeof(size)) || !SendAll(fd, table.data(), table.size())) {
@@ -553,7 +531,7 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     Hello h{kHelloMagic, l.nonce, n, me, AdvertiseAddr(c->env), live_port, 0, static_cast<uint32_t>(addr_len)};
     uint64_t size = 0;
     if (!SendAll(fd, &h, sizeof(h)) || !SendAll(fd, addr, addr_len) ||
-        !RecvAll(fd, &size, sizeof(size), deadline, &c->abort_flag) || size > (1ull << 30)) {
+        !RecvAll(fd, &size, sizeof(size), deadline, &c->abort_flag) || size > MaxTableBytes(n)) {
       res = Fail(ncclRemoteError, "bootstrap: rank %d/%d: rendezvous failed or timed out (HOSTNCCL_TIMEOUT_MS=%lld)",
                  me, n, static_cast<long long>(c->env.timeout_ms));
     } else {
@@ -570,16 +548,11 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
     return res;
   }
   // Parse the table, connect UCX endpoints.
-  std::vector<RankInfo> infos(n);
-  size_t off = 0;
-  for (int r = 0; r < n; ++r) {
-    uint32_t len;
-    memcpy(&infos[r].live_addr, &table[off], 4);
-    memcpy(&infos[r].live_port, &table[off + 4], 2);
-    memcpy(&len, &table[off + 6], 4);
-    off += 10;
-    infos[r].ucx_addr.assign(table.begin() + static_cast<long>(off), table.begin() + static_cast<long>(off + len));
-    off += len;
+  std::vector<RankInfo> infos;
+  std::string why;
+  if (!DecodeTable(table.data(), table.size(), n, &infos, &why)) {
+    close(live_listen);
+    return Fail(ncclRemoteError, "bootstrap: rank %d/%d: malformed rendezvous table: %s", me, n, why.c_str());
   }
   c->one_host = true;
   for (int r = 0; r < n; ++r) c->one_host = c->one_host && infos[r].live_addr == infos[0].live_addr;

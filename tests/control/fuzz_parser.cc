@@ -55,6 +55,7 @@ void DecodeAll(const std::vector<uint8_t>& p) {
   Try<mig::Build>(p);
   Try<mig::Built>(p);
   Try<mig::Blob>(p);
+  Try<mig::Prepare>(p);
   Try<mig::Progress>(p);
   Try<mig::Switched>(p);
   Try<mig::Phase>(p);

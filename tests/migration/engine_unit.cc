@@ -494,9 +494,10 @@ TEST_CASE("built, exposed and prepared: PREPARE on EXPOSED, agreement starts wit
   CHECK(m.state == MigState::kBuilding);  // the joiner has not connected yet
   CHECK(m.bytes_total == 64);
   REQUIRE(j.h.sent.size() == 1);
-  mig::Blob d;
+  mig::Prepare d;
   REQUIRE(DecodePayload(j.h.sent[0].c.body, &d));
-  CHECK(d.bytes == std::vector<uint8_t>{9});  // the leaver's descriptor, as it sent it
+  CHECK(d.descriptor == std::vector<uint8_t>{9});  // the leaver's descriptor, as it sent it
+  CHECK(d.leaver_pid == 1002);                      // and the pid it registered with
   CHECK(j.h.Take() == V({"101:PREPARE"}));
   j.Send(3, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});  // not a joiner: ignored
   CHECK(m.state == MigState::kBuilding);

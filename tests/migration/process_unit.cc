@@ -169,7 +169,7 @@ class FakeWorld final : public World {
   void Rekey(CommRef v, uint64_t key) override {
     log.push_back("rekey " + std::to_string(reinterpret_cast<uintptr_t>(v)) + " " + std::to_string(key));
   }
-  std::unique_ptr<StateSource> Expose(std::string* error) override {
+  std::unique_ptr<StateSource> Expose(const std::string&, std::string* error) override {
     if (!expose_error.empty()) {
       *error = expose_error;
       return nullptr;
@@ -177,8 +177,8 @@ class FakeWorld final : public World {
     log.push_back("expose");
     return std::make_unique<FakeSource>(&log, &seal_error, &during_seal);
   }
-  std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& d, std::string* note) override {
-    log.push_back("prepare " + std::to_string(d.size()));
+  std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& d, uint32_t pid, std::string* note) override {
+    log.push_back("prepare " + std::to_string(d.size()) + " pid " + std::to_string(pid));
     if (!prepare_error.empty()) {
       *note = prepare_error;
       return nullptr;
@@ -703,16 +703,16 @@ TEST_CASE("joiner: ABORT or a lost coordinator while held after READY: exit 1 wi
 TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure fails the migration") {
   Proc p;
   p.Staged();  // something for an abort to drop
-  p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1, 2, 3}});
+  p.Cmd(mig::Cmd::kPrepare, mig::Prepare{{1, 2, 3}, 77});
   CHECK(p.m.intake() == M::Intake::kPreparing);
   SUBCASE("prepared") {
     p.w.RunJobs();
-    CHECK(p.w.TakeLog() == V{"start tm-fetch", "prepare 3"});
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "prepare 3 pid 77"});
     CHECK(p.w.Body<mig::Reason>(1).text == "64 bytes to read over cma");
     CHECK(p.w.Take() == V{"PHASE prepare", "PREPARED"});
     CHECK(p.m.intake() == M::Intake::kPrepared);
     SUBCASE("a second PREPARE is refused") {
-      p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1}});
+      p.Cmd(mig::Cmd::kPrepare, mig::Prepare{{1}, 77});
       CHECK(p.w.Take() == V{"FAILED"});
       CHECK(p.m.intake() == M::Intake::kPrepared);
     }
@@ -734,7 +734,7 @@ TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure f
   SUBCASE("aborted while connecting: the connection is closed, nothing sent") {
     p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
     p.w.RunJobs();
-    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "prepare 3", "close sink"});
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "prepare 3 pid 77", "close sink"});
     CHECK(p.w.Take().empty());
     CHECK(p.m.intake() == M::Intake::kNone);
   }
@@ -743,7 +743,7 @@ TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure f
 TEST_CASE("read (joiner): PROGRESS, the transfer phase, VERIFIED, the connection closed; nothing after an abort") {
   Proc p;
   p.Staged();  // something for an abort to drop
-  p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1, 2, 3}});
+  p.Cmd(mig::Cmd::kPrepare, mig::Prepare{{1, 2, 3}, 77});
   p.w.RunJobs();
   p.w.Take();
   p.w.TakeLog();

@@ -110,6 +110,25 @@ TEST_CASE("tape: the blob round-trips; every truncation, damage and an over-cap 
   CHECK(u.output_bytes() == 20 + 28);
   CHECK_FALSE(u.Decode(blob, 47));  // the outputs exceed the cap
   CHECK(u.Decode(blob, 48));
+  // Entries out of order, or one place twice, are not a tape Encode writes: refused.
+  auto one = [](uint64_t ci) {
+    ts::Tape x;
+    x.Add(Entry(ci, 0, Sig(ts::OpKind::kAllReduce, 1), 2, 1));
+    std::vector<uint8_t> b = x.Encode();
+    return std::vector<uint8_t>(b.begin() + 16, b.end());  // after magic, version and count
+  };
+  for (auto [first, second] : {std::pair<uint64_t, uint64_t>{7, 2}, {3, 3}, {2, 7}}) {
+    std::vector<uint8_t> two = t.Encode();
+    two.resize(16);
+    two[8] = 2;  // count
+    two[9] = two[10] = two[11] = two[12] = two[13] = two[14] = two[15] = 0;
+    for (uint64_t ci : {first, second}) {
+      std::vector<uint8_t> e = one(ci);
+      two.insert(two.end(), e.begin(), e.end());
+    }
+    ts::Tape v;
+    CHECK(v.Decode(two, 1 << 20) == (first < second));
+  }
 }
 
 TEST_CASE("tape: a sandboxed iteration takes matching outputs from the tape, the rest from emulation") {

@@ -63,16 +63,18 @@ bool ReadAll(int fd, void* p, size_t n) {
 // kSealOnRequest: the migration's order; the leaver seals only when a byte arrives on g_seal_fd (after the
 // joiner prepared).
 enum class Mode { kNormal, kCorruptAfterSeal, kNeverSeal, kSealOnRequest };
-int g_seal_fd = -1;  // read end, in the leaver, of the pipe that asks it to seal
+int g_seal_fd = -1;
+const char kKey[] = "the job's token in this test";  // read end, in the leaver, of the pipe that asks it to seal
 
 struct Spec {
   std::string name;
   size_t size;
 };
 
-// The leaver: fills its regions, exposes them, seals (unless told not to), sends the descriptor, waits
-// for the client. Exit status: 0 as expected, 1 otherwise. Never returns.
-[[noreturn]] void Leaver(const std::vector<Spec>& specs, Mode mode, int fd) {
+// The leaver: fills its regions, exposes them, seals (unless told not to), sends the descriptor, serves until
+// the parent closes `release` (the joiner never writes into the leaver: the parent is its coordinator). Exit
+// status: 0 as expected, 1 otherwise. Never returns.
+[[noreturn]] void Leaver(const std::vector<Spec>& specs, Mode mode, int fd, int release) {
   std::vector<std::vector<unsigned char>> bufs(specs.size());
   std::vector<tt::Region> regions;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -83,6 +85,7 @@ struct Spec {
   std::unique_ptr<tt::StateServer> server;
   tt::ServerOptions so;
   so.transports = Transports();
+  so.auth_key = kKey;
   if (!tt::StateServer::Create(so, &server).ok() || !server->Expose(regions).ok()) _exit(1);
   if ((mode == Mode::kNormal || mode == Mode::kCorruptAfterSeal) && !server->Seal().ok()) _exit(1);
   if (mode == Mode::kCorruptAfterSeal) {
@@ -103,28 +106,34 @@ struct Spec {
     char c;
     if (read(g_seal_fd, &c, 1) != 1 || !server->Seal().ok()) _exit(1);
   }
-  bool client_ok = false;
-  if (!server->WaitClientDone(50000, &client_ok).ok()) _exit(1);
+  char c;
+  while (read(release, &c, 1) > 0) {
+  }
   server->Close();
-  _exit(client_ok == (mode == Mode::kNormal || mode == Mode::kSealOnRequest) ? 0 : 1);
+  _exit(0);
 }
 
 struct Child {
   pid_t pid = -1;
+  int release = -1;  // closing it ends the leaver
   std::vector<uint8_t> descriptor;
 };
 
 Child StartLeaver(const std::vector<Spec>& specs, Mode mode) {
-  int fds[2];
+  int fds[2], rel[2];
   REQUIRE(pipe(fds) == 0);
+  REQUIRE(pipe(rel) == 0);
   Child c;
   c.pid = fork();
   REQUIRE(c.pid >= 0);
   if (c.pid == 0) {
     close(fds[0]);
-    Leaver(specs, mode, fds[1]);
+    close(rel[1]);
+    Leaver(specs, mode, fds[1], rel[0]);
   }
   close(fds[1]);
+  close(rel[0]);
+  c.release = rel[1];
   uint64_t n = 0;
   REQUIRE(ReadAll(fds[0], &n, sizeof(n)));
   REQUIRE(n <= tt::kMaxDescriptorBytes);
@@ -140,10 +149,17 @@ int WaitExit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// Tells the leaver the joiner is done, and returns its exit status.
+int Release(Child& c) {
+  close(c.release);
+  return WaitExit(c.pid);
+}
+
 std::unique_ptr<tt::StateClient> MakeClient() {
   std::unique_ptr<tt::StateClient> client;
   tt::ClientOptions co;
   co.transports = Transports();
+  co.auth_key = kKey;
   tt::Status s = tt::StateClient::Create(co, &client);
   REQUIRE_MESSAGE(s.ok(), s.ToString());
   return client;
@@ -180,6 +196,7 @@ void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   o.chunk_bytes = chunk;
   o.max_outstanding = outstanding;
   o.timeout_ms = 30000;
+  o.leaver_pid = static_cast<uint32_t>(c.pid);
   tt::FetchResult r;
   tt::Status s = client->Fetch(c.descriptor, local, o, &r);
   CHECK_MESSAGE(s.ok(), s.ToString());
@@ -187,7 +204,7 @@ void RoundTrip(const std::vector<Spec>& specs, size_t chunk, int outstanding) {
   MESSAGE("path " << std::string(tt::FetchPathName(r.path)) << ", " << r.bytes << " bytes, " << r.gbps << " GB/s");
   if (o.path != tt::FetchPath::kAuto) CHECK(r.path == o.path);
   CHECK(WrongRegions(specs, dst) == 0);
-  CHECK(WaitExit(c.pid) == 0);
+  CHECK(Release(c) == 0);
 }
 
 }  // namespace
@@ -203,7 +220,7 @@ TEST_CASE("many regions of sizes 0, 1, odd and large, odd chunk size") {
 
 TEST_CASE("a single region of size 0 and one request at a time") { RoundTrip({{"nothing", 0}}, 1, 1); }
 
-TEST_CASE("corruption after the leaver hashed is detected and reported to the leaver") {
+TEST_CASE("corruption after the leaver hashed is detected") {
   std::vector<Spec> specs = {{"a", 1000}, {"b", 2u << 20}};
   Child c = StartLeaver(specs, Mode::kCorruptAfterSeal);
   auto client = MakeClient();
@@ -213,7 +230,30 @@ TEST_CASE("corruption after the leaver hashed is detected and reported to the le
   CHECK(s.code() == tt::Code::kChecksumMismatch);
   CHECK(s.message().find("'a'") != std::string::npos);
   CHECK_FALSE(r.verified);
-  CHECK(WaitExit(c.pid) == 0);  // the leaver heard "failed"
+  CHECK(Release(c) == 0);
+}
+
+TEST_CASE("a descriptor naming another pid than the leaver's, or of another key, is refused") {
+  Child c = StartLeaver({{"a", 4096}}, Mode::kNormal);
+  std::vector<unsigned char> a(4096);
+  tt::FetchOptions o = Opts();
+  o.leaver_pid = static_cast<uint32_t>(c.pid) + 1;  // the coordinator says the leaver is another process
+  tt::FetchResult r;
+  tt::Status s = MakeClient()->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, o, &r);
+  CHECK(s.code() == tt::Code::kBadDescriptor);
+  CHECK(s.message().find("pid") != std::string::npos);
+  std::unique_ptr<tt::StateClient> other;
+  tt::ClientOptions co;
+  co.transports = Transports();
+  co.auth_key = "another job's token, 32 bytes..";
+  REQUIRE(tt::StateClient::Create(co, &other).ok());
+  o.leaver_pid = static_cast<uint32_t>(c.pid);
+  CHECK(other->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, o, &r).code() == tt::Code::kBadDescriptor);
+  // Neither refusal read a byte; the right pid and key still work.
+  s = MakeClient()->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, o, &r);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(WrongRegions({{"a", 4096}}, {a}) == 0);
+  CHECK(Release(c) == 0);
 }
 
 TEST_CASE("size mismatch with a live leaver is refused") {
@@ -224,7 +264,7 @@ TEST_CASE("size mismatch with a live leaver is refused") {
   CHECK(client->Fetch(c.descriptor, {{"a", a.data(), a.size()}}, Opts(), &r).code() == tt::Code::kMismatch);
   CHECK(client->Fetch(c.descriptor, {{"A", a.data(), 4096}}, Opts(), &r).code() == tt::Code::kMismatch);
   kill(c.pid, SIGKILL);
-  CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+  CHECK(Release(c) == 128 + SIGKILL);
 }
 
 TEST_CASE("the leaver killed in the middle of a transfer gives an error, not a hang") {
@@ -252,13 +292,13 @@ TEST_CASE("the leaver killed in the middle of a transfer gives an error, not a h
   CHECK((s.code() == tt::Code::kPeerFailure || s.code() == tt::Code::kTimeout));
   MESSAGE("after kill: " << s.ToString() << " in " << secs << " s");
   CHECK(secs < 25);
-  CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+  CHECK(Release(c) == 128 + SIGKILL);
 }
 
 TEST_CASE("a leaver that is already gone gives an error, not a hang") {
   Child c = StartLeaver({{"a", 1u << 20}}, Mode::kNeverSeal);
   kill(c.pid, SIGKILL);
-  CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+  CHECK(Release(c) == 128 + SIGKILL);
   auto client = MakeClient();
   std::vector<unsigned char> a(1u << 20);
   tt::FetchOptions o = Opts();
@@ -295,7 +335,7 @@ TEST_CASE("prepare before the leaver seals, read after; a leaver killed after Pr
     if (o.path != tt::FetchPath::kAuto) CHECK(prepared->path() == o.path);
     if (kill_it) {
       kill(c.pid, SIGKILL);
-      CHECK(WaitExit(c.pid) == 128 + SIGKILL);
+      CHECK(Release(c) == 128 + SIGKILL);
     } else {
       REQUIRE(write(seal[1], "s", 1) == 1);
     }
@@ -314,6 +354,6 @@ TEST_CASE("prepare before the leaver seals, read after; a leaver killed after Pr
     CHECK(r.verified);
     CHECK(WrongRegions(specs, dst) == 0);
     prepared.reset();
-    CHECK(WaitExit(c.pid) == 0);  // the leaver heard "verified"
+    CHECK(Release(c) == 0);
   }
 }

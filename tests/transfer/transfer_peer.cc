@@ -48,10 +48,11 @@ int main(int argc, char** argv) {
       out.write(reinterpret_cast<const char*>(server->Descriptor().data()), server->Descriptor().size());
     }
     rename((file + ".tmp").c_str(), file.c_str());
-    bool ok = false;
-    s = server->WaitClientDone(30000, &ok);
-    printf("serve: %s, client %s\n", s.ToString().c_str(), ok ? "verified" : "failed");
-    return s.ok() && ok ? 0 : 1;
+    // Served until the client's side of the test says it is done (the joiner never writes into the leaver).
+    for (int i = 0; i < 300 && !std::ifstream(file + ".done"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const bool done = static_cast<bool>(std::ifstream(file + ".done"));
+    printf("serve: client %s\n", done ? "done" : "never done");
+    return done ? 0 : 1;
   }
   std::vector<uint8_t> desc;
   for (int i = 0; i < 200 && desc.empty(); ++i) {
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
     transfer_test::Fill(&expect, transfer_test::SeedOf(regions[i].name));
     wrong += expect != bufs[i];
   }
+  std::ofstream(file + ".done").put('1');
   printf("fetch: %s, %llu bytes in %.3f s (%.3f GB/s), verified %d, wrong regions %zu\n", s.ToString().c_str(),
          static_cast<unsigned long long>(r.bytes), r.seconds, r.gbps, r.verified, wrong);
   return s.ok() && r.verified && wrong == 0 ? 0 : 1;
