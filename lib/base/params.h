@@ -80,10 +80,12 @@
   X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
-  X(FAULT, fault, std::string, ParseOneOf, "enum", "", "corrupt-transfer|pass-first-proposal|slow-transfer", \
+  X(FAULT, fault, std::string, ParseOneOf, "enum", "",                                                        \
+    "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op",                                      \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
     "with PASSED (the coordinator must propose again and release the ranks held at the first one); "          \
     "slow-transfer makes a joiner wait 3 s before it reads the state (a wide switching phase for the fault "  \
-    "tests, docs/reliability.md).")
+    "tests, docs/reliability.md); slow-first-op makes a joiner wait 3 s after it switched in, so that the "  \
+    "stayers wait in their first operation on the replacements (the fault matrix's first-op cells).")
 // clang-format on

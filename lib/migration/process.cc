@@ -515,7 +515,13 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
   }
   WaitForSwitchOrExit(lk);
   if (joiner_.exit_pending) JoinerExit(lk);
-  return SwitchJoinerIn();
+  const int64_t at = SwitchJoinerIn();
+  if (w_.Fault() == "slow-first-op") {  // test knob: the stayers wait in their first operation on the replacements
+    lk.unlock();
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    lk.lock();
+  }
+  return at;
 }
 
 // The first sandboxed safe point: what ran before it was start-up. Wait (bounded) for the leaver's tape, so
