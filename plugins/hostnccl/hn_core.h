@@ -60,6 +60,7 @@ struct Comm {
   int rank = 0, nranks = 0, cuda_dev = 0;
   Env env;
   ucp_worker_h worker = nullptr;
+  int worker_efd = -1;                // the worker's event fd (UCP_FEATURE_WAKEUP), -1 if none
   std::vector<ucp_ep_h> eps;          // per peer, self included
   std::vector<int> live_fd;           // liveness TCP socket per peer (self: -1)
   std::vector<uint8_t> peer_state;    // 0 alive, 1 departed (said bye), 2 dead (EOF without bye)
