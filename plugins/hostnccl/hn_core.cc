@@ -108,6 +108,16 @@ ncclResult_t LoadEnv(Env* env) {
     }
     env->eager_connect = strcasecmp(a, "eager") == 0;
   }
+  if (const char* a = getenv("HOSTNCCL_PEER_ERRORS")) {
+    if (strcasecmp(a, "remote") == 0)
+      env->peer_errors = kPeerErrorsRemote;
+    else if (strcasecmp(a, "all") == 0)
+      env->peer_errors = kPeerErrorsAll;
+    else if (strcasecmp(a, "none") == 0)
+      env->peer_errors = kPeerErrorsNone;
+    else
+      return Fail(ncclInvalidArgument, "HOSTNCCL_PEER_ERRORS=\"%s\" is not one of remote, all, none", a);
+  }
   if (const char* a = getenv("HOSTNCCL_SOCKET_IFADDR")) {
     in_addr in{};
     if (inet_pton(AF_INET, a, &in) != 1) {
@@ -513,6 +523,16 @@ ncclResult_t ConnectLanes(Comm* c) {
 
 }  // namespace
 
+// UCX's error callback of an endpoint in peer-failure mode (runs inside ucp_worker_progress, on the waiting
+// thread). Only a log line: UCX completes the endpoint's requests with the error, which Wait reports, and a
+// death is told apart from a peer that destroyed its communicator (which may also close the connection) by the
+// liveness sockets, as for every other endpoint.
+void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
+  const EpFailure* f = static_cast<const EpFailure*>(arg);
+  Log(kInfo, f->comm->rank, "rank %d: UCX endpoint to rank %d failed: %s", f->comm->rank, f->peer,
+      ucs_status_string(status));
+}
+
 ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   IdLayout l;
   memcpy(&l, id.internal, sizeof(l));
@@ -586,11 +606,22 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   }
   c->one_host = true;
   for (int r = 0; r < n; ++r) c->one_host = c->one_host && infos[r].live_addr == infos[0].live_addr;
+  c->ep_failure.resize(n);
   for (int r = 0; r < n && res == ncclSuccess; ++r) {  // self included: a rank may send to itself
     ucp_ep_params_t ep{};
-    // No UCX peer-failure mode: in UCX 1.13 it excludes the shared-memory transports. Peer failure is
-    // detected by the liveness sockets instead.
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+    // UCX's peer-failure mode makes a transport error on this endpoint (the peer died in the middle of a
+    // transfer) an error of the requests on it instead of a fatal one (abort) inside UCX. In UCX 1.13 it also
+    // excludes the shared-memory transports (posix, sysv, cma: all over tcp loopback then, 2-3x slower), so by
+    // default it is on for peers on other hosts only (docs/hostnccl.md, "Liveness and timeouts").
+    const bool remote = infos[r].live_addr != infos[me].live_addr;
+    if (c->env.peer_errors == kPeerErrorsAll || (c->env.peer_errors == kPeerErrorsRemote && remote)) {
+      c->ep_failure[r] = EpFailure{c, r};
+      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      ep.err_handler.cb = OnEndpointError;
+      ep.err_handler.arg = &c->ep_failure[r];
+    }
     ep.address = reinterpret_cast<const ucp_address_t*>(infos[r].ucx_addr.data());
     st = ucp_ep_create(c->worker, &ep, &c->eps[r]);
     if (st != UCS_OK) res = Fail(ncclSystemError, "UCX: endpoint to rank %d failed: %s", r, ucs_status_string(st));
