@@ -11,7 +11,8 @@
 // the ranks wait (blocked, not spinning), ucx_perftest tag_bw runs at the same size; the row shows the medians
 // and the ratio of the medians, with the range of the per-repeat ratios, so that a load change on a shared
 // machine moves both figures alike. The last line is the verdict on the goal of docs/benchmarks.md: AllReduce
-// busbw at >= 4 MiB >= 50% of tag_bw.
+// busbw at >= 4 MiB >= 50% of tag_bw. First line: the CPU time a rank uses while it waits 500 ms in a receive
+// (hostnccl sleeps on UCX's event fd after a short spin; a yield-spinning wait shows about 100%).
 //
 // Columns as nccl-tests: size (bytes, the total buffer as nccl-tests counts it), count (elements), type,
 // redop, root, then out-of-place and in-place time (us, the slowest rank's average over the timed loop,
@@ -21,6 +22,7 @@
 // integers in float so every sum is exact. GB = 1e9 bytes.
 #include <nccl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -228,6 +230,32 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
   }
   ncclComm_t comm;
   NCCL_OK(ncclCommInitRank(&comm, a.nranks, id, rank));
+  // Idle wait: rank 0 waits kIdleMs in a receive that rank 1 satisfies late; the CPU time rank 0 used meanwhile
+  // is what a waiting rank takes from the others when ranks outnumber cores.
+  if (a.nranks > 1 && rank < 2) {
+    constexpr int kIdleMs = 500;
+    Barrier(comm);
+    int32_t x = 0;
+    if (rank == 1) {
+      usleep(kIdleMs * 1000);
+      NCCL_OK(ncclSend(&x, 1, ncclInt32, 0, comm, nullptr));
+    } else {
+      timespec c0, c1;
+      auto w0 = std::chrono::steady_clock::now();
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+      NCCL_OK(ncclRecv(&x, 1, ncclInt32, 1, comm, nullptr));
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+      double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6;
+      double wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
+      std::ostringstream line;
+      line << "idle " << wall_ms << ' ' << cpu_ms << '\n';
+      const std::string out = line.str();
+      char go = 0;
+      if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size()) || read(go_fd, &go, 1) != 1) {
+        return 1;
+      }
+    }
+  }
   for (Op op : a.ops) {
     for (size_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= a.factor) {
       for (int rep = 0; rep < a.repeat; ++rep) {
@@ -355,7 +383,7 @@ int main(int argc, char** argv) {
   uint64_t wrong_total = 0;
   std::ostringstream json;
   json << "{\"bench\":\"hostnccl_bench\",\"nranks\":" << a.nranks << ",\"nccl_version\":" << ver
-       << ",\"iters\":" << a.iters << ",\"repeat\":" << a.repeat << ",\"tls\":\"" << a.tls << "\",\"rows\":[";
+       << ",\"iters\":" << a.iters << ",\"repeat\":" << a.repeat << ",\"tls\":\"" << a.tls << "\",";
   bool first = true;
   std::vector<std::pair<size_t, double>> goal;  // allreduce at >= 4 MiB: (size, ratio)
   char line[512];
@@ -367,7 +395,19 @@ int main(int argc, char** argv) {
     size_t bytes = 0, count = 0;
     double t0 = 0, t1 = 0;
     uint64_t rw0 = 0, rw1 = 0;
-    if (!(in >> opname >> bytes >> count >> t0 >> t1 >> rw0 >> rw1)) break;
+    if (!(in >> opname)) break;
+    if (opname == "idle") {
+      double wall_ms = 0, cpu_ms = 0;
+      in >> wall_ms >> cpu_ms;
+      printf("# idle wait: rank 0 waited %.0f ms in ncclRecv and used %.1f ms of CPU (%.0f%% of a core)\n", wall_ms,
+             cpu_ms, wall_ms > 0 ? 100 * cpu_ms / wall_ms : 0);
+      fflush(stdout);
+      json << "\"idle_wait_ms\":" << wall_ms << ",\"idle_wait_cpu_ms\":" << cpu_ms << ",";
+      char g = 1;
+      if (write(go[1], &g, 1) != 1) break;
+      continue;
+    }
+    if (!(in >> bytes >> count >> t0 >> t1 >> rw0 >> rw1)) break;
     int opi = static_cast<int>(std::find(std::begin(kOpNames), std::end(kOpNames), opname) - std::begin(kOpNames));
     double f = BusFactor(static_cast<Op>(opi), a.nranks);
     double tag = -1;
@@ -406,7 +446,7 @@ int main(int argc, char** argv) {
     fflush(stdout);
     if (opi == 0 && bytes >= (size_t{4} << 20) && mtag > 0) goal.emplace_back(bytes, ratio);
     wrong_total += w0 + w1;
-    json << (first ? "" : ",") << "{\"op\":\"" << opname << "\",\"size\":" << bytes << ",\"count\":" << count
+    json << (first ? "\"rows\":[" : ",") << "{\"op\":\"" << opname << "\",\"size\":" << bytes << ",\"count\":" << count
          << ",\"oop_time_us\":" << mt0 << ",\"oop_algbw\":" << alg0 << ",\"oop_busbw\":" << alg0 * f
          << ",\"oop_wrong\":" << w0 << ",\"ip_time_us\":" << mt1 << ",\"ip_algbw\":" << alg1
          << ",\"ip_busbw\":" << alg1 * f << ",\"ip_wrong\":" << w1 << ",\"perftest_tag_bw_gbps\":" << mtag
@@ -429,7 +469,7 @@ int main(int argc, char** argv) {
     failures += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   }
   if (failures) fprintf(stderr, "hostnccl_bench: %d rank(s) failed\n", failures);
-  json << "],\"wrong_total\":" << wrong_total << ",\"failed_ranks\":" << failures << "}\n";
+  json << (first ? "\"rows\":[" : "") << "],\"wrong_total\":" << wrong_total << ",\"failed_ranks\":" << failures << "}\n";
   printf("# Out of bounds values : %llu %s\n", static_cast<unsigned long long>(wrong_total),
          wrong_total ? "FAILED" : "OK");
   if (!goal.empty()) {
