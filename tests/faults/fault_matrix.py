@@ -323,7 +323,10 @@ def cell(phase, victim, fault):
         if fault != "kill":
             time.sleep(FREEZE_S)
             if fault == "stop":
-                os.kill(target, signal.SIGCONT)
+                try:
+                    os.kill(target, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass  # evicted meanwhile (a failed rank is killed by the recovery)
             else:
                 for r in relays.values():
                     if r.cut_now:
