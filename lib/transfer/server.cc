@@ -47,7 +47,7 @@ struct StateServer::Impl {
     int efd = -1;
     if (ucp_worker_get_efd(worker, &efd) != UCS_OK) efd = -1;
     while (!stop.load(std::memory_order_acquire)) {
-      while (ucp_worker_progress(worker) != 0) {
+      while (ucp_worker_progress(worker) != 0 && !stop.load(std::memory_order_relaxed)) {
       }
       if (efd < 0) {
         std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -171,6 +171,13 @@ Status StateServer::Seal(std::vector<uint64_t>* checksums) {
 
 void StateServer::Close() {
   if (!impl_ || impl_->closed) return;
+  Abandon();
+  ucp_worker_destroy(impl_->worker);
+  ucp_cleanup(impl_->context);
+}
+
+void StateServer::Abandon() {
+  if (!impl_ || impl_->closed) return;
   Impl& m = *impl_;
   m.closed = true;
   if (m.progress.joinable()) {
@@ -181,8 +188,6 @@ void StateServer::Close() {
   m.hash_lanes.reset();
   m.Unmap();
   if (m.ptracer_set) (void)prctl(PR_SET_PTRACER, 0, 0, 0, 0);
-  ucp_worker_destroy(m.worker);
-  ucp_cleanup(m.context);
 }
 
 }  // namespace trainmover::transfer
