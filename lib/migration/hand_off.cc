@@ -5,14 +5,29 @@
 #include <climits>
 #include <cstdlib>
 
+#include "base/crypto.h"
 #include "base/host.h"
 #include "core/shim_state.h"
 
 namespace trainmover::migration {
 
+namespace {
+// The hand-off's own key, derived from the job's token (HKDF, its own label): the token itself never keys
+// anything but the control protocol's handshake.
+std::string TransferKey() {
+  namespace crypto = base::crypto;
+  uint8_t key[32];
+  if (!crypto::HkdfSha256(crypto::AsBytes(shim::ProcessConfig().token), {},
+                          crypto::AsBytes("trainmover transfer descriptor key v1"), key, sizeof(key))) {
+    return "";  // both sides fail alike only if OpenSSL is broken; the descriptors then fail their MAC
+  }
+  return std::string(reinterpret_cast<const char*>(key), sizeof(key));
+}
+}  // namespace
+
 transfer::ServerOptions HandOffServerOptions(const std::string& destination) {
   transfer::ServerOptions o;
-  o.auth_key = shim::ProcessConfig().token;
+  o.auth_key = TransferKey();
   // "host H pid P": only a joiner on this host can read with process_vm_readv, so only it is named.
   const std::string host = "host " + base::HostName() + " pid ";
   if (destination.rfind(host, 0) == 0) {
@@ -24,7 +39,7 @@ transfer::ServerOptions HandOffServerOptions(const std::string& destination) {
 
 transfer::ClientOptions HandOffClientOptions() {
   transfer::ClientOptions o;
-  o.auth_key = shim::ProcessConfig().token;
+  o.auth_key = TransferKey();
   return o;
 }
 

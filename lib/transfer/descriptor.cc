@@ -1,9 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "descriptor.h"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +8,7 @@
 #include <fstream>
 #include <set>
 
+#include "base/crypto.h"
 #include "base/host.h"
 
 namespace trainmover::transfer::detail {
@@ -63,19 +61,20 @@ Status Bad(const std::string& what) { return Status(Code::kBadDescriptor, "descr
 constexpr char kDescriptorLabel[] = "trainmover transfer descriptor v4";
 constexpr char kChecksumLabel[] = "trainmover transfer checksums v4";
 
-// HMAC-SHA256(key, label || data).
+namespace crypto = base::crypto;
+static_assert(kMacBytes == crypto::kHmacBytes);
+
+// HMAC-SHA256(key, label || data). A failure of OpenSSL leaves a MAC of zeros, which no check accepts (the
+// other side computes a real one).
 void Mac(std::string_view key, std::string_view label, std::span<const uint8_t> data, uint8_t (&mac)[kMacBytes]) {
-  std::vector<uint8_t> msg(label.begin(), label.end());
-  msg.insert(msg.end(), data.begin(), data.end());
-  unsigned int len = 0;
-  static const uint8_t kEmpty = 0;
-  HMAC(EVP_sha256(), key.empty() ? static_cast<const void*>(&kEmpty) : key.data(), static_cast<int>(key.size()), msg.data(), msg.size(), mac,
-       &len);
+  crypto::Hmac h{};
+  if (!crypto::HmacSha256(crypto::AsBytes(key), {crypto::AsBytes(label), data}, &h)) h.fill(0);
+  std::memcpy(mac, h.data(), kMacBytes);
 }
 
 }  // namespace
 
-bool MacEqual(const uint8_t* a, const uint8_t* b) { return CRYPTO_memcmp(a, b, kMacBytes) == 0; }
+bool MacEqual(const uint8_t* a, const uint8_t* b) { return crypto::ConstantTimeEqual(a, b, kMacBytes); }
 
 void ChecksumMac(std::string_view key, const uint8_t (&nonce)[kNonceBytes], std::span<const uint64_t> checksums,
                  uint8_t (&mac)[kMacBytes]) {

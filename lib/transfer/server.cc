@@ -3,7 +3,6 @@
 // Expose does everything that can happen before the switch: the UCX mappings and packed rkeys, the descriptor,
 // the progress thread that answers UCX gets, and the hash lanes Seal will use. Seal, at the switch point, only
 // hashes (at memory speed, on every lane) and publishes.
-#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/prctl.h>
 
@@ -12,6 +11,7 @@
 #include <cstring>
 #include <thread>
 
+#include "base/crypto.h"
 #include "checksum.h"
 #include "descriptor.h"
 #include "lanes.h"
@@ -84,7 +84,7 @@ Status StateServer::Create(const ServerOptions& options, std::unique_ptr<StateSe
                                                                  : static_cast<unsigned long>(options.ptracer_pid);
     impl->ptracer_set = prctl(PR_SET_PTRACER, who, 0, 0, 0) == 0;
   }
-  if (RAND_bytes(impl->nonce, sizeof(impl->nonce)) != 1) return Status(Code::kInvalidArgument, "no random bytes");
+  if (!base::crypto::RandomBytes(impl->nonce, sizeof(impl->nonce))) return Status(Code::kUcx, "no random bytes");
   Status s = detail::MakeContextAndWorker(options.transports, /*wakeup=*/true, &impl->context, &impl->worker);
   if (!s.ok()) return s;
   out->reset(new StateServer(std::move(impl)));

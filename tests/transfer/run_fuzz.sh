@@ -26,4 +26,4 @@ mkdir -p "$out/corpus"
 cp "$src"/tests/transfer/fuzz_regressions/* "$out/corpus/" 2>/dev/null || true
 exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_transfer_descriptor "$runs" -- -I"$src/lib" -I"$src/lib/transfer" \
   "$src/tests/transfer/fuzz_descriptor.cc" "$src/lib/transfer/descriptor.cc" "$src/lib/transfer/status.cc" \
-  "$src/lib/base/host.cc" -lcrypto
+  "$src/lib/base/host.cc" "$src/lib/base/crypto.cc" -lcrypto

@@ -6,10 +6,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "base/crypto.h"
 #include "base/hostport.h"
 #include "base/thread.h"
 
@@ -84,23 +81,26 @@ int64_t DecodeI64(const std::string& s) {
 }
 Clock::time_point After(int ms) { return Clock::now() + std::chrono::milliseconds(ms); }
 
-// HMAC-SHA256(token, label || a || b).
+namespace crypto = trainmover::base::crypto;
+static_assert(kKvMacBytes == crypto::kHmacBytes);
+
+// HMAC-SHA256(token, label || a || b); empty when OpenSSL fails (SameMac then refuses).
 std::string Mac(const std::string& token, const char* label, const std::string& a, const std::string& b) {
-  std::string msg = std::string(label) + a + b;
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), token.data(), static_cast<int>(token.size()), reinterpret_cast<const unsigned char*>(msg.data()),
-       msg.size(), out, &len);
-  return std::string(reinterpret_cast<char*>(out), len);
+  crypto::Hmac h;
+  if (!crypto::HmacSha256(crypto::AsBytes(token), {crypto::AsBytes(label), crypto::AsBytes(a), crypto::AsBytes(b)},
+                          &h)) {
+    return "";
+  }
+  return std::string(reinterpret_cast<const char*>(h.data()), h.size());
 }
 
 bool SameMac(const std::string& a, const std::string& b) {
-  return a.size() == b.size() && a.size() == kKvMacBytes && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+  return a.size() == b.size() && a.size() == kKvMacBytes && crypto::ConstantTimeEqual(a.data(), b.data(), a.size());
 }
 
 std::string Nonce() {
   std::string n(kKvNonceBytes, '\0');
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(n.data()), static_cast<int>(n.size())) != 1) n.clear();
+  if (!crypto::RandomBytes(n.data(), n.size())) n.clear();
   return n;
 }
 
@@ -198,7 +198,7 @@ void KvServer::Stop() {
       if (!c.done) shutdown(c.fd, SHUT_RDWR);
     }
   }
-  cv_.notify_all();
+  table_.Stop();
   shutdown(listen_fd_, SHUT_RDWR);
   if (acceptor_.joinable()) acceptor_.join();
   for (Conn& c : conns_) c.thread.join();  // the acceptor is gone: nobody else touches conns_
@@ -253,22 +253,17 @@ void KvServer::Serve(Conn* conn) {
   for (; authed;) {
     char hdr[kKvHeaderBytes];
     if (!ReadFull(fd, hdr, sizeof(hdr))) break;
-    auto op = static_cast<KvOp>(static_cast<uint8_t>(hdr[0]));
-    uint32_t key_len = GetU32(hdr + 4), val_len = GetU32(hdr + 8);
+    const KvHeader h = DecodeKvHeader(hdr);
     std::string out;
-    KvStatus st;
-    bool keep = true;
-    if (key_len == 0 || key_len > kKvMaxKey || val_len > kKvMaxValue) {
-      // Do not read an unbounded body: answer and drop the connection.
-      st = (key_len == 0) ? KvStatus::kBadRequest : KvStatus::kTooLarge;
-      keep = false;
-    } else {
-      std::string key(key_len, '\0'), val(val_len, '\0');
+    KvStatus st = CheckKvHeader(h);
+    const bool keep = st == KvStatus::kOk;  // else: answer, and drop the connection without reading the body
+    if (keep) {
+      std::string key(h.key_len, '\0'), val(h.val_len, '\0');
       const auto body_deadline = After(kKvBodyTimeoutMs);
-      if (!ReadFull(fd, key.data(), key_len, body_deadline) || !ReadFull(fd, val.data(), val_len, body_deadline)) {
+      if (!ReadFull(fd, key.data(), h.key_len, body_deadline) || !ReadFull(fd, val.data(), h.val_len, body_deadline)) {
         break;
       }
-      st = Handle(op, key, val, &out);
+      st = table_.Handle(static_cast<KvOp>(h.op), key, val, &out);
     }
     char rh[8] = {static_cast<char>(st), 0, 0, 0};
     PutU32(rh + 4, static_cast<uint32_t>(out.size()));
@@ -279,7 +274,30 @@ void KvServer::Serve(Conn* conn) {
   conn->done = true;
 }
 
-KvStatus KvServer::Handle(KvOp op, const std::string& key, const std::string& val, std::string* out) {
+KvHeader DecodeKvHeader(const char (&bytes)[kKvHeaderBytes]) {
+  return KvHeader{static_cast<uint8_t>(bytes[0]), GetU32(bytes + 4), GetU32(bytes + 8)};
+}
+
+KvStatus CheckKvHeader(const KvHeader& h) {
+  if (h.key_len == 0) return KvStatus::kBadRequest;
+  if (h.key_len > kKvMaxKey || h.val_len > kKvMaxValue) return KvStatus::kTooLarge;
+  return KvStatus::kOk;
+}
+
+size_t KvTable::size() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return data_.size();
+}
+
+void KvTable::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+}
+
+KvStatus KvTable::Handle(KvOp op, const std::string& key, const std::string& val, std::string* out) {
   std::unique_lock<std::mutex> lock(mu_);
   switch (op) {
     case KvOp::kSet: {

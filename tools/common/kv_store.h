@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/crypto.h"
 #include "base/status.h"
 
 namespace tm_tools {
@@ -36,7 +37,7 @@ inline constexpr size_t kKvHeaderBytes = 12;
 // with HMAC-SHA256 over both sides' nonces before its first request, within kKvAuthTimeoutMs.
 inline constexpr size_t kKvNonceBytes = 32;
 inline constexpr size_t kKvMacBytes = 32;
-inline constexpr size_t kKvMinTokenBytes = 16;
+inline constexpr size_t kKvMinTokenBytes = trainmover::base::crypto::kMinSecretBytes;
 inline constexpr int kKvAuthTimeoutMs = 5000;
 // A request's key and value must follow its header within this (a slow or stalled sender cannot hold a
 // connection's thread in the middle of a request); an idle connection between requests is fine.
@@ -58,6 +59,33 @@ enum class KvStatus : uint8_t {
 };
 
 const char* KvStatusName(KvStatus s);
+
+// A request's header as it arrives (big-endian on the wire): decoded, then checked before any body byte is
+// read. Exposed with KvTable for the protocol's fuzzer (tests/tools/fuzz_kv.cc).
+struct KvHeader {
+  uint8_t op = 0;
+  uint32_t key_len = 0, val_len = 0;
+};
+KvHeader DecodeKvHeader(const char (&bytes)[kKvHeaderBytes]);
+// kOk when the body may be read; otherwise the status to answer before the connection is closed (an empty or
+// too long key, a too long value: the server never reads a body whose length it did not bound).
+KvStatus CheckKvHeader(const KvHeader& h);
+
+// The store's contents and what SET, GET and ADD do to them (KvServer serves one). Thread-safe.
+class KvTable {
+ public:
+  // One request whose header passed CheckKvHeader. GET blocks until its key exists, its timeout passes or Stop.
+  KvStatus Handle(KvOp op, const std::string& key, const std::string& val, std::string* out);
+  size_t size();
+  // Wakes every blocked GET (they answer kTimeout) and makes later GETs return at once.
+  void Stop();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::string, std::string> data_;
+};
 
 // The store's token for a rank or a tool: TMRUN_STORE_TOKEN (tmrun sets it for every rank), else
 // TRAINMOVER_TOKEN. Empty when neither is set.
@@ -89,16 +117,14 @@ class KvServer {
 
   void AcceptLoop();
   void Serve(Conn* conn);
-  KvStatus Handle(KvOp op, const std::string& key, const std::string& val, std::string* out);
 
   int listen_fd_ = -1;
   uint16_t port_ = 0;
   std::string token_;
   std::thread acceptor_;
+  KvTable table_;
   std::mutex mu_;
-  std::condition_variable cv_;
   bool stopping_ = false;
-  std::map<std::string, std::string> data_;
   std::list<Conn> conns_;  // guarded by mu_; finished ones are joined by the acceptor
 };
 
