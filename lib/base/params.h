@@ -90,11 +90,13 @@
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
   X(FAULT, fault, std::string, ParseOneOf, "enum", "",                                                        \
-    "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op",                                      \
+    "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op|tamper-descriptor",                    \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
     "with PASSED (the coordinator must propose again and release the ranks held at the first one); "          \
     "slow-transfer makes a joiner wait 3 s before it reads the state (a wide switching phase for the fault "  \
     "tests, docs/reliability.md); slow-first-op makes a joiner wait 3 s after it switched in, so that the "  \
-    "stayers wait in their first operation on the replacements (the fault matrix's first-op cells).")
+    "stayers wait in their first operation on the replacements (the fault matrix's first-op cells); "        \
+    "tamper-descriptor makes a leaver change one byte of its transfer descriptor after it was MACed, as an "  \
+    "attacker on the way would (the joiner must refuse it and training continue).")
 // clang-format on

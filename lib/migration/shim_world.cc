@@ -52,8 +52,13 @@ shim::VComm* VC(CommRef v) { return static_cast<shim::VComm*>(v); }
 
 class ServerSource final : public StateSource {
  public:
-  explicit ServerSource(std::unique_ptr<transfer::StateServer> s) : s_(std::move(s)) {}
-  const std::vector<uint8_t>& Descriptor() const override { return s_->Descriptor(); }
+  // tamper: the test knob TRAINMOVER_FAULT=tamper-descriptor (one byte of a region's address changed after the
+  // MAC, as an attacker between the leaver and the joiner would).
+  ServerSource(std::unique_ptr<transfer::StateServer> s, bool tamper)
+      : s_(std::move(s)), descriptor_(s_->Descriptor()) {
+    if (tamper && !descriptor_.empty()) descriptor_[descriptor_.size() - 40] ^= 0x01;
+  }
+  const std::vector<uint8_t>& Descriptor() const override { return descriptor_; }
   std::string Seal() override {
     transfer::Status st = s_->Seal();
     return st.ok() ? "" : st.ToString();
@@ -64,6 +69,7 @@ class ServerSource final : public StateSource {
 
  private:
   std::unique_ptr<transfer::StateServer> s_;
+  std::vector<uint8_t> descriptor_;
 };
 
 // The joiner's prepared read: the client and what it prepared (destroyed in that order's reverse).
@@ -272,7 +278,7 @@ class ShimWorld final : public World {
       if (server) server->Close();
       return nullptr;
     }
-    return std::make_unique<ServerSource>(std::move(server));
+    return std::make_unique<ServerSource>(std::move(server), Fault() == "tamper-descriptor");
   }
   std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& descriptor, uint32_t leaver_pid,
                                      std::string* note) override {

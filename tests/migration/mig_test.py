@@ -658,6 +658,13 @@ def scenario_abort_transfer():
                expect_reason="state transfer failed")
 
 
+def scenario_attack_descriptor():
+    """A transfer descriptor changed on its way (TRAINMOVER_FAULT=tamper-descriptor: one byte after the leaver's
+    MAC) is refused by the joiner before it reads a byte; the migration fails, training is bit-identical."""
+    abort_case("attack-descriptor", "none", env={"TRAINMOVER_FAULT": "tamper-descriptor"}, rank=1,
+               expect_reason="MAC mismatch")
+
+
 def scenario_seal_overlap():
     """TRAINMOVER_SEAL_OVERLAP=on|off: the leaver seals while the joiner reads, or first; both bit-identical. With
     on, the leaver's AT_STEP precedes its seal, so the joiner's transfer starts before the seal ends (checked in the
@@ -732,7 +739,8 @@ def scenario_numpy():
 
 
 SCENARIOS = {"3d": scenario_3d, "3d_middle": scenario_3d_middle, "torchrun": scenario_torchrun, "tp_dp": scenario_tp_dp, "numpy": scenario_numpy, "tape": scenario_tape, "seal_overlap": scenario_seal_overlap, "host": scenario_host, "split": scenario_split, "repropose": scenario_repropose, "fast": scenario_fast, "captured": scenario_captured, "several": scenario_several, "abort_joiner": scenario_abort_joiner, "abort_leaver": scenario_abort_leaver,
-             "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
+             "abort_coordinator": scenario_abort_coordinator, "abort_transfer": scenario_abort_transfer,
+             "attack_descriptor": scenario_attack_descriptor,"basic": scenario_basic, "twice": scenario_twice, "pair": scenario_pair, "mismatch": scenario_mismatch}
 
 if __name__ == "__main__":
     for path in (TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD):
