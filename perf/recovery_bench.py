@@ -88,9 +88,15 @@ def main(argv):
           "step = the reference run's median step)")
     for x in rows:
         verdict = "met" if x["goal_ratio"] >= 10 else "NOT met"
+        # The step time from which the same downtimes would meet the goal: (C + I/2 s) / (W + L s) >= 10.
+        room = a.interval / 2 - 10 * x["standby"]["lost_steps"]
+        need = (10 * x["standby"]["failure_to_step_ms"] - x["crash_restart"]["failure_to_step_ms"]) / room
+        x["goal_step_ms"] = round(max(need, 0.0), 1) if room > 0 else None
+        at = (f"with steps of {x['goal_step_ms']:.0f} ms or longer" if room > 0 else
+              f"at no step time ({x['standby']['lost_steps']} steps lost >= {a.interval // 20})")
         print(f"  {x['ranks']} ranks: cold {x['cold_with_lost_work_ms']:.1f} ms vs standby "
               f"{x['standby_with_lost_work_ms']:.1f} ms (step {x['median_step_ms']:.2f} ms): {x['goal_ratio']:.2f}x, "
-              f"goal {verdict}")
+              f"goal {verdict}; the same downtimes meet it {at}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"emulated": {"init_ms": a.init_ms, "comm_init_ms": a.comm_init_ms}, "interval": a.interval,
