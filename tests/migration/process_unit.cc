@@ -741,7 +741,7 @@ TEST_CASE("joiner: a coordinator that goes silent; exit after 3 s, or after the 
   SUBCASE("silent after VERIFIED") { verified = true; }
   p.w.script.push_back([&] {
     p.Cmd(mig::Cmd::kBuild, b);
-    p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1}});
+    p.Cmd(mig::Cmd::kPrepare, mig::Prepare{{1}, 77});
     p.w.RunJobs();
     if (verified) {
       p.Cmd(mig::Cmd::kRead, mig::Step{12});
