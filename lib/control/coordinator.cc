@@ -431,7 +431,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         pr->dropped = h.dropped;
         if (h.step > pr->step) pr->step = h.step;
         stragglers_->OnWindow(pr->id, h.window, pr->last_heartbeat_ns);
-        if (pr->state == ProcState::kLost) {
+        if (pr->state == ProcState::kLost && !pr->fenced) {
           pr->state = ProcState::kAlive;
           TM_INFO(kLogControl, "coordinator: process %" PRIu64 " is back", pr->id);
         }
@@ -539,8 +539,10 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
     pr->id = id;
   }
   pr->info = r;
-  pr->state = ProcState::kAlive;
-  pr->lost_reason.clear();
+  if (!pr->fenced) {  // a fenced process stays lost (its engine tells it to end)
+    pr->state = ProcState::kAlive;
+    pr->lost_reason.clear();
+  }
   pr->conn_fd = p.conn->fd();
   pr->last_heartbeat_ns = NowMonotonicNs();
   pr->missed_counted = 0;
@@ -646,6 +648,12 @@ void Coordinator::CheckHeartbeats() {
   int recovering = 0;
   for (const auto& [id, m] : migs_) recovering += m.kind == kKindRecover && !MigTerminal(m.state);
   recovering_.store(recovering, std::memory_order_relaxed);
+  std::set<uint32_t> fenced;
+  for (const auto& [id, pr] : procs_) {
+    if (pr.fenced) fenced.insert(pr.info.pid);
+  }
+  std::lock_guard<std::mutex> lk(fenced_mu_);
+  fenced_pids_ = std::move(fenced);
 }
 
 void Coordinator::AddEngine(std::unique_ptr<Engine> e) {

@@ -189,6 +189,10 @@ void Recovery::OnCommand(const control::Command& c) {
       cv_.notify_all();
       return;
     }
+    case rec::Cmd::kFenced:  // on the agent thread, at once: nothing of this process may reach the job any more
+      w_.Exit(1, "failure recovery: this process (rank " + std::to_string(m.rank) + ") was declared failed in epoch " +
+                     std::to_string(m.epoch) + " and replaced; it ends without touching the job (stale epoch)");
+      return;
     case rec::Cmd::kGiveUp: {
       std::lock_guard<std::mutex> lk(mu_);
       give_up_ = m.text.empty() ? "the coordinator gave up" : m.text;
@@ -288,12 +292,12 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
   }
 }
 
-// Every TRAINMOVER_SNAPSHOT_EVERY-th step: a copy of the registered regions into the oldest slot but the pinned one;
+// Every TRAINMOVER_SNAPSHOT_EVERY-th step (positive multiples: before the first, nothing can be recovered): a copy of the registered regions into the oldest slot but the pinned one;
 // hashed and announced (SNAP_TAKEN) in the background, pulled by the buddies.
 void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (!on_ || shim::ProcessSandboxed()) return;
   WaitShipped(lk);
-  if (fenced_ || !give_up_.empty() || step % every_ != 0 || !w_.Connected()) return;
+  if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
   for (const shim::Region& r : regs) {

@@ -80,7 +80,7 @@ class RecoveryEngine final : public Engine {
 
   void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
     ProcessRec* from = h.FindProcess(p);
-    if (!from) return;
+    if (!from || from->fenced) return;  // declared failed: whatever it says is of an old epoch
     if (e.kind >= rec::kFirstRecoveryKind) {
       rec::RecMsg m;
       if (!DecodePayload(e.body, &m)) return;
@@ -155,17 +155,18 @@ class RecoveryEngine final : public Engine {
               pr->info.rank, pr->lost_reason.c_str());
       return;
     }
-    auto snaps = snaps_.find(pr->info.rank);
-    if (snaps == snaps_.end() || snaps->second.owner != p) {
-      TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); it took no snapshot (no registered state, or a "
-                             "process without the shim's recovery), so it cannot be recovered",
-              pr->info.rank, pr->lost_reason.c_str());
+    if (pr->regions.empty()) {
+      TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); it registered no state (tmRegister), so it cannot be "
+                             "recovered", pr->info.rank, pr->lost_reason.c_str());
       return;
     }
     Start(h, *pr);
   }
 
+  void OnProcessBack(EngineHost& h, uint64_t) override { FenceStale(h); }
+
   void OnTick(EngineHost& h) override {
+    FenceStale(h);
     if (!ctx_) return;
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
@@ -331,6 +332,8 @@ class RecoveryEngine final : public Engine {
     m.recovery.failed_at_step = reached;
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s; recovery %" PRIu64 ", epoch %" PRIu64,
             rank, dead.id, dead.lost_reason.c_str(), m.id, x.epoch);
+    if (ProcessRec* d = h.FindProcess(dead.id)) d->fenced = true;
+    declared_[dead.id] = Declared{x.epoch, rank, MonoNs()};
     if (dead.lost_reason.rfind("no heartbeat", 0) == 0 && dead.info.host == base::HostName() && dead.info.pid > 0) {
       kill(static_cast<pid_t>(dead.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
@@ -384,6 +387,27 @@ class RecoveryEngine final : public Engine {
     TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64 " (snapshot held by process %"
                            PRIu64 ")", x.id, x.step, x.buddy);
     h.SendCommand(x.buddy, rec::MakeRec(rec::Cmd::kExposeHeld, x.id, rec::RecMsg{.rank = x.rank, .step = x.step}));
+  }
+
+  // A process declared failed that is heard from again (it was stopped or cut off, not dead) must not come back into a
+  // job that has moved on: the coordinator keeps it lost (ProcessRec::fenced) and tells it to end (FENCED).
+  void FenceStale(EngineHost& h) {
+    for (auto it = declared_.begin(); it != declared_.end();) {
+      ProcessRec* p = h.FindProcess(it->first);
+      if (!p || p->state == ProcState::kExited) {
+        it = declared_.erase(it);
+        continue;
+      }
+      if (p->last_heartbeat_ns > it->second.at_mono) {
+        TM_WARN(kLogMigration, "coordinator: process %" PRIu64 " (rank %d), declared failed in epoch %" PRIu64
+                               ", is back: told to end (stale epoch)", p->id, it->second.rank, it->second.epoch);
+        h.SendCommand(p->id, rec::MakeRec(rec::Cmd::kFenced, 0, rec::RecMsg{.epoch = it->second.epoch,
+                                                                           .rank = it->second.rank}));
+        it = declared_.erase(it);
+        continue;
+      }
+      ++it;
+    }
   }
 
   // The replacement's READY: matched against the dead rank like a joiner against its leaver.
@@ -565,6 +589,12 @@ class RecoveryEngine final : public Engine {
   std::map<int32_t, RankSnaps> snaps_;
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
+  struct Declared {
+    uint64_t epoch = 0;
+    int32_t rank = -1;
+    uint64_t at_mono = 0;
+  };
+  std::map<uint64_t, Declared> declared_;  // processes declared failed, until they exit or are told to end
 };
 
 }  // namespace

@@ -17,6 +17,8 @@ const char* RecCmdName(uint16_t kind) {
       return "ROLLBACK";
     case Cmd::kGiveUp:
       return "GIVE_UP";
+    case Cmd::kFenced:
+      return "FENCED";
   }
   return "UNKNOWN";
 }

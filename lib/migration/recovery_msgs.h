@@ -21,6 +21,7 @@
 //          the buddy's descriptor, SWITCH(S)), then COMMAND ROLLBACK(epoch, step S) -> every survivor
 //   surv.  EVENT ROLLED_BACK(epoch, step S, words = {stall ns})
 //   D      COMMAND GIVE_UP(text) -> every survivor when recovery is impossible (they end with that reason)
+//   D      COMMAND FENCED(epoch, rank F) -> F's old process if it is heard from again (stopped, not dead): it ends
 #ifndef TRAINMOVER_LIB_MIGRATION_RECOVERY_MSGS_H_
 #define TRAINMOVER_LIB_MIGRATION_RECOVERY_MSGS_H_
 
@@ -43,6 +44,7 @@ enum class Cmd : uint16_t {
   kExposeHeld = 103,   // buddy: expose the held copy of rank at step for the replacement (rank, step)
   kRollback = 104,     // survivor: restore the snapshot at step, switch, continue from step (epoch, step)
   kGiveUp = 105,       // survivor: recovery is impossible (text); end as the failure would have ended it
+  kFenced = 106,       // a process declared failed that woke up (epoch, rank): it was replaced, it ends at once
 };
 enum class Ev : uint16_t {
   kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,

@@ -143,7 +143,7 @@ void TrainLoop(const Flags& f, const RankInfo& who, const CheckpointMeta& meta, 
   Slowdown slowdown;
   slowdown.Start(f.slow, who.rank, std::string(who.role) == "worker");
   for (;;) {
-    step = tmSafePoint(step);
+    if (!f.no_safe_points) step = tmSafePoint(step);
     timeline.Mark(who.rank, step, who.role);
     if (step == f.checkpoint_at && step != resumed_from) {
       const std::string path = CheckpointPath(f.checkpoint_dir, who.rank);

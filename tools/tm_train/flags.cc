@@ -44,6 +44,7 @@ void Usage() {
       "  --checkpoint-at K         save the state at step K (before iteration K runs)\n"
       "  --exit-after-checkpoint   exit 0 right after saving\n"
       "  --resume                  load the checkpoint in --checkpoint-dir and continue from its step\n"
+      "  --no-safe-points          never call tmSafePoint (a program without it: no migration, no recovery)\n"
       "  --timeline FILE           append JSON lines {rank, step, t_ns} at every safe point (%%r = rank)\n"
       "  --store-timeout-ms MS     how long to wait for a unique id in the store (default 120000)\n"
       "  --tp T                    3D-parallel workload: tensor-parallel degree (default 1 there)\n"
@@ -77,6 +78,7 @@ Flags ParseFlags(int argc, char** argv) {
       {"--checkpoint-at", true, [&](const std::string& v) { f.checkpoint_at = ParseInt("--checkpoint-at", v, 0); }},
       {"--exit-after-checkpoint", false, [&](const std::string&) { f.exit_after_checkpoint = true; }},
       {"--resume", false, [&](const std::string&) { f.resume = true; }},
+      {"--no-safe-points", false, [&](const std::string&) { f.no_safe_points = true; }},
       {"--timeline", true, [&](const std::string& v) { f.timeline = v; }},
       {"--store-timeout-ms", true,
        [&](const std::string& v) { f.store_timeout_ms = ParseInt("--store-timeout-ms", v, 1); }},

@@ -22,6 +22,7 @@ struct Flags {
   int64_t store_timeout_ms = 120000;
   bool exit_after_checkpoint = false;
   bool resume = false;
+  bool no_safe_points = false;  // never call tmSafePoint (a program without the optional call)
   std::string checkpoint_dir;
   std::string timeline;
   // The 3D-parallel workload (parallel.h): chosen when --tp or --pp is given.
