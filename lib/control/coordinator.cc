@@ -562,6 +562,11 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
 // The communicators of the process holding `rank`, in its creation order: a joiner's sandbox answers from them.
 void Coordinator::ReplacedTable(int32_t rank, RegisterAck* a) {
   const ProcessRec* holder = FindProcessByRank(rank);
+  const ProcessRec* lost = nullptr;  // else the newest lost one: a failed rank's replacement (docs/recovery.md)
+  for (const auto& [id, pr] : procs_) {
+    if (pr.state == ProcState::kLost && pr.info.role == "worker" && pr.info.rank == rank) lost = &pr;
+  }
+  if (!holder) holder = lost;
   if (!holder) return;
   a->has_table = 1;
   for (const auto& [key, c] : holder->comm_info) a->replaced_comms.push_back(c);
