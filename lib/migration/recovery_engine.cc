@@ -220,7 +220,10 @@ class RecoveryEngine final : public Engine {
   // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with
   // HELD) and a copy of the old timeline would be moot; the owner's wait for it ends with the fence.
   void OnSnapTaken(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
-    if (ctx_ || from.info.role != "worker" || from.info.rank < 0) return;
+    // During a recovery, only the new timeline's: from a survivor that rolled back, or the switched replacement.
+    if (ctx_ && !ctx_->rolled.count(from.id) && !(from.id == ctx_->joiner && ctx_->joiner_switched)) return;
+    if (from.info.role != "worker" && !(ctx_ && from.id == ctx_->joiner)) return;
+    if (from.info.rank < 0) return;
     RankSnaps& rs = SnapsOf(from);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
@@ -241,7 +244,7 @@ class RecoveryEngine final : public Engine {
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
     auto it = snaps_.find(m.rank);
-    if (ctx_ || m.epoch != epoch_ || it == snaps_.end()) return;
+    if (m.epoch != epoch_ || it == snaps_.end()) return;  // an older epoch's copy belongs to an abandoned timeline
     RankSnaps& rs = it->second;
     auto slot = rs.taken.find(m.step);
     if (m.ok && slot != rs.taken.end() && slot->second == m.slot) rs.held[buddy.id][m.step] = m.slot;
@@ -535,6 +538,15 @@ class RecoveryEngine final : public Engine {
   void OnRolledBack(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
     if (!ctx_ || m.epoch != ctx_->epoch) return;
     ctx_->rolled.insert(from.id);
+    // The steps after S are trained again: its snapshots of the old timeline beyond S are forgotten (before it
+    // snapshots the new timeline, which it does as soon as it goes on, maybe before the recovery is marked done).
+    auto it = snaps_.find(from.info.rank);
+    if (it != snaps_.end() && it->second.owner == from.id) {
+      RankSnaps& rs = it->second;
+      std::erase_if(rs.taken, [&](const auto& kv) { return kv.first > m.step; });
+      for (auto& [b, steps] : rs.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > m.step; });
+      rs.shipping.clear();
+    }
     MaybeDone(h);
   }
 
@@ -555,12 +567,6 @@ class RecoveryEngine final : public Engine {
     if (ProcessRec* j = h.FindProcess(x.joiner)) {
       j->info.role = "worker";  // it holds the rank now
       j->info.replace = -1;
-    }
-    // The steps after S are trained again: snapshots of the old timeline beyond S are forgotten.
-    for (auto& [rank, rs] : snaps_) {
-      std::erase_if(rs.taken, [&](const auto& kv) { return kv.first > x.step && rs.owner != x.joiner; });
-      for (auto& [b, steps] : rs.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > x.step; });
-      rs.shipping.clear();
     }
     h.SetMigState(*m, MigState::kDone);
     TM_WARN(kLogMigration,
