@@ -18,6 +18,7 @@
 #include "msgs.h"
 #include "recovery.h"
 #include "recovery_msgs.h"
+#include "standby_pool.h"
 
 namespace trainmover::control {
 
@@ -81,6 +82,7 @@ class RecoveryEngine final : public Engine {
   void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
     ProcessRec* from = h.FindProcess(p);
     if (!from || from->fenced) return;  // declared failed: whatever it says is of an old epoch
+    if (e.kind >= standby::kFirstStandbyKind) return standbys_.OnEvent(h, *from, e);
     if (e.kind >= rec::kFirstRecoveryKind) {
       rec::RecMsg m;
       if (!DecodePayload(e.body, &m)) return;
@@ -133,6 +135,7 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnProcessLost(EngineHost& h, uint64_t p) override {
+    standbys_.OnProcessLost(p);
     for (auto& [rank, rs] : snaps_) rs.held.erase(p);  // a buddy that is gone holds nothing any more
     ProcessRec* pr = h.FindProcess(p);
     if (!pr) return;
@@ -167,6 +170,7 @@ class RecoveryEngine final : public Engine {
 
   void OnTick(EngineHost& h) override {
     FenceStale(h);
+    standbys_.OnTick(h);
     if (!ctx_) return;
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
@@ -357,6 +361,7 @@ class RecoveryEngine final : public Engine {
     h.BeginPhase(m, 0, "fence");
     rec::RecMsg fence{.epoch = x.epoch, .rank = rank, .words = ctx_->keys};
     for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
+    if (TakeStandby(h, m, dead)) return;
     h.SetMigState(m, MigState::kSpawning);
     h.BeginPhase(m, 0, "replacement start");
     std::string err, log;
@@ -431,16 +436,41 @@ class RecoveryEngine final : public Engine {
       x.joiner = j.id;  // told to exit by the abort
       return Fail(h, "the replacement of rank " + std::to_string(x.rank) + " does not match it: " + diff);
     }
-    x.joiner = j.id;
-    m->joiner = j.id;
     h.EndPhase(*m, 0, "replacement start");
-    h.SetMigState(*m, MigState::kReady);
-    h.SetMigState(*m, MigState::kBuilding);
-    h.BeginPhase(*m, 0, "build");
+    Adopt(h, *m, j.id, j2l);
+  }
+
+  // A waiting standby (docs/recovery.md, "Standbys") instead of a spawned replacement, when one fits: ASSIGN, then
+  // the same commands as to a spawned one once it is ready. False: none fits (logged), spawn one.
+  bool TakeStandby(EngineHost& h, Migration& m, const ProcessRec& dead) {
+    std::vector<const CommCreated*> dc;
+    for (uint64_t k : ctx_->keys) dc.push_back(&dead.comm_info.at(k));
+    std::string why;
+    std::optional<StandbyPool::Pick> pick = standbys_.Take(h, dead, dc, &why);
+    if (!pick) {
+      TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": %s; spawning a replacement", m.id, why.c_str());
+      return false;
+    }
+    m.recovery.replacement = pick->describe;
+    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": the replacement is %s", m.id, pick->describe.c_str());
+    const int32_t world = std::max(dead.info.world, ctx_->rank + 1);
+    h.SendCommand(pick->process, standby::Make(standby::Cmd::kAssign, m.id, standby::Assign{ctx_->rank, world}));
+    Adopt(h, m, pick->process, pick->j2l);
+    return true;
+  }
+
+  // The replacement (spawned and ready, or a standby) is matched: MAP its communicators to the dead rank's, MAKE_IDS,
+  // and PREPARE once the buddy exposed its copy.
+  void Adopt(EngineHost& h, Migration& m, uint64_t j, const std::map<uint64_t, uint64_t>& j2l) {
+    ctx_->joiner = j;
+    m.joiner = j;
+    h.SetMigState(m, MigState::kReady);
+    h.SetMigState(m, MigState::kBuilding);
+    h.BeginPhase(m, 0, "build");
     mig::KeyList map;
     for (auto& [jk, lk] : j2l) map.keys.insert(map.keys.end(), {jk, lk});
-    h.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), x.id, map));
-    h.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), x.id, mig::KeyList{x.keys}));
+    h.SendCommand(j, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m.id, map));
+    h.SendCommand(j, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m.id, mig::KeyList{ctx_->keys}));
     MaybeFetch(h);
   }
 
@@ -565,8 +595,10 @@ class RecoveryEngine final : public Engine {
     m->recovery.lost_steps = std::max<int64_t>(0, completed - x.step);
     h.EndPhase(*m, 0, "rollback");
     if (ProcessRec* j = h.FindProcess(x.joiner)) {
-      j->info.role = "worker";  // it holds the rank now
+      j->info.role = "worker";  // it holds the rank now (a standby too)
       j->info.replace = -1;
+      j->info.rank = x.rank;
+      if (const ProcessRec* d = h.FindProcess(x.dead)) j->info.world = d->info.world;
     }
     h.SetMigState(*m, MigState::kDone);
     TM_WARN(kLogMigration,
@@ -592,6 +624,7 @@ class RecoveryEngine final : public Engine {
   }
 
   std::unique_ptr<JoinerLauncher> launcher_;
+  StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;

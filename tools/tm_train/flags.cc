@@ -46,6 +46,8 @@ void Usage() {
       "  --resume                  load the checkpoint in --checkpoint-dir and continue from its step\n"
       "  --no-safe-points          never call tmSafePoint (a program without it: no migration, no recovery)\n"
       "  --timeline FILE           append JSON lines {rank, step, t_ns} at every safe point (%%r = rank)\n"
+      "  --fixed-rank              read the rank once from RANK, never through tmRank (a standby can then\n"
+      "                            take only the rank it warmed up as)\n"
       "  --store-timeout-ms MS     how long to wait for a unique id in the store (default 120000)\n"
       "  --tp T                    3D-parallel workload: tensor-parallel degree (default 1 there)\n"
       "  --pp P                    3D-parallel workload: pipeline stages (default 1 there); DP = world / (T*P)\n"
@@ -79,6 +81,7 @@ Flags ParseFlags(int argc, char** argv) {
       {"--exit-after-checkpoint", false, [&](const std::string&) { f.exit_after_checkpoint = true; }},
       {"--resume", false, [&](const std::string&) { f.resume = true; }},
       {"--no-safe-points", false, [&](const std::string&) { f.no_safe_points = true; }},
+      {"--fixed-rank", false, [&](const std::string&) { f.fixed_rank = true; }},
       {"--timeline", true, [&](const std::string& v) { f.timeline = v; }},
       {"--store-timeout-ms", true,
        [&](const std::string& v) { f.store_timeout_ms = ParseInt("--store-timeout-ms", v, 1); }},

@@ -23,6 +23,7 @@ struct Flags {
   bool exit_after_checkpoint = false;
   bool resume = false;
   bool no_safe_points = false;  // never call tmSafePoint (a program without the optional call)
+  bool fixed_rank = false;  // --fixed-rank: the rank read once from RANK, never through tmRank
   std::string checkpoint_dir;
   std::string timeline;
   // The 3D-parallel workload (parallel.h): chosen when --tp or --pp is given.
