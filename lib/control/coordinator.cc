@@ -140,8 +140,9 @@ base::Status Coordinator::Start() {
         "no token: set TRAINMOVER_TOKEN or pass --token-file (every control message is authenticated)");
   }
   if (opt_.token.size() < kMinTokenBytes) {
-    return base::Status::Error("the job's token must have at least " + std::to_string(kMinTokenBytes) +
-                               " characters (it is the key of every control message)");
+    return base::Status::Error("the job's token (TRAINMOVER_TOKEN or --token-file) must have at least " +
+                               std::to_string(kMinTokenBytes) + " characters, it has " +
+                               std::to_string(opt_.token.size()) + " (every session key is derived from it)");
   }
   if (opt_.heartbeat_timeout_ms <= 0) return base::Status::Error("heartbeat timeout must be positive");
   if (std::string e = opt_.straggler.detector.Check(); !e.empty()) return base::Status::Error("straggler " + e);
@@ -949,7 +950,8 @@ std::string Coordinator::MetricsText() const {
   }
   for (const auto& [id, pr] : procs_) ++by[{pr.info.role, ProcStateName(pr.state)}];
   for (const auto& [k, v] : by) {
-    o += "trainmover_processes{role=\"" + k.first + "\",state=\"" + k.second + "\"} " + std::to_string(v) + "\n";
+    o += "trainmover_processes{role=" + PromLabel(k.first) + ",state=" + PromLabel(k.second) + "} " +
+         std::to_string(v) + "\n";
   }
   o += "# HELP trainmover_communicators Virtual communicators known to the coordinator.\n";
   o += "# TYPE trainmover_communicators gauge\ntrainmover_communicators " + std::to_string(comms_.size()) + "\n";
@@ -995,7 +997,7 @@ std::string Coordinator::MetricsText() const {
   o += "# HELP trainmover_migration_phase_seconds Duration of migration phases, per phase and process.\n";
   o += "# TYPE trainmover_migration_phase_seconds histogram\n";
   for (const auto& [phase, h] : phase_hist_) {
-    hist("trainmover_migration_phase_seconds", "phase=\"" + phase + "\"", h.buckets, h.sum, h.count);
+    hist("trainmover_migration_phase_seconds", "phase=" + PromLabel(phase), h.buckets, h.sum, h.count);
   }
   return o + stragglers_->MetricsText(procs_);
 }

@@ -63,7 +63,8 @@ check "min(p['step'] for p in s['processes'])>$s1+5" || fail "steps do not advan
 echo "view: 4 processes, 1 communicator with 4 members, steps advancing past $s1"
 
 # 3. Wrong token: rejected, nothing revealed.
-out=$("$CTL" --coordinator "$ADDR" --token wrong-token status --json 2>&1) && fail "a wrong token was accepted"
+out=$(TRAINMOVER_TOKEN=wrong-token-0123456789 "$CTL" --coordinator "$ADDR" status --json 2>&1) &&
+  fail "a wrong token was accepted"
 echo "$out" | grep -q "authentication failed" || fail "no clear rejection: $out"
 echo "$out" | grep -q "processes\|$(hostname)" && fail "the rejection revealed state: $out"
 # 4. Malformed, oversized and foreign frames: rejected; the coordinator still serves.
