@@ -283,14 +283,43 @@ size_t Coordinator::QueuedBytes(uint64_t process) const {
   return it == peers_.end() ? 0 : it->second->conn->queued_bytes();
 }
 
+int Coordinator::OldestUnauthenticated(const std::string* addr, size_t* count) const {
+  int oldest = -1;
+  uint64_t oldest_ns = 0;
+  size_t n = 0;
+  for (const auto& [pfd, q] : peers_) {
+    if (q->conn->authenticated() || (addr && q->addr != *addr)) continue;
+    ++n;
+    if (oldest < 0 || q->opened_ns < oldest_ns) {
+      oldest = pfd;
+      oldest_ns = q->opened_ns;
+    }
+  }
+  if (count) *count = n;
+  return oldest;
+}
+
 void Coordinator::Accept() {
+  bool evicted = false;
   for (;;) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Out of descriptors: the pending connection stays in the backlog; rest instead of spinning on it.
+        // Out of descriptors. Unauthenticated connections must not be able to hold them all: the oldest one
+        // goes, so that an agent or tmctl waiting in the backlog is served (each eviction admits one connection
+        // of the backlog, so this ends with it); with none to close, the pending connection stays in the
+        // backlog and the listener rests instead of spinning on it.
+        const int oldest = OldestUnauthenticated(nullptr, nullptr);
+        if (oldest >= 0 && (errno == EMFILE || errno == ENFILE)) {
+          if (!evicted) TM_WARN(kLogControl, "coordinator: accept: %s; closing the oldest unauthenticated "
+                                "connections to make room", std::strerror(errno));
+          evicted = true;
+          ++rejected_;
+          ClosePeer(oldest, "out of descriptors: the oldest unauthenticated connection goes");
+          continue;
+        }
         TM_WARN(kLogControl, "coordinator: accept: %s (%zu connections); pausing new connections for %llu ms",
                 std::strerror(errno), peers_.size(), static_cast<unsigned long long>(kAcceptRestNs / 1000000));
         accept_paused_until_ = NowMonotonicNs() + kAcceptRestNs;
@@ -302,13 +331,9 @@ void Coordinator::Accept() {
     // One address may hold kMaxUnauthenticatedPerAddress connections that have not said HELLO: beyond that its
     // oldest one goes, so a flood never locks out a real agent or tmctl from the same host (they authenticate
     // at once).
+    const std::string addr = host;
     size_t unauthenticated = 0;
-    int oldest = -1;
-    for (const auto& [pfd, q] : peers_) {
-      if (q->conn->authenticated() || q->addr != host) continue;
-      ++unauthenticated;
-      if (oldest < 0 || q->opened_ns < peers_[oldest]->opened_ns) oldest = pfd;
-    }
+    const int oldest = OldestUnauthenticated(&addr, &unauthenticated);
     if (unauthenticated >= kMaxUnauthenticatedPerAddress) {
       ++rejected_;
       if (!flood_warned_) TM_WARN(kLogControl, "coordinator: over %zu unauthenticated connections from %s: "

@@ -141,6 +141,7 @@ FrameStatus PeekFrame(const uint8_t* buf, size_t n, size_t max_length, size_t tr
                       size_t* total) {
   // Check what we can as soon as we can: the magic from the first bytes, then the header.
   static const uint8_t kMagicBytes[4] = {'T', 'C', 'M', 'P'};
+  if (n == 0) return FrameStatus::kNeedMore;
   const size_t m = n < 4 ? n : 4;
   if (std::memcmp(buf, kMagicBytes, m) != 0) return FrameStatus::kBadMagic;
   if (n < kHeaderBytes) return FrameStatus::kNeedMore;
