@@ -134,6 +134,14 @@ def cpu_s(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def shut(*socks):
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Relay:
     """A man in the middle that forwards whole frames, records every byte, and replays or reflects one frame.
 
@@ -170,11 +178,7 @@ class Relay:
         with self.lock:
             conns, self.conns = self.conns, []
         for c in conns:
-            for s in (c["client"], c["up"]):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut(c["client"], c["up"])
 
     def pump(self, conn, src, dst, c2s):
         buf, n = b"", 0
@@ -193,11 +197,7 @@ class Relay:
                     n += 1
         except OSError:
             pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut(src, dst)
 
     def forward(self, conn, frame, n, seq, c2s):
         with conn["lock"]:
