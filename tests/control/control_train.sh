@@ -84,8 +84,8 @@ def send(b):
         pass
     return d
 assert b'bad magic' in send(b'GET / HTTP/1.0\r\n\r\n')
-assert b'frame too large' in send(struct.pack('<IHHQI', 0x504d4354, 1, 1, 0, 1 << 30))
-assert b'authentication failed' in send(struct.pack('<IHHQI', 0x504d4354, 1, 1, 0, 4) + b'\0' * 36)
+assert b'frame too large' in send(struct.pack('<IHHQI', 0x504d4354, 2, 1, 0, 1 << 30))
+assert b'authentication failed' in send(struct.pack('<IHHQI', 0x504d4354, 2, 1, 0, 4) + b'\0' * 36)
 print("raw frames rejected")
 PY
 check "$alive4" || fail "the coordinator stopped serving after bad input"
