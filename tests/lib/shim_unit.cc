@@ -22,6 +22,7 @@ using namespace trainmover::shim;
 extern "C" int64_t tmShimSafePoint(int64_t);
 extern "C" int tmShimRegister(const char*, void*, size_t);
 extern "C" int tmShimUnregister(const char*);
+extern "C" int tmShimRank(int);
 
 namespace {
 
@@ -70,7 +71,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
                            {"TRAINMOVER_SHADOW_ITERS", "2"},
                            {"TRAINMOVER_HEARTBEAT_MS", "50"},
                            {"TRAINMOVER_DEBUG_SUBSYS", "INIT,BIND"},
-                           {"TRAINMOVER_TOKEN", "s3cret"},
+                           {"TRAINMOVER_TOKEN", "s3cret-0123456789"},
                            {"TRAINMOVER_ROLE", "joiner"},
                            {"TRAINMOVER_NCCL_LIBRARY", "/x/libnccl.so.2"},
                            {"TRAINMOVER_DEBUG_FILE", "/tmp/tm.%h.%p"}}),
@@ -93,7 +94,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
       {"TRAINMOVER_SHADOW_ITERS", "2x", "integer >= 1"},      {"TRAINMOVER_REPLACE", "-1", "integer >= 0"},
       {"TRAINMOVER_COORDINATOR", "localhost", "host:port"},   {"TRAINMOVER_COORDINATOR", "h:70000", "host:port"},
       {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},        {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1"},
-      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"}};
+      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"},  {"TRAINMOVER_TOKEN", "s3cret", "at least 16 characters"}};
   for (const Bad& b : bad) {
     CAPTURE(b.name);
     CAPTURE(b.value);
@@ -366,4 +367,15 @@ TEST_CASE("safe points, hook and registered regions") {
   CHECK(tmShimUnregister("weights") == 0);
   CHECK(tmShimUnregister("weights") == 3);
   CHECK(Regions().empty());
+}
+
+TEST_CASE("tmRank: the argument until a standby is assigned a rank; the program asking is noted") {
+  CHECK_FALSE(RankFollowed());
+  CHECK(tmShimRank(3) == 3);
+  CHECK(RankFollowed());
+  SetAssignedRank(1);  // what a standby's ASSIGN does (lib/migration/shim_world.cc)
+  CHECK(tmShimRank(3) == 1);
+  CHECK(tmShimRank(0) == 1);
+  SetAssignedRank(-1);
+  CHECK(tmShimRank(2) == 2);
 }
