@@ -257,6 +257,9 @@ class Coordinator final : public EngineHost {
 
  private:
   struct Peer;
+  // The unauthenticated connection opened first (from `addr`, or from anywhere when null), -1 if none;
+  // *count: how many there are.
+  int OldestUnauthenticated(const std::string* addr, size_t* count) const;
   void Accept();
   void AcceptMetrics();
   void HandlePeer(Peer& p, short revents);
