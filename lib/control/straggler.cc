@@ -26,17 +26,22 @@ bool ParseCount(const std::string& v, long lo, long hi, long* out) {
 
 }  // namespace
 
-const char kStragglerFlagsUsage[] =
-    "  --straggler-policy P   report (default): flag and report stragglers; migrate: also move a flagged rank\n"
-    "                         away with a planned live migration (docs/stragglers.md)\n"
-    "  --straggler-threshold F  flag a rank whose compute per step is above its peers' median by more than F\n"
-    "                         (default 0.1 = 10%)\n"
-    "  --straggler-clear F    it recovers at or below median * (1 + F) (default 0.05)\n"
-    "  --straggler-windows N  consecutive windows (heartbeats) above the threshold to flag (default 3)\n"
-    "  --straggler-clear-windows N  consecutive windows below --straggler-clear to recover (default 3)\n"
-    "  --straggler-cooldown-s S  migrate: never the same rank twice within S seconds (default 600)\n"
-    "  --straggler-spare-hosts H1,H2  migrate: start the replacement on the first listed host that is not the\n"
-    "                         straggler's (node agents there); default: on the coordinator's host\n";
+constexpr StragglerFlag kFlags[] = {
+    {"--straggler-policy", "P",
+     "report (default): flag and report stragglers; migrate: also move a flagged rank away (planned migration)"},
+    {"--straggler-threshold", "F",
+     "flag a rank whose compute per step is above its peers' median by more than F "
+     "(default 0.1 = 10%)"},
+    {"--straggler-clear", "F", "a flagged rank recovers at or below the peers' median * (1 + F) (default 0.05)"},
+    {"--straggler-windows", "N", "consecutive windows (heartbeats) above the threshold to flag (default 3)"},
+    {"--straggler-clear-windows", "N", "consecutive windows at or below --straggler-clear to recover (default 3)"},
+    {"--straggler-cooldown-s", "S", "migrate: never the same rank twice within S seconds (default 600)"},
+    {"--straggler-spare-hosts", "H1,H2",
+     "migrate: start the replacement on the first listed host that is not the "
+     "straggler's (node agents there); default: the coordinator's host"},
+};
+
+std::span<const StragglerFlag> StragglerFlags() { return kFlags; }
 
 int ParseStragglerFlag(const std::string& flag, const std::string& value, StragglerOptions* o, std::string* err) {
   long n = 0;
@@ -75,7 +80,6 @@ int ParseStragglerFlag(const std::string& flag, const std::string& value, Stragg
   }
   return 1;
 }
-
 
 std::string StragglerParams::Check() const {
   if (!(threshold > 0 && threshold < 100)) return "threshold must be a fraction > 0 (0.1 = 10%)";

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -49,13 +50,13 @@ struct RankSample {
 struct StragglerState {
   int32_t rank = -1;
   bool flagged = false;
-  double score = 0;        // latest round: compute per step over the peers' median, minus 1
-  double compute_ms = 0;   // latest window: the median step's compute time
-  double wait_ms = 0;      // latest window: mean wait per step
-  int above = 0;           // consecutive rounds above threshold (while not flagged)
-  int below = 0;           // consecutive rounds at or below clear (while flagged)
-  uint64_t since_ns = 0;   // when it was last flagged or recovered (the caller's clock), 0: never
-  uint64_t rounds = 0;     // rounds it took part in
+  double score = 0;       // latest round: compute per step over the peers' median, minus 1
+  double compute_ms = 0;  // latest window: the median step's compute time
+  double wait_ms = 0;     // latest window: mean wait per step
+  int above = 0;          // consecutive rounds above threshold (while not flagged)
+  int below = 0;          // consecutive rounds at or below clear (while flagged)
+  uint64_t since_ns = 0;  // when it was last flagged or recovered (the caller's clock), 0: never
+  uint64_t rounds = 0;    // rounds it took part in
 };
 
 struct StragglerChange {
@@ -97,13 +98,18 @@ struct StragglerOptions {
   std::vector<std::string> spare_hosts;
 };
 
-// The straggler flags of trainmoverd and tmrun (one table, docs/stragglers.md):
+// The straggler flags, one table for trainmoverd and tmrun's embedded coordinator (docs/stragglers.md):
 //   --straggler-policy report|migrate  --straggler-threshold F  --straggler-clear F  --straggler-windows N
 //   --straggler-clear-windows N  --straggler-cooldown-s S  --straggler-spare-hosts H1,H2
-// Returns 0 when `flag` is not one of them, 1 when it was applied, -1 on a bad value (*err names the flag).
+struct StragglerFlag {
+  const char* name;     // "--straggler-policy"
+  const char* metavar;  // what the value is, for the usage text
+  const char* help;     // one line, with the default
+};
+std::span<const StragglerFlag> StragglerFlags();
+// Applies one of them. Returns 0 when `flag` is not one of them, 1 when it was applied, -1 on a bad value (*err
+// names the flag and the value).
 int ParseStragglerFlag(const std::string& flag, const std::string& value, StragglerOptions* o, std::string* err);
-// Their usage lines, for the tools' --help.
-extern const char kStragglerFlagsUsage[];
 
 // The median of `v` (sorted in place); 0 when empty.
 double Median(std::vector<double>& v);

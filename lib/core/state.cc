@@ -483,7 +483,7 @@ StepStart StepClockNow() {
 // becomes nanoseconds by the step's own ratio of nanoseconds to ticks.
 void AccountStep(const StepStart& end) {
   const StepStart& begin = g_step_start;
-  if (!begin.valid || ProcessSandboxed() || end.ticks <= begin.ticks || end.ns <= begin.ns) return;
+  if (!begin.valid || !CommTiming() || ProcessSandboxed() || end.ticks <= begin.ticks || end.ns <= begin.ns) return;
   const uint64_t wall = end.ns - begin.ns;
   const double ns_per_tick = static_cast<double>(wall) / static_cast<double>(end.ticks - begin.ticks);
   const auto wait = static_cast<uint64_t>(static_cast<double>(end.wait_ticks - begin.wait_ticks) * ns_per_tick);
