@@ -38,7 +38,7 @@ struct Sim {
       ms.push_back(c);
       w.compute_ns += static_cast<uint64_t>(c * 1e6);
     }
-    w.compute_median_ns = static_cast<uint64_t>(ctl::Median(ms) * 1e6);
+    w.compute_p25_ns = static_cast<uint64_t>(ctl::LowerQuartile(ms) * 1e6);
     return w;
   }
   // Runs `steps` steps of 8 ranks (rank 5 slowed by `slow` after the first 10 windows, past the warm-up);

@@ -90,6 +90,12 @@ std::string StragglerParams::Check() const {
   return "";
 }
 
+double LowerQuartile(std::vector<double>& v) {
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 4), v.end());
+  return v[v.size() / 4];
+}
+
 double Median(std::vector<double>& v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -99,9 +105,9 @@ double Median(std::vector<double>& v) {
 
 namespace {
 
-// A window's compute figure: the median step's compute time (the mean when the sender gave no median).
+// A window's compute figure: the lower quartile of its steps' compute times (the mean when the sender gave none).
 double ComputeFigure(const StepWindow& w) {
-  return w.compute_median_ns ? static_cast<double>(w.compute_median_ns) : static_cast<double>(w.compute_ns) / w.steps;
+  return w.compute_p25_ns ? static_cast<double>(w.compute_p25_ns) : static_cast<double>(w.compute_ns) / w.steps;
 }
 
 // The median of `sorted` without its element at position `skip` (sorted.size() >= 2), in O(1).

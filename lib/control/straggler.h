@@ -3,10 +3,12 @@
 // (docs/stragglers.md). Pure logic: no clock, no I/O, no coordinator; the coordinator's monitor
 // (straggler_monitor.h) feeds it rounds and acts on what it says. Not thread-safe (one owner).
 //
-// A round holds, for each rank that reported since the previous round, the median of its steps' compute times
-// over its latest window (time outside NCCL; messages.h StepWindow): the median, not the mean, so that a few
-// steps stretched by the operating system (a preemption, a page-cache stall) do not move it, while a rank
-// that is slower on most steps does. A rank's score is how far that is above the median of the *other*
+// A round holds, for each rank that reported since the previous round, the lower quartile of its steps' compute
+// times over its latest window (time outside NCCL; messages.h StepWindow). Not the mean, nor even the median: the
+// noise of a shared machine only ever adds time (a preemption, a late wake-up, a page-cache stall), and it adds
+// it to some steps, so the faster quarter of a rank's steps is what it computes when nothing gets in its way,
+// while a straggler (slower on at least three steps in four: a slow device, a throttled CPU, the test's
+// slowdown) moves it fully. A rank's score is how far that is above the median of the *other*
 // ranks' figures in the same round (score 0.3 = 30% above). Comparing with the peers
 // of the same moment is what makes the job slowing down as a whole (a slower phase of the model, a shared
 // file system, a paused coordinator) never flag anyone: the median moves with it.
@@ -51,7 +53,7 @@ struct StragglerState {
   int32_t rank = -1;
   bool flagged = false;
   double score = 0;       // latest round: compute per step over the peers' median, minus 1
-  double compute_ms = 0;  // latest window: the median step's compute time
+  double compute_ms = 0;  // latest window: the lower quartile of its steps' compute times
   double wait_ms = 0;     // latest window: mean wait per step
   int above = 0;          // consecutive rounds above threshold (while not flagged)
   int below = 0;          // consecutive rounds at or below clear (while flagged)
@@ -113,6 +115,9 @@ int ParseStragglerFlag(const std::string& flag, const std::string& value, Stragg
 
 // The median of `v` (sorted in place); 0 when empty.
 double Median(std::vector<double>& v);
+// The lower quartile of `v` as the shim computes a window's (the element at index size/4 once sorted; `v` is
+// reordered); 0 when empty.
+double LowerQuartile(std::vector<double>& v);
 
 }  // namespace trainmover::control
 

@@ -36,14 +36,14 @@ void StragglerMonitor::OnWindow(uint64_t process, const StepWindow& w, uint64_t 
   if (w.steps == 0) return;
   Pending& p = pending_[process];
   if (p.window.steps == 0) p.first_ns = now_mono_ns;
-  // Two windows before one round: the detector's figure (the median step's compute) of the sum is taken as their
-  // medians weighted by their steps; a window without a median (0) makes the detector use the mean.
+  // Two windows before one round: the detector's figure (the lower quartile of the steps' compute) of the sum is
+  // taken as theirs weighted by their steps; a window without one (0) makes the detector use the mean.
   const uint64_t steps = p.window.steps + w.steps;
-  p.window.compute_median_ns =
-      p.window.steps == 0 ? w.compute_median_ns
-      : p.window.compute_median_ns == 0 || w.compute_median_ns == 0
+  p.window.compute_p25_ns =
+      p.window.steps == 0 ? w.compute_p25_ns
+      : p.window.compute_p25_ns == 0 || w.compute_p25_ns == 0
           ? 0
-          : (p.window.compute_median_ns * p.window.steps + w.compute_median_ns * w.steps) / steps;
+          : (p.window.compute_p25_ns * p.window.steps + w.compute_p25_ns * w.steps) / steps;
   p.window.steps = static_cast<uint32_t>(std::min<uint64_t>(steps, UINT32_MAX));
   p.window.compute_ns += w.compute_ns;
   p.window.wait_ns += w.wait_ns;

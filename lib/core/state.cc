@@ -494,7 +494,7 @@ void AccountStep(const StepStart& end) {
 }
 }  // namespace
 
-uint64_t StepComputeMedianNs(uint64_t after) {
+uint64_t StepComputeP25Ns(uint64_t after) {
   std::vector<uint64_t> v;
   {
     std::lock_guard<std::mutex> lock(g_sp_mu);
@@ -504,8 +504,8 @@ uint64_t StepComputeMedianNs(uint64_t after) {
     }
   }
   if (v.empty()) return 0;
-  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
-  return v[v.size() / 2];
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 4), v.end());
+  return v[v.size() / 4];
 }
 
 int64_t SafePointImpl(int64_t step) {

@@ -25,11 +25,11 @@ StepWindow W(double compute_ms, double wait_ms = 1.0, uint32_t steps = 50) {
                     static_cast<uint64_t>(wait_ms * 1e6 * steps), static_cast<uint64_t>(compute_ms * 1e6)};
 }
 
-// A window of the steps whose compute times (ms) are given, each waiting 1 ms: the sum and the median.
+// A window of the steps whose compute times (ms) are given, each waiting 1 ms: the sum and the lower quartile.
 StepWindow Steps(std::vector<double> ms) {
   StepWindow w{static_cast<uint32_t>(ms.size()), 0, static_cast<uint64_t>(1e6 * ms.size()), 0};
   for (double x : ms) w.compute_ns += static_cast<uint64_t>(x * 1e6);
-  w.compute_median_ns = static_cast<uint64_t>(Median(ms) * 1e6);
+  w.compute_p25_ns = static_cast<uint64_t>(LowerQuartile(ms) * 1e6);
   return w;
 }
 
@@ -316,16 +316,16 @@ TEST_CASE("monitor: rounds wait for every worker, or for the timeout; status and
   CHECK(m.mon.detector().states().count(2) == 0);
 }
 
-TEST_CASE("monitor: a rank's figure is its window's median step, two windows before a round weighted by steps") {
+TEST_CASE("monitor: a rank's figure is its window's lower quartile, two windows before a round weighted by steps") {
   Monitored m(StragglerOptions{});
   for (uint64_t id = 1; id <= 3; ++id) m.h.AddWorker(id, static_cast<int32_t>(id - 1));
   std::vector<double> stretched(50, 10.0);
-  for (int i = 0; i < 10; ++i) stretched[static_cast<size_t>(i * 5)] = 60;  // preempted steps: mean 20, median 10
+  for (int i = 0; i < 20; ++i) stretched[static_cast<size_t>(i * 2)] = 30;  // 40% preempted: mean 18, quartile 10
   for (int k = 0; k < 10; ++k) m.BeatWindows({{1, W(10)}, {2, W(10)}, {3, Steps(stretched)}});
   CHECK(m.mon.detector().states().at(3).rounds == 10);
   CHECK(m.mon.detector().states().at(3).compute_ms == doctest::Approx(10));
   CHECK_FALSE(m.mon.detector().states().at(3).flagged);
-  // The reverse: most steps 13 ms, a few short ones: the median says +30%, and it is flagged.
+  // The reverse: most steps 13 ms, a few short ones: the lower quartile says +30%, and it is flagged.
   std::vector<double> slow(50, 13.0);
   for (int i = 0; i < 10; ++i) slow[static_cast<size_t>(i * 5)] = 1;
   for (int k = 0; k < 3; ++k) m.BeatWindows({{1, W(10)}, {2, W(10)}, {3, Steps(slow)}});
