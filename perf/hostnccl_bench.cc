@@ -3,9 +3,16 @@
 // rank), using only the nccl.h API and linked by SONAME (libnccl.so.2: hostnccl here, any NCCL in
 // principle), with ucx_perftest's tag_bw bandwidth at the same sizes in the same run for a ratio.
 //
-//   hostnccl_bench [-n ranks] [-b minbytes] [-e maxbytes] [-f factor] [--iters N] [--warmup N]
+//   hostnccl_bench [-n ranks] [-b minbytes] [-e maxbytes] [-f factor] [--iters N] [--warmup N] [--repeat R]
 //                  [--op allreduce|allgather|reducescatter|broadcast|reduce|alltoall|sendrecv|all]
 //                  [--quick] [--no-perftest] [--tls T] [--json FILE]
+//
+// Side by side: each size of each op is measured --repeat times (default 3), and after each measurement, while
+// the ranks wait (blocked, not spinning), ucx_perftest tag_bw runs at the same size; the row shows the medians
+// and the ratio of the medians, with the range of the per-repeat ratios, so that a load change on a shared
+// machine moves both figures alike. The last line is the verdict on the goal of docs/benchmarks.md: AllReduce
+// busbw at >= 4 MiB >= 50% of tag_bw. First line: the CPU time a rank uses while it waits 500 ms in a receive
+// (hostnccl sleeps on UCX's event fd after a short spin; a yield-spinning wait shows about 100%).
 //
 // Columns as nccl-tests: size (bytes, the total buffer as nccl-tests counts it), count (elements), type,
 // redop, root, then out-of-place and in-place time (us, the slowest rank's average over the timed loop,
@@ -15,6 +22,7 @@
 // integers in float so every sum is exact. GB = 1e9 bytes.
 #include <nccl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +30,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 #include <vector>
 
@@ -36,7 +45,7 @@ struct Args {
   int nranks = 2;
   size_t min_bytes = 1 << 10, max_bytes = size_t{64} << 20;
   int factor = 4;
-  int iters = 20, warmup = 3;
+  int iters = 20, warmup = 3, repeat = 3;
   std::vector<Op> ops = {Op::kAllReduce};
   bool perftest = true;
   std::string tls, json;
@@ -207,7 +216,9 @@ Result RunSize(Op op, ncclComm_t comm, int rank, int n, size_t bytes, const Args
   return res;
 }
 
-int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out_fd) {
+// Rank 0 hands each measurement's row to the parent and waits for its go (a byte on go_fd) before the next one,
+// so the parent's ucx_perftest at that size runs while the ranks are idle.
+int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out_fd, int go_fd) {
   ncclUniqueId id;
   if (rank == 0) {
     NCCL_OK(ncclGetUniqueId(&id));
@@ -219,27 +230,63 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
   }
   ncclComm_t comm;
   NCCL_OK(ncclCommInitRank(&comm, a.nranks, id, rank));
-  std::ostringstream lines;  // rank 0's rows, sent to the parent
+  // Idle wait: rank 0 waits kIdleMs in a receive that rank 1 satisfies late; the CPU time rank 0 used meanwhile
+  // is what a waiting rank takes from the others when ranks outnumber cores.
+  if (a.nranks > 1 && rank < 2) {
+    constexpr int kIdleMs = 500;
+    Barrier(comm);
+    int32_t x = 0;
+    if (rank == 1) {
+      usleep(kIdleMs * 1000);
+      NCCL_OK(ncclSend(&x, 1, ncclInt32, 0, comm, nullptr));
+    } else {
+      timespec c0, c1;
+      auto w0 = std::chrono::steady_clock::now();
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+      NCCL_OK(ncclRecv(&x, 1, ncclInt32, 1, comm, nullptr));
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+      double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6;
+      double wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
+      std::ostringstream line;
+      line << "idle " << wall_ms << ' ' << cpu_ms << '\n';
+      const std::string out = line.str();
+      char go = 0;
+      if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size()) || read(go_fd, &go, 1) != 1) {
+        return 1;
+      }
+    }
+  }
   for (Op op : a.ops) {
     for (size_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= a.factor) {
-      Result r = RunSize(op, comm, rank, a.nranks, bytes, a);
-      // Slowest rank's time, total #wrong: reduced with the library under test (as nccl-tests uses MPI).
-      double t[2] = {r.time_us[0], std::isnan(r.time_us[1]) ? 0 : r.time_us[1]}, tmax[2];
-      double w[2] = {static_cast<double>(r.wrong[0]), static_cast<double>(r.wrong[1])}, wsum[2];
-      NCCL_OK(ncclAllReduce(t, tmax, 2, ncclFloat64, ncclMax, comm, nullptr));
-      NCCL_OK(ncclAllReduce(w, wsum, 2, ncclFloat64, ncclSum, comm, nullptr));
-      if (rank == 0) {
-        lines << kOpNames[static_cast<int>(op)] << ' ' << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
-              << ' ' << tmax[0] << ' ' << (std::isnan(r.time_us[1]) ? -1.0 : tmax[1]) << ' '
-              << static_cast<uint64_t>(wsum[0]) << ' ' << static_cast<uint64_t>(wsum[1]) << '\n';
+      for (int rep = 0; rep < a.repeat; ++rep) {
+        Result r = RunSize(op, comm, rank, a.nranks, bytes, a);
+        // Slowest rank's time, total #wrong: reduced with the library under test (as nccl-tests uses MPI).
+        double t[2] = {r.time_us[0], std::isnan(r.time_us[1]) ? 0 : r.time_us[1]}, tmax[2];
+        double w[2] = {static_cast<double>(r.wrong[0]), static_cast<double>(r.wrong[1])}, wsum[2];
+        NCCL_OK(ncclAllReduce(t, tmax, 2, ncclFloat64, ncclMax, comm, nullptr));
+        NCCL_OK(ncclAllReduce(w, wsum, 2, ncclFloat64, ncclSum, comm, nullptr));
+        if (rank == 0) {
+          std::ostringstream line;
+          line << kOpNames[static_cast<int>(op)] << ' ' << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
+               << ' ' << tmax[0] << ' ' << (std::isnan(r.time_us[1]) ? -1.0 : tmax[1]) << ' '
+               << static_cast<uint64_t>(wsum[0]) << ' ' << static_cast<uint64_t>(wsum[1]) << '\n';
+          const std::string out = line.str();
+          char go = 0;
+          if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size()) || read(go_fd, &go, 1) != 1) {
+            return 1;
+          }
+        }
       }
       if (bytes > a.max_bytes / a.factor) break;
     }
   }
   NCCL_OK(ncclCommDestroy(comm));
-  std::string out = lines.str();
-  if (rank == 0 && write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 1;
   return 0;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 }  // namespace
@@ -261,11 +308,14 @@ int main(int argc, char** argv) {
       a.iters = std::max(1, std::atoi(val().c_str()));
     else if (k == "--warmup")
       a.warmup = std::max(0, std::atoi(val().c_str()));
+    else if (k == "--repeat")
+      a.repeat = std::max(1, std::atoi(val().c_str()));
     else if (k == "--quick") {
       a.min_bytes = 1 << 10;
       a.max_bytes = size_t{4} << 20;
       a.factor = 16;
       a.iters = 5;
+      a.repeat = 1;
     } else if (k == "--no-perftest")
       a.perftest = false;
     else if (k == "--tls")
@@ -284,7 +334,7 @@ int main(int argc, char** argv) {
       }
     } else {
       fprintf(stderr,
-              "usage: %s [-n ranks] [-b min] [-e max] [-f factor] [--iters N] [--warmup N] [--op NAME|all] "
+              "usage: %s [-n ranks] [-b min] [-e max] [-f factor] [--iters N] [--warmup N] [--repeat R] [--op NAME|all] "
               "[--quick] [--no-perftest] [--tls T] [--json FILE]\n",
               argv[0]);
       return 2;
@@ -305,46 +355,61 @@ int main(int argc, char** argv) {
     id_r[r] = p[0];
     id_w[r] = p[1];
   }
-  int out[2];
-  if (pipe(out) != 0) return 1;
+  int out[2], go[2];
+  if (pipe(out) != 0 || pipe(go) != 0) return 1;
   std::vector<pid_t> pids;
   for (int r = 0; r < a.nranks; ++r) {
     pid_t pid = fork();
     if (pid == 0) {
       close(out[0]);
-      _exit(RunRank(r, a, id_r[r], id_w.data(), out[1]));
+      close(go[1]);
+      _exit(RunRank(r, a, id_r[r], id_w.data(), out[1], go[0]));
     }
     pids.push_back(pid);
   }
   close(out[1]);
-  std::string rows;
-  char buf[4096];
-  for (ssize_t k; (k = read(out[0], buf, sizeof(buf))) > 0;) rows.append(buf, static_cast<size_t>(k));
-  int failures = 0;
-  for (pid_t p : pids) {
-    int st = 0;
-    waitpid(p, &st, 0);
-    failures += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  }
-  if (failures) fprintf(stderr, "hostnccl_bench: %d rank(s) failed\n", failures);
+  close(go[0]);
+  FILE* rows = fdopen(out[0], "r");
 
-  printf("# hostnccl_bench: nranks %d (processes), NCCL version %d, iters %d, warmup %d, UCX_TLS=%s\n", a.nranks, ver,
-         a.iters, a.warmup, a.tls.empty() ? "(default)" : a.tls.c_str());
-  printf("# %13s %12s %6s %6s %5s  %9s %8s %8s %6s  %9s %8s %8s %6s  %10s %7s\n", "op/size", "count", "type", "redop",
-         "root", "oop us", "algbw", "busbw", "#wrong", "ip us", "algbw", "busbw", "#wrong", "tag_bw GB/s", "ratio");
-  std::istringstream in(rows);
-  std::string opname;
-  size_t bytes, count;
-  double t0, t1;
-  uint64_t w0, w1, wrong_total = 0;
+  printf("# hostnccl_bench: nranks %d (processes), NCCL version %d, iters %d, warmup %d, repeat %d, UCX_TLS=%s\n",
+         a.nranks, ver, a.iters, a.warmup, a.repeat, a.tls.empty() ? "(default)" : a.tls.c_str());
+  printf("# each row: medians of %d measurements, each followed by ucx_perftest tag_bw at its size; ratio = median "
+         "busbw / median tag_bw [range of the per-measurement ratios]\n",
+         a.repeat);
+  printf("# %13s %12s %6s %6s %5s  %9s %8s %8s %6s  %9s %8s %8s %6s  %10s %7s %13s\n", "op/size", "count", "type",
+         "redop", "root", "oop us", "algbw", "busbw", "#wrong", "ip us", "algbw", "busbw", "#wrong", "tag_bw GB/s",
+         "ratio", "range");
+  fflush(stdout);
+  uint64_t wrong_total = 0;
   std::ostringstream json;
   json << "{\"bench\":\"hostnccl_bench\",\"nranks\":" << a.nranks << ",\"nccl_version\":" << ver
-       << ",\"iters\":" << a.iters << ",\"tls\":\"" << a.tls << "\",\"rows\":[";
+       << ",\"iters\":" << a.iters << ",\"repeat\":" << a.repeat << ",\"tls\":\"" << a.tls << "\",";
   bool first = true;
-  while (in >> opname >> bytes >> count >> t0 >> t1 >> w0 >> w1) {
+  std::vector<std::pair<size_t, double>> goal;  // allreduce at >= 4 MiB: (size, ratio)
+  char line[512];
+  std::vector<double> t0s, t1s, tags, ratios;
+  uint64_t w0 = 0, w1 = 0;
+  while (fgets(line, sizeof(line), rows) != nullptr) {
+    std::istringstream in(line);
+    std::string opname;
+    size_t bytes = 0, count = 0;
+    double t0 = 0, t1 = 0;
+    uint64_t rw0 = 0, rw1 = 0;
+    if (!(in >> opname)) break;
+    if (opname == "idle") {
+      double wall_ms = 0, cpu_ms = 0;
+      in >> wall_ms >> cpu_ms;
+      printf("# idle wait: rank 0 waited %.0f ms in ncclRecv and used %.1f ms of CPU (%.0f%% of a core)\n", wall_ms,
+             cpu_ms, wall_ms > 0 ? 100 * cpu_ms / wall_ms : 0);
+      fflush(stdout);
+      json << "\"idle_wait_ms\":" << wall_ms << ",\"idle_wait_cpu_ms\":" << cpu_ms << ",";
+      char g = 1;
+      if (write(go[1], &g, 1) != 1) break;
+      continue;
+    }
+    if (!(in >> bytes >> count >> t0 >> t1 >> rw0 >> rw1)) break;
     int opi = static_cast<int>(std::find(std::begin(kOpNames), std::end(kOpNames), opname) - std::begin(kOpNames));
     double f = BusFactor(static_cast<Op>(opi), a.nranks);
-    double alg0 = bytes / (t0 * 1e3), alg1 = t1 > 0 ? bytes / (t1 * 1e3) : 0;
     double tag = -1;
     if (a.perftest) {
       std::string err;
@@ -352,24 +417,71 @@ int main(int argc, char** argv) {
       tag = perf::UcxPerftest("tag_bw", bytes, iters, a.tls, "", &err);
       if (tag < 0) fprintf(stderr, "hostnccl_bench: %s\n", err.c_str());
     }
-    char ratio[16] = "n/a";
-    if (tag > 0) snprintf(ratio, sizeof(ratio), "%.3f", alg0 * f / tag);
-    printf("  %-13s %12zu %6s %6s %5s  %9.1f %8.3f %8.3f %6llu  %9.1f %8.3f %8.3f %6llu  %10.3f %7s\n",
+    char g = 1;
+    if (write(go[1], &g, 1) != 1) break;  // the ranks go on while this row is printed
+    t0s.push_back(t0);
+    t1s.push_back(t1);
+    w0 += rw0;
+    w1 += rw1;
+    if (tag > 0) {
+      tags.push_back(tag);
+      ratios.push_back(bytes / (t0 * 1e3) * f / tag);
+    }
+    if (static_cast<int>(t0s.size()) < a.repeat) continue;
+    // The last measurement of this size: print the medians.
+    const double mt0 = Median(t0s), mt1 = Median(t1s), mtag = tags.empty() ? -1 : Median(tags);
+    const double alg0 = bytes / (mt0 * 1e3), alg1 = mt1 > 0 ? bytes / (mt1 * 1e3) : 0;
+    const double ratio = mtag > 0 ? alg0 * f / mtag : 0;
+    char rs[16] = "n/a", range[32] = "";
+    if (mtag > 0) {
+      snprintf(rs, sizeof(rs), "%.3f", ratio);
+      snprintf(range, sizeof(range), "[%.2f-%.2f]", *std::min_element(ratios.begin(), ratios.end()),
+               *std::max_element(ratios.begin(), ratios.end()));
+    }
+    printf("  %-13s %12zu %6s %6s %5s  %9.1f %8.3f %8.3f %6llu  %9.1f %8.3f %8.3f %6llu  %10.3f %7s %13s\n",
            (opname + " " + perf::FormatSize(bytes)).c_str(), count, "float",
-           (opi == 0 || opi == 2 || opi == 4) ? "sum" : "none", (opi == 3 || opi == 4) ? "0" : "-1", t0, alg0, alg0 * f,
-           static_cast<unsigned long long>(w0), t1, alg1, alg1 * f, static_cast<unsigned long long>(w1), tag, ratio);
+           (opi == 0 || opi == 2 || opi == 4) ? "sum" : "none", (opi == 3 || opi == 4) ? "0" : "-1", mt0, alg0,
+           alg0 * f, static_cast<unsigned long long>(w0), mt1, alg1, alg1 * f, static_cast<unsigned long long>(w1),
+           mtag, rs, range);
     fflush(stdout);
+    if (opi == 0 && bytes >= (size_t{4} << 20) && mtag > 0) goal.emplace_back(bytes, ratio);
     wrong_total += w0 + w1;
-    json << (first ? "" : ",") << "{\"op\":\"" << opname << "\",\"size\":" << bytes << ",\"count\":" << count
-         << ",\"oop_time_us\":" << t0 << ",\"oop_algbw\":" << alg0 << ",\"oop_busbw\":" << alg0 * f
-         << ",\"oop_wrong\":" << w0 << ",\"ip_time_us\":" << t1 << ",\"ip_algbw\":" << alg1
-         << ",\"ip_busbw\":" << alg1 * f << ",\"ip_wrong\":" << w1 << ",\"perftest_tag_bw_gbps\":" << tag
-         << ",\"ratio_busbw_to_tag_bw\":" << (tag > 0 ? alg0 * f / tag : 0) << "}";
+    json << (first ? "\"rows\":[" : ",") << "{\"op\":\"" << opname << "\",\"size\":" << bytes << ",\"count\":" << count
+         << ",\"oop_time_us\":" << mt0 << ",\"oop_algbw\":" << alg0 << ",\"oop_busbw\":" << alg0 * f
+         << ",\"oop_wrong\":" << w0 << ",\"ip_time_us\":" << mt1 << ",\"ip_algbw\":" << alg1
+         << ",\"ip_busbw\":" << alg1 * f << ",\"ip_wrong\":" << w1 << ",\"perftest_tag_bw_gbps\":" << mtag
+         << ",\"ratio_busbw_to_tag_bw\":" << ratio << ",\"ratio_min\":"
+         << (ratios.empty() ? 0 : *std::min_element(ratios.begin(), ratios.end())) << ",\"ratio_max\":"
+         << (ratios.empty() ? 0 : *std::max_element(ratios.begin(), ratios.end())) << "}";
     first = false;
+    t0s.clear();
+    t1s.clear();
+    tags.clear();
+    ratios.clear();
+    w0 = w1 = 0;
   }
-  json << "],\"wrong_total\":" << wrong_total << ",\"failed_ranks\":" << failures << "}\n";
+  fclose(rows);
+  close(go[1]);
+  int failures = 0;
+  for (pid_t p : pids) {
+    int st = 0;
+    waitpid(p, &st, 0);
+    failures += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  if (failures) fprintf(stderr, "hostnccl_bench: %d rank(s) failed\n", failures);
+  json << (first ? "\"rows\":[" : "") << "],\"wrong_total\":" << wrong_total << ",\"failed_ranks\":" << failures << "}\n";
   printf("# Out of bounds values : %llu %s\n", static_cast<unsigned long long>(wrong_total),
          wrong_total ? "FAILED" : "OK");
+  if (!goal.empty()) {
+    bool met = true;
+    std::ostringstream pts;
+    for (auto& [sz, r] : goal) {
+      met = met && r >= 0.5;
+      pts << ' ' << perf::FormatSize(sz) << ' ' << std::fixed << std::setprecision(2) << r;
+    }
+    printf("# goal: allreduce busbw >= 50%% of ucx_perftest tag_bw at >= 4 MiB: %s (%s)\n", met ? "met" : "NOT met",
+           pts.str().substr(1).c_str());
+  }
   if (!a.json.empty()) std::ofstream(a.json) << json.str();
   return (failures || wrong_total) ? 1 : 0;
 }

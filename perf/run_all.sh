@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the benchmarks of perf/ (./run bench [name] [--quick] [bench args...]).
-#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|recovery|multihost|straggler|all] [--quick]
+#   perf/run_all.sh <builddir> [transfer|hostnccl|shim|migration|recovery|multihost|straggler|faults|all] [--quick]
 #                   [args passed to the benchmark]
 # Each benchmark prints its table and writes JSON (and CSV where it has one) to perf/results/.
 # Ratios are against ucx_perftest run in the same invocation on the same machine (these machines are noisy).
@@ -60,8 +60,15 @@ case $NAME in
     # Not in `all`: real runs of about two minutes. Takes --quick.
     run_one straggler_bench "$HERE/straggler_bench.py" --build "$BUILD" --json "$OUT/straggler_bench-$STAMP.json" \
       "$@" || rc=1 ;;
+  faults)
+    # The full fault matrix of a live migration (tests/faults/fault_matrix.py long: every phase x process x fault,
+    # about half a minute a cell); rewrites the FAULT-MATRIX block of docs/reliability.md. Not in `all`.
+    B=$(cd "$BUILD" && pwd)
+    run_one fault_matrix "$HERE/../tests/faults/fault_matrix.py" "$B/tools/tmrun/tmrun" "$B/tools/tmctl/tmctl" \
+      "$B/tools/tm_train/tm-train" "$B/lib/shim/libtrainmover.so" "$B/plugins/hostnccl/libnccl.so.2" \
+      "$B/tools/trainmoverd/trainmoverd" long --doc "$HERE/../docs/reliability.md" "$@" || rc=1 ;;
   transfer|hostnccl|shim|all) ;;
-  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, recovery, multihost, straggler, all)" >&2
+  *) echo "run_all: unknown benchmark '$NAME' (transfer, hostnccl, shim, migration, recovery, multihost, straggler, faults, all)" >&2
      exit 2 ;;
 esac
 echo "results in $OUT (*-$STAMP.*)"

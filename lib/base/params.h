@@ -51,8 +51,9 @@
     "interval the coordinator gives, max(20, its heartbeat timeout / 4)).")                                   \
   X(COORDINATOR_TIMEOUT_MS, coordinator_timeout_ms, int64_t, ParseInt, "int", "10000", "integer >= 100",    \
     "Agent: a coordinator connection silent this long (no frame, not even its KEEPALIVE every heartbeat "    \
-    "interval) is dropped and re-made, so a frozen coordinator or a cut link is noticed. At least three of "  \
-    "the coordinator's heartbeat intervals are always allowed (docs/reliability.md).")                      \
+    "interval) is dropped and re-made, so a frozen coordinator or a cut link is noticed. At least five of "   \
+    "the coordinator's heartbeat intervals are always allowed: more than its heartbeat timeout, so a live "   \
+    "process never closes its connection first (docs/reliability.md).")                      \
   X(HOLD_TIMEOUT_MS, hold_timeout_ms, int64_t, ParseInt, "int", "120000", "integer >= 1000",               \
     "The longest a process is held at a migration's switch step. A process held this long without the "     \
     "coordinator's decision abandons the migration and continues on its current communicators; the "        \
@@ -60,7 +61,8 @@
     "least twice the longest state hand-off (docs/reliability.md).")                                        \
   X(PHASE_TIMEOUT_MS, phase_timeout_ms, int64_t, ParseInt, "int", "600000", "integer >= 1000",             \
     "Coordinator: the longest a migration may stay in spawning, sandbox, ready, building or agreeing; "      \
-    "past it the migration is aborted and training continues undisturbed (docs/reliability.md).")           \
+    "past it the migration is aborted and training continues undisturbed. Process: the longest it builds a "  \
+    "replacement communicator before it gives up (docs/reliability.md).")           \
   X(TAPE_MAX_BYTES, tape_max_bytes, int64_t, ParseInt, "int", "67108864", "integer >= 0",                    \
     "Leaver: bytes of operation outputs its sandbox tape may hold (one iteration recorded for the joiner); "  \
     "operations beyond it are recorded by signature only and emulated by the joiner. 0: signatures only "     \
@@ -85,10 +87,12 @@
     "(two time-stamp counter reads and one relaxed atomic add) and the heartbeat carries the step window; "    \
     "off = nothing timed and no window sent (the detector does not see this process). For measuring its cost " \
     "(perf/shim_overhead) or ruling it out.")                                                                 \
-  X(FAULT, fault, std::string, ParseOneOf, "enum", "", "corrupt-transfer|pass-first-proposal|slow-transfer", \
+  X(FAULT, fault, std::string, ParseOneOf, "enum", "",                                                        \
+    "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op",                                      \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
     "with PASSED (the coordinator must propose again and release the ranks held at the first one); "          \
     "slow-transfer makes a joiner wait 3 s before it reads the state (a wide switching phase for the fault "  \
-    "tests, docs/reliability.md).")
+    "tests, docs/reliability.md); slow-first-op makes a joiner wait 3 s after it switched in, so that the "  \
+    "stayers wait in their first operation on the replacements (the fault matrix's first-op cells).")
 // clang-format on

@@ -36,7 +36,11 @@ constexpr uint64_t kReconnectMaxBackoffMs = 2000;   // doubling stops here
 constexpr uint64_t kHeartbeatBeforeAckMs = 1000;    // until REGISTER_ACK says otherwise
 constexpr uint64_t kPollSliceMs = 50;               // longest sleep of the loop (stop and ticks are checked)
 constexpr uint64_t kByeFlushMs = 500;               // at exit, how long BYE may take to leave
-constexpr uint64_t kSilenceIntervals = 3;           // KEEPALIVE intervals of silence always tolerated
+// KEEPALIVE intervals of silence always tolerated: more than the coordinator's heartbeat timeout (four intervals),
+// so that an agent never closes the connection of a live process before the coordinator would have declared it
+// lost anyway. The coordinator takes a closed connection for a dead process (and recovers it): an agent that gave up
+// sooner would turn a short pause of the coordinator or of the link into a failure (docs/reliability.md).
+constexpr uint64_t kSilenceIntervals = 5;
 constexpr size_t kPaceBytes = 4u << 20;             // essential reports wait while this much is queued
 }  // namespace
 

@@ -46,7 +46,8 @@ class Agent {
     size_t ring_slots = 1024;  // safe-point ring capacity (rounded up to a power of two)
     int heartbeat_ms = 0;      // upper bound of the heartbeat interval (0: the coordinator's choice)
     // A connection on which the coordinator sent nothing for this long (it sends KEEPALIVE every heartbeat
-    // interval) is dropped and re-made; at least three of its intervals are always allowed.
+    // interval) is dropped and re-made; at least five of its intervals (more than its heartbeat timeout) are
+    // always allowed.
     int silence_timeout_ms = 10000;
   };
   // Called on the agent thread for every COMMAND from the coordinator. Must not block for long.

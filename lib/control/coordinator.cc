@@ -622,6 +622,14 @@ void Coordinator::CheckHeartbeats() {
   uint64_t now = NowMonotonicNs();
   uint64_t interval = static_cast<uint64_t>(heartbeat_interval_ms()) * 1000000ull;
   uint64_t timeout = static_cast<uint64_t>(opt_.heartbeat_timeout_ms) * 1000000ull;
+  // A coordinator that did not run for a while (SIGSTOP, a paused VM, an overloaded host) blames nobody for its own
+  // pause: the processes' silence is counted from when it runs again (docs/reliability.md).
+  if (last_check_ns_ && now - last_check_ns_ > interval) {
+    const uint64_t paused = now - last_check_ns_;
+    TM_WARN(kLogControl, "coordinator: did not run for %" PRIu64 " ms; heartbeat ages count from now", paused / 1000000);
+    for (auto& [id, pr] : procs_) pr.last_heartbeat_ns = std::max(pr.last_heartbeat_ns, now - std::min(now, interval));
+  }
+  last_check_ns_ = now;
   int alive = 0;  // the job's processes still alive after this check (alive_processes(); node agents aside)
   for (auto& [id, pr] : procs_) {
     if (pr.state != ProcState::kAlive) continue;

@@ -284,6 +284,7 @@ class Coordinator final : public EngineHost {
   Engine* EngineOf(const std::string& kind) const;  // nullptr: none installed
   // Metrics.
   uint64_t heartbeats_missed_ = 0;
+  uint64_t last_check_ns_ = 0;  // CheckHeartbeats' previous run (a longer gap: the coordinator itself was paused)
   uint64_t rejected_ = 0;
   std::map<std::string, uint64_t> mig_outcomes_;
   std::map<std::string, uint64_t> recovery_outcomes_;

@@ -258,16 +258,20 @@ void ProcessMachine::AbortLocked(const std::string& why) {
           static_cast<unsigned long long>(mig_), why.c_str());
   ++gen_;
   w_.SetLeaving(false);
-  for (const Staged& st : member_.staged) w_.DropStaged(st.v);
+  std::vector<void*> unstaged;
+  for (const Staged& st : member_.staged) {
+    if (void* c = w_.Unstage(st.v)) unstaged.push_back(c);
+  }
   member_.staged.clear();
   member_.agreement = Agreement::kNone;
   member_.step = -1;
   member_.committed_ns = 0;
+  std::unique_ptr<StateSource> server;
   if (leaver_.exposure != Exposure::kSealing) {  // while sealing, the safe point closes it when Seal returns
-    if (leaver_.server) leaver_.server->Close();
-    leaver_.server.reset();
+    server = std::move(leaver_.server);
     leaver_.exposure = Exposure::kNone;
   }
+  if (!unstaged.empty() || server) Retire(std::move(unstaged), std::move(server));
   if (joiner_.intake != Intake::kReading) {  // while reading, the read job drops the sink when Read returns
     if (joiner_.sink) DropSink(std::move(joiner_.sink));
     joiner_.intake = Intake::kNone;
@@ -316,9 +320,12 @@ void ProcessMachine::ReapJobs() {
 // deadlock), each staged on its VComm; an abort (a newer generation) stops it.
 void ProcessMachine::BuildJob(uint64_t id, uint64_t gen, const mig::Build& b) {
   const uint64_t t0 = w_.RealtimeNs();
+  // An abort stops the build, and so does its deadline: a member never waits longer for a peer that never got its
+  // BUILD, or whose host is cut off, than the coordinator waits for the whole phase.
+  const uint64_t deadline = w_.MonotonicNs() + w_.PhaseTimeoutMs() * 1000000ull;
   auto stopped = [&] {
     std::lock_guard<std::mutex> lk(mu_);
-    return gen_ != gen;
+    return gen_ != gen || w_.MonotonicNs() > deadline;
   };
   for (const mig::BuildEntry& e : b.entries) {
     auto fail = [&](const std::string& m) { Send(mig::Ev::kBuilt, id, mig::Built{e.comm_key, 0, m}); };
@@ -333,10 +340,15 @@ void ProcessMachine::BuildJob(uint64_t id, uint64_t gen, const mig::Build& b) {
       continue;
     }
     BuildOutcome out = w_.BuildReplacement(v, e, stopped);
-    std::lock_guard<std::mutex> lk(mu_);
+    std::unique_lock<std::mutex> lk(mu_);
     if (gen_ != gen || out.kind != BuildOutcome::Kind::kBuilt) {
+      const bool aborted = gen_ != gen;
+      lk.unlock();  // freeing may wait on a peer that is gone: never under the mutex
       if (out.comm) w_.FreeComm(out.comm);
-      if (gen_ != gen) return;
+      if (aborted) return;
+      if (out.kind == BuildOutcome::Kind::kStopped) {
+        out.error = "not built within " + std::to_string(w_.PhaseTimeoutMs()) + " ms (TRAINMOVER_PHASE_TIMEOUT_MS)";
+      }
       fail(out.error);
       continue;
     }
@@ -353,6 +365,13 @@ void ProcessMachine::BuildJob(uint64_t id, uint64_t gen, const mig::Build& b) {
 
 void ProcessMachine::DropSink(std::unique_ptr<StateSink> sink) {
   StartJob("tm-fetch", [s = std::shared_ptr<StateSink>(std::move(sink))]() mutable { s.reset(); });
+}
+
+void ProcessMachine::Retire(std::vector<void*> comms, std::unique_ptr<StateSource> server) {
+  StartJob("tm-retire", [this, comms, s = std::shared_ptr<StateSource>(std::move(server))] {
+    for (void* c : comms) w_.FreeComm(c);
+    if (s) s->Close();
+  });
 }
 
 // Joiner: decodes the leaver's descriptor, matches the regions and connects (docs/transfer.md): a failure here
@@ -407,8 +426,9 @@ void ProcessMachine::ExposeJob(uint64_t id, uint64_t gen) {
   const uint64_t t0 = w_.RealtimeNs();
   std::string err;
   std::unique_ptr<StateSource> server = w_.Expose(&err);
-  std::lock_guard<std::mutex> lk(mu_);
+  std::unique_lock<std::mutex> lk(mu_);
   if (gen_ != gen) {  // aborted meanwhile
+    lk.unlock();
     if (server) server->Close();
     return;
   }
@@ -495,7 +515,13 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
   }
   WaitForSwitchOrExit(lk);
   if (joiner_.exit_pending) JoinerExit(lk);
-  return SwitchJoinerIn();
+  const int64_t at = SwitchJoinerIn();
+  if (w_.Fault() == "slow-first-op") {  // test knob: the stayers wait in their first operation on the replacements
+    lk.unlock();
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    lk.lock();
+  }
+  return at;
 }
 
 // The first sandboxed safe point: what ran before it was start-up. Wait (bounded) for the leaver's tape, so
@@ -609,9 +635,8 @@ void ProcessMachine::ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step)
   lk.lock();
   SendPhase(id, "seal", t0);
   if (gen_ != gen) {  // aborted meanwhile (AbortLocked left the server to us)
-    server->Close();
-    leaver_.server.reset();
     leaver_.exposure = Exposure::kNone;
+    Retire({}, std::move(leaver_.server));
     return;
   }
   leaver_.exposure = Exposure::kExposed;

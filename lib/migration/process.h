@@ -45,6 +45,7 @@ class StateSource {
   virtual const std::vector<uint8_t>& Descriptor() const = 0;
   // Checksums the regions as they are now (at S) and publishes them to the reader; "" or why not. Slow.
   virtual std::string Seal() = 0;
+  // Nothing is readable any more. Any thread; may be slow (a background job calls it after an abort).
   virtual void Close() = 0;
 };
 
@@ -91,6 +92,8 @@ class World {
   // TRAINMOVER_HOLD_TIMEOUT_MS: the longest a process is held at the switch step without the coordinator's
   // decision (docs/reliability.md, "The commit point").
   virtual uint64_t HoldTimeoutMs() const { return 120000; }
+  // TRAINMOVER_PHASE_TIMEOUT_MS: the longest a member builds a replacement before it gives up.
+  virtual uint64_t PhaseTimeoutMs() const { return 600000; }
   virtual uint64_t TapeMaxBytes() const = 0;
   // TRAINMOVER_SEAL_OVERLAP resolved for a joiner at `destination` ("host H pid P").
   virtual bool SealOverlaps(const std::string& destination) const = 0;
@@ -115,11 +118,13 @@ class World {
   // Background thread, machine mutex not held: builds the replacement of `v` with the real non-blocking init,
   // polling `stop` (which takes the machine's mutex) until done.
   virtual BuildOutcome BuildReplacement(CommRef v, const mig::BuildEntry& e, const std::function<bool()>& stop) = 0;
-  virtual void FreeComm(void* comm) = 0;  // a built replacement that will not be staged (ncclCommAbort)
+  // A built replacement that will not be used (ncclCommAbort). Slow, and may wait on a peer that is gone: the
+  // machine calls it on a background job, never on the agent thread nor with its mutex held.
+  virtual void FreeComm(void* comm) = 0;
   // Stages `comm` as the replacement of `v` and re-creates its objects there; false if that failed (staged
   // anyway, dropped by an abort).
   virtual bool Stage(CommRef v, void* comm) = 0;
-  virtual void DropStaged(CommRef v) = 0;    // unstage and abort the replacement
+  virtual void* Unstage(CommRef v) = 0;  // unstages the replacement of `v` and returns it (FreeComm it), or null
   // To the replacement; returns the old real communicator (null when none), which the caller must retire.
   virtual void* SwitchStayer(CommRef v) = 0;
   // Background thread (tm-retire), after a switch: destroys an old real communicator, on which nothing is in
@@ -287,6 +292,9 @@ class ProcessMachine {
   void PrepareJob(uint64_t id, uint64_t gen, const std::vector<uint8_t>& descriptor);
   void ReadJob(uint64_t id, uint64_t gen, StateSink* sink);
   void DropSink(std::unique_ptr<StateSink> sink);  // destroyed on a job thread, never under mu_
+  // Frees aborted replacements and closes an abandoned exposure on a job (tm-retire): the transport may wait on a
+  // peer that is gone, and neither the agent thread nor the application may wait for that (docs/reliability.md).
+  void Retire(std::vector<void*> comms, std::unique_ptr<StateSource> server);
   void StartJob(const char* name, std::function<void()> fn);
   // Safe point pieces (application thread, mu_ held through `lk`).
   void MeasureStall(uint64_t entry);

@@ -57,7 +57,9 @@ class ServerSource final : public StateSource {
     transfer::Status st = s_->Seal();
     return st.ok() ? "" : st.ToString();
   }
-  void Close() override { s_->Close(); }
+  // Abandon, not Close: the joiner's host may be cut off (transfer.h says why that matters to UCX). The leaver
+  // exits right after a hand-off that completed, so nothing is kept for long there.
+  void Close() override { s_->Abandon(); }
 
  private:
   std::unique_ptr<transfer::StateServer> s_;
@@ -125,6 +127,7 @@ class ShimWorld final : public World {
   std::string Fault() const override { return shim::ProcessConfig().fault; }
   int64_t ShadowIters() const override { return shim::ProcessConfig().shadow_iters; }
   uint64_t HoldTimeoutMs() const override { return static_cast<uint64_t>(shim::ProcessConfig().hold_timeout_ms); }
+  uint64_t PhaseTimeoutMs() const override { return static_cast<uint64_t>(shim::ProcessConfig().phase_timeout_ms); }
   uint64_t TapeMaxBytes() const override { return static_cast<uint64_t>(shim::ProcessConfig().tape_max_bytes); }
 
   // auto: overlap unless the joiner (`destination` is "host H pid P") runs on this host and the host has under
@@ -229,10 +232,7 @@ class ShimWorld final : public World {
     shim::SetNextComm(VC(v), static_cast<ncclComm_t>(comm));
     return shim::RebindObjects(VC(v)) == ncclSuccess;
   }
-  void DropStaged(CommRef v) override {
-    ncclComm_t n = shim::AbortNext(VC(v));
-    if (n && shim::g_real.CommAbort) shim::g_real.CommAbort(n);
-  }
+  void* Unstage(CommRef v) override { return shim::AbortNext(VC(v)); }
   void* SwitchStayer(CommRef v) override { return shim::SwitchToNext(VC(v)); }
   // On tm-retire, at normal priority: a destroy takes locks the application's operations on the replacements
   // may need (UCX's context, the CUDA context), and a low-priority holder would make them wait longer.

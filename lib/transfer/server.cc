@@ -43,7 +43,7 @@ struct StateServer::Impl {
     int efd = -1;
     if (ucp_worker_get_efd(worker, &efd) != UCS_OK) efd = -1;
     while (!stop.load(std::memory_order_acquire)) {
-      while (ucp_worker_progress(worker) != 0) {
+      while (ucp_worker_progress(worker) != 0 && !stop.load(std::memory_order_relaxed)) {
       }
       if (efd < 0) {
         std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -170,6 +170,13 @@ Status StateServer::WaitClientDone(int timeout_ms, bool* client_ok) {
 
 void StateServer::Close() {
   if (!impl_ || impl_->closed) return;
+  Abandon();
+  ucp_worker_destroy(impl_->worker);
+  ucp_cleanup(impl_->context);
+}
+
+void StateServer::Abandon() {
+  if (!impl_ || impl_->closed) return;
   Impl& m = *impl_;
   m.closed = true;
   if (m.progress.joinable()) {
@@ -179,8 +186,6 @@ void StateServer::Close() {
   }
   m.hash_lanes.reset();
   m.Unmap();
-  ucp_worker_destroy(m.worker);
-  ucp_cleanup(m.context);
 }
 
 }  // namespace trainmover::transfer

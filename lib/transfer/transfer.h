@@ -146,6 +146,12 @@ class StateServer {
 
   // Stops the progress thread, unmaps the regions, releases UCX. Idempotent.
   void Close();
+  // Close for a hand-off that did not complete: stops the progress thread and unmaps the regions (nothing is
+  // readable any more) but keeps the UCX worker and context, which are never released. UCX 1.13 aborts the
+  // process when it destroys a worker whose endpoint to a peer that has become unreachable (its host cut off)
+  // still holds a connection message (openucx/ucx#8175); an abandoned migration cannot rule that out. Costs one
+  // idle worker per abandoned hand-off. Idempotent; Close afterwards does nothing.
+  void Abandon();
 
   struct Impl;
 

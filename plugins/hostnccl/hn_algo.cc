@@ -138,6 +138,60 @@ ncclResult_t PipelinedReduce(Comm* c, const void* send, void* out, void* all, co
   return res;
 }
 
+namespace {
+
+// The segment stream through one rank of a ring or chain: receives recv_total segments from prev (segment m into
+// recv_seg(m)) and sends send_total segments to next (send_seg(m)), segment m only once may_send(m, arrived) holds
+// (arrived[m] says whether received segment m is in). Up to kPipelineDepth of each in flight. RingAllGather and
+// ChainBroadcast are this loop with different segment maps. On failure no request stays posted: a failed
+// WaitSome has cancelled the rest itself, a failed post is followed by CancelPending.
+struct Segment {
+  char* ptr;
+  size_t len;
+};
+template <typename RecvSeg, typename SendSeg, typename MaySend>
+ncclResult_t ForwardStream(Comm* c, int prev, size_t recv_total, RecvSeg recv_seg, int next, size_t send_total,
+                           SendSeg send_seg, MaySend may_send) {
+  std::vector<uint8_t> arrived(recv_total, 0);
+  size_t sent = 0, send_inflight = 0, posted = 0, recv_inflight = 0, completed = 0;
+  std::vector<Pending> reqs;
+  std::vector<uint64_t> done;
+  ncclResult_t res = ncclSuccess;
+  for (;;) {
+    while (res == ncclSuccess && posted < recv_total && recv_inflight < static_cast<size_t>(kPipelineDepth)) {
+      const size_t m = posted++;
+      ++recv_inflight;
+      const Segment sg = recv_seg(m);
+      res = PostRecv(c, prev, CollTag(c, prev, 0, m), sg.ptr, sg.len, &reqs, ReqId(kFwdRecv, prev, m));
+    }
+    while (res == ncclSuccess && sent < send_total && send_inflight < static_cast<size_t>(kPipelineDepth) &&
+           may_send(sent, arrived)) {
+      const size_t m = sent++;
+      ++send_inflight;
+      const Segment sg = send_seg(m);
+      res = PostSend(c, next, CollTag(c, c->rank, 0, m), sg.ptr, sg.len, &reqs, ReqId(kFwdSend, next, m));
+    }
+    if (res != ncclSuccess) break;
+    if (completed == recv_total + send_total) break;
+    done.clear();
+    res = WaitSome(c, &reqs, &done);
+    if (res != ncclSuccess) return res;
+    for (uint64_t id : done) {
+      ++completed;
+      if (IdKind(id) == kFwdRecv) {
+        arrived[IdIndex(id)] = 1;
+        --recv_inflight;
+      } else {
+        --send_inflight;
+      }
+    }
+  }
+  if (res != ncclSuccess) CancelPending(c, &reqs);  // a post failed: the requests posted before it
+  return res;
+}
+
+}  // namespace
+
 ncclResult_t RingAllGather(Comm* c, const void* send, void* recv, size_t bytes) {
   const int n = c->nranks, me = c->rank;
   char* rp = static_cast<char*>(recv);
@@ -149,46 +203,14 @@ ncclResult_t RingAllGather(Comm* c, const void* send, void* recv, size_t bytes) 
   // Stream index m = k * nseg + s: step k carries block (owner - k) for the sender, segment s. Every rank sends
   // n-1 blocks to next and receives n-1 blocks from prev; the message received at index m is sent on at m + nseg.
   const size_t total = static_cast<size_t>(n - 1) * nseg;
-  auto seg_ptr = [&](int block, size_t s) { return rp + bytes * block + s * chunk; };
-  auto seg_len = [&](size_t s) { return std::min(chunk, bytes - s * chunk); };
-  std::vector<uint8_t> arrived(total, 0);
-  size_t sent = 0, send_inflight = 0, posted = 0, recv_inflight = 0, completed = 0;
-  std::vector<Pending> reqs;
-  std::vector<uint64_t> done;
-  ncclResult_t res = ncclSuccess;
-  for (;;) {
-    while (res == ncclSuccess && posted < total && recv_inflight < static_cast<size_t>(kPipelineDepth)) {
-      const size_t m = posted++;
-      ++recv_inflight;
-      const int block = (prev - static_cast<int>(m / nseg) + n) % n;
-      res = PostRecv(c, prev, CollTag(c, prev, 0, m), seg_ptr(block, m % nseg), seg_len(m % nseg), &reqs,
-                     ReqId(kFwdRecv, prev, m));
-    }
-    while (res == ncclSuccess && sent < total && send_inflight < static_cast<size_t>(kPipelineDepth) &&
-           (sent < nseg || arrived[sent - nseg])) {
-      const size_t m = sent++;
-      ++send_inflight;
-      const int block = (me - static_cast<int>(m / nseg) + n) % n;
-      res = PostSend(c, next, CollTag(c, me, 0, m), seg_ptr(block, m % nseg), seg_len(m % nseg), &reqs,
-                     ReqId(kFwdSend, next, m));
-    }
-    if (res != ncclSuccess) break;
-    if (completed == 2 * total) break;
-    done.clear();
-    res = WaitSome(c, &reqs, &done);
-    if (res != ncclSuccess) return res;
-    for (uint64_t id : done) {
-      ++completed;
-      if (IdKind(id) == kFwdRecv) {
-        arrived[IdIndex(id)] = 1;
-        --recv_inflight;
-      } else {
-        --send_inflight;
-      }
-    }
-  }
-  if (res != ncclSuccess) CancelPending(c, &reqs);
-  return res;
+  auto seg = [&](int owner, size_t m) {
+    const int block = (owner - static_cast<int>(m / nseg) + n) % n;
+    const size_t s = m % nseg;
+    return Segment{rp + bytes * block + s * chunk, std::min(chunk, bytes - s * chunk)};
+  };
+  return ForwardStream(
+      c, prev, total, [&](size_t m) { return seg(prev, m); }, next, total, [&](size_t m) { return seg(me, m); },
+      [&](size_t m, const std::vector<uint8_t>& arrived) { return m < nseg || arrived[m - nseg]; });
 }
 
 ncclResult_t ChainBroadcast(Comm* c, const void* send, void* recv, size_t bytes, int root) {
@@ -200,45 +222,13 @@ ncclResult_t ChainBroadcast(Comm* c, const void* send, void* recv, size_t bytes,
   const size_t chunk = c->env.chunk_bytes;
   const size_t nseg = DivUp(bytes, chunk);
   const int prev = (me + n - 1) % n, next = (me + 1) % n;
-  const bool has_prev = rel > 0, has_next = rel < n - 1;
   // The root sends from its send buffer; the others forward from their receive buffer once a segment is in.
-  const char* src = rel == 0 ? static_cast<const char*>(send) : rp;
-  auto seg_len = [&](size_t s) { return std::min(chunk, bytes - s * chunk); };
-  std::vector<uint8_t> arrived(nseg, rel == 0 ? 1 : 0);
-  size_t sent = 0, send_inflight = 0, posted = 0, recv_inflight = 0, completed = 0;
-  const size_t expected = (has_prev ? nseg : 0) + (has_next ? nseg : 0);
-  std::vector<Pending> reqs;
-  std::vector<uint64_t> done;
-  ncclResult_t res = ncclSuccess;
-  for (;;) {
-    while (res == ncclSuccess && has_prev && posted < nseg && recv_inflight < static_cast<size_t>(kPipelineDepth)) {
-      const size_t s = posted++;
-      ++recv_inflight;
-      res = PostRecv(c, prev, CollTag(c, prev, 0, s), rp + s * chunk, seg_len(s), &reqs, ReqId(kFwdRecv, prev, s));
-    }
-    while (res == ncclSuccess && has_next && sent < nseg && send_inflight < static_cast<size_t>(kPipelineDepth) &&
-           arrived[sent]) {
-      const size_t s = sent++;
-      ++send_inflight;
-      res = PostSend(c, next, CollTag(c, me, 0, s), src + s * chunk, seg_len(s), &reqs, ReqId(kFwdSend, next, s));
-    }
-    if (res != ncclSuccess) break;
-    if (completed == expected) break;
-    done.clear();
-    res = WaitSome(c, &reqs, &done);
-    if (res != ncclSuccess) return res;
-    for (uint64_t id : done) {
-      ++completed;
-      if (IdKind(id) == kFwdRecv) {
-        arrived[IdIndex(id)] = 1;
-        --recv_inflight;
-      } else {
-        --send_inflight;
-      }
-    }
-  }
-  if (res != ncclSuccess) CancelPending(c, &reqs);
-  return res;
+  char* src = rel == 0 ? const_cast<char*>(static_cast<const char*>(send)) : rp;
+  auto len = [&](size_t s) { return std::min(chunk, bytes - s * chunk); };
+  return ForwardStream(
+      c, prev, rel > 0 ? nseg : 0, [&](size_t s) { return Segment{rp + s * chunk, len(s)}; }, next,
+      rel < n - 1 ? nseg : 0, [&](size_t s) { return Segment{src + s * chunk, len(s)}; },
+      [&](size_t s, const std::vector<uint8_t>& arrived) { return rel == 0 || arrived[s]; });
 }
 
 }  // namespace hn

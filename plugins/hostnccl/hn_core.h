@@ -27,8 +27,11 @@ struct Env {
   int64_t chunk_bytes = 1 << 20;  // HOSTNCCL_CHUNK_BYTES: pipeline segment size of the collectives
   int algo = 0;                   // HOSTNCCL_ALGO: kAlgoAuto, kAlgoRing, kAlgoDirect (AllGather, Broadcast)
   bool eager_connect = true;      // HOSTNCCL_CONNECT: eager (connect every lane in init) or lazy
+  int peer_errors = 0;            // HOSTNCCL_PEER_ERRORS: kPeerErrorsRemote, kPeerErrorsAll, kPeerErrorsNone
 };
 enum AlgoChoice { kAlgoAuto = 0, kAlgoRing = 1, kAlgoDirect = 2 };
+// Which endpoints use UCX's peer-failure mode: those to peers on other hosts, all, none.
+enum PeerErrors { kPeerErrorsRemote = 0, kPeerErrorsAll = 1, kPeerErrorsNone = 2 };
 constexpr int64_t kMinChunkBytes = 4096, kMaxChunkBytes = int64_t{1} << 30;
 [[nodiscard]] ncclResult_t LoadEnv(Env* env);
 
@@ -55,12 +58,21 @@ struct UserRedOp {
   RedOpFull full;
 };
 
+struct Comm;
+// The argument of an endpoint's UCX error callback.
+struct EpFailure {
+  Comm* comm = nullptr;
+  int peer = -1;
+};
+
 struct Comm {
   uint64_t magic = kCommMagic;
   int rank = 0, nranks = 0, cuda_dev = 0;
   Env env;
   ucp_worker_h worker = nullptr;
+  int worker_efd = -1;                // the worker's event fd (UCP_FEATURE_WAKEUP), -1 if none
   std::vector<ucp_ep_h> eps;          // per peer, self included
+  std::vector<EpFailure> ep_failure;  // per peer, the error callback's argument (peer-failure mode endpoints)
   std::vector<int> live_fd;           // liveness TCP socket per peer (self: -1)
   std::vector<uint8_t> peer_state;    // 0 alive, 1 departed (said bye), 2 dead (EOF without bye)
   std::vector<int64_t> peer_gone_ms;  // when the peer was seen leaving

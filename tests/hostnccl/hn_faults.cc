@@ -60,6 +60,35 @@ int DeadPeerBody(int rank, int n, const ncclUniqueId& id) {
   return failures;
 }
 
+// A peer SIGKILLed in the middle of large AllReduces (rendezvous transfers in flight): the survivor gets an error
+// with a message, is not aborted and does not hang. HOSTNCCL_PEER_ERRORS=all: on one host UCX's cma would read the
+// dead peer's memory, which UCX 1.13 turns into an abort of the survivor unless the endpoint is in peer-failure
+// mode (the default puts only endpoints to other hosts in it; docs/hostnccl.md, "Liveness and timeouts").
+int KilledMidOpBody(int rank, int n, const ncclUniqueId& id) {
+  int failures = 0;
+  setenv("HOSTNCCL_PEER_ERRORS", "all", 1);
+  ncclComm_t comm;
+  HT_NCCL(ncclCommInitRank(&comm, n, id, rank));
+  const size_t count = size_t{16} << 20;  // 64 MiB of floats: each operation takes milliseconds
+  std::vector<float> a(count, 1.0f), b(count, 0.0f);
+  HT_NCCL(ncclAllReduce(a.data(), b.data(), count, ncclFloat32, ncclSum, comm, nullptr));
+  if (rank == n - 1) {
+    std::thread([] {
+      usleep(20000);
+      raise(SIGKILL);
+    }).detach();
+  }
+  ncclResult_t r = ncclSuccess;
+  for (int i = 0; i < 2000 && r == ncclSuccess; ++i) {
+    r = ncclAllReduce(a.data(), b.data(), count, ncclFloat32, ncclSum, comm, nullptr);
+  }
+  HT_EXPECT(r == ncclRemoteError || r == ncclSystemError, "allreduce with a peer killed mid-operation returned %d",
+            r);
+  HT_EXPECT(strlen(ncclGetLastError(comm)) > 0, "no last error");
+  HT_NCCL(ncclCommAbort(comm));
+  return failures;
+}
+
 int FrozenPeerBody(int rank, int n, const ncclUniqueId& id) {
   int failures = 0;
   setenv("HOSTNCCL_TIMEOUT_MS", "1500", 1);
@@ -96,6 +125,10 @@ int main() {
   printf("abort from another thread: %s\n", k ? "FAIL" : "ok");
   f += k = ht::RunRanks(4, DeadPeerBody, 50, 1u << 3);
   printf("dead peer + shrink(ABORT): %s\n", k ? "FAIL" : "ok");
+  for (int round = 0; round < 3; ++round) {
+    f += k = ht::RunRanks(2, KilledMidOpBody, 50, 1u << 1);
+    printf("peer killed mid-allreduce (round %d): %s\n", round, k ? "FAIL" : "ok");
+  }
   f += k = ht::RunRanks(2, FrozenPeerBody);
   printf("frozen peer timeout: %s\n", k ? "FAIL" : "ok");
   f += k = ht::RunRanks(1, MissingRankBody);

@@ -82,13 +82,16 @@ class FakeWorld final : public World {
   int32_t first_rank = 1;
   int64_t sp_step = -1;
   uint64_t mono = 1000000000ull, captured = 0;
+  uint64_t silent_from_ns = 0, silence_ms = 7500, phase_ms = 600000;
   std::vector<uint8_t> recorded;  // what TapeRecordEnd returns (empty: nothing recorded)
   int idle_waits = 0;
   std::mutex sp_mu;
 
   void SendEvent(control::Event e) override { events.push_back(std::move(e)); }
   bool HasAgent() const override { return true; }
-  bool Connected() const override { return connected; }
+  // The agent's view: false once `connected` is cleared, or from `silent_from_ns` + `silence_ms` on (a coordinator
+  // that went silent at silent_from_ns, noticed by the agent's read-silence timeout).
+  bool Connected() const override { return connected && !(silent_from_ns && mono >= silent_from_ns + silence_ms * 1000000ull); }
   void Exit(int code, const std::string& line) override { throw Exited{code, line}; }
   bool IsJoiner() const override { return joiner; }
   bool Sandboxed() const override { return sandboxed; }
@@ -100,6 +103,7 @@ class FakeWorld final : public World {
   std::string Fault() const override { return fault; }
   int64_t ShadowIters() const override { return 1; }
   uint64_t TapeMaxBytes() const override { return 1 << 20; }
+  uint64_t PhaseTimeoutMs() const override { return phase_ms; }
   bool SealOverlaps(const std::string&) const override { return overlap; }
   uint64_t MonotonicNs() const override { return mono; }
   uint64_t RealtimeNs() const override { return mono; }
@@ -156,7 +160,10 @@ class FakeWorld final : public World {
     log.push_back("stage " + std::to_string(reinterpret_cast<uintptr_t>(v)));
     return rebind_ok;
   }
-  void DropStaged(CommRef v) override { log.push_back("drop " + std::to_string(reinterpret_cast<uintptr_t>(v))); }
+  void* Unstage(CommRef v) override {
+    log.push_back("drop " + std::to_string(reinterpret_cast<uintptr_t>(v)));
+    return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(v) + 0x100);
+  }
   void* SwitchStayer(CommRef v) override {
     log.push_back("switch " + std::to_string(reinterpret_cast<uintptr_t>(v)));
     return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(v) + 0x1000);
@@ -346,6 +353,21 @@ TEST_CASE("build stopped by an abort: nothing staged, nothing reported, the repl
   CHECK(p.m.generation() == 1);
 }
 
+TEST_CASE("build deadline: a replacement not built within TRAINMOVER_PHASE_TIMEOUT_MS is given up and freed") {
+  Proc p;
+  // The peers never come (a joiner that never got its BUILD, a host cut off): the init would wait for them.
+  p.w.during_build = [&] { p.w.mono += (p.w.phase_ms + 1) * 1000000ull; };
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};
+  p.Cmd(mig::Cmd::kBuild, b);
+  p.w.RunJobs();
+  CHECK(p.w.Body<mig::Built>(0).ok == 0);
+  CHECK(p.w.Body<mig::Built>(0).message == "not built within 600000 ms (TRAINMOVER_PHASE_TIMEOUT_MS)");
+  CHECK(p.w.Take() == V{"BUILT", "PHASE build"});
+  CHECK(p.w.TakeLog() == V{"start tm-build", "init 10", "free 256"});
+  CHECK(p.m.staged() == 0);
+}
+
 TEST_CASE("map and make ids (joiner)") {
   Proc p;
   p.w.keys = {0xB0};
@@ -480,7 +502,7 @@ TEST_CASE("stayer: past the committed step fails and aborts") {
   CHECK(p.SafePoint(14) == 14);
   CHECK(p.w.Body<mig::Reason>(0).text == "process passed the committed switch step");
   CHECK(p.w.Take() == V{"FAILED"});
-  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
   CHECK(p.m.agreement() == M::Agreement::kNone);
   CHECK_FALSE(p.m.active());
 }
@@ -491,7 +513,7 @@ TEST_CASE("stayer: ABORT while held releases it on the old communicators") {
   p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"joiner lost"}));
   CHECK(p.SafePoint(12) == 12);
   CHECK(p.w.Take() == V{"AT_STEP"});
-  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
   CHECK(p.m.generation() == 1);
   CHECK_FALSE(p.m.exit_pending());  // a stayer goes on
 }
@@ -508,7 +530,7 @@ TEST_CASE("coordinator lost before AT_STEP: at a safe point or held at a committ
     p.w.connected = false;
     CHECK(p.SafePoint(11) == 11);
   }
-  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
   CHECK(p.m.staged() == 0);
   CHECK_FALSE(p.m.active());
 }
@@ -534,7 +556,7 @@ TEST_CASE("coordinator lost after AT_STEP: the process waits for the outcome, le
       p.Cmd(mig::Cmd::kAbort, mig::Reason{"process 3 was lost before the switch"});
     });
     CHECK(p.SafePoint(12) == 12);
-    CHECK(p.w.TakeLog() == V{"drop 10"});
+    CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
     CHECK(p.w.Take() == V{"AT_STEP"});
   }
   CHECK_FALSE(p.m.active());
@@ -553,7 +575,7 @@ TEST_CASE("hold deadline: no decision within TRAINMOVER_HOLD_TIMEOUT_MS of COMMI
   CHECK(p.w.Body<mig::Reason>(1).text ==
         "no decision from the coordinator within 120000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)");
   CHECK(p.w.Take() == V{"AT_STEP", "FAILED"});
-  CHECK(p.w.TakeLog() == V{"drop 10"});
+  CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
   // A SWITCH that comes after that is refused: the process stays on its communicators.
   p.Cmd(mig::Cmd::kSwitch, mig::Step{12});
   CHECK(p.SafePoint(13) == 13);
@@ -591,7 +613,9 @@ TEST_CASE("leaver: not overlapped, the seal comes before AT_STEP; a failed seal 
     CHECK(p.w.Body<mig::Reason>(1).text == "leaver cannot checksum its state: no libcudart");
     CHECK(p.w.Take() == V{"PHASE seal", "FAILED", "AT_STEP"});
   }
-  CHECK(p.w.TakeLog() == V{"seal", "close"});  // closed by the abort
+  CHECK(p.w.TakeLog() == V{"seal", "start tm-retire"});  // closed by the abort, on a job
+  p.w.RunJobs();
+  CHECK(p.w.TakeLog() == V{"close"});
   CHECK(p.m.exposure() == M::Exposure::kNone);
   CHECK_FALSE(p.w.leaving);  // aborted: it trains on, its async errors are real again
 }
@@ -608,7 +632,9 @@ TEST_CASE("leaver: ABORT during the seal leaves the server to the application th
   CHECK(p.SafePoint(12) == 12);
   CHECK(p.w.Body<mig::Reason>(0).text == "the previous migration's seal is still running");
   CHECK(p.w.Take() == V{"FAILED", "PHASE seal"});  // no AT_STEP: aborted
-  CHECK(p.w.TakeLog() == V{"seal", "close"});
+  CHECK(p.w.TakeLog() == V{"seal", "start tm-retire"});
+  p.w.RunJobs();
+  CHECK(p.w.TakeLog() == V{"close"});
   CHECK(p.m.exposure() == M::Exposure::kNone);
 }
 
@@ -700,6 +726,44 @@ TEST_CASE("joiner: ABORT or a lost coordinator while held after READY: exit 1 wi
   CHECK(p.w.Take() == V{"READY"});
 }
 
+// The joiner's long wait: held after READY while its coordinator goes silent (frozen, or the link cut without a reset).
+// The agent drops the connection after its silence timeout; from then on the joiner waits 3 s before VERIFIED (no
+// SWITCH can have been sent: it needs VERIFIED), and the whole hold deadline after it (SWITCH may be on its way).
+TEST_CASE("joiner: a coordinator that goes silent; exit after 3 s, or after the hold deadline once VERIFIED") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});
+  p.SafePoint(0);
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 4, 1}};
+  bool verified = false;
+  SUBCASE("silent while building") {}
+  SUBCASE("silent after VERIFIED") { verified = true; }
+  p.w.script.push_back([&] {
+    p.Cmd(mig::Cmd::kBuild, b);
+    p.Cmd(mig::Cmd::kPrepare, mig::Blob{{1}});
+    p.w.RunJobs();
+    if (verified) {
+      p.Cmd(mig::Cmd::kRead, mig::Step{12});
+      p.w.RunJobs();
+    }
+    p.w.silent_from_ns = p.w.mono;  // the coordinator's last word
+  });
+  uint64_t silent_for_ms = 0;
+  try {
+    p.SafePoint(1);
+    FAIL("the joiner returned");
+  } catch (const Exited& e) {
+    silent_for_ms = (p.w.mono - p.w.silent_from_ns) / 1000000ull;
+    CHECK(e.code == 1);
+    CHECK(e.line == "joiner exits: the migration did not complete (lost the coordinator)");
+  }
+  const uint64_t bound_ms = p.w.silence_ms + (verified ? p.w.HoldTimeoutMs() : 3000);
+  CHECK(silent_for_ms > bound_ms);        // never before its deadline
+  CHECK(silent_for_ms <= bound_ms + 100);  // nor much after it (the wait polls every 50 ms)
+  CHECK(p.m.intake() == (verified ? M::Intake::kRead : M::Intake::kPrepared));
+}
+
 TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure fails the migration") {
   Proc p;
   p.Staged();  // something for an abort to drop
@@ -719,9 +783,9 @@ TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure f
     SUBCASE("an abort closes the connection on a job thread") {
       p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
       CHECK(p.m.intake() == M::Intake::kNone);
-      CHECK(p.w.TakeLog() == V{"drop 10", "start tm-fetch"});
+      CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire", "start tm-fetch"});
       p.w.RunJobs();
-      CHECK(p.w.TakeLog() == V{"close sink"});
+      CHECK(p.w.TakeLog() == V{"free 266", "close sink"});
     }
   }
   SUBCASE("cannot connect") {
@@ -734,7 +798,7 @@ TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure f
   SUBCASE("aborted while connecting: the connection is closed, nothing sent") {
     p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
     p.w.RunJobs();
-    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "prepare 3", "close sink"});
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "start tm-retire", "prepare 3", "close sink", "free 266"});
     CHECK(p.w.Take().empty());
     CHECK(p.m.intake() == M::Intake::kNone);
   }
@@ -770,7 +834,7 @@ TEST_CASE("read (joiner): PROGRESS, the transfer phase, VERIFIED, the connection
     p.Cmd(mig::Cmd::kAbort, mig::Reason{"x"});
     CHECK(p.m.intake() == M::Intake::kReading);
     p.w.RunJobs();
-    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "read", "close sink"});
+    CHECK(p.w.TakeLog() == V{"start tm-fetch", "drop 10", "start tm-retire", "read", "close sink", "free 266"});
     CHECK(p.w.Take() == V{"PROGRESS", "PROGRESS"});
     CHECK(p.m.intake() == M::Intake::kNone);
   }

@@ -114,11 +114,6 @@ def scenario_host():
 
 
 def scenario_cut():
-    # Known failure (docs/reliability.md): flaky in fresh clones since the eager connect and recovery landed
-    # (2 of 3 runs: the stayers timed out on the old communicator, or the migration stayed in spawning).
-    if os.environ.get("TM_KNOWN_FAILURES") != "1":
-        print("SKIP: known failure, run with TM_KNOWN_FAILURES=1 (docs/reliability.md)")
-        sys.exit(77)
     steps, step_ms = 1200, 10
     want = reference(4, steps)
     nodes = C.start_job(steps, step_ms)
