@@ -193,7 +193,9 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
       return;
     }
     a.state = "verifying";
-    a.verify_from_round = rounds_ + 1;  // the round under way may hold windows from before the switch
+    // The round under way may hold windows from before the switch; the replacement's first rounds are its warm-up
+    // (cold caches, the first operations on new communicators), as the detector counts them.
+    a.verify_from_round = rounds_ + 1 + static_cast<uint64_t>(opt_.detector.warmup_windows);
     return;
   }
   const uint64_t need = static_cast<uint64_t>(opt_.detector.flag_windows);
