@@ -8,11 +8,11 @@
 //                  [--quick] [--no-perftest] [--tls T] [--json FILE]
 //
 // Side by side: each size of each op is measured --repeat times (default 3), and after each measurement, while
-// the ranks wait (blocked, not spinning), ucx_perftest tag_bw runs at the same size; the row shows the medians
+// the ranks wait (blocked in read, not spinning), ucx_perftest tag_bw runs at the same size; the row shows the medians
 // and the ratio of the medians, with the range of the per-repeat ratios, so that a load change on a shared
 // machine moves both figures alike. The last line is the verdict on the goal of docs/benchmarks.md: AllReduce
 // busbw at >= 4 MiB >= 50% of tag_bw. First line: the CPU time a rank uses while it waits 500 ms in a receive
-// (hostnccl sleeps on UCX's event fd after a short spin; a yield-spinning wait shows about 100%).
+// (what a waiting rank takes from the others when ranks outnumber cores).
 //
 // Columns as nccl-tests: size (bytes, the total buffer as nccl-tests counts it), count (elements), type,
 // redop, root, then out-of-place and in-place time (us, the slowest rank's average over the timed loop,
@@ -216,8 +216,8 @@ Result RunSize(Op op, ncclComm_t comm, int rank, int n, size_t bytes, const Args
   return res;
 }
 
-// Rank 0 hands each measurement's row to the parent and waits for its go (a byte on go_fd) before the next one,
-// so the parent's ucx_perftest at that size runs while the ranks are idle.
+// Rank 0 hands each measurement's row to the parent; every rank then waits for its go (a byte on go_fd, shared)
+// before the next one, so the parent's ucx_perftest at that size runs while the ranks are blocked in read().
 int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out_fd, int go_fd) {
   ncclUniqueId id;
   if (rank == 0) {
@@ -232,9 +232,9 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
   NCCL_OK(ncclCommInitRank(&comm, a.nranks, id, rank));
   // Idle wait: rank 0 waits kIdleMs in a receive that rank 1 satisfies late; the CPU time rank 0 used meanwhile
   // is what a waiting rank takes from the others when ranks outnumber cores.
+  if (a.nranks > 1) Barrier(comm);
   if (a.nranks > 1 && rank < 2) {
     constexpr int kIdleMs = 500;
-    Barrier(comm);
     int32_t x = 0;
     if (rank == 1) {
       usleep(kIdleMs * 1000);
@@ -250,12 +250,11 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
       std::ostringstream line;
       line << "idle " << wall_ms << ' ' << cpu_ms << '\n';
       const std::string out = line.str();
-      char go = 0;
-      if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size()) || read(go_fd, &go, 1) != 1) {
-        return 1;
-      }
+      if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 1;
     }
   }
+  char go = 0;
+  if (a.nranks > 1 && read(go_fd, &go, 1) != 1) return 1;
   for (Op op : a.ops) {
     for (size_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= a.factor) {
       for (int rep = 0; rep < a.repeat; ++rep) {
@@ -265,17 +264,15 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
         double w[2] = {static_cast<double>(r.wrong[0]), static_cast<double>(r.wrong[1])}, wsum[2];
         NCCL_OK(ncclAllReduce(t, tmax, 2, ncclFloat64, ncclMax, comm, nullptr));
         NCCL_OK(ncclAllReduce(w, wsum, 2, ncclFloat64, ncclSum, comm, nullptr));
-        if (rank == 0) {
+        if (rank == 0) {  // every rank then waits for the go, so no rank runs while ucx_perftest does
           std::ostringstream line;
           line << kOpNames[static_cast<int>(op)] << ' ' << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
                << ' ' << tmax[0] << ' ' << (std::isnan(r.time_us[1]) ? -1.0 : tmax[1]) << ' '
                << static_cast<uint64_t>(wsum[0]) << ' ' << static_cast<uint64_t>(wsum[1]) << '\n';
           const std::string out = line.str();
-          char go = 0;
-          if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size()) || read(go_fd, &go, 1) != 1) {
-            return 1;
-          }
+          if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 1;
         }
+        if (read(go_fd, &go, 1) != 1) return 1;
       }
       if (bytes > a.max_bytes / a.factor) break;
     }
@@ -387,6 +384,7 @@ int main(int argc, char** argv) {
   bool first = true;
   std::vector<std::pair<size_t, double>> goal;  // allreduce at >= 4 MiB: (size, ratio)
   char line[512];
+  const std::string gos(static_cast<size_t>(a.nranks), 'g');
   std::vector<double> t0s, t1s, tags, ratios;
   uint64_t w0 = 0, w1 = 0;
   while (fgets(line, sizeof(line), rows) != nullptr) {
@@ -403,8 +401,7 @@ int main(int argc, char** argv) {
              cpu_ms, wall_ms > 0 ? 100 * cpu_ms / wall_ms : 0);
       fflush(stdout);
       json << "\"idle_wait_ms\":" << wall_ms << ",\"idle_wait_cpu_ms\":" << cpu_ms << ",";
-      char g = 1;
-      if (write(go[1], &g, 1) != 1) break;
+      if (write(go[1], gos.data(), gos.size()) != static_cast<ssize_t>(gos.size())) break;
       continue;
     }
     if (!(in >> bytes >> count >> t0 >> t1 >> rw0 >> rw1)) break;
@@ -417,8 +414,8 @@ int main(int argc, char** argv) {
       tag = perf::UcxPerftest("tag_bw", bytes, iters, a.tls, "", &err);
       if (tag < 0) fprintf(stderr, "hostnccl_bench: %s\n", err.c_str());
     }
-    char g = 1;
-    if (write(go[1], &g, 1) != 1) break;  // the ranks go on while this row is printed
+    // One byte per rank: each rank reads one (a pipe read of one byte takes one), and all go on.
+    if (write(go[1], gos.data(), gos.size()) != static_cast<ssize_t>(gos.size())) break;
     t0s.push_back(t0);
     t1s.push_back(t1);
     w0 += rw0;

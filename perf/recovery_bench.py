@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""recovery_bench: the downtime of a rank's failure, recovered by a spawned replacement vs a cold restart.
+"""recovery_bench: the downtime of a rank's failure: a warm standby, a spawned replacement, a cold restart.
 
   recovery_bench.py --build DIR [--ranks 2,4] [--init-ms 1800] [--comm-init-ms 1090] [--step-ms 5] [--at 30]
-                    [--steps 600] [--json FILE]
+                    [--steps 600] [--interval 100] [--json FILE]
 
 Each rank count is one `tm-harness failure` (tools/harness/tm-harness, docs/demo.md): the uninterrupted reference
 run; the cold restart after a failure (checkpoint at step K to disk, SIGKILL of rank 1 past K, the job fails, all
-ranks start again with --resume); and the recovery (SIGKILL of rank 1 past K, the coordinator spawns a replacement
-and rolls every rank back to the newest snapshot; docs/recovery.md). Both pay the same emulated costs, labelled
-in the output: framework start-up (tm-train --init-ms) and communicator setup (HOSTNCCL_INIT_DELAY_MS). Downtime =
-from the kill to the first step completed after it on every rank (the ranks' timelines, CLOCK_REALTIME).
-Asserts no speed: exit 0 when every run ended bit-identical to the reference, 1 otherwise.
+ranks start again with --resume); the recovery by a spawned replacement (SIGKILL of rank 1 past K, the coordinator
+spawns a replacement and rolls every rank back to the newest snapshot; docs/recovery.md); and the recovery by a warm
+standby (tmrun --standby 1: a standby warmed up as rank 0, ready before the kill, takes rank 1's place through
+tmRank). All pay the same emulated costs, labelled in the output: framework start-up (tm-train --init-ms) and
+communicator setup (HOSTNCCL_INIT_DELAY_MS). Downtime = from the kill to the first step completed after it on every
+rank (the ranks' timelines, CLOCK_REALTIME).
+
+The goal (issue 13): with a warm standby, recovery at least 10x faster than a cold restart at a --interval-step
+checkpoint interval, counting the work the cold restart loses. A failure falls on average half an interval after
+the last checkpoint: the cold restart's cost is its measured downtime plus interval/2 steps trained again; the
+standby's is its measured downtime plus the steps it lost (trained again after the rollback); a step is the
+reference run's median step time. Asserts no speed: exit 0 when every run ended bit-identical to the reference.
 """
 import argparse
 import json
@@ -20,45 +27,80 @@ import subprocess
 import sys
 
 
+def median_step_ms(work, ranks):
+    """The reference run's median step interval (its timeline), in ms."""
+    marks = {}
+    with open(os.path.join(work, "reference.timeline")) as f:
+        for line in f:
+            x = json.loads(line)
+            marks.setdefault(x["rank"], []).append(x["t_ns"])
+    gaps = sorted(b - a for ts in marks.values() for a, b in zip(sorted(ts), sorted(ts)[1:]))
+    return gaps[len(gaps) // 2] / 1e6 if gaps else 0.0
+
+
 def main(argv):
     ap = argparse.ArgumentParser(prog="recovery_bench", description=__doc__.split("\n")[0])
     ap.add_argument("--build", required=True)
-    ap.add_argument("--ranks", default="2,4")
+    ap.add_argument("--ranks", default="2,4", help="rank counts, e.g. 2,4,8,16 (default 2,4: a loaded 2-core box)")
     ap.add_argument("--init-ms", type=int, default=1800)
     ap.add_argument("--comm-init-ms", type=int, default=1090)
     ap.add_argument("--step-ms", type=int, default=5)
     ap.add_argument("--at", type=int, default=30)
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--interval", type=int, default=100, help="the cold restart's checkpoint interval, in steps")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     harness = os.path.join(a.build, "tools/harness/tm-harness")
-    print(f"emulated costs (sleeps, not measured work), paid by the restart and by the replacement alike: framework "
-          f"start-up {a.init_ms} ms (tm-train --init-ms), communicator setup {a.comm_init_ms} ms "
-          f"(HOSTNCCL_INIT_DELAY_MS); checkpoint save/load is real I/O", flush=True)
+    print(f"emulated costs (sleeps, not measured work), paid by the restart, the replacement and the standby alike: "
+          f"framework start-up {a.init_ms} ms (tm-train --init-ms), communicator setup {a.comm_init_ms} ms "
+          f"(HOSTNCCL_INIT_DELAY_MS); checkpoint save/load is real I/O; --step-ms {a.step_ms}", flush=True)
     rows, rc = [], 0
     for n in [int(x) for x in a.ranks.split(",") if x]:
+        work = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"recovery_bench-{os.getpid()}-{n}")
         r = subprocess.run([sys.executable, harness, "failure", "--build", a.build, "--ranks", str(n), "--steps",
                             str(a.steps), "--params", "20000", "--at", str(a.at), "--kill-rank", "1", "--init-ms",
                             str(a.init_ms), "--comm-init-ms", str(a.comm_init_ms), "--step-ms", str(a.step_ms),
-                            "--json"], stdout=subprocess.PIPE, text=True)
+                            "--work-dir", work, "--json"], stdout=subprocess.PIPE, text=True)
         out = json.loads(r.stdout)
         if r.returncode != 0 or out.get("bit_identical") is not True:
-            print(f"{n} ranks: failed ({out.get('error', 'digests differ')})")
+            print(f"{n} ranks: failed ({out.get('error', 'digests differ')}; logs in {work})")
             rc = 1
             continue
-        rows.append({"ranks": n, "crash_restart": out["crash_restart"], "recovery": out["recovery"],
-                     "ratio": out["recovery_ratio"]})
-    print(f"{'ranks':>5} {'cold restart ms':>16} {'lost':>5} {'replacement ms':>15} {'lost':>5} {'ratio':>7}  "
-          "bit-identical")
+        step = median_step_ms(work, n)
+        c, v, s = out["crash_restart"], out["recovery"], out["standby_recovery"]
+        cold = c["failure_to_step_ms"] + a.interval / 2 * step
+        warm = s["failure_to_step_ms"] + s["lost_steps"] * step
+        rows.append({"ranks": n, "median_step_ms": round(step, 2), "crash_restart": c, "recovery": v, "standby": s,
+                     "replacement_ratio": out["recovery_ratio"], "standby_ratio": out["standby_ratio"],
+                     "cold_with_lost_work_ms": round(cold, 1), "standby_with_lost_work_ms": round(warm, 1),
+                     "goal_ratio": round(cold / warm, 2)})
+        subprocess.run(["rm", "-rf", work])
+    print(f"{'ranks':>5} {'cold restart ms':>16} {'lost':>5} {'spawned ms':>11} {'lost':>5} {'standby ms':>11} "
+          f"{'lost':>5} {'cold/spawned':>13} {'cold/standby':>13}  bit-identical")
     for x in rows:
-        c, v = x["crash_restart"], x["recovery"]
-        print(f"{x['ranks']:>5} {c['failure_to_step_ms']:>16.1f} {c['lost_steps']:>5} {v['failure_to_step_ms']:>15.1f} "
-              f"{v['lost_steps']:>5} {x['ratio']:>6.2f}x  yes")
-    print("downtime: SIGKILL of rank 1 -> the first step completed after it on every rank; ratio = cold restart / "
-          "spawned replacement")
+        c, v, s = x["crash_restart"], x["recovery"], x["standby"]
+        print(f"{x['ranks']:>5} {c['failure_to_step_ms']:>16.1f} {c['lost_steps']:>5} {v['failure_to_step_ms']:>11.1f} "
+              f"{v['lost_steps']:>5} {s['failure_to_step_ms']:>11.1f} {s['lost_steps']:>5} "
+              f"{x['replacement_ratio']:>12.2f}x {x['standby_ratio']:>12.2f}x  yes")
+    print("downtime: SIGKILL of rank 1 -> the first step completed after it on every rank; lost: steps trained again")
+    print(f"goal: warm standby >= 10x faster than a cold restart at a {a.interval}-step checkpoint interval, counting "
+          f"the lost work (cold: downtime + {a.interval // 2} steps on average; standby: downtime + its lost steps; a "
+          "step = the reference run's median step)")
+    for x in rows:
+        verdict = "met" if x["goal_ratio"] >= 10 else "NOT met"
+        # The step time from which the same downtimes would meet the goal: (C + I/2 s) / (W + L s) >= 10.
+        room = a.interval / 2 - 10 * x["standby"]["lost_steps"]
+        need = (10 * x["standby"]["failure_to_step_ms"] - x["crash_restart"]["failure_to_step_ms"]) / room
+        x["goal_step_ms"] = round(max(need, 0.0), 1) if room > 0 else None
+        at = (f"with steps of {x['goal_step_ms']:.0f} ms or longer" if room > 0 else
+              f"at no step time ({x['standby']['lost_steps']} steps lost >= {a.interval // 20})")
+        print(f"  {x['ranks']} ranks: cold {x['cold_with_lost_work_ms']:.1f} ms vs standby "
+              f"{x['standby_with_lost_work_ms']:.1f} ms (step {x['median_step_ms']:.2f} ms): {x['goal_ratio']:.2f}x, "
+              f"goal {verdict}; the same downtimes meet it {at}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"emulated": {"init_ms": a.init_ms, "comm_init_ms": a.comm_init_ms}, "rows": rows}, f)
+            json.dump({"emulated": {"init_ms": a.init_ms, "comm_init_ms": a.comm_init_ms}, "interval": a.interval,
+                       "rows": rows}, f)
     return rc
 
 

@@ -38,6 +38,7 @@ typedef enum {
 typedef int64_t (*tmShimSafePoint_t)(int64_t step);
 typedef int (*tmShimRegister_t)(const char* name, void* ptr, size_t bytes);
 typedef int (*tmShimUnregister_t)(const char* name);
+typedef int (*tmShimRank_t)(int rank);
 
 static inline void* tmShimSymbol_(const char* name) { return dlsym(RTLD_DEFAULT, name); }
 
@@ -75,6 +76,29 @@ static inline tmResult_t tmRegister(const char* name, void* ptr, size_t bytes) {
 static inline tmResult_t tmUnregister(const char* name) {
   tmShimUnregister_t fn = (tmShimUnregister_t)tmShimSymbol_("tmShimUnregister");
   return fn ? (tmResult_t)fn(name) : tmSuccess;
+}
+
+/*
+ * tmRank: the rank this process holds, given the rank its launcher assigned (RANK, the rank the program
+ * would use without TrainMover). Returns `rank` in a worker and in a joiner (whose launcher already gave it
+ * the rank it takes over), and without the shim. In a standby (TRAINMOVER_ROLE=standby: a spare process
+ * started with the job's command line, warmed up in the sandbox as the rank its launcher gave it) it
+ * returns `rank` until the coordinator assigns it the place of a failed rank R; from the tmSafePoint that
+ * switches it in on, it returns R.
+ *
+ * Contract: a program that reads its rank through tmRank after every tmSafePoint (and derives from it
+ * whatever depends on the rank: its data shard, its position in a parallel layout) tells the shim that a
+ * standby can serve any rank: the standby's communicators are rebuilt at the failed rank's place and its
+ * registered state becomes the failed rank's. A standby of a program that never calls tmRank serves only
+ * the rank it warmed up as. Everything that depends on the rank and is not registered state must be
+ * recomputed from the returned value; sizes of registered regions must not depend on the rank.
+ *
+ * Thread safety and blocking: any thread; returns at once. The value changes only inside the tmSafePoint
+ * call that switches a standby in.
+ */
+static inline int tmRank(int rank) {
+  tmShimRank_t fn = (tmShimRank_t)tmShimSymbol_("tmShimRank");
+  return fn ? fn(rank) : rank;
 }
 
 /* tmShimLoaded: 1 when libtrainmover is in the process, else 0. */

@@ -27,8 +27,9 @@
     "Shared secret that authenticates every control message (HMAC key).")                                    \
   X(ROLE, role, Role, ParseRole, "enum", "worker", "worker|joiner|standby",                                  \
     "worker: a normal rank. joiner: replaces a rank; starts in the sandbox (no real communicators, "          \
-    "collectives emulated locally). standby: starts in the sandbox like a joiner; nothing assigns it a rank "  \
-    "yet (planned), so it is only listed by the coordinator. Any case.")                                      \
+    "collectives emulated locally). standby: a spare started with the job's command line; warms up in the "   \
+    "sandbox as the rank its launcher gave it (RANK) and waits; on a failure the coordinator may make it the " \
+    "failed rank's replacement (docs/recovery.md, \"Standbys\"). Any case.")                                 \
   X(REPLACE, replace, int64_t, ParseInt, "int", "", "integer >= 0",                                          \
     "The rank a joiner takes over. Required for a joiner: a joiner without it is told to exit (no migration " \
     "waits for it).")                                                                                          \

@@ -548,7 +548,7 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   RegisterAck a;
   a.process_id = pr->id;
   a.heartbeat_interval_ms = static_cast<uint32_t>(heartbeat_interval_ms());
-  if (r.role == "joiner" && r.replace >= 0) ReplacedTable(r.replace, &a);
+  if ((r.role == "joiner" || r.role == "standby") && r.replace >= 0) ReplacedTable(r.replace, &a);
   p.conn->SendMsg(MsgType::kRegisterAck, a);
   TM_INFO(kLogControl, "coordinator: %s process %" PRIu64 ": %s %s:%u rank %d/%d",
           again ? "re-registered" : "registered", pr->id, r.role.c_str(), r.host.c_str(), r.pid, r.rank, r.world);
@@ -631,6 +631,7 @@ void Coordinator::CheckHeartbeats() {
   }
   last_check_ns_ = now;
   int alive = 0;  // the job's processes still alive after this check (alive_processes(); node agents aside)
+  int training = 0;
   for (auto& [id, pr] : procs_) {
     if (pr.state != ProcState::kAlive) continue;
     uint64_t age = now - pr.last_heartbeat_ns;
@@ -649,8 +650,10 @@ void Coordinator::CheckHeartbeats() {
       }
     }
     alive += pr.state == ProcState::kAlive && pr.info.role != node::kRole;
+    training += pr.state == ProcState::kAlive && pr.info.role == "worker" && pr.step >= 0;
   }
   alive_processes_.store(alive, std::memory_order_relaxed);
+  workers_training_.store(training, std::memory_order_relaxed);
   int recovering = 0;
   for (const auto& [id, m] : migs_) recovering += m.kind == kKindRecover && !MigTerminal(m.state);
   recovering_.store(recovering, std::memory_order_relaxed);
@@ -845,6 +848,11 @@ std::string Coordinator::StatusJson() const {
          ",\"heartbeat_age_ms\":" + std::to_string((now_mono - pr.last_heartbeat_ns) / 1000000) +
          ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size());
     if (pr.info.replace >= 0) o += ",\"replace\":" + std::to_string(pr.info.replace);
+    if (pr.info.role == "standby") {
+      o += std::string(",\"standby\":{\"warm_rank\":") + std::to_string(pr.info.replace) +
+           ",\"ready\":" + (pr.standby.ready ? "true" : "false") +
+           ",\"any_rank\":" + (pr.standby.any_rank ? "true" : "false") + "}";
+    }
     if (!pr.lost_reason.empty() && pr.state == ProcState::kLost) o += ",\"lost_reason\":" + Q(pr.lost_reason);
     o += stragglers_->ProcessJson(id);
     o += ",\"regions\":[";

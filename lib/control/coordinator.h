@@ -47,6 +47,13 @@ struct ProcessRec {
   std::vector<Region> regions;
   std::vector<uint64_t> comms;  // comm_keys it is a member of
   std::map<uint64_t, CommCreated> comm_info;  // its own report of each (lineage as seen by this process)
+  // A standby (role standby; docs/recovery.md, "Standbys") as the recovery engine's pool sees it: warmed up and
+  // waiting (STANDBY_READY), and whether it can take any rank (its program reads its rank through tmRank) or only
+  // the one it warmed up as (info.replace).
+  struct StandbyView {
+    bool ready = false;
+    bool any_rank = false;
+  } standby;
 };
 
 struct CommMember {
@@ -228,6 +235,9 @@ class Coordinator final : public EngineHost {
   // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one
   // runs: the failed rank's exit is expected).
   int recovering() const { return recovering_.load(std::memory_order_relaxed); }
+  // Thread-safe: workers alive that reported a safe point, as of the loop's last turn (tmrun --standby starts its
+  // standbys once every rank trains, so that none of them publishes a sandboxed unique id to the job's store first).
+  int workers_training() const { return workers_training_.load(std::memory_order_relaxed); }
 
   const StragglerMonitor& stragglers() const { return *stragglers_; }
 
@@ -265,6 +275,7 @@ class Coordinator final : public EngineHost {
   std::atomic<bool> stop_{false};
   std::atomic<int> alive_processes_{0};
   std::atomic<int> recovering_{0};
+  std::atomic<int> workers_training_{0};
   uint64_t epoch_ = 0;
   uint64_t start_ns_ = 0;
   std::map<int, std::unique_ptr<Peer>> peers_;  // by fd

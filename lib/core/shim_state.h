@@ -338,6 +338,13 @@ inline Role ProcessRole() { return ProcessConfig().role; }
 bool ProcessSandboxed();
 void SetProcessSandboxed(bool sandboxed);
 
+// tmRank (include/trainmover/trainmover.h): the rank a standby was assigned when it took a failed rank's place
+// (-1: none; tmRank then returns its argument), and whether the program ever asked (a program that reads its rank
+// through tmRank can be served by a standby warmed up as any rank). Any thread.
+void SetAssignedRank(int rank);
+int AssignedRank();
+bool RankFollowed();
+
 // Whether this process is a leaver that reached its committed switch step: the stayers are about to destroy
 // the real communicators it shares with them, so from here to its exit ncclCommGetAsyncError answers
 // ncclSuccess on every VComm instead of the peers' departure (a watchdog thread, as PyTorch's, would end the

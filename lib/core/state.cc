@@ -38,6 +38,8 @@ void Notify(VComm* v, bool created) {
   }
 }
 std::atomic<int> g_process_sandboxed{-1};  // -1: from the role
+std::atomic<int> g_assigned_rank{-1};
+std::atomic<bool> g_rank_followed{false};
 std::atomic<bool> g_process_leaving{false};
 
 std::mutex g_pool_mu;
@@ -166,7 +168,7 @@ ReplacedTable& Replaced() {  // allocated on first use, never destroyed (nothing
 // Before a sandboxed creation: a joiner with a coordinator waits for the table its agent receives at registration
 // (at most kReplacedCommsWaitMs, once per process).
 void AwaitReplacedComms() {
-  if (ProcessRole() != Role::kJoiner || ProcessConfig().coordinator.empty()) return;
+  if (ProcessRole() == Role::kWorker || ProcessConfig().coordinator.empty()) return;
   ReplacedTable& t = Replaced();
   std::unique_lock<std::mutex> lock(t.mu);
   if (t.state != TableState::kAwaited) return;
@@ -461,6 +463,9 @@ bool ProcessSandboxed() {
   return s == 1;
 }
 void SetProcessSandboxed(bool sandboxed) { g_process_sandboxed.store(sandboxed ? 1 : 0, std::memory_order_release); }
+void SetAssignedRank(int rank) { g_assigned_rank.store(rank, std::memory_order_release); }
+int AssignedRank() { return g_assigned_rank.load(std::memory_order_acquire); }
+bool RankFollowed() { return g_rank_followed.load(std::memory_order_acquire); }
 bool ProcessLeaving() { return g_process_leaving.load(std::memory_order_acquire); }
 void SetProcessLeaving(bool leaving) { g_process_leaving.store(leaving, std::memory_order_release); }
 
@@ -553,6 +558,12 @@ extern "C" {
 
 __attribute__((visibility("default"))) int64_t tmShimSafePoint(int64_t step) {
   return trainmover::shim::SafePointImpl(step);
+}
+
+__attribute__((visibility("default"))) int tmShimRank(int rank) {
+  trainmover::shim::g_rank_followed.store(true, std::memory_order_release);
+  const int assigned = trainmover::shim::AssignedRank();
+  return assigned >= 0 ? assigned : rank;
 }
 
 __attribute__((visibility("default"))) int tmShimRegister(const char* name, void* ptr, size_t bytes) {

@@ -152,7 +152,7 @@ static std::string LineageText(const CommCreated& c) {
 // The joiner's communicators against the leaver's, the i-th with the i-th: the first difference, or empty
 // (then *j2l maps each joiner comm_key to the leaver's).
 std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::vector<const CommCreated*>& leaver,
-                            std::map<uint64_t, uint64_t>* j2l) {
+                            std::map<uint64_t, uint64_t>* j2l, bool any_rank) {
   if (joiner.size() != leaver.size()) {
     return "the joiner has " + std::to_string(joiner.size()) + " communicator(s), the leaver " +
            std::to_string(leaver.size());
@@ -164,9 +164,9 @@ std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::v
         la.parent_key == 0 ? lb.parent_key == 0 : j2l->count(la.parent_key) && (*j2l)[la.parent_key] == lb.parent_key;
     // Every communicator's size and rank, Split children included: the joiner's sandbox answered from the leaver's
     // table (REGISTER_ACK), so a difference means the programs differ (or the table never arrived).
-    if (la.kind != lb.kind || a.nranks != b.nranks || a.rank != b.rank || a.blocking != b.blocking ||
-        la.color != lb.color || la.key != lb.key || la.excluded != lb.excluded || la.child_index != lb.child_index ||
-        !parent_ok) {
+    const bool same_place = any_rank || (a.rank == b.rank && la.color == lb.color && la.key == lb.key);
+    if (la.kind != lb.kind || a.nranks != b.nranks || !same_place || a.blocking != b.blocking ||
+        la.excluded != lb.excluded || la.child_index != lb.child_index || !parent_ok) {
       return "communicator " + std::to_string(i) + ": joiner " + LineageText(a) + ", leaver " + LineageText(b);
     }
     (*j2l)[a.comm_key] = b.comm_key;

@@ -53,8 +53,10 @@ std::unique_ptr<JoinerLauncher> MakeNodeLauncher(node::Directory* nodes, std::un
 // Matching a joiner with the process it replaces (planned migration and failure recovery alike):
 // the i-th communicator of each in creation order (kind, nranks, rank, split color/key, child index, excluded
 // list, mapped parent); the first difference, or empty (then *j2l maps each joiner comm_key to the other's).
+// `any_rank`: a standby of a program that reads its rank through tmRank, warmed up as another rank (docs/recovery.md,
+// "Standbys"): the rank and the split color/key, which depend on the rank, are not compared.
 std::string CompareLineages(const std::vector<CommCreated>& joiner, const std::vector<const CommCreated*>& leaver,
-                            std::map<uint64_t, uint64_t>* j2l);
+                            std::map<uint64_t, uint64_t>* j2l, bool any_rank = false);
 // The state tables by name and size: the first difference, or empty.
 std::string CompareRegions(const std::vector<Region>& leaver, const std::vector<Region>& joiner);
 // A joiner of `rank` made from `l`: its command line, cwd and environment plus TRAINMOVER_ROLE=joiner and

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "base/log.h"
+#include "standby_msgs.h"
 
 namespace trainmover::migration {
 
@@ -36,8 +37,8 @@ ProcessMachine::~ProcessMachine() {
   }
 }
 
-template <typename B>
-void ProcessMachine::Send(mig::Ev kind, uint64_t id, const B& body) {
+template <typename K, typename B>
+void ProcessMachine::Send(K kind, uint64_t id, const B& body) {
   control::Event e;
   e.kind = static_cast<uint16_t>(kind);
   e.migration = id;
@@ -56,6 +57,7 @@ bool ProcessMachine::Disconnected() const { return w_.HasAgent() && !w_.Connecte
 // ---- commands (agent thread)
 
 void ProcessMachine::OnCommand(const control::Command& c) {
+  if (c.kind >= control::standby::kFirstStandbyKind) return OnStandbyCommand(c);
   const uint64_t id = c.migration;
   auto with = [&c](auto body, auto fn) {
     if (Decode(c, &body)) fn(std::move(body));
@@ -250,6 +252,30 @@ void ProcessMachine::OnAbort(const mig::Reason& r) {
   AbortLocked("the coordinator aborted it: " + r.text);
 }
 
+// A standby: ASSIGN (it replaces a failed rank: tmRank answers that rank from the switch on; the application
+// thread is held after READY, so it cannot ask before) or DISMISS (the job ended: exit 0 at the safe point).
+void ProcessMachine::OnStandbyCommand(const control::Command& c) {
+  namespace sb = control::standby;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!w_.IsStandby() || !w_.Sandboxed()) {
+    TM_WARN(kLogMigration, "standby command %u to a process that is not a waiting standby; ignored", c.kind);
+    return;
+  }
+  if (c.kind == static_cast<uint16_t>(sb::Cmd::kAssign)) {
+    sb::Assign a;
+    if (!Decode(c, &a)) return;
+    TM_WARN(kLogMigration, "standby (warmed up as rank %d): takes the place of rank %d of %d", w_.WarmRank(), a.rank,
+            a.world);
+    return w_.TakeRank(a.rank, a.world);
+  }
+  mig::Reason r;
+  if (c.kind != static_cast<uint16_t>(sb::Cmd::kDismiss) || !Decode(c, &r)) return;
+  joiner_.exit_pending = true;
+  joiner_.exit_reason = r.text;
+  joiner_.exit_code = 0;
+  cv_.notify_all();
+}
+
 // Drops everything staged for a migration (mu_ held): replacements aborted and freed, the agreement cleared,
 // the leaver's server closed. A joiner must exit afterwards. Never touches the current real comms.
 void ProcessMachine::AbortLocked(const std::string& why) {
@@ -277,7 +303,7 @@ void ProcessMachine::AbortLocked(const std::string& why) {
     joiner_.intake = Intake::kNone;
   }
   active_ = false;
-  if (w_.IsJoiner()) {
+  if (w_.IsJoiner() && w_.Sandboxed()) {  // one that switched in holds a rank now: it stays
     joiner_.exit_pending = true;
     joiner_.exit_reason = why;
   }
@@ -505,7 +531,7 @@ void ProcessMachine::LeaverTape() {
 
 // The joiner: shadow iterations in the sandbox, READY, then wait for SWITCH (returns S) or exit.
 int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
-  if (joiner_.sandbox == Sandbox::kStartup && w_.HasAgent()) WaitForTape(lk);
+  if (joiner_.sandbox == Sandbox::kStartup && w_.HasAgent() && !w_.IsStandby()) WaitForTape(lk);  // none to come
   w_.TapeIterationBegin();  // operations from here on are positions 0, 1, ... of the next sandbox iteration
   if (joiner_.sandbox == Sandbox::kStartup) joiner_.sandbox = Sandbox::kShadow;
   if (++joiner_.sandbox_safepoints <= w_.ShadowIters()) return step;
@@ -538,7 +564,12 @@ void ProcessMachine::SendReady(int64_t step) {
   r.comms = w_.DescribeComms();
   r.regions = w_.RegionTable();
   r.step = step;
-  Send(mig::Ev::kReady, 0, r);
+  if (w_.IsStandby()) {
+    Send(control::standby::Ev::kReady, 0,
+         control::standby::Ready{w_.WarmRank(), static_cast<uint8_t>(w_.FollowsRank() ? 1 : 0), std::move(r)});
+  } else {
+    Send(mig::Ev::kReady, 0, r);
+  }
   w_.LogReady();
 }
 
@@ -684,8 +715,9 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
 // The joiner's way out when its migration ended without it.
 void ProcessMachine::JoinerExit(std::unique_lock<std::mutex>& lk) {
   const std::string why = joiner_.exit_reason;
+  const int code = joiner_.exit_code;
   lk.unlock();
-  w_.Exit(1, "joiner exits: the migration did not complete (" + why + ")");
+  w_.Exit(code, code == 0 ? "standby exits: " + why : "joiner exits: the migration did not complete (" + why + ")");
   __builtin_unreachable();  // World::Exit does not return
 }
 

@@ -82,7 +82,14 @@ class World {
   [[noreturn]] virtual void Exit(int code, const std::string& line) = 0;
 
   // --- the process
-  virtual bool IsJoiner() const = 0;  // TRAINMOVER_ROLE=joiner
+  virtual bool IsJoiner() const = 0;  // TRAINMOVER_ROLE=joiner or standby: starts in the sandbox
+  // A standby (TRAINMOVER_ROLE=standby; docs/recovery.md, "Standbys"): what its STANDBY_READY says (the rank it
+  // warmed up as, whether the program reads its rank through tmRank), and its assignment (tmRank answers `rank`
+  // from then on; the agent re-registers with it).
+  virtual bool IsStandby() const { return false; }
+  virtual int32_t WarmRank() const { return -1; }
+  virtual bool FollowsRank() const { return false; }
+  virtual void TakeRank(int32_t /*rank*/, int32_t /*world*/) {}
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
   // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.
@@ -160,7 +167,7 @@ class ProcessMachine {
   ProcessMachine(const ProcessMachine&) = delete;
   ProcessMachine& operator=(const ProcessMachine&) = delete;
 
-  // Agent thread: one coordinator command.
+  // Agent thread: one coordinator command (a standby's too: kinds >= standby::kFirstStandbyKind).
   void OnCommand(const control::Command& c);
   // Application thread, inside tmSafePoint (after the step was recorded): holds where the migration needs it;
   // returns the step the application continues from. May not return (the leaver and a failed joiner exit).
@@ -221,6 +228,7 @@ class ProcessMachine {
     std::vector<uint8_t> tape_buf;  // chunks so far
     bool exit_pending = false;      // the migration ended without it: exit at the next safe point
     std::string exit_reason;
+    int exit_code = 1;              // 0: a standby dismissed at the job's end
     std::map<uint64_t, CommRef> by_leaver_key;  // MAP: leaver comm_key -> own VComm
     std::map<CommRef, uint64_t> rekey;          // own VComm -> leaver comm_key
     Intake intake = Intake::kNone;
@@ -286,6 +294,7 @@ class ProcessMachine {
   void OnRecordTape(uint64_t id);
   void OnTape(const mig::Blob& b);
   void OnAbort(const mig::Reason& r);
+  void OnStandbyCommand(const control::Command& c);
   // Background jobs.
   void BuildJob(uint64_t id, uint64_t gen, const mig::Build& b);
   void ExposeJob(uint64_t id, uint64_t gen);
@@ -315,8 +324,8 @@ class ProcessMachine {
   [[noreturn]] void JoinerExit(std::unique_lock<std::mutex>& lk);
   void AbortLocked(const std::string& why);
   CommRef FindLocal(uint64_t key);
-  template <typename B>
-  void Send(mig::Ev kind, uint64_t id, const B& body);
+  template <typename K, typename B>
+  void Send(K kind, uint64_t id, const B& body);  // K: mig::Ev, or standby::Ev
   void SendPhase(uint64_t id, const std::string& name, uint64_t start_real);
 
   World& w_;

@@ -18,6 +18,7 @@
 #include "msgs.h"
 #include "recovery.h"
 #include "recovery_msgs.h"
+#include "standby_pool.h"
 
 namespace trainmover::control {
 
@@ -90,6 +91,7 @@ class RecoveryEngine final : public Engine {
   void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
     ProcessRec* from = h.FindProcess(p);
     if (!from) return;
+    if (e.kind >= standby::kFirstStandbyKind) return standbys_.OnEvent(h, *from, e);
     if (e.kind >= rec::kFirstRecoveryKind) {
       rec::RecMsg m;
       if (!DecodePayload(e.body, &m)) return;
@@ -149,6 +151,7 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnProcessLost(EngineHost& h, uint64_t p) override {
+    standbys_.OnProcessLost(p);
     for (auto& [rank, rs] : snaps_) rs.held.erase(p);  // a buddy that is gone holds nothing any more
     if (round_.step >= 0) {  // the round cannot complete without it (and a recovery may start now)
       round_.failed = true;
@@ -186,6 +189,7 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnTick(EngineHost& h) override {
+    standbys_.OnTick(h);
     if (round_.step >= 0 && MonoNs() - round_.started_mono > kRoundTimeoutNs) {
       round_.failed = true;
       EndRound(h);
@@ -388,6 +392,7 @@ class RecoveryEngine final : public Engine {
     rec::RecMsg fence{.epoch = x.epoch, .rank = rank, .words = ctx_->keys};
     for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
     h.SendCommand(ctx_->buddy, rec::MakeRec(rec::Cmd::kExposeHeld, m.id, rec::RecMsg{.rank = rank, .step = ctx_->step}));
+    if (TakeStandby(h, m, dead)) return;
     h.SetMigState(m, MigState::kSpawning);
     h.BeginPhase(m, 0, "replacement start");
     std::string err, log;
@@ -422,16 +427,43 @@ class RecoveryEngine final : public Engine {
       x.joiner = j.id;  // told to exit by the abort
       return Fail(h, "the replacement of rank " + std::to_string(x.rank) + " does not match it: " + diff);
     }
-    x.joiner = j.id;
-    m->joiner = j.id;
     h.EndPhase(*m, 0, "replacement start");
-    h.SetMigState(*m, MigState::kReady);
-    h.SetMigState(*m, MigState::kBuilding);
-    h.BeginPhase(*m, 0, "build");
+    Adopt(h, *m, j.id, j2l);
+  }
+
+  // A waiting standby (docs/recovery.md, "Standbys") instead of a spawned replacement, when one fits: ASSIGN, then
+  // the same commands as to a spawned one once it is ready. False: none fits (logged), spawn one.
+  bool TakeStandby(EngineHost& h, Migration& m, const ProcessRec& dead) {
+    std::vector<const CommCreated*> dc;
+    for (uint64_t k : ctx_->keys) dc.push_back(&dead.comm_info.at(k));
+    std::string why;
+    std::optional<StandbyPool::Pick> pick = standbys_.Take(h, dead, dc, &why);
+    if (!pick) {
+      TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": %s; spawning a replacement", m.id, why.c_str());
+      return false;
+    }
+    m.recovery.replacement = pick->describe;
+    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64
+                           " (snapshot held by process %" PRIu64 "); the replacement is %s",
+            m.id, ctx_->step, ctx_->buddy, pick->describe.c_str());
+    const int32_t world = std::max(dead.info.world, ctx_->rank + 1);
+    h.SendCommand(pick->process, standby::Make(standby::Cmd::kAssign, m.id, standby::Assign{ctx_->rank, world}));
+    Adopt(h, m, pick->process, pick->j2l);
+    return true;
+  }
+
+  // The replacement (spawned and ready, or a standby) is matched: MAP its communicators to the dead rank's, MAKE_IDS,
+  // and PREPARE once the buddy exposed its copy.
+  void Adopt(EngineHost& h, Migration& m, uint64_t j, const std::map<uint64_t, uint64_t>& j2l) {
+    ctx_->joiner = j;
+    m.joiner = j;
+    h.SetMigState(m, MigState::kReady);
+    h.SetMigState(m, MigState::kBuilding);
+    h.BeginPhase(m, 0, "build");
     mig::KeyList map;
     for (auto& [jk, lk] : j2l) map.keys.insert(map.keys.end(), {jk, lk});
-    h.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), x.id, map));
-    h.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), x.id, mig::KeyList{x.keys}));
+    h.SendCommand(j, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m.id, map));
+    h.SendCommand(j, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m.id, mig::KeyList{ctx_->keys}));
     MaybeFetch(h);
   }
 
@@ -539,8 +571,10 @@ class RecoveryEngine final : public Engine {
     m->recovery.lost_steps = m->recovery.failed_at_step - x.step;
     h.EndPhase(*m, 0, "rollback");
     if (ProcessRec* j = h.FindProcess(x.joiner)) {
-      j->info.role = "worker";  // it holds the rank now
+      j->info.role = "worker";  // it holds the rank now (a standby too)
       j->info.replace = -1;
+      j->info.rank = x.rank;
+      if (const ProcessRec* d = h.FindProcess(x.dead)) j->info.world = d->info.world;
     }
     // The steps after S are trained again: snapshots of the old timeline beyond S are forgotten.
     for (auto& [rank, rs] : snaps_) {
@@ -571,6 +605,7 @@ class RecoveryEngine final : public Engine {
   }
 
   std::unique_ptr<JoinerLauncher> launcher_;
+  StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
   Round round_;
   int64_t margin_ = 2;  // steps ahead of the furthest worker a round is placed

@@ -44,15 +44,15 @@ namespace {
 void Observe(void*, shim::VComm* v, bool created) {
   Agent* a = g_agent.load(std::memory_order_acquire);
   if (!a) return;
-  // A joiner's sandboxed communicators are not the job's: they are described in READY and reported (with the
-  // leaver's keys) when the joiner switches in, so they never displace the leaver in the coordinator's view.
-  const bool sandboxed_joiner = shim::ProcessRole() == shim::Role::kJoiner && shim::ProcessSandboxed();
+  // A joiner's (or a standby's) sandboxed communicators are not the job's: they are described in READY and reported
+  // (with the leaver's keys) when it switches in, so they never displace the leaver in the coordinator's view.
+  const bool sandboxed_joiner = shim::ProcessRole() != shim::Role::kWorker && shim::ProcessSandboxed();
   if (!created) {
     if (!sandboxed_joiner) a->ReportCommDestroyed(v->comm_key);
     return;
   }
   if (!sandboxed_joiner) a->ReportCommCreated(DescribeVComm(v));
-  if (v->lineage.index == 0) {  // the process's first communicator names its rank
+  if (v->lineage.index == 0 && shim::ProcessRole() != shim::Role::kStandby) {  // the first names its rank
     a->ReportRankWorld(v->lineage.rank, v->lineage.nranks);
   }
 }
@@ -87,9 +87,10 @@ void PollRegions() {
   if (Agent* a = g_agent.load(std::memory_order_acquire)) a->ReportRegions(std::move(now));
 }
 
-// REGISTER_ACK: a joiner's sandbox answers from the table of the rank it replaces (the first ack that says).
+// REGISTER_ACK: a joiner's sandbox answers from the table of the rank it replaces, a standby's from the table of
+// the rank it warms up as (the first ack that says).
 void OnRegistered(const RegisterAck& a) {
-  if (shim::ProcessRole() != shim::Role::kJoiner) return;
+  if (shim::ProcessRole() == shim::Role::kWorker) return;
   std::vector<shim::ReplacedComm> table;
   for (const CommCreated& c : a.replaced_comms) {
     shim::ReplacedComm e;
@@ -135,11 +136,12 @@ extern "C" void tmAgentStart(const Config* config) {
   o.silence_timeout_ms = static_cast<int>(config->coordinator_timeout_ms);
   // A worker's identity is its launcher's (torchrun, tmrun: RANK, WORLD_SIZE) when it has one, not the rank in
   // whichever communicator a framework happens to create first (base/launcher.h). A joiner's rank is the one
-  // it replaces; a standby has none.
+  // it replaces; a standby has none until it takes one, and registers the rank it warms up as (its launcher's) as
+  // the one whose communicator table its sandbox answers from.
   const base::LauncherIdentity launcher = base::LauncherFromEnv();
   const bool worker = config->role == Role::kWorker;
-  o.self = DescribeSelf(RoleName(config->role), worker ? launcher.rank : -1, worker ? launcher.world : -1,
-                        static_cast<int32_t>(config->replace));
+  const int32_t replace = config->role == Role::kStandby ? launcher.rank : static_cast<int32_t>(config->replace);
+  o.self = DescribeSelf(RoleName(config->role), worker ? launcher.rank : -1, worker ? launcher.world : -1, replace);
   if (worker && launcher.rank >= 0) {
     TM_INFO(kLogControl, "launcher %s: rank %d of %d (RANK, WORLD_SIZE)", launcher.launcher.c_str(), launcher.rank,
             launcher.world);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "base/cudart.h"
+#include "base/launcher.h"
 #include "base/thread.h"
 #include "base/log.h"
 #include "control/conn.h"
@@ -30,6 +31,7 @@
 #include "recovery_msgs.h"
 #include "sandbox/tape.h"
 #include "shim_agent.h"
+#include "standby_msgs.h"
 #include "transfer/transfer.h"
 
 namespace trainmover::migration {
@@ -120,7 +122,15 @@ class ShimWorld final : public World {
     _exit(code);
   }
 
-  bool IsJoiner() const override { return shim::ProcessRole() == shim::Role::kJoiner; }
+  bool IsJoiner() const override { return shim::ProcessRole() != shim::Role::kWorker; }
+  bool IsStandby() const override { return shim::ProcessRole() == shim::Role::kStandby; }
+  int32_t WarmRank() const override { return base::LauncherFromEnv().rank; }
+  bool FollowsRank() const override { return shim::RankFollowed(); }
+  void TakeRank(int32_t rank, int32_t world) override {
+    shim::SetAssignedRank(rank);
+    base::LogSetRank(rank);
+    if (agent_) agent_->ReportRankWorld(rank, world);  // what it registers with from now on
+  }
   bool Sandboxed() const override { return shim::ProcessSandboxed(); }
   void LeaveSandbox() override { shim::SetProcessSandboxed(false); }
   void SetLeaving(bool leaving) override { shim::SetProcessLeaving(leaving); }
@@ -356,7 +366,9 @@ void InstallMigration(control::Agent* agent) {
   g_machine = new ProcessMachine(*world);
   InstallRecovery(world, g_machine);
   agent->SetCommandHandler([](const control::Command& c) {
-    if (c.kind >= control::rec::kFirstRecoveryKind) return RecoveryCommand(c);
+    if (c.kind >= control::rec::kFirstRecoveryKind && c.kind < control::standby::kFirstStandbyKind) {
+      return RecoveryCommand(c);
+    }
     g_machine->OnCommand(c);
   });
   shim::SetSafePointHook(Hook, nullptr);

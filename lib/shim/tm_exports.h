@@ -6,4 +6,5 @@
 #define TM_SHIM_EXPORTS(X) \
   X(tmShimSafePoint)       \
   X(tmShimRegister)        \
-  X(tmShimUnregister)
+  X(tmShimUnregister)      \
+  X(tmShimRank)

@@ -450,8 +450,7 @@ ncclResult_t Context(ucp_context_h* out) {
     if (ucp_config_read(nullptr, nullptr, &cfg) != UCS_OK) return Fail(ncclSystemError, "UCX: config read failed");
     ucp_params_t p{};
     p.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    // WAKEUP: a waiting operation sleeps on the worker's event fd after a short spin (Wait below).
-    p.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
+    p.features = UCP_FEATURE_TAG;
     p.mt_workers_shared = 1;
     ucs_status_t st = ucp_init(&p, cfg, &g_ctx);
     ucp_config_release(cfg);
@@ -557,8 +556,6 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   if (st != UCS_OK) return Fail(ncclSystemError, "UCX: worker create failed: %s", ucs_status_string(st));
   ucp_address_t* addr = nullptr;
   size_t addr_len = 0;
-  // Without an event fd a wait yields instead of sleeping (Wait): slower to hand the core over, still correct.
-  if (ucp_worker_get_efd(c->worker, &c->worker_efd) != UCS_OK) c->worker_efd = -1;
   st = ucp_worker_get_address(c->worker, &addr, &addr_len);
   if (st != UCS_OK) return Fail(ncclSystemError, "UCX: worker address failed: %s", ucs_status_string(st));
 
@@ -811,35 +808,11 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
   for (int i = 0; i < 16; ++i) ucp_worker_progress(c->worker);  // lets the cancelled requests complete
 }
 
-// Blocks until the worker has an event to progress, a liveness socket has news, or max_ms passed. Called by a
-// wait that found nothing to progress for a while: on an oversubscribed host (more ranks than cores, as when 17
-// processes of a migration share 2 cores) a rank that waits must give its core to the peer it waits for, and
-// wake as soon as that peer's message lands (UCX signals the event fd; shared memory and tcp both do).
-void SleepUntilEvent(Comm* c, int max_ms) {
-  if (c->worker_efd < 0) {
-    sched_yield();
-    return;
-  }
-  const ucs_status_t st = ucp_worker_arm(c->worker);
-  if (st == UCS_ERR_BUSY) return;  // something arrived meanwhile: progress it
-  if (st != UCS_OK) {
-    sched_yield();
-    return;
-  }
-  std::vector<pollfd> pf{pollfd{c->worker_efd, POLLIN, 0}};
-  for (int r = 0; r < c->nranks; ++r) {
-    if (c->live_fd[r] >= 0 && c->peer_state[r] != 2) pf.push_back(pollfd{c->live_fd[r], POLLIN, 0});
-  }
-  (void)poll(pf.data(), pf.size(), max_ms);
-}
-
 // The one wait loop: progresses the worker until every request of reqs completed (some == nullptr) or, when
 // some is given, until at least one did (their ids are appended to *some and they are removed from reqs).
 // Fails on a transfer error, abort, a dead or departed peer, or no progress for the timeout.
 ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vector<uint64_t>* some) {
   constexpr int64_t kGraceMs = 300;  // messages a peer sent before leaving may still be in flight
-  constexpr int kSpinPasses = 64;     // idle progress passes (a few microseconds) before sleeping
-  constexpr int kSleepSliceMs = 10;
   int64_t last_progress = NowMs();
   int idle = 0;
   size_t done = 0;
@@ -914,11 +887,13 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
       return Fail(ncclRemoteError, "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS); peer unreachable", c->rank,
                   static_cast<long long>(c->env.timeout_ms));
     }
-    // A short spin catches a peer that is about to answer; then sleep on the event fd (bounded, so an abort
-    // from another thread, a peer's grace period and the timeout are still seen) and check the peers on waking.
-    if (!progressed && ++idle > kSpinPasses) {
-      SleepUntilEvent(c, kSleepSliceMs);
-      iter = ~0u;  // the next pass reads the liveness sockets
+    // Oversubscribed hosts (more ranks than cores) need the peer to run: yield early, sleep only when long idle.
+    // (Sleeping on the worker's event fd after a short spin was tried and taken out: docs/hostnccl.md, "Waiting".)
+    if (!progressed && ++idle > 64) {
+      if (idle > 50000)
+        usleep(100);
+      else
+        sched_yield();
     }
   }
 }

@@ -70,7 +70,6 @@ struct Comm {
   int rank = 0, nranks = 0, cuda_dev = 0;
   Env env;
   ucp_worker_h worker = nullptr;
-  int worker_efd = -1;                // the worker's event fd (UCP_FEATURE_WAKEUP), -1 if none
   std::vector<ucp_ep_h> eps;          // per peer, self included
   std::vector<EpFailure> ep_failure;  // per peer, the error callback's argument (peer-failure mode endpoints)
   std::vector<int> live_fd;           // liveness TCP socket per peer (self: -1)

@@ -177,6 +177,7 @@ def main():
     step = 0
     while True:
         step = tm.safe_point(step)  # no collective in flight; a joiner continues from the leaver's step here
+        rank = tm.rank(rank)  # a standby that took a failed rank's place holds that rank from here on
         if step >= a.steps:
             break
         x = np.random.default_rng([a.seed, rank, step]).standard_normal((a.batch, d_in))

@@ -52,7 +52,7 @@ def _lookup(name, restype, argtypes):
 _safe_point = _lookup("tmShimSafePoint", ctypes.c_int64, [ctypes.c_int64])
 _register = _lookup("tmShimRegister", ctypes.c_int, [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t])
 _unregister = _lookup("tmShimUnregister", ctypes.c_int, [ctypes.c_char_p])
-_rank = _lookup("tmShimRank", ctypes.c_int, [ctypes.c_int])  # planned (standby processes); may be absent
+_rank = _lookup("tmShimRank", ctypes.c_int, [ctypes.c_int])
 _kept = {}  # name -> the registered object: keeps its memory alive and in place
 
 
@@ -67,9 +67,10 @@ def role():
 
 
 def rank(r):
-    """The rank this process holds, given the rank the launcher assigned (RANK). Today every process keeps its
-    launcher rank (a joiner started with TRAINMOVER_REPLACE=R is started with R's environment), so this returns
-    `r`; it asks the shim (tmShimRank) when the shim provides it."""
+    """The rank this process holds, given the rank the launcher assigned (RANK), as tmRank in trainmover.h: `r` in
+    a worker, in a joiner and without the shim; in a standby that took the place of a failed rank R, R from the
+    safe point that switched it in on. Call it after every safe_point and derive what depends on the rank from it:
+    then a standby warmed up as any rank can replace a failed one (docs/recovery.md, "Standbys")."""
     return int(_rank(int(r))) if _rank is not None else int(r)
 
 

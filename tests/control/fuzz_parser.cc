@@ -12,6 +12,7 @@
 #include "control/node.h"
 #include "migration/msgs.h"
 #include "migration/recovery_msgs.h"
+#include "migration/standby_msgs.h"
 #include "control/wire.h"
 
 using namespace trainmover::control;
@@ -59,6 +60,8 @@ void DecodeAll(const std::vector<uint8_t>& p) {
   Try<mig::Switched>(p);
   Try<mig::Phase>(p);
   Try<rec::RecMsg>(p);
+  Try<standby::Ready>(p);
+  Try<standby::Assign>(p);
   Try<node::Spawn>(p);
   Try<node::Child>(p);
 }

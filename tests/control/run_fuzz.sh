@@ -14,4 +14,5 @@ printf '\x03{"a":[1,2.5,"x",true,null,{"b":{}}]}' > "$out/corpus/seed-json"
 exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_control_parser "$runs" -- -I"$src/lib" -I"$src/tools/tmctl" \
   "$src/tests/control/fuzz_parser.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" \
   "$src/lib/control/node.cc" "$src/lib/migration/msgs.cc" "$src/lib/migration/recovery_msgs.cc" \
+  "$src/lib/migration/standby_msgs.cc" \
   "$src/tools/tmctl/json.cc" -lcrypto

@@ -394,20 +394,29 @@ def cell(phase, victim, fault):
 
 
 def write_doc(path, rows):
-    lines = ["| phase | process | fault | outcome | longest wait | bound | result |", "|---|---|---|---|---|---|---|"]
+    """Rewrites the FAULT-MATRIX block: the rows of this run, and those of earlier runs for the cells it did not run
+    (a partial run updates its cells), in the matrix's order."""
+    with open(path) as f:
+        text = f.read()
+    begin, end = "<!-- FAULT-MATRIX begin -->", "<!-- FAULT-MATRIX end -->"
+    i, j = text.index(begin) + len(begin), text.index(end)
+    lines = {}
+    for line in text[i:j].splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 7 and cols[0] in PHASES:
+            lines[(cols[0], cols[1], cols[2])] = line
     for row in rows:
         phase, victim, fault = row["cell"]
         wait = f"{row['wait']:.1f} s" if row.get("wait") is not None else "-"
         bound = f"{row['bound']:.0f} s" if row.get("bound") else "-"
         result = {True: "pass", False: "FAIL", None: "not run"}[row["ok"]]
         detail = row["detail"].replace("|", "/")[:90]
-        lines.append(f"| {phase} | {victim} | {fault} | {row['outcome']}: {detail} | {wait} | {bound} | {result} |")
-    with open(path) as f:
-        text = f.read()
-    begin, end = "<!-- FAULT-MATRIX begin -->", "<!-- FAULT-MATRIX end -->"
-    i, j = text.index(begin) + len(begin), text.index(end)
+        lines[row["cell"]] = f"| {phase} | {victim} | {fault} | {row['outcome']}: {detail} | {wait} | {bound} | {result} |"
+    order = [(p, v, f) for p in PHASES for v in VICTIMS for f in FAULTS]
+    table = ["| phase | process | fault | outcome | longest wait | bound | result |", "|---|---|---|---|---|---|---|"]
+    table += [lines[c] for c in order if c in lines]
     with open(path, "w") as f:
-        f.write(text[:i] + "\n" + "\n".join(lines) + "\n" + text[j:])
+        f.write(text[:i] + "\n" + "\n".join(table) + "\n" + text[j:])
 
 
 def main():

@@ -22,6 +22,7 @@ using namespace trainmover::shim;
 extern "C" int64_t tmShimSafePoint(int64_t);
 extern "C" int tmShimRegister(const char*, void*, size_t);
 extern "C" int tmShimUnregister(const char*);
+extern "C" int tmShimRank(int);
 
 namespace {
 
@@ -366,4 +367,15 @@ TEST_CASE("safe points, hook and registered regions") {
   CHECK(tmShimUnregister("weights") == 0);
   CHECK(tmShimUnregister("weights") == 3);
   CHECK(Regions().empty());
+}
+
+TEST_CASE("tmRank: the argument until a standby is assigned a rank; the program asking is noted") {
+  CHECK_FALSE(RankFollowed());
+  CHECK(tmShimRank(3) == 3);
+  CHECK(RankFollowed());
+  SetAssignedRank(1);  // what a standby's ASSIGN does (lib/migration/shim_world.cc)
+  CHECK(tmShimRank(3) == 1);
+  CHECK(tmShimRank(0) == 1);
+  SetAssignedRank(-1);
+  CHECK(tmShimRank(2) == 2);
 }

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # The exported (defined, dynamic) symbols of libtrainmover.so, its drop-in copy, the real libnccl.so.2 and
 # the other libnccl.so.2 builds must be the same set (tm* excepted for the shim, which must export
-# exactly tmShimSafePoint, tmShimRegister, tmShimUnregister besides); and the shim has no global constructors.
+# exactly tmShimSafePoint, tmShimRegister, tmShimUnregister, tmShimRank besides); and the shim has no global constructors.
 # usage: test_symbols.sh SHIM DROPIN REAL [OTHER...]; exits 77 when REAL is absent.
 set -u
 SHIM=$1 DROPIN=$2 REAL=$3; shift 3
@@ -16,7 +16,7 @@ for lib in "$SHIM" "$DROPIN" "$@"; do
   tms=$(grep '^tm' <<<"$got" | tr '\n' ' ')
   case "$lib" in
     "$SHIM"|"$DROPIN")
-      if [ "$tms" != "tmShimRegister tmShimSafePoint tmShimUnregister " ]; then
+      if [ "$tms" != "tmShimRank tmShimRegister tmShimSafePoint tmShimUnregister " ]; then
         echo "FAIL $lib: tm* exports are '$tms'"; fail=1
       fi
       got=$(grep -v '^tm' <<<"$got");;

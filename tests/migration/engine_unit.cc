@@ -20,6 +20,7 @@
 #include "migration/msgs.h"
 #include "migration/recovery_engine.h"
 #include "migration/recovery_msgs.h"
+#include "migration/standby_msgs.h"
 
 using namespace trainmover::control;
 
@@ -33,7 +34,9 @@ class FakeHost final : public testing::FakeEngineHost {
     std::vector<std::string> v;
     for (const Sent& s : sent) {
       v.push_back(std::to_string(s.to) + ":" +
-                  (s.c.kind >= rec::kFirstRecoveryKind ? rec::RecCmdName(s.c.kind) : mig::CmdName(s.c.kind)));
+                  (s.c.kind >= standby::kFirstStandbyKind ? standby::StandbyCmdName(s.c.kind)
+                   : s.c.kind >= rec::kFirstRecoveryKind  ? rec::RecCmdName(s.c.kind)
+                                                          : mig::CmdName(s.c.kind)));
     }
     sent.clear();
     return v;
@@ -917,4 +920,107 @@ TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fa
   CHECK(b.h.migs.rbegin()->second.state == MigState::kFailed);
   CHECK(b.h.migs.rbegin()->second.reason.find("failed too") != std::string::npos);
   CHECK(b.launched.stopped.size() == 1);  // the spawned replacement that never became one is stopped
+}
+
+// ---- general standbys (lib/migration/standby_pool.cc; docs/recovery.md, "Standbys")
+
+namespace {
+
+// A standby warmed up as `warm` (its process id `id`), ready: it reports STANDBY_READY with rank `warm`'s communicator.
+void AddStandby(RecJob& j, uint64_t id, int32_t warm, bool any_rank) {
+  j.h.procs[id] = Job::Proc(id, "standby", -1, warm);
+  standby::Ready r;
+  r.warm_rank = warm;
+  r.follows_rank = any_rank ? 1 : 0;
+  r.sandbox.comms = {Job::Comm(0xB0 + id, warm, 3)};
+  r.sandbox.regions = {Region{"w", 64}};
+  Event ev;
+  ev.kind = static_cast<uint16_t>(standby::Ev::kReady);
+  ev.body = EncodePayload(r);
+  j.r->OnEvent(j.h, id, ev);
+}
+
+void Fail(RecJob& j, uint64_t process) {
+  j.h.procs[process].lost_reason = "connection closed by peer";
+  j.h.procs[process].state = ProcState::kLost;
+  j.r->OnProcessLost(j.h, process);
+}
+
+}  // namespace
+
+TEST_CASE("standby: one that reads its rank through tmRank takes another rank's place, no spawn") {
+  RecJob j(3);
+  const int64_t s = j.Round(3);
+  j.h.Take();
+  AddStandby(j, 200, 0, /*any_rank=*/true);
+  CHECK(j.h.procs[200].standby.ready);
+  CHECK(j.h.procs[200].standby.any_rank);
+  Fail(j, 2);  // rank 1
+  Migration& m = j.h.migs.rbegin()->second;
+  CHECK(j.launched.started.empty());
+  CHECK(m.recovery.replacement.rfind("standby process 200 (pid 1200, warmed up as rank 0)", 0) == 0);
+  CHECK(m.joiner == 200);
+  CHECK_FALSE(j.h.procs[200].standby.ready);
+  std::vector<Sent> sent = j.h.sent;
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "3:EXPOSE_HELD", "200:ASSIGN", "200:MAP",
+                                               "200:MAKE_IDS"});
+  standby::Assign a;
+  REQUIRE(DecodePayload(sent[3].c.body, &a));
+  CHECK(a.rank == 1);
+  mig::KeyList map;
+  REQUIRE(DecodePayload(sent[4].c.body, &map));
+  CHECK(map.keys == std::vector<uint64_t>{0xB0 + 200, kWorld});  // its communicator at rank 1's place
+  j.Mig(200, mig::Ev::kIds, m.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:BUILD", "3:BUILD", "200:BUILD"});
+  j.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = s, .blob = {9}});
+  CHECK(j.h.Take() == std::vector<std::string>{"200:PREPARE"});
+  j.Mig(200, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
+  j.Mig(200, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
+  for (uint64_t p : {uint64_t{1}, uint64_t{3}, uint64_t{200}}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 1}, m.id);
+  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 1}, m.id);
+  j.Rec(1, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
+  j.Rec(3, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
+  j.Mig(200, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
+  CHECK(m.state == MigState::kDone);
+  CHECK(j.h.procs[200].info.role == "worker");
+  CHECK(j.h.procs[200].info.rank == 1);
+}
+
+TEST_CASE("standby: a fixed-rank one serves only the rank it warmed up as; otherwise a replacement is spawned") {
+  RecJob j(3);
+  j.Round(3);
+  j.h.Take();
+  AddStandby(j, 200, 0, /*any_rank=*/false);
+  Fail(j, 2);  // rank 1: the standby (rank 0 only) does not fit
+  CHECK(j.launched.started.size() == 1);
+  CHECK(j.h.migs.rbegin()->second.recovery.replacement.rfind("spawned pid", 0) == 0);
+  CHECK(j.h.procs[200].standby.ready);  // still waiting
+
+  RecJob k(3);
+  k.Round(3);
+  k.h.Take();
+  AddStandby(k, 200, 1, /*any_rank=*/false);
+  Fail(k, 2);  // rank 1: the standby warmed up as rank 1 fits exactly
+  CHECK(k.launched.started.empty());
+  CHECK(k.h.migs.rbegin()->second.joiner == 200);
+}
+
+TEST_CASE("standby: a lost one is not offered; waiting ones are dismissed once the job has ended") {
+  RecJob j(2);
+  j.Round(2);
+  j.h.Take();
+  AddStandby(j, 200, 0, true);
+  AddStandby(j, 201, 1, true);
+  j.h.procs[201].state = ProcState::kLost;
+  j.r->OnProcessLost(j.h, 201);
+  CHECK(j.h.migs.empty());  // a standby's loss is no failure
+  j.r->OnTick(j.h);
+  std::vector<std::string> sent = j.h.Take();
+  CHECK(std::none_of(sent.begin(), sent.end(), [](const std::string& x) { return x.find("DISMISS") != x.npos; }));
+  for (uint64_t w : {uint64_t{1}, uint64_t{2}}) j.h.procs[w].state = ProcState::kExited;
+  j.r->OnTick(j.h);
+  CHECK(j.h.Take() == std::vector<std::string>{"200:DISMISS"});
+  j.r->OnTick(j.h);
+  CHECK(j.h.Take().empty());  // once
 }

@@ -227,8 +227,118 @@ def scenario_during_migration():
         job.check_digests({dead})
 
 
+def standbys(job):
+    """The standbys the coordinator lists (role standby), alive or not."""
+    return [p for p in job.status()["processes"] if p["role"] == "standby"]
+
+
+def wait_standbys(job, count):
+    """Waits until `count` standbys are registered and alive; returns them (their "replace" is the warm rank)."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        alive = [p for p in standbys(job) if p["state"] == "alive"]
+        if len(alive) >= count:
+            return alive
+        if job.p.poll() is not None:
+            fail(f"{job.name}: the job ended before {count} standby(s) registered")
+        time.sleep(0.05)
+    fail(f"{job.name}: {count} standby(s) never registered")
+
+
+def standby_digests(job):
+    """{K: digest} that standby K printed; tmrun relays a standby's lines as [sK]."""
+    out = {}
+    with open(job.log, errors="replace") as f:
+        for line in f:
+            m = re.match(r"^\[s(\d+)\] final-state sha256:([0-9a-f]+)$", line.strip())
+            if m:
+                out[int(m.group(1))] = m.group(2)
+    return out
+
+
+def check_standby_digests(job, took):
+    """took: {rank: standby K} for the ranks a standby took; every other rank's digest (a spawned replacement's from
+    its joiner log) is checked by check_digests. All bit-identical to the uninterrupted run's."""
+    want = mt.reference(job.ranks, job.params, job.steps)
+    got = standby_digests(job)
+    for rank, k in took.items():
+        if got.get(k) != want:
+            fail(f"{job.name}: standby {k} (rank {rank}) ended with digest {got.get(k)}, uninterrupted run {want}")
+    print(f"{job.name}: standby digest(s) {sorted(took.items())} equal the uninterrupted run's")
+
+
+def took_standby(job, r, pid):
+    """The recovery record `r` names the standby of that pid as the replacement, and no replacement was spawned."""
+    replacement = r["recovery"]["replacement"]
+    if f"pid {pid}," not in replacement or not replacement.startswith("standby process"):
+        fail(f"{job.name}: the replacement was '{replacement}', expected the standby of pid {pid}")
+    holder = [p for p in job.status()["processes"] if p["pid"] == pid]
+    if not holder or holder[0]["role"] != "worker" or holder[0]["rank"] != r["rank"]:
+        fail(f"{job.name}: after the recovery the standby of pid {pid} is {holder}, expected the worker of rank {r['rank']}")
+
+
+def scenario_standby():
+    # tmrun --standby 2: standby K warms up as rank K (of 3). An idle standby killed: nothing happens to the job. Then
+    # rank 2 killed: the other standby, warmed up as rank 0, takes rank 2's place (tm-train reads its rank through
+    # tmRank): its communicators rebuilt at rank 2's place, its state rank 2's snapshot from the buddy. The job ends 0
+    # and every digest (the standby's for rank 2) equals the uninterrupted run's.
+    mt.clear_joiner_logs()
+    job = Job("standby_any", 3, steps=300, step_ms=8, tmrun_opts=["--standby", "2"])
+    try:
+        job.wait_step(10)
+        sb = {p["replace"]: p for p in wait_standbys(job, 2)}
+        if sorted(sb) != [0, 1]:
+            fail(f"standby_any: standbys warm up as ranks {sorted(sb)}, expected [0, 1]")
+        os.kill(sb[1]["pid"], signal.SIGKILL)
+        time.sleep(0.5)
+        if recoveries(job):
+            fail("standby_any: an idle standby's death started a recovery")
+        job.wait_step(30)
+        os.kill(pid_of(job, 2), signal.SIGKILL)
+        r = wait_recovered(job, 1)
+        check_report(job, r, 2)
+        took_standby(job, r, sb[0]["pid"])
+        job.finish()
+    finally:
+        job.kill()
+    if any(f.startswith("joiner-") for f in os.listdir(WORK)):
+        fail("standby_any: a replacement was spawned although a standby fitted")
+    with open(job.log, errors="replace") as f:
+        log = f.read()
+    if "standby 0 (pid" not in log or "standby 1 (pid" not in log:
+        fail("standby_any: tmrun did not report its standbys")
+    job.check_digests(set(), elsewhere={2})  # ranks 0 and 1; rank 2 is the standby's
+    check_standby_digests(job, {2: 0})
+
+
+def scenario_standby_fixed():
+    # A program that reads its rank once (tm-train --fixed-rank, no tmRank): the standby (warmed up as rank 0) cannot
+    # take rank 1, which gets a spawned replacement; then rank 0 is killed and the standby takes it.
+    mt.clear_joiner_logs()
+    job = Job("standby_fixed", 3, steps=300, step_ms=8, tmrun_opts=["--standby", "1"], train_args=["--fixed-rank"])
+    try:
+        job.wait_step(10)
+        sb = wait_standbys(job, 1)[0]
+        os.kill(pid_of(job, 1), signal.SIGKILL)
+        r = wait_recovered(job, 1)
+        check_report(job, r, 1)
+        if not r["recovery"]["replacement"].startswith("spawned pid"):
+            fail(f"standby_fixed: rank 1 was replaced by '{r['recovery']['replacement']}', expected a spawned process")
+        job.wait_step(r["recovery"]["rollback_step"] + 30)
+        os.kill(pid_of(job, 0), signal.SIGKILL)
+        r = wait_recovered(job, 2)
+        check_report(job, r, 0)
+        took_standby(job, r, sb["pid"])
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({1}, elsewhere={0})  # rank 2; rank 1 from its spawned replacement's log
+    check_standby_digests(job, {0: 0})
+
+
 SCENARIOS = {"kill": scenario_kill, "twice": scenario_twice, "blocked": scenario_blocked, "silent": scenario_silent,
-             "refused": scenario_refused, "during_migration": scenario_during_migration}
+             "refused": scenario_refused, "during_migration": scenario_during_migration, "standby": scenario_standby,
+             "standby_fixed": scenario_standby_fixed}
 
 if __name__ == "__main__":
     for path in (mt.TMRUN, mt.TMCTL, mt.TMTRAIN, mt.SHIM, mt.HOSTNCCL):

@@ -184,7 +184,7 @@ TEST_CASE("tape: recording one iteration: positions, outputs, the cap, groups, t
   REQUIRE(ncclCommInitRank(&comm, 2, id, 0) == ncclSuccess);
   ts::SetProcessSandboxed(false);
   ts::VComm* v = reinterpret_cast<ts::VComm*>(comm);
-  std::vector<float> in = {1, 2, 3, 4}, out(4, 0), big(64, 0);
+  std::vector<float> in = {1, 2, 3, 4}, out(4, 0), wide(32, 1), big(64, 0);  // AllGather of 32: 32 in, 64 out
   // Before arming: nothing recorded, and TapeRecordEnd says so.
   REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
   CHECK_FALSE(ts::TapeRecording());
@@ -195,7 +195,7 @@ TEST_CASE("tape: recording one iteration: positions, outputs, the cap, groups, t
   REQUIRE(ncclAllReduce(in.data(), out.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
   out = {9, 9, 9, 9};  // "the real result"
   ts::TapeRecordOp(v, out.data(), nullptr);
-  REQUIRE(ncclAllGather(in.data(), big.data(), 32, ncclFloat32, comm, nullptr) == ncclSuccess);
+  REQUIRE(ncclAllGather(wide.data(), big.data(), 32, ncclFloat32, comm, nullptr) == ncclSuccess);
   ts::TapeRecordOp(v, big.data(), nullptr);  // 256 bytes: over the cap, signature only
   ts::TapeGroupStart();
   REQUIRE(ncclRecv(out.data(), 4, ncclFloat32, 1, comm, nullptr) == ncclSuccess);
@@ -225,7 +225,7 @@ TEST_CASE("tape: recording one iteration: positions, outputs, the cap, groups, t
   std::vector<float> o(4, 0);
   REQUIRE(ncclAllReduce(in.data(), o.data(), 4, ncclFloat32, ncclSum, comm, nullptr) == ncclSuccess);
   CHECK(o == std::vector<float>({9, 9, 9, 9}));
-  REQUIRE(ncclAllGather(in.data(), big.data(), 32, ncclFloat32, comm, nullptr) == ncclSuccess);  // emulated
+  REQUIRE(ncclAllGather(wide.data(), big.data(), 32, ncclFloat32, comm, nullptr) == ncclSuccess);  // emulated
   CHECK(big[32] == 1);
   REQUIRE(ncclRecv(o.data(), 4, ncclFloat32, 1, comm, nullptr) == ncclSuccess);
   CHECK(o == std::vector<float>({5, 6, 7, 8}));

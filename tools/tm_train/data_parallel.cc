@@ -11,7 +11,8 @@
 
 namespace tm_train {
 
-int RunDataParallel(const Flags& f, const RankInfo& who, std::chrono::steady_clock::time_point t_start) {
+int RunDataParallel(const Flags& f, const RankInfo& start, std::chrono::steady_clock::time_point t_start) {
+  RankInfo who = start;  // the rank changes when a standby takes a failed rank's place (TrainLoop)
   const int rank = who.rank, world = who.world;
   // Emulated framework start-up (CUDA context, JIT, data loaders on a real cluster): labelled, explicit.
   if (f.init_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.init_ms));
@@ -55,7 +56,7 @@ int RunDataParallel(const Flags& f, const RankInfo& who, std::chrono::steady_clo
   const AdamConfig adam;
   const float inv_world = 1.0f / static_cast<float>(world);
   TrainLoop(f, who, meta, regions, step, [&](int64_t s) {
-    task.Batch(rank, s, x.data(), y.data());
+    task.Batch(who.rank, s, x.data(), y.data());
     float loss = ForwardBackward(dims, params.data(), x.data(), y.data(), grad.data(), scratch.data());
     NCCLCHECK(ncclAllReduce(grad.data(), grad.data(), np, ncclFloat, ncclSum, comm, nullptr));
     for (float& g : grad) g *= inv_world;

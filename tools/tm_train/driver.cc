@@ -135,7 +135,7 @@ int64_t PrepareCheckpoint(const Flags& f, const CheckpointMeta& meta, const std:
   return step;
 }
 
-void TrainLoop(const Flags& f, const RankInfo& who, const CheckpointMeta& meta, const std::vector<Region>& regions,
+void TrainLoop(const Flags& f, RankInfo& who, const CheckpointMeta& meta, const std::vector<Region>& regions,
                int64_t step, const Iteration& iteration) {
   Timeline timeline;
   if (!f.timeline.empty()) timeline.Open(f.timeline, who.rank);
@@ -144,10 +144,18 @@ void TrainLoop(const Flags& f, const RankInfo& who, const CheckpointMeta& meta, 
   slowdown.Start(f.slow, who.rank, std::string(who.role) == "worker");
   for (;;) {
     step = tmSafePoint(step);
+    if (const int rank = f.fixed_rank ? who.rank : tmRank(who.rank); rank != who.rank) {
+      printf("[rank %d] standby warmed up as rank %d takes the place of rank %d at step %" PRId64 "\n", rank, who.rank,
+             rank, step);
+      who.rank = rank;
+      SetErrorRank(rank);
+    }
     timeline.Mark(who.rank, step, who.role);
     if (step == f.checkpoint_at && step != resumed_from) {
       const std::string path = CheckpointPath(f.checkpoint_dir, who.rank);
-      if (trainmover::base::Status st = SaveCheckpoint(path, meta, step, regions); !st.ok()) {
+      CheckpointMeta held = meta;
+      held.rank = who.rank;
+      if (trainmover::base::Status st = SaveCheckpoint(path, held, step, regions); !st.ok()) {
         Die("checkpoint: %s", st.message().c_str());
       }
       printf("[rank %d] checkpoint step %" PRId64 " saved to %s\n", who.rank, step, path.c_str());

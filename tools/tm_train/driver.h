@@ -50,7 +50,7 @@ class IdStore {
   uint32_t timeout_ms_;
 };
 
-// Who runs the loop (for its output lines).
+// Who runs the loop: its rank (the launcher's, then what tmRank says after each safe point) and world.
 struct RankInfo {
   int rank = 0, world = 1;
   const char* role = "worker";  // TRAINMOVER_ROLE, echoed in the init line and the timeline
@@ -59,10 +59,12 @@ struct RankInfo {
 // One iteration numbered `step`: returns the loss to log (the mean over the job).
 using Iteration = std::function<float(int64_t step)>;
 
-// The loop: `step = tmSafePoint(step)` at the top of every iteration, the timeline mark, the checkpoint at
-// --checkpoint-at, `iteration(step)`, --step-ms of emulated compute, a progress line every --log-every.
-// Returns when the step reaches --steps (or after the checkpoint with --exit-after-checkpoint).
-void TrainLoop(const Flags& f, const RankInfo& who, const CheckpointMeta& meta, const std::vector<Region>& regions,
+// The loop: `step = tmSafePoint(step)` at the top of every iteration, then `who.rank = tmRank(who.rank)` (unless
+// --fixed-rank: a standby that took a failed rank's place reads that rank there, and the iteration uses it), the
+// timeline mark, the checkpoint at --checkpoint-at, `iteration(step)`, --step-ms of emulated compute, a progress
+// line every --log-every. Returns when the step reaches --steps (or after the checkpoint with
+// --exit-after-checkpoint).
+void TrainLoop(const Flags& f, RankInfo& who, const CheckpointMeta& meta, const std::vector<Region>& regions,
                int64_t step, const Iteration& iteration);
 
 // Registers every region with tmRegister (exits on failure).

@@ -45,6 +45,8 @@ void Usage() {
       "  --exit-after-checkpoint   exit 0 right after saving\n"
       "  --resume                  load the checkpoint in --checkpoint-dir and continue from its step\n"
       "  --timeline FILE           append JSON lines {rank, step, t_ns} at every safe point (%%r = rank)\n"
+      "  --fixed-rank              read the rank once from RANK, never through tmRank (a standby can then\n"
+      "                            take only the rank it warmed up as)\n"
       "  --store-timeout-ms MS     how long to wait for a unique id in the store (default 120000)\n"
       "  --tp T                    3D-parallel workload: tensor-parallel degree (default 1 there)\n"
       "  --pp P                    3D-parallel workload: pipeline stages (default 1 there); DP = world / (T*P)\n"
@@ -77,6 +79,7 @@ Flags ParseFlags(int argc, char** argv) {
       {"--checkpoint-at", true, [&](const std::string& v) { f.checkpoint_at = ParseInt("--checkpoint-at", v, 0); }},
       {"--exit-after-checkpoint", false, [&](const std::string&) { f.exit_after_checkpoint = true; }},
       {"--resume", false, [&](const std::string&) { f.resume = true; }},
+      {"--fixed-rank", false, [&](const std::string&) { f.fixed_rank = true; }},
       {"--timeline", true, [&](const std::string& v) { f.timeline = v; }},
       {"--store-timeout-ms", true,
        [&](const std::string& v) { f.store_timeout_ms = ParseInt("--store-timeout-ms", v, 1); }},

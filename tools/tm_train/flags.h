@@ -22,6 +22,7 @@ struct Flags {
   int64_t store_timeout_ms = 120000;
   bool exit_after_checkpoint = false;
   bool resume = false;
+  bool fixed_rank = false;  // --fixed-rank: the rank read once from RANK, never through tmRank
   std::string checkpoint_dir;
   std::string timeline;
   // The 3D-parallel workload (parallel.h): chosen when --tp or --pp is given.

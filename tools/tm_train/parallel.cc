@@ -141,9 +141,10 @@ void Exchange(ncclComm_t pp, const P2p& x, size_t count) {
 
 }  // namespace
 
-int RunParallel3D(const Flags& f, const RankInfo& who, std::chrono::steady_clock::time_point t_start) {
+int RunParallel3D(const Flags& f, const RankInfo& start, std::chrono::steady_clock::time_point t_start) {
+  RankInfo who = start;  // the rank changes when a standby takes a failed rank's place (TrainLoop)
   const int rank = who.rank, world = who.world;
-  const Grid g(rank, world, static_cast<int>(f.tp), static_cast<int>(f.pp));
+  Grid g(rank, world, static_cast<int>(f.tp), static_cast<int>(f.pp));
   if (f.init_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.init_ms));
   const double init_emulated_ms = MsSince(t_start);
 
@@ -195,6 +196,7 @@ int RunParallel3D(const Flags& f, const RankInfo& who, std::chrono::steady_clock
 
   Watchdog watchdog(c.Named(), f.watchdog_ms);
   TrainLoop(f, who, meta, regions, start_step, [&](int64_t step) {
+    g = Grid(who.rank, world, g.tp, g.pp);  // the layout of the rank held now
     std::fill(grad.begin(), grad.end(), 0.0f);
     float loss = 0.0f;
     // Forward: at tick t stage s works on micro-batch t - s; the exchange before it receives that
@@ -242,7 +244,7 @@ int RunParallel3D(const Flags& f, const RankInfo& who, std::chrono::steady_clock
     return total / static_cast<float>(M * g.dp);
   });
   const int64_t rounds = watchdog.Stop();
-  printf("[rank %d] watchdog: %" PRId64 " polling rounds over 4 communicators, no error\n", rank, rounds);
+  printf("[rank %d] watchdog: %" PRId64 " polling rounds over 4 communicators, no error\n", who.rank, rounds);
 
   for (ncclComm_t comm : {c.pp, c.dp, c.tp, c.world}) NCCLCHECK(ncclCommDestroy(comm));
   printf("final-state sha256:%s\n", StateDigest(regions).c_str());

@@ -179,6 +179,18 @@ void PrintStatus(const Json& st) {
     if (p["state"].Str() == "lost") std::printf("  (%s)", p["lost_reason"].Str().c_str());
     std::printf("\n");
   }
+  // Standbys (docs/recovery.md, "Standbys"): warmed up as which rank, waiting, and which ranks they can take.
+  bool standby_header = false;
+  for (const Json* pp : procs) {
+    const Json& p = *pp;
+    if (p["role"].Str() != "standby" || p["state"].Str() != "alive") continue;
+    if (!standby_header) std::printf("\n%-8s %-8s %-10s %-6s %s\n", "STANDBY", "PID", "WARMED AS", "READY", "TAKES");
+    standby_header = true;
+    const Json& s = p["standby"];
+    std::printf("%-8lld %-8lld %-10s %-6s %s\n", p["id"].Int(), p["pid"].Int(),
+                ("rank " + std::to_string(s["warm_rank"].Int())).c_str(), s["ready"].Bool() ? "yes" : "no",
+                s["any_rank"].Bool() ? "any rank (tmRank)" : ("rank " + std::to_string(s["warm_rank"].Int()) + " only").c_str());
+  }
   // Hosts: the node agent of each (tmrun --node, which starts joiners there) and the ranks running on it.
   std::map<std::string, std::pair<std::string, std::string>> hosts;  // host -> (node agent, ranks)
   for (const Json* pp : procs) {

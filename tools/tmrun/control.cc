@@ -42,6 +42,8 @@ ControlPlane::~ControlPlane() {
 
 int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->alive_processes() : 0; }
 
+int ControlPlane::WorkersTraining() const { return embedded_ ? embedded_->coord->workers_training() : 0; }
+
 bool ControlPlane::Recovering(int wait_ms) const {
   if (!embedded_) return false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);

@@ -38,6 +38,8 @@ class ControlPlane {
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
   // Processes of the job alive at the embedded coordinator (0 when none is embedded here).
   int JobProcesses() const;
+  // Workers alive at the embedded coordinator that reached a safe point (0 when none is embedded here).
+  int WorkersTraining() const;
   // Whether the embedded coordinator recovers a failed rank (docs/recovery.md): waits up to `wait_ms` for a
   // recovery to be running (it declares the failure when the rank's connection closes, which may come just after
   // tmrun saw the exit). False without an embedded coordinator.

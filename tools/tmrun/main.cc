@@ -65,10 +65,13 @@ struct Stream {
 
 struct Rank {
   int rank = 0;
+  int standby = -1;  // >= 0: standby number `standby`, warming up as `rank` (tmrun --standby)
   pid_t pid = -1;
   bool running = false;
   int status = 0;
   Stream streams[2];
+  // How its output lines and its log are named: the rank, or s<K> for standby K.
+  std::string Label() const { return standby >= 0 ? "s" + std::to_string(standby) : std::to_string(rank); }
 };
 
 void WriteAll(int fd, const std::string& s) {
@@ -126,7 +129,8 @@ bool Spawn(const tmrun::Config& cfg, const tmrun::JobInfo& job, Rank* r) {
   int log_fd = -1;
   const bool relay = cfg.output_dir.empty() && !cfg.no_prefix;
   if (!cfg.output_dir.empty()) {
-    std::string path = cfg.output_dir + "/rank-" + std::to_string(r->rank) + ".log";
+    std::string path = cfg.output_dir + (r->standby >= 0 ? "/standby-" : "/rank-") +
+                       std::to_string(r->standby >= 0 ? r->standby : r->rank) + ".log";
     log_fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (log_fd < 0) {
       fprintf(stderr, "tmrun: cannot open %s: %s\n", path.c_str(), strerror(errno));
@@ -140,7 +144,7 @@ bool Spawn(const tmrun::Config& cfg, const tmrun::JobInfo& job, Rank* r) {
       }
     }
   }
-  std::vector<std::string> env = tmrun::ChildEnv(cfg, job, r->rank);
+  std::vector<std::string> env = tmrun::ChildEnv(cfg, job, r->rank, r->standby >= 0);
   std::vector<char*> envp, argv;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -511,12 +515,24 @@ int main(int argc, char** argv) {
     ranks.resize(static_cast<size_t>(cfg.nproc));
     for (int r = 0; r < cfg.nproc; ++r) ranks[static_cast<size_t>(r)].rank = cfg.node_rank * cfg.nproc + r;
   }
+  // Standbys (docs/recovery.md, "Standbys"): standby K warms up as rank K mod the world size. They start once every
+  // rank trains (reached a safe point at the coordinator): before that, one warming up as a rank that publishes a
+  // unique id in the store could publish its sandboxed one first. Started, they are children like the ranks (their
+  // output relayed as [sK]), stopped with them; one that exits never stops the job (one that held a rank is
+  // recovered, or the survivors end saying why); the coordinator dismisses those still waiting when the job ends.
+  std::vector<Rank> standbys(static_cast<size_t>(cfg.standby));
+  for (int k = 0; k < cfg.standby; ++k) {
+    standbys[static_cast<size_t>(k)].standby = k;
+    standbys[static_cast<size_t>(k)].rank = k % job.world;
+  }
+  bool standbys_started = cfg.standby == 0;
 
   int exit_code = 0;
   bool stopping = false;  // SIGTERM sent to the ranks; SIGKILL at kill_at
   Clock::time_point kill_at{};
   auto stop_all = [&](int signo) {
     SignalAll(ranks, signo);
+    SignalAll(standbys, signo);
     if (!stopping) kill_at = Clock::now() + std::chrono::milliseconds(cfg.grace_ms);
     stopping = true;
   };
@@ -531,9 +547,18 @@ int main(int argc, char** argv) {
 
   for (;;) {
     bool any_running = false, any_stream = false;
-    for (const Rank& r : ranks) {
-      any_running |= r.running;
-      for (const Stream& s : r.streams) any_stream |= s.fd >= 0;
+    for (const Rank& r : ranks) any_running |= r.running;
+    if (!standbys_started && !stopping && any_running && control.WorkersTraining() >= job.world) {
+      standbys_started = true;
+      for (Rank& s : standbys) {
+        if (Spawn(cfg, job, &s)) fprintf(stderr, "tmrun: standby %d (pid %d) warms up as rank %d\n", s.standby, s.pid, s.rank);
+      }
+    }
+    for (const std::vector<Rank>* group : {&ranks, &standbys}) {
+      for (const Rank& r : *group) {
+        any_running |= r.running;
+        for (const Stream& s : r.streams) any_stream |= s.fd >= 0;
+      }
     }
     // Joiners that the embedded coordinator spawned (tmctl migrate --spawn) are children too: once they hold
     // ranks, the job is not over until they exit (unless the job is being stopped). So are ranks that moved
@@ -543,11 +568,13 @@ int main(int argc, char** argv) {
 
     std::vector<pollfd> pfds = {{g_sig_pipe[0], POLLIN, 0}};
     std::vector<std::pair<Rank*, Stream*>> owners = {{nullptr, nullptr}};
-    for (Rank& r : ranks) {
-      for (Stream& s : r.streams) {
-        if (s.fd >= 0) {
-          pfds.push_back({s.fd, POLLIN, 0});
-          owners.push_back({&r, &s});
+    for (std::vector<Rank>* group : {&ranks, &standbys}) {
+      for (Rank& r : *group) {
+        for (Stream& s : r.streams) {
+          if (s.fd >= 0) {
+            pfds.push_back({s.fd, POLLIN, 0});
+            owners.push_back({&r, &s});
+          }
         }
       }
     }
@@ -557,6 +584,8 @@ int main(int argc, char** argv) {
       timeout = static_cast<int>(std::max<int64_t>(0, left));
     } else if (!any_running) {
       timeout = joiners ? 100 : 2000;  // ranks are gone; a descendant still holding the pipe gets 2 s to finish
+    } else if (!standbys_started) {
+      timeout = 100;  // to start the standbys once the ranks train
     }
     int n = poll(pfds.data(), pfds.size(), timeout);
     if (n < 0 && errno != EINTR) break;
@@ -565,13 +594,14 @@ int main(int argc, char** argv) {
       if (stopping) {
         fprintf(stderr, "tmrun: ranks still running %d ms after SIGTERM; sending SIGKILL\n", cfg.grace_ms);
         SignalAll(ranks, SIGKILL);
+        SignalAll(standbys, SIGKILL);
         kill_at = Clock::now() + std::chrono::hours(24);
       }
       continue;
     }
     for (size_t i = 1; i < pfds.size(); ++i) {
       if (pfds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
-        Relay(owners[i].second, "[" + std::to_string(owners[i].first->rank) + "] ");
+        Relay(owners[i].second, "[" + owners[i].first->Label() + "] ");
       }
     }
     if (pfds[0].revents & POLLIN) {
@@ -582,15 +612,23 @@ int main(int argc, char** argv) {
         if (signo == SIGCHLD) continue;
         fprintf(stderr, "tmrun: got %s; forwarding to the ranks\n", strsignal(signo));
         if (exit_code == 0) exit_code = 128 + signo;
-        if (stopping)
+        if (stopping) {
           SignalAll(ranks, signo == SIGINT ? SIGKILL : signo);  // a second Ctrl-C kills
-        else
+          SignalAll(standbys, signo == SIGINT ? SIGKILL : signo);
+        } else {
           stop_all(signo);
+        }
       }
       for (;;) {
         int status = 0;
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0) break;
+        for (Rank& s : standbys) {
+          if (s.pid != pid) continue;
+          s.running = false;
+          s.status = status;
+          fprintf(stderr, "tmrun: standby %d (pid %d) %s\n", s.standby, pid, Describe(status).c_str());
+        }
         for (Rank& r : ranks) {
           if (r.pid != pid) continue;
           r.running = false;

@@ -61,6 +61,10 @@ const std::vector<Option>& Table() {
        [](Config* c, const std::string&) { return c->join = true; }},
       {"--replace", nullptr, "R", "the rank a joiner takes over (with --join)",
        [](Config* c, const std::string& v) { return ToInt(v, 0, &c->replace); }},
+      {"--standby", nullptr, "K",
+       "K standbys: the command again with TRAINMOVER_ROLE=standby, started once every rank trains; each warms up "
+       "and waits to replace a rank that fails",
+       [](Config* c, const std::string& v) { return ToInt(v, 1, &c->standby); }},
       {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; same as --master)",
        [](Config* c, const std::string& v) { return !(c->store = v).empty(); }},
       {"--token-file", nullptr, "FILE", "the job's token (nodes K > 0, --join; default: TRAINMOVER_TOKEN)",
@@ -176,6 +180,10 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
     problem = "--node-rank K must be below --nnodes";
   else if (cfg->nnodes > 1 && cfg->master.empty())
     problem = "--nnodes > 1 needs --master ADDR:PORT (node 0's address)";
+  else if (cfg->standby > 0 && (cfg->join || cfg->node_rank != 0 || cfg->no_shim || cfg->no_coordinator ||
+                                 !cfg->coordinator.empty() || getenv("TRAINMOVER_COORDINATOR")))
+    problem = "--standby K needs tmrun's embedded coordinator and the shim (node 0, no --join, --coordinator, "
+              "--no-coordinator or --no-shim); elsewhere start standbys with TRAINMOVER_ROLE=standby once the job trains";
   else if (cfg->no_shim && !cfg->shim.empty())
     problem = "--shim and --no-shim exclude each other";
   std::string why;
@@ -204,7 +212,7 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
   return -1;
 }
 
-std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank) {
+std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank, bool standby) {
   std::map<std::string, std::string> env;
   for (char** e = environ; *e; ++e) {
     const char* eq = strchr(*e, '=');
@@ -230,6 +238,9 @@ std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int ran
   if (cfg.join) {
     env["TRAINMOVER_ROLE"] = "joiner";
     env["TRAINMOVER_REPLACE"] = std::to_string(cfg.replace);
+  } else if (standby) {
+    env["TRAINMOVER_ROLE"] = "standby";
+    env.erase("TRAINMOVER_REPLACE");
   }
   std::vector<std::string> out;
   for (const auto& [k, v] : env) out.push_back(k + "=" + v);

@@ -24,6 +24,7 @@ struct Config {
   bool join = false;            // --join: start one joiner for an existing job
   bool node = false;            // --node: a node agent for the job at --master (no ranks of its own)
   int replace = -1;             // --replace R: the rank the joiner takes over
+  int standby = 0;              // --standby K: spare processes (TRAINMOVER_ROLE=standby), started once the job trains
   std::string store;            // --store host:port: the job's store (with --join; --master is the same)
   std::string token_file;       // --token-file: the job's token (nodes K > 0 and joiners; else TRAINMOVER_TOKEN)
   std::string coordinator;      // --coordinator host:port (else TRAINMOVER_COORDINATOR, else an embedded one)
@@ -57,8 +58,9 @@ int ParseArgs(int argc, char** argv, Config* cfg);
 // for a joiner TRAINMOVER_ROLE=joiner TRAINMOVER_REPLACE=<rank>), the shim first in LD_PRELOAD (unless
 // --no-shim) and with --hostnccl TRAINMOVER_NCCL_LIBRARY (or, with --no-shim, hostnccl preloaded), as
 // "NAME=value" strings. A joiner gets
-// the variables rank `rank` got on its own node.
-std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank);
+// the variables rank `rank` got on its own node; a standby (`standby`) those of the rank it warms up as, and
+// TRAINMOVER_ROLE=standby.
+std::vector<std::string> ChildEnv(const Config& cfg, const JobInfo& job, int rank, bool standby = false);
 
 }  // namespace tmrun
 
