@@ -108,7 +108,7 @@ void Usage(FILE* out) {
     fprintf(out, "  %-26s %s\n", lhs.c_str(), o.help);
   }
   fprintf(out, "  %-26s %s\n", "-h, --help", "this text");
-  fprintf(out, "The --straggler-* options configure the embedded coordinator (as trainmoverd's; docs/stragglers.md).\n");
+  fprintf(out, "The straggler options configure the embedded coordinator, as trainmoverd's (docs/stragglers.md).\n");
 }
 
 }  // namespace
