@@ -961,7 +961,7 @@ TEST_CASE("standby: one that reads its rank through tmRank takes another rank's 
   CHECK(m.recovery.replacement.rfind("standby process 200 (pid 1200, warmed up as rank 0)", 0) == 0);
   CHECK(m.joiner == 200);
   CHECK_FALSE(j.h.procs[200].standby.ready);
-  std::vector<Sent> sent = j.h.sent;
+  std::vector<FakeHost::Sent> sent = j.h.sent;
   CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "3:EXPOSE_HELD", "200:ASSIGN", "200:MAP",
                                                "200:MAKE_IDS"});
   standby::Assign a;
