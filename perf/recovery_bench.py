@@ -19,12 +19,23 @@ checkpoint interval, counting the work the cold restart loses. A failure falls o
 the last checkpoint: the cold restart's cost is its measured downtime plus interval/2 steps trained again; the
 standby's is its measured downtime plus the steps it lost (trained again after the rollback); a step is the
 reference run's median step time. Asserts no speed: exit 0 when every run ended bit-identical to the reference.
+
+Then the steady-state cost of the snapshots: --pairs pairs of jobs of --steady-ranks ranks run at the same time,
+one with recovery on (a snapshot at every TRAINMOVER_SNAPSHOT_EVERY-th step, pulled by its buddy) and one with
+TRAINMOVER_RECOVERY=off (same shim, same coordinator, no snapshots); both see the same load, which is what makes
+the ratio meaningful on a shared machine. steps/s = steps from --warmup to the end over their time (the latest
+rank's safe-point marks); the ratio is on/off per pair, and its median is the figure. Rows for each --sizes
+parameter count (the registered state: weights and Adam's two moments, 4 bytes each).
+Asserts no speed: exit 0 when every run ended bit-identical to the reference (and every steady job ended 0), 1
+otherwise.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 
 
 def median_step_ms(work, ranks):
@@ -49,13 +60,20 @@ def main(argv):
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--interval", type=int, default=100, help="the cold restart's checkpoint interval, in steps")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--steady-ranks", type=int, default=4)
+    ap.add_argument("--sizes", default="20000,200000", help="tm-train --params of the steady-state rows")
+    ap.add_argument("--steady-steps", type=int, default=600)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--every", type=int, default=1, help="TRAINMOVER_SNAPSHOT_EVERY of the 'on' job")
+    ap.add_argument("--skip-failure", action="store_true", help="only the steady-state rows")
     a = ap.parse_args(argv)
     harness = os.path.join(a.build, "tools/harness/tm-harness")
     print(f"emulated costs (sleeps, not measured work), paid by the restart, the replacement and the standby alike: "
           f"framework start-up {a.init_ms} ms (tm-train --init-ms), communicator setup {a.comm_init_ms} ms "
           f"(HOSTNCCL_INIT_DELAY_MS); checkpoint save/load is real I/O; --step-ms {a.step_ms}", flush=True)
     rows, rc = [], 0
-    for n in [int(x) for x in a.ranks.split(",") if x]:
+    for n in [] if a.skip_failure else [int(x) for x in a.ranks.split(",") if x]:
         work = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"recovery_bench-{os.getpid()}-{n}")
         r = subprocess.run([sys.executable, harness, "failure", "--build", a.build, "--ranks", str(n), "--steps",
                             str(a.steps), "--params", "20000", "--at", str(a.at), "--kill-rank", "1", "--init-ms",
@@ -97,11 +115,79 @@ def main(argv):
         print(f"  {x['ranks']} ranks: cold {x['cold_with_lost_work_ms']:.1f} ms vs standby "
               f"{x['standby_with_lost_work_ms']:.1f} ms (step {x['median_step_ms']:.2f} ms): {x['goal_ratio']:.2f}x, "
               f"goal {verdict}; the same downtimes meet it {at}")
+    steady, ok = steady_state(a)
+    rc = rc if ok else 1
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"emulated": {"init_ms": a.init_ms, "comm_init_ms": a.comm_init_ms}, "interval": a.interval,
-                       "rows": rows}, f)
+                       "rows": rows, "steady": steady}, f)
     return rc
+
+
+def steps_per_s(timeline, ranks, warmup):
+    """Steps from `warmup` to the last step over their time; a step's time is the latest rank's mark of it."""
+    marks = {}
+    with open(timeline) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            marks.setdefault(r["step"], {})[r["rank"]] = r["t_ns"]
+    full = sorted(s for s, m in marks.items() if len(m) == ranks and s >= warmup)
+    if len(full) < 2:
+        return None
+    return (full[-1] - full[0]) / ((max(marks[full[-1]].values()) - max(marks[full[0]].values())) / 1e9)
+
+
+def steady_state(a):
+    """Recovery on and off side by side (two jobs at once), --pairs times per size; returns (rows, all ended 0)."""
+    a.build = os.path.abspath(a.build)
+    tmrun = os.path.join(a.build, "tools/tmrun/tmrun")
+    train = [os.path.join(a.build, "tools/tm_train/tm-train"), "--steps", str(a.steady_steps), "--seed", "7",
+             "--log-every", "0", "--step-ms", str(a.step_ms)]
+    shim = ["LD_PRELOAD=" + os.path.join(a.build, "lib/shim/libtrainmover.so"),
+            "TRAINMOVER_NCCL_LIBRARY=" + os.path.join(a.build, "plugins/hostnccl/libnccl.so.2")]
+    work = tempfile.mkdtemp(prefix="recovery-steady-")
+    rows, ok = [], True
+    print(f"steady state: {a.steady_ranks} ranks, {a.step_ms} ms emulated compute per step, steps {a.warmup}-"
+          f"{a.steady_steps}; recovery on (TRAINMOVER_SNAPSHOT_EVERY={a.every}) and off run at the same time, "
+          f"{a.pairs} pairs per size", flush=True)
+    for params in [int(x) for x in a.sizes.split(",") if x]:
+        ratios, on_rates, off_rates = [], [], []
+        for i in range(a.pairs):
+            jobs = {}
+            modes = (("on", [f"TRAINMOVER_SNAPSHOT_EVERY={a.every}"]), ("off", ["TRAINMOVER_RECOVERY=off"]))
+            for mode, env in modes[::1 if i % 2 == 0 else -1]:  # which one starts first alternates
+                tl = os.path.join(work, f"{params}-{i}-{mode}.timeline")
+                log = open(os.path.join(work, f"{params}-{i}-{mode}.log"), "w")
+                cmd = [tmrun, "-n", str(a.steady_ranks), "--", "env"] + shim + env + train + \
+                    ["--params", str(params), "--timeline", tl]
+                jobs[mode] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work), tl, log)
+            rates = {}
+            for mode, (p, tl, log) in jobs.items():
+                rc = p.wait()
+                log.close()
+                rates[mode] = steps_per_s(tl, a.steady_ranks, a.warmup) if rc == 0 else None
+                if rates[mode] is None:
+                    print(f"  {params} parameters, pair {i}: the {mode} job failed (rc {rc}; {log.name})")
+                    ok = False
+            if None not in rates.values():
+                on_rates.append(rates["on"])
+                off_rates.append(rates["off"])
+                ratios.append(rates["on"] / rates["off"])
+        if ratios:
+            rows.append({"params": params, "state_bytes": params * 12, "every": a.every,
+                         "on_steps_per_s": [round(x, 1) for x in on_rates],
+                         "off_steps_per_s": [round(x, 1) for x in off_rates],
+                         "ratios": [round(x, 4) for x in ratios], "median_ratio": round(statistics.median(ratios), 4)})
+    print(f"{'params':>8} {'state':>9} {'on steps/s':>22} {'off steps/s':>22} {'on/off per pair':>24} {'median':>7}")
+    for r in rows:
+        print(f"{r['params']:>8} {r['state_bytes'] / 1e6:>7.2f}MB {'/'.join(f'{x:.0f}' for x in r['on_steps_per_s']):>22} "
+              f"{'/'.join(f'{x:.0f}' for x in r['off_steps_per_s']):>22} "
+              f"{'/'.join(f'{x:.3f}' for x in r['ratios']):>24} {r['median_ratio']:>6.1%}")
+    print("goal: median on/off >= 98%")
+    return rows, ok
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@
 #include <cstring>
 #include <mutex>
 
+#include "base/crypto.h"
 #include "base/hostport.h"
+#include "base/spawn_process.h"
 
 namespace trainmover::shim {
 
@@ -35,6 +37,13 @@ namespace {
 // The parsers the rows of params.h name. Each returns false when the value is not accepted.
 
 bool ParseText(const char* v, const char*, std::string* out) {
+  *out = v;
+  return true;
+}
+
+// TRAINMOVER_TOKEN: a shared secret long enough not to be guessed from a recorded handshake.
+bool ParseSecret(const char* v, const char*, std::string* out) {
+  if (strlen(v) < base::crypto::kMinSecretBytes) return false;
   *out = v;
   return true;
 }
@@ -183,7 +192,11 @@ Status ConfigParse(const EnvFn& getenv_fn, Config* out) {
   Config c;
   const char* v = nullptr;
   auto invalid = [&v](const char* name, const char* accepted) {
-    return Status::Error(std::string(name) + "='" + v + "' is invalid: accepted values are " + accepted);
+    // A secret's value is never repeated, not even a wrong one (it may be the right token with a typo).
+    const std::string shown = base::IsSecretEnvName(name)
+                                  ? "(hidden, " + std::to_string(strlen(v)) + " characters)"
+                                  : "'" + std::string(v) + "'";
+    return Status::Error(std::string(name) + "=" + shown + " is invalid: accepted values are " + accepted);
   };
 #define TM_PARAM_PARSE(NAME, field, Type, Parse, kind, def, accepted, doc) \
   v = getenv_fn("TRAINMOVER_" #NAME);                                      \

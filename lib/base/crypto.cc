@@ -49,6 +49,8 @@ bool HmacSha256(Bytes key, std::initializer_list<Bytes> parts, Hmac* out) {
 
 bool ConstantTimeEqual(const void* a, const void* b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
 
+void Wipe(void* p, size_t n) { OPENSSL_cleanse(p, n); }
+
 bool RandomBytes(void* out, size_t n) {
   return n <= INT_MAX && RAND_bytes(static_cast<unsigned char*>(out), static_cast<int>(n)) == 1;
 }

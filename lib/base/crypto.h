@@ -40,6 +40,9 @@ bool HmacSha256(Bytes key, std::initializer_list<Bytes> parts, Hmac* out);
 // Compares n bytes in time independent of where they differ (CRYPTO_memcmp).
 bool ConstantTimeEqual(const void* a, const void* b, size_t n);
 
+// Overwrites n bytes with zeros in a way the compiler does not remove (OPENSSL_cleanse): for keys on the stack.
+void Wipe(void* p, size_t n);
+
 // n bytes from OpenSSL's CSPRNG. False when it has no entropy to give (the caller must not go on).
 bool RandomBytes(void* out, size_t n);
 

@@ -23,8 +23,9 @@
     "dlopen(\"libnccl.so.2\") skipping the shim itself (docs/shim.md, Binding).")                             \
   X(COORDINATOR, coordinator, std::string, ParseCoordinator, "host:port", "", "host:port (port 1..65535), [v6]:port", \
     "Address of trainmoverd. Unset: plain pass-through, nothing else changes.")                              \
-  X(TOKEN, token, std::string, ParseText, "string", "", "any text",                                          \
-    "Shared secret that authenticates every control message (HMAC key).")                                    \
+  X(TOKEN, token, std::string, ParseSecret, "string", "", "at least 16 characters",                         \
+    "The job's shared secret: it authenticates the handshake of every control connection, and the keys that " \
+    "encrypt and authenticate every later frame are derived from it (docs/protocol.md). Never printed.")      \
   X(ROLE, role, Role, ParseRole, "enum", "worker", "worker|joiner|standby",                                  \
     "worker: a normal rank. joiner: replaces a rank; starts in the sandbox (no real communicators, "          \
     "collectives emulated locally). standby: a spare started with the job's command line; warms up in the "   \

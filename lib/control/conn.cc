@@ -20,6 +20,10 @@ namespace trainmover::control {
 
 using base::Status;
 
+namespace {
+std::string_view NonceView(const Nonce& n) { return {reinterpret_cast<const char*>(n.data()), n.size()}; }
+}  // namespace
+
 Connection::Connection(int fd, Side side, std::string token) : fd_(fd), side_(side), token_(std::move(token)) {
   int fl = fcntl(fd_, F_GETFL, 0);
   if (fl >= 0) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
@@ -36,7 +40,7 @@ void Connection::StartHello(const std::string& kind) {
   RandomBytes(my_nonce_.data(), my_nonce_.size());
   h.nonce = my_nonce_;
   h.client_kind = kind;
-  auto f = EncodeFrame(static_cast<uint16_t>(MsgType::kHello), 0, EncodePayload(h), token_);
+  auto f = EncodeMacFrame(static_cast<uint16_t>(MsgType::kHello), EncodePayload(h), token_);
   out_.insert(out_.end(), f.begin(), f.end());
   hello_sent_ = true;
 }
@@ -44,8 +48,8 @@ void Connection::StartHello(const std::string& kind) {
 bool Connection::ReadSome() {
   uint8_t buf[65536];
   for (;;) {
-    // Never hold more than one maximal frame plus one read: ParseFrame refuses larger frames early (and
-    // Next() frames over kMaxPreAuthPayload before the handshake).
+    // Never hold more than one maximal frame plus one read: PeekFrame refuses larger frames from their
+    // header (over kMaxPreAuthPayload before the handshake).
     const size_t frame = authenticated_ ? kMaxFrame : kHeaderBytes + kMaxPreAuthPayload + kMacBytes;
     if (in_.size() > frame + sizeof(buf)) return true;
     ssize_t n = read(fd_, buf, sizeof(buf));
@@ -74,12 +78,29 @@ void Connection::Fail(RejectCode code, const std::string& why) {
 }
 
 void Connection::SendReject(RejectCode code, const std::string& reason) {
+  if (closing_) return;  // one REJECT at most
   Reject r;
   r.code = static_cast<uint16_t>(code);
   r.reason = reason;
-  auto f = EncodeFrame(static_cast<uint16_t>(MsgType::kReject), 0, EncodePayload(r), std::string_view());
-  out_.insert(out_.end(), f.begin(), f.end());
+  // Sealed once a session exists (a peer with the session reads it; nobody else does); before that with the
+  // empty key, so a peer without the token can read why it was refused.
+  if (authenticated_) {
+    send_.Seal(static_cast<uint16_t>(MsgType::kReject), EncodePayload(r), &out_);
+  } else {
+    auto f = EncodeMacFrame(static_cast<uint16_t>(MsgType::kReject), EncodePayload(r), std::string_view());
+    out_.insert(out_.end(), f.begin(), f.end());
+  }
   closing_ = true;
+}
+
+bool Connection::StartSession(const Nonce& client, const Nonce& server) {
+  SessionKeys k;
+  if (!DeriveSessionKeys(token_, client, server, &k)) return false;
+  const bool server_side = side_ == Side::kServer;
+  send_ = FrameCipher(server_side ? k.server_to_client : k.client_to_server);
+  recv_ = FrameCipher(server_side ? k.client_to_server : k.server_to_client);
+  base::crypto::Wipe(&k, sizeof(k));
+  return send_.ok() && recv_.ok();
 }
 
 bool Connection::HandleHandshake(const Frame& f) {
@@ -103,12 +124,14 @@ bool Connection::HandleHandshake(const Frame& f) {
     }
     client_kind_ = h.client_kind;
     HelloAck a;
-    RandomBytes(my_nonce_.data(), my_nonce_.size());
-    a.nonce = my_nonce_;
     a.coordinator_epoch = server_epoch;
-    auto out = EncodeFrame(static_cast<uint16_t>(MsgType::kHelloAck), 0, EncodePayload(a), token_);
+    if (!RandomBytes(my_nonce_.data(), my_nonce_.size()) || !StartSession(h.nonce, my_nonce_)) {
+      Fail(RejectCode::kBusy, "the coordinator cannot make session keys");
+      return false;
+    }
+    a.nonce = my_nonce_;
+    auto out = EncodeMacFrame(static_cast<uint16_t>(MsgType::kHelloAck), EncodePayload(a), token_, NonceView(h.nonce));
     out_.insert(out_.end(), out.begin(), out.end());
-    session_key_ = DeriveSessionKey(token_, h.nonce, my_nonce_);
     authenticated_ = true;
     return true;
   }
@@ -118,37 +141,47 @@ bool Connection::HandleHandshake(const Frame& f) {
     Fail(RejectCode::kProtocol, "unexpected answer to HELLO");
     return false;
   }
+  if (!StartSession(my_nonce_, a.nonce)) {
+    Fail(RejectCode::kProtocol, "cannot make session keys");
+    return false;
+  }
   peer_epoch_ = a.coordinator_epoch;
-  session_key_ = DeriveSessionKey(token_, my_nonce_, a.nonce);
   authenticated_ = true;
   return true;
 }
 
 bool Connection::Next(Frame* out) {
   while (!failed_ && !rejected_ && !in_.empty()) {
-    // REJECT frames are keyed with the empty key; every other frame with the current key.
-    std::string_view key = CurrentKey();
-    if (in_.size() >= kHeaderBytes && DecodeHeader(in_.data()).type == static_cast<uint16_t>(MsgType::kReject)) {
-      key = std::string_view();
-    }
-    if (!authenticated_ && in_.size() >= kHeaderBytes && DecodeHeader(in_.data()).length > kMaxPreAuthPayload &&
-        DecodeHeader(in_.data()).magic == kMagic) {
-      Fail(RejectCode::kTooLarge, "frame too large before authentication");
-      return false;
-    }
-    Frame f;
-    size_t used = 0;
-    FrameStatus st = ParseFrame(in_.data(), in_.size(), key, &f, &used);
+    FrameHeader h;
+    size_t total = 0;
+    const size_t max_length = authenticated_ ? kMaxLength : kMaxPreAuthPayload;
+    FrameStatus st = PeekFrame(in_.data(), in_.size(), max_length, authenticated_ ? kTagBytes : kMacBytes, &h, &total);
     if (st == FrameStatus::kNeedMore) return false;
+    Frame f;
+    if (st == FrameStatus::kOk && authenticated_) {
+      st = recv_.Open(in_.data(), total, &f);
+    } else if (st == FrameStatus::kOk) {
+      // Before the session: HELLO (to the server), HELLO_ACK bound to our nonce or REJECT (to the client).
+      const bool reject = h.type == static_cast<uint16_t>(MsgType::kReject);
+      const bool client = side_ == Side::kClient;
+      st = OpenMacFrame(in_.data(), total, reject ? std::string_view() : std::string_view(token_),
+                        client && !reject ? NonceView(my_nonce_) : std::string_view(), &f);
+    }
     if (st != FrameStatus::kOk) {
-      RejectCode code = st == FrameStatus::kBadMac       ? RejectCode::kAuth
-                        : st == FrameStatus::kTooLarge   ? RejectCode::kTooLarge
-                        : st == FrameStatus::kBadVersion ? RejectCode::kVersion
-                                                         : RejectCode::kProtocol;
-      Fail(code, FrameStatusName(st));
+      const RejectCode code = st == FrameStatus::kBadMac       ? RejectCode::kAuth
+                              : st == FrameStatus::kTooLarge   ? RejectCode::kTooLarge
+                              : st == FrameStatus::kBadVersion ? RejectCode::kVersion
+                              : st == FrameStatus::kBadSeq     ? RejectCode::kOrder
+                                                               : RejectCode::kProtocol;
+      std::string why = FrameStatusName(st);
+      if (st == FrameStatus::kTooLarge && !authenticated_) why += " before authentication";
+      if (st == FrameStatus::kBadSeq) {
+        why += " (seq " + std::to_string(h.seq) + ", expected " + std::to_string(recv_.next_seq()) + ")";
+      }
+      Fail(code, why);
       return false;
     }
-    in_.erase(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(used));
+    in_.erase(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(total));
     if (f.type == static_cast<uint16_t>(MsgType::kReject)) {
       Reject r;
       rejected_ = true;
@@ -164,12 +197,6 @@ bool Connection::Next(Frame* out) {
       if (!HandleHandshake(f)) return false;
       continue;
     }
-    if (f.seq != recv_seq_) {
-      Fail(RejectCode::kOrder, "out-of-order or replayed frame (seq " + std::to_string(f.seq) + ", expected " +
-                                   std::to_string(recv_seq_) + ")");
-      return false;
-    }
-    ++recv_seq_;
     *out = std::move(f);
     return true;
   }
@@ -185,12 +212,15 @@ bool Connection::Send(MsgType type, const std::vector<uint8_t>& payload) {
     out_off_ = 0;
     return false;
   }
-  auto f = EncodeFrame(static_cast<uint16_t>(type), send_seq_++, payload, session_key_);
   if (out_off_ > 0 && out_off_ == out_.size()) {
     out_.clear();
     out_off_ = 0;
   }
-  out_.insert(out_.end(), f.begin(), f.end());
+  if (!send_.Seal(static_cast<uint16_t>(type), payload, &out_)) {
+    failed_ = closing_ = true;
+    error_ = "cannot seal a frame (OpenSSL failed)";
+    return false;
+  }
   return true;
 }
 

@@ -3,12 +3,14 @@
 // the few socket helpers the tools need. Used by the coordinator (server side, from its poll loop), the
 // agent (client side, from its thread) and tmctl (client side, blocking through Client in client.h).
 //
-// Handshake (docs/protocol.md): the client sends HELLO (seq 0, MAC keyed with the token); the server
-// checks it and answers HELLO_ACK (seq 0, MAC keyed with the token); both then key every frame with
-// DeriveSessionKey(token, client nonce, server nonce) and number frames 1, 2, 3, ... in each direction.
-// A frame with a bad MAC, an unexpected sequence number, another version, an oversized length or a
-// foreign magic ends the connection with a REJECT. REJECT frames are keyed with the empty key so that a
-// peer without the token can read why; they carry nothing but a code and a reason.
+// Handshake (docs/protocol.md): the client sends HELLO (seq 0, HMAC keyed with the token); the server checks
+// it and answers HELLO_ACK (seq 0, HMAC keyed with the token over the frame and the client's nonce); both then
+// derive one key per direction (DeriveSessionKeys: HKDF of the token and both nonces) and seal every later frame
+// with AES-256-GCM, numbered 1, 2, 3, ... per direction, the number being the nonce. A frame that does not open
+// (tampered, from another connection, reflected back to its sender), an unexpected sequence number (replayed,
+// dropped, reordered), another version, an oversized length or a foreign magic ends the connection with a
+// REJECT: sealed once a session exists; before that HMACed with the empty key, so that a peer without the token
+// can read why (it carries nothing but a code and a reason).
 //
 // Thread-compatible: one thread drives one Connection.
 #ifndef TRAINMOVER_LIB_CONTROL_CONN_H_
@@ -79,12 +81,14 @@ class Connection {
  private:
   void Fail(RejectCode code, const std::string& why);
   bool HandleHandshake(const Frame& f);
-  std::string_view CurrentKey() const { return authenticated_ ? std::string_view(session_key_) : token_; }
+  // Keys send_ and recv_ for this side from both nonces. False when OpenSSL fails.
+  bool StartSession(const Nonce& client, const Nonce& server);
 
   int fd_;
   Side side_;
   std::string token_;
-  std::string session_key_;
+  FrameCipher send_;  // this side's direction, keyed at the handshake
+  FrameCipher recv_;  // the peer's direction
   bool authenticated_ = false;
   bool hello_sent_ = false;
   bool closing_ = false;
@@ -94,8 +98,6 @@ class Connection {
   std::string client_kind_;
   uint64_t peer_epoch_ = 0;
   Nonce my_nonce_{};
-  uint64_t send_seq_ = 1;
-  uint64_t recv_seq_ = 1;
   uint64_t received_ = 0;
   std::vector<uint8_t> in_;
   std::vector<uint8_t> out_;
@@ -110,8 +112,8 @@ class Connection {
 base::Status ListenTcp(const std::string& hostport, int* fd, std::string* bound);
 // A connect with a timeout; *fd is the connected, non-blocking socket.
 base::Status ConnectTcp(const std::string& hostport, int timeout_ms, int* fd);
-// The shortest job token a coordinator accepts (a shared secret shorter than this is guessable).
-inline constexpr size_t kMinTokenBytes = 16;
+// The shortest job token a coordinator, an agent or tmctl accepts (base::crypto::kMinSecretBytes).
+inline constexpr size_t kMinTokenBytes = base::crypto::kMinSecretBytes;
 // CLOCK_REALTIME / CLOCK_MONOTONIC in ns.
 uint64_t NowRealtimeNs();
 uint64_t NowMonotonicNs();

@@ -140,8 +140,9 @@ base::Status Coordinator::Start() {
         "no token: set TRAINMOVER_TOKEN or pass --token-file (every control message is authenticated)");
   }
   if (opt_.token.size() < kMinTokenBytes) {
-    return base::Status::Error("the job's token must have at least " + std::to_string(kMinTokenBytes) +
-                               " characters (it is the key of every control message)");
+    return base::Status::Error("the job's token (TRAINMOVER_TOKEN or --token-file) must have at least " +
+                               std::to_string(kMinTokenBytes) + " characters, it has " +
+                               std::to_string(opt_.token.size()) + " (every session key is derived from it)");
   }
   if (opt_.heartbeat_timeout_ms <= 0) return base::Status::Error("heartbeat timeout must be positive");
   if (std::string e = opt_.straggler.detector.Check(); !e.empty()) return base::Status::Error("straggler " + e);
@@ -282,14 +283,43 @@ size_t Coordinator::QueuedBytes(uint64_t process) const {
   return it == peers_.end() ? 0 : it->second->conn->queued_bytes();
 }
 
+int Coordinator::OldestUnauthenticated(const std::string* addr, size_t* count) const {
+  int oldest = -1;
+  uint64_t oldest_ns = 0;
+  size_t n = 0;
+  for (const auto& [pfd, q] : peers_) {
+    if (q->conn->authenticated() || (addr && q->addr != *addr)) continue;
+    ++n;
+    if (oldest < 0 || q->opened_ns < oldest_ns) {
+      oldest = pfd;
+      oldest_ns = q->opened_ns;
+    }
+  }
+  if (count) *count = n;
+  return oldest;
+}
+
 void Coordinator::Accept() {
+  bool evicted = false;
   for (;;) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Out of descriptors: the pending connection stays in the backlog; rest instead of spinning on it.
+        // Out of descriptors. Unauthenticated connections must not be able to hold them all: the oldest one
+        // goes, so that an agent or tmctl waiting in the backlog is served (each eviction admits one connection
+        // of the backlog, so this ends with it); with none to close, the pending connection stays in the
+        // backlog and the listener rests instead of spinning on it.
+        const int oldest = OldestUnauthenticated(nullptr, nullptr);
+        if (oldest >= 0 && (errno == EMFILE || errno == ENFILE)) {
+          if (!evicted) TM_WARN(kLogControl, "coordinator: accept: %s; closing the oldest unauthenticated "
+                                "connections to make room", std::strerror(errno));
+          evicted = true;
+          ++rejected_;
+          ClosePeer(oldest, "out of descriptors: the oldest unauthenticated connection goes");
+          continue;
+        }
         TM_WARN(kLogControl, "coordinator: accept: %s (%zu connections); pausing new connections for %llu ms",
                 std::strerror(errno), peers_.size(), static_cast<unsigned long long>(kAcceptRestNs / 1000000));
         accept_paused_until_ = NowMonotonicNs() + kAcceptRestNs;
@@ -301,13 +331,9 @@ void Coordinator::Accept() {
     // One address may hold kMaxUnauthenticatedPerAddress connections that have not said HELLO: beyond that its
     // oldest one goes, so a flood never locks out a real agent or tmctl from the same host (they authenticate
     // at once).
+    const std::string addr = host;
     size_t unauthenticated = 0;
-    int oldest = -1;
-    for (const auto& [pfd, q] : peers_) {
-      if (q->conn->authenticated() || q->addr != host) continue;
-      ++unauthenticated;
-      if (oldest < 0 || q->opened_ns < peers_[oldest]->opened_ns) oldest = pfd;
-    }
+    const int oldest = OldestUnauthenticated(&addr, &unauthenticated);
     if (unauthenticated >= kMaxUnauthenticatedPerAddress) {
       ++rejected_;
       if (!flood_warned_) TM_WARN(kLogControl, "coordinator: over %zu unauthenticated connections from %s: "
@@ -431,7 +457,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         pr->dropped = h.dropped;
         if (h.step > pr->step) pr->step = h.step;
         stragglers_->OnWindow(pr->id, h.window, pr->last_heartbeat_ns);
-        if (pr->state == ProcState::kLost) {
+        if (pr->state == ProcState::kLost && !pr->fenced) {
           pr->state = ProcState::kAlive;
           TM_INFO(kLogControl, "coordinator: process %" PRIu64 " is back", pr->id);
         }
@@ -539,8 +565,10 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
     pr->id = id;
   }
   pr->info = r;
-  pr->state = ProcState::kAlive;
-  pr->lost_reason.clear();
+  if (!pr->fenced) {  // a fenced process stays lost (its engine tells it to end)
+    pr->state = ProcState::kAlive;
+    pr->lost_reason.clear();
+  }
   pr->conn_fd = p.conn->fd();
   pr->last_heartbeat_ns = NowMonotonicNs();
   pr->missed_counted = 0;
@@ -560,6 +588,11 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
 // The communicators of the process holding `rank`, in its creation order: a joiner's sandbox answers from them.
 void Coordinator::ReplacedTable(int32_t rank, RegisterAck* a) {
   const ProcessRec* holder = FindProcessByRank(rank);
+  const ProcessRec* lost = nullptr;  // else the newest lost one: a failed rank's replacement (docs/recovery.md)
+  for (const auto& [id, pr] : procs_) {
+    if (pr.state == ProcState::kLost && pr.info.role == "worker" && pr.info.rank == rank) lost = &pr;
+  }
+  if (!holder) holder = lost;
   if (!holder) return;
   a->has_table = 1;
   for (const auto& [key, c] : holder->comm_info) a->replaced_comms.push_back(c);
@@ -657,6 +690,12 @@ void Coordinator::CheckHeartbeats() {
   int recovering = 0;
   for (const auto& [id, m] : migs_) recovering += m.kind == kKindRecover && !MigTerminal(m.state);
   recovering_.store(recovering, std::memory_order_relaxed);
+  std::set<uint32_t> fenced;
+  for (const auto& [id, pr] : procs_) {
+    if (pr.fenced) fenced.insert(pr.info.pid);
+  }
+  std::lock_guard<std::mutex> lk(fenced_mu_);
+  fenced_pids_ = std::move(fenced);
 }
 
 void Coordinator::AddEngine(std::unique_ptr<Engine> e) {
@@ -965,7 +1004,8 @@ std::string Coordinator::MetricsText() const {
   }
   for (const auto& [id, pr] : procs_) ++by[{pr.info.role, ProcStateName(pr.state)}];
   for (const auto& [k, v] : by) {
-    o += "trainmover_processes{role=\"" + k.first + "\",state=\"" + k.second + "\"} " + std::to_string(v) + "\n";
+    o += "trainmover_processes{role=" + PromLabel(k.first) + ",state=" + PromLabel(k.second) + "} " +
+         std::to_string(v) + "\n";
   }
   o += "# HELP trainmover_communicators Virtual communicators known to the coordinator.\n";
   o += "# TYPE trainmover_communicators gauge\ntrainmover_communicators " + std::to_string(comms_.size()) + "\n";
@@ -1011,7 +1051,7 @@ std::string Coordinator::MetricsText() const {
   o += "# HELP trainmover_migration_phase_seconds Duration of migration phases, per phase and process.\n";
   o += "# TYPE trainmover_migration_phase_seconds histogram\n";
   for (const auto& [phase, h] : phase_hist_) {
-    hist("trainmover_migration_phase_seconds", "phase=\"" + phase + "\"", h.buckets, h.sum, h.count);
+    hist("trainmover_migration_phase_seconds", "phase=" + PromLabel(phase), h.buckets, h.sum, h.count);
   }
   return o + stragglers_->MetricsText(procs_);
 }

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,7 @@ struct ProcessRec {
   Register info;  // as registered (role, host, pid, rank, world, cmdline, cwd, env)
   ProcState state = ProcState::kAlive;
   std::string lost_reason;
+  bool fenced = false;  // declared failed by an engine (a recovery replaced it): lost for good, even if it wakes up
   int conn_fd = -1;                // -1 when not connected
   uint64_t last_heartbeat_ns = 0;  // monotonic
   uint64_t missed_counted = 0;     // heartbeat intervals already counted as missed since the last heartbeat
@@ -235,6 +238,12 @@ class Coordinator final : public EngineHost {
   // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one
   // runs: the failed rank's exit is expected).
   int recovering() const { return recovering_.load(std::memory_order_relaxed); }
+  // Thread-safe: whether process `pid` was declared failed and replaced by a recovery (ProcessRec::fenced) as of the
+  // loop's last turn: its exit, whenever it comes, is expected (a process that was stopped and wakes up ends then).
+  bool fenced_pid(uint32_t pid) const {
+    std::lock_guard<std::mutex> lk(fenced_mu_);
+    return fenced_pids_.count(pid) > 0;
+  }
   // Thread-safe: workers alive that reported a safe point, as of the loop's last turn (tmrun --standby starts its
   // standbys once every rank trains, so that none of them publishes a sandboxed unique id to the job's store first).
   int workers_training() const { return workers_training_.load(std::memory_order_relaxed); }
@@ -248,6 +257,9 @@ class Coordinator final : public EngineHost {
 
  private:
   struct Peer;
+  // The unauthenticated connection opened first (from `addr`, or from anywhere when null), -1 if none;
+  // *count: how many there are.
+  int OldestUnauthenticated(const std::string* addr, size_t* count) const;
   void Accept();
   void AcceptMetrics();
   void HandlePeer(Peer& p, short revents);
@@ -275,6 +287,8 @@ class Coordinator final : public EngineHost {
   std::atomic<bool> stop_{false};
   std::atomic<int> alive_processes_{0};
   std::atomic<int> recovering_{0};
+  mutable std::mutex fenced_mu_;
+  std::set<uint32_t> fenced_pids_;
   std::atomic<int> workers_training_{0};
   uint64_t epoch_ = 0;
   uint64_t start_ns_ = 0;

@@ -1,15 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "wire.h"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
-
 #include <bit>
 #include <cstring>
 
 namespace trainmover::control {
+
+namespace crypto = base::crypto;
 
 static_assert(std::endian::native == std::endian::little, "the wire encoding assumes a little-endian host");
 
@@ -116,50 +113,7 @@ FrameHeader DecodeHeader(const uint8_t in[kHeaderBytes]) {
   return h;
 }
 
-Mac ComputeMac(std::string_view key, const uint8_t* d1, size_t n1, const uint8_t* d2, size_t n2) {
-  Mac mac{};
-  // One-shot HMAC over the concatenation: EVP_MAC would do as well; HMAC_CTX is deprecated in 3.0, so
-  // build the input in one buffer only when there are two parts.
-  unsigned int len = 0;
-  static const uint8_t kEmpty = 0;
-  const void* k = key.empty() ? static_cast<const void*>(&kEmpty) : key.data();
-  if (d2 == nullptr || n2 == 0) {
-    HMAC(EVP_sha256(), k, static_cast<int>(key.size()), n1 ? d1 : &kEmpty, n1, mac.data(), &len);
-  } else {
-    std::vector<uint8_t> all(n1 + n2);
-    if (n1) std::memcpy(all.data(), d1, n1);
-    std::memcpy(all.data() + n1, d2, n2);
-    HMAC(EVP_sha256(), k, static_cast<int>(key.size()), all.data(), all.size(), mac.data(), &len);
-  }
-  return mac;
-}
-
-bool MacEqual(const uint8_t* a, const uint8_t* b) { return CRYPTO_memcmp(a, b, kMacBytes) == 0; }
-
-std::string DeriveSessionKey(std::string_view token, const Nonce& client, const Nonce& server) {
-  static constexpr char kLabel[] = "trainmover-session-v1";
-  std::vector<uint8_t> in(kLabel, kLabel + sizeof(kLabel) - 1);
-  in.insert(in.end(), client.begin(), client.end());
-  in.insert(in.end(), server.begin(), server.end());
-  Mac m = ComputeMac(token, in.data(), in.size());
-  return std::string(reinterpret_cast<const char*>(m.data()), m.size());
-}
-
-bool RandomBytes(void* out, size_t n) { return RAND_bytes(static_cast<unsigned char*>(out), static_cast<int>(n)) == 1; }
-
-std::vector<uint8_t> EncodeFrame(uint16_t type, uint64_t seq, const std::vector<uint8_t>& payload,
-                                 std::string_view key) {
-  FrameHeader h;
-  h.type = type;
-  h.seq = seq;
-  h.length = static_cast<uint32_t>(payload.size());
-  std::vector<uint8_t> out(kHeaderBytes + payload.size() + kMacBytes);
-  EncodeHeader(h, out.data());
-  if (!payload.empty()) std::memcpy(out.data() + kHeaderBytes, payload.data(), payload.size());
-  Mac m = ComputeMac(key, out.data(), kHeaderBytes + payload.size());
-  std::memcpy(out.data() + kHeaderBytes + payload.size(), m.data(), kMacBytes);
-  return out;
-}
+bool RandomBytes(void* out, size_t n) { return crypto::RandomBytes(out, n); }
 
 const char* FrameStatusName(FrameStatus s) {
   switch (s) {
@@ -174,28 +128,112 @@ const char* FrameStatusName(FrameStatus s) {
     case FrameStatus::kTooLarge:
       return "frame too large";
     case FrameStatus::kBadMac:
-      return "authentication failed (bad HMAC)";
+      return "authentication failed (bad MAC or tag)";
+    case FrameStatus::kBadSeq:
+      return "out-of-order or replayed frame";
+    case FrameStatus::kMalformed:
+      return "malformed sealed frame";
   }
   return "?";
 }
 
-FrameStatus ParseFrame(const uint8_t* buf, size_t n, std::string_view key, Frame* out, size_t* consumed) {
+FrameStatus PeekFrame(const uint8_t* buf, size_t n, size_t max_length, size_t trailer, FrameHeader* h,
+                      size_t* total) {
   // Check what we can as soon as we can: the magic from the first bytes, then the header.
   static const uint8_t kMagicBytes[4] = {'T', 'C', 'M', 'P'};
-  size_t m = n < 4 ? n : 4;
+  if (n == 0) return FrameStatus::kNeedMore;
+  const size_t m = n < 4 ? n : 4;
   if (std::memcmp(buf, kMagicBytes, m) != 0) return FrameStatus::kBadMagic;
   if (n < kHeaderBytes) return FrameStatus::kNeedMore;
-  FrameHeader h = DecodeHeader(buf);
-  if (h.version != kProtocolVersion) return FrameStatus::kBadVersion;
-  if (h.length > kMaxPayload) return FrameStatus::kTooLarge;
-  size_t total = kHeaderBytes + h.length + kMacBytes;
-  if (n < total) return FrameStatus::kNeedMore;
-  Mac mac = ComputeMac(key, buf, kHeaderBytes + h.length);
-  if (!MacEqual(mac.data(), buf + kHeaderBytes + h.length)) return FrameStatus::kBadMac;
+  *h = DecodeHeader(buf);
+  if (h->version != kProtocolVersion) return FrameStatus::kBadVersion;
+  if (h->length > max_length || h->length > kMaxLength) return FrameStatus::kTooLarge;
+  *total = kHeaderBytes + h->length + trailer;
+  return n < *total ? FrameStatus::kNeedMore : FrameStatus::kOk;
+}
+
+namespace {
+crypto::Hmac FrameMac(std::string_view key, const uint8_t* frame, size_t n, std::string_view bind) {
+  crypto::Hmac mac{};
+  // A failing HMAC leaves the all-zero value, which no honest peer sends and the check below refuses anyway.
+  if (!crypto::HmacSha256(crypto::AsBytes(key), {crypto::Bytes(frame, n), crypto::AsBytes(bind)}, &mac)) mac.fill(0);
+  return mac;
+}
+}  // namespace
+
+std::vector<uint8_t> EncodeMacFrame(uint16_t type, const std::vector<uint8_t>& payload, std::string_view key,
+                                    std::string_view bind) {
+  FrameHeader h;
+  h.type = type;
+  h.length = static_cast<uint32_t>(payload.size());
+  std::vector<uint8_t> out(kHeaderBytes + payload.size() + kMacBytes);
+  EncodeHeader(h, out.data());
+  if (!payload.empty()) std::memcpy(out.data() + kHeaderBytes, payload.data(), payload.size());
+  const crypto::Hmac m = FrameMac(key, out.data(), kHeaderBytes + payload.size(), bind);
+  std::memcpy(out.data() + kHeaderBytes + payload.size(), m.data(), kMacBytes);
+  return out;
+}
+
+FrameStatus OpenMacFrame(const uint8_t* frame, size_t total, std::string_view key, std::string_view bind,
+                         Frame* out) {
+  const size_t body = total - kMacBytes;
+  const crypto::Hmac m = FrameMac(key, frame, body, bind);
+  if (!crypto::ConstantTimeEqual(m.data(), frame + body, kMacBytes) || m == crypto::Hmac{}) {
+    return FrameStatus::kBadMac;
+  }
+  const FrameHeader h = DecodeHeader(frame);
   out->type = h.type;
   out->seq = h.seq;
-  out->payload.assign(buf + kHeaderBytes, buf + kHeaderBytes + h.length);
-  *consumed = total;
+  out->payload.assign(frame + kHeaderBytes, frame + body);
+  return FrameStatus::kOk;
+}
+
+bool DeriveSessionKeys(std::string_view token, const Nonce& client, const Nonce& server, SessionKeys* out) {
+  uint8_t salt[2 * kNonceBytes];
+  std::memcpy(salt, client.data(), kNonceBytes);
+  std::memcpy(salt + kNonceBytes, server.data(), kNonceBytes);
+  return crypto::HkdfSha256(crypto::AsBytes(token), salt, crypto::AsBytes("trainmover v2 client to coordinator"),
+                            out->client_to_server.data(), out->client_to_server.size()) &&
+         crypto::HkdfSha256(crypto::AsBytes(token), salt, crypto::AsBytes("trainmover v2 coordinator to client"),
+                            out->server_to_client.data(), out->server_to_client.size());
+}
+
+bool FrameCipher::Seal(uint16_t type, const std::vector<uint8_t>& payload, std::vector<uint8_t>* out) {
+  if (payload.size() > kMaxPayload) return false;
+  FrameHeader h;
+  h.type = kSealedFrameType;
+  h.seq = seq_;
+  h.length = static_cast<uint32_t>(kSealedTypeBytes + payload.size());
+  const size_t at = out->size();
+  out->resize(at + kHeaderBytes + h.length + kTagBytes);
+  uint8_t* f = out->data() + at;
+  EncodeHeader(h, f);
+  std::memcpy(f + kHeaderBytes, &type, kSealedTypeBytes);
+  if (!payload.empty()) std::memcpy(f + kHeaderBytes + kSealedTypeBytes, payload.data(), payload.size());
+  // Sealed in place: the plaintext was laid out where its ciphertext goes.
+  if (!aead_.Seal(crypto::Aead::NonceFromCounter(seq_), crypto::Bytes(f, kHeaderBytes),
+                  crypto::Bytes(f + kHeaderBytes, h.length), f + kHeaderBytes)) {
+    out->resize(at);
+    return false;
+  }
+  ++seq_;
+  return true;
+}
+
+FrameStatus FrameCipher::Open(const uint8_t* frame, size_t total, Frame* out) {
+  const FrameHeader h = DecodeHeader(frame);
+  if (h.seq != seq_) return FrameStatus::kBadSeq;
+  if (h.type != kSealedFrameType || h.length < kSealedTypeBytes) return FrameStatus::kMalformed;
+  std::vector<uint8_t>& plain = out->payload;
+  plain.resize(h.length);
+  if (!aead_.Open(crypto::Aead::NonceFromCounter(seq_), crypto::Bytes(frame, kHeaderBytes),
+                  crypto::Bytes(frame + kHeaderBytes, total - kHeaderBytes), plain.data())) {
+    plain.clear();
+    return FrameStatus::kBadMac;
+  }
+  std::memcpy(&out->type, plain.data(), kSealedTypeBytes);
+  plain.erase(plain.begin(), plain.begin() + kSealedTypeBytes);
+  out->seq = seq_++;
   return FrameStatus::kOk;
 }
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // wire.h: the byte-level layer of the control protocol (docs/protocol.md): a bounds-checked writer and
-// reader for the compact binary encoding, the frame header, and HMAC-SHA256 authentication of frames.
+// reader for the compact binary encoding, the frame header, handshake frames (HMAC-SHA256), the key schedule
+// and sealed frames (AES-256-GCM, one key and one sequence of nonces per direction). The primitives are
+// lib/base/crypto.h's.
 //
 // Everything here is pure (no IO, no globals) and thread-compatible: one object per thread.
 #ifndef TRAINMOVER_LIB_CONTROL_WIRE_H_
@@ -13,22 +15,30 @@
 #include <string_view>
 #include <vector>
 
+#include "base/crypto.h"
+
 namespace trainmover::control {
 
 // Protocol version carried in every frame header. A peer that sees another version rejects the frame.
-inline constexpr uint16_t kProtocolVersion = 1;
+// Version 2: frames after the handshake are sealed (AES-256-GCM, a key per direction); version 1 only MACed them.
+inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr uint32_t kMagic = 0x504d4354;  // "TCMP" little-endian: 'T','C','M','P'
 
 // Bounds. Every size read from the wire is checked against one of these before anything is allocated.
 inline constexpr size_t kHeaderBytes = 20;       // magic u32, version u16, type u16, seq u64, length u32
-inline constexpr size_t kMacBytes = 32;          // HMAC-SHA256 after the payload
+inline constexpr size_t kMacBytes = 32;          // HMAC-SHA256 after a handshake frame's payload
+inline constexpr size_t kTagBytes = 16;          // AES-GCM tag after a sealed frame's ciphertext
+inline constexpr size_t kSealedTypeBytes = 2;    // a sealed frame's real type, encrypted before its payload
 inline constexpr size_t kMaxPayload = 1u << 20;  // 1 MiB payload per frame
-inline constexpr size_t kMaxFrame = kHeaderBytes + kMaxPayload + kMacBytes;
+// The largest `length` a header may carry (a sealed frame's type and payload) and the largest frame.
+inline constexpr size_t kMaxLength = kSealedTypeBytes + kMaxPayload;
+inline constexpr size_t kMaxFrame = kHeaderBytes + kMaxLength + kMacBytes;
 inline constexpr size_t kMaxString = 4096;  // any one string
 inline constexpr size_t kMaxList = 4096;    // any one list (argv, env, regions, members, ...)
 inline constexpr size_t kNonceBytes = 16;
+// The header type of every sealed frame: its real type travels encrypted.
+inline constexpr uint16_t kSealedFrameType = 0;
 
-using Mac = std::array<uint8_t, kMacBytes>;
 using Nonce = std::array<uint8_t, kNonceBytes>;
 
 // Appends little-endian integers and length-prefixed strings to a byte vector. Never fails; the caller
@@ -88,34 +98,25 @@ struct FrameHeader {
   uint16_t version = kProtocolVersion;
   uint16_t type = 0;
   uint64_t seq = 0;
-  uint32_t length = 0;  // payload bytes, <= kMaxPayload
+  uint32_t length = 0;  // bytes between the header and the trailer (MAC or tag), <= kMaxLength
 };
 
 void EncodeHeader(const FrameHeader& h, uint8_t out[kHeaderBytes]);
 FrameHeader DecodeHeader(const uint8_t in[kHeaderBytes]);
 
-// HMAC-SHA256(key, data1 || data2). Constant-time comparison in MacEqual.
-Mac ComputeMac(std::string_view key, const uint8_t* d1, size_t n1, const uint8_t* d2 = nullptr, size_t n2 = 0);
-bool MacEqual(const uint8_t* a, const uint8_t* b);
-
-// Session key of one connection: HMAC(token, "trainmover-session-v1" || client nonce || server nonce).
-std::string DeriveSessionKey(std::string_view token, const Nonce& client, const Nonce& server);
-
-// Cryptographically random bytes (OpenSSL RAND_bytes). Returns false when the generator fails.
+// Cryptographically random bytes (base::crypto::RandomBytes). Returns false when the generator fails.
 bool RandomBytes(void* out, size_t n);
 
-// A whole frame: header, payload, MAC over header and payload with `key`.
-std::vector<uint8_t> EncodeFrame(uint16_t type, uint64_t seq, const std::vector<uint8_t>& payload,
-                                 std::string_view key);
-
-// Result of looking at the front of a receive buffer.
+// Result of looking at the front of a receive buffer, or of authenticating a frame.
 enum class FrameStatus {
   kNeedMore,    // not a whole frame yet
   kOk,          // one frame: *consumed bytes, type/seq/payload set
   kBadMagic,    // not our protocol
   kBadVersion,  // another protocol version
-  kTooLarge,    // length above kMaxPayload
-  kBadMac,      // authentication failed
+  kTooLarge,    // length above the receiver's bound
+  kBadMac,      // authentication failed (HMAC, or the AEAD tag: wrong key, tampered, reflected)
+  kBadSeq,      // a sealed frame with another sequence number than the next one: replayed, dropped or reordered
+  kMalformed,   // a sealed frame too short to hold its type
 };
 const char* FrameStatusName(FrameStatus s);
 
@@ -125,9 +126,51 @@ struct Frame {
   std::vector<uint8_t> payload;
 };
 
-// Parses one frame from buf[0..n). Header fields are checked before the payload is awaited, so an
-// oversized or foreign frame is refused after kHeaderBytes. The MAC is checked with `key`.
-FrameStatus ParseFrame(const uint8_t* buf, size_t n, std::string_view key, Frame* out, size_t* consumed);
+// Looks at the front of buf[0..n): the magic from the first byte, then version and length from the header, so
+// a foreign or oversized frame is refused before its body is awaited. `trailer` is kMacBytes (handshake frames)
+// or kTagBytes (sealed frames). kOk: the whole frame is buffered, *h is its header and *total its size.
+FrameStatus PeekFrame(const uint8_t* buf, size_t n, size_t max_length, size_t trailer, FrameHeader* h, size_t* total);
+
+// Handshake frames (HELLO, HELLO_ACK, and REJECT before a session exists): header, payload, then
+// HMAC-SHA256(key, header || payload || bind). `bind` is what else the MAC covers without sending it: HELLO_ACK
+// binds the client's nonce, so it answers exactly one HELLO. REJECT uses the empty key (readable by anyone).
+std::vector<uint8_t> EncodeMacFrame(uint16_t type, const std::vector<uint8_t>& payload, std::string_view key,
+                                    std::string_view bind = {});
+// Checks the MAC of the whole frame frame[0..total) found by PeekFrame (trailer kMacBytes); kOk fills *out.
+FrameStatus OpenMacFrame(const uint8_t* frame, size_t total, std::string_view key, std::string_view bind,
+                         Frame* out);
+
+// The two keys of one connection (docs/protocol.md, "Key schedule"): HKDF-SHA256 with the token as input key,
+// the client's then the server's nonce as salt, and one label per direction as info. A frame sealed for one
+// direction never opens in the other (no reflection), nor in another connection.
+struct SessionKeys {
+  base::crypto::Aead::Key client_to_server{};
+  base::crypto::Aead::Key server_to_client{};
+};
+bool DeriveSessionKeys(std::string_view token, const Nonce& client, const Nonce& server, SessionKeys* out);
+
+// One direction of a session: seals or opens its frames in order. A sealed frame is the header (type
+// kSealedFrameType, seq, length = 2 + payload bytes), then AES-256-GCM(key, nonce = the sequence number, aad =
+// the header) of (u16 type || payload), then the tag. The sequence number starts at 1 and is both in the header
+// (so an out-of-order frame is named as such) and the nonce (so a frame only opens at its place).
+// Thread-compatible.
+class FrameCipher {
+ public:
+  FrameCipher() = default;
+  explicit FrameCipher(const base::crypto::Aead::Key& key) : aead_(key) {}
+  bool ok() const { return aead_.ok(); }
+  // Appends the sealed frame to *out and advances the sequence number. False when OpenSSL fails or the
+  // payload is over kMaxPayload (nothing appended).
+  bool Seal(uint16_t type, const std::vector<uint8_t>& payload, std::vector<uint8_t>* out);
+  // Opens the frame frame[0..total) that PeekFrame found (trailer kTagBytes). kOk: *out is the frame and the
+  // sequence number advances; anything else leaves the cipher as it was.
+  FrameStatus Open(const uint8_t* frame, size_t total, Frame* out);
+  uint64_t next_seq() const { return seq_; }
+
+ private:
+  base::crypto::Aead aead_;
+  uint64_t seq_ = 1;
+};
 
 }  // namespace trainmover::control
 

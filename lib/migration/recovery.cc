@@ -77,6 +77,7 @@ class Recovery {
   Recovery(World& w, ProcessMachine* pm) : w_(w), pm_(pm), queue_(w) {
     const shim::Config& c = shim::ProcessConfig();
     on_ = c.recovery != "off";
+    every_ = c.snapshot_every > 0 ? c.snapshot_every : 1;
   }
 
   void OnCommand(const control::Command& c);
@@ -116,7 +117,8 @@ class Recovery {
   }
 
   // Owner (application thread, mu_ held).
-  void TakeSnapshot(int64_t step);
+  void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
+  void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool SetUpSlots(const std::vector<shim::Region>& regs);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
@@ -129,6 +131,7 @@ class Recovery {
   World& w_;
   ProcessMachine* pm_;
   bool on_ = true;
+  int64_t every_ = 1;
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -136,10 +139,9 @@ class Recovery {
   // Owner.
   std::vector<shim::Region> layout_;  // the regions the slots were made for
   Slot slots_[kSnapshotSlots];
-  int next_slot_ = 0;
-  int64_t snap_at_ = -1;         // SNAP_AT: the step of the next snapshot
-  int64_t complete_step_ = -1;   // SNAP_COMPLETE: the newest snapshot complete everywhere (its slot is kept)
-  bool device_warned_ = false;
+  int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
+  int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
+  bool device_warned_ = false, ship_warned_ = false;
   // Fence.
   uint64_t epoch_ = 0;  // latest failure epoch fenced here
   bool fenced_ = false;
@@ -174,22 +176,11 @@ void Recovery::OnCommand(const control::Command& c) {
       return queue_.Push([this, m] { ExposeHeld(m); });
     case rec::Cmd::kFence:
       return OnFence(c.migration, m);
-    case rec::Cmd::kSnapAt: {
-      // Under the shim's safe-point mutex, so the answer and the application's next tmSafePoint are ordered (as a
-      // switch proposal): a process already at S cannot know whether it checked for S yet, so it answers MISSED.
-      int64_t now = -1;
-      std::unique_lock<std::mutex> sp = w_.LockSafePoint(&now);
+    case rec::Cmd::kSnapShipped: {
       std::lock_guard<std::mutex> lk(mu_);
-      if (now < m.step) {
-        snap_at_ = m.step;
-      } else {
-        Send(rec::Ev::kSnapMissed, rec::RecMsg{.step = m.step});
-      }
-      return;
-    }
-    case rec::Cmd::kSnapComplete: {
-      std::lock_guard<std::mutex> lk(mu_);
-      complete_step_ = std::max(complete_step_, m.step);
+      if (m.step == pending_) pending_ = -1;
+      pinned_ = std::max(pinned_, m.complete);
+      cv_.notify_all();
       return;
     }
     case rec::Cmd::kRollback: {
@@ -198,6 +189,10 @@ void Recovery::OnCommand(const control::Command& c) {
       cv_.notify_all();
       return;
     }
+    case rec::Cmd::kFenced:  // on the agent thread, at once: nothing of this process may reach the job any more
+      w_.Exit(1, "failure recovery: this process (rank " + std::to_string(m.rank) + ") was declared failed in epoch " +
+                     std::to_string(m.epoch) + " and replaced; it ends without touching the job (stale epoch)");
+      return;
     case rec::Cmd::kGiveUp: {
       std::lock_guard<std::mutex> lk(mu_);
       give_up_ = m.text.empty() ? "the coordinator gave up" : m.text;
@@ -271,21 +266,38 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
 
 int64_t Recovery::OnSafePoint(int64_t step) {
   std::unique_lock<std::mutex> lk(mu_);
+  if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
   if (fenced_) return HoldAndRollBack(lk, step);
-  TakeSnapshot(step);
   return step;
 }
 
-void Recovery::TakeSnapshot(int64_t step) {
-  if (snap_at_ < 0 || step < snap_at_) return;
-  if (step > snap_at_) {  // the program skipped that step: this round cannot complete
-    Send(rec::Ev::kSnapMissed, rec::RecMsg{.step = snap_at_});
-    snap_at_ = -1;
-    return;
+// The previous snapshot must be on its buddies before this safe point passes: so the newest step a buddy holds is
+// never more than TRAINMOVER_SNAPSHOT_EVERY behind the last safe point this rank passed (the bound on lost steps).
+// The wait is usually none (the pull takes less than a step); it ends early on a fence, a give-up or a lost
+// coordinator, and after kShipWaitMs the rank goes on without the bound (one WARN) rather than stall the job.
+void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
+  const uint64_t deadline = w_.MonotonicNs() + uint64_t{kShipWaitMs} * 1000000ull;
+  while (pending_ >= 0 && !fenced_ && give_up_.empty() && w_.Connected() && w_.MonotonicNs() < deadline) {
+    cv_.wait_for(lk, std::chrono::milliseconds(20));
   }
-  snap_at_ = -1;
+  if (pending_ >= 0 && !fenced_ && give_up_.empty()) {
+    if (!ship_warned_ && w_.Connected()) {
+      TM_WARN(kLogMigration, "failure recovery: the snapshot of step %lld is not on its buddy after %d ms; going on "
+                             "without it (more steps are lost if this rank fails now)",
+              static_cast<long long>(pending_), kShipWaitMs);
+    }
+    ship_warned_ = true;
+    pending_ = -1;
+  }
+}
+
+// Every TRAINMOVER_SNAPSHOT_EVERY-th step (positive multiples: before the first, nothing can be recovered): a copy of the registered regions into the oldest slot but the pinned one;
+// hashed and announced (SNAP_TAKEN) in the background, pulled by the buddies.
+void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (!on_ || shim::ProcessSandboxed()) return;
+  WaitShipped(lk);
+  if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
   for (const shim::Region& r : regs) {
@@ -304,14 +316,16 @@ void Recovery::TakeSnapshot(int64_t step) {
   }
   if (!same && !SetUpSlots(regs)) return;
   layout_ = regs;
-  // The next slot, but never the one holding the newest complete snapshot (rounds are one at a time, so the other
-  // two are free: the previous round's pulls are over).
-  int k = next_slot_;
-  if (complete_step_ >= 0 && slots_[k].step == complete_step_) k = (k + 1) % kSnapshotSlots;
-  next_slot_ = (k + 1) % kSnapshotSlots;
+  // The previous snapshot is shipped (its hash and its pulls are over): of the others, the oldest but the pinned one.
+  // A pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
+  int k = -1;
+  for (int i = 0; i < kSnapshotSlots; ++i) {
+    if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
+  }
   Slot& s = slots_[k];
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
+  pending_ = step;
   queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
 }
 
@@ -337,7 +351,6 @@ bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
       return false;
     }
   }
-  next_slot_ = 0;
   return true;
 }
 
@@ -349,6 +362,9 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   rec::RecMsg held;
   held.epoch = epoch;
   held.step = step;
+  for (const Slot& x : slots_) {
+    if (x.step >= 0) held.words.push_back(static_cast<uint64_t>(x.step));
+  }
   Send(rec::Ev::kHeld, held);
   while (rollback_step_ < 0 && give_up_.empty()) {
     const uint64_t now = w_.MonotonicNs();
@@ -382,10 +398,15 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   fenced_comms_.clear();
   fenced_ = false;
   rollback_step_ = -1;
-  snap_at_ = -1;  // a round of the old timeline is moot
-  complete_step_ = to;
+  pending_ = -1;  // the old timeline's snapshots are moot
+  pinned_ = to;
   for (Slot& x : slots_) x.step = x.step > to ? -1 : x.step;
-  queue_.Push([this] { exposed_.clear(); });
+  queue_.Push([this, to] {  // so are the copies of them held here for others
+    exposed_.clear();
+    for (auto& [rank, h] : held_) {
+      for (Copy& c : h.copies) c.step = c.step > to ? -1 : c.step;
+    }
+  });
   rec::RecMsg done;
   done.epoch = epoch;
   done.step = to;
@@ -405,7 +426,7 @@ void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> ta
   rec::RecMsg m;
   m.step = step;
   m.slot = static_cast<uint32_t>(slot);
-  // Without mu_: the slot's buffers stay as they are until a later round, which starts after this one ended.
+  // Without mu_: the slot is not overwritten before this snapshot is shipped, which comes after this message.
   for (const std::vector<uint8_t>& b : slots_[slot].bufs) m.words.push_back(transfer::Checksum(b.data(), b.size()));
   m.regions = std::move(table);
   m.blob = slots_[slot].server->Descriptor();
@@ -424,8 +445,10 @@ transfer::StateClient* Recovery::Client() {
 // owner's checksums.
 void Recovery::Pull(const rec::RecMsg& m) {
   rec::RecMsg reply;
+  reply.epoch = m.epoch;
   reply.rank = m.rank;
   reply.step = m.step;
+  reply.slot = m.slot;
   auto fail = [&](const std::string& why) {
     reply.ok = 0;
     reply.text = why;

@@ -35,9 +35,11 @@ int64_t RecoverySafePoint(int64_t step);
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
 inline constexpr int kRecoveryHoldMs = 120000;
 inline constexpr int kVerdictWaitMs = 15000;
-// Local snapshots each rank keeps, and copies of each rank a buddy keeps: the newest complete one (never
-// overwritten), the round in flight, and one spare for a round that failed (docs/recovery.md).
-inline constexpr int kSnapshotSlots = 3;
+// Local snapshots each rank keeps, and copies of each rank a buddy keeps: the newest complete everywhere (never
+// overwritten) and the three newest, so that a step every survivor holds exists (docs/recovery.md).
+inline constexpr int kSnapshotSlots = 4;
+// How long a safe point waits for the previous snapshot to reach its buddies before going on without it.
+inline constexpr int kShipWaitMs = 10000;
 
 }  // namespace trainmover::migration
 

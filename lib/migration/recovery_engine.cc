@@ -29,22 +29,8 @@ struct RankSnaps {
   uint64_t owner = 0;                                // the process that holds the rank and sends them
   std::map<int64_t, uint32_t> taken;                 // the owner's own snapshots: step -> slot
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
+  std::map<int64_t, size_t> shipping;                // step -> pulls not answered yet
 };
-
-// A snapshot round: every worker snapshots the same step, every buddy verifies its copy; then it is complete.
-struct Round {
-  int64_t step = -1;           // -1: no round in flight
-  std::set<uint64_t> owners;   // the workers asked (SNAP_AT)
-  std::set<uint64_t> taken;    // their SNAP_TAKEN arrived
-  size_t pulls = 0, answered = 0;  // copies asked of buddies, answers (SNAP_HELD)
-  bool failed = false;
-  uint64_t started_mono = 0;
-};
-
-// Rounds start at most this often (a bound on the coordinator's snapshot traffic: four messages per rank per round)
-// and are given up after kRoundTimeoutNs.
-constexpr uint64_t kMinRoundIntervalNs = 20000000ull;
-constexpr uint64_t kRoundTimeoutNs = 30000000000ull;
 
 // The recovery in progress.
 struct RecCtx {
@@ -52,7 +38,12 @@ struct RecCtx {
   int32_t rank = -1;
   int64_t step = -1;                     // the rollback step S
   std::vector<uint64_t> keys;            // the dead rank's communicators, in its creation order
+  // The newest step completed everywhere, as known here: the failed rank's last safe point or snapshot, and the step
+  // before the lowest one a survivor held at (that one may have run on fenced communicators: the step in flight).
+  int64_t completed = -1;
   std::set<uint64_t> survivors, held, rolled;
+  std::map<uint64_t, std::vector<int64_t>> local;  // each held survivor's own snapshot steps (HELD)
+  std::map<uint64_t, int64_t> held_at;              // and the step it is held at
   pid_t child = 0;
   std::vector<uint8_t> descriptor;       // the buddy's exposure of the dead rank's copy
   bool tape_sent = false, fetch_sent = false, verified = false, switch_sent = false, joiner_switched = false;
@@ -90,7 +81,7 @@ class RecoveryEngine final : public Engine {
 
   void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
     ProcessRec* from = h.FindProcess(p);
-    if (!from) return;
+    if (!from || from->fenced) return;  // declared failed: whatever it says is of an old epoch
     if (e.kind >= standby::kFirstStandbyKind) return standbys_.OnEvent(h, *from, e);
     if (e.kind >= rec::kFirstRecoveryKind) {
       rec::RecMsg m;
@@ -106,13 +97,6 @@ class RecoveryEngine final : public Engine {
           return OnHeldExposed(h, m);
         case rec::Ev::kRolledBack:
           return OnRolledBack(h, *from, m);
-        case rec::Ev::kSnapMissed:
-          if (m.step == round_.step && round_.owners.count(p)) {
-            margin_ = std::min<int64_t>(margin_ * 2, 1024);  // the next round starts further ahead
-            round_.failed = true;
-            EndRound(h);
-          }
-          return;
       }
       return;
     }
@@ -153,10 +137,6 @@ class RecoveryEngine final : public Engine {
   void OnProcessLost(EngineHost& h, uint64_t p) override {
     standbys_.OnProcessLost(p);
     for (auto& [rank, rs] : snaps_) rs.held.erase(p);  // a buddy that is gone holds nothing any more
-    if (round_.step >= 0) {  // the round cannot complete without it (and a recovery may start now)
-      round_.failed = true;
-      EndRound(h);
-    }
     ProcessRec* pr = h.FindProcess(p);
     if (!pr) return;
     if (ctx_ && p == ctx_->joiner && !ctx_->joiner_switched) {
@@ -178,23 +158,19 @@ class RecoveryEngine final : public Engine {
               pr->info.rank, pr->lost_reason.c_str());
       return;
     }
-    auto snaps = snaps_.find(pr->info.rank);
-    if (snaps == snaps_.end() || snaps->second.owner != p) {
-      TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); it took no snapshot (no registered state, or a "
-                             "process without the shim's recovery), so it cannot be recovered",
-              pr->info.rank, pr->lost_reason.c_str());
+    if (pr->regions.empty()) {
+      TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); it registered no state (tmRegister), so it cannot be "
+                             "recovered", pr->info.rank, pr->lost_reason.c_str());
       return;
     }
     Start(h, *pr);
   }
 
+  void OnProcessBack(EngineHost& h, uint64_t) override { FenceStale(h); }
+
   void OnTick(EngineHost& h) override {
+    FenceStale(h);
     standbys_.OnTick(h);
-    if (round_.step >= 0 && MonoNs() - round_.started_mono > kRoundTimeoutNs) {
-      round_.failed = true;
-      EndRound(h);
-    }
-    MaybeStartRound(h);
     if (!ctx_) return;
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
@@ -245,107 +221,99 @@ class RecoveryEngine final : public Engine {
     return out;
   }
 
-  // The next round, when none is in flight and no recovery runs: at the first multiple of TRAINMOVER_SNAPSHOT_EVERY
-  // at least `margin_` steps above every worker's latest step (a worker already there answers SNAP_MISSED).
-  void MaybeStartRound(EngineHost& h) {
-    const uint64_t now = MonoNs();
-    if (ctx_ || round_.step >= 0 || now - last_round_mono_ < kMinRoundIntervalNs) return;
-    Round r;
-    int64_t top = -1, every = 1;
-    for (const auto& [id, p] : h.processes()) {
-      if (p.state != ProcState::kAlive || p.info.role != "worker" || p.info.rank < 0 || p.step < 0 ||
-          p.regions.empty() || EnvOf(p, "RECOVERY") == "off") {
-        continue;
-      }
-      r.owners.insert(id);
-      top = std::max(top, p.step);
-      const std::string e = EnvOf(p, "SNAPSHOT_EVERY");
-      if (!e.empty()) every = std::max<int64_t>(1, atoll(e.c_str()));
-    }
-    if (r.owners.empty()) return;
-    r.step = (top + margin_ + every - 1) / every * every;
-    r.started_mono = now;
-    last_round_mono_ = now;
-    round_ = r;
-    for (uint64_t q : r.owners) h.SendCommand(q, rec::MakeRec(rec::Cmd::kSnapAt, 0, rec::RecMsg{.step = r.step}));
-  }
-
+  // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with
+  // HELD) and a copy of the old timeline would be moot; the owner's wait for it ends with the fence.
   void OnSnapTaken(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
-    if (m.step != round_.step || !round_.owners.count(from.id) || round_.taken.count(from.id)) return;
+    // During a recovery, only the new timeline's: from a survivor that rolled back, or the switched replacement.
+    if (ctx_ && !ctx_->rolled.count(from.id) && !(from.id == ctx_->joiner && ctx_->joiner_switched)) return;
+    if (from.info.role != "worker" && !(ctx_ && from.id == ctx_->joiner)) return;
+    if (from.info.rank < 0) return;
     RankSnaps& rs = SnapsOf(from);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
     };
     forget_slot(rs.taken);
     rs.taken[m.step] = m.slot;
-    round_.taken.insert(from.id);
     rec::RecMsg pull = m;  // with the owner's slot descriptor
     pull.rank = from.info.rank;
-    for (uint64_t b : Buddies(h, from)) {
+    pull.epoch = epoch_;  // a copy verified before the next failure's epoch is counted only before it
+    const std::vector<uint64_t> buddies = Buddies(h, from);
+    for (uint64_t b : buddies) {
       forget_slot(rs.held[b]);
-      round_.pulls++;
       h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapPull, 0, pull));
     }
-    MaybeEndRound(h);
+    if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
+    rs.shipping[m.step] = buddies.size();
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
     auto it = snaps_.find(m.rank);
-    if (m.step != round_.step || it == snaps_.end()) return;
-    auto slot = it->second.taken.find(m.step);
-    if (m.ok && slot != it->second.taken.end()) {
-      it->second.held[buddy.id][m.step] = slot->second;
-    } else {
-      round_.failed = true;
-    }
-    round_.answered++;
-    MaybeEndRound(h);
+    if (m.epoch != epoch_ || it == snaps_.end()) return;  // an older epoch's copy belongs to an abandoned timeline
+    RankSnaps& rs = it->second;
+    auto slot = rs.taken.find(m.step);
+    if (m.ok && slot != rs.taken.end() && slot->second == m.slot) rs.held[buddy.id][m.step] = m.slot;
+    auto sh = rs.shipping.find(m.step);
+    if (sh == rs.shipping.end() || --sh->second > 0) return;
+    rs.shipping.erase(sh);
+    Shipped(h, rs, m.step);
   }
 
-  void MaybeEndRound(EngineHost& h) {
-    if (round_.taken.size() == round_.owners.size() && round_.answered == round_.pulls) EndRound(h);
+  // The owner may go on (its next snapshot waits for this one), and keeps the newest step complete everywhere.
+  void Shipped(EngineHost& h, const RankSnaps& rs, int64_t step) {
+    h.SendCommand(rs.owner, rec::MakeRec(rec::Cmd::kSnapShipped, 0, rec::RecMsg{.step = step, .complete = Complete(h)}));
   }
 
-  // A complete round is the newest step every rank can roll back to: each keeps it (SNAP_COMPLETE) until the next.
-  void EndRound(EngineHost& h) {
-    const Round r = round_;
-    round_ = Round{};
-    if (!r.failed) {
-      margin_ = std::max<int64_t>(2, margin_ / 2);
-      for (uint64_t q : r.owners) h.SendCommand(q, rec::MakeRec(rec::Cmd::kSnapComplete, 0, rec::RecMsg{.step = r.step}));
-      MaybeStartRound(h);  // back to back while the interval allows (else the next tick)
+  // The newest step that every live worker holds itself and a live buddy of it holds a verified copy of.
+  int64_t Complete(EngineHost& h) {
+    std::optional<std::set<int64_t>> common;
+    for (const auto& [rank, rs] : snaps_) {
+      const ProcessRec* o = h.FindProcess(rs.owner);
+      if (!o || o->state != ProcState::kAlive || o->info.role != "worker") continue;
+      std::set<int64_t> steps;
+      for (const auto& [b, copies] : rs.held) {
+        const ProcessRec* bp = h.FindProcess(b);
+        if (!bp || bp->state != ProcState::kAlive) continue;
+        for (const auto& [step, slot] : copies) {
+          if (rs.taken.count(step) && (!common || common->count(step))) steps.insert(step);
+        }
+      }
+      common = std::move(steps);
     }
+    return common && !common->empty() ? *common->rbegin() : -1;
   }
 
   // ---- a failure
 
-  // The newest step that a live buddy holds of the dead rank and every survivor holds itself, and that buddy.
-  std::optional<std::pair<int64_t, uint64_t>> PickStep(EngineHost& h, int32_t rank, const std::set<uint64_t>& survivors,
-                                                       std::string* why) {
-    std::map<int64_t, uint64_t, std::greater<>> offered;  // step -> a buddy holding it
-    auto it = snaps_.find(rank);
-    if (it != snaps_.end()) {
-      for (const auto& [b, steps] : it->second.held) {
-        const ProcessRec* bp = h.FindProcess(b);
-        if (!bp || bp->state != ProcState::kAlive) continue;
-        for (const auto& [step, slot] : steps) offered.emplace(step, b);
-      }
-    }
-    if (offered.empty()) {
-      *why = "no snapshot of rank " + std::to_string(rank) + " is complete on a live buddy";
-      return std::nullopt;
-    }
+  // The newest step that a live buddy holds of the dead rank and every survivor holds itself (as it said when held),
+  // and that buddy.
+  std::optional<std::pair<int64_t, uint64_t>> PickStep(EngineHost& h, std::string* why) {
+    const RecCtx& x = *ctx_;
+    std::map<int64_t, uint64_t, std::greater<>> offered = Offered(h, x.rank);  // step -> a buddy holding it
     for (const auto& [step, b] : offered) {
       bool everywhere = true;
-      for (uint64_t q : survivors) {
-        const ProcessRec* qp = h.FindProcess(q);
-        auto qs = qp ? snaps_.find(qp->info.rank) : snaps_.end();
-        everywhere &= qs != snaps_.end() && qs->second.owner == q && qs->second.taken.count(step);
+      for (uint64_t q : x.survivors) {
+        const std::vector<int64_t>& own = x.local.at(q);
+        everywhere &= std::find(own.begin(), own.end(), step) != own.end();
       }
       if (everywhere) return std::make_pair(step, b);
     }
-    *why = "no snapshot step of rank " + std::to_string(rank) + " held by its buddy is held by every survivor";
+    *why = offered.empty() ? "no snapshot of rank " + std::to_string(x.rank) + " is complete on a live buddy"
+                           : "no snapshot step of rank " + std::to_string(x.rank) +
+                                 " held by its buddy is held by every survivor";
     return std::nullopt;
+  }
+
+  // The steps of `rank` that a live buddy holds a verified copy of, newest first, each with one such buddy.
+  std::map<int64_t, uint64_t, std::greater<>> Offered(EngineHost& h, int32_t rank) {
+    std::map<int64_t, uint64_t, std::greater<>> offered;
+    auto it = snaps_.find(rank);
+    if (it == snaps_.end()) return offered;
+    for (const auto& [b, steps] : it->second.held) {
+      const ProcessRec* bp = h.FindProcess(b);
+      if (!bp || bp->state != ProcState::kAlive) continue;
+      for (const auto& [step, slot] : steps) offered.emplace(step, b);
+    }
+    return offered;
   }
 
   void Start(EngineHost& h, const ProcessRec& dead) {
@@ -371,18 +339,20 @@ class RecoveryEngine final : public Engine {
     m.recovery.failed_at_step = reached;
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s; recovery %" PRIu64 ", epoch %" PRIu64,
             rank, dead.id, dead.lost_reason.c_str(), m.id, x.epoch);
+    if (ProcessRec* d = h.FindProcess(dead.id)) d->fenced = true;
+    declared_[dead.id] = Declared{x.epoch, rank, MonoNs()};
     if (dead.lost_reason.rfind("no heartbeat", 0) == 0 && dead.info.host == base::HostName() && dead.info.pid > 0) {
       kill(static_cast<pid_t>(dead.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
+    auto own = snaps_.find(rank);
+    x.completed = dead.step;  // its last safe point as reported; its last snapshot may have come after that report
+    if (own != snaps_.end() && own->second.owner == dead.id && !own->second.taken.empty()) {
+      x.completed = std::max(x.completed, own->second.taken.rbegin()->first);
+    }
     ctx_ = x;
-    round_ = Round{};  // a round in flight is moot: the survivors hold at their next safe point
-    std::string why;
-    std::optional<std::pair<int64_t, uint64_t>> pick = PickStep(h, rank, x.survivors, &why);
-    if (!pick) return Fail(h, why);
-    ctx_->step = pick->first;
-    ctx_->buddy = pick->second;
-    m.recovery.rollback_step = pick->first;
-    m.switch_step = pick->first;
+    // Refused at once when no copy of the dead rank survives; the step itself is picked once every survivor is held
+    // and has said which of its own snapshots it holds (HELD).
+    if (Offered(h, rank).empty()) return Fail(h, "no snapshot of rank " + std::to_string(rank) + " is complete on a live buddy");
     // The dead rank's communicators, in its creation order: fenced, then rebuilt with the replacement.
     std::vector<std::pair<uint32_t, uint64_t>> order;
     for (const auto& [key, info] : dead.comm_info) order.push_back({info.lineage.index, key});
@@ -391,7 +361,6 @@ class RecoveryEngine final : public Engine {
     h.BeginPhase(m, 0, "fence");
     rec::RecMsg fence{.epoch = x.epoch, .rank = rank, .words = ctx_->keys};
     for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
-    h.SendCommand(ctx_->buddy, rec::MakeRec(rec::Cmd::kExposeHeld, m.id, rec::RecMsg{.rank = rank, .step = ctx_->step}));
     if (TakeStandby(h, m, dead)) return;
     h.SetMigState(m, MigState::kSpawning);
     h.BeginPhase(m, 0, "replacement start");
@@ -404,9 +373,49 @@ class RecoveryEngine final : public Engine {
     if (ctx_->child <= 0) return Fail(h, "cannot start the replacement of rank " + std::to_string(rank) + ": " + err);
     m.joiner_log = log;
     m.recovery.replacement = "spawned pid " + std::to_string(ctx_->child);
-    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64
-                           " (snapshot held by process %" PRIu64 "); replacement pid %d, output in %s",
-            m.id, ctx_->step, ctx_->buddy, ctx_->child, log.c_str());
+    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": replacement pid %d, output in %s", m.id, ctx_->child,
+            log.c_str());
+    MaybePick(h);  // no survivor (a job of one rank... or all held already)
+  }
+
+  // Every survivor held: the rollback step, and the buddy exposes its copy of the dead rank at that step.
+  void MaybePick(EngineHost& h) {
+    RecCtx& x = *ctx_;
+    if (x.step >= 0 || x.held.size() < x.survivors.size()) return;
+    std::string why;
+    std::optional<std::pair<int64_t, uint64_t>> pick = PickStep(h, &why);
+    if (!pick) return Fail(h, why);
+    x.step = pick->first;
+    x.buddy = pick->second;
+    if (Migration* m = h.FindMigration(x.id)) {
+      m->recovery.rollback_step = x.step;
+      m->switch_step = x.step;
+      h.EndPhase(*m, 0, "fence");
+    }
+    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64 " (snapshot held by process %"
+                           PRIu64 ")", x.id, x.step, x.buddy);
+    h.SendCommand(x.buddy, rec::MakeRec(rec::Cmd::kExposeHeld, x.id, rec::RecMsg{.rank = x.rank, .step = x.step}));
+  }
+
+  // A process declared failed that is heard from again (it was stopped or cut off, not dead) must not come back into a
+  // job that has moved on: the coordinator keeps it lost (ProcessRec::fenced) and tells it to end (FENCED).
+  void FenceStale(EngineHost& h) {
+    for (auto it = declared_.begin(); it != declared_.end();) {
+      ProcessRec* p = h.FindProcess(it->first);
+      if (!p || p->state == ProcState::kExited) {
+        it = declared_.erase(it);
+        continue;
+      }
+      if (p->last_heartbeat_ns > it->second.at_mono) {
+        TM_WARN(kLogMigration, "coordinator: process %" PRIu64 " (rank %d), declared failed in epoch %" PRIu64
+                               ", is back: told to end (stale epoch)", p->id, it->second.rank, it->second.epoch);
+        h.SendCommand(p->id, rec::MakeRec(rec::Cmd::kFenced, 0, rec::RecMsg{.epoch = it->second.epoch,
+                                                                           .rank = it->second.rank}));
+        it = declared_.erase(it);
+        continue;
+      }
+      ++it;
+    }
   }
 
   // The replacement's READY: matched against the dead rank like a joiner against its leaver.
@@ -443,9 +452,7 @@ class RecoveryEngine final : public Engine {
       return false;
     }
     m.recovery.replacement = pick->describe;
-    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64
-                           " (snapshot held by process %" PRIu64 "); the replacement is %s",
-            m.id, ctx_->step, ctx_->buddy, pick->describe.c_str());
+    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": the replacement is %s", m.id, pick->describe.c_str());
     const int32_t world = std::max(dead.info.world, ctx_->rank + 1);
     h.SendCommand(pick->process, standby::Make(standby::Cmd::kAssign, m.id, standby::Assign{ctx_->rank, world}));
     Adopt(h, m, pick->process, pick->j2l);
@@ -529,11 +536,13 @@ class RecoveryEngine final : public Engine {
   void OnHeld(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
     if (!ctx_ || m.epoch != ctx_->epoch || !ctx_->survivors.count(from.id)) return;
     ctx_->held.insert(from.id);
-    if (Migration* mg = h.FindMigration(ctx_->id)) {
-      mg->recovery.failed_at_step = std::max(mg->recovery.failed_at_step, m.step);
-      if (ctx_->held.size() == ctx_->survivors.size()) h.EndPhase(*mg, 0, "fence");
-    }
-    MaybeRollBack(h);
+    std::vector<int64_t> own;
+    for (uint64_t w : m.words) own.push_back(static_cast<int64_t>(w));
+    ctx_->local[from.id] = own;
+    ctx_->held_at[from.id] = m.step;
+    if (Migration* mg = h.FindMigration(ctx_->id)) mg->recovery.failed_at_step = std::max(mg->recovery.failed_at_step, m.step);
+    MaybePick(h);
+    if (ctx_) MaybeRollBack(h);
   }
 
   // Everyone switches together: the replacement holds the dead rank's state of S (verified), every replacement
@@ -559,6 +568,15 @@ class RecoveryEngine final : public Engine {
   void OnRolledBack(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
     if (!ctx_ || m.epoch != ctx_->epoch) return;
     ctx_->rolled.insert(from.id);
+    // The steps after S are trained again: its snapshots of the old timeline beyond S are forgotten (before it
+    // snapshots the new timeline, which it does as soon as it goes on, maybe before the recovery is marked done).
+    auto it = snaps_.find(from.info.rank);
+    if (it != snaps_.end() && it->second.owner == from.id) {
+      RankSnaps& rs = it->second;
+      std::erase_if(rs.taken, [&](const auto& kv) { return kv.first > m.step; });
+      for (auto& [b, steps] : rs.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > m.step; });
+      rs.shipping.clear();
+    }
     MaybeDone(h);
   }
 
@@ -568,18 +586,19 @@ class RecoveryEngine final : public Engine {
     Migration* m = h.FindMigration(x.id);
     if (!m) return;
     m->downtime_ns = MonoNs() - x.detected_mono;
-    m->recovery.lost_steps = m->recovery.failed_at_step - x.step;
+    int64_t completed = x.completed;
+    if (!x.held_at.empty()) {
+      completed = std::max(completed, std::min_element(x.held_at.begin(), x.held_at.end(), [](auto& a, auto& b) {
+                                        return a.second < b.second;
+                                      })->second - 1);
+    }
+    m->recovery.lost_steps = std::max<int64_t>(0, completed - x.step);
     h.EndPhase(*m, 0, "rollback");
     if (ProcessRec* j = h.FindProcess(x.joiner)) {
       j->info.role = "worker";  // it holds the rank now (a standby too)
       j->info.replace = -1;
       j->info.rank = x.rank;
       if (const ProcessRec* d = h.FindProcess(x.dead)) j->info.world = d->info.world;
-    }
-    // The steps after S are trained again: snapshots of the old timeline beyond S are forgotten.
-    for (auto& [rank, rs] : snaps_) {
-      std::erase_if(rs.taken, [&](const auto& kv) { return kv.first > x.step && rs.owner != x.joiner; });
-      for (auto& [b, steps] : rs.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > x.step; });
     }
     h.SetMigState(*m, MigState::kDone);
     TM_WARN(kLogMigration,
@@ -607,11 +626,14 @@ class RecoveryEngine final : public Engine {
   std::unique_ptr<JoinerLauncher> launcher_;
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
-  Round round_;
-  int64_t margin_ = 2;  // steps ahead of the furthest worker a round is placed
-  uint64_t last_round_mono_ = 0;
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
+  struct Declared {
+    uint64_t epoch = 0;
+    int32_t rank = -1;
+    uint64_t at_mono = 0;
+  };
+  std::map<uint64_t, Declared> declared_;  // processes declared failed, until they exit or are told to end
 };
 
 }  // namespace

@@ -7,10 +7,8 @@ const char* RecCmdName(uint16_t kind) {
   switch (static_cast<Cmd>(kind)) {
     case Cmd::kSnapPull:
       return "SNAP_PULL";
-    case Cmd::kSnapComplete:
-      return "SNAP_COMPLETE";
-    case Cmd::kSnapAt:
-      return "SNAP_AT";
+    case Cmd::kSnapShipped:
+      return "SNAP_SHIPPED";
     case Cmd::kFence:
       return "FENCE";
     case Cmd::kExposeHeld:
@@ -19,6 +17,8 @@ const char* RecCmdName(uint16_t kind) {
       return "ROLLBACK";
     case Cmd::kGiveUp:
       return "GIVE_UP";
+    case Cmd::kFenced:
+      return "FENCED";
   }
   return "UNKNOWN";
 }
@@ -35,8 +35,6 @@ const char* RecEvName(uint16_t kind) {
       return "HELD_EXPOSED";
     case Ev::kRolledBack:
       return "ROLLED_BACK";
-    case Ev::kSnapMissed:
-      return "SNAP_MISSED";
   }
   return "UNKNOWN";
 }
@@ -45,6 +43,7 @@ void RecMsg::Encode(Writer& w) const {
   w.U64(epoch);
   w.U32(static_cast<uint32_t>(rank));
   w.I64(step);
+  w.I64(complete);
   w.U32(slot);
   w.U8(ok);
   w.Str(text);
@@ -63,6 +62,7 @@ bool RecMsg::Decode(Reader& r) {
   epoch = r.U64();
   rank = static_cast<int32_t>(r.U32());
   step = r.I64();
+  complete = r.I64();
   slot = r.U32();
   ok = r.U8();
   text = r.Str();

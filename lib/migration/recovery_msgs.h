@@ -7,22 +7,21 @@
 // the others empty. Bounds as for every message (kMaxList entries, kMaxString bytes, one frame); Decode
 // consumes the whole body or fails.
 //
-// Snapshots (steady state: one round at a time, at a step every rank is still below, a multiple of
-// TRAINMOVER_SNAPSHOT_EVERY):
-//   D      COMMAND SNAP_AT(step) -> every worker                       take the next snapshot at that safe point
-//   owner  EVENT SNAP_MISSED(step)                                     already at or past it: the round fails
-//   owner  EVENT SNAP_TAKEN(step, slot, words = checksums, regions, blob = the slot's StateServer descriptor)
-//   D      COMMAND SNAP_PULL(rank, step, slot, words, regions, blob) -> each buddy: read it (one-sided), verify
-//   buddy  EVENT SNAP_HELD(rank, step, ok, text)                      verified copy of `rank` at `step` held
-//   D      COMMAND SNAP_COMPLETE(step) -> every worker                 complete everywhere: keep that slot
+// Snapshots (steady state: each rank by itself at every TRAINMOVER_SNAPSHOT_EVERY-th safe point, one in flight):
+//   owner  EVENT SNAP_TAKEN(epoch = timeline, step, slot, words = checksums, regions, blob = the slot's descriptor)
+//   D      COMMAND SNAP_PULL(epoch, rank, step, slot, words, regions, blob) -> each buddy: read it (one-sided), verify
+//   buddy  EVENT SNAP_HELD(epoch, rank, step, slot, ok, text)          verified copy of `rank` at `step` held
+//   D      COMMAND SNAP_SHIPPED(step, complete) -> the owner           on every buddy; `complete`: the newest step
+//                                                                       complete everywhere (the owner keeps it)
 // Failure of rank F (epoch E):
 //   D      COMMAND FENCE(epoch, rank F, words = comm_keys containing F) -> every survivor
-//   surv.  EVENT HELD(epoch, step)                                    held at its next safe point
+//   surv.  EVENT HELD(epoch, step, words = the steps of its own snapshots)  held at its next safe point
 //   D      COMMAND EXPOSE_HELD(rank F, step S) -> F's buddy;  buddy EVENT HELD_EXPOSED(rank, step, blob)
 //   D      the planned-migration commands to the replacement and the members (MAP, MAKE_IDS, BUILD, PREPARE+READ of
 //          the buddy's descriptor, SWITCH(S)), then COMMAND ROLLBACK(epoch, step S) -> every survivor
 //   surv.  EVENT ROLLED_BACK(epoch, step S, words = {stall ns})
 //   D      COMMAND GIVE_UP(text) -> every survivor when recovery is impossible (they end with that reason)
+//   D      COMMAND FENCED(epoch, rank F) -> F's old process if it is heard from again (stopped, not dead): it ends
 #ifndef TRAINMOVER_LIB_MIGRATION_RECOVERY_MSGS_H_
 #define TRAINMOVER_LIB_MIGRATION_RECOVERY_MSGS_H_
 
@@ -38,22 +37,22 @@ namespace trainmover::control::rec {
 inline constexpr uint16_t kFirstRecoveryKind = 100;
 
 enum class Cmd : uint16_t {
-  kSnapPull = 100,     // buddy: read rank's snapshot (rank, step, slot, words = checksums, regions, blob = descriptor)
-  kSnapComplete = 101,  // owner: the snapshot at step is complete everywhere; never overwrite it (step)
+  kSnapPull = 100,     // buddy: read rank's snapshot (epoch, rank, step, slot, words = checksums, regions, blob =
+                       // descriptor)
+  kSnapShipped = 101,  // owner: its snapshot at step is on every buddy; the one at complete is complete everywhere
   kFence = 102,        // survivor: fence the communicators in words, hold at the next safe point (epoch, rank)
   kExposeHeld = 103,   // buddy: expose the held copy of rank at step for the replacement (rank, step)
   kRollback = 104,     // survivor: restore the snapshot at step, switch, continue from step (epoch, step)
   kGiveUp = 105,       // survivor: recovery is impossible (text); end as the failure would have ended it
-  kSnapAt = 106,       // worker: take the next snapshot at this safe point, or answer SNAP_MISSED (step)
+  kFenced = 106,       // a process declared failed that woke up (epoch, rank): it was replaced, it ends at once
 };
 enum class Ev : uint16_t {
   kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,
                        // blob = the slot's descriptor)
-  kSnapHeld = 102,     // buddy: copy of rank at step verified (rank, step, ok, text)
-  kHeld = 103,         // survivor: held at a safe point (epoch, step)
+  kSnapHeld = 102,     // buddy: copy of rank at step verified (epoch as in SNAP_PULL, rank, step, slot, ok, text)
+  kHeld = 103,         // survivor: held at a safe point (epoch, step, words = the steps of its own snapshots)
   kHeldExposed = 104,  // buddy: the held copy is exposed (rank, step, ok, text, blob = descriptor)
   kRolledBack = 105,   // survivor: restored and resumed (epoch, step, words = {stall ns})
-  kSnapMissed = 106,   // worker: SNAP_AT came when it was at or past that step (step)
 };
 const char* RecCmdName(uint16_t kind);
 const char* RecEvName(uint16_t kind);
@@ -62,6 +61,7 @@ struct RecMsg {
   uint64_t epoch = 0;
   int32_t rank = -1;
   int64_t step = -1;
+  int64_t complete = -1;
   uint32_t slot = 0;
   uint8_t ok = 1;
   std::string text;

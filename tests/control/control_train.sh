@@ -63,7 +63,8 @@ check "min(p['step'] for p in s['processes'])>$s1+5" || fail "steps do not advan
 echo "view: 4 processes, 1 communicator with 4 members, steps advancing past $s1"
 
 # 3. Wrong token: rejected, nothing revealed.
-out=$("$CTL" --coordinator "$ADDR" --token wrong-token status --json 2>&1) && fail "a wrong token was accepted"
+out=$(TRAINMOVER_TOKEN=wrong-token-0123456789 "$CTL" --coordinator "$ADDR" status --json 2>&1) &&
+  fail "a wrong token was accepted"
 echo "$out" | grep -q "authentication failed" || fail "no clear rejection: $out"
 echo "$out" | grep -q "processes\|$(hostname)" && fail "the rejection revealed state: $out"
 # 4. Malformed, oversized and foreign frames: rejected; the coordinator still serves.
@@ -83,8 +84,8 @@ def send(b):
         pass
     return d
 assert b'bad magic' in send(b'GET / HTTP/1.0\r\n\r\n')
-assert b'frame too large' in send(struct.pack('<IHHQI', 0x504d4354, 1, 1, 0, 1 << 30))
-assert b'authentication failed' in send(struct.pack('<IHHQI', 0x504d4354, 1, 1, 0, 4) + b'\0' * 36)
+assert b'frame too large' in send(struct.pack('<IHHQI', 0x504d4354, 2, 1, 0, 1 << 30))
+assert b'authentication failed' in send(struct.pack('<IHHQI', 0x504d4354, 2, 1, 0, 4) + b'\0' * 36)
 print("raw frames rejected")
 PY
 check "$alive4" || fail "the coordinator stopped serving after bad input"

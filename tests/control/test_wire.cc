@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Unit tests of the control protocol: codec round trips, bounds, framing, HMAC, the handshake, and
-// rejection of replayed, out-of-order, forged, foreign and oversized frames.
+// Unit tests of the control protocol: codec round trips, bounds, framing, handshake frames, the key schedule,
+// sealed frames, the handshake, and rejection of replayed, reflected, out-of-order, forged, foreign and
+// oversized frames.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <sys/socket.h>
@@ -231,66 +232,129 @@ TEST_CASE("decoders refuse trailing bytes, bad enums and impossible values") {
   CHECK_FALSE(DecodePayload(EncodePayload(ack), &a2));
 }
 
-TEST_CASE("HMAC-SHA256 matches RFC 4231 test case 2") {
-  const char* data = "what do ya want for nothing?";
-  Mac m = ComputeMac("Jefe", reinterpret_cast<const uint8_t*>(data), std::strlen(data));
-  const uint8_t expect[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24,
-                              0x26, 0x08, 0x95, 0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27,
-                              0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
-  CHECK(std::memcmp(m.data(), expect, 32) == 0);
-  // Split input gives the same MAC as the concatenation.
-  Mac s = ComputeMac("Jefe", reinterpret_cast<const uint8_t*>(data), 10, reinterpret_cast<const uint8_t*>(data) + 10,
-                     std::strlen(data) - 10);
-  CHECK(MacEqual(m.data(), s.data()));
+namespace {
+SessionKeys Keys(const std::string& token, uint8_t c, uint8_t sv) {
+  Nonce a{}, b{};
+  a[0] = c;
+  b[0] = sv;
+  SessionKeys k;
+  REQUIRE(DeriveSessionKeys(token, a, b, &k));
+  return k;
 }
+// Peeks and opens one sealed frame with `cipher`.
+FrameStatus OpenSealed(FrameCipher& cipher, const std::vector<uint8_t>& buf, size_t n, Frame* out) {
+  FrameHeader h;
+  size_t total = 0;
+  FrameStatus st = PeekFrame(buf.data(), n, kMaxLength, kTagBytes, &h, &total);
+  return st == FrameStatus::kOk ? cipher.Open(buf.data(), total, out) : st;
+}
+}  // namespace
 
-TEST_CASE("frames: parse, partial input, every corrupted byte is caught") {
+TEST_CASE("handshake frames: HMAC over the frame and what it binds; every corrupted byte is caught") {
   std::vector<uint8_t> payload = {1, 2, 3, 4, 5};
-  auto f = EncodeFrame(9, 77, payload, "key");
+  auto f = EncodeMacFrame(9, payload, "key", "bound");
   CHECK(f.size() == kHeaderBytes + payload.size() + kMacBytes);
   Frame out;
-  size_t used = 0;
-  REQUIRE(ParseFrame(f.data(), f.size(), "key", &out, &used) == FrameStatus::kOk);
-  CHECK(used == f.size());
+  FrameHeader h;
+  size_t total = 0;
+  REQUIRE(PeekFrame(f.data(), f.size(), kMaxPayload, kMacBytes, &h, &total) == FrameStatus::kOk);
+  CHECK(total == f.size());
+  REQUIRE(OpenMacFrame(f.data(), total, "key", "bound", &out) == FrameStatus::kOk);
   CHECK(out.type == 9);
-  CHECK(out.seq == 77);
+  CHECK(out.seq == 0);
   CHECK(out.payload == payload);
-  for (size_t n = 1; n < f.size(); ++n) CHECK(ParseFrame(f.data(), n, "key", &out, &used) == FrameStatus::kNeedMore);
-  CHECK(ParseFrame(f.data(), f.size(), "other", &out, &used) == FrameStatus::kBadMac);
+  for (size_t n = 1; n < f.size(); ++n) {
+    CHECK(PeekFrame(f.data(), n, kMaxPayload, kMacBytes, &h, &total) == FrameStatus::kNeedMore);
+  }
+  CHECK(OpenMacFrame(f.data(), f.size(), "other", "bound", &out) == FrameStatus::kBadMac);
+  CHECK(OpenMacFrame(f.data(), f.size(), "key", "other nonce", &out) == FrameStatus::kBadMac);
   int caught = 0;
   for (size_t i = 0; i < f.size(); ++i) {
     auto g = f;
     g[i] ^= 0x40;
-    if (ParseFrame(g.data(), g.size(), "key", &out, &used) != FrameStatus::kOk) ++caught;
+    FrameStatus st = PeekFrame(g.data(), g.size(), kMaxPayload, kMacBytes, &h, &total);
+    if (st == FrameStatus::kOk) st = OpenMacFrame(g.data(), total, "key", "bound", &out);
+    caught += st != FrameStatus::kOk;
   }
   CHECK(caught == static_cast<int>(f.size()));
 }
 
 TEST_CASE("frames: foreign magic, other version, oversized length are refused from the header alone") {
   std::vector<uint8_t> junk = {'G', 'E', 'T', ' '};
-  Frame out;
-  size_t used;
-  CHECK(ParseFrame(junk.data(), junk.size(), "k", &out, &used) == FrameStatus::kBadMagic);
-  CHECK(ParseFrame(junk.data(), 1, "k", &out, &used) == FrameStatus::kBadMagic);
+  FrameHeader got;
+  size_t total;
+  CHECK(PeekFrame(junk.data(), junk.size(), kMaxLength, kTagBytes, &got, &total) == FrameStatus::kBadMagic);
+  CHECK(PeekFrame(junk.data(), 1, kMaxLength, kTagBytes, &got, &total) == FrameStatus::kBadMagic);
   uint8_t h[kHeaderBytes];
   FrameHeader hd;
-  hd.version = 99;
+  hd.version = 1;  // the unsealed protocol
   EncodeHeader(hd, h);
-  CHECK(ParseFrame(h, sizeof(h), "k", &out, &used) == FrameStatus::kBadVersion);
+  CHECK(PeekFrame(h, sizeof(h), kMaxLength, kTagBytes, &got, &total) == FrameStatus::kBadVersion);
   hd.version = kProtocolVersion;
-  hd.length = kMaxPayload + 1;
+  hd.length = kMaxLength + 1;
   EncodeHeader(hd, h);
-  CHECK(ParseFrame(h, sizeof(h), "k", &out, &used) == FrameStatus::kTooLarge);
+  CHECK(PeekFrame(h, sizeof(h), kMaxLength, kTagBytes, &got, &total) == FrameStatus::kTooLarge);
+  hd.length = 1025;
+  EncodeHeader(hd, h);
+  CHECK(PeekFrame(h, sizeof(h), 1024, kMacBytes, &got, &total) == FrameStatus::kTooLarge);
 }
 
-TEST_CASE("session keys differ per connection; the token alone does not key session frames") {
-  Nonce a{}, b{}, c{};
-  a[0] = 1;
-  b[0] = 2;
-  c[0] = 3;
-  CHECK(DeriveSessionKey("t", a, b) != DeriveSessionKey("t", a, c));
-  CHECK(DeriveSessionKey("t", a, b) != DeriveSessionKey("u", a, b));
-  CHECK(DeriveSessionKey("t", a, b).size() == 32);
+TEST_CASE("session keys: one per direction, and per token and per nonce") {
+  SessionKeys k = Keys("t", 1, 2);
+  CHECK(k.client_to_server != k.server_to_client);
+  CHECK(Keys("t", 1, 3).client_to_server != k.client_to_server);
+  CHECK(Keys("t", 3, 2).server_to_client != k.server_to_client);
+  CHECK(Keys("u", 1, 2).client_to_server != k.client_to_server);
+  CHECK(Keys("t", 1, 2).client_to_server == k.client_to_server);
+}
+
+TEST_CASE("sealed frames: the contents are hidden, every changed byte, a replay and a reflection are refused") {
+  SessionKeys k = Keys("token-for-the-sealed-frames", 4, 5);
+  FrameCipher send(k.client_to_server), recv(k.client_to_server), other_dir(k.server_to_client);
+  const std::string marker = "MARKER_VALUE_4f1c9a";
+  std::vector<uint8_t> payload(marker.begin(), marker.end());
+  std::vector<uint8_t> wire;
+  REQUIRE(send.Seal(static_cast<uint16_t>(MsgType::kRegister), payload, &wire));
+  CHECK(wire.size() == kHeaderBytes + kSealedTypeBytes + payload.size() + kTagBytes);
+  CHECK(std::string(wire.begin(), wire.end()).find(marker) == std::string::npos);
+  CHECK(DecodeHeader(wire.data()).type == kSealedFrameType);  // the real type is inside
+  CHECK(DecodeHeader(wire.data()).seq == 1);
+
+  // Every changed byte (header, type, payload, tag) is refused, and the receiver is unchanged by it.
+  int caught = 0;
+  Frame f;
+  for (size_t i = 0; i < wire.size(); ++i) {
+    auto g = wire;
+    g[i] ^= 0x01;
+    caught += OpenSealed(recv, g, g.size(), &f) != FrameStatus::kOk;
+  }
+  CHECK(caught == static_cast<int>(wire.size()));
+  for (size_t n = 1; n < wire.size(); ++n) CHECK(OpenSealed(recv, wire, n, &f) == FrameStatus::kNeedMore);
+  // The other direction's key does not open it (a frame reflected back to its sender).
+  CHECK(OpenSealed(other_dir, wire, wire.size(), &f) == FrameStatus::kBadMac);
+  REQUIRE(OpenSealed(recv, wire, wire.size(), &f) == FrameStatus::kOk);
+  CHECK(f.type == static_cast<uint16_t>(MsgType::kRegister));
+  CHECK(f.seq == 1);
+  CHECK(f.payload == payload);
+  // The same frame again is a replay: refused by its number.
+  CHECK(OpenSealed(recv, wire, wire.size(), &f) == FrameStatus::kBadSeq);
+  // A frame whose header was renumbered to the expected number does not open (the number is the nonce).
+  auto renumbered = wire;
+  FrameHeader h = DecodeHeader(renumbered.data());
+  h.seq = 2;
+  EncodeHeader(h, renumbered.data());
+  CHECK(OpenSealed(recv, renumbered, renumbered.size(), &f) == FrameStatus::kBadMac);
+  // Empty payloads and the largest one seal and open.
+  std::vector<uint8_t> two;
+  REQUIRE(send.Seal(static_cast<uint16_t>(MsgType::kKeepalive), {}, &two));
+  REQUIRE(OpenSealed(recv, two, two.size(), &f) == FrameStatus::kOk);
+  CHECK(f.payload.empty());
+  std::vector<uint8_t> big(kMaxPayload, 7), three;
+  REQUIRE(send.Seal(static_cast<uint16_t>(MsgType::kEvent), big, &three));
+  REQUIRE(OpenSealed(recv, three, three.size(), &f) == FrameStatus::kOk);
+  CHECK(f.payload == big);
+  big.push_back(0);
+  CHECK_FALSE(send.Seal(static_cast<uint16_t>(MsgType::kEvent), big, &three));
 }
 
 TEST_CASE("handshake authenticates both sides, then messages flow in order") {
@@ -323,7 +387,7 @@ TEST_CASE("a message before HELLO is rejected") {
   int sv[2];
   REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   Connection server(sv[1], Connection::Side::kServer, "tok");
-  auto f = EncodeFrame(static_cast<uint16_t>(MsgType::kStatusReq), 0, {}, "tok");
+  auto f = EncodeMacFrame(static_cast<uint16_t>(MsgType::kStatusReq), {}, "tok");
   REQUIRE(write(sv[0], f.data(), f.size()) == (ssize_t)f.size());
   server.ReadSome();
   Frame out;
@@ -333,12 +397,57 @@ TEST_CASE("a message before HELLO is rejected") {
   close(sv[0]);
 }
 
-TEST_CASE("a frame MACed with the token instead of the session key is rejected after the handshake") {
+TEST_CASE("a frame sealed with a key made from the token alone is rejected after the handshake") {
   Pair p;
-  p.Raw(EncodeFrame(static_cast<uint16_t>(MsgType::kStatusReq), 1, {}, "tok"));
-  p.Pump();
+  SessionKeys guess = Keys("tok", 0, 0);
+  FrameCipher forger(guess.client_to_server);
+  std::vector<uint8_t> wire;
+  REQUIRE(forger.Seal(static_cast<uint16_t>(MsgType::kStatusReq), {}, &wire));
+  p.Raw(wire);
+  CHECK(p.Pump().empty());
   CHECK(p.server->failed());
   CHECK(p.server->error().find("authentication") != std::string::npos);
+}
+
+TEST_CASE("a frame reflected back to its sender is rejected") {
+  Pair p;
+  REQUIRE(p.server->Send(MsgType::kKeepalive, {}));
+  REQUIRE(p.server->Flush());
+  std::vector<uint8_t> wire(4096);
+  ssize_t n = read(p.client->fd(), wire.data(), wire.size());  // the server's frame 1, as the client would get it
+  REQUIRE(n > 0);
+  wire.resize(static_cast<size_t>(n));
+  p.Raw(wire);  // ... sent back to the server as if the client had sent it (its frame 1 too)
+  CHECK(p.Pump().empty());
+  CHECK(p.server->failed());
+  CHECK(p.server->error().find("authentication failed") != std::string::npos);
+  CHECK(p.client->failed());  // the server closed it (its sealed REJECT is number 2, after the stolen 1)
+}
+
+TEST_CASE("HELLO_ACK answers exactly one HELLO: replayed to another client it is refused") {
+  int a[2], b[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, b) == 0);
+  Connection c1(a[0], Connection::Side::kClient, "tok"), s1(a[1], Connection::Side::kServer, "tok");
+  Connection c2(b[0], Connection::Side::kClient, "tok");
+  c1.StartHello(kClientAgent);
+  c2.StartHello(kClientAgent);
+  c1.Flush();
+  s1.ReadSome();
+  Frame f;
+  CHECK_FALSE(s1.Next(&f));
+  REQUIRE(s1.authenticated());
+  s1.Flush();
+  std::vector<uint8_t> ack(4096);
+  ssize_t n = read(a[0], ack.data(), ack.size());  // s1's HELLO_ACK, bound to c1's nonce
+  REQUIRE(n > 0);
+  REQUIRE(write(b[1], ack.data(), static_cast<size_t>(n)) == n);
+  c2.ReadSome();
+  CHECK_FALSE(c2.Next(&f));
+  CHECK(c2.failed());
+  CHECK_FALSE(c2.authenticated());
+  CHECK(c2.error().find("authentication failed") != std::string::npos);
+  close(b[1]);
 }
 
 TEST_CASE("a replayed frame (same sequence number) is rejected") {
@@ -460,4 +569,21 @@ TEST_CASE("migration command and event bodies round-trip and refuse bad values")
   CHECK(s.step == 77);
   CHECK(std::string(CmdName(c2.kind)) == "PROPOSE");
   CHECK(std::string(EvName(static_cast<uint16_t>(Ev::kSwitched))) == "SWITCHED");
+}
+
+#include "control/json_out.h"
+
+TEST_CASE("agent-supplied strings are escaped in JSON and in Prometheus labels") {
+  const std::string evil = "ph\"ase\\\n} 1\ntrainmover_fake 9\x01\xff\xc3\xa9";
+  CHECK(JsonQuote(evil) == "\"ph\\\"ase\\\\\\n} 1\\ntrainmover_fake 9\\u0001\\ufffd\xc3\xa9\"");
+  const std::string label = PromLabel(evil);
+  CHECK(label == "\"ph\\\"ase\\\\\\n} 1\\ntrainmover_fake 9\xef\xbf\xbd\xef\xbf\xbd\xc3\xa9\"");
+  CHECK(label.find('\n') == std::string::npos);  // one metric line stays one line
+  // Invalid UTF-8 of every kind is replaced: stray continuation, truncated, overlong, surrogate, too large.
+  for (const char* bad : {"\x80", "\xe2\x82", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"}) {
+    CAPTURE(bad);
+    CHECK(JsonEscape(bad).find("\\ufffd") != std::string::npos);
+    CHECK(PromLabel(bad).find("\xef\xbf\xbd") != std::string::npos);
+  }
+  CHECK(JsonEscape("\xe2\x82\xac \xf0\x9f\x98\x80") == "\xe2\x82\xac \xf0\x9f\x98\x80");  // valid: unchanged
 }

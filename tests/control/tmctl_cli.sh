@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # tmctl and tmrun's control plane from the outside:
-#  - usage errors: non-zero exit (2), the usage text, a message that says what to do;
+#  - usage errors: non-zero exit (2), the usage text, a message that says what to do; no --token (ps shows it),
+#    no token under 16 characters;
 #  - env lists every TRAINMOVER_* parameter and hides the token;
 #  - migrate/cancel/watch/timeline against a live coordinator with agent_probe processes: a refused
 #    request is explained, watch ends with the migration's final state, timeline writes Chrome trace JSON;
@@ -27,20 +28,27 @@ usage_case() {  # expected-message args...
 }
 usage_case "no command given"
 usage_case "unknown command 'frobnicate'" frobnicate
-usage_case "migrate needs --rank R" --coordinator 127.0.0.1:1 --token t migrate
-usage_case "timeline needs --out FILE" --coordinator 127.0.0.1:1 --token t timeline
+usage_case "migrate needs --rank R" --coordinator 127.0.0.1:1 migrate
+usage_case "timeline needs --out FILE" --coordinator 127.0.0.1:1 timeline
 usage_case "no coordinator: pass --coordinator" status
 usage_case "no token" --coordinator 127.0.0.1:1 status
-usage_case "is not a migration id" --coordinator 127.0.0.1:1 --token t cancel abc
+usage_case "is not a migration id" --coordinator 127.0.0.1:1 cancel abc
+# The token never on the command line (ps shows it), and never a short one.
+usage_case "token on the command line is visible" --coordinator 127.0.0.1:1 --token a-token-of-24-characters status
+TRAINMOVER_TOKEN=short usage_case "at least 16" --coordinator 127.0.0.1:1 status
 "$CTL" --help | grep -q "usage: tmctl" || fail "--help"
-out=$("$CTL" --coordinator 127.0.0.1:1 --token t status 2>&1) && fail "status against nothing succeeded"
+out=$(TRAINMOVER_TOKEN=a-token-of-24-characters "$CTL" --coordinator 127.0.0.1:1 status 2>&1) &&
+  fail "status against nothing succeeded"
 echo "$out" | grep -q "coordinator 127.0.0.1:1" || fail "unreachable coordinator not named: $out"
 
-out=$(TRAINMOVER_TOKEN=s3cret "$CTL" env) || fail "env"
+out=$(TRAINMOVER_TOKEN=s3cret-0123456789abcdef "$CTL" env) || fail "env"
 for v in TRAINMOVER_COORDINATOR TRAINMOVER_TOKEN TRAINMOVER_ROLE TRAINMOVER_REPLACE TRAINMOVER_DEBUG; do
   echo "$out" | grep -q "^$v " || fail "env does not list $v"
 done
 echo "$out" | grep -q s3cret && fail "env printed the token"
+out=$(TRAINMOVER_TOKEN=s3cret "$CTL" env 2>&1) && fail "env accepted a token of 6 characters"
+echo "$out" | grep -q "TRAINMOVER_TOKEN=(hidden, 6 characters) is invalid" || fail "env: short token not named: $out"
+echo "$out" | grep -q s3cret && fail "env printed the short token"
 TRAINMOVER_ROLE=bogus "$CTL" env > /dev/null 2>&1 && fail "env accepted an invalid TRAINMOVER_ROLE"
 echo "usage and env: ok"
 

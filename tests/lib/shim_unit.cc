@@ -71,7 +71,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
                            {"TRAINMOVER_SHADOW_ITERS", "2"},
                            {"TRAINMOVER_HEARTBEAT_MS", "50"},
                            {"TRAINMOVER_DEBUG_SUBSYS", "INIT,BIND"},
-                           {"TRAINMOVER_TOKEN", "s3cret"},
+                           {"TRAINMOVER_TOKEN", "s3cret-0123456789"},
                            {"TRAINMOVER_ROLE", "joiner"},
                            {"TRAINMOVER_NCCL_LIBRARY", "/x/libnccl.so.2"},
                            {"TRAINMOVER_DEBUG_FILE", "/tmp/tm.%h.%p"}}),
@@ -94,7 +94,7 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
       {"TRAINMOVER_SHADOW_ITERS", "2x", "integer >= 1"},      {"TRAINMOVER_REPLACE", "-1", "integer >= 0"},
       {"TRAINMOVER_COORDINATOR", "localhost", "host:port"},   {"TRAINMOVER_COORDINATOR", "h:70000", "host:port"},
       {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},        {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1"},
-      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"}};
+      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"},  {"TRAINMOVER_TOKEN", "s3cret", "at least 16 characters"}};
   for (const Bad& b : bad) {
     CAPTURE(b.name);
     CAPTURE(b.value);

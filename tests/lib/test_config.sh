@@ -9,7 +9,8 @@ fail=0
 run() { LD_PRELOAD="$SHIM" LD_LIBRARY_PATH="$NULLDIR" "$@" "$APP" 2>/tmp/tm_cfg_err.$$; }
 for kv in "TRAINMOVER_ROLE=leader:worker|joiner|standby" "TRAINMOVER_SHADOW_ITERS=0:integer >= 1" \
           "TRAINMOVER_COORDINATOR=nohost:host:port" "TRAINMOVER_DEBUG=LOUD:WARN|INFO|TRACE" \
-          "TRAINMOVER_REPLACE=x:integer >= 0" "TRAINMOVER_HEARTBEAT_MS=-5:integer >= 1"; do
+          "TRAINMOVER_REPLACE=x:integer >= 0" "TRAINMOVER_HEARTBEAT_MS=-5:integer >= 1" \
+          "TRAINMOVER_TOKEN=short-token:at least 16 characters"; do
   assign=${kv%%:*}; accepted=${kv#*:}; var=${assign%%=*}
   out=$(run env "$assign")
   err=$(cat /tmp/tm_cfg_err.$$)
@@ -34,6 +35,15 @@ if [ -n "$INFO" ]; then
     echo "ok   trainmover-info prints values"
   else
     echo "FAIL trainmover-info:"; cat /tmp/tm_cfg_info.$$; fail=1
+  fi
+fi
+if [ -n "$INFO" ]; then  # a token is never printed, valid or not
+  if TRAINMOVER_TOKEN=the-secret-token-0123456789 "$INFO" >/tmp/tm_cfg_info.$$ 2>&1 &&
+     grep -q "TRAINMOVER_TOKEN = (set, hidden)" /tmp/tm_cfg_info.$$ && ! grep -q the-secret-token /tmp/tm_cfg_info.$$ &&
+     ! TRAINMOVER_TOKEN=short-token "$INFO" 2>&1 | grep -q short-token; then
+    echo "ok   trainmover-info hides the token"
+  else
+    echo "FAIL trainmover-info shows the token:"; cat /tmp/tm_cfg_info.$$; fail=1
   fi
 fi
 rm -f /tmp/tm_cfg_err.$$ /tmp/tm_cfg_info.$$

@@ -811,60 +811,71 @@ struct RecJob : Job {
     }
     return -1;
   }
-  // One complete round: SNAP_AT to all, each takes it, its buddy verifies; returns the step.
-  int64_t Round(int n) {
-    h.sent.clear();
-    r->OnTick(h);
-    const int64_t s = StepOf("SNAP_AT");
+  // Every worker snapshots step s in `slot` and its buddy verifies the copy; returns s.
+  int64_t Snapshot(int n, int64_t s = 12, uint32_t slot = 0) {
     for (int k = 0; k < n; ++k) {
-      rec::RecMsg t{.step = s, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1, 2}};
+      rec::RecMsg t{.step = s, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1, 2}};
       Rec(static_cast<uint64_t>(k) + 1, rec::Ev::kSnapTaken, t);
     }
     for (int k = 0; k < n; ++k) {
-      Rec(static_cast<uint64_t>((k + 1) % n) + 1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = k, .step = s});
+      Rec(static_cast<uint64_t>((k + 1) % n) + 1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = k, .step = s, .slot = slot});
     }
     return s;
+  }
+  rec::RecMsg Last(const std::string& to) {  // the body of the last command sent to "process:KIND"
+    for (auto it = h.sent.rbegin(); it != h.sent.rend(); ++it) {
+      rec::RecMsg m;
+      if (std::to_string(it->to) + ":" + rec::RecCmdName(it->c.kind) == to && DecodePayload(it->c.body, &m)) return m;
+    }
+    return rec::RecMsg{};
   }
 };
 
 }  // namespace
 
-TEST_CASE("recovery: a snapshot round: SNAP_AT above every worker, pulls to the next rank, SNAP_COMPLETE") {
+TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPPED once held, with the complete step") {
   RecJob j(3);
-  const int64_t s = j.Round(3);
-  CHECK(s >= 12);  // workers at step 10, margin 2
-  std::vector<std::string> sent = j.h.Take();
-  CHECK(std::vector<std::string>(sent.begin(), sent.begin() + 3) ==
-        std::vector<std::string>{"1:SNAP_AT", "2:SNAP_AT", "3:SNAP_AT"});
-  CHECK(std::count(sent.begin(), sent.end(), "2:SNAP_PULL") == 1);  // rank 0's copy goes to rank 1 (process 2)
-  CHECK(std::count(sent.begin(), sent.end(), "1:SNAP_COMPLETE") == 1);
-  CHECK(std::count(sent.begin(), sent.end(), "3:SNAP_COMPLETE") == 1);
-}
-
-TEST_CASE("recovery: a worker past the round's step fails it; the next round starts further ahead") {
-  RecJob j(2);
-  j.r->OnTick(j.h);
-  const int64_t s = j.StepOf("SNAP_AT");
+  rec::RecMsg t{.step = 12, .slot = 1, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1, 2}};
+  j.Rec(1, rec::Ev::kSnapTaken, t);  // rank 0: its copy goes to rank 1 (process 2)
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 1});
+  CHECK(j.Last("1:SNAP_SHIPPED").step == 12);
+  CHECK(j.Last("1:SNAP_SHIPPED").complete == 12);  // of the ranks that take snapshots (ranks 1 and 2 took none)
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  j.Snapshot(3, 14, 2);
+  CHECK(j.Last("3:SNAP_SHIPPED").complete == 14);
   j.h.Take();
-  j.Rec(1, rec::Ev::kSnapMissed, rec::RecMsg{.step = s});
-  CHECK(j.h.Take().empty());  // no SNAP_COMPLETE, and the next round waits for the interval
+  // A copy verified under an older epoch, or of a slot the owner has reused since, is not counted.
+  j.Rec(1, rec::Ev::kSnapTaken, rec::RecMsg{.step = 16, .slot = 3, .words = {7}, .regions = {Region{"w", 64}}});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.epoch = 5, .rank = 0, .step = 16, .slot = 3});
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 16, .slot = 0});
+  CHECK(j.Last("1:SNAP_SHIPPED").step == 16);
+  CHECK(j.Last("1:SNAP_SHIPPED").complete == 14);
 }
 
 TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacement is built in, all roll back") {
   RecJob j(3);
-  const int64_t s = j.Round(3);
+  const int64_t s = j.Snapshot(3, 12, 0);
+  j.Snapshot(3, 14, 1);
   j.h.Take();
   j.h.procs[2].lost_reason = "connection closed by peer";
   j.h.procs[2].state = ProcState::kLost;
+  j.h.procs[2].step = 15;
   j.r->OnProcessLost(j.h, 2);  // rank 1
   Migration& m = j.h.migs.rbegin()->second;
   CHECK(m.kind == kKindRecover);
   CHECK(m.rank == 1);
   CHECK(m.recovery.epoch == 1);
-  CHECK(m.recovery.rollback_step == s);
-  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "3:EXPOSE_HELD"});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE"});
   REQUIRE(j.launched.started.size() == 1);
   CHECK(j.launched.started[0].argv == std::vector<std::string>{"train", "--steps", "9"});
+  // The step: the newest the buddy holds of rank 1 that every survivor holds itself (rank 2 no longer holds 14).
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12, 14}}, m.id);
+  CHECK(j.h.Take().empty());
+  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12, 16}}, m.id);
+  CHECK(j.h.Take() == std::vector<std::string>{"3:EXPOSE_HELD"});
+  CHECK(m.recovery.rollback_step == s);
   // The replacement registers (as the spawned pid), gets an empty tape, is READY and matched.
   uint64_t jr = j.AddJoiner(1);
   j.h.procs[jr].info.pid = 500;
@@ -882,25 +893,23 @@ TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacem
   j.Mig(jr, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
   CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":READ"});
   j.Mig(jr, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
+  CHECK(j.h.Take().empty());  // not every replacement communicator is built yet
   for (uint64_t p : {uint64_t{1}, uint64_t{3}, jr}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
-  CHECK(j.h.Take().empty());  // the survivors are not held yet
-  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 3}, m.id);
-  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 2}, m.id);
   CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":SWITCH", "1:ROLLBACK", "3:ROLLBACK"});
   CHECK(m.state == MigState::kSwitching);
   j.Rec(1, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
   j.Rec(3, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
   j.Mig(jr, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
   CHECK(m.state == MigState::kDone);
-  CHECK(m.recovery.lost_steps == 3);
+  CHECK(m.recovery.lost_steps == 3);  // rank 1 had completed step 15
+  CHECK(m.recovery.failed_at_step == 16);
   CHECK(j.h.procs[jr].info.role == "worker");
 }
 
 TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fails too") {
   RecJob a(3);
-  a.r->OnTick(a.h);  // a round asked, never completed
-  rec::RecMsg t{.step = a.StepOf("SNAP_AT"), .slot = 0, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1}};
-  a.Rec(2, rec::Ev::kSnapTaken, t);  // rank 1 took a snapshot: it speaks the protocol
+  rec::RecMsg t{.step = 12, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1}};
+  a.Rec(2, rec::Ev::kSnapTaken, t);  // rank 1 took a snapshot (it speaks the protocol); its buddy holds no copy yet
   a.h.Take();
   a.h.procs[2].state = ProcState::kLost;
   a.r->OnProcessLost(a.h, 2);
@@ -911,7 +920,7 @@ TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fa
   CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
 
   RecJob b(3);
-  b.Round(3);
+  b.Snapshot(3);
   b.h.procs[2].state = ProcState::kLost;
   b.r->OnProcessLost(b.h, 2);
   b.h.Take();
@@ -950,7 +959,7 @@ void Fail(RecJob& j, uint64_t process) {
 
 TEST_CASE("standby: one that reads its rank through tmRank takes another rank's place, no spawn") {
   RecJob j(3);
-  const int64_t s = j.Round(3);
+  const int64_t s = j.Snapshot(3);
   j.h.Take();
   AddStandby(j, 200, 0, /*any_rank=*/true);
   CHECK(j.h.procs[200].standby.ready);
@@ -962,23 +971,23 @@ TEST_CASE("standby: one that reads its rank through tmRank takes another rank's 
   CHECK(m.joiner == 200);
   CHECK_FALSE(j.h.procs[200].standby.ready);
   std::vector<FakeHost::Sent> sent = j.h.sent;
-  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "3:EXPOSE_HELD", "200:ASSIGN", "200:MAP",
-                                               "200:MAKE_IDS"});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "200:ASSIGN", "200:MAP", "200:MAKE_IDS"});
   standby::Assign a;
-  REQUIRE(DecodePayload(sent[3].c.body, &a));
+  REQUIRE(DecodePayload(sent[2].c.body, &a));
   CHECK(a.rank == 1);
   mig::KeyList map;
-  REQUIRE(DecodePayload(sent[4].c.body, &map));
+  REQUIRE(DecodePayload(sent[3].c.body, &map));
   CHECK(map.keys == std::vector<uint64_t>{0xB0 + 200, kWorld});  // its communicator at rank 1's place
   j.Mig(200, mig::Ev::kIds, m.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   CHECK(j.h.Take() == std::vector<std::string>{"1:BUILD", "3:BUILD", "200:BUILD"});
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 1, .words = {uint64_t(s)}}, m.id);
+  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 1, .words = {uint64_t(s)}}, m.id);
+  CHECK(j.h.Take() == std::vector<std::string>{"3:EXPOSE_HELD"});
   j.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = s, .blob = {9}});
   CHECK(j.h.Take() == std::vector<std::string>{"200:PREPARE"});
   j.Mig(200, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
   j.Mig(200, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
   for (uint64_t p : {uint64_t{1}, uint64_t{3}, uint64_t{200}}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
-  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 1}, m.id);
-  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = s + 1}, m.id);
   j.Rec(1, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
   j.Rec(3, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
   j.Mig(200, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
@@ -989,7 +998,7 @@ TEST_CASE("standby: one that reads its rank through tmRank takes another rank's 
 
 TEST_CASE("standby: a fixed-rank one serves only the rank it warmed up as; otherwise a replacement is spawned") {
   RecJob j(3);
-  j.Round(3);
+  j.Snapshot(3);
   j.h.Take();
   AddStandby(j, 200, 0, /*any_rank=*/false);
   Fail(j, 2);  // rank 1: the standby (rank 0 only) does not fit
@@ -998,7 +1007,7 @@ TEST_CASE("standby: a fixed-rank one serves only the rank it warmed up as; other
   CHECK(j.h.procs[200].standby.ready);  // still waiting
 
   RecJob k(3);
-  k.Round(3);
+  k.Snapshot(3);
   k.h.Take();
   AddStandby(k, 200, 1, /*any_rank=*/false);
   Fail(k, 2);  // rank 1: the standby warmed up as rank 1 fits exactly
@@ -1008,7 +1017,7 @@ TEST_CASE("standby: a fixed-rank one serves only the rank it warmed up as; other
 
 TEST_CASE("standby: a lost one is not offered; waiting ones are dismissed once the job has ended") {
   RecJob j(2);
-  j.Round(2);
+  j.Snapshot(2);
   j.h.Take();
   AddStandby(j, 200, 0, true);
   AddStandby(j, 201, 1, true);

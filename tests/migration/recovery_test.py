@@ -47,30 +47,30 @@ def wait_recovered(job, count, expect="done"):
     fail(f"{job.name}: recovery {count} did not end (hang?)")
 
 
-def check_report(job, r, rank):
+def check_report(job, r, rank, every=1):
     rec = r["recovery"]
     if r["rank"] != rank or rec["rollback_step"] < 0 or rec["lost_steps"] < 0 or not rec["replacement"]:
         fail(f"{job.name}: recovery report {r}")
-    # Snapshot rounds one after the other (docs/recovery.md): with 8 ms steps a round completes within a few steps,
-    # more on a loaded machine (14 seen on 2 cores). The bound catches snapshots that stopped, not a slow round: how
-    # many steps are lost is a figure for ./run bench recovery, not an assertion.
-    if rec["lost_steps"] > 50:
-        fail(f"{job.name}: {rec['lost_steps']} steps lost: the snapshot rounds stopped (at most 50 expected)")
+    # Each rank snapshots at every `every`-th safe point and does not pass the next safe point before that snapshot
+    # is on its buddy (docs/recovery.md): at most `every` completed steps are trained again.
+    if rec["lost_steps"] > every:
+        fail(f"{job.name}: {rec['lost_steps']} steps lost, more than TRAINMOVER_SNAPSHOT_EVERY={every}")
     print(f"{job.name}: rank {rank} recovered: epoch {rec['epoch']}, detected by '{rec['detected_by']}', rolled back "
           f"to step {rec['rollback_step']} from {rec['failed_at_step']} ({rec['lost_steps']} lost), "
           f"downtime {r['downtime_ms']:.1f} ms, {rec['replacement']}")
 
 
-def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_opts=()):
+def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_opts=(), layout=()):
     """plan: list of (step, rank): at that step the rank's process gets `sig`; each must be recovered."""
     mt.clear_joiner_logs()
-    job = Job(name, ranks, steps=steps, step_ms=8, env=env, tmrun_opts=tmrun_opts)
+    job = Job(name, ranks, steps=steps, step_ms=8, env=env, tmrun_opts=tmrun_opts, layout=layout)
+    every = int((env or {}).get("TRAINMOVER_SNAPSHOT_EVERY", "1"))
     failed = set()
     try:
         for n, (k, rank) in enumerate(plan, 1):
             job.wait_step(k)
             os.kill(pid_of(job, rank), sig)
-            check_report(job, wait_recovered(job, n), rank)
+            check_report(job, wait_recovered(job, n), rank, every)
             failed.add(rank)
         job.finish()
     finally:
@@ -80,11 +80,19 @@ def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_
 
 
 def scenario_kill():
-    # rank 0, a middle rank and the last rank of 4; rank 0 of 2
+    # rank 0, a middle rank and the last rank of 4; rank 0 of 2; a snapshot every 4th step
     kill_plan("kill0", 4, [(20, 0)])
     kill_plan("kill_middle", 4, [(20, 2)])
     kill_plan("kill_last", 4, [(20, 3)])
     kill_plan("kill_pair", 2, [(20, 0)])
+    kill_plan("kill_every4", 3, [(21, 1)], env={"TRAINMOVER_SNAPSHOT_EVERY": "4"})
+
+
+def scenario_kill_3d():
+    # tm-train's 3D-parallel workload (TP 2 x PP 2: split communicators, pipeline Send/Recv): a middle rank killed;
+    # every rank's own digest equal to the uninterrupted run's. (A second failure in this layout after the first
+    # recovery does not complete yet: docs/recovery.md, "Not built yet".)
+    kill_plan("kill_3d", 4, [(20, 1)], layout=("--tp", "2", "--pp", "2"))
 
 
 def scenario_twice():
@@ -135,13 +143,13 @@ def scenario_silent():
     job.check_digests({2})
 
 
-def failed_job(name, ranks, strike, env=None, daemon=False, survivors_end_alone=False):
+def failed_job(name, ranks, strike, env=None, daemon=False, survivors_end_alone=False, at=10):
     """Runs a job that must fail: strike(job) makes it; returns tmrun's exit status and log. With
     survivors_end_alone the ranks ignore tmrun's SIGTERM (60 s grace), so each survivor ends by itself."""
     job = Job(name, ranks, steps=3000, step_ms=8, env=env, daemon=daemon, ignore_term=survivors_end_alone,
               tmrun_opts=("--grace-ms", "60000") if survivors_end_alone else ())
     try:
-        job.wait_step(10)
+        job.wait_step(at)
         strike(job)
         rc = job.finish(expect_rc=None)
     finally:
@@ -184,7 +192,7 @@ def scenario_refused():
     print(f"coordinator_lost: the job failed (tmrun exit {rc}); survivors saw the error: {sorted(errs)}")
 
 
-def pid_of_ps(job, rank):
+def pid_of_ps(job, rank, missing_ok=False):
     """The pid of the tm-train process of `rank` (RANK in its environment), without the coordinator."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -199,6 +207,8 @@ def pid_of_ps(job, rank):
         if b"tm-train" in cmd.split(b"\0")[0] and f"RANK={rank}".encode() in env and \
                 f"TRAINMOVER_COORDINATOR={job.addr}".encode() in env:
             return int(pid)
+    if missing_ok:
+        return None
     fail(f"{job.name}: no tm-train process of rank {rank}")
 
 
@@ -225,6 +235,76 @@ def scenario_during_migration():
         finally:
             job.kill()
         job.check_digests({dead})
+
+
+def scenario_stale():
+    # A stopped rank declared failed by the heartbeat timeout and replaced, then woken up (SIGCONT): it must not come
+    # back. Its host is named apart (TRAINMOVER_HOST), so the coordinator cannot kill it as it does a silent process
+    # on its own host: the fence alone keeps it out (FENCED: it ends, status 1, saying why), tmrun expects that exit,
+    # and the job ends bit-identical.
+    mt.clear_joiner_logs()
+    job = Job("stale", 3, steps=400, step_ms=8, hosts=3, tmrun_opts=["--heartbeat-timeout-ms", "1500"])
+    try:
+        job.wait_step(20)
+        pid = pid_of(job, 2)
+        os.kill(pid, signal.SIGSTOP)
+        r = wait_recovered(job, 1)
+        check_report(job, r, 2)
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.05)
+        if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            fail(f"stale: the woken process {pid} still runs 15 s after SIGCONT")
+        workers = [p for p in job.status()["processes"] if p["role"] == "worker" and p["rank"] == 2]
+        if [p["state"] for p in workers if p["pid"] == pid] != ["lost"] or \
+                sum(p["state"] == "alive" for p in workers) != 1:
+            fail(f"stale: rank 2's processes after the wake-up: {workers}")
+        job.finish()
+    finally:
+        job.kill()
+    with open(job.log, errors="replace") as f:
+        log = f.read()
+    if "declared failed in epoch 1 and replaced; it ends without touching the job (stale epoch)" not in log:
+        fail("stale: the woken process did not say why it ended")
+    job.check_digests({2})
+    print(f"stale: the woken process {pid} was refused (stale epoch) and ended; the job ended bit-identical")
+
+
+def scenario_no_safe_points():
+    # A program that never calls tmSafePoint cannot be recovered: the job fails as it does without the shim (the
+    # killed rank's status from tmrun), with one line from the coordinator saying why.
+    job = Job("no_safe_points", 3, steps=3000, step_ms=8, layout=("--no-safe-points",))  # tm-train's flag
+    try:
+        deadline = time.monotonic() + mt.TIMEOUT
+        while time.monotonic() < deadline and pid_of_ps(job, 1, missing_ok=True) is None:
+            time.sleep(0.05)
+        time.sleep(1.5)  # training
+        os.kill(pid_of_ps(job, 1), signal.SIGKILL)
+        rc = job.finish(expect_rc=None)
+    finally:
+        job.kill()
+    with open(job.log, errors="replace") as f:
+        log = f.read()
+    why = re.findall(r"rank 1 failed \(.*\); it never called tmSafePoint, so it cannot be recovered", log)
+    # As without the shim (tmrun --no-shim, tm_train_fail): tmrun stops the job with the killed rank's status.
+    if rc != 128 + signal.SIGKILL or "stopping the other ranks" not in log or len(why) != 1:
+        fail(f"no_safe_points: tmrun exited {rc}; lines saying why: {len(why)}")
+    print(f"no_safe_points: the job failed as without the shim (tmrun exit {rc}), one line: {why[0]}")
+
+
+def scenario_no_snapshot_yet():
+    # A rank killed before any snapshot of it is complete on its buddy (the first at step 100000): refused, every
+    # survivor ends saying why.
+    rc, log = failed_job("no_snapshot", 3, lambda j: os.kill(pid_of(j, 1), signal.SIGKILL),
+                         env={"TRAINMOVER_SNAPSHOT_EVERY": "100000"}, survivors_end_alone=True, at=10)
+    # Not fenced (nothing to roll back to), the survivors blocked on rank 1 get the library's error, each after the
+    # line saying why (as without TrainMover, plus the reason).
+    said = set(re.findall(r"^\[(\d+)\] .*failure recovery: rank 1 failed and cannot be recovered: (.*)$", log, re.M))
+    if {r for r, _ in said} != {"0", "2"} or not all("no snapshot of rank 1" in w for _, w in said):
+        fail(f"no_snapshot: survivors' reasons {said}")
+    print(f"no_snapshot: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
 
 
 def standbys(job):
@@ -336,8 +416,10 @@ def scenario_standby_fixed():
     check_standby_digests(job, {0: 0})
 
 
-SCENARIOS = {"kill": scenario_kill, "twice": scenario_twice, "blocked": scenario_blocked, "silent": scenario_silent,
-             "refused": scenario_refused, "during_migration": scenario_during_migration, "standby": scenario_standby,
+SCENARIOS = {"kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice, "blocked": scenario_blocked,
+             "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
+             "no_safe_points": scenario_no_safe_points, "no_snapshot": scenario_no_snapshot_yet,
+             "during_migration": scenario_during_migration, "standby": scenario_standby,
              "standby_fixed": scenario_standby_fixed}
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ class Job:
         return os.path.join(self.build, rel)
 
     def ctl(self, *args):
-        r = subprocess.run([self.bin("tools/tmctl/tmctl"), "--coordinator", self.addr, "--token", self.token] +
-                           list(args), capture_output=True, text=True, timeout=30)
+        r = subprocess.run([self.bin("tools/tmctl/tmctl"), "--coordinator", self.addr] +
+                           list(args), capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, TRAINMOVER_TOKEN=self.token))
         return r.returncode, r.stdout + r.stderr
 
     def status(self):

@@ -143,7 +143,7 @@ void TrainLoop(const Flags& f, RankInfo& who, const CheckpointMeta& meta, const 
   Slowdown slowdown;
   slowdown.Start(f.slow, who.rank, std::string(who.role) == "worker");
   for (;;) {
-    step = tmSafePoint(step);
+    if (!f.no_safe_points) step = tmSafePoint(step);
     if (const int rank = f.fixed_rank ? who.rank : tmRank(who.rank); rank != who.rank) {
       printf("[rank %d] standby warmed up as rank %d takes the place of rank %d at step %" PRId64 "\n", rank, who.rank,
              rank, step);

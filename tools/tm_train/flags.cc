@@ -44,6 +44,7 @@ void Usage() {
       "  --checkpoint-at K         save the state at step K (before iteration K runs)\n"
       "  --exit-after-checkpoint   exit 0 right after saving\n"
       "  --resume                  load the checkpoint in --checkpoint-dir and continue from its step\n"
+      "  --no-safe-points          never call tmSafePoint (a program without it: no migration, no recovery)\n"
       "  --timeline FILE           append JSON lines {rank, step, t_ns} at every safe point (%%r = rank)\n"
       "  --fixed-rank              read the rank once from RANK, never through tmRank (a standby can then\n"
       "                            take only the rank it warmed up as)\n"
@@ -79,6 +80,7 @@ Flags ParseFlags(int argc, char** argv) {
       {"--checkpoint-at", true, [&](const std::string& v) { f.checkpoint_at = ParseInt("--checkpoint-at", v, 0); }},
       {"--exit-after-checkpoint", false, [&](const std::string&) { f.exit_after_checkpoint = true; }},
       {"--resume", false, [&](const std::string&) { f.resume = true; }},
+      {"--no-safe-points", false, [&](const std::string&) { f.no_safe_points = true; }},
       {"--fixed-rank", false, [&](const std::string&) { f.fixed_rank = true; }},
       {"--timeline", true, [&](const std::string& v) { f.timeline = v; }},
       {"--store-timeout-ms", true,

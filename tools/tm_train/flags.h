@@ -22,6 +22,7 @@ struct Flags {
   int64_t store_timeout_ms = 120000;
   bool exit_after_checkpoint = false;
   bool resume = false;
+  bool no_safe_points = false;  // never call tmSafePoint (a program without the optional call)
   bool fixed_rank = false;  // --fixed-rank: the rank read once from RANK, never through tmRank
   std::string checkpoint_dir;
   std::string timeline;

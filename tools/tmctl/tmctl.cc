@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // tmctl: the operator's command line for a TrainMover job (docs/operator.md).
 //
-//   tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND
+//   tmctl [--coordinator host:port] [--token-file F] COMMAND
 //     status [--json]                         processes, communicators, progress, migrations
 //     migrate --rank R [--rank R2 ...] [--to H] [--spawn]     request a planned migration of rank(s) R
 //     migrate --host H [--to H2] [--spawn]                     every rank whose process runs on host H
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "base/config.h"
+#include "base/spawn_process.h"  // IsSecretEnvName
 #include "control/client.h"
 #include "json.h"
 
@@ -48,7 +49,7 @@ namespace {
 constexpr int kTimeoutMs = 5000;
 
 const char kUsage[] =
-    "usage: tmctl [--coordinator host:port] [--token T | --token-file F] COMMAND [ARGS]\n"
+    "usage: tmctl [--coordinator host:port] [--token-file F] COMMAND [ARGS]\n"
     "commands:\n"
     "  status [--json]                        processes, communicators, steps, migrations\n"
     "  migrate --rank R [--to H] [--spawn]    migrate rank R (to host H; --spawn starts the joiner);\n"
@@ -60,8 +61,9 @@ const char kUsage[] =
     "  stragglers [--json]                    compute and wait per step of every rank, who is flagged as a\n"
     "                                         straggler, the policy and what it did (docs/stragglers.md)\n"
     "  env                                    list every TRAINMOVER_* parameter\n"
-    "The coordinator comes from --coordinator or TRAINMOVER_COORDINATOR, the token from --token,\n"
-    "--token-file or TRAINMOVER_TOKEN (tmrun prints both when it starts an embedded coordinator).\n";
+    "The coordinator comes from --coordinator or TRAINMOVER_COORDINATOR, the token from --token-file or\n"
+    "TRAINMOVER_TOKEN, never from the command line, where ps shows it to everyone (tmrun prints both when it\n"
+    "starts an embedded coordinator).\n";
 
 int Usage(const std::string& msg) {
   std::fprintf(stderr, "tmctl: %s\n%s", msg.c_str(), kUsage);
@@ -355,7 +357,7 @@ int Env() {
   for (const trainmover::shim::ParamSpec& p : trainmover::shim::ConfigParams()) {
     const char* v = std::getenv(p.name);
     std::string shown = v && *v ? v : "(unset)";
-    if (v && *v && std::strcmp(p.name, "TRAINMOVER_TOKEN") == 0) shown = "(set, hidden)";
+    if (v && *v && trainmover::base::IsSecretEnvName(p.name)) shown = "(set, hidden)";
     std::printf("%-26s %-12s %-24s %s (%s)\n", p.name, p.default_value[0] ? p.default_value : "-", shown.c_str(), p.doc,
                 p.accepted);
   }
@@ -391,7 +393,8 @@ int main(int argc, char** argv) {
     if (a == "--coordinator") {
       ctx.coordinator = argv[++i];
     } else if (a == "--token") {
-      ctx.token = argv[++i];
+      return Usage("--token is gone: a token on the command line is visible to every user in ps; use "
+                   "--token-file FILE or TRAINMOVER_TOKEN");
     } else if (a == "--token-file") {
       std::ifstream f(argv[++i], std::ios::binary);
       if (!f) return Usage(std::string("cannot read token file '") + argv[i] + "'");
@@ -451,7 +454,11 @@ int main(int argc, char** argv) {
   if (ctx.coordinator.empty()) {
     return Usage("no coordinator: pass --coordinator host:port or set TRAINMOVER_COORDINATOR");
   }
-  if (ctx.token.empty()) return Usage("no token: pass --token/--token-file or set TRAINMOVER_TOKEN");
+  if (ctx.token.empty()) return Usage("no token: pass --token-file FILE or set TRAINMOVER_TOKEN");
+  if (ctx.token.size() < trainmover::control::kMinTokenBytes) {
+    return Usage("the token (TRAINMOVER_TOKEN or --token-file) has " + std::to_string(ctx.token.size()) +
+                 " characters; a job's token has at least " + std::to_string(trainmover::control::kMinTokenBytes));
+  }
 
   if (cmd == "watch") return Watch(ctx, id);
   Client c;

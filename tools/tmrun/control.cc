@@ -44,10 +44,10 @@ int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->al
 
 int ControlPlane::WorkersTraining() const { return embedded_ ? embedded_->coord->workers_training() : 0; }
 
-bool ControlPlane::Recovering(int wait_ms) const {
+bool ControlPlane::Recovering(int wait_ms, pid_t pid) const {
   if (!embedded_) return false;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
-  while (embedded_->coord->recovering() == 0) {
+  while (embedded_->coord->recovering() == 0 && !embedded_->coord->fenced_pid(static_cast<uint32_t>(pid))) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

@@ -5,6 +5,8 @@
 #ifndef TRAINMOVER_TOOLS_TMRUN_CONTROL_H_
 #define TRAINMOVER_TOOLS_TMRUN_CONTROL_H_
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 
@@ -42,8 +44,9 @@ class ControlPlane {
   int WorkersTraining() const;
   // Whether the embedded coordinator recovers a failed rank (docs/recovery.md): waits up to `wait_ms` for a
   // recovery to be running (it declares the failure when the rank's connection closes, which may come just after
-  // tmrun saw the exit). False without an embedded coordinator.
-  bool Recovering(int wait_ms) const;
+  // tmrun saw the exit), or for `pid` to be one that a recovery declared failed and replaced (it was stopped and ended
+  // when it woke up). False without an embedded coordinator.
+  bool Recovering(int wait_ms, pid_t pid) const;
 
  private:
   struct Embedded;

@@ -634,7 +634,7 @@ int main(int argc, char** argv) {
           r.running = false;
           r.status = status;
           bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-          if (failed && !stopping && control.Recovering(kRecoveryNoticeMs)) {
+          if (failed && !stopping && control.Recovering(kRecoveryNoticeMs, pid)) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s; the coordinator recovers it (tmctl status)\n", r.rank, pid,
                     Describe(status).c_str());
           } else if (failed && !stopping) {

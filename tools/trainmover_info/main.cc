@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // trainmover-info: prints every TRAINMOVER_* parameter of libtrainmover (lib/base/params.h), its value in this
-// environment, its default, accepted values and description, like ucc_info. Exits 1 naming the variable
+// environment (a secret's as "(set, hidden)"), its default, accepted values and description, like ucc_info. Exits 1 naming the variable
 // when a value is invalid (the shim would fail its first NCCL call with the same message).
 // --markdown prints the table of docs/configuration.md instead (tests/lib/test_config_doc.sh compares them).
 #include <cstdio>
@@ -9,6 +9,7 @@
 #include <string>
 
 #include "base/config.h"
+#include "base/spawn_process.h"  // IsSecretEnvName
 #include "tm_build_config.h"  // TM_VERSION
 
 using trainmover::base::Status;
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   for (const ParamSpec& p : ConfigParams()) {
     const char* v = getenv(p.name);
     std::string value = (v && *v) ? std::string(v) : std::string("(unset)");
+    if (v && *v && trainmover::base::IsSecretEnvName(p.name)) value = "(set, hidden)";  // the token never shows
     std::printf("%s = %s\n", p.name, value.c_str());
     std::printf("#   default: %s\n", p.default_value[0] ? p.default_value : "(none)");
     std::printf("#   accepted: %s\n", p.accepted);
