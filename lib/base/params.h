@@ -91,6 +91,11 @@
   X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
+  X(STEP_TIMING, step_timing, std::string, ParseOneOf, "enum", "on", "on|off",                            \
+    "Step timing for the straggler detector (docs/stragglers.md): on = every blocking NCCL call is timed "     \
+    "(two time-stamp counter reads and one relaxed atomic add) and the heartbeat carries the step window; "    \
+    "off = nothing timed and no window sent (the detector does not see this process). For measuring its cost " \
+    "(perf/shim_overhead) or ruling it out.")                                                                 \
   X(FAULT, fault, std::string, ParseOneOf, "enum", "",                                                        \
     "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op|tamper-descriptor",                    \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \

@@ -420,7 +420,7 @@ void Agent::SendHeartbeat(Session& s) {
       hb.window.steps = static_cast<uint32_t>(std::min<uint64_t>(now.steps - was.steps, UINT32_MAX));
       hb.window.wait_ns = wait;
       hb.window.compute_ns = wall > wait ? wall - wait : 0;
-      hb.window.compute_median_ns = now.compute_median_ns;
+      hb.window.compute_p25_ns = now.compute_p25_ns;
     }
     s.sent_totals = now;
   }

@@ -71,9 +71,9 @@ class Agent {
   }
   // The process's step timing so far (docs/stragglers.md): read on the agent thread at every heartbeat, which
   // carries the difference since the previous heartbeat as its StepWindow. The argument is the step count of
-  // the previous heartbeat: compute_median_ns is the median over the steps after it. Install before Start().
+  // the previous heartbeat: compute_p25_ns is the lower quartile over the steps after it. Install before Start().
   struct StepTotals {
-    uint64_t steps = 0, wall_ns = 0, wait_ns = 0, compute_median_ns = 0;
+    uint64_t steps = 0, wall_ns = 0, wait_ns = 0, compute_p25_ns = 0;
   };
   void SetStepTotals(std::function<StepTotals(uint64_t)> fn) { step_totals_ = std::move(fn); }
   // Starts the thread. Returns at once; connecting happens in the background.

@@ -170,7 +170,7 @@ void Heartbeat::Encode(Writer& w) const {
   w.U32(window.steps);
   w.U64(window.compute_ns);
   w.U64(window.wait_ns);
-  w.U64(window.compute_median_ns);
+  w.U64(window.compute_p25_ns);
 }
 bool Heartbeat::Decode(Reader& r) {
   step = r.I64();
@@ -181,7 +181,7 @@ bool Heartbeat::Decode(Reader& r) {
     window.steps = r.U32();
     window.compute_ns = r.U64();
     window.wait_ns = r.U64();
-    window.compute_median_ns = r.U64();
+    window.compute_p25_ns = r.U64();
     if (window.steps == 0) return false;  // absent when empty: the encoding stays canonical
   }
   return r.AtEnd();

@@ -92,12 +92,13 @@ struct RegisterAck;
 
 // How the steps since the previous heartbeat were spent (docs/stragglers.md): `steps` timed steps (safe point
 // to safe point, outside the sandbox), their total time computing (outside NCCL) and waiting (inside blocking
-// NCCL calls), and the median of the steps' compute times. Sent only when steps > 0.
+// NCCL calls), and the lower quartile of the steps' compute times (the detector's figure, straggler.h). Sent only
+// when steps > 0.
 struct StepWindow {
   uint32_t steps = 0;
   uint64_t compute_ns = 0;
   uint64_t wait_ns = 0;
-  uint64_t compute_median_ns = 0;
+  uint64_t compute_p25_ns = 0;
   bool operator==(const StepWindow&) const = default;
 };
 

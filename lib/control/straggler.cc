@@ -26,17 +26,22 @@ bool ParseCount(const std::string& v, long lo, long hi, long* out) {
 
 }  // namespace
 
-const char kStragglerFlagsUsage[] =
-    "  --straggler-policy P   report (default): flag and report stragglers; migrate: also move a flagged rank\n"
-    "                         away with a planned live migration (docs/stragglers.md)\n"
-    "  --straggler-threshold F  flag a rank whose compute per step is above its peers' median by more than F\n"
-    "                         (default 0.1 = 10%)\n"
-    "  --straggler-clear F    it recovers at or below median * (1 + F) (default 0.05)\n"
-    "  --straggler-windows N  consecutive windows (heartbeats) above the threshold to flag (default 3)\n"
-    "  --straggler-clear-windows N  consecutive windows below --straggler-clear to recover (default 3)\n"
-    "  --straggler-cooldown-s S  migrate: never the same rank twice within S seconds (default 600)\n"
-    "  --straggler-spare-hosts H1,H2  migrate: start the replacement on the first listed host that is not the\n"
-    "                         straggler's (node agents there); default: on the coordinator's host\n";
+constexpr StragglerFlag kFlags[] = {
+    {"--straggler-policy", "P",
+     "report (default): flag and report stragglers; migrate: also move a flagged rank away (planned migration)"},
+    {"--straggler-threshold", "F",
+     "flag a rank whose compute per step is above its peers' median by more than F "
+     "(default 0.1 = 10%)"},
+    {"--straggler-clear", "F", "a flagged rank recovers at or below the peers' median * (1 + F) (default 0.05)"},
+    {"--straggler-windows", "N", "consecutive windows (heartbeats) above the threshold to flag (default 3)"},
+    {"--straggler-clear-windows", "N", "consecutive windows at or below --straggler-clear to recover (default 3)"},
+    {"--straggler-cooldown-s", "S", "migrate: never the same rank twice within S seconds (default 600)"},
+    {"--straggler-spare-hosts", "H1,H2",
+     "migrate: start the replacement on the first listed host that is not the "
+     "straggler's (node agents there); default: the coordinator's host"},
+};
+
+std::span<const StragglerFlag> StragglerFlags() { return kFlags; }
 
 int ParseStragglerFlag(const std::string& flag, const std::string& value, StragglerOptions* o, std::string* err) {
   long n = 0;
@@ -76,7 +81,6 @@ int ParseStragglerFlag(const std::string& flag, const std::string& value, Stragg
   return 1;
 }
 
-
 std::string StragglerParams::Check() const {
   if (!(threshold > 0 && threshold < 100)) return "threshold must be a fraction > 0 (0.1 = 10%)";
   if (!(clear >= 0 && clear <= threshold)) return "clear must be between 0 and the threshold";
@@ -84,6 +88,12 @@ std::string StragglerParams::Check() const {
   if (clear_windows < 1 || clear_windows > 1000) return "clear windows must be 1..1000";
   if (warmup_windows < 0 || warmup_windows > 1000) return "warm-up windows must be 0..1000";
   return "";
+}
+
+double LowerQuartile(std::vector<double>& v) {
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 4), v.end());
+  return v[v.size() / 4];
 }
 
 double Median(std::vector<double>& v) {
@@ -95,9 +105,9 @@ double Median(std::vector<double>& v) {
 
 namespace {
 
-// A window's compute figure: the median step's compute time (the mean when the sender gave no median).
+// A window's compute figure: the lower quartile of its steps' compute times (the mean when the sender gave none).
 double ComputeFigure(const StepWindow& w) {
-  return w.compute_median_ns ? static_cast<double>(w.compute_median_ns) : static_cast<double>(w.compute_ns) / w.steps;
+  return w.compute_p25_ns ? static_cast<double>(w.compute_p25_ns) : static_cast<double>(w.compute_ns) / w.steps;
 }
 
 // The median of `sorted` without its element at position `skip` (sorted.size() >= 2), in O(1).

@@ -3,10 +3,12 @@
 // (docs/stragglers.md). Pure logic: no clock, no I/O, no coordinator; the coordinator's monitor
 // (straggler_monitor.h) feeds it rounds and acts on what it says. Not thread-safe (one owner).
 //
-// A round holds, for each rank that reported since the previous round, the median of its steps' compute times
-// over its latest window (time outside NCCL; messages.h StepWindow): the median, not the mean, so that a few
-// steps stretched by the operating system (a preemption, a page-cache stall) do not move it, while a rank
-// that is slower on most steps does. A rank's score is how far that is above the median of the *other*
+// A round holds, for each rank that reported since the previous round, the lower quartile of its steps' compute
+// times over its latest window (time outside NCCL; messages.h StepWindow). Not the mean, nor even the median: the
+// noise of a shared machine only ever adds time (a preemption, a late wake-up, a page-cache stall), and it adds
+// it to some steps, so the faster quarter of a rank's steps is what it computes when nothing gets in its way,
+// while a straggler (slower on at least three steps in four: a slow device, a throttled CPU, the test's
+// slowdown) moves it fully. A rank's score is how far that is above the median of the *other*
 // ranks' figures in the same round (score 0.3 = 30% above). Comparing with the peers
 // of the same moment is what makes the job slowing down as a whole (a slower phase of the model, a shared
 // file system, a paused coordinator) never flag anyone: the median moves with it.
@@ -20,6 +22,7 @@
 
 #include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -49,13 +52,13 @@ struct RankSample {
 struct StragglerState {
   int32_t rank = -1;
   bool flagged = false;
-  double score = 0;        // latest round: compute per step over the peers' median, minus 1
-  double compute_ms = 0;   // latest window: the median step's compute time
-  double wait_ms = 0;      // latest window: mean wait per step
-  int above = 0;           // consecutive rounds above threshold (while not flagged)
-  int below = 0;           // consecutive rounds at or below clear (while flagged)
-  uint64_t since_ns = 0;   // when it was last flagged or recovered (the caller's clock), 0: never
-  uint64_t rounds = 0;     // rounds it took part in
+  double score = 0;       // latest round: compute per step over the peers' median, minus 1
+  double compute_ms = 0;  // latest window: the lower quartile of its steps' compute times
+  double wait_ms = 0;     // latest window: mean wait per step
+  int above = 0;          // consecutive rounds above threshold (while not flagged)
+  int below = 0;          // consecutive rounds at or below clear (while flagged)
+  uint64_t since_ns = 0;  // when it was last flagged or recovered (the caller's clock), 0: never
+  uint64_t rounds = 0;    // rounds it took part in
 };
 
 struct StragglerChange {
@@ -97,16 +100,24 @@ struct StragglerOptions {
   std::vector<std::string> spare_hosts;
 };
 
-// The straggler flags of trainmoverd and tmrun (one table, docs/stragglers.md):
+// The straggler flags, one table for trainmoverd and tmrun's embedded coordinator (docs/stragglers.md):
 //   --straggler-policy report|migrate  --straggler-threshold F  --straggler-clear F  --straggler-windows N
 //   --straggler-clear-windows N  --straggler-cooldown-s S  --straggler-spare-hosts H1,H2
-// Returns 0 when `flag` is not one of them, 1 when it was applied, -1 on a bad value (*err names the flag).
+struct StragglerFlag {
+  const char* name;     // "--straggler-policy"
+  const char* metavar;  // what the value is, for the usage text
+  const char* help;     // one line, with the default
+};
+std::span<const StragglerFlag> StragglerFlags();
+// Applies one of them. Returns 0 when `flag` is not one of them, 1 when it was applied, -1 on a bad value (*err
+// names the flag and the value).
 int ParseStragglerFlag(const std::string& flag, const std::string& value, StragglerOptions* o, std::string* err);
-// Their usage lines, for the tools' --help.
-extern const char kStragglerFlagsUsage[];
 
 // The median of `v` (sorted in place); 0 when empty.
 double Median(std::vector<double>& v);
+// The lower quartile of `v` as the shim computes a window's (the element at index size/4 once sorted; `v` is
+// reordered); 0 when empty.
+double LowerQuartile(std::vector<double>& v);
 
 }  // namespace trainmover::control
 

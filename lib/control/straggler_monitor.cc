@@ -36,7 +36,15 @@ void StragglerMonitor::OnWindow(uint64_t process, const StepWindow& w, uint64_t 
   if (w.steps == 0) return;
   Pending& p = pending_[process];
   if (p.window.steps == 0) p.first_ns = now_mono_ns;
-  p.window.steps += w.steps;
+  // Two windows before one round: the detector's figure (the lower quartile of the steps' compute) of the sum is
+  // taken as theirs weighted by their steps; a window without one (0) makes the detector use the mean.
+  const uint64_t steps = p.window.steps + w.steps;
+  p.window.compute_p25_ns =
+      p.window.steps == 0 ? w.compute_p25_ns
+      : p.window.compute_p25_ns == 0 || w.compute_p25_ns == 0
+          ? 0
+          : (p.window.compute_p25_ns * p.window.steps + w.compute_p25_ns * w.steps) / steps;
+  p.window.steps = static_cast<uint32_t>(std::min<uint64_t>(steps, UINT32_MAX));
   p.window.compute_ns += w.compute_ns;
   p.window.wait_ns += w.wait_ns;
 }
@@ -185,7 +193,9 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
       return;
     }
     a.state = "verifying";
-    a.verify_from_round = rounds_ + 1;  // the round under way may hold windows from before the switch
+    // The round under way may hold windows from before the switch; the replacement's first rounds are its warm-up
+    // (cold caches, the first operations on new communicators), as the detector counts them.
+    a.verify_from_round = rounds_ + 1 + static_cast<uint64_t>(opt_.detector.warmup_windows);
     return;
   }
   const uint64_t need = static_cast<uint64_t>(opt_.detector.flag_windows);

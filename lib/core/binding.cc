@@ -17,6 +17,7 @@
 
 #include "base/config.h"
 #include "base/log.h"
+#include "comm_timing.h"
 #include "shim_state.h"
 #include "tm_build_config.h"  // TM_VERSION
 
@@ -235,6 +236,7 @@ ncclResult_t EnsureInit() {
   std::call_once(once, [] {
     const ConfigResult& cr = ConfigGet();
     base::LogConfigure(cr.config.debug, cr.config.debug_subsys, cr.config.debug_file.c_str());
+    g_comm_timing.store(cr.config.step_timing != "off", std::memory_order_relaxed);
     if (!cr.error.empty()) {
       // Debug settings may be the invalid ones: the warning is printed at WARN whatever they say.
       SetShimError("TrainMover: %s", cr.error.c_str());

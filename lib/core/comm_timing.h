@@ -42,11 +42,19 @@ inline uint64_t ReadTicks() {
 // Ticks spent inside blocking NCCL calls, by every thread of the process, since the start.
 constinit inline std::atomic<uint64_t> g_comm_wait_ticks{0};
 
-// Brackets one forwarded call: construct before it, destroy after.
+// Whether calls are timed (TRAINMOVER_STEP_TIMING, set once when the shim initialises, before any
+// communicator exists). Off: no tick is read and no step is accounted (state.cc), so the agent sends no window.
+constinit inline std::atomic<bool> g_comm_timing{true};
+inline bool CommTiming() { return g_comm_timing.load(std::memory_order_relaxed); }
+
+// Brackets one forwarded call: construct before it, destroy after. Off: one predictable branch each way
+// (t0_ 0 means not timed: a tick count is never 0).
 class CommWaitScope {
  public:
-  CommWaitScope() : t0_(ReadTicks()) {}
-  ~CommWaitScope() { g_comm_wait_ticks.fetch_add(ReadTicks() - t0_, std::memory_order_relaxed); }
+  CommWaitScope() : t0_(CommTiming() ? ReadTicks() : 0) {}
+  ~CommWaitScope() {
+    if (t0_) g_comm_wait_ticks.fetch_add(ReadTicks() - t0_, std::memory_order_relaxed);
+  }
   CommWaitScope(const CommWaitScope&) = delete;
   CommWaitScope& operator=(const CommWaitScope&) = delete;
 

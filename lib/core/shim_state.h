@@ -310,10 +310,11 @@ struct SafePointRecord {
 // The mutex that tmShimSafePoint holds while it records a step (never held across the hook).
 std::mutex& SafePointMutex();
 SafePointRecord GetSafePoint();        // takes the mutex
-// The median compute time (wall minus wait) of the timed steps after the first `after` ones, over at most the
+// The lower quartile of the compute times (wall minus wait) of the timed steps after the first `after` ones (the
+// element at index n/4 of the sorted n), over at most the
 // latest kStepRing of them; 0 when there are none. Takes the mutex. (The agent's window, docs/stragglers.md.)
 constexpr size_t kStepRing = 1024;
-uint64_t StepComputeMedianNs(uint64_t after);
+uint64_t StepComputeP25Ns(uint64_t after);
 SafePointRecord GetSafePointLocked();  // caller holds SafePointMutex()
 
 // Called by tmShimSafePoint after recording `step`, without locks held, on the application thread.

@@ -488,7 +488,7 @@ StepStart StepClockNow() {
 // becomes nanoseconds by the step's own ratio of nanoseconds to ticks.
 void AccountStep(const StepStart& end) {
   const StepStart& begin = g_step_start;
-  if (!begin.valid || ProcessSandboxed() || end.ticks <= begin.ticks || end.ns <= begin.ns) return;
+  if (!begin.valid || !CommTiming() || ProcessSandboxed() || end.ticks <= begin.ticks || end.ns <= begin.ns) return;
   const uint64_t wall = end.ns - begin.ns;
   const double ns_per_tick = static_cast<double>(wall) / static_cast<double>(end.ticks - begin.ticks);
   const auto wait = static_cast<uint64_t>(static_cast<double>(end.wait_ticks - begin.wait_ticks) * ns_per_tick);
@@ -499,7 +499,7 @@ void AccountStep(const StepStart& end) {
 }
 }  // namespace
 
-uint64_t StepComputeMedianNs(uint64_t after) {
+uint64_t StepComputeP25Ns(uint64_t after) {
   std::vector<uint64_t> v;
   {
     std::lock_guard<std::mutex> lock(g_sp_mu);
@@ -509,8 +509,8 @@ uint64_t StepComputeMedianNs(uint64_t after) {
     }
   }
   if (v.empty()) return 0;
-  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
-  return v[v.size() / 2];
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 4), v.end());
+  return v[v.size() / 4];
 }
 
 int64_t SafePointImpl(int64_t step) {

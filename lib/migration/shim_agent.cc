@@ -156,7 +156,7 @@ extern "C" void tmAgentStart(const Config* config) {
   agent->SetRegisteredHandler(OnRegistered);
   agent->SetStepTotals([](uint64_t after) {
     const SafePointRecord sp = GetSafePoint();
-    return Agent::StepTotals{sp.timed_steps, sp.wall_ns, sp.wait_ns, StepComputeMedianNs(after)};
+    return Agent::StepTotals{sp.timed_steps, sp.wall_ns, sp.wait_ns, StepComputeP25Ns(after)};
   });
   g_agent.store(agent, std::memory_order_release);
   SetVCommObserver(Observe, nullptr);

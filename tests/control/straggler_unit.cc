@@ -13,6 +13,7 @@
 
 #include "control/straggler.h"
 #include "control/straggler_monitor.h"
+#include "fake_engine_host.h"
 
 using namespace trainmover::control;
 
@@ -20,15 +21,15 @@ namespace {
 
 // A window of `steps` steps each computing `compute_ms` and waiting `wait_ms`.
 StepWindow W(double compute_ms, double wait_ms = 1.0, uint32_t steps = 50) {
-  return StepWindow{steps, static_cast<uint64_t>(compute_ms * 1e6 * steps), static_cast<uint64_t>(wait_ms * 1e6 * steps),
-                    static_cast<uint64_t>(compute_ms * 1e6)};
+  return StepWindow{steps, static_cast<uint64_t>(compute_ms * 1e6 * steps),
+                    static_cast<uint64_t>(wait_ms * 1e6 * steps), static_cast<uint64_t>(compute_ms * 1e6)};
 }
 
-// A window of the steps whose compute times (ms) are given, each waiting 1 ms: the sum and the median.
+// A window of the steps whose compute times (ms) are given, each waiting 1 ms: the sum and the lower quartile.
 StepWindow Steps(std::vector<double> ms) {
   StepWindow w{static_cast<uint32_t>(ms.size()), 0, static_cast<uint64_t>(1e6 * ms.size()), 0};
   for (double x : ms) w.compute_ns += static_cast<uint64_t>(x * 1e6);
-  w.compute_median_ns = static_cast<uint64_t>(Median(ms) * 1e6);
+  w.compute_p25_ns = static_cast<uint64_t>(LowerQuartile(ms) * 1e6);
   return w;
 }
 
@@ -243,51 +244,7 @@ TEST_CASE("straggler flags") {
 
 namespace {
 
-class FakeHost final : public EngineHost {
- public:
-  std::map<uint64_t, ProcessRec> procs;
-  std::map<uint64_t, CommRec> comm_recs;
-  std::map<uint64_t, Migration> migs;
-  bool SendCommand(uint64_t, const Command&) override { return true; }
-  void SetMigState(Migration& m, MigState s, const std::string& reason) override {
-    m.state = s;
-    m.reason = reason;
-  }
-  void BeginPhase(Migration&, uint64_t, const std::string&) override {}
-  void EndPhase(Migration&, uint64_t, const std::string&) override {}
-  ProcessRec* FindProcess(uint64_t id) override {
-    auto it = procs.find(id);
-    return it == procs.end() ? nullptr : &it->second;
-  }
-  ProcessRec* FindProcessByRank(int32_t rank) override {
-    for (auto& [id, p] : procs) {
-      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank == rank) return &p;
-    }
-    return nullptr;
-  }
-  const std::map<uint64_t, ProcessRec>& processes() const override { return procs; }
-  const std::map<uint64_t, CommRec>& comms() const override { return comm_recs; }
-  Migration* FindMigration(uint64_t id) override {
-    auto it = migs.find(id);
-    return it == migs.end() ? nullptr : &it->second;
-  }
-  const std::map<uint64_t, Migration>& migrations() const override { return migs; }
-  Migration& NewMigration(const std::string& kind, int32_t rank) override {
-    Migration& m = migs[migs.empty() ? 1 : migs.rbegin()->first + 1];
-    m.id = migs.rbegin()->first;
-    m.kind = kind;
-    m.rank = rank;
-    return m;
-  }
-
-  void AddWorker(uint64_t id, int32_t rank, const std::string& host = "h0") {
-    ProcessRec& p = procs[id];
-    p.id = id;
-    p.info.role = "worker";
-    p.info.rank = rank;
-    p.info.host = host;
-  }
-};
+using FakeHost = testing::FakeEngineHost;
 
 constexpr uint64_t kMs = 1000000;
 
@@ -315,9 +272,14 @@ struct Monitored {
         }) {}
   // One heartbeat window from each worker in `ms` (process -> compute ms), then a tick.
   void Beat(const std::map<uint64_t, double>& ms) {
+    std::map<uint64_t, StepWindow> w;
+    for (const auto& [id, c] : ms) w[id] = W(c);
+    BeatWindows(w);
+  }
+  void BeatWindows(const std::map<uint64_t, StepWindow>& windows) {
     mono += 100 * kMs;
     real += 100 * kMs;
-    for (const auto& [id, c] : ms) mon.OnWindow(id, W(c), mono);
+    for (const auto& [id, w] : windows) mon.OnWindow(id, w, mono);
     mon.OnTick(h, mono, real);
   }
 };
@@ -342,8 +304,9 @@ TEST_CASE("monitor: rounds wait for every worker, or for the timeout; status and
   CHECK(m.requests.empty());  // policy report
   CHECK(m.mon.ProcessJson(2).find("\"straggler\":true,\"straggler_score\":1.0000") != std::string::npos);
   CHECK(m.mon.ProcessJson(1).find("\"straggler\":false") != std::string::npos);
-  CHECK(m.mon.ProcessJson(7) ==
-        ",\"straggler\":false,\"straggler_score\":null,\"straggler_since_ms\":null,\"compute_ms\":null,\"wait_ms\":null");
+  CHECK(
+      m.mon.ProcessJson(7) ==
+      ",\"straggler\":false,\"straggler_score\":null,\"straggler_since_ms\":null,\"compute_ms\":null,\"wait_ms\":null");
   const std::string metrics = m.mon.MetricsText(m.h.procs);
   CHECK(metrics.find("trainmover_straggler{rank=\"1\"} 1\n") != std::string::npos);
   CHECK(metrics.find("trainmover_straggler{rank=\"0\"} 0\n") != std::string::npos);
@@ -351,6 +314,27 @@ TEST_CASE("monitor: rounds wait for every worker, or for the timeout; status and
   m.h.procs[2].state = ProcState::kExited;
   m.Beat({});
   CHECK(m.mon.detector().states().count(2) == 0);
+}
+
+TEST_CASE("monitor: a rank's figure is its window's lower quartile, two windows before a round weighted by steps") {
+  Monitored m(StragglerOptions{});
+  for (uint64_t id = 1; id <= 3; ++id) m.h.AddWorker(id, static_cast<int32_t>(id - 1));
+  std::vector<double> stretched(50, 10.0);
+  for (int i = 0; i < 20; ++i) stretched[static_cast<size_t>(i * 2)] = 30;  // 40% preempted: mean 18, quartile 10
+  for (int k = 0; k < 10; ++k) m.BeatWindows({{1, W(10)}, {2, W(10)}, {3, Steps(stretched)}});
+  CHECK(m.mon.detector().states().at(3).rounds == 10);
+  CHECK(m.mon.detector().states().at(3).compute_ms == doctest::Approx(10));
+  CHECK_FALSE(m.mon.detector().states().at(3).flagged);
+  // The reverse: most steps 13 ms, a few short ones: the lower quartile says +30%, and it is flagged.
+  std::vector<double> slow(50, 13.0);
+  for (int i = 0; i < 10; ++i) slow[static_cast<size_t>(i * 5)] = 1;
+  for (int k = 0; k < 3; ++k) m.BeatWindows({{1, W(10)}, {2, W(10)}, {3, Steps(slow)}});
+  CHECK(m.mon.detector().states().at(3).flagged);
+  CHECK(m.mon.detector().states().at(3).score == doctest::Approx(0.3));
+  // Two windows of process 3 before the round: 50 steps at 10 ms and 150 at 14 ms make 13 ms.
+  m.mon.OnWindow(3, W(10, 1, 50), m.mono);
+  m.BeatWindows({{1, W(10)}, {2, W(10)}, {3, W(14, 1, 150)}});
+  CHECK(m.mon.detector().states().at(3).compute_ms == doctest::Approx(13));
 }
 
 TEST_CASE("monitor, policy migrate: one migration with --spawn to a spare host, verified, cool-down") {
@@ -379,7 +363,11 @@ TEST_CASE("monitor, policy migrate: one migration with --spawn to a spare host, 
   auto after = [&] { m.Beat({{1, 10}, {2, 10}, {5, 10}, {4, 10}}); };
   after();
   CHECK(m.mon.actions()[0].state == "verifying");
+  // The replacement's two warm-up rounds are not verified: a slow first round after the switch changes nothing.
+  m.Beat({{1, 10}, {2, 10}, {5, 200}, {4, 10}});
   for (int i = 0; i < 4; ++i) after();
+  CHECK(m.mon.actions()[0].state == "verifying");
+  after();
   CHECK(m.mon.actions()[0].state == "done");
   CHECK(m.mon.actions()[0].outcome == "recovered");
   CHECK(m.mon.actions()[0].after_step_ms == doctest::Approx(11.0));

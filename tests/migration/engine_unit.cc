@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../control/fake_engine_host.h"
 #include "control/coordinator.h"
 #include "migration/engine.h"
 #include "migration/msgs.h"
@@ -25,78 +26,9 @@ using namespace trainmover::control;
 
 namespace {
 
-// A command as the fake saw it: "to:NAME".
-struct Sent {
-  uint64_t to;
-  Command c;
-};
-
-// What the coordinator would do, in memory: phases stamped with a counter, states recorded in order.
-class FakeHost final : public EngineHost {
+// The coordinator in memory (tests/control/fake_engine_host.h), and the commands it was given as "to:NAME".
+class FakeHost final : public testing::FakeEngineHost {
  public:
-  std::map<uint64_t, ProcessRec> procs;
-  std::map<uint64_t, CommRec> comm_recs;
-  std::map<uint64_t, Migration> migs;
-  std::vector<Sent> sent;
-  std::vector<MigState> states;  // every transition, in order
-  uint64_t clock = 1;
-
-  bool SendCommand(uint64_t process, const Command& c) override {
-    auto it = procs.find(process);
-    if (it == procs.end() || it->second.state != ProcState::kAlive) return false;
-    sent.push_back(Sent{process, c});
-    return true;
-  }
-  void SetMigState(Migration& m, MigState s, const std::string& reason) override {
-    if (MigTerminal(m.state)) return;
-    m.state = s;
-    if (!reason.empty()) m.reason = reason;
-    states.push_back(s);
-    if (MigTerminal(s)) {
-      for (PhaseSpan& p : m.phases) {
-        if (!p.end_ns) p.end_ns = clock;
-      }
-    }
-  }
-  void BeginPhase(Migration& m, uint64_t process, const std::string& phase) override {
-    m.phases.push_back(PhaseSpan{process, phase, clock++, 0});
-  }
-  void EndPhase(Migration& m, uint64_t process, const std::string& phase) override {
-    for (auto it = m.phases.rbegin(); it != m.phases.rend(); ++it) {
-      if (it->process == process && it->phase == phase && !it->end_ns) {
-        it->end_ns = clock++;
-        return;
-      }
-    }
-  }
-  ProcessRec* FindProcess(uint64_t id) override {
-    auto it = procs.find(id);
-    return it == procs.end() ? nullptr : &it->second;
-  }
-  ProcessRec* FindProcessByRank(int32_t rank) override {
-    for (auto& [id, p] : procs) {
-      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank == rank) return &p;
-    }
-    return nullptr;
-  }
-  const std::map<uint64_t, ProcessRec>& processes() const override { return procs; }
-  const std::map<uint64_t, CommRec>& comms() const override { return comm_recs; }
-  Migration* FindMigration(uint64_t id) override {
-    if (migs.empty()) return nullptr;
-    if (id == 0) return &migs.rbegin()->second;
-    auto it = migs.find(id);
-    return it == migs.end() ? nullptr : &it->second;
-  }
-  const std::map<uint64_t, Migration>& migrations() const override { return migs; }
-  Migration& NewMigration(const std::string& kind, int32_t rank) override {
-    Migration m;
-    m.id = migs.empty() ? 1 : migs.rbegin()->first + 1;
-    m.kind = kind;
-    m.rank = rank;
-    m.ranks = {rank};
-    return migs[m.id] = m;
-  }
-
   // The commands sent since the last call, as "to:NAME", and forgets them.
   std::vector<std::string> Take() {
     std::vector<std::string> v;
@@ -108,12 +40,6 @@ class FakeHost final : public EngineHost {
     }
     sent.clear();
     return v;
-  }
-  bool PhaseOpen(const Migration& m, const std::string& name) const {
-    for (const PhaseSpan& p : m.phases) {
-      if (p.process == 0 && p.phase == name && !p.end_ns) return true;
-    }
-    return false;
   }
 };
 
@@ -1045,7 +971,7 @@ TEST_CASE("standby: one that reads its rank through tmRank takes another rank's 
   CHECK(m.recovery.replacement.rfind("standby process 200 (pid 1200, warmed up as rank 0)", 0) == 0);
   CHECK(m.joiner == 200);
   CHECK_FALSE(j.h.procs[200].standby.ready);
-  std::vector<Sent> sent = j.h.sent;
+  std::vector<FakeHost::Sent> sent = j.h.sent;
   CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "200:ASSIGN", "200:MAP", "200:MAKE_IDS"});
   standby::Assign a;
   REQUIRE(DecodePayload(sent[2].c.body, &a));

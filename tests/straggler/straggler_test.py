@@ -13,11 +13,11 @@ migrate  --straggler-policy migrate: the slow rank 1 is migrated (a spawned join
          coordinator finds the job's step time back to its figure before the straggler ("recovered"), and every
          rank, the joiner included, ends bit-identical to the run without the shim.
 
-The coordinator runs with --straggler-threshold 0.2 --straggler-windows 5 (defaults 0.1 and 3): on the shared
-2-core development machine (load average 15-25 while several engineers' suites run) a process that gets less
-CPU than its peers for seconds is slower, measured up to +50% for three consecutive windows (docs/stragglers.md,
-"Noise"); a 30% straggler stays well above 0.2. The detector's default parameters are tested on synthetic series
-(tests/control/straggler_unit.cc).
+The coordinator runs with the detector's defaults (threshold +10% for 3 one-second windows): its figure, the lower
+quartile of a window's step compute times, ignores the time a loaded machine adds to some steps (docs/stragglers.md,
+"Noise"; at load average 43 on the 2-core development machine the highest score seen without a straggler was
++0.16 in one window, never three in a row), except the migrate scenario (MIGRATE_DETECTOR, below). The detector on
+synthetic series: tests/control/straggler_unit.cc.
 """
 import os
 import re
@@ -49,7 +49,7 @@ def fail(msg):
 
 def start(name, coordinator_args=(), **kw):
     job = Job(BUILD, WORK, name, ranks=3, heartbeat_timeout_ms=HB_TIMEOUT_MS,
-              coordinator_args=["--straggler-threshold", "0.2", "--straggler-windows", "5"] + list(coordinator_args),
+              coordinator_args=list(coordinator_args),
               **kw)
     JOBS.append(job)
     return job
@@ -78,15 +78,17 @@ def scenario_detect():
     t_flag = time.monotonic()
     flagged = [p for p in job.workers(s) if p["straggler"]]
     step = flagged[0]["step"]
-    # The bound: flag_windows (5) rounds, one partial window on each side, two for a loaded machine.
-    bound_s = (5 + 4) * WINDOW_S
+    # The bound: flag_windows rounds, one partial window on each side, two for a loaded machine.
+    bound_s = (s["stragglers"]["windows"] + 4) * WINDOW_S
     print(f"detect: rank {flagged[0]['rank']} flagged {t_flag - t_slow:.2f} s and {step - slow_from} steps after the "
           f"slowdown began (score {flagged[0]['straggler_score']:+.2f}; bound {bound_s:.1f} s)")
     if [p["rank"] for p in flagged] != [2]:
         fail(f"detect: flagged {[p['rank'] for p in flagged]}, expected [2]")
     if t_flag - t_slow > bound_s:
         fail(f"detect: flagged after {t_flag - t_slow:.2f} s, bound {bound_s:.1f} s")
-    if not 0.15 < flagged[0]["straggler_score"] < 0.6 or not flagged[0]["straggler_since_ms"]:
+    # Above the threshold, and no upper bound: on a loaded machine the slowed process also pays a second wake-up
+    # per step (its slowdown is a sleep), so it is measured well above +30% (+107% at load 43).
+    if not flagged[0]["straggler_score"] > s["stragglers"]["threshold"] or not flagged[0]["straggler_since_ms"]:
         fail(f"detect: score/since {flagged[0]}")
     rc, out = job.ctl("status")
     row = next((line for line in out.splitlines() if re.search(r"\s2/3\s", line)), "")
@@ -132,14 +134,23 @@ def scenario_jitter():
         fail("jitter: a flag in the coordinator's log")
     if rounds < 10:
         fail(f"jitter: only {rounds} detector rounds: the run says nothing")
-    print(f"jitter: no rank flagged in {job.steps} steps ({rounds} detector rounds)")
+    scores = [o[4] for obs in job.seen.values() for o in obs if o[4] is not None]
+    print(f"jitter: no rank flagged in {job.steps} steps ({rounds} detector rounds; highest score seen "
+          f"{max(scores):+.3f}, load {open('/proc/loadavg').read().split()[0]})")
+
+
+# The migrate scenario's verification compares the job's step time after the move with the figure before the
+# straggler, within the threshold; on the shared 2-core machine the job's step time itself swings 3x within seconds
+# with the load (22 ms before, 8 ms with the straggler, 36 ms after, at load 25-45: "not recovered" at the default
+# 10%), so this scenario keeps the wider detector of the first version (docs/stragglers.md, "Noise").
+MIGRATE_DETECTOR = ["--straggler-threshold", "0.2", "--straggler-windows", "5"]
 
 
 def scenario_migrate():
     slow_from = 200
     job = start("migrate", steps=3000,
                 train_args=["--slow-rank", "1", "--slowdown", "1.3", "--slow-from-step", str(slow_from)],
-                coordinator_args=["--straggler-policy", "migrate", "--straggler-cooldown-s", "600"])
+                coordinator_args=["--straggler-policy", "migrate", "--straggler-cooldown-s", "600"] + MIGRATE_DETECTOR)
 
     def done(s):
         acts = s["stragglers"]["actions"]

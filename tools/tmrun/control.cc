@@ -68,7 +68,11 @@ std::string NewJobToken() {
 
 Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const std::string& job_coordinator,
                            const std::string& job_token_file, const std::string& listen_host) {
+  const Status straggler_refused = Status::Error(
+      "--straggler-* configure tmrun's embedded coordinator, and this job has none here (give them to its "
+      "trainmoverd)");
   if (disabled) {
+    if (straggler_given_) return straggler_refused;
     unsetenv("TRAINMOVER_COORDINATOR");
     return Status::Ok();
   }
@@ -76,6 +80,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
   const char* env_token = getenv("TRAINMOVER_TOKEN");
   std::string token = env_token ? env_token : "";
   if (!coordinator.empty() || (env_coord && *env_coord) || !job_coordinator.empty()) {
+    if (straggler_given_) return straggler_refused;
     address_ = !coordinator.empty() ? coordinator : (env_coord && *env_coord) ? env_coord : job_coordinator;
     if (token.empty() && !job_token_file.empty()) {
       std::ifstream f(job_token_file, std::ios::binary);
@@ -90,6 +95,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
   }
   // Node K > 0 or a joiner of a job whose node 0 runs no coordinator: none here either.
   if (listen_host.empty()) {
+    if (straggler_given_) return straggler_refused;
     unsetenv("TRAINMOVER_COORDINATOR");
     return Status::Ok();
   }
@@ -102,6 +108,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
   o.listen = listen_host + ":0";
   o.token = token;
   o.heartbeat_timeout_ms = heartbeat_timeout_ms_;
+  o.straggler = straggler_;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
   {

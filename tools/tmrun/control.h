@@ -11,6 +11,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "control/straggler.h"
 
 namespace tmrun {
 
@@ -29,6 +30,12 @@ class ControlPlane {
                                  const std::string& job_token_file, const std::string& listen_host);
   // The embedded coordinator's heartbeat timeout (tmrun --heartbeat-timeout-ms); before Setup.
   void SetHeartbeatTimeout(int ms) { heartbeat_timeout_ms_ = ms; }
+  // The embedded coordinator's straggler options (tmrun --straggler-*); before Setup. With `given`, Setup fails
+  // when no coordinator is embedded here (they would be silently ignored).
+  void SetStragglerOptions(const trainmover::control::StragglerOptions& o, bool given) {
+    straggler_ = o;
+    straggler_given_ = given;
+  }
   const std::string& address() const { return address_; }        // "" when disabled
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
   // Processes of the job alive at the embedded coordinator (0 when none is embedded here).
@@ -46,6 +53,8 @@ class ControlPlane {
   std::unique_ptr<Embedded> embedded_;
   std::string address_, token_file_, dir_;
   int heartbeat_timeout_ms_ = 10000;
+  trainmover::control::StragglerOptions straggler_;
+  bool straggler_given_ = false;
 };
 
 }  // namespace tmrun

@@ -482,6 +482,7 @@ int main(int argc, char** argv) {
   tmrun::JobInfo job;
   tm_tools::KvServer store;
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
+  control.SetStragglerOptions(cfg.straggler, cfg.straggler_given);
   const bool serves = !cfg.join && !cfg.node && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
   // The job's token authenticates the store and the coordinator.
   if (int rc = ResolveToken(cfg, serves, &job); rc != 0) return rc;

@@ -36,8 +36,11 @@ bool ToInt(const std::string& s, int lo, int* out) {
   return true;
 }
 
+// Every option; the --straggler-* rows come from trainmoverd's table (control/straggler.h) and configure the
+// embedded coordinator.
 const std::vector<Option>& Table() {
-  static const std::vector<Option> table = {
+  static const std::vector<Option> table = [] {
+    std::vector<Option> rows = {
       {"--nproc", "-n", "N", "ranks on this node (with --join: optional, checked against the job's world size)",
        [](Config* c, const std::string& v) { return ToInt(v, 1, &c->nproc); }},
       {"--nnodes", nullptr, "N", "nodes in the job, one tmrun each (default 1)",
@@ -80,6 +83,15 @@ const std::vector<Option>& Table() {
       {"--hostnccl", nullptr, nullptr, "the ranks' NCCL is hostnccl, on host memory (machines without a GPU)",
        [](Config* c, const std::string&) { return c->hostnccl = true; }},
   };
+    for (const trainmover::control::StragglerFlag& f : trainmover::control::StragglerFlags()) {
+      rows.push_back({f.name, nullptr, f.metavar, f.help, [name = std::string(f.name)](Config* c, const std::string& val) {
+                     std::string err;
+                     c->straggler_given = true;
+                     return trainmover::control::ParseStragglerFlag(name, val, &c->straggler, &err) == 1;
+                   }});
+    }
+    return rows;
+  }();
   return table;
 }
 
@@ -96,6 +108,7 @@ void Usage(FILE* out) {
     fprintf(out, "  %-26s %s\n", lhs.c_str(), o.help);
   }
   fprintf(out, "  %-26s %s\n", "-h, --help", "this text");
+  fprintf(out, "The straggler options configure the embedded coordinator, as trainmoverd's (docs/stragglers.md).\n");
 }
 
 }  // namespace
@@ -174,6 +187,10 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
   else if (cfg->no_shim && !cfg->shim.empty())
     problem = "--shim and --no-shim exclude each other";
   std::string why;
+  if (!problem && cfg->straggler_given && !(why = cfg->straggler.detector.Check()).empty()) {
+    why = "--straggler-*: " + why;
+    problem = why.c_str();
+  }
   if (!problem && !cfg->shim.empty() && access(cfg->shim.c_str(), R_OK) != 0) {
     why = "--shim " + cfg->shim + ": " + strerror(errno);
     problem = why.c_str();

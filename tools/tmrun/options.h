@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "control/straggler.h"
+
 namespace tmrun {
 
 struct Config {
@@ -30,6 +32,8 @@ struct Config {
   int heartbeat_timeout_ms = 10000;  // --heartbeat-timeout-ms: the embedded coordinator's (failure detection)
   bool no_shim = false;         // --no-shim: the ranks get no LD_PRELOAD of the shim
   std::string shim;             // --shim PATH: the shim to preload (default: this build's, libraries.h)
+  trainmover::control::StragglerOptions straggler;  // --straggler-*: the embedded coordinator's (docs/stragglers.md)
+  bool straggler_given = false;                      // any --straggler-* given (refused without an embedded one)
   bool hostnccl = false;        // --hostnccl: the ranks' NCCL is hostnccl (no GPU needed)
   std::string hostnccl_path;    // where hostnccl is (set by ParseArgs when --hostnccl)
   std::vector<std::string> command;

@@ -37,9 +37,10 @@ int Usage(const char* msg) {
                "  --listen               control address (default 127.0.0.1:0; the bound address is printed first)\n"
                "  --metrics-listen       Prometheus endpoint, GET /metrics (default: none)\n"
                "  --heartbeat-timeout-ms a process silent this long is marked lost (default 10000)\n"
-               "  --token-file           file holding the job's shared secret (else TRAINMOVER_TOKEN)\n"
-               "%s",
-               trainmover::control::kStragglerFlagsUsage);
+               "  --token-file           file holding the job's shared secret (else TRAINMOVER_TOKEN)\n");
+  for (const trainmover::control::StragglerFlag& f : trainmover::control::StragglerFlags()) {
+    std::fprintf(stderr, "  %s %s\n      %s\n", f.name, f.metavar, f.help);
+  }
   return 2;
 }
 
