@@ -36,7 +36,7 @@ if rv.get("rank") != 1 or not rv.get("replacement"):
 if not isinstance(rv.get("downtime_ms"), (int, float)) or rv["downtime_ms"] <= 0:
     fail.append(f"downtime_ms {rv.get('downtime_ms')}")
 if not isinstance(rv.get("lost_steps"), int) or rv["lost_steps"] < 0 or \
-        rv["failed_at_step"] - rv["rollback_step"] != rv["lost_steps"] or rv["failed_at_step"] < 30:
+        rv["failed_at_step"] - rv["rollback_step"] - 1 != rv["lost_steps"] or rv["failed_at_step"] < 30:
     fail.append(f"lost_steps {rv.get('lost_steps')}, from step {rv.get('failed_at_step')} to {rv.get('rollback_step')}")
 print("recovery downtime_ms", rv.get("downtime_ms"), "lost_steps", rv.get("lost_steps"), "bit_identical",
       out.get("bit_identical"), "failure to step: crash", cr.get("failure_to_step_ms"), "recovery",
