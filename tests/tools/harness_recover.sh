@@ -4,12 +4,7 @@
 # (the replacement for rank 1) ends with the uninterrupted run's digest; the record has a positive downtime and the
 # steps lost. The same failure without a coordinator (crash: checkpoint at 30, the job fails, --resume) ends
 # bit-identical too; both have a failure-to-next-step time.
-set -u
-HARNESS=$1 BUILD=$2 BACKEND=$3
-[ "$BACKEND" = hostnccl ] || { echo "SKIP: tm-train is not linked against hostnccl (not built)"; exit 77; }
-command -v python3 > /dev/null || { echo "SKIP: no python3"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/harness_prologue.sh"
 python3 "$HARNESS" failure --build "$BUILD" --ranks 3 --steps 1500 --params 4000 --seed 5 --at 30 --kill-rank 1 \
   --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?
