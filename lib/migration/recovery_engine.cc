@@ -340,8 +340,6 @@ class RecoveryEngine final : public Engine {
     m.recovery.failed_at_step = reached;
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s; recovery %" PRIu64 ", epoch %" PRIu64,
             rank, dead.id, dead.lost_reason.c_str(), m.id, x.epoch);
-    if (ProcessRec* d = h.FindProcess(dead.id)) d->fenced = true;
-    declared_[dead.id] = Declared{x.epoch, rank, MonoNs()};
     if (dead.lost_reason.rfind("no heartbeat", 0) == 0 && dead.info.host == base::HostName() && dead.info.pid > 0) {
       kill(static_cast<pid_t>(dead.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
@@ -354,6 +352,10 @@ class RecoveryEngine final : public Engine {
     // Refused at once when no copy of the dead rank survives; the step itself is picked once every survivor is held
     // and has said which of its own snapshots it holds (HELD).
     if (Offered(h, rank).empty()) return Fail(h, "no snapshot of rank " + std::to_string(rank) + " is complete on a live buddy");
+    // Fenced only once a recovery goes ahead: a refused one leaves the process free to come back (a live process whose
+    // control connection was cut re-registers and trains on, as it would with recovery off).
+    if (ProcessRec* d = h.FindProcess(dead.id)) d->fenced = true;
+    declared_[dead.id] = Declared{x.epoch, rank, MonoNs()};
     // The dead rank's communicators, in its creation order: fenced, then rebuilt with the replacement.
     std::vector<std::pair<uint32_t, uint64_t>> order;
     for (const auto& [key, info] : dead.comm_info) order.push_back({info.lineage.index, key});

@@ -72,8 +72,8 @@ out=$("$CTL" migrate --rank 5 2>&1) && fail "migrating an unknown rank succeeded
 echo "$out" | grep -q "no alive worker holds rank 5" || fail "unclear refusal: $out"
 out=$("$CTL" migrate --rank 1 --spawn 2>&1); rc=$?
 echo "$out" | grep -q "not implemented yet\|started" || fail "unclear migrate answer: $out"
-out=$("$CTL" watch 2>&1) ; echo "$out" | grep -q "migration 2 \(failed\|done\|cancelled\)" || fail "watch: $out"
-"$CTL" timeline --out "$tmp/trace.json" > /dev/null || fail "timeline"
+out=$("$CTL" watch 2 2>&1) ; echo "$out" | grep -q "migration 2 \(failed\|done\|cancelled\)" || fail "watch: $out"
+"$CTL" timeline 2 --out "$tmp/trace.json" > /dev/null || fail "timeline"
 python3 -c "
 import json; t=json.load(open('$tmp/trace.json'))
 assert any(e['ph']=='X' for e in t['traceEvents']), t

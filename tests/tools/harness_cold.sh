@@ -2,12 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # tm-harness cold on 2 ranks: the resumed ranks end with the uninterrupted run's digest, the measured downtime
 # is positive and covers at least the emulated start-up costs it paid, and --json carries the required keys.
-set -u
-HARNESS=$1 BUILD=$2 BACKEND=$3
-[ "$BACKEND" = hostnccl ] || { echo "SKIP: tm-train is not linked against hostnccl (not built)"; exit 77; }
-command -v python3 > /dev/null || { echo "SKIP: no python3"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/harness_prologue.sh"
 python3 "$HARNESS" cold --build "$BUILD" --ranks 2 --steps 120 --params 4000 --seed 5 --extra-state-mb 1 --at 40 \
   --init-ms 200 --comm-init-ms 100 --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?

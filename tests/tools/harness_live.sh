@@ -2,12 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # tm-harness live on 2 ranks: a live migration of rank 1 (tmctl migrate --spawn) ends with the uninterrupted
 # run's digest on every rank and a positive downtime. Skips (77) while tm-harness says migration is unavailable.
-set -u
-HARNESS=$1 BUILD=$2 BACKEND=$3
-[ "$BACKEND" = hostnccl ] || { echo "SKIP: tm-train is not linked against hostnccl (not built)"; exit 77; }
-command -v python3 > /dev/null || { echo "SKIP: no python3"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/harness_prologue.sh"
 python3 "$HARNESS" live --build "$BUILD" --ranks 2 --steps 1500 --params 4000 --seed 5 --at 30 --migrate-rank 1 \
   --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?

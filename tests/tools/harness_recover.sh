@@ -4,12 +4,7 @@
 # (the replacement for rank 1) ends with the uninterrupted run's digest; the record has a positive downtime and the
 # steps lost. The same failure without a coordinator (crash: checkpoint at 30, the job fails, --resume) ends
 # bit-identical too; both have a failure-to-next-step time.
-set -u
-HARNESS=$1 BUILD=$2 BACKEND=$3
-[ "$BACKEND" = hostnccl ] || { echo "SKIP: tm-train is not linked against hostnccl (not built)"; exit 77; }
-command -v python3 > /dev/null || { echo "SKIP: no python3"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/harness_prologue.sh"
 python3 "$HARNESS" failure --build "$BUILD" --ranks 3 --steps 1500 --params 4000 --seed 5 --at 30 --kill-rank 1 \
   --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?
@@ -36,7 +31,7 @@ if rv.get("rank") != 1 or not rv.get("replacement"):
 if not isinstance(rv.get("downtime_ms"), (int, float)) or rv["downtime_ms"] <= 0:
     fail.append(f"downtime_ms {rv.get('downtime_ms')}")
 if not isinstance(rv.get("lost_steps"), int) or rv["lost_steps"] < 0 or \
-        rv["failed_at_step"] - rv["rollback_step"] != rv["lost_steps"] or rv["failed_at_step"] < 30:
+        rv["failed_at_step"] - rv["rollback_step"] - 1 != rv["lost_steps"] or rv["failed_at_step"] < 30:
     fail.append(f"lost_steps {rv.get('lost_steps')}, from step {rv.get('failed_at_step')} to {rv.get('rollback_step')}")
 print("recovery downtime_ms", rv.get("downtime_ms"), "lost_steps", rv.get("lost_steps"), "bit_identical",
       out.get("bit_identical"), "failure to step: crash", cr.get("failure_to_step_ms"), "recovery",
