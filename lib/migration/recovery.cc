@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -30,33 +31,53 @@ namespace {
 
 namespace rec = control::rec;
 
+// How long an exiting process waits for a snapshot read under way (docs/recovery.md, "Exit").
+constexpr int kExitDrainMs = 5000;
+
 // Background work in order, on one owned thread started on first use (it lives as long as the process, like the
-// agent it serves).
+// agent it serves). At exit the queue is drained: pending work is dropped and the task under way (a buddy's read
+// of a snapshot) may finish, within a deadline. A reader that vanishes in the middle of a read over TCP makes
+// UCX 1.13 abort the process serving it (its emulated get's reply fails on a dead endpoint), so an orderly exit
+// must not leave reads behind.
 class TaskQueue {
  public:
   explicit TaskQueue(World& w) : w_(w) {}
   void Push(std::function<void()> fn) {
     std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return;
     if (!thread_.joinable()) thread_ = w_.StartThread("tm-snapshot", [this] { Run(); });
     tasks_.push_back(std::move(fn));
-    cv_.notify_one();
+    cv_.notify_all();
+  }
+  // No more work; waits up to `limit` for the task under way. The thread stays parked (the process is ending).
+  void Drain(std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> lk(mu_);
+    stopping_ = true;
+    tasks_.clear();
+    cv_.wait_for(lk, limit, [this] { return !busy_; });
   }
 
  private:
   [[noreturn]] void Run() {
+    std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [this] { return !tasks_.empty(); });
       std::function<void()> fn = std::move(tasks_.front());
       tasks_.pop_front();
+      busy_ = true;
       lk.unlock();
       fn();
+      lk.lock();
+      busy_ = false;
+      cv_.notify_all();
     }
   }
   World& w_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
+  bool busy_ = false;
+  bool stopping_ = false;
   std::thread thread_;
 };
 
@@ -84,6 +105,7 @@ class Recovery {
   void OnCommand(const control::Command& c);
   int64_t OnSafePoint(int64_t step);
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
+  void AtExit() { queue_.Drain(std::chrono::milliseconds(kExitDrainMs)); }
 
  private:
   // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
@@ -532,6 +554,7 @@ bool OpFailureHook(shim::VComm* v, ncclComm_t used, ncclResult_t r) { return g_r
 
 void InstallRecovery(World* world, ProcessMachine* machine) {
   g_recovery = new Recovery(*world, machine);
+  std::atexit([] { g_recovery->AtExit(); });
   shim::SetOpFailureHook(OpFailureHook);
 }
 
