@@ -31,9 +31,6 @@ namespace {
 
 namespace rec = control::rec;
 
-// How long an exiting process waits for a snapshot read under way (docs/recovery.md, "Exit").
-constexpr int kExitDrainMs = 5000;
-
 // Background work in order, on one owned thread started on first use (it lives as long as the process, like the
 // agent it serves). At exit the queue is drained: pending work is dropped and the task under way (a buddy's read
 // of a snapshot) may finish, within a deadline. A reader that vanishes in the middle of a read over TCP makes
@@ -49,11 +46,13 @@ class TaskQueue {
     tasks_.push_back(std::move(fn));
     cv_.notify_all();
   }
-  // No more work; waits up to `limit` for the task under way. The thread stays parked (the process is ending).
+  // No more work; waits up to `limit` for the task under way (unless called from it). The thread stays parked
+  // (the process is ending).
   void Drain(std::chrono::milliseconds limit) {
     std::unique_lock<std::mutex> lk(mu_);
     stopping_ = true;
     tasks_.clear();
+    if (std::this_thread::get_id() == thread_.get_id()) return;
     cv_.wait_for(lk, limit, [this] { return !busy_; });
   }
 
@@ -105,7 +104,7 @@ class Recovery {
   void OnCommand(const control::Command& c);
   int64_t OnSafePoint(int64_t step);
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
-  void AtExit() { queue_.Drain(std::chrono::milliseconds(kExitDrainMs)); }
+  void Drain() { queue_.Drain(std::chrono::milliseconds(kExitDrainMs)); }
 
  private:
   // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
@@ -554,12 +553,16 @@ bool OpFailureHook(shim::VComm* v, ncclComm_t used, ncclResult_t r) { return g_r
 
 void InstallRecovery(World* world, ProcessMachine* machine) {
   g_recovery = new Recovery(*world, machine);
-  std::atexit([] { g_recovery->AtExit(); });
+  std::atexit(RecoveryDrain);
   shim::SetOpFailureHook(OpFailureHook);
 }
 
 void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }
 
 int64_t RecoverySafePoint(int64_t step) { return g_recovery->OnSafePoint(step); }
+
+void RecoveryDrain() {
+  if (g_recovery) g_recovery->Drain();
+}
 
 }  // namespace trainmover::migration

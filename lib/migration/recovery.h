@@ -30,6 +30,9 @@ void RecoveryCommand(const control::Command& c);
 // process until the rollback. Returns the step to continue from. Does not return when recovery is impossible
 // (the process ends with the reason, status 1).
 int64_t RecoverySafePoint(int64_t step);
+// Any thread, before the process ends (normal exit, a migrated leaver, a joiner or a refused process): no more
+// snapshot pulls, and the one under way may finish (kExitDrainMs), so no buddy is left serving a vanished reader.
+void RecoveryDrain();
 
 // How long a fenced process waits at its safe point for the rollback, and how long an operation that failed on a
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
@@ -40,6 +43,8 @@ inline constexpr int kVerdictWaitMs = 15000;
 inline constexpr int kSnapshotSlots = 4;
 // How long a safe point waits for the previous snapshot to reach its buddies before going on without it.
 inline constexpr int kShipWaitMs = 10000;
+// How long an ending process waits for the snapshot pull under way (RecoveryDrain).
+inline constexpr int kExitDrainMs = 5000;
 
 }  // namespace trainmover::migration
 

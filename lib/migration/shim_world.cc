@@ -119,6 +119,7 @@ class ShimWorld final : public World {
     std::fprintf(stderr, "%s:%d:%d [%d] TRAINMOVER INFO %s\n", host, getpid(), static_cast<int>(gettid()),
                  FirstCommRank(), line.c_str());
     std::fflush(stderr);
+    RecoveryDrain();
     if (agent_) agent_->Stop(/*bye=*/true);
     _exit(code);
   }
