@@ -100,6 +100,60 @@ def scenario_twice():
     kill_plan("twice", 4, [(20, 1), (60, 1), (100, 3)])
 
 
+def wait_recovery_state(job, n, states):
+    """Waits until recovery `n` (1-based) is in one of `states`; returns it."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        rs = recoveries(job)
+        if len(rs) >= n and rs[n - 1]["state"] in states:
+            return rs[n - 1]
+        if len(rs) >= n and rs[n - 1]["state"] in ("done", "failed"):
+            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} before reaching {states}")
+        if job.p.poll() is not None:
+            fail(f"{job.name}: the job ended before recovery {n} reached {states}")
+        time.sleep(0.02)
+    fail(f"{job.name}: recovery {n} never reached {states}")
+
+
+def scenario_second_failure():
+    # A second rank killed while the first one's recovery builds its replacement communicators (hostnccl's init
+    # slowed to 700 ms: a wide window): the recovery is abandoned and a new epoch recovers both ranks together from
+    # the newest snapshot complete on live buddies; every digest bit-identical. Then the same with the first rank's
+    # only buddy as the second: refused cleanly (its snapshot is gone with it), each survivor ends saying why.
+    for when in ("spawning", "building"):
+        name = f"second_failure_{when}"
+        mt.clear_joiner_logs()
+        job = Job(name, 4, steps=300, step_ms=8, env=mt.SLOW_BUILD)
+        try:
+            job.wait_step(20)
+            os.kill(pid_of(job, 1), signal.SIGKILL)
+            first = wait_recovery_state(job, 1, (when,))
+            os.kill(pid_of(job, 3), signal.SIGKILL)
+            r = wait_recovered(job, 2)
+            old = recoveries(job)[0]
+            if old["id"] != first["id"] or old["state"] != "failed" or "abandoned for a new epoch" not in old["reason"]:
+                fail(f"{name}: the first recovery ended {old['state']} ({old['reason']}), expected abandoned")
+            if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1 or sorted(r["ranks"]) != [1, 3]:
+                fail(f"{name}: the second recovery {r['ranks']} epoch {r['recovery']['epoch']}, expected ranks 1 and 3 "
+                     f"in epoch {old['recovery']['epoch'] + 1}")
+            check_report(job, r, 3)
+            job.finish()
+        finally:
+            job.kill()
+        job.check_digests({1, 3})
+
+    def buddy_during(job):
+        os.kill(pid_of(job, 1), signal.SIGKILL)
+        wait_recovery_state(job, 1, ("building",))
+        os.kill(pid_of(job, 2), signal.SIGKILL)
+    rc, log = failed_job("second_failure_buddy", 4, buddy_during, env=mt.SLOW_BUILD, survivors_end_alone=True, at=20)
+    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (ranks 2 and 1 failed and cannot be recovered: "
+                          r"no snapshot of rank 1 is complete on a live buddy);", log))
+    if {r for r, _ in said} != {"0", "3"}:
+        fail(f"second_failure_buddy: survivors' reasons {said}; expected ranks 0 and 3 to end saying why")
+    print(f"second_failure_buddy: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
+
+
 def scenario_blocked():
     # the others wait in an AllReduce for a rank that is stopped, then killed: they return (fenced) and recover
     mt.clear_joiner_logs()
@@ -175,7 +229,8 @@ def scenario_refused():
         os.kill(a, signal.SIGKILL)
         os.kill(b, signal.SIGKILL)
     rc, log = failed_job("buddy_lost", 4, both, survivors_end_alone=True)
-    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (rank \d+ failed and cannot be recovered: .*?);", log))
+    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (ranks? [\d and]+ failed and cannot be recovered: .*?);",
+                          log))
     if {r for r, _ in said} != {"0", "3"}:
         fail(f"buddy_lost: survivors' reasons {said}; expected ranks 0 and 3 to end saying why (see {log[-2000:]})")
     print(f"buddy_lost: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
@@ -416,7 +471,8 @@ def scenario_standby_fixed():
     check_standby_digests(job, {0: 0})
 
 
-SCENARIOS = {"kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice, "blocked": scenario_blocked,
+SCENARIOS = {"kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
+             "second_failure": scenario_second_failure, "blocked": scenario_blocked,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
              "no_safe_points": scenario_no_safe_points, "no_snapshot": scenario_no_snapshot_yet,
              "during_migration": scenario_during_migration, "standby": scenario_standby,
