@@ -124,6 +124,13 @@ class RecoveryEngine final : public Engine {
           return OnHeldExposed(h, *from, m);
         case rec::Ev::kRolledBack:
           return OnRolledBack(h, *from, m);
+        case rec::Ev::kCommFault:
+          return OnCommFault(h, *from, m);
+        case rec::Ev::kProbed:
+          if (auto it = probes_.find(p); it != probes_.end() && it->second.number == static_cast<uint64_t>(m.step)) {
+            probes_.erase(it);
+          }
+          return;
       }
       return;
     }
@@ -197,6 +204,7 @@ class RecoveryEngine final : public Engine {
   void OnTick(EngineHost& h) override {
     FenceStale(h);
     standbys_.OnTick(h);
+    DeclareUnanswered(h);
     if (!ctx_) return;
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
@@ -311,6 +319,52 @@ class RecoveryEngine final : public Engine {
     return common && !common->empty() ? *common->rbegin() : -1;
   }
 
+  // ---- detection by the NCCL library (docs/recovery.md, "Detection")
+
+  // A process's background poll says a real communicator failed: the library does not say which peer, so every
+  // other alive member is probed; its agent thread answers at once unless the process is dead or frozen.
+  void OnCommFault(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
+    if (m.words.empty()) return;
+    auto comm = h.comms().find(m.words[0]);
+    if (comm == h.comms().end()) return;
+    for (const auto& [rank, q] : comm->second.members) {
+      const ProcessRec* pr = h.FindProcess(q);
+      if (q == from.id || !pr || pr->state != ProcState::kAlive || probes_.count(q)) continue;
+      Probe pb{++probe_number_, MonoNs(), "rank " + std::to_string(from.info.rank) + "'s NCCL library reported " +
+                                              "communicator " + std::to_string(m.words[0]) + " failed (" +
+                                              NcclResultName(m.slot) + ")"};
+      TM_WARN(kLogMigration, "coordinator: %s; probing its member rank %d (process %" PRIu64 ")", pb.why.c_str(),
+              pr->info.rank, q);
+      if (h.SendCommand(q, rec::MakeRec(rec::Cmd::kProbe, 0, rec::RecMsg{.step = static_cast<int64_t>(pb.number)}))) {
+        probes_[q] = std::move(pb);
+      }
+    }
+  }
+
+  // A probed process that did not answer within kProbeMs is dead or frozen: declared failed (and recovered).
+  void DeclareUnanswered(EngineHost& h) {
+    std::vector<std::pair<uint64_t, std::string>> due;
+    for (auto it = probes_.begin(); it != probes_.end();) {
+      const ProcessRec* pr = h.FindProcess(it->first);
+      if (!pr || pr->state != ProcState::kAlive) {
+        it = probes_.erase(it);
+      } else if (MonoNs() - it->second.sent_mono > uint64_t{kProbeMs} * 1000000ull) {
+        due.push_back({it->first, it->second.why + "; no answer to a probe within " + std::to_string(kProbeMs) + " ms"});
+        it = probes_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (const auto& [q, why] : due) h.DeclareLost(q, why);
+  }
+
+  static std::string NcclResultName(uint32_t r) {
+    static const char* const kNames[] = {"ncclSuccess", "ncclUnhandledCudaError", "ncclSystemError",
+                                         "ncclInternalError", "ncclInvalidArgument", "ncclInvalidUsage",
+                                         "ncclRemoteError"};
+    return r < std::size(kNames) ? kNames[r] : "ncclResult " + std::to_string(r);
+  }
+
   // ---- a failure
 
   // The newest step that, for every failed rank, a live buddy holds a copy of, and that every survivor holds itself
@@ -402,7 +456,9 @@ class RecoveryEngine final : public Engine {
     m.recovery.failed_at_step = reached;
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s%s; recovery %" PRIu64 " of %s, epoch %" PRIu64,
             first.info.rank, first.id, first.lost_reason.c_str(), note.c_str(), m.id, x.Ranks().c_str(), x.epoch);
-    if (first.lost_reason.rfind("no heartbeat", 0) == 0 && first.info.host == base::HostName() && first.info.pid > 0) {
+    const bool silent = first.lost_reason.rfind("no heartbeat", 0) == 0 ||
+                        first.lost_reason.find("no answer to a probe") != std::string::npos;
+    if (silent && first.info.host == base::HostName() && first.info.pid > 0) {
       kill(static_cast<pid_t>(first.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
     ctx_ = std::move(x);
@@ -801,6 +857,12 @@ class RecoveryEngine final : public Engine {
   };
   std::map<uint64_t, Declared> declared_;  // processes declared failed, until they exit or are told to end
   std::vector<uint64_t> next_;  // failed while a recovery switched: recovered once it is done
+  struct Probe {
+    uint64_t number = 0, sent_mono = 0;
+    std::string why;
+  };
+  std::map<uint64_t, Probe> probes_;  // process -> the probe it has not answered yet
+  uint64_t probe_number_ = 0;
 };
 
 }  // namespace

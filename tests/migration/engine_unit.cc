@@ -9,9 +9,9 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <thread>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../control/fake_engine_host.h"
@@ -1005,6 +1005,24 @@ TEST_CASE("recovery: a second failure during a recovery abandons it; a new epoch
   CHECK(j.h.procs[r1].info.rank == 1);
   CHECK(j.h.procs[r3].info.rank == 3);
   CHECK(j.h.procs[r3].info.role == "worker");
+}
+
+TEST_CASE("recovery: a communicator reported failed by a process's poll: its members are probed, the silent one declared") {
+  RecJob j(3);
+  j.Rec(1, rec::Ev::kCommFault, rec::RecMsg{.slot = 6, .words = {kWorld}});  // rank 0: ncclRemoteError on the world
+  const int64_t probe = j.Last("2:PROBE").step;
+  CHECK(j.h.Take() == std::vector<std::string>{"2:PROBE", "3:PROBE"});
+  j.Rec(1, rec::Ev::kCommFault, rec::RecMsg{.slot = 6, .words = {kWorld}});  // again: the probes are under way
+  CHECK(j.h.Take().empty());
+  j.Rec(2, rec::Ev::kProbed, rec::RecMsg{.step = probe});  // rank 1 answers, rank 2 does not
+  j.r->OnTick(j.h);
+  CHECK(j.h.declared.empty());  // not before kProbeMs
+  std::this_thread::sleep_for(std::chrono::milliseconds(kProbeMs + 100));
+  j.r->OnTick(j.h);
+  CHECK(j.h.declared == std::vector<uint64_t>{3});
+  CHECK(j.h.procs[3].lost_reason.find("rank 0's NCCL library reported communicator 160 failed (ncclRemoteError); no "
+                                      "answer to a probe within") == 0);
+  CHECK(j.h.procs[2].state == ProcState::kAlive);
 }
 
 // ---- general standbys (lib/migration/standby_pool.cc; docs/recovery.md, "Standbys")

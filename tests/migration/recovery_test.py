@@ -203,6 +203,32 @@ def scenario_silent():
     job.check_digests({2})
 
 
+def scenario_nccl_detected():
+    # A rank frozen (SIGSTOP: its control connection and its liveness connections stay open) while the others wait in
+    # an AllReduce on it; the coordinator's heartbeat timeout is 60 s. hostnccl gives up on the frozen peer after
+    # HOSTNCCL_TIMEOUT_MS (5 s) and sets the communicator's asynchronous error; the survivors' background poll
+    # (TRAINMOVER_COMM_POLL_MS) reports it, the coordinator probes the communicator's members and declares the one
+    # that does not answer failed, long before the heartbeat timeout would: the recovery says so, and every digest
+    # is bit-identical.
+    mt.clear_joiner_logs()
+    job = Job("nccl_detected", 3, steps=300, step_ms=8, env={"HOSTNCCL_TIMEOUT_MS": "5000"},
+              tmrun_opts=["--heartbeat-timeout-ms", "60000"])
+    try:
+        job.wait_step(20)
+        t0 = time.monotonic()
+        os.kill(pid_of(job, 2), signal.SIGSTOP)
+        r = wait_recovered(job, 1)
+        how = r["recovery"]["detected_by"]
+        if "NCCL library reported communicator" not in how or "no answer to a probe" not in how:
+            fail(f"nccl_detected: detected by '{how}', expected the library's report and the probe")
+        check_report(job, r, 2)
+        print(f"nccl_detected: recovered {time.monotonic() - t0:.1f} s after the SIGSTOP (heartbeat timeout 60 s)")
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({2})
+
+
 def failed_job(name, ranks, strike, env=None, daemon=False, survivors_end_alone=False, at=10):
     """Runs a job that must fail: strike(job) makes it; returns tmrun's exit status and log. With
     survivors_end_alone the ranks ignore tmrun's SIGTERM (60 s grace), so each survivor ends by itself."""
@@ -479,6 +505,7 @@ def scenario_standby_fixed():
 
 SCENARIOS = {"kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
+             "nccl_detected": scenario_nccl_detected,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
              "no_safe_points": scenario_no_safe_points, "no_snapshot": scenario_no_snapshot_yet,
              "during_migration": scenario_during_migration, "standby": scenario_standby,
