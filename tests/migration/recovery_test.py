@@ -106,34 +106,44 @@ def scenario_twice():
     kill_plan("twice", 4, [(20, 1), (60, 1), (100, 3)])
 
 
-def wait_recovery_state(job, n, states):
-    """Waits until recovery `n` (1-based) is in one of `states`; returns it."""
+def wait_recovery(job, n, ready):
+    """Waits until recovery `n` (1-based) is under way and ready(record) holds; returns the record."""
     deadline = time.monotonic() + mt.TIMEOUT
     while time.monotonic() < deadline:
         rs = recoveries(job)
-        if len(rs) >= n and rs[n - 1]["state"] in states:
-            return rs[n - 1]
         if len(rs) >= n and rs[n - 1]["state"] in ("done", "failed"):
-            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} before reaching {states}")
+            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} before the second failure")
+        if len(rs) >= n and ready(rs[n - 1]):
+            return rs[n - 1]
         if job.p.poll() is not None:
-            fail(f"{job.name}: the job ended before recovery {n} reached {states}")
+            fail(f"{job.name}: the job ended during recovery {n}")
         time.sleep(0.02)
-    fail(f"{job.name}: recovery {n} never reached {states}")
+    fail(f"{job.name}: recovery {n} never got under way")
+
+
+def transferring(r):
+    return any(p["phase"] == "transfer" and p["end_ms"] is None for p in r["phases"])
+
+
+# The replacement waits 3 s before it reads its state (TRAINMOVER_FAULT=slow-transfer, joiners only) and every
+# communicator init takes 700 ms: a recovery lasts seconds, a wide window to strike in.
+SLOW_RECOVERY = dict(mt.SLOW_BUILD, TRAINMOVER_FAULT="slow-transfer")
 
 
 def scenario_second_failure():
-    # A second rank killed while the first one's recovery builds its replacement communicators (hostnccl's init
-    # slowed to 700 ms: a wide window): the recovery is abandoned and a new epoch recovers both ranks together from
-    # the newest snapshot complete on live buddies; every digest bit-identical. Then the same with the first rank's
-    # only buddy as the second: refused cleanly (its snapshot is gone with it), each survivor ends saying why.
-    for when in ("spawning", "building"):
+    # A second rank killed while the first one's recovery is under way: as soon as it is seen (its replacement
+    # starting or warming up), and while the replacement reads its state. The recovery is abandoned and a new epoch
+    # recovers both ranks together from the newest snapshot complete on live buddies; every digest bit-identical.
+    # Then the same with the first rank's only buddy as the second: refused cleanly (its snapshot is gone with it),
+    # each survivor ends saying why.
+    for when, ready in (("early", lambda r: True), ("transfer", transferring)):
         name = f"second_failure_{when}"
         mt.clear_joiner_logs()
-        job = Job(name, 4, steps=300, step_ms=8, env=mt.SLOW_BUILD)
+        job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
         try:
             job.wait_step(20)
             os.kill(pid_of(job, 1), signal.SIGKILL)
-            first = wait_recovery_state(job, 1, (when,))
+            first = wait_recovery(job, 1, ready)
             os.kill(pid_of(job, 3), signal.SIGKILL)
             r = wait_recovered(job, 2)
             old = recoveries(job)[0]
@@ -142,6 +152,8 @@ def scenario_second_failure():
             if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1 or sorted(r["ranks"]) != [1, 3]:
                 fail(f"{name}: the second recovery {r['ranks']} epoch {r['recovery']['epoch']}, expected ranks 1 and 3 "
                      f"in epoch {old['recovery']['epoch'] + 1}")
+            print(f"{name}: rank 3 killed while recovery {first['id']} was {first['state']} "
+                  f"(phases {[p['phase'] for p in first['phases']]})")
             check_report(job, r, 3)
             job.finish()
         finally:
@@ -150,9 +162,9 @@ def scenario_second_failure():
 
     def buddy_during(job):
         os.kill(pid_of(job, 1), signal.SIGKILL)
-        wait_recovery_state(job, 1, ("building",))
+        wait_recovery(job, 1, transferring)
         os.kill(pid_of(job, 2), signal.SIGKILL)
-    rc, log = failed_job("second_failure_buddy", 4, buddy_during, env=mt.SLOW_BUILD, survivors_end_alone=True, at=20)
+    rc, log = failed_job("second_failure_buddy", 4, buddy_during, env=SLOW_RECOVERY, survivors_end_alone=True, at=20)
     said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (ranks 2 and 1 failed and cannot be recovered: "
                           r"no snapshot of rank 1 is complete on a live buddy);", log))
     if {r for r, _ in said} != {"0", "3"}:
