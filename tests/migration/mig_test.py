@@ -270,9 +270,11 @@ def scenario_twice():
 
 
 def scenario_fast():
-    # sub-millisecond iterations (no emulated compute): the switch agreement still converges
+    # sub-millisecond iterations (no emulated compute): the switch agreement still converges. The four ranks
+    # spin through their steps and starve the joiners on 2 busy cores: enough steps that three migrations fit
+    # even when a sandbox takes 10 s (a CI run at load 16 ended 15,000 steps during the first one's sandbox).
     clear_joiner_logs()
-    job = Job("fast", 4, params=500, steps=15000, step_ms=0)
+    job = Job("fast", 4, params=500, steps=60000, step_ms=0)
     try:
         job.wait_step(100)
         job.migrate(2)
