@@ -194,6 +194,14 @@ bool UseRing(const Comm* c) {
   return !c->one_host;
 }
 
+// AllReduce: the pipelined chain or the direct reduce-scatter + all-gather (same bits, docs/hostnccl.md).
+bool UseChainAllReduce(const Comm* c, size_t bytes) {
+  if (c->env.algo == kAlgoRing) return true;
+  if (c->env.algo == kAlgoDirect) return false;
+  (void)bytes;
+  return false;
+}
+
 ncclResult_t RunColl(Comm* c, const Task& t) {
   const int n = c->nranks, me = c->rank;
   const size_t es = TypeSize(t.type);
@@ -204,6 +212,7 @@ ncclResult_t RunColl(Comm* c, const Task& t) {
   switch (t.kind) {
     // The reductions, AllGather and Broadcast are pipelined (hn_algo.h); the others are direct.
     case Kind::kAllReduce: {
+      if (n > 1 && UseChainAllReduce(c, t.count * es)) return ChainAllReduce(c, send, recv, t.count, t.type, t.op);
       // Block r (count/n elements, the first count%n one longer) is reduced by rank r.
       Chunks ch{t.count / n, t.count % n};
       std::vector<Block> blocks(n);
