@@ -144,7 +144,7 @@ ncclResult_t ChainAllReduce(Comm* c, const void* send, void* recv, size_t count,
   const size_t es = TypeSize(type);
   const size_t seg = std::max<size_t>(1, c->env.chunk_bytes / es);  // elements per segment
   const size_t nseg = DivUp(count, seg);
-  const int depth = kPipelineDepth;
+  const size_t depth = kPipelineDepth;
   const char* in = static_cast<const char*>(send);
   char* out = static_cast<char*>(recv);
   auto at = [&](auto* base, size_t s) { return base + s * seg * es; };
@@ -160,6 +160,7 @@ ncclResult_t ChainAllReduce(Comm* c, const void* send, void* recv, size_t count,
   auto slot = [&](size_t s) { return scratch + (s % depth) * slot_bytes; };
   const FoldPart part{me > 1, me == n - 1};  // rank 1 starts the fold from x0, rank n-1 finishes it
 
+  // Request kinds: the up stream is the reduce-scatter's (kRs*), the down stream the all-gather's (kAg*).
   std::vector<uint8_t> up_arrived(nseg, 0), up_sent_done(nseg, 0), down_arrived(nseg, 0);
   size_t up_posted = 0, reduced = 0, up_sent = 0, up_send_inflight = 0, up_done_prefix = 0;
   size_t down_posted = 0, down_inflight = 0, down_prefix = 0, down_sent = 0, down_send_inflight = 0;
@@ -173,20 +174,20 @@ ncclResult_t ChainAllReduce(Comm* c, const void* send, void* recv, size_t count,
       const size_t s = up_posted++;
       res = PostRecv(c, prev, CollTag(c, prev, 0, s), slot(s), len(s) * es, &reqs, ReqId(kRsRecv, prev, s));
     }
-    while (res == ncclSuccess && up_out && up_sent < (up_in ? reduced : nseg) && up_send_inflight < size_t(depth)) {
+    while (res == ncclSuccess && up_out && up_sent < (up_in ? reduced : nseg) && up_send_inflight < depth) {
       const size_t s = up_sent++;
       ++up_send_inflight;
       res = PostSend(c, next, CollTag(c, me, 0, s), at(up_in ? out : in, s), len(s) * es, &reqs,
                      ReqId(kRsSend, next, s));
     }
-    while (res == ncclSuccess && down_in && down_posted < nseg && down_inflight < size_t(depth) &&
+    while (res == ncclSuccess && down_in && down_posted < nseg && down_inflight < depth &&
            down_posted < up_done_prefix) {
       const size_t s = down_posted++;
       ++down_inflight;
       res = PostRecv(c, prev, CollTag(c, prev, 1, s), at(out, s), len(s) * es, &reqs, ReqId(kAgRecv, prev, s));
     }
     while (res == ncclSuccess && down_out && down_sent < (down_in ? down_prefix : reduced) &&
-           down_send_inflight < size_t(depth)) {
+           down_send_inflight < depth) {
       const size_t s = down_sent++;
       ++down_send_inflight;
       res = PostSend(c, next, CollTag(c, me, 1, s), at(out, s), len(s) * es, &reqs, ReqId(kAgSend, next, s));
