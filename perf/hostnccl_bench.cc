@@ -396,7 +396,7 @@ int main(int argc, char** argv) {
   printf("# each row: medians of %d measurements, each followed by ucx_perftest tag_bw at its size; ratio = median "
          "busbw / median tag_bw [range of the per-measurement ratios]\n",
          a.repeat);
-  printf("# %13s %12s %6s %6s %5s  %9s %8s %8s %6s  %9s %8s %8s %6s  %10s %7s %13s\n", "op/size", "count", "type",
+  printf("# %-20s %12s %6s %6s %5s  %9s %8s %8s %6s  %9s %8s %8s %6s  %10s %7s %13s\n", "op/size [algo]", "count", "type",
          "redop", "root", "oop us", "algbw", "busbw", "#wrong", "ip us", "algbw", "busbw", "#wrong", "tag_bw GB/s",
          "ratio", "range");
   fflush(stdout);
@@ -463,7 +463,7 @@ int main(int argc, char** argv) {
                *std::max_element(ratios.begin(), ratios.end()));
     }
     const std::string label = opname + " " + perf::FormatSize(bytes) + (algo == "-" ? "" : " " + algo);
-    printf("  %-13s %12zu %6s %6s %5s  %9.1f %8.3f %8.3f %6llu  %9.1f %8.3f %8.3f %6llu  %10.3f %7s %13s\n",
+    printf("  %-20s %12zu %6s %6s %5s  %9.1f %8.3f %8.3f %6llu  %9.1f %8.3f %8.3f %6llu  %10.3f %7s %13s\n",
            label.c_str(), count, "float",
            (opi == 0 || opi == 2 || opi == 4) ? "sum" : "none", (opi == 3 || opi == 4) ? "0" : "-1", mt0, alg0,
            alg0 * f, static_cast<unsigned long long>(w0), mt1, alg1, alg1 * f, static_cast<unsigned long long>(w1),
