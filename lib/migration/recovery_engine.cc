@@ -148,6 +148,7 @@ class RecoveryEngine final : public Engine {
       return Fail(h, "rank " + std::to_string(pr->info.rank) + " failed too during the recovery of rank " +
                          std::to_string(ctx_->rank));
     }
+    if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
     if (EnvOf(*pr, "RECOVERY") == "off") {
       TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); TRAINMOVER_RECOVERY=off: no recovery",
               pr->info.rank, pr->lost_reason.c_str());
