@@ -5,7 +5,7 @@
 //
 //   hostnccl_bench [-n ranks] [-b minbytes] [-e maxbytes] [-f factor] [--iters N] [--warmup N] [--repeat R]
 //                  [--op allreduce|allgather|reducescatter|broadcast|reduce|alltoall|sendrecv|all]
-//                  [--quick] [--no-perftest] [--tls T] [--json FILE]
+//                  [--quick] [--no-perftest] [--tls T] [--algo A,B,...] [--json FILE]
 //
 // Side by side: each size of each op is measured --repeat times (default 3), and after each measurement, while
 // the ranks wait (blocked in read, not spinning), ucx_perftest tag_bw runs at the same size; the row shows the medians
@@ -20,6 +20,10 @@
 // busbw = algbw * factor (allreduce 2(n-1)/n; allgather, reducescatter, alltoall (n-1)/n; others 1), and
 // #wrong (elements not bit-identical to the exact expected value, summed over ranks). Inputs are small
 // integers in float so every sum is exact. GB = 1e9 bytes.
+//
+// --algo A,B,...: one communicator per value of HOSTNCCL_ALGO (hostnccl's algorithm choice; another NCCL ignores
+// it), each made by a split after setting the variable; every repeat of every size then measures them in turn,
+// each followed by its ucx_perftest, so the algorithms are compared side by side under the same load.
 #include <nccl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -31,6 +35,7 @@
 #include <cstring>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <sstream>
 #include <vector>
 
@@ -49,6 +54,7 @@ struct Args {
   std::vector<Op> ops = {Op::kAllReduce};
   bool perftest = true;
   std::string tls, json;
+  std::vector<std::string> algos;  // HOSTNCCL_ALGO values, one communicator each; empty: the environment's
 };
 
 double BusFactor(Op op, int n) {
@@ -230,6 +236,13 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
   }
   ncclComm_t comm;
   NCCL_OK(ncclCommInitRank(&comm, a.nranks, id, rank));
+  std::vector<ncclComm_t> comms;  // one per --algo value, else just comm
+  for (const std::string& algo : a.algos) {
+    setenv("HOSTNCCL_ALGO", algo.c_str(), 1);
+    comms.emplace_back();
+    NCCL_OK(ncclCommSplit(comm, 0, rank, &comms.back(), nullptr));
+  }
+  if (comms.empty()) comms.push_back(comm);
   // Idle wait: rank 0 waits kIdleMs in a receive that rank 1 satisfies late; the CPU time rank 0 used meanwhile
   // is what a waiting rank takes from the others when ranks outnumber cores.
   if (a.nranks > 1) Barrier(comm);
@@ -258,7 +271,8 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
   for (Op op : a.ops) {
     for (size_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= a.factor) {
       for (int rep = 0; rep < a.repeat; ++rep) {
-        Result r = RunSize(op, comm, rank, a.nranks, bytes, a);
+       for (size_t k = 0; k < comms.size(); ++k) {
+        Result r = RunSize(op, comms[k], rank, a.nranks, bytes, a);
         // Slowest rank's time, total #wrong: reduced with the library under test (as nccl-tests uses MPI).
         double t[2] = {r.time_us[0], std::isnan(r.time_us[1]) ? 0 : r.time_us[1]}, tmax[2];
         double w[2] = {static_cast<double>(r.wrong[0]), static_cast<double>(r.wrong[1])}, wsum[2];
@@ -266,16 +280,20 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
         NCCL_OK(ncclAllReduce(w, wsum, 2, ncclFloat64, ncclSum, comm, nullptr));
         if (rank == 0) {  // every rank then waits for the go, so no rank runs while ucx_perftest does
           std::ostringstream line;
-          line << kOpNames[static_cast<int>(op)] << ' ' << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
+          line << kOpNames[static_cast<int>(op)] << ' ' << (a.algos.empty() ? "-" : a.algos[k]) << ' ' << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
                << ' ' << tmax[0] << ' ' << (std::isnan(r.time_us[1]) ? -1.0 : tmax[1]) << ' '
                << static_cast<uint64_t>(wsum[0]) << ' ' << static_cast<uint64_t>(wsum[1]) << '\n';
           const std::string out = line.str();
           if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 1;
         }
         if (read(go_fd, &go, 1) != 1) return 1;
+       }
       }
       if (bytes > a.max_bytes / a.factor) break;
     }
+  }
+  for (ncclComm_t c : comms) {
+    if (c != comm) NCCL_OK(ncclCommDestroy(c));
   }
   NCCL_OK(ncclCommDestroy(comm));
   return 0;
@@ -319,6 +337,11 @@ int main(int argc, char** argv) {
       a.tls = val();
     else if (k == "--json")
       a.json = val();
+    else if (k == "--algo") {
+      std::istringstream list(val());
+      for (std::string v; std::getline(list, v, ',');)
+        if (!v.empty()) a.algos.push_back(v);
+    }
     else if (k == "--op") {
       std::string o = val();
       a.ops.clear();
@@ -332,7 +355,7 @@ int main(int argc, char** argv) {
     } else {
       fprintf(stderr,
               "usage: %s [-n ranks] [-b min] [-e max] [-f factor] [--iters N] [--warmup N] [--repeat R] [--op NAME|all] "
-              "[--quick] [--no-perftest] [--tls T] [--json FILE]\n",
+              "[--quick] [--no-perftest] [--tls T] [--algo A,B] [--json FILE]\n",
               argv[0]);
       return 2;
     }
@@ -373,7 +396,7 @@ int main(int argc, char** argv) {
   printf("# each row: medians of %d measurements, each followed by ucx_perftest tag_bw at its size; ratio = median "
          "busbw / median tag_bw [range of the per-measurement ratios]\n",
          a.repeat);
-  printf("# %13s %12s %6s %6s %5s  %9s %8s %8s %6s  %9s %8s %8s %6s  %10s %7s %13s\n", "op/size", "count", "type",
+  printf("# %-20s %12s %6s %6s %5s  %9s %8s %8s %6s  %9s %8s %8s %6s  %10s %7s %13s\n", "op/size [algo]", "count", "type",
          "redop", "root", "oop us", "algbw", "busbw", "#wrong", "ip us", "algbw", "busbw", "#wrong", "tag_bw GB/s",
          "ratio", "range");
   fflush(stdout);
@@ -382,14 +405,17 @@ int main(int argc, char** argv) {
   json << "{\"bench\":\"hostnccl_bench\",\"nranks\":" << a.nranks << ",\"nccl_version\":" << ver
        << ",\"iters\":" << a.iters << ",\"repeat\":" << a.repeat << ",\"tls\":\"" << a.tls << "\",";
   bool first = true;
-  std::vector<std::pair<size_t, double>> goal;  // allreduce at >= 4 MiB: (size, ratio)
+  std::map<std::string, std::vector<std::pair<size_t, double>>> goal;  // per algo, allreduce at >= 4 MiB: (size, ratio)
   char line[512];
   const std::string gos(static_cast<size_t>(a.nranks), 'g');
-  std::vector<double> t0s, t1s, tags, ratios;
-  uint64_t w0 = 0, w1 = 0;
+  struct Acc {  // the measurements of one size so far, per algorithm
+    std::vector<double> t0s, t1s, tags, ratios;
+    uint64_t w0 = 0, w1 = 0;
+  };
+  std::map<std::string, Acc> accs;
   while (fgets(line, sizeof(line), rows) != nullptr) {
     std::istringstream in(line);
-    std::string opname;
+    std::string opname, algo;
     size_t bytes = 0, count = 0;
     double t0 = 0, t1 = 0;
     uint64_t rw0 = 0, rw1 = 0;
@@ -404,7 +430,8 @@ int main(int argc, char** argv) {
       if (write(go[1], gos.data(), gos.size()) != static_cast<ssize_t>(gos.size())) break;
       continue;
     }
-    if (!(in >> bytes >> count >> t0 >> t1 >> rw0 >> rw1)) break;
+    if (!(in >> algo >> bytes >> count >> t0 >> t1 >> rw0 >> rw1)) break;
+    auto& [t0s, t1s, tags, ratios, w0, w1] = accs[algo];
     int opi = static_cast<int>(std::find(std::begin(kOpNames), std::end(kOpNames), opname) - std::begin(kOpNames));
     double f = BusFactor(static_cast<Op>(opi), a.nranks);
     double tag = -1;
@@ -435,15 +462,16 @@ int main(int argc, char** argv) {
       snprintf(range, sizeof(range), "[%.2f-%.2f]", *std::min_element(ratios.begin(), ratios.end()),
                *std::max_element(ratios.begin(), ratios.end()));
     }
-    printf("  %-13s %12zu %6s %6s %5s  %9.1f %8.3f %8.3f %6llu  %9.1f %8.3f %8.3f %6llu  %10.3f %7s %13s\n",
-           (opname + " " + perf::FormatSize(bytes)).c_str(), count, "float",
+    const std::string label = opname + " " + perf::FormatSize(bytes) + (algo == "-" ? "" : " " + algo);
+    printf("  %-20s %12zu %6s %6s %5s  %9.1f %8.3f %8.3f %6llu  %9.1f %8.3f %8.3f %6llu  %10.3f %7s %13s\n",
+           label.c_str(), count, "float",
            (opi == 0 || opi == 2 || opi == 4) ? "sum" : "none", (opi == 3 || opi == 4) ? "0" : "-1", mt0, alg0,
            alg0 * f, static_cast<unsigned long long>(w0), mt1, alg1, alg1 * f, static_cast<unsigned long long>(w1),
            mtag, rs, range);
     fflush(stdout);
-    if (opi == 0 && bytes >= (size_t{4} << 20) && mtag > 0) goal.emplace_back(bytes, ratio);
+    if (opi == 0 && bytes >= (size_t{4} << 20) && mtag > 0) goal[algo].emplace_back(bytes, ratio);
     wrong_total += w0 + w1;
-    json << (first ? "\"rows\":[" : ",") << "{\"op\":\"" << opname << "\",\"size\":" << bytes << ",\"count\":" << count
+    json << (first ? "\"rows\":[" : ",") << "{\"op\":\"" << opname << "\",\"algo\":\"" << algo << "\",\"size\":" << bytes << ",\"count\":" << count
          << ",\"oop_time_us\":" << mt0 << ",\"oop_algbw\":" << alg0 << ",\"oop_busbw\":" << alg0 * f
          << ",\"oop_wrong\":" << w0 << ",\"ip_time_us\":" << mt1 << ",\"ip_algbw\":" << alg1
          << ",\"ip_busbw\":" << alg1 * f << ",\"ip_wrong\":" << w1 << ",\"perftest_tag_bw_gbps\":" << mtag
@@ -469,15 +497,15 @@ int main(int argc, char** argv) {
   json << (first ? "\"rows\":[" : "") << "],\"wrong_total\":" << wrong_total << ",\"failed_ranks\":" << failures << "}\n";
   printf("# Out of bounds values : %llu %s\n", static_cast<unsigned long long>(wrong_total),
          wrong_total ? "FAILED" : "OK");
-  if (!goal.empty()) {
+  for (const auto& [algo, pts] : goal) {  // one verdict per algorithm
     bool met = true;
-    std::ostringstream pts;
-    for (auto& [sz, r] : goal) {
+    std::ostringstream list;
+    for (auto& [sz, r] : pts) {
       met = met && r >= 0.5;
-      pts << ' ' << perf::FormatSize(sz) << ' ' << std::fixed << std::setprecision(2) << r;
+      list << ' ' << perf::FormatSize(sz) << ' ' << std::fixed << std::setprecision(2) << r;
     }
-    printf("# goal: allreduce busbw >= 50%% of ucx_perftest tag_bw at >= 4 MiB: %s (%s)\n", met ? "met" : "NOT met",
-           pts.str().substr(1).c_str());
+    printf("# goal: allreduce busbw >= 50%% of ucx_perftest tag_bw at >= 4 MiB%s: %s (%s)\n",
+           algo == "-" ? "" : (", HOSTNCCL_ALGO=" + algo).c_str(), met ? "met" : "NOT met", list.str().substr(1).c_str());
   }
   if (!a.json.empty()) std::ofstream(a.json) << json.str();
   return (failures || wrong_total) ? 1 : 0;

@@ -15,6 +15,7 @@ namespace {
 
 constexpr size_t kHistoryRounds = 32;  // rounds kept for the baseline step time
 constexpr size_t kBaselineRounds = 5;  // the job's step time before a straggler: the median of these rounds
+constexpr uint64_t kVerifySpans = 4;    // after a migration: spans of flag_windows rounds before "not recovered"
 
 const char* PolicyName(StragglerPolicy p) { return p == StragglerPolicy::kMigrate ? "migrate" : "report"; }
 
@@ -198,9 +199,12 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
     a.verify_from_round = rounds_ + 1 + static_cast<uint64_t>(opt_.detector.warmup_windows);
     return;
   }
+  // Recovered once flag_windows rounds in a row are back within the threshold; a machine's transient (the load
+  // of something else, the replacement's first steps) gets up to kVerifySpans such spans before the verdict is
+  // "not recovered".
   const uint64_t need = static_cast<uint64_t>(opt_.detector.flag_windows);
   if (rounds_ < a.verify_from_round + need) return;
-  std::vector<double> after;  // the job's step time in the rounds after the switch
+  std::vector<double> after;  // the job's step time in the latest rounds after the switch
   for (size_t i = history_.size() - std::min<size_t>(need, history_.size()); i < history_.size(); ++i) {
     after.push_back(history_[i]);
   }
@@ -208,6 +212,7 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
   const double ref = a.baseline_step_ms > 0 ? a.baseline_step_ms : a.slow_step_ms;
   const bool back = a.baseline_step_ms > 0 ? a.after_step_ms <= ref * (1 + opt_.detector.threshold)
                                            : a.after_step_ms * (1 + opt_.detector.threshold / 2) < ref;
+  if (!back && rounds_ < a.verify_from_round + need * kVerifySpans) return;
   a.state = "done";
   a.outcome = back ? "recovered" : "not recovered";
   a.ended_ns = now_real_ns;

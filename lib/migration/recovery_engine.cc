@@ -29,7 +29,8 @@ struct RankSnaps {
   uint64_t owner = 0;                                // the process that holds the rank and sends them
   std::map<int64_t, uint32_t> taken;                 // the owner's own snapshots: step -> slot
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
-  std::map<int64_t, size_t> shipping;                // step -> pulls not answered yet
+  std::map<int64_t, std::set<uint64_t>> shipping;    // step -> buddies whose pull has not answered yet
+  std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
 };
 
 // The recovery in progress.
@@ -137,7 +138,18 @@ class RecoveryEngine final : public Engine {
 
   void OnProcessLost(EngineHost& h, uint64_t p) override {
     standbys_.OnProcessLost(p);
-    for (auto& [rank, rs] : snaps_) rs.held.erase(p);  // a buddy that is gone holds nothing any more
+    for (auto& [rank, rs] : snaps_) {  // a buddy that is gone holds nothing any more, and answers no pull
+      rs.held.erase(p);
+      for (auto it = rs.shipping.begin(); it != rs.shipping.end();) {
+        if (!it->second.erase(p) || !it->second.empty()) {
+          ++it;
+          continue;
+        }
+        const int64_t step = it->first;
+        it = rs.shipping.erase(it);
+        Shipped(h, rs, step);  // on the buddies that are left: the owner must not wait for the one gone
+      }
+    }
     ProcessRec* pr = h.FindProcess(p);
     if (!pr) return;
     if (ctx_ && p == ctx_->joiner && !ctx_->joiner_switched) {
@@ -197,14 +209,25 @@ class RecoveryEngine final : public Engine {
  private:
   // ---- snapshots
 
-  RankSnaps& SnapsOf(const ProcessRec& p) {
-    RankSnaps& rs = snaps_[p.info.rank];
-    if (rs.owner != p.id) rs = RankSnaps{.owner = p.id};  // a new process holds the rank: its own timeline
+  // The rank whose snapshots a process takes: a worker's, or the rank a joiner replaces (a joiner snapshots only
+  // once it switched in, and its SNAP_TAKEN may come before the migration or recovery is done and names it a worker).
+  static int32_t SnapshotRank(const ProcessRec& p) {
+    if (p.info.role == "worker") return p.info.rank;
+    return p.info.role == "joiner" ? p.info.replace : -1;
+  }
+
+  RankSnaps& SnapsOf(int32_t rank, const ProcessRec& p) {
+    RankSnaps& rs = snaps_[rank];
+    if (rs.owner != p.id) {  // a new process holds the rank: its own timeline; the one before it is heard no more
+      std::set<uint64_t> former = std::move(rs.former);
+      if (rs.owner) former.insert(rs.owner);
+      rs = RankSnaps{.owner = p.id, .former = std::move(former)};
+    }
     return rs;
   }
 
   // The buddies of `rank`: the next ranks in order, those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
-  std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner) {
+  std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
     std::map<int32_t, const ProcessRec*> workers;
     for (const auto& [id, p] : h.processes()) {
       if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank >= 0) workers[p.info.rank] = &p;
@@ -212,8 +235,8 @@ class RecoveryEngine final : public Engine {
     const std::string copies_env = EnvOf(owner, "SNAPSHOT_COPIES");
     const size_t copies = copies_env.empty() ? 1 : static_cast<size_t>(std::max(1, atoi(copies_env.c_str())));
     std::vector<const ProcessRec*> order;
-    for (auto it = workers.upper_bound(owner.info.rank); it != workers.end(); ++it) order.push_back(it->second);
-    for (auto it = workers.begin(); it != workers.end() && it->first < owner.info.rank; ++it) order.push_back(it->second);
+    for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) order.push_back(it->second);
+    for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) order.push_back(it->second);
     std::vector<uint64_t> out;
     for (bool other_host : {true, false}) {
       for (const ProcessRec* p : order) {
@@ -228,24 +251,24 @@ class RecoveryEngine final : public Engine {
   void OnSnapTaken(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
     // During a recovery, only the new timeline's: from a survivor that rolled back, or the switched replacement.
     if (ctx_ && !ctx_->rolled.count(from.id) && !(from.id == ctx_->joiner && ctx_->joiner_switched)) return;
-    if (from.info.role != "worker" && !(ctx_ && from.id == ctx_->joiner)) return;
-    if (from.info.rank < 0) return;
-    RankSnaps& rs = SnapsOf(from);
+    const int32_t rank = SnapshotRank(from);
+    if (rank < 0 || snaps_[rank].former.count(from.id)) return;  // a leaver's late snapshot: its joiner owns the rank
+    RankSnaps& rs = SnapsOf(rank, from);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
     };
     forget_slot(rs.taken);
     rs.taken[m.step] = m.slot;
     rec::RecMsg pull = m;  // with the owner's slot descriptor
-    pull.rank = from.info.rank;
+    pull.rank = rank;
     pull.epoch = epoch_;  // a copy verified before the next failure's epoch is counted only before it
-    const std::vector<uint64_t> buddies = Buddies(h, from);
+    const std::vector<uint64_t> buddies = Buddies(h, from, rank);
     for (uint64_t b : buddies) {
       forget_slot(rs.held[b]);
       h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapPull, 0, pull));
     }
     if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
-    rs.shipping[m.step] = buddies.size();
+    rs.shipping[m.step] = std::set<uint64_t>(buddies.begin(), buddies.end());
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
@@ -255,7 +278,7 @@ class RecoveryEngine final : public Engine {
     auto slot = rs.taken.find(m.step);
     if (m.ok && slot != rs.taken.end() && slot->second == m.slot) rs.held[buddy.id][m.step] = m.slot;
     auto sh = rs.shipping.find(m.step);
-    if (sh == rs.shipping.end() || --sh->second > 0) return;
+    if (sh == rs.shipping.end() || (sh->second.erase(buddy.id), !sh->second.empty())) return;
     rs.shipping.erase(sh);
     Shipped(h, rs, m.step);
   }

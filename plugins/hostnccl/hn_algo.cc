@@ -138,6 +138,99 @@ ncclResult_t PipelinedReduce(Comm* c, const void* send, void* out, void* all, co
   return res;
 }
 
+ncclResult_t ChainAllReduce(Comm* c, const void* send, void* recv, size_t count, ncclDataType_t type,
+                            const RedOpFull& op) {
+  const int n = c->nranks, me = c->rank;
+  const size_t es = TypeSize(type);
+  const size_t seg = std::max<size_t>(1, c->env.chunk_bytes / es);  // elements per segment
+  const size_t nseg = DivUp(count, seg);
+  const size_t depth = kPipelineDepth;
+  const char* in = static_cast<const char*>(send);
+  char* out = static_cast<char*>(recv);
+  auto at = [&](auto* base, size_t s) { return base + s * seg * es; };
+  auto len = [&](size_t s) { return std::min(seg, count - s * seg); };
+  const int prev = (me + n - 1) % n, next = (me + 1) % n;
+  // Up: partial sums 0 -> 1 -> ... -> n-1 (rank 0 sends its raw input). Down: final sums n-1 -> 0 -> ... -> n-2.
+  const bool up_in = me != 0, up_out = me != n - 1, down_in = me != n - 1, down_out = me != n - 2;
+  // Partial sums arrive in depth scratch slots; my link writes out[s] (rank n-1's is final). A final sum is
+  // received into out[s] only once this rank's up send of segment s has completed: that send reads out[s] (or,
+  // rank 0 in place, in[s] == out[s]).
+  const size_t slot_bytes = std::min(seg, count) * es;
+  char* scratch = up_in ? Scratch(c, slot_bytes * depth) : nullptr;
+  auto slot = [&](size_t s) { return scratch + (s % depth) * slot_bytes; };
+  const FoldPart part{me > 1, me == n - 1};  // rank 1 starts the fold from x0, rank n-1 finishes it
+
+  // Request kinds: the up stream is the reduce-scatter's (kRs*), the down stream the all-gather's (kAg*).
+  std::vector<uint8_t> up_arrived(nseg, 0), up_sent_done(nseg, 0), down_arrived(nseg, 0);
+  size_t up_posted = 0, reduced = 0, up_sent = 0, up_send_inflight = 0, up_done_prefix = 0;
+  size_t down_posted = 0, down_inflight = 0, down_prefix = 0, down_sent = 0, down_send_inflight = 0;
+  const size_t expected = nseg * (up_in + up_out + down_in + down_out);
+  size_t completed = 0;
+  std::vector<Pending> reqs;
+  std::vector<uint64_t> done;
+  ncclResult_t res = ncclSuccess;
+  for (;;) {
+    while (res == ncclSuccess && up_in && up_posted < nseg && up_posted < reduced + depth) {
+      const size_t s = up_posted++;
+      res = PostRecv(c, prev, CollTag(c, prev, 0, s), slot(s), len(s) * es, &reqs, ReqId(kRsRecv, prev, s));
+    }
+    while (res == ncclSuccess && up_out && up_sent < (up_in ? reduced : nseg) && up_send_inflight < depth) {
+      const size_t s = up_sent++;
+      ++up_send_inflight;
+      res = PostSend(c, next, CollTag(c, me, 0, s), at(up_in ? out : in, s), len(s) * es, &reqs,
+                     ReqId(kRsSend, next, s));
+    }
+    while (res == ncclSuccess && down_in && down_posted < nseg && down_inflight < depth &&
+           down_posted < up_done_prefix) {
+      const size_t s = down_posted++;
+      ++down_inflight;
+      res = PostRecv(c, prev, CollTag(c, prev, 1, s), at(out, s), len(s) * es, &reqs, ReqId(kAgRecv, prev, s));
+    }
+    while (res == ncclSuccess && down_out && down_sent < (down_in ? down_prefix : reduced) &&
+           down_send_inflight < depth) {
+      const size_t s = down_sent++;
+      ++down_send_inflight;
+      res = PostSend(c, next, CollTag(c, me, 1, s), at(out, s), len(s) * es, &reqs, ReqId(kAgSend, next, s));
+    }
+    if (res != ncclSuccess) break;
+    // My link of the fold for the next segment, once the partial sum from prev is in.
+    if (reduced < up_posted && up_arrived[reduced]) {
+      const size_t s = reduced++;
+      const void* inputs[2] = {slot(s), at(in, s)};
+      ReduceInOrder(type, op, inputs, 2, at(out, s), len(s), part);
+      continue;
+    }
+    if (completed == expected && (!up_in || reduced == nseg)) break;
+    done.clear();
+    res = WaitSome(c, &reqs, &done);
+    if (res != ncclSuccess) return res;  // WaitSome cancelled the rest
+    for (uint64_t id : done) {
+      ++completed;
+      const size_t s = IdIndex(id);
+      switch (IdKind(id)) {
+        case kRsRecv:
+          up_arrived[s] = 1;
+          break;
+        case kRsSend:
+          --up_send_inflight;
+          up_sent_done[s] = 1;
+          while (up_done_prefix < nseg && up_sent_done[up_done_prefix]) ++up_done_prefix;
+          break;
+        case kAgRecv:
+          --down_inflight;
+          down_arrived[s] = 1;
+          while (down_prefix < nseg && down_arrived[down_prefix]) ++down_prefix;
+          break;
+        default:
+          --down_send_inflight;
+          break;
+      }
+    }
+  }
+  if (res != ncclSuccess) CancelPending(c, &reqs);
+  return res;
+}
+
 namespace {
 
 // The segment stream through one rank of a ring or chain: receives recv_total segments from prev (segment m into

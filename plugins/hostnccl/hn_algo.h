@@ -34,6 +34,13 @@ struct Block {
                                            const std::vector<Block>& blocks, ncclDataType_t type, const RedOpFull& op,
                                            bool allgather);
 
+// AllReduce as a pipelined chain (n >= 2): segment s of the partial sum travels 0 -> 1 -> ... -> n-1, each rank
+// folding its own input into it (ReduceInOrder's FoldPart links, so the bits are those of the rank-ordered
+// reduction), and the final segment travels on n-1 -> 0 -> 1 -> ... -> n-2. Every rank talks to its ring
+// neighbours only, sends and receives at most 2x the buffer, and reduces it once (rank 0 never).
+[[nodiscard]] ncclResult_t ChainAllReduce(Comm* c, const void* send, void* recv, size_t count, ncclDataType_t type,
+                                          const RedOpFull& op);
+
 // AllGather of `bytes` per rank around the ring me -> me+1: every segment is forwarded as soon as it arrives.
 [[nodiscard]] ncclResult_t RingAllGather(Comm* c, const void* send, void* recv, size_t bytes);
 

@@ -194,6 +194,11 @@ bool UseRing(const Comm* c) {
   return !c->one_host;
 }
 
+// AllReduce: the direct reduce-scatter + all-gather unless HOSTNCCL_ALGO=ring asks for the chain (same bits). The
+// chain moves 2x the buffer per rank where the direct scheme moves 2(n-1)/n of it, and measured slower or even on
+// one host (docs/benchmarks.md); it is for links where only the ring neighbour is fast.
+bool UseChainAllReduce(const Comm* c) { return c->env.algo == kAlgoRing; }
+
 ncclResult_t RunColl(Comm* c, const Task& t) {
   const int n = c->nranks, me = c->rank;
   const size_t es = TypeSize(t.type);
@@ -204,6 +209,7 @@ ncclResult_t RunColl(Comm* c, const Task& t) {
   switch (t.kind) {
     // The reductions, AllGather and Broadcast are pipelined (hn_algo.h); the others are direct.
     case Kind::kAllReduce: {
+      if (n > 1 && UseChainAllReduce(c)) return ChainAllReduce(c, send, recv, t.count, t.type, t.op);
       // Block r (count/n elements, the first count%n one longer) is reduced by rank r.
       Chunks ch{t.count / n, t.count % n};
       std::vector<Block> blocks(n);

@@ -37,7 +37,7 @@ inline void Tile(const void* const* in, int n, T* out, size_t base, Pre pre, Ste
 }
 
 template <typename T, typename Pre, typename Step, typename Post>
-void TileReduce(const void* const* in, int n, void* outv, size_t count, Pre pre, Step step, Post post) {
+void TileLoop(const void* const* in, int n, void* outv, size_t count, Pre pre, Step step, Post post) {
   constexpr size_t kM = 64 / sizeof(T);
   T* out = static_cast<T*>(outv);
   size_t base = 0;
@@ -45,63 +45,75 @@ void TileReduce(const void* const* in, int n, void* outv, size_t count, Pre pre,
   for (; base < count; ++base) Tile<T, 1>(in, n, out, base, pre, step, post);
 }
 
+// A part of the fold (FoldPart): an accumulator input skips pre, an unfinished one skips post.
+template <typename T, typename Pre, typename Step, typename Post>
+void TileReduce(const void* const* in, int n, void* out, size_t count, FoldPart part, Pre pre, Step step, Post post) {
+  auto id = [](T a) { return a; };
+  if (part.acc_in && !part.finish) return TileLoop<T>(in, n, out, count, id, step, id);
+  if (part.acc_in) return TileLoop<T>(in, n, out, count, id, step, post);
+  if (!part.finish) return TileLoop<T>(in, n, out, count, pre, step, id);
+  TileLoop<T>(in, n, out, count, pre, step, post);
+}
+
 template <typename T>
-void ReduceInt(const RedOpFull& op, T scalar, const void* const* in, int n, void* out, size_t count) {
+void ReduceInt(const RedOpFull& op, T scalar, const void* const* in, int n, void* out, size_t count, FoldPart part) {
   using O = IntOps<T>;
   auto id = [](T a) { return a; };
   switch (op.kind) {
     case RedKind::kSum:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return O::Sum(a, b); }, id);
+          in, n, out, count, part, id, [](T a, T b) { return O::Sum(a, b); }, id);
     case RedKind::kSumPostDiv: {
       const T d = static_cast<T>(op.divisor);
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return O::Sum(a, b); }, [d](T a) { return static_cast<T>(a / d); });
+          in, n, out, count, part, id, [](T a, T b) { return O::Sum(a, b); }, [d](T a) { return static_cast<T>(a / d); });
     }
     case RedKind::kPreMulSum:
       return TileReduce<T>(
-          in, n, out, count, [scalar](T a) { return O::Prod(a, scalar); },
+          in, n, out, count, part, [scalar](T a) { return O::Prod(a, scalar); },
           [scalar](T a, T b) { return O::Sum(a, O::Prod(b, scalar)); }, id);
     case RedKind::kProd:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return O::Prod(a, b); }, id);
+          in, n, out, count, part, id, [](T a, T b) { return O::Prod(a, b); }, id);
     case RedKind::kMax:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return std::max(a, b); }, id);
+          in, n, out, count, part, id, [](T a, T b) { return std::max(a, b); }, id);
     case RedKind::kMin:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return std::min(a, b); }, id);
+          in, n, out, count, part, id, [](T a, T b) { return std::min(a, b); }, id);
   }
 }
 
 // Native floating point (float, double): each step in the type itself.
 template <typename T>
-void ReduceFloat(const RedOpFull& op, T scalar, const void* const* in, int n, void* out, size_t count) {
+void ReduceFloat(const RedOpFull& op, T scalar, const void* const* in, int n, void* out, size_t count,
+                 FoldPart part) {
   auto id = [](T a) { return a; };
   switch (op.kind) {
     case RedKind::kSum:
     case RedKind::kSumPostDiv:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return a + b; }, id);
+          in, n, out, count, part, id, [](T a, T b) { return a + b; }, id);
     case RedKind::kPreMulSum:
       return TileReduce<T>(
-          in, n, out, count, [scalar](T a) { return a * scalar; }, [scalar](T a, T b) { return a + b * scalar; }, id);
+          in, n, out, count, part, [scalar](T a) { return a * scalar; }, [scalar](T a, T b) { return a + b * scalar; }, id);
     case RedKind::kProd:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return a * b; }, id);
+          in, n, out, count, part, id, [](T a, T b) { return a * b; }, id);
     case RedKind::kMax:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return std::fmax(a, b); }, id);
+          in, n, out, count, part, id, [](T a, T b) { return std::fmax(a, b); }, id);
     case RedKind::kMin:
       return TileReduce<T>(
-          in, n, out, count, id, [](T a, T b) { return std::fmin(a, b); }, id);
+          in, n, out, count, part, id, [](T a, T b) { return std::fmin(a, b); }, id);
   }
 }
 
 // Small formats: decode to float, compute the step in float, round to the format after every step.
 // fp8 formats round through half first (NCCL computes fp8 arithmetic with half instructions).
 template <typename S, float (*Dec)(S), S (*Enc)(float), bool kViaHalf>
-void ReduceSmall(const RedOpFull& op, float scalar, const void* const* in, int n, void* outv, size_t count) {
+void ReduceSmall(const RedOpFull& op, float scalar, const void* const* in, int n, void* outv, size_t count,
+                 FoldPart part) {
   auto round = [](float v) -> S {
     if constexpr (kViaHalf) v = HalfToFloat(FloatToHalf(v));
     return Enc(v);
@@ -109,7 +121,7 @@ void ReduceSmall(const RedOpFull& op, float scalar, const void* const* in, int n
   S* out = static_cast<S*>(outv);
   for (size_t i = 0; i < count; ++i) {
     S acc = static_cast<const S*>(in[0])[i];
-    if (op.kind == RedKind::kPreMulSum) acc = round(Dec(acc) * scalar);
+    if (op.kind == RedKind::kPreMulSum && !part.acc_in) acc = round(Dec(acc) * scalar);
     for (int r = 1; r < n; ++r) {
       S x = static_cast<const S*>(in[r])[i];
       float a = Dec(acc), b = Dec(x);
@@ -148,36 +160,33 @@ T ScalarAs(const RedOpFull& op) {
 
 }  // namespace
 
-void ReduceInOrder(ncclDataType_t type, const RedOpFull& op, const void* const* in, int n, void* out, size_t count) {
+void ReduceInOrder(ncclDataType_t type, const RedOpFull& op, const void* const* in, int n, void* out, size_t count,
+                   FoldPart part) {
   switch (type) {
     case ncclInt8:
-      return ReduceInt<int8_t>(op, ScalarAs<int8_t>(op), in, n, out, count);
+      return ReduceInt<int8_t>(op, ScalarAs<int8_t>(op), in, n, out, count, part);
     case ncclUint8:
-      return ReduceInt<uint8_t>(op, ScalarAs<uint8_t>(op), in, n, out, count);
+      return ReduceInt<uint8_t>(op, ScalarAs<uint8_t>(op), in, n, out, count, part);
     case ncclInt32:
-      return ReduceInt<int32_t>(op, ScalarAs<int32_t>(op), in, n, out, count);
+      return ReduceInt<int32_t>(op, ScalarAs<int32_t>(op), in, n, out, count, part);
     case ncclUint32:
-      return ReduceInt<uint32_t>(op, ScalarAs<uint32_t>(op), in, n, out, count);
+      return ReduceInt<uint32_t>(op, ScalarAs<uint32_t>(op), in, n, out, count, part);
     case ncclInt64:
-      return ReduceInt<int64_t>(op, ScalarAs<int64_t>(op), in, n, out, count);
+      return ReduceInt<int64_t>(op, ScalarAs<int64_t>(op), in, n, out, count, part);
     case ncclUint64:
-      return ReduceInt<uint64_t>(op, ScalarAs<uint64_t>(op), in, n, out, count);
+      return ReduceInt<uint64_t>(op, ScalarAs<uint64_t>(op), in, n, out, count, part);
     case ncclFloat32:
-      return ReduceFloat<float>(op, ScalarAs<float>(op), in, n, out, count);
+      return ReduceFloat<float>(op, ScalarAs<float>(op), in, n, out, count, part);
     case ncclFloat64:
-      return ReduceFloat<double>(op, ScalarAs<double>(op), in, n, out, count);
+      return ReduceFloat<double>(op, ScalarAs<double>(op), in, n, out, count, part);
     case ncclFloat16:
-      return ReduceSmall<uint16_t, HalfToFloat, FloatToHalf, false>(op, HalfToFloat(ScalarAs<uint16_t>(op)), in, n, out,
-                                                                    count);
+      return ReduceSmall<uint16_t, HalfToFloat, FloatToHalf, false>(op, HalfToFloat(ScalarAs<uint16_t>(op)), in, n, out, count, part);
     case ncclBfloat16:
-      return ReduceSmall<uint16_t, Bf16ToFloat, FloatToBf16, false>(op, Bf16ToFloat(ScalarAs<uint16_t>(op)), in, n, out,
-                                                                    count);
+      return ReduceSmall<uint16_t, Bf16ToFloat, FloatToBf16, false>(op, Bf16ToFloat(ScalarAs<uint16_t>(op)), in, n, out, count, part);
     case ncclFloat8e4m3:
-      return ReduceSmall<uint8_t, E4m3ToFloat, FloatToE4m3, true>(op, E4m3ToFloat(ScalarAs<uint8_t>(op)), in, n, out,
-                                                                  count);
+      return ReduceSmall<uint8_t, E4m3ToFloat, FloatToE4m3, true>(op, E4m3ToFloat(ScalarAs<uint8_t>(op)), in, n, out, count, part);
     case ncclFloat8e5m2:
-      return ReduceSmall<uint8_t, E5m2ToFloat, FloatToE5m2, true>(op, E5m2ToFloat(ScalarAs<uint8_t>(op)), in, n, out,
-                                                                  count);
+      return ReduceSmall<uint8_t, E5m2ToFloat, FloatToE5m2, true>(op, E5m2ToFloat(ScalarAs<uint8_t>(op)), in, n, out, count, part);
     default:
       return;
   }

@@ -37,7 +37,17 @@ struct RedOpFull {
   int divisor = 1;                   // kSumPostDiv
 };
 
+// Which part of a rank-ordered fold a call computes. A whole reduction is acc = pre(x0); acc = step(acc, x_r) for
+// r = 1..n-1; out = post(acc). A chain (AllReduce, hn_algo.h) computes it in links, one per rank: with acc_in,
+// inputs[0] is the accumulator of the previous link (taken as is, no pre); without finish, out is the accumulator
+// (no post), in the element type, which holds it exactly. Every split gives the bits of the whole.
+struct FoldPart {
+  bool acc_in = false;
+  bool finish = true;
+};
+
 // Reduces inputs[0..n-1] (in that order) elementwise into out: acc = pre(in0); acc = op(acc, pre(in_r)).
-void ReduceInOrder(ncclDataType_t type, const RedOpFull& op, const void* const* inputs, int n, void* out, size_t count);
+void ReduceInOrder(ncclDataType_t type, const RedOpFull& op, const void* const* inputs, int n, void* out, size_t count,
+                   FoldPart part = {});
 
 }  // namespace hn

@@ -64,15 +64,18 @@ int DeadPeerBody(int rank, int n, const ncclUniqueId& id) {
 // with a message, is not aborted and does not hang. HOSTNCCL_PEER_ERRORS=all: on one host UCX's cma would read the
 // dead peer's memory, which UCX 1.13 turns into an abort of the survivor unless the endpoint is in peer-failure
 // mode (the default puts only endpoints to other hosts in it; docs/hostnccl.md, "Liveness and timeouts").
-int KilledMidOpBody(int rank, int n, const ncclUniqueId& id) {
+// algo (HOSTNCCL_ALGO, or nullptr for the default) and victim choose the algorithm and the rank that dies: with
+// "ring" and a middle rank, the chain AllReduce loses a link while its neighbours wait on it and on each other.
+int KilledMidOpBody(int rank, int n, const ncclUniqueId& id, int victim, const char* algo) {
   int failures = 0;
   setenv("HOSTNCCL_PEER_ERRORS", "all", 1);
+  if (algo) setenv("HOSTNCCL_ALGO", algo, 1);
   ncclComm_t comm;
   HT_NCCL(ncclCommInitRank(&comm, n, id, rank));
   const size_t count = size_t{16} << 20;  // 64 MiB of floats: each operation takes milliseconds
   std::vector<float> a(count, 1.0f), b(count, 0.0f);
   HT_NCCL(ncclAllReduce(a.data(), b.data(), count, ncclFloat32, ncclSum, comm, nullptr));
-  if (rank == n - 1) {
+  if (rank == victim) {
     std::thread([] {
       usleep(20000);
       raise(SIGKILL);
@@ -126,8 +129,14 @@ int main() {
   f += k = ht::RunRanks(4, DeadPeerBody, 50, 1u << 3);
   printf("dead peer + shrink(ABORT): %s\n", k ? "FAIL" : "ok");
   for (int round = 0; round < 3; ++round) {
-    f += k = ht::RunRanks(2, KilledMidOpBody, 50, 1u << 1);
+    f += k = ht::RunRanks(
+        2, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, nullptr); }, 50, 1u << 1);
     printf("peer killed mid-allreduce (round %d): %s\n", round, k ? "FAIL" : "ok");
+  }
+  for (int round = 0; round < 2; ++round) {
+    f += k = ht::RunRanks(
+        3, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, "ring"); }, 50, 1u << 1);
+    printf("middle of the chain killed mid-allreduce (round %d): %s\n", round, k ? "FAIL" : "ok");
   }
   f += k = ht::RunRanks(2, FrozenPeerBody);
   printf("frozen peer timeout: %s\n", k ? "FAIL" : "ok");

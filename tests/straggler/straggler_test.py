@@ -148,7 +148,7 @@ MIGRATE_DETECTOR = ["--straggler-threshold", "0.2", "--straggler-windows", "5"]
 
 def scenario_migrate():
     slow_from = 200
-    job = start("migrate", steps=3000,
+    job = start("migrate", steps=5000,  # long enough for four verification spans after the move
                 train_args=["--slow-rank", "1", "--slowdown", "1.3", "--slow-from-step", str(slow_from)],
                 coordinator_args=["--straggler-policy", "migrate", "--straggler-cooldown-s", "600"] + MIGRATE_DETECTOR)
 
