@@ -440,7 +440,12 @@ TEST_CASE("a restarted coordinator rebuilds its view from the agents") {
   }
   co.reset();
   co = std::make_unique<Coord>(2000, addr);  // same address, fresh state
-  Json st = WaitStatus(addr, [](const Json& j) {
+  // The agents' own count of registrations too: the status can show a process alive before its agent thread read
+  // the REGISTER_ACK.
+  Json st = WaitStatus(addr, [&](const Json& j) {
+    for (auto& a : agents) {
+      if (a->connections() < 2) return false;
+    }
     if (CountState(j, "alive") != 3 || j["communicators"].arr.size() != 1) return false;
     for (const Json& p : j["processes"].arr) {
       if (p["step"].Int() != 20) return false;
@@ -874,9 +879,9 @@ TEST_CASE("a process that gives up on a frozen coordinator says it will reconnec
         return false;
       }
     }
-    return live.connections() == 2 && CountState(j, "alive") == 1;
+    return live.connections() >= 2 && CountState(j, "alive") == 1;
   });
-  CHECK(live.connections() == 2);
+  CHECK(live.connections() >= 2);  // 2; more when a loaded machine starved the coordinator past 750 ms before
   CHECK(live.process_id() == live_id);
   CHECK(st["processes"].arr.size() == 2);
   for (const Json& p : st["processes"].arr) {
@@ -890,9 +895,11 @@ TEST_CASE("a process that gives up on a frozen coordinator says it will reconnec
   // What the engines were told: the live process only ever "reconnecting" (a migration aborts, no recovery starts);
   // the dead one "reconnecting", then lost for good.
   const std::vector<LossRecorder::Loss> of_live = losses->Of(live_id), of_dead = losses->Of(dies_id);
-  REQUIRE(of_live.size() == 1);
-  CHECK(of_live[0].returning);
-  CHECK(of_live[0].reason.find("reconnecting") != std::string::npos);
+  REQUIRE(of_live.size() >= 1);
+  for (const LossRecorder::Loss& l : of_live) {
+    CHECK(l.returning);
+    CHECK(l.reason.find("reconnecting") != std::string::npos);
+  }
   REQUIRE(of_dead.size() == 2);
   CHECK(of_dead[0].returning);
   CHECK_FALSE(of_dead[1].returning);
