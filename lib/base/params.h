@@ -91,6 +91,11 @@
   X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
+  X(COMM_POLL_MS, comm_poll_ms, int64_t, ParseInt, "int", "200", "integer >= 0",                           \
+    "Failure recovery: how often a background thread (tm-commpoll) asks ncclCommGetAsyncError of each real "  \
+    "communicator, so that a peer the NCCL library reports failed is reported to the coordinator even while " \
+    "the program calls nothing; the coordinator probes that communicator's members and declares one that "    \
+    "does not answer failed (docs/recovery.md, Detection). 0: no poll.")                                      \
   X(STEP_TIMING, step_timing, std::string, ParseOneOf, "enum", "on", "on|off",                            \
     "Step timing for the straggler detector (docs/stragglers.md): on = every blocking NCCL call is timed "     \
     "(two time-stamp counter reads and one relaxed atomic add) and the heartbeat carries the step window; "    \

@@ -669,6 +669,17 @@ uint64_t Coordinator::ReturnGraceNs() const {
   return std::max<uint64_t>(static_cast<uint64_t>(opt_.heartbeat_timeout_ms), kMinReturnGraceMs) * 1000000ull;
 }
 
+void Coordinator::DeclareLost(uint64_t process, const std::string& why) {
+  auto it = procs_.find(process);
+  if (it == procs_.end() || it->second.state != ProcState::kAlive) return;
+  ProcessRec& pr = it->second;
+  MarkLost(pr, why);
+  if (pr.conn_fd >= 0) {  // as for a heartbeat timeout: it re-registers if it comes back
+    peers_.erase(pr.conn_fd);
+    pr.conn_fd = -1;
+  }
+}
+
 void Coordinator::CheckHeartbeats() {
   uint64_t now = NowMonotonicNs();
   uint64_t interval = static_cast<uint64_t>(heartbeat_interval_ms()) * 1000000ull;

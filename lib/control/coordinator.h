@@ -168,6 +168,9 @@ class EngineHost {
   virtual size_t QueuedBytes(uint64_t /*process*/) const { return 0; }
   // A record the engine starts itself (a failure recovery), in state requested, of `kind`, for `rank`.
   virtual Migration& NewMigration(const std::string& kind, int32_t rank) = 0;
+  // An alive process an engine found failed (a probe it did not answer): lost with `why`, as by the heartbeat
+  // timeout (every engine's OnProcessLost runs before this returns; its connection is dropped).
+  virtual void DeclareLost(uint64_t process, const std::string& why) = 0;
 };
 
 // An engine drives one kind of request (planned migration: lib/migration/engine.h; failure recovery next).
@@ -239,6 +242,7 @@ class Coordinator final : public EngineHost {
   const std::map<uint64_t, CommRec>& comms() const override { return comms_; }
   Migration* FindMigration(uint64_t id) override;
   const std::map<uint64_t, Migration>& migrations() const override { return migs_; }
+  void DeclareLost(uint64_t process, const std::string& why) override;
   size_t QueuedBytes(uint64_t process) const override;
   Migration& NewMigration(const std::string& kind, int32_t rank) override;
   // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one

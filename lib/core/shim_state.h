@@ -264,6 +264,13 @@ ncclComm_t InstallRealComm(VComm* v, ncclComm_t real);
 // still use; DrainOldCalls then waits (kRetireWaitMs at most) until they ended, and returns false (logged) when
 // one is still inside `old`, which must then never be freed. No other swap of `v` may come in between.
 ncclComm_t SwapRealComm(VComm* v, ncclComm_t real);
+// Failure recovery's background poll (docs/recovery.md, "Detection"): ncclCommGetAsyncError of v's real
+// communicator from a thread that is not the program's. *polled: that communicator (nullptr: none, sandboxed or
+// being destroyed; the result is then ncclSuccess). A destroy or abort by the program waits for a poll of the
+// same VComm under way (WaitForPoll, a non-blocking call's duration), so the poll never reads a freed one. One
+// polling thread per process.
+ncclResult_t PollAsyncError(VComm* v, ncclComm_t* polled);
+void WaitForPoll(const VComm* v);
 bool DrainOldCalls(VComm* v, ncclComm_t old);
 constexpr int kRetireWaitMs = 10000;
 // Migration: stage `next` (built in the background), re-create v's PreMulSum ops, registrations and

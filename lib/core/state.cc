@@ -325,6 +325,30 @@ ncclComm_t SwapRealComm(VComm* v, ncclComm_t real) {
   return old;
 }
 
+namespace {
+std::atomic<const VComm*> g_polled{nullptr};  // the VComm whose real communicator PollAsyncError is reading
+}  // namespace
+
+ncclResult_t PollAsyncError(VComm* v, ncclComm_t* polled) {
+  *polled = nullptr;
+  ncclResult_t async = ncclSuccess;
+  g_polled.store(v, std::memory_order_seq_cst);  // before the load of real: a destroy after it waits for us
+  RealUse use(v);
+  ncclComm_t real = v->real.load(std::memory_order_seq_cst);
+  if (real && v->magic == VComm::kMagic && g_real.CommGetAsyncError &&
+      g_real.CommGetAsyncError(real, &async) == ncclSuccess) {
+    *polled = real;
+  } else {
+    async = ncclSuccess;
+  }
+  g_polled.store(nullptr, std::memory_order_release);
+  return async;
+}
+
+void WaitForPoll(const VComm* v) {
+  while (g_polled.load(std::memory_order_seq_cst) == v) std::this_thread::yield();
+}
+
 bool DrainOldCalls(VComm* v, ncclComm_t old) {
   std::atomic<uint32_t>& calls = v->calls[(v->epoch.load(std::memory_order_seq_cst) - 1) & 1];
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRetireWaitMs);

@@ -495,7 +495,8 @@ class MigrationEngine final : public Engine {
   // The joiner's READY: matched against its leaver; when every pair matched, phase 1 starts.
   void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
     for (const auto& [id, other] : h.migrations()) {  // the replacement of a failed rank: the recovery's
-      if (other.kind != kKindMigrate && !MigTerminal(other.state) && other.rank == j.info.replace) return;
+      const bool recovered = std::count(other.ranks.begin(), other.ranks.end(), j.info.replace) > 0;
+      if (other.kind != kKindMigrate && !MigTerminal(other.state) && recovered) return;
     }
     mig::Ready r;
     Migration* m = Active(h);

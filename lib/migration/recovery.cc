@@ -3,6 +3,7 @@
 #include "recovery.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,7 +106,11 @@ class Recovery {
   void OnCommand(const control::Command& c);
   int64_t OnSafePoint(int64_t step);
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
-  void Drain() { queue_.Drain(std::chrono::milliseconds(kExitDrainMs)); }
+  void Drain() {
+    polling_.store(false);
+    queue_.Drain(std::chrono::milliseconds(kExitDrainMs));
+  }
+  void StartPoll();
 
  private:
   // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
@@ -144,6 +150,8 @@ class Recovery {
   bool SetUpSlots(const std::vector<shim::Region>& regs);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
+  // tm-commpoll thread.
+  void PollComms(std::set<ncclComm_t>& reported);
   // tm-snapshot thread.
   void SendTaken(int slot, int64_t step, std::vector<control::Region> table);
   void Pull(const rec::RecMsg& m);
@@ -177,6 +185,9 @@ class Recovery {
   std::map<int32_t, Held> held_;
   std::unique_ptr<transfer::StateClient> client_;
   std::vector<std::unique_ptr<transfer::StateServer>> exposed_;
+  // The background poll of the real communicators (never joined: it lives as long as the process).
+  std::atomic<bool> polling_{false};
+  std::thread poll_thread_;
 };
 
 // ---- commands (agent thread)
@@ -211,6 +222,8 @@ void Recovery::OnCommand(const control::Command& c) {
       cv_.notify_all();
       return;
     }
+    case rec::Cmd::kProbe:  // a peer's library reported a communicator of ours failed: we are alive
+      return Send(rec::Ev::kProbed, rec::RecMsg{.step = m.step});
     case rec::Cmd::kFenced:  // on the agent thread, at once: nothing of this process may reach the job any more
       w_.Exit(1, "failure recovery: this process (rank " + std::to_string(m.rank) + ") was declared failed in epoch " +
                      std::to_string(m.epoch) + " and replaced; it ends without touching the job (stale epoch)");
@@ -265,6 +278,41 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
           "failure recovery: rank %d failed (epoch %llu); %zu communicator(s) fenced: their operations complete "
           "locally until the next safe point",
           m.rank, static_cast<unsigned long long>(m.epoch), withdrawn.size());
+}
+
+// ---- the background poll (tm-commpoll)
+
+// Every TRAINMOVER_COMM_POLL_MS, ncclCommGetAsyncError of each real communicator not fenced: a failure the library
+// sees (a peer died, a peer unreachable) is reported to the coordinator once per communicator (COMM_FAULT), which
+// probes the members and declares one that does not answer failed. Bounded cost: one non-blocking library call per
+// communicator per period (hostnccl: a zero-timeout poll of its liveness sockets when no operation runs).
+void Recovery::StartPoll() {
+  const int64_t every = shim::ProcessConfig().comm_poll_ms;
+  if (!on_ || every <= 0) return;
+  polling_.store(true);
+  poll_thread_ = w_.StartThread("tm-commpoll", [this, every] {
+    std::set<ncclComm_t> reported;
+    while (polling_.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(every));
+      if (polling_.load() && w_.Connected() && !shim::ProcessSandboxed() && !shim::ProcessLeaving()) PollComms(reported);
+    }
+  });
+}
+
+void Recovery::PollComms(std::set<ncclComm_t>& reported) {
+  for (shim::VComm* v : shim::LiveVComms()) {
+    if (v->magic != shim::VComm::kMagic || v->next.load(std::memory_order_acquire)) continue;  // a migration's
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (std::find(fenced_comms_.begin(), fenced_comms_.end(), v) != fenced_comms_.end()) continue;
+    }
+    ncclComm_t real = nullptr;
+    const ncclResult_t async = shim::PollAsyncError(v, &real);
+    if (!real || async == ncclSuccess || async == ncclInProgress || !reported.insert(real).second) continue;
+    TM_WARN(kLogMigration, "failure recovery: communicator %llu reports %s (background poll); told the coordinator",
+            static_cast<unsigned long long>(v->comm_key), ncclGetErrorString(async));
+    Send(rec::Ev::kCommFault, rec::RecMsg{.slot = static_cast<uint32_t>(async), .words = {v->comm_key}});
+  }
 }
 
 // ---- application threads
@@ -554,6 +602,7 @@ bool OpFailureHook(shim::VComm* v, ncclComm_t used, ncclResult_t r) { return g_r
 void InstallRecovery(World* world, ProcessMachine* machine) {
   g_recovery = new Recovery(*world, machine);
   std::atexit(RecoveryDrain);
+  g_recovery->StartPoll();
   shim::SetOpFailureHook(OpFailureHook);
 }
 

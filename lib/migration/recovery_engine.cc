@@ -33,24 +33,50 @@ struct RankSnaps {
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
 };
 
-// The recovery in progress.
-struct RecCtx {
-  uint64_t id = 0, epoch = 0, dead = 0, buddy = 0, joiner = 0;
+// One failed rank of the recovery in progress, and its replacement.
+struct Lost {
+  uint64_t dead = 0, buddy = 0, joiner = 0;
   int32_t rank = -1;
-  int64_t step = -1;                     // the rollback step S
   std::vector<uint64_t> keys;            // the dead rank's communicators, in its creation order
+  pid_t child = 0;
+  std::vector<uint8_t> descriptor;       // the buddy's exposure of the dead rank's copy
+  uint32_t buddy_pid = 0;                // the process that exposed it, as it registered
+  bool tape_sent = false, fetch_sent = false, verified = false, switched = false;
+};
+
+// The recovery in progress: one failed rank, or several when a rank failed during the recovery of others
+// (docs/recovery.md, "A second failure during a recovery").
+struct RecCtx {
+  uint64_t id = 0, epoch = 0;
+  std::vector<Lost> lost;                // the first is the failure that started this epoch
+  int64_t step = -1;                     // the rollback step S
+  std::vector<uint64_t> keys;            // every communicator that contains a failed rank (fenced, rebuilt)
   // The newest step completed everywhere, as known here: the failed rank's last safe point or snapshot, and the step
   // before the lowest one a survivor held at (that one may have run on fenced communicators: the step in flight).
   int64_t completed = -1;
   std::set<uint64_t> survivors, held, rolled;
   std::map<uint64_t, std::vector<int64_t>> local;  // each held survivor's own snapshot steps (HELD)
   std::map<uint64_t, int64_t> held_at;              // and the step it is held at
-  pid_t child = 0;
-  std::vector<uint8_t> descriptor;       // the buddy's exposure of the dead rank's copy
-  uint32_t buddy_pid = 0;                // the process that exposed it, as it registered
-  bool tape_sent = false, fetch_sent = false, verified = false, switch_sent = false, joiner_switched = false;
+  bool ids_sent = false, switch_sent = false;
   size_t built_expected = 0, built_ok = 0;
   uint64_t detected_mono = 0;
+
+  Lost* ByJoiner(uint64_t p) {
+    for (Lost& l : lost) {
+      if (l.joiner && l.joiner == p) return &l;
+    }
+    return nullptr;
+  }
+  bool IsDead(uint64_t p) const {
+    return std::any_of(lost.begin(), lost.end(), [p](const Lost& l) { return l.dead == p; });
+  }
+  std::string Ranks() const {  // "rank 1" or "ranks 1 and 3"
+    std::string s = lost.size() == 1 ? "rank " : "ranks ";
+    for (size_t i = 0; i < lost.size(); ++i) {
+      s += (i == 0 ? "" : i + 1 == lost.size() ? " and " : ", ") + std::to_string(lost[i].rank);
+    }
+    return s;
+  }
 };
 
 uint64_t MonoNs() {
@@ -99,6 +125,13 @@ class RecoveryEngine final : public Engine {
           return OnHeldExposed(h, *from, m);
         case rec::Ev::kRolledBack:
           return OnRolledBack(h, *from, m);
+        case rec::Ev::kCommFault:
+          return OnCommFault(h, *from, m);
+        case rec::Ev::kProbed:
+          if (auto it = probes_.find(p); it != probes_.end() && it->second.number == static_cast<uint64_t>(m.step)) {
+            probes_.erase(it);
+          }
+          return;
       }
       return;
     }
@@ -111,14 +144,14 @@ class RecoveryEngine final : public Engine {
       case mig::Ev::kBuilt:
         return OnBuilt(h, e);
       case mig::Ev::kPrepared:
-        if (p == ctx_->joiner) {
+        if (ctx_->ByJoiner(p)) {
           h.SendCommand(p, mig::Make(static_cast<uint16_t>(mig::Cmd::kRead), ctx_->id, mig::Step{ctx_->step}));
         }
         return;
       case mig::Ev::kVerified:
         return OnVerified(h, *from, e);
       case mig::Ev::kSwitched:
-        if (p == ctx_->joiner) ctx_->joiner_switched = true;
+        if (Lost* l = ctx_->ByJoiner(p)) l->switched = true;
         return MaybeDone(h);
       case mig::Ev::kFailed: {
         mig::Reason r;
@@ -152,15 +185,14 @@ class RecoveryEngine final : public Engine {
     }
     ProcessRec* pr = h.FindProcess(p);
     if (!pr) return;
-    if (ctx_ && p == ctx_->joiner && !ctx_->joiner_switched) {
-      return Fail(h, "the replacement of rank " + std::to_string(ctx_->rank) + " was lost");
+    if (ctx_) {
+      if (const Lost* l = ctx_->ByJoiner(p); l && !l->switched) {
+        return Fail(h, "the replacement of rank " + std::to_string(l->rank) + " was lost");
+      }
     }
     if (pr->state == ProcState::kExited || pr->info.role != "worker" || pr->info.rank < 0) return;
-    if (ctx_ && ctx_->survivors.count(p)) {
-      return Fail(h, "rank " + std::to_string(pr->info.rank) + " failed too during the recovery of rank " +
-                         std::to_string(ctx_->rank));
-    }
     if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
+    if (ctx_ && ctx_->survivors.count(p)) return FailedDuring(h, *pr);
     if (EnvOf(*pr, "RECOVERY") == "off") {
       TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); TRAINMOVER_RECOVERY=off: no recovery",
               pr->info.rank, pr->lost_reason.c_str());
@@ -177,7 +209,7 @@ class RecoveryEngine final : public Engine {
                              "recovered", pr->info.rank, pr->lost_reason.c_str());
       return;
     }
-    Start(h, *pr);
+    Start(h, {pr});
   }
 
   void OnProcessBack(EngineHost& h, uint64_t) override { FenceStale(h); }
@@ -185,24 +217,27 @@ class RecoveryEngine final : public Engine {
   void OnTick(EngineHost& h) override {
     FenceStale(h);
     standbys_.OnTick(h);
+    DeclareUnanswered(h);
     if (!ctx_) return;
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
       return Fail(h, "the recovery did not complete within " + std::to_string(migration::kRecoveryHoldMs) + " ms");
     }
-    std::string how;
-    if (x.child > 0 && !x.joiner && launcher_->Exited(x.child, &how)) {
-      x.child = 0;
-      return Fail(h, "the replacement of rank " + std::to_string(x.rank) + " exited (" + how + ") before it was ready");
-    }
-    // The replacement runs its shadow iteration without a tape (the dead rank recorded none): an empty one at once
-    // saves it the wait for one.
-    for (const auto& [id, p] : h.processes()) {
-      if (x.tape_sent || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != x.rank ||
-          (x.child > 0 && p.info.pid != static_cast<uint32_t>(x.child))) {
-        continue;
+    for (Lost& l : x.lost) {
+      std::string how;
+      if (l.child > 0 && !l.joiner && launcher_->Exited(l.child, &how)) {
+        l.child = 0;
+        return Fail(h, "the replacement of rank " + std::to_string(l.rank) + " exited (" + how + ") before it was ready");
       }
-      x.tape_sent = h.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), x.id, mig::Blob{}));
+      // The replacement runs its shadow iteration without a tape (the dead rank recorded none): an empty one at
+      // once saves it the wait for one.
+      for (const auto& [id, p] : h.processes()) {
+        if (l.tape_sent || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != l.rank ||
+            (l.child > 0 && p.info.pid != static_cast<uint32_t>(l.child))) {
+          continue;
+        }
+        l.tape_sent = h.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), x.id, mig::Blob{}));
+      }
     }
   }
 
@@ -250,7 +285,8 @@ class RecoveryEngine final : public Engine {
   // HELD) and a copy of the old timeline would be moot; the owner's wait for it ends with the fence.
   void OnSnapTaken(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
     // During a recovery, only the new timeline's: from a survivor that rolled back, or the switched replacement.
-    if (ctx_ && !ctx_->rolled.count(from.id) && !(from.id == ctx_->joiner && ctx_->joiner_switched)) return;
+    const Lost* replacement = ctx_ ? ctx_->ByJoiner(from.id) : nullptr;
+    if (ctx_ && !ctx_->rolled.count(from.id) && !(replacement && replacement->switched)) return;
     const int32_t rank = SnapshotRank(from);
     if (rank < 0 || snaps_[rank].former.count(from.id)) return;  // a leaver's late snapshot: its joiner owns the rank
     RankSnaps& rs = SnapsOf(rank, from);
@@ -307,24 +343,78 @@ class RecoveryEngine final : public Engine {
     return common && !common->empty() ? *common->rbegin() : -1;
   }
 
+  // ---- detection by the NCCL library (docs/recovery.md, "Detection")
+
+  // A process's background poll says a real communicator failed: the library does not say which peer, so every
+  // other alive member is probed; its agent thread answers at once unless the process is dead or frozen.
+  void OnCommFault(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
+    if (m.words.empty()) return;
+    auto comm = h.comms().find(m.words[0]);
+    if (comm == h.comms().end()) return;
+    for (const auto& [rank, q] : comm->second.members) {
+      const ProcessRec* pr = h.FindProcess(q);
+      if (q == from.id || !pr || pr->state != ProcState::kAlive || probes_.count(q)) continue;
+      Probe pb{++probe_number_, MonoNs(), "rank " + std::to_string(from.info.rank) + "'s NCCL library reported " +
+                                              "communicator " + std::to_string(m.words[0]) + " failed (" +
+                                              NcclResultName(m.slot) + ")"};
+      TM_WARN(kLogMigration, "coordinator: %s; probing its member rank %d (process %" PRIu64 ")", pb.why.c_str(),
+              pr->info.rank, q);
+      if (h.SendCommand(q, rec::MakeRec(rec::Cmd::kProbe, 0, rec::RecMsg{.step = static_cast<int64_t>(pb.number)}))) {
+        probes_[q] = std::move(pb);
+      }
+    }
+  }
+
+  // A probed process that did not answer within kProbeMs is dead or frozen: declared failed (and recovered).
+  void DeclareUnanswered(EngineHost& h) {
+    std::vector<std::pair<uint64_t, std::string>> due;
+    for (auto it = probes_.begin(); it != probes_.end();) {
+      const ProcessRec* pr = h.FindProcess(it->first);
+      if (!pr || pr->state != ProcState::kAlive) {
+        it = probes_.erase(it);
+      } else if (MonoNs() - it->second.sent_mono > uint64_t{kProbeMs} * 1000000ull) {
+        due.push_back({it->first, it->second.why + "; no answer to a probe within " + std::to_string(kProbeMs) + " ms"});
+        it = probes_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (const auto& [q, why] : due) h.DeclareLost(q, why);
+  }
+
+  static std::string NcclResultName(uint32_t r) {
+    static const char* const kNames[] = {"ncclSuccess", "ncclUnhandledCudaError", "ncclSystemError",
+                                         "ncclInternalError", "ncclInvalidArgument", "ncclInvalidUsage",
+                                         "ncclRemoteError"};
+    return r < std::size(kNames) ? kNames[r] : "ncclResult " + std::to_string(r);
+  }
+
   // ---- a failure
 
-  // The newest step that a live buddy holds of the dead rank and every survivor holds itself (as it said when held),
-  // and that buddy.
-  std::optional<std::pair<int64_t, uint64_t>> PickStep(EngineHost& h, std::string* why) {
-    const RecCtx& x = *ctx_;
-    std::map<int64_t, uint64_t, std::greater<>> offered = Offered(h, x.rank);  // step -> a buddy holding it
-    for (const auto& [step, b] : offered) {
+  // The newest step that, for every failed rank, a live buddy holds a copy of, and that every survivor holds itself
+  // (as it said when held); with one such buddy per failed rank.
+  std::optional<int64_t> PickStep(EngineHost& h, std::string* why) {
+    RecCtx& x = *ctx_;
+    std::vector<std::map<int64_t, uint64_t, std::greater<>>> offered;
+    for (const Lost& l : x.lost) {
+      offered.push_back(Offered(h, l.rank));
+      if (offered.back().empty()) {
+        *why = "no snapshot of rank " + std::to_string(l.rank) + " is complete on a live buddy";
+        return std::nullopt;
+      }
+    }
+    for (const auto& [step, b] : offered.front()) {
       bool everywhere = true;
+      for (const auto& o : offered) everywhere &= o.count(step) > 0;
       for (uint64_t q : x.survivors) {
         const std::vector<int64_t>& own = x.local.at(q);
         everywhere &= std::find(own.begin(), own.end(), step) != own.end();
       }
-      if (everywhere) return std::make_pair(step, b);
+      if (!everywhere) continue;
+      for (size_t i = 0; i < x.lost.size(); ++i) x.lost[i].buddy = offered[i].at(step);
+      return step;
     }
-    *why = offered.empty() ? "no snapshot of rank " + std::to_string(x.rank) + " is complete on a live buddy"
-                           : "no snapshot step of rank " + std::to_string(x.rank) +
-                                 " held by its buddy is held by every survivor";
+    *why = "no snapshot step of " + x.Ranks() + " held by a live buddy is held by every survivor";
     return std::nullopt;
   }
 
@@ -341,87 +431,157 @@ class RecoveryEngine final : public Engine {
     return offered;
   }
 
-  void Start(EngineHost& h, const ProcessRec& dead) {
-    const int32_t rank = dead.info.rank;
-    Migration& m = h.NewMigration(kKindRecover, rank);
-    m.leaver = dead.id;
+  // A new epoch for the failed processes `dead` (the new failure first; more than one when a rank failed during the
+  // recovery of others, which was abandoned for this one).
+  // `completed`: the abandoned recovery's (the steps completed everywhere end with the first failure; the ranks that
+  // failed since were fenced then, so what they ran after it does not count).
+  void Start(EngineHost& h, const std::vector<const ProcessRec*>& dead, const std::string& note = "",
+             std::optional<int64_t> completed = std::nullopt) {
+    const ProcessRec& first = *dead.front();
+    Migration& m = h.NewMigration(kKindRecover, first.info.rank);
+    m.leaver = first.id;
     m.spawn = true;
     m.recovery.epoch = ++epoch_;
-    m.recovery.detected_by = dead.lost_reason;
+    m.recovery.detected_by = first.lost_reason + note;
     m.recovery.detected_ns = m.created_ns;
     RecCtx x;
     x.id = m.id;
     x.epoch = m.recovery.epoch;
-    x.dead = dead.id;
-    x.rank = rank;
     x.detected_mono = MonoNs();
-    int64_t reached = dead.step;
+    int64_t reached = -1;
+    m.ranks.clear();
+    for (const ProcessRec* d : dead) {
+      Lost l;
+      l.dead = d->id;
+      l.rank = d->info.rank;
+      m.ranks.push_back(l.rank);
+      reached = std::max(reached, d->step);
+      // The dead rank's last safe point as reported; its last snapshot may have come after that report.
+      x.completed = std::max(x.completed, completed ? *completed : d->step);
+      auto own = snaps_.find(l.rank);
+      if (!completed && own != snaps_.end() && own->second.owner == d->id && !own->second.taken.empty()) {
+        x.completed = std::max(x.completed, own->second.taken.rbegin()->first);
+      }
+      // Its communicators, in its creation order: fenced, then rebuilt with the replacement.
+      std::vector<std::pair<uint32_t, uint64_t>> order;
+      for (const auto& [key, info] : d->comm_info) order.push_back({info.lineage.index, key});
+      std::sort(order.begin(), order.end());
+      for (auto& [idx, key] : order) {
+        l.keys.push_back(key);
+        if (std::find(x.keys.begin(), x.keys.end(), key) == x.keys.end()) x.keys.push_back(key);
+      }
+      x.lost.push_back(std::move(l));
+    }
     for (const auto& [id, p] : h.processes()) {
-      if (id == dead.id || p.state != ProcState::kAlive || p.info.role != "worker" || p.info.rank < 0) continue;
+      if (x.IsDead(id) || p.state != ProcState::kAlive || p.info.role != "worker" || p.info.rank < 0) continue;
       x.survivors.insert(id);
       reached = std::max(reached, p.step);
     }
     m.recovery.failed_at_step = reached;
-    TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s; recovery %" PRIu64 ", epoch %" PRIu64,
-            rank, dead.id, dead.lost_reason.c_str(), m.id, x.epoch);
-    if (dead.lost_reason.rfind("no heartbeat", 0) == 0 && dead.info.host == base::HostName() && dead.info.pid > 0) {
-      kill(static_cast<pid_t>(dead.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
+    TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s%s; recovery %" PRIu64 " of %s, epoch %" PRIu64,
+            first.info.rank, first.id, first.lost_reason.c_str(), note.c_str(), m.id, x.Ranks().c_str(), x.epoch);
+    const bool silent = first.lost_reason.rfind("no heartbeat", 0) == 0 ||
+                        first.lost_reason.find("no answer to a probe") != std::string::npos;
+    if (silent && first.info.host == base::HostName() && first.info.pid > 0) {
+      kill(static_cast<pid_t>(first.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
-    auto own = snaps_.find(rank);
-    x.completed = dead.step;  // its last safe point as reported; its last snapshot may have come after that report
-    if (own != snaps_.end() && own->second.owner == dead.id && !own->second.taken.empty()) {
-      x.completed = std::max(x.completed, own->second.taken.rbegin()->first);
-    }
-    ctx_ = x;
-    // Refused at once when no copy of the dead rank survives; the step itself is picked once every survivor is held
+    ctx_ = std::move(x);
+    // Refused at once when no copy of a dead rank survives; the step itself is picked once every survivor is held
     // and has said which of its own snapshots it holds (HELD).
-    if (Offered(h, rank).empty()) return Fail(h, "no snapshot of rank " + std::to_string(rank) + " is complete on a live buddy");
+    for (const Lost& l : ctx_->lost) {
+      if (Offered(h, l.rank).empty()) {
+        return Fail(h, "no snapshot of rank " + std::to_string(l.rank) + " is complete on a live buddy");
+      }
+    }
     // Fenced only once a recovery goes ahead: a refused one leaves the process free to come back (a live process whose
     // control connection was cut re-registers and trains on, as it would with recovery off).
-    if (ProcessRec* d = h.FindProcess(dead.id)) d->fenced = true;
-    declared_[dead.id] = Declared{x.epoch, rank, MonoNs()};
-    // The dead rank's communicators, in its creation order: fenced, then rebuilt with the replacement.
-    std::vector<std::pair<uint32_t, uint64_t>> order;
-    for (const auto& [key, info] : dead.comm_info) order.push_back({info.lineage.index, key});
-    std::sort(order.begin(), order.end());
-    for (auto& [idx, key] : order) ctx_->keys.push_back(key);
-    h.BeginPhase(m, 0, "fence");
-    rec::RecMsg fence{.epoch = x.epoch, .rank = rank, .words = ctx_->keys};
-    for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
-    if (TakeStandby(h, m, dead)) return;
-    h.SetMigState(m, MigState::kSpawning);
-    h.BeginPhase(m, 0, "replacement start");
-    std::string err, log;
-    if (dead.info.cmdline.empty()) {
-      err = "the failed rank reported no command line";
-    } else {
-      ctx_->child = launcher_->Start(JoinerSpec(m, dead, rank), &log, &err);
+    for (const ProcessRec* d : dead) {
+      if (ProcessRec* dp = h.FindProcess(d->id)) dp->fenced = true;
+      declared_[d->id] = Declared{ctx_->epoch, d->info.rank, MonoNs()};
     }
-    if (ctx_->child <= 0) return Fail(h, "cannot start the replacement of rank " + std::to_string(rank) + ": " + err);
-    m.joiner_log = log;
-    m.recovery.replacement = "spawned pid " + std::to_string(ctx_->child);
-    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": replacement pid %d, output in %s", m.id, ctx_->child,
-            log.c_str());
+    h.BeginPhase(m, 0, "fence");
+    rec::RecMsg fence{.epoch = ctx_->epoch, .rank = first.info.rank, .words = ctx_->keys};
+    for (uint64_t q : ctx_->survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
+    std::vector<std::string> replacements;
+    for (size_t i = 0; i < dead.size(); ++i) {
+      Lost& l = ctx_->lost[i];
+      std::string took = TakeStandby(h, m, *dead[i], l);
+      if (took.empty()) {
+        std::string err, log;
+        if (dead[i]->info.cmdline.empty()) {
+          err = "the failed rank reported no command line";
+        } else {
+          l.child = launcher_->Start(JoinerSpec(m, *dead[i], l.rank), &log, &err);
+        }
+        if (l.child <= 0) return Fail(h, "cannot start the replacement of rank " + std::to_string(l.rank) + ": " + err);
+        if (m.joiner_log.empty()) m.joiner_log = log;
+        took = "spawned pid " + std::to_string(l.child);
+        TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": replacement of rank %d: pid %d, output in %s", m.id,
+                l.rank, l.child, log.c_str());
+      }
+      replacements.push_back(dead.size() == 1 ? took : "rank " + std::to_string(l.rank) + ": " + took);
+    }
+    for (const std::string& r : replacements) {
+      m.recovery.replacement += (m.recovery.replacement.empty() ? "" : "; ") + r;
+    }
+    if (std::any_of(ctx_->lost.begin(), ctx_->lost.end(), [](const Lost& l) { return !l.joiner; })) {
+      h.SetMigState(m, MigState::kSpawning);
+      h.BeginPhase(m, 0, "replacement start");
+    }
     MaybePick(h);  // no survivor (a job of one rank... or all held already)
   }
 
-  // Every survivor held: the rollback step, and the buddy exposes its copy of the dead rank at that step.
+  // A survivor failed during the recovery (FailedDuring's caller checked). Before the switch, the recovery is
+  // abandoned (its replacements dropped, its staged communicators aborted) and a new epoch recovers every failed rank
+  // at once; after it (SWITCH and ROLLBACK are out: some processes may already train on), this recovery completes
+  // without the new failure, which is recovered next.
+  void FailedDuring(EngineHost& h, const ProcessRec& p) {
+    RecCtx& x = *ctx_;
+    if (x.switch_sent) {
+      TM_WARN(kLogMigration, "coordinator: rank %d failed while recovery %" PRIu64 " switches; recovered next",
+              p.info.rank, x.id);
+      x.survivors.erase(p.id);
+      x.held.erase(p.id);
+      x.rolled.erase(p.id);
+      next_.push_back(p.id);
+      return MaybeDone(h);
+    }
+    x.survivors.erase(p.id);
+    const std::string why = "rank " + std::to_string(p.info.rank) + " failed during it: abandoned for a new epoch";
+    std::vector<const ProcessRec*> dead{&p};
+    for (const Lost& l : x.lost) {
+      if (const ProcessRec* d = h.FindProcess(l.dead)) dead.push_back(d);
+    }
+    const uint64_t old = x.id;
+    const int64_t completed = Completed(x);
+    Drop(h, why);
+    Start(h, dead, "; during recovery " + std::to_string(old) + " of " + RanksOf(dead, 1), completed);
+  }
+
+  static std::string RanksOf(const std::vector<const ProcessRec*>& dead, size_t from) {
+    std::string s = dead.size() - from == 1 ? "rank " : "ranks ";
+    for (size_t i = from; i < dead.size(); ++i) s += (i == from ? "" : ", ") + std::to_string(dead[i]->info.rank);
+    return s;
+  }
+
+  // Every survivor held: the rollback step, and each failed rank's buddy exposes its copy at that step.
   void MaybePick(EngineHost& h) {
     RecCtx& x = *ctx_;
     if (x.step >= 0 || x.held.size() < x.survivors.size()) return;
     std::string why;
-    std::optional<std::pair<int64_t, uint64_t>> pick = PickStep(h, &why);
+    std::optional<int64_t> pick = PickStep(h, &why);
     if (!pick) return Fail(h, why);
-    x.step = pick->first;
-    x.buddy = pick->second;
+    x.step = *pick;
     if (Migration* m = h.FindMigration(x.id)) {
       m->recovery.rollback_step = x.step;
       m->switch_step = x.step;
       h.EndPhase(*m, 0, "fence");
     }
-    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64 " (snapshot held by process %"
-                           PRIu64 ")", x.id, x.step, x.buddy);
-    h.SendCommand(x.buddy, rec::MakeRec(rec::Cmd::kExposeHeld, x.id, rec::RecMsg{.rank = x.rank, .step = x.step}));
+    for (const Lost& l : x.lost) {
+      TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rolling back to step %" PRId64 " (rank %d's snapshot "
+                             "held by process %" PRIu64 ")", x.id, x.step, l.rank, l.buddy);
+      h.SendCommand(l.buddy, rec::MakeRec(rec::Cmd::kExposeHeld, x.id, rec::RecMsg{.rank = l.rank, .step = x.step}));
+    }
   }
 
   // A process declared failed that is heard from again (it was stopped or cut off, not dead) must not come back into a
@@ -445,63 +605,73 @@ class RecoveryEngine final : public Engine {
     }
   }
 
-  // The replacement's READY: matched against the dead rank like a joiner against its leaver.
+  // A replacement's READY: matched against its dead rank like a joiner against its leaver.
   void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
     RecCtx& x = *ctx_;
     Migration* m = h.FindMigration(x.id);
-    if (j.info.role != "joiner" || j.info.replace != x.rank || x.joiner || !m) return;
-    if (x.child > 0 && j.info.pid != static_cast<uint32_t>(x.child)) return;  // e.g. an abandoned migration's joiner
+    Lost* l = nullptr;
+    for (Lost& c : x.lost) {
+      if (j.info.role == "joiner" && j.info.replace == c.rank && !c.joiner) l = &c;
+    }
+    if (!l || !m) return;
+    if (l->child > 0 && j.info.pid != static_cast<uint32_t>(l->child)) return;  // e.g. an abandoned recovery's joiner
     mig::Ready r;
-    ProcessRec* dead = h.FindProcess(x.dead);
+    ProcessRec* dead = h.FindProcess(l->dead);
     if (!DecodePayload(e.body, &r) || !dead) return Fail(h, "malformed READY from the replacement");
     std::vector<const CommCreated*> dc;
-    for (uint64_t k : x.keys) dc.push_back(&dead->comm_info.at(k));
+    for (uint64_t k : l->keys) dc.push_back(&dead->comm_info.at(k));
     std::map<uint64_t, uint64_t> j2l;
     std::string diff = CompareLineages(r.comms, dc, &j2l);
     if (diff.empty()) diff = CompareRegions(dead->regions, r.regions);
     if (!diff.empty()) {
-      x.joiner = j.id;  // told to exit by the abort
-      return Fail(h, "the replacement of rank " + std::to_string(x.rank) + " does not match it: " + diff);
+      l->joiner = j.id;  // told to exit by the abort
+      return Fail(h, "the replacement of rank " + std::to_string(l->rank) + " does not match it: " + diff);
     }
-    h.EndPhase(*m, 0, "replacement start");
-    Adopt(h, *m, j.id, j2l);
+    Adopt(h, *m, *l, j.id, j2l);
   }
 
   // A waiting standby (docs/recovery.md, "Standbys") instead of a spawned replacement, when one fits: ASSIGN, then
-  // the same commands as to a spawned one once it is ready. False: none fits (logged), spawn one.
-  bool TakeStandby(EngineHost& h, Migration& m, const ProcessRec& dead) {
+  // the same commands as to a spawned one once it is ready. Returns how it is described, empty when none fits
+  // (logged): spawn one.
+  std::string TakeStandby(EngineHost& h, Migration& m, const ProcessRec& dead, Lost& l) {
     std::vector<const CommCreated*> dc;
-    for (uint64_t k : ctx_->keys) dc.push_back(&dead.comm_info.at(k));
+    for (uint64_t k : l.keys) dc.push_back(&dead.comm_info.at(k));
     std::string why;
     std::optional<StandbyPool::Pick> pick = standbys_.Take(h, dead, dc, &why);
     if (!pick) {
-      TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": %s; spawning a replacement", m.id, why.c_str());
-      return false;
+      TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rank %d: %s; spawning a replacement", m.id, l.rank,
+              why.c_str());
+      return "";
     }
-    m.recovery.replacement = pick->describe;
-    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": the replacement is %s", m.id, pick->describe.c_str());
-    const int32_t world = std::max(dead.info.world, ctx_->rank + 1);
-    h.SendCommand(pick->process, standby::Make(standby::Cmd::kAssign, m.id, standby::Assign{ctx_->rank, world}));
-    Adopt(h, m, pick->process, pick->j2l);
-    return true;
+    TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": the replacement of rank %d is %s", m.id, l.rank,
+            pick->describe.c_str());
+    const int32_t world = std::max(dead.info.world, l.rank + 1);
+    h.SendCommand(pick->process, standby::Make(standby::Cmd::kAssign, m.id, standby::Assign{l.rank, world}));
+    Adopt(h, m, l, pick->process, pick->j2l);
+    return pick->describe;
   }
 
-  // The replacement (spawned and ready, or a standby) is matched: MAP its communicators to the dead rank's, MAKE_IDS,
-  // and PREPARE once the buddy exposed its copy.
-  void Adopt(EngineHost& h, Migration& m, uint64_t j, const std::map<uint64_t, uint64_t>& j2l) {
-    ctx_->joiner = j;
-    m.joiner = j;
-    h.SetMigState(m, MigState::kReady);
-    h.SetMigState(m, MigState::kBuilding);
-    h.BeginPhase(m, 0, "build");
+  // A replacement (spawned and ready, or a standby) is matched: MAP its communicators to the dead rank's; once every
+  // failed rank has one, MAKE_IDS to the first (one process makes every fresh id, as in a planned migration); PREPARE
+  // once the buddy exposed its copy.
+  void Adopt(EngineHost& h, Migration& m, Lost& l, uint64_t j, const std::map<uint64_t, uint64_t>& j2l) {
+    RecCtx& x = *ctx_;
+    l.joiner = j;
+    if (l.dead == x.lost.front().dead) m.joiner = j;
     mig::KeyList map;
     for (auto& [jk, lk] : j2l) map.keys.insert(map.keys.end(), {jk, lk});
     h.SendCommand(j, mig::Make(static_cast<uint16_t>(mig::Cmd::kMap), m.id, map));
-    h.SendCommand(j, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m.id, mig::KeyList{ctx_->keys}));
-    MaybeFetch(h);
+    MaybeFetch(h, l);
+    if (x.ids_sent || std::any_of(x.lost.begin(), x.lost.end(), [](const Lost& c) { return !c.joiner; })) return;
+    x.ids_sent = true;
+    if (m.state == MigState::kSpawning) h.EndPhase(m, 0, "replacement start");
+    h.SetMigState(m, MigState::kReady);
+    h.SetMigState(m, MigState::kBuilding);
+    h.BeginPhase(m, 0, "build");
+    h.SendCommand(x.lost.front().joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kMakeIds), m.id, mig::KeyList{x.keys}));
   }
 
-  // The fresh ids: BUILD to every member of each communicator, the replacement at the dead rank's place.
+  // The fresh ids: BUILD to every member of each communicator, each replacement at its dead rank's place.
   void OnIds(EngineHost& h, const Event& e) {
     RecCtx& x = *ctx_;
     mig::Ids ids;
@@ -509,10 +679,11 @@ class RecoveryEngine final : public Engine {
     std::map<uint64_t, mig::Build> per;
     for (const mig::IdEntry& ie : ids.ids) {
       auto it = h.comms().find(ie.comm_key);
-      if (it == h.comms().end()) return Fail(h, "a communicator of the failed rank disappeared");
+      if (it == h.comms().end()) return Fail(h, "a communicator of a failed rank disappeared");
       for (auto& [rank, proc] : it->second.members) {
-        const uint64_t to = proc == x.dead ? x.joiner : proc;
-        if (to != x.joiner && !x.survivors.count(to)) return Fail(h, "a member of a rebuilt communicator is gone");
+        uint64_t to = proc;
+        for (const Lost& l : x.lost) to = proc == l.dead ? l.joiner : to;
+        if (!x.ByJoiner(to) && !x.survivors.count(to)) return Fail(h, "a member of a rebuilt communicator is gone");
         per[to].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
         ++x.built_expected;
       }
@@ -529,35 +700,44 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnHeldExposed(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
-    if (!ctx_ || m.rank != ctx_->rank || m.step != ctx_->step) return;
-    if (!m.ok) return Fail(h, "the buddy cannot expose its copy of rank " + std::to_string(m.rank) + ": " + m.text);
-    ctx_->descriptor = m.blob;
-    ctx_->buddy_pid = from.info.pid;
-    MaybeFetch(h);
+    if (!ctx_ || m.step != ctx_->step) return;
+    for (Lost& l : ctx_->lost) {
+      if (l.rank != m.rank || l.buddy != from.id) continue;
+      if (!m.ok) return Fail(h, "the buddy cannot expose its copy of rank " + std::to_string(m.rank) + ": " + m.text);
+      l.descriptor = m.blob;
+      l.buddy_pid = from.info.pid;
+      return MaybeFetch(h, l);
+    }
   }
 
   // The replacement connects to the buddy's copy (PREPARE), then reads it at once (READ on PREPARED): the copy
   // does not change, so there is no switch step to wait for.
-  void MaybeFetch(EngineHost& h) {
-    RecCtx& x = *ctx_;
-    if (!x.joiner || x.descriptor.empty() || x.fetch_sent) return;
-    x.fetch_sent = true;
-    if (Migration* m = h.FindMigration(x.id)) h.BeginPhase(*m, 0, "transfer");
-    h.SendCommand(x.joiner,
-                  mig::Make(static_cast<uint16_t>(mig::Cmd::kPrepare), x.id, mig::Prepare{x.descriptor, x.buddy_pid}));
+  void MaybeFetch(EngineHost& h, Lost& l) {
+    if (!l.joiner || l.descriptor.empty() || l.fetch_sent) return;
+    l.fetch_sent = true;
+    Migration* m = h.FindMigration(ctx_->id);
+    if (m && std::count_if(ctx_->lost.begin(), ctx_->lost.end(), [](const Lost& c) { return c.fetch_sent; }) == 1) {
+      h.BeginPhase(*m, 0, "transfer");
+    }
+    h.SendCommand(l.joiner,
+                  mig::Make(static_cast<uint16_t>(mig::Cmd::kPrepare), ctx_->id, mig::Prepare{l.descriptor, l.buddy_pid}));
   }
 
   void OnVerified(EngineHost& h, const ProcessRec& from, const Event& e) {
     mig::Built b;
-    if (from.id != ctx_->joiner) return;
+    Lost* l = ctx_->ByJoiner(from.id);
+    if (!l) return;
     if (!DecodePayload(e.body, &b)) return Fail(h, "malformed VERIFIED");
-    if (!b.ok) return Fail(h, "reading the snapshot from the buddy failed: " + b.message);
-    ctx_->verified = true;
+    if (!b.ok) return Fail(h, "reading the snapshot of rank " + std::to_string(l->rank) + " from the buddy failed: " +
+                              b.message);
+    l->verified = true;
     Migration* m = h.FindMigration(ctx_->id);
     if (m) {
-      h.EndPhase(*m, 0, "transfer");
       for (const Region& r : from.regions) m->bytes_done += r.bytes;
       m->bytes_total = m->bytes_done;
+      if (std::all_of(ctx_->lost.begin(), ctx_->lost.end(), [](const Lost& c) { return c.verified; })) {
+        h.EndPhase(*m, 0, "transfer");
+      }
     }
     MaybeRollBack(h);
   }
@@ -574,11 +754,12 @@ class RecoveryEngine final : public Engine {
     if (ctx_) MaybeRollBack(h);
   }
 
-  // Everyone switches together: the replacement holds the dead rank's state of S (verified), every replacement
+  // Everyone switches together: each replacement holds its dead rank's state of S (verified), every replacement
   // communicator is built, every survivor waits at a safe point.
   void MaybeRollBack(EngineHost& h) {
     RecCtx& x = *ctx_;
-    if (x.switch_sent || !x.verified || x.built_expected == 0 || x.built_ok < x.built_expected ||
+    const bool verified = std::all_of(x.lost.begin(), x.lost.end(), [](const Lost& l) { return l.verified; });
+    if (x.switch_sent || !verified || x.built_expected == 0 || x.built_ok < x.built_expected ||
         x.held.size() < x.survivors.size()) {
       return;
     }
@@ -589,13 +770,15 @@ class RecoveryEngine final : public Engine {
       h.SetMigState(*m, MigState::kSwitching);
       h.BeginPhase(*m, 0, "rollback");
     }
-    h.SendCommand(x.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), x.id, mig::Step{x.step}));
+    for (const Lost& l : x.lost) {
+      h.SendCommand(l.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), x.id, mig::Step{x.step}));
+    }
     rec::RecMsg rb{.epoch = x.epoch, .step = x.step};
     for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kRollback, x.id, rb));
   }
 
   void OnRolledBack(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
-    if (!ctx_ || m.epoch != ctx_->epoch) return;
+    if (!ctx_ || m.epoch != ctx_->epoch || !ctx_->survivors.count(from.id)) return;
     ctx_->rolled.insert(from.id);
     // The steps after S are trained again: its snapshots of the old timeline beyond S are forgotten (before it
     // snapshots the new timeline, which it does as soon as it goes on, maybe before the recovery is marked done).
@@ -611,45 +794,79 @@ class RecoveryEngine final : public Engine {
 
   void MaybeDone(EngineHost& h) {
     RecCtx& x = *ctx_;
-    if (!x.joiner_switched || x.rolled.size() < x.survivors.size()) return;
+    const bool switched = std::all_of(x.lost.begin(), x.lost.end(), [](const Lost& l) { return l.switched; });
+    if (!switched || x.rolled.size() < x.survivors.size()) return;
     Migration* m = h.FindMigration(x.id);
     if (!m) return;
     m->downtime_ns = MonoNs() - x.detected_mono;
-    int64_t completed = x.completed;
-    if (!x.held_at.empty()) {
-      completed = std::max(completed, std::min_element(x.held_at.begin(), x.held_at.end(), [](auto& a, auto& b) {
-                                        return a.second < b.second;
-                                      })->second - 1);
-    }
-    m->recovery.lost_steps = std::max<int64_t>(0, completed - x.step);
+    m->recovery.lost_steps = std::max<int64_t>(0, Completed(x) - x.step);
     h.EndPhase(*m, 0, "rollback");
-    if (ProcessRec* j = h.FindProcess(x.joiner)) {
-      j->info.role = "worker";  // it holds the rank now (a standby too)
-      j->info.replace = -1;
-      j->info.rank = x.rank;
-      if (const ProcessRec* d = h.FindProcess(x.dead)) j->info.world = d->info.world;
+    for (const Lost& l : x.lost) {
+      if (ProcessRec* j = h.FindProcess(l.joiner)) {
+        j->info.role = "worker";  // it holds the rank now (a standby too)
+        j->info.replace = -1;
+        j->info.rank = l.rank;
+        if (const ProcessRec* d = h.FindProcess(l.dead)) j->info.world = d->info.world;
+      }
     }
     h.SetMigState(*m, MigState::kDone);
     TM_WARN(kLogMigration,
-            "coordinator: recovery %" PRIu64 " of rank %d done: rolled back to step %" PRId64 ", %" PRId64
+            "coordinator: recovery %" PRIu64 " of %s done: rolled back to step %" PRId64 ", %" PRId64
             " step(s) lost, %.1f ms from detection to training",
-            m->id, x.rank, x.step, m->recovery.lost_steps, m->downtime_ns / 1e6);
+            m->id, x.Ranks().c_str(), x.step, m->recovery.lost_steps, m->downtime_ns / 1e6);
+    ctx_.reset();
+    StartNext(h);
+  }
+
+  // The newest step completed everywhere as known: the failed ranks' last safe point or snapshot, and the step before
+  // the lowest one a survivor is held at (a survivor may have run that one on fenced communicators: in flight).
+  static int64_t Completed(const RecCtx& x) {
+    if (x.held_at.empty()) return x.completed;
+    const auto lowest = std::min_element(x.held_at.begin(), x.held_at.end(),
+                                         [](const auto& a, const auto& b) { return a.second < b.second; });
+    return std::max(x.completed, lowest->second - 1);
+  }
+
+  // A rank that failed while the previous recovery switched: recovered now, under the next epoch.
+  void StartNext(EngineHost& h) {
+    std::vector<uint64_t> next = std::move(next_);
+    next_.clear();
+    for (uint64_t p : next) {
+      const ProcessRec* pr = h.FindProcess(p);
+      if (!pr) continue;
+      if (ctx_) {
+        FailedDuring(h, *pr);
+      } else {
+        Start(h, {pr});
+      }
+    }
+  }
+
+  // Drops the recovery in progress: its replacements and the staged builds (ABORT; a replacement not registered yet
+  // is stopped), its record failed with `why`. The survivors stay fenced (the caller decides what comes next).
+  void Drop(EngineHost& h, const std::string& why) {
+    RecCtx& x = *ctx_;
+    std::vector<uint64_t> to(x.survivors.begin(), x.survivors.end());
+    for (const Lost& l : x.lost) {
+      if (l.joiner) to.push_back(l.joiner);
+      if (l.child > 0 && !l.joiner) launcher_->Stop(l.child);
+    }
+    for (uint64_t q : to) h.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), x.id, mig::Reason{why}));
+    if (Migration* m = h.FindMigration(x.id)) h.SetMigState(*m, MigState::kFailed, why);
     ctx_.reset();
   }
 
-  // Recovery impossible: the replacement and the staged builds are dropped (ABORT) and the survivors end with
-  // the reason (GIVE_UP); the job fails as the failure would have failed it, saying why.
+  // Recovery impossible: the recovery is dropped and the survivors end with the reason (GIVE_UP); the job fails as
+  // the failure would have failed it, saying why.
   void Fail(EngineHost& h, const std::string& why) {
-    RecCtx& x = *ctx_;
-    TM_WARN(kLogMigration, "coordinator: recovery of rank %d impossible: %s", x.rank, why.c_str());
-    std::vector<uint64_t> to(x.survivors.begin(), x.survivors.end());
-    if (x.joiner) to.push_back(x.joiner);
-    for (uint64_t q : to) h.SendCommand(q, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), x.id, mig::Reason{why}));
-    rec::RecMsg give_up{.text = "rank " + std::to_string(x.rank) + " failed and cannot be recovered: " + why};
-    for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kGiveUp, x.id, give_up));
-    if (x.child > 0 && !x.joiner) launcher_->Stop(x.child);
-    if (Migration* m = h.FindMigration(x.id)) h.SetMigState(*m, MigState::kFailed, why);
-    ctx_.reset();
+    const RecCtx& x = *ctx_;
+    TM_WARN(kLogMigration, "coordinator: recovery of %s impossible: %s", x.Ranks().c_str(), why.c_str());
+    rec::RecMsg give_up{.text = x.Ranks() + " failed and cannot be recovered: " + why};
+    const std::set<uint64_t> survivors = x.survivors;
+    const uint64_t id = x.id;
+    Drop(h, why);
+    for (uint64_t q : survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kGiveUp, id, give_up));
+    next_.clear();
   }
 
   std::unique_ptr<JoinerLauncher> launcher_;
@@ -663,6 +880,13 @@ class RecoveryEngine final : public Engine {
     uint64_t at_mono = 0;
   };
   std::map<uint64_t, Declared> declared_;  // processes declared failed, until they exit or are told to end
+  std::vector<uint64_t> next_;  // failed while a recovery switched: recovered once it is done
+  struct Probe {
+    uint64_t number = 0, sent_mono = 0;
+    std::string why;
+  };
+  std::map<uint64_t, Probe> probes_;  // process -> the probe it has not answered yet
+  uint64_t probe_number_ = 0;
 };
 
 }  // namespace

@@ -20,6 +20,10 @@ namespace trainmover::control {
 // uses MakeProcessLauncher().
 std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr);
 
+// A member of a communicator that a process's background poll reported failed (COMM_FAULT) is probed; one that does
+// not answer within this long (its agent thread answers at once when the process runs) is declared failed.
+inline constexpr int kProbeMs = 2000;
+
 }  // namespace trainmover::control
 
 #endif  // TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_

@@ -19,6 +19,8 @@ const char* RecCmdName(uint16_t kind) {
       return "GIVE_UP";
     case Cmd::kFenced:
       return "FENCED";
+    case Cmd::kProbe:
+      return "PROBE";
   }
   return "UNKNOWN";
 }
@@ -35,6 +37,10 @@ const char* RecEvName(uint16_t kind) {
       return "HELD_EXPOSED";
     case Ev::kRolledBack:
       return "ROLLED_BACK";
+    case Ev::kCommFault:
+      return "COMM_FAULT";
+    case Ev::kProbed:
+      return "PROBED";
   }
   return "UNKNOWN";
 }

@@ -45,6 +45,7 @@ enum class Cmd : uint16_t {
   kRollback = 104,     // survivor: restore the snapshot at step, switch, continue from step (epoch, step)
   kGiveUp = 105,       // survivor: recovery is impossible (text); end as the failure would have ended it
   kFenced = 106,       // a process declared failed that woke up (epoch, rank): it was replaced, it ends at once
+  kProbe = 107,        // a member of a communicator reported failed: answer PROBED at once (step = probe number)
 };
 enum class Ev : uint16_t {
   kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,
@@ -53,6 +54,9 @@ enum class Ev : uint16_t {
   kHeld = 103,         // survivor: held at a safe point (epoch, step, words = the steps of its own snapshots)
   kHeldExposed = 104,  // buddy: the held copy is exposed (rank, step, ok, text, blob = descriptor)
   kRolledBack = 105,   // survivor: restored and resumed (epoch, step, words = {stall ns})
+  kCommFault = 106,    // the background poll: ncclCommGetAsyncError of a real communicator says it failed
+                       // (words = {comm_key}, slot = the ncclResult_t)
+  kProbed = 107,       // the answer to PROBE (step = its probe number), from the agent thread
 };
 const char* RecCmdName(uint16_t kind);
 const char* RecEvName(uint16_t kind);

@@ -64,9 +64,10 @@ std::optional<StandbyPool::Pick> StandbyPool::Take(EngineHost& h, const ProcessR
         if (first_reason.empty()) first_reason = who + ": " + diff;
         continue;
       }
-      Pick pick{id, std::move(j2l), who};
-      ready_.erase(id);
-      if (ProcessRec* taken = h.FindProcess(id)) taken->standby.ready = false;
+      const uint64_t taken = id;  // id refers into the entry erased next
+      Pick pick{taken, std::move(j2l), who};
+      ready_.erase(taken);
+      if (ProcessRec* q = h.FindProcess(taken)) q->standby.ready = false;
       return pick;
     }
   }

@@ -596,7 +596,8 @@ static ncclResult_t DestroyOrAbort(ncclComm_t comm, bool abort_it) {
   const char* name = abort_it ? "ncclCommAbort" : "ncclCommDestroy";
   if (!v) return ForwardRaw(name, fn, comm);
   if (TM_UNLIKELY(*fn == nullptr)) return MissingFunction(name);
-  ncclComm_t real = v->real.exchange(nullptr, std::memory_order_acq_rel);
+  ncclComm_t real = v->real.exchange(nullptr, std::memory_order_seq_cst);
+  WaitForPoll(v);  // failure recovery's background poll may be reading it
   RetireVComm(v);
   return real ? Noted((*fn)(real)) : ncclSuccess;
 }

@@ -48,6 +48,15 @@ class FakeEngineHost : public EngineHost {
     sent.push_back(Sent{process, c});
     return true;
   }
+  // Marks it lost; the test hands it to the engines' OnProcessLost itself (`declared` lists them).
+  void DeclareLost(uint64_t process, const std::string& why) override {
+    auto it = procs.find(process);
+    if (it == procs.end() || it->second.state != ProcState::kAlive) return;
+    it->second.state = ProcState::kLost;
+    it->second.lost_reason = why;
+    declared.push_back(process);
+  }
+  std::vector<uint64_t> declared;
   void SetMigState(Migration& m, MigState s, const std::string& reason) override {
     if (MigTerminal(m.state)) return;
     m.state = s;

@@ -9,9 +9,9 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <thread>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../control/fake_engine_host.h"
@@ -926,10 +926,103 @@ TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fa
   b.r->OnProcessLost(b.h, 2);
   b.h.Take();
   b.h.procs[3].state = ProcState::kLost;
-  b.r->OnProcessLost(b.h, 3);  // rank 2, rank 1's buddy, during the recovery
-  CHECK(b.h.migs.rbegin()->second.state == MigState::kFailed);
-  CHECK(b.h.migs.rbegin()->second.reason.find("failed too") != std::string::npos);
+  b.r->OnProcessLost(b.h, 3);  // rank 2, rank 1's buddy, during the recovery: a new epoch for both, refused
+  REQUIRE(b.h.migs.size() == 2);
+  CHECK(b.h.migs.begin()->second.state == MigState::kFailed);
+  CHECK(b.h.migs.begin()->second.reason.find("abandoned for a new epoch") != std::string::npos);
+  const Migration& both = b.h.migs.rbegin()->second;
+  CHECK(both.recovery.epoch == 2);
+  CHECK(both.ranks == std::vector<int32_t>{2, 1});
+  CHECK(both.state == MigState::kFailed);
+  CHECK(both.reason.find("no snapshot of rank 1 is complete on a live buddy") != std::string::npos);  // only on rank 2
   CHECK(b.launched.stopped.size() == 1);  // the spawned replacement that never became one is stopped
+  sent = b.h.Take();
+  CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 1);
+}
+
+TEST_CASE("recovery: a second failure during a recovery abandons it; a new epoch recovers both ranks together") {
+  RecJob j(4);
+  const int64_t s = j.Snapshot(4, 12, 0);
+  j.h.Take();
+  j.h.procs[2].state = ProcState::kLost;  // rank 1 (its copy on rank 2)
+  j.r->OnProcessLost(j.h, 2);
+  const uint64_t first = j.h.migs.rbegin()->first;
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE", "4:FENCE"});
+  j.h.procs[4].state = ProcState::kLost;  // rank 3 (its copy on rank 0) while rank 1's replacement warms up
+  j.r->OnProcessLost(j.h, 4);
+  CHECK(j.h.migs.at(first).state == MigState::kFailed);
+  Migration& m = j.h.migs.rbegin()->second;
+  CHECK(m.id != first);
+  CHECK(m.recovery.epoch == 2);
+  CHECK(m.ranks == std::vector<int32_t>{3, 1});
+  CHECK(m.recovery.detected_by.find("during recovery") != std::string::npos);
+  // The abandoned recovery's builds are dropped at the survivors (ABORT), its unregistered replacement stopped; one
+  // FENCE of the new epoch names every communicator of both ranks; a replacement for each.
+  CHECK(j.Last("1:FENCE").epoch == 2);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:ABORT", "3:ABORT", "1:FENCE", "3:FENCE"});
+  CHECK(j.launched.stopped.size() == 1);
+  REQUIRE(j.launched.started.size() == 3);
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12}}, first);  // the old epoch: ignored
+  }
+  CHECK(j.h.Take().empty());
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 16, .words = {12}}, m.id);
+  std::vector<std::string> exposes = j.h.Take();
+  std::sort(exposes.begin(), exposes.end());
+  CHECK(exposes == std::vector<std::string>{"1:EXPOSE_HELD", "3:EXPOSE_HELD"});  // rank 3's copy on rank 0, 1's on 2
+  CHECK(m.recovery.rollback_step == s);
+  mig::Ready ready;
+  ready.comms = {Job::Comm(kWorld, 1, 4)};
+  ready.regions = {Region{"w", 64}};
+  uint64_t r1 = j.AddJoiner(1), r3 = j.AddJoiner(3);
+  j.h.procs[r3].info.pid = 501;  // spawned after the first (500, stopped), the new failure's first
+  j.h.procs[r1].info.pid = 502;
+  j.Mig(r1, mig::Ev::kReady, 0, ready);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(r1) + ":MAP"});  // MAKE_IDS once both are matched
+  ready.comms = {Job::Comm(kWorld, 3, 4)};
+  j.Mig(r3, mig::Ev::kReady, 0, ready);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(r3) + ":MAP", std::to_string(r3) + ":MAKE_IDS"});
+  j.Mig(r3, mig::Ev::kIds, m.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  std::vector<std::string> builds = j.h.Take();
+  std::sort(builds.begin(), builds.end());
+  CHECK(builds == std::vector<std::string>{std::to_string(r1) + ":BUILD", std::to_string(r3) + ":BUILD", "1:BUILD", "3:BUILD"});
+  j.Rec(1, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 3, .step = s, .blob = {9}});
+  j.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = s, .blob = {8}});
+  builds = j.h.Take();
+  std::sort(builds.begin(), builds.end());
+  CHECK(builds == std::vector<std::string>{std::to_string(r1) + ":PREPARE", std::to_string(r3) + ":PREPARE"});
+  for (uint64_t p : {uint64_t{1}, uint64_t{3}, r1, r3}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+  j.Mig(r1, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
+  CHECK(j.h.Take().empty());  // rank 3's replacement has not read its state yet
+  j.Mig(r3, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(r3) + ":SWITCH", std::to_string(r1) + ":SWITCH",
+                                               "1:ROLLBACK", "3:ROLLBACK"});
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 2, .step = s}, m.id);
+  j.Mig(r1, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
+  CHECK(m.state != MigState::kDone);
+  j.Mig(r3, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
+  CHECK(m.state == MigState::kDone);
+  CHECK(j.h.procs[r1].info.rank == 1);
+  CHECK(j.h.procs[r3].info.rank == 3);
+  CHECK(j.h.procs[r3].info.role == "worker");
+}
+
+TEST_CASE("recovery: a communicator reported failed by a process's poll: its members are probed, the silent one declared") {
+  RecJob j(3);
+  j.Rec(1, rec::Ev::kCommFault, rec::RecMsg{.slot = 6, .words = {kWorld}});  // rank 0: ncclRemoteError on the world
+  const int64_t probe = j.Last("2:PROBE").step;
+  CHECK(j.h.Take() == std::vector<std::string>{"2:PROBE", "3:PROBE"});
+  j.Rec(1, rec::Ev::kCommFault, rec::RecMsg{.slot = 6, .words = {kWorld}});  // again: the probes are under way
+  CHECK(j.h.Take().empty());
+  j.Rec(2, rec::Ev::kProbed, rec::RecMsg{.step = probe});  // rank 1 answers, rank 2 does not
+  j.r->OnTick(j.h);
+  CHECK(j.h.declared.empty());  // not before kProbeMs
+  std::this_thread::sleep_for(std::chrono::milliseconds(kProbeMs + 100));
+  j.r->OnTick(j.h);
+  CHECK(j.h.declared == std::vector<uint64_t>{3});
+  CHECK(j.h.procs[3].lost_reason.find("rank 0's NCCL library reported communicator 160 failed (ncclRemoteError); no "
+                                      "answer to a probe within") == 0);
+  CHECK(j.h.procs[2].state == ProcState::kAlive);
 }
 
 // ---- general standbys (lib/migration/standby_pool.cc; docs/recovery.md, "Standbys")
