@@ -36,6 +36,7 @@ constexpr uint64_t kReconnectMaxBackoffMs = 2000;   // doubling stops here
 constexpr uint64_t kHeartbeatBeforeAckMs = 1000;    // until REGISTER_ACK says otherwise
 constexpr uint64_t kPollSliceMs = 50;               // longest sleep of the loop (stop and ticks are checked)
 constexpr uint64_t kByeFlushMs = 500;               // at exit, how long BYE may take to leave
+constexpr uint64_t kReconnectByeFlushMs = 100;      // BYE "reconnect" to a silent coordinator: into its socket buffer
 // KEEPALIVE intervals of silence always tolerated: more than the coordinator's heartbeat timeout (four intervals),
 // so that an agent never closes the connection of a live process before the coordinator would have declared it
 // lost anyway. The coordinator takes a closed connection for a dead process (and recovers it): an agent that gave up
@@ -288,6 +289,13 @@ bool Agent::Silent(Session& s) {
   const uint64_t limit = std::max<uint64_t>(static_cast<uint64_t>(opt_.silence_timeout_ms) * kNsPerMs,
                                             kSilenceIntervals * s.keepalive_ns);
   if (now - s.last_heard <= limit) return false;
+  // A live process closes this connection: it says so first, so that the coordinator, when it reads the close
+  // (after its freeze, or once the link is back), waits for it to register again instead of taking the close for
+  // its death. Sealed like every frame: nobody else can say it for this process, and a killed one cannot say it.
+  if (s.ready()) {
+    SendBye(s, kByeReconnect, kReconnectByeFlushMs);
+    s.conn->ReadSome();  // what the coordinator sent is read, so that closing sends FIN after BYE, not a reset
+  }
   Lose(s, "no word from the coordinator for " + std::to_string((now - s.last_heard) / kNsPerMs) + " ms");
   return true;
 }
@@ -493,8 +501,12 @@ void Agent::OnFrame(Session& s, const Frame& f) {
 void Agent::SayBye(Session& s) {
   DrainEssentials(s);
   DrainSafePoints(s);
-  s.conn->Send(MsgType::kBye, EncodePayload(Bye{"exit"}));
-  uint64_t deadline = NowMonotonicNs() + kByeFlushMs * kNsPerMs;
+  SendBye(s, kByeExit, kByeFlushMs);
+}
+
+void Agent::SendBye(Session& s, const char* reason, uint64_t flush_ms) {
+  s.conn->Send(MsgType::kBye, EncodePayload(Bye{reason}));
+  uint64_t deadline = NowMonotonicNs() + flush_ms * kNsPerMs;
   while (s.conn->WantsWrite() && NowMonotonicNs() < deadline) {
     if (!s.conn->Flush()) break;
     pollfd p{s.conn->fd(), POLLOUT, 0};

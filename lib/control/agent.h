@@ -11,8 +11,9 @@
 //  - Essential reports (communicator created/destroyed, regions, engine events) go on a lock-free
 //    list and are never dropped; they are rare (communicator creation is not a hot path).
 // A coordinator that goes silent (frozen, or the link cut without a reset) is treated as gone after
-// Options::silence_timeout_ms. When the coordinator is unreachable or goes away, training goes on: the agent logs one WARN line,
-// reconnects with backoff (100 ms doubling to 2 s), and on every (re)connection re-registers the
+// Options::silence_timeout_ms (it says BYE "reconnect" on that connection before closing it, so that the
+// coordinator does not take the close for this process's death). When the coordinator is unreachable or goes
+// away, training goes on: the agent logs one WARN line, reconnects with backoff (100 ms doubling to 2 s), and on every (re)connection re-registers the
 // process and replays what it knows (live communicators, latest step, regions), so a restarted
 // coordinator rebuilds its view without disturbing training.
 #ifndef TRAINMOVER_LIB_CONTROL_AGENT_H_
@@ -117,7 +118,8 @@ class Agent {
   void PollOnce(Session& s);
   bool Silent(Session& s);  // true when the connection was dropped for silence
   void OnFrame(Session& s, const Frame& f);
-  void SayBye(Session& s);
+  void SayBye(Session& s);                                              // at exit: last reports, BYE "exit"
+  void SendBye(Session& s, const char* reason, uint64_t flush_ms);     // queued, flushed for at most flush_ms
 
   Options opt_;
   CommandHandler handler_;

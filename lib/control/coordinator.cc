@@ -424,7 +424,17 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
     ++rejected_;
   };
   if (type == MsgType::kBye) {
-    if (ProcessRec* pr = FindProcess(p.process)) {
+    Bye bye;
+    ProcessRec* pr = FindProcess(p.process);
+    if (pr && DecodePayload(f.payload, &bye) && bye.reason == kByeReconnect) {
+      // Alive, and it will register again: lost until then, failed only if it does not (CheckHeartbeats).
+      if (pr->state == ProcState::kAlive) {
+        pr->conn_fd = -1;
+        p.process = 0;
+        pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
+        MarkLost(*pr, "reconnecting (it heard nothing from the coordinator)");
+      }
+    } else if (pr) {
       pr->state = ProcState::kExited;
       pr->conn_fd = -1;
       p.process = 0;
@@ -459,6 +469,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         stragglers_->OnWindow(pr->id, h.window, pr->last_heartbeat_ns);
         if (pr->state == ProcState::kLost && !pr->fenced) {
           pr->state = ProcState::kAlive;
+          pr->returning_by_ns = 0;
           TM_INFO(kLogControl, "coordinator: process %" PRIu64 " is back", pr->id);
         }
         return;
@@ -569,6 +580,7 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
     pr->state = ProcState::kAlive;
     pr->lost_reason.clear();
   }
+  pr->returning_by_ns = 0;
   pr->conn_fd = p.conn->fd();
   pr->last_heartbeat_ns = NowMonotonicNs();
   pr->missed_counted = 0;
@@ -651,6 +663,12 @@ void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {
   for (auto& e : engines_) Guarded("an engine's lost-process handler", [&] { e->OnProcessLost(*this, pr.id); });
 }
 
+// How long a process that said it will reconnect has to register again: the heartbeat timeout, and at least what
+// an agent's reconnection can take (its backoff peaks at 2 s, a connect attempt takes up to 1 s).
+uint64_t Coordinator::ReturnGraceNs() const {
+  return std::max<uint64_t>(static_cast<uint64_t>(opt_.heartbeat_timeout_ms), kMinReturnGraceMs) * 1000000ull;
+}
+
 void Coordinator::DeclareLost(uint64_t process, const std::string& why) {
   auto it = procs_.find(process);
   if (it == procs_.end() || it->second.state != ProcState::kAlive) return;
@@ -666,17 +684,54 @@ void Coordinator::CheckHeartbeats() {
   uint64_t now = NowMonotonicNs();
   uint64_t interval = static_cast<uint64_t>(heartbeat_interval_ms()) * 1000000ull;
   uint64_t timeout = static_cast<uint64_t>(opt_.heartbeat_timeout_ms) * 1000000ull;
-  // A coordinator that did not run for a while (SIGSTOP, a paused VM, an overloaded host) blames nobody for its own
-  // pause: the processes' silence is counted from when it runs again (docs/reliability.md).
-  if (last_check_ns_ && now - last_check_ns_ > interval) {
-    const uint64_t paused = now - last_check_ns_;
-    TM_WARN(kLogControl, "coordinator: did not run for %" PRIu64 " ms; heartbeat ages count from now", paused / 1000000);
-    for (auto& [id, pr] : procs_) pr.last_heartbeat_ns = std::max(pr.last_heartbeat_ns, now - std::min(now, interval));
+  // Silence is blamed on a process only with proof that the coordinator hears the job: another process heard after
+  // the silent one's deadline. A coordinator cut off from every process (its host's link down) would otherwise
+  // declare them all failed, one by one, and recoveries would kill live ranks; it declares nobody until someone is
+  // heard (docs/reliability.md). Without another live process (nobody could give proof) none is needed.
+  uint64_t newest_heard = 0;
+  int job_alive = 0;  // node agents aside
+  for (const auto& [id, pr] : procs_) {
+    if (pr.info.role == node::kRole || pr.state != ProcState::kAlive) continue;
+    ++job_alive;
+    newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
   }
+  // A coordinator that did not run for a while (SIGSTOP, a paused VM, an overloaded host), or heard nobody for a
+  // while (cut off), blames nobody for it: every silence counts from now, when it runs (hears) again. After a cut,
+  // the processes' held frames arrive one connection at a time, and a reconnection takes up to a backoff.
+  const uint64_t paused = last_check_ns_ && now - last_check_ns_ > interval ? now - last_check_ns_ : 0;
+  const bool heard_again = isolated_since_ && newest_heard > isolated_since_;
   last_check_ns_ = now;
+  if (paused || heard_again) {
+    const std::string why = paused ? "did not run for " + std::to_string(paused / 1000000) + " ms"
+                                   : "hears the job again after every process was silent";
+    TM_WARN(kLogControl, "coordinator: %s; heartbeat ages count from now", why.c_str());
+    for (auto& [id, pr] : procs_) {
+      pr.last_heartbeat_ns = std::max(pr.last_heartbeat_ns, now - std::min(now, interval));
+      if (pr.returning_by_ns) pr.returning_by_ns = std::max(pr.returning_by_ns, now + ReturnGraceNs());
+      if (pr.state == ProcState::kAlive && pr.info.role != node::kRole) {
+        newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
+      }
+    }
+    isolated_since_ = 0;
+  }
+  auto proven = [&](const ProcessRec& pr, uint64_t deadline) {
+    const bool counted = pr.state == ProcState::kAlive && pr.info.role != node::kRole;
+    return newest_heard > deadline || job_alive - (counted ? 1 : 0) <= 0;
+  };
   int alive = 0;  // the job's processes still alive after this check (alive_processes(); node agents aside)
   int training = 0;
   for (auto& [id, pr] : procs_) {
+    if (pr.state == ProcState::kLost && pr.returning_by_ns) {
+      // It said it would register again and has not: now it is silent like any other (killed meanwhile, or its
+      // host cut off), and the engines hear that it is lost for good.
+      if (now > pr.returning_by_ns && proven(pr, pr.returning_by_ns)) {
+        pr.returning_by_ns = 0;
+        MarkLost(pr, "no heartbeat for " + std::to_string(ReturnGraceNs() / 1000000) +
+                         " ms after it said it would reconnect");
+      }
+      alive += pr.returning_by_ns && pr.info.role != node::kRole;  // tmrun keeps serving it meanwhile
+      continue;
+    }
     if (pr.state != ProcState::kAlive) continue;
     uint64_t age = now - pr.last_heartbeat_ns;
     // A heartbeat is "missed" for every full interval beyond the first without one.
@@ -685,7 +740,7 @@ void Coordinator::CheckHeartbeats() {
       heartbeats_missed_ += missed - pr.missed_counted;
       pr.missed_counted = missed;
     }
-    if (age > timeout) {
+    if (age > timeout && proven(pr, pr.last_heartbeat_ns + timeout)) {
       MarkLost(pr, "no heartbeat for " + std::to_string(age / 1000000) + " ms");
       if (pr.conn_fd >= 0) {
         int fd = pr.conn_fd;
@@ -695,6 +750,12 @@ void Coordinator::CheckHeartbeats() {
     }
     alive += pr.state == ProcState::kAlive && pr.info.role != node::kRole;
     training += pr.state == ProcState::kAlive && pr.info.role == "worker" && pr.step >= 0;
+  }
+  // Nobody heard for a whole timeout while several processes are alive: the coordinator is the one cut off.
+  if (!isolated_since_ && job_alive > 1 && now - newest_heard > timeout) {
+    TM_WARN(kLogControl, "coordinator: no process was heard for the heartbeat timeout (%d ms): this coordinator may be "
+            "the one cut off; nobody is declared failed until one is heard", opt_.heartbeat_timeout_ms);
+    isolated_since_ = newest_heard;
   }
   alive_processes_.store(alive, std::memory_order_relaxed);
   workers_training_.store(training, std::memory_order_relaxed);

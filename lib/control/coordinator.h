@@ -29,7 +29,9 @@ namespace trainmover::control {
 class StragglerMonitor;  // straggler_monitor.h
 
 // Process states. alive: connected and heartbeating. lost: connection closed or no heartbeat within the
-// timeout (it comes back to alive if the same process reconnects). exited: said BYE (a leaver that
+// timeout (it comes back to alive if the same process reconnects; ProcessRec::returning_by_ns while it said it
+// will). A silent process is declared lost only once another process was heard after its deadline (or it is the
+// job's only one): a coordinator that hears nobody may be the one cut off. exited: said BYE (a leaver that
 // handed off, or a process that finished).
 enum class ProcState { kAlive, kLost, kExited };
 const char* ProcStateName(ProcState s);
@@ -40,6 +42,10 @@ struct ProcessRec {
   ProcState state = ProcState::kAlive;
   std::string lost_reason;
   bool fenced = false;  // declared failed by an engine (a recovery replaced it): lost for good, even if it wakes up
+  // Lost, but it said it will register again (BYE "reconnect": its agent gave up on a silent connection): monotonic
+  // deadline of that. Engines were told it is lost (a migration it is part of aborts) but not that it failed: a
+  // recovery waits for this deadline, after which the coordinator tells them again (docs/reliability.md).
+  uint64_t returning_by_ns = 0;
   int conn_fd = -1;                // -1 when not connected
   uint64_t last_heartbeat_ns = 0;  // monotonic
   uint64_t missed_counted = 0;     // heartbeat intervals already counted as missed since the last heartbeat
@@ -270,6 +276,8 @@ class Coordinator final : public EngineHost {
   void HandleMessage(Peer& p, const Frame& f);
   void ClosePeer(int fd, const std::string& why);
   void CheckHeartbeats();
+  static constexpr uint64_t kMinReturnGraceMs = 5000;
+  uint64_t ReturnGraceNs() const;  // how long a process that said BYE "reconnect" has to register again
   void SendKeepalives();
   void Sweep();  // peers that failed, missed the HELLO deadline, or slow HTTP clients
   void MarkLost(ProcessRec& pr, const std::string& why);
@@ -288,6 +296,8 @@ class Coordinator final : public EngineHost {
   uint64_t accept_paused_until_ = 0;  // monotonic: after EMFILE/ENFILE the listener rests (no busy loop)
   uint64_t next_keepalive_ns_ = 0;
   bool flood_warned_ = false;  // one WARN for connection floods per coordinator
+  // Monotonic: the newest word from any process when every silent one lacked proof (CheckHeartbeats); 0: none.
+  uint64_t isolated_since_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> alive_processes_{0};
   std::atomic<int> recovering_{0};

@@ -250,6 +250,11 @@ struct Command {
 };
 using Event = Command;
 
+// BYE's reasons. kByeExit: the process is exiting (state exited). kByeReconnect: a live process gives up on this
+// connection (it heard nothing from the coordinator for its silence timeout) and will register again: lost, but
+// not failed unless it does not come back (docs/reliability.md, "A closed connection is not a death").
+inline constexpr char kByeExit[] = "exit";
+inline constexpr char kByeReconnect[] = "reconnect";
 struct Bye {
   std::string reason;
   void Encode(Writer& w) const { w.Str(reason); }

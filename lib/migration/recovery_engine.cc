@@ -191,6 +191,7 @@ class RecoveryEngine final : public Engine {
       }
     }
     if (pr->state == ProcState::kExited || pr->info.role != "worker" || pr->info.rank < 0) return;
+    if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
     if (ctx_ && ctx_->survivors.count(p)) return FailedDuring(h, *pr);
     if (EnvOf(*pr, "RECOVERY") == "off") {
       TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); TRAINMOVER_RECOVERY=off: no recovery",

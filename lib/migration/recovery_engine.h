@@ -22,7 +22,7 @@ std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launc
 
 // A member of a communicator that a process's background poll reported failed (COMM_FAULT) is probed; one that does
 // not answer within this long (its agent thread answers at once when the process runs) is declared failed.
-inline constexpr int kProbeMs = 1000;
+inline constexpr int kProbeMs = 2000;
 
 }  // namespace trainmover::control
 

@@ -14,11 +14,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <stdexcept>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "control/agent.h"
 #include "control/client.h"
@@ -104,6 +107,31 @@ pid_t Spawn(const std::string& addr, int rank, int world, const char* key, const
   setenv("TRAINMOVER_TOKEN", kToken, 1);
   REQUIRE(posix_spawn(&pid, g_probe.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
   return pid;
+}
+
+// An agent_probe with the agent's silence timeout `silence_ms`, its log (stderr) in `log`.
+pid_t SpawnQuick(const std::string& addr, int rank, int world, const char* key, int silence_ms, const std::string& log) {
+  std::string r = std::to_string(rank), w = std::to_string(world), ms = std::to_string(silence_ms);
+  const char* argv[] = {g_probe.c_str(), addr.c_str(), r.c_str(), w.c_str(), key, "--silence-ms", ms.c_str(), nullptr};
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  pid_t pid = -1;
+  setenv("TRAINMOVER_TOKEN", kToken, 1);
+  REQUIRE(posix_spawn(&pid, g_probe.c_str(), &fa, nullptr, const_cast<char**>(argv), environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  return pid;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::string got;
+  if (FILE* f = fopen(path.c_str(), "r")) {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) got.append(buf, n);
+    fclose(f);
+  }
+  return got;
 }
 
 void Reap(pid_t pid) {
@@ -412,7 +440,12 @@ TEST_CASE("a restarted coordinator rebuilds its view from the agents") {
   }
   co.reset();
   co = std::make_unique<Coord>(2000, addr);  // same address, fresh state
-  Json st = WaitStatus(addr, [](const Json& j) {
+  // The agents' own count of registrations too: the status can show a process alive before its agent thread read
+  // the REGISTER_ACK.
+  Json st = WaitStatus(addr, [&](const Json& j) {
+    for (auto& a : agents) {
+      if (a->connections() < 2) return false;
+    }
     if (CountState(j, "alive") != 3 || j["communicators"].arr.size() != 1) return false;
     for (const Json& p : j["processes"].arr) {
       if (p["step"].Int() != 20) return false;
@@ -766,4 +799,155 @@ TEST_CASE("a report with an impossible size is ignored; the process stays and it
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(a->connected());
   CHECK(a->connections() == 1);  // never dropped, so never replayed
+}
+
+// Every OnProcessLost the coordinator gives its engines: which process, and whether it was only reconnecting
+// (ProcessRec::returning_by_ns) or lost for good.
+struct LossRecorder final : Engine {
+  struct Loss {
+    uint64_t process;
+    bool returning;
+    std::string reason;
+  };
+  mutable std::mutex mu;
+  std::vector<Loss> losses;
+  std::atomic<int> freeze_ms{0};
+  void OnTick(EngineHost&) override {
+    if (int ms = freeze_ms.exchange(0)) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  }
+  const char* kind() const override { return "record-losses"; }
+  std::string Validate(EngineHost&, const Migration&) override { return "records only"; }
+  void OnRequest(EngineHost&, Migration&) override {}
+  void OnCancel(EngineHost&, Migration&) override {}
+  void OnEvent(EngineHost&, uint64_t, const Event&) override {}
+  void OnProcessLost(EngineHost& h, uint64_t p) override {
+    const ProcessRec* pr = h.FindProcess(p);
+    std::lock_guard<std::mutex> lk(mu);
+    losses.push_back({p, pr && pr->returning_by_ns != 0, pr ? pr->lost_reason : ""});
+  }
+  std::vector<Loss> Of(uint64_t p) const {
+    std::lock_guard<std::mutex> lk(mu);
+    std::vector<Loss> out;
+    for (const Loss& l : losses) {
+      if (l.process == p) out.push_back(l);
+    }
+    return out;
+  }
+};
+
+// The id the coordinator gave the process with this pid (0: none).
+uint64_t IdOfPid(const Json& st, int64_t pid) {
+  for (const Json& p : st["processes"].arr) {
+    if (p["pid"].Int() == pid) return static_cast<uint64_t>(p["id"].Int());
+  }
+  return 0;
+}
+
+TEST_CASE("a process that gives up on a frozen coordinator says it will reconnect: lost, never failed; one that "
+          "then dies is declared failed when its grace ends") {
+  auto* losses = new LossRecorder;
+  Coord co(600, "127.0.0.1:0", true, std::unique_ptr<Engine>(losses));  // KEEPALIVE every 150 ms
+  Agent::Options o = AgentOptions(co.addr(), 0, 2);
+  o.silence_timeout_ms = 400;
+  Agent live(o);
+  live.Start();
+  char tmpl[] = "/tmp/tm-reconnect-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string log = std::string(tmpl) + "/probe.log";
+  pid_t dies = SpawnQuick(co.addr(), 1, 2, "0x9", 400, log);
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 2; });
+  REQUIRE(CountState(st, "alive") == 2);
+  const uint64_t live_id = live.process_id(), dies_id = IdOfPid(st, dies);
+  REQUIRE(dies_id != 0);
+  losses->freeze_ms = 4000;  // the loop stops: nothing is read, nothing sent
+  // Both agents give up on the silent connection (BYE "reconnect" waits in the frozen coordinator's socket buffer);
+  // then one of the two processes is killed before the coordinator could hear it come back.
+  const auto t0 = std::chrono::steady_clock::now();
+  while (ReadFile(log).find("unreachable (no word from the coordinator") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE_MESSAGE(ReadFile(log).find("unreachable (no word from the coordinator") != std::string::npos, ReadFile(log));
+  Reap(dies);
+  // After the thaw: the live process is back as itself, the other is declared lost for good once its grace (5 s: the
+  // heartbeat timeout, at least 5 s) has passed since its BYE was read (the live one's heartbeats are the proof that
+  // the coordinator hears the job).
+  st = WaitStatus(co.addr(), [&](const Json& j) {
+    for (const Json& p : j["processes"].arr) {
+      if (static_cast<uint64_t>(p["id"].Int()) == dies_id &&
+          p["lost_reason"].Str().find("after it said it would reconnect") == std::string::npos) {
+        return false;
+      }
+    }
+    return live.connections() >= 2 && CountState(j, "alive") == 1;
+  });
+  CHECK(live.connections() >= 2);  // 2; more when a loaded machine starved the coordinator past 750 ms before
+  CHECK(live.process_id() == live_id);
+  CHECK(st["processes"].arr.size() == 2);
+  for (const Json& p : st["processes"].arr) {
+    if (static_cast<uint64_t>(p["id"].Int()) == live_id) CHECK(p["state"].Str() == "alive");
+    if (static_cast<uint64_t>(p["id"].Int()) == dies_id) {
+      CHECK(p["state"].Str() == "lost");
+      CHECK(p["lost_reason"].Str().find("no heartbeat for 5000 ms after it said it would reconnect") !=
+            std::string::npos);
+    }
+  }
+  // What the engines were told: the live process only ever "reconnecting" (a migration aborts, no recovery starts);
+  // the dead one "reconnecting", then lost for good.
+  const std::vector<LossRecorder::Loss> of_live = losses->Of(live_id), of_dead = losses->Of(dies_id);
+  REQUIRE(of_live.size() >= 1);
+  for (const LossRecorder::Loss& l : of_live) {
+    CHECK(l.returning);
+    CHECK(l.reason.find("reconnecting") != std::string::npos);
+  }
+  REQUIRE(of_dead.size() == 2);
+  CHECK(of_dead[0].returning);
+  CHECK_FALSE(of_dead[1].returning);
+  std::remove(log.c_str());
+  rmdir(tmpl);
+}
+
+TEST_CASE("a coordinator that hears no process declares none failed; silence is blamed once another is heard") {
+  auto* losses = new LossRecorder;
+  Coord co(600, "127.0.0.1:0", true, std::unique_ptr<Engine>(losses));  // KEEPALIVE every 150 ms
+  pid_t a = Spawn(co.addr(), 0, 2, "0x11"), b = Spawn(co.addr(), 1, 2, "0x11");
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 2; });
+  REQUIRE(CountState(st, "alive") == 2);
+  const uint64_t a_id = IdOfPid(st, a), b_id = IdOfPid(st, b);
+  // Both silent at once, for four heartbeat timeouts: what a coordinator whose own link is down sees. Nobody is
+  // declared failed (the old rule killed both, one after the other).
+  kill(a, SIGSTOP);
+  kill(b, SIGSTOP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2400));
+  st = Status(co.addr());
+  CHECK(CountState(st, "alive") == 2);
+  CHECK(losses->Of(a_id).empty());
+  CHECK(losses->Of(b_id).empty());
+  kill(a, SIGCONT);
+  kill(b, SIGCONT);
+  st = WaitStatus(co.addr(), [](const Json& j) {
+    int fresh = 0;  // heard since the resume
+    for (const Json& p : j["processes"].arr) fresh += p["state"].Str() == "alive" && p["heartbeat_age_ms"].Int() < 300;
+    return fresh == 2;
+  });
+  CHECK(CountState(st, "alive") == 2);
+  CHECK(st["processes"].arr.size() == 2);
+  // An agent may have given up on its side meanwhile (its own silence timeout is far longer here): then it said so.
+  for (uint64_t id : {a_id, b_id}) {
+    for (const LossRecorder::Loss& l : losses->Of(id)) CHECK(l.returning);
+  }
+  // One silent while the other is heard: that one is declared, by its heartbeats, as before.
+  kill(b, SIGSTOP);
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
+  REQUIRE(CountState(st, "lost") == 1);
+  for (const Json& p : st["processes"].arr) {
+    if (p["state"].Str() == "lost") {
+      CHECK(static_cast<uint64_t>(p["id"].Int()) == b_id);
+      CHECK(p["lost_reason"].Str().find("no heartbeat") != std::string::npos);
+    }
+  }
+  CHECK_FALSE(losses->Of(b_id).back().returning);
+  kill(b, SIGCONT);
+  Reap(a);
+  Reap(b);
 }

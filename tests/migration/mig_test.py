@@ -32,6 +32,7 @@ WORK = tempfile.mkdtemp(prefix="mig-test-")
 PYTHON = os.environ.get("TM_PYTHON", "")
 NUMPY_EXAMPLE = os.path.abspath(os.environ["TM_NUMPY_EXAMPLE"]) if os.environ.get("TM_NUMPY_EXAMPLE") else ""
 TIMEOUT = 50
+REFERENCE_TIMEOUT = 150  # an uninterrupted run to the end (migration_fast: 30,000 steps; 3D), on a loaded machine
 
 
 def fail(msg):
@@ -83,7 +84,7 @@ def reference(ranks, params, steps, layout=()):
         cmd = job_cmd(params, steps, 0, layout=layout)
         with open(log, "w") as f:
             rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + cmd,
-                                stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
+                                stdout=f, stderr=subprocess.STDOUT, timeout=REFERENCE_TIMEOUT).returncode
         d = digests(log)
         distinct = ranks if layout else 1
         if rc != 0 or len(set(d.values())) != distinct or len(d) != ranks:
@@ -279,9 +280,10 @@ def scenario_twice():
 def scenario_fast():
     # sub-millisecond iterations (no emulated compute): the switch agreement still converges. The four ranks
     # spin through their steps and starve the joiners on 2 busy cores: enough steps that three migrations fit
-    # even when a sandbox takes 10 s (a CI run at load 16 ended 15,000 steps during the first one's sandbox).
+    # even when a sandbox takes several seconds (a CI run at load 16 ended 15,000 steps during the first one's
+    # sandbox; 60,000 steps took more than 50 s at load 15-20).
     clear_joiner_logs()
-    job = Job("fast", 4, params=500, steps=60000, step_ms=0)
+    job = Job("fast", 4, params=500, steps=30000, step_ms=0)
     try:
         job.wait_step(100)
         job.migrate(2)
@@ -619,7 +621,8 @@ def abort_case(name, what, env=None, daemon=False, rank=1, expect_reason="", sta
         elif what != "coordinator":
             s = job.status()
             m = s["migrations"][-1]
-            if m["state"] != "failed" or expect_reason not in m["reason"]:
+            reasons = (expect_reason,) if isinstance(expect_reason, str) else expect_reason
+            if m["state"] != "failed" or not any(r in m["reason"] for r in reasons):
                 fail(f"{name}: migration {m['state']} ({m['reason']}), expected failed with '{expect_reason}'")
             print(f"{name}: migration failed as expected: {m['reason']}")
             joiner = joiner or {p["id"]: p["pid"] for p in s["processes"]}.get(m["joiner"])
@@ -646,7 +649,10 @@ def abort_case(name, what, env=None, daemon=False, rank=1, expect_reason="", sta
 
 
 def scenario_abort_joiner():
-    abort_case("abort-joiner", "joiner", env=SLOW_BUILD, expect_reason="before the switch")
+    # Whichever the coordinator hears first: the joiner's lost connection, or the stayers' replacement
+    # communicator failing on the dead joiner (under load the second can come first).
+    abort_case("abort-joiner", "joiner", env=SLOW_BUILD,
+               expect_reason=("before the switch", "building a replacement communicator failed"))
 
 
 def scenario_abort_leaver():
