@@ -544,6 +544,7 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
   if (joiner_.sandbox != Sandbox::kReadySent) {
     joiner_.sandbox = Sandbox::kReadySent;
     SendReady(step);
+    w_.PrepareSnapshots();
   }
   WaitForSwitchOrExit(lk);
   if (joiner_.exit_pending) JoinerExit(lk);

@@ -90,6 +90,9 @@ class World {
   virtual int32_t WarmRank() const { return -1; }
   virtual bool FollowsRank() const { return false; }
   virtual void TakeRank(int32_t /*rank*/, int32_t /*world*/) {}
+  // A joiner that sent READY, before it waits for its switch: failure recovery's snapshot slots are set up in the
+  // background now, so that its first snapshot after the switch costs the job nothing (recovery.h).
+  virtual void PrepareSnapshots() {}
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
   // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.

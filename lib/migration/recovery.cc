@@ -110,6 +110,11 @@ class Recovery {
     polling_.store(false);
     queue_.Drain(std::chrono::milliseconds(kExitDrainMs));
   }
+  void PrepareSlots() {
+    std::lock_guard<std::mutex> lk(mu_);
+    const std::vector<shim::Region> regs = shim::Regions();
+    if (on_ && !regs.empty()) (void)AdoptSlots(regs);
+  }
   void StartPoll();
 
  private:
@@ -125,6 +130,12 @@ class Recovery {
     std::vector<std::vector<uint8_t>> bufs;
     std::vector<uint8_t> descriptor;  // of the owner's slot the fetch is connected to
     std::unique_ptr<transfer::PreparedFetch> fetch;
+  };
+  // Slots made for one region table, off the application thread (tm-snapshot); adopted at a safe point.
+  struct SlotSet {
+    std::vector<control::Region> table;
+    Slot slots[kSnapshotSlots];
+    std::string error;  // set up failed: no snapshots
   };
   struct Held {
     std::vector<control::Region> regions;
@@ -147,7 +158,8 @@ class Recovery {
   // Owner (application thread, mu_ held).
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
-  bool SetUpSlots(const std::vector<shim::Region>& regs);
+  bool AdoptSlots(const std::vector<shim::Region>& regs);
+  static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
   // tm-commpoll thread.
@@ -169,6 +181,8 @@ class Recovery {
   // Owner.
   std::vector<shim::Region> layout_;  // the regions the slots were made for
   Slot slots_[kSnapshotSlots];
+  std::unique_ptr<SlotSet> staged_;  // built in the background, not adopted yet
+  bool staging_ = false;             // a BuildSlots task is queued or running
   int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
   bool device_warned_ = false, ship_warned_ = false;
@@ -384,8 +398,7 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   for (size_t i = 0; same && i < regs.size(); ++i) {
     same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
   }
-  if (!same && !SetUpSlots(regs)) return;
-  layout_ = regs;
+  if (!same && !AdoptSlots(regs)) return;
   // The previous snapshot is shipped (its hash and its pulls are over): of the others, the oldest but the pinned one.
   // A pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
   int k = -1;
@@ -401,27 +414,58 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
 
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
 // reads one slot as one set of regions); its descriptor goes with every SNAP_TAKEN of the slot (a coordinator that
-// restarted learns it again).
-bool Recovery::SetUpSlots(const std::vector<shim::Region>& regs) {
+// restarted learns it again). Allocating, registering and exposing four copies of the state costs tens of ms to a
+// second (UCX contexts, memory registration), so it happens on the tm-snapshot thread: a safe point that finds no
+// slots for its regions starts that and takes no snapshot; the first safe point after it is done adopts them. That
+// keeps it off a migration's critical path (a joiner's first safe point is right after the switch). mu_ held.
+bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
   std::vector<control::Region> table = Table(regs);
-  for (int k = 0; k < kSnapshotSlots; ++k) {
-    Slot& s = slots_[k];
-    if (s.server) s.server->Close();
-    s = Slot{};
-    for (const shim::Region& r : regs) s.bufs.emplace_back(r.bytes);
-    transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(""), &s.server);
-    if (st.ok()) st = s.server->Expose(Over(table, s.bufs));
-    if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
-      st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
-    }
-    if (!st.ok()) {
-      TM_WARN(kLogMigration, "failure recovery: cannot expose snapshot slot %d: %s; no snapshots", k,
-              st.ToString().c_str());
+  if (staged_ && staged_->table == table) {
+    std::unique_ptr<SlotSet> set = std::move(staged_);
+    if (!set->error.empty()) {
+      TM_WARN(kLogMigration, "failure recovery: cannot expose the snapshot slots: %s; no snapshots", set->error.c_str());
       on_ = false;
       return false;
     }
+    auto old = std::make_shared<SlotSet>();  // closed and freed in the background too
+    for (int k = 0; k < kSnapshotSlots; ++k) {
+      old->slots[k] = std::move(slots_[k]);
+      slots_[k] = std::move(set->slots[k]);
+    }
+    queue_.Push([old] {
+      for (Slot& x : old->slots) {
+        if (x.server) x.server->Close();
+      }
+    });
+    layout_ = regs;
+    return true;
   }
-  return true;
+  if (!staging_) {  // none, or made for other regions (dropped when the new set is adopted)
+    staging_ = true;
+    queue_.Push([this, table = std::move(table)] {
+      std::unique_ptr<SlotSet> set = BuildSlots(table);
+      std::lock_guard<std::mutex> lk(mu_);
+      staged_ = std::move(set);
+      staging_ = false;
+    });
+  }
+  return false;
+}
+
+std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
+  auto set = std::make_unique<SlotSet>();
+  set->table = std::move(table);
+  for (int k = 0; k < kSnapshotSlots && set->error.empty(); ++k) {
+    Slot& s = set->slots[k];
+    for (const control::Region& r : set->table) s.bufs.emplace_back(r.bytes);
+    transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(""), &s.server);
+    if (st.ok()) st = s.server->Expose(Over(set->table, s.bufs));
+    if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
+      st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
+    }
+    if (!st.ok()) set->error = "slot " + std::to_string(k) + ": " + st.ToString();
+  }
+  return set;
 }
 
 // Fenced: held here until the coordinator names the step everyone rolls back to (every replacement communicator
@@ -609,6 +653,10 @@ void InstallRecovery(World* world, ProcessMachine* machine) {
 void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }
 
 int64_t RecoverySafePoint(int64_t step) { return g_recovery->OnSafePoint(step); }
+
+void RecoveryPrepareSlots() {
+  if (g_recovery) g_recovery->PrepareSlots();
+}
 
 void RecoveryDrain() {
   if (g_recovery) g_recovery->Drain();

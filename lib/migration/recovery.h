@@ -33,6 +33,9 @@ int64_t RecoverySafePoint(int64_t step);
 // Any thread, before the process ends (normal exit, a migrated leaver, a joiner or a refused process): no more
 // snapshot pulls, and the one under way may finish (kExitDrainMs), so no buddy is left serving a vanished reader.
 void RecoveryDrain();
+// Application thread, a joiner's sandbox (World::PrepareSnapshots): sets up the snapshot slots for the registered
+// regions in the background, ahead of the switch.
+void RecoveryPrepareSlots();
 
 // How long a fenced process waits at its safe point for the rollback, and how long an operation that failed on a
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.

@@ -244,9 +244,11 @@ class RecoveryEngine final : public Engine {
  private:
   // ---- snapshots
 
-  // The rank whose snapshots a process takes: a worker's, or the rank a joiner replaces (a joiner snapshots only
-  // once it switched in, and its SNAP_TAKEN may come before the migration or recovery is done and names it a worker).
-  static int32_t SnapshotRank(const ProcessRec& p) {
+  // The rank whose snapshots a process takes: a worker's, a recovery's replacement's (a standby's too), or the rank a
+  // migration's joiner replaces. A replacement snapshots only once it switched in, and its SNAP_TAKEN may come before
+  // the migration or recovery is done and names it a worker.
+  int32_t SnapshotRank(const ProcessRec& p) {
+    if (const Lost* l = ctx_ ? ctx_->ByJoiner(p.id) : nullptr) return l->rank;
     if (p.info.role == "worker") return p.info.rank;
     return p.info.role == "joiner" ? p.info.replace : -1;
   }
