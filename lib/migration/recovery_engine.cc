@@ -173,14 +173,12 @@ class RecoveryEngine final : public Engine {
     standbys_.OnProcessLost(p);
     for (auto& [rank, rs] : snaps_) {  // a buddy that is gone holds nothing any more, and answers no pull
       rs.held.erase(p);
-      for (auto it = rs.shipping.begin(); it != rs.shipping.end();) {
-        if (!it->second.erase(p) || !it->second.empty()) {
-          ++it;
-          continue;
-        }
-        const int64_t step = it->first;
-        it = rs.shipping.erase(it);
-        Shipped(h, rs, step);  // on the buddies that are left: the owner must not wait for the one gone
+      std::vector<int64_t> waiting;
+      for (const auto& [step, buddies] : rs.shipping) {
+        if (buddies.count(p)) waiting.push_back(step);
+      }
+      for (int64_t step : waiting) {  // on the buddies that are left: the owner must not wait for the one gone
+        if (Answered(rs, step, p)) Shipped(h, rs, step);
       }
     }
     ProcessRec* pr = h.FindProcess(p);
@@ -315,10 +313,15 @@ class RecoveryEngine final : public Engine {
     RankSnaps& rs = it->second;
     auto slot = rs.taken.find(m.step);
     if (m.ok && slot != rs.taken.end() && slot->second == m.slot) rs.held[buddy.id][m.step] = m.slot;
-    auto sh = rs.shipping.find(m.step);
-    if (sh == rs.shipping.end() || (sh->second.erase(buddy.id), !sh->second.empty())) return;
-    rs.shipping.erase(sh);
-    Shipped(h, rs, m.step);
+    if (Answered(rs, m.step, buddy.id)) Shipped(h, rs, m.step);
+  }
+
+  // `buddy` answered the pull of `step`, or is gone: true when it was the last one the owner waited for.
+  static bool Answered(RankSnaps& rs, int64_t step, uint64_t buddy) {
+    auto it = rs.shipping.find(step);
+    if (it == rs.shipping.end() || !it->second.erase(buddy) || !it->second.empty()) return false;
+    rs.shipping.erase(it);
+    return true;
   }
 
   // The owner may go on (its next snapshot waits for this one), and keeps the newest step complete everywhere.
