@@ -5,6 +5,7 @@
   migration_bench.py --build DIR [--quick] [--out-dir D] [--ranks 2,4,8,16] [--ranks-state-mb 1]
                      [--sizes-mb 1,16,128,1024] [--costs zero,paper] [--cost-scale F] [--init-ms 1800]
                      [--comm-init-ms 1090] [--step-ms 2] [--at 30] [--iters 3] [--repeat N] [--no-perftest] [--keep]
+                     [--recovery on,off]
 
 Each point is one `tm-harness all` (tools/harness/tm-harness, docs/demo.md): the uninterrupted reference run,
 the cold restart (checkpoint at K, stop all, start all with --resume) and the live migration of rank 1
@@ -14,6 +15,10 @@ digest on every rank. Two sweeps: the number of ranks at a small state, and the 
 restart breakdown (framework warm-up = tm-train --init-ms, NCCL init = HOSTNCCL_INIT_DELAY_MS; checkpoint load
 is real I/O), side by side. The state-transfer throughput comes from perf/transfer_bench (StateClient::Fetch vs
 ucx_perftest in the same invocation), run once at the sweep's state sizes.
+
+--recovery on,off runs each point with failure recovery on (the default: snapshots shipped to a buddy every safe
+point) and with TRAINMOVER_RECOVERY=off, alternately, so the price of recovery in a migration's downtime is
+measured side by side; the goals are judged on the recovery-on rows (what a job gets by default).
 
 Also runs perf/hostnccl_bench (AllReduce, 2 ranks, 4-64 MiB, next to ucx_perftest tag_bw) unless --no-hostnccl.
 Writes <out>/migration_bench-<stamp>.{csv,json,svg} and prints a table with each point's downtime in parts (hold,
@@ -65,6 +70,8 @@ def parse_args(argv):
     ap.add_argument("--no-hostnccl", action="store_true", help="skip hostnccl_bench (AllReduce vs ucx_perftest tag)")
     ap.add_argument("--timeout-s", type=int, default=180, help="limit of each harness run")
     ap.add_argument("--repeat", type=int, default=1, help="runs per point; the one of median live downtime is kept")
+    ap.add_argument("--recovery", default="on", help="failure recovery of the jobs: on, off, or on,off side by side "
+                    "(TRAINMOVER_RECOVERY; default on)")
     ap.add_argument("--keep", action="store_true", help="keep every harness work directory")
     ap.add_argument("--layouts", help="program shapes compared side by side (migration_layouts.py: dp, tp2pp2, "
                     "tp2pp4; '' = none; default dp,tp2pp2, none with --quick)")
@@ -77,6 +84,9 @@ def parse_args(argv):
     a.sizes_mb = a.sizes_mb or ([1] if a.quick else [1, 16, 128, 1024])
     a.cost_scale = a.cost_scale if a.cost_scale is not None else (0.25 if a.quick else 1.0)
     a.costs = [c for c in a.costs.split(",") if c]
+    a.recovery = [m for m in a.recovery.split(",") if m]
+    if any(m not in ("on", "off") for m in a.recovery) or not a.recovery:
+        ap.error("--recovery takes on and/or off")
     if any(c not in ("zero", "paper") for c in a.costs) or not a.costs:
         ap.error("--costs takes zero and/or paper")
     if min(a.ranks) < 2 or min(a.sizes_mb + [a.ranks_state_mb]) < 0:
@@ -104,19 +114,19 @@ def steps_for(a, ranks, mb, init_ms, comm_ms, factor=1.0):
     return a.at + 10 + int(factor * tail_ms / step_est)
 
 
-def run_harness(a, work, ranks, mb, profile, rep):
+def run_harness(a, work, ranks, mb, profile, rep, recovery="on"):
     init_ms, comm_ms = costs_of(a, profile)
     harness = os.path.join(a.build, "tools/harness/tm-harness")
     last = None
     for attempt, factor in enumerate((1.0, 2.0)):
-        wd = os.path.join(work, f"{profile}-n{ranks}-{mb}M-{rep}.{attempt}")
+        wd = os.path.join(work, f"{profile}-n{ranks}-{mb}M-rec{recovery}-{rep}.{attempt}")
         os.makedirs(wd, exist_ok=True)
         steps = steps_for(a, ranks, mb, init_ms, comm_ms, factor)
         cmd = [sys.executable, harness, "all", "--build", a.build, "--json", "--work-dir", wd, "--ranks", str(ranks),
                "--steps", str(steps), "--params", str(a.params), "--at", str(a.at), "--step-ms", str(a.step_ms),
                "--extra-state-mb", str(mb), "--init-ms", str(init_ms), "--comm-init-ms", str(comm_ms),
                "--migrate-rank", "1", "--timeout-s", str(a.timeout_s)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TRAINMOVER_RECOVERY=recovery))
         try:
             out = json.loads(r.stdout)
         except json.JSONDecodeError:
@@ -141,7 +151,7 @@ def phase_ms(phases, name):
     return max(d) if d else None
 
 
-def row_of(a, out, profile, ranks, mb):
+def row_of(a, out, profile, ranks, mb, recovery="on"):
     init_ms, comm_ms = costs_of(a, profile)
     lv, cold = out.get("live") or {}, out.get("cold_restart") or {}
     mig = (lv.get("migrations") or [{}])[0]
@@ -150,7 +160,7 @@ def row_of(a, out, profile, ranks, mb):
     if state is None and cold.get("checkpoint_bytes"):
         state = cold["checkpoint_bytes"] // ranks  # the files hold a little framing besides the state
     row = {
-        "costs": profile, "init_ms": init_ms, "comm_init_ms": comm_ms, "ranks": ranks, "extra_state_mb": mb,
+        "costs": profile, "recovery": recovery, "init_ms": init_ms, "comm_init_ms": comm_ms, "ranks": ranks, "extra_state_mb": mb,
         "state_bytes": state, "steps": out.get("_steps"),
         "median_step_ms": mig.get("median_step_ms", cold.get("median_step_ms")),
         "live_downtime_ms": out.get("downtime_ms"), "live_window_ms": mig.get("window_ms"),
@@ -184,6 +194,23 @@ def breakdown(row):
     parts = [row.get(k) for k in ("hold_ms", "swap_ms", "first_op_ms")]
     if row.get("live_downtime_ms") is not None and all(p is not None for p in parts):
         row["other_ms"] = row["live_downtime_ms"] - sum(parts)
+
+
+def point_row(samples, xfer):
+    """The sample of median live downtime stands for the point; every sample's downtimes are kept."""
+    done = sorted((r for r in samples if r["live_downtime_ms"] is not None), key=lambda r: r["live_downtime_ms"])
+    row = dict(done[(len(done) - 1) // 2] if done else samples[-1])
+    row["bit_identical"] = all(r["bit_identical"] for r in samples) if samples else None
+    row["live_samples_ms"] = ";".join(fmt(r["live_downtime_ms"]) for r in samples)
+    row["cold_samples_ms"] = ";".join(fmt(r["cold_restart_ms"]) for r in samples)
+    ref = nearest(xfer, row["state_bytes"])
+    if ref:
+        row["fetch_gbps"] = ref["read_gbps_median"]
+        row["perftest_get_gbps"] = gbps(ref.get("perftest_get_gbps"))
+        if row["perftest_get_gbps"] and row["state_bytes"] and row["median_step_ms"] is not None:
+            # The copy limit: the bytes at ucx_perftest's get bandwidth, one step, 5 ms.
+            row["limit_ms"] = row["state_bytes"] / (row["perftest_get_gbps"] * 1e6) + row["median_step_ms"] + 5
+    return row
 
 
 def transfer_rows(a, sizes_bytes, work):
@@ -472,7 +499,7 @@ def svg(rows, sweep_ranks, sweep_state, xfer, title):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-CSV_COLS = ["costs", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
+CSV_COLS = ["costs", "recovery", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
             "live_downtime_ms", "live_window_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "seal_ms",
             "hold_ms", "switch_step_ms", "prepare_ms", "swap_ms", "first_step_ms", "first_op_ms", "other_ms", "limit_ms", "migration_transfer_gbps", "cold_restart_ms", "cold_save_and_stop_ms",
             "cold_restart_to_k_ms", "ratio", "fetch_gbps", "perftest_get_gbps",
@@ -506,48 +533,37 @@ def main(argv):
     rows, rc, skip_reason = [], 0, None
     for ranks, mb in points:
         for prof in a.costs:
-            log(f"== {ranks} ranks, {mb} MiB extra state, {prof} costs")
-            samples = []
+            log(f"== {ranks} ranks, {mb} MiB extra state, {prof} costs, recovery {','.join(a.recovery)}")
+            samples = {m: [] for m in a.recovery}
             for rep in range(a.repeat):
-                out = run_harness(a, work, ranks, mb, prof, rep)
-                row = row_of(a, out, prof, ranks, mb)
-                lv = out.get("live") or {}
-                if lv.get("available") is False and not lv.get("reason", "").startswith("failed:"):
-                    skip_reason = lv.get("reason")
-                elif out["_rc"] != 0:
-                    rc = 1
-                    log(f"  FAILED: {row['error']} (logs in {out['_work']})")
-                log(f"  live {fmt(row['live_downtime_ms'])} ms, cold {fmt(row['cold_restart_ms'])} ms, ratio "
-                    f"{fmt(row['ratio'])}x, state {row['state_bytes']} B, transfer {fmt(row['transfer_ms'])} ms, "
-                    f"bit-identical {fmt(row['bit_identical'])}")
-                samples.append(row)
-            # The sample of median live downtime stands for the point; every sample's downtimes are kept.
-            done = sorted((r for r in samples if r["live_downtime_ms"] is not None),
-                          key=lambda r: r["live_downtime_ms"])
-            row = dict(done[(len(done) - 1) // 2] if done else samples[-1])
-            row["bit_identical"] = all(r["bit_identical"] for r in samples) if samples else None
-            row["live_samples_ms"] = ";".join(fmt(r["live_downtime_ms"]) for r in samples)
-            row["cold_samples_ms"] = ";".join(fmt(r["cold_restart_ms"]) for r in samples)
-            ref = nearest(xfer, row["state_bytes"])
-            if ref:
-                row["fetch_gbps"] = ref["read_gbps_median"]
-                row["perftest_get_gbps"] = gbps(ref.get("perftest_get_gbps"))
-                if row["perftest_get_gbps"] and row["state_bytes"] and row["median_step_ms"] is not None:
-                    # The copy limit: the bytes at ucx_perftest's get bandwidth, one step, 5 ms.
-                    row["limit_ms"] = row["state_bytes"] / (row["perftest_get_gbps"] * 1e6) + row["median_step_ms"] + 5
-            rows.append(row)
+                for mode in a.recovery:  # alternately, so that both see the same machine
+                    out = run_harness(a, work, ranks, mb, prof, rep, mode)
+                    row = row_of(a, out, prof, ranks, mb, mode)
+                    lv = out.get("live") or {}
+                    if lv.get("available") is False and not lv.get("reason", "").startswith("failed:"):
+                        skip_reason = lv.get("reason")
+                    elif out["_rc"] != 0:
+                        rc = 1
+                        log(f"  FAILED: {row['error']} (logs in {out['_work']})")
+                    log(f"  recovery {mode}: live {fmt(row['live_downtime_ms'])} ms, cold {fmt(row['cold_restart_ms'])} "
+                        f"ms, ratio {fmt(row['ratio'])}x, state {row['state_bytes']} B, transfer "
+                        f"{fmt(row['transfer_ms'])} ms, bit-identical {fmt(row['bit_identical'])}")
+                    samples[mode].append(row)
+            for mode in a.recovery:
+                rows.append(point_row(samples[mode], xfer))
 
     layouts, layouts_ok = migration_layouts.run(a, work, log, fmt)
     rc = rc if layouts_ok else 1
-    sweep_ranks = [r for r in rows if r["extra_state_mb"] == a.ranks_state_mb]
-    sweep_state = [r for r in rows if r["ranks"] == 2 and r["extra_state_mb"] in a.sizes_mb]
+    judged = [r for r in rows if r["recovery"] == a.recovery[0]]  # the goals: one setting (on, unless only off ran)
+    sweep_ranks = [r for r in judged if r["extra_state_mb"] == a.ranks_state_mb]
+    sweep_state = [r for r in judged if r["ranks"] == 2 and r["extra_state_mb"] in a.sizes_mb]
     base = os.path.join(out_dir, f"migration_bench-{stamp}")
     with open(base + ".csv", "w") as f:
         f.write(",".join(CSV_COLS) + "\n")
         for r in rows:
             f.write(",".join("" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
                              for c in CSV_COLS) + "\n")
-    g = goals(rows, xfer, sweep_ranks, sweep_state, hostnccl)
+    g = goals(judged, xfer, sweep_ranks, sweep_state, hostnccl)
     with open(base + ".json", "w") as f:
         json.dump({"bench": "migration_bench", "stamp": stamp, "quick": a.quick, "cost_scale": a.cost_scale,
                    "paper_costs": {"init_ms": init_ms, "comm_init_ms": comm_ms}, "step_ms": a.step_ms, "at": a.at,
@@ -555,17 +571,17 @@ def main(argv):
                    "layouts": layouts,
                    "goals": [{"goal": n, "met": m, "measured": v, "short_by": d} for n, m, v, d in g]}, f, indent=1)
     with open(base + ".svg", "w") as f:
-        f.write(svg(rows, sweep_ranks, sweep_state, xfer,
+        f.write(svg(judged, sweep_ranks, sweep_state, xfer,
                     f"TrainMover: live migration vs cold restart ({stamp}; paper-shaped costs {init_ms}+{comm_ms} ms)"))
 
     log("")
     log("# downtime = hold + swap + first op + other (ms); the transfer happens inside the hold; limit = bytes /")
     log("# ucx_perftest get + median step + 5 ms; prep = the joiner's Prepare, in the build phase (not downtime)")
-    log(f"# {'costs':>5} {'ranks':>5} {'state MiB':>9} {'live ms':>8} {'limit':>6} {'hold':>6} {'xfer':>6} "
+    log(f"# {'costs':>5} {'rec':>3} {'ranks':>5} {'state MiB':>9} {'live ms':>8} {'limit':>6} {'hold':>6} {'xfer':>6} "
         f"{'swap':>5} {'1st op':>6} {'other':>6} {'prep':>5} {'cold ms':>8} {'ratio':>6} {'GB/s':>5} {'get':>5} "
         f"{'step':>5} {'bit-id':>6}")
     for r in rows:
-        log(f"  {r['costs']:>5} {r['ranks']:>5} {fmt(r['state_bytes'] / MIB if r['state_bytes'] else None, '.2f'):>9} "
+        log(f"  {r['costs']:>5} {r['recovery']:>3} {r['ranks']:>5} {fmt(r['state_bytes'] / MIB if r['state_bytes'] else None, '.2f'):>9} "
             f"{fmt(r['live_downtime_ms']):>8} {fmt(r.get('limit_ms')):>6} {fmt(r['hold_ms']):>6} "
             f"{fmt(r['transfer_ms']):>6} {fmt(r['swap_ms']):>5} {fmt(r.get('first_op_ms')):>6} "
             f"{fmt(r.get('other_ms')):>6} {fmt(r['prepare_ms']):>5} {fmt(r['cold_restart_ms'], '.0f'):>8} "

@@ -416,6 +416,9 @@ void ProcessMachine::PrepareJob(uint64_t id, uint64_t gen, const std::vector<uin
   }
   SendPhase(id, "prepare", t0);
   if (!ok) return Send(mig::Ev::kFailed, id, mig::Reason{"joiner cannot connect to the leaver's state: " + note});
+  const uint64_t t1 = w_.RealtimeNs();
+  w_.AwaitSnapshots();
+  SendPhase(id, "snapshot set-up", t1);
   Send(mig::Ev::kPrepared, id, mig::Reason{note});
 }
 
@@ -539,7 +542,10 @@ void ProcessMachine::LeaverTape() {
 int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (joiner_.sandbox == Sandbox::kStartup && w_.HasAgent() && !w_.IsStandby()) WaitForTape(lk);  // none to come
   w_.TapeIterationBegin();  // operations from here on are positions 0, 1, ... of the next sandbox iteration
-  if (joiner_.sandbox == Sandbox::kStartup) joiner_.sandbox = Sandbox::kShadow;
+  if (joiner_.sandbox == Sandbox::kStartup) {
+    joiner_.sandbox = Sandbox::kShadow;
+    w_.PrepareSnapshots();  // overlaps the shadow iterations and phase 1
+  }
   if (++joiner_.sandbox_safepoints <= w_.ShadowIters()) return step;
   if (joiner_.sandbox != Sandbox::kReadySent) {
     joiner_.sandbox = Sandbox::kReadySent;

@@ -90,9 +90,13 @@ class World {
   virtual int32_t WarmRank() const { return -1; }
   virtual bool FollowsRank() const { return false; }
   virtual void TakeRank(int32_t /*rank*/, int32_t /*world*/) {}
-  // A joiner that sent READY, before it waits for its switch: failure recovery's snapshot slots are set up in the
-  // background now, so that its first snapshot after the switch costs the job nothing (recovery.h).
+  // A joiner in its sandbox (at its first safe point there, and again once it sent READY, for regions registered
+  // late): failure recovery's snapshot slots and its buddy client are set up in the background, so that neither its
+  // first snapshot nor its first pull of a buddy's snapshot after the switch costs the job anything (recovery.h).
   virtual void PrepareSnapshots() {}
+  // A joiner connected to its leaver's state (before PREPARED): waits, bounded, for that set-up to end, so the
+  // migration never switches before this process can snapshot and serve as a buddy.
+  virtual void AwaitSnapshots() {}
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
   // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.

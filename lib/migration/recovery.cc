@@ -115,6 +115,10 @@ class Recovery {
     const std::vector<shim::Region> regs = shim::Regions();
     if (on_ && !regs.empty()) (void)AdoptSlots(regs);
   }
+  void AwaitSlots() {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait_for(lk, std::chrono::milliseconds(kSlotSetUpWaitMs), [this] { return !staging_; });
+  }
   void StartPoll();
 
  private:
@@ -194,7 +198,9 @@ class Recovery {
   std::vector<shim::VComm*> fenced_comms_;  // the VComms they were withdrawn from (until the rollback)
   int64_t rollback_step_ = -1;
   std::string give_up_;
-  // Buddy (tm-snapshot thread only).
+  // Buddy.
+  std::map<int32_t, int64_t> newest_pull_;  // rank -> the newest step of a SNAP_PULL received (mu_)
+  // tm-snapshot thread only.
   TaskQueue queue_;
   std::map<int32_t, Held> held_;
   std::unique_ptr<transfer::StateClient> client_;
@@ -217,8 +223,11 @@ void Recovery::OnCommand(const control::Command& c) {
     if (c.migration) rec_id_ = c.migration;
   }
   switch (static_cast<rec::Cmd>(c.kind)) {
-    case rec::Cmd::kSnapPull:
+    case rec::Cmd::kSnapPull: {
+      std::lock_guard<std::mutex> lk(mu_);
+      newest_pull_[m.rank] = std::max(newest_pull_[m.rank], m.step);
       return queue_.Push([this, m] { Pull(m); });
+    }
     case rec::Cmd::kExposeHeld:
       return queue_.Push([this, m] { ExposeHeld(m); });
     case rec::Cmd::kFence:
@@ -232,7 +241,10 @@ void Recovery::OnCommand(const control::Command& c) {
     }
     case rec::Cmd::kRollback: {
       std::lock_guard<std::mutex> lk(mu_);
-      if (m.epoch == epoch_ && fenced_) rollback_step_ = m.step;
+      if (m.epoch == epoch_ && fenced_) {
+        rollback_step_ = m.step;
+        newest_pull_.clear();  // the steps after it are trained again: their pulls come again
+      }
       cv_.notify_all();
       return;
     }
@@ -361,9 +373,14 @@ int64_t Recovery::OnSafePoint(int64_t step) {
 // The wait is usually none (the pull takes less than a step); it ends early on a fence, a give-up or a lost
 // coordinator, and after kShipWaitMs the rank goes on without the bound (one WARN) rather than stall the job.
 void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
-  const uint64_t deadline = w_.MonotonicNs() + uint64_t{kShipWaitMs} * 1000000ull;
+  const uint64_t t0 = w_.MonotonicNs(), deadline = t0 + uint64_t{kShipWaitMs} * 1000000ull;
+  const int64_t waited_for = pending_;
   while (pending_ >= 0 && !fenced_ && give_up_.empty() && w_.Connected() && w_.MonotonicNs() < deadline) {
     cv_.wait_for(lk, std::chrono::milliseconds(20));
+  }
+  if (waited_for >= 0) {
+    TM_TRACE(kLogMigration, "failure recovery: waited %.3f ms for the snapshot of step %lld to reach its buddies",
+             (w_.MonotonicNs() - t0) / 1e6, static_cast<long long>(waited_for));
   }
   if (pending_ >= 0 && !fenced_ && give_up_.empty()) {
     if (!ship_warned_ && w_.Connected()) {
@@ -444,9 +461,11 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
     staging_ = true;
     queue_.Push([this, table = std::move(table)] {
       std::unique_ptr<SlotSet> set = BuildSlots(table);
+      (void)Client();  // the buddy side too (a UCX context): a joiner's first pull must not pay it after its switch
       std::lock_guard<std::mutex> lk(mu_);
       staged_ = std::move(set);
       staging_ = false;
+      cv_.notify_all();
     });
   }
   return false;
@@ -571,6 +590,16 @@ void Recovery::Pull(const rec::RecMsg& m) {
     Send(rec::Ev::kSnapHeld, reply);
   };
   if (m.slot >= kSnapshotSlots || m.words.size() != m.regions.size()) return fail("malformed SNAP_PULL");
+  {
+    // A pull that a newer one of the same rank follows in the queue: its slot is being reused (the owner did not wait
+    // for this one: a joiner's pre-copy that fell behind, or a wait that gave up), so it is skipped, not read.
+    std::lock_guard<std::mutex> lk(mu_);
+    if (newest_pull_[m.rank] > m.step) {
+      reply.ok = 0;
+      reply.text = "superseded";
+      return Send(rec::Ev::kSnapHeld, reply);
+    }
+  }
   Held& h = held_[m.rank];
   if (h.regions != m.regions) {
     h = Held{};
@@ -656,6 +685,10 @@ int64_t RecoverySafePoint(int64_t step) { return g_recovery->OnSafePoint(step); 
 
 void RecoveryPrepareSlots() {
   if (g_recovery) g_recovery->PrepareSlots();
+}
+
+void RecoveryAwaitSlots() {
+  if (g_recovery) g_recovery->AwaitSlots();
 }
 
 void RecoveryDrain() {

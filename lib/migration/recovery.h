@@ -34,8 +34,10 @@ int64_t RecoverySafePoint(int64_t step);
 // snapshot pulls, and the one under way may finish (kExitDrainMs), so no buddy is left serving a vanished reader.
 void RecoveryDrain();
 // Application thread, a joiner's sandbox (World::PrepareSnapshots): sets up the snapshot slots for the registered
-// regions in the background, ahead of the switch.
+// regions and the client that pulls buddies' snapshots in the background, ahead of the switch.
 void RecoveryPrepareSlots();
+// Any thread but tm-snapshot (World::AwaitSnapshots): waits until that set-up ended, at most kSlotSetUpWaitMs.
+void RecoveryAwaitSlots();
 
 // How long a fenced process waits at its safe point for the rollback, and how long an operation that failed on a
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
@@ -46,6 +48,9 @@ inline constexpr int kVerdictWaitMs = 15000;
 inline constexpr int kSnapshotSlots = 4;
 // How long a safe point waits for the previous snapshot to reach its buddies before going on without it.
 inline constexpr int kShipWaitMs = 10000;
+// How long a joiner's PREPARED waits for its snapshot set-up (RecoveryAwaitSlots); past it, the migration goes on and
+// the set-up's remainder lands after the switch (its first snapshot and pull wait for it).
+inline constexpr int kSlotSetUpWaitMs = 10000;
 // How long an ending process waits for the snapshot pull under way (RecoveryDrain).
 inline constexpr int kExitDrainMs = 5000;
 

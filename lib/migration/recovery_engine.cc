@@ -33,6 +33,15 @@ struct RankSnaps {
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
 };
 
+// A rank that a planned migration moves (docs/recovery.md, "Buddies across a migration"): from the agreement on the
+// switch step (phase 1 is over: the joiner is built, connected to the leaver's state and its snapshot set-up done)
+// the joiner pulls what the leaver pulls, so it is connected to those slots and holds a recent verified copy at the
+// switch; from the SWITCH on it replaces the leaver as a buddy, and its own snapshots continue the leaver's timeline.
+// Kept while the migration runs, and once it is done while the leaver is still alive.
+struct Handover {
+  uint64_t migration = 0, leaver = 0, joiner = 0;
+};
+
 // One failed rank of the recovery in progress, and its replacement.
 struct Lost {
   uint64_t dead = 0, buddy = 0, joiner = 0;
@@ -256,29 +265,78 @@ class RecoveryEngine final : public Engine {
     if (rs.owner != p.id) {  // a new process holds the rank: its own timeline; the one before it is heard no more
       std::set<uint64_t> former = std::move(rs.former);
       if (rs.owner) former.insert(rs.owner);
-      rs = RankSnaps{.owner = p.id, .former = std::move(former)};
+      // Handed over by a planned migration: the same timeline, so the buddies' copies of the leaver's snapshots
+      // stay the rank's until the joiner's own replace them (a recovery's replacement starts from the rollback).
+      auto o = handovers_.find(rank);
+      const bool handed_over = o != handovers_.end() && o->second.joiner == p.id && o->second.leaver == rs.owner;
+      auto held = handed_over ? std::move(rs.held) : decltype(rs.held){};
+      rs = RankSnaps{.owner = p.id, .held = std::move(held), .former = std::move(former)};
     }
     return rs;
   }
 
-  // The buddies of `rank`: the next ranks in order, those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
-  std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
-    std::map<int32_t, const ProcessRec*> workers;
+  bool Switched(EngineHost& h, const Handover& o) {
+    const Migration* m = h.FindMigration(o.migration);
+    return m && m->switch_sent;
+  }
+
+  // Brings handovers_ up to date with the migrations' records.
+  void TrackHandovers(EngineHost& h) {
+    std::erase_if(handovers_, [&](const auto& kv) {
+      const Migration* m = h.FindMigration(kv.second.migration);
+      const ProcessRec* l = h.FindProcess(kv.second.leaver);
+      const bool leaver_alive = l && l->state == ProcState::kAlive;
+      return !m || (MigTerminal(m->state) && !(m->state == MigState::kDone && leaver_alive));
+    });
+    for (const auto& [id, m] : h.migrations()) {
+      if (m.kind != kKindMigrate || m.state < MigState::kAgreeing || MigTerminal(m.state)) continue;
+      for (int32_t r : m.ranks) {
+        if (handovers_.count(r)) continue;
+        const ProcessRec* leaver = h.FindProcessByRank(r);
+        uint64_t joiner = r == m.rank ? m.joiner : 0;
+        for (const auto& [pid, p] : h.processes()) {
+          if (!joiner && p.state == ProcState::kAlive && p.info.role == "joiner" && p.info.replace == r) joiner = pid;
+        }
+        if (leaver && joiner) handovers_[r] = Handover{id, leaver->id, joiner};
+      }
+    }
+  }
+
+  // The buddies of `rank`: the holders of the next ranks in order (a rank's worker; the joiner of a rank handed over
+  // once its migration switched), those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them. `precopy`: the
+  // joiners that pull alongside a buddy that is a leaver before its switch.
+  std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank, std::vector<uint64_t>* precopy) {
+    std::map<int32_t, const ProcessRec*> holders;
     for (const auto& [id, p] : h.processes()) {
-      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank >= 0) workers[p.info.rank] = &p;
+      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank >= 0) holders[p.info.rank] = &p;
+    }
+    for (const auto& [r, o] : handovers_) {
+      const ProcessRec* j = h.FindProcess(o.joiner);
+      if (Switched(h, o) && j && j->state == ProcState::kAlive) holders[r] = j;
     }
     const std::string copies_env = EnvOf(owner, "SNAPSHOT_COPIES");
     const size_t copies = copies_env.empty() ? 1 : static_cast<size_t>(std::max(1, atoi(copies_env.c_str())));
     std::vector<const ProcessRec*> order;
-    for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) order.push_back(it->second);
-    for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) order.push_back(it->second);
+    for (auto it = holders.upper_bound(rank); it != holders.end(); ++it) order.push_back(it->second);
+    for (auto it = holders.begin(); it != holders.end() && it->first < rank; ++it) order.push_back(it->second);
     std::vector<uint64_t> out;
     for (bool other_host : {true, false}) {
       for (const ProcessRec* p : order) {
         if (out.size() < copies && (p->info.host != owner.info.host) == other_host) out.push_back(p->id);
       }
     }
+    for (const auto& [r, o] : handovers_) {
+      const bool leaver_picked = std::find(out.begin(), out.end(), o.leaver) != out.end();
+      if (leaver_picked && !Switched(h, o) && o.joiner != owner.id) precopy->push_back(o.joiner);
+    }
     return out;
+  }
+
+  // A joiner whose migration has not switched yet: it pulls copies, but is not offered as a buddy for a recovery (a
+  // failure aborts its migration, and it exits).
+  bool Incoming(EngineHost& h, uint64_t p) {
+    return std::any_of(handovers_.begin(), handovers_.end(),
+                       [&](const auto& kv) { return kv.second.joiner == p && !Switched(h, kv.second); });
   }
 
   // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with
@@ -289,6 +347,7 @@ class RecoveryEngine final : public Engine {
     if (ctx_ && !ctx_->rolled.count(from.id) && !(replacement && replacement->switched)) return;
     const int32_t rank = SnapshotRank(from);
     if (rank < 0 || snaps_[rank].former.count(from.id)) return;  // a leaver's late snapshot: its joiner owns the rank
+    TrackHandovers(h);
     RankSnaps& rs = SnapsOf(rank, from);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
@@ -298,13 +357,19 @@ class RecoveryEngine final : public Engine {
     rec::RecMsg pull = m;  // with the owner's slot descriptor
     pull.rank = rank;
     pull.epoch = epoch_;  // a copy verified before the next failure's epoch is counted only before it
-    const std::vector<uint64_t> buddies = Buddies(h, from, rank);
-    for (uint64_t b : buddies) {
+    std::vector<uint64_t> precopy;
+    std::vector<uint64_t> pullers = Buddies(h, from, rank, &precopy);
+    std::set<uint64_t> waited(pullers.begin(), pullers.end());
+    for (uint64_t j : precopy) {  // the owner waits for a pre-copying joiner once it has connected (holds a copy)
+      if (auto it = rs.held.find(j); it != rs.held.end() && !it->second.empty()) waited.insert(j);
+      pullers.push_back(j);
+    }
+    for (uint64_t b : pullers) {
       forget_slot(rs.held[b]);
       h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapPull, 0, pull));
     }
-    if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
-    rs.shipping[m.step] = std::set<uint64_t>(buddies.begin(), buddies.end());
+    if (waited.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
+    rs.shipping[m.step] = std::move(waited);
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
@@ -430,7 +495,7 @@ class RecoveryEngine final : public Engine {
     if (it == snaps_.end()) return offered;
     for (const auto& [b, steps] : it->second.held) {
       const ProcessRec* bp = h.FindProcess(b);
-      if (!bp || bp->state != ProcState::kAlive) continue;
+      if (!bp || bp->state != ProcState::kAlive || Incoming(h, b)) continue;
       for (const auto& [step, slot] : steps) offered.emplace(step, b);
     }
     return offered;
@@ -877,6 +942,7 @@ class RecoveryEngine final : public Engine {
   std::unique_ptr<JoinerLauncher> launcher_;
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
+  std::map<int32_t, Handover> handovers_;  // by rank (TrackHandovers)
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
   struct Declared {

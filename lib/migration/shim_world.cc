@@ -127,6 +127,7 @@ class ShimWorld final : public World {
   bool IsJoiner() const override { return shim::ProcessRole() != shim::Role::kWorker; }
   bool IsStandby() const override { return shim::ProcessRole() == shim::Role::kStandby; }
   void PrepareSnapshots() override { RecoveryPrepareSlots(); }
+  void AwaitSnapshots() override { RecoveryAwaitSlots(); }
   int32_t WarmRank() const override { return base::LauncherFromEnv().rank; }
   bool FollowsRank() const override { return shim::RankFollowed(); }
   void TakeRank(int32_t rank, int32_t world) override {

@@ -855,6 +855,75 @@ TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPP
   CHECK(j.Last("1:SNAP_SHIPPED").complete == 14);
 }
 
+TEST_CASE("recovery: a planned migration's joiner pulls beside its leaver from the agreement, replaces it at the switch, "
+          "and keeps the leaver's copies of its rank") {
+  RecJob j(3);
+  j.Snapshot(3, 10, 0);  // rank 1's snapshot of step 10 is on rank 2 (process 3)
+  j.h.Take();
+  Migration& m = j.h.migs[1];  // the migration engine's record of rank 1's move, in phase 1
+  m.id = 1;
+  m.rank = 1;
+  m.ranks = {1};
+  m.leaver = 2;
+  m.state = MigState::kBuilding;
+  const uint64_t jr = m.joiner = j.AddJoiner(1);
+  const std::string to_joiner = std::to_string(jr) + ":SNAP_PULL";
+  auto taken = [&](uint64_t from, int64_t step, uint32_t slot) {
+    j.Rec(from, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
+  };
+  taken(1, 10, 0);  // while building, the joiner is not sent pulls
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 10, .slot = 0});
+  j.h.Take();
+  m.state = MigState::kAgreeing;
+  // Rank 0's buddy is rank 1's leaver: the joiner pulls too, but rank 0 does not wait for its first pull.
+  taken(1, 11, 1);
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL", to_joiner});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 11, .slot = 1});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 11, .slot = 1});
+  CHECK(j.h.Take().empty());
+  // Once it holds a verified copy (connected), rank 0 waits for it as for the leaver.
+  taken(1, 12, 2);
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL", to_joiner});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 2});
+  CHECK(j.h.Take().empty());
+  j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 2});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  // Ranks whose buddy is not the leaver are not pulled by the joiner.
+  taken(3, 12, 2);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_PULL"});
+  // SWITCH went out: the joiner replaces the leaver, which is pulled from no more.
+  m.state = MigState::kSwitching;
+  m.switch_sent = true;
+  taken(1, 13, 3);
+  CHECK(j.h.Take() == std::vector<std::string>{to_joiner});
+  j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 13, .slot = 3});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  // The joiner's own snapshot goes to rank 2, which still holds the leaver's copy of step 10 (in another slot than the
+  // one this pull overwrites): the same timeline.
+  taken(jr, 13, 1);
+  CHECK(j.h.Take() == std::vector<std::string>{"3:SNAP_PULL"});
+  // The migration is done and the leaver exits; the joiner, now rank 1's worker, fails before its own snapshot is
+  // on its buddy: recovered from the leaver's copy of step 10 (not refused).
+  m.state = MigState::kDone;
+  j.h.procs[jr].info.role = "worker";
+  j.h.procs[jr].info.rank = 1;
+  j.h.procs[2].state = ProcState::kExited;
+  j.r->OnProcessLost(j.h, 2);
+  j.h.procs[jr].lost_reason = "connection closed by peer";
+  j.h.procs[jr].state = ProcState::kLost;
+  j.r->OnProcessLost(j.h, jr);
+  const Migration& r = j.h.migs.rbegin()->second;
+  CHECK(r.kind == kKindRecover);
+  CHECK(r.state != MigState::kFailed);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE"});
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 14, .words = {10, 11, 12, 13}}, r.id);
+  j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 14, .words = {10, 12}}, r.id);
+  CHECK(j.Last("3:EXPOSE_HELD").step == 10);
+  CHECK(j.h.Take() == std::vector<std::string>{"3:EXPOSE_HELD"});
+}
+
 TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacement is built in, all roll back") {
   RecJob j(3);
   const int64_t s = j.Snapshot(3, 12, 0);
