@@ -198,9 +198,7 @@ class Recovery {
   std::vector<shim::VComm*> fenced_comms_;  // the VComms they were withdrawn from (until the rollback)
   int64_t rollback_step_ = -1;
   std::string give_up_;
-  // Buddy.
-  std::map<int32_t, int64_t> newest_pull_;  // rank -> the newest step of a SNAP_PULL received (mu_)
-  // tm-snapshot thread only.
+  // Buddy (tm-snapshot thread only).
   TaskQueue queue_;
   std::map<int32_t, Held> held_;
   std::unique_ptr<transfer::StateClient> client_;
@@ -223,11 +221,8 @@ void Recovery::OnCommand(const control::Command& c) {
     if (c.migration) rec_id_ = c.migration;
   }
   switch (static_cast<rec::Cmd>(c.kind)) {
-    case rec::Cmd::kSnapPull: {
-      std::lock_guard<std::mutex> lk(mu_);
-      newest_pull_[m.rank] = std::max(newest_pull_[m.rank], m.step);
+    case rec::Cmd::kSnapPull:
       return queue_.Push([this, m] { Pull(m); });
-    }
     case rec::Cmd::kExposeHeld:
       return queue_.Push([this, m] { ExposeHeld(m); });
     case rec::Cmd::kFence:
@@ -241,10 +236,7 @@ void Recovery::OnCommand(const control::Command& c) {
     }
     case rec::Cmd::kRollback: {
       std::lock_guard<std::mutex> lk(mu_);
-      if (m.epoch == epoch_ && fenced_) {
-        rollback_step_ = m.step;
-        newest_pull_.clear();  // the steps after it are trained again: their pulls come again
-      }
+      if (m.epoch == epoch_ && fenced_) rollback_step_ = m.step;
       cv_.notify_all();
       return;
     }
@@ -590,16 +582,6 @@ void Recovery::Pull(const rec::RecMsg& m) {
     Send(rec::Ev::kSnapHeld, reply);
   };
   if (m.slot >= kSnapshotSlots || m.words.size() != m.regions.size()) return fail("malformed SNAP_PULL");
-  {
-    // A pull that a newer one of the same rank follows in the queue: its slot is being reused (the owner did not wait
-    // for this one: a joiner's pre-copy that fell behind, or a wait that gave up), so it is skipped, not read.
-    std::lock_guard<std::mutex> lk(mu_);
-    if (newest_pull_[m.rank] > m.step) {
-      reply.ok = 0;
-      reply.text = "superseded";
-      return Send(rec::Ev::kSnapHeld, reply);
-    }
-  }
   Held& h = held_[m.rank];
   if (h.regions != m.regions) {
     h = Held{};

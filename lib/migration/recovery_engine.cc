@@ -33,11 +33,10 @@ struct RankSnaps {
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
 };
 
-// A rank that a planned migration moves (docs/recovery.md, "Buddies across a migration"): from the agreement on the
-// switch step (phase 1 is over: the joiner is built, connected to the leaver's state and its snapshot set-up done)
-// the joiner pulls what the leaver pulls, so it is connected to those slots and holds a recent verified copy at the
-// switch; from the SWITCH on it replaces the leaver as a buddy, and its own snapshots continue the leaver's timeline.
-// Kept while the migration runs, and once it is done while the leaver is still alive.
+// A rank that a planned migration moves (docs/recovery.md, "Buddies across a migration"): from the migration's SWITCH
+// on, the joiner replaces the leaver as a buddy, and its own snapshots continue the leaver's timeline. Recorded from
+// the agreement on the switch step (the leaver is still the rank's worker then), kept while the migration runs, and
+// once it is done while the leaver is still alive.
 struct Handover {
   uint64_t migration = 0, leaver = 0, joiner = 0;
 };
@@ -303,9 +302,8 @@ class RecoveryEngine final : public Engine {
   }
 
   // The buddies of `rank`: the holders of the next ranks in order (a rank's worker; the joiner of a rank handed over
-  // once its migration switched), those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them. `precopy`: the
-  // joiners that pull alongside a buddy that is a leaver before its switch.
-  std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank, std::vector<uint64_t>* precopy) {
+  // once its migration switched), those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
+  std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
     std::map<int32_t, const ProcessRec*> holders;
     for (const auto& [id, p] : h.processes()) {
       if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank >= 0) holders[p.info.rank] = &p;
@@ -325,18 +323,7 @@ class RecoveryEngine final : public Engine {
         if (out.size() < copies && (p->info.host != owner.info.host) == other_host) out.push_back(p->id);
       }
     }
-    for (const auto& [r, o] : handovers_) {
-      const bool leaver_picked = std::find(out.begin(), out.end(), o.leaver) != out.end();
-      if (leaver_picked && !Switched(h, o) && o.joiner != owner.id) precopy->push_back(o.joiner);
-    }
     return out;
-  }
-
-  // A joiner whose migration has not switched yet: it pulls copies, but is not offered as a buddy for a recovery (a
-  // failure aborts its migration, and it exits).
-  bool Incoming(EngineHost& h, uint64_t p) {
-    return std::any_of(handovers_.begin(), handovers_.end(),
-                       [&](const auto& kv) { return kv.second.joiner == p && !Switched(h, kv.second); });
   }
 
   // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with
@@ -357,19 +344,13 @@ class RecoveryEngine final : public Engine {
     rec::RecMsg pull = m;  // with the owner's slot descriptor
     pull.rank = rank;
     pull.epoch = epoch_;  // a copy verified before the next failure's epoch is counted only before it
-    std::vector<uint64_t> precopy;
-    std::vector<uint64_t> pullers = Buddies(h, from, rank, &precopy);
-    std::set<uint64_t> waited(pullers.begin(), pullers.end());
-    for (uint64_t j : precopy) {  // the owner waits for a pre-copying joiner once it has connected (holds a copy)
-      if (auto it = rs.held.find(j); it != rs.held.end() && !it->second.empty()) waited.insert(j);
-      pullers.push_back(j);
-    }
-    for (uint64_t b : pullers) {
+    const std::vector<uint64_t> buddies = Buddies(h, from, rank);
+    for (uint64_t b : buddies) {
       forget_slot(rs.held[b]);
       h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapPull, 0, pull));
     }
-    if (waited.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
-    rs.shipping[m.step] = std::move(waited);
+    if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
+    rs.shipping[m.step] = std::set<uint64_t>(buddies.begin(), buddies.end());
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
@@ -495,7 +476,7 @@ class RecoveryEngine final : public Engine {
     if (it == snaps_.end()) return offered;
     for (const auto& [b, steps] : it->second.held) {
       const ProcessRec* bp = h.FindProcess(b);
-      if (!bp || bp->state != ProcState::kAlive || Incoming(h, b)) continue;
+      if (!bp || bp->state != ProcState::kAlive) continue;
       for (const auto& [step, slot] : steps) offered.emplace(step, b);
     }
     return offered;

@@ -855,49 +855,31 @@ TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPP
   CHECK(j.Last("1:SNAP_SHIPPED").complete == 14);
 }
 
-TEST_CASE("recovery: a planned migration's joiner pulls beside its leaver from the agreement, replaces it at the switch, "
-          "and keeps the leaver's copies of its rank") {
+TEST_CASE("recovery: a planned migration's joiner replaces its leaver as a buddy at the switch and keeps the "
+          "leaver's copies of its rank") {
   RecJob j(3);
   j.Snapshot(3, 10, 0);  // rank 1's snapshot of step 10 is on rank 2 (process 3)
   j.h.Take();
-  Migration& m = j.h.migs[1];  // the migration engine's record of rank 1's move, in phase 1
+  Migration& m = j.h.migs[1];  // the migration engine's record of rank 1's move, agreeing on the switch step
   m.id = 1;
   m.rank = 1;
   m.ranks = {1};
   m.leaver = 2;
-  m.state = MigState::kBuilding;
+  m.state = MigState::kAgreeing;
   const uint64_t jr = m.joiner = j.AddJoiner(1);
-  const std::string to_joiner = std::to_string(jr) + ":SNAP_PULL";
   auto taken = [&](uint64_t from, int64_t step, uint32_t slot) {
     j.Rec(from, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
   };
-  taken(1, 10, 0);  // while building, the joiner is not sent pulls
-  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
-  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 10, .slot = 0});
-  j.h.Take();
-  m.state = MigState::kAgreeing;
-  // Rank 0's buddy is rank 1's leaver: the joiner pulls too, but rank 0 does not wait for its first pull.
-  taken(1, 11, 1);
-  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL", to_joiner});
-  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 11, .slot = 1});
-  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
-  j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 11, .slot = 1});
-  CHECK(j.h.Take().empty());
-  // Once it holds a verified copy (connected), rank 0 waits for it as for the leaver.
+  // Before the switch rank 0's buddy is rank 1's leaver.
   taken(1, 12, 2);
-  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL", to_joiner});
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
   j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 2});
-  CHECK(j.h.Take().empty());
-  j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 2});
   CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
-  // Ranks whose buddy is not the leaver are not pulled by the joiner.
-  taken(3, 12, 2);
-  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_PULL"});
-  // SWITCH went out: the joiner replaces the leaver, which is pulled from no more.
+  // SWITCH went out: the joiner replaces the leaver, which is pulled from no more (it is about to exit).
   m.state = MigState::kSwitching;
   m.switch_sent = true;
   taken(1, 13, 3);
-  CHECK(j.h.Take() == std::vector<std::string>{to_joiner});
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":SNAP_PULL"});
   j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 13, .slot = 3});
   CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
   // The joiner's own snapshot goes to rank 2, which still holds the leaver's copy of step 10 (in another slot than the
@@ -918,7 +900,7 @@ TEST_CASE("recovery: a planned migration's joiner pulls beside its leaver from t
   CHECK(r.kind == kKindRecover);
   CHECK(r.state != MigState::kFailed);
   CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE"});
-  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 14, .words = {10, 11, 12, 13}}, r.id);
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 14, .words = {10, 12, 13}}, r.id);
   j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 14, .words = {10, 12}}, r.id);
   CHECK(j.Last("3:EXPOSE_HELD").step == 10);
   CHECK(j.h.Take() == std::vector<std::string>{"3:EXPOSE_HELD"});
