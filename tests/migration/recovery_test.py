@@ -112,7 +112,7 @@ def wait_recovery(job, n, ready):
     while time.monotonic() < deadline:
         rs = recoveries(job)
         if len(rs) >= n and rs[n - 1]["state"] in ("done", "failed"):
-            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} before the second failure")
+            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} ({rs[n - 1]['reason']}) before the second failure")
         if len(rs) >= n and ready(rs[n - 1]):
             return rs[n - 1]
         if job.p.poll() is not None:
@@ -515,7 +515,100 @@ def scenario_standby_fixed():
     check_standby_digests(job, {0: 0})
 
 
-SCENARIOS = {"kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
+def replacement_pid(job, r):
+    """The pid of recovery record r's replacement ("spawned pid P" or "standby process N (pid P, ...)")."""
+    m = re.search(r"pid (\d+)", r["recovery"]["replacement"])
+    if not m:
+        fail(f"{job.name}: recovery {r['id']} names no replacement pid: '{r['recovery']['replacement']}'")
+    return int(m.group(1))
+
+
+def check_retried(job, first, rank, how):
+    """Recovery `first` was abandoned because its replacement died (how: the start of the replacement's description
+    in the reason), and the next epoch recovered `rank` alone, bit for bit checked by the caller."""
+    rs = recoveries(job)
+    old = [r for r in rs if r["id"] == first["id"]][0]
+    if old["state"] != "failed" or not re.search(r"(was lost|exited .*before it registered|building a replacement "
+                                                 r"communicator failed).*: abandoned for a new epoch$", old["reason"]):
+        fail(f"{job.name}: the first recovery ended {old['state']} ({old['reason']}), expected abandoned for the "
+             f"lost replacement")
+    r = rs[-1]
+    if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1 or r["ranks"] != [rank] or not \
+            r["recovery"]["replacement"].startswith(how):
+        fail(f"{job.name}: the retry {r['ranks']} epoch {r['recovery']['epoch']} by '{r['recovery']['replacement']}', "
+             f"expected rank {rank} in epoch {old['recovery']['epoch'] + 1} by a {how}")
+    print(f"{job.name}: the replacement {first['recovery']['replacement']} died while recovery {first['id']} was "
+          f"{first['state']}: {old['reason']}")
+    return r
+
+
+def scenario_replacement_lost():
+    # Rank 1 killed, then its spawned replacement killed before the switch: as soon as it is seen (starting or warming
+    # up), and while it reads its state. The recovery is abandoned for a new epoch of rank 1 that spawns another
+    # replacement; the job ends bit-identical. Then every replacement killed as it appears: after
+    # kReplacementAttempts (3) the recovery fails, each survivor ends saying why, and tmrun fails the job.
+    for when, ready in (("early", lambda r: True), ("transfer", transferring)):
+        name = f"replacement_lost_{when}"
+        mt.clear_joiner_logs()
+        job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
+        try:
+            job.wait_step(20)
+            os.kill(pid_of(job, 1), signal.SIGKILL)
+            first = wait_recovery(job, 1, ready)
+            os.kill(replacement_pid(job, first), signal.SIGKILL)
+            wait_recovered(job, 2)
+            check_report(job, check_retried(job, first, 1, "spawned pid"), 1)
+            job.finish()
+        finally:
+            job.kill()
+        job.check_digests({1})
+
+    def every_replacement(job):
+        os.kill(pid_of(job, 1), signal.SIGKILL)
+        for n in (1, 2, 3):
+            os.kill(replacement_pid(job, wait_recovery(job, n, lambda r: True)), signal.SIGKILL)
+    mt.clear_joiner_logs()
+    rc, log = failed_job("replacement_lost_all", 4, every_replacement, env=SLOW_RECOVERY, survivors_end_alone=True,
+                         at=20)
+    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (rank 1 failed and cannot be recovered: the "
+                          r"replacement of rank 1 .*\(3 replacements tried\));", log))
+    if {r for r, _ in said} != {"0", "2", "3"}:
+        fail(f"replacement_lost_all: survivors' reasons {said}; expected ranks 0, 2 and 3 to end saying why")
+    print(f"replacement_lost_all: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
+
+
+def scenario_standby_lost():
+    # tmrun --standby 1 on 3 ranks: rank 2 killed, the standby takes its place and is killed before the switch (it
+    # reads its state 3 s late, TRAINMOVER_FAULT=slow-transfer): a new epoch of rank 2 spawns a replacement (no
+    # standby is left); the job ends 0, every digest bit-identical.
+    mt.clear_joiner_logs()
+    job = Job("standby_lost", 3, steps=300, step_ms=8, env=SLOW_RECOVERY, tmrun_opts=["--standby", "1"])
+    try:
+        job.wait_step(10)
+        sb = wait_standbys(job, 1)[0]
+        deadline = time.monotonic() + mt.TIMEOUT
+        while not [p for p in standbys(job) if p["pid"] == sb["pid"] and p["standby"]["ready"]]:
+            if time.monotonic() > deadline:
+                fail("standby_lost: the standby never became ready")
+            time.sleep(0.05)
+        job.wait_step(30)  # past the first snapshots on their buddies
+        os.kill(pid_of(job, 2), signal.SIGKILL)
+        first = wait_recovery(job, 1, lambda r: True)
+        if replacement_pid(job, first) != sb["pid"] or not first["recovery"]["replacement"].startswith("standby"):
+            fail(f"standby_lost: rank 2 was taken by '{first['recovery']['replacement']}', expected the standby "
+                 f"(pid {sb['pid']})")
+        os.kill(sb["pid"], signal.SIGKILL)
+        wait_recovered(job, 2)
+        check_report(job, check_retried(job, first, 2, "spawned pid"), 2)
+        job.finish()
+    finally:
+        job.kill()
+    if standby_digests(job):
+        fail(f"standby_lost: the killed standby printed a digest: {standby_digests(job)}")
+    job.check_digests({2})
+
+
+SCENARIOS = {"replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
              "nccl_detected": scenario_nccl_detected,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
