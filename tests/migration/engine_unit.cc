@@ -1144,14 +1144,18 @@ Migration& FailRank1(RecJob& j) {
   return m;
 }
 
-// Drives recovery `m` of rank 1 from here to done with `r` as its replacement (already matched when `matched`).
-void CompleteRank1(RecJob& j, Migration& m, uint64_t r, bool matched) {
-  if (!matched) {
-    mig::Ready ready;
-    ready.comms = {Job::Comm(0xB1, 1, 3)};
-    ready.regions = {Region{"w", 64}};
-    j.Mig(r, mig::Ev::kReady, 0, ready);
-  }
+// A spawned replacement of rank 1 (process `r`, pid `pid`) registers and is READY; it matches rank 1.
+void ReadyRank1(RecJob& j, uint64_t r, uint32_t pid) {
+  j.h.procs[r] = Job::Proc(r, "joiner", -1, 1);
+  j.h.procs[r].info.pid = pid;
+  mig::Ready ready;
+  ready.comms = {Job::Comm(0xB1, 1, 3)};
+  ready.regions = {Region{"w", 64}};
+  j.Mig(r, mig::Ev::kReady, 0, ready);
+}
+
+// Drives recovery `m` of rank 1 from here to done with `r`, matched, as its replacement.
+void CompleteRank1(RecJob& j, Migration& m, uint64_t r) {
   j.Mig(r, mig::Ev::kIds, m.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   j.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
   j.Mig(r, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
@@ -1174,12 +1178,8 @@ void CompleteRank1(RecJob& j, Migration& m, uint64_t r, bool matched) {
 TEST_CASE("replacement lost: a new epoch spawns another, the old one's builds dropped; it completes") {
   RecJob j(3);
   Migration& first = FailRank1(j);
-  uint64_t r = j.AddJoiner(1);
-  j.h.procs[r].info.pid = 500;
-  mig::Ready ready;
-  ready.comms = {Job::Comm(0xB1, 1, 3)};
-  ready.regions = {Region{"w", 64}};
-  j.Mig(r, mig::Ev::kReady, 0, ready);
+  const uint64_t r = 101;
+  ReadyRank1(j, r, 500);
   j.Mig(r, mig::Ev::kIds, first.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   j.h.Take();
   Fail(j, r);  // while the communicators are built
@@ -1201,12 +1201,12 @@ TEST_CASE("replacement lost: a new epoch spawns another, the old one's builds dr
   CHECK(j.h.Take() == std::vector<std::string>{"3:EXPOSE_HELD"});
   // The first replacement's late events belong to an ended recovery; the new one is known by its pid.
   j.Mig(r, mig::Ev::kBuilt, first.id, mig::Built{kWorld, 1, ""});
-  uint64_t r2 = 150;
-  j.h.procs[r2] = Job::Proc(r2, "joiner", -1, 1);
-  j.h.procs[r2].info.pid = 501;
+  j.h.procs[150] = Job::Proc(150, "joiner", -1, 1);
+  j.h.procs[150].info.pid = 501;
   j.r->OnTick(j.h);
-  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(r2) + ":TAPE"});
-  CompleteRank1(j, m, r2, false);
+  CHECK(j.h.Take() == std::vector<std::string>{"150:TAPE"});
+  ReadyRank1(j, 150, 501);
+  CompleteRank1(j, m, 150);
   CHECK(m.recovery.lost_steps == 0);  // completed everywhere: step 12 (held at 13, which was in flight)
 }
 
@@ -1245,12 +1245,8 @@ TEST_CASE("replacement lost: at most kReplacementAttempts replacements, then the
 TEST_CASE("replacement lost: a failed build is retried too; a replacement lost after SWITCH fails the recovery") {
   RecJob k(3);
   Migration& a = FailRank1(k);
-  uint64_t r = k.AddJoiner(1);
-  k.h.procs[r].info.pid = 500;
-  mig::Ready ready;
-  ready.comms = {Job::Comm(0xB1, 1, 3)};
-  ready.regions = {Region{"w", 64}};
-  k.Mig(r, mig::Ev::kReady, 0, ready);
+  const uint64_t r = 101;
+  ReadyRank1(k, r, 500);
   k.Mig(r, mig::Ev::kIds, a.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   k.Mig(1, mig::Ev::kBuilt, a.id, mig::Built{kWorld, 0, "peer closed the connection"});  // before the loss is seen
   CHECK(a.state == MigState::kFailed);
@@ -1265,10 +1261,8 @@ TEST_CASE("replacement lost: a failed build is retried too; a replacement lost a
 
   // Once SWITCH and ROLLBACK went out, the survivors may train with it already: no new epoch, the recovery fails.
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 13, .words = {12}}, b.id);
-  uint64_t r2 = 150;
-  k.h.procs[r2] = Job::Proc(r2, "joiner", -1, 1);
-  k.h.procs[r2].info.pid = 501;
-  k.Mig(r2, mig::Ev::kReady, 0, ready);
+  const uint64_t r2 = 150;
+  ReadyRank1(k, r2, 501);
   k.Mig(r2, mig::Ev::kIds, b.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   k.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
   k.Mig(r2, mig::Ev::kVerified, b.id, mig::Built{0, 1, "ok"});
@@ -1305,8 +1299,6 @@ TEST_CASE("standby lost while it takes the place: another standby takes it under
   REQUIRE(j.launched.started.size() == 1);
   CHECK(j.launched.started[0].env.back() == "TRAINMOVER_REPLACE=1");
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, m3.id);
-  uint64_t r = j.AddJoiner(1);
-  j.h.procs[r].info.pid = 500;
-  j.h.Take();
-  CompleteRank1(j, m3, r, false);
+  ReadyRank1(j, 101, 500);
+  CompleteRank1(j, m3, 101);
 }

@@ -130,35 +130,46 @@ def transferring(r):
 SLOW_RECOVERY = dict(mt.SLOW_BUILD, TRAINMOVER_FAULT="slow-transfer")
 
 
+def strike_during_recovery(name, ready, strike, check, failed):
+    """A 4-rank job (SLOW_RECOVERY): rank 1 killed at step 20; strike(job, first) once its recovery `first` is under
+    way and ready(first). The first recovery must end abandoned for a new epoch, the next one done in the next epoch:
+    check(job, first, old, new) with the first's final record; then every digest (the replacements' for `failed`)
+    bit-identical."""
+    mt.clear_joiner_logs()
+    job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
+    try:
+        job.wait_step(20)
+        os.kill(pid_of(job, 1), signal.SIGKILL)
+        first = wait_recovery(job, 1, ready)
+        strike(job, first)
+        r = wait_recovered(job, 2)
+        old = [x for x in recoveries(job) if x["id"] == first["id"]][0]
+        if old["state"] != "failed" or "abandoned for a new epoch" not in old["reason"]:
+            fail(f"{name}: the first recovery ended {old['state']} ({old['reason']}), expected abandoned")
+        if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1:
+            fail(f"{name}: the second recovery is of epoch {r['recovery']['epoch']}, expected {old['recovery']['epoch'] + 1}")
+        check(job, first, old, r)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests(failed)
+
+
 def scenario_second_failure():
     # A second rank killed while the first one's recovery is under way: as soon as it is seen (its replacement
     # starting or warming up), and while the replacement reads its state. The recovery is abandoned and a new epoch
     # recovers both ranks together from the newest snapshot complete on live buddies; every digest bit-identical.
     # Then the same with the first rank's only buddy as the second: refused cleanly (its snapshot is gone with it),
     # each survivor ends saying why.
+    def both(job, first, old, r):
+        if sorted(r["ranks"]) != [1, 3]:
+            fail(f"{job.name}: the second recovery is of ranks {r['ranks']}, expected 1 and 3")
+        print(f"{job.name}: rank 3 killed while recovery {first['id']} was {first['state']} "
+              f"(phases {[p['phase'] for p in first['phases']]})")
+        check_report(job, r, 3)
     for when, ready in (("early", lambda r: True), ("transfer", transferring)):
-        name = f"second_failure_{when}"
-        mt.clear_joiner_logs()
-        job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
-        try:
-            job.wait_step(20)
-            os.kill(pid_of(job, 1), signal.SIGKILL)
-            first = wait_recovery(job, 1, ready)
-            os.kill(pid_of(job, 3), signal.SIGKILL)
-            r = wait_recovered(job, 2)
-            old = recoveries(job)[0]
-            if old["id"] != first["id"] or old["state"] != "failed" or "abandoned for a new epoch" not in old["reason"]:
-                fail(f"{name}: the first recovery ended {old['state']} ({old['reason']}), expected abandoned")
-            if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1 or sorted(r["ranks"]) != [1, 3]:
-                fail(f"{name}: the second recovery {r['ranks']} epoch {r['recovery']['epoch']}, expected ranks 1 and 3 "
-                     f"in epoch {old['recovery']['epoch'] + 1}")
-            print(f"{name}: rank 3 killed while recovery {first['id']} was {first['state']} "
-                  f"(phases {[p['phase'] for p in first['phases']]})")
-            check_report(job, r, 3)
-            job.finish()
-        finally:
-            job.kill()
-        job.check_digests({1, 3})
+        strike_during_recovery(f"second_failure_{when}", ready, lambda job, first: os.kill(pid_of(job, 3), signal.SIGKILL),
+                               both, {1, 3})
 
     def buddy_during(job):
         os.kill(pid_of(job, 1), signal.SIGKILL)
@@ -523,23 +534,18 @@ def replacement_pid(job, r):
     return int(m.group(1))
 
 
-def check_retried(job, first, rank, how):
-    """Recovery `first` was abandoned because its replacement died (how: the start of the replacement's description
-    in the reason), and the next epoch recovered `rank` alone, bit for bit checked by the caller."""
-    rs = recoveries(job)
-    old = [r for r in rs if r["id"] == first["id"]][0]
-    if old["state"] != "failed" or not re.search(r"(was lost|exited .*before it registered|building a replacement "
-                                                 r"communicator failed).*: abandoned for a new epoch$", old["reason"]):
-        fail(f"{job.name}: the first recovery ended {old['state']} ({old['reason']}), expected abandoned for the "
-             f"lost replacement")
-    r = rs[-1]
-    if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1 or r["ranks"] != [rank] or not \
-            r["recovery"]["replacement"].startswith(how):
-        fail(f"{job.name}: the retry {r['ranks']} epoch {r['recovery']['epoch']} by '{r['recovery']['replacement']}', "
-             f"expected rank {rank} in epoch {old['recovery']['epoch'] + 1} by a {how}")
+def check_retried(job, first, old, r):
+    """Recovery `first` (its final record `old`) was abandoned because its replacement died, and the next one, `r`,
+    recovered the same rank alone with a spawned replacement."""
+    if not re.search(r"(was lost|exited .*before it registered|building a replacement communicator failed)",
+                     old["reason"]):
+        fail(f"{job.name}: the first recovery ended {old['reason']}, expected abandoned for the lost replacement")
+    if r["ranks"] != [first["rank"]] or not r["recovery"]["replacement"].startswith("spawned pid"):
+        fail(f"{job.name}: the retry {r['ranks']} by '{r['recovery']['replacement']}', expected rank {first['rank']} by "
+             f"a spawned replacement")
     print(f"{job.name}: the replacement {first['recovery']['replacement']} died while recovery {first['id']} was "
           f"{first['state']}: {old['reason']}")
-    return r
+    check_report(job, r, first["rank"])
 
 
 def scenario_replacement_lost():
@@ -548,20 +554,9 @@ def scenario_replacement_lost():
     # replacement; the job ends bit-identical. Then every replacement killed as it appears: after
     # kReplacementAttempts (3) the recovery fails, each survivor ends saying why, and tmrun fails the job.
     for when, ready in (("early", lambda r: True), ("transfer", transferring)):
-        name = f"replacement_lost_{when}"
-        mt.clear_joiner_logs()
-        job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
-        try:
-            job.wait_step(20)
-            os.kill(pid_of(job, 1), signal.SIGKILL)
-            first = wait_recovery(job, 1, ready)
-            os.kill(replacement_pid(job, first), signal.SIGKILL)
-            wait_recovered(job, 2)
-            check_report(job, check_retried(job, first, 1, "spawned pid"), 1)
-            job.finish()
-        finally:
-            job.kill()
-        job.check_digests({1})
+        strike_during_recovery(f"replacement_lost_{when}", ready,
+                               lambda job, first: os.kill(replacement_pid(job, first), signal.SIGKILL),
+                               check_retried, {1})
 
     def every_replacement(job):
         os.kill(pid_of(job, 1), signal.SIGKILL)
@@ -598,8 +593,13 @@ def scenario_standby_lost():
             fail(f"standby_lost: rank 2 was taken by '{first['recovery']['replacement']}', expected the standby "
                  f"(pid {sb['pid']})")
         os.kill(sb["pid"], signal.SIGKILL)
-        wait_recovered(job, 2)
-        check_report(job, check_retried(job, first, 2, "spawned pid"), 2)
+        r = wait_recovered(job, 2)
+        old = recoveries(job)[0]
+        if old["state"] != "failed" or "abandoned for a new epoch" not in old["reason"] or \
+                r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1:
+            fail(f"standby_lost: the first recovery ended {old['state']} ({old['reason']}), the next of epoch "
+                 f"{r['recovery']['epoch']}: expected abandoned for the next epoch")
+        check_retried(job, first, old, r)
         job.finish()
     finally:
         job.kill()
