@@ -316,7 +316,10 @@ class RecoveryEngine final : public Engine {
     if (m.epoch != epoch_ || it == snaps_.end()) return;  // an older epoch's copy belongs to an abandoned timeline
     RankSnaps& rs = it->second;
     auto slot = rs.taken.find(m.step);
-    if (m.ok && slot != rs.taken.end() && slot->second == m.slot) rs.held[buddy.id][m.step] = m.slot;
+    if (m.ok && slot != rs.taken.end() && slot->second == m.slot) {
+      rs.held[buddy.id][m.step] = m.slot;
+      if (ProcessRec* owner = h.FindProcess(rs.owner)) owner->snapshot_step = m.step;
+    }
     if (Answered(rs, m.step, buddy.id)) Shipped(h, rs, m.step);
   }
 

@@ -31,6 +31,19 @@ def pid_of(job, rank):
     fail(f"{job.name}: no alive worker holds rank {rank}")
 
 
+def recoverable_pid(job, rank):
+    """The pid of the worker of `rank` once a buddy holds a verified copy of one of its snapshots (snapshot_step in
+    the status): its failure can be recovered from then on. The first snapshot waits for the slots' set-up, which
+    takes from tens of ms to a second on a loaded machine, so a step count alone does not say it."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        for p in job.status()["processes"]:
+            if p["state"] == "alive" and p["role"] == "worker" and p["rank"] == rank and p["snapshot_step"] >= 0:
+                return p["pid"]
+        time.sleep(0.05)
+    fail(f"{job.name}: no snapshot of rank {rank} reached its buddy")
+
+
 def wait_recovered(job, count, expect="done"):
     """Waits until `count` recoveries ended; the last must have ended `expect`."""
     deadline = time.monotonic() + mt.TIMEOUT
@@ -69,7 +82,7 @@ def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_
     try:
         for n, (k, rank) in enumerate(plan, 1):
             job.wait_step(k)
-            os.kill(pid_of(job, rank), sig)
+            os.kill(recoverable_pid(job, rank), sig)
             check_report(job, wait_recovered(job, n), rank, every)
             failed.add(rank)
         job.finish()
@@ -139,7 +152,7 @@ def strike_during_recovery(name, ready, strike, check, failed):
     job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
     try:
         job.wait_step(20)
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
         first = wait_recovery(job, 1, ready)
         strike(job, first)
         r = wait_recovered(job, 2)
@@ -172,7 +185,7 @@ def scenario_second_failure():
                                both, {1, 3})
 
     def buddy_during(job):
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
         wait_recovery(job, 1, transferring)
         os.kill(pid_of(job, 2), signal.SIGKILL)
     rc, log = failed_job("second_failure_buddy", 4, buddy_during, env=SLOW_RECOVERY, survivors_end_alone=True, at=20)
@@ -189,7 +202,7 @@ def scenario_blocked():
     job = Job("blocked", 3, steps=300, step_ms=8)
     try:
         job.wait_step(20)
-        pid = pid_of(job, 1)
+        pid = recoverable_pid(job, 1)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.5)  # the survivors are now blocked in the AllReduce of their next step
         os.kill(pid, signal.SIGKILL)
@@ -215,7 +228,7 @@ def scenario_silent():
         if recoveries(job):
             fail("silent: a pause shorter than the heartbeat timeout started a recovery")
         job.wait_step(60)
-        os.kill(pid_of(job, 2), signal.SIGSTOP)
+        os.kill(recoverable_pid(job, 2), signal.SIGSTOP)
         r = wait_recovered(job, 1)
         if not r["recovery"]["detected_by"].startswith("no heartbeat"):
             fail(f"silent: detected by '{r['recovery']['detected_by']}', expected the heartbeat timeout")
@@ -239,7 +252,7 @@ def scenario_nccl_detected():
     try:
         job.wait_step(20)
         t0 = time.monotonic()
-        os.kill(pid_of(job, 2), signal.SIGSTOP)
+        os.kill(recoverable_pid(job, 2), signal.SIGSTOP)
         r = wait_recovered(job, 1)
         how = r["recovery"]["detected_by"]
         if "NCCL library reported communicator" not in how or "no answer to a probe" not in how:
@@ -331,6 +344,8 @@ def scenario_during_migration():
         job = Job(name, 4, steps=300, step_ms=10, env=mt.SLOW_BUILD)
         try:
             job.wait_step(10)
+            for rank in (1, 2):
+                recoverable_pid(job, rank)
             ctl = job.start_migrate(1)
             _, leaver, _ = job.wait_state(("building",))
             dead = 1 if victim == "leaver" else 2
@@ -356,7 +371,7 @@ def scenario_stale():
     job = Job("stale", 3, steps=400, step_ms=8, hosts=3, tmrun_opts=["--heartbeat-timeout-ms", "1500"])
     try:
         job.wait_step(20)
-        pid = pid_of(job, 2)
+        pid = recoverable_pid(job, 2)
         os.kill(pid, signal.SIGSTOP)
         r = wait_recovered(job, 1)
         check_report(job, r, 2)
@@ -484,7 +499,7 @@ def scenario_standby():
         if recoveries(job):
             fail("standby_any: an idle standby's death started a recovery")
         job.wait_step(30)
-        os.kill(pid_of(job, 2), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 2), signal.SIGKILL)
         r = wait_recovered(job, 1)
         check_report(job, r, 2)
         took_standby(job, r, sb[0]["pid"])
@@ -509,13 +524,13 @@ def scenario_standby_fixed():
     try:
         job.wait_step(10)
         sb = wait_standbys(job, 1)[0]
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
         r = wait_recovered(job, 1)
         check_report(job, r, 1)
         if not r["recovery"]["replacement"].startswith("spawned pid"):
             fail(f"standby_fixed: rank 1 was replaced by '{r['recovery']['replacement']}', expected a spawned process")
         job.wait_step(r["recovery"]["rollback_step"] + 30)
-        os.kill(pid_of(job, 0), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 0), signal.SIGKILL)
         r = wait_recovered(job, 2)
         check_report(job, r, 0)
         took_standby(job, r, sb["pid"])
@@ -559,7 +574,7 @@ def scenario_replacement_lost():
                                check_retried, {1})
 
     def every_replacement(job):
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
         for n in (1, 2, 3):
             os.kill(replacement_pid(job, wait_recovery(job, n, lambda r: True)), signal.SIGKILL)
     mt.clear_joiner_logs()
@@ -586,8 +601,8 @@ def scenario_standby_lost():
             if time.monotonic() > deadline:
                 fail("standby_lost: the standby never became ready")
             time.sleep(0.05)
-        job.wait_step(30)  # past the first snapshots on their buddies
-        os.kill(pid_of(job, 2), signal.SIGKILL)
+        job.wait_step(30)
+        os.kill(recoverable_pid(job, 2), signal.SIGKILL)
         first = wait_recovery(job, 1, lambda r: True)
         if replacement_pid(job, first) != sb["pid"] or not first["recovery"]["replacement"].startswith("standby"):
             fail(f"standby_lost: rank 2 was taken by '{first['recovery']['replacement']}', expected the standby "
