@@ -293,7 +293,7 @@ def scenario_refused():
     # A rank and its buddy (the next rank) at once: its snapshot is gone with the buddy; every survivor ends with
     # the reason by itself.
     def both(job):
-        a, b = pid_of(job, 1), pid_of(job, 2)
+        a, b = recoverable_pid(job, 1), recoverable_pid(job, 2)  # refused for the lost buddy, not for no snapshot yet
         os.kill(a, signal.SIGKILL)
         os.kill(b, signal.SIGKILL)
     rc, log = failed_job("buddy_lost", 4, both, survivors_end_alone=True)
