@@ -432,6 +432,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         pr->conn_fd = -1;
         p.process = 0;
         pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
+        pr->last_heartbeat_ns = NowMonotonicNs();  // heard: proof that this coordinator hears the job
         MarkLost(*pr, "reconnecting (it heard nothing from the coordinator)");
       }
     } else if (pr) {
@@ -688,10 +689,16 @@ void Coordinator::CheckHeartbeats() {
   // the silent one's deadline. A coordinator cut off from every process (its host's link down) would otherwise
   // declare them all failed, one by one, and recoveries would kill live ranks; it declares nobody until someone is
   // heard (docs/reliability.md). Without another live process (nobody could give proof) none is needed.
+  // The job's live members: alive, or lost for a moment because they said they reconnect (after a cut, most
+  // processes are that first: their BYE "reconnect" is heard, and the last silent one is not the job's only one).
+  auto member = [](const ProcessRec& pr) {
+    return pr.info.role != node::kRole &&
+           (pr.state == ProcState::kAlive || (pr.state == ProcState::kLost && pr.returning_by_ns));
+  };
   uint64_t newest_heard = 0;
-  int job_alive = 0;  // node agents aside
+  int job_alive = 0;
   for (const auto& [id, pr] : procs_) {
-    if (pr.info.role == node::kRole || pr.state != ProcState::kAlive) continue;
+    if (!member(pr)) continue;
     ++job_alive;
     newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
   }
@@ -708,15 +715,12 @@ void Coordinator::CheckHeartbeats() {
     for (auto& [id, pr] : procs_) {
       pr.last_heartbeat_ns = std::max(pr.last_heartbeat_ns, now - std::min(now, interval));
       if (pr.returning_by_ns) pr.returning_by_ns = std::max(pr.returning_by_ns, now + ReturnGraceNs());
-      if (pr.state == ProcState::kAlive && pr.info.role != node::kRole) {
-        newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
-      }
+      if (member(pr)) newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
     }
     isolated_since_ = 0;
   }
   auto proven = [&](const ProcessRec& pr, uint64_t deadline) {
-    const bool counted = pr.state == ProcState::kAlive && pr.info.role != node::kRole;
-    return newest_heard > deadline || job_alive - (counted ? 1 : 0) <= 0;
+    return newest_heard > deadline || job_alive - (member(pr) ? 1 : 0) <= 0;
   };
   int alive = 0;  // the job's processes still alive after this check (alive_processes(); node agents aside)
   int training = 0;
