@@ -569,7 +569,18 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   for (auto& [id, rec] : procs_) {
     if (rec.info.instance == r.instance && rec.info.pid == r.pid && rec.info.host == r.host) pr = &rec;
   }
-  if (pr && pr->conn_fd >= 0 && pr->conn_fd != p.conn->fd()) ClosePeer(pr->conn_fd, "replaced by a new connection");
+  if (pr && pr->conn_fd >= 0 && pr->conn_fd != p.conn->fd()) {
+    // The same process on a new connection (its agent gave up on the old one, whose BYE "reconnect" never arrived):
+    // what that BYE would have said, a reconnection, never a failure (it was one once, and a recovery replaced a
+    // live rank); the old connection goes.
+    const int old = pr->conn_fd;
+    pr->conn_fd = -1;
+    if (pr->state == ProcState::kAlive) {
+      pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
+      MarkLost(*pr, "reconnecting (a new connection replaced its old one)");
+    }
+    ClosePeer(old, "replaced by a new connection");
+  }
   bool again = pr != nullptr;
   if (!pr) {
     uint64_t id = next_proc_++;
