@@ -62,6 +62,8 @@ struct RecCtx {
   size_t built_expected = 0, built_ok = 0;
   uint64_t detected_mono = 0;
   int attempt = 1;  // replacements tried for these failures, this epoch's included (kReplacementAttempts)
+  std::string build_failed;          // the first BUILT not ok: retried once kBuildFailureGraceMs passed (OnTick)
+  uint64_t build_failed_mono = 0;
 
   Lost* ByJoiner(uint64_t p) {
     for (Lost& l : lost) {
@@ -80,6 +82,10 @@ struct RecCtx {
     return s;
   }
 };
+
+// A replacement communicator that failed to build is retried this long after (Retry): a member's loss, which fails
+// the builds of its peers at once, reaches the coordinator on its own connection and may come later under load.
+constexpr int kBuildFailureGraceMs = 1000;
 
 uint64_t MonoNs() {
   struct timespec ts;
@@ -223,6 +229,9 @@ class RecoveryEngine final : public Engine {
     RecCtx& x = *ctx_;
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
       return Fail(h, "the recovery did not complete within " + std::to_string(migration::kRecoveryHoldMs) + " ms");
+    }
+    if (!x.build_failed.empty() && MonoNs() - x.build_failed_mono > uint64_t{kBuildFailureGraceMs} * 1000000ull) {
+      return Retry(h, x.build_failed);
     }
     for (Lost& l : x.lost) {
       std::string how;
@@ -736,7 +745,13 @@ class RecoveryEngine final : public Engine {
   void OnBuilt(EngineHost& h, const Event& e) {
     mig::Built b;
     if (!DecodePayload(e.body, &b)) return Fail(h, "malformed BUILT");
-    if (!b.ok) return Retry(h, "building a replacement communicator failed: " + b.message);
+    if (!b.ok) {  // the loss that caused it, if any, may still be on its way: it names the new epoch then
+      if (ctx_->build_failed.empty()) {
+        ctx_->build_failed = "building a replacement communicator failed: " + b.message;
+        ctx_->build_failed_mono = MonoNs();
+      }
+      return;
+    }
     ++ctx_->built_ok;
     MaybeRollBack(h);
   }

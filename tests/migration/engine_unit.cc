@@ -1242,27 +1242,42 @@ TEST_CASE("replacement lost: at most kReplacementAttempts replacements, then the
   CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
 }
 
-TEST_CASE("replacement lost: a failed build is retried too; a replacement lost after SWITCH fails the recovery") {
+TEST_CASE("replacement lost: a failed build waits for the loss behind it, else is retried; lost after SWITCH: failed") {
   RecJob k(3);
   Migration& a = FailRank1(k);
-  const uint64_t r = 101;
+  uint64_t r = 101;
   ReadyRank1(k, r, 500);
   k.Mig(r, mig::Ev::kIds, a.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   k.Mig(1, mig::Ev::kBuilt, a.id, mig::Built{kWorld, 0, "peer closed the connection"});  // before the loss is seen
+  k.r->OnTick(k.h);
+  CHECK(a.state != MigState::kFailed);
+  Fail(k, r);  // the loss behind it names the new epoch
   CHECK(a.state == MigState::kFailed);
+  CHECK(a.reason == "the replacement of rank 1 (process 101, pid 500) was lost: abandoned for a new epoch");
+  Migration& c = k.h.migs.rbegin()->second;
+  CHECK(c.recovery.epoch == 2);
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 13, .words = {12}}, c.id);
+  // A build that fails with no loss behind it: retried once kBuildFailureGraceMs passed.
+  r = 102;
+  ReadyRank1(k, r, 501);
+  k.Mig(r, mig::Ev::kIds, c.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  k.Mig(3, mig::Ev::kBuilt, c.id, mig::Built{kWorld, 0, "internal error"});
+  k.r->OnTick(k.h);
+  CHECK(c.state != MigState::kFailed);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  k.r->OnTick(k.h);
+  CHECK(c.state == MigState::kFailed);
+  CHECK(c.reason == "building a replacement communicator failed: internal error: abandoned for a new epoch");
   Migration& b = k.h.migs.rbegin()->second;
-  CHECK(b.recovery.epoch == 2);
-  CHECK(b.recovery.detected_by.find("building a replacement communicator failed: peer closed the connection") !=
+  CHECK(b.recovery.epoch == 3);
+  CHECK(b.recovery.detected_by.find("; building a replacement communicator failed: internal error in recovery") !=
         std::string::npos);
-  Fail(k, r);  // its loss, seen after: it belongs to the abandoned recovery
-  CHECK(k.h.migs.rbegin()->second.id == b.id);
-  CHECK(b.state != MigState::kFailed);
-  CHECK(k.launched.started.size() == 2);
+  CHECK(k.launched.started.size() == 3);
 
   // Once SWITCH and ROLLBACK went out, the survivors may train with it already: no new epoch, the recovery fails.
-  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 13, .words = {12}}, b.id);
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, b.id);
   const uint64_t r2 = 150;
-  ReadyRank1(k, r2, 501);
+  ReadyRank1(k, r2, 502);
   k.Mig(r2, mig::Ev::kIds, b.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
   k.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
   k.Mig(r2, mig::Ev::kVerified, b.id, mig::Built{0, 1, "ok"});
@@ -1270,8 +1285,8 @@ TEST_CASE("replacement lost: a failed build is retried too; a replacement lost a
   k.h.Take();
   Fail(k, r2);
   CHECK(b.state == MigState::kFailed);
-  CHECK(b.reason == "the replacement of rank 1 (process 150, pid 501) was lost during the switch");
-  CHECK(k.launched.started.size() == 2);
+  CHECK(b.reason == "the replacement of rank 1 (process 150, pid 502) was lost during the switch");
+  CHECK(k.launched.started.size() == 3);
 }
 
 TEST_CASE("standby lost while it takes the place: another standby takes it under a new epoch, then a spawned one") {
