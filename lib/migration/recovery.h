@@ -39,7 +39,8 @@ void RecoveryPrepareSlots();
 // Any thread but tm-snapshot (World::AwaitSnapshots): waits until that set-up ended, at most kSlotSetUpWaitMs.
 void RecoveryAwaitSlots();
 
-// How long a fenced process waits at its safe point for the rollback, and how long an operation that failed on a
+// How long a fenced process waits at its safe point for the rollback (each epoch anew: a second failure or another
+// replacement restarts it, as the coordinator's deadline of each recovery), and how long an operation that failed on a
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
 inline constexpr int kRecoveryHoldMs = 120000;
 inline constexpr int kVerdictWaitMs = 15000;
