@@ -416,9 +416,7 @@ void ProcessMachine::PrepareJob(uint64_t id, uint64_t gen, const std::vector<uin
   }
   SendPhase(id, "prepare", t0);
   if (!ok) return Send(mig::Ev::kFailed, id, mig::Reason{"joiner cannot connect to the leaver's state: " + note});
-  const uint64_t t1 = w_.RealtimeNs();
   w_.AwaitSnapshots();
-  SendPhase(id, "snapshot set-up", t1);
   Send(mig::Ev::kPrepared, id, mig::Reason{note});
 }
 
