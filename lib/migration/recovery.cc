@@ -113,7 +113,7 @@ class Recovery {
   void PrepareSlots() {
     std::lock_guard<std::mutex> lk(mu_);
     const std::vector<shim::Region> regs = shim::Regions();
-    if (on_ && !regs.empty()) (void)AdoptSlots(regs);
+    if (on_ && !regs.empty()) StageSlots(Table(regs));
   }
   void StartPoll();
 
@@ -159,6 +159,7 @@ class Recovery {
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs);
+  void StageSlots(std::vector<control::Region> table);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
@@ -417,9 +418,13 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
 // restarted learns it again). Allocating, registering and exposing four copies of the state costs tens of ms to a
 // second (UCX contexts, memory registration), so it happens on the tm-snapshot thread: a safe point that finds no
 // slots for its regions starts that and takes no snapshot; the first safe point after it is done adopts them. That
-// keeps it off a migration's critical path (a joiner's first safe point is right after the switch). mu_ held.
+// keeps it off a migration's critical path (a joiner's first safe point is right after the switch; it started the
+// set-up in its sandbox). A rank's first slots, when nothing started them before (its first safe point in the job),
+// are made right here instead: in the background they were ready only seconds later on a loaded host, and a failure
+// meanwhile could not be recovered. mu_ held.
 bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
   std::vector<control::Region> table = Table(regs);
+  if (layout_.empty() && !staging_ && !staged_) staged_ = BuildSlots(table);
   if (staged_ && staged_->table == table) {
     std::unique_ptr<SlotSet> set = std::move(staged_);
     if (!set->error.empty()) {
@@ -440,16 +445,21 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
     layout_ = regs;
     return true;
   }
-  if (!staging_) {  // none, or made for other regions (dropped when the new set is adopted)
-    staging_ = true;
-    queue_.Push([this, table = std::move(table)] {
-      std::unique_ptr<SlotSet> set = BuildSlots(table);
-      std::lock_guard<std::mutex> lk(mu_);
-      staged_ = std::move(set);
-      staging_ = false;
-    });
-  }
+  StageSlots(std::move(table));
   return false;
+}
+
+// Starts making slots for `table` on tm-snapshot, unless that is under way or done (a set made for other regions is
+// dropped when the new one is adopted). mu_ held.
+void Recovery::StageSlots(std::vector<control::Region> table) {
+  if (staging_ || (staged_ && staged_->table == table)) return;
+  staging_ = true;
+  queue_.Push([this, table = std::move(table)] {
+    std::unique_ptr<SlotSet> set = BuildSlots(table);
+    std::lock_guard<std::mutex> lk(mu_);
+    staged_ = std::move(set);
+    staging_ = false;
+  });
 }
 
 std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
