@@ -113,7 +113,7 @@ class Recovery {
   void PrepareSlots() {
     std::lock_guard<std::mutex> lk(mu_);
     const std::vector<shim::Region> regs = shim::Regions();
-    if (on_ && !regs.empty()) StageSlots(Table(regs));
+    if (on_ && !regs.empty()) (void)AdoptSlots(regs, nullptr);
   }
   void StartPoll();
 
@@ -158,8 +158,7 @@ class Recovery {
   // Owner (application thread, mu_ held).
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
-  bool AdoptSlots(const std::vector<shim::Region>& regs);
-  void StageSlots(std::vector<control::Region> table);
+  bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
@@ -399,7 +398,10 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   for (size_t i = 0; same && i < regs.size(); ++i) {
     same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
   }
-  if (!same && !AdoptSlots(regs)) return;
+  // A process's first slot set is built here, at its first safe point, unless its sandbox started it (a joiner):
+  // every rank then snapshots from its first step on, so a failure soon after the start finds a step all hold.
+  if (!same && !AdoptSlots(regs, layout_.empty() ? &lk : nullptr)) return;
+  if (fenced_ || !give_up_.empty()) return;  // it came while the first set was built
   // The previous snapshot is shipped (its hash and its pulls are over): of the others, the oldest but the pinned one.
   // A pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
   int k = -1;
@@ -418,13 +420,19 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
 // restarted learns it again). Allocating, registering and exposing four copies of the state costs tens of ms to a
 // second (UCX contexts, memory registration), so it happens on the tm-snapshot thread: a safe point that finds no
 // slots for its regions starts that and takes no snapshot; the first safe point after it is done adopts them. That
-// keeps it off a migration's critical path (a joiner's first safe point is right after the switch; it started the
-// set-up in its sandbox). A rank's first slots, when nothing started them before (its first safe point in the job),
-// are made right here instead: in the background they were ready only seconds later on a loaded host, and a failure
-// meanwhile could not be recovered. mu_ held.
-bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
+// keeps it off a migration's critical path (a joiner's first safe point is right after the switch). mu_ held.
+// `build_here` (a worker's first safe point, nothing built or building yet): built on this thread, mu_ released
+// meanwhile, and adopted at once; startup pays it, as it pays the communicators' set-up.
+bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here) {
   std::vector<control::Region> table = Table(regs);
-  if (layout_.empty() && !staging_ && !staged_) staged_ = BuildSlots(table);
+  if (build_here && !staging_ && !staged_) {
+    staging_ = true;
+    build_here->unlock();
+    std::unique_ptr<SlotSet> set = BuildSlots(table);
+    build_here->lock();
+    staged_ = std::move(set);
+    staging_ = false;
+  }
   if (staged_ && staged_->table == table) {
     std::unique_ptr<SlotSet> set = std::move(staged_);
     if (!set->error.empty()) {
@@ -445,21 +453,16 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
     layout_ = regs;
     return true;
   }
-  StageSlots(std::move(table));
+  if (!staging_) {  // none, or made for other regions (dropped when the new set is adopted)
+    staging_ = true;
+    queue_.Push([this, table = std::move(table)] {
+      std::unique_ptr<SlotSet> set = BuildSlots(table);
+      std::lock_guard<std::mutex> lk(mu_);
+      staged_ = std::move(set);
+      staging_ = false;
+    });
+  }
   return false;
-}
-
-// Starts making slots for `table` on tm-snapshot, unless that is under way or done (a set made for other regions is
-// dropped when the new one is adopted). mu_ held.
-void Recovery::StageSlots(std::vector<control::Region> table) {
-  if (staging_ || (staged_ && staged_->table == table)) return;
-  staging_ = true;
-  queue_.Push([this, table = std::move(table)] {
-    std::unique_ptr<SlotSet> set = BuildSlots(table);
-    std::lock_guard<std::mutex> lk(mu_);
-    staged_ = std::move(set);
-    staging_ = false;
-  });
 }
 
 std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
