@@ -972,7 +972,8 @@ std::string Coordinator::StatusJson() const {
          ",\"rank\":" + std::to_string(pr.info.rank) + ",\"world\":" + std::to_string(pr.info.world) +
          ",\"step\":" + std::to_string(pr.step) + ",\"safepoints\":" + std::to_string(pr.safepoints) +
          ",\"heartbeat_age_ms\":" + std::to_string((now_mono - pr.last_heartbeat_ns) / 1000000) +
-         ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size());
+         ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size()) +
+         ",\"snapshot_step\":" + std::to_string(pr.snapshot_step);
     if (pr.info.replace >= 0) o += ",\"replace\":" + std::to_string(pr.info.replace);
     if (pr.info.role == "standby") {
       o += std::string(",\"standby\":{\"warm_rank\":") + std::to_string(pr.info.replace) +
