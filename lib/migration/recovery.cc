@@ -104,7 +104,11 @@ class Recovery {
   }
 
   void OnCommand(const control::Command& c);
-  int64_t OnSafePoint(int64_t step);
+  int64_t OnSafePoint(int64_t step, bool step_clean);
+  bool Fenced() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return fenced_;
+  }
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
   void Drain() {
     polling_.store(false);
@@ -156,7 +160,7 @@ class Recovery {
   }
 
   // Owner (application thread, mu_ held).
-  void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
+  void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool fenced_since);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
@@ -348,9 +352,11 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
   }
 }
 
-int64_t Recovery::OnSafePoint(int64_t step) {
+int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   std::unique_lock<std::mutex> lk(mu_);
-  if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
+  // Fenced since this safe point began (a failure right after a migration's switch): the state at `step` is exact,
+  // and it may be the only step this process and the failed rank's buddy both hold (docs/recovery.md).
+  if (give_up_.empty() && (!fenced_ || step_clean)) TakeSnapshot(lk, step, fenced_);
   if (!give_up_.empty()) Exit(lk, give_up_);
   if (fenced_) return HoldAndRollBack(lk, step);
   return step;
@@ -378,10 +384,12 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
 
 // Every TRAINMOVER_SNAPSHOT_EVERY-th step (positive multiples: before the first, nothing can be recovered): a copy of the registered regions into the oldest slot but the pinned one;
 // hashed and announced (SNAP_TAKEN) in the background, pulled by the buddies.
-void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
+// `fenced_since`: a fence came during this safe point: the snapshot is kept for the rollback, not shipped.
+void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool fenced_since) {
   if (!on_ || shim::ProcessSandboxed()) return;
-  WaitShipped(lk);
-  if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
+  if (!fenced_since) WaitShipped(lk);
+  fenced_since = fenced_;  // a fence during the wait came after the step's operations too
+  if (!give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
   for (const shim::Region& r : regs) {
@@ -408,6 +416,7 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   Slot& s = slots_[k];
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
+  if (fenced_since) return;
   pending_ = step;
   queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
 }
@@ -652,7 +661,9 @@ void InstallRecovery(World* world, ProcessMachine* machine) {
 
 void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }
 
-int64_t RecoverySafePoint(int64_t step) { return g_recovery->OnSafePoint(step); }
+bool RecoveryFenced() { return g_recovery->Fenced(); }
+
+int64_t RecoverySafePoint(int64_t step, bool step_clean) { return g_recovery->OnSafePoint(step, step_clean); }
 
 void RecoveryPrepareSlots() {
   if (g_recovery) g_recovery->PrepareSlots();

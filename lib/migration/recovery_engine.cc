@@ -31,6 +31,7 @@ struct RankSnaps {
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
   std::map<int64_t, std::set<uint64_t>> shipping;    // step -> buddies whose pull has not answered yet
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
+  uint64_t gone = 0;  // the latest buddy that left (a migrated leaver, a lost process) with copies of the rank
 };
 
 // One failed rank of the recovery in progress, and its replacement.
@@ -92,6 +93,48 @@ std::string EnvOf(const ProcessRec& p, const std::string& name) {
     if (kv.rfind(prefix, 0) == 0) return kv.substr(prefix.size());
   }
   return "";
+}
+
+// The rank a process claims: a worker's, or the rank a planned migration's joiner replaces once SWITCH went out for
+// it (the commit point, docs/reliability.md: from then on the joiner holds the rank, even before every member
+// confirmed the switch and the migration is marked done). -1: none.
+int32_t Claim(EngineHost& h, const ProcessRec& p) {
+  if (p.info.role == "worker") return p.info.rank;
+  if (p.info.role != "joiner" || p.info.replace < 0) return -1;
+  for (const auto& [id, m] : h.migrations()) {
+    if (m.kind == kKindMigrate && m.switch_sent && !MigTerminal(m.state) &&
+        std::find(m.ranks.begin(), m.ranks.end(), p.info.replace) != m.ranks.end()) {
+      return p.info.replace;
+    }
+  }
+  return -1;
+}
+
+// The process that holds or last held each rank: of the processes that claim it, alive or not, the newest (ids grow
+// with registration: a switched leaver that has not exited yet registered before its joiner, a failed process before
+// its replacement).
+std::map<int32_t, const ProcessRec*> LastHolders(EngineHost& h) {
+  std::map<int32_t, const ProcessRec*> out;
+  for (const auto& [id, p] : h.processes()) {
+    const int32_t r = Claim(h, p);
+    if (r >= 0 && (!out.count(r) || out[r]->id < id)) out[r] = &p;
+  }
+  return out;
+}
+
+// The alive process that holds each rank (none for a rank whose holder failed: its leaver holds nothing either).
+std::map<int32_t, const ProcessRec*> Holders(EngineHost& h) {
+  std::map<int32_t, const ProcessRec*> out = LastHolders(h);
+  std::erase_if(out, [](const auto& kv) { return kv.second->state != ProcState::kAlive; });
+  return out;
+}
+
+// Whether `p` (alive or just lost) held its claimed rank: no newer process claims it.
+bool HeldRank(EngineHost& h, const ProcessRec& p) {
+  const int32_t r = Claim(h, p);
+  const auto last = LastHolders(h);
+  auto it = last.find(r);
+  return r >= 0 && it != last.end() && it->second->id == p.id;
 }
 
 class RecoveryEngine final : public Engine {
@@ -172,7 +215,10 @@ class RecoveryEngine final : public Engine {
   void OnProcessLost(EngineHost& h, uint64_t p) override {
     standbys_.OnProcessLost(p);
     for (auto& [rank, rs] : snaps_) {  // a buddy that is gone holds nothing any more, and answers no pull
-      rs.held.erase(p);
+      if (auto c = rs.held.find(p); c != rs.held.end()) {
+        if (!c->second.empty()) rs.gone = p;
+        rs.held.erase(c);
+      }
       std::vector<int64_t> waiting;
       for (const auto& [step, buddies] : rs.shipping) {
         if (buddies.count(p)) waiting.push_back(step);
@@ -188,7 +234,13 @@ class RecoveryEngine final : public Engine {
         return Fail(h, "the replacement of rank " + std::to_string(l->rank) + " was lost");
       }
     }
-    if (pr->state == ProcState::kExited || pr->info.role != "worker" || pr->info.rank < 0) return;
+    // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
+    if (pr->state == ProcState::kExited || !HeldRank(h, *pr)) return;
+    if (pr->info.role == "joiner") {  // lost before every member confirmed the switch: it held the rank all the same
+      pr->info.rank = pr->info.replace;
+      pr->info.role = "worker";
+      pr->info.replace = -1;
+    }
     if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
     if (ctx_ && ctx_->survivors.count(p)) return FailedDuring(h, *pr);
     if (EnvOf(*pr, "RECOVERY") == "off") {
@@ -248,25 +300,29 @@ class RecoveryEngine final : public Engine {
   int32_t SnapshotRank(const ProcessRec& p) {
     if (const Lost* l = ctx_ ? ctx_->ByJoiner(p.id) : nullptr) return l->rank;
     if (p.info.role == "worker") return p.info.rank;
-    return p.info.role == "joiner" ? p.info.replace : -1;
+    return p.info.role == "joiner" ? p.info.replace : -1;  // it snapshots once switched in
   }
 
-  RankSnaps& SnapsOf(int32_t rank, const ProcessRec& p) {
+  // The rank's book, for its owner `p` whose snapshot of `step` just came. A new process holds the rank (a migration's
+  // joiner, a recovery's replacement): the one before it is heard no more and its own slots leave with it, but the
+  // copies its buddies verified of the steps before `step` stay: the state is the rank's, not the process's, and the
+  // new holder continues the same timeline (from the switch step, or the rollback step whose later copies the
+  // rollback dropped). Until the new holder's first snapshot is on a buddy, they are the rank's only copies.
+  RankSnaps& SnapsOf(int32_t rank, const ProcessRec& p, int64_t step) {
     RankSnaps& rs = snaps_[rank];
-    if (rs.owner != p.id) {  // a new process holds the rank: its own timeline; the one before it is heard no more
+    if (rs.owner != p.id) {
       std::set<uint64_t> former = std::move(rs.former);
       if (rs.owner) former.insert(rs.owner);
-      rs = RankSnaps{.owner = p.id, .former = std::move(former)};
+      std::map<uint64_t, std::map<int64_t, uint32_t>> held = std::move(rs.held);
+      for (auto& [b, steps] : held) std::erase_if(steps, [&](const auto& kv) { return kv.first >= step; });
+      rs = RankSnaps{.owner = p.id, .held = std::move(held), .former = std::move(former)};
     }
     return rs;
   }
 
   // The buddies of `rank`: the next ranks in order, those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
   std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
-    std::map<int32_t, const ProcessRec*> workers;
-    for (const auto& [id, p] : h.processes()) {
-      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank >= 0) workers[p.info.rank] = &p;
-    }
+    const std::map<int32_t, const ProcessRec*> workers = Holders(h);  // a switched joiner, not its leaver
     const std::string copies_env = EnvOf(owner, "SNAPSHOT_COPIES");
     const size_t copies = copies_env.empty() ? 1 : static_cast<size_t>(std::max(1, atoi(copies_env.c_str())));
     std::vector<const ProcessRec*> order;
@@ -289,7 +345,7 @@ class RecoveryEngine final : public Engine {
     if (ctx_ && !ctx_->rolled.count(from.id) && !(replacement && replacement->switched)) return;
     const int32_t rank = SnapshotRank(from);
     if (rank < 0 || snaps_[rank].former.count(from.id)) return;  // a leaver's late snapshot: its joiner owns the rank
-    RankSnaps& rs = SnapsOf(rank, from);
+    RankSnaps& rs = SnapsOf(rank, from, m.step);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
     };
@@ -332,9 +388,10 @@ class RecoveryEngine final : public Engine {
   // The newest step that every live worker holds itself and a live buddy of it holds a verified copy of.
   int64_t Complete(EngineHost& h) {
     std::optional<std::set<int64_t>> common;
+    const std::map<int32_t, const ProcessRec*> holders = Holders(h);
     for (const auto& [rank, rs] : snaps_) {
-      const ProcessRec* o = h.FindProcess(rs.owner);
-      if (!o || o->state != ProcState::kAlive || o->info.role != "worker") continue;
+      auto o = holders.find(rank);
+      if (o == holders.end() || o->second->id != rs.owner) continue;
       std::set<int64_t> steps;
       for (const auto& [b, copies] : rs.held) {
         const ProcessRec* bp = h.FindProcess(b);
@@ -404,7 +461,7 @@ class RecoveryEngine final : public Engine {
     for (const Lost& l : x.lost) {
       offered.push_back(Offered(h, l.rank));
       if (offered.back().empty()) {
-        *why = "no snapshot of rank " + std::to_string(l.rank) + " is complete on a live buddy";
+        *why = NoCopy(h, l.rank);
         return std::nullopt;
       }
     }
@@ -421,6 +478,18 @@ class RecoveryEngine final : public Engine {
     }
     *why = "no snapshot step of " + x.Ranks() + " held by a live buddy is held by every survivor";
     return std::nullopt;
+  }
+
+  // Why `rank` cannot be recovered when no live buddy holds a copy of it, with where its copies went.
+  std::string NoCopy(EngineHost& h, int32_t rank) {
+    std::string why = "no snapshot of rank " + std::to_string(rank) + " is complete on a live buddy";
+    auto it = snaps_.find(rank);
+    const ProcessRec* gone = it != snaps_.end() && it->second.gone ? h.FindProcess(it->second.gone) : nullptr;
+    if (gone) {
+      why += " (its copies were on process " + std::to_string(gone->id) + ", which " +
+             (gone->state == ProcState::kExited ? "left" : "was lost") + " before another buddy held a copy)";
+    }
+    return why;
   }
 
   // The steps of `rank` that a live buddy holds a verified copy of, newest first, each with one such buddy.
@@ -477,10 +546,10 @@ class RecoveryEngine final : public Engine {
       }
       x.lost.push_back(std::move(l));
     }
-    for (const auto& [id, p] : h.processes()) {
-      if (x.IsDead(id) || p.state != ProcState::kAlive || p.info.role != "worker" || p.info.rank < 0) continue;
-      x.survivors.insert(id);
-      reached = std::max(reached, p.step);
+    for (const auto& [rank, p] : Holders(h)) {  // a switched joiner is one, its leaver is not
+      if (x.IsDead(p->id)) continue;
+      x.survivors.insert(p->id);
+      reached = std::max(reached, p->step);
     }
     m.recovery.failed_at_step = reached;
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s%s; recovery %" PRIu64 " of %s, epoch %" PRIu64,
@@ -495,7 +564,7 @@ class RecoveryEngine final : public Engine {
     // and has said which of its own snapshots it holds (HELD).
     for (const Lost& l : ctx_->lost) {
       if (Offered(h, l.rank).empty()) {
-        return Fail(h, "no snapshot of rank " + std::to_string(l.rank) + " is complete on a live buddy");
+        return Fail(h, NoCopy(h, l.rank));
       }
     }
     // Fenced only once a recovery goes ahead: a refused one leaves the process free to come back (a live process whose
@@ -777,6 +846,10 @@ class RecoveryEngine final : public Engine {
     }
     for (const Lost& l : x.lost) {
       h.SendCommand(l.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), x.id, mig::Step{x.step}));
+      // The failed rank's copies after S belong to the abandoned timeline (its replacement continues from S).
+      if (auto it = snaps_.find(l.rank); it != snaps_.end()) {
+        for (auto& [b, steps] : it->second.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > x.step; });
+      }
     }
     rec::RecMsg rb{.epoch = x.epoch, .step = x.step};
     for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kRollback, x.id, rb));
@@ -787,7 +860,7 @@ class RecoveryEngine final : public Engine {
     ctx_->rolled.insert(from.id);
     // The steps after S are trained again: its snapshots of the old timeline beyond S are forgotten (before it
     // snapshots the new timeline, which it does as soon as it goes on, maybe before the recovery is marked done).
-    auto it = snaps_.find(from.info.rank);
+    auto it = snaps_.find(SnapshotRank(from));
     if (it != snaps_.end() && it->second.owner == from.id) {
       RankSnaps& rs = it->second;
       std::erase_if(rs.taken, [&](const auto& kv) { return kv.first > m.step; });
