@@ -117,7 +117,7 @@ class Recovery {
   void PrepareSlots() {
     std::lock_guard<std::mutex> lk(mu_);
     const std::vector<shim::Region> regs = shim::Regions();
-    if (on_ && !regs.empty()) (void)AdoptSlots(regs);
+    if (on_ && !regs.empty()) (void)AdoptSlots(regs, nullptr);
   }
   void StartPoll();
 
@@ -162,7 +162,7 @@ class Recovery {
   // Owner (application thread, mu_ held).
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool fenced_since);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
-  bool AdoptSlots(const std::vector<shim::Region>& regs);
+  bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
   void OnFence(uint64_t id, const rec::RecMsg& m);
@@ -406,7 +406,10 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool
   for (size_t i = 0; same && i < regs.size(); ++i) {
     same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
   }
-  if (!same && !AdoptSlots(regs)) return;
+  // A process's first slot set is built here, at its first safe point, unless its sandbox started it (a joiner):
+  // every rank then snapshots from its first step on, so a failure soon after the start finds a step all hold.
+  if (!same && !AdoptSlots(regs, layout_.empty() ? &lk : nullptr)) return;
+  if (fenced_ || !give_up_.empty()) return;  // it came while the first set was built
   // The previous snapshot is shipped (its hash and its pulls are over): of the others, the oldest but the pinned one.
   // A pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
   int k = -1;
@@ -427,8 +430,18 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool
 // second (UCX contexts, memory registration), so it happens on the tm-snapshot thread: a safe point that finds no
 // slots for its regions starts that and takes no snapshot; the first safe point after it is done adopts them. That
 // keeps it off a migration's critical path (a joiner's first safe point is right after the switch). mu_ held.
-bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs) {
+// `build_here` (a worker's first safe point, nothing built or building yet): built on this thread, mu_ released
+// meanwhile, and adopted at once; startup pays it, as it pays the communicators' set-up.
+bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here) {
   std::vector<control::Region> table = Table(regs);
+  if (build_here && !staging_ && !staged_) {
+    staging_ = true;
+    build_here->unlock();
+    std::unique_ptr<SlotSet> set = BuildSlots(table);
+    build_here->lock();
+    staged_ = std::move(set);
+    staging_ = false;
+  }
   if (staged_ && staged_->table == table) {
     std::unique_ptr<SlotSet> set = std::move(staged_);
     if (!set->error.empty()) {
