@@ -160,11 +160,11 @@ class Recovery {
   }
 
   // Owner (application thread, mu_ held).
-  void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool fenced_since);
+  void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
-  int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
+  int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean);
   void OnFence(uint64_t id, const rec::RecMsg& m);
   // tm-commpoll thread.
   void PollComms(std::set<ncclComm_t>& reported);
@@ -354,11 +354,9 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
 
 int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   std::unique_lock<std::mutex> lk(mu_);
-  // Fenced since this safe point began (a failure right after a migration's switch): the state at `step` is exact,
-  // and it may be the only step this process and the failed rank's buddy both hold (docs/recovery.md).
-  if (give_up_.empty() && (!fenced_ || step_clean)) TakeSnapshot(lk, step, fenced_);
+  if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
-  if (fenced_) return HoldAndRollBack(lk, step);
+  if (fenced_) return HoldAndRollBack(lk, step, step_clean);
   return step;
 }
 
@@ -384,12 +382,10 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
 
 // Every TRAINMOVER_SNAPSHOT_EVERY-th step (positive multiples: before the first, nothing can be recovered): a copy of the registered regions into the oldest slot but the pinned one;
 // hashed and announced (SNAP_TAKEN) in the background, pulled by the buddies.
-// `fenced_since`: a fence came during this safe point: the snapshot is kept for the rollback, not shipped.
-void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool fenced_since) {
+void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (!on_ || shim::ProcessSandboxed()) return;
-  if (!fenced_since) WaitShipped(lk);
-  fenced_since = fenced_;  // a fence during the wait came after the step's operations too
-  if (!give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
+  WaitShipped(lk);
+  if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
   for (const shim::Region& r : regs) {
@@ -419,7 +415,6 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step, bool
   Slot& s = slots_[k];
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
-  if (fenced_since) return;
   pending_ = step;
   queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
 }
@@ -491,16 +486,20 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
 }
 
 // Fenced: held here until the coordinator names the step everyone rolls back to (every replacement communicator
-// staged, the replacement's state verified), a new failure's fence aside.
-int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step) {
+// staged, the replacement's state verified), a new failure's fence aside. `step_clean`: the fence came after this
+// safe point began, so every operation of the step ran for real and the registered regions hold the state at `step`
+// exactly: it is offered as a step this process holds (with no copy: nothing changes them while held). That is the
+// only step a migration's joiner fenced right after its switch holds (docs/recovery.md, "Right after a switch").
+int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean) {
   const uint64_t t0 = w_.MonotonicNs();
   uint64_t epoch = epoch_, lost_since = 0;
   rec::RecMsg held;
   held.epoch = epoch;
   held.step = step;
   for (const Slot& x : slots_) {
-    if (x.step >= 0) held.words.push_back(static_cast<uint64_t>(x.step));
+    if (x.step >= 0 && !(step_clean && x.step == step)) held.words.push_back(static_cast<uint64_t>(x.step));
   }
+  if (step_clean && step >= 0) held.words.push_back(static_cast<uint64_t>(step));
   Send(rec::Ev::kHeld, held);
   while (rollback_step_ < 0 && give_up_.empty()) {
     const uint64_t now = w_.MonotonicNs();
@@ -518,15 +517,17 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   }
   if (!give_up_.empty()) Exit(lk, give_up_);
   const int64_t to = rollback_step_;
-  Slot* s = nullptr;
-  for (Slot& x : slots_) s = x.step == to ? &x : s;
-  std::vector<shim::Region> regs = shim::Regions();
-  if (!s || regs.size() != layout_.size()) Exit(lk, "no local snapshot of step " + std::to_string(to));
-  for (size_t i = 0; i < regs.size(); ++i) {
-    if (regs[i].name != layout_[i].name || regs[i].bytes != layout_[i].bytes) {
-      Exit(lk, "region " + regs[i].name + " changed since the snapshot of step " + std::to_string(to));
+  if (!(step_clean && to == step)) {  // else the regions hold the state at `to` already
+    Slot* s = nullptr;
+    for (Slot& x : slots_) s = x.step == to ? &x : s;
+    std::vector<shim::Region> regs = shim::Regions();
+    if (!s || regs.size() != layout_.size()) Exit(lk, "no local snapshot of step " + std::to_string(to));
+    for (size_t i = 0; i < regs.size(); ++i) {
+      if (regs[i].name != layout_[i].name || regs[i].bytes != layout_[i].bytes) {
+        Exit(lk, "region " + regs[i].name + " changed since the snapshot of step " + std::to_string(to));
+      }
+      std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
     }
-    std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
   }
   const size_t rebuilt = pm_->SwitchStagedForRecovery();
   for (ncclComm_t c : withdrawn_) (void)shim::g_real.CommAbort(c);
