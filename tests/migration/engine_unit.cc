@@ -1043,11 +1043,14 @@ TEST_CASE("recovery right after a migration's switch: the joiner holds the rank,
   CHECK(j.h.Take() == V({"3:SNAP_PULL"}));
   j.Rec(2, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 3, .words = {7}, .regions = {Region{"w", 64}}});
   CHECK(j.h.Take().empty());  // the leaver's late snapshot: the joiner owns the rank
+  auto lose = [&](uint64_t p) -> Migration& {  // as the coordinator does: the migration engine first; the newest record
+    j.h.procs[p].lost_reason = "connection closed by peer";
+    j.Lose(p);
+    j.r->OnProcessLost(j.h, p);
+    return j.h.migs.rbegin()->second;
+  };
   SUBCASE("the joiner killed before its first snapshot is on the buddy: the leaver's copies recover the rank") {
-    j.h.procs[101].lost_reason = "connection closed by peer";
-    j.Lose(101);  // the migration engine first, as the coordinator does
-    j.r->OnProcessLost(j.h, 101);
-    Migration& r = j.h.migs.rbegin()->second;
+    Migration& r = lose(101);
     REQUIRE(r.kind == kKindRecover);
     CHECK(r.rank == 1);
     CHECK(m.state == MigState::kSwitching);  // the stayers have not confirmed yet
@@ -1062,10 +1065,7 @@ TEST_CASE("recovery right after a migration's switch: the joiner holds the rank,
   SUBCASE("a stayer killed: the joiner is a survivor, fenced and held; the leaver is not") {
     j.Rec(101, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 3});  // rank 0's copy on the joiner
     j.h.Take();
-    j.h.procs[1].lost_reason = "connection closed by peer";
-    j.Lose(1);
-    j.r->OnProcessLost(j.h, 1);
-    Migration& r = j.h.migs.rbegin()->second;
+    Migration& r = lose(1);
     REQUIRE(r.kind == kKindRecover);
     CHECK(r.rank == 0);
     CHECK(j.h.Take() == V({"3:FENCE", "101:FENCE"}));
@@ -1078,10 +1078,7 @@ TEST_CASE("recovery right after a migration's switch: the joiner holds the rank,
     j.Lose(2, ProcState::kExited);  // the leaver's BYE after the hand-off
     j.r->OnProcessLost(j.h, 2);
     j.h.Take();
-    j.h.procs[1].lost_reason = "connection closed by peer";
-    j.Lose(1);
-    j.r->OnProcessLost(j.h, 1);
-    Migration& r = j.h.migs.rbegin()->second;
+    Migration& r = lose(1);
     REQUIRE(r.kind == kKindRecover);
     CHECK(r.state == MigState::kFailed);
     CHECK(r.reason == "no snapshot of rank 0 is complete on a live buddy (its copies were on process 2, which left "
@@ -1092,9 +1089,7 @@ TEST_CASE("recovery right after a migration's switch: the joiner holds the rank,
     CHECK(std::count(sent.begin(), sent.end(), "2:GIVE_UP") == 0);
   }
   SUBCASE("the leaver killed after the switch: nothing to recover") {
-    j.Lose(2);
-    j.r->OnProcessLost(j.h, 2);
-    CHECK(j.h.migs.rbegin()->second.kind == kKindMigrate);
+    CHECK(lose(2).kind == kKindMigrate);
   }
 }
 
