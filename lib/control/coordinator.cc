@@ -433,6 +433,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
         pr->conn_fd = -1;
         p.process = 0;
         pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
+        pr->last_heartbeat_ns = NowMonotonicNs();  // heard: proof that this coordinator hears the job
         MarkLost(*pr, "reconnecting (" + *why + ")");
       }
     } else if (pr) {
@@ -569,7 +570,18 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
   for (auto& [id, rec] : procs_) {
     if (rec.info.instance == r.instance && rec.info.pid == r.pid && rec.info.host == r.host) pr = &rec;
   }
-  if (pr && pr->conn_fd >= 0 && pr->conn_fd != p.conn->fd()) ClosePeer(pr->conn_fd, "replaced by a new connection");
+  if (pr && pr->conn_fd >= 0 && pr->conn_fd != p.conn->fd()) {
+    // The same process on a new connection (its agent gave up on the old one, whose BYE "reconnect" never arrived):
+    // what that BYE would have said, a reconnection, never a failure (it was one once, and a recovery replaced a
+    // live rank); the old connection goes.
+    const int old = pr->conn_fd;
+    pr->conn_fd = -1;
+    if (pr->state == ProcState::kAlive) {
+      pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
+      MarkLost(*pr, "reconnecting (a new connection replaced its old one)");
+    }
+    ClosePeer(old, "replaced by a new connection");
+  }
   bool again = pr != nullptr;
   if (!pr) {
     uint64_t id = next_proc_++;
@@ -689,10 +701,16 @@ void Coordinator::CheckHeartbeats() {
   // the silent one's deadline. A coordinator cut off from every process (its host's link down) would otherwise
   // declare them all failed, one by one, and recoveries would kill live ranks; it declares nobody until someone is
   // heard (docs/reliability.md). Without another live process (nobody could give proof) none is needed.
+  // The job's live members: alive, or lost for a moment because they said they reconnect (after a cut, most
+  // processes are that first: their BYE "reconnect" is heard, and the last silent one is not the job's only one).
+  auto member = [](const ProcessRec& pr) {
+    return pr.info.role != node::kRole &&
+           (pr.state == ProcState::kAlive || (pr.state == ProcState::kLost && pr.returning_by_ns));
+  };
   uint64_t newest_heard = 0;
-  int job_alive = 0;  // node agents aside
+  int job_alive = 0;
   for (const auto& [id, pr] : procs_) {
-    if (pr.info.role == node::kRole || pr.state != ProcState::kAlive) continue;
+    if (!member(pr)) continue;
     ++job_alive;
     newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
   }
@@ -709,15 +727,12 @@ void Coordinator::CheckHeartbeats() {
     for (auto& [id, pr] : procs_) {
       pr.last_heartbeat_ns = std::max(pr.last_heartbeat_ns, now - std::min(now, interval));
       if (pr.returning_by_ns) pr.returning_by_ns = std::max(pr.returning_by_ns, now + ReturnGraceNs());
-      if (pr.state == ProcState::kAlive && pr.info.role != node::kRole) {
-        newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
-      }
+      if (member(pr)) newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
     }
     isolated_since_ = 0;
   }
   auto proven = [&](const ProcessRec& pr, uint64_t deadline) {
-    const bool counted = pr.state == ProcState::kAlive && pr.info.role != node::kRole;
-    return newest_heard > deadline || job_alive - (counted ? 1 : 0) <= 0;
+    return newest_heard > deadline || job_alive - (member(pr) ? 1 : 0) <= 0;
   };
   int alive = 0;  // the job's processes still alive after this check (alive_processes(); node agents aside)
   int training = 0;
@@ -958,7 +973,8 @@ std::string Coordinator::StatusJson() const {
          ",\"rank\":" + std::to_string(pr.info.rank) + ",\"world\":" + std::to_string(pr.info.world) +
          ",\"step\":" + std::to_string(pr.step) + ",\"safepoints\":" + std::to_string(pr.safepoints) +
          ",\"heartbeat_age_ms\":" + std::to_string((now_mono - pr.last_heartbeat_ns) / 1000000) +
-         ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size());
+         ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size()) +
+         ",\"snapshot_step\":" + std::to_string(pr.snapshot_step);
     if (pr.info.replace >= 0) o += ",\"replace\":" + std::to_string(pr.info.replace);
     if (pr.info.role == "standby") {
       o += std::string(",\"standby\":{\"warm_rank\":") + std::to_string(pr.info.replace) +

@@ -53,6 +53,7 @@ struct ProcessRec {
   uint64_t step_time_ns = 0;       // sender clock of that step
   uint64_t safepoints = 0;         // SAFEPOINT messages received
   uint64_t dropped = 0;            // reports the agent dropped (ring full)
+  int64_t snapshot_step = -1;      // its newest snapshot a buddy verified a copy of (failure recovery), -1: none
   std::vector<Region> regions;
   std::vector<uint64_t> comms;  // comm_keys it is a member of
   std::map<uint64_t, CommCreated> comm_info;  // its own report of each (lineage as seen by this process)

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -225,7 +226,12 @@ class ProcessLauncher final : public JoinerLauncher {
   }
   bool Exited(pid_t pid, std::string* how) override {
     int st = 0;
-    if (waitpid(pid, &st, WNOHANG) != pid) return false;
+    const pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == -1 && errno == ECHILD) {  // reaped by the program that hosts the coordinator (tmrun's waitpid(-1))
+      *how = "status unknown";
+      return kill(pid, 0) != 0 && errno == ESRCH;
+    }
+    if (r != pid) return false;
     *how = WIFEXITED(st) ? "status " + std::to_string(WEXITSTATUS(st)) : "signal " + std::to_string(WTERMSIG(st));
     return true;
   }

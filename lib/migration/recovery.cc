@@ -492,7 +492,7 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
 // only step a migration's joiner fenced right after its switch holds (docs/recovery.md, "Right after a switch").
 int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean) {
   const uint64_t t0 = w_.MonotonicNs();
-  uint64_t epoch = epoch_, lost_since = 0;
+  uint64_t epoch = epoch_, lost_since = 0, epoch_t0 = t0;  // each epoch has its own hold limit, as at the coordinator
   rec::RecMsg held;
   held.epoch = epoch;
   held.step = step;
@@ -503,13 +503,14 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   Send(rec::Ev::kHeld, held);
   while (rollback_step_ < 0 && give_up_.empty()) {
     const uint64_t now = w_.MonotonicNs();
-    if (now - t0 > uint64_t{kRecoveryHoldMs} * 1000000ull) Exit(lk, "no rollback within the hold limit");
+    if (now - epoch_t0 > uint64_t{kRecoveryHoldMs} * 1000000ull) Exit(lk, "no rollback within the hold limit");
     lost_since = w_.Connected() ? 0 : (lost_since ? lost_since : now);
     if (lost_since && now - lost_since > ProcessMachine::kLostCoordinatorNs) {
       Exit(lk, "lost the coordinator during the recovery of rank " + std::to_string(failed_rank_));
     }
-    if (epoch_ != epoch) {  // another failure: its recovery names the step
+    if (epoch_ != epoch) {  // another failure, or another replacement: its recovery names the step
       epoch = epoch_;
+      epoch_t0 = now;
       held.epoch = epoch;
       Send(rec::Ev::kHeld, held);
     }

@@ -41,7 +41,8 @@ void RecoveryDrain();
 // regions in the background, ahead of the switch.
 void RecoveryPrepareSlots();
 
-// How long a fenced process waits at its safe point for the rollback, and how long an operation that failed on a
+// How long a fenced process waits at its safe point for the rollback (each epoch anew: a second failure or another
+// replacement restarts it, as the coordinator's deadline of each recovery), and how long an operation that failed on a
 // peer waits for the coordinator's verdict (a fence, or none) before the error reaches the program.
 inline constexpr int kRecoveryHoldMs = 120000;
 inline constexpr int kVerdictWaitMs = 15000;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/host.h"
@@ -61,6 +62,9 @@ struct RecCtx {
   bool ids_sent = false, switch_sent = false;
   size_t built_expected = 0, built_ok = 0;
   uint64_t detected_mono = 0;
+  int attempt = 1;  // replacements tried for these failures, this epoch's included (kReplacementAttempts)
+  std::string build_failed;          // the first BUILT not ok: retried once kBuildFailureGraceMs passed (OnTick)
+  uint64_t build_failed_mono = 0;
 
   Lost* ByJoiner(uint64_t p) {
     for (Lost& l : lost) {
@@ -79,6 +83,10 @@ struct RecCtx {
     return s;
   }
 };
+
+// A replacement communicator that failed to build is retried this long after (Retry): a member's loss, which fails
+// the builds of its peers at once, reaches the coordinator on its own connection and may come later under load.
+constexpr int kBuildFailureGraceMs = 1000;
 
 uint64_t MonoNs() {
   struct timespec ts;
@@ -231,7 +239,8 @@ class RecoveryEngine final : public Engine {
     if (!pr) return;
     if (ctx_) {
       if (const Lost* l = ctx_->ByJoiner(p); l && !l->switched) {
-        return Fail(h, "the replacement of rank " + std::to_string(l->rank) + " was lost");
+        return Retry(h, "the replacement of rank " + std::to_string(l->rank) + " (process " + std::to_string(p) +
+                            ", pid " + std::to_string(pr->info.pid) + ") was lost");
       }
     }
     // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
@@ -273,11 +282,15 @@ class RecoveryEngine final : public Engine {
     if (MonoNs() - x.detected_mono > uint64_t{migration::kRecoveryHoldMs} * 1000000ull) {
       return Fail(h, "the recovery did not complete within " + std::to_string(migration::kRecoveryHoldMs) + " ms");
     }
+    if (!x.build_failed.empty() && MonoNs() - x.build_failed_mono > uint64_t{kBuildFailureGraceMs} * 1000000ull) {
+      return Retry(h, x.build_failed);
+    }
     for (Lost& l : x.lost) {
       std::string how;
       if (l.child > 0 && !l.joiner && launcher_->Exited(l.child, &how)) {
-        l.child = 0;
-        return Fail(h, "the replacement of rank " + std::to_string(l.rank) + " exited (" + how + ") before it was ready");
+        const pid_t child = std::exchange(l.child, 0);
+        return Retry(h, "the replacement of rank " + std::to_string(l.rank) + " (pid " + std::to_string(child) +
+                            ") exited (" + how + ") before it registered");
       }
       // The replacement runs its shadow iteration without a tape (the dead rank recorded none): an empty one at
       // once saves it the wait for one.
@@ -368,7 +381,10 @@ class RecoveryEngine final : public Engine {
     if (m.epoch != epoch_ || it == snaps_.end()) return;  // an older epoch's copy belongs to an abandoned timeline
     RankSnaps& rs = it->second;
     auto slot = rs.taken.find(m.step);
-    if (m.ok && slot != rs.taken.end() && slot->second == m.slot) rs.held[buddy.id][m.step] = m.slot;
+    if (m.ok && slot != rs.taken.end() && slot->second == m.slot) {
+      rs.held[buddy.id][m.step] = m.slot;
+      if (ProcessRec* owner = h.FindProcess(rs.owner)) owner->snapshot_step = m.step;
+    }
     if (Answered(rs, m.step, buddy.id)) Shipped(h, rs, m.step);
   }
 
@@ -509,8 +525,9 @@ class RecoveryEngine final : public Engine {
   // recovery of others, which was abandoned for this one).
   // `completed`: the abandoned recovery's (the steps completed everywhere end with the first failure; the ranks that
   // failed since were fenced then, so what they ran after it does not count).
+  // `attempt`: the replacements tried for these failures so far, this one included (Retry).
   void Start(EngineHost& h, const std::vector<const ProcessRec*>& dead, const std::string& note = "",
-             std::optional<int64_t> completed = std::nullopt) {
+             std::optional<int64_t> completed = std::nullopt, int attempt = 1) {
     const ProcessRec& first = *dead.front();
     Migration& m = h.NewMigration(kKindRecover, first.info.rank);
     m.leaver = first.id;
@@ -522,6 +539,7 @@ class RecoveryEngine final : public Engine {
     x.id = m.id;
     x.epoch = m.recovery.epoch;
     x.detected_mono = MonoNs();
+    x.attempt = attempt;
     int64_t reached = -1;
     m.ranks.clear();
     for (const ProcessRec* d : dead) {
@@ -621,15 +639,43 @@ class RecoveryEngine final : public Engine {
       return MaybeDone(h);
     }
     x.survivors.erase(p.id);
-    const std::string why = "rank " + std::to_string(p.info.rank) + " failed during it: abandoned for a new epoch";
-    std::vector<const ProcessRec*> dead{&p};
-    for (const Lost& l : x.lost) {
+    const std::vector<const ProcessRec*> dead = DeadOf(h, &p);
+    Renew(h, dead, "rank " + std::to_string(p.info.rank) + " failed during it: abandoned for a new epoch",
+          "; during recovery " + std::to_string(x.id) + " of " + RanksOf(dead, 1), x.attempt);
+  }
+
+  // The replacement of a failed rank is gone before the switch (lost, or exited before it registered), or a
+  // replacement communicator failed to build (under load a survivor's build may report a dead replacement before its
+  // connection is seen closed): the recovery is abandoned for a new epoch of the same failed ranks, which takes
+  // another standby when one fits, else spawns, as the first did; at most kReplacementAttempts in all. After that,
+  // or once SWITCH and ROLLBACK went out (processes may already train with it), the recovery fails with the reason.
+  void Retry(EngineHost& h, const std::string& why) {
+    RecCtx& x = *ctx_;
+    if (x.switch_sent) return Fail(h, why + " during the switch");
+    if (x.attempt >= kReplacementAttempts) {
+      return Fail(h, why + " (" + std::to_string(x.attempt) + " replacements tried)");
+    }
+    Renew(h, DeadOf(h, nullptr), why + ": abandoned for a new epoch",
+          "; " + why + " in recovery " + std::to_string(x.id), x.attempt + 1);
+  }
+
+  // The processes of the recovery's failed ranks, `first` (a survivor that failed too) ahead when given.
+  std::vector<const ProcessRec*> DeadOf(EngineHost& h, const ProcessRec* first) const {
+    std::vector<const ProcessRec*> dead;
+    if (first) dead.push_back(first);
+    for (const Lost& l : ctx_->lost) {
       if (const ProcessRec* d = h.FindProcess(l.dead)) dead.push_back(d);
     }
-    const uint64_t old = x.id;
-    const int64_t completed = Completed(x);
+    return dead;
+  }
+
+  // Abandons the recovery in progress (Drop, its record failed with `why`) for a new epoch of `dead`, whose record's
+  // detected_by ends with `note`; the steps completed everywhere still end with the first failure.
+  void Renew(EngineHost& h, const std::vector<const ProcessRec*>& dead, const std::string& why, const std::string& note,
+             int attempt) {
+    const int64_t completed = Completed(*ctx_);
     Drop(h, why);
-    Start(h, dead, "; during recovery " + std::to_string(old) + " of " + RanksOf(dead, 1), completed);
+    Start(h, dead, note, completed, attempt);
   }
 
   static std::string RanksOf(const std::vector<const ProcessRec*>& dead, size_t from) {
@@ -768,7 +814,13 @@ class RecoveryEngine final : public Engine {
   void OnBuilt(EngineHost& h, const Event& e) {
     mig::Built b;
     if (!DecodePayload(e.body, &b)) return Fail(h, "malformed BUILT");
-    if (!b.ok) return Fail(h, "building a replacement communicator failed: " + b.message);
+    if (!b.ok) {  // the loss that caused it, if any, may still be on its way: it names the new epoch then
+      if (ctx_->build_failed.empty()) {
+        ctx_->build_failed = "building a replacement communicator failed: " + b.message;
+        ctx_->build_failed_mono = MonoNs();
+      }
+      return;
+    }
     ++ctx_->built_ok;
     MaybeRollBack(h);
   }

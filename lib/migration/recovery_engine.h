@@ -24,6 +24,11 @@ std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launc
 // not answer within this long (its agent thread answers at once when the process runs) is declared failed.
 inline constexpr int kProbeMs = 2000;
 
+// Replacements tried for one failure: a replacement (spawned or a standby) lost before the switch, or a replacement
+// communicator that failed to build, abandons the recovery for a new epoch of the same ranks with another standby or
+// a spawned process; after this many in all, the recovery fails with the last reason (docs/recovery.md).
+inline constexpr int kReplacementAttempts = 3;
+
 }  // namespace trainmover::control
 
 #endif  // TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_

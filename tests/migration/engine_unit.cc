@@ -1195,3 +1195,193 @@ TEST_CASE("standby: a lost one is not offered; waiting ones are dismissed once t
   j.r->OnTick(j.h);
   CHECK(j.h.Take().empty());  // once
 }
+
+// ---- a replacement lost before the switch (docs/recovery.md, "A replacement lost")
+
+namespace {
+
+// Rank 1 (process 2) of a 3-rank job fails after every rank's snapshot of step 12; both survivors are held at 13.
+Migration& FailRank1(RecJob& j) {
+  j.Snapshot(3);
+  j.h.Take();
+  Fail(j, 2);
+  Migration& m = j.h.migs.rbegin()->second;
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = m.recovery.epoch, .step = 13, .words = {12}}, m.id);
+  }
+  return m;
+}
+
+// A spawned replacement of rank 1 (process `r`, pid `pid`) registers and is READY; it matches rank 1.
+void ReadyRank1(RecJob& j, uint64_t r, uint32_t pid) {
+  j.h.procs[r] = Job::Proc(r, "joiner", -1, 1);
+  j.h.procs[r].info.pid = pid;
+  mig::Ready ready;
+  ready.comms = {Job::Comm(0xB1, 1, 3)};
+  ready.regions = {Region{"w", 64}};
+  j.Mig(r, mig::Ev::kReady, 0, ready);
+}
+
+// Drives recovery `m` of rank 1 from here to done with `r`, matched, as its replacement.
+void CompleteRank1(RecJob& j, Migration& m, uint64_t r) {
+  j.Mig(r, mig::Ev::kIds, m.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  j.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
+  j.Mig(r, mig::Ev::kPrepared, m.id, mig::Reason{"cma"});
+  j.Mig(r, mig::Ev::kVerified, m.id, mig::Built{0, 1, "ok"});
+  for (uint64_t p : {uint64_t{1}, uint64_t{3}}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+  j.h.Take();
+  j.Mig(r, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(r) + ":SWITCH", "1:ROLLBACK", "3:ROLLBACK"});
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    j.Rec(q, rec::Ev::kRolledBack, rec::RecMsg{.epoch = m.recovery.epoch, .step = 12}, m.id);
+  }
+  j.Mig(r, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  CHECK(m.state == MigState::kDone);
+  CHECK(j.h.procs[r].info.role == "worker");
+  CHECK(j.h.procs[r].info.rank == 1);
+}
+
+}  // namespace
+
+TEST_CASE("replacement lost: a new epoch spawns another, the old one's builds dropped; it completes") {
+  RecJob j(3);
+  Migration& first = FailRank1(j);
+  const uint64_t r = 101;
+  ReadyRank1(j, r, 500);
+  j.Mig(r, mig::Ev::kIds, first.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  j.h.Take();
+  Fail(j, r);  // while the communicators are built
+  CHECK(first.state == MigState::kFailed);
+  CHECK(first.reason == "the replacement of rank 1 (process 101, pid 500) was lost: abandoned for a new epoch");
+  Migration& m = j.h.migs.rbegin()->second;
+  CHECK(m.id != first.id);
+  CHECK(m.recovery.epoch == 2);
+  CHECK(m.ranks == std::vector<int32_t>{1});
+  CHECK(m.recovery.detected_by == "connection closed by peer; the replacement of rank 1 (process 101, pid 500) was lost "
+                                  "in recovery " + std::to_string(first.id));
+  CHECK(m.recovery.replacement == "spawned pid 501");
+  CHECK(j.h.Take() == std::vector<std::string>{"1:ABORT", "3:ABORT", "1:FENCE", "3:FENCE"});
+  CHECK(j.launched.started.size() == 2);
+  // The survivors, still held, say so again under the new epoch; the step is picked anew.
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {12}}, first.id);
+  CHECK(j.h.Take().empty());
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 13, .words = {12}}, m.id);
+  CHECK(j.h.Take() == std::vector<std::string>{"3:EXPOSE_HELD"});
+  // The first replacement's late events belong to an ended recovery; the new one is known by its pid.
+  j.Mig(r, mig::Ev::kBuilt, first.id, mig::Built{kWorld, 1, ""});
+  j.h.procs[150] = Job::Proc(150, "joiner", -1, 1);
+  j.h.procs[150].info.pid = 501;
+  j.r->OnTick(j.h);
+  CHECK(j.h.Take() == std::vector<std::string>{"150:TAPE"});
+  ReadyRank1(j, 150, 501);
+  CompleteRank1(j, m, 150);
+  CHECK(m.recovery.lost_steps == 0);  // completed everywhere: step 12 (held at 13, which was in flight)
+}
+
+TEST_CASE("replacement lost: at most kReplacementAttempts replacements, then the recovery fails saying why") {
+  RecJob j(3);
+  FailRank1(j);
+  j.h.Take();
+  std::vector<uint64_t> epochs;
+  for (int attempt = 1; attempt < kReplacementAttempts; ++attempt) {
+    // Each replacement dies before it registers (the launcher sees it exit): a new epoch spawns the next one.
+    j.launched.exited.insert(static_cast<pid_t>(499 + attempt));
+    j.r->OnTick(j.h);
+    const Migration& m = j.h.migs.rbegin()->second;
+    epochs.push_back(m.recovery.epoch);
+    CHECK(m.recovery.detected_by.find("the replacement of rank 1 (pid " + std::to_string(499 + attempt) +
+                                      ") exited (status 3) before it registered") != std::string::npos);
+    CHECK(j.launched.started.size() == static_cast<size_t>(attempt) + 1);
+    CHECK(j.launched.stopped.empty());  // the dead one is not stopped; nothing else was spawned
+    std::vector<std::string> sent = j.h.Take();
+    CHECK(std::count(sent.begin(), sent.end(), "1:FENCE") == 1);
+    CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 0);
+  }
+  CHECK(epochs == std::vector<uint64_t>{2, 3});
+  j.launched.exited.insert(static_cast<pid_t>(499 + kReplacementAttempts));
+  j.r->OnTick(j.h);
+  const Migration& last = j.h.migs.rbegin()->second;
+  CHECK(last.recovery.epoch == 3);
+  CHECK(last.state == MigState::kFailed);
+  CHECK(last.reason == "the replacement of rank 1 (pid 502) exited (status 3) before it registered (3 replacements tried)");
+  CHECK(j.launched.started.size() == static_cast<size_t>(kReplacementAttempts));
+  CHECK(j.Last("1:GIVE_UP").text == "rank 1 failed and cannot be recovered: " + last.reason);
+  std::vector<std::string> sent = j.h.Take();
+  CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
+}
+
+TEST_CASE("replacement lost: a failed build waits for the loss behind it, else is retried; lost after SWITCH: failed") {
+  RecJob k(3);
+  Migration& a = FailRank1(k);
+  uint64_t r = 101;
+  ReadyRank1(k, r, 500);
+  k.Mig(r, mig::Ev::kIds, a.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  k.Mig(1, mig::Ev::kBuilt, a.id, mig::Built{kWorld, 0, "peer closed the connection"});  // before the loss is seen
+  k.r->OnTick(k.h);
+  CHECK(a.state != MigState::kFailed);
+  Fail(k, r);  // the loss behind it names the new epoch
+  CHECK(a.state == MigState::kFailed);
+  CHECK(a.reason == "the replacement of rank 1 (process 101, pid 500) was lost: abandoned for a new epoch");
+  Migration& c = k.h.migs.rbegin()->second;
+  CHECK(c.recovery.epoch == 2);
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 13, .words = {12}}, c.id);
+  // A build that fails with no loss behind it: retried once kBuildFailureGraceMs passed.
+  r = 102;
+  ReadyRank1(k, r, 501);
+  k.Mig(r, mig::Ev::kIds, c.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  k.Mig(3, mig::Ev::kBuilt, c.id, mig::Built{kWorld, 0, "internal error"});
+  k.r->OnTick(k.h);
+  CHECK(c.state != MigState::kFailed);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  k.r->OnTick(k.h);
+  CHECK(c.state == MigState::kFailed);
+  CHECK(c.reason == "building a replacement communicator failed: internal error: abandoned for a new epoch");
+  Migration& b = k.h.migs.rbegin()->second;
+  CHECK(b.recovery.epoch == 3);
+  CHECK(b.recovery.detected_by.find("; building a replacement communicator failed: internal error in recovery") !=
+        std::string::npos);
+  CHECK(k.launched.started.size() == 3);
+
+  // Once SWITCH and ROLLBACK went out, the survivors may train with it already: no new epoch, the recovery fails.
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, b.id);
+  const uint64_t r2 = 150;
+  ReadyRank1(k, r2, 502);
+  k.Mig(r2, mig::Ev::kIds, b.id, mig::Ids{{mig::IdEntry{kWorld, {}}}});
+  k.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
+  k.Mig(r2, mig::Ev::kVerified, b.id, mig::Built{0, 1, "ok"});
+  for (uint64_t p : {uint64_t{1}, uint64_t{3}, r2}) k.Mig(p, mig::Ev::kBuilt, b.id, mig::Built{kWorld, 1, ""});
+  k.h.Take();
+  Fail(k, r2);
+  CHECK(b.state == MigState::kFailed);
+  CHECK(b.reason == "the replacement of rank 1 (process 150, pid 502) was lost during the switch");
+  CHECK(k.launched.started.size() == 3);
+}
+
+TEST_CASE("standby lost while it takes the place: another standby takes it under a new epoch, then a spawned one") {
+  RecJob j(3);
+  AddStandby(j, 200, 0, /*any_rank=*/true);
+  AddStandby(j, 201, 2, /*any_rank=*/true);
+  Migration& first = FailRank1(j);
+  const uint64_t took = first.joiner;
+  CHECK((took == 200 || took == 201));
+  const uint64_t other = took == 200 ? 201 : 200;
+  j.h.Take();
+  Fail(j, took);
+  Migration& m2 = j.h.migs.rbegin()->second;
+  CHECK(first.state == MigState::kFailed);
+  CHECK(m2.recovery.epoch == 2);
+  CHECK(m2.joiner == other);
+  CHECK(m2.recovery.replacement.rfind("standby process " + std::to_string(other), 0) == 0);
+  CHECK(j.launched.started.empty());
+  CHECK(j.h.Take() == std::vector<std::string>{"1:ABORT", "3:ABORT", "1:FENCE", "3:FENCE", std::to_string(other) + ":ASSIGN",
+                                               std::to_string(other) + ":MAP", std::to_string(other) + ":MAKE_IDS"});
+  Fail(j, other);  // no standby left: spawned
+  Migration& m3 = j.h.migs.rbegin()->second;
+  CHECK(m3.recovery.epoch == 3);
+  CHECK(m3.recovery.replacement == "spawned pid 500");
+  REQUIRE(j.launched.started.size() == 1);
+  CHECK(j.launched.started[0].env.back() == "TRAINMOVER_REPLACE=1");
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, m3.id);
+  ReadyRank1(j, 101, 500);
+  CompleteRank1(j, m3, 101);
+}

@@ -31,6 +31,19 @@ def pid_of(job, rank):
     fail(f"{job.name}: no alive worker holds rank {rank}")
 
 
+def recoverable_pid(job, rank):
+    """The pid of the worker of `rank` once a buddy holds a verified copy of one of its snapshots (snapshot_step in
+    the status): its failure can be recovered from then on. The first snapshot waits for the slots' set-up, which
+    takes from tens of ms to a second on a loaded machine, so a step count alone does not say it."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        for p in job.status()["processes"]:
+            if p["state"] == "alive" and p["role"] == "worker" and p["rank"] == rank and p["snapshot_step"] >= 0:
+                return p["pid"]
+        time.sleep(0.05)
+    fail(f"{job.name}: no snapshot of rank {rank} reached its buddy")
+
+
 def wait_recovered(job, count, expect="done"):
     """Waits until `count` recoveries ended; the last must have ended `expect`."""
     deadline = time.monotonic() + mt.TIMEOUT
@@ -69,7 +82,7 @@ def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_
     try:
         for n, (k, rank) in enumerate(plan, 1):
             job.wait_step(k)
-            os.kill(pid_of(job, rank), sig)
+            os.kill(recoverable_pid(job, rank), sig)
             check_report(job, wait_recovered(job, n), rank, every)
             failed.add(rank)
         job.finish()
@@ -112,7 +125,7 @@ def wait_recovery(job, n, ready):
     while time.monotonic() < deadline:
         rs = recoveries(job)
         if len(rs) >= n and rs[n - 1]["state"] in ("done", "failed"):
-            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} before the second failure")
+            fail(f"{job.name}: recovery {n} ended {rs[n - 1]['state']} ({rs[n - 1]['reason']}) before the second failure")
         if len(rs) >= n and ready(rs[n - 1]):
             return rs[n - 1]
         if job.p.poll() is not None:
@@ -130,38 +143,68 @@ def transferring(r):
 SLOW_RECOVERY = dict(mt.SLOW_BUILD, TRAINMOVER_FAULT="slow-transfer")
 
 
+def wait_renewed(job, first):
+    """Waits until a recovery after `first` is done; each one from `first` on before it must have been abandoned for
+    the next epoch (one more than the strike's may come between: the struck process's peers can report their builds
+    failed on it before its own loss is seen, kBuildFailureGraceMs). Returns first's final record and the done one."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        rs = [r for r in recoveries(job) if r["id"] >= first["id"]]
+        for a, b in zip(rs, rs[1:]):
+            if a["state"] != "failed" or "abandoned for a new epoch" not in a["reason"] or \
+                    b["recovery"]["epoch"] != a["recovery"]["epoch"] + 1:
+                fail(f"{job.name}: recovery {a['id']} ended {a['state']} ({a['reason']}), then recovery {b['id']} of "
+                     f"epoch {b['recovery']['epoch']}: expected abandoned for the next epoch")
+        if len(rs) > 1 and rs[-1]["state"] in ("done", "failed"):
+            if rs[-1]["state"] != "done":
+                fail(f"{job.name}: recovery {rs[-1]['id']} ended failed ({rs[-1]['reason']})")
+            if len(rs) > 2:
+                print(f"{job.name}: {len(rs) - 2} more recovery abandoned between: {[r['reason'] for r in rs[1:-1]]}")
+            return rs[0], rs[-1]
+        if job.p.poll() is not None:
+            fail(f"{job.name}: the job ended before the recovery after {first['id']} was done")
+        time.sleep(0.05)
+    fail(f"{job.name}: no recovery after {first['id']} was done (hang?)")
+
+
+def strike_during_recovery(name, ready, strike, check, failed):
+    """A 4-rank job (SLOW_RECOVERY): rank 1 killed at step 20; strike(job, first) once its recovery `first` is under
+    way and ready(first). The first recovery must end abandoned for a new epoch, the next one done in the next epoch:
+    check(job, first, old, new) with the first's final record; then every digest (the replacements' for `failed`)
+    bit-identical."""
+    mt.clear_joiner_logs()
+    job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
+    try:
+        job.wait_step(20)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
+        first = wait_recovery(job, 1, ready)
+        strike(job, first)
+        old, r = wait_renewed(job, first)
+        check(job, first, old, r)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests(failed)
+
+
 def scenario_second_failure():
     # A second rank killed while the first one's recovery is under way: as soon as it is seen (its replacement
     # starting or warming up), and while the replacement reads its state. The recovery is abandoned and a new epoch
     # recovers both ranks together from the newest snapshot complete on live buddies; every digest bit-identical.
     # Then the same with the first rank's only buddy as the second: refused cleanly (its snapshot is gone with it),
     # each survivor ends saying why.
+    def both(job, first, old, r):
+        if sorted(r["ranks"]) != [1, 3]:
+            fail(f"{job.name}: the second recovery is of ranks {r['ranks']}, expected 1 and 3")
+        print(f"{job.name}: rank 3 killed while recovery {first['id']} was {first['state']} "
+              f"(phases {[p['phase'] for p in first['phases']]})")
+        check_report(job, r, 3)
     for when, ready in (("early", lambda r: True), ("transfer", transferring)):
-        name = f"second_failure_{when}"
-        mt.clear_joiner_logs()
-        job = Job(name, 4, steps=300, step_ms=8, env=SLOW_RECOVERY)
-        try:
-            job.wait_step(20)
-            os.kill(pid_of(job, 1), signal.SIGKILL)
-            first = wait_recovery(job, 1, ready)
-            os.kill(pid_of(job, 3), signal.SIGKILL)
-            r = wait_recovered(job, 2)
-            old = recoveries(job)[0]
-            if old["id"] != first["id"] or old["state"] != "failed" or "abandoned for a new epoch" not in old["reason"]:
-                fail(f"{name}: the first recovery ended {old['state']} ({old['reason']}), expected abandoned")
-            if r["recovery"]["epoch"] != old["recovery"]["epoch"] + 1 or sorted(r["ranks"]) != [1, 3]:
-                fail(f"{name}: the second recovery {r['ranks']} epoch {r['recovery']['epoch']}, expected ranks 1 and 3 "
-                     f"in epoch {old['recovery']['epoch'] + 1}")
-            print(f"{name}: rank 3 killed while recovery {first['id']} was {first['state']} "
-                  f"(phases {[p['phase'] for p in first['phases']]})")
-            check_report(job, r, 3)
-            job.finish()
-        finally:
-            job.kill()
-        job.check_digests({1, 3})
+        strike_during_recovery(f"second_failure_{when}", ready, lambda job, first: os.kill(pid_of(job, 3), signal.SIGKILL),
+                               both, {1, 3})
 
     def buddy_during(job):
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
         wait_recovery(job, 1, transferring)
         os.kill(pid_of(job, 2), signal.SIGKILL)
     rc, log = failed_job("second_failure_buddy", 4, buddy_during, env=SLOW_RECOVERY, survivors_end_alone=True, at=20)
@@ -178,7 +221,7 @@ def scenario_blocked():
     job = Job("blocked", 3, steps=300, step_ms=8)
     try:
         job.wait_step(20)
-        pid = pid_of(job, 1)
+        pid = recoverable_pid(job, 1)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.5)  # the survivors are now blocked in the AllReduce of their next step
         os.kill(pid, signal.SIGKILL)
@@ -204,7 +247,7 @@ def scenario_silent():
         if recoveries(job):
             fail("silent: a pause shorter than the heartbeat timeout started a recovery")
         job.wait_step(60)
-        os.kill(pid_of(job, 2), signal.SIGSTOP)
+        os.kill(recoverable_pid(job, 2), signal.SIGSTOP)
         r = wait_recovered(job, 1)
         if not r["recovery"]["detected_by"].startswith("no heartbeat"):
             fail(f"silent: detected by '{r['recovery']['detected_by']}', expected the heartbeat timeout")
@@ -228,7 +271,7 @@ def scenario_nccl_detected():
     try:
         job.wait_step(20)
         t0 = time.monotonic()
-        os.kill(pid_of(job, 2), signal.SIGSTOP)
+        os.kill(recoverable_pid(job, 2), signal.SIGSTOP)
         r = wait_recovered(job, 1)
         how = r["recovery"]["detected_by"]
         if "NCCL library reported communicator" not in how or "no answer to a probe" not in how:
@@ -269,7 +312,7 @@ def scenario_refused():
     # A rank and its buddy (the next rank) at once: its snapshot is gone with the buddy; every survivor ends with
     # the reason by itself.
     def both(job):
-        a, b = pid_of(job, 1), pid_of(job, 2)
+        a, b = recoverable_pid(job, 1), recoverable_pid(job, 2)  # refused for the lost buddy, not for no snapshot yet
         os.kill(a, signal.SIGKILL)
         os.kill(b, signal.SIGKILL)
     rc, log = failed_job("buddy_lost", 4, both, survivors_end_alone=True)
@@ -320,6 +363,8 @@ def scenario_during_migration():
         job = Job(name, 4, steps=300, step_ms=10, env=mt.SLOW_BUILD)
         try:
             job.wait_step(10)
+            for rank in (1, 2):
+                recoverable_pid(job, rank)
             ctl = job.start_migrate(1)
             _, leaver, _ = job.wait_state(("building",))
             dead = 1 if victim == "leaver" else 2
@@ -345,7 +390,7 @@ def scenario_stale():
     job = Job("stale", 3, steps=400, step_ms=8, hosts=3, tmrun_opts=["--heartbeat-timeout-ms", "1500"])
     try:
         job.wait_step(20)
-        pid = pid_of(job, 2)
+        pid = recoverable_pid(job, 2)
         os.kill(pid, signal.SIGSTOP)
         r = wait_recovered(job, 1)
         check_report(job, r, 2)
@@ -473,7 +518,7 @@ def scenario_standby():
         if recoveries(job):
             fail("standby_any: an idle standby's death started a recovery")
         job.wait_step(30)
-        os.kill(pid_of(job, 2), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 2), signal.SIGKILL)
         r = wait_recovered(job, 1)
         check_report(job, r, 2)
         took_standby(job, r, sb[0]["pid"])
@@ -498,13 +543,13 @@ def scenario_standby_fixed():
     try:
         job.wait_step(10)
         sb = wait_standbys(job, 1)[0]
-        os.kill(pid_of(job, 1), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
         r = wait_recovered(job, 1)
         check_report(job, r, 1)
         if not r["recovery"]["replacement"].startswith("spawned pid"):
             fail(f"standby_fixed: rank 1 was replaced by '{r['recovery']['replacement']}', expected a spawned process")
         job.wait_step(r["recovery"]["rollback_step"] + 30)
-        os.kill(pid_of(job, 0), signal.SIGKILL)
+        os.kill(recoverable_pid(job, 0), signal.SIGKILL)
         r = wait_recovered(job, 2)
         check_report(job, r, 0)
         took_standby(job, r, sb["pid"])
@@ -513,6 +558,82 @@ def scenario_standby_fixed():
         job.kill()
     job.check_digests({1}, elsewhere={0})  # rank 2; rank 1 from its spawned replacement's log
     check_standby_digests(job, {0: 0})
+
+
+def replacement_pid(job, r):
+    """The pid of recovery record r's replacement ("spawned pid P" or "standby process N (pid P, ...)")."""
+    m = re.search(r"pid (\d+)", r["recovery"]["replacement"])
+    if not m:
+        fail(f"{job.name}: recovery {r['id']} names no replacement pid: '{r['recovery']['replacement']}'")
+    return int(m.group(1))
+
+
+def check_retried(job, first, old, r):
+    """Recovery `first` (its final record `old`) was abandoned because its replacement died, and the next one, `r`,
+    recovered the same rank alone with a spawned replacement."""
+    if not re.search(r"(was lost|exited .*before it registered|building a replacement communicator failed)",
+                     old["reason"]):
+        fail(f"{job.name}: the first recovery ended {old['reason']}, expected abandoned for the lost replacement")
+    if r["ranks"] != [first["rank"]] or not r["recovery"]["replacement"].startswith("spawned pid"):
+        fail(f"{job.name}: the retry {r['ranks']} by '{r['recovery']['replacement']}', expected rank {first['rank']} by "
+             f"a spawned replacement")
+    print(f"{job.name}: the replacement {first['recovery']['replacement']} died while recovery {first['id']} was "
+          f"{first['state']}: {old['reason']}")
+    check_report(job, r, first["rank"])
+
+
+def scenario_replacement_lost():
+    # Rank 1 killed, then its spawned replacement killed before the switch: as soon as it is seen (starting or warming
+    # up), and while it reads its state. The recovery is abandoned for a new epoch of rank 1 that spawns another
+    # replacement; the job ends bit-identical. Then every replacement killed as it appears: after
+    # kReplacementAttempts (3) the recovery fails, each survivor ends saying why, and tmrun fails the job.
+    for when, ready in (("early", lambda r: True), ("transfer", transferring)):
+        strike_during_recovery(f"replacement_lost_{when}", ready,
+                               lambda job, first: os.kill(replacement_pid(job, first), signal.SIGKILL),
+                               check_retried, {1})
+
+    def every_replacement(job):
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
+        for n in (1, 2, 3):
+            os.kill(replacement_pid(job, wait_recovery(job, n, lambda r: True)), signal.SIGKILL)
+    mt.clear_joiner_logs()
+    rc, log = failed_job("replacement_lost_all", 4, every_replacement, env=SLOW_RECOVERY, survivors_end_alone=True,
+                         at=20)
+    said = set(re.findall(r"\[(\d+)\] .*failure recovery impossible: (rank 1 failed and cannot be recovered: the "
+                          r"replacement of rank 1 .*\(3 replacements tried\));", log))
+    if {r for r, _ in said} != {"0", "2", "3"}:
+        fail(f"replacement_lost_all: survivors' reasons {said}; expected ranks 0, 2 and 3 to end saying why")
+    print(f"replacement_lost_all: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
+
+
+def scenario_standby_lost():
+    # tmrun --standby 1 on 3 ranks: rank 2 killed, the standby takes its place and is killed before the switch (it
+    # reads its state 3 s late, TRAINMOVER_FAULT=slow-transfer): a new epoch of rank 2 spawns a replacement (no
+    # standby is left); the job ends 0, every digest bit-identical.
+    mt.clear_joiner_logs()
+    job = Job("standby_lost", 3, steps=300, step_ms=8, env=SLOW_RECOVERY, tmrun_opts=["--standby", "1"])
+    try:
+        job.wait_step(10)
+        sb = wait_standbys(job, 1)[0]
+        deadline = time.monotonic() + mt.TIMEOUT
+        while not [p for p in standbys(job) if p["pid"] == sb["pid"] and p["standby"]["ready"]]:
+            if time.monotonic() > deadline:
+                fail("standby_lost: the standby never became ready")
+            time.sleep(0.05)
+        job.wait_step(30)
+        os.kill(recoverable_pid(job, 2), signal.SIGKILL)
+        first = wait_recovery(job, 1, lambda r: True)
+        if replacement_pid(job, first) != sb["pid"] or not first["recovery"]["replacement"].startswith("standby"):
+            fail(f"standby_lost: rank 2 was taken by '{first['recovery']['replacement']}', expected the standby "
+                 f"(pid {sb['pid']})")
+        os.kill(sb["pid"], signal.SIGKILL)
+        check_retried(job, first, *wait_renewed(job, first))
+        job.finish()
+    finally:
+        job.kill()
+    if standby_digests(job):
+        fail(f"standby_lost: the killed standby printed a digest: {standby_digests(job)}")
+    job.check_digests({2})
 
 
 def swapped(job):
@@ -560,7 +681,7 @@ def scenario_after_switch():
         job.check_digests({1, rank})  # rank 1 from its joiner's log (or its replacement's: the newest)
 
 
-SCENARIOS = {"kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
+SCENARIOS = {"replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
              "nccl_detected": scenario_nccl_detected,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
