@@ -245,12 +245,12 @@ class RecoveryEngine final : public Engine {
     }
     // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
     if (pr->state == ProcState::kExited || !HeldRank(h, *pr)) return;
+    if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
     if (pr->info.role == "joiner") {  // lost before every member confirmed the switch: it held the rank all the same
       pr->info.rank = pr->info.replace;
       pr->info.role = "worker";
       pr->info.replace = -1;
     }
-    if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
     if (ctx_ && ctx_->survivors.count(p)) return FailedDuring(h, *pr);
     if (EnvOf(*pr, "RECOVERY") == "off") {
       TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); TRAINMOVER_RECOVERY=off: no recovery",
