@@ -222,8 +222,13 @@ class RecoveryEngine final : public Engine {
 
   void OnProcessLost(EngineHost& h, uint64_t p) override {
     standbys_.OnProcessLost(p);
-    for (auto& [rank, rs] : snaps_) {  // a buddy that is gone holds nothing any more, and answers no pull
-      if (auto c = rs.held.find(p); c != rs.held.end()) {
+    ProcessRec* pr = h.FindProcess(p);
+    // A buddy that is gone holds nothing any more, and answers no pull. One that is only reconnecting (BYE
+    // "reconnect": alive, its copies in its memory) keeps its copies on record: they are offered again once it is
+    // back (Offered, Complete: live buddies only), and dropped if it never comes back (lost for good, called again).
+    const bool returning = pr && pr->returning_by_ns;
+    for (auto& [rank, rs] : snaps_) {
+      if (auto c = rs.held.find(p); c != rs.held.end() && !returning) {
         if (!c->second.empty()) rs.gone = p;
         rs.held.erase(c);
       }
@@ -235,7 +240,6 @@ class RecoveryEngine final : public Engine {
         if (Answered(rs, step, p)) Shipped(h, rs, step);
       }
     }
-    ProcessRec* pr = h.FindProcess(p);
     if (!pr) return;
     if (ctx_) {
       if (const Lost* l = ctx_->ByJoiner(p); l && !l->switched) {

@@ -940,6 +940,44 @@ TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fa
   CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 1);
 }
 
+TEST_CASE("recovery: a buddy that only reconnects keeps its copies on record; the rank it holds is recovered from it") {
+  // A coordinator cut off for a while (fault matrix: switching, coordinator, cut): rank 2's buddy (rank 0, process 1)
+  // says BYE "reconnect" and comes back; then rank 2 itself is declared failed. Its copy on rank 0 must still count.
+  RecJob j(3);
+  const int64_t s = j.Snapshot(3, 12, 0);
+  j.h.Take();
+  j.h.procs[1].state = ProcState::kLost;
+  j.h.procs[1].returning_by_ns = 1;
+  j.r->OnProcessLost(j.h, 1);  // reconnecting: no recovery, and its copy of rank 2 stays on record
+  CHECK(j.h.migs.empty());
+  j.h.procs[1].state = ProcState::kAlive;  // registered again
+  j.h.procs[1].returning_by_ns = 0;
+  j.h.procs[3].state = ProcState::kLost;
+  j.h.procs[3].lost_reason = "no heartbeat for 9829 ms";
+  j.h.procs[3].step = 13;
+  j.r->OnProcessLost(j.h, 3);  // rank 2
+  const Migration& m = j.h.migs.rbegin()->second;
+  CHECK(m.kind == kKindRecover);
+  CHECK(m.state != MigState::kFailed);
+  CHECK(m.reason.empty());
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {static_cast<uint64_t>(s)}}, m.id);
+  j.Rec(2, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {static_cast<uint64_t>(s)}}, m.id);
+  CHECK(m.recovery.rollback_step == s);
+  CHECK(j.Last("1:EXPOSE_HELD").rank == 2);
+
+  // Lost for good (it never came back): its copies go, and a rank only it held cannot be recovered.
+  RecJob k(3);
+  k.Snapshot(3, 12, 0);
+  k.h.procs[1].state = ProcState::kLost;
+  k.h.procs[1].returning_by_ns = 1;
+  k.r->OnProcessLost(k.h, 1);
+  k.h.procs[1].returning_by_ns = 0;  // its grace ran out: CheckHeartbeats reports it lost again
+  k.r->OnProcessLost(k.h, 1);        // rank 0 itself is recovered (its copy is on rank 1)...
+  k.h.procs[3].state = ProcState::kLost;
+  k.r->OnProcessLost(k.h, 3);  // ...and rank 2, whose only copy was on rank 0, fails with it
+  CHECK(k.h.migs.rbegin()->second.state == MigState::kFailed);
+}
+
 TEST_CASE("recovery: a second failure during a recovery abandons it; a new epoch recovers both ranks together") {
   RecJob j(4);
   const int64_t s = j.Snapshot(4, 12, 0);
