@@ -347,7 +347,9 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
   const uint64_t deadline = w_.MonotonicNs() + uint64_t{kVerdictWaitMs} * 1000000ull;
   for (;;) {
     if (fenced()) return true;
-    if (!give_up_.empty() || !w_.Connected() || w_.MonotonicNs() >= deadline) return false;
+    // A lost control connection is no verdict: the agent reconnects meanwhile (a process woken from a long
+    // SIGSTOP finds its old connection closed, and the coordinator's FENCED, "replaced: end", comes on the new one).
+    if (!give_up_.empty() || w_.MonotonicNs() >= deadline) return false;
     cv_.wait_for(lk, std::chrono::milliseconds(20));
   }
 }
