@@ -244,6 +244,7 @@ struct Agent::Session {
   uint64_t last_heard = 0;         // monotonic: the last bytes from the coordinator (or the connect)
   uint64_t heard_bytes = 0;        // conn->received() then
   uint64_t keepalive_ns = 0;       // the coordinator's heartbeat (and KEEPALIVE) interval, from REGISTER_ACK
+  uint64_t bye_by = 0;             // stalled: BYE "reconnect" queued last; closed once written, or at this time
 
   bool ready() const { return conn && registered; }
   void Send(MsgType t, const std::vector<uint8_t>& p) {
@@ -257,7 +258,7 @@ void Agent::Loop() {
   while (!stop_.load()) {
     const uint64_t now = NowMonotonicNs();
     if (!s.conn && now >= s.next_attempt) Connect(s);
-    if (s.conn && s.conn->authenticated() && !s.registered) RegisterAndReplay(s);
+    if (s.conn && s.conn->authenticated() && !s.registered && !s.conn->closing()) RegisterAndReplay(s);
     if (tick_ && now >= s.next_tick) {
       tick_();
       s.next_tick = now + static_cast<uint64_t>(tick_period_ms_) * kNsPerMs;
@@ -265,7 +266,7 @@ void Agent::Loop() {
     DrainEssentials(s);
     DrainSafePoints(s);
     if (s.ready() && now >= s.next_hb) SendHeartbeat(s);
-    if (s.conn && Silent(s)) continue;
+    if (s.conn && (Silent(s) || Stalled(s))) continue;
     if (s.conn && !s.conn->Flush()) {
       Lose(s, s.conn->error());
       continue;
@@ -286,17 +287,44 @@ bool Agent::Silent(Session& s) {
     s.last_heard = now;
     return false;
   }
-  const uint64_t limit = std::max<uint64_t>(static_cast<uint64_t>(opt_.silence_timeout_ms) * kNsPerMs,
-                                            kSilenceIntervals * s.keepalive_ns);
-  if (now - s.last_heard <= limit) return false;
+  if (now - s.last_heard <= SilenceLimitNs(s)) return false;
   // A live process closes this connection: it says so first, so that the coordinator, when it reads the close
   // (after its freeze, or once the link is back), waits for it to register again instead of taking the close for
   // its death. Sealed like every frame: nobody else can say it for this process, and a killed one cannot say it.
+  const std::string why = "no word from the coordinator for " + std::to_string((now - s.last_heard) / kNsPerMs) + " ms";
   if (s.ready()) {
-    SendBye(s, kByeReconnect, kReconnectByeFlushMs);
+    SendBye(s, ByeReconnect(why), kReconnectByeFlushMs);
     s.conn->ReadSome();  // what the coordinator sent is read, so that closing sends FIN after BYE, not a reset
   }
-  Lose(s, "no word from the coordinator for " + std::to_string((now - s.last_heard) / kNsPerMs) + " ms");
+  Lose(s, why);
+  return true;
+}
+
+uint64_t Agent::SilenceLimitNs(const Session& s) const {
+  return std::max<uint64_t>(static_cast<uint64_t>(opt_.silence_timeout_ms) * kNsPerMs, kSilenceIntervals * s.keepalive_ns);
+}
+
+// The coordinator reads nothing of what this connection queued (Connection::kMaxQueued: it sends, but its side of
+// the link or its reading is stuck): the connection is re-made as a silent one's is, with BYE "reconnect" last,
+// saying why. Nothing queued is dropped, so the BYE reaches the coordinator in order once it reads again, and it
+// waits for this process to register again instead of taking the close for its death. The connection is closed
+// once the BYE is written, or after the silence timeout; meanwhile nothing more is sent on it (events are held for
+// the next connection, the rest is replayed at its registration).
+bool Agent::Stalled(Session& s) {
+  if (!s.conn->stalled()) return false;
+  const uint64_t now = NowMonotonicNs();
+  if (!s.bye_by) {
+    TM_WARN(kLogControl, "agent: coordinator %s reads nothing of this connection (%s); it is closed after a BYE "
+                         "\"reconnect\" saying so, and made again",
+            opt_.coordinator.c_str(), s.conn->error().c_str());
+    s.bye_by = now + SilenceLimitNs(s);
+    if (s.registered) s.conn->SendLast(MsgType::kBye, EncodePayload(Bye{ByeReconnect(s.conn->error())}));
+    s.registered = false;
+    connected_.store(false);
+  }
+  if (s.conn->WantsWrite() && now < s.bye_by && s.conn->Flush()) return false;  // PollOnce waits for room
+  s.conn->ReadSome();  // FIN after the BYE, not a reset
+  Lose(s, s.conn->error());
   return true;
 }
 
@@ -351,6 +379,7 @@ void Agent::Lose(Session& s, const std::string& why) {
   conn_fd_.store(-1);
   s.conn.reset();
   s.registered = false;
+  s.bye_by = 0;
   connected_.store(false);
   s.next_attempt = NowMonotonicNs() + s.backoff_ms * kNsPerMs;
   s.backoff_ms = std::min<uint64_t>(s.backoff_ms * 2, kReconnectMaxBackoffMs);
@@ -504,8 +533,8 @@ void Agent::SayBye(Session& s) {
   SendBye(s, kByeExit, kByeFlushMs);
 }
 
-void Agent::SendBye(Session& s, const char* reason, uint64_t flush_ms) {
-  s.conn->Send(MsgType::kBye, EncodePayload(Bye{reason}));
+void Agent::SendBye(Session& s, const std::string& reason, uint64_t flush_ms) {
+  s.conn->SendLast(MsgType::kBye, EncodePayload(Bye{reason}));
   uint64_t deadline = NowMonotonicNs() + flush_ms * kNsPerMs;
   while (s.conn->WantsWrite() && NowMonotonicNs() < deadline) {
     if (!s.conn->Flush()) break;

@@ -116,10 +116,12 @@ class Agent {
   void DrainSafePoints(Session& s);
   void SendHeartbeat(Session& s);
   void PollOnce(Session& s);
-  bool Silent(Session& s);  // true when the connection was dropped for silence
+  bool Silent(Session& s);   // true when the connection was dropped for silence
+  bool Stalled(Session& s);  // true when the connection was dropped because the coordinator read nothing of it
+  uint64_t SilenceLimitNs(const Session& s) const;
   void OnFrame(Session& s, const Frame& f);
   void SayBye(Session& s);                                              // at exit: last reports, BYE "exit"
-  void SendBye(Session& s, const char* reason, uint64_t flush_ms);     // queued, flushed for at most flush_ms
+  void SendBye(Session& s, const std::string& reason, uint64_t flush_ms);  // queued last, flushed for at most flush_ms
 
   Options opt_;
   CommandHandler handler_;

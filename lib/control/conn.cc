@@ -206,12 +206,20 @@ bool Connection::Next(Frame* out) {
 bool Connection::Send(MsgType type, const std::vector<uint8_t>& payload) {
   if (!authenticated_ || closing_ || failed_ || payload.size() > kMaxPayload) return false;
   if (queued_bytes() > kMaxQueued) {
-    failed_ = closing_ = true;
+    stalled_ = closing_ = true;
     error_ = "the peer does not read: " + std::to_string(queued_bytes() >> 20) + " MiB queued";
-    out_.clear();
-    out_off_ = 0;
     return false;
   }
+  return Queue(type, payload);
+}
+
+bool Connection::SendLast(MsgType type, const std::vector<uint8_t>& payload) {
+  if (!authenticated_ || failed_ || last_sent_ || payload.size() > kMaxPayload) return false;
+  closing_ = last_sent_ = true;
+  return Queue(type, payload);
+}
+
+bool Connection::Queue(MsgType type, const std::vector<uint8_t>& payload) {
   if (out_off_ > 0 && out_off_ == out_.size()) {
     out_.clear();
     out_off_ = 0;

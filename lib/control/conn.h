@@ -57,9 +57,16 @@ class Connection {
   bool rejected() const { return rejected_; }
 
   // Queue an application message (after the handshake). Nothing is ever dropped silently: when the peer
-  // does not read and kMaxQueued bytes are already queued, the connection fails instead (failed(), closing(),
-  // error() says why; its owner closes it) and Send returns false, as it does after a failure or a REJECT.
+  // does not read and kMaxQueued bytes are already queued, the connection stalls instead (stalled(), closing(),
+  // error() says why) and Send returns false, as it does after a failure or a REJECT. What is queued is kept
+  // whole (a frame cut short would garble the stream), so one last frame (SendLast) still reaches the peer in
+  // order if it reads again. Its owner closes it at once (the coordinator: it waits on no peer) or after a last
+  // BYE is written, within a deadline (the agent: docs/reliability.md, "A stalled connection").
   bool Send(MsgType type, const std::vector<uint8_t>& payload);
+  // Queue the connection's last frame (a BYE), past kMaxQueued if need be; nothing is sent after it (closing()).
+  // False after a protocol failure or a REJECT (the stream is not whole), or once a last frame was queued.
+  bool SendLast(MsgType type, const std::vector<uint8_t>& payload);
+  bool stalled() const { return stalled_; }  // a Send found kMaxQueued queued: the peer does not read
   template <typename M>
   bool SendMsg(MsgType type, const M& m) {
     return Send(type, EncodePayload(m));
@@ -83,6 +90,8 @@ class Connection {
   bool HandleHandshake(const Frame& f);
   // Keys send_ and recv_ for this side from both nonces. False when OpenSSL fails.
   bool StartSession(const Nonce& client, const Nonce& server);
+  // Seals one frame onto the output. False (failed) when OpenSSL fails.
+  bool Queue(MsgType type, const std::vector<uint8_t>& payload);
 
   int fd_;
   Side side_;
@@ -94,6 +103,8 @@ class Connection {
   bool closing_ = false;
   bool failed_ = false;
   bool rejected_ = false;
+  bool stalled_ = false;
+  bool last_sent_ = false;
   std::string error_;
   std::string client_kind_;
   uint64_t peer_epoch_ = 0;

@@ -256,7 +256,7 @@ void Coordinator::Sweep() {
               p->addr.c_str(), static_cast<unsigned long long>(kHelloDeadlineNs / 1000000000ull));
       ++rejected_;
       close_now.push_back({fd, "no HELLO"});
-    } else if (c.failed() && !c.WantsWrite()) {  // e.g. a Send over the output bound: never a silent drop
+    } else if (c.stalled() || (c.failed() && !c.WantsWrite())) {  // it waits on no peer that does not read
       TM_WARN(kLogControl, "coordinator: closing the connection of process %" PRIu64 ": %s", p->process,
               c.error().c_str());
       close_now.push_back({fd, c.error()});
@@ -426,14 +426,15 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
   if (type == MsgType::kBye) {
     Bye bye;
     ProcessRec* pr = FindProcess(p.process);
-    if (pr && DecodePayload(f.payload, &bye) && bye.reason == kByeReconnect) {
+    const bool decoded = pr && DecodePayload(f.payload, &bye);
+    if (std::optional<std::string> why = decoded ? ByeReconnectWhy(bye.reason) : std::nullopt) {
       // Alive, and it will register again: lost until then, failed only if it does not (CheckHeartbeats).
       if (pr->state == ProcState::kAlive) {
         pr->conn_fd = -1;
         p.process = 0;
         pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
         pr->last_heartbeat_ns = NowMonotonicNs();  // heard: proof that this coordinator hears the job
-        MarkLost(*pr, "reconnecting (it heard nothing from the coordinator)");
+        MarkLost(*pr, "reconnecting (" + *why + ")");
       }
     } else if (pr) {
       pr->state = ProcState::kExited;

@@ -354,4 +354,13 @@ bool Command::Decode(Reader& r) {
   return r.AtEnd();
 }
 
+std::string ByeReconnect(const std::string& why) { return std::string(kByeReconnect) + ": " + why; }
+
+std::optional<std::string> ByeReconnectWhy(const std::string& reason) {
+  const std::string prefix = std::string(kByeReconnect) + ": ";
+  if (reason == kByeReconnect) return "it heard nothing from the coordinator";
+  if (reason.rfind(prefix, 0) == 0) return reason.substr(prefix.size());
+  return std::nullopt;
+}
+
 }  // namespace trainmover::control

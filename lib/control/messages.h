@@ -8,6 +8,7 @@
 #define TRAINMOVER_LIB_CONTROL_MESSAGES_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -250,11 +251,16 @@ struct Command {
 };
 using Event = Command;
 
-// BYE's reasons. kByeExit: the process is exiting (state exited). kByeReconnect: a live process gives up on this
-// connection (it heard nothing from the coordinator for its silence timeout) and will register again: lost, but
-// not failed unless it does not come back (docs/reliability.md, "A closed connection is not a death").
+// BYE's reasons. kByeExit: the process is exiting (state exited). kByeReconnect, alone or followed by ": " and why:
+// a live process gives up on this connection (it heard nothing from the coordinator for its silence timeout, or the
+// coordinator read nothing of what it queued: a stalled connection) and will register again: lost, but not failed
+// unless it does not come back (docs/reliability.md, "A closed connection is not a death").
 inline constexpr char kByeExit[] = "exit";
 inline constexpr char kByeReconnect[] = "reconnect";
+// The BYE "reconnect" reason with why; ByeReconnectWhy: nullopt when `reason` is not one, else why (for the bare
+// reason "it heard nothing from the coordinator", the only one before reasons said why).
+std::string ByeReconnect(const std::string& why);
+std::optional<std::string> ByeReconnectWhy(const std::string& reason);
 struct Bye {
   std::string reason;
   void Encode(Writer& w) const { w.Str(reason); }

@@ -199,10 +199,22 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
     a.verify_from_round = rounds_ + 1 + static_cast<uint64_t>(opt_.detector.warmup_windows);
     return;
   }
-  // Recovered once flag_windows rounds in a row are back within the threshold; a machine's transient (the load
-  // of something else, the replacement's first steps) gets up to kVerifySpans such spans before the verdict is
-  // "not recovered".
+  // Recovered once, for flag_windows rounds in a row, the job's step time is back within the threshold of its
+  // figure before the straggler, or the rank's new process is within the threshold of its peers; a machine's
+  // transient (the load of something else, the replacement's first steps) gets up to kVerifySpans such spans
+  // before the verdict is "not recovered".
   const uint64_t need = static_cast<uint64_t>(opt_.detector.flag_windows);
+  // The cause: the rank's new process computes no longer than its peers (a ratio, so the machine's load, which
+  // swings the job's step time by 2-3x on a shared host, cancels out).
+  if (rounds_ >= a.verify_from_round && rounds_ != a.seen_round) {
+    a.seen_round = rounds_;
+    const StragglerState* now = nullptr;
+    for (const auto& [process, st] : det_.states()) {
+      if (process != a.process && st.rank == a.rank && (!now || st.rounds > now->rounds)) now = &st;
+    }
+    if (now) a.after_score = now->score;
+    a.rank_back_rounds = now && !now->flagged && now->score <= opt_.detector.threshold ? a.rank_back_rounds + 1 : 0;
+  }
   if (rounds_ < a.verify_from_round + need) return;
   std::vector<double> after;  // the job's step time in the latest rounds after the switch
   for (size_t i = history_.size() - std::min<size_t>(need, history_.size()); i < history_.size(); ++i) {
@@ -210,16 +222,18 @@ void StragglerMonitor::Follow(EngineHost& h, StragglerAction& a, uint64_t now_re
   }
   a.after_step_ms = Median(after) / 1e6;
   const double ref = a.baseline_step_ms > 0 ? a.baseline_step_ms : a.slow_step_ms;
-  const bool back = a.baseline_step_ms > 0 ? a.after_step_ms <= ref * (1 + opt_.detector.threshold)
-                                           : a.after_step_ms * (1 + opt_.detector.threshold / 2) < ref;
+  const bool step_back = a.baseline_step_ms > 0 ? a.after_step_ms <= ref * (1 + opt_.detector.threshold)
+                                                : a.after_step_ms * (1 + opt_.detector.threshold / 2) < ref;
+  const bool back = step_back || a.rank_back_rounds >= static_cast<int>(need);
   if (!back && rounds_ < a.verify_from_round + need * kVerifySpans) return;
   a.state = "done";
   a.outcome = back ? "recovered" : "not recovered";
   a.ended_ns = now_real_ns;
   TM_WARN(kLogControl,
           "straggler: rank %d after migration %" PRIu64 ": job step %.3f ms (before the straggler %.3f ms, with it "
-          "%.3f ms): %s",
-          a.rank, a.migration, a.after_step_ms, a.baseline_step_ms, a.slow_step_ms, a.outcome.c_str());
+          "%.3f ms), the rank's compute %+.0f%% against its peers' median: %s",
+          a.rank, a.migration, a.after_step_ms, a.baseline_step_ms, a.slow_step_ms, a.after_score * 100,
+          a.outcome.c_str());
 }
 
 std::string StragglerMonitor::ProcessJson(uint64_t process) const {
@@ -251,6 +265,7 @@ std::string StragglerMonitor::Json() const {
          ",\"score\":" + JsonNumber(a.score, 4) + ",\"state\":" + JsonQuote(a.state) +
          ",\"outcome\":" + JsonQuote(a.outcome) + ",\"baseline_step_ms\":" + JsonNumber(a.baseline_step_ms, 4) +
          ",\"slow_step_ms\":" + JsonNumber(a.slow_step_ms, 4) + ",\"after_step_ms\":" + JsonNumber(a.after_step_ms, 4) +
+         ",\"after_score\":" + JsonNumber(a.after_score, 4) +
          ",\"started_ms\":" + std::to_string(a.started_ns / 1000000) +
          ",\"ended_ms\":" + (a.ended_ns ? std::to_string(a.ended_ns / 1000000) : "null") + "}";
   }

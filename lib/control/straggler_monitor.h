@@ -38,6 +38,9 @@ struct StragglerAction {
   double baseline_step_ms = 0;  // the job's step time before the straggler (0: unknown)
   double slow_step_ms = 0;      // when the action started
   double after_step_ms = 0;     // after the migration (verifying rounds)
+  double after_score = 0;       // the rank's new process's latest score (compute over its peers' median, minus 1)
+  int rank_back_rounds = 0;     // consecutive verifying rounds with that score within the threshold
+  uint64_t seen_round = 0;
   uint64_t started_ns = 0, ended_ns = 0;  // realtime
   uint64_t verify_from_round = 0;
 };

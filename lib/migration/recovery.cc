@@ -104,7 +104,11 @@ class Recovery {
   }
 
   void OnCommand(const control::Command& c);
-  int64_t OnSafePoint(int64_t step);
+  int64_t OnSafePoint(int64_t step, bool step_clean);
+  bool Fenced() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return fenced_;
+  }
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
   void Drain() {
     polling_.store(false);
@@ -164,7 +168,7 @@ class Recovery {
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
-  int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step);
+  int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean);
   void OnFence(uint64_t id, const rec::RecMsg& m);
   // tm-commpoll thread.
   void PollComms(std::set<ncclComm_t>& reported);
@@ -347,16 +351,18 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
   const uint64_t deadline = w_.MonotonicNs() + uint64_t{kVerdictWaitMs} * 1000000ull;
   for (;;) {
     if (fenced()) return true;
-    if (!give_up_.empty() || !w_.Connected() || w_.MonotonicNs() >= deadline) return false;
+    // A lost control connection is no verdict: the agent reconnects meanwhile (a process woken from a long
+    // SIGSTOP finds its old connection closed, and the coordinator's FENCED, "replaced: end", comes on the new one).
+    if (!give_up_.empty() || w_.MonotonicNs() >= deadline) return false;
     cv_.wait_for(lk, std::chrono::milliseconds(20));
   }
 }
 
-int64_t Recovery::OnSafePoint(int64_t step) {
+int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   std::unique_lock<std::mutex> lk(mu_);
   if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
-  if (fenced_) return HoldAndRollBack(lk, step);
+  if (fenced_) return HoldAndRollBack(lk, step, step_clean);
   return step;
 }
 
@@ -493,16 +499,20 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
 }
 
 // Fenced: held here until the coordinator names the step everyone rolls back to (every replacement communicator
-// staged, the replacement's state verified), a new failure's fence aside.
-int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step) {
+// staged, the replacement's state verified), a new failure's fence aside. `step_clean`: the fence came after this
+// safe point began, so every operation of the step ran for real and the registered regions hold the state at `step`
+// exactly: it is offered as a step this process holds (with no copy: nothing changes them while held). That is the
+// only step a migration's joiner fenced right after its switch holds (docs/recovery.md, "Right after a switch").
+int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean) {
   const uint64_t t0 = w_.MonotonicNs();
   uint64_t epoch = epoch_, lost_since = 0, epoch_t0 = t0;  // each epoch has its own hold limit, as at the coordinator
   rec::RecMsg held;
   held.epoch = epoch;
   held.step = step;
   for (const Slot& x : slots_) {
-    if (x.step >= 0) held.words.push_back(static_cast<uint64_t>(x.step));
+    if (x.step >= 0 && !(step_clean && x.step == step)) held.words.push_back(static_cast<uint64_t>(x.step));
   }
+  if (step_clean && step >= 0) held.words.push_back(static_cast<uint64_t>(step));
   Send(rec::Ev::kHeld, held);
   while (rollback_step_ < 0 && give_up_.empty()) {
     const uint64_t now = w_.MonotonicNs();
@@ -521,15 +531,17 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   }
   if (!give_up_.empty()) Exit(lk, give_up_);
   const int64_t to = rollback_step_;
-  Slot* s = nullptr;
-  for (Slot& x : slots_) s = x.step == to ? &x : s;
-  std::vector<shim::Region> regs = shim::Regions();
-  if (!s || regs.size() != layout_.size()) Exit(lk, "no local snapshot of step " + std::to_string(to));
-  for (size_t i = 0; i < regs.size(); ++i) {
-    if (regs[i].name != layout_[i].name || regs[i].bytes != layout_[i].bytes) {
-      Exit(lk, "region " + regs[i].name + " changed since the snapshot of step " + std::to_string(to));
+  if (!(step_clean && to == step)) {  // else the regions hold the state at `to` already
+    Slot* s = nullptr;
+    for (Slot& x : slots_) s = x.step == to ? &x : s;
+    std::vector<shim::Region> regs = shim::Regions();
+    if (!s || regs.size() != layout_.size()) Exit(lk, "no local snapshot of step " + std::to_string(to));
+    for (size_t i = 0; i < regs.size(); ++i) {
+      if (regs[i].name != layout_[i].name || regs[i].bytes != layout_[i].bytes) {
+        Exit(lk, "region " + regs[i].name + " changed since the snapshot of step " + std::to_string(to));
+      }
+      std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
     }
-    std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
   }
   const size_t rebuilt = pm_->SwitchStagedForRecovery();
   for (ncclComm_t c : withdrawn_) (void)shim::g_real.CommAbort(c);
@@ -677,7 +689,9 @@ void InstallRecovery(World* world, ProcessMachine* machine) {
 
 void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }
 
-int64_t RecoverySafePoint(int64_t step) { return g_recovery->OnSafePoint(step); }
+bool RecoveryFenced() { return g_recovery->Fenced(); }
+
+int64_t RecoverySafePoint(int64_t step, bool step_clean) { return g_recovery->OnSafePoint(step, step_clean); }
 
 void RecoveryPrepareSlots() {
   if (g_recovery) g_recovery->PrepareSlots();

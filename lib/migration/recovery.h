@@ -26,10 +26,14 @@ class World;
 void InstallRecovery(World* world, ProcessMachine* machine);
 // Agent thread: a recovery command (kind >= rec::kFirstRecoveryKind).
 void RecoveryCommand(const control::Command& c);
+// Application thread, as tmSafePoint begins: whether this process is fenced (its step ran on fenced communicators).
+bool RecoveryFenced();
 // Application thread, after the migration machine's part of the safe point: takes a snapshot, or holds a fenced
 // process until the rollback. Returns the step to continue from. Does not return when recovery is impossible
-// (the process ends with the reason, status 1).
-int64_t RecoverySafePoint(int64_t step);
+// (the process ends with the reason, status 1). `step_clean`: the process was not fenced when this safe point began
+// (RecoveryFenced), so every operation of the step ran for real and its registered state is the state at `step` even
+// when a fence came since (during a migration's switch, say): held there, it offers that step for the rollback.
+int64_t RecoverySafePoint(int64_t step, bool step_clean);
 // Any thread, before the process ends (normal exit, a migrated leaver, a joiner or a refused process): no more
 // snapshot pulls, and the one under way may finish (kExitDrainMs), so no buddy is left serving a vanished reader.
 void RecoveryDrain();

@@ -32,14 +32,7 @@ struct RankSnaps {
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
   std::map<int64_t, std::set<uint64_t>> shipping;    // step -> buddies whose pull has not answered yet
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
-};
-
-// A rank that a planned migration moves (docs/recovery.md, "Buddies across a migration"): from the migration's SWITCH
-// on, the joiner replaces the leaver as a buddy, and its own snapshots continue the leaver's timeline. Recorded from
-// the agreement on the switch step (the leaver is still the rank's worker then), kept while the migration runs, and
-// once it is done while the leaver is still alive.
-struct Handover {
-  uint64_t migration = 0, leaver = 0, joiner = 0;
+  uint64_t gone = 0;  // the latest buddy that left (a migrated leaver, a lost process) with copies of the rank
 };
 
 // One failed rank of the recovery in progress, and its replacement.
@@ -108,6 +101,48 @@ std::string EnvOf(const ProcessRec& p, const std::string& name) {
     if (kv.rfind(prefix, 0) == 0) return kv.substr(prefix.size());
   }
   return "";
+}
+
+// The rank a process claims: a worker's, or the rank a planned migration's joiner replaces once SWITCH went out for
+// it (the commit point, docs/reliability.md: from then on the joiner holds the rank, even before every member
+// confirmed the switch and the migration is marked done). -1: none.
+int32_t Claim(EngineHost& h, const ProcessRec& p) {
+  if (p.info.role == "worker") return p.info.rank;
+  if (p.info.role != "joiner" || p.info.replace < 0) return -1;
+  for (const auto& [id, m] : h.migrations()) {
+    if (m.kind == kKindMigrate && m.switch_sent && !MigTerminal(m.state) &&
+        std::find(m.ranks.begin(), m.ranks.end(), p.info.replace) != m.ranks.end()) {
+      return p.info.replace;
+    }
+  }
+  return -1;
+}
+
+// The process that holds or last held each rank: of the processes that claim it, alive or not, the newest (ids grow
+// with registration: a switched leaver that has not exited yet registered before its joiner, a failed process before
+// its replacement).
+std::map<int32_t, const ProcessRec*> LastHolders(EngineHost& h) {
+  std::map<int32_t, const ProcessRec*> out;
+  for (const auto& [id, p] : h.processes()) {
+    const int32_t r = Claim(h, p);
+    if (r >= 0 && (!out.count(r) || out[r]->id < id)) out[r] = &p;
+  }
+  return out;
+}
+
+// The alive process that holds each rank (none for a rank whose holder failed: its leaver holds nothing either).
+std::map<int32_t, const ProcessRec*> Holders(EngineHost& h) {
+  std::map<int32_t, const ProcessRec*> out = LastHolders(h);
+  std::erase_if(out, [](const auto& kv) { return kv.second->state != ProcState::kAlive; });
+  return out;
+}
+
+// Whether `p` (alive or just lost) held its claimed rank: no newer process claims it.
+bool HeldRank(EngineHost& h, const ProcessRec& p) {
+  const int32_t r = Claim(h, p);
+  const auto last = LastHolders(h);
+  auto it = last.find(r);
+  return r >= 0 && it != last.end() && it->second->id == p.id;
 }
 
 class RecoveryEngine final : public Engine {
@@ -193,7 +228,10 @@ class RecoveryEngine final : public Engine {
     // back (Offered, Complete: live buddies only), and dropped if it never comes back (lost for good, called again).
     const bool returning = pr && pr->returning_by_ns;
     for (auto& [rank, rs] : snaps_) {
-      if (!returning) rs.held.erase(p);
+      if (auto c = rs.held.find(p); c != rs.held.end() && !returning) {
+        if (!c->second.empty()) rs.gone = p;
+        rs.held.erase(c);
+      }
       std::vector<int64_t> waiting;
       for (const auto& [step, buddies] : rs.shipping) {
         if (buddies.count(p)) waiting.push_back(step);
@@ -209,8 +247,14 @@ class RecoveryEngine final : public Engine {
                             ", pid " + std::to_string(pr->info.pid) + ") was lost");
       }
     }
-    if (pr->state == ProcState::kExited || pr->info.role != "worker" || pr->info.rank < 0) return;
+    // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
+    if (pr->state == ProcState::kExited || !HeldRank(h, *pr)) return;
     if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)
+    if (pr->info.role == "joiner") {  // lost before every member confirmed the switch: it held the rank all the same
+      pr->info.rank = pr->info.replace;
+      pr->info.role = "worker";
+      pr->info.replace = -1;
+    }
     if (ctx_ && ctx_->survivors.count(p)) return FailedDuring(h, *pr);
     if (EnvOf(*pr, "RECOVERY") == "off") {
       TM_WARN(kLogMigration, "coordinator: rank %d failed (%s); TRAINMOVER_RECOVERY=off: no recovery",
@@ -273,67 +317,34 @@ class RecoveryEngine final : public Engine {
   int32_t SnapshotRank(const ProcessRec& p) {
     if (const Lost* l = ctx_ ? ctx_->ByJoiner(p.id) : nullptr) return l->rank;
     if (p.info.role == "worker") return p.info.rank;
-    return p.info.role == "joiner" ? p.info.replace : -1;
+    return p.info.role == "joiner" ? p.info.replace : -1;  // it snapshots once switched in
   }
 
-  RankSnaps& SnapsOf(int32_t rank, const ProcessRec& p) {
+  // The rank's book, for its owner `p` whose snapshot of `step` just came. A new process holds the rank (a migration's
+  // joiner, a recovery's replacement): the one before it is heard no more and its own slots leave with it, but the
+  // copies its buddies verified of the steps before `step` stay: the state is the rank's, not the process's, and the
+  // new holder continues the same timeline (from the switch step, or the rollback step whose later copies the
+  // rollback dropped). Until the new holder's first snapshot is on a buddy, they are the rank's only copies.
+  RankSnaps& SnapsOf(int32_t rank, const ProcessRec& p, int64_t step) {
     RankSnaps& rs = snaps_[rank];
-    if (rs.owner != p.id) {  // a new process holds the rank: its own timeline; the one before it is heard no more
+    if (rs.owner != p.id) {
       std::set<uint64_t> former = std::move(rs.former);
       if (rs.owner) former.insert(rs.owner);
-      // Handed over by a planned migration: the same timeline, so the buddies' copies of the leaver's snapshots
-      // stay the rank's until the joiner's own replace them (a recovery's replacement starts from the rollback).
-      auto o = handovers_.find(rank);
-      const bool handed_over = o != handovers_.end() && o->second.joiner == p.id && o->second.leaver == rs.owner;
-      auto held = handed_over ? std::move(rs.held) : decltype(rs.held){};
+      std::map<uint64_t, std::map<int64_t, uint32_t>> held = std::move(rs.held);
+      for (auto& [b, steps] : held) std::erase_if(steps, [&](const auto& kv) { return kv.first >= step; });
       rs = RankSnaps{.owner = p.id, .held = std::move(held), .former = std::move(former)};
     }
     return rs;
   }
 
-  bool Switched(EngineHost& h, const Handover& o) {
-    const Migration* m = h.FindMigration(o.migration);
-    return m && m->switch_sent;
-  }
-
-  // Brings handovers_ up to date with the migrations' records.
-  void TrackHandovers(EngineHost& h) {
-    std::erase_if(handovers_, [&](const auto& kv) {
-      const Migration* m = h.FindMigration(kv.second.migration);
-      const ProcessRec* l = h.FindProcess(kv.second.leaver);
-      const bool leaver_alive = l && l->state == ProcState::kAlive;
-      return !m || (MigTerminal(m->state) && !(m->state == MigState::kDone && leaver_alive));
-    });
-    for (const auto& [id, m] : h.migrations()) {
-      if (m.kind != kKindMigrate || m.state < MigState::kAgreeing || MigTerminal(m.state)) continue;
-      for (int32_t r : m.ranks) {
-        if (handovers_.count(r)) continue;
-        const ProcessRec* leaver = h.FindProcessByRank(r);
-        uint64_t joiner = r == m.rank ? m.joiner : 0;
-        for (const auto& [pid, p] : h.processes()) {
-          if (!joiner && p.state == ProcState::kAlive && p.info.role == "joiner" && p.info.replace == r) joiner = pid;
-        }
-        if (leaver && joiner) handovers_[r] = Handover{id, leaver->id, joiner};
-      }
-    }
-  }
-
-  // The buddies of `rank`: the holders of the next ranks in order (a rank's worker; the joiner of a rank handed over
-  // once its migration switched), those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
+  // The buddies of `rank`: the next ranks in order, those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
   std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
-    std::map<int32_t, const ProcessRec*> holders;
-    for (const auto& [id, p] : h.processes()) {
-      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank >= 0) holders[p.info.rank] = &p;
-    }
-    for (const auto& [r, o] : handovers_) {
-      const ProcessRec* j = h.FindProcess(o.joiner);
-      if (Switched(h, o) && j && j->state == ProcState::kAlive) holders[r] = j;
-    }
+    const std::map<int32_t, const ProcessRec*> workers = Holders(h);  // a switched joiner, not its leaver
     const std::string copies_env = EnvOf(owner, "SNAPSHOT_COPIES");
     const size_t copies = copies_env.empty() ? 1 : static_cast<size_t>(std::max(1, atoi(copies_env.c_str())));
     std::vector<const ProcessRec*> order;
-    for (auto it = holders.upper_bound(rank); it != holders.end(); ++it) order.push_back(it->second);
-    for (auto it = holders.begin(); it != holders.end() && it->first < rank; ++it) order.push_back(it->second);
+    for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) order.push_back(it->second);
+    for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) order.push_back(it->second);
     std::vector<uint64_t> out;
     for (bool other_host : {true, false}) {
       for (const ProcessRec* p : order) {
@@ -351,8 +362,7 @@ class RecoveryEngine final : public Engine {
     if (ctx_ && !ctx_->rolled.count(from.id) && !(replacement && replacement->switched)) return;
     const int32_t rank = SnapshotRank(from);
     if (rank < 0 || snaps_[rank].former.count(from.id)) return;  // a leaver's late snapshot: its joiner owns the rank
-    TrackHandovers(h);
-    RankSnaps& rs = SnapsOf(rank, from);
+    RankSnaps& rs = SnapsOf(rank, from, m.step);
     auto forget_slot = [&](std::map<int64_t, uint32_t>& steps) {
       std::erase_if(steps, [&](const auto& kv) { return kv.second == m.slot; });
     };
@@ -398,9 +408,10 @@ class RecoveryEngine final : public Engine {
   // The newest step that every live worker holds itself and a live buddy of it holds a verified copy of.
   int64_t Complete(EngineHost& h) {
     std::optional<std::set<int64_t>> common;
+    const std::map<int32_t, const ProcessRec*> holders = Holders(h);
     for (const auto& [rank, rs] : snaps_) {
-      const ProcessRec* o = h.FindProcess(rs.owner);
-      if (!o || o->state != ProcState::kAlive || o->info.role != "worker") continue;
+      auto o = holders.find(rank);
+      if (o == holders.end() || o->second->id != rs.owner) continue;
       std::set<int64_t> steps;
       for (const auto& [b, copies] : rs.held) {
         const ProcessRec* bp = h.FindProcess(b);
@@ -470,7 +481,7 @@ class RecoveryEngine final : public Engine {
     for (const Lost& l : x.lost) {
       offered.push_back(Offered(h, l.rank));
       if (offered.back().empty()) {
-        *why = "no snapshot of rank " + std::to_string(l.rank) + " is complete on a live buddy";
+        *why = NoCopy(h, l.rank);
         return std::nullopt;
       }
     }
@@ -487,6 +498,18 @@ class RecoveryEngine final : public Engine {
     }
     *why = "no snapshot step of " + x.Ranks() + " held by a live buddy is held by every survivor";
     return std::nullopt;
+  }
+
+  // Why `rank` cannot be recovered when no live buddy holds a copy of it, with where its copies went.
+  std::string NoCopy(EngineHost& h, int32_t rank) {
+    std::string why = "no snapshot of rank " + std::to_string(rank) + " is complete on a live buddy";
+    auto it = snaps_.find(rank);
+    const ProcessRec* gone = it != snaps_.end() && it->second.gone ? h.FindProcess(it->second.gone) : nullptr;
+    if (gone) {
+      why += " (its copies were on process " + std::to_string(gone->id) + ", which " +
+             (gone->state == ProcState::kExited ? "left" : "was lost") + " before another buddy held a copy)";
+    }
+    return why;
   }
 
   // The steps of `rank` that a live buddy holds a verified copy of, newest first, each with one such buddy.
@@ -545,10 +568,10 @@ class RecoveryEngine final : public Engine {
       }
       x.lost.push_back(std::move(l));
     }
-    for (const auto& [id, p] : h.processes()) {
-      if (x.IsDead(id) || p.state != ProcState::kAlive || p.info.role != "worker" || p.info.rank < 0) continue;
-      x.survivors.insert(id);
-      reached = std::max(reached, p.step);
+    for (const auto& [rank, p] : Holders(h)) {  // a switched joiner is one, its leaver is not
+      if (x.IsDead(p->id)) continue;
+      x.survivors.insert(p->id);
+      reached = std::max(reached, p->step);
     }
     m.recovery.failed_at_step = reached;
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s%s; recovery %" PRIu64 " of %s, epoch %" PRIu64,
@@ -563,7 +586,7 @@ class RecoveryEngine final : public Engine {
     // and has said which of its own snapshots it holds (HELD).
     for (const Lost& l : ctx_->lost) {
       if (Offered(h, l.rank).empty()) {
-        return Fail(h, "no snapshot of rank " + std::to_string(l.rank) + " is complete on a live buddy");
+        return Fail(h, NoCopy(h, l.rank));
       }
     }
     // Fenced only once a recovery goes ahead: a refused one leaves the process free to come back (a live process whose
@@ -879,6 +902,10 @@ class RecoveryEngine final : public Engine {
     }
     for (const Lost& l : x.lost) {
       h.SendCommand(l.joiner, mig::Make(static_cast<uint16_t>(mig::Cmd::kSwitch), x.id, mig::Step{x.step}));
+      // The failed rank's copies after S belong to the abandoned timeline (its replacement continues from S).
+      if (auto it = snaps_.find(l.rank); it != snaps_.end()) {
+        for (auto& [b, steps] : it->second.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > x.step; });
+      }
     }
     rec::RecMsg rb{.epoch = x.epoch, .step = x.step};
     for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kRollback, x.id, rb));
@@ -889,7 +916,7 @@ class RecoveryEngine final : public Engine {
     ctx_->rolled.insert(from.id);
     // The steps after S are trained again: its snapshots of the old timeline beyond S are forgotten (before it
     // snapshots the new timeline, which it does as soon as it goes on, maybe before the recovery is marked done).
-    auto it = snaps_.find(from.info.rank);
+    auto it = snaps_.find(SnapshotRank(from));
     if (it != snaps_.end() && it->second.owner == from.id) {
       RankSnaps& rs = it->second;
       std::erase_if(rs.taken, [&](const auto& kv) { return kv.first > m.step; });
@@ -979,7 +1006,6 @@ class RecoveryEngine final : public Engine {
   std::unique_ptr<JoinerLauncher> launcher_;
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
-  std::map<int32_t, Handover> handovers_;  // by rank (TrackHandovers)
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
   struct Declared {

@@ -370,7 +370,8 @@ ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thre
 // failure recovery (a snapshot, or the hold and rollback of a fenced process).
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
-  return RecoverySafePoint(g_machine->OnSafePoint(step));
+  const bool clean = !RecoveryFenced();
+  return RecoverySafePoint(g_machine->OnSafePoint(step), clean);
 }
 
 }  // namespace

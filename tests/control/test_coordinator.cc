@@ -6,6 +6,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -641,6 +642,102 @@ TEST_CASE("a peer that does not read: its connection fails and it is lost, nothi
   Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
   REQUIRE(CountState(st, "lost") == 1);
   CHECK(st["processes"].arr[0]["lost_reason"].Str().find("does not read") != std::string::npos);
+}
+
+namespace {
+
+// One connection of a coordinator that answers REGISTER and then keeps sending KEEPALIVE but reads nothing more
+// (its side of the link, or its reading, is stuck); tells it what the agent sent afterwards when asked.
+struct DeafCoordinator {
+  int listen_fd = -1;
+  std::string addr;
+  DeafCoordinator() { REQUIRE(ListenTcp("127.0.0.1:0", &listen_fd, &addr).ok()); }
+  ~DeafCoordinator() { close(listen_fd); }
+  std::unique_ptr<Connection> Accept() {
+    pollfd p{listen_fd, POLLIN, 0};
+    REQUIRE(poll(&p, 1, 20000) == 1);
+    int fd = accept(listen_fd, nullptr, nullptr);
+    REQUIRE(fd >= 0);
+    return std::make_unique<Connection>(fd, Connection::Side::kServer, kToken);
+  }
+  // Reads up to the first frame of `type` (20 s at most); the frames before it are counted in *before.
+  static bool ReadUntil(Connection& c, MsgType type, Frame* out, size_t* before = nullptr) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline && !c.failed()) {
+      pollfd p{c.fd(), POLLIN, 0};
+      poll(&p, 1, 50);
+      const bool open = c.ReadSome();
+      while (c.Next(out)) {
+        if (out->type == static_cast<uint16_t>(type)) return true;
+        if (before) ++*before;
+      }
+      c.Flush();
+      if (!open) return false;
+    }
+    return false;
+  }
+  static void Ack(Connection& c) {
+    RegisterAck a;
+    a.process_id = 7;
+    a.heartbeat_interval_ms = 100;
+    c.SendMsg(MsgType::kRegisterAck, a);
+    c.Flush();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a coordinator that reads nothing of 16 MiB queued: the agent closes after a BYE saying why, nothing cut "
+          "short, and registers again") {
+  DeafCoordinator co;
+  Agent::Options o = AgentOptions(co.addr, 0, 1);
+  o.silence_timeout_ms = 30000;  // keepalives keep coming: this is no silence
+  o.ring_slots = 1 << 16;        // the flood below passes whole
+  Agent a(o);
+  a.Start();
+  std::unique_ptr<Connection> first = co.Accept();
+  Frame f;
+  REQUIRE(DeafCoordinator::ReadUntil(*first, MsgType::kRegister, &f));
+  DeafCoordinator::Ack(*first);
+  while (!a.connected()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The process reports safe points, many (one frame each), while the coordinator keeps sending and reads nothing.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto keepalive = t0;
+  int64_t step = 0;
+  while (a.connected() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(90)) {
+    for (int i = 0; i < 4096; ++i) a.ReportSafePoint(++step);
+    std::this_thread::yield();
+    if (std::chrono::steady_clock::now() - keepalive > std::chrono::milliseconds(50)) {
+      first->Send(MsgType::kKeepalive, {});
+      first->Flush();
+      keepalive = std::chrono::steady_clock::now();
+    }
+  }
+  REQUIRE_FALSE(a.connected());  // it gave up on this connection: it queued Connection::kMaxQueued
+  const int64_t stalled_at = step;
+  // The coordinator reads again: every frame whole and in order (no REJECT of a cut frame), then the BYE saying why.
+  size_t frames = 0;
+  REQUIRE(DeafCoordinator::ReadUntil(*first, MsgType::kBye, &f, &frames));
+  CHECK_FALSE(first->failed());
+  CHECK(frames * 60 > Connection::kMaxQueued);  // safe points of about 60 bytes each: the 16 MiB were all read
+  Bye bye;
+  REQUIRE(DecodePayload(f.payload, &bye));
+  CHECK(bye.reason == "reconnect: the peer does not read: 16 MiB queued");
+  // Then it closes this connection (FIN, not a reset) and registers again on a new one, the latest step replayed.
+  Frame none;
+  CHECK_FALSE(DeafCoordinator::ReadUntil(*first, MsgType::kKeepalive, &none));
+  CHECK(first->error().find("reset") == std::string::npos);
+  std::unique_ptr<Connection> second = co.Accept();
+  REQUIRE(DeafCoordinator::ReadUntil(*second, MsgType::kRegister, &f));
+  DeafCoordinator::Ack(*second);
+  REQUIRE(DeafCoordinator::ReadUntil(*second, MsgType::kSafePoint, &f));
+  SafePoint sp;
+  REQUIRE(DecodePayload(f.payload, &sp));
+  CHECK(sp.step >= stalled_at);
+  while (!a.connected() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(a.connections() == 2);
 }
 
 TEST_CASE("a flood of unauthenticated connections from one address: bounded, the job and tmctl still served") {

@@ -375,6 +375,45 @@ TEST_CASE("handshake authenticates both sides, then messages flow in order") {
   CHECK_FALSE(p.server->failed());
 }
 
+TEST_CASE("a peer that does not read stalls the connection: nothing queued is dropped, a last BYE follows in order") {
+  Pair p;
+  const std::vector<uint8_t> mib(kMaxPayload - 64, 0x5a);
+  int sent = 0;
+  while (p.client->Send(MsgType::kEvent, mib)) {  // the server reads nothing
+    ++sent;
+    p.client->Flush();  // the socket takes what it can: the frame in flight is cut mid-way
+    REQUIRE(sent < 64);
+  }
+  CHECK(p.client->stalled());
+  CHECK(p.client->closing());
+  CHECK_FALSE(p.client->failed());
+  CHECK(p.client->queued_bytes() > Connection::kMaxQueued);
+  CHECK(p.client->error() == "the peer does not read: 16 MiB queued");
+  CHECK_FALSE(p.client->Send(MsgType::kHeartbeat, EncodePayload(Heartbeat{})));  // nothing more...
+  const std::string bye = ByeReconnect(p.client->error());
+  CHECK(p.client->SendLast(MsgType::kBye, EncodePayload(Bye{bye})));            // ...but its last frame
+  CHECK_FALSE(p.client->SendLast(MsgType::kBye, EncodePayload(Bye{kByeExit})));  // once
+  // Once the server reads again: every frame whole and in sequence, then the BYE saying why.
+  std::vector<Frame> got;
+  for (int i = 0; i < 100000 && (got.empty() || got.back().type != static_cast<uint16_t>(MsgType::kBye)); ++i) {
+    p.client->Flush();
+    p.server->ReadSome();
+    Frame f;
+    while (p.server->Next(&f)) got.push_back(f);
+    REQUIRE_FALSE(p.server->failed());
+  }
+  REQUIRE(got.size() == static_cast<size_t>(sent) + 1);
+  for (int i = 0; i < sent; ++i) CHECK(got[i].payload == mib);
+  Bye b;
+  REQUIRE(got.back().type == static_cast<uint16_t>(MsgType::kBye));
+  REQUIRE(DecodePayload(got.back().payload, &b));
+  CHECK(b.reason == "reconnect: the peer does not read: 16 MiB queued");
+  CHECK(ByeReconnectWhy(b.reason) == std::optional<std::string>("the peer does not read: 16 MiB queued"));
+  CHECK(ByeReconnectWhy(kByeReconnect) == std::optional<std::string>("it heard nothing from the coordinator"));
+  CHECK(ByeReconnectWhy(kByeExit) == std::nullopt);
+  CHECK_FALSE(p.client->WantsWrite());
+}
+
 TEST_CASE("wrong token: the server answers only a REJECT and authenticates nothing") {
   Pair p("wrong", "tok");
   CHECK_FALSE(p.server->authenticated());

@@ -1114,6 +1114,74 @@ TEST_CASE("recovery: a communicator reported failed by a process's poll: its mem
   CHECK(j.h.procs[2].state == ProcState::kAlive);
 }
 
+TEST_CASE("recovery right after a migration's switch: the joiner holds the rank, the leaver's copies stay the rank's") {
+  RecJob j(3);
+  j.Snapshot(3, 10, 1);
+  j.Snapshot(3, 11, 2);  // rank 1's copies (of the leaver, process 2) on rank 2 (process 3)
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  j.h.Take();
+  // Switched, not confirmed yet (the joiner is still "joiner"): rank 0's snapshot goes to the joiner, not the leaver.
+  j.Rec(1, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 3, .words = {7}, .regions = {Region{"w", 64}}});
+  CHECK(j.h.Take() == V({"101:SNAP_PULL"}));
+  // The joiner's first snapshot, in its slot 0 (the buddy's copy in slot 0 of rank 1 is overwritten by it)...
+  j.Rec(101, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
+  CHECK(j.h.Take() == V({"3:SNAP_PULL"}));
+  j.Rec(2, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 3, .words = {7}, .regions = {Region{"w", 64}}});
+  CHECK(j.h.Take().empty());  // the leaver's late snapshot: the joiner owns the rank
+  auto lose = [&](uint64_t p) -> Migration& {  // as the coordinator does: the migration engine first; the newest record
+    j.h.procs[p].lost_reason = "connection closed by peer";
+    j.Lose(p);
+    j.r->OnProcessLost(j.h, p);
+    return j.h.migs.rbegin()->second;
+  };
+  SUBCASE("the joiner killed before its first snapshot is on the buddy: the leaver's copies recover the rank") {
+    Migration& r = lose(101);
+    REQUIRE(r.kind == kKindRecover);
+    CHECK(r.rank == 1);
+    CHECK(m.state == MigState::kSwitching);  // the stayers have not confirmed yet
+    // Rank 0's pull by the joiner is answered by its loss; the FENCE goes to the stayers, not to the leaver: it holds
+    // nothing since the switch.
+    CHECK(j.h.Take() == V({"1:SNAP_SHIPPED", "1:FENCE", "3:FENCE"}));
+    j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {10, 11, 12}}, r.id);
+    j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {10, 11, 12}}, r.id);
+    CHECK(j.h.Take() == V({"3:EXPOSE_HELD"}));
+    CHECK(r.recovery.rollback_step == 11);
+  }
+  SUBCASE("a stayer killed: the joiner is a survivor, fenced and held; the leaver is not") {
+    j.Rec(101, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 3});  // rank 0's copy on the joiner
+    j.h.Take();
+    Migration& r = lose(1);
+    REQUIRE(r.kind == kKindRecover);
+    CHECK(r.rank == 0);
+    CHECK(j.h.Take() == V({"3:FENCE", "101:FENCE"}));
+    j.Rec(3, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {10, 11, 12}}, r.id);
+    j.Rec(101, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 12, .words = {12}}, r.id);
+    CHECK(j.h.Take() == V({"101:EXPOSE_HELD"}));
+    CHECK(r.recovery.rollback_step == 12);
+  }
+  SUBCASE("a stayer whose copies left with the leaver, killed before the joiner holds one: refused, saying why") {
+    j.Lose(2, ProcState::kExited);  // the leaver's BYE after the hand-off
+    j.r->OnProcessLost(j.h, 2);
+    j.h.Take();
+    Migration& r = lose(1);
+    REQUIRE(r.kind == kKindRecover);
+    CHECK(r.state == MigState::kFailed);
+    CHECK(r.reason == "no snapshot of rank 0 is complete on a live buddy (its copies were on process 2, which left "
+                      "before another buddy held a copy)");
+    std::vector<std::string> sent = j.h.Take();  // the survivors end with the reason: the joiner too, not the leaver
+    CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
+    CHECK(std::count(sent.begin(), sent.end(), "101:GIVE_UP") == 1);
+    CHECK(std::count(sent.begin(), sent.end(), "2:GIVE_UP") == 0);
+  }
+  SUBCASE("the leaver killed after the switch: nothing to recover") {
+    CHECK(lose(2).kind == kKindMigrate);
+  }
+}
+
 // ---- general standbys (lib/migration/standby_pool.cc; docs/recovery.md, "Standbys")
 
 namespace {
