@@ -48,14 +48,18 @@ class TaskQueue {
     tasks_.push_back(std::move(fn));
     cv_.notify_all();
   }
-  // No more work; waits up to `limit` for the task under way (unless called from it). The thread stays parked
-  // (the process is ending).
-  void Drain(std::chrono::milliseconds limit) {
+  // No more work but `last`, run on the thread after the task under way; waits up to `limit` for both (unless
+  // called from the thread). The thread stays parked (the process is ending).
+  void Drain(std::chrono::milliseconds limit, std::function<void()> last) {
     std::unique_lock<std::mutex> lk(mu_);
-    stopping_ = true;
-    tasks_.clear();
+    if (!stopping_) {
+      stopping_ = true;
+      tasks_.clear();
+      if (thread_.joinable()) tasks_.push_back(std::move(last));
+      cv_.notify_all();
+    }
     if (std::this_thread::get_id() == thread_.get_id()) return;
-    cv_.wait_for(lk, limit, [this] { return !busy_; });
+    cv_.wait_for(lk, limit, [this] { return tasks_.empty() && !busy_; });
   }
 
  private:
@@ -112,7 +116,13 @@ class Recovery {
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
   void Drain() {
     polling_.store(false);
-    queue_.Drain(std::chrono::milliseconds(kExitDrainMs));
+    // Then this process's reads of others' snapshots close their endpoints in order: a reader that just exits
+    // leaves UCX 1.13's TCP transport in the serving process to a fatal error ("failed to modify event handler",
+    // multihost_launch: the ranks of the node that finished first were the readers).
+    queue_.Drain(std::chrono::milliseconds(kExitDrainMs), [this] {
+      held_.clear();
+      client_.reset();
+    });
   }
   void PrepareSlots() {
     std::lock_guard<std::mutex> lk(mu_);
