@@ -432,9 +432,7 @@ void Coordinator::HandleMessage(Peer& p, const Frame& f) {
       if (pr->state == ProcState::kAlive) {
         pr->conn_fd = -1;
         p.process = 0;
-        pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
-        pr->last_heartbeat_ns = NowMonotonicNs();  // heard: proof that this coordinator hears the job
-        MarkLost(*pr, "reconnecting (" + *why + ")");
+        MarkReconnecting(*pr, *why);
       }
     } else if (pr) {
       pr->state = ProcState::kExited;
@@ -577,8 +575,7 @@ void Coordinator::OnRegister(Peer& p, const Register& r) {
     const int old = pr->conn_fd;
     pr->conn_fd = -1;
     if (pr->state == ProcState::kAlive) {
-      pr->returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
-      MarkLost(*pr, "reconnecting (a new connection replaced its old one)");
+      MarkReconnecting(*pr, "a new connection replaced its old one");
     }
     ClosePeer(old, "replaced by a new connection");
   }
@@ -666,6 +663,12 @@ void Coordinator::OnCommDestroyed(ProcessRec& pr, uint64_t key) {
     m = m->second == pr.id ? it->second.members.erase(m) : std::next(m);
   }
   if (it->second.members.empty()) comms_.erase(it);
+}
+
+void Coordinator::MarkReconnecting(ProcessRec& pr, const std::string& why) {
+  pr.returning_by_ns = NowMonotonicNs() + ReturnGraceNs();
+  pr.last_heartbeat_ns = NowMonotonicNs();  // heard: proof that this coordinator hears the job
+  MarkLost(pr, "reconnecting (" + why + ")");
 }
 
 void Coordinator::MarkLost(ProcessRec& pr, const std::string& why) {

@@ -282,6 +282,9 @@ class Coordinator final : public EngineHost {
   void SendKeepalives();
   void Sweep();  // peers that failed, missed the HELLO deadline, or slow HTTP clients
   void MarkLost(ProcessRec& pr, const std::string& why);
+  // Alive, and heard saying (or showing, by a new connection) that it will register again: lost until then, failed
+  // only if it does not within ReturnGraceNs (CheckHeartbeats).
+  void MarkReconnecting(ProcessRec& pr, const std::string& why);
   void OnRegister(Peer& p, const Register& r);
   void ReplacedTable(int32_t rank, RegisterAck* a);
   void OnCommCreated(ProcessRec& pr, const CommCreated& c);
