@@ -36,6 +36,8 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
 
   int fd() const { return fd_; }
+  // Forget the socket without closing it: someone else closed it, and its number may already be another file's.
+  void Disown() { fd_ = -1; }
   bool authenticated() const { return authenticated_; }
   bool closing() const { return closing_; }                        // a REJECT/BYE is queued; close once flushed
   const std::string& error() const { return error_; }              // why the connection failed or was rejected

@@ -180,6 +180,9 @@ void Coordinator::Run() {
       TM_WARN(kLogControl, "coordinator: poll failed: %s", std::strerror(errno));
       break;
     }
+    // New connections are accepted after the others' events: an accepted socket may take the number of one
+    // closed in this round, and must not be handed that one's events.
+    bool accept = false, accept_metrics = false;
     for (const pollfd& pf : fds) {
       if (!pf.revents) continue;
       if (pf.fd == wake_fd_) {
@@ -187,9 +190,9 @@ void Coordinator::Run() {
         ssize_t r = read(wake_fd_, &v, sizeof(v));
         (void)r;
       } else if (pf.fd == listen_fd_) {
-        Accept();
+        accept = true;
       } else if (pf.fd == metrics_fd_) {
-        AcceptMetrics();
+        accept_metrics = true;
       } else if (auto it = peers_.find(pf.fd); it != peers_.end()) {
         HandlePeer(*it->second, pf.revents);
       } else if (auto ht = http_.find(pf.fd); ht != http_.end()) {
@@ -229,6 +232,8 @@ void Coordinator::Run() {
         }
       }
     }
+    if (accept) Accept();
+    if (accept_metrics) AcceptMetrics();
     Sweep();
     CheckHeartbeats();
     SendKeepalives();
@@ -352,6 +357,7 @@ void Coordinator::Accept() {
     p->conn->server_epoch = epoch_;
     p->opened_ns = NowMonotonicNs();
     p->addr = host;
+    ForgetClosedSocket(fd);  // a record still holding this number lost its socket to someone else's close
     peers_[fd] = std::move(p);
   }
 }
@@ -385,8 +391,22 @@ void Coordinator::ClosePeer(int fd, const std::string& why) {
   peers_.erase(it);  // closes the socket
 }
 
+void Coordinator::ForgetClosedSocket(int fd) {
+  auto it = peers_.find(fd);
+  if (it == peers_.end()) return;
+  TM_WARN(kLogControl, "coordinator: the socket (fd %d) of %s was closed under the coordinator; dropping that "
+          "connection without closing the number again", fd,
+          it->second->process ? ("process " + std::to_string(it->second->process)).c_str() : "an unregistered peer");
+  it->second->conn->Disown();
+  ClosePeer(fd, "its socket was closed under the coordinator");
+}
+
 void Coordinator::HandlePeer(Peer& p, short revents) {
   int fd = p.conn->fd();
+  if (revents & POLLNVAL) {
+    ForgetClosedSocket(fd);
+    return;
+  }
   Connection& c = *p.conn;
   bool open = true;
   if (revents & (POLLIN | POLLHUP | POLLERR)) open = c.ReadSome();

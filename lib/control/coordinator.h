@@ -276,6 +276,9 @@ class Coordinator final : public EngineHost {
   void HandlePeer(Peer& p, short revents);
   void HandleMessage(Peer& p, const Frame& f);
   void ClosePeer(int fd, const std::string& why);
+  // A peer whose socket someone else closed (poll says POLLNVAL, or accept returned its number again): dropped
+  // with a warning, its number never closed a second time.
+  void ForgetClosedSocket(int fd);
   void CheckHeartbeats();
   static constexpr uint64_t kMinReturnGraceMs = 5000;
   uint64_t ReturnGraceNs() const;  // how long a process that said BYE "reconnect" has to register again

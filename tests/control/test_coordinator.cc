@@ -4,6 +4,7 @@
 // rebuilds its view from the agents. The coordinator runs on a thread of this process; agent_probe
 // processes stand in for training processes where a process must die.
 #define DOCTEST_CONFIG_IMPLEMENT
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -16,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <memory>
@@ -24,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/hostport.h"
 #include "control/agent.h"
 #include "control/client.h"
 #include "control/coordinator.h"
@@ -773,6 +776,71 @@ TEST_CASE("a flood of unauthenticated connections from one address: bounded, the
   CHECK(CountState(st, "alive") == 1);
   CHECK(a->connected());
   for (int fd : fds) close(fd);
+}
+
+// The coordinator's end of the TCP connection whose local end is `client_fd` (both live in this process).
+int ServerEndOf(int client_fd) {
+  sockaddr_storage mine{};
+  socklen_t len = sizeof(mine);
+  REQUIRE(getsockname(client_fd, reinterpret_cast<sockaddr*>(&mine), &len) == 0);
+  for (int fd = 3; fd < 1024; ++fd) {
+    sockaddr_storage peer{};
+    socklen_t plen = sizeof(peer);
+    if (fd != client_fd && getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) == 0 && plen == len &&
+        memcmp(&peer, &mine, len) == 0) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
+TEST_CASE("a socket closed under the coordinator (a double close elsewhere in its process) never takes the next "
+          "connection with it") {
+  // tmrun hosts the coordinator next to its own threads: one closing a number twice closes a peer's socket, and
+  // the kernel gives the number to the next accepted connection. The coordinator must drop the old record
+  // without closing the number again, or the new connection (a tmctl status in CI) dies before HELLO_ACK.
+  Coord co(60000);
+  auto a = MakeAgent(co.addr(), 0, 1);
+  a->Start();
+  WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 1; });
+  std::string host;
+  uint16_t port = 0;
+  REQUIRE(trainmover::base::ParseHostPort(co.addr(), &host, &port).ok());
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  inet_pton(AF_INET, host.c_str(), &to.sin_addr);
+  for (int round = 0; round < 20; ++round) {
+    int fd = -1;
+    REQUIRE(ConnectTcp(co.addr(), 2000, &fd).ok());
+    int server_fd = -1;
+    for (int i = 0; i < 200 && server_fd < 0; ++i) {  // until the coordinator accepted it
+      server_fd = ServerEndOf(fd);
+      if (server_fd < 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(server_fd >= 0);
+    // The next connection's socket exists before the number is freed, so that the coordinator's accept is what
+    // takes the number (in tmrun it could be any file: nothing can tell then, hence the warning).
+    const int next = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(next >= 0);
+    close(server_fd);  // the "someone else": the number is free again
+    if (round % 2) std::this_thread::sleep_for(std::chrono::milliseconds(150));  // also after a poll saw it
+    REQUIRE(connect(next, reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0);
+    Connection tool(next, Connection::Side::kClient, kToken);
+    tool.StartHello(kClientTool);
+    Frame f;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!tool.authenticated() && !tool.failed() && std::chrono::steady_clock::now() < deadline) {
+      REQUIRE(tool.Flush());
+      pollfd p{next, POLLIN, 0};
+      if (poll(&p, 1, 50) == 1) REQUIRE_MESSAGE(tool.ReadSome(), tool.error());
+      tool.Next(&f);
+    }
+    CHECK_MESSAGE(tool.authenticated(), "round ", round, ": ", tool.error());
+    close(fd);
+  }
+  CHECK(CountState(Status(co.addr()), "alive") == 1);
+  CHECK(a->connected());
 }
 
 TEST_CASE("REGISTER carries no secret, and a command line it cannot carry exactly is left out") {
