@@ -87,6 +87,7 @@ ncclResult_t LoadEnv(Env* env) {
   if (!ok) return Fail(ncclInvalidArgument, "HOSTNCCL_DEBUG=\"%s\" is not one of NONE, WARN, INFO, TRACE", dbg);
   HN_CHECK(ParseInt("HOSTNCCL_TIMEOUT_MS", 1, &env->timeout_ms));
   HN_CHECK(ParseInt("HOSTNCCL_INIT_DELAY_MS", 0, &env->init_delay_ms));
+  HN_CHECK(ParseInt("HOSTNCCL_DRAIN_MS", 0, &env->drain_ms));
   HN_CHECK(ParseInt("HOSTNCCL_CHUNK_BYTES", kMinChunkBytes, &env->chunk_bytes));
   if (env->chunk_bytes > kMaxChunkBytes) {
     return Fail(ncclInvalidArgument, "HOSTNCCL_CHUNK_BYTES=\"%s\" is larger than %lld", getenv("HOSTNCCL_CHUNK_BYTES"),
@@ -485,17 +486,27 @@ ncclResult_t ConnectLanes(Comm* c) {
   constexpr size_t kSmall = 8, kLarge = size_t{256} << 10;  // below and above UCX's rendezvous threshold
   const int n = c->nranks, me = c->rank;
   if (n == 1) return ncclSuccess;
-  std::vector<uint8_t> out(kLarge), in(static_cast<size_t>(n) * (kSmall + kLarge));
+  // One buffer: the outgoing message, then one incoming slot per peer. It stays in the comm until Teardown when
+  // the exchange fails, so a peer still reading it never reads unmapped memory (CancelPending's bound passed).
+  c->lanes_buf.assign(kLarge + static_cast<size_t>(n) * (kSmall + kLarge), 0);
+  uint8_t* out = c->lanes_buf.data();
   std::vector<Pending> reqs;
-  for (int r = 0; r < n; ++r) {
+  ncclResult_t res = ncclSuccess;
+  for (int r = 0; r < n && res == ncclSuccess; ++r) {
     if (r == me) continue;
-    uint8_t* at = &in[static_cast<size_t>(r) * (kSmall + kLarge)];
-    HN_CHECK(PostRecv(c, r, MakeTag(kTagConnect, r, 0), at, kSmall, &reqs));
-    HN_CHECK(PostRecv(c, r, MakeTag(kTagConnect, r, 1), at + kSmall, kLarge, &reqs));
-    HN_CHECK(PostSend(c, r, MakeTag(kTagConnect, me, 0), out.data(), kSmall, &reqs));
-    HN_CHECK(PostSend(c, r, MakeTag(kTagConnect, me, 1), out.data(), kLarge, &reqs));
+    uint8_t* at = out + kLarge + static_cast<size_t>(r) * (kSmall + kLarge);
+    res = PostRecv(c, r, MakeTag(kTagConnect, r, 0), at, kSmall, &reqs);
+    if (res == ncclSuccess) res = PostRecv(c, r, MakeTag(kTagConnect, r, 1), at + kSmall, kLarge, &reqs);
+    if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 0), out, kSmall, &reqs);
+    if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 1), out, kLarge, &reqs);
   }
-  return WaitAll(c, &reqs);
+  if (res != ncclSuccess) {
+    CancelPending(c, &reqs);
+    return res;
+  }
+  HN_CHECK(WaitAll(c, &reqs));
+  std::vector<uint8_t>().swap(c->lanes_buf);
+  return ncclSuccess;
 }
 
 }  // namespace
@@ -772,9 +783,27 @@ void PollLiveness(Comm* c) {
 
 void CancelAll(Comm* c, std::vector<Pending>* reqs) {
   for (Pending& p : *reqs) {
-    if (!p.req) continue;
-    if (ucp_request_check_status(p.req) == UCS_INPROGRESS) ucp_request_cancel(c->worker, p.req);
-    ucp_request_free(p.req);
+    if (p.req && ucp_request_check_status(p.req) == UCS_INPROGRESS) ucp_request_cancel(c->worker, p.req);
+  }
+  // Drain (see CancelPending in hn_core.h): what is still in progress towards a live peer is a send or a matched
+  // receive that peer's transport may be working on. Idle passes sleep: the peer needs the core.
+  const int64_t deadline = NowMs() + c->env.drain_ms;
+  for (bool busy = true; busy;) {
+    busy = false;
+    PollLiveness(c);
+    for (const Pending& p : *reqs) {
+      busy = busy || (p.req && p.peer != c->rank && c->peer_state[p.peer] == 0 &&
+                      ucp_request_check_status(p.req) == UCS_INPROGRESS);
+    }
+    if (busy && NowMs() >= deadline) {
+      Log(kWarn, c->rank, "rank %d: requests to live peers still in flight after HOSTNCCL_DRAIN_MS=%lld; freed",
+          c->rank, static_cast<long long>(c->env.drain_ms));
+      break;
+    }
+    if (busy && ucp_worker_progress(c->worker) == 0) usleep(100);
+  }
+  for (Pending& p : *reqs) {
+    if (p.req) ucp_request_free(p.req);
     p.req = nullptr;
   }
   reqs->clear();

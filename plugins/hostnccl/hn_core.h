@@ -28,6 +28,7 @@ struct Env {
   int algo = 0;                   // HOSTNCCL_ALGO: kAlgoAuto, kAlgoRing, kAlgoDirect (AllGather, Broadcast)
   bool eager_connect = true;      // HOSTNCCL_CONNECT: eager (connect every lane in init) or lazy
   int peer_errors = 0;            // HOSTNCCL_PEER_ERRORS: kPeerErrorsRemote, kPeerErrorsAll, kPeerErrorsNone
+  int64_t drain_ms = 1000;        // HOSTNCCL_DRAIN_MS: how long a failed operation lets live peers finish reads
 };
 enum AlgoChoice { kAlgoAuto = 0, kAlgoRing = 1, kAlgoDirect = 2 };
 // Which endpoints use UCX's peer-failure mode: those to peers on other hosts, all, none.
@@ -85,6 +86,8 @@ struct Comm {
   std::vector<uint64_t> ctrl_send_seq, ctrl_recv_seq;  // child ids sent to / received from each peer
   std::vector<UserRedOp> redops;
   std::unique_ptr<char[]> scratch;  // receive slots of the pipelined reductions, kept between operations
+  // ConnectLanes' buffers; kept until Teardown when it failed (a peer may still read them: CancelPending).
+  std::vector<uint8_t> lanes_buf;
   size_t scratch_bytes = 0;
   std::mutex op_mu;  // held while an operation, teardown or init runs on the comm
   std::thread init_thread;
@@ -123,7 +126,11 @@ struct Pending {
 // Progresses until at least one request of reqs completes; appends the ids of those that did to *completed and
 // removes them from reqs. Fails as WaitAll (all of reqs cancelled). reqs must not be empty.
 [[nodiscard]] ncclResult_t WaitSome(Comm* c, std::vector<Pending>* reqs, std::vector<uint64_t>* completed);
-// Cancels and frees every request of reqs (after a failure), and empties it.
+// Cancels and frees every request of reqs (after a failure), and empties it. UCX cannot cancel a send (nor a
+// receive already matched): a peer's transport (cma: process_vm_readv) may still be reading the buffer, and a
+// buffer freed under it is a fatal error in that peer's UCX (abort) when its endpoint is not in peer-failure
+// mode. So requests to peers still alive (peer_state 0) are first given HOSTNCCL_DRAIN_MS to complete; only then,
+// or once such a peer has left, may the caller release its buffers.
 void CancelPending(Comm* c, std::vector<Pending>* reqs);
 
 // Reads the liveness connections without waiting; a peer that died sets the async error to ncclRemoteError.
