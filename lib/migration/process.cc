@@ -342,6 +342,22 @@ void ProcessMachine::ReapJobs() {
   }
 }
 
+void ProcessMachine::AwaitJobs(std::chrono::milliseconds bound) {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lk(jobs_mu_);
+      if (std::all_of(jobs_.begin(), jobs_.end(), [](const auto& j) { return j.second->load(); })) return;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      TM_WARN(kLogMigration, "background jobs still running after %lld ms; exiting anyway",
+              static_cast<long long>(bound.count()));
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 // Builds the replacements in the order given (the same on every member, so even a blocking init could not
 // deadlock), each staged on its VComm; an abort (a newer generation) stops it.
 void ProcessMachine::BuildJob(uint64_t id, uint64_t gen, const mig::Build& b) {
@@ -728,6 +744,9 @@ void ProcessMachine::JoinerExit(std::unique_lock<std::mutex>& lk) {
   const std::string why = joiner_.exit_reason;
   const int code = joiner_.exit_code;
   lk.unlock();
+  // The aborted build and the retired replacements: a stayer may be reading this process's memory through one
+  // of them (hostnccl's init exchange over cma); their aborts drain that first (HOSTNCCL_DRAIN_MS).
+  AwaitJobs(std::chrono::milliseconds(kJoinerExitJobsMs));
   w_.Exit(code, code == 0 ? "standby exits: " + why : "joiner exits: the migration did not complete (" + why + ")");
   __builtin_unreachable();  // World::Exit does not return
 }

@@ -18,6 +18,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -284,6 +285,7 @@ class ProcessMachine {
   bool exit_pending() const;
 
   static constexpr int kTapeWaitMs = 3000;  // the joiner's wait for the tape at its first safe point
+  static constexpr int kJoinerExitJobsMs = 5000;  // a leaving joiner's wait for its jobs (AwaitJobs)
   // The joiner reports the transfer's progress (tmctl watch's bar) at most this often.
   static constexpr uint64_t kProgressIntervalNs = 20000000ull;
   // A held joiner without D exits after this; once it sent VERIFIED it waits as long as a stayer would
@@ -315,6 +317,9 @@ class ProcessMachine {
   // peer that is gone, and neither the agent thread nor the application may wait for that (docs/reliability.md).
   void Retire(std::vector<void*> comms, std::unique_ptr<StateSource> server);
   void StartJob(const char* name, std::function<void()> fn);
+  // Waits (bounded) until every background job has finished: a joiner about to exit lets the aborts of its
+  // replacement communicators end first, so it never vanishes while a stayer's transport reads its memory.
+  void AwaitJobs(std::chrono::milliseconds bound);
   // Safe point pieces (application thread, mu_ held through `lk`).
   void MeasureStall(uint64_t entry);
   void ReportCaptured();
