@@ -17,6 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -786,10 +787,14 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
 // Fails on a transfer error, abort, a dead or departed peer, or no progress for the timeout. Progress is a
 // request of reqs completing, never the worker's own activity: ucp_worker_progress keeps finding work towards a
 // peer that is dying (its TCP connections not closed yet) or that keeps sending other messages, so counting its
-// events let an operation wait forever (docs/hostnccl.md, "Liveness and timeouts").
+// events let an operation wait forever (docs/hostnccl.md, "Liveness and timeouts"). Time this process itself did
+// not run (a pass of the loop that took over kStalledMs: descheduled, stopped, a paused VM) is not counted either,
+// up to twice the timeout per wait: the peers had no chance to be heard meanwhile, and the wait stays bounded by
+// three times the timeout even if passes were that slow for another reason.
 ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vector<uint64_t>* some) {
-  constexpr int64_t kGraceMs = 300;  // messages a peer sent before leaving may still be in flight
-  int64_t last_completion = NowMs();
+  constexpr int64_t kGraceMs = 300;     // messages a peer sent before leaving may still be in flight
+  constexpr int64_t kStalledMs = 1000;  // a pass this long means this process was not running
+  int64_t last_completion = NowMs(), last_pass = last_completion, excused = 0;
   int idle = 0;
   size_t done = 0;
   for (Pending& p : *reqs)
@@ -835,6 +840,12 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
       return ncclSuccess;
     }
     int64_t now = NowMs();
+    if (now - last_pass > kStalledMs) {
+      int64_t gap = std::min(now - last_pass, 2 * c->env.timeout_ms - excused);
+      last_completion += gap;
+      excused += gap;
+    }
+    last_pass = now;
     if (completed) last_completion = now;
     if (busy || completed) idle = 0;
     if (c->abort_flag.load()) {
