@@ -25,6 +25,7 @@
 #include "hand_off.h"
 #include "process.h"
 #include "recovery_msgs.h"
+#include "snapshot_interval.h"
 #include "transfer/transfer.h"
 
 namespace trainmover::migration {
@@ -92,6 +93,26 @@ std::vector<control::Region> Table(const std::vector<shim::Region>& regs) {
   return out;
 }
 
+// The last durations of one kind, for their median (robust to a step that waited for a migration or a hold).
+class Durations {
+ public:
+  void Add(uint64_t ns) {
+    ring_[next_++ % kKept] = static_cast<double>(ns);
+    count_ = std::min(count_ + 1, kKept);
+  }
+  bool Enough() const { return count_ >= 3; }
+  double Median() const {
+    std::vector<double> v(ring_, ring_ + count_);
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  }
+
+ private:
+  static constexpr size_t kKept = 15;
+  double ring_[kKept] = {};
+  size_t next_ = 0, count_ = 0;
+};
+
 // Transfer regions over our own buffers, named as `table`.
 std::vector<transfer::Region> Over(const std::vector<control::Region>& table, std::vector<std::vector<uint8_t>>& bufs) {
   std::vector<transfer::Region> out;
@@ -104,7 +125,9 @@ class Recovery {
   Recovery(World& w, ProcessMachine* pm) : w_(w), pm_(pm), queue_(w) {
     const shim::Config& c = shim::ProcessConfig();
     on_ = c.recovery != "off";
-    every_ = c.snapshot_every > 0 ? c.snapshot_every : 1;
+    adaptive_ = c.snapshot_every == 0;  // auto: 1 until the coordinator says otherwise
+    every_ = adaptive_ ? 1 : c.snapshot_every;
+    budget_ = c.snapshot_budget;
   }
 
   void OnCommand(const control::Command& c);
@@ -183,7 +206,7 @@ class Recovery {
   // tm-commpoll thread.
   void PollComms(std::set<ncclComm_t>& reported);
   // tm-snapshot thread.
-  void SendTaken(int slot, int64_t step, std::vector<control::Region> table);
+  void SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table);
   void Pull(const rec::RecMsg& m);
   void ExposeHeld(const rec::RecMsg& m);
   transfer::StateClient* Client();
@@ -191,7 +214,14 @@ class Recovery {
   World& w_;
   ProcessMachine* pm_;
   bool on_ = true;
-  int64_t every_ = 1;
+  int64_t every_ = 1;  // the interval in effect (mu_): TRAINMOVER_SNAPSHOT_EVERY, or under auto the coordinator's
+  // TRAINMOVER_SNAPSHOT_EVERY=auto (application thread, mu_): what a snapshot costs this rank's safe points and how
+  // long its steps take between them; the interval they call for goes to the coordinator with SNAP_TAKEN.
+  bool adaptive_ = false;
+  double budget_ = 0.02;
+  Durations snapshot_cost_, step_time_;
+  int64_t unmeasured_copy_ns_ = -1;  // the copy of the newest snapshot, until its wait for the buddy is known too
+  uint64_t last_exit_ns_ = 0;        // when the previous safe point returned
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -203,7 +233,7 @@ class Recovery {
   bool staging_ = false;             // a BuildSlots task is queued or running
   int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
-  bool device_warned_ = false, ship_warned_ = false;
+  bool device_warned_ = false, ship_warned_ = false, budget_warned_ = false;
   // Fence.
   uint64_t epoch_ = 0;  // latest failure epoch fenced here
   bool fenced_ = false;
@@ -245,6 +275,11 @@ void Recovery::OnCommand(const control::Command& c) {
       std::lock_guard<std::mutex> lk(mu_);
       if (m.step == pending_) pending_ = -1;
       pinned_ = std::max(pinned_, m.complete);
+      if (adaptive_ && m.every > 0 && m.every != every_) {
+        TM_INFO(kLogMigration, "failure recovery: snapshot interval %lld -> %lld (TRAINMOVER_SNAPSHOT_EVERY=auto)",
+                static_cast<long long>(every_), static_cast<long long>(m.every));
+        every_ = m.every;
+      }
       cv_.notify_all();
       return;
     }
@@ -370,10 +405,14 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
 
 int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   std::unique_lock<std::mutex> lk(mu_);
+  if (adaptive_ && last_exit_ns_ && !shim::ProcessSandboxed()) {  // the program's own step (a sandbox's is emulated)
+    step_time_.Add(w_.MonotonicNs() - last_exit_ns_);
+  }
   if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
-  if (fenced_) return HoldAndRollBack(lk, step, step_clean);
-  return step;
+  const int64_t next = fenced_ ? HoldAndRollBack(lk, step, step_clean) : step;
+  last_exit_ns_ = w_.MonotonicNs();
+  return next;
 }
 
 // The previous snapshot must be on its buddies before this safe point passes: so the newest step a buddy holds is
@@ -398,6 +437,11 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
     }
     ship_warned_ = true;
     pending_ = -1;
+  }
+  // What the newest snapshot cost this rank's safe points: its copy, and the wait for its buddies here.
+  if (unmeasured_copy_ns_ >= 0 && pending_ < 0 && !fenced_ && give_up_.empty()) {
+    snapshot_cost_.Add(static_cast<uint64_t>(unmeasured_copy_ns_) + (w_.MonotonicNs() - t0));
+    unmeasured_copy_ns_ = -1;
   }
 }
 
@@ -434,10 +478,23 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
     if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
   }
   Slot& s = slots_[k];
+  const uint64_t t0 = w_.MonotonicNs();
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
   pending_ = step;
-  queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
+  if (adaptive_) unmeasured_copy_ns_ = static_cast<int64_t>(w_.MonotonicNs() - t0);
+  // Under auto, the interval this rank's own costs call for (0 until it has measured a few snapshots and steps).
+  const int64_t wish = adaptive_ && snapshot_cost_.Enough() && step_time_.Enough()
+                           ? SnapshotInterval(snapshot_cost_.Median(), step_time_.Median(), budget_, every_)
+                           : 0;
+  if (wish == kMaxSnapshotInterval && !budget_warned_ &&
+      snapshot_cost_.Median() > budget_ * kMaxSnapshotInterval * step_time_.Median()) {
+    TM_WARN(kLogMigration, "failure recovery: a snapshot costs %.1f ms and a step %.3f ms: even every %lld steps "
+                           "the snapshots cost more than TRAINMOVER_SNAPSHOT_BUDGET=%g", snapshot_cost_.Median() / 1e6,
+            step_time_.Median() / 1e6, static_cast<long long>(kMaxSnapshotInterval), budget_);
+    budget_warned_ = true;
+  }
+  queue_.Push([this, k, step, wish, table = Table(regs)] { SendTaken(k, step, wish, table); });
 }
 
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
@@ -583,9 +640,10 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
 
 // ---- tm-snapshot thread
 
-void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> table) {
+void Recovery::SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table) {
   rec::RecMsg m;
   m.step = step;
+  m.every = wish;
   m.slot = static_cast<uint32_t>(slot);
   // Without mu_: the slot is not overwritten before this snapshot is shipped, which comes after this message.
   for (const std::vector<uint8_t>& b : slots_[slot].bufs) m.words.push_back(transfer::Checksum(b.data(), b.size()));

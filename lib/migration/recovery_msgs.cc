@@ -62,6 +62,7 @@ void RecMsg::Encode(Writer& w) const {
   }
   w.U32(static_cast<uint32_t>(blob.size()));
   w.Bytes(blob.data(), blob.size());
+  if (every != 0) w.I64(every);  // trailing and optional (absent when 0): the layout without it is unchanged
 }
 
 bool RecMsg::Decode(Reader& r) {
@@ -84,6 +85,7 @@ bool RecMsg::Decode(Reader& r) {
   n = r.Count(kMaxPayload, 1);
   blob.resize(n);
   if (n && !r.Bytes(blob.data(), n)) return false;
+  every = r.AtEnd() ? 0 : r.I64();
   return r.AtEnd();
 }
 

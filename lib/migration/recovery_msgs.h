@@ -8,11 +8,13 @@
 // consumes the whole body or fails.
 //
 // Snapshots (steady state: each rank by itself at every TRAINMOVER_SNAPSHOT_EVERY-th safe point, one in flight):
-//   owner  EVENT SNAP_TAKEN(epoch = timeline, step, slot, words = checksums, regions, blob = the slot's descriptor)
+//   owner  EVENT SNAP_TAKEN(epoch = timeline, step, slot, words = checksums, regions, blob = the slot's descriptor,
+//                           every = the interval it asks for under auto)
 //   D      COMMAND SNAP_PULL(epoch, rank, step, slot, words, regions, blob) -> each buddy: read it (one-sided), verify
 //   buddy  EVENT SNAP_HELD(epoch, rank, step, slot, ok, text)          verified copy of `rank` at `step` held
-//   D      COMMAND SNAP_SHIPPED(step, complete) -> the owner           on every buddy; `complete`: the newest step
-//                                                                       complete everywhere (the owner keeps it)
+//   D      COMMAND SNAP_SHIPPED(step, complete, every) -> the owner    on every buddy; `complete`: the newest step
+//                                                                       complete everywhere (the owner keeps it);
+//                                                                       `every`: the job's interval under auto
 // Failure of rank F (epoch E):
 //   D      COMMAND FENCE(epoch, rank F, words = comm_keys containing F) -> every survivor
 //   surv.  EVENT HELD(epoch, step, words = the steps of its own snapshots)  held at its next safe point
@@ -66,6 +68,10 @@ struct RecMsg {
   int32_t rank = -1;
   int64_t step = -1;
   int64_t complete = -1;
+  // TRAINMOVER_SNAPSHOT_EVERY=auto: in SNAP_TAKEN the interval the owner asks for (0: no measurement yet, or a fixed
+  // interval); in SNAP_SHIPPED the interval every rank uses from now on (0: keep your own). On the wire a trailing
+  // i64 after blob, absent when 0 (so a body without it keeps the layout it always had).
+  int64_t every = 0;
   uint32_t slot = 0;
   uint8_t ok = 1;
   std::string text;

@@ -855,6 +855,31 @@ TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPP
   CHECK(j.Last("1:SNAP_SHIPPED").complete == 14);
 }
 
+TEST_CASE("recovery: TRAINMOVER_SNAPSHOT_EVERY=auto: every rank is told the largest interval any rank asks for") {
+  RecJob j(3);
+  auto take = [&](uint64_t p, int64_t step, int64_t wish) {  // process p snapshots `step`, its buddy verifies it
+    const int32_t rank = static_cast<int32_t>(p) - 1;
+    j.Rec(p, rec::Ev::kSnapTaken,
+          rec::RecMsg{.step = step, .every = wish, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
+    j.Rec(p % 3 + 1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = rank, .step = step, .slot = 0});
+    return j.Last(std::to_string(p) + ":SNAP_SHIPPED").every;
+  };
+  CHECK(take(1, 1, 0) == 0);    // nobody asked (a fixed interval, or nothing measured yet): keep your own
+  CHECK(take(1, 2, 4) == 4);    // rank 0 asks 4
+  CHECK(take(2, 2, 16) == 16);  // rank 1's snapshots cost more: 16 for everyone
+  CHECK(take(1, 4, 4) == 16);   // rank 0 is told 16 with its next SNAP_SHIPPED
+  CHECK(take(3, 4, 0) == 16);   // rank 2 has not measured: it follows
+  CHECK(j.h.FindProcess(3)->snapshot_every == 16);
+  CHECK(take(2, 16, 2) == 4);   // rank 1 became cheap: the largest left is rank 0's 4
+  CHECK(take(2, 18, 8) == 8);
+  // A rank's new holder (process 4 replaces rank 1's) keeps the rank's wish until it has measured its own.
+  j.h.procs[2].state = ProcState::kLost;
+  j.h.AddWorker(4, 1);
+  j.Rec(4, rec::Ev::kSnapTaken, rec::RecMsg{.step = 20, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
+  j.Rec(3, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 1, .step = 20, .slot = 0});
+  CHECK(j.Last("4:SNAP_SHIPPED").every == 8);
+}
+
 TEST_CASE("recovery: a planned migration's joiner replaces its leaver as a buddy at the switch and keeps the "
           "leaver's copies of its rank") {
   RecJob j(3);
@@ -1399,7 +1424,8 @@ TEST_CASE("replacement lost: at most kReplacementAttempts replacements, then the
   CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
 }
 
-TEST_CASE("replacement lost: a failed build waits for the loss behind it, else is retried; lost after SWITCH: failed") {
+TEST_CASE("replacement lost: a failed build waits for the loss behind it, else is retried; lost after SWITCH: it held "
+          "the rank, recovered next") {
   RecJob k(3);
   Migration& a = FailRank1(k);
   uint64_t r = 101;
@@ -1431,7 +1457,8 @@ TEST_CASE("replacement lost: a failed build waits for the loss behind it, else i
         std::string::npos);
   CHECK(k.launched.started.size() == 3);
 
-  // Once SWITCH and ROLLBACK went out, the survivors may train with it already: no new epoch, the recovery fails.
+  // Once SWITCH and ROLLBACK went out, the survivors may train with it already: it holds rank 1. The recovery
+  // completes once they rolled back, and the replacement's loss is the next failure of rank 1, under a new epoch.
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, b.id);
   const uint64_t r2 = 150;
   ReadyRank1(k, r2, 502);
@@ -1439,11 +1466,25 @@ TEST_CASE("replacement lost: a failed build waits for the loss behind it, else i
   k.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
   k.Mig(r2, mig::Ev::kVerified, b.id, mig::Built{0, 1, "ok"});
   for (uint64_t p : {uint64_t{1}, uint64_t{3}, r2}) k.Mig(p, mig::Ev::kBuilt, b.id, mig::Built{kWorld, 1, ""});
-  k.h.Take();
+  const std::vector<std::string> out = k.h.Take();
+  CHECK(std::count(out.begin(), out.end(), "150:SWITCH") == 1);
+  CHECK(std::count(out.begin(), out.end(), "1:ROLLBACK") == 1);
   Fail(k, r2);
-  CHECK(b.state == MigState::kFailed);
-  CHECK(b.reason == "the replacement of rank 1 (process 150, pid 502) was lost during the switch");
-  CHECK(k.launched.started.size() == 3);
+  CHECK(b.state != MigState::kFailed);
+  CHECK(k.h.Take().empty());  // nothing before every survivor rolled back (a FENCE now would meet a held survivor)
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    k.Rec(q, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 3, .step = 12}, b.id);
+  }
+  CHECK(b.state == MigState::kDone);
+  Migration& n = k.h.migs.rbegin()->second;
+  CHECK(n.id != b.id);
+  CHECK(n.rank == 1);
+  CHECK(n.recovery.epoch == 4);
+  CHECK(n.leaver == r2);  // the replacement is the failed process of rank 1 now
+  CHECK(k.launched.started.size() == 4);  // a new replacement (the count of attempts starts again: a new failure)
+  const std::vector<std::string> sent = k.h.Take();
+  CHECK(std::count(sent.begin(), sent.end(), "1:FENCE") == 1);
+  CHECK(std::count(sent.begin(), sent.end(), "3:FENCE") == 1);
 }
 
 TEST_CASE("standby lost while it takes the place: another standby takes it under a new epoch, then a spawned one") {
