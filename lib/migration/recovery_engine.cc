@@ -850,7 +850,7 @@ class RecoveryEngine final : public Engine {
       if (it == h.comms().end()) return Fail(h, "a communicator of a failed rank disappeared");
       for (auto& [rank, proc] : it->second.members) {
         uint64_t to = proc;
-        for (const Lost& l : x.lost) to = proc == l.dead ? l.joiner : to;
+        for (const Lost& l : x.lost) to = Stood(proc, l.dead) ? l.joiner : to;
         if (!x.ByJoiner(to) && !x.survivors.count(to)) return Fail(h, "a member of a rebuilt communicator is gone");
         per[to].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
         ++x.built_expected;
@@ -991,6 +991,7 @@ class RecoveryEngine final : public Engine {
           for (uint64_t k : l.keys) {
             if (!j->comm_info.count(k) && d->comm_info.count(k)) j->comm_info[k] = d->comm_info.at(k);
           }
+          took_over_[j->id] = d->id;
         }
       }
     }
@@ -1001,6 +1002,17 @@ class RecoveryEngine final : public Engine {
             m->id, x.Ranks().c_str(), x.step, m->recovery.lost_steps, m->downtime_ns / 1e6);
     ctx_.reset();
     StartNext(h);
+  }
+
+  // Whether `member` (as a communicator's member table has it) is `dead`'s place: `dead` itself, or a process whose
+  // place it took in a recovery and that the table still names (a replacement lost before it reported its own).
+  bool Stood(uint64_t member, uint64_t dead) const {
+    for (int hops = 0; dead && hops < 64; ++hops) {
+      if (member == dead) return true;
+      auto it = took_over_.find(dead);
+      dead = it == took_over_.end() ? 0 : it->second;
+    }
+    return false;
   }
 
   // The newest step completed everywhere as known: the failed ranks' last safe point or snapshot, and the step before
@@ -1057,6 +1069,7 @@ class RecoveryEngine final : public Engine {
   std::unique_ptr<JoinerLauncher> launcher_;
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
+  std::map<uint64_t, uint64_t> took_over_;  // a recovery's replacement -> the failed process whose place it took
   int64_t every_ = 0, every_before_ = 0;  // the auto interval distributed now, and the one before it (0: none)
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
