@@ -85,7 +85,11 @@ bool RecMsg::Decode(Reader& r) {
   n = r.Count(kMaxPayload, 1);
   blob.resize(n);
   if (n && !r.Bytes(blob.data(), n)) return false;
-  every = r.AtEnd() ? 0 : r.I64();
+  every = 0;
+  if (!r.AtEnd()) {
+    every = r.I64();
+    if (every == 0) return false;  // absent when 0: the encoding stays canonical
+  }
   return r.AtEnd();
 }
 

@@ -864,6 +864,15 @@ TEST_CASE("recovery: TRAINMOVER_SNAPSHOT_EVERY=auto: every rank is told the larg
     j.Rec(p % 3 + 1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = rank, .step = step, .slot = 0});
     return j.Last(std::to_string(p) + ":SNAP_SHIPPED").every;
   };
+  {  // on the wire: a trailing i64, absent when 0 (a body without it decodes as before; an explicit 0 is not canonical)
+    rec::RecMsg a{.step = 3, .every = 16}, b;
+    std::vector<uint8_t> bytes = EncodePayload(rec::RecMsg{.step = 3});
+    CHECK(EncodePayload(a).size() == bytes.size() + 8);
+    REQUIRE(DecodePayload(EncodePayload(a), &b));
+    CHECK(b.every == 16);
+    bytes.resize(bytes.size() + 8, 0);
+    CHECK_FALSE(DecodePayload(bytes, &b));
+  }
   CHECK(take(1, 1, 0) == 0);    // nobody asked (a fixed interval, or nothing measured yet): keep your own
   CHECK(take(1, 2, 4) == 4);    // rank 0 asks 4
   CHECK(take(2, 2, 16) == 16);  // rank 1's snapshots cost more: 16 for everyone
