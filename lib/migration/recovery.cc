@@ -511,8 +511,9 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
       // PREPARED waits for the end of those (AwaitSlots).
       const bool announce = set->error.empty() && w_.Connected();
       for (int k = 0; announce && k < kSnapshotSlots; ++k) {
-        Send(rec::Ev::kSlotExposed, rec::RecMsg{.slot = static_cast<uint32_t>(k), .regions = set->table,
-                                                .blob = set->slots[k].server->Descriptor()});
+        Send(rec::Ev::kSlotExposed,
+             rec::RecMsg{
+                 .slot = static_cast<uint32_t>(k), .regions = set->table, .blob = set->slots[k].server->Descriptor()});
       }
       std::lock_guard<std::mutex> lk(mu_);
       staged_ = std::move(set);
