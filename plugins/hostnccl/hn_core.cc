@@ -17,6 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -783,17 +784,24 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
 
 // The one wait loop: progresses the worker until every request of reqs completed (some == nullptr) or, when
 // some is given, until at least one did (their ids are appended to *some and they are removed from reqs).
-// Fails on a transfer error, abort, a dead or departed peer, or no progress for the timeout.
+// Fails on a transfer error, abort, a dead or departed peer, or no progress for the timeout. Progress is a
+// request of reqs completing, never the worker's own activity: ucp_worker_progress keeps finding work towards a
+// peer that is dying (its TCP connections not closed yet) or that keeps sending other messages, so counting its
+// events let an operation wait forever (docs/hostnccl.md, "Liveness and timeouts"). Time this process itself did
+// not run (a pass of the loop that took over kStalledMs: descheduled, stopped, a paused VM) is not counted either,
+// up to twice the timeout per wait: the peers had no chance to be heard meanwhile, and the wait stays bounded by
+// three times the timeout even if passes were that slow for another reason.
 ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vector<uint64_t>* some) {
-  constexpr int64_t kGraceMs = 300;  // messages a peer sent before leaving may still be in flight
-  int64_t last_progress = NowMs();
+  constexpr int64_t kGraceMs = 300;     // messages a peer sent before leaving may still be in flight
+  constexpr int64_t kStalledMs = 1000;  // a pass this long means this process was not running
+  int64_t last_completion = NowMs(), last_pass = last_completion, excused = 0;
   int idle = 0;
   size_t done = 0;
   for (Pending& p : *reqs)
     if (!p.req) ++done;
   for (unsigned iter = 0;; ++iter) {
-    unsigned events = ucp_worker_progress(c->worker);
-    bool progressed = events > 0;
+    bool busy = ucp_worker_progress(c->worker) > 0;  // only decides whether to yield the core
+    bool completed = false;
     for (Pending& p : *reqs) {
       if (!p.req) continue;
       ucs_status_t st = ucp_request_check_status(p.req);
@@ -806,7 +814,7 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
       ucp_request_free(p.req);
       p.req = nullptr;
       ++done;
-      progressed = true;
+      completed = true;
       if (st != UCS_OK) {
         CancelAll(c, reqs);
         c->async_error = ncclRemoteError;
@@ -832,10 +840,14 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
       return ncclSuccess;
     }
     int64_t now = NowMs();
-    if (progressed) {
-      last_progress = now;
-      idle = 0;
+    if (now - last_pass > kStalledMs) {
+      int64_t gap = std::min(now - last_pass, 2 * c->env.timeout_ms - excused);
+      last_completion += gap;
+      excused += gap;
     }
+    last_pass = now;
+    if (completed) last_completion = now;
+    if (busy || completed) idle = 0;
     if (c->abort_flag.load()) {
       CancelAll(c, reqs);
       return Fail(ncclInvalidUsage, "rank %d: communicator aborted while an operation was waiting", c->rank);
@@ -854,15 +866,18 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
         }
       }
     }
-    if (now - last_progress > c->env.timeout_ms) {
+    if (now - last_completion > c->env.timeout_ms) {
+      const size_t outstanding = reqs->size() - done;
       CancelAll(c, reqs);
       c->async_error = ncclRemoteError;
-      return Fail(ncclRemoteError, "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS); peer unreachable", c->rank,
-                  static_cast<long long>(c->env.timeout_ms));
+      return Fail(ncclRemoteError,
+                  "rank %d: no progress for %lld ms (HOSTNCCL_TIMEOUT_MS: none of the operation's %zu outstanding "
+                  "requests completed); peer unreachable, frozen or dying",
+                  c->rank, static_cast<long long>(c->env.timeout_ms), outstanding);
     }
     // Oversubscribed hosts (more ranks than cores) need the peer to run: yield early, sleep only when long idle.
     // (Sleeping on the worker's event fd after a short spin was tried and taken out: docs/hostnccl.md, "Waiting".)
-    if (!progressed && ++idle > 64) {
+    if (!busy && !completed && ++idle > 64) {
       if (idle > 50000)
         usleep(100);
       else

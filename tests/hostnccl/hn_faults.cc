@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Failures give errors, never hangs: abort from another thread unblocks a waiting operation (and its peer);
 // a peer that dies is reported as ncclRemoteError; the survivors shrink it away with NCCL_SHRINK_ABORT; a
-// frozen peer (no EOF) is detected by HOSTNCCL_TIMEOUT_MS; a rank that never shows up fails the bootstrap.
+// frozen peer (no EOF) is detected by HOSTNCCL_TIMEOUT_MS, also while the transport is busy with other messages;
+// a rank that never shows up fails the bootstrap.
 // Each case would hang forever without the behaviour it tests; the harness kills it after 50 s.
+#include <sys/mman.h>
+
+#include <atomic>
+#include <new>
+
 #include "hn_harness.h"
 
 namespace {
@@ -111,6 +117,89 @@ int FrozenPeerBody(int rank, int n, const ncclUniqueId& id) {
   return failures;
 }
 
+// What the ranks of one case share (an anonymous MAP_SHARED page mapped before the fork, reset per case).
+struct Shared {
+  std::atomic<int> sent{0};        // messages rank 2 has sent to rank 0
+  std::atomic<int> rank0_done{0};  // rank 0's operation has returned
+  std::atomic<int> finished{0};    // ranks done with their part (the communicators are aborted after all)
+  std::atomic<int> rank0_pid{0};   // set when rank 0 is about to wait
+};
+
+bool BoundedWait(const std::atomic<int>& v, int at_least, int seconds) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (v.load() < at_least && std::chrono::steady_clock::now() < end) usleep(1000);
+  return v.load() >= at_least;
+}
+
+// The transport stays busy but the operation gets none of its data: rank 0's ring AllReduce waits on rank 1 (alive
+// and silent: it never joins) and on rank 2, which keeps sending point-to-point messages to rank 0 instead, every
+// 10 ms. Rank 0's UCX worker therefore finds work on nearly every pass (as it did towards a ring peer that was
+// SIGKILLed but whose TCP connections were not closed yet: docs/reliability.md). HOSTNCCL_TIMEOUT_MS counts only the
+// operation's own completed requests, so rank 0 fails with ncclRemoteError ("no progress") while rank 2 is still
+// sending. When worker activity counted as progress, rank 0 waited until rank 2 gave up after 30 s (rank 2 fails).
+int BusyTransportBody(int rank, int n, const ncclUniqueId& id, Shared* sh) {
+  int failures = 0;
+  setenv("HOSTNCCL_TIMEOUT_MS", "1500", 1);
+  setenv("HOSTNCCL_ALGO", "ring", 1);
+  setenv("UCX_LOG_LEVEL", "error", 1);  // rank 0's teardown warns once per unmatched message otherwise
+  ncclComm_t comm;
+  HT_NCCL(ncclCommInitRank(&comm, n, id, rank));
+  if (rank == 0) {
+    HT_EXPECT(BoundedWait(sh->sent, 1, 30), "rank 2 sent nothing");
+    int32_t x = 1;
+    ncclResult_t r = ncclAllReduce(&x, &x, 1, ncclInt32, ncclSum, comm, nullptr);
+    const int sent_by_then = sh->sent.load();
+    sh->rank0_done = 1;
+    HT_EXPECT(r == ncclRemoteError, "allreduce with a silent peer and a busy transport returned %d", r);
+    HT_EXPECT(strstr(ncclGetLastError(comm), "no progress") != nullptr, "last error: %s", ncclGetLastError(comm));
+    HT_EXPECT(sent_by_then > 1, "rank 2 sent %d messages while rank 0 waited", sent_by_then);
+  } else if (rank == 2) {
+    const int32_t token = 7;
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!sh->rank0_done.load() && std::chrono::steady_clock::now() < end) {
+      HT_NCCL(ncclSend(&token, 1, ncclInt32, 0, comm, nullptr));  // eager: completes without a receive
+      ++sh->sent;
+      usleep(10000);
+    }
+    HT_EXPECT(sh->rank0_done.load(), "rank 0 still waiting after 30 s of traffic that was not its operation's");
+  }
+  ++sh->finished;
+  HT_EXPECT(BoundedWait(sh->finished, n, 40), "ranks did not finish");
+  HT_NCCL(ncclCommAbort(comm));
+  return failures;
+}
+
+// The waiting rank itself did not run: rank 0 waits in a receive and is stopped (SIGSTOP) by rank 1 for 1.5 times
+// HOSTNCCL_TIMEOUT_MS (hostnccl excuses up to twice), continued, and only then sent its message (as when a whole job stood still on a loaded host
+// or a paused VM). The time rank 0 did not run is not counted against its peers, so the receive succeeds; counted,
+// rank 0 failed with "no progress" on its first pass after SIGCONT.
+int StoppedWaiterBody(int rank, int n, const ncclUniqueId& id, Shared* sh) {
+  int failures = 0;
+  setenv("HOSTNCCL_TIMEOUT_MS", "2000", 1);
+  ncclComm_t comm;
+  HT_NCCL(ncclCommInitRank(&comm, n, id, rank));
+  int32_t x = 0;
+  if (rank == 0) {
+    sh->rank0_pid = getpid();
+    ncclResult_t r = ncclRecv(&x, 1, ncclInt32, 1, comm, nullptr);
+    HT_EXPECT(r == ncclSuccess && x == 42, "recv after being stopped returned %d (%s), value %d", r,
+              ncclGetLastError(comm), x);
+  } else {
+    HT_EXPECT(BoundedWait(sh->rank0_pid, 1, 30), "rank 0 never got to its receive");
+    usleep(300000);  // rank 0 is in its wait loop by now (were it not yet, the case would only be weaker)
+    kill(sh->rank0_pid, SIGSTOP);
+    usleep(3000000);
+    kill(sh->rank0_pid, SIGCONT);
+    usleep(200000);  // rank 0 runs again before there is anything to receive
+    x = 42;
+    HT_NCCL(ncclSend(&x, 1, ncclInt32, 0, comm, nullptr));
+  }
+  ++sh->finished;
+  HT_EXPECT(BoundedWait(sh->finished, n, 40), "ranks did not finish");
+  HT_NCCL(ncclCommDestroy(comm));
+  return failures;
+}
+
 int MissingRankBody(int, int, const ncclUniqueId& id) {
   int failures = 0;
   setenv("HOSTNCCL_TIMEOUT_MS", "1000", 1);
@@ -122,26 +211,60 @@ int MissingRankBody(int, int, const ncclUniqueId& id) {
 
 }  // namespace
 
-int main() {
-  int f = 0, k;
-  f += k = ht::RunRanks(2, AbortBody);
-  printf("abort from another thread: %s\n", k ? "FAIL" : "ok");
-  f += k = ht::RunRanks(4, DeadPeerBody, 50, 1u << 3);
-  printf("dead peer + shrink(ABORT): %s\n", k ? "FAIL" : "ok");
-  for (int round = 0; round < 3; ++round) {
-    f += k = ht::RunRanks(
-        2, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, nullptr); }, 50, 1u << 1);
-    printf("peer killed mid-allreduce (round %d): %s\n", round, k ? "FAIL" : "ok");
+// hn_faults [NAME ROUNDS]: without arguments every case, each its usual number of rounds (the suite); with them
+// only the cases whose name contains NAME, ROUNDS times each (to loop one case, e.g. "chain" 100).
+int main(int argc, char** argv) {
+  auto* sh = static_cast<Shared*>(
+      mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  if (sh == MAP_FAILED) return 1;
+  struct Case {
+    const char* name;
+    int rounds;
+    std::function<int()> run;
+  };
+  const Case cases[] = {
+      {"abort from another thread", 1, [] { return ht::RunRanks(2, AbortBody); }},
+      {"dead peer + shrink(ABORT)", 1, [] { return ht::RunRanks(4, DeadPeerBody, 50, 1u << 3); }},
+      {"peer killed mid-allreduce", 3,
+       [] {
+         return ht::RunRanks(
+             2, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, nullptr); }, 50,
+             1u << 1);
+       }},
+      {"middle of the chain killed mid-allreduce", 2,
+       [] {
+         return ht::RunRanks(
+             3, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, "ring"); }, 50,
+             1u << 1);
+       }},
+      {"frozen peer timeout", 1, [] { return ht::RunRanks(2, FrozenPeerBody); }},
+      {"busy transport, silent operation", 1,
+       [sh] {
+         new (sh) Shared();
+         return ht::RunRanks(3, [sh](int r, int n, const ncclUniqueId& id) { return BusyTransportBody(r, n, id, sh); });
+       }},
+      {"waiter stopped, its peer on time", 1,
+       [sh] {
+         new (sh) Shared();
+         return ht::RunRanks(2, [sh](int r, int n, const ncclUniqueId& id) { return StoppedWaiterBody(r, n, id, sh); });
+       }},
+      {"missing rank at bootstrap", 1, [] { return ht::RunRanks(1, MissingRankBody); }},
+  };
+  const char* only = argc > 2 ? argv[1] : nullptr;
+  const int rounds = argc > 2 ? atoi(argv[2]) : 0;
+  int f = 0, ran = 0;
+  for (const Case& c : cases) {
+    if (only && !strstr(c.name, only)) continue;
+    for (int round = 0; round < (only ? rounds : c.rounds); ++round, ++ran) {
+      auto start = std::chrono::steady_clock::now();
+      int k = c.run();
+      f += k;
+      printf("%s (round %d, %.1f s): %s\n", c.name, round,
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), k ? "FAIL" : "ok");
+      fflush(stdout);
+    }
   }
-  for (int round = 0; round < 2; ++round) {
-    f += k = ht::RunRanks(
-        3, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, "ring"); }, 50, 1u << 1);
-    printf("middle of the chain killed mid-allreduce (round %d): %s\n", round, k ? "FAIL" : "ok");
-  }
-  f += k = ht::RunRanks(2, FrozenPeerBody);
-  printf("frozen peer timeout: %s\n", k ? "FAIL" : "ok");
-  f += k = ht::RunRanks(1, MissingRankBody);
-  printf("missing rank at bootstrap: %s\n", k ? "FAIL" : "ok");
-  printf("%s: %d failures\n", f ? "FAIL" : "PASS", f);
+  if (ran == 0) f = 1;  // a NAME that matches nothing is an error, not a pass
+  printf("%s: %d failures in %d runs\n", f ? "FAIL" : "PASS", f, ran);
   return f ? 1 : 0;
 }
