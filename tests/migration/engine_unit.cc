@@ -824,6 +824,17 @@ struct RecJob : Job {
     }
     return s;
   }
+  // The migration engine's record of rank 1's move (its leaver is process 2) in `state`, and its joiner's process.
+  Migration& MoveRank1(MigState state) {
+    Migration& m = h.migs[1];
+    m.id = 1;
+    m.rank = 1;
+    m.ranks = {1};
+    m.leaver = 2;
+    m.state = state;
+    m.joiner = AddJoiner(1);
+    return m;
+  }
   rec::RecMsg Last(const std::string& to) {  // the body of the last command sent to "process:KIND"
     for (auto it = h.sent.rbegin(); it != h.sent.rend(); ++it) {
       rec::RecMsg m;
@@ -881,13 +892,8 @@ TEST_CASE(
   CHECK(j.h.Take() == std::vector<std::string>{std::to_string(early) + ":SNAP_WARM"});
   j.h.procs.erase(early);
   // Rank 1 migrating, before its switch (the joiner in its sandbox).
-  Migration& m = j.h.migs[1];
-  m.id = 1;
-  m.rank = 1;
-  m.ranks = {1};
-  m.leaver = 2;
-  m.state = MigState::kBuilding;
-  const uint64_t jr = m.joiner = j.AddJoiner(1);
+  Migration& m = j.MoveRank1(MigState::kBuilding);
+  const uint64_t jr = m.joiner;
   const std::string to_joiner = std::to_string(jr) + ":SNAP_WARM";
   // Each of the joiner's slots: rank 1's buddy (rank 2, process 3) connects to it now.
   for (uint32_t k = 0; k + 1 < kSlots; ++k) {
@@ -923,13 +929,8 @@ TEST_CASE("recovery: a planned migration's joiner replaces its leaver as a buddy
   RecJob j(3);
   j.Snapshot(3, 10, 0);  // rank 1's snapshot of step 10 is on rank 2 (process 3)
   j.h.Take();
-  Migration& m = j.h.migs[1];  // the migration engine's record of rank 1's move, agreeing on the switch step
-  m.id = 1;
-  m.rank = 1;
-  m.ranks = {1};
-  m.leaver = 2;
-  m.state = MigState::kAgreeing;
-  const uint64_t jr = m.joiner = j.AddJoiner(1);
+  Migration& m = j.MoveRank1(MigState::kAgreeing);  // agreeing on the switch step
+  const uint64_t jr = m.joiner;
   auto taken = [&](uint64_t from, int64_t step, uint32_t slot) {
     j.Rec(from, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
   };
