@@ -303,6 +303,10 @@ Status ListenTcp(const std::string& hostport, int* out_fd, std::string* bound) {
 }
 
 Status ConnectTcp(const std::string& hostport, int timeout_ms, int* out_fd) {
+  // OpenSSL reads its configuration at its first use: done before connecting, so that a starved process does not
+  // sit connected and silent for seconds against the coordinator's HELLO deadline (the first HELLO needs it).
+  uint8_t warm_up;
+  if (!RandomBytes(&warm_up, sizeof(warm_up))) return Status::Error("no random bytes for the handshake (OpenSSL)");
   std::string host;
   uint16_t port = 0;
   TM_CHECK(base::ParseHostPort(hostport, &host, &port));

@@ -123,7 +123,8 @@ class Connection {
 
 // A listening, non-blocking TCP socket on host:port (port 0: any) in *fd; *bound: the address it got.
 base::Status ListenTcp(const std::string& hostport, int* fd, std::string* bound);
-// A connect with a timeout; *fd is the connected, non-blocking socket.
+// A connect with a timeout; *fd is the connected, non-blocking socket, ready for a HELLO at once (the handshake's
+// crypto is initialised before the connection exists).
 base::Status ConnectTcp(const std::string& hostport, int timeout_ms, int* fd);
 // The shortest job token a coordinator, an agent or tmctl accepts (base::crypto::kMinSecretBytes).
 inline constexpr size_t kMinTokenBytes = base::crypto::kMinSecretBytes;
