@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "base/cudart.h"
@@ -113,6 +114,12 @@ class Durations {
   size_t next_ = 0, count_ = 0;
 };
 
+uint64_t Bytes(const std::vector<control::Region>& table) {
+  uint64_t bytes = 0;
+  for (const control::Region& r : table) bytes += r.bytes;
+  return bytes;
+}
+
 // Transfer regions over our own buffers, named as `table`.
 std::vector<transfer::Region> Over(const std::vector<control::Region>& table, std::vector<std::vector<uint8_t>>& bufs) {
   std::vector<transfer::Region> out;
@@ -154,7 +161,7 @@ class Recovery {
   }
   void AwaitSlots() {
     std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait_for(lk, std::chrono::milliseconds(kSlotSetUpWaitMs), [this] { return !staging_; });
+    cv_.wait_for(lk, std::chrono::milliseconds(kSlotSetUpWaitMs), [this] { return !staging_ && warmed_; });
   }
   void StartPoll();
 
@@ -165,12 +172,17 @@ class Recovery {
     std::vector<std::vector<uint8_t>> bufs;  // one per region of layout_
     std::unique_ptr<transfer::StateServer> server;
   };
+  // A buddy's connection to one slot of another rank, and the buffers it reads into (the fetch is destroyed first).
+  struct Conn {
+    std::vector<uint8_t> descriptor;  // of the owner's slot the fetch is connected to
+    std::vector<std::vector<uint8_t>> bufs;
+    std::unique_ptr<transfer::PreparedFetch> fetch;
+  };
   // A buddy's copies of another rank's snapshots, one per slot of that rank (tm-snapshot thread only).
   struct Copy {
-    int64_t step = -1;  // verified copy of this step, -1 while none (or being read)
-    std::vector<std::vector<uint8_t>> bufs;
-    std::vector<uint8_t> descriptor;  // of the owner's slot the fetch is connected to
-    std::unique_ptr<transfer::PreparedFetch> fetch;
+    int64_t step = -1;  // verified copy of this step in `now`, -1 while none (or being read)
+    Conn now;
+    Conn warm;  // SNAP_WARM: connected to a slot not pulled yet, and read once; taken over by its first pull
   };
   // Slots made for one region table, off the application thread (tm-snapshot); adopted at a safe point.
   struct SlotSet {
@@ -208,6 +220,8 @@ class Recovery {
   // tm-snapshot thread.
   void SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table);
   void Pull(const rec::RecMsg& m);
+  void WarmNext();
+  void Warm(const rec::RecMsg& m);
   void ExposeHeld(const rec::RecMsg& m);
   transfer::StateClient* Client();
 
@@ -231,6 +245,9 @@ class Recovery {
   Slot slots_[kSnapshotSlots];
   std::unique_ptr<SlotSet> staged_;  // built in the background, not adopted yet
   bool staging_ = false;             // a BuildSlots task is queued or running
+  bool warmed_ = true;               // the coordinator's SNAP_WARMs after this process's SLOT_EXPOSED are done
+  std::deque<rec::RecMsg> warms_;    // SNAP_WARMs not run yet: one task each, so that pulls run between them
+  bool warming_ = false;             // a WarmNext task is queued or running
   int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
   bool device_warned_ = false, ship_warned_ = false, budget_warned_ = false;
@@ -269,6 +286,12 @@ void Recovery::OnCommand(const control::Command& c) {
       return queue_.Push([this, m] { Pull(m); });
     case rec::Cmd::kExposeHeld:
       return queue_.Push([this, m] { ExposeHeld(m); });
+    case rec::Cmd::kSnapWarm: {
+      std::lock_guard<std::mutex> lk(mu_);
+      warms_.push_back(m);
+      if (!std::exchange(warming_, true)) queue_.Push([this] { WarmNext(); });
+      return;
+    }
     case rec::Cmd::kFence:
       return OnFence(c.migration, m);
     case rec::Cmd::kSnapShipped: {
@@ -540,9 +563,19 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
     queue_.Push([this, table = std::move(table)] {
       std::unique_ptr<SlotSet> set = BuildSlots(table);
       (void)Client();  // the buddy side too (a UCX context): a joiner's first pull must not pay it after its switch
+      // The coordinator has its future buddies connect to each slot and read it once, and sends this process the
+      // slots it will hold copies of to do the same (SNAP_WARM, run on this thread after this task); a joiner's
+      // PREPARED waits for the end of those (AwaitSlots).
+      const bool announce = set->error.empty() && w_.Connected();
+      for (int k = 0; announce && k < kSnapshotSlots; ++k) {
+        Send(rec::Ev::kSlotExposed,
+             rec::RecMsg{
+                 .slot = static_cast<uint32_t>(k), .regions = set->table, .blob = set->slots[k].server->Descriptor()});
+      }
       std::lock_guard<std::mutex> lk(mu_);
       staged_ = std::move(set);
       staging_ = false;
+      warmed_ = !announce;
       cv_.notify_all();
     });
   }
@@ -552,16 +585,31 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
 std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
   auto set = std::make_unique<SlotSet>();
   set->table = std::move(table);
+  // Where the set-up time goes (TRACE): the buffers (allocated and first touched), the servers (a UCX context, worker
+  // and progress thread each), the exposures (memory mapped, keys packed).
+  using Clock = std::chrono::steady_clock;
+  Clock::duration bufs{}, servers{}, exposures{};
   for (int k = 0; k < kSnapshotSlots && set->error.empty(); ++k) {
     Slot& s = set->slots[k];
+    Clock::time_point t = Clock::now();
     for (const control::Region& r : set->table) s.bufs.emplace_back(r.bytes);
+    bufs += Clock::now() - t;
+    t = Clock::now();
     transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(""), &s.server);
+    servers += Clock::now() - t;
+    t = Clock::now();
     if (st.ok()) st = s.server->Expose(Over(set->table, s.bufs));
+    exposures += Clock::now() - t;
     if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
       st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
     }
     if (!st.ok()) set->error = "slot " + std::to_string(k) + ": " + st.ToString();
   }
+  auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  TM_TRACE(kLogMigration,
+           "failure recovery: %d snapshot slots of %llu bytes set up: buffers %.3f ms, servers %.3f ms, "
+           "exposures %.3f ms",
+           kSnapshotSlots, static_cast<unsigned long long>(Bytes(set->table)), ms(bufs), ms(servers), ms(exposures));
   return set;
 }
 
@@ -683,35 +731,90 @@ void Recovery::Pull(const rec::RecMsg& m) {
   }
   Copy& c = h.copies[m.slot];
   c.step = -1;
-  if (c.bufs.empty()) {
-    for (const control::Region& r : h.regions) c.bufs.emplace_back(r.bytes);
+  if (c.warm.fetch && c.warm.descriptor == m.blob) {  // connected and read once ahead (SNAP_WARM)
+    c.now.fetch.reset();
+    c.now = std::move(c.warm);
+  }
+  Conn& n = c.now;
+  if (n.bufs.empty()) {
+    for (const control::Region& r : h.regions) n.bufs.emplace_back(r.bytes);
   }
   transfer::FetchOptions o;
   o.expected_checksums = m.words;
-  uint64_t bytes = 0;
-  for (const control::Region& r : h.regions) bytes += r.bytes;
-  o.timeout_ms = HandOffTimeoutMs(bytes);
-  if (!c.fetch || c.descriptor != m.blob) {
-    c.fetch.reset();
-    c.descriptor = m.blob;
+  o.timeout_ms = HandOffTimeoutMs(Bytes(h.regions));
+  if (!n.fetch || n.descriptor != m.blob) {
+    n.fetch.reset();
+    n.descriptor = m.blob;
     transfer::StateClient* client = Client();
     if (!client) return fail("no state client");
-    transfer::Status st = client->Prepare(m.blob, Over(h.regions, c.bufs), o, &c.fetch);
+    transfer::Status st = client->Prepare(m.blob, Over(h.regions, n.bufs), o, &n.fetch);
     if (!st.ok()) {
-      c.fetch.reset();
+      n.fetch.reset();
       return fail(st.ToString());
     }
   }
   transfer::FetchResult res;
-  transfer::Status st = c.fetch->Read(o, &res);
+  transfer::Status st = n.fetch->Read(o, &res);
   if (!st.ok() || !res.verified) {
-    c.fetch.reset();
+    n.fetch.reset();
     return fail(st.ok() ? "not verified" : st.ToString());
   }
   c.step = m.step;
   TM_TRACE(kLogMigration, "failure recovery: holding rank %d's snapshot of step %lld (%llu bytes, %s)", m.rank,
            static_cast<long long>(m.step), static_cast<unsigned long long>(res.bytes), transfer::FetchPathName(res.path));
   Send(rec::Ev::kSnapHeld, reply);
+}
+
+// One SNAP_WARM per task: a pull that comes meanwhile runs between two of them, not after all.
+void Recovery::WarmNext() {
+  rec::RecMsg m;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    m = std::move(warms_.front());
+    warms_.pop_front();
+  }
+  if (m.rank >= 0) Warm(m);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (m.rank < 0) {  // the batch sent to this joiner is over
+    warmed_ = true;
+    cv_.notify_all();
+  }
+  if (warms_.empty()) {
+    warming_ = false;
+  } else {
+    queue_.Push([this] { WarmNext(); });
+  }
+}
+
+// A slot whose first pull is still to come (a migration's joiner's, or a slot of a rank the joiner will hold copies
+// of after its switch): connect to it and read it once, unverified (FetchOptions::warm), into buffers of its own, so
+// that the pull after the switch pays neither the connection nor the first read of each page (docs/recovery.md). A
+// copy held of that slot meanwhile stays as it is; the first pull with this descriptor takes the connection over.
+void Recovery::Warm(const rec::RecMsg& m) {
+  Held& h = held_[m.rank];
+  if (h.regions.empty()) h.regions = m.regions;
+  if (m.slot >= kSnapshotSlots || h.regions != m.regions) return;
+  Copy& c = h.copies[m.slot];
+  if ((c.now.fetch && c.now.descriptor == m.blob) || (c.warm.fetch && c.warm.descriptor == m.blob)) return;
+  transfer::StateClient* client = Client();
+  if (!client) return;
+  const uint64_t t0 = w_.MonotonicNs();
+  Conn w;
+  w.descriptor = m.blob;
+  for (const control::Region& r : h.regions) w.bufs.emplace_back(r.bytes);
+  transfer::FetchOptions o;
+  o.warm = true;
+  o.timeout_ms = HandOffTimeoutMs(Bytes(h.regions));
+  transfer::Status st = client->Prepare(m.blob, Over(h.regions, w.bufs), o, &w.fetch);
+  if (!st.ok()) {  // the pull connects again, cold
+    TM_INFO(kLogMigration, "failure recovery: warming rank %d's snapshot slot %u failed: %s", m.rank, m.slot,
+            st.ToString().c_str());
+    return;
+  }
+  TM_TRACE(kLogMigration, "failure recovery: rank %d's snapshot slot %u connected and read once in %.3f ms", m.rank,
+           m.slot, (w_.MonotonicNs() - t0) / 1e6);
+  c.warm.fetch.reset();
+  c.warm = std::move(w);
 }
 
 // The dead rank's copy, exposed (and sealed: its checksums published) for its replacement to read.
@@ -729,7 +832,7 @@ void Recovery::ExposeHeld(const rec::RecMsg& m) {
   transfer::Status st(transfer::Code::kState, "no verified copy of that step here");
   if (c) {
     st = transfer::StateServer::Create(HandOffServerOptions(""), &server);
-    if (st.ok()) st = server->Expose(Over(it->second.regions, c->bufs));
+    if (st.ok()) st = server->Expose(Over(it->second.regions, c->now.bufs));
     if (st.ok()) st = server->Seal();
   }
   if (st.ok() && server->Descriptor().size() <= control::mig::kMaxBlob) {

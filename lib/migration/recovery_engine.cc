@@ -32,6 +32,7 @@ struct RankSnaps {
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
   std::map<int64_t, std::set<uint64_t>> shipping;    // step -> buddies whose pull has not answered yet
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
+  std::map<uint32_t, rec::RecMsg> slots;             // the owner's slots as SNAP_TAKEN said: regions and descriptor
   uint64_t gone = 0;  // the latest buddy that left (a migrated leaver, a lost process) with copies of the rank
   int64_t wish = 0;   // TRAINMOVER_SNAPSHOT_EVERY=auto: the interval its holder last asked for (0: none yet)
 };
@@ -179,6 +180,8 @@ class RecoveryEngine final : public Engine {
           return OnRolledBack(h, *from, m);
         case rec::Ev::kCommFault:
           return OnCommFault(h, *from, m);
+        case rec::Ev::kSlotExposed:
+          return OnSlotExposed(h, *from, m);
         case rec::Ev::kProbed:
           if (auto it = probes_.find(p); it != probes_.end() && it->second.number == static_cast<uint64_t>(m.step)) {
             probes_.erase(it);
@@ -380,6 +383,7 @@ class RecoveryEngine final : public Engine {
     forget_slot(rs.taken);
     rs.taken[m.step] = m.slot;
     if (m.every > 0) rs.wish = m.every;
+    rs.slots[m.slot] = rec::RecMsg{.slot = m.slot, .regions = m.regions, .blob = m.blob};
     rec::RecMsg pull = m;  // with the owner's slot descriptor
     pull.rank = rank;
     pull.epoch = epoch_;  // a copy verified before the next failure's epoch is counted only before it
@@ -390,6 +394,41 @@ class RecoveryEngine final : public Engine {
     }
     if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
     rs.shipping[m.step] = std::set<uint64_t>(buddies.begin(), buddies.end());
+  }
+
+  // A joiner's snapshot slot, set up in its sandbox. For a planned migration's joiner before its switch, the first
+  // pulls after the switch are taken off it (docs/recovery.md, "The joiner's first pulls after a switch"): the buddies
+  // its rank will have connect to the slot and read it once now (SNAP_WARM), and after its last slot the joiner does
+  // the same with every slot of the ranks whose buddy its leaver is, which it replaces from the switch on. Then the
+  // end of the batch (SNAP_WARM rank -1), which its PREPARED waits for; a joiner that is no migration's (a
+  // recovery's replacement: the survivors are held, their snapshot threads serve the recovery) gets that alone.
+  void OnSlotExposed(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
+    const int32_t rank = from.info.role == "joiner" ? from.info.replace : -1;
+    const std::map<int32_t, const ProcessRec*> holders = Holders(h);
+    const auto leaver = holders.find(rank);
+    bool migrating = false;
+    for (const auto& [id, mig] : h.migrations()) {
+      migrating |= mig.kind == kKindMigrate && !mig.switch_sent && !MigTerminal(mig.state) &&
+                   std::find(mig.ranks.begin(), mig.ranks.end(), rank) != mig.ranks.end();
+    }
+    migrating &= leaver != holders.end() && leaver->second->id != from.id && m.slot < migration::kSnapshotSlots;
+    if (migrating) {
+      const rec::RecMsg warm{.rank = rank, .slot = m.slot, .regions = m.regions, .blob = m.blob};
+      for (uint64_t b : Buddies(h, from, rank)) h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapWarm, 0, warm));
+    }
+    if (m.slot + 1 < migration::kSnapshotSlots) return;
+    for (const auto& [r, rs] : snaps_) {
+      const auto owner = holders.find(r);
+      if (!migrating || r == rank || owner == holders.end() || owner->second->id != rs.owner) continue;
+      const std::vector<uint64_t> buddies = Buddies(h, *owner->second, r);
+      if (std::find(buddies.begin(), buddies.end(), leaver->second->id) == buddies.end()) continue;
+      for (const auto& [slot, d] : rs.slots) {
+        rec::RecMsg warm = d;
+        warm.rank = r;
+        h.SendCommand(from.id, rec::MakeRec(rec::Cmd::kSnapWarm, 0, warm));
+      }
+    }
+    h.SendCommand(from.id, rec::MakeRec(rec::Cmd::kSnapWarm, 0, rec::RecMsg{.rank = -1}));
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {

@@ -21,6 +21,8 @@ const char* RecCmdName(uint16_t kind) {
       return "FENCED";
     case Cmd::kProbe:
       return "PROBE";
+    case Cmd::kSnapWarm:
+      return "SNAP_WARM";
   }
   return "UNKNOWN";
 }
@@ -41,6 +43,8 @@ const char* RecEvName(uint16_t kind) {
       return "COMM_FAULT";
     case Ev::kProbed:
       return "PROBED";
+    case Ev::kSlotExposed:
+      return "SLOT_EXPOSED";
   }
   return "UNKNOWN";
 }

@@ -18,6 +18,7 @@
 #include "control/coordinator.h"
 #include "migration/engine.h"
 #include "migration/msgs.h"
+#include "migration/recovery.h"
 #include "migration/recovery_engine.h"
 #include "migration/recovery_msgs.h"
 #include "migration/standby_msgs.h"
@@ -823,6 +824,17 @@ struct RecJob : Job {
     }
     return s;
   }
+  // The migration engine's record of rank 1's move (its leaver is process 2) in `state`, and its joiner's process.
+  Migration& MoveRank1(MigState state) {
+    Migration& m = h.migs[1];
+    m.id = 1;
+    m.rank = 1;
+    m.ranks = {1};
+    m.leaver = 2;
+    m.state = state;
+    m.joiner = AddJoiner(1);
+    return m;
+  }
   rec::RecMsg Last(const std::string& to) {  // the body of the last command sent to "process:KIND"
     for (auto it = h.sent.rbegin(); it != h.sent.rend(); ++it) {
       rec::RecMsg m;
@@ -889,18 +901,70 @@ TEST_CASE("recovery: TRAINMOVER_SNAPSHOT_EVERY=auto: every rank is told the larg
   CHECK(j.Last("4:SNAP_SHIPPED").every == 8);
 }
 
+TEST_CASE(
+    "recovery: a planned migration's joiner and its rank's buddies warm the slots they will pull after the "
+    "switch; a joiner that is no migration's gets the end of the batch alone") {
+  RecJob j(3);
+  constexpr uint32_t kSlots = trainmover::migration::kSnapshotSlots;
+  for (uint32_t k = 0; k < kSlots; ++k) {  // rank 0's four slots, each with its own descriptor
+    j.Rec(1, rec::Ev::kSnapTaken,
+          rec::RecMsg{.step = 10 + k,
+                      .slot = k,
+                      .words = {7},
+                      .regions = {Region{"w", 64}},
+                      .blob = {5, static_cast<uint8_t>(k)}});
+  }
+  j.h.Take();
+  auto exposed = [&](uint64_t from, uint32_t slot) {
+    j.Rec(from, rec::Ev::kSlotExposed,
+          rec::RecMsg{.slot = slot, .regions = {Region{"w", 64}}, .blob = {9, static_cast<uint8_t>(slot)}});
+  };
+  // A joiner that is no migration's (a recovery's replacement, or one started before any request): only the end.
+  const uint64_t early = j.AddJoiner(1);
+  for (uint32_t k = 0; k < kSlots; ++k) exposed(early, k);
+  CHECK(j.Last(std::to_string(early) + ":SNAP_WARM").rank == -1);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(early) + ":SNAP_WARM"});
+  j.h.procs.erase(early);
+  // Rank 1 migrating, before its switch (the joiner in its sandbox).
+  Migration& m = j.MoveRank1(MigState::kBuilding);
+  const uint64_t jr = m.joiner;
+  const std::string to_joiner = std::to_string(jr) + ":SNAP_WARM";
+  // Each of the joiner's slots: rank 1's buddy (rank 2, process 3) connects to it now.
+  for (uint32_t k = 0; k + 1 < kSlots; ++k) {
+    exposed(jr, k);
+    const rec::RecMsg w = j.Last("3:SNAP_WARM");
+    CHECK(w.rank == 1);
+    CHECK(w.slot == k);
+    CHECK(w.blob == std::vector<uint8_t>{9, static_cast<uint8_t>(k)});
+    CHECK(j.h.Take() == std::vector<std::string>{"3:SNAP_WARM"});
+  }
+  // After its last slot, the joiner connects to each slot of rank 0, whose buddy its leaver is, then the end.
+  exposed(jr, kSlots - 1);
+  std::set<uint32_t> slots;
+  for (const auto& x : j.h.sent) {
+    rec::RecMsg w;
+    if (x.to != jr || !DecodePayload(x.c.body, &w) || w.rank < 0) continue;
+    CHECK(w.rank == 0);
+    CHECK(w.blob == std::vector<uint8_t>{5, static_cast<uint8_t>(w.slot)});
+    slots.insert(w.slot);
+  }
+  CHECK(slots.size() == kSlots);
+  CHECK(j.Last(to_joiner).rank == -1);  // the last one: the batch is over
+  CHECK(j.h.Take() == std::vector<std::string>{"3:SNAP_WARM", to_joiner, to_joiner, to_joiner, to_joiner, to_joiner});
+  // Once SWITCH went out the joiner holds the rank: a slot it sets up later warms nothing.
+  m.switch_sent = true;
+  m.state = MigState::kSwitching;
+  exposed(jr, kSlots - 1);
+  CHECK(j.h.Take() == std::vector<std::string>{to_joiner});
+}
+
 TEST_CASE("recovery: a planned migration's joiner replaces its leaver as a buddy at the switch and keeps the "
           "leaver's copies of its rank") {
   RecJob j(3);
   j.Snapshot(3, 10, 0);  // rank 1's snapshot of step 10 is on rank 2 (process 3)
   j.h.Take();
-  Migration& m = j.h.migs[1];  // the migration engine's record of rank 1's move, agreeing on the switch step
-  m.id = 1;
-  m.rank = 1;
-  m.ranks = {1};
-  m.leaver = 2;
-  m.state = MigState::kAgreeing;
-  const uint64_t jr = m.joiner = j.AddJoiner(1);
+  Migration& m = j.MoveRank1(MigState::kAgreeing);  // agreeing on the switch step
+  const uint64_t jr = m.joiner;
   auto taken = [&](uint64_t from, int64_t step, uint32_t slot) {
     j.Rec(from, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
   };
