@@ -20,12 +20,14 @@ the last checkpoint: the cold restart's cost is its measured downtime plus inter
 standby's is its measured downtime plus the steps it lost (trained again after the rollback); a step is the
 reference run's median step time. Asserts no speed: exit 0 when every run ended bit-identical to the reference.
 
-Then the steady-state cost of the snapshots: --pairs pairs of jobs of --steady-ranks ranks run at the same time,
-one with recovery on (a snapshot at every TRAINMOVER_SNAPSHOT_EVERY-th step, pulled by its buddy) and one with
-TRAINMOVER_RECOVERY=off (same shim, same coordinator, no snapshots); both see the same load, which is what makes
-the ratio meaningful on a shared machine. steps/s = steps from --warmup to the end over their time (the latest
-rank's safe-point marks); the ratio is on/off per pair, and its median is the figure. Rows for each --sizes
-parameter count (the registered state: weights and Adam's two moments, 4 bytes each).
+Then the steady-state cost of the snapshots: --pairs sets of jobs of --steady-ranks ranks run at the same time,
+one with recovery on for each value of --every (TRAINMOVER_SNAPSHOT_EVERY: a snapshot at every N-th step, or
+`auto`: the interval the coordinator picks to keep the cost under --budget, TRAINMOVER_SNAPSHOT_BUDGET) and one with
+TRAINMOVER_RECOVERY=off (same shim, same coordinator, no snapshots); all see the same load, which is what makes
+the ratios meaningful on a shared machine. steps/s = steps from --warmup to the end over their time (the latest
+rank's safe-point marks); the ratio is on/off per set, and its median is the figure. Rows for each --sizes
+parameter count and each --every (the registered state: weights and Adam's two moments, 4 bytes each, plus
+--extra-state-mb, tm-train's extra region, to make snapshots expensive for the step).
 Asserts no speed: exit 0 when every run ended bit-identical to the reference (and every steady job ended 0), 1
 otherwise.
 """
@@ -65,7 +67,10 @@ def main(argv):
     ap.add_argument("--steady-steps", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--every", type=int, default=1, help="TRAINMOVER_SNAPSHOT_EVERY of the 'on' job")
+    ap.add_argument("--every", default="1", help="TRAINMOVER_SNAPSHOT_EVERY of the 'on' jobs, a comma list (1,auto: "
+                    "one 'on' job of each per set)")
+    ap.add_argument("--budget", default="0.02", help="TRAINMOVER_SNAPSHOT_BUDGET of the 'auto' job")
+    ap.add_argument("--extra-state-mb", type=int, default=0, help="tm-train --extra-state-mb of the steady jobs")
     ap.add_argument("--skip-failure", action="store_true", help="only the steady-state rows")
     ap.add_argument("--skip-steady", action="store_true", help="only the failure rows")
     a = ap.parse_args(argv)
@@ -146,19 +151,23 @@ def steady_state(a):
     a.build = os.path.abspath(a.build)
     tmrun = os.path.join(a.build, "tools/tmrun/tmrun")
     train = [os.path.join(a.build, "tools/tm_train/tm-train"), "--steps", str(a.steady_steps), "--seed", "7",
-             "--log-every", "0", "--step-ms", str(a.step_ms)]
+             "--log-every", "0", "--step-ms", str(a.step_ms), "--extra-state-mb", str(a.extra_state_mb)]
+    everys = [x for x in a.every.split(",") if x]
     shim = ["LD_PRELOAD=" + os.path.join(a.build, "lib/shim/libtrainmover.so"),
             "TRAINMOVER_NCCL_LIBRARY=" + os.path.join(a.build, "plugins/hostnccl/libnccl.so.2")]
     work = tempfile.mkdtemp(prefix="recovery-steady-")
     rows, ok = [], True
-    print(f"steady state: {a.steady_ranks} ranks, {a.step_ms} ms emulated compute per step, steps {a.warmup}-"
-          f"{a.steady_steps}; recovery on (TRAINMOVER_SNAPSHOT_EVERY={a.every}) and off run at the same time, "
-          f"{a.pairs} pairs per size", flush=True)
+    print(f"steady state: {a.steady_ranks} ranks, {a.step_ms} ms emulated compute per step, {a.extra_state_mb} MiB extra "
+          f"state, steps {a.warmup}-{a.steady_steps}; recovery on (TRAINMOVER_SNAPSHOT_EVERY={' and '.join(everys)}, "
+          f"budget {a.budget} for auto) and off run at the same time, {a.pairs} sets per size", flush=True)
     for params in [int(x) for x in a.sizes.split(",") if x]:
-        ratios, on_rates, off_rates = [], [], []
+        ratios = {e: [] for e in everys}
+        on_rates = {e: [] for e in everys}
+        off_rates = []
         for i in range(a.pairs):
             jobs = {}
-            modes = (("on", [f"TRAINMOVER_SNAPSHOT_EVERY={a.every}"]), ("off", ["TRAINMOVER_RECOVERY=off"]))
+            modes = [(e, [f"TRAINMOVER_SNAPSHOT_EVERY={e}", f"TRAINMOVER_SNAPSHOT_BUDGET={a.budget}"]) for e in everys]
+            modes.append(("off", ["TRAINMOVER_RECOVERY=off"]))
             for mode, env in modes[::1 if i % 2 == 0 else -1]:  # which one starts first alternates
                 tl = os.path.join(work, f"{params}-{i}-{mode}.timeline")
                 log = open(os.path.join(work, f"{params}-{i}-{mode}.log"), "w")
@@ -174,17 +183,22 @@ def steady_state(a):
                     print(f"  {params} parameters, pair {i}: the {mode} job failed (rc {rc}; {log.name})")
                     ok = False
             if None not in rates.values():
-                on_rates.append(rates["on"])
                 off_rates.append(rates["off"])
-                ratios.append(rates["on"] / rates["off"])
-        if ratios:
-            rows.append({"params": params, "state_bytes": params * 12, "every": a.every,
-                         "on_steps_per_s": [round(x, 1) for x in on_rates],
-                         "off_steps_per_s": [round(x, 1) for x in off_rates],
-                         "ratios": [round(x, 4) for x in ratios], "median_ratio": round(statistics.median(ratios), 4)})
-    print(f"{'params':>8} {'state':>9} {'on steps/s':>22} {'off steps/s':>22} {'on/off per pair':>24} {'median':>7}")
+                for e in everys:
+                    on_rates[e].append(rates[e])
+                    ratios[e].append(rates[e] / rates["off"])
+        for e in everys:
+            if ratios[e]:
+                rows.append({"params": params, "state_bytes": params * 12 + (a.extra_state_mb << 20), "every": e,
+                             "on_steps_per_s": [round(x, 1) for x in on_rates[e]],
+                             "off_steps_per_s": [round(x, 1) for x in off_rates],
+                             "ratios": [round(x, 4) for x in ratios[e]],
+                             "median_ratio": round(statistics.median(ratios[e]), 4)})
+    print(f"{'params':>8} {'state':>9} {'every':>6} {'on steps/s':>22} {'off steps/s':>22} {'on/off per set':>24} "
+          f"{'median':>7}")
     for r in rows:
-        print(f"{r['params']:>8} {r['state_bytes'] / 1e6:>7.2f}MB {'/'.join(f'{x:.0f}' for x in r['on_steps_per_s']):>22} "
+        print(f"{r['params']:>8} {r['state_bytes'] / 1e6:>7.2f}MB {r['every']:>6} "
+              f"{'/'.join(f'{x:.0f}' for x in r['on_steps_per_s']):>22} "
               f"{'/'.join(f'{x:.0f}' for x in r['off_steps_per_s']):>22} "
               f"{'/'.join(f'{x:.3f}' for x in r['ratios']):>24} {r['median_ratio']:>6.1%}")
     print("goal: median on/off >= 98%")

@@ -71,6 +71,25 @@ bool ParseInt(const char* v, const char* accepted, int64_t* out) {
   return true;
 }
 
+// TRAINMOVER_SNAPSHOT_EVERY: an interval >= 1, or "auto" (any case), kept as 0.
+bool ParseEvery(const char* v, const char*, int64_t* out) {
+  if (strcasecmp(v, "auto") == 0) {
+    *out = 0;
+    return true;
+  }
+  return ParseInt(v, "integer >= 1", out);
+}
+
+// A share: a decimal number in (0, 1].
+bool ParseFraction(const char* v, const char*, double* out) {
+  errno = 0;
+  char* end = nullptr;
+  const double x = strtod(v, &end);
+  if (errno != 0 || end == v || *end != '\0' || !(x > 0.0 && x <= 1.0)) return false;
+  *out = x;
+  return true;
+}
+
 // One of the '|'-separated choices of the accepted text, exactly.
 bool ParseOneOf(const char* v, const char* accepted, std::string* out) {
   const size_t n = strlen(v);

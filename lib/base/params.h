@@ -85,9 +85,14 @@
     "snapshots of its registered state on a buddy rank, and when a rank dies the survivors roll back to the " \
     "newest snapshot complete everywhere while a replacement takes the dead rank's place; off = no snapshots, " \
     "a dead rank fails the job as it would without the shim.")                                                \
-  X(SNAPSHOT_EVERY, snapshot_every, int64_t, ParseInt, "int", "1", "integer >= 1",                          \
+  X(SNAPSHOT_EVERY, snapshot_every, int64_t, ParseEvery, "int or auto", "1", "integer >= 1, or auto",     \
     "Failure recovery: a snapshot of the registered state at every N-th safe point (steps divisible by N); "  \
-    "a recovery loses at most about N steps.")                                                                \
+    "a recovery loses at most N steps. auto (0 in the field): a power of two the coordinator picks and "      \
+    "distributes, the smallest that keeps every rank's snapshot cost under TRAINMOVER_SNAPSHOT_BUDGET "       \
+    "(docs/recovery.md, Adaptive interval); set it on every rank alike.")                                     \
+  X(SNAPSHOT_BUDGET, snapshot_budget, double, ParseFraction, "fraction", "0.02", "a number > 0 and <= 1",    \
+    "Failure recovery with TRAINMOVER_SNAPSHOT_EVERY=auto: the share of the step time that snapshots may "     \
+    "cost a rank (its copy plus its wait for the buddy's pull, per snapshot, over the interval's steps).")    \
   X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
@@ -102,13 +107,15 @@
     "off = nothing timed and no window sent (the detector does not see this process). For measuring its cost " \
     "(perf/shim_overhead) or ruling it out.")                                                                 \
   X(FAULT, fault, std::string, ParseOneOf, "enum", "",                                                        \
-    "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op|tamper-descriptor",                    \
+    "corrupt-transfer|pass-first-proposal|slow-transfer|slow-first-op|slow-switch|tamper-descriptor",        \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
     "with PASSED (the coordinator must propose again and release the ranks held at the first one); "          \
     "slow-transfer makes a joiner wait 3 s before it reads the state (a wide switching phase for the fault "  \
     "tests, docs/reliability.md); slow-first-op makes a joiner wait 3 s after it switched in, so that the "  \
     "stayers wait in their first operation on the replacements (the fault matrix's first-op cells); "        \
+    "slow-switch makes a joiner wait 3 s after SWITCH came before it switches in (and confirms it), a wide "  \
+    "window for a replacement lost after a recovery's switch (docs/recovery.md); "                            \
     "tamper-descriptor makes a leaver change one byte of its transfer descriptor after it was MACed, as an "  \
     "attacker on the way would (the joiner must refuse it and training continue).")
 // clang-format on

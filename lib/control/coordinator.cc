@@ -1000,7 +1000,8 @@ std::string Coordinator::StatusJson() const {
          ",\"step\":" + std::to_string(pr.step) + ",\"safepoints\":" + std::to_string(pr.safepoints) +
          ",\"heartbeat_age_ms\":" + std::to_string((now_mono - pr.last_heartbeat_ns) / 1000000) +
          ",\"dropped_reports\":" + std::to_string(pr.dropped) + ",\"comms\":" + std::to_string(pr.comms.size()) +
-         ",\"snapshot_step\":" + std::to_string(pr.snapshot_step);
+         ",\"snapshot_step\":" + std::to_string(pr.snapshot_step) +
+         ",\"snapshot_every\":" + std::to_string(pr.snapshot_every);
     if (pr.info.replace >= 0) o += ",\"replace\":" + std::to_string(pr.info.replace);
     if (pr.info.role == "standby") {
       o += std::string(",\"standby\":{\"warm_rank\":") + std::to_string(pr.info.replace) +
@@ -1060,7 +1061,8 @@ std::string Coordinator::StatusJson() const {
            ",\"detected_ms\":" + std::to_string(r.detected_ns / 1000000) +
            ",\"failed_at_step\":" + std::to_string(r.failed_at_step) +
            ",\"rollback_step\":" + std::to_string(r.rollback_step) +
-           ",\"lost_steps\":" + std::to_string(r.lost_steps) + ",\"replacement\":" + Q(r.replacement) + "}";
+           ",\"lost_steps\":" + std::to_string(r.lost_steps) +
+           ",\"snapshot_every\":" + std::to_string(r.snapshot_every) + ",\"replacement\":" + Q(r.replacement) + "}";
     }
     o += ",\"phases\":[";
     for (size_t i = 0; i < m.phases.size(); ++i) {

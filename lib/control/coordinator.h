@@ -54,6 +54,7 @@ struct ProcessRec {
   uint64_t safepoints = 0;         // SAFEPOINT messages received
   uint64_t dropped = 0;            // reports the agent dropped (ring full)
   int64_t snapshot_step = -1;      // its newest snapshot a buddy verified a copy of (failure recovery), -1: none
+  int64_t snapshot_every = 0;      // the snapshot interval it was told under TRAINMOVER_SNAPSHOT_EVERY=auto, 0: none
   std::vector<Region> regions;
   std::vector<uint64_t> comms;  // comm_keys it is a member of
   std::map<uint64_t, CommCreated> comm_info;  // its own report of each (lineage as seen by this process)
@@ -118,6 +119,7 @@ struct RecoveryInfo {
   int64_t failed_at_step = -1;  // the furthest step any survivor had reached
   int64_t rollback_step = -1;   // the snapshot step everyone continued from
   int64_t lost_steps = -1;      // failed_at_step - rollback_step
+  int64_t snapshot_every = 1;   // the bound on lost_steps then: the snapshot interval (docs/recovery.md)
   std::string replacement;      // "spawned pid P" / "standby process N"
 };
 

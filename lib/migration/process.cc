@@ -568,6 +568,11 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
   }
   WaitForSwitchOrExit(lk);
   if (joiner_.exit_pending) JoinerExit(lk);
+  if (w_.Fault() == "slow-switch") {  // test knob: SWITCH went out, this process has not switched in nor confirmed it
+    lk.unlock();
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    lk.lock();
+  }
   const int64_t at = SwitchJoinerIn();
   if (w_.Fault() == "slow-first-op") {  // test knob: the stayers wait in their first operation on the replacements
     lk.unlock();

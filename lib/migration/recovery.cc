@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "base/cudart.h"
@@ -25,6 +26,7 @@
 #include "hand_off.h"
 #include "process.h"
 #include "recovery_msgs.h"
+#include "snapshot_interval.h"
 #include "transfer/transfer.h"
 
 namespace trainmover::migration {
@@ -92,6 +94,32 @@ std::vector<control::Region> Table(const std::vector<shim::Region>& regs) {
   return out;
 }
 
+// The last durations of one kind, for their median (robust to a step that waited for a migration or a hold).
+class Durations {
+ public:
+  void Add(uint64_t ns) {
+    ring_[next_++ % kKept] = static_cast<double>(ns);
+    count_ = std::min(count_ + 1, kKept);
+  }
+  bool Enough() const { return count_ >= 3; }
+  double Median() const {
+    std::vector<double> v(ring_, ring_ + count_);
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  }
+
+ private:
+  static constexpr size_t kKept = 15;
+  double ring_[kKept] = {};
+  size_t next_ = 0, count_ = 0;
+};
+
+uint64_t Bytes(const std::vector<control::Region>& table) {
+  uint64_t bytes = 0;
+  for (const control::Region& r : table) bytes += r.bytes;
+  return bytes;
+}
+
 // Transfer regions over our own buffers, named as `table`.
 std::vector<transfer::Region> Over(const std::vector<control::Region>& table, std::vector<std::vector<uint8_t>>& bufs) {
   std::vector<transfer::Region> out;
@@ -104,7 +132,9 @@ class Recovery {
   Recovery(World& w, ProcessMachine* pm) : w_(w), pm_(pm), queue_(w) {
     const shim::Config& c = shim::ProcessConfig();
     on_ = c.recovery != "off";
-    every_ = c.snapshot_every > 0 ? c.snapshot_every : 1;
+    adaptive_ = c.snapshot_every == 0;  // auto: 1 until the coordinator says otherwise
+    every_ = adaptive_ ? 1 : c.snapshot_every;
+    budget_ = c.snapshot_budget;
   }
 
   void OnCommand(const control::Command& c);
@@ -131,7 +161,7 @@ class Recovery {
   }
   void AwaitSlots() {
     std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait_for(lk, std::chrono::milliseconds(kSlotSetUpWaitMs), [this] { return !staging_; });
+    cv_.wait_for(lk, std::chrono::milliseconds(kSlotSetUpWaitMs), [this] { return !staging_ && warmed_; });
   }
   void StartPoll();
 
@@ -142,12 +172,17 @@ class Recovery {
     std::vector<std::vector<uint8_t>> bufs;  // one per region of layout_
     std::unique_ptr<transfer::StateServer> server;
   };
+  // A buddy's connection to one slot of another rank, and the buffers it reads into (the fetch is destroyed first).
+  struct Conn {
+    std::vector<uint8_t> descriptor;  // of the owner's slot the fetch is connected to
+    std::vector<std::vector<uint8_t>> bufs;
+    std::unique_ptr<transfer::PreparedFetch> fetch;
+  };
   // A buddy's copies of another rank's snapshots, one per slot of that rank (tm-snapshot thread only).
   struct Copy {
-    int64_t step = -1;  // verified copy of this step, -1 while none (or being read)
-    std::vector<std::vector<uint8_t>> bufs;
-    std::vector<uint8_t> descriptor;  // of the owner's slot the fetch is connected to
-    std::unique_ptr<transfer::PreparedFetch> fetch;
+    int64_t step = -1;  // verified copy of this step in `now`, -1 while none (or being read)
+    Conn now;
+    Conn warm;  // SNAP_WARM: connected to a slot not pulled yet, and read once; taken over by its first pull
   };
   // Slots made for one region table, off the application thread (tm-snapshot); adopted at a safe point.
   struct SlotSet {
@@ -183,15 +218,24 @@ class Recovery {
   // tm-commpoll thread.
   void PollComms(std::set<ncclComm_t>& reported);
   // tm-snapshot thread.
-  void SendTaken(int slot, int64_t step, std::vector<control::Region> table);
+  void SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table);
   void Pull(const rec::RecMsg& m);
+  void WarmNext();
+  void Warm(const rec::RecMsg& m);
   void ExposeHeld(const rec::RecMsg& m);
   transfer::StateClient* Client();
 
   World& w_;
   ProcessMachine* pm_;
   bool on_ = true;
-  int64_t every_ = 1;
+  int64_t every_ = 1;  // the interval in effect (mu_): TRAINMOVER_SNAPSHOT_EVERY, or under auto the coordinator's
+  // TRAINMOVER_SNAPSHOT_EVERY=auto (application thread, mu_): what a snapshot costs this rank's safe points and how
+  // long its steps take between them; the interval they call for goes to the coordinator with SNAP_TAKEN.
+  bool adaptive_ = false;
+  double budget_ = 0.02;
+  Durations snapshot_cost_, step_time_;
+  int64_t unmeasured_copy_ns_ = -1;  // the copy of the newest snapshot, until its wait for the buddy is known too
+  uint64_t last_exit_ns_ = 0;        // when the previous safe point returned
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -201,9 +245,12 @@ class Recovery {
   Slot slots_[kSnapshotSlots];
   std::unique_ptr<SlotSet> staged_;  // built in the background, not adopted yet
   bool staging_ = false;             // a BuildSlots task is queued or running
+  bool warmed_ = true;               // the coordinator's SNAP_WARMs after this process's SLOT_EXPOSED are done
+  std::deque<rec::RecMsg> warms_;    // SNAP_WARMs not run yet: one task each, so that pulls run between them
+  bool warming_ = false;             // a WarmNext task is queued or running
   int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
-  bool device_warned_ = false, ship_warned_ = false;
+  bool device_warned_ = false, ship_warned_ = false, budget_warned_ = false;
   // Fence.
   uint64_t epoch_ = 0;  // latest failure epoch fenced here
   bool fenced_ = false;
@@ -239,12 +286,23 @@ void Recovery::OnCommand(const control::Command& c) {
       return queue_.Push([this, m] { Pull(m); });
     case rec::Cmd::kExposeHeld:
       return queue_.Push([this, m] { ExposeHeld(m); });
+    case rec::Cmd::kSnapWarm: {
+      std::lock_guard<std::mutex> lk(mu_);
+      warms_.push_back(m);
+      if (!std::exchange(warming_, true)) queue_.Push([this] { WarmNext(); });
+      return;
+    }
     case rec::Cmd::kFence:
       return OnFence(c.migration, m);
     case rec::Cmd::kSnapShipped: {
       std::lock_guard<std::mutex> lk(mu_);
       if (m.step == pending_) pending_ = -1;
       pinned_ = std::max(pinned_, m.complete);
+      if (adaptive_ && m.every > 0 && m.every != every_) {
+        TM_INFO(kLogMigration, "failure recovery: snapshot interval %lld -> %lld (TRAINMOVER_SNAPSHOT_EVERY=auto)",
+                static_cast<long long>(every_), static_cast<long long>(m.every));
+        every_ = m.every;
+      }
       cv_.notify_all();
       return;
     }
@@ -370,10 +428,14 @@ bool Recovery::OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r) {
 
 int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   std::unique_lock<std::mutex> lk(mu_);
+  if (adaptive_ && last_exit_ns_ && !shim::ProcessSandboxed()) {  // the program's own step (a sandbox's is emulated)
+    step_time_.Add(w_.MonotonicNs() - last_exit_ns_);
+  }
   if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
-  if (fenced_) return HoldAndRollBack(lk, step, step_clean);
-  return step;
+  const int64_t next = fenced_ ? HoldAndRollBack(lk, step, step_clean) : step;
+  last_exit_ns_ = w_.MonotonicNs();
+  return next;
 }
 
 // The previous snapshot must be on its buddies before this safe point passes: so the newest step a buddy holds is
@@ -398,6 +460,11 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
     }
     ship_warned_ = true;
     pending_ = -1;
+  }
+  // What the newest snapshot cost this rank's safe points: its copy, and the wait for its buddies here.
+  if (unmeasured_copy_ns_ >= 0 && pending_ < 0 && !fenced_ && give_up_.empty()) {
+    snapshot_cost_.Add(static_cast<uint64_t>(unmeasured_copy_ns_) + (w_.MonotonicNs() - t0));
+    unmeasured_copy_ns_ = -1;
   }
 }
 
@@ -434,10 +501,23 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
     if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
   }
   Slot& s = slots_[k];
+  const uint64_t t0 = w_.MonotonicNs();
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
   pending_ = step;
-  queue_.Push([this, k, step, table = Table(regs)] { SendTaken(k, step, table); });
+  if (adaptive_) unmeasured_copy_ns_ = static_cast<int64_t>(w_.MonotonicNs() - t0);
+  // Under auto, the interval this rank's own costs call for (0 until it has measured a few snapshots and steps).
+  const int64_t wish = adaptive_ && snapshot_cost_.Enough() && step_time_.Enough()
+                           ? SnapshotInterval(snapshot_cost_.Median(), step_time_.Median(), budget_, every_)
+                           : 0;
+  if (wish == kMaxSnapshotInterval && !budget_warned_ &&
+      snapshot_cost_.Median() > budget_ * kMaxSnapshotInterval * step_time_.Median()) {
+    TM_WARN(kLogMigration, "failure recovery: a snapshot costs %.1f ms and a step %.3f ms: even every %lld steps "
+                           "the snapshots cost more than TRAINMOVER_SNAPSHOT_BUDGET=%g", snapshot_cost_.Median() / 1e6,
+            step_time_.Median() / 1e6, static_cast<long long>(kMaxSnapshotInterval), budget_);
+    budget_warned_ = true;
+  }
+  queue_.Push([this, k, step, wish, table = Table(regs)] { SendTaken(k, step, wish, table); });
 }
 
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
@@ -483,9 +563,19 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
     queue_.Push([this, table = std::move(table)] {
       std::unique_ptr<SlotSet> set = BuildSlots(table);
       (void)Client();  // the buddy side too (a UCX context): a joiner's first pull must not pay it after its switch
+      // The coordinator has its future buddies connect to each slot and read it once, and sends this process the
+      // slots it will hold copies of to do the same (SNAP_WARM, run on this thread after this task); a joiner's
+      // PREPARED waits for the end of those (AwaitSlots).
+      const bool announce = set->error.empty() && w_.Connected();
+      for (int k = 0; announce && k < kSnapshotSlots; ++k) {
+        Send(rec::Ev::kSlotExposed,
+             rec::RecMsg{
+                 .slot = static_cast<uint32_t>(k), .regions = set->table, .blob = set->slots[k].server->Descriptor()});
+      }
       std::lock_guard<std::mutex> lk(mu_);
       staged_ = std::move(set);
       staging_ = false;
+      warmed_ = !announce;
       cv_.notify_all();
     });
   }
@@ -495,16 +585,31 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
 std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
   auto set = std::make_unique<SlotSet>();
   set->table = std::move(table);
+  // Where the set-up time goes (TRACE): the buffers (allocated and first touched), the servers (a UCX context, worker
+  // and progress thread each), the exposures (memory mapped, keys packed).
+  using Clock = std::chrono::steady_clock;
+  Clock::duration bufs{}, servers{}, exposures{};
   for (int k = 0; k < kSnapshotSlots && set->error.empty(); ++k) {
     Slot& s = set->slots[k];
+    Clock::time_point t = Clock::now();
     for (const control::Region& r : set->table) s.bufs.emplace_back(r.bytes);
+    bufs += Clock::now() - t;
+    t = Clock::now();
     transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(""), &s.server);
+    servers += Clock::now() - t;
+    t = Clock::now();
     if (st.ok()) st = s.server->Expose(Over(set->table, s.bufs));
+    exposures += Clock::now() - t;
     if (st.ok() && s.server->Descriptor().size() > control::mig::kMaxBlob / 2) {
       st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
     }
     if (!st.ok()) set->error = "slot " + std::to_string(k) + ": " + st.ToString();
   }
+  auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  TM_TRACE(kLogMigration,
+           "failure recovery: %d snapshot slots of %llu bytes set up: buffers %.3f ms, servers %.3f ms, "
+           "exposures %.3f ms",
+           kSnapshotSlots, static_cast<unsigned long long>(Bytes(set->table)), ms(bufs), ms(servers), ms(exposures));
   return set;
 }
 
@@ -583,9 +688,10 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
 
 // ---- tm-snapshot thread
 
-void Recovery::SendTaken(int slot, int64_t step, std::vector<control::Region> table) {
+void Recovery::SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table) {
   rec::RecMsg m;
   m.step = step;
+  m.every = wish;
   m.slot = static_cast<uint32_t>(slot);
   // Without mu_: the slot is not overwritten before this snapshot is shipped, which comes after this message.
   for (const std::vector<uint8_t>& b : slots_[slot].bufs) m.words.push_back(transfer::Checksum(b.data(), b.size()));
@@ -625,35 +731,90 @@ void Recovery::Pull(const rec::RecMsg& m) {
   }
   Copy& c = h.copies[m.slot];
   c.step = -1;
-  if (c.bufs.empty()) {
-    for (const control::Region& r : h.regions) c.bufs.emplace_back(r.bytes);
+  if (c.warm.fetch && c.warm.descriptor == m.blob) {  // connected and read once ahead (SNAP_WARM)
+    c.now.fetch.reset();
+    c.now = std::move(c.warm);
+  }
+  Conn& n = c.now;
+  if (n.bufs.empty()) {
+    for (const control::Region& r : h.regions) n.bufs.emplace_back(r.bytes);
   }
   transfer::FetchOptions o;
   o.expected_checksums = m.words;
-  uint64_t bytes = 0;
-  for (const control::Region& r : h.regions) bytes += r.bytes;
-  o.timeout_ms = HandOffTimeoutMs(bytes);
-  if (!c.fetch || c.descriptor != m.blob) {
-    c.fetch.reset();
-    c.descriptor = m.blob;
+  o.timeout_ms = HandOffTimeoutMs(Bytes(h.regions));
+  if (!n.fetch || n.descriptor != m.blob) {
+    n.fetch.reset();
+    n.descriptor = m.blob;
     transfer::StateClient* client = Client();
     if (!client) return fail("no state client");
-    transfer::Status st = client->Prepare(m.blob, Over(h.regions, c.bufs), o, &c.fetch);
+    transfer::Status st = client->Prepare(m.blob, Over(h.regions, n.bufs), o, &n.fetch);
     if (!st.ok()) {
-      c.fetch.reset();
+      n.fetch.reset();
       return fail(st.ToString());
     }
   }
   transfer::FetchResult res;
-  transfer::Status st = c.fetch->Read(o, &res);
+  transfer::Status st = n.fetch->Read(o, &res);
   if (!st.ok() || !res.verified) {
-    c.fetch.reset();
+    n.fetch.reset();
     return fail(st.ok() ? "not verified" : st.ToString());
   }
   c.step = m.step;
   TM_TRACE(kLogMigration, "failure recovery: holding rank %d's snapshot of step %lld (%llu bytes, %s)", m.rank,
            static_cast<long long>(m.step), static_cast<unsigned long long>(res.bytes), transfer::FetchPathName(res.path));
   Send(rec::Ev::kSnapHeld, reply);
+}
+
+// One SNAP_WARM per task: a pull that comes meanwhile runs between two of them, not after all.
+void Recovery::WarmNext() {
+  rec::RecMsg m;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    m = std::move(warms_.front());
+    warms_.pop_front();
+  }
+  if (m.rank >= 0) Warm(m);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (m.rank < 0) {  // the batch sent to this joiner is over
+    warmed_ = true;
+    cv_.notify_all();
+  }
+  if (warms_.empty()) {
+    warming_ = false;
+  } else {
+    queue_.Push([this] { WarmNext(); });
+  }
+}
+
+// A slot whose first pull is still to come (a migration's joiner's, or a slot of a rank the joiner will hold copies
+// of after its switch): connect to it and read it once, unverified (FetchOptions::warm), into buffers of its own, so
+// that the pull after the switch pays neither the connection nor the first read of each page (docs/recovery.md). A
+// copy held of that slot meanwhile stays as it is; the first pull with this descriptor takes the connection over.
+void Recovery::Warm(const rec::RecMsg& m) {
+  Held& h = held_[m.rank];
+  if (h.regions.empty()) h.regions = m.regions;
+  if (m.slot >= kSnapshotSlots || h.regions != m.regions) return;
+  Copy& c = h.copies[m.slot];
+  if ((c.now.fetch && c.now.descriptor == m.blob) || (c.warm.fetch && c.warm.descriptor == m.blob)) return;
+  transfer::StateClient* client = Client();
+  if (!client) return;
+  const uint64_t t0 = w_.MonotonicNs();
+  Conn w;
+  w.descriptor = m.blob;
+  for (const control::Region& r : h.regions) w.bufs.emplace_back(r.bytes);
+  transfer::FetchOptions o;
+  o.warm = true;
+  o.timeout_ms = HandOffTimeoutMs(Bytes(h.regions));
+  transfer::Status st = client->Prepare(m.blob, Over(h.regions, w.bufs), o, &w.fetch);
+  if (!st.ok()) {  // the pull connects again, cold
+    TM_INFO(kLogMigration, "failure recovery: warming rank %d's snapshot slot %u failed: %s", m.rank, m.slot,
+            st.ToString().c_str());
+    return;
+  }
+  TM_TRACE(kLogMigration, "failure recovery: rank %d's snapshot slot %u connected and read once in %.3f ms", m.rank,
+           m.slot, (w_.MonotonicNs() - t0) / 1e6);
+  c.warm.fetch.reset();
+  c.warm = std::move(w);
 }
 
 // The dead rank's copy, exposed (and sealed: its checksums published) for its replacement to read.
@@ -671,7 +832,7 @@ void Recovery::ExposeHeld(const rec::RecMsg& m) {
   transfer::Status st(transfer::Code::kState, "no verified copy of that step here");
   if (c) {
     st = transfer::StateServer::Create(HandOffServerOptions(""), &server);
-    if (st.ok()) st = server->Expose(Over(it->second.regions, c->bufs));
+    if (st.ok()) st = server->Expose(Over(it->second.regions, c->now.bufs));
     if (st.ok()) st = server->Seal();
   }
   if (st.ok() && server->Descriptor().size() <= control::mig::kMaxBlob) {

@@ -40,7 +40,9 @@ void RecoveryDrain();
 // Application thread, a joiner's sandbox (World::PrepareSnapshots): sets up the snapshot slots for the registered
 // regions and the client that pulls buddies' snapshots in the background, ahead of the switch.
 void RecoveryPrepareSlots();
-// Any thread but tm-snapshot (World::AwaitSnapshots): waits until that set-up ended, at most kSlotSetUpWaitMs.
+// Any thread but tm-snapshot (World::AwaitSnapshots): waits until that set-up ended and, when its slots were reported
+// (SLOT_EXPOSED), until the coordinator's warm-ups of the slots this process will pull as a buddy (SNAP_WARM) ended,
+// at most kSlotSetUpWaitMs.
 void RecoveryAwaitSlots();
 
 // How long a fenced process waits at its safe point for the rollback (each epoch anew: a second failure or another
@@ -53,8 +55,8 @@ inline constexpr int kVerdictWaitMs = 15000;
 inline constexpr int kSnapshotSlots = 4;
 // How long a safe point waits for the previous snapshot to reach its buddies before going on without it.
 inline constexpr int kShipWaitMs = 10000;
-// How long a joiner's PREPARED waits for its snapshot set-up (RecoveryAwaitSlots); past it, the migration goes on and
-// the set-up's remainder lands after the switch (its first snapshot and pull wait for it).
+// How long a joiner's PREPARED waits for its snapshot set-up and warm-ups (RecoveryAwaitSlots); past it, the
+// migration goes on and the set-up's remainder lands after the switch (its first snapshot and pull wait for it).
 inline constexpr int kSlotSetUpWaitMs = 10000;
 // How long an ending process waits for the snapshot pull under way (RecoveryDrain).
 inline constexpr int kExitDrainMs = 5000;

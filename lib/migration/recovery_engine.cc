@@ -32,7 +32,9 @@ struct RankSnaps {
   std::map<uint64_t, std::map<int64_t, uint32_t>> held;  // buddy process -> verified copies: step -> slot
   std::map<int64_t, std::set<uint64_t>> shipping;    // step -> buddies whose pull has not answered yet
   std::set<uint64_t> former;                         // processes that held the rank before the owner (ignored)
+  std::map<uint32_t, rec::RecMsg> slots;             // the owner's slots as SNAP_TAKEN said: regions and descriptor
   uint64_t gone = 0;  // the latest buddy that left (a migrated leaver, a lost process) with copies of the rank
+  int64_t wish = 0;   // TRAINMOVER_SNAPSHOT_EVERY=auto: the interval its holder last asked for (0: none yet)
 };
 
 // One failed rank of the recovery in progress, and its replacement.
@@ -178,6 +180,8 @@ class RecoveryEngine final : public Engine {
           return OnRolledBack(h, *from, m);
         case rec::Ev::kCommFault:
           return OnCommFault(h, *from, m);
+        case rec::Ev::kSlotExposed:
+          return OnSlotExposed(h, *from, m);
         case rec::Ev::kProbed:
           if (auto it = probes_.find(p); it != probes_.end() && it->second.number == static_cast<uint64_t>(m.step)) {
             probes_.erase(it);
@@ -242,9 +246,18 @@ class RecoveryEngine final : public Engine {
     }
     if (!pr) return;
     if (ctx_) {
-      if (const Lost* l = ctx_->ByJoiner(p); l && !l->switched) {
+      if (Lost* l = ctx_->ByJoiner(p); l && !ctx_->switch_sent) {
         return Retry(h, "the replacement of rank " + std::to_string(l->rank) + " (process " + std::to_string(p) +
                             ", pid " + std::to_string(pr->info.pid) + ") was lost");
+      } else if (l) {
+        // SWITCH and ROLLBACK went out: it holds the rank (the survivors roll back onto communicators with it), so
+        // this recovery completes as if it had confirmed, and its loss is the next failure of that rank, recovered
+        // under a new epoch once every survivor rolled back (as a survivor that fails during the switch).
+        TM_WARN(kLogMigration, "coordinator: the replacement of rank %d (process %" PRIu64 ") was lost after the "
+                               "switch of recovery %" PRIu64 "; recovered next", l->rank, p, ctx_->id);
+        l->switched = true;
+        next_.push_back(p);
+        return MaybeDone(h);
       }
     }
     // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
@@ -332,7 +345,8 @@ class RecoveryEngine final : public Engine {
       if (rs.owner) former.insert(rs.owner);
       std::map<uint64_t, std::map<int64_t, uint32_t>> held = std::move(rs.held);
       for (auto& [b, steps] : held) std::erase_if(steps, [&](const auto& kv) { return kv.first >= step; });
-      rs = RankSnaps{.owner = p.id, .held = std::move(held), .former = std::move(former)};
+      // The wish stays: a new holder of the rank has the same state to snapshot, until it has measured its own.
+      rs = RankSnaps{.owner = p.id, .held = std::move(held), .former = std::move(former), .wish = rs.wish};
     }
     return rs;
   }
@@ -368,6 +382,8 @@ class RecoveryEngine final : public Engine {
     };
     forget_slot(rs.taken);
     rs.taken[m.step] = m.slot;
+    if (m.every > 0) rs.wish = m.every;
+    rs.slots[m.slot] = rec::RecMsg{.slot = m.slot, .regions = m.regions, .blob = m.blob};
     rec::RecMsg pull = m;  // with the owner's slot descriptor
     pull.rank = rank;
     pull.epoch = epoch_;  // a copy verified before the next failure's epoch is counted only before it
@@ -378,6 +394,41 @@ class RecoveryEngine final : public Engine {
     }
     if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
     rs.shipping[m.step] = std::set<uint64_t>(buddies.begin(), buddies.end());
+  }
+
+  // A joiner's snapshot slot, set up in its sandbox. For a planned migration's joiner before its switch, the first
+  // pulls after the switch are taken off it (docs/recovery.md, "The joiner's first pulls after a switch"): the buddies
+  // its rank will have connect to the slot and read it once now (SNAP_WARM), and after its last slot the joiner does
+  // the same with every slot of the ranks whose buddy its leaver is, which it replaces from the switch on. Then the
+  // end of the batch (SNAP_WARM rank -1), which its PREPARED waits for; a joiner that is no migration's (a
+  // recovery's replacement: the survivors are held, their snapshot threads serve the recovery) gets that alone.
+  void OnSlotExposed(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
+    const int32_t rank = from.info.role == "joiner" ? from.info.replace : -1;
+    const std::map<int32_t, const ProcessRec*> holders = Holders(h);
+    const auto leaver = holders.find(rank);
+    bool migrating = false;
+    for (const auto& [id, mig] : h.migrations()) {
+      migrating |= mig.kind == kKindMigrate && !mig.switch_sent && !MigTerminal(mig.state) &&
+                   std::find(mig.ranks.begin(), mig.ranks.end(), rank) != mig.ranks.end();
+    }
+    migrating &= leaver != holders.end() && leaver->second->id != from.id && m.slot < migration::kSnapshotSlots;
+    if (migrating) {
+      const rec::RecMsg warm{.rank = rank, .slot = m.slot, .regions = m.regions, .blob = m.blob};
+      for (uint64_t b : Buddies(h, from, rank)) h.SendCommand(b, rec::MakeRec(rec::Cmd::kSnapWarm, 0, warm));
+    }
+    if (m.slot + 1 < migration::kSnapshotSlots) return;
+    for (const auto& [r, rs] : snaps_) {
+      const auto owner = holders.find(r);
+      if (!migrating || r == rank || owner == holders.end() || owner->second->id != rs.owner) continue;
+      const std::vector<uint64_t> buddies = Buddies(h, *owner->second, r);
+      if (std::find(buddies.begin(), buddies.end(), leaver->second->id) == buddies.end()) continue;
+      for (const auto& [slot, d] : rs.slots) {
+        rec::RecMsg warm = d;
+        warm.rank = r;
+        h.SendCommand(from.id, rec::MakeRec(rec::Cmd::kSnapWarm, 0, warm));
+      }
+    }
+    h.SendCommand(from.id, rec::MakeRec(rec::Cmd::kSnapWarm, 0, rec::RecMsg{.rank = -1}));
   }
 
   void OnSnapHeld(EngineHost& h, const ProcessRec& buddy, const rec::RecMsg& m) {
@@ -402,7 +453,38 @@ class RecoveryEngine final : public Engine {
 
   // The owner may go on (its next snapshot waits for this one), and keeps the newest step complete everywhere.
   void Shipped(EngineHost& h, const RankSnaps& rs, int64_t step) {
-    h.SendCommand(rs.owner, rec::MakeRec(rec::Cmd::kSnapShipped, 0, rec::RecMsg{.step = step, .complete = Complete(h)}));
+    const int64_t every = Interval(h);
+    if (ProcessRec* owner = h.FindProcess(rs.owner); owner && every > 0) owner->snapshot_every = every;
+    h.SendCommand(rs.owner, rec::MakeRec(rec::Cmd::kSnapShipped, 0,
+                                         rec::RecMsg{.step = step, .complete = Complete(h), .every = every}));
+  }
+
+  // TRAINMOVER_SNAPSHOT_EVERY=auto (docs/recovery.md, "Adaptive interval"): the job's interval is the largest any
+  // rank's holder asks for, since every rank must snapshot the same steps and the costliest rank must stay within
+  // the budget; 0 while none asked (a fixed interval, or nothing measured yet). Its changes are logged and kept.
+  int64_t Interval(EngineHost& h) {
+    int64_t every = 0;
+    for (const auto& [rank, p] : Holders(h)) {
+      auto it = snaps_.find(rank);
+      if (it != snaps_.end()) every = std::max(every, it->second.wish);
+    }
+    if (every > 0 && every != every_) {
+      TM_INFO(kLogMigration, "coordinator: snapshot interval %" PRId64 " -> %" PRId64 " (TRAINMOVER_SNAPSHOT_EVERY=auto)",
+              every_, every);
+      every_before_ = every_;
+      every_ = every;
+    }
+    return every;
+  }
+
+  // The bound on the steps a recovery of `p`'s rank trains again: its fixed TRAINMOVER_SNAPSHOT_EVERY, or under auto
+  // the interval in effect, the previous one when that was larger (a rank that heard of a smaller interval late took
+  // its next snapshot at a multiple of the previous one).
+  int64_t LostBound(const ProcessRec& p) const {
+    const std::string fixed = EnvOf(p, "SNAPSHOT_EVERY");
+    const int64_t n = fixed.empty() ? 1 : atoll(fixed.c_str());
+    if (n > 0) return n;
+    return std::max<int64_t>({1, every_, every_before_});
   }
 
   // The newest step that every live worker holds itself and a live buddy of it holds a verified copy of.
@@ -574,6 +656,7 @@ class RecoveryEngine final : public Engine {
       reached = std::max(reached, p->step);
     }
     m.recovery.failed_at_step = reached;
+    m.recovery.snapshot_every = LostBound(first);
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s%s; recovery %" PRIu64 " of %s, epoch %" PRIu64,
             first.info.rank, first.id, first.lost_reason.c_str(), note.c_str(), m.id, x.Ranks().c_str(), x.epoch);
     const bool silent = first.lost_reason.rfind("no heartbeat", 0) == 0 ||
@@ -651,8 +734,8 @@ class RecoveryEngine final : public Engine {
   // The replacement of a failed rank is gone before the switch (lost, or exited before it registered), or a
   // replacement communicator failed to build (under load a survivor's build may report a dead replacement before its
   // connection is seen closed): the recovery is abandoned for a new epoch of the same failed ranks, which takes
-  // another standby when one fits, else spawns, as the first did; at most kReplacementAttempts in all. After that,
-  // or once SWITCH and ROLLBACK went out (processes may already train with it), the recovery fails with the reason.
+  // another standby when one fits, else spawns, as the first did; at most kReplacementAttempts in all. After that
+  // the recovery fails with the reason. (A replacement lost once SWITCH went out held the rank: OnProcessLost.)
   void Retry(EngineHost& h, const std::string& why) {
     RecCtx& x = *ctx_;
     if (x.switch_sent) return Fail(h, why + " during the switch");
@@ -806,7 +889,7 @@ class RecoveryEngine final : public Engine {
       if (it == h.comms().end()) return Fail(h, "a communicator of a failed rank disappeared");
       for (auto& [rank, proc] : it->second.members) {
         uint64_t to = proc;
-        for (const Lost& l : x.lost) to = proc == l.dead ? l.joiner : to;
+        for (const Lost& l : x.lost) to = Stood(proc, l.dead) ? l.joiner : to;
         if (!x.ByJoiner(to) && !x.survivors.count(to)) return Fail(h, "a member of a rebuilt communicator is gone");
         per[to].entries.push_back(mig::BuildEntry{ie.comm_key, ie.id, it->second.nranks, rank});
         ++x.built_expected;
@@ -940,7 +1023,15 @@ class RecoveryEngine final : public Engine {
         j->info.role = "worker";  // it holds the rank now (a standby too)
         j->info.replace = -1;
         j->info.rank = l.rank;
-        if (const ProcessRec* d = h.FindProcess(l.dead)) j->info.world = d->info.world;
+        if (const ProcessRec* d = h.FindProcess(l.dead)) {
+          j->info.world = d->info.world;
+          // It took the dead rank's communicators at the switch: known as its own even before it reported them, so
+          // that its own loss right after the switch fences them (Start).
+          for (uint64_t k : l.keys) {
+            if (!j->comm_info.count(k) && d->comm_info.count(k)) j->comm_info[k] = d->comm_info.at(k);
+          }
+          took_over_[j->id] = d->id;
+        }
       }
     }
     h.SetMigState(*m, MigState::kDone);
@@ -950,6 +1041,17 @@ class RecoveryEngine final : public Engine {
             m->id, x.Ranks().c_str(), x.step, m->recovery.lost_steps, m->downtime_ns / 1e6);
     ctx_.reset();
     StartNext(h);
+  }
+
+  // Whether `member` (as a communicator's member table has it) is `dead`'s place: `dead` itself, or a process whose
+  // place it took in a recovery and that the table still names (a replacement lost before it reported its own).
+  bool Stood(uint64_t member, uint64_t dead) const {
+    for (int hops = 0; dead && hops < 64; ++hops) {
+      if (member == dead) return true;
+      auto it = took_over_.find(dead);
+      dead = it == took_over_.end() ? 0 : it->second;
+    }
+    return false;
   }
 
   // The newest step completed everywhere as known: the failed ranks' last safe point or snapshot, and the step before
@@ -1006,6 +1108,8 @@ class RecoveryEngine final : public Engine {
   std::unique_ptr<JoinerLauncher> launcher_;
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
+  std::map<uint64_t, uint64_t> took_over_;  // a recovery's replacement -> the failed process whose place it took
+  int64_t every_ = 0, every_before_ = 0;  // the auto interval distributed now, and the one before it (0: none)
   std::optional<RecCtx> ctx_;
   uint64_t epoch_ = 0;
   struct Declared {

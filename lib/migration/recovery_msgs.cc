@@ -21,6 +21,8 @@ const char* RecCmdName(uint16_t kind) {
       return "FENCED";
     case Cmd::kProbe:
       return "PROBE";
+    case Cmd::kSnapWarm:
+      return "SNAP_WARM";
   }
   return "UNKNOWN";
 }
@@ -41,6 +43,8 @@ const char* RecEvName(uint16_t kind) {
       return "COMM_FAULT";
     case Ev::kProbed:
       return "PROBED";
+    case Ev::kSlotExposed:
+      return "SLOT_EXPOSED";
   }
   return "UNKNOWN";
 }
@@ -62,6 +66,7 @@ void RecMsg::Encode(Writer& w) const {
   }
   w.U32(static_cast<uint32_t>(blob.size()));
   w.Bytes(blob.data(), blob.size());
+  if (every != 0) w.I64(every);  // trailing and optional (absent when 0): the layout without it is unchanged
 }
 
 bool RecMsg::Decode(Reader& r) {
@@ -84,6 +89,11 @@ bool RecMsg::Decode(Reader& r) {
   n = r.Count(kMaxPayload, 1);
   blob.resize(n);
   if (n && !r.Bytes(blob.data(), n)) return false;
+  every = 0;
+  if (!r.AtEnd()) {
+    every = r.I64();
+    if (every == 0) return false;  // absent when 0: the encoding stays canonical
+  }
   return r.AtEnd();
 }
 

@@ -8,11 +8,18 @@
 // consumes the whole body or fails.
 //
 // Snapshots (steady state: each rank by itself at every TRAINMOVER_SNAPSHOT_EVERY-th safe point, one in flight):
-//   owner  EVENT SNAP_TAKEN(epoch = timeline, step, slot, words = checksums, regions, blob = the slot's descriptor)
+//   owner  EVENT SNAP_TAKEN(epoch = timeline, step, slot, words = checksums, regions, blob = the slot's descriptor,
+//                           every = the interval it asks for under auto)
 //   D      COMMAND SNAP_PULL(epoch, rank, step, slot, words, regions, blob) -> each buddy: read it (one-sided), verify
 //   buddy  EVENT SNAP_HELD(epoch, rank, step, slot, ok, text)          verified copy of `rank` at `step` held
-//   D      COMMAND SNAP_SHIPPED(step, complete) -> the owner           on every buddy; `complete`: the newest step
-//                                                                       complete everywhere (the owner keeps it)
+//   D      COMMAND SNAP_SHIPPED(step, complete, every) -> the owner    on every buddy; `complete`: the newest step
+//                                                                       complete everywhere (the owner keeps it);
+//                                                                       `every`: the job's interval under auto
+// A migration's joiner, in its sandbox (its first pulls and its buddies' first pulls after the switch are warm):
+//   joiner EVENT SLOT_EXPOSED(slot, regions, blob = the slot's descriptor)  each of its slots, once set up
+//   D      COMMAND SNAP_WARM(rank, slot, regions, blob) -> each future buddy of the joiner's rank (the joiner's slot),
+//          and, after the joiner's last slot, to the joiner for each slot of the ranks it will hold copies of; then
+//          SNAP_WARM(rank = -1) to the joiner: the batch is over (its PREPARED waits for it)
 // Failure of rank F (epoch E):
 //   D      COMMAND FENCE(epoch, rank F, words = comm_keys containing F) -> every survivor
 //   surv.  EVENT HELD(epoch, step, words = the steps of its own snapshots)  held at its next safe point
@@ -46,6 +53,8 @@ enum class Cmd : uint16_t {
   kGiveUp = 105,       // survivor: recovery is impossible (text); end as the failure would have ended it
   kFenced = 106,       // a process declared failed that woke up (epoch, rank): it was replaced, it ends at once
   kProbe = 107,        // a member of a communicator reported failed: answer PROBED at once (step = probe number)
+  kSnapWarm = 108,     // future buddy: connect to rank's slot and read it once, unverified (rank, slot, regions, blob);
+                       // rank -1: the warm-ups sent to a joiner are over
 };
 enum class Ev : uint16_t {
   kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,
@@ -57,6 +66,7 @@ enum class Ev : uint16_t {
   kCommFault = 106,    // the background poll: ncclCommGetAsyncError of a real communicator says it failed
                        // (words = {comm_key}, slot = the ncclResult_t)
   kProbed = 107,       // the answer to PROBE (step = its probe number), from the agent thread
+  kSlotExposed = 108,  // a joiner's slot is set up (slot, regions, blob = the slot's descriptor), before its switch
 };
 const char* RecCmdName(uint16_t kind);
 const char* RecEvName(uint16_t kind);
@@ -66,6 +76,10 @@ struct RecMsg {
   int32_t rank = -1;
   int64_t step = -1;
   int64_t complete = -1;
+  // TRAINMOVER_SNAPSHOT_EVERY=auto: in SNAP_TAKEN the interval the owner asks for (0: no measurement yet, or a fixed
+  // interval); in SNAP_SHIPPED the interval every rank uses from now on (0: keep your own). On the wire a trailing
+  // i64 after blob, absent when 0 (so a body without it keeps the layout it always had).
+  int64_t every = 0;
   uint32_t slot = 0;
   uint8_t ok = 1;
   std::string text;

@@ -85,6 +85,13 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
   CHECK(c.shadow_iters == 2);
   CHECK(c.heartbeat_ms == 50);
   CHECK(c.debug_subsys == (trainmover::base::kLogInit | trainmover::base::kLogBind));
+  CHECK(c.snapshot_every == 1);
+  CHECK(c.snapshot_budget == doctest::Approx(0.02));
+  REQUIRE(ConfigParse(env({{"TRAINMOVER_SNAPSHOT_EVERY", "AUTO"}, {"TRAINMOVER_SNAPSHOT_BUDGET", "0.25"}}), &c).ok());
+  CHECK(c.snapshot_every == 0);  // auto
+  CHECK(c.snapshot_budget == doctest::Approx(0.25));
+  REQUIRE(ConfigParse(env({{"TRAINMOVER_SNAPSHOT_EVERY", "8"}, {"TRAINMOVER_SNAPSHOT_BUDGET", "1"}}), &c).ok());
+  CHECK(c.snapshot_every == 8);
   struct Bad {
     const char* name;
     const char* value;
@@ -94,7 +101,12 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
       {"TRAINMOVER_SHADOW_ITERS", "2x", "integer >= 1"},      {"TRAINMOVER_REPLACE", "-1", "integer >= 0"},
       {"TRAINMOVER_COORDINATOR", "localhost", "host:port"},   {"TRAINMOVER_COORDINATOR", "h:70000", "host:port"},
       {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},        {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1"},
-      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"},  {"TRAINMOVER_TOKEN", "s3cret", "at least 16 characters"}};
+      {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"},  {"TRAINMOVER_TOKEN", "s3cret", "at least 16 characters"},
+      {"TRAINMOVER_SNAPSHOT_EVERY", "0", "integer >= 1, or auto"},
+      {"TRAINMOVER_SNAPSHOT_EVERY", "often", "integer >= 1, or auto"},
+      {"TRAINMOVER_SNAPSHOT_BUDGET", "0", "a number > 0 and <= 1"},
+      {"TRAINMOVER_SNAPSHOT_BUDGET", "1.5", "a number > 0 and <= 1"},
+      {"TRAINMOVER_SNAPSHOT_BUDGET", "2%", "a number > 0 and <= 1"}};
   for (const Bad& b : bad) {
     CAPTURE(b.name);
     CAPTURE(b.value);

@@ -18,6 +18,7 @@
 #include "control/coordinator.h"
 #include "migration/engine.h"
 #include "migration/msgs.h"
+#include "migration/recovery.h"
 #include "migration/recovery_engine.h"
 #include "migration/recovery_msgs.h"
 #include "migration/standby_msgs.h"
@@ -823,6 +824,17 @@ struct RecJob : Job {
     }
     return s;
   }
+  // The migration engine's record of rank 1's move (its leaver is process 2) in `state`, and its joiner's process.
+  Migration& MoveRank1(MigState state) {
+    Migration& m = h.migs[1];
+    m.id = 1;
+    m.rank = 1;
+    m.ranks = {1};
+    m.leaver = 2;
+    m.state = state;
+    m.joiner = AddJoiner(1);
+    return m;
+  }
   rec::RecMsg Last(const std::string& to) {  // the body of the last command sent to "process:KIND"
     for (auto it = h.sent.rbegin(); it != h.sent.rend(); ++it) {
       rec::RecMsg m;
@@ -855,18 +867,104 @@ TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPP
   CHECK(j.Last("1:SNAP_SHIPPED").complete == 14);
 }
 
+TEST_CASE("recovery: TRAINMOVER_SNAPSHOT_EVERY=auto: every rank is told the largest interval any rank asks for") {
+  RecJob j(3);
+  auto take = [&](uint64_t p, int64_t step, int64_t wish) {  // process p snapshots `step`, its buddy verifies it
+    const int32_t rank = static_cast<int32_t>(p) - 1;
+    j.Rec(p, rec::Ev::kSnapTaken,
+          rec::RecMsg{.step = step, .every = wish, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
+    j.Rec(p % 3 + 1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = rank, .step = step, .slot = 0});
+    return j.Last(std::to_string(p) + ":SNAP_SHIPPED").every;
+  };
+  {  // on the wire: a trailing i64, absent when 0 (a body without it decodes as before; an explicit 0 is not canonical)
+    rec::RecMsg a{.step = 3, .every = 16}, b;
+    std::vector<uint8_t> bytes = EncodePayload(rec::RecMsg{.step = 3});
+    CHECK(EncodePayload(a).size() == bytes.size() + 8);
+    REQUIRE(DecodePayload(EncodePayload(a), &b));
+    CHECK(b.every == 16);
+    bytes.resize(bytes.size() + 8, 0);
+    CHECK_FALSE(DecodePayload(bytes, &b));
+  }
+  CHECK(take(1, 1, 0) == 0);    // nobody asked (a fixed interval, or nothing measured yet): keep your own
+  CHECK(take(1, 2, 4) == 4);    // rank 0 asks 4
+  CHECK(take(2, 2, 16) == 16);  // rank 1's snapshots cost more: 16 for everyone
+  CHECK(take(1, 4, 4) == 16);   // rank 0 is told 16 with its next SNAP_SHIPPED
+  CHECK(take(3, 4, 0) == 16);   // rank 2 has not measured: it follows
+  CHECK(j.h.FindProcess(3)->snapshot_every == 16);
+  CHECK(take(2, 16, 2) == 4);   // rank 1 became cheap: the largest left is rank 0's 4
+  CHECK(take(2, 18, 8) == 8);
+  // A rank's new holder (process 4 replaces rank 1's) keeps the rank's wish until it has measured its own.
+  j.h.procs[2].state = ProcState::kLost;
+  j.h.AddWorker(4, 1);
+  j.Rec(4, rec::Ev::kSnapTaken, rec::RecMsg{.step = 20, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
+  j.Rec(3, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 1, .step = 20, .slot = 0});
+  CHECK(j.Last("4:SNAP_SHIPPED").every == 8);
+}
+
+TEST_CASE(
+    "recovery: a planned migration's joiner and its rank's buddies warm the slots they will pull after the "
+    "switch; a joiner that is no migration's gets the end of the batch alone") {
+  RecJob j(3);
+  constexpr uint32_t kSlots = trainmover::migration::kSnapshotSlots;
+  for (uint32_t k = 0; k < kSlots; ++k) {  // rank 0's four slots, each with its own descriptor
+    j.Rec(1, rec::Ev::kSnapTaken,
+          rec::RecMsg{.step = 10 + k,
+                      .slot = k,
+                      .words = {7},
+                      .regions = {Region{"w", 64}},
+                      .blob = {5, static_cast<uint8_t>(k)}});
+  }
+  j.h.Take();
+  auto exposed = [&](uint64_t from, uint32_t slot) {
+    j.Rec(from, rec::Ev::kSlotExposed,
+          rec::RecMsg{.slot = slot, .regions = {Region{"w", 64}}, .blob = {9, static_cast<uint8_t>(slot)}});
+  };
+  // A joiner that is no migration's (a recovery's replacement, or one started before any request): only the end.
+  const uint64_t early = j.AddJoiner(1);
+  for (uint32_t k = 0; k < kSlots; ++k) exposed(early, k);
+  CHECK(j.Last(std::to_string(early) + ":SNAP_WARM").rank == -1);
+  CHECK(j.h.Take() == std::vector<std::string>{std::to_string(early) + ":SNAP_WARM"});
+  j.h.procs.erase(early);
+  // Rank 1 migrating, before its switch (the joiner in its sandbox).
+  Migration& m = j.MoveRank1(MigState::kBuilding);
+  const uint64_t jr = m.joiner;
+  const std::string to_joiner = std::to_string(jr) + ":SNAP_WARM";
+  // Each of the joiner's slots: rank 1's buddy (rank 2, process 3) connects to it now.
+  for (uint32_t k = 0; k + 1 < kSlots; ++k) {
+    exposed(jr, k);
+    const rec::RecMsg w = j.Last("3:SNAP_WARM");
+    CHECK(w.rank == 1);
+    CHECK(w.slot == k);
+    CHECK(w.blob == std::vector<uint8_t>{9, static_cast<uint8_t>(k)});
+    CHECK(j.h.Take() == std::vector<std::string>{"3:SNAP_WARM"});
+  }
+  // After its last slot, the joiner connects to each slot of rank 0, whose buddy its leaver is, then the end.
+  exposed(jr, kSlots - 1);
+  std::set<uint32_t> slots;
+  for (const auto& x : j.h.sent) {
+    rec::RecMsg w;
+    if (x.to != jr || !DecodePayload(x.c.body, &w) || w.rank < 0) continue;
+    CHECK(w.rank == 0);
+    CHECK(w.blob == std::vector<uint8_t>{5, static_cast<uint8_t>(w.slot)});
+    slots.insert(w.slot);
+  }
+  CHECK(slots.size() == kSlots);
+  CHECK(j.Last(to_joiner).rank == -1);  // the last one: the batch is over
+  CHECK(j.h.Take() == std::vector<std::string>{"3:SNAP_WARM", to_joiner, to_joiner, to_joiner, to_joiner, to_joiner});
+  // Once SWITCH went out the joiner holds the rank: a slot it sets up later warms nothing.
+  m.switch_sent = true;
+  m.state = MigState::kSwitching;
+  exposed(jr, kSlots - 1);
+  CHECK(j.h.Take() == std::vector<std::string>{to_joiner});
+}
+
 TEST_CASE("recovery: a planned migration's joiner replaces its leaver as a buddy at the switch and keeps the "
           "leaver's copies of its rank") {
   RecJob j(3);
   j.Snapshot(3, 10, 0);  // rank 1's snapshot of step 10 is on rank 2 (process 3)
   j.h.Take();
-  Migration& m = j.h.migs[1];  // the migration engine's record of rank 1's move, agreeing on the switch step
-  m.id = 1;
-  m.rank = 1;
-  m.ranks = {1};
-  m.leaver = 2;
-  m.state = MigState::kAgreeing;
-  const uint64_t jr = m.joiner = j.AddJoiner(1);
+  Migration& m = j.MoveRank1(MigState::kAgreeing);  // agreeing on the switch step
+  const uint64_t jr = m.joiner;
   auto taken = [&](uint64_t from, int64_t step, uint32_t slot) {
     j.Rec(from, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
   };
@@ -1399,7 +1497,8 @@ TEST_CASE("replacement lost: at most kReplacementAttempts replacements, then the
   CHECK(std::count(sent.begin(), sent.end(), "3:GIVE_UP") == 1);
 }
 
-TEST_CASE("replacement lost: a failed build waits for the loss behind it, else is retried; lost after SWITCH: failed") {
+TEST_CASE("replacement lost: a failed build waits for the loss behind it, else is retried; lost after SWITCH: it held "
+          "the rank, recovered next") {
   RecJob k(3);
   Migration& a = FailRank1(k);
   uint64_t r = 101;
@@ -1431,7 +1530,8 @@ TEST_CASE("replacement lost: a failed build waits for the loss behind it, else i
         std::string::npos);
   CHECK(k.launched.started.size() == 3);
 
-  // Once SWITCH and ROLLBACK went out, the survivors may train with it already: no new epoch, the recovery fails.
+  // Once SWITCH and ROLLBACK went out, the survivors may train with it already: it holds rank 1. The recovery
+  // completes once they rolled back, and the replacement's loss is the next failure of rank 1, under a new epoch.
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) k.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, b.id);
   const uint64_t r2 = 150;
   ReadyRank1(k, r2, 502);
@@ -1439,11 +1539,25 @@ TEST_CASE("replacement lost: a failed build waits for the loss behind it, else i
   k.Rec(3, rec::Ev::kHeldExposed, rec::RecMsg{.rank = 1, .step = 12, .blob = {9}});
   k.Mig(r2, mig::Ev::kVerified, b.id, mig::Built{0, 1, "ok"});
   for (uint64_t p : {uint64_t{1}, uint64_t{3}, r2}) k.Mig(p, mig::Ev::kBuilt, b.id, mig::Built{kWorld, 1, ""});
-  k.h.Take();
+  const std::vector<std::string> out = k.h.Take();
+  CHECK(std::count(out.begin(), out.end(), "150:SWITCH") == 1);
+  CHECK(std::count(out.begin(), out.end(), "1:ROLLBACK") == 1);
   Fail(k, r2);
-  CHECK(b.state == MigState::kFailed);
-  CHECK(b.reason == "the replacement of rank 1 (process 150, pid 502) was lost during the switch");
-  CHECK(k.launched.started.size() == 3);
+  CHECK(b.state != MigState::kFailed);
+  CHECK(k.h.Take().empty());  // nothing before every survivor rolled back (a FENCE now would meet a held survivor)
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    k.Rec(q, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 3, .step = 12}, b.id);
+  }
+  CHECK(b.state == MigState::kDone);
+  Migration& n = k.h.migs.rbegin()->second;
+  CHECK(n.id != b.id);
+  CHECK(n.rank == 1);
+  CHECK(n.recovery.epoch == 4);
+  CHECK(n.leaver == r2);  // the replacement is the failed process of rank 1 now
+  CHECK(k.launched.started.size() == 4);  // a new replacement (the count of attempts starts again: a new failure)
+  const std::vector<std::string> sent = k.h.Take();
+  CHECK(std::count(sent.begin(), sent.end(), "1:FENCE") == 1);
+  CHECK(std::count(sent.begin(), sent.end(), "3:FENCE") == 1);
 }
 
 TEST_CASE("standby lost while it takes the place: another standby takes it under a new epoch, then a spawned one") {

@@ -77,7 +77,8 @@ def job_cmd(params, steps, step_ms, preload="", layout=()):
 
 def reference(ranks, params, steps, layout=()):
     """The uninterrupted run's digest: one for every rank (data parallel), or {rank: digest} with a 3D layout
-    (each rank its own: stages, TP shards and optimizer shards differ). Run once per key and shared."""
+    (each rank its own: stages, TP shards and optimizer shards differ). layout: tm-train flags that change the result
+    (--tp/--pp; --extra-state-mb, which keeps data parallelism). Run once per key and shared."""
     key = (ranks, params, steps, tuple(layout))
     if key not in REF:
         log = os.path.join(WORK, f"ref-{ranks}-{params}-{'x'.join(layout[1::2]) or 'dp'}.log")
@@ -86,10 +87,11 @@ def reference(ranks, params, steps, layout=()):
             rc = subprocess.run([TMRUN, "-n", str(ranks), "--no-coordinator", "--"] + cmd,
                                 stdout=f, stderr=subprocess.STDOUT, timeout=REFERENCE_TIMEOUT).returncode
         d = digests(log)
-        distinct = ranks if layout else 1
+        parallel_3d = "--tp" in layout or "--pp" in layout  # other flags (--extra-state-mb) keep data parallelism
+        distinct = ranks if parallel_3d else 1
         if rc != 0 or len(set(d.values())) != distinct or len(d) != ranks:
             fail(f"reference run on {ranks} ranks: rc {rc}, digests {d}")
-        REF[key] = d if layout else next(iter(d.values()))
+        REF[key] = d if parallel_3d else next(iter(d.values()))
     return REF[key]
 
 

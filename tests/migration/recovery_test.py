@@ -61,13 +61,16 @@ def wait_recovered(job, count, expect="done"):
 
 
 def check_report(job, r, rank, every=1):
+    """every: the job's TRAINMOVER_SNAPSHOT_EVERY, 0 for auto (the coordinator's interval, in the record)."""
     rec = r["recovery"]
     if r["rank"] != rank or rec["rollback_step"] < 0 or rec["lost_steps"] < 0 or not rec["replacement"]:
         fail(f"{job.name}: recovery report {r}")
+    if every and rec["snapshot_every"] != every:
+        fail(f"{job.name}: the record's snapshot interval is {rec['snapshot_every']}, the job's {every}")
     # Each rank snapshots at every `every`-th safe point and does not pass the next safe point before that snapshot
     # is on its buddy (docs/recovery.md): at most `every` completed steps are trained again.
-    if rec["lost_steps"] > every:
-        fail(f"{job.name}: {rec['lost_steps']} steps lost, more than TRAINMOVER_SNAPSHOT_EVERY={every}")
+    if rec["lost_steps"] > rec["snapshot_every"]:
+        fail(f"{job.name}: {rec['lost_steps']} steps lost, more than the snapshot interval {rec['snapshot_every']}")
     print(f"{job.name}: rank {rank} recovered: epoch {rec['epoch']}, detected by '{rec['detected_by']}', rolled back "
           f"to step {rec['rollback_step']} from {rec['failed_at_step']} ({rec['lost_steps']} lost), "
           f"downtime {r['downtime_ms']:.1f} ms, {rec['replacement']}")
@@ -99,6 +102,45 @@ def scenario_kill():
     kill_plan("kill_last", 4, [(20, 3)])
     kill_plan("kill_pair", 2, [(20, 0)])
     kill_plan("kill_every4", 3, [(21, 1)], env={"TRAINMOVER_SNAPSHOT_EVERY": "4"})
+
+
+def wait_interval(job):
+    """TRAINMOVER_SNAPSHOT_EVERY=auto: waits until every alive worker was told the same interval above 1 (the
+    coordinator's, from the ranks' measurements) and returns it."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        ws = [p for p in job.status()["processes"] if p["state"] == "alive" and p["role"] == "worker"]
+        told = {p["snapshot_every"] for p in ws}
+        if len(ws) == job.ranks and len(told) == 1 and min(told) > 1:
+            return min(told)
+        if job.p.poll() is not None:
+            fail(f"{job.name}: the job ended before an interval was picked")
+        time.sleep(0.05)
+    fail(f"{job.name}: no common snapshot interval above 1 was picked")
+
+
+def scenario_kill_auto():
+    # TRAINMOVER_SNAPSHOT_EVERY=auto with snapshots expensive for the step (4 MiB of extra state: its copy and its
+    # pull cost several 4 ms steps): the ranks measure, the coordinator picks one interval above 1 for all; rank 1
+    # killed two intervals later is recovered bit-identical, at most the recorded interval lost.
+    mt.clear_joiner_logs()
+    layout = ("--extra-state-mb", "4")
+    job = Job("kill_auto", 3, steps=600, step_ms=4, layout=layout,
+              env={"TRAINMOVER_SNAPSHOT_EVERY": "auto", "TRAINMOVER_SNAPSHOT_BUDGET": "0.5"})
+    try:
+        every = wait_interval(job)
+        step = max(p["step"] for p in job.status()["processes"] if p["role"] == "worker")
+        job.wait_step(min(step + 2 * every + 1, job.steps - 100))
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
+        r = wait_recovered(job, 1)
+        check_report(job, r, 1, every=0)
+        if r["recovery"]["snapshot_every"] < 2:
+            fail(f"{job.name}: recorded snapshot interval {r['recovery']['snapshot_every']}, expected the adaptive one")
+        print(f"{job.name}: interval {every} picked; the record's bound {r['recovery']['snapshot_every']}")
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({1})
 
 
 def scenario_kill_3d():
@@ -606,6 +648,33 @@ def scenario_replacement_lost():
     print(f"replacement_lost_all: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
 
 
+def scenario_replacement_switched():
+    # Rank 1 killed; its spawned replacement killed after the recovery's SWITCH went out, before it switched in and
+    # confirmed (TRAINMOVER_FAULT=slow-switch: it waits 3 s first; the survivors, rolled back, wait in their first
+    # operation on it). It held rank 1 from the SWITCH on: the recovery completes, and its loss is the next failure of
+    # rank 1, recovered under epoch 2 by another spawned replacement; every digest bit-identical.
+    mt.clear_joiner_logs()
+    job = Job("replacement_switched", 4, steps=300, step_ms=8, env={"TRAINMOVER_FAULT": "slow-switch"})
+    try:
+        job.wait_step(20)
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
+        first = wait_recovery(job, 1, lambda r: any(p["phase"] == "rollback" for p in r["phases"]))
+        os.kill(replacement_pid(job, first), signal.SIGKILL)
+        r = wait_recovered(job, 2)
+        old = recoveries(job)[0]
+        if old["state"] != "done":
+            fail(f"{job.name}: the first recovery ended {old['state']} ({old['reason']}), expected done")
+        if r["recovery"]["epoch"] != 2 or not r["recovery"]["replacement"].startswith("spawned pid"):
+            fail(f"{job.name}: the second recovery {r}")
+        print(f"{job.name}: the replacement {first['recovery']['replacement']} died after the switch; recovery "
+              f"{r['id']} (epoch 2) recovered rank 1 again")
+        check_report(job, r, 1)
+        job.finish()
+    finally:
+        job.kill()
+    job.check_digests({1})
+
+
 def scenario_standby_lost():
     # tmrun --standby 1 on 3 ranks: rank 2 killed, the standby takes its place and is killed before the switch (it
     # reads its state 3 s late, TRAINMOVER_FAULT=slow-transfer): a new epoch of rank 2 spawns a replacement (no
@@ -681,7 +750,7 @@ def scenario_after_switch():
         job.check_digests({1, rank})  # rank 1 from its joiner's log (or its replacement's: the newest)
 
 
-SCENARIOS = {"replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
+SCENARIOS = {"kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
              "nccl_detected": scenario_nccl_detected,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
