@@ -121,7 +121,8 @@ struct Pending {
 [[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out,
                                     uint64_t id = 0);
 // Progresses until every request completes; fails on abort, a dead or departed peer, or when none of reqs
-// completes for HOSTNCCL_TIMEOUT_MS (the worker's other activity does not count as progress). When only_peers is true, only the peers of the requests count (used across a failed parent).
+// completes for HOSTNCCL_TIMEOUT_MS (the worker's other activity does not count as progress). When only_peers is
+// true, only the peers of the requests count (used across a failed parent).
 [[nodiscard]] ncclResult_t WaitAll(Comm* c, std::vector<Pending>* reqs, bool only_peers = false);
 // Progresses until at least one request of reqs completes; appends the ids of those that did to *completed and
 // removes them from reqs. Fails as WaitAll (all of reqs cancelled). reqs must not be empty.
