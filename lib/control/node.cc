@@ -1,7 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node.h"
 
+#include <cstdlib>
+
 namespace trainmover::control::node {
+
+std::vector<std::string> WithThisHostsValues(const std::vector<std::string>& env) {
+  std::vector<std::string> out;
+  for (const std::string& kv : env) {
+    bool local = false;
+    for (const char* name : kHostLocalEnv) local |= kv.rfind(std::string(name) + "=", 0) == 0;
+    if (!local) out.push_back(kv);
+  }
+  for (const char* name : kHostLocalEnv) {
+    if (const char* v = getenv(name)) out.push_back(std::string(name) + "=" + v);
+  }
+  return out;
+}
 
 void Spawn::Encode(Writer& w) const {
   w.U64(id);

@@ -22,8 +22,10 @@
 #include <vector>
 
 #include "base/config.h"
+#include "base/host.h"
 #include "base/log.h"
 #include "base/spawn_process.h"
+#include "control/node.h"
 #include "msgs.h"
 
 extern char** environ;
@@ -200,6 +202,7 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
   s.log = s.dir + "/joiner-" + std::to_string(rank) + ".log";
   s.log_if_exists = s.dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
   s.host = m.host;
+  s.from_host = l.info.host;
   for (const std::string& kv : l.info.env) {
     if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
     s.env.push_back(kv);
@@ -217,7 +220,10 @@ class ProcessLauncher final : public JoinerLauncher {
     struct stat st;
     *log = stat(s.log.c_str(), &st) == 0 ? s.log_if_exists : s.log;
     pid_t pid = 0;
-    base::Status started = base::SpawnProcess({s.argv, s.env, s.dir, *log, false, false}, &pid);
+    // Started here: a process that ran on another host had that host's host-local variables (docs/operator.md).
+    const std::vector<std::string> env =
+        s.from_host.empty() || s.from_host == base::HostName() ? s.env : node::WithThisHostsValues(s.env);
+    base::Status started = base::SpawnProcess({s.argv, env, s.dir, *log, false, false}, &pid);
     if (!started.ok()) {
       *err = started.message();
       return 0;
