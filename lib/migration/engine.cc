@@ -25,7 +25,6 @@
 #include "base/host.h"
 #include "base/log.h"
 #include "base/spawn_process.h"
-#include "control/node.h"
 #include "msgs.h"
 
 extern char** environ;
@@ -219,11 +218,12 @@ class ProcessLauncher final : public JoinerLauncher {
   pid_t Start(const Spec& s, std::string* log, std::string* err) override {
     struct stat st;
     *log = stat(s.log.c_str(), &st) == 0 ? s.log_if_exists : s.log;
+    // A leaver on another host (a recovery or a --spawn without a node agent there starts its joiner here) had
+    // that host's address and devices: the joiner takes this host's (node.h, kHostLocalEnv).
+    const bool elsewhere = !s.from_host.empty() && s.from_host != base::HostName();
     pid_t pid = 0;
-    // Started here: a process that ran on another host had that host's host-local variables (docs/operator.md).
-    const std::vector<std::string> env =
-        s.from_host.empty() || s.from_host == base::HostName() ? s.env : node::WithThisHostsValues(s.env);
-    base::Status started = base::SpawnProcess({s.argv, env, s.dir, *log, false, false}, &pid);
+    base::Status started = base::SpawnProcess(
+        {s.argv, elsewhere ? node::WithThisHostsEnv(s.env) : s.env, s.dir, *log, false, false}, &pid);
     if (!started.ok()) {
       *err = started.message();
       return 0;

@@ -217,7 +217,7 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
 // Starts a node agent's process: the requested environment with this host's own values of the host-local
 // variables (node.h), in its own session, output appended to its log. Its pid, or 0 with *why.
 pid_t SpawnForNode(const trainmover::control::node::Spawn& s, std::string* why) {
-  const std::vector<std::string> env = trainmover::control::node::WithThisHostsValues(s.env);
+  const std::vector<std::string> env = trainmover::control::node::WithThisHostsEnv(s.env);
   struct stat st;
   const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   std::string log = s.log;
