@@ -217,16 +217,7 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
 // Starts a node agent's process: the requested environment with this host's own values of the host-local
 // variables (node.h), in its own session, output appended to its log. Its pid, or 0 with *why.
 pid_t SpawnForNode(const trainmover::control::node::Spawn& s, std::string* why) {
-  namespace node = trainmover::control::node;
-  std::vector<std::string> env;
-  for (const std::string& kv : s.env) {
-    bool local = false;
-    for (const char* name : node::kHostLocalEnv) local |= kv.rfind(std::string(name) + "=", 0) == 0;
-    if (!local) env.push_back(kv);
-  }
-  for (const char* name : node::kHostLocalEnv) {
-    if (const char* v = getenv(name)) env.push_back(std::string(name) + "=" + v);
-  }
+  const std::vector<std::string> env = trainmover::control::node::WithThisHostsEnv(s.env);
   struct stat st;
   const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   std::string log = s.log;
@@ -515,15 +506,20 @@ int main(int argc, char** argv) {
     ranks.resize(static_cast<size_t>(cfg.nproc));
     for (int r = 0; r < cfg.nproc; ++r) ranks[static_cast<size_t>(r)].rank = cfg.node_rank * cfg.nproc + r;
   }
-  // Standbys (docs/recovery.md, "Standbys"): standby K warms up as rank K mod the world size. They start once every
-  // rank trains (reached a safe point at the coordinator): before that, one warming up as a rank that publishes a
-  // unique id in the store could publish its sandboxed one first. Started, they are children like the ranks (their
-  // output relayed as [sK]), stopped with them; one that exits never stops the job (one that held a rank is
-  // recovered, or the survivors end saying why); the coordinator dismisses those still waiting when the job ends.
+  // Standbys (docs/recovery.md, "Standbys"): standby K warms up as this node's rank K mod --nproc. They start once
+  // every rank of the job trains (reached a safe point at the coordinator, embedded or asked): before that, one
+  // warming up as a rank that publishes a unique id in the store could publish its sandboxed one first. Started, they
+  // are children like the ranks (their output relayed as [sK]), stopped with them; one that exits never stops the job
+  // (one that held a rank is recovered, or the survivors end saying why); the coordinator dismisses those still
+  // waiting when the job ends.
+  if (cfg.standby > 0 && control.address().empty()) {
+    fprintf(stderr, "tmrun: --standby needs a coordinator, and this job has none (node 0 runs --no-coordinator)\n");
+    return 2;
+  }
   std::vector<Rank> standbys(static_cast<size_t>(cfg.standby));
   for (int k = 0; k < cfg.standby; ++k) {
     standbys[static_cast<size_t>(k)].standby = k;
-    standbys[static_cast<size_t>(k)].rank = k % job.world;
+    standbys[static_cast<size_t>(k)].rank = cfg.node_rank * cfg.nproc + k % cfg.nproc;
   }
   bool standbys_started = cfg.standby == 0;
 
