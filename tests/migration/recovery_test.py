@@ -257,16 +257,21 @@ def scenario_second_failure():
     print(f"second_failure_buddy: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
 
 
-def scenario_blocked():
-    # the others wait in an AllReduce for a rank that is stopped, then killed: they return (fenced) and recover
+def stopped_then_killed(name, stop, **job_args):
+    """3 ranks: rank `stop` is stopped, 0.5 s later rank 1 is killed; a stopped survivor is resumed once rank 1's
+    memory is gone. Rank 1 must be recovered and every digest bit-identical."""
     mt.clear_joiner_logs()
-    job = Job("blocked", 3, steps=300, step_ms=8)
+    job = Job(name, 3, **job_args)
     try:
-        job.wait_step(20)
-        pid = recoverable_pid(job, 1)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.5)  # the survivors are now blocked in the AllReduce of their next step
-        os.kill(pid, signal.SIGKILL)
+        job.wait_step(10)
+        victim = recoverable_pid(job, 1)
+        stopped = pid_of(job, stop)
+        os.kill(stopped, signal.SIGSTOP)
+        time.sleep(0.5)  # the running ranks are now blocked in an AllReduce on the stopped one
+        os.kill(victim, signal.SIGKILL)
+        if stopped != victim:
+            wait_gone(job, victim)
+            os.kill(stopped, signal.SIGCONT)
         check_report(job, wait_recovered(job, 1), 1)
         job.finish()
     finally:
@@ -288,6 +293,11 @@ def wait_gone(job, pid):
     fail(f"{job.name}: process {pid} did not exit after SIGKILL")
 
 
+def scenario_blocked():
+    # the others wait in an AllReduce for a rank that is stopped, then killed: they return (fenced) and recover
+    stopped_then_killed("blocked", 1, steps=300, step_ms=8)
+
+
 def scenario_blocked_cma():
     # A 1 MB model (250,000 parameters): each step's gradient AllReduce sends messages of 333 KB, which on one host
     # the receivers read straight out of the sender's memory (UCX's cma rendezvous, process_vm_readv). Rank 0 is
@@ -297,22 +307,7 @@ def scenario_blocked_cma():
     # get hostnccl's error and be fenced and recovered like rank 2, every digest bit-identical; UCX 1.13 aborted it
     # there before hostnccl put an error callback on every endpoint (docs/hostnccl.md, "Transport"; with
     # HOSTNCCL_PEER_ERRORS=none in the environment it still does, and recovery is then impossible).
-    mt.clear_joiner_logs()
-    job = Job("blocked_cma", 3, params=250000, steps=60, step_ms=30)
-    try:
-        job.wait_step(10)
-        victim = recoverable_pid(job, 1)
-        stopped = pid_of(job, 0)
-        os.kill(stopped, signal.SIGSTOP)
-        time.sleep(0.5)  # rank 1 runs into rank 0's AllReduce, posts its messages and waits
-        os.kill(victim, signal.SIGKILL)
-        wait_gone(job, victim)
-        os.kill(stopped, signal.SIGCONT)
-        check_report(job, wait_recovered(job, 1), 1)
-        job.finish()
-    finally:
-        job.kill()
-    job.check_digests({1})
+    stopped_then_killed("blocked_cma", 0, params=250000, steps=60, step_ms=30)
 
 
 def scenario_silent():
