@@ -144,8 +144,14 @@ void Log(int level, int rank, const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  fprintf(stderr, "%s:%d:%ld [%d] HOSTNCCL %s %s\n", host, static_cast<int>(getpid()),
-          static_cast<long>(syscall(SYS_gettid)), rank, kNames[level], msg);
+  char stamp[32] = "";
+  if (DebugLevel() >= kTrace) {  // wall-clock time, so that every rank's lines merge into one timeline
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(stamp, sizeof(stamp), "%lld.%06ld ", static_cast<long long>(ts.tv_sec), ts.tv_nsec / 1000);
+  }
+  fprintf(stderr, "%s:%d:%ld [%d] HOSTNCCL %s %s%s\n", host, static_cast<int>(getpid()),
+          static_cast<long>(syscall(SYS_gettid)), rank, kNames[level], stamp, msg);
 }
 
 ncclResult_t Fail(ncclResult_t code, const char* fmt, ...) {
@@ -681,6 +687,7 @@ void Teardown(Comm* c, bool graceful) {
       }
       ucp_request_free(r);
     };
+    const int64_t t0 = NowMs();
     if (graceful) {
       ucp_request_param_t p{};
       wait(ucp_worker_flush_nbx(c->worker, &p), NowMs() + 1000);
@@ -696,7 +703,10 @@ void Teardown(Comm* c, bool graceful) {
     }
     int64_t deadline = NowMs() + 200;
     for (void* r : closing) wait(r, deadline);
+    const int64_t t1 = NowMs();
     ucp_worker_destroy(c->worker);
+    Log(kTrace, c->rank, "teardown: flush and endpoint close %lld ms, worker destroy %lld ms",
+        static_cast<long long>(t1 - t0), static_cast<long long>(NowMs() - t1));
     c->worker = nullptr;
   }
   for (int r = 0; r < n; ++r) {
