@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node.h"
 
+#include <cstdlib>
+#include <string>
+#include <vector>
+
 namespace trainmover::control::node {
 
 void Spawn::Encode(Writer& w) const {
@@ -41,6 +45,19 @@ std::vector<uint8_t> Body(const T& m) {
   return w.Take();
 }
 }  // namespace
+
+std::vector<std::string> WithThisHostsEnv(const std::vector<std::string>& env) {
+  std::vector<std::string> out;
+  for (const std::string& kv : env) {
+    bool local = false;
+    for (const char* name : kHostLocalEnv) local |= kv.rfind(std::string(name) + "=", 0) == 0;
+    if (!local) out.push_back(kv);
+  }
+  for (const char* name : kHostLocalEnv) {
+    if (const char* v = getenv(name)) out.push_back(std::string(name) + "=" + v);
+  }
+  return out;
+}
 
 Command MakeSpawn(const Spawn& s) { return Command{static_cast<uint16_t>(Cmd::kSpawn), 0, Body(s)}; }
 

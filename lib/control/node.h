@@ -36,6 +36,10 @@ enum class Ev : uint16_t {
 inline constexpr const char* kHostLocalEnv[] = {"TRAINMOVER_HOST", "HOSTNCCL_SOCKET_IFADDR", "NCCL_SOCKET_IFNAME",
                                                 "UCX_NET_DEVICES", "CUDA_VISIBLE_DEVICES"};
 
+// `env` (NAME=value) of a process on another host, made fit for this one: each host-local variable takes this
+// process's value, or is dropped when this process has none.
+std::vector<std::string> WithThisHostsEnv(const std::vector<std::string>& env);
+
 struct Spawn {
   uint64_t id = 0;                // the coordinator's name for the process
   std::vector<std::string> argv;  // argv[0] is looked up in PATH

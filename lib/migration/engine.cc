@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "base/config.h"
+#include "base/host.h"
 #include "base/log.h"
 #include "base/spawn_process.h"
 #include "msgs.h"
@@ -200,6 +201,7 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
   s.log = s.dir + "/joiner-" + std::to_string(rank) + ".log";
   s.log_if_exists = s.dir + "/joiner-" + std::to_string(rank) + "-m" + std::to_string(m.id) + ".log";
   s.host = m.host;
+  s.from_host = l.info.host;
   for (const std::string& kv : l.info.env) {
     if (kv.rfind("TRAINMOVER_ROLE=", 0) == 0 || kv.rfind("TRAINMOVER_REPLACE=", 0) == 0) continue;
     s.env.push_back(kv);
@@ -216,8 +218,12 @@ class ProcessLauncher final : public JoinerLauncher {
   pid_t Start(const Spec& s, std::string* log, std::string* err) override {
     struct stat st;
     *log = stat(s.log.c_str(), &st) == 0 ? s.log_if_exists : s.log;
+    // A leaver on another host (a recovery or a --spawn without a node agent there starts its joiner here) had
+    // that host's address and devices: the joiner takes this host's (node.h, kHostLocalEnv).
+    const bool elsewhere = !s.from_host.empty() && s.from_host != base::HostName();
     pid_t pid = 0;
-    base::Status started = base::SpawnProcess({s.argv, s.env, s.dir, *log, false, false}, &pid);
+    base::Status started =
+        base::SpawnProcess({s.argv, elsewhere ? node::WithThisHostsEnv(s.env) : s.env, s.dir, *log, false, false}, &pid);
     if (!started.ok()) {
       *err = started.message();
       return 0;

@@ -32,6 +32,7 @@ class JoinerLauncher {
     std::string dir;                 // working directory
     std::string log, log_if_exists;  // stdout+stderr go to `log`, or to `log_if_exists` when `log` exists
     std::string host;                // where: the migration's target host (tmctl migrate --to), "" = any
+    std::string from_host;           // the host whose environment `env` is (the leaver's)
   };
   virtual ~JoinerLauncher() = default;
   // Starts the joiner: its pid and the log it writes to, or 0 with *err.

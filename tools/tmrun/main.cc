@@ -217,16 +217,7 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
 // Starts a node agent's process: the requested environment with this host's own values of the host-local
 // variables (node.h), in its own session, output appended to its log. Its pid, or 0 with *why.
 pid_t SpawnForNode(const trainmover::control::node::Spawn& s, std::string* why) {
-  namespace node = trainmover::control::node;
-  std::vector<std::string> env;
-  for (const std::string& kv : s.env) {
-    bool local = false;
-    for (const char* name : node::kHostLocalEnv) local |= kv.rfind(std::string(name) + "=", 0) == 0;
-    if (!local) env.push_back(kv);
-  }
-  for (const char* name : node::kHostLocalEnv) {
-    if (const char* v = getenv(name)) env.push_back(std::string(name) + "=" + v);
-  }
+  const std::vector<std::string> env = trainmover::control::node::WithThisHostsEnv(s.env);
   struct stat st;
   const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   std::string log = s.log;
