@@ -222,8 +222,8 @@ class ProcessLauncher final : public JoinerLauncher {
     // that host's address and devices: the joiner takes this host's (node.h, kHostLocalEnv).
     const bool elsewhere = !s.from_host.empty() && s.from_host != base::HostName();
     pid_t pid = 0;
-    base::Status started =
-        base::SpawnProcess({s.argv, elsewhere ? node::WithThisHostsEnv(s.env) : s.env, s.dir, *log, false, false}, &pid);
+    base::Status started = base::SpawnProcess(
+        {s.argv, elsewhere ? node::WithThisHostsEnv(s.env) : s.env, s.dir, *log, false, false}, &pid);
     if (!started.ok()) {
       *err = started.message();
       return 0;
