@@ -391,6 +391,7 @@ def cell(phase, victim, fault):
         try:
             rc = job.wait(timeout=TIMEOUT + STEPS * STEP_MS / 1000)
         except subprocess.TimeoutExpired:
+            keep_stacks(job.pid, os.path.join(WORK, f"{name}-hang.txt"))
             return dict(cell=(phase, victim, fault), outcome="hang", detail="the job did not finish",
                         wait=time.monotonic() - t0, ok=False)
         clock.window = (t0, time.monotonic())
@@ -445,6 +446,24 @@ def cell(phase, victim, fault):
         if hosts:
             hosts.close()
         f.close()
+        for g in os.listdir(WORK):  # the replacements' logs, kept under the cell's name
+            if g.startswith("joiner-"):
+                os.rename(os.path.join(WORK, g), os.path.join(WORK, f"{name}-{g}"))
+
+
+def keep_stacks(sid, path):
+    """Writes what every process of the session `sid` (a job that did not finish) is doing: ps and each one's
+    threads' stacks (gdb, where there is one)."""
+    ps = subprocess.run(["ps", "-s", str(sid), "-o", "pid,stat,wchan:24,args"], capture_output=True, text=True).stdout
+    with open(path, "w") as out:
+        out.write(ps)
+        for pid in [line.split()[0] for line in ps.splitlines()[1:]]:
+            try:
+                bt = subprocess.run(["gdb", "-p", pid, "-batch", "-ex", "thread apply all bt"], capture_output=True,
+                                    text=True, timeout=60).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                bt = "(no gdb, or it did not finish)"
+            out.write(f"\n--- pid {pid}\n{bt}")
 
 
 def write_doc(path, rows):
