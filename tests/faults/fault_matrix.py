@@ -174,7 +174,8 @@ def reference():
     if "d" not in REF:
         log = os.path.join(WORK, "reference.log")
         with open(log, "w") as f:
-            rc = subprocess.run([TMRUN, "-n", "4", "--shim", SHIM, "--no-coordinator", "--"] + train_cmd()[:-2] + ["--step-ms", "0"],
+            rc = subprocess.run([TMRUN, "-n", "4", "--shim", SHIM, "--no-coordinator", "--"] + train_cmd()[:-2] +
+                                ["--step-ms", "0"],
                                 stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
         d = digests(log)
         if rc != 0 or len(d) != 4 or len(set(d.values())) != 1:
@@ -286,8 +287,8 @@ def cell(phase, victim, fault):
                 'HOSTNCCL_SOCKET_IFADDR="$TM_FAULT_HOST_ADDR" "$@"; exec "$@"')
         master = ["--master", f"{hosts.addr(0)}:29400"]
     f = open(log, "w")
-    job = subprocess.Popen(on(0) + [TMRUN, "-n", "4", "--shim", SHIM, "--heartbeat-timeout-ms", HEARTBEAT_TIMEOUT_MS] + master +
-                           ["--", "sh", "-c", pick, "sh"] + train_cmd(), stdout=f,
+    job = subprocess.Popen(on(0) + [TMRUN, "-n", "4", "--shim", SHIM, "--heartbeat-timeout-ms", HEARTBEAT_TIMEOUT_MS] +
+                           master + ["--", "sh", "-c", pick, "sh"] + train_cmd(), stdout=f,
                            stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
     clock = StepClock([log, jlog])
     joiner = None
@@ -335,7 +336,8 @@ def cell(phase, victim, fault):
             leaver_env.update(TRAINMOVER_HOST=f"host{jhost + 1}", HOSTNCCL_SOCKET_IFADDR=hosts.addr(jhost))
         if phase in KNOB:
             leaver_env["TRAINMOVER_FAULT"] = KNOB[phase]
-        mig = subprocess.Popen(via + [TMCTL, "--coordinator", coord, "--token-file", token_file, "migrate", "--rank", "1"],
+        mig = subprocess.Popen(via + [TMCTL, "--coordinator", coord, "--token-file", token_file, "migrate", "--rank",
+                                      "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         joiner = subprocess.Popen(on(jhost) + train_cmd(), stdout=open(jlog, "w"), stderr=subprocess.STDOUT, cwd=WORK,
                                   env=leaver_env, start_new_session=True)
@@ -362,13 +364,18 @@ def cell(phase, victim, fault):
                   "coordinator": daemon.pid if daemon else None}[victim]
         t0 = time.monotonic()
         clock.window = (t0, float("inf"))
-        if fault == "kill":
-            os.kill(target, signal.SIGKILL)
-        elif fault == "stop":
-            os.kill(target, signal.SIGSTOP)
-        elif fault == "host":
+        try:
+            if fault == "kill":
+                os.kill(target, signal.SIGKILL)
+            elif fault == "stop":
+                os.kill(target, signal.SIGSTOP)
+        except ProcessLookupError:  # a leaver that switched out has ended: nothing left to strike
+            mig.kill()
+            return dict(cell=(phase, victim, fault), outcome="phase missed",
+                        detail=f"the {victim} had already exited", wait=None, ok=None)
+        if fault == "host":
             hosts.cut(1)
-        else:
+        elif fault == "cut":
             for k in ([victim] if victim != "coordinator" else relays):
                 relays[k].cut()
         if fault != "kill":
@@ -391,7 +398,7 @@ def cell(phase, victim, fault):
         try:
             rc = job.wait(timeout=TIMEOUT + STEPS * STEP_MS / 1000)
         except subprocess.TimeoutExpired:
-            keep_stacks(job.pid, os.path.join(WORK, f"{name}-hang.txt"))
+            keep_stacks(job.pid, os.path.join(WORK, f"{name}-hang.txt"), ctl(coord, token_file, "status", via=via)[1])
             return dict(cell=(phase, victim, fault), outcome="hang", detail="the job did not finish",
                         wait=time.monotonic() - t0, ok=False)
         clock.window = (t0, time.monotonic())
@@ -451,12 +458,12 @@ def cell(phase, victim, fault):
                 os.rename(os.path.join(WORK, g), os.path.join(WORK, f"{name}-{g}"))
 
 
-def keep_stacks(sid, path):
-    """Writes what every process of the session `sid` (a job that did not finish) is doing: ps and each one's
-    threads' stacks (gdb, where there is one)."""
+def keep_stacks(sid, path, status_text):
+    """Writes what a job that did not finish was doing: the coordinator's status, ps of the session `sid` and each
+    process's threads' stacks (gdb, where there is one)."""
     ps = subprocess.run(["ps", "-s", str(sid), "-o", "pid,stat,wchan:24,args"], capture_output=True, text=True).stdout
     with open(path, "w") as out:
-        out.write(ps)
+        out.write(status_text + "\n" + ps)
         for pid in [line.split()[0] for line in ps.splitlines()[1:]]:
             try:
                 bt = subprocess.run(["gdb", "-p", pid, "-batch", "-ex", "thread apply all bt"], capture_output=True,
