@@ -998,7 +998,11 @@ std::string Coordinator::StatusJson() const {
   uint64_t now = NowRealtimeNs();
   std::string o = "{\"coordinator\":{\"address\":" + Q(address_) + ",\"epoch\":" + Q(Hex(epoch_)) +
                   ",\"uptime_ms\":" + std::to_string((now - start_ns_) / 1000000) +
-                  ",\"heartbeat_timeout_ms\":" + std::to_string(opt_.heartbeat_timeout_ms) + "},\"processes\":[";
+                  ",\"heartbeat_timeout_ms\":" + std::to_string(opt_.heartbeat_timeout_ms) + "}" +
+                  // What launchers ask (tmrun: embedded through the accessors, on other nodes through this).
+                  ",\"job\":{\"processes_alive\":" + std::to_string(alive_processes()) +
+                  ",\"workers_training\":" + std::to_string(workers_training()) +
+                  ",\"recoveries_running\":" + std::to_string(recovering()) + "},\"processes\":[";
   bool first = true;
   for (const auto& [id, pr] : procs_) {
     if (!first) o += ",";
@@ -1018,6 +1022,7 @@ std::string Coordinator::StatusJson() const {
            ",\"any_rank\":" + (pr.standby.any_rank ? "true" : "false") + "}";
     }
     if (!pr.lost_reason.empty() && pr.state == ProcState::kLost) o += ",\"lost_reason\":" + Q(pr.lost_reason);
+    if (pr.fenced) o += ",\"fenced\":true";  // declared failed and replaced: its exit is expected
     o += stragglers_->ProcessJson(id);
     o += ",\"regions\":[";
     for (size_t i = 0; i < pr.regions.size(); ++i) {

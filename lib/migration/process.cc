@@ -218,6 +218,8 @@ void ProcessMachine::OnSwitch(uint64_t id, const mig::Step& st) {
   member_.agreement = Agreement::kSwitch;
   member_.step = st.step;
   cv_.notify_all();
+  TM_TRACE(kLogMigration, "migration %llu: SWITCH at step %lld received", static_cast<unsigned long long>(id),
+           static_cast<long long>(st.step));
 }
 
 void ProcessMachine::OnRecordTape(uint64_t id) {
@@ -715,6 +717,8 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
   member_.step = -1;
   member_.committed_ns = 0;
   active_ = false;
+  TM_TRACE(kLogMigration, "migration %llu: released at step %lld", static_cast<unsigned long long>(mig_),
+           static_cast<long long>(step));
   SendPhase(mig_, "hold at S", hold_real);
   if (leaver_.exposure != Exposure::kNone) {
     const std::string where = leaver_.destination;
@@ -733,6 +737,7 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
   if (!old.empty()) {
     StartJob("tm-retire", [this, old] {
       for (void* c : old) w_.RetireComm(c);
+      TM_TRACE(kLogMigration, "%zu old communicator(s) destroyed", old.size());
     });
   }
   SendPhase(mig_, "swap comms", swap_real);

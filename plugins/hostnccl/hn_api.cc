@@ -475,7 +475,10 @@ ncclResult_t EnqueueChecked(Kind kind, const char* opname, const void* send, voi
       "%s: opCount %llx sendbuff %p recvbuff %p count %zu datatype %d op %d root %d comm %p [nranks=%d]", opname,
       static_cast<unsigned long long>(c->coll_seq), send, static_cast<void*>(recv), count, static_cast<int>(type),
       static_cast<int>(op), root, static_cast<void*>(c), c->nranks);
-  return Submit(t);
+  const unsigned long long seq = c->coll_seq;
+  const ncclResult_t r = Submit(t);
+  Log(kTrace, c->rank, "%s: opCount %llx returned %d", opname, seq, r);
+  return r;
 }
 
 // Inside a group, an error also fails the ncclGroupEnd that closes it (as in NCCL).

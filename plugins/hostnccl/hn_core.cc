@@ -144,8 +144,14 @@ void Log(int level, int rank, const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  fprintf(stderr, "%s:%d:%ld [%d] HOSTNCCL %s %s\n", host, static_cast<int>(getpid()),
-          static_cast<long>(syscall(SYS_gettid)), rank, kNames[level], msg);
+  char stamp[32] = "";
+  if (DebugLevel() >= kTrace) {  // wall-clock time, so that every rank's lines merge into one timeline
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(stamp, sizeof(stamp), "%lld.%06ld ", static_cast<long long>(ts.tv_sec), ts.tv_nsec / 1000);
+  }
+  fprintf(stderr, "%s:%d:%ld [%d] HOSTNCCL %s %s%s\n", host, static_cast<int>(getpid()),
+          static_cast<long>(syscall(SYS_gettid)), rank, kNames[level], stamp, msg);
 }
 
 ncclResult_t Fail(ncclResult_t code, const char* fmt, ...) {
@@ -512,10 +518,10 @@ ncclResult_t ConnectLanes(Comm* c) {
 
 }  // namespace
 
-// UCX's error callback of an endpoint in peer-failure mode (runs inside ucp_worker_progress, on the waiting
-// thread). Only a log line: UCX completes the endpoint's requests with the error, which Wait reports, and a
-// death is told apart from a peer that destroyed its communicator (which may also close the connection) by the
-// liveness sockets, as for every other endpoint.
+// UCX's error callback of every endpoint (runs inside ucp_worker_progress, on the waiting thread): its presence
+// is what keeps UCX from aborting the process on a transport error (Bootstrap). Only a log line: UCX completes
+// the endpoint's requests with the error, which Wait reports, and a death is told apart from a peer that destroyed
+// its communicator (which may also close the connection) by the liveness sockets, as for every other endpoint.
 void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
   const EpFailure* f = static_cast<const EpFailure*>(arg);
   Log(kInfo, f->comm->rank, "rank %d: UCX endpoint to rank %d failed: %s", f->comm->rank, f->peer,
@@ -592,17 +598,23 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   for (int r = 0; r < n && res == ncclSuccess; ++r) {  // self included: a rank may send to itself
     ucp_ep_params_t ep{};
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
-    // UCX's peer-failure mode makes a transport error on this endpoint (the peer died in the middle of a
-    // transfer) an error of the requests on it instead of a fatal one (abort) inside UCX. In UCX 1.13 it also
-    // excludes the shared-memory transports (posix, sysv, cma: all over tcp loopback then, 2-3x slower), so by
-    // default it is on for peers on other hosts only (docs/hostnccl.md, "Liveness and timeouts").
+    // A transport error on an endpoint without an error callback is fatal inside UCX (it aborts the process):
+    // on one host, cma's read of a peer that was killed (ESRCH) or freed its buffer (EFAULT). With the callback
+    // UCX fails the endpoint and its requests instead, whatever the endpoint's mode (ucp_ep_set_failed), so every
+    // endpoint has one unless HOSTNCCL_PEER_ERRORS=none. UCX's peer-failure mode adds detection (keepalive, a
+    // flush that gives up) but in UCX 1.13 excludes the shared-memory transports (posix, sysv, cma: all over
+    // tcp loopback then, 2-7x slower), so by default it is on for peers on other hosts only (docs/hostnccl.md,
+    // "Transport").
     const bool remote = infos[r].live_addr != infos[me].live_addr;
-    if (c->env.peer_errors == kPeerErrorsAll || (c->env.peer_errors == kPeerErrorsRemote && remote)) {
+    if (c->env.peer_errors != kPeerErrorsNone) {
       c->ep_failure[r] = EpFailure{c, r};
-      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
       ep.err_handler.cb = OnEndpointError;
       ep.err_handler.arg = &c->ep_failure[r];
+    }
+    if (c->env.peer_errors == kPeerErrorsAll || (c->env.peer_errors == kPeerErrorsRemote && remote)) {
+      ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     }
     ep.address = reinterpret_cast<const ucp_address_t*>(infos[r].ucx_addr.data());
     st = ucp_ep_create(c->worker, &ep, &c->eps[r]);
@@ -675,6 +687,7 @@ void Teardown(Comm* c, bool graceful) {
       }
       ucp_request_free(r);
     };
+    const int64_t t0 = NowMs();
     if (graceful) {
       ucp_request_param_t p{};
       wait(ucp_worker_flush_nbx(c->worker, &p), NowMs() + 1000);
@@ -690,7 +703,10 @@ void Teardown(Comm* c, bool graceful) {
     }
     int64_t deadline = NowMs() + 200;
     for (void* r : closing) wait(r, deadline);
+    const int64_t t1 = NowMs();
     ucp_worker_destroy(c->worker);
+    Log(kTrace, c->rank, "teardown: flush and endpoint close %lld ms, worker destroy %lld ms",
+        static_cast<long long>(t1 - t0), static_cast<long long>(NowMs() - t1));
     c->worker = nullptr;
   }
   for (int r = 0; r < n; ++r) {
@@ -847,9 +863,10 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
       if (st != UCS_OK) {
         CancelAll(c, reqs);
         c->async_error = ncclRemoteError;
-        return Fail(st == UCS_ERR_MESSAGE_TRUNCATED ? ncclInvalidUsage : ncclRemoteError,
-                    "rank %d: transfer with rank %d failed: %s (mismatched counts between ranks?)", c->rank, p.peer,
-                    ucs_status_string(st));
+        const bool truncated = st == UCS_ERR_MESSAGE_TRUNCATED;
+        return Fail(truncated ? ncclInvalidUsage : ncclRemoteError, "rank %d: transfer with rank %d failed: %s (%s)",
+                    c->rank, p.peer, ucs_status_string(st),
+                    truncated ? "mismatched counts between ranks?" : "the peer died or its buffer went away");
       }
     }
     if (some && done > 0) {

@@ -72,7 +72,7 @@ struct Comm {
   Env env;
   ucp_worker_h worker = nullptr;
   std::vector<ucp_ep_h> eps;          // per peer, self included
-  std::vector<EpFailure> ep_failure;  // per peer, the error callback's argument (peer-failure mode endpoints)
+  std::vector<EpFailure> ep_failure;  // per peer, the UCX error callback's argument
   std::vector<int> live_fd;           // liveness TCP socket per peer (self: -1)
   std::vector<uint8_t> peer_state;    // 0 alive, 1 departed (said bye), 2 dead (EOF without bye)
   std::vector<int64_t> peer_gone_ms;  // when the peer was seen leaving

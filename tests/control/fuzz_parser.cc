@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include "common/json.h"
 #include "control/messages.h"
 #include "control/node.h"
 #include "migration/msgs.h"
@@ -119,8 +119,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       DecodeAll(rest);
       break;
     case 3: {
-      tmctl::Json j;
-      tmctl::ParseJson(std::string(rest.begin(), rest.end()), &j);
+      tm_tools::Json j;
+      tm_tools::ParseJson(std::string(rest.begin(), rest.end()), &j);
       break;
     }
     case 4: {  // raw bytes as a stream of sealed frames (after the handshake): nothing forged may open

@@ -14,8 +14,8 @@ printf '\x04TCMP\x02\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00
 # Inputs that once crashed it (regressions), run first.
 cp "$src/tests/control/fuzz_regressions/"* "$out/corpus/"
 printf '\x03{"a":[1,2.5,"x",true,null,{"b":{}}]}' > "$out/corpus/seed-json"
-exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_control_parser "$runs" -- -I"$src/lib" -I"$src/tools/tmctl" \
+exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_control_parser "$runs" -- -I"$src/lib" -I"$src/tools" \
   "$src/tests/control/fuzz_parser.cc" "$src/lib/base/crypto.cc" "$src/lib/control/wire.cc" "$src/lib/control/messages.cc" \
   "$src/lib/control/node.cc" "$src/lib/migration/msgs.cc" "$src/lib/migration/recovery_msgs.cc" \
   "$src/lib/migration/standby_msgs.cc" \
-  "$src/tools/tmctl/json.cc" -lcrypto
+  "$src/tools/common/json.cc" -lcrypto

@@ -30,12 +30,12 @@
 #include "control/agent.h"
 #include "control/client.h"
 #include "control/coordinator.h"
-#include "json.h"
+#include "common/json.h"
 #include "migration/engine.h"
 
 extern char** environ;
 using namespace trainmover::control;
-using tmctl::Json;
+using tm_tools::Json;
 
 namespace {
 
@@ -82,7 +82,7 @@ Json Status(const std::string& addr) {
   JsonReply r;
   REQUIRE_MESSAGE(Ok(cl.Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, 5000), &err), err);
   Json j;
-  REQUIRE(tmctl::ParseJson(r.json, &j));
+  REQUIRE(tm_tools::ParseJson(r.json, &j));
   return j;
 }
 
@@ -529,7 +529,7 @@ TEST_CASE("migrate/cancel/timeline: validated, recorded, answered clearly until 
   REQUIRE(Ok(cl.Call(MsgType::kTimelineReq, TimelineReq{0}, MsgType::kTimelineReply, &t, 5000), &err));
   REQUIRE(t.ok);
   Json tj;
-  REQUIRE(tmctl::ParseJson(t.json, &tj));
+  REQUIRE(tm_tools::ParseJson(t.json, &tj));
   CHECK(tj["otherData"]["migration"].Int() == 3);
   bool phase = false;
   for (const Json& e : tj["traceEvents"].arr) phase |= e["ph"].Str() == "X" && e["name"].Str() == "requested";

@@ -208,7 +208,13 @@ int main(int argc, char** argv) {
   int f = ht::RunRanks(n, Body, 50);
   f += ht::RunRanks(n, ScalableBody, 50);
   f += ht::RunRanks(1, InitAllBody, 50);
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer cannot follow the child of a multi-threaded process once it starts threads: glibc hands it
+  // the parent's cached thread stacks and TSan stops on "dup thread with used id" (docs/reliability.md).
+  printf("the fork case is left out under ThreadSanitizer\n");
+#else
   f += ht::RunRanks(1, ForkBody, 50);
+#endif
   printf("%s: %d failures\n", f ? "FAIL" : "PASS", f);
   return f ? 1 : 0;
 }

@@ -67,14 +67,15 @@ int DeadPeerBody(int rank, int n, const ncclUniqueId& id) {
 }
 
 // A peer SIGKILLed in the middle of large AllReduces (rendezvous transfers in flight): the survivor gets an error
-// with a message, is not aborted and does not hang. HOSTNCCL_PEER_ERRORS=all: on one host UCX's cma would read the
-// dead peer's memory, which UCX 1.13 turns into an abort of the survivor unless the endpoint is in peer-failure
-// mode (the default puts only endpoints to other hosts in it; docs/hostnccl.md, "Liveness and timeouts").
-// algo (HOSTNCCL_ALGO, or nullptr for the default) and victim choose the algorithm and the rank that dies: with
+// with a message, is not aborted and does not hang. On one host UCX's cma reads the dying peer's memory; UCX 1.13
+// makes that read's failure (ESRCH) an abort of the survivor unless the endpoint has an error callback (before
+// 2026-12-02 only peer-failure mode endpoints had one, and the default mode aborted the survivor about one run in
+// three; docs/hostnccl.md, "Transport"). peer_errors (HOSTNCCL_PEER_ERRORS, or nullptr for the default), algo
+// (HOSTNCCL_ALGO, or nullptr) and victim choose the endpoints' mode, the algorithm and the rank that dies: with
 // "ring" and a middle rank, the chain AllReduce loses a link while its neighbours wait on it and on each other.
-int KilledMidOpBody(int rank, int n, const ncclUniqueId& id, int victim, const char* algo) {
+int KilledMidOpBody(int rank, int n, const ncclUniqueId& id, int victim, const char* peer_errors, const char* algo) {
   int failures = 0;
-  setenv("HOSTNCCL_PEER_ERRORS", "all", 1);
+  if (peer_errors) setenv("HOSTNCCL_PEER_ERRORS", peer_errors, 1);
   if (algo) setenv("HOSTNCCL_ALGO", algo, 1);
   ncclComm_t comm;
   HT_NCCL(ncclCommInitRank(&comm, n, id, rank));
@@ -228,13 +229,19 @@ int main(int argc, char** argv) {
       {"peer killed mid-allreduce", 3,
        [] {
          return ht::RunRanks(
-             2, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, nullptr); }, 50,
+             2, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, nullptr, nullptr); }, 50,
+             1u << 1);
+       }},
+      {"peer killed mid-allreduce, peer-failure mode", 1,
+       [] {
+         return ht::RunRanks(
+             2, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, "all", nullptr); }, 50,
              1u << 1);
        }},
       {"middle of the chain killed mid-allreduce", 2,
        [] {
          return ht::RunRanks(
-             3, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, "ring"); }, 50,
+             3, [](int r, int n, const ncclUniqueId& id) { return KilledMidOpBody(r, n, id, 1, nullptr, "ring"); }, 50,
              1u << 1);
        }},
       {"frozen peer timeout", 1, [] { return ht::RunRanks(2, FrozenPeerBody); }},

@@ -43,28 +43,60 @@ namespace ht {
 
 using Body = std::function<int(int rank, int nranks, const ncclUniqueId& id)>;
 
+// A hang guard's seconds times TM_TEST_TIMEOUT_SCALE (`./run test --sanitize` sets 3: sanitized ranks run
+// several times slower).
+inline int ScaledTimeout(int seconds) {
+  const char* v = getenv("TM_TEST_TIMEOUT_SCALE");
+  int scale = v ? atoi(v) : 1;
+  return seconds * (scale > 1 ? scale : 1);
+}
+
 // Forks nranks children running body; returns the total failures (a crash, a signal or the timeout counts,
-// except SIGKILL of a rank in killed_ok, a bit mask of ranks that are meant to be killed).
+// except SIGKILL of a rank in killed_ok, a bit mask of ranks that are meant to be killed). The timeout is
+// scaled by ScaledTimeout.
 inline int RunRanks(int nranks, const Body& body, int timeout_s = 50, uint64_t killed_ok = 0) {
-  ncclUniqueId id;
-  if (ncclGetUniqueId(&id) != ncclSuccess) {
-    fprintf(stderr, "ncclGetUniqueId failed: %s\n", ncclGetLastError(nullptr));
-    return 1;
-  }
+  timeout_s = ScaledTimeout(timeout_s);
+  // The ranks are forked before the unique id exists, while this process has one thread: ncclGetUniqueId
+  // starts the rendezvous thread, and a child of a multi-threaded process may not start threads of its own
+  // (ThreadSanitizer refuses it). Each rank reads the id from its pipe; a rank that reads none exits failed.
   fflush(stdout);
   fflush(stderr);
   std::vector<pid_t> pids;
-  for (int r = 0; r < nranks; ++r) {
+  std::vector<int> id_pipes;
+  int failures = 0;
+  for (int r = 0; r < nranks && failures == 0; ++r) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+      perror("pipe");  // the ranks forked so far read no id
+      ++failures;
+      break;
+    }
     pid_t p = fork();
     if (p == 0) {
-      int f = body(r, nranks, id);
+      for (int w : id_pipes) close(w);
+      close(fds[1]);
+      ncclUniqueId id;
+      bool got = read(fds[0], &id, sizeof id) == static_cast<ssize_t>(sizeof id);  // a pipe: one write, whole
+      close(fds[0]);
+      int f = got ? body(r, nranks, id) : 1;
       fflush(stdout);
       fflush(stderr);
       _exit(f > 100 ? 100 : f);
     }
+    close(fds[0]);
+    id_pipes.push_back(fds[1]);
     pids.push_back(p);
   }
-  int failures = 0;
+  ncclUniqueId id;
+  bool have_id = failures == 0 && ncclGetUniqueId(&id) == ncclSuccess;
+  if (failures == 0 && !have_id) {
+    fprintf(stderr, "ncclGetUniqueId failed: %s\n", ncclGetLastError(nullptr));
+    ++failures;
+  }
+  for (int w : id_pipes) {
+    if (have_id && write(w, &id, sizeof id) != static_cast<ssize_t>(sizeof id)) ++failures;
+    close(w);
+  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   size_t left = pids.size();
   std::vector<bool> done(pids.size(), false);

@@ -35,7 +35,7 @@ ALLOWED = {
     "tools/tm_train": ["tools/common", "lib/base", "include", "common"],
     "tools/tmrun": ["tools/common", "lib/migration", "lib/control", "lib/base", "common"],
     "tools/trainmoverd": ["lib/migration", "lib/control", "lib/base", "common"],
-    "tools/tmctl": ["lib/control", "lib/base", "common"],
+    "tools/tmctl": ["tools/common", "lib/control", "lib/base", "common"],
     "tools/trainmover_info": ["lib/base", "common"],
     "tools/harness": [],
     "perf": ["lib/control", "lib/transfer", "lib/base", "common"],

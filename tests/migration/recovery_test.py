@@ -257,21 +257,57 @@ def scenario_second_failure():
     print(f"second_failure_buddy: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
 
 
-def scenario_blocked():
-    # the others wait in an AllReduce for a rank that is stopped, then killed: they return (fenced) and recover
+def stopped_then_killed(name, stop, **job_args):
+    """3 ranks: rank `stop` is stopped, 0.5 s later rank 1 is killed; a stopped survivor is resumed once rank 1's
+    memory is gone. Rank 1 must be recovered and every digest bit-identical."""
     mt.clear_joiner_logs()
-    job = Job("blocked", 3, steps=300, step_ms=8)
+    job = Job(name, 3, **job_args)
     try:
-        job.wait_step(20)
-        pid = recoverable_pid(job, 1)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.5)  # the survivors are now blocked in the AllReduce of their next step
-        os.kill(pid, signal.SIGKILL)
+        job.wait_step(10)
+        victim = recoverable_pid(job, 1)
+        stopped = pid_of(job, stop)
+        os.kill(stopped, signal.SIGSTOP)
+        time.sleep(0.5)  # the running ranks are now blocked in an AllReduce on the stopped one
+        os.kill(victim, signal.SIGKILL)
+        if stopped != victim:
+            wait_gone(job, victim)
+            os.kill(stopped, signal.SIGCONT)
         check_report(job, wait_recovered(job, 1), 1)
         job.finish()
     finally:
         job.kill()
     job.check_digests({1})
+
+
+def wait_gone(job, pid):
+    """Waits until process pid has exited (a zombie or reaped): its memory is released by then."""
+    deadline = time.monotonic() + mt.TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    fail(f"{job.name}: process {pid} did not exit after SIGKILL")
+
+
+def scenario_blocked():
+    # the others wait in an AllReduce for a rank that is stopped, then killed: they return (fenced) and recover
+    stopped_then_killed("blocked", 1, steps=300, step_ms=8)
+
+
+def scenario_blocked_cma():
+    # A 1 MB model (250,000 parameters): each step's gradient AllReduce sends messages of 333 KB, which on one host
+    # the receivers read straight out of the sender's memory (UCX's cma rendezvous, process_vm_readv). Rank 0 is
+    # stopped; rank 1 runs into the AllReduce rank 0 is in or about to enter, posts its messages and waits on it (its
+    # buddy, rank 2, keeps running, so rank 1 never waits at a safe point for a snapshot pull instead); rank 1 is
+    # killed, and once its memory is gone rank 0 resumes and reads its messages: the reads fail (ESRCH). Rank 0 must
+    # get hostnccl's error and be fenced and recovered like rank 2, every digest bit-identical; UCX 1.13 aborted it
+    # there before hostnccl put an error callback on every endpoint (docs/hostnccl.md, "Transport"; with
+    # HOSTNCCL_PEER_ERRORS=none in the environment it still does, and recovery is then impossible).
+    stopped_then_killed("blocked_cma", 0, params=250000, steps=60, step_ms=30)
 
 
 def scenario_silent():
@@ -752,6 +788,7 @@ def scenario_after_switch():
 
 SCENARIOS = {"kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
+             "blocked_cma": scenario_blocked_cma,
              "nccl_detected": scenario_nccl_detected,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
              "no_safe_points": scenario_no_safe_points, "no_snapshot": scenario_no_snapshot_yet,

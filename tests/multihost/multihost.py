@@ -15,10 +15,15 @@ Scenarios (each compares every rank's final digest with an uninterrupted single-
             --to host3 --spawn` starts the joiner there through it; then `tmctl migrate --host host2 --to host3
             --spawn` moves both ranks of host 2; `tmctl status` lists the hosts and their agents; a migration
             --to a host without a node agent is refused
+  recover   the same job with a standby on host 2 (`tmrun --standby 1` on node 1): rank 3 (host 2) is killed with
+            SIGKILL, node 1's tmrun asks the coordinator and keeps its other rank, the standby takes rank 3; then
+            rank 2 (host 2) is killed, no standby is left, and a replacement is spawned on the coordinator's host
+            (host 1) with host 1's own host-local variables
 Needs root and iproute2 (ip netns); exits 77 with the reason otherwise.
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -184,6 +189,67 @@ def scenario_node():
     check(got, want)
 
 
+def wait_recoveries(n):
+    """Waits until n failure recoveries are done; returns the last one's record."""
+    deadline = time.monotonic() + nethosts.TIMEOUT
+    while time.monotonic() < deadline:
+        recs = [m for m in C.status()["migrations"] if m["kind"] == "recover"]
+        if len(recs) >= n and recs[n - 1]["state"] not in ("requested", "spawning", "sandbox", "building", "agreeing",
+                                                           "switching"):
+            if recs[n - 1]["state"] != "done":
+                fail(f"recovery {n} ended {recs[n - 1]['state']}: {recs[n - 1]['reason']}")
+            return recs[n - 1]
+        time.sleep(0.1)
+    fail(f"recovery {n} did not complete")
+
+
+def kill_rank(rank):
+    pid = next(p["pid"] for p in C.status()["processes"]
+               if p["state"] == "alive" and p["role"] == "worker" and p["rank"] == rank)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def scenario_recover():
+    steps, step_ms = 1500, 10
+    want = reference(4, steps)
+    nodes = C.start_job(steps, step_ms, node_args={1: ["--standby", "1"]})
+    deadline = time.monotonic() + nethosts.TIMEOUT
+    while time.monotonic() < deadline and not any(
+            p["role"] == "standby" and p["state"] == "alive" and p["standby"]["ready"] and p["host"] == "host2"
+            for p in C.status()["processes"]):
+        time.sleep(0.1)
+    C.wait_step(20)  # and every rank's snapshot on its buddy (at every safe point, TRAINMOVER_SNAPSHOT_EVERY=1)
+    for n, rank, how in ((1, 3, "standby"), (2, 2, "spawned")):
+        pid = kill_rank(rank)
+        rec = wait_recoveries(n)
+        if how not in rec["recovery"]["replacement"]:
+            fail(f"rank {rank}'s recovery: replacement {rec['recovery']['replacement']!r}, expected a {how} one")
+        hosts = {p["rank"]: p["host"] for p in C.status()["processes"] if p["state"] == "alive" and p["rank"] >= 0
+                 and p["role"] == "worker"}
+        print(f"recover: rank {rank} (pid {pid}, host2) killed; recovered by {rec['recovery']['replacement']} at step "
+              f"{rec['recovery']['rollback_step']} ({rec['recovery']['lost_steps']} lost), downtime "
+              f"{rec['downtime_ms']:.1f} ms; ranks on {hosts}")
+        if hosts.get(rank) != ("host2" if how == "standby" else "host1"):
+            fail(f"rank {rank} should run on {'host2' if how == 'standby' else 'host1'} now: {hosts}")
+    finish(nodes)
+    with open(os.path.join(WORK, "node1.log"), errors="replace") as f:
+        log1 = f.read()
+    if "the coordinator recovers it" not in log1:
+        fail("node 1's tmrun did not say that the coordinator recovers its rank")
+    got = node_digests(skip=(2, 3))
+    m = re.search(r"^\[s0\] final-state sha256:([0-9a-f]+)$", log1, re.M)
+    if m:
+        got[3] = m.group(1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and 2 not in got:  # the spawned replacement's log (coordinator's children)
+        d = nethosts.digests(os.path.join(WORK, "joiner-2.log")) if os.path.exists(os.path.join(WORK, "joiner-2.log")) else {}
+        if None in d:
+            got[2] = d[None]
+        time.sleep(0.2)
+    check(got, want)
+
+
 def main():
     try:
         C.make()
@@ -192,7 +258,7 @@ def main():
         return 77
     try:
         {"launch": scenario_launch, "migrate": scenario_migrate, "host": scenario_host, "cut": scenario_cut,
-         "node": scenario_node}[SCENARIO]()
+         "node": scenario_node, "recover": scenario_recover}[SCENARIO]()
     except RuntimeError as e:
         fail(str(e))
     finally:

@@ -132,11 +132,13 @@ class Cluster:
         return ["env", f"LD_PRELOAD={b['shim']}", f"TRAINMOVER_NCCL_LIBRARY={b['hostnccl']}", b["tm_train"], "--steps",
                 str(steps), "--params", "3000", "--seed", "7", "--log-every", "0", "--step-ms", str(step_ms)] + list(extra)
 
-    def start_job(self, steps, step_ms, nodes=2, per_node=2, port=29400, extra=()):
-        """tmrun --nnodes on hosts 0..nodes-1; returns (node processes, master address, coordinator address)."""
+    def start_job(self, steps, step_ms, nodes=2, per_node=2, port=29400, extra=(), node_args=None):
+        """tmrun --nnodes on hosts 0..nodes-1 (node_args: {k: more tmrun options of node k}); returns the node
+        processes."""
         self.master = f"{self.addr(0)}:{port}"
         procs = [self.spawn(k, [self.bins["tmrun"], "--nnodes", str(nodes), "--node-rank", str(k), "--master",
-                                self.master, "-n", str(per_node), "--"] + self.train_cmd(steps, step_ms, extra),
+                                self.master, "-n", str(per_node)] + list((node_args or {}).get(k, ())) + ["--"] +
+                            self.train_cmd(steps, step_ms, extra),
                             f"node{k}.log") for k in range(nodes)]
         deadline = time.monotonic() + 30
         self.coord = None

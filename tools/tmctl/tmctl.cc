@@ -30,9 +30,9 @@
 #include "base/config.h"
 #include "base/spawn_process.h"  // IsSecretEnvName
 #include "control/client.h"
-#include "json.h"
+#include "common/json.h"
 
-using tmctl::Json;
+using tm_tools::Json;
 using trainmover::base::Status;
 using trainmover::control::CancelReply;
 using trainmover::control::CancelReq;
@@ -92,7 +92,7 @@ Status FetchStatus(Client* c, Json* out, std::string* raw) {
   TM_CHECK(c->Call(MsgType::kStatusReq, StatusReq{}, MsgType::kStatusReply, &r, kTimeoutMs));
   if (!r.ok) return Status::Error(r.json);
   if (raw) *raw = r.json;
-  if (!tmctl::ParseJson(r.json, out)) {
+  if (!tm_tools::ParseJson(r.json, out)) {
     return Status::Error("the coordinator sent a status document tmctl cannot parse");
   }
   return Status::Ok();

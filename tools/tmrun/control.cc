@@ -5,14 +5,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
-#include <chrono>
 #include <thread>
 
+#include "base/host.h"
 #include "base/thread.h"
+#include "common/json.h"
+#include "control/client.h"
 #include "control/coordinator.h"
 #include "control/wire.h"
 #include "migration/engine.h"
@@ -21,6 +25,10 @@
 namespace tmrun {
 
 using trainmover::base::Status;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kRemotePollMs = 500;  // how often WorkersTraining asks a coordinator that is not embedded
+constexpr int kRemoteAskMs = 2000;  // the deadline of one such question
 
 struct ControlPlane::Embedded {
   std::unique_ptr<trainmover::control::Coordinator> coord;
@@ -42,16 +50,69 @@ ControlPlane::~ControlPlane() {
 
 int ControlPlane::JobProcesses() const { return embedded_ ? embedded_->coord->alive_processes() : 0; }
 
-int ControlPlane::WorkersTraining() const { return embedded_ ? embedded_->coord->workers_training() : 0; }
+// A coordinator not embedded here (node K > 0, or tmrun --coordinator): one tool connection, kept while it works.
+struct ControlPlane::Remote {
+  trainmover::control::Client client;
+  bool connected = false;
+  Clock::time_point next_ask{};  // WorkersTraining asks no more often than kRemotePollMs
+  int workers_training = 0;      // its last answer
+};
 
-bool ControlPlane::Recovering(int wait_ms, pid_t pid) const {
-  if (!embedded_) return false;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
-  while (embedded_->coord->recovering() == 0 && !embedded_->coord->fenced_pid(static_cast<uint32_t>(pid))) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+bool ControlPlane::AskRemote(pid_t pid, Clock::time_point deadline, JobFigures* out) {
+  if (address_.empty()) return false;
+  if (!remote_) remote_ = std::make_unique<Remote>();
+  const int left_ms = static_cast<int>(
+      std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
+  const char* token = getenv("TRAINMOVER_TOKEN");  // Setup put the job's token there
+  if (!remote_->connected &&
+      !remote_->client.Connect(address_, token ? token : "", trainmover::control::kClientTool, left_ms).ok()) {
+    return false;
+  }
+  remote_->connected = true;
+  trainmover::control::JsonReply reply;
+  tm_tools::Json doc;
+  if (!remote_->client
+           .Call(trainmover::control::MsgType::kStatusReq, trainmover::control::StatusReq{},
+                 trainmover::control::MsgType::kStatusReply, &reply, left_ms)
+           .ok() ||
+      !reply.ok || !tm_tools::ParseJson(reply.json, &doc)) {
+    remote_->connected = false;  // a new connection next time
+    return false;
+  }
+  out->workers_training = static_cast<int>(doc["job"]["workers_training"].Int());
+  out->recoveries_running = static_cast<int>(doc["job"]["recoveries_running"].Int());
+  out->fenced = false;
+  for (const tm_tools::Json& p : doc["processes"].arr) {
+    out->fenced |= p["pid"].Int() == pid && p["host"].Str() == trainmover::base::HostName() && p["fenced"].Bool();
   }
   return true;
+}
+
+int ControlPlane::WorkersTraining() {
+  if (embedded_) return embedded_->coord->workers_training();
+  if (address_.empty()) return 0;
+  if (!remote_ || Clock::now() >= remote_->next_ask) {
+    JobFigures f;
+    const auto now = Clock::now();
+    if (AskRemote(0, now + std::chrono::milliseconds(kRemoteAskMs), &f)) remote_->workers_training = f.workers_training;
+    if (remote_) remote_->next_ask = now + std::chrono::milliseconds(kRemotePollMs);
+  }
+  return remote_ ? remote_->workers_training : 0;
+}
+
+bool ControlPlane::Recovering(int wait_ms, pid_t pid) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(wait_ms);
+  for (;;) {
+    if (embedded_) {
+      if (embedded_->coord->recovering() > 0 || embedded_->coord->fenced_pid(static_cast<uint32_t>(pid))) return true;
+    } else if (JobFigures f; AskRemote(pid, deadline, &f) && (f.recoveries_running > 0 || f.fenced)) {
+      return true;
+    } else if (address_.empty()) {
+      return false;
+    }
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(embedded_ ? 5 : 50));
+  }
 }
 
 std::string NewJobToken() {

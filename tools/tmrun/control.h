@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -38,19 +39,32 @@ class ControlPlane {
   }
   const std::string& address() const { return address_; }        // "" when disabled
   const std::string& token_file() const { return token_file_; }  // "" unless embedded
-  // Processes of the job alive at the embedded coordinator (0 when none is embedded here).
+  // Processes of the job alive at the embedded coordinator (0 when none is embedded here: only node 0 keeps
+  // serving a job whose ranks moved away).
   int JobProcesses() const;
-  // Workers alive at the embedded coordinator that reached a safe point (0 when none is embedded here).
-  int WorkersTraining() const;
-  // Whether the embedded coordinator recovers a failed rank (docs/recovery.md): waits up to `wait_ms` for a
-  // recovery to be running (it declares the failure when the rank's connection closes, which may come just after
-  // tmrun saw the exit), or for `pid` to be one that a recovery declared failed and replaced (it was stopped and ended
-  // when it woke up). False without an embedded coordinator.
-  bool Recovering(int wait_ms, pid_t pid) const;
+  // Workers alive that reached a safe point: the embedded coordinator's figure, else the coordinator's status
+  // document ("job", docs/protocol.md; asked at most every kRemotePollMs); 0 when there is no coordinator or it
+  // does not answer.
+  int WorkersTraining();
+  // Whether the coordinator recovers a failed rank (docs/recovery.md): waits up to `wait_ms` for a recovery to be
+  // running (it declares the failure when the rank's connection closes, which may come just after tmrun saw the
+  // exit), or for `pid` on this host to be one that a recovery declared failed and replaced (it was stopped and
+  // ended when it woke up). The embedded coordinator is asked directly, another one (nodes K > 0, --coordinator)
+  // through its status document. False without a coordinator, or when it does not answer within `wait_ms`.
+  bool Recovering(int wait_ms, pid_t pid);
 
  private:
   struct Embedded;
+  struct Remote;
+  // The job's figures from a coordinator that is not embedded here; false when it cannot be asked by `deadline`.
+  struct JobFigures {
+    int workers_training = 0;
+    int recoveries_running = 0;
+    bool fenced = false;  // the pid asked about, on this host
+  };
+  bool AskRemote(pid_t pid, std::chrono::steady_clock::time_point deadline, JobFigures* out);
   std::unique_ptr<Embedded> embedded_;
+  std::unique_ptr<Remote> remote_;
   std::string address_, token_file_, dir_;
   int heartbeat_timeout_ms_ = 10000;
   trainmover::control::StragglerOptions straggler_;

@@ -506,15 +506,20 @@ int main(int argc, char** argv) {
     ranks.resize(static_cast<size_t>(cfg.nproc));
     for (int r = 0; r < cfg.nproc; ++r) ranks[static_cast<size_t>(r)].rank = cfg.node_rank * cfg.nproc + r;
   }
-  // Standbys (docs/recovery.md, "Standbys"): standby K warms up as rank K mod the world size. They start once every
-  // rank trains (reached a safe point at the coordinator): before that, one warming up as a rank that publishes a
-  // unique id in the store could publish its sandboxed one first. Started, they are children like the ranks (their
-  // output relayed as [sK]), stopped with them; one that exits never stops the job (one that held a rank is
-  // recovered, or the survivors end saying why); the coordinator dismisses those still waiting when the job ends.
+  // Standbys (docs/recovery.md, "Standbys"): standby K warms up as this node's rank K mod --nproc. They start once
+  // every rank of the job trains (reached a safe point at the coordinator, embedded or asked): before that, one
+  // warming up as a rank that publishes a unique id in the store could publish its sandboxed one first. Started, they
+  // are children like the ranks (their output relayed as [sK]), stopped with them; one that exits never stops the job
+  // (one that held a rank is recovered, or the survivors end saying why); the coordinator dismisses those still
+  // waiting when the job ends.
+  if (cfg.standby > 0 && control.address().empty()) {
+    fprintf(stderr, "tmrun: --standby needs a coordinator, and this job has none (node 0 runs --no-coordinator)\n");
+    return 2;
+  }
   std::vector<Rank> standbys(static_cast<size_t>(cfg.standby));
   for (int k = 0; k < cfg.standby; ++k) {
     standbys[static_cast<size_t>(k)].standby = k;
-    standbys[static_cast<size_t>(k)].rank = k % job.world;
+    standbys[static_cast<size_t>(k)].rank = cfg.node_rank * cfg.nproc + k % cfg.nproc;
   }
   bool standbys_started = cfg.standby == 0;
 

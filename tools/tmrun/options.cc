@@ -62,8 +62,8 @@ const std::vector<Option>& Table() {
       {"--replace", nullptr, "R", "the rank a joiner takes over (with --join)",
        [](Config* c, const std::string& v) { return ToInt(v, 0, &c->replace); }},
       {"--standby", nullptr, "K",
-       "K standbys: the command again with TRAINMOVER_ROLE=standby, started once every rank trains; each warms up "
-       "and waits to replace a rank that fails",
+       "K standbys on this node: the command again with TRAINMOVER_ROLE=standby, started once every rank of "
+       "the job trains; standby k warms up as this node's k-th rank (mod --nproc) and waits to replace a rank that fails",
        [](Config* c, const std::string& v) { return ToInt(v, 1, &c->standby); }},
       {"--store", nullptr, "HOST:PORT", "the job's key-value store (with --join; same as --master)",
        [](Config* c, const std::string& v) { return !(c->store = v).empty(); }},
@@ -180,10 +180,8 @@ int ParseArgs(int argc, char** argv, Config* cfg) {
     problem = "--node-rank K must be below --nnodes";
   else if (cfg->nnodes > 1 && cfg->master.empty())
     problem = "--nnodes > 1 needs --master ADDR:PORT (node 0's address)";
-  else if (cfg->standby > 0 && (cfg->join || cfg->node_rank != 0 || cfg->no_shim || cfg->no_coordinator ||
-                                 !cfg->coordinator.empty() || getenv("TRAINMOVER_COORDINATOR")))
-    problem = "--standby K needs tmrun's embedded coordinator and the shim (node 0, no --join, --coordinator, "
-              "--no-coordinator or --no-shim); elsewhere start standbys with TRAINMOVER_ROLE=standby once the job trains";
+  else if (cfg->standby > 0 && (cfg->join || cfg->node || cfg->no_shim || cfg->no_coordinator))
+    problem = "--standby K needs the shim and a coordinator (no --join, --node, --no-coordinator or --no-shim)";
   else if (cfg->no_shim && !cfg->shim.empty())
     problem = "--shim and --no-shim exclude each other";
   std::string why;

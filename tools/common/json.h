@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-// json.h: a minimal JSON reader for tmctl (the coordinator's status and timeline documents). Parses
+// json.h: a minimal JSON reader for the tools (the coordinator's status and timeline documents: tmctl, tmrun). Parses
 // objects, arrays, strings (with \uXXXX below 0x80 only), numbers, true/false/null; depth-bounded.
-#ifndef TRAINMOVER_TOOLS_TMCTL_JSON_H_
-#define TRAINMOVER_TOOLS_TMCTL_JSON_H_
+#ifndef TRAINMOVER_TOOLS_COMMON_JSON_H_
+#define TRAINMOVER_TOOLS_COMMON_JSON_H_
 
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-namespace tmctl {
+namespace tm_tools {
 
 struct Json {
   enum Type { kNull, kBool, kNum, kStr, kArr, kObj } type = kNull;
@@ -33,6 +33,6 @@ struct Json {
 // Parses `text`; false on a syntax error.
 bool ParseJson(const std::string& text, Json* out);
 
-}  // namespace tmctl
+}  // namespace tm_tools
 
-#endif  // TRAINMOVER_TOOLS_TMCTL_JSON_H_
+#endif  // TRAINMOVER_TOOLS_COMMON_JSON_H_

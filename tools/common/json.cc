@@ -3,7 +3,7 @@
 
 #include <cstdlib>
 
-namespace tmctl {
+namespace tm_tools {
 
 namespace {
 
@@ -148,4 +148,4 @@ bool ParseJson(const std::string& text, Json* out) {
   return p.i == text.size();
 }
 
-}  // namespace tmctl
+}  // namespace tm_tools
