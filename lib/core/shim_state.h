@@ -142,7 +142,9 @@ constexpr size_t kOpRing = 64;  // power of two
 struct VComm {
   static constexpr uint64_t kMagic = 0x544d56434f4d4d31ull;  // "TMVCOMM1"
   static constexpr uint64_t kDead = 0x544d56434f4d4d30ull;   // destroyed
-  uint64_t magic = 0;
+  // Atomic: other threads (tm-commpoll, the agent's tick, the migration) check it on LiveVComms' pointers while
+  // ncclCommDestroy retires the VComm (ThreadSanitizer reported the plain field's race, tools_tm_train_3d).
+  std::atomic<uint64_t> magic{0};
   std::atomic<ncclComm_t> real{nullptr};  // null: no real communicator (sandboxed); read through RealUse
   std::atomic<ncclComm_t> next{nullptr};  // replacement being built (migration)
   // Calls in flight on `real` (RealUse): each counts in calls[epoch & 1] from before it loads `real` until the

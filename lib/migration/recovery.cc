@@ -145,7 +145,7 @@ class Recovery {
   }
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
   void Drain() {
-    polling_.store(false);
+    StopPoll();
     // Then this process's reads of others' snapshots close their endpoints in order: a reader that just exits
     // leaves UCX 1.13's TCP transport in the serving process to a fatal error ("failed to modify event handler",
     // multihost_launch: the ranks of the node that finished first were the readers).
@@ -264,8 +264,12 @@ class Recovery {
   std::map<int32_t, Held> held_;
   std::unique_ptr<transfer::StateClient> client_;
   std::vector<std::unique_ptr<transfer::StateServer>> exposed_;
-  // The background poll of the real communicators (never joined: it lives as long as the process).
-  std::atomic<bool> polling_{false};
+  // The background poll of the real communicators: until Drain (at exit), which wakes and joins it, so that it
+  // is not inside PollComms while the shim's statics are destroyed (ThreadSanitizer reported it unjoined).
+  void StopPoll();
+  std::mutex poll_mu_;
+  std::condition_variable poll_cv_;
+  bool polling_ = false;  // poll_mu_
   std::thread poll_thread_;
 };
 
@@ -379,14 +383,26 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
 void Recovery::StartPoll() {
   const int64_t every = shim::ProcessConfig().comm_poll_ms;
   if (!on_ || every <= 0) return;
-  polling_.store(true);
+  polling_ = true;
   poll_thread_ = w_.StartThread("tm-commpoll", [this, every] {
     std::set<ncclComm_t> reported;
-    while (polling_.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(every));
-      if (polling_.load() && w_.Connected() && !shim::ProcessSandboxed() && !shim::ProcessLeaving()) PollComms(reported);
+    std::unique_lock<std::mutex> lk(poll_mu_);
+    while (!poll_cv_.wait_for(lk, std::chrono::milliseconds(every), [this] { return !polling_; })) {
+      lk.unlock();
+      if (w_.Connected() && !shim::ProcessSandboxed() && !shim::ProcessLeaving()) PollComms(reported);
+      lk.lock();
     }
   });
+}
+
+void Recovery::StopPoll() {
+  {
+    std::lock_guard<std::mutex> lk(poll_mu_);
+    polling_ = false;
+  }
+  poll_cv_.notify_all();
+  // World::Exit drains too; from the poll thread itself (a fatal verdict while polling) there is nothing to join.
+  if (poll_thread_.joinable() && poll_thread_.get_id() != std::this_thread::get_id()) poll_thread_.join();
 }
 
 void Recovery::PollComms(std::set<ncclComm_t>& reported) {
