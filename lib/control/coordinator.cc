@@ -388,7 +388,15 @@ void Coordinator::ClosePeer(int fd, const std::string& why) {
     ProcessRec* pr = FindProcess(proc);
     if (pr && pr->conn_fd == fd) {
       pr->conn_fd = -1;
-      if (pr->state == ProcState::kAlive) MarkLost(*pr, why);
+      // While this coordinator hears nobody, and for a return grace after, a connection that ends without BYE was
+      // most likely given up by its agent during the silence: its BYE "reconnect" was lost with the link, and the
+      // closed socket answered this coordinator's held KEEPALIVEs with a reset (docs/reliability.md).
+      const bool after_silence = isolated_since_ || (rejoined_ns_ && NowMonotonicNs() < rejoined_ns_ + ReturnGraceNs());
+      if (pr->state == ProcState::kAlive && after_silence) {
+        MarkReconnecting(*pr, why + ", just after this coordinator heard nobody");
+      } else if (pr->state == ProcState::kAlive) {
+        MarkLost(*pr, why);
+      }
     }
   }
   peers_.erase(it);  // closes the socket
@@ -756,6 +764,7 @@ void Coordinator::CheckHeartbeats() {
       if (member(pr)) newest_heard = std::max(newest_heard, pr.last_heartbeat_ns);
     }
     isolated_since_ = 0;
+    rejoined_ns_ = now;
   }
   auto proven = [&](const ProcessRec& pr, uint64_t deadline) {
     return newest_heard > deadline || job_alive - (member(pr) ? 1 : 0) <= 0;

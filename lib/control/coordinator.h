@@ -307,6 +307,8 @@ class Coordinator final : public EngineHost {
   bool flood_warned_ = false;  // one WARN for connection floods per coordinator
   // Monotonic: the newest word from any process when every silent one lacked proof (CheckHeartbeats); 0: none.
   uint64_t isolated_since_ = 0;
+  // Monotonic: when it last ran or heard the job again after a pause or isolation (CheckHeartbeats); 0: never.
+  uint64_t rejoined_ns_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> alive_processes_{0};
   std::atomic<int> recovering_{0};

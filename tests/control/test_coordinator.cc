@@ -1133,3 +1133,32 @@ TEST_CASE("a coordinator that hears no process declares none failed; silence is 
   Reap(a);
   Reap(b);
 }
+
+TEST_CASE("a connection that ends while the coordinator hears nobody is a reconnection until its grace runs out") {
+  // After a cut of the coordinator's host, an agent that gave up on the silent connection closed it and its BYE
+  // "reconnect" was lost with the link; the close (a reset, answering the held KEEPALIVEs) reaches the coordinator
+  // first. A process killed then is still declared, one return grace later.
+  auto* losses = new LossRecorder;
+  Coord co(600, "127.0.0.1:0", true, std::unique_ptr<Engine>(losses));
+  pid_t a = Spawn(co.addr(), 0, 2, "0x12"), b = Spawn(co.addr(), 1, 2, "0x12");
+  Json st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "alive") == 2; });
+  REQUIRE(CountState(st, "alive") == 2);
+  const uint64_t a_id = IdOfPid(st, a);
+  kill(a, SIGSTOP);
+  kill(b, SIGSTOP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // past the 600 ms timeout: nobody heard
+  Reap(a);                                                        // its connection ends, no BYE
+  st = WaitStatus(co.addr(), [](const Json& j) { return CountState(j, "lost") == 1; });
+  REQUIRE(losses->Of(a_id).size() == 1);
+  CHECK(losses->Of(a_id)[0].returning);
+  CHECK(losses->Of(a_id)[0].reason.find("just after this coordinator heard nobody") != std::string::npos);
+  kill(b, SIGCONT);  // heard again; a never registers again: lost for good once its grace ran out
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (losses->Of(a_id).size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(losses->Of(a_id).size() == 2);
+  CHECK_FALSE(losses->Of(a_id)[1].returning);
+  CHECK(losses->Of(a_id)[1].reason.find("after it said it would reconnect") != std::string::npos);
+  Reap(b);
+}

@@ -12,6 +12,10 @@ fault:
   cut    its control connection cut: every connection of that process to the coordinator goes through a relay of
          this test that stops forwarding (no reset, like a link that went down) and keeps new connections silent
          too; restored after FREEZE_S (for the coordinator: every process's relay)
+  host   its host cut off: the job runs in a network namespace of its own ("host1", tools/harness/nethosts.py) and
+         the struck process in a second one ("host2", its own address and veth on the same bridge); the cut takes
+         host2's link down (every connection of the process: control, hostnccl's, UCX's) and brings it back after
+         FREEZE_S. Needs root and iproute2: without them the cell is "not run".
 Each process reaches the coordinator through a relay of its own (the job's command picks it by rank and role), so
 only the victim's is cut. Phases are found in `tmctl status` (the migration's state; "first op" is the switching
 state once a stayer swapped its communicators), and widened by test knobs: every communicator init takes 700 ms
@@ -40,6 +44,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "harness"))
+import nethosts  # noqa: E402
 from nethosts import digests  # noqa: E402
 
 TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a in sys.argv[1:7])
@@ -59,7 +64,7 @@ ENV = {"TRAINMOVER_COORDINATOR_TIMEOUT_MS": "1000", "TRAINMOVER_HOLD_TIMEOUT_MS"
        "TRAINMOVER_TRANSFER_FLOOR_MS": "1000"}
 PHASES = ["sandbox", "building", "agreeing", "switching", "transfer", "first op"]
 VICTIMS = ["leaver", "joiner", "stayer", "coordinator"]
-FAULTS = ["kill", "stop", "cut"]
+FAULTS = ["kill", "stop", "cut", "host"]
 # The suite's cells: each victim and each fault at least once. The coordinator stopped or cut off past the agents'
 # silence timeout: the agents say BYE "reconnect" and the coordinator waits for them instead of recovering live ranks
 # (docs/reliability.md, "A closed connection is not a death"). The first-op cells are out until a rank lost right
@@ -77,6 +82,10 @@ KNOB = {"switching": "slow-transfer", "transfer": "slow-transfer", "first op": "
 def fail(msg):
     print(f"FAIL: {msg}")
     sys.exit(1)
+
+
+class CellError(Exception):
+    """A cell that could not be set up (the job never started training): that cell fails, the others still run."""
 
 
 class Relay:
@@ -165,7 +174,8 @@ def reference():
     if "d" not in REF:
         log = os.path.join(WORK, "reference.log")
         with open(log, "w") as f:
-            rc = subprocess.run([TMRUN, "-n", "4", "--no-coordinator", "--"] + train_cmd()[:-2] + ["--step-ms", "0"],
+            rc = subprocess.run([TMRUN, "-n", "4", "--shim", SHIM, "--no-coordinator", "--"] + train_cmd()[:-2] +
+                                ["--step-ms", "0"],
                                 stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT).returncode
         d = digests(log)
         if rc != 0 or len(d) != 4 or len(set(d.values())) != 1:
@@ -206,14 +216,19 @@ class StepClock:
         return max(gaps) if gaps else 0.0
 
 
-def ctl(addr, token_file, *args, timeout=TIMEOUT):
-    r = subprocess.run([TMCTL, "--coordinator", addr, "--token-file", token_file] + list(args), capture_output=True,
-                       text=True, timeout=timeout)
+def ctl(addr, token_file, *args, timeout=TIMEOUT, via=()):
+    """tmctl; via: the command that puts it on the operator's host (ip netns exec HOST), if any."""
+    r = subprocess.run(list(via) + [TMCTL, "--coordinator", addr, "--token-file", token_file] + list(args),
+                       capture_output=True, text=True, timeout=timeout)
     return r.returncode, r.stdout + r.stderr
 
 
-def status(addr, token_file):
-    rc, out = ctl(addr, token_file, "status", "--json", timeout=10)
+def status(addr, token_file, via=()):
+    """The coordinator's status, or None when it does not answer (stopped, or cut off)."""
+    try:
+        rc, out = ctl(addr, token_file, "status", "--json", timeout=15, via=via)
+    except subprocess.TimeoutExpired:
+        return None
     return json.loads(out) if rc == 0 else None
 
 
@@ -236,8 +251,17 @@ def cell(phase, victim, fault):
     for g in os.listdir(WORK):  # replacements of an earlier cell's recoveries
         if g.startswith("joiner-"):
             os.unlink(os.path.join(WORK, g))
-    relays = {k: Relay() for k in ("leaver", "joiner", "stayer", "other")}
-    env = dict(os.environ, **ENV)
+    relays = {k: Relay() for k in ("leaver", "joiner", "stayer", "other")} if fault != "host" else {}
+    hosts = None
+    if fault == "host":  # the job on host1 (index 0), the struck process alone on host2 (index 1)
+        hosts = nethosts.Cluster({}, WORK, nhosts=2)
+        try:
+            hosts.make()
+        except nethosts.Unavailable as e:
+            return dict(cell=(phase, victim, fault), outcome="not run", detail=str(e), wait=None, ok=None)
+    on = (lambda i: ["ip", "netns", "exec", hosts.hosts[i]]) if hosts else (lambda i: [])
+    via = on(0)  # tmctl runs on the job's host
+    env = dict(hosts.env(0) if hosts else os.environ, **ENV)
     daemon = None
     token = f"fault-matrix-{os.getpid()}-0123456789abcdef"
     env["TRAINMOVER_TOKEN"] = token
@@ -245,8 +269,9 @@ def cell(phase, victim, fault):
     with open(token_file, "w") as f:
         f.write(token)
     if victim == "coordinator":  # a trainmoverd of its own, which can be frozen or killed without the job
-        daemon = subprocess.Popen([TRAINMOVERD, "--listen", "127.0.0.1:0", "--heartbeat-timeout-ms",
-                                   HEARTBEAT_TIMEOUT_MS], env=env, stdout=subprocess.PIPE,
+        listen = f"{hosts.addr(1)}:0" if hosts else "127.0.0.1:0"
+        daemon = subprocess.Popen(on(1) + [TRAINMOVERD, "--listen", listen, "--heartbeat-timeout-ms",
+                                           HEARTBEAT_TIMEOUT_MS], env=env, stdout=subprocess.PIPE,
                                   stderr=open(os.path.join(WORK, f"{name}-trainmoverd.log"), "w"), text=True)
         coord = daemon.stdout.readline().strip()
         env["TRAINMOVER_COORDINATOR"] = coord
@@ -254,9 +279,16 @@ def cell(phase, victim, fault):
         env[f"TM_FAULT_RELAY_{k.upper()}"] = r.addr
     pick = ('case "$RANK" in 1) C=$TM_FAULT_RELAY_LEAVER;; 2) C=$TM_FAULT_RELAY_STAYER;; *) C=$TM_FAULT_RELAY_OTHER;; '
             'esac; export TRAINMOVER_COORDINATOR=$C; exec "$@"')
+    master = []
+    if hosts:  # the struck rank starts on host2, every other rank on host1 (the store's and coordinator's)
+        env.update(TM_FAULT_HOST_RANK={"leaver": "1", "stayer": "2"}.get(victim, "-1"), TM_FAULT_HOST=hosts.hosts[1],
+                   TM_FAULT_HOST_ADDR=hosts.addr(1))
+        pick = ('[ "$RANK" = "$TM_FAULT_HOST_RANK" ] && exec ip netns exec "$TM_FAULT_HOST" env TRAINMOVER_HOST=host2 '
+                'HOSTNCCL_SOCKET_IFADDR="$TM_FAULT_HOST_ADDR" "$@"; exec "$@"')
+        master = ["--master", f"{hosts.addr(0)}:29400"]
     f = open(log, "w")
-    job = subprocess.Popen([TMRUN, "-n", "4", "--heartbeat-timeout-ms", HEARTBEAT_TIMEOUT_MS, "--"] +
-                           ["sh", "-c", pick, "sh"] + train_cmd(), stdout=f,
+    job = subprocess.Popen(on(0) + [TMRUN, "-n", "4", "--shim", SHIM, "--heartbeat-timeout-ms", HEARTBEAT_TIMEOUT_MS] +
+                           master + ["--", "sh", "-c", pick, "sh"] + train_cmd(), stdout=f,
                            stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
     clock = StepClock([log, jlog])
     joiner = None
@@ -269,7 +301,7 @@ def cell(phase, victim, fault):
                 coord, token_file = m.group(1), m.group(2)
                 break
             if time.monotonic() > deadline:
-                fail(f"{name}: tmrun printed no coordinator address")
+                raise CellError("tmrun printed no coordinator address")
             time.sleep(0.05)
         for r in relays.values():
             r.target = coord
@@ -277,7 +309,7 @@ def cell(phase, victim, fault):
 
         def poll():
             while job.poll() is None and not clock.stop:
-                st = status(coord, token_file)
+                st = status(coord, token_file, via)
                 if st:
                     last["s"] = st
                 time.sleep(0.5)
@@ -285,31 +317,35 @@ def cell(phase, victim, fault):
         # Every rank registered past step 10 (through its relay).
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            s = status(coord, token_file)
+            s = status(coord, token_file, via)
             ws = [p for p in (s or {}).get("processes", []) if p["state"] == "alive" and p["role"] == "worker"]
             if len(ws) == 4 and min(p["step"] for p in ws) >= 10:
                 break
             time.sleep(0.1)
         else:
-            fail(f"{name}: the job did not reach step 10")
+            raise CellError("the job did not reach step 10")
         pids = {p["rank"]: p["pid"] for p in ws}
         # The joiner: the leaver's environment (its store, rank, world), as tmctl migrate --spawn would start it,
         # reaching the coordinator through its own relay.
         with open(f"/proc/{pids[1]}/environ", "rb") as g:
             leaver_env = dict(kv.split("=", 1) for kv in g.read().decode(errors="replace").split("\0") if "=" in kv)
-        leaver_env.update(TRAINMOVER_COORDINATOR=relays["joiner"].addr, TRAINMOVER_ROLE="joiner",
+        leaver_env.update(TRAINMOVER_COORDINATOR=relays["joiner"].addr if relays else coord, TRAINMOVER_ROLE="joiner",
                           TRAINMOVER_REPLACE="1", TRAINMOVER_TOKEN=token if daemon else env["TRAINMOVER_TOKEN"])
+        jhost = 1 if victim == "joiner" else 0
+        if hosts:
+            leaver_env.update(TRAINMOVER_HOST=f"host{jhost + 1}", HOSTNCCL_SOCKET_IFADDR=hosts.addr(jhost))
         if phase in KNOB:
             leaver_env["TRAINMOVER_FAULT"] = KNOB[phase]
-        mig = subprocess.Popen([TMCTL, "--coordinator", coord, "--token-file", token_file, "migrate", "--rank", "1"],
+        mig = subprocess.Popen(via + [TMCTL, "--coordinator", coord, "--token-file", token_file, "migrate", "--rank",
+                                      "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        joiner = subprocess.Popen(train_cmd(), stdout=open(jlog, "w"), stderr=subprocess.STDOUT, cwd=WORK,
+        joiner = subprocess.Popen(on(jhost) + train_cmd(), stdout=open(jlog, "w"), stderr=subprocess.STDOUT, cwd=WORK,
                                   env=leaver_env, start_new_session=True)
         # Wait for the phase.
         seen, m = None, None
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            s = status(coord, token_file)
+            s = status(coord, token_file, via)
             if s and s["migrations"]:
                 m = s["migrations"][-1]
                 swapped = any(p["phase"] == "swap comms" for p in m.get("phases", []))
@@ -328,11 +364,18 @@ def cell(phase, victim, fault):
                   "coordinator": daemon.pid if daemon else None}[victim]
         t0 = time.monotonic()
         clock.window = (t0, float("inf"))
-        if fault == "kill":
-            os.kill(target, signal.SIGKILL)
-        elif fault == "stop":
-            os.kill(target, signal.SIGSTOP)
-        else:
+        try:
+            if fault == "kill":
+                os.kill(target, signal.SIGKILL)
+            elif fault == "stop":
+                os.kill(target, signal.SIGSTOP)
+        except ProcessLookupError:  # a leaver that switched out has ended: nothing left to strike
+            mig.kill()
+            return dict(cell=(phase, victim, fault), outcome="phase missed",
+                        detail=f"the {victim} had already exited", wait=None, ok=None)
+        if fault == "host":
+            hosts.cut(1)
+        elif fault == "cut":
             for k in ([victim] if victim != "coordinator" else relays):
                 relays[k].cut()
         if fault != "kill":
@@ -342,6 +385,8 @@ def cell(phase, victim, fault):
                     os.kill(target, signal.SIGCONT)
                 except ProcessLookupError:
                     pass  # evicted meanwhile (a failed rank is killed by the recovery)
+            elif fault == "host":
+                hosts.restore(1)
             else:
                 for r in relays.values():
                     if r.cut_now:
@@ -353,12 +398,13 @@ def cell(phase, victim, fault):
         try:
             rc = job.wait(timeout=TIMEOUT + STEPS * STEP_MS / 1000)
         except subprocess.TimeoutExpired:
+            keep_stacks(job.pid, os.path.join(WORK, f"{name}-hang.txt"), ctl(coord, token_file, "status", via=via)[1])
             return dict(cell=(phase, victim, fault), outcome="hang", detail="the job did not finish",
                         wait=time.monotonic() - t0, ok=False)
         clock.window = (t0, time.monotonic())
         time.sleep(0.3)
         clock.stop = True
-        s = status(coord, token_file) if (daemon is not None and daemon.poll() is None) else last.get("s")
+        s = status(coord, token_file, via) if (daemon is not None and daemon.poll() is None) else last.get("s")
         migs = (s or {}).get("migrations", [])
         mrec = [x for x in migs if x["kind"] == "migrate"][-1] if s and any(x.get("kind") == "migrate" for x in migs) \
             else (migs[0] if migs else None)
@@ -404,7 +450,27 @@ def cell(phase, victim, fault):
                     pass
         for r in relays.values():
             r.sock.close()
+        if hosts:
+            hosts.close()
         f.close()
+        for g in os.listdir(WORK):  # the replacements' logs, kept under the cell's name
+            if g.startswith("joiner-"):
+                os.rename(os.path.join(WORK, g), os.path.join(WORK, f"{name}-{g}"))
+
+
+def keep_stacks(sid, path, status_text):
+    """Writes what a job that did not finish was doing: the coordinator's status, ps of the session `sid` and each
+    process's threads' stacks (gdb, where there is one)."""
+    ps = subprocess.run(["ps", "-s", str(sid), "-o", "pid,stat,wchan:24,args"], capture_output=True, text=True).stdout
+    with open(path, "w") as out:
+        out.write(status_text + "\n" + ps)
+        for pid in [line.split()[0] for line in ps.splitlines()[1:]]:
+            try:
+                bt = subprocess.run(["gdb", "-p", pid, "-batch", "-ex", "thread apply all bt"], capture_output=True,
+                                    text=True, timeout=60).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                bt = "(no gdb, or it did not finish)"
+            out.write(f"\n--- pid {pid}\n{bt}")
 
 
 def write_doc(path, rows):
@@ -442,7 +508,10 @@ def main():
         cells = [c for c in cells if "/".join(c) in want or c[0] in want]
     rows, failed = [], []
     for c in cells:
-        row = cell(*c)
+        try:
+            row = cell(*c)
+        except CellError as e:
+            row = dict(cell=c, outcome="not started", detail=str(e), wait=None, ok=False)
         rows.append(row)
         wait = f"{row['wait']:.1f}s" if row.get("wait") is not None else "-"
         print(f"FAULT-CELL phase={c[0]} victim={c[1]} fault={c[2]} outcome={row['outcome']} longest-wait={wait} "

@@ -3,7 +3,7 @@
 
 Each host is a network namespace with its own address on one /24 and its own TRAINMOVER_HOST; a bridge in a
 namespace of its own joins them, so the machine's own network is never touched. A host can be shaped with
-tc (netem: rate and delay, to look like a real NIC) and cut off (its link down). Needs root and iproute2.
+tc (netem: rate and delay, to look like a real NIC) and cut off (its link down) and restored. Needs root and iproute2.
 """
 import json
 import os
@@ -90,6 +90,10 @@ class Cluster:
 
     def cut(self, i):
         self.ip("-n", self.hosts[i], "link", "set", self.dev(i), "down")
+
+    def restore(self, i):
+        """Brings a cut host's link back up (the kernel puts its address's route back)."""
+        self.ip("-n", self.hosts[i], "link", "set", self.dev(i), "up")
 
     def close(self):
         for p in self.started:
