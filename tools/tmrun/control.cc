@@ -59,8 +59,6 @@ struct ControlPlane::Remote {
 };
 
 bool ControlPlane::AskRemote(pid_t pid, Clock::time_point deadline, JobFigures* out) {
-  if (address_.empty()) return false;
-  if (!remote_) remote_ = std::make_unique<Remote>();
   const int left_ms = static_cast<int>(
       std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
   const char* token = getenv("TRAINMOVER_TOKEN");  // Setup put the job's token there
@@ -90,26 +88,25 @@ bool ControlPlane::AskRemote(pid_t pid, Clock::time_point deadline, JobFigures* 
 
 int ControlPlane::WorkersTraining() {
   if (embedded_) return embedded_->coord->workers_training();
-  if (address_.empty()) return 0;
-  if (!remote_ || Clock::now() >= remote_->next_ask) {
+  if (!remote_) return 0;
+  const auto now = Clock::now();
+  if (now >= remote_->next_ask) {
+    remote_->next_ask = now + std::chrono::milliseconds(kRemotePollMs);
     JobFigures f;
-    const auto now = Clock::now();
     if (AskRemote(0, now + std::chrono::milliseconds(kRemoteAskMs), &f)) remote_->workers_training = f.workers_training;
-    if (remote_) remote_->next_ask = now + std::chrono::milliseconds(kRemotePollMs);
   }
-  return remote_ ? remote_->workers_training : 0;
+  return remote_->workers_training;
 }
 
 bool ControlPlane::Recovering(int wait_ms, pid_t pid) {
+  if (!embedded_ && !remote_) return false;
   const auto deadline = Clock::now() + std::chrono::milliseconds(wait_ms);
   for (;;) {
-    if (embedded_) {
-      if (embedded_->coord->recovering() > 0 || embedded_->coord->fenced_pid(static_cast<uint32_t>(pid))) return true;
-    } else if (JobFigures f; AskRemote(pid, deadline, &f) && (f.recoveries_running > 0 || f.fenced)) {
-      return true;
-    } else if (address_.empty()) {
-      return false;
-    }
+    JobFigures f;
+    const bool recovering =
+        embedded_ ? embedded_->coord->recovering() > 0 || embedded_->coord->fenced_pid(static_cast<uint32_t>(pid))
+                  : AskRemote(pid, deadline, &f) && (f.recoveries_running > 0 || f.fenced);
+    if (recovering) return true;
     if (Clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(embedded_ ? 5 : 50));
   }
@@ -152,6 +149,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
     }
     setenv("TRAINMOVER_COORDINATOR", address_.c_str(), 1);
     setenv("TRAINMOVER_TOKEN", token.c_str(), 1);
+    remote_ = std::make_unique<Remote>();  // asked through its status document (WorkersTraining, Recovering)
     return Status::Ok();
   }
   // Node K > 0 or a joiner of a job whose node 0 runs no coordinator: none here either.

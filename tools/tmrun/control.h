@@ -56,7 +56,8 @@ class ControlPlane {
  private:
   struct Embedded;
   struct Remote;
-  // The job's figures from a coordinator that is not embedded here; false when it cannot be asked by `deadline`.
+  // The job's figures from the coordinator that is not embedded here (remote_); false when it cannot be asked by
+  // `deadline`.
   struct JobFigures {
     int workers_training = 0;
     int recoveries_running = 0;
@@ -64,7 +65,7 @@ class ControlPlane {
   };
   bool AskRemote(pid_t pid, std::chrono::steady_clock::time_point deadline, JobFigures* out);
   std::unique_ptr<Embedded> embedded_;
-  std::unique_ptr<Remote> remote_;
+  std::unique_ptr<Remote> remote_;  // set by Setup for a coordinator given, not embedded
   std::string address_, token_file_, dir_;
   int heartbeat_timeout_ms_ = 10000;
   trainmover::control::StragglerOptions straggler_;
