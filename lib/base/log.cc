@@ -10,8 +10,9 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <string>
+
+#include "wall_clock.h"
 
 namespace trainmover::base {
 
@@ -91,10 +92,7 @@ void LogPrint(LogLevel level, uint32_t subsys, const char* file, int line, const
     n += snprintf(buf + n, sizeof(buf) - n, "%s:%d ", base ? base + 1 : file, line);
   }
   if (g_log_level >= static_cast<int>(LogLevel::kTrace) && n < (int)sizeof(buf)) {
-    // Wall-clock time (CLOCK_REALTIME), so that the lines of every process of a job merge into one timeline.
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
-    n += snprintf(buf + n, sizeof(buf) - n, "%lld.%06ld ", static_cast<long long>(ts.tv_sec), ts.tv_nsec / 1000);
+    n += common::WallClockStamp(buf + n, sizeof(buf) - n);  // one timeline for every process of a job
   }
   if (n < (int)sizeof(buf) - 1) {
     va_list ap;

@@ -3,6 +3,7 @@
 #include "hn_core.h"
 
 #include "hn_bootstrap.h"
+#include "wall_clock.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -145,11 +146,7 @@ void Log(int level, int rank, const char* fmt, ...) {
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
   char stamp[32] = "";
-  if (DebugLevel() >= kTrace) {  // wall-clock time, so that every rank's lines merge into one timeline
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
-    snprintf(stamp, sizeof(stamp), "%lld.%06ld ", static_cast<long long>(ts.tv_sec), ts.tv_nsec / 1000);
-  }
+  if (DebugLevel() >= kTrace) trainmover::common::WallClockStamp(stamp, sizeof(stamp));  // one timeline
   fprintf(stderr, "%s:%d:%ld [%d] HOSTNCCL %s %s%s\n", host, static_cast<int>(getpid()),
           static_cast<long>(syscall(SYS_gettid)), rank, kNames[level], stamp, msg);
 }
