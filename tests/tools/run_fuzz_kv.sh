@@ -14,6 +14,6 @@ mkdir -p "$out/corpus"
   printf '\x02\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x04k\x00\x00\x00\x00'
 } > "$out/corpus/seed-set-add-get"
 cp "$src"/tests/tools/fuzz_regressions/* "$out/corpus/" 2>/dev/null || true
-exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_kv_store "$runs" -- -I"$src/lib" -I"$src/tools" \
+exec "$src/tests/run_libfuzzer.sh" "$out" fuzz_kv_store "$runs" -- -I"$src/lib" -I"$src/tools" -I"$src/common" \
   "$src/tests/tools/fuzz_kv.cc" "$src/tools/common/kv_store.cc" "$src/lib/base/crypto.cc" \
   "$src/lib/base/hostport.cc" "$src/lib/base/status.cc" "$src/lib/base/log.cc" -lcrypto -lpthread
