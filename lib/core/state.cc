@@ -233,14 +233,16 @@ VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids
     std::lock_guard<std::mutex> lock(g_reg_mu);
     lineage.index = g_next_index++;
     if (!real) AnswerAsReplaced(&lineage);
-    v->lineage = std::move(lineage);
+    v->lineage = lineage;
     v->comm_key = CommKeyOf(v->lineage, ids, ids_bytes);
     v->magic = VComm::kMagic;
     Live().push_back(v);
   }
-  base::LogSetRank(v->lineage.rank);
+  // From here the agent thread may complete an incomplete `v` (ResolveSize writes its size under v->mu): the log
+  // reads the local copy (ThreadSanitizer: data race, migration_attack_descriptor).
+  base::LogSetRank(lineage.rank);
   TM_INFO(kLogComm, "vcomm %p #%llu %s nranks %d rank %d key %016llx real %p%s", static_cast<void*>(v),
-          (unsigned long long)v->lineage.index, CommKindName(v->lineage.kind), v->lineage.nranks, v->lineage.rank,
+          (unsigned long long)lineage.index, CommKindName(lineage.kind), lineage.nranks, lineage.rank,
           (unsigned long long)v->comm_key, static_cast<void*>(real), real ? "" : " (sandboxed)");
   if (complete) CompleteVComm(v);
   return v;
