@@ -704,6 +704,58 @@ TEST_CASE("the commit point: a process that comes back is told the outcome decid
   CHECK(j.h.Take().empty());
 }
 
+// building/coordinator/host of the fault matrix: the coordinator's host cut off right as it sent SWITCH. The joiner
+// received it and switched in; the held processes did not, abandoned the migration at their hold deadline, and told
+// the coordinator once back (their FAILED waits for the next connection). The coordinator used to mark the migration
+// done at its confirmation deadline and repeat SWITCH: the joiner was left alone on its replacements, out of step.
+TEST_CASE("the commit point: SWITCH that reached no held process; every one abandoned, the switch is undone") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  CHECK(j.h.Take() == V({"101:READ"}));
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "101:SWITCH", "2:SWITCH"}));
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // only the joiner got it
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);  // past the confirmation deadline; no held process has said anything
+  CHECK(m.state == MigState::kSwitching);
+  for (uint64_t p : {1, 3, 2}) {  // each agent gave up on its silent connection: BYE "reconnect", then back
+    j.h.procs[p].returning_by_ns = 1;
+    j.Lose(p);
+    CHECK(m.state == MigState::kSwitching);
+    j.h.procs[p].state = ProcState::kAlive;
+    j.h.procs[p].returning_by_ns = 0;
+    j.e->OnProcessBack(j.h, p);
+  }
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "2:SWITCH"}));  // refused by each: it abandoned
+  SUBCASE("every held process abandoned: failed, the joiner told to end") {
+    const std::string held_out = "no decision from the coordinator within 6000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)";
+    for (uint64_t p : {1, 3}) {
+      j.Send(p, mig::Ev::kFailed, m.id, mig::Reason{held_out});
+      CHECK(m.state == MigState::kSwitching);
+      CHECK(j.h.Take().empty());
+    }
+    j.Send(2, mig::Ev::kFailed, m.id, mig::Reason{held_out});
+    CHECK(m.state == MigState::kFailed);
+    CHECK(m.reason == "SWITCH reached none of the held processes before their hold deadline; every one abandoned the "
+                      "migration, so the switch is undone (a joiner that switched in ends, the leaver keeps its rank)");
+    CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+    j.h.procs[101].state = ProcState::kAlive;
+    j.e->OnProcessBack(j.h, 101);  // one that was away hears ABORT, not SWITCH
+    CHECK(j.h.Take() == V({"101:ABORT"}));
+  }
+  SUBCASE("one stayer switched, the other abandoned: done, the abandoned one named; nobody told to end") {
+    j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+    j.Send(3, mig::Ev::kFailed, m.id, mig::Reason{"no decision"});
+    CHECK(m.state == MigState::kDone);
+    CHECK(m.reason == "SWITCH sent; process(es) 3 abandoned it at their hold deadline, out of step");
+    CHECK(j.h.Take().empty());
+  }
+}
+
 TEST_CASE("ready: a leaver that destroyed a communicator since the request fails the migration, no crash") {
   Job j(3);
   Migration& m = j.Request({1});
@@ -1587,4 +1639,45 @@ TEST_CASE("standby lost while it takes the place: another standby takes it under
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, m3.id);
   ReadyRank1(j, 101, 500);
   CompleteRank1(j, m3, 101);
+}
+
+TEST_CASE("sandbox/leaver/kill: a migration's joiner READY while its rank is being recovered is told to exit at once") {
+  // The fault matrix's cell: the leaver is killed before the migration's joiner is READY; the migration fails and a
+  // recovery of rank 1 spawns its own replacement. The migration's joiner, READY next, used to be left to the
+  // recovery, which ignored it (not its replacement): it waited for SWITCH forever and the job never ended.
+  RecJob j(3);
+  j.Snapshot(3);
+  Migration& mig = j.Request({1});
+  const uint64_t joiner = j.AddJoiner(1);  // registered in the sandbox (pid 1101)
+  j.h.Take();
+  j.h.procs[2].lost_reason = "connection closed by peer";
+  j.h.procs[2].state = ProcState::kLost;
+  for (Engine* e : {j.e.get(), j.r.get()}) e->OnProcessLost(j.h, 2);  // the coordinator's order
+  CHECK(mig.state == MigState::kFailed);
+  Migration& rec = j.h.migs.rbegin()->second;
+  REQUIRE(rec.kind == kKindRecover);
+  REQUIRE(j.launched.started.size() == 1);  // the recovery's own replacement: pid 500
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = rec.recovery.epoch, .step = 13, .words = {12}}, rec.id);
+  }
+  j.h.Take();
+  mig::Ready ready;
+  ready.comms = {Job::Comm(0xB1, 1, 3)};
+  ready.regions = {Region{"w", 64}};
+  Event ev;
+  ev.kind = static_cast<uint16_t>(mig::Ev::kReady);
+  ev.body = EncodePayload(ready);
+  for (Engine* e : {j.e.get(), j.r.get()}) e->OnEvent(j.h, joiner, ev);
+  REQUIRE(j.h.sent.size() == 1);
+  mig::Reason why;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &why));
+  CHECK(why.text == "rank 1 is being recovered (recovery " + std::to_string(rec.id) +
+                        "); this process is not its replacement");
+  CHECK(j.h.Take() == V({"101:ABORT"}));
+  CHECK_FALSE(MigTerminal(rec.state));
+  // The recovery goes on with its own replacement.
+  ReadyRank1(j, 150, 500);
+  CHECK(j.h.Take() == V({"150:MAP", "150:MAKE_IDS"}));
+  CompleteRank1(j, rec, 150);
+  CHECK(rec.state == MigState::kDone);
 }
