@@ -1172,7 +1172,7 @@ class RecoveryEngine final : public Engine {
   }
 
   std::unique_ptr<JoinerLauncher> launcher_;
-  std::vector<std::string> spare_hosts_;  // the job's spare hosts (--spare-hosts), for spawned replacements
+  std::vector<std::string> spare_hosts_;  // the job's spare hosts (--straggler-spare-hosts), for spawned replacements
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
   std::map<uint64_t, uint64_t> took_over_;  // a recovery's replacement -> the failed process whose place it took

@@ -21,7 +21,7 @@ namespace trainmover::control {
 // The failure-recovery engine (kind "recover"), to hand to Coordinator::AddEngine after the migration engine
 // (a failure during a planned migration first aborts the migration, then is recovered). Without a launcher it
 // uses MakeProcessLauncher() (only the coordinator's host); with MakeNodeLauncher it spawns replacements through
-// node agents, on the hosts ReplacementHosts names. `spare_hosts`: the job's spare hosts (--spare-hosts).
+// node agents, on the hosts ReplacementHosts names. `spare_hosts`: the job's spare hosts (--straggler-spare-hosts).
 std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr,
                                            std::vector<std::string> spare_hosts = {});
 

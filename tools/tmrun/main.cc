@@ -495,7 +495,10 @@ int main(int argc, char** argv) {
     // (a replacement, a joiner), are children too: once they hold ranks, the job is not over until they exit (unless
     // the job is being stopped). So are ranks that moved
     // to another host: while the embedded coordinator sees processes of the job, node 0 keeps serving it.
-    const bool joiners = !stopping && (OtherChildrenAlive() || control.JobProcesses() > 0);
+    // A node agent whose own ranks are gone (one recovered elsewhere, or its replacement not started here yet) stays
+    // while the coordinator recovers one: the replacement may be on its way to this host.
+    const bool joiners = !stopping && (OtherChildrenAlive() || control.JobProcesses() > 0 ||
+                                       (!any_running && node_agent.started() && control.Recovering(500, 0)));
     if (!any_running && !any_stream && !joiners) break;
 
     std::vector<pollfd> pfds = {{g_sig_pipe[0], POLLIN, 0}};

@@ -34,6 +34,8 @@ class NodeAgent {
   void SignalAll(int signo);
   // Says goodbye to the coordinator (BYE); what it started keeps running. Idempotent.
   void Stop();
+  // Between Start and Stop.
+  bool started() const { return agent_ != nullptr; }
 
  private:
   std::unique_ptr<trainmover::control::Agent> agent_;
