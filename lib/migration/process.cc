@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "base/log.h"
+#include "recovery.h"
 #include "standby_msgs.h"
 
 namespace trainmover::migration {
@@ -604,15 +605,26 @@ void ProcessMachine::SendReady(int64_t step) {
   } else {
     Send(mig::Ev::kReady, 0, r);
   }
+  joiner_.ready_ns = w_.MonotonicNs();
   w_.LogReady();
 }
 
-// Held after READY: until SWITCH, an abort, or 3 s without the coordinator (the hold timeout once VERIFIED was
-// sent).
+uint64_t ProcessMachine::JoinerSwitchDeadlineMs() const {
+  return std::max<uint64_t>(2 * w_.PhaseTimeoutMs() + w_.HoldTimeoutMs(), kRecoveryHoldMs);
+}
+
+// Held after READY: until SWITCH, an abort, 3 s without the coordinator (the hold timeout once VERIFIED was
+// sent), or JoinerSwitchDeadlineMs() after READY with the coordinator there.
 void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
   uint64_t lost_since = 0;
   while (member_.agreement != Agreement::kSwitch && !joiner_.exit_pending) {
     w_.Wait(lk, cv_, 50);
+    if (const uint64_t limit_ms = JoinerSwitchDeadlineMs(); w_.MonotonicNs() - joiner_.ready_ns > limit_ms * 1000000ull) {
+      joiner_.exit_pending = true;
+      joiner_.exit_reason = "no SWITCH within " + std::to_string(limit_ms) +
+                            " ms of READY (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS)";
+      break;
+    }
     if (!Disconnected()) {
       lost_since = 0;
       continue;

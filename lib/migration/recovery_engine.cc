@@ -823,17 +823,29 @@ class RecoveryEngine final : public Engine {
     }
   }
 
-  // A replacement's READY: matched against its dead rank like a joiner against its leaver.
+  // A replacement's READY: matched against its dead rank like a joiner against its leaver. Any other joiner of a rank
+  // under recovery (a failed migration's, an abandoned recovery's replacement) is told to exit at once: the migration
+  // engine leaves those READYs to this one, and nothing else would ever answer it (docs/reliability.md).
   void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
     RecCtx& x = *ctx_;
     Migration* m = h.FindMigration(x.id);
+    const bool ours = std::any_of(x.lost.begin(), x.lost.end(), [&](const Lost& c) { return c.rank == j.info.replace; });
+    const bool matched = std::any_of(x.lost.begin(), x.lost.end(), [&](const Lost& c) { return c.joiner == j.id; });
+    if (!m || j.info.role != "joiner" || !ours || matched) return;
     Lost* l = nullptr;
     for (Lost& c : x.lost) {
-      if (j.info.role == "joiner" && j.info.replace == c.rank && !c.joiner) l = &c;
+      if (j.info.replace == c.rank && !c.joiner && (c.child <= 0 || launcher_->IsChild(c.child, j.info.host, j.info.pid))) {
+        l = &c;
+      }
     }
-    if (!l || !m) return;
-    // e.g. an abandoned recovery's joiner
-    if (l->child > 0 && !launcher_->IsChild(l->child, j.info.host, j.info.pid)) return;
+    if (!l) {
+      TM_WARN(kLogMigration, "coordinator: joiner process %" PRIu64 " (pid %u) for rank %d is not the replacement of "
+                             "recovery %" PRIu64 "; told to exit", j.id, j.info.pid, j.info.replace, x.id);
+      const std::string why = "rank " + std::to_string(j.info.replace) + " is being recovered (recovery " +
+                              std::to_string(x.id) + "); this process is not its replacement";
+      h.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), x.id, mig::Reason{why}));
+      return;
+    }
     mig::Ready r;
     ProcessRec* dead = h.FindProcess(l->dead);
     if (!DecodePayload(e.body, &r) || !dead) return Fail(h, "malformed READY from the replacement");

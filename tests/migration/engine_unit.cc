@@ -1601,6 +1601,47 @@ TEST_CASE("standby lost while it takes the place: another standby takes it under
   CompleteRank1(j, m3, 101);
 }
 
+TEST_CASE("sandbox/leaver/kill: a migration's joiner READY while its rank is being recovered is told to exit at once") {
+  // The fault matrix's cell: the leaver is killed before the migration's joiner is READY; the migration fails and a
+  // recovery of rank 1 spawns its own replacement. The migration's joiner, READY next, used to be left to the
+  // recovery, which ignored it (not its replacement): it waited for SWITCH forever and the job never ended.
+  RecJob j(3);
+  j.Snapshot(3);
+  Migration& mig = j.Request({1});
+  const uint64_t joiner = j.AddJoiner(1);  // registered in the sandbox (pid 1101)
+  j.h.Take();
+  j.h.procs[2].lost_reason = "connection closed by peer";
+  j.h.procs[2].state = ProcState::kLost;
+  for (Engine* e : {j.e.get(), j.r.get()}) e->OnProcessLost(j.h, 2);  // the coordinator's order
+  CHECK(mig.state == MigState::kFailed);
+  Migration& rec = j.h.migs.rbegin()->second;
+  REQUIRE(rec.kind == kKindRecover);
+  REQUIRE(j.launched.started.size() == 1);  // the recovery's own replacement: pid 500
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = rec.recovery.epoch, .step = 13, .words = {12}}, rec.id);
+  }
+  j.h.Take();
+  mig::Ready ready;
+  ready.comms = {Job::Comm(0xB1, 1, 3)};
+  ready.regions = {Region{"w", 64}};
+  Event ev;
+  ev.kind = static_cast<uint16_t>(mig::Ev::kReady);
+  ev.body = EncodePayload(ready);
+  for (Engine* e : {j.e.get(), j.r.get()}) e->OnEvent(j.h, joiner, ev);
+  REQUIRE(j.h.sent.size() == 1);
+  mig::Reason why;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &why));
+  CHECK(why.text == "rank 1 is being recovered (recovery " + std::to_string(rec.id) +
+                        "); this process is not its replacement");
+  CHECK(j.h.Take() == V({"101:ABORT"}));
+  CHECK_FALSE(MigTerminal(rec.state));
+  // The recovery goes on with its own replacement.
+  ReadyRank1(j, 150, 500);
+  CHECK(j.h.Take() == V({"150:MAP", "150:MAKE_IDS"}));
+  CompleteRank1(j, rec, 150);
+  CHECK(rec.state == MigState::kDone);
+}
+
 // ---- where a spawned replacement runs (docs/recovery.md, "Where a spawned replacement runs")
 
 TEST_CASE("replacement host: the failed process's own host, then spare hosts, then the coordinator's") {
@@ -1627,9 +1668,10 @@ TEST_CASE("replacement host: spawned on the failed process's host by its node ag
   CHECK(m.host == "h");
   CHECK(m.recovery.replacement == "spawned on h (the failed process's host)");
   j.h.Take();
-  // A joiner of rank 1 that is not the one its agent started is no replacement; the one it started is matched.
+  // A joiner of rank 1 that is not the one its agent started is no replacement (told to exit); the one it started is
+  // matched.
   ReadyRank1(j, 150, 501);
-  CHECK(j.h.Take().empty());
+  CHECK(j.h.Take() == V({"150:ABORT"}));
   j.h.procs.erase(150);
   ReadyRank1(j, 101, 700);
   CHECK(j.h.Take() == std::vector<std::string>{"101:MAP", "101:MAKE_IDS"});

@@ -764,6 +764,31 @@ TEST_CASE("joiner: a coordinator that goes silent; exit after 3 s, or after the 
   CHECK(p.m.intake() == (verified ? M::Intake::kRead : M::Intake::kPrepared));
 }
 
+// sandbox/leaver/kill of the fault matrix: a joiner READY for a migration the coordinator no longer serves, with the
+// coordinator there (heartbeats, no command), used to wait for SWITCH forever.
+TEST_CASE("joiner: a coordinator that never answers READY; exit at 2 x the phase deadline + the hold deadline") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.w.phase_ms = 1000;
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});
+  p.SafePoint(0);
+  const uint64_t t0 = p.w.mono;
+  const uint64_t bound_ms = 2 * p.w.phase_ms + p.w.HoldTimeoutMs();
+  CHECK(p.m.JoinerSwitchDeadlineMs() == bound_ms);
+  try {
+    p.SafePoint(1);
+    FAIL("the joiner returned");
+  } catch (const Exited& e) {
+    CHECK(e.code == 1);
+    CHECK(e.line == "joiner exits: the migration did not complete (no SWITCH within " + std::to_string(bound_ms) +
+                        " ms of READY (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS))");
+  }
+  const uint64_t waited_ms = (p.w.mono - t0) / 1000000ull;
+  CHECK(waited_ms > bound_ms);
+  CHECK(waited_ms <= bound_ms + 100);
+  CHECK(p.w.Take() == V{"READY"});
+}
+
 TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure fails the migration") {
   Proc p;
   p.Staged();  // something for an abort to drop
