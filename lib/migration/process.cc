@@ -87,7 +87,7 @@ void ProcessMachine::OnCommand(const control::Command& c) {
     case mig::Cmd::kTape:
       return with(mig::Blob{}, [&](mig::Blob b) { OnTape(b); });
     case mig::Cmd::kAbort:
-      return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(b); });
+      return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(id, b); });
   }
   TM_WARN(kLogMigration, "migration: unknown command %u ignored", c.kind);
 }
@@ -246,8 +246,15 @@ void ProcessMachine::OnTape(const mig::Blob& b) {
   cv_.notify_all();
 }
 
-void ProcessMachine::OnAbort(const mig::Reason& r) {
-  std::lock_guard<std::mutex> lk(mu_);
+void ProcessMachine::OnAbort(uint64_t id, const mig::Reason& r) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (w_.IsJoiner() && !w_.Sandboxed() && id != 0 && id == joiner_.switched_in) {
+    // The migration it switched in by was undone: SWITCH reached none of the held processes in time, they all
+    // abandoned it (docs/reliability.md, "The commit point"). Its sandbox is gone and nobody uses its communicators:
+    // it ends, and the leaver keeps the rank.
+    lk.unlock();
+    w_.Exit(1, "joiner exits: migration " + std::to_string(id) + " was undone after it switched in (" + r.text + ")");
+  }
   if (w_.IsJoiner() && w_.Sandboxed()) {
     joiner_.exit_pending = true;
     joiner_.exit_reason = r.text;
@@ -649,6 +656,7 @@ int64_t ProcessMachine::SwitchJoinerIn() {
   joiner_.rekey.clear();
   joiner_.by_leaver_key.clear();
   joiner_.intake = Intake::kNone;
+  joiner_.switched_in = mig_;
   active_ = false;
   const int64_t at = member_.step;
   Send(mig::Ev::kSwitched, mig_, mig::Switched{at, 0, 0});

@@ -715,6 +715,58 @@ TEST_CASE("the commit point: a process that comes back is told the outcome decid
   CHECK(j.h.Take().empty());
 }
 
+// building/coordinator/host of the fault matrix: the coordinator's host cut off right as it sent SWITCH. The joiner
+// received it and switched in; the held processes did not, abandoned the migration at their hold deadline, and told
+// the coordinator once back (their FAILED waits for the next connection). The coordinator used to mark the migration
+// done at its confirmation deadline and repeat SWITCH: the joiner was left alone on its replacements, out of step.
+TEST_CASE("the commit point: SWITCH that reached no held process; every one abandoned, the switch is undone") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  CHECK(j.h.Take() == V({"101:READ"}));
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "101:SWITCH", "2:SWITCH"}));
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // only the joiner got it
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);  // past the confirmation deadline; no held process has said anything
+  CHECK(m.state == MigState::kSwitching);
+  for (uint64_t p : {1, 3, 2}) {  // each agent gave up on its silent connection: BYE "reconnect", then back
+    j.h.procs[p].returning_by_ns = 1;
+    j.Lose(p);
+    CHECK(m.state == MigState::kSwitching);
+    j.h.procs[p].state = ProcState::kAlive;
+    j.h.procs[p].returning_by_ns = 0;
+    j.e->OnProcessBack(j.h, p);
+  }
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "2:SWITCH"}));  // refused by each: it abandoned
+  SUBCASE("every held process abandoned: failed, the joiner told to end") {
+    const std::string held_out = "no decision from the coordinator within 6000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)";
+    for (uint64_t p : {1, 3}) {
+      j.Send(p, mig::Ev::kFailed, m.id, mig::Reason{held_out});
+      CHECK(m.state == MigState::kSwitching);
+      CHECK(j.h.Take().empty());
+    }
+    j.Send(2, mig::Ev::kFailed, m.id, mig::Reason{held_out});
+    CHECK(m.state == MigState::kFailed);
+    CHECK(m.reason == "SWITCH reached none of the held processes before their hold deadline; every one abandoned the "
+                      "migration, so the switch is undone (a joiner that switched in ends, the leaver keeps its rank)");
+    CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+    j.h.procs[101].state = ProcState::kAlive;
+    j.e->OnProcessBack(j.h, 101);  // one that was away hears ABORT, not SWITCH
+    CHECK(j.h.Take() == V({"101:ABORT"}));
+  }
+  SUBCASE("one stayer switched, the other abandoned: done, the abandoned one named; nobody told to end") {
+    j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+    j.Send(3, mig::Ev::kFailed, m.id, mig::Reason{"no decision"});
+    CHECK(m.state == MigState::kDone);
+    CHECK(m.reason == "SWITCH sent; process(es) 3 abandoned it at their hold deadline, out of step");
+    CHECK(j.h.Take().empty());
+  }
+}
+
 TEST_CASE("ready: a leaver that destroyed a communicator since the request fails the migration, no crash") {
   Job j(3);
   Migration& m = j.Request({1});

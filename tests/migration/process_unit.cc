@@ -687,6 +687,26 @@ TEST_CASE("joiner: waits for the tape at its first safe point, shadow iteration,
   CHECK(p.m.agreement() == M::Agreement::kNone);
 }
 
+TEST_CASE("joiner: switched in, then an ABORT of that migration (the switch was undone): it exits; another is ignored") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.w.keys = {0xB0};
+  p.Cmd(mig::Cmd::kMap, mig::KeyList{{0xB0, 0xA}}, 7);
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});
+  p.SafePoint(0);
+  p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}, 7));
+  CHECK(p.SafePoint(1) == 12);
+  CHECK_FALSE(p.w.sandboxed);
+  p.Cmd(mig::Cmd::kAbort, mig::Reason{"of another migration"}, 8);
+  try {
+    p.Cmd(mig::Cmd::kAbort, mig::Reason{"every held process abandoned it"}, 7);
+    FAIL("the joiner stayed");
+  } catch (const Exited& e) {
+    CHECK(e.code == 1);
+    CHECK(e.line == "joiner exits: migration 7 was undone after it switched in (every held process abandoned it)");
+  }
+}
+
 TEST_CASE("joiner: no tape within 3 s: the sandbox emulates") {
   Proc p;
   p.w.joiner = p.w.sandboxed = true;
