@@ -119,7 +119,8 @@ int Body(int rank, int n, const ncclUniqueId& id) {
                            {"HOSTNCCL_DEBUG", "LOUD"},       {"HOSTNCCL_SOCKET_IFADDR", "not.an.ip"},
                            {"HOSTNCCL_CHUNK_BYTES", "4095"}, {"HOSTNCCL_CHUNK_BYTES", "2147483648"},
                            {"HOSTNCCL_CHUNK_BYTES", "1M"},   {"HOSTNCCL_ALGO", "tree"},
-                           {"HOSTNCCL_CONNECT", "later"},    {"HOSTNCCL_PEER_ERRORS", "sometimes"}};
+                           {"HOSTNCCL_CONNECT", "later"},    {"HOSTNCCL_PEER_ERRORS", "sometimes"},
+                           {"HOSTNCCL_UCX", "fat"}};
   for (auto& kv : vars) {
     setenv(kv[0], kv[1], 1);
     ncclUniqueId id2;
