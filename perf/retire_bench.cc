@@ -8,8 +8,11 @@
 // first operation, of its --ops operations, of its destroy (wall and CPU) and of its communicator init.
 // Run it once per setting to compare settings (HOSTNCCL_UCX=lean|ucx, docs/hostnccl.md "What a worker costs").
 //
-//   retire_bench [-n ranks] [--rounds R] [--ops K] [--count floats]
+// --nice N runs the destroying thread at nice N (19: the idle-priority retire docs/hostnccl.md decided against).
+//
+//   retire_bench [-n ranks] [--rounds R] [--ops K] [--count floats] [--nice N]
 #include <nccl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +31,7 @@ namespace {
 struct Args {
   int nranks = 4, rounds = 10, ops = 10;
   size_t count = 20000;  // floats: tm-train's default gradient
+  int nice = 0;          // the destroying thread's nice value (19: it runs when nothing else wants the core)
 };
 
 // What one rank measured in one round (ms).
@@ -85,7 +89,8 @@ int RunRank(int rank, const Args& a, int id_read_fd, const std::vector<int>& id_
     // The switch: every rank is here (the last operation on the old communicator), then the old one goes.
     RB_OK(ncclAllReduce(buf.data(), buf.data(), 1, ncclFloat32, ncclSum, old_comm, nullptr));
     const bool beside = round % 2 == 0;
-    auto destroy = [&s, old_comm] {
+    auto destroy = [&s, &a, old_comm] {
+      if (a.nice != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), a.nice);
       const double t = NowMs(), c = ThreadCpuMs();
       ncclCommDestroy(old_comm);
       s.destroy_cpu_ms = ThreadCpuMs() - c;
@@ -130,10 +135,12 @@ int main(int argc, char** argv) {
       a.rounds = next();
     } else if (k == "--ops") {
       a.ops = next();
+    } else if (k == "--nice") {
+      a.nice = next();
     } else if (k == "--count") {
       a.count = static_cast<size_t>(next());
     } else {
-      fprintf(stderr, "usage: retire_bench [-n ranks] [--rounds R] [--ops K] [--count floats]\n");
+      fprintf(stderr, "usage: retire_bench [-n ranks] [--rounds R] [--ops K] [--count floats] [--nice N]\n");
       return 2;
     }
   }
@@ -179,9 +186,9 @@ int main(int argc, char** argv) {
     failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   }
   const char* ucx = getenv("HOSTNCCL_UCX");
-  printf("# retire_bench: %d ranks, %d rounds, %d AllReduces of %zu floats per round, HOSTNCCL_UCX=%s; medians over "
-         "rounds of the slowest rank (ms)\n",
-         a.nranks, a.rounds, a.ops, a.count, ucx ? ucx : "(default)");
+  printf("# retire_bench: %d ranks, %d rounds, %d AllReduces of %zu floats per round, HOSTNCCL_UCX=%s, destroy at "
+         "nice %d; medians over rounds of the slowest rank (ms)\n",
+         a.nranks, a.rounds, a.ops, a.count, ucx ? ucx : "(default)", a.nice);
   printf("# %-7s %8s %8s %9s %12s %8s\n", "destroy", "1st op", "ops", "destroy", "destroy cpu", "init");
   for (int beside = 1; beside >= 0; --beside) {
     std::vector<double> f, o, d, c, in;

@@ -433,15 +433,16 @@ void ForgetContextInChild() {
 // HOSTNCCL_UCX=lean (docs/hostnccl.md, "What a worker costs"): a UCX worker's set-up and destroy are mostly the
 // shared-memory receive pools (512 segments of 8 KiB for each of posix and sysv, faulted in at create, unmapped
 // at destroy), so hostnccl asks for pools that grow by 64 segments and for one shared-memory transport. Each
-// setting is left out when the environment sets one of the UCX variables it would override.
+// setting is left out when the environment sets one of the UCX variables it would override, and both when it
+// sets UCX_TLS (a pool setting for transports the user left out would make UCX warn at every worker create).
 struct UcxSetting {
-  const char* key;    // ucp_config_modify's name
+  const char* key;  // ucp_config_modify's name
   const char* value;
-  const char* env[3];  // the UCX variables that, when set, win
+  const char* env[4];  // the UCX variables that, when set, win
 };
 constexpr UcxSetting kLeanUcx[] = {
-    {"MM_RX_BUFS_GROW", "64", {"UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW", "UCX_RX_BUFS_GROW"}},
-    {"TLS", "^sysv", {"UCX_TLS", nullptr, nullptr}},
+    {"MM_RX_BUFS_GROW", "64", {"UCX_TLS", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW", "UCX_RX_BUFS_GROW"}},
+    {"TLS", "^sysv", {"UCX_TLS", nullptr, nullptr, nullptr}},
 };
 
 ncclResult_t Context(bool lean, ucp_context_h* out) {

@@ -4,7 +4,8 @@
 // context is made once per process):
 // - lean (the default): no sysv segment, the posix receive pool small (64-segment growth: about 1 MiB);
 // - ucx: UCX's defaults: sysv segments, and the posix receive pool of 512 segments (over 4 MiB);
-// - user: lean, but the environment sets UCX_TLS and UCX_POSIX_RX_BUFS_GROW: the user's settings win.
+// - user_pool: lean, with UCX_POSIX_RX_BUFS_GROW=512 in the environment: the user's pool, still no sysv;
+// - user_tls: lean, with UCX_TLS=all in the environment: UCX's transports and pools (hostnccl sets neither).
 #include <string>
 
 #include <fstream>
@@ -38,16 +39,14 @@ SharedMaps ReadMaps() {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
-  if (mode != "lean" && mode != "ucx" && mode != "user") {
-    fprintf(stderr, "usage: hn_ucx_settings lean|ucx|user\n");
+  if (mode != "lean" && mode != "ucx" && mode != "user_pool" && mode != "user_tls") {
+    fprintf(stderr, "usage: hn_ucx_settings lean|ucx|user_pool|user_tls\n");
     return 2;
   }
   for (const char* v : {"UCX_TLS", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW", "UCX_RX_BUFS_GROW"}) unsetenv(v);
   setenv("HOSTNCCL_UCX", mode == "ucx" ? "ucx" : "lean", 1);
-  if (mode == "user") {
-    setenv("UCX_TLS", "all", 1);
-    setenv("UCX_POSIX_RX_BUFS_GROW", "512", 1);
-  }
+  if (mode == "user_pool") setenv("UCX_POSIX_RX_BUFS_GROW", "512", 1);
+  if (mode == "user_tls") setenv("UCX_TLS", "all", 1);
   int failures = 0;
   const SharedMaps before = ReadMaps();
   ncclComm_t comm = nullptr;
@@ -58,13 +57,17 @@ int main(int argc, char** argv) {
   fprintf(stderr, "%s: the worker mapped %d sysv segment(s) and %llu KiB of posix shared memory\n", mode.c_str(), sysv,
           static_cast<unsigned long long>(posix >> 10));
   constexpr uint64_t kMiB = 1 << 20;
-  if (mode == "lean") {
+  const bool lean_tls = mode == "lean" || mode == "user_pool", lean_pool = mode == "lean";
+  if (lean_tls) {
     HT_EXPECT(sysv == 0, "%d sysv segments with sysv left out", sysv);
+  } else {
+    HT_EXPECT(sysv > 0, "no sysv segment with UCX's transports");
+  }
+  if (lean_pool) {
     HT_EXPECT(posix > 0 && posix < 2 * kMiB, "posix shared memory %llu B, expected a 64-segment pool",
               static_cast<unsigned long long>(posix));
   } else {
-    HT_EXPECT(sysv > 0, "no sysv segment with UCX's transports");
-    HT_EXPECT(posix > 4 * kMiB, "posix shared memory %llu B, expected UCX's 512-segment pool",
+    HT_EXPECT(posix > 4 * kMiB, "posix shared memory %llu B, expected a 512-segment pool",
               static_cast<unsigned long long>(posix));
   }
   HT_NCCL(ncclCommDestroy(comm));
