@@ -336,7 +336,7 @@ struct Region {
   void* ptr;
   size_t bytes;
 };
-std::vector<Region> Regions();  // sorted by name
+std::vector<Region> Regions();  // sorted by name; takes a mutex of its own (callable under SafePointMutex())
 
 const Config& ProcessConfig();  // parsed once (see config.h)
 inline Role ProcessRole() { return ProcessConfig().role; }

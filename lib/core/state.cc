@@ -56,6 +56,10 @@ std::mutex g_sp_mu;
 SafePointRecord g_sp;
 SafePointHook g_sp_hook = nullptr;
 void* g_sp_hook_ctx = nullptr;
+// The registered regions have a mutex of their own, not g_sp_mu: the migration reads them (Regions) under its
+// machine's mutex, which it takes while holding g_sp_mu to answer a PROPOSE (ThreadSanitizer: lock-order
+// inversion, migration_twice's joiner).
+std::mutex g_regions_mu;
 std::map<std::string, Region>& RegionMap() {
   static auto* m = new std::map<std::string, Region>();
   return *m;
@@ -229,14 +233,16 @@ VComm* CreateVComm(ncclComm_t real, Lineage lineage, const void* ids, size_t ids
     std::lock_guard<std::mutex> lock(g_reg_mu);
     lineage.index = g_next_index++;
     if (!real) AnswerAsReplaced(&lineage);
-    v->lineage = std::move(lineage);
+    v->lineage = lineage;
     v->comm_key = CommKeyOf(v->lineage, ids, ids_bytes);
     v->magic = VComm::kMagic;
     Live().push_back(v);
   }
-  base::LogSetRank(v->lineage.rank);
+  // From here the agent thread may complete an incomplete `v` (ResolveSize writes its size under v->mu): the log
+  // reads the local copy (ThreadSanitizer: data race, migration_attack_descriptor).
+  base::LogSetRank(lineage.rank);
   TM_INFO(kLogComm, "vcomm %p #%llu %s nranks %d rank %d key %016llx real %p%s", static_cast<void*>(v),
-          (unsigned long long)v->lineage.index, CommKindName(v->lineage.kind), v->lineage.nranks, v->lineage.rank,
+          (unsigned long long)lineage.index, CommKindName(lineage.kind), lineage.nranks, lineage.rank,
           (unsigned long long)v->comm_key, static_cast<void*>(real), real ? "" : " (sandboxed)");
   if (complete) CompleteVComm(v);
   return v;
@@ -468,7 +474,7 @@ void SetSafePointHook(SafePointHook fn, void* ctx) {
 }
 
 std::vector<Region> Regions() {
-  std::lock_guard<std::mutex> lock(g_sp_mu);
+  std::lock_guard<std::mutex> lock(g_regions_mu);
   std::vector<Region> out;
   for (const auto& kv : RegionMap()) out.push_back(kv.second);
   return out;
@@ -592,7 +598,7 @@ __attribute__((visibility("default"))) int tmShimRank(int rank) {
 
 __attribute__((visibility("default"))) int tmShimRegister(const char* name, void* ptr, size_t bytes) {
   if (!name || !name[0] || !ptr || bytes == 0 || strlen(name) > 63) return tmInvalidArgument;
-  std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
+  std::lock_guard<std::mutex> lock(trainmover::shim::g_regions_mu);
   if (trainmover::shim::RegionMap().count(name)) return tmAlreadyRegistered;
   trainmover::shim::RegionMap()[name] = trainmover::shim::Region{name, ptr, bytes};
   TM_INFO(kLogState, "registered region %s %p %zu bytes", name, ptr, bytes);
@@ -601,7 +607,7 @@ __attribute__((visibility("default"))) int tmShimRegister(const char* name, void
 
 __attribute__((visibility("default"))) int tmShimUnregister(const char* name) {
   if (!name || !name[0]) return tmInvalidArgument;
-  std::lock_guard<std::mutex> lock(trainmover::shim::g_sp_mu);
+  std::lock_guard<std::mutex> lock(trainmover::shim::g_regions_mu);
   if (trainmover::shim::RegionMap().erase(name) == 0) return tmNotRegistered;
   TM_INFO(kLogState, "unregistered region %s", name);
   return tmSuccess;

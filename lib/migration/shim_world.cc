@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -102,6 +103,14 @@ struct ClientSink final : StateSink {
   }
 };
 
+ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit
+
+// At the process's end (exit or World::Exit, after the agent stopped: no job starts any more), the background
+// jobs that finished are joined, not left behind (ThreadSanitizer: thread leak of tm-expose, tm-build).
+void ReapMigrationJobs() {
+  if (g_machine) g_machine->ReapJobs();
+}
+
 class ShimWorld final : public World {
  public:
   explicit ShimWorld(control::Agent* a) : agent_(a) {}
@@ -121,6 +130,7 @@ class ShimWorld final : public World {
     std::fflush(stderr);
     RecoveryDrain();
     if (agent_) agent_->Stop(/*bye=*/true);
+    ReapMigrationJobs();
     _exit(code);
   }
 
@@ -364,7 +374,6 @@ class ShimWorld final : public World {
   std::vector<shim::VComm*> rekeyed_;  // VComms that took a leaver's key (application thread, at the switch)
 };
 
-ProcessMachine* g_machine = nullptr;  // never destroyed: used by the agent thread up to _exit
 
 // The hook: reports the step, then lets the machine hold the application where the migration needs it, then
 // failure recovery (a snapshot, or the hold and rollback of a fenced process).
@@ -379,6 +388,7 @@ int64_t Hook(void*, int64_t step) {
 void InstallMigration(control::Agent* agent) {
   auto* world = new ShimWorld(agent);
   g_machine = new ProcessMachine(*world);
+  std::atexit(ReapMigrationJobs);  // before InstallRecovery's and the agent's: runs after them
   InstallRecovery(world, g_machine);
   agent->SetCommandHandler([](const control::Command& c) {
     if (c.kind >= control::rec::kFirstRecoveryKind && c.kind < control::standby::kFirstStandbyKind) {

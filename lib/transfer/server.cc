@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include "base/crypto.h"
@@ -36,6 +37,12 @@ struct StateServer::Impl {
   std::unique_ptr<detail::LanePool> hash_lanes;
   std::thread progress;
   std::atomic<bool> stop{false};
+  // Held by the progress thread for each ucp_worker_progress call and by Seal while it writes the control
+  // block. Over transports without a get of their own (tcp), UCX answers the joiner's get on this thread by
+  // copying from our memory (rma_sw.c, ucp_rma_sw_pack_get_reply); the joiner polls the sealed flag while
+  // Seal writes it, so without the lock that copy and Seal's writes race (ThreadSanitizer, transfer_fork_tcp).
+  // A remote reader of its own (RDMA, cma) is ordered by the flag's release store alone.
+  std::mutex serving;
   uint8_t nonce[detail::kNonceBytes] = {};
   bool ptracer_set = false;  // Create named a ptracer; Close withdraws it
   bool closed = false;
@@ -47,7 +54,7 @@ struct StateServer::Impl {
     int efd = -1;
     if (ucp_worker_get_efd(worker, &efd) != UCS_OK) efd = -1;
     while (!stop.load(std::memory_order_acquire)) {
-      while (ucp_worker_progress(worker) != 0 && !stop.load(std::memory_order_relaxed)) {
+      while (ProgressOnce() != 0 && !stop.load(std::memory_order_relaxed)) {
       }
       if (efd < 0) {
         std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -58,6 +65,11 @@ struct StateServer::Impl {
       pollfd pfd{efd, POLLIN, 0};
       (void)poll(&pfd, 1, 100);
     }
+  }
+
+  unsigned ProgressOnce() {
+    std::lock_guard<std::mutex> lock(serving);
+    return ucp_worker_progress(worker);
   }
 
   void Unmap() {
@@ -155,6 +167,7 @@ Status StateServer::Seal(std::vector<uint64_t>* checksums) {
   Impl& m = *impl_;
   if (m.descriptor.empty() || m.closed) return Status(Code::kState, "Seal before Expose or after Close");
   Status s = detail::ChecksumRegions(m.regions, m.options.hash_threads, m.hash_lanes.get(), &m.checksums);
+  std::lock_guard<std::mutex> lock(m.serving);  // the control block's writes (see Impl::serving)
   if (!s.ok()) {  // tell a client already reading not to wait for checksums that will never come
     std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(detail::kSealFailed, std::memory_order_release);
     return s;

@@ -31,8 +31,11 @@ WORK = tempfile.mkdtemp(prefix="mig-test-")
 # trainmover Python module) run by TM_PYTHON (an interpreter with NumPy) instead of tm-train.
 PYTHON = os.environ.get("TM_PYTHON", "")
 NUMPY_EXAMPLE = os.path.abspath(os.environ["TM_NUMPY_EXAMPLE"]) if os.environ.get("TM_NUMPY_EXAMPLE") else ""
-TIMEOUT = 50
-REFERENCE_TIMEOUT = 300  # an uninterrupted run to the end (migration_fast: 60,000 steps; 3D), on a loaded machine (150 s was passed at load 35)
+# The hang guards below, times TM_TEST_TIMEOUT_SCALE (`./run test --sanitize` sets 3, as it triples meson's
+# limits: sanitized ranks run several times slower; TSan at load 50 passed 50 s in migration_abort_joiner).
+SCALE = int(os.environ.get("TM_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = 50 * SCALE
+REFERENCE_TIMEOUT = 300 * SCALE  # an uninterrupted run to the end (migration_fast: 60,000 steps; 3D), on a loaded machine (150 s was passed at load 35)
 
 
 def fail(msg):

@@ -4,7 +4,7 @@
 # run's digest on every rank and a positive downtime. Skips (77) while tm-harness says migration is unavailable.
 . "$(dirname "$0")/harness_prologue.sh"
 python3 "$HARNESS" live --build "$BUILD" --ranks 2 --steps 1500 --params 4000 --seed 5 --at 30 --migrate-rank 1 \
-  --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
+  --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s "$HARNESS_TIMEOUT_S" --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?
 cat "$tmp/err"
 if [ $rc = 3 ]; then

@@ -6,7 +6,7 @@
 # bit-identical too; both have a failure-to-next-step time.
 . "$(dirname "$0")/harness_prologue.sh"
 python3 "$HARNESS" failure --build "$BUILD" --ranks 3 --steps 1500 --params 4000 --seed 5 --at 30 --kill-rank 1 \
-  --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s 100 --json > "$tmp/out.json" 2> "$tmp/err"
+  --init-ms 200 --comm-init-ms 100 --step-ms 3 --timeout-s "$HARNESS_TIMEOUT_S" --json > "$tmp/out.json" 2> "$tmp/err"
 rc=$?
 cat "$tmp/err"
 [ $rc = 0 ] || { echo "FAIL: tm-harness exited $rc"; cat "$tmp/out.json"; exit 1; }

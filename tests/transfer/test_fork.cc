@@ -38,6 +38,16 @@ tt::FetchOptions Opts() {
   return o;
 }
 
+// The corruption case changes a region's byte after Expose on purpose. Over the UCX path the leaver's own
+// progress thread copies that byte out for the joiner (UCX's software get, rma_sw.c), ordered after the change
+// only through the joiner's process, which ThreadSanitizer cannot see: it reports the change as a data race. Under
+// ThreadSanitizer that case runs on the cma path only (transfer_fork); the ASan build runs it on every path.
+#if defined(__SANITIZE_THREAD__)
+const bool kTsanUcxPath = Opts().path == tt::FetchPath::kUcx;
+#else
+const bool kTsanUcxPath = false;
+#endif
+
 bool WriteAll(int fd, const void* p, size_t n) {
   const char* c = static_cast<const char*>(p);
   while (n > 0) {
@@ -220,7 +230,7 @@ TEST_CASE("many regions of sizes 0, 1, odd and large, odd chunk size") {
 
 TEST_CASE("a single region of size 0 and one request at a time") { RoundTrip({{"nothing", 0}}, 1, 1); }
 
-TEST_CASE("corruption after the leaver hashed is detected") {
+TEST_CASE("corruption after the leaver hashed is detected" * doctest::skip(kTsanUcxPath)) {
   std::vector<Spec> specs = {{"a", 1000}, {"b", 2u << 20}};
   Child c = StartLeaver(specs, Mode::kCorruptAfterSeal);
   auto client = MakeClient();
