@@ -127,6 +127,15 @@ bool Directory::Exited(uint64_t id, std::string* how) {
   return true;
 }
 
+bool Directory::Is(uint64_t id, const std::string& host, uint32_t pid) const {
+  auto it = children_.find(id);
+  if (it == children_.end() || it->second.pid <= 0 || static_cast<uint32_t>(it->second.pid) != pid || !host_) {
+    return false;
+  }
+  const ProcessRec* agent = host_->FindProcess(it->second.agent);
+  return agent && agent->info.host == host;
+}
+
 void Directory::Stop(uint64_t id) {
   auto it = children_.find(id);
   if (it != children_.end() && !it->second.ended && host_) host_->SendCommand(it->second.agent, MakeStop(id));

@@ -83,6 +83,8 @@ class Directory final : public Engine {
   bool Exited(uint64_t id, std::string* how);
   // Asks its node agent to stop process `id` (SIGTERM).
   void Stop(uint64_t id);
+  // Whether process `id` is the one its node agent reported started with `pid` on `host`.
+  bool Is(uint64_t id, const std::string& host, uint32_t pid) const;
 
  private:
   struct Child {

@@ -37,8 +37,9 @@ constexpr StragglerFlag kFlags[] = {
     {"--straggler-clear-windows", "N", "consecutive windows at or below --straggler-clear to recover (default 3)"},
     {"--straggler-cooldown-s", "S", "migrate: never the same rank twice within S seconds (default 600)"},
     {"--straggler-spare-hosts", "H1,H2",
-     "migrate: start the replacement on the first listed host that is not the "
-     "straggler's (node agents there); default: the coordinator's host"},
+     "the job's spare hosts (node agents there): migrate starts the joiner on the first listed host that is not the "
+     "straggler's, and a failed rank's replacement goes there when its own host cannot take it; default: none (the "
+     "coordinator's host)"},
 };
 
 std::span<const StragglerFlag> StragglerFlags() { return kFlags; }

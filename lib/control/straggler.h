@@ -96,7 +96,8 @@ struct StragglerOptions {
   StragglerPolicy policy = StragglerPolicy::kReport;
   uint64_t cooldown_ms = 600000;  // a rank is not moved again within this (after an attempt, whatever its end)
   // migrate: the joiner goes to the first of these hosts that is not the straggler's own; none listed (or
-  // only its own): it is started like `tmctl migrate --spawn` without --to (on the coordinator's host).
+  // only its own): it is started like `tmctl migrate --spawn` without --to (on the coordinator's host). The job's
+  // one list of spare hosts: the recovery engine takes it too (MakeRecoveryEngine; docs/recovery.md).
   std::vector<std::string> spare_hosts;
 };
 

@@ -80,6 +80,10 @@ struct MoveCtx {
   int64_t proposal = -1, margin = 2, max_seen = -1;  // the switch agreement
   std::set<uint64_t> accepted, at_step, switched;
   bool switch_sent = false;
+  // After SWITCH: the members that said SWITCHED, and the held processes that said they abandoned the migration at
+  // their hold deadline (FAILED, on their next connection); `undone` once every held process did.
+  std::set<uint64_t> confirmed, abandoned;
+  bool undone = false;
   uint64_t max_stall = 0;
   MigState deadline_state = MigState::kRequested;  // the state the deadline below runs for
   uint64_t state_since_ns = 0;                     // monotonic: when it was entered (or SWITCH sent)
@@ -320,6 +324,7 @@ class MigrationEngine final : public Engine {
     if (!x.ByLeaver(p) && !x.ByJoiner(p) && !x.stayers.count(p) && !joiner_candidate) return;
     if (!x.switch_sent) return Abort(h, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
     if (x.ByLeaver(p)) return;  // its BYE after the hand-off
+    if (pr && pr->returning_by_ns) return;  // reconnecting: it says SWITCHED or that it abandoned once back
     // A member that ends or is lost after SWITCH is not waited for: one that finished right at S has nothing more to
     // measure, and a lost one's failure is the failure recovery's (docs/recovery.md, "Right after a switch").
     if (!exited) TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
@@ -348,7 +353,7 @@ class MigrationEngine final : public Engine {
       std::vector<uint64_t> involved = x.Participants(), members = x.Members();
       involved.insert(involved.end(), members.begin(), members.end());
       if (!m || std::find(involved.begin(), involved.end(), p) == involved.end()) continue;
-      if (x.switch_sent) {
+      if (x.switch_sent && !x.undone) {
         h.SendCommand(p, Cmd(mig::Cmd::kSwitch, m->id, mig::Step{m->switch_step}));
       } else if (MigTerminal(m->state)) {
         h.SendCommand(p, Cmd(mig::Cmd::kAbort, m->id, mig::Reason{m->reason}));
@@ -700,13 +705,26 @@ class MigrationEngine final : public Engine {
     if (!DecodePayload(o.e.body, &s)) return;
     if (!o.x.ByJoiner(o.from.id)) o.x.max_stall = std::max(o.x.max_stall, s.stall_ns);
     o.x.switched.insert(o.from.id);
+    o.x.confirmed.insert(o.from.id);
     MaybeDone(o.h, o.m, o.x);
   }
 
   void OnFailed(const On& o) {
     mig::Reason r;
     DecodePayload(o.e.body, &r);
-    if (!o.x.switch_sent) Abort(o.h, o.m, "rank " + std::to_string(o.from.info.rank) + ": " + r.text, true);
+    if (!o.x.switch_sent) return Abort(o.h, o.m, "rank " + std::to_string(o.from.info.rank) + ": " + r.text, true);
+    const std::vector<uint64_t> held = o.x.Participants();
+    if (std::find(held.begin(), held.end(), o.from.id) == held.end() || o.x.confirmed.count(o.from.id)) return;
+    // A held process that heard no SWITCH before its hold deadline abandoned the migration (docs/reliability.md, "The
+    // commit point"). When every one did, SWITCH reached none of them: only joiners can have switched, alone on
+    // replacements that nobody else uses. The switch is undone: ABORT ends them, the leavers keep their ranks.
+    TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": process %" PRIu64 " (rank %d) abandoned it after SWITCH "
+            "was sent: %s", o.m.id, o.from.id, o.from.info.rank, r.text.c_str());
+    o.x.abandoned.insert(o.from.id);
+    if (o.x.abandoned.size() < held.size()) return MaybeDone(o.h, o.m, o.x);
+    o.x.undone = true;
+    Abort(o.h, o.m, "SWITCH reached none of the held processes before their hold deadline; every one abandoned the "
+          "migration, so the switch is undone (a joiner that switched in ends, the leaver keeps its rank)", true);
   }
 
   void OnPhase(const On& o) {
@@ -753,10 +771,22 @@ class MigrationEngine final : public Engine {
     MaybeDone(h, m, x);
   }
 
-  void MaybeDone(EngineHost& h, Migration& m, MoveCtx& x) {
-    if (!x.switch_sent) return;
+  // Done once every member switched (or was lost after SWITCH) or abandoned. When no stayer switched, the leavers'
+  // word decides between done and undone (OnFailed): a leaver that is still there is waited for, up to the deadline.
+  void MaybeDone(EngineHost& h, Migration& m, MoveCtx& x, bool at_deadline = false) {
+    if (!x.switch_sent || MigTerminal(m.state)) return;
     for (uint64_t q : x.Members()) {
-      if (!x.switched.count(q)) return;
+      if (!x.switched.count(q) && !x.abandoned.count(q)) return;
+    }
+    for (const Pair& p : x.pairs) {
+      const ProcessRec* l = h.FindProcess(p.leaver);
+      const bool there = l && (l->state == ProcState::kAlive || l->returning_by_ns);
+      if (!at_deadline && NoStayerConfirmed(x) && there && !x.abandoned.count(p.leaver)) return;
+    }
+    if (!x.abandoned.empty()) {  // the others switched: these are out of step with them (and say so in their logs)
+      std::string who;
+      for (uint64_t q : x.abandoned) who += (who.empty() ? "" : ", ") + std::to_string(q);
+      m.reason = "SWITCH sent; process(es) " + who + " abandoned it at their hold deadline, out of step";
     }
     m.downtime_ns = x.max_stall;
     EndOpenPhase(h, m, 0, "switch");
@@ -802,6 +832,12 @@ class MigrationEngine final : public Engine {
     const bool switching = m.state == MigState::kSwitching;
     const uint64_t limit_ms = switching ? deadlines_.switch_ms : deadlines_.phase_ms;
     if (MigTerminal(m.state) || now - x.state_since_ns <= limit_ms * kNsPerMs) return false;
+    // SWITCH sent and no stayer confirmed it yet: maybe none received it. Their word (SWITCHED, or that they abandoned
+    // at their hold deadline) comes once they are back; wait for it up to the phase deadline after SWITCH.
+    const bool none_confirmed = NoStayerConfirmed(x);
+    if (x.switch_sent && none_confirmed && now - x.state_since_ns <= std::max(deadlines_.phase_ms, limit_ms) * kNsPerMs) {
+      return false;
+    }
     if (!x.switch_sent) {
       const std::string why = std::string("the ") + MigStateName(m.state) + " phase exceeded its deadline of " +
                               std::to_string(limit_ms) + " ms (" +
@@ -812,13 +848,22 @@ class MigrationEngine final : public Engine {
     }
     std::string silent;  // switched, but some members never said so
     for (uint64_t q : x.Members()) {
-      if (!x.switched.count(q)) silent += (silent.empty() ? "" : ", ") + std::to_string(q);
+      if (!x.switched.count(q) && !x.abandoned.count(q)) silent += (silent.empty() ? "" : ", ") + std::to_string(q);
       x.switched.insert(q);
     }
-    MaybeDone(h, m, x);
-    m.reason = "SWITCH sent; process(es) " + silent + " never confirmed it within " + std::to_string(limit_ms) + " ms";
+    MaybeDone(h, m, x, /*at_deadline=*/true);
+    const uint64_t waited_ms = none_confirmed ? std::max(deadlines_.phase_ms, limit_ms) : limit_ms;
+    if (!silent.empty()) {
+      m.reason += std::string(m.reason.empty() ? "" : "; ") + "SWITCH sent; process(es) " + silent +
+                  " never confirmed it within " + std::to_string(waited_ms) + " ms";
+    }
     TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s", m.id, m.reason.c_str());
     return true;
+  }
+
+  // SWITCH went out and no stayer has said SWITCHED (yet): maybe none received it.
+  static bool NoStayerConfirmed(const MoveCtx& x) {
+    return !x.stayers.empty() && std::none_of(x.stayers.begin(), x.stayers.end(), [&](uint64_t q) { return x.confirmed.count(q) > 0; });
   }
 
   Migration* Active(EngineHost& h) {

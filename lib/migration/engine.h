@@ -18,10 +18,15 @@
 #include <string>
 #include <vector>
 
+#include "base/host.h"
 #include "control/coordinator.h"
 #include "control/node.h"
 
 namespace trainmover::control {
+
+// Start's handles of processes started on another host (a node agent's) are this plus a number: beyond any Linux pid
+// (pid_max is at most 2^22), so that an engine keeps one kind of handle for both.
+inline constexpr pid_t kRemoteChild = pid_t{1} << 30;
 
 // What --spawn needs of the operating system, so that the engine's unit tests can run without processes.
 // Coordinator thread only.
@@ -35,12 +40,19 @@ class JoinerLauncher {
     std::string from_host;           // the host whose environment `env` is (the leaver's)
   };
   virtual ~JoinerLauncher() = default;
-  // Starts the joiner: its pid and the log it writes to, or 0 with *err.
+  // Starts the joiner: its pid (on another host: kRemoteChild plus a number) and the log it writes to, or 0 with
+  // *err.
   virtual pid_t Start(const Spec& s, std::string* log, std::string* err) = 0;
   // Whether `pid` has exited (it is reaped then); *how says "status N" or "signal N".
   virtual bool Exited(pid_t pid, std::string* how) = 0;
   // Asks a child that never became a joiner to stop (SIGTERM).
   virtual void Stop(pid_t pid) = 0;
+  // Whether Start can start a process on `host` now ("": the coordinator's own). Here: only this host.
+  virtual bool CanStartOn(const std::string& host) { return host.empty() || host == base::HostName(); }
+  // Whether the process that registered from `host` with `pid` is the child `started` (what Start returned).
+  virtual bool IsChild(pid_t started, const std::string& /*host*/, uint32_t pid) {
+    return pid == static_cast<uint32_t>(started);
+  }
 };
 
 // posix_spawn, waitpid(WNOHANG), kill: on the coordinator's host.
@@ -48,7 +60,8 @@ std::unique_ptr<JoinerLauncher> MakeProcessLauncher();
 
 // Through node agents: a joiner whose Spec names a host with a node agent is started there by it
 // (docs/operator.md, "Node agents"); one for the coordinator's own host (or for no host in particular)
-// with `local`; one for another host without a node agent is refused, naming the host.
+// with `local`; one for another host without a node agent is refused, naming the host. CanStartOn: a host with
+// an alive node agent, or this one; IsChild knows a started process by the pid and host its node agent reported.
 std::unique_ptr<JoinerLauncher> MakeNodeLauncher(node::Directory* nodes, std::unique_ptr<JoinerLauncher> local);
 
 // Matching a joiner with the process it replaces (planned migration and failure recovery alike):

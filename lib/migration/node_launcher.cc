@@ -8,10 +8,6 @@
 namespace trainmover::control {
 namespace {
 
-// A process a node agent started is named by its directory id offset beyond any Linux pid (pid_max is at
-// most 2^22), so that the engine keeps one kind of handle for both.
-constexpr pid_t kRemoteBase = pid_t{1} << 30;
-
 class NodeLauncher final : public JoinerLauncher {
  public:
   NodeLauncher(node::Directory* nodes, std::unique_ptr<JoinerLauncher> local)
@@ -29,17 +25,26 @@ class NodeLauncher final : public JoinerLauncher {
     const uint64_t id = nodes_->Start(host, sp, err);
     if (id == 0) return 0;
     *log = host + ":" + s.log;
-    return kRemoteBase + static_cast<pid_t>(id);
+    return kRemoteChild + static_cast<pid_t>(id);
   }
 
   bool Exited(pid_t pid, std::string* how) override {
-    return pid >= kRemoteBase ? nodes_->Exited(static_cast<uint64_t>(pid - kRemoteBase), how)
+    return pid >= kRemoteChild ? nodes_->Exited(static_cast<uint64_t>(pid - kRemoteChild), how)
                               : local_->Exited(pid, how);
   }
 
+  bool CanStartOn(const std::string& host) override {
+    return host.empty() || host == base::HostName() || nodes_->AgentOn(host) != 0;
+  }
+
+  bool IsChild(pid_t started, const std::string& host, uint32_t pid) override {
+    return started >= kRemoteChild ? nodes_->Is(static_cast<uint64_t>(started - kRemoteChild), host, pid)
+                                  : local_->IsChild(started, host, pid);
+  }
+
   void Stop(pid_t pid) override {
-    if (pid >= kRemoteBase) {
-      nodes_->Stop(static_cast<uint64_t>(pid - kRemoteBase));
+    if (pid >= kRemoteChild) {
+      nodes_->Stop(static_cast<uint64_t>(pid - kRemoteChild));
     } else {
       local_->Stop(pid);
     }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "base/log.h"
+#include "recovery.h"
 #include "standby_msgs.h"
 
 namespace trainmover::migration {
@@ -86,7 +87,7 @@ void ProcessMachine::OnCommand(const control::Command& c) {
     case mig::Cmd::kTape:
       return with(mig::Blob{}, [&](mig::Blob b) { OnTape(b); });
     case mig::Cmd::kAbort:
-      return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(b); });
+      return with(mig::Reason{}, [&](mig::Reason b) { OnAbort(id, b); });
   }
   TM_WARN(kLogMigration, "migration: unknown command %u ignored", c.kind);
 }
@@ -245,8 +246,15 @@ void ProcessMachine::OnTape(const mig::Blob& b) {
   cv_.notify_all();
 }
 
-void ProcessMachine::OnAbort(const mig::Reason& r) {
-  std::lock_guard<std::mutex> lk(mu_);
+void ProcessMachine::OnAbort(uint64_t id, const mig::Reason& r) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (w_.IsJoiner() && !w_.Sandboxed() && id != 0 && id == joiner_.switched_in) {
+    // The migration it switched in by was undone: SWITCH reached none of the held processes in time, they all
+    // abandoned it (docs/reliability.md, "The commit point"). Its sandbox is gone and nobody uses its communicators:
+    // it ends, and the leaver keeps the rank.
+    lk.unlock();
+    w_.Exit(1, "joiner exits: migration " + std::to_string(id) + " was undone after it switched in (" + r.text + ")");
+  }
   if (w_.IsJoiner() && w_.Sandboxed()) {
     joiner_.exit_pending = true;
     joiner_.exit_reason = r.text;
@@ -604,15 +612,26 @@ void ProcessMachine::SendReady(int64_t step) {
   } else {
     Send(mig::Ev::kReady, 0, r);
   }
+  joiner_.ready_ns = w_.MonotonicNs();
   w_.LogReady();
 }
 
-// Held after READY: until SWITCH, an abort, or 3 s without the coordinator (the hold timeout once VERIFIED was
-// sent).
+uint64_t ProcessMachine::JoinerSwitchDeadlineMs() const {
+  return std::max<uint64_t>(2 * w_.PhaseTimeoutMs() + w_.HoldTimeoutMs(), kRecoveryHoldMs);
+}
+
+// Held after READY: until SWITCH, an abort, 3 s without the coordinator (the hold timeout once VERIFIED was
+// sent), or JoinerSwitchDeadlineMs() after READY with the coordinator there.
 void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
   uint64_t lost_since = 0;
   while (member_.agreement != Agreement::kSwitch && !joiner_.exit_pending) {
     w_.Wait(lk, cv_, 50);
+    if (const uint64_t limit_ms = JoinerSwitchDeadlineMs(); w_.MonotonicNs() - joiner_.ready_ns > limit_ms * 1000000ull) {
+      joiner_.exit_pending = true;
+      joiner_.exit_reason = "no SWITCH within " + std::to_string(limit_ms) +
+                            " ms of READY (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS)";
+      break;
+    }
     if (!Disconnected()) {
       lost_since = 0;
       continue;
@@ -637,6 +656,7 @@ int64_t ProcessMachine::SwitchJoinerIn() {
   joiner_.rekey.clear();
   joiner_.by_leaver_key.clear();
   joiner_.intake = Intake::kNone;
+  joiner_.switched_in = mig_;
   active_ = false;
   const int64_t at = member_.step;
   Send(mig::Ev::kSwitched, mig_, mig::Switched{at, 0, 0});

@@ -238,6 +238,8 @@ class ProcessMachine {
     TapeIn tape = TapeIn::kReceiving;
     std::vector<uint8_t> tape_buf;  // chunks so far
     bool exit_pending = false;      // the migration ended without it: exit at the next safe point
+    uint64_t ready_ns = 0;          // monotonic time READY was sent: the wait for SWITCH is bounded from here
+    uint64_t switched_in = 0;       // the migration it switched in by: an ABORT of it ends this process
     std::string exit_reason;
     int exit_code = 1;              // 0: a standby dismissed at the job's end
     std::map<uint64_t, CommRef> by_leaver_key;  // MAP: leaver comm_key -> own VComm
@@ -291,6 +293,10 @@ class ProcessMachine {
   // A held joiner without D exits after this; once it sent VERIFIED it waits as long as a stayer would
   // (HoldTimeoutMs), since the coordinator may have decided to switch while it was cut off.
   static constexpr uint64_t kLostCoordinatorNs = 3000000000ull;
+  // A held joiner whose coordinator is there but never says SWITCH nor ABORT (it forgot it) exits this long after
+  // READY: longer than the coordinator may take from READY to SWITCH (building and agreeing each
+  // TRAINMOVER_PHASE_TIMEOUT_MS, the switch half of TRAINMOVER_HOLD_TIMEOUT_MS; a recovery kRecoveryHoldMs).
+  uint64_t JoinerSwitchDeadlineMs() const;
 
  private:
   // Commands (agent thread).
@@ -305,7 +311,7 @@ class ProcessMachine {
   void OnSwitch(uint64_t id, const mig::Step& st);
   void OnRecordTape(uint64_t id);
   void OnTape(const mig::Blob& b);
-  void OnAbort(const mig::Reason& r);
+  void OnAbort(uint64_t id, const mig::Reason& r);
   void OnStandbyCommand(const control::Command& c);
   // Background jobs.
   void BuildJob(uint64_t id, uint64_t gen, const mig::Build& b);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -43,6 +44,9 @@ struct Lost {
   int32_t rank = -1;
   std::vector<uint64_t> keys;            // the dead rank's communicators, in its creation order
   pid_t child = 0;
+  std::vector<std::string> hosts;        // where a replacement may still be spawned, in order (ReplacementHosts)
+  std::string host;                      // where its replacement runs
+  std::string took;                      // how the record describes the replacement
   std::vector<uint8_t> descriptor;       // the buddy's exposure of the dead rank's copy
   uint32_t buddy_pid = 0;                // the process that exposed it, as it registered
   bool tape_sent = false, fetch_sent = false, verified = false, switched = false;
@@ -147,9 +151,16 @@ bool HeldRank(EngineHost& h, const ProcessRec& p) {
   return r >= 0 && it != last.end() && it->second->id == p.id;
 }
 
+// A failure of the host rather than of the process: it went silent (no heartbeat, no answer to a probe), which a host
+// that is down or cut off does too.
+bool HostSilent(const ProcessRec& p) {
+  return p.lost_reason.rfind("no heartbeat", 0) == 0 || p.lost_reason.find("no answer to a probe") != std::string::npos;
+}
+
 class RecoveryEngine final : public Engine {
  public:
-  explicit RecoveryEngine(std::unique_ptr<JoinerLauncher> l) : launcher_(std::move(l)) {}
+  RecoveryEngine(std::unique_ptr<JoinerLauncher> l, std::vector<std::string> spare_hosts)
+      : launcher_(std::move(l)), spare_hosts_(std::move(spare_hosts)) {}
 
   const char* kind() const override { return kKindRecover; }
   std::string Validate(EngineHost&, const Migration&) override {
@@ -306,14 +317,27 @@ class RecoveryEngine final : public Engine {
       std::string how;
       if (l.child > 0 && !l.joiner && launcher_->Exited(l.child, &how)) {
         const pid_t child = std::exchange(l.child, 0);
-        return Retry(h, "the replacement of rank " + std::to_string(l.rank) + " (pid " + std::to_string(child) +
-                            ") exited (" + how + ") before it registered");
+        const bool remote = child >= kRemoteChild;
+        const std::string why = "the replacement of rank " + std::to_string(l.rank) + " (" +
+                                (remote ? "on host " + l.host + ", by its node agent" : "pid " + std::to_string(child)) +
+                                ") exited (" + how + ") before it registered";
+        // One started through a node agent that could not run it there: the next host of the list, same epoch.
+        Migration* m = h.FindMigration(x.id);
+        const ProcessRec* dead = h.FindProcess(l.dead);
+        if (remote && !l.hosts.empty() && m && dead) {
+          TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": %s; trying host %s", x.id, why.c_str(),
+                  l.hosts.front().c_str());
+          std::string err;
+          if (!SpawnReplacement(*m, *dead, l, &err)) return Retry(h, why + "; " + err);
+          return;
+        }
+        return Retry(h, why);
       }
       // The replacement runs its shadow iteration without a tape (the dead rank recorded none): an empty one at
       // once saves it the wait for one.
       for (const auto& [id, p] : h.processes()) {
         if (l.tape_sent || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != l.rank ||
-            (l.child > 0 && p.info.pid != static_cast<uint32_t>(l.child))) {
+            (l.child > 0 && !launcher_->IsChild(l.child, p.info.host, p.info.pid))) {
           continue;
         }
         l.tape_sent = h.SendCommand(id, mig::Make(static_cast<uint16_t>(mig::Cmd::kTape), x.id, mig::Blob{}));
@@ -659,9 +683,7 @@ class RecoveryEngine final : public Engine {
     m.recovery.snapshot_every = LostBound(first);
     TM_WARN(kLogMigration, "coordinator: rank %d (process %" PRIu64 ") failed: %s%s; recovery %" PRIu64 " of %s, epoch %" PRIu64,
             first.info.rank, first.id, first.lost_reason.c_str(), note.c_str(), m.id, x.Ranks().c_str(), x.epoch);
-    const bool silent = first.lost_reason.rfind("no heartbeat", 0) == 0 ||
-                        first.lost_reason.find("no answer to a probe") != std::string::npos;
-    if (silent && first.info.host == base::HostName() && first.info.pid > 0) {
+    if (HostSilent(first) && first.info.host == base::HostName() && first.info.pid > 0) {
       kill(static_cast<pid_t>(first.info.pid), SIGKILL);  // silent (stopped, hung): it must not come back
     }
     ctx_ = std::move(x);
@@ -681,27 +703,16 @@ class RecoveryEngine final : public Engine {
     h.BeginPhase(m, 0, "fence");
     rec::RecMsg fence{.epoch = ctx_->epoch, .rank = first.info.rank, .words = ctx_->keys};
     for (uint64_t q : ctx_->survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
-    std::vector<std::string> replacements;
     for (size_t i = 0; i < dead.size(); ++i) {
       Lost& l = ctx_->lost[i];
-      std::string took = TakeStandby(h, m, *dead[i], l);
-      if (took.empty()) {
-        std::string err, log;
-        if (dead[i]->info.cmdline.empty()) {
-          err = "the failed rank reported no command line";
-        } else {
-          l.child = launcher_->Start(JoinerSpec(m, *dead[i], l.rank), &log, &err);
-        }
-        if (l.child <= 0) return Fail(h, "cannot start the replacement of rank " + std::to_string(l.rank) + ": " + err);
-        if (m.joiner_log.empty()) m.joiner_log = log;
-        took = "spawned pid " + std::to_string(l.child);
-        TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": replacement of rank %d: pid %d, output in %s", m.id,
-                l.rank, l.child, log.c_str());
+      if (TakeStandby(h, m, *dead[i], l)) continue;
+      std::string err = "the failed rank reported no command line";
+      l.hosts = ReplacementHosts(dead[i]->info.host, !HostSilent(*dead[i]),
+                                 [this](const std::string& host) { return launcher_->CanStartOn(host); }, spare_hosts_,
+                                 base::HostName());
+      if (dead[i]->info.cmdline.empty() || !SpawnReplacement(m, *dead[i], l, &err)) {
+        return Fail(h, "cannot start the replacement of rank " + std::to_string(l.rank) + ": " + err);
       }
-      replacements.push_back(dead.size() == 1 ? took : "rank " + std::to_string(l.rank) + ": " + took);
-    }
-    for (const std::string& r : replacements) {
-      m.recovery.replacement += (m.recovery.replacement.empty() ? "" : "; ") + r;
     }
     if (std::any_of(ctx_->lost.begin(), ctx_->lost.end(), [](const Lost& l) { return !l.joiner; })) {
       h.SetMigState(m, MigState::kSpawning);
@@ -812,16 +823,29 @@ class RecoveryEngine final : public Engine {
     }
   }
 
-  // A replacement's READY: matched against its dead rank like a joiner against its leaver.
+  // A replacement's READY: matched against its dead rank like a joiner against its leaver. Any other joiner of a rank
+  // under recovery (a failed migration's, an abandoned recovery's replacement) is told to exit at once: the migration
+  // engine leaves those READYs to this one, and nothing else would ever answer it (docs/reliability.md).
   void OnReady(EngineHost& h, ProcessRec& j, const Event& e) {
     RecCtx& x = *ctx_;
     Migration* m = h.FindMigration(x.id);
+    const bool ours = std::any_of(x.lost.begin(), x.lost.end(), [&](const Lost& c) { return c.rank == j.info.replace; });
+    const bool matched = std::any_of(x.lost.begin(), x.lost.end(), [&](const Lost& c) { return c.joiner == j.id; });
+    if (!m || j.info.role != "joiner" || !ours || matched) return;
     Lost* l = nullptr;
     for (Lost& c : x.lost) {
-      if (j.info.role == "joiner" && j.info.replace == c.rank && !c.joiner) l = &c;
+      if (j.info.replace == c.rank && !c.joiner && (c.child <= 0 || launcher_->IsChild(c.child, j.info.host, j.info.pid))) {
+        l = &c;
+      }
     }
-    if (!l || !m) return;
-    if (l->child > 0 && j.info.pid != static_cast<uint32_t>(l->child)) return;  // e.g. an abandoned recovery's joiner
+    if (!l) {
+      TM_WARN(kLogMigration, "coordinator: joiner process %" PRIu64 " (pid %u) for rank %d is not the replacement of "
+                             "recovery %" PRIu64 "; told to exit", j.id, j.info.pid, j.info.replace, x.id);
+      const std::string why = "rank " + std::to_string(j.info.replace) + " is being recovered (recovery " +
+                              std::to_string(x.id) + "); this process is not its replacement";
+      h.SendCommand(j.id, mig::Make(static_cast<uint16_t>(mig::Cmd::kAbort), x.id, mig::Reason{why}));
+      return;
+    }
     mig::Ready r;
     ProcessRec* dead = h.FindProcess(l->dead);
     if (!DecodePayload(e.body, &r) || !dead) return Fail(h, "malformed READY from the replacement");
@@ -834,13 +858,14 @@ class RecoveryEngine final : public Engine {
       l->joiner = j.id;  // told to exit by the abort
       return Fail(h, "the replacement of rank " + std::to_string(l->rank) + " does not match it: " + diff);
     }
+    l->took = Spawned(*dead, *l, j.info.pid);  // its pid, as it registered (a node agent's child: now known)
+    Describe(*m);
     Adopt(h, *m, *l, j.id, j2l);
   }
 
   // A waiting standby (docs/recovery.md, "Standbys") instead of a spawned replacement, when one fits: ASSIGN, then
-  // the same commands as to a spawned one once it is ready. Returns how it is described, empty when none fits
-  // (logged): spawn one.
-  std::string TakeStandby(EngineHost& h, Migration& m, const ProcessRec& dead, Lost& l) {
+  // the same commands as to a spawned one once it is ready. False when none fits (logged): spawn one.
+  bool TakeStandby(EngineHost& h, Migration& m, const ProcessRec& dead, Lost& l) {
     std::vector<const CommCreated*> dc;
     for (uint64_t k : l.keys) dc.push_back(&dead.comm_info.at(k));
     std::string why;
@@ -848,14 +873,67 @@ class RecoveryEngine final : public Engine {
     if (!pick) {
       TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": rank %d: %s; spawning a replacement", m.id, l.rank,
               why.c_str());
-      return "";
+      return false;
     }
     TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": the replacement of rank %d is %s", m.id, l.rank,
             pick->describe.c_str());
     const int32_t world = std::max(dead.info.world, l.rank + 1);
     h.SendCommand(pick->process, standby::Make(standby::Cmd::kAssign, m.id, standby::Assign{l.rank, world}));
+    const ProcessRec* standby = h.FindProcess(pick->process);
+    l.host = standby ? standby->info.host : "";
+    l.took = pick->describe;
+    Describe(m);
     Adopt(h, m, l, pick->process, pick->j2l);
-    return pick->describe;
+    return true;
+  }
+
+  // Spawns the replacement of `l` on the first host of l.hosts that starts it; each host tried is taken off the list
+  // (one whose node agent cannot start it, or whose replacement ends before it registers, is not tried again in this
+  // epoch: OnTick goes on down the list). False with *err, the last host's reason, when none did.
+  bool SpawnReplacement(Migration& m, const ProcessRec& dead, Lost& l, std::string* err) {
+    while (!l.hosts.empty()) {
+      const std::string host = l.hosts.front();
+      l.hosts.erase(l.hosts.begin());
+      JoinerLauncher::Spec spec = JoinerSpec(m, dead, l.rank);
+      spec.host = host;
+      std::string log;
+      l.child = launcher_->Start(spec, &log, err);
+      if (l.child <= 0) {
+        l.child = 0;
+        TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": cannot start the replacement of rank %d on host %s: "
+                               "%s%s%s", m.id, l.rank, host.c_str(), err->c_str(), l.hosts.empty() ? "" : "; trying host ",
+                l.hosts.empty() ? "" : l.hosts.front().c_str());
+        *err = "on host " + host + ": " + *err;
+        continue;
+      }
+      l.host = host;
+      l.took = Spawned(dead, l, l.child < kRemoteChild ? static_cast<uint32_t>(l.child) : 0);
+      if (m.joiner_log.empty() || l.dead == ctx_->lost.front().dead) m.joiner_log = log;
+      Describe(m);
+      TM_WARN(kLogMigration, "coordinator: recovery %" PRIu64 ": replacement of rank %d %s, output in %s", m.id, l.rank,
+              l.took.c_str(), log.c_str());
+      return true;
+    }
+    return false;
+  }
+
+  // "spawned pid P on host H (why there)"; pid 0: not known yet (a node agent's child, until it registers).
+  static std::string Spawned(const ProcessRec& dead, const Lost& l, uint32_t pid) {
+    const char* why = l.host == dead.info.host      ? "the failed process's host"
+                      : l.host == base::HostName() ? "the coordinator's host"
+                                                   : "a spare host";
+    return "spawned " + (pid ? "pid " + std::to_string(pid) + " " : std::string()) + "on " + l.host + " (" + why + ")";
+  }
+
+  // The record says where each replacement runs: `host` is the first failed rank's, `replacement` names each.
+  void Describe(Migration& m) const {
+    m.host = ctx_->lost.front().host;
+    m.recovery.replacement.clear();
+    for (const Lost& l : ctx_->lost) {
+      if (l.took.empty()) continue;
+      m.recovery.replacement += (m.recovery.replacement.empty() ? "" : "; ") +
+                                (ctx_->lost.size() == 1 ? l.took : "rank " + std::to_string(l.rank) + ": " + l.took);
+    }
   }
 
   // A replacement (spawned and ready, or a standby) is matched: MAP its communicators to the dead rank's; once every
@@ -1106,6 +1184,7 @@ class RecoveryEngine final : public Engine {
   }
 
   std::unique_ptr<JoinerLauncher> launcher_;
+  std::vector<std::string> spare_hosts_;  // the job's spare hosts (--straggler-spare-hosts), for spawned replacements
   StandbyPool standbys_;
   std::map<int32_t, RankSnaps> snaps_;
   std::map<uint64_t, uint64_t> took_over_;  // a recovery's replacement -> the failed process whose place it took
@@ -1129,8 +1208,25 @@ class RecoveryEngine final : public Engine {
 
 }  // namespace
 
-std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher) {
-  return std::make_unique<RecoveryEngine>(launcher ? std::move(launcher) : MakeProcessLauncher());
+std::vector<std::string> ReplacementHosts(const std::string& dead_host, bool own_failure,
+                                          const std::function<bool(const std::string&)>& can_start,
+                                          const std::vector<std::string>& spares, const std::string& here) {
+  std::vector<std::string> hosts;
+  auto add = [&hosts](const std::string& host) {
+    if (std::find(hosts.begin(), hosts.end(), host) == hosts.end()) hosts.push_back(host);
+  };
+  if (own_failure && (dead_host == here || can_start(dead_host))) add(dead_host);
+  for (const std::string& spare : spares) {
+    if (spare != dead_host && spare != here && can_start(spare)) add(spare);
+  }
+  add(here);
+  return hosts;
+}
+
+std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher,
+                                           std::vector<std::string> spare_hosts) {
+  return std::make_unique<RecoveryEngine>(launcher ? std::move(launcher) : MakeProcessLauncher(),
+                                          std::move(spare_hosts));
 }
 
 }  // namespace trainmover::control

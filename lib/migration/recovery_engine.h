@@ -9,7 +9,10 @@
 #ifndef TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_
 #define TRAINMOVER_LIB_MIGRATION_RECOVERY_ENGINE_H_
 
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "engine.h"
 
@@ -17,8 +20,22 @@ namespace trainmover::control {
 
 // The failure-recovery engine (kind "recover"), to hand to Coordinator::AddEngine after the migration engine
 // (a failure during a planned migration first aborts the migration, then is recovered). Without a launcher it
-// uses MakeProcessLauncher().
-std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr);
+// uses MakeProcessLauncher() (only the coordinator's host); with MakeNodeLauncher it spawns replacements through
+// node agents, on the hosts ReplacementHosts names. `spare_hosts`: the job's spare hosts (--straggler-spare-hosts).
+std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr,
+                                           std::vector<std::string> spare_hosts = {});
+
+// Where the replacement of a failed rank is spawned when no standby takes its place (docs/recovery.md, "Where a
+// spawned replacement runs"): the hosts to try, in order, each once. `dead_host`: the failed process's host;
+// `own_failure`: the failure was the process's own (its connection closed: it exited, was killed or crashed), not
+// its host's silence (no heartbeat, no answer to a probe: the host may be down or cut off); `can_start(host)`: a
+// replacement can be started there now (an alive node agent; the coordinator's host always can); `spares`: the
+// job's spare hosts in the operator's order; `here`: the coordinator's host. The dead process's host first when
+// the failure was its own and it can start one (its device is free, its host-local settings fit), then each spare
+// host other than the dead one that can, and always `here` last. Pure.
+std::vector<std::string> ReplacementHosts(const std::string& dead_host, bool own_failure,
+                                          const std::function<bool(const std::string&)>& can_start,
+                                          const std::vector<std::string>& spares, const std::string& here);
 
 // A member of a communicator that a process's background poll reported failed (COMM_FAULT) is probed; one that does
 // not answer within this long (its agent thread answers at once when the process runs) is declared failed.

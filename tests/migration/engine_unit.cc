@@ -44,23 +44,34 @@ class FakeHost final : public testing::FakeEngineHost {
   }
 };
 
-// Children the engine "spawned": pids from 500 on.
+// Children the engine "spawned": pids from 500 on; on a host with a node agent (`agents`), handles from kRemoteChild
+// + 500 on, whose agent reports pid 700 + the same number.
 class FakeLauncher final : public JoinerLauncher {
  public:
   struct State {
     std::vector<Spec> started;
     std::set<pid_t> exited, stopped;
     bool fail = false;
+    std::set<std::string> agents;  // hosts other than this one with a node agent
+    std::set<std::string> refuse;  // of those, the ones whose node agent cannot be asked (Start fails)
   };
   explicit FakeLauncher(State* s) : s_(s) {}
   pid_t Start(const Spec& spec, std::string* log, std::string* err) override {
-    if (s_->fail) {
+    if (s_->fail || s_->refuse.count(spec.host)) {
       *err = "no such program";
       return 0;
     }
     s_->started.push_back(spec);
     *log = spec.log;
-    return static_cast<pid_t>(499 + s_->started.size());
+    const pid_t n = static_cast<pid_t>(499 + s_->started.size());
+    return s_->agents.count(spec.host) ? kRemoteChild + n : n;
+  }
+  bool CanStartOn(const std::string& host) override {
+    return JoinerLauncher::CanStartOn(host) || s_->agents.count(host) > 0;
+  }
+  bool IsChild(pid_t started, const std::string& host, uint32_t pid) override {
+    if (started < kRemoteChild) return JoinerLauncher::IsChild(started, host, pid);
+    return s_->agents.count(host) && pid == static_cast<uint32_t>(started - kRemoteChild + 200);
   }
   bool Exited(pid_t pid, std::string* how) override {
     if (!s_->exited.count(pid)) return false;
@@ -704,6 +715,58 @@ TEST_CASE("the commit point: a process that comes back is told the outcome decid
   CHECK(j.h.Take().empty());
 }
 
+// building/coordinator/host of the fault matrix: the coordinator's host cut off right as it sent SWITCH. The joiner
+// received it and switched in; the held processes did not, abandoned the migration at their hold deadline, and told
+// the coordinator once back (their FAILED waits for the next connection). The coordinator used to mark the migration
+// done at its confirmation deadline and repeat SWITCH: the joiner was left alone on its replacements, out of step.
+TEST_CASE("the commit point: SWITCH that reached no held process; every one abandoned, the switch is undone") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  CHECK(j.h.Take() == V({"101:READ"}));
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "101:SWITCH", "2:SWITCH"}));
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // only the joiner got it
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);  // past the confirmation deadline; no held process has said anything
+  CHECK(m.state == MigState::kSwitching);
+  for (uint64_t p : {1, 3, 2}) {  // each agent gave up on its silent connection: BYE "reconnect", then back
+    j.h.procs[p].returning_by_ns = 1;
+    j.Lose(p);
+    CHECK(m.state == MigState::kSwitching);
+    j.h.procs[p].state = ProcState::kAlive;
+    j.h.procs[p].returning_by_ns = 0;
+    j.e->OnProcessBack(j.h, p);
+  }
+  CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "2:SWITCH"}));  // refused by each: it abandoned
+  SUBCASE("every held process abandoned: failed, the joiner told to end") {
+    const std::string held_out = "no decision from the coordinator within 6000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)";
+    for (uint64_t p : {1, 3}) {
+      j.Send(p, mig::Ev::kFailed, m.id, mig::Reason{held_out});
+      CHECK(m.state == MigState::kSwitching);
+      CHECK(j.h.Take().empty());
+    }
+    j.Send(2, mig::Ev::kFailed, m.id, mig::Reason{held_out});
+    CHECK(m.state == MigState::kFailed);
+    CHECK(m.reason == "SWITCH reached none of the held processes before their hold deadline; every one abandoned the "
+                      "migration, so the switch is undone (a joiner that switched in ends, the leaver keeps its rank)");
+    CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+    j.h.procs[101].state = ProcState::kAlive;
+    j.e->OnProcessBack(j.h, 101);  // one that was away hears ABORT, not SWITCH
+    CHECK(j.h.Take() == V({"101:ABORT"}));
+  }
+  SUBCASE("one stayer switched, the other abandoned: done, the abandoned one named; nobody told to end") {
+    j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+    j.Send(3, mig::Ev::kFailed, m.id, mig::Reason{"no decision"});
+    CHECK(m.state == MigState::kDone);
+    CHECK(m.reason == "SWITCH sent; process(es) 3 abandoned it at their hold deadline, out of step");
+    CHECK(j.h.Take().empty());
+  }
+}
+
 TEST_CASE("ready: a leaver that destroyed a communicator since the request fails the migration, no crash") {
   Job j(3);
   Migration& m = j.Request({1});
@@ -789,8 +852,9 @@ namespace {
 
 // A job of `n` workers with the recovery engine; ranks r+1's buddy is rank r+2's process (the next rank).
 struct RecJob : Job {
-  std::unique_ptr<Engine> r = MakeRecoveryEngine(std::make_unique<FakeLauncher>(&launched));
-  explicit RecJob(int n) : Job(n) {}
+  std::unique_ptr<Engine> r;
+  explicit RecJob(int n, std::vector<std::string> spare_hosts = {})
+      : Job(n), r(MakeRecoveryEngine(std::make_unique<FakeLauncher>(&launched), std::move(spare_hosts))) {}
   void Rec(uint64_t from, rec::Ev kind, const rec::RecMsg& m, uint64_t id = 0) {
     Event ev;
     ev.kind = static_cast<uint16_t>(kind);
@@ -1446,7 +1510,7 @@ TEST_CASE("replacement lost: a new epoch spawns another, the old one's builds dr
   CHECK(m.ranks == std::vector<int32_t>{1});
   CHECK(m.recovery.detected_by == "connection closed by peer; the replacement of rank 1 (process 101, pid 500) was lost "
                                   "in recovery " + std::to_string(first.id));
-  CHECK(m.recovery.replacement == "spawned pid 501");
+  CHECK(m.recovery.replacement == "spawned pid 501 on " + trainmover::base::HostName() + " (the coordinator's host)");
   CHECK(j.h.Take() == std::vector<std::string>{"1:ABORT", "3:ABORT", "1:FENCE", "3:FENCE"});
   CHECK(j.launched.started.size() == 2);
   // The survivors, still held, say so again under the new epoch; the step is picked anew.
@@ -1581,10 +1645,125 @@ TEST_CASE("standby lost while it takes the place: another standby takes it under
   Fail(j, other);  // no standby left: spawned
   Migration& m3 = j.h.migs.rbegin()->second;
   CHECK(m3.recovery.epoch == 3);
-  CHECK(m3.recovery.replacement == "spawned pid 500");
+  CHECK(m3.recovery.replacement == "spawned pid 500 on " + trainmover::base::HostName() + " (the coordinator's host)");
   REQUIRE(j.launched.started.size() == 1);
   CHECK(j.launched.started[0].env.back() == "TRAINMOVER_REPLACE=1");
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 3, .step = 13, .words = {12}}, m3.id);
   ReadyRank1(j, 101, 500);
   CompleteRank1(j, m3, 101);
+}
+
+TEST_CASE("sandbox/leaver/kill: a migration's joiner READY while its rank is being recovered is told to exit at once") {
+  // The fault matrix's cell: the leaver is killed before the migration's joiner is READY; the migration fails and a
+  // recovery of rank 1 spawns its own replacement. The migration's joiner, READY next, used to be left to the
+  // recovery, which ignored it (not its replacement): it waited for SWITCH forever and the job never ended.
+  RecJob j(3);
+  j.Snapshot(3);
+  Migration& mig = j.Request({1});
+  const uint64_t joiner = j.AddJoiner(1);  // registered in the sandbox (pid 1101)
+  j.h.Take();
+  j.h.procs[2].lost_reason = "connection closed by peer";
+  j.h.procs[2].state = ProcState::kLost;
+  for (Engine* e : {j.e.get(), j.r.get()}) e->OnProcessLost(j.h, 2);  // the coordinator's order
+  CHECK(mig.state == MigState::kFailed);
+  Migration& rec = j.h.migs.rbegin()->second;
+  REQUIRE(rec.kind == kKindRecover);
+  REQUIRE(j.launched.started.size() == 1);  // the recovery's own replacement: pid 500
+  for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
+    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = rec.recovery.epoch, .step = 13, .words = {12}}, rec.id);
+  }
+  j.h.Take();
+  mig::Ready ready;
+  ready.comms = {Job::Comm(0xB1, 1, 3)};
+  ready.regions = {Region{"w", 64}};
+  Event ev;
+  ev.kind = static_cast<uint16_t>(mig::Ev::kReady);
+  ev.body = EncodePayload(ready);
+  for (Engine* e : {j.e.get(), j.r.get()}) e->OnEvent(j.h, joiner, ev);
+  REQUIRE(j.h.sent.size() == 1);
+  mig::Reason why;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &why));
+  CHECK(why.text == "rank 1 is being recovered (recovery " + std::to_string(rec.id) +
+                        "); this process is not its replacement");
+  CHECK(j.h.Take() == V({"101:ABORT"}));
+  CHECK_FALSE(MigTerminal(rec.state));
+  // The recovery goes on with its own replacement.
+  ReadyRank1(j, 150, 500);
+  CHECK(j.h.Take() == V({"150:MAP", "150:MAKE_IDS"}));
+  CompleteRank1(j, rec, 150);
+  CHECK(rec.state == MigState::kDone);
+}
+
+// ---- where a spawned replacement runs (docs/recovery.md, "Where a spawned replacement runs")
+
+TEST_CASE("replacement host: the failed process's own host, then spare hosts, then the coordinator's") {
+  auto agents = [](std::set<std::string> on) { return [on](const std::string& host) { return on.count(host) > 0; }; };
+  // Its own failure and a node agent on its host: there first, then each spare host that can, the coordinator's last.
+  CHECK(ReplacementHosts("b", true, agents({"b", "s1", "s2"}), V({"s1", "s2"}), "a") == V({"b", "s1", "s2", "a"}));
+  // Its host silent (no heartbeat, no answer to a probe): never there, even with a node agent (down or cut off).
+  CHECK(ReplacementHosts("b", false, agents({"b", "s1"}), V({"s1", "b"}), "a") == V({"s1", "a"}));
+  // No node agent on its host; a spare host without one skipped; the coordinator's host once, last.
+  CHECK(ReplacementHosts("b", true, agents({"s2"}), V({"b", "s1", "a", "s2"}), "a") == V({"s2", "a"}));
+  CHECK(ReplacementHosts("b", true, agents({}), {}, "a") == V({"a"}));
+  // A process of the coordinator's host: there (its launcher is always there), then the spare hosts.
+  CHECK(ReplacementHosts("a", true, agents({"s1"}), V({"s1"}), "a") == V({"a", "s1"}));
+  CHECK(ReplacementHosts("a", false, agents({"s1"}), V({"s1"}), "a") == V({"s1", "a"}));
+}
+
+TEST_CASE("replacement host: spawned on the failed process's host by its node agent, known by the pid it reported") {
+  RecJob j(3, {"spare"});
+  j.launched.agents = {"h", "spare"};  // every process of the job runs on host "h"
+  Migration& m = FailRank1(j);
+  REQUIRE(j.launched.started.size() == 1);
+  CHECK(j.launched.started[0].host == "h");
+  CHECK(j.launched.started[0].from_host == "h");
+  CHECK(m.host == "h");
+  CHECK(m.recovery.replacement == "spawned on h (the failed process's host)");
+  j.h.Take();
+  // A joiner of rank 1 that is not the one its agent started is no replacement (told to exit); the one it started is
+  // matched.
+  ReadyRank1(j, 150, 501);
+  CHECK(j.h.Take() == V({"150:ABORT"}));
+  j.h.procs.erase(150);
+  ReadyRank1(j, 101, 700);
+  CHECK(j.h.Take() == std::vector<std::string>{"101:MAP", "101:MAKE_IDS"});
+  CHECK(m.recovery.replacement == "spawned pid 700 on h (the failed process's host)");
+  CompleteRank1(j, m, 101);
+  CHECK(m.recovery.epoch == 1);
+}
+
+TEST_CASE("replacement host: a host whose agent cannot start it, or whose replacement ends before it registers, is "
+          "passed over for the next one in the same epoch; a silent host is never chosen") {
+  RecJob j(3, {"spare"});
+  j.launched.agents = {"h", "spare"};
+  j.launched.refuse = {"h"};  // its node agent cannot be asked: the spare host at once
+  Migration& m = FailRank1(j);
+  REQUIRE(j.launched.started.size() == 1);
+  CHECK(j.launched.started[0].host == "spare");
+  CHECK(m.host == "spare");
+  CHECK(m.recovery.replacement == "spawned on spare (a spare host)");
+  // The spare host's node agent could not run it (it ended before it registered): the coordinator's host, the same
+  // epoch and record, no new fence.
+  j.h.Take();
+  j.launched.exited.insert(kRemoteChild + 500);
+  j.r->OnTick(j.h);
+  REQUIRE(j.launched.started.size() == 2);
+  CHECK(j.launched.started[1].host == trainmover::base::HostName());
+  CHECK(j.h.migs.rbegin()->second.id == m.id);
+  CHECK(m.state != MigState::kFailed);
+  CHECK(m.recovery.epoch == 1);
+  CHECK(j.h.Take().empty());
+  CHECK(m.recovery.replacement == "spawned pid 501 on " + trainmover::base::HostName() + " (the coordinator's host)");
+  ReadyRank1(j, 101, 501);
+  CompleteRank1(j, m, 101);
+
+  // Rank 2 (process 3) goes silent: not on its host "h", although a node agent is there.
+  j.launched.refuse.clear();
+  j.Snapshot(3, 14, 1);
+  j.h.procs[3].lost_reason = "no heartbeat for 10000 ms";
+  j.h.procs[3].state = ProcState::kLost;
+  j.r->OnProcessLost(j.h, 3);
+  REQUIRE(j.launched.started.size() == 3);
+  CHECK(j.launched.started[2].host == "spare");
+  CHECK(j.h.migs.rbegin()->second.recovery.replacement == "spawned on spare (a spare host)");
 }

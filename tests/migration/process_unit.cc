@@ -687,6 +687,26 @@ TEST_CASE("joiner: waits for the tape at its first safe point, shadow iteration,
   CHECK(p.m.agreement() == M::Agreement::kNone);
 }
 
+TEST_CASE("joiner: switched in, then an ABORT of that migration (the switch was undone): it exits; another is ignored") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.w.keys = {0xB0};
+  p.Cmd(mig::Cmd::kMap, mig::KeyList{{0xB0, 0xA}}, 7);
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});
+  p.SafePoint(0);
+  p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}, 7));
+  CHECK(p.SafePoint(1) == 12);
+  CHECK_FALSE(p.w.sandboxed);
+  p.Cmd(mig::Cmd::kAbort, mig::Reason{"of another migration"}, 8);
+  try {
+    p.Cmd(mig::Cmd::kAbort, mig::Reason{"every held process abandoned it"}, 7);
+    FAIL("the joiner stayed");
+  } catch (const Exited& e) {
+    CHECK(e.code == 1);
+    CHECK(e.line == "joiner exits: migration 7 was undone after it switched in (every held process abandoned it)");
+  }
+}
+
 TEST_CASE("joiner: no tape within 3 s: the sandbox emulates") {
   Proc p;
   p.w.joiner = p.w.sandboxed = true;
@@ -762,6 +782,31 @@ TEST_CASE("joiner: a coordinator that goes silent; exit after 3 s, or after the 
   CHECK(silent_for_ms > bound_ms);        // never before its deadline
   CHECK(silent_for_ms <= bound_ms + 100);  // nor much after it (the wait polls every 50 ms)
   CHECK(p.m.intake() == (verified ? M::Intake::kRead : M::Intake::kPrepared));
+}
+
+// sandbox/leaver/kill of the fault matrix: a joiner READY for a migration the coordinator no longer serves, with the
+// coordinator there (heartbeats, no command), used to wait for SWITCH forever.
+TEST_CASE("joiner: a coordinator that never answers READY; exit at 2 x the phase deadline + the hold deadline") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = true;
+  p.w.phase_ms = 1000;
+  p.Cmd(mig::Cmd::kTape, mig::Blob{});
+  p.SafePoint(0);
+  const uint64_t t0 = p.w.mono;
+  const uint64_t bound_ms = 2 * p.w.phase_ms + p.w.HoldTimeoutMs();
+  CHECK(p.m.JoinerSwitchDeadlineMs() == bound_ms);
+  try {
+    p.SafePoint(1);
+    FAIL("the joiner returned");
+  } catch (const Exited& e) {
+    CHECK(e.code == 1);
+    CHECK(e.line == "joiner exits: the migration did not complete (no SWITCH within " + std::to_string(bound_ms) +
+                        " ms of READY (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS))");
+  }
+  const uint64_t waited_ms = (p.w.mono - t0) / 1000000ull;
+  CHECK(waited_ms > bound_ms);
+  CHECK(waited_ms <= bound_ms + 100);
+  CHECK(p.w.Take() == V{"READY"});
 }
 
 TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure fails the migration") {

@@ -17,8 +17,9 @@ Scenarios (each compares every rank's final digest with an uninterrupted single-
             --to a host without a node agent is refused
   recover   the same job with a standby on host 2 (`tmrun --standby 1` on node 1): rank 3 (host 2) is killed with
             SIGKILL, node 1's tmrun asks the coordinator and keeps its other rank, the standby takes rank 3; then
-            rank 2 (host 2) is killed, no standby is left, and a replacement is spawned on the coordinator's host
-            (host 1) with host 1's own host-local variables
+            rank 2 (host 2) is killed, no standby is left, and its replacement is spawned on host 2, its own host,
+            by node 1's tmrun (the host's node agent) with host 2's host-local variables; the status JSON, tmctl
+            status and the coordinator's log say where
 Needs root and iproute2 (ip netns); exits 77 with the reason otherwise.
 """
 import os
@@ -230,19 +231,29 @@ def scenario_recover():
         print(f"recover: rank {rank} (pid {pid}, host2) killed; recovered by {rec['recovery']['replacement']} at step "
               f"{rec['recovery']['rollback_step']} ({rec['recovery']['lost_steps']} lost), downtime "
               f"{rec['downtime_ms']:.1f} ms; ranks on {hosts}")
-        if hosts.get(rank) != ("host2" if how == "standby" else "host1"):
-            fail(f"rank {rank} should run on {'host2' if how == 'standby' else 'host1'} now: {hosts}")
+        # The replacement runs on the failed process's host, which is fine: the standby there, or a process that
+        # host's node agent (node 1's tmrun) spawned, registered with host 2's TRAINMOVER_HOST.
+        if hosts.get(rank) != "host2" or rec["host"] != "host2":
+            fail(f"rank {rank} should run on host2 now: {hosts}; the record says host {rec['host']!r}")
+        if how == "spawned":
+            if "on host2 (the failed process's host)" not in rec["recovery"]["replacement"]:
+                fail(f"the record does not say where the replacement runs: {rec['recovery']['replacement']!r}")
+            rc, out = C.tmctl("status")
+            if not re.search(rf"^{rec['id']}\s+2\s.*spawned pid \d+ on host2 ", out, re.M):
+                fail(f"tmctl status does not say that rank 2's replacement runs on host2:\n{out}")
     finish(nodes)
     with open(os.path.join(WORK, "node1.log"), errors="replace") as f:
         log1 = f.read()
     if "the coordinator recovers it" not in log1:
         fail("node 1's tmrun did not say that the coordinator recovers its rank")
+    if not re.search(r"^tmrun: node: started \S+ \(id \d+\), pid \d+$", log1, re.M):
+        fail("node 1's tmrun (host 2's node agent) did not start the replacement")
     got = node_digests(skip=(2, 3))
     m = re.search(r"^\[s0\] final-state sha256:([0-9a-f]+)$", log1, re.M)
     if m:
         got[3] = m.group(1)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and 2 not in got:  # the spawned replacement's log (coordinator's children)
+    while time.monotonic() < deadline and 2 not in got:  # the spawned replacement's log (node 1's child)
         d = nethosts.digests(os.path.join(WORK, "joiner-2.log")) if os.path.exists(os.path.join(WORK, "joiner-2.log")) else {}
         if None in d:
             got[2] = d[None]

@@ -177,8 +177,11 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
     embedded_->coord->AddEngine(std::move(nodes));
     embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine(
         trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
-    // After the migration engine: a failure during a planned migration first aborts it, then is recovered.
-    embedded_->coord->AddEngine(trainmover::control::MakeRecoveryEngine());
+    // After the migration engine: a failure during a planned migration first aborts it, then is recovered. Its
+    // spawned replacements go through node agents too (the failed process's host, a spare host: docs/recovery.md).
+    embedded_->coord->AddEngine(trainmover::control::MakeRecoveryEngine(
+        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher()),
+        straggler_.spare_hosts));
   }
   if (Status st = embedded_->coord->Start(); !st.ok()) {
     embedded_.reset();

@@ -19,8 +19,6 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,11 +26,9 @@
 #include "base/config.h"
 #include "base/host.h"
 #include "base/hostport.h"
-#include "base/spawn_process.h"
 #include "common/kv_store.h"
 #include "control.h"
-#include "control/agent.h"
-#include "control/node.h"
+#include "node_agent.h"
 #include "options.h"
 
 namespace {
@@ -190,12 +186,6 @@ bool Spawn(const tmrun::Config& cfg, const tmrun::JobInfo& job, Rank* r) {
   return true;
 }
 
-std::string Describe(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
-  return "stopped";
-}
-
 int ExitCodeOf(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
@@ -212,24 +202,6 @@ void SignalAll(std::vector<Rank>& ranks, int signo) {
   for (Rank& r : ranks) {
     if (r.running) kill(-r.pid, signo);
   }
-}
-
-// Starts a node agent's process: the requested environment with this host's own values of the host-local
-// variables (node.h), in its own session, output appended to its log. Its pid, or 0 with *why.
-pid_t SpawnForNode(const trainmover::control::node::Spawn& s, std::string* why) {
-  const std::vector<std::string> env = trainmover::control::node::WithThisHostsEnv(s.env);
-  struct stat st;
-  const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  std::string log = s.log;
-  if (!dir_ok && !log.empty()) log = log.substr(log.rfind('/') + 1);  // the leaver's folder is not here
-  pid_t pid = 0;
-  trainmover::base::Status started = trainmover::base::SpawnProcess(
-      {s.argv, env, dir_ok ? s.dir : "", log, /*append=*/true, /*new_session=*/true}, &pid);
-  if (!started.ok()) {
-    *why = started.message();
-    return 0;
-  }
-  return pid;
 }
 
 // How long a node K > 0 or a joiner waits for node 0's store to answer and publish the job (node 0 may
@@ -293,50 +265,15 @@ int ReadJob(const tmrun::Config& cfg, const std::string& addr, tmrun::JobInfo* j
   return 0;
 }
 
-// --node: a node agent (docs/operator.md, "Node agents"). It registers this host with the job's coordinator
-// as a process of role "node" and starts what the coordinator asks for here (a joiner for a migration to
-// this host), each in its own session with its output in a log file, and reports when each ends. It runs
-// until SIGINT or SIGTERM; what it started keeps running after it (they are the job's processes).
+// --node: a node agent and nothing else (node_agent.h). It runs until SIGINT or SIGTERM; what it started keeps
+// running after it (they are the job's processes).
 int RunNodeAgent(const tmrun::JobInfo& job, const std::string& coordinator) {
-  namespace node = trainmover::control::node;
   if (coordinator.empty()) {
     fprintf(stderr, "tmrun: --node: the job runs without a coordinator; nothing could ask this node anything\n");
     return 2;
   }
-  trainmover::control::Agent::Options o;
-  o.coordinator = coordinator;
-  o.token = job.token;
-  o.self = trainmover::control::DescribeSelf(node::kRole, -1, job.world, -1);
-  trainmover::control::Agent agent(o);
-  std::mutex mu;
-  std::map<pid_t, uint64_t> children;  // pid -> the coordinator's id
-  agent.SetCommandHandler([&](const trainmover::control::Command& c) {
-    trainmover::control::Reader r(c.body.data(), c.body.size());
-    if (c.kind == static_cast<uint16_t>(node::Cmd::kSpawn)) {
-      node::Spawn s;
-      if (!s.Decode(r)) return;
-      node::Child done{s.id, 0, ""};
-      done.pid = SpawnForNode(s, &done.how);
-      if (done.pid > 0) {
-        std::lock_guard<std::mutex> lock(mu);
-        children[done.pid] = s.id;
-      }
-      fprintf(stderr, "tmrun: node: %s %s (id %llu)%s%s\n", done.pid > 0 ? "started" : "could not start",
-              s.argv[0].c_str(), static_cast<unsigned long long>(s.id), done.pid > 0 ? ", pid " : ": ",
-              done.pid > 0 ? std::to_string(done.pid).c_str() : done.how.c_str());
-      agent.SendEvent(node::MakeChildEvent(node::Ev::kSpawned, done));
-    } else if (c.kind == static_cast<uint16_t>(node::Cmd::kStop)) {
-      node::Child who;
-      if (!who.Decode(r)) return;
-      std::lock_guard<std::mutex> lock(mu);
-      for (const auto& [pid, id] : children) {
-        if (id == who.id) kill(-pid, SIGTERM);
-      }
-    }
-  });
-  agent.Start();
-  fprintf(stderr, "tmrun: node agent for host %s, coordinator %s\n", trainmover::base::HostName().c_str(),
-          coordinator.c_str());
+  tmrun::NodeAgent agent;
+  agent.Start(coordinator, job.token, job.world);
   for (;;) {
     pollfd p{g_sig_pipe[0], POLLIN, 0};
     if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
@@ -348,18 +285,11 @@ int RunNodeAgent(const tmrun::JobInfo& job, const std::string& coordinator) {
       int status = 0;
       pid_t pid = waitpid(-1, &status, WNOHANG);
       if (pid <= 0) break;
-      std::lock_guard<std::mutex> lock(mu);
-      auto it = children.find(pid);
-      if (it == children.end()) continue;
-      node::Child ended{it->second, pid, Describe(status)};
-      fprintf(stderr, "tmrun: node: pid %d (id %llu) %s\n", pid, static_cast<unsigned long long>(ended.id),
-              ended.how.c_str());
-      agent.SendEvent(node::MakeChildEvent(node::Ev::kExited, ended));
-      children.erase(it);
+      agent.Reaped(pid, status);
     }
     if (stop) break;
   }
-  agent.Stop(/*bye=*/true);
+  agent.Stop();
   return 0;
 }
 
@@ -473,6 +403,7 @@ int main(int argc, char** argv) {
   tmrun::JobInfo job;
   tm_tools::KvServer store;
   tmrun::ControlPlane control;  // TRAINMOVER_COORDINATOR/TOKEN for the ranks (tools/tmrun/control.h)
+  tmrun::NodeAgent node_agent;  // node K > 0: this host's node agent (node_agent.h)
   control.SetStragglerOptions(cfg.straggler, cfg.straggler_given);
   const bool serves = !cfg.join && !cfg.node && cfg.node_rank == 0;  // node 0 serves the store and the coordinator
   // The job's token authenticates the store and the coordinator.
@@ -494,6 +425,9 @@ int main(int argc, char** argv) {
     }
     if (!cfg.join)
       fprintf(stderr, "tmrun: node %d of %d, %d ranks, store %s\n", cfg.node_rank, cfg.nnodes, cfg.nproc, addr.c_str());
+    // Node K > 0 is its host's node agent too: the coordinator (on node 0's host, or elsewhere) can start a failed
+    // rank's replacement, or a migration's joiner, here (docs/recovery.md, "Where a spawned replacement runs").
+    if (!cfg.join && !control.address().empty()) node_agent.Start(control.address(), job.token, job.world);
   } else if (int rc = ServeJob(cfg, &job, &store, &control); rc != 0) {
     return rc;
   }
@@ -529,6 +463,7 @@ int main(int argc, char** argv) {
   auto stop_all = [&](int signo) {
     SignalAll(ranks, signo);
     SignalAll(standbys, signo);
+    node_agent.SignalAll(signo);
     if (!stopping) kill_at = Clock::now() + std::chrono::milliseconds(cfg.grace_ms);
     stopping = true;
   };
@@ -556,10 +491,14 @@ int main(int argc, char** argv) {
         for (const Stream& s : r.streams) any_stream |= s.fd >= 0;
       }
     }
-    // Joiners that the embedded coordinator spawned (tmctl migrate --spawn) are children too: once they hold
-    // ranks, the job is not over until they exit (unless the job is being stopped). So are ranks that moved
+    // Joiners that the embedded coordinator spawned (tmctl migrate --spawn), and what this host's node agent started
+    // (a replacement, a joiner), are children too: once they hold ranks, the job is not over until they exit (unless
+    // the job is being stopped). So are ranks that moved
     // to another host: while the embedded coordinator sees processes of the job, node 0 keeps serving it.
-    const bool joiners = !stopping && (OtherChildrenAlive() || control.JobProcesses() > 0);
+    // A node agent whose own ranks are gone (one recovered elsewhere, or its replacement not started here yet) stays
+    // while the coordinator recovers one: the replacement may be on its way to this host.
+    const bool joiners = !stopping && (OtherChildrenAlive() || control.JobProcesses() > 0 ||
+                                       (!any_running && node_agent.started() && control.Recovering(500, 0)));
     if (!any_running && !any_stream && !joiners) break;
 
     std::vector<pollfd> pfds = {{g_sig_pipe[0], POLLIN, 0}};
@@ -591,6 +530,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "tmrun: ranks still running %d ms after SIGTERM; sending SIGKILL\n", cfg.grace_ms);
         SignalAll(ranks, SIGKILL);
         SignalAll(standbys, SIGKILL);
+        node_agent.SignalAll(SIGKILL);
         kill_at = Clock::now() + std::chrono::hours(24);
       }
       continue;
@@ -611,6 +551,7 @@ int main(int argc, char** argv) {
         if (stopping) {
           SignalAll(ranks, signo == SIGINT ? SIGKILL : signo);  // a second Ctrl-C kills
           SignalAll(standbys, signo == SIGINT ? SIGKILL : signo);
+          node_agent.SignalAll(signo == SIGINT ? SIGKILL : signo);
         } else {
           stop_all(signo);
         }
@@ -619,11 +560,12 @@ int main(int argc, char** argv) {
         int status = 0;
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0) break;
+        if (node_agent.Reaped(pid, status)) continue;  // a replacement or joiner this host's node agent started
         for (Rank& s : standbys) {
           if (s.pid != pid) continue;
           s.running = false;
           s.status = status;
-          fprintf(stderr, "tmrun: standby %d (pid %d) %s\n", s.standby, pid, Describe(status).c_str());
+          fprintf(stderr, "tmrun: standby %d (pid %d) %s\n", s.standby, pid, tmrun::DescribeStatus(status).c_str());
         }
         for (Rank& r : ranks) {
           if (r.pid != pid) continue;
@@ -632,14 +574,14 @@ int main(int argc, char** argv) {
           bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
           if (failed && !stopping && control.Recovering(kRecoveryNoticeMs, pid)) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s; the coordinator recovers it (tmctl status)\n", r.rank, pid,
-                    Describe(status).c_str());
+                    tmrun::DescribeStatus(status).c_str());
           } else if (failed && !stopping) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s; stopping the other ranks\n", r.rank, pid,
-                    Describe(status).c_str());
+                    tmrun::DescribeStatus(status).c_str());
             exit_code = ExitCodeOf(status);
             stop_all(SIGTERM);
           } else if (failed) {
-            fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, Describe(status).c_str());
+            fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, tmrun::DescribeStatus(status).c_str());
           }
         }
       }
@@ -659,6 +601,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  node_agent.Stop();
   store.Stop();
   return exit_code;
 }

@@ -110,8 +110,11 @@ int main(int argc, char** argv) {
     coord.AddEngine(std::move(nodes));
     coord.AddEngine(trainmover::control::MakeMigrationEngine(
         trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
-    // After the migration engine: a failure during a planned migration first aborts it, then is recovered.
-    coord.AddEngine(trainmover::control::MakeRecoveryEngine());
+    // After the migration engine: a failure during a planned migration first aborts it, then is recovered. Its
+    // spawned replacements go through node agents too (the failed process's host, a spare host: docs/recovery.md).
+    coord.AddEngine(trainmover::control::MakeRecoveryEngine(
+        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher()),
+        opt.straggler.spare_hosts));
   }
   if (trainmover::base::Status st = coord.Start(); !st.ok()) {
     std::fprintf(stderr, "trainmoverd: %s\n", st.message().c_str());
