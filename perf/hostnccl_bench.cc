@@ -5,14 +5,14 @@
 //
 //   hostnccl_bench [-n ranks] [-b minbytes] [-e maxbytes] [-f factor] [--iters N] [--warmup N] [--repeat R]
 //                  [--op allreduce|allgather|reducescatter|broadcast|reduce|alltoall|sendrecv|all]
-//                  [--quick] [--no-perftest] [--tls T] [--algo A,B,...] [--json FILE]
+//                  [--quick] [--no-perftest] [--tls T] [--algo A,B,...] [--wait W,V,...] [--json FILE]
 //
 // Side by side: each size of each op is measured --repeat times (default 3), and after each measurement, while
 // the ranks wait (blocked in read, not spinning), ucx_perftest tag_bw runs at the same size; the row shows the medians
 // and the ratio of the medians, with the range of the per-repeat ratios, so that a load change on a shared
 // machine moves both figures alike. The last line is the verdict on the goal of docs/benchmarks.md: AllReduce
-// busbw at >= 4 MiB >= 50% of tag_bw. First line: the CPU time a rank uses while it waits 500 ms in a receive
-// (what a waiting rank takes from the others when ranks outnumber cores).
+// busbw at >= 4 MiB >= 50% of tag_bw. First line(s): the CPU time a rank uses while it waits 500 ms in a receive
+// (what a waiting rank takes from the others when ranks outnumber cores), one per communicator.
 //
 // Columns as nccl-tests: size (bytes, the total buffer as nccl-tests counts it), count (elements), type,
 // redop, root, then out-of-place and in-place time (us, the slowest rank's average over the timed loop,
@@ -24,6 +24,8 @@
 // --algo A,B,...: one communicator per value of HOSTNCCL_ALGO (hostnccl's algorithm choice; another NCCL ignores
 // it), each made by a split after setting the variable; every repeat of every size then measures them in turn,
 // each followed by its ucx_perftest, so the algorithms are compared side by side under the same load.
+// --wait W,V,...: the same with HOSTNCCL_WAIT (spin, block: how a waiting operation idles); with --algo too, one
+// communicator per pair. Each communicator's row is labelled with its values (e.g. "ring/block").
 #include <nccl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -54,8 +56,35 @@ struct Args {
   std::vector<Op> ops = {Op::kAllReduce};
   bool perftest = true;
   std::string tls, json;
-  std::vector<std::string> algos;  // HOSTNCCL_ALGO values, one communicator each; empty: the environment's
+  // One communicator per variant: the HOSTNCCL_ALGO and HOSTNCCL_WAIT values to set before making it by a split, and
+  // its label. Empty: the environment's, one communicator, label "-".
+  struct Variant {
+    std::string label, algo, wait;
+  };
+  std::vector<Variant> variants;
 };
+
+std::vector<std::string> SplitList(const std::string& v) {
+  std::vector<std::string> out;
+  std::istringstream list(v);
+  for (std::string x; std::getline(list, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
+// Every pair of --algo and --wait values (one list may be empty).
+std::vector<Args::Variant> Variants(const std::vector<std::string>& algos, const std::vector<std::string>& waits) {
+  std::vector<Args::Variant> out;
+  for (size_t i = 0; i < std::max<size_t>(algos.size(), 1); ++i) {
+    for (size_t j = 0; j < std::max<size_t>(waits.size(), 1); ++j) {
+      Args::Variant v{"", i < algos.size() ? algos[i] : "", j < waits.size() ? waits[j] : ""};
+      v.label = v.algo.empty() ? v.wait : v.wait.empty() ? v.algo : v.algo + "/" + v.wait;
+      out.push_back(v);
+    }
+  }
+  if (algos.empty() && waits.empty()) out.clear();
+  return out;
+}
 
 double BusFactor(Op op, int n) {
   switch (op) {
@@ -236,38 +265,41 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
   }
   ncclComm_t comm;
   NCCL_OK(ncclCommInitRank(&comm, a.nranks, id, rank));
-  std::vector<ncclComm_t> comms;  // one per --algo value, else just comm
-  for (const std::string& algo : a.algos) {
-    setenv("HOSTNCCL_ALGO", algo.c_str(), 1);
+  std::vector<ncclComm_t> comms;  // one per variant, else just comm
+  for (const Args::Variant& v : a.variants) {
+    if (!v.algo.empty()) setenv("HOSTNCCL_ALGO", v.algo.c_str(), 1);
+    if (!v.wait.empty()) setenv("HOSTNCCL_WAIT", v.wait.c_str(), 1);
     comms.emplace_back();
     NCCL_OK(ncclCommSplit(comm, 0, rank, &comms.back(), nullptr));
   }
   if (comms.empty()) comms.push_back(comm);
-  // Idle wait: rank 0 waits kIdleMs in a receive that rank 1 satisfies late; the CPU time rank 0 used meanwhile
-  // is what a waiting rank takes from the others when ranks outnumber cores.
-  if (a.nranks > 1) Barrier(comm);
-  if (a.nranks > 1 && rank < 2) {
-    constexpr int kIdleMs = 500;
-    int32_t x = 0;
-    if (rank == 1) {
-      usleep(kIdleMs * 1000);
-      NCCL_OK(ncclSend(&x, 1, ncclInt32, 0, comm, nullptr));
-    } else {
-      timespec c0, c1;
-      auto w0 = std::chrono::steady_clock::now();
-      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
-      NCCL_OK(ncclRecv(&x, 1, ncclInt32, 1, comm, nullptr));
-      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
-      double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6;
-      double wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
-      std::ostringstream line;
-      line << "idle " << wall_ms << ' ' << cpu_ms << '\n';
-      const std::string out = line.str();
-      if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 1;
-    }
-  }
+  // Idle wait, on each communicator: rank 0 waits kIdleMs in a receive that rank 1 satisfies late; the CPU time
+  // rank 0 used meanwhile is what a waiting rank takes from the others when ranks outnumber cores.
   char go = 0;
-  if (a.nranks > 1 && read(go_fd, &go, 1) != 1) return 1;
+  for (size_t k = 0; k < comms.size() && a.nranks > 1; ++k) {
+    Barrier(comms[k]);
+    if (rank < 2) {
+      constexpr int kIdleMs = 500;
+      int32_t x = 0;
+      if (rank == 1) {
+        usleep(kIdleMs * 1000);
+        NCCL_OK(ncclSend(&x, 1, ncclInt32, 0, comms[k], nullptr));
+      } else {
+        timespec c0, c1;
+        auto w0 = std::chrono::steady_clock::now();
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+        NCCL_OK(ncclRecv(&x, 1, ncclInt32, 1, comms[k], nullptr));
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+        double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6;
+        double wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
+        std::ostringstream line;
+        line << "idle " << (a.variants.empty() ? "-" : a.variants[k].label) << ' ' << wall_ms << ' ' << cpu_ms << '\n';
+        const std::string out = line.str();
+        if (write(out_fd, out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 1;
+      }
+    }
+    if (read(go_fd, &go, 1) != 1) return 1;
+  }
   for (Op op : a.ops) {
     for (size_t bytes = a.min_bytes; bytes <= a.max_bytes; bytes *= a.factor) {
       for (int rep = 0; rep < a.repeat; ++rep) {
@@ -280,7 +312,8 @@ int RunRank(int rank, const Args& a, int id_read_fd, int id_write_fds[], int out
         NCCL_OK(ncclAllReduce(w, wsum, 2, ncclFloat64, ncclSum, comm, nullptr));
         if (rank == 0) {  // every rank then waits for the go, so no rank runs while ucx_perftest does
           std::ostringstream line;
-          line << kOpNames[static_cast<int>(op)] << ' ' << (a.algos.empty() ? "-" : a.algos[k]) << ' ' << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
+          line << kOpNames[static_cast<int>(op)] << ' ' << (a.variants.empty() ? "-" : a.variants[k].label) << ' '
+               << bytes << ' ' << CountsFor(op, bytes, a.nranks).recv_count
                << ' ' << tmax[0] << ' ' << (std::isnan(r.time_us[1]) ? -1.0 : tmax[1]) << ' '
                << static_cast<uint64_t>(wsum[0]) << ' ' << static_cast<uint64_t>(wsum[1]) << '\n';
           const std::string out = line.str();
@@ -308,6 +341,7 @@ double Median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   Args a;
+  std::vector<std::string> algos, waits;
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : "0"; };
@@ -337,11 +371,10 @@ int main(int argc, char** argv) {
       a.tls = val();
     else if (k == "--json")
       a.json = val();
-    else if (k == "--algo") {
-      std::istringstream list(val());
-      for (std::string v; std::getline(list, v, ',');)
-        if (!v.empty()) a.algos.push_back(v);
-    }
+    else if (k == "--algo")
+      algos = SplitList(val());
+    else if (k == "--wait")
+      waits = SplitList(val());
     else if (k == "--op") {
       std::string o = val();
       a.ops.clear();
@@ -355,11 +388,12 @@ int main(int argc, char** argv) {
     } else {
       fprintf(stderr,
               "usage: %s [-n ranks] [-b min] [-e max] [-f factor] [--iters N] [--warmup N] [--repeat R] [--op NAME|all] "
-              "[--quick] [--no-perftest] [--tls T] [--algo A,B] [--json FILE]\n",
+              "[--quick] [--no-perftest] [--tls T] [--algo A,B] [--wait W,V] [--json FILE]\n",
               argv[0]);
       return 2;
     }
   }
+  a.variants = Variants(algos, waits);
   if (a.nranks < 1 || a.min_bytes < sizeof(float) * a.nranks || a.max_bytes < a.min_bytes) {
     fprintf(stderr, "hostnccl_bench: need ranks >= 1 and %zu <= -b <= -e\n", sizeof(float) * a.nranks);
     return 2;
@@ -421,12 +455,16 @@ int main(int argc, char** argv) {
     uint64_t rw0 = 0, rw1 = 0;
     if (!(in >> opname)) break;
     if (opname == "idle") {
+      std::string variant;
       double wall_ms = 0, cpu_ms = 0;
-      in >> wall_ms >> cpu_ms;
-      printf("# idle wait: rank 0 waited %.0f ms in ncclRecv and used %.1f ms of CPU (%.0f%% of a core)\n", wall_ms,
-             cpu_ms, wall_ms > 0 ? 100 * cpu_ms / wall_ms : 0);
+      in >> variant >> wall_ms >> cpu_ms;
+      printf("# idle wait%s: rank 0 waited %.0f ms in ncclRecv and used %.1f ms of CPU (%.0f%% of a core)\n",
+             variant == "-" ? "" : (" [" + variant + "]").c_str(), wall_ms, cpu_ms,
+             wall_ms > 0 ? 100 * cpu_ms / wall_ms : 0);
       fflush(stdout);
-      json << "\"idle_wait_ms\":" << wall_ms << ",\"idle_wait_cpu_ms\":" << cpu_ms << ",";
+      const std::string suffix = variant == "-" ? "" : "_" + variant;  // idle_wait_ms, or idle_wait_ms_block, ...
+      json << "\"idle_wait_ms" << suffix << "\":" << wall_ms << ",\"idle_wait_cpu_ms" << suffix << "\":" << cpu_ms
+           << ",";
       if (write(go[1], gos.data(), gos.size()) != static_cast<ssize_t>(gos.size())) break;
       continue;
     }
@@ -505,7 +543,7 @@ int main(int argc, char** argv) {
       list << ' ' << perf::FormatSize(sz) << ' ' << std::fixed << std::setprecision(2) << r;
     }
     printf("# goal: allreduce busbw >= 50%% of ucx_perftest tag_bw at >= 4 MiB%s: %s (%s)\n",
-           algo == "-" ? "" : (", HOSTNCCL_ALGO=" + algo).c_str(), met ? "met" : "NOT met", list.str().substr(1).c_str());
+           algo == "-" ? "" : (" [" + algo + "]").c_str(), met ? "met" : "NOT met", list.str().substr(1).c_str());
   }
   if (!a.json.empty()) std::ofstream(a.json) << json.str();
   return (failures || wrong_total) ? 1 : 0;

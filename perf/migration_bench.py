@@ -5,7 +5,7 @@
   migration_bench.py --build DIR [--quick] [--out-dir D] [--ranks 2,4,8,16] [--ranks-state-mb 1]
                      [--sizes-mb 1,16,128,1024] [--costs zero,paper] [--cost-scale F] [--init-ms 1800]
                      [--comm-init-ms 1090] [--step-ms 2] [--at 30] [--iters 3] [--repeat N] [--no-perftest] [--keep]
-                     [--recovery on,off] [--env-axis VAR=A,B]
+                     [--recovery on,off] [--hostnccl-wait spin,block]
 
 Each point is one `tm-harness all` (tools/harness/tm-harness, docs/demo.md): the uninterrupted reference run,
 the cold restart (checkpoint at K, stop all, start all with --resume) and the live migration of rank 1
@@ -19,8 +19,9 @@ ucx_perftest in the same invocation), run once at the sweep's state sizes.
 --recovery on,off runs each point with failure recovery on (the default: snapshots shipped to a buddy every safe
 point) and with TRAINMOVER_RECOVERY=off, alternately, so the price of recovery in a migration's downtime is
 measured side by side; the goals are judged on the recovery-on rows (what a job gets by default).
---env-axis VAR=A,B does the same with any environment variable of the jobs (e.g. HOSTNCCL_UCX=lean,ucx: a
-setting against the behaviour before it); the goals are judged on its first value.
+--hostnccl-wait spin,block does the same with HOSTNCCL_WAIT (how a rank waiting in hostnccl idles: docs/hostnccl.md,
+"Waiting"), for every point and for hostnccl_bench (one communicator per value); with both axes, every pair, in
+turn. The goals are judged on the first value of each list.
 
 Also runs perf/hostnccl_bench (AllReduce, 2 ranks, 4-64 MiB, next to ucx_perftest tag_bw) unless --no-hostnccl.
 Writes <out>/migration_bench-<stamp>.{csv,json,svg} and prints a table with each point's downtime in parts (hold,
@@ -74,8 +75,8 @@ def parse_args(argv):
     ap.add_argument("--repeat", type=int, default=1, help="runs per point; the one of median live downtime is kept")
     ap.add_argument("--recovery", default="on", help="failure recovery of the jobs: on, off, or on,off side by side "
                     "(TRAINMOVER_RECOVERY; default on)")
-    ap.add_argument("--env-axis", help="VAR=A,B: run each point with each value of the jobs' environment variable "
-                    "VAR, alternately (after --recovery's); goals judged on the first value")
+    ap.add_argument("--hostnccl-wait", default="", help="HOSTNCCL_WAIT of the jobs: spin, block, or spin,block side "
+                    "by side (default: hostnccl's own)")
     ap.add_argument("--keep", action="store_true", help="keep every harness work directory")
     ap.add_argument("--layouts", help="program shapes compared side by side (migration_layouts.py: dp, tp2pp2, "
                     "tp2pp4; '' = none; default dp,tp2pp2, none with --quick)")
@@ -91,14 +92,11 @@ def parse_args(argv):
     a.recovery = [m for m in a.recovery.split(",") if m]
     if any(m not in ("on", "off") for m in a.recovery) or not a.recovery:
         ap.error("--recovery takes on and/or off")
-    a.env_var, values = None, [None]
-    if a.env_axis:
-        a.env_var, _, vals = a.env_axis.partition("=")
-        values = [v for v in vals.split(",") if v]
-        if not a.env_var or not values:
-            ap.error("--env-axis takes VAR=A,B")
-    # What each point runs, alternately: (recovery mode, value of --env-axis's variable or None).
-    a.variants = [(m, v) for m in a.recovery for v in values]
+    a.waits = [w for w in a.hostnccl_wait.split(",") if w]
+    if any(w not in ("spin", "block") for w in a.waits):
+        ap.error("--hostnccl-wait takes spin and/or block")
+    # The settings compared side by side at every point: (recovery, HOSTNCCL_WAIT or "" for hostnccl's default).
+    a.settings = [(r, w) for r in a.recovery for w in (a.waits or [""])]
     if any(c not in ("zero", "paper") for c in a.costs) or not a.costs:
         ap.error("--costs takes zero and/or paper")
     if min(a.ranks) < 2 or min(a.sizes_mb + [a.ranks_state_mb]) < 0:
@@ -126,21 +124,21 @@ def steps_for(a, ranks, mb, init_ms, comm_ms, factor=1.0):
     return a.at + 10 + int(factor * tail_ms / step_est)
 
 
-def run_harness(a, work, ranks, mb, profile, rep, recovery="on", env_value=None):
+def run_harness(a, work, ranks, mb, profile, rep, recovery="on", wait=""):
     init_ms, comm_ms = costs_of(a, profile)
     harness = os.path.join(a.build, "tools/harness/tm-harness")
+    env = dict(os.environ, TRAINMOVER_RECOVERY=recovery)
+    if wait:
+        env["HOSTNCCL_WAIT"] = wait
     last = None
     for attempt, factor in enumerate((1.0, 2.0)):
-        wd = os.path.join(work, f"{profile}-n{ranks}-{mb}M-rec{recovery}{'-' + env_value if env_value else ''}-{rep}.{attempt}")
+        wd = os.path.join(work, f"{profile}-n{ranks}-{mb}M-rec{recovery}{'-' + wait if wait else ''}-{rep}.{attempt}")
         os.makedirs(wd, exist_ok=True)
         steps = steps_for(a, ranks, mb, init_ms, comm_ms, factor)
         cmd = [sys.executable, harness, "all", "--build", a.build, "--json", "--work-dir", wd, "--ranks", str(ranks),
                "--steps", str(steps), "--params", str(a.params), "--at", str(a.at), "--step-ms", str(a.step_ms),
                "--extra-state-mb", str(mb), "--init-ms", str(init_ms), "--comm-init-ms", str(comm_ms),
                "--migrate-rank", "1", "--timeout-s", str(a.timeout_s)]
-        env = dict(os.environ, TRAINMOVER_RECOVERY=recovery)
-        if env_value is not None:
-            env[a.env_var] = env_value
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         try:
             out = json.loads(r.stdout)
@@ -176,7 +174,7 @@ def worst_stayer(phases):
     return max(spans)[1] if spans else None
 
 
-def row_of(a, out, profile, ranks, mb, recovery="on", env_value=None):
+def row_of(a, out, profile, ranks, mb, recovery="on", wait=""):
     init_ms, comm_ms = costs_of(a, profile)
     lv, cold = out.get("live") or {}, out.get("cold_restart") or {}
     mig = (lv.get("migrations") or [{}])[0]
@@ -186,7 +184,7 @@ def row_of(a, out, profile, ranks, mb, recovery="on", env_value=None):
     if state is None and cold.get("checkpoint_bytes"):
         state = cold["checkpoint_bytes"] // ranks  # the files hold a little framing besides the state
     row = {
-        "costs": profile, "recovery": recovery, "variant": f"{a.env_var}={env_value}" if env_value else "", "init_ms": init_ms, "comm_init_ms": comm_ms, "ranks": ranks, "extra_state_mb": mb,
+        "costs": profile, "recovery": recovery, "hostnccl_wait": wait or "default", "init_ms": init_ms, "comm_init_ms": comm_ms, "ranks": ranks, "extra_state_mb": mb,
         "state_bytes": state, "steps": out.get("_steps"),
         "median_step_ms": mig.get("median_step_ms", cold.get("median_step_ms")),
         "live_downtime_ms": out.get("downtime_ms"), "live_window_ms": mig.get("window_ms"),
@@ -290,7 +288,7 @@ def verdict(met, how_far):
     return None if met is None else ("met" if met else f"NOT met ({how_far})")
 
 
-def goals(rows, xfer, sweep_ranks, sweep_state, hostnccl):
+def goals(rows, xfer, sweep_ranks, sweep_state, hostnccl, judged_wait="-"):
     """The goals of docs/benchmarks.md ("Downtime at the copy limit"), each as (name, met, measured); met is None
     when the run did not measure it."""
     out = []
@@ -355,7 +353,8 @@ def goals(rows, xfer, sweep_ranks, sweep_state, hostnccl):
         out.append((name, None, "fewer than 2 rank counts at zero costs", ""))
     # 5. hostnccl AllReduce against ucx_perftest tag bandwidth.
     name = "hostnccl AllReduce busbw >= 50% of ucx_perftest tag_bw at >= 4 MiB"
-    pts = [(x["size"], x["ratio_busbw_to_tag_bw"]) for x in hostnccl if x.get("perftest_tag_bw_gbps")]
+    pts = [(x["size"], x["ratio_busbw_to_tag_bw"]) for x in hostnccl if x.get("perftest_tag_bw_gbps")
+           and x.get("algo", "-") in ("-", judged_wait)]
     if pts:
         worst = min(pts, key=lambda p: p[1])
         out.append((name, worst[1] >= 0.5, ", ".join(f"{sz // MIB} MiB {v:.2f}" for sz, v in pts),
@@ -382,6 +381,8 @@ def hostnccl_rows(a, work):
         return []
     jf = os.path.join(work, "hostnccl.json")
     cmd = [exe, "-n", "2", "-b", "4M", "-e", "64M", "--op", "allreduce", "--json", jf]
+    if a.waits:
+        cmd += ["--wait", ",".join(a.waits)]
     log("== hostnccl: " + " ".join(cmd[1:-2]))
     r = subprocess.run(cmd, capture_output=True, text=True)
     sys.stdout.write(r.stdout)
@@ -533,7 +534,7 @@ def svg(rows, sweep_ranks, sweep_state, xfer, title):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-CSV_COLS = ["costs", "recovery", "variant", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
+CSV_COLS = ["costs", "recovery", "hostnccl_wait", "init_ms", "comm_init_ms", "ranks", "extra_state_mb", "state_bytes", "steps", "median_step_ms",
             "live_downtime_ms", "live_window_ms", "coordinator_downtime_ms", "migration_ms", "transfer_ms", "seal_ms",
             "hold_ms", "switch_step_ms", "prepare_ms", "swap_ms", "first_step_ms", "first_op_ms", "other_ms", "limit_ms", "migration_transfer_gbps", "cold_restart_ms", "cold_save_and_stop_ms",
             "cold_restart_to_k_ms", "ratio", "fetch_gbps", "perftest_get_gbps",
@@ -567,31 +568,30 @@ def main(argv):
     rows, rc, skip_reason = [], 0, None
     for ranks, mb in points:
         for prof in a.costs:
-            log(f"== {ranks} ranks, {mb} MiB extra state, {prof} costs, recovery {','.join(a.recovery)}"
-                f"{', ' + a.env_axis if a.env_axis else ''}")
-            samples = {m: [] for m in a.variants}
+            log(f"== {ranks} ranks, {mb} MiB extra state, {prof} costs, recovery {','.join(a.recovery)}" +
+                (f", HOSTNCCL_WAIT {','.join(a.waits)}" if a.waits else ""))
+            samples = {m: [] for m in a.settings}
             for rep in range(a.repeat):
-                for mode, value in a.variants:  # alternately, so that all see the same machine
-                    out = run_harness(a, work, ranks, mb, prof, rep, mode, value)
-                    row = row_of(a, out, prof, ranks, mb, mode, value)
+                for mode in a.settings:  # alternately, so that all see the same machine
+                    out = run_harness(a, work, ranks, mb, prof, rep, *mode)
+                    row = row_of(a, out, prof, ranks, mb, *mode)
                     lv = out.get("live") or {}
                     if lv.get("available") is False and not lv.get("reason", "").startswith("failed:"):
                         skip_reason = lv.get("reason")
                     elif out["_rc"] != 0:
                         rc = 1
                         log(f"  FAILED: {row['error']} (logs in {out['_work']})")
-                    log(f"  recovery {mode}{' ' + row['variant'] if value else ''}: live {fmt(row['live_downtime_ms'])} ms, cold {fmt(row['cold_restart_ms'])} "
+                    log(f"  recovery {mode[0]}{' wait ' + mode[1] if mode[1] else ''}: live {fmt(row['live_downtime_ms'])} ms, cold {fmt(row['cold_restart_ms'])} "
                         f"ms, ratio {fmt(row['ratio'])}x, state {row['state_bytes']} B, transfer "
                         f"{fmt(row['transfer_ms'])} ms, bit-identical {fmt(row['bit_identical'])}")
-                    samples[(mode, value)].append(row)
-            for v in a.variants:
-                rows.append(point_row(samples[v], xfer))
+                    samples[mode].append(row)
+            for mode in a.settings:
+                rows.append(point_row(samples[mode], xfer))
 
     layouts, layouts_ok = migration_layouts.run(a, work, log, fmt)
     rc = rc if layouts_ok else 1
-    # The goals: one setting (recovery on unless only off ran; --env-axis's first value).
-    rec0, value0 = a.variants[0]
-    judged = [r for r in rows if r["recovery"] == rec0 and r["variant"] == (f"{a.env_var}={value0}" if value0 else "")]
+    # The goals: one setting (recovery on unless only off ran; the first HOSTNCCL_WAIT given).
+    judged = [r for r in rows if (r["recovery"], r["hostnccl_wait"]) == (a.settings[0][0], a.settings[0][1] or "default")]
     sweep_ranks = [r for r in judged if r["extra_state_mb"] == a.ranks_state_mb]
     sweep_state = [r for r in judged if r["ranks"] == 2 and r["extra_state_mb"] in a.sizes_mb]
     base = os.path.join(out_dir, f"migration_bench-{stamp}")
@@ -600,7 +600,7 @@ def main(argv):
         for r in rows:
             f.write(",".join("" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
                              for c in CSV_COLS) + "\n")
-    g = goals(judged, xfer, sweep_ranks, sweep_state, hostnccl)
+    g = goals(judged, xfer, sweep_ranks, sweep_state, hostnccl, a.waits[0] if a.waits else "-")
     with open(base + ".json", "w") as f:
         json.dump({"bench": "migration_bench", "stamp": stamp, "quick": a.quick, "cost_scale": a.cost_scale,
                    "paper_costs": {"init_ms": init_ms, "comm_init_ms": comm_ms}, "step_ms": a.step_ms, "at": a.at,
@@ -614,14 +614,11 @@ def main(argv):
     log("")
     log("# downtime = hold + swap + first op + other (ms); the transfer happens inside the hold; limit = bytes /")
     log("# ucx_perftest get + median step + 5 ms; prep = the joiner's Prepare, in the build phase (not downtime)")
-    if a.env_axis:
-        log(f"# env = the value of {a.env_var}")
-    log(f"# {'costs':>5} {'rec':>3}{' %6s' % 'env' if a.env_axis else ''} {'ranks':>5} {'state MiB':>9} {'live ms':>8} {'limit':>6} {'hold':>6} {'xfer':>6} "
+    log(f"# {'costs':>5} {'rec':>3} {'wait':>5} {'ranks':>5} {'state MiB':>9} {'live ms':>8} {'limit':>6} {'hold':>6} {'xfer':>6} "
         f"{'swap':>5} {'1st op':>6} {'other':>6} {'prep':>5} {'cold ms':>8} {'ratio':>6} {'GB/s':>5} {'get':>5} "
         f"{'step':>5} {'bit-id':>6}")
     for r in rows:
-        env = f" {r['variant'].partition('=')[2]:>6}" if a.env_axis else ""
-        log(f"  {r['costs']:>5} {r['recovery']:>3}{env} {r['ranks']:>5} {fmt(r['state_bytes'] / MIB if r['state_bytes'] else None, '.2f'):>9} "
+        log(f"  {r['costs']:>5} {r['recovery']:>3} {r['hostnccl_wait'][:5]:>5} {r['ranks']:>5} {fmt(r['state_bytes'] / MIB if r['state_bytes'] else None, '.2f'):>9} "
             f"{fmt(r['live_downtime_ms']):>8} {fmt(r.get('limit_ms')):>6} {fmt(r['hold_ms']):>6} "
             f"{fmt(r['transfer_ms']):>6} {fmt(r['swap_ms']):>5} {fmt(r.get('first_op_ms')):>6} "
             f"{fmt(r.get('other_ms')):>6} {fmt(r['prepare_ms']):>5} {fmt(r['cold_restart_ms'], '.0f'):>8} "

@@ -231,8 +231,10 @@ class ShimWorld final : public World {
     ncclComm_t c = nullptr;
     ncclResult_t r = shim::g_real.CommInitRankConfig(&c, e.nranks, uid, e.rank, &cfg);
     BuildOutcome out;
-    while (r == ncclInProgress) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // Polled with a growing pause (1 ms doubling to 16 ms): a build takes the library's init time (seconds with a
+    // real NCCL), and the ranks still training need the cores more than this thread needs to notice at once.
+    for (int pause_ms = 1; r == ncclInProgress; pause_ms = std::min(2 * pause_ms, 16)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
       if (stop()) {
         out.kind = BuildOutcome::Kind::kStopped;
         out.comm = c;

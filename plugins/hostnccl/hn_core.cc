@@ -129,6 +129,14 @@ ncclResult_t LoadEnv(Env* env) {
     else
       return Fail(ncclInvalidArgument, "HOSTNCCL_PEER_ERRORS=\"%s\" is not one of remote, all, none", a);
   }
+  if (const char* a = getenv("HOSTNCCL_WAIT")) {
+    if (strcasecmp(a, "spin") == 0)
+      env->wait = kWaitSpin;
+    else if (strcasecmp(a, "block") == 0)
+      env->wait = kWaitBlock;
+    else
+      return Fail(ncclInvalidArgument, "HOSTNCCL_WAIT=\"%s\" is not one of spin, block", a);
+  }
   if (const char* a = getenv("HOSTNCCL_SOCKET_IFADDR")) {
     in_addr in{};
     if (inet_pton(AF_INET, a, &in) != 1) {
@@ -460,7 +468,9 @@ ncclResult_t Context(bool lean, ucp_context_h* out) {
     }
     ucp_params_t p{};
     p.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    p.features = UCP_FEATURE_TAG;
+    // WAKEUP gives each worker an event fd to sleep on (HOSTNCCL_WAIT=block); it costs nothing until a wait arms
+    // the worker, so every context has it and each communicator chooses.
+    p.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
     p.mt_workers_shared = 1;
     ucs_status_t st = ucp_init(&p, cfg, &g_ctx);
     ucp_config_release(cfg);
@@ -576,6 +586,8 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   ucs_status_t st = ucp_worker_create(ctx, &wp, &c->worker);
   if (st != UCS_OK) return Fail(ncclSystemError, "UCX: worker create failed: %s", ucs_status_string(st));
   Log(kTrace, me, "init: worker create %lld ms", static_cast<long long>(NowMs() - create_t0));
+  // Without an event fd (UCX gave none) HOSTNCCL_WAIT=block waits as spin does: slower to hand the core over, correct.
+  if (ucp_worker_get_efd(c->worker, &c->worker_efd) != UCS_OK) c->worker_efd = -1;
   ucp_address_t* addr = nullptr;
   size_t addr_len = 0;
   st = ucp_worker_get_address(c->worker, &addr, &addr_len);
@@ -692,6 +704,45 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   return ncclSuccess;
 }
 
+namespace {
+
+// How an operation's wait idles (docs/hostnccl.md, "Waiting"). spin: yield the core on every idle pass after
+// kYieldPasses, sleep 100 us at a time after kSleepPasses. block: the same for the communicator's spin budget
+// (Comm::spin_ns), then sleep on the worker's event fd and the liveness sockets, kSleepSliceMs at most, so that an
+// abort from another thread, a peer's grace period and the timeout are still checked. The budget adapts as an adaptive
+// mutex's spin does: an idle stretch that ended within it (a completion found while spinning) doubles it, one that
+// outlasted it (the wait went to sleep) halves it; so ranks that answer each other within microseconds keep the spin,
+// and a rank that waits for milliseconds (a slower peer, a shared core) sleeps almost at once.
+constexpr int kYieldPasses = 64, kSleepPasses = 50000;
+constexpr int64_t kMinSpinNs = 2000, kFirstSpinNs = 50000, kMaxSpinNs = 200000;
+constexpr int kSleepSliceMs = 10;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Sleeps until the worker has an event to progress (with liveness: or a liveness socket has news), or max_ms passed;
+// call it only after ucp_worker_progress found nothing. False when it did not sleep: something arrived before the
+// worker was armed (progress it). Without an event fd, or when arming fails, it sleeps 100 us instead. Liveness
+// sockets may be watched only by a loop that reads them (PollLiveness): one at EOF stays readable.
+bool SleepOnEvents(Comm* c, int max_ms, bool liveness) {
+  const ucs_status_t st = c->worker_efd >= 0 ? ucp_worker_arm(c->worker) : UCS_ERR_UNSUPPORTED;
+  if (st == UCS_ERR_BUSY) return false;
+  if (st != UCS_OK) {
+    usleep(100);
+    return true;
+  }
+  std::vector<pollfd> pf{pollfd{c->worker_efd, POLLIN, 0}};
+  for (int r = 0; liveness && r < c->nranks; ++r) {
+    if (c->live_fd[r] >= 0 && c->peer_state[r] != 2) pf.push_back(pollfd{c->live_fd[r], POLLIN, 0});
+  }
+  (void)poll(pf.data(), pf.size(), max_ms);
+  return true;
+}
+
+}  // namespace
+
 void Teardown(Comm* c, bool graceful) {
   const int n = static_cast<int>(c->live_fd.size());
   for (int r = 0; r < n; ++r) {
@@ -705,11 +756,11 @@ void Teardown(Comm* c, bool graceful) {
     // close handshake (a peer that already left would never answer one). Bounded either way.
     // Without spinning: a flush towards a peer that already left waits out its deadline, and a destroy may run
     // on a background thread next to the application's operations on other communicators (a migration retires
-    // the old ones that way), so an idle pass sleeps instead of taking a core.
+    // the old ones that way, during the first step on the replacements), so an idle pass sleeps on the event fd.
     auto wait = [c](void* r, int64_t deadline) {
       if (!UCS_PTR_IS_PTR(r)) return;
       while (ucp_request_check_status(r) == UCS_INPROGRESS && NowMs() < deadline) {
-        if (ucp_worker_progress(c->worker) == 0) usleep(200);
+        if (ucp_worker_progress(c->worker) == 0) SleepOnEvents(c, kSleepSliceMs, false);
       }
       ucp_request_free(r);
     };
@@ -738,6 +789,7 @@ void Teardown(Comm* c, bool graceful) {
     Log(kTrace, c->rank, "teardown: flush and endpoint close %lld ms, worker destroy %lld ms (%.1f ms of CPU)",
         static_cast<long long>(t1 - t0), static_cast<long long>(NowMs() - t1), cpu_ms);
     c->worker = nullptr;
+    c->worker_efd = -1;
   }
   for (int r = 0; r < n; ++r) {
     if (c->live_fd[r] >= 0) close(c->live_fd[r]);
@@ -847,7 +899,7 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
           c->rank, static_cast<long long>(c->env.drain_ms));
       break;
     }
-    if (busy && ucp_worker_progress(c->worker) == 0) usleep(100);
+    if (busy && ucp_worker_progress(c->worker) == 0) SleepOnEvents(c, 1, true);
   }
   for (Pending& p : *reqs) {
     if (p.req) ucp_request_free(p.req);
@@ -865,17 +917,23 @@ void CancelAll(Comm* c, std::vector<Pending>* reqs) {
 // events let an operation wait forever (docs/hostnccl.md, "Liveness and timeouts"). Time this process itself did
 // not run (a pass of the loop that took over kStalledMs: descheduled, stopped, a paused VM) is not counted either,
 // up to twice the timeout per wait: the peers had no chance to be heard meanwhile, and the wait stays bounded by
-// three times the timeout even if passes were that slow for another reason.
+// three times the timeout even if passes were that slow for another reason. Idle passes spin, yield or sleep as
+// HOSTNCCL_WAIT says (above); a sleep ends early on any event of the worker or of a liveness socket, and the pass
+// after it reads the liveness sockets.
 ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vector<uint64_t>* some) {
   constexpr int64_t kGraceMs = 300;     // messages a peer sent before leaving may still be in flight
   constexpr int64_t kStalledMs = 1000;  // a pass this long means this process was not running
+  const bool block = c->env.wait == kWaitBlock && c->worker_efd >= 0;
+  if (block && c->spin_ns == 0) c->spin_ns = kFirstSpinNs;
   int64_t last_completion = NowMs(), last_pass = last_completion, excused = 0;
   int idle = 0;
+  int64_t idle_since_ns = 0;  // block: when the current idle stretch began
+  bool slept = false;         // block: the current idle stretch went to sleep
   size_t done = 0;
   for (Pending& p : *reqs)
     if (!p.req) ++done;
   for (unsigned iter = 0;; ++iter) {
-    bool busy = ucp_worker_progress(c->worker) > 0;  // only decides whether to yield the core
+    bool busy = ucp_worker_progress(c->worker) > 0;  // only decides whether to idle
     bool completed = false;
     for (Pending& p : *reqs) {
       if (!p.req) continue;
@@ -899,6 +957,7 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
                     truncated ? "mismatched counts between ranks?" : "the peer died or its buffer went away");
       }
     }
+    if (completed && block && idle_since_ns != 0 && !slept) c->spin_ns = std::min(kMaxSpinNs, 2 * c->spin_ns);
     if (some && done > 0) {
       // Hand back what completed, keep the rest (order of the remaining requests does not matter).
       size_t w = 0;
@@ -923,7 +982,11 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
     }
     last_pass = now;
     if (completed) last_completion = now;
-    if (busy || completed) idle = 0;
+    if (busy || completed) {
+      idle = 0;
+      idle_since_ns = 0;
+      slept = false;
+    }
     if (c->abort_flag.load()) {
       CancelAll(c, reqs);
       return Fail(ncclInvalidUsage, "rank %d: communicator aborted while an operation was waiting", c->rank);
@@ -951,14 +1014,23 @@ ncclResult_t Wait(Comm* c, std::vector<Pending>* reqs, bool only_peers, std::vec
                   "requests completed); peer unreachable, frozen or dying",
                   c->rank, static_cast<long long>(c->env.timeout_ms), outstanding);
     }
-    // Oversubscribed hosts (more ranks than cores) need the peer to run: yield early, sleep only when long idle.
-    // (Sleeping on the worker's event fd after a short spin was tried and taken out: docs/hostnccl.md, "Waiting".)
-    if (!busy && !completed && ++idle > 64) {
-      if (idle > 50000)
-        usleep(100);
-      else
-        sched_yield();
+    if (busy || completed) continue;
+    ++idle;
+    if (block) {
+      const int64_t t = NowNs();
+      if (idle_since_ns == 0) idle_since_ns = t;
+      if (t - idle_since_ns >= c->spin_ns) {
+        if (!slept) c->spin_ns = std::max(kMinSpinNs, c->spin_ns / 2);
+        slept = true;
+        if (SleepOnEvents(c, kSleepSliceMs, true)) iter = ~0u;  // the next pass (iter 0) reads the liveness sockets
+        continue;
+      }
     }
+    // Oversubscribed hosts (more ranks than cores) need the peer to run: yield early, sleep only when long idle.
+    if (idle > kSleepPasses)
+      usleep(100);
+    else if (idle > kYieldPasses)
+      sched_yield();
   }
 }
 

@@ -19,6 +19,9 @@
 namespace hn {
 
 // ---- environment (typed, validated; read when a call needs it so tests can change it) ----
+// How a waiting operation idles (docs/hostnccl.md, "Waiting"): spin = progress and yield, never sleep longer than
+// 100 us; block = a short adaptive spin, then sleep on the worker's event fd and the liveness sockets.
+enum WaitMode { kWaitSpin = 0, kWaitBlock = 1 };
 struct Env {
   int debug_level = 0;            // HOSTNCCL_DEBUG: 0 none, 1 WARN, 2 INFO, 3 TRACE
   int64_t timeout_ms = 300000;    // HOSTNCCL_TIMEOUT_MS
@@ -30,6 +33,7 @@ struct Env {
   bool lean_ucx = true;           // HOSTNCCL_UCX: lean (hostnccl's settings for its UCX context) or ucx (UCX's)
   int peer_errors = 0;            // HOSTNCCL_PEER_ERRORS: kPeerErrorsRemote, kPeerErrorsAll, kPeerErrorsNone
   int64_t drain_ms = 1000;        // HOSTNCCL_DRAIN_MS: how long a failed operation lets live peers finish reads
+  int wait = kWaitBlock;          // HOSTNCCL_WAIT: kWaitSpin or kWaitBlock (how an idle operation waits)
 };
 enum AlgoChoice { kAlgoAuto = 0, kAlgoRing = 1, kAlgoDirect = 2 };
 // Which endpoints use UCX's peer-failure mode: those to peers on other hosts, all, none.
@@ -72,6 +76,8 @@ struct Comm {
   int rank = 0, nranks = 0, cuda_dev = 0;
   Env env;
   ucp_worker_h worker = nullptr;
+  int worker_efd = -1;                // the worker's event fd (UCP_FEATURE_WAKEUP); -1: none, waits never block
+  int64_t spin_ns = 0;                // HOSTNCCL_WAIT=block: the adaptive spin before sleeping (Wait)
   std::vector<ucp_ep_h> eps;          // per peer, self included
   std::vector<EpFailure> ep_failure;  // per peer, the UCX error callback's argument
   std::vector<int> live_fd;           // liveness TCP socket per peer (self: -1)
