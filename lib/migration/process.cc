@@ -562,19 +562,27 @@ void ProcessMachine::LeaverTape() {
   Send(mig::Ev::kTape, leaver_.tape_mig, mig::Blob{});
 }
 
+// Without mu_: the snapshots' set-up takes the recovery's mutex, under which the recovery's rollback takes mu_
+// (SwitchStagedForRecovery; ThreadSanitizer: lock-order inversion, recovery_twice_3d's replacement).
+void ProcessMachine::PrepareSnapshots(std::unique_lock<std::mutex>& lk) {
+  lk.unlock();
+  w_.PrepareSnapshots();
+  lk.lock();
+}
+
 // The joiner: shadow iterations in the sandbox, READY, then wait for SWITCH (returns S) or exit.
 int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (joiner_.sandbox == Sandbox::kStartup && w_.HasAgent() && !w_.IsStandby()) WaitForTape(lk);  // none to come
   w_.TapeIterationBegin();  // operations from here on are positions 0, 1, ... of the next sandbox iteration
   if (joiner_.sandbox == Sandbox::kStartup) {
     joiner_.sandbox = Sandbox::kShadow;
-    w_.PrepareSnapshots();  // overlaps the shadow iterations and phase 1
+    PrepareSnapshots(lk);  // overlaps the shadow iterations and phase 1
   }
   if (++joiner_.sandbox_safepoints <= w_.ShadowIters()) return step;
   if (joiner_.sandbox != Sandbox::kReadySent) {
     joiner_.sandbox = Sandbox::kReadySent;
     SendReady(step);
-    w_.PrepareSnapshots();
+    PrepareSnapshots(lk);
   }
   WaitForSwitchOrExit(lk);
   if (joiner_.exit_pending) JoinerExit(lk);

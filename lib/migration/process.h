@@ -331,6 +331,7 @@ class ProcessMachine {
   void ReportCaptured();
   void LeaverTape();
   int64_t JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_t step);
+  void PrepareSnapshots(std::unique_lock<std::mutex>& lk);  // unlocks mu_ around World::PrepareSnapshots
   void WaitForTape(std::unique_lock<std::mutex>& lk);
   void SendReady(int64_t step);
   void WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk);
