@@ -113,6 +113,12 @@ ncclResult_t LoadEnv(Env* env) {
     }
     env->eager_connect = strcasecmp(a, "eager") == 0;
   }
+  if (const char* a = getenv("HOSTNCCL_UCX")) {
+    if (strcasecmp(a, "lean") != 0 && strcasecmp(a, "ucx") != 0) {
+      return Fail(ncclInvalidArgument, "HOSTNCCL_UCX=\"%s\" is not one of lean, ucx", a);
+    }
+    env->lean_ucx = strcasecmp(a, "lean") == 0;
+  }
   if (const char* a = getenv("HOSTNCCL_PEER_ERRORS")) {
     if (strcasecmp(a, "remote") == 0)
       env->peer_errors = kPeerErrorsRemote;
@@ -432,13 +438,34 @@ void ForgetContextInChild() {
   g_ctx = nullptr;
 }
 
-ncclResult_t Context(ucp_context_h* out) {
+// HOSTNCCL_UCX=lean (docs/hostnccl.md, "What a worker costs"): a UCX worker's set-up and destroy are mostly the
+// shared-memory receive pools (512 segments of 8 KiB for each of posix and sysv, faulted in at create, unmapped
+// at destroy), so hostnccl asks for pools that grow by 64 segments and for one shared-memory transport. Each
+// setting is left out when the environment sets one of the UCX variables it would override, and both when it
+// sets UCX_TLS (a pool setting for transports the user left out would make UCX warn at every worker create).
+struct UcxSetting {
+  const char* key;  // ucp_config_modify's name
+  const char* value;
+  const char* env[4];  // the UCX variables that, when set, win
+};
+constexpr UcxSetting kLeanUcx[] = {
+    {"MM_RX_BUFS_GROW", "64", {"UCX_TLS", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW", "UCX_RX_BUFS_GROW"}},
+    {"TLS", "^sysv", {"UCX_TLS", nullptr, nullptr, nullptr}},
+};
+
+ncclResult_t Context(bool lean, ucp_context_h* out) {
   std::lock_guard<std::mutex> lk(g_ctx_mu);
   if (!g_ctx) {
     static std::once_flag atfork_once;
     std::call_once(atfork_once, [] { pthread_atfork(nullptr, nullptr, ForgetContextInChild); });
     ucp_config_t* cfg = nullptr;
     if (ucp_config_read(nullptr, nullptr, &cfg) != UCS_OK) return Fail(ncclSystemError, "UCX: config read failed");
+    for (const UcxSetting& s : kLeanUcx) {
+      if (!lean || std::any_of(std::begin(s.env), std::end(s.env), [](const char* e) { return e && getenv(e); })) {
+        continue;
+      }
+      if (ucp_config_modify(cfg, s.key, s.value) != UCS_OK) Log(kWarn, -1, "UCX: cannot set %s=%s", s.key, s.value);
+    }
     ucp_params_t p{};
     p.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
     // WAKEUP gives each worker an event fd to sleep on (HOSTNCCL_WAIT=block); it costs nothing until a wait arms
@@ -551,12 +578,14 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   c->ctrl_recv_seq.assign(n, 0);
 
   ucp_context_h ctx = nullptr;
-  HN_CHECK(Context(&ctx));
+  HN_CHECK(Context(c->env.lean_ucx, &ctx));
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+  const int64_t create_t0 = NowMs();
   ucs_status_t st = ucp_worker_create(ctx, &wp, &c->worker);
   if (st != UCS_OK) return Fail(ncclSystemError, "UCX: worker create failed: %s", ucs_status_string(st));
+  Log(kTrace, me, "init: worker create %lld ms", static_cast<long long>(NowMs() - create_t0));
   // Without an event fd (UCX gave none) HOSTNCCL_WAIT=block waits as spin does: slower to hand the core over, correct.
   if (ucp_worker_get_efd(c->worker, &c->worker_efd) != UCS_OK) c->worker_efd = -1;
   ucp_address_t* addr = nullptr;
@@ -752,9 +781,13 @@ void Teardown(Comm* c, bool graceful) {
     int64_t deadline = NowMs() + 200;
     for (void* r : closing) wait(r, deadline);
     const int64_t t1 = NowMs();
+    timespec cpu0{}, cpu1{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
     ucp_worker_destroy(c->worker);
-    Log(kTrace, c->rank, "teardown: flush and endpoint close %lld ms, worker destroy %lld ms",
-        static_cast<long long>(t1 - t0), static_cast<long long>(NowMs() - t1));
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1);
+    const double cpu_ms = (cpu1.tv_sec - cpu0.tv_sec) * 1e3 + (cpu1.tv_nsec - cpu0.tv_nsec) / 1e6;
+    Log(kTrace, c->rank, "teardown: flush and endpoint close %lld ms, worker destroy %lld ms (%.1f ms of CPU)",
+        static_cast<long long>(t1 - t0), static_cast<long long>(NowMs() - t1), cpu_ms);
     c->worker = nullptr;
     c->worker_efd = -1;
   }

@@ -30,6 +30,7 @@ struct Env {
   int64_t chunk_bytes = 1 << 20;  // HOSTNCCL_CHUNK_BYTES: pipeline segment size of the collectives
   int algo = 0;                   // HOSTNCCL_ALGO: kAlgoAuto, kAlgoRing, kAlgoDirect (AllGather, Broadcast)
   bool eager_connect = true;      // HOSTNCCL_CONNECT: eager (connect every lane in init) or lazy
+  bool lean_ucx = true;           // HOSTNCCL_UCX: lean (hostnccl's settings for its UCX context) or ucx (UCX's)
   int peer_errors = 0;            // HOSTNCCL_PEER_ERRORS: kPeerErrorsRemote, kPeerErrorsAll, kPeerErrorsNone
   int64_t drain_ms = 1000;        // HOSTNCCL_DRAIN_MS: how long a failed operation lets live peers finish reads
   int wait = kWaitBlock;          // HOSTNCCL_WAIT: kWaitSpin or kWaitBlock (how an idle operation waits)

@@ -120,7 +120,7 @@ int Body(int rank, int n, const ncclUniqueId& id) {
                            {"HOSTNCCL_CHUNK_BYTES", "4095"}, {"HOSTNCCL_CHUNK_BYTES", "2147483648"},
                            {"HOSTNCCL_CHUNK_BYTES", "1M"},   {"HOSTNCCL_ALGO", "tree"},
                            {"HOSTNCCL_CONNECT", "later"},    {"HOSTNCCL_PEER_ERRORS", "sometimes"},
-                           {"HOSTNCCL_WAIT", "doze"}};
+                           {"HOSTNCCL_UCX", "fat"},          {"HOSTNCCL_WAIT", "doze"}};
   for (auto& kv : vars) {
     setenv(kv[0], kv[1], 1);
     ncclUniqueId id2;
