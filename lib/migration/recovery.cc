@@ -51,8 +51,9 @@ class TaskQueue {
     cv_.notify_all();
   }
   // No more work but `last`, run on the thread after the task under way; waits up to `limit` for both (unless
-  // called from the thread). The thread stays parked (the process is ending).
-  void Drain(std::chrono::milliseconds limit, std::function<void()> last) {
+  // called from the thread). The thread stays parked (the process is ending). Returns whether the thread is idle
+  // (false: a task still runs past `limit`, or this is the thread).
+  bool Drain(std::chrono::milliseconds limit, std::function<void()> last) {
     std::unique_lock<std::mutex> lk(mu_);
     if (!stopping_) {
       stopping_ = true;
@@ -60,8 +61,8 @@ class TaskQueue {
       if (thread_.joinable()) tasks_.push_back(std::move(last));
       cv_.notify_all();
     }
-    if (std::this_thread::get_id() == thread_.get_id()) return;
-    cv_.wait_for(lk, limit, [this] { return tasks_.empty() && !busy_; });
+    if (std::this_thread::get_id() == thread_.get_id()) return false;
+    return cv_.wait_for(lk, limit, [this] { return tasks_.empty() && !busy_; });
   }
 
  private:
@@ -148,11 +149,24 @@ class Recovery {
     StopPoll();
     // Then this process's reads of others' snapshots close their endpoints in order: a reader that just exits
     // leaves UCX 1.13's TCP transport in the serving process to a fatal error ("failed to modify event handler",
-    // multihost_launch: the ranks of the node that finished first were the readers).
-    queue_.Drain(std::chrono::milliseconds(kExitDrainMs), [this] {
+    // multihost_launch: the ranks of the node that finished first were the readers). The copies it exposed for a
+    // replacement stop serving there too.
+    const bool idle = queue_.Drain(std::chrono::milliseconds(kExitDrainMs), [this] {
       held_.clear();
       client_.reset();
+      for (const std::unique_ptr<transfer::StateServer>& s : exposed_) s->Abandon();
     });
+    if (!idle) {
+      TM_WARN(kLogMigration, "failure recovery: the snapshot task under way did not end within %d ms of the exit",
+              kExitDrainMs);
+    }
+    // Then this process's own slots, adopted or staged: their servers' progress threads would otherwise run on in
+    // ucp_worker_progress while libucs's static destructors tear UCX down (ThreadSanitizer, recovery_stale). A set
+    // that a staging thread (tm-snapshot, or a first safe point) finishes after this stops itself (ending_).
+    std::lock_guard<std::mutex> lk(mu_);
+    ending_ = true;
+    StopServing(slots_);
+    if (staged_) StopServing(staged_->slots);
   }
   void PrepareSlots() {
     std::lock_guard<std::mutex> lk(mu_);
@@ -194,6 +208,14 @@ class Recovery {
     std::vector<control::Region> regions;
     Copy copies[kSnapshotSlots];
   };
+  // At the process's end: the slots' servers stop serving (progress threads joined, nothing mapped any more) and
+  // keep their UCX worker and context (StateServer::Abandon: UCX 1.13 may abort the process when it destroys a
+  // worker whose peer was cut off), so no thread of theirs runs while UCX's static destructors tear it down.
+  static void StopServing(Slot (&slots)[kSnapshotSlots]) {
+    for (Slot& s : slots) {
+      if (s.server) s.server->Abandon();
+    }
+  }
 
   void Send(rec::Ev kind, const rec::RecMsg& m) {
     control::Event e;
@@ -248,6 +270,7 @@ class Recovery {
   bool warmed_ = true;               // the coordinator's SNAP_WARMs after this process's SLOT_EXPOSED are done
   std::deque<rec::RecMsg> warms_;    // SNAP_WARMs not run yet: one task each, so that pulls run between them
   bool warming_ = false;             // a WarmNext task is queued or running
+  bool ending_ = false;              // Drain: the slots stopped serving; no snapshot, no new slot set any more
   int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
   bool device_warned_ = false, ship_warned_ = false, budget_warned_ = false;
@@ -487,7 +510,7 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
 // Every TRAINMOVER_SNAPSHOT_EVERY-th step (positive multiples: before the first, nothing can be recovered): a copy of the registered regions into the oldest slot but the pinned one;
 // hashed and announced (SNAP_TAKEN) in the background, pulled by the buddies.
 void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
-  if (!on_ || shim::ProcessSandboxed()) return;
+  if (!on_ || ending_ || shim::ProcessSandboxed()) return;
   WaitShipped(lk);
   if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
@@ -553,7 +576,9 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
     build_here->lock();
     staged_ = std::move(set);
     staging_ = false;
+    if (ending_) StopServing(staged_->slots);  // the process's end came meanwhile (Drain)
   }
+  if (ending_) return false;
   if (staged_ && staged_->table == table) {
     std::unique_ptr<SlotSet> set = std::move(staged_);
     if (!set->error.empty()) {
@@ -591,6 +616,7 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
       std::lock_guard<std::mutex> lk(mu_);
       staged_ = std::move(set);
       staging_ = false;
+      if (ending_) StopServing(staged_->slots);  // Drain gave up waiting for this task
       warmed_ = !announce;
       cv_.notify_all();
     });
