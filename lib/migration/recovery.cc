@@ -220,7 +220,7 @@ class Recovery {
   void Send(rec::Ev kind, const rec::RecMsg& m) {
     control::Event e;
     e.kind = static_cast<uint16_t>(kind);
-    e.migration = rec_id_;
+    e.migration = rec_id_.load(std::memory_order_relaxed);
     e.body = control::EncodePayload(m);
     w_.SendEvent(std::move(e));
   }
@@ -261,7 +261,10 @@ class Recovery {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t rec_id_ = 0;  // the recovery record of the latest command
+  // The recovery record of the latest command (agent thread), which every event names. Atomic: events are sent from
+  // every thread, some with mu_ held (ThreadSanitizer, recovery_standby_lost: a pull's SNAP_HELD read it while a
+  // FENCE wrote it); a tag, ordered with nothing else.
+  std::atomic<uint64_t> rec_id_{0};
   // Owner.
   std::vector<shim::Region> layout_;  // the regions the slots were made for
   Slot slots_[kSnapshotSlots];
@@ -304,10 +307,7 @@ void Recovery::OnCommand(const control::Command& c) {
     TM_WARN(kLogMigration, "failure recovery: malformed %s body, ignored", rec::RecCmdName(c.kind));
     return;
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (c.migration) rec_id_ = c.migration;
-  }
+  if (c.migration) rec_id_.store(c.migration, std::memory_order_relaxed);
   switch (static_cast<rec::Cmd>(c.kind)) {
     case rec::Cmd::kSnapPull:
       return queue_.Push([this, m] { Pull(m); });
@@ -365,7 +365,7 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
     std::lock_guard<std::mutex> lk(mu_);
     if (m.epoch <= epoch_) return;
     epoch_ = m.epoch;
-    rec_id_ = id;
+    rec_id_.store(id, std::memory_order_relaxed);
     fenced_ = true;
     failed_rank_ = m.rank;
     rollback_step_ = -1;
