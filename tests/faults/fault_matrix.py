@@ -68,10 +68,12 @@ FAULTS = ["kill", "stop", "cut", "host"]
 # The suite's cells: each victim and each fault at least once. The coordinator stopped or cut off past the agents'
 # silence timeout: the agents say BYE "reconnect" and the coordinator waits for them instead of recovering live ranks
 # (docs/reliability.md, "A closed connection is not a death"). The first-op cells are out until a rank lost right
-# after a switch can be recovered (docs/reliability.md).
+# after a switch can be recovered (docs/reliability.md). The host cell: a stayer's host cut off while it switches
+# (control, hostnccl's and UCX's connections at once), recovered (about 30 s); where namespaces cannot be made it
+# is "not run", printed with the reason, and fails nothing (as transfer_netns skips).
 SHORT = [("building", "coordinator", "stop"), ("switching", "coordinator", "stop"), ("switching", "coordinator", "cut"),
          ("switching", "stayer", "stop"), ("building", "stayer", "cut"), ("transfer", "joiner", "cut"),
-         ("sandbox", "joiner", "kill"), ("building", "leaver", "kill")]
+         ("sandbox", "joiner", "kill"), ("building", "leaver", "kill"), ("switching", "stayer", "host")]
 # Where the test strikes: the migration's state, and for "first op" a stayer's "swap comms" phase.
 STATE = {"sandbox": "sandbox", "building": "building", "agreeing": "agreeing", "switching": "switching",
          "transfer": "switching", "first op": "switching"}
@@ -258,7 +260,8 @@ def cell(phase, victim, fault):
         try:
             hosts.make()
         except nethosts.Unavailable as e:
-            return dict(cell=(phase, victim, fault), outcome="not run", detail=str(e), wait=None, ok=None)
+            return dict(cell=(phase, victim, fault), outcome="not run", detail=str(e), wait=None, ok=None,
+                        unavailable=True)
     on = (lambda i: ["ip", "netns", "exec", hosts.hosts[i]]) if hosts else (lambda i: [])
     via = on(0)  # tmctl runs on the job's host
     env = dict(hosts.env(0) if hosts else os.environ, **ENV)
@@ -516,7 +519,7 @@ def main():
         wait = f"{row['wait']:.1f}s" if row.get("wait") is not None else "-"
         print(f"FAULT-CELL phase={c[0]} victim={c[1]} fault={c[2]} outcome={row['outcome']} longest-wait={wait} "
               f"result={ {True: 'pass', False: 'FAIL', None: 'not-run'}[row['ok']]} {row['detail']}", flush=True)
-        if row["ok"] is False or (MODE == "short" and row["ok"] is None):
+        if row["ok"] is False or (MODE == "short" and row["ok"] is None and not row.get("unavailable")):
             failed.append(c)
     if doc:
         write_doc(doc, rows)
