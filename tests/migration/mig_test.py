@@ -48,9 +48,18 @@ def fail(msg):
     sys.exit(1)
 
 
+def sanitizer_runtimes(lib):
+    """The sanitizer runtimes `lib` links (a `./run test --sanitize` build's): a program not built with them (the
+    Python interpreter) must have them preloaded, as it cannot dlopen one later (ThreadSanitizer's: "cannot allocate
+    memory in static TLS block", migration_numpy's run without the shim)."""
+    out = subprocess.run(["ldd", lib], capture_output=True, text=True).stdout
+    return re.findall(r"=> (\S*/lib(?:a|t|ub)san\.so\S*) ", out)
+
+
 def numpy_cmd(params, steps, step_ms, shim=True):
     pythonpath = os.path.dirname(os.path.dirname(NUMPY_EXAMPLE))  # python/: the trainmover module
-    return (["env"] + ([f"LD_PRELOAD={SHIM}"] if shim else []) +
+    preload = sanitizer_runtimes(HOSTNCCL) + ([SHIM] if shim else [])
+    return (["env"] + ([f"LD_PRELOAD={':'.join(preload)}"] if preload else []) +
             [f"TRAINMOVER_NCCL_LIBRARY={HOSTNCCL}", f"PYTHONPATH={pythonpath}", PYTHON, NUMPY_EXAMPLE,
              "--steps", str(steps), "--params", str(params), "--seed", "7", "--step-ms", str(step_ms)])
 
