@@ -51,8 +51,8 @@ class TaskQueue {
     cv_.notify_all();
   }
   // No more work but `last`, run on the thread after the task under way; waits up to `limit` for both (unless
-  // called from the thread). The thread stays parked (the process is ending). Returns whether the thread is idle
-  // (false: a task still runs past `limit`, or this is the thread).
+  // called from the thread). The thread stays parked (the process is ending). Returns false when a task still runs
+  // past `limit` (never on the thread itself).
   bool Drain(std::chrono::milliseconds limit, std::function<void()> last) {
     std::unique_lock<std::mutex> lk(mu_);
     if (!stopping_) {
@@ -61,7 +61,7 @@ class TaskQueue {
       if (thread_.joinable()) tasks_.push_back(std::move(last));
       cv_.notify_all();
     }
-    if (std::this_thread::get_id() == thread_.get_id()) return false;
+    if (std::this_thread::get_id() == thread_.get_id()) return true;
     return cv_.wait_for(lk, limit, [this] { return tasks_.empty() && !busy_; });
   }
 
