@@ -111,11 +111,13 @@ def wait_interval(job):
     coordinator's, from the ranks' measurements) and returns it."""
     deadline = time.monotonic() + mt.TIMEOUT
     while time.monotonic() < deadline:
-        ws = [p for p in job.status()["processes"] if p["state"] == "alive" and p["role"] == "worker"]
+        ended = job.p.poll() is not None  # before the query: the job's end takes tmctl's token file with it
+        ws = [p for p in job.status()["processes"] if p["state"] == "alive" and p["role"] == "worker"] \
+            if not ended else []
         told = {p["snapshot_every"] for p in ws}
         if len(ws) == job.ranks and len(told) == 1 and min(told) > 1:
             return min(told)
-        if job.p.poll() is not None:
+        if ended:
             fail(f"{job.name}: the job ended before an interval was picked")
         time.sleep(0.05)
     fail(f"{job.name}: no common snapshot interval above 1 was picked")
@@ -127,8 +129,10 @@ def scenario_kill_auto():
     # killed two intervals later is recovered bit-identical, at most the recorded interval lost.
     mt.clear_joiner_logs()
     layout = ("--extra-state-mb", "4")
-    job = Job("kill_auto", 3, steps=600, step_ms=4, layout=layout,
-              env={"TRAINMOVER_SNAPSHOT_EVERY": "auto", "TRAINMOVER_SNAPSHOT_BUDGET": "0.5"})
+    # Budget 0.1 and 1500 steps: at 0.5 and 600 steps a CI run at load 16 (steps stretched by the load, so the
+    # snapshots looked cheap) ended the job before any interval above 1 was picked.
+    job = Job("kill_auto", 3, steps=1500, step_ms=4, layout=layout,
+              env={"TRAINMOVER_SNAPSHOT_EVERY": "auto", "TRAINMOVER_SNAPSHOT_BUDGET": "0.1"})
     try:
         every = wait_interval(job)
         step = max(p["step"] for p in job.status()["processes"] if p["role"] == "worker")
