@@ -16,6 +16,7 @@
 #include "checksum.h"
 #include "descriptor.h"
 #include "lanes.h"
+#include "pages.h"
 #include "transfer.h"
 #include "ucx_util.h"
 
@@ -122,6 +123,12 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   d.control.size = m.control.size() * 8;
   m.regions = regions;
   m.memhs.assign(regions.size(), nullptr);
+  // Host regions in huge pages before UCX maps them (a transport that pins memory would make them uncollapsible):
+  // the joiner's process_vm_readv then pins 2 MiB at a time (pages.h). kAuto regions once UCX says they are host.
+  auto huge = [&](const Region& r) {
+    if (m.options.huge_pages) detail::CollapseToHugePages(r);
+  };
+  for (const Region& r : regions) huge(r);
   for (size_t i = 0; i < regions.size() && s.ok(); ++i) {
     const Region& r = regions[i];
     detail::RemoteRegion rr;
@@ -133,7 +140,10 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
                             &found);
       if (!s.ok()) s = Status(s.code(), "region '" + r.name + "': " + s.message());
       rr.memory_type = static_cast<uint8_t>(found);
-      if (r.type == MemoryType::kAuto) m.regions[i].type = found;
+      if (r.type == MemoryType::kAuto) {
+        m.regions[i].type = found;
+        huge(m.regions[i]);
+      }
     }
     d.regions.push_back(std::move(rr));
   }
