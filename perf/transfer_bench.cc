@@ -67,7 +67,8 @@ struct Sample {
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+  if (v.empty()) return 0;
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 double Gbps(size_t bytes, double s) { return s > 0 ? static_cast<double>(bytes) / s / 1e9 : 0; }

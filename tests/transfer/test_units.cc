@@ -282,7 +282,7 @@ TEST_CASE("the fetch may start before Seal: it reads, then waits for the checksu
 TEST_CASE("the crc32 instruction and the table give the same block hash, at every length and alignment") {
   std::vector<unsigned char> buf(tt::kChecksumBlock + 64);
   Fill(&buf, 21);
-  MESSAGE("block hash: " << tt::BlockHashImplementation());
+  MESSAGE("block hash: " << std::string(tt::BlockHashImplementation()));
   // From 1,024 bytes on: the carry-less-multiply path (where the CPU has AVX-512 VPCLMULQDQ), its hand-over
   // to the crc32 instruction and the tail, at every remainder.
   for (size_t len = 0; len <= 2200; len += len < 200 || (len > 1000 && len < 1100) ? 1 : 7) {
