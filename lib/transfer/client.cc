@@ -162,6 +162,7 @@ struct PreparedFetch::Impl {
   detail::Plan plan;
   std::string auth_key;  // the client's, for the control block's MAC
   int hash_threads = 0;
+  uint64_t huge_bytes = 0;                 // of the local regions, in huge pages after Prepare
   detail::BlockSink sink;                  // before `reader`: late UCX completions in its teardown land here
   std::unique_ptr<detail::Reader> reader;  // refers to `plan`
 };
@@ -170,6 +171,7 @@ PreparedFetch::PreparedFetch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)
 PreparedFetch::~PreparedFetch() = default;
 FetchPath PreparedFetch::path() const { return impl_->reader->path(); }
 uint64_t PreparedFetch::bytes() const { return impl_->plan.total; }
+uint64_t PreparedFetch::huge_page_bytes() const { return impl_->huge_bytes; }
 
 Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vector<Region>& local,
                             const FetchOptions& options, std::unique_ptr<PreparedFetch>* out) {
@@ -195,7 +197,7 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
   // The joiner's regions: huge pages, then every page mapped writable, so the read at the switch neither faults
   // nor walks 4 KiB pages on the destination side (pages.h).
   if (impl_->options.huge_pages) {
-    for (const Region& r : plan.local) detail::CollapseToHugePages(r);
+    for (const Region& r : plan.local) impl->huge_bytes += detail::CollapseToHugePages(r);
   }
   detail::PopulateForWrite(plan.local);
   const auto deadline = Clock::now() + std::chrono::milliseconds(options.timeout_ms);

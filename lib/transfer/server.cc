@@ -35,6 +35,7 @@ struct StateServer::Impl {
   ucp_mem_h control_memh = nullptr;
   std::vector<uint8_t> descriptor;
   std::vector<uint64_t> checksums;
+  uint64_t huge_bytes = 0;  // in huge pages after Expose
   std::unique_ptr<detail::LanePool> hash_lanes;
   std::thread progress;
   std::atomic<bool> stop{false};
@@ -126,7 +127,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   // Host regions in huge pages before UCX maps them (a transport that pins memory would make them uncollapsible):
   // the joiner's process_vm_readv then pins 2 MiB at a time (pages.h). kAuto regions once UCX says they are host.
   auto huge = [&](const Region& r) {
-    if (m.options.huge_pages) detail::CollapseToHugePages(r);
+    if (m.options.huge_pages) m.huge_bytes += detail::CollapseToHugePages(r);
   };
   for (const Region& r : regions) huge(r);
   for (size_t i = 0; i < regions.size() && s.ok(); ++i) {
@@ -172,6 +173,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
 
 const std::vector<uint8_t>& StateServer::Descriptor() const { return impl_->descriptor; }
 const std::vector<uint64_t>& StateServer::Checksums() const { return impl_->checksums; }
+uint64_t StateServer::HugePageBytes() const { return impl_->huge_bytes; }
 
 Status StateServer::Seal(std::vector<uint64_t>* checksums) {
   Impl& m = *impl_;

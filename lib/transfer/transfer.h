@@ -145,6 +145,8 @@ class StateServer {
 
   // The blob to send to the joiner (bounded: kMaxDescriptorBytes). Empty before Expose.
   const std::vector<uint8_t>& Descriptor() const;
+  // Bytes of the exposed regions that Expose put in huge pages (ServerOptions::huge_pages), for the log.
+  uint64_t HugePageBytes() const;
 
   // Hashes every region (in parallel) and publishes the checksums, with their MAC, to the control block the
   // client polls.
@@ -284,6 +286,7 @@ class PreparedFetch {
 
   FetchPath path() const;  // kUcx or kCma
   uint64_t bytes() const;  // total bytes one Read moves
+  uint64_t huge_page_bytes() const;  // of the joiner's regions, in huge pages after Prepare (ClientOptions::huge_pages)
 
   struct Impl;
 
