@@ -199,6 +199,14 @@ struct Job {
     for (auto& [r, p] : h.comm_recs[kWorld].members) Send(p, mig::Ev::kAccept, m.id, mig::Step{12});
     h.Take();
   }
+  // Every member at S, the joiner verified: SWITCH sent (a job of 3, rank 1 moved).
+  void ToSwitchSent(Migration& m) {
+    ToSwitching(m, 1);
+    for (uint64_t p : {1, 2, 3}) Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+    Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+    REQUIRE(m.switch_sent);
+    h.Take();
+  }
 };
 
 std::vector<std::string> V(std::initializer_list<const char*> l) {
@@ -674,11 +682,7 @@ TEST_CASE("deadlines: past half the hold timeout after COMMIT, SWITCH is never s
 TEST_CASE("deadlines: SWITCH sent but not every member confirms: done, the silent ones out of step") {
   Job j(3, MigrationDeadlines{600000, 60});
   Migration& m = j.Request({1});
-  j.ToSwitching(m, 1);
-  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
-  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
-  CHECK(m.switch_sent);
-  j.h.Take();
+  j.ToSwitchSent(m);
   j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
   j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
   j.e->OnTick(j.h);
@@ -698,10 +702,7 @@ TEST_CASE("deadlines: SWITCH sent but not every member confirms: done, the silen
 TEST_CASE("deadlines: SWITCH sent and no stayer switched by the deadline: nobody is out of step") {
   Job j(3, MigrationDeadlines{60, 60});  // the phase deadline too: the wait for a stayer's word ends
   Migration& m = j.Request({1});
-  j.ToSwitching(m, 1);
-  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
-  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
-  j.h.Take();
+  j.ToSwitchSent(m);
   j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // the joiner alone
   j.e->OnTick(j.h);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -714,10 +715,7 @@ TEST_CASE("deadlines: SWITCH sent and no stayer switched by the deadline: nobody
 TEST_CASE("the commit point: a stayer's swapped communicators prove the switch took effect; a silent one is out of step") {
   Job j(3, MigrationDeadlines{600000, 60});
   Migration& m = j.Request({1});
-  j.ToSwitching(m, 1);
-  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
-  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
-  j.h.Take();
+  j.ToSwitchSent(m);
   // Stayer 1 swapped, but its SWITCHED (at its next safe point) waits for its first collective on the replacements,
   // which the silent stayer 3 holds up; the joiner switched in; the leaver left.
   j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
@@ -738,10 +736,7 @@ TEST_CASE("the commit point: a stayer's swapped communicators prove the switch t
 TEST_CASE("the commit point: a leaver that abandoned after the switch is told to end; its joiner holds the rank") {
   Job j(3, MigrationDeadlines{600000, 60});
   Migration& m = j.Request({1});
-  j.ToSwitching(m, 1);
-  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
-  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
-  j.h.Take();
+  j.ToSwitchSent(m);
   for (uint64_t p : {101, 1, 3}) j.Send(p, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
   REQUIRE(m.state == MigState::kDone);
   CHECK(j.h.FindProcessByRank(1)->id == 2);  // the leaver has not left yet (it is about to, or it missed SWITCH)

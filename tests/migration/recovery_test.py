@@ -26,6 +26,19 @@ def recoveries(job):
     return [m for m in job.status()["migrations"] if m.get("kind") == "recover"]
 
 
+def wait_ended(pid, seconds):
+    """Whether process `pid` (not ours: the job's) ended, or is a zombie, within `seconds`."""
+    def running():
+        if not os.path.exists(f"/proc/{pid}"):
+            return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    return not running()
+
+
 def pid_of(job, rank):
     for p in job.status()["processes"]:
         if p["state"] == "alive" and p["role"] == "worker" and p["rank"] == rank:
@@ -475,11 +488,7 @@ def scenario_stale():
         r = wait_recovered(job, 1)
         check_report(job, r, 2)
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
-                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            time.sleep(0.05)
-        if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        if not wait_ended(pid, 15):
             fail(f"stale: the woken process {pid} still runs 15 s after SIGCONT")
         workers = [p for p in job.status()["processes"] if p["role"] == "worker" and p["rank"] == 2]
         if [p["state"] for p in workers if p["pid"] == pid] != ["lost"] or \
@@ -844,11 +853,7 @@ def scenario_out_of_step():
             fail("out_of_step: rank 2 never abandoned the migration at its hold deadline")
         relay.restore()
         print(f"out_of_step: cut {time.monotonic() - cut_at:.1f} s; migration: {mig['reason']}")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{stayer}") and \
-                open(f"/proc/{stayer}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            time.sleep(0.05)
-        if os.path.exists(f"/proc/{stayer}") and open(f"/proc/{stayer}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        if not wait_ended(stayer, 20):
             fail(f"out_of_step: the out-of-step process {stayer} still runs 20 s after it was heard again")
         job.finish()
     finally:
