@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@ void Spawn::Encode(Writer& w) const {
   w.StrList(env);
   w.Str(dir);
   w.Str(log);
+  w.U8(keep_host_env ? 1 : 0);
 }
 
 bool Spawn::Decode(Reader& r) {
@@ -21,7 +23,9 @@ bool Spawn::Decode(Reader& r) {
   env = r.StrList();
   dir = r.Str();
   log = r.Str();
-  return r.AtEnd() && !argv.empty() && !argv[0].empty();
+  const uint8_t keep = r.U8();
+  keep_host_env = keep == 1;
+  return keep <= 1 && r.AtEnd() && !argv.empty() && !argv[0].empty();
 }
 
 void Child::Encode(Writer& w) const {
@@ -90,6 +94,25 @@ void Directory::OnProcessLost(EngineHost& h, uint64_t process) {
   }
 }
 
+void Directory::OnTick(EngineHost& h) {
+  host_ = &h;
+  // std::chrono's steady clock (CLOCK_MONOTONIC): this file is also built into the parser's fuzz target, alone.
+  ForgetEnded(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count()));
+}
+
+void Directory::ForgetEnded(uint64_t now_ns) {
+  for (auto it = children_.begin(); it != children_.end();) {
+    Child& c = it->second;
+    if (c.ended && c.ended_ns == 0) c.ended_ns = now_ns;
+    if (c.ended && now_ns - c.ended_ns >= kForgetEndedNs) {
+      it = children_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 uint64_t Directory::AgentOn(const std::string& host) const {
   if (!host_) return 0;
   for (const auto& [id, p] : host_->processes()) {
@@ -114,7 +137,7 @@ uint64_t Directory::Start(const std::string& host, Spawn s, std::string* err) {
     *err = "the node agent on host " + host + " is not connected";
     return 0;
   }
-  children_[s.id] = Child{agent, 0, false, ""};
+  children_[s.id] = Child{agent, 0, false, 0, ""};
   return s.id;
 }
 

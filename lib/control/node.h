@@ -46,6 +46,10 @@ struct Spawn {
   std::vector<std::string> env;   // NAME=value, the whole environment
   std::string dir;                // working directory
   std::string log;                // stdout and stderr go there (created or appended), relative to dir
+  // `env` is of a process on this very host (a failed rank's replacement on its own host, a joiner for a leaver
+  // of this host): its host-local variables are right here (the failed process's devices are free) and are kept.
+  // Otherwise the node agent puts its own in (WithThisHostsEnv).
+  bool keep_host_env = false;
   void Encode(Writer& w) const;
   bool Decode(Reader& r);
 };
@@ -73,7 +77,15 @@ class Directory final : public Engine {
   void OnCancel(EngineHost&, Migration&) override {}
   void OnEvent(EngineHost& h, uint64_t process, const Event& e) override;
   void OnProcessLost(EngineHost& h, uint64_t process) override;
-  void OnTick(EngineHost& h) override { host_ = &h; }
+  void OnTick(EngineHost& h) override;
+
+  // How long an ended process stays known after its end, for the engine that started it to learn how it ended
+  // (engines poll Exited every tick while they care). Then it is forgotten (Exited: true with no reason), so a
+  // job that migrates for weeks does not keep one entry per process it ever started.
+  static constexpr uint64_t kForgetEndedNs = 60'000'000'000ull;
+  // Forgets the processes that ended before now_ns - kForgetEndedNs (OnTick's, with the monotonic clock).
+  void ForgetEnded(uint64_t now_ns);
+  size_t known() const { return children_.size(); }
 
   // The alive node agent of `host` (its process id), or 0.
   uint64_t AgentOn(const std::string& host) const;
@@ -91,6 +103,7 @@ class Directory final : public Engine {
     uint64_t agent = 0;  // the node agent's process id
     int32_t pid = 0;
     bool ended = false;
+    uint64_t ended_ns = 0;  // when it was first known ended (monotonic); 0 until ForgetEnded saw it ended
     std::string how;
   };
   EngineHost* host_ = nullptr;  // the coordinator, known from its first tick

@@ -22,6 +22,7 @@ class NodeLauncher final : public JoinerLauncher {
     sp.env = s.env;
     sp.dir = s.dir;
     sp.log = s.log;  // on that host
+    sp.keep_host_env = !s.from_host.empty() && s.from_host == host;
     const uint64_t id = nodes_->Start(host, sp, err);
     if (id == 0) return 0;
     *log = host + ":" + s.log;

@@ -21,10 +21,11 @@ namespace node = trainmover::control::node;
 
 namespace {
 
-// Starts a process for the coordinator: the requested environment with this host's own values of the host-local
-// variables (node.h), in its own session, output appended to its log. Its pid, or 0 with *why.
+// Starts a process for the coordinator: the requested environment, with this host's own values of the host-local
+// variables (node.h) unless it is already of a process on this host, in its own session, output appended to its
+// log. Its pid, or 0 with *why.
 pid_t SpawnForNode(const node::Spawn& s, std::string* why) {
-  const std::vector<std::string> env = node::WithThisHostsEnv(s.env);
+  const std::vector<std::string> env = s.keep_host_env ? s.env : node::WithThisHostsEnv(s.env);
   struct stat st;
   const bool dir_ok = stat(s.dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   std::string log = s.log;
