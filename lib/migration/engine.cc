@@ -831,7 +831,17 @@ class MigrationEngine final : public Engine {
         // The leaver's rank and world, not the rank in the joiner's first communicator (a subgroup's in a
         // program that makes its groups lazily, as PyTorch does).
         j->info.rank = p.rank;
-        if (const ProcessRec* l = h.FindProcess(p.leaver)) j->info.world = l->info.world;
+        if (const ProcessRec* l = h.FindProcess(p.leaver)) {
+          j->info.world = l->info.world;
+          // It took the leaver's places at SWITCH: so the coordinator knows, even before it reports them (it may
+          // never, out of step), and a recovery of its rank fences and rebuilds them with a replacement there.
+          for (uint64_t k : p.keys) {
+            auto c = l->comm_info.find(k);
+            if (c == l->comm_info.end()) continue;
+            if (!j->comm_info.count(k)) j->comm_info[k] = c->second;
+            h.SetMember(k, c->second.rank, p.joiner);
+          }
+        }
       }
       TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }

@@ -727,6 +727,9 @@ TEST_CASE("the commit point: a stayer's swapped communicators prove the switch t
   CHECK(m.state == MigState::kDone);
   CHECK(j.h.declared == std::vector<uint64_t>{3});
   CHECK(j.h.Take().empty());  // the leaver left: nobody told to end
+  // The joiner holds the leaver's place from SWITCH on, reported or not: a recovery of its rank fences it.
+  CHECK(j.h.comm_recs[kWorld].members[1] == 101);
+  CHECK(j.h.procs[101].comm_info.count(kWorld) == 1);
   j.h.procs[3].state = ProcState::kAlive;  // it comes back (the recovery fenced it): never told to switch
   j.h.procs[3].fenced = true;
   j.e->OnProcessBack(j.h, 3);
