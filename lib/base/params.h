@@ -72,7 +72,7 @@
     "Coordinator: the longest a migration may stay in spawning, sandbox, ready, building or agreeing; "      \
     "past it the migration is aborted and training continues undisturbed. Process: the longest it builds a "  \
     "replacement communicator before it gives up; a joiner exits when SWITCH has not come within twice this " \
-    "plus TRAINMOVER_HOLD_TIMEOUT_MS of its READY (docs/reliability.md).")           \
+    "plus TRAINMOVER_HOLD_TIMEOUT_MS of its READY (a standby: of its ASSIGN; docs/reliability.md).")           \
   X(TAPE_MAX_BYTES, tape_max_bytes, int64_t, ParseInt, "int", "67108864", "integer >= 0",                    \
     "Leaver: bytes of operation outputs its sandbox tape may hold (one iteration recorded for the joiner); "  \
     "operations beyond it are recorded by signature only and emulated by the joiner. 0: signatures only "     \

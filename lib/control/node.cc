@@ -86,6 +86,10 @@ void Directory::OnEvent(EngineHost& h, uint64_t process, const Event& e) {
 
 void Directory::OnProcessLost(EngineHost& h, uint64_t process) {
   host_ = &h;
+  // A node agent that said it reconnects (BYE "reconnect", or a new connection replaced its old one) is not gone: what
+  // it started runs on, and their ends come once it is back (its agent queues them). Lost for good (the coordinator's
+  // grace ran out: this is called again), they are ended.
+  if (const ProcessRec* agent = h.FindProcess(process); agent && agent->returning_by_ns) return;
   for (auto& [id, c] : children_) {
     if (c.agent == process && !c.ended) {
       c.ended = true;

@@ -328,8 +328,8 @@ class MigrationEngine final : public Engine {
     }
     if (!x.ByLeaver(p) && !x.ByJoiner(p) && !x.stayers.count(p) && !joiner_candidate) return;
     if (!x.switch_sent) return Abort(h, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
-    if (x.ByLeaver(p)) return;  // its BYE after the hand-off
     if (pr && pr->returning_by_ns) return;  // reconnecting: it says SWITCHED or that it abandoned once back
+    if (x.ByLeaver(p)) return MaybeDone(h, *m, x);  // its BYE after the hand-off: MaybeDone may wait for it
     // A member that ends or is lost after SWITCH is not waited for: one that finished right at S has nothing more to
     // measure, and a lost one's failure is the failure recovery's (docs/recovery.md, "Right after a switch").
     if (!exited) TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s lost after the switch", m->id, who.c_str());
@@ -482,7 +482,7 @@ class MigrationEngine final : public Engine {
       return false;
     }
     for (const auto& [id, p] : h.processes()) {
-      if (p.info.pid == static_cast<uint32_t>(pr.child) && p.info.role != "joiner") {
+      if (p.info.role != "joiner" && launcher_->IsChild(pr.child, p.info.host, p.info.pid)) {
         Abort(h, m,
               "the spawned process registered as a " + p.info.role +
                   ", not as a joiner: is the shim (libtrainmover) in its environment?",
@@ -926,11 +926,9 @@ class MigrationEngine final : public Engine {
     const uint64_t limit_ms = switching ? deadlines_.switch_ms : deadlines_.phase_ms;
     if (MigTerminal(m.state) || now - x.state_since_ns <= limit_ms * kNsPerMs) return false;
     // SWITCH sent and no stayer confirmed it yet: maybe none received it. Their word (SWITCHED, or that they abandoned
-    // at their hold deadline) comes once they are back; wait for it up to the phase deadline after SWITCH.
+    // at their hold deadline) comes once they are back; wait for it up to UnconfirmedWaitMs after SWITCH.
     const bool none_confirmed = NoStayerSwitched(x);
-    if (x.switch_sent && none_confirmed && now - x.state_since_ns <= std::max(deadlines_.phase_ms, limit_ms) * kNsPerMs) {
-      return false;
-    }
+    if (x.switch_sent && none_confirmed && now - x.state_since_ns <= UnconfirmedWaitMs() * kNsPerMs) return false;
     if (!x.switch_sent) {
       const std::string why = std::string("the ") + MigStateName(m.state) + " phase exceeded its deadline of " +
                               std::to_string(limit_ms) + " ms (" +
@@ -949,7 +947,7 @@ class MigrationEngine final : public Engine {
       x.switched.insert(q);
     }
     MaybeDone(h, m, x, /*at_deadline=*/true);
-    const uint64_t waited_ms = none_confirmed ? std::max(deadlines_.phase_ms, limit_ms) : limit_ms;
+    const uint64_t waited_ms = none_confirmed ? UnconfirmedWaitMs() : limit_ms;
     if (!silent.empty()) {
       m.reason += std::string(m.reason.empty() ? "" : "; ") + "SWITCH sent; process(es) " + silent +
                   " never confirmed it within " + std::to_string(waited_ms) + " ms";
@@ -959,12 +957,18 @@ class MigrationEngine final : public Engine {
     return true;
   }
 
-  // SWITCH went out and no stayer has said SWITCHED or swapped its communicators (yet): maybe none received it.
+  // SWITCH went out and no stayer has said SWITCHED or swapped its communicators (yet): maybe no held process received
+  // it. Also when there are no stayers (a one-rank job, every rank migrated): then only the leavers' word (their end,
+  // or that they abandoned) tells a switch from a joiner switched in alone.
   static bool NoStayerSwitched(const MoveCtx& x) {
-    return !x.stayers.empty() && std::none_of(x.stayers.begin(), x.stayers.end(), [&](uint64_t q) {
-      return x.confirmed.count(q) > 0 || x.swapped.count(q) > 0;
-    });
+    return std::none_of(x.stayers.begin(), x.stayers.end(),
+                        [&](uint64_t q) { return x.confirmed.count(q) > 0 || x.swapped.count(q) > 0; });
   }
+
+  // How long after SWITCH the coordinator waits for the held processes' word while no stayer confirmed: the phase
+  // deadline, and at least twice the hold deadline (TRAINMOVER_HOLD_TIMEOUT_MS = 2 x switch_ms): a held process
+  // abandons up to one hold deadline after SWITCH and says so on its next connection.
+  uint64_t UnconfirmedWaitMs() const { return std::max(deadlines_.phase_ms, 4 * deadlines_.switch_ms); }
 
   Migration* Active(EngineHost& h) {
     for (auto it = ctx_.rbegin(); it != ctx_.rend(); ++it) {

@@ -276,6 +276,7 @@ void ProcessMachine::OnStandbyCommand(const control::Command& c) {
     if (!Decode(c, &a)) return;
     TM_WARN(kLogMigration, "standby (warmed up as rank %d): takes the place of rank %d of %d", w_.WarmRank(), a.rank,
             a.world);
+    joiner_.ready_ns = w_.MonotonicNs();  // a joiner of the recovery from here on: its wait for SWITCH is bounded
     return w_.TakeRank(a.rank, a.world);
   }
   mig::Reason r;
@@ -620,7 +621,8 @@ void ProcessMachine::SendReady(int64_t step) {
   } else {
     Send(mig::Ev::kReady, 0, r);
   }
-  joiner_.ready_ns = w_.MonotonicNs();
+  // A standby waits as long as the job runs (docs/recovery.md, "Standbys"): its wait is bounded from its ASSIGN.
+  joiner_.ready_ns = w_.IsStandby() ? 0 : w_.MonotonicNs();
   w_.LogReady();
 }
 
@@ -629,15 +631,17 @@ uint64_t ProcessMachine::JoinerSwitchDeadlineMs() const {
 }
 
 // Held after READY: until SWITCH, an abort, 3 s without the coordinator (the hold timeout once VERIFIED was
-// sent), or JoinerSwitchDeadlineMs() after READY with the coordinator there.
+// sent), or JoinerSwitchDeadlineMs() after READY (a standby's: after ASSIGN) with the coordinator there.
 void ProcessMachine::WaitForSwitchOrExit(std::unique_lock<std::mutex>& lk) {
   uint64_t lost_since = 0;
   while (member_.agreement != Agreement::kSwitch && !joiner_.exit_pending) {
     w_.Wait(lk, cv_, 50);
-    if (const uint64_t limit_ms = JoinerSwitchDeadlineMs(); w_.MonotonicNs() - joiner_.ready_ns > limit_ms * 1000000ull) {
+    if (const uint64_t limit_ms = JoinerSwitchDeadlineMs();
+        joiner_.ready_ns != 0 && w_.MonotonicNs() - joiner_.ready_ns > limit_ms * 1000000ull) {
       joiner_.exit_pending = true;
-      joiner_.exit_reason = "no SWITCH within " + std::to_string(limit_ms) +
-                            " ms of READY (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS)";
+      joiner_.exit_reason = "no SWITCH within " + std::to_string(limit_ms) + " ms of " +
+                            (w_.IsStandby() ? "ASSIGN" : "READY") +
+                            " (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS)";
       break;
     }
     if (!Disconnected()) {

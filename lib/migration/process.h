@@ -242,7 +242,8 @@ class ProcessMachine {
     TapeIn tape = TapeIn::kReceiving;
     std::vector<uint8_t> tape_buf;  // chunks so far
     bool exit_pending = false;      // the migration ended without it: exit at the next safe point
-    uint64_t ready_ns = 0;          // monotonic time READY was sent: the wait for SWITCH is bounded from here
+    uint64_t ready_ns = 0;          // monotonic time READY (a standby: ASSIGN) came: the wait for SWITCH is
+                                    // bounded from here; 0: unbounded (a standby not assigned yet)
     uint64_t switched_in = 0;       // the migration it switched in by: an ABORT of it ends this process
     std::string exit_reason;
     int exit_code = 1;              // 0: a standby dismissed at the job's end

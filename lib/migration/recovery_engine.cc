@@ -17,6 +17,7 @@
 
 #include "base/host.h"
 #include "base/log.h"
+#include "control/node.h"
 #include "msgs.h"
 #include "recovery.h"
 #include "recovery_msgs.h"
@@ -1278,6 +1279,14 @@ std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launc
                                            std::vector<std::string> spare_hosts) {
   return std::make_unique<RecoveryEngine>(launcher ? std::move(launcher) : MakeProcessLauncher(),
                                           std::move(spare_hosts));
+}
+
+void AddJobEngines(Coordinator& coord, const std::vector<std::string>& spare_hosts) {
+  auto nodes = std::make_unique<node::Directory>();
+  node::Directory* directory = nodes.get();
+  coord.AddEngine(std::move(nodes));
+  coord.AddEngine(MakeMigrationEngine(MakeNodeLauncher(directory, MakeProcessLauncher())));
+  coord.AddEngine(MakeRecoveryEngine(MakeNodeLauncher(directory, MakeProcessLauncher()), spare_hosts));
 }
 
 }  // namespace trainmover::control

@@ -25,6 +25,12 @@ namespace trainmover::control {
 std::unique_ptr<Engine> MakeRecoveryEngine(std::unique_ptr<JoinerLauncher> launcher = nullptr,
                                            std::vector<std::string> spare_hosts = {});
 
+// The engines of a coordinator that serves a job (trainmoverd, tmrun's embedded one), in their order: the directory of
+// node agents, the migration engine, then the recovery engine (a failure during a planned migration first aborts it,
+// then is recovered). Both spawn through node agents (a migration's target host; the failed process's host or a spare
+// host: docs/recovery.md). `spare_hosts`: the job's spare hosts (--straggler-spare-hosts).
+void AddJobEngines(Coordinator& coord, const std::vector<std::string>& spare_hosts);
+
 // Where the replacement of a failed rank is spawned when no standby takes its place (docs/recovery.md, "Where a
 // spawned replacement runs"): the hosts to try, in order, each once. `dead_host`: the failed process's host;
 // `own_failure`: the failure was the process's own (its connection closed: it exited, was killed or crashed), not

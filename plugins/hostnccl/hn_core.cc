@@ -443,13 +443,15 @@ void ForgetContextInChild() {
 // at destroy), so hostnccl asks for pools that grow by 64 segments and for one shared-memory transport. Each
 // setting is left out when the environment sets one of the UCX variables it would override, and both when it
 // sets UCX_TLS (a pool setting for transports the user left out would make UCX warn at every worker create).
+// The pool's variables (UCX 1.13, `ucx_info -c`): UCX_MM_RX_BUFS_GROW (the very setting below: posix and sysv both),
+// UCX_POSIX_RX_BUFS_GROW, UCX_SYSV_RX_BUFS_GROW; UCX_RX_BUFS_GROW is not one (it sets neither transport's pool).
 struct UcxSetting {
   const char* key;  // ucp_config_modify's name
   const char* value;
   const char* env[4];  // the UCX variables that, when set, win
 };
 constexpr UcxSetting kLeanUcx[] = {
-    {"MM_RX_BUFS_GROW", "64", {"UCX_TLS", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW", "UCX_RX_BUFS_GROW"}},
+    {"MM_RX_BUFS_GROW", "64", {"UCX_TLS", "UCX_MM_RX_BUFS_GROW", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW"}},
     {"TLS", "^sysv", {"UCX_TLS", nullptr, nullptr, nullptr}},
 };
 

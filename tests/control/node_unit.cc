@@ -89,6 +89,36 @@ TEST_CASE("a lost node agent ends what it started, with the reason; events from 
   CHECK(how == "its node agent was lost");
 }
 
+// A node agent's reconnection (the coordinator stopped or cut off for longer than the agent's silence timeout) used to
+// end what it started: a recovery took its replacement for dead, spawned another elsewhere, and told the first to exit.
+TEST_CASE("a node agent that reconnects keeps what it started; lost for good, they end") {
+  World w;
+  std::string err;
+  const uint64_t id = w.dir.Start("b", node::Spawn{}, &err);
+  w.Report(node::Ev::kSpawned, id, 4242);
+  ProcessRec& agent = w.h.procs.at(10);
+  agent.state = ProcState::kLost;
+  agent.returning_by_ns = 1;  // BYE "reconnect"
+  w.dir.OnProcessLost(w.h, 10);
+  std::string how;
+  CHECK_FALSE(w.dir.Exited(id, &how));
+  CHECK(w.dir.Is(id, "b", 4242));
+  SUBCASE("back: its child's end is learnt from it") {
+    agent.state = ProcState::kAlive;
+    agent.returning_by_ns = 0;
+    w.dir.OnProcessBack(w.h, 10);
+    w.Report(node::Ev::kExited, id, 4242, "status 0");
+    CHECK(w.dir.Exited(id, &how));
+    CHECK(how == "status 0");
+  }
+  SUBCASE("not back within the grace: lost for good, its child ended") {
+    agent.returning_by_ns = 0;
+    w.dir.OnProcessLost(w.h, 10);
+    CHECK(w.dir.Exited(id, &how));
+    CHECK(how == "its node agent was lost");
+  }
+}
+
 TEST_CASE("a spawn request keeps the host-local variables only when the environment is of that host") {
   // The round trip of the flag, and a value other than 0 or 1 refused.
   node::Spawn sp;

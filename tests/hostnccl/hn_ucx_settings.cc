@@ -5,6 +5,8 @@
 // - lean (the default): no sysv segment, the posix receive pool small (64-segment growth: about 1 MiB);
 // - ucx: UCX's defaults: sysv segments, and the posix receive pool of 512 segments (over 4 MiB);
 // - user_pool: lean, with UCX_POSIX_RX_BUFS_GROW=512 in the environment: the user's pool, still no sysv;
+// - user_mm_pool: the same with UCX_MM_RX_BUFS_GROW=512, the variable of the very setting hostnccl makes (posix and
+//   sysv pools both);
 // - user_tls: lean, with UCX_TLS=all in the environment: UCX's transports and pools (hostnccl sets neither).
 #include <string>
 
@@ -39,13 +41,14 @@ SharedMaps ReadMaps() {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
-  if (mode != "lean" && mode != "ucx" && mode != "user_pool" && mode != "user_tls") {
-    fprintf(stderr, "usage: hn_ucx_settings lean|ucx|user_pool|user_tls\n");
+  if (mode != "lean" && mode != "ucx" && mode != "user_pool" && mode != "user_mm_pool" && mode != "user_tls") {
+    fprintf(stderr, "usage: hn_ucx_settings lean|ucx|user_pool|user_mm_pool|user_tls\n");
     return 2;
   }
-  for (const char* v : {"UCX_TLS", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW", "UCX_RX_BUFS_GROW"}) unsetenv(v);
+  for (const char* v : {"UCX_TLS", "UCX_MM_RX_BUFS_GROW", "UCX_POSIX_RX_BUFS_GROW", "UCX_SYSV_RX_BUFS_GROW"}) unsetenv(v);
   setenv("HOSTNCCL_UCX", mode == "ucx" ? "ucx" : "lean", 1);
   if (mode == "user_pool") setenv("UCX_POSIX_RX_BUFS_GROW", "512", 1);
+  if (mode == "user_mm_pool") setenv("UCX_MM_RX_BUFS_GROW", "512", 1);
   if (mode == "user_tls") setenv("UCX_TLS", "all", 1);
   int failures = 0;
   const SharedMaps before = ReadMaps();
@@ -57,7 +60,7 @@ int main(int argc, char** argv) {
   fprintf(stderr, "%s: the worker mapped %d sysv segment(s) and %llu KiB of posix shared memory\n", mode.c_str(), sysv,
           static_cast<unsigned long long>(posix >> 10));
   constexpr uint64_t kMiB = 1 << 20;
-  const bool lean_tls = mode == "lean" || mode == "user_pool", lean_pool = mode == "lean";
+  const bool lean_tls = mode == "lean" || mode == "user_pool" || mode == "user_mm_pool", lean_pool = mode == "lean";
   if (lean_tls) {
     HT_EXPECT(sysv == 0, "%d sysv segments with sysv left out", sysv);
   } else {

@@ -311,6 +311,34 @@ TEST_CASE("spawn: the joiner gets the leaver's command, cwd and environment") {
   }
 }
 
+// A joiner spawned through a node agent is known by the pid its agent reported (JoinerLauncher::IsChild), not by the
+// engine's handle (kRemoteChild + n): one that registered with another role went unnoticed until the phase deadline.
+TEST_CASE("spawn through a node agent: the child registers as a worker: failed, the child stopped") {
+  Job j(2);
+  j.launched.agents = {"b"};
+  Migration req;
+  req.id = j.next_mig++;
+  req.rank = 1;
+  req.ranks = {1};
+  req.spawn = true;
+  req.host = "b";
+  Migration& m = j.h.migs[req.id] = req;
+  REQUIRE(j.e->Validate(j.h, m).empty());
+  j.h.BeginPhase(m, 0, "requested");
+  j.e->OnRequest(j.h, m);
+  REQUIRE(j.launched.started.size() == 1);
+  CHECK(j.launched.started[0].host == "b");
+  j.h.Take();
+  ProcessRec p = Job::Proc(50, "worker", 5, -1);
+  p.info.host = "b";
+  p.info.pid = 700;  // what host b's node agent reported for handle kRemoteChild + 500
+  j.h.procs[50] = p;
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason.find("registered as a worker, not as a joiner") != std::string::npos);
+  CHECK(j.launched.stopped == std::set<pid_t>{kRemoteChild + 500});
+}
+
 TEST_CASE("spawn fails: failed at once") {
   Job j(2);
   j.launched.fail = true;
@@ -700,12 +728,12 @@ TEST_CASE("deadlines: SWITCH sent but not every member confirms: done, the silen
 }
 
 TEST_CASE("deadlines: SWITCH sent and no stayer switched by the deadline: nobody is out of step") {
-  Job j(3, MigrationDeadlines{60, 60});  // the phase deadline too: the wait for a stayer's word ends
+  Job j(3, MigrationDeadlines{60, 60});
   Migration& m = j.Request({1});
   j.ToSwitchSent(m);
   j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // the joiner alone
   j.e->OnTick(j.h);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // past the wait for their word (4 x 60 ms)
   j.e->OnTick(j.h);
   CHECK(m.state == MigState::kDone);
   CHECK(j.h.declared.empty());
@@ -850,6 +878,55 @@ TEST_CASE("the commit point: SWITCH that reached no held process; every one aban
     CHECK(j.h.Take().empty());
     CHECK(j.h.comm_recs[kWorld].members[1] == 101);  // switched: the joiner's place
   }
+}
+
+// No stayers (a one-rank job, or every rank migrated): only the leaver's word tells a switch from a joiner switched in
+// alone. The joiner's SWITCHED used to end the migration `done` at once; a leaver that heard no SWITCH abandoned at its
+// hold deadline (its FAILED ignored: the migration had ended) and trained on beside its joiner.
+TEST_CASE("the commit point: no stayers: done once the leaver ended, undone when it abandoned") {
+  Job j(1, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({0});
+  j.ToSwitching(m, 0);
+  j.Send(1, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(100, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  CHECK(j.h.Take() == V({"100:READ", "100:SWITCH", "1:SWITCH"}));
+  j.Send(100, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  CHECK(m.state == MigState::kSwitching);  // the leaver may not have heard SWITCH
+  SUBCASE("the leaver heard SWITCH and exited: done") {
+    j.Lose(1, ProcState::kExited);
+    CHECK(m.state == MigState::kDone);
+    CHECK(j.h.Take().empty());
+  }
+  SUBCASE("the leaver abandoned at its hold deadline: undone, the joiner told to end") {
+    j.Send(1, mig::Ev::kFailed, m.id, mig::Reason{"no decision"});
+    CHECK(m.state == MigState::kFailed);
+    CHECK(j.h.Take() == V({"1:ABORT", "100:ABORT"}));
+  }
+}
+
+// TRAINMOVER_PHASE_TIMEOUT_MS shorter than TRAINMOVER_HOLD_TIMEOUT_MS: the coordinator used to stop waiting for the
+// held processes' word at the phase deadline after SWITCH, before their hold deadline: done, the joiner alone.
+TEST_CASE("the commit point: the wait for the held processes' word outlasts their hold deadline") {
+  Job j(3, MigrationDeadlines{50, 500});  // hold deadline 1 s: a held process abandons up to 1 s after SWITCH
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  const auto sent = std::chrono::steady_clock::now();
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // only the joiner got it
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  j.e->OnTick(j.h);  // past the phase and the confirmation deadlines, within the held processes' hold deadline
+  if (std::chrono::steady_clock::now() - sent > std::chrono::milliseconds(1900)) {
+    MESSAGE("the host was too slow for this case (over 1.9 s for a 600 ms sleep): not checked");
+    return;
+  }
+  CHECK(m.state == MigState::kSwitching);
+  for (uint64_t p : {1, 3, 2}) j.Send(p, mig::Ev::kFailed, m.id, mig::Reason{"no decision"});
+  CHECK(m.state == MigState::kFailed);
+  CHECK(m.reason.rfind("SWITCH reached none of the held processes", 0) == 0);
 }
 
 TEST_CASE("ready: a leaver that destroyed a communicator since the request fails the migration, no crash") {

@@ -15,6 +15,7 @@
 
 #include "migration/msgs.h"
 #include "migration/process.h"
+#include "migration/standby_msgs.h"
 
 using namespace trainmover;
 using namespace trainmover::migration;
@@ -75,6 +76,7 @@ class FakeWorld final : public World {
   std::vector<std::function<void()>> jobs;
   bool connected = true, joiner = false, sandboxed = false, overlap = true, ids_ok = true, rebind_ok = true;
   bool leaving = false;  // SetLeaving
+  bool standby = false;  // IsStandby (with joiner and sandboxed)
   std::string fault, seal_error, expose_error, prepare_error, fetch_error;
   std::function<void()> during_seal, during_build;
   std::map<uint64_t, BuildOutcome> build;  // by comm_key; default: built
@@ -94,6 +96,7 @@ class FakeWorld final : public World {
   bool Connected() const override { return connected && !(silent_from_ns && mono >= silent_from_ns + silence_ms * 1000000ull); }
   void Exit(int code, const std::string& line) override { throw Exited{code, line}; }
   bool IsJoiner() const override { return joiner; }
+  bool IsStandby() const override { return standby; }
   bool Sandboxed() const override { return sandboxed; }
   void LeaveSandbox() override {
     sandboxed = false;
@@ -810,6 +813,47 @@ TEST_CASE("joiner: a coordinator that never answers READY; exit at 2 x the phase
   CHECK(waited_ms > bound_ms);
   CHECK(waited_ms <= bound_ms + 100);
   CHECK(p.w.Take() == V{"READY"});
+}
+
+// docs/recovery.md, "Standbys": a standby waits as long as the job runs. The bound on a joiner's wait for SWITCH used
+// to apply to it from its READY: an idle standby exited after 2 x the phase deadline + the hold deadline.
+TEST_CASE("standby: no bound on its wait until ASSIGN; from ASSIGN a joiner's bound") {
+  Proc p;
+  p.w.joiner = p.w.sandboxed = p.w.standby = true;
+  p.w.phase_ms = 1000;
+  p.SafePoint(0);
+  const uint64_t bound_ms = p.m.JoinerSwitchDeadlineMs();
+  p.w.script.push_back([&] { p.w.mono += 10 * bound_ms * 1000000ull; });  // a long quiet stretch of the job
+  std::string expect;
+  int code = -1;
+  SUBCASE("dismissed at the job's end: exits 0") {
+    p.w.script.push_back([&] {
+      p.m.OnCommand(control::standby::Make(control::standby::Cmd::kDismiss, 0, mig::Reason{"the job has ended"}));
+    });
+    expect = "standby exits: the job has ended";
+    code = 0;
+  }
+  SUBCASE("assigned, then no SWITCH: exits at the bound after ASSIGN") {
+    p.w.script.push_back([&] {
+      p.m.OnCommand(control::standby::Make(control::standby::Cmd::kAssign, 9, control::standby::Assign{1, 3}));
+    });
+    expect = "joiner exits: the migration did not complete (no SWITCH within " + std::to_string(bound_ms) +
+             " ms of ASSIGN (2 x TRAINMOVER_PHASE_TIMEOUT_MS + TRAINMOVER_HOLD_TIMEOUT_MS))";
+    code = 1;
+  }
+  const uint64_t t0 = p.w.mono;
+  try {
+    p.SafePoint(1);
+    FAIL("the standby returned");
+  } catch (const Exited& e) {
+    CHECK(e.code == code);
+    CHECK(e.line == expect);
+  }
+  if (code == 1) {
+    const uint64_t after_assign_ms = (p.w.mono - t0) / 1000000ull - 10 * bound_ms;
+    CHECK(after_assign_ms > bound_ms);
+    CHECK(after_assign_ms <= bound_ms + 100);
+  }
 }
 
 TEST_CASE("prepare (joiner): connected in the build phase, PREPARED; a failure fails the migration") {

@@ -170,19 +170,7 @@ Status ControlPlane::Setup(const std::string& coordinator, bool disabled, const 
   o.straggler = straggler_;
   embedded_ = std::make_unique<Embedded>();
   embedded_->coord = std::make_unique<trainmover::control::Coordinator>(o);
-  {
-    // Node agents (tmrun --node) start joiners on the migration's target host; the directory sees their events.
-    auto nodes = std::make_unique<trainmover::control::node::Directory>();
-    auto* directory = nodes.get();
-    embedded_->coord->AddEngine(std::move(nodes));
-    embedded_->coord->AddEngine(trainmover::control::MakeMigrationEngine(
-        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
-    // After the migration engine: a failure during a planned migration first aborts it, then is recovered. Its
-    // spawned replacements go through node agents too (the failed process's host, a spare host: docs/recovery.md).
-    embedded_->coord->AddEngine(trainmover::control::MakeRecoveryEngine(
-        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher()),
-        straggler_.spare_hosts));
-  }
+  trainmover::control::AddJobEngines(*embedded_->coord, straggler_.spare_hosts);
   if (Status st = embedded_->coord->Start(); !st.ok()) {
     embedded_.reset();
     return st;

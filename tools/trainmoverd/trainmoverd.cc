@@ -103,19 +103,7 @@ int main(int argc, char** argv) {
     return Usage(st.message().c_str());
   }
   trainmover::control::Coordinator coord(opt);
-  {
-    // Node agents (tmrun --node) start joiners on the migration's target host; the directory sees their events.
-    auto nodes = std::make_unique<trainmover::control::node::Directory>();
-    auto* directory = nodes.get();
-    coord.AddEngine(std::move(nodes));
-    coord.AddEngine(trainmover::control::MakeMigrationEngine(
-        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher())));
-    // After the migration engine: a failure during a planned migration first aborts it, then is recovered. Its
-    // spawned replacements go through node agents too (the failed process's host, a spare host: docs/recovery.md).
-    coord.AddEngine(trainmover::control::MakeRecoveryEngine(
-        trainmover::control::MakeNodeLauncher(directory, trainmover::control::MakeProcessLauncher()),
-        opt.straggler.spare_hosts));
-  }
+  trainmover::control::AddJobEngines(coord, opt.straggler.spare_hosts);
   if (trainmover::base::Status st = coord.Start(); !st.ok()) {
     std::fprintf(stderr, "trainmoverd: %s\n", st.message().c_str());
     return 1;
