@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <climits>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -61,12 +62,12 @@ bool ParseHostName(const char* v, const char*, std::string* out) {
 
 // The lower bound comes from the accepted text, "integer >= N", so the documentation and the check agree.
 bool ParseInt(const char* v, const char* accepted, int64_t* out) {
-  long long min = 0;
-  if (sscanf(accepted, "integer >= %lld", &min) != 1) return false;
+  long long min = 0, max = LLONG_MAX;
+  if (sscanf(accepted, "integer >= %lld and <= %lld", &min, &max) < 1) return false;
   errno = 0;
   char* end = nullptr;
   long long x = strtoll(v, &end, 10);
-  if (errno != 0 || end == v || *end != '\0' || x < min) return false;
+  if (errno != 0 || end == v || *end != '\0' || x < min || x > max) return false;
   *out = x;
   return true;
 }

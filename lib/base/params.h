@@ -11,8 +11,9 @@
 //   kind      the type as the documentation names it
 //   default   as text, parsed by Parse into the field's initial value; "" = unset (strings empty, integers
 //             -1, enums their first value)
-//   accepted  the accepted values in words; ParseInt reads its lower bound from "integer >= N", ParseOneOf
-//             its choices from "a|b|c"
+//   accepted  the accepted values in words; ParseInt reads its bounds from "integer >= N" or "integer >= N and
+//             <= M" (every time in milliseconds has one: 30 days, so deadlines in nanoseconds cannot overflow),
+//             ParseOneOf its choices from "a|b|c"
 // Adding a parameter: one row here; then regenerate the doc table (trainmover-info --markdown).
 #pragma once
 
@@ -48,15 +49,18 @@
     "CONTROL,MIGRATION.")                                                                                     \
   X(SHADOW_ITERS, shadow_iters, int64_t, ParseInt, "int", "1", "integer >= 1",                               \
     "Safe points a joiner runs in the sandbox before it reports READY.")                                     \
-  X(HEARTBEAT_MS, heartbeat_ms, int64_t, ParseInt, "int", "1000", "integer >= 1",                            \
+  X(HEARTBEAT_MS, heartbeat_ms, int64_t, ParseInt, "int", "1000",                                             \
+    "integer >= 1 and <= 2592000000",                                                                         \
     "Upper bound of the agent's heartbeat interval, in milliseconds: it heartbeats every min(this, the "       \
     "interval the coordinator gives, max(20, its heartbeat timeout / 4)).")                                   \
-  X(COORDINATOR_TIMEOUT_MS, coordinator_timeout_ms, int64_t, ParseInt, "int", "10000", "integer >= 100",    \
+  X(COORDINATOR_TIMEOUT_MS, coordinator_timeout_ms, int64_t, ParseInt, "int", "10000",                        \
+    "integer >= 100 and <= 2592000000",                                                                       \
     "Agent: a coordinator connection silent this long (no frame, not even its KEEPALIVE every heartbeat "    \
     "interval) is dropped and re-made, so a frozen coordinator or a cut link is noticed. At least five of "   \
     "the coordinator's heartbeat intervals are always allowed: more than its heartbeat timeout, so a live "   \
     "process never closes its connection first (docs/reliability.md).")                      \
-  X(HOLD_TIMEOUT_MS, hold_timeout_ms, int64_t, ParseInt, "int", "120000", "integer >= 1000",               \
+  X(HOLD_TIMEOUT_MS, hold_timeout_ms, int64_t, ParseInt, "int", "120000",                                     \
+    "integer >= 1000 and <= 2592000000",                                                                      \
     "The longest a process is held at a migration's switch step. A process held this long without the "     \
     "coordinator's decision abandons the migration and continues on its current communicators; the "        \
     "coordinator never sends SWITCH later than half of it after COMMIT (it aborts instead). Give it at "      \
@@ -65,10 +69,12 @@
     "The slowest state hand-off to wait for, in MB/s (10^6 bytes): a joiner gives its read of S bytes "       \
     "TRAINMOVER_TRANSFER_FLOOR_MS + S / this before it fails, and refuses the migration before anyone is "   \
     "held when that exceeds half of TRAINMOVER_HOLD_TIMEOUT_MS (docs/transfer.md, Timeout).")                \
-  X(TRANSFER_FLOOR_MS, transfer_floor_ms, int64_t, ParseInt, "int", "10000", "integer >= 100",              \
+  X(TRANSFER_FLOOR_MS, transfer_floor_ms, int64_t, ParseInt, "int", "10000",                                  \
+    "integer >= 100 and <= 2592000000",                                                                       \
     "The fixed part of the state hand-off's deadline, in milliseconds (connection, the leaver's checksums, " \
     "a small state); the part that grows with the state is set by TRAINMOVER_TRANSFER_MIN_MBPS.")           \
-  X(PHASE_TIMEOUT_MS, phase_timeout_ms, int64_t, ParseInt, "int", "600000", "integer >= 1000",             \
+  X(PHASE_TIMEOUT_MS, phase_timeout_ms, int64_t, ParseInt, "int", "600000",                                   \
+    "integer >= 1000 and <= 2592000000",                                                                      \
     "Coordinator: the longest a migration may stay in spawning, sandbox, ready, building or agreeing; "      \
     "past it the migration is aborted and training continues undisturbed. Process: the longest it builds a "  \
     "replacement communicator before it gives up; a joiner exits when SWITCH has not come within twice this " \
@@ -97,7 +103,8 @@
   X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
-  X(COMM_POLL_MS, comm_poll_ms, int64_t, ParseInt, "int", "200", "integer >= 0",                           \
+  X(COMM_POLL_MS, comm_poll_ms, int64_t, ParseInt, "int", "200",                                              \
+    "integer >= 0 and <= 2592000000",                                                                         \
     "Failure recovery: how often a background thread (tm-commpoll) asks ncclCommGetAsyncError of each real "  \
     "communicator, so that a peer the NCCL library reports failed is reported to the coordinator even while " \
     "the program calls nothing; the coordinator probes that communicator's members and declares one that "    \

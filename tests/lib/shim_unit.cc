@@ -92,6 +92,8 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
   CHECK(c.snapshot_budget == doctest::Approx(0.25));
   REQUIRE(ConfigParse(env({{"TRAINMOVER_SNAPSHOT_EVERY", "8"}, {"TRAINMOVER_SNAPSHOT_BUDGET", "1"}}), &c).ok());
   CHECK(c.snapshot_every == 8);
+  REQUIRE(ConfigParse(env({{"TRAINMOVER_HOLD_TIMEOUT_MS", "2592000000"}}), &c).ok());  // the upper bound itself: 30 days
+  CHECK(c.hold_timeout_ms == 2592000000);
   struct Bad {
     const char* name;
     const char* value;
@@ -100,13 +102,16 @@ TEST_CASE("config: defaults, every valid value, and invalid values named with th
       {"TRAINMOVER_ROLE", "leader", "worker|joiner|standby"}, {"TRAINMOVER_SHADOW_ITERS", "0", "integer >= 1"},
       {"TRAINMOVER_SHADOW_ITERS", "2x", "integer >= 1"},      {"TRAINMOVER_REPLACE", "-1", "integer >= 0"},
       {"TRAINMOVER_COORDINATOR", "localhost", "host:port"},   {"TRAINMOVER_COORDINATOR", "h:70000", "host:port"},
-      {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},        {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1"},
+      {"TRAINMOVER_DEBUG", "LOUD", "WARN|INFO|TRACE"},        {"TRAINMOVER_HEARTBEAT_MS", "fast", "integer >= 1 and <= 2592000000"},
       {"TRAINMOVER_DEBUG_SUBSYS", "INIT,NOPE", "INIT,BIND"},  {"TRAINMOVER_TOKEN", "s3cret", "at least 16 characters"},
       {"TRAINMOVER_SNAPSHOT_EVERY", "0", "integer >= 1, or auto"},
       {"TRAINMOVER_SNAPSHOT_EVERY", "often", "integer >= 1, or auto"},
       {"TRAINMOVER_SNAPSHOT_BUDGET", "0", "a number > 0 and <= 1"},
       {"TRAINMOVER_SNAPSHOT_BUDGET", "1.5", "a number > 0 and <= 1"},
-      {"TRAINMOVER_SNAPSHOT_BUDGET", "2%", "a number > 0 and <= 1"}};
+      {"TRAINMOVER_SNAPSHOT_BUDGET", "2%", "a number > 0 and <= 1"},
+      // "never time out" as a huge number: refused, since its deadline in nanoseconds would overflow and fire at once
+      {"TRAINMOVER_HOLD_TIMEOUT_MS", "99999999999999", "integer >= 1000 and <= 2592000000"},
+      {"TRAINMOVER_PHASE_TIMEOUT_MS", "2592000001", "integer >= 1000 and <= 2592000000"}};
   for (const Bad& b : bad) {
     CAPTURE(b.name);
     CAPTURE(b.value);
