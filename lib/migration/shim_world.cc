@@ -138,6 +138,7 @@ class ShimWorld final : public World {
   bool IsStandby() const override { return shim::ProcessRole() == shim::Role::kStandby; }
   void PrepareSnapshots() override { RecoveryPrepareSlots(); }
   void AwaitSnapshots() override { RecoveryAwaitSlots(); }
+  void SnapshotSwitchStep(int64_t step) override { RecoverySnapshotSwitchStep(step); }
   int32_t WarmRank() const override { return base::LauncherFromEnv().rank; }
   bool FollowsRank() const override { return shim::RankFollowed(); }
   void TakeRank(int32_t rank, int32_t world) override {
