@@ -718,13 +718,32 @@ uint64_t Coordinator::ReturnGraceNs() const {
 
 void Coordinator::DeclareLost(uint64_t process, const std::string& why) {
   auto it = procs_.find(process);
-  if (it == procs_.end() || it->second.state != ProcState::kAlive) return;
+  if (it == procs_.end()) return;
   ProcessRec& pr = it->second;
+  if (pr.state == ProcState::kLost && pr.returning_by_ns) {  // it will not be waited for any longer
+    pr.returning_by_ns = 0;
+    return MarkLost(pr, why);
+  }
+  if (pr.state != ProcState::kAlive) return;
   MarkLost(pr, why);
   if (pr.conn_fd >= 0) {  // as for a heartbeat timeout: it re-registers if it comes back
     peers_.erase(pr.conn_fd);
     pr.conn_fd = -1;
   }
+}
+
+void Coordinator::SetMember(uint64_t key, int32_t rank, uint64_t process) {
+  auto it = comms_.find(key);
+  ProcessRec* pr = FindProcess(process);
+  if (it == comms_.end() || !pr) return;
+  auto old = it->second.members.find(rank);
+  if (old != it->second.members.end() && old->second != process) {
+    if (ProcessRec* prev = FindProcess(old->second)) {
+      prev->comms.erase(std::remove(prev->comms.begin(), prev->comms.end(), key), prev->comms.end());
+    }
+  }
+  it->second.members[rank] = process;
+  if (std::find(pr->comms.begin(), pr->comms.end(), key) == pr->comms.end()) pr->comms.push_back(key);
 }
 
 void Coordinator::CheckHeartbeats() {
@@ -981,7 +1000,7 @@ ProcessRec* Coordinator::FindProcess(uint64_t id) {
 
 ProcessRec* Coordinator::FindProcessByRank(int32_t rank) {
   for (auto& [id, pr] : procs_) {
-    if (pr.state == ProcState::kAlive && pr.info.role == "worker" && pr.info.rank == rank) return &pr;
+    if (pr.state == ProcState::kAlive && !pr.fenced && pr.info.role == "worker" && pr.info.rank == rank) return &pr;
   }
   return nullptr;
 }

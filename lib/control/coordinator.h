@@ -161,7 +161,7 @@ class EngineHost {
   virtual void BeginPhase(Migration& m, uint64_t process, const std::string& phase) = 0;
   virtual void EndPhase(Migration& m, uint64_t process, const std::string& phase) = 0;
   virtual ProcessRec* FindProcess(uint64_t id) = 0;
-  virtual ProcessRec* FindProcessByRank(int32_t rank) = 0;  // an alive worker with that rank
+  virtual ProcessRec* FindProcessByRank(int32_t rank) = 0;  // an alive worker with that rank, not fenced
   virtual const std::map<uint64_t, ProcessRec>& processes() const = 0;
   virtual const std::map<uint64_t, CommRec>& comms() const = 0;
   virtual Migration* FindMigration(uint64_t id) = 0;  // 0: the latest
@@ -171,9 +171,13 @@ class EngineHost {
   virtual size_t QueuedBytes(uint64_t /*process*/) const { return 0; }
   // A record the engine starts itself (a failure recovery), in state requested, of `kind`, for `rank`.
   virtual Migration& NewMigration(const std::string& kind, int32_t rank) = 0;
-  // An alive process an engine found failed (a probe it did not answer): lost with `why`, as by the heartbeat
-  // timeout (every engine's OnProcessLost runs before this returns; its connection is dropped).
+  // An alive process an engine found failed (a probe it did not answer, one out of step after a switch): lost with
+  // `why`, as by the heartbeat timeout (every engine's OnProcessLost runs before this returns; its connection is
+  // dropped). One that said it would reconnect (returning_by_ns) is lost for good at once, as when its grace ends.
   virtual void DeclareLost(uint64_t process, const std::string& why) = 0;
+  // `process` is the member at `rank` of communicator `key` again (a switch that was undone: the leaver holds the place
+  // its joiner reported when it switched in).
+  virtual void SetMember(uint64_t key, int32_t rank, uint64_t process) = 0;
 };
 
 // An engine drives one kind of request (planned migration: lib/migration/engine.h; failure recovery next).
@@ -246,6 +250,7 @@ class Coordinator final : public EngineHost {
   Migration* FindMigration(uint64_t id) override;
   const std::map<uint64_t, Migration>& migrations() const override { return migs_; }
   void DeclareLost(uint64_t process, const std::string& why) override;
+  void SetMember(uint64_t key, int32_t rank, uint64_t process) override;
   size_t QueuedBytes(uint64_t process) const override;
   Migration& NewMigration(const std::string& kind, int32_t rank) override;
   // Thread-safe: failure recoveries in progress as of the loop's last turn (tmrun does not end a job while one

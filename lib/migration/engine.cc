@@ -26,6 +26,7 @@
 #include "base/log.h"
 #include "base/spawn_process.h"
 #include "msgs.h"
+#include "recovery_msgs.h"
 
 extern char** environ;
 
@@ -81,9 +82,13 @@ struct MoveCtx {
   std::set<uint64_t> accepted, at_step, switched;
   bool switch_sent = false;
   // After SWITCH: the members that said SWITCHED, and the held processes that said they abandoned the migration at
-  // their hold deadline (FAILED, on their next connection); `undone` once every held process did.
-  std::set<uint64_t> confirmed, abandoned;
+  // their hold deadline (FAILED, on their next connection); `undone` once every held process did. `swapped`: the
+  // stayers that swapped their communicators (their "swap comms" phase, sent at once; SWITCHED waits for their next
+  // safe point, which a member out of step can hold up).
+  std::set<uint64_t> confirmed, abandoned, swapped;
   bool undone = false;
+  std::set<uint64_t> out_of_step;               // processes OutOfStep declared failed or told to end
+  std::map<uint64_t, std::string> told_to_end;  // leavers out of step: FENCED with this line, again when they return
   uint64_t max_stall = 0;
   MigState deadline_state = MigState::kRequested;  // the state the deadline below runs for
   uint64_t state_since_ns = 0;                     // monotonic: when it was entered (or SWITCH sent)
@@ -353,6 +358,11 @@ class MigrationEngine final : public Engine {
       std::vector<uint64_t> involved = x.Participants(), members = x.Members();
       involved.insert(involved.end(), members.begin(), members.end());
       if (!m || std::find(involved.begin(), involved.end(), p) == involved.end()) continue;
+      const ProcessRec* pr = h.FindProcess(p);
+      if (pr && pr->fenced) {  // out of step: never told to switch; a leaver is told to end (a rank: the recovery's)
+        if (auto it = x.told_to_end.find(p); it != x.told_to_end.end()) h.SendCommand(p, Fenced(*pr, it->second));
+        return;
+      }
       if (x.switch_sent && !x.undone) {
         h.SendCommand(p, Cmd(mig::Cmd::kSwitch, m->id, mig::Step{m->switch_step}));
       } else if (MigTerminal(m->state)) {
@@ -369,6 +379,10 @@ class MigrationEngine final : public Engine {
     if (e.kind == static_cast<uint16_t>(mig::Ev::kReady)) return OnReady(h, *from, e);
     if (e.kind == static_cast<uint16_t>(mig::Ev::kCaptured)) return OnCaptured(e);
     Migration* m = h.FindMigration(e.migration);
+    if (m && e.migration && m->state == MigState::kDone && ctx_.count(m->id) &&
+        e.kind == static_cast<uint16_t>(mig::Ev::kFailed)) {
+      return OnFailedAfterDone(h, *m, ctx_[m->id], *from);
+    }
     if (!m || e.migration == 0 || MigTerminal(m->state) || !ctx_.count(m->id)) return;  // ended, or not ours
     On on{h, *m, ctx_[m->id], *from, e};
     switch (static_cast<mig::Ev>(e.kind)) {
@@ -723,13 +737,33 @@ class MigrationEngine final : public Engine {
     o.x.abandoned.insert(o.from.id);
     if (o.x.abandoned.size() < held.size()) return MaybeDone(o.h, o.m, o.x);
     o.x.undone = true;
+    // A joiner that switched in reported the leaver's communicators as its own: the leaver holds its places again.
+    for (const Pair& p : o.x.pairs) {
+      const ProcessRec* l = o.h.FindProcess(p.leaver);
+      for (uint64_t key : p.keys) {
+        if (l && l->comm_info.count(key)) o.h.SetMember(key, l->comm_info.at(key).rank, p.leaver);
+      }
+    }
     Abort(o.h, o.m, "SWITCH reached none of the held processes before their hold deadline; every one abandoned the "
           "migration, so the switch is undone (a joiner that switched in ends, the leaver keeps its rank)", true);
   }
 
+  // A held process says it abandoned the migration after it was marked done (its hold deadline came later, or its
+  // word waited for its next connection): a leaver that did not leave, out of step (OutOfStep).
+  void OnFailedAfterDone(EngineHost& h, Migration& m, MoveCtx& x, const ProcessRec& from) {
+    const std::vector<uint64_t> held = x.Participants();
+    if (!x.switch_sent || x.confirmed.count(from.id) || std::find(held.begin(), held.end(), from.id) == held.end()) return;
+    TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": process %" PRIu64 " (rank %d) abandoned it after it was "
+            "done", m.id, from.id, from.info.rank);
+    x.abandoned.insert(from.id);
+    OutOfStep(h, m, x, {}, false);
+  }
+
   void OnPhase(const On& o) {
     mig::Phase ph;
-    if (DecodePayload(o.e.body, &ph)) o.m.phases.push_back(PhaseSpan{o.from.id, ph.name, ph.start_ns, ph.end_ns});
+    if (!DecodePayload(o.e.body, &ph)) return;
+    o.m.phases.push_back(PhaseSpan{o.from.id, ph.name, ph.start_ns, ph.end_ns});
+    if (ph.name == "swap comms" && o.x.stayers.count(o.from.id)) o.x.swapped.insert(o.from.id);
   }
 
   // Phase 1 is over when every replacement is built and every joiner is connected to its leaver's state: agree
@@ -781,7 +815,7 @@ class MigrationEngine final : public Engine {
     for (const Pair& p : x.pairs) {
       const ProcessRec* l = h.FindProcess(p.leaver);
       const bool there = l && (l->state == ProcState::kAlive || l->returning_by_ns);
-      if (!at_deadline && NoStayerConfirmed(x) && there && !x.abandoned.count(p.leaver)) return;
+      if (!at_deadline && NoStayerSwitched(x) && there && !x.abandoned.count(p.leaver)) return;
     }
     if (!x.abandoned.empty()) {  // the others switched: these are out of step with them (and say so in their logs)
       std::string who;
@@ -797,13 +831,72 @@ class MigrationEngine final : public Engine {
         // The leaver's rank and world, not the rank in the joiner's first communicator (a subgroup's in a
         // program that makes its groups lazily, as PyTorch does).
         j->info.rank = p.rank;
-        if (const ProcessRec* l = h.FindProcess(p.leaver)) j->info.world = l->info.world;
+        if (const ProcessRec* l = h.FindProcess(p.leaver)) {
+          j->info.world = l->info.world;
+          // It took the leaver's places at SWITCH: so the coordinator knows, even before it reports them (it may
+          // never, out of step), and a recovery of its rank fences and rebuilds them with a replacement there.
+          for (uint64_t k : p.keys) {
+            auto c = l->comm_info.find(k);
+            if (c == l->comm_info.end()) continue;
+            if (!j->comm_info.count(k)) j->comm_info[k] = c->second;
+            h.SetMember(k, c->second.rank, p.joiner);
+          }
+        }
       }
       TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 ": rank %d: %s", m.id, p.rank, p.verify_msg.c_str());
     }
     h.SetMigState(m, MigState::kDone);
     TM_INFO(kLogMigration, "coordinator: migration %" PRIu64 " done at step %" PRId64 "; downtime %.1f ms", m.id,
             m.switch_step, m.downtime_ns / 1e6);
+    if (!at_deadline) OutOfStep(h, m, x, {}, false);
+  }
+
+  // After the switch, a process that did not take it while a stayer did is out of step (docs/reliability.md, "The
+  // commit point"): a stayer or a joiner that abandoned the migration at its hold deadline, or never said it switched by
+  // the confirmation deadline (`silent`), holds a place in the replacement communicators that it does not fill; its
+  // rank is declared failed, and the failure recovery fences the others, rolls them back and replaces it (or, when it
+  // cannot, says why and leaves things as they were). A leaver that did not leave (abandoned; at the deadline, still
+  // there) holds nothing any more, its joiner holds its rank: it is fenced and told to end. Nothing when no stayer is
+  // known to have switched (the held processes' word decides then: done or undone).
+  void OutOfStep(EngineHost& h, Migration& m, MoveCtx& x, const std::set<uint64_t>& silent, bool at_deadline) {
+    if (NoStayerSwitched(x)) return;
+    std::string declared, ended;
+    for (uint64_t q : x.Members()) {
+      ProcessRec* pr = h.FindProcess(q);
+      if (!pr || (!x.abandoned.count(q) && !silent.count(q)) || pr->state == ProcState::kExited ||
+          !x.out_of_step.insert(q).second) {
+        continue;
+      }
+      const std::string why = kOutOfStep + std::to_string(m.id) + ": " +
+                              (x.abandoned.count(q) ? "it abandoned the switch at its hold deadline"
+                                                    : "it did not confirm the switch within TRAINMOVER_HOLD_TIMEOUT_MS / 2") +
+                              " while the others switched";
+      TM_WARN(kLogMigration, "coordinator: process %" PRIu64 " (rank %d) is %s; declared failed", q, pr->info.rank,
+              why.c_str());
+      declared += (declared.empty() ? "" : ", ") + std::to_string(q);
+      h.DeclareLost(q, why);
+    }
+    for (const Pair& p : x.pairs) {
+      ProcessRec* l = h.FindProcess(p.leaver);
+      const bool there = l && (l->state == ProcState::kAlive || l->returning_by_ns);
+      if (!there || (!x.abandoned.count(p.leaver) && !at_deadline) || !x.out_of_step.insert(p.leaver).second) continue;
+      const std::string line = "migration " + std::to_string(m.id) + ": this process (rank " + std::to_string(p.rank) +
+                               ") did not leave with the switch (out of step); rank " + std::to_string(p.rank) +
+                               " is its joiner's now: it ends without touching the job";
+      TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": the leaver, process %" PRIu64 " (rank %d), did not "
+              "leave with the switch; told to end", m.id, p.leaver, p.rank);
+      l->fenced = true;  // never found as rank R's worker again, kept lost if it comes back (told again then)
+      x.told_to_end[p.leaver] = line;
+      h.SendCommand(p.leaver, Fenced(*l, line));
+      ended += (ended.empty() ? "" : ", ") + std::to_string(p.leaver);
+    }
+    auto add = [&m](const std::string& what) { m.reason += (m.reason.empty() ? "" : "; ") + what; };
+    if (!declared.empty()) add("out of step: process(es) " + declared + " declared failed (failure recovery)");
+    if (!ended.empty()) add("out of step: leaver process(es) " + ended + " told to end");
+  }
+
+  static Command Fenced(const ProcessRec& p, const std::string& line) {
+    return rec::MakeRec(rec::Cmd::kFenced, 0, rec::RecMsg{.rank = p.info.rank, .text = line});
   }
 
   // ABORT to every process involved; spawned children that never became joiners are stopped.
@@ -834,7 +927,7 @@ class MigrationEngine final : public Engine {
     if (MigTerminal(m.state) || now - x.state_since_ns <= limit_ms * kNsPerMs) return false;
     // SWITCH sent and no stayer confirmed it yet: maybe none received it. Their word (SWITCHED, or that they abandoned
     // at their hold deadline) comes once they are back; wait for it up to UnconfirmedWaitMs after SWITCH.
-    const bool none_confirmed = NoStayerConfirmed(x);
+    const bool none_confirmed = NoStayerSwitched(x);
     if (x.switch_sent && none_confirmed && now - x.state_since_ns <= UnconfirmedWaitMs() * kNsPerMs) return false;
     if (!x.switch_sent) {
       const std::string why = std::string("the ") + MigStateName(m.state) + " phase exceeded its deadline of " +
@@ -844,9 +937,13 @@ class MigrationEngine final : public Engine {
       Abort(h, m, why, true);
       return true;
     }
-    std::string silent;  // switched, but some members never said so
+    std::string silent;  // switched, but some members never said so (nor swapped their communicators)
+    std::set<uint64_t> quiet;
     for (uint64_t q : x.Members()) {
-      if (!x.switched.count(q) && !x.abandoned.count(q)) silent += (silent.empty() ? "" : ", ") + std::to_string(q);
+      if (!x.switched.count(q) && !x.abandoned.count(q) && !x.swapped.count(q)) {
+        silent += (silent.empty() ? "" : ", ") + std::to_string(q);
+        quiet.insert(q);
+      }
       x.switched.insert(q);
     }
     MaybeDone(h, m, x, /*at_deadline=*/true);
@@ -855,15 +952,17 @@ class MigrationEngine final : public Engine {
       m.reason += std::string(m.reason.empty() ? "" : "; ") + "SWITCH sent; process(es) " + silent +
                   " never confirmed it within " + std::to_string(waited_ms) + " ms";
     }
+    OutOfStep(h, m, x, quiet, true);
     TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s", m.id, m.reason.c_str());
     return true;
   }
 
-  // SWITCH went out and no stayer has said SWITCHED (yet): maybe no held process received it. Also when there are no
-  // stayers (a one-rank job, every rank migrated): then only the leavers' word (their end, or that they abandoned)
-  // tells a switch from a joiner switched in alone.
-  static bool NoStayerConfirmed(const MoveCtx& x) {
-    return std::none_of(x.stayers.begin(), x.stayers.end(), [&](uint64_t q) { return x.confirmed.count(q) > 0; });
+  // SWITCH went out and no stayer has said SWITCHED or swapped its communicators (yet): maybe no held process received
+  // it. Also when there are no stayers (a one-rank job, every rank migrated): then only the leavers' word (their end,
+  // or that they abandoned) tells a switch from a joiner switched in alone.
+  static bool NoStayerSwitched(const MoveCtx& x) {
+    return std::none_of(x.stayers.begin(), x.stayers.end(),
+                        [&](uint64_t q) { return x.confirmed.count(q) > 0 || x.swapped.count(q) > 0; });
   }
 
   // How long after SWITCH the coordinator waits for the held processes' word while no stayer confirmed: the phase

@@ -28,6 +28,10 @@ namespace trainmover::control {
 // (pid_max is at most 2^22), so that an engine keeps one kind of handle for both.
 inline constexpr pid_t kRemoteChild = pid_t{1} << 30;
 
+// How the reason begins with which the migration engine declares failed a process that is out of step after a switch
+// (docs/reliability.md, "The commit point"): the failure recovery tells such a failure from others by it.
+inline constexpr char kOutOfStep[] = "out of step after the switch of migration ";
+
 // What --spawn needs of the operating system, so that the engine's unit tests can run without processes.
 // Coordinator thread only.
 class JoinerLauncher {
@@ -80,7 +84,8 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
 // The engine's deadlines (docs/reliability.md): a migration in spawning, sandbox, ready, building or agreeing
 // for longer than `phase_ms`, or switching for longer than `switch_ms` after COMMIT without SWITCH sent, is
 // aborted (training continues on the old communicators); SWITCH is never sent past that point. Members that
-// have not confirmed SWITCHED `switch_ms` after SWITCH are named in the migration's reason, and it is done.
+// have not confirmed SWITCHED `switch_ms` after SWITCH are named in the migration's reason, and it is done; when
+// a stayer is known to have switched, they are out of step (declared failed for the failure recovery).
 struct MigrationDeadlines {
   uint64_t phase_ms = 600000;  // TRAINMOVER_PHASE_TIMEOUT_MS
   uint64_t switch_ms = 60000;  // TRAINMOVER_HOLD_TIMEOUT_MS / 2

@@ -683,7 +683,15 @@ int64_t ProcessMachine::Hold(std::unique_lock<std::mutex>& lk, int64_t step, uin
   meter_.last_disturbed = true;
   const uint64_t hold_real = w_.RealtimeNs();
   for (;;) {
-    if (member_.agreement == Agreement::kCommitted && step == member_.step) ReachedStep(lk, step);
+    const bool committed_here = member_.agreement == Agreement::kCommitted && step == member_.step;
+    if (committed_here && leaver_.exposure == Exposure::kNone && member_.snapshot_step != step) {
+      member_.snapshot_step = step;  // a stayer: its snapshot of S first (the state does not change while held)
+      lk.unlock();
+      w_.SnapshotSwitchStep(step);
+      lk.lock();
+      continue;
+    }
+    if (committed_here) ReachedStep(lk, step);
     if (Committed() >= 0 && step > Committed()) {
       Send(mig::Ev::kFailed, mig_, mig::Reason{"process passed the committed switch step"});
       AbortLocked("passed the committed switch step");

@@ -98,6 +98,10 @@ class World {
   // A joiner connected to its leaver's state (before PREPARED): waits, bounded, for that set-up to end, so the
   // migration never switches before this process can snapshot and serve as a buddy.
   virtual void AwaitSnapshots() {}
+  // A stayer committed to switch at `step`, there (application thread, the machine's mutex not held): failure
+  // recovery's snapshot of that step, taken before AT_STEP instead of after the switch, so that the rank's state at
+  // the switch step is on its buddy while it waits for SWITCH (docs/reliability.md, "The commit point").
+  virtual void SnapshotSwitchStep(int64_t /*step*/) {}
   virtual bool Sandboxed() const = 0;
   virtual void LeaveSandbox() = 0;
   // A leaver at its committed switch step (true) or after an abort (false): shim::SetProcessLeaving.
@@ -259,6 +263,7 @@ class ProcessMachine {
     Agreement agreement = Agreement::kNone;
     int64_t step = -1;  // the proposed / committed / switch step
     uint64_t committed_ns = 0;  // monotonic time COMMIT arrived (0: none); the hold deadline counts from here
+    int64_t snapshot_step = -1;  // the committed step World::SnapshotSwitchStep was called for (stayers)
     std::vector<Staged> staged;
     bool fault_passed = false;  // TRAINMOVER_FAULT=pass-first-proposal used
   };

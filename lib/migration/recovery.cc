@@ -145,6 +145,12 @@ class Recovery {
     return fenced_;
   }
   bool OnOpFailure(shim::VComm* v, ncclComm_t used, ncclResult_t r);
+  void SnapshotSwitchStep(int64_t step) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (fenced_ || !give_up_.empty()) return;
+    TakeSnapshot(lk, step);
+    switch_snapshot_ = step;
+  }
   void Drain() {
     StopPoll();
     // Then this process's reads of others' snapshots close their endpoints in order: a reader that just exits
@@ -275,6 +281,7 @@ class Recovery {
   bool warming_ = false;             // a WarmNext task is queued or running
   bool ending_ = false;              // Drain: the slots stopped serving; no snapshot, no new slot set any more
   int64_t pending_ = -1;  // the newest snapshot until SNAP_SHIPPED says it is on every buddy
+  int64_t switch_snapshot_ = -1;  // a switch step snapshotted before the hold (SnapshotSwitchStep): not taken again
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
   bool device_warned_ = false, ship_warned_ = false, budget_warned_ = false;
   // Fence.
@@ -342,8 +349,11 @@ void Recovery::OnCommand(const control::Command& c) {
     case rec::Cmd::kProbe:  // a peer's library reported a communicator of ours failed: we are alive
       return Send(rec::Ev::kProbed, rec::RecMsg{.step = m.step});
     case rec::Cmd::kFenced:  // on the agent thread, at once: nothing of this process may reach the job any more
-      w_.Exit(1, "failure recovery: this process (rank " + std::to_string(m.rank) + ") was declared failed in epoch " +
-                     std::to_string(m.epoch) + " and replaced; it ends without touching the job (stale epoch)");
+      // With a text: a leaver out of step after its migration's switch (docs/reliability.md, "The commit point").
+      w_.Exit(1, !m.text.empty() ? m.text
+                                 : "failure recovery: this process (rank " + std::to_string(m.rank) +
+                                       ") was declared failed in epoch " + std::to_string(m.epoch) +
+                                       " and replaced; it ends without touching the job (stale epoch)");
       return;
     case rec::Cmd::kGiveUp: {
       std::lock_guard<std::mutex> lk(mu_);
@@ -470,7 +480,7 @@ int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   if (adaptive_ && last_exit_ns_ && !shim::ProcessSandboxed()) {  // the program's own step (a sandbox's is emulated)
     step_time_.Add(w_.MonotonicNs() - last_exit_ns_);
   }
-  if (!fenced_ && give_up_.empty()) TakeSnapshot(lk, step);
+  if (!fenced_ && give_up_.empty() && step != std::exchange(switch_snapshot_, -1)) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
   const int64_t next = fenced_ ? HoldAndRollBack(lk, step, step_clean) : step;
   last_exit_ns_ = w_.MonotonicNs();
@@ -905,6 +915,8 @@ void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }
 bool RecoveryFenced() { return g_recovery->Fenced(); }
 
 int64_t RecoverySafePoint(int64_t step, bool step_clean) { return g_recovery->OnSafePoint(step, step_clean); }
+
+void RecoverySnapshotSwitchStep(int64_t step) { g_recovery->SnapshotSwitchStep(step); }
 
 void RecoveryPrepareSlots() {
   if (g_recovery) g_recovery->PrepareSlots();

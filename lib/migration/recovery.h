@@ -34,6 +34,9 @@ bool RecoveryFenced();
 // (RecoveryFenced), so every operation of the step ran for real and its registered state is the state at `step` even
 // when a fence came since (during a migration's switch, say): held there, it offers that step for the rollback.
 int64_t RecoverySafePoint(int64_t step, bool step_clean);
+// Application thread, a stayer committed to a planned migration's switch at `step`, before its AT_STEP
+// (World::SnapshotSwitchStep): the snapshot of that step, which RecoverySafePoint then does not take again.
+void RecoverySnapshotSwitchStep(int64_t step);
 // Any thread, before the process ends (normal exit, a migrated leaver, a joiner or a refused process): no more
 // snapshot pulls, and the one under way may finish (kExitDrainMs), so no buddy is left serving a vanished reader.
 void RecoveryDrain();

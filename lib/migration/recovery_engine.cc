@@ -173,6 +173,7 @@ class RecoveryEngine final : public Engine {
   }
 
   void OnEvent(EngineHost& h, uint64_t p, const Event& e) override {
+    SnapAfterSwitch(h);
     ProcessRec* from = h.FindProcess(p);
     if (!from || from->fenced) return;  // declared failed: whatever it says is of an old epoch
     if (e.kind >= standby::kFirstStandbyKind) return standbys_.OnEvent(h, *from, e);
@@ -297,12 +298,21 @@ class RecoveryEngine final : public Engine {
                              "recovered", pr->info.rank, pr->lost_reason.c_str());
       return;
     }
+    // Out of step after a migration's switch, and alive: without a copy to roll its rank back to, it is left as it was
+    // (it comes back and trains on, out of step, as it would without recovery), not a reason to end the survivors.
+    if (pr->lost_reason.rfind(kOutOfStep, 0) == 0 && Offered(h, pr->info.rank).empty()) {
+      TM_WARN(kLogMigration, "coordinator: rank %d is %s, and %s: it cannot be recovered and stays out of step (its "
+                             "next collective fails, as without failure recovery)",
+              pr->info.rank, pr->lost_reason.c_str(), NoCopy(h, pr->info.rank).c_str());
+      return;
+    }
     Start(h, {pr});
   }
 
   void OnProcessBack(EngineHost& h, uint64_t) override { FenceStale(h); }
 
   void OnTick(EngineHost& h) override {
+    SnapAfterSwitch(h);
     FenceStale(h);
     standbys_.OnTick(h);
     DeclareUnanswered(h);
@@ -396,6 +406,7 @@ class RecoveryEngine final : public Engine {
   // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with
   // HELD) and a copy of the old timeline would be moot; the owner's wait for it ends with the fence.
   void OnSnapTaken(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
+    if (const uint64_t mig = SwitchPending(h, from, m.step)) return waiting_.push_back(Waiting{mig, from.id, m});
     // During a recovery, only the new timeline's: from a survivor that rolled back, or the switched replacement.
     const Lost* replacement = ctx_ ? ctx_->ByJoiner(from.id) : nullptr;
     if (ctx_ && !ctx_->rolled.count(from.id) && !(replacement && replacement->switched)) return;
@@ -419,6 +430,41 @@ class RecoveryEngine final : public Engine {
     }
     if (buddies.empty()) return Shipped(h, rs, m.step);  // nobody to copy to: the owner must not wait
     rs.shipping[m.step] = std::set<uint64_t>(buddies.begin(), buddies.end());
+  }
+
+  // A stayer snapshots a planned migration's switch step before it is held there (docs/reliability.md, "The commit
+  // point"), so that its rank can be recovered at that step if it ends up out of step. When a leaver of that migration
+  // would be its buddy, the pull waits for the outcome (SnapAfterSwitch): the leaver leaves at the switch, taking the
+  // copy with it, and from SWITCH on its joiner is the buddy, as for the stayer's later snapshots. The migration, or 0.
+  uint64_t SwitchPending(EngineHost& h, const ProcessRec& from, int64_t step) {
+    const std::map<int32_t, const ProcessRec*> holders = Holders(h);
+    for (const auto& [id, mig] : h.migrations()) {
+      if (mig.kind != kKindMigrate || mig.switch_sent || mig.state != MigState::kSwitching || step < mig.switch_step) {
+        continue;
+      }
+      const int32_t rank = SnapshotRank(from);
+      const std::vector<uint64_t> buddies = rank >= 0 ? Buddies(h, from, rank) : std::vector<uint64_t>{};
+      for (int32_t r : mig.ranks) {
+        auto l = holders.find(r);
+        if (l != holders.end() && std::find(buddies.begin(), buddies.end(), l->second->id) != buddies.end()) return id;
+      }
+    }
+    return 0;
+  }
+
+  // The snapshots held back by SwitchPending, once their migration switched or ended without: handled as they came.
+  void SnapAfterSwitch(EngineHost& h) {
+    for (size_t i = 0; i < waiting_.size();) {
+      const Migration* mig = h.FindMigration(waiting_[i].migration);
+      ProcessRec* from = h.FindProcess(waiting_[i].from);
+      if (mig && !mig->switch_sent && !MigTerminal(mig->state)) {
+        ++i;
+        continue;
+      }
+      const Waiting w = waiting_[i];
+      waiting_.erase(waiting_.begin() + static_cast<ptrdiff_t>(i));
+      if (from && !from->fenced && from->state == ProcState::kAlive) OnSnapTaken(h, *from, w.snap);
+    }
   }
 
   // A joiner's snapshot slot, set up in its sandbox. For a planned migration's joiner before its switch, the first
@@ -1199,6 +1245,11 @@ class RecoveryEngine final : public Engine {
   };
   std::map<uint64_t, Declared> declared_;  // processes declared failed, until they exit or are told to end
   std::vector<uint64_t> next_;  // failed while a recovery switched: recovered once it is done
+  struct Waiting {
+    uint64_t migration = 0, from = 0;
+    rec::RecMsg snap;  // its SNAP_TAKEN
+  };
+  std::vector<Waiting> waiting_;  // snapshots of a switch step whose pull waits for the switch (SwitchPending)
   struct Probe {
     uint64_t number = 0, sent_mono = 0;
     std::string why;

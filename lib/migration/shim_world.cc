@@ -138,6 +138,7 @@ class ShimWorld final : public World {
   bool IsStandby() const override { return shim::ProcessRole() == shim::Role::kStandby; }
   void PrepareSnapshots() override { RecoveryPrepareSlots(); }
   void AwaitSnapshots() override { RecoveryAwaitSlots(); }
+  void SnapshotSwitchStep(int64_t step) override { RecoverySnapshotSwitchStep(step); }
   int32_t WarmRank() const override { return base::LauncherFromEnv().rank; }
   bool FollowsRank() const override { return shim::RankFollowed(); }
   void TakeRank(int32_t rank, int32_t world) override {
@@ -295,6 +296,10 @@ class ShimWorld final : public World {
     std::unique_ptr<transfer::StateServer> server;
     transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(destination), &server);
     if (st.ok()) st = server->Expose(LocalRegions());
+    if (st.ok()) {
+      TM_INFO(kLogMigration, "migration: state exposed: %llu bytes in huge pages (docs/transfer.md)",
+              static_cast<unsigned long long>(server->HugePageBytes()));
+    }
     if (st.ok() && server->Descriptor().size() > mig::kMaxBlob) {
       st = transfer::Status(transfer::Code::kInvalidArgument, "the transfer descriptor exceeds one control frame");
     }
@@ -331,10 +336,11 @@ class ShimWorld final : public World {
       *note = st.ToString();
       return nullptr;
     }
-    char msg[120];
-    std::snprintf(msg, sizeof(msg), "%llu bytes to read over %s",
+    char msg[160];
+    std::snprintf(msg, sizeof(msg), "%llu bytes to read over %s (%llu of ours in huge pages)",
                   static_cast<unsigned long long>(sink->prepared->bytes()),
-                  transfer::FetchPathName(sink->prepared->path()));
+                  transfer::FetchPathName(sink->prepared->path()),
+                  static_cast<unsigned long long>(sink->prepared->huge_page_bytes()));
     TM_INFO(kLogMigration, "migration: state prepared: %s", msg);
     *note = msg;
     return sink;

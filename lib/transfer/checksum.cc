@@ -21,7 +21,7 @@
 #include "lanes.h"
 
 #if defined(__x86_64__)
-#include <nmmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace trainmover::transfer {
@@ -83,33 +83,129 @@ void Tail(const unsigned char* p, size_t n, uint32_t c[4]) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint64_t BlockHashHw(const unsigned char* p, size_t size) {
-  uint64_t a = kLaneInit[0], b = kLaneInit[1], c = kLaneInit[2], d = kLaneInit[3];
-  size_t stripes = size / 32;
+// The four lane CRCs over stripes [0, stripes) on the crc32 instruction, continuing from c[].
+__attribute__((target("sse4.2"))) void LanesCrc32(const unsigned char* p, size_t stripes, uint32_t c[4]) {
+  uint64_t a = c[0], b = c[1], x = c[2], d = c[3];
   for (size_t s = 0; s < stripes; ++s, p += 32) {
     a = _mm_crc32_u64(a, Load64(p));
     b = _mm_crc32_u64(b, Load64(p + 8));
-    c = _mm_crc32_u64(c, Load64(p + 16));
+    x = _mm_crc32_u64(x, Load64(p + 16));
     d = _mm_crc32_u64(d, Load64(p + 24));
   }
-  uint32_t lanes[4] = {static_cast<uint32_t>(a), static_cast<uint32_t>(b), static_cast<uint32_t>(c),
-                       static_cast<uint32_t>(d)};
-  Tail(p, size % 32, lanes);
-  return Finish(lanes, size);
+  c[0] = static_cast<uint32_t>(a), c[1] = static_cast<uint32_t>(b), c[2] = static_cast<uint32_t>(x);
+  c[3] = static_cast<uint32_t>(d);
 }
+
+// The same lane CRCs by carry-less multiplication (VPCLMULQDQ on 512-bit registers), which is not limited to the
+// crc32 instruction's 8 bytes per cycle. Each lane's message (its words, in order) is cut into 16-byte chunks;
+// a 64-byte load holds two stripes, and a permutation puts lane k's two words into the register's 128-bit lane
+// k, so one register advances all four lane messages by one chunk. Four registers take chunks 4i..4i+3;
+// each folds forward by four chunks (512 bits): with A read as a polynomial whose low quadword holds the
+// higher degrees, A * x^512 = lo * x^(512+64) + hi * x^512 (mod P), computed as two 64x32-bit carry-less
+// products with the constants x^(512+63) and x^(512-1) mod P (one less: the product of two bit-reflected
+// operands lands one bit low). At the end the four registers fold into the last one, whose 16 bytes per lane
+// have the lane's CRC so far: crc32 of them from zero. Same values as LanesCrc32 (tests compare at every
+// length against the table); the initial values are XORed into each lane's first four bytes, which is what the
+// crc32 instruction does with its running value.
+constexpr uint32_t kCrc32cPoly = 0x1EDC6F41u;  // x^32 + ..., normal (not reflected) form, x^32 implied
+// x^n mod P as a 64-bit operand for the reflected carry-less multiply: bit j holds the coefficient of x^(63-j).
+constexpr uint64_t XPowModP(unsigned n) {
+  uint64_t r = 1;  // bit i: coefficient of x^i
+  for (unsigned i = 0; i < n; ++i) {
+    r <<= 1;
+    if (r & (uint64_t{1} << 32)) r = (r ^ kCrc32cPoly) & 0xFFFFFFFFu;
+  }
+  uint64_t out = 0;
+  for (unsigned i = 0; i < 32; ++i) {
+    if (r & (uint64_t{1} << i)) out |= uint64_t{1} << (63 - i);
+  }
+  return out;
+}
+// Folding constants by a distance of `bits` (a multiple of 128): low quadword for A's low half, high for its high.
+struct Fold {
+  uint64_t lo, hi;
+};
+constexpr Fold FoldBy(unsigned bits) { return {XPowModP(bits + 63), XPowModP(bits - 1)}; }
+
+__attribute__((target("avx512f,vpclmulqdq"))) inline __m512i FoldForward(__m512i a, __m512i k) {
+  return _mm512_xor_si512(_mm512_clmulepi64_epi128(a, k, 0x00), _mm512_clmulepi64_epi128(a, k, 0x11));
+}
+__attribute__((target("avx512f,vpclmulqdq"))) inline __m512i Constant(Fold f) {
+  return _mm512_set_epi64(static_cast<long long>(f.hi), static_cast<long long>(f.lo), static_cast<long long>(f.hi),
+                          static_cast<long long>(f.lo), static_cast<long long>(f.hi), static_cast<long long>(f.lo),
+                          static_cast<long long>(f.hi), static_cast<long long>(f.lo));
+}
+
+// Two stripes with lane k's two words in 128-bit lane k (the qwords in the order 0 4 1 5 2 6 3 7).
+__attribute__((target("avx512f"))) inline __m512i LoadTwoStripes(const unsigned char* q) {
+  // (maskz: GCC 12 warns that the unmasked form's undefined source is uninitialised)
+  return _mm512_maskz_permutexvar_epi64(0xFF, _mm512_set_epi64(7, 3, 6, 2, 5, 1, 4, 0), _mm512_loadu_si512(q));
+}
+
+// Stripes [0, 2 * kRegs * groups) of p (groups >= 1) into c[] (which holds the initial values on entry). kRegs
+// registers in flight hide the multiply's latency.
+constexpr size_t kRegs = 8;
+constexpr size_t kGroupBytes = 64 * kRegs;
+// Compile-time constants: kFolds[d] folds by d chunks (d * 128 bits), d = 1..kRegs.
+struct FoldTable {
+  Fold by[kRegs + 1];
+  constexpr FoldTable() : by() {
+    for (unsigned d = 1; d <= kRegs; ++d) by[d] = FoldBy(128 * d);
+  }
+};
+constexpr FoldTable kFolds;
+__attribute__((target("avx512f,vpclmulqdq,sse4.2"))) void LanesClmul(const unsigned char* p, size_t groups,
+                                                                     uint32_t c[4]) {
+  __m512i z[kRegs];
+  for (size_t r = 0; r < kRegs; ++r) z[r] = LoadTwoStripes(p + 64 * r);
+  z[0] = _mm512_xor_si512(z[0], _mm512_set_epi64(0, c[3], 0, c[2], 0, c[1], 0, c[0]));
+  const __m512i k = Constant(kFolds.by[kRegs]);
+  for (size_t g = 1; g < groups; ++g) {
+    p += kGroupBytes;
+    for (size_t r = 0; r < kRegs; ++r) z[r] = _mm512_xor_si512(FoldForward(z[r], k), LoadTwoStripes(p + 64 * r));
+  }
+  // Register r holds chunks kRegs*i + r: each folds forward to the last one's position.
+  __m512i acc = z[kRegs - 1];
+  for (size_t r = 0; r + 1 < kRegs; ++r) {
+    acc = _mm512_xor_si512(acc, FoldForward(z[r], Constant(kFolds.by[kRegs - 1 - r])));
+  }
+  alignas(64) uint64_t q[8];
+  _mm512_store_si512(q, acc);
+  for (int l = 0; l < 4; ++l) c[l] = static_cast<uint32_t>(_mm_crc32_u64(_mm_crc32_u64(0, q[2 * l]), q[2 * l + 1]));
+}
+
 // Asked once, on first use: a namespace-scope initialiser would be a global constructor, which the shim must
 // not have (tests/lib/test_symbols.sh).
 bool HasSse42() {
   static const bool has = __builtin_cpu_supports("sse4.2");
   return has;
 }
+bool HasClmul512() {
+  static const bool has = HasSse42() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq");
+  return has;
+}
+
+uint64_t BlockHashHw(const unsigned char* p, size_t size) {
+  uint32_t lanes[4] = {kLaneInit[0], kLaneInit[1], kLaneInit[2], kLaneInit[3]};
+  size_t stripes = size / 32;
+  // Below a few groups the set-up costs more than the crc32 instruction would.
+  if (const size_t groups = size / kGroupBytes; groups >= 2 && HasClmul512()) {
+    LanesClmul(p, groups, lanes);
+    p += groups * kGroupBytes;
+    stripes -= groups * kGroupBytes / 32;
+  }
+  LanesCrc32(p, stripes, lanes);
+  Tail(p + stripes * 32, size % 32, lanes);
+  return Finish(lanes, size);
+}
 #else
 bool HasSse42() { return false; }
+bool HasClmul512() { return false; }
 #endif
 
 }  // namespace
 
-bool HardwareCrc32c() { return HasSse42(); }
+const char* BlockHashImplementation() { return HasClmul512() ? "vpclmulqdq" : HasSse42() ? "sse4.2" : "table"; }
 
 namespace detail {
 

@@ -13,6 +13,7 @@
 
 #include "checksum.h"
 #include "lanes.h"
+#include "pages.h"
 #include "reader.h"
 #include "ucx_util.h"
 
@@ -118,20 +119,6 @@ Status CheckOptions(const FetchOptions& o) {
   return Status::Ok();
 }
 
-// Maps every page of the joiner's host regions writable now, without changing a byte (MADV_POPULATE_WRITE,
-// Linux 5.14), so that pages the joiner allocated but never touched do not fault one by one inside the read at
-// the switch (when Prepare runs in the build phase). Best effort: an older kernel (EINVAL) or memory that cannot
-// be populated leaves the faults to the read.
-void PopulateForWrite(const std::vector<Region>& regions) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  for (const Region& r : regions) {
-    if (r.type != MemoryType::kHost || r.size == 0) continue;
-    uintptr_t start = reinterpret_cast<uintptr_t>(r.ptr) & ~(page - 1);
-    uintptr_t end = (reinterpret_cast<uintptr_t>(r.ptr) + r.size + page - 1) & ~(page - 1);
-    (void)madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_WRITE);
-  }
-}
-
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 }  // namespace
@@ -175,6 +162,7 @@ struct PreparedFetch::Impl {
   detail::Plan plan;
   std::string auth_key;  // the client's, for the control block's MAC
   int hash_threads = 0;
+  uint64_t huge_bytes = 0;                 // of the local regions, in huge pages after Prepare
   detail::BlockSink sink;                  // before `reader`: late UCX completions in its teardown land here
   std::unique_ptr<detail::Reader> reader;  // refers to `plan`
 };
@@ -183,6 +171,7 @@ PreparedFetch::PreparedFetch(std::unique_ptr<Impl> impl) : impl_(std::move(impl)
 PreparedFetch::~PreparedFetch() = default;
 FetchPath PreparedFetch::path() const { return impl_->reader->path(); }
 uint64_t PreparedFetch::bytes() const { return impl_->plan.total; }
+uint64_t PreparedFetch::huge_page_bytes() const { return impl_->huge_bytes; }
 
 Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vector<Region>& local,
                             const FetchOptions& options, std::unique_ptr<PreparedFetch>* out) {
@@ -205,7 +194,12 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
   if (!s.ok()) return s;
   impl->hash_threads = options.hash_threads;
   impl->auth_key = impl_->options.auth_key;
-  PopulateForWrite(plan.local);
+  // The joiner's regions: huge pages, then every page mapped writable, so the read at the switch neither faults
+  // nor walks 4 KiB pages on the destination side (pages.h).
+  if (impl_->options.huge_pages) {
+    for (const Region& r : plan.local) impl->huge_bytes += detail::CollapseToHugePages(r);
+  }
+  detail::PopulateForWrite(plan.local);
   const auto deadline = Clock::now() + std::chrono::milliseconds(options.timeout_ms);
   const bool cma_ok = detail::CmaEligible(plan.d, plan.local);
   if (options.path == FetchPath::kCma || (options.path == FetchPath::kAuto && cma_ok)) {

@@ -16,6 +16,7 @@
 #include "checksum.h"
 #include "descriptor.h"
 #include "lanes.h"
+#include "pages.h"
 #include "transfer.h"
 #include "ucx_util.h"
 
@@ -34,6 +35,7 @@ struct StateServer::Impl {
   ucp_mem_h control_memh = nullptr;
   std::vector<uint8_t> descriptor;
   std::vector<uint64_t> checksums;
+  uint64_t huge_bytes = 0;  // in huge pages after Expose
   std::unique_ptr<detail::LanePool> hash_lanes;
   std::thread progress;
   std::atomic<bool> stop{false};
@@ -122,6 +124,12 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   d.control.size = m.control.size() * 8;
   m.regions = regions;
   m.memhs.assign(regions.size(), nullptr);
+  // Host regions in huge pages before UCX maps them (a transport that pins memory would make them uncollapsible):
+  // the joiner's process_vm_readv then pins 2 MiB at a time (pages.h). kAuto regions once UCX says they are host.
+  auto huge = [&](const Region& r) {
+    if (m.options.huge_pages) m.huge_bytes += detail::CollapseToHugePages(r);
+  };
+  for (const Region& r : regions) huge(r);
   for (size_t i = 0; i < regions.size() && s.ok(); ++i) {
     const Region& r = regions[i];
     detail::RemoteRegion rr;
@@ -133,7 +141,10 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
                             &found);
       if (!s.ok()) s = Status(s.code(), "region '" + r.name + "': " + s.message());
       rr.memory_type = static_cast<uint8_t>(found);
-      if (r.type == MemoryType::kAuto) m.regions[i].type = found;
+      if (r.type == MemoryType::kAuto) {
+        m.regions[i].type = found;
+        huge(m.regions[i]);
+      }
     }
     d.regions.push_back(std::move(rr));
   }
@@ -162,6 +173,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
 
 const std::vector<uint8_t>& StateServer::Descriptor() const { return impl_->descriptor; }
 const std::vector<uint64_t>& StateServer::Checksums() const { return impl_->checksums; }
+uint64_t StateServer::HugePageBytes() const { return impl_->huge_bytes; }
 
 Status StateServer::Seal(std::vector<uint64_t>* checksums) {
   Impl& m = *impl_;

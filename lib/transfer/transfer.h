@@ -100,8 +100,9 @@ uint64_t Checksum(const void* data, size_t size, int threads = 1);
 // Hash of one block (size <= kChecksumBlock); Checksum folds these. Exposed for tests and streaming use.
 uint64_t BlockHash(const void* data, size_t size);
 uint64_t FoldBlockHashes(std::span<const uint64_t> block_hashes, size_t total_size);
-// Whether BlockHash runs on the crc32 instruction on this CPU (SSE4.2) rather than the table (same values).
-bool HardwareCrc32c();
+// How BlockHash computes on this CPU (same values every way): "vpclmulqdq" (AVX-512 carry-less multiply for
+// blocks of 1 KiB and more, the crc32 instruction for the rest), "sse4.2" (the crc32 instruction), "table".
+const char* BlockHashImplementation();
 // Checksum of a region of either memory type (device memory is staged through host in chunks).
 Status RegionChecksum(const Region& region, int threads, uint64_t* out);
 
@@ -121,6 +122,10 @@ struct ServerOptions {
   // the joiner's pid, which the coordinator tells the leaver; kAnyPtracer for any process of the same user)
   // until Close withdraws it. One ptracer per process: a later server's choice replaces an earlier one's.
   int64_t ptracer_pid = 0;
+  // Expose backs each host region's 2 MiB-aligned interior with transparent huge pages (MADV_COLLAPSE; contents
+  // unchanged, best effort): a same-host joiner reads huge pages at about twice the speed of 4 KiB ones
+  // (docs/transfer.md, "Huge pages"). Costs a copy of the state inside Expose. false: benchmarks' before/after.
+  bool huge_pages = true;
 };
 
 // The leaver's side. Create, Expose once, hand Descriptor() to the joiner, Seal at the switch point, Close.
@@ -140,6 +145,8 @@ class StateServer {
 
   // The blob to send to the joiner (bounded: kMaxDescriptorBytes). Empty before Expose.
   const std::vector<uint8_t>& Descriptor() const;
+  // Bytes of the exposed regions that Expose put in huge pages (ServerOptions::huge_pages), for the log.
+  uint64_t HugePageBytes() const;
 
   // Hashes every region (in parallel) and publishes the checksums, with their MAC, to the control block the
   // client polls.
@@ -223,6 +230,9 @@ struct ClientOptions {
   // UCX may use shared memory (several times faster on one host, see docs/transfer.md), but a transport
   // failure is fatal to the process inside UCX; only for benchmarks and trusted single-host use.
   bool peer_error_handling = true;
+  // Prepare backs the joiner's host regions with huge pages (as ServerOptions::huge_pages) before it populates
+  // them; false: benchmarks' before/after.
+  bool huge_pages = true;
 };
 
 class PreparedFetch;
@@ -276,6 +286,7 @@ class PreparedFetch {
 
   FetchPath path() const;  // kUcx or kCma
   uint64_t bytes() const;  // total bytes one Read moves
+  uint64_t huge_page_bytes() const;  // of the joiner's regions, in huge pages after Prepare (ClientOptions::huge_pages)
 
   struct Impl;
 

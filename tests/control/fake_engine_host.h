@@ -51,12 +51,14 @@ class FakeEngineHost : public EngineHost {
   // Marks it lost; the test hands it to the engines' OnProcessLost itself (`declared` lists them).
   void DeclareLost(uint64_t process, const std::string& why) override {
     auto it = procs.find(process);
-    if (it == procs.end() || it->second.state != ProcState::kAlive) return;
+    if (it == procs.end() || (it->second.state != ProcState::kAlive && !it->second.returning_by_ns)) return;
+    it->second.returning_by_ns = 0;
     it->second.state = ProcState::kLost;
     it->second.lost_reason = why;
     declared.push_back(process);
   }
   std::vector<uint64_t> declared;
+  void SetMember(uint64_t key, int32_t rank, uint64_t process) override { comm_recs[key].members[rank] = process; }
   void SetMigState(Migration& m, MigState s, const std::string& reason) override {
     if (MigTerminal(m.state)) return;
     m.state = s;
@@ -85,7 +87,7 @@ class FakeEngineHost : public EngineHost {
   }
   ProcessRec* FindProcessByRank(int32_t rank) override {
     for (auto& [id, p] : procs) {
-      if (p.state == ProcState::kAlive && p.info.role == "worker" && p.info.rank == rank) return &p;
+      if (p.state == ProcState::kAlive && !p.fenced && p.info.role == "worker" && p.info.rank == rank) return &p;
     }
     return nullptr;
   }

@@ -36,7 +36,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "harness"))
 import nethosts  # noqa: E402
+from relay import Relay  # noqa: E402
 from nethosts import digests  # noqa: E402
 
 TMRUN, TMCTL, TMTRAIN, SHIM, HOSTNCCL, TRAINMOVERD = (os.path.abspath(a) for a in sys.argv[1:7])
@@ -88,80 +88,6 @@ def fail(msg):
 
 class CellError(Exception):
     """A cell that could not be set up (the job never started training): that cell fails, the others still run."""
-
-
-class Relay:
-    """A TCP relay to the coordinator that can be cut: connections stay open and nothing is forwarded, new ones are
-    accepted and never answered, as when a link goes down without a reset."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.target, self.cut_now, self.silent, self.lock = None, False, [], threading.Lock()
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                if self.cut_now or not self.target:
-                    self.silent.append(c)  # accepted, never answered (the SYN got through, nothing else does)
-                    continue
-            try:
-                host, port = self.target.rsplit(":", 1)
-                up = socket.create_connection((host, int(port)), timeout=5)
-                up.settimeout(None)
-            except OSError:
-                c.close()
-                continue
-            done = []  # directions finished; the second one closes both sockets
-            for a, b in ((c, up), (up, c)):
-                threading.Thread(target=self.pump, args=(a, b, done), daemon=True).start()
-
-    def pump(self, a, b, done):
-        """Forwards a to b until a ends. Each direction ends on its own, as over a real link: an end (or a reset) on
-        one side half-closes the other side's direction only, so what a peer sent before it closed (an agent's BYE)
-        still reaches the other end even when the reverse direction failed first."""
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                while self.cut_now:  # cut: hold the bytes, forward nothing
-                    time.sleep(0.05)
-                    if a.fileno() < 0:
-                        return
-                b.sendall(data)
-        except OSError:
-            pass
-        try:
-            b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        with self.lock:
-            done.append(a)
-            last = len(done) == 2
-        if last:
-            for s in (a, b):
-                s.close()
-
-    def cut(self):
-        self.cut_now = True
-
-    def restore(self):
-        """Forwards again (what was held goes through; a side that gave up meanwhile closes its connection, as
-        after a link that came back); the connections made during the cut, never answered, are closed."""
-        with self.lock:
-            silent, self.silent = self.silent, []
-            self.cut_now = False
-        for c in silent:
-            c.close()
 
 
 REF = {}

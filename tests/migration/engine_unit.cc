@@ -199,6 +199,14 @@ struct Job {
     for (auto& [r, p] : h.comm_recs[kWorld].members) Send(p, mig::Ev::kAccept, m.id, mig::Step{12});
     h.Take();
   }
+  // Every member at S, the joiner verified: SWITCH sent (a job of 3, rank 1 moved).
+  void ToSwitchSent(Migration& m) {
+    ToSwitching(m, 1);
+    for (uint64_t p : {1, 2, 3}) Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
+    Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
+    REQUIRE(m.switch_sent);
+    h.Take();
+  }
 };
 
 std::vector<std::string> V(std::initializer_list<const char*> l) {
@@ -696,20 +704,89 @@ TEST_CASE("deadlines: past half the hold timeout after COMMIT, SWITCH is never s
   CHECK(m.reason == "the switching phase exceeded its deadline of 60 ms (TRAINMOVER_HOLD_TIMEOUT_MS / 2)");
 }
 
-TEST_CASE("deadlines: SWITCH sent but not every member confirms: done, naming the silent ones") {
+// docs/reliability.md, "The commit point": a member that has not said it switched by the confirmation deadline while a
+// stayer did is out of step (it holds a place in the replacements that it does not fill): declared failed, for the
+// failure recovery; a leaver still there did not leave: told to end.
+TEST_CASE("deadlines: SWITCH sent but not every member confirms: done, the silent ones out of step") {
   Job j(3, MigrationDeadlines{600000, 60});
   Migration& m = j.Request({1});
-  j.ToSwitching(m, 1);
-  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAtStep, m.id, mig::Step{12});
-  j.Send(101, mig::Ev::kVerified, m.id, mig::Built{0, 1, ""});
-  CHECK(m.switch_sent);
+  j.ToSwitchSent(m);
   j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
   j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
   j.e->OnTick(j.h);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   j.e->OnTick(j.h);
   CHECK(m.state == MigState::kDone);
-  CHECK(m.reason == "SWITCH sent; process(es) 3 never confirmed it within 60 ms");
+  CHECK(m.reason == "SWITCH sent; process(es) 3 never confirmed it within 60 ms; out of step: process(es) 3 declared "
+                    "failed (failure recovery); out of step: leaver process(es) 2 told to end");
+  CHECK(j.h.declared == std::vector<uint64_t>{3});
+  CHECK(j.h.procs[3].lost_reason ==
+        std::string(kOutOfStep) + "1: it did not confirm the switch within TRAINMOVER_HOLD_TIMEOUT_MS / 2 while the "
+                                  "others switched");
+  CHECK(j.h.Take() == V({"2:FENCED"}));
+  CHECK(j.h.procs[2].fenced);
+}
+
+TEST_CASE("deadlines: SWITCH sent and no stayer switched by the deadline: nobody is out of step") {
+  Job j(3, MigrationDeadlines{60, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitchSent(m);
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});  // the joiner alone
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // past the wait for their word (4 x 60 ms)
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kDone);
+  CHECK(j.h.declared.empty());
+  CHECK(j.h.Take().empty());
+}
+
+TEST_CASE("the commit point: a stayer's swapped communicators prove the switch took effect; a silent one is out of step") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitchSent(m);
+  // Stayer 1 swapped, but its SWITCHED (at its next safe point) waits for its first collective on the replacements,
+  // which the silent stayer 3 holds up; the joiner switched in; the leaver left.
+  j.Send(101, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  j.Send(1, mig::Ev::kPhase, m.id, mig::Phase{"swap comms", 1, 2});
+  j.Lose(2, ProcState::kExited);
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kDone);
+  CHECK(j.h.declared == std::vector<uint64_t>{3});
+  CHECK(j.h.Take().empty());  // the leaver left: nobody told to end
+  // The joiner holds the leaver's place from SWITCH on, reported or not: a recovery of its rank fences it.
+  CHECK(j.h.comm_recs[kWorld].members[1] == 101);
+  CHECK(j.h.procs[101].comm_info.count(kWorld) == 1);
+  j.h.procs[3].state = ProcState::kAlive;  // it comes back (the recovery fenced it): never told to switch
+  j.h.procs[3].fenced = true;
+  j.e->OnProcessBack(j.h, 3);
+  CHECK(j.h.Take().empty());
+}
+
+TEST_CASE("the commit point: a leaver that abandoned after the switch is told to end; its joiner holds the rank") {
+  Job j(3, MigrationDeadlines{600000, 60});
+  Migration& m = j.Request({1});
+  j.ToSwitchSent(m);
+  for (uint64_t p : {101, 1, 3}) j.Send(p, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
+  REQUIRE(m.state == MigState::kDone);
+  CHECK(j.h.FindProcessByRank(1)->id == 2);  // the leaver has not left yet (it is about to, or it missed SWITCH)
+  j.Send(2, mig::Ev::kFailed, m.id, mig::Reason{"no decision from the coordinator within 6000 ms"});
+  CHECK(j.h.procs[2].fenced);
+  CHECK(j.h.FindProcessByRank(1)->id == 101);
+  const std::string line = "migration 1: this process (rank 1) did not leave with the switch (out of step); rank 1 is "
+                           "its joiner's now: it ends without touching the job";
+  REQUIRE(j.h.sent.size() == 1);
+  rec::RecMsg f;
+  REQUIRE(DecodePayload(j.h.sent[0].c.body, &f));
+  CHECK(f.text == line);
+  CHECK(j.h.Take() == V({"2:FENCED"}));
+  CHECK(m.reason == "out of step: leaver process(es) 2 told to end");
+  CHECK(j.h.declared.empty());  // its rank is not failed
+  j.Send(2, mig::Ev::kFailed, m.id, mig::Reason{"again"});  // said twice: handled once
+  CHECK(j.h.Take().empty());
+  j.e->OnProcessBack(j.h, 2);  // back on a new connection: told again, never SWITCH
+  CHECK(j.h.Take() == V({"2:FENCED"}));
 }
 
 TEST_CASE("the commit point: a process that comes back is told the outcome decided while it was away") {
@@ -770,6 +847,7 @@ TEST_CASE("the commit point: SWITCH that reached no held process; every one aban
     j.e->OnProcessBack(j.h, p);
   }
   CHECK(j.h.Take() == V({"1:SWITCH", "3:SWITCH", "2:SWITCH"}));  // refused by each: it abandoned
+  j.h.comm_recs[kWorld].members[1] = 101;  // the joiner switched in and reported the leaver's communicator
   SUBCASE("every held process abandoned: failed, the joiner told to end") {
     const std::string held_out = "no decision from the coordinator within 6000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)";
     for (uint64_t p : {1, 3}) {
@@ -782,16 +860,23 @@ TEST_CASE("the commit point: SWITCH that reached no held process; every one aban
     CHECK(m.reason == "SWITCH reached none of the held processes before their hold deadline; every one abandoned the "
                       "migration, so the switch is undone (a joiner that switched in ends, the leaver keeps its rank)");
     CHECK(j.h.Take() == V({"1:ABORT", "3:ABORT", "2:ABORT", "101:ABORT"}));
+    // The joiner had reported the leaver's communicator as its own when it switched in; the leaver's place again.
+    CHECK(j.h.comm_recs[kWorld].members[1] == 2);
     j.h.procs[101].state = ProcState::kAlive;
     j.e->OnProcessBack(j.h, 101);  // one that was away hears ABORT, not SWITCH
     CHECK(j.h.Take() == V({"101:ABORT"}));
   }
-  SUBCASE("one stayer switched, the other abandoned: done, the abandoned one named; nobody told to end") {
+  SUBCASE("one stayer switched, the other abandoned: done; the abandoned one is out of step, declared failed") {
     j.Send(1, mig::Ev::kSwitched, m.id, mig::Switched{12, 0, 0});
     j.Send(3, mig::Ev::kFailed, m.id, mig::Reason{"no decision"});
     CHECK(m.state == MigState::kDone);
-    CHECK(m.reason == "SWITCH sent; process(es) 3 abandoned it at their hold deadline, out of step");
+    CHECK(m.reason == "SWITCH sent; process(es) 3 abandoned it at their hold deadline, out of step; out of step: "
+                      "process(es) 3 declared failed (failure recovery)");
+    CHECK(j.h.declared == std::vector<uint64_t>{3});
+    CHECK(j.h.procs[3].lost_reason ==
+          std::string(kOutOfStep) + "1: it abandoned the switch at its hold deadline while the others switched");
     CHECK(j.h.Take().empty());
+    CHECK(j.h.comm_recs[kWorld].members[1] == 101);  // switched: the joiner's place
   }
 }
 
@@ -930,8 +1015,8 @@ namespace {
 // A job of `n` workers with the recovery engine; ranks r+1's buddy is rank r+2's process (the next rank).
 struct RecJob : Job {
   std::unique_ptr<Engine> r;
-  explicit RecJob(int n, std::vector<std::string> spare_hosts = {})
-      : Job(n), r(MakeRecoveryEngine(std::make_unique<FakeLauncher>(&launched), std::move(spare_hosts))) {}
+  explicit RecJob(int n, std::vector<std::string> spare_hosts = {}, MigrationDeadlines d = {})
+      : Job(n, d), r(MakeRecoveryEngine(std::make_unique<FakeLauncher>(&launched), std::move(spare_hosts))) {}
   void Rec(uint64_t from, rec::Ev kind, const rec::RecMsg& m, uint64_t id = 0) {
     Event ev;
     ev.kind = static_cast<uint16_t>(kind);
@@ -1419,6 +1504,90 @@ TEST_CASE("recovery right after a migration's switch: the joiner holds the rank,
   SUBCASE("the leaver killed after the switch: nothing to recover") {
     CHECK(lose(2).kind == kKindMigrate);
   }
+}
+
+// docs/reliability.md, "The commit point": a stayer out of step after a switch is a failed rank. Its snapshot of the
+// switch step, taken before it was held there, is on its buddy; the survivors (the other stayer, the joiner) hold that
+// step too, so the rollback is to it.
+TEST_CASE("recovery: a stayer out of step after a switch is recovered at the switch step; the out-of-step one fenced") {
+  RecJob j(3, {}, MigrationDeadlines{600000, 60});
+  j.Snapshot(3, 11, 0);
+  Migration& m = j.Request({1});  // leaver process 2, joiner 101, stayers 1 (rank 0) and 3 (rank 2)
+  j.ToSwitching(m, 1);
+  auto both = [&](uint64_t from, mig::Ev kind, const auto& body) {  // as the coordinator does: each engine in turn
+    j.Send(from, kind, m.id, body);
+    j.Mig(from, kind, m.id, body);
+  };
+  auto taken = [&](uint64_t from, int64_t step, uint32_t slot) {
+    j.Rec(from, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
+  };
+  // The stayers snapshot the switch step before they are held: rank 2's copy goes to rank 0 at once; rank 0's buddy is
+  // the leaver, which leaves at the switch: its pull waits for the outcome.
+  taken(3, 12, 1);
+  CHECK(j.h.Take() == V({"1:SNAP_PULL"}));
+  j.Rec(1, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 2, .step = 12, .slot = 1});
+  CHECK(j.h.Take() == V({"3:SNAP_SHIPPED"}));
+  taken(1, 12, 1);
+  CHECK(j.h.Take().empty());
+  for (uint64_t p : {1, 2, 3}) both(p, mig::Ev::kAtStep, mig::Step{12});
+  both(101, mig::Ev::kVerified, mig::Built{0, 1, ""});
+  REQUIRE(m.switch_sent);
+  CHECK(j.h.Take() == V({"101:READ", "1:SWITCH", "3:SWITCH", "101:SWITCH", "2:SWITCH", "101:SNAP_PULL"}));
+  both(101, mig::Ev::kSwitched, mig::Switched{12, 0, 0});
+  taken(101, 12, 0);  // the joiner's own snapshot of the switch step
+  both(1, mig::Ev::kPhase, mig::Phase{"swap comms", 1, 2});  // stayer 1 switched; stayer 3 never hears SWITCH
+  j.Lose(2, ProcState::kExited);
+  j.r->OnProcessLost(j.h, 2);
+  j.h.Take();
+  j.e->OnTick(j.h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  j.e->OnTick(j.h);  // past the confirmation deadline: stayer 3 never said it switched, stayer 1 did
+  CHECK(m.state == MigState::kDone);
+  REQUIRE(j.h.declared == std::vector<uint64_t>{3});
+  j.r->OnProcessLost(j.h, 3);  // as the coordinator's DeclareLost does
+  Migration& r = j.h.migs.rbegin()->second;
+  REQUIRE(r.kind == kKindRecover);
+  CHECK(r.rank == 2);
+  CHECK(r.recovery.detected_by.rfind(kOutOfStep, 0) == 0);
+  // The joiner's pull by the out-of-step process is answered by its loss; the joiner is a survivor, the leaver left.
+  CHECK(j.h.Take() == V({"101:SNAP_SHIPPED", "1:FENCE", "101:FENCE"}));
+  CHECK(j.h.procs[3].fenced);
+  j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 13, .words = {11, 12}}, r.id);
+  j.Rec(101, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 12, .words = {12}}, r.id);
+  CHECK(j.h.Take() == V({"1:EXPOSE_HELD"}));
+  CHECK(r.recovery.rollback_step == 12);
+  // The out-of-step process comes back: told to end (stale epoch), never to switch.
+  j.h.procs[3].state = ProcState::kAlive;
+  j.h.procs[3].last_heartbeat_ns = ~uint64_t{0};
+  j.e->OnProcessBack(j.h, 3);
+  j.r->OnProcessBack(j.h, 3);
+  CHECK(j.h.Take() == V({"3:FENCED"}));
+}
+
+TEST_CASE("recovery: a switch step's snapshot whose buddy is the leaver is pulled by the leaver if the migration ends "
+          "without the switch") {
+  RecJob j(3);
+  Migration& m = j.Request({1});
+  j.ToSwitching(m, 1);
+  j.Rec(1, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 1, .words = {7}, .regions = {Region{"w", 64}}});
+  CHECK(j.h.Take().empty());
+  j.r->OnTick(j.h);
+  CHECK(j.h.Take().empty());  // still switching
+  j.e->OnCancel(j.h, m);
+  j.h.SetMigState(m, MigState::kCancelled, "cancelled by the operator");
+  j.h.Take();
+  j.r->OnTick(j.h);
+  CHECK(j.h.Take() == V({"2:SNAP_PULL"}));
+}
+
+TEST_CASE("recovery: a process out of step after a switch without a copy of its rank is left as it was") {
+  RecJob j(3);
+  j.h.procs[3].lost_reason = std::string(kOutOfStep) + "1: it abandoned the switch at its hold deadline";
+  j.h.procs[3].state = ProcState::kLost;
+  j.r->OnProcessLost(j.h, 3);
+  CHECK(j.h.migs.empty());  // no recovery record, nobody fenced or told to end: as without failure recovery
+  CHECK_FALSE(j.h.procs[3].fenced);
+  CHECK(j.h.Take().empty());
 }
 
 // ---- general standbys (lib/migration/standby_pool.cc; docs/recovery.md, "Standbys")

@@ -109,11 +109,11 @@ def reference(ranks, params, steps, layout=()):
 
 class Job:
     def __init__(self, name, ranks, params=3000, steps=240, step_ms=4, env=None, daemon=False, preload="",
-                 tmrun_opts=(), ignore_term=False, layout=(), hosts=0, train_args=()):
+                 tmrun_opts=(), ignore_term=False, layout=(), hosts=0, train_args=(), wrap=()):
         """layout: tm-train --tp/--pp flags; hosts: split the ranks in order over that many TRAINMOVER_HOSTs
         (node0, node1, ...; a joiner the coordinator spawns runs on the coordinator's host and takes its
         host-local variables, so it is on neither); train_args: more tm-train flags that do not change
-        the result (the reference run goes without them)."""
+        the result (the reference run goes without them); wrap: a command each rank is started through (sh -c ...)."""
         self.name, self.ranks, self.params, self.steps, self.layout = name, ranks, params, steps, layout
         self.log = os.path.join(WORK, f"{name}.log")
         self.f = open(self.log, "w")
@@ -133,6 +133,7 @@ class Job:
         cmd = job_cmd(params, steps, step_ms, preload, layout) + list(train_args)
         if hosts:
             cmd = ["sh", "-c", f'TRAINMOVER_HOST=node$((RANK / {ranks // hosts})) exec "$@"', "sh"] + cmd
+        cmd = list(wrap) + cmd
         if ignore_term:  # the ranks ignore tmrun's SIGTERM (inherited SIG_IGN), so they live to see their own errors
             cmd = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh"] + cmd
         self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + list(tmrun_opts) + opts + ["--"] + cmd,

@@ -103,6 +103,7 @@ class FakeWorld final : public World {
     log.push_back("leave sandbox");
   }
   void SetLeaving(bool on) override { leaving = on; }
+  void SnapshotSwitchStep(int64_t step) override { log.push_back("snapshot " + std::to_string(step)); }
   std::string Fault() const override { return fault; }
   int64_t ShadowIters() const override { return 1; }
   uint64_t TapeMaxBytes() const override { return 1 << 20; }
@@ -466,7 +467,9 @@ TEST_CASE("stayer: held at S, AT_STEP, SWITCH; SWITCHED with its stall at S+1") 
   p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
   CHECK(p.SafePoint(12) == 12);
   CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S", "PHASE swap comms"});
-  CHECK(p.w.TakeLog() == V{"switch 10", "start tm-retire"});  // the old communicator is destroyed off the path
+  // The switch step's snapshot first (before AT_STEP: its rank's state there is on its buddy while it waits, should it
+  // end up out of step); the old communicator is destroyed off the path.
+  CHECK(p.w.TakeLog() == V{"snapshot 12", "switch 10", "start tm-retire"});
   p.w.RunJobs();
   CHECK(p.w.TakeLog() == V{"retire 4106"});
   CHECK(p.m.agreement() == M::Agreement::kNone);
@@ -516,7 +519,7 @@ TEST_CASE("stayer: ABORT while held releases it on the old communicators") {
   p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"joiner lost"}));
   CHECK(p.SafePoint(12) == 12);
   CHECK(p.w.Take() == V{"AT_STEP"});
-  CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
+  CHECK(p.w.TakeLog() == V{"snapshot 12", "drop 10", "start tm-retire"});
   CHECK(p.m.generation() == 1);
   CHECK_FALSE(p.m.exit_pending());  // a stayer goes on
 }
@@ -550,7 +553,7 @@ TEST_CASE("coordinator lost after AT_STEP: the process waits for the outcome, le
       p.Cmd(mig::Cmd::kSwitch, mig::Step{12});
     });
     CHECK(p.SafePoint(12) == 12);
-    CHECK(p.w.TakeLog() == V{"switch 10", "start tm-retire"});
+    CHECK(p.w.TakeLog() == V{"snapshot 12", "switch 10", "start tm-retire"});
     CHECK(p.w.Take() == V{"AT_STEP", "PHASE hold at S", "PHASE swap comms"});
   }
   SUBCASE("ABORT repeated on reconnection: it continues on the old communicators") {
@@ -559,7 +562,7 @@ TEST_CASE("coordinator lost after AT_STEP: the process waits for the outcome, le
       p.Cmd(mig::Cmd::kAbort, mig::Reason{"process 3 was lost before the switch"});
     });
     CHECK(p.SafePoint(12) == 12);
-    CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
+    CHECK(p.w.TakeLog() == V{"snapshot 12", "drop 10", "start tm-retire"});
     CHECK(p.w.Take() == V{"AT_STEP"});
   }
   CHECK_FALSE(p.m.active());
@@ -578,7 +581,7 @@ TEST_CASE("hold deadline: no decision within TRAINMOVER_HOLD_TIMEOUT_MS of COMMI
   CHECK(p.w.Body<mig::Reason>(1).text ==
         "no decision from the coordinator within 120000 ms at step 12 (TRAINMOVER_HOLD_TIMEOUT_MS)");
   CHECK(p.w.Take() == V{"AT_STEP", "FAILED"});
-  CHECK(p.w.TakeLog() == V{"drop 10", "start tm-retire"});
+  CHECK(p.w.TakeLog() == V{"snapshot 12", "drop 10", "start tm-retire"});
   // A SWITCH that comes after that is refused: the process stays on its communicators.
   p.Cmd(mig::Cmd::kSwitch, mig::Step{12});
   CHECK(p.SafePoint(13) == 13);

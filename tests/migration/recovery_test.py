@@ -18,10 +18,25 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mig_test as mt  # noqa: E402  (reads the same arguments)
 from mig_test import Job, fail, WORK  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "harness"))
+from relay import Relay  # noqa: E402
 
 
 def recoveries(job):
     return [m for m in job.status()["migrations"] if m.get("kind") == "recover"]
+
+
+def wait_ended(pid, seconds):
+    """Whether process `pid` (not ours: the job's) ended, or is a zombie, within `seconds`."""
+    def running():
+        if not os.path.exists(f"/proc/{pid}"):
+            return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    return not running()
 
 
 def pid_of(job, rank):
@@ -111,11 +126,13 @@ def wait_interval(job):
     coordinator's, from the ranks' measurements) and returns it."""
     deadline = time.monotonic() + mt.TIMEOUT
     while time.monotonic() < deadline:
-        ws = [p for p in job.status()["processes"] if p["state"] == "alive" and p["role"] == "worker"]
+        ended = job.p.poll() is not None  # before the query: the job's end takes tmctl's token file with it
+        ws = [p for p in job.status()["processes"] if p["state"] == "alive" and p["role"] == "worker"] \
+            if not ended else []
         told = {p["snapshot_every"] for p in ws}
         if len(ws) == job.ranks and len(told) == 1 and min(told) > 1:
             return min(told)
-        if job.p.poll() is not None:
+        if ended:
             fail(f"{job.name}: the job ended before an interval was picked")
         time.sleep(0.05)
     fail(f"{job.name}: no common snapshot interval above 1 was picked")
@@ -127,8 +144,10 @@ def scenario_kill_auto():
     # killed two intervals later is recovered bit-identical, at most the recorded interval lost.
     mt.clear_joiner_logs()
     layout = ("--extra-state-mb", "4")
-    job = Job("kill_auto", 3, steps=600, step_ms=4, layout=layout,
-              env={"TRAINMOVER_SNAPSHOT_EVERY": "auto", "TRAINMOVER_SNAPSHOT_BUDGET": "0.5"})
+    # Budget 0.1 and 1500 steps: at 0.5 and 600 steps a CI run at load 16 (steps stretched by the load, so the
+    # snapshots looked cheap) ended the job before any interval above 1 was picked.
+    job = Job("kill_auto", 3, steps=1500, step_ms=4, layout=layout,
+              env={"TRAINMOVER_SNAPSHOT_EVERY": "auto", "TRAINMOVER_SNAPSHOT_BUDGET": "0.1"})
     try:
         every = wait_interval(job)
         step = max(p["step"] for p in job.status()["processes"] if p["role"] == "worker")
@@ -475,11 +494,7 @@ def scenario_stale():
         r = wait_recovered(job, 1)
         check_report(job, r, 2)
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
-                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            time.sleep(0.05)
-        if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        if not wait_ended(pid, 15):
             fail(f"stale: the woken process {pid} still runs 15 s after SIGCONT")
         workers = [p for p in job.status()["processes"] if p["role"] == "worker" and p["rank"] == 2]
         if [p["state"] for p in workers if p["pid"] == pid] != ["lost"] or \
@@ -788,7 +803,77 @@ def scenario_after_switch():
         job.check_digests({1, rank})  # rank 1 from its joiner's log (or its replacement's: the newest)
 
 
-SCENARIOS = {"kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
+def scenario_out_of_step():
+    # docs/reliability.md, "The commit point": SWITCH withheld from one stayer (rank 2: its control connection goes
+    # through a relay that stops forwarding, as a link that goes down, once the coordinator has its AT_STEP and its
+    # switch-step snapshot is on its buddy) until it abandons the migration at its hold deadline, while the others
+    # switched. The joiner waits 3 s before it reads (TRAINMOVER_FAULT=slow-transfer) so that there is time to cut in
+    # between; hold deadline 10 s (SWITCH at most 5 s after COMMIT), the heartbeat timeout 30 s (no other detection
+    # comes first). Expected: the coordinator declares rank 2 out of step (its confirmation deadline), the recovery
+    # replaces it from the switch step, the out-of-step process ends once it is heard again (stale epoch), every digest
+    # bit-identical, and the survivors stand still no longer than the confirmation deadline plus the recovery.
+    mt.clear_joiner_logs()
+    relay = Relay()
+    wrap = ["sh", "-c", '[ "$RANK" = 2 ] && export TRAINMOVER_COORDINATOR="$TM_RELAY"; exec "$@"', "sh"]
+    env = {"TRAINMOVER_HOLD_TIMEOUT_MS": "10000", "TRAINMOVER_FAULT": "slow-transfer", "TM_RELAY": relay.addr,
+           "TRAINMOVER_TRANSFER_FLOOR_MS": "1000"}
+    job = Job("out_of_step", 4, steps=1500, step_ms=10, env=env, wrap=wrap,
+              tmrun_opts=["--heartbeat-timeout-ms", "30000"])
+    relay.target = job.addr
+    try:
+        job.wait_step(20)
+        recoverable_pid(job, 2)
+        stayer = pid_of(job, 2)
+        ctl = job.start_migrate(1)
+        deadline = time.monotonic() + mt.TIMEOUT
+        while time.monotonic() < deadline:
+            s = job.status()
+            m = [x for x in s["migrations"] if x.get("kind") == "migrate"]
+            p2 = [p for p in s["processes"] if p["pid"] == stayer]
+            if m and m[-1]["state"] == "switching" and m[-1]["switch_step"] >= 0 and p2 and \
+                    p2[0]["snapshot_step"] >= m[-1]["switch_step"]:
+                break  # its AT_STEP came before (it is sent before the snapshot's SNAP_TAKEN)
+            if m and m[-1]["state"] in ("done", "failed", "cancelled"):
+                fail(f"out_of_step: the migration went on to {m[-1]['state']} before the cut ({m[-1]['reason']})")
+            time.sleep(0.02)
+        else:
+            fail("out_of_step: rank 2 never held its switch-step snapshot on its buddy")
+        relay.cut_open()  # its connection only: its replacement, started later with its environment, gets through
+        cut_at = time.monotonic()
+        r = wait_recovered(job, 1)
+        check_report(job, r, 2)
+        if "out of step after the switch of migration" not in r["recovery"]["detected_by"]:
+            fail(f"out_of_step: the recovery was started by '{r['recovery']['detected_by']}'")
+        ctl.communicate(timeout=mt.TIMEOUT)
+        mig = [x for x in job.status()["migrations"] if x.get("kind") == "migrate"][-1]
+        if mig["state"] != "done" or "declared failed" not in mig["reason"]:
+            fail(f"out_of_step: the migration ended {mig['state']} ({mig['reason']})")
+        # The withheld process abandons at its hold deadline, then is heard again and told to end.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(job.log, errors="replace") as f:
+                if re.search(r"^\[2\] .*no decision from the coordinator within 10000 ms", f.read(), re.M):
+                    break
+            time.sleep(0.05)
+        else:
+            fail("out_of_step: rank 2 never abandoned the migration at its hold deadline")
+        relay.restore()
+        print(f"out_of_step: cut {time.monotonic() - cut_at:.1f} s; migration: {mig['reason']}")
+        if not wait_ended(stayer, 20):
+            fail(f"out_of_step: the out-of-step process {stayer} still runs 20 s after it was heard again")
+        job.finish()
+    finally:
+        job.kill()
+        relay.sock.close()
+    with open(job.log, errors="replace") as f:
+        log = f.read()
+    if not re.search(r"^\[2\] .*declared failed in epoch 1 and replaced; it ends without touching the job", log, re.M):
+        fail("out_of_step: the out-of-step process did not say why it ended")
+    job.check_digests({1, 2})
+    print("out_of_step: rank 2 out of step after the switch, recovered; the out-of-step process ended; bit-identical")
+
+
+SCENARIOS = {"out_of_step": scenario_out_of_step, "kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
              "blocked_cma": scenario_blocked_cma,
              "nccl_detected": scenario_nccl_detected,

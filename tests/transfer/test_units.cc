@@ -4,14 +4,19 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <sys/mman.h>
+
 #include <atomic>
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "test_pattern.h"
 #include "transfer/checksum.h"
 #include "transfer/descriptor.h"
 #include "transfer/lanes.h"
+#include "transfer/pages.h"
 #include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
@@ -282,8 +287,10 @@ TEST_CASE("the fetch may start before Seal: it reads, then waits for the checksu
 TEST_CASE("the crc32 instruction and the table give the same block hash, at every length and alignment") {
   std::vector<unsigned char> buf(tt::kChecksumBlock + 64);
   Fill(&buf, 21);
-  MESSAGE("hardware crc32c: " << tt::HardwareCrc32c());
-  for (size_t len = 0; len <= 200; ++len) {
+  MESSAGE("block hash: " << std::string(tt::BlockHashImplementation()));
+  // From 1,024 bytes on: the carry-less-multiply path (where the CPU has AVX-512 VPCLMULQDQ), its hand-over
+  // to the crc32 instruction and the tail, at every remainder.
+  for (size_t len = 0; len <= 2200; len += len < 200 || (len > 1000 && len < 1100) ? 1 : 7) {
     for (size_t align : {0, 1, 3, 8}) {
       CHECK(tt::BlockHash(buf.data() + align, len) == tt::detail::BlockHashPortable(buf.data() + align, len));
     }
@@ -523,4 +530,47 @@ TEST_CASE("checksums written into the leaver's control block by another party fa
     CHECK(s.message().find("MAC") != std::string::npos);
     CHECK_FALSE(r.verified);
   }
+}
+
+// The AnonHugePages of the mapping that holds p, in kB (/proc/self/smaps), or -1.
+static long AnonHugeKb(const void* p) {
+  std::ifstream f("/proc/self/smaps");
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  bool in = false;
+  for (std::string line; std::getline(f, line);) {
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (line.find('-') != std::string::npos && (head >> std::hex >> lo >> dash >> hi) && dash == '-' &&
+        line.find(':') > line.find(' ')) {
+      in = lo <= a && a < hi;
+      continue;
+    }
+    if (in && line.rfind("AnonHugePages:", 0) == 0) return std::stol(line.substr(14));
+  }
+  return -1;
+}
+
+TEST_CASE("huge pages: a collapsed region keeps every byte, and is backed by huge pages where the kernel allows") {
+  const size_t size = size_t{8} << 20;
+  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(m != MAP_FAILED);
+  std::vector<unsigned char> want(size);
+  Fill(&want, 11);
+  std::memcpy(m, want.data(), size);
+  // Off a page boundary, as a heap region is: only the 2 MiB-aligned interior is collapsed.
+  tt::Region r{"w", static_cast<char*>(m) + 100, size - 200, tt::MemoryType::kHost};
+  const uint64_t done = tt::detail::CollapseToHugePages(r);
+  CHECK(std::memcmp(m, want.data(), size) == 0);
+  CHECK(done % (uint64_t{2} << 20) == 0);
+  CHECK(done <= size - (uint64_t{2} << 20));
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode((std::istreambuf_iterator<char>(thp)), std::istreambuf_iterator<char>());
+  MESSAGE("THP: " << mode << "collapsed " << done << " bytes");
+  if (done > 0) CHECK(AnonHugeKb(m) >= static_cast<long>(done / 1024));
+  else MESSAGE("MADV_COLLAPSE refused here (kernel < 6.1, THP never, or no free huge page): nothing to check");
+  // Device memory and small regions are left alone.
+  CHECK(tt::detail::CollapseToHugePages({"d", m, size, tt::MemoryType::kCuda}) == 0);
+  CHECK(tt::detail::CollapseToHugePages({"s", m, (size_t{2} << 20) - 1, tt::MemoryType::kHost}) == 0);
+  munmap(m, size);
 }
