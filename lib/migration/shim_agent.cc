@@ -17,6 +17,9 @@ namespace trainmover::control {
 namespace {
 
 std::atomic<Agent*> g_agent{nullptr};
+// A worker whose launcher named its rank (RANK, WORLD_SIZE) registers with that rank, whatever communicator it
+// creates first (tmAgentStart); set once before the agent starts.
+bool g_rank_from_launcher = false;
 
 }  // namespace
 
@@ -52,7 +55,10 @@ void Observe(void*, shim::VComm* v, bool created) {
     return;
   }
   if (!sandboxed_joiner) a->ReportCommCreated(DescribeVComm(v));
-  if (v->lineage.index == 0 && shim::ProcessRole() != shim::Role::kStandby) {  // the first names its rank
+  // The first names the rank of a process that has none from its launcher. Not a launched worker's: its first
+  // communicator may be a group's (tm-train --tp/--pp: the DP group's, rank 0 of 1), and an agent that registered
+  // only after it was created (a loaded machine, a coordinator started late) claimed rank 0 in every process.
+  if (v->lineage.index == 0 && shim::ProcessRole() != shim::Role::kStandby && !g_rank_from_launcher) {
     a->ReportRankWorld(v->lineage.rank, v->lineage.nranks);
   }
 }
@@ -142,7 +148,8 @@ extern "C" void tmAgentStart(const Config* config) {
   const bool worker = config->role == Role::kWorker;
   const int32_t replace = config->role == Role::kStandby ? launcher.rank : static_cast<int32_t>(config->replace);
   o.self = DescribeSelf(RoleName(config->role), worker ? launcher.rank : -1, worker ? launcher.world : -1, replace);
-  if (worker && launcher.rank >= 0) {
+  g_rank_from_launcher = worker && launcher.rank >= 0;
+  if (g_rank_from_launcher) {
     TM_INFO(kLogControl, "launcher %s: rank %d of %d (RANK, WORLD_SIZE)", launcher.launcher.c_str(), launcher.rank,
             launcher.world);
   }

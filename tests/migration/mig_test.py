@@ -125,9 +125,15 @@ class Job:
             with open(self.token_file, "w") as f:
                 f.write(token)
             dout = open(os.path.join(WORK, f"{name}-trainmoverd.log"), "w")
-            self.daemon = subprocess.Popen([TRAINMOVERD, "--listen", "127.0.0.1:0"], env=dict(env, TRAINMOVER_TOKEN=token),
-                                           stdout=subprocess.PIPE, stderr=dout, text=True)
-            self.addr = self.daemon.stdout.readline().strip()
+            daemon_env = dict(env, TRAINMOVER_TOKEN=token)
+            if daemon == "late":  # started only once every rank created its communicators (below): a free port now
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    self.addr = f"127.0.0.1:{s.getsockname()[1]}"
+            else:
+                self.daemon = subprocess.Popen([TRAINMOVERD, "--listen", "127.0.0.1:0"], env=daemon_env,
+                                               stdout=subprocess.PIPE, stderr=dout, text=True)
+                self.addr = self.daemon.stdout.readline().strip()
             env.update(TRAINMOVER_COORDINATOR=self.addr, TRAINMOVER_TOKEN=token)
             opts = []  # tmrun uses the coordinator in TRAINMOVER_COORDINATOR instead of embedding one
         cmd = job_cmd(params, steps, step_ms, preload, layout) + list(train_args)
@@ -138,6 +144,18 @@ class Job:
             cmd = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh"] + cmd
         self.p = subprocess.Popen([TMRUN, "-n", str(ranks)] + list(tmrun_opts) + opts + ["--"] + cmd,
                                   stdout=self.f, stderr=subprocess.STDOUT, cwd=WORK, env=env, start_new_session=True)
+        if daemon == "late":  # the agents register only after every communicator exists (as on a loaded machine)
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline and self.p.poll() is None:
+                with open(self.log, errors="replace") as f:
+                    if len(re.findall(r"\] init world=", f.read())) == ranks:
+                        break
+                time.sleep(0.05)
+            else:
+                self.kill()
+                fail(f"{name}: the ranks did not all start")
+            self.daemon = subprocess.Popen([TRAINMOVERD, "--listen", self.addr], env=daemon_env, cwd=WORK,
+                                           stdout=subprocess.DEVNULL, stderr=dout, text=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not self.addr:
             with open(self.log, errors="replace") as f:

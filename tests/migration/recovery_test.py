@@ -93,10 +93,10 @@ def check_report(job, r, rank, every=1):
           f"downtime {r['downtime_ms']:.1f} ms, {rec['replacement']}")
 
 
-def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_opts=(), layout=()):
+def kill_plan(name, ranks, plan, steps=300, sig=signal.SIGKILL, env=None, tmrun_opts=(), layout=(), daemon=False):
     """plan: list of (step, rank): at that step the rank's process gets `sig`; each must be recovered."""
     mt.clear_joiner_logs()
-    job = Job(name, ranks, steps=steps, step_ms=8, env=env, tmrun_opts=tmrun_opts, layout=layout)
+    job = Job(name, ranks, steps=steps, step_ms=8, env=env, tmrun_opts=tmrun_opts, layout=layout, daemon=daemon)
     every = int((env or {}).get("TRAINMOVER_SNAPSHOT_EVERY", "1"))
     failed = set()
     try:
@@ -175,6 +175,18 @@ def scenario_twice_3d():
     # replacement; then the replacement itself. Each recovery completes, every digest bit-identical (the second
     # failure once did not complete within 50 s: docs/recovery.md, "Known bugs").
     kill_plan("twice_3d", 4, [(20, 1), (60, 0), (100, 1)], layout=("--tp", "2", "--pp", "2"))
+
+
+def scenario_late_coordinator_3d():
+    # The agents register only after every communicator exists (by chance on a loaded machine; here the coordinator
+    # starts late). In the 3D workload a process's first communicator is its DP group's (rank 0 of 1): each process
+    # must still register with its launcher's rank. All four once registered as rank 0: three ranks' snapshots were
+    # never relayed, each waited kShipWaitMs at every safe point, and the job crawled (recovery_kill_3d and
+    # recovery_twice_3d in CI at load 15-20: "step 20 not reached").
+    job = kill_plan("late_coordinator_3d", 4, [(20, 1)], layout=("--tp", "2", "--pp", "2"), daemon="late")
+    with open(job.log, errors="replace") as f:
+        if "is not on its buddy after" in f.read():
+            fail("late_coordinator_3d: a safe point waited out kShipWaitMs")
 
 
 def scenario_twice():
@@ -874,7 +886,8 @@ def scenario_out_of_step():
 
 
 SCENARIOS = {"out_of_step": scenario_out_of_step, "kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
-             "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d, "blocked": scenario_blocked,
+             "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d,
+             "late_coordinator_3d": scenario_late_coordinator_3d, "blocked": scenario_blocked,
              "blocked_cma": scenario_blocked_cma,
              "nccl_detected": scenario_nccl_detected,
              "silent": scenario_silent, "stale": scenario_stale, "refused": scenario_refused,
