@@ -87,6 +87,11 @@
     "Leaver at the switch point: on = report AT_STEP first and checksum the state while the joiner already "  \
     "reads it; off = checksum first; auto = on unless the joiner is on this host and it has under 8 CPUs "    \
     "(both sides hashing at once then slow each other down, docs/migration.md).")                             \
+  X(HUGE_PAGES, huge_pages, std::string, ParseOneOf, "enum", "on", "on|off",                               \
+    "State transfer (docs/transfer.md, Huge pages): on = the leaver's exposed regions, the joiner's prepared "  \
+    "ones and the snapshot slots are collapsed into transparent huge pages (MADV_COLLAPSE of each region's "  \
+    "2 MiB-aligned interior, best effort, contents unchanged) before the switch, so the same-host read walks "\
+    "2 MiB pages instead of 4 KiB ones; costs a copy of the state in the build phase. off = pages untouched.") \
   X(RECOVERY, recovery, std::string, ParseOneOf, "enum", "on", "on|off",                                   \
     "Failure recovery (docs/recovery.md): on = with a coordinator, a program that calls tmSafePoint keeps "   \
     "snapshots of its registered state on a buddy rank, and when a rank dies the survivors roll back to the " \

@@ -28,6 +28,7 @@ std::string TransferKey() {
 transfer::ServerOptions HandOffServerOptions(const std::string& destination) {
   transfer::ServerOptions o;
   o.auth_key = TransferKey();
+  o.huge_pages = shim::ProcessConfig().huge_pages != "off";
   // "host H pid P": only a joiner on this host can read with process_vm_readv, so only it is named.
   const std::string host = "host " + base::HostName() + " pid ";
   if (destination.rfind(host, 0) == 0) {
@@ -40,6 +41,7 @@ transfer::ServerOptions HandOffServerOptions(const std::string& destination) {
 transfer::ClientOptions HandOffClientOptions() {
   transfer::ClientOptions o;
   o.auth_key = TransferKey();
+  o.huge_pages = shim::ProcessConfig().huge_pages != "off";
   return o;
 }
 
