@@ -183,10 +183,22 @@ def scenario_late_coordinator_3d():
     # must still register with its launcher's rank. All four once registered as rank 0: three ranks' snapshots were
     # never relayed, each waited kShipWaitMs at every safe point, and the job crawled (recovery_kill_3d and
     # recovery_twice_3d in CI at load 15-20: "step 20 not reached").
-    job = kill_plan("late_coordinator_3d", 4, [(20, 1)], layout=("--tp", "2", "--pp", "2"), daemon="late")
+    job = Job("late_coordinator_3d", 4, steps=300, step_ms=8, layout=("--tp", "2", "--pp", "2"), daemon="late")
+    try:
+        job.wait_step(20)
+        ranks = sorted((p["rank"], p["world"]) for p in job.status()["processes"] if p["role"] == "worker")
+        if ranks != [(r, 4) for r in range(4)]:
+            fail(f"late_coordinator_3d: the workers registered as (rank, world) {ranks}, not their launcher's")
+        for r in range(4):  # every rank's snapshots reach a buddy
+            recoverable_pid(job, r)
+        job.finish()
+    finally:
+        job.kill()
     with open(job.log, errors="replace") as f:
         if "is not on its buddy after" in f.read():
             fail("late_coordinator_3d: a safe point waited out kShipWaitMs")
+    job.check_digests(set())
+    print("late_coordinator_3d: ranks 0-3 of 4 registered, every snapshot shipped, digests equal the uninterrupted run's")
 
 
 def scenario_twice():
