@@ -143,6 +143,7 @@ struct StateClient::Impl {
 StateClient::StateClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 StateClient::~StateClient() {
   if (impl_ && impl_->worker != nullptr) {
+    if (detail::WorkerWedged(impl_->worker)) return;  // gets still in flight to a cut-off peer: left alive (reader.h)
     ucp_worker_destroy(impl_->worker);
     ucp_cleanup(impl_->context);
   }

@@ -8,6 +8,8 @@
 // the other gets are still in flight.
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <set>
 
 #include "checksum.h"
 #include "reader.h"
@@ -15,6 +17,9 @@
 
 namespace trainmover::transfer::detail {
 namespace {
+
+std::mutex g_wedged_mu;
+std::set<ucp_worker_h> g_wedged;  // workers with gets left in flight by a reader's teardown (WorkerWedged)
 
 class UcxReader : public Reader {
  public:
@@ -237,7 +242,12 @@ class UcxReader : public Reader {
       }
       while (outstanding_ > 0 && Clock::now() < limit) ucp_worker_progress(worker_);
     }
-    // Gets still outstanding after the limit would write into these mappings: keep them in that case.
+    // Gets still outstanding after the limit would write into these mappings: keep them in that case, and the
+    // worker too (WorkerWedged).
+    if (outstanding_ > 0) {
+      std::lock_guard<std::mutex> lock(g_wedged_mu);
+      g_wedged.insert(worker_);
+    }
     if (outstanding_ == 0) {
       for (ucp_mem_h& h : memhs_) {
         if (h != nullptr) ucp_mem_unmap(context_, h);
@@ -264,6 +274,11 @@ class UcxReader : public Reader {
 };
 
 }  // namespace
+
+bool WorkerWedged(ucp_worker_h worker) {
+  std::lock_guard<std::mutex> lock(g_wedged_mu);
+  return g_wedged.count(worker) > 0;
+}
 
 Status OpenUcxReader(ucp_context_h context, ucp_worker_h worker, bool peer_errors, const Plan* plan,
                      Clock::time_point deadline, std::unique_ptr<Reader>* out) {
