@@ -284,6 +284,9 @@ class Recovery {
   int64_t switch_snapshot_ = -1;  // a switch step snapshotted before the hold (SnapshotSwitchStep): not taken again
   int64_t pinned_ = -1;   // SNAP_SHIPPED: the newest step complete everywhere; its slot is never overwritten
   bool device_warned_ = false, ship_warned_ = false, budget_warned_ = false;
+  // A wait for SNAP_SHIPPED ran out and no SNAP_SHIPPED came since: later safe points do not wait (one stall per
+  // outage, not kShipWaitMs at every safe point); the next SNAP_SHIPPED ends it.
+  bool ship_outage_ = false;
   // Fence.
   uint64_t epoch_ = 0;  // latest failure epoch fenced here
   bool fenced_ = false;
@@ -331,6 +334,11 @@ void Recovery::OnCommand(const control::Command& c) {
     case rec::Cmd::kSnapShipped: {
       std::lock_guard<std::mutex> lk(mu_);
       if (m.step == pending_) pending_ = -1;
+      if (std::exchange(ship_outage_, false)) {
+        TM_INFO(kLogMigration, "failure recovery: snapshots reach their buddies again (step %lld shipped); safe "
+                               "points wait for them again", static_cast<long long>(m.step));
+        ship_warned_ = false;
+      }
       pinned_ = std::max(pinned_, m.complete);
       if (adaptive_ && m.every > 0 && m.every != every_) {
         TM_INFO(kLogMigration, "failure recovery: snapshot interval %lld -> %lld (TRAINMOVER_SNAPSHOT_EVERY=auto)",
@@ -492,7 +500,7 @@ int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
 // The wait is usually none (the pull takes less than a step); it ends early on a fence, a give-up or a lost
 // coordinator, and after kShipWaitMs the rank goes on without the bound (one WARN) rather than stall the job.
 void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
-  const uint64_t t0 = w_.MonotonicNs(), deadline = t0 + uint64_t{kShipWaitMs} * 1000000ull;
+  const uint64_t t0 = w_.MonotonicNs(), deadline = t0 + (ship_outage_ ? 0 : uint64_t{kShipWaitMs} * 1000000ull);
   const int64_t waited_for = pending_;
   while (pending_ >= 0 && !fenced_ && give_up_.empty() && w_.Connected() && w_.MonotonicNs() < deadline) {
     cv_.wait_for(lk, std::chrono::milliseconds(20));
@@ -504,10 +512,12 @@ void Recovery::WaitShipped(std::unique_lock<std::mutex>& lk) {
   if (pending_ >= 0 && !fenced_ && give_up_.empty()) {
     if (!ship_warned_ && w_.Connected()) {
       TM_WARN(kLogMigration, "failure recovery: the snapshot of step %lld is not on its buddy after %d ms; going on "
-                             "without it (more steps are lost if this rank fails now)",
+                             "without it, and without waiting at later safe points until a snapshot reaches its buddy "
+                             "again (more steps are lost if this rank fails now)",
               static_cast<long long>(pending_), kShipWaitMs);
     }
     ship_warned_ = true;
+    ship_outage_ = true;
     pending_ = -1;
   }
   // What the newest snapshot cost this rank's safe points: its copy, and the wait for its buddies here.

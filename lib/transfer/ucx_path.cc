@@ -18,8 +18,16 @@
 namespace trainmover::transfer::detail {
 namespace {
 
-std::mutex g_wedged_mu;
-std::set<ucp_worker_h> g_wedged;  // workers with gets left in flight by a reader's teardown (WorkerWedged)
+// The workers with gets left in flight by a reader's teardown (WorkerWedged). Built at first use: the shim has no
+// global constructors (shim_symbols).
+struct Wedged {
+  std::mutex mu;
+  std::set<ucp_worker_h> workers;
+};
+Wedged& WedgedWorkers() {
+  static Wedged* w = new Wedged;  // never destroyed: read until the process's last StateClient is gone
+  return *w;
+}
 
 class UcxReader : public Reader {
  public:
@@ -245,8 +253,9 @@ class UcxReader : public Reader {
     // Gets still outstanding after the limit would write into these mappings: keep them in that case, and the
     // worker too (WorkerWedged).
     if (outstanding_ > 0) {
-      std::lock_guard<std::mutex> lock(g_wedged_mu);
-      g_wedged.insert(worker_);
+      Wedged& w = WedgedWorkers();
+      std::lock_guard<std::mutex> lock(w.mu);
+      w.workers.insert(worker_);
     }
     if (outstanding_ == 0) {
       for (ucp_mem_h& h : memhs_) {
@@ -276,8 +285,9 @@ class UcxReader : public Reader {
 }  // namespace
 
 bool WorkerWedged(ucp_worker_h worker) {
-  std::lock_guard<std::mutex> lock(g_wedged_mu);
-  return g_wedged.count(worker) > 0;
+  Wedged& w = WedgedWorkers();
+  std::lock_guard<std::mutex> lock(w.mu);
+  return w.workers.count(worker) > 0;
 }
 
 Status OpenUcxReader(ucp_context_h context, ucp_worker_h worker, bool peer_errors, const Plan* plan,
