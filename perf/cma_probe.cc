@@ -186,6 +186,11 @@ int main(int argc, char** argv) {
   };
   char* fresh = nullptr;
   void* shm_cold = nullptr;
+  // A first read of a source the leaver prepares on request (`what`: lv.Ask's letter), into the warm destination.
+  auto first_read = [&](char what) {
+    uint64_t a = lv.Ask(what);
+    return Body([&, a] { return a != 0 && Cma(lv.pid, dst, a, size, kBlock, false, &sink); });
+  };
   std::vector<Variant> variants = {
       {"cma-warm", [&] { return Body([&] { return Cma(lv.pid, dst, lv.warm, size, kBlock, false, &sink); }); }},
       {"cma-warm+hash", [&] { return Body([&] { return Cma(lv.pid, dst, lv.warm, size, kBlock, true, &sink); }); }},
@@ -198,24 +203,15 @@ int main(int argc, char** argv) {
          return Body([&] { return Cma(lv.pid, fresh, lv.warm, size, kBlock, false, &sink); });
        }},
       {"cma-cold",
-       [&] {
-         uint64_t a = lv.Ask('c');
-         return Body([&, a] { return a != 0 && Cma(lv.pid, dst, a, size, kBlock, false, &sink); });
-       }},
+       [&] { return first_read('c'); }},
       {"cma-thp-cold",
-       [&] {
-         uint64_t a = lv.Ask('t');
-         return Body([&, a] { return a != 0 && Cma(lv.pid, dst, a, size, kBlock, false, &sink); });
-       }},
+       [&] { return first_read('t'); }},
       {"cma-thp-warm",
        [&] { return Body([&] { return Cma(lv.pid, dst, lv.thp_warm, size, kBlock, false, &sink); }); }},
       {"cma-thp-hash",
        [&] { return Body([&] { return Cma(lv.pid, dst, lv.thp_warm, size, kBlock, true, &sink); }); }},
       {"cma-collapsed",
-       [&] {
-         uint64_t a = lv.Ask('k');
-         return Body([&, a] { return a != 0 && Cma(lv.pid, dst, a, size, kBlock, false, &sink); });
-       }},
+       [&] { return first_read('k'); }},
       {"cma-thp-hash-1M",
        [&] { return Body([&] { return Cma(lv.pid, dst, lv.thp_warm, size, 4 * kBlock, true, &sink); }); }},
       {"cma-thp-hash-2M",
@@ -223,10 +219,7 @@ int main(int argc, char** argv) {
       {"cma-thp-thpdst",
        [&] { return Body([&] { return Cma(lv.pid, thp_dst, lv.thp_warm, size, kBlock, false, &sink); }); }},
       {"cma-untouched",
-       [&] {
-         uint64_t a = lv.Ask('z');
-         return Body([&, a] { return a != 0 && Cma(lv.pid, dst, a, size, kBlock, false, &sink); });
-       }},
+       [&] { return first_read('z'); }},
       {"shm-warm",
        [&] {
          return Body([&] {
