@@ -530,9 +530,12 @@ void ProcessMachine::MeasureStall(uint64_t entry) {
     m.switched = false;
     m.last_disturbed = true;
     const uint64_t interval = entry - m.switch_entry_ns, median = Median(m.step_ns);
-    SendPhase(mig_, "switch step", m.switch_entry_real);
-    SendPhase(mig_, "first step", m.switch_return_real);
-    Send(mig::Ev::kSwitched, mig_, mig::Switched{m.switch_step, interval > median ? interval - median : 0, median});
+    // To the migration that switched: a failure right after it (recovery_after_switch) starts a recovery whose
+    // BUILD sets mig_ before this safe point, and a SWITCHED sent there left the migration unconfirmed for good.
+    SendPhase(m.switch_mig, "switch step", m.switch_entry_real);
+    SendPhase(m.switch_mig, "first step", m.switch_return_real);
+    Send(mig::Ev::kSwitched, m.switch_mig,
+         mig::Switched{m.switch_step, interval > median ? interval - median : 0, median});
   }
   m.last_entry_ns = entry;
 }
@@ -783,6 +786,7 @@ int64_t ProcessMachine::SwitchHere(std::unique_lock<std::mutex>& lk, int64_t ste
   SendPhase(mig_, "swap comms", swap_real);
   meter_.switch_return_real = w_.RealtimeNs();
   meter_.switched = true;
+  meter_.switch_mig = mig_;
   meter_.switch_step = switch_step;
   meter_.switch_entry_ns = entry;
   meter_.switch_entry_real = hold_real;

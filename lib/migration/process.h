@@ -273,6 +273,7 @@ class ProcessMachine {
     uint64_t last_entry_ns = 0;     // monotonic time tmSafePoint was entered last
     bool last_disturbed = false;    // the interval since last_entry_ns includes a hold
     bool switched = false;          // SWITCHED is due at the first safe point after the switch
+    uint64_t switch_mig = 0;        // of this migration (a recovery's BUILD may have changed mig_ meanwhile)
     int64_t switch_step = -1;
     uint64_t switch_entry_ns = 0, switch_entry_real = 0;
     uint64_t switch_return_real = 0;  // tmSafePoint(S) returned: the first step on the replacements begins

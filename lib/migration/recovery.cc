@@ -238,6 +238,8 @@ class Recovery {
 
   // Owner (application thread, mu_ held).
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
+  bool SlotsFit(const std::vector<shim::Region>& regs) const;  // the regions the slots were made for
+  int CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step);  // into the oldest slot but the pinned one
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
@@ -291,6 +293,10 @@ class Recovery {
   uint64_t epoch_ = 0;  // latest failure epoch fenced here
   bool fenced_ = false;
   int32_t failed_rank_ = -1;
+  int64_t passed_ = -1;  // the step the last safe point returned (FENCE_AT reports it)
+  // HOLD_AFTER of epoch hold_after_epoch_: the safe points up to hold_after_ pass, the first after it holds.
+  int64_t hold_after_ = -1;
+  uint64_t hold_after_epoch_ = 0;
   std::vector<ncclComm_t> withdrawn_;  // revoked real communicators, aborted at the rollback
   std::vector<shim::VComm*> fenced_comms_;  // the VComms they were withdrawn from (until the rollback)
   int64_t rollback_step_ = -1;
@@ -348,6 +354,12 @@ void Recovery::OnCommand(const control::Command& c) {
       cv_.notify_all();
       return;
     }
+    case rec::Cmd::kHoldAfter: {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (m.epoch == epoch_ && fenced_) hold_after_ = m.step, hold_after_epoch_ = m.epoch;
+      cv_.notify_all();
+      return;
+    }
     case rec::Cmd::kRollback: {
       std::lock_guard<std::mutex> lk(mu_);
       if (m.epoch == epoch_ && fenced_) rollback_step_ = m.step;
@@ -379,10 +391,12 @@ void Recovery::OnCommand(const control::Command& c) {
 // allocated (a thread may still be returning from one) until the rollback aborts them.
 void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
   std::vector<std::pair<shim::VComm*, ncclComm_t>> withdrawn;
+  int64_t passed;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (m.epoch <= epoch_) return;
     epoch_ = m.epoch;
+    passed = passed_;
     rec_id_.store(id, std::memory_order_relaxed);
     fenced_ = true;
     failed_rank_ = m.rank;
@@ -396,6 +410,7 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
     }
     cv_.notify_all();
   }
+  Send(rec::Ev::kFenceAt, rec::RecMsg{.epoch = m.epoch, .step = passed});
   // Revoke first, so that a call blocked inside an old communicator returns; then wait for such calls to end
   // before the communicator may ever be aborted (one still inside after the deadline keeps it allocated).
   for (const auto& [v, c] : withdrawn) {
@@ -491,6 +506,7 @@ int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   if (!fenced_ && give_up_.empty() && step != std::exchange(switch_snapshot_, -1)) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
   const int64_t next = fenced_ ? HoldAndRollBack(lk, step, step_clean) : step;
+  passed_ = next;
   last_exit_ns_ = w_.MonotonicNs();
   return next;
 }
@@ -545,24 +561,14 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
       return;
     }
   }
-  bool same = regs.size() == layout_.size();
-  for (size_t i = 0; same && i < regs.size(); ++i) {
-    same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
-  }
   // A process's first slot set is built here, at its first safe point, unless its sandbox started it (a joiner):
   // every rank then snapshots from its first step on, so a failure soon after the start finds a step all hold.
-  if (!same && !AdoptSlots(regs, layout_.empty() ? &lk : nullptr)) return;
+  if (!SlotsFit(regs) && !AdoptSlots(regs, layout_.empty() ? &lk : nullptr)) return;
   if (fenced_ || !give_up_.empty()) return;  // it came while the first set was built
-  // The previous snapshot is shipped (its hash and its pulls are over): of the others, the oldest but the pinned one.
-  // A pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
-  int k = -1;
-  for (int i = 0; i < kSnapshotSlots; ++i) {
-    if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
-  }
-  Slot& s = slots_[k];
+  // The previous snapshot is shipped (its hash and its pulls are over), so the slot written is not being pulled. A
+  // pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
   const uint64_t t0 = w_.MonotonicNs();
-  for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
-  s.step = step;
+  const int k = CopyIntoSlot(regs, step);
   pending_ = step;
   if (adaptive_) unmeasured_copy_ns_ = static_cast<int64_t>(w_.MonotonicNs() - t0);
   // Under auto, the interval this rank's own costs call for (0 until it has measured a few snapshots and steps).
@@ -577,6 +583,25 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
     budget_warned_ = true;
   }
   queue_.Push([this, k, step, wish, table = Table(regs)] { SendTaken(k, step, wish, table); });
+}
+
+bool Recovery::SlotsFit(const std::vector<shim::Region>& regs) const {
+  bool same = regs.size() == layout_.size();
+  for (size_t i = 0; same && i < regs.size(); ++i) {
+    same = regs[i].name == layout_[i].name && regs[i].bytes == layout_[i].bytes;
+  }
+  return same;
+}
+
+int Recovery::CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step) {
+  int k = -1;
+  for (int i = 0; i < kSnapshotSlots; ++i) {
+    if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
+  }
+  Slot& s = slots_[k];
+  for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
+  s.step = step;
+  return k;
 }
 
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
@@ -675,34 +700,49 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
   return set;
 }
 
-// Fenced: held here until the coordinator names the step everyone rolls back to (every replacement communicator
-// staged, the replacement's state verified), a new failure's fence aside. `step_clean`: the fence came after this
+// Fenced: first the coordinator's HOLD_AFTER(H), the newest safe point any survivor had passed when its fence came.
+// A safe point up to H passes (returns `step`: the step's operations run on, the fenced ones locally), since another
+// survivor, fenced later, may need this one in an operation of the step after it on a communicator without the
+// failed rank (recovery_twice_3d: a pipeline stage held at S while the next stage, fenced 3 ms later, waited for it in
+// step S's exchange, for good). The first safe point after H holds here until the coordinator names the step
+// everyone rolls back to (every replacement communicator staged, the replacement's state verified), a new failure's
+// fence aside (its HOLD_AFTER comes before this one's HELD is sent again). `step_clean`: the fence came after this
 // safe point began, so every operation of the step ran for real and the registered regions hold the state at `step`
 // exactly: it is offered as a step this process holds (with no copy: nothing changes them while held). That is the
 // only step a migration's joiner fenced right after its switch holds (docs/recovery.md, "Right after a switch").
 int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean) {
   const uint64_t t0 = w_.MonotonicNs();
-  uint64_t epoch = epoch_, lost_since = 0, epoch_t0 = t0;  // each epoch has its own hold limit, as at the coordinator
+  // Each epoch has its own hold limit, as at the coordinator; held_epoch: the epoch HELD was last sent for.
+  uint64_t epoch = epoch_, lost_since = 0, epoch_t0 = t0, held_epoch = 0;
   rec::RecMsg held;
-  held.epoch = epoch;
   held.step = step;
   for (const Slot& x : slots_) {
     if (x.step >= 0 && !(step_clean && x.step == step)) held.words.push_back(static_cast<uint64_t>(x.step));
   }
   if (step_clean && step >= 0) held.words.push_back(static_cast<uint64_t>(step));
-  Send(rec::Ev::kHeld, held);
   while (rollback_step_ < 0 && give_up_.empty()) {
     const uint64_t now = w_.MonotonicNs();
+    if (epoch_ != epoch) {  // another failure, or another replacement: its recovery names the step
+      epoch = epoch_;
+      epoch_t0 = now;
+    }
+    if (hold_after_epoch_ == epoch && held_epoch != epoch) {
+      if (held_epoch == 0 && step <= hold_after_) {  // passes: not the safe point everyone holds at
+        // Fenced after this safe point began, the regions hold the state at `step` exactly (every operation of the
+        // step before ran for real): kept in a slot, not shipped, so that the hold after it offers this step too.
+        // A joiner fenced while it switches in has no other step in common with the stayers (recovery_after_switch);
+        // the slots its sandbox set up are adopted here (its snapshots would have adopted them at this safe point).
+        std::vector<shim::Region> regs = shim::Regions();
+        if (step_clean && step >= 0 && (SlotsFit(regs) || AdoptSlots(regs, nullptr))) CopyIntoSlot(regs, step);
+        return step;
+      }
+      held.epoch = held_epoch = epoch;
+      Send(rec::Ev::kHeld, held);
+    }
     if (now - epoch_t0 > uint64_t{kRecoveryHoldMs} * 1000000ull) Exit(lk, "no rollback within the hold limit");
     lost_since = w_.Connected() ? 0 : (lost_since ? lost_since : now);
     if (lost_since && now - lost_since > ProcessMachine::kLostCoordinatorNs) {
       Exit(lk, "lost the coordinator during the recovery of rank " + std::to_string(failed_rank_));
-    }
-    if (epoch_ != epoch) {  // another failure, or another replacement: its recovery names the step
-      epoch = epoch_;
-      epoch_t0 = now;
-      held.epoch = epoch;
-      Send(rec::Ev::kHeld, held);
     }
     cv_.wait_for(lk, std::chrono::milliseconds(50));
   }

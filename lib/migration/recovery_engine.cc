@@ -66,7 +66,8 @@ struct RecCtx {
   std::set<uint64_t> survivors, held, rolled;
   std::map<uint64_t, std::vector<int64_t>> local;  // each held survivor's own snapshot steps (HELD)
   std::map<uint64_t, int64_t> held_at;              // and the step it is held at
-  bool ids_sent = false, switch_sent = false;
+  std::map<uint64_t, int64_t> fence_at;             // each survivor's last safe point passed at its fence (FENCE_AT)
+  bool hold_after_sent = false, ids_sent = false, switch_sent = false;
   size_t built_expected = 0, built_ok = 0;
   uint64_t detected_mono = 0;
   int attempt = 1;  // replacements tried for these failures, this epoch's included (kReplacementAttempts)
@@ -185,6 +186,8 @@ class RecoveryEngine final : public Engine {
           return OnSnapTaken(h, *from, m);
         case rec::Ev::kSnapHeld:
           return OnSnapHeld(h, *from, m);
+        case rec::Ev::kFenceAt:
+          return OnFenceAt(h, *from, m);
         case rec::Ev::kHeld:
           return OnHeld(h, *from, m);
         case rec::Ev::kHeldExposed:
@@ -1078,6 +1081,26 @@ class RecoveryEngine final : public Engine {
       }
     }
     MaybeRollBack(h);
+  }
+
+  // Once every survivor said which safe point it had passed when its fence came: each passes its safe points up to
+  // the newest of those and holds at the first after it (HOLD_AFTER). Held at its own next safe point instead, a
+  // survivor fenced just before a safe point would hold there while another, fenced just after it, waits for it in
+  // the next step on a communicator without the failed rank (docs/recovery.md, "Fence").
+  void OnFenceAt(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
+    if (!ctx_ || m.epoch != ctx_->epoch || !ctx_->survivors.count(from.id) || ctx_->hold_after_sent) return;
+    RecCtx& x = *ctx_;
+    x.fence_at[from.id] = m.step;
+    int64_t newest = -1;
+    for (uint64_t q : x.survivors) {
+      auto it = x.fence_at.find(q);
+      if (it == x.fence_at.end()) return;
+      newest = std::max(newest, it->second);
+    }
+    x.hold_after_sent = true;
+    for (uint64_t q : x.survivors) {
+      h.SendCommand(q, rec::MakeRec(rec::Cmd::kHoldAfter, x.id, rec::RecMsg{.epoch = x.epoch, .step = newest}));
+    }
   }
 
   void OnHeld(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {

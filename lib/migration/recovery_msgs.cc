@@ -23,6 +23,8 @@ const char* RecCmdName(uint16_t kind) {
       return "PROBE";
     case Cmd::kSnapWarm:
       return "SNAP_WARM";
+    case Cmd::kHoldAfter:
+      return "HOLD_AFTER";
   }
   return "UNKNOWN";
 }
@@ -45,6 +47,8 @@ const char* RecEvName(uint16_t kind) {
       return "PROBED";
     case Ev::kSlotExposed:
       return "SLOT_EXPOSED";
+    case Ev::kFenceAt:
+      return "FENCE_AT";
   }
   return "UNKNOWN";
 }

@@ -22,7 +22,11 @@
 //          SNAP_WARM(rank = -1) to the joiner: the batch is over (its PREPARED waits for it)
 // Failure of rank F (epoch E):
 //   D      COMMAND FENCE(epoch, rank F, words = comm_keys containing F) -> every survivor
-//   surv.  EVENT HELD(epoch, step, words = the steps of its own snapshots)  held at its next safe point
+//   surv.  EVENT FENCE_AT(epoch, step)  at once, from the agent thread: the last safe point it passed
+//   D      COMMAND HOLD_AFTER(epoch, step H = the newest of those) -> every survivor, once all reported: it passes its
+//          safe points up to H (their operations complete, the fenced ones locally) and holds at the first after H,
+//          so that no survivor holds while another still needs it in an operation of an earlier step
+//   surv.  EVENT HELD(epoch, step, words = the steps of its own snapshots)  held at the first safe point after H
 //   D      COMMAND EXPOSE_HELD(rank F, step S) -> F's buddy;  buddy EVENT HELD_EXPOSED(rank, step, blob)
 //   D      the planned-migration commands to the replacement and the members (MAP, MAKE_IDS, BUILD, PREPARE+READ of
 //          the buddy's descriptor, SWITCH(S)), then COMMAND ROLLBACK(epoch, step S) -> every survivor
@@ -55,6 +59,7 @@ enum class Cmd : uint16_t {
   kProbe = 107,        // a member of a communicator reported failed: answer PROBED at once (step = probe number)
   kSnapWarm = 108,     // future buddy: connect to rank's slot and read it once, unverified (rank, slot, regions, blob);
                        // rank -1: the warm-ups sent to a joiner are over
+  kHoldAfter = 109,    // survivor: pass the safe points up to step, hold at the first after it (epoch, step)
 };
 enum class Ev : uint16_t {
   kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,
@@ -67,6 +72,8 @@ enum class Ev : uint16_t {
                        // (words = {comm_key}, slot = the ncclResult_t)
   kProbed = 107,       // the answer to PROBE (step = its probe number), from the agent thread
   kSlotExposed = 108,  // a joiner's slot is set up (slot, regions, blob = the slot's descriptor), before its switch
+  kFenceAt = 109,      // survivor: fenced; the last safe point it passed (epoch, step; -1 for none), from the agent
+                       // thread
 };
 const char* RecCmdName(uint16_t kind);
 const char* RecEvName(uint16_t kind);

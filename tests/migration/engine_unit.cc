@@ -1246,6 +1246,17 @@ TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacem
   CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "3:FENCE"});
   REQUIRE(j.launched.started.size() == 1);
   CHECK(j.launched.started[0].argv == std::vector<std::string>{"train", "--steps", "9"});
+  // Where each survivor's fence found it: every one passes the safe points up to the newest of those, and holds at
+  // the first after it (one that holds earlier may be waited for in the next step by another: recovery_twice_3d).
+  j.Rec(1, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 1, .step = 15}, m.id);
+  j.Rec(3, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 0, .step = 17}, m.id);  // an old epoch's: ignored
+  CHECK(j.h.Take().empty());
+  j.Rec(3, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 1, .step = 14}, m.id);
+  CHECK(j.Last("3:HOLD_AFTER").step == 15);
+  CHECK(j.Last("3:HOLD_AFTER").epoch == 1);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:HOLD_AFTER", "3:HOLD_AFTER"});
+  j.Rec(3, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 1, .step = 14}, m.id);  // a repeat: sent once
+  CHECK(j.h.Take().empty());
   // The step: the newest the buddy holds of rank 1 that every survivor holds itself (rank 2 no longer holds 14).
   j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12, 14}}, m.id);
   CHECK(j.h.Take().empty());
@@ -1376,9 +1387,17 @@ TEST_CASE("recovery: a second failure during a recovery abandons it; a new epoch
   CHECK(j.launched.stopped.size() == 1);
   REQUIRE(j.launched.started.size() == 3);
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) {
-    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12}}, first);  // the old epoch: ignored
+    j.Rec(q, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 1, .step = 15}, first);  // the old epoch: ignored
+    j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12}}, first);
   }
   CHECK(j.h.Take().empty());
+  // The new epoch's HOLD_AFTER once both survivors said where its fence found them (one held already: 15).
+  j.Rec(1, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 2, .step = 15}, m.id);
+  CHECK(j.h.Take().empty());
+  j.Rec(3, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 2, .step = 13}, m.id);
+  CHECK(j.Last("1:HOLD_AFTER").epoch == 2);
+  CHECK(j.Last("1:HOLD_AFTER").step == 15);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:HOLD_AFTER", "3:HOLD_AFTER"});
   for (uint64_t q : {uint64_t{1}, uint64_t{3}}) j.Rec(q, rec::Ev::kHeld, rec::RecMsg{.epoch = 2, .step = 16, .words = {12}}, m.id);
   std::vector<std::string> exposes = j.h.Take();
   std::sort(exposes.begin(), exposes.end());

@@ -156,6 +156,17 @@ class Job:
                 fail(f"{name}: the ranks did not all start")
             self.daemon = subprocess.Popen([TRAINMOVERD, "--listen", self.addr], env=daemon_env, cwd=WORK,
                                            stdout=subprocess.DEVNULL, stderr=dout, text=True)
+            host, port = self.addr.rsplit(":", 1)
+            deadline = time.monotonic() + TIMEOUT  # listening before the first tmctl (once "connection refused")
+            while time.monotonic() < deadline and self.daemon.poll() is None:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                self.kill()
+                fail(f"{name}: the late coordinator does not listen on {self.addr}")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not self.addr:
             with open(self.log, errors="replace") as f:

@@ -490,6 +490,29 @@ TEST_CASE("stayer: held at S, AT_STEP, SWITCH; SWITCHED with its stall at S+1") 
   CHECK(p.w.Take().empty());
 }
 
+TEST_CASE("stayer: SWITCHED goes to the migration that switched, after a recovery's BUILD came in between") {
+  // A rank failed right after the switch (recovery_after_switch): the recovery's BUILD (id 9) reaches this stayer
+  // before its next safe point; the migration (id 5) still needs its SWITCHED, else it is never confirmed.
+  Proc p;
+  for (int64_t s = 5; s < 10; ++s) CHECK(p.SafePoint(s) == s);
+  p.Committed();
+  p.w.script.push_back(p.Later(mig::Cmd::kSwitch, mig::Step{12}));
+  CHECK(p.SafePoint(12) == 12);
+  p.w.RunJobs();
+  p.w.Take();
+  p.w.keys = {0xA};
+  mig::Build b;
+  b.entries = {mig::BuildEntry{0xA, {}, 3, 1}};
+  p.Cmd(mig::Cmd::kBuild, b, 9);
+  p.w.RunJobs();
+  p.w.Take();
+  CHECK(p.SafePoint(13) == 13);
+  REQUIRE(p.w.events.size() == 3);
+  for (const control::Event& e : p.w.events) CHECK(e.migration == 5);
+  CHECK(p.w.Take() == V{"PHASE switch step", "PHASE first step", "SWITCHED"});
+  p.m.ReapJobs();
+}
+
 TEST_CASE("stayer: a new proposal releases a process held at the old one") {
   Proc p;
   p.Staged();

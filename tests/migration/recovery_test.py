@@ -9,9 +9,11 @@ job finishes with every rank's final digest (the replacement's for a failed rank
 bit for bit, and what the coordinator reports of each recovery. Refusals check that the job fails with the reason
 and never hangs. Exit 0 pass, 1 fail, 77 skip. Helpers (Job, reference, digests) are mig_test.py's.
 """
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -72,6 +74,15 @@ def wait_recovered(job, count, expect="done"):
         if job.p.poll() is not None:
             fail(f"{job.name}: the job ended before recovery {count} ended")
         time.sleep(0.05)
+    # What the coordinator waits for: each process's state and step, the recovery's record. TM_TEST_GDB=1 also writes
+    # every alive process's stacks to /tmp/gdb-PID.txt (how recovery_twice_3d's hang was found).
+    s = job.status()
+    print(json.dumps({"processes": s["processes"], "recoveries": recoveries(job)}))
+    for p in s["processes"] if os.environ.get("TM_TEST_GDB") else []:
+        if p["state"] == "alive":
+            with open(f"/tmp/gdb-{p['pid']}.txt", "w") as f:
+                subprocess.run(["gdb", "-p", str(p["pid"]), "-batch", "-ex", "thread apply all bt"], stdout=f,
+                               stderr=subprocess.STDOUT, timeout=60)
     fail(f"{job.name}: recovery {count} did not end (hang?)")
 
 
@@ -175,6 +186,37 @@ def scenario_twice_3d():
     # replacement; then the replacement itself. Each recovery completes, every digest bit-identical (the second
     # failure once did not complete within 50 s: docs/recovery.md, "Known bugs").
     kill_plan("twice_3d", 4, [(20, 1), (60, 0), (100, 1)], layout=("--tp", "2", "--pp", "2"))
+
+
+def scenario_fence_skew_3d():
+    # docs/recovery.md, "Fence": the survivors' fences arrive at different points of the step. In the 3D workload
+    # (TP 2 x PP 2) rank 1 is killed while rank 2's control connection is cut for 1 s (its fence comes 1 s late):
+    # rank 0 (stage 0) is fenced at once and reaches its next safe point first; rank 2 (stage 1) passes that safe
+    # point unfenced and, in the step after it, waits for rank 0 in the pipeline exchange, on a communicator without
+    # the failed rank. Held at its own next safe point, rank 0 never sent that exchange: the job hung (recovery_twice_3d
+    # in CI, one run in 8 at load 13). Every survivor must pass its safe points up to the newest one any survivor had
+    # passed at its fence (HOLD_AFTER), so the recovery completes, every digest bit-identical.
+    mt.clear_joiner_logs()
+    relay = Relay()
+    wrap = ["sh", "-c", '[ "$RANK" = 2 ] && export TRAINMOVER_COORDINATOR="$TM_RELAY"; exec "$@"', "sh"]
+    # Steps of 50 ms (tm-train sleeps after the step's last collective): the kill lands after that collective in most
+    # steps, and rank 0's fence (about 10 ms after the kill) comes before its next safe point.
+    job = Job("fence_skew_3d", 4, steps=150, step_ms=50, env={"TM_RELAY": relay.addr}, wrap=wrap,
+              layout=("--tp", "2", "--pp", "2"))
+    relay.target = job.addr
+    try:
+        job.wait_step(20)
+        victim = recoverable_pid(job, 1)
+        relay.cut_open()
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)
+        relay.restore()
+        check_report(job, wait_recovered(job, 1), 1)
+        job.finish()
+    finally:
+        job.kill()
+        relay.sock.close()
+    job.check_digests({1})
 
 
 def scenario_late_coordinator_3d():
@@ -897,7 +939,7 @@ def scenario_out_of_step():
     print("out_of_step: rank 2 out of step after the switch, recovered; the out-of-step process ended; bit-identical")
 
 
-SCENARIOS = {"out_of_step": scenario_out_of_step, "kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice,
+SCENARIOS = {"out_of_step": scenario_out_of_step, "kill_auto": scenario_kill_auto, "replacement_switched": scenario_replacement_switched, "replacement_lost": scenario_replacement_lost, "standby_lost": scenario_standby_lost, "kill": scenario_kill, "kill_3d": scenario_kill_3d, "twice": scenario_twice, "fence_skew_3d": scenario_fence_skew_3d,
              "second_failure": scenario_second_failure, "twice_3d": scenario_twice_3d,
              "late_coordinator_3d": scenario_late_coordinator_3d, "blocked": scenario_blocked,
              "blocked_cma": scenario_blocked_cma,
