@@ -906,7 +906,7 @@ void Recovery::Warm(const rec::RecMsg& m) {
   for (const control::Region& r : h.regions) w.bufs.emplace_back(r.bytes);
   transfer::FetchOptions o;
   o.warm = true;
-  o.timeout_ms = HandOffTimeoutMs(Bytes(h.regions));
+  o.timeout_ms = std::min(HandOffTimeoutMs(Bytes(h.regions)), kWarmTimeoutMs);
   transfer::Status st = client->Prepare(m.blob, Over(h.regions, w.bufs), o, &w.fetch);
   if (!st.ok()) {  // the pull connects again, cold
     TM_INFO(kLogMigration, "failure recovery: warming rank %d's snapshot slot %u failed: %s", m.rank, m.slot,

@@ -58,6 +58,11 @@ inline constexpr int kVerdictWaitMs = 15000;
 inline constexpr int kSnapshotSlots = 4;
 // How long a safe point waits for the previous snapshot to reach its buddies before going on without it.
 inline constexpr int kShipWaitMs = 10000;
+// The most one warm-up (SNAP_WARM: connect to a slot and read it once, ahead of its first pull) may take. A warm-up is
+// only ahead-of-time work (one that fails leaves the pull to connect cold), and it runs on the thread that also sends
+// the owner's SNAP_TAKEN and serves its pulls: a warm-up of a slot on a host cut off waited the transfer's whole
+// 10 s floor, so that every rank depending on that thread waited kShipWaitMs at its safe point (multihost_cut).
+inline constexpr int kWarmTimeoutMs = 2000;
 // How long a joiner's PREPARED waits for its snapshot set-up and warm-ups (RecoveryAwaitSlots); past it, the
 // migration goes on and the set-up's remainder lands after the switch (its first snapshot and pull wait for it).
 inline constexpr int kSlotSetUpWaitMs = 10000;
