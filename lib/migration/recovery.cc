@@ -245,6 +245,9 @@ class Recovery {
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean);
   void OnFence(uint64_t id, const rec::RecMsg& m);
+  using Withdrawn = std::vector<std::pair<shim::VComm*, ncclComm_t>>;
+  Withdrawn WithdrawFenced();
+  void Revoke(const Withdrawn& withdrawn);
   // tm-commpoll thread.
   void PollComms(std::set<ncclComm_t>& reported);
   // tm-snapshot thread.
@@ -297,6 +300,7 @@ class Recovery {
   // HOLD_AFTER of epoch hold_after_epoch_: the safe points up to hold_after_ pass, the first after it holds.
   int64_t hold_after_ = -1;
   uint64_t hold_after_epoch_ = 0;
+  std::vector<uint64_t> fence_keys_;  // the comm_keys the fences named (until the rollback)
   std::vector<ncclComm_t> withdrawn_;  // revoked real communicators, aborted at the rollback
   std::vector<shim::VComm*> fenced_comms_;  // the VComms they were withdrawn from (until the rollback)
   int64_t rollback_step_ = -1;
@@ -390,29 +394,56 @@ void Recovery::OnCommand(const control::Command& c) {
 // one in flight returns (revoked) and completes locally too (OpFailedButFenced). The revoked communicators stay
 // allocated (a thread may still be returning from one) until the rollback aborts them.
 void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
-  std::vector<std::pair<shim::VComm*, ncclComm_t>> withdrawn;
+  Withdrawn withdrawn;
   int64_t passed;
+  bool again;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (m.epoch <= epoch_) return;
-    epoch_ = m.epoch;
+    // Sent again after a reconnection: only the answer may have been lost; no safe point passed since without
+    // HOLD_AFTER, so passed_ is what it said then.
+    again = m.epoch == epoch_ && fenced_;
+    if (!again && m.epoch <= epoch_) return;
     passed = passed_;
-    rec_id_.store(id, std::memory_order_relaxed);
-    fenced_ = true;
-    failed_rank_ = m.rank;
-    rollback_step_ = -1;
-    for (uint64_t key : m.words) {
-      for (shim::VComm* v : shim::LiveVComms()) {
-        if (v->magic != shim::VComm::kMagic || v->comm_key != key) continue;
-        fenced_comms_.push_back(v);
-        if (ncclComm_t old = shim::SwapRealComm(v, nullptr)) withdrawn.push_back({v, old});
-      }
+    if (!again) {
+      epoch_ = m.epoch;
+      rec_id_.store(id, std::memory_order_relaxed);
+      fenced_ = true;
+      failed_rank_ = m.rank;
+      rollback_step_ = -1;
+      fence_keys_.insert(fence_keys_.end(), m.words.begin(), m.words.end());
+      withdrawn = WithdrawFenced();
+      cv_.notify_all();
     }
-    cv_.notify_all();
   }
   Send(rec::Ev::kFenceAt, rec::RecMsg{.epoch = m.epoch, .step = passed});
-  // Revoke first, so that a call blocked inside an old communicator returns; then wait for such calls to end
-  // before the communicator may ever be aborted (one still inside after the deadline keeps it allocated).
+  if (again) return;
+  Revoke(withdrawn);
+  TM_WARN(kLogMigration,
+          "failure recovery: rank %d failed (epoch %llu); %zu communicator(s) fenced: their operations complete "
+          "locally until the next safe point",
+          m.rank, static_cast<unsigned long long>(m.epoch), withdrawn.size());
+}
+
+// The VComms of the fenced keys lose their real communicator (mu_ held): at the fence, and at each fenced safe point
+// again, for one that got a real communicator since (a migration's switch right after the fence installs replacements
+// under the failed rank's keys: a joiner's rekeyed VComms, a stayer's staged replacement).
+Recovery::Withdrawn Recovery::WithdrawFenced() {
+  Withdrawn out;
+  for (shim::VComm* v : shim::LiveVComms()) {
+    if (v->magic != shim::VComm::kMagic ||
+        std::find(fence_keys_.begin(), fence_keys_.end(), v->comm_key) == fence_keys_.end()) {
+      continue;
+    }
+    if (std::find(fenced_comms_.begin(), fenced_comms_.end(), v) == fenced_comms_.end()) fenced_comms_.push_back(v);
+    if (ncclComm_t old = shim::SwapRealComm(v, nullptr)) out.push_back({v, old});
+  }
+  return out;
+}
+
+// Without mu_. Revoke first, so that a call blocked inside a withdrawn communicator returns; then wait for such calls
+// to end before the communicator may ever be aborted (at the rollback; one still inside after the deadline keeps it
+// allocated).
+void Recovery::Revoke(const Withdrawn& withdrawn) {
   for (const auto& [v, c] : withdrawn) {
     if (shim::g_real.CommRevoke) (void)shim::g_real.CommRevoke(c, NCCL_REVOKE_DEFAULT);
   }
@@ -420,14 +451,8 @@ void Recovery::OnFence(uint64_t id, const rec::RecMsg& m) {
   for (const auto& [v, c] : withdrawn) {
     if (shim::DrainOldCalls(v, c)) drained.push_back(c);
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    withdrawn_.insert(withdrawn_.end(), drained.begin(), drained.end());
-  }
-  TM_WARN(kLogMigration,
-          "failure recovery: rank %d failed (epoch %llu); %zu communicator(s) fenced: their operations complete "
-          "locally until the next safe point",
-          m.rank, static_cast<unsigned long long>(m.epoch), withdrawn.size());
+  std::lock_guard<std::mutex> lk(mu_);
+  withdrawn_.insert(withdrawn_.end(), drained.begin(), drained.end());
 }
 
 // ---- the background poll (tm-commpoll)
@@ -503,10 +528,11 @@ int64_t Recovery::OnSafePoint(int64_t step, bool step_clean) {
   if (adaptive_ && last_exit_ns_ && !shim::ProcessSandboxed()) {  // the program's own step (a sandbox's is emulated)
     step_time_.Add(w_.MonotonicNs() - last_exit_ns_);
   }
-  if (!fenced_ && give_up_.empty() && step != std::exchange(switch_snapshot_, -1)) TakeSnapshot(lk, step);
+  const bool snapped = step == std::exchange(switch_snapshot_, -1);  // at the switch, before AT_STEP
+  if (!fenced_ && give_up_.empty() && !snapped) TakeSnapshot(lk, step);
   if (!give_up_.empty()) Exit(lk, give_up_);
   const int64_t next = fenced_ ? HoldAndRollBack(lk, step, step_clean) : step;
-  passed_ = next;
+  if (!shim::ProcessSandboxed()) passed_ = next;  // a joiner's shadow steps are its own, not the job's
   last_exit_ns_ = w_.MonotonicNs();
   return next;
 }
@@ -598,6 +624,7 @@ int Recovery::CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step) 
   for (int i = 0; i < kSnapshotSlots; ++i) {
     if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
   }
+  k = std::max(k, 0);  // every slot holds the pinned step (copies of one step): any of them
   Slot& s = slots_[k];
   for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
   s.step = step;
@@ -712,6 +739,11 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
 // only step a migration's joiner fenced right after its switch holds (docs/recovery.md, "Right after a switch").
 int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean) {
   const uint64_t t0 = w_.MonotonicNs();
+  if (Withdrawn late = WithdrawFenced(); !late.empty()) {  // a switch came after the fence
+    lk.unlock();
+    Revoke(late);
+    lk.lock();
+  }
   // Each epoch has its own hold limit, as at the coordinator; held_epoch: the epoch HELD was last sent for.
   uint64_t epoch = epoch_, lost_since = 0, epoch_t0 = t0, held_epoch = 0;
   rec::RecMsg held;
@@ -733,7 +765,8 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
         // A joiner fenced while it switches in has no other step in common with the stayers (recovery_after_switch);
         // the slots its sandbox set up are adopted here (its snapshots would have adopted them at this safe point).
         std::vector<shim::Region> regs = shim::Regions();
-        if (step_clean && step >= 0 && (SlotsFit(regs) || AdoptSlots(regs, nullptr))) CopyIntoSlot(regs, step);
+        const bool kept = std::any_of(std::begin(slots_), std::end(slots_), [&](const Slot& x) { return x.step == step; });
+        if (step_clean && step >= 0 && !kept && (SlotsFit(regs) || AdoptSlots(regs, nullptr))) CopyIntoSlot(regs, step);
         return step;
       }
       held.epoch = held_epoch = epoch;
@@ -764,6 +797,7 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   for (ncclComm_t c : withdrawn_) (void)shim::g_real.CommAbort(c);
   withdrawn_.clear();
   fenced_comms_.clear();
+  fence_keys_.clear();
   fenced_ = false;
   rollback_step_ = -1;
   pending_ = -1;  // the old timeline's snapshots are moot

@@ -67,6 +67,7 @@ struct RecCtx {
   std::map<uint64_t, std::vector<int64_t>> local;  // each held survivor's own snapshot steps (HELD)
   std::map<uint64_t, int64_t> held_at;              // and the step it is held at
   std::map<uint64_t, int64_t> fence_at;             // each survivor's last safe point passed at its fence (FENCE_AT)
+  int64_t hold_after = -1;                          // the step HOLD_AFTER named
   bool hold_after_sent = false, ids_sent = false, switch_sent = false;
   size_t built_expected = 0, built_ok = 0;
   uint64_t detected_mono = 0;
@@ -312,7 +313,23 @@ class RecoveryEngine final : public Engine {
     Start(h, {pr});
   }
 
-  void OnProcessBack(EngineHost& h, uint64_t) override { FenceStale(h); }
+  // A survivor that reconnected during a recovery may have missed commands (one sent while it had no connection is
+  // dropped): FENCE again (its agent answers FENCE_AT again), HOLD_AFTER and ROLLBACK if they went out; each is
+  // idempotent at the agent. Without this a survivor that missed HOLD_AFTER waited out the hold limit, and every
+  // other survivor with it.
+  void OnProcessBack(EngineHost& h, uint64_t p) override {
+    FenceStale(h);
+    if (!ctx_ || !ctx_->survivors.count(p) || ctx_->lost.empty()) return;
+    const RecCtx& x = *ctx_;
+    const ProcessRec* first = h.FindProcess(x.lost[0].dead);
+    h.SendCommand(p, rec::MakeRec(rec::Cmd::kFence, x.id, rec::RecMsg{.epoch = x.epoch,
+                                                                      .rank = first ? first->info.rank : x.lost[0].rank,
+                                                                      .words = x.keys}));
+    if (x.hold_after_sent) {
+      h.SendCommand(p, rec::MakeRec(rec::Cmd::kHoldAfter, x.id, rec::RecMsg{.epoch = x.epoch, .step = x.hold_after}));
+    }
+    if (x.switch_sent) h.SendCommand(p, rec::MakeRec(rec::Cmd::kRollback, x.id, rec::RecMsg{.epoch = x.epoch, .step = x.step}));
+  }
 
   void OnTick(EngineHost& h) override {
     SnapAfterSwitch(h);
@@ -1098,6 +1115,7 @@ class RecoveryEngine final : public Engine {
       newest = std::max(newest, it->second);
     }
     x.hold_after_sent = true;
+    x.hold_after = newest;
     for (uint64_t q : x.survivors) {
       h.SendCommand(q, rec::MakeRec(rec::Cmd::kHoldAfter, x.id, rec::RecMsg{.epoch = x.epoch, .step = newest}));
     }

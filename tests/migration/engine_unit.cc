@@ -1257,6 +1257,10 @@ TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacem
   CHECK(j.h.Take() == std::vector<std::string>{"1:HOLD_AFTER", "3:HOLD_AFTER"});
   j.Rec(3, rec::Ev::kFenceAt, rec::RecMsg{.epoch = 1, .step = 14}, m.id);  // a repeat: sent once
   CHECK(j.h.Take().empty());
+  // A survivor back from a reconnection may have missed both: FENCE and HOLD_AFTER again (idempotent at the agent).
+  j.r->OnProcessBack(j.h, 3);
+  CHECK(j.Last("3:HOLD_AFTER").step == 15);
+  CHECK(j.h.Take() == std::vector<std::string>{"3:FENCE", "3:HOLD_AFTER"});
   // The step: the newest the buddy holds of rank 1 that every survivor holds itself (rank 2 no longer holds 14).
   j.Rec(1, rec::Ev::kHeld, rec::RecMsg{.epoch = 1, .step = 16, .words = {12, 14}}, m.id);
   CHECK(j.h.Take().empty());
@@ -1284,6 +1288,8 @@ TEST_CASE("recovery: a failure is fenced, the buddy exposes its copy, a replacem
   for (uint64_t p : {uint64_t{1}, uint64_t{3}, jr}) j.Mig(p, mig::Ev::kBuilt, m.id, mig::Built{kWorld, 1, ""});
   CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":SWITCH", "1:ROLLBACK", "3:ROLLBACK"});
   CHECK(m.state == MigState::kSwitching);
+  j.r->OnProcessBack(j.h, 1);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:FENCE", "1:HOLD_AFTER", "1:ROLLBACK"});
   j.Rec(1, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
   j.Rec(3, rec::Ev::kRolledBack, rec::RecMsg{.epoch = 1, .step = s}, m.id);
   j.Mig(jr, mig::Ev::kSwitched, m.id, mig::Switched{s, 0, 0});
