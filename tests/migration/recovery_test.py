@@ -233,14 +233,19 @@ def scenario_late_coordinator_3d():
             fail(f"late_coordinator_3d: the workers registered as (rank, world) {ranks}, not their launcher's")
         for r in range(4):  # every rank's snapshots reach a buddy
             recoverable_pid(job, r)
+        # And a failure is recovered (with the coordinator started late, one stayed "building" for good before the
+        # survivors held at one safe point: docs/recovery.md, "3. Fence").
+        os.kill(recoverable_pid(job, 1), signal.SIGKILL)
+        check_report(job, wait_recovered(job, 1), 1)
         job.finish()
     finally:
         job.kill()
     with open(job.log, errors="replace") as f:
         if "is not on its buddy after" in f.read():
             fail("late_coordinator_3d: a safe point waited out kShipWaitMs")
-    job.check_digests(set())
-    print("late_coordinator_3d: ranks 0-3 of 4 registered, every snapshot shipped, digests equal the uninterrupted run's")
+    job.check_digests({1})
+    print("late_coordinator_3d: ranks 0-3 of 4 registered, every snapshot shipped, rank 1 recovered, digests equal the "
+          "uninterrupted run's")
 
 
 def scenario_twice():
