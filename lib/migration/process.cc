@@ -501,7 +501,7 @@ void ProcessMachine::ExposeJob(uint64_t id, uint64_t gen) {
 
 // ---- the safe point (application thread)
 
-int64_t ProcessMachine::OnSafePoint(int64_t step) {
+int64_t ProcessMachine::OnSafePoint(int64_t step, bool fenced) {
   const uint64_t entry = w_.MonotonicNs();
   std::unique_lock<std::mutex> lk(mu_);
   MeasureStall(entry);
@@ -512,7 +512,9 @@ int64_t ProcessMachine::OnSafePoint(int64_t step) {
     meter_.last_disturbed = true;
     return JoinerSafePoint(lk, step);
   }
-  if (active_ && Disconnected()) AbortLocked("lost the coordinator");
+  // Not while fenced: the recovery's replacements are staged here (its BUILD), and its rollback switches to them; a
+  // fenced process without its coordinator ends at its hold (kLostCoordinatorNs), or is told the outcome once back.
+  if (active_ && Disconnected() && !fenced) AbortLocked("lost the coordinator");
   if (Proposed() < 0 || step < Proposed()) return step;
   return Hold(lk, step, entry);
 }

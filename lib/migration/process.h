@@ -186,7 +186,9 @@ class ProcessMachine {
   void OnCommand(const control::Command& c);
   // Application thread, inside tmSafePoint (after the step was recorded): holds where the migration needs it;
   // returns the step the application continues from. May not return (the leaver and a failed joiner exit).
-  int64_t OnSafePoint(int64_t step);
+  // `fenced`: failure recovery has this process fenced (RecoveryFenced, read by the caller before: its mutex comes
+  // before this machine's); a lost coordinator then leaves the staged replacements to the recovery.
+  int64_t OnSafePoint(int64_t step, bool fenced = false);
   // Joins the background jobs that have finished (tests; OnCommand does it before starting another).
   void ReapJobs();
   // Failure recovery (recovery.h), application thread held at the rollback: the replacements that the recovery's

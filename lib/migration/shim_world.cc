@@ -388,7 +388,7 @@ class ShimWorld final : public World {
 int64_t Hook(void*, int64_t step) {
   control::ShimAgentSafePoint(step);
   const bool clean = !RecoveryFenced();
-  return RecoverySafePoint(g_machine->OnSafePoint(step), clean);
+  return RecoverySafePoint(g_machine->OnSafePoint(step, !clean), clean);
 }
 
 }  // namespace

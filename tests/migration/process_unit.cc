@@ -564,6 +564,19 @@ TEST_CASE("coordinator lost before AT_STEP: at a safe point or held at a committ
   CHECK_FALSE(p.m.active());
 }
 
+TEST_CASE("coordinator lost while fenced by a failure recovery: the recovery's staged replacements stay") {
+  // Its rollback switches to them (SwitchStagedForRecovery); dropped here, the fenced communicators would have had
+  // no real communicator after the rollback.
+  Proc p;
+  p.Staged();
+  p.w.connected = false;
+  p.w.sp_step = 3;
+  p.w.mono += 10000000ull;
+  CHECK(p.m.OnSafePoint(3, true) == 3);
+  CHECK(p.w.TakeLog().empty());
+  CHECK(p.m.staged() == 1);
+}
+
 // docs/reliability.md, "The commit point": after AT_STEP the outcome is the coordinator's.
 TEST_CASE("coordinator lost after AT_STEP: the process waits for the outcome, learnt on reconnection") {
   Proc p;
