@@ -51,7 +51,8 @@ enum class Cmd : uint16_t {
   kSnapPull = 100,     // buddy: read rank's snapshot (epoch, rank, step, slot, words = checksums, regions, blob =
                        // descriptor)
   kSnapShipped = 101,  // owner: its snapshot at step is on every buddy; the one at complete is complete everywhere
-  kFence = 102,        // survivor: fence the communicators in words, hold at the next safe point (epoch, rank)
+  kFence = 102,        // survivor: fence the communicators in words, answer FENCE_AT, hold as HOLD_AFTER says
+                       // (epoch, rank)
   kExposeHeld = 103,   // buddy: expose the held copy of rank at step for the replacement (rank, step)
   kRollback = 104,     // survivor: restore the snapshot at step, switch, continue from step (epoch, step)
   kGiveUp = 105,       // survivor: recovery is impossible (text); end as the failure would have ended it
