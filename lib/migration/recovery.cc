@@ -240,6 +240,8 @@ class Recovery {
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
   bool SlotsFit(const std::vector<shim::Region>& regs) const;  // the regions the slots were made for
   int CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step);  // into the oldest slot but the pinned one
+  Slot* SlotAt(int64_t step);  // the slot holding `step`, or null
+  void KeepExactState(int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
   static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
@@ -631,6 +633,23 @@ int Recovery::CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step) 
   return k;
 }
 
+Recovery::Slot* Recovery::SlotAt(int64_t step) {
+  Slot* s = nullptr;
+  for (Slot& x : slots_) s = x.step == step ? &x : s;
+  return s;
+}
+
+// A fenced safe point that passes, fenced after it began: the regions hold the state at `step` exactly (every
+// operation of the step before ran for real), kept in a slot, not shipped, so that the hold after it offers this
+// step too. A joiner fenced while it switches in has no other step in common with the stayers
+// (recovery_after_switch); the slots its sandbox set up are adopted here (its snapshots would have adopted them at
+// this safe point). mu_ held.
+void Recovery::KeepExactState(int64_t step) {
+  if (step < 0 || SlotAt(step)) return;
+  const std::vector<shim::Region> regs = shim::Regions();
+  if (SlotsFit(regs) || AdoptSlots(regs, nullptr)) CopyIntoSlot(regs, step);
+}
+
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
 // reads one slot as one set of regions); its descriptor goes with every SNAP_TAKEN of the slot (a coordinator that
 // restarted learns it again). Allocating, registering and exposing four copies of the state costs tens of ms to a
@@ -760,13 +779,7 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
     }
     if (hold_after_epoch_ == epoch && held_epoch != epoch) {
       if (held_epoch == 0 && step <= hold_after_) {  // passes: not the safe point everyone holds at
-        // Fenced after this safe point began, the regions hold the state at `step` exactly (every operation of the
-        // step before ran for real): kept in a slot, not shipped, so that the hold after it offers this step too.
-        // A joiner fenced while it switches in has no other step in common with the stayers (recovery_after_switch);
-        // the slots its sandbox set up are adopted here (its snapshots would have adopted them at this safe point).
-        std::vector<shim::Region> regs = shim::Regions();
-        const bool kept = std::any_of(std::begin(slots_), std::end(slots_), [&](const Slot& x) { return x.step == step; });
-        if (step_clean && step >= 0 && !kept && (SlotsFit(regs) || AdoptSlots(regs, nullptr))) CopyIntoSlot(regs, step);
+        if (step_clean) KeepExactState(step);
         return step;
       }
       held.epoch = held_epoch = epoch;
@@ -782,8 +795,7 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
   if (!give_up_.empty()) Exit(lk, give_up_);
   const int64_t to = rollback_step_;
   if (!(step_clean && to == step)) {  // else the regions hold the state at `to` already
-    Slot* s = nullptr;
-    for (Slot& x : slots_) s = x.step == to ? &x : s;
+    Slot* s = SlotAt(to);
     std::vector<shim::Region> regs = shim::Regions();
     if (!s || regs.size() != layout_.size()) Exit(lk, "no local snapshot of step " + std::to_string(to));
     for (size_t i = 0; i < regs.size(); ++i) {

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // recovery.h: the process side of failure recovery (docs/recovery.md): snapshots of the registered state shipped to
 // a buddy, the fence of communicators that contain a dead rank, the hold and rollback at one safe point that every
-// survivor reaches (HOLD_AFTER), and a buddy's exposure of its copy of the dead rank's state to the replacement. The coordinator's side is
-// recovery_engine.h; the replacement itself is a joiner driven by the planned migration's machine (process.h).
+// survivor reaches (HOLD_AFTER), and a buddy's exposure of its copy of the dead rank's state to the replacement. The
+// coordinator's side is recovery_engine.h; the replacement itself is a joiner driven by the planned migration's
+// machine (process.h).
 //
 // Threads: RecoveryCommand runs on the agent thread and never blocks for long (reads, hashes and exposures run
 // on the owned `tm-snapshot` thread, in order); RecoverySafePoint on the application thread inside tmSafePoint

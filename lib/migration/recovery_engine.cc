@@ -84,6 +84,14 @@ struct RecCtx {
   bool IsDead(uint64_t p) const {
     return std::any_of(lost.begin(), lost.end(), [p](const Lost& l) { return l.dead == p; });
   }
+  // What every survivor is told, in this order (OnProcessBack tells one that reconnected again).
+  Command Fence() const {
+    return rec::MakeRec(rec::Cmd::kFence, id, rec::RecMsg{.epoch = epoch, .rank = lost.front().rank, .words = keys});
+  }
+  Command HoldAfter() const {
+    return rec::MakeRec(rec::Cmd::kHoldAfter, id, rec::RecMsg{.epoch = epoch, .step = hold_after});
+  }
+  Command Rollback() const { return rec::MakeRec(rec::Cmd::kRollback, id, rec::RecMsg{.epoch = epoch, .step = step}); }
   std::string Ranks() const {  // "rank 1" or "ranks 1 and 3"
     std::string s = lost.size() == 1 ? "rank " : "ranks ";
     for (size_t i = 0; i < lost.size(); ++i) {
@@ -319,16 +327,10 @@ class RecoveryEngine final : public Engine {
   // other survivor with it.
   void OnProcessBack(EngineHost& h, uint64_t p) override {
     FenceStale(h);
-    if (!ctx_ || !ctx_->survivors.count(p) || ctx_->lost.empty()) return;
-    const RecCtx& x = *ctx_;
-    const ProcessRec* first = h.FindProcess(x.lost[0].dead);
-    h.SendCommand(p, rec::MakeRec(rec::Cmd::kFence, x.id, rec::RecMsg{.epoch = x.epoch,
-                                                                      .rank = first ? first->info.rank : x.lost[0].rank,
-                                                                      .words = x.keys}));
-    if (x.hold_after_sent) {
-      h.SendCommand(p, rec::MakeRec(rec::Cmd::kHoldAfter, x.id, rec::RecMsg{.epoch = x.epoch, .step = x.hold_after}));
-    }
-    if (x.switch_sent) h.SendCommand(p, rec::MakeRec(rec::Cmd::kRollback, x.id, rec::RecMsg{.epoch = x.epoch, .step = x.step}));
+    if (!ctx_ || !ctx_->survivors.count(p)) return;
+    h.SendCommand(p, ctx_->Fence());
+    if (ctx_->hold_after_sent) h.SendCommand(p, ctx_->HoldAfter());
+    if (ctx_->switch_sent) h.SendCommand(p, ctx_->Rollback());
   }
 
   void OnTick(EngineHost& h) override {
@@ -768,8 +770,7 @@ class RecoveryEngine final : public Engine {
       declared_[d->id] = Declared{ctx_->epoch, d->info.rank, MonoNs()};
     }
     h.BeginPhase(m, 0, "fence");
-    rec::RecMsg fence{.epoch = ctx_->epoch, .rank = first.info.rank, .words = ctx_->keys};
-    for (uint64_t q : ctx_->survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kFence, m.id, fence));
+    for (uint64_t q : ctx_->survivors) h.SendCommand(q, ctx_->Fence());
     for (size_t i = 0; i < dead.size(); ++i) {
       Lost& l = ctx_->lost[i];
       if (TakeStandby(h, m, *dead[i], l)) continue;
@@ -1116,9 +1117,7 @@ class RecoveryEngine final : public Engine {
     }
     x.hold_after_sent = true;
     x.hold_after = newest;
-    for (uint64_t q : x.survivors) {
-      h.SendCommand(q, rec::MakeRec(rec::Cmd::kHoldAfter, x.id, rec::RecMsg{.epoch = x.epoch, .step = newest}));
-    }
+    for (uint64_t q : x.survivors) h.SendCommand(q, x.HoldAfter());
   }
 
   void OnHeld(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {
@@ -1156,8 +1155,7 @@ class RecoveryEngine final : public Engine {
         for (auto& [b, steps] : it->second.held) std::erase_if(steps, [&](const auto& kv) { return kv.first > x.step; });
       }
     }
-    rec::RecMsg rb{.epoch = x.epoch, .step = x.step};
-    for (uint64_t q : x.survivors) h.SendCommand(q, rec::MakeRec(rec::Cmd::kRollback, x.id, rb));
+    for (uint64_t q : x.survivors) h.SendCommand(q, x.Rollback());
   }
 
   void OnRolledBack(EngineHost& h, const ProcessRec& from, const rec::RecMsg& m) {

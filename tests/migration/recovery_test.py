@@ -24,6 +24,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from relay import Relay  # noqa: E402
 
 
+# A job's command prefix: the process of rank 2 reaches the coordinator through the relay whose address is TM_RELAY.
+RANK_2_VIA_RELAY = ["sh", "-c", '[ "$RANK" = 2 ] && export TRAINMOVER_COORDINATOR="$TM_RELAY"; exec "$@"', "sh"]
+
+
 def recoveries(job):
     return [m for m in job.status()["migrations"] if m.get("kind") == "recover"]
 
@@ -198,10 +202,9 @@ def scenario_fence_skew_3d():
     # passed at its fence (HOLD_AFTER), so the recovery completes, every digest bit-identical.
     mt.clear_joiner_logs()
     relay = Relay()
-    wrap = ["sh", "-c", '[ "$RANK" = 2 ] && export TRAINMOVER_COORDINATOR="$TM_RELAY"; exec "$@"', "sh"]
     # Steps of 50 ms (tm-train sleeps after the step's last collective): the kill lands after that collective in most
     # steps, and rank 0's fence (about 10 ms after the kill) comes before its next safe point.
-    job = Job("fence_skew_3d", 4, steps=150, step_ms=50, env={"TM_RELAY": relay.addr}, wrap=wrap,
+    job = Job("fence_skew_3d", 4, steps=150, step_ms=50, env={"TM_RELAY": relay.addr}, wrap=RANK_2_VIA_RELAY,
               layout=("--tp", "2", "--pp", "2"))
     relay.target = job.addr
     try:
@@ -885,10 +888,9 @@ def scenario_out_of_step():
     # bit-identical, and the survivors stand still no longer than the confirmation deadline plus the recovery.
     mt.clear_joiner_logs()
     relay = Relay()
-    wrap = ["sh", "-c", '[ "$RANK" = 2 ] && export TRAINMOVER_COORDINATOR="$TM_RELAY"; exec "$@"', "sh"]
     env = {"TRAINMOVER_HOLD_TIMEOUT_MS": "10000", "TRAINMOVER_FAULT": "slow-transfer", "TM_RELAY": relay.addr,
            "TRAINMOVER_TRANSFER_FLOOR_MS": "1000"}
-    job = Job("out_of_step", 4, steps=1500, step_ms=10, env=env, wrap=wrap,
+    job = Job("out_of_step", 4, steps=1500, step_ms=10, env=env, wrap=RANK_2_VIA_RELAY,
               tmrun_opts=["--heartbeat-timeout-ms", "30000"])
     relay.target = job.addr
     try:
