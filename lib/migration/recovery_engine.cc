@@ -285,6 +285,14 @@ class RecoveryEngine final : public Engine {
         return MaybeDone(h);
       }
     }
+    // A survivor whose program ended (BYE at exit) before it held: its last safe point was at or before the hold
+    // step, so it will never hold, and without its state of the rollback step nobody can roll back with it. Failed
+    // now with the reason, not after the survivors' hold limit.
+    if (ctx_ && ctx_->survivors.count(p) && pr->state == ProcState::kExited && !ctx_->switch_sent &&
+        !ctx_->held.count(p)) {
+      return Fail(h, "rank " + std::to_string(pr->info.rank) + " (process " + std::to_string(p) + ") ended at step " +
+                         std::to_string(pr->step) + " before it held at a safe point: its program finished");
+    }
     // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
     if (pr->state == ProcState::kExited || !HeldRank(h, *pr)) return;
     if (pr->returning_by_ns) return;  // alive and reconnecting: failed only if it does not come back (coordinator.h)

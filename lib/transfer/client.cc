@@ -135,7 +135,9 @@ struct StateClient::Impl {
   ucp_worker_h worker = nullptr;
 
   Status EnsureUcx() {
-    if (worker != nullptr) return Status::Ok();
+    if (worker != nullptr && !detail::WorkerWedged(worker)) return Status::Ok();
+    worker = nullptr;  // abandoned, with its context (reader.h): never destroyed, never progressed again
+    context = nullptr;
     return detail::MakeContextAndWorker(options.transports, /*wakeup=*/false, &context, &worker);
   }
 };
@@ -143,7 +145,7 @@ struct StateClient::Impl {
 StateClient::StateClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 StateClient::~StateClient() {
   if (impl_ && impl_->worker != nullptr) {
-    if (detail::WorkerWedged(impl_->worker)) return;  // gets still in flight to a cut-off peer: left alive (reader.h)
+    if (detail::WorkerWedged(impl_->worker)) return;  // a request still in flight to a cut-off peer: left (reader.h)
     ucp_worker_destroy(impl_->worker);
     ucp_cleanup(impl_->context);
   }

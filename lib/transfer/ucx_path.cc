@@ -18,8 +18,8 @@
 namespace trainmover::transfer::detail {
 namespace {
 
-// The workers with gets left in flight by a reader's teardown (WorkerWedged). Built at first use: the shim has no
-// global constructors (shim_symbols).
+// The workers abandoned because a request on them never completed (WorkerWedged). Built at first use: the shim has
+// no global constructors (shim_symbols).
 struct Wedged {
   std::mutex mu;
   std::set<ucp_worker_h> workers;
@@ -27,6 +27,18 @@ struct Wedged {
 Wedged& WedgedWorkers() {
   static Wedged* w = new Wedged;  // never destroyed: read until the process's last StateClient is gone
   return *w;
+}
+
+void MarkWedged(ucp_worker_h worker) {
+  Wedged& w = WedgedWorkers();
+  std::lock_guard<std::mutex> lock(w.mu);
+  w.workers.insert(worker);
+}
+
+Status Abandoned() {
+  return Status(Code::kPeerFailure,
+                "this connection's UCX worker was abandoned (a request to a cut-off peer never completed): prepare "
+                "again");
 }
 
 class UcxReader : public Reader {
@@ -79,6 +91,7 @@ class UcxReader : public Reader {
   }
 
   Status ReadAll(const ReadParams& params, BlockSink* sink) override {
+    if (WorkerWedged(worker_)) return Abandoned();
     // Gets of a failed earlier Read still in flight would land in this one's counts.
     if (outstanding_ > 0) return Status(Code::kState, "an earlier Read failed with reads in flight: Prepare again");
     deadline_ = params.deadline;
@@ -120,6 +133,7 @@ class UcxReader : public Reader {
   }
 
   Status ReadControl(void* dst, size_t len, uint64_t offset, Clock::time_point deadline) override {
+    if (WorkerWedged(worker_)) return Abandoned();
     deadline_ = deadline;
     ucp_request_param_t p{};
     return Wait(ucp_get_nbx(ep_, dst, len, plan_->d.control.address + offset, control_rkey_, &p), "ucp_get_nbx");
@@ -218,6 +232,8 @@ class UcxReader : public Reader {
         ucp_request_cancel(worker_, r);
         auto limit = Clock::now() + std::chrono::seconds(2);
         while (ucp_request_check_status(r) == UCS_INPROGRESS && Clock::now() < limit) ucp_worker_progress(worker_);
+        // Still in flight (cancel does nothing to an RMA): it could complete into `dst` under any later progress.
+        if (ucp_request_check_status(r) == UCS_INPROGRESS) MarkWedged(worker_);
         ucp_request_free(r);
         return s;
       }
@@ -227,14 +243,18 @@ class UcxReader : public Reader {
     return Status::Ok();
   }
 
-  // Cancels what is in flight (force-closing the endpoint) and releases everything; bounded in time.
+  // Cancels what is in flight (force-closing the endpoint) and releases everything; bounded in time. A request
+  // that outlives the bound could still complete into the local regions (or, at the worker's destruction, make UCX
+  // 1.13 abort the process): the worker is then abandoned (WorkerWedged) and nothing here touches UCX again.
   void Teardown() {
+    if (WorkerWedged(worker_)) return;  // abandoned by this reader or another on the same worker: left as it is
     for (ucp_rkey_h& k : rkeys_) {
       if (k != nullptr) ucp_rkey_destroy(k);
       k = nullptr;
     }
     if (control_rkey_ != nullptr) ucp_rkey_destroy(control_rkey_);
     control_rkey_ = nullptr;
+    bool closed = true;
     if (ep_ != nullptr) {
       bool clean = outstanding_ == 0 && ep_status_ == UCS_OK;
       ucp_request_param_t p{};
@@ -245,23 +265,16 @@ class UcxReader : public Reader {
       auto limit = Clock::now() + std::chrono::seconds(2);
       if (UCS_PTR_IS_PTR(r)) {
         while (ucp_request_check_status(r) == UCS_INPROGRESS && Clock::now() < limit) ucp_worker_progress(worker_);
-        if (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_request_cancel(worker_, r);
+        closed = ucp_request_check_status(r) != UCS_INPROGRESS;
+        if (!closed) ucp_request_cancel(worker_, r);
         ucp_request_free(r);
       }
       while (outstanding_ > 0 && Clock::now() < limit) ucp_worker_progress(worker_);
     }
-    // Gets still outstanding after the limit would write into these mappings: keep them in that case, and the
-    // worker too (WorkerWedged).
-    if (outstanding_ > 0) {
-      Wedged& w = WedgedWorkers();
-      std::lock_guard<std::mutex> lock(w.mu);
-      w.workers.insert(worker_);
-    }
-    if (outstanding_ == 0) {
-      for (ucp_mem_h& h : memhs_) {
-        if (h != nullptr) ucp_mem_unmap(context_, h);
-        h = nullptr;
-      }
+    if (outstanding_ > 0 || !closed) return MarkWedged(worker_);  // the mappings stay: gets may still land there
+    for (ucp_mem_h& h : memhs_) {
+      if (h != nullptr) ucp_mem_unmap(context_, h);
+      h = nullptr;
     }
   }
 

@@ -11,7 +11,8 @@ perf/README.md:
   3. every TRAINMOVER_* name the docs write is a parameter (or in ALLOWED below, with the reason);
   4. every long flag written after a tool's name on a command line in the docs (`tmctl migrate --rank 1`,
      `build/tools/tmrun/tmrun -n 2 -- ...`) is one that tool accepts, every `tmctl <word>` a subcommand, and
-     every flag in the first column of a tool page's options table is that tool's.
+     every flag in the first column of a tool page's options table is that tool's;
+  5. no page holds a merge's conflict markers.
 Fix the docs (or the tool), not this test. Standard library only. Exit 0 pass, 1 fail.
 """
 import os
@@ -110,6 +111,10 @@ def main():
                     checked += 1
                     if f.group(0) not in flags[tool] and (tool, f.group(0)) not in ALLOWED_FLAGS:
                         fail(f"{doc}:{lineno}: {tool} {f.group(0)} is not a flag of {tool} ({line.strip()[:100]})")
+    for doc, t in texts.items():  # 5.
+        for lineno, line in enumerate(t.splitlines(), 1):
+            if re.match(r"(<{7}|>{7})( |$)|={7}$", line):
+                fail(f"{doc}:{lineno}: a merge's conflict marker: {line[:40]}")
     for tool in ("tmrun", "tm-train"):
         for lineno, line in enumerate(texts[PAGE[tool]].splitlines(), 1):
             cell = re.match(r"^\|\s*([^|]*)\|", line)

@@ -1330,6 +1330,23 @@ TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fa
   CHECK(b.launched.stopped.size() == 1);  // the spawned replacement that never became one is stopped
   sent = b.h.Take();
   CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 1);
+
+  // A survivor whose program ends before it holds (its last safe point at or before the hold step) will never hold:
+  // failed at once, saying so, not after the others' hold limit.
+  RecJob c(3);
+  c.Snapshot(3);
+  c.h.procs[2].state = ProcState::kLost;
+  c.r->OnProcessLost(c.h, 2);
+  CHECK(c.h.migs.rbegin()->second.state != MigState::kFailed);  // recovering
+  c.h.Take();
+  c.h.procs[3].state = ProcState::kExited;
+  c.h.procs[3].step = 20;
+  c.r->OnProcessLost(c.h, 3);
+  REQUIRE(c.h.migs.size() == 1);
+  CHECK(c.h.migs.begin()->second.state == MigState::kFailed);
+  CHECK(c.h.migs.begin()->second.reason.find("rank 2 (process 3) ended at step 20 before it held") != std::string::npos);
+  sent = c.h.Take();
+  CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 1);
 }
 
 TEST_CASE("recovery: a buddy that only reconnects keeps its copies on record; the rank it holds is recovered from it") {

@@ -3,6 +3,9 @@
 // (network namespaces). The descriptor travels through a file.
 //   transfer_peer serve <descriptor-file> <bytes> <regions>   expose, seal, publish, wait for the client
 //   transfer_peer fetch <descriptor-file> <bytes> <regions>   fetch over UCX (path ucx), compare bit for bit
+//   transfer_peer fetch-cut <descriptor-file> <bytes> <regions>   once <descriptor-file>.cut exists (the leaver's
+//       host cut off), fetch with a 2 s timeout: it must fail, and the client's teardown must neither hang nor
+//       abort the process (requests to the cut-off host may still be in flight inside UCX)
 // Exit 0 on success. UCX_TLS / UCX_NET_DEVICES come from the environment.
 #include <unistd.h>
 
@@ -60,14 +63,25 @@ int main(int argc, char** argv) {
     if (in) desc.assign(std::istreambuf_iterator<char>(in), {});
     if (desc.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  const bool cut = mode == "fetch-cut";
+  for (int i = 0; cut && i < 200 && !std::ifstream(file + ".cut"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   std::unique_ptr<tt::StateClient> client;
   tt::Status s = tt::StateClient::Create({}, &client);
   tt::FetchOptions o;
   o.path = tt::FetchPath::kUcx;
   o.chunk_bytes = 256 << 10;
-  o.timeout_ms = 30000;
+  o.timeout_ms = cut ? 2000 : 30000;
   tt::FetchResult r;
   if (s.ok()) s = client->Fetch(desc, regions, o, &r);
+  if (cut) {
+    const auto t0 = std::chrono::steady_clock::now();
+    client.reset();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    printf("fetch-cut: %s; the client's teardown took %.3f s\n", s.ToString().c_str(), secs);
+    return s.ok() || secs > 10 ? 1 : 0;
+  }
   size_t wrong = 0;
   for (int i = 0; i < n; ++i) {
     std::vector<unsigned char> expect(bufs[i].size());
