@@ -890,19 +890,27 @@ void Recovery::Pull(const rec::RecMsg& m) {
   transfer::FetchOptions o;
   o.expected_checksums = m.words;
   o.timeout_ms = HandOffTimeoutMs(Bytes(h.regions));
-  if (!n.fetch || n.descriptor != m.blob) {
-    n.fetch.reset();
-    n.descriptor = m.blob;
-    transfer::StateClient* client = Client();
-    if (!client) return fail("no state client");
-    transfer::Status st = client->Prepare(m.blob, Over(h.regions, n.bufs), o, &n.fetch);
-    if (!st.ok()) {
-      n.fetch.reset();
-      return fail(st.ToString());
-    }
-  }
   transfer::FetchResult res;
-  transfer::Status st = n.fetch->Read(o, &res);
+  transfer::Status st;
+  for (;;) {
+    const bool kept = n.fetch && n.descriptor == m.blob;
+    if (!kept) {
+      n.fetch.reset();
+      n.descriptor = m.blob;
+      transfer::StateClient* client = Client();
+      if (!client) return fail("no state client");
+      st = client->Prepare(m.blob, Over(h.regions, n.bufs), o, &n.fetch);
+      if (!st.ok()) {
+        n.fetch.reset();
+        return fail(st.ToString());
+      }
+    }
+    st = n.fetch->Read(o, &res);
+    // A kept connection that cannot be read any more ("prepare again": its UCX worker was given up after another
+    // connection's request to a cut-off peer never completed, transfer/reader.h): connected again, once.
+    if (!(kept && st.code() == transfer::Code::kState)) break;
+    n.fetch.reset();
+  }
   if (!st.ok() || !res.verified) {
     n.fetch.reset();
     return fail(st.ok() ? "not verified" : st.ToString());

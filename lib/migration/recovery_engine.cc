@@ -290,8 +290,8 @@ class RecoveryEngine final : public Engine {
     // now with the reason, not after the survivors' hold limit.
     if (ctx_ && ctx_->survivors.count(p) && pr->state == ProcState::kExited && !ctx_->switch_sent &&
         !ctx_->held.count(p)) {
-      return Fail(h, "rank " + std::to_string(pr->info.rank) + " (process " + std::to_string(p) + ") ended at step " +
-                         std::to_string(pr->step) + " before it held at a safe point: its program finished");
+      return Fail(h, "rank " + std::to_string(pr->info.rank) + " (process " + std::to_string(p) + ") exited at step " +
+                         std::to_string(pr->step) + " before it held at a safe point");
     }
     // A leaver after its switch holds nothing (its joiner holds the rank); a joiner after its switch holds it.
     if (pr->state == ProcState::kExited || !HeldRank(h, *pr)) return;

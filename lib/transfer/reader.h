@@ -80,12 +80,13 @@ Status OpenCmaReader(const Plan* plan, int lanes, std::unique_ptr<Reader>* out);
 // read of the control block's magic. The worker is driven by the calling thread only.
 Status OpenUcxReader(ucp_context_h context, ucp_worker_h worker, bool peer_errors, const Plan* plan,
                      Clock::time_point deadline, std::unique_ptr<Reader>* out);
-// Whether `worker` was abandoned: a request on it (a get, the control read, an endpoint's close) did not complete
-// within its reader's bounded cancel and teardown (a peer cut off, not reset: nothing completes it). Progressing such
-// a worker again could complete that request into memory since freed, and UCX 1.13 aborts the process
-// (`ucs_hlist_is_empty(proto_reqs)` in ucp_ep_destroy_base) when it is destroyed; so no reader touches it again (their
-// reads fail, "prepare again"), and its owner neither destroys it nor prepares on it, but makes a new one: a bounded
-// leak, one worker per cut-off peer met. Seen at a rank's exit in `multihost_cut`.
+// Whether `worker` was abandoned: a request on it (a get, a control read given up at its deadline, the endpoint's
+// close) was still in flight after its reader's forced close and bounded teardown (a peer cut off, not reset: nothing
+// completes it). Progressing such a worker again could complete that request into memory freed since, and UCX 1.13
+// aborts the process (`ucs_hlist_is_empty(proto_reqs)` in ucp_ep_destroy_base) when it is destroyed; so no reader
+// progresses it again (their reads fail with kState, "prepare again"), and its owner neither destroys it nor
+// prepares on it, but makes a new one. Seen at a rank's exit in `multihost_cut`. Left: the other readers on that
+// worker then end without an orderly close, which a peer's UCX may take badly at exit (docs/transfer.md).
 bool WorkerWedged(ucp_worker_h worker);
 
 }  // namespace trainmover::transfer::detail

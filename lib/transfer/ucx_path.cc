@@ -36,7 +36,7 @@ void MarkWedged(ucp_worker_h worker) {
 }
 
 Status Abandoned() {
-  return Status(Code::kPeerFailure,
+  return Status(Code::kState,
                 "this connection's UCX worker was abandoned (a request to a cut-off peer never completed): prepare "
                 "again");
 }
@@ -134,9 +134,15 @@ class UcxReader : public Reader {
 
   Status ReadControl(void* dst, size_t len, uint64_t offset, Clock::time_point deadline) override {
     if (WorkerWedged(worker_)) return Abandoned();
+    if (stuck_ != nullptr) return Status(Code::kState, "an earlier control read is still in flight: prepare again");
     deadline_ = deadline;
+    // Into a buffer of the reader's own: a read given up at the deadline may still complete (Teardown).
+    control_buf_.resize(len);
     ucp_request_param_t p{};
-    return Wait(ucp_get_nbx(ep_, dst, len, plan_->d.control.address + offset, control_rkey_, &p), "ucp_get_nbx");
+    Status s = Wait(ucp_get_nbx(ep_, control_buf_.data(), len, plan_->d.control.address + offset, control_rkey_, &p),
+                    "ucp_get_nbx");
+    if (s.ok()) memcpy(dst, control_buf_.data(), len);
+    return s;
   }
 
  private:
@@ -228,13 +234,8 @@ class UcxReader : public Reader {
     while ((st = ucp_request_check_status(r)) == UCS_INPROGRESS) {
       ucp_worker_progress(worker_);
       Status s = Check();
-      if (!s.ok()) {
-        ucp_request_cancel(worker_, r);
-        auto limit = Clock::now() + std::chrono::seconds(2);
-        while (ucp_request_check_status(r) == UCS_INPROGRESS && Clock::now() < limit) ucp_worker_progress(worker_);
-        // Still in flight (cancel does nothing to an RMA): it could complete into `dst` under any later progress.
-        if (ucp_request_check_status(r) == UCS_INPROGRESS) MarkWedged(worker_);
-        ucp_request_free(r);
+      if (!s.ok()) {  // cancel does nothing to an RMA: Teardown's forced close purges it, or gives the worker up
+        stuck_ = r;
         return s;
       }
     }
@@ -243,39 +244,50 @@ class UcxReader : public Reader {
     return Status::Ok();
   }
 
-  // Cancels what is in flight (force-closing the endpoint) and releases everything; bounded in time. A request
-  // that outlives the bound could still complete into the local regions (or, at the worker's destruction, make UCX
-  // 1.13 abort the process): the worker is then abandoned (WorkerWedged) and nothing here touches UCX again.
+  // Cancels what is in flight (force-closing the endpoint, which purges the requests still queued on it) and
+  // releases everything; bounded in time. A request that outlives the bound could still complete under a later
+  // progress (into memory freed by then), and UCX 1.13 aborts the process when it destroys a worker that holds
+  // one: the worker is abandoned then (WorkerWedged). The keys and mappings go in any case (no progress there; an
+  // RDMA get still in flight then fails on the unmapped region instead of landing in freed memory).
   void Teardown() {
-    if (WorkerWedged(worker_)) return;  // abandoned by this reader or another on the same worker: left as it is
+    if (!WorkerWedged(worker_)) CloseEndpoint();  // one abandoned by another reader is never progressed again
     for (ucp_rkey_h& k : rkeys_) {
       if (k != nullptr) ucp_rkey_destroy(k);
       k = nullptr;
     }
     if (control_rkey_ != nullptr) ucp_rkey_destroy(control_rkey_);
     control_rkey_ = nullptr;
+    for (ucp_mem_h& h : memhs_) {
+      if (h != nullptr) ucp_mem_unmap(context_, h);
+      h = nullptr;
+    }
+  }
+
+  void CloseEndpoint() {
     bool closed = true;
     if (ep_ != nullptr) {
-      bool clean = outstanding_ == 0 && ep_status_ == UCS_OK;
+      const bool clean = outstanding_ == 0 && stuck_ == nullptr && ep_status_ == UCS_OK;
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
       p.flags = clean ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
       ucs_status_ptr_t r = ucp_ep_close_nbx(ep_, &p);
       ep_ = nullptr;
-      auto limit = Clock::now() + std::chrono::seconds(2);
+      const auto limit = Clock::now() + std::chrono::seconds(2);
+      auto in_flight = [&] {
+        return outstanding_ > 0 || (stuck_ && ucp_request_check_status(stuck_) == UCS_INPROGRESS) ||
+               (UCS_PTR_IS_PTR(r) && ucp_request_check_status(r) == UCS_INPROGRESS);
+      };
+      while (in_flight() && Clock::now() < limit) ucp_worker_progress(worker_);
       if (UCS_PTR_IS_PTR(r)) {
-        while (ucp_request_check_status(r) == UCS_INPROGRESS && Clock::now() < limit) ucp_worker_progress(worker_);
         closed = ucp_request_check_status(r) != UCS_INPROGRESS;
         if (!closed) ucp_request_cancel(worker_, r);
         ucp_request_free(r);
       }
-      while (outstanding_ > 0 && Clock::now() < limit) ucp_worker_progress(worker_);
     }
-    if (outstanding_ > 0 || !closed) return MarkWedged(worker_);  // the mappings stay: gets may still land there
-    for (ucp_mem_h& h : memhs_) {
-      if (h != nullptr) ucp_mem_unmap(context_, h);
-      h = nullptr;
-    }
+    const bool stuck = stuck_ && ucp_request_check_status(stuck_) == UCS_INPROGRESS;
+    if (stuck_) ucp_request_free(stuck_);  // released by UCX when (if ever) it completes
+    stuck_ = nullptr;
+    if (outstanding_ > 0 || stuck || !closed) MarkWedged(worker_);
   }
 
   ucp_context_h context_;
@@ -293,6 +305,8 @@ class UcxReader : public Reader {
   std::vector<std::unique_ptr<Slot>> slots_;
   Slot* free_ = nullptr;
   int outstanding_ = 0;
+  std::vector<uint8_t> control_buf_;   // the control reads land here, then are copied out
+  ucs_status_ptr_t stuck_ = nullptr;   // a control read given up at its deadline, still in flight
 };
 
 }  // namespace

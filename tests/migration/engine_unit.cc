@@ -1344,7 +1344,7 @@ TEST_CASE("recovery: refused without a complete snapshot, and when a survivor fa
   c.r->OnProcessLost(c.h, 3);
   REQUIRE(c.h.migs.size() == 1);
   CHECK(c.h.migs.begin()->second.state == MigState::kFailed);
-  CHECK(c.h.migs.begin()->second.reason.find("rank 2 (process 3) ended at step 20 before it held") != std::string::npos);
+  CHECK(c.h.migs.begin()->second.reason.find("rank 2 (process 3) exited at step 20 before it held") != std::string::npos);
   sent = c.h.Take();
   CHECK(std::count(sent.begin(), sent.end(), "1:GIVE_UP") == 1);
 }

@@ -394,7 +394,7 @@ TEST_CASE("a leaver frozen while the joiner connects: an error, and the client s
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   MESSAGE("frozen leaver: " << (s.ok() ? std::string("prepared") : s.ToString()) << " in " << secs << " s");
   if (Transports() == "tcp") CHECK(s.code() == tt::Code::kTimeout);
-  CHECK(secs < 6);
+  CHECK(secs < 10);  // the 1 s timeout, then at most the teardown's 2 s bound (and ucp_init), on a busy machine
   prepared.reset();
 
   std::vector<std::vector<unsigned char>> dst;
