@@ -128,28 +128,38 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 
 // UCX is initialised on the first Prepare that takes the UCX path, not in Create: ucp_init and the worker cost
 // ~20 ms here (every transport is opened), which the same-host path never needs; a migration's joiner that
-// creates its client at the switch would otherwise pay it on the critical path.
+// creates its client at the switch would otherwise pay it on the critical path. One worker per leaver process,
+// shared by the connections to it (reader.h, UcxWorker).
 struct StateClient::Impl {
   ClientOptions options;
-  ucp_context_h context = nullptr;
-  ucp_worker_h worker = nullptr;
+  std::shared_ptr<detail::UcxContext> context;
+  std::map<std::string, std::weak_ptr<detail::UcxWorker>> workers;  // by the leaver's HostIdentity
 
-  Status EnsureUcx() {
-    if (worker != nullptr && !detail::WorkerWedged(worker)) return Status::Ok();
-    worker = nullptr;  // abandoned, with its context (reader.h): never destroyed, never progressed again
-    context = nullptr;
-    return detail::MakeContextAndWorker(options.transports, /*wakeup=*/false, &context, &worker);
+  Status WorkerFor(const detail::HostIdentity& leaver, std::shared_ptr<detail::UcxWorker>* out) {
+    if (!context) {
+      auto c = std::make_shared<detail::UcxContext>();
+      Status s = detail::MakeContext(options.transports, /*wakeup=*/false, &c->h);
+      if (!s.ok()) return s;  // c->h stays null
+      context = std::move(c);
+    }
+    std::erase_if(workers, [](const auto& w) { return w.second.expired(); });
+    std::string key(reinterpret_cast<const char*>(leaver.boot_id), sizeof(leaver.boot_id));
+    key += std::to_string(leaver.pid_namespace) + "/" + std::to_string(leaver.pid);
+    std::shared_ptr<detail::UcxWorker> w = workers[key].lock();
+    if (!w || detail::WorkerWedged(w->h)) {  // a given-up one is left to its readers (never progressed again)
+      w = std::make_shared<detail::UcxWorker>();
+      w->context = context;
+      Status s = detail::MakeWorker(context->h, &w->h);
+      if (!s.ok()) return s;  // w->h stays null
+      workers[key] = w;
+    }
+    *out = std::move(w);
+    return Status::Ok();
   }
 };
 
 StateClient::StateClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-StateClient::~StateClient() {
-  if (impl_ && impl_->worker != nullptr) {
-    if (detail::WorkerWedged(impl_->worker)) return;  // a request still in flight to a cut-off peer: left (reader.h)
-    ucp_worker_destroy(impl_->worker);
-    ucp_cleanup(impl_->context);
-  }
-}
+StateClient::~StateClient() = default;  // each worker goes with its last reader, the context with its last worker
 
 Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateClient>* out) {
   auto impl = std::make_unique<Impl>();
@@ -225,10 +235,10 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
     }
   }
   if (impl->reader == nullptr) {
-    s = impl_->EnsureUcx();
+    std::shared_ptr<detail::UcxWorker> worker;
+    s = impl_->WorkerFor(plan.d.host, &worker);
     if (!s.ok()) return s;
-    s = detail::OpenUcxReader(impl_->context, impl_->worker, impl_->options.peer_error_handling, &plan, deadline,
-                              &impl->reader);
+    s = detail::OpenUcxReader(std::move(worker), impl_->options.peer_error_handling, &plan, deadline, &impl->reader);
     if (!s.ok()) return s;
   }
   out->reset(new PreparedFetch(std::move(impl)));

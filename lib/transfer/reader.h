@@ -76,17 +76,30 @@ bool CmaEligible(const DescriptorData& d, const std::vector<Region>& local);
 // Probes the leaver (reads the control block's magic); kUnsupported when the kernel refuses (ptrace rules),
 // kPeerFailure when the leaver is gone. `lanes` threads read at once (the caller's and lanes - 1 helpers).
 Status OpenCmaReader(const Plan* plan, int lanes, std::unique_ptr<Reader>* out);
+// A StateClient's UCX context, cleaned up with the last worker made of it (never, once one was given up).
+struct UcxContext {
+  ucp_context_h h = nullptr;
+  ~UcxContext();
+};
+// A StateClient's worker for one leaver process (StateClient::Impl::WorkerFor): a leaver that is cut off takes no
+// other leaver's connections down with its worker when that is given up (WorkerWedged). Shared by the readers on it,
+// destroyed with the last of them, unless given up: then it and its context stay as they are for good.
+struct UcxWorker {
+  std::shared_ptr<UcxContext> context;
+  ucp_worker_h h = nullptr;
+  ~UcxWorker();
+};
 // Endpoint to the leaver's worker, rkeys unpacked, local host regions mapped, wire-up finished by a first
 // read of the control block's magic. The worker is driven by the calling thread only.
-Status OpenUcxReader(ucp_context_h context, ucp_worker_h worker, bool peer_errors, const Plan* plan,
-                     Clock::time_point deadline, std::unique_ptr<Reader>* out);
+Status OpenUcxReader(std::shared_ptr<UcxWorker> worker, bool peer_errors, const Plan* plan, Clock::time_point deadline,
+                     std::unique_ptr<Reader>* out);
 // Whether `worker` was abandoned: a request on it (a get, a control read given up at its deadline, the endpoint's
 // close) was still in flight after its reader's forced close and bounded teardown (a peer cut off, not reset: nothing
 // completes it). Progressing such a worker again could complete that request into memory freed since, and UCX 1.13
 // aborts the process (`ucs_hlist_is_empty(proto_reqs)` in ucp_ep_destroy_base) when it is destroyed; so no reader
 // progresses it again (their reads fail with kState, "prepare again"), and its owner neither destroys it nor
-// prepares on it, but makes a new one. Seen at a rank's exit in `multihost_cut`. Left: the other readers on that
-// worker then end without an orderly close, which a peer's UCX may take badly at exit (docs/transfer.md).
+// prepares on it, but makes a new one. Seen at a rank's exit in `multihost_cut`. The other readers on that worker
+// (connections to the same leaver process) then end without an orderly close.
 bool WorkerWedged(ucp_worker_h worker);
 
 }  // namespace trainmover::transfer::detail

@@ -43,8 +43,9 @@ Status Abandoned() {
 
 class UcxReader : public Reader {
  public:
-  UcxReader(ucp_context_h context, ucp_worker_h worker, bool peer_errors, const Plan* plan)
-      : context_(context), worker_(worker), peer_errors_(peer_errors), plan_(plan) {}
+  UcxReader(std::shared_ptr<UcxWorker> worker, bool peer_errors, const Plan* plan)
+      : keep_(std::move(worker)), context_(keep_->context->h), worker_(keep_->h), peer_errors_(peer_errors),
+        plan_(plan) {}
   ~UcxReader() override { Teardown(); }
 
   FetchPath path() const override { return FetchPath::kUcx; }
@@ -290,6 +291,7 @@ class UcxReader : public Reader {
     if (outstanding_ > 0 || stuck || !closed) MarkWedged(worker_);
   }
 
+  std::shared_ptr<UcxWorker> keep_;  // the worker (and its context) live as long as this reader
   ucp_context_h context_;
   ucp_worker_h worker_;
   bool peer_errors_;
@@ -317,9 +319,22 @@ bool WorkerWedged(ucp_worker_h worker) {
   return w.workers.count(worker) > 0;
 }
 
-Status OpenUcxReader(ucp_context_h context, ucp_worker_h worker, bool peer_errors, const Plan* plan,
-                     Clock::time_point deadline, std::unique_ptr<Reader>* out) {
-  auto reader = std::make_unique<UcxReader>(context, worker, peer_errors, plan);
+UcxContext::~UcxContext() {
+  if (h != nullptr) ucp_cleanup(h);
+}
+
+UcxWorker::~UcxWorker() {
+  if (h == nullptr) return;
+  if (WorkerWedged(h)) {
+    new std::shared_ptr<UcxContext>(context);  // given up: the worker, and so its context, stay for good
+    return;
+  }
+  ucp_worker_destroy(h);
+}
+
+Status OpenUcxReader(std::shared_ptr<UcxWorker> worker, bool peer_errors, const Plan* plan, Clock::time_point deadline,
+                     std::unique_ptr<Reader>* out) {
+  auto reader = std::make_unique<UcxReader>(std::move(worker), peer_errors, plan);
   Status s = reader->Open(deadline);
   if (!s.ok()) return s;
   *out = std::move(reader);

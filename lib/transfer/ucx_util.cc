@@ -20,6 +20,8 @@ bool HasRdmaDevices() {
          !std::filesystem::is_empty("/sys/class/infiniband", ec);
 }
 
+}  // namespace
+
 Status MakeContext(const std::string& transports, bool wakeup, ucp_context_h* context) {
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
@@ -50,7 +52,10 @@ Status MakeContext(const std::string& transports, bool wakeup, ucp_context_h* co
   params.features = UCP_FEATURE_RMA | (wakeup ? UCP_FEATURE_WAKEUP : 0);
   st = ucp_init(&params, config, context);
   ucp_config_release(config);
-  if (st != UCS_OK) return UcxError("ucp_init", st);
+  if (st != UCS_OK) {
+    *context = nullptr;
+    return UcxError("ucp_init", st);
+  }
   return Status::Ok();
 }
 
@@ -59,11 +64,12 @@ Status MakeWorker(ucp_context_h context, ucp_worker_h* worker) {
   params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   params.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // one thread at a time, not always the same one
   ucs_status_t st = ucp_worker_create(context, &params, worker);
-  if (st != UCS_OK) return UcxError("ucp_worker_create", st);
+  if (st != UCS_OK) {
+    *worker = nullptr;
+    return UcxError("ucp_worker_create", st);
+  }
   return Status::Ok();
 }
-
-}  // namespace
 
 Status MakeContextAndWorker(const std::string& transports, bool wakeup, ucp_context_h* context, ucp_worker_h* worker) {
   Status s = MakeContext(transports, wakeup, context);

@@ -17,7 +17,11 @@ Status UcxError(const std::string& what, ucs_status_t st);
 // A context with RMA (and wake-up for the server's sleeping progress thread). Transports come from
 // `transports` when given, else from UCX_TLS/UCX's defaults. Unless the user chose otherwise with
 // UCX_KEEPALIVE_INTERVAL, peers are checked every second so that a dead leaver is noticed quickly.
-// A context and its worker (UCS_THREAD_MODE_SERIALIZED: one thread at a time); nothing is left on failure.
+// Null on failure.
+Status MakeContext(const std::string& transports, bool wakeup, ucp_context_h* context);
+// A worker of `context` (UCS_THREAD_MODE_SERIALIZED: one thread at a time); null on failure.
+Status MakeWorker(ucp_context_h context, ucp_worker_h* worker);
+// Both; nothing is left on failure.
 Status MakeContextAndWorker(const std::string& transports, bool wakeup, ucp_context_h* context, ucp_worker_h* worker);
 
 ucs_memory_type_t UcsType(MemoryType t);
