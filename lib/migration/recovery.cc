@@ -694,7 +694,7 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
     staging_ = true;
     queue_.Push([this, table = std::move(table)] {
       std::unique_ptr<SlotSet> set = BuildSlots(table);
-      (void)Client();  // the buddy side too (a UCX context): a joiner's first pull must not pay it after its switch
+      (void)Client();  // the buddy side too (its UCX objects come with each first Prepare: SNAP_WARM, below)
       // The coordinator has its future buddies connect to each slot and read it once, and sends this process the
       // slots it will hold copies of to do the same (SNAP_WARM, run on this thread after this task); a joiner's
       // PREPARED waits for the end of those (AwaitSlots).

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "checksum.h"
@@ -134,6 +135,10 @@ struct StateClient::Impl {
   ClientOptions options;
   std::shared_ptr<detail::UcxContext> context;
   std::map<std::string, std::weak_ptr<detail::UcxWorker>> workers;  // by the leaver's HostIdentity
+  // Also by leaver: the workers made for it that were given up, and the one in use. Each one given up stays for good
+  // (reader.h), so a leaver that keeps them coming (cut off for good) is not connected to again after kMaxGivenUp.
+  std::map<std::string, std::set<ucp_worker_h>> made;
+  static constexpr size_t kMaxGivenUp = 2;
 
   Status WorkerFor(const detail::HostIdentity& leaver, std::shared_ptr<detail::UcxWorker>* out) {
     if (!context) {
@@ -143,15 +148,27 @@ struct StateClient::Impl {
       context = std::move(c);
     }
     std::erase_if(workers, [](const auto& w) { return w.second.expired(); });
+    for (auto it = made.begin(); it != made.end();) {  // keep the given-up ones and those in use
+      auto live = workers.find(it->first);
+      const ucp_worker_h in_use = live == workers.end() ? nullptr : live->second.lock()->h;
+      std::erase_if(it->second, [&](ucp_worker_h h) { return h != in_use && !detail::WorkerWedged(h); });
+      it = it->second.empty() ? made.erase(it) : std::next(it);
+    }
     std::string key(reinterpret_cast<const char*>(leaver.boot_id), sizeof(leaver.boot_id));
     key += std::to_string(leaver.pid_namespace) + "/" + std::to_string(leaver.pid);
     std::shared_ptr<detail::UcxWorker> w = workers[key].lock();
+    std::set<ucp_worker_h>& mine = made[key];
     if (!w || detail::WorkerWedged(w->h)) {  // a given-up one is left to its readers (never progressed again)
+      if (mine.size() >= kMaxGivenUp) {  // every one left in `mine` was given up
+        return Status(Code::kPeerFailure, "requests to this leaver never completed on " + std::to_string(kMaxGivenUp) +
+                                              " connections (cut off?): not connecting to it again");
+      }
       w = std::make_shared<detail::UcxWorker>();
       w->context = context;
       Status s = detail::MakeWorker(context->h, &w->h);
       if (!s.ok()) return s;  // w->h stays null
       workers[key] = w;
+      mine.insert(w->h);
     }
     *out = std::move(w);
     return Status::Ok();

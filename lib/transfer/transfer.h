@@ -25,7 +25,8 @@
 // library never links against CUDA). Without a usable libcudart, device regions fail with kUnsupported.
 //
 // Thread safety: a StateServer or StateClient is driven by one thread at a time (its methods are not
-// reentrant); distinct objects are independent. Server-side UCX progress runs on the server's own
+// reentrant); distinct objects are independent, except the PreparedFetch objects of one StateClient to the same
+// leaver process, which share a UCX worker: those are driven by one thread at a time, together. Server-side UCX progress runs on the server's own
 // thread. Checksum functions are thread-safe.
 #ifndef TRAINMOVER_LIB_TRANSFER_TRANSFER_H_
 #define TRAINMOVER_LIB_TRANSFER_TRANSFER_H_

@@ -94,7 +94,9 @@ class UcxReader : public Reader {
   Status ReadAll(const ReadParams& params, BlockSink* sink) override {
     if (WorkerWedged(worker_)) return Abandoned();
     // Gets of a failed earlier Read still in flight would land in this one's counts.
-    if (outstanding_ > 0) return Status(Code::kState, "an earlier Read failed with reads in flight: Prepare again");
+    if (outstanding_ > 0 || stuck_ != nullptr) {
+      return Status(Code::kState, "an earlier read failed with reads in flight: prepare again");
+    }
     deadline_ = params.deadline;
     request_status_ = UCS_OK;
     // Enough chunks to keep max_outstanding gets in flight even for a small state, each at least a checksum
@@ -270,8 +272,10 @@ class UcxReader : public Reader {
       const bool clean = outstanding_ == 0 && stuck_ == nullptr && ep_status_ == UCS_OK;
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-      p.flags = clean ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
+      // UCX refuses a forced close (UCS_ERR_INVALID_PARAM) on an endpoint without peer-failure handling.
+      p.flags = clean || !peer_errors_ ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
       ucs_status_ptr_t r = ucp_ep_close_nbx(ep_, &p);
+      if (UCS_PTR_IS_ERR(r)) closed = false;
       ep_ = nullptr;
       const auto limit = Clock::now() + std::chrono::seconds(2);
       auto in_flight = [&] {
@@ -288,6 +292,8 @@ class UcxReader : public Reader {
     const bool stuck = stuck_ && ucp_request_check_status(stuck_) == UCS_INPROGRESS;
     if (stuck_) ucp_request_free(stuck_);  // released by UCX when (if ever) it completes
     stuck_ = nullptr;
+    // An RDMA read may still land without progress: its buffer outlives the reader.
+    if (stuck) new std::vector<uint8_t>(std::move(control_buf_));
     if (outstanding_ > 0 || stuck || !closed) MarkWedged(worker_);
   }
 
