@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "base/host.h"
+#include "ucx_tcp_connect.h"
 
 namespace trainmover::transfer::detail {
 
@@ -34,12 +35,7 @@ Status MakeContext(const std::string& transports, bool wakeup, ucp_context_h* co
     }
   }
   if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) (void)ucp_config_modify(config, "KEEPALIVE_INTERVAL", "1s");
-  // UCX's tcp transport connects with a blocking connect() inside ucp_ep_create by default (UCX 1.13): to a host
-  // that is cut off (SYNs dropped) that call returns only when the kernel gives up, about 2 minutes later, whatever
-  // our deadline. Non-blocking, the connection completes (or fails, through the endpoint's error callback) under
-  // worker progress, where every wait has its deadline. UCX_TCP_CONN_NB, when set, is the user's choice. (UCX 1.13
-  // matches a transport's key without its "TCP_" prefix here; tests/transfer/netns.sh hangs without it.)
-  if (std::getenv("UCX_TCP_CONN_NB") == nullptr) (void)ucp_config_modify(config, "CONN_NB", "y");
+  (void)common::PreferNonBlockingTcpConnect(config);  // a cut-off peer costs a deadline, not 2 minutes
   // Between hosts over TCP, the network the job runs on: the interface of the address the coordinator knows
   // this host by (base/host.h). UCX_NET_DEVICES, when set, is the user's choice and wins; loopback restricts
   // nothing; where there are RDMA devices, UCX chooses among them itself (a netdev name would exclude them).

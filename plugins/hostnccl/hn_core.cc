@@ -3,6 +3,7 @@
 #include "hn_core.h"
 
 #include "hn_bootstrap.h"
+#include "ucx_tcp_connect.h"
 #include "wall_clock.h"
 
 #include <arpa/inet.h>
@@ -462,13 +463,8 @@ ncclResult_t Context(bool lean, ucp_context_h* out) {
     std::call_once(atfork_once, [] { pthread_atfork(nullptr, nullptr, ForgetContextInChild); });
     ucp_config_t* cfg = nullptr;
     if (ucp_config_read(nullptr, nullptr, &cfg) != UCS_OK) return Fail(ncclSystemError, "UCX: config read failed");
-    // UCX's tcp transport connects with a blocking connect() inside ucp_ep_create (UCX 1.13's UCX_TCP_CONN_NB=n):
-    // to a peer whose host is cut off that returns after the kernel's SYN retries, about 2 minutes, past any
-    // deadline or abort. Non-blocking unless the environment chooses (UCX 1.13 matches a transport's key without
-    // its "TCP_" prefix here).
-    if (!getenv("UCX_TCP_CONN_NB") && ucp_config_modify(cfg, "CONN_NB", "y") != UCS_OK) {
-      Log(kWarn, -1, "UCX: cannot set TCP_CONN_NB=y");
-    }
+    // A cut-off peer costs HOSTNCCL_TIMEOUT_MS, not the 2 minutes of a blocking connect() (ucx_tcp_connect.h).
+    if (trainmover::common::PreferNonBlockingTcpConnect(cfg) != UCS_OK) Log(kWarn, -1, "UCX: cannot set TCP_CONN_NB=y");
     for (const UcxSetting& s : kLeanUcx) {
       if (!lean || std::any_of(std::begin(s.env), std::end(s.env), [](const char* e) { return e && getenv(e); })) {
         continue;
