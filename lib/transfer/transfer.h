@@ -26,8 +26,8 @@
 //
 // Thread safety: a StateServer or StateClient is driven by one thread at a time (its methods are not
 // reentrant); distinct objects are independent, except the PreparedFetch objects of one StateClient to the same
-// leaver process, which share a UCX worker: those are driven by one thread at a time, together. Server-side UCX progress runs on the server's own
-// thread. Checksum functions are thread-safe.
+// leaver process, which share a UCX worker: those are driven by one thread at a time, together. Server-side UCX
+// progress runs on the server's own thread. Checksum functions are thread-safe.
 #ifndef TRAINMOVER_LIB_TRANSFER_TRANSFER_H_
 #define TRAINMOVER_LIB_TRANSFER_TRANSFER_H_
 
