@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
 
 namespace trainmover::base {
@@ -59,5 +60,40 @@ std::string InterfaceOf(const std::string& ip) {
   freeifaddrs(list);
   return name;
 }
+
+uint64_t HostMemoryBytes(const std::string& meminfo, const std::string& cgroup, const std::string& cgroup_root) {
+  uint64_t total = 0;
+  std::ifstream mi(meminfo);
+  for (std::string key; mi >> key;) {
+    unsigned long long kib = 0;
+    if (key == "MemTotal:" && mi >> kib) {
+      total = static_cast<uint64_t>(kib) * 1024;
+      break;
+    }
+    mi.ignore(1 << 12, '\n');
+  }
+  // The cgroup's limit: v2 ("0::/path", memory.max: bytes or "max") or v1 ("N:memory:/path" or a controller
+  // list with memory in it, memory/path/memory.limit_in_bytes; "no limit" is a huge number, above MemTotal).
+  std::ifstream cg(cgroup);
+  for (std::string line; std::getline(cg, line);) {
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = "," + line.substr(a + 1, b - a - 1) + ",", path = line.substr(b + 1);
+    std::string file;
+    if (controllers == ",,") {
+      file = cgroup_root + path + "/memory.max";
+    } else if (controllers.find(",memory,") != std::string::npos) {
+      file = cgroup_root + "/memory" + path + "/memory.limit_in_bytes";
+    } else {
+      continue;
+    }
+    std::ifstream lim(file);
+    unsigned long long bytes = 0;
+    if (lim >> bytes && bytes > 0 && (total == 0 || bytes < total)) total = bytes;
+  }
+  return total;
+}
+
+uint64_t HostMemoryBytes() { return HostMemoryBytes("/proc/meminfo", "/proc/self/cgroup", "/sys/fs/cgroup"); }
 
 }  // namespace trainmover::base

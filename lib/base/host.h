@@ -13,6 +13,7 @@
 #ifndef TRAINMOVER_LIB_BASE_HOST_H_
 #define TRAINMOVER_LIB_BASE_HOST_H_
 
+#include <cstdint>
 #include <string>
 
 namespace trainmover::base {
@@ -27,6 +28,12 @@ void SetHostAddress(const std::string& ip);
 // The name of the local interface that holds IPv4 address `ip` ("" when none does, or for a loopback
 // address, which says nothing about the network between hosts).
 std::string InterfaceOf(const std::string& ip);
+
+// The memory this process's host gives it: MemTotal from `meminfo`, or its cgroup v2 limit (`memory.max` of the
+// cgroup named in `cgroup`, under `cgroup_root`) when that is lower; 0 when neither can be read. The paths are
+// parameters for the tests; HostMemoryBytes() reads this process's (/proc/meminfo, /proc/self/cgroup, /sys/fs/cgroup).
+uint64_t HostMemoryBytes(const std::string& meminfo, const std::string& cgroup, const std::string& cgroup_root);
+uint64_t HostMemoryBytes();
 
 }  // namespace trainmover::base
 

@@ -108,6 +108,12 @@
   X(SNAPSHOT_COPIES, snapshot_copies, int64_t, ParseInt, "int", "1", "integer >= 1",                        \
     "Failure recovery: buddies holding a copy of each rank's snapshot (on other hosts when there are any); "  \
     "a recovery survives the loss of up to N-1 of them together with the rank.")                             \
+  X(SNAPSHOT_MEMORY, snapshot_memory, double, ParseFraction, "fraction", "0.5", "a number > 0 and <= 1",     \
+    "Failure recovery: the share of this host's memory (MemTotal, or the cgroup's limit when lower) that the " \
+    "job's snapshots on this host may take, split evenly over its LOCAL_WORLD_SIZE processes (1 when unset). " \
+    "A process whose 4 snapshots plus the copies it holds for TRAINMOVER_SNAPSHOT_COPIES ranks would not fit " \
+    "in its share takes none (one WARN with the figures; a failure of its rank is then refused) instead of "  \
+    "risking the job to the out-of-memory killer; a buddy refuses a copy that would not fit.")                 \
   X(COMM_POLL_MS, comm_poll_ms, int64_t, ParseInt, "int", "200",                                              \
     "integer >= 0 and <= 2592000000",                                                                         \
     "Failure recovery: how often a background thread (tm-commpoll) asks ncclCommGetAsyncError of each real "  \

@@ -77,6 +77,7 @@ struct MoveCtx {
   std::vector<Pair> pairs;
   std::vector<uint64_t> keys;  // every communicator containing a leaver (first seen order)
   std::set<uint64_t> stayers;  // other members of those communicators
+  std::set<uint64_t> turned_away;  // joiners told to exit for registering off the --to host: their end is no loss
   size_t built_expected = 0, built_ok = 0;
   int64_t proposal = -1, margin = 2, max_seen = -1;  // the switch agreement
   std::set<uint64_t> accepted, at_step, switched;
@@ -326,6 +327,7 @@ class MigrationEngine final : public Engine {
       joiner_candidate |=
           pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
     }
+    joiner_candidate &= !x.turned_away.count(p);
     if (!x.ByLeaver(p) && !x.ByJoiner(p) && !x.stayers.count(p) && !joiner_candidate) return;
     if (!x.switch_sent) return Abort(h, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
     if (pr && pr->returning_by_ns) return;  // reconnecting: it says SWITCHED or that it abandoned once back
@@ -546,6 +548,13 @@ class MigrationEngine final : public Engine {
               "coordinator: joiner process %" PRIu64 " for rank %d is not expected by any migration; told to exit",
               j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
+    }
+    if (!m->host.empty() && j.info.host != m->host) {  // --to H: a joiner elsewhere is turned away, the move waits on
+      const std::string why = "the joiner of rank " + std::to_string(pair->rank) + " registered on host " +
+                              j.info.host + ", but the migration is to host " + m->host;
+      TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s; told to exit", m->id, why.c_str());
+      ctx_[m->id].turned_away.insert(j.id);
+      return refuse_joiner(why);
     }
     ProcessRec* l = h.FindProcess(pair->leaver);
     std::vector<const CommCreated*> lc;

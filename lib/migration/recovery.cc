@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "base/cudart.h"
+#include "base/host.h"
 #include "base/log.h"
 #include "core/binding.h"
 #include "core/shim_state.h"
@@ -128,6 +131,35 @@ std::vector<transfer::Region> Over(const std::vector<control::Region>& table, st
   return out;
 }
 
+// What this process's snapshots and the copies it holds for others may take of its host's memory
+// (TRAINMOVER_SNAPSHOT_MEMORY, split over the job's processes on this host), and how that was reckoned.
+struct MemoryShare {
+  uint64_t bytes = UINT64_MAX;  // unlimited when the host's memory cannot be read
+  std::string how;
+
+  static MemoryShare OfThisProcess(double fraction) {
+    MemoryShare m;
+    const uint64_t host = base::HostMemoryBytes();
+    const char* env = std::getenv("LOCAL_WORLD_SIZE");
+    const long local = env ? std::strtol(env, nullptr, 10) : 1;
+    const long processes = local >= 1 && local <= 1 << 20 ? local : 1;
+    if (host == 0) {
+      m.how = "this host's memory unknown: no limit";
+      return m;
+    }
+    m.bytes = static_cast<uint64_t>(static_cast<double>(host) * fraction / static_cast<double>(processes));
+    m.how = "TRAINMOVER_SNAPSHOT_MEMORY=" + Fixed(fraction, 2) + " of " + GiB(host) + " GiB over LOCAL_WORLD_SIZE=" +
+            std::to_string(processes) + " processes: " + GiB(m.bytes) + " GiB";
+    return m;
+  }
+  static std::string GiB(uint64_t bytes) { return Fixed(static_cast<double>(bytes) / double(1ull << 30), 2); }
+  static std::string Fixed(double v, int digits) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.*f", digits, v);
+    return b;
+  }
+};
+
 class Recovery {
  public:
   Recovery(World& w, ProcessMachine* pm) : w_(w), pm_(pm), queue_(w) {
@@ -136,6 +168,8 @@ class Recovery {
     adaptive_ = c.snapshot_every == 0;  // auto: 1 until the coordinator says otherwise
     every_ = adaptive_ ? 1 : c.snapshot_every;
     budget_ = c.snapshot_budget;
+    copies_ = c.snapshot_copies;
+    memory_ = MemoryShare::OfThisProcess(c.snapshot_memory);
   }
 
   void OnCommand(const control::Command& c);
@@ -244,7 +278,10 @@ class Recovery {
   void KeepExactState(int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
-  static std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
+  std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
+  // Buddy: whether a copy of `bytes` more fits in this process's share of memory with its own slots and the copies
+  // it holds; else *why says so.
+  bool CopyFits(uint64_t bytes, std::string* why);
   int64_t HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step, bool step_clean);
   void OnFence(uint64_t id, const rec::RecMsg& m);
   using Withdrawn = std::vector<std::pair<shim::VComm*, ncclComm_t>>;
@@ -268,6 +305,9 @@ class Recovery {
   // long its steps take between them; the interval they call for goes to the coordinator with SNAP_TAKEN.
   bool adaptive_ = false;
   double budget_ = 0.02;
+  int64_t copies_ = 1;  // TRAINMOVER_SNAPSHOT_COPIES: the copies of its snapshots a rank's buddies hold
+  MemoryShare memory_;  // TRAINMOVER_SNAPSHOT_MEMORY: const after construction
+  std::atomic<uint64_t> own_bytes_{0};  // the newest slot set's buffers (BuildSlots), read by the buddy side
   Durations snapshot_cost_, step_time_;
   int64_t unmeasured_copy_ns_ = -1;  // the copy of the newest snapshot, until its wait for the buddy is known too
   uint64_t last_exit_ns_ = 0;        // when the previous safe point returned
@@ -673,7 +713,8 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
   if (staged_ && staged_->table == table) {
     std::unique_ptr<SlotSet> set = std::move(staged_);
     if (!set->error.empty()) {
-      TM_WARN(kLogMigration, "failure recovery: cannot expose the snapshot slots: %s; no snapshots", set->error.c_str());
+      TM_WARN(kLogMigration, "failure recovery: no snapshots of this rank (a failure of it will be refused): %s",
+              set->error.c_str());
       on_ = false;
       return false;
     }
@@ -718,6 +759,18 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
 std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
   auto set = std::make_unique<SlotSet>();
   set->table = std::move(table);
+  // Four snapshots here and, as every rank is about as large, four copies for each rank this one is a buddy of (as
+  // many as each rank has buddies): refused up front when over this process's share, rather than risk the job to the
+  // out-of-memory killer in the middle of training (a migration_bench run at 1 GiB of state: 9.5 GB per rank).
+  const uint64_t own = kSnapshotSlots * Bytes(set->table);
+  if (own * static_cast<uint64_t>(1 + copies_) > memory_.bytes) {
+    set->error = std::to_string(kSnapshotSlots) + " snapshots of " + MemoryShare::GiB(Bytes(set->table)) +
+                 " GiB and the copies held for TRAINMOVER_SNAPSHOT_COPIES=" + std::to_string(copies_) +
+                 " other rank(s) need " + MemoryShare::GiB(own * static_cast<uint64_t>(1 + copies_)) +
+                 " GiB, more than this process's share (" + memory_.how + ")";
+    return set;
+  }
+  own_bytes_.store(own, std::memory_order_relaxed);
   // Where the set-up time goes (TRACE): the buffers (allocated and first touched), the servers (a UCX context, worker
   // and progress thread each), the exposures (memory mapped, keys packed).
   using Clock = std::chrono::steady_clock;
@@ -856,6 +909,22 @@ transfer::StateClient* Recovery::Client() {
   return client_.get();
 }
 
+bool Recovery::CopyFits(uint64_t bytes, std::string* why) {
+  uint64_t held = 0;
+  for (const auto& [rank, h] : held_) {
+    for (const Copy& c : h.copies) {
+      for (const Conn* n : {&c.now, &c.warm}) {
+        for (const std::vector<uint8_t>& b : n->bufs) held += b.size();
+      }
+    }
+  }
+  const uint64_t need = own_bytes_.load(std::memory_order_relaxed) + held + bytes;
+  if (need <= memory_.bytes) return true;
+  *why = "no room for a copy of " + MemoryShare::GiB(bytes) + " GiB: its own snapshots and the copies held here would " +
+         "take " + MemoryShare::GiB(need) + " GiB, more than this process's share (" + memory_.how + ")";
+  return false;
+}
+
 // A buddy reads the owner's snapshot slot one-sided into its copy of that slot and checks it against the
 // owner's checksums.
 void Recovery::Pull(const rec::RecMsg& m) {
@@ -885,6 +954,8 @@ void Recovery::Pull(const rec::RecMsg& m) {
   }
   Conn& n = c.now;
   if (n.bufs.empty()) {
+    std::string why;
+    if (!CopyFits(Bytes(h.regions), &why)) return fail(why);
     for (const control::Region& r : h.regions) n.bufs.emplace_back(r.bytes);
   }
   transfer::FetchOptions o;
@@ -954,6 +1025,11 @@ void Recovery::Warm(const rec::RecMsg& m) {
   if ((c.now.fetch && c.now.descriptor == m.blob) || (c.warm.fetch && c.warm.descriptor == m.blob)) return;
   transfer::StateClient* client = Client();
   if (!client) return;
+  std::string why;
+  if (!CopyFits(Bytes(h.regions), &why)) {  // the pull, if it comes, says so (SNAP_HELD)
+    TM_INFO(kLogMigration, "failure recovery: not warming rank %d's snapshot slot %u: %s", m.rank, m.slot, why.c_str());
+    return;
+  }
   const uint64_t t0 = w_.MonotonicNs();
   Conn w;
   w.descriptor = m.blob;

@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
 // Unit tests of lib/base: Status and TM_CHECK, the host:port parser, named threads, the logger's sink and
-// rank, the libcudart lookup without a libcudart, and the parameter list's generated table.
+// rank, the libcudart lookup without a libcudart, the parameter list's generated table, and the host's memory.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <fstream>
 
 #include <string>
 #include <vector>
 
 #include "base/config.h"
 #include "base/cudart.h"
+#include "base/host.h"
 #include "base/hostport.h"
 #include "base/launcher.h"
 #include "base/log.h"
@@ -138,4 +143,33 @@ TEST_CASE("launcher identity: torchrun's RANK and WORLD_SIZE, tmrun's, or nothin
     CHECK(LauncherFromEnv().world == -1);
   }
   for (const char* v : {"RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"}) unsetenv(v);
+}
+
+// TRAINMOVER_SNAPSHOT_MEMORY's base: MemTotal, or the cgroup's limit when lower (v2 memory.max, v1
+// memory.limit_in_bytes, whose "no limit" is a huge number); 0 when nothing can be read.
+TEST_CASE("HostMemoryBytes: MemTotal, or the cgroup v1/v2 limit when lower") {
+  char tmpl[] = "/tmp/tm-hostmem-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string d = tmpl;
+  auto write = [](const std::string& path, const std::string& text) { std::ofstream(path) << text; };
+  write(d + "/meminfo", "MemFree:         100 kB\nMemTotal:        2048 kB\nMemAvailable:    1000 kB\n");
+  REQUIRE(mkdir((d + "/job").c_str(), 0700) == 0);
+  REQUIRE(mkdir((d + "/memory").c_str(), 0700) == 0);
+  REQUIRE(mkdir((d + "/memory/job").c_str(), 0700) == 0);
+  write(d + "/v2", "0::/job\n");
+  write(d + "/v1", "4:memory:/job\n1:cpu,cpuacct:/\n");
+  write(d + "/none", "");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/none", d) == 2048 * 1024);
+  write(d + "/job/memory.max", "max\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v2", d) == 2048 * 1024);
+  write(d + "/job/memory.max", "1048576\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v2", d) == 1048576);
+  write(d + "/memory/job/memory.limit_in_bytes", "9223372036854771712\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v1", d) == 2048 * 1024);
+  write(d + "/memory/job/memory.limit_in_bytes", "524288\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v1", d) == 524288);
+  CHECK(HostMemoryBytes(d + "/missing", d + "/none", d) == 0);
+  CHECK(HostMemoryBytes(d + "/missing", d + "/v1", d) == 524288);
+  CHECK(HostMemoryBytes() > 0);  // this machine's
+  (void)std::system(("rm -rf " + d).c_str());
 }

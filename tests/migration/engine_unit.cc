@@ -362,6 +362,36 @@ TEST_CASE("ready: a matching joiner starts phase 1 (MAP, EXPOSE, MAKE_IDS)") {
   CHECK(j.h.PhaseOpen(m, "build"));
 }
 
+// tmctl migrate --to H without --spawn: the operator starts the joiner; one that registered elsewhere is told to exit
+// and the migration goes on waiting for one on H.
+TEST_CASE("ready: --to H, a joiner on another host told to exit, the one on H matched") {
+  Job j(3);
+  Migration req;
+  req.id = j.next_mig++;
+  req.rank = 1;
+  req.ranks = {1};
+  req.host = "b";
+  Migration& m = j.h.migs[req.id] = req;
+  REQUIRE(j.e->Validate(j.h, m).empty());
+  j.h.BeginPhase(m, 0, "requested");
+  j.e->OnRequest(j.h, m);
+  j.h.Take();
+  const uint64_t wrong = j.AddJoiner(1);  // on host "h", the job's
+  j.Ready(wrong, 1);
+  CHECK(m.state == MigState::kSandbox);
+  CHECK(m.joiner == 0);
+  CHECK(j.h.Take() == V({"101:ABORT"}));
+  j.Lose(wrong, ProcState::kExited);  // it ends as told: no loss to the migration
+  CHECK(m.state == MigState::kSandbox);
+  j.h.procs.erase(wrong);
+  const uint64_t right = j.AddJoiner(1);
+  j.h.procs[right].info.host = "b";
+  j.Ready(right, 1);
+  CHECK(m.state == MigState::kBuilding);
+  CHECK(m.joiner == right);
+  CHECK(j.h.Take() == V({"101:MAP", "2:EXPOSE", "101:MAKE_IDS"}));
+}
+
 TEST_CASE("ready: mismatch refused, the joiner told to exit") {
   Job j(3);
   Migration& m = j.Request({1});

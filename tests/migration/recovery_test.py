@@ -619,6 +619,20 @@ def scenario_no_snapshot_yet():
         fail(f"no_snapshot: survivors' reasons {said}")
     print(f"no_snapshot: the job failed (tmrun exit {rc}); the survivors said: {sorted(said)[0][1]}")
 
+    # Snapshots that would not fit in TRAINMOVER_SNAPSHOT_MEMORY's share of this host's memory (here a few KB per
+    # process): none taken, each rank says so once with the figures, training goes on (step 10 is reached), and a
+    # failure is refused as for a rank without a snapshot.
+    rc, log = failed_job("no_memory", 3, lambda j: os.kill(pid_of(j, 1), signal.SIGKILL),
+                         env={"TRAINMOVER_SNAPSHOT_MEMORY": "0.000001"}, survivors_end_alone=True, at=10)
+    warned = re.findall(r"^\[(\d+)\] .*failure recovery: no snapshots of this rank \(a failure of it will be refused\): "
+                        r"4 snapshots of .* more than this process's share \(TRAINMOVER_SNAPSHOT_MEMORY=0\.00 of", log, re.M)
+    said = set(re.findall(r"^\[(\d+)\] .*failure recovery: rank 1 failed and cannot be recovered: (.*)$", log, re.M))
+    if sorted(warned) != ["0", "1", "2"]:
+        fail(f"no_memory: the ranks that said their snapshots do not fit: {warned}; expected each of 0, 1, 2 once")
+    if {r for r, _ in said} != {"0", "2"} or not all("no snapshot of rank 1" in w for _, w in said):
+        fail(f"no_memory: survivors' reasons {said}")
+    print(f"no_memory: no snapshots (each rank said why), the failure refused (tmrun exit {rc})")
+
 
 def standbys(job):
     """The standbys the coordinator lists (role standby), alive or not."""

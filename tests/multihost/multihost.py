@@ -6,8 +6,9 @@ usage: multihost.py TMRUN TMCTL TMTRAIN SHIM HOSTNCCL SCENARIO
 
 Scenarios (each compares every rank's final digest with an uninterrupted single-host run's, bit for bit):
   launch    2 hosts x 2 ranks, `tmrun --nnodes 2 --node-rank K --master ADDR:PORT` on each
-  migrate   the same job; rank 1 moves from host 1 to host 3, whose joiner is started there by the operator
-            with `tmrun --join --replace 1 --master ADDR:PORT`; the state crosses the network
+  migrate   the same job; rank 1 moves from host 1 to host 3 (`tmctl migrate --rank 1 --to host3`), whose joiner
+            is started there by the operator with `tmrun --join --replace 1 --master ADDR:PORT`; the state crosses
+            the network. A joiner started first on host 2 is told to exit and the migration waits for host 3's
   host      the same job; every rank of host 1 (0 and 1) moves to host 3 in one `tmctl migrate --host host1`
   cut       the same job; host 3 (the joiner's) is cut off (its link down) while the replacement communicators
             are being built: the migration is abandoned, training goes on undisturbed
@@ -89,12 +90,32 @@ def scenario_launch():
     check(node_digests(), want)
 
 
-def scenario_migrate(ranks=(1,), target_args=("--rank", "1"), steps=400, step_ms=10):
+def decoy_joiner(rank, steps, step_ms):
+    """A joiner for `rank` started on host 2 while the migration is --to host3: told to exit, the migration waits on."""
+    def run(cluster):
+        p = cluster.spawn(1, [TMRUN, "--join", "--replace", str(rank), "--master", cluster.master, "--"] +
+                          cluster.train_cmd(steps, step_ms), f"decoy-{rank}.log")
+        try:
+            rc = p.wait(timeout=nethosts.TIMEOUT)
+        except subprocess.TimeoutExpired:
+            fail("the joiner on host2 of a migration --to host3 was not told to exit")
+        with open(os.path.join(WORK, f"decoy-{rank}.log"), errors="replace") as f:
+            why = "registered on host host2, but the migration is to host host3"
+            if rc == 0 or why not in f.read():
+                fail(f"the joiner on host2 of a migration --to host3 exited {rc} without saying '{why}'")
+        if cluster.status()["migrations"][-1]["state"] != "sandbox":
+            fail(f"the migration did not wait on after the wrong joiner: {cluster.status()['migrations'][-1]}")
+        print(f"{SCENARIO}: a joiner on host2 was told to exit (exit {rc}); the migration waited for host3's")
+    return run
+
+
+def scenario_migrate(ranks=(1,), target_args=("--rank", "1", "--to", "host3"), steps=800, step_ms=10):
     want = reference(4, steps)
     os.environ.update(TRAINMOVER_DEBUG="INFO", TRAINMOVER_DEBUG_SUBSYS="MIGRATION")  # the joiner says how it read
     nodes = C.start_job(steps, step_ms)
     C.wait_step(40)
-    m, joiners, out = C.migrate(target_args, ranks, C.train_cmd(steps, step_ms))
+    first = decoy_joiner(ranks[0], steps, step_ms) if "--to" in target_args else None
+    m, joiners, out = C.migrate(target_args, ranks, C.train_cmd(steps, step_ms), first=first)
     if m["state"] != "done":
         fail(f"migration ended {m['state']}: {m['reason']}")
     hosts = {p["rank"]: p["host"] for p in C.status()["processes"] if p["state"] == "alive"}

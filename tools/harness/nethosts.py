@@ -172,9 +172,10 @@ class Cluster:
             time.sleep(0.1)
         raise RuntimeError(f"step {k} not reached")
 
-    def migrate(self, target_args, ranks, joiner_cmd, to_host=2, joiner_env=None, on_requested=None):
+    def migrate(self, target_args, ranks, joiner_cmd, to_host=2, joiner_env=None, on_requested=None, first=None):
         """`tmctl migrate` from the operator's host, one `tmrun --join` per rank on host `to_host`; returns the
-        migration's record, the joiners and tmctl's output. on_requested(cluster) runs once the joiners are up."""
+        migration's record, the joiners and tmctl's output. first(cluster) runs once the migration is requested,
+        before the joiners start; on_requested(cluster) once the joiners are up."""
         mig = subprocess.Popen(["ip", "netns", "exec", self.hosts[self.operator], self.bins["tmctl"], "--coordinator",
                                 self.coord, "migrate"] + list(target_args), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=self.env(self.operator))
@@ -184,6 +185,8 @@ class Cluster:
             if ms and ms[-1]["rank"] == ranks[0]:
                 break
             time.sleep(0.05)
+        if first:
+            first(self)
         joiners = [self.spawn(to_host, [self.bins["tmrun"], "--join", "--replace", str(r), "--master", self.master,
                                         "--"] + joiner_cmd, f"joiner-{r}.log", joiner_env) for r in ranks]
         if on_requested:
