@@ -72,24 +72,33 @@ uint64_t HostMemoryBytes(const std::string& meminfo, const std::string& cgroup, 
     }
     mi.ignore(1 << 12, '\n');
   }
-  // The cgroup's limit: v2 ("0::/path", memory.max: bytes or "max") or v1 ("N:memory:/path" or a controller
-  // list with memory in it, memory/path/memory.limit_in_bytes; "no limit" is a huge number, above MemTotal).
+  // The cgroup's limit, the lowest of its own and its ancestors' (a limit set on a parent binds too): v2 ("0::/path",
+  // memory.max: bytes or "max") or v1 ("N:memory:/path" or a controller list with memory in it,
+  // memory/path/memory.limit_in_bytes; "no limit" is a huge number, above MemTotal). Inside a container without a
+  // cgroup namespace the path names the host's view and does not exist here: the prefixes down to the root cover it.
+  auto lower = [&](const std::string& file) {
+    std::ifstream lim(file);
+    unsigned long long bytes = 0;
+    if (lim >> bytes && bytes > 0 && (total == 0 || bytes < total)) total = bytes;
+  };
   std::ifstream cg(cgroup);
   for (std::string line; std::getline(cg, line);) {
     const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
     if (b == std::string::npos) continue;
-    const std::string controllers = "," + line.substr(a + 1, b - a - 1) + ",", path = line.substr(b + 1);
-    std::string file;
+    const std::string controllers = "," + line.substr(a + 1, b - a - 1) + ",";
+    std::string dir, file;
     if (controllers == ",,") {
-      file = cgroup_root + path + "/memory.max";
+      dir = cgroup_root, file = "/memory.max";
     } else if (controllers.find(",memory,") != std::string::npos) {
-      file = cgroup_root + "/memory" + path + "/memory.limit_in_bytes";
+      dir = cgroup_root + "/memory", file = "/memory.limit_in_bytes";
     } else {
       continue;
     }
-    std::ifstream lim(file);
-    unsigned long long bytes = 0;
-    if (lim >> bytes && bytes > 0 && (total == 0 || bytes < total)) total = bytes;
+    for (std::string path = line.substr(b + 1); !path.empty(); path.resize(path.rfind('/'))) {
+      lower(dir + path + file);
+      if (path.rfind('/') == std::string::npos) break;
+    }
+    lower(dir + file);
   }
   return total;
 }

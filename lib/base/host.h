@@ -29,8 +29,9 @@ void SetHostAddress(const std::string& ip);
 // address, which says nothing about the network between hosts).
 std::string InterfaceOf(const std::string& ip);
 
-// The memory this process's host gives it: MemTotal from `meminfo`, or its cgroup v2 limit (`memory.max` of the
-// cgroup named in `cgroup`, under `cgroup_root`) when that is lower; 0 when neither can be read. The paths are
+// The memory this process's host gives it: MemTotal from `meminfo`, or the lowest cgroup limit on it when that is
+// lower (v2 `memory.max`, v1 `memory.limit_in_bytes`, of the cgroup named in `cgroup` and of its ancestors, under
+// `cgroup_root`); 0 when none can be read. The paths are
 // parameters for the tests; HostMemoryBytes() reads this process's (/proc/meminfo, /proc/self/cgroup, /sys/fs/cgroup).
 uint64_t HostMemoryBytes(const std::string& meminfo, const std::string& cgroup, const std::string& cgroup_root);
 uint64_t HostMemoryBytes();

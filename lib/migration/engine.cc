@@ -77,7 +77,6 @@ struct MoveCtx {
   std::vector<Pair> pairs;
   std::vector<uint64_t> keys;  // every communicator containing a leaver (first seen order)
   std::set<uint64_t> stayers;  // other members of those communicators
-  std::set<uint64_t> turned_away;  // joiners told to exit for registering off the --to host: their end is no loss
   size_t built_expected = 0, built_ok = 0;
   int64_t proposal = -1, margin = 2, max_seen = -1;  // the switch agreement
   std::set<uint64_t> accepted, at_step, switched;
@@ -203,6 +202,9 @@ std::string CompareRegions(const std::vector<Region>& leaver, const std::vector<
   return "";
 }
 
+// tmctl migrate --to H: only a joiner that registered from H may take part (with --spawn it is started there).
+bool OnTargetHost(const Migration& m, const ProcessRec& p) { return m.host.empty() || p.info.host == m.host; }
+
 // The leaver's command line, cwd and environment, as a joiner of `rank` (docs/migration.md, step 2).
 JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t rank) {
   JoinerLauncher::Spec s;
@@ -325,9 +327,9 @@ class MigrationEngine final : public Engine {
     bool joiner_candidate = false;
     for (const Pair& q : x.pairs) {
       joiner_candidate |=
-          pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p);
+          pr && pr->info.role == "joiner" && pr->info.replace == q.rank && (q.joiner == 0 || q.joiner == p) &&
+          OnTargetHost(*m, *pr);  // one elsewhere is told to exit (OnReady): its end is no loss
     }
-    joiner_candidate &= !x.turned_away.count(p);
     if (!x.ByLeaver(p) && !x.ByJoiner(p) && !x.stayers.count(p) && !joiner_candidate) return;
     if (!x.switch_sent) return Abort(h, *m, who + (exited ? " exited" : " was lost") + " before the switch", true);
     if (pr && pr->returning_by_ns) return;  // reconnecting: it says SWITCHED or that it abandoned once back
@@ -500,7 +502,10 @@ class MigrationEngine final : public Engine {
   void MaybeSendTape(EngineHost& h, Migration& m, Pair& pr) {
     if (pr.tape_relay != TapeRelay::kComplete) return;
     for (const auto& [id, p] : h.processes()) {
-      if (pr.tape_to || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != pr.rank) continue;
+      if (pr.tape_to || p.state != ProcState::kAlive || p.info.role != "joiner" || p.info.replace != pr.rank ||
+          !OnTargetHost(m, p)) {
+        continue;
+      }
       if (pr.joiner == 0 || pr.joiner == id) pr.tape_to = id;
     }
     if (!pr.tape_to) return;
@@ -549,11 +554,10 @@ class MigrationEngine final : public Engine {
               j.id, j.info.replace);
       return refuse_joiner("no migration of rank " + std::to_string(j.info.replace) + " waits for a joiner");
     }
-    if (!m->host.empty() && j.info.host != m->host) {  // --to H: a joiner elsewhere is turned away, the move waits on
+    if (!OnTargetHost(*m, j)) {  // --to H: a joiner elsewhere is turned away, the move waits on
       const std::string why = "the joiner of rank " + std::to_string(pair->rank) + " registered on host " +
                               j.info.host + ", but the migration is to host " + m->host;
       TM_WARN(kLogMigration, "coordinator: migration %" PRIu64 ": %s; told to exit", m->id, why.c_str());
-      ctx_[m->id].turned_away.insert(j.id);
       return refuse_joiner(why);
     }
     ProcessRec* l = h.FindProcess(pair->leaver);

@@ -763,7 +763,7 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
   // many as each rank has buddies): refused up front when over this process's share, rather than risk the job to the
   // out-of-memory killer in the middle of training (a migration_bench run at 1 GiB of state: 9.5 GB per rank).
   const uint64_t own = kSnapshotSlots * Bytes(set->table);
-  if (own * static_cast<uint64_t>(1 + copies_) > memory_.bytes) {
+  if (own > memory_.bytes / static_cast<uint64_t>(1 + copies_)) {
     set->error = std::to_string(kSnapshotSlots) + " snapshots of " + MemoryShare::GiB(Bytes(set->table)) +
                  " GiB and the copies held for TRAINMOVER_SNAPSHOT_COPIES=" + std::to_string(copies_) +
                  " other rank(s) need " + MemoryShare::GiB(own * static_cast<uint64_t>(1 + copies_)) +

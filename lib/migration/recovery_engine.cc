@@ -416,21 +416,31 @@ class RecoveryEngine final : public Engine {
     return rs;
   }
 
-  // The buddies of `rank`: the next ranks in order, those on other hosts first, TRAINMOVER_SNAPSHOT_COPIES of them.
+  // The buddies of `rank`, TRAINMOVER_SNAPSHOT_COPIES of them: ranks on other hosts first, then the next ranks on
+  // its own. On other hosts, the next ranks in order from the one as far along that list as `rank` is among its own
+  // host's ranks, so that every rank holds about as many copies as it has buddies: with the next ranks alone, every
+  // rank of host A would pick the first rank of host B, which would hold a copy of each (4 slots of each) while the
+  // memory bound (TRAINMOVER_SNAPSHOT_MEMORY) reckons with `copies` per rank.
   std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
     const std::map<int32_t, const ProcessRec*> workers = Holders(h);  // a switched joiner, not its leaver
     const std::string copies_env = EnvOf(owner, "SNAPSHOT_COPIES");
     const size_t copies = copies_env.empty() ? 1 : static_cast<size_t>(std::max(1, atoi(copies_env.c_str())));
-    std::vector<const ProcessRec*> order;
-    for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) order.push_back(it->second);
-    for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) order.push_back(it->second);
-    std::vector<uint64_t> out;
-    for (bool other_host : {true, false}) {
-      for (const ProcessRec* p : order) {
-        if (out.size() < copies && (p->info.host != owner.info.host) == other_host) out.push_back(p->id);
-      }
+    std::vector<uint64_t> other, same;
+    size_t index_on_host = 0;  // ranks below `rank` on its host
+    for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) {
+      (it->second->info.host != owner.info.host ? other : same).push_back(it->second->id);
     }
-    return out;
+    for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) {
+      const bool here = it->second->info.host == owner.info.host;
+      (here ? same : other).push_back(it->second->id);
+      index_on_host += here ? 1 : 0;
+    }
+    if (!other.empty()) {
+      std::rotate(other.begin(), other.begin() + static_cast<ptrdiff_t>(index_on_host % other.size()), other.end());
+    }
+    other.insert(other.end(), same.begin(), same.end());
+    other.resize(std::min(copies, other.size()));
+    return other;
   }
 
   // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with

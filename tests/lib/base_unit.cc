@@ -145,8 +145,9 @@ TEST_CASE("launcher identity: torchrun's RANK and WORLD_SIZE, tmrun's, or nothin
   for (const char* v : {"RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"}) unsetenv(v);
 }
 
-// TRAINMOVER_SNAPSHOT_MEMORY's base: MemTotal, or the cgroup's limit when lower (v2 memory.max, v1
-// memory.limit_in_bytes, whose "no limit" is a huge number); 0 when nothing can be read.
+// TRAINMOVER_SNAPSHOT_MEMORY's base: MemTotal, or the lowest cgroup limit when lower (v2 memory.max, v1
+// memory.limit_in_bytes, whose "no limit" is a huge number; the cgroup's own and its ancestors'); 0 when nothing
+// can be read.
 TEST_CASE("HostMemoryBytes: MemTotal, or the cgroup v1/v2 limit when lower") {
   char tmpl[] = "/tmp/tm-hostmem-XXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
@@ -170,6 +171,14 @@ TEST_CASE("HostMemoryBytes: MemTotal, or the cgroup v1/v2 limit when lower") {
   CHECK(HostMemoryBytes(d + "/meminfo", d + "/v1", d) == 524288);
   CHECK(HostMemoryBytes(d + "/missing", d + "/none", d) == 0);
   CHECK(HostMemoryBytes(d + "/missing", d + "/v1", d) == 524288);
+  // A cgroup below /job that does not exist here (a container's view without a cgroup namespace): /job's limit,
+  // then the root's when lower; the v1 line with several controllers is read too.
+  write(d + "/v2deep", "0::/job/inner\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v2deep", d) == 1048576);
+  write(d + "/memory.max", "4096\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v2deep", d) == 4096);
+  write(d + "/v1both", "7:cpu,memory:/job\n");
+  CHECK(HostMemoryBytes(d + "/meminfo", d + "/v1both", d) == 524288);
   CHECK(HostMemoryBytes() > 0);  // this machine's
   (void)std::system(("rm -rf " + d).c_str());
 }

@@ -132,12 +132,13 @@ struct Job {
   }
 
   // What Coordinator::OnMigrate does: record, validate, open "requested", hand over.
-  Migration& Request(std::vector<int32_t> ranks, bool spawn = false) {
+  Migration& Request(std::vector<int32_t> ranks, bool spawn = false, const std::string& to_host = "") {
     Migration m;
     m.id = next_mig++;
     m.rank = ranks.front();
     m.ranks = ranks;
     m.spawn = spawn;
+    m.host = to_host;
     Migration& rec = h.migs[m.id] = m;
     std::string refuse = e->Validate(h, rec);
     if (!refuse.empty()) {
@@ -366,15 +367,7 @@ TEST_CASE("ready: a matching joiner starts phase 1 (MAP, EXPOSE, MAKE_IDS)") {
 // and the migration goes on waiting for one on H.
 TEST_CASE("ready: --to H, a joiner on another host told to exit, the one on H matched") {
   Job j(3);
-  Migration req;
-  req.id = j.next_mig++;
-  req.rank = 1;
-  req.ranks = {1};
-  req.host = "b";
-  Migration& m = j.h.migs[req.id] = req;
-  REQUIRE(j.e->Validate(j.h, m).empty());
-  j.h.BeginPhase(m, 0, "requested");
-  j.e->OnRequest(j.h, m);
+  Migration& m = j.Request({1}, false, "b");
   j.h.Take();
   const uint64_t wrong = j.AddJoiner(1);  // on host "h", the job's
   j.Ready(wrong, 1);
@@ -390,6 +383,19 @@ TEST_CASE("ready: --to H, a joiner on another host told to exit, the one on H ma
   CHECK(m.state == MigState::kBuilding);
   CHECK(m.joiner == right);
   CHECK(j.h.Take() == V({"101:MAP", "2:EXPOSE", "101:MAKE_IDS"}));
+}
+
+TEST_CASE("--to H: a joiner on another host that ends before its READY is no loss to the migration") {
+  Job j(3);
+  Migration& m = j.Request({1}, false, "b");
+  j.h.Take();
+  j.Lose(j.AddJoiner(1), ProcState::kExited);  // on host "h"
+  CHECK(m.state == MigState::kSandbox);
+  j.h.procs.erase(101);
+  const uint64_t right = j.AddJoiner(1);
+  j.h.procs[right].info.host = "b";
+  j.Lose(right, ProcState::kExited);  // the one on H is the migration's joiner: its end fails it
+  CHECK(m.state == MigState::kFailed);
 }
 
 TEST_CASE("ready: mismatch refused, the joiner told to exit") {
@@ -1010,6 +1016,21 @@ TEST_CASE("tape relay: the joiner already registered gets it on the empty chunk"
   CHECK(j.h.Take() == V({"100:TAPE", "100:TAPE"}));
 }
 
+TEST_CASE("tape relay, --to H: not to a joiner on another host, to the one on H") {
+  Job j(2);
+  Migration& m = j.Request({0}, false, "b");
+  j.AddJoiner(0);  // on host "h"
+  j.h.Take();
+  j.Send(1, mig::Ev::kTape, m.id, mig::Blob{{5}});
+  j.Send(1, mig::Ev::kTape, m.id, mig::Blob{});
+  j.e->OnTick(j.h);
+  CHECK(j.h.Take().empty());
+  j.h.procs.erase(100);
+  j.h.procs[j.AddJoiner(0)].info.host = "b";
+  j.e->OnTick(j.h);
+  CHECK(j.h.Take() == V({"100:TAPE", "100:TAPE"}));
+}
+
 TEST_CASE("several ranks: one joiner makes every id, SWITCH waits for every VERIFIED") {
   Job j(4);
   Migration& m = j.Request({0, 3});
@@ -1101,6 +1122,19 @@ struct RecJob : Job {
 };
 
 }  // namespace
+
+// Two hosts of two ranks each: each rank's buddy is on the other host, and each rank holds one copy (with the next
+// rank on the other host alone, ranks 2 and 0 would each hold two: the memory bound reckons with one).
+TEST_CASE("recovery: buddies on the other host, one copy held by each rank") {
+  RecJob j(4);
+  for (uint64_t p = 1; p <= 4; ++p) j.h.procs[p].info.host = p <= 2 ? "a" : "b";
+  std::vector<std::string> pulls;
+  for (uint64_t p = 1; p <= 4; ++p) {
+    j.Rec(p, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
+    for (const std::string& c : j.h.Take()) pulls.push_back(c);
+  }
+  CHECK(pulls == std::vector<std::string>{"3:SNAP_PULL", "4:SNAP_PULL", "1:SNAP_PULL", "2:SNAP_PULL"});
+}
 
 TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPPED once held, with the complete step") {
   RecJob j(3);

@@ -132,6 +132,10 @@ def scenario_migrate(ranks=(1,), target_args=("--rank", "1", "--to", "host3"), s
             read = re.search(r"state read: .* over (\w+)", f.read())
         if not read or read.group(1) != "ucx":
             fail(f"rank {r}'s state crossed hosts {'over ' + read.group(1) if read else 'unreported'}, not over UCX")
+        with open(log, errors="replace") as f:
+            served = re.search(r"READY sent; (\d+) ops served from the tape", f.read())
+        if first and (not served or served.group(1) == "0"):  # the tape went to host 3's joiner, not the decoy
+            fail(f"rank {r}'s joiner on host3 served no operation from the leaver's tape ({served and served.group(0)})")
     print(f"{SCENARIO}: the state crossed hosts over UCX")
     check(got, want)
 
