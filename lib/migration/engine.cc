@@ -79,6 +79,7 @@ struct MoveCtx {
   std::set<uint64_t> stayers;  // other members of those communicators
   size_t built_expected = 0, built_ok = 0;
   int64_t proposal = -1, margin = 2, max_seen = -1;  // the switch agreement
+  uint64_t commit_at_ns = 0;  // monotonic: when the delayed COMMIT goes (MigrationDeadlines::commit_delay_ms)
   std::set<uint64_t> accepted, at_step, switched;
   bool switch_sent = false;
   // After SWITCH: the members that said SWITCHED, and the held processes that said they abandoned the migration at
@@ -347,6 +348,7 @@ class MigrationEngine final : public Engine {
     if (!m) return;
     MoveCtx& x = ctx_[m->id];
     if (PastDeadline(h, *m, x)) return;
+    if (x.commit_at_ns && NowMonotonicNs() >= x.commit_at_ns && m->state == MigState::kAgreeing) Commit(h, *m, x);
     for (Pair& pr : x.pairs) MaybeSendTape(h, *m, pr);
     for (Pair& pr : x.pairs) {
       if (pr.child > 0 && pr.joiner == 0 && !CheckSpawned(h, *m, pr)) return;
@@ -674,12 +676,18 @@ class MigrationEngine final : public Engine {
     if (!DecodePayload(o.e.body, &s) || s.step != o.x.proposal || o.m.state != MigState::kAgreeing) return;
     o.x.accepted.insert(o.from.id);
     if (o.x.accepted.size() < o.x.stayers.size() + o.x.pairs.size()) return;
-    o.m.switch_step = o.x.proposal;
-    EndOpenPhase(o.h, o.m, 0, "propose step " + std::to_string(o.x.proposal));
-    o.h.SetMigState(o.m, MigState::kSwitching);
-    o.h.EndPhase(o.m, 0, "agree");
-    o.h.BeginPhase(o.m, 0, "switch");
-    for (uint64_t q : o.x.Participants()) o.h.SendCommand(q, Cmd(mig::Cmd::kCommit, o.m.id, mig::Step{o.x.proposal}));
+    if (deadlines_.commit_delay_ms == 0) return Commit(o.h, o.m, o.x);
+    o.x.commit_at_ns = NowMonotonicNs() + deadlines_.commit_delay_ms * 1000000;  // sent by OnTick
+  }
+
+  void Commit(EngineHost& h, Migration& m, MoveCtx& x) {
+    x.commit_at_ns = 0;
+    m.switch_step = x.proposal;
+    EndOpenPhase(h, m, 0, "propose step " + std::to_string(x.proposal));
+    h.SetMigState(m, MigState::kSwitching);
+    h.EndPhase(m, 0, "agree");
+    h.BeginPhase(m, 0, "switch");
+    for (uint64_t q : x.Participants()) h.SendCommand(q, Cmd(mig::Cmd::kCommit, m.id, mig::Step{x.proposal}));
   }
 
   // A participant is past the proposal: propose again with a doubled margin. A PASSED does not say which
@@ -1023,6 +1031,7 @@ MigrationDeadlines DeadlinesFromConfig() {
   if (!c.error.empty()) return d;
   d.phase_ms = static_cast<uint64_t>(c.config.phase_timeout_ms);
   d.switch_ms = static_cast<uint64_t>(c.config.hold_timeout_ms) / 2;
+  d.commit_delay_ms = c.config.fault == "slow-commit" ? 3000 : 0;
   return d;
 }
 

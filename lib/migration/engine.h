@@ -89,6 +89,7 @@ JoinerLauncher::Spec JoinerSpec(const Migration& m, const ProcessRec& l, int32_t
 struct MigrationDeadlines {
   uint64_t phase_ms = 600000;  // TRAINMOVER_PHASE_TIMEOUT_MS
   uint64_t switch_ms = 60000;  // TRAINMOVER_HOLD_TIMEOUT_MS / 2
+  uint64_t commit_delay_ms = 0;  // test knob TRAINMOVER_FAULT=slow-commit: COMMIT 3 s after the last ACCEPT
 };
 // From this process's TRAINMOVER_PHASE_TIMEOUT_MS and TRAINMOVER_HOLD_TIMEOUT_MS (defaults when invalid).
 MigrationDeadlines DeadlinesFromConfig();

@@ -19,9 +19,10 @@ fault:
 Each process reaches the coordinator through a relay of its own (the job's command picks it by rank and role), so
 only the victim's is cut. Phases are found in `tmctl status` (the migration's state; "first op" is the switching
 state once a stayer swapped its communicators), and widened by test knobs: every communicator init takes 700 ms
-(building), the joiner waits 3 s before it reads (switching before SWITCH, transfer) or after it switched in (first
-op; TRAINMOVER_FAULT=slow-first-op). The sandbox and agreeing phases are not widened: a cell whose phase passed
-before the test saw it is reported as "phase missed", never as a pass.
+(building), the coordinator sends COMMIT 3 s after the last ACCEPT (agreeing; TRAINMOVER_FAULT=slow-commit), the
+joiner waits 3 s before it reads (switching before SWITCH, transfer) or after it switched in (first op;
+TRAINMOVER_FAULT=slow-first-op). The sandbox phase is not widened: a cell whose phase passed before the test saw it
+is reported as "phase missed", never as a pass.
 
 Each cell checks: the job finishes (exit 0) with every rank's final digest equal to the uninterrupted run's (the
 joiner's in place of the leaver's when the migration completed), the joiner exited when it did not, and no rank's
@@ -79,6 +80,8 @@ STATE = {"sandbox": "sandbox", "building": "building", "agreeing": "agreeing", "
          "transfer": "switching", "first op": "switching"}
 # The joiner's knob per phase (TRAINMOVER_FAULT, the joiner only).
 KNOB = {"switching": "slow-transfer", "transfer": "slow-transfer", "first op": "slow-first-op"}
+# The coordinator's knob per phase: COMMIT 3 s after the last ACCEPT, every rank held at the agreed step meanwhile.
+COORDINATOR_KNOB = {"agreeing": "slow-commit"}
 
 
 def fail(msg):
@@ -191,6 +194,8 @@ def cell(phase, victim, fault):
     on = (lambda i: ["ip", "netns", "exec", hosts.hosts[i]]) if hosts else (lambda i: [])
     via = on(0)  # tmctl runs on the job's host
     env = dict(hosts.env(0) if hosts else os.environ, **ENV)
+    if phase in COORDINATOR_KNOB:  # the coordinator's (tmrun's or trainmoverd's); the ranks ignore it
+        env["TRAINMOVER_FAULT"] = COORDINATOR_KNOB[phase]
     daemon = None
     token = f"fault-matrix-{os.getpid()}-0123456789abcdef"
     env["TRAINMOVER_TOKEN"] = token

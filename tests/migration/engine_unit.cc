@@ -565,6 +565,25 @@ TEST_CASE("agreement: PASSED re-proposes with a doubled margin; all ACCEPT commi
   CHECK_FALSE(j.h.PhaseOpen(m, "agree"));
 }
 
+// The fault matrix's knob for its agreeing cells (TRAINMOVER_FAULT=slow-commit): every ACCEPT in, COMMIT only once
+// the delay passed, the migration agreeing until then.
+TEST_CASE("agreement: a delayed COMMIT (slow-commit) goes on the first tick after the delay") {
+  MigrationDeadlines d;
+  d.commit_delay_ms = 200;
+  Job j(3, d);
+  Migration& m = j.Request({1});
+  j.ToAgreeing(m, 1);
+  for (uint64_t p : {1, 2, 3}) j.Send(p, mig::Ev::kAccept, m.id, mig::Step{12});
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kAgreeing);
+  CHECK(j.h.Take().empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  j.e->OnTick(j.h);
+  CHECK(m.state == MigState::kSwitching);
+  CHECK(m.switch_step == 12);
+  CHECK(j.h.Take() == V({"1:COMMIT", "3:COMMIT", "2:COMMIT"}));
+}
+
 TEST_CASE("switch: READ on the leaver's AT_STEP, SWITCH once verified and all at S, done when switched") {
   Job j(3);
   Migration& m = j.Request({1});
