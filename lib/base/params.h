@@ -126,13 +126,14 @@
     "off = nothing timed and no window sent (the detector does not see this process). For measuring its cost " \
     "(perf/shim_overhead) or ruling it out.")                                                                 \
   X(FAULT, fault, std::string, ParseOneOf, "enum", "",                                                        \
-    "corrupt-transfer|pass-first-proposal|slow-commit|slow-transfer|slow-first-op|slow-switch|"              \
+    "corrupt-transfer|pass-first-proposal|slow-commit|slow-ready|slow-transfer|slow-first-op|slow-switch|"   \
     "tamper-descriptor",                                                                                      \
     "Test knob, never for production: corrupt-transfer makes a joiner's state checksums fail (the migration " \
     "must abort and training continue); pass-first-proposal makes rank 0 answer its first switch proposal "  \
     "with PASSED (the coordinator must propose again and release the ranks held at the first one); "          \
     "slow-commit makes a coordinator send COMMIT 3 s after the last ACCEPT, the ranks held at the agreed step " \
-    "meanwhile (a wide agreeing phase for the fault matrix); "                                                \
+    "meanwhile (a wide agreeing phase for the fault matrix); slow-ready makes a joiner wait 3 s after its "   \
+    "shadow iterations before it sends READY (a wide sandbox phase); "                                        \
     "slow-transfer makes a joiner wait 3 s before it reads the state (a wide switching phase for the fault "  \
     "tests, docs/reliability.md); slow-first-op makes a joiner wait 3 s after it switched in, so that the "  \
     "stayers wait in their first operation on the replacements (the fault matrix's first-op cells); "        \

@@ -587,6 +587,11 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
   if (++joiner_.sandbox_safepoints <= w_.ShadowIters()) return step;
   if (joiner_.sandbox != Sandbox::kReadySent) {
     joiner_.sandbox = Sandbox::kReadySent;
+    if (w_.Fault() == "slow-ready") {  // test knob: a wide sandbox phase, the joiner up and not READY yet
+      lk.unlock();
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+      lk.lock();
+    }
     SendReady(step);
     PrepareSnapshots(lk);
   }

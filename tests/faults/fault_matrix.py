@@ -20,9 +20,9 @@ Each process reaches the coordinator through a relay of its own (the job's comma
 only the victim's is cut. Phases are found in `tmctl status` (the migration's state; "first op" is the switching
 state once a stayer swapped its communicators), and widened by test knobs: every communicator init takes 700 ms
 (building), the coordinator sends COMMIT 3 s after the last ACCEPT (agreeing; TRAINMOVER_FAULT=slow-commit), the
-joiner waits 3 s before it reads (switching before SWITCH, transfer) or after it switched in (first op;
-TRAINMOVER_FAULT=slow-first-op). The sandbox phase is not widened: a cell whose phase passed before the test saw it
-is reported as "phase missed", never as a pass.
+joiner waits 3 s before its READY (sandbox; slow-ready), before it reads (switching before SWITCH, transfer) or after
+it switched in (first op; TRAINMOVER_FAULT=slow-first-op). A cell whose phase passed before the test saw it is
+reported as "phase missed", never as a pass.
 
 Each cell checks: the job finishes (exit 0) with every rank's final digest equal to the uninterrupted run's (the
 joiner's in place of the leaver's when the migration completed), the joiner exited when it did not, and no rank's
@@ -79,7 +79,7 @@ SHORT = [("building", "coordinator", "stop"), ("switching", "coordinator", "stop
 STATE = {"sandbox": "sandbox", "building": "building", "agreeing": "agreeing", "switching": "switching",
          "transfer": "switching", "first op": "switching"}
 # The joiner's knob per phase (TRAINMOVER_FAULT, the joiner only).
-KNOB = {"switching": "slow-transfer", "transfer": "slow-transfer", "first op": "slow-first-op"}
+KNOB = {"sandbox": "slow-ready", "switching": "slow-transfer", "transfer": "slow-transfer", "first op": "slow-first-op"}
 # The coordinator's knob per phase: COMMIT 3 s after the last ACCEPT, every rank held at the agreed step meanwhile.
 COORDINATOR_KNOB = {"agreeing": "slow-commit"}
 
