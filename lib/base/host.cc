@@ -79,7 +79,8 @@ uint64_t HostMemoryBytes(const std::string& meminfo, const std::string& cgroup, 
   auto lower = [&](const std::string& file) {
     std::ifstream lim(file);
     unsigned long long bytes = 0;
-    if (lim >> bytes && bytes > 0 && (total == 0 || bytes < total)) total = bytes;
+    // v1's "no limit" (about 2^63) is no figure, even when MemTotal could not be read.
+    if (lim >> bytes && bytes > 0 && bytes < (1ull << 62) && (total == 0 || bytes < total)) total = bytes;
   };
   std::ifstream cg(cgroup);
   for (std::string line; std::getline(cg, line);) {

@@ -677,7 +677,7 @@ class MigrationEngine final : public Engine {
     o.x.accepted.insert(o.from.id);
     if (o.x.accepted.size() < o.x.stayers.size() + o.x.pairs.size()) return;
     if (deadlines_.commit_delay_ms == 0) return Commit(o.h, o.m, o.x);
-    o.x.commit_at_ns = NowMonotonicNs() + deadlines_.commit_delay_ms * 1000000;  // sent by OnTick
+    if (!o.x.commit_at_ns) o.x.commit_at_ns = NowMonotonicNs() + deadlines_.commit_delay_ms * 1000000;  // OnTick
   }
 
   void Commit(EngineHost& h, Migration& m, MoveCtx& x) {
@@ -805,6 +805,7 @@ class MigrationEngine final : public Engine {
     }
     if (x.proposal >= 0) EndOpenPhase(h, m, 0, "propose step " + std::to_string(x.proposal));
     x.proposal = std::max(top, x.proposal) + x.margin;
+    x.commit_at_ns = 0;  // a delayed COMMIT (slow-commit) was for the proposal before
     h.BeginPhase(m, 0, "propose step " + std::to_string(x.proposal));
     x.accepted.clear();
     TM_INFO(kLogMigration,

@@ -591,6 +591,7 @@ int64_t ProcessMachine::JoinerSafePoint(std::unique_lock<std::mutex>& lk, int64_
       lk.unlock();
       std::this_thread::sleep_for(std::chrono::seconds(3));
       lk.lock();
+      if (joiner_.exit_pending) JoinerExit(lk);  // told to exit meanwhile
     }
     SendReady(step);
     PrepareSnapshots(lk);

@@ -416,31 +416,46 @@ class RecoveryEngine final : public Engine {
     return rs;
   }
 
-  // The buddies of `rank`, TRAINMOVER_SNAPSHOT_COPIES of them: ranks on other hosts first, then the next ranks on
-  // its own. On other hosts, the next ranks in order from the one as far along that list as `rank` is among its own
-  // host's ranks, so that every rank holds about as many copies as it has buddies: with the next ranks alone, every
-  // rank of host A would pick the first rank of host B, which would hold a copy of each (4 slots of each) while the
-  // memory bound (TRAINMOVER_SNAPSHOT_MEMORY) reckons with `copies` per rank.
+  // The buddies of `rank` (held by `owner`, which may be a joiner on another host than the rank's holder so far),
+  // TRAINMOVER_SNAPSHOT_COPIES of them: on other hosts first, then the next ranks on its own host. Hosts are taken
+  // in the order of their lowest rank; the rank at local index i of host h takes the rank at index i (modulo its
+  // size) of host h+1, then of h+2, ..., then the other hosts' remaining ranks in order after it. Equal hosts thus
+  // hold one copy per buddy each, however the ranks are spread: the next rank on another host made, on two hosts of
+  // two ranks, ranks 0 and 2 hold two copies each and 1 and 3 none, which the memory bound (TRAINMOVER_SNAPSHOT_MEMORY)
+  // reckons without.
   std::vector<uint64_t> Buddies(EngineHost& h, const ProcessRec& owner, int32_t rank) {
-    const std::map<int32_t, const ProcessRec*> workers = Holders(h);  // a switched joiner, not its leaver
+    std::map<int32_t, const ProcessRec*> workers = Holders(h);  // a switched joiner, not its leaver
+    workers[rank] = &owner;
     const std::string copies_env = EnvOf(owner, "SNAPSHOT_COPIES");
     const size_t copies = copies_env.empty() ? 1 : static_cast<size_t>(std::max(1, atoi(copies_env.c_str())));
-    std::vector<uint64_t> other, same;
-    size_t index_on_host = 0;  // ranks below `rank` on its host
-    for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) {
-      (it->second->info.host != owner.info.host ? other : same).push_back(it->second->id);
+    std::vector<std::string> hosts;  // by lowest rank
+    std::map<std::string, std::vector<const ProcessRec*>> on;  // each host's ranks, ascending
+    for (const auto& [r, p] : workers) {
+      if (on[p->info.host].empty()) hosts.push_back(p->info.host);
+      on[p->info.host].push_back(p);
     }
-    for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) {
-      const bool here = it->second->info.host == owner.info.host;
-      (here ? same : other).push_back(it->second->id);
-      index_on_host += here ? 1 : 0;
+    const size_t home = static_cast<size_t>(std::find(hosts.begin(), hosts.end(), owner.info.host) - hosts.begin());
+    const std::vector<const ProcessRec*>& mine = on[owner.info.host];
+    const size_t index = static_cast<size_t>(std::find(mine.begin(), mine.end(), &owner) - mine.begin());
+    std::vector<uint64_t> out;
+    auto take = [&](const ProcessRec* p) {
+      if (out.size() < copies && p != &owner && std::find(out.begin(), out.end(), p->id) == out.end()) {
+        out.push_back(p->id);
+      }
+    };
+    for (size_t d = 1; d < hosts.size(); ++d) {
+      const std::vector<const ProcessRec*>& there = on[hosts[(home + d) % hosts.size()]];
+      take(there[index % there.size()]);
     }
-    if (!other.empty()) {
-      std::rotate(other.begin(), other.begin() + static_cast<ptrdiff_t>(index_on_host % other.size()), other.end());
+    for (bool other_host : {true, false}) {  // then in rank order after `rank`, cyclic
+      for (auto it = workers.upper_bound(rank); it != workers.end(); ++it) {
+        if ((it->second->info.host != owner.info.host) == other_host) take(it->second);
+      }
+      for (auto it = workers.begin(); it != workers.end() && it->first < rank; ++it) {
+        if ((it->second->info.host != owner.info.host) == other_host) take(it->second);
+      }
     }
-    other.insert(other.end(), same.begin(), same.end());
-    other.resize(std::min(copies, other.size()));
-    return other;
+    return out;
   }
 
   // An owner's snapshot: its buddies pull it. Not during a recovery: the survivors hold (their own steps come with

@@ -283,7 +283,10 @@ def cell(phase, victim, fault):
             if s and s["migrations"]:
                 m = s["migrations"][-1]
                 swapped = any(p["phase"] == "swap comms" for p in m.get("phases", []))
-                if m["state"] == STATE[phase] and (phase != "first op" or swapped) and \
+                # The sandbox: struck once the joiner registered (its READY is what slow-ready holds back).
+                joined = phase != "sandbox" or any(p["role"] == "joiner" and p["state"] == "alive"
+                                                   for p in s.get("processes", []))
+                if m["state"] == STATE[phase] and (phase != "first op" or swapped) and joined and \
                         (phase not in ("switching", "transfer") or not swapped):
                     seen = m["state"]
                     break

@@ -1142,17 +1142,27 @@ struct RecJob : Job {
 
 }  // namespace
 
-// Two hosts of two ranks each: each rank's buddy is on the other host, and each rank holds one copy (with the next
-// rank on the other host alone, ranks 2 and 0 would each hold two: the memory bound reckons with one).
-TEST_CASE("recovery: buddies on the other host, one copy held by each rank") {
-  RecJob j(4);
-  for (uint64_t p = 1; p <= 4; ++p) j.h.procs[p].info.host = p <= 2 ? "a" : "b";
-  std::vector<std::string> pulls;
-  for (uint64_t p = 1; p <= 4; ++p) {
+// Where each rank's snapshot goes (the process its SNAP_PULL is sent to, in rank order) when rank k runs on
+// hosts[k]: each rank's buddy is on another host and, hosts being equal, each rank holds one copy, whether the ranks
+// are in blocks or interleaved (with "the next rank on another host", two hosts of two ranks made ranks 0 and 2 hold
+// two copies each).
+static std::vector<uint64_t> BuddiesOn(const std::vector<std::string>& hosts) {
+  RecJob j(static_cast<int>(hosts.size()));
+  for (size_t k = 0; k < hosts.size(); ++k) j.h.procs[k + 1].info.host = hosts[k];
+  std::vector<uint64_t> to;
+  for (uint64_t p = 1; p <= hosts.size(); ++p) {
     j.Rec(p, rec::Ev::kSnapTaken, rec::RecMsg{.step = 12, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
-    for (const std::string& c : j.h.Take()) pulls.push_back(c);
+    for (const std::string& c : j.h.Take()) to.push_back(std::stoull(c.substr(0, c.find(':'))));
   }
-  CHECK(pulls == std::vector<std::string>{"3:SNAP_PULL", "4:SNAP_PULL", "1:SNAP_PULL", "2:SNAP_PULL"});
+  return to;
+}
+
+TEST_CASE("recovery: buddies on other hosts, one copy held by each rank") {
+  CHECK(BuddiesOn({"a", "a", "b", "b"}) == std::vector<uint64_t>{3, 4, 1, 2});
+  CHECK(BuddiesOn({"a", "b", "a", "b"}) == std::vector<uint64_t>{2, 1, 4, 3});
+  CHECK(BuddiesOn({"a", "a", "b", "b", "c", "c"}) == std::vector<uint64_t>{3, 4, 5, 6, 1, 2});
+  CHECK(BuddiesOn({"a", "a", "a", "b"}) == std::vector<uint64_t>{4, 4, 4, 1});  // one host of one rank: unavoidable
+  CHECK(BuddiesOn({"a", "a", "a"}) == std::vector<uint64_t>{2, 3, 1});          // one host: the next rank
 }
 
 TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPPED once held, with the complete step") {
@@ -1204,7 +1214,7 @@ TEST_CASE("recovery: TRAINMOVER_SNAPSHOT_EVERY=auto: every rank is told the larg
   CHECK(take(2, 18, 8) == 8);
   // A rank's new holder (process 4 replaces rank 1's) keeps the rank's wish until it has measured its own.
   j.h.procs[2].state = ProcState::kLost;
-  j.h.AddWorker(4, 1);
+  j.h.AddWorker(4, 1, "h");  // on the job's one host: its buddy is the next rank
   j.Rec(4, rec::Ev::kSnapTaken, rec::RecMsg{.step = 20, .slot = 0, .words = {7}, .regions = {Region{"w", 64}}});
   j.Rec(3, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 1, .step = 20, .slot = 0});
   CHECK(j.Last("4:SNAP_SHIPPED").every == 8);
