@@ -38,4 +38,9 @@ LauncherIdentity LauncherFromEnv() {
   return id;
 }
 
+int LocalWorldFromEnv() {
+  long n = 1;
+  return ParseCount(std::getenv("LOCAL_WORLD_SIZE"), 1, &n) ? static_cast<int>(n) : 1;
+}
+
 }  // namespace trainmover::base

@@ -28,6 +28,9 @@ struct LauncherIdentity {
 // Reads the environment. No side effect but the log line about invalid values.
 LauncherIdentity LauncherFromEnv();
 
+// LOCAL_WORLD_SIZE (the job's processes on this host, set by torchrun and tmrun), or 1 when unset or not a count.
+int LocalWorldFromEnv();
+
 }  // namespace trainmover::base
 
 #endif  // TRAINMOVER_LIB_BASE_LAUNCHER_H_

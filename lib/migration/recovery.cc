@@ -23,6 +23,7 @@
 
 #include "base/cudart.h"
 #include "base/host.h"
+#include "base/launcher.h"
 #include "base/log.h"
 #include "core/binding.h"
 #include "core/shim_state.h"
@@ -140,9 +141,7 @@ struct MemoryShare {
   static MemoryShare OfThisProcess(double fraction) {
     MemoryShare m;
     const uint64_t host = base::HostMemoryBytes();
-    const char* env = std::getenv("LOCAL_WORLD_SIZE");
-    const long local = env ? std::strtol(env, nullptr, 10) : 1;
-    const long processes = local >= 1 && local <= 1 << 20 ? local : 1;
+    const int processes = base::LocalWorldFromEnv();
     if (host == 0) {
       m.how = "this host's memory unknown: no limit";
       return m;

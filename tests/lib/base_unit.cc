@@ -145,6 +145,18 @@ TEST_CASE("launcher identity: torchrun's RANK and WORLD_SIZE, tmrun's, or nothin
   for (const char* v : {"RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"}) unsetenv(v);
 }
 
+TEST_CASE("LocalWorldFromEnv: LOCAL_WORLD_SIZE when it is a count, else 1") {
+  unsetenv("LOCAL_WORLD_SIZE");
+  CHECK(LocalWorldFromEnv() == 1);
+  setenv("LOCAL_WORLD_SIZE", "8", 1);
+  CHECK(LocalWorldFromEnv() == 8);
+  for (const char* bad : {"0", "-2", "8x", ""}) {
+    setenv("LOCAL_WORLD_SIZE", bad, 1);
+    CHECK(LocalWorldFromEnv() == 1);
+  }
+  unsetenv("LOCAL_WORLD_SIZE");
+}
+
 // TRAINMOVER_SNAPSHOT_MEMORY's base: MemTotal, or the lowest cgroup limit when lower (v2 memory.max, v1
 // memory.limit_in_bytes, whose "no limit" is a huge number; the cgroup's own and its ancestors'); 0 when nothing
 // can be read.
