@@ -93,8 +93,7 @@ def scenario_launch():
 def decoy_joiner(rank, steps, step_ms):
     """A joiner for `rank` started on host 2 while the migration is --to host3: told to exit, the migration waits on."""
     def run(cluster):
-        p = cluster.spawn(1, [TMRUN, "--join", "--replace", str(rank), "--master", cluster.master, "--"] +
-                          cluster.train_cmd(steps, step_ms), f"decoy-{rank}.log")
+        p = cluster.spawn(1, cluster.join_cmd(rank, cluster.train_cmd(steps, step_ms)), f"decoy-{rank}.log")
         try:
             rc = p.wait(timeout=nethosts.TIMEOUT)
         except subprocess.TimeoutExpired:

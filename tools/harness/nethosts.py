@@ -172,6 +172,10 @@ class Cluster:
             time.sleep(0.1)
         raise RuntimeError(f"step {k} not reached")
 
+    def join_cmd(self, rank, cmd):
+        """`tmrun --join` of a joiner for `rank` running `cmd`, through this job's store."""
+        return [self.bins["tmrun"], "--join", "--replace", str(rank), "--master", self.master, "--"] + list(cmd)
+
     def migrate(self, target_args, ranks, joiner_cmd, to_host=2, joiner_env=None, on_requested=None, first=None):
         """`tmctl migrate` from the operator's host, one `tmrun --join` per rank on host `to_host`; returns the
         migration's record, the joiners and tmctl's output. first(cluster) runs once the migration is requested,
@@ -187,8 +191,7 @@ class Cluster:
             time.sleep(0.05)
         if first:
             first(self)
-        joiners = [self.spawn(to_host, [self.bins["tmrun"], "--join", "--replace", str(r), "--master", self.master,
-                                        "--"] + joiner_cmd, f"joiner-{r}.log", joiner_env) for r in ranks]
+        joiners = [self.spawn(to_host, self.join_cmd(r, joiner_cmd), f"joiner-{r}.log", joiner_env) for r in ranks]
         if on_requested:
             on_requested(self)
         try:
