@@ -317,16 +317,8 @@ TEST_CASE("spawn: the joiner gets the leaver's command, cwd and environment") {
 TEST_CASE("spawn through a node agent: the child registers as a worker: failed, the child stopped") {
   Job j(2);
   j.launched.agents = {"b"};
-  Migration req;
-  req.id = j.next_mig++;
-  req.rank = 1;
-  req.ranks = {1};
-  req.spawn = true;
-  req.host = "b";
-  Migration& m = j.h.migs[req.id] = req;
-  REQUIRE(j.e->Validate(j.h, m).empty());
-  j.h.BeginPhase(m, 0, "requested");
-  j.e->OnRequest(j.h, m);
+  Migration& m = j.Request({1}, true, "b");
+  REQUIRE(m.state != MigState::kRefused);
   REQUIRE(j.launched.started.size() == 1);
   CHECK(j.launched.started[0].host == "b");
   j.h.Take();
