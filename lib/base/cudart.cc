@@ -29,6 +29,15 @@ const Cudart* CudartIfLoaded() {
       Find(h, "cudaStreamIsCapturing", &rt.cudaStreamIsCapturing);
       Find(h, "cudaGetDeviceCount", &rt.cudaGetDeviceCount);
       Find(h, "cudaGetErrorString", &rt.cudaGetErrorString);
+      Find(h, "cudaMemcpyAsync", &rt.cudaMemcpyAsync);
+      Find(h, "cudaStreamCreateWithFlags", &rt.cudaStreamCreateWithFlags);
+      Find(h, "cudaStreamWaitEvent", &rt.cudaStreamWaitEvent);
+      Find(h, "cudaEventCreateWithFlags", &rt.cudaEventCreateWithFlags);
+      Find(h, "cudaEventRecord", &rt.cudaEventRecord);
+      Find(h, "cudaEventQuery", &rt.cudaEventQuery);
+      Find(h, "cudaDeviceSynchronize", &rt.cudaDeviceSynchronize);
+      Find(h, "cudaHostRegister", &rt.cudaHostRegister);
+      Find(h, "cudaHostUnregister", &rt.cudaHostUnregister);
       found = &rt;  // the reference NOLOAD took is kept: the library stays for the life of the process
       return;
     }

@@ -18,6 +18,16 @@ struct Cudart {
   decltype(&::cudaStreamIsCapturing) cudaStreamIsCapturing = nullptr;
   decltype(&::cudaGetDeviceCount) cudaGetDeviceCount = nullptr;
   decltype(&::cudaGetErrorString) cudaGetErrorString = nullptr;
+  // Failure recovery's device snapshots (lib/migration/device_snapshots.h): stream-ordered copies to host.
+  decltype(&::cudaMemcpyAsync) cudaMemcpyAsync = nullptr;
+  decltype(&::cudaStreamCreateWithFlags) cudaStreamCreateWithFlags = nullptr;
+  decltype(&::cudaStreamWaitEvent) cudaStreamWaitEvent = nullptr;
+  decltype(&::cudaEventCreateWithFlags) cudaEventCreateWithFlags = nullptr;
+  decltype(&::cudaEventRecord) cudaEventRecord = nullptr;
+  decltype(&::cudaEventQuery) cudaEventQuery = nullptr;
+  decltype(&::cudaDeviceSynchronize) cudaDeviceSynchronize = nullptr;
+  decltype(&::cudaHostRegister) cudaHostRegister = nullptr;
+  decltype(&::cudaHostUnregister) cudaHostUnregister = nullptr;
 };
 
 // The runtime already in the process, looked up once (thread-safe) on the first call; nullptr when no

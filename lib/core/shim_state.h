@@ -248,10 +248,14 @@ void SetReplacedComms(std::vector<ReplacedComm> table, bool known);
 // that the sandbox falls back to sizing a Split child as its parent (logged), which READY then refuses.
 constexpr int kReplacedCommsWaitMs = 10000;
 
-// CUDA graph capture (migration refuses a captured communicator: the graph holds its real communicator).
-// Marks `v` captured when `stream` is being captured. Only when the application loaded libcudart (found
-// with RTLD_NOLOAD once; the shim never loads it); otherwise a no-op. Hot path: one call into the runtime.
-void NoteCapture(VComm* v, cudaStream_t stream);
+// Every operation's stream, when the application loaded libcudart (found with RTLD_NOLOAD once; the shim never
+// loads it); otherwise a no-op. CUDA graph capture: marks `v` captured when `stream` is being captured (migration
+// refuses a captured communicator: the graph holds its real communicator); hot path: one call into the runtime.
+// Then the stream hook, if one is set (failure recovery's device snapshots watch the streams operations run on).
+void NoteStream(VComm* v, cudaStream_t stream);
+// Set once (before the first operation, or at least before the streams it needs to see are used); any thread.
+using StreamHook = void (*)(cudaStream_t stream);
+void SetStreamHook(StreamHook fn);
 // How many VComms were marked captured so far (cheap: the agent polls it at safe points).
 uint64_t CapturedCount();
 // Sets the real communicator `v` uses from the next operation on and returns the previous one once no call can

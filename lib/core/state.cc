@@ -570,9 +570,17 @@ std::atomic<uint64_t> g_captured{0};
 
 uint64_t CapturedCount() { return g_captured.load(std::memory_order_relaxed); }
 
-void NoteCapture(VComm* v, cudaStream_t stream) {
+namespace {
+std::atomic<StreamHook> g_stream_hook{nullptr};
+}  // namespace
+
+void SetStreamHook(StreamHook fn) { g_stream_hook.store(fn, std::memory_order_release); }
+
+void NoteStream(VComm* v, cudaStream_t stream) {
   const base::Cudart* rt = base::CudartIfLoaded();
-  if (!rt || !rt->cudaStreamIsCapturing || v->captured.load(std::memory_order_relaxed)) return;
+  if (!rt) return;
+  if (StreamHook hook = g_stream_hook.load(std::memory_order_acquire)) hook(stream);
+  if (!rt->cudaStreamIsCapturing || v->captured.load(std::memory_order_relaxed)) return;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   if (rt->cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone &&
       !v->captured.exchange(true)) {

@@ -27,6 +27,7 @@
 #include "base/log.h"
 #include "core/binding.h"
 #include "core/shim_state.h"
+#include "device_snapshots.h"
 #include "hand_off.h"
 #include "process.h"
 #include "recovery_msgs.h"
@@ -217,12 +218,23 @@ class Recovery {
     cv_.wait_for(lk, std::chrono::milliseconds(kSlotSetUpWaitMs), [this] { return !staging_ && warmed_; });
   }
   void StartPoll();
+  // NoteStream's hook: every collective's stream, when libcudart is loaded.
+  void OnStream(cudaStream_t stream) {
+    if (DeviceSnapshots* d = Device()) d->OnStream(stream);
+  }
 
  private:
   // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
+  // A buffer of a device region's slot, page-locked (DeviceSnapshots::Pin) while it lives.
+  struct Pinned {
+    DeviceSnapshots* device;
+    void* host;
+    ~Pinned() { device->Unpin(host); }
+  };
   struct Slot {
     int64_t step = -1;
-    std::vector<std::vector<uint8_t>> bufs;  // one per region of layout_
+    std::vector<std::vector<uint8_t>> bufs;     // one per region of layout_
+    std::vector<std::unique_ptr<Pinned>> pins;  // after bufs: unpinned before they are freed
     std::unique_ptr<transfer::StateServer> server;
   };
   // A buddy's connection to one slot of another rank, and the buffers it reads into (the fetch is destroyed first).
@@ -240,6 +252,7 @@ class Recovery {
   // Slots made for one region table, off the application thread (tm-snapshot); adopted at a safe point.
   struct SlotSet {
     std::vector<control::Region> table;
+    std::vector<bool> device;  // which regions are device memory (their buffers pinned)
     Slot slots[kSnapshotSlots];
     std::string error;  // set up failed: no snapshots
   };
@@ -272,12 +285,17 @@ class Recovery {
   // Owner (application thread, mu_ held).
   void TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step);
   bool SlotsFit(const std::vector<shim::Region>& regs) const;  // the regions the slots were made for
-  int CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step);  // into the oldest slot but the pinned one
+  // Into the oldest slot but the pinned one: host regions copied; device regions by stream-ordered copies whose
+  // generation goes to *copies, or, when `now`, copied before it returns. -1 when a device copy failed (logged).
+  int CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step, bool now, uint64_t* copies);
+  // The device snapshots, made on first use when a CUDA runtime is loaded; null otherwise (device_why_ says why).
+  DeviceSnapshots* Device();
+  bool AnyDevice(const std::vector<shim::Region>& regs);
   Slot* SlotAt(int64_t step);  // the slot holding `step`, or null
   void KeepExactState(int64_t step);
   void WaitShipped(std::unique_lock<std::mutex>& lk);
   bool AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here);
-  std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table);
+  std::unique_ptr<SlotSet> BuildSlots(std::vector<control::Region> table, std::vector<bool> device);
   // Buddy: whether a copy of `bytes` more fits in this process's share of memory with its own slots and the copies
   // it holds; else *why says so.
   bool CopyFits(uint64_t bytes, std::string* why);
@@ -289,7 +307,7 @@ class Recovery {
   // tm-commpoll thread.
   void PollComms(std::set<ncclComm_t>& reported);
   // tm-snapshot thread.
-  void SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table);
+  void SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table, uint64_t copies);
   void Pull(const rec::RecMsg& m);
   void WarmNext();
   void Warm(const rec::RecMsg& m);
@@ -306,6 +324,9 @@ class Recovery {
   double budget_ = 0.02;
   int64_t copies_ = 1;  // TRAINMOVER_SNAPSHOT_COPIES: the copies of its snapshots a rank's buddies hold
   MemoryShare memory_;  // TRAINMOVER_SNAPSHOT_MEMORY: const after construction
+  std::once_flag device_once_;
+  std::unique_ptr<DeviceSnapshots> device_;  // set once (Device)
+  std::string device_why_;
   std::atomic<uint64_t> own_bytes_{0};  // the newest slot set's buffers (BuildSlots), read by the buddy side
   Durations snapshot_cost_, step_time_;
   int64_t unmeasured_copy_ns_ = -1;  // the copy of the newest snapshot, until its wait for the buddy is known too
@@ -319,6 +340,7 @@ class Recovery {
   std::atomic<uint64_t> rec_id_{0};
   // Owner.
   std::vector<shim::Region> layout_;  // the regions the slots were made for
+  std::vector<bool> layout_device_;   // which of them are device memory
   Slot slots_[kSnapshotSlots];
   std::unique_ptr<SlotSet> staged_;  // built in the background, not adopted yet
   bool staging_ = false;             // a BuildSlots task is queued or running
@@ -618,15 +640,13 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
-  for (const shim::Region& r : regs) {
-    if (base::IsDevicePointer(base::CudartIfLoaded(), r.ptr)) {
-      if (!device_warned_) {
-        TM_WARN(kLogMigration, "failure recovery: region %s is device memory; snapshots of device memory are not "
-                               "built yet, so this rank takes none (a failure cannot be recovered)", r.name.c_str());
-      }
-      device_warned_ = true;
-      return;
+  if (AnyDevice(regs) && Device() == nullptr) {
+    if (!device_warned_) {
+      TM_WARN(kLogMigration, "failure recovery: registered device memory cannot be snapshotted (%s), so this rank "
+                             "takes no snapshots (a failure of it cannot be recovered)", device_why_.c_str());
     }
+    device_warned_ = true;
+    return;
   }
   // A process's first slot set is built here, at its first safe point, unless its sandbox started it (a joiner):
   // every rank then snapshots from its first step on, so a failure soon after the start finds a step all hold.
@@ -635,7 +655,9 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   // The previous snapshot is shipped (its hash and its pulls are over), so the slot written is not being pulled. A
   // pull still reading a slot being overwritten (the wait above gave up) fails its verification, nothing worse.
   const uint64_t t0 = w_.MonotonicNs();
-  const int k = CopyIntoSlot(regs, step);
+  uint64_t copies = 0;
+  const int k = CopyIntoSlot(regs, step, /*now=*/false, &copies);
+  if (k < 0) return;
   pending_ = step;
   if (adaptive_) unmeasured_copy_ns_ = static_cast<int64_t>(w_.MonotonicNs() - t0);
   // Under auto, the interval this rank's own costs call for (0 until it has measured a few snapshots and steps).
@@ -649,7 +671,7 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
             step_time_.Median() / 1e6, static_cast<long long>(kMaxSnapshotInterval), budget_);
     budget_warned_ = true;
   }
-  queue_.Push([this, k, step, wish, table = Table(regs)] { SendTaken(k, step, wish, table); });
+  queue_.Push([this, k, step, wish, copies, table = Table(regs)] { SendTaken(k, step, wish, table, copies); });
 }
 
 bool Recovery::SlotsFit(const std::vector<shim::Region>& regs) const {
@@ -660,16 +682,46 @@ bool Recovery::SlotsFit(const std::vector<shim::Region>& regs) const {
   return same;
 }
 
-int Recovery::CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step) {
+int Recovery::CopyIntoSlot(const std::vector<shim::Region>& regs, int64_t step, bool now, uint64_t* copies) {
   int k = -1;
   for (int i = 0; i < kSnapshotSlots; ++i) {
     if ((pinned_ < 0 || slots_[i].step != pinned_) && (k < 0 || slots_[i].step < slots_[k].step)) k = i;
   }
   k = std::max(k, 0);  // every slot holds the pinned step (copies of one step): any of them
   Slot& s = slots_[k];
-  for (size_t i = 0; i < regs.size(); ++i) std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
+  std::vector<DeviceSnapshots::Copy> on_device;
+  for (size_t i = 0; i < regs.size(); ++i) {
+    if (layout_device_[i]) {
+      on_device.push_back({s.bufs[i].data(), regs[i].ptr, regs[i].bytes});
+    } else {
+      std::memcpy(s.bufs[i].data(), regs[i].ptr, regs[i].bytes);
+    }
+  }
+  *copies = 0;
+  std::string err;
+  bool ok = true;
+  if (now) {
+    for (const DeviceSnapshots::Copy& c : on_device) ok = ok && device_->CopySync(c.host, c.device, c.bytes, &err);
+  } else if (!on_device.empty()) {
+    ok = (*copies = device_->Start(on_device, &err)) != 0;
+  }
+  if (!ok) {
+    TM_WARN(kLogMigration, "failure recovery: no snapshot of step %lld: %s", static_cast<long long>(step), err.c_str());
+    s.step = -1;
+    return -1;
+  }
   s.step = step;
   return k;
+}
+
+DeviceSnapshots* Recovery::Device() {
+  std::call_once(device_once_, [this] { device_ = DeviceSnapshots::Create(base::CudartIfLoaded(), &device_why_); });
+  return device_.get();
+}
+
+bool Recovery::AnyDevice(const std::vector<shim::Region>& regs) {
+  const base::Cudart* rt = base::CudartIfLoaded();
+  return std::any_of(regs.begin(), regs.end(), [rt](const shim::Region& r) { return base::IsDevicePointer(rt, r.ptr); });
 }
 
 Recovery::Slot* Recovery::SlotAt(int64_t step) {
@@ -686,7 +738,10 @@ Recovery::Slot* Recovery::SlotAt(int64_t step) {
 void Recovery::KeepExactState(int64_t step) {
   if (step < 0 || SlotAt(step)) return;
   const std::vector<shim::Region> regs = shim::Regions();
-  if (SlotsFit(regs) || AdoptSlots(regs, nullptr)) CopyIntoSlot(regs, step);
+  uint64_t copies = 0;
+  if ((SlotsFit(regs) || AdoptSlots(regs, nullptr)) && (!AnyDevice(regs) || Device())) {
+    (void)CopyIntoSlot(regs, step, /*now=*/true, &copies);
+  }
 }
 
 // New regions (or the first snapshot): one buffer set per slot, each exposed by its own StateServer (a client
@@ -699,17 +754,19 @@ void Recovery::KeepExactState(int64_t step) {
 // meanwhile, and adopted at once; startup pays it, as it pays the communicators' set-up.
 bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_lock<std::mutex>* build_here) {
   std::vector<control::Region> table = Table(regs);
+  std::vector<bool> device;
+  for (const shim::Region& r : regs) device.push_back(base::IsDevicePointer(base::CudartIfLoaded(), r.ptr));
   if (build_here && !staging_ && !staged_) {
     staging_ = true;
     build_here->unlock();
-    std::unique_ptr<SlotSet> set = BuildSlots(table);
+    std::unique_ptr<SlotSet> set = BuildSlots(table, device);
     build_here->lock();
     staged_ = std::move(set);
     staging_ = false;
     if (ending_) StopServing(staged_->slots);  // the process's end came meanwhile (Drain)
   }
   if (ending_) return false;
-  if (staged_ && staged_->table == table) {
+  if (staged_ && staged_->table == table && staged_->device == device) {
     std::unique_ptr<SlotSet> set = std::move(staged_);
     if (!set->error.empty()) {
       TM_WARN(kLogMigration, "failure recovery: no snapshots of this rank (a failure of it will be refused): %s",
@@ -728,12 +785,13 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
       }
     });
     layout_ = regs;
+    layout_device_ = set->device;
     return true;
   }
   if (!staging_) {  // none, or made for other regions (dropped when the new set is adopted)
     staging_ = true;
-    queue_.Push([this, table = std::move(table)] {
-      std::unique_ptr<SlotSet> set = BuildSlots(table);
+    queue_.Push([this, table = std::move(table), device = std::move(device)] {
+      std::unique_ptr<SlotSet> set = BuildSlots(table, device);
       (void)Client();  // the buddy side too (its UCX objects come with each first Prepare: SNAP_WARM, below)
       // The coordinator has its future buddies connect to each slot and read it once, and sends this process the
       // slots it will hold copies of to do the same (SNAP_WARM, run on this thread after this task); a joiner's
@@ -755,9 +813,10 @@ bool Recovery::AdoptSlots(const std::vector<shim::Region>& regs, std::unique_loc
   return false;
 }
 
-std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table) {
+std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Region> table, std::vector<bool> device) {
   auto set = std::make_unique<SlotSet>();
   set->table = std::move(table);
+  set->device = std::move(device);
   // Four snapshots here and, as every rank is about as large, four copies for each rank this one is a buddy of (as
   // many as each rank has buddies): refused up front when over this process's share, rather than risk the job to the
   // out-of-memory killer in the middle of training (a migration_bench run at 1 GiB of state: 9.5 GB per rank).
@@ -774,10 +833,19 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
   // and progress thread each), the exposures (memory mapped, keys packed).
   using Clock = std::chrono::steady_clock;
   Clock::duration bufs{}, servers{}, exposures{};
+  bool unpinned = false;
   for (int k = 0; k < kSnapshotSlots && set->error.empty(); ++k) {
     Slot& s = set->slots[k];
     Clock::time_point t = Clock::now();
     for (const control::Region& r : set->table) s.bufs.emplace_back(r.bytes);
+    for (size_t i = 0; i < s.bufs.size(); ++i) {  // device regions' copies into them are then asynchronous
+      if (!set->device[i] || Device() == nullptr) continue;
+      if (Device()->Pin(s.bufs[i].data(), s.bufs[i].size())) {
+        s.pins.push_back(std::make_unique<Pinned>(Pinned{Device(), s.bufs[i].data()}));
+      } else {
+        unpinned = true;
+      }
+    }
     bufs += Clock::now() - t;
     t = Clock::now();
     transfer::Status st = transfer::StateServer::Create(HandOffServerOptions(""), &s.server);
@@ -789,6 +857,10 @@ std::unique_ptr<Recovery::SlotSet> Recovery::BuildSlots(std::vector<control::Reg
       st = transfer::Status(transfer::Code::kInvalidArgument, "the snapshot descriptor exceeds half a control frame");
     }
     if (!st.ok()) set->error = "slot " + std::to_string(k) + ": " + st.ToString();
+  }
+  if (unpinned) {
+    TM_INFO(kLogMigration, "failure recovery: snapshot buffers of device memory could not be page-locked "
+                           "(cudaHostRegister): a snapshot's copies to them then hold its safe point until done");
   }
   auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
   TM_TRACE(kLogMigration,
@@ -854,7 +926,12 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
       if (regs[i].name != layout_[i].name || regs[i].bytes != layout_[i].bytes) {
         Exit(lk, "region " + regs[i].name + " changed since the snapshot of step " + std::to_string(to));
       }
-      std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
+      std::string err;
+      if (!layout_device_[i]) {
+        std::memcpy(regs[i].ptr, s->bufs[i].data(), regs[i].bytes);
+      } else if (!device_->CopySync(regs[i].ptr, s->bufs[i].data(), regs[i].bytes, &err)) {
+        Exit(lk, "restoring region " + regs[i].name + " from the snapshot of step " + std::to_string(to) + ": " + err);
+      }
     }
   }
   const size_t rebuilt = pm_->SwitchStagedForRecovery();
@@ -888,7 +965,16 @@ int64_t Recovery::HoldAndRollBack(std::unique_lock<std::mutex>& lk, int64_t step
 
 // ---- tm-snapshot thread
 
-void Recovery::SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table) {
+void Recovery::SendTaken(int slot, int64_t step, int64_t wish, std::vector<control::Region> table, uint64_t copies) {
+  std::string err;
+  if (copies != 0 && !device_->Wait(copies, kShipWaitMs, &err)) {  // its device regions' copies, still in flight
+    TM_WARN(kLogMigration, "failure recovery: no snapshot of step %lld: %s", static_cast<long long>(step), err.c_str());
+    std::lock_guard<std::mutex> lk(mu_);
+    if (slots_[slot].step == step) slots_[slot].step = -1;
+    if (pending_ == step) pending_ = -1;
+    cv_.notify_all();
+    return;
+  }
   rec::RecMsg m;
   m.step = step;
   m.every = wish;
@@ -1087,6 +1173,7 @@ void InstallRecovery(World* world, ProcessMachine* machine) {
   std::atexit(RecoveryDrain);
   g_recovery->StartPoll();
   shim::SetOpFailureHook(OpFailureHook);
+  shim::SetStreamHook([](cudaStream_t stream) { g_recovery->OnStream(stream); });
 }
 
 void RecoveryCommand(const control::Command& c) { g_recovery->OnCommand(c); }

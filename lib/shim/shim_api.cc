@@ -257,7 +257,7 @@ extern "C" {
   VComm* v = AsVComm(comm);                                                                  \
   if (TM_UNLIKELY(v == nullptr)) return ForwardRaw("nccl" #Name, &g_real.Name, __VA_ARGS__); \
   Record(v, kind, count, dt, op, peer);                                                      \
-  NoteCapture(v, stream);                                                                    \
+  NoteStream(v, stream);                                                                     \
   RealUse use_(v);                                                                           \
   ncclComm_t real = use_.real()
 
