@@ -396,6 +396,13 @@ void Recovery::OnCommand(const control::Command& c) {
       return queue_.Push([this, m] { Pull(m); });
     case rec::Cmd::kExposeHeld:
       return queue_.Push([this, m] { ExposeHeld(m); });
+    case rec::Cmd::kSnapDrop:
+      return queue_.Push([this, m] {
+        if (held_.erase(m.rank) != 0) {
+          TM_INFO(kLogMigration, "failure recovery: dropped the copies of rank %d's snapshots: its buddies now hold "
+                                 "step %lld", m.rank, static_cast<long long>(m.step));
+        }
+      });
     case rec::Cmd::kSnapWarm: {
       std::lock_guard<std::mutex> lk(mu_);
       warms_.push_back(m);

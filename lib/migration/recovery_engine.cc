@@ -566,7 +566,33 @@ class RecoveryEngine final : public Engine {
       rs.held[buddy.id][m.step] = m.slot;
       if (ProcessRec* owner = h.FindProcess(rs.owner)) owner->snapshot_step = m.step;
     }
-    if (Answered(rs, m.step, buddy.id)) Shipped(h, rs, m.step);
+    if (Answered(rs, m.step, buddy.id)) {
+      Shipped(h, rs, m.step);
+      DropFormerBuddies(h, rs, m.rank, m.step);
+    }
+  }
+
+  // After a regrouping (a planned migration to another host changes which ranks are on which host, so which rank is
+  // whose buddy), the copies a former buddy holds of `rank` are dropped once every present buddy holds a verified
+  // copy of `step`, newer than all of them: they count against that process's TRAINMOVER_SNAPSHOT_MEMORY share. Not
+  // during a recovery (its choice of the rollback step reads the book as it is).
+  void DropFormerBuddies(EngineHost& h, RankSnaps& rs, int32_t rank, int64_t step) {
+    const ProcessRec* owner = h.FindProcess(rs.owner);
+    if (ctx_ || owner == nullptr || owner->state != ProcState::kAlive) return;
+    const std::vector<uint64_t> buddies = Buddies(h, *owner, rank);
+    for (uint64_t b : buddies) {
+      auto held = rs.held.find(b);
+      if (held == rs.held.end() || !held->second.count(step)) return;
+    }
+    for (auto it = rs.held.begin(); it != rs.held.end();) {
+      const bool former = std::find(buddies.begin(), buddies.end(), it->first) == buddies.end();
+      if (!former || (!it->second.empty() && it->second.rbegin()->first >= step)) {
+        ++it;
+        continue;
+      }
+      h.SendCommand(it->first, rec::MakeRec(rec::Cmd::kSnapDrop, 0, rec::RecMsg{.rank = rank, .step = step}));
+      it = rs.held.erase(it);
+    }
   }
 
   // `buddy` answered the pull of `step`, or is gone: true when it was the last one the owner waited for.

@@ -25,6 +25,8 @@ const char* RecCmdName(uint16_t kind) {
       return "SNAP_WARM";
     case Cmd::kHoldAfter:
       return "HOLD_AFTER";
+    case Cmd::kSnapDrop:
+      return "SNAP_DROP";
   }
   return "UNKNOWN";
 }

@@ -61,6 +61,7 @@ enum class Cmd : uint16_t {
   kSnapWarm = 108,     // future buddy: connect to rank's slot and read it once, unverified (rank, slot, regions, blob);
                        // rank -1: the warm-ups sent to a joiner are over
   kHoldAfter = 109,    // survivor: pass the safe points up to step, hold at the first after it (epoch, step)
+  kSnapDrop = 110,     // former buddy: drop the copies held of rank; its buddies now hold a newer one (rank, step)
 };
 enum class Ev : uint16_t {
   kSnapTaken = 101,    // owner: snapshot at step in slot (step, slot, words = checksums in region-name order, regions,

@@ -1157,6 +1157,36 @@ TEST_CASE("recovery: buddies on other hosts, one copy held by each rank") {
   CHECK(BuddiesOn({"a", "a", "a"}) == std::vector<uint64_t>{2, 3, 1});          // one host: the next rank
 }
 
+TEST_CASE("recovery: after a regrouping a former buddy drops its copies once the new buddy holds a newer step") {
+  RecJob j(4);
+  for (uint64_t p = 1; p <= 4; ++p) j.h.procs[p].info.host = p <= 2 ? "a" : "b";  // hosts {0,1} {2,3}
+  auto taken = [&](int64_t step, uint32_t slot) {
+    j.Rec(1, rec::Ev::kSnapTaken, rec::RecMsg{.step = step, .slot = slot, .words = {7}, .regions = {Region{"w", 64}}});
+  };
+  taken(10, 0);  // rank 0's buddy: rank 2 (process 3), on the other host
+  CHECK(j.h.Take() == std::vector<std::string>{"3:SNAP_PULL"});
+  j.Rec(3, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 10, .slot = 0});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  // Ranks 1 and 2 trade hosts (as after planned migrations to other hosts): rank 0's buddy is now rank 1.
+  j.h.procs[2].info.host = "b";
+  j.h.procs[3].info.host = "a";
+  taken(11, 1);
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
+  // A failed pull (no room) keeps the former buddy's copies: they are the rank's only ones.
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 11, .slot = 1, .ok = 0, .text = "no room"});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  CHECK(j.Last("1:SNAP_SHIPPED").complete == -1);  // ranks 1-3 took none
+  taken(12, 2);
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL"});
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 12, .slot = 2});
+  CHECK(j.Last("3:SNAP_DROP").rank == 0);
+  CHECK(j.Last("3:SNAP_DROP").step == 12);
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED", "3:SNAP_DROP"});
+  taken(13, 3);  // dropped once: the next verified copy sends nothing more
+  j.Rec(2, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 13, .slot = 3});
+  CHECK(j.h.Take() == std::vector<std::string>{"2:SNAP_PULL", "1:SNAP_SHIPPED"});
+}
+
 TEST_CASE("recovery: each rank's snapshot is pulled by the next rank; SNAP_SHIPPED once held, with the complete step") {
   RecJob j(3);
   rec::RecMsg t{.step = 12, .slot = 1, .words = {7}, .regions = {Region{"w", 64}}, .blob = {1, 2}};
@@ -1290,7 +1320,7 @@ TEST_CASE("recovery: a planned migration's joiner replaces its leaver as a buddy
   taken(1, 13, 3);
   CHECK(j.h.Take() == std::vector<std::string>{std::to_string(jr) + ":SNAP_PULL"});
   j.Rec(jr, rec::Ev::kSnapHeld, rec::RecMsg{.rank = 0, .step = 13, .slot = 3});
-  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED"});
+  CHECK(j.h.Take() == std::vector<std::string>{"1:SNAP_SHIPPED", "2:SNAP_DROP"});  // the leaver's copy of rank 0
   // The joiner's own snapshot goes to rank 2, which still holds the leaver's copy of step 10 (in another slot than the
   // one this pull overwrites): the same timeline.
   taken(jr, 13, 1);
