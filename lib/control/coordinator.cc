@@ -889,6 +889,15 @@ MigrateReply Coordinator::OnMigrate(const MigrateReq& q) {
   r.accepted = !MigTerminal(rec.state);
   r.message = r.accepted ? "migration " + std::to_string(rec.id) + " started" : rec.reason;
   if (!rec.joiner_log.empty()) r.message += "; joiner output: " + rec.joiner_log;
+  // --to H names a host nothing has registered from (a typo, or a fresh host whose joiner is still to come): accepted,
+  // since a joiner started there by hand is how a new host joins, but said, or the operator waits out the phase
+  // timeout for a joiner that never comes.
+  const bool known_host = std::any_of(procs_.begin(), procs_.end(),
+                                      [&](const auto& kv) { return kv.second.info.host == rec.host; });
+  if (r.accepted && !rec.host.empty() && !rec.spawn && !known_host) {
+    r.message += "; no process or node agent has registered from host '" + rec.host +
+                 "' yet: it waits for a joiner started there (up to TRAINMOVER_PHASE_TIMEOUT_MS)";
+  }
   r.state = MigStateName(rec.state);
   return r;
 }

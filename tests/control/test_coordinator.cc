@@ -516,6 +516,7 @@ TEST_CASE("migrate/cancel/timeline: validated, recorded, answered clearly until 
   CHECK(r.accepted);
   CHECK(r.id == 3);
   CHECK(r.state == "sandbox");
+  CHECK(r.message.find("no process or node agent has registered from host 'hostB' yet") != std::string::npos);
   CancelReply c;
   REQUIRE(Ok(cl.Call(MsgType::kCancelReq, CancelReq{0}, MsgType::kCancelReply, &c, 5000), &err));
   CHECK(c.ok);
