@@ -26,6 +26,8 @@ const char* CodeName(Code code) {
       return "wrong state";
     case Code::kUcx:
       return "UCX error";
+    case Code::kCuda:
+      return "CUDA error";
   }
   return "unknown";
 }

@@ -21,8 +21,10 @@
 //
 // CUDA device memory: a Region may be device memory (MemoryType::kCuda, or kAuto to let UCX detect it).
 // The mapping passes the memory type to ucp_mem_map; checksums of device memory copy it to host in
-// chunks through libcudart, which is loaded lazily with dlopen the first time it is needed (this
-// library never links against CUDA). Without a usable libcudart, device regions fail with kUnsupported.
+// chunks through the libcudart the application loaded (base/cudart.h; this library never links against CUDA
+// nor loads it). Without a usable libcudart, device regions fail with kUnsupported. A joiner whose UCX cannot
+// write device memory (built without CUDA support, as Debian's) reads its device regions into host bounce
+// buffers and copies them to the device with cudaMemcpy at the end of Read (StateClient::Prepare).
 //
 // Thread safety: a StateServer or StateClient is driven by one thread at a time (its methods are not
 // reentrant); distinct objects are independent, except the PreparedFetch objects of one StateClient to the same
@@ -53,6 +55,7 @@ enum class Code : int {
   kBadDescriptor,     // the descriptor blob is truncated, corrupt or of another version
   kState,             // method called in the wrong state (Expose twice, Seal before Expose, ...)
   kUcx,               // another UCX failure (context, worker, mapping)
+  kCuda,              // a CUDA runtime call failed (the copy of a staged region into device memory)
 };
 
 const char* CodeName(Code code);
@@ -75,8 +78,12 @@ class [[nodiscard]] Status {
 
 enum class MemoryType : uint8_t {
   kHost = 0,  // ordinary host memory
-  kCuda = 1,  // CUDA device memory (cudaMalloc); needs UCX built with CUDA support
-  kAuto = 2,  // let UCX detect the type when mapping (ucp_mem_query reports what it found)
+  // CUDA device memory (cudaMalloc). The leaver's needs UCX built with CUDA support; the joiner's is read directly
+  // when its UCX has CUDA support, else staged through host (StateClient::Prepare), which needs a loaded libcudart.
+  kCuda = 1,
+  // Let UCX detect the type when mapping (ucp_mem_query reports what it found). On the joiner, a kAuto region that
+  // the loaded CUDA runtime calls device memory is staged like a kCuda one when UCX cannot write device memory.
+  kAuto = 2,
 };
 
 // A region of state. The memory is owned by the caller and must stay valid (and, on the server,
@@ -218,8 +225,11 @@ struct FetchResult {
                                      // overlaps the data; device regions are hashed here)
   double prepare_seconds = 0;        // Fetch only: the Prepare part (connection, rkeys, registrations, lanes)
   std::vector<uint64_t> checksums;   // the client's, in the order of the local regions passed to Fetch
-  bool verified = false;             // every checksum compared equal
+  bool verified = false;             // every checksum compared equal (and staged regions reached the device)
   FetchPath path = FetchPath::kUcx;  // the path actually taken (kUcx or kCma)
+  // Device regions staged through host (StateClient::Prepare): the host->device copies of the bounce buffers,
+  // after the data and the verification (on the read's critical path, not part of `seconds`); 0 when none.
+  double stage_seconds = 0;
 };
 
 struct ClientOptions {
@@ -241,8 +251,9 @@ class PreparedFetch;
 // The joiner's side. One client may Fetch several times (from the same or different servers).
 class StateClient {
  public:
-  // Cheap: UCX (context and worker, ~20 ms) is initialised by the first Prepare that takes the UCX path, so a
-  // bad ClientOptions::transports is reported there; the same-host path never initialises it.
+  // Cheap: UCX (context and worker, ~20 ms) is initialised by the first Prepare that takes the UCX path or has a
+  // device region (to ask UCX whether it supports CUDA), so a bad ClientOptions::transports is reported there;
+  // the same-host path with host regions never initialises it.
   static Status Create(const ClientOptions& options, std::unique_ptr<StateClient>* out);
   ~StateClient();
   StateClient(const StateClient&) = delete;
@@ -256,6 +267,16 @@ class StateClient {
   // options.path, max_outstanding and hash_threads (lanes) and timeout_ms (for the connection). The leaver
   // need not have sealed. The local regions must keep their addresses until the PreparedFetch is destroyed;
   // it must not outlive this client, and is driven by one thread at a time.
+  //
+  // Device regions (kCuda, or kAuto that the loaded CUDA runtime calls device memory) when UCX here cannot write
+  // device memory (ucp_context_query: no UCS_MEMORY_TYPE_CUDA; Debian's UCX is built without CUDA): each is read
+  // into a host bounce buffer that Prepare allocates (kept until the PreparedFetch is destroyed), and Read copies
+  // it to the device with cudaMemcpy once every byte is there and, with options.verify, the checksums compared
+  // equal (FetchResult::stage_seconds; a failed copy is kCuda and names the region). The plan treats the buffer as
+  // a host region: on one host the cma path may read into it, huge pages and populating apply. Costs one more
+  // host copy's worth of memory and a host->device copy per region on the read's critical path. Without a loaded
+  // CUDA runtime (with cudaMemcpy) a kCuda region is refused with kUnsupported. Checking UCX makes its context
+  // here, only when there is a device region. With a CUDA-capable UCX device regions are read directly.
   Status Prepare(std::span<const uint8_t> descriptor, const std::vector<Region>& local, const FetchOptions& options,
                  std::unique_ptr<PreparedFetch>* out);
 

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/mman.h>
+#include <ucp/api/ucp.h>
 
 #include <atomic>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "base/cudart.h"
 #include "test_pattern.h"
 #include "transfer/checksum.h"
 #include "transfer/descriptor.h"
@@ -497,6 +499,57 @@ TEST_CASE("the client initialises UCX only for the UCX path: bad transports surf
   s = client->Prepare(server->Descriptor(), {{"a", x.data(), x.size()}}, o, &prepared);
   CHECK_FALSE(s.ok());
   MESSAGE("UCX path with bad transports: " << s.ToString());
+}
+
+namespace {
+
+// Whether UCX here (default configuration) can address CUDA device memory; a context of its own, gone on return.
+bool UcxSupportsCuda() {
+  ucp_config_t* config = nullptr;
+  if (ucp_config_read(nullptr, nullptr, &config) != UCS_OK) return false;
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_RMA;
+  ucp_context_h context = nullptr;
+  const ucs_status_t st = ucp_init(&params, config, &context);
+  ucp_config_release(config);
+  if (st != UCS_OK) return false;
+  ucp_context_attr_t attr{};
+  attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+  const bool cuda = ucp_context_query(context, &attr) == UCS_OK && (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA));
+  ucp_cleanup(context);
+  return cuda;
+}
+
+}  // namespace
+
+TEST_CASE("a device region is refused when UCX cannot write device memory and no CUDA runtime can stage it") {
+  if (trainmover::base::CudartIfLoaded() != nullptr || UcxSupportsCuda()) {
+    MESSAGE("skipped: a CUDA runtime is loaded or UCX here supports CUDA (the refusal cannot happen)");
+    return;
+  }
+  std::vector<unsigned char> a(1000), x(1000);
+  auto [server, client] = Expose({{"a", a.data(), a.size()}});
+  REQUIRE(server->Seal().ok());
+  std::unique_ptr<tt::PreparedFetch> prepared;
+  for (tt::FetchPath path : {tt::FetchPath::kAuto, tt::FetchPath::kUcx}) {
+    tt::FetchOptions o;
+    o.path = path;
+    // The pointer is host memory posing as device memory: Prepare must refuse before it touches a byte.
+    tt::Status s =
+        client->Prepare(server->Descriptor(), {{"a", x.data(), x.size(), tt::MemoryType::kCuda}}, o, &prepared);
+    CHECK(s.code() == tt::Code::kUnsupported);
+    CHECK_MESSAGE(s.message().find("region 'a' is device memory and neither UCX here supports CUDA nor is a CUDA "
+                                   "runtime loaded to stage it") != std::string::npos,
+                  s.ToString());
+    CHECK(prepared == nullptr);
+  }
+  // Without a runtime a kAuto region cannot be device memory: it is read as host memory, as before.
+  tt::FetchResult r;
+  tt::Status s = client->Fetch(server->Descriptor(), {{"a", x.data(), x.size(), tt::MemoryType::kAuto}}, {}, &r);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(r.verified);
+  CHECK(r.stage_seconds == 0);
 }
 
 TEST_CASE("checksums written into the leaver's control block by another party fail their MAC") {

@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: Apache-2.0
+// Device regions on the joiner read through host memory when UCX here cannot write device memory (Debian's UCX is
+// built without CUDA): a forked leaver exposes host regions (sizes 1, odd, one checksum block, 3 MiB + 5 and 0), the
+// parent reads them into regions it cudaMalloc'ed (kCuda, and one kAuto that the runtime calls device memory) over
+// the UCX path and over kAuto (the cma path into the bounce buffers on this host), copies them back with cudaMemcpy
+// and compares bit for bit; then a prepared fetch read twice, and once unverified. Runs with the stand-in libcudart
+// preloaded (tests/fake_cuda, LD_PRELOAD from meson), or a real one. Exits 77 with the reason where the preloaded
+// runtime lacks the calls used here, or where UCX supports CUDA (then nothing is staged; transfer_cuda covers that).
+#include <dlfcn.h>
+#include <sys/wait.h>
+#include <ucp/api/ucp.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "test_pattern.h"
+#include "transfer/transfer.h"
+
+namespace tt = trainmover::transfer;
+using transfer_test::Fill;
+using transfer_test::SeedOf;
+
+namespace {
+
+// The runtime's calls with their real signatures (cudaError_t and cudaMemcpyKind as int).
+struct Runtime {
+  int (*malloc_)(void**, size_t) = nullptr;
+  int (*free_)(void*) = nullptr;
+  int (*memcpy_)(void*, const void*, size_t, int) = nullptr;
+  int (*device_count)(int*) = nullptr;
+};
+constexpr int kHostToDevice = 1;
+constexpr int kDeviceToHost = 2;
+
+int g_failures = 0;
+
+void Check(bool ok, const std::string& what) {
+  if (!ok) {
+    ++g_failures;
+    printf("FAIL: %s\n", what.c_str());
+  }
+}
+
+bool WriteAll(int fd, const void* p, size_t n) {
+  for (const char* c = static_cast<const char*>(p); n > 0;) {
+    ssize_t w = write(fd, c, n);
+    if (w <= 0) return false;
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+bool ReadAll(int fd, void* p, size_t n) {
+  for (char* c = static_cast<char*>(p); n > 0;) {
+    ssize_t r = read(fd, c, n);
+    if (r <= 0) return false;
+    c += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// In a child, so that the parent forks the leaver before it has any UCX object: 0 when UCX (default configuration,
+// as the client's) has CUDA memory support, 1 when not, 2 when UCX does not start.
+int UcxCudaSupportInChild() {
+  pid_t pid = fork();
+  if (pid < 0) return 2;
+  if (pid == 0) {
+    ucp_config_t* config = nullptr;
+    if (ucp_config_read(nullptr, nullptr, &config) != UCS_OK) _exit(2);
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES;
+    params.features = UCP_FEATURE_RMA;
+    ucp_context_h context = nullptr;
+    const ucs_status_t st = ucp_init(&params, config, &context);
+    ucp_config_release(config);
+    if (st != UCS_OK) _exit(2);
+    ucp_context_attr_t attr{};
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    if (ucp_context_query(context, &attr) != UCS_OK) _exit(2);
+    _exit((attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0 ? 0 : 1);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 2;
+  return WEXITSTATUS(status);
+}
+
+struct Spec {
+  std::string name;
+  size_t size;
+  tt::MemoryType type;  // of the joiner's region; the leaver's are host memory
+};
+
+const std::vector<Spec> kSpecs = {
+    {"one", 1, tt::MemoryType::kCuda},
+    {"odd", 65537, tt::MemoryType::kAuto},
+    {"block", tt::kChecksumBlock, tt::MemoryType::kCuda},
+    {"big", (size_t{3} << 20) + 5, tt::MemoryType::kCuda},  // not a multiple of the checksum block
+    {"empty", 0, tt::MemoryType::kCuda},
+};
+
+// The leaver: host regions filled with their pattern, exposed, sealed, the descriptor written to `fd`; serves until
+// the parent closes `release`. Never returns.
+[[noreturn]] void Leaver(int fd, int release) {
+  std::vector<std::vector<unsigned char>> bufs(kSpecs.size());
+  std::vector<tt::Region> regions;
+  for (size_t i = 0; i < kSpecs.size(); ++i) {
+    bufs[i].resize(kSpecs[i].size);
+    Fill(&bufs[i], SeedOf(kSpecs[i].name));
+    regions.push_back({kSpecs[i].name, bufs[i].data(), bufs[i].size(), tt::MemoryType::kHost});
+  }
+  std::unique_ptr<tt::StateServer> server;
+  if (!tt::StateServer::Create({}, &server).ok() || !server->Expose(regions).ok() || !server->Seal().ok()) _exit(1);
+  const std::vector<uint8_t>& d = server->Descriptor();
+  const uint64_t n = d.size();
+  if (!WriteAll(fd, &n, sizeof(n)) || !WriteAll(fd, d.data(), d.size())) _exit(1);
+  char c;
+  while (read(release, &c, 1) > 0) {
+  }
+  server->Close();
+  _exit(0);
+}
+
+// Device regions for kSpecs, each filled with a byte the leaver's pattern does not consist of.
+class DeviceRegions {
+ public:
+  explicit DeviceRegions(const Runtime& rt) : rt_(rt) {
+    for (const Spec& s : kSpecs) {
+      void* p = nullptr;
+      if (s.size > 0 && rt_.malloc_(&p, s.size) != 0) Check(false, "cudaMalloc of " + std::to_string(s.size));
+      regions_.push_back({s.name, p, s.size, s.type});
+    }
+    Scrub();
+  }
+  ~DeviceRegions() {
+    for (const tt::Region& r : regions_) {
+      if (r.ptr != nullptr) rt_.free_(r.ptr);
+    }
+  }
+  const std::vector<tt::Region>& regions() const { return regions_; }
+
+  void Scrub() {
+    for (const tt::Region& r : regions_) {
+      std::vector<unsigned char> junk(r.size, 0xA5);
+      if (r.size > 0) Check(rt_.memcpy_(r.ptr, junk.data(), r.size, kHostToDevice) == 0, "cudaMemcpy scrub");
+    }
+  }
+
+  // Regions whose device bytes differ from the leaver's (copied back to host, compared whole).
+  size_t Wrong() const {
+    size_t wrong = 0;
+    for (const tt::Region& r : regions_) {
+      std::vector<unsigned char> expect(r.size), back(r.size);
+      Fill(&expect, SeedOf(r.name));
+      if (r.size > 0 && rt_.memcpy_(back.data(), r.ptr, r.size, kDeviceToHost) != 0) {
+        Check(false, "cudaMemcpy back of '" + r.name + "'");
+      }
+      if (back != expect) {
+        printf("region '%s' differs on the device\n", r.name.c_str());
+        ++wrong;
+      }
+    }
+    return wrong;
+  }
+
+ private:
+  const Runtime& rt_;
+  std::vector<tt::Region> regions_;
+};
+
+void FetchInto(tt::StateClient* client, const std::vector<uint8_t>& descriptor, pid_t leaver, tt::FetchPath path,
+               const Runtime& rt) {
+  DeviceRegions dev(rt);
+  tt::FetchOptions o;
+  o.path = path;
+  o.timeout_ms = 30000;
+  o.leaver_pid = static_cast<uint32_t>(leaver);
+  o.chunk_bytes = 100003;  // odd: chunks end inside checksum blocks
+  tt::FetchResult r;
+  const std::string what = std::string("fetch, path ") + tt::FetchPathName(path);
+  tt::Status s = client->Fetch(descriptor, dev.regions(), o, &r);
+  Check(s.ok(), what + ": " + s.ToString());
+  Check(r.verified, what + ": verified");
+  Check(r.stage_seconds > 0, what + ": stage_seconds set");
+  if (path == tt::FetchPath::kUcx) Check(r.path == tt::FetchPath::kUcx, what + ": took the UCX path");
+  Check(dev.Wrong() == 0, what + ": device bytes equal the leaver's");
+  printf("%s: %llu bytes over %s, read %.4f s, staged to the device in %.6f s, verified %d\n", what.c_str(),
+         static_cast<unsigned long long>(r.bytes), tt::FetchPathName(r.path), r.seconds, r.stage_seconds, r.verified);
+}
+
+// One Prepare, Read twice (the bounce buffers are kept across Reads), then once unverified: the copies happen
+// after every Read that has all the bytes.
+void PrepareAndReadAgain(tt::StateClient* client, const std::vector<uint8_t>& descriptor, pid_t leaver,
+                         const Runtime& rt) {
+  DeviceRegions dev(rt);
+  tt::FetchOptions o;
+  o.timeout_ms = 30000;
+  o.leaver_pid = static_cast<uint32_t>(leaver);
+  std::unique_ptr<tt::PreparedFetch> prepared;
+  tt::Status s = client->Prepare(descriptor, dev.regions(), o, &prepared);
+  Check(s.ok(), "prepare: " + s.ToString());
+  if (!s.ok()) return;
+  for (int round = 0; round < 3; ++round) {
+    const std::string what = "prepared read " + std::to_string(round + 1);
+    o.verify = round < 2;
+    dev.Scrub();
+    tt::FetchResult r;
+    s = prepared->Read(o, &r);
+    Check(s.ok(), what + ": " + s.ToString());
+    Check(r.verified == o.verify, what + ": verified when verifying");
+    Check(r.stage_seconds > 0, what + ": stage_seconds set");
+    Check(dev.Wrong() == 0, what + ": device bytes equal the leaver's");
+  }
+}
+
+}  // namespace
+
+int main() {
+  void* lib = nullptr;
+  for (const char* name : {"libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so"}) {
+    if ((lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) != nullptr) break;
+  }
+  if (lib == nullptr) {
+    printf("SKIP: no libcudart loaded (meson test preloads the stand-in from tests/fake_cuda)\n");
+    return 77;
+  }
+  Runtime rt;
+  rt.malloc_ = reinterpret_cast<decltype(rt.malloc_)>(dlsym(lib, "cudaMalloc"));
+  rt.free_ = reinterpret_cast<decltype(rt.free_)>(dlsym(lib, "cudaFree"));
+  rt.memcpy_ = reinterpret_cast<decltype(rt.memcpy_)>(dlsym(lib, "cudaMemcpy"));
+  rt.device_count = reinterpret_cast<decltype(rt.device_count)>(dlsym(lib, "cudaGetDeviceCount"));
+  const bool has_attributes = dlsym(lib, "cudaPointerGetAttributes") != nullptr;
+  if (rt.malloc_ == nullptr || rt.free_ == nullptr || rt.memcpy_ == nullptr || rt.device_count == nullptr ||
+      !has_attributes) {
+    printf("SKIP: the loaded libcudart lacks one of cudaMalloc, cudaFree, cudaMemcpy, cudaGetDeviceCount, %s\n",
+           "cudaPointerGetAttributes");
+    return 77;
+  }
+  int devices = 0;
+  if (rt.device_count(&devices) != 0 || devices == 0) {
+    printf("SKIP: the CUDA runtime reports no device\n");
+    return 77;
+  }
+  switch (UcxCudaSupportInChild()) {
+    case 0:
+      printf("SKIP: UCX here supports CUDA: device regions are read directly, nothing is staged\n");
+      return 77;
+    case 1:
+      break;
+    default:
+      printf("FAIL: UCX does not start\n");
+      return 1;
+  }
+
+  int desc[2], release[2];
+  if (pipe(desc) != 0 || pipe(release) != 0) return 1;
+  const pid_t leaver = fork();
+  if (leaver < 0) return 1;
+  if (leaver == 0) {
+    close(desc[0]);
+    close(release[1]);
+    Leaver(desc[1], release[0]);
+  }
+  close(desc[1]);
+  close(release[0]);
+  uint64_t n = 0;
+  std::vector<uint8_t> descriptor;
+  if (!ReadAll(desc[0], &n, sizeof(n)) || n > tt::kMaxDescriptorBytes) {
+    printf("FAIL: no descriptor from the leaver\n");
+    return 1;
+  }
+  descriptor.resize(n);
+  if (!ReadAll(desc[0], descriptor.data(), n)) return 1;
+  close(desc[0]);
+
+  {
+    std::unique_ptr<tt::StateClient> client;
+    tt::Status s = tt::StateClient::Create({}, &client);
+    Check(s.ok(), "client: " + s.ToString());
+    if (s.ok()) {
+      FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kUcx, rt);
+      FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kAuto, rt);
+      PrepareAndReadAgain(client.get(), descriptor, leaver, rt);
+    }
+  }
+  close(release[1]);
+  int status = 0;
+  Check(waitpid(leaver, &status, 0) == leaver && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "the leaver exits cleanly");
+  if (g_failures > 0) return 1;
+  printf("ok\n");
+  return 0;
+}
