@@ -102,6 +102,7 @@ FAKE_EXPORT cudaError_t cudaMalloc(void** dev_ptr, size_t size) {
   if (dev_ptr == NULL) return cudaErrorInvalidValue;
   *dev_ptr = NULL;
   if (size == 0) return cudaSuccess;  // as the real one: success, and a null pointer
+  if (size > SIZE_MAX - kAllocationAlignment) return cudaErrorMemoryAllocation;  // the rounding would wrap
   size_t rounded = (size + kAllocationAlignment - 1) / kAllocationAlignment * kAllocationAlignment;
   void* p = aligned_alloc(kAllocationAlignment, rounded);
   if (p == NULL) return cudaErrorMemoryAllocation;
