@@ -39,6 +39,8 @@ void Usage() {
       "  --init-ms MS              emulated framework start-up cost, slept at start (default 0)\n"
       "  --step-ms MS              emulated compute time added to every step (default 0)\n"
       "  --extra-state-mb N        an extra registered region of N MiB updated every step (default 0)\n"
+      "  --device-state            keep the extra region in CUDA device memory (dlopens libcudart; needs\n"
+      "                            --extra-state-mb; data parallel only, without checkpoints)\n"
       "  --log-every N             progress line every N steps (default 10, 0 = never)\n"
       "  --checkpoint-dir D        directory of rank-<r>.ckpt files\n"
       "  --checkpoint-at K         save the state at step K (before iteration K runs)\n"
@@ -82,6 +84,7 @@ Flags ParseFlags(int argc, char** argv) {
       {"--resume", false, [&](const std::string&) { f.resume = true; }},
       {"--no-safe-points", false, [&](const std::string&) { f.no_safe_points = true; }},
       {"--fixed-rank", false, [&](const std::string&) { f.fixed_rank = true; }},
+      {"--device-state", false, [&](const std::string&) { f.device_state = true; }},
       {"--timeline", true, [&](const std::string& v) { f.timeline = v; }},
       {"--store-timeout-ms", true,
        [&](const std::string& v) { f.store_timeout_ms = ParseInt("--store-timeout-ms", v, 1); }},
@@ -123,6 +126,13 @@ Flags ParseFlags(int argc, char** argv) {
     Die("--checkpoint-at/--resume need --checkpoint-dir");
   if (f.exit_after_checkpoint && f.checkpoint_at < 0) Die("--exit-after-checkpoint needs --checkpoint-at");
   if ((f.slow.slow_rank >= 0) != (f.slow.factor > 0)) Die("--slow-rank and --slowdown go together");
+  if (f.device_state) {
+    if (f.extra_state_mb == 0) Die("--device-state needs --extra-state-mb N with N > 0 (the region it places)");
+    // Only the data-parallel workload places `extra` on the device; checkpoint files are written from and read
+    // into host memory.
+    if (f.Parallel3D() || f.checkpoint_at >= 0 || f.resume)
+      Die("--device-state works only in the data-parallel workload: not with --tp, --pp, --checkpoint-at or --resume");
+  }
   if (f.Parallel3D()) {
     if (f.tp == 0) f.tp = 1;
     if (f.pp == 0) f.pp = 1;

@@ -24,6 +24,7 @@ struct Flags {
   bool resume = false;
   bool no_safe_points = false;  // never call tmSafePoint (a program without the optional call)
   bool fixed_rank = false;  // --fixed-rank: the rank read once from RANK, never through tmRank
+  bool device_state = false;  // --device-state: `extra` in CUDA device memory (device_state.h)
   std::string checkpoint_dir;
   std::string timeline;
   // The 3D-parallel workload (parallel.h): chosen when --tp or --pp is given.
