@@ -224,13 +224,13 @@ class Recovery {
   }
 
  private:
-  // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
   // A buffer of a device region's slot, page-locked (DeviceSnapshots::Pin) while it lives.
   struct Pinned {
     DeviceSnapshots* device;
     void* host;
     ~Pinned() { device->Unpin(host); }
   };
+  // A local snapshot: the registered regions copied at one safe point, exposed to the buddies.
   struct Slot {
     int64_t step = -1;
     std::vector<std::vector<uint8_t>> bufs;     // one per region of layout_
