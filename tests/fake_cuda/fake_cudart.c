@@ -459,39 +459,40 @@ FAKE_EXPORT cudaError_t cudaDeviceSynchronize(void) {
   return cudaSuccess;
 }
 
-FAKE_EXPORT cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
-                                        cudaStream_t stream) {
+// A copy's arguments checked, and its operation made (*op stays NULL for an empty copy, which is done at once).
+static cudaError_t NewCopy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, Op** op) {
+  *op = NULL;
   if ((int)kind < (int)cudaMemcpyHostToHost || (int)kind > (int)cudaMemcpyDefault)
     return cudaErrorInvalidMemcpyDirection;
   if (count > 0 && (dst == NULL || src == NULL)) return cudaErrorInvalidValue;
-  cudaStream_t s = Resolve(stream);
-  if (s == NULL) return cudaErrorInvalidResourceHandle;
   if (count == 0) return cudaSuccess;
-  Op* op = calloc(1, sizeof(*op));
-  if (op == NULL) return cudaErrorMemoryAllocation;
-  op->kind = kOpCopy;
-  op->dst = dst;
-  op->src = src;
-  op->bytes = count;
-  Enqueue(s, op);
+  if ((*op = calloc(1, sizeof(**op))) == NULL) return cudaErrorMemoryAllocation;
+  (*op)->kind = kOpCopy;
+  (*op)->dst = dst;
+  (*op)->src = src;
+  (*op)->bytes = count;
   return cudaSuccess;
 }
 
+FAKE_EXPORT cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
+                                        cudaStream_t stream) {
+  cudaStream_t s = Resolve(stream);
+  if (s == NULL) return cudaErrorInvalidResourceHandle;
+  Op* op = NULL;
+  const cudaError_t e = NewCopy(dst, src, count, kind, &op);
+  if (op != NULL) Enqueue(s, op);
+  return e;
+}
+
 FAKE_EXPORT cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
-  if ((int)kind < (int)cudaMemcpyHostToHost || (int)kind > (int)cudaMemcpyDefault)
-    return cudaErrorInvalidMemcpyDirection;
-  if (count > 0 && (dst == NULL || src == NULL)) return cudaErrorInvalidValue;
-  if (count == 0) return cudaSuccess;
-  cudaStream_t s = Resolve(NULL);
-  Op* op = calloc(1, sizeof(*op));
-  if (op == NULL) return cudaErrorMemoryAllocation;
-  op->kind = kOpCopy;
-  op->dst = dst;
-  op->src = src;
-  op->bytes = count;
+  Op* op = NULL;
+  const cudaError_t e = NewCopy(dst, src, count, kind, &op);
   // Synchronous as on the legacy stream: returns once the copy (and everything queued before it) has run.
-  WaitForTicket(s, Enqueue(s, op), "cudaMemcpy");
-  return cudaSuccess;
+  if (op != NULL) {
+    cudaStream_t s = Resolve(NULL);
+    WaitForTicket(s, Enqueue(s, op), "cudaMemcpy");
+  }
+  return e;
 }
 
 FAKE_EXPORT cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {

@@ -677,6 +677,15 @@ def check_standby_digests(job, took):
     print(f"{job.name}: standby digest(s) {sorted(took.items())} equal the uninterrupted run's")
 
 
+def standby_replaces(job, rank, n, pid):
+    """Kills rank's process; the job's n-th recovery must take the standby of `pid` (and no spawned process)."""
+    os.kill(recoverable_pid(job, rank), signal.SIGKILL)
+    r = wait_recovered(job, n)
+    check_report(job, r, rank)
+    took_standby(job, r, pid)
+    return r
+
+
 def took_standby(job, r, pid):
     """The recovery record `r` names the standby of that pid as the replacement, and no replacement was spawned."""
     replacement = r["recovery"]["replacement"]
@@ -704,10 +713,7 @@ def scenario_standby():
         if recoveries(job):
             fail("standby_any: an idle standby's death started a recovery")
         job.wait_step(30)
-        os.kill(recoverable_pid(job, 2), signal.SIGKILL)
-        r = wait_recovered(job, 1)
-        check_report(job, r, 2)
-        took_standby(job, r, sb[0]["pid"])
+        standby_replaces(job, 2, 1, sb[0]["pid"])
         job.finish()
     finally:
         job.kill()
@@ -735,10 +741,7 @@ def scenario_standby_fixed():
         if not r["recovery"]["replacement"].startswith("spawned pid"):
             fail(f"standby_fixed: rank 1 was replaced by '{r['recovery']['replacement']}', expected a spawned process")
         job.wait_step(r["recovery"]["rollback_step"] + 30)
-        os.kill(recoverable_pid(job, 0), signal.SIGKILL)
-        r = wait_recovered(job, 2)
-        check_report(job, r, 0)
-        took_standby(job, r, sb["pid"])
+        standby_replaces(job, 0, 2, sb["pid"])
         job.finish()
     finally:
         job.kill()
@@ -984,10 +987,7 @@ def scenario_device():
         job.wait_step(10)
         sb = wait_standbys(job, 1)[0]
         job.wait_step(30)
-        os.kill(recoverable_pid(job, 2), signal.SIGKILL)
-        r = wait_recovered(job, 1)
-        check_report(job, r, 2)
-        took_standby(job, r, sb["pid"])
+        standby_replaces(job, 2, 1, sb["pid"])
         job.finish()
     finally:
         job.kill()

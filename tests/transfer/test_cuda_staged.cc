@@ -8,7 +8,6 @@
 // runtime lacks the calls used here, or where UCX supports CUDA (then nothing is staged; transfer_cuda covers that).
 #include <dlfcn.h>
 #include <sys/wait.h>
-#include <ucp/api/ucp.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "test_pattern.h"
+#include "test_support.h"
 #include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
@@ -44,25 +44,8 @@ void Check(bool ok, const std::string& what) {
   }
 }
 
-bool WriteAll(int fd, const void* p, size_t n) {
-  for (const char* c = static_cast<const char*>(p); n > 0;) {
-    ssize_t w = write(fd, c, n);
-    if (w <= 0) return false;
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-bool ReadAll(int fd, void* p, size_t n) {
-  for (char* c = static_cast<char*>(p); n > 0;) {
-    ssize_t r = read(fd, c, n);
-    if (r <= 0) return false;
-    c += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
+using transfer_test::ReadAll;
+using transfer_test::WriteAll;
 
 // In a child, so that the parent forks the leaver before it has any UCX object: 0 when UCX (default configuration,
 // as the client's) has CUDA memory support, 1 when not, 2 when UCX does not start.
@@ -70,19 +53,8 @@ int UcxCudaSupportInChild() {
   pid_t pid = fork();
   if (pid < 0) return 2;
   if (pid == 0) {
-    ucp_config_t* config = nullptr;
-    if (ucp_config_read(nullptr, nullptr, &config) != UCS_OK) _exit(2);
-    ucp_params_t params{};
-    params.field_mask = UCP_PARAM_FIELD_FEATURES;
-    params.features = UCP_FEATURE_RMA;
-    ucp_context_h context = nullptr;
-    const ucs_status_t st = ucp_init(&params, config, &context);
-    ucp_config_release(config);
-    if (st != UCS_OK) _exit(2);
-    ucp_context_attr_t attr{};
-    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
-    if (ucp_context_query(context, &attr) != UCS_OK) _exit(2);
-    _exit((attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0 ? 0 : 1);
+    const int cuda = transfer_test::UcxSupportsCuda();
+    _exit(cuda < 0 ? 2 : cuda == 1 ? 0 : 1);
   }
   int status = 0;
   if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 2;

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "test_pattern.h"
+#include "test_support.h"
 #include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
@@ -48,27 +49,8 @@ const bool kTsanUcxPath = Opts().path == tt::FetchPath::kUcx;
 const bool kTsanUcxPath = false;
 #endif
 
-bool WriteAll(int fd, const void* p, size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = write(fd, c, n);
-    if (w <= 0) return false;
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-bool ReadAll(int fd, void* p, size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t r = read(fd, c, n);
-    if (r <= 0) return false;
-    c += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
+using transfer_test::ReadAll;
+using transfer_test::WriteAll;
 
 // kSealOnRequest: the migration's order; the leaver seals only when a byte arrives on g_seal_fd (after the
 // joiner prepared).

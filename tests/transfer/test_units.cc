@@ -5,7 +5,6 @@
 #include <doctest/doctest.h>
 
 #include <sys/mman.h>
-#include <ucp/api/ucp.h>
 
 #include <atomic>
 #include <chrono>
@@ -15,6 +14,7 @@
 
 #include "base/cudart.h"
 #include "test_pattern.h"
+#include "test_support.h"
 #include "transfer/checksum.h"
 #include "transfer/descriptor.h"
 #include "transfer/lanes.h"
@@ -501,30 +501,8 @@ TEST_CASE("the client initialises UCX only for the UCX path: bad transports surf
   MESSAGE("UCX path with bad transports: " << s.ToString());
 }
 
-namespace {
-
-// Whether UCX here (default configuration) can address CUDA device memory; a context of its own, gone on return.
-bool UcxSupportsCuda() {
-  ucp_config_t* config = nullptr;
-  if (ucp_config_read(nullptr, nullptr, &config) != UCS_OK) return false;
-  ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_RMA;
-  ucp_context_h context = nullptr;
-  const ucs_status_t st = ucp_init(&params, config, &context);
-  ucp_config_release(config);
-  if (st != UCS_OK) return false;
-  ucp_context_attr_t attr{};
-  attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
-  const bool cuda = ucp_context_query(context, &attr) == UCS_OK && (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA));
-  ucp_cleanup(context);
-  return cuda;
-}
-
-}  // namespace
-
 TEST_CASE("a device region is refused when UCX cannot write device memory and no CUDA runtime can stage it") {
-  if (trainmover::base::CudartIfLoaded() != nullptr || UcxSupportsCuda()) {
+  if (trainmover::base::CudartIfLoaded() != nullptr || transfer_test::UcxSupportsCuda() == 1) {
     MESSAGE("skipped: a CUDA runtime is loaded or UCX here supports CUDA (the refusal cannot happen)");
     return;
   }
