@@ -270,6 +270,7 @@ Status StateClient::Impl::StageDeviceRegions(detail::Plan* plan,
   bool ucx_reaches_cuda = false;
   Status s = UcxReachesCuda(&ucx_reaches_cuda);
   if (!s.ok()) return s;
+  *runtime = rt;  // Read drains the device before the data lands, on either path
   if (ucx_reaches_cuda) return Status::Ok();  // read straight into device memory (GPUDirect where there is one)
   for (size_t i : device) {
     const std::string& name = plan->local[i].name;
@@ -295,7 +296,6 @@ Status StateClient::Impl::StageDeviceRegions(detail::Plan* plan,
   for (Region& r : plan->local) {
     if (r.size == 0 && r.type == MemoryType::kCuda) r.type = MemoryType::kHost;
   }
-  *runtime = rt;
   return Status::Ok();
 }
 
@@ -315,7 +315,7 @@ Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateCl
 struct PreparedFetch::Impl {
   // Before `reader` (and `plan`, which refers to them): the reads land here until the reader is gone.
   std::vector<std::unique_ptr<detail::StagedRegion>> staged;
-  const base::Cudart* cuda = nullptr;  // copies `staged` to the device; set when `staged` is not empty
+  const base::Cudart* cuda = nullptr;  // set when a local region is device memory: drains, copies `staged`
   detail::Plan plan;
   std::string auth_key;  // the client's, for the control block's MAC
   int hash_threads = 0;
@@ -325,6 +325,15 @@ struct PreparedFetch::Impl {
 };
 
 namespace {
+
+// Every stream of the device drained (cudaDeviceSynchronize); nothing to do without a runtime or that call.
+Status DrainDevice(const base::Cudart* rt, const char* when) {
+  if (rt == nullptr || rt->cudaDeviceSynchronize == nullptr) return Status::Ok();
+  const cudaError_t rc = rt->cudaDeviceSynchronize();
+  if (rc == cudaSuccess) return Status::Ok();
+  return Status(Code::kCuda, std::string(when) + ": cudaDeviceSynchronize: " +
+                                 (rt->cudaGetErrorString != nullptr ? rt->cudaGetErrorString(rc) : "?"));
+}
 
 // The staged regions' bytes, read and verified in their bounce buffers, go to the device: one blocking cudaMemcpy
 // per region, from pageable memory (the runtime moves it through pinned buffers of its own). A copy cannot be
@@ -344,6 +353,9 @@ Status CopyStagedToDevice(const PreparedFetch::Impl& m, Clock::time_point deadli
                                      std::to_string(static_cast<int>(rc)) + ")");
     }
   }
+  // A copy from pageable memory may return before its DMA has landed: the program's own streams (non-blocking ones
+  // too) must find the bytes there once the read has returned.
+  if (Status s = DrainDevice(m.cuda, "after copying the staged regions to the device"); !s.ok()) return s;
   result->stage_seconds = Seconds(start, Clock::now());
   return Status::Ok();
 }
@@ -426,6 +438,9 @@ Status PreparedFetch::Read(const FetchOptions& options, FetchResult* result) {
   if (!options.expected_checksums.empty() && options.expected_checksums.size() != m.plan.d.regions.size()) {
     return Status(Code::kInvalidArgument, "expected_checksums has the wrong count");
   }
+  // The program's own work still in flight on its streams (a joiner's last shadow iteration) must not land on its
+  // device regions after the state read into them (ThreadSanitizer on the stand-in runtime: recovery_device).
+  if (s = DrainDevice(m.cuda, "before reading into device memory"); !s.ok()) return s;
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::milliseconds(options.timeout_ms);
   m.sink.Reset(&m.plan, options.verify);
