@@ -186,6 +186,30 @@ bool Spawn(const tmrun::Config& cfg, const tmrun::JobInfo& job, Rank* r) {
   return true;
 }
 
+// A rank that exited in error may have failed because a peer was killed: its collective saw the peer's sockets close
+// while the peer's exit was still under way (a process's files are closed before it becomes a zombie), so tmrun can
+// reap it first. The root cause is the job's status: another rank killed by a signal within kPeerDeathWindowMs of
+// this reap is reported and counted instead (tm_train_fail: rank 2 killed, ranks 0 and 1 exit 1 on their
+// AllReduce; tmrun used to exit 1 at load). Ranks reaped here that exited otherwise are printed and kept as reaped.
+constexpr int kPeerDeathWindowMs = 200;
+const Rank* KilledPeer(std::vector<Rank>& ranks, const Rank& failed) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kPeerDeathWindowMs);
+  do {
+    for (Rank& p : ranks) {
+      int status = 0;
+      if (&p == &failed || !p.running || waitpid(p.pid, &status, WNOHANG) != p.pid) continue;
+      p.running = false;
+      p.status = status;
+      if (WIFSIGNALED(status)) return &p;
+      if (WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", p.rank, p.pid, tmrun::DescribeStatus(status).c_str());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  } while (std::chrono::steady_clock::now() < until);
+  return nullptr;
+}
+
 int ExitCodeOf(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
@@ -576,9 +600,14 @@ int main(int argc, char** argv) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s; the coordinator recovers it (tmctl status)\n", r.rank, pid,
                     tmrun::DescribeStatus(status).c_str());
           } else if (failed && !stopping) {
-            fprintf(stderr, "tmrun: rank %d (pid %d) %s; stopping the other ranks\n", r.rank, pid,
-                    tmrun::DescribeStatus(status).c_str());
-            exit_code = ExitCodeOf(status);
+            const Rank* killed = WIFEXITED(status) ? KilledPeer(ranks, r) : nullptr;
+            const Rank& cause = killed ? *killed : r;
+            fprintf(stderr, "tmrun: rank %d (pid %d) %s; stopping the other ranks\n", cause.rank, cause.pid,
+                    tmrun::DescribeStatus(cause.status).c_str());
+            if (killed) {
+              fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, tmrun::DescribeStatus(status).c_str());
+            }
+            exit_code = ExitCodeOf(cause.status);
             stop_all(SIGTERM);
           } else if (failed) {
             fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, tmrun::DescribeStatus(status).c_str());
