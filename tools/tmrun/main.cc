@@ -186,6 +186,11 @@ bool Spawn(const tmrun::Config& cfg, const tmrun::JobInfo& job, Rank* r) {
   return true;
 }
 
+// tmrun's line about a rank that ended (its status, r.status), with `then` after it.
+void SayEnded(const Rank& r, const char* then = "") {
+  fprintf(stderr, "tmrun: rank %d (pid %d) %s%s\n", r.rank, r.pid, tmrun::DescribeStatus(r.status).c_str(), then);
+}
+
 // A rank that exited in error may have failed because a peer was killed: its collective saw the peer's sockets close
 // while the peer's exit was still under way (a process's files are closed before it becomes a zombie), so tmrun can
 // reap it first. The root cause is the job's status: another rank killed by a signal within kPeerDeathWindowMs of
@@ -201,9 +206,7 @@ const Rank* KilledPeer(std::vector<Rank>& ranks, const Rank& failed) {
       p.running = false;
       p.status = status;
       if (WIFSIGNALED(status)) return &p;
-      if (WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", p.rank, p.pid, tmrun::DescribeStatus(status).c_str());
-      }
+      if (WEXITSTATUS(status) != 0) SayEnded(p);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   } while (std::chrono::steady_clock::now() < until);
@@ -597,20 +600,16 @@ int main(int argc, char** argv) {
           r.status = status;
           bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
           if (failed && !stopping && control.Recovering(kRecoveryNoticeMs, pid)) {
-            fprintf(stderr, "tmrun: rank %d (pid %d) %s; the coordinator recovers it (tmctl status)\n", r.rank, pid,
-                    tmrun::DescribeStatus(status).c_str());
+            SayEnded(r, "; the coordinator recovers it (tmctl status)");
           } else if (failed && !stopping) {
             const Rank* killed = WIFEXITED(status) ? KilledPeer(ranks, r) : nullptr;
             const Rank& cause = killed ? *killed : r;
-            fprintf(stderr, "tmrun: rank %d (pid %d) %s; stopping the other ranks\n", cause.rank, cause.pid,
-                    tmrun::DescribeStatus(cause.status).c_str());
-            if (killed) {
-              fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, tmrun::DescribeStatus(status).c_str());
-            }
+            SayEnded(cause, "; stopping the other ranks");
+            if (killed) SayEnded(r);
             exit_code = ExitCodeOf(cause.status);
             stop_all(SIGTERM);
           } else if (failed) {
-            fprintf(stderr, "tmrun: rank %d (pid %d) %s\n", r.rank, pid, tmrun::DescribeStatus(status).c_str());
+            SayEnded(r);
           }
         }
       }
