@@ -647,7 +647,7 @@ void Recovery::TakeSnapshot(std::unique_lock<std::mutex>& lk, int64_t step) {
   if (fenced_ || !give_up_.empty() || step <= 0 || step % every_ != 0 || !w_.Connected()) return;
   std::vector<shim::Region> regs = shim::Regions();
   if (regs.empty()) return;
-  if (AnyDevice(regs) && Device() == nullptr) {
+  if (Device() == nullptr && AnyDevice(regs)) {  // a usable runtime first: no CUDA query per region and step
     if (!device_warned_) {
       TM_WARN(kLogMigration, "failure recovery: registered device memory cannot be snapshotted (%s), so this rank "
                              "takes no snapshots (a failure of it cannot be recovered)", device_why_.c_str());
@@ -746,7 +746,7 @@ void Recovery::KeepExactState(int64_t step) {
   if (step < 0 || SlotAt(step)) return;
   const std::vector<shim::Region> regs = shim::Regions();
   uint64_t copies = 0;
-  if ((SlotsFit(regs) || AdoptSlots(regs, nullptr)) && (!AnyDevice(regs) || Device())) {
+  if ((SlotsFit(regs) || AdoptSlots(regs, nullptr)) && (Device() || !AnyDevice(regs))) {
     (void)CopyIntoSlot(regs, step, /*now=*/true, &copies);
   }
 }
