@@ -21,46 +21,35 @@ namespace {
 
 using trainmover::migration::DeviceSnapshots;
 
-// The stand-in's calls the test itself makes (as a program would), looked up in the preloaded library.
+// The calls the test itself makes, as a program would: the runtime libtrainmover found (base::Cudart, which has all
+// of them but cudaMalloc) and cudaMalloc from the same preloaded library.
 struct Program {
+  const trainmover::base::Cudart* rt = trainmover::base::CudartIfLoaded();
   decltype(&::cudaMalloc) cudaMalloc = nullptr;
-  decltype(&::cudaMemcpyAsync) cudaMemcpyAsync = nullptr;
-  decltype(&::cudaStreamCreateWithFlags) cudaStreamCreateWithFlags = nullptr;
-  decltype(&::cudaEventCreateWithFlags) cudaEventCreateWithFlags = nullptr;
-  decltype(&::cudaEventRecord) cudaEventRecord = nullptr;
-  decltype(&::cudaStreamWaitEvent) cudaStreamWaitEvent = nullptr;
-  decltype(&::cudaDeviceSynchronize) cudaDeviceSynchronize = nullptr;
   bool ok = false;
   Program() {
     void* h = dlopen("libcudart.so.12", RTLD_NOW | RTLD_NOLOAD);
-    if (h == nullptr) return;
-    auto find = [h](const char* name, auto* fn) { *fn = reinterpret_cast<std::decay_t<decltype(*fn)>>(dlsym(h, name)); };
-    find("cudaMalloc", &cudaMalloc);
-    find("cudaMemcpyAsync", &cudaMemcpyAsync);
-    find("cudaStreamCreateWithFlags", &cudaStreamCreateWithFlags);
-    find("cudaEventCreateWithFlags", &cudaEventCreateWithFlags);
-    find("cudaEventRecord", &cudaEventRecord);
-    find("cudaStreamWaitEvent", &cudaStreamWaitEvent);
-    find("cudaDeviceSynchronize", &cudaDeviceSynchronize);
-    ok = cudaMalloc && cudaMemcpyAsync && cudaStreamCreateWithFlags && cudaEventCreateWithFlags && cudaEventRecord &&
-         cudaStreamWaitEvent && cudaDeviceSynchronize;
+    if (h == nullptr || rt == nullptr) return;
+    cudaMalloc = reinterpret_cast<decltype(&::cudaMalloc)>(dlsym(h, "cudaMalloc"));
+    ok = cudaMalloc && rt->cudaMemcpyAsync && rt->cudaStreamCreateWithFlags && rt->cudaEventCreateWithFlags &&
+         rt->cudaEventRecord && rt->cudaStreamWaitEvent && rt->cudaDeviceSynchronize;
   }
   cudaStream_t Stream() {
     cudaStream_t s = nullptr;
-    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(rt->cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
     return s;
   }
   // `ops` copies of a byte on `s`, each lagging: work that keeps `s` busy for a while.
   void Busy(cudaStream_t s, int ops) {
     static uint8_t from = 0, to = 0;
-    for (int i = 0; i < ops; ++i) REQUIRE(cudaMemcpyAsync(&to, &from, 1, cudaMemcpyHostToHost, s) == cudaSuccess);
+    for (int i = 0; i < ops; ++i) REQUIRE(rt->cudaMemcpyAsync(&to, &from, 1, cudaMemcpyHostToHost, s) == cudaSuccess);
   }
   // Makes `waiter` wait for everything enqueued on `s` so far.
   void After(cudaStream_t waiter, cudaStream_t s) {
     cudaEvent_t e = nullptr;
-    REQUIRE(cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
-    REQUIRE(cudaEventRecord(e, s) == cudaSuccess);
-    REQUIRE(cudaStreamWaitEvent(waiter, e, 0) == cudaSuccess);
+    REQUIRE(rt->cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
+    REQUIRE(rt->cudaEventRecord(e, s) == cudaSuccess);
+    REQUIRE(rt->cudaStreamWaitEvent(waiter, e, 0) == cudaSuccess);
   }
 };
 
@@ -105,16 +94,16 @@ static int SnapshotOfStep(int write_lag, int copy_lag) {
   d->OnStream(program);
   p.Busy(other, write_lag);
   p.After(program, other);
-  REQUIRE(p.cudaMemcpyAsync(region, step_write.data(), kBytes, cudaMemcpyHostToDevice, program) == cudaSuccess);
+  REQUIRE(p.rt->cudaMemcpyAsync(region, step_write.data(), kBytes, cudaMemcpyHostToDevice, program) == cudaSuccess);
   p.Busy(cudaStreamLegacy, copy_lag);
   const uint64_t gen = d->Start({{slot.data(), region, kBytes}}, &err);
   REQUIRE_MESSAGE(gen != 0, err);
   d->OnStream(program);
-  REQUIRE(p.cudaMemcpyAsync(region, next_write.data(), kBytes, cudaMemcpyHostToDevice, program) == cudaSuccess);
+  REQUIRE(p.rt->cudaMemcpyAsync(region, next_write.data(), kBytes, cudaMemcpyHostToDevice, program) == cudaSuccess);
 
   REQUIRE_MESSAGE(d->Wait(gen, 30000, &err), err);
   CHECK(All(slot, slot[0]));
-  REQUIRE(p.cudaDeviceSynchronize() == cudaSuccess);
+  REQUIRE(p.rt->cudaDeviceSynchronize() == cudaSuccess);
   std::vector<uint8_t> now(kBytes, 0);
   REQUIRE(d->CopySync(now.data(), region, kBytes, &err));
   CHECK(All(now, 0x22));
