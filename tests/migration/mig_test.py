@@ -323,20 +323,19 @@ def scenario_twice():
 
 
 def scenario_fast():
-    # sub-millisecond iterations (no emulated compute): the switch agreement still converges. The four ranks
-    # spin through their steps and starve the joiners on 2 busy cores: enough steps that three migrations fit
-    # even when a sandbox takes several seconds (a CI run at load 16 ended 15,000 steps during the first one's
-    # sandbox; 30,000 steps ended during the migrations on a quiet one). The end may take long under load.
+    # sub-millisecond iterations (no emulated compute): the switch agreement still converges, for two ranks moved
+    # at once. The four ranks spin through their steps and starve the joiners on 2 busy cores: enough steps that
+    # the migration fits even when a sandbox takes several seconds (a CI run at load 16 ended 15,000 steps during
+    # one sandbox). The end may take long under load.
     clear_joiner_logs()
-    job = Job("fast", 4, params=500, steps=60000, step_ms=0)
+    job = Job("fast", 4, params=500, steps=40000, step_ms=0)
     try:
         job.wait_step(100)
-        job.migrate(2)
         job.migrate([0, 3])
         job.finish(timeout=REFERENCE_TIMEOUT)
     finally:
         job.kill()
-    job.check_digests({0, 2, 3})
+    job.check_digests({0, 3})
 
 
 def scenario_repropose():
