@@ -730,15 +730,15 @@ void ProcessMachine::CheckHold(int64_t step, uint64_t entry) {
   AbortLocked(why);
 }
 
-// At the committed S: AT_STEP, and the leaver seals its state. Overlapped (World::SealOverlaps): AT_STEP first;
-// the memory is frozen from here on, so the joiner may start reading at once (D sends it FETCH_FROM on this
-// event) while we hash; it compares when both hashes are ready. Otherwise: seal, then AT_STEP (both sides
-// would compete for too few CPUs).
+// At the committed S: AT_STEP, and the leaver seals its state. Overlapped (World::SealOverlaps, and the state
+// readable before the seal): AT_STEP first; the memory is frozen from here on, so the joiner may start reading at
+// once (D sends it FETCH_FROM on this event) while we hash; it compares when both hashes are ready. Otherwise: seal,
+// then AT_STEP (both sides would compete for too few CPUs, or the seal copies device state where the joiner reads).
 void ProcessMachine::ReachedStep(std::unique_lock<std::mutex>& lk, int64_t step) {
   member_.agreement = Agreement::kAtStep;
   const uint64_t id = mig_;
   const bool leaver = leaver_.exposure == Exposure::kExposed && leaver_.server;
-  const bool overlap = leaver && w_.SealOverlaps(leaver_.destination);
+  const bool overlap = leaver && leaver_.server->ReadableBeforeSeal() && w_.SealOverlaps(leaver_.destination);
   if (overlap || !leaver) Send(mig::Ev::kAtStep, id, mig::Step{step});
   if (!leaver) return;
   w_.SetLeaving(true);  // the stayers may destroy our shared communicators from now on

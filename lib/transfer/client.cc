@@ -20,6 +20,7 @@
 #include "lanes.h"
 #include "pages.h"
 #include "reader.h"
+#include "staging.h"
 #include "ucx_util.h"
 
 namespace trainmover::transfer {
@@ -84,53 +85,6 @@ Status BlockSink::Checksums(LanePool* pool, int threads, std::vector<uint64_t>* 
   return Status::Ok();
 }
 
-// A joiner's device region read through host memory (StateClient::Prepare, when UCX here cannot write device
-// memory): the plan's local region is `host`, an anonymous mapping of its own, and Read copies it to `device` once
-// every byte is there and verified. Kept across Reads; unmapped with the PreparedFetch.
-struct StagedRegion {
-  std::string name;
-  void* device = nullptr;
-  void* host = nullptr;
-  size_t size = 0;
-  size_t mapped = 0;  // bytes mapped at `host` (size rounded up to pages)
-
-  StagedRegion() = default;
-  StagedRegion(const StagedRegion&) = delete;
-  StagedRegion& operator=(const StagedRegion&) = delete;
-  ~StagedRegion() {
-    if (host != nullptr) munmap(host, mapped);
-  }
-};
-
-namespace {
-
-// Host memory for one staged region. From 2 MiB on, the mapping starts on a 2 MiB boundary (2 MiB more are mapped,
-// the ends trimmed) so that CollapseToHugePages can back every whole 2 MiB of it, as it does the joiner's own host
-// regions; anonymous memory, so it can.
-Status MapBounce(const Region& device, StagedRegion* out) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t len = (device.size + page - 1) / page * page;
-  const size_t slack = len >= kHuge ? kHuge : 0;
-  void* p = mmap(nullptr, len + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
-    return Status(Code::kUnsupported, "region '" + device.name + "': no host memory to stage it (" +
-                                          std::to_string(len) + " bytes): " + std::strerror(errno));
-  }
-  const uintptr_t start = reinterpret_cast<uintptr_t>(p);
-  const uintptr_t aligned = slack == 0 ? start : (start + kHuge - 1) & ~uintptr_t{kHuge - 1};
-  if (aligned > start) munmap(p, aligned - start);
-  if (const size_t tail = slack - (aligned - start); tail > 0) munmap(reinterpret_cast<void*>(aligned + len), tail);
-  out->name = device.name;
-  out->device = device.ptr;
-  out->size = device.size;
-  out->host = reinterpret_cast<void*>(aligned);
-  out->mapped = len;
-  return Status::Ok();
-}
-
-}  // namespace
-
 }  // namespace detail
 
 namespace {
@@ -192,7 +146,7 @@ struct StateClient::Impl {
   static constexpr size_t kMaxGivenUp = 2;
 
   // The context, made on first need: by the first worker, or by a Prepare that must know whether UCX reaches
-  // device memory (UcxReachesCuda).
+  // device memory (detail::UcxReachesCuda).
   Status EnsureContext() {
     if (context) return Status::Ok();
     auto c = std::make_shared<detail::UcxContext>();
@@ -201,22 +155,6 @@ struct StateClient::Impl {
     context = std::move(c);
     return Status::Ok();
   }
-
-  // Whether this client's UCX can read into CUDA device memory: a UCX built with CUDA support whose configured
-  // transports include it (the context's memory types). Makes the context.
-  Status UcxReachesCuda(bool* out) {
-    Status s = EnsureContext();
-    if (!s.ok()) return s;
-    ucp_context_attr_t attr{};
-    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
-    ucs_status_t st = ucp_context_query(context->h, &attr);
-    if (st != UCS_OK) return detail::UcxError("ucp_context_query", st);
-    *out = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
-    return Status::Ok();
-  }
-
-  Status StageDeviceRegions(detail::Plan* plan, std::vector<std::unique_ptr<detail::StagedRegion>>* staged,
-                            const base::Cudart** runtime);
 
   Status WorkerFor(const detail::HostIdentity& leaver, std::shared_ptr<detail::UcxWorker>* out) {
     Status s = EnsureContext();
@@ -249,56 +187,6 @@ struct StateClient::Impl {
   }
 };
 
-// A local region is device memory when it says kCuda, or says kAuto and the loaded runtime calls it device memory.
-// Those with bytes are staged when UCX here cannot write device memory (Debian's UCX is built without CUDA): each is
-// replaced in the plan by a host bounce buffer (kHost, so the path choice, huge pages and populating apply to it as
-// to any host region), which PreparedFetch::Read copies to the device. Without device regions nothing happens and no
-// UCX context is made (the same-host path never needs one). *runtime: the CUDA runtime that will copy.
-Status StateClient::Impl::StageDeviceRegions(detail::Plan* plan,
-                                             std::vector<std::unique_ptr<detail::StagedRegion>>* staged,
-                                             const base::Cudart** runtime) {
-  const base::Cudart* rt = base::CudartIfLoaded();
-  std::vector<size_t> device;
-  for (size_t i = 0; i < plan->local.size(); ++i) {
-    const Region& r = plan->local[i];
-    if (r.size == 0) continue;
-    if (r.type == MemoryType::kCuda || (r.type == MemoryType::kAuto && base::IsDevicePointer(rt, r.ptr))) {
-      device.push_back(i);
-    }
-  }
-  if (device.empty()) return Status::Ok();
-  bool ucx_reaches_cuda = false;
-  Status s = UcxReachesCuda(&ucx_reaches_cuda);
-  if (!s.ok()) return s;
-  *runtime = rt;  // Read drains the device before the data lands, on either path
-  if (ucx_reaches_cuda) return Status::Ok();  // read straight into device memory (GPUDirect where there is one)
-  for (size_t i : device) {
-    const std::string& name = plan->local[i].name;
-    if (rt == nullptr) {
-      return Status(Code::kUnsupported, "region '" + name +
-                                            "' is device memory and neither UCX here supports CUDA nor is a CUDA "
-                                            "runtime loaded to stage it");
-    }
-    if (rt->cudaMemcpy == nullptr) {
-      return Status(Code::kUnsupported, "region '" + name + "' is device memory, UCX here does not support CUDA, and " +
-                                            "the loaded CUDA runtime (" + rt->soname +
-                                            ") has no cudaMemcpy to stage it");
-    }
-  }
-  for (size_t i : device) {
-    auto bounce = std::make_unique<detail::StagedRegion>();
-    s = detail::MapBounce(plan->local[i], bounce.get());
-    if (!s.ok()) return s;
-    plan->local[i] = Region{plan->local[i].name, bounce->host, bounce->size, MemoryType::kHost};
-    staged->push_back(std::move(bounce));
-  }
-  // Empty device regions have nothing to copy; as host regions they keep the same-host path open.
-  for (Region& r : plan->local) {
-    if (r.size == 0 && r.type == MemoryType::kCuda) r.type = MemoryType::kHost;
-  }
-  return Status::Ok();
-}
-
 StateClient::StateClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 StateClient::~StateClient() = default;  // each worker goes with its last reader, the context with its last worker
 
@@ -326,36 +214,11 @@ struct PreparedFetch::Impl {
 
 namespace {
 
-// Every stream of the device drained (cudaDeviceSynchronize); nothing to do without a runtime or that call.
-Status DrainDevice(const base::Cudart* rt, const char* when) {
-  if (rt == nullptr || rt->cudaDeviceSynchronize == nullptr) return Status::Ok();
-  const cudaError_t rc = rt->cudaDeviceSynchronize();
-  if (rc == cudaSuccess) return Status::Ok();
-  return Status(Code::kCuda, std::string(when) + ": cudaDeviceSynchronize: " +
-                                 (rt->cudaGetErrorString != nullptr ? rt->cudaGetErrorString(rc) : "?"));
-}
-
-// The staged regions' bytes, read and verified in their bounce buffers, go to the device: one blocking cudaMemcpy
-// per region, from pageable memory (the runtime moves it through pinned buffers of its own). A copy cannot be
-// interrupted, so the deadline is checked between regions; one copy takes the region's size at host->device speed.
+// The staged regions' bytes, read and verified in their stand-ins, go to the device (on the read's critical path).
 Status CopyStagedToDevice(const PreparedFetch::Impl& m, Clock::time_point deadline, FetchResult* result) {
   if (m.staged.empty()) return Status::Ok();
   const auto start = Clock::now();
-  for (const auto& r : m.staged) {
-    if (Clock::now() >= deadline) {
-      return Status(Code::kTimeout, "no time left to copy staged region '" + r->name + "' to the device");
-    }
-    const cudaError_t rc = m.cuda->cudaMemcpy(r->device, r->host, r->size, cudaMemcpyHostToDevice);
-    if (rc != cudaSuccess) {
-      const char* why = m.cuda->cudaGetErrorString != nullptr ? m.cuda->cudaGetErrorString(rc) : "no error string";
-      return Status(Code::kCuda, "region '" + r->name + "': copying " + std::to_string(r->size) +
-                                     " staged bytes to the device failed: cudaMemcpy: " + why + " (" +
-                                     std::to_string(static_cast<int>(rc)) + ")");
-    }
-  }
-  // A copy from pageable memory may return before its DMA has landed: the program's own streams (non-blocking ones
-  // too) must find the bytes there once the read has returned.
-  if (Status s = DrainDevice(m.cuda, "after copying the staged regions to the device"); !s.ok()) return s;
+  if (Status s = detail::CopyStaged(m.cuda, m.staged, cudaMemcpyHostToDevice, deadline); !s.ok()) return s;
   result->stage_seconds = Seconds(start, Clock::now());
   return Status::Ok();
 }
@@ -387,7 +250,15 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
   plan.local = local;
   s = MatchRegions(&plan);
   if (!s.ok()) return s;
-  s = impl_->StageDeviceRegions(&plan, &impl->staged, &impl->cuda);
+  // Device regions this UCX cannot write are read into host stand-ins (staging.h); no UCX context is made without
+  // a device region (the same-host path never needs one).
+  s = detail::StageDeviceRegions(
+      &plan.local,
+      [this](bool* reaches) {
+        Status c = impl_->EnsureContext();
+        return c.ok() ? detail::UcxReachesCuda(impl_->context->h, reaches) : c;
+      },
+      &impl->staged, &impl->cuda);
   if (!s.ok()) return s;
   impl->hash_threads = options.hash_threads;
   impl->auth_key = impl_->options.auth_key;
@@ -440,7 +311,7 @@ Status PreparedFetch::Read(const FetchOptions& options, FetchResult* result) {
   }
   // The program's own work still in flight on its streams (a joiner's last shadow iteration) must not land on its
   // device regions after the state read into them (ThreadSanitizer on the stand-in runtime: recovery_device).
-  if (s = DrainDevice(m.cuda, "before reading into device memory"); !s.ok()) return s;
+  if (s = detail::DrainDevice(m.cuda, "before reading into device memory"); !s.ok()) return s;
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::milliseconds(options.timeout_ms);
   m.sink.Reset(&m.plan, options.verify);

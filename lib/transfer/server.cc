@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // StateServer: the leaver's side (see transfer.h for the contract, docs/transfer.md for the why).
 // Expose does everything that can happen before the switch: the UCX mappings and packed rkeys, the descriptor,
-// the progress thread that answers UCX gets, and the hash lanes Seal will use. Seal, at the switch point, only
-// hashes (at memory speed, on every lane) and publishes.
+// the progress thread that answers UCX gets, and the hash lanes Seal will use. Seal, at the switch point, copies
+// staged device regions to their host stand-ins (only where UCX here cannot read device memory), hashes (at memory
+// speed, on every lane) and publishes.
 #include <poll.h>
 #include <sys/prctl.h>
 
@@ -17,6 +18,7 @@
 #include "descriptor.h"
 #include "lanes.h"
 #include "pages.h"
+#include "staging.h"
 #include "transfer.h"
 #include "ucx_util.h"
 
@@ -29,7 +31,9 @@ struct StateServer::Impl {
   ServerOptions options;
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
-  std::vector<Region> regions;
+  std::vector<Region> regions;    // as exposed: a staged device region's host stand-in in its place
+  std::vector<std::unique_ptr<detail::StagedRegion>> staged;  // device regions UCX here cannot read: Seal fills them
+  const base::Cudart* cuda = nullptr;  // the runtime that copies `staged`
   std::vector<ucp_mem_h> memhs;   // one per region (null for empty regions)
   std::vector<uint64_t> control;  // the control block (host memory, mapped)
   ucp_mem_h control_memh = nullptr;
@@ -124,14 +128,22 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   d.control.size = m.control.size() * 8;
   m.regions = regions;
   m.memhs.assign(regions.size(), nullptr);
+  // Device regions this UCX cannot read are exposed as host stand-ins that Seal fills (staging.h): no CPU, UCX
+  // transport or process_vm_readv ever touches device memory.
+  s = detail::StageDeviceRegions(
+      &m.regions, [&m](bool* reaches) { return detail::UcxReachesCuda(m.context, reaches); }, &m.staged, &m.cuda);
+  if (!s.ok()) {
+    m.Unmap();
+    return s;
+  }
   // Host regions in huge pages before UCX maps them (a transport that pins memory would make them uncollapsible):
   // the joiner's process_vm_readv then pins 2 MiB at a time (pages.h). kAuto regions once UCX says they are host.
   auto huge = [&](const Region& r) {
     if (m.options.huge_pages) m.huge_bytes += detail::CollapseToHugePages(r);
   };
-  for (const Region& r : regions) huge(r);
-  for (size_t i = 0; i < regions.size() && s.ok(); ++i) {
-    const Region& r = regions[i];
+  for (const Region& r : m.regions) huge(r);
+  for (size_t i = 0; i < m.regions.size() && s.ok(); ++i) {
+    const Region r = m.regions[i];
     detail::RemoteRegion rr;
     rr.name = r.name;
     rr.address = reinterpret_cast<uintptr_t>(r.ptr);
@@ -174,11 +186,18 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
 const std::vector<uint8_t>& StateServer::Descriptor() const { return impl_->descriptor; }
 const std::vector<uint64_t>& StateServer::Checksums() const { return impl_->checksums; }
 uint64_t StateServer::HugePageBytes() const { return impl_->huge_bytes; }
+uint64_t StateServer::StagedBytes() const {
+  uint64_t n = 0;
+  for (const auto& r : impl_->staged) n += r->size;
+  return n;
+}
 
 Status StateServer::Seal(std::vector<uint64_t>* checksums) {
   Impl& m = *impl_;
   if (m.descriptor.empty() || m.closed) return Status(Code::kState, "Seal before Expose or after Close");
-  Status s = detail::ChecksumRegions(m.regions, m.options.hash_threads, m.hash_lanes.get(), &m.checksums);
+  // The staged device regions' bytes now, the device drained first: what the client reads and what is hashed.
+  Status s = detail::CopyStaged(m.cuda, m.staged, cudaMemcpyDeviceToHost, Clock::time_point::max());
+  if (s.ok()) s = detail::ChecksumRegions(m.regions, m.options.hash_threads, m.hash_lanes.get(), &m.checksums);
   std::lock_guard<std::mutex> lock(m.serving);  // the control block's writes (see Impl::serving)
   if (!s.ok()) {  // tell a client already reading not to wait for checksums that will never come
     std::atomic_ref<uint64_t>(m.control[detail::kControlSealed]).store(detail::kSealFailed, std::memory_order_release);

@@ -22,9 +22,10 @@
 // CUDA device memory: a Region may be device memory (MemoryType::kCuda, or kAuto to let UCX detect it).
 // The mapping passes the memory type to ucp_mem_map; checksums of device memory copy it to host in
 // chunks through the libcudart the application loaded (base/cudart.h; this library never links against CUDA
-// nor loads it). Without a usable libcudart, device regions fail with kUnsupported. A joiner whose UCX cannot
-// write device memory (built without CUDA support, as Debian's) reads its device regions into host bounce
-// buffers and copies them to the device with cudaMemcpy at the end of Read (StateClient::Prepare).
+// nor loads it). Without a usable libcudart, device regions fail with kUnsupported. A side whose UCX cannot
+// reach device memory (built without CUDA support, as Debian's) stages its device regions through host memory
+// (staging.h): the leaver exposes host stand-ins that Seal fills, the joiner reads into host stand-ins and copies
+// them to the device with cudaMemcpy at the end of Read.
 //
 // Thread safety: a StateServer or StateClient is driven by one thread at a time (its methods are not
 // reentrant); distinct objects are independent, except the PreparedFetch objects of one StateClient to the same
@@ -78,8 +79,8 @@ class [[nodiscard]] Status {
 
 enum class MemoryType : uint8_t {
   kHost = 0,  // ordinary host memory
-  // CUDA device memory (cudaMalloc). The leaver's needs UCX built with CUDA support; the joiner's is read directly
-  // when its UCX has CUDA support, else staged through host (StateClient::Prepare), which needs a loaded libcudart.
+  // CUDA device memory (cudaMalloc). Moved directly where UCX has CUDA support, else staged through host memory on
+  // that side (StateServer::Expose, StateClient::Prepare), which needs a loaded libcudart.
   kCuda = 1,
   // Let UCX detect the type when mapping (ucp_mem_query reports what it found). On the joiner, a kAuto region that
   // the loaded CUDA runtime calls device memory is staged like a kCuda one when UCX cannot write device memory.
@@ -149,16 +150,24 @@ class StateServer {
 
   // Maps the regions for remote access and packs their rkeys. Regions are copied (the memory is not).
   // Blocking, fast (registration only). Once per server.
+  //
+  // Device regions (kCuda, or kAuto that the loaded CUDA runtime calls device memory) when UCX here cannot read
+  // device memory (no UCS_MEMORY_TYPE_CUDA: Debian's UCX): each is exposed as a host stand-in that Expose allocates
+  // and Seal fills (the device drained, then one cudaMemcpy per region), so the joiner must not read before Seal
+  // returned (StagedBytes() > 0 says so). Without a loaded CUDA runtime with cudaMemcpy: kUnsupported, naming the
+  // region. With a CUDA-capable UCX device regions are exposed directly.
   Status Expose(const std::vector<Region>& regions);
 
   // The blob to send to the joiner (bounded: kMaxDescriptorBytes). Empty before Expose.
   const std::vector<uint8_t>& Descriptor() const;
   // Bytes of the exposed regions that Expose put in huge pages (ServerOptions::huge_pages), for the log.
   uint64_t HugePageBytes() const;
+  // Bytes of device regions exposed through host stand-ins (below): readable only once Seal has returned.
+  uint64_t StagedBytes() const;
 
-  // Hashes every region (in parallel) and publishes the checksums, with their MAC, to the control block the
-  // client polls.
-  // Call at the switch point, when the regions no longer change; the client may already be reading.
+  // Copies staged device regions to their stand-ins, hashes every region (in parallel) and publishes the
+  // checksums, with their MAC, to the control block the client polls.
+  // Call at the switch point, when the regions no longer change; the client may already be reading host regions.
   // Blocking for the time of the hash. Returns the checksums in Expose's order.
   Status Seal(std::vector<uint64_t>* checksums = nullptr);
   // Checksums computed by Seal (empty before).

@@ -7,8 +7,13 @@
 // Never installed, never linked against.
 //
 // What it emulates:
-//   cudaMalloc/cudaFree            host memory filled with 0xA5, kept in a registry that cudaPointerGetAttributes
-//                                  answers from (cudaMemoryTypeDevice inside an allocation, Unregistered outside).
+//   cudaMalloc/cudaFree            memory the CPU cannot touch, as a GPU's: the pointer returned is a PROT_NONE
+//                                  mapping of a memfd, which the stream operations reach through a second, writable
+//                                  mapping of the same pages (filled with 0xA5 at allocation). A load or store through
+//                                  a device pointer faults (SIGSEGV), process_vm_readv of it fails (EFAULT), as with
+//                                  real device memory; a registry maps one to the other and answers
+//                                  cudaPointerGetAttributes (cudaMemoryTypeDevice inside an allocation, Unregistered
+//                                  outside).
 //   streams                        in-order queues of copies, event records and event waits. NULL,
 //                                  cudaStreamLegacy and cudaStreamPerThread are one built-in default stream;
 //                                  simplification: it has no implicit synchronisation with the other streams.
@@ -26,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -90,8 +96,10 @@ static useconds_t OpDelayUs(void) {
 // ---- Device memory -----------------------------------------------------------------------------------------------
 
 typedef struct {
-  uintptr_t base;
-  size_t size;
+  uintptr_t base;   // the device pointer: PROT_NONE
+  char* shadow;     // the same pages, readable and writable: where the stream operations copy
+  size_t size;      // as asked
+  size_t mapped;    // size rounded up to pages
 } Allocation;
 
 static pthread_mutex_t g_alloc_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -102,26 +110,40 @@ FAKE_EXPORT cudaError_t cudaMalloc(void** dev_ptr, size_t size) {
   if (dev_ptr == NULL) return cudaErrorInvalidValue;
   *dev_ptr = NULL;
   if (size == 0) return cudaSuccess;  // as the real one: success, and a null pointer
-  if (size > SIZE_MAX - kAllocationAlignment) return cudaErrorMemoryAllocation;  // the rounding would wrap
-  size_t rounded = (size + kAllocationAlignment - 1) / kAllocationAlignment * kAllocationAlignment;
-  void* p = aligned_alloc(kAllocationAlignment, rounded);
-  if (p == NULL) return cudaErrorMemoryAllocation;
-  memset(p, kUninitialisedByte, rounded);
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE);  // a multiple of what cudaMalloc guarantees (256)
+  if (size > SIZE_MAX - page) return cudaErrorMemoryAllocation;  // the rounding would wrap
+  const size_t mapped = (size + page - 1) / page * page;
+  const int fd = memfd_create("fake-cuda-device-memory", MFD_CLOEXEC);
+  if (fd < 0) return cudaErrorMemoryAllocation;
+  void* shadow = MAP_FAILED;
+  void* device = MAP_FAILED;
+  if (ftruncate(fd, (off_t)mapped) == 0) {
+    shadow = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    device = mmap(NULL, mapped, PROT_NONE, MAP_SHARED, fd, 0);
+  }
+  close(fd);
+  if (shadow == MAP_FAILED || device == MAP_FAILED) {
+    if (shadow != MAP_FAILED) munmap(shadow, mapped);
+    if (device != MAP_FAILED) munmap(device, mapped);
+    return cudaErrorMemoryAllocation;
+  }
+  memset(shadow, kUninitialisedByte, mapped);
   pthread_mutex_lock(&g_alloc_mu);
   if (g_alloc_count == g_alloc_capacity) {
     size_t capacity = g_alloc_capacity ? 2 * g_alloc_capacity : 16;
     Allocation* grown = realloc(g_allocs, capacity * sizeof(Allocation));
     if (grown == NULL) {
       pthread_mutex_unlock(&g_alloc_mu);
-      free(p);
+      munmap(shadow, mapped);
+      munmap(device, mapped);
       return cudaErrorMemoryAllocation;
     }
     g_allocs = grown;
     g_alloc_capacity = capacity;
   }
-  g_allocs[g_alloc_count++] = (Allocation){(uintptr_t)p, size};
+  g_allocs[g_alloc_count++] = (Allocation){(uintptr_t)device, shadow, size, mapped};
   pthread_mutex_unlock(&g_alloc_mu);
-  *dev_ptr = p;
+  *dev_ptr = device;
   return cudaSuccess;
 }
 
@@ -137,6 +159,16 @@ static bool FindAllocationLocked(const void* p, size_t* index) {
   return false;
 }
 
+// Where a stream operation reaches `p`: the writable mapping of a device pointer's pages, a host pointer as it is.
+static void* Reach(const void* p) {
+  pthread_mutex_lock(&g_alloc_mu);
+  size_t i;
+  void* out = (void*)p;
+  if (p != NULL && FindAllocationLocked(p, &i)) out = g_allocs[i].shadow + ((uintptr_t)p - g_allocs[i].base);
+  pthread_mutex_unlock(&g_alloc_mu);
+  return out;
+}
+
 FAKE_EXPORT cudaError_t cudaDeviceSynchronize(void);
 
 FAKE_EXPORT cudaError_t cudaFree(void* dev_ptr) {
@@ -146,10 +178,15 @@ FAKE_EXPORT cudaError_t cudaFree(void* dev_ptr) {
   pthread_mutex_lock(&g_alloc_mu);
   size_t i;
   bool found = FindAllocationLocked(dev_ptr, &i) && g_allocs[i].base == (uintptr_t)dev_ptr;
-  if (found) g_allocs[i] = g_allocs[--g_alloc_count];
+  Allocation gone = {0, NULL, 0, 0};
+  if (found) {
+    gone = g_allocs[i];
+    g_allocs[i] = g_allocs[--g_alloc_count];
+  }
   pthread_mutex_unlock(&g_alloc_mu);
   if (!found) return cudaErrorInvalidValue;
-  free(dev_ptr);
+  munmap(gone.shadow, gone.mapped);
+  munmap(dev_ptr, gone.mapped);
   return cudaSuccess;
 }
 
@@ -286,7 +323,7 @@ static cudaStream_t Resolve(cudaStream_t handle) {
 static void ExecuteOp(const Op* op) {
   switch (op->kind) {
     case kOpCopy:
-      memmove(op->dst, op->src, op->bytes);  // memmove: CUDA allows overlapping device-to-device copies
+      memmove(Reach(op->dst), Reach(op->src), op->bytes);  // memmove: CUDA allows overlapping device-to-device copies
       break;
     case kOpRecordEvent:
       pthread_mutex_lock(&g_event_mu);

@@ -30,9 +30,10 @@ struct Exited {
 
 class FakeSource final : public StateSource {
  public:
-  FakeSource(std::vector<std::string>* log, std::string* seal_error, std::function<void()>* during_seal)
-      : log_(log), seal_error_(seal_error), during_seal_(during_seal) {}
+  FakeSource(std::vector<std::string>* log, std::string* seal_error, std::function<void()>* during_seal, bool staged)
+      : log_(log), seal_error_(seal_error), during_seal_(during_seal), staged_(staged) {}
   const std::vector<uint8_t>& Descriptor() const override { return d_; }
+  bool ReadableBeforeSeal() const override { return !staged_; }
   std::string Seal() override {
     log_->push_back("seal");
     if (*during_seal_) (*during_seal_)();
@@ -45,6 +46,7 @@ class FakeSource final : public StateSource {
   std::vector<std::string>* log_;
   std::string* seal_error_;
   std::function<void()>* during_seal_;
+  bool staged_;
 };
 
 class FakeSink final : public StateSink {
@@ -75,6 +77,7 @@ class FakeWorld final : public World {
   std::deque<std::function<void()>> script;  // run one per Wait, in order
   std::vector<std::function<void()>> jobs;
   bool connected = true, joiner = false, sandboxed = false, overlap = true, ids_ok = true, rebind_ok = true;
+  bool staged = false;  // the exposed state has device regions staged through host: readable after the seal only
   bool leaving = false;  // SetLeaving
   bool standby = false;  // IsStandby (with joiner and sandboxed)
   std::string fault, seal_error, expose_error, prepare_error, fetch_error;
@@ -186,7 +189,7 @@ class FakeWorld final : public World {
       return nullptr;
     }
     log.push_back("expose");
-    return std::make_unique<FakeSource>(&log, &seal_error, &during_seal);
+    return std::make_unique<FakeSource>(&log, &seal_error, &during_seal, staged);
   }
   std::unique_ptr<StateSink> Prepare(const std::vector<uint8_t>& d, uint32_t pid, std::string* note) override {
     log.push_back("prepare " + std::to_string(d.size()) + " pid " + std::to_string(pid));
@@ -642,24 +645,31 @@ TEST_CASE("leaver: AT_STEP then seal (overlapped), SWITCH, exit 0 with where it 
 }
 
 TEST_CASE("leaver: not overlapped, the seal comes before AT_STEP; a failed seal reports FAILED") {
-  Proc p;
-  p.w.overlap = false;
-  p.LeaverCommitted();
-  SUBCASE("sealed") {}
-  SUBCASE("seal fails") { p.w.seal_error = "no libcudart"; }
-  p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"x"}));
-  CHECK(p.SafePoint(12) == 12);
-  if (p.w.seal_error.empty()) {
-    CHECK(p.w.Take() == V{"PHASE seal", "AT_STEP"});
-  } else {
-    CHECK(p.w.Body<mig::Reason>(1).text == "leaver cannot checksum its state: no libcudart");
-    CHECK(p.w.Take() == V{"PHASE seal", "FAILED", "AT_STEP"});
+  // Not overlapped: the world says so, or the seal stages device regions that the joiner will read.
+  for (const bool staged : {false, true}) {
+    for (const bool fails : {false, true}) {
+      CAPTURE(staged);
+      CAPTURE(fails);
+      Proc p;
+      p.w.overlap = staged;
+      p.w.staged = staged;
+      if (fails) p.w.seal_error = "no libcudart";
+      p.LeaverCommitted();
+      p.w.script.push_back(p.Later(mig::Cmd::kAbort, mig::Reason{"x"}));
+      CHECK(p.SafePoint(12) == 12);
+      if (!fails) {
+        CHECK(p.w.Take() == V{"PHASE seal", "AT_STEP"});
+      } else {
+        CHECK(p.w.Body<mig::Reason>(1).text == "leaver cannot checksum its state: no libcudart");
+        CHECK(p.w.Take() == V{"PHASE seal", "FAILED", "AT_STEP"});
+      }
+      CHECK(p.w.TakeLog() == V{"seal", "start tm-retire"});  // closed by the abort, on a job
+      p.w.RunJobs();
+      CHECK(p.w.TakeLog() == V{"close"});
+      CHECK(p.m.exposure() == M::Exposure::kNone);
+      CHECK_FALSE(p.w.leaving);  // aborted: it trains on, its async errors are real again
+    }
   }
-  CHECK(p.w.TakeLog() == V{"seal", "start tm-retire"});  // closed by the abort, on a job
-  p.w.RunJobs();
-  CHECK(p.w.TakeLog() == V{"close"});
-  CHECK(p.m.exposure() == M::Exposure::kNone);
-  CHECK_FALSE(p.w.leaving);  // aborted: it trains on, its async errors are real again
 }
 
 TEST_CASE("leaver: ABORT during the seal leaves the server to the application thread; EXPOSE meanwhile refused") {

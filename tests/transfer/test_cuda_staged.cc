@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// Device regions on the joiner read through host memory when UCX here cannot write device memory (Debian's UCX is
-// built without CUDA): a forked leaver exposes host regions (sizes 1, odd, one checksum block, 3 MiB + 5 and 0), the
-// parent reads them into regions it cudaMalloc'ed (kCuda, and one kAuto that the runtime calls device memory) over
-// the UCX path and over kAuto (the cma path into the bounce buffers on this host), copies them back with cudaMemcpy
-// and compares bit for bit; then a prepared fetch read twice, and once unverified. Runs with the stand-in libcudart
+// Device regions staged through host memory when UCX here cannot reach device memory (Debian's UCX is built without
+// CUDA): a forked leaver exposes host regions (sizes 1, odd, one checksum block, 3 MiB + 5 and 0), the parent reads
+// them into regions it cudaMalloc'ed (kCuda, and one kAuto that the runtime calls device memory) over the UCX path and
+// over kAuto (the cma path into the bounce buffers on this host), copies them back with cudaMemcpy and compares bit
+// for bit; then a prepared fetch read twice, and once unverified. Then the same against a leaver whose regions are
+// device memory (the server's stand-ins, filled by Seal). Runs with the stand-in libcudart
 // preloaded (tests/fake_cuda, LD_PRELOAD from meson), or a real one. Exits 77 with the reason where the preloaded
 // runtime lacks the calls used here, or where UCX supports CUDA (then nothing is staged; transfer_cuda covers that).
 #include <dlfcn.h>
@@ -75,18 +76,52 @@ const std::vector<Spec> kSpecs = {
     {"empty", 0, tt::MemoryType::kCuda},
 };
 
-// The leaver: host regions filled with their pattern, exposed, sealed, the descriptor written to `fd`; serves until
-// the parent closes `release`. Never returns.
-[[noreturn]] void Leaver(int fd, int release) {
+// The leaver: regions filled with their pattern, exposed, sealed, the descriptor written to `fd`; serves until the
+// parent closes `release`. Never returns. Host regions, or (`rt` set) device regions of the kinds in kSpecs, which
+// this UCX cannot read, so the server stages them: they hold junk when exposed and get their pattern only between
+// Expose and Seal, and junk again after Seal, so a reader sees the pattern only if Seal (not Expose) copied them to
+// the host and what it exposes is that copy, not the device memory (which the stand-in makes unreadable to the CPU).
+[[noreturn]] void Leaver(int fd, int release, const Runtime* rt) {
   std::vector<std::vector<unsigned char>> bufs(kSpecs.size());
   std::vector<tt::Region> regions;
+  uint64_t device_bytes = 0;
   for (size_t i = 0; i < kSpecs.size(); ++i) {
     bufs[i].resize(kSpecs[i].size);
     Fill(&bufs[i], SeedOf(kSpecs[i].name));
-    regions.push_back({kSpecs[i].name, bufs[i].data(), bufs[i].size(), tt::MemoryType::kHost});
+    void* p = bufs[i].data();
+    if (rt != nullptr && kSpecs[i].size > 0) {
+      std::vector<unsigned char> junk(kSpecs[i].size, 0x5A);
+      if (rt->malloc_(&p, kSpecs[i].size) != 0 || rt->memcpy_(p, junk.data(), junk.size(), kHostToDevice) != 0) {
+        _exit(2);
+      }
+      device_bytes += kSpecs[i].size;
+    }
+    regions.push_back({kSpecs[i].name, p, bufs[i].size(), rt != nullptr ? kSpecs[i].type : tt::MemoryType::kHost});
   }
   std::unique_ptr<tt::StateServer> server;
-  if (!tt::StateServer::Create({}, &server).ok() || !server->Expose(regions).ok() || !server->Seal().ok()) _exit(1);
+  if (!tt::StateServer::Create({}, &server).ok()) _exit(1);
+  if (tt::Status s = server->Expose(regions); !s.ok()) {
+    printf("FAIL: leaver: Expose: %s\n", s.ToString().c_str());
+    _exit(1);
+  }
+  if (server->StagedBytes() != device_bytes) {
+    printf("FAIL: leaver: %llu bytes staged, %llu expected\n", static_cast<unsigned long long>(server->StagedBytes()),
+           static_cast<unsigned long long>(device_bytes));
+    _exit(1);
+  }
+  auto set_device = [&](bool pattern) {
+    for (size_t i = 0; rt != nullptr && i < kSpecs.size(); ++i) {
+      std::vector<unsigned char> junk(bufs[i].size(), 0x3C);
+      const unsigned char* from = pattern ? bufs[i].data() : junk.data();
+      if (bufs[i].size() > 0 && rt->memcpy_(regions[i].ptr, from, bufs[i].size(), kHostToDevice) != 0) _exit(2);
+    }
+  };
+  set_device(true);
+  if (tt::Status s = server->Seal(); !s.ok()) {
+    printf("FAIL: leaver: Seal: %s\n", s.ToString().c_str());
+    _exit(1);
+  }
+  set_device(false);
   const std::vector<uint8_t>& d = server->Descriptor();
   const uint64_t n = d.size();
   if (!WriteAll(fd, &n, sizeof(n)) || !WriteAll(fd, d.data(), d.size())) _exit(1);
@@ -228,41 +263,48 @@ int main() {
       return 1;
   }
 
-  int desc[2], release[2];
-  if (pipe(desc) != 0 || pipe(release) != 0) return 1;
-  const pid_t leaver = fork();
-  if (leaver < 0) return 1;
-  if (leaver == 0) {
-    close(desc[0]);
-    close(release[1]);
-    Leaver(desc[1], release[0]);
-  }
-  close(desc[1]);
-  close(release[0]);
-  uint64_t n = 0;
-  std::vector<uint8_t> descriptor;
-  if (!ReadAll(desc[0], &n, sizeof(n)) || n > tt::kMaxDescriptorBytes) {
-    printf("FAIL: no descriptor from the leaver\n");
-    return 1;
-  }
-  descriptor.resize(n);
-  if (!ReadAll(desc[0], descriptor.data(), n)) return 1;
-  close(desc[0]);
-
-  {
-    std::unique_ptr<tt::StateClient> client;
-    tt::Status s = tt::StateClient::Create({}, &client);
-    Check(s.ok(), "client: " + s.ToString());
-    if (s.ok()) {
-      FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kUcx, rt);
-      FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kAuto, rt);
-      PrepareAndReadAgain(client.get(), descriptor, leaver, rt);
+  // Against a leaver of host regions, then (the stand-in runtime only: a real one cannot be used in a child forked
+  // after the parent used it) one of device regions, staged on both sides.
+  const bool stand_in = dlsym(lib, "tmFakeCudaHostRegistrations") != nullptr;
+  if (!stand_in) printf("a real CUDA runtime: the leaver's device regions are not tried (fork)\n");
+  for (const bool device_leaver : {false, true}) {
+    if (device_leaver && !stand_in) break;
+    printf("leaver with %s regions\n", device_leaver ? "device" : "host");
+    int desc[2], release[2];
+    if (pipe(desc) != 0 || pipe(release) != 0) return 1;
+    const pid_t leaver = fork();
+    if (leaver < 0) return 1;
+    if (leaver == 0) {
+      close(desc[0]);
+      close(release[1]);
+      Leaver(desc[1], release[0], device_leaver ? &rt : nullptr);
     }
+    close(desc[1]);
+    close(release[0]);
+    uint64_t n = 0;
+    std::vector<uint8_t> descriptor;
+    if (!ReadAll(desc[0], &n, sizeof(n)) || n > tt::kMaxDescriptorBytes) {
+      printf("FAIL: no descriptor from the leaver\n");
+      return 1;
+    }
+    descriptor.resize(n);
+    if (!ReadAll(desc[0], descriptor.data(), n)) return 1;
+    close(desc[0]);
+    {
+      std::unique_ptr<tt::StateClient> client;
+      tt::Status s = tt::StateClient::Create({}, &client);
+      Check(s.ok(), "client: " + s.ToString());
+      if (s.ok()) {
+        FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kUcx, rt);
+        FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kAuto, rt);
+        PrepareAndReadAgain(client.get(), descriptor, leaver, rt);
+      }
+    }
+    close(release[1]);
+    int status = 0;
+    Check(waitpid(leaver, &status, 0) == leaver && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the leaver exits cleanly");
   }
-  close(release[1]);
-  int status = 0;
-  Check(waitpid(leaver, &status, 0) == leaver && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-        "the leaver exits cleanly");
   if (g_failures > 0) return 1;
   printf("ok\n");
   return 0;

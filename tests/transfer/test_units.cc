@@ -501,7 +501,7 @@ TEST_CASE("the client initialises UCX only for the UCX path: bad transports surf
   MESSAGE("UCX path with bad transports: " << s.ToString());
 }
 
-TEST_CASE("a device region is refused when UCX cannot write device memory and no CUDA runtime can stage it") {
+TEST_CASE("a device region is refused when UCX cannot reach device memory and no CUDA runtime can stage it") {
   if (trainmover::base::CudartIfLoaded() != nullptr || transfer_test::UcxSupportsCuda() == 1) {
     MESSAGE("skipped: a CUDA runtime is loaded or UCX here supports CUDA (the refusal cannot happen)");
     return;
@@ -528,6 +528,16 @@ TEST_CASE("a device region is refused when UCX cannot write device memory and no
   CHECK_MESSAGE(s.ok(), s.ToString());
   CHECK(r.verified);
   CHECK(r.stage_seconds == 0);
+  // The leaver's side refuses the same: its Expose, before it maps anything or touches a byte.
+  std::unique_ptr<tt::StateServer> leaver;
+  REQUIRE(tt::StateServer::Create({}, &leaver).ok());
+  s = leaver->Expose({{"b", x.data(), x.size(), tt::MemoryType::kCuda}});
+  CHECK(s.code() == tt::Code::kUnsupported);
+  CHECK_MESSAGE(s.message().find("region 'b' is device memory and neither UCX here supports CUDA nor is a CUDA "
+                                 "runtime loaded to stage it") != std::string::npos,
+                s.ToString());
+  CHECK(leaver->Descriptor().empty());
+  CHECK(leaver->StagedBytes() == 0);
 }
 
 TEST_CASE("checksums written into the leaver's control block by another party fail their MAC") {
