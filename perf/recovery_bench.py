@@ -20,6 +20,13 @@ the last checkpoint: the cold restart's cost is its measured downtime plus inter
 standby's is its measured downtime plus the steps it lost (trained again after the rollback); a step is the
 reference run's median step time. Asserts no speed: exit 0 when every run ended bit-identical to the reference.
 
+Then the detection time per kind of failure (--detection-ranks ranks, zero emulated costs: they are paid after the
+detection), one `tm-harness recover` each: kill (SIGKILL: the control connection closes), stop (SIGSTOP: silent,
+the heartbeat timeout --heartbeat-timeout-ms detects it), nccl (SIGSTOP under a heartbeat timeout of 60 s: hostnccl
+gives up on the frozen peer after --nccl-timeout-ms and reports the communicator failed, the coordinator probes its
+members). Detection = from the signal to the coordinator's declaration of the failure (its recovery record); each
+run's recovery is checked bit-identical too.
+
 Then the steady-state cost of the snapshots: --pairs sets of jobs of --steady-ranks ranks run at the same time,
 one with recovery on for each value of --every (TRAINMOVER_SNAPSHOT_EVERY: a snapshot at every N-th step, or
 `auto`: the interval the coordinator picks to keep the cost under --budget, TRAINMOVER_SNAPSHOT_BUDGET) and one with
@@ -71,8 +78,12 @@ def main(argv):
                     "one 'on' job of each per set)")
     ap.add_argument("--budget", default="0.02", help="TRAINMOVER_SNAPSHOT_BUDGET of the 'auto' job")
     ap.add_argument("--extra-state-mb", type=int, default=0, help="tm-train --extra-state-mb of the steady jobs")
-    ap.add_argument("--skip-failure", action="store_true", help="only the steady-state rows")
-    ap.add_argument("--skip-steady", action="store_true", help="only the failure rows")
+    ap.add_argument("--detection-ranks", type=int, default=4)
+    ap.add_argument("--heartbeat-timeout-ms", type=int, default=2000, help="the coordinator's, for the stop kind")
+    ap.add_argument("--nccl-timeout-ms", type=int, default=3000, help="HOSTNCCL_TIMEOUT_MS, for the nccl kind")
+    ap.add_argument("--skip-failure", action="store_true", help="no failure rows")
+    ap.add_argument("--skip-detection", action="store_true", help="no detection rows")
+    ap.add_argument("--skip-steady", action="store_true", help="no steady-state rows")
     a = ap.parse_args(argv)
     harness = os.path.join(a.build, "tools/harness/tm-harness")
     print(f"emulated costs (sleeps, not measured work), paid by the restart, the replacement and the standby alike: "
@@ -121,13 +132,47 @@ def main(argv):
         print(f"  {x['ranks']} ranks: cold {x['cold_with_lost_work_ms']:.1f} ms vs standby "
               f"{x['standby_with_lost_work_ms']:.1f} ms (step {x['median_step_ms']:.2f} ms): {x['goal_ratio']:.2f}x, "
               f"goal {verdict}; the same downtimes meet it {at}")
+    detection, ok = ([], True) if a.skip_detection else detection_times(a, harness)
+    rc = rc if ok else 1
     steady, ok = ([], True) if a.skip_steady else steady_state(a)
     rc = rc if ok else 1
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"emulated": {"init_ms": a.init_ms, "comm_init_ms": a.comm_init_ms}, "interval": a.interval,
-                       "rows": rows, "steady": steady}, f)
+                       "rows": rows, "detection": detection, "steady": steady}, f)
     return rc
+
+
+def detection_times(a, harness):
+    """One recovery per kind of failure; returns (rows, every run recovered bit-identical)."""
+    bound = {"kill": "at once (the connection closes)", "stop": f"heartbeat timeout {a.heartbeat_timeout_ms} ms",
+             "nccl": f"HOSTNCCL_TIMEOUT_MS {a.nccl_timeout_ms} ms + the poll + the probe (heartbeat timeout 60 s)"}
+    rows, ok = [], True
+    print(f"detection, {a.detection_ranks} ranks, zero emulated costs, rank 1 struck after step {a.at}:", flush=True)
+    for kind in ("kill", "stop", "nccl"):
+        work = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"recovery_bench-{os.getpid()}-detect-{kind}")
+        r = subprocess.run([sys.executable, harness, "recover", "--build", a.build, "--ranks", str(a.detection_ranks),
+                            "--steps", str(a.steps), "--params", "20000", "--at", str(a.at), "--kill-rank", "1",
+                            "--init-ms", "0", "--comm-init-ms", "0", "--step-ms", str(a.step_ms), "--fail-with", kind,
+                            "--heartbeat-timeout-ms", str(a.heartbeat_timeout_ms), "--nccl-timeout-ms",
+                            str(a.nccl_timeout_ms), "--work-dir", work, "--json"], stdout=subprocess.PIPE, text=True)
+        out = json.loads(r.stdout)
+        v = out.get("recovery", {})
+        if r.returncode != 0 or out.get("bit_identical") is not True or v.get("detection_ms") is None:
+            print(f"  {kind}: failed ({out.get('error', 'digests differ')}; logs in {work})")
+            ok = False
+            continue
+        rows.append({"kind": kind, "bound": bound[kind], "detected_by": v["detected_by"],
+                     "detection_ms": v["detection_ms"], "failure_to_step_ms": v["failure_to_step_ms"],
+                     "lost_steps": v["lost_steps"]})
+        subprocess.run(["rm", "-rf", work])
+    print(f"  {'kind':<5} {'detection ms':>13} {'to training ms':>15} {'lost':>5}  bound; detected by")
+    for x in rows:
+        print(f"  {x['kind']:<5} {x['detection_ms']:>13.1f} {x['failure_to_step_ms']:>15.1f} {x['lost_steps']:>5}  "
+              f"{x['bound']}; {x['detected_by']}")
+    print("  detection: the signal -> the coordinator's declaration; to training: the signal -> the first step "
+          "completed after it on every rank (a spawned replacement, every run bit-identical)", flush=True)
+    return rows, ok
 
 
 def steps_per_s(timeline, ranks, warmup):
