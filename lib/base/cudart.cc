@@ -38,6 +38,8 @@ const Cudart* CudartIfLoaded() {
       Find(h, "cudaDeviceSynchronize", &rt.cudaDeviceSynchronize);
       Find(h, "cudaHostRegister", &rt.cudaHostRegister);
       Find(h, "cudaHostUnregister", &rt.cudaHostUnregister);
+      Find(h, "cudaGetDevice", &rt.cudaGetDevice);
+      Find(h, "cudaSetDevice", &rt.cudaSetDevice);
       found = &rt;  // the reference NOLOAD took is kept: the library stays for the life of the process
       return;
     }
@@ -45,10 +47,12 @@ const Cudart* CudartIfLoaded() {
   return found;
 }
 
-bool IsDevicePointer(const Cudart* rt, const void* p) {
-  if (rt == nullptr || p == nullptr || rt->cudaPointerGetAttributes == nullptr) return false;
+int DeviceOf(const Cudart* rt, const void* p) {
+  if (rt == nullptr || p == nullptr || rt->cudaPointerGetAttributes == nullptr) return -1;
   cudaPointerAttributes a{};
-  return rt->cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice;
+  return rt->cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice ? a.device : -1;
 }
+
+bool IsDevicePointer(const Cudart* rt, const void* p) { return DeviceOf(rt, p) >= 0; }
 
 }  // namespace trainmover::base

@@ -28,6 +28,8 @@ struct Cudart {
   decltype(&::cudaDeviceSynchronize) cudaDeviceSynchronize = nullptr;
   decltype(&::cudaHostRegister) cudaHostRegister = nullptr;
   decltype(&::cudaHostUnregister) cudaHostUnregister = nullptr;
+  decltype(&::cudaGetDevice) cudaGetDevice = nullptr;
+  decltype(&::cudaSetDevice) cudaSetDevice = nullptr;
 };
 
 // The runtime already in the process, looked up once (thread-safe) on the first call; nullptr when no
@@ -36,5 +38,7 @@ const Cudart* CudartIfLoaded();
 
 // True when `p` is device memory according to the loaded runtime; false without one.
 bool IsDevicePointer(const Cudart* rt, const void* p);
+// The ordinal of the device `p` is memory of; -1 when it is not device memory (or no runtime is loaded).
+int DeviceOf(const Cudart* rt, const void* p);
 
 }  // namespace trainmover::base

@@ -46,8 +46,9 @@ class StateSource {
   virtual const std::vector<uint8_t>& Descriptor() const = 0;
   // Checksums the regions as they are now (at S) and publishes them to the reader; "" or why not. Slow.
   virtual std::string Seal() = 0;
-  // Whether the reader may read before Seal returned: false when Seal itself makes bytes readable (device regions
-  // staged through host memory, transfer::StateServer::StagedBytes), so the seal is never overlapped with the read.
+  // Whether the reader may read before Seal returned: false when Seal itself makes bytes readable (device regions:
+  // it drains the device and copies staged ones, transfer::StateServer::DeviceBytes), so the seal is never
+  // overlapped with the read.
   virtual bool ReadableBeforeSeal() const = 0;
   // Nothing is readable any more. Any thread; may be slow (a background job calls it after an abort).
   virtual void Close() = 0;

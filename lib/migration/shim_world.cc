@@ -66,7 +66,7 @@ class ServerSource final : public StateSource {
     transfer::Status st = s_->Seal();
     return st.ok() ? "" : st.ToString();
   }
-  bool ReadableBeforeSeal() const override { return s_->StagedBytes() == 0; }
+  bool ReadableBeforeSeal() const override { return s_->DeviceBytes() == 0; }
   // Abandon, not Close: the joiner's host may be cut off (transfer.h says why that matters to UCX). The leaver
   // exits right after a hand-off that completed, so nothing is kept for long there.
   void Close() override { s_->Abandon(); }

@@ -203,7 +203,7 @@ Status StateClient::Create(const ClientOptions& options, std::unique_ptr<StateCl
 struct PreparedFetch::Impl {
   // Before `reader` (and `plan`, which refers to them): the reads land here until the reader is gone.
   std::vector<std::unique_ptr<detail::StagedRegion>> staged;
-  const base::Cudart* cuda = nullptr;  // set when a local region is device memory: drains, copies `staged`
+  detail::DeviceAccess device;  // set when a local region is device memory: drains, copies `staged`
   detail::Plan plan;
   std::string auth_key;  // the client's, for the control block's MAC
   int hash_threads = 0;
@@ -218,7 +218,7 @@ namespace {
 Status CopyStagedToDevice(const PreparedFetch::Impl& m, Clock::time_point deadline, FetchResult* result) {
   if (m.staged.empty()) return Status::Ok();
   const auto start = Clock::now();
-  if (Status s = detail::CopyStaged(m.cuda, m.staged, cudaMemcpyHostToDevice, deadline); !s.ok()) return s;
+  if (Status s = detail::CopyStaged(m.device, m.staged, cudaMemcpyHostToDevice, deadline); !s.ok()) return s;
   result->stage_seconds = Seconds(start, Clock::now());
   return Status::Ok();
 }
@@ -258,7 +258,7 @@ Status StateClient::Prepare(std::span<const uint8_t> descriptor, const std::vect
         Status c = impl_->EnsureContext();
         return c.ok() ? detail::UcxReachesCuda(impl_->context->h, reaches) : c;
       },
-      &impl->staged, &impl->cuda);
+      &impl->staged, &impl->device);
   if (!s.ok()) return s;
   impl->hash_threads = options.hash_threads;
   impl->auth_key = impl_->options.auth_key;
@@ -311,7 +311,7 @@ Status PreparedFetch::Read(const FetchOptions& options, FetchResult* result) {
   }
   // The program's own work still in flight on its streams (a joiner's last shadow iteration) must not land on its
   // device regions after the state read into them (ThreadSanitizer on the stand-in runtime: recovery_device).
-  if (s = detail::DrainDevice(m.cuda, "before reading into device memory"); !s.ok()) return s;
+  if (s = detail::DrainDevice(m.device, "before reading into device memory"); !s.ok()) return s;
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::milliseconds(options.timeout_ms);
   m.sink.Reset(&m.plan, options.verify);

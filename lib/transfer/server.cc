@@ -33,7 +33,7 @@ struct StateServer::Impl {
   ucp_worker_h worker = nullptr;
   std::vector<Region> regions;    // as exposed: a staged device region's host stand-in in its place
   std::vector<std::unique_ptr<detail::StagedRegion>> staged;  // device regions UCX here cannot read: Seal fills them
-  const base::Cudart* cuda = nullptr;  // the runtime that copies `staged`
+  detail::DeviceAccess device;  // of the device regions (staged or not): Seal drains it, copies `staged`
   std::vector<ucp_mem_h> memhs;   // one per region (null for empty regions)
   std::vector<uint64_t> control;  // the control block (host memory, mapped)
   ucp_mem_h control_memh = nullptr;
@@ -78,6 +78,15 @@ struct StateServer::Impl {
     return ucp_worker_progress(worker);
   }
 
+  // After a failed Expose: nothing exposed, nothing staged (Expose may be tried again).
+  void Forget() {
+    descriptor.clear();
+    regions.clear();
+    staged.clear();
+    device = {};
+    huge_bytes = 0;
+  }
+
   void Unmap() {
     for (ucp_mem_h h : memhs) {
       if (h != nullptr) ucp_mem_unmap(context, h);
@@ -115,6 +124,15 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   if (!m.descriptor.empty()) return Status(Code::kState, "Expose called twice");
   Status s = detail::ValidateRegions(regions);
   if (!s.ok()) return s;
+  // Device regions this UCX cannot read are exposed as host stand-ins that Seal fills (staging.h): no CPU, UCX
+  // transport or process_vm_readv ever touches device memory. Refused here before anything is mapped.
+  m.regions = regions;
+  s = detail::StageDeviceRegions(
+      &m.regions, [&m](bool* reaches) { return detail::UcxReachesCuda(m.context, reaches); }, &m.staged, &m.device);
+  if (!s.ok()) {
+    m.Forget();
+    return s;
+  }
   detail::DescriptorData d;
   std::memcpy(d.nonce, m.nonce, sizeof(d.nonce));
   m.control.assign(detail::ControlBytes(regions.size()) / 8, 0);
@@ -123,19 +141,13 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   MemoryType found;
   s = detail::MapRegion(m.context, m.control.data(), m.control.size() * 8, MemoryType::kHost, detail::Access::kRemoteRead,
                         &m.control_memh, &d.control.rkey, &found);
-  if (!s.ok()) return s;
-  d.control.address = reinterpret_cast<uintptr_t>(m.control.data());
-  d.control.size = m.control.size() * 8;
-  m.regions = regions;
-  m.memhs.assign(regions.size(), nullptr);
-  // Device regions this UCX cannot read are exposed as host stand-ins that Seal fills (staging.h): no CPU, UCX
-  // transport or process_vm_readv ever touches device memory.
-  s = detail::StageDeviceRegions(
-      &m.regions, [&m](bool* reaches) { return detail::UcxReachesCuda(m.context, reaches); }, &m.staged, &m.cuda);
   if (!s.ok()) {
-    m.Unmap();
+    m.Forget();
     return s;
   }
+  d.control.address = reinterpret_cast<uintptr_t>(m.control.data());
+  d.control.size = m.control.size() * 8;
+  m.memhs.assign(regions.size(), nullptr);
   // Host regions in huge pages before UCX maps them (a transport that pins memory would make them uncollapsible):
   // the joiner's process_vm_readv then pins 2 MiB at a time (pages.h). kAuto regions once UCX says they are host.
   auto huge = [&](const Region& r) {
@@ -174,7 +186,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
   }
   if (!s.ok()) {
     m.Unmap();
-    m.descriptor.clear();
+    m.Forget();
     return s;
   }
   // The lanes Seal hashes on, started now: at the switch point they only need waking.
@@ -186,6 +198,7 @@ Status StateServer::Expose(const std::vector<Region>& regions) {
 const std::vector<uint8_t>& StateServer::Descriptor() const { return impl_->descriptor; }
 const std::vector<uint64_t>& StateServer::Checksums() const { return impl_->checksums; }
 uint64_t StateServer::HugePageBytes() const { return impl_->huge_bytes; }
+uint64_t StateServer::DeviceBytes() const { return impl_->device.bytes; }
 uint64_t StateServer::StagedBytes() const {
   uint64_t n = 0;
   for (const auto& r : impl_->staged) n += r->size;
@@ -195,8 +208,11 @@ uint64_t StateServer::StagedBytes() const {
 Status StateServer::Seal(std::vector<uint64_t>* checksums) {
   Impl& m = *impl_;
   if (m.descriptor.empty() || m.closed) return Status(Code::kState, "Seal before Expose or after Close");
-  // The staged device regions' bytes now, the device drained first: what the client reads and what is hashed.
-  Status s = detail::CopyStaged(m.cuda, m.staged, cudaMemcpyDeviceToHost, Clock::time_point::max());
+  // The device drained (the program's work on any stream done), the staged regions' bytes copied to their stand-ins:
+  // what the client reads and what is hashed. Unbounded: CUDA has no bounded wait for a device (transfer.h).
+  Status s = m.staged.empty()
+                 ? detail::DrainDevice(m.device, "before sealing the device regions")
+                 : detail::CopyStaged(m.device, m.staged, cudaMemcpyDeviceToHost, Clock::time_point::max());
   if (s.ok()) s = detail::ChecksumRegions(m.regions, m.options.hash_threads, m.hash_lanes.get(), &m.checksums);
   std::lock_guard<std::mutex> lock(m.serving);  // the control block's writes (see Impl::serving)
   if (!s.ok()) {  // tell a client already reading not to wait for checksums that will never come

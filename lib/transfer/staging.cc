@@ -36,8 +36,37 @@ Status MapStandIn(const Region& device, StagedRegion* out) {
   out->size = device.size;
   out->host = reinterpret_cast<void*>(aligned);
   out->mapped = len;
+  // Committed now (a kernel without MADV_POPULATE_WRITE, 5.14, leaves it to the first copy): the pages exist before
+  // the switch, and a huge-page collapse of an empty mapping does nothing.
+  if (madvise(out->host, len, MADV_POPULATE_WRITE) != 0 && errno == ENOMEM) {
+    return Status(Code::kUnsupported, "region '" + device.name + "': no host memory to stage it (" +
+                                          std::to_string(len) + " bytes)");
+  }
   return Status::Ok();
 }
+
+// The calling thread's current device set to the regions' for the life of this object, and set back after: a job
+// thread starts on device 0, and the application thread's current device is the program's.
+class OnDevice {
+ public:
+  explicit OnDevice(const DeviceAccess& d) : rt_(d.rt) {
+    if (rt_ == nullptr || d.device < 0 || rt_->cudaGetDevice == nullptr || rt_->cudaSetDevice == nullptr) return;
+    if (rt_->cudaGetDevice(&before_) == cudaSuccess && before_ != d.device &&
+        rt_->cudaSetDevice(d.device) == cudaSuccess) {
+      restore_ = true;
+    }
+  }
+  ~OnDevice() {
+    if (restore_) (void)rt_->cudaSetDevice(before_);
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  const base::Cudart* rt_;
+  int before_ = -1;
+  bool restore_ = false;
+};
 
 std::string CudaText(const base::Cudart* rt, cudaError_t rc) {
   const char* why = rt->cudaGetErrorString != nullptr ? rt->cudaGetErrorString(rc) : nullptr;
@@ -56,27 +85,27 @@ Status UcxReachesCuda(ucp_context_h context, bool* out) {
 }
 
 Status StageDeviceRegions(std::vector<Region>* regions, const std::function<Status(bool*)>& ucx_reaches_cuda,
-                          std::vector<std::unique_ptr<StagedRegion>>* staged, const base::Cudart** runtime) {
+                          std::vector<std::unique_ptr<StagedRegion>>* staged, DeviceAccess* device) {
   const base::Cudart* rt = base::CudartIfLoaded();
-  std::vector<size_t> device;
+  std::vector<size_t> on_device;
+  DeviceAccess found{rt, -1, 0};
   for (size_t i = 0; i < regions->size(); ++i) {
     const Region& r = (*regions)[i];
     if (r.size == 0) continue;
-    if (r.type == MemoryType::kCuda || (r.type == MemoryType::kAuto && base::IsDevicePointer(rt, r.ptr))) {
-      device.push_back(i);
+    const int ordinal = base::DeviceOf(rt, r.ptr);
+    if (r.type == MemoryType::kCuda || (r.type == MemoryType::kAuto && ordinal >= 0)) {
+      on_device.push_back(i);
+      found.bytes += r.size;
+      if (found.device < 0) found.device = ordinal;
     }
   }
-  // Empty device regions have nothing to copy; as host regions they keep the same-host path open.
-  for (Region& r : *regions) {
-    if (r.size == 0 && r.type == MemoryType::kCuda) r.type = MemoryType::kHost;
-  }
-  if (device.empty()) return Status::Ok();
+  if (on_device.empty()) return Status::Ok();
   bool reaches = false;
   Status s = ucx_reaches_cuda(&reaches);
   if (!s.ok()) return s;
-  *runtime = rt;
+  *device = found;
   if (reaches) return Status::Ok();  // moved straight from or into device memory (GPUDirect where there is one)
-  for (size_t i : device) {
+  for (size_t i : on_device) {
     const std::string& name = (*regions)[i].name;
     if (rt == nullptr) {
       return Status(Code::kUnsupported, "region '" + name +
@@ -89,28 +118,34 @@ Status StageDeviceRegions(std::vector<Region>* regions, const std::function<Stat
                                             ") has no cudaMemcpy to stage it");
     }
   }
-  for (size_t i : device) {
+  for (size_t i : on_device) {
     auto stand_in = std::make_unique<StagedRegion>();
     if (s = MapStandIn((*regions)[i], stand_in.get()); !s.ok()) return s;
     (*regions)[i] = Region{(*regions)[i].name, stand_in->host, stand_in->size, MemoryType::kHost};
     staged->push_back(std::move(stand_in));
   }
+  // Empty device regions have nothing to copy; as host regions they keep the same-host path open.
+  for (Region& r : *regions) {
+    if (r.size == 0 && r.type == MemoryType::kCuda) r.type = MemoryType::kHost;
+  }
   return Status::Ok();
 }
 
-Status DrainDevice(const base::Cudart* rt, const char* when) {
-  if (rt == nullptr || rt->cudaDeviceSynchronize == nullptr) return Status::Ok();
-  const cudaError_t rc = rt->cudaDeviceSynchronize();
+Status DrainDevice(const DeviceAccess& d, const char* when) {
+  if (d.rt == nullptr || d.rt->cudaDeviceSynchronize == nullptr) return Status::Ok();
+  OnDevice on(d);
+  const cudaError_t rc = d.rt->cudaDeviceSynchronize();
   if (rc == cudaSuccess) return Status::Ok();
-  return Status(Code::kCuda, std::string(when) + ": cudaDeviceSynchronize: " + CudaText(rt, rc));
+  return Status(Code::kCuda, std::string(when) + ": cudaDeviceSynchronize: " + CudaText(d.rt, rc));
 }
 
-Status CopyStaged(const base::Cudart* rt, const std::vector<std::unique_ptr<StagedRegion>>& staged,
+Status CopyStaged(const DeviceAccess& d, const std::vector<std::unique_ptr<StagedRegion>>& staged,
                   cudaMemcpyKind kind, std::chrono::steady_clock::time_point deadline) {
   if (staged.empty()) return Status::Ok();
+  OnDevice on(d);
   const bool up = kind == cudaMemcpyHostToDevice;
-  if (Status s = DrainDevice(rt, up ? "before copying staged regions to the device"
-                                    : "before copying device regions to their host stand-ins");
+  if (Status s = DrainDevice(d, up ? "before copying staged regions to the device"
+                                   : "before copying device regions to their host stand-ins");
       !s.ok()) {
     return s;
   }
@@ -118,18 +153,18 @@ Status CopyStaged(const base::Cudart* rt, const std::vector<std::unique_ptr<Stag
     if (std::chrono::steady_clock::now() >= deadline) {
       return Status(Code::kTimeout, "no time left to copy staged region '" + r->name + "'");
     }
-    const cudaError_t rc = up ? rt->cudaMemcpy(r->device, r->host, r->size, kind)
-                              : rt->cudaMemcpy(r->host, r->device, r->size, kind);
+    const cudaError_t rc = up ? d.rt->cudaMemcpy(r->device, r->host, r->size, kind)
+                              : d.rt->cudaMemcpy(r->host, r->device, r->size, kind);
     if (rc != cudaSuccess) {
       return Status(Code::kCuda, "region '" + r->name + "': copying " + std::to_string(r->size) + " bytes " +
                                      (up ? "to the device" : "from the device") + " failed: cudaMemcpy: " +
-                                     CudaText(rt, rc));
+                                     CudaText(d.rt, rc));
     }
   }
   // A copy from pageable memory may return before its DMA has landed: the program's own streams (non-blocking ones
   // too) must find the bytes there once the copy has returned.
-  return DrainDevice(rt, up ? "after copying staged regions to the device"
-                            : "after copying device regions to their host stand-ins");
+  return DrainDevice(d, up ? "after copying staged regions to the device"
+                           : "after copying device regions to their host stand-ins");
 }
 
 }  // namespace trainmover::transfer::detail

@@ -153,20 +153,25 @@ class StateServer {
   //
   // Device regions (kCuda, or kAuto that the loaded CUDA runtime calls device memory) when UCX here cannot read
   // device memory (no UCS_MEMORY_TYPE_CUDA: Debian's UCX): each is exposed as a host stand-in that Expose allocates
-  // and Seal fills (the device drained, then one cudaMemcpy per region), so the joiner must not read before Seal
-  // returned (StagedBytes() > 0 says so). Without a loaded CUDA runtime with cudaMemcpy: kUnsupported, naming the
-  // region. With a CUDA-capable UCX device regions are exposed directly.
+  // and Seal fills (the device drained, then one cudaMemcpy per region). Without a loaded CUDA runtime with
+  // cudaMemcpy: kUnsupported, naming the region, before anything is mapped. With a CUDA-capable UCX device regions
+  // are exposed directly. Either way the joiner must not read them before Seal returned (DeviceBytes() > 0 says so).
+  // A failed Expose leaves nothing exposed or staged.
   Status Expose(const std::vector<Region>& regions);
 
   // The blob to send to the joiner (bounded: kMaxDescriptorBytes). Empty before Expose.
   const std::vector<uint8_t>& Descriptor() const;
   // Bytes of the exposed regions that Expose put in huge pages (ServerOptions::huge_pages), for the log.
   uint64_t HugePageBytes() const;
-  // Bytes of device regions exposed through host stand-ins (below): readable only once Seal has returned.
+  // Bytes of the exposed device regions: readable only once Seal has returned (it drains the device first, so the
+  // program's work still in flight on any stream has landed, and copies staged ones to their stand-ins).
+  uint64_t DeviceBytes() const;
+  // Of those, the bytes exposed through host stand-ins (below).
   uint64_t StagedBytes() const;
 
-  // Copies staged device regions to their stand-ins, hashes every region (in parallel) and publishes the
-  // checksums, with their MAC, to the control block the client polls.
+  // With device regions: drains the device (cudaDeviceSynchronize, on the regions' device; unbounded, as CUDA has no
+  // bounded wait for a device) and copies staged regions to their stand-ins. Then hashes every region (in parallel)
+  // and publishes the checksums, with their MAC, to the control block the client polls.
   // Call at the switch point, when the regions no longer change; the client may already be reading host regions.
   // Blocking for the time of the hash. Returns the checksums in Expose's order.
   Status Seal(std::vector<uint64_t>* checksums = nullptr);

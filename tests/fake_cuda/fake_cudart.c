@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // A stand-in for libcudart on machines without a GPU: a small emulation of the CUDA runtime in which device memory
-// is host memory and every stream is an in-order queue run by a worker thread of its own, each operation lagging
+// is host memory the CPU cannot touch through a device pointer, and every stream is an in-order queue run by a worker thread of its own, each operation lagging
 // TM_FAKE_CUDA_OP_US microseconds (default 300) behind the host, so that a program's stream-ordering mistakes
 // (a copy read before it has run, a region snapshot taken while a write is in flight) show as wrong bytes.
 // Loaded with LD_PRELOAD by the tests (soname libcudart.so.12, so the shim's dlopen(RTLD_NOLOAD) finds it).
@@ -21,6 +21,10 @@
 //                                  `done` when its stream executes it; a wait captures `recorded` at call time.
 //   cudaMemcpy                     enqueued on the default stream, returns once executed.
 //   cudaStreamIsCapturing          every stream reports an active capture when TM_FAKE_CAPTURE=1.
+//   devices                        TM_FAKE_CUDA_DEVICES of them (default 1); cudaSetDevice/cudaGetDevice keep the
+//                                  calling thread's current one, memory remembers its device, and
+//                                  tmFakeCudaSynchronizes(d) counts the cudaDeviceSynchronize calls made with d
+//                                  current. Streams and copies are the same whatever the device.
 // Every host wait (synchronize calls) and every wait of a stream on an event aborts the process after 60 s
 // rather than hang a test silently.
 #include <cuda_runtime_api.h>
@@ -74,24 +78,43 @@ static void WaitOrAbort(pthread_cond_t* cond, pthread_mutex_t* mu, const struct 
 
 static pthread_once_t g_config_once = PTHREAD_ONCE_INIT;
 static useconds_t g_op_delay_us = 300;
+enum { kMaxDevices = 8 };
+static int g_devices = 1;  // TM_FAKE_CUDA_DEVICES
 
-static void ReadConfig(void) {
-  const char* v = getenv("TM_FAKE_CUDA_OP_US");
-  if (v == NULL || *v == '\0') return;
+// The value of `name` in lo..hi, or `fallback` when unset; aborts on anything else.
+static long long ReadBounded(const char* name, long long lo, long long hi, long long fallback) {
+  const char* v = getenv(name);
+  if (v == NULL || *v == '\0') return fallback;
   char* end = NULL;
   errno = 0;
-  long long us = strtoll(v, &end, 10);
-  if (*end != '\0' || errno != 0 || us < 0 || us > 10 * 1000 * 1000) {
-    fprintf(stderr, "fake libcudart: TM_FAKE_CUDA_OP_US: expected microseconds in 0..10000000, got '%s'\n", v);
+  long long x = strtoll(v, &end, 10);
+  if (*end != '\0' || errno != 0 || x < lo || x > hi) {
+    fprintf(stderr, "fake libcudart: %s: expected %lld..%lld, got '%s'\n", name, lo, hi, v);
     abort();
   }
-  g_op_delay_us = (useconds_t)us;
+  return x;
+}
+
+static void ReadConfig(void) {
+  g_op_delay_us = (useconds_t)ReadBounded("TM_FAKE_CUDA_OP_US", 0, 10 * 1000 * 1000, 300);
+  g_devices = (int)ReadBounded("TM_FAKE_CUDA_DEVICES", 1, kMaxDevices, 1);
 }
 
 static useconds_t OpDelayUs(void) {
   pthread_once(&g_config_once, ReadConfig);
   return g_op_delay_us;
 }
+
+static int Devices(void) {
+  pthread_once(&g_config_once, ReadConfig);
+  return g_devices;
+}
+
+// The calling thread's current device (cudaSetDevice), as CUDA's: per thread, 0 in a new thread. Memory remembers the
+// device it was allocated on, and cudaDeviceSynchronize counts per device (tmFakeCudaSynchronizes); the streams and
+// the copies themselves do not depend on it.
+static __thread int t_device = 0;
+static long g_synchronizes[kMaxDevices];  // under g_streams_mu
 
 // ---- Device memory -----------------------------------------------------------------------------------------------
 
@@ -100,6 +123,7 @@ typedef struct {
   char* shadow;     // the same pages, readable and writable: where the stream operations copy
   size_t size;      // as asked
   size_t mapped;    // size rounded up to pages
+  int device;       // the allocating thread's current device
 } Allocation;
 
 static pthread_mutex_t g_alloc_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -141,7 +165,7 @@ FAKE_EXPORT cudaError_t cudaMalloc(void** dev_ptr, size_t size) {
     g_allocs = grown;
     g_alloc_capacity = capacity;
   }
-  g_allocs[g_alloc_count++] = (Allocation){(uintptr_t)device, shadow, size, mapped};
+  g_allocs[g_alloc_count++] = (Allocation){(uintptr_t)device, shadow, size, mapped, t_device};
   pthread_mutex_unlock(&g_alloc_mu);
   *dev_ptr = device;
   return cudaSuccess;
@@ -178,7 +202,7 @@ FAKE_EXPORT cudaError_t cudaFree(void* dev_ptr) {
   pthread_mutex_lock(&g_alloc_mu);
   size_t i;
   bool found = FindAllocationLocked(dev_ptr, &i) && g_allocs[i].base == (uintptr_t)dev_ptr;
-  Allocation gone = {0, NULL, 0, 0};
+  Allocation gone = {0, NULL, 0, 0, 0};
   if (found) {
     gone = g_allocs[i];
     g_allocs[i] = g_allocs[--g_alloc_count];
@@ -196,10 +220,11 @@ FAKE_EXPORT cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes* a
   pthread_mutex_lock(&g_alloc_mu);
   size_t i;
   bool on_device = ptr != NULL && FindAllocationLocked(ptr, &i);
+  const int device = on_device ? g_allocs[i].device : 0;
   pthread_mutex_unlock(&g_alloc_mu);
   if (on_device) {
     attributes->type = cudaMemoryTypeDevice;
-    attributes->device = 0;
+    attributes->device = device;
     attributes->devicePointer = (void*)ptr;
     attributes->hostPointer = NULL;
   } else {
@@ -492,8 +517,18 @@ FAKE_EXPORT cudaError_t cudaDeviceSynchronize(void) {
   // meanwhile wait for the device to drain, which the real cudaDeviceSynchronize does not impose: acceptable here.
   pthread_mutex_lock(&g_streams_mu);
   for (cudaStream_t s = g_streams; s != NULL; s = s->next_stream) DrainStream(s, "cudaDeviceSynchronize");
+  ++g_synchronizes[t_device];
   pthread_mutex_unlock(&g_streams_mu);
   return cudaSuccess;
+}
+
+// Not part of CUDA: how many cudaDeviceSynchronize calls ran with `device` current (find it with dlsym).
+FAKE_EXPORT long tmFakeCudaSynchronizes(int device) {
+  if (device < 0 || device >= kMaxDevices) return -1;
+  pthread_mutex_lock(&g_streams_mu);
+  long n = g_synchronizes[device];
+  pthread_mutex_unlock(&g_streams_mu);
+  return n;
 }
 
 // A copy's arguments checked, and its operation made (*op stays NULL for an empty copy, which is done at once).
@@ -586,7 +621,10 @@ FAKE_EXPORT cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStre
 // marks every stream worker-less, and the next operation, query or synchronize on a stream with work queued starts
 // a worker for it (not the fork handler itself: a child that only execs should not start threads). An operation a
 // parent's worker was executing at the fork is still at the head of its queue and runs again in the child: copies and
-// records are idempotent. The tests fork only to exec; this keeps a child that does not exec from hanging.
+// records are idempotent. The tests fork only to exec; this keeps a child that does not exec from hanging. Unlike
+// CUDA, device memory allocated before the fork is shared with the child (the memfd mappings are MAP_SHARED): a child
+// that writes it, or re-runs a copy into it, writes the parent's too; a test must not rely on either side's
+// allocations after a fork (test_cuda_staged's leavers allocate their own, after it).
 static void PrepareFork(void) {
   pthread_once(&g_default_once, InitDefaultStream);
   pthread_once(&g_event_cond_once, InitEventCond);
@@ -622,17 +660,21 @@ __attribute__((constructor)) static void RegisterForkHandlers(void) {
 
 FAKE_EXPORT cudaError_t cudaGetDeviceCount(int* count) {
   if (count == NULL) return cudaErrorInvalidValue;
-  *count = 1;
+  *count = Devices();
   return cudaSuccess;
 }
 
 FAKE_EXPORT cudaError_t cudaGetDevice(int* device) {
   if (device == NULL) return cudaErrorInvalidValue;
-  *device = 0;
+  *device = t_device;
   return cudaSuccess;
 }
 
-FAKE_EXPORT cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+FAKE_EXPORT cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= Devices()) return cudaErrorInvalidDevice;
+  t_device = device;
+  return cudaSuccess;
+}
 
 // Pinning changes nothing in host memory; the count lets a test see that registration happened.
 static pthread_mutex_t g_host_register_mu = PTHREAD_MUTEX_INITIALIZER;

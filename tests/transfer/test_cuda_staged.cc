@@ -13,11 +13,13 @@
 
 #include <cstdio>
 #include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "test_pattern.h"
 #include "test_support.h"
+#include "transfer/staging.h"
 #include "transfer/transfer.h"
 
 namespace tt = trainmover::transfer;
@@ -32,6 +34,9 @@ struct Runtime {
   int (*free_)(void*) = nullptr;
   int (*memcpy_)(void*, const void*, size_t, int) = nullptr;
   int (*device_count)(int*) = nullptr;
+  int (*get_device)(int*) = nullptr;
+  int (*set_device)(int) = nullptr;
+  long (*synchronizes)(int) = nullptr;  // the stand-in's tmFakeCudaSynchronizes: device drains per current device
 };
 constexpr int kHostToDevice = 1;
 constexpr int kDeviceToHost = 2;
@@ -104,9 +109,10 @@ const std::vector<Spec> kSpecs = {
     printf("FAIL: leaver: Expose: %s\n", s.ToString().c_str());
     _exit(1);
   }
-  if (server->StagedBytes() != device_bytes) {
-    printf("FAIL: leaver: %llu bytes staged, %llu expected\n", static_cast<unsigned long long>(server->StagedBytes()),
-           static_cast<unsigned long long>(device_bytes));
+  if (server->StagedBytes() != device_bytes || server->DeviceBytes() != device_bytes) {
+    printf("FAIL: leaver: %llu bytes staged, %llu of device regions, %llu expected\n",
+           static_cast<unsigned long long>(server->StagedBytes()),
+           static_cast<unsigned long long>(server->DeviceBytes()), static_cast<unsigned long long>(device_bytes));
     _exit(1);
   }
   auto set_device = [&](bool pattern) {
@@ -224,6 +230,70 @@ void PrepareAndReadAgain(tt::StateClient* client, const std::vector<uint8_t>& de
   }
 }
 
+// The staging decision alone (lib/transfer/staging.h): a device region is staged only when UCX cannot reach device
+// memory; either way its side learns the runtime, the device and the bytes it must drain before the region is read
+// (a leaver with a CUDA-aware UCX exposes it directly and still drains the device in Seal).
+void StagingDecision(const Runtime& rt) {
+  void* p = nullptr;
+  if (rt.malloc_(&p, 4096) != 0) {
+    Check(false, "cudaMalloc of 4096");
+    return;
+  }
+  std::vector<unsigned char> host(100);
+  for (const bool reaches : {true, false}) {
+    const std::string what = std::string("staging decision, UCX ") + (reaches ? "reaches" : "cannot reach") + " CUDA";
+    std::vector<tt::Region> regions = {{"d", p, 4096, tt::MemoryType::kCuda}, {"h", host.data(), host.size()},
+                                       {"e", nullptr, 0, tt::MemoryType::kCuda}};
+    std::vector<std::unique_ptr<tt::detail::StagedRegion>> staged;
+    tt::detail::DeviceAccess device;
+    tt::Status s = tt::detail::StageDeviceRegions(
+        &regions,
+        [&](bool* out) {
+          *out = reaches;
+          return tt::Status::Ok();
+        },
+        &staged, &device);
+    Check(s.ok(), what + ": " + s.ToString());
+    Check(device.rt != nullptr && device.device == 0 && device.bytes == 4096, what + ": the device access");
+    Check(staged.size() == (reaches ? 0u : 1u), what + ": staged regions");
+    Check(regions[0].ptr == (reaches ? p : (staged.empty() ? nullptr : staged[0]->host)), what + ": exposed pointer");
+    Check(regions[0].type == (reaches ? tt::MemoryType::kCuda : tt::MemoryType::kHost), what + ": exposed type");
+    Check(regions[1].ptr == host.data() && regions[1].type == tt::MemoryType::kHost, what + ": host region untouched");
+  }
+  rt.free_(p);
+}
+
+// Regions on device 1 read by a thread whose current device is 0, as the migration's job threads are: the joiner's
+// drains and copies must run on device 1 (a drain of device 0 would not order the program's work on device 1), and
+// the thread's current device is set back afterwards.
+void FetchOnDeviceOne(tt::StateClient* client, const std::vector<uint8_t>& descriptor, pid_t leaver,
+                      const Runtime& rt) {
+  if (rt.set_device(1) != 0) {
+    Check(false, "cudaSetDevice(1)");
+    return;
+  }
+  DeviceRegions dev(rt);
+  rt.set_device(0);
+  const long before0 = rt.synchronizes(0), before1 = rt.synchronizes(1);
+  tt::Status s;
+  tt::FetchResult r;
+  int current = -1;
+  std::thread([&] {
+    tt::FetchOptions o;
+    o.timeout_ms = 30000;
+    o.leaver_pid = static_cast<uint32_t>(leaver);
+    s = client->Fetch(descriptor, dev.regions(), o, &r);
+    rt.get_device(&current);
+  }).join();
+  Check(s.ok() && r.verified, "fetch into device 1 from a thread on device 0: " + s.ToString());
+  Check(dev.Wrong() == 0, "device 1: bytes equal the leaver's");
+  Check(rt.synchronizes(1) > before1, "the device drains ran with device 1 current");
+  Check(rt.synchronizes(0) == before0, "no drain ran on device 0");
+  Check(current == 0, "the reading thread's current device is set back to 0");
+  printf("device 1 from a thread on device 0: %ld drains on device 1, %ld on device 0\n",
+         rt.synchronizes(1) - before1, rt.synchronizes(0) - before0);
+}
+
 }  // namespace
 
 int main() {
@@ -240,6 +310,9 @@ int main() {
   rt.free_ = reinterpret_cast<decltype(rt.free_)>(dlsym(lib, "cudaFree"));
   rt.memcpy_ = reinterpret_cast<decltype(rt.memcpy_)>(dlsym(lib, "cudaMemcpy"));
   rt.device_count = reinterpret_cast<decltype(rt.device_count)>(dlsym(lib, "cudaGetDeviceCount"));
+  rt.get_device = reinterpret_cast<decltype(rt.get_device)>(dlsym(lib, "cudaGetDevice"));
+  rt.set_device = reinterpret_cast<decltype(rt.set_device)>(dlsym(lib, "cudaSetDevice"));
+  rt.synchronizes = reinterpret_cast<decltype(rt.synchronizes)>(dlsym(lib, "tmFakeCudaSynchronizes"));
   const bool has_attributes = dlsym(lib, "cudaPointerGetAttributes") != nullptr;
   if (rt.malloc_ == nullptr || rt.free_ == nullptr || rt.memcpy_ == nullptr || rt.device_count == nullptr ||
       !has_attributes) {
@@ -263,6 +336,7 @@ int main() {
       return 1;
   }
 
+  StagingDecision(rt);
   // Against a leaver of host regions, then (the stand-in runtime only: a real one cannot be used in a child forked
   // after the parent used it) one of device regions, staged on both sides.
   const bool stand_in = dlsym(lib, "tmFakeCudaHostRegistrations") != nullptr;
@@ -298,6 +372,11 @@ int main() {
         FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kUcx, rt);
         FetchInto(client.get(), descriptor, leaver, tt::FetchPath::kAuto, rt);
         PrepareAndReadAgain(client.get(), descriptor, leaver, rt);
+        if (devices >= 2 && rt.get_device && rt.set_device && rt.synchronizes) {
+          FetchOnDeviceOne(client.get(), descriptor, leaver, rt);
+        } else if (!device_leaver) {
+          printf("one device (or a real runtime): the reads on another device are not tried\n");
+        }
       }
     }
     close(release[1]);

@@ -538,6 +538,10 @@ TEST_CASE("a device region is refused when UCX cannot reach device memory and no
                 s.ToString());
   CHECK(leaver->Descriptor().empty());
   CHECK(leaver->StagedBytes() == 0);
+  CHECK(leaver->DeviceBytes() == 0);
+  // Nothing was left behind: the same server exposes host regions afterwards.
+  s = leaver->Expose({{"b", x.data(), x.size()}});
+  CHECK_MESSAGE(s.ok(), s.ToString());
 }
 
 TEST_CASE("checksums written into the leaver's control block by another party fail their MAC") {
