@@ -555,18 +555,21 @@ ncclResult_t ConnectLanes(Comm* c) {
   return ncclSuccess;
 }
 
-// Finishes every endpoint's connection set-up while nothing else uses it, so that a peer cut off at any later
-// moment cannot abort this process inside UCX. UCX 1.13 aborts (ucp_request.c:684, "got REQ message"; removed in
-// UCX 1.14) when an endpoint fails with a WIREUP request or reply still queued on a bare transport endpoint:
-// ucp_ep_set_failed purges the lanes' pending queues and that assertion allows only EP_REMOVED, EP_CHECK and ACK
+// Finishes every endpoint's connection set-up while nothing else uses it, so that a peer cut off or gone at any
+// later moment cannot abort this process inside UCX. UCX 1.13 aborts (ucp_request.c:684, "got REQ message"; removed
+// in UCX 1.14) when an endpoint fails with a WIREUP request or reply still queued on a bare transport endpoint:
+// ucp_ep_set_failed purges its lanes' pending queues and that assertion allows only EP_REMOVED, EP_CHECK and ACK
 // there. The only request and reply of an endpoint's life are the exchange of endpoint ids that its first
-// rendezvous or synchronous send starts (ucp_ep_resolve_remote_id), and a message is queued instead of written
-// only while its tcp connection is not established yet (non-blocking since UCX_TCP_CONN_NB) or is still writing an
-// earlier message. So: (1) flush every endpoint, which completes only once all its lanes are connected, then send
-// each peer a byte; a peer's byte received means its endpoint to this rank is connected too, and (2) only then a
-// synchronous send to every peer and back, which makes every pair exchange its ids over connected, idle
-// connections. Afterwards no operation sends a request or reply again (both sides know the ids), and a failure
-// purges only operations, which UCX completes with the error. Costs two round trips per peer.
+// rendezvous or synchronous send starts (ucp_ep_resolve_remote_id); ucp_wireup_connect_remote wraps the sending
+// lane in a wireup proxy but sends the request on the endpoint's WIREUP lane, which can be another, bare one (tcp
+// only, two ranks on one host: the NIC for messages, lo for WIREUP). A message is queued instead of written only
+// while its tcp connection is not established yet (non-blocking since UCX_TCP_CONN_NB; it needs the peer to
+// progress) or is still writing an earlier message. So: (1) flush every endpoint, which completes only once all
+// its lanes are connected, then send each peer a byte (a peer's byte received means its endpoint to this rank is
+// connected too), and (2) only then a synchronous send to every peer and back, which makes every pair exchange its
+// ids over connected, idle connections. Afterwards no operation sends a request or reply again (both sides know
+// the ids), and a failure purges only operations, which UCX completes with the error. Costs two round trips per
+// peer. hostnccl_peer_leaves_connecting: the abort, every run, without this.
 ncclResult_t ConnectEndpoints(Comm* c) {
   const int n = c->nranks, me = c->rank;
   if (n == 1) return ncclSuccess;
