@@ -555,6 +555,57 @@ ncclResult_t ConnectLanes(Comm* c) {
   return ncclSuccess;
 }
 
+// Finishes every endpoint's connection set-up while nothing else uses it, so that a peer cut off or gone at any
+// later moment cannot abort this process inside UCX. UCX 1.13 aborts (ucp_request.c:684, "got REQ message"; removed
+// in UCX 1.14) when an endpoint fails with a WIREUP request or reply still queued on a bare transport endpoint:
+// ucp_ep_set_failed purges its lanes' pending queues and that assertion allows only EP_REMOVED, EP_CHECK and ACK
+// there. The only request and reply of an endpoint's life are the exchange of endpoint ids that its first
+// rendezvous or synchronous send starts (ucp_ep_resolve_remote_id); ucp_wireup_connect_remote wraps the sending
+// lane in a wireup proxy but sends the request on the endpoint's WIREUP lane, which can be another, bare one (tcp
+// only, two ranks on one host: the NIC for messages, lo for WIREUP). A message is queued instead of written only
+// while its tcp connection is not established yet (non-blocking since UCX_TCP_CONN_NB; it needs the peer to
+// progress) or is still writing an earlier message. So: (1) flush every endpoint, which completes only once all
+// its lanes are connected, then send each peer a byte (a peer's byte received means its endpoint to this rank is
+// connected too), and (2) only then a synchronous send to every peer and back, which makes every pair exchange its
+// ids over connected, idle connections. Afterwards no operation sends a request or reply again (both sides know
+// the ids), and a failure purges only operations, which UCX completes with the error. Costs two round trips per
+// peer. hostnccl_peer_leaves_connecting: the abort, every run, without this.
+ncclResult_t ConnectEndpoints(Comm* c) {
+  const int n = c->nranks, me = c->rank;
+  if (n == 1) return ncclSuccess;
+  std::vector<Pending> reqs;
+  for (int r = 0; r < n; ++r) {
+    if (r == me) continue;
+    ucp_request_param_t p{};
+    void* f = ucp_ep_flush_nbx(c->eps[r], &p);
+    if (UCS_PTR_IS_ERR(f)) {
+      CancelPending(c, &reqs);
+      return Fail(ncclRemoteError, "rank %d: connection to rank %d failed: %s", me, r,
+                  ucs_status_string(UCS_PTR_STATUS(f)));
+    }
+    reqs.push_back(Pending{f, r, false, 0, 0});
+  }
+  HN_CHECK(WaitAll(c, &reqs));
+  c->lanes_buf.assign(4 * static_cast<size_t>(n), 0);  // per peer and phase: a byte in, a byte out
+  for (int phase = 0; phase < 2; ++phase) {
+    ncclResult_t res = ncclSuccess;
+    for (int r = 0; r < n && res == ncclSuccess; ++r) {
+      if (r == me) continue;
+      uint8_t* at = c->lanes_buf.data() + 4 * static_cast<size_t>(r) + 2 * phase;
+      res = PostRecv(c, r, MakeTag(kTagConnect, r, 2 + phase), at, 1, &reqs);
+      const bool sync = phase == 1;
+      if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 2 + phase), at + 1, 1, &reqs, 0, sync);
+    }
+    if (res != ncclSuccess) {
+      CancelPending(c, &reqs);
+      return res;
+    }
+    HN_CHECK(WaitAll(c, &reqs));
+  }
+  std::vector<uint8_t>().swap(c->lanes_buf);
+  return ncclSuccess;
+}
+
 }  // namespace
 
 // UCX's error callback of every endpoint (runs inside ucp_worker_progress, on the waiting thread): its presence
@@ -703,6 +754,9 @@ ncclResult_t Bootstrap(Comm* c, const ncclUniqueId& id) {
   }
   close(live_listen);
   if (res != ncclSuccess) return res;
+  // After the mesh: every peer's endpoints exist (the ack), a failure is seen on the liveness sockets as well, and
+  // every rank progresses its worker from here on, which the peers' tcp connections to it need to complete.
+  HN_CHECK(ConnectEndpoints(c));
   if (c->env.eager_connect) HN_CHECK(ConnectLanes(c));
   if (c->env.init_delay_ms > 0) usleep(static_cast<useconds_t>(c->env.init_delay_ms * 1000));
   Log(kInfo, me, "comm %p rank %d nranks %d - Init COMPLETE", static_cast<void*>(c), me, n);
@@ -805,11 +859,12 @@ void Teardown(Comm* c, bool graceful) {
 // ---------------------------------------------------------------------------------------------------------
 // Transport
 ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len, std::vector<Pending>* out,
-                      uint64_t id) {
+                      uint64_t id, bool sync) {
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
   p.datatype = ucp_dt_make_contig(1);
-  void* r = ucp_tag_send_nbx(c->eps[peer], buf, len, tag, &p);
+  void* r = sync ? ucp_tag_send_sync_nbx(c->eps[peer], buf, len, tag, &p)
+                 : ucp_tag_send_nbx(c->eps[peer], buf, len, tag, &p);
   if (UCS_PTR_IS_ERR(r)) {
     return Fail(ncclRemoteError, "rank %d: send to rank %d failed: %s", c->rank, peer,
                 ucs_status_string(UCS_PTR_STATUS(r)));

@@ -93,7 +93,8 @@ struct Comm {
   std::vector<uint64_t> ctrl_send_seq, ctrl_recv_seq;  // child ids sent to / received from each peer
   std::vector<UserRedOp> redops;
   std::unique_ptr<char[]> scratch;  // receive slots of the pipelined reductions, kept between operations
-  // ConnectLanes' buffers; kept until Teardown when it failed (a peer may still read them: CancelPending).
+  // Buffers of ConnectEndpoints and ConnectLanes; kept until Teardown when one failed (a peer may still read them:
+  // CancelPending).
   std::vector<uint8_t> lanes_buf;
   size_t scratch_bytes = 0;
   std::mutex op_mu;  // held while an operation, teardown or init runs on the comm
@@ -123,8 +124,9 @@ struct Pending {
   size_t expect = 0;
   uint64_t id = 0;  // the caller's name for the request, handed back by WaitSome
 };
+// sync: completes once the peer has matched it (ucp_tag_send_sync_nbx; Bootstrap's ConnectEndpoints only).
 [[nodiscard]] ncclResult_t PostSend(Comm* c, int peer, uint64_t tag, const void* buf, size_t len,
-                                    std::vector<Pending>* out, uint64_t id = 0);
+                                    std::vector<Pending>* out, uint64_t id = 0, bool sync = false);
 [[nodiscard]] ncclResult_t PostRecv(Comm* c, int peer, uint64_t tag, void* buf, size_t len, std::vector<Pending>* out,
                                     uint64_t id = 0);
 // Progresses until every request completes; fails on abort, a dead or departed peer, or when none of reqs

@@ -3,6 +3,8 @@
 // Rank 0 creates the unique id and writes it to IDFILE; the others wait for the file. Every rank checks an
 // AllReduce, an AllGather and a send/recv ring, then destroys the communicator.
 //   usage: hn_rank RANK NRANKS IDFILE
+// HN_RANK_KILL_AFTER_INIT_MS=N: instead, N ms after init (its worker not progressed meanwhile), the rank kills
+// itself (SIGKILL), as a process that dies or leaves while its peers are still connecting to it.
 #include <fstream>
 
 #include "hn_harness.h"
@@ -33,6 +35,10 @@ int main(int argc, char** argv) {
   }
   ncclComm_t comm;
   HT_NCCL(ncclCommInitRank(&comm, n, id, rank));
+  if (const char* kill_ms = getenv("HN_RANK_KILL_AFTER_INIT_MS")) {
+    usleep(static_cast<useconds_t>(atoi(kill_ms)) * 1000);
+    raise(SIGKILL);
+  }
   std::vector<int64_t> x(1000, rank + 1), g(1000 * n);
   HT_NCCL(ncclAllReduce(x.data(), x.data(), x.size(), ncclInt64, ncclSum, comm, nullptr));
   int bad = 0;
