@@ -12,17 +12,7 @@
 #   usage: hn_leaves_connecting.sh HN_RANK_PROGRAM
 set -uo pipefail
 prog=$1
-if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null; then echo "SKIP: needs root and iproute2"; exit 77; fi
-a=hl$$a b=hl$$b net="10.$(( ($$ / 250) % 200 + 20 )).$(( $$ % 250 ))"
-cleanup() { ip netns del "$a" 2>/dev/null; ip netns del "$b" 2>/dev/null; rm -rf "$dir"; }
-dir=$(mktemp -d)
-trap cleanup EXIT
-if ! ip netns add "$a" 2>/dev/null || ! ip netns add "$b"; then echo "SKIP: cannot create network namespaces"; exit 77; fi
-ip link add "v$$a" type veth peer name "v$$b" || { echo "SKIP: cannot create veth"; exit 77; }
-ip link set "v$$a" netns "$a" && ip link set "v$$b" netns "$b"
-ip -n "$a" addr add "$net.1/24" dev "v$$a" && ip -n "$b" addr add "$net.2/24" dev "v$$b"
-for ns in "$a" "$b"; do ip -n "$ns" link set lo up; done
-ip -n "$a" link set "v$$a" up && ip -n "$b" link set "v$$b" up
+source "$(dirname "$0")/two_netns.sh"
 export UCX_TLS=tcp,self UCX_WARN_UNUSED_ENV_VARS=n HOSTNCCL_TIMEOUT_MS=10000 HOSTNCCL_SOCKET_IFADDR=$net.1
 HOSTNCCL_CONNECT=eager timeout 40 ip netns exec "$a" "$prog" 0 2 "$dir/id" > "$dir/r0.log" 2>&1 & p0=$!
 HOSTNCCL_CONNECT=lazy HN_RANK_KILL_AFTER_INIT_MS=500 timeout 40 ip netns exec "$a" "$prog" 1 2 "$dir/id" \
