@@ -524,6 +524,22 @@ ncclResult_t CreateUniqueId(ncclUniqueId* id, int64_t timeout_ms) {
 
 namespace {
 
+// Posts what `post(peer, &reqs)` posts for every other rank, then waits for all of it; when a post fails, what was
+// posted is cancelled (CancelPending) and that error returned. Init's exchanges over the endpoints.
+template <typename Post>
+ncclResult_t ExchangeWithEveryPeer(Comm* c, Post post) {
+  std::vector<Pending> reqs;
+  ncclResult_t res = ncclSuccess;
+  for (int r = 0; r < c->nranks && res == ncclSuccess; ++r) {
+    if (r != c->rank) res = post(r, &reqs);
+  }
+  if (res != ncclSuccess) {
+    CancelPending(c, &reqs);
+    return res;
+  }
+  return WaitAll(c, &reqs);
+}
+
 // HOSTNCCL_CONNECT=eager (docs/hostnccl.md, "Eager connection"): UCX wires a lane up on its first use (the
 // shared-memory segment attached, the rendezvous protocol's first get), which would otherwise fall on the first
 // operation. One eager-sized and one rendezvous-sized message to every peer and back, under tags of their own:
@@ -536,21 +552,14 @@ ncclResult_t ConnectLanes(Comm* c) {
   // the exchange fails, so a peer still reading it never reads unmapped memory (CancelPending's bound passed).
   c->lanes_buf.assign(kLarge + static_cast<size_t>(n) * (kSmall + kLarge), 0);
   uint8_t* out = c->lanes_buf.data();
-  std::vector<Pending> reqs;
-  ncclResult_t res = ncclSuccess;
-  for (int r = 0; r < n && res == ncclSuccess; ++r) {
-    if (r == me) continue;
+  HN_CHECK(ExchangeWithEveryPeer(c, [&](int r, std::vector<Pending>* reqs) {
     uint8_t* at = out + kLarge + static_cast<size_t>(r) * (kSmall + kLarge);
-    res = PostRecv(c, r, MakeTag(kTagConnect, r, 0), at, kSmall, &reqs);
-    if (res == ncclSuccess) res = PostRecv(c, r, MakeTag(kTagConnect, r, 1), at + kSmall, kLarge, &reqs);
-    if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 0), out, kSmall, &reqs);
-    if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 1), out, kLarge, &reqs);
-  }
-  if (res != ncclSuccess) {
-    CancelPending(c, &reqs);
+    ncclResult_t res = PostRecv(c, r, MakeTag(kTagConnect, r, 0), at, kSmall, reqs);
+    if (res == ncclSuccess) res = PostRecv(c, r, MakeTag(kTagConnect, r, 1), at + kSmall, kLarge, reqs);
+    if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 0), out, kSmall, reqs);
+    if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 1), out, kLarge, reqs);
     return res;
-  }
-  HN_CHECK(WaitAll(c, &reqs));
+  }));
   std::vector<uint8_t>().swap(c->lanes_buf);
   return ncclSuccess;
 }
@@ -573,34 +582,25 @@ ncclResult_t ConnectLanes(Comm* c) {
 ncclResult_t ConnectEndpoints(Comm* c) {
   const int n = c->nranks, me = c->rank;
   if (n == 1) return ncclSuccess;
-  std::vector<Pending> reqs;
-  for (int r = 0; r < n; ++r) {
-    if (r == me) continue;
+  HN_CHECK(ExchangeWithEveryPeer(c, [&](int r, std::vector<Pending>* out) {
     ucp_request_param_t p{};
     void* f = ucp_ep_flush_nbx(c->eps[r], &p);
     if (UCS_PTR_IS_ERR(f)) {
-      CancelPending(c, &reqs);
       return Fail(ncclRemoteError, "rank %d: connection to rank %d failed: %s", me, r,
                   ucs_status_string(UCS_PTR_STATUS(f)));
     }
-    reqs.push_back(Pending{f, r, false, 0, 0});
-  }
-  HN_CHECK(WaitAll(c, &reqs));
+    out->push_back(Pending{f, r, false, 0, 0});
+    return ncclSuccess;
+  }));
   c->lanes_buf.assign(4 * static_cast<size_t>(n), 0);  // per peer and phase: a byte in, a byte out
   for (int phase = 0; phase < 2; ++phase) {
-    ncclResult_t res = ncclSuccess;
-    for (int r = 0; r < n && res == ncclSuccess; ++r) {
-      if (r == me) continue;
+    HN_CHECK(ExchangeWithEveryPeer(c, [&](int r, std::vector<Pending>* out) {
       uint8_t* at = c->lanes_buf.data() + 4 * static_cast<size_t>(r) + 2 * phase;
-      res = PostRecv(c, r, MakeTag(kTagConnect, r, 2 + phase), at, 1, &reqs);
+      ncclResult_t res = PostRecv(c, r, MakeTag(kTagConnect, r, 2 + phase), at, 1, out);
       const bool sync = phase == 1;
-      if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 2 + phase), at + 1, 1, &reqs, 0, sync);
-    }
-    if (res != ncclSuccess) {
-      CancelPending(c, &reqs);
+      if (res == ncclSuccess) res = PostSend(c, r, MakeTag(kTagConnect, me, 2 + phase), at + 1, 1, out, 0, sync);
       return res;
-    }
-    HN_CHECK(WaitAll(c, &reqs));
+    }));
   }
   std::vector<uint8_t>().swap(c->lanes_buf);
   return ncclSuccess;
